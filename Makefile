@@ -1,0 +1,43 @@
+# secnet: `make demo` and `make test` do all the set-up on a fresh Debian host (as root).
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST := $(PY) -m pytest
+export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
+
+.PHONY: all deps venv engine image plugin-up plugin-down test unit kernel e2e demo clean-run bench
+
+all: test
+
+deps:
+	@bash scripts/install-deps.sh
+
+venv: deps
+	@bash scripts/venv.sh
+
+engine: deps
+	@bash scripts/engine.sh
+
+image: engine
+	@bash scripts/test-image.sh
+
+plugin-up: venv engine
+	@bash scripts/plugin.sh start
+
+plugin-down:
+	@bash scripts/plugin.sh stop
+
+unit: venv
+	$(PYTEST) -q tests/unit
+
+kernel: venv
+	$(PYTEST) -q tests/kernel
+
+e2e: venv image plugin-up
+	$(PYTEST) -q tests/e2e
+
+# The whole suite, all three tiers in one run.
+test: venv image plugin-up
+	$(PYTEST) -q -rs tests
+
+demo: venv image plugin-up
+	@bash scripts/demo.sh

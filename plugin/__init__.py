@@ -1,0 +1,1 @@
+"""secnet: the libnetwork remote-driver daemon (HTTP app, kernel work, state)."""

@@ -1,0 +1,89 @@
+"""create_app(driver): the HTTP face of the driver.
+
+Thin on purpose: decode the body (Docker sends no JSON content type), build
+a typed request, call the driver, encode. Every failure becomes
+``{"Err": "..."}`` here and nowhere else: never a stack trace, never HTML.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Flask, Response, request
+
+from . import protocol as p
+from .errors import DriverError
+
+log = logging.getLogger(__name__)
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+
+# path -> (request type or None, driver method name)
+ROUTES = {
+    "/Plugin.Activate": (None, "activate"),
+    "/NetworkDriver.GetCapabilities": (None, "capabilities"),
+    "/NetworkDriver.CreateNetwork": (p.CreateNetworkRequest, "create_network"),
+    "/NetworkDriver.DeleteNetwork": (p.NetworkRequest, "delete_network"),
+    "/NetworkDriver.AllocateNetwork": (p.NetworkRequest, "allocate_network"),
+    "/NetworkDriver.FreeNetwork": (p.NetworkRequest, "free_network"),
+    "/NetworkDriver.CreateEndpoint": (p.CreateEndpointRequest, "create_endpoint"),
+    "/NetworkDriver.EndpointOperInfo": (p.EndpointRequest, "endpoint_oper_info"),
+    "/NetworkDriver.DeleteEndpoint": (p.EndpointRequest, "delete_endpoint"),
+    "/NetworkDriver.Join": (p.EndpointRequest, "join"),
+    "/NetworkDriver.Leave": (p.EndpointRequest, "leave"),
+    "/NetworkDriver.DiscoverNew": (None, "discover"),
+    "/NetworkDriver.DiscoverDelete": (None, "discover"),
+    "/NetworkDriver.ProgramExternalConnectivity": (p.EndpointRequest, "program_external_connectivity"),
+    "/NetworkDriver.RevokeExternalConnectivity": (p.EndpointRequest, "revoke_external_connectivity"),
+}
+
+
+def _reply(body: dict, status: int = 200) -> Response:
+    return Response(json.dumps(body), status=status, content_type=CONTENT_TYPE)
+
+
+def _decode():
+    raw = request.get_data(cache=False)
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise p.BadRequest("request body is not valid JSON") from None
+
+
+def create_app(driver, api=None) -> Flask:
+    """The Flask app serving ``driver``; ``api`` (optional) adds the CLI's routes."""
+    app = Flask("secnet")
+
+    def handle(path: str) -> Response:
+        req_type, method = ROUTES[path]
+        try:
+            body = _decode()
+            if method in ("allocate_network", "free_network"):
+                return _reply({"Options": {}} if method == "allocate_network" else {})
+            if method == "discover":
+                return _reply({})
+            fn = getattr(driver, method)
+            result = fn(req_type.from_wire(body)) if req_type else fn()
+            return _reply(result)
+        except DriverError as exc:
+            log.warning("%s: %s: %s", path, exc.kind, exc.message)
+            return _reply({"Err": exc.message}, exc.status)
+        except Exception as exc:  # the one place internal errors become Err
+            log.exception("%s failed", path)
+            return _reply({"Err": f"internal error: {type(exc).__name__}"}, 500)
+
+    for path in ROUTES:
+        app.add_url_rule(path, path, (lambda path=path: handle(path)), methods=["POST"])
+
+    @app.errorhandler(404)
+    def not_found(_exc):
+        return _reply({"Err": f"unknown endpoint {request.path}"}, 404)
+
+    @app.errorhandler(405)
+    def bad_method(_exc):
+        return _reply({"Err": f"method {request.method} not allowed on {request.path}"}, 405)
+
+    if api is not None:
+        api.register(app)
+    return app

@@ -1,0 +1,28 @@
+"""Daemon settings, read from the environment once at start."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+@dataclass(frozen=True)
+class Settings:
+    socket: str = "/run/docker/plugins/secnet.sock"
+    state_dir: str = "/var/lib/secnet"
+    log_level: str = "info"
+    docker_host: str = ""
+    metrics_addr: str = ""
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        level = env.get("SECNET_LOG_LEVEL", "info").strip().lower() or "info"
+        if level not in LEVELS:
+            raise ValueError(f"invalid SECNET_LOG_LEVEL {level!r}: allowed {', '.join(LEVELS)}")
+        return cls(socket=env.get("SECNET_SOCKET") or cls.socket,
+                   state_dir=env.get("SECNET_STATE_DIR") or cls.state_dir,
+                   log_level=level,
+                   docker_host=env.get("DOCKER_HOST", ""),
+                   metrics_addr=env.get("SECNET_METRICS_ADDR", ""))

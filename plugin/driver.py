@@ -1,0 +1,284 @@
+"""The remote-driver verbs. Knows no Flask: typed requests in, dicts out.
+
+Order inside every mutating verb: validate completely, then change the
+kernel, then persist, and roll the kernel back if anything fails before the
+state row is written. Every verb is idempotent, because Docker retries after
+a crash of either side.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+from typing import Optional
+
+from segmentation.errors import PolicyError
+from segmentation.names import check_segment_name
+from segmentation.options import parse_network_options
+
+from . import netlink as nl
+from .errors import BadRequest, Conflict, Internal, NotFound
+from .protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
+from .state import EndpointRecord, NetworkRecord, State
+
+log = logging.getLogger(__name__)
+SEGMENT_OPT = "secnet.segment"
+
+
+class NullPolicy:
+    """Policy writer used when none is configured (unit tests)."""
+
+    def network_added(self, net, endpoints=()):
+        pass
+
+    def network_removed(self, net):
+        pass
+
+    def endpoint_changed(self, net, ep):
+        pass
+
+    def endpoint_removed(self, net, ep):
+        pass
+
+
+class NullResolver:
+    """Segment resolver used when no Docker watcher runs: the default segment."""
+
+    def resolve_at_join(self, net, ep):
+        return ep
+
+    def forget(self, ep):
+        pass
+
+
+class Driver:
+    def __init__(self, state: State, links, firewall, policy=None, resolver=None):
+        self.state = state
+        self.links = links
+        self.firewall = firewall
+        self.policy = policy or NullPolicy()
+        self.resolver = resolver or NullResolver()
+        self.lock = threading.RLock()
+
+    # --- discovery -------------------------------------------------------
+    @staticmethod
+    def activate() -> dict:
+        return {"Implements": ["NetworkDriver"]}
+
+    @staticmethod
+    def capabilities() -> dict:
+        return {"Scope": "local", "ConnectivityScope": "local"}
+
+    # --- networks --------------------------------------------------------
+    def _network(self, nid: str) -> NetworkRecord:
+        net = self.state.get_network(nid)
+        if net is None:
+            raise NotFound(f"network {nid[:12]} not found")
+        return net
+
+    def _new_network_record(self, req: CreateNetworkRequest) -> NetworkRecord:
+        try:
+            opts = parse_network_options(req.generic, docker_mtu=req.docker_mtu,
+                                         internal=req.internal, ipv6=req.ipv6)
+        except PolicyError as exc:
+            raise BadRequest(str(exc)) from None
+        bridge = opts.bridge or nl.bridge_name(req.network_id)
+        for other in self.state.networks():
+            if other.bridge == bridge and other.id != req.network_id:
+                raise Conflict(f"bridge {bridge} is already used by network {other.id[:12]}")
+        v4 = tuple((p.pool, p.gateway) for p in req.ipv4_data)
+        v6 = tuple((p.pool, p.gateway) for p in req.ipv6_data) if req.ipv6 else ()
+        return NetworkRecord(id=req.network_id, bridge=bridge, mtu=opts.mtu, options=opts.to_dict(),
+                             ipv4=v4, ipv6=v6, internal=req.internal)
+
+    def create_network(self, req: CreateNetworkRequest) -> dict:
+        rec = self._new_network_record(req)
+        with self.lock:
+            old = self.state.get_network(rec.id)
+            if old is not None and old != rec:
+                raise Conflict(f"network {rec.id[:12]} already exists with other settings")
+            existed = self.links.link_exists(rec.bridge)
+            try:
+                self._realize_network(rec)
+                self.state.put_network(rec)
+            except nl.LinkConflict as exc:
+                raise Conflict(str(exc)) from None
+            except Exception as exc:
+                log.exception("create network %s failed", rec.id[:12])
+                if not existed:
+                    self._unrealize_network(rec)
+                raise Internal(f"cannot create network {rec.id[:12]}: {exc}") from None
+        log.info("network %s created (bridge %s)", rec.id[:12], rec.bridge)
+        return {}
+
+    def _realize_network(self, rec: NetworkRecord, endpoints=()) -> None:
+        self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
+        self.firewall.ensure(rec.bridge, rec.id)
+        self.policy.network_added(rec, endpoints)
+
+    def _unrealize_network(self, rec: NetworkRecord) -> None:
+        for step in (lambda: self.policy.network_removed(rec),
+                     lambda: self.firewall.remove(rec.bridge, rec.id),
+                     lambda: self.links.remove_link(rec.bridge, owner=rec.id)):
+            try:
+                step()
+            except Exception:  # keep going: remove as much as possible
+                log.exception("cleanup of network %s", rec.id[:12])
+
+    def delete_network(self, req: NetworkRequest) -> dict:
+        with self.lock:
+            rec = self.state.get_network(req.network_id)
+            if rec is None:  # already gone (a retry after a crash): nothing to do
+                return {}
+            for ep in self.state.endpoints(rec.id):
+                self.links.remove_link(ep.veth_host, owner=ep.id)
+            self._unrealize_network(rec)
+            self.state.delete_network(rec.id)
+        log.info("network %s deleted", rec.id[:12])
+        return {}
+
+    # --- endpoints -------------------------------------------------------
+    def _endpoint(self, nid: str, eid: str) -> EndpointRecord:
+        ep = self.state.get_endpoint(eid)
+        if ep is None or ep.network_id != nid:
+            raise NotFound(f"endpoint {eid[:12]} not found in network {nid[:12]}")
+        return ep
+
+    @staticmethod
+    def _segment_opt(options: dict) -> Optional[str]:
+        for key in options:
+            if key.startswith("secnet.") and key != SEGMENT_OPT:
+                raise BadRequest(f"unknown endpoint option {key}: allowed options are {SEGMENT_OPT}")
+        if SEGMENT_OPT not in options:
+            return None
+        value = options[SEGMENT_OPT]
+        try:
+            return check_segment_name(value if isinstance(value, str) else repr(value), SEGMENT_OPT)
+        except PolicyError as exc:
+            raise BadRequest(str(exc)) from None
+
+    def _new_endpoint_record(self, net: NetworkRecord, req: CreateEndpointRequest) -> EndpointRecord:
+        segment = self._segment_opt(req.options)
+        for addr, pools in ((req.ipv4, net.ipv4), (req.ipv6, net.ipv6)):
+            if addr and pools and not any(
+                    ipaddress.ip_interface(addr).ip in ipaddress.ip_network(p) for p, _ in pools):
+                raise BadRequest(f"address {addr} is not in the network's subnets")
+        if not req.ipv4 and not req.ipv6:
+            raise BadRequest("endpoint has no address: Interface.Address is required")
+        host, peer = nl.veth_names(req.endpoint_id)
+        mac = req.mac or nl.endpoint_mac(req.ipv4, req.endpoint_id)
+        return EndpointRecord(id=req.endpoint_id, network_id=net.id, veth_host=host, veth_peer=peer,
+                              mac=mac, ipv4=req.ipv4, ipv6=req.ipv6, segment_opt=segment,
+                              segment=segment)
+
+    def create_endpoint(self, req: CreateEndpointRequest) -> dict:
+        net = self._network(req.network_id)
+        rec = self._new_endpoint_record(net, req)
+        with self.lock:
+            old = self.state.get_endpoint(rec.id)
+            if old is not None:
+                rec = old  # a retry: repair and answer the same
+            try:
+                # Policy first: the addresses are dropped before the veth exists.
+                self.policy.endpoint_changed(net, rec)
+                self.links.ensure_veth(rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
+                self.state.put_endpoint(rec)
+            except nl.LinkConflict as exc:
+                raise Conflict(str(exc)) from None
+            except Exception as exc:
+                log.exception("create endpoint %s failed", rec.id[:12])
+                if old is None:
+                    self.links.remove_link(rec.veth_host, owner=rec.id)
+                    self.policy.endpoint_removed(net, rec)
+                raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
+        return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
+
+    def endpoint_oper_info(self, req: EndpointRequest) -> dict:
+        ep = self._endpoint(req.network_id, req.endpoint_id)
+        return {"Value": {"veth": ep.veth_host, "mac": ep.mac, "segment": ep.segment or "",
+                          "quarantine": ep.quarantine or ""}}
+
+    def delete_endpoint(self, req: EndpointRequest) -> dict:
+        with self.lock:
+            ep = self.state.get_endpoint(req.endpoint_id)
+            if ep is None:  # a retry: the work is done
+                return {}
+            net = self.state.get_network(ep.network_id)
+            self.links.remove_link(ep.veth_host, owner=ep.id)
+            if net is not None:
+                self.policy.endpoint_removed(net, ep)
+            self.state.delete_endpoint(ep.id)
+        self.resolver.forget(ep)
+        return {}
+
+    def join(self, req: EndpointRequest) -> dict:
+        net = self._network(req.network_id)
+        ep = self._endpoint(req.network_id, req.endpoint_id)
+        ep = ep.evolve(sandbox_key=req.sandbox_key or ep.sandbox_key, joined=True)
+        ep = self.resolver.resolve_at_join(net, ep)  # bounded; never waits on a busy engine
+        with self.lock:
+            if self.state.get_endpoint(ep.id) is None:
+                raise NotFound(f"endpoint {ep.id[:12]} was deleted during join")
+            self.policy.endpoint_changed(net, ep)
+            self.state.put_endpoint(ep)
+        resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
+                "DisableGatewayService": False}
+        if not net.internal:
+            for key, pools in (("Gateway", net.ipv4), ("GatewayIPv6", net.ipv6 if ep.ipv6 else ())):
+                gw = next((g for _, g in pools if g), None)
+                if gw:
+                    resp[key] = str(ipaddress.ip_interface(gw).ip)
+        return resp
+
+    def leave(self, req: EndpointRequest) -> dict:
+        with self.lock:
+            ep = self.state.get_endpoint(req.endpoint_id)
+            if ep is None:
+                return {}
+            self.state.put_endpoint(ep.evolve(joined=False, sandbox_key=None))
+        return {}
+
+    def program_external_connectivity(self, req: EndpointRequest) -> dict:
+        self._endpoint(req.network_id, req.endpoint_id)
+        return {}
+
+    def revoke_external_connectivity(self, req: EndpointRequest) -> dict:
+        return {}
+
+    # --- restart ---------------------------------------------------------
+    def restore(self) -> dict:
+        """Rebuild kernel objects from state and remove what no record owns."""
+        counts = {"networks": 0, "endpoints": 0, "removed": 0}
+        with self.lock:
+            owners = set()
+            for net in self.state.networks():
+                eps = self.state.endpoints(net.id)
+                owners.add(net.id)
+                try:
+                    self._realize_network(net, eps)
+                    counts["networks"] += 1
+                except Exception:
+                    log.exception("restore of network %s failed", net.id[:12])
+                for ep in eps:
+                    owners.add(ep.id)
+                    try:
+                        self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac)
+                        counts["endpoints"] += 1
+                    except Exception:
+                        log.exception("restore of endpoint %s failed", ep.id[:12])
+            counts["removed"] = self._remove_orphans(owners)
+        log.info("restored %(networks)d networks, %(endpoints)d endpoints; removed %(removed)d orphans",
+                 counts)
+        return counts
+
+    def _remove_orphans(self, owners: set) -> int:
+        removed = 0
+        for name, _kind, owner in self.links.owned_links():
+            if owner not in owners and self.links.remove_link(name, owner=owner):
+                log.info("removed orphan interface %s", name)
+                removed += 1
+        for _binary, bridge, owner in self.firewall.owned():
+            if owner not in owners:
+                self.firewall.remove(bridge, owner)
+                removed += 1
+        return removed

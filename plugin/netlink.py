@@ -1,0 +1,159 @@
+"""Idempotent ensure/remove of bridges and veth pairs, with pyroute2.
+
+Every object secnet makes carries an interface alias ``secnet:<owner-id>``,
+so the reconciler can tell its own bridges and veths from anybody else's
+whatever their names (``secnet.bridge`` lets users choose a bridge name).
+Calls are idempotent: an ``ensure_*`` on an object that already exists
+repairs it, a ``remove_*`` of a missing object succeeds.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import ipaddress
+import threading
+from typing import Iterable, Optional
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+ALIAS_PREFIX = "secnet:"
+BRIDGE_PREFIX = "sn-"
+VETH_HOST_PREFIX = "snv"
+VETH_PEER_PREFIX = "snp"
+
+
+class LinkConflict(Exception):
+    """A link with the wanted name exists and does not belong to this owner."""
+
+
+def bridge_name(network_id: str) -> str:
+    return BRIDGE_PREFIX + network_id[:12]
+
+
+def veth_names(endpoint_id: str) -> tuple:
+    return VETH_HOST_PREFIX + endpoint_id[:11], VETH_PEER_PREFIX + endpoint_id[:11]
+
+
+def derived_mac(seed: str) -> str:
+    """A stable, locally administered unicast MAC derived from an id."""
+    digest = hashlib.sha256(seed.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
+
+
+def endpoint_mac(ipv4: Optional[str], endpoint_id: str) -> str:
+    """Docker's convention (02:42 + IPv4 address) when there is one."""
+    if ipv4:
+        packed = ipaddress.ip_interface(ipv4).ip.packed
+        return "02:42:" + ":".join(f"{b:02x}" for b in packed)
+    return derived_mac(endpoint_id)
+
+
+class Netlink:
+    """Thin, serialized wrapper of one rtnetlink socket."""
+
+    def __init__(self):
+        self._ipr = IPRoute()
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._ipr.close()
+
+    def _index(self, name: str) -> Optional[int]:
+        found = self._ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    def _alias(self, index: int) -> Optional[str]:
+        links = self._ipr.get_links(index)
+        return links[0].get("ifalias") if links else None
+
+    def _kind(self, index: int) -> Optional[str]:
+        links = self._ipr.get_links(index)
+        return links[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND") if links else None
+
+    def _claim(self, name: str, owner: str, kind: str) -> Optional[int]:
+        """Index of an existing link we own, None if absent; LinkConflict otherwise."""
+        index = self._index(name)
+        if index is None:
+            return None
+        if self._alias(index) != ALIAS_PREFIX + owner or self._kind(index) != kind:
+            raise LinkConflict(f"interface {name} already exists and is not this network's")
+        return index
+
+    def ensure_bridge(self, name: str, owner: str, mtu: int, addresses: Iterable[str]) -> None:
+        """Bridge ``name`` exists, up, with ``mtu``, a stable MAC and the gateway addresses."""
+        with self._lock:
+            index = self._claim(name, owner, "bridge")
+            if index is None:
+                self._ipr.link("add", ifname=name, kind="bridge")
+                index = self._index(name)
+                self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+            self._ipr.link("set", index=index, mtu=mtu, address=derived_mac(owner))
+            have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in self._ipr.get_addr(index=index)}
+            for cidr in addresses:
+                iface = ipaddress.ip_interface(cidr)
+                if (str(iface.ip), iface.network.prefixlen) not in have:
+                    self._add_addr(index, iface)
+            self._ipr.link("set", index=index, state="up")
+
+    def _add_addr(self, index: int, iface) -> None:
+        kwargs = {}
+        if iface.version == 6:
+            kwargs["flags"] = 0x02  # IFA_F_NODAD: the gateway must answer at once
+        try:
+            self._ipr.addr("add", index=index, address=str(iface.ip),
+                           prefixlen=iface.network.prefixlen, **kwargs)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise
+
+    def ensure_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> None:
+        """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``.
+
+        The peer may already have been moved into a container's namespace by
+        Docker (after Join); then only the host side is repaired.
+        """
+        with self._lock:
+            br = self._index(bridge)
+            if br is None:
+                raise LinkConflict(f"bridge {bridge} is missing")
+            index = self._claim(host, owner, "veth")
+            if index is None:
+                self._ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+                index = self._index(host)
+                self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+                peer_index = self._index(peer)
+                self._ipr.link("set", index=peer_index, address=mac, mtu=mtu)
+            self._ipr.link("set", index=index, master=br, mtu=mtu)
+            self._ipr.link("set", index=index, state="up")
+
+    def remove_link(self, name: str, owner: Optional[str] = None) -> bool:
+        """Delete link ``name`` (only if owned by ``owner`` when given). True if removed."""
+        with self._lock:
+            index = self._index(name)
+            if index is None:
+                return False
+            if owner is not None and self._alias(index) != ALIAS_PREFIX + owner:
+                return False
+            try:
+                self._ipr.link("del", index=index)
+            except NetlinkError as exc:
+                if exc.code != errno.ENODEV:
+                    raise
+            return True
+
+    def link_exists(self, name: str) -> bool:
+        with self._lock:
+            return self._index(name) is not None
+
+    def owned_links(self) -> list:
+        """(name, kind, owner-id) of every link carrying a secnet alias."""
+        out = []
+        with self._lock:
+            for link in self._ipr.get_links():
+                alias = link.get("ifalias") or ""
+                if alias.startswith(ALIAS_PREFIX):
+                    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+                    out.append((link.get("ifname"), kind, alias[len(ALIAS_PREFIX):]))
+        return out

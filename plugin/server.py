@@ -1,0 +1,78 @@
+"""secnet-plugin: gunicorn serving the Flask app on a root-only unix socket.
+
+One worker process owns all kernel state (threads give concurrency), so the
+driver, its netlink socket and the Docker watcher are built inside the worker
+after the fork, never at import time.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+from gunicorn.app.base import BaseApplication
+
+from .config import Settings
+
+log = logging.getLogger("secnet")
+
+
+def build(settings: Settings):
+    """Wire the daemon's parts together and restore state. Returns (app, driver)."""
+    from .app import create_app
+    from .dockerfw import DockerFirewall
+    from .driver import Driver
+    from .netlink import Netlink
+    from .state import State
+    from .wiring import attach_extensions
+
+    state = State(settings.state_dir)
+    driver = Driver(state, Netlink(), DockerFirewall())
+    api = attach_extensions(driver, settings)
+    driver.restore()
+    return create_app(driver, api), driver
+
+
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self):
+        s = self.settings
+        for key, value in {
+            "bind": [f"unix:{s.socket}"], "workers": 1, "worker_class": "gthread", "threads": 16,
+            "umask": 0o077, "timeout": 0, "graceful_timeout": 10, "loglevel": s.log_level,
+            "accesslog": "-" if s.log_level == "debug" else None, "errorlog": "-",
+            "proc_name": "secnet-plugin",
+        }.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        app, _driver = build(self.settings)
+        return app
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv=None) -> int:
+    try:
+        settings = Settings.from_env()
+    except ValueError as exc:
+        print(f"secnet-plugin: {exc}", file=sys.stderr)
+        return 2
+    if os.geteuid() != 0:
+        print("secnet-plugin: must run as root (it manages bridges, veths and nftables)", file=sys.stderr)
+        return 2
+    setup_logging(settings.log_level)
+    os.makedirs(os.path.dirname(settings.socket) or ".", exist_ok=True)
+    log.info("secnet-plugin listening on %s, state in %s", settings.socket, settings.state_dir)
+    _Gunicorn(settings).run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

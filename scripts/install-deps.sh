@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install what secnet's demo and tests need on a Debian host, only what is missing.
+set -euo pipefail
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for pkg in docker.io nftables iproute2 busybox-static iptables conntrack iperf3 python3-venv curl; do
+  have_pkg "$pkg" || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+modprobe br_netfilter 2>/dev/null || true
