@@ -13,6 +13,7 @@ Docker's rules for its own networks are untouched.
 from __future__ import annotations
 
 import logging
+import shlex
 import subprocess
 import threading
 
@@ -66,9 +67,11 @@ class DockerFirewall:
         for binary in self.binaries:
             res = self._run(binary, "-S", CHAIN)
             for line in res.stdout.splitlines() if res.returncode == 0 else ():
-                words = line.split()
-                if COMMENT_PREFIX not in line or "-i" not in words:
+                words = shlex.split(line)
+                if "--comment" not in words or "-i" not in words:
                     continue
-                comment = next(w for w in words if w.startswith(COMMENT_PREFIX))
+                comment = words[words.index("--comment") + 1]
+                if not comment.startswith(COMMENT_PREFIX):
+                    continue
                 out.append((binary, words[words.index("-i") + 1], comment[len(COMMENT_PREFIX):]))
         return out

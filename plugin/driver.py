@@ -230,6 +230,19 @@ class Driver:
                     resp[key] = str(ipaddress.ip_interface(gw).ip)
         return resp
 
+    def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):
+        """Record a container's resolved segment (from the watcher) and enforce it."""
+        with self.lock:
+            ep = self.state.get_endpoint(endpoint_id)
+            if ep is None:
+                return
+            net = self.state.get_network(ep.network_id)
+            ep = ep.evolve(container=container, container_id=container_id,
+                           segment=segment if ep.segment_opt is None else ep.segment_opt,
+                           quarantine=quarantine if ep.segment_opt is None else None)
+            self.policy.endpoint_changed(net, ep)
+            self.state.put_endpoint(ep)
+
     def leave(self, req: EndpointRequest) -> dict:
         with self.lock:
             ep = self.state.get_endpoint(req.endpoint_id)
@@ -266,7 +279,10 @@ class Driver:
                         counts["endpoints"] += 1
                     except Exception:
                         log.exception("restore of endpoint %s failed", ep.id[:12])
-            counts["removed"] = self._remove_orphans(owners)
+            try:
+                counts["removed"] = self._remove_orphans(owners)
+            except Exception:
+                log.exception("removing orphans failed")
         log.info("restored %(networks)d networks, %(endpoints)d endpoints; removed %(removed)d orphans",
                  counts)
         return counts

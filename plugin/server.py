@@ -24,12 +24,13 @@ def build(settings: Settings):
     from .driver import Driver
     from .netlink import Netlink
     from .state import State
-    from .wiring import attach_extensions
+    from .wiring import attach_extensions, start_background
 
     state = State(settings.state_dir)
     driver = Driver(state, Netlink(), DockerFirewall())
     api = attach_extensions(driver, settings)
     driver.restore()
+    start_background(driver)
     return create_app(driver, api), driver
 
 

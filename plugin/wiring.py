@@ -1,7 +1,29 @@
-"""Optional parts of the daemon (policy writer, label watcher, CLI API)."""
+"""The daemon's parts beyond the bare driver: policy writer, label watcher, CLI API."""
 from __future__ import annotations
+
+import logging
+
+from .reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+try:  # the label watcher lands separately
+    from .labels import LabelResolver
+except ImportError:  # pragma: no cover
+    LabelResolver = None
 
 
 def attach_extensions(driver, settings):
-    """Attach what exists; returns the CLI API object (or None)."""
+    """Attach the policy writer and label resolver to ``driver``; returns the CLI API."""
+    driver.policy = Reconciler(driver.state)
+    if LabelResolver is not None:
+        driver.resolver = LabelResolver(settings.docker_host)
     return None
+
+
+def start_background(driver) -> None:
+    """Start the threads that run after restore: reconciler and label watcher."""
+    driver.policy.reconcile()
+    driver.policy.start()
+    if hasattr(driver.resolver, "start"):
+        driver.resolver.start(driver)

@@ -1,0 +1,231 @@
+"""The one writer of kernel policy: desired state from records, applied to nftables.
+
+The driver tells the reconciler what changed (a network, an endpoint); the
+reconciler works out the desired tables from the saved records and the
+network's options, and applies either a set-element delta (a join, a leave,
+a segment that became known) or, when the shape of the policy changes (a
+new segment, a policy edit), a whole-network rebuild. Both are one nft
+transaction each.
+
+A periodic pass (and the one at start) compares the kernel's tables with the
+desired ones and rebuilds what drifted, logging what it repaired. It wakes
+on a timer of tens of seconds, not a tight poll.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+from segmentation.backends import nftables as nft
+from segmentation.compiler import CompiledPolicy, compile_policy
+from segmentation.model import Member
+from segmentation.options import NetworkOptions
+
+log = logging.getLogger(__name__)
+
+
+def _plain(cidr: Optional[str]) -> Optional[str]:
+    return cidr.split("/")[0] if cidr else None
+
+
+def port_of(ep) -> nft.Port:
+    return nft.Port(endpoint_id=ep.id, name=ep.veth_host, mac=ep.mac, ipv4=_plain(ep.ipv4),
+                    ipv6=_plain(ep.ipv6), segment=ep.segment, quarantine=ep.quarantine)
+
+
+def member_of(port: nft.Port) -> Member:
+    return Member(endpoint_id=port.endpoint_id, segment=port.segment, ipv4=port.ipv4,
+                  ipv6=port.ipv6, quarantine=port.quarantine)
+
+
+@dataclass
+class Realized:
+    """What is in the kernel for one network, as last applied."""
+
+    compiled: CompiledPolicy
+    ports: dict = field(default_factory=dict)  # endpoint id -> Port
+
+
+class Reconciler:
+    def __init__(self, state, runner=None, interval: float = 30.0):
+        self.state = state
+        self.runner = runner or nft.NftRunner()
+        self.interval = interval
+        self.repairs = 0
+        self._realized: dict = {}
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    # --- what the driver calls -------------------------------------------
+    def network_added(self, net, endpoints=()) -> None:
+        with self._lock:
+            ports = {ep.id: port_of(ep) for ep in (endpoints or self.state.endpoints(net.id))}
+            self._rebuild(net, ports)
+
+    def network_removed(self, net) -> None:
+        with self._lock:
+            self.runner.apply(nft.render_delete_network(net.id))
+            self._realized.pop(net.id, None)
+
+    def endpoint_changed(self, net, ep) -> None:
+        with self._lock:
+            real = self._realized.get(net.id)
+            new = port_of(ep)
+            if real is None:
+                ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
+                ports[ep.id] = new
+                return self._rebuild(net, ports)
+            old = real.ports.get(ep.id)
+            if new.active and new.segment not in real.compiled.segments:
+                ports = dict(real.ports)
+                ports[ep.id] = new
+                return self._rebuild(net, ports)  # a new segment changes the rules
+            self.runner.apply(nft.render_port_change(net.id, old, new))
+            real.ports[ep.id] = new
+
+    def endpoint_removed(self, net, ep) -> None:
+        with self._lock:
+            real = self._realized.get(net.id)
+            old = real.ports.pop(ep.id, None) if real else None
+            self.runner.apply(nft.render_port_change(net.id, old or port_of(ep), None))
+        _forget_flows(port_of(ep))
+
+    def policy_changed(self, net) -> None:
+        """Options (rules) of ``net`` changed: rebuild its tables atomically."""
+        with self._lock:
+            real = self._realized.get(net.id)
+            ports = dict(real.ports) if real else {e.id: port_of(e) for e in self.state.endpoints(net.id)}
+            self._rebuild(net, ports)
+
+    # --- reads -----------------------------------------------------------
+    def compiled(self, net) -> CompiledPolicy:
+        with self._lock:
+            real = self._realized.get(net.id)
+            if real is not None:
+                return real.compiled
+            ports = [port_of(e) for e in self.state.endpoints(net.id)]
+            return compile_policy(NetworkOptions.from_dict(net.options), [member_of(p) for p in ports])
+
+    # --- internals -------------------------------------------------------
+    def _rebuild(self, net, ports: dict) -> None:
+        options = NetworkOptions.from_dict(net.options)
+        compiled = compile_policy(options, [member_of(p) for p in ports.values()])
+        self.runner.apply(nft.render_network(net.id, net.bridge, compiled, ports.values()))
+        self._realized[net.id] = Realized(compiled, dict(ports))
+
+    def drift(self, net) -> list:
+        """What differs between the kernel and the desired tables of ``net``."""
+        want_ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
+        options = NetworkOptions.from_dict(net.options)
+        compiled = compile_policy(options, [member_of(p) for p in want_ports.values()])
+        want = _desired_elements(net.id, compiled, want_ports.values())
+        try:
+            have = _kernel_elements(self.runner, net.id)
+        except nft.NftError as exc:
+            return [f"tables missing ({exc})"]
+        problems = [f"missing element {k}" for k in sorted(want - have)[:5]]
+        problems += [f"unexpected element {k}" for k in sorted(have - want)[:5]]
+        return problems
+
+    def reconcile(self) -> int:
+        """Repair every network whose kernel state drifted; returns how many."""
+        repaired = 0
+        with self._lock:
+            owned = set()
+            for net in self.state.networks():
+                owned.add(nft.table_name(net.id))
+                problems = self.drift(net)
+                if problems or net.id not in self._realized:
+                    if problems:
+                        log.warning("network %s drifted (%s); rebuilding", net.id[:12], "; ".join(problems))
+                        repaired += 1
+                    ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
+                    self._rebuild(net, ports)
+            for family, table in self.runner.tables():
+                if table not in owned:
+                    self.runner.apply(f"delete table {family} {table}\n")
+                    log.warning("removed orphan table %s %s", family, table)
+                    repaired += 1
+        self.repairs += repaired
+        return repaired
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="secnet-reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile pass failed")
+
+
+def _desired_elements(network_id: str, compiled: CompiledPolicy, ports) -> set:
+    out = set()
+    for port in ports:
+        if port.active and port.segment not in compiled.segments:
+            continue
+        for fam, target, elem in nft.port_elements(network_id, port):
+            out.add((fam, target.split()[1], _norm(elem)))
+    return out
+
+
+def _norm(elem: str) -> str:
+    return elem.replace('"', "").replace(" ", "")
+
+
+def _kernel_elements(runner, network_id: str) -> set:
+    table = nft.table_name(network_id)
+    out = set()
+    for family in ("inet", "bridge"):
+        for obj in runner.list_json("table", family, table).get("nftables", []):
+            s = obj.get("set") or obj.get("map")
+            if not s:
+                continue
+            for elem in s.get("elem", []):
+                out.add((family, s["name"], _norm(_elem_text(elem, s))))
+    return out
+
+
+def _elem_text(elem, s) -> str:
+    """nft's JSON element back to the text form port_elements() renders."""
+    if isinstance(elem, dict) and "elem" in elem:
+        elem = elem["elem"]["val"]
+    if isinstance(elem, list):  # map: [key, verdict]
+        key, verdict = elem
+        (kind, target), = verdict.items()
+        return f"{_key_text(key, s)} : {kind} {target['target']}"
+    return _key_text(elem, s)
+
+
+def _key_text(key, s) -> str:
+    if isinstance(key, dict) and "concat" in key:
+        parts = key["concat"]
+        if s["name"] == "na6":
+            return f"{parts[0]} . {hex(int(parts[1]))}"
+        return " . ".join(str(p) for p in parts)
+    return str(key)
+
+
+def _forget_flows(port: nft.Port) -> None:
+    """Delete conntrack entries of a leaving endpoint's addresses.
+
+    Its address may be handed to the next container: a stale entry must not
+    let that container's packets pass as 'established'.
+    """
+    for addr in (port.ipv4, port.ipv6):
+        if not addr:
+            continue
+        for flag in ("-s", "-d"):
+            try:
+                subprocess.run(["conntrack", "-D", flag, addr], capture_output=True, check=False, timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                return
