@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 
+from .api import Api
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -18,7 +19,7 @@ def attach_extensions(driver, settings):
     driver.policy = Reconciler(driver.state)
     if LabelResolver is not None:
         driver.resolver = LabelResolver(settings.docker_host)
-    return None
+    return Api(driver)
 
 
 def start_background(driver) -> None:

@@ -1,0 +1,164 @@
+"""secnet: the command line, talking to the daemon over its unix socket.
+
+NETWORK is a network's name or id as in `docker network inspect`: names are
+resolved through the Docker engine by this process (never by the daemon's
+request path); when the engine does not answer, an id or id prefix works.
+Exit status 0 on success, non-zero with a one-line reason on stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import socket
+import sys
+
+from .config import Settings
+
+
+class CliError(Exception):
+    pass
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+def call(path: str, body: dict, timeout: float = 30.0) -> dict:
+    sock = Settings.from_env().socket
+    conn = _UnixHTTP(sock, timeout)
+    try:
+        conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        data = json.loads(resp.read() or b"{}")
+    except (OSError, http.client.HTTPException) as exc:
+        raise CliError(f"cannot reach the secnet daemon at {sock}: {exc}") from None
+    except ValueError:
+        raise CliError("the daemon sent an answer that is not JSON") from None
+    finally:
+        conn.close()
+    if isinstance(data, dict) and data.get("Err"):
+        raise CliError(data["Err"])
+    return data
+
+
+def resolve_network(ref: str) -> str:
+    """Network name or id → id, through the engine when it answers."""
+    try:
+        import docker  # imported here: only name resolution needs it
+        client = docker.APIClient(base_url=os.environ.get("DOCKER_HOST") or "unix://var/run/docker.sock",
+                                  timeout=5)
+        return client.inspect_network(ref)["Id"]
+    except Exception:
+        return ref
+
+
+# --- output -----------------------------------------------------------------
+
+def _print_status(data: dict) -> None:
+    print(f"daemon: {'healthy' if data.get('healthy') else 'unhealthy'}; "
+          f"networks: {len(data['networks'])}; reconcile repairs: {data.get('reconcile_repairs', 0)}")
+    for n in data["networks"]:
+        print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  endpoints {n['endpoints']}"
+              f"  pending {n['pending']}  quarantined {n['quarantined']}  rules {n['rules']}")
+
+
+def _print_show(data: dict) -> None:
+    print(f"network {data['id'][:12]} (bridge {data['bridge']})")
+    print("segments:")
+    for seg in data["segments"]:
+        print(f"  {seg['name']}: {len(seg['members'])} member(s)")
+        for m in seg["members"]:
+            addrs = " ".join(a for a in (m["ipv4"], m["ipv6"]) if a)
+            print(f"    {m['container'] or '(unknown)':<24} {addrs}")
+    print("rules:")
+    for r in data["rules"]:
+        print(f"  {r['rule']:<48} packets {r['packets']:>10}  bytes {r['bytes']:>12}")
+    if data["quarantined"]:
+        print("quarantined:")
+        for m in data["quarantined"]:
+            print(f"  {m['container'] or m['endpoint']:<24} {m['ipv4']} {m['ipv6']}  reason: {m['reason']}")
+    if data["pending"]:
+        print("pending (segment not known yet, all traffic dropped):")
+        for m in data["pending"]:
+            print(f"  {m['container'] or m['endpoint']:<24} {m['ipv4']} {m['ipv6']}")
+    if data.get("dropped"):
+        print("dropped:")
+        for reason, c in sorted(data["dropped"].items()):
+            print(f"  {reason:<20} packets {c['packets']:>10}  bytes {c['bytes']:>12}")
+
+
+# --- commands ---------------------------------------------------------------
+
+def cmd_status(args) -> dict:
+    return call("/secnet/status", {})
+
+
+def cmd_show(args) -> dict:
+    return call("/secnet/show", {"network": resolve_network(args.network)})
+
+
+def cmd_policy(args) -> dict:
+    body = {"network": resolve_network(args.network), "action": args.action or "get",
+            "rules": args.rules}
+    if args.action in ("set", "add", "remove") and not args.rules and args.action != "set":
+        raise CliError(f"policy {args.action} needs at least one RULE")
+    if args.action is None and args.rules:
+        raise CliError("use: secnet policy NETWORK [set|add|remove RULE...]")
+    return call("/secnet/policy", body)
+
+
+PRINTERS = {
+    "status": _print_status,
+    "show": _print_show,
+    "policy": lambda d: print("\n".join(d["rules"])) if d["rules"] else None,
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="secnet", description="Inspect and steer the secnet network driver.")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="the daemon's health, its networks, endpoint counts")
+    s = sub.add_parser("show", help="segments, members, rules with counters, quarantine")
+    s.add_argument("network", metavar="NETWORK")
+    s = sub.add_parser("policy", help="print or change a network's allow rules")
+    s.add_argument("network", metavar="NETWORK")
+    s.add_argument("action", nargs="?", choices=("set", "add", "remove"))
+    s.add_argument("rules", nargs="*", metavar="RULE")
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
+    p = parser()
+    p.error = lambda msg: (_ for _ in ()).throw(CliError(msg))  # one-line errors, exit 2
+    try:
+        args = p.parse_args(argv)
+        data = {"status": cmd_status, "show": cmd_show, "policy": cmd_policy}[args.command](args)
+    except CliError as exc:
+        print(f"secnet: {exc}", file=sys.stderr)
+        return 2 if "argument" in str(exc) or "usage" in str(exc) or "invalid choice" in str(exc) else 1
+    try:
+        if as_json:
+            print(json.dumps(data, indent=2, sort_keys=True))
+        else:
+            PRINTERS[args.command](data)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. piped into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
