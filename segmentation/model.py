@@ -1,0 +1,76 @@
+"""Membership and policy: the immutable inputs of the compiler.
+
+A :class:`Member` is one endpoint of a secnet network as the plugin knows
+it: its addresses and the segment its container's label (or driver-opt)
+resolved to. ``segment=None`` means "not known yet"; such an endpoint
+belongs to no segment and the backend drops its traffic (fail closed). A
+member with a ``quarantine`` reason (e.g. an invalid label value) belongs to
+no segment either and all its traffic is dropped whatever the rules say.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, replace
+from typing import Iterable
+
+from .errors import PolicyError
+from .names import check_segment_name
+from .options import NetworkOptions
+from .rules import Rule, unique_rules
+
+
+@dataclass(frozen=True)
+class Member:
+    """One endpoint: plain addresses (no prefix) and its segment.
+
+    The segment name is checked unless the member is quarantined (a
+    quarantined member may carry the bad name it was quarantined for).
+    """
+
+    endpoint_id: str
+    segment: str | None
+    ipv4: str | None = None
+    ipv6: str | None = None
+    quarantine: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.segment is not None and self.quarantine is None:
+            check_segment_name(self.segment)
+        for name, version in (("ipv4", 4), ("ipv6", 6)):
+            value = getattr(self, name) or None  # "" means no address
+            object.__setattr__(self, name, value)
+            if value is not None and ipaddress.ip_address(value).version != version:
+                raise ValueError(f"Member.{name} {value!r} is not an IPv{version} address")
+
+    @property
+    def effective_segment(self) -> str | None:
+        """The segment this member is enforced in: None if quarantined or unknown."""
+        return None if self.quarantine is not None else self.segment
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The policy of one network: its options, rules included."""
+
+    options: NetworkOptions
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self.options.rules
+
+    def with_rules(self, rules: Iterable[Rule]) -> "Policy":
+        """The same policy with its rules replaced (duplicates dropped)."""
+        return Policy(replace(self.options, rules=unique_rules(rules)))
+
+    def add_rules(self, rules: Iterable[Rule]) -> "Policy":
+        """The policy with ``rules`` appended (already present ones kept once)."""
+        return self.with_rules(self.rules + tuple(rules))
+
+    def remove_rules(self, rules: Iterable[Rule]) -> "Policy":
+        """The policy without ``rules``; a rule not in the policy is an error."""
+        doomed = tuple(rules)
+        for rule in doomed:
+            if rule not in self.rules:
+                raise PolicyError(f"rule '{rule.text()}' is not in the policy")
+        return self.with_rules(r for r in self.rules if r not in doomed)

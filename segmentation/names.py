@@ -1,0 +1,70 @@
+"""Segment names.
+
+A segment name is what a container's segment label (or ``--driver-opt
+secnet.segment=...``) holds and what allow rules name::
+
+    SEGMENT := [A-Za-z0-9][A-Za-z0-9_.-]{0,62}
+
+Anything that parses as an IP address is an address, never a segment name
+(``10.0.0.1`` matches the pattern but is refused), so a rule can never be
+read two ways. Four dot-separated numbers that are no valid address
+(``10.0.0.300``) are refused too: a mistyped address must not silently
+become a segment that no container is in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from .errors import PolicyError, shown
+
+SEGMENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+
+# digits and dots in the shape of an IPv4 address, e.g. a mistyped 10.0.0.300
+_IPV4_LOOKALIKE = re.compile(r"[0-9]+(\.[0-9]+){3}")
+
+SEGMENT_SYNTAX = (
+    "a segment name is 1-63 letters, digits, '_', '.' or '-', "
+    "starting with a letter or digit"
+)
+
+
+def _is_address(text: str) -> bool:
+    """True when ``text`` parses as an IP address or network."""
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def segment_name_problem(text: object) -> str | None:
+    """Why ``text`` is not a valid segment name, or ``None`` if it is."""
+    if not isinstance(text, str):
+        return f"a segment name must be a string, not {type(text).__name__}"
+    if text == "":
+        return "a segment name must not be empty"
+    if not SEGMENT_RE.fullmatch(text):
+        return SEGMENT_SYNTAX
+    if _is_address(text):
+        return "it is an IP address, not a segment name"
+    if _IPV4_LOOKALIKE.fullmatch(text):
+        return "it looks like an IPv4 address but is not a valid one"
+    return None
+
+
+def is_segment_name(text: object) -> bool:
+    """True when ``text`` is a valid segment name."""
+    return segment_name_problem(text) is None
+
+
+def check_segment_name(text: object, what: str = "segment") -> str:
+    """Return ``text`` if it is a valid segment name, else raise PolicyError.
+
+    ``what`` names the thing in the message, e.g. ``"default segment"``.
+    """
+    problem = segment_name_problem(text)
+    if problem is not None:
+        raise PolicyError(f"invalid {what} name '{shown(text)}': {problem}")
+    return text  # type: ignore[return-value]

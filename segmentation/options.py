@@ -1,0 +1,220 @@
+"""Network options: ``docker network create -d secnet -o KEY=VALUE``.
+
+Docker hands a remote driver every ``-o`` in
+``Options["com.docker.network.generic"]`` as strings. secnet reads the
+``secnet.*`` keys, ignores everybody else's, and refuses an unknown
+``secnet.*`` key or a bad value with an :class:`OptionError` that names the
+key, the value and what is allowed -- before anything touches the kernel.
+
+:class:`NetworkOptions` validates itself on construction, so options read
+back from the state store (``from_dict``) are checked the same way.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from typing import Any, Mapping
+
+from .errors import OptionError, RuleError
+from .names import segment_name_problem
+from .rules import Rule, format_rules, parse_rule, parse_rules
+
+DOCKER_MTU_KEY = "com.docker.network.driver.mtu"
+PREFIX = "secnet."
+# option key -> NetworkOptions field
+OPTION_FIELDS = {
+    "secnet.segment-label": "segment_label",
+    "secnet.default-segment": "default_segment",
+    "secnet.allow": "rules",
+    "secnet.intra": "intra",
+    "secnet.egress": "egress",
+    "secnet.bridge": "bridge",
+    "secnet.mtu": "mtu",
+    "secnet.backend": "backend",
+}
+OPTION_KEYS = tuple(OPTION_FIELDS)
+FIELD_KEYS = {field: key for key, field in OPTION_FIELDS.items()}
+VERDICTS = ("allow", "deny")
+BACKENDS = ("nftables",)
+PLANNED_BACKENDS = ("ebpf",)
+MTU_MIN, MTU_MAX = 1280, 65535
+BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
+LABEL_KEY_MAX = 255
+# keys whose values are accepted in any letter case (stored lower-case)
+_CASE_FREE = {
+    "secnet.intra": VERDICTS,
+    "secnet.egress": VERDICTS,
+    "secnet.backend": BACKENDS + PLANNED_BACKENDS,
+}
+
+
+@dataclass(frozen=True)
+class NetworkOptions:
+    """The validated secnet options of one network (defaults = contract)."""
+
+    segment_label: str = "secnet.segment"
+    default_segment: str = "default"
+    rules: tuple[Rule, ...] = ()
+    intra: str = "allow"
+    egress: str = "allow"
+    bridge: str | None = None
+    mtu: int = 1500
+    backend: str = "nftables"
+    internal: bool = False
+    ipv6: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        _check_label_key(self.segment_label)
+        problem = segment_name_problem(self.default_segment)
+        if problem is not None:
+            raise OptionError("secnet.default-segment", self.default_segment, problem)
+        _check_rules(self.rules, self.internal)
+        _check_choice("secnet.intra", self.intra, VERDICTS)
+        _check_choice("secnet.egress", self.egress, VERDICTS)
+        if self.bridge is not None:
+            _check_bridge(self.bridge)
+        _check_mtu("secnet.mtu", self.mtu)
+        _check_backend(self.backend)
+        for name in ("internal", "ipv6"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"NetworkOptions.{name} must be a bool")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; rules as their canonical text."""
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["rules"] = [rule.text() for rule in self.rules]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "NetworkOptions":
+        """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
+        known = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in known}
+        rules = kwargs.get("rules", ())
+        if isinstance(rules, str):
+            kwargs["rules"] = parse_rules(rules)
+        else:
+            kwargs["rules"] = tuple(parse_rule(text) for text in rules)
+        return cls(**kwargs)
+
+
+def parse_network_options(
+    generic: Mapping[str, Any] | None,
+    *,
+    docker_mtu: str | int | None = None,
+    internal: bool = False,
+    ipv6: bool = False,
+) -> NetworkOptions:
+    """Validate Docker's generic options (every ``-o``) into NetworkOptions.
+
+    ``docker_mtu`` is ``com.docker.network.driver.mtu`` (taken from
+    ``generic`` when not passed); ``secnet.mtu`` wins over it. ``internal``
+    and ``ipv6`` are Docker's ``--internal`` and ``--ipv6``.
+    """
+    generic = dict(generic or {})
+    if docker_mtu is None:
+        docker_mtu = generic.get(DOCKER_MTU_KEY)
+    kwargs: dict[str, Any] = {}
+    for key, value in generic.items():
+        if not str(key).lower().startswith(PREFIX):
+            continue
+        if key not in OPTION_FIELDS:
+            raise OptionError.unknown_key(str(key), OPTION_KEYS)
+        kwargs[OPTION_FIELDS[key]] = _parse_value(key, value)
+    if docker_mtu not in (None, "", 0, "0"):
+        mtu = _parse_mtu(DOCKER_MTU_KEY, docker_mtu)
+        kwargs.setdefault("mtu", mtu)
+    return NetworkOptions(**kwargs, internal=bool(internal), ipv6=bool(ipv6))
+
+
+def _parse_value(key: str, value: Any) -> Any:
+    """Turn one ``secnet.*`` string value into the field's type."""
+    if key == "secnet.mtu":
+        return _parse_mtu(key, value)
+    if not isinstance(value, str):
+        raise OptionError(key, value, "expected a string")
+    if key == "secnet.allow":
+        try:
+            return parse_rules(value)
+        except RuleError as err:
+            raise OptionError(key, value, str(err)) from err
+    choices = _CASE_FREE.get(key, ())
+    return value.lower() if value.lower() in choices else value
+
+
+def _parse_mtu(key: str, value: Any) -> int:
+    """An MTU from a decimal string (or int)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mtu = value
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]{1,6}", value):
+        mtu = int(value)
+    else:
+        raise OptionError(key, value, f"an integer {MTU_MIN}-{MTU_MAX}")
+    _check_mtu(key, mtu)
+    return mtu
+
+
+def _check_mtu(key: str, mtu: Any) -> None:
+    if isinstance(mtu, bool) or not isinstance(mtu, int) or not MTU_MIN <= mtu <= MTU_MAX:
+        raise OptionError(key, mtu, f"an integer {MTU_MIN}-{MTU_MAX}")
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise OptionError(key, value, "allowed: " + ", ".join(choices))
+
+
+def _check_backend(value: Any) -> None:
+    allowed = "allowed: " + ", ".join(BACKENDS)
+    if value in PLANNED_BACKENDS:
+        raise OptionError(
+            "secnet.backend", value, f"backend '{value}' is not available yet; {allowed}"
+        )
+    _check_choice("secnet.backend", value, BACKENDS)
+
+
+def _check_label_key(value: Any) -> None:
+    """A Docker label key: printable, no whitespace or '=', 1-255 chars."""
+    ok = (
+        isinstance(value, str)
+        and 0 < len(value) <= LABEL_KEY_MAX
+        and value.isprintable()
+        and not any(c.isspace() or c == "=" for c in value)
+    )
+    if not ok:
+        raise OptionError(
+            "secnet.segment-label",
+            value,
+            f"a Docker label key: 1-{LABEL_KEY_MAX} printable characters "
+            "without whitespace or '='",
+        )
+
+
+def _check_bridge(value: Any) -> None:
+    """A Linux interface name: 1-15 of [A-Za-z0-9_.-], not '.' or '..'."""
+    if not isinstance(value, str) or not BRIDGE_RE.fullmatch(value) or value in (".", ".."):
+        raise OptionError(
+            "secnet.bridge",
+            value,
+            "a Linux interface name: 1-15 letters, digits, '_', '.' or '-', "
+            "not '.' or '..'",
+        )
+
+
+def _check_rules(rules: tuple[Rule, ...], internal: bool) -> None:
+    """Rules are Rule values; an internal network has no CIDR rules."""
+    for rule in rules:
+        if not isinstance(rule, Rule):
+            raise TypeError(f"NetworkOptions.rules holds {type(rule).__name__}, not Rule")
+    if not internal:
+        return
+    for rule in rules:
+        if "cidr" in (rule.src.kind, rule.dst.kind):
+            raise OptionError(
+                "secnet.allow",
+                format_rules(rules),
+                f"rule '{rule.text()}' names a CIDR, but an internal network "
+                "has no traffic to or from outside",
+            )

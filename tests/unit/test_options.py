@@ -1,0 +1,193 @@
+"""Tests of segmentation.options and segmentation.model."""
+
+import json
+
+import pytest
+
+from segmentation.errors import OptionError, PolicyError
+from segmentation.model import Member, Policy
+from segmentation.options import OPTION_KEYS, NetworkOptions, parse_network_options
+from segmentation.rules import parse_rule, parse_rules
+
+
+def test_defaults_follow_the_contract():
+    opts = parse_network_options({})
+    assert opts == NetworkOptions()
+    assert (opts.segment_label, opts.default_segment, opts.rules) == ("secnet.segment", "default", ())
+    assert (opts.intra, opts.egress, opts.bridge, opts.mtu, opts.backend) == (
+        "allow", "allow", None, 1500, "nftables")
+    assert parse_network_options(None) == NetworkOptions()
+
+
+def test_every_option_is_read():
+    opts = parse_network_options({
+        "secnet.segment-label": "com.docker.compose.service",
+        "secnet.default-segment": "misc",
+        "secnet.allow": "web->api:tcp/8080, api->db:tcp/5432",
+        "secnet.intra": "deny",
+        "secnet.egress": "DENY",
+        "secnet.bridge": "br-sec0",
+        "secnet.mtu": "9000",
+        "secnet.backend": "nftables",
+    }, internal=False, ipv6=True)
+    assert opts.segment_label == "com.docker.compose.service"
+    assert opts.default_segment == "misc"
+    assert opts.rules == parse_rules("web->api:tcp/8080 api->db:tcp/5432")
+    assert (opts.intra, opts.egress, opts.bridge, opts.mtu) == ("deny", "deny", "br-sec0", 9000)
+    assert opts.ipv6 is True and opts.internal is False
+
+
+def test_foreign_keys_are_ignored():
+    opts = parse_network_options({"com.docker.network.bridge.name": "x y", "foo": "bar",
+                                  "secnetish": "1"})
+    assert opts == NetworkOptions()
+
+
+def test_mtu_sources_and_precedence():
+    assert parse_network_options({}, docker_mtu="9000").mtu == 9000
+    assert parse_network_options({}, docker_mtu=1400).mtu == 1400
+    assert parse_network_options({"com.docker.network.driver.mtu": "1450"}).mtu == 1450
+    assert parse_network_options({"secnet.mtu": "1300"}, docker_mtu="9000").mtu == 1300
+    assert parse_network_options({}, docker_mtu="0").mtu == 1500
+
+
+@pytest.mark.parametrize("docker_mtu", ["100", "abc", 70000, True])
+def test_bad_docker_mtu_names_dockers_key(docker_mtu):
+    with pytest.raises(OptionError) as info:
+        parse_network_options({}, docker_mtu=docker_mtu)
+    assert info.value.key == "com.docker.network.driver.mtu"
+    assert f"'{docker_mtu}'" in str(info.value) and "1280-65535" in str(info.value)
+
+
+@pytest.mark.parametrize("key", ["secnet.segment", "secnet.foo", "secnet.Allow", "SECNET.allow", "secnet."])
+def test_unknown_secnet_key_lists_allowed_keys(key):
+    with pytest.raises(OptionError) as info:
+        parse_network_options({key: "x"})
+    message = str(info.value)
+    assert message.startswith(f"unknown option {key}: allowed options are ")
+    assert all(k in message for k in OPTION_KEYS)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize("key, value, allowed", [
+    ("secnet.segment-label", "", "a Docker label key"),
+    ("secnet.segment-label", "my label", "without whitespace"),
+    ("secnet.segment-label", "a=b", "without whitespace or '='"),
+    ("secnet.segment-label", "x" * 256, "1-255 printable"),
+    ("secnet.segment-label", "a\x00b", "printable"),
+    ("secnet.default-segment", "-bad", "a segment name is 1-63"),
+    ("secnet.default-segment", "", "must not be empty"),
+    ("secnet.default-segment", "10.1.1.1", "is an IP address"),
+    ("secnet.intra", "maybe", "allowed: allow, deny"),
+    ("secnet.egress", "", "allowed: allow, deny"),
+    ("secnet.bridge", "", "a Linux interface name"),
+    ("secnet.bridge", "x" * 16, "1-15 letters"),
+    ("secnet.bridge", "br/0", "a Linux interface name"),
+    ("secnet.bridge", "br 0", "a Linux interface name"),
+    ("secnet.bridge", ".", "not '.' or '..'"),
+    ("secnet.bridge", "..", "not '.' or '..'"),
+    ("secnet.mtu", "1279", "an integer 1280-65535"),
+    ("secnet.mtu", "65536", "an integer 1280-65535"),
+    ("secnet.mtu", "1_500", "an integer 1280-65535"),
+    ("secnet.mtu", " 1500", "an integer 1280-65535"),
+    ("secnet.mtu", "jumbo", "an integer 1280-65535"),
+    ("secnet.backend", "iptables", "allowed: nftables"),
+    ("secnet.backend", "ebpf", "backend 'ebpf' is not available yet; allowed: nftables"),
+    ("secnet.backend", "EBPF", "backend 'ebpf' is not available yet"),
+    ("secnet.intra", 1, "expected a string"),
+])
+def test_bad_values_name_key_value_and_allowed(key, value, allowed):
+    with pytest.raises(OptionError) as info:
+        parse_network_options({key: value})
+    err = info.value
+    assert err.key == key
+    assert allowed in err.allowed
+    message = str(err)
+    assert message.startswith("invalid value '") and f"for option {key}: " in message
+    assert "\n" not in message and "\x00" not in message
+    if len(str(value)) < 100 and str(value).isprintable():
+        assert f"'{value}'" in message or f"'{str(value).lower()}'" in message
+
+
+def test_bad_rule_names_key_and_rule():
+    with pytest.raises(OptionError) as info:
+        parse_network_options({"secnet.allow": "a->b, web->api:tcp/99999"})
+    assert str(info.value) == (
+        "invalid value 'a->b, web->api:tcp/99999' for option secnet.allow: "
+        "invalid rule 'web->api:tcp/99999': port 99999 out of range 1-65535"
+    )
+    assert info.value.__cause__.rule == "web->api:tcp/99999"
+
+
+@pytest.mark.parametrize("rules", ["web->10.0.0.0/8", "10.0.0.0/8->*:tcp/80", "a->b, *->[::/0]"])
+def test_internal_network_refuses_cidr_rules(rules):
+    with pytest.raises(OptionError) as info:
+        parse_network_options({"secnet.allow": rules}, internal=True)
+    assert info.value.key == "secnet.allow"
+    assert "internal network" in str(info.value)
+    assert parse_network_options({"secnet.allow": rules}).internal is False
+
+
+def test_internal_network_accepts_segment_rules_and_egress_allow():
+    opts = parse_network_options({"secnet.allow": "a->b", "secnet.egress": "allow"}, internal=True)
+    assert opts.internal and opts.egress == "allow" and len(opts.rules) == 1
+
+
+def test_dict_round_trip_through_json():
+    opts = parse_network_options({
+        "secnet.allow": "web->[2001:db8::/32]:tcp/443 10.0.0.0/8->web:tcp/80 *->dns:udp/53",
+        "secnet.bridge": "sn0", "secnet.intra": "deny"}, docker_mtu="9000", ipv6=True)
+    data = json.loads(json.dumps(opts.to_dict()))
+    assert data["rules"] == ["web->[2001:db8::/32]:tcp/443", "10.0.0.0/8->web:tcp/80", "*->dns:udp/53"]
+    assert NetworkOptions.from_dict(data) == opts
+    assert NetworkOptions.from_dict({"future": 1}) == NetworkOptions()
+    assert NetworkOptions.from_dict({"rules": "a->b c->d"}).rules == parse_rules("a->b c->d")
+
+
+def test_from_dict_validates():
+    with pytest.raises(OptionError, match="secnet.mtu"):
+        NetworkOptions.from_dict({"mtu": 10})
+    with pytest.raises(PolicyError, match="invalid rule 'a->'"):
+        NetworkOptions.from_dict({"rules": ["a->"]})
+
+
+def test_constructor_validates_types():
+    with pytest.raises(TypeError):
+        NetworkOptions(rules=("a->b",))
+    with pytest.raises(TypeError):
+        NetworkOptions(internal="yes")
+    with pytest.raises(OptionError, match="secnet.mtu"):
+        NetworkOptions(mtu=True)
+    assert NetworkOptions(rules=[parse_rule("a->b")]).rules == (parse_rule("a->b"),)
+
+
+# --- model ----------------------------------------------------------------
+
+def test_policy_rule_edits():
+    policy = Policy(NetworkOptions())
+    a, b = parse_rule("a->b"), parse_rule("b->c:tcp/1")
+    assert policy.with_rules([a, b, a]).rules == (a, b)
+    assert policy.with_rules([a]).add_rules([a, b]).rules == (a, b)
+    assert policy.with_rules([a, b]).remove_rules([a]).rules == (b,)
+    with pytest.raises(PolicyError, match="rule 'b->c:tcp/1' is not in the policy"):
+        policy.with_rules([a]).remove_rules([b])
+
+
+def test_policy_edits_keep_validation():
+    policy = Policy(NetworkOptions(internal=True))
+    with pytest.raises(OptionError, match="internal network"):
+        policy.add_rules([parse_rule("web->0.0.0.0/0")])
+
+
+def test_member_validation():
+    member = Member("e1", "web", "10.0.0.2", "2001:db8::2")
+    assert member.effective_segment == "web"
+    assert Member("e2", "web", quarantine="bad label").effective_segment is None
+    assert Member("e3", None).effective_segment is None
+    with pytest.raises(PolicyError, match="invalid segment name '-x'"):
+        Member("e4", "-x")
+    assert Member("e4", "-x", quarantine="bad label").effective_segment is None
+    assert Member("e6", "web", "", "").ipv4 is None
+    for v4, v6 in [("2001:db8::2", None), (None, "10.0.0.2"), ("10.0.0.2/24", None)]:
+        with pytest.raises(ValueError):
+            Member("e5", "web", v4, v6)

@@ -1,0 +1,256 @@
+"""Tests of segmentation.rules, segmentation.names and segmentation.errors."""
+
+import pytest
+from hypothesis import given, strategies as st
+
+from segmentation.errors import OptionError, PolicyError, RuleError, shown
+from segmentation.names import check_segment_name, is_segment_name
+from segmentation.rules import (
+    Endpoint, Rule, Service, format_rules, parse_rule, parse_rules, split_rules,
+)
+
+
+# --- names ----------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["web", "a", "A9", "db_1", "svc.api-v2", "0", "x" * 63, "1.2.3"])
+def test_valid_segment_names(name):
+    assert is_segment_name(name)
+    assert check_segment_name(name) == name
+
+
+@pytest.mark.parametrize("name", [
+    "", "-web", "_web", ".web", "x" * 64, "we b", "web/1", "we:b", "wéb", "*",
+    "10.0.0.1", "10.0.0.300", "010.0.0.1", None, 5,
+])
+def test_invalid_segment_names(name):
+    assert not is_segment_name(name)
+    with pytest.raises(PolicyError) as info:
+        check_segment_name(name, what="default segment")
+    assert f"invalid default segment name '{name}'" in str(info.value)
+
+
+def test_address_is_not_a_segment_name():
+    with pytest.raises(PolicyError, match="is an IP address"):
+        check_segment_name("192.168.1.1")
+
+
+# --- errors ---------------------------------------------------------------
+
+def test_error_messages_stay_one_line():
+    err = RuleError("a\nb->c", "bad")
+    assert str(err) == "invalid rule 'a\\nb->c': bad"
+    assert "\n" not in str(OptionError("secnet.intra", "x\ny", "allowed: allow, deny"))
+    assert shown("x" * 500).endswith("...") and len(shown("x" * 500)) == 200
+
+
+def test_error_hierarchy_and_attributes():
+    err = OptionError("secnet.intra", "maybe", "allowed: allow, deny")
+    assert isinstance(err, PolicyError) and isinstance(err, ValueError)
+    assert (err.key, err.value, err.allowed) == ("secnet.intra", "maybe", "allowed: allow, deny")
+    assert str(err) == "invalid value 'maybe' for option secnet.intra: allowed: allow, deny"
+    unknown = OptionError.unknown_key("secnet.foo", ("secnet.a", "secnet.b"))
+    assert str(unknown) == "unknown option secnet.foo: allowed options are secnet.a, secnet.b"
+    rule_err = RuleError("x", "why")
+    assert (rule_err.rule, rule_err.reason) == ("x", "why")
+
+
+# --- parsing: accepted forms ----------------------------------------------
+
+@pytest.mark.parametrize("text", [
+    "web->api:tcp/8080", "api->db:tcp/5432", "*->dns:udp/53", "monitor->*",
+    "web->0.0.0.0/0:tcp/443", "10.0.0.0/8->web:tcp/80",
+    "web->[2001:db8::/32]:tcp/443", "[2001:db8::/32]->web:udp/1000-2000",
+    "web->web:icmp", "a->b:tcp", "*->*", "10.0.0.0/8->*:tcp/80", "web->[::/0]",
+])
+def test_canonical_rules_round_trip(text):
+    rule = parse_rule(text)
+    assert rule.text() == text
+    assert str(rule) == text
+    assert parse_rule(rule.text()) == rule
+
+
+@pytest.mark.parametrize("text, canonical", [
+    ("web->10.1.2.3", "web->10.1.2.3/32"),
+    ("10.1.2.3->web:tcp/80", "10.1.2.3/32->web:tcp/80"),
+    ("web->[2001:db8::1]", "web->[2001:db8::1/128]"),
+    ("web->[2001:DB8:0:0::/64]:TCP/443", "web->[2001:db8::/64]:tcp/443"),
+    ("web->api:any", "web->api"),
+    ("web->api:UDP/53-53", "web->api:udp/53"),
+    ("  web -> api:tcp/80 ", "web->api:tcp/80"),
+    ("web->api:tcp/080", "web->api:tcp/80"),
+])
+def test_rules_are_normalised(text, canonical):
+    assert parse_rule(text).text() == canonical
+
+
+def test_parsed_structure():
+    rule = parse_rule("web->[2001:db8::/32]:tcp/1000-2000")
+    assert rule.src == Endpoint("segment", "web")
+    assert rule.dst.kind == "cidr" and rule.dst.value == "2001:db8::/32"
+    assert rule.dst.family == 6 and rule.dst.network.prefixlen == 32
+    assert rule.service == Service("tcp", 1000, 2000)
+    assert parse_rule("10.0.0.0/8->*").src.family == 4
+    assert parse_rule("a->*").dst == Endpoint("all", "*")
+    assert parse_rule("a->b").service == Service("any")
+
+
+# --- parsing: every error path --------------------------------------------
+
+@pytest.mark.parametrize("text, reason", [
+    ("web->api:tcp/99999", "port 99999 out of range 1-65535"),
+    ("web->api:tcp/0", "port 0 out of range 1-65535"),
+    ("web->api:tcp/1-70000", "port 70000 out of range 1-65535"),
+    ("web->api:tcp/2000-1000", "port range 2000-1000 is reversed"),
+    ("web->api:tcp/8a", "invalid port '8a'"),
+    ("web->api:tcp/-5", "invalid port ''"),
+    ("web->api:tcp/1-2-3", "invalid port '2-3'"),
+    ("web->api:tcp/", "missing port after '/'"),
+    ("web->api:icmp/8", "ports are only allowed with tcp or udp, not icmp"),
+    ("web->api:any/80", "ports are only allowed with tcp or udp, not any"),
+    ("web->api:sctp/80", "unknown protocol 'sctp'"),
+    ("web->api:", "missing protocol after ':'"),
+    ("web->[2001:db8::/32]:", "missing protocol after ':'"),
+    ("web", "missing '->'"),
+    ("a->b->c", "more than one '->'"),
+    ("->api", "missing source"),
+    ("web->", "missing destination"),
+    ("web->:tcp", "missing destination"),
+    ("", "empty rule"),
+    ("10.0.0.0/8->192.168.0.0/16", "both sides are CIDRs"),
+    ("[2001:db8::/32]->10.0.0.0/8:tcp/80", "both sides are CIDRs"),
+    ("10.0.0.1/8->web", "host bits set in source '10.0.0.1/8' (did you mean 10.0.0.0/8?)"),
+    ("web->[2001:db8::1/32]", "host bits set in destination '2001:db8::1/32'"),
+    ("web->[10.0.0.0/8]", "IPv4 CIDR '10.0.0.0/8' must be written without brackets"),
+    ("web->2001:db8::/32:tcp/443", "IPv6 CIDR '2001:db8::/32' must be written in brackets"),
+    ("web->2001:db8::1", "must be written in brackets"),
+    ("2001:db8::/32->web", "must be written in brackets"),
+    ("web->[2001:db8::/32", "'[' without a closing ']'"),
+    ("web->[2001:db8::/32]tcp", "unexpected 'tcp' after the destination"),
+    ("2001:db8::/32]->web", "unbalanced brackets"),
+    ("[]->web", "unbalanced brackets"),
+    ("web->[fe80::1%eth0]", "has a zone index"),
+    ("web->10.0.0.0/33", "destination '10.0.0.0/33' is not a valid CIDR"),
+    ("web->[zz::/3]", "destination 'zz::/3' is not a valid CIDR"),
+    ("web:tcp->api", "source 'web:tcp' is not a segment name, '*' or a CIDR"),
+    ("-web->api", "source '-web' is not a segment name"),
+    ("web->" + "x" * 64, "is not a segment name"),
+    ("10.0.0.300->web", "looks like an IPv4 address"),
+    ("web->api:tcp:80", "unknown protocol 'tcp:80'"),
+    ("web api->db", "unexpected whitespace"),
+])
+def test_rule_errors_name_rule_and_reason(text, reason):
+    with pytest.raises(RuleError) as info:
+        parse_rule(text)
+    assert info.value.rule == text
+    assert reason in info.value.reason
+    assert str(info.value).startswith(f"invalid rule '{text}': ")
+    assert reason in str(info.value)
+
+
+def test_rule_constructor_refuses_cidr_to_cidr():
+    with pytest.raises(RuleError, match="both sides are CIDRs"):
+        Rule(Endpoint("cidr", "10.0.0.0/8"), Endpoint("cidr", "::/0"), Service("any"))
+
+
+# --- rule lists -----------------------------------------------------------
+
+def test_parse_rules_separators_and_duplicates():
+    rules = parse_rules("a->b:tcp/80, b->c;c->d\n\ta->b:TCP/80 d -> e ,;")
+    assert format_rules(rules) == "a->b:tcp/80,b->c,c->d,d->e"
+    assert format_rules(rules, sep="\n") == "a->b:tcp/80\nb->c\nc->d\nd->e"
+    assert parse_rules("") == () and parse_rules(" ,; ") == ()
+    assert split_rules("a -> b c->d") == ["a->b", "c->d"]
+
+
+def test_parse_rules_names_the_bad_rule():
+    with pytest.raises(RuleError) as info:
+        parse_rules("a->b, web->api:tcp/99999, c->d")
+    assert info.value.rule == "web->api:tcp/99999"
+
+
+# --- Service / Endpoint values --------------------------------------------
+
+def test_service_text_and_defaults():
+    assert Service("tcp").text() == "tcp" and Service("tcp") == Service("tcp", 0, 65535)
+    assert Service("tcp", 80, 80).text() == "tcp/80"
+    assert Service("udp", 1000, 2000).text() == "udp/1000-2000"
+    assert Service("icmp") == Service("icmp", 0, 0) and Service("icmp").text() == "icmp"
+    assert Service("any").text() == "any" and (Service("any").lo, Service("any").hi) == (0, 0)
+
+
+@pytest.mark.parametrize("args", [("sctp",), ("icmp", 1, 2), ("tcp", 0, 80), ("tcp", 90, 80), ("udp", 1, 70000)])
+def test_service_refuses_bad_values(args):
+    with pytest.raises(ValueError):
+        Service(*args)
+
+
+@pytest.mark.parametrize("service, proto, port, expected", [
+    (Service("any"), "icmp", None, True),
+    (Service("tcp"), "tcp", 22, True),
+    (Service("tcp"), "tcp", None, True),
+    (Service("tcp"), "udp", 22, False),
+    (Service("tcp", 80, 90), "tcp", 90, True),
+    (Service("tcp", 80, 90), "tcp", 91, False),
+    (Service("tcp", 80, 90), "tcp", None, False),
+    (Service("tcp", 1, 65535), "tcp", None, True),
+    (Service("icmp"), "icmp", None, True),
+    (Service("icmp"), "tcp", 1, False),
+])
+def test_service_matches(service, proto, port, expected):
+    assert service.matches(proto, port) is expected
+
+
+def test_endpoint_validation():
+    assert Endpoint("cidr", "10.0.0.1").value == "10.0.0.1/32"
+    assert Endpoint("all", "whatever").value == "*"
+    for kind, value in [("cidr", "10.0.0.1/8"), ("segment", "10.0.0.1"), ("host", "x"),
+                        ("cidr", "fe80::1%eth0")]:
+        with pytest.raises(ValueError):
+            Endpoint(kind, value)
+    with pytest.raises(ValueError):
+        Endpoint("segment", "web").network
+
+
+# --- properties -----------------------------------------------------------
+
+SEGMENTS = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,10}", fullmatch=True).filter(is_segment_name)
+
+
+@st.composite
+def cidrs(draw):
+    if draw(st.booleans()):
+        addr = draw(st.ip_addresses(v=4))
+        prefix = draw(st.integers(0, 32))
+    else:
+        addr = draw(st.ip_addresses(v=6))
+        prefix = draw(st.integers(0, 128))
+    import ipaddress
+    return Endpoint("cidr", str(ipaddress.ip_network(f"{addr}/{prefix}", strict=False)))
+
+
+@st.composite
+def services(draw):
+    proto = draw(st.sampled_from(["tcp", "udp", "icmp", "any"]))
+    if proto in ("tcp", "udp") and draw(st.booleans()):
+        lo = draw(st.integers(1, 65535))
+        return Service(proto, lo, draw(st.integers(lo, 65535)))
+    return Service(proto)
+
+
+@st.composite
+def rules(draw):
+    seg_side = st.one_of(SEGMENTS.map(lambda s: Endpoint("segment", s)), st.just(Endpoint("all", "*")))
+    src = draw(st.one_of(seg_side, cidrs()))
+    dst = draw(seg_side if src.kind == "cidr" else st.one_of(seg_side, cidrs()))
+    return Rule(src, dst, draw(services()))
+
+
+@given(rules())
+def test_text_round_trips(rule):
+    assert parse_rule(rule.text()) == rule
+
+
+@given(st.lists(rules(), max_size=8), st.sampled_from([",", ";", " ", "\n", ", "]))
+def test_rule_lists_round_trip(rule_list, sep):
+    parsed = parse_rules(format_rules(rule_list, sep=sep))
+    assert parsed == tuple(dict.fromkeys(rule_list))
