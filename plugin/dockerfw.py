@@ -5,9 +5,11 @@ Docker sets the iptables FORWARD policy to DROP. With br_netfilter loaded
 of *our* bridge passes the iptables FORWARD chain too, and Docker's DROP
 would eat it: an ``accept`` in secnet's own nft table cannot override a drop
 in another table. Docker leaves the ``DOCKER-USER`` chain to the user and
-jumps to it first from FORWARD, so secnet puts exactly one rule per bridge
-there, tagged with a comment, and nothing anywhere else. Policy itself is
-enforced in secnet's nftables tables, which drop before this accept matters.
+jumps to it first from FORWARD, so secnet puts two rules per bridge
+there (``-i BR`` and ``-o BR``), tagged with a comment, and nothing anywhere
+else. Policy itself is enforced in secnet's nftables tables, which run
+before Docker's and drop what policy forbids, so these accepts only undo
+Docker's blanket DROP for secnet's bridges.
 Docker's rules for its own networks are untouched.
 """
 from __future__ import annotations
@@ -28,9 +30,9 @@ class DockerFirewall:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _spec(bridge: str, network_id: str) -> list:
-        return ["-i", bridge, "-o", bridge, "-m", "comment",
-                "--comment", COMMENT_PREFIX + network_id, "-j", "ACCEPT"]
+    def _specs(bridge: str, network_id: str) -> list:
+        tail = ["-m", "comment", "--comment", COMMENT_PREFIX + network_id, "-j", "ACCEPT"]
+        return [["-i", bridge] + tail, ["-o", bridge] + tail]
 
     def _run(self, binary: str, *args) -> subprocess.CompletedProcess:
         return subprocess.run([binary, "-w", "5", *args], capture_output=True, text=True, check=False)
@@ -43,23 +45,23 @@ class DockerFirewall:
         return self._run(binary, "-t", "filter", "-N", CHAIN).returncode == 0
 
     def ensure(self, bridge: str, network_id: str) -> None:
-        spec = self._spec(bridge, network_id)
         with self._lock:
             for binary in self.binaries:
                 if not self._ensure_chain(binary):
                     log.warning("%s: cannot make chain %s", binary, CHAIN)
                     continue
-                if self._run(binary, "-C", CHAIN, *spec).returncode != 0:
-                    res = self._run(binary, "-I", CHAIN, "1", *spec)
-                    if res.returncode != 0:
-                        raise RuntimeError(f"{binary} -I {CHAIN} failed: {res.stderr.strip()}")
+                for spec in self._specs(bridge, network_id):
+                    if self._run(binary, "-C", CHAIN, *spec).returncode != 0:
+                        res = self._run(binary, "-I", CHAIN, "1", *spec)
+                        if res.returncode != 0:
+                            raise RuntimeError(f"{binary} -I {CHAIN} failed: {res.stderr.strip()}")
 
     def remove(self, bridge: str, network_id: str) -> None:
-        spec = self._spec(bridge, network_id)
         with self._lock:
             for binary in self.binaries:
-                while self._run(binary, "-D", CHAIN, *spec).returncode == 0:
-                    pass
+                for spec in self._specs(bridge, network_id):
+                    while self._run(binary, "-D", CHAIN, *spec).returncode == 0:
+                        pass
 
     def owned(self) -> list:
         """(binary, bridge, network_id) of every secnet rule in DOCKER-USER."""
@@ -68,10 +70,11 @@ class DockerFirewall:
             res = self._run(binary, "-S", CHAIN)
             for line in res.stdout.splitlines() if res.returncode == 0 else ():
                 words = shlex.split(line)
-                if "--comment" not in words or "-i" not in words:
+                flag = "-i" if "-i" in words else "-o"
+                if "--comment" not in words or flag not in words:
                     continue
                 comment = words[words.index("--comment") + 1]
                 if not comment.startswith(COMMENT_PREFIX):
                     continue
-                out.append((binary, words[words.index("-i") + 1], comment[len(COMMENT_PREFIX):]))
+                out.append((binary, words[words.index(flag) + 1], comment[len(COMMENT_PREFIX):]))
         return out

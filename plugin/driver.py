@@ -17,7 +17,8 @@ from segmentation.names import check_segment_name
 from segmentation.options import parse_network_options
 
 from . import netlink as nl
-from .errors import BadRequest, Conflict, Internal, NotFound
+from .errors import BadRequest, Conflict, DriverError, Internal, NotFound
+from .ports import Reservations, parse_portmap
 from .protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
 from .state import EndpointRecord, NetworkRecord, State
 
@@ -58,6 +59,7 @@ class Driver:
         self.firewall = firewall
         self.policy = policy or NullPolicy()
         self.resolver = resolver or NullResolver()
+        self.ports = Reservations()
         self.lock = threading.RLock()
 
     # --- discovery -------------------------------------------------------
@@ -204,6 +206,7 @@ class Driver:
             if ep is None:  # a retry: the work is done
                 return {}
             net = self.state.get_network(ep.network_id)
+            self.ports.release(ep.id)
             self.links.remove_link(ep.veth_host, owner=ep.id)
             if net is not None:
                 self.policy.endpoint_removed(net, ep)
@@ -252,10 +255,37 @@ class Driver:
         return {}
 
     def program_external_connectivity(self, req: EndpointRequest) -> dict:
-        self._endpoint(req.network_id, req.endpoint_id)
+        """Publish the endpoint's ports (`docker run -p`)."""
+        net = self._network(req.network_id)
+        bindings = parse_portmap(req.options)
+        if bindings and net.internal:
+            raise BadRequest("network is internal: ports cannot be published")
+        with self.lock:
+            ep = self._endpoint(req.network_id, req.endpoint_id)
+            published = self.ports.reserve(ep.id, bindings)
+            try:
+                ep = ep.evolve(ports=published)
+                self.policy.endpoint_changed(net, ep)
+                self.state.put_endpoint(ep)
+            except Exception as exc:
+                self.ports.release(ep.id)
+                if isinstance(exc, DriverError):
+                    raise
+                log.exception("publishing ports of %s failed", ep.id[:12])
+                raise Internal(f"cannot publish ports of endpoint {ep.id[:12]}: {exc}") from None
         return {}
 
     def revoke_external_connectivity(self, req: EndpointRequest) -> dict:
+        with self.lock:
+            ep = self.state.get_endpoint(req.endpoint_id)
+            self.ports.release(req.endpoint_id)
+            if ep is None or not ep.ports:
+                return {}
+            ep = ep.evolve(ports=())
+            net = self.state.get_network(ep.network_id)
+            if net is not None:
+                self.policy.endpoint_changed(net, ep)
+            self.state.put_endpoint(ep)
         return {}
 
     # --- restart ---------------------------------------------------------
@@ -274,11 +304,8 @@ class Driver:
                     log.exception("restore of network %s failed", net.id[:12])
                 for ep in eps:
                     owners.add(ep.id)
-                    try:
-                        self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac)
-                        counts["endpoints"] += 1
-                    except Exception:
-                        log.exception("restore of endpoint %s failed", ep.id[:12])
+                    self._restore_endpoint(net, ep)
+                    counts["endpoints"] += 1
             try:
                 counts["removed"] = self._remove_orphans(owners)
             except Exception:
@@ -286,6 +313,18 @@ class Driver:
         log.info("restored %(networks)d networks, %(endpoints)d endpoints; removed %(removed)d orphans",
                  counts)
         return counts
+
+    def _restore_endpoint(self, net, ep) -> None:
+        try:
+            self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac)
+        except Exception:
+            log.exception("restore of endpoint %s failed", ep.id[:12])
+        if ep.ports:
+            try:
+                from .ports import Binding
+                self.ports.reserve(ep.id, [Binding(p, ip, hp, hp, cp) for p, ip, hp, cp in ep.ports])
+            except Exception as exc:
+                log.error("endpoint %s: cannot hold its published ports again: %s", ep.id[:12], exc)
 
     def _remove_orphans(self, owners: set) -> int:
         removed = 0

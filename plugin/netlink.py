@@ -49,6 +49,11 @@ def endpoint_mac(ipv4: Optional[str], endpoint_id: str) -> str:
     return derived_mac(endpoint_id)
 
 
+def _write_sysctl(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
 class Netlink:
     """Thin, serialized wrapper of one rtnetlink socket."""
 
@@ -96,6 +101,8 @@ class Netlink:
                 if (str(iface.ip), iface.network.prefixlen) not in have:
                     self._add_addr(index, iface)
             self._ipr.link("set", index=index, state="up")
+        # 127.0.0.1:PORT of a published port is DNAT'd out of this bridge
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
 
     def _add_addr(self, index: int, iface) -> None:
         kwargs = {}
@@ -126,6 +133,8 @@ class Netlink:
                 peer_index = self._index(peer)
                 self._ipr.link("set", index=peer_index, address=mac, mtu=mtu)
             self._ipr.link("set", index=index, master=br, mtu=mtu)
+            # hairpin: a container may reach its own published port via the host
+            self._ipr.brport("set", index=index, mode=1)
             self._ipr.link("set", index=index, state="up")
 
     def remove_link(self, name: str, owner: Optional[str] = None) -> bool:

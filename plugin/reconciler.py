@@ -33,7 +33,12 @@ def _plain(cidr: Optional[str]) -> Optional[str]:
 
 def port_of(ep) -> nft.Port:
     return nft.Port(endpoint_id=ep.id, name=ep.veth_host, mac=ep.mac, ipv4=_plain(ep.ipv4),
-                    ipv6=_plain(ep.ipv6), segment=ep.segment, quarantine=ep.quarantine)
+                    ipv6=_plain(ep.ipv6), segment=ep.segment, quarantine=ep.quarantine,
+                    published=tuple(tuple(p) for p in ep.ports))
+
+
+def subnets_of(net) -> list:
+    return [pool for pool, _gw in net.ipv4 + net.ipv6]
 
 
 def member_of(port: nft.Port) -> Member:
@@ -114,7 +119,8 @@ class Reconciler:
     def _rebuild(self, net, ports: dict) -> None:
         options = NetworkOptions.from_dict(net.options)
         compiled = compile_policy(options, [member_of(p) for p in ports.values()])
-        self.runner.apply(nft.render_network(net.id, net.bridge, compiled, ports.values()))
+        self.runner.apply(nft.render_network(net.id, net.bridge, compiled, ports.values(),
+                                             subnets_of(net)))
         self._realized[net.id] = Realized(compiled, dict(ports))
 
     def drift(self, net) -> list:
@@ -199,10 +205,12 @@ def _elem_text(elem, s) -> str:
     """nft's JSON element back to the text form port_elements() renders."""
     if isinstance(elem, dict) and "elem" in elem:
         elem = elem["elem"]["val"]
-    if isinstance(elem, list):  # map: [key, verdict]
-        key, verdict = elem
-        (kind, target), = verdict.items()
-        return f"{_key_text(key, s)} : {kind} {target['target']}"
+    if isinstance(elem, list):  # map: [key, value]
+        key, value = elem
+        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("jump", "goto"):
+            (kind, target), = value.items()
+            return f"{_key_text(key, s)} : {kind} {target['target']}"
+        return f"{_key_text(key, s)} : {_key_text(value, s)}"
     return _key_text(elem, s)
 
 
@@ -211,7 +219,9 @@ def _key_text(key, s) -> str:
         parts = key["concat"]
         if s["name"] == "na6":
             return f"{parts[0]} . {hex(int(parts[1]))}"
-        return " . ".join(str(p) for p in parts)
+        return " . ".join(_key_text(p, s) for p in parts)
+    if isinstance(key, dict) and "prefix" in key:
+        return f"{key['prefix']['addr']}/{key['prefix']['len']}"
     return str(key)
 
 

@@ -35,10 +35,10 @@ from typing import Iterable, Optional
 
 from ..compiler import CompiledPolicy
 from ..rules import Service
+from . import nft_northsouth as ns
 
 TABLE_PREFIX = "secnet_"
-ND_TYPES = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert")
-MLD_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report")
+ND_TYPES, MLD_TYPES = ns.ND_TYPES, ns.MLD_TYPES
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class Port:
     ipv6: Optional[str] = None
     segment: Optional[str] = None
     quarantine: Optional[str] = None
+    published: tuple = ()       # (proto, host_ip or "", host_port, container_port)
 
     @property
     def active(self) -> bool:
@@ -126,7 +127,9 @@ def _verdict_maps(compiled: CompiledPolicy, ports: list) -> list:
 
 def _to_chain(bridge: str, compiled: CompiledPolicy, dst: str) -> list:
     sid = seg_id(dst)
-    lines = [f"  chain to_{sid} {{", _rule("iifname", "!=", _q(bridge), "goto", f"in_{sid}")]
+    lines = [f"  chain to_{sid} {{",
+             _rule("iifname", "!=", _q(bridge), "goto", f"in_{sid}"),
+             _rule("ct status dnat goto", f"in_{sid}")]  # published port, hairpin included
     for (src, d), grants in sorted(compiled.east_west.items()):
         if d != dst:
             continue
@@ -146,8 +149,9 @@ def _in_chain(compiled: CompiledPolicy, dst: str) -> list:
     if compiled.internal:
         lines.append(_rule("counter drop comment", _q("deny:internal")))
     elif dst not in compiled.ingress:
-        # Docker's behaviour: published ports (DNAT'd flows) only.
+        # Docker's behaviour: published ports (DNAT'd flows) and the host itself.
         lines.append(_rule("ct status dnat counter accept comment", _q("allow:published")))
+        lines.append(_rule("fib saddr type local counter accept comment", _q("allow:host")))
         lines.append(_rule("counter drop comment", _q("deny:no-rule")))
     else:
         for g in compiled.ingress[dst]:
@@ -195,7 +199,8 @@ def _forward_chain(bridge: str) -> list:
     ]
 
 
-def render_inet(table: str, bridge: str, compiled: CompiledPolicy, ports: list) -> list:
+def render_inet(table: str, bridge: str, compiled: CompiledPolicy, ports: list,
+                subnets: Iterable[str] = ()) -> list:
     lines = [f"table inet {table} {{"]
     lines += _segment_sets(compiled, ports)
     lines += _verdict_maps(compiled, ports)
@@ -204,6 +209,7 @@ def render_inet(table: str, bridge: str, compiled: CompiledPolicy, ports: list) 
         lines += _in_chain(compiled, seg)
         lines += _egress_chain(compiled, seg)
     lines += _forward_chain(bridge)
+    lines += ns.render(table, bridge, subnets, compiled.internal, ports)
     lines.append("}")
     return lines
 
@@ -285,13 +291,14 @@ def render_bridge(table: str, ports: list) -> list:
 
 # --- whole network and deltas ----------------------------------------------
 
-def render_network(network_id: str, bridge: str, compiled: CompiledPolicy, ports: Iterable[Port]) -> str:
+def render_network(network_id: str, bridge: str, compiled: CompiledPolicy, ports: Iterable[Port],
+                   subnets: Iterable[str] = ()) -> str:
     """Script that atomically replaces both tables of a network."""
     ports = list(ports)
     t = table_name(network_id)
     lines = [f"table inet {t} {{ }}", f"delete table inet {t}",
              f"table bridge {t} {{ }}", f"delete table bridge {t}"]
-    lines += render_inet(t, bridge, compiled, ports)
+    lines += render_inet(t, bridge, compiled, ports, subnets)
     lines += render_bridge(t, ports)
     return "\n".join(lines) + "\n"
 
@@ -313,6 +320,7 @@ def port_elements(network_id: str, port: Port) -> list:
                 out += [("inet", f"{t} s_{sid}_{fam}", addr),
                         ("inet", f"{t} dst{fam}", f"{addr} : jump to_{sid}"),
                         ("inet", f"{t} src{fam}", f"{addr} : jump eg_{sid}")]
+        out += ns.published_elements(t, port)
     for name, elems in _bridge_elements([port]).items():
         out += [("bridge", f"{t} {name}", e) for e in elems]
     return out

@@ -1,0 +1,138 @@
+"""Published ports (`docker run -p`): parse Docker's port map, reserve host ports.
+
+Docker's bridge driver holds every published host port bound (its
+docker-proxy), so no other program can take it and a second `-p` of the same
+port fails at `docker run`. secnet does the same with sockets it binds and
+keeps (never listens on: the packets are DNAT'd to the container before they
+could reach them). Releasing is closing the sockets.
+"""
+from __future__ import annotations
+
+import errno
+import ipaddress
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+from .errors import BadRequest, Conflict
+
+PORTMAP = "com.docker.network.portmap"
+PROTOS = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
+
+
+@dataclass(frozen=True)
+class Binding:
+    proto: str
+    host_ip: str        # "" = every address
+    host_port: int      # 0 = any free port
+    host_port_end: int
+    container_port: int
+
+
+def _port(value, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise BadRequest(f"invalid {what} {value!r} in {PORTMAP}: expected 0-65535")
+    return value
+
+
+def parse_portmap(options: dict) -> list:
+    """Docker's ``com.docker.network.portmap`` → Bindings (validated)."""
+    raw = options.get(PORTMAP) or []
+    if not isinstance(raw, list):
+        raise BadRequest(f"invalid {PORTMAP}: expected a list")
+    out = []
+    for item in raw:
+        if not isinstance(item, dict):
+            raise BadRequest(f"invalid {PORTMAP} entry {item!r}")
+        proto = PROTOS.get(item.get("Proto"))
+        if proto is None:
+            raise BadRequest(f"unsupported protocol {item.get('Proto')!r} in {PORTMAP}: tcp or udp")
+        host_ip = item.get("HostIP") or ""
+        if host_ip:
+            try:
+                host_ip = str(ipaddress.ip_address(host_ip))
+            except ValueError:
+                raise BadRequest(f"invalid HostIP {host_ip!r} in {PORTMAP}") from None
+            if host_ip in ("0.0.0.0", "::"):
+                host_ip = ""
+        cport = _port(item.get("Port"), "Port")
+        start = _port(item.get("HostPort") or 0, "HostPort")
+        end = _port(item.get("HostPortEnd") or start, "HostPortEnd")
+        if cport == 0 or end < start:
+            raise BadRequest(f"invalid port binding {item!r} in {PORTMAP}")
+        out.append(Binding(proto, host_ip, start, end, cport))
+    return out
+
+
+class Reservations:
+    """Host ports held open for published container ports, by endpoint."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._held: dict = {}  # endpoint id -> [socket, ...]
+
+    def reserve(self, endpoint_id: str, bindings: list) -> tuple:
+        """Bind every binding's host port; (proto, host_ip, host_port, container_port) each."""
+        with self._lock:
+            self._release(endpoint_id)
+            socks, result = [], []
+            try:
+                for b in bindings:
+                    port, held = self._bind_range(b)
+                    socks += held
+                    result.append((b.proto, b.host_ip, port, b.container_port))
+            except Exception:
+                for s in socks:
+                    s.close()
+                raise
+            self._held[endpoint_id] = socks
+            return tuple(result)
+
+    def _bind_range(self, b: Binding):
+        last_error: Optional[OSError] = None
+        ports = [0] if b.host_port == 0 else range(b.host_port, b.host_port_end + 1)
+        for port in ports:
+            try:
+                return _bind_all(b.proto, b.host_ip, port)
+            except OSError as exc:
+                last_error = exc
+        where = f"{b.host_ip or '0.0.0.0'}:{b.host_port}"
+        if b.host_port_end != b.host_port:
+            where += f"-{b.host_port_end}"
+        reason = "already in use" if last_error and last_error.errno == errno.EADDRINUSE else str(last_error)
+        raise Conflict(f"cannot publish host port {where}/{b.proto}: {reason}")
+
+    def release(self, endpoint_id: str) -> None:
+        with self._lock:
+            self._release(endpoint_id)
+
+    def _release(self, endpoint_id: str) -> None:
+        for s in self._held.pop(endpoint_id, ()):
+            s.close()
+
+
+def _bind_all(proto: str, host_ip: str, port: int):
+    """Bind ``port`` on ``host_ip`` (both families when empty); (port, sockets)."""
+    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    targets = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")] if not host_ip else \
+        [(socket.AF_INET6 if ":" in host_ip else socket.AF_INET, host_ip)]
+    socks = []
+    try:
+        for family, addr in targets:
+            s = socket.socket(family, kind)
+            socks.append(s)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((addr, port))
+            except OSError as exc:
+                if family == socket.AF_INET6 and not host_ip and exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # no IPv6 on this host
+                raise
+            port = s.getsockname()[1]  # a chosen port (0) is then used for the other family
+        return port, socks
+    except Exception:
+        for s in socks:
+            s.close()
+        raise

@@ -1,0 +1,124 @@
+"""nftables chains for north-south traffic: published ports, NAT, the host.
+
+Kernel background. A remote driver gets no help from Docker for ``-p``:
+secnet does what Docker's bridge driver does, in the network's inet table.
+
+* Published ports are DNAT'd in the nat ``prerouting`` hook (traffic from
+  other hosts and from containers, "hairpin") and in the nat ``output`` hook
+  (traffic from the host itself) for destinations that are local addresses
+  (``fib daddr type local``). The mappings live in the maps ``pub4``/``pub6``
+  keyed by host address (a prefix: ``0.0.0.0/0`` means every address),
+  protocol and host port, so publishing is an element change.
+* Loopback (``127.0.0.1:PORT`` on the host) works because the bridge has
+  ``route_localnet`` set (the driver does that) and such flows are
+  masqueraded to the bridge's address; IPv6 has no equivalent of
+  route_localnet, so ``[::1]:PORT`` is not published (the only gap with
+  Docker's bridge, which uses a userland proxy for it).
+* Hairpin flows (a container of the network reaching a published port) are
+  masqueraded too, so that replies come back through the host.
+* Traffic leaving the network is masqueraded (unless the network is
+  internal), as on Docker's bridge.
+* Filter ``input`` (container → the host's own addresses) is egress and
+  ``output`` (the host → a container) is ingress: they go through the same
+  per-segment chains as forwarded traffic.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+ND_TYPES = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert")
+MLD_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report")
+
+
+def _q(name: str) -> str:
+    return '"' + name + '"'
+
+
+def published_elements(table: str, port) -> list:
+    """(family, target, element) of a port's published mappings."""
+    out = []
+    for proto, host_ip, host_port, cport in getattr(port, "published", ()):
+        for fam, addr, anyaddr in ((4, port.ipv4, "0.0.0.0/0"), (6, port.ipv6, "::/0")):
+            if not addr:
+                continue
+            if host_ip and (":" in host_ip) != (fam == 6):
+                continue
+            key = host_ip or anyaddr
+            out.append(("inet", f"{table} pub{fam}", f"{key} . {proto} . {host_port} : {addr} . {cport}"))
+    return out
+
+
+def _pub_maps(table: str, ports: Iterable) -> list:
+    elems = {4: [], 6: []}
+    for port in ports:
+        if not port.active:
+            continue
+        for _fam, target, elem in published_elements(table, port):
+            elems[6 if target.endswith("6") else 4].append(elem)
+    lines = []
+    for fam, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        body = f" elements = {{ {', '.join(sorted(elems[fam]))} }};" if elems[fam] else ""
+        lines.append(f"  map pub{fam} {{ type {typ} . inet_proto . inet_service : {typ} . inet_service;"
+                     f" flags interval;{body} }}")
+    return lines
+
+
+def nat_chains(bridge: str, subnets: Iterable[str], internal: bool) -> list:
+    br = _q(bridge)
+    lines = [
+        "  chain publish {",
+        "    meta l4proto { tcp, udp } meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @pub4",
+        "    meta l4proto { tcp, udp } meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub6",
+        "  }",
+        "  chain nat_pre {",
+        "    type nat hook prerouting priority dstnat - 5; policy accept;",
+        "    fib daddr type local jump publish",
+        "  }",
+        "  chain nat_out {",
+        "    type nat hook output priority -105; policy accept;",
+        "    fib daddr type local jump publish",
+        "  }",
+        "  chain nat_post {",
+        "    type nat hook postrouting priority srcnat - 5; policy accept;",
+        f"    oifname {br} ip saddr 127.0.0.0/8 masquerade",
+    ]
+    for subnet in subnets:
+        sel = "ip6 saddr" if ":" in subnet else "ip saddr"
+        # hairpin: (iifname is unknown in postrouting; the source tells)
+        lines.append(f"    oifname {br} ct status dnat {sel} {subnet} masquerade")
+        if not internal:
+            lines.append(f"    {sel} {subnet} oifname != {br} masquerade")
+    lines.append("  }")
+    return lines
+
+
+def host_chains(bridge: str) -> list:
+    """Filter chains for the host's own traffic with the network."""
+    br = _q(bridge)
+    nd = "icmpv6 type { " + ", ".join(ND_TYPES + MLD_TYPES) + " } accept"
+    return [
+        "  chain host_in {",
+        "    type filter hook input priority filter - 5; policy accept;",
+        f"    iifname != {br} accept",
+        "    ct state established,related accept",
+        "    ct state invalid counter drop comment \"deny:invalid\"",
+        f"    {nd}",
+        "    ip saddr vmap @src4",
+        "    ip6 saddr vmap @src6",
+        "    counter drop comment \"deny:not-member\"",
+        "  }",
+        "  chain host_out {",
+        "    type filter hook output priority filter - 5; policy accept;",
+        f"    oifname != {br} accept",
+        "    ct state established,related accept",
+        f"    {nd}",
+        "    ip daddr vmap @dst4",
+        "    ip6 daddr vmap @dst6",
+        "    counter drop comment \"deny:not-member\"",
+        "  }",
+    ]
+
+
+def render(table: str, bridge: str, subnets: Iterable[str], internal: bool, ports: Iterable) -> list:
+    """All north-south parts of a network's inet table."""
+    return _pub_maps(table, ports) + nat_chains(bridge, subnets, internal) + host_chains(bridge)
