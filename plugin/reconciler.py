@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from segmentation.backends import nftables as nft
+
+from . import flows
 from segmentation.compiler import CompiledPolicy, compile_policy
 from segmentation.model import Member
 from segmentation.options import NetworkOptions
@@ -105,6 +107,12 @@ class Reconciler:
             real = self._realized.get(net.id)
             ports = dict(real.ports) if real else {e.id: port_of(e) for e in self.state.endpoints(net.id)}
             self._rebuild(net, ports)
+            members = {}
+            for p in ports.values():
+                if p.active:
+                    members.update({a: p.segment for a in (p.ipv4, p.ipv6) if a})
+            compiled = self._realized[net.id].compiled
+        flows.prune(compiled, members)
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> CompiledPolicy:
