@@ -26,12 +26,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .nft_verdicts import deny, quote as _q
+
 ND_TYPES = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert")
 MLD_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report")
-
-
-def _q(name: str) -> str:
-    return '"' + name + '"'
 
 
 def published_elements(table: str, port) -> list:
@@ -101,11 +99,11 @@ def host_chains(bridge: str) -> list:
         "    type filter hook input priority filter - 5; policy accept;",
         f"    iifname != {br} accept",
         "    ct state established,related accept",
-        "    ct state invalid counter drop comment \"deny:invalid\"",
+        "    ct state invalid " + deny("invalid"),
         f"    {nd}",
         "    ip saddr vmap @src4",
         "    ip6 saddr vmap @src6",
-        "    counter drop comment \"deny:not-member\"",
+        "    " + deny("not-member"),
         "  }",
         "  chain host_out {",
         "    type filter hook output priority filter - 5; policy accept;",
@@ -114,7 +112,7 @@ def host_chains(bridge: str) -> list:
         f"    {nd}",
         "    ip daddr vmap @dst4",
         "    ip6 daddr vmap @dst6",
-        "    counter drop comment \"deny:not-member\"",
+        "    " + deny("not-member"),
         "  }",
     ]
 

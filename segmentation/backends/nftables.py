@@ -36,6 +36,7 @@ from typing import Iterable, Optional
 from ..compiler import CompiledPolicy
 from ..rules import Service
 from . import nft_northsouth as ns
+from .nft_verdicts import deny, quote as _q
 
 TABLE_PREFIX = "secnet_"
 ND_TYPES, MLD_TYPES = ns.ND_TYPES, ns.MLD_TYPES
@@ -78,10 +79,6 @@ def grant_tag(src: str, dst: str, origin: str) -> str:
 
 def cidr_tag(seg: str, direction: str, origin: str) -> str:
     return "c" + hashlib.sha1(f"{direction}>{seg}>{origin}".encode()).hexdigest()[:15]
-
-
-def _q(name: str) -> str:
-    return '"' + name + '"'
 
 
 def _match(service: Service, family: int) -> str:
@@ -138,7 +135,7 @@ def _to_chain(bridge: str, compiled: CompiledPolicy, dst: str) -> list:
             for fam, sel in ((4, "ip saddr"), (6, "ip6 saddr")):
                 lines.append(_rule(sel, f"@s_{seg_id(src)}_{fam}", _match(grant.service, fam),
                                    "counter accept comment", _q(tag)))
-    lines.append(_rule("counter drop comment", _q("deny:no-rule")))
+    lines.append(_rule(deny("no-rule")))
     lines.append("  }")
     return lines
 
@@ -147,18 +144,18 @@ def _in_chain(compiled: CompiledPolicy, dst: str) -> list:
     """Traffic from outside the network to segment ``dst``."""
     lines = [f"  chain in_{seg_id(dst)} {{"]
     if compiled.internal:
-        lines.append(_rule("counter drop comment", _q("deny:internal")))
+        lines.append(_rule(deny("internal")))
     elif dst not in compiled.ingress:
         # Docker's behaviour: published ports (DNAT'd flows) and the host itself.
         lines.append(_rule("ct status dnat counter accept comment", _q("allow:published")))
         lines.append(_rule("fib saddr type local counter accept comment", _q("allow:host")))
-        lines.append(_rule("counter drop comment", _q("deny:no-rule")))
+        lines.append(_rule(deny("no-rule")))
     else:
         for g in compiled.ingress[dst]:
             sel = "ip saddr" if g.family == 4 else "ip6 saddr"
             lines.append(_rule(sel, g.cidr, _match(g.service, g.family), "counter accept comment",
                                _q(cidr_tag(dst, "in", g.origin))))
-        lines.append(_rule("counter drop comment", _q("deny:no-rule")))
+        lines.append(_rule(deny("no-rule")))
     lines.append("  }")
     return lines
 
@@ -166,7 +163,7 @@ def _in_chain(compiled: CompiledPolicy, dst: str) -> list:
 def _egress_chain(compiled: CompiledPolicy, src: str) -> list:
     lines = [f"  chain eg_{seg_id(src)} {{"]
     if compiled.internal:
-        lines.append(_rule("counter drop comment", _q("deny:internal")))
+        lines.append(_rule(deny("internal")))
     else:
         for g in compiled.egress.get(src, ()):
             sel = "ip daddr" if g.family == 4 else "ip6 daddr"
@@ -175,7 +172,7 @@ def _egress_chain(compiled: CompiledPolicy, src: str) -> list:
         if compiled.egress_default == "allow":
             lines.append(_rule("counter accept comment", _q("allow:egress")))
         else:
-            lines.append(_rule("counter drop comment", _q("deny:egress")))
+            lines.append(_rule(deny("egress")))
     lines.append("  }")
     return lines
 
@@ -187,14 +184,14 @@ def _forward_chain(bridge: str) -> list:
         "    type filter hook forward priority filter - 5; policy accept;",
         _rule("iifname", "!=", br, "oifname", "!=", br, "accept"),
         _rule("ct state established,related accept"),
-        _rule("ct state invalid counter drop comment", _q("deny:invalid")),
+        _rule("ct state invalid", deny("invalid")),
         _rule("icmpv6 type {", ", ".join(ND_TYPES), "} accept"),
         _rule("oifname", br, "ip daddr vmap @dst4"),
         _rule("oifname", br, "ip6 daddr vmap @dst6"),
-        _rule("oifname", br, "counter drop comment", _q("deny:not-member")),
+        _rule("oifname", br, deny("not-member")),
         _rule("ip saddr vmap @src4"),
         _rule("ip6 saddr vmap @src6"),
-        _rule("counter drop comment", _q("deny:not-member")),
+        _rule(deny("not-member")),
         "  }",
     ]
 
@@ -258,22 +255,18 @@ def render_bridge(table: str, ports: list) -> list:
         "  chain ports_in {",
         "    type filter hook prerouting priority -300; policy accept;",
         _rule("iifname != @veths accept"),
-        _rule("iifname @quarantined counter drop comment", _q("deny:quarantined")),
-        _rule("iifname != @ports counter drop comment", _q("deny:pending")),
-        _rule("iifname . ether saddr != @macs counter drop comment", _q("deny:spoofed")),
-        _rule("ether type arp iifname . arp saddr ether . arp saddr ip != @ids4 counter drop comment",
-              _q("deny:spoofed")),
+        _rule("iifname @quarantined", deny("quarantined")),
+        _rule("iifname != @ports", deny("pending")),
+        _rule("iifname . ether saddr != @macs", deny("spoofed")),
+        _rule("ether type arp iifname . arp saddr ether . arp saddr ip != @ids4", deny("spoofed")),
         _rule("ether type arp accept"),
-        _rule("ether type ip iifname . ether saddr . ip saddr != @ids4 counter drop comment",
-              _q("deny:spoofed")),
+        _rule("ether type ip iifname . ether saddr . ip saddr != @ids4", deny("spoofed")),
         _rule("ether type ip accept"),
-        _rule("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6 counter drop comment",
-              _q("deny:spoofed")),
+        _rule("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6", deny("spoofed")),
         _rule(link_local, "accept"),
-        _rule("ether type ip6 iifname . ether saddr . ip6 saddr != @ids6 counter drop comment",
-              _q("deny:spoofed")),
+        _rule("ether type ip6 iifname . ether saddr . ip6 saddr != @ids6", deny("spoofed")),
         _rule("ether type ip6 accept"),
-        _rule("counter drop comment", _q("deny:ethertype")),
+        _rule(deny("ethertype")),
         "  }",
     ]
     for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
@@ -281,8 +274,8 @@ def render_bridge(table: str, ports: list) -> list:
             f"  chain {chain} {{",
             f"    type filter hook {hook} priority -300; policy accept;",
             _rule("oifname != @veths accept"),
-            _rule("oifname @quarantined counter drop comment", _q("deny:quarantined")),
-            _rule("oifname != @ports counter drop comment", _q("deny:pending")),
+            _rule("oifname @quarantined", deny("quarantined")),
+            _rule("oifname != @ports", deny("pending")),
             "  }",
         ]
     lines.append("}")
