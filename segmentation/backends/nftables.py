@@ -250,7 +250,11 @@ def render_bridge(table: str, ports: list) -> list:
     for name, typ in BRIDGE_SETS.items():
         elems = f" elements = {{ {', '.join(sorted(el[name]))} }};" if el[name] else ""
         lines.append(f"  set {name} {{ {typ}{elems} }}")
-    link_local = "ip6 saddr { ::, fe80::/10 } icmpv6 type { " + ", ".join(ND_TYPES + MLD_TYPES) + " }"
+    # What a container may send from a link-local or unspecified source: address
+    # resolution, DAD and multicast listener reports. Never router adverts or
+    # redirects: a container must not become other containers' router.
+    sendable = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit") + MLD_TYPES
+    link_local = "ip6 saddr { ::, fe80::/10 } icmpv6 type { " + ", ".join(sendable) + " }"
     lines += [
         "  chain ports_in {",
         "    type filter hook prerouting priority -300; policy accept;",
@@ -265,6 +269,7 @@ def render_bridge(table: str, ports: list) -> list:
         _rule("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6", deny("spoofed")),
         _rule(link_local, "accept"),
         _rule("ether type ip6 iifname . ether saddr . ip6 saddr != @ids6", deny("spoofed")),
+        _rule("icmpv6 type { nd-router-advert, nd-redirect }", deny("spoofed")),
         _rule("ether type ip6 accept"),
         _rule(deny("ethertype")),
         "  }",
