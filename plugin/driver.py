@@ -154,8 +154,10 @@ class Driver:
         if SEGMENT_OPT not in options:
             return None
         value = options[SEGMENT_OPT]
+        if not isinstance(value, str):
+            raise BadRequest(f"invalid {SEGMENT_OPT} {value!r}: expected a segment name string")
         try:
-            return check_segment_name(value if isinstance(value, str) else repr(value), SEGMENT_OPT)
+            return check_segment_name(value, SEGMENT_OPT)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
 
@@ -217,11 +219,18 @@ class Driver:
     def join(self, req: EndpointRequest) -> dict:
         net = self._network(req.network_id)
         ep = self._endpoint(req.network_id, req.endpoint_id)
-        ep = ep.evolve(sandbox_key=req.sandbox_key or ep.sandbox_key, joined=True)
-        ep = self.resolver.resolve_at_join(net, ep)  # bounded; never waits on a busy engine
+        found = self.resolver.resolve_at_join(net, ep)  # bounded; never waits on a busy engine
         with self.lock:
-            if self.state.get_endpoint(ep.id) is None:
+            # Re-read both: the watcher or a policy edit may have moved on meanwhile.
+            net = self._network(req.network_id)
+            current = self.state.get_endpoint(ep.id)
+            if current is None:
                 raise NotFound(f"endpoint {ep.id[:12]} was deleted during join")
+            ep = current.evolve(sandbox_key=req.sandbox_key or current.sandbox_key, joined=True)
+            if found.segment is not None or found.quarantine is not None:
+                ep = ep.evolve(segment=found.segment, quarantine=found.quarantine)
+            ep = ep.evolve(container=found.container or ep.container,
+                           container_id=found.container_id or ep.container_id)
             self.policy.endpoint_changed(net, ep)
             self.state.put_endpoint(ep)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},

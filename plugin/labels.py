@@ -91,7 +91,8 @@ class LabelResolver:
         self._factory = client_factory or self._docker_client
         self._local = threading.local()  # one client per request thread
         self._stop = threading.Event()
-        self._sleep = sleep or self._stop.wait
+        self._wake = threading.Event()   # ends a backoff wait early (stop, or the engine is back)
+        self._sleep = sleep or self._wake.wait
         self._lock = threading.Lock()    # guards the fields below
         self._thread: Optional[threading.Thread] = None
         self._stream = None
@@ -120,6 +121,7 @@ class LabelResolver:
         log.debug("endpoint %s: container %s -> segment %s%s in %.1f ms", ep.id[:12], name,
                   segment, f" (quarantine: {quarantine})" if quarantine else "",
                   (time.monotonic() - started) * 1000)
+        self._wake.set()  # the engine answers: a watcher waiting to reconnect may go now
         return ep.evolve(container=name, container_id=cid, segment=segment, quarantine=quarantine)
 
     def _lookup_joining(self, nid: str, eid: str, deadline: float):
@@ -175,6 +177,7 @@ class LabelResolver:
     def stop(self, timeout: float = 5.0) -> None:
         """End the watcher thread."""
         self._stop.set()
+        self._wake.set()
         self._close_stream()
         with self._lock:
             thread, self._thread = self._thread, None
@@ -193,6 +196,7 @@ class LabelResolver:
     def _run(self) -> None:
         delay = BACKOFF_MIN
         while not self._stop.is_set():
+            self._wake.clear()
             try:
                 connected = self._follow_events()
                 why = "the event stream ended"
@@ -226,10 +230,13 @@ class LabelResolver:
         self.connects += 1
         log.info("following Docker network events")
         self.catch_up(client)
-        for event in stream:
-            if self._stop.is_set():
-                break
-            self._handle_event(client, event)
+        try:
+            for event in stream:
+                if self._stop.is_set():
+                    break
+                self._handle_event(client, event)
+        except Exception as exc:  # a broken stream or an odd event: reconnect afresh
+            log.info("Docker events: %s: %s", type(exc).__name__, exc)
         return True
 
     def catch_up(self, client) -> int:
@@ -238,41 +245,48 @@ class LabelResolver:
         for ep in self.driver.state.endpoints():
             if needs_resolution(ep):
                 pending.setdefault(ep.network_id, {})[ep.id] = ep
-        resolved = 0
+        total, resolved = sum(len(eps) for eps in pending.values()), 0
         for nid, eps in pending.items():
             try:
                 resolved += self._resolve_network(client, nid, eps)
             except Exception as exc:
                 log.info("catch-up of network %s failed: %s: %s", nid[:12], type(exc).__name__, exc)
-        if pending:
-            log.info("catch-up: resolved %d of %d endpoints", resolved,
-                     sum(len(e) for e in pending.values()))
+        if total:
+            log.info("catch-up: resolved %d of %d endpoints", resolved, total)
         return resolved
 
     def _handle_event(self, client, event: dict) -> None:
         if event.get("Type") != "network" or event.get("Action") != "connect":
             return
         actor = event.get("Actor") or {}
-        nid = actor.get("ID")
+        nid, cid = actor.get("ID"), (actor.get("Attributes") or {}).get("container")
         if not nid or self.driver.state.get_network(nid) is None:
             return  # not one of ours
         eps = {ep.id: ep for ep in self.driver.state.endpoints(nid) if needs_resolution(ep)}
         if not eps:
             return  # resolved at join: no Docker call at all
         try:
-            self._resolve_network(client, nid, eps)
+            self._resolve_network(client, nid, eps, only=cid)
         except Exception as exc:
             log.info("network %s: resolving after connect of %s failed: %s: %s", nid[:12],
-                     str((actor.get("Attributes") or {}).get("container"))[:12],
-                     type(exc).__name__, exc)
+                     str(cid)[:12], type(exc).__name__, exc)
 
-    def _resolve_network(self, client, nid: str, eps: dict) -> int:
-        """Resolve the endpoints ``eps`` (id -> record) of network ``nid``."""
+    def _resolve_network(self, client, nid: str, eps: dict, only: Optional[str] = None) -> int:
+        """Resolve the endpoints ``eps`` (id -> record) of network ``nid``.
+
+        With ``only`` (a container id), only that container's endpoint when
+        the network lists it under that id (as it does once the container has
+        joined): endpoints of containers still starting in parallel get their
+        own Join lookup and connect event. Otherwise every endpoint in ``eps``.
+        """
         net = self.driver.state.get_network(nid)
         if net is None:
             return 0
-        options = NetworkOptions.from_dict(net.options)
+        options, eps = NetworkOptions.from_dict(net.options), dict(eps)
         members = client.inspect_network(nid).get("Containers") or {}
+        narrowed = only in members
+        if narrowed:
+            members = {only: members[only]}
         resolved = 0
         for key, entry in members.items():
             eid = entry.get("EndpointID") or (key[3:] if key.startswith("ep-") else None)
@@ -287,10 +301,13 @@ class LabelResolver:
             if row is None:
                 continue
             segment, quarantine = decide_segment(options, ep.segment_opt, row.get("Labels") or {})
-            self.driver.apply_resolution(ep.id, _container_name(row, entry.get("Name")), row["Id"],
-                                         segment, quarantine)
+            name = _container_name(row, entry.get("Name"))
+            self.driver.apply_resolution(ep.id, name, row["Id"], segment, quarantine)
+            log.info("endpoint %s: container %s -> segment %s (by the watcher)%s", ep.id[:12], name,
+                     segment, f"; quarantined: {quarantine}" if quarantine else "")
             resolved += 1
-        self._report_missing(nid, eps)
+        if not narrowed:
+            self._report_missing(nid, eps)
         return resolved
 
     def _report_missing(self, nid: str, eps: dict) -> None:

@@ -202,7 +202,7 @@ def _kernel_elements(runner, network_id: str) -> set:
     for family in ("inet", "bridge"):
         for obj in runner.list_json("table", family, table).get("nftables", []):
             s = obj.get("set") or obj.get("map")
-            if not s:
+            if not s or "dynamic" in s.get("flags", ()):  # the drop log's flow sets: the kernel's own
                 continue
             for elem in s.get("elem", []):
                 out.add((family, s["name"], _norm(_elem_text(elem, s))))
@@ -226,11 +226,18 @@ def _key_text(key, s) -> str:
     if isinstance(key, dict) and "concat" in key:
         parts = key["concat"]
         if s["name"] == "na6":
-            return f"{parts[0]} . {hex(int(parts[1]))}"
+            return f"{parts[0]} . {hex(_as_int(parts[1]))}"
         return " . ".join(_key_text(p, s) for p in parts)
     if isinstance(key, dict) and "prefix" in key:
         return f"{key['prefix']['addr']}/{key['prefix']['len']}"
     return str(key)
+
+
+def _as_int(value) -> int:
+    """nft prints raw payload keys as numbers or as hex strings."""
+    if isinstance(value, str):
+        return int(value, 16) if value.lower().startswith("0x") else int(value)
+    return int(value)
 
 
 def _forget_flows(port: nft.Port) -> None:

@@ -4,21 +4,16 @@ from __future__ import annotations
 import logging
 
 from .api import Api
+from .labels import LabelResolver
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
-
-try:  # the label watcher lands separately
-    from .labels import LabelResolver
-except ImportError:  # pragma: no cover
-    LabelResolver = None
 
 
 def attach_extensions(driver, settings):
     """Attach the policy writer and label resolver to ``driver``; returns the CLI API."""
     driver.policy = Reconciler(driver.state)
-    if LabelResolver is not None:
-        driver.resolver = LabelResolver(settings.docker_host)
+    driver.resolver = LabelResolver(settings.docker_host)
     return Api(driver)
 
 
