@@ -239,8 +239,25 @@ class LabelResolver:
             log.info("Docker events: %s: %s", type(exc).__name__, exc)
         return True
 
+    def drop_gone_networks(self, client) -> int:
+        """Remove networks the engine no longer has (deleted while we were down)."""
+        from .protocol import NetworkRequest
+        try:
+            known = {n["Id"] for n in client.networks()}
+        except Exception as exc:  # the engine is away or odd: keep everything
+            log.info("cannot list the engine's networks: %s", exc)
+            return 0
+        removed = 0
+        for net in self.driver.state.networks():
+            if net.id not in known:
+                log.warning("network %s is gone from the engine: removing it", net.id[:12])
+                self.driver.delete_network(NetworkRequest(network_id=net.id))
+                removed += 1
+        return removed
+
     def catch_up(self, client) -> int:
         """Resolve every unresolved endpoint; returns how many were resolved."""
+        self.drop_gone_networks(client)
         pending: dict = {}
         for ep in self.driver.state.endpoints():
             if needs_resolution(ep):

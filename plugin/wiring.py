@@ -19,7 +19,10 @@ def attach_extensions(driver, settings):
 
 def start_background(driver) -> None:
     """Start the threads that run after restore: reconciler and label watcher."""
-    driver.policy.reconcile()
+    try:
+        driver.policy.reconcile()
+    except Exception:  # the periodic pass will try again; never refuse to serve
+        log.exception("first reconcile pass failed")
     driver.policy.start()
     if hasattr(driver.resolver, "start"):
         driver.resolver.start(driver)

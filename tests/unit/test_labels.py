@@ -48,6 +48,10 @@ class FakeClient:
         self._call("inspect_network", nid)
         return {"Id": nid, "Containers": dict(self.members)}
 
+    def networks(self):
+        self._call("networks", None)
+        return [{"Id": NID}]
+
     def containers(self, all=False, filters=None):
         self._call("containers", filters)
         assert all is True
@@ -216,6 +220,9 @@ class FakeState:
     def endpoints(self, nid=None):
         return [ep for ep in self.eps.values() if nid in (None, ep.network_id)]
 
+    def networks(self):
+        return [self.net] if self.net is not None else []
+
 
 class FakeDriver:
     def __init__(self, net, eps=()):
@@ -281,7 +288,7 @@ def test_resolved_endpoints_cost_no_docker_call():
     client = FakeClient(events=[Stream([connect_event(), connect_event(nid="x" * 64)])])
     res = resolver(client, sleep=lambda s: None)
     run_watcher(res, driver, lambda: len([c for c in client.calls if c[0] == "events"]) >= 2)
-    assert [c[0] for c in client.calls if c[0] != "events"] == []
+    assert [c[0] for c in client.calls if c[0] not in ("events", "networks")] == []
     assert driver.applied == []
 
 
@@ -417,7 +424,7 @@ def test_nothing_asks_for_the_container_lock():
     res.driver = driver
     res.catch_up(client)
     res._handle_event(client, connect_event())
-    assert {c[0] for c in client.calls} == {"inspect_network", "containers"}
+    assert {c[0] for c in client.calls} == {"inspect_network", "containers", "networks"}
 
 
 def test_a_successful_join_lookup_ends_the_watchers_backoff_wait():
