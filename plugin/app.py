@@ -59,7 +59,8 @@ def create_app(driver, api=None) -> Flask:
         req_type, method = ROUTES[path]
         try:
             body = _decode()
-            if method in ("allocate_network", "free_network"):
+            if method in ("allocate_network", "free_network"):  # global scope only: nothing to do
+                req_type.from_wire(body)
                 return _reply({"Options": {}} if method == "allocate_network" else {})
             if method == "discover":
                 return _reply({})

@@ -17,7 +17,7 @@ stop() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   # a daemon started by other means (or an orphaned worker)
-  pkill -"$sig" -f 'bin/secnet-plugin' 2>/dev/null || true
+  pkill -"$sig" -f "$PWD/.venv/bin/secnet-plugin" 2>/dev/null || true
   rm -f "$PIDFILE"
 }
 start() {

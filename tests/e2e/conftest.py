@@ -1,0 +1,89 @@
+"""Fixtures of the end-to-end tier: a real dockerd, the test image and the
+secnet daemon as a legacy plugin.
+
+The session fixture brings all three up with the project's scripts; a missing
+engine is an error, never a skip. ``make_network`` and ``run_container``
+remove what the test created in their finalizers, also when the test fails.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+
+import pytest
+
+import helpers as h
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/tests/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def engine_and_plugin():
+    """dockerd answers, the test image exists, the secnet plugin answers."""
+    if os.geteuid() != 0:
+        pytest.fail("the e2e tier needs root (it drives dockerd and reads the kernel)")
+    for tool in ("docker", "dockerd", "nsenter", "ip", "iptables"):
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is missing: run `make deps` (scripts/install-deps.sh)")
+    h.script("engine.sh")
+    h.script("test-image.sh")
+    if not h.plugin_answers():
+        h.plugin_start()
+    yield
+
+
+@pytest.fixture(autouse=True)
+def plugin_up():
+    """Every test starts with an answering plugin (a previous test may have killed it)."""
+    if not h.plugin_answers():
+        h.plugin_start()
+
+
+def _cleanup(actions) -> None:
+    errors = []
+    for action in actions:
+        try:
+            action()
+        except Exception as exc:  # keep cleaning; report at the end
+            errors.append(str(exc))
+    if errors:
+        raise AssertionError("cleanup failed:\n" + "\n".join(errors))
+
+
+@pytest.fixture
+def make_network():
+    """make_network(ipv6=False, subnet=None, subnet6=None, opts=None, driver='secnet', internal=False)."""
+    created = []
+
+    def factory(name=None, **kw) -> h.Network:
+        net = h.create_network(h.unique(name or "sn-e2e"), **kw)
+        created.append(net)
+        return net
+
+    yield factory
+    _cleanup([lambda net=net: h.remove_network(net) for net in reversed(created)])
+
+
+@pytest.fixture
+def run_container(make_network):
+    """run_container(net, name=None, labels=None, cmd=None, cap_add=()) -> Container.
+
+    Thread-safe (parallel docker run); containers are removed before the
+    networks of ``make_network``.
+    """
+    names = []
+    lock = threading.Lock()
+
+    def factory(net, name=None, **kw) -> h.Container:
+        name = h.unique(name or "c")
+        with lock:
+            names.append(name)
+        return h.run_container_named(net, name, **kw)
+
+    yield factory
+    _cleanup([lambda: names and h.docker("rm", "-f", *names, check=False)])

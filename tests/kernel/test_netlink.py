@@ -1,0 +1,182 @@
+"""plugin.netlink against the real kernel, inside a throwaway namespace."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from plugin.netlink import ALIAS_PREFIX, LinkConflict, derived_mac
+
+GW4, GW6 = "10.220.0.1/24", "fd00:220::1/64"
+MAC = "02:42:0a:dc:00:02"
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex + uuid.uuid4().hex
+
+
+@pytest.fixture
+def owner():
+    return new_id()
+
+
+@pytest.fixture
+def bridge(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    return "br-t"
+
+
+def kind(link):
+    return (link.get("linkinfo") or {}).get("info_kind")
+
+
+def test_ensure_bridge_creates_it_up_with_mtu_mac_alias_and_addresses(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1400, [GW4, GW6])
+    link = netns.link("br-t")
+    assert kind(link) == "bridge"
+    assert "UP" in link["flags"]
+    assert link["mtu"] == 1400
+    assert link["ifalias"] == ALIAS_PREFIX + owner
+    assert link["address"] == derived_mac(owner) and derived_mac(owner) == derived_mac(owner)
+    addrs = netns.addrs("br-t")
+    assert set(addrs) == {GW4, GW6}
+    # the IPv6 gateway answers at once: no duplicate address detection pending
+    assert addrs[GW6].get("nodad") and not addrs[GW6].get("tentative")
+    assert nl.link_exists("br-t") and not nl.link_exists("br-none")
+
+
+def test_ensure_bridge_is_idempotent(nl, netns, owner):
+    for _ in range(3):
+        nl.ensure_bridge("br-t", owner, 1500, [GW4, GW6])
+    assert [l["ifname"] for l in netns.links() if kind(l) == "bridge"] == ["br-t"]
+    assert set(netns.addrs("br-t")) == {GW4, GW6}
+
+
+def test_ensure_bridge_repairs_drift(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1400, [GW4, GW6])
+    netns.ip("addr", "del", GW4, "dev", "br-t")
+    netns.ip("addr", "del", GW6, "dev", "br-t")
+    netns.ip("link", "set", "br-t", "down")
+    netns.ip("link", "set", "br-t", "mtu", "9000")
+    netns.ip("link", "set", "br-t", "address", "02:11:22:33:44:55")
+    assert netns.addrs("br-t") == {}
+    nl.ensure_bridge("br-t", owner, 1400, [GW4, GW6])
+    link = netns.link("br-t")
+    assert "UP" in link["flags"] and link["mtu"] == 1400 and link["address"] == derived_mac(owner)
+    assert set(netns.addrs("br-t")) == {GW4, GW6}
+
+
+def test_ensure_bridge_restores_ipv6_lost_on_link_down(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1500, [GW4, GW6])
+    netns.ip("link", "set", "br-t", "down")  # the kernel flushes IPv6 addresses on down
+    nl.ensure_bridge("br-t", owner, 1500, [GW4, GW6])
+    assert set(netns.addrs("br-t")) == {GW4, GW6}
+
+
+def test_ensure_bridge_adds_a_new_gateway(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    nl.ensure_bridge("br-t", owner, 1500, [GW4, GW6])
+    assert set(netns.addrs("br-t")) == {GW4, GW6}
+
+
+@pytest.mark.parametrize("make", [
+    ["type", "bridge"],                                   # someone else's bridge, no alias
+    ["type", "ifb"],                                    # another kind of link
+])
+def test_ensure_bridge_refuses_a_foreign_link(nl, netns, owner, make):
+    netns.ip("link", "add", "br-t", *make)
+    netns.ip("link", "set", "br-t", "mtu", "1450")
+    with pytest.raises(LinkConflict, match="br-t"):
+        nl.ensure_bridge("br-t", owner, 1400, [GW4])
+    link = netns.link("br-t")
+    assert link["mtu"] == 1450 and not link.get("ifalias") and netns.addrs("br-t") == {}
+
+
+def test_ensure_bridge_refuses_another_owners_bridge_and_a_non_bridge_with_our_alias(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    with pytest.raises(LinkConflict):
+        nl.ensure_bridge("br-t", new_id(), 1500, [GW4])
+    netns.ip("link", "add", "dm-t", "type", "ifb")
+    netns.ip("link", "set", "dm-t", "alias", ALIAS_PREFIX + owner)
+    with pytest.raises(LinkConflict):
+        nl.ensure_bridge("dm-t", owner, 1500, [GW4])
+    assert kind(netns.link("dm-t")) == "ifb"
+
+
+def test_ensure_veth_enslaves_with_mtu_and_mac(nl, netns, owner):
+    nl.ensure_bridge("br-t", owner, 1400, [GW4])
+    ep = new_id()
+    nl.ensure_veth("snv-t", "snp-t", "br-t", ep, 1400, MAC)
+    host, peer = netns.link("snv-t"), netns.link("snp-t")
+    assert kind(host) == "veth" and kind(peer) == "veth"
+    assert host["master"] == "br-t" and "UP" in host["flags"] and host["mtu"] == 1400
+    assert host["ifalias"] == ALIAS_PREFIX + ep
+    assert peer["address"] == MAC and peer["mtu"] == 1400
+    assert "master" not in peer and "UP" not in peer["flags"]
+    assert host.get("link") == "snp-t" or host.get("link_index") == peer["ifindex"]
+
+
+def test_ensure_veth_is_idempotent_and_repairs(nl, netns, bridge):
+    ep = new_id()
+    for _ in range(2):
+        nl.ensure_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    assert sorted(l["ifname"] for l in netns.links() if kind(l) == "veth") == ["snp-t", "snv-t"]
+    netns.ip("link", "set", "snv-t", "nomaster")
+    netns.ip("link", "set", "snv-t", "down")
+    netns.ip("link", "set", "snv-t", "mtu", "1300")
+    nl.ensure_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    host = netns.link("snv-t")
+    assert host["master"] == bridge and "UP" in host["flags"] and host["mtu"] == 1500
+    assert netns.link("snp-t")["address"] == MAC
+
+
+def test_ensure_veth_after_docker_moved_the_peer(nl, netns, other_netns, bridge):
+    ep = new_id()
+    nl.ensure_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    netns.ip("link", "set", "snp-t", "netns", other_netns.name)
+    netns.ip("link", "set", "snv-t", "nomaster")
+    nl.ensure_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    assert netns.link("snv-t")["master"] == bridge
+    assert netns.link("snp-t") is None, "a second peer was made in the host namespace"
+    assert other_netns.link("snp-t")["address"] == MAC
+
+
+def test_ensure_veth_needs_the_bridge(nl, netns):
+    with pytest.raises(LinkConflict, match="br-none"):
+        nl.ensure_veth("snv-t", "snp-t", "br-none", new_id(), 1500, MAC)
+    assert netns.link("snv-t") is None and netns.link("snp-t") is None
+
+
+def test_ensure_veth_refuses_a_foreign_link(nl, netns, bridge):
+    netns.ip("link", "add", "snv-t", "type", "ifb")
+    with pytest.raises(LinkConflict, match="snv-t"):
+        nl.ensure_veth("snv-t", "snp-t", bridge, new_id(), 1500, MAC)
+    assert kind(netns.link("snv-t")) == "ifb" and netns.link("snp-t") is None
+    nl.ensure_veth("snv-u", "snp-u", bridge, ep := new_id(), 1500, MAC)
+    with pytest.raises(LinkConflict):
+        nl.ensure_veth("snv-u", "snp-u", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-u")["ifalias"] == ALIAS_PREFIX + ep
+
+
+def test_remove_link(nl, netns, owner, bridge):
+    assert nl.remove_link("absent0") is False
+    assert nl.remove_link("absent0", owner=owner) is False
+    ep = new_id()
+    nl.ensure_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    assert nl.remove_link("snv-t", owner=new_id()) is False
+    assert netns.link("snv-t") is not None
+    assert nl.remove_link("snv-t", owner=ep) is True
+    assert netns.link("snv-t") is None and netns.link("snp-t") is None
+    assert nl.remove_link(bridge, owner=owner) is True and netns.link(bridge) is None
+    assert nl.remove_link(bridge, owner=owner) is False
+    netns.ip("link", "add", "dm-t", "type", "ifb")
+    assert nl.remove_link("dm-t") is True and netns.link("dm-t") is None
+
+
+def test_owned_links_lists_only_aliased_links(nl, netns, owner, bridge):
+    ep = new_id()
+    nl.ensure_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    netns.ip("link", "add", "br-foreign", "type", "bridge")
+    netns.ip("link", "add", "dm-other", "type", "ifb")
+    netns.ip("link", "set", "dm-other", "alias", "other:thing")
+    assert sorted(nl.owned_links()) == sorted([(bridge, "bridge", owner), ("snv-t", "veth", ep)])

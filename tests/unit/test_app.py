@@ -1,0 +1,338 @@
+"""The Flask app (plugin.app) in front of the real Driver, built on in-memory
+links and firewall and a State in a tmp dir: what Docker sees on the wire."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from driver_fakes import (FakeFirewall, FakeLinks, create_endpoint_body, create_network_body,
+                          endpoint_body, new_id)
+from plugin import protocol
+from plugin.app import ROUTES, create_app
+from plugin.driver import Driver
+from plugin.state import State
+
+BODY_ROUTES = sorted(p for p, (req_type, _) in ROUTES.items() if req_type is not None)
+# Never called for a local-scope driver; the app answers them with a stub
+# without reading the request (only the JSON decoding applies).
+STUB_ROUTES = {"/NetworkDriver.AllocateNetwork", "/NetworkDriver.FreeNetwork"}
+CHECKED_ROUTES = sorted(set(BODY_ROUTES) - STUB_ROUTES)
+ENDPOINT_ROUTES = sorted(p for p, (req_type, _) in ROUTES.items()
+                         if req_type in (protocol.EndpointRequest, protocol.CreateEndpointRequest))
+LOOKUP_ROUTES = ["/NetworkDriver.EndpointOperInfo", "/NetworkDriver.Join",
+                 "/NetworkDriver.ProgramExternalConnectivity"]
+
+
+@pytest.fixture
+def env(tmp_path):
+    state = State(str(tmp_path / "state"))
+    links, fw = FakeLinks(), FakeFirewall()
+    driver = Driver(state, links, fw)
+    client = create_app(driver).test_client()
+
+    def post(path, body=None, raw=None):
+        """POST like Docker does: no JSON content type. Returns (status, decoded JSON)."""
+        data = raw if raw is not None else ("" if body is None else json.dumps(body))
+        resp = client.post(path, data=data)
+        text = resp.get_data(as_text=True)
+        assert "Traceback" not in text and "<html" not in text.lower(), text
+        assert "json" in resp.content_type, resp.content_type
+        return resp.status_code, json.loads(text)
+
+    yield SimpleNamespace(state=state, links=links, fw=fw, driver=driver, client=client, post=post)
+    state.close()
+
+
+@pytest.fixture
+def joined(env):
+    """A network with one created and joined endpoint."""
+    nid, eid = new_id(), new_id()
+    assert env.post("/NetworkDriver.CreateNetwork", create_network_body(nid)) == (200, {})
+    status, _ = env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid))
+    assert status == 200
+    assert env.post("/NetworkDriver.Join", endpoint_body(nid, eid))[0] == 200
+    return SimpleNamespace(nid=nid, eid=eid)
+
+
+def valid_body(path, nid, eid):
+    if path == "/NetworkDriver.CreateNetwork":
+        return create_network_body(nid)
+    if path == "/NetworkDriver.CreateEndpoint":
+        return create_endpoint_body(nid, eid)
+    if path in ("/NetworkDriver.DeleteNetwork", "/NetworkDriver.AllocateNetwork",
+                "/NetworkDriver.FreeNetwork"):
+        return {"NetworkID": nid}
+    if ROUTES[path][0] is None:
+        return None
+    return endpoint_body(nid, eid)
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_every_route_answers_json_without_error(env, joined, path):
+    status, body = env.post(path, valid_body(path, joined.nid, joined.eid))
+    assert status == 200 and isinstance(body, dict) and "Err" not in body, (status, body)
+
+
+@pytest.mark.parametrize("path", sorted(ROUTES))
+def test_garbage_body_answers_json(env, path):
+    status, body = env.post(path, raw="<html>not json{")
+    assert isinstance(body, dict)
+    if path in BODY_ROUTES:
+        assert status == 400 and "not valid JSON" in body["Err"], body
+
+
+@pytest.mark.parametrize("path", CHECKED_ROUTES)
+def test_body_must_be_a_json_object(env, path):
+    status, body = env.post(path, [1, 2])
+    assert status == 400 and "must be a JSON object" in body["Err"], body
+
+
+@pytest.mark.parametrize("path", CHECKED_ROUTES)
+def test_missing_network_id_is_named(env, path):
+    status, body = env.post(path, {"EndpointID": new_id()})
+    assert status == 400 and "NetworkID" in body["Err"], body
+
+
+@pytest.mark.parametrize("path", ENDPOINT_ROUTES)
+def test_missing_endpoint_id_is_named(env, path):
+    status, body = env.post(path, {"NetworkID": new_id()})
+    assert status == 400 and "EndpointID" in body["Err"], body
+
+
+def test_bad_id_is_named(env):
+    status, body = env.post("/NetworkDriver.CreateNetwork", {"NetworkID": "../etc"})
+    assert status == 400 and "NetworkID" in body["Err"] and "../etc" in body["Err"]
+
+
+@pytest.mark.parametrize("path", ["/NetworkDriver.CreateEndpoint"] + LOOKUP_ROUTES)
+def test_unknown_network_is_named(env, path):
+    nid, eid = new_id(), new_id()
+    body = create_endpoint_body(nid, eid) if "Create" in path else endpoint_body(nid, eid)
+    status, resp = env.post(path, body)
+    assert status == 404 and "network" in resp["Err"] and nid[:12] in resp["Err"], resp
+
+
+@pytest.mark.parametrize("path", LOOKUP_ROUTES)
+def test_unknown_endpoint_is_named(env, joined, path):
+    eid = new_id()
+    status, resp = env.post(path, endpoint_body(joined.nid, eid))
+    assert status == 404 and "endpoint" in resp["Err"] and eid[:12] in resp["Err"], resp
+
+
+def test_unknown_path_and_wrong_method_answer_json(env):
+    status, body = env.post("/NetworkDriver.Frobnicate", {})
+    assert status == 404 and "/NetworkDriver.Frobnicate" in body["Err"]
+    resp = env.client.get("/Plugin.Activate")
+    assert resp.status_code == 405 and "GET" in json.loads(resp.get_data())["Err"]
+
+
+class ExplodingDriver:
+    def capabilities(self):
+        raise RuntimeError("password=hunter2 at /etc/shadow")
+
+
+def test_internal_error_is_json_without_traceback_or_detail():
+    resp = create_app(ExplodingDriver()).test_client().post("/NetworkDriver.GetCapabilities")
+    text = resp.get_data(as_text=True)
+    assert resp.status_code == 500
+    assert json.loads(text) == {"Err": "internal error: RuntimeError"}
+    assert "hunter2" not in text and "Traceback" not in text
+
+
+def test_activate_and_capabilities(env):
+    assert env.post("/Plugin.Activate") == (200, {"Implements": ["NetworkDriver"]})
+    status, caps = env.post("/NetworkDriver.GetCapabilities")
+    assert status == 200 and caps["Scope"] == "local" and caps["ConnectivityScope"] == "local"
+
+
+def test_create_network_makes_bridge_rule_and_row(env):
+    nid = new_id()
+    body = create_network_body(nid, pool6="fd00:220::/64", gateway6="fd00:220::1/64")
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+    bridge = "sn-" + nid[:12]
+    link = env.links.links[bridge]
+    assert link["kind"] == "bridge" and link["owner"] == nid and link["mtu"] == 1500
+    assert link["addrs"] == {"10.220.1.1/24", "fd00:220::1/64"}
+    assert env.fw.rules == {(bridge, nid)}
+    assert env.state.get_network(nid).bridge == bridge
+
+
+def test_create_network_twice_is_idempotent(env):
+    nid = new_id()
+    for _ in range(2):
+        assert env.post("/NetworkDriver.CreateNetwork", create_network_body(nid)) == (200, {})
+    assert [n.id for n in env.state.networks()] == [nid]
+    assert list(env.links.of_kind("bridge")) == ["sn-" + nid[:12]]
+
+
+def test_same_network_id_with_other_settings_conflicts(env):
+    nid = new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    status, body = env.post("/NetworkDriver.CreateNetwork",
+                            create_network_body(nid, generic={"secnet.mtu": "1400"}))
+    assert status == 409 and nid[:12] in body["Err"]
+    assert env.state.get_network(nid).mtu == 1500
+
+
+@pytest.mark.parametrize("key,value", [("secnet.bogus", "1"), ("secnet.mtu", "99"),
+                                       ("secnet.allow", "web->"),
+                                       ("secnet.bridge", "waytoolongbridgename")])
+def test_bad_option_is_named_and_nothing_is_made(env, key, value):
+    status, body = env.post("/NetworkDriver.CreateNetwork",
+                            create_network_body(new_id(), generic={key: value}))
+    assert status == 400 and key in body["Err"], body
+    assert env.links.links == {} and env.fw.rules == set() and env.state.networks() == []
+
+
+def test_foreign_options_are_ignored(env):
+    nid = new_id()
+    body = create_network_body(nid, generic={"com.example.colour": "blue"})
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+
+
+def test_bridge_and_mtu_options_reach_the_kernel(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork",
+             create_network_body(nid, generic={"secnet.bridge": "br-unit", "secnet.mtu": "1400"}))
+    assert env.links.links["br-unit"]["mtu"] == 1400
+    env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid))
+    host = env.state.get_endpoint(eid).veth_host
+    assert env.links.links[host]["master"] == "br-unit" and env.links.links[host]["mtu"] == 1400
+
+
+def test_second_network_on_a_used_bridge_name_conflicts(env):
+    generic = {"secnet.bridge": "br-unit"}
+    first, second = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(first, generic=generic))
+    status, body = env.post("/NetworkDriver.CreateNetwork",
+                            create_network_body(second, "10.220.2.0/24", "10.220.2.1/24", generic=generic))
+    assert status == 409 and "br-unit" in body["Err"]
+    assert env.state.get_network(second) is None and env.links.links["br-unit"]["owner"] == first
+
+
+def test_foreign_link_with_the_bridge_name_conflicts_and_survives(env):
+    env.links.add_foreign("br-theirs", owner=None)
+    nid = new_id()
+    status, body = env.post("/NetworkDriver.CreateNetwork",
+                            create_network_body(nid, generic={"secnet.bridge": "br-theirs"}))
+    assert status == 409 and "br-theirs" in body["Err"]
+    assert "br-theirs" in env.links.links and env.state.get_network(nid) is None
+
+
+def test_kernel_failure_in_create_network_rolls_back(env):
+    env.fw.fail["ensure"] = OSError("iptables: resource busy")
+    nid = new_id()
+    status, body = env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    assert status == 500 and nid[:12] in body["Err"]
+    assert env.links.links == {} and env.state.get_network(nid) is None
+
+
+def test_create_endpoint_supplies_a_mac_only_when_none_was_given(env):
+    nid, e1, e2 = new_id(), new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    status, body = env.post("/NetworkDriver.CreateEndpoint",
+                            create_endpoint_body(nid, e1, "10.220.1.2/24"))
+    assert status == 200 and body == {"Interface": {"MacAddress": "02:42:0a:dc:01:02"}}
+    peer = env.state.get_endpoint(e1).veth_peer
+    assert env.links.links[peer]["mac"] == "02:42:0a:dc:01:02"
+
+    status, body = env.post("/NetworkDriver.CreateEndpoint",
+                            create_endpoint_body(nid, e2, "10.220.1.3/24", mac="02:AA:BB:CC:DD:EE"))
+    assert status == 200 and "MacAddress" not in json.dumps(body), body
+    assert env.state.get_endpoint(e2).mac == "02:aa:bb:cc:dd:ee"
+
+
+def test_create_endpoint_twice_answers_the_same(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    first = env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid))
+    assert env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid)) == first
+    assert len(env.links.of_kind("veth")) == 2  # one pair
+
+
+def test_endpoint_address_must_be_in_the_subnet(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    status, body = env.post("/NetworkDriver.CreateEndpoint",
+                            create_endpoint_body(nid, eid, "10.221.9.9/24"))
+    assert status == 400 and "10.221.9.9" in body["Err"]
+    status, body = env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid, ""))
+    assert status == 400 and "Interface.Address" in body["Err"]
+    assert env.links.of_kind("veth") == {} and env.state.endpoints() == []
+
+
+def test_bad_segment_driver_opt_is_named(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    status, body = env.post("/NetworkDriver.CreateEndpoint",
+                            create_endpoint_body(nid, eid, options={"secnet.segment": "bad name!"}))
+    assert status == 400 and "secnet.segment" in body["Err"]
+    status, body = env.post("/NetworkDriver.CreateEndpoint",
+                            create_endpoint_body(nid, eid, options={"secnet.colour": "x"}))
+    assert status == 400 and "secnet.colour" in body["Err"]
+    assert env.state.endpoints() == []
+
+
+def test_kernel_failure_in_create_endpoint_leaves_nothing(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    env.links.fail["ensure_veth"] = OSError("no space")
+    status, body = env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid))
+    assert status == 500 and eid[:12] in body["Err"]
+    assert env.links.of_kind("veth") == {} and env.state.get_endpoint(eid) is None
+
+
+def test_join_returns_interface_and_gateways(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork",
+             create_network_body(nid, pool6="fd00:220::/64", gateway6="fd00:220::1/64"))
+    env.post("/NetworkDriver.CreateEndpoint",
+             create_endpoint_body(nid, eid, "10.220.1.2/24", "fd00:220::2/64"))
+    status, body = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
+    assert status == 200
+    peer = env.state.get_endpoint(eid).veth_peer
+    assert body["InterfaceName"] == {"SrcName": peer, "DstPrefix": "eth"}
+    assert peer in env.links.links
+    assert body["Gateway"] == "10.220.1.1" and body["GatewayIPv6"] == "fd00:220::1"
+    ep = env.state.get_endpoint(eid)
+    assert ep.joined and ep.sandbox_key == "/var/run/docker/netns/0123456789ab"
+
+
+def test_join_on_an_internal_network_has_no_gateway(env):
+    nid, eid = new_id(), new_id()
+    env.post("/NetworkDriver.CreateNetwork", create_network_body(nid, internal=True))
+    env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid))
+    status, body = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
+    assert status == 200 and "Gateway" not in body and body["InterfaceName"]["DstPrefix"] == "eth"
+
+
+def test_leave_and_delete_endpoint_remove_the_veth_and_row(env, joined):
+    ep = env.state.get_endpoint(joined.eid)
+    assert env.post("/NetworkDriver.Leave", endpoint_body(joined.nid, joined.eid)) == (200, {})
+    assert env.state.get_endpoint(joined.eid).joined is False
+    assert env.post("/NetworkDriver.DeleteEndpoint", endpoint_body(joined.nid, joined.eid)) == (200, {})
+    assert ep.veth_host not in env.links.links and ep.veth_peer not in env.links.links
+    assert env.state.get_endpoint(joined.eid) is None
+
+
+def test_delete_of_unknown_objects_is_idempotent(env, joined):
+    for path in ("/NetworkDriver.DeleteEndpoint", "/NetworkDriver.Leave"):
+        assert env.post(path, endpoint_body(joined.nid, new_id())) == (200, {})
+    assert env.post("/NetworkDriver.DeleteNetwork", {"NetworkID": new_id()}) == (200, {})
+    for _ in range(2):
+        assert env.post("/NetworkDriver.DeleteEndpoint", endpoint_body(joined.nid, joined.eid)) == (200, {})
+
+
+def test_delete_network_removes_bridge_veths_rule_and_rows(env, joined):
+    assert env.post("/NetworkDriver.DeleteNetwork", {"NetworkID": joined.nid}) == (200, {})
+    assert env.links.links == {} and env.fw.rules == set()
+    assert env.state.networks() == [] and env.state.endpoints() == []
+    assert env.post("/NetworkDriver.DeleteNetwork", {"NetworkID": joined.nid}) == (200, {})
+
+
+def test_oper_info_describes_the_endpoint(env, joined):
+    status, body = env.post("/NetworkDriver.EndpointOperInfo", endpoint_body(joined.nid, joined.eid))
+    ep = env.state.get_endpoint(joined.eid)
+    assert status == 200 and body["Value"]["veth"] == ep.veth_host and body["Value"]["mac"] == ep.mac
