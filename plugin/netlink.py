@@ -50,8 +50,11 @@ def endpoint_mac(ipv4: Optional[str], endpoint_id: str) -> str:
 
 
 def _write_sysctl(path: str, value: str) -> None:
-    with open(path, "w") as f:
-        f.write(value)
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except FileNotFoundError:  # no IPv6 in this kernel / namespace: nothing to do
+        pass
 
 
 class Netlink:
@@ -135,6 +138,11 @@ class Netlink:
             self._ipr.link("set", index=index, master=br, mtu=mtu)
             # hairpin: a container may reach its own published port via the host
             self._ipr.brport("set", index=index, mode=1)
+            # The host side is a bridge port, not a host interface: without IPv6
+            # on it, it sends no DAD/MLD/RS of its own straight to the container
+            # (frames that would bypass the bridge hooks: "nothing in" for
+            # pending and quarantined containers holds).
+            _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
             self._ipr.link("set", index=index, state="up")
 
     def remove_link(self, name: str, owner: Optional[str] = None) -> bool:
