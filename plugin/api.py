@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from dataclasses import replace
 
 from flask import Response, request
@@ -17,7 +18,9 @@ from segmentation.model import Policy
 from segmentation.options import NetworkOptions
 from segmentation.rules import parse_rules
 
-from .errors import BadRequest, DriverError, NotFound
+from .errors import BadRequest, DriverError, Internal, NotFound
+from .explain import explain
+from .verify import verify
 from .views import network_view, status_view
 
 log = logging.getLogger(__name__)
@@ -27,9 +30,17 @@ def _reply(body, status=200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
 
 
+def _count(body: dict, key: str, default: int) -> int:
+    value = body.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadRequest(f"{key} must be a non-negative integer")
+    return value
+
+
 class Api:
     def __init__(self, driver):
         self.driver = driver
+        self._verifying = threading.Lock()  # one verification at a time: each opens many sockets
 
     def find_network(self, ref: str):
         """A network by full id or unique id prefix."""
@@ -57,6 +68,35 @@ class Api:
         if action != "get":
             net = self._change_policy(net, action, texts)
         return {"network": net.id, "rules": NetworkOptions.from_dict(net.options).to_dict()["rules"]}
+
+    def log(self, body):
+        droplog = getattr(self.driver, "droplog", None)
+        if droplog is None:
+            raise Internal("the drop log is not running")
+        net_id = self.find_network(body["network"]).id if body.get("network") else None
+        return droplog.query(net_id, _count(body, "since", 0), _count(body, "limit", droplog.ring.maxlen))
+
+    def explain(self, body):
+        net = self.find_network(body.get("network"))
+        args = [body.get(k) for k in ("src", "dst", "service")]
+        if not all(isinstance(a, str) and a for a in args):
+            raise BadRequest("explain needs src, dst and service (e.g. tcp/8080)")
+        try:
+            result = explain(self.driver.policy.compiled(net), self.driver.state.endpoints(net.id), *args)
+        except PolicyError as exc:
+            raise BadRequest(str(exc)) from None
+        return dict(result, network=net.id)
+
+    def verify(self, body):
+        net = self.find_network(body.get("network"))
+        with self._verifying:
+            return verify(net.id, self.driver.policy.compiled(net), self.driver.state.endpoints(net.id))
+
+    def metrics(self, _body):
+        metrics = getattr(self.driver, "metrics", None)
+        if metrics is None:
+            raise Internal("metrics are not set up")
+        return {"text": metrics.text(), "samples": metrics.samples()}
 
     def _change_policy(self, net, action: str, texts: list):
         options = NetworkOptions.from_dict(net.options)
@@ -86,7 +126,7 @@ class Api:
         return new_net
 
     def register(self, app) -> None:
-        for name in ("status", "show", "policy"):
+        for name in ("status", "show", "policy", "log", "explain", "verify", "metrics"):
             app.add_url_rule(f"/secnet/{name}", f"secnet_{name}",
                              (lambda name=name: self._handle(name)), methods=["POST"])
 

@@ -13,7 +13,9 @@ import json
 import os
 import socket
 import sys
+import time
 
+from . import cli_format as fmt
 from .config import Settings
 
 
@@ -116,15 +118,63 @@ def cmd_policy(args) -> dict:
     return call("/secnet/policy", body)
 
 
+def cmd_log(args):
+    body = {"network": resolve_network(args.network)} if args.network else {}
+    data = call("/secnet/log", body)
+    if not args.follow:
+        return data
+    _emit_log(args, data)
+    try:
+        while True:
+            time.sleep(0.5)
+            data = call("/secnet/log", dict(body, since=data["cursor"]))
+            _emit_log(args, data)
+    except KeyboardInterrupt:
+        return None
+
+
+def _emit_log(args, data: dict) -> None:
+    for entry in data["entries"]:
+        print(json.dumps(entry, sort_keys=True) if args.json else fmt.log_line(entry, not args.network))
+    sys.stdout.flush()
+
+
+def cmd_explain(args) -> dict:
+    return call("/secnet/explain", {"network": resolve_network(args.network), "src": args.src,
+                                    "dst": args.dst, "service": args.service})
+
+
+def cmd_verify(args) -> dict:
+    return call("/secnet/verify", {"network": resolve_network(args.network)}, timeout=300)
+
+
+def cmd_metrics(args) -> dict:
+    return call("/secnet/metrics", {})
+
+
+COMMANDS = {"status": cmd_status, "show": cmd_show, "policy": cmd_policy, "log": cmd_log,
+            "explain": cmd_explain, "verify": cmd_verify, "metrics": cmd_metrics}
 PRINTERS = {
     "status": _print_status,
     "show": _print_show,
     "policy": lambda d: print("\n".join(d["rules"])) if d["rules"] else None,
+    "log": fmt.print_log,
+    "explain": fmt.print_explain,
+    "verify": fmt.print_verify,
+    "metrics": fmt.print_metrics,
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (a CliError), from the subcommands' parsers too."""
+
+    def error(self, message):
+        command = self.prog.partition(" ")[2]
+        raise CliError(f"{command}: {message}" if command else message)
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="secnet", description="Inspect and steer the secnet network driver.")
+    p = _Parser(prog="secnet", description="Inspect and steer the secnet network driver.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("status", help="the daemon's health, its networks, endpoint counts")
@@ -134,6 +184,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("network", metavar="NETWORK")
     s.add_argument("action", nargs="?", choices=("set", "add", "remove"))
     s.add_argument("rules", nargs="*", metavar="RULE")
+    s = sub.add_parser("log", help="flows that policy dropped, oldest first")
+    s.add_argument("network", metavar="NETWORK", nargs="?")
+    s.add_argument("--follow", "-f", action="store_true", help="keep printing new drops")
+    s = sub.add_parser("explain", help="would policy allow a flow, and why")
+    s.add_argument("network", metavar="NETWORK")
+    s.add_argument("src", metavar="SRC", help="container name, segment name or address")
+    s.add_argument("dst", metavar="DST", help="container name, segment name or address")
+    s.add_argument("service", metavar="PROTO[/PORT]", help="tcp/8080, udp/53, icmp, ...")
+    s = sub.add_parser("verify", help="probe every segment pair with real packets")
+    s.add_argument("network", metavar="NETWORK")
+    sub.add_parser("metrics", help="Prometheus text format")
     return p
 
 
@@ -142,22 +203,26 @@ def main(argv=None) -> int:
     as_json = "--json" in argv
     argv = [a for a in argv if a != "--json"]
     p = parser()
-    p.error = lambda msg: (_ for _ in ()).throw(CliError(msg))  # one-line errors, exit 2
     try:
         args = p.parse_args(argv)
-        data = {"status": cmd_status, "show": cmd_show, "policy": cmd_policy}[args.command](args)
+        args.json = as_json
+        data = COMMANDS[args.command](args)
     except CliError as exc:
         print(f"secnet: {exc}", file=sys.stderr)
         return 2 if "argument" in str(exc) or "usage" in str(exc) or "invalid choice" in str(exc) else 1
     try:
-        if as_json:
-            print(json.dumps(data, indent=2, sort_keys=True))
+        if data is None:  # printed as it came (log --follow)
+            pass
+        elif as_json:
+            print(json.dumps(data["samples"] if args.command == "metrics" else data, indent=2, sort_keys=True))
+        elif args.command == "log":
+            fmt.print_log(data, with_network=not args.network)
         else:
             PRINTERS[args.command](data)
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+    return 1 if args.command == "verify" and not data["ok"] else 0
 
 
 if __name__ == "__main__":

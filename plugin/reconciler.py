@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from segmentation.backends import nftables as nft
+from segmentation.backends.nft_verdicts import LOG_SETS
 
 from . import flows
 from segmentation.compiler import CompiledPolicy, compile_policy
@@ -202,7 +203,7 @@ def _kernel_elements(runner, network_id: str) -> set:
     for family in ("inet", "bridge"):
         for obj in runner.list_json("table", family, table).get("nftables", []):
             s = obj.get("set") or obj.get("map")
-            if not s or "dynamic" in s.get("flags", ()):  # the drop log's flow sets: the kernel's own
+            if not s or s["name"] in LOG_SETS:  # the drop log's flow sets: filled by the kernel
                 continue
             for elem in s.get("elem", []):
                 out.add((family, s["name"], _norm(_elem_text(elem, s))))

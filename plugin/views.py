@@ -8,6 +8,8 @@ from segmentation.backends import nftables as nft
 from segmentation.compiler import INTRA
 from segmentation.options import NetworkOptions
 
+from .counters import read_counters
+
 log = logging.getLogger(__name__)
 
 
@@ -27,27 +29,8 @@ def status_view(driver) -> dict:
 
 
 def _counters(driver, net) -> dict:
-    """comment tag -> [packets, bytes] summed over the network's inet rules."""
-    out = collections.defaultdict(lambda: [0, 0])
-    runner = getattr(driver.policy, "runner", None)
-    if runner is None:
-        return out
-    for family in ("inet", "bridge"):
-        try:
-            data = runner.list_json("table", family, nft.table_name(net.id))
-        except Exception as exc:  # tables missing: report zeros, the reconciler repairs
-            log.warning("cannot read counters of %s: %s", net.id[:12], exc)
-            continue
-        for obj in data.get("nftables", []):
-            rule = obj.get("rule")
-            if not rule or "comment" not in rule:
-                continue
-            for expr in rule.get("expr", []):
-                if "counter" in expr:
-                    c = out[rule["comment"]]
-                    c[0] += expr["counter"]["packets"]
-                    c[1] += expr["counter"]["bytes"]
-    return out
+    """comment tag -> [packets, bytes] summed over the network's rules."""
+    return read_counters(getattr(driver.policy, "runner", None), net.id)
 
 
 def _rule_rows(net, compiled, counters) -> list:

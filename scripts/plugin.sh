@@ -18,11 +18,12 @@ stop() {
   fi
   # a daemon started by other means (or an orphaned worker)
   pkill -"$sig" -f "$PWD/.venv/bin/secnet-plugin" 2>/dev/null || true
+  pkill -"$sig" -f "python3? \.venv/bin/secnet-plugin" 2>/dev/null || true  # started by an older script
   rm -f "$PIDFILE"
 }
 start() {
   stop TERM
-  SECNET_SOCKET=$SOCK nohup .venv/bin/secnet-plugin >>"$LOG" 2>&1 </dev/null &
+  SECNET_SOCKET=$SOCK nohup "$PWD/.venv/bin/secnet-plugin" >>"$LOG" 2>&1 </dev/null &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 100); do
     if [ -S "$SOCK" ] && curl -s --unix-socket "$SOCK" -X POST http://x/Plugin.Activate | grep -q NetworkDriver; then

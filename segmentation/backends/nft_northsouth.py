@@ -13,7 +13,18 @@ secnet does what Docker's bridge driver does, in the network's inet table.
   ``route_localnet`` set (the driver does that) and such flows are
   masqueraded to the bridge's address; IPv6 has no equivalent of
   route_localnet, so ``[::1]:PORT`` is not published (the only gap with
-  Docker's bridge, which uses a userland proxy for it).
+  Docker's bridge, which uses a userland proxy for it): ``-p [::1]:...``
+  fails at ``docker run`` (plugin/ports.py), and ``[::1]:PORT`` of a port
+  published on every address is refused by the held socket.
+* Loopback addresses are the host's alone. ``route_localnet`` makes the
+  kernel accept 127.0.0.0/8 destinations arriving on the bridge, and a DNAT
+  in prerouting happens before the kernel's martian check on any link. So
+  prerouting never publishes to a 127.0.0.0/8 destination (a neighbour on
+  the host's LAN that routes 127.0.0.1 to the host would reach a
+  ``-p 127.0.0.1:...`` port), and new flows from the bridge to 127.0.0.0/8
+  are dropped in ``host_in`` (a container that routes 127.0.0.1 to its
+  gateway would reach the host's loopback-only services). Replies to the
+  host's own loopback flows are established and pass.
 * Hairpin flows (a container of the network reaching a published port) are
   masqueraded too, so that replies come back through the host.
 * Traffic leaving the network is masqueraded (unless the network is
@@ -70,10 +81,12 @@ def nat_chains(bridge: str, subnets: Iterable[str], internal: bool) -> list:
         "  }",
         "  chain nat_pre {",
         "    type nat hook prerouting priority dstnat - 5; policy accept;",
+        "    ip daddr 127.0.0.0/8 return",  # loopback-bound ports: the host's own flows only (nat_out)
         "    fib daddr type local jump publish",
         "  }",
         "  chain nat_out {",
         "    type nat hook output priority -105; policy accept;",
+        "    ip6 daddr ::1 return",  # cannot leave lo: let the held socket refuse it
         "    fib daddr type local jump publish",
         "  }",
         "  chain nat_post {",
@@ -100,6 +113,7 @@ def host_chains(bridge: str) -> list:
         f"    iifname != {br} accept",
         "    ct state established,related accept",
         "    ct state invalid " + deny("invalid"),
+        "    ip daddr 127.0.0.0/8 " + deny("invalid"),  # martian but for route_localnet
         f"    {nd}",
         "    ip saddr vmap @src4",
         "    ip6 saddr vmap @src6",

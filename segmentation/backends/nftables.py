@@ -36,7 +36,7 @@ from typing import Iterable, Optional
 from ..compiler import CompiledPolicy
 from ..rules import Service
 from . import nft_northsouth as ns
-from .nft_verdicts import deny, quote as _q
+from .nft_verdicts import OUTSIDE, deny, drop_chains, pair_drop_tag, quote as _q
 
 TABLE_PREFIX = "secnet_"
 ND_TYPES, MLD_TYPES = ns.ND_TYPES, ns.MLD_TYPES
@@ -135,26 +135,37 @@ def _to_chain(bridge: str, compiled: CompiledPolicy, dst: str) -> list:
             for fam, sel in ((4, "ip saddr"), (6, "ip6 saddr")):
                 lines.append(_rule(sel, f"@s_{seg_id(src)}_{fam}", _match(grant.service, fam),
                                    "counter accept comment", _q(tag)))
+    lines += _pair_drop_counters(compiled, dst)
     lines.append(_rule(deny("no-rule")))
     lines.append("  }")
     return lines
 
 
+def _pair_drop_counters(compiled: CompiledPolicy, dst: str) -> list:
+    """Count (no verdict) what ``to_<dst>`` is about to drop, per source segment."""
+    return [_rule(sel, f"@s_{seg_id(src)}_{fam}", "counter comment", _q(pair_drop_tag(src, dst)))
+            for src in compiled.segments for fam, sel in ((4, "ip saddr"), (6, "ip6 saddr"))]
+
+
 def _in_chain(compiled: CompiledPolicy, dst: str) -> list:
     """Traffic from outside the network to segment ``dst``."""
     lines = [f"  chain in_{seg_id(dst)} {{"]
+    drops = _rule("counter comment", _q(pair_drop_tag(OUTSIDE, dst)))
     if compiled.internal:
+        lines.append(drops)
         lines.append(_rule(deny("internal")))
     elif dst not in compiled.ingress:
         # Docker's behaviour: published ports (DNAT'd flows) and the host itself.
         lines.append(_rule("ct status dnat counter accept comment", _q("allow:published")))
         lines.append(_rule("fib saddr type local counter accept comment", _q("allow:host")))
+        lines.append(drops)
         lines.append(_rule(deny("no-rule")))
     else:
         for g in compiled.ingress[dst]:
             sel = "ip saddr" if g.family == 4 else "ip6 saddr"
             lines.append(_rule(sel, g.cidr, _match(g.service, g.family), "counter accept comment",
                                _q(cidr_tag(dst, "in", g.origin))))
+        lines.append(drops)
         lines.append(_rule(deny("no-rule")))
     lines.append("  }")
     return lines
@@ -162,7 +173,9 @@ def _in_chain(compiled: CompiledPolicy, dst: str) -> list:
 
 def _egress_chain(compiled: CompiledPolicy, src: str) -> list:
     lines = [f"  chain eg_{seg_id(src)} {{"]
+    drops = _rule("counter comment", _q(pair_drop_tag(src, OUTSIDE)))
     if compiled.internal:
+        lines.append(drops)
         lines.append(_rule(deny("internal")))
     else:
         for g in compiled.egress.get(src, ()):
@@ -172,6 +185,7 @@ def _egress_chain(compiled: CompiledPolicy, src: str) -> list:
         if compiled.egress_default == "allow":
             lines.append(_rule("counter accept comment", _q("allow:egress")))
         else:
+            lines.append(drops)
             lines.append(_rule(deny("egress")))
     lines.append("  }")
     return lines
@@ -207,6 +221,7 @@ def render_inet(table: str, bridge: str, compiled: CompiledPolicy, ports: list,
         lines += _egress_chain(compiled, seg)
     lines += _forward_chain(bridge)
     lines += ns.render(table, bridge, subnets, compiled.internal, ports)
+    lines += drop_chains("inet", table[len(TABLE_PREFIX):])
     lines.append("}")
     return lines
 
@@ -283,6 +298,7 @@ def render_bridge(table: str, ports: list) -> list:
             _rule("oifname != @ports", deny("pending")),
             "  }",
         ]
+    lines += drop_chains("bridge", table[len(TABLE_PREFIX):])
     lines.append("}")
     return lines
 

@@ -1,0 +1,103 @@
+"""Text output of the CLI's visibility commands: log, explain, verify, metrics."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+def _end(end: dict) -> str:
+    """One end of a dropped flow: ``name (segment, address)`` or ``address (outside)``."""
+    addr = end.get("address") or "-"
+    if end.get("container"):
+        where = end.get("segment") or end.get("state") or "?"
+        return f"{end['container']} ({where}, {addr})"
+    if end.get("multicast"):
+        return f"{addr} (multicast)"
+    return f"{addr} (outside)" if end.get("outside") else addr
+
+
+def _what(entry: dict) -> str:
+    proto = entry.get("proto") or "?"
+    if entry.get("dport") is not None:
+        return f"{proto}/{entry['dport']}"
+    if entry.get("icmp_type") is not None:
+        return f"{proto} type {entry['icmp_type']}"
+    return proto
+
+
+def _stamp(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
+
+
+def log_line(entry: dict, with_network: bool = False) -> str:
+    net = f"{entry.get('network', '')[:12]}  " if with_network else ""
+    return (f"{_stamp(entry['time'])}  {net}{_end(entry['src'])} -> {_end(entry['dst'])}"
+            f"  {_what(entry)}  {entry.get('why') or entry.get('reason')}")
+
+
+def print_log(data: dict, with_network: bool = False) -> None:
+    for entry in data["entries"]:
+        print(log_line(entry, with_network))
+
+
+def _side(desc: dict) -> str:
+    if desc.get("kind") == "segment":
+        return f"segment {desc['segment']}"
+    if desc.get("outside"):
+        return f"{desc['address']} (outside)"
+    where = desc.get("segment") or ("quarantined" if desc.get("quarantined") else "pending")
+    addrs = ", ".join(a for a in (desc.get("ipv4"), desc.get("ipv6")) if a)
+    return f"{desc.get('container') or desc['input']} ({where}, {addrs})"
+
+
+def print_explain(data: dict) -> None:
+    what = data["proto"] if data["port"] is None else f"{data['proto']}/{data['port']}"
+    if data["proto"] != "icmp" and data["port"] is None:
+        what += " (every port)"
+    print(f"{'allowed' if data['allowed'] else 'denied'}  {_side(data['src'])} -> {_side(data['dst'])}  {what}")
+    if data["allowed"] and data.get("rule") and data["rule"] != "intra":
+        print(f"  rule: {data['rule']}")
+    else:
+        print(f"  reason: {data['reason']}")
+
+
+def _word(allowed: bool) -> str:
+    return "allow" if allowed else "deny"
+
+
+def print_verify(data: dict) -> None:
+    cells = data["cells"]
+    print(f"verify network {data['network'][:12]}: {len(data['segments'])} segment(s), "
+          f"{data['probes']} probe(s) in {data['seconds']:.1f} s, {data['mismatches']} mismatch(es)")
+    if not cells:
+        print("nothing to probe: no segment pair has running members")
+    services = data["services"]
+    width = max([len(s) + 1 for s in services] + [9])
+    rows = {}
+    for c in cells:
+        rows.setdefault((c["src"], c["dst"], c["family"]), {})[c["service"]] = c
+    label = max([len(f"{s} -> {d}") for s, d, _f in rows] + [10])
+    unnamed = set(data.get("unnamed", ()))
+    print(" " * (label + 6) + "".join(f"{s + ('*' if s in unnamed else ''):<{width}}" for s in services))
+    for (src, dst, fam), row in rows.items():
+        line = f"{src + ' -> ' + dst:<{label}}  v{fam}  "
+        for s in services:
+            c = row.get(s)
+            text = "-" if c is None else (_word(c["expected"]) if c["observed"] == c["expected"] else "MISMATCH")
+            line += f"{text:<{width}}"
+        print(line.rstrip())
+    if unnamed:
+        print("* a port (or protocol) that no rule names")
+    for c in cells:
+        if c["observed"] != c["expected"]:
+            print(f"MISMATCH {c['src']} ({c['src_container']} {c['src_address']}) -> {c['dst']} "
+                  f"({c['dst_container']} {c['dst_address']}) {c['service']} IPv{c['family']}: expected "
+                  f"{_word(c['expected'])} ({c['reason']}), observed {_word(c['observed'])} ({c['outcome']})")
+    if data.get("idle"):
+        print(f"not probed (no running member): {', '.join(data['idle'])}")
+    if data.get("single"):
+        print(f"not probed within the segment (one member only): {', '.join(data['single'])}")
+
+
+def print_metrics(data: dict) -> None:
+    sys.stdout.write(data["text"])

@@ -1,0 +1,265 @@
+"""The drop log: what policy dropped, why, and between which containers.
+
+The kernel reports drops through NFLOG (see ``nft_verdicts``: at most one
+message per flow and second, capped per table); :mod:`plugin.nflog` hands
+each message to :meth:`DropLog.handle`, which maps the addresses and bridge
+ports back to containers and segments through the daemon's saved state
+(:class:`Directory`) and keeps the entry
+
+* in memory, in a ring of at most ``capacity`` entries, each held as its
+  JSON line (a few hundred bytes), served by ``/secnet/log``;
+* on disk under the state directory, as JSON lines in ``droplog.jsonl``,
+  renamed to ``droplog.jsonl.1`` when it would outgrow ``max_bytes`` (so at
+  most two files of ``max_bytes`` each). At start the ring is refilled from
+  those files, and sequence numbers go on from the last one, so a
+  ``secnet log --follow`` cursor stays valid across a daemon restart.
+"""
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Optional
+
+from segmentation.backends.nft_verdicts import parse_log_prefix
+
+log = logging.getLogger(__name__)
+
+CAPACITY = 10_000
+MAX_BYTES = 5 * 1024 * 1024
+FILE_NAME = "droplog.jsonl"
+REASON_TEXT = {
+    "no-rule": "no rule allows it",
+    "egress": "egress denied",
+    "internal": "internal network: nothing leaves or enters",
+    "not-member": "not a member of the network",
+    "invalid": "invalid packet (no valid connection state)",
+    "quarantined": "quarantined",
+    "pending": "segment not known yet (fail closed)",
+    "spoofed": "spoofed: address not the one the network gave",
+    "ethertype": "ethertype not allowed",
+}
+
+
+class Directory:
+    """Addresses and bridge ports → endpoints, from saved state, cached briefly.
+
+    A snapshot of a network is rebuilt when it is older than ``max_age``
+    seconds, or on a miss when older than ``miss_age`` (a container that
+    just joined): driven by the messages, never by a timer.
+    """
+
+    def __init__(self, state, max_age: float = 2.0, miss_age: float = 0.25):
+        self.state = state
+        self.max_age, self.miss_age = max_age, miss_age
+        self._nets: tuple = (0.0, {})        # (built at, {nid12: NetworkRecord})
+        self._snaps: dict = {}               # network id -> (built at, by address, by veth)
+        self._lock = threading.Lock()
+
+    def network(self, nid12: str):
+        with self._lock:
+            built, nets = self._nets
+            age = time.monotonic() - built
+            if age > self.max_age or (nid12 not in nets and age > self.miss_age):
+                nets = {n.id[:12]: n for n in self.state.networks()}
+                self._nets = (time.monotonic(), nets)
+            return nets.get(nid12)
+
+    def _snapshot(self, net_id: str, missed: bool):
+        built, by_addr, by_veth = self._snaps.get(net_id, (0.0, {}, {}))
+        age = time.monotonic() - built
+        if age > self.max_age or (missed and age > self.miss_age):
+            by_addr, by_veth = {}, {}
+            for ep in self.state.endpoints(net_id):
+                by_veth[ep.veth_host] = ep
+                for cidr in (ep.ipv4, ep.ipv6):
+                    if cidr:
+                        by_addr[cidr.split("/")[0]] = ep
+            self._snaps[net_id] = (time.monotonic(), by_addr, by_veth)
+        return by_addr, by_veth
+
+    def by_address(self, net_id: str, address: Optional[str]):
+        if not address:
+            return None
+        with self._lock:
+            by_addr, _ = self._snapshot(net_id, False)
+            if address not in by_addr:
+                by_addr, _ = self._snapshot(net_id, True)
+            return by_addr.get(address)
+
+    def by_ifindex(self, net_id: str, ifindex: Optional[int]):
+        if not ifindex:
+            return None
+        try:
+            name = socket.if_indextoname(ifindex)
+        except OSError:
+            return None
+        with self._lock:
+            _, by_veth = self._snapshot(net_id, False)
+            if name not in by_veth:
+                _, by_veth = self._snapshot(net_id, True)
+            return by_veth.get(name)
+
+
+def _multicast(address: Optional[str]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address or "")
+    except ValueError:
+        return False
+    return ip.is_multicast or str(ip) == "255.255.255.255"
+
+
+def end_view(address: Optional[str], ep) -> dict:
+    """One end of a dropped flow: its address and, when it is a member, whose it is."""
+    if ep is None:
+        group = _multicast(address)
+        return {"address": address, "container": None, "segment": None, "multicast": group,
+                "outside": address is not None and not group}
+    state = "quarantined" if ep.quarantine is not None else ("pending" if ep.segment is None else None)
+    return {"address": address, "container": ep.container or ep.id[:12], "segment": ep.segment,
+            "state": state, "outside": False}
+
+
+def why(reason: str, src_ep, dst_ep) -> str:
+    text = REASON_TEXT.get(reason, reason)
+    if reason == "quarantined":
+        for ep in (src_ep, dst_ep):
+            if ep is not None and ep.quarantine:
+                return f"quarantined: {ep.quarantine}"
+    return text
+
+
+def _device_names(devices: dict) -> dict:
+    """in/out interface names (bridge ports where known) of a logged packet."""
+    out = {}
+    for key, names in (("in", ("physindev", "indev")), ("out", ("physoutdev", "outdev"))):
+        for name in names:
+            if devices.get(name):
+                try:
+                    out[key] = socket.if_indextoname(devices[name])
+                except OSError:
+                    out[key] = str(devices[name])
+                break
+    return out
+
+
+class DropLog:
+    """Bounded ring + bounded rotating file of dropped flows; thread-safe."""
+
+    def __init__(self, state_dir: str, directory: Optional[Directory] = None,
+                 capacity: int = CAPACITY, max_bytes: int = MAX_BYTES):
+        self.directory = directory
+        self.path = os.path.join(state_dir, FILE_NAME)
+        self.max_bytes = max_bytes
+        self.ring: collections.deque = collections.deque(maxlen=capacity)
+        self.seq = 0
+        self.unknown = 0          # messages that were not secnet's (other prefixes)
+        self._lock = threading.Lock()
+        self._file = None
+        self._write_failed = False
+        self._load()
+
+    # --- intake -------------------------------------------------------------------------
+    def handle(self, packet, received_at: float) -> Optional[dict]:
+        """Turn one NFLOG packet into an entry and keep it (the reader thread calls this)."""
+        parsed = parse_log_prefix(packet.prefix)
+        if parsed is None or self.directory is None:
+            self.unknown += 1
+            return None
+        nid12, reason = parsed
+        net = self.directory.network(nid12)
+        net_id = net.id if net is not None else nid12
+        flow = packet.flow()
+        port_in, port_out = packet.devices.get("physindev"), packet.devices.get("physoutdev")
+        src_ep = self.directory.by_ifindex(net_id, port_in) or self.directory.by_address(net_id, flow.src)
+        dst_ep = self.directory.by_address(net_id, flow.dst)
+        if dst_ep is None and port_out != port_in and not _multicast(flow.dst):
+            dst_ep = self.directory.by_ifindex(net_id, port_out)
+        entry = {"time": packet.timestamp or received_at, "network": net_id, "reason": reason,
+                 "why": why(reason, src_ep, dst_ep), "family": flow.family, "proto": flow.proto,
+                 "sport": flow.sport, "dport": flow.dport, "icmp_type": flow.icmp_type,
+                 "src": end_view(flow.src, src_ep), "dst": end_view(flow.dst, dst_ep),
+                 "devices": _device_names(packet.devices)}
+        return self.append(entry)
+
+    def append(self, entry: dict) -> dict:
+        with self._lock:
+            self.seq += 1
+            entry = dict(entry, seq=self.seq)
+            line = json.dumps(entry, separators=(",", ":"))
+            self.ring.append((self.seq, entry.get("network", ""), line))
+            self._write(line)
+        return entry
+
+    # --- reads --------------------------------------------------------------------------
+    def query(self, network: Optional[str] = None, since: int = 0, limit: int = CAPACITY) -> dict:
+        """Entries after cursor ``since`` (of ``network`` when given), oldest first."""
+        with self._lock:
+            rows = [line for seq, net, line in self.ring
+                    if seq > since and (network is None or net == network)]
+            cursor = self.seq
+        rows = rows[-limit:] if limit else []
+        return {"entries": [json.loads(r) for r in rows], "cursor": cursor}
+
+    def stats(self) -> dict:
+        with self._lock:
+            size = sum(len(line) for _s, _n, line in self.ring)
+            return {"entries": len(self.ring), "capacity": self.ring.maxlen, "bytes": size,
+                    "cursor": self.seq, "file": self.path, "max_bytes": self.max_bytes}
+
+    # --- the files ----------------------------------------------------------------------
+    def _load(self) -> None:
+        for path in (self.path + ".1", self.path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        self._load_line(line.strip())
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                log.warning("cannot read the drop log %s: %s", path, exc)
+
+    def _load_line(self, line: str) -> None:
+        try:
+            entry = json.loads(line)
+            seq = int(entry["seq"])
+        except (ValueError, KeyError, TypeError):
+            return  # a torn last line after a crash
+        if seq > self.seq:
+            self.seq = seq
+            self.ring.append((seq, entry.get("network", ""), line))
+
+    def _write(self, line: str) -> None:
+        data = line + "\n"
+        try:
+            if self._file is None:
+                self._file = open(self.path, "a", encoding="utf-8")
+            if self._file.tell() + len(data) > self.max_bytes:
+                self._file.close()
+                os.replace(self.path, self.path + ".1")
+                self._file = open(self.path, "a", encoding="utf-8")
+            self._file.write(data)
+            self._file.flush()
+            self._write_failed = False
+        except OSError as exc:
+            if not self._write_failed:
+                log.error("cannot write the drop log %s: %s (kept in memory only)", self.path, exc)
+            self._write_failed = True
+            self._drop_file()
+
+    def _drop_file(self) -> None:
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+        self._file = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_file()

@@ -1,0 +1,101 @@
+"""`secnet explain`: would policy let this flow through, and why.
+
+The answer comes from the compiled policy the kernel enforces
+(``Reconciler.compiled``) judged by ``segmentation.compiler.verdict``: the
+same function the backends are tested against. This module only turns what
+the user typed (container names, segment names, addresses, ``tcp/8080``)
+into the flow ends ``verdict`` takes, using the daemon's saved endpoints.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Optional
+
+from segmentation.compiler import FLOW_PROTOCOLS, Verdict, verdict
+from segmentation.errors import PolicyError, shown
+
+PENDING = "pending: the container's segment is not known yet, all its traffic is dropped"
+
+
+def parse_service(text: str) -> tuple:
+    """``tcp/8080`` -> ("tcp", 8080); ``icmp`` -> ("icmp", None); ``tcp`` -> every port."""
+    proto, _, port = (text or "").strip().lower().partition("/")
+    if proto not in FLOW_PROTOCOLS:
+        raise PolicyError(f"unknown protocol in '{shown(text)}' (use tcp[/PORT], udp[/PORT] or icmp)")
+    if not port:
+        return proto, None
+    if proto == "icmp":
+        raise PolicyError(f"icmp takes no port: '{shown(text)}'")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise PolicyError(f"invalid port in '{shown(text)}' (1-65535)")
+    return proto, int(port)
+
+
+def _address(text: str) -> Optional[str]:
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return None
+
+
+def _by_address(endpoints, address: str):
+    for ep in endpoints:
+        for cidr in (ep.ipv4, ep.ipv6):
+            if cidr and str(ipaddress.ip_interface(cidr).ip) == address:
+                return ep
+    return None
+
+
+def _by_container(endpoints, name: str):
+    exact = [ep for ep in endpoints if ep.container == name]
+    if exact:
+        return exact[0]
+    if len(name) >= 6:
+        found = [ep for ep in endpoints if (ep.container_id or "").startswith(name.lower())]
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+def _member(ep, kind: str, text: str) -> tuple:
+    """(flow end, description) of a member endpoint."""
+    desc = {"input": text, "kind": kind, "container": ep.container, "segment": ep.segment,
+            "ipv4": (ep.ipv4 or "").split("/")[0] or None, "ipv6": (ep.ipv6 or "").split("/")[0] or None}
+    if ep.quarantine is not None:
+        return ("quarantined", ep.quarantine), dict(desc, quarantined=ep.quarantine)
+    if ep.segment is None:
+        return ("pending", ""), dict(desc, pending=True)
+    return ("segment", ep.segment), desc
+
+
+def resolve_end(text: str, endpoints, compiled) -> tuple:
+    """(flow end for ``verdict``, description) of a container, segment or address."""
+    text = (text or "").strip()
+    address = _address(text)
+    if address is not None:
+        ep = _by_address(endpoints, address)
+        if ep is not None:
+            return _member(ep, "address", text)
+        return ("addr", address), {"input": text, "kind": "address", "address": address, "outside": True}
+    ep = _by_container(endpoints, text)
+    if ep is not None:
+        return _member(ep, "container", text)
+    if text in compiled.segments:
+        return ("segment", text), {"input": text, "kind": "segment", "segment": text}
+    raise PolicyError(f"'{shown(text)}' is no container, segment or address of this network"
+                      f" (segments: {', '.join(compiled.segments)})")
+
+
+def explain(compiled, endpoints, src: str, dst: str, service: str) -> dict:
+    """The verdict on a new flow from ``src`` to ``dst``, with what they resolved to."""
+    proto, port = parse_service(service)
+    src_end, src_desc = resolve_end(src, endpoints, compiled)
+    dst_end, dst_desc = resolve_end(dst, endpoints, compiled)
+    if "pending" in (src_end[0], dst_end[0]):
+        result = Verdict(False, None, PENDING)
+        ends = [e if e[0] != "pending" else ("segment", compiled.segments[0]) for e in (src_end, dst_end)]
+        verdict(compiled, ends[0], ends[1], proto, port)  # still refuses a question that names no flow
+    else:
+        result = verdict(compiled, src_end, dst_end, proto, port)
+    return {"allowed": result.allowed, "rule": result.origin, "reason": result.reason,
+            "proto": proto, "port": port, "src": src_desc, "dst": dst_desc}

@@ -1,0 +1,154 @@
+"""Prometheus metrics, read from the nft counters and the saved state at scrape time.
+
+A custom collector: nothing is sampled in the background. Each scrape lists
+every network's tables once (terse, see :mod:`plugin.counters`) and maps the
+rule comments back to segment pairs and drop reasons. ``secnet metrics``
+asks the daemon over its socket; with ``SECNET_METRICS_ADDR=host:port`` the
+daemon also serves ``/metrics`` over HTTP from a thread of its own.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+
+from prometheus_client import CollectorRegistry, generate_latest, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from segmentation.backends import nftables as nft
+from segmentation.backends.nft_verdicts import OUTSIDE, REASONS, pair_drop_tag
+
+from .counters import read_counters
+
+log = logging.getLogger(__name__)
+PAIR = ["network", "src_segment", "dst_segment"]
+ALLOWED_HELP = ("{what} matched by the allow rules from src_segment to dst_segment (" + OUTSIDE +
+                " is outside the network). Rules see the first packets of flows only: replies and "
+                "established traffic are accepted before the rules and not counted here.")
+DROPPED_HELP = ("{what} dropped from src_segment to dst_segment because no rule allows them "
+                "(east-west, egress denied, ingress not allowed, internal network).")
+
+
+def _pair_counts(compiled, counters) -> tuple:
+    """({(src, dst): [pk, bytes]} allowed, same dropped) of one network."""
+    allowed = collections.defaultdict(lambda: [0, 0])
+    for (src, dst), grants in compiled.east_west.items():
+        for g in grants:
+            _add(allowed[(src, dst)], counters.get(nft.grant_tag(src, dst, g.origin)))
+    for direction, table in (("in", compiled.ingress), ("out", compiled.egress)):
+        for seg, grants in table.items():
+            pair = (OUTSIDE, seg) if direction == "in" else (seg, OUTSIDE)
+            for g in grants:
+                _add(allowed[pair], counters.get(nft.cidr_tag(seg, direction, g.origin)))
+    dropped = collections.defaultdict(lambda: [0, 0])
+    ends = list(compiled.segments) + [OUTSIDE]
+    for src in ends:
+        for dst in ends:
+            if (src, dst) != (OUTSIDE, OUTSIDE):
+                _add(dropped[(src, dst)], counters.get(pair_drop_tag(src, dst)))
+    return allowed, dropped
+
+
+def _add(total: list, counter) -> None:
+    if counter:
+        total[0] += counter[0]
+        total[1] += counter[1]
+
+
+class SecnetCollector(Collector):
+    """Collects per network: pair counters, drops by reason, endpoints; daemon totals."""
+
+    def __init__(self, driver):
+        self.driver = driver
+
+    @staticmethod
+    def _families() -> dict:
+        c, g, net = CounterMetricFamily, GaugeMetricFamily, ["network"]
+        return {
+            "allowed_packets": c("secnet_allowed_packets", ALLOWED_HELP.format(what="Packets"), labels=PAIR),
+            "allowed_bytes": c("secnet_allowed_bytes", ALLOWED_HELP.format(what="Bytes"), labels=PAIR),
+            "dropped_packets": c("secnet_dropped_packets", DROPPED_HELP.format(what="Packets"), labels=PAIR),
+            "dropped_bytes": c("secnet_dropped_bytes", DROPPED_HELP.format(what="Bytes"), labels=PAIR),
+            "drops": c("secnet_drops", "Packets dropped by policy, by reason.", labels=net + ["reason"]),
+            "drop_bytes": c("secnet_drop_bytes", "Bytes dropped by policy, by reason.",
+                            labels=net + ["reason"]),
+            "endpoints": g("secnet_endpoints", "Endpoints enforced in each segment.",
+                           labels=net + ["segment"]),
+            "quarantined": g("secnet_quarantined_endpoints", "Quarantined endpoints (all their traffic "
+                             "is dropped).", labels=net),
+            "pending": g("secnet_pending_endpoints", "Endpoints whose segment is not known yet (their "
+                         "traffic is dropped).", labels=net),
+        }
+
+    def collect(self):
+        fams = self._families()
+        policy = self.driver.policy
+        for net in self.driver.state.networks():
+            try:
+                self._network(fams, net, policy)
+            except Exception:  # one broken network must not hide the others
+                log.exception("metrics of network %s failed", net.id[:12])
+        yield from fams.values()
+        yield from self._daemon(policy)
+
+    def _network(self, fams: dict, net, policy) -> None:
+        nid = net.id[:12]
+        compiled = policy.compiled(net)
+        counters = read_counters(getattr(policy, "runner", None), net.id)
+        allowed, dropped = _pair_counts(compiled, counters)
+        for kind, table in (("allowed", allowed), ("dropped", dropped)):
+            for (src, dst), (packets, nbytes) in sorted(table.items()):
+                fams[f"{kind}_packets"].add_metric([nid, src, dst], packets)
+                fams[f"{kind}_bytes"].add_metric([nid, src, dst], nbytes)
+        for reason in REASONS:
+            packets, nbytes = counters.get(f"deny:{reason}", (0, 0))
+            fams["drops"].add_metric([nid, reason], packets)
+            fams["drop_bytes"].add_metric([nid, reason], nbytes)
+        eps = self.driver.state.endpoints(net.id)
+        per_segment = collections.Counter(e.segment for e in eps if e.segment and e.quarantine is None)
+        for seg in sorted(set(compiled.segments) | set(per_segment)):
+            fams["endpoints"].add_metric([nid, seg], per_segment.get(seg, 0))
+        fams["quarantined"].add_metric([nid], sum(e.quarantine is not None for e in eps))
+        fams["pending"].add_metric([nid], sum(e.segment is None and e.quarantine is None for e in eps))
+
+    def _daemon(self, policy):
+        yield CounterMetricFamily("secnet_reconcile_repairs", "Networks whose kernel state the reconciler "
+                                  "found drifted and rebuilt, and orphan tables it removed.",
+                                  value=getattr(policy, "repairs", 0))
+        droplog, reader = getattr(self.driver, "droplog", None), getattr(self.driver, "nflog", None)
+        if droplog is not None:
+            yield GaugeMetricFamily("secnet_droplog_entries", "Entries in the in-memory drop log.",
+                                    value=droplog.stats()["entries"])
+        if reader is not None:
+            yield CounterMetricFamily("secnet_droplog_messages", "NFLOG messages read from the kernel.",
+                                      value=reader.received)
+            yield CounterMetricFamily("secnet_droplog_overruns", "Times the kernel dropped NFLOG messages "
+                                      "because the daemon read too slowly (ENOBUFS).", value=reader.lost)
+
+
+class Metrics:
+    """The registry of one daemon, its text form, and the optional HTTP endpoint."""
+
+    def __init__(self, driver):
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(SecnetCollector(driver))
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def samples(self) -> list:
+        return [{"name": s.name, "labels": s.labels, "value": s.value}
+                for fam in self.registry.collect() for s in fam.samples]
+
+    def serve(self, addr: str) -> None:
+        """Serve /metrics on ``host:port`` (IPv6 as ``[::1]:9100``) from a daemon thread."""
+        host, port = parse_addr(addr)
+        start_http_server(port, addr=host, registry=self.registry)
+        log.info("serving metrics on http://%s/metrics", addr)
+
+
+def parse_addr(addr: str) -> tuple:
+    host, sep, port = addr.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid SECNET_METRICS_ADDR {addr!r}: use host:port")
+    return host.strip("[]") or "0.0.0.0", int(port)

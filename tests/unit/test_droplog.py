@@ -1,0 +1,128 @@
+"""The drop log: entries from NFLOG packets, the ring's and the files' bounds, restarts."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+
+import pytest
+
+from plugin import droplog as dl
+from plugin.nflog import Packet
+from plugin.state import EndpointRecord, NetworkRecord, State
+
+NID = "ab" * 32
+
+
+def ipv4_tcp(src: str, dst: str, dport: int) -> bytes:
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, socket.inet_aton(src),
+                       socket.inet_aton(dst))
+    return head + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 0x50, 2, 1, 0, 0)
+
+
+def ep(eid, name, segment, ip, quarantine=None, veth="snvx"):
+    return EndpointRecord(id=eid * 64, network_id=NID, veth_host=veth, veth_peer="snpx",
+                          mac="02:00:00:00:00:01", ipv4=f"{ip}/24", segment=segment,
+                          quarantine=quarantine, container=name)
+
+
+@pytest.fixture
+def state(tmp_path):
+    st = State(str(tmp_path / "state"))
+    st.put_network(NetworkRecord(id=NID, bridge="sn-x", mtu=1500, options={}))
+    st.put_endpoints([ep("1", "web1", "web", "10.224.0.2"), ep("2", "db1", "db", "10.224.0.3"),
+                      ep("3", "bad1", None, "10.224.0.4", quarantine="label secnet.segment is empty")])
+    yield st
+    st.close()
+
+
+def packet(reason: str, src: str, dst: str, dport: int = 5432, nid: str = NID) -> Packet:
+    return Packet(family=socket.AF_INET, prefix=f"sn {nid[:12]} {reason}", hw_protocol=0x0800,
+                  payload=ipv4_tcp(src, dst, dport))
+
+
+def test_an_entry_names_containers_segments_and_the_reason(tmp_path, state):
+    log = dl.DropLog(str(tmp_path), dl.Directory(state))
+    e = log.handle(packet("no-rule", "10.224.0.2", "10.224.0.3"), 1700000000.5)
+    assert e["network"] == NID and e["reason"] == "no-rule" and e["why"] == "no rule allows it"
+    assert e["src"] == {"address": "10.224.0.2", "container": "web1", "segment": "web", "state": None,
+                        "outside": False}
+    assert e["dst"]["container"] == "db1" and e["dst"]["segment"] == "db"
+    assert (e["proto"], e["dport"], e["time"], e["seq"]) == ("tcp", 5432, 1700000000.5, 1)
+
+
+def test_outside_quarantined_and_foreign_prefixes(tmp_path, state):
+    log = dl.DropLog(str(tmp_path), dl.Directory(state))
+    out = log.handle(packet("egress", "10.224.0.2", "192.0.2.7", 443), 1.0)
+    assert out["dst"] == {"address": "192.0.2.7", "container": None, "segment": None,
+                          "multicast": False, "outside": True}
+    assert out["why"] == "egress denied"
+    q = log.handle(packet("quarantined", "10.224.0.4", "10.224.0.3"), 2.0)
+    assert q["why"] == "quarantined: label secnet.segment is empty"
+    assert q["src"]["container"] == "bad1" and q["src"]["state"] == "quarantined"
+    assert log.handle(Packet(family=2, prefix="somebody else's"), 3.0) is None
+    assert log.handle(packet("no-such-reason", "10.224.0.2", "10.224.0.3"), 3.0) is None
+    assert log.unknown == 2 and len(log.ring) == 2
+
+
+def test_a_new_member_is_found_without_waiting(tmp_path, state):
+    directory = dl.Directory(state, max_age=60, miss_age=0)
+    log = dl.DropLog(str(tmp_path), directory)
+    assert log.handle(packet("no-rule", "10.224.0.2", "10.224.0.9"), 1.0)["dst"]["outside"]
+    state.put_endpoint(ep("9", "new1", "db", "10.224.0.9"))
+    assert log.handle(packet("no-rule", "10.224.0.2", "10.224.0.9"), 2.0)["dst"]["container"] == "new1"
+
+
+def test_the_ring_is_bounded_and_queries_go_by_cursor_and_network(tmp_path):
+    log = dl.DropLog(str(tmp_path), capacity=100)
+    for i in range(250):
+        log.append({"time": i, "network": "n1" if i % 2 else "n2", "i": i})
+    assert len(log.ring) == 100 and log.seq == 250
+    everything = log.query()
+    assert [e["i"] for e in everything["entries"]] == list(range(150, 250))   # oldest first
+    assert everything["cursor"] == 250
+    assert [e["i"] for e in log.query(since=245)["entries"]] == [245, 246, 247, 248, 249]
+    assert {e["network"] for e in log.query("n1")["entries"]} == {"n1"}
+    assert len(log.query(limit=3)["entries"]) == 3 and log.query(since=250)["entries"] == []
+
+
+def test_the_files_rotate_and_stay_bounded(tmp_path):
+    log = dl.DropLog(str(tmp_path), capacity=10_000, max_bytes=20_000)
+    for i in range(2_000):
+        log.append({"time": i, "network": NID, "pad": "x" * 50})
+    log.close()
+    current, previous = tmp_path / dl.FILE_NAME, tmp_path / (dl.FILE_NAME + ".1")
+    assert current.stat().st_size <= 20_000 and previous.stat().st_size <= 20_000
+    assert sorted(os.listdir(tmp_path)) == [dl.FILE_NAME, dl.FILE_NAME + ".1"]
+    lines = previous.read_text().splitlines() + current.read_text().splitlines()
+    seqs = [json.loads(line)["seq"] for line in lines]
+    assert seqs == list(range(seqs[0], 2_001))                    # the newest, in order
+
+
+def test_a_restart_refills_the_ring_and_continues_the_sequence(tmp_path):
+    log = dl.DropLog(str(tmp_path), capacity=50, max_bytes=4_000)
+    for i in range(120):
+        log.append({"time": i, "network": NID})
+    log.close()
+    with open(tmp_path / dl.FILE_NAME, "a") as f:
+        f.write('{"seq": 999, "torn')                              # a crash mid-line
+    again = dl.DropLog(str(tmp_path), capacity=50, max_bytes=4_000)
+    assert again.seq == 120 and again.ring[-1][0] == 120
+    assert again.append({"time": 0, "network": NID})["seq"] == 121
+    assert [e["seq"] for e in again.query(since=118)["entries"]] == [119, 120, 121]
+
+
+def test_an_unwritable_directory_keeps_the_log_in_memory(tmp_path):
+    target = tmp_path / "gone"
+    log = dl.DropLog(str(target), capacity=10)                   # the directory does not exist
+    log.append({"time": 1, "network": NID})
+    assert len(log.ring) == 1 and log.query()["entries"][0]["seq"] == 1
+
+
+def test_memory_per_entry_is_a_few_hundred_bytes(tmp_path, state):
+    log = dl.DropLog(str(tmp_path), dl.Directory(state), capacity=1000)
+    for i in range(1000):
+        log.handle(packet("no-rule", "10.224.0.2", "10.224.0.3", dport=1000 + i), float(i))
+    stats = log.stats()
+    assert stats["entries"] == 1000 and stats["bytes"] / 1000 < 600, stats

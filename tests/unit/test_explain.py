@@ -1,0 +1,106 @@
+"""`secnet explain`: what the user types, resolved against saved endpoints, judged by verdict."""
+from __future__ import annotations
+
+import pytest
+
+from plugin.explain import explain, parse_service, resolve_end
+from plugin.state import EndpointRecord
+from segmentation.compiler import compile_policy, verdict
+from segmentation.errors import PolicyError
+from segmentation.model import Member
+from segmentation.options import parse_network_options
+
+NID = "cd" * 32
+
+
+def ep(n, name, segment, ip4, ip6=None, quarantine=None):
+    return EndpointRecord(id=str(n) * 64, network_id=NID, veth_host=f"snv{n}", veth_peer=f"snp{n}",
+                          mac="02:00:00:00:00:01", ipv4=f"{ip4}/24", ipv6=f"{ip6}/64" if ip6 else None,
+                          segment=segment, quarantine=quarantine, container=name,
+                          container_id=f"{n}" * 12 + "f" * 52)
+
+
+ENDPOINTS = [ep(1, "web1", "web", "10.224.0.2", "fd00:224::2"), ep(2, "api1", "api", "10.224.0.3"),
+             ep(3, "db1", "db", "10.224.0.4"), ep(4, "bad1", None, "10.224.0.5", quarantine="empty label"),
+             ep(5, "new1", None, "10.224.0.6")]
+
+
+def compiled(rules="web->api:tcp/8080 api->db:tcp/5432 *->db:icmp web->[2001:db8::/32]:tcp/443",
+             egress="allow"):
+    options = parse_network_options({"secnet.allow": rules, "secnet.egress": egress}, ipv6=True)
+    members = [Member(e.id, e.segment, e.ipv4.split("/")[0], None, e.quarantine) for e in ENDPOINTS]
+    return compile_policy(options, members)
+
+
+@pytest.mark.parametrize("text, want", [
+    ("tcp/8080", ("tcp", 8080)), ("UDP/53", ("udp", 53)), ("icmp", ("icmp", None)),
+    ("tcp", ("tcp", None)), (" udp/1 ", ("udp", 1)), ("tcp/65535", ("tcp", 65535)),
+])
+def test_parse_service(text, want):
+    assert parse_service(text) == want
+
+
+@pytest.mark.parametrize("text", ["", "sctp/1", "tcp/0", "tcp/65536", "tcp/80-90", "icmp/8",
+                                  "tcp/http", "any", "tcp/-1"])
+def test_bad_services_are_one_line_errors(text):
+    with pytest.raises(PolicyError) as err:
+        parse_service(text)
+    assert "\n" not in str(err.value)
+
+
+def test_resolve_by_container_name_id_address_and_segment():
+    c = compiled()
+    assert resolve_end("web1", ENDPOINTS, c)[0] == ("segment", "web")
+    assert resolve_end("2222222222", ENDPOINTS, c)[0] == ("segment", "api")      # container id prefix
+    assert resolve_end("10.224.0.4", ENDPOINTS, c)[0] == ("segment", "db")      # a member's address
+    assert resolve_end("[fd00:224::2]", ENDPOINTS, c)[0] == ("segment", "web")
+    end, desc = resolve_end("db", ENDPOINTS, c)
+    assert end == ("segment", "db") and desc["kind"] == "segment"
+    end, desc = resolve_end("10.224.0.99", ENDPOINTS, c)                        # not a member: outside
+    assert end == ("addr", "10.224.0.99") and desc["outside"]
+    assert resolve_end("bad1", ENDPOINTS, c)[0] == ("quarantined", "empty label")
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(PolicyError, match="no container, segment or address"):
+        resolve_end("nosuch", ENDPOINTS, compiled())
+
+
+def test_allowed_names_the_rule_denied_the_reason():
+    c = compiled()
+    yes = explain(c, ENDPOINTS, "web1", "api1", "tcp/8080")
+    assert yes["allowed"] and yes["rule"] == "web->api:tcp/8080"
+    no = explain(c, ENDPOINTS, "web1", "db1", "tcp/5432")
+    assert not no["allowed"] and no["reason"] == "no rule allows it" and no["rule"] is None
+    assert explain(c, ENDPOINTS, "web", "db", "icmp")["rule"] == "*->db:icmp"
+    assert explain(c, ENDPOINTS, "web1", "web", "udp/9")["rule"] == "intra"
+
+
+def test_quarantined_and_pending_containers_are_denied_either_way():
+    c = compiled("*->*")
+    for src, dst in (("bad1", "db1"), ("db1", "bad1")):
+        r = explain(c, ENDPOINTS, src, dst, "tcp/80")
+        assert not r["allowed"] and r["reason"] == "quarantined: empty label"
+    for src, dst in (("new1", "db1"), ("db1", "new1")):
+        r = explain(c, ENDPOINTS, src, dst, "tcp/80")
+        assert not r["allowed"] and r["reason"].startswith("pending")
+
+
+def test_outside_addresses_follow_egress_and_cidr_rules():
+    c = compiled(egress="deny")
+    assert explain(c, ENDPOINTS, "web1", "2001:db8::1", "tcp/443")["allowed"]
+    assert explain(c, ENDPOINTS, "web1", "2001:db8::1", "tcp/80")["reason"] == "egress denied"
+    assert explain(compiled(), ENDPOINTS, "api1", "192.0.2.1", "udp/53")["allowed"]   # egress=allow
+    with pytest.raises(PolicyError):
+        explain(c, ENDPOINTS, "192.0.2.1", "192.0.2.2", "tcp/1")
+
+
+@pytest.mark.parametrize("src", ["web", "api", "db"])
+@pytest.mark.parametrize("dst", ["web", "api", "db"])
+@pytest.mark.parametrize("service", ["tcp/8080", "tcp/5432", "udp/53", "icmp", "tcp"])
+def test_explain_is_verdict(src, dst, service):
+    c = compiled()
+    proto, port = parse_service(service)
+    want = verdict(c, ("segment", src), ("segment", dst), proto, port)
+    got = explain(c, ENDPOINTS, src, dst, service)
+    assert (got["allowed"], got["reason"]) == (want.allowed, want.reason)

@@ -1,0 +1,168 @@
+"""The daemon's visibility routes (/secnet/log, explain, verify, metrics) and the
+metrics collector, on a real State and a stand-in nft runner; the CLI's output."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from plugin import cli_format, verify
+from plugin.api import Api
+from plugin.app import create_app
+from plugin.droplog import DropLog
+from plugin.metrics import Metrics, parse_addr
+from plugin.state import EndpointRecord, NetworkRecord, State
+from segmentation.backends import nftables as nft
+from segmentation.backends.nft_verdicts import OUTSIDE, pair_drop_tag
+from segmentation.compiler import compile_policy
+from segmentation.model import Member
+from segmentation.options import parse_network_options
+
+NID = "ef" * 32
+RULES = "web->api:tcp/8080 api->db:tcp/5432"
+
+
+class FakeRunner:
+    """Lists one table whose rules carry the comments the backend writes."""
+
+    def __init__(self, counters: dict):
+        self.counters = counters
+
+    def list_json(self, *what):
+        if what[1] != "inet":
+            return {"nftables": []}
+        rules = [{"rule": {"comment": tag, "expr": [{"counter": {"packets": p, "bytes": b}}]}}
+                 for tag, (p, b) in self.counters.items()]
+        return {"nftables": rules}
+
+
+class FakePolicy:
+    def __init__(self, state, runner):
+        self.state, self.runner, self.repairs = state, runner, 3
+
+    def compiled(self, net):
+        members = [Member(e.id, e.segment, e.ipv4.split("/")[0], None, e.quarantine)
+                   for e in self.state.endpoints(net.id)]
+        return compile_policy(parse_network_options({"secnet.allow": RULES}), members)
+
+
+def ep(n, name, segment, quarantine=None, sandbox=None):
+    return EndpointRecord(id=str(n) * 64, network_id=NID, veth_host=f"snv{n}", veth_peer=f"snp{n}",
+                          mac="02:00:00:00:00:01", ipv4=f"10.224.0.{n + 1}/24", segment=segment,
+                          quarantine=quarantine, container=name, sandbox_key=sandbox)
+
+
+@pytest.fixture
+def env(tmp_path):
+    state = State(str(tmp_path / "state"))
+    state.put_network(NetworkRecord(id=NID, bridge="sn-x", mtu=1500,
+                                    options=parse_network_options({"secnet.allow": RULES}).to_dict()))
+    state.put_endpoints([ep(1, "web1", "web"), ep(2, "api1", "api"), ep(3, "db1", "db"),
+                         ep(4, "bad1", None, quarantine="empty label")])
+    runner = FakeRunner({nft.grant_tag("web", "api", "web->api:tcp/8080"): (5, 300),
+                         "deny:no-rule": (7, 420), "deny:spoofed": (1, 60),
+                         pair_drop_tag("web", "db"): (7, 420), pair_drop_tag("db", OUTSIDE): (2, 80)})
+    driver = SimpleNamespace(state=state, policy=FakePolicy(state, runner), nflog=None,
+                             droplog=DropLog(str(tmp_path)))
+    driver.metrics = Metrics(driver)
+    client = create_app(driver, Api(driver)).test_client()
+
+    def post(name, body):
+        resp = client.post(f"/secnet/{name}", data=json.dumps(body))
+        return resp.status_code, json.loads(resp.get_data(as_text=True))
+
+    yield SimpleNamespace(state=state, driver=driver, post=post)
+    state.close()
+
+
+def test_log_filters_by_network_and_cursor(env):
+    for i in range(5):
+        env.driver.droplog.append({"time": i, "network": NID if i % 2 else "other", "i": i})
+    status, data = env.post("log", {"network": NID[:12]})
+    assert status == 200 and [e["i"] for e in data["entries"]] == [1, 3] and data["cursor"] == 5
+    assert [e["i"] for e in env.post("log", {"since": 3})[1]["entries"]] == [3, 4]
+    assert env.post("log", {"since": -1})[0] == 400
+    assert env.post("log", {"network": "nosuch"})[0] == 404
+
+
+def test_explain_route(env):
+    status, data = env.post("explain", {"network": NID, "src": "web1", "dst": "api1", "service": "tcp/8080"})
+    assert status == 200 and data["allowed"] and data["rule"] == "web->api:tcp/8080"
+    status, data = env.post("explain", {"network": NID, "src": "bad1", "dst": "api", "service": "tcp/8080"})
+    assert status == 200 and data["reason"] == "quarantined: empty label"
+    status, data = env.post("explain", {"network": NID, "src": "web1", "dst": "x", "service": "tcp/1"})
+    assert status == 400 and "no container, segment or address" in data["Err"]
+    assert env.post("explain", {"network": NID, "src": "web1"})[0] == 400
+
+
+def test_metrics_map_counters_to_pairs_reasons_and_segments(env):
+    status, data = env.post("metrics", {})
+    assert status == 200
+    samples = {(s["name"], tuple(sorted(s["labels"].items()))): s["value"] for s in data["samples"]}
+    net = ("network", NID[:12])
+
+    def pair(name, src, dst):
+        return samples[(name, (("dst_segment", dst), net, ("src_segment", src)))]
+
+    assert pair("secnet_allowed_packets_total", "web", "api") == 5
+    assert pair("secnet_allowed_bytes_total", "web", "api") == 300
+    assert pair("secnet_dropped_packets_total", "web", "db") == 7
+    assert pair("secnet_dropped_packets_total", "db", OUTSIDE) == 2
+    assert samples[("secnet_drops_total", (net, ("reason", "no-rule")))] == 7
+    assert samples[("secnet_drops_total", (net, ("reason", "spoofed")))] == 1
+    assert samples[("secnet_endpoints", (net, ("segment", "web")))] == 1
+    assert samples[("secnet_quarantined_endpoints", (net,))] == 1
+    assert samples[("secnet_reconcile_repairs_total", ())] == 3
+    assert "first packets of flows" in data["text"] and "# TYPE secnet_drops_total counter" in data["text"]
+
+
+def test_metrics_addr_parsing():
+    assert parse_addr("127.0.0.1:9100") == ("127.0.0.1", 9100)
+    assert parse_addr("[::1]:9100") == ("::1", 9100)
+    assert parse_addr(":9100") == ("0.0.0.0", 9100)
+    for bad in ("9100", "host:", "host:0", "host:x"):
+        with pytest.raises(ValueError):
+            parse_addr(bad)
+
+
+def test_verify_plans_pairs_services_and_skips(env, tmp_path):
+    sandbox = tmp_path / "netns"
+    sandbox.write_text("")
+    eps = [ep(1, "web1", "web", sandbox=str(sandbox)), ep(2, "web2", "web", sandbox=str(sandbox)),
+           ep(3, "api1", "api", sandbox=str(sandbox)), ep(5, "db1", "db", sandbox="/nonexistent")]
+    compiled = env.driver.policy.compiled(SimpleNamespace(id=NID))
+    svcs = verify.services(compiled)
+    assert [(p, q) for p, q, n in svcs if n] == [("tcp", 5432), ("tcp", 8080)]
+    assert ("icmp", None, False) in svcs and ("tcp", 9, False) in svcs and ("udp", 9, False) in svcs
+    cells, skipped = verify.plan(compiled, eps)
+    pairs = {(c["src"], c["dst"]) for c in cells}
+    assert pairs == {("web", "web"), ("web", "api"), ("api", "web")}
+    intra = [c for c in cells if c["src"] == c["dst"]]
+    assert {c["dst_container"] for c in intra} == {"web2"} and all(c["expected"] for c in intra)
+    web_api = {c["service"]: c["expected"] for c in cells if (c["src"], c["dst"]) == ("web", "api")}
+    assert web_api == {"tcp/8080": True, "tcp/5432": False, "icmp": False, "tcp/9": False, "udp/9": False}
+    assert {"src": "api", "dst": "api", "why": "one member only"} in skipped
+    assert any(s["dst"] == "db" and s["why"] == "no member to probe" for s in skipped)
+
+
+def test_cli_text_of_a_log_entry_and_a_verify_mismatch():
+    entry = {"time": 0.25, "network": NID, "proto": "tcp", "dport": 5432, "why": "no rule allows it",
+             "src": {"address": "10.224.0.2", "container": "web1", "segment": "web"},
+             "dst": {"address": "192.0.2.9", "container": None, "outside": True}}
+    line = cli_format.log_line(entry)
+    assert "web1 (web, 10.224.0.2) -> 192.0.2.9 (outside)  tcp/5432  no rule allows it" in line
+
+
+def test_cli_verify_matrix_marks_mismatches(capsys):
+    cell = {"src": "web", "dst": "api", "service": "tcp/8080", "family": 4, "expected": True,
+            "observed": False, "reason": "allowed by rule web->api:tcp/8080", "outcome": "timeout",
+            "src_container": "web1", "dst_container": "api1", "src_address": "10.224.0.2",
+            "dst_address": "10.224.0.3"}
+    cli_format.print_verify({"network": NID, "segments": ["api", "web"], "probes": 1, "seconds": 0.5,
+                             "mismatches": 1, "services": ["tcp/8080"], "unnamed": [], "cells": [cell],
+                             "idle": ["default"], "single": []})
+    out = capsys.readouterr().out
+    assert "web -> api  v4  MISMATCH" in out
+    assert "MISMATCH web (web1 10.224.0.2) -> api (api1 10.224.0.3) tcp/8080 IPv4: expected allow" in out
+    assert "not probed (no running member): default" in out
