@@ -56,6 +56,11 @@ def parse_portmap(options: dict) -> list:
                 raise BadRequest(f"invalid HostIP {host_ip!r} in {PORTMAP}") from None
             if host_ip in ("0.0.0.0", "::"):
                 host_ip = ""
+            elif host_ip == "::1":
+                # IPv6 has no route_localnet: a flow from [::1] cannot be DNAT'd to a
+                # container (the kernel drops it), so say so instead of publishing a black hole.
+                raise BadRequest(f"cannot publish on [::1]:{item.get('HostPort') or ''}: secnet cannot "
+                                 "forward IPv6 loopback to a container; publish on 127.0.0.1 or [::]")
         cport = _port(item.get("Port"), "Port")
         start = _port(item.get("HostPort") or 0, "HostPort")
         end = _port(item.get("HostPortEnd") or start, "HostPortEnd")

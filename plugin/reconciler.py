@@ -150,7 +150,9 @@ class Reconciler:
         """Repair every network whose kernel state drifted; returns how many."""
         repaired = 0
         with self._lock:
-            owned = set()
+            # Networks realized by this process count as owned even before their
+            # state row is written (create_network persists after the kernel work).
+            owned = {nft.table_name(nid) for nid in self._realized}
             for net in self.state.networks():
                 owned.add(nft.table_name(net.id))
                 problems = self.drift(net)

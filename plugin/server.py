@@ -6,15 +6,18 @@ after the fork, never at import time.
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import sys
+import time
 
 from gunicorn.app.base import BaseApplication
 
 from .config import Settings
 
 log = logging.getLogger("secnet")
+_HELD: list = []  # the instance lock's file descriptor, kept open
 
 
 def build(settings: Settings):
@@ -26,12 +29,33 @@ def build(settings: Settings):
     from .state import State
     from .wiring import attach_extensions, start_background
 
+    hold_instance_lock(settings.state_dir)
     state = State(settings.state_dir)
     driver = Driver(state, Netlink(), DockerFirewall())
     api = attach_extensions(driver, settings)
     driver.restore()
     start_background(driver)
     return create_app(driver, api), driver
+
+
+def hold_instance_lock(state_dir: str, wait: float = 15.0) -> None:
+    """One daemon per state directory: two would each remove the other's objects.
+
+    The lock is held by the worker for its whole life (the file stays open);
+    a daemon that is shutting down gets ``wait`` seconds to let go.
+    """
+    os.makedirs(state_dir, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(state_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _HELD.append(fd)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"secnet-plugin: another daemon uses {state_dir}; stop it first")
+            time.sleep(0.2)
 
 
 class _Gunicorn(BaseApplication):

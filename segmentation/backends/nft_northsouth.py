@@ -119,14 +119,19 @@ def host_chains(bridge: str) -> list:
         "    ip6 saddr vmap @src6",
         "    " + deny("not-member"),
         "  }",
+        # The host's own flows into the network. A flow the host sends to a
+        # published port (127.0.0.1:P) is DNAT'd in this same hook, after the
+        # output device (lo) was chosen: it is recognised by its new address.
         "  chain host_out {",
         "    type filter hook output priority filter - 5; policy accept;",
-        f"    oifname != {br} accept",
         "    ct state established,related accept",
-        f"    {nd}",
-        "    ip daddr vmap @dst4",
-        "    ip6 daddr vmap @dst6",
-        "    " + deny("not-member"),
+        f"    oifname {br} {nd}",
+        f"    oifname {br} ip protocol igmp accept",
+        f"    oifname {br} ip daddr vmap @dst4",
+        f"    oifname {br} ip6 daddr vmap @dst6",
+        f"    oifname {br} " + deny("not-member"),
+        "    ct status dnat ip daddr vmap @dst4",
+        "    ct status dnat ip6 daddr vmap @dst6",
         "  }",
     ]
 

@@ -124,9 +124,7 @@ def _verdict_maps(compiled: CompiledPolicy, ports: list) -> list:
 
 def _to_chain(bridge: str, compiled: CompiledPolicy, dst: str) -> list:
     sid = seg_id(dst)
-    lines = [f"  chain to_{sid} {{",
-             _rule("iifname", "!=", _q(bridge), "goto", f"in_{sid}"),
-             _rule("ct status dnat goto", f"in_{sid}")]  # published port, hairpin included
+    lines = [f"  chain to_{sid} {{", _rule("iifname", "!=", _q(bridge), "goto", f"in_{sid}")]
     for (src, d), grants in sorted(compiled.east_west.items()):
         if d != dst:
             continue
@@ -135,6 +133,9 @@ def _to_chain(bridge: str, compiled: CompiledPolicy, dst: str) -> list:
             for fam, sel in ((4, "ip saddr"), (6, "ip6 saddr")):
                 lines.append(_rule(sel, f"@s_{seg_id(src)}_{fam}", _match(grant.service, fam),
                                    "counter accept comment", _q(tag)))
+    # A hairpin flow (a member reaching a published port) that no east-west
+    # grant allows is judged like any other flow to a published port.
+    lines.append(_rule("ct status dnat goto", f"in_{sid}"))
     lines += _pair_drop_counters(compiled, dst)
     lines.append(_rule(deny("no-rule")))
     lines.append("  }")
@@ -199,7 +200,9 @@ def _forward_chain(bridge: str) -> list:
         _rule("iifname", "!=", br, "oifname", "!=", br, "accept"),
         _rule("ct state established,related accept"),
         _rule("ct state invalid", deny("invalid")),
-        _rule("icmpv6 type {", ", ".join(ND_TYPES), "} accept"),
+        # address resolution and multicast membership (sources checked in the bridge table)
+        _rule("icmpv6 type {", ", ".join(ND_TYPES + MLD_TYPES), "} accept"),
+        _rule("ip protocol igmp accept"),
         _rule("oifname", br, "ip daddr vmap @dst4"),
         _rule("oifname", br, "ip6 daddr vmap @dst6"),
         _rule("oifname", br, deny("not-member")),
@@ -232,9 +235,17 @@ def _na_target(addr: str) -> str:
     return hex(int(ipaddress.IPv6Address(addr)))
 
 
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address a container derives from its MAC (Docker's default)."""
+    b = [int(x, 16) for x in mac.split(":")]
+    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
+
+
 def _bridge_elements(ports: list) -> dict:
     """Elements of each bridge-table set, as nft element text."""
-    el = {"veths": [], "ports": [], "quarantined": [], "macs": [], "ids4": [], "ids6": [], "na6": []}
+    el = {"veths": [], "ports": [], "quarantined": [], "macs": [], "ids4": [], "ids6": [], "na6": [],
+          "ll6": []}
     for p in ports:
         name = _q(p.name)
         el["veths"].append(name)
@@ -244,6 +255,9 @@ def _bridge_elements(ports: list) -> dict:
             continue
         el["ports"].append(name)
         el["macs"].append(f"{name} . {p.mac}")
+        ll = link_local(p.mac)
+        el["ll6"].append(f"{name} . {ll}")
+        el["na6"].append(f"{name} . {_na_target(ll)}")
         if p.ipv4:
             el["ids4"].append(f"{name} . {p.mac} . {p.ipv4}")
         if p.ipv6:
@@ -256,6 +270,7 @@ BRIDGE_SETS = {
     "veths": "type ifname;", "ports": "type ifname;", "quarantined": "type ifname;",
     "macs": "type ifname . ether_addr;", "ids4": "type ifname . ether_addr . ipv4_addr;",
     "ids6": "type ifname . ether_addr . ipv6_addr;", "na6": "typeof iifname . @th,64,128;",
+    "ll6": "type ifname . ipv6_addr;",
 }
 
 
@@ -269,7 +284,7 @@ def render_bridge(table: str, ports: list) -> list:
     # resolution, DAD and multicast listener reports. Never router adverts or
     # redirects: a container must not become other containers' router.
     sendable = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit") + MLD_TYPES
-    link_local = "ip6 saddr { ::, fe80::/10 } icmpv6 type { " + ", ".join(sendable) + " }"
+    from_link_local = "ip6 saddr { ::, fe80::/10 } icmpv6 type { " + ", ".join(sendable) + " }"
     lines += [
         "  chain ports_in {",
         "    type filter hook prerouting priority -300; policy accept;",
@@ -282,7 +297,8 @@ def render_bridge(table: str, ports: list) -> list:
         _rule("ether type ip iifname . ether saddr . ip saddr != @ids4", deny("spoofed")),
         _rule("ether type ip accept"),
         _rule("icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6", deny("spoofed")),
-        _rule(link_local, "accept"),
+        _rule("ip6 saddr fe80::/10 iifname . ip6 saddr != @ll6", deny("spoofed")),
+        _rule(from_link_local, "accept"),
         _rule("ether type ip6 iifname . ether saddr . ip6 saddr != @ids6", deny("spoofed")),
         _rule("icmpv6 type { nd-router-advert, nd-redirect }", deny("spoofed")),
         _rule("ether type ip6 accept"),

@@ -212,8 +212,6 @@ def test_neighbour_advert_for_another_address_is_dropped(lab, trio):
     assert probe_icmp(observer, victim.ip6) == "ok"
 
 
-@pytest.mark.xfail(strict=True, reason="the bridge table accepts any fe80::/10 source on ND: "
-                                        "a container can claim another's link-local address")
 def test_neighbour_solicit_from_another_link_local_is_dropped(lab, trio):
     attacker, observer, victim = trio
     legit = ns_frame(attacker.mac, link_local(attacker.mac), observer)
