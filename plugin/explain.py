@@ -9,6 +9,7 @@ into the flow ends ``verdict`` takes, using the daemon's saved endpoints.
 from __future__ import annotations
 
 import ipaddress
+import socket
 from typing import Optional
 
 from segmentation.compiler import FLOW_PROTOCOLS, Verdict, verdict
@@ -36,6 +37,17 @@ def _address(text: str) -> Optional[str]:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
         return None
+
+
+def is_host_address(address: str) -> bool:
+    """Is ``address`` one of this host's own? (binding to it only works then)"""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
 
 
 def _by_address(endpoints, address: str):
@@ -76,7 +88,9 @@ def resolve_end(text: str, endpoints, compiled) -> tuple:
         ep = _by_address(endpoints, address)
         if ep is not None:
             return _member(ep, "address", text)
-        return ("addr", address), {"input": text, "kind": "address", "address": address, "outside": True}
+        kind = "host" if is_host_address(address) else "addr"
+        return (kind, address), {"input": text, "kind": "address", "address": address, "outside": True,
+                                 "host": kind == "host"}
     ep = _by_container(endpoints, text)
     if ep is not None:
         return _member(ep, "container", text)

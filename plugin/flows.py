@@ -15,6 +15,8 @@ import subprocess
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 
+from .explain import is_host_address
+
 log = logging.getLogger(__name__)
 PROTOS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
 
@@ -42,7 +44,9 @@ def parse_entry(line: str):
 
 def _endpoint(addr: str, members: dict):
     seg = members.get(addr)
-    return ("segment", seg) if seg else ("addr", addr)
+    if seg:
+        return ("segment", seg)
+    return ("host", addr) if is_host_address(addr) else ("addr", addr)
 
 
 def stale_flows(lines, compiled, members: dict) -> list:
@@ -56,7 +60,7 @@ def stale_flows(lines, compiled, members: dict) -> list:
         if src not in members and dst not in members:
             continue
         s, d = _endpoint(src, members), _endpoint(dst, members)
-        if s[0] == "addr" and d[0] == "addr":
+        if s[0] in ("addr", "host") and d[0] in ("addr", "host"):
             continue
         try:
             allowed = verdict(compiled, s, d, PROTOS[proto], dport if proto in ("tcp", "udp") else None)

@@ -154,7 +154,9 @@ def verdict(compiled: CompiledPolicy, src: tuple[str, str], dst: tuple[str, str]
     """Decide one new flow from ``src`` to ``dst``.
 
     ``src``/``dst`` are ``("segment", name)``, ``("addr", ip)`` for an
-    address outside the network, or ``("quarantined", reason)``. ``proto``
+    address outside the network, ``("host", ip)`` for an address of the
+    host itself (outside too, but it reaches segments that no CIDR-source
+    rule names, as on Docker's bridge), or ``("quarantined", reason)``. ``proto``
     is tcp, udp or icmp; ``port`` the destination port (tcp/udp), where
     ``None`` asks about every port at once.
     """
@@ -171,7 +173,10 @@ def verdict(compiled: CompiledPolicy, src: tuple[str, str], dst: tuple[str, str]
         return _egress_verdict(compiled, src[1], ipaddress.ip_address(dst[1]), proto, port)
     grants = compiled.ingress.get(dst[1])
     if grants is None:
-        return Verdict(True, None, "no ingress rule names this segment (Docker behaviour)")
+        if src[0] == "host":
+            return Verdict(True, None, "the host reaches a segment no CIDR-source rule names (Docker behaviour)")
+        return Verdict(False, None, "no rule allows it: from outside, a segment no CIDR-source rule "
+                                    "names is reached only on its published ports (Docker behaviour)")
     address = ipaddress.ip_address(src[1])
     return _first_match(g for g in grants if g.matches(address, proto, port))
 
@@ -206,13 +211,13 @@ def _check_flow(compiled: CompiledPolicy, src, dst, proto: str, port) -> None:
         if kind == "segment" and value not in compiled.segments:
             known = ", ".join(compiled.segments)
             raise PolicyError(f"unknown segment '{value}' (segments: {known})")
-        if kind == "addr":
+        if kind in ("addr", "host"):
             try:
                 ipaddress.ip_address(value)
             except ValueError:
                 raise PolicyError(f"invalid address '{value}'") from None
-        elif kind not in ("segment", "quarantined"):
+        elif kind not in ("segment", "quarantined", "addr", "host"):
             raise PolicyError(f"unknown kind of flow end '{kind}'")
-    if src[0] == "addr" and dst[0] == "addr":
+    if src[0] in ("addr", "host") and dst[0] in ("addr", "host"):
         raise PolicyError("a flow between two outside addresses is not this network's")
 

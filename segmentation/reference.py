@@ -74,5 +74,5 @@ def reference_allowed(options: NetworkOptions, segments, src, dst, proto, port) 
         return options.egress == "allow"
     guarding = [r for r in rules if r.src.kind == "cidr" and _names_segment(r.dst, dst[1])]
     if not guarding:
-        return True
+        return src[0] == "host"  # others only reach published ports
     return any(_names_address(r.src, src[1]) and _service_ok(r, proto, port) for r in guarding)

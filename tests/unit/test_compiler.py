@@ -121,7 +121,12 @@ def test_verdict_reasons():
     assert verdict(compiled, addr("10.2.3.4"), seg("api"), "tcp", 8080).allowed
     assert verdict(compiled, addr("11.2.3.4"), seg("api"), "tcp", 8080).reason == "no rule allows it"
     assert verdict(compiled, addr("11.2.3.4"), seg("web"), "tcp", 1) == Verdict(
-        True, None, "no ingress rule names this segment (Docker behaviour)")
+        False, None, "no rule allows it: from outside, a segment no CIDR-source rule names is "
+                     "reached only on its published ports (Docker behaviour)")
+    assert verdict(compiled, ("host", "11.2.3.4"), seg("web"), "tcp", 1) == Verdict(
+        True, None, "the host reaches a segment no CIDR-source rule names (Docker behaviour)")
+    assert verdict(compiled, ("host", "10.2.3.4"), seg("api"), "tcp", 8080).allowed
+    assert not verdict(compiled, ("host", "11.2.3.4"), seg("api"), "tcp", 8080).allowed
     assert verdict(compiled, ("quarantined", "label 'x y' is not a segment name"), seg("web"), "icmp") == Verdict(
         False, None, "quarantined: label 'x y' is not a segment name")
     assert not verdict(compiled, seg("web"), ("quarantined", "r"), "icmp").allowed
