@@ -28,17 +28,15 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
-import subprocess
 from dataclasses import dataclass
 from typing import Iterable, Optional
 
 from ..compiler import CompiledPolicy
 from ..rules import Service
 from . import nft_northsouth as ns
+from .nft_runner import TABLE_PREFIX, NftError, NftRunner  # noqa: F401 (re-exported)
 from .nft_verdicts import OUTSIDE, deny, drop_chains, pair_drop_tag, quote as _q
 
-TABLE_PREFIX = "secnet_"
 ND_TYPES, MLD_TYPES = ns.ND_TYPES, ns.MLD_TYPES
 
 
@@ -371,37 +369,3 @@ def render_port_change(network_id: str, old: Optional[Port], new: Optional[Port]
     for fam, target, elem in sorted(after - before):
         lines.append(f"add element {fam} {target} {{ {elem} }}")
     return "\n".join(lines) + ("\n" if lines else "")
-
-
-# --- running nft ------------------------------------------------------------
-
-class NftError(RuntimeError):
-    pass
-
-
-class NftRunner:
-    """Runs nft scripts; each ``apply`` is one kernel transaction."""
-
-    def __init__(self, binary: str = "nft"):
-        self.binary = binary
-
-    def apply(self, script: str) -> None:
-        if not script.strip():
-            return
-        res = subprocess.run([self.binary, "-f", "-"], input=script, capture_output=True,
-                             text=True, check=False)
-        if res.returncode != 0:
-            raise NftError(f"nft failed: {res.stderr.strip()[:2000]}")
-
-    def list_json(self, *what: str) -> dict:
-        res = subprocess.run([self.binary, "-j", "list", *what], capture_output=True,
-                             text=True, check=False)
-        if res.returncode != 0:
-            raise NftError(f"nft list {' '.join(what)} failed: {res.stderr.strip()}")
-        return json.loads(res.stdout or "{}")
-
-    def tables(self) -> list:
-        """(family, name) of every secnet table in the kernel."""
-        data = self.list_json("tables")
-        return [(o["table"]["family"], o["table"]["name"]) for o in data.get("nftables", [])
-                if "table" in o and o["table"]["name"].startswith(TABLE_PREFIX)]
