@@ -85,8 +85,10 @@ class NftRunner:
     def _run(self, script: str, as_json: bool = False):
         if self._lib is not None:
             return self._lib.run(script, as_json)
-        argv = [self.binary, "-j", "-f", "-"] if as_json else [self.binary, "-f", "-"]
-        res = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+        # the command prints JSON for a list given as arguments, not read from -f
+        argv = [self.binary, "-j", *script.split()] if as_json else [self.binary, "-f", "-"]
+        res = subprocess.run(argv, input=None if as_json else script, capture_output=True,
+                             text=True, check=False)
         return res.returncode, res.stdout, res.stderr
 
     def apply(self, script: str) -> None:
