@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from flask import Flask, Response, request
 
@@ -65,7 +66,9 @@ def create_app(driver, api=None) -> Flask:
             if method == "discover":
                 return _reply({})
             fn = getattr(driver, method)
+            started = time.monotonic()
             result = fn(req_type.from_wire(body)) if req_type else fn()
+            log.debug("%s took %.1f ms", path, (time.monotonic() - started) * 1000)
             return _reply(result)
         except DriverError as exc:
             log.warning("%s: %s: %s", path, exc.kind, exc.message)

@@ -100,7 +100,8 @@ class Reconciler:
             real = self._realized.get(net.id)
             old = real.ports.pop(ep.id, None) if real else None
             self.runner.apply(nft.render_port_change(net.id, old or port_of(ep), None))
-        _forget_flows(port_of(ep))
+        # forks of `conntrack` take tens of ms: off the request path
+        threading.Thread(target=_forget_flows, args=(port_of(ep),), daemon=True).start()
 
     def policy_changed(self, net) -> None:
         """Options (rules) of ``net`` changed: rebuild its tables atomically."""
