@@ -35,6 +35,10 @@ def veth_names(endpoint_id: str) -> tuple:
     return VETH_HOST_PREFIX + endpoint_id[:11], VETH_PEER_PREFIX + endpoint_id[:11]
 
 
+def _derived_names(owner: str) -> tuple:
+    return (bridge_name(owner),) + veth_names(owner)
+
+
 def derived_mac(seed: str) -> str:
     """A stable, locally administered unicast MAC derived from an id."""
     digest = hashlib.sha256(seed.encode()).digest()
@@ -85,7 +89,12 @@ class Netlink:
         index = self._index(name)
         if index is None:
             return None
-        if self._alias(index) != ALIAS_PREFIX + owner or self._kind(index) != kind:
+        alias = self._alias(index)
+        if self._kind(index) == kind and not alias and name in _derived_names(owner):
+            # made by us, but a crash came before its alias was set: adopt it
+            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+            return index
+        if alias != ALIAS_PREFIX + owner or self._kind(index) != kind:
             raise LinkConflict(f"interface {name} already exists and is not this network's")
         return index
 
@@ -151,7 +160,9 @@ class Netlink:
             index = self._index(name)
             if index is None:
                 return False
-            if owner is not None and self._alias(index) != ALIAS_PREFIX + owner:
+            alias = self._alias(index) or ""
+            unnamed_ours = not alias and (owner == "" or name in _derived_names(owner or ""))
+            if owner is not None and alias != ALIAS_PREFIX + owner and not unnamed_ours:
                 return False
             try:
                 self._ipr.link("del", index=index)
@@ -165,12 +176,17 @@ class Netlink:
             return self._index(name) is not None
 
     def owned_links(self) -> list:
-        """(name, kind, owner-id) of every link carrying a secnet alias."""
+        """(name, kind, owner-id) of every link carrying a secnet alias, and of
+        alias-less veths named like secnet's (a crash between creating a link
+        and naming its owner leaves those; their owner is "")."""
         out = []
         with self._lock:
             for link in self._ipr.get_links():
                 alias = link.get("ifalias") or ""
+                kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+                name = link.get("ifname") or ""
                 if alias.startswith(ALIAS_PREFIX):
-                    kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-                    out.append((link.get("ifname"), kind, alias[len(ALIAS_PREFIX):]))
+                    out.append((name, kind, alias[len(ALIAS_PREFIX):]))
+                elif not alias and kind == "veth" and name.startswith(VETH_HOST_PREFIX):
+                    out.append((name, kind, ""))
         return out

@@ -58,7 +58,7 @@ class Realized:
 
 
 class Reconciler:
-    def __init__(self, state, runner=None, interval: float = 30.0):
+    def __init__(self, state, runner=None, interval: float = 60.0):
         self.state = state
         self.runner = runner or nft.NftRunner()
         self.interval = interval
@@ -134,21 +134,30 @@ class Reconciler:
         self._realized[net.id] = Realized(compiled, dict(ports))
 
     def drift(self, net) -> list:
-        """What differs between the kernel and the desired tables of ``net``."""
+        """What differs between the kernel and the desired tables of ``net``:
+        set and map elements, and the number of rules in every chain."""
         want_ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
         options = NetworkOptions.from_dict(net.options)
         compiled = compile_policy(options, [member_of(p) for p in want_ports.values()])
         want = _desired_elements(net.id, compiled, want_ports.values())
+        script = nft.render_network(net.id, net.bridge, compiled, want_ports.values(), subnets_of(net))
         try:
-            have = _kernel_elements(self.runner, net.id)
+            have, counts = _kernel_state(self.runner, net.id)
         except nft.NftError as exc:
             return [f"tables missing ({exc})"]
         problems = [f"missing element {k}" for k in sorted(want - have)[:5]]
         problems += [f"unexpected element {k}" for k in sorted(have - want)[:5]]
+        want_counts = rule_counts(script)
+        problems += [f"chain {f} {c} has {counts.get((f, c), 0)} rules, not {n}"
+                     for (f, c), n in sorted(want_counts.items()) if counts.get((f, c), 0) != n][:5]
         return problems
 
-    def reconcile(self) -> int:
-        """Repair every network whose kernel state drifted; returns how many."""
+    def reconcile(self, full: bool = True) -> int:
+        """Repair every network whose kernel state drifted; returns how many.
+
+        ``full`` also removes secnet tables no network owns (at start; the
+        periodic pass skips it: listing every table of the host is costly).
+        """
         repaired = 0
         with self._lock:
             # Networks realized by this process count as owned even before their
@@ -163,7 +172,7 @@ class Reconciler:
                         repaired += 1
                     ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
                     self._rebuild(net, ports)
-            for family, table in self.runner.tables():
+            for family, table in self.runner.tables() if full else ():
                 if table not in owned:
                     self.runner.apply(f"delete table {family} {table}\n")
                     log.warning("removed orphan table %s %s", family, table)
@@ -181,7 +190,7 @@ class Reconciler:
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.reconcile()
+                self.reconcile(full=False)
             except Exception:
                 log.exception("reconcile pass failed")
 
@@ -200,17 +209,40 @@ def _norm(elem: str) -> str:
     return elem.replace('"', "").replace(" ", "")
 
 
-def _kernel_elements(runner, network_id: str) -> set:
+def _kernel_state(runner, network_id: str):
+    """(elements, rules per chain) of a network's two tables, as the kernel has them."""
     table = nft.table_name(network_id)
-    out = set()
+    elements, counts = set(), {}
     for family in ("inet", "bridge"):
         for obj in runner.list_json("table", family, table).get("nftables", []):
+            if "rule" in obj:
+                key = (family, obj["rule"]["chain"])
+                counts[key] = counts.get(key, 0) + 1
             s = obj.get("set") or obj.get("map")
             if not s or s["name"] in LOG_SETS:  # the drop log's flow sets: filled by the kernel
                 continue
             for elem in s.get("elem", []):
-                out.add((family, s["name"], _norm(_elem_text(elem, s))))
-    return out
+                elements.add((family, s["name"], _norm(_elem_text(elem, s))))
+    return elements, counts
+
+
+def rule_counts(script: str) -> dict:
+    """Rules per (family, chain) in a script render_network() wrote (one rule a line)."""
+    counts, family, chain = {}, None, None
+    for line in script.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "table" and len(words) >= 3 and words[-1] == "{":
+            family = words[1]
+        elif words[0] == "chain" and words[-1] == "{":
+            chain = words[1]
+            counts.setdefault((family, chain), 0)
+        elif words[0] == "}":
+            chain = None
+        elif chain is not None and words[0] != "type":
+            counts[(family, chain)] += 1
+    return counts
 
 
 def _elem_text(elem, s) -> str:

@@ -140,7 +140,6 @@ def test_a_late_segment_is_enforced_as_a_delta(world):
         assert probe_tcp(late, web.ip(fam), 8080) == "timeout"
 
 
-@pytest.mark.xfail(strict=True, reason="drift() compares set elements only, not chains or rules")
 def test_a_flushed_chain_is_drift(world):
     lab, state, rec, net, web, api = world
     assert rec.drift(net) == []
