@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: all deps venv engine image plugin-up plugin-down test unit kernel e2e demo clean-run bench
+.PHONY: all deps venv engine image plugin-up plugin-down test unit kernel e2e demo clean-run bench plugin plugin-push
 
 all: test
 
@@ -41,3 +41,18 @@ test: venv image plugin-up
 
 demo: venv image plugin-up
 	@bash scripts/demo.sh
+
+# The managed plugin (Dockerfile, config.json): build it and install it as
+# `secnet` (driver `-d secnet:latest`); push it with REGISTRY=host:port.
+plugin: venv engine
+	@bash scripts/plugin-build.sh install
+
+plugin-push: venv engine
+	@test -n "$(REGISTRY)" || { echo "usage: make plugin-push REGISTRY=host:port" >&2; exit 2; }
+	@bash scripts/plugin-build.sh rootfs
+	@bash scripts/plugin-push.sh "$(REGISTRY)"
+
+# Benchmarks: secnet against Docker's bridge driver and a bare veth pair (~15 min);
+# writes bench/results/<date>.{md,json,png}. BENCH_ARGS=--quick for a small run.
+bench: venv image
+	@bash scripts/bench.sh $(BENCH_ARGS)

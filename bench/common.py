@@ -1,0 +1,659 @@
+"""Helpers shared by the benchmark sections: statistics, processes, Docker,
+the plugin socket, network namespaces and probes.
+
+Everything the benchmark creates is named with the prefix ``snbench`` (Docker
+containers and networks, namespaces, iptables comments, the scratch nft
+table), so that a run can remove the leftovers of an interrupted one and
+nothing else.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import http.client
+import json
+import os
+import select
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable, Optional
+
+PREFIX = "snbench"
+IMAGE = os.environ.get("IMAGE", "secnet-busybox:latest")
+PLUGIN_SOCKET = os.environ.get("SECNET_SOCKET", "/run/docker/plugins/secnet.sock")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SECNET_CLI = os.path.join(REPO, ".venv", "bin", "secnet")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+now = time.perf_counter
+
+
+# --- sizes --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much each section does; ``quick`` is for development only."""
+
+    quick: bool
+    cp_runs: int            # network create/rm pairs and run-until-ping runs, per driver
+    enforce_runs: int       # time-to-enforce runs
+    iperf_secs: int
+    dp_repeats: int         # iperf3 + ping repeats per data-plane configuration
+    sweep_repeats: int      # iperf3 + ping repeats per point of the rule sweeps
+    endpoints: int          # fake endpoints through the plugin API
+    join_marks: tuple       # which joins to report (1-based)
+    rss_marks: tuple        # endpoint counts at which RSS is read
+    rule_counts: tuple      # N for policy set, iptables and nft
+    update_repeats: int     # rule updates timed per N
+    idle_secs: int          # idle CPU window
+
+    @classmethod
+    def full(cls) -> "Sizes":
+        return cls(quick=False, cp_runs=30, enforce_runs=50, iperf_secs=5, dp_repeats=3,
+                   sweep_repeats=3, endpoints=1000, join_marks=(1, 100, 500, 1000),
+                   rss_marks=(0, 100, 500, 1000), rule_counts=(10, 100, 1000, 10000),
+                   update_repeats=5, idle_secs=60)
+
+    @classmethod
+    def small(cls) -> "Sizes":
+        return cls(quick=True, cp_runs=5, enforce_runs=8, iperf_secs=2, dp_repeats=2,
+                   sweep_repeats=1, endpoints=60, join_marks=(1, 10, 30, 60),
+                   rss_marks=(0, 10, 30, 60), rule_counts=(10, 100, 1000),
+                   update_repeats=3, idle_secs=5)
+
+
+# --- statistics -----------------------------------------------------------------
+
+def percentile(values: list, q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    v = sorted(values)
+    if not v:
+        return float("nan")
+    pos = (len(v) - 1) * q / 100.0
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
+def stats(values: Iterable[float]) -> dict:
+    """median/min/max (+ p95/p99 and n) of ``values``; NaN-free input expected."""
+    v = [float(x) for x in values if x is not None]
+    if not v:
+        return {"n": 0, "median": None, "min": None, "max": None, "p95": None, "p99": None}
+    return {"n": len(v), "median": percentile(v, 50), "min": min(v), "max": max(v),
+            "p95": percentile(v, 95), "p99": percentile(v, 99)}
+
+
+def log(msg: str) -> None:
+    print(time.strftime("%H:%M:%S ") + msg, file=sys.stderr, flush=True)
+
+
+# --- processes ------------------------------------------------------------------
+
+class CmdError(RuntimeError):
+    pass
+
+
+def sh(args: list, check: bool = True, timeout: float = 120, input: Optional[str] = None,
+       env: Optional[dict] = None) -> subprocess.CompletedProcess:
+    res = subprocess.run(args, capture_output=True, text=True, timeout=timeout, input=input, env=env)
+    if check and res.returncode != 0:
+        raise CmdError(f"{' '.join(args[:6])}{' ...' if len(args) > 6 else ''} failed "
+                       f"({res.returncode}): {(res.stderr or res.stdout).strip()[:500]}")
+    return res
+
+
+_PLUGIN_AWAY = ("secnet.sock", 'plugin "secnet" not found', "legacy plugin")
+_disturbances = [0]
+
+
+def disturbances() -> int:
+    """Count of disturbances so far: Docker commands sent again because the
+    plugin was away, and changes of the daemon's processes that DaemonWatch
+    saw (others restart the shared daemon). Callers compare it before and
+    after a timed step and leave disturbed samples out."""
+    return _disturbances[0]
+
+
+def wait_for_plugin(patience: float = 600.0) -> None:
+    give_up = now() + patience
+    probe = Plugin()
+    while not probe.alive():
+        if now() > give_up:
+            raise RuntimeError(f"the secnet plugin did not come back within {patience:.0f} s")
+        time.sleep(0.25)
+
+
+def docker(*args, check: bool = True, timeout: float = 120, before_retry: Callable = None) -> str:
+    """A docker CLI call; sent again (up to 3 times) when it failed only because
+    the secnet plugin was away, after ``before_retry`` undid any half-done work."""
+    for attempt in range(4):
+        res = sh(["docker", *args], check=False, timeout=timeout)
+        if res.returncode == 0 or attempt == 3 or not any(m in res.stderr for m in _PLUGIN_AWAY):
+            break
+        _disturbances[0] += 1
+        log(f"docker {args[0]}: the secnet plugin is away (restarted by someone?); waiting, then again")
+        wait_for_plugin()
+        if before_retry is not None:
+            before_retry()
+    if check and res.returncode != 0:
+        raise CmdError(f"docker {' '.join(args[:6])}{' ...' if len(args) > 6 else ''} failed "
+                       f"({res.returncode}): {(res.stderr or res.stdout).strip()[:500]}")
+    return res.stdout.strip()
+
+
+def timed(fn: Callable, *args, **kwargs):
+    t0 = now()
+    out = fn(*args, **kwargs)
+    return now() - t0, out
+
+
+# --- cleanup --------------------------------------------------------------------
+
+class Cleanup:
+    """A stack of undo actions, run newest first; each one's failure is logged."""
+
+    def __init__(self):
+        self._stack: list = []
+
+    def push(self, what: str, fn: Callable, *args) -> None:
+        self._stack.append((what, fn, args))
+
+    def run(self) -> list:
+        errors = []
+        while self._stack:
+            what, fn, args = self._stack.pop()
+            try:
+                fn(*args)
+            except Exception as exc:  # keep going: undo as much as possible
+                errors.append(f"{what}: {exc}")
+                log(f"cleanup: {what}: {exc}")
+        return errors
+
+
+def remove_leftovers() -> None:
+    """Remove what an interrupted earlier run left (only ``snbench`` objects)."""
+    names = docker("ps", "-aq", "--filter", f"name=^{PREFIX}-", check=False).split()
+    if names:
+        docker("rm", "-f", *names, check=False)
+    for net in docker("network", "ls", "-q", "--filter", f"name=^{PREFIX}-", check=False).split():
+        docker("network", "rm", net, check=False)
+    for ns in sh(["ip", "netns", "list"], check=False).stdout.split("\n"):
+        name = ns.split(" ")[0]
+        if name.startswith(PREFIX):
+            sh(["ip", "netns", "del", name], check=False)
+    sh(["nft", "delete", "table", "inet", PREFIX], check=False)
+    from . import iptables_cmp
+    iptables_cmp.remove_all_bench_rules()
+
+
+# --- others' whole-machine tests ----------------------------------------------------
+
+# Test runs that take the whole machine: the managed-plugin tests stop the
+# legacy daemon and remove every legacy secnet network (ours included).
+_EXCLUSIVE = (b"test_managed_plugin", )
+_WHOLE_TIERS = (b"tests", b"tests/", b"tests/e2e", b"tests/e2e/")
+
+
+def exclusive_tests_running() -> list:
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"pytest" not in b" ".join(argv[:3]):
+            continue
+        if any(m in a for a in argv for m in _EXCLUSIVE) or any(a in _WHOLE_TIERS for a in argv):
+            found.append(" ".join(a.decode(errors="replace") for a in argv if a)[:160])
+    return found
+
+
+def wait_for_quiet(cap: float = 600.0) -> float:
+    """Wait (at most ``cap`` s) while a test run that takes the whole machine
+    runs, then for the plugin; returns the seconds waited."""
+    t0 = now()
+    said = False
+    while exclusive_tests_running() and now() - t0 < cap:
+        if not said:
+            log(f"waiting: others' tests take the whole machine: {exclusive_tests_running()[0]}")
+            said = True
+        time.sleep(2)
+    if not Plugin().alive():
+        log("waiting for the secnet plugin to answer")
+        wait_for_plugin()
+    return now() - t0
+
+
+# --- Docker ---------------------------------------------------------------------
+
+def create_network(name: str, driver: str, subnet: str, *extra: str) -> str:
+    return docker("network", "create", "-d", driver, "--subnet", subnet, *extra, name)
+
+
+def run_container(name: str, network: str, ip: str, labels: dict = None, cmd=("sleep", "3600"),
+                  extra: tuple = ()) -> str:
+    args = ["run", "-d", "--name", name, "--network", network, "--ip", ip]
+    for k, v in (labels or {}).items():
+        args += ["--label", f"{k}={v}"]
+    return docker(*args, *extra, IMAGE, *cmd,
+                  before_retry=lambda: sh(["docker", "rm", "-f", name], check=False))
+
+
+def sandbox_key(container: str) -> str:
+    return docker("inspect", "-f", "{{.NetworkSettings.SandboxKey}}", container)
+
+
+def network_bridge(net: str, driver: str) -> str:
+    nid = docker("network", "inspect", "-f", "{{.Id}}", net)
+    if driver == "bridge":
+        name = docker("network", "inspect", "-f",
+                      '{{index .Options "com.docker.network.bridge.name"}}', net)
+        return name if name and name != "<no value>" else "br-" + nid[:12]
+    return "sn-" + nid[:12]
+
+
+def set_neigh_retrans(netns: Optional[str], dev: str, ms: int = 10) -> None:
+    """Shorter ARP retransmits on ``dev`` (of a namespace we made), so that a
+    probe that starts before its target exists finds it within ~3*ms, not 1 s."""
+    cmd = ["sh", "-c", f"echo {ms} > /proc/sys/net/ipv4/neigh/{dev}/retrans_time_ms"]
+    if netns:
+        cmd = ["nsenter", f"--net={netns}"] + cmd
+    sh(cmd, check=False)
+
+
+def engine_counts() -> dict:
+    """Containers and networks of others, to tell how busy the engine was."""
+    ps = docker("ps", "-a", "--format", "{{.Names}}", check=False).split()
+    nets = docker("network", "ls", "--format", "{{.Name}}", check=False).split()
+    return {"containers_other": sum(1 for n in ps if not n.startswith(PREFIX)),
+            "networks_other": sum(1 for n in nets if not n.startswith(PREFIX)
+                                  and n not in ("bridge", "host", "none"))}
+
+
+# --- the plugin socket ----------------------------------------------------------
+
+class PluginError(RuntimeError):
+    pass
+
+
+class _UnixHTTP(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
+class Plugin:
+    """POSTs JSON to the plugin's unix socket, as dockerd does (one connection, kept)."""
+
+    def __init__(self, path: str = PLUGIN_SOCKET, timeout: float = 120):
+        self.path, self.timeout = path, timeout
+        self._conn: Optional[_UnixHTTP] = None
+        self.retried = False
+
+    def post(self, route: str, body: dict, patience: float = 600.0) -> dict:
+        """One request; when the daemon is away (others restart it while we run),
+        wait for it up to ``patience`` s and send again (every verb is idempotent).
+        ``self.retried`` tells whether this request had to be sent again."""
+        data = json.dumps(body)
+        self.retried = False
+        give_up = now() + patience
+        while True:
+            try:
+                if self._conn is None:
+                    self._conn = _UnixHTTP(self.path, self.timeout)
+                self._conn.request("POST", route, data, {"Content-Type": "application/json"})
+                resp = self._conn.getresponse()
+                out = json.loads(resp.read() or b"{}")
+                break
+            except (OSError, http.client.HTTPException):
+                self.close()
+                self.retried = True
+                if now() > give_up:
+                    raise
+                time.sleep(0.2)
+        if isinstance(out, dict) and out.get("Err"):
+            raise PluginError(f"{route}: {out['Err']}")
+        return out
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def alive(self) -> bool:
+        try:
+            return "NetworkDriver" in json.dumps(self.post("/Plugin.Activate", {}, patience=0))
+        except Exception:
+            return False
+
+
+def secnet_cli(*args, timeout: float = 600) -> tuple:
+    """Run the ``secnet`` CLI; when it cannot reach the daemon (restarted by
+    someone), wait for the daemon and run it again. Returns (ms of the last
+    attempt, disturbed?)."""
+    disturbed = False
+    for attempt in range(4):
+        n0 = disturbances()
+        t0 = now()
+        res = sh([SECNET_CLI, *args], check=False, timeout=timeout)
+        ms = (now() - t0) * 1000
+        if res.returncode == 0:
+            return ms, disturbed or disturbances() != n0
+        if "cannot reach the secnet daemon" not in res.stderr or attempt == 3:
+            raise CmdError(f"secnet {' '.join(args[:3])} ... failed: {res.stderr.strip()[:300]}")
+        disturbed = True
+        _disturbances[0] += 1
+        log("secnet CLI: the daemon is away; waiting, then again")
+        wait_for_plugin()
+    raise AssertionError("unreachable")
+
+
+# --- the daemon's processes -----------------------------------------------------
+
+def daemon_pids() -> list:
+    """PIDs of the legacy secnet-plugin processes (gunicorn master and worker):
+    those in the host's mount namespace (a managed plugin, which others' tests
+    install now and then, runs in its own)."""
+    pids = []
+    own_mnt = os.readlink("/proc/self/ns/mnt")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            if not any(a.endswith(b"secnet-plugin") for a in argv[:3]) or b"nohup" in argv[0]:
+                continue
+            if os.readlink(f"/proc/{entry}/ns/mnt") != own_mnt:
+                continue
+        except OSError:
+            continue
+        pids.append(int(entry))
+    if len(pids) > 2:  # two daemons (a racy restart by others): the one serving the socket
+        serving = [p for p in pids if _holds_socket(p)]
+        pids = serving or pids
+    return sorted(pids)
+
+
+def _socket_inode(path: str = PLUGIN_SOCKET) -> Optional[str]:
+    try:
+        with open("/proc/net/unix") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 8 and parts[7] == path:
+                    return parts[6]
+    except OSError:
+        pass
+    return None
+
+
+def _holds_socket(pid: int) -> bool:
+    inode = _socket_inode()
+    if inode is None:
+        return False
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
+
+
+def rss_kib(pids: list) -> Optional[int]:
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except OSError:
+            return None
+    return total
+
+
+def cpu_seconds(pids: list) -> Optional[float]:
+    """utime+stime of ``pids`` (threads included), from /proc/<pid>/stat."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        total += int(fields[11]) + int(fields[12])  # fields 14, 15 of stat(5)
+    return total / CLK_TCK
+
+
+def daemon_rss_sample(samples: int = 5, gap: float = 0.2) -> dict:
+    values, pids = [], daemon_pids()
+    give_up = now() + 60
+    while len(pids) < 2 and now() < give_up:  # being restarted by someone: wait for it
+        time.sleep(0.5)
+        pids = daemon_pids()
+    for _ in range(samples):
+        v = rss_kib(pids)
+        if v is not None:
+            values.append(v / 1024.0)
+        time.sleep(gap)
+    out = stats(values)
+    out["pids"] = pids
+    return out
+
+
+def idle_cpu(seconds: int, window: int = 10) -> dict:
+    """CPU the daemon used while we left it alone, in % of one core.
+
+    /proc/<pid>/stat utime+stime of the secnet-plugin processes, read every
+    second; only seconds in which the same processes lived throughout count
+    (others restart the daemon while we run), until ``seconds`` of such time
+    are covered (or 3x that has passed). Figures per ``window``-second slice.
+    """
+    covered, used, slices, restarts = 0.0, 0.0, [], 0
+    slice_t, slice_c = 0.0, 0.0
+    pids = daemon_pids()
+    cpu, t = cpu_seconds(pids), now()
+    give_up = t + 3 * seconds
+    while covered < seconds and now() < give_up:
+        time.sleep(1.0)
+        pids2 = daemon_pids()
+        cpu2, t2 = cpu_seconds(pids2), now()
+        if pids2 == pids and cpu is not None and cpu2 is not None and pids:
+            covered += t2 - t
+            used += cpu2 - cpu
+            slice_t += t2 - t
+            slice_c += cpu2 - cpu
+            if slice_t >= window - 0.01:
+                slices.append(100.0 * slice_c / slice_t)
+                slice_t, slice_c = 0.0, 0.0
+        else:
+            restarts += 1
+        pids, cpu, t = pids2, cpu2, t2
+    return {"covered_seconds": round(covered, 1), "cpu_seconds": round(used, 3),
+            "percent_of_one_core": 100.0 * used / covered if covered else None,
+            "per_slice_percent": stats(slices), "slice_seconds": window,
+            "daemon_restarts_seen": restarts, "pids": pids}
+
+
+# --- network namespaces -----------------------------------------------------------
+
+_libc = ctypes.CDLL("libc.so.6", use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(path: str) -> None:
+    """Move the *calling thread* into the network namespace at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def tcp_probe(ip: str, port: int, timeout: float) -> str:
+    """One TCP connect: 'open', 'refused' (both mean the packets passed) or 'none'."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+    s.setblocking(False)
+    try:
+        rc = s.connect_ex((ip, port))
+        if rc == 0:
+            return "open"
+        if rc == errno.ECONNREFUSED:
+            return "refused"
+        if rc not in (errno.EINPROGRESS, errno.EAGAIN):
+            return "none"
+        p = select.poll()
+        p.register(s, select.POLLOUT | select.POLLERR)
+        if not p.poll(timeout * 1000):
+            return "none"
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        return "open" if err == 0 else "refused" if err == errno.ECONNREFUSED else "none"
+    finally:
+        s.close()
+
+
+def _checksum(data: bytes) -> int:
+    if len(data) % 2:
+        data += b"\0"
+    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    s = (s >> 16) + (s & 0xFFFF)
+    s += s >> 16
+    return ~s & 0xFFFF
+
+
+class HostPinger:
+    """ICMP echo from the host (raw socket), for 'until the network answers'."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        self.ident = os.getpid() & 0xFFFF
+        self.seq = 0
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def wait_answer(self, ip: str, deadline: float, every: float = 0.002) -> Optional[float]:
+        """Ping ``ip`` every ``every`` s until a reply; returns its arrival time or None."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
+        while now() < deadline:
+            self.seq = (self.seq + 1) & 0xFFFF
+            hdr = struct.pack("!BBHHH", 8, 0, 0, self.ident, self.seq)
+            pkt = struct.pack("!BBHHH", 8, 0, _checksum(hdr + b"snbench"), self.ident, self.seq)
+            try:
+                self.sock.sendto(pkt + b"snbench", (ip, 0))
+            except OSError:
+                pass  # EHOSTUNREACH while ARP fails: try again
+            until = now() + every
+            while True:
+                left = until - now()
+                if left <= 0 or not poller.poll(left * 1000):
+                    break
+                data, addr = self.sock.recvfrom(2048)
+                ihl = (data[0] & 0x0F) * 4
+                typ, _c, _s, ident, _seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
+                if typ == 0 and ident == self.ident and addr[0] == ip:
+                    return now()
+        return None
+
+
+class DaemonWatch(threading.Thread):
+    """Notes every change of the daemon's processes (others restart it while we
+    run), tagged with the section that was running."""
+
+    def __init__(self, every: float = 0.5):
+        super().__init__(name="daemon-watch", daemon=True)
+        self.every = every
+        self.section = "start"
+        self.changes: list = []
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        last = daemon_pids()
+        while not self._halt.wait(self.every):
+            pids = daemon_pids()
+            if pids != last:
+                _disturbances[0] += 1  # samples spanning this change are left out
+                self.changes.append({"time": time.strftime("%H:%M:%S"), "section": self.section,
+                                     "pids": pids})
+                last = pids
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(2)
+
+    def restarts_by_section(self) -> dict:
+        """Count of (re)starts: changes to a non-empty set of processes."""
+        out: dict = {}
+        for c in self.changes:
+            if c["pids"]:
+                out[c["section"]] = out.get(c["section"], 0) + 1
+        return out
+
+
+class Prober(threading.Thread):
+    """TCP-probes a moving target continuously from inside a namespace.
+
+    ``set_target(key, ip)`` switches the target; ``first[key]`` is the time of
+    the first answer for that key, ``answers[key]``/``probes[key]`` count them.
+    """
+
+    def __init__(self, netns: str, port: int, name: str, timeout: float = 0.01):
+        super().__init__(name=name, daemon=True)
+        self.netns, self.port, self.timeout = netns, port, timeout
+        self.target = None
+        self.first: dict = {}
+        self.answers: dict = {}
+        self.probes: dict = {}
+        self.stop_event = threading.Event()
+        self.error: Optional[str] = None
+
+    def set_target(self, key, ip: str) -> None:
+        self.target = (key, ip)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+
+    def run(self) -> None:
+        try:
+            enter_netns(self.netns)
+        except OSError as exc:
+            self.error = str(exc)
+            return
+        while not self.stop_event.is_set():
+            tgt = self.target
+            if tgt is None:
+                time.sleep(0.001)
+                continue
+            key, ip = tgt
+            result = tcp_probe(ip, self.port, self.timeout)
+            t = now()
+            self.probes[key] = self.probes.get(key, 0) + 1
+            if result != "none":
+                self.answers[key] = self.answers.get(key, 0) + 1
+                self.first.setdefault(key, t)
+            else:
+                time.sleep(0.0005)

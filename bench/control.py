@@ -1,0 +1,89 @@
+"""Section 1, control plane: network create/rm, and `docker run -d` until the
+container's network answers (ICMP echo from the host to its address), secnet
+against Docker's bridge driver, interleaved run by run so both see the same
+machine load."""
+from __future__ import annotations
+
+from .common import (IMAGE, PREFIX, Cleanup, HostPinger, create_network, docker, log, network_bridge, now,
+                     run_container, set_neigh_retrans, stats, disturbances)
+
+DRIVERS = ("secnet", "bridge")
+CREATE_SUBNET = {"secnet": "10.214.0.0/24", "bridge": "10.214.3.0/24"}
+RUN_SUBNET = {"secnet": ("10.214.1.0/24", "10.214.1"), "bridge": ("10.214.2.0/24", "10.214.2")}
+
+
+def network_create_rm(runs: int) -> dict:
+    times = {d: {"create": [], "rm": []} for d in DRIVERS}
+    disturbed = {d: 0 for d in DRIVERS}
+    for i in range(runs):
+        for d in DRIVERS:
+            name = f"{PREFIX}-cp-{d}"
+            n0 = disturbances()
+            t0 = now()
+            create_network(name, d, CREATE_SUBNET[d])
+            t1 = now()
+            docker("network", "rm", name)
+            t2 = now()
+            if disturbances() != n0:  # the plugin was restarted under us: not a sample
+                disturbed[d] += 1
+                continue
+            times[d]["create"].append((t1 - t0) * 1000)
+            times[d]["rm"].append((t2 - t1) * 1000)
+    out = {d: {k: {"stats": stats(v), "raw_ms": v} for k, v in times[d].items()} for d in DRIVERS}
+    for d in DRIVERS:
+        out[d]["disturbed"] = disturbed[d]
+    return out
+
+
+def run_until_answer(runs: int) -> dict:
+    cleanup = Cleanup()
+    raw = {d: {"run_returned_ms": [], "answered_ms": []} for d in DRIVERS}
+    failures = {d: 0 for d in DRIVERS}
+    disturbed = {d: 0 for d in DRIVERS}
+    pinger = HostPinger()
+    cleanup.push("pinger", pinger.close)
+    try:
+        for d in DRIVERS:
+            name = f"{PREFIX}-run-{d}"
+            create_network(name, d, RUN_SUBNET[d][0])
+            cleanup.push(f"network {name}", docker, "network", "rm", name)
+            # the host's ARP for an address that is not answering yet retries
+            # every 10 ms instead of 1 s (same setting for both drivers)
+            set_neigh_retrans(None, network_bridge(name, d))
+        docker("run", "--rm", "--network", "none", IMAGE, "true")  # warm the cache
+        for i in range(runs):
+            for d in DRIVERS:
+                cname = f"{PREFIX}-run-{d}-{i}"
+                ip = f"{RUN_SUBNET[d][1]}.{10 + i}"
+                n0 = disturbances()
+                t0 = now()
+                run_container(cname, f"{PREFIX}-run-{d}", ip)
+                t1 = now()
+                answered = pinger.wait_answer(ip, t1 + 10)
+                if disturbances() != n0:
+                    disturbed[d] += 1
+                elif answered is None:
+                    failures[d] += 1
+                    log(f"control: {cname} ({ip}) never answered the host's ping")
+                else:
+                    raw[d]["run_returned_ms"].append((t1 - t0) * 1000)
+                    raw[d]["answered_ms"].append((answered - t0) * 1000)
+                docker("rm", "-f", cname)
+    finally:
+        cleanup.run()
+    return {d: {"run_returned": stats(raw[d]["run_returned_ms"]),
+                "answered": stats(raw[d]["answered_ms"]),
+                "never_answered": failures[d], "disturbed": disturbed[d], "raw": raw[d]}
+            for d in DRIVERS}
+
+
+def run(sizes) -> dict:
+    log(f"control plane: network create/rm x{sizes.cp_runs} per driver")
+    out = {"network": network_create_rm(sizes.cp_runs)}
+    log(f"control plane: docker run -d until the host's ping answers x{sizes.cp_runs} per driver")
+    out["run"] = run_until_answer(sizes.cp_runs)
+    out["method"] = ("`docker run -d --ip ADDR` (busybox `sleep`), then ICMP echo from the host to "
+                     "ADDR every 2 ms (raw socket) until the first reply; time from the start of "
+                     "`docker run` to that reply. ARP retransmit on both bridges set to 10 ms. "
+                     "Runs interleaved secnet/bridge; each container removed before the next.")
+    return out

@@ -1,0 +1,136 @@
+"""Section 2, time to enforce.
+
+A secnet network with the rule ``client->web:tcp/80`` and two long-running
+peers: ``client`` (allowed) and ``evil`` (a segment no rule names). Each run
+starts a new ``web`` container at a fresh fixed address, listening on
+tcp/80. Both peers probe that address continuously from their own network
+namespaces (a thread of this process in each, TCP connect with a 10 ms
+timeout; a SYN-ACK or an RST both count as an answer, since either means the
+packets passed). Measured: from `docker run -d` returning until the client's
+first answer, and every answer the evil peer got (must be 0). The probing
+starts before `docker run` is called and goes on until the container is
+removed.
+"""
+from __future__ import annotations
+
+import calendar
+import time
+
+from .common import (PREFIX, Cleanup, Prober, secnet_cli, create_network, docker, log, now, run_container,
+                     sandbox_key, set_neigh_retrans, stats, disturbances)
+
+NET = f"{PREFIX}-enforce"
+SUBNET, BASE = "10.215.0.0/24", "10.215.0"
+PORT = 80
+TIMEOUT = 5.0
+
+
+def started_at(container: str):
+    """The engine's State.StartedAt of ``container`` as a Unix time (ns precision kept)."""
+    text = docker("inspect", "-f", "{{.State.StartedAt}}", container)
+    try:
+        date, frac = text.rstrip("Z").split(".")
+        base = calendar.timegm(time.strptime(date, "%Y-%m-%dT%H:%M:%S"))
+        return base + float("0." + frac)
+    except ValueError:
+        return None
+
+
+def positive_control(evil: Prober, run_id: int) -> dict:
+    """Allow evil->web for one more container: the same prober must now get answers
+    (shows that 0 forbidden answers is the policy, not a broken probe)."""
+    secnet_cli("policy", NET, "add", f"evil->web:tcp/{PORT}")
+    ip, name = f"{BASE}.{20 + run_id}", f"{PREFIX}-enf-web-ctl"
+    evil.set_target("control", ip)
+    t0 = now()
+    run_container(name, NET, ip, {"secnet.segment": "web"}, cmd=("nc", "-ll", "-p", str(PORT), "-e", "true"))
+    try:
+        while "control" not in evil.first and now() < t0 + TIMEOUT:
+            time.sleep(0.001)
+        time.sleep(0.2)
+    finally:
+        docker("rm", "-f", name)
+        evil.set_target("after-control", f"{BASE}.254")
+    first = evil.first.get("control")
+    return {"rule_added": f"evil->web:tcp/{PORT}", "answers": evil.answers.get("control", 0),
+            "probes": evil.probes.get("control", 0),
+            "first_answer_ms_after_run_start": None if first is None else (first - t0) * 1000}
+
+
+def run(sizes) -> dict:
+    cleanup = Cleanup()
+    since_return, since_start, not_answered = [], [], 0
+    before_return = disturbed = 0
+    signed, since_started_at = [], []
+    wall = time.time() - now()  # perf_counter -> wall clock, for the engine's StartedAt
+    try:
+        create_network(NET, "secnet", SUBNET, "-o", f"secnet.allow=client->web:tcp/{PORT}")
+        cleanup.push("network", docker, "network", "rm", NET)
+        probers = {}
+        for role, ip in (("client", f"{BASE}.2"), ("evil", f"{BASE}.3")):
+            name = f"{PREFIX}-enf-{role}"
+            run_container(name, NET, ip, {"secnet.segment": role})
+            cleanup.push(name, docker, "rm", "-f", name)
+            key = sandbox_key(name)
+            set_neigh_retrans(key, "eth0")
+            probers[role] = Prober(key, PORT, f"probe-{role}")
+        for p in probers.values():
+            p.start()
+            cleanup.push(f"prober {p.name}", p.stop)
+        log(f"time to enforce: {sizes.enforce_runs} runs")
+        for i in range(sizes.enforce_runs):
+            ip = f"{BASE}.{20 + i}"
+            for p in probers.values():
+                p.set_target(i, ip)
+            name = f"{PREFIX}-enf-web-{i}"
+            n0 = disturbances()
+            t0 = now()
+            run_container(name, NET, ip, {"secnet.segment": "web"},
+                          cmd=("nc", "-ll", "-p", str(PORT), "-e", "true"))
+            t1 = now()
+            client = probers["client"]
+            while i not in client.first and now() < t1 + TIMEOUT:
+                if client.error:
+                    raise RuntimeError(f"client prober: {client.error}")
+                time.sleep(0.001)
+            first = client.first.get(i)
+            if disturbances() != n0:
+                disturbed += 1  # the daemon was away under `docker run`: no timing
+            elif first is None:
+                not_answered += 1
+                log(f"enforce: run {i}: the allowed peer got no answer within {TIMEOUT} s")
+            else:
+                since_start.append((first - t0) * 1000)
+                since_return.append(max(0.0, first - t1) * 1000)
+                before_return += first <= t1
+                signed.append((first - t1) * 1000)
+                started = started_at(name)
+                if started is not None:
+                    since_started_at.append((first + wall - started) * 1000)
+            docker("rm", "-f", name)
+        evil = probers["evil"]
+        forbidden_ok = sum(evil.answers.values())
+        forbidden_probes = sum(evil.probes.values())
+        allowed_probes = sum(probers["client"].probes.values())
+        control = positive_control(probers["evil"], sizes.enforce_runs)
+        if evil.error:
+            raise RuntimeError(f"evil prober: {evil.error}")
+    finally:
+        cleanup.run()
+    return {
+        "runs": sizes.enforce_runs,
+        "since_run_returned_ms": stats(since_return),
+        "since_run_started_ms": stats(since_start),
+        "answered_before_run_returned": before_return,
+        "never_answered": not_answered,
+        "disturbed_by_daemon_restart": disturbed,
+        "forbidden_probes": forbidden_probes,
+        "forbidden_probes_answered": forbidden_ok,
+        "allowed_probes": allowed_probes,
+        "positive_control": control,
+        "signed_since_return_ms": stats(signed),
+        "since_container_started_ms": stats(since_started_at),
+        "raw_since_return_ms": since_return,
+        "raw_since_start_ms": since_start,
+        "method": __doc__.strip(),
+    }
