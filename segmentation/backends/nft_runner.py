@@ -16,6 +16,7 @@ import subprocess
 import threading
 
 TABLE_PREFIX = "secnet_"
+PASSED_MARK = 0x00200000  # packet mark: "secnet's forward chain let this through"
 _JSON_OUTPUT = 1 << 4  # NFT_CTX_OUTPUT_JSON
 
 

@@ -35,6 +35,7 @@ from ..compiler import CompiledPolicy
 from ..rules import Service
 from . import nft_northsouth as ns
 from .nft_runner import TABLE_PREFIX, NftError, NftRunner  # noqa: F401 (re-exported)
+from .nft_runner import PASSED_MARK
 from .nft_verdicts import OUTSIDE, deny, drop_chains, pair_drop_tag, quote as _q
 
 ND_TYPES, MLD_TYPES = ns.ND_TYPES, ns.MLD_TYPES
@@ -196,6 +197,8 @@ def _forward_chain(bridge: str) -> list:
         "  chain forward {",
         "    type filter hook forward priority filter - 5; policy accept;",
         _rule("iifname", "!=", br, "oifname", "!=", br, "accept"),
+        # what this chain does not drop, Docker's DOCKER-USER lets through (dockerfw)
+        _rule(f"meta mark set meta mark or {PASSED_MARK:#x}"),
         _rule("ct state established,related accept"),
         _rule("ct state invalid", deny("invalid")),
         # address resolution and multicast membership (sources checked in the bridge table)
