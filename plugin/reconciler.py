@@ -58,13 +58,15 @@ class Realized:
 
 
 class Reconciler:
-    def __init__(self, state, runner=None, interval: float = 60.0):
+    def __init__(self, state, runner=None, interval: float = 60.0, lock=None):
         self.state = state
         self.runner = runner or nft.NftRunner()
         self.interval = interval
         self.repairs = 0
         self._realized: dict = {}
-        self._lock = threading.RLock()
+        # The driver's lock when given: a periodic pass must never judge the
+        # kernel in the middle of a verb (kernel written, state not yet).
+        self._lock = lock or threading.RLock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 

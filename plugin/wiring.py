@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 def attach_extensions(driver, settings):
     """Attach the policy writer, label resolver, drop log and metrics; returns the CLI API."""
-    driver.policy = Reconciler(driver.state)
+    driver.policy = Reconciler(driver.state, lock=driver.lock)
     driver.resolver = LabelResolver(settings.docker_host)
     driver.droplog = DropLog(settings.state_dir, Directory(driver.state))
     driver.nflog = None

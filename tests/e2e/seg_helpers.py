@@ -1,0 +1,677 @@
+"""Helpers of the segmentation tests: probes, servers and sniffers run inside
+containers' network namespaces (host programs via nsenter, so the image needs
+no tools), the secnet CLI, and the expected verdicts of the compiler.
+
+Subnets come from 10.237.0.0/16 .. 10.239.0.0/16 and fd00:237::/48 only.
+Every probe targets an address of a container the test itself created.
+Background programs (servers, sniffers) are children of the test process:
+they exit when their stdin closes and are killed by the ``nsprocs`` fixture.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Optional
+
+import pytest
+
+import helpers as h
+
+PY = sys.executable
+SECNET = str(h.ROOT / ".venv" / "bin" / "secnet")
+REPLY = "secnet-ok"
+NETNS_DIR = "/var/run/docker/netns"
+
+
+# --- networks ----------------------------------------------------------------
+def pick4() -> str:
+    return f"10.{random.randint(237, 239)}.{random.randint(0, 255)}.0/24"
+
+
+def pick6() -> str:
+    return f"fd00:237:{random.randint(0, 0xffff):x}::/64"
+
+
+def seg_network(make_network, name: str = "sn-seg", opts: Optional[dict] = None,
+                ipv6: bool = True) -> h.Network:
+    """A secnet network in this suite's own subnets (retries on overlap)."""
+    last = None
+    for _ in range(20):
+        try:
+            return make_network(name, ipv6=ipv6, subnet=pick4(),
+                                subnet6=pick6() if ipv6 else None, opts=opts)
+        except h.CommandFailed as exc:
+            if "overlap" not in str(exc):
+                raise
+            last = exc
+    raise AssertionError(f"no free subnet in 10.237-239.0.0/16: {last}")
+
+
+def host_addr(subnet: str, n: int) -> str:
+    """The n-th address of ``subnet`` (for --ip / --ip6)."""
+    import ipaddress
+    return str(ipaddress.ip_network(subnet)[n])
+
+
+SLEEP = ["sleep", "86400"]
+
+
+def run_many(run_container, net, specs, cmd=SLEEP) -> dict:
+    """Start containers in parallel. specs: {key: labels-dict-or-None} -> {key: Container}."""
+    with ThreadPoolExecutor(max_workers=min(16, len(specs))) as pool:
+        futs = {k: pool.submit(run_container, net, k, labels=labels, cmd=cmd)
+                for k, labels in specs.items()}
+        return {k: f.result() for k, f in futs.items()}
+
+
+# --- the CLI -------------------------------------------------------------------
+def secnet(*args, check=False, timeout=60) -> subprocess.CompletedProcess:
+    return h.run([SECNET, *args], check=check, timeout=timeout)
+
+
+def show_json(net) -> dict:
+    res = secnet("show", net.name, "--json", check=True)
+    return json.loads(res.stdout)
+
+
+def membership(net) -> dict:
+    """container name -> segment, or ('quarantined', reason), or 'pending'."""
+    data = show_json(net)
+    out = {}
+    for seg in data["segments"]:
+        for m in seg["members"]:
+            out[m["container"]] = seg["name"]
+    for m in data["quarantined"]:
+        out[m["container"]] = ("quarantined", m["reason"])
+    for m in data["pending"]:
+        out[m["container"] or m["endpoint"]] = "pending"
+    return out
+
+
+def wait_segments(net, expected: dict, within: float = 5.0) -> dict:
+    """Wait until ``secnet show`` puts each container (name -> segment) where expected.
+
+    A value ``"quarantined"`` matches any quarantine reason.
+    """
+    seen = {}
+
+    def ok():
+        nonlocal seen
+        seen = membership(net)
+        for name, seg in expected.items():
+            got = seen.get(name)
+            if seg == "quarantined":
+                if not (isinstance(got, tuple) and got[0] == "quarantined"):
+                    return False
+            elif got != seg:
+                return False
+        return True
+
+    deadline = time.monotonic() + within
+    while not ok():
+        if time.monotonic() > deadline:
+            wrong = {n: (s, seen.get(n)) for n, s in expected.items()
+                     if seen.get(n) != s and not (s == "quarantined" and isinstance(seen.get(n), tuple))}
+            raise AssertionError(f"secnet show does not place the containers as expected "
+                                 f"(name: (expected, shown)): {wrong}")
+        time.sleep(0.1)
+    return seen
+
+
+# --- programs run inside a network namespace ----------------------------------
+PROBE_SRC = r'''
+import errno, json, select, socket, struct, sys, threading, time
+
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+
+def fam(a):
+    return socket.AF_INET6 if ":" in a else socket.AF_INET
+
+def err(e):
+    return "error:" + errno.errorcode.get(e.errno, str(e.errno))
+
+def tcp(p):
+    s = socket.socket(fam(p["dst"]), socket.SOCK_STREAM)
+    s.settimeout(p["timeout"])
+    try:
+        if p.get("src"):
+            s.bind((p["src"], 0))
+        s.connect((p["dst"], p["port"]))
+        return "ok"
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return err(e)
+    finally:
+        s.close()
+
+def udp(p):
+    s = socket.socket(fam(p["dst"]), socket.SOCK_DGRAM)
+    s.settimeout(p["timeout"])
+    try:
+        if p.get("src"):
+            s.bind((p["src"], 0))
+        s.connect((p["dst"], p["port"]))
+        s.send(b"secnet-probe")
+        s.recv(2048)
+        return "ok"
+    except ConnectionRefusedError:
+        return "refused"
+    except socket.timeout:
+        return "timeout"
+    except OSError as e:
+        return err(e)
+    finally:
+        s.close()
+
+def icmp(p):
+    v6 = ":" in p["dst"]
+    ident = p["ident"] & 0xffff
+    if v6:
+        s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        pkt = struct.pack("!BBHHH", 128, 0, 0, ident, 1) + b"secnet-probe"
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        body = struct.pack("!BBHHH", 8, 0, 0, ident, 1) + b"secnet-probe"
+        pkt = body[:2] + struct.pack("!H", csum(body)) + body[4:]
+    want = socket.inet_pton(fam(p["dst"]), p["dst"])
+    try:
+        if p.get("src"):
+            s.bind((p["src"], 0))
+        s.sendto(pkt, (p["dst"], 0))
+        deadline = time.monotonic() + p["timeout"]
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([s], [], [], left)[0]:
+                return "timeout"
+            data, addr = s.recvfrom(4096)
+            if socket.inet_pton(fam(p["dst"]), addr[0].split("%")[0]) != want:
+                continue
+            if not v6:
+                data = data[(data[0] & 0xf) * 4:]
+            if len(data) >= 6 and data[0] == (129 if v6 else 0) \
+                    and struct.unpack("!H", data[4:6])[0] == ident:
+                return "ok"
+    except OSError as e:
+        return err(e)
+    finally:
+        s.close()
+
+probes = json.load(sys.stdin)
+results = {}
+def one(p):
+    results[p["id"]] = {"tcp": tcp, "udp": udp, "icmp": icmp}[p["proto"]](p)
+threads = [threading.Thread(target=one, args=(p,)) for p in probes]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+json.dump(results, sys.stdout)
+'''
+
+SERVER_SRC = r'''
+import json, os, selectors, socket, sys, time
+cfg = json.loads(sys.argv[1])
+log = open(cfg["log"], "a", buffering=1) if cfg.get("log") else None
+sel = selectors.DefaultSelector()
+for proto, ports in (("tcp", cfg.get("tcp", [])), ("udp", cfg.get("udp", []))):
+    for port in ports:
+        for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind((addr, port))
+            except OSError as e:
+                if family == socket.AF_INET6 and not cfg.get("need6"):
+                    s.close()
+                    continue
+                raise
+            if proto == "tcp":
+                s.listen(128)
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ, (proto, port))
+sel.register(sys.stdin, selectors.EVENT_READ, ("stdin", 0))
+print("READY", flush=True)
+while True:
+    for key, _ in sel.select():
+        proto, port = key.data
+        if proto == "stdin":
+            if not os.read(0, 1024):
+                sys.exit(0)
+            continue
+        try:
+            if proto == "tcp":
+                conn, addr = key.fileobj.accept()
+                conn.setblocking(True)
+                conn.settimeout(0.5)
+                try:
+                    conn.sendall(b"secnet-ok\n")
+                except OSError:
+                    pass
+                conn.close()
+            else:
+                data, addr = key.fileobj.recvfrom(4096)
+                key.fileobj.sendto(b"secnet-ok", addr)
+        except OSError:
+            continue
+        if log:
+            log.write(f"{time.monotonic():.6f} {proto} {port} {addr[0]}\n")
+'''
+
+SNIFF_SRC = r'''
+import os, select, socket, struct, sys, time
+ifname, path = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+s.bind((ifname, 0))
+out = open(path, "a", buffering=1)
+print("READY", flush=True)
+def mac(b):
+    return ":".join("%02x" % x for x in b)
+while True:
+    r, _, _ = select.select([s, sys.stdin], [], [])
+    if sys.stdin in r and not os.read(0, 1024):
+        sys.exit(0)
+    if s not in r:
+        continue
+    data, addr = s.recvfrom(65535)
+    if addr[2] == socket.PACKET_OUTGOING:
+        continue
+    et = struct.unpack("!H", data[12:14])[0]
+    l3 = data[14:]
+    src = dst = "-"
+    if et == 0x0800 and len(l3) >= 20:
+        src, dst = socket.inet_ntop(socket.AF_INET, l3[12:16]), socket.inet_ntop(socket.AF_INET, l3[16:20])
+    elif et == 0x86dd and len(l3) >= 40:
+        src, dst = socket.inet_ntop(socket.AF_INET6, l3[8:24]), socket.inet_ntop(socket.AF_INET6, l3[24:40])
+    elif et == 0x0806 and len(l3) >= 28:
+        src, dst = socket.inet_ntop(socket.AF_INET, l3[14:18]), socket.inet_ntop(socket.AF_INET, l3[24:28])
+    out.write(f"{time.monotonic():.6f} {mac(data[6:12])} {et:04x} {src} {dst}\n")
+'''
+
+
+class NsProc:
+    """A host program running inside a container's network namespace."""
+
+    def __init__(self, container: h.Container, args: list, name: str):
+        self.container = container
+        self.name = name
+        self.proc = subprocess.Popen(["nsenter", f"--net={container.sandbox}", *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()  # READY, or EOF when it failed
+        if line.strip() != "READY":
+            self.stop()
+            raise AssertionError(f"{name} in {container.name} did not start: "
+                                 f"{self.proc.stderr.read().strip()}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # our own child, by its pid
+        try:
+            self.proc.wait(timeout=5)
+        finally:
+            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                try:
+                    f.close()
+                except Exception:
+                    pass
+
+
+class NsProcs:
+    """Servers and sniffers of one test; ``stop_all`` kills every one of them."""
+
+    def __init__(self):
+        self.procs: list = []
+        self.dir = tempfile.mkdtemp(prefix="secnet-seg-")
+        self.lock = threading.Lock()
+        self._n = itertools.count()
+
+    def _add(self, p: NsProc) -> NsProc:
+        with self.lock:
+            self.procs.append(p)
+        return p
+
+    def server(self, c: h.Container, tcp=(), udp=(), log: bool = False) -> "Server":
+        path = os.path.join(self.dir, f"server-{c.name}-{next(self._n)}.log") if log else None
+        cfg = {"tcp": list(tcp), "udp": list(udp), "log": path, "need6": bool(c.ip6)}
+        p = self._add(NsProc(c, [PY, "-c", SERVER_SRC, json.dumps(cfg)], "server"))
+        return Server(p, path)
+
+    def sniffer(self, c: h.Container, ifname: str = "eth0") -> "Sniffer":
+        path = os.path.join(self.dir, f"sniff-{c.name}-{next(self._n)}.log")
+        p = self._add(NsProc(c, [PY, "-c", SNIFF_SRC, ifname, path], "sniffer"))
+        return Sniffer(p, path)
+
+    def servers(self, containers: Iterable[h.Container], tcp=(), udp=()) -> list:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            return list(pool.map(lambda c: self.server(c, tcp=tcp, udp=udp), containers))
+
+    def stop_all(self) -> None:
+        errors = []
+        for p in self.procs:
+            try:
+                p.stop()
+            except Exception as exc:
+                errors.append(f"{p.name} in {p.container.name}: {exc}")
+        self.procs.clear()
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if errors:
+            raise AssertionError("could not stop: " + "; ".join(errors))
+
+
+class Server:
+    def __init__(self, proc: NsProc, log: Optional[str]):
+        self.proc, self.log = proc, log
+
+    def sources(self) -> list:
+        """(proto, port, source address) of every connection/datagram served."""
+        if not self.log or not os.path.exists(self.log):
+            return []
+        with open(self.log) as f:
+            return [tuple(line.split()[1:4]) for line in f if line.strip()]
+
+
+class Sniffer:
+    def __init__(self, proc: NsProc, path: str):
+        self.proc, self.path = proc, path
+
+    def frames(self) -> list:
+        """(time, src mac, ethertype hex, l3 src, l3 dst) of every frame received."""
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [tuple(line.split()) for line in f if line.strip()]
+
+
+@pytest.fixture
+def nsprocs(run_container):
+    """Background programs in containers' netns; killed before the containers go."""
+    procs = NsProcs()
+    yield procs
+    procs.stop_all()
+
+
+# --- probes ----------------------------------------------------------------------
+_ident = itertools.count(random.randint(1, 30000))
+
+
+def addr_of(c: h.Container, family: int) -> str:
+    a = c.ip if family == 4 else c.ip6
+    assert a, f"{c.name} has no IPv{family} address"
+    return a
+
+
+def probe(src: h.Container, probes: list, timeout: float = 1.0) -> dict:
+    """Run probes concurrently from ``src``'s netns.
+
+    probes: dicts with id, proto (tcp/udp/icmp), dst (address), port, optional src
+    (bind address). Returns id -> "ok" | "refused" | "timeout" | "error:E...".
+    """
+    if not probes:
+        return {}
+    body = []
+    for p in probes:
+        q = dict(p, timeout=min(timeout, 1.0))
+        q.setdefault("ident", next(_ident) & 0xffff)
+        body.append(q)
+    res = h.run(["nsenter", f"--net={src.sandbox}", PY, "-c", PROBE_SRC], check=False,
+                input=json.dumps(body), timeout=30)
+    assert res.returncode == 0, f"probe in {src.name} failed: {res.stderr.strip()}"
+    return json.loads(res.stdout)
+
+
+def reached(result: str) -> bool:
+    """A probe whose packets got to the destination and back (a refusal got back too)."""
+    return result in ("ok", "refused")
+
+
+def one(src: h.Container, dst, proto: str, port: Optional[int] = None, family: int = 4,
+        bind: Optional[str] = None) -> str:
+    """One probe from ``src`` to ``dst`` (a Container or an address)."""
+    addr = addr_of(dst, family) if isinstance(dst, h.Container) else str(dst)
+    p = {"id": "x", "proto": proto, "dst": addr, "port": port}
+    if bind:
+        p["src"] = bind
+    return probe(src, [p])["x"]
+
+
+def can(src, dst, proto, port=None, family=4, bind=None) -> bool:
+    return reached(one(src, dst, proto, port, family, bind))
+
+
+def eventually(src, dst, proto, port=None, family=4, within=5.0) -> None:
+    """``src`` reaches ``dst`` within ``within`` seconds (for set-up, not for verdicts)."""
+    deadline = time.monotonic() + within
+    last = None
+    while time.monotonic() < deadline:
+        last = one(src, dst, proto, port, family)
+        if reached(last):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{src.name} -> {getattr(dst, 'name', dst)} {proto}/{port} IPv{family}: "
+                         f"{last} (expected to get through)")
+
+
+def matrix(cells: list, retries: int = 2) -> dict:
+    """Observe cells in parallel (one probe process per source container).
+
+    cells: dicts with key, src (Container), dst (Container or address), proto, port,
+    family, expected (bool), optional bind (source address). Returns key -> observed bool. A cell expected to pass but
+    observed blocked is probed again (up to ``retries`` times: a first packet
+    may meet a cold neighbour cache); a pass is never probed again.
+    """
+    observed: dict = {}
+    todo = list(cells)
+    matrix.retried = []
+    for attempt in range(retries + 1):
+        if attempt:
+            matrix.retried.append(len(todo))
+        by_src: dict = {}
+        for c in todo:
+            by_src.setdefault(c["src"].name, (c["src"], []))[1].append(
+                {"id": c["key"], "proto": c["proto"], "port": c["port"], "src": c.get("bind"),
+                 "dst": addr_of(c["dst"], c["family"]) if isinstance(c["dst"], h.Container)
+                 else c["dst"]})
+        with ThreadPoolExecutor(max_workers=max(1, len(by_src))) as pool:
+            results = list(pool.map(lambda sp: probe(sp[0], sp[1]), by_src.values()))
+        for r in results:
+            for k, v in r.items():
+                observed[k] = reached(v)
+        todo = [c for c in todo if c["expected"] and not observed[c["key"]]]
+        if not todo:
+            break
+        time.sleep(0.5)
+    return observed
+
+
+def cell_key(src_seg, dst_seg, proto, port, family) -> str:
+    what = proto if port is None else f"{proto}/{port}"
+    return f"{src_seg}->{dst_seg} {what} v{family}"
+
+
+def diff_text(cells: list, observed: dict) -> str:
+    lines = []
+    for c in cells:
+        if observed[c["key"]] != c["expected"]:
+            lines.append(f"  {c['key']:<40} expected {'allow' if c['expected'] else 'DROP '}"
+                         f"  observed {'allow' if observed[c['key']] else 'DROP '}"
+                         f"  ({c['src'].name} -> {c['dst'].name})")
+    return "\n".join(lines)
+
+
+# --- the fail-closed racer ----------------------------------------------------
+RACER_SRC = r'''
+import ctypes, json, os, socket, sys, threading, time
+cfg = json.loads(sys.argv[1])
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+stop = threading.Event()
+lock = threading.Lock()
+hits = []          # (time, who, target) of every connection that got through
+firsts = {}        # who/target -> first success time
+attempts = {}
+bound = {}         # who -> when its bind to the container's address first worked
+
+def record(who, tgt, t, how="ok"):
+    with lock:
+        hits.append((t, who, tgt, how))
+        firsts.setdefault(who + " " + tgt, t)
+
+def count(who):
+    with lock:
+        attempts[who] = attempts.get(who, 0) + 1
+
+def enter(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns " + path)
+    finally:
+        os.close(fd)
+
+def loop(who, path, bind, targets, tmo):
+    # Docker creates the file first and bind-mounts the namespace on it a moment later:
+    # until then setns fails, so try again until it works (or the file is gone).
+    while True:
+        try:
+            enter(path)
+            break
+        except OSError:
+            if stop.is_set() or not os.path.exists(path):
+                return
+            time.sleep(0.0005)
+    while not stop.is_set():
+        for addr, port in targets:
+            s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(tmo)
+            try:
+                if bind:
+                    try:
+                        s.bind((bind, 0))
+                    except OSError:
+                        time.sleep(0.0005)   # not our container's netns, or not addressed yet
+                        continue
+                count(who)
+                t = time.monotonic()
+                if bind:
+                    with lock:
+                        bound.setdefault(who, t)
+                s.connect((addr, port))
+                record(who, f"{addr}:{port}", time.monotonic())
+            except ConnectionRefusedError:
+                record(who, f"{addr}:{port}", time.monotonic(), "refused")
+            except socket.timeout:
+                pass
+            except OSError:
+                if time.monotonic() - t < 0.001:
+                    time.sleep(0.001)   # an instant error (no route, no neighbour): leave the CPU to dockerd
+            finally:
+                s.close()
+        if not bind:
+            count(who)
+
+threads = []
+def start(who, path, bind, targets):
+    for target in targets:   # one thread per target: a dropped probe never delays another
+        t = threading.Thread(target=loop, args=(who, path, bind, [target], cfg.get("timeout", 0.05)),
+                             daemon=True)
+        t.start()
+        threads.append(t)
+
+for peer in cfg.get("peers", []):   # from existing peers towards the new container
+    start("peer:" + peer["name"], peer["netns"], None, [tuple(x) for x in peer["targets"]])
+seen = set(os.listdir(cfg["netns_dir"]))
+print("READY", flush=True)
+watched = 0
+def watch():
+    global watched
+    while not stop.is_set():
+        try:
+            now = set(os.listdir(cfg["netns_dir"]))
+        except OSError:
+            now = set()
+        for name in sorted(now - seen):
+            seen.add(name)
+            watched += 1
+            start("new:" + name, os.path.join(cfg["netns_dir"], name), cfg["bind"],
+                  [tuple(x) for x in cfg["targets"]])
+        time.sleep(0.001)
+w = threading.Thread(target=watch, daemon=True)
+w.start()
+sys.stdin.readline()   # "stop", or EOF
+stop.set()
+for t in threads + [w]:
+    t.join(2)
+json.dump({"hits": hits, "firsts": firsts, "attempts": attempts, "bound": bound,
+           "netns_seen": watched}, sys.stdout)
+'''
+
+
+class Racer:
+    """Probes a container that is about to start, from its own netns (found as soon as
+    Docker creates it under /var/run/docker/netns and bound to the container's fixed
+    address, so no other netns sends anything) and from peers towards it."""
+
+    def __init__(self, bind: str, targets: list, peers: list = (), timeout: float = 0.05):
+        cfg = {"netns_dir": NETNS_DIR, "bind": bind, "targets": targets, "timeout": timeout,
+               "peers": [{"name": c.name, "netns": c.sandbox, "targets": t} for c, t in peers]}
+        self.proc = subprocess.Popen([PY, "-c", RACER_SRC, json.dumps(cfg)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            err = self.finish()
+            raise AssertionError(f"racer did not start: {err}")
+
+    def finish(self) -> dict:
+        try:
+            out, err = self.proc.communicate("stop\n", timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            raise AssertionError("racer did not stop")
+        try:
+            return json.loads(out)
+        except ValueError:
+            return {"error": err}
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
+
+
+# --- expected verdicts ---------------------------------------------------------------
+def compiled_policy(opts: dict, members: list, ipv6: bool = True):
+    """The compiler's view of a network: opts as given to docker network create;
+    members: [(Container, segment-or-None, quarantine-or-None)]."""
+    from segmentation.compiler import compile_policy
+    from segmentation.model import Member
+    from segmentation.options import parse_network_options
+    options = parse_network_options(opts, ipv6=ipv6)
+    ms = [Member(endpoint_id=c.endpoint_id, segment=seg, ipv4=c.ip, ipv6=c.ip6, quarantine=q)
+          for c, seg, q in members]
+    return compile_policy(options, ms)
+
+
+def expected(compiled, src_seg: str, dst_seg: str, proto: str, port: Optional[int]) -> bool:
+    from segmentation.compiler import verdict
+    return verdict(compiled, ("segment", src_seg), ("segment", dst_seg), proto, port).allowed
