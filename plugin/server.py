@@ -29,7 +29,6 @@ def build(settings: Settings):
     from .state import State
     from .wiring import attach_extensions, start_background
 
-    hold_instance_lock(settings.state_dir)
     state = State(settings.state_dir)
     driver = Driver(state, Netlink(), DockerFirewall())
     api = attach_extensions(driver, settings)
@@ -104,6 +103,11 @@ def main(argv=None) -> int:
         return 2
     setup_logging(settings.log_level)
     limit_malloc_arenas()
+    try:
+        hold_instance_lock(settings.state_dir)  # inherited by the worker
+    except SystemExit as exc:
+        print(exc, file=sys.stderr)
+        return 1
     os.makedirs(os.path.dirname(settings.socket) or ".", exist_ok=True)
     log.info("secnet-plugin listening on %s, state in %s", settings.socket, settings.state_dir)
     _Gunicorn(settings).run()

@@ -7,7 +7,10 @@ if docker info >/dev/null 2>&1; then exit 0; fi
 if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
   rm -f /var/run/docker.pid    # stale: its process is gone
 fi
-if ! pgrep -x dockerd >/dev/null; then
+# Managed plugins see new container namespaces only if / is a shared mount
+# (systemd makes it so at boot; a machine without systemd may not).
+mount --make-rshared / 2>/dev/null || true
+if ! pgrep -x -r D,R,S dockerd >/dev/null; then
   echo "starting dockerd (log: .run/dockerd.log)"
   nohup dockerd >>.run/dockerd.log 2>&1 </dev/null &
 fi

@@ -1,0 +1,1 @@
+"""Rule backends: turn a compiled policy into kernel state (nftables first)."""
