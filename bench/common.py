@@ -23,6 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
+from plugin.cli import UnixHTTPConnection  # the CLI's HTTP-over-unix-socket connection
+
 PREFIX = "snbench"
 IMAGE = os.environ.get("IMAGE", "secnet-busybox:latest")
 PLUGIN_SOCKET = os.environ.get("SECNET_SOCKET", "/run/docker/plugins/secnet.sock")
@@ -286,23 +288,12 @@ class PluginError(RuntimeError):
     pass
 
 
-class _UnixHTTP(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self._path)
-
-
 class Plugin:
     """POSTs JSON to the plugin's unix socket, as dockerd does (one connection, kept)."""
 
     def __init__(self, path: str = PLUGIN_SOCKET, timeout: float = 120):
         self.path, self.timeout = path, timeout
-        self._conn: Optional[_UnixHTTP] = None
+        self._conn: Optional[UnixHTTPConnection] = None
         self.retried = False
 
     def post(self, route: str, body: dict, patience: float = 600.0) -> dict:
@@ -315,7 +306,7 @@ class Plugin:
         while True:
             try:
                 if self._conn is None:
-                    self._conn = _UnixHTTP(self.path, self.timeout)
+                    self._conn = UnixHTTPConnection(self.path, self.timeout)
                 self._conn.request("POST", route, data, {"Content-Type": "application/json"})
                 resp = self._conn.getresponse()
                 out = json.loads(resp.read() or b"{}")

@@ -23,7 +23,7 @@ class CliError(Exception):
     pass
 
 
-class _UnixHTTP(http.client.HTTPConnection):
+class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -36,7 +36,7 @@ class _UnixHTTP(http.client.HTTPConnection):
 
 def call(path: str, body: dict, timeout: float = 30.0) -> dict:
     sock = Settings.from_env().socket
-    conn = _UnixHTTP(sock, timeout)
+    conn = UnixHTTPConnection(sock, timeout)
     try:
         conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
         resp = conn.getresponse()

@@ -72,13 +72,13 @@ def pick_subnet6() -> str:
 
 
 # --- the plugin ------------------------------------------------------------
-def plugin_answers(timeout: float = 2.0) -> bool:
-    """True when the daemon answers Plugin.Activate on its socket."""
+def plugin_answers(timeout: float = 2.0, sock_path: str = "") -> bool:
+    """True when the daemon answers Plugin.Activate (as a network driver) on its socket."""
     request = b"POST /Plugin.Activate HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
-            sock.connect(SOCKET)
+            sock.connect(sock_path or SOCKET)
             sock.sendall(request)
             data = b""
             while chunk := sock.recv(65536):

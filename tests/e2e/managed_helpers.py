@@ -12,7 +12,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -119,18 +118,7 @@ def plugin_socket(name: str = NAME) -> str:
 
 def answers(sock_path: str, timeout: float = 2.0) -> bool:
     """True when the socket answers Plugin.Activate as a network driver."""
-    request = b"POST /Plugin.Activate HTTP/1.0\r\nContent-Length: 0\r\n\r\n"
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(sock_path)
-            sock.sendall(request)
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-    except OSError:
-        return False
-    return b"NetworkDriver" in data
+    return h.plugin_answers(timeout, sock_path)
 
 
 def secnet_cli(*args, name: str = NAME) -> subprocess.CompletedProcess:
