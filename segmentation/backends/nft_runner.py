@@ -18,6 +18,7 @@ import threading
 TABLE_PREFIX = "secnet_"
 PASSED_MARK = 0x00200000  # packet mark: "secnet's forward chain let this through"
 _JSON_OUTPUT = 1 << 4  # NFT_CTX_OUTPUT_JSON
+IN_PROCESS_MAX = 32 * 1024  # bytes of script run through libnftables
 
 
 class NftError(RuntimeError):
@@ -84,7 +85,10 @@ class NftRunner:
         self._lib = _library() if binary == "nft" else None
 
     def _run(self, script: str, as_json: bool = False):
-        if self._lib is not None:
+        # Small scripts (joins, leaves) in-process. A whole-network rebuild of a
+        # large policy runs in a child `nft`: parsing tens of thousands of rules
+        # in-process leaves the daemon's heap at its high-water mark for good.
+        if self._lib is not None and (as_json or len(script) <= IN_PROCESS_MAX):
             return self._lib.run(script, as_json)
         # the command prints JSON for a list given as arguments, not read from -f
         argv = [self.binary, "-j", *script.split()] if as_json else [self.binary, "-f", "-"]
