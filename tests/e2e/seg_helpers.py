@@ -145,13 +145,15 @@ def fam(a):
 def err(e):
     return "error:" + errno.errorcode.get(e.errno, str(e.errno))
 
-def tcp(p):
-    s = socket.socket(fam(p["dst"]), socket.SOCK_STREAM)
+def connect_probe(p, kind, exchange):
+    """Connect a socket of ``kind`` from p["src"] to p["dst"]:p["port"], run ``exchange``."""
+    s = socket.socket(fam(p["dst"]), kind)
     s.settimeout(p["timeout"])
     try:
         if p.get("src"):
             s.bind((p["src"], 0))
         s.connect((p["dst"], p["port"]))
+        exchange(s)
         return "ok"
     except ConnectionRefusedError:
         return "refused"
@@ -162,24 +164,15 @@ def tcp(p):
     finally:
         s.close()
 
+def tcp(p):
+    return connect_probe(p, socket.SOCK_STREAM, lambda s: None)
+
+def udp_exchange(s):
+    s.send(b"secnet-probe")
+    s.recv(2048)
+
 def udp(p):
-    s = socket.socket(fam(p["dst"]), socket.SOCK_DGRAM)
-    s.settimeout(p["timeout"])
-    try:
-        if p.get("src"):
-            s.bind((p["src"], 0))
-        s.connect((p["dst"], p["port"]))
-        s.send(b"secnet-probe")
-        s.recv(2048)
-        return "ok"
-    except ConnectionRefusedError:
-        return "refused"
-    except socket.timeout:
-        return "timeout"
-    except OSError as e:
-        return err(e)
-    finally:
-        s.close()
+    return connect_probe(p, socket.SOCK_DGRAM, udp_exchange)
 
 def icmp(p):
     v6 = ":" in p["dst"]
