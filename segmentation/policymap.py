@@ -1,0 +1,201 @@
+"""The compiled policy as data: what a fixed datapath program looks up.
+
+A network's policy compiles to a :class:`PolicyMap` -- pure, backend-neutral
+data, never rule text:
+
+* ``identities``: segment name -> identity (:mod:`segmentation.identities`);
+* ``entries``: east-west allowances, each ``(src identity, dst identity,
+  L4 protocol, port range)`` with the rule that produced it (for counters,
+  ``explain`` and the drop log). ``secnet.intra=allow`` is the entry
+  ``(s, s, any)`` of every segment, with the rule ``intra``;
+* ``cidrs``: allowances between a segment and an outside CIDR, per
+  direction (``ingress``: CIDR source; ``egress``: CIDR destination);
+* the network's settings: egress default, internal, intra.
+
+Both backends consume this: nftables as set and map elements behind a fixed
+set of rules, eBPF as entries of BPF maps behind fixed programs. A change
+of policy or membership is a :class:`PolicyDelta` between two maps, applied
+as elements, never as new rules.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Iterable, Mapping
+
+from .identities import OUTSIDE
+from .options import NetworkOptions
+from .protocols import ANY
+from .rules import Endpoint, Service
+
+INTRA = "intra"
+INGRESS, EGRESS = "ingress", "egress"
+
+
+@dataclass(frozen=True, order=True)
+class PolicyEntry:
+    """An east-west allowance: new flows from ``src`` to ``dst`` identity.
+
+    ``proto``: ``tcp``, ``udp``, ``icmp`` or ``any``; ``lo``/``hi``: the
+    destination port range, inclusive (``0, 65535`` for every port; ``0, 0``
+    for icmp and any). ``rule``: canonical text of the rule, or ``intra``.
+    """
+
+    src: int
+    dst: int
+    proto: str
+    lo: int
+    hi: int
+    rule: str
+
+    @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+    @property
+    def key(self) -> tuple:
+        """What the datapath matches: several rules may give the same key
+        (``*->db:udp/53`` and ``web->db:udp/53``), and ranges of one
+        ``(src, dst, proto)`` may overlap: backends count keys, not entries."""
+        return (self.src, self.dst, self.proto, self.lo, self.hi)
+
+
+@dataclass(frozen=True, order=True)
+class CidrEntry:
+    """An allowance between segment ``identity`` and an outside CIDR.
+
+    ``direction`` is ``ingress`` (from ``cidr`` to the segment) or
+    ``egress`` (from the segment to ``cidr``); ``family`` is 4 or 6.
+    """
+
+    direction: str
+    identity: int
+    family: int
+    cidr: str
+    proto: str
+    lo: int
+    hi: int
+    rule: str
+
+    @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Network-wide defaults that no entry carries."""
+
+    intra: str = "allow"          # allow | deny (already compiled into entries)
+    egress: str = "allow"         # allow | deny: outside destinations no CIDR entry names
+    internal: bool = False        # nothing leaves or enters the network
+
+
+@dataclass(frozen=True)
+class PolicyMap:
+    """The compiled policy of one network (see the module docstring)."""
+
+    identities: Mapping[str, int]
+    entries: frozenset = frozenset()
+    cidrs: frozenset = frozenset()
+    settings: Settings = field(default_factory=Settings)
+
+    @property
+    def ingress_restricted(self) -> frozenset:
+        """Identities that some CIDR-source rule names: only such rules let the outside in."""
+        return frozenset(c.identity for c in self.cidrs if c.direction == INGRESS)
+
+    def delta(self, new: "PolicyMap") -> "PolicyDelta":
+        """What turns this map into ``new``."""
+        return PolicyDelta(
+            entries_added=new.entries - self.entries,
+            entries_removed=self.entries - new.entries,
+            cidrs_added=new.cidrs - self.cidrs,
+            cidrs_removed=self.cidrs - new.cidrs,
+            identities=MappingProxyType(dict(new.identities)),
+            settings=new.settings if new.settings != self.settings else None,
+        )
+
+    def apply(self, delta: "PolicyDelta") -> "PolicyMap":
+        """This map with ``delta`` applied (``old.apply(old.delta(new)) == new``)."""
+        return PolicyMap(
+            identities=delta.identities,
+            entries=(self.entries - delta.entries_removed) | delta.entries_added,
+            cidrs=(self.cidrs - delta.cidrs_removed) | delta.cidrs_added,
+            settings=delta.settings or self.settings,
+        )
+
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, PolicyMap) and dict(self.identities) == dict(other.identities)
+                and self.entries == other.entries and self.cidrs == other.cidrs
+                and self.settings == other.settings)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class PolicyDelta:
+    """Entries to add and remove; ``settings`` is None when they did not change."""
+
+    entries_added: frozenset
+    entries_removed: frozenset
+    cidrs_added: frozenset
+    cidrs_removed: frozenset
+    identities: Mapping[str, int]
+    settings: Settings | None = None
+
+    @property
+    def empty(self) -> bool:
+        return not (self.entries_added or self.entries_removed or self.cidrs_added
+                    or self.cidrs_removed or self.settings)
+
+
+def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -> PolicyMap:
+    """Compile ``options`` over the segments of ``identities`` (segment -> identity).
+
+    ``identities`` must hold every segment a rule names (``*`` stands for
+    all of them); raises KeyError otherwise.
+    """
+    segments = sorted(identities)
+    entries, cidrs = set(), set()
+    for rule in options.rules:
+        svc, origin = rule.service, rule.text()
+        if rule.src.kind == "cidr":
+            for dst in _expand(rule.dst, segments):
+                cidrs.add(_cidr(INGRESS, identities[dst], rule.src, svc, origin))
+        elif rule.dst.kind == "cidr":
+            for src in _expand(rule.src, segments):
+                cidrs.add(_cidr(EGRESS, identities[src], rule.dst, svc, origin))
+        else:
+            for src in _expand(rule.src, segments):
+                for dst in _expand(rule.dst, segments):
+                    entries.add(PolicyEntry(identities[src], identities[dst], svc.proto,
+                                            svc.lo, svc.hi, origin))
+    if options.intra == "allow":
+        for seg in segments:
+            entries.add(PolicyEntry(identities[seg], identities[seg], ANY, 0, 0, INTRA))
+    settings = Settings(intra=options.intra, egress="deny" if options.internal else options.egress,
+                        internal=options.internal)
+    return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs), settings)
+
+
+def _expand(endpoint: Endpoint, segments: Iterable[str]) -> tuple:
+    return tuple(segments) if endpoint.kind == "all" else (endpoint.value,)
+
+
+def _cidr(direction: str, identity: int, endpoint: Endpoint, svc: Service, origin: str) -> CidrEntry:
+    return CidrEntry(direction, identity, endpoint.family, endpoint.value, svc.proto, svc.lo, svc.hi,
+                     origin)
+
+
+def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) -> PolicyEntry | None:
+    """The first (sorted) entry of ``pm`` that allows a new ``proto``/``port`` flow
+    from identity ``src`` to ``dst``, or None. ``port=None``: every port."""
+    for entry in sorted(e for e in pm.entries if e.src == src and e.dst == dst):
+        if entry.service.matches(proto, port):
+            return entry
+    return None
+
+
+__all__ = ["PolicyEntry", "CidrEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
+           "allowing", "INTRA", "INGRESS", "EGRESS", "OUTSIDE"]
