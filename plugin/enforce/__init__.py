@@ -1,0 +1,1 @@
+"""Enforcement: the backend seam, the reconciler, and the datapaths (nftables, ebpf)."""

@@ -1,0 +1,153 @@
+"""The enforcement seam: what every datapath (nftables, eBPF) implements.
+
+The reconciler is the only caller. It hands a backend backend-neutral data
+-- a :class:`NetworkSpec`, the network's :class:`~segmentation.policymap.PolicyMap`
+and one :class:`Port` per endpoint -- and the backend turns it into kernel
+state in one atomic step per call. Reads (drift, counters, drop events)
+come back in the same neutral terms (identities, policy-map keys, reasons),
+so that ``show``, ``metrics``, ``log``, ``explain`` and ``verify`` never
+know which datapath runs.
+
+A backend never decides semantics: those live in ``segmentation``
+(``policymap`` for what is allowed, ``identities`` for the reserved
+identities). Both backends must give the same verdict on every packet.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional, Protocol
+
+from segmentation.identities import PENDING, QUARANTINED
+from segmentation.policymap import PolicyDelta, PolicyMap
+
+#: drop reasons, as the drop log and the metrics name them
+REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
+           "quarantined", "pending", "spoofed", "ethertype")
+
+
+class BackendError(Exception):
+    """The kernel refused a backend's change (the message says what and why)."""
+
+
+class BackendUnavailable(BackendError):
+    """This host cannot run the backend (e.g. a kernel too old for eBPF)."""
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What a datapath needs to know of one network.
+
+    ``subnets``: CIDRs (IPv4 and IPv6) of the network; ``gateways``: plain
+    addresses of the bridge; ``mode``: ``enforce`` or ``audit``.
+    """
+
+    id: str
+    bridge: str
+    subnets: tuple = ()
+    gateways: tuple = ()
+    internal: bool = False
+    mode: str = "enforce"
+
+
+@dataclass(frozen=True)
+class Port:
+    """One endpoint as the datapath sees it.
+
+    ``name``: the host side of its veth (the bridge port); ``ipv4``/``ipv6``:
+    plain addresses (no prefix) or None; ``identity``: its segment's
+    identity, or ``PENDING``/``QUARANTINED``; ``published``: tuples
+    ``(proto, host_ip or "", host_port, container_port)``.
+    """
+
+    endpoint_id: str
+    name: str
+    mac: str
+    ipv4: Optional[str] = None
+    ipv6: Optional[str] = None
+    identity: int = PENDING
+    segment: Optional[str] = None
+    quarantine: Optional[str] = None
+    published: tuple = ()
+
+    @property
+    def active(self) -> bool:
+        """Enforced in a segment (not pending, not quarantined)."""
+        return self.identity not in (PENDING, QUARANTINED)
+
+    @property
+    def addresses(self) -> tuple:
+        return tuple(a for a in (self.ipv4, self.ipv6) if a)
+
+
+@dataclass(frozen=True)
+class Counters:
+    """Packet and byte counters of one network, in neutral terms.
+
+    ``allowed``: policy-map key (``PolicyEntry.key`` or a ``CidrEntry``) ->
+    ``(packets, bytes)`` of the flows it opened; ``dropped``: ``(src identity,
+    dst identity)`` -> ``(packets, bytes)``; ``reasons``: drop reason ->
+    ``(packets, bytes)``.
+    """
+
+    allowed: Mapping = field(default_factory=dict)
+    dropped: Mapping = field(default_factory=dict)
+    reasons: Mapping = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DropEvent:
+    """One dropped (or, in audit mode, would-be-dropped) flow, as the kernel reported it.
+
+    ``network``: the network id (or its first 12 characters); ``family``:
+    4, 6 or 0 (not IP); ``proto``: IP protocol number; ``port``: destination
+    port or None; ``ifname``: the bridge port it came in on, when known.
+    """
+
+    network: str
+    reason: str
+    family: int
+    proto: int
+    src: str
+    dst: str
+    port: Optional[int] = None
+    ifname: Optional[str] = None
+    audit: bool = False
+    time: float = 0.0
+
+
+class Backend(Protocol):
+    """A datapath. Every write is atomic (one transaction) and idempotent."""
+
+    name: str
+
+    def check_host(self) -> None:
+        """Raise BackendUnavailable (one line, naming what is missing) if this
+        host cannot run the backend. Called at ``docker network create``."""
+
+    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
+        """Replace all kernel state of ``net`` (a create, a restore, a drift repair)."""
+
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+        """Apply endpoint changes ``(old Port or None, new Port or None)`` in one step."""
+
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
+        """Apply a policy-map delta (an edit, a new segment, a mode switch) in one step."""
+
+    def remove_network(self, network_id: str) -> None:
+        """Remove all kernel state of a network; nothing there is fine."""
+
+    def networks(self) -> set:
+        """Ids (or 12-character prefixes) of the networks with kernel state of this backend."""
+
+    def drift(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> list:
+        """What differs between the kernel and the desired state, element by
+        element and rule by rule; one short line each, empty when none."""
+
+    def counters(self, net: NetworkSpec) -> Counters:
+        """Counters of ``net``, read now (never polled)."""
+
+    def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
+        """Start delivering drop events to ``callback`` (from a thread of its own)."""
+
+    def close(self) -> None:
+        """Stop background readers; kernel state stays (it keeps enforcing)."""
