@@ -50,12 +50,12 @@ RUN set -eux; \
         'mount -o remount,bind,rw /proc/sys 2>/dev/null || echo "secnet-plugin: /proc/sys stays read-only" >&2' \
         '# (python -m: a command line that a host-side `pkill -f bin/secnet-plugin`,' \
         '# meant for a legacy daemon, does not match)' \
-        'exec /opt/secnet/bin/python3 -m plugin.server "$@"' >/usr/local/bin/secnet-plugin; \
+        'exec /opt/secnet/bin/python3 -m plugin.daemon.server "$@"' >/usr/local/bin/secnet-plugin; \
     chmod 755 /usr/local/bin/secnet-plugin; \
     ln -sf /opt/secnet/bin/secnet /usr/local/bin/secnet; \
     mkdir -p /var/lib/secnet /run/docker/plugins /run/host-docker; \
     ln -s /run/host-docker/netns /run/docker/netns; \
-    /opt/secnet/bin/python3 -c 'import plugin.server, plugin.wiring, plugin.app, plugin.cli'; \
+    /opt/secnet/bin/python3 -c 'import plugin.daemon.server, plugin.daemon.wiring, plugin.daemon.app, plugin.cli.main'; \
     /usr/local/bin/secnet --help >/dev/null; \
     nft --version; iptables --version; conntrack --version; nsenter --version
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
-from plugin.cli import UnixHTTPConnection  # the CLI's HTTP-over-unix-socket connection
+from plugin.cli.client import UnixHTTPConnection  # the CLI's HTTP-over-unix-socket connection
 
 PREFIX = "snbench"
 IMAGE = os.environ.get("IMAGE", "secnet-busybox:latest")

@@ -5,6 +5,7 @@ import os
 from dataclasses import dataclass
 
 LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_DOCKER_HOST = "unix://var/run/docker.sock"  # the local engine socket
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import subprocess
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 
-from .explain import is_host_address
+from plugin.observe.explain import is_host_address
 
 log = logging.getLogger(__name__)
 PROTOS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}

@@ -2,7 +2,7 @@
 
 Subnets come from 10.224.0.0/16 .. 10.225.0.0/16 and fd00:224::/48 only.
 Packets go only to containers the test made. Sockets are made inside a
-container's network namespace by plugin.netns (a thread enters it, makes the
+container's network namespace by plugin.kernel.netns (a thread enters it, makes the
 socket and ends), so the test sends from its own thread with exact timing.
 """
 from __future__ import annotations
@@ -19,7 +19,8 @@ from typing import Optional
 from prometheus_client.parser import text_string_to_metric_families
 
 import helpers as h
-from plugin import cli, netns
+from plugin.cli import client as cli
+from plugin.kernel import netns
 
 SECNET = str(h.ROOT / ".venv" / "bin" / "secnet")
 

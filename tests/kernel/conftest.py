@@ -1,7 +1,7 @@
 """Fixtures of the kernel tier: real netlink in a throwaway network namespace.
 
 Each test gets a fresh namespace ``secnet-test-<uuid>`` (deleted in the
-finalizer, also when the test fails) and a ``plugin.netlink.Netlink`` that
+finalizer, also when the test fails) and a ``plugin.kernel.links.Netlink`` that
 lives in it: the object is built and called on one worker thread that has
 entered the namespace with setns(2). A network namespace is per thread, so
 everything that thread does -- its rtnetlink socket, writes under
@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from plugin.netlink import Netlink
+from plugin.kernel.links import Netlink
 
 CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -118,7 +118,7 @@ class InNetns:
 
 @pytest.fixture
 def nl(netns):
-    """A plugin.netlink.Netlink working inside ``netns``."""
+    """A plugin.kernel.links.Netlink working inside ``netns``."""
     obj = InNetns(netns.name, Netlink)
     try:
         yield obj

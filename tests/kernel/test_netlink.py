@@ -1,11 +1,11 @@
-"""plugin.netlink against the real kernel, inside a throwaway namespace."""
+"""plugin.kernel.links against the real kernel, inside a throwaway namespace."""
 from __future__ import annotations
 
 import uuid
 
 import pytest
 
-from plugin.netlink import ALIAS_PREFIX, LinkConflict, derived_mac
+from plugin.kernel.links import ALIAS_PREFIX, LinkConflict, derived_mac
 
 GW4, GW6 = "10.220.0.1/24", "fd00:220::1/64"
 MAC = "02:42:0a:dc:00:02"

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from nsfixtures import BRIDGE, NET_ID, lab, parallel, probe_icmp, probe_tcp  # noqa: F401  (lab is a fixture)
-from plugin.reconciler import Reconciler
-from plugin.state import EndpointRecord, NetworkRecord, State
+from plugin.enforce.reconciler import Reconciler
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 from segmentation.options import NetworkOptions
 from segmentation.rules import parse_rules
 

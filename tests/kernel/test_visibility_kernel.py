@@ -11,7 +11,11 @@ import time
 
 import pytest
 
-from plugin import netns, nflog, probes
+from plugin.kernel import netns
+
+from plugin import nflog
+
+from plugin.observe import probes
 from segmentation.backends.nft_verdicts import NFLOG_GROUP
 from vis_lab import NET_ID, vislab  # noqa: F401  (fixture)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from plugin import netns
+from plugin.kernel import netns
 from segmentation.backends import nftables as nft
 from segmentation.compiler import compile_policy
 from segmentation.model import Member

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for plugin.netlink.Netlink and plugin.dockerfw.DockerFirewall,
+"""In-memory stand-ins for plugin.kernel.links.Netlink and plugin.kernel.dockerfw.DockerFirewall,
 with the same semantics (ownership by alias, idempotence, LinkConflict), and
 Docker-shaped request bodies for the remote-driver protocol."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from typing import Optional
 
-from plugin.netlink import LinkConflict
+from plugin.kernel.links import LinkConflict
 
 
 def new_id() -> str:

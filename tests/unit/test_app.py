@@ -1,4 +1,4 @@
-"""The Flask app (plugin.app) in front of the real Driver, built on in-memory
+"""The Flask app (plugin.daemon.app) in front of the real Driver, built on in-memory
 links and firewall and a State in a tmp dir: what Docker sees on the wire."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 from driver_fakes import (FakeFirewall, FakeLinks, create_endpoint_body, create_network_body,
                           endpoint_body, new_id)
-from plugin import protocol
-from plugin.app import ROUTES, create_app
-from plugin.driver import Driver
-from plugin.state import State
+from plugin.driver import protocol
+from plugin.daemon.app import ROUTES, create_app
+from plugin.driver.driver import Driver
+from plugin.driver.state import State
 
 BODY_ROUTES = sorted(p for p, (req_type, _) in ROUTES.items() if req_type is not None)
 # Never called for a local-scope driver; the app answers them with a stub

@@ -8,9 +8,9 @@ import struct
 
 import pytest
 
-from plugin import droplog as dl
+from plugin.observe import droplog as dl
 from plugin.nflog import Packet
-from plugin.state import EndpointRecord, NetworkRecord, State
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 
 NID = "ab" * 32
 

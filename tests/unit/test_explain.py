@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from plugin.explain import explain, parse_service, resolve_end
-from plugin.state import EndpointRecord
+from plugin.observe.explain import explain, parse_service, resolve_end
+from plugin.driver.state import EndpointRecord
 from segmentation.compiler import compile_policy, verdict
 from segmentation.errors import PolicyError
 from segmentation.model import Member

@@ -1,4 +1,4 @@
-"""Tests of plugin.labels with a fake Docker client (no engine needed)."""
+"""Tests of plugin.driver.labels with a fake Docker client (no engine needed)."""
 
 import re
 import threading
@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from plugin.labels import BACKOFF_MAX, BACKOFF_MIN, LabelResolver, LookupTimeout
-from plugin.state import EndpointRecord, NetworkRecord
+from plugin.driver.labels import BACKOFF_MAX, BACKOFF_MIN, LabelResolver, LookupTimeout
+from plugin.driver.state import EndpointRecord, NetworkRecord
 from segmentation.options import NetworkOptions
 
 NID = "n" * 64
@@ -409,7 +409,7 @@ def test_nothing_asks_for_the_container_lock():
     holds while it waits on our Join: only lock-free calls are allowed."""
     import ast
     import inspect
-    import plugin.labels as labels
+    import plugin.driver.labels as labels
     tree = ast.parse(inspect.getsource(labels))
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)) and ast.get_docstring(node)}

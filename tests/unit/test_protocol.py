@@ -1,4 +1,4 @@
-"""plugin.protocol: Docker's request bodies into typed, validated requests."""
+"""plugin.driver.protocol: Docker's request bodies into typed, validated requests."""
 from __future__ import annotations
 
 import dataclasses
@@ -7,7 +7,7 @@ import pytest
 
 from driver_fakes import create_endpoint_body, create_network_body, endpoint_body, new_id
 from plugin.errors import BadRequest
-from plugin.protocol import (CreateEndpointRequest, CreateNetworkRequest, EndpointRequest,
+from plugin.driver.protocol import (CreateEndpointRequest, CreateNetworkRequest, EndpointRequest,
                              NetworkRequest, PoolData)
 
 

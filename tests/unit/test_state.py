@@ -1,4 +1,4 @@
-"""plugin.state: networks and endpoints persisted in SQLite."""
+"""plugin.driver.state: networks and endpoints persisted in SQLite."""
 from __future__ import annotations
 
 import os
@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from driver_fakes import new_id
-from plugin.state import EndpointRecord, NetworkRecord, State
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 
 
 def network(nid=None, **kw) -> NetworkRecord:

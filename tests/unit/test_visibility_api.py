@@ -7,12 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from plugin import cli_format, verify
-from plugin.api import Api
-from plugin.app import create_app
-from plugin.droplog import DropLog
-from plugin.metrics import Metrics, parse_addr
-from plugin.state import EndpointRecord, NetworkRecord, State
+from plugin.cli import format as cli_format
+
+from plugin.observe import verify
+from plugin.daemon.api import Api
+from plugin.daemon.app import create_app
+from plugin.observe.droplog import DropLog
+from plugin.observe.metrics import Metrics, parse_addr
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 from segmentation.backends import nftables as nft
 from segmentation.backends.nft_verdicts import OUTSIDE, pair_drop_tag
 from segmentation.compiler import compile_policy

@@ -5,7 +5,7 @@ segment's own pair), on each port and protocol a rule names, ICMP echo, and
 one TCP and one UDP port that no rule names, in each address family both
 members have: the expected verdict (``segmentation.compiler.verdict`` over
 the compiled policy the kernel enforces) against what a real probe from the
-source's network namespace observes (:mod:`plugin.probes`). A cell that
+source's network namespace observes (:mod:`plugin.observe.probes`). A cell that
 differs is probed once more (a first packet may meet a cold neighbour
 cache); what still differs is a mismatch. Nothing here changes kernel state.
 """
@@ -18,7 +18,7 @@ import time
 
 from segmentation.compiler import verdict
 
-from . import probes
+from plugin.observe import probes
 
 BATCH = 400          # probes in flight at once (each tcp probe holds a socket)
 

@@ -8,7 +8,7 @@ from segmentation.backends import nftables as nft
 from segmentation.compiler import INTRA
 from segmentation.options import NetworkOptions
 
-from .counters import read_counters
+from plugin.counters import read_counters
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Real packets from one container's namespace to another's, for `secnet verify`.
 
-Every socket is made inside the namespace it belongs to (:mod:`plugin.netns`)
+Every socket is made inside the namespace it belongs to (:mod:`plugin.kernel.netns`)
 and then driven from the caller's thread, all probes at once, with one
 selector and one deadline. Nothing runs inside the containers and nothing is
 left behind: every socket is closed when :meth:`Session.run` returns.
@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from typing import Optional
 
-from . import netns
+from plugin.kernel import netns
 
 TOKEN = re.compile(rb"snv-([0-9a-f]{8})-([0-9a-f]{6})")
 REACHED = ("connected", "refused", "seen", "answered")

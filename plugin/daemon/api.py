@@ -18,10 +18,10 @@ from segmentation.model import Policy
 from segmentation.options import NetworkOptions
 from segmentation.rules import parse_rules
 
-from .errors import BadRequest, DriverError, Internal, NotFound
-from .explain import explain
-from .verify import verify
-from .views import network_view, status_view
+from plugin.errors import BadRequest, DriverError, Internal, NotFound
+from plugin.observe.explain import explain
+from plugin.observe.verify import verify
+from plugin.observe.views import network_view, status_view
 
 log = logging.getLogger(__name__)
 

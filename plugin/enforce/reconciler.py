@@ -22,7 +22,7 @@ from typing import Optional
 from segmentation.backends import nftables as nft
 from segmentation.backends.nft_verdicts import LOG_SETS
 
-from . import flows
+from plugin import flows
 from segmentation.compiler import CompiledPolicy, compile_policy
 from segmentation.model import Member
 from segmentation.options import NetworkOptions

@@ -33,11 +33,11 @@ from typing import Callable, Optional
 from segmentation.options import NetworkOptions
 from segmentation.resolve import decide_segment
 
-from .state import EndpointRecord, NetworkRecord
+from plugin.config import DEFAULT_DOCKER_HOST
+from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DOCKER_HOST = "unix://var/run/docker.sock"
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 WATCH_CALL_TIMEOUT = 5.0  # per call made by the watcher thread (not in a request)
 EVENT_FILTERS = {"type": ["network"], "event": ["connect"]}
@@ -241,7 +241,7 @@ class LabelResolver:
 
     def drop_gone_networks(self, client) -> int:
         """Remove networks the engine no longer has (deleted while we were down)."""
-        from .protocol import NetworkRequest
+        from plugin.driver.protocol import NetworkRequest
         try:
             known = {n["Id"] for n in client.networks()}
         except Exception as exc:  # the engine is away or odd: keep everything

@@ -15,15 +15,16 @@ from typing import Optional
 from segmentation.errors import PolicyError
 from segmentation.names import check_segment_name
 from segmentation.options import parse_network_options
+from segmentation.resolve import SEGMENT_OPT
 
-from . import netlink as nl
-from .errors import BadRequest, Conflict, DriverError, Internal, NotFound
-from .ports import Reservations, parse_portmap
-from .protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
-from .state import EndpointRecord, NetworkRecord, State
+from plugin.kernel import links as nl
+from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound
+from plugin.driver.portmap import Binding, parse_portmap
+from plugin.kernel.hostports import Reservations
+from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 
 log = logging.getLogger(__name__)
-SEGMENT_OPT = "secnet.segment"
 
 
 class NullPolicy:
@@ -330,7 +331,6 @@ class Driver:
             log.exception("restore of endpoint %s failed", ep.id[:12])
         if ep.ports:
             try:
-                from .ports import Binding
                 self.ports.reserve(ep.id, [Binding(p, ip, hp, hp, cp) for p, ip, hp, cp in ep.ports])
             except Exception as exc:
                 log.error("endpoint %s: cannot hold its published ports again: %s", ep.id[:12], exc)

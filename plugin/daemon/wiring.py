@@ -6,12 +6,12 @@ import logging
 
 from segmentation.backends.nft_verdicts import NFLOG_GROUP
 
-from .api import Api
-from .droplog import Directory, DropLog
-from .labels import LabelResolver
-from .metrics import Metrics
-from .nflog import NflogReader
-from .reconciler import Reconciler
+from plugin.daemon.api import Api
+from plugin.observe.droplog import Directory, DropLog
+from plugin.driver.labels import LabelResolver
+from plugin.observe.metrics import Metrics
+from plugin.nflog import NflogReader
+from plugin.enforce.reconciler import Reconciler
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from prometheus_client.registry import Collector
 from segmentation.backends import nftables as nft
 from segmentation.backends.nft_verdicts import OUTSIDE, REASONS, pair_drop_tag
 
-from .counters import read_counters
+from plugin.counters import read_counters
 
 log = logging.getLogger(__name__)
 PAIR = ["network", "src_segment", "dst_segment"]

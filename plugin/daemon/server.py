@@ -14,7 +14,7 @@ import time
 
 from gunicorn.app.base import BaseApplication
 
-from .config import Settings
+from plugin.config import Settings
 
 log = logging.getLogger("secnet")
 _HELD: list = []  # the instance lock's file descriptor, kept open
@@ -22,12 +22,12 @@ _HELD: list = []  # the instance lock's file descriptor, kept open
 
 def build(settings: Settings):
     """Wire the daemon's parts together and restore state. Returns (app, driver)."""
-    from .app import create_app
-    from .dockerfw import DockerFirewall
-    from .driver import Driver
-    from .netlink import Netlink
-    from .state import State
-    from .wiring import attach_extensions, start_background
+    from plugin.daemon.app import create_app
+    from plugin.kernel.dockerfw import DockerFirewall
+    from plugin.driver.driver import Driver
+    from plugin.kernel.links import Netlink
+    from plugin.driver.state import State
+    from plugin.daemon.wiring import attach_extensions, start_background
 
     state = State(settings.state_dir)
     driver = Driver(state, Netlink(), DockerFirewall())

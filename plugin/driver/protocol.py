@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .errors import BadRequest
+from plugin.errors import BadRequest
+from segmentation.options import DOCKER_MTU_KEY as DOCKER_MTU
 
 _ID_RE = re.compile(r"^[0-9a-fA-F]{12,64}$")
 _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
@@ -20,8 +21,6 @@ _MAC_RE = re.compile(r"^([0-9a-fA-F]{2}:){5}[0-9a-fA-F]{2}$")
 GENERIC = "com.docker.network.generic"
 ENABLE_IPV6 = "com.docker.network.enable_ipv6"
 INTERNAL = "com.docker.network.internal"
-DOCKER_MTU = "com.docker.network.driver.mtu"
-PORTMAP = "com.docker.network.portmap"
 EXPOSED = "com.docker.network.endpoint.exposedports"
 
 

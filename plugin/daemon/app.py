@@ -12,8 +12,8 @@ import time
 
 from flask import Flask, Response, request
 
-from . import protocol as p
-from .errors import DriverError
+from plugin.driver import protocol as p
+from plugin.errors import DriverError
 
 log = logging.getLogger(__name__)
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"

@@ -1,4 +1,4 @@
-"""Published ports (`docker run -p`): parse Docker's port map, reserve host ports.
+"""Held host ports: what keeps a published port taken, as Docker's proxy does.
 
 Docker's bridge driver holds every published host port bound (its
 docker-proxy), so no other program can take it and a second `-p` of the same
@@ -9,65 +9,12 @@ could reach them). Releasing is closing the sockets.
 from __future__ import annotations
 
 import errno
-import ipaddress
 import socket
 import threading
-from dataclasses import dataclass
 from typing import Optional
 
-from .errors import BadRequest, Conflict
-
-PORTMAP = "com.docker.network.portmap"
-PROTOS = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
-
-
-@dataclass(frozen=True)
-class Binding:
-    proto: str
-    host_ip: str        # "" = every address
-    host_port: int      # 0 = any free port
-    host_port_end: int
-    container_port: int
-
-
-def _port(value, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-        raise BadRequest(f"invalid {what} {value!r} in {PORTMAP}: expected 0-65535")
-    return value
-
-
-def parse_portmap(options: dict) -> list:
-    """Docker's ``com.docker.network.portmap`` → Bindings (validated)."""
-    raw = options.get(PORTMAP) or []
-    if not isinstance(raw, list):
-        raise BadRequest(f"invalid {PORTMAP}: expected a list")
-    out = []
-    for item in raw:
-        if not isinstance(item, dict):
-            raise BadRequest(f"invalid {PORTMAP} entry {item!r}")
-        proto = PROTOS.get(item.get("Proto"))
-        if proto is None:
-            raise BadRequest(f"unsupported protocol {item.get('Proto')!r} in {PORTMAP}: tcp or udp")
-        host_ip = item.get("HostIP") or ""
-        if host_ip:
-            try:
-                host_ip = str(ipaddress.ip_address(host_ip))
-            except ValueError:
-                raise BadRequest(f"invalid HostIP {host_ip!r} in {PORTMAP}") from None
-            if host_ip in ("0.0.0.0", "::"):
-                host_ip = ""
-            elif host_ip == "::1":
-                # IPv6 has no route_localnet: a flow from [::1] cannot be DNAT'd to a
-                # container (the kernel drops it), so say so instead of publishing a black hole.
-                raise BadRequest(f"cannot publish on [::1]:{item.get('HostPort') or ''}: secnet cannot "
-                                 "forward IPv6 loopback to a container; publish on 127.0.0.1 or [::]")
-        cport = _port(item.get("Port"), "Port")
-        start = _port(item.get("HostPort") or 0, "HostPort")
-        end = _port(item.get("HostPortEnd") or start, "HostPortEnd")
-        if cport == 0 or end < start:
-            raise BadRequest(f"invalid port binding {item!r} in {PORTMAP}")
-        out.append(Binding(proto, host_ip, start, end, cport))
-    return out
+from plugin.driver.portmap import Binding
+from plugin.errors import Conflict
 
 
 class Reservations:

@@ -1,0 +1,3 @@
+"""The ``secnet`` command line: ``main`` (argument parsing, commands),
+``client`` (HTTP over the daemon's unix socket), ``format`` (text output).
+"""
