@@ -1,26 +1,27 @@
-"""Compile policy + membership into a backend-neutral, per-segment form.
+"""Compile policy + membership into the network's :class:`PolicyMap`, and judge flows.
 
-The compiled form is per *segment pair*, never per container pair: the
-backend keeps one address set per segment and one verdict structure per
-pair, so a container joining or leaving is a set-element change and never
-recompiles the rules.
+The compiled form is per *segment identity*, never per container: the
+backends keep an address -> identity map and look up (source identity,
+destination identity, protocol, port) in the policy map, so a container
+joining or leaving is one element and a policy edit a set of entries
+(:mod:`segmentation.policymap`).
 
 Semantics (contract, "Allow rules"):
 
-* east-west (segment to segment): a flow passes if a grant of the pair
+* east-west (segment to segment): a flow passes if an entry of the pair
   ``(src, dst)`` matches it. Rules only add. ``*`` stands for every segment
   of the network, the source's own included. ``intra=allow`` adds the
-  implicit grant ``intra`` on every ``(s, s)``; ``intra=deny`` removes only
+  implicit entry ``intra`` on every ``(s, s)``; ``intra=deny`` removes only
   that one -- explicit rules naming the pair still apply.
-* egress (segment to outside): a CIDR-destination grant of the source
-  segment allows it; otherwise ``egress_default`` decides.
-* ingress (outside to segment): a segment absent from ``ingress`` is
-  reached as on Docker's bridge; once some CIDR-source rule names it, only
-  those grants let traffic in.
+* egress (segment to outside): a CIDR-destination entry of the source
+  segment allows it; otherwise the egress default decides.
+* ingress (outside to segment): a segment no CIDR-source rule names is
+  reached as on Docker's bridge; once one names it, only those entries let
+  traffic in.
 * an internal network has no traffic to or from outside at all.
 
 :func:`verdict` states these semantics for one flow. ``secnet explain``
-uses it, and every backend must enforce the same; ``reference.py`` is an
+uses it, every backend must enforce the same, and ``reference.py`` is an
 independent restatement that the property tests compare against.
 """
 
@@ -28,55 +29,14 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from types import MappingProxyType
 from typing import Iterable, Mapping
 
 from .errors import PolicyError
+from .identities import assign
 from .model import Member
 from .options import NetworkOptions
-from .rules import ANY, Endpoint, Service
-
-INTRA = "intra"
-FLOW_PROTOCOLS = ("tcp", "udp", "icmp")
-
-
-@dataclass(frozen=True)
-class Grant:
-    """One allowance of a segment pair, from one rule (or ``intra``)."""
-
-    service: Service
-    origin: str
-
-
-@dataclass(frozen=True)
-class CidrGrant:
-    """One allowance between a segment and an outside network."""
-
-    cidr: str
-    family: int
-    service: Service
-    origin: str
-
-    def matches(self, address, proto: str, port: int | None) -> bool:
-        """Does this grant allow ``proto``/``port`` to or from ``address``?"""
-        network = ipaddress.ip_network(self.cidr)
-        return (
-            address.version == self.family
-            and address in network
-            and self.service.matches(proto, port)
-        )
-
-
-@dataclass(frozen=True)
-class CompiledPolicy:
-    """The whole policy of one network, per segment and segment pair."""
-
-    segments: tuple[str, ...]
-    east_west: Mapping[tuple[str, str], tuple[Grant, ...]]
-    ingress: Mapping[str, tuple[CidrGrant, ...]]
-    egress: Mapping[str, tuple[CidrGrant, ...]]
-    egress_default: str
-    internal: bool
+from .policymap import EGRESS, INGRESS, INTRA, PolicyMap, compile_policy_map
+from .protocols import FLOW_PROTOCOLS
 
 
 @dataclass(frozen=True)
@@ -97,59 +57,18 @@ def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple
     return tuple(sorted(names))
 
 
-def compile_policy(options: NetworkOptions, members: Iterable[Member]) -> CompiledPolicy:
-    """Compile ``options`` (rules included) over the network's segments."""
+def compile_policy(options: NetworkOptions, members: Iterable[Member],
+                   identities: Mapping[str, int] | None = None) -> PolicyMap:
+    """The policy map of ``options`` over the network's segments.
+
+    ``identities`` (segment -> identity) are kept where given; segments
+    without one get a new one (lowest free), as an allocator would.
+    """
     segments = policy_segments(options, members)
-    east_west: dict[tuple[str, str], list[Grant]] = {}
-    ingress: dict[str, list[CidrGrant]] = {}
-    egress: dict[str, list[CidrGrant]] = {}
-    for rule in options.rules:
-        origin = rule.text()
-        if rule.src.kind == "cidr":
-            for dst in _expand(rule.dst, segments):
-                _add(ingress, dst, _cidr_grant(rule.src, rule.service, origin))
-        elif rule.dst.kind == "cidr":
-            for src in _expand(rule.src, segments):
-                _add(egress, src, _cidr_grant(rule.dst, rule.service, origin))
-        else:
-            for src in _expand(rule.src, segments):
-                for dst in _expand(rule.dst, segments):
-                    _add(east_west, (src, dst), Grant(rule.service, origin))
-    if options.intra == "allow":
-        for segment in segments:
-            _add(east_west, (segment, segment), Grant(ANY, INTRA))
-    return CompiledPolicy(
-        segments=segments,
-        east_west=_freeze(east_west),
-        ingress=_freeze(ingress),
-        egress=_freeze(egress),
-        egress_default="deny" if options.internal else options.egress,
-        internal=options.internal,
-    )
+    return compile_policy_map(options, assign(identities or {}, segments))
 
 
-def _expand(endpoint: Endpoint, segments: tuple[str, ...]) -> tuple[str, ...]:
-    """The segments a segment or ``*`` endpoint stands for."""
-    return segments if endpoint.kind == "all" else (endpoint.value,)
-
-
-def _cidr_grant(endpoint: Endpoint, service: Service, origin: str) -> CidrGrant:
-    return CidrGrant(endpoint.value, endpoint.family, service, origin)
-
-
-def _add(table: dict, key, grant) -> None:
-    """Append ``grant`` under ``key`` unless an identical one is there."""
-    grants = table.setdefault(key, [])
-    if grant not in grants:
-        grants.append(grant)
-
-
-def _freeze(table: dict) -> Mapping:
-    """A read-only mapping of tuples, keys sorted for stable output."""
-    return MappingProxyType({key: tuple(table[key]) for key in sorted(table)})
-
-
-def verdict(compiled: CompiledPolicy, src: tuple[str, str], dst: tuple[str, str],
+def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
             proto: str, port: int | None = None) -> Verdict:
     """Decide one new flow from ``src`` to ``dst``.
 
@@ -158,50 +77,60 @@ def verdict(compiled: CompiledPolicy, src: tuple[str, str], dst: tuple[str, str]
     host itself (outside too, but it reaches segments that no CIDR-source
     rule names, as on Docker's bridge), or ``("quarantined", reason)``. ``proto``
     is tcp, udp or icmp; ``port`` the destination port (tcp/udp), where
-    ``None`` asks about every port at once.
+    ``None`` asks about every port at once. Raises PolicyError for a
+    question that names no real flow.
     """
     _check_flow(compiled, src, dst, proto, port)
     for kind, reason in (src, dst):
         if kind == "quarantined":
             return Verdict(False, None, f"quarantined: {reason}")
+    ids = compiled.identities
     if src[0] == "segment" and dst[0] == "segment":
-        grants = compiled.east_west.get((src[1], dst[1]), ())
-        return _first_match(g for g in grants if g.service.matches(proto, port))
+        s, d = ids[src[1]], ids[dst[1]]
+        return _first_match(e for e in compiled.entries if e.src == s and e.dst == d
+                            and e.service.matches(proto, port))
     if compiled.internal:
         return Verdict(False, None, "internal network")
     if src[0] == "segment":
-        return _egress_verdict(compiled, src[1], ipaddress.ip_address(dst[1]), proto, port)
-    grants = compiled.ingress.get(dst[1])
-    if grants is None:
+        return _egress_verdict(compiled, ids[src[1]], ipaddress.ip_address(dst[1]), proto, port)
+    identity = ids[dst[1]]
+    if identity not in compiled.ingress_restricted:
         if src[0] == "host":
             return Verdict(True, None, "the host reaches a segment no CIDR-source rule names (Docker behaviour)")
         return Verdict(False, None, "no rule allows it: from outside, a segment no CIDR-source rule "
                                     "names is reached only on its published ports (Docker behaviour)")
     address = ipaddress.ip_address(src[1])
-    return _first_match(g for g in grants if g.matches(address, proto, port))
+    return _first_match(c for c in compiled.cidrs if c.direction == INGRESS and c.identity == identity
+                        and _cidr_matches(c, address, proto, port))
 
 
-def _egress_verdict(compiled: CompiledPolicy, segment: str, address,
-                    proto: str, port: int | None) -> Verdict:
-    """Segment to outside: CIDR grants first, then the egress default."""
-    grants = compiled.egress.get(segment, ())
-    found = _first_match(g for g in grants if g.matches(address, proto, port))
+def _cidr_matches(entry, address, proto: str, port: int | None) -> bool:
+    return (address.version == entry.family and address in ipaddress.ip_network(entry.cidr)
+            and entry.service.matches(proto, port))
+
+
+def _egress_verdict(compiled: PolicyMap, identity: int, address, proto: str, port: int | None) -> Verdict:
+    """Segment to outside: CIDR entries first, then the egress default."""
+    found = _first_match(c for c in compiled.cidrs if c.direction == EGRESS and c.identity == identity
+                         and _cidr_matches(c, address, proto, port))
     if found.allowed:
         return found
-    if compiled.egress_default == "allow":
+    if compiled.settings.egress == "allow":
         return Verdict(True, None, "egress allowed (secnet.egress=allow)")
     return Verdict(False, None, "egress denied")
 
 
-def _first_match(grants: Iterable[Grant | CidrGrant]) -> Verdict:
-    for grant in grants:
-        if grant.origin == INTRA:
-            return Verdict(True, INTRA, "allowed within the segment (secnet.intra=allow)")
-        return Verdict(True, grant.origin, f"allowed by rule {grant.origin}")
-    return Verdict(False, None, "no rule allows it")
+def _first_match(entries) -> Verdict:
+    """The verdict of the first matching entry: explicit rules before ``intra``."""
+    found = sorted(entries, key=lambda e: (e.rule == INTRA, e.rule))
+    if not found:
+        return Verdict(False, None, "no rule allows it")
+    if found[0].rule == INTRA:
+        return Verdict(True, INTRA, "allowed within the segment (secnet.intra=allow)")
+    return Verdict(True, found[0].rule, f"allowed by rule {found[0].rule}")
 
 
-def _check_flow(compiled: CompiledPolicy, src, dst, proto: str, port) -> None:
+def _check_flow(compiled: PolicyMap, src, dst, proto: str, port) -> None:
     """Refuse a question that names no real flow (PolicyError, one line)."""
     if proto not in FLOW_PROTOCOLS:
         raise PolicyError(f"unknown protocol '{proto}' (allowed: tcp, udp, icmp)")

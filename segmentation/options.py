@@ -32,12 +32,14 @@ OPTION_FIELDS = {
     "secnet.bridge": "bridge",
     "secnet.mtu": "mtu",
     "secnet.backend": "backend",
+    "secnet.mode": "mode",
 }
 OPTION_KEYS = tuple(OPTION_FIELDS)
 FIELD_KEYS = {field: key for key, field in OPTION_FIELDS.items()}
 VERDICTS = ("allow", "deny")
 BACKENDS = ("nftables",)
 PLANNED_BACKENDS = ("ebpf",)
+MODES = ("enforce", "audit")
 MTU_MIN, MTU_MAX = 1280, 65535
 BRIDGE_RE = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 LABEL_KEY_MAX = 255
@@ -46,6 +48,7 @@ _CASE_FREE = {
     "secnet.intra": VERDICTS,
     "secnet.egress": VERDICTS,
     "secnet.backend": BACKENDS + PLANNED_BACKENDS,
+    "secnet.mode": MODES,
 }
 
 
@@ -61,6 +64,7 @@ class NetworkOptions:
     bridge: str | None = None
     mtu: int = 1500
     backend: str = "nftables"
+    mode: str = "enforce"
     internal: bool = False
     ipv6: bool = False
 
@@ -77,6 +81,7 @@ class NetworkOptions:
             _check_bridge(self.bridge)
         _check_mtu("secnet.mtu", self.mtu)
         _check_backend(self.backend)
+        _check_choice("secnet.mode", self.mode, MODES)
         for name in ("internal", "ipv6"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"NetworkOptions.{name} must be a bool")
@@ -89,7 +94,10 @@ class NetworkOptions:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "NetworkOptions":
-        """Rebuild from :meth:`to_dict` output; unknown keys are ignored."""
+        """Rebuild from :meth:`to_dict` output; unknown keys are ignored
+        (NetworkOptions itself is returned as it is)."""
+        if isinstance(data, NetworkOptions):
+            return data
         known = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in known}
         rules = kwargs.get("rules", ())

@@ -81,6 +81,11 @@ class CidrEntry:
     def service(self) -> Service:
         return Service(self.proto, self.lo, self.hi)
 
+    @property
+    def key(self) -> tuple:
+        """What the datapath matches (several rules may give the same key)."""
+        return (self.direction, self.identity, self.family, self.cidr, self.proto, self.lo, self.hi)
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -99,6 +104,15 @@ class PolicyMap:
     entries: frozenset = frozenset()
     cidrs: frozenset = frozenset()
     settings: Settings = field(default_factory=Settings)
+
+    @property
+    def segments(self) -> tuple:
+        """The segments of the network, sorted by name."""
+        return tuple(sorted(self.identities))
+
+    @property
+    def internal(self) -> bool:
+        return self.settings.internal
 
     @property
     def ingress_restricted(self) -> frozenset:

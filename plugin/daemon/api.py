@@ -1,8 +1,10 @@
 """The daemon's own API for the `secnet` CLI, on the plugin's root-only socket.
 
-Routes live under ``/secnet/``; they read saved state and the kernel, and
-policy edits go through the reconciler (one atomic nft transaction) before
-they are saved. Errors use the same ``{"Err": ...}`` shape as the driver.
+Routes live under ``/secnet/``; they read saved state and the kernel
+through the read-only views; policy and mode edits are verbs of the driver
+(the only writer of state), which applies them through the reconciler in one
+atomic step before saving them. Errors use the same ``{"Err": ...}`` shape
+as the driver, mapped in one place (``plugin.daemon.app.error_reply``).
 """
 from __future__ import annotations
 
@@ -15,10 +17,11 @@ from flask import Response, request
 
 from segmentation.errors import PolicyError
 from segmentation.model import Policy
-from segmentation.options import NetworkOptions
+from segmentation.options import MODES
 from segmentation.rules import parse_rules
 
-from plugin.errors import BadRequest, DriverError, Internal, NotFound
+from plugin.daemon.app import error_reply
+from plugin.errors import BadRequest, Internal, NotFound
 from plugin.observe.explain import explain
 from plugin.observe.verify import verify
 from plugin.observe.views import network_view, status_view
@@ -38,14 +41,17 @@ def _count(body: dict, key: str, default: int) -> int:
 
 
 class Api:
-    def __init__(self, driver):
-        self.driver = driver
+    """The CLI's requests: one method per route, each taking the JSON body (a dict)."""
+
+    def __init__(self, driver, reconciler, droplog=None, metrics=None, engine=None):
+        self.driver, self.state, self.reconciler = driver, driver.state, reconciler
+        self.droplog, self._metrics, self.engine = droplog, metrics, engine
         self._verifying = threading.Lock()  # one verification at a time: each opens many sockets
 
     def find_network(self, ref: str):
-        """A network by full id or unique id prefix."""
+        """A network by full id or unique id prefix (NotFound, BadRequest if ambiguous)."""
         ref = (ref or "").lower()
-        nets = [n for n in self.driver.state.networks() if n.id.startswith(ref)] if ref else []
+        nets = [n for n in self.state.networks() if n.id.startswith(ref)] if ref else []
         if len(nets) == 1:
             return nets[0]
         if not nets:
@@ -54,10 +60,11 @@ class Api:
 
     # --- handlers -----------------------------------------------------------
     def status(self, _body):
-        return status_view(self.driver)
+        engine = self.engine() if callable(self.engine) else self.engine
+        return status_view(self.state, self.reconciler, engine)
 
     def show(self, body):
-        return network_view(self.driver, self.find_network(body.get("network")))
+        return network_view(self.state, self.reconciler, self.find_network(body.get("network")))
 
     def policy(self, body):
         net = self.find_network(body.get("network"))
@@ -67,10 +74,20 @@ class Api:
             raise BadRequest("rules must be a list of strings")
         if action != "get":
             net = self._change_policy(net, action, texts)
-        return {"network": net.id, "rules": NetworkOptions.from_dict(net.options).to_dict()["rules"]}
+        return {"network": net.id, "rules": [r.text() for r in net.options.rules]}
+
+    def mode(self, body):
+        net = self.find_network(body.get("network"))
+        mode = body.get("mode")
+        if mode is not None:
+            if not isinstance(mode, str) or mode.strip().lower() not in MODES:
+                raise BadRequest(f"invalid mode {mode!r}: allowed {', '.join(MODES)}")
+            net = self.driver.change_options(net.id, replace(net.options, mode=mode.strip().lower()))
+            log.info("network %s is now in %s mode", net.id[:12], net.options.mode)
+        return {"network": net.id, "mode": net.options.mode}
 
     def log(self, body):
-        droplog = getattr(self.driver, "droplog", None)
+        droplog = self.droplog
         if droplog is None:
             raise Internal("the drop log is not running")
         net_id = self.find_network(body["network"]).id if body.get("network") else None
@@ -82,7 +99,7 @@ class Api:
         if not all(isinstance(a, str) and a for a in args):
             raise BadRequest("explain needs src, dst and service (e.g. tcp/8080)")
         try:
-            result = explain(self.driver.policy.compiled(net), self.driver.state.endpoints(net.id), *args)
+            result = explain(self.reconciler.compiled(net), self.state.endpoints(net.id), *args)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         return dict(result, network=net.id)
@@ -90,19 +107,17 @@ class Api:
     def verify(self, body):
         net = self.find_network(body.get("network"))
         with self._verifying:
-            return verify(net.id, self.driver.policy.compiled(net), self.driver.state.endpoints(net.id))
+            return verify(net.id, self.reconciler.compiled(net), self.state.endpoints(net.id))
 
     def metrics(self, _body):
-        metrics = getattr(self.driver, "metrics", None)
-        if metrics is None:
+        if self._metrics is None:
             raise Internal("metrics are not set up")
-        return {"text": metrics.text(), "samples": metrics.samples()}
+        return {"text": self._metrics.text(), "samples": self._metrics.samples()}
 
     def _change_policy(self, net, action: str, texts: list):
-        options = NetworkOptions.from_dict(net.options)
         try:
             rules = parse_rules(" ".join(texts))
-            policy = Policy(options)
+            policy = Policy(net.options)
             if action == "set":
                 policy = policy.with_rules(rules)
             elif action == "add":
@@ -111,22 +126,15 @@ class Api:
                 policy = policy.remove_rules(rules)
             else:
                 raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
-            new_options = NetworkOptions.from_dict(policy.options.to_dict())  # re-validates
+            options = replace(policy.options)  # NetworkOptions re-validates on construction
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
-        new_net = replace(net, options=new_options.to_dict())
-        with self.driver.lock:
-            self.driver.policy.policy_changed(new_net)
-            try:
-                self.driver.state.put_network(new_net)
-            except Exception:
-                self.driver.policy.policy_changed(net)
-                raise
-        log.info("policy of network %s is now: %s", net.id[:12], ", ".join(new_net.options["rules"]))
+        new_net = self.driver.change_options(net.id, options)
+        log.info("policy of network %s: %d rules", net.id[:12], len(new_net.options.rules))
         return new_net
 
     def register(self, app) -> None:
-        for name in ("status", "show", "policy", "log", "explain", "verify", "metrics"):
+        for name in ("status", "show", "policy", "mode", "log", "explain", "verify", "metrics"):
             app.add_url_rule(f"/secnet/{name}", f"secnet_{name}",
                              (lambda name=name: self._handle(name)), methods=["POST"])
 
@@ -140,8 +148,5 @@ class Api:
             if not isinstance(body, dict):
                 raise BadRequest("request body must be a JSON object")
             return _reply(getattr(self, name)(body))
-        except DriverError as exc:
-            return _reply({"Err": exc.message}, exc.status)
         except Exception as exc:
-            log.exception("/secnet/%s failed", name)
-            return _reply({"Err": f"internal error: {type(exc).__name__}: {exc}"}, 500)
+            return error_reply(f"/secnet/{name}", exc, "application/json")

@@ -42,6 +42,18 @@ def _reply(body: dict, status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type=CONTENT_TYPE)
 
 
+def error_reply(path: str, exc: Exception, content_type: str = CONTENT_TYPE) -> Response:
+    """The one mapping of a failure to ``{"Err": ...}``: a DriverError's tagged
+    status and message, anything else a 500 naming only the error's type."""
+    if isinstance(exc, DriverError):
+        log.warning("%s: %s: %s", path, exc.kind, exc.message)
+        body, status = {"Err": exc.message}, exc.status
+    else:
+        log.error("%s failed", path, exc_info=exc)
+        body, status = {"Err": f"internal error: {type(exc).__name__}"}, 500
+    return Response(json.dumps(body), status=status, content_type=content_type)
+
+
 def _decode():
     raw = request.get_data(cache=False)
     if not raw.strip():
@@ -70,12 +82,8 @@ def create_app(driver, api=None) -> Flask:
             result = fn(req_type.from_wire(body)) if req_type else fn()
             log.debug("%s took %.1f ms", path, (time.monotonic() - started) * 1000)
             return _reply(result)
-        except DriverError as exc:
-            log.warning("%s: %s: %s", path, exc.kind, exc.message)
-            return _reply({"Err": exc.message}, exc.status)
-        except Exception as exc:  # the one place internal errors become Err
-            log.exception("%s failed", path)
-            return _reply({"Err": f"internal error: {type(exc).__name__}"}, 500)
+        except Exception as exc:  # the one place failures become Err
+            return error_reply(path, exc)
 
     for path in ROUTES:
         app.add_url_rule(path, path, (lambda path=path: handle(path)), methods=["POST"])

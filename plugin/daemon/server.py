@@ -21,20 +21,13 @@ _HELD: list = []  # the instance lock's file descriptor, kept open
 
 
 def build(settings: Settings):
-    """Wire the daemon's parts together and restore state. Returns (app, driver)."""
+    """Build the daemon (plugin.daemon.wiring), restore its state, start it. Returns (app, daemon)."""
+    from plugin.daemon import wiring
     from plugin.daemon.app import create_app
-    from plugin.kernel.dockerfw import DockerFirewall
-    from plugin.driver.driver import Driver
-    from plugin.kernel.links import Netlink
-    from plugin.driver.state import State
-    from plugin.daemon.wiring import attach_extensions, start_background
 
-    state = State(settings.state_dir)
-    driver = Driver(state, Netlink(), DockerFirewall())
-    api = attach_extensions(driver, settings)
-    driver.restore()
-    start_background(driver)
-    return create_app(driver, api), driver
+    daemon = wiring.build(settings)
+    wiring.start(daemon)
+    return create_app(daemon.driver, daemon.api), daemon
 
 
 def hold_instance_lock(state_dir: str, wait: float = 15.0) -> None:
@@ -73,7 +66,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        app, _driver = build(self.settings)
+        app, _daemon = build(self.settings)
         return app
 
 

@@ -1,49 +1,87 @@
-"""The daemon's parts beyond the bare driver: policy writer, label watcher, CLI API,
-drop log and metrics."""
+"""The daemon's object graph, built once at start: :func:`build` and :func:`start`.
+
+Every part gets what it uses in its constructor; nothing is attached later.
+Data flow of a join: HTTP body -> ``driver.protocol`` -> ``Driver.join`` ->
+``labels`` resolves the segment -> ``state`` (saved) -> ``Reconciler``
+computes the delta -> the network's backend applies it in one transaction.
+Data flow of a policy edit: CLI -> ``daemon.api`` -> ``Driver.change_options``
+-> ``Reconciler.policy_changed`` (compile, policy-map delta, backend) ->
+``state`` -> ``kernel.conntrack`` ends the flows the new policy denies.
+"""
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass, field
 
-from segmentation.backends.nft_verdicts import NFLOG_GROUP
-
+from plugin.config import Settings
 from plugin.daemon.api import Api
-from plugin.observe.droplog import Directory, DropLog
+from plugin.driver.driver import Driver
 from plugin.driver.labels import LabelResolver
-from plugin.observe.metrics import Metrics
-from plugin.nflog import NflogReader
+from plugin.driver.state import State
 from plugin.enforce.reconciler import Reconciler
+from plugin.kernel import conntrack
+from plugin.kernel.dockerfw import DockerFirewall
+from plugin.kernel.links import Netlink
+from plugin.observe.droplog import Directory, DropLog
+from plugin.observe.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 
-def attach_extensions(driver, settings):
-    """Attach the policy writer, label resolver, drop log and metrics; returns the CLI API."""
-    driver.policy = Reconciler(driver.state, lock=driver.lock)
-    driver.resolver = LabelResolver(settings.docker_host)
-    driver.droplog = DropLog(settings.state_dir, Directory(driver.state))
-    driver.nflog = None
-    driver.metrics = Metrics(driver)
-    driver.metrics_addr = settings.metrics_addr
-    return Api(driver)
+def make_backends() -> dict:
+    """backend name (``secnet.backend``) -> Backend, for every datapath this daemon has."""
+    from plugin.enforce.nftables.backend import NftBackend
+    backends = {"nftables": NftBackend()}
+    return backends
 
 
-def start_background(driver) -> None:
-    """Start the threads that run after restore: drop log, metrics, reconciler, label watcher."""
-    start_visibility(driver)
+@dataclass
+class Daemon:
+    """Every long-lived part of one daemon."""
+
+    settings: Settings
+    state: State
+    driver: Driver
+    reconciler: Reconciler
+    resolver: LabelResolver
+    droplog: DropLog
+    metrics: Metrics
+    api: Api
+    backends: dict = field(default_factory=dict)
+
+
+def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemon:
+    """Build the daemon's parts (no thread started, no kernel state changed)."""
+    state = State(settings.state_dir)
+    backends = make_backends() if backends is None else backends
+    lock = threading.RLock()  # the driver's verbs and the reconciler's passes, one at a time
+    reconciler = Reconciler(state, backends, allocator=state, prune=conntrack.prune_ports,
+                            forget=conntrack.forget, lock=lock)
+    driver = Driver(state, links or Netlink(), firewall or DockerFirewall(), reconciler,
+                    LabelResolver(settings.docker_host), lock=lock)
+    droplog = DropLog(settings.state_dir, Directory(state))
+    metrics = Metrics(state, reconciler, droplog)
+    api = Api(driver, reconciler, droplog, metrics)
+    return Daemon(settings, state, driver, reconciler, driver.resolver, droplog, metrics, api, backends)
+
+
+def start(daemon: Daemon) -> None:
+    """Restore, reconcile once, then start the background threads; none of it is fatal."""
+    daemon.driver.restore()
     try:
-        driver.policy.reconcile()
+        daemon.reconciler.reconcile()
     except Exception:  # the periodic pass will try again; never refuse to serve
         log.exception("first reconcile pass failed")
-    driver.policy.start()
-    if hasattr(driver.resolver, "start"):
-        driver.resolver.start(driver)
-
-
-def start_visibility(driver) -> None:
-    """The NFLOG reader and, when asked for, the metrics endpoint; neither failure is fatal."""
-    driver.nflog = NflogReader(NFLOG_GROUP, driver.droplog.handle).start()  # binds in its thread
-    if getattr(driver, "metrics_addr", ""):
+    daemon.reconciler.start()
+    for backend in daemon.backends.values():
         try:
-            driver.metrics.serve(driver.metrics_addr)
+            backend.watch_drops(daemon.droplog.record)
+        except Exception:
+            log.exception("cannot read drop events of the %s backend", backend.name)
+    daemon.resolver.start(daemon.driver)
+    if daemon.settings.metrics_addr:
+        try:
+            daemon.metrics.serve(daemon.settings.metrics_addr)
         except (OSError, ValueError) as exc:
-            log.error("cannot serve metrics on %s: %s", driver.metrics_addr, exc)
+            log.error("cannot serve metrics on %s: %s", daemon.settings.metrics_addr, exc)

@@ -27,8 +27,8 @@ from plugin.driver.state import EndpointRecord, NetworkRecord, State
 log = logging.getLogger(__name__)
 
 
-class NullPolicy:
-    """Policy writer used when none is configured (unit tests)."""
+class NullReconciler:
+    """Policy writer used when none is configured (unit tests of the verbs)."""
 
     def network_added(self, net, endpoints=()):
         pass
@@ -40,6 +40,9 @@ class NullPolicy:
         pass
 
     def endpoint_removed(self, net, ep):
+        pass
+
+    def policy_changed(self, net):
         pass
 
 
@@ -54,14 +57,20 @@ class NullResolver:
 
 
 class Driver:
-    def __init__(self, state: State, links, firewall, policy=None, resolver=None):
+    """The verbs of the remote driver, and the policy and mode edits of the CLI.
+
+    The only writer of the state. ``lock`` serializes every verb (and the
+    reconciler's periodic pass, which shares it).
+    """
+
+    def __init__(self, state: State, links, firewall, reconciler=None, resolver=None, lock=None):
         self.state = state
         self.links = links
         self.firewall = firewall
-        self.policy = policy or NullPolicy()
+        self.reconciler = reconciler or NullReconciler()
         self.resolver = resolver or NullResolver()
         self.ports = Reservations()
-        self.lock = threading.RLock()
+        self.lock = lock or threading.RLock()
 
     # --- discovery -------------------------------------------------------
     @staticmethod
@@ -91,7 +100,7 @@ class Driver:
                 raise Conflict(f"bridge {bridge} is already used by network {other.id[:12]}")
         v4 = tuple((p.pool, p.gateway) for p in req.ipv4_data)
         v6 = tuple((p.pool, p.gateway) for p in req.ipv6_data) if req.ipv6 else ()
-        return NetworkRecord(id=req.network_id, bridge=bridge, mtu=opts.mtu, options=opts.to_dict(),
+        return NetworkRecord(id=req.network_id, bridge=bridge, mtu=opts.mtu, options=opts,
                              ipv4=v4, ipv6=v6, internal=req.internal)
 
     def create_network(self, req: CreateNetworkRequest) -> dict:
@@ -117,10 +126,10 @@ class Driver:
     def _realize_network(self, rec: NetworkRecord, endpoints=()) -> None:
         self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
         self.firewall.ensure(rec.bridge, rec.id)
-        self.policy.network_added(rec, endpoints)
+        self.reconciler.network_added(rec, endpoints)
 
     def _unrealize_network(self, rec: NetworkRecord) -> None:
-        for step in (lambda: self.policy.network_removed(rec),
+        for step in (lambda: self.reconciler.network_removed(rec),
                      lambda: self.firewall.remove(rec.bridge, rec.id),
                      lambda: self.links.remove_link(rec.bridge, owner=rec.id)):
             try:
@@ -185,7 +194,7 @@ class Driver:
                 rec = old  # a retry: repair and answer the same
             try:
                 # Policy first: the addresses are dropped before the veth exists.
-                self.policy.endpoint_changed(net, rec)
+                self.reconciler.endpoint_changed(net, rec)
                 self.links.ensure_veth(rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
                 self.state.put_endpoint(rec)
             except nl.LinkConflict as exc:
@@ -194,7 +203,7 @@ class Driver:
                 log.exception("create endpoint %s failed", rec.id[:12])
                 if old is None:
                     self.links.remove_link(rec.veth_host, owner=rec.id)
-                    self.policy.endpoint_removed(net, rec)
+                    self.reconciler.endpoint_removed(net, rec)
                 raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
         return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
 
@@ -212,7 +221,7 @@ class Driver:
             self.ports.release(ep.id)
             self.links.remove_link(ep.veth_host, owner=ep.id)
             if net is not None:
-                self.policy.endpoint_removed(net, ep)
+                self.reconciler.endpoint_removed(net, ep)
             self.state.delete_endpoint(ep.id)
         self.resolver.forget(ep)
         return {}
@@ -232,7 +241,7 @@ class Driver:
                 ep = ep.evolve(segment=found.segment, quarantine=found.quarantine)
             ep = ep.evolve(container=found.container or ep.container,
                            container_id=found.container_id or ep.container_id)
-            self.policy.endpoint_changed(net, ep)
+            self.reconciler.endpoint_changed(net, ep)
             self.state.put_endpoint(ep)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
@@ -253,7 +262,7 @@ class Driver:
             ep = ep.evolve(container=container, container_id=container_id,
                            segment=segment if ep.segment_opt is None else ep.segment_opt,
                            quarantine=quarantine if ep.segment_opt is None else None)
-            self.policy.endpoint_changed(net, ep)
+            self.reconciler.endpoint_changed(net, ep)
             self.state.put_endpoint(ep)
 
     def leave(self, req: EndpointRequest) -> dict:
@@ -275,7 +284,7 @@ class Driver:
             published = self.ports.reserve(ep.id, bindings)
             try:
                 ep = ep.evolve(ports=published)
-                self.policy.endpoint_changed(net, ep)
+                self.reconciler.endpoint_changed(net, ep)
                 self.state.put_endpoint(ep)
             except Exception as exc:
                 self.ports.release(ep.id)
@@ -294,9 +303,29 @@ class Driver:
             ep = ep.evolve(ports=())
             net = self.state.get_network(ep.network_id)
             if net is not None:
-                self.policy.endpoint_changed(net, ep)
+                self.reconciler.endpoint_changed(net, ep)
             self.state.put_endpoint(ep)
         return {}
+
+    # --- live changes (the CLI) -------------------------------------------
+    def change_options(self, network_id: str, options) -> NetworkRecord:
+        """Put ``options`` (validated NetworkOptions: new rules, a new mode) in force, then save.
+
+        Returns the new record. When this returns, the kernel enforces the
+        new options and the flows they deny are ended.
+        """
+        with self.lock:
+            net = self._network(network_id)
+            new = net.evolve(options=options)
+            if new == net:
+                return net
+            self.reconciler.policy_changed(new)
+            try:
+                self.state.put_network(new)
+            except Exception:
+                self.reconciler.policy_changed(net)
+                raise
+        return new
 
     # --- restart ---------------------------------------------------------
     def restore(self) -> dict:

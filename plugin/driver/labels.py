@@ -30,7 +30,6 @@ import threading
 import time
 from typing import Callable, Optional
 
-from segmentation.options import NetworkOptions
 from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
@@ -112,7 +111,7 @@ class LabelResolver:
         started = time.monotonic()
         try:
             name, cid, labels = self._lookup_joining(net.id, ep.id, started + self.lookup_timeout)
-            segment, quarantine = decide_segment(NetworkOptions.from_dict(net.options),
+            segment, quarantine = decide_segment(net.options,
                                                  ep.segment_opt, labels)
         except Exception as exc:  # the engine is away, slow or odd: the watcher will do it
             log.info("endpoint %s: segment not resolved at join (%s: %s); left to the watcher",
@@ -299,7 +298,7 @@ class LabelResolver:
         net = self.driver.state.get_network(nid)
         if net is None:
             return 0
-        options, eps = NetworkOptions.from_dict(net.options), dict(eps)
+        options, eps = net.options, dict(eps)
         members = client.inspect_network(nid).get("Containers") or {}
         narrowed = only in members
         if narrowed:

@@ -1,9 +1,15 @@
-"""Persisted networks and endpoints.
+"""Persisted networks, endpoints and segment identities.
 
 SQLite in WAL mode with synchronous=FULL: a verb answers success only after
 its row is on disk, so a crash (kill -9, power loss) loses nothing Docker was
 told about. Rows hold JSON documents; the schema stays trivial so that a
 restart can always read what an older daemon wrote.
+
+Reads never touch SQLite: every row is read (and its options parsed into
+typed :class:`~segmentation.options.NetworkOptions`) once, when the store
+opens, and kept in memory; writes go to disk first, then to memory. The
+daemon is the only process that writes the store (one daemon per state
+directory), so memory and disk cannot disagree.
 """
 from __future__ import annotations
 
@@ -11,8 +17,11 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import asdict, dataclass, field, replace
-from typing import Iterator, Optional
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Iterable, Iterator, Mapping, Optional
+
+from segmentation.identities import assign
+from segmentation.options import NetworkOptions
 
 
 @dataclass(frozen=True)
@@ -20,20 +29,30 @@ class NetworkRecord:
     id: str
     bridge: str
     mtu: int
-    options: dict                     # segmentation NetworkOptions.to_dict()
+    options: NetworkOptions           # typed and validated; JSON as NetworkOptions.to_dict()
     ipv4: tuple = ()                  # ((pool, gateway-cidr-or-None), ...)
     ipv6: tuple = ()
     internal: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.options, NetworkOptions):  # a dict: as saved, or from a test
+            object.__setattr__(self, "options", NetworkOptions.from_dict(self.options or {}))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["options"] = self.options.to_dict()
+        return json.dumps(d, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> "NetworkRecord":
+        """Raises PolicyError (OptionError, RuleError) if the saved options are no longer valid."""
         d = json.loads(text)
         d["ipv4"] = tuple(tuple(x) for x in d.get("ipv4", ()))
         d["ipv6"] = tuple(tuple(x) for x in d.get("ipv6", ()))
         return cls(**d)
+
+    def evolve(self, **changes) -> "NetworkRecord":
+        return replace(self, **changes)
 
     def gateways(self) -> list:
         """Gateway addresses in CIDR form, both families."""
@@ -73,7 +92,7 @@ class EndpointRecord:
 
 
 class State:
-    """The one store of networks and endpoints; safe to share between threads."""
+    """The one store of networks, endpoints and identities; safe to share between threads."""
 
     def __init__(self, state_dir: str):
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -86,6 +105,23 @@ class State:
         self._db.execute("CREATE TABLE IF NOT EXISTS endpoints (id TEXT PRIMARY KEY,"
                          " network_id TEXT NOT NULL, doc TEXT NOT NULL)")
         self._db.execute("CREATE INDEX IF NOT EXISTS ep_net ON endpoints(network_id)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS identities (network_id TEXT NOT NULL,"
+                         " segment TEXT NOT NULL, identity INTEGER NOT NULL,"
+                         " PRIMARY KEY (network_id, segment))")
+        self._networks: dict = {}
+        self._endpoints: dict = {}
+        self._identities: dict = {}
+        self._load()
+
+    def _load(self) -> None:
+        for (doc,) in self._db.execute("SELECT doc FROM networks"):
+            rec = NetworkRecord.from_json(doc)
+            self._networks[rec.id] = rec
+        for (doc,) in self._db.execute("SELECT doc FROM endpoints"):
+            rec = EndpointRecord.from_json(doc)
+            self._endpoints[rec.id] = rec
+        for nid, seg, ident in self._db.execute("SELECT network_id, segment, identity FROM identities"):
+            self._identities.setdefault(nid, {})[seg] = ident
 
     def close(self) -> None:
         with self._lock:
@@ -95,51 +131,53 @@ class State:
     def put_network(self, rec: NetworkRecord) -> None:
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO networks VALUES (?, ?)", (rec.id, rec.to_json()))
+            self._networks[rec.id] = rec
 
     def get_network(self, nid: str) -> Optional[NetworkRecord]:
         with self._lock:
-            row = self._db.execute("SELECT doc FROM networks WHERE id=?", (nid,)).fetchone()
-        return NetworkRecord.from_json(row[0]) if row else None
+            return self._networks.get(nid)
 
     def networks(self) -> list:
         with self._lock:
-            rows = self._db.execute("SELECT doc FROM networks ORDER BY id").fetchall()
-        return [NetworkRecord.from_json(r[0]) for r in rows]
+            return [self._networks[k] for k in sorted(self._networks)]
 
     def delete_network(self, nid: str) -> None:
         with self._lock:
             self._db.execute("BEGIN")
             self._db.execute("DELETE FROM endpoints WHERE network_id=?", (nid,))
+            self._db.execute("DELETE FROM identities WHERE network_id=?", (nid,))
             self._db.execute("DELETE FROM networks WHERE id=?", (nid,))
             self._db.execute("COMMIT")
+            self._networks.pop(nid, None)
+            self._identities.pop(nid, None)
+            for eid in [e.id for e in self._endpoints.values() if e.network_id == nid]:
+                del self._endpoints[eid]
 
     # endpoints
     def put_endpoint(self, rec: EndpointRecord) -> None:
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?, ?)",
-                             (rec.id, rec.network_id, rec.to_json()))
+        self.put_endpoints((rec,))
 
     def put_endpoints(self, recs) -> None:
+        recs = list(recs)
         with self._lock:
-            self._db.execute("BEGIN")
+            if len(recs) > 1:
+                self._db.execute("BEGIN")
             for rec in recs:
                 self._db.execute("INSERT OR REPLACE INTO endpoints VALUES (?, ?, ?)",
                                  (rec.id, rec.network_id, rec.to_json()))
-            self._db.execute("COMMIT")
+            if len(recs) > 1:
+                self._db.execute("COMMIT")
+            for rec in recs:
+                self._endpoints[rec.id] = rec
 
     def get_endpoint(self, eid: str) -> Optional[EndpointRecord]:
         with self._lock:
-            row = self._db.execute("SELECT doc FROM endpoints WHERE id=?", (eid,)).fetchone()
-        return EndpointRecord.from_json(row[0]) if row else None
+            return self._endpoints.get(eid)
 
     def endpoints(self, nid: Optional[str] = None) -> list:
         with self._lock:
-            if nid is None:
-                rows = self._db.execute("SELECT doc FROM endpoints ORDER BY id").fetchall()
-            else:
-                rows = self._db.execute("SELECT doc FROM endpoints WHERE network_id=? ORDER BY id",
-                                        (nid,)).fetchall()
-        return [EndpointRecord.from_json(r[0]) for r in rows]
+            return sorted((e for e in self._endpoints.values() if nid is None or e.network_id == nid),
+                          key=lambda e: e.id)
 
     def iter_endpoints(self) -> Iterator[EndpointRecord]:
         yield from self.endpoints()
@@ -147,3 +185,31 @@ class State:
     def delete_endpoint(self, eid: str) -> None:
         with self._lock:
             self._db.execute("DELETE FROM endpoints WHERE id=?", (eid,))
+            self._endpoints.pop(eid, None)
+
+    # identities (segmentation.identities.IdentityAllocator)
+    def identities(self, network_id: str) -> Mapping[str, int]:
+        with self._lock:
+            return dict(self._identities.get(network_id, {}))
+
+    def allocate(self, network_id: str, segments: Iterable[str]) -> Mapping[str, int]:
+        """Identities of ``segments`` (kept, or new lowest-free), the others freed; persisted."""
+        with self._lock:
+            old = self._identities.get(network_id, {})
+            new = assign(old, segments)
+            if new != old:
+                self._db.execute("BEGIN")
+                for seg in set(old) - set(new):
+                    self._db.execute("DELETE FROM identities WHERE network_id=? AND segment=?",
+                                     (network_id, seg))
+                for seg in set(new) - set(old):
+                    self._db.execute("INSERT OR REPLACE INTO identities VALUES (?, ?, ?)",
+                                     (network_id, seg, new[seg]))
+                self._db.execute("COMMIT")
+                self._identities[network_id] = new
+            return dict(new)
+
+    def forget(self, network_id: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM identities WHERE network_id=?", (network_id,))
+            self._identities.pop(network_id, None)

@@ -99,20 +99,26 @@ class DropEvent:
     """One dropped (or, in audit mode, would-be-dropped) flow, as the kernel reported it.
 
     ``network``: the network id (or its first 12 characters); ``family``:
-    4, 6 or 0 (not IP); ``proto``: IP protocol number; ``port``: destination
-    port or None; ``ifname``: the bridge port it came in on, when known.
+    4, 6 or 0 (not IP); ``proto``: the protocol's name (``tcp``, ``udp``,
+    ``icmp``, ``icmpv6``) or its number as text; ``port``/``sport``:
+    destination/source port or None; ``ifname``/``out_ifname``: the bridge
+    ports it came in on and was going out of, when known; ``time``: seconds
+    since the epoch; ``audit``: passed because the network is in audit mode.
     """
 
     network: str
     reason: str
     family: int
-    proto: int
+    proto: str
     src: str
     dst: str
     port: Optional[int] = None
     ifname: Optional[str] = None
     audit: bool = False
     time: float = 0.0
+    sport: Optional[int] = None
+    icmp_type: Optional[int] = None
+    out_ifname: Optional[str] = None
 
 
 class Backend(Protocol):

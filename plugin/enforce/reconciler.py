@@ -1,186 +1,259 @@
-"""The one writer of kernel policy: desired state from records, applied to nftables.
+"""The one writer of kernel policy: desired state from records, applied through a backend.
 
-The driver tells the reconciler what changed (a network, an endpoint); the
-reconciler works out the desired tables from the saved records and the
-network's options, and applies either a set-element delta (a join, a leave,
-a segment that became known) or, when the shape of the policy changes (a
-new segment, a policy edit), a whole-network rebuild. Both are one nft
-transaction each.
+The driver tells the reconciler what changed (a network, an endpoint, a
+policy, a mode); the reconciler works out the network's desired
+:class:`~segmentation.policymap.PolicyMap` (identities from the state's
+allocator) and :class:`~plugin.enforce.backend.Port` per endpoint, and hands
+the *difference* to the network's backend (``secnet.backend``): a join is a
+port delta, a policy edit or a new segment is a policy-map delta. Only a
+create, a restore, or a repair of drift writes a whole network.
 
-A periodic pass (and the one at start) compares the kernel's tables with the
-desired ones and rebuilds what drifted, logging what it repaired. It wakes
-on a timer of tens of seconds, not a tight poll.
+Order of a join that brings a new segment: the policy delta first (entries
+of an identity that no address has yet: they allow nothing), then the port
+(its address gets the identity). Order of a policy edit: the delta, then
+:mod:`plugin.kernel.conntrack`-style pruning of flows the new map denies.
+So no moment has more allowed than either the old or the new state.
+
+A periodic pass (and the one at start) asks each backend for drift, element
+by element and rule by rule, and rewrites what drifted, logging it. Nothing
+is compiled or rendered when nothing changed.
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
-import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Mapping, Optional
 
-from segmentation.backends import nftables as nft
-from segmentation.backends.nft_verdicts import LOG_SETS
-
-from plugin import flows
-from segmentation.compiler import CompiledPolicy, compile_policy
+from segmentation.compiler import policy_segments
+from segmentation.identities import PENDING, QUARANTINED
 from segmentation.model import Member
-from segmentation.options import NetworkOptions
+from segmentation.policymap import PolicyMap, compile_policy_map
+
+from plugin.enforce.backend import Backend, Counters, NetworkSpec, Port
 
 log = logging.getLogger(__name__)
 
 
 def _plain(cidr: Optional[str]) -> Optional[str]:
-    return cidr.split("/")[0] if cidr else None
+    return str(ipaddress.ip_interface(cidr).ip) if cidr else None
 
 
-def port_of(ep) -> nft.Port:
-    return nft.Port(endpoint_id=ep.id, name=ep.veth_host, mac=ep.mac, ipv4=_plain(ep.ipv4),
-                    ipv6=_plain(ep.ipv6), segment=ep.segment, quarantine=ep.quarantine,
-                    published=tuple(tuple(p) for p in ep.ports))
+def network_spec(net) -> NetworkSpec:
+    """The datapath's view of a NetworkRecord."""
+    pools = net.ipv4 + net.ipv6
+    return NetworkSpec(id=net.id, bridge=net.bridge, subnets=tuple(p for p, _ in pools),
+                       gateways=tuple(_plain(g) for _, g in pools if g), internal=net.internal,
+                       mode=net.options.mode)
 
 
-def subnets_of(net) -> list:
-    return [pool for pool, _gw in net.ipv4 + net.ipv6]
+def member_of(ep) -> Member:
+    return Member(endpoint_id=ep.id, segment=ep.segment, ipv4=_plain(ep.ipv4), ipv6=_plain(ep.ipv6),
+                  quarantine=ep.quarantine)
 
 
-def member_of(port: nft.Port) -> Member:
-    return Member(endpoint_id=port.endpoint_id, segment=port.segment, ipv4=port.ipv4,
-                  ipv6=port.ipv6, quarantine=port.quarantine)
+def port_of(ep, identities: Mapping[str, int]) -> Port:
+    """The datapath's view of an EndpointRecord, with its segment's identity."""
+    if ep.quarantine is not None:
+        identity = QUARANTINED
+    elif ep.segment is None or ep.segment not in identities:
+        identity = PENDING
+    else:
+        identity = identities[ep.segment]
+    return Port(endpoint_id=ep.id, name=ep.veth_host, mac=ep.mac, ipv4=_plain(ep.ipv4),
+                ipv6=_plain(ep.ipv6), identity=identity, segment=ep.segment, quarantine=ep.quarantine,
+                published=tuple(tuple(p) for p in ep.ports))
 
 
 @dataclass
 class Realized:
     """What is in the kernel for one network, as last applied."""
 
-    compiled: CompiledPolicy
+    spec: NetworkSpec
+    policy: PolicyMap
     ports: dict = field(default_factory=dict)  # endpoint id -> Port
 
 
 class Reconciler:
-    def __init__(self, state, runner=None, interval: float = 60.0, lock=None):
+    """Applies networks, endpoints and policies through each network's backend.
+
+    ``backends``: backend name (``secnet.backend``) -> Backend; ``allocator``:
+    segment identities (the state); ``prune(policy, ports)``: ends the
+    conntrack flows a policy no longer allows; ``forget(port)``: ends a
+    removed endpoint's flows. ``lock`` is the driver's: a pass never judges
+    the kernel in the middle of a verb.
+    """
+
+    def __init__(self, state, backends: Mapping[str, Backend], allocator=None,
+                 prune: Optional[Callable] = None, forget: Optional[Callable] = None,
+                 interval: float = 300.0, lock=None):
         self.state = state
-        self.runner = runner or nft.NftRunner()
+        self.backends = dict(backends)
+        self.allocator = allocator or state
+        self._prune = prune or (lambda policy, ports: 0)
+        self._forget = forget or (lambda port: None)
         self.interval = interval
         self.repairs = 0
         self._realized: dict = {}
-        # The driver's lock when given: a periodic pass must never judge the
-        # kernel in the middle of a verb (kernel written, state not yet).
         self._lock = lock or threading.RLock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
+    def backend(self, net) -> Backend:
+        """The backend of ``net`` (KeyError names it if this daemon has none)."""
+        return self.backends[net.options.backend]
+
     # --- what the driver calls -------------------------------------------
-    def network_added(self, net, endpoints=()) -> None:
+    def network_added(self, net, endpoints=None) -> None:
         with self._lock:
-            ports = {ep.id: port_of(ep) for ep in (endpoints or self.state.endpoints(net.id))}
-            self._rebuild(net, ports)
+            eps = self.state.endpoints(net.id) if endpoints is None else list(endpoints)
+            self._write_whole(net, eps)
 
     def network_removed(self, net) -> None:
         with self._lock:
-            self.runner.apply(nft.render_delete_network(net.id))
+            self.backend(net).remove_network(net.id)
             self._realized.pop(net.id, None)
 
     def endpoint_changed(self, net, ep) -> None:
         with self._lock:
-            real = self._realized.get(net.id)
-            new = port_of(ep)
-            if real is None:
-                ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
-                ports[ep.id] = new
-                return self._rebuild(net, ports)
+            real = self._real(net)
             old = real.ports.get(ep.id)
-            if new.active and new.segment not in real.compiled.segments:
-                ports = dict(real.ports)
-                ports[ep.id] = new
-                return self._rebuild(net, ports)  # a new segment changes the rules
-            self.runner.apply(nft.render_port_change(net.id, old, new))
-            real.ports[ep.id] = new
+            if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
+                others = [e for e in self.state.endpoints(net.id) if e.id != ep.id] + [ep]
+                self._policy_delta(net, real, others)  # the new segment's entries first
+            new = port_of(ep, real.policy.identities)
+            if new != old:
+                self.backend(net).apply_ports(real.spec, [(old, new)])
+                real.ports[ep.id] = new
+        if old is not None and (old.identity, old.published) != (new.identity, new.published):
+            self._prune(real.policy, list(real.ports.values()))
 
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
-            real = self._realized.get(net.id)
-            old = real.ports.pop(ep.id, None) if real else None
-            self.runner.apply(nft.render_port_change(net.id, old or port_of(ep), None))
-        # forks of `conntrack` take tens of ms: off the request path
-        threading.Thread(target=_forget_flows, args=(port_of(ep),), daemon=True).start()
+            real = self._real(net)
+            old = real.ports.pop(ep.id, None) or port_of(ep, real.policy.identities)
+            self.backend(net).apply_ports(real.spec, [(old, None)])
+        # forks and conntrack dumps take tens of ms: off the request path
+        threading.Thread(target=self._forget, args=(old,), daemon=True).start()
 
     def policy_changed(self, net) -> None:
-        """Options (rules) of ``net`` changed: rebuild its tables atomically."""
+        """Options (rules, mode, ...) of ``net`` changed: apply the delta, end denied flows."""
         with self._lock:
-            real = self._realized.get(net.id)
-            ports = dict(real.ports) if real else {e.id: port_of(e) for e in self.state.endpoints(net.id)}
-            self._rebuild(net, ports)
-            members = {}
-            for p in ports.values():
-                if p.active:
-                    members.update({a: p.segment for a in (p.ipv4, p.ipv6) if a})
-            compiled = self._realized[net.id].compiled
-        flows.prune(compiled, members)
+            real = self._real(net)
+            spec = network_spec(net)
+            if spec != real.spec:
+                real.spec = spec
+            self._policy_delta(net, real, self.state.endpoints(net.id), force_settings=True)
+            policy, ports = real.policy, list(real.ports.values())
+        self._prune(policy, ports)
 
     # --- reads -----------------------------------------------------------
-    def compiled(self, net) -> CompiledPolicy:
+    def compiled(self, net) -> PolicyMap:
+        """The policy map in force for ``net``."""
         with self._lock:
-            real = self._realized.get(net.id)
-            if real is not None:
-                return real.compiled
-            ports = [port_of(e) for e in self.state.endpoints(net.id)]
-            return compile_policy(NetworkOptions.from_dict(net.options), [member_of(p) for p in ports])
+            return self._real(net).policy
+
+    def ports(self, net) -> list:
+        with self._lock:
+            return list(self._real(net).ports.values())
+
+    def counters(self, net) -> Counters:
+        real = self._real(net)
+        return self.backend(net).counters(real.spec)
 
     # --- internals -------------------------------------------------------
-    def _rebuild(self, net, ports: dict) -> None:
-        options = NetworkOptions.from_dict(net.options)
-        compiled = compile_policy(options, [member_of(p) for p in ports.values()])
-        self.runner.apply(nft.render_network(net.id, net.bridge, compiled, ports.values(),
-                                             subnets_of(net)))
-        self._realized[net.id] = Realized(compiled, dict(ports))
+    def _real(self, net) -> Realized:
+        real = self._realized.get(net.id)
+        if real is None:
+            real = self._desired(net, self.state.endpoints(net.id))
+            self._realized[net.id] = real
+        return real
+
+    def _desired(self, net, endpoints) -> Realized:
+        segments = policy_segments(net.options, [member_of(e) for e in endpoints])
+        identities = self.allocator.allocate(net.id, segments)
+        policy = compile_policy_map(net.options, identities)
+        ports = {e.id: port_of(e, identities) for e in endpoints}
+        return Realized(network_spec(net), policy, ports)
+
+    def _write_whole(self, net, endpoints) -> Realized:
+        real = self._desired(net, endpoints)
+        self.backend(net).apply_network(real.spec, real.policy, real.ports.values())
+        self._realized[net.id] = real
+        return real
+
+    def _policy_delta(self, net, real: Realized, endpoints, force_settings: bool = False) -> None:
+        """Recompile ``net``'s policy over ``endpoints`` and apply only the difference.
+
+        Ports whose identity changes (a freed and re-used identity cannot
+        happen: identities of live segments are kept) are re-applied too.
+        """
+        segments = policy_segments(net.options, [member_of(e) for e in endpoints])
+        identities = self.allocator.allocate(net.id, segments)
+        new = compile_policy_map(net.options, identities)
+        delta = real.policy.delta(new)
+        if not delta.empty or force_settings:
+            self.backend(net).apply_policy(real.spec, delta)
+        real.policy = new
 
     def drift(self, net) -> list:
-        """What differs between the kernel and the desired tables of ``net``:
-        set and map elements, and the number of rules in every chain."""
-        want_ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
-        options = NetworkOptions.from_dict(net.options)
-        compiled = compile_policy(options, [member_of(p) for p in want_ports.values()])
-        want = _desired_elements(net.id, compiled, want_ports.values())
-        script = nft.render_network(net.id, net.bridge, compiled, want_ports.values(), subnets_of(net))
-        try:
-            have, counts = _kernel_state(self.runner, net.id)
-        except nft.NftError as exc:
-            return [f"tables missing ({exc})"]
-        problems = [f"missing element {k}" for k in sorted(want - have)[:5]]
-        problems += [f"unexpected element {k}" for k in sorted(have - want)[:5]]
-        want_counts = rule_counts(script)
-        problems += [f"chain {f} {c} has {counts.get((f, c), 0)} rules, not {n}"
-                     for (f, c), n in sorted(want_counts.items()) if counts.get((f, c), 0) != n][:5]
-        return problems
+        """What differs between the kernel and the desired state of ``net``."""
+        real = self._real(net)
+        return self.backend(net).drift(real.spec, real.policy, real.ports.values())
 
     def reconcile(self, full: bool = True) -> int:
         """Repair every network whose kernel state drifted; returns how many.
 
-        ``full`` also removes secnet tables no network owns (at start; the
-        periodic pass skips it: listing every table of the host is costly).
+        ``full`` (at start) also writes every network once and removes kernel
+        state no network owns.
         """
         repaired = 0
         with self._lock:
-            # Networks realized by this process count as owned even before their
-            # state row is written (create_network persists after the kernel work).
-            owned = {nft.table_name(nid) for nid in self._realized}
+            owned = set(self._realized)
             for net in self.state.networks():
-                owned.add(nft.table_name(net.id))
-                problems = self.drift(net)
-                if problems or net.id not in self._realized:
-                    if problems:
-                        log.warning("network %s drifted (%s); rebuilding", net.id[:12], "; ".join(problems))
-                        repaired += 1
-                    ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
-                    self._rebuild(net, ports)
-            for family, table in self.runner.tables() if full else ():
-                if table not in owned:
-                    self.runner.apply(f"delete table {family} {table}\n")
-                    log.warning("removed orphan table %s %s", family, table)
-                    repaired += 1
+                owned.add(net.id)
+                try:
+                    repaired += self._repair(net, full)
+                except Exception:
+                    log.exception("reconcile of network %s failed", net.id[:12])
+            if full:
+                repaired += self._remove_orphans(owned)
         self.repairs += repaired
         return repaired
+
+    def _repair(self, net, full: bool) -> int:
+        if net.options.backend not in self.backends:
+            log.error("network %s: backend %s is not available", net.id[:12], net.options.backend)
+            return 0
+        if full or net.id not in self._realized:
+            self._realized.pop(net.id, None)
+            self._write_whole(net, self.state.endpoints(net.id))
+            return 0
+        problems = self.drift(net)
+        if not problems:
+            return 0
+        log.warning("network %s drifted (%s); rewriting it", net.id[:12], "; ".join(problems[:5]))
+        self._write_whole(net, self.state.endpoints(net.id))
+        return 1
+
+    def _remove_orphans(self, owned: set) -> int:
+        removed = 0
+        short = {nid[:12] for nid in owned}
+        for backend in self.backends.values():
+            for nid in backend.networks():
+                if nid not in owned and nid[:12] not in short:
+                    backend.remove_network(nid)
+                    log.warning("removed %s state of a network no record owns: %s", backend.name, nid[:12])
+                    removed += 1
+        return removed
+
+    def repair_network(self, network_id: str) -> None:
+        """Check one network now (a change notification named it) and rewrite it if it drifted."""
+        with self._lock:
+            net = self.state.get_network(network_id)
+            if net is not None and net.id in self._realized:
+                self.repairs += self._repair(net, full=False)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="secnet-reconciler", daemon=True)
@@ -195,100 +268,3 @@ class Reconciler:
                 self.reconcile(full=False)
             except Exception:
                 log.exception("reconcile pass failed")
-
-
-def _desired_elements(network_id: str, compiled: CompiledPolicy, ports) -> set:
-    out = set()
-    for port in ports:
-        if port.active and port.segment not in compiled.segments:
-            continue
-        for fam, target, elem in nft.port_elements(network_id, port):
-            out.add((fam, target.split()[1], _norm(elem)))
-    return out
-
-
-def _norm(elem: str) -> str:
-    return elem.replace('"', "").replace(" ", "")
-
-
-def _kernel_state(runner, network_id: str):
-    """(elements, rules per chain) of a network's two tables, as the kernel has them."""
-    table = nft.table_name(network_id)
-    elements, counts = set(), {}
-    for family in ("inet", "bridge"):
-        for obj in runner.list_json("table", family, table).get("nftables", []):
-            if "rule" in obj:
-                key = (family, obj["rule"]["chain"])
-                counts[key] = counts.get(key, 0) + 1
-            s = obj.get("set") or obj.get("map")
-            if not s or s["name"] in LOG_SETS:  # the drop log's flow sets: filled by the kernel
-                continue
-            for elem in s.get("elem", []):
-                elements.add((family, s["name"], _norm(_elem_text(elem, s))))
-    return elements, counts
-
-
-def rule_counts(script: str) -> dict:
-    """Rules per (family, chain) in a script render_network() wrote (one rule a line)."""
-    counts, family, chain = {}, None, None
-    for line in script.splitlines():
-        words = line.split()
-        if not words:
-            continue
-        if words[0] == "table" and len(words) >= 3 and words[-1] == "{":
-            family = words[1]
-        elif words[0] == "chain" and words[-1] == "{":
-            chain = words[1]
-            counts.setdefault((family, chain), 0)
-        elif words[0] == "}":
-            chain = None
-        elif chain is not None and words[0] != "type":
-            counts[(family, chain)] += 1
-    return counts
-
-
-def _elem_text(elem, s) -> str:
-    """nft's JSON element back to the text form port_elements() renders."""
-    if isinstance(elem, dict) and "elem" in elem:
-        elem = elem["elem"]["val"]
-    if isinstance(elem, list):  # map: [key, value]
-        key, value = elem
-        if isinstance(value, dict) and len(value) == 1 and next(iter(value)) in ("jump", "goto"):
-            (kind, target), = value.items()
-            return f"{_key_text(key, s)} : {kind} {target['target']}"
-        return f"{_key_text(key, s)} : {_key_text(value, s)}"
-    return _key_text(elem, s)
-
-
-def _key_text(key, s) -> str:
-    if isinstance(key, dict) and "concat" in key:
-        parts = key["concat"]
-        if s["name"] == "na6":
-            return f"{parts[0]} . {hex(_as_int(parts[1]))}"
-        return " . ".join(_key_text(p, s) for p in parts)
-    if isinstance(key, dict) and "prefix" in key:
-        return f"{key['prefix']['addr']}/{key['prefix']['len']}"
-    return str(key)
-
-
-def _as_int(value) -> int:
-    """nft prints raw payload keys as numbers or as hex strings."""
-    if isinstance(value, str):
-        return int(value, 16) if value.lower().startswith("0x") else int(value)
-    return int(value)
-
-
-def _forget_flows(port: nft.Port) -> None:
-    """Delete conntrack entries of a leaving endpoint's addresses.
-
-    Its address may be handed to the next container: a stale entry must not
-    let that container's packets pass as 'established'.
-    """
-    for addr in (port.ipv4, port.ipv6):
-        if not addr:
-            continue
-        for flag in ("-s", "-d"):
-            try:
-                subprocess.run(["conntrack", "-D", flag, addr], capture_output=True, check=False, timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                return

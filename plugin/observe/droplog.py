@@ -1,9 +1,9 @@
 """The drop log: what policy dropped, why, and between which containers.
 
-The kernel reports drops through NFLOG (see ``nft_verdicts``: at most one
-message per flow and second, capped per table); :mod:`plugin.nflog` hands
-each message to :meth:`DropLog.handle`, which maps the addresses and bridge
-ports back to containers and segments through the daemon's saved state
+Each backend reports drops as :class:`~plugin.enforce.backend.DropEvent`
+(at most one per flow and second, rate-limited in the kernel) to
+:meth:`DropLog.record`, which maps the addresses and bridge ports back to
+containers and segments through the daemon's saved state
 (:class:`Directory`) and keeps the entry
 
 * in memory, in a ring of at most ``capacity`` entries, each held as its
@@ -21,12 +21,10 @@ import ipaddress
 import json
 import logging
 import os
-import socket
 import threading
 import time
 from typing import Optional
 
-from segmentation.backends.nft_verdicts import parse_log_prefix
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +90,9 @@ class Directory:
                 by_addr, _ = self._snapshot(net_id, True)
             return by_addr.get(address)
 
-    def by_ifindex(self, net_id: str, ifindex: Optional[int]):
-        if not ifindex:
-            return None
-        try:
-            name = socket.if_indextoname(ifindex)
-        except OSError:
+    def by_port(self, net_id: str, name: Optional[str]):
+        """The endpoint whose host-side veth is ``name`` (a bridge port)."""
+        if not name:
             return None
         with self._lock:
             _, by_veth = self._snapshot(net_id, False)
@@ -134,20 +129,6 @@ def why(reason: str, src_ep, dst_ep) -> str:
     return text
 
 
-def _device_names(devices: dict) -> dict:
-    """in/out interface names (bridge ports where known) of a logged packet."""
-    out = {}
-    for key, names in (("in", ("physindev", "indev")), ("out", ("physoutdev", "outdev"))):
-        for name in names:
-            if devices.get(name):
-                try:
-                    out[key] = socket.if_indextoname(devices[name])
-                except OSError:
-                    out[key] = str(devices[name])
-                break
-    return out
-
-
 class DropLog:
     """Bounded ring + bounded rotating file of dropped flows; thread-safe."""
 
@@ -158,33 +139,33 @@ class DropLog:
         self.max_bytes = max_bytes
         self.ring: collections.deque = collections.deque(maxlen=capacity)
         self.seq = 0
-        self.unknown = 0          # messages that were not secnet's (other prefixes)
+        self.unknown = 0          # events that could not be attributed
+        self.received = 0         # events recorded
         self._lock = threading.Lock()
         self._file = None
         self._write_failed = False
         self._load()
 
     # --- intake -------------------------------------------------------------------------
-    def handle(self, packet, received_at: float) -> Optional[dict]:
-        """Turn one NFLOG packet into an entry and keep it (the reader thread calls this)."""
-        parsed = parse_log_prefix(packet.prefix)
-        if parsed is None or self.directory is None:
+    def record(self, event) -> Optional[dict]:
+        """Turn one DropEvent into an entry and keep it (a backend's reader thread calls this)."""
+        if self.directory is None:
             self.unknown += 1
             return None
-        nid12, reason = parsed
-        net = self.directory.network(nid12)
-        net_id = net.id if net is not None else nid12
-        flow = packet.flow()
-        port_in, port_out = packet.devices.get("physindev"), packet.devices.get("physoutdev")
-        src_ep = self.directory.by_ifindex(net_id, port_in) or self.directory.by_address(net_id, flow.src)
-        dst_ep = self.directory.by_address(net_id, flow.dst)
-        if dst_ep is None and port_out != port_in and not _multicast(flow.dst):
-            dst_ep = self.directory.by_ifindex(net_id, port_out)
-        entry = {"time": packet.timestamp or received_at, "network": net_id, "reason": reason,
-                 "why": why(reason, src_ep, dst_ep), "family": flow.family, "proto": flow.proto,
-                 "sport": flow.sport, "dport": flow.dport, "icmp_type": flow.icmp_type,
-                 "src": end_view(flow.src, src_ep), "dst": end_view(flow.dst, dst_ep),
-                 "devices": _device_names(packet.devices)}
+        self.received += 1
+        net = self.directory.network(event.network[:12])
+        net_id = net.id if net is not None else event.network
+        src_ep = self.directory.by_port(net_id, event.ifname) or self.directory.by_address(net_id, event.src)
+        dst_ep = self.directory.by_address(net_id, event.dst)
+        if dst_ep is None and event.out_ifname != event.ifname and not _multicast(event.dst):
+            dst_ep = self.directory.by_port(net_id, event.out_ifname)
+        devices = {k: v for k, v in (("in", event.ifname), ("out", event.out_ifname)) if v}
+        entry = {"time": event.time or time.time(), "network": net_id, "reason": event.reason,
+                 "why": why(event.reason, src_ep, dst_ep), "audit": event.audit,
+                 "family": event.family, "proto": event.proto, "sport": event.sport,
+                 "dport": event.port, "icmp_type": event.icmp_type,
+                 "src": end_view(event.src, src_ep), "dst": end_view(event.dst, dst_ep),
+                 "devices": devices}
         return self.append(entry)
 
     def append(self, entry: dict) -> dict:
@@ -210,6 +191,7 @@ class DropLog:
         with self._lock:
             size = sum(len(line) for _s, _n, line in self.ring)
             return {"entries": len(self.ring), "capacity": self.ring.maxlen, "bytes": size,
+                    "received": self.received,
                     "cursor": self.seq, "file": self.path, "max_bytes": self.max_bytes}
 
     # --- the files ----------------------------------------------------------------------

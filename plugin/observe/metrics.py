@@ -15,10 +15,9 @@ from prometheus_client import CollectorRegistry, generate_latest, start_http_ser
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from segmentation.backends import nftables as nft
-from segmentation.backends.nft_verdicts import OUTSIDE, REASONS, pair_drop_tag
-
-from plugin.counters import read_counters
+from plugin.enforce.backend import REASONS
+from plugin.observe import counting
+from plugin.observe.counting import OUTSIDE
 
 log = logging.getLogger(__name__)
 PAIR = ["network", "src_segment", "dst_segment"]
@@ -29,37 +28,11 @@ DROPPED_HELP = ("{what} dropped from src_segment to dst_segment because no rule 
                 "(east-west, egress denied, ingress not allowed, internal network).")
 
 
-def _pair_counts(compiled, counters) -> tuple:
-    """({(src, dst): [pk, bytes]} allowed, same dropped) of one network."""
-    allowed = collections.defaultdict(lambda: [0, 0])
-    for (src, dst), grants in compiled.east_west.items():
-        for g in grants:
-            _add(allowed[(src, dst)], counters.get(nft.grant_tag(src, dst, g.origin)))
-    for direction, table in (("in", compiled.ingress), ("out", compiled.egress)):
-        for seg, grants in table.items():
-            pair = (OUTSIDE, seg) if direction == "in" else (seg, OUTSIDE)
-            for g in grants:
-                _add(allowed[pair], counters.get(nft.cidr_tag(seg, direction, g.origin)))
-    dropped = collections.defaultdict(lambda: [0, 0])
-    ends = list(compiled.segments) + [OUTSIDE]
-    for src in ends:
-        for dst in ends:
-            if (src, dst) != (OUTSIDE, OUTSIDE):
-                _add(dropped[(src, dst)], counters.get(pair_drop_tag(src, dst)))
-    return allowed, dropped
-
-
-def _add(total: list, counter) -> None:
-    if counter:
-        total[0] += counter[0]
-        total[1] += counter[1]
-
-
 class SecnetCollector(Collector):
     """Collects per network: pair counters, drops by reason, endpoints; daemon totals."""
 
-    def __init__(self, driver):
-        self.driver = driver
+    def __init__(self, state, reconciler, droplog=None):
+        self.state, self.reconciler, self.droplog = state, reconciler, droplog
 
     @staticmethod
     def _families() -> dict:
@@ -82,56 +55,52 @@ class SecnetCollector(Collector):
 
     def collect(self):
         fams = self._families()
-        policy = self.driver.policy
-        for net in self.driver.state.networks():
+        for net in self.state.networks():
             try:
-                self._network(fams, net, policy)
+                self._network(fams, net)
             except Exception:  # one broken network must not hide the others
                 log.exception("metrics of network %s failed", net.id[:12])
         yield from fams.values()
-        yield from self._daemon(policy)
+        yield from self._daemon()
 
-    def _network(self, fams: dict, net, policy) -> None:
+    def _network(self, fams: dict, net) -> None:
         nid = net.id[:12]
-        compiled = policy.compiled(net)
-        counters = read_counters(getattr(policy, "runner", None), net.id)
-        allowed, dropped = _pair_counts(compiled, counters)
+        compiled = self.reconciler.compiled(net)
+        counters = self.reconciler.counters(net)
+        allowed, dropped = counting.per_pair(compiled, counters)
         for kind, table in (("allowed", allowed), ("dropped", dropped)):
             for (src, dst), (packets, nbytes) in sorted(table.items()):
                 fams[f"{kind}_packets"].add_metric([nid, src, dst], packets)
                 fams[f"{kind}_bytes"].add_metric([nid, src, dst], nbytes)
         for reason in REASONS:
-            packets, nbytes = counters.get(f"deny:{reason}", (0, 0))
+            packets, nbytes = counters.reasons.get(reason, (0, 0))
             fams["drops"].add_metric([nid, reason], packets)
             fams["drop_bytes"].add_metric([nid, reason], nbytes)
-        eps = self.driver.state.endpoints(net.id)
+        eps = self.state.endpoints(net.id)
         per_segment = collections.Counter(e.segment for e in eps if e.segment and e.quarantine is None)
         for seg in sorted(set(compiled.segments) | set(per_segment)):
             fams["endpoints"].add_metric([nid, seg], per_segment.get(seg, 0))
         fams["quarantined"].add_metric([nid], sum(e.quarantine is not None for e in eps))
         fams["pending"].add_metric([nid], sum(e.segment is None and e.quarantine is None for e in eps))
 
-    def _daemon(self, policy):
+    def _daemon(self):
         yield CounterMetricFamily("secnet_reconcile_repairs", "Networks whose kernel state the reconciler "
-                                  "found drifted and rebuilt, and orphan tables it removed.",
-                                  value=getattr(policy, "repairs", 0))
-        droplog, reader = getattr(self.driver, "droplog", None), getattr(self.driver, "nflog", None)
-        if droplog is not None:
+                                  "found drifted and rebuilt, and orphan state it removed.",
+                                  value=self.reconciler.repairs)
+        if self.droplog is not None:
+            stats = self.droplog.stats()
             yield GaugeMetricFamily("secnet_droplog_entries", "Entries in the in-memory drop log.",
-                                    value=droplog.stats()["entries"])
-        if reader is not None:
-            yield CounterMetricFamily("secnet_droplog_messages", "NFLOG messages read from the kernel.",
-                                      value=reader.received)
-            yield CounterMetricFamily("secnet_droplog_overruns", "Times the kernel dropped NFLOG messages "
-                                      "because the daemon read too slowly (ENOBUFS).", value=reader.lost)
+                                    value=stats["entries"])
+            yield CounterMetricFamily("secnet_droplog_events", "Drop events received from the datapaths.",
+                                      value=stats.get("received", 0))
 
 
 class Metrics:
     """The registry of one daemon, its text form, and the optional HTTP endpoint."""
 
-    def __init__(self, driver):
+    def __init__(self, state, reconciler, droplog=None):
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SecnetCollector(driver))
+        self.registry.register(SecnetCollector(state, reconciler, droplog))
 
     def text(self) -> str:
         return generate_latest(self.registry).decode()

@@ -30,14 +30,13 @@ def _service_label(proto: str, port) -> str:
 def services(compiled) -> list:
     """[(proto, port, named)]: what the rules name, icmp, and an unnamed tcp and udp port."""
     named, ranges = set(), {"tcp": [], "udp": []}
-    for grants in compiled.east_west.values():
-        for g in grants:
-            svc = g.service
-            if svc.proto == "icmp":
-                named.add(("icmp", None))
-            elif svc.proto in ranges and not svc.all_ports:
-                named.update({(svc.proto, svc.lo), (svc.proto, svc.hi)})
-                ranges[svc.proto].append((svc.lo, svc.hi))
+    for entry in compiled.entries:
+        svc = entry.service
+        if svc.proto == "icmp":
+            named.add(("icmp", None))
+        elif svc.proto in ranges and not svc.all_ports:
+            named.update({(svc.proto, svc.lo), (svc.proto, svc.hi)})
+            ranges[svc.proto].append((svc.lo, svc.hi))
     out = [(proto, port, True) for proto, port in sorted(named, key=lambda x: (x[0], x[1] or 0))]
     if ("icmp", None) not in named:
         out.append(("icmp", None, False))

@@ -4,60 +4,54 @@ from __future__ import annotations
 import collections
 import logging
 
-from segmentation.backends import nftables as nft
-from segmentation.compiler import INTRA
-from segmentation.options import NetworkOptions
+from segmentation.policymap import INTRA
 
-from plugin.counters import read_counters
+from plugin.observe import counting
 
 log = logging.getLogger(__name__)
 
 
-def status_view(driver) -> dict:
+def status_view(state, reconciler, engine=None) -> dict:
+    """The daemon and its networks: ``{"healthy", "networks": [...], "reconcile_repairs"}``."""
     nets = []
-    for net in driver.state.networks():
-        eps = driver.state.endpoints(net.id)
+    for net in state.networks():
+        eps = state.endpoints(net.id)
         nets.append({
             "id": net.id, "bridge": net.bridge, "endpoints": len(eps),
+            "backend": net.options.backend, "mode": net.options.mode,
             "pending": sum(1 for e in eps if e.segment is None and e.quarantine is None),
             "quarantined": sum(1 for e in eps if e.quarantine is not None),
-            "rules": len(net.options.get("rules", [])),
+            "rules": len(net.options.rules),
         })
-    policy = driver.policy
-    return {"healthy": True, "networks": nets,
-            "reconcile_repairs": getattr(policy, "repairs", 0)}
+    out = {"healthy": True, "networks": nets, "reconcile_repairs": reconciler.repairs}
+    if engine is not None:
+        out["engine"] = engine
+    return out
 
 
-def _counters(driver, net) -> dict:
-    """comment tag -> [packets, bytes] summed over the network's rules."""
-    return read_counters(getattr(driver.policy, "runner", None), net.id)
+def _counters(reconciler, net):
+    try:
+        return reconciler.counters(net)
+    except Exception as exc:  # tables missing: report zeros, the reconciler repairs
+        log.warning("cannot read counters of %s: %s", net.id[:12], exc)
+        from plugin.enforce.backend import Counters
+        return Counters()
 
 
-def _rule_rows(net, compiled, counters) -> list:
-    options = NetworkOptions.from_dict(net.options)
-    per_origin = collections.defaultdict(lambda: [0, 0])
-    for (src, dst), grants in compiled.east_west.items():
-        for g in grants:
-            c = counters.get(nft.grant_tag(src, dst, g.origin), (0, 0))
-            per_origin[g.origin][0] += c[0]
-            per_origin[g.origin][1] += c[1]
-    for direction, table in (("in", compiled.ingress), ("out", compiled.egress)):
-        for seg, grants in table.items():
-            for g in grants:
-                c = counters.get(nft.cidr_tag(seg, direction, g.origin), (0, 0))
-                per_origin[g.origin][0] += c[0]
-                per_origin[g.origin][1] += c[1]
-    rows = [{"rule": r.text(), "packets": per_origin[r.text()][0], "bytes": per_origin[r.text()][1]}
-            for r in options.rules]
-    if options.intra == "allow":
+def _rule_rows(net, policy, counters) -> list:
+    per_rule = counting.per_rule(policy, counters)
+    rows = [{"rule": r.text(), "packets": per_rule[r.text()][0], "bytes": per_rule[r.text()][1]}
+            for r in net.options.rules]
+    if net.options.intra == "allow":
         rows.append({"rule": f"{INTRA} (same segment, secnet.intra=allow)",
-                     "packets": per_origin[INTRA][0], "bytes": per_origin[INTRA][1]})
+                     "packets": per_rule[INTRA][0], "bytes": per_rule[INTRA][1]})
     return rows
 
 
-def network_view(driver, net) -> dict:
-    eps = driver.state.endpoints(net.id)
-    compiled = driver.policy.compiled(net) if hasattr(driver.policy, "compiled") else None
+def network_view(state, reconciler, net) -> dict:
+    """One network: segments with members, rules with counters, quarantined, pending, drops."""
+    eps = state.endpoints(net.id)
+    policy = reconciler.compiled(net)
     segments = collections.defaultdict(list)
     quarantined, pending = [], []
     for ep in eps:
@@ -69,13 +63,14 @@ def network_view(driver, net) -> dict:
             pending.append(member)
         else:
             segments[ep.segment].append(member)
-    counters = _counters(driver, net)
-    drops = {tag[5:]: {"packets": c[0], "bytes": c[1]} for tag, c in counters.items()
-             if tag.startswith("deny:")}
-    names = sorted(set(segments) | set(compiled.segments if compiled else ()))
+    counters = _counters(reconciler, net)
+    drops = {reason: {"packets": c[0], "bytes": c[1]} for reason, c in counters.reasons.items()}
+    names = sorted(set(segments) | set(policy.segments))
     return {
-        "id": net.id, "bridge": net.bridge, "options": net.options,
-        "segments": [{"name": s, "members": segments.get(s, [])} for s in names],
-        "rules": _rule_rows(net, compiled, counters) if compiled else [],
+        "id": net.id, "bridge": net.bridge, "options": net.options.to_dict(),
+        "backend": net.options.backend, "mode": net.options.mode,
+        "segments": [{"name": s, "members": segments.get(s, []), "identity": policy.identities.get(s)}
+                     for s in names],
+        "rules": _rule_rows(net, policy, counters),
         "quarantined": quarantined, "pending": pending, "dropped": drops,
     }

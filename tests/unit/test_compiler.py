@@ -6,7 +6,9 @@ from dataclasses import FrozenInstanceError, replace
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from segmentation.compiler import Grant, Verdict, compile_policy, policy_segments, verdict
+from segmentation.compiler import Verdict, compile_policy, policy_segments, verdict
+from segmentation.identities import FIRST_SEGMENT
+from segmentation.policymap import EGRESS, INGRESS
 from segmentation.errors import PolicyError
 from segmentation.model import Member
 from segmentation.options import NetworkOptions
@@ -22,6 +24,29 @@ def opts(rules="", **kwargs):
 
 def members(*segments):
     return [Member(f"e{i}", s) for i, s in enumerate(segments)]
+
+
+def Grant(service, origin):
+    return (service, origin)
+
+
+def east_west(compiled):
+    """(src name, dst name) -> set of (Service, rule) of the compiled entries."""
+    name = {i: s for s, i in compiled.identities.items()}
+    out = {}
+    for e in compiled.entries:
+        out.setdefault((name[e.src], name[e.dst]), set()).add((e.service, e.rule))
+    return out
+
+
+def cidrs(compiled, direction):
+    """segment name -> list of CidrEntry, sorted by rule."""
+    name = {i: s for s, i in compiled.identities.items()}
+    out = {}
+    for c in sorted(compiled.cidrs, key=lambda c: c.rule):
+        if c.direction == direction:
+            out.setdefault(name[c.identity], []).append(c)
+    return out
 
 
 def seg(name):
@@ -45,23 +70,23 @@ def test_star_expands_over_every_segment_including_own():
     compiled = compile_policy(opts("monitor->*:tcp/9100", intra="deny"), members("web", "db"))
     grant = Grant(Service("tcp", 9100, 9100), "monitor->*:tcp/9100")
     for dst in ("db", "default", "monitor", "web"):
-        assert compiled.east_west[("monitor", dst)] == (grant,)
-    assert ("web", "monitor") not in compiled.east_west
+        assert east_west(compiled)[("monitor", dst)] == {grant}
+    assert ("web", "monitor") not in east_west(compiled)
 
 
 def test_intra_allow_adds_implicit_grant_on_every_segment():
     compiled = compile_policy(opts("web->api:tcp/80"), members("db"))
     for s in compiled.segments:
-        assert compiled.east_west[(s, s)] == (Grant(ANY, "intra"),)
-    assert compiled.east_west[("web", "api")] == (Grant(Service("tcp", 80, 80), "web->api:tcp/80"),)
-    assert set(compiled.east_west) == {("web", "api")} | {(s, s) for s in compiled.segments}
+        assert east_west(compiled)[(s, s)] == {Grant(ANY, "intra")}
+    assert east_west(compiled)[("web", "api")] == {Grant(Service("tcp", 80, 80), "web->api:tcp/80")}
+    assert set(east_west(compiled)) == {("web", "api")} | {(s, s) for s in compiled.segments}
 
 
 def test_intra_deny_keeps_explicit_rules():
     compiled = compile_policy(opts("web->web:tcp/80 *->*:icmp", intra="deny"), members("db"))
-    assert compiled.east_west[("web", "web")] == (
-        Grant(Service("tcp", 80, 80), "web->web:tcp/80"), Grant(Service("icmp"), "*->*:icmp"))
-    assert compiled.east_west[("db", "db")] == (Grant(Service("icmp"), "*->*:icmp"),)
+    assert east_west(compiled)[("web", "web")] == {
+        Grant(Service("tcp", 80, 80), "web->web:tcp/80"), Grant(Service("icmp"), "*->*:icmp")}
+    assert east_west(compiled)[("db", "db")] == {Grant(Service("icmp"), "*->*:icmp")}
     assert verdict(compiled, seg("web"), seg("web"), "tcp", 80).allowed
     assert not verdict(compiled, seg("web"), seg("web"), "tcp", 81).allowed
     assert verdict(compiled, seg("db"), seg("db"), "tcp", 80) == Verdict(False, None, "no rule allows it")
@@ -70,8 +95,8 @@ def test_intra_deny_keeps_explicit_rules():
 def test_one_grant_per_pair_and_rule():
     options = NetworkOptions(rules=parse_rules("web->*:tcp/80 *->api:tcp/80") * 2)
     compiled = compile_policy(options, [])
-    assert compiled.east_west[("web", "api")] == (
-        Grant(Service("tcp", 80, 80), "web->*:tcp/80"), Grant(Service("tcp", 80, 80), "*->api:tcp/80"))
+    assert east_west(compiled)[("web", "api")] == {
+        Grant(Service("tcp", 80, 80), "web->*:tcp/80"), Grant(Service("tcp", 80, 80), "*->api:tcp/80")}
 
 
 def test_compiled_form_is_per_segment_not_per_container():
@@ -83,27 +108,36 @@ def test_compiled_form_is_per_segment_not_per_container():
 
 def test_cidr_source_with_star_restricts_every_segment():
     compiled = compile_policy(opts("10.0.0.0/8->*:tcp/80"), members("web", "db"))
-    assert set(compiled.ingress) == set(compiled.segments)
+    assert set(cidrs(compiled, INGRESS)) == set(compiled.segments)
+    assert compiled.ingress_restricted == set(compiled.identities.values())
     for s in compiled.segments:
-        (grant,) = compiled.ingress[s]
-        assert (grant.cidr, grant.family, grant.origin) == ("10.0.0.0/8", 4, "10.0.0.0/8->*:tcp/80")
+        (grant,) = cidrs(compiled, INGRESS)[s]
+        assert (grant.cidr, grant.family, grant.rule) == ("10.0.0.0/8", 4, "10.0.0.0/8->*:tcp/80")
 
 
 def test_egress_grants_and_defaults():
     compiled = compile_policy(opts("web->[2001:db8::/32]:tcp/443 *->1.1.1.1:udp/53", egress="deny"), [])
-    assert [g.origin for g in compiled.egress["web"]] == ["web->[2001:db8::/32]:tcp/443", "*->1.1.1.1/32:udp/53"]
-    assert compiled.egress_default == "deny" and compiled.ingress == {}
+    assert [g.rule for g in cidrs(compiled, EGRESS)["web"]] == ["*->1.1.1.1/32:udp/53", "web->[2001:db8::/32]:tcp/443"]
+    assert compiled.settings.egress == "deny" and cidrs(compiled, INGRESS) == {}
     internal = compile_policy(opts("a->b", internal=True), [])
-    assert internal.egress_default == "deny" and internal.internal
+    assert internal.settings.egress == "deny" and internal.internal
 
 
 def test_compiled_policy_is_immutable():
     compiled = compile_policy(opts("a->b"), [])
     with pytest.raises(TypeError):
-        compiled.east_west[("b", "a")] = ()
+        compiled.identities["c"] = 999
     with pytest.raises(FrozenInstanceError):
-        compiled.segments = ()
-    assert isinstance(compiled.east_west[("a", "b")], tuple)
+        compiled.entries = frozenset()
+    assert isinstance(compiled.entries, frozenset)
+
+
+def test_identities_are_kept_and_new_segments_get_fresh_ones():
+    first = compile_policy(opts("a->b"), [])
+    assert set(first.identities.values()) <= set(range(FIRST_SEGMENT, 65536))
+    second = compile_policy(opts("a->b c->a"), [], first.identities)
+    assert {s: second.identities[s] for s in first.identities} == dict(first.identities)
+    assert second.identities["c"] not in first.identities.values()
 
 
 # --- verdict --------------------------------------------------------------
@@ -277,8 +311,9 @@ def test_adding_a_rule_never_removes_an_allowance_except_ingress(network, extra,
 def test_verdict_ip_matching_agrees_with_ipaddress(data):
     options, _ = data.draw(networks())
     compiled = compile_policy(options, [])
-    for segment, grants in compiled.egress.items():
+    for segment, grants in cidrs(compiled, EGRESS).items():
         for grant in grants:
             ip = ipaddress.ip_address(data.draw(st.sampled_from(ADDRS)))
             inside = ip.version == grant.family and ip in ipaddress.ip_network(grant.cidr)
-            assert grant.matches(ip, "icmp", None) == (inside and grant.service.matches("icmp"))
+            from segmentation.compiler import _cidr_matches
+            assert _cidr_matches(grant, ip, "icmp", None) == (inside and grant.service.matches("icmp"))

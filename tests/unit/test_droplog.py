@@ -1,24 +1,16 @@
-"""The drop log: entries from NFLOG packets, the ring's and the files' bounds, restarts."""
+"""The drop log: entries from backends' drop events, the ring's and the files' bounds, restarts."""
 from __future__ import annotations
 
 import json
 import os
-import socket
-import struct
 
 import pytest
 
-from plugin.observe import droplog as dl
-from plugin.nflog import Packet
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
+from plugin.enforce.backend import DropEvent
+from plugin.observe import droplog as dl
 
 NID = "ab" * 32
-
-
-def ipv4_tcp(src: str, dst: str, dport: int) -> bytes:
-    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, socket.inet_aton(src),
-                       socket.inet_aton(dst))
-    return head + struct.pack("!HHIIBBHHH", 40000, dport, 1, 0, 0x50, 2, 1, 0, 0)
 
 
 def ep(eid, name, segment, ip, quarantine=None, veth="snvx"):
@@ -37,14 +29,14 @@ def state(tmp_path):
     st.close()
 
 
-def packet(reason: str, src: str, dst: str, dport: int = 5432, nid: str = NID) -> Packet:
-    return Packet(family=socket.AF_INET, prefix=f"sn {nid[:12]} {reason}", hw_protocol=0x0800,
-                  payload=ipv4_tcp(src, dst, dport))
+def packet(reason: str, src: str, dst: str, dport: int = 5432, nid: str = NID, time=0.0) -> DropEvent:
+    return DropEvent(network=nid[:12], reason=reason, family=4, proto="tcp", src=src, dst=dst,
+                     port=dport, sport=40000, time=time)
 
 
 def test_an_entry_names_containers_segments_and_the_reason(tmp_path, state):
     log = dl.DropLog(str(tmp_path), dl.Directory(state))
-    e = log.handle(packet("no-rule", "10.224.0.2", "10.224.0.3"), 1700000000.5)
+    e = log.record(packet("no-rule", "10.224.0.2", "10.224.0.3", time=1700000000.5))
     assert e["network"] == NID and e["reason"] == "no-rule" and e["why"] == "no rule allows it"
     assert e["src"] == {"address": "10.224.0.2", "container": "web1", "segment": "web", "state": None,
                         "outside": False}
@@ -52,26 +44,27 @@ def test_an_entry_names_containers_segments_and_the_reason(tmp_path, state):
     assert (e["proto"], e["dport"], e["time"], e["seq"]) == ("tcp", 5432, 1700000000.5, 1)
 
 
-def test_outside_quarantined_and_foreign_prefixes(tmp_path, state):
+def test_outside_and_quarantined(tmp_path, state):
     log = dl.DropLog(str(tmp_path), dl.Directory(state))
-    out = log.handle(packet("egress", "10.224.0.2", "192.0.2.7", 443), 1.0)
+    out = log.record(packet("egress", "10.224.0.2", "192.0.2.7", 443, time=1.0))
     assert out["dst"] == {"address": "192.0.2.7", "container": None, "segment": None,
                           "multicast": False, "outside": True}
     assert out["why"] == "egress denied"
-    q = log.handle(packet("quarantined", "10.224.0.4", "10.224.0.3"), 2.0)
+    q = log.record(packet("quarantined", "10.224.0.4", "10.224.0.3", time=2.0))
     assert q["why"] == "quarantined: label secnet.segment is empty"
     assert q["src"]["container"] == "bad1" and q["src"]["state"] == "quarantined"
-    assert log.handle(Packet(family=2, prefix="somebody else's"), 3.0) is None
-    assert log.handle(packet("no-such-reason", "10.224.0.2", "10.224.0.3"), 3.0) is None
-    assert log.unknown == 2 and len(log.ring) == 2
+    audit = log.record(DropEvent(network=NID, reason="no-rule", family=4, proto="tcp", src="10.224.0.2",
+                                 dst="10.224.0.3", port=5432, audit=True))
+    assert audit["audit"] is True and audit["why"] == "no rule allows it"
+    assert len(log.ring) == 3 and log.stats()["received"] == 3
 
 
 def test_a_new_member_is_found_without_waiting(tmp_path, state):
     directory = dl.Directory(state, max_age=60, miss_age=0)
     log = dl.DropLog(str(tmp_path), directory)
-    assert log.handle(packet("no-rule", "10.224.0.2", "10.224.0.9"), 1.0)["dst"]["outside"]
+    assert log.record(packet("no-rule", "10.224.0.2", "10.224.0.9"))["dst"]["outside"]
     state.put_endpoint(ep("9", "new1", "db", "10.224.0.9"))
-    assert log.handle(packet("no-rule", "10.224.0.2", "10.224.0.9"), 2.0)["dst"]["container"] == "new1"
+    assert log.record(packet("no-rule", "10.224.0.2", "10.224.0.9"))["dst"]["container"] == "new1"
 
 
 def test_the_ring_is_bounded_and_queries_go_by_cursor_and_network(tmp_path):
@@ -123,6 +116,6 @@ def test_an_unwritable_directory_keeps_the_log_in_memory(tmp_path):
 def test_memory_per_entry_is_a_few_hundred_bytes(tmp_path, state):
     log = dl.DropLog(str(tmp_path), dl.Directory(state), capacity=1000)
     for i in range(1000):
-        log.handle(packet("no-rule", "10.224.0.2", "10.224.0.3", dport=1000 + i), float(i))
+        log.record(packet("no-rule", "10.224.0.2", "10.224.0.3", dport=1000 + i, time=float(i)))
     stats = log.stats()
     assert stats["entries"] == 1000 and stats["bytes"] / 1000 < 600, stats

@@ -1,5 +1,6 @@
 """The daemon's visibility routes (/secnet/log, explain, verify, metrics) and the
-metrics collector, on a real State and a stand-in nft runner; the CLI's output."""
+metrics collector, on a real State and a stand-in reconciler with neutral counters;
+the CLI's output."""
 from __future__ import annotations
 
 import json
@@ -15,9 +16,10 @@ from plugin.daemon.app import create_app
 from plugin.observe.droplog import DropLog
 from plugin.observe.metrics import Metrics, parse_addr
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
-from segmentation.backends import nftables as nft
-from segmentation.backends.nft_verdicts import OUTSIDE, pair_drop_tag
+from plugin.enforce.backend import Counters
+from plugin.observe.counting import OUTSIDE
 from segmentation.compiler import compile_policy
+from segmentation.identities import OUTSIDE as OUTSIDE_ID
 from segmentation.model import Member
 from segmentation.options import parse_network_options
 
@@ -25,28 +27,25 @@ NID = "ef" * 32
 RULES = "web->api:tcp/8080 api->db:tcp/5432"
 
 
-class FakeRunner:
-    """Lists one table whose rules carry the comments the backend writes."""
+class FakeReconciler:
+    """compiled() from the saved endpoints; counters() as a backend would report them."""
 
-    def __init__(self, counters: dict):
-        self.counters = counters
+    repairs = 3
 
-    def list_json(self, *what):
-        if what[1] != "inet":
-            return {"nftables": []}
-        rules = [{"rule": {"comment": tag, "expr": [{"counter": {"packets": p, "bytes": b}}]}}
-                 for tag, (p, b) in self.counters.items()]
-        return {"nftables": rules}
-
-
-class FakePolicy:
-    def __init__(self, state, runner):
-        self.state, self.runner, self.repairs = state, runner, 3
+    def __init__(self, state):
+        self.state = state
 
     def compiled(self, net):
         members = [Member(e.id, e.segment, e.ipv4.split("/")[0], None, e.quarantine)
                    for e in self.state.endpoints(net.id)]
         return compile_policy(parse_network_options({"secnet.allow": RULES}), members)
+
+    def counters(self, net):
+        ids = self.compiled(net).identities
+        web_api = next(e.key for e in self.compiled(net).entries if e.rule == "web->api:tcp/8080")
+        return Counters(allowed={web_api: (5, 300)},
+                        dropped={(ids["web"], ids["db"]): (7, 420), (ids["db"], OUTSIDE_ID): (2, 80)},
+                        reasons={"no-rule": (7, 420), "spoofed": (1, 60)})
 
 
 def ep(n, name, segment, quarantine=None, sandbox=None):
@@ -59,28 +58,26 @@ def ep(n, name, segment, quarantine=None, sandbox=None):
 def env(tmp_path):
     state = State(str(tmp_path / "state"))
     state.put_network(NetworkRecord(id=NID, bridge="sn-x", mtu=1500,
-                                    options=parse_network_options({"secnet.allow": RULES}).to_dict()))
+                                    options=parse_network_options({"secnet.allow": RULES})))
     state.put_endpoints([ep(1, "web1", "web"), ep(2, "api1", "api"), ep(3, "db1", "db"),
                          ep(4, "bad1", None, quarantine="empty label")])
-    runner = FakeRunner({nft.grant_tag("web", "api", "web->api:tcp/8080"): (5, 300),
-                         "deny:no-rule": (7, 420), "deny:spoofed": (1, 60),
-                         pair_drop_tag("web", "db"): (7, 420), pair_drop_tag("db", OUTSIDE): (2, 80)})
-    driver = SimpleNamespace(state=state, policy=FakePolicy(state, runner), nflog=None,
-                             droplog=DropLog(str(tmp_path)))
-    driver.metrics = Metrics(driver)
-    client = create_app(driver, Api(driver)).test_client()
+    reconciler = FakeReconciler(state)
+    droplog = DropLog(str(tmp_path))
+    driver = SimpleNamespace(state=state)
+    api = Api(driver, reconciler, droplog, Metrics(state, reconciler, droplog))
+    client = create_app(driver, api).test_client()
 
     def post(name, body):
         resp = client.post(f"/secnet/{name}", data=json.dumps(body))
         return resp.status_code, json.loads(resp.get_data(as_text=True))
 
-    yield SimpleNamespace(state=state, driver=driver, post=post)
+    yield SimpleNamespace(state=state, reconciler=reconciler, droplog=droplog, post=post)
     state.close()
 
 
 def test_log_filters_by_network_and_cursor(env):
     for i in range(5):
-        env.driver.droplog.append({"time": i, "network": NID if i % 2 else "other", "i": i})
+        env.droplog.append({"time": i, "network": NID if i % 2 else "other", "i": i})
     status, data = env.post("log", {"network": NID[:12]})
     assert status == 200 and [e["i"] for e in data["entries"]] == [1, 3] and data["cursor"] == 5
     assert [e["i"] for e in env.post("log", {"since": 3})[1]["entries"]] == [3, 4]
@@ -133,7 +130,7 @@ def test_verify_plans_pairs_services_and_skips(env, tmp_path):
     sandbox.write_text("")
     eps = [ep(1, "web1", "web", sandbox=str(sandbox)), ep(2, "web2", "web", sandbox=str(sandbox)),
            ep(3, "api1", "api", sandbox=str(sandbox)), ep(5, "db1", "db", sandbox="/nonexistent")]
-    compiled = env.driver.policy.compiled(SimpleNamespace(id=NID))
+    compiled = env.reconciler.compiled(SimpleNamespace(id=NID))
     svcs = verify.services(compiled)
     assert [(p, q) for p, q, n in svcs if n] == [("tcp", 5432), ("tcp", 8080)]
     assert ("icmp", None, False) in svcs and ("tcp", 9, False) in svcs and ("udp", 9, False) in svcs

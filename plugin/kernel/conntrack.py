@@ -1,4 +1,4 @@
-"""Connection-tracking clean-up after a policy change.
+"""Connection tracking: the one writer of conntrack entries.
 
 The nft rules judge *new* flows; established ones pass on their conntrack
 entry. When a policy edit takes an allowance away, the flows it had allowed
@@ -90,3 +90,27 @@ def prune(compiled, members: dict) -> int:
     if deleted:
         log.info("deleted %d conntrack entries of flows the new policy denies", deleted)
     return deleted
+
+
+def _members(ports) -> dict:
+    return {a: p.segment for p in ports if p.active for a in p.addresses}
+
+
+def prune_ports(policy, ports) -> int:
+    """Delete the entries of flows that ``policy`` no longer allows between ``ports``
+    (plugin.enforce.backend.Port) and the outside."""
+    return prune(policy, _members(ports))
+
+
+def forget(port) -> None:
+    """Delete conntrack entries of a leaving endpoint's addresses.
+
+    Its address may be handed to the next container: a stale entry must not
+    let that container's packets pass as 'established'.
+    """
+    for addr in port.addresses:
+        for flag in ("-s", "-d"):
+            try:
+                subprocess.run(["conntrack", "-D", flag, addr], capture_output=True, check=False, timeout=5)
+            except (OSError, subprocess.TimeoutExpired):
+                return

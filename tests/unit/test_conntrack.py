@@ -1,5 +1,5 @@
 """Which conntrack entries a policy change deletes (pure: no kernel)."""
-from plugin.flows import parse_entry, stale_flows
+from plugin.kernel.conntrack import parse_entry, stale_flows
 from segmentation.compiler import compile_policy
 from segmentation.model import Member
 from segmentation.options import parse_network_options

@@ -1,0 +1,59 @@
+"""Backend counters mapped back to rules and segment pairs (for show and metrics).
+
+A backend reports :class:`~plugin.enforce.backend.Counters` in neutral terms:
+per policy-map key (``PolicyEntry.key``, ``CidrEntry.key``) and per
+``(src identity, dst identity)``. This module names them: the rule texts
+behind each key, and the segments (or ``(outside)``) behind each identity.
+A key that several rules share counts for each of them.
+"""
+from __future__ import annotations
+
+import collections
+
+from segmentation.identities import OUTSIDE as OUTSIDE_ID, RESERVED
+from segmentation.policymap import INGRESS, PolicyMap
+
+OUTSIDE = "(outside)"
+
+
+def names(policy: PolicyMap) -> dict:
+    """identity -> segment name, ``(outside)`` or the reserved name."""
+    out = {i: f"({n})" for i, n in RESERVED.items()}
+    out[OUTSIDE_ID] = OUTSIDE
+    out.update({ident: seg for seg, ident in policy.identities.items()})
+    return out
+
+
+def _add(total: list, counter) -> None:
+    if counter:
+        total[0] += counter[0]
+        total[1] += counter[1]
+
+
+def per_rule(policy: PolicyMap, counters) -> dict:
+    """rule text (or ``intra``) -> [packets, bytes] of the flows its keys opened."""
+    out = collections.defaultdict(lambda: [0, 0])
+    for entry in list(policy.entries) + list(policy.cidrs):
+        _add(out[entry.rule], counters.allowed.get(entry.key))
+    return out
+
+
+def per_pair(policy: PolicyMap, counters) -> tuple:
+    """({(src, dst): [pk, bytes]} allowed, same dropped), segments or ``(outside)``."""
+    name = names(policy)
+    allowed = collections.defaultdict(lambda: [0, 0])
+    seen = set()
+    for e in policy.entries:
+        if e.key not in seen:
+            seen.add(e.key)
+            _add(allowed[(name[e.src], name[e.dst])], counters.allowed.get(e.key))
+    for c in policy.cidrs:
+        if c.key not in seen:
+            seen.add(c.key)
+            seg = name[c.identity]
+            pair = (OUTSIDE, seg) if c.direction == INGRESS else (seg, OUTSIDE)
+            _add(allowed[pair], counters.allowed.get(c.key))
+    dropped = collections.defaultdict(lambda: [0, 0])
+    for (src, dst), value in counters.dropped.items():
+        _add(dropped[(name.get(src, f"identity {src}"), name.get(dst, f"identity {dst}"))], value)
+    return allowed, dropped

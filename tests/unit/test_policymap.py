@@ -1,0 +1,52 @@
+"""segmentation.policymap and identities: compiled policy as data, deltas, stable identities."""
+from __future__ import annotations
+
+from hypothesis import given, settings, strategies as st
+
+from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign
+from segmentation.options import NetworkOptions
+from segmentation.policymap import compile_policy_map
+from segmentation.rules import parse_rules
+
+SEGS = ["web", "api", "db", "cache"]
+RULES = ["web->api:tcp/8080", "*->db:udp/53", "api->db:tcp/5432-5440", "10.0.0.0/8->web:tcp/80",
+         "web->[2001:db8::/32]:tcp/443", "cache->*", "*->*:icmp", "db->db:tcp/1"]
+
+
+def policy(rules, intra="allow", segments=SEGS, identities=None):
+    options = NetworkOptions(rules=parse_rules(" ".join(rules)), intra=intra)
+    return compile_policy_map(options, assign(identities or {}, segments))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(RULES)), st.lists(st.sampled_from(RULES)),
+       st.sampled_from(["allow", "deny"]), st.sampled_from(["allow", "deny"]),
+       st.lists(st.sampled_from(SEGS + ["x", "y"]), min_size=1))
+def test_applying_the_delta_of_two_maps_to_the_first_gives_the_second(a, b, intra_a, intra_b, segs_b):
+    first = policy(a, intra_a)
+    second = policy(b, intra_b, segments=set(segs_b) | set(SEGS), identities=first.identities)
+    delta = first.delta(second)
+    assert first.apply(delta) == second
+    assert first.delta(first).empty
+
+
+def test_a_new_segment_is_a_delta_of_its_own_entries_only():
+    first = policy(["*->db:udp/53", "web->api:tcp/8080"])
+    second = policy(["*->db:udp/53", "web->api:tcp/8080"], segments=SEGS + ["new"],
+                    identities=first.identities)
+    delta = first.delta(second)
+    new_id = second.identities["new"]
+    assert not delta.entries_removed and not delta.cidrs_added
+    assert {(e.src, e.dst, e.rule) for e in delta.entries_added} == {
+        (new_id, second.identities["db"], "*->db:udp/53"), (new_id, new_id, "intra")}
+
+
+def test_identities_are_stable_small_and_reserved_below_256():
+    alloc = MemoryAllocator()
+    first = alloc.allocate("n", ["web", "api"])
+    assert set(first.values()) == {FIRST_SEGMENT, FIRST_SEGMENT + 1}
+    again = alloc.allocate("n", ["api", "web", "db"])
+    assert again["web"] == first["web"] and again["api"] == first["api"]
+    freed = alloc.allocate("n", ["db"])
+    assert freed == {"db": again["db"]}
+    assert alloc.allocate("n", ["db", "new"])["new"] == FIRST_SEGMENT  # lowest free is reused

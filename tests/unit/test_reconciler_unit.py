@@ -1,0 +1,129 @@
+"""plugin.enforce.reconciler against a recording backend: every change is a delta."""
+from __future__ import annotations
+
+import pytest
+
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
+from plugin.enforce.backend import Counters
+from plugin.enforce.reconciler import Reconciler
+from segmentation.identities import PENDING, QUARANTINED
+from segmentation.options import NetworkOptions
+from segmentation.rules import parse_rules
+
+NID = "cd" * 32
+
+
+class RecordingBackend:
+    """Keeps what a datapath would hold, and the calls that changed it."""
+
+    name = "nftables"
+
+    def __init__(self):
+        self.calls, self.policy, self.ports, self.broken = [], None, {}, []
+
+    def apply_network(self, net, policy, ports):
+        self.calls.append(("network", net.id))
+        self.policy, self.ports, self.broken = policy, {p.endpoint_id: p for p in ports}, []
+
+    def apply_ports(self, net, changes):
+        for old, new in changes:
+            self.calls.append(("ports", (old.identity if old else None, new.identity if new else None)))
+            if new is None:
+                self.ports.pop(old.endpoint_id, None)
+            else:
+                self.ports[new.endpoint_id] = new
+
+    def apply_policy(self, net, delta):
+        self.calls.append(("policy", len(delta.entries_added), len(delta.entries_removed)))
+        self.policy = self.policy.apply(delta)
+
+    def remove_network(self, network_id):
+        self.calls.append(("remove", network_id))
+
+    def networks(self):
+        return {NID[:12], "0123456789ab"}
+
+    def drift(self, net, policy, ports):
+        return list(self.broken)
+
+    def counters(self, net):
+        return Counters()
+
+
+def network(rules="web->api:tcp/8080", **kw):
+    return NetworkRecord(id=NID, bridge="sn-t", mtu=1500,
+                         options=NetworkOptions(rules=parse_rules(rules), **kw),
+                         ipv4=(("10.230.0.0/24", "10.230.0.1/24"),))
+
+
+def endpoint(n, segment=None, quarantine=None):
+    return EndpointRecord(id=str(n) * 64, network_id=NID, veth_host=f"snv{n}", veth_peer=f"snp{n}",
+                          mac=f"02:00:00:00:00:0{n}", ipv4=f"10.230.0.{n + 10}/24", segment=segment,
+                          quarantine=quarantine)
+
+
+@pytest.fixture
+def env(tmp_path):
+    state = State(str(tmp_path))
+    backend = RecordingBackend()
+    pruned = []
+    rec = Reconciler(state, {"nftables": backend}, prune=lambda p, ports: pruned.append(p))
+    net = network()
+    state.put_network(net)
+    rec.network_added(net)
+    backend.calls.clear()
+    yield state, backend, rec, net, pruned
+    state.close()
+
+
+def test_join_into_a_known_segment_is_one_port_delta(env):
+    state, backend, rec, net, _ = env
+    ep = endpoint(1, "web")
+    state.put_endpoint(ep)
+    rec.endpoint_changed(net, ep)
+    assert backend.calls == [("ports", (None, state.identities(NID)["web"]))]
+
+
+def test_join_that_brings_a_new_segment_adds_its_entries_then_the_port(env):
+    state, backend, rec, net, _ = env
+    ep = endpoint(2, "brandnew")
+    rec.endpoint_changed(net, ep)
+    ident = state.identities(NID)["brandnew"]
+    assert backend.calls == [("policy", 1, 0), ("ports", (None, ident))]   # its intra entry, then it
+    assert backend.policy == rec.compiled(net)
+
+
+def test_pending_and_quarantined_ports_carry_reserved_identities(env):
+    state, backend, rec, net, _ = env
+    rec.endpoint_changed(net, endpoint(3))
+    rec.endpoint_changed(net, endpoint(4, "bad name!", quarantine="invalid label"))
+    assert backend.ports["3" * 64].identity == PENDING
+    assert backend.ports["4" * 64].identity == QUARANTINED
+
+
+def test_a_policy_edit_is_a_delta_and_prunes_flows(env):
+    state, backend, rec, net, pruned = env
+    new = net.evolve(options=NetworkOptions(rules=parse_rules("web->api:tcp/8080 api->db:tcp/5432")))
+    state.put_network(new)
+    rec.policy_changed(new)
+    assert backend.calls[0][0] == "policy" and ("network", NID) not in backend.calls
+    assert backend.policy == rec.compiled(new) and pruned == [rec.compiled(new)]
+
+
+def test_identities_survive_a_restart(env, tmp_path):
+    state, backend, rec, net, _ = env
+    before = state.identities(NID)
+    state.close()
+    again = State(str(tmp_path))
+    rec2 = Reconciler(again, {"nftables": RecordingBackend()})
+    assert dict(rec2.compiled(net).identities) == before
+    again.close()
+
+
+def test_drift_is_repaired_and_orphans_removed(env):
+    state, backend, rec, net, _ = env
+    assert rec.reconcile(full=False) == 0 and backend.calls == []
+    backend.broken = ["element missing"]
+    assert rec.reconcile(full=False) == 1 and ("network", NID) in backend.calls
+    rec.reconcile(full=True)
+    assert ("remove", "0123456789ab") in backend.calls and ("remove", NID[:12]) not in backend.calls
