@@ -31,8 +31,9 @@ def _stamp(t: float) -> str:
 
 def log_line(entry: dict, with_network: bool = False) -> str:
     net = f"{entry.get('network', '')[:12]}  " if with_network else ""
+    mark = "  audit (passed; enforce mode would drop it)" if entry.get("audit") else ""
     return (f"{_stamp(entry['time'])}  {net}{_end(entry['src'])} -> {_end(entry['dst'])}"
-            f"  {_what(entry)}  {entry.get('why') or entry.get('reason')}")
+            f"  {_what(entry)}  {entry.get('why') or entry.get('reason')}{mark}")
 
 
 def print_log(data: dict, with_network: bool = False) -> None:

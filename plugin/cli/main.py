@@ -22,13 +22,20 @@ from plugin.config import Settings
 def _print_status(data: dict) -> None:
     print(f"daemon: {'healthy' if data.get('healthy') else 'unhealthy'}; "
           f"networks: {len(data['networks'])}; reconcile repairs: {data.get('reconcile_repairs', 0)}")
+    engine = data.get("engine")
+    if engine:
+        print("engine: " + ", ".join(f"{k} {v}" for k, v in sorted(engine.items()) if v not in (None, "")))
     for n in data["networks"]:
-        print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  endpoints {n['endpoints']}"
+        print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  {n.get('backend', 'nftables')}"
+              f"  mode {n.get('mode', 'enforce')}  endpoints {n['endpoints']}"
               f"  pending {n['pending']}  quarantined {n['quarantined']}  rules {n['rules']}")
 
 
 def _print_show(data: dict) -> None:
-    print(f"network {data['id'][:12]} (bridge {data['bridge']})")
+    print(f"network {data['id'][:12]} (bridge {data['bridge']}, backend {data.get('backend', 'nftables')},"
+          f" mode {data.get('mode', 'enforce')})")
+    if data.get("mode") == "audit":
+        print("  audit mode: policy drops nothing; `secnet log` shows what enforce mode would drop")
     print("segments:")
     for seg in data["segments"]:
         print(f"  {seg['name']}: {len(seg['members'])} member(s)")
@@ -72,6 +79,13 @@ def cmd_policy(args) -> dict:
     return call("/secnet/policy", body)
 
 
+def cmd_mode(args) -> dict:
+    body = {"network": resolve_network(args.network)}
+    if args.mode:
+        body["mode"] = args.mode
+    return call("/secnet/mode", body)
+
+
 def cmd_log(args):
     body = {"network": resolve_network(args.network)} if args.network else {}
     data = call("/secnet/log", body)
@@ -106,12 +120,13 @@ def cmd_metrics(args) -> dict:
     return call("/secnet/metrics", {})
 
 
-COMMANDS = {"status": cmd_status, "show": cmd_show, "policy": cmd_policy, "log": cmd_log,
+COMMANDS = {"status": cmd_status, "show": cmd_show, "policy": cmd_policy, "mode": cmd_mode, "log": cmd_log,
             "explain": cmd_explain, "verify": cmd_verify, "metrics": cmd_metrics}
 PRINTERS = {
     "status": _print_status,
     "show": _print_show,
     "policy": lambda d: print("\n".join(d["rules"])) if d["rules"] else None,
+    "mode": lambda d: print(d["mode"]),
     "log": fmt.print_log,
     "explain": fmt.print_explain,
     "verify": fmt.print_verify,
@@ -138,6 +153,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("network", metavar="NETWORK")
     s.add_argument("action", nargs="?", choices=("set", "add", "remove"))
     s.add_argument("rules", nargs="*", metavar="RULE")
+    s = sub.add_parser("mode", help="print or switch a network's mode (enforce or audit)")
+    s.add_argument("network", metavar="NETWORK")
+    s.add_argument("mode", nargs="?", choices=("enforce", "audit"))
     s = sub.add_parser("log", help="flows that policy dropped, oldest first")
     s.add_argument("network", metavar="NETWORK", nargs="?")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new drops")
