@@ -94,6 +94,7 @@ class Settings:
     intra: str = "allow"          # allow | deny (already compiled into entries)
     egress: str = "allow"         # allow | deny: outside destinations no CIDR entry names
     internal: bool = False        # nothing leaves or enters the network
+    mode: str = "enforce"         # enforce | audit (audit: drop nothing, report would-drops)
 
 
 @dataclass(frozen=True)
@@ -189,7 +190,7 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
         for seg in segments:
             entries.add(PolicyEntry(identities[seg], identities[seg], ANY, 0, 0, INTRA))
     settings = Settings(intra=options.intra, egress="deny" if options.internal else options.egress,
-                        internal=options.internal)
+                        internal=options.internal, mode=getattr(options, "mode", "enforce"))
     return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs), settings)
 
 
