@@ -144,7 +144,7 @@ class Reconciler:
             spec = network_spec(net)
             if spec != real.spec:
                 real.spec = spec
-            self._policy_delta(net, real, self.state.endpoints(net.id), force_settings=True)
+            self._policy_delta(net, real, self.state.endpoints(net.id))
             policy, ports = real.policy, list(real.ports.values())
         self._prune(policy, ports)
 
@@ -183,17 +183,16 @@ class Reconciler:
         self._realized[net.id] = real
         return real
 
-    def _policy_delta(self, net, real: Realized, endpoints, force_settings: bool = False) -> None:
+    def _policy_delta(self, net, real: Realized, endpoints) -> None:
         """Recompile ``net``'s policy over ``endpoints`` and apply only the difference.
 
-        Ports whose identity changes (a freed and re-used identity cannot
-        happen: identities of live segments are kept) are re-applied too.
+        Identities of live segments are kept, so no port changes identity here.
         """
         segments = policy_segments(net.options, [member_of(e) for e in endpoints])
         identities = self.allocator.allocate(net.id, segments)
         new = compile_policy_map(net.options, identities)
         delta = real.policy.delta(new)
-        if not delta.empty or force_settings:
+        if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta)
         real.policy = new
 
