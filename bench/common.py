@@ -8,7 +8,6 @@ nothing else.
 """
 from __future__ import annotations
 
-import ctypes
 import errno
 import http.client
 import json
@@ -24,6 +23,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from plugin.cli.client import UnixHTTPConnection  # the CLI's HTTP-over-unix-socket connection
+from plugin.kernel import icmp, netns
 
 PREFIX = "snbench"
 IMAGE = os.environ.get("IMAGE", "secnet-busybox:latest")
@@ -487,19 +487,9 @@ def idle_cpu(seconds: int, window: int = 10) -> dict:
 
 # --- network namespaces -----------------------------------------------------------
 
-_libc = ctypes.CDLL("libc.so.6", use_errno=True)
-CLONE_NEWNET = 0x40000000
-
-
 def enter_netns(path: str) -> None:
     """Move the *calling thread* into the network namespace at ``path``."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    netns.enter(path)
 
 
 def tcp_probe(ip: str, port: int, timeout: float) -> str:
@@ -525,15 +515,6 @@ def tcp_probe(ip: str, port: int, timeout: float) -> str:
         s.close()
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    s = (s >> 16) + (s & 0xFFFF)
-    s += s >> 16
-    return ~s & 0xFFFF
-
-
 class HostPinger:
     """ICMP echo from the host (raw socket), for 'until the network answers'."""
 
@@ -551,10 +532,9 @@ class HostPinger:
         poller.register(self.sock, select.POLLIN)
         while now() < deadline:
             self.seq = (self.seq + 1) & 0xFFFF
-            hdr = struct.pack("!BBHHH", 8, 0, 0, self.ident, self.seq)
-            pkt = struct.pack("!BBHHH", 8, 0, _checksum(hdr + b"snbench"), self.ident, self.seq)
+            pkt = icmp.echo_request(4, self.ident, b"snbench", self.seq)
             try:
-                self.sock.sendto(pkt + b"snbench", (ip, 0))
+                self.sock.sendto(pkt, (ip, 0))
             except OSError:
                 pass  # EHOSTUNREACH while ARP fails: try again
             until = now() + every

@@ -26,12 +26,12 @@ import os
 import re
 import selectors
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Optional
 
 from plugin.kernel import netns
+from plugin.kernel.icmp import echo_request
 
 TOKEN = re.compile(rb"snv-([0-9a-f]{8})-([0-9a-f]{6})")
 REACHED = ("connected", "refused", "seen", "answered")
@@ -53,23 +53,6 @@ class Spec:
 
 def reached(outcome: str) -> bool:
     return outcome in REACHED
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def echo_request(family: int, ident: int, token: bytes) -> bytes:
-    """An ICMP (or ICMPv6: the kernel fills in its checksum) echo request carrying ``token``."""
-    head = struct.pack("!BBHHH", 8 if family == 4 else 128, 0, 0, ident, 1)
-    if family == 6:
-        return head + token
-    return head[:2] + struct.pack("!H", _checksum(head + token)) + head[4:] + token
 
 
 def _fam(family: int) -> int:

@@ -513,10 +513,9 @@ def diff_text(cells: list, observed: dict) -> str:
 
 # --- the fail-closed racer ----------------------------------------------------
 RACER_SRC = r'''
-import ctypes, json, os, socket, sys, threading, time
+import json, os, socket, sys, threading, time
+from plugin.kernel.netns import enter   # secnet's own setns helper (the venv has secnet installed)
 cfg = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-CLONE_NEWNET = 0x40000000
 stop = threading.Event()
 lock = threading.Lock()
 hits = []          # (time, who, target) of every connection that got through
@@ -532,14 +531,6 @@ def record(who, tgt, t, how="ok"):
 def count(who):
     with lock:
         attempts[who] = attempts.get(who, 0) + 1
-
-def enter(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns " + path)
-    finally:
-        os.close(fd)
 
 def loop(who, path, bind, targets, tmo):
     # Docker creates the file first and bind-mounts the namespace on it a moment later:

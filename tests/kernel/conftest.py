@@ -11,7 +11,6 @@ independently of pyroute2.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import subprocess
@@ -20,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from plugin.kernel import netns
 from plugin.kernel.links import Netlink
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def pytest_collection_modifyitems(items):
@@ -85,13 +83,7 @@ def other_netns():
 
 
 def _enter_netns(name: str) -> None:
-    fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-    finally:
-        os.close(fd)
+    netns.enter(f"/var/run/netns/{name}")
 
 
 class InNetns:
