@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from plugin.kernel import netns
+from plugin.kernel import netns as kernel_netns
 from plugin.kernel.links import Netlink
 
 
@@ -83,7 +83,7 @@ def other_netns():
 
 
 def _enter_netns(name: str) -> None:
-    netns.enter(f"/var/run/netns/{name}")
+    kernel_netns.enter(f"/var/run/netns/{name}")
 
 
 class InNetns:
