@@ -16,6 +16,16 @@ import pytest
 import helpers as h
 
 
+#: every datapath the e2e behaviour tests run on (`secnet.backend`)
+BACKENDS = ("nftables",)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """The `secnet.backend` of the test's networks: each behaviour test runs on every backend."""
+    return request.param
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/e2e/" in str(item.fspath):
