@@ -127,7 +127,7 @@ class Reconciler:
                 self.backend(net).apply_ports(real.spec, [(old, new)])
                 real.ports[ep.id] = new
         if old is not None and (old.identity, old.published) != (new.identity, new.published):
-            self._prune(real.policy, list(real.ports.values()))
+            self._end_denied_flows(real.policy, list(real.ports.values()))
 
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
@@ -146,7 +146,12 @@ class Reconciler:
                 real.spec = spec
             self._policy_delta(net, real, self.state.endpoints(net.id))
             policy, ports = real.policy, list(real.ports.values())
-        self._prune(policy, ports)
+        self._end_denied_flows(policy, ports)
+
+    def _end_denied_flows(self, policy: PolicyMap, ports) -> None:
+        """End the established flows ``policy`` denies (never in audit mode: it denies nothing)."""
+        if policy.settings.mode != "audit":
+            self._prune(policy, ports)
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> PolicyMap:
