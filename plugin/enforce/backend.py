@@ -86,12 +86,15 @@ class Counters:
     ``allowed``: policy-map key (``PolicyEntry.key`` or a ``CidrEntry``) ->
     ``(packets, bytes)`` of the flows it opened; ``dropped``: ``(src identity,
     dst identity)`` -> ``(packets, bytes)``; ``reasons``: drop reason ->
-    ``(packets, bytes)``.
+    ``(packets, bytes)``. ``would_drop`` and ``would_drop_reasons``: the same
+    as ``dropped`` and ``reasons`` for what audit mode let pass.
     """
 
     allowed: Mapping = field(default_factory=dict)
     dropped: Mapping = field(default_factory=dict)
     reasons: Mapping = field(default_factory=dict)
+    would_drop: Mapping = field(default_factory=dict)
+    would_drop_reasons: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
