@@ -1,11 +1,20 @@
 """Throwaway network namespaces for the kernel tier, and real-packet probes.
 
 ``lab`` builds a "host" namespace ``sn-k-<uuid6>`` holding a Linux bridge
-with br_netfilter on, and ``lab.add(n)`` plugs n "container" namespaces into
-it with a veth each (host side on the bridge, container side ``eth0`` with
-10.236.0.x/24, fd00:236::x/64 and a known MAC). Every namespace, socket and
+with br_netfilter on (gateway 10.236.0.1/24, fd00:236::1/64, forwarding
+on), an "outside" namespace routed through the host (10.237.0.2,
+fd00:237::2: another host on the LAN), and ``lab.add(n)`` plugs n
+"container" namespaces into the bridge with a veth each (host side on the
+bridge, container side ``eth0`` with 10.236.0.x/24, fd00:236::x/64, a known
+MAC and a default route through the gateway). Every namespace, socket and
 table goes away in the finalizer, also when the test fails: the tables live
 inside the host namespace, so deleting it deletes them.
+
+The datapath under test is a backend object (``plugin.enforce.backend``)
+built and called on a thread inside the host namespace; the ``lab``
+fixture is parametrized over :data:`BACKENDS`, so that every backend runs
+the same tests. The lab drives it only through the Backend interface, with
+a PolicyMap compiled from real options (``lab.apply``, ``lab.update``).
 
 Probes are plain sockets created inside a container namespace: a thread
 enters the namespace with setns(2), makes the socket and goes back (a socket
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import json
 import os
 import selectors
 import socket
@@ -33,16 +43,24 @@ from dataclasses import dataclass
 
 import pytest
 
-from segmentation.backends import nftables as nft
-from segmentation.compiler import compile_policy
-from segmentation.model import Member
-from segmentation.options import NetworkOptions
-from segmentation.rules import parse_rules
+from plugin import netns as plugin_netns
+from plugin.enforce.backend import NetworkSpec, Port
+from plugin.enforce.nftables import NftBackend
+from segmentation.identities import PENDING, QUARANTINED, MemoryAllocator
+from segmentation.options import parse_network_options
+from segmentation.policymap import compile_policy_map
 
 PROBE_TIMEOUT = 1.0
 BRIDGE = "snbr0"
 BRIDGE_MAC = "02:42:0a:ec:00:01"
 NET_ID = "5ec0de" + "0" * 58
+GATEWAY4, GATEWAY6 = "10.236.0.1", "fd00:236::1"
+SUBNETS = ("10.236.0.0/24", "fd00:236::/64")
+UPLINK = "snup0"                      # host side of the link to the outside namespace
+HOST4, HOST6 = "10.237.0.1", "fd00:237::1"
+OUTSIDE4, OUTSIDE6 = "10.237.0.2", "fd00:237::2"
+#: backend name -> factory, called on a thread inside the lab's host namespace
+BACKENDS = {"nftables": NftBackend}
 TCP_PORTS = (8080, 5432, 9999)
 UDP_PORT = 53
 CLONE_NEWNET = 0x40000000
@@ -101,40 +119,87 @@ class Container:
     def ip(self, family: int) -> str:
         return self.ip4 if family == 4 else self.ip6
 
-    def port(self, segment=None, quarantine=None) -> nft.Port:
-        return nft.Port(endpoint_id=f"ep{self.index:02d}", name=self.veth, mac=self.mac,
-                        ipv4=self.ip4, ipv6=self.ip6, segment=segment, quarantine=quarantine)
-
     def ip_cmd(self, *args: str, check: bool = True):
         return sh("ip", "-n", self.ns, *args, check=check)
 
 
-class Lab:
-    """A host namespace with a bridge, container namespaces and an nft runner."""
+class InNamespace:
+    """Builds ``factory()`` on a thread inside namespace ``name`` and runs every
+    method call of the object on that thread (its sockets live there)."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, name: str, factory):
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=plugin_netns.enter,
+                                        initargs=(f"/run/netns/{name}",))
+        self._obj = self._pool.submit(factory).result()
+
+    def __getattr__(self, attr):
+        value = getattr(self._obj, attr)
+        if not callable(value):
+            return value
+        return lambda *args, **kw: self._pool.submit(value, *args, **kw).result()
+
+    def shutdown(self) -> None:
+        try:
+            self._pool.submit(self._obj.close).result()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
+class Lab:
+    """A host namespace with a bridge, an outside namespace, containers and a backend."""
+
+    def __init__(self, backend_name: str):
         self.host = f"sn-k-{uuid.uuid4().hex[:6]}"
+        self.backend_name = backend_name
         self.containers: list = []
         self.namespaces: list = []
         self.responder = Responder()
-        self.runner = nft.NftRunner(binary=self._wrapper(tmp_path))
-        self.table = nft.table_name(NET_ID)
-
-    def _wrapper(self, tmp_path) -> str:
-        path = tmp_path / "nft-in-netns"
-        path.write_text(f'#!/bin/sh\nexec ip netns exec {self.host} nft "$@"\n')
-        path.chmod(0o755)
-        return str(path)
+        self.backend = None
+        self.allocator = MemoryAllocator()
+        self.net = NetworkSpec(NET_ID, BRIDGE, SUBNETS, (GATEWAY4, GATEWAY6))
+        self.options = parse_network_options({})
+        self.policy = None
+        self.members: dict = {}   # container -> Port
+        self.table = "secnet_" + NET_ID[:12]
 
     def setup_host(self) -> None:
         self._add_ns(self.host)
         sh("ip", "-n", self.host, "link", "add", BRIDGE, "address", BRIDGE_MAC, "type", "bridge")
+        sh("ip", "-n", self.host, "addr", "add", f"{GATEWAY4}/24", "dev", BRIDGE)
+        sh("ip", "-n", self.host, "addr", "add", f"{GATEWAY6}/64", "dev", BRIDGE, "nodad")
         sh("ip", "-n", self.host, "link", "set", BRIDGE, "up")
         self.exec("sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1",
-                  "net.bridge.bridge-nf-call-ip6tables=1")
+                  "net.bridge.bridge-nf-call-ip6tables=1", "net.ipv4.ip_forward=1",
+                  "net.ipv6.conf.all.forwarding=1", "net.ipv4.ping_group_range=0 0")
         out = self.exec("sysctl", "-n", "net.bridge.bridge-nf-call-iptables",
                         "net.bridge.bridge-nf-call-ip6tables").stdout.split()
         assert out == ["1", "1"], f"br_netfilter is not on in {self.host}: {out}"
+        self.outside = self._add_outside()
+        self.responder.listen(self.outside)
+        self.host_box = Container(ns=self.host, index=98, veth="", mac=BRIDGE_MAC, ip4=HOST4, ip6=HOST6)
+        self.backend = InNamespace(self.host, BACKENDS[self.backend_name])
+
+    def _add_outside(self) -> Container:
+        """Another host on the LAN, reaching the network through this host."""
+        out = Container(ns=f"{self.host}-out", index=99, veth=UPLINK, mac="02:42:0a:ed:00:02",
+                        ip4=OUTSIDE4, ip6=OUTSIDE6)
+        self._add_ns(out.ns)
+        sh("ip", "-n", self.host, "link", "add", UPLINK, "type", "veth", "peer", "name", "eth0",
+           "netns", out.ns)
+        sh("ip", "-n", self.host, "addr", "add", f"{HOST4}/24", "dev", UPLINK)
+        sh("ip", "-n", self.host, "addr", "add", f"{HOST6}/64", "dev", UPLINK, "nodad")
+        sh("ip", "-n", self.host, "link", "set", UPLINK, "up")
+        self._address(out, HOST4, HOST6)
+        return out
+
+    def _address(self, c: Container, gw4: str, gw6: str) -> None:
+        c.ip_cmd("link", "set", "eth0", "address", c.mac)
+        c.ip_cmd("addr", "add", f"{c.ip4}/24", "dev", "eth0")
+        c.ip_cmd("addr", "add", f"{c.ip6}/64", "dev", "eth0", "nodad")
+        c.ip_cmd("link", "set", "eth0", "up")
+        c.ip_cmd("route", "add", "default", "via", gw4)
+        c.ip_cmd("-6", "route", "add", "default", "via", gw6)
+        sh("ip", "netns", "exec", c.ns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 0")
 
     def _add_ns(self, name: str) -> None:
         sh("ip", "netns", "add", name)
@@ -144,6 +209,9 @@ class Lab:
     def exec(self, *argv: str, check: bool = True):
         """Run a command inside the host namespace."""
         return sh("ip", "netns", "exec", self.host, *argv, check=check)
+
+    def nft(self, *args: str, check: bool = True):
+        return self.exec("nft", *args, check=check)
 
     def add(self, n: int) -> list:
         """Plug ``n`` more containers into the bridge; they answer probes at once."""
@@ -162,11 +230,12 @@ class Lab:
         sh("ip", "-n", self.host, "link", "add", c.veth, "type", "veth", "peer", "name", "eth0",
            "netns", c.ns)
         sh("ip", "-n", self.host, "link", "set", c.veth, "master", BRIDGE, "up")
-        c.ip_cmd("link", "set", "eth0", "address", c.mac)
-        c.ip_cmd("addr", "add", f"{c.ip4}/24", "dev", "eth0")
-        c.ip_cmd("addr", "add", f"{c.ip6}/64", "dev", "eth0", "nodad")
-        c.ip_cmd("link", "set", "eth0", "up")
-        sh("ip", "netns", "exec", c.ns, "sysctl", "-qw", "net.ipv4.ping_group_range=0 0")
+        self._address(c, GATEWAY4, GATEWAY6)
+        # the host knows its containers' MACs (a freshly made container may miss
+        # the first neighbour solicitation of a forwarded packet while its IPv6 settles)
+        for addr in (c.ip4, c.ip6):
+            sh("ip", "-n", self.host, "neigh", "replace", addr, "lladdr", c.mac, "dev", BRIDGE,
+               "nud", "permanent")
         return c
 
     def link_mac(self, name: str) -> str:
@@ -176,6 +245,8 @@ class Lab:
 
     def close(self) -> None:
         self.responder.stop()
+        if self.backend is not None:
+            self.backend.shutdown()
         errors = []
         for name in reversed(self.namespaces):
             res = sh("ip", "netns", "del", name, check=False)
@@ -183,34 +254,90 @@ class Lab:
                 errors.append(f"{name}: {res.stderr.strip()}")
         assert not errors, "namespace cleanup failed: " + "; ".join(errors)
 
-    # --- nftables inside the host namespace ---------------------------------
-    def apply_policy(self, rules: str, members: dict, intra: str = "allow", extra_ports=()):
-        """Compile ``rules`` over ``members`` (container -> segment) and apply the tables."""
-        ports = [c.port(seg) for c, seg in members.items()] + list(extra_ports)
-        compiled = compile_rules(rules, intra, ports)
-        self.runner.apply(nft.render_network(NET_ID, BRIDGE, compiled, ports))
-        return compiled
+    # --- the datapath, through the Backend interface --------------------------
+    def port(self, c: Container, segment=None, quarantine=None, published=()) -> Port:
+        """The Port of ``c`` as a member of ``segment`` (None: pending)."""
+        ids = self.allocator.identities(NET_ID)
+        identity = QUARANTINED if quarantine else ids[segment] if segment else PENDING
+        return Port(endpoint_id=f"ep{c.index:02d}", name=c.veth, mac=c.mac, ipv4=c.ip4, ipv6=c.ip6,
+                    identity=identity, segment=segment, quarantine=quarantine,
+                    published=tuple(published))
+
+    def compile(self, options, members: dict):
+        named = {e.value for r in options.rules for e in (r.src, r.dst) if e.kind == "segment"}
+        segments = named | {seg for seg in members.values() if seg} | {options.default_segment}
+        known = set(self.allocator.identities(NET_ID))
+        ids = self.allocator.allocate(NET_ID, segments | known)
+        return compile_policy_map(options, ids)
+
+    def apply(self, rules: str, members: dict, intra: str = "allow", extra_ports=(), mode=None,
+              published=None, **options):
+        """Compile ``rules`` over ``members`` (container -> segment) and apply the whole network."""
+        self.options = _options(rules, intra, options)
+        self.policy = self.compile(self.options, members)
+        published = published or {}
+        self.members = {c: self.port(c, seg, published=published.get(c, ())) for c, seg in members.items()}
+        if mode:
+            self.net = NetworkSpec(NET_ID, BRIDGE, SUBNETS, (GATEWAY4, GATEWAY6),
+                                   internal=self.options.internal, mode=mode)
+        else:
+            self.net = NetworkSpec(NET_ID, BRIDGE, SUBNETS, (GATEWAY4, GATEWAY6),
+                                   internal=self.options.internal)
+        self.extra = list(extra_ports)
+        self.backend.apply_network(self.net, self.policy, self.ports())
+        return self.policy
+
+    def ports(self) -> list:
+        return list(self.members.values()) + self.extra
+
+    def update(self, rules: str | None = None, intra: str | None = None, mode: str | None = None,
+               **options):
+        """Change the policy (or mode) live: one apply_policy with the delta."""
+        rules = self.options.rules if rules is None else rules
+        old = self.options
+        merged = {"egress": old.egress, **options}
+        self.options = _options(rules, intra or old.intra, merged, internal=old.internal)
+        new = self.compile(self.options, {c: p.segment for c, p in self.members.items()})
+        if mode:
+            self.net = NetworkSpec(NET_ID, BRIDGE, SUBNETS, (GATEWAY4, GATEWAY6),
+                                   internal=self.net.internal, mode=mode)
+        self.backend.apply_policy(self.net, self.policy.delta(new))
+        self.policy = new
+
+    def move(self, c: Container, segment=None, quarantine=None) -> None:
+        """Change one member (join, leave with segment=None and c gone, quarantine)."""
+        old = self.members.get(c)
+        new = self.port(c, segment, quarantine)
+        self.members[c] = new
+        self.backend.apply_ports(self.net, [(old, new)])
+
+    def drift(self) -> list:
+        return self.backend.drift(self.net, self.policy, self.ports())
 
     def counter(self, family: str, comment: str) -> int:
         """Packets counted by the rules of our ``family`` table commented ``comment``."""
+        data = json.loads(self.nft("-j", "list", "table", family, self.table).stdout)
         total = 0
-        for obj in self.runner.list_json("table", family, self.table).get("nftables", []):
+        for obj in data.get("nftables", []):
             rule = obj.get("rule")
             if rule and rule.get("comment") == comment:
                 total += sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
         return total
 
 
-def compile_rules(rules: str, intra: str, ports):
-    options = NetworkOptions(rules=parse_rules(rules), intra=intra)
-    members = [Member(p.endpoint_id, p.segment, p.ipv4, p.ipv6, p.quarantine) for p in ports]
-    return compile_policy(options, members)
+def _options(rules, intra: str, options: dict, internal: bool = False):
+    if not isinstance(rules, str):
+        rules = " ".join(r.text() for r in rules)
+    generic = {"secnet.allow": rules, "secnet.intra": intra}
+    if options.get("egress"):
+        generic["secnet.egress"] = options["egress"]
+    return parse_network_options(generic, internal=options.get("internal", internal))
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """A fresh host namespace with a br_netfilter bridge; ``lab.add(n)`` adds containers."""
-    the_lab = Lab(tmp_path)
+@pytest.fixture(params=sorted(BACKENDS))
+def lab(request):
+    """A fresh host namespace with a br_netfilter bridge and a backend; ``lab.add(n)`` adds containers."""
+    the_lab = Lab(request.param)
     try:
         the_lab.setup_host()
         yield the_lab
