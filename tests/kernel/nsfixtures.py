@@ -144,6 +144,10 @@ class InNamespace:
         finally:
             self._pool.shutdown(wait=True)
 
+    def shutdown_plain(self) -> None:
+        """Stop the thread of an object that has no ``close``."""
+        self._pool.shutdown(wait=True)
+
 
 class Lab:
     """A host namespace with a bridge, an outside namespace, containers and a backend."""
