@@ -22,7 +22,9 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import kernel, ruleset
 from .drops import NFLOG_GROUP, parse_log_prefix
-from .elements import (ElementDelta, PolicyElements, diff, ports_elements, setting_elements)
+from .elements import (ElementDelta, PolicyElements, diff, port_elements, ports_elements,
+                       setting_elements)
+from .netlink import ElementWriter
 from .nflog import NflogReader, Packet
 from .runner import TABLE_PREFIX, NftError, NftRunner
 
@@ -47,14 +49,17 @@ class NftBackend:
     """The nftables datapath (see ``ruleset`` for the tables it writes).
 
     ``runner``: an :class:`NftRunner` (default: libnftables in-process in
-    the calling thread's network namespace). Thread-safe: calls are
-    serialized by one lock.
+    the calling thread's network namespace). Element deltas go over
+    netlink (``netlink.ElementWriter``) unless ``netlink=False`` (then as
+    nft scripts). Thread-safe: calls are serialized by one lock.
     """
 
     name = "nftables"
 
-    def __init__(self, runner: Optional[NftRunner] = None, nflog_group: int = NFLOG_GROUP):
+    def __init__(self, runner: Optional[NftRunner] = None, nflog_group: int = NFLOG_GROUP,
+                 netlink: bool = True):
         self.runner = runner or NftRunner()
+        self.writer = ElementWriter() if netlink else None
         self.nflog_group = nflog_group
         self._nets: dict = {}
         self._lock = threading.RLock()
@@ -90,20 +95,22 @@ class NftBackend:
         """Endpoint changes ``(old Port or None, new Port or None)`` as one element delta.
 
         The old state is the one realized here (by endpoint id), so applying
-        the same change twice is harmless.
+        the same change twice is harmless. Costs what the changed ports
+        own, whatever the size of the network.
         """
         with self._lock:
             real = self._realized(net)
-            ports = dict(real.ports)
+            ports, before, after = dict(real.ports), {}, {}
             for old, new in changes:
                 endpoint = (new or old).endpoint_id
-                if new is None:
-                    ports.pop(endpoint, None)
-                else:
+                gone = ports.pop(endpoint, None)
+                if gone is not None:
+                    _merge(before, port_elements(gone))
+                if new is not None:
                     ports[endpoint] = new
-            port_sets = ports_elements(ports.values())
-            delta = diff(real.port_sets, port_sets)
-            self._write(net, real, delta, lambda: self._set_ports(real, ports, port_sets))
+                    _merge(after, port_elements(new))
+            delta = diff(before, after)
+            self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
         """A policy-map delta and ``net.mode`` as one element delta."""
@@ -202,6 +209,8 @@ class NftBackend:
             reader, self._reader = self._reader, None
         if reader is not None:
             reader.stop()
+        if self.writer is not None:
+            self.writer.close()
 
     # --- internals --------------------------------------------------------------------------
     def _realized(self, net: NetworkSpec) -> _Realized:
@@ -222,8 +231,11 @@ class NftBackend:
             done()
             return
         try:
-            self.runner.apply(ruleset.delta_script(net.id, delta))
-        except NftError as exc:
+            if self.writer is not None:
+                self.writer.apply(ruleset.table_name(net.id), delta)
+            else:
+                self.runner.apply(ruleset.delta_script(net.id, delta))
+        except (NftError, OSError) as exc:
             done()
             log.warning("network %s: element delta refused (%s); rebuilding its tables",
                         net.id[:12], str(exc).splitlines()[0][:200])
@@ -233,8 +245,13 @@ class NftBackend:
         done()
 
     @staticmethod
-    def _set_ports(real: _Realized, ports: dict, port_sets: dict) -> None:
-        real.ports, real.port_sets = ports, port_sets
+    def _set_ports(real: _Realized, ports: dict, delta: ElementDelta) -> None:
+        real.ports = ports
+        for name, els in delta.delete.items():
+            for element in els:
+                real.port_sets.get(name, {}).pop(element, None)
+        for name, els in delta.add.items():
+            real.port_sets.setdefault(name, {}).update(els)
 
     def _reference(self, net: NetworkSpec) -> Optional[dict]:
         try:
@@ -273,6 +290,11 @@ def _element_problems(want: dict, have: dict) -> list:
         problems += [f"set {name}: unexpected element {ruleset.element_text(name, e, h[e])}"
                      for e in extra[:3]]
     return problems
+
+
+def _merge(into: dict, elements: dict) -> None:
+    for name, els in elements.items():
+        into.setdefault(name, {}).update(els)
 
 
 def _add(total, count) -> tuple:

@@ -79,15 +79,19 @@ FULL = (0, 65535)
 
 
 # --- neutral data -> elements ---------------------------------------------------------------
+_NUMBERS = {name: l4.number4 for name, l4 in FLOW.items()}
+
+
 def entry_group(entry) -> tuple:
     """(set name, group) of a policy-map entry: entries of one group are cut together."""
-    if isinstance(entry, PolicyEntry):
-        if entry.proto == ANY:
+    if entry.__class__ is PolicyEntry:
+        proto = entry.proto
+        if proto == ANY:
             return "pol_any", (entry.src, entry.dst)
-        if entry.proto == ICMP.name:
+        if proto == "icmp":
             return "pol_icmp", (entry.src, entry.dst)
-        number = FLOW[entry.proto].number4
-        if (entry.lo, entry.hi) == FULL:
+        number = _NUMBERS[proto]
+        if entry.lo == 0 and entry.hi == 65535:
             return "pol_proto", (entry.src, entry.dst, number)
         if entry.lo == entry.hi:
             return "pol_port", (entry.src, entry.dst, number, entry.lo)
@@ -193,12 +197,14 @@ class ElementDelta:
 class PolicyElements:
     """The policy sets of one network, with the entries behind each element.
 
-    ``groups``: ``{(set, group): entries}``; ``pieces``: ``{(set, group):
-    {element: frozenset(attribution keys)}}``.
+    ``groups``: ``{(set, group): entries}``. In a set without intervals the
+    group *is* the element (present while it has entries); an interval
+    set's groups are cut into ``pieces``: ``{(set, group): {element:
+    frozenset(attribution keys)}}``.
     """
 
     def __init__(self) -> None:
-        self.groups: dict = defaultdict(set)
+        self.groups: dict = {}
         self.pieces: dict = {}
 
     @classmethod
@@ -209,34 +215,51 @@ class PolicyElements:
 
     def change(self, added: Iterable, removed: Iterable) -> ElementDelta:
         """Apply entries added and removed; returns the elements that changed."""
-        touched = set()
+        groups, before = self.groups, {}
         for entry in removed:
             where = entry_group(entry)
-            self.groups[where].discard(entry)
-            touched.add(where)
+            entries = groups.get(where)
+            if entries is not None:
+                before.setdefault(where, True)
+                entries.discard(entry)
         for entry in added:
             where = entry_group(entry)
-            self.groups[where].add(entry)
-            touched.add(where)
+            entries = groups.get(where)
+            if entries is None:
+                before.setdefault(where, False)
+                groups[where] = {entry}
+            else:
+                before.setdefault(where, True)
+                entries.add(entry)
         delta = ElementDelta()
-        for where in touched:
+        for where, existed in before.items():
             name, group = where
-            entries = self.groups.get(where) or ()
-            if not entries:
-                self.groups.pop(where, None)
-            old = self.pieces.pop(where, {})
-            new = group_elements(name, group, entries)
-            if new:
-                self.pieces[where] = new
-            for element in old.keys() - new.keys():
-                delta.delete[name][element] = None
-            for element in new.keys() - old.keys():
-                delta.add[name][element] = None
+            if not groups[where]:
+                del groups[where]
+            if SCHEMAS[name][3]:
+                self._cut(name, group, delta)
+            elif existed and where not in groups:
+                delta.delete[name][group] = None
+            elif where in groups and not existed:
+                delta.add[name][group] = None
         return delta
+
+    def _cut(self, name: str, group: tuple, delta: ElementDelta) -> None:
+        old = self.pieces.pop((name, group), {})
+        new = group_elements(name, group, self.groups.get((name, group), ()))
+        if new:
+            self.pieces[(name, group)] = new
+        for element in old.keys() - new.keys():
+            delta.delete[name][element] = None
+        for element in new.keys() - old.keys():
+            delta.add[name][element] = None
 
     def attribution(self) -> dict:
         """``{set: {element: frozenset(attribution keys)}}``."""
         out: dict = defaultdict(dict)
+        for (name, group), entries in self.groups.items():
+            if not SCHEMAS[name][3]:
+                out[name][group] = frozenset(attribution_key(e) for e in entries)
         for (name, _group), pieces in self.pieces.items():
             out[name].update(pieces)
         return out
@@ -244,6 +267,9 @@ class PolicyElements:
     def flat(self) -> dict:
         """``{set: {element: None}}`` of every policy set."""
         out: dict = {name: {} for name in POLICY_SETS}
+        for name, group in self.groups:
+            if not SCHEMAS[name][3]:
+                out[name][group] = None
         for (name, _group), pieces in self.pieces.items():
             out[name].update(dict.fromkeys(pieces))
         return out
