@@ -295,8 +295,10 @@ class Lab:
         return list(self.members.values()) + self.extra
 
     def update(self, rules: str | None = None, intra: str | None = None, mode: str | None = None,
-               **options):
-        """Change the policy (or mode) live: one apply_policy with the delta."""
+               repair_ok: bool = False, **options):
+        """Change the policy (or mode) live: one apply_policy with the delta (which must
+        not have needed a rebuild, unless ``repair_ok``)."""
+        repairs = self.backend.repairs
         rules = self.options.rules if rules is None else rules
         old = self.options
         merged = {"egress": old.egress, **options}
@@ -307,13 +309,15 @@ class Lab:
                                    internal=self.net.internal, mode=mode)
         self.backend.apply_policy(self.net, self.policy.delta(new))
         self.policy = new
+        assert repair_ok or self.backend.repairs == repairs, "the delta was refused: rebuilt"
 
     def move(self, c: Container, segment=None, quarantine=None) -> None:
         """Change one member (join, leave with segment=None and c gone, quarantine)."""
-        old = self.members.get(c)
+        old, repairs = self.members.get(c), self.backend.repairs
         new = self.port(c, segment, quarantine)
         self.members[c] = new
         self.backend.apply_ports(self.net, [(old, new)])
+        assert self.backend.repairs == repairs, "the delta was refused: rebuilt"
 
     def drift(self) -> list:
         return self.backend.drift(self.net, self.policy, self.ports())

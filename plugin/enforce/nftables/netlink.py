@@ -15,7 +15,9 @@ bytes: marks and the constant ``numgen`` key in host byte order (what
 ``meta mark`` loads into a register), addresses and ports in network byte
 order, protocol one byte, interface names 16 bytes, MACs 6. Interval sets
 (concatenations with ``flags interval``) take the range's start as the key
-and its end as ``NFTA_SET_ELEM_KEY_END``. Map values are encoded alike.
+and its end as ``NFTA_SET_ELEM_KEY_END``, with every field in network byte
+order (marks too: nft byte-swaps the register before such a lookup). Map
+values are encoded alike.
 The same elements written by nft's parser and by this module are the same
 bytes (the kernel tier checks it: drift() after a netlink delta is empty).
 """
@@ -32,9 +34,12 @@ from .elements import SCHEMAS, ElementDelta
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
-NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
-NLMSG_ERROR = 2
+NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 12, 13, 14
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x400, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 9, 11
+NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
+NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY_END = 1, 2, 10
@@ -53,7 +58,8 @@ def _nest(kind: int, data: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, data)
 
 
-_U32, _PORT, _PROTO = struct.Struct("=I"), struct.Struct("!H2x"), struct.Struct("=B3x")
+_U32, _BE32 = struct.Struct("=I"), struct.Struct("!I")
+_PORT, _PROTO = struct.Struct("!H2x"), struct.Struct("=B3x")
 _SIZES = {"mark": 4, "zero": 4, "proto": 4, "port": 4, "ip4": 4, "ip6": 16, "ifname": 16, "mac": 8,
           "raw": 16}
 
@@ -97,7 +103,9 @@ def encoder(name: str, key_only: bool = False):
 
 def _make_encoder(name: str, key_only: bool):
     _family, kinds, vkinds, interval = SCHEMAS[name]
-    fields = [_FIELDS[k] for k in kinds]
+    # interval sets keep every field in network byte order (nft converts host-order
+    # registers such as the marks before the lookup): ranges compare as bytes
+    fields = [_BE32.pack if interval and k in ("mark", "zero") else _FIELDS[k] for k in kinds]
     values = [_FIELDS[k] for k in vkinds or ()] if not key_only else []
 
     def encode(element, value=None) -> bytes:
@@ -115,6 +123,60 @@ def _make_encoder(name: str, key_only: bool):
 def encode_element(name: str, element: tuple, value=None, key_only: bool = False) -> bytes:
     """The ``NFTA_LIST_ELEM`` attribute of one element of set ``name``."""
     return encoder(name, key_only)(element, value)
+
+
+def identity(name: str, element: tuple, value=None) -> tuple:
+    """``(key, key end, data)`` bytes of an element, as :func:`dumped` reads them back."""
+    attrs = _attrs(encode_element(name, element, value)[4:])
+    return _identity(attrs)
+
+
+def _identity(attrs: dict) -> tuple:
+    return tuple(_attrs(attrs[k]).get(NFTA_DATA_VALUE) if k in attrs else None
+                 for k in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_DATA))
+
+
+def _attrs(data: bytes) -> dict:
+    out, pos = {}, 0
+    while pos + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, pos)
+        if length < 4:
+            break
+        out.setdefault(kind & 0x3FFF, data[pos + 4:pos + length])
+        pos += (length + 3) & ~3
+    return out
+
+
+def _all(data: bytes, kind: int) -> list:
+    """Every attribute of type ``kind`` in a run of attributes (lists repeat their type)."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        length, k = struct.unpack_from("=HH", data, pos)
+        if length < 4:
+            break
+        if k & 0x3FFF == kind:
+            out.append(data[pos + 4:pos + length])
+        pos += (length + 3) & ~3
+    return out
+
+
+def _counter(attrs: dict):
+    """(packets, bytes) of an element's counter expression, or None."""
+    exprs = _all(attrs.get(NFTA_SET_ELEM_EXPRESSIONS, b""), NFTA_LIST_ELEM)
+    if NFTA_SET_ELEM_EXPR in attrs:
+        exprs.append(attrs[NFTA_SET_ELEM_EXPR])
+    for expr in exprs:
+        e = _attrs(expr)
+        if e.get(NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"counter":
+            data = _attrs(e.get(NFTA_EXPR_DATA, b""))
+            return (struct.unpack("!Q", data[NFTA_COUNTER_PACKETS])[0],
+                    struct.unpack("!Q", data[NFTA_COUNTER_BYTES])[0])
+    return None
+
+
+def decode_marks(key: bytes) -> tuple:
+    """The identities of a ``mark . mark`` key."""
+    return struct.unpack("=II", key[:8])
 
 
 class ElementWriter:
@@ -206,6 +268,45 @@ class ElementWriter:
         if failure:
             code, name = failure
             raise OSError(code, f"nf_tables refused the elements of set {name}: {os.strerror(code)}")
+
+    def dump(self, table: str, name: str) -> dict:
+        """``{(key, key end, data): (packets, bytes) or None}`` of set ``name`` as the kernel has it.
+
+        Raises OSError (ENOENT: no such table or set).
+        """
+        with self._lock:
+            family = FAMILIES[SCHEMAS[name][0]]
+            body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                    + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+            sock = self._socket()
+            sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, family, body,
+                                    NLM_F_REQUEST | NLM_F_DUMP))
+            out: dict = {}
+            while not self._read_dump(sock.recv(1 << 20), out):
+                pass
+            return out
+
+    @staticmethod
+    def _read_dump(buf: bytes, out: dict) -> bool:
+        """Add the elements of one datagram of a dump to ``out``; True at its end."""
+        pos = 0
+        while pos + 16 <= len(buf):
+            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, pos)
+            if length < 16:
+                return True
+            if kind == NLMSG_DONE:
+                return True
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", buf, pos + 16)[0]
+                if code:
+                    raise OSError(code, os.strerror(code))
+                return True
+            attrs = _attrs(buf[pos + 20:pos + length])
+            for elem in _all(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), NFTA_LIST_ELEM):
+                e = _attrs(elem)
+                out[_identity(e)] = _counter(e)
+            pos += (length + 3) & ~3
+        return False
 
     def close(self) -> None:
         if self._sock is not None:
