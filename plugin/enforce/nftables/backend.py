@@ -24,7 +24,7 @@ from . import kernel, ruleset
 from .drops import NFLOG_GROUP, parse_log_prefix
 from .elements import (ElementDelta, PolicyElements, diff, port_elements, ports_elements,
                        setting_elements)
-from .netlink import ElementWriter
+from .netlink import ElementWriter, decode_marks, identifier
 from .nflog import NflogReader, Packet
 from .runner import TABLE_PREFIX, NftError, NftRunner
 
@@ -160,16 +160,29 @@ class NftBackend:
             real = self._nets.get(net.id)
             table = ruleset.table_name(net.id)
             try:
-                have = kernel.read_elements(self.runner, table, kernel.desired_sets())
                 rules = kernel.read_rules(self.runner, table)
-            except NftError as exc:
+                problems = self._element_problems(table, want)
+            except (NftError, OSError) as exc:
                 return [f"tables missing ({str(exc).splitlines()[0][:120]})"]
-            problems = _element_problems(want, have)
             if real is None or real.rules is None or real.spec != net:
                 problems.append("rules not written by this process (no reference)")
             else:
                 problems += kernel.compare_rules(real.rules, rules)
             return problems[:10]
+
+    def _element_problems(self, table: str, want: dict) -> list:
+        if self.writer is None:
+            return _element_problems(want, kernel.read_elements(self.runner, table, want))
+        problems = []
+        for name in sorted(want):
+            have = self.writer.dump(table, name)
+            parts = identifier(name)
+            wanted = {parts(e, v): (e, v) for e, v in want[name].items()}
+            problems += [f"set {name}: missing element {ruleset.element_text(name, e, v)}"
+                         for key, (e, v) in list(wanted.items()) if key not in have][:3]
+            problems += [f"set {name}: unexpected element {key[0].hex()}"
+                         for key in have if key not in wanted][:3]
+        return problems
 
     def counters(self, net: NetworkSpec) -> Counters:
         """Per-entry allowed counters, per-pair drop counters, per-reason drop counters."""
@@ -177,24 +190,38 @@ class NftBackend:
             real = self._nets.get(net.id)
             attribution = real.policy_elements.attribution() if real else {}
             table = ruleset.table_name(net.id)
-            names = tuple(attribution) + ("drops", "audits")
             try:
-                have = kernel.read_elements(self.runner, table, names)
-            except NftError:
+                counts = self._set_counters(table, attribution)
+            except (NftError, OSError):
                 return Counters()
             by_rule = kernel.rule_counters(self.runner, table)
         allowed: dict = {}
         for name, els in attribution.items():
             for element, keys in els.items():
-                _value, count = have.get(name, {}).get(element, (None, None))
-                for key in keys if count else ():
-                    allowed[key] = _add(allowed.get(key), count)
-        dropped = {e: c for e, (_v, c) in have.get("drops", {}).items() if c}
-        audited = {e: c for e, (_v, c) in have.get("audits", {}).items() if c}
+                count = counts.get(name, {}).get(element)
+                for key in keys:
+                    allowed[key] = _add(allowed.get(key), count or (0, 0))
         reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=audited,
-                        would_drop_reasons=would)
+        return Counters(allowed=allowed, dropped=counts.get("drops", {}), reasons=reasons,
+                        would_drop=counts.get("audits", {}), would_drop_reasons=would)
+
+    def _set_counters(self, table: str, attribution: dict) -> dict:
+        """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
+        and of the pair sets keyed by ``(src, dst)`` identities."""
+        names = tuple(attribution) + ("drops", "audits")
+        if self.writer is None:
+            have = kernel.read_elements(self.runner, table, names)
+            return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
+        out = {}
+        for name in names:
+            dumped = self.writer.dump(table, name)
+            if name in ("drops", "audits"):
+                out[name] = {decode_marks(k[0]): c for k, c in dumped.items() if c}
+            else:
+                parts = identifier(name)
+                out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}
+        return out
 
     def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
         """Deliver every logged drop as a DropEvent, from a reader thread (NFLOG)."""

@@ -37,7 +37,7 @@ NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 12, 13, 14
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP = 0x1, 0x4, 0x400, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 9, 11
+NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 11
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
@@ -102,22 +102,47 @@ def encoder(name: str, key_only: bool = False):
 
 
 def _make_encoder(name: str, key_only: bool):
+    parts = identifier(name, key_only)
+
+    def encode(element, value=None) -> bytes:
+        key, end, data = parts(element, value)
+        body = _value(NFTA_SET_ELEM_KEY, key)
+        if end is not None:
+            body += _value(NFTA_SET_ELEM_KEY_END, end)
+        if data is not None:
+            body += _value(NFTA_SET_ELEM_DATA, data)
+        return _header(NFTA_LIST_ELEM, len(body), True) + body
+    return encode
+
+
+_IDENTIFIERS: dict = {}
+
+
+def identifier(name: str, key_only: bool = False):
+    """A function ``(element, value) -> (key, key end, data)`` bytes for set ``name``
+    (``key end`` and ``data`` None where the set has none)."""
+    found = _IDENTIFIERS.get((name, key_only))
+    if found is None:
+        found = _IDENTIFIERS[(name, key_only)] = _make_identifier(name, key_only)
+    return found
+
+
+def _make_identifier(name: str, key_only: bool):
     _family, kinds, vkinds, interval = SCHEMAS[name]
     # interval sets keep every field in network byte order (nft converts host-order
     # registers such as the marks before the lookup): ranges compare as bytes
     fields = [_BE32.pack if interval and k in ("mark", "zero") else _FIELDS[k] for k in kinds]
     values = [_FIELDS[k] for k in vkinds or ()] if not key_only else []
 
-    def encode(element, value=None) -> bytes:
+    def parts(element, value=None) -> tuple:
         if interval:
-            body = _value(NFTA_SET_ELEM_KEY, b"".join(f(v[0]) for f, v in zip(fields, element)))
-            body += _value(NFTA_SET_ELEM_KEY_END, b"".join(f(v[1]) for f, v in zip(fields, element)))
+            key = b"".join([f(v[0]) for f, v in zip(fields, element)])
+            end = b"".join([f(v[1]) for f, v in zip(fields, element)])
         else:
-            body = _value(NFTA_SET_ELEM_KEY, b"".join(f(v) for f, v in zip(fields, element)))
-        if values:
-            body += _value(NFTA_SET_ELEM_DATA, b"".join(f(v) for f, v in zip(values, value)))
-        return _header(NFTA_LIST_ELEM, len(body), True) + body
-    return encode
+            key, end = b"".join([f(v) for f, v in zip(fields, element)]), None
+        data = b"".join([f(v) for f, v in zip(values, value)]) if values else None
+        return key, end, data
+    return parts
 
 
 def encode_element(name: str, element: tuple, value=None, key_only: bool = False) -> bytes:
@@ -126,9 +151,8 @@ def encode_element(name: str, element: tuple, value=None, key_only: bool = False
 
 
 def identity(name: str, element: tuple, value=None) -> tuple:
-    """``(key, key end, data)`` bytes of an element, as :func:`dumped` reads them back."""
-    attrs = _attrs(encode_element(name, element, value)[4:])
-    return _identity(attrs)
+    """``(key, key end, data)`` bytes of an element, as :meth:`ElementWriter.dump` reads them back."""
+    return identifier(name)(element, value)
 
 
 def _identity(attrs: dict) -> tuple:
