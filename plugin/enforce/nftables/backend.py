@@ -160,7 +160,7 @@ class NftBackend:
             real = self._nets.get(net.id)
             table = ruleset.table_name(net.id)
             try:
-                rules = kernel.read_rules(self.runner, table)
+                rules = self._shapes(table)
                 problems = self._element_problems(table, want)
             except (NftError, OSError) as exc:
                 return [f"tables missing ({str(exc).splitlines()[0][:120]})"]
@@ -282,9 +282,19 @@ class NftBackend:
 
     def _reference(self, net: NetworkSpec) -> Optional[dict]:
         try:
-            return kernel.read_rules(self.runner, ruleset.table_name(net.id))
-        except NftError:
+            return self._shapes(ruleset.table_name(net.id))
+        except (NftError, OSError):
             return None
+
+    def _shapes(self, table: str) -> dict:
+        """Rules (per chain), chains and set declarations of both tables, comparable."""
+        if self.writer is None:
+            return kernel.read_rules(self.runner, table)
+        out = {}
+        for family in ("inet", "bridge"):
+            for (kind, name), shapes in self.writer.shapes(family, table).items():
+                out[(family, f"{kind} {name}")] = shapes
+        return out
 
     def _desired(self, net: NetworkSpec, policy: PolicyMap, ports: list) -> dict:
         real = self._nets.get(net.id)

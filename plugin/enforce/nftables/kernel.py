@@ -142,15 +142,14 @@ def compare_rules(want: dict, have: dict, limit: int = 5) -> list:
         w, h = want.get(key), have.get(key)
         if w == h:
             continue
-        family, chain = key
+        family, what = key
         if h is None:
-            problems.append(f"{family} {chain} missing")
+            problems.append(f"{family} {what} missing")
         elif w is None:
-            problems.append(f"{family} {chain} unexpected")
+            problems.append(f"{family} {what} unexpected")
         else:
             i = next((i for i, (a, b) in enumerate(zip(w, h)) if a != b), min(len(w), len(h)))
-            problems.append(f"{family} chain {chain}: rule {i} differs"
-                            f" ({len(h)} rules, want {len(w)})")
+            problems.append(f"{family} {what}: item {i} differs ({len(h)} items, want {len(w)})")
     return problems[:limit]
 
 

@@ -40,6 +40,13 @@ NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 11
 NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
 NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 7, 10
+#: per object kind: (request, attribute holding the name, attributes that are not its shape:
+#: handles, ids, reference counts, counter values)
+SHAPES = {"chain": (NFT_MSG_GETCHAIN, 3, {2, 6, 8, 9, 11}),
+          "rule": (NFT_MSG_GETRULE, 2, {3, 6, 8, 9, 10, 11}),
+          "set": (NFT_MSG_GETSET, 2, {10, 14, 16, 20})}   # 20: element count
+NFTA_RULE_EXPRESSIONS = 4
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY_END = 1, 2, 10
@@ -198,6 +205,33 @@ def _counter(attrs: dict):
     return None
 
 
+def _messages_of(buf: bytes, out: list) -> bool:
+    """Append the attributes of each message of one dump datagram; True at its end."""
+    pos = 0
+    while pos + 16 <= len(buf):
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, pos)
+        if length < 16 or kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", buf, pos + 16)[0]
+            if code:
+                raise OSError(code, os.strerror(code))
+            return True
+        out.append(_attrs(buf[pos + 20:pos + length]))
+        pos += (length + 3) & ~3
+    return False
+
+
+def _without_counters(expressions: bytes) -> tuple:
+    """(name, data) of each expression of a rule, a counter's values left out."""
+    out = []
+    for expr in _all(expressions, NFTA_LIST_ELEM):
+        e = _attrs(expr)
+        name = e.get(NFTA_EXPR_NAME, b"")
+        out.append((name, b"" if name.rstrip(b"\0") == b"counter" else e.get(NFTA_EXPR_DATA, b"")))
+    return tuple(out)
+
+
 def decode_marks(key: bytes) -> tuple:
     """The identities of a ``mark . mark`` key."""
     return struct.unpack("=II", key[:8])
@@ -292,6 +326,31 @@ class ElementWriter:
         if failure:
             code, name = failure
             raise OSError(code, f"nf_tables refused the elements of set {name}: {os.strerror(code)}")
+
+    def shapes(self, family: str, table: str) -> dict:
+        """``{(kind, name): [shape, ...]}`` of the table's chains, sets and rules (per chain,
+        in order): their netlink attributes without handles, ids and counter values.
+
+        Raises OSError (ENOENT when the table is missing).
+        """
+        out: dict = {}
+        for kind, (request, name_attr, skip) in SHAPES.items():
+            for attrs in self._dump_messages(request, FAMILIES[family],
+                                             _attr(1, table.encode() + b"\0")):
+                shape = tuple((k, _without_counters(v) if kind == "rule" and k == NFTA_RULE_EXPRESSIONS
+                               else v) for k, v in sorted(attrs.items()) if k not in skip)
+                out.setdefault((kind, attrs.get(name_attr, b"").rstrip(b"\0").decode()), []).append(shape)
+        return out
+
+    def _dump_messages(self, request: int, family: int, body: bytes) -> list:
+        with self._lock:
+            sock = self._socket()
+            sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | request, family, body,
+                                    NLM_F_REQUEST | NLM_F_DUMP))
+            out: list = []
+            while not _messages_of(sock.recv(1 << 20), out):
+                pass
+            return out
 
     def dump(self, table: str, name: str) -> dict:
         """``{(key, key end, data): (packets, bytes) or None}`` of set ``name`` as the kernel has it.
