@@ -11,10 +11,9 @@ import socket
 
 import pytest
 
-from nsfixtures import (  # noqa: F401  (lab is a fixture)
-    GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, Sniffer, arp_frame, lab, link_local, mac_bytes,
-    na_frame, ns_frame, ns_socket, parallel, probe_icmp, probe_tcp, probe_udp, send_frame,
-)
+from nsfixtures import GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, lab  # noqa: F401 (fixture)
+from packets import (Sniffer, arp_frame, link_local, mac_bytes, na_frame, ns_frame, ns_socket,
+                     parallel, probe_icmp, probe_tcp, probe_udp, send_frame)
 from segmentation.reference import reference_allowed
 
 pytestmark = pytest.mark.kernel
@@ -26,7 +25,7 @@ SERVICES = (("tcp", 8080), ("tcp", 5432), ("tcp", 9999), ("udp", 53), ("icmp", N
 ALL = [(proto, port, fam) for proto, port in SERVICES for fam in (4, 6)]
 
 
-def probe_addr(src: Container, addr: str, proto: str, port=None) -> str:
+def probe_addr(src, addr: str, proto: str, port=None) -> str:
     if proto == "tcp":
         return probe_tcp(src, addr, port)
     if proto == "udp":

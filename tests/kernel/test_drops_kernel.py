@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from nsfixtures import NET_ID, lab, ns_socket  # noqa: F401  (lab is a fixture)
+from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
+from packets import ns_socket
 from plugin import netns, probes
 from plugin.enforce.nftables import nflog
 from plugin.enforce.nftables.drops import NFLOG_GROUP

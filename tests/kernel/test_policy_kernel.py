@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from nsfixtures import NET_ID, InNamespace, lab, parallel, probe_tcp, sh  # noqa: F401
+from nsfixtures import NET_ID, InNamespace, lab  # noqa: F401  (lab is a fixture)
+from packets import parallel, probe_tcp
 from plugin.dockerfw import DockerFirewall
 from segmentation.policymap import PolicyEntry
 

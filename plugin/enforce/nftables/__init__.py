@@ -6,4 +6,6 @@
 ``northsouth`` does NAT and published ports, ``nflog`` reads drop reports,
 ``runner`` runs nft.
 """
-from .backend import NftBackend  # noqa: F401
+from .backend import NftBackend
+
+__all__ = ["NftBackend"]

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
 from segmentation.identities import QUARANTINED
-from segmentation.policymap import EGRESS, CidrEntry, PolicyEntry
+from segmentation.policymap import EGRESS, PolicyEntry
 from segmentation.protocols import ANY, FLOW, ICMP
 
 # --- set schemas ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ bytes (the kernel tier checks it: drift() after a netlink delta is empty).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import socket
 import struct
