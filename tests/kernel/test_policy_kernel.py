@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import queue
+import socket
+import struct
 import subprocess
 import time
 
 import pytest
 
 from nsfixtures import NET_ID, InNamespace, lab  # noqa: F401  (lab is a fixture)
-from packets import parallel, probe_tcp
+from packets import Sniffer, mac_bytes, parallel, probe_tcp, send_frame
 from plugin.dockerfw import DockerFirewall
 from segmentation.policymap import PolicyEntry
 
@@ -119,6 +121,7 @@ def test_audit_mode_lets_policy_drops_pass_and_reports_them(lab):
     seen = {(e.reason, e.audit, e.dst, e.port) for e in got if e.proto == 6}
     assert ("no-rule", True, api.ip4, 5432) in seen, got
     assert ("quarantined", True, api.ip4, 8080) in seen, got
+    spoof_seen = spoofed_frame_arrives(web, api, "10.236.0.250")
     counters = lab.backend.counters(lab.net)
     assert counters.would_drop[(ids(lab)["web"], ids(lab)["api"])][0] >= 1
     assert counters.would_drop_reasons["no-rule"][0] >= 1 and counters.reasons["no-rule"][0] == 0
@@ -129,6 +132,22 @@ def test_audit_mode_lets_policy_drops_pass_and_reports_them(lab):
                                 (web, api.ip4, 8080)]) == ["timeout", "timeout", "timeout", "ok"]
     assert {(e.reason, e.audit) for e in drain(events, 1.0) if e.proto == 6} >= {
         ("no-rule", False), ("quarantined", False)}
+    assert not spoof_seen, "a spoofed frame passed in audit mode"
+    assert lab.counter("bridge", "deny:spoofed") >= 1
+
+
+def spoofed_frame_arrives(src, dst, fake: str) -> bool:
+    """Send one UDP frame from ``src`` with source address ``fake``; did ``dst`` see it?"""
+    udp = struct.pack("!HHHH", 4000, 7, 9, 0) + b"spoof"
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(fake), socket.inet_aton(dst.ip4))
+    frame = mac_bytes(dst.mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + udp
+    sniffer = Sniffer(dst)
+    try:
+        send_frame(src, frame)
+        return any(b"spoof" in f for f in sniffer.frames(0.5))
+    finally:
+        sniffer.close()
 
 
 def drain(q: queue.Queue, wait: float) -> list:

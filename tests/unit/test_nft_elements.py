@@ -105,7 +105,8 @@ def test_port_elements_of_members_pending_and_quarantined():
     pending = port_elements(_port(PENDING))
     assert pending["id4"] == {("10.224.0.5",): (PENDING,)} and "ports" not in pending
     bad = port_elements(_port(QUARANTINED, quarantine="empty label"))
-    assert bad["quarantined"] == {("snv1",): None} and "ids4" not in bad
+    assert bad["quarantined"] == {("snv1",): None} and "ports" not in bad
+    assert bad["ids4"] == member["ids4"]      # anti-spoofing holds for every port
 
 
 def test_a_join_is_a_delta_of_its_own_elements():

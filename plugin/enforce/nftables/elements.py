@@ -297,18 +297,21 @@ def link_local(mac: str) -> str:
 
 
 def port_elements(port) -> dict:
-    """``{set: {element: value}}`` that one endpoint puts into the network's sets."""
+    """``{set: {element: value}}`` that one endpoint puts into the network's sets.
+
+    The addresses a port may send from are known for every port (anti-spoofing
+    holds in audit mode too); only enforced ports are in ``ports`` and publish.
+    """
     out: dict = defaultdict(dict)
     name, mac = port.name, port.mac.lower()
     out["veths"][(name,)] = None
-    if port.identity == QUARANTINED or port.quarantine is not None:
+    quarantined = port.identity == QUARANTINED or port.quarantine is not None
+    if quarantined:
         out["quarantined"][(name,)] = None
     for fam, addr in ((4, port.ipv4), (6, port.ipv6)):
         if addr:
-            out[f"id{fam}"][(str(ipaddress.ip_address(addr)),)] = (port.identity,)
-    if not port.active or port.quarantine is not None:
-        return out
-    out["ports"][(name,)] = None
+            out[f"id{fam}"][(str(ipaddress.ip_address(addr)),)] = (
+                QUARANTINED if quarantined else port.identity,)
     out["macs"][(name, mac)] = None
     ll = link_local(mac)
     out["ll6"][(name, ll)] = None
@@ -318,7 +321,9 @@ def port_elements(port) -> dict:
     if port.ipv6:
         out["ids6"][(name, mac, str(ipaddress.IPv6Address(port.ipv6)))] = None
         out["na6"][(name, int(ipaddress.IPv6Address(port.ipv6)))] = None
-    _published(port, out)
+    if port.active and not quarantined:
+        out["ports"][(name,)] = None
+        _published(port, out)
     return out
 
 

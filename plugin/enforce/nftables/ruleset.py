@@ -254,24 +254,30 @@ def render_bridge(network_id: str) -> list:
     # redirects: a container must not become other containers' router.
     sendable = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit") + ns.MLD_TYPES
     from_link_local = "ip6 saddr { ::, fe80::/10 } icmpv6 type { " + ", ".join(sendable) + " }"
+    # Anti-spoofing first, for every port the network knows (pending and
+    # quarantined ones too): audit mode lets policy drops pass, never spoofed frames.
     lines += _rules(
         "ports_in",
         "iifname != @veths accept",
+        "jump spoofing",
         f"iifname @quarantined {deny('quarantined')}",
         f"iifname != @ports {deny('pending')}",
+        "accept",
+        hook="type filter hook prerouting priority -300; policy accept;")
+    lines += _rules(
+        "spoofing",
         f"iifname . ether saddr != @macs {deny('spoofed')}",
         f"ether type arp iifname . arp saddr ether . arp saddr ip != @ids4 {deny('spoofed')}",
-        "ether type arp accept",
+        "ether type arp return",
         f"ether type ip iifname . ether saddr . ip saddr != @ids4 {deny('spoofed')}",
-        "ether type ip accept",
+        "ether type ip return",
         f"icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6 {deny('spoofed')}",
         f"ip6 saddr fe80::/10 iifname . ip6 saddr != @ll6 {deny('spoofed')}",
-        f"{from_link_local} accept",
+        f"{from_link_local} return",
         f"ether type ip6 iifname . ether saddr . ip6 saddr != @ids6 {deny('spoofed')}",
         f"icmpv6 type {{ nd-router-advert, nd-redirect }} {deny('spoofed')}",
-        "ether type ip6 accept",
-        deny("ethertype"),
-        hook="type filter hook prerouting priority -300; policy accept;")
+        "ether type ip6 return",
+        deny("ethertype"))
     for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
         lines += _rules(chain, "oifname != @veths accept", f"oifname @quarantined {deny('quarantined')}",
                         f"oifname != @ports {deny('pending')}",
