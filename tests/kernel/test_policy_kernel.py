@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from nsfixtures import NET_ID, InNamespace, lab  # noqa: F401  (lab is a fixture)
+from nsfixtures import BACKENDS, NET_ID, InNamespace, lab  # noqa: F401  (lab is a fixture)
 from packets import Sniffer, mac_bytes, parallel, probe_tcp, send_frame
 from plugin.dockerfw import DockerFirewall
 from segmentation.policymap import PolicyEntry
@@ -226,3 +226,18 @@ def test_tables_missing_fail_closed_behind_docker_user(lab):
         assert [probe_tcp(web, api.ip(f), 8080) for f in (4, 6)] == ["timeout", "timeout"]
     finally:
         fw.shutdown_plain()
+
+
+def test_a_new_backend_checks_tables_an_earlier_one_wrote(lab):
+    """After a daemon restart: nothing to repair when nothing changed, and a changed
+    rule is still found (the reference comes from a scratch namespace)."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    fresh = InNamespace(lab.host, BACKENDS["nftables"])
+    try:
+        assert fresh.drift(lab.net, lab.policy, lab.ports()) == []
+        handle = handle_of(lab, "bridge", "spoofing", "ether type arp return")
+        lab.nft("delete", "rule", "bridge", lab.table, "spoofing", "handle", str(handle))
+        assert any("spoofing" in p for p in fresh.drift(lab.net, lab.policy, lab.ports()))
+    finally:
+        fresh.shutdown()

@@ -26,7 +26,7 @@ from .elements import (ElementDelta, PolicyElements, diff, port_elements, ports_
                        setting_elements)
 from .netlink import ElementWriter, decode_marks, identifier
 from .nflog import NflogReader, Packet
-from .runner import TABLE_PREFIX, NftError, NftRunner
+from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 
 log = logging.getLogger(__name__)
 _PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
@@ -41,7 +41,6 @@ class _Realized:
     policy_elements: PolicyElements
     ports: dict                                   # endpoint id -> Port
     settings: dict                                # setting set -> {element: None}
-    rules: Optional[dict] = None                  # reference listing (kernel.read_rules)
     port_sets: dict = field(default_factory=dict)  # set -> {element: value}, all ports
 
 
@@ -64,6 +63,7 @@ class NftBackend:
         self._nets: dict = {}
         self._lock = threading.RLock()
         self._reader: Optional[NflogReader] = None
+        self._references: dict = {}    # network id -> (NetworkSpec, shapes)
         self.repairs = 0
 
     # --- writes -----------------------------------------------------------------------------
@@ -88,7 +88,6 @@ class NftBackend:
             for name, els in real.port_sets.items():
                 every[name] = els
             self._apply(ruleset.network_script(net.id, net, every))
-            real.rules = self._reference(net)
             self._nets[net.id] = real
 
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
@@ -131,6 +130,7 @@ class NftBackend:
         with self._lock:
             self._apply(ruleset.delete_script(network_id))
             self._nets.pop(network_id, None)
+            self._references.pop(network_id, None)
 
     # --- reads ------------------------------------------------------------------------------
     def networks(self) -> set:
@@ -164,10 +164,11 @@ class NftBackend:
                 problems = self._element_problems(table, want)
             except (NftError, OSError) as exc:
                 return [f"tables missing ({str(exc).splitlines()[0][:120]})"]
-            if real is None or real.rules is None or real.spec != net:
-                problems.append("rules not written by this process (no reference)")
+            reference = self._reference(net)
+            if reference is None:
+                problems.append("rules cannot be checked (no reference)")
             else:
-                problems += kernel.compare_rules(real.rules, rules)
+                problems += kernel.compare_rules(reference, rules)
             return problems[:10]
 
     def _element_problems(self, table: str, want: dict) -> list:
@@ -281,10 +282,30 @@ class NftBackend:
             real.port_sets.setdefault(name, {}).update(els)
 
     def _reference(self, net: NetworkSpec) -> Optional[dict]:
+        """The shape of freshly written tables of ``net``: written (without elements)
+        in a scratch namespace, read back there; else read from the kernel now."""
+        cached = self._references.get(net.id)
+        if cached is not None and cached[0] == net:
+            return cached[1]
+        table = ruleset.table_name(net.id)
+
+        def fresh():
+            scratch = NftBackend(netlink=self.writer is not None)
+            scratch.runner.apply(ruleset.skeleton_script(net.id, net))
+            try:
+                return scratch._shapes(table)
+            finally:
+                scratch.close()
         try:
-            return self._shapes(ruleset.table_name(net.id))
-        except (NftError, OSError):
-            return None
+            shapes = in_scratch_namespace(fresh)
+        except (NftError, OSError, TimeoutError) as exc:
+            log.debug("no scratch namespace (%s): reference read from the kernel", exc)
+            try:
+                shapes = self._shapes(table)
+            except (NftError, OSError):
+                return None
+        self._references[net.id] = (net, shapes)
+        return shapes
 
     def _shapes(self, table: str) -> dict:
         """Rules (per chain), chains and set declarations of both tables, comparable."""

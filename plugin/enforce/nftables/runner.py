@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import os
 import subprocess
 import threading
 
@@ -29,6 +30,32 @@ IN_PROCESS_MAX = 256 * 1024  # bytes of script run through libnftables
 
 class NftError(RuntimeError):
     pass
+
+
+def in_scratch_namespace(fn, timeout: float = 10.0):
+    """``fn()`` on a thread in a network namespace of its own, made for the call and
+    gone after it (nothing it does touches the host's tables). Raises OSError when
+    the namespace cannot be made (no CAP_SYS_ADMIN), or what ``fn`` raised."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET: this thread only
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="secnet-nft-scratch", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError("scratch namespace did not answer")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class _Lib:
