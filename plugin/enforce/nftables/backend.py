@@ -116,6 +116,9 @@ class NftBackend:
         with self._lock:
             real = self._realized(net)
             policy = real.policy.apply(delta)
+            if _rules_of(net) != _rules_of(real.spec):   # bridge, subnets: the rules change
+                self.apply_network(net, policy, real.ports.values())
+                return
             # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
             changed = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
                                                   delta.entries_removed | delta.cidrs_removed)
@@ -195,7 +198,7 @@ class NftBackend:
                 counts = self._set_counters(table, attribution)
             except (NftError, OSError):
                 return Counters()
-            by_rule = kernel.rule_counters(self.runner, table)
+            by_rule = self._rule_counters(table)
         allowed: dict = {}
         for name, els in attribution.items():
             for element, keys in els.items():
@@ -206,6 +209,20 @@ class NftBackend:
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
         return Counters(allowed=allowed, dropped=counts.get("drops", {}), reasons=reasons,
                         would_drop=counts.get("audits", {}), would_drop_reasons=would)
+
+    def _rule_counters(self, table: str) -> dict:
+        if self.writer is None:
+            return kernel.rule_counters(self.runner, table)
+        out: dict = {}
+        for family in ("inet", "bridge"):
+            try:
+                for comment, (packets, size) in self.writer.rule_counters(family, table).items():
+                    total = out.setdefault(comment, [0, 0])
+                    total[0] += packets
+                    total[1] += size
+            except OSError:   # a missing table counts nothing; drift() reports it
+                continue
+        return out
 
     def _set_counters(self, table: str, attribution: dict) -> dict:
         """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
@@ -348,6 +365,11 @@ def _element_problems(want: dict, have: dict) -> list:
         problems += [f"set {name}: unexpected element {ruleset.element_text(name, e, h[e])}"
                      for e in extra[:3]]
     return problems
+
+
+def _rules_of(net: NetworkSpec) -> tuple:
+    """What of a NetworkSpec the rules depend on (the mode is an element)."""
+    return net.id, net.bridge, tuple(net.subnets), net.internal
 
 
 def _merge(into: dict, elements: dict) -> None:

@@ -45,7 +45,7 @@ NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 7, 10
 SHAPES = {"chain": (NFT_MSG_GETCHAIN, 3, {2, 6, 8, 9, 11}),
           "rule": (NFT_MSG_GETRULE, 2, {3, 6, 8, 9, 10, 11}),
           "set": (NFT_MSG_GETSET, 2, {10, 14, 16, 20})}   # 20: element count
-NFTA_RULE_EXPRESSIONS = 4
+NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 4, 7
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY_END = 1, 2, 10
@@ -221,6 +221,17 @@ def _messages_of(buf: bytes, out: list) -> bool:
     return False
 
 
+def _comment(userdata: bytes):
+    """The comment in a rule's user data (type-length-value records, type 0), or None."""
+    pos = 0
+    while pos + 2 <= len(userdata):
+        kind, length = userdata[pos], userdata[pos + 1]
+        if kind == 0:
+            return userdata[pos + 2:pos + 2 + length].rstrip(b"\0").decode(errors="replace")
+        pos += 2 + length
+    return None
+
+
 def _without_counters(expressions: bytes) -> tuple:
     """(name, data) of each expression of a rule, a counter's values left out."""
     out = []
@@ -339,6 +350,23 @@ class ElementWriter:
                 shape = tuple((k, _without_counters(v) if kind == "rule" and k == NFTA_RULE_EXPRESSIONS
                                else v) for k, v in sorted(attrs.items()) if k not in skip)
                 out.setdefault((kind, attrs.get(name_attr, b"").rstrip(b"\0").decode()), []).append(shape)
+        return out
+
+    def rule_counters(self, family: str, table: str) -> dict:
+        """comment -> [packets, bytes] summed over the table's commented rules with a counter."""
+        out: dict = {}
+        for attrs in self._dump_messages(NFT_MSG_GETRULE, FAMILIES[family],
+                                         _attr(1, table.encode() + b"\0")):
+            comment = _comment(attrs.get(NFTA_RULE_USERDATA, b""))
+            if comment is None:
+                continue
+            for expr in _all(attrs.get(NFTA_RULE_EXPRESSIONS, b""), NFTA_LIST_ELEM):
+                e = _attrs(expr)
+                if e.get(NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"counter":
+                    data = _attrs(e.get(NFTA_EXPR_DATA, b""))
+                    total = out.setdefault(comment, [0, 0])
+                    total[0] += struct.unpack("!Q", data[NFTA_COUNTER_PACKETS])[0]
+                    total[1] += struct.unpack("!Q", data[NFTA_COUNTER_BYTES])[0]
         return out
 
     def _dump_messages(self, request: int, family: int, body: bytes) -> list:
