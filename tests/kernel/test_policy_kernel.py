@@ -16,6 +16,7 @@ import pytest
 from nsfixtures import BACKENDS, NET_ID, InNamespace, lab  # noqa: F401  (lab is a fixture)
 from packets import Sniffer, mac_bytes, parallel, probe_tcp, send_frame
 from plugin.dockerfw import DockerFirewall
+from segmentation.options import parse_network_options
 from segmentation.policymap import PolicyEntry
 
 pytestmark = pytest.mark.kernel
@@ -241,3 +242,28 @@ def test_a_new_backend_checks_tables_an_earlier_one_wrote(lab):
         assert any("spoofing" in p for p in fresh.drift(lab.net, lab.policy, lab.ports()))
     finally:
         fresh.shutdown()
+
+
+def test_without_netlink_deltas_drift_and_counters_go_through_nft(lab):
+    """The fallback path (nft scripts and JSON listings) gives the same answers."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    text = InNamespace(lab.host, lambda: BACKENDS["nftables"](netlink=False))
+    try:
+        text.apply_network(lab.net, lab.policy, lab.ports())
+        old = lab.policy
+        new = lab.compile(_with_rules(lab, "web->api:tcp/5000-5500 web->10.237.0.0/24:tcp/8080"), {})
+        text.apply_policy(lab.net, old.delta(new))
+        assert text.repairs == 0 and text.drift(lab.net, new, lab.ports()) == []
+        assert [probe_tcp(web, api.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+        counters = text.counters(lab.net)
+        assert sum(pk for pk, _b in counters.allowed.values()) >= 1
+        assert counters.dropped[(ids(lab)["web"], ids(lab)["api"])][0] >= 1
+        lab.nft("flush", "set", "inet", lab.table, "pol_range")
+        assert any("pol_range" in p for p in text.drift(lab.net, new, lab.ports()))
+    finally:
+        text.shutdown()
+
+
+def _with_rules(lab, rules: str):
+    return parse_network_options({"secnet.allow": rules, "secnet.intra": "deny"})
