@@ -267,3 +267,17 @@ def test_without_netlink_deltas_drift_and_counters_go_through_nft(lab):
 
 def _with_rules(lab, rules: str):
     return parse_network_options({"secnet.allow": rules, "secnet.intra": "deny"})
+
+
+def test_a_join_that_brings_a_new_segment_is_one_transaction(lab):
+    web, api, db = lab.add(3)
+    lab.apply("web->*:tcp/5432", {web: "web", api: "api"}, intra="deny")
+    new = lab.compile(lab.options, {web: "web", api: "api", db: "db"})   # allocates db's identity
+    lab.policy, delta = new, lab.policy.delta(new)
+    lab.members[db] = lab.port(db, "db")
+    watch = Generations(lab)
+    lab.backend.apply_policy(lab.net, delta, [(None, lab.members[db])])
+    lines = watch.stop()
+    assert sum("new generation" in line for line in lines) == 1, lines
+    assert [probe_tcp(web, db.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+    assert lab.drift() == []

@@ -22,8 +22,8 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import kernel, ruleset
 from .drops import NFLOG_GROUP, parse_log_prefix
-from .elements import (ElementDelta, PolicyElements, diff, port_elements, ports_elements,
-                       setting_elements)
+from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
+                       ports_elements, setting_elements)
 from .netlink import ElementWriter, decode_marks, identifier
 from .nflog import NflogReader, Packet
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
@@ -99,35 +99,45 @@ class NftBackend:
         """
         with self._lock:
             real = self._realized(net)
-            ports, before, after = dict(real.ports), {}, {}
-            for old, new in changes:
-                endpoint = (new or old).endpoint_id
-                gone = ports.pop(endpoint, None)
-                if gone is not None:
-                    _merge(before, port_elements(gone))
-                if new is not None:
-                    ports[endpoint] = new
-                    _merge(after, port_elements(new))
-            delta = diff(before, after)
+            ports, delta = self._port_delta(real, changes)
             self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
 
-    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
-        """A policy-map delta and ``net.mode`` as one element delta."""
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
+        """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
+        element delta: e.g. a join that brings a new segment is one transaction."""
         with self._lock:
             real = self._realized(net)
             policy = real.policy.apply(delta)
+            ports, changed = self._port_delta(real, changes)
             if _rules_of(net) != _rules_of(real.spec):   # bridge, subnets: the rules change
-                self.apply_network(net, policy, real.ports.values())
+                self.apply_network(net, policy, ports.values())
                 return
             # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
-            changed = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
-                                                  delta.entries_removed | delta.cidrs_removed)
+            elements = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
+                                                   delta.entries_removed | delta.cidrs_removed)
             settings = setting_elements(policy, net.mode)
             diff(real.settings, settings, changed)
+            changed.delete.update(elements.delete)
+            changed.add.update(elements.add)
 
             def done():
+                self._set_ports(real, ports, changed)
                 real.policy, real.settings, real.spec = policy, settings, net
             self._write(net, real, changed, done)
+
+    @staticmethod
+    def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
+        """(ports after ``changes``, ElementDelta of the ports' sets)."""
+        ports, before, after = dict(real.ports), {}, {}
+        for old, new in changes:
+            endpoint = (new or old).endpoint_id
+            gone = ports.pop(endpoint, None)
+            if gone is not None:
+                _merge(before, port_elements(gone))
+            if new is not None:
+                ports[endpoint] = new
+                _merge(after, port_elements(new))
+        return ports, diff(before, after)
 
     def remove_network(self, network_id: str) -> None:
         with self._lock:
@@ -291,12 +301,15 @@ class NftBackend:
 
     @staticmethod
     def _set_ports(real: _Realized, ports: dict, delta: ElementDelta) -> None:
+        """Record ``ports`` and the port-set part of ``delta`` as realized."""
         real.ports = ports
         for name, els in delta.delete.items():
-            for element in els:
-                real.port_sets.get(name, {}).pop(element, None)
+            if name in PORT_SETS:
+                for element in els:
+                    real.port_sets.get(name, {}).pop(element, None)
         for name, els in delta.add.items():
-            real.port_sets.setdefault(name, {}).update(els)
+            if name in PORT_SETS:
+                real.port_sets.setdefault(name, {}).update(els)
 
     def _reference(self, net: NetworkSpec) -> Optional[dict]:
         """The shape of freshly written tables of ``net``: written (without elements)

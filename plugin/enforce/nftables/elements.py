@@ -74,6 +74,8 @@ for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.p
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
     f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any"))
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit")
+PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
+             "na6", "ll6")
 ON = (0,)          # the one element of a setting set that is "on"
 FULL = (0, 65535)
 
