@@ -86,12 +86,15 @@ class Counters:
     ``allowed``: policy-map key (``PolicyEntry.key`` or a ``CidrEntry``) ->
     ``(packets, bytes)`` of the flows it opened; ``dropped``: ``(src identity,
     dst identity)`` -> ``(packets, bytes)``; ``reasons``: drop reason ->
-    ``(packets, bytes)``.
+    ``(packets, bytes)``. ``would_drop`` and ``would_drop_reasons``: the same
+    as ``dropped`` and ``reasons`` for what audit mode let pass.
     """
 
     allowed: Mapping = field(default_factory=dict)
     dropped: Mapping = field(default_factory=dict)
     reasons: Mapping = field(default_factory=dict)
+    would_drop: Mapping = field(default_factory=dict)
+    would_drop_reasons: Mapping = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,10 @@ class Backend(Protocol):
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
         """Apply endpoint changes ``(old Port or None, new Port or None)`` in one step."""
 
-    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
-        """Apply a policy-map delta (an edit, a new segment, a mode switch) in one step."""
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
+        """Apply a policy-map delta (an edit, a new segment, a mode switch) in one step,
+        with endpoint ``changes`` as in :meth:`apply_ports` (a join that brings a new
+        segment: one step)."""
 
     def remove_network(self, network_id: str) -> None:
         """Remove all kernel state of a network; nothing there is fine."""

@@ -21,7 +21,7 @@ import shlex
 import subprocess
 import threading
 
-from segmentation.backends.nft_runner import PASSED_MARK  # set by secnet's nft forward chain
+from plugin.enforce.nftables.runner import PASSED_MARK  # set by secnet's nft chain "pass"
 
 log = logging.getLogger(__name__)
 CHAIN = "DOCKER-USER"

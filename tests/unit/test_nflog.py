@@ -6,7 +6,7 @@ import socket
 import struct
 import threading
 
-from plugin import nflog
+from plugin.enforce.nftables import nflog
 
 NID = "0123456789ab"
 

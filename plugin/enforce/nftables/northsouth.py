@@ -30,49 +30,27 @@ secnet does what Docker's bridge driver does, in the network's inet table.
 * Traffic leaving the network is masqueraded (unless the network is
   internal), as on Docker's bridge.
 * Filter ``input`` (container → the host's own addresses) is egress and
-  ``output`` (the host → a container) is ingress: they go through the same
-  per-segment chains as forwarded traffic.
+  ``output`` (the host → a container) is ingress: ``ruleset`` sends them
+  through the same chains as forwarded traffic.
 """
 from __future__ import annotations
 
 from typing import Iterable
 
-from .nft_verdicts import deny, quote as _q
+from .drops import quote as _q
 
 ND_TYPES = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit", "nd-router-advert")
 MLD_TYPES = ("mld-listener-query", "mld-listener-report", "mld-listener-done", "mld2-listener-report")
 
 
-def published_elements(table: str, port) -> list:
-    """(family, target, element) of a port's published mappings."""
-    out = []
-    for proto, host_ip, host_port, cport in getattr(port, "published", ()):
-        for fam, addr, anyaddr in ((4, port.ipv4, "0.0.0.0/0"), (6, port.ipv6, "::/0")):
-            if not addr:
-                continue
-            if host_ip and (":" in host_ip) != (fam == 6):
-                continue
-            key = host_ip or anyaddr
-            out.append(("inet", f"{table} pub{fam}", f"{key} . {proto} . {host_port} : {addr} . {cport}"))
-    return out
-
-
-def _pub_maps(table: str, ports: Iterable) -> list:
-    elems = {4: [], 6: []}
-    for port in ports:
-        if not port.active:
-            continue
-        for _fam, target, elem in published_elements(table, port):
-            elems[6 if target.endswith("6") else 4].append(elem)
-    lines = []
-    for fam, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        body = f" elements = {{ {', '.join(sorted(elems[fam]))} }};" if elems[fam] else ""
-        lines.append(f"  map pub{fam} {{ type {typ} . inet_proto . inet_service : {typ} . inet_service;"
-                     f" flags interval;{body} }}")
-    return lines
+def pub_maps() -> list:
+    """The published-port maps (elements: ``elements.port_elements``)."""
+    return [f"  map pub{fam} {{ type {typ} . inet_proto . inet_service : {typ} . inet_service;"
+            f" flags interval; }}" for fam, typ in ((4, "ipv4_addr"), (6, "ipv6_addr"))]
 
 
 def nat_chains(bridge: str, subnets: Iterable[str], internal: bool) -> list:
+    """DNAT of published ports, masquerading of hairpin and outgoing flows."""
     br = _q(bridge)
     lines = [
         "  chain publish {",
@@ -101,41 +79,3 @@ def nat_chains(bridge: str, subnets: Iterable[str], internal: bool) -> list:
             lines.append(f"    {sel} {subnet} oifname != {br} masquerade")
     lines.append("  }")
     return lines
-
-
-def host_chains(bridge: str) -> list:
-    """Filter chains for the host's own traffic with the network."""
-    br = _q(bridge)
-    nd = "icmpv6 type { " + ", ".join(ND_TYPES + MLD_TYPES) + " } accept"
-    return [
-        "  chain host_in {",
-        "    type filter hook input priority filter - 5; policy accept;",
-        f"    iifname != {br} accept",
-        "    ct state established,related accept",
-        "    ct state invalid " + deny("invalid"),
-        "    ip daddr 127.0.0.0/8 " + deny("invalid"),  # martian but for route_localnet
-        f"    {nd}",
-        "    ip saddr vmap @src4",
-        "    ip6 saddr vmap @src6",
-        "    " + deny("not-member"),
-        "  }",
-        # The host's own flows into the network. A flow the host sends to a
-        # published port (127.0.0.1:P) is DNAT'd in this same hook, after the
-        # output device (lo) was chosen: it is recognised by its new address.
-        "  chain host_out {",
-        "    type filter hook output priority filter - 5; policy accept;",
-        "    ct state established,related accept",
-        f"    oifname {br} {nd}",
-        f"    oifname {br} ip protocol igmp accept",
-        f"    oifname {br} ip daddr vmap @dst4",
-        f"    oifname {br} ip6 daddr vmap @dst6",
-        f"    oifname {br} " + deny("not-member"),
-        "    ct status dnat ip daddr vmap @dst4",
-        "    ct status dnat ip6 daddr vmap @dst6",
-        "  }",
-    ]
-
-
-def render(table: str, bridge: str, subnets: Iterable[str], internal: bool, ports: Iterable) -> list:
-    """All north-south parts of a network's inet table."""
-    return _pub_maps(table, ports) + nat_chains(bridge, subnets, internal) + host_chains(bridge)

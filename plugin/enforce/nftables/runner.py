@@ -4,25 +4,58 @@ Every secnet change is one nft script applied as one kernel transaction.
 libnftables (the library the `nft` command is built on, shipped with the
 nftables package) does that in-process in about a millisecond; a fork and
 exec of `nft` costs several. The library is used when it can be loaded and
-no other binary was asked for (tests run `nft` inside a namespace through a
-wrapper binary); otherwise the command runs.
+no other binary was asked for; otherwise the command runs.
+
+A runner's library contexts are made on first use, in the calling thread:
+their netlink sockets live in that thread's network namespace (the kernel
+tier builds a runner on a thread inside a throwaway namespace). A child
+`nft` forked from that thread runs there too.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import json
+import os
 import subprocess
 import threading
 
 TABLE_PREFIX = "secnet_"
 PASSED_MARK = 0x00200000  # packet mark: "secnet's forward chain let this through"
 _JSON_OUTPUT = 1 << 4  # NFT_CTX_OUTPUT_JSON
-IN_PROCESS_MAX = 32 * 1024  # bytes of script run through libnftables
+_STATELESS = 1 << 2    # NFT_CTX_OUTPUT_STATELESS: no counter values
+_TERSE = 1 << 11       # NFT_CTX_OUTPUT_TERSE: no set elements
+IN_PROCESS_MAX = 256 * 1024  # bytes of script run through libnftables
 
 
 class NftError(RuntimeError):
     pass
+
+
+def in_scratch_namespace(fn, timeout: float = 10.0):
+    """``fn()`` on a thread in a network namespace of its own, made for the call and
+    gone after it (nothing it does touches the host's tables). Raises OSError when
+    the namespace cannot be made (no CAP_SYS_ADMIN), or what ``fn`` raised."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET: this thread only
+                err = ctypes.get_errno()
+                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="secnet-nft-scratch", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError("scratch namespace did not answer")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 class _Lib:
@@ -41,7 +74,7 @@ class _Lib:
         lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
         lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
         self.lib = lib
-        self.plain, self.json = self._ctx(0), self._ctx(_JSON_OUTPUT)
+        self.contexts = {0: self._ctx(0)}
         self.lock = threading.Lock()
 
     def _ctx(self, flags: int):
@@ -53,28 +86,15 @@ class _Lib:
         self.lib.nft_ctx_output_set_flags(ctx, flags)
         return ctx
 
-    def run(self, script: str, as_json: bool = False):
-        ctx = self.json if as_json else self.plain
+    def run(self, script: str, flags: int = 0):
         with self.lock:
+            if flags not in self.contexts:
+                self.contexts[flags] = self._ctx(flags)
+            ctx = self.contexts[flags]
             rc = self.lib.nft_run_cmd_from_buffer(ctx, script.encode())
             out = (self.lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
             err = (self.lib.nft_ctx_get_error_buffer(ctx) or b"").decode()
         return rc, out, err
-
-
-_LIB = None
-_LIB_LOCK = threading.Lock()
-
-
-def _library():
-    global _LIB
-    with _LIB_LOCK:
-        if _LIB is None:
-            try:
-                _LIB = _Lib()
-            except OSError:
-                _LIB = False
-        return _LIB or None
 
 
 class NftRunner:
@@ -82,16 +102,31 @@ class NftRunner:
 
     def __init__(self, binary: str = "nft"):
         self.binary = binary
-        self._lib = _library() if binary == "nft" else None
+        self._lib_made = binary != "nft"
+        self._lib_obj = None
+        self._lock = threading.Lock()
 
-    def _run(self, script: str, as_json: bool = False):
+    @property
+    def _lib(self):
+        with self._lock:
+            if not self._lib_made:
+                self._lib_made = True
+                try:
+                    self._lib_obj = _Lib()
+                except OSError:
+                    self._lib_obj = None
+            return self._lib_obj
+
+    def _run(self, script: str, as_json: bool = False, flags: int = 0):
         # Small scripts (joins, leaves) in-process. A whole-network rebuild of a
         # large policy runs in a child `nft`: parsing tens of thousands of rules
         # in-process leaves the daemon's heap at its high-water mark for good.
-        if self._lib is not None and (as_json or len(script) <= IN_PROCESS_MAX):
-            return self._lib.run(script, as_json)
+        lib = self._lib
+        if lib is not None and (as_json or len(script) <= IN_PROCESS_MAX):
+            return lib.run(script, (_JSON_OUTPUT | flags) if as_json else 0)
         # the command prints JSON for a list given as arguments, not read from -f
-        argv = [self.binary, "-j", *script.split()] if as_json else [self.binary, "-f", "-"]
+        opts = ["-j"] + (["-t"] if flags & _TERSE else []) + (["-s"] if flags & _STATELESS else [])
+        argv = [self.binary, *opts, *script.split()] if as_json else [self.binary, "-f", "-"]
         res = subprocess.run(argv, input=None if as_json else script, capture_output=True,
                              text=True, check=False)
         return res.returncode, res.stdout, res.stderr
@@ -103,8 +138,11 @@ class NftRunner:
         if rc != 0:
             raise NftError(f"nft failed: {err.strip()[:2000]}")
 
-    def list_json(self, *what: str) -> dict:
-        rc, out, err = self._run("list " + " ".join(what) + "\n", as_json=True)
+    def list_json(self, *what: str, terse: bool = False, stateless: bool = False) -> dict:
+        """``nft -j list WHAT`` as a dict; ``terse``: without set elements;
+        ``stateless``: without counter values. Raises NftError."""
+        flags = (_TERSE if terse else 0) | (_STATELESS if stateless else 0)
+        rc, out, err = self._run("list " + " ".join(what) + "\n", as_json=True, flags=flags)
         if rc != 0:
             raise NftError(f"nft list {' '.join(what)} failed: {err.strip()}")
         return json.loads(out or "{}")

@@ -1,0 +1,412 @@
+"""NftBackend: the nftables datapath behind the enforcement seam (``plugin.enforce.backend``).
+
+It keeps, per network, what it last wrote (the realized state: the policy
+map, the ports, and every set's elements with the rules behind them), so
+that each later change is computed as an element delta against it and
+written as one transaction (``ruleset.delta_script``). Only
+:meth:`NftBackend.apply_network` writes rules. When a delta fails (the
+kernel's tables were changed behind its back), the backend rebuilds the
+network from the desired state instead: one transaction as well, and the
+repair is logged.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpec
+from segmentation.policymap import PolicyDelta, PolicyMap
+
+from . import kernel, ruleset
+from .drops import NFLOG_GROUP, parse_log_prefix
+from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
+                       ports_elements, setting_elements)
+from .netlink import ElementWriter, decode_marks, identifier
+from .nflog import NflogReader, Packet
+from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
+
+log = logging.getLogger(__name__)
+_PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+
+
+@dataclass
+class _Realized:
+    """What the backend last wrote for one network."""
+
+    spec: NetworkSpec
+    policy: PolicyMap
+    policy_elements: PolicyElements
+    ports: dict                                   # endpoint id -> Port
+    settings: dict                                # setting set -> {element: None}
+    port_sets: dict = field(default_factory=dict)  # set -> {element: value}, all ports
+
+
+class NftBackend:
+    """The nftables datapath (see ``ruleset`` for the tables it writes).
+
+    ``runner``: an :class:`NftRunner` (default: libnftables in-process in
+    the calling thread's network namespace). Element deltas go over
+    netlink (``netlink.ElementWriter``) unless ``netlink=False`` (then as
+    nft scripts). Thread-safe: calls are serialized by one lock.
+    """
+
+    name = "nftables"
+
+    def __init__(self, runner: Optional[NftRunner] = None, nflog_group: int = NFLOG_GROUP,
+                 netlink: bool = True):
+        self.runner = runner or NftRunner()
+        self.writer = ElementWriter() if netlink else None
+        self.nflog_group = nflog_group
+        self._nets: dict = {}
+        self._lock = threading.RLock()
+        self._reader: Optional[NflogReader] = None
+        self._references: dict = {}    # network id -> (NetworkSpec, shapes)
+        self.repairs = 0
+
+    # --- writes -----------------------------------------------------------------------------
+    def check_host(self) -> None:
+        """Raise BackendError when nft cannot be run here."""
+        try:
+            self.runner.list_json("tables")
+        except (NftError, OSError) as exc:
+            raise BackendError(f"nftables unavailable: {exc}") from None
+
+    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable) -> None:
+        """Replace both tables of ``net`` (rules and elements) in one transaction.
+
+        Raises BackendError when nft refuses the script (the old tables stay).
+        """
+        with self._lock:
+            ports = {p.endpoint_id: p for p in ports}
+            elements = PolicyElements.of(policy.entries | policy.cidrs)
+            real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
+            real.port_sets = ports_elements(ports.values())
+            every = {**elements.flat(), **real.settings}
+            for name, els in real.port_sets.items():
+                every[name] = els
+            self._apply(ruleset.network_script(net.id, net, every))
+            self._nets[net.id] = real
+
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+        """Endpoint changes ``(old Port or None, new Port or None)`` as one element delta.
+
+        The old state is the one realized here (by endpoint id), so applying
+        the same change twice is harmless. Costs what the changed ports
+        own, whatever the size of the network.
+        """
+        with self._lock:
+            real = self._realized(net)
+            ports, delta = self._port_delta(real, changes)
+            self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
+
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
+        """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
+        element delta: e.g. a join that brings a new segment is one transaction."""
+        with self._lock:
+            real = self._realized(net)
+            policy = real.policy.apply(delta)
+            ports, changed = self._port_delta(real, changes)
+            if _rules_of(net) != _rules_of(real.spec):   # bridge, subnets: the rules change
+                self.apply_network(net, policy, ports.values())
+                return
+            # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
+            elements = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
+                                                   delta.entries_removed | delta.cidrs_removed)
+            settings = setting_elements(policy, net.mode)
+            diff(real.settings, settings, changed)
+            changed.delete.update(elements.delete)
+            changed.add.update(elements.add)
+
+            def done():
+                self._set_ports(real, ports, changed)
+                real.policy, real.settings, real.spec = policy, settings, net
+            self._write(net, real, changed, done)
+
+    @staticmethod
+    def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
+        """(ports after ``changes``, ElementDelta of the ports' sets)."""
+        ports, before, after = dict(real.ports), {}, {}
+        for old, new in changes:
+            endpoint = (new or old).endpoint_id
+            gone = ports.pop(endpoint, None)
+            if gone is not None:
+                _merge(before, port_elements(gone))
+            if new is not None:
+                ports[endpoint] = new
+                _merge(after, port_elements(new))
+        return ports, diff(before, after)
+
+    def remove_network(self, network_id: str) -> None:
+        with self._lock:
+            self._apply(ruleset.delete_script(network_id))
+            self._nets.pop(network_id, None)
+            self._references.pop(network_id, None)
+
+    # --- reads ------------------------------------------------------------------------------
+    def networks(self) -> set:
+        """Ids of the networks realized here, and 12-character prefixes of other secnet tables."""
+        with self._lock:
+            known = {nid[:12]: nid for nid in self._nets}
+        return {known.get(name[len(TABLE_PREFIX):], name[len(TABLE_PREFIX):])
+                for _family, name in self.runner.tables()}
+
+    def owns(self, event) -> Optional[str]:
+        """The network an nft change notification (``plugin.nftwatch.NftEvent``) touched, or None.
+
+        Returns the network id when it is realized here, else the table's
+        12-character prefix; None for other tables and for resync events.
+        """
+        table = getattr(event, "table", "")
+        if not table.startswith(TABLE_PREFIX) or getattr(event, "family", "") not in ("inet", "bridge"):
+            return None
+        prefix = table[len(TABLE_PREFIX):]
+        with self._lock:
+            return next((nid for nid in self._nets if nid.startswith(prefix)), prefix)
+
+    def drift(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable) -> list:
+        """Elements and rules that differ from the desired state; one line each (at most 10)."""
+        with self._lock:
+            want = self._desired(net, policy, list(ports))
+            real = self._nets.get(net.id)
+            table = ruleset.table_name(net.id)
+            try:
+                rules = self._shapes(table)
+                problems = self._element_problems(table, want)
+            except (NftError, OSError) as exc:
+                return [f"tables missing ({str(exc).splitlines()[0][:120]})"]
+            reference = self._reference(net)
+            if reference is None:
+                problems.append("rules cannot be checked (no reference)")
+            else:
+                problems += kernel.compare_rules(reference, rules)
+            return problems[:10]
+
+    def _element_problems(self, table: str, want: dict) -> list:
+        if self.writer is None:
+            return _element_problems(want, kernel.read_elements(self.runner, table, want))
+        problems = []
+        for name in sorted(want):
+            have = self.writer.dump(table, name)
+            parts = identifier(name)
+            wanted = {parts(e, v): (e, v) for e, v in want[name].items()}
+            problems += [f"set {name}: missing element {ruleset.element_text(name, e, v)}"
+                         for key, (e, v) in list(wanted.items()) if key not in have][:3]
+            problems += [f"set {name}: unexpected element {key[0].hex()}"
+                         for key in have if key not in wanted][:3]
+        return problems
+
+    def counters(self, net: NetworkSpec) -> Counters:
+        """Per-entry allowed counters, per-pair drop counters, per-reason drop counters."""
+        with self._lock:
+            real = self._nets.get(net.id)
+            attribution = real.policy_elements.attribution() if real else {}
+            table = ruleset.table_name(net.id)
+            try:
+                counts = self._set_counters(table, attribution)
+            except (NftError, OSError):
+                return Counters()
+            by_rule = self._rule_counters(table)
+        allowed: dict = {}
+        for name, els in attribution.items():
+            for element, keys in els.items():
+                count = counts.get(name, {}).get(element)
+                for key in keys:
+                    allowed[key] = _add(allowed.get(key), count or (0, 0))
+        reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
+        would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
+        return Counters(allowed=allowed, dropped=counts.get("drops", {}), reasons=reasons,
+                        would_drop=counts.get("audits", {}), would_drop_reasons=would)
+
+    def _rule_counters(self, table: str) -> dict:
+        if self.writer is None:
+            return kernel.rule_counters(self.runner, table)
+        out: dict = {}
+        for family in ("inet", "bridge"):
+            try:
+                for comment, (packets, size) in self.writer.rule_counters(family, table).items():
+                    total = out.setdefault(comment, [0, 0])
+                    total[0] += packets
+                    total[1] += size
+            except OSError:   # a missing table counts nothing; drift() reports it
+                continue
+        return out
+
+    def _set_counters(self, table: str, attribution: dict) -> dict:
+        """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
+        and of the pair sets keyed by ``(src, dst)`` identities."""
+        names = tuple(attribution) + ("drops", "audits")
+        if self.writer is None:
+            have = kernel.read_elements(self.runner, table, names)
+            return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
+        out = {}
+        for name in names:
+            dumped = self.writer.dump(table, name)
+            if name in ("drops", "audits"):
+                out[name] = {decode_marks(k[0]): c for k, c in dumped.items() if c}
+            else:
+                parts = identifier(name)
+                out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}
+        return out
+
+    def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
+        """Deliver every logged drop as a DropEvent, from a reader thread (NFLOG)."""
+        with self._lock:
+            if self._reader is not None:
+                return
+            self._reader = NflogReader(self.nflog_group, lambda p, t: _deliver(p, t, callback))
+            self._reader.start()
+
+    def close(self) -> None:
+        with self._lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
+        if self.writer is not None:
+            self.writer.close()
+
+    # --- internals --------------------------------------------------------------------------
+    def _realized(self, net: NetworkSpec) -> _Realized:
+        real = self._nets.get(net.id)
+        if real is None:
+            raise BackendError(f"network {net.id[:12]} has no nftables state: apply_network first")
+        return real
+
+    def _apply(self, script: str) -> None:
+        try:
+            self.runner.apply(script)
+        except NftError as exc:
+            raise BackendError(str(exc)) from None
+
+    def _write(self, net: NetworkSpec, real: _Realized, delta: ElementDelta, done) -> None:
+        """Write ``delta``; if the kernel refuses it, rebuild the network instead."""
+        if delta.empty:
+            done()
+            return
+        try:
+            if self.writer is not None:
+                self.writer.apply(ruleset.table_name(net.id), delta)
+            else:
+                self.runner.apply(ruleset.delta_script(net.id, delta))
+        except (NftError, OSError) as exc:
+            done()
+            log.warning("network %s: element delta refused (%s); rebuilding its tables",
+                        net.id[:12], str(exc).splitlines()[0][:200])
+            self.repairs += 1
+            self.apply_network(net, real.policy, real.ports.values())
+            return
+        done()
+
+    @staticmethod
+    def _set_ports(real: _Realized, ports: dict, delta: ElementDelta) -> None:
+        """Record ``ports`` and the port-set part of ``delta`` as realized."""
+        real.ports = ports
+        for name, els in delta.delete.items():
+            if name in PORT_SETS:
+                for element in els:
+                    real.port_sets.get(name, {}).pop(element, None)
+        for name, els in delta.add.items():
+            if name in PORT_SETS:
+                real.port_sets.setdefault(name, {}).update(els)
+
+    def _reference(self, net: NetworkSpec) -> Optional[dict]:
+        """The shape of freshly written tables of ``net``: written (without elements)
+        in a scratch namespace, read back there; else read from the kernel now."""
+        cached = self._references.get(net.id)
+        if cached is not None and cached[0] == net:
+            return cached[1]
+        table = ruleset.table_name(net.id)
+
+        def fresh():
+            scratch = NftBackend(netlink=self.writer is not None)
+            scratch.runner.apply(ruleset.skeleton_script(net.id, net))
+            try:
+                return scratch._shapes(table)
+            finally:
+                scratch.close()
+        try:
+            shapes = in_scratch_namespace(fresh)
+        except (NftError, OSError, TimeoutError) as exc:
+            log.debug("no scratch namespace (%s): reference read from the kernel", exc)
+            try:
+                shapes = self._shapes(table)
+            except (NftError, OSError):
+                return None
+        self._references[net.id] = (net, shapes)
+        return shapes
+
+    def _shapes(self, table: str) -> dict:
+        """Rules (per chain), chains and set declarations of both tables, comparable."""
+        if self.writer is None:
+            return kernel.read_rules(self.runner, table)
+        out = {}
+        for family in ("inet", "bridge"):
+            for (kind, name), shapes in self.writer.shapes(family, table).items():
+                out[(family, f"{kind} {name}")] = shapes
+        return out
+
+    def _desired(self, net: NetworkSpec, policy: PolicyMap, ports: list) -> dict:
+        real = self._nets.get(net.id)
+        if real is not None and real.policy == policy and real.spec.mode == net.mode and \
+                real.ports == {p.endpoint_id: p for p in ports}:
+            elements, port_sets, settings = real.policy_elements, real.port_sets, real.settings
+        else:
+            elements = PolicyElements.of(policy.entries | policy.cidrs)
+            port_sets, settings = ports_elements(ports), setting_elements(policy, net.mode)
+        want = {**elements.flat(), **settings}
+        for name in kernel.desired_sets():
+            want.setdefault(name, {})
+        for name, els in port_sets.items():
+            want[name] = els
+        return want
+
+
+def _element_problems(want: dict, have: dict) -> list:
+    problems = []
+    for name in sorted(want):
+        w = want[name]
+        h = {e: v for e, (v, _c) in have.get(name, {}).items()}
+        if name not in have and w:
+            problems.append(f"set {name} missing")
+            continue
+        missing = [e for e in w if e not in h or h[e] != w[e]]
+        extra = [e for e in h if e not in w]
+        problems += [f"set {name}: missing element {ruleset.element_text(name, e, w[e])}"
+                     for e in missing[:3]]
+        problems += [f"set {name}: unexpected element {ruleset.element_text(name, e, h[e])}"
+                     for e in extra[:3]]
+    return problems
+
+
+def _rules_of(net: NetworkSpec) -> tuple:
+    """What of a NetworkSpec the rules depend on (the mode is an element)."""
+    return net.id, net.bridge, tuple(net.subnets), net.internal
+
+
+def _merge(into: dict, elements: dict) -> None:
+    for name, els in elements.items():
+        into.setdefault(name, {}).update(els)
+
+
+def _add(total, count) -> tuple:
+    return count if total is None else (total[0] + count[0], total[1] + count[1])
+
+
+def _deliver(packet: Packet, received: float, callback) -> None:
+    parsed = parse_log_prefix(packet.prefix)
+    if parsed is None:
+        return
+    network, reason, audit = parsed
+    flow = packet.flow()
+    ifname = None
+    if "physindev" in packet.devices:
+        try:
+            ifname = socket.if_indextoname(packet.devices["physindev"])
+        except OSError:
+            ifname = None
+    callback(DropEvent(network=network, reason=reason, family=flow.family,
+                       proto=_PROTO_NUMBERS.get(flow.proto, 0), src=flow.src or "",
+                       dst=flow.dst or "", port=flow.dport, ifname=ifname, audit=audit,
+                       time=packet.timestamp or received))

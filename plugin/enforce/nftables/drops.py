@@ -1,0 +1,152 @@
+"""How secnet's nft rules drop: one place per reason, so every drop is counted and logged alike.
+
+A rule that drops ends in ``deny(reason)``, which is ``goto drop_<reason>``.
+Each table has one such chain per reason; it
+
+* in audit mode (the setting set ``audit`` holds its element), for the
+  reasons policy decides (:data:`AUDITABLE`), hands over to
+  ``audit_<reason>``, which logs the same way with the mark ``audit``,
+  counts, and lets the packet pass: policy drops nothing in audit mode,
+  while spoofed frames, invalid packets and non-members are still dropped;
+* counts the ``(source identity, destination identity)`` pair of policy
+  drops in the dynamic set ``drops`` (``audits`` for would-be drops): the
+  identities are the packet's ``meta mark`` and ``ct mark`` (see ``ruleset``);
+* reports the packet through NFLOG group :data:`NFLOG_GROUP` with the prefix
+  ``sn <network-id[:12]> <reason>[ audit]`` (the daemon reads it), at most
+  once per flow and second: the flow is the key of a dynamic set whose
+  elements carry their own ``limit rate 1/second`` (a stateful expression
+  per element, so the kernel rate-limits each flow apart). The sets are
+  bounded (``size``) and forget a flow ``timeout`` after its last packet;
+  when a set is full, new flows are counted but not logged until room frees
+  up. A named limit ``logcap`` caps what one table logs in all;
+* counts and drops the packet in a rule commented ``deny:<reason>``
+  (``audit:<reason>`` for would-be drops).
+
+The flow key is source, destination, protocol and destination port for TCP
+and UDP, source, destination and protocol for other IP packets, and source
+MAC, destination MAC and ethertype for other frames (bridge family only).
+"""
+from __future__ import annotations
+
+NFLOG_GROUP = 7350
+LOG_PREFIX = "sn"
+AUDIT_MARK = "audit"
+LOG_SET_SIZE = 4096
+LOG_SET_TIMEOUT = "2s"
+PAIR_SET_SIZE = 65536
+LOG_CAP = "rate 500/second burst 1000 packets"
+LOG_SETS = ("log4p", "log4", "log6p", "log6", "logl2")
+PAIR_SETS = ("drops", "audits")
+DYNAMIC_SETS = LOG_SETS + PAIR_SETS
+REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
+           "quarantined", "pending", "spoofed", "ethertype")
+#: reasons that policy decides: audit mode lets these pass (and logs them)
+AUDITABLE = ("no-rule", "egress", "internal", "quarantined", "pending")
+#: reasons whose drops are counted per identity pair
+PAIRED = ("no-rule", "egress", "internal")
+#: the constant lookup key of the setting sets: 0 for every packet
+SETTING_KEY = "numgen inc mod 1"
+
+_SET_TYPES = {
+    "log4p": "ipv4_addr . ipv4_addr . inet_proto . inet_service",
+    "log4": "ipv4_addr . ipv4_addr . inet_proto",
+    "log6p": "ipv6_addr . ipv6_addr . inet_proto . inet_service",
+    "log6": "ipv6_addr . ipv6_addr . inet_proto",
+    "logl2": "ether_addr . ether_addr . ether_type",
+}
+_PORTED = "meta l4proto { tcp, udp }"
+_UNPORTED = "meta l4proto != { tcp, udp }"
+_EACH_FLOW = "limit rate 1/second burst 1 packets"
+
+
+def quote(name: str) -> str:
+    return '"' + name + '"'
+
+
+def drop_chain_name(reason: str) -> str:
+    return "drop_" + reason.replace("-", "_")
+
+
+def audit_chain_name(reason: str) -> str:
+    return "audit_" + reason.replace("-", "_")
+
+
+def deny(reason: str) -> str:
+    """The statement that ends a rule dropping a packet for ``reason``."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown drop reason {reason!r}")
+    return f"goto {drop_chain_name(reason)}"
+
+
+def log_prefix(network_id: str, reason: str, audit: bool = False) -> str:
+    """The NFLOG prefix of drops of ``network_id`` for ``reason``."""
+    return f"{LOG_PREFIX} {network_id[:12]} {reason}" + (f" {AUDIT_MARK}" if audit else "")
+
+
+def parse_log_prefix(prefix: str):
+    """(network id prefix, reason, audit) of a secnet NFLOG prefix, or None."""
+    parts = prefix.split()
+    if len(parts) not in (3, 4) or parts[0] != LOG_PREFIX or parts[2] not in REASONS:
+        return None
+    if len(parts) == 4 and parts[3] != AUDIT_MARK:
+        return None
+    return parts[1], parts[2], len(parts) == 4
+
+
+def _flow_rules(family: str) -> list:
+    """(match, set, key) of each kind of flow, in the order the drop chains try them."""
+    rules = [
+        (_PORTED, "log4p", "ip saddr . ip daddr . meta l4proto . th dport"),
+        (_UNPORTED, "log4", "ip saddr . ip daddr . meta l4proto"),
+        (_PORTED, "log6p", "ip6 saddr . ip6 daddr . meta l4proto . th dport"),
+        (_UNPORTED, "log6", "ip6 saddr . ip6 daddr . meta l4proto"),
+    ]
+    if family == "inet":
+        return [(f"meta nfproto {'ipv4' if '4' in s else 'ipv6'} {m}", s, k) for m, s, k in rules]
+    rules = [(f"ether type {'ip' if '4' in s else 'ip6'} {m}", s, k) for m, s, k in rules]
+    return rules + [("ether type != { ip, ip6 }", "logl2", "ether saddr . ether daddr . ether type")]
+
+
+def _log_lines(family: str, prefix: str) -> list:
+    return [f"    {match} update @{name} {{ {key} {_EACH_FLOW} }}"
+            f" limit name \"logcap\" log group {NFLOG_GROUP} prefix {quote(prefix)}"
+            for match, name, key in _flow_rules(family)]
+
+
+def _pair_line(family: str, reason: str, pair_set: str) -> list:
+    if family != "inet" or reason not in PAIRED:
+        return []
+    return [f"    update @{pair_set} {{ meta mark . ct mark }}"]
+
+
+def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> list:
+    """Lines of the log sets, the log cap and the drop (and audit) chains of one table.
+
+    ``family`` is ``inet`` or ``bridge`` (which alone logs non-IP frames);
+    ``audit_set``: the table's setting set that holds an element in audit
+    mode; ``passed``: the statement that lets a would-be drop through.
+    In the inet table, pending and quarantined would-be drops are not
+    logged again: the bridge table saw (and logged) them first.
+    """
+    sets = [s for _m, s, _k in _flow_rules(family)]
+    lines = [f"  set {name} {{ type {_SET_TYPES[name]}; size {LOG_SET_SIZE};"
+             f" flags dynamic,timeout; timeout {LOG_SET_TIMEOUT}; }}" for name in sets]
+    if family == "inet":
+        lines += [f"  set {name} {{ type mark . mark; size {PAIR_SET_SIZE}; flags dynamic; counter; }}"
+                  for name in PAIR_SETS]
+    lines.append(f"  limit logcap {{ {LOG_CAP} }}")
+    for reason in REASONS:
+        lines.append(f"  chain {drop_chain_name(reason)} {{")
+        if reason in AUDITABLE:
+            lines.append(f"    {SETTING_KEY} @{audit_set} goto {audit_chain_name(reason)}")
+        lines += _pair_line(family, reason, "drops")
+        lines += _log_lines(family, log_prefix(network_id, reason))
+        lines += [f"    counter drop comment {quote('deny:' + reason)}", "  }"]
+        if reason not in AUDITABLE:
+            continue
+        lines.append(f"  chain {audit_chain_name(reason)} {{")
+        lines += _pair_line(family, reason, "audits")
+        if family == "bridge" or reason not in ("pending", "quarantined"):
+            lines += _log_lines(family, log_prefix(network_id, reason, audit=True))
+        lines += [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]
+    return lines

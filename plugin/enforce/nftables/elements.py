@@ -1,0 +1,376 @@
+"""The elements of a network's nft sets and maps, computed from neutral data (pure).
+
+The nftables datapath is a fixed ruleset whose behaviour comes from set and
+map elements (see ``ruleset``). This module turns a
+:class:`~segmentation.policymap.PolicyMap` and the network's
+:class:`~plugin.enforce.backend.Port` values into those elements, and the
+difference between two states into an :class:`ElementDelta`. It imports no
+nft code and runs no command: unit tests check it without a kernel.
+
+An element is a tuple of canonical field values, one per field of the set's
+key (``SCHEMAS``): ints for marks (identities), protocols, ports and raw
+payloads, strings for addresses, interface names and MACs. In an interval
+set (``flags interval``) every field is an inclusive ``(lo, hi)`` pair
+(addresses as ints). A map element has a value tuple as well.
+
+Interval sets of concatenations reject an element that overlaps another
+one ("File exists"), and several rules may cover the same ports, so the
+pieces of one group (e.g. one ``(src, dst, proto)``) are cut into disjoint
+boxes (:func:`disjoint`), each attributed to every rule covering it: the
+per-element counters then map back to rules. A delta recomputes only the
+groups that the changed entries belong to.
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional
+
+from segmentation.identities import QUARANTINED
+from segmentation.policymap import EGRESS, PolicyEntry
+from segmentation.protocols import ANY, FLOW, ICMP
+
+# --- set schemas ----------------------------------------------------------------------------
+#: set name -> (family, key field kinds, value field kinds or None, interval)
+SCHEMAS: dict = {}
+
+
+def _schema(family: str, name: str, key: tuple, value: Optional[tuple] = None,
+            interval: bool = False) -> None:
+    SCHEMAS[name] = (family, key, value, interval)
+
+
+_schema("inet", "id4", ("ip4",), ("mark",))
+_schema("inet", "id6", ("ip6",), ("mark",))
+_schema("inet", "pol_port", ("mark", "mark", "proto", "port"))
+_schema("inet", "pol_range", ("mark", "mark", "proto", "port"), interval=True)
+_schema("inet", "pol_proto", ("mark", "mark", "proto"))
+_schema("inet", "pol_icmp", ("mark", "mark"))
+_schema("inet", "pol_any", ("mark", "mark"))
+for _fam in (4, 6):
+    _ip = f"ip{_fam}"
+    _schema("inet", f"eg{_fam}", ("mark", _ip, "proto", "port"), interval=True)
+    _schema("inet", f"eg{_fam}_icmp", ("mark", _ip), interval=True)
+    _schema("inet", f"eg{_fam}_any", ("mark", _ip), interval=True)
+    _schema("inet", f"in{_fam}", (_ip, "mark", "proto", "port"), interval=True)
+    _schema("inet", f"in{_fam}_icmp", (_ip, "mark"), interval=True)
+    _schema("inet", f"in{_fam}_any", (_ip, "mark"), interval=True)
+    _schema("inet", f"pub{_fam}", (_ip, "proto", "port"), (_ip, "port"), interval=True)
+_schema("inet", "restricted", ("mark",))
+for _name in ("egress_allow", "internal", "audit"):
+    _schema("inet", _name, ("zero",))
+for _name in ("veths", "ports", "quarantined"):
+    _schema("bridge", _name, ("ifname",))
+_schema("bridge", "macs", ("ifname", "mac"))
+_schema("bridge", "ids4", ("ifname", "mac", "ip4"))
+_schema("bridge", "ids6", ("ifname", "mac", "ip6"))
+_schema("bridge", "na6", ("ifname", "raw"))
+_schema("bridge", "ll6", ("ifname", "ip6"))
+_schema("bridge", "baudit", ("zero",))
+for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
+    _schema("inet", _name, ("mark", "mark"))
+
+POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
+    f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any"))
+SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit")
+PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
+             "na6", "ll6")
+ON = (0,)          # the one element of a setting set that is "on"
+FULL = (0, 65535)
+
+
+# --- neutral data -> elements ---------------------------------------------------------------
+_NUMBERS = {name: l4.number4 for name, l4 in FLOW.items()}
+
+
+def entry_group(entry) -> tuple:
+    """(set name, group) of a policy-map entry: entries of one group are cut together."""
+    if entry.__class__ is PolicyEntry:
+        proto = entry.proto
+        if proto == ANY:
+            return "pol_any", (entry.src, entry.dst)
+        if proto == "icmp":
+            return "pol_icmp", (entry.src, entry.dst)
+        number = _NUMBERS[proto]
+        if entry.lo == 0 and entry.hi == 65535:
+            return "pol_proto", (entry.src, entry.dst, number)
+        if entry.lo == entry.hi:
+            return "pol_port", (entry.src, entry.dst, number, entry.lo)
+        return "pol_range", (entry.src, entry.dst, number)
+    base = f"{'eg' if entry.direction == EGRESS else 'in'}{entry.family}"
+    if entry.proto == ANY:
+        return base + "_any", (entry.identity,)
+    if entry.proto == ICMP.name:
+        return base + "_icmp", (entry.identity,)
+    return base, (entry.identity, FLOW[entry.proto].number4)
+
+
+def attribution_key(entry):
+    """What Counters.allowed is keyed by: ``PolicyEntry.key`` or the CidrEntry."""
+    return entry.key if isinstance(entry, PolicyEntry) else entry
+
+
+def _cidr_range(cidr: str) -> tuple:
+    net = ipaddress.ip_network(cidr)
+    return int(net.network_address), int(net.broadcast_address)
+
+
+def _box(name: str, group: tuple, entry) -> tuple:
+    """The box (one (lo, hi) per cut dimension) an entry covers in its group."""
+    if name == "pol_range":
+        return ((entry.lo, entry.hi),)
+    if name.endswith(("_any", "_icmp")):
+        return (_cidr_range(entry.cidr),)
+    return (_cidr_range(entry.cidr), (entry.lo, entry.hi))
+
+
+def _element(name: str, group: tuple, box: tuple) -> tuple:
+    """The set element of one disjoint box of a group."""
+    if name == "pol_range":
+        src, dst, proto = group
+        return ((src, src), (dst, dst), (proto, proto), box[0])
+    ident = (group[0], group[0])
+    if name.endswith(("_any", "_icmp")):
+        return (ident, box[0]) if name.startswith("eg") else (box[0], ident)
+    proto = (group[1], group[1])
+    if name.startswith("eg"):
+        return (ident, box[0], proto, box[1])
+    return (box[0], ident, proto, box[1])
+
+
+def group_elements(name: str, group: tuple, entries: Iterable) -> dict:
+    """element -> frozenset of attribution keys, for the entries of one group."""
+    entries = list(entries)
+    if not entries:
+        return {}
+    if not SCHEMAS[name][3]:
+        return {group: frozenset(attribution_key(e) for e in entries)}
+    boxes = [(_box(name, group, e), attribution_key(e)) for e in entries]
+    return {_element(name, group, box): labels for box, labels in disjoint(boxes).items()}
+
+
+def disjoint(boxes: list) -> dict:
+    """Cut possibly overlapping boxes into disjoint ones that cover the same points.
+
+    ``boxes``: ``[(((lo, hi), ...), label), ...]`` with inclusive bounds, all
+    of one dimension count. Returns ``{box: frozenset(labels covering it)}``;
+    adjacent pieces covered by the same labels (in every further dimension)
+    are merged, so a box that overlaps nothing comes back unchanged.
+    """
+    if not boxes:
+        return {}
+    if not boxes[0][0]:
+        return {(): frozenset(label for _b, label in boxes)}
+    cuts = sorted({box[0][0] for box, _l in boxes} | {box[0][1] + 1 for box, _l in boxes})
+    pieces: list = []   # [(lo, hi, {rest: labels})]
+    for lo, nxt in zip(cuts, cuts[1:]):
+        active = [(box[1:], label) for box, label in boxes if box[0][0] <= lo and nxt - 1 <= box[0][1]]
+        if not active:
+            continue
+        rest = disjoint(active)
+        if pieces and pieces[-1][1] == lo - 1 and pieces[-1][2] == rest:
+            pieces[-1] = (pieces[-1][0], nxt - 1, rest)
+        else:
+            pieces.append((lo, nxt - 1, rest))
+    return {((lo, hi),) + sub: labels for lo, hi, rest in pieces for sub, labels in rest.items()}
+
+
+# --- the state of a network's sets -----------------------------------------------------------
+@dataclass
+class ElementDelta:
+    """Elements to delete and add, per set: ``{set: {element: value or None}}``.
+
+    Deletions come first in the transaction (a piece that is cut anew is
+    deleted before its successors are added).
+    """
+
+    delete: dict = field(default_factory=lambda: defaultdict(dict))
+    add: dict = field(default_factory=lambda: defaultdict(dict))
+
+    @property
+    def empty(self) -> bool:
+        return not any(self.delete.values()) and not any(self.add.values())
+
+    def size(self) -> int:
+        return sum(map(len, self.delete.values())) + sum(map(len, self.add.values()))
+
+
+class PolicyElements:
+    """The policy sets of one network, with the entries behind each element.
+
+    ``groups``: ``{(set, group): entries}``. In a set without intervals the
+    group *is* the element (present while it has entries); an interval
+    set's groups are cut into ``pieces``: ``{(set, group): {element:
+    frozenset(attribution keys)}}``.
+    """
+
+    def __init__(self) -> None:
+        self.groups: dict = {}
+        self.pieces: dict = {}
+
+    @classmethod
+    def of(cls, entries: Iterable) -> "PolicyElements":
+        state = cls()
+        state.change(entries, ())
+        return state
+
+    def change(self, added: Iterable, removed: Iterable) -> ElementDelta:
+        """Apply entries added and removed; returns the elements that changed."""
+        groups, before = self.groups, {}
+        for entry in removed:
+            where = entry_group(entry)
+            entries = groups.get(where)
+            if entries is not None:
+                before.setdefault(where, True)
+                entries.discard(entry)
+        for entry in added:
+            where = entry_group(entry)
+            entries = groups.get(where)
+            if entries is None:
+                before.setdefault(where, False)
+                groups[where] = {entry}
+            else:
+                before.setdefault(where, True)
+                entries.add(entry)
+        delta = ElementDelta()
+        for where, existed in before.items():
+            name, group = where
+            if not groups[where]:
+                del groups[where]
+            if SCHEMAS[name][3]:
+                self._cut(name, group, delta)
+            elif existed and where not in groups:
+                delta.delete[name][group] = None
+            elif where in groups and not existed:
+                delta.add[name][group] = None
+        return delta
+
+    def _cut(self, name: str, group: tuple, delta: ElementDelta) -> None:
+        old = self.pieces.pop((name, group), {})
+        new = group_elements(name, group, self.groups.get((name, group), ()))
+        if new:
+            self.pieces[(name, group)] = new
+        for element in old.keys() - new.keys():
+            delta.delete[name][element] = None
+        for element in new.keys() - old.keys():
+            delta.add[name][element] = None
+
+    def attribution(self) -> dict:
+        """``{set: {element: frozenset(attribution keys)}}``."""
+        out: dict = defaultdict(dict)
+        for (name, group), entries in self.groups.items():
+            if not SCHEMAS[name][3]:
+                out[name][group] = frozenset(attribution_key(e) for e in entries)
+        for (name, _group), pieces in self.pieces.items():
+            out[name].update(pieces)
+        return out
+
+    def flat(self) -> dict:
+        """``{set: {element: None}}`` of every policy set."""
+        out: dict = {name: {} for name in POLICY_SETS}
+        for name, group in self.groups:
+            if not SCHEMAS[name][3]:
+                out[name][group] = None
+        for (name, _group), pieces in self.pieces.items():
+            out[name].update(dict.fromkeys(pieces))
+        return out
+
+
+def setting_elements(policy, mode: str) -> dict:
+    """``{set: {element: None}}`` of the network-wide settings."""
+    on = {ON: None}
+    settings = policy.settings
+    return {
+        "restricted": {(i,): None for i in policy.ingress_restricted},
+        "egress_allow": on if settings.egress == "allow" and not settings.internal else {},
+        "internal": on if settings.internal else {},
+        "audit": on if mode == "audit" else {},
+        "baudit": on if mode == "audit" else {},
+    }
+
+
+# --- ports ----------------------------------------------------------------------------------
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address a container derives from its MAC (Docker's default)."""
+    b = [int(x, 16) for x in mac.split(":")]
+    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
+
+
+def port_elements(port) -> dict:
+    """``{set: {element: value}}`` that one endpoint puts into the network's sets.
+
+    The addresses a port may send from are known for every port (anti-spoofing
+    holds in audit mode too); only enforced ports are in ``ports`` and publish.
+    """
+    out: dict = defaultdict(dict)
+    name, mac = port.name, port.mac.lower()
+    out["veths"][(name,)] = None
+    quarantined = port.identity == QUARANTINED or port.quarantine is not None
+    if quarantined:
+        out["quarantined"][(name,)] = None
+    for fam, addr in ((4, port.ipv4), (6, port.ipv6)):
+        if addr:
+            out[f"id{fam}"][(str(ipaddress.ip_address(addr)),)] = (
+                QUARANTINED if quarantined else port.identity,)
+    out["macs"][(name, mac)] = None
+    ll = link_local(mac)
+    out["ll6"][(name, ll)] = None
+    out["na6"][(name, int(ipaddress.IPv6Address(ll)))] = None
+    if port.ipv4:
+        out["ids4"][(name, mac, port.ipv4)] = None
+    if port.ipv6:
+        out["ids6"][(name, mac, str(ipaddress.IPv6Address(port.ipv6)))] = None
+        out["na6"][(name, int(ipaddress.IPv6Address(port.ipv6)))] = None
+    if port.active and not quarantined:
+        out["ports"][(name,)] = None
+        _published(port, out)
+    return out
+
+
+def _published(port, out: dict) -> None:
+    """A port's published mappings: (host address range, proto, host port) -> (addr, port)."""
+    for proto, host_ip, host_port, cport in port.published:
+        number = FLOW[proto].number4
+        for fam, addr, anyaddr in ((4, port.ipv4, "0.0.0.0/0"), (6, port.ipv6, "::/0")):
+            if not addr or (host_ip and (":" in host_ip) != (fam == 6)):
+                continue
+            key = (_cidr_range(host_ip or anyaddr), (number, number), (host_port, host_port))
+            out[f"pub{fam}"][key] = (addr, cport)
+
+
+def ports_elements(ports: Iterable) -> dict:
+    """Union of :func:`port_elements` of ``ports``."""
+    out: dict = defaultdict(dict)
+    for port in ports:
+        for name, elements in port_elements(port).items():
+            out[name].update(elements)
+    return out
+
+
+def diff(old: Mapping, new: Mapping, delta: Optional[ElementDelta] = None) -> ElementDelta:
+    """The delta from ``old`` to ``new`` (``{set: {element: value}}``); a map
+    element whose value changes is deleted and added again."""
+    delta = delta or ElementDelta()
+    for name in set(old) | set(new):
+        before, after = old.get(name, {}), new.get(name, {})
+        for element, value in before.items():
+            if element not in after or after[element] != value:
+                delta.delete[name][element] = value
+        for element, value in after.items():
+            if element not in before or before[element] != value:
+                delta.add[name][element] = value
+    return delta
+
+
+def apply_delta(elements: Mapping, delta: ElementDelta) -> dict:
+    """``elements`` (``{set: {element: value}}``) with ``delta`` applied (for tests and drift)."""
+    out = {name: dict(els) for name, els in elements.items()}
+    for name, els in delta.delete.items():
+        for element in els:
+            out.get(name, {}).pop(element, None)
+    for name, els in delta.add.items():
+        out.setdefault(name, {}).update(els)
+    return {name: els for name, els in out.items() if els}
+

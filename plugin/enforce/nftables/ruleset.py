@@ -1,0 +1,314 @@
+"""The nftables datapath: a fixed ruleset per network, driven by set and map elements.
+
+Kernel background. Each secnet network gets two tables named
+``secnet_<network-id[:12]>``:
+
+* ``table bridge`` runs on the frames of the network's bridge ports, before
+  anything else. It knows every port (``veths``) and the enforced ones
+  (``ports``); a port that is pending (segment unknown) or quarantined
+  gets nothing in or out. It drops spoofed frames: the source MAC, IPv4/IPv6
+  source address and ARP sender of a port must be the ones the network
+  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``).
+* ``table inet``: with ``br_netfilter`` bridged IP traffic also passes the
+  inet ``forward`` hook, with the bridge as input and output device, and
+  conntrack works there: replies to allowed flows pass (``ct state
+  established,related``). A new flow's two ends are turned into
+  *identities* (``segmentation.identities``): the source's into the packet
+  mark (``meta mark set ip saddr map @id4``), the destination's into the
+  connection mark (``ct mark set ip daddr map @id4``); an address that is
+  not the network's is ``OUTSIDE``. The verdict is then a lookup of
+  ``meta mark . ct mark [. protocol . port]`` in the policy sets
+  (``pol_*``), of ``identity . address [...]`` in the CIDR sets
+  (``eg*``/``in*``), and of the setting sets (``egress_allow``,
+  ``internal``, ``audit``, ``restricted``). Their elements come from
+  ``elements``; every set of the policy has per-element counters.
+
+So the rules never change while the network lives: a join, a leave, a
+policy edit, a new segment, a quarantine or a mode switch is a set-element
+delta (:func:`delta_script`), one transaction. Only :func:`network_script`
+writes rules (create, restore, drift repair), replacing both tables in one
+transaction. What policy lets through is marked :data:`PASSED_MARK` (chain
+``pass``), which Docker's ``DOCKER-USER`` chain requires (``plugin.dockerfw``).
+The marks hold identities only from the moment a flow's first packet is
+judged until it leaves the chain: nothing else reads them.
+"""
+from __future__ import annotations
+
+import ipaddress
+from typing import Iterable, Mapping
+
+from segmentation.identities import HOST, OUTSIDE, PENDING, QUARANTINED
+
+from . import northsouth as ns
+from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
+from .elements import POLICY_SETS, SCHEMAS, ElementDelta
+from .runner import PASSED_MARK, TABLE_PREFIX
+
+FORMAT = 2   # bump when the ruleset changes shape: drift() then reports it
+ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
+_TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
+          "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
+_BRIDGE_TYPEOF = {"na6": "typeof iifname . @th,64,128"}
+_PROTO_NAMES = {6: "tcp", 17: "udp"}
+
+
+def table_name(network_id: str) -> str:
+    return TABLE_PREFIX + network_id[:12]
+
+
+# --- sets -----------------------------------------------------------------------------------
+def set_declaration(name: str) -> str:
+    family, key, value, interval = SCHEMAS[name]
+    if name in _BRIDGE_TYPEOF:
+        typ = _BRIDGE_TYPEOF[name]
+    elif key == ("zero",):
+        typ = f"typeof {SETTING_KEY}"
+    else:
+        typ = "type " + " . ".join(_TYPES[k] for k in key)
+        if value:
+            typ += " : " + " . ".join(_TYPES[k] for k in value)
+    flags = " flags interval;" if interval else ""
+    counter = " counter;" if name in POLICY_SETS else ""
+    kind = "map" if value else "set"
+    return f"  {kind} {name} {{ {typ};{flags}{counter} }}"
+
+
+def _field(kind: str, value, interval: bool) -> str:
+    if interval:
+        lo, hi = value
+        if kind in ("ip4", "ip6"):
+            return _address_range(kind, lo, hi)
+        if kind == "proto":
+            return _PROTO_NAMES.get(lo, str(lo))
+        text = f"{lo:#x}" if kind == "mark" else str(lo)
+        return text if lo == hi else f"{text}-{hi:#x}" if kind == "mark" else f"{lo}-{hi}"
+    if kind == "mark" or kind == "raw":
+        return f"{value:#x}"
+    if kind == "proto":
+        return _PROTO_NAMES.get(value, str(value))
+    if kind == "ifname":
+        return _q(value)
+    return str(value)
+
+
+def _address_range(kind: str, lo: int, hi: int) -> str:
+    cls = ipaddress.IPv4Address if kind == "ip4" else ipaddress.IPv6Address
+    nets = list(ipaddress.summarize_address_range(cls(lo), cls(hi)))
+    if len(nets) == 1:
+        net = nets[0]
+        return str(net.network_address) if net.num_addresses == 1 else str(net)
+    return f"{cls(lo)}-{cls(hi)}"
+
+
+def element_text(name: str, element: tuple, value=None, key_only: bool = False) -> str:
+    """nft text of one element of set ``name`` (``key . key [: value]``)."""
+    _family, key, vkinds, interval = SCHEMAS[name]
+    text = " . ".join(_field(k, v, interval) for k, v in zip(key, element))
+    if vkinds and not key_only:
+        text += " : " + " . ".join(_field(k, v, False) for k, v in zip(vkinds, value))
+    return text
+
+
+def _element_lines(verb: str, table: str, elements: Mapping, key_only: bool = False,
+                   per_line: int = 2000) -> Iterable[str]:
+    for name, els in elements.items():
+        if not els:
+            continue
+        family = SCHEMAS[name][0]
+        items = list(els.items())
+        for i in range(0, len(items), per_line):
+            body = ", ".join(element_text(name, e, v, key_only) for e, v in items[i:i + per_line])
+            yield f"{verb} element {family} {table} {name} {{ {body} }}"
+
+
+def delta_script(network_id: str, delta: ElementDelta) -> str:
+    """One transaction: the deletions of ``delta``, then its additions."""
+    t = table_name(network_id)
+    lines = list(_element_lines("delete", t, delta.delete, key_only=True))
+    lines += _element_lines("add", t, delta.add)
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+# --- the inet table -------------------------------------------------------------------------
+def _rules(name: str, *rules: str, hook: str = "") -> list:
+    head = [f"  chain {name} {{"] + ([f"    {hook}"] if hook else [])
+    return head + [f"    {r}" for r in rules] + ["  }"]
+
+
+def _identity_chains() -> list:
+    return (
+        _rules("pass", f"meta mark set meta mark | {PASSED_MARK:#010x} accept")
+        + _rules("src_identity", "meta mark set ip saddr map @id4 return",
+                 "meta mark set ip6 saddr map @id6 return", deny("not-member"))
+        + _rules("dst_identity", "ct mark set ip daddr map @id4 return",
+                 "ct mark set ip6 daddr map @id6 return", deny("not-member"))
+        + _rules("reserved", f"meta mark {QUARANTINED} {deny('quarantined')}",
+                 f"ct mark {QUARANTINED} {deny('quarantined')}",
+                 f"meta mark {PENDING} {deny('pending')}", f"ct mark {PENDING} {deny('pending')}")
+    )
+
+
+def _policy_chains() -> list:
+    pair = "meta mark . ct mark"
+    ported = "meta l4proto . th dport"
+    east_west = _rules(
+        "east_west",
+        f"{pair} . {ported} @pol_port goto pass",
+        f"{pair} . {ported} @pol_range goto pass",
+        f"{pair} . meta l4proto @pol_proto goto pass",
+        f"icmp type echo-request {pair} @pol_icmp goto pass",
+        f"icmpv6 type echo-request {pair} @pol_icmp goto pass",
+        f"{pair} @pol_any goto pass",
+        # a hairpin flow (a member reaching a published port) that no east-west
+        # entry allows is judged like any other flow to a published port
+        "ct status dnat goto ingress",
+        deny("no-rule"))
+    egress = _rules("egress", f"{SETTING_KEY} @internal {deny('internal')}", *_cidr_lookups(
+        "meta mark", "ip daddr", "ip6 daddr", "eg", first=True), f"{SETTING_KEY} @egress_allow goto pass",
+        deny("egress"))
+    ingress = _rules("ingress", f"{SETTING_KEY} @internal {deny('internal')}",
+                     "ct mark @restricted goto ingress_rules",
+                     "ct status dnat goto pass",            # published ports (Docker's behaviour)
+                     "fib saddr type local goto pass",      # the host
+                     deny("no-rule"))
+    ingress_rules = _rules("ingress_rules", *_cidr_lookups("ct mark", "ip saddr", "ip6 saddr", "in",
+                                                            first=False), deny("no-rule"))
+    return east_west + egress + ingress + ingress_rules
+
+
+def _cidr_lookups(ident: str, sel4: str, sel6: str, prefix: str, first: bool) -> list:
+    """Lookups of (identity, address) in the CIDR sets, identity first for egress."""
+    out = []
+    for kind, match in (("", " . meta l4proto . th dport"), ("_icmp", ""), ("_any", "")):
+        for fam, sel, echo in ((4, sel4, "icmp"), (6, sel6, "icmpv6")):
+            key = f"{ident} . {sel}" if first else f"{sel} . {ident}"
+            cond = f"{echo} type echo-request " if kind == "_icmp" else ""
+            out.append(f"{cond}{key}{match} @{prefix}{fam}{kind} goto pass")
+    return out
+
+
+def _base_chains(bridge: str) -> list:
+    br = _q(bridge)
+    forward = _rules(
+        "forward",
+        f"iifname != {br} oifname != {br} accept",
+        "ct state established,related goto pass",
+        f"ct state invalid {deny('invalid')}",
+        f"{ND} goto pass",                  # address resolution (sources checked in the bridge table)
+        "ip protocol igmp goto pass",
+        f"meta mark set {OUTSIDE} ct mark set {OUTSIDE}",
+        f"iifname {br} jump src_identity",
+        f"oifname {br} jump dst_identity",
+        "jump reserved",
+        f"iifname {br} oifname {br} goto east_west",
+        f"iifname {br} goto egress",
+        "goto ingress",
+        hook="type filter hook forward priority filter - 5; policy accept;")
+    host_in = _rules(
+        "host_in",
+        f"iifname != {br} accept",
+        "ct state established,related accept",
+        f"ct state invalid {deny('invalid')}",
+        f"ip daddr 127.0.0.0/8 {deny('invalid')}",   # martian but for route_localnet
+        f"{ND} accept",
+        f"meta mark set {OUTSIDE} ct mark set {HOST}",
+        "jump src_identity", "jump reserved", "goto egress",
+        hook="type filter hook input priority filter - 5; policy accept;")
+    # The host's own flows into the network. A flow the host sends to a
+    # published port (127.0.0.1:P) is DNAT'd in this same hook, after the
+    # output device (lo) was chosen: it is recognised by its new address.
+    host_out = _rules(
+        "host_out",
+        "ct state established,related accept",
+        f"oifname {br} {ND} accept",
+        f"oifname {br} ip protocol igmp accept",
+        f"oifname {br} jump dst_identity",
+        f"oifname {br} goto from_host",
+        "ct status dnat goto host_dnat",
+        hook="type filter hook output priority filter - 5; policy accept;")
+    host_dnat = _rules("host_dnat", "ct mark set ip daddr map @id4 goto from_host",
+                       "ct mark set ip6 daddr map @id6 goto from_host")
+    from_host = _rules("from_host", f"meta mark set {HOST}", "jump reserved", "goto ingress")
+    return forward + host_in + host_out + host_dnat + from_host
+
+
+def render_inet(network_id: str, net) -> list:
+    t = table_name(network_id)
+    lines = [f"table inet {t} {{"]
+    lines += [set_declaration(n) for n, s in SCHEMAS.items()
+              if s[0] == "inet" and not n.startswith("pub") and n not in DYNAMIC_SETS]
+    lines += ns.pub_maps()
+    lines += drop_chains("inet", network_id, "audit", "goto pass")
+    lines += _identity_chains() + _policy_chains() + _base_chains(net.bridge)
+    lines += ns.nat_chains(net.bridge, net.subnets, net.internal)
+    lines.append("}")
+    return lines
+
+
+# --- the bridge table -----------------------------------------------------------------------
+def render_bridge(network_id: str) -> list:
+    lines = [f"table bridge {table_name(network_id)} {{"]
+    lines += [set_declaration(n) for n, s in SCHEMAS.items() if s[0] == "bridge"]
+    # What a container may send from a link-local or unspecified source: address
+    # resolution, DAD and multicast listener reports. Never router adverts or
+    # redirects: a container must not become other containers' router.
+    sendable = ("nd-neighbor-solicit", "nd-neighbor-advert", "nd-router-solicit") + ns.MLD_TYPES
+    from_link_local = "ip6 saddr { ::, fe80::/10 } icmpv6 type { " + ", ".join(sendable) + " }"
+    # Anti-spoofing first, for every port the network knows (pending and
+    # quarantined ones too): audit mode lets policy drops pass, never spoofed frames.
+    lines += _rules(
+        "ports_in",
+        "iifname != @veths accept",
+        "jump spoofing",
+        f"iifname @quarantined {deny('quarantined')}",
+        f"iifname != @ports {deny('pending')}",
+        "accept",
+        hook="type filter hook prerouting priority -300; policy accept;")
+    lines += _rules(
+        "spoofing",
+        f"iifname . ether saddr != @macs {deny('spoofed')}",
+        f"ether type arp iifname . arp saddr ether . arp saddr ip != @ids4 {deny('spoofed')}",
+        "ether type arp return",
+        f"ether type ip iifname . ether saddr . ip saddr != @ids4 {deny('spoofed')}",
+        "ether type ip return",
+        f"icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6 {deny('spoofed')}",
+        f"ip6 saddr fe80::/10 iifname . ip6 saddr != @ll6 {deny('spoofed')}",
+        f"{from_link_local} return",
+        f"ether type ip6 iifname . ether saddr . ip6 saddr != @ids6 {deny('spoofed')}",
+        f"icmpv6 type {{ nd-router-advert, nd-redirect }} {deny('spoofed')}",
+        "ether type ip6 return",
+        deny("ethertype"))
+    for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
+        lines += _rules(chain, "oifname != @veths accept", f"oifname @quarantined {deny('quarantined')}",
+                        f"oifname != @ports {deny('pending')}",
+                        hook=f"type filter hook {hook} priority -300; policy accept;")
+    lines += drop_chains("bridge", network_id, "baudit", "accept")
+    lines.append("}")
+    return lines
+
+
+# --- whole network --------------------------------------------------------------------------
+def network_script(network_id: str, net, elements: Mapping) -> str:
+    """Script that atomically replaces both tables of a network, elements included.
+
+    ``net``: a NetworkSpec (bridge, subnets, internal); ``elements``:
+    ``{set: {element: value}}`` of every set.
+    """
+    t = table_name(network_id)
+    lines = [f"table inet {t} {{ }}", f"delete table inet {t}",
+             f"table bridge {t} {{ }}", f"delete table bridge {t}"]
+    lines += render_inet(network_id, net)
+    lines += render_bridge(network_id)
+    lines += _element_lines("add", t, elements)
+    return "\n".join(lines) + "\n"
+
+
+def skeleton_script(network_id: str, net) -> str:
+    """Both tables without elements (the reference for rule-by-rule drift)."""
+    return "\n".join(render_inet(network_id, net) + render_bridge(network_id)) + "\n"
+
+
+def delete_script(network_id: str) -> str:
+    t = table_name(network_id)
+    return (f"table inet {t} {{ }}\ndelete table inet {t}\n"
+            f"table bridge {t} {{ }}\ndelete table bridge {t}\n")

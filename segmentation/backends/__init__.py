@@ -1,1 +1,0 @@
-"""Rule backends: turn a compiled policy into kernel state (nftables first)."""

@@ -1,0 +1,130 @@
+"""The nft element computation (pure): disjoint pieces with attribution, and deltas."""
+from __future__ import annotations
+
+import itertools
+
+from hypothesis import given, settings, strategies as st
+
+from plugin.enforce.backend import Port
+from plugin.enforce.nftables.backend import NftBackend
+from plugin.enforce.nftables.elements import (
+    SCHEMAS, PolicyElements, apply_delta, diff, disjoint, port_elements, ports_elements)
+from segmentation.identities import PENDING, QUARANTINED
+from segmentation.policymap import CidrEntry, PolicyEntry
+
+
+def test_disjoint_cuts_overlaps_and_keeps_who_covers_what():
+    got = disjoint([(((80, 90),), "a"), (((85, 95),), "b"), (((100, 100),), "c")])
+    assert got == {((80, 84),): {"a"}, ((85, 90),): {"a", "b"}, ((91, 95),): {"b"},
+                   ((100, 100),): {"c"}}
+
+
+def test_disjoint_leaves_a_lone_box_alone_and_merges_equal_neighbours():
+    assert disjoint([(((1, 5), (10, 20)), "x")]) == {((1, 5), (10, 20)): {"x"}}
+    assert disjoint([(((1, 5),), "x"), (((6, 9),), "x")]) == {((1, 9),): {"x"}}
+
+
+boxes1 = st.lists(st.tuples(st.integers(0, 30), st.integers(0, 8)).map(lambda t: (t[0], t[0] + t[1])),
+                  min_size=1, max_size=6)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.tuples(st.integers(0, 20), st.integers(0, 6)),
+                          st.tuples(st.integers(0, 20), st.integers(0, 6))), min_size=1, max_size=5))
+def test_disjoint_pieces_cover_every_point_with_exactly_its_boxes(raw):
+    boxes = [(((a, a + da), (b, b + db)), i) for i, ((a, da), (b, db)) in enumerate(raw)]
+    pieces = disjoint(boxes)
+    for x, y in itertools.product(range(28), range(28)):
+        covering = {label for ((xl, xh), (yl, yh)), label in boxes if xl <= x <= xh and yl <= y <= yh}
+        found = [labels for ((xl, xh), (yl, yh)), labels in pieces.items()
+                 if xl <= x <= xh and yl <= y <= yh]
+        assert found == ([covering] if covering else []), (x, y)
+
+
+IDS = st.sampled_from([256, 257, 258])
+SERVICE = st.one_of(
+    st.tuples(st.sampled_from(["tcp", "udp"]), st.sampled_from([(0, 65535), (80, 80), (53, 53),
+                                                                 (70, 90), (85, 100), (1, 1024)])),
+    st.tuples(st.sampled_from(["icmp", "any"]), st.just((0, 0))))
+RULE = st.sampled_from(["r1", "r2", "*", "intra"])
+ENTRY = st.builds(lambda s, d, svc, r: PolicyEntry(s, d, svc[0], svc[1][0], svc[1][1], r), IDS, IDS, SERVICE, RULE)
+CIDR = st.builds(lambda direction, i, cidr, svc, r: CidrEntry(direction, i, 6 if ":" in cidr else 4, cidr,
+                                                             svc[0], svc[1][0], svc[1][1], r),
+                 st.sampled_from(["ingress", "egress"]), IDS,
+                 st.sampled_from(["10.0.0.0/8", "10.1.0.0/16", "10.1.2.0/24", "0.0.0.0/0", "fd00::/8"]),
+                 SERVICE, RULE)
+POLICY = st.frozensets(st.one_of(ENTRY, CIDR), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(POLICY, POLICY)
+def test_the_element_delta_of_two_policies_turns_the_first_into_the_second(a, b):
+    state = PolicyElements.of(a)
+    before = state.flat()
+    delta = state.change(b - a, a - b)
+    fresh = PolicyElements.of(b)
+    assert _nonempty(apply_delta(before, delta)) == _nonempty(fresh.flat())
+    assert _nonempty(state.attribution()) == _nonempty(fresh.attribution())
+    untouched = {(n, e) for n, els in before.items() for e in els} - {
+        (n, e) for n, els in delta.delete.items() for e in els}
+    assert not untouched & {(n, e) for n, els in delta.add.items() for e in els}
+
+
+@settings(max_examples=200, deadline=None)
+@given(POLICY)
+def test_interval_pieces_never_overlap(entries):
+    flat = PolicyElements.of(entries).flat()
+    for name, els in flat.items():
+        if not SCHEMAS[name][3]:
+            continue
+        for e1, e2 in itertools.combinations(els, 2):
+            assert not all(lo1 <= hi2 and lo2 <= hi1 for (lo1, hi1), (lo2, hi2) in zip(e1, e2)), (name, e1, e2)
+
+
+def test_overlapping_rules_share_the_piece_they_both_cover():
+    a = PolicyEntry(256, 257, "tcp", 70, 90, "web->api:tcp/70-90")
+    b = PolicyEntry(256, 257, "tcp", 85, 100, "web->api:tcp/85-100")
+    pieces = PolicyElements.of({a, b}).attribution()["pol_range"]
+    assert pieces[((256, 256), (257, 257), (6, 6), (85, 90))] == {a.key, b.key}
+    assert pieces[((256, 256), (257, 257), (6, 6), (70, 84))] == {a.key}
+
+
+def _nonempty(elements: dict) -> dict:
+    return {name: els for name, els in elements.items() if els}
+
+
+def _port(identity=256, quarantine=None, **kw) -> Port:
+    return Port("e1", "snv1", "02:42:0A:e0:00:05", "10.224.0.5", "fd00:224::5", identity, "web",
+                quarantine, **kw)
+
+
+def test_port_elements_of_members_pending_and_quarantined():
+    member = port_elements(_port())
+    assert member["id4"] == {("10.224.0.5",): (256,)} and member["ports"] == {("snv1",): None}
+    assert ("snv1", "02:42:0a:e0:00:05", "10.224.0.5") in member["ids4"]
+    pending = port_elements(_port(PENDING))
+    assert pending["id4"] == {("10.224.0.5",): (PENDING,)} and "ports" not in pending
+    bad = port_elements(_port(QUARANTINED, quarantine="empty label"))
+    assert bad["quarantined"] == {("snv1",): None} and "ports" not in bad
+    assert bad["ids4"] == member["ids4"]      # anti-spoofing holds for every port
+
+
+def test_a_join_is_a_delta_of_its_own_elements():
+    other = Port("e2", "snv2", "02:42:0a:e0:00:06", "10.224.0.6", None, 257, "api")
+    delta = diff(ports_elements([other]), ports_elements([other, _port()]))
+    assert not delta.delete and delta.add["id4"] == {("10.224.0.5",): (256,)}
+    moved = diff(ports_elements([_port()]), ports_elements([_port(257)]))
+    assert moved.delete["id4"] == {("10.224.0.5",): (256,)} and moved.add["id4"] == {("10.224.0.5",): (257,)}
+
+
+class _Event:
+    def __init__(self, family, table):
+        self.family, self.table = family, table
+
+
+def test_owns_names_the_network_of_its_tables_only():
+    backend = NftBackend()
+    assert backend.owns(_Event("inet", "secnet_0123456789ab")) == "0123456789ab"
+    assert backend.owns(_Event("bridge", "secnet_0123456789ab")) == "0123456789ab"
+    assert backend.owns(_Event("ip", "filter")) is None
+    assert backend.owns(_Event("", "")) is None

@@ -1,0 +1,128 @@
+"""The fixed nftables ruleset: one place per drop reason, audit by element, no rule per policy rule."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from plugin.enforce.backend import NetworkSpec
+from plugin.enforce.nftables import ruleset
+from plugin.enforce.nftables.drops import (AUDITABLE, NFLOG_GROUP, REASONS, deny, log_prefix,
+                                           parse_log_prefix)
+from plugin.enforce.nftables.elements import ON, PolicyElements, ports_elements, setting_elements
+from segmentation.options import parse_network_options
+from segmentation.policymap import compile_policy_map
+
+NID = "0123456789ab" + "c" * 52
+NET = NetworkSpec(NID, "sn-x", ("10.224.0.0/24", "fd00:224::/64"), ("10.224.0.1",))
+
+
+def script(rules: str = "", **opts) -> str:
+    options = parse_network_options({"secnet.allow": rules, **opts})
+    ids = {"web": 256, "api": 257, "default": 258}
+    policy = compile_policy_map(options, ids)
+    every = {**PolicyElements.of(policy.entries | policy.cidrs).flat(), **setting_elements(policy, "enforce")}
+    return ruleset.network_script(NID, NET, every)
+
+
+def tables(text: str) -> dict:
+    """family -> body of the table block."""
+    out = {}
+    for family in ("inet", "bridge"):
+        start = text.index(f"table {family} secnet_{NID[:12]} {{\n")
+        out[family] = text[start:text.index("\n}\n", start)]
+    return out
+
+
+def chain(body: str, name: str) -> str:
+    start = body.index(f"  chain {name} {{")
+    return body[start:body.index("\n  }", start)]
+
+
+def rules_only(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.startswith(("add element",)))
+
+
+def test_deny_is_a_goto_and_knows_its_reasons():
+    assert deny("no-rule") == "goto drop_no_rule"
+    with pytest.raises(ValueError):
+        deny("because")
+
+
+def test_log_prefix_round_trip():
+    assert log_prefix(NID, "not-member") == f"sn {NID[:12]} not-member"
+    assert parse_log_prefix(log_prefix(NID, "spoofed")) == (NID[:12], "spoofed", False)
+    assert parse_log_prefix(log_prefix(NID, "no-rule", audit=True)) == (NID[:12], "no-rule", True)
+    for junk in ("sn x nonsense", "IN=eth0", f"sn {NID[:12]} no-rule maybe"):
+        assert parse_log_prefix(junk) is None
+
+
+@pytest.mark.parametrize("family", ["inet", "bridge"])
+def test_every_table_has_a_logging_counting_drop_chain_per_reason(family):
+    body = tables(script())[family]
+    for reason in REASONS:
+        text = chain(body, "drop_" + reason.replace("-", "_"))
+        assert text.rstrip().endswith(f'counter drop comment "deny:{reason}"')
+        assert f'log group {NFLOG_GROUP} prefix "sn {NID[:12]} {reason}"' in text
+        assert "limit rate 1/second burst 1 packets" in text and 'limit name "logcap"' in text
+        audited = f"@{'audit' if family == 'inet' else 'baudit'} goto audit_" in text
+        assert audited == (reason in AUDITABLE), reason
+
+
+@pytest.mark.parametrize("family", ["inet", "bridge"])
+def test_audit_chains_log_with_the_mark_and_let_pass(family):
+    body = tables(script())[family]
+    for reason in AUDITABLE:
+        text = chain(body, "audit_" + reason.replace("-", "_"))
+        assert text.rstrip().endswith(f'comment "audit:{reason}"')
+        assert ("goto pass" if family == "inet" else "accept") in text.splitlines()[-1]
+        logged = f'prefix "sn {NID[:12]} {reason} audit"' in text
+        assert logged == (family == "bridge" or reason not in ("pending", "quarantined"))
+    assert "audit_spoofed" not in body and "audit_invalid" not in body
+
+
+def test_drops_go_through_the_drop_chains_only():
+    for family, body in tables(script("web->api:tcp/80", **{"secnet.egress": "deny"})).items():
+        chains = set(re.findall(r"  chain (\S+) \{", body))
+        for target in re.findall(r"goto ((?:drop|audit)_\w+)", body):
+            assert target in chains, (family, target)
+        outside = re.sub(r"  chain drop_\w+ \{.*?\n  \}", "", body, flags=re.S)
+        assert not re.search(r"\bdrop\b(?! comment)", outside.replace("drop_", "")), family
+
+
+def test_the_rules_do_not_depend_on_the_policy():
+    small = rules_only(script(""))
+    large = rules_only(script("web->api:tcp/80 api->web:udp/53 web->10.0.0.0/8:tcp/443 "
+                              "10.0.0.0/8->api:tcp/8000-9000 *->*:icmp", **{"secnet.egress": "deny",
+                                                                            "secnet.intra": "deny"}))
+    assert small == large
+    assert "add element inet secnet_0123456789ab pol_port { 0x100 . 0x101 . tcp . 80 }" in script(
+        "web->api:tcp/80")
+
+
+def test_settings_are_elements():
+    options = parse_network_options({"secnet.egress": "deny", "secnet.allow": "10.0.0.0/8->web:tcp/80"})
+    policy = compile_policy_map(options, {"web": 256})
+    assert setting_elements(policy, "audit") == {
+        "restricted": {(256,): None}, "egress_allow": {}, "internal": {}, "audit": {ON: None},
+        "baudit": {ON: None}}
+    assert setting_elements(compile_policy_map(parse_network_options({}), {}), "enforce")[
+        "egress_allow"] == {ON: None}
+
+
+def test_element_text():
+    assert ruleset.element_text("eg4", ((256, 256), (167772160, 184549375), (6, 6), (443, 443))) \
+        == "0x100 . 10.0.0.0/8 . tcp . 443"
+    assert ruleset.element_text("in6", ((1, 5), (257, 257), (17, 17), (1, 1024))) \
+        == "::1-::5 . 0x101 . udp . 1-1024"
+    port = NET_port()
+    els = ports_elements([port])
+    assert ruleset.element_text("id4", ("10.224.0.5",), els["id4"][("10.224.0.5",)]) == "10.224.0.5 : 0x100"
+    pub = next(iter(els["pub4"].items()))
+    assert ruleset.element_text("pub4", *pub) == "0.0.0.0/0 . tcp . 8080 : 10.224.0.5 . 80"
+
+
+def NET_port():
+    from plugin.enforce.backend import Port
+    return Port("e1", "snv1", "02:42:0a:e0:00:05", "10.224.0.5", None, 256, "web",
+                published=(("tcp", "", 8080, 80),))
