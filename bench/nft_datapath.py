@@ -16,7 +16,7 @@ import subprocess
 import time
 import uuid
 
-from plugin import netns
+from plugin.kernel import netns
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.enforce.nftables import NftBackend
 from segmentation.identities import MemoryAllocator

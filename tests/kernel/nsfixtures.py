@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import pytest
 
 from packets import Responder, sh
-from plugin import netns as plugin_netns
+from plugin.kernel import netns as plugin_netns
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.enforce.nftables import NftBackend
 from segmentation.identities import PENDING, QUARANTINED, MemoryAllocator

@@ -21,7 +21,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
-from plugin import netns as plugin_netns
+from plugin.kernel import netns as plugin_netns
 
 PROBE_TIMEOUT = 1.0
 TCP_PORTS = (8080, 5432, 9999)

@@ -11,7 +11,8 @@ import pytest
 
 from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
 from packets import ns_socket
-from plugin import netns, probes
+from plugin.kernel import netns
+from plugin.observe import probes
 from plugin.enforce.nftables import nflog
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 

@@ -15,7 +15,7 @@ import pytest
 
 from nsfixtures import BACKENDS, NET_ID, InNamespace, lab  # noqa: F401  (lab is a fixture)
 from packets import Sniffer, mac_bytes, parallel, probe_tcp, send_frame
-from plugin.dockerfw import DockerFirewall
+from plugin.kernel.dockerfw import DockerFirewall
 from segmentation.options import parse_network_options
 from segmentation.policymap import PolicyEntry
 
