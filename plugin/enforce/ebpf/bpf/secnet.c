@@ -24,6 +24,23 @@
 
 #define PACKET_HOST_ 0
 
+/* the layouts maps.py packs */
+_Static_assert(sizeof(struct endpoint) == 48, "endpoint");
+_Static_assert(sizeof(struct addr_key) == 20, "addr_key");
+_Static_assert(sizeof(struct member) == 8, "member");
+_Static_assert(sizeof(struct state) == 16, "state");
+_Static_assert(sizeof(struct settings) == 4, "settings");
+_Static_assert(sizeof(struct policy_key) == 12, "policy_key");
+_Static_assert(sizeof(struct policy_val) == 8, "policy_val");
+_Static_assert(sizeof(struct restricted_key) == 4, "restricted_key");
+_Static_assert(sizeof(struct cidr_key) == 28, "cidr_key");
+_Static_assert(sizeof(struct cidr_val) == 388, "cidr_val");
+_Static_assert(sizeof(struct count_key) == 32, "count_key");
+_Static_assert(sizeof(struct drop_key) == 8, "drop_key");
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key");
+_Static_assert(sizeof(struct ct_val) == 16, "ct_val");
+_Static_assert(sizeof(struct drop_event) == 80, "drop_event");
+
 char LICENSE[] SEC("license") = "GPL";
 
 struct ctx {
