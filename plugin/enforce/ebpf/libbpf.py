@@ -10,9 +10,11 @@ module only passes bytes and integers across. Every failure raises
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import errno as errno_mod
+import logging
 import os
 import threading
 from typing import Callable, Iterator, Optional
@@ -22,8 +24,37 @@ BPF_TC_INGRESS, BPF_TC_EGRESS = 1, 2
 BPF_TC_F_REPLACE = 1
 
 
+log = logging.getLogger(__name__)
+#: libbpf's last messages (the verifier's log among them), for error reports
+RECENT = collections.deque(maxlen=40)
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
 class LibbpfError(OSError):
     """A libbpf call failed; ``errno`` says why."""
+
+
+def _route_print(lib_: ctypes.CDLL) -> None:
+    """libbpf prints through a callback: format it with vsnprintf, keep it, log at debug
+    (libbpf's warnings include expected ones, e.g. a clsact qdisc that exists already)."""
+    libc = ctypes.CDLL(None)
+    libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+
+    def printer(_level, fmt, args):
+        buf = ctypes.create_string_buffer(1024)
+        libc.vsnprintf(buf, len(buf), fmt, args)
+        line = buf.value.decode(errors="replace").rstrip()
+        RECENT.append(line)
+        log.debug("libbpf: %s", line)
+        return 0
+    global _printer
+    _printer = _PRINT_FN(printer)
+    lib_.libbpf_set_print.restype = ctypes.c_void_p
+    lib_.libbpf_set_print.argtypes = [_PRINT_FN]
+    lib_.libbpf_set_print(_printer)
+
+
+_printer = None
 
 
 def _load() -> ctypes.CDLL:
@@ -76,6 +107,7 @@ def lib() -> ctypes.CDLL:
                 _lib = _load()
             except OSError as exc:
                 raise LibbpfError(errno_mod.ENOENT, f"libbpf.so.1 not loadable: {exc}") from None
+            _route_print(_lib)
         return _lib
 
 
@@ -121,7 +153,13 @@ class BpfObject:
         _check(lib().bpf_map__set_pin_path(self._map(name), path.encode()), f"pin path of {name}")
 
     def load(self) -> None:
-        _check(lib().bpf_object__load(self._obj), "load object")
+        """Load (verify) the programs, create or reuse the maps; on failure the
+        error carries the end of libbpf's log (the verifier's verdict)."""
+        RECENT.clear()
+        ret = lib().bpf_object__load(self._obj)
+        if ret < 0:
+            tail = " | ".join(line for line in list(RECENT)[-4:] if line)
+            raise LibbpfError(-ret, f"load object: {os.strerror(-ret)}: {tail}")
 
     def map_fd(self, name: str) -> int:
         return _check(lib().bpf_map__fd(self._map(name)), f"fd of map {name}")
@@ -221,7 +259,11 @@ def tc_attach(ifindex: int, point: int, prog_fd: int, handle: int = 1, priority:
     (BPF_TC_INGRESS/EGRESS) as direct-action filter ``handle``/``priority``,
     replacing what was there in one step."""
     hook = _hook(ifindex, point)
-    ret = lib().bpf_tc_hook_create(ctypes.byref(hook))
+    opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, flags=BPF_TC_F_REPLACE,
+                   handle=handle, priority=priority)
+    if lib().bpf_tc_attach(ctypes.byref(hook), ctypes.byref(opts)) == 0:
+        return
+    ret = lib().bpf_tc_hook_create(ctypes.byref(hook))   # no clsact qdisc yet
     if ret < 0 and -ret != errno_mod.EEXIST:
         _check(ret, f"clsact on ifindex {ifindex}")
     opts = _TcOpts(sz=ctypes.sizeof(_TcOpts), prog_fd=prog_fd, flags=BPF_TC_F_REPLACE,

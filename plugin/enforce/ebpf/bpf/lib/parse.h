@@ -1,8 +1,8 @@
 /* Parse a frame into what the policy needs: addresses, L4 protocol, ports,
  * and for an ICMP error the flow it is about (so that errors of allowed
- * flows pass like nftables' "related"). IPv6 extension headers are not
- * walked: such packets are judged by their first next-header value, which
- * only an "any" entry allows. */
+ * flows pass like nftables' "related"). Up to four IPv6 extension headers
+ * are walked; a packet with more is judged by the fifth next-header value,
+ * which only an "any" entry allows. */
 #ifndef SECNET_PARSE_H
 #define SECNET_PARSE_H
 #include <linux/if_ether.h>
@@ -84,17 +84,16 @@ static __always_inline void parse_inner(struct __sk_buff *skb, struct pkt *p)
 
 static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 {
-	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
-	__u8 *l4 = data + p->l4off;
+	__u8 l4[8] = {};     /* ports, or ICMP type, code, checksum, identifier */
 
 	p->l4 = p->proto;
 	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
-		if ((void *)(l4 + 4) > end)
+		if (bpf_skb_load_bytes(skb, p->l4off, l4, 4))
 			return;
 		p->sport = (l4[0] << 8) | l4[1];
 		p->dport = (l4[2] << 8) | l4[3];
 	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_) {
-		if ((void *)(l4 + 8) > end)
+		if (bpf_skb_load_bytes(skb, p->l4off, l4, 8))
 			return;
 		p->icmp_type = l4[0];
 		p->l4 = L4_OTHER_ICMP;
@@ -104,6 +103,22 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 			p->sport = p->dport = (l4[4] << 8) | l4[5];
 		if (icmp_is_error(p->family, l4[0]))
 			parse_inner(skb, p);
+	}
+}
+
+/* Walk IPv6 extension headers (hop-by-hop, routing, destination options,
+ * fragment: MLD reports carry a hop-by-hop header) to the L4 header. */
+static __always_inline void skip_ext_headers(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 hdr[2];
+
+	for (int i = 0; i < 4; i++) {
+		if (p->proto != 0 && p->proto != 43 && p->proto != 60 && p->proto != 44)
+			return;
+		if (bpf_skb_load_bytes(skb, p->l4off, hdr, 2))
+			return;
+		p->l4off += p->proto == 44 ? 8 : (hdr[1] + 1) * 8;
+		p->proto = hdr[0];
 	}
 }
 
@@ -141,6 +156,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
 		p->l4off = sizeof(*eth) + sizeof(*ip6);
+		skip_ext_headers(skb, p);
 	} else {
 		return 0;
 	}
