@@ -1,17 +1,103 @@
-"""The eBPF backend in a real kernel: packets through its programs in throwaway namespaces."""
+"""What only the eBPF backend has: pins that outlive the daemon, adoption, the fast path."""
 from __future__ import annotations
+
+import os
+import uuid
 
 import pytest
 
-from backend_lab import backend_lab  # noqa: F401  (fixture)
-from nsfixtures import lab, probe, parallel  # noqa: F401
+from backend_lab import BackendLab, make_ebpf
+from nsfixtures import NET_ID, lab, parallel, probe, sh  # noqa: F401  (lab is a fixture)
+from plugin.enforce.backend import BackendUnavailable
+from test_datapath import FEW, assert_all, echoes, open_stream, outcomes
 
 pytestmark = pytest.mark.kernel
 
 
-def test_smoke(backend_lab):
-    web, api = backend_lab.lab.add(2)
-    backend_lab.apply("web->api:tcp/8080", {web: "web", api: "api"})
-    cells = [(web, api, 4, "tcp", 8080), (web, api, 4, "tcp", 5432), (api, web, 4, "tcp", 8080),
-             (web, api, 6, "tcp", 8080), (web, api, 4, "icmp", None)]
-    assert parallel(probe, cells) == ["ok", "timeout", "timeout", "ok", "timeout"]
+@pytest.fixture
+def ebpf_lab(lab):
+    blab = BackendLab(lab, make_ebpf, f"/sys/fs/bpf/secnet-test-{uuid.uuid4().hex[:8]}")
+    try:
+        yield blab
+    finally:
+        blab.close()
+
+
+def tc_filters(lab, veth: str) -> str:
+    return "".join(lab.exec("tc", "filter", "show", "dev", veth, point).stdout
+                   for point in ("ingress", "egress"))
+
+
+def test_check_host_passes_here(ebpf_lab):
+    ebpf_lab.call(ebpf_lab.backend.check_host)
+
+
+def test_check_host_names_the_option_when_it_cannot(tmp_path):
+    from plugin.enforce.ebpf.backend import EbpfBackend
+    broken = tmp_path / "broken.o"
+    broken.write_bytes(b"not an object")
+    with pytest.raises(BackendUnavailable, match=r"secnet\.backend=ebpf"):
+        EbpfBackend(pin_root=str(tmp_path / "pins"), obj_path=str(broken)).check_host()
+
+
+def test_enforcement_goes_on_while_the_daemon_is_down_and_is_adopted(ebpf_lab):
+    web, api, late = ebpf_lab.lab.add(3)
+    ebpf_lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "allow", extra_ports=[ebpf_lab.port(late)])
+    stream = open_stream(web, api.ip4, 8080)
+    try:
+        ebpf_lab.call(ebpf_lab.backend.close)            # the daemon is gone
+        root = os.path.join(ebpf_lab.pin_root, NET_ID[:12])
+        assert {"policy", "conntrack", "from_container", "to_container"} <= set(os.listdir(root))
+        cells = [(web, api, 4, "tcp", 8080), (web, api, 6, "tcp", 5432), (api, web, 4, "tcp", 8080)]
+        assert parallel(probe, cells) == ["ok", "timeout", "timeout"]
+        assert_all(outcomes([(web, late), (late, web)], FEW), "timeout")       # still pending
+        ebpf_lab.backend = ebpf_lab.call(make_ebpf, ebpf_lab.pin_root)        # a new daemon
+        assert ebpf_lab.call(ebpf_lab.backend.networks) == {NET_ID[:12]}
+        ebpf_lab.change_ports((ebpf_lab.port(late), ebpf_lab.port(late, "web")))   # adopted from pins
+        for c in (web, late):
+            c.ip_cmd("neigh", "flush", "all")
+        assert_all(outcomes([(web, late), (late, web)], FEW), "ok")
+        ebpf_lab.call(ebpf_lab.backend.apply_network, ebpf_lab.net, ebpf_lab.policy,
+                      [ebpf_lab.port(web, "web"), ebpf_lab.port(api, "api"), ebpf_lab.port(late, "web")])
+        assert echoes(stream)                             # a reload keeps the conntrack map
+        assert ebpf_lab.call(ebpf_lab.backend.drift, ebpf_lab.net, ebpf_lab.policy,
+                             [ebpf_lab.port(web, "web"), ebpf_lab.port(api, "api"),
+                              ebpf_lab.port(late, "web")]) == []
+    finally:
+        stream.close()
+
+
+def test_drift_sees_a_detached_program_and_a_missing_entry(ebpf_lab):
+    web, api = ebpf_lab.lab.add(2)
+    pm = ebpf_lab.apply("web->api:tcp/8080", {web: "web", api: "api"})
+    ports = [ebpf_lab.port(web, "web"), ebpf_lab.port(api, "api")]
+    assert ebpf_lab.call(ebpf_lab.backend.drift, ebpf_lab.net, pm, ports) == []
+    ebpf_lab.lab.exec("tc", "filter", "del", "dev", api.veth, "egress")
+    lines = ebpf_lab.call(ebpf_lab.backend.drift, ebpf_lab.net, pm, ports)
+    assert any(api.veth in line and "egress" in line for line in lines), lines
+    ebpf_lab.call(ebpf_lab.backend.apply_network, ebpf_lab.net, pm, ports)
+    assert ebpf_lab.call(ebpf_lab.backend.drift, ebpf_lab.net, pm, ports) == []
+
+
+def test_remove_network_leaves_nothing(ebpf_lab):
+    web, api = ebpf_lab.lab.add(2)
+    ebpf_lab.apply("web->api:tcp/8080", {web: "web", api: "api"})
+    assert "from_container" in tc_filters(ebpf_lab.lab, web.veth)
+    ebpf_lab.call(ebpf_lab.backend.remove_network, NET_ID)
+    assert not os.path.exists(os.path.join(ebpf_lab.pin_root, NET_ID[:12]))
+    assert "bpf" not in tc_filters(ebpf_lab.lab, web.veth)
+    assert ebpf_lab.call(ebpf_lab.backend.networks) == set()
+    ebpf_lab.call(ebpf_lab.backend.remove_network, NET_ID)      # nothing there: fine
+    assert parallel(probe, [(api, web, 4, "tcp", 8080)]) == ["ok"]
+
+
+def test_allowed_east_west_bypasses_the_bridge(ebpf_lab):
+    """Judged flows go veth to veth (bpf_redirect_peer): the bridge forwards none of their packets."""
+    web, api = ebpf_lab.lab.add(2)
+    ebpf_lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    ebpf_lab.lab.exec("nft", "add table bridge snfast; add chain bridge snfast seen "
+                      "{ type filter hook forward priority 0; } ; add rule bridge snfast seen "
+                      "ether type { ip, ip6 } meta l4proto tcp counter")
+    assert parallel(probe, [(web, api, fam, "tcp", 8080) for fam in (4, 6) for _ in range(5)]) == ["ok"] * 10
+    out = ebpf_lab.lab.exec("nft", "list", "chain", "bridge", "snfast", "seen").stdout
+    assert "packets 0 " in out, out
