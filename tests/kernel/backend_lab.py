@@ -61,6 +61,7 @@ class BackendLab:
         self.net = NetworkSpec(id=NET_ID, bridge=BRIDGE, subnets=SUBNETS)
         self.policy = None
         self.options = None
+        self.gateways: tuple = ()
 
     def call(self, fn, *args, **kw):
         """``fn(*args)`` on the thread inside the lab's host namespace."""
@@ -89,7 +90,7 @@ class BackendLab:
         """Compile ``rules`` over ``members`` (container -> segment) and apply the network."""
         self.policy = self.compile(rules, set(members.values()), intra=intra, **options)
         self.net = NetworkSpec(id=NET_ID, bridge=BRIDGE, subnets=SUBNETS, mode=mode,
-                               internal=self.options.internal)
+                               internal=self.options.internal, gateways=self.gateways)
         ports = [self.port(c, seg) for c, seg in members.items()] + list(extra_ports)
         self.call(self.backend.apply_network, self.net, self.policy, ports)
         return self.policy
@@ -101,7 +102,7 @@ class BackendLab:
         new = self.compile(rules, self.ids.identities(NET_ID), **opts)
         if mode is not None:
             self.net = NetworkSpec(id=NET_ID, bridge=BRIDGE, subnets=SUBNETS, mode=mode,
-                                   internal=self.options.internal)
+                                   internal=self.options.internal, gateways=self.gateways)
         self.call(self.backend.apply_policy, self.net, self.policy.delta(new))
         self.policy = new
         return new

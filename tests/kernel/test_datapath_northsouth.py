@@ -1,0 +1,105 @@
+"""North-south through a Backend: the host, an outside namespace routed through the host,
+and a published port (DNAT in an nft table of the test, as secnet keeps NAT in nftables).
+
+Layout: the bridge carries the gateway 10.236.0.1 / fd00:236::1 (the host);
+namespace ``-out`` is "another host" at 10.237.0.2, routed through the lab's
+host namespace; 10.236.0.1:18080 is published to the first container's :8080.
+"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from backend_lab import backend_lab  # noqa: F401  (fixture)
+from nsfixtures import BRIDGE, Container, lab, parallel, probe, sh  # noqa: F401
+
+pytestmark = pytest.mark.kernel
+
+GW4, GW6 = "10.236.0.1", "fd00:236::1"
+PUBLISHED = 18080
+NAT = f"""
+table ip sntest_nat {{
+  chain pre {{ type nat hook prerouting priority dstnat; ip daddr {GW4} tcp dport {PUBLISHED} dnat to 10.236.0.10:8080; }}
+}}
+"""
+
+
+@pytest.fixture
+def ns_lab(backend_lab):
+    """(backend_lab, web, api, host, outside): two containers, the host and an outside peer."""
+    lab = backend_lab.lab
+    web, api = lab.add(2)
+    backend_lab.gateways = (GW4, GW6)
+    lab.exec("ip", "addr", "add", f"{GW4}/24", "dev", BRIDGE)
+    lab.exec("ip", "addr", "add", f"{GW6}/64", "dev", BRIDGE, "nodad")
+    lab.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
+    for c in (web, api):
+        c.ip_cmd("route", "add", "default", "via", GW4)
+    out_ns = f"{lab.host}-out"
+    lab._add_ns(out_ns)   # noqa: SLF001 (the lab deletes it)
+    sh("ip", "-n", lab.host, "link", "add", "snout", "type", "veth", "peer", "name", "eth0", "netns", out_ns)
+    lab.exec("ip", "addr", "add", "10.237.0.1/24", "dev", "snout")
+    lab.exec("ip", "link", "set", "snout", "up")
+    sh("ip", "-n", out_ns, "addr", "add", "10.237.0.2/24", "dev", "eth0")
+    sh("ip", "-n", out_ns, "link", "set", "eth0", "up")
+    sh("ip", "-n", out_ns, "route", "add", "10.236.0.0/24", "via", "10.237.0.1")
+    res = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=NAT,
+                                       text=True, capture_output=True, check=False)
+    assert res.returncode == 0, res.stderr
+    host = Container(ns=lab.host, index=98, veth=BRIDGE, mac="", ip4=GW4, ip6=GW6)
+    outside = Container(ns=out_ns, index=99, veth="snout", mac="", ip4="10.237.0.2", ip6="")
+    lab.responder.listen(host)
+    return backend_lab, web, api, host, outside
+
+
+def gateway(fam: int):
+    return Container(ns="", index=97, veth="", mac="", ip4=GW4, ip6=GW6)
+
+
+def test_the_host_reaches_segments_no_cidr_rule_names(ns_lab):
+    blab, web, api, host, _out = ns_lab
+    blab.apply("10.99.0.0/16->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    cells = [(host, web, fam, "tcp", 8080) for fam in (4, 6)] + [(host, api, fam, "tcp", 8080) for fam in (4, 6)]
+    assert parallel(probe, cells) == ["ok", "ok", "timeout", "timeout"]
+
+
+def test_egress_default_and_cidr_egress_rules(ns_lab):
+    blab, web, api, host, _out = ns_lab
+    gw = gateway(4)
+    blab.apply("", {web: "web", api: "api"}, "deny")
+    cells = [(web, gw, fam, "tcp", 9999) for fam in (4, 6)] + [(api, gw, 4, "udp", 53)]
+    assert parallel(probe, cells) == ["ok", "ok", "ok"]
+    blab.edit(f"web->{GW4}/32:tcp/9999", egress="deny")
+    cells = [(web, gw, 4, "tcp", 9999), (web, gw, 4, "tcp", 8080), (web, gw, 6, "tcp", 9999),
+             (api, gw, 4, "tcp", 9999)]
+    assert parallel(probe, cells) == ["ok", "timeout", "timeout", "timeout"]
+    assert blab.dropped("egress") > 0
+
+
+def test_internal_network_lets_nothing_in_or_out(ns_lab):
+    blab, web, api, host, _out = ns_lab
+    blab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny", internal=True)
+    cells = [(web, gateway(4), 4, "tcp", 9999), (host, web, 4, "tcp", 8080), (web, api, 4, "tcp", 8080)]
+    assert parallel(probe, cells) == ["timeout", "timeout", "ok"]
+    assert blab.dropped("internal") > 0
+
+
+def test_published_port_passes_direct_outside_access_does_not(ns_lab):
+    blab, web, api, _host, outside = ns_lab
+    blab.apply("", {web: "web", api: "api"}, "deny")
+    published = Container(ns="", index=96, veth="", mac="", ip4=GW4, ip6="")
+    cells = [(outside, published, 4, "tcp", PUBLISHED), (outside, web, 4, "tcp", 8080),
+             (outside, api, 4, "tcp", 8080)]
+    assert parallel(probe, cells) == ["ok", "timeout", "timeout"]
+
+
+def test_cidr_ingress_rules_restrict_a_segment(ns_lab):
+    blab, web, api, _host, outside = ns_lab
+    blab.apply("10.237.0.0/24->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    published = Container(ns="", index=96, veth="", mac="", ip4=GW4, ip6="")
+    cells = [(outside, api, 4, "tcp", 8080), (outside, api, 4, "tcp", 5432),
+             (outside, published, 4, "tcp", PUBLISHED)]
+    assert parallel(probe, cells) == ["ok", "timeout", "ok"]
+    blab.edit("10.238.0.0/24->api:tcp/8080, 10.238.0.0/24->web:tcp/8080")
+    assert parallel(probe, cells) == ["timeout", "timeout", "timeout"]
