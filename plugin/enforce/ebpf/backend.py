@@ -48,13 +48,29 @@ class _Net:
     ports: dict = field(default_factory=dict)   # endpoint id -> (Port, ifindex)
 
 
-def _versioned_maps(policy: PolicyMap) -> dict:
-    """map name -> (unversioned content, key function) of the versioned maps."""
+def _full_changes(policy: PolicyMap) -> dict:
+    """map name -> (None: read back from the kernel, content, key function): a full write."""
     return {
-        "policy": (maps.policy_content(policy.entries), maps.policy_key),
-        "cidrs": (maps.cidr_content(policy.cidrs), maps.cidr_key),
-        "restricted": (maps.restricted_content(policy), maps.restricted_key),
+        "policy": (None, maps.policy_content(policy.entries), maps.policy_key),
+        "cidrs": (None, maps.cidr_content(policy.cidrs), maps.cidr_key),
+        "restricted": (None, maps.restricted_content(policy), maps.restricted_key),
     }
+
+
+def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta) -> dict:
+    """map name -> (content before, content after, key function) of what ``delta``
+    touches: only the (src, dst, proto) groups of its entries (their prefixes are
+    disjoint from every other group's), the CIDR map only when CIDRs changed."""
+    groups = {(e.src, e.dst, e.proto) for e in delta.entries_added | delta.entries_removed}
+
+    def pick(entries):
+        return [e for e in entries if (e.src, e.dst, e.proto) in groups]
+    out = {"policy": (maps.policy_content(pick(old.entries)), maps.policy_content(pick(new.entries)),
+                      maps.policy_key),
+           "restricted": (maps.restricted_content(old), maps.restricted_content(new), maps.restricted_key)}
+    if delta.cidrs_added or delta.cidrs_removed:
+        out["cidrs"] = (maps.cidr_content(old.cidrs), maps.cidr_content(new.cidrs), maps.cidr_key)
+    return out
 
 
 _SPLIT = {"policy": maps.policy_unversioned, "cidrs": maps.cidr_unversioned,
@@ -150,25 +166,21 @@ class EbpfBackend:
         for rest in removed:
             libbpf.delete(fd, keyfn(version, rest))
 
-    def _swap(self, st: _Net, new: PolicyMap, old: Optional[PolicyMap]) -> None:
-        """Make ``new`` the policy in force in one flip (``old``: what is in force
-        and mirrored in both versions, None to read it back from the kernel)."""
+    def _swap(self, st: _Net, new: PolicyMap, changes: dict) -> None:
+        """Make ``new`` the policy in force in one flip. ``changes``: map name ->
+        (content in force and mirrored in both versions, or None to read each
+        version back from the kernel; the wanted content; key function)."""
         h = st.handle
         version, generation, _tag = self._state(h)
         nxt = 1 - (version & 1)
-        wanted = _versioned_maps(new)
-        before = _versioned_maps(old) if old is not None else None
-        for name, (content, keyfn) in wanted.items():
-            prev = before[name][0] if before else self._dump(h, name, nxt)
-            self._write_version(h, name, nxt, prev, content, keyfn)
-        libbpf.update(h.maps["settings"], maps.U32.pack(nxt),
-                      maps.settings_value(new, st.spec.mode, st.spec.internal))
-        self._flip(h, nxt, generation + 1, st.spec.id)
-        for name, (content, keyfn) in wanted.items():
-            prev = before[name][0] if before else self._dump(h, name, 1 - nxt)
-            self._write_version(h, name, 1 - nxt, prev, content, keyfn)
-        libbpf.update(h.maps["settings"], maps.U32.pack(1 - nxt),
-                      maps.settings_value(new, st.spec.mode, st.spec.internal))
+        settings = maps.settings_value(new, st.spec.mode, st.spec.internal)
+        for target in (nxt, 1 - nxt):
+            for name, (before, after, keyfn) in changes.items():
+                prev = before if before is not None else self._dump(h, name, target)
+                self._write_version(h, name, target, prev, after, keyfn)
+            libbpf.update(h.maps["settings"], maps.U32.pack(target), settings)
+            if target == nxt:
+                self._flip(h, nxt, generation + 1, st.spec.id)
         st.policy = new
 
     def _flip(self, h, version: int, generation: int, network_id: str) -> None:
@@ -242,7 +254,7 @@ class EbpfBackend:
         with self._lock:
             try:
                 st = self._load(net)
-                self._swap(st, policy, None)
+                self._swap(st, policy, _full_changes(policy))
                 self._sync_ports(st, ports)
                 self._bump(st)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
@@ -266,7 +278,8 @@ class EbpfBackend:
             if st.policy is None:
                 raise BackendError(f"eBPF network {net.id[:12]}: apply_network first (no policy known)")
             try:
-                self._swap(st, st.policy.apply(delta), st.policy)
+                new = st.policy.apply(delta)
+                self._swap(st, new, _delta_changes(st.policy, new, delta))
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
 

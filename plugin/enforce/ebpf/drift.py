@@ -8,13 +8,14 @@ calls apply_network to repair).
 from __future__ import annotations
 
 from . import libbpf, maps
+from .backend import _full_changes
 
 
 def drift(backend, st, policy, ports: list) -> list:
     h = st.handle
     out = []
     version, _generation, _tag = backend._state(h)   # noqa: SLF001 (the backend's helper)
-    for name, (content, _keyfn) in _wanted(policy).items():
+    for name, (_before, content, _keyfn) in _full_changes(policy).items():
         have = backend._dump(h, name, version & 1)    # noqa: SLF001
         missing = content.keys() - have.keys()
         extra = have.keys() - content.keys()
@@ -27,12 +28,6 @@ def drift(backend, st, policy, ports: list) -> list:
         out.append("settings: differ from the network's (mode, egress, internal)")
     out += _port_drift(h, st, ports)
     return out
-
-
-def _wanted(policy) -> dict:
-    return {"policy": (maps.policy_content(policy.entries), None),
-            "cidrs": (maps.cidr_content(policy.cidrs), None),
-            "restricted": (maps.restricted_content(policy), None)}
 
 
 def _port_drift(h, st, ports: list) -> list:
