@@ -62,6 +62,7 @@ class BackendLab:
         self.policy = None
         self.options = None
         self.gateways: tuple = ()
+        self.published: dict = {}      # container index -> Port.published
 
     def call(self, fn, *args, **kw):
         """``fn(*args)`` on the thread inside the lab's host namespace."""
@@ -76,7 +77,8 @@ class BackendLab:
         else:
             identity = self.ids.identities(NET_ID)[segment]
         return Port(endpoint_id=f"ep{c.index:02d}", name=c.veth, mac=c.mac, ipv4=c.ip4, ipv6=c.ip6,
-                    identity=identity, segment=segment, quarantine=quarantine)
+                    identity=identity, segment=segment, quarantine=quarantine,
+                    published=self.published.get(c.index, ()))
 
     def compile(self, rules: str, segments, **options):
         self.options = NetworkOptions(rules=parse_rules(rules), **options)

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from backend_lab import backend_lab  # noqa: F401  (fixture)
-from nsfixtures import BRIDGE, Container, lab, parallel, probe, sh  # noqa: F401
+from nsfixtures import BRIDGE, Container, lab, parallel, probe, probe_tcp, sh  # noqa: F401
 
 pytestmark = pytest.mark.kernel
 
@@ -21,6 +21,7 @@ PUBLISHED = 18080
 NAT = f"""
 table ip sntest_nat {{
   chain pre {{ type nat hook prerouting priority dstnat; ip daddr {GW4} tcp dport {PUBLISHED} dnat to 10.236.0.10:8080; }}
+  chain post {{ type nat hook postrouting priority srcnat; oifname "{BRIDGE}" ct status dnat ip saddr 10.236.0.0/24 masquerade; }}
 }}
 """
 
@@ -103,3 +104,17 @@ def test_cidr_ingress_rules_restrict_a_segment(ns_lab):
     assert parallel(probe, cells) == ["ok", "timeout", "ok"]
     blab.edit("10.238.0.0/24->api:tcp/8080, 10.238.0.0/24->web:tcp/8080")
     assert parallel(probe, cells) == ["timeout", "timeout", "timeout"]
+
+
+def test_hairpin_to_a_published_port_is_judged_like_a_published_flow(ns_lab):
+    """A member reaching a published port of its own network: allowed unless the target
+    segment is ingress-restricted (then only an east-west rule lets it), egress=deny or not."""
+    blab, web, api, _host, _out = ns_lab
+    blab.published = {web.index: (("tcp", "", PUBLISHED, 8080),)}
+    blab.apply("", {web: "web", api: "api"}, "deny", egress="deny")
+    gw = gateway(4)
+    assert parallel(probe, [(api, gw, 4, "tcp", PUBLISHED), (api, gw, 4, "tcp", 9999)]) == ["ok", "timeout"]
+    blab.edit("10.99.0.0/16->web:tcp/8080", egress="deny")
+    assert probe_tcp(api, GW4, PUBLISHED) == "timeout"
+    blab.edit("10.99.0.0/16->web:tcp/8080, api->web:tcp/8080", egress="deny")
+    assert probe_tcp(api, GW4, PUBLISHED) == "ok"

@@ -214,17 +214,21 @@ class EbpfBackend:
             except OSError:
                 before = None
         old_members = maps.member_entries(old, 0) if old else {}
-        new_members = {}
+        old_pub = maps.published_entries(old) if old else {}
+        new_members, new_pub = {}, {}
         if new is not None:
             ifindex = self._ifindex(new)
             libbpf.update(h.maps["endpoints"], maps.U32.pack(ifindex), maps.endpoint_value(new))
-            new_members = maps.member_entries(new, ifindex)
-            for key, value in new_members.items():
-                libbpf.update(h.maps["members"], key, value)
+            new_members, new_pub = maps.member_entries(new, ifindex), maps.published_entries(new)
+            for name, entries in (("members", new_members), ("published", new_pub)):
+                for key, value in entries.items():
+                    libbpf.update(h.maps[name], key, value)
             self._attach(st, ifindex)
             st.ports[new.endpoint_id] = (new, ifindex)
         for key in old_members.keys() - new_members.keys():
             libbpf.delete(h.maps["members"], key)
+        for key in old_pub.keys() - new_pub.keys():
+            libbpf.delete(h.maps["published"], key)
         if before and (new is None or st.ports[new.endpoint_id][1] != before[1]):
             libbpf.delete(h.maps["endpoints"], maps.U32.pack(before[1]))
 
@@ -246,6 +250,10 @@ class EbpfBackend:
         for key in list(libbpf.keys(h.maps["members"], maps.ADDR_KEY.size)):
             if key not in members:
                 libbpf.delete(h.maps["members"], key)
+        published = {k for port, _ifx in st.ports.values() for k in maps.published_entries(port)}
+        for key in list(libbpf.keys(h.maps["published"], maps.PUB_KEY.size)):
+            if key not in published:
+                libbpf.delete(h.maps["published"], key)
 
     # --- the Backend protocol -----------------------------------------------------
     def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:

@@ -43,6 +43,8 @@ COUNT = struct.Struct("<QQ")
 CT_KEY = struct.Struct("<16s16sHHBBH")
 CT_VAL = struct.Struct("<QIBBH")
 DROP_EVENT = struct.Struct("<QQBBBBHHIHH16s16s6s6s4x")
+PUB_KEY = struct.Struct("<BBH16s")
+PUB_VAL = struct.Struct("<HHI")
 U32 = struct.Struct("<I")
 
 L4 = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
@@ -88,6 +90,23 @@ def member_entries(port, ifindex: int) -> dict:
     """``members`` entries of one port: address key -> (identity, ifindex)."""
     return {ADDR_KEY.pack(ipaddress.ip_address(a).version, addr16(a)): MEMBER.pack(port.identity, 0, ifindex)
             for a in port.addresses}
+
+
+def published_entries(port) -> dict:
+    """``published`` entries of an active port: (family, proto, host port, host
+    address or zero for every address) -> (identity, container port)."""
+    if not port.active:
+        return {}
+    out = {}
+    for proto, host_ip, host_port, cport in port.published:
+        number = {"tcp": 6, "udp": 17}.get(str(proto).lower(), proto)
+        for addr in port.addresses:
+            family = ipaddress.ip_address(addr).version
+            if host_ip and ipaddress.ip_address(host_ip).version != family:
+                continue
+            key = PUB_KEY.pack(family, int(number), int(host_port), addr16(host_ip) if host_ip else bytes(16))
+            out[key] = PUB_VAL.pack(port.identity, int(cport), 0)
+    return out
 
 
 def gateway_entries(gateways: Iterable[str]) -> dict:

@@ -40,6 +40,8 @@ _Static_assert(sizeof(struct drop_key) == 8, "drop_key");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key");
 _Static_assert(sizeof(struct ct_val) == 16, "ct_val");
 _Static_assert(sizeof(struct drop_event) == 80, "drop_event");
+_Static_assert(sizeof(struct pub_key) == 20, "pub_key");
+_Static_assert(sizeof(struct pub_val) == 8, "pub_val");
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -95,6 +97,23 @@ static __always_inline int passes_unjudged(struct pkt *p)
 	return p->proto == IPPROTO_ICMPV6_ && (nd_or_mld(p->icmp_type) || p->icmp_type == 134);
 }
 
+/* The member behind a published port this packet is addressed to, if any
+ * (``local``: the destination is the host's own, so "every address" counts). */
+static __always_inline struct pub_val *published_of(struct pkt *p, int local)
+{
+	struct pub_key k = { .family = p->family, .proto = p->proto, .port = p->dport };
+	struct pub_val *v;
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return NULL;
+	__builtin_memcpy(k.addr, p->daddr, 16);
+	v = bpf_map_lookup_elem(&published, &k);
+	if (v || !local)
+		return v;
+	__builtin_memset(k.addr, 0, 16);
+	return bpf_map_lookup_elem(&published, &k);
+}
+
 /* Judge the flow of a tracked packet again under the current generation. */
 static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				   struct ct_val *v)
@@ -105,6 +124,7 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
 	struct pkt *o;
 	__u8 reason = R_NO_RULE;
+	__u16 port;
 	int ok;
 
 	if (!sc)
@@ -113,12 +133,18 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 	ct_original(p, v, o);
 	vd.src = identity_of(o, o->saddr);
 	vd.dst = identity_of(o, o->daddr);
+	port = flow_port(o);
+	if (v->kind == KIND_HAIRPIN) {
+		struct pub_val *pv = published_of(o, vd.dst == ID_HOST);
+		vd.dst = pv ? pv->identity : ID_OUTSIDE;
+		port = pv ? pv->port : 0;
+	}
 	if ((v->kind != KIND_EGRESS && vd.dst == ID_OUTSIDE)
-	    || (v->kind <= KIND_EGRESS && vd.src == ID_OUTSIDE)) {
+	    || ((v->kind <= KIND_EGRESS || v->kind == KIND_HAIRPIN) && vd.src == ID_OUTSIDE)) {
 		ok = 0;   /* a member of the flow has gone */
 		reason = R_NOT_MEMBER;
 	} else {
-		ok = judge(o, v->kind, vd.src, vd.dst, c->ver, c->s, &ck, &reason);
+		ok = judge(o, v->kind, vd.src, vd.dst, port, c->ver, c->s, &ck, &reason);
 	}
 	v->generation = c->st->generation;
 	if (ok) {
@@ -169,13 +195,13 @@ static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
 }
 
 static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
-				     __u8 kind, __u16 src, __u16 dst)
+				     __u8 kind, __u16 src, __u16 dst, __u16 port)
 {
 	struct count_key ck = {};
 	struct verdict vd = { .src = src, .dst = dst };
 	int verdict;
 
-	if (judge(p, kind, src, dst, c->ver, c->s, &ck, &vd.reason)) {
+	if (judge(p, kind, src, dst, port, c->ver, c->s, &ck, &vd.reason)) {
 		if (ck.kind)
 			count_allowed(&ck, skb->len);
 		ct_create(p, kind, 0, c->st->generation);
@@ -226,10 +252,15 @@ int from_container(struct __sk_buff *skb)
 	if (r >= 0)
 		return r;
 	dst = identity_of(p, p->daddr);
-	if (dst == ID_OUTSIDE || dst == ID_HOST)
-		r = judge_new(skb, &c, p, KIND_EGRESS, ep->identity, dst);
-	else
-		r = judge_new(skb, &c, p, KIND_EW, ep->identity, dst);
+	if (dst == ID_OUTSIDE || dst == ID_HOST) {
+		struct pub_val *pv = published_of(p, dst == ID_HOST);
+		if (pv)
+			r = judge_new(skb, &c, p, KIND_HAIRPIN, ep->identity, pv->identity, pv->port);
+		else
+			r = judge_new(skb, &c, p, KIND_EGRESS, ep->identity, dst, flow_port(p));
+	} else {
+		r = judge_new(skb, &c, p, KIND_EW, ep->identity, dst, flow_port(p));
+	}
 	return r == TC_ACT_OK ? deliver(skb, p) : r;
 }
 
@@ -240,6 +271,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	struct verdict vd = { .src = ID_OUTSIDE };
 	struct pkt *p = fresh_pkt();
+	__u8 orig[16] __attribute__((aligned(8))) = {};
 	struct ctx c;
 	__u16 src;
 	__u8 kind;
@@ -258,17 +290,20 @@ int to_container(struct __sk_buff *skb)
 	}
 	if (!p->family || passes_unjudged(p))
 		return TC_ACT_OK;
-	if (from && bpf_map_lookup_elem(&endpoints, &from))
-		return TC_ACT_OK;                 /* east-west: judged where it was sent */
+	/* East-west was judged where it was sent. Not a hairpin, though: with
+	 * br_netfilter a DNAT back into the bridge is bridged straight on
+	 * ("bridged DNAT") and arrives from the sender's veth, masqueraded. */
+	src = identity_of(p, p->saddr);
+	if (from && src != ID_OUTSIDE && src != ID_HOST && bpf_map_lookup_elem(&endpoints, &from))
+		return TC_ACT_OK;
 	r = tracked(skb, &c, p);
 	if (r >= 0)
 		return r;
-	src = identity_of(p, p->saddr);
-	if (!from || src == ID_HOST)
+	kind = KIND_IN;
+	if (from && dnat_flow(skb, p, orig))
+		kind = identity_of(p, orig) == ID_OUTSIDE ? KIND_IN_DNAT : KIND_IN_HAIRPIN;
+	else if (!from || src == ID_HOST)
 		kind = KIND_IN_HOST;
-	else if (dnat_flow(skb, p))
-		kind = KIND_IN_DNAT;
-	else
-		kind = KIND_IN;
-	return judge_new(skb, &c, p, kind, src == ID_HOST ? ID_HOST : ID_OUTSIDE, ep->identity);
+	return judge_new(skb, &c, p, kind, src == ID_HOST ? ID_HOST : ID_OUTSIDE, ep->identity,
+			 flow_port(p));
 }

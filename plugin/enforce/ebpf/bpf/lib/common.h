@@ -175,12 +175,30 @@ struct ct_key {
 #define KIND_IN      3       /* outside -> member */
 #define KIND_IN_DNAT 4       /* outside -> member, DNAT'd (a published port) */
 #define KIND_IN_HOST 5       /* the host -> member */
+#define KIND_HAIRPIN 6       /* member -> a published port of this network (judged at the sender) */
+#define KIND_IN_HAIRPIN 7    /* the same flow arriving, DNAT'd and masqueraded, at its target */
 struct ct_val {
 	__u64 seen;              /* ktime ns of the last refresh */
 	__u32 generation;
 	__u8  flags;
 	__u8  kind;
 	__u16 pad;
+};
+
+/* published: (family, protocol, host port, host address or all zero for
+ * every address) -> the member behind it: a member reaching it ("hairpin") is
+ * judged as nftables judges a DNAT'd flow, before the DNAT has happened */
+struct pub_key {
+	__u8  family;
+	__u8  proto;             /* 6 or 17 */
+	__u16 port;              /* host port */
+	__u8  addr[16];
+};
+
+struct pub_val {
+	__u16 identity;
+	__u16 port;              /* container port */
+	__u32 pad;
 };
 
 /* one drop (or audit would-drop), to user space */

@@ -37,6 +37,14 @@ struct {
 } members SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 8192);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct pub_key);
+	__type(value, struct pub_val);
+} published SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 262144);        /* both versions */
 	__uint(map_flags, BPF_F_NO_PREALLOC);

@@ -42,12 +42,11 @@ static __always_inline void count_allowed(struct count_key *k, __u32 len)
 	}
 }
 
-static __always_inline int ew_lookup(__u8 ver, __u16 src, __u16 dst, struct pkt *p,
+static __always_inline int ew_lookup(__u8 ver, __u16 src, __u16 dst, struct pkt *p, __u16 port,
 				     struct count_key *ck)
 {
 	struct policy_key k = { .prefixlen = 64 };
 	struct policy_val *v;
-	__u16 port = flow_port(p);
 
 	k.data[0] = ver;
 	k.data[1] = src >> 8;
@@ -71,11 +70,10 @@ static __always_inline int ew_lookup(__u8 ver, __u16 src, __u16 dst, struct pkt 
 
 /* ``addr``: the outside address (source for ingress, destination for egress) */
 static __always_inline int cidr_lookup(__u8 ver, __u8 dir, __u16 id, struct pkt *p, __u8 *addr,
-				       struct count_key *ck)
+				       __u16 port, struct count_key *ck)
 {
 	struct cidr_key k = {};
 	struct cidr_val *v;
-	__u16 port = flow_port(p);
 
 	k.prefixlen = CIDR_FIXED_BITS + (p->family == 4 ? 32 : 128);
 	k.data[0] = ver;
@@ -115,34 +113,37 @@ static __always_inline int restricted_id(__u8 ver, __u16 id)
 }
 
 /* 1: allowed (``ck`` says by what; ck->kind 0: a default); 0: denied, ``*reason`` why.
- * ``kind``: KIND_*; ``src``/``dst``: identities (ID_OUTSIDE/ID_HOST for the outside). */
-static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst, __u8 ver,
-				 struct settings *s, struct count_key *ck, __u8 *reason)
+ * ``kind``: KIND_*; ``src``/``dst``: identities (ID_OUTSIDE/ID_HOST for the outside);
+ * ``port``: the destination port the policy speaks of (a hairpin: the container's). */
+static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst, __u16 port,
+				 __u8 ver, struct settings *s, struct count_key *ck, __u8 *reason)
 {
-	if (kind == KIND_EW || kind >= KIND_IN) {
-		if (!active_identity(dst)) {
-			*reason = inactive_reason(dst);
-			return 0;
-		}
+	if (kind != KIND_EGRESS && !active_identity(dst)) {
+		*reason = inactive_reason(dst);
+		return 0;
 	}
-	if (kind == KIND_EW) {
-		*reason = R_NO_RULE;
-		return ew_lookup(ver, src, dst, p, ck);
-	}
+	*reason = R_NO_RULE;
+	if (kind == KIND_EW)
+		return ew_lookup(ver, src, dst, p, port, ck);
+	if (kind == KIND_IN_HAIRPIN)
+		return 1;
+	/* a hairpin: an east-west entry, else what a DNAT'd flow from outside gets */
+	if (kind == KIND_HAIRPIN && ew_lookup(ver, src, dst, p, port, ck))
+		return 1;
 	if (s->internal) {
 		*reason = R_INTERNAL;
 		return 0;
 	}
 	if (kind == KIND_EGRESS) {
-		if (cidr_lookup(ver, DIR_EGRESS, src, p, p->daddr, ck))
+		if (cidr_lookup(ver, DIR_EGRESS, src, p, p->daddr, port, ck))
 			return 1;
 		*reason = R_EGRESS;
 		return s->egress_allow;
 	}
 	*reason = R_NO_RULE;
 	if (restricted_id(ver, dst))
-		return cidr_lookup(ver, DIR_INGRESS, dst, p, p->saddr, ck);
-	return kind == KIND_IN_DNAT || kind == KIND_IN_HOST;
+		return cidr_lookup(ver, DIR_INGRESS, dst, p, p->saddr, port, ck);
+	return kind == KIND_IN_DNAT || kind == KIND_IN_HOST || kind == KIND_HAIRPIN;
 }
 
 #endif
