@@ -253,6 +253,7 @@ def test_audit_mode_drops_nothing_but_spoofing_and_reports(backend_lab):
         time.sleep(0.5)
         audited = [e for e in events if e.audit and e.reason == "no-rule"]
         assert any(e.src == api.ip4 and e.dst == web.ip4 and e.port == 8080 for e in audited), events
+        assert backend_lab.dropped("no-rule") == 0          # nothing was dropped
         backend_lab.edit("web->api:tcp/8080", mode="enforce")
         assert not echoes(s)
         assert_all(outcomes([(api, web)], FEW), "timeout")

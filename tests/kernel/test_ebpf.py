@@ -1,14 +1,20 @@
 """What only the eBPF backend has: pins that outlive the daemon, adoption, the fast path."""
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 import uuid
 
 import pytest
 
 from backend_lab import BackendLab, make_ebpf
 from nsfixtures import NET_ID, lab, parallel, probe, sh  # noqa: F401  (lab is a fixture)
-from plugin.enforce.backend import BackendUnavailable
+from plugin.enforce.backend import BackendUnavailable, NetworkSpec
+from segmentation.identities import MemoryAllocator
+from segmentation.options import NetworkOptions
+from segmentation.policymap import compile_policy_map
+from segmentation.rules import parse_rules
 from test_datapath import FEW, assert_all, echoes, open_stream, outcomes
 
 pytestmark = pytest.mark.kernel
@@ -101,3 +107,40 @@ def test_allowed_east_west_bypasses_the_bridge(ebpf_lab):
     assert parallel(probe, [(web, api, fam, "tcp", 8080) for fam in (4, 6) for _ in range(5)]) == ["ok"] * 10
     out = ebpf_lab.lab.exec("nft", "list", "chain", "bridge", "snfast", "seen").stdout
     assert "packets 0 " in out, out
+
+
+def test_would_drops_of_audit_mode_are_counted_apart(ebpf_lab):
+    web, api = ebpf_lab.lab.add(2)
+    pm = ebpf_lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny", mode="audit")
+    assert parallel(probe, [(api, web, 4, "tcp", 8080)]) == ["ok"]
+    would = ebpf_lab.call(ebpf_lab.backend.would_drop, ebpf_lab.net)
+    ids = pm.identities
+    assert would.reasons["no-rule"][0] >= 1 and would.dropped[(ids["api"], ids["web"])][0] >= 1
+    assert "no-rule" not in ebpf_lab.counters().reasons
+
+
+def test_two_networks_share_the_report_buffer_and_not_their_maps(ebpf_lab):
+    a1, a2, b1, b2 = ebpf_lab.lab.add(4)
+    events = []
+    ebpf_lab.call(ebpf_lab.backend.watch_drops, events.append)
+    ebpf_lab.apply("x->y:tcp/8080", {a1: "x", a2: "y"}, "deny")
+    other = NetworkSpec(id="0be" + "1" * 61, bridge="snbr0")
+    ids = MemoryAllocator().allocate(other.id, ["x", "y"])
+    pm = compile_policy_map(NetworkOptions(rules=parse_rules("y->x:tcp/8080"), intra="deny"), ids)
+    ports = [_with_identity(ebpf_lab.port(b1, "x"), ids["x"]),
+             _with_identity(ebpf_lab.port(b2, "y"), ids["y"])]
+    ebpf_lab.call(ebpf_lab.backend.apply_network, other, pm, ports)
+    try:
+        cells = [(a1, a2, 4, "tcp", 8080), (a2, a1, 4, "tcp", 8080), (b1, b2, 4, "tcp", 8080),
+                 (b2, b1, 4, "tcp", 8080)]
+        assert parallel(probe, cells) == ["ok", "timeout", "timeout", "ok"]
+        assert ebpf_lab.call(ebpf_lab.backend.networks) == {NET_ID[:12], other.id[:12]}
+        time.sleep(0.5)
+        assert {e.network for e in events if e.port == 8080} == {NET_ID[:12], other.id[:12]}
+    finally:
+        ebpf_lab.call(ebpf_lab.backend.remove_network, other.id)
+    assert parallel(probe, [(a1, a2, 4, "tcp", 8080)]) == ["ok"]
+
+
+def _with_identity(port, identity):
+    return dataclasses.replace(port, identity=identity)

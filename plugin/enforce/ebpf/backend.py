@@ -327,27 +327,44 @@ class EbpfBackend:
             return drift(self, st, policy, list(ports))
 
     def counters(self, net: NetworkSpec) -> Counters:
+        """Packets and bytes: ``allowed`` per policy-map key (the packets that opened
+        flows), ``dropped`` per (src, dst identity) and ``reasons`` of real drops
+        (audit mode's would-drops are in :meth:`would_drop`)."""
         with self._lock:
             st = self._net(net)
             cpus = libbpf.possible_cpus()
             cidrs = st.policy.cidrs if st.policy else ()
-            allowed, dropped, reasons = {}, {}, {}
+            allowed = {}
             size = maps.COUNT.size * cpus
             for key in list(libbpf.keys(st.handle.maps["allowed"], maps.COUNT_KEY.size)):
                 raw = libbpf.lookup(st.handle.maps["allowed"], key, size)
                 target = maps.count_target(key, cidrs)
                 if raw is not None and target is not None:
                     allowed[target] = _add(allowed.get(target), maps.sum_percpu(raw, cpus))
-            for key in list(libbpf.keys(st.handle.maps["dropped"], maps.DROP_KEY.size)):
-                raw = libbpf.lookup(st.handle.maps["dropped"], key, size)
-                if raw is None:
-                    continue
-                src, dst, reason, _audit, _pad = maps.DROP_KEY.unpack(key)
-                pb = maps.sum_percpu(raw, cpus)
-                dropped[(src, dst)] = _add(dropped.get((src, dst)), pb)
-                name = REASONS[reason] if reason < len(REASONS) else "invalid"
-                reasons[name] = _add(reasons.get(name), pb)
+            dropped, reasons = self._drops(st, cpus, audit=False)
             return Counters(allowed=allowed, dropped=dropped, reasons=reasons)
+
+    def would_drop(self, net: NetworkSpec) -> Counters:
+        """What audit mode let through that enforce mode would have dropped, in the
+        shapes of :meth:`counters` (``allowed`` empty). Not in the Backend protocol (yet)."""
+        with self._lock:
+            st = self._net(net)
+            dropped, reasons = self._drops(st, libbpf.possible_cpus(), audit=True)
+            return Counters(allowed={}, dropped=dropped, reasons=reasons)
+
+    def _drops(self, st: _Net, cpus: int, audit: bool) -> tuple:
+        dropped, reasons = {}, {}
+        fd = st.handle.maps["dropped"]
+        for key in list(libbpf.keys(fd, maps.DROP_KEY.size)):
+            src, dst, reason, was_audit, _pad = maps.DROP_KEY.unpack(key)
+            raw = libbpf.lookup(fd, key, maps.COUNT.size * cpus)
+            if raw is None or bool(was_audit) != audit:
+                continue
+            pb = maps.sum_percpu(raw, cpus)
+            dropped[(src, dst)] = _add(dropped.get((src, dst)), pb)
+            name = REASONS[reason] if reason < len(REASONS) else "invalid"
+            reasons[name] = _add(reasons.get(name), pb)
+        return dropped, reasons
 
     def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
         with self._lock:

@@ -201,6 +201,15 @@ struct pub_val {
 	__u32 pad;
 };
 
+/* reportcap (per CPU): a token bucket over all reports of a network, as
+ * nftables' named limit "logcap" (500/s, burst 1000) */
+#define REPORT_RATE_NS 2000000ULL     /* one token per 2 ms: 500 per second */
+#define REPORT_BURST   1000
+struct budget {
+	__u64 last;
+	__u64 tokens;
+};
+
 /* one drop (or audit would-drop), to user space */
 struct drop_event {
 	__u64 tag;

@@ -2,7 +2,9 @@
  * identity, destination identity, reason), reports the flow to user space
  * through the ring buffer at most once per flow and second, and returns the
  * verdict: TC_ACT_SHOT, or in audit mode TC_ACT_OK for what policy would
- * drop (spoofed frames and unknown ethertypes are dropped in both modes). */
+ * drop (spoofed frames and unknown ethertypes are dropped in both modes).
+ * Reports are also capped per network (reportcap): a flood of distinct flows
+ * is counted in full but reported only up to 500/s per CPU. */
 #ifndef SECNET_DROP_H
 #define SECNET_DROP_H
 #include "common.h"
@@ -41,6 +43,26 @@ static __always_inline int rate_limited(struct pkt *p, __u8 reason)
 	return 0;
 }
 
+/* 1 when the network's report budget (per CPU) is spent. */
+static __always_inline int over_budget(void)
+{
+	__u32 zero = 0;
+	struct budget *b = bpf_map_lookup_elem(&reportcap, &zero);
+	__u64 now = bpf_ktime_get_ns(), add;
+
+	if (!b)
+		return 1;
+	add = (now - b->last) / REPORT_RATE_NS;
+	if (add) {
+		b->tokens = b->tokens + add > REPORT_BURST ? REPORT_BURST : b->tokens + add;
+		b->last = now;
+	}
+	if (!b->tokens)
+		return 1;
+	b->tokens -= 1;
+	return 0;
+}
+
 static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct verdict *v,
 				   __u8 audit)
 {
@@ -48,7 +70,7 @@ static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct 
 	struct state *st = bpf_map_lookup_elem(&state, &zero);
 	struct drop_event *e;
 
-	if (rate_limited(p, v->reason))
+	if (rate_limited(p, v->reason) || over_budget())
 		return;
 	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
 	if (!e)

@@ -98,6 +98,13 @@ struct {
 	__type(value, __u64);                /* ktime of its last report */
 } reported SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct budget);
+} reportcap SEC(".maps");
+
 /* per-CPU scratch space: a parsed packet and its flow's original direction
  * do not fit the 512-byte BPF stack beside everything else */
 struct scratch {
