@@ -144,3 +144,25 @@ def test_two_networks_share_the_report_buffer_and_not_their_maps(ebpf_lab):
 
 def _with_identity(port, identity):
     return dataclasses.replace(port, identity=identity)
+
+
+def test_docker_forward_drop_lets_through_what_the_programs_passed(ebpf_lab, tmp_path):
+    """With Docker's FORWARD policy DROP and secnet's DOCKER-USER rules, bridged
+    traffic passes only with the mark the programs set (fail closed without them)."""
+    from plugin.dockerfw import DockerFirewall   # noqa: PLC0415 (kernel-tier only)
+    lab = ebpf_lab.lab
+    wrappers = []
+    for binary in ("iptables", "ip6tables"):
+        path = tmp_path / binary
+        path.write_text(f'#!/bin/sh\nexec ip netns exec {lab.host} {binary} "$@"\n')
+        path.chmod(0o755)
+        wrappers.append(str(path))
+        lab.exec(binary, "-P", "FORWARD", "DROP")
+    DockerFirewall(binaries=tuple(wrappers)).ensure("snbr0", NET_ID)
+    web, api = lab.add(2)
+    ebpf_lab.apply("web->api:tcp/8080, web->api:udp/53", {web: "web", api: "api"}, "deny")
+    cells = [(web, api, fam, proto, port) for fam in (4, 6) for proto, port in (("tcp", 8080), ("udp", 53))]
+    assert parallel(probe, cells + [(api, web, 6, "tcp", 8080)]) == ["ok"] * 4 + ["timeout"]
+    counted = lab.exec("ip6tables", "-vnL", "DOCKER-USER").stdout
+    assert any(" ACCEPT " in line and int(line.split()[0]) > 0 for line in counted.splitlines()[2:]), \
+        counted                                     # neighbour discovery crossed FORWARD, marked

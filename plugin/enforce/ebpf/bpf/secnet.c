@@ -183,7 +183,6 @@ static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
 	struct endpoint *dst;
 	__u32 ifindex;
 
-	skb->mark |= PASSED_MARK;
 	if (!m || !active_identity(m->identity) || !m->ifindex)
 		return TC_ACT_OK;
 	ifindex = m->ifindex;
@@ -240,6 +239,8 @@ int from_container(struct __sk_buff *skb)
 		vd.reason = -r;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
+	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/dockerfw.py) */
+	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
 		vd.reason = inactive_reason(ep->identity);
 		return deny(skb, p, &vd, c.s->mode);     /* audit: reported, passes */
