@@ -26,12 +26,11 @@ table ip sntest_nat {{
 """
 
 
-@pytest.fixture
-def ns_lab(backend_lab):
-    """(backend_lab, web, api, host, outside): two containers, the host and an outside peer."""
-    lab = backend_lab.lab
-    web, api = lab.add(2)
-    backend_lab.gateways = (GW4, GW6)
+def setup_outside(blab, web, api, nat: str = "") -> tuple:
+    """Gateway addresses on the bridge, a routed outside namespace, ``nat`` applied;
+    returns (host, outside) as probe sources."""
+    lab = blab.lab
+    blab.gateways = (GW4, GW6)
     lab.exec("ip", "addr", "add", f"{GW4}/24", "dev", BRIDGE)
     lab.exec("ip", "addr", "add", f"{GW6}/64", "dev", BRIDGE, "nodad")
     lab.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -45,12 +44,21 @@ def ns_lab(backend_lab):
     sh("ip", "-n", out_ns, "addr", "add", "10.237.0.2/24", "dev", "eth0")
     sh("ip", "-n", out_ns, "link", "set", "eth0", "up")
     sh("ip", "-n", out_ns, "route", "add", "10.236.0.0/24", "via", "10.237.0.1")
-    res = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=NAT,
-                                       text=True, capture_output=True, check=False)
-    assert res.returncode == 0, res.stderr
+    if nat:
+        res = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=nat,
+                             text=True, capture_output=True, check=False)
+        assert res.returncode == 0, res.stderr
     host = Container(ns=lab.host, index=98, veth=BRIDGE, mac="", ip4=GW4, ip6=GW6)
     outside = Container(ns=out_ns, index=99, veth="snout", mac="", ip4="10.237.0.2", ip6="")
     lab.responder.listen(host)
+    return host, outside
+
+
+@pytest.fixture
+def ns_lab(backend_lab):
+    """(backend_lab, web, api, host, outside): two containers, the host and an outside peer."""
+    web, api = backend_lab.lab.add(2)
+    host, outside = setup_outside(backend_lab, web, api, NAT)
     return backend_lab, web, api, host, outside
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import time
 import uuid
 
@@ -166,3 +167,24 @@ def test_docker_forward_drop_lets_through_what_the_programs_passed(ebpf_lab, tmp
     counted = lab.exec("ip6tables", "-vnL", "DOCKER-USER").stdout
     assert any(" ACCEPT " in line and int(line.split()[0]) > 0 for line in counted.splitlines()[2:]), \
         counted                                     # neighbour discovery crossed FORWARD, marked
+
+
+def test_with_secnets_own_nat_chains(ebpf_lab, tmp_path):
+    """NAT from plugin.enforce.ebpf.nat (the nftables backend's chains): a published
+    port from outside and from a member (hairpin), with egress denied."""
+    from plugin.enforce.ebpf.nat import render_nat   # noqa: PLC0415
+    from test_datapath_northsouth import GW4, gateway, setup_outside   # noqa: PLC0415
+    lab = ebpf_lab.lab
+    web, api = lab.add(2)
+    host, outside = setup_outside(ebpf_lab, web, api)
+    ebpf_lab.published = {web.index: (("tcp", "", 18080, 8080),)}
+    ebpf_lab.apply("", {web: "web", api: "api"}, "deny", egress="deny")
+    ports = [ebpf_lab.port(web, "web"), ebpf_lab.port(api, "api")]
+    script = render_nat(NET_ID, "snbr0", ["10.236.0.0/24", "fd00:236::/64"], False, ports)
+    res = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=script, text=True,
+                         capture_output=True, check=False)
+    assert res.returncode == 0, res.stderr
+    published = gateway(4)
+    cells = [(outside, published, 4, "tcp", 18080), (api, published, 4, "tcp", 18080),
+             (outside, web, 4, "tcp", 8080), (api, published, 4, "tcp", 9999)]
+    assert parallel(probe, cells) == ["ok", "ok", "timeout", "timeout"]
