@@ -95,7 +95,23 @@ def test_remove_network_leaves_nothing(ebpf_lab):
     assert "bpf" not in tc_filters(ebpf_lab.lab, web.veth)
     assert ebpf_lab.call(ebpf_lab.backend.networks) == set()
     ebpf_lab.call(ebpf_lab.backend.remove_network, NET_ID)      # nothing there: fine
+    assert os.listdir(ebpf_lab.pin_root) == []                   # the report buffer went too
     assert parallel(probe, [(api, web, 4, "tcp", 8080)]) == ["ok"]
+
+
+def test_reports_flow_again_when_a_network_comes_back(ebpf_lab):
+    events = []
+    ebpf_lab.call(ebpf_lab.backend.watch_drops, events.append)
+    web, api = ebpf_lab.lab.add(2)
+    for _ in range(2):
+        ebpf_lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+        events.clear()
+        assert parallel(probe, [(api, web, 4, "tcp", 5432)]) == ["timeout"]
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and not any(e.port == 5432 for e in events):
+            time.sleep(0.05)
+        assert any(e.port == 5432 and e.reason == "no-rule" for e in events), events
+        ebpf_lab.call(ebpf_lab.backend.remove_network, NET_ID)
 
 
 def test_allowed_east_west_bypasses_the_bridge(ebpf_lab):

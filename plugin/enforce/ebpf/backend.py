@@ -129,6 +129,8 @@ class EbpfBackend:
         except libbpf.LibbpfError as exc:
             raise BackendError(f"eBPF network {key}: cannot load the datapath: {exc}") from None
         state = self._nets[key] = _Net(handle, net)
+        if self._reader is not None:
+            self._reader.reopen()            # the buffer may be new (first network)
         return state
 
     def _net(self, net: NetworkSpec) -> _Net:
@@ -259,17 +261,27 @@ class EbpfBackend:
     def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
         """Load (or reload) the datapath of ``net``, reusing its pinned maps, and
         make every map exactly what ``policy`` and ``ports`` say. Raises BackendError."""
+        ports = list(ports)
         with self._lock:
+            for port in ports:          # every link exists, or nothing is touched
+                self._ifindex(port)
             try:
+                changes = _full_changes(policy)
                 st = self._load(net)
-                self._swap(st, policy, _full_changes(policy))
+                self._swap(st, policy, changes)
                 self._sync_ports(st, ports)
                 self._bump(st)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
 
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+        """Endpoint changes ``(old, new)``; each new port's link must exist (BackendError
+        before anything is written otherwise). The generation bump cuts what they deny."""
+        changes = list(changes)
         with self._lock:
+            for _old, new in changes:
+                if new is not None:
+                    self._ifindex(new)
             st = self._net(net)
             try:
                 for old, new in changes:
@@ -304,6 +316,9 @@ class EbpfBackend:
                 self._detach_all(st)
                 st.handle.close()
             pins.remove_pins(self.root, network_id)
+            if not pins.pinned_networks(self.root) and pins.remove_events(self.root):
+                if self._reader is not None:
+                    self._reader.reopen()    # the next network makes a new buffer
 
     def _detach_all(self, st: _Net) -> None:
         """Take our filters off every veth of the network (only where they are ours)."""

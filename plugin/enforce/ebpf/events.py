@@ -62,6 +62,7 @@ class DropReader:
         self.root = root
         self.callback = callback
         self._stop = threading.Event()
+        self._reopen = threading.Event()
         self._thread = threading.Thread(target=self._run, name="secnet-ebpf-drops", daemon=True)
         self._offset = time.time() - time.monotonic()
 
@@ -86,7 +87,14 @@ class DropReader:
         fd, rb = None, None
         try:
             while not self._stop.is_set():
+                if self._reopen.is_set() and rb is not None:
+                    self._reopen.clear()
+                    rb.poll(0)                 # what is in the old buffer still counts
+                    rb.close()
+                    os.close(fd)
+                    fd, rb = None, None
                 if rb is None:
+                    self._reopen.clear()
                     fd, rb = self._open()
                     if rb is None:
                         self._stop.wait(POLL_MS / 1000)
@@ -99,6 +107,10 @@ class DropReader:
                 rb.close()
             if fd is not None:
                 os.close(fd)
+
+    def reopen(self) -> None:
+        """Open the pinned buffer again (it was replaced or removed)."""
+        self._reopen.set()
 
     def stop(self) -> None:
         self._stop.set()

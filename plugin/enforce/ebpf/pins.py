@@ -131,6 +131,15 @@ def remove_pins(root: str, network_id: str) -> bool:
     return True
 
 
+def remove_events(root: str) -> bool:
+    """Unpin the shared report buffer (when no network is left); False if absent."""
+    try:
+        os.unlink(os.path.join(root, EVENTS))
+    except FileNotFoundError:
+        return False
+    return True
+
+
 def pinned_networks(root: str) -> set:
     """12-character ids of the networks pinned under ``root``."""
     try:
