@@ -72,8 +72,9 @@ def veth_pair(tag, made):
     return a, b, "10.218.9.3"
 
 
-def enforce(host, octet, pin_root):
-    """Apply an allowing policy with the eBPF backend inside namespace ``host``."""
+def enforce(host, octet, pin_root, extra_rules=0):
+    """Apply an allowing policy with the eBPF backend inside namespace ``host``
+    (plus ``extra_rules`` rules between 100 other segments)."""
     code = f"""
 import ctypes, os
 fd = os.open('/run/netns/{host}', os.O_RDONLY); ctypes.CDLL(None).setns(fd, 0x40000000)
@@ -82,8 +83,10 @@ from plugin.enforce.ebpf.backend import EbpfBackend
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
-ids = {{'a': 256, 'b': 257}}
-pm = compile_policy_map(NetworkOptions(rules=parse_rules('a->b:tcp/5201, b->a:tcp/5201, a->b:icmp'), intra='deny'), ids)
+ids = {{'a': 256, 'b': 257, **{{f's{{i}}': 300 + i for i in range(100)}}}}
+extra = [f's{{i % 100}}->s{{(i * 7) % 100}}:tcp/{{1000 + i}}' for i in range({extra_rules})]
+rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:icmp'] + extra)
+pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
 ports = [Port('ea', 'sva', '02:42:0a:da:{octet:02x}:02', '10.218.{octet}.2', identity=256),
          Port('eb', 'svb', '02:42:0a:da:{octet:02x}:03', '10.218.{octet}.3', identity=257)]
 b = EbpfBackend(pin_root='{pin_root}')
@@ -113,6 +116,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rules", type=int, default=0, help="also an eBPF pair with this many more rules")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:4]
     made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
@@ -122,6 +126,10 @@ def main() -> int:
         h2, ea, eb, eip = bridge_pair(tag + "y", 2, made)
         enforce(h2, 2, pin_root)
         pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "ebpf": (ea, eb, eip)}
+        if args.rules:
+            h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
+            enforce(h3, 3, pin_root + "r", args.rules)
+            pairs[f"ebpf+{args.rules}"] = (ra, rb, rip)
         got = {k: {"gbps": [], "rtt_us": []} for k in pairs}
         for _ in range(args.repeats):
             for name, (c, s, ip) in pairs.items():
@@ -130,12 +138,12 @@ def main() -> int:
         base = statistics.median(got["veth"]["gbps"])
         for name, m in got.items():
             g, r = statistics.median(m["gbps"]), statistics.median(m["rtt_us"])
-            print(f"{name:7s} {g:6.1f} Gbit/s ({g / base:.2f}x veth)  rtt {r:5.0f} us  "
+            print(f"{name:11s} {g:6.1f} Gbit/s ({g / base:.2f}x veth)  rtt {r:5.0f} us  "
                   f"runs {[round(x, 1) for x in m['gbps']]}")
     finally:
         for name in reversed(made):
             sh("ip", "netns", "del", name, check=False)
-        sh("rm", "-rf", pin_root, check=False)
+        sh("rm", "-rf", pin_root, pin_root + "r", check=False)
     return 0
 
 

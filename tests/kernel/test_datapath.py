@@ -266,6 +266,20 @@ def test_audit_mode_drops_nothing_but_spoofing_and_reports(backend_lab):
     assert probe_udp(attacker, web.ip4, bind="10.236.0.201") == "timeout"
 
 
+def test_audit_mode_lets_pending_and_quarantined_talk_and_reports_them(backend_lab):
+    events = []
+    backend_lab.call(backend_lab.backend.watch_drops, events.append)
+    mon, pend, quar = backend_lab.lab.add(3)
+    extra = [backend_lab.port(pend), backend_lab.port(quar, "bad!", quarantine="invalid label")]
+    backend_lab.apply("monitor->*", {mon: "monitor"}, extra_ports=extra, mode="audit")
+    assert_all(outcomes([(mon, pend), (pend, mon), (mon, quar), (quar, mon)], FEW), "ok")
+    time.sleep(0.5)
+    marked = {(e.reason, e.audit) for e in events}
+    assert {("pending", True), ("quarantined", True)} <= marked, events
+    backend_lab.edit("monitor->*", mode="enforce")
+    assert_all(outcomes([(mon, pend), (quar, mon)], FEW), "timeout")
+
+
 # --- visibility --------------------------------------------------------------------------------
 
 def test_drop_events_carry_reason_and_are_rate_limited(backend_lab):

@@ -83,6 +83,10 @@ def test_egress_default_and_cidr_egress_rules(ns_lab):
     cells = [(web, gw, 4, "tcp", 9999), (web, gw, 4, "tcp", 8080), (web, gw, 6, "tcp", 9999),
              (api, gw, 4, "tcp", 9999)]
     assert parallel(probe, cells) == ["ok", "timeout", "timeout", "timeout"]
+    blab.edit(f"web->[{GW6}/128]:tcp/9999, api->10.236.0.0/24:udp/53", egress="deny")
+    cells = [(web, gw, 6, "tcp", 9999), (web, gw, 4, "tcp", 9999), (api, gw, 4, "udp", 53),
+             (api, gw, 6, "udp", 53)]
+    assert parallel(probe, cells) == ["ok", "timeout", "ok", "timeout"]
     assert blab.dropped("egress") > 0
 
 
