@@ -7,12 +7,16 @@ host namespace; 10.236.0.1:18080 is published to the first container's :8080.
 """
 from __future__ import annotations
 
+import socket
+import struct
 import subprocess
 
 import pytest
 
 from backend_lab import backend_lab  # noqa: F401  (fixture)
-from nsfixtures import BRIDGE, Container, lab, parallel, probe, probe_tcp, sh  # noqa: F401
+from nsfixtures import (  # noqa: F401  (lab is a fixture)
+    BRIDGE, BRIDGE_MAC, Container, Sniffer, lab, mac_bytes, parallel, probe, probe_tcp, send_frame, sh,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -130,3 +134,33 @@ def test_hairpin_to_a_published_port_is_judged_like_a_published_flow(ns_lab):
     assert probe_tcp(api, GW4, PUBLISHED) == "timeout"
     blab.edit("10.99.0.0/16->web:tcp/8080, api->web:tcp/8080", egress="deny")
     assert probe_tcp(api, GW4, PUBLISHED) == "ok"
+
+
+def udp4_frame(src, dst_mac: str, dst_ip: str, port: int, payload: bytes) -> bytes:
+    """An Ethernet/IPv4/UDP frame from container ``src`` (UDP checksum 0: none)."""
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src.ip4), socket.inet_aton(dst_ip))
+    words = sum(struct.unpack("!10H", ip))
+    while words >> 16:
+        words = (words & 0xFFFF) + (words >> 16)
+    ip = ip[:10] + struct.pack("!H", ~words & 0xFFFF) + ip[12:]
+    return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + udp
+
+
+def test_the_hosts_loopback_stays_the_hosts(ns_lab):
+    """route_localnet on the bridge (for published loopback ports) must not let a
+    container reach 127.0.0.1 of the host: dropped as invalid."""
+    blab, web, api, _host, _out = ns_lab
+    blab.lab.exec("sysctl", "-qw", f"net.ipv4.conf.{BRIDGE}.route_localnet=1")
+    blab.apply("", {web: "web", api: "api"})
+    sniffer = Sniffer(web)
+    try:
+        send_frame(web, udp4_frame(web, BRIDGE_MAC, GW4, 53, b"to-the-gateway"))
+        send_frame(web, udp4_frame(web, BRIDGE_MAC, "127.0.0.1", 53, b"to-loopback"))
+        frames = sniffer.frames(0.5)
+    finally:
+        sniffer.close()
+    assert any(b"to-the-gateway" in f for f in frames)        # the control: the host echoes
+    assert not any(b"to-loopback" in f for f in frames)
+    assert blab.dropped("invalid") >= 1

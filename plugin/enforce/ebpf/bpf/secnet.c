@@ -97,6 +97,13 @@ static __always_inline int passes_unjudged(struct pkt *p)
 	return p->proto == IPPROTO_ICMPV6_ && (nd_or_mld(p->icmp_type) || p->icmp_type == 134);
 }
 
+static __always_inline int loopback(struct pkt *p)
+{
+	if (p->family == 4)
+		return p->daddr[0] == 127;
+	return ((__u64 *)p->daddr)[0] == 0 && ((__u64 *)p->daddr)[1] == bpf_cpu_to_be64(1);
+}
+
 /* The member behind a published port this packet is addressed to, if any
  * (``local``: the destination is the host's own, so "every address" counts). */
 static __always_inline struct pub_val *published_of(struct pkt *p, int local)
@@ -247,6 +254,12 @@ int from_container(struct __sk_buff *skb)
 	}
 	if (r == SRC_PASS || passes_unjudged(p))
 		return TC_ACT_OK;
+	if (loopback(p)) {
+		/* the bridge has route_localnet (published loopback ports): the host's
+		 * loopback-only services must stay the host's, in both modes */
+		vd.reason = R_INVALID;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
 	r = tracked(skb, &c, p);
 	if (r == TC_ACT_OK)
 		return deliver(skb, p);
