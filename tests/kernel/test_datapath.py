@@ -15,7 +15,7 @@ import pytest
 from backend_lab import backend_lab  # noqa: F401  (fixture)
 from nsfixtures import (  # noqa: F401  (lab is a fixture)
     Sniffer, arp_frame, lab, link_local, na_frame, ns_frame, ns_socket, parallel, probe, probe_icmp,
-    probe_tcp, probe_udp, send_frame,
+    probe_udp, send_frame,
 )
 from segmentation.policymap import allowing
 

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from backend_lab import BackendLab, make_ebpf
-from nsfixtures import NET_ID, lab, parallel, probe, sh  # noqa: F401  (lab is a fixture)
+from nsfixtures import NET_ID, lab, parallel, probe  # noqa: F401  (lab is a fixture)
 from plugin.enforce.backend import BackendUnavailable, NetworkSpec
 from segmentation.identities import MemoryAllocator
 from segmentation.options import NetworkOptions
@@ -189,7 +189,7 @@ def test_with_secnets_own_nat_chains(ebpf_lab, tmp_path):
     """NAT from plugin.enforce.ebpf.nat (the nftables backend's chains): a published
     port from outside and from a member (hairpin), with egress denied."""
     from plugin.enforce.ebpf.nat import render_nat   # noqa: PLC0415
-    from test_datapath_northsouth import GW4, gateway, setup_outside   # noqa: PLC0415
+    from test_datapath_northsouth import gateway, setup_outside   # noqa: PLC0415
     lab = ebpf_lab.lab
     web, api = lab.add(2)
     host, outside = setup_outside(ebpf_lab, web, api)
