@@ -44,8 +44,24 @@ def make_ebpf(pin_root: str):
     return EbpfBackend(pin_root=pin_root)
 
 
+def make_legacy_nft(pin_root: str):
+    from legacy_nft import LegacyNft   # noqa: PLC0415
+    return LegacyNft(pin_root)
+
+
 #: backend name -> factory(pin_root) building it (inside the lab's host namespace)
 BACKENDS = {"ebpf": make_ebpf}
+if os.environ.get("SECNET_TEST_LEGACY_NFT") == "1":
+    BACKENDS["nftables-legacy"] = make_legacy_nft
+
+
+def needs(blab, what: str) -> None:
+    """Skip unless the backend has ``what`` ("drop reports" or "audit mode")."""
+    backend = blab.backend
+    if what == "drop reports" and not getattr(backend, "reports_drops", True):
+        pytest.skip(f"{backend.name} reports no drops here")
+    if what == "audit mode" and "audit" not in getattr(backend, "modes", ("enforce", "audit")):
+        pytest.skip(f"{backend.name} has no audit mode")
 
 
 class BackendLab:
