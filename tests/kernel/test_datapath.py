@@ -8,13 +8,14 @@ compiled PolicyMap -- the backends' common input -- never a backend's own code.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
 
 from backend_lab import backend_lab, needs  # noqa: F401  (fixture)
 from nsfixtures import (  # noqa: F401  (lab is a fixture)
-    Sniffer, arp_frame, lab, link_local, na_frame, ns_frame, ns_socket, parallel, probe, probe_icmp,
+    Sniffer, arp_frame, icmp6_frame, lab, link_local, na_frame, ns_frame, ns_socket, parallel, probe, probe_icmp,
     probe_udp, send_frame,
 )
 from segmentation.policymap import allowing
@@ -187,8 +188,11 @@ def test_arp_and_neighbour_discovery_spoofing(backend_lab, trio):
              ns_frame(attacker.mac, link_local(attacker.mac), observer)]
     for frame in legit:
         assert arrives(backend_lab, observer, lambda: send_frame(attacker, frame), frame[14:]) == (True, 0)
+    router_advert = icmp6_frame(attacker.mac, "33:33:00:00:00:01", link_local(attacker.mac), "ff02::1",
+                                struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0))
     forged = [arp_frame(attacker.mac, victim.ip4, victim.ip4), arp_frame(victim.mac, victim.ip4, victim.ip4),
-              na_frame(attacker.mac, victim.ip6), ns_frame(attacker.mac, link_local(victim.mac), observer)]
+              na_frame(attacker.mac, victim.ip6), ns_frame(attacker.mac, link_local(victim.mac), observer),
+              router_advert]
     for frame in forged:
         seen, dropped = arrives(backend_lab, observer, lambda: send_frame(attacker, frame), frame[14:])
         assert not seen and dropped >= 1, frame.hex()
