@@ -186,3 +186,13 @@ def test_content_diff_and_restricted():
     assert maps.restricted_content(pm) == {257: b"\x01"}
     assert maps.restricted_unversioned(maps.restricted_key(1, 257)) == (1, 257)
     assert maps.network_tag("5ec0de" + "0" * 58) == 0x5EC0DE000000
+
+
+def test_host_problem_names_what_is_missing(tmp_path):
+    from plugin.enforce.ebpf.backend import host_problem
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"")
+    assert host_problem("6.1.0-18-amd64", str(btf)) is None
+    assert "older than 5.18" in host_problem("5.10.0-28-amd64", str(btf))
+    assert "no BTF" in host_problem("6.18.1", str(tmp_path / "none"))
+    assert "kernel release" in host_problem("garbage", str(btf))

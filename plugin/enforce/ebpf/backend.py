@@ -24,6 +24,7 @@ what the nftables side must keep for an eBPF network.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class EbpfBackend:
         compile (or has) the datapath object, mount bpffs and load the programs."""
         if self._host_ok:
             return
+        problem = host_problem()
+        if problem:
+            raise BackendUnavailable(f"secnet.backend=ebpf is not available on this host: {problem}")
         try:
             obj = self._object()
             pins.ensure_bpffs(self.root)
@@ -396,6 +400,27 @@ class EbpfBackend:
             for st in self._nets.values():
                 st.handle.close()
             self._nets.clear()
+
+
+MIN_KERNEL = (5, 18)     # the newest feature used: conntrack kfuncs for tc (docs/ebpf.md)
+BTF = "/sys/kernel/btf/vmlinux"
+
+
+def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]:
+    """What this host lacks for the datapath, in one phrase, or None.
+
+    ``release``: a kernel release such as ``6.1.0-18-amd64`` (default: this host's).
+    """
+    release = release or os.uname().release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return f"cannot read the kernel release {release!r}"
+    if version < MIN_KERNEL:
+        return f"Linux {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}"
+    if not os.path.exists(btf):
+        return f"the kernel has no BTF ({btf} is missing)"
+    return None
 
 
 def _add(a: Optional[tuple], b: tuple) -> tuple:
