@@ -84,6 +84,18 @@ def test_drift_sees_a_detached_program_and_a_missing_entry(ebpf_lab):
     assert any(api.veth in line and "egress" in line for line in lines), lines
     ebpf_lab.call(ebpf_lab.backend.apply_network, ebpf_lab.net, pm, ports)
     assert ebpf_lab.call(ebpf_lab.backend.drift, ebpf_lab.net, pm, ports) == []
+    ebpf_lab.call(_delete_one_policy_element, ebpf_lab.backend)
+    lines = ebpf_lab.call(ebpf_lab.backend.drift, ebpf_lab.net, pm, ports)
+    assert lines == ["policy: 1 missing entries"], lines
+
+
+def _delete_one_policy_element(backend) -> None:
+    from plugin.enforce.ebpf import libbpf, maps   # noqa: PLC0415 (reaching into the kernel on purpose)
+    h = backend._nets[NET_ID[:12]].handle          # noqa: SLF001
+    version = maps.STATE.unpack(libbpf.lookup(h.maps["state"], maps.U32.pack(0), maps.STATE.size))[0]
+    key = next(k for k in libbpf.keys(h.maps["policy"], maps.POLICY_KEY.size)
+               if maps.policy_unversioned(k)[0] == version)
+    libbpf.delete(h.maps["policy"], key)
 
 
 def test_remove_network_leaves_nothing(ebpf_lab):
