@@ -128,3 +128,27 @@ def test_a_mode_switch_is_a_flip_too(rig):
     backend._swap(st, pm, eb._delta_changes(pm, pm, pm.delta(pm)))
     assert all(m in (expect(pm), expect(pm, "audit")) for m in seen)
     assert seen[-1] == expect(pm, "audit")
+
+
+SEQUENCE = ["web->api:tcp/8080", "web->api:tcp/8000-8100, api->db:udp/53", "*->db:udp/53, web->api:any",
+            "", "web->api:tcp/8080, web->api:tcp/8079-8081, api->web:icmp", "web->api:tcp/8079-8081"]
+
+
+def test_a_sequence_of_edits_keeps_the_map_exact(rig):
+    """apply_policy's group index: after each edit both versions hold exactly the policy."""
+    backend, st, _seen = rig
+    first = policy(SEQUENCE[0])
+    backend._swap(st, first, eb._full_changes(first))
+    st.index = eb.group_index(first.entries)
+    current = first
+    kernel = eb.libbpf.lookup.__self__
+    for rules in SEQUENCE[1:] + SEQUENCE[:1]:
+        target = policy(rules)
+        backend.apply_policy(NET, current.delta(target))
+        current = target
+        by_version = {0: {}, 1: {}}
+        for key, value in kernel.maps[st.handle.maps["policy"]].items():
+            version, rest = maps.policy_unversioned(key)
+            by_version[version][rest] = value
+        assert by_version[0] == by_version[1] == maps.policy_content(target.entries), rules
+        assert st.index == eb.group_index(target.entries)

@@ -46,6 +46,7 @@ class _Net:
     handle: pins.Handle
     spec: NetworkSpec
     policy: Optional[PolicyMap] = None
+    index: dict = field(default_factory=dict)    # group_index(policy.entries)
     ports: dict = field(default_factory=dict)   # endpoint id -> (Port, ifindex)
 
 
@@ -58,16 +59,26 @@ def _full_changes(policy: PolicyMap) -> dict:
     }
 
 
-def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta) -> dict:
+def group_index(entries: Iterable) -> dict:
+    """(src, dst, proto) -> set of PolicyEntry: the unit a delta rewrites."""
+    index: dict = {}
+    for e in entries:
+        index.setdefault((e.src, e.dst, e.proto), set()).add(e)
+    return index
+
+
+def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
+                   index: Optional[dict] = None) -> dict:
     """map name -> (content before, content after, key function) of what ``delta``
     touches: only the (src, dst, proto) groups of its entries (their prefixes are
-    disjoint from every other group's), the CIDR map only when CIDRs changed."""
+    disjoint from every other group's), the CIDR map only when CIDRs changed.
+    ``index``: group_index(old.entries), kept by the caller (else built here)."""
     groups = {(e.src, e.dst, e.proto) for e in delta.entries_added | delta.entries_removed}
-
-    def pick(entries):
-        return [e for e in entries if (e.src, e.dst, e.proto) in groups]
-    out = {"policy": (maps.policy_content(pick(old.entries)), maps.policy_content(pick(new.entries)),
-                      maps.policy_key),
+    if index is None:
+        index = group_index(e for e in old.entries if (e.src, e.dst, e.proto) in groups)
+    before = {e for g in groups for e in index.get(g, ())}
+    after = (before - delta.entries_removed) | delta.entries_added
+    out = {"policy": (maps.policy_content(before), maps.policy_content(after), maps.policy_key),
            "restricted": (maps.restricted_content(old), maps.restricted_content(new), maps.restricted_key)}
     if delta.cidrs_added or delta.cidrs_removed:
         out["cidrs"] = (maps.cidr_content(old.cidrs), maps.cidr_content(new.cidrs), maps.cidr_key)
@@ -273,6 +284,7 @@ class EbpfBackend:
                 changes = _full_changes(policy)
                 st = self._load(net)
                 self._swap(st, policy, changes)
+                st.index = group_index(policy.entries)
                 self._sync_ports(st, ports)
                 self._bump(st)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
@@ -303,7 +315,14 @@ class EbpfBackend:
                 raise BackendError(f"eBPF network {net.id[:12]}: apply_network first (no policy known)")
             try:
                 new = st.policy.apply(delta)
-                self._swap(st, new, _delta_changes(st.policy, new, delta))
+                self._swap(st, new, _delta_changes(st.policy, new, delta, st.index))
+                for group, entries in group_index(delta.entries_added | delta.entries_removed).items():
+                    kept = (st.index.get(group, set()) - delta.entries_removed) | (
+                        entries & delta.entries_added)
+                    if kept:
+                        st.index[group] = kept
+                    else:
+                        st.index.pop(group, None)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
 
