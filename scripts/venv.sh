@@ -11,3 +11,7 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
+# The eBPF datapath object (plugin/enforce/ebpf/bpf/secnet.o), rebuilt when its sources changed.
+if command -v clang >/dev/null; then
+  .venv/bin/python -m plugin.enforce.ebpf.build >/dev/null
+fi

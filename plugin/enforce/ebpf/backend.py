@@ -1,0 +1,447 @@
+"""The eBPF datapath: ``secnet.backend=ebpf`` (plugin.enforce.backend.Backend).
+
+Kernel background. Two tc programs sit on the host side of each container's
+veth (clsact, direct action; bpf/secnet.c): ``from_container`` judges what
+a container sends, ``to_container`` what reaches it from outside the
+network. They decide from BPF maps alone, pinned per network under
+``<pin root>/<network-id[:12]>`` (pins.py), so they go on enforcing while the
+daemon is down and a new daemon adopts them.
+
+How a change becomes atomic. The policy-carrying maps (``policy``, ``cidrs``,
+``restricted``) and ``settings`` hold two versions of their content, told
+apart by the first byte of the key (or the array index); ``state`` says
+which version is in force and counts generations. A change writes the new
+content under the version *not* in force, then flips ``state`` in one
+element update -- packets see the whole old or the whole new policy, never
+a mix -- and then brings the other version level, so that both always agree
+at rest and the next change again writes only its delta. Every change bumps
+the generation: a tracked flow whose entry is older is judged again on its
+next packet and cut when the new state denies it.
+
+NAT (published ports, masquerade) stays in nftables: see docs/ebpf.md for
+what the nftables side must keep for an eBPF network.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional
+
+from plugin.enforce.backend import (REASONS, BackendError, BackendUnavailable, Counters,
+                                    DropEvent, NetworkSpec, Port)
+from segmentation.policymap import PolicyDelta, PolicyMap
+
+from . import build, libbpf, maps, pins
+from .events import DropReader
+
+log = logging.getLogger(__name__)
+SIZES: dict = {}   # map name -> max entries (defaults: lib/maps.h)
+
+
+@dataclass
+class _Net:
+    handle: pins.Handle
+    spec: NetworkSpec
+    policy: Optional[PolicyMap] = None
+    index: dict = field(default_factory=dict)    # group_index(policy.entries)
+    ports: dict = field(default_factory=dict)   # endpoint id -> (Port, ifindex)
+
+
+def _full_changes(policy: PolicyMap) -> dict:
+    """map name -> (None: read back from the kernel, content, key function): a full write."""
+    return {
+        "policy": (None, maps.policy_content(policy.entries), maps.policy_key),
+        "cidrs": (None, maps.cidr_content(policy.cidrs), maps.cidr_key),
+        "restricted": (None, maps.restricted_content(policy), maps.restricted_key),
+    }
+
+
+def group_index(entries: Iterable) -> dict:
+    """(src, dst, proto) -> set of PolicyEntry: the unit a delta rewrites."""
+    index: dict = {}
+    for e in entries:
+        index.setdefault((e.src, e.dst, e.proto), set()).add(e)
+    return index
+
+
+def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
+                   index: Optional[dict] = None) -> dict:
+    """map name -> (content before, content after, key function) of what ``delta``
+    touches: only the (src, dst, proto) groups of its entries (their prefixes are
+    disjoint from every other group's), the CIDR map only when CIDRs changed.
+    ``index``: group_index(old.entries), kept by the caller (else built here)."""
+    groups = {(e.src, e.dst, e.proto) for e in delta.entries_added | delta.entries_removed}
+    if index is None:
+        index = group_index(e for e in old.entries if (e.src, e.dst, e.proto) in groups)
+    before = {e for g in groups for e in index.get(g, ())}
+    after = (before - delta.entries_removed) | delta.entries_added
+    out = {"policy": (maps.policy_content(before), maps.policy_content(after), maps.policy_key),
+           "restricted": (maps.restricted_content(old), maps.restricted_content(new), maps.restricted_key)}
+    if delta.cidrs_added or delta.cidrs_removed:
+        out["cidrs"] = (maps.cidr_content(old.cidrs), maps.cidr_content(new.cidrs), maps.cidr_key)
+    return out
+
+
+_SPLIT = {"policy": maps.policy_unversioned, "cidrs": maps.cidr_unversioned,
+          "restricted": maps.restricted_unversioned}
+_KEY_SIZE = {"policy": maps.POLICY_KEY.size, "cidrs": maps.CIDR_KEY.size,
+             "restricted": maps.RESTRICTED_KEY.size, "endpoints": 4, "members": maps.ADDR_KEY.size}
+_VALUE_SIZE = {"policy": maps.POLICY_VAL.size, "cidrs": maps.CIDR_VAL_SIZE, "restricted": 1,
+               "endpoints": maps.ENDPOINT.size, "members": maps.MEMBER.size}
+
+
+class EbpfBackend:
+    """tc programs and pinned BPF maps per network (see the module docstring)."""
+
+    name = "ebpf"
+
+    def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
+                 sizes: Optional[dict] = None):
+        self.root = pin_root
+        self.obj_path = obj_path
+        self.sizes = dict(SIZES, **(sizes or {}))
+        self._nets: dict = {}
+        self._lock = threading.RLock()
+        self._reader: Optional[DropReader] = None
+        self._host_ok = False
+
+    # --- host ---------------------------------------------------------------
+    def check_host(self) -> None:
+        """Raise BackendUnavailable naming ``secnet.backend`` unless this host can
+        compile (or has) the datapath object, mount bpffs and load the programs."""
+        if self._host_ok:
+            return
+        problem = host_problem()
+        if problem:
+            raise BackendUnavailable(f"secnet.backend=ebpf is not available on this host: {problem}")
+        try:
+            obj = self._object()
+            pins.ensure_bpffs(self.root)
+            probe = libbpf.BpfObject(obj)
+            try:
+                probe.load()
+            finally:
+                probe.close()
+        except (build.BuildError, OSError) as exc:
+            raise BackendUnavailable(f"secnet.backend=ebpf is not available on this host: {exc}") from None
+        self._host_ok = True
+
+    def _object(self) -> str:
+        return self.obj_path or str(build.build())
+
+    # --- handles --------------------------------------------------------------
+    def _load(self, net: NetworkSpec) -> _Net:
+        key = net.id[:12]
+        old = self._nets.pop(key, None)
+        if old is not None:
+            old.handle.close()
+        pins.ensure_bpffs(self.root)
+        try:
+            handle = pins.load_network(self.root, net.id, self._object(), self.sizes)
+        except libbpf.LibbpfError as exc:
+            raise BackendError(f"eBPF network {key}: cannot load the datapath: {exc}") from None
+        state = self._nets[key] = _Net(handle, net)
+        if self._reader is not None:
+            self._reader.reopen()            # the buffer may be new (first network)
+        return state
+
+    def _net(self, net: NetworkSpec) -> _Net:
+        """The network's state, adopting its pins when this process has none."""
+        key = net.id[:12]
+        state = self._nets.get(key)
+        if state is None:
+            try:
+                handle = pins.open_network(self.root, net.id)
+            except libbpf.LibbpfError as exc:
+                raise BackendError(f"eBPF network {key} has no pinned datapath: {exc}") from None
+            state = self._nets[key] = _Net(handle, net)
+        state.spec = net
+        return state
+
+    # --- the swap -----------------------------------------------------------------
+    def _state(self, h: pins.Handle) -> tuple:
+        raw = libbpf.lookup(h.maps["state"], maps.U32.pack(0), maps.STATE.size)
+        return maps.STATE.unpack(raw)
+
+    def _dump(self, h: pins.Handle, name: str, version: int) -> dict:
+        fd, split = h.maps[name], _SPLIT[name]
+        out = {}
+        for key in list(libbpf.keys(fd, _KEY_SIZE[name])):
+            ver, rest = split(key)
+            if ver == version:
+                out[rest] = libbpf.lookup(fd, key, _VALUE_SIZE[name])
+        return out
+
+    def _write_version(self, h, name, version, old: dict, new: dict, keyfn) -> None:
+        removed, written = maps.content_diff(old, new)
+        fd = h.maps[name]
+        for rest, value in written:
+            libbpf.update(fd, keyfn(version, rest), value)
+        for rest in removed:
+            libbpf.delete(fd, keyfn(version, rest))
+
+    def _swap(self, st: _Net, new: PolicyMap, changes: dict) -> None:
+        """Make ``new`` the policy in force in one flip. ``changes``: map name ->
+        (content in force and mirrored in both versions, or None to read each
+        version back from the kernel; the wanted content; key function)."""
+        h = st.handle
+        version, generation, _tag = self._state(h)
+        nxt = 1 - (version & 1)
+        settings = maps.settings_value(new, st.spec.mode, st.spec.internal)
+        for target in (nxt, 1 - nxt):
+            for name, (before, after, keyfn) in changes.items():
+                prev = before if before is not None else self._dump(h, name, target)
+                self._write_version(h, name, target, prev, after, keyfn)
+            libbpf.update(h.maps["settings"], maps.U32.pack(target), settings)
+            if target == nxt:
+                self._flip(h, nxt, generation + 1, st.spec.id)
+        st.policy = new
+
+    def _flip(self, h, version: int, generation: int, network_id: str) -> None:
+        value = maps.STATE.pack(version, generation & 0xFFFFFFFF, maps.network_tag(network_id))
+        libbpf.update(h.maps["state"], maps.U32.pack(0), value)
+
+    def _bump(self, st: _Net) -> None:
+        version, generation, _tag = self._state(st.handle)
+        self._flip(st.handle, version, generation + 1, st.spec.id)
+
+    # --- ports -----------------------------------------------------------------------
+    def _ifindex(self, port: Port) -> int:
+        try:
+            return socket.if_nametoindex(port.name)
+        except OSError:
+            raise BackendError(f"eBPF: no link {port.name!r} for endpoint {port.endpoint_id[:12]}") from None
+
+    def _attach(self, st: _Net, ifindex: int) -> None:
+        try:
+            libbpf.tc_attach(ifindex, libbpf.BPF_TC_INGRESS, st.handle.progs["from_container"])
+            libbpf.tc_attach(ifindex, libbpf.BPF_TC_EGRESS, st.handle.progs["to_container"])
+        except libbpf.LibbpfError as exc:
+            raise BackendError(f"eBPF: cannot attach to ifindex {ifindex}: {exc}") from None
+
+    def _put_port(self, st: _Net, old: Optional[Port], new: Optional[Port]) -> None:
+        h = st.handle
+        before = st.ports.pop(old.endpoint_id, None) if old else None
+        if old is not None and before is None:      # adopted: find its veth by name
+            try:
+                before = (old, socket.if_nametoindex(old.name))
+            except OSError:
+                before = None
+        old_members = maps.member_entries(old, 0) if old else {}
+        old_pub = maps.published_entries(old) if old else {}
+        new_members, new_pub = {}, {}
+        if new is not None:
+            ifindex = self._ifindex(new)
+            libbpf.update(h.maps["endpoints"], maps.U32.pack(ifindex), maps.endpoint_value(new))
+            new_members, new_pub = maps.member_entries(new, ifindex), maps.published_entries(new)
+            for name, entries in (("members", new_members), ("published", new_pub)):
+                for key, value in entries.items():
+                    libbpf.update(h.maps[name], key, value)
+            self._attach(st, ifindex)
+            st.ports[new.endpoint_id] = (new, ifindex)
+        for key in old_members.keys() - new_members.keys():
+            libbpf.delete(h.maps["members"], key)
+        for key in old_pub.keys() - new_pub.keys():
+            libbpf.delete(h.maps["published"], key)
+        if before and (new is None or st.ports[new.endpoint_id][1] != before[1]):
+            libbpf.delete(h.maps["endpoints"], maps.U32.pack(before[1]))
+
+    def _sync_ports(self, st: _Net, ports: Iterable[Port]) -> None:
+        """Make endpoints and members exactly ``ports`` (and the gateways)."""
+        h = st.handle
+        st.ports = {}
+        for port in ports:
+            self._put_port(st, None, port)
+        endpoints = {maps.U32.pack(ifx) for _p, ifx in st.ports.values()}
+        for key in list(libbpf.keys(h.maps["endpoints"], 4)):
+            if key not in endpoints:
+                libbpf.delete(h.maps["endpoints"], key)
+        members = maps.gateway_entries(st.spec.gateways)
+        for key, value in members.items():
+            libbpf.update(h.maps["members"], key, value)
+        for port, ifx in st.ports.values():
+            members.update(maps.member_entries(port, ifx))
+        for key in list(libbpf.keys(h.maps["members"], maps.ADDR_KEY.size)):
+            if key not in members:
+                libbpf.delete(h.maps["members"], key)
+        published = {k for port, _ifx in st.ports.values() for k in maps.published_entries(port)}
+        for key in list(libbpf.keys(h.maps["published"], maps.PUB_KEY.size)):
+            if key not in published:
+                libbpf.delete(h.maps["published"], key)
+
+    # --- the Backend protocol -----------------------------------------------------
+    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
+        """Load (or reload) the datapath of ``net``, reusing its pinned maps, and
+        make every map exactly what ``policy`` and ``ports`` say. Raises BackendError."""
+        ports = list(ports)
+        with self._lock:
+            for port in ports:          # every link exists, or nothing is touched
+                self._ifindex(port)
+            try:
+                changes = _full_changes(policy)
+                st = self._load(net)
+                self._swap(st, policy, changes)
+                st.index = group_index(policy.entries)
+                self._sync_ports(st, ports)
+                self._bump(st)
+            except (maps.EncodeError, libbpf.LibbpfError) as exc:
+                raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+        """Endpoint changes ``(old, new)``; each new port's link must exist (BackendError
+        before anything is written otherwise). The generation bump cuts what they deny."""
+        changes = list(changes)
+        with self._lock:
+            for _old, new in changes:
+                if new is not None:
+                    self._ifindex(new)
+            st = self._net(net)
+            try:
+                for old, new in changes:
+                    self._put_port(st, old, new)
+                self._bump(st)
+            except libbpf.LibbpfError as exc:
+                raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
+        """Apply ``delta`` (to the policy last applied here) in one flip; a mode
+        switch is a delta with ``net.mode`` changed. Raises BackendError."""
+        with self._lock:
+            st = self._net(net)
+            if st.policy is None:
+                raise BackendError(f"eBPF network {net.id[:12]}: apply_network first (no policy known)")
+            try:
+                new = st.policy.apply(delta)
+                self._swap(st, new, _delta_changes(st.policy, new, delta, st.index))
+                for group, entries in group_index(delta.entries_added | delta.entries_removed).items():
+                    kept = (st.index.get(group, set()) - delta.entries_removed) | (
+                        entries & delta.entries_added)
+                    if kept:
+                        st.index[group] = kept
+                    else:
+                        st.index.pop(group, None)
+            except (maps.EncodeError, libbpf.LibbpfError) as exc:
+                raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+
+    def remove_network(self, network_id: str) -> None:
+        with self._lock:
+            key = network_id[:12]
+            st = self._nets.pop(key, None)
+            if st is None:
+                try:
+                    st = _Net(pins.open_network(self.root, network_id), NetworkSpec(network_id, ""))
+                except libbpf.LibbpfError:
+                    st = None
+            if st is not None:
+                self._detach_all(st)
+                st.handle.close()
+            pins.remove_pins(self.root, network_id)
+            if not pins.pinned_networks(self.root) and pins.remove_events(self.root):
+                if self._reader is not None:
+                    self._reader.reopen()    # the next network makes a new buffer
+
+    def _detach_all(self, st: _Net) -> None:
+        """Take our filters off every veth of the network (only where they are ours)."""
+        ours = {libbpf.prog_id(fd) for fd in st.handle.progs.values()}
+        for key in list(libbpf.keys(st.handle.maps["endpoints"], 4)):
+            ifindex = maps.U32.unpack(key)[0]
+            for point in (libbpf.BPF_TC_INGRESS, libbpf.BPF_TC_EGRESS):
+                if libbpf.tc_query(ifindex, point) in ours:
+                    libbpf.tc_detach(ifindex, point)
+
+    def networks(self) -> set:
+        return pins.pinned_networks(self.root)
+
+    def drift(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> list:
+        from .drift import drift   # noqa: PLC0415 (read-only, rarely used)
+        with self._lock:
+            try:
+                st = self._net(net)
+            except BackendError as exc:
+                return [str(exc)]
+            return drift(self, st, policy, list(ports))
+
+    def counters(self, net: NetworkSpec) -> Counters:
+        """Packets and bytes: ``allowed`` per policy-map key (the packets that opened
+        flows), ``dropped`` per (src, dst identity) and ``reasons`` of real drops
+        (audit mode's would-drops are in :meth:`would_drop`)."""
+        with self._lock:
+            st = self._net(net)
+            cpus = libbpf.possible_cpus()
+            cidrs = st.policy.cidrs if st.policy else ()
+            allowed = {}
+            size = maps.COUNT.size * cpus
+            for key in list(libbpf.keys(st.handle.maps["allowed"], maps.COUNT_KEY.size)):
+                raw = libbpf.lookup(st.handle.maps["allowed"], key, size)
+                target = maps.count_target(key, cidrs)
+                if raw is not None and target is not None:
+                    allowed[target] = _add(allowed.get(target), maps.sum_percpu(raw, cpus))
+            dropped, reasons = self._drops(st, cpus, audit=False)
+            return Counters(allowed=allowed, dropped=dropped, reasons=reasons)
+
+    def would_drop(self, net: NetworkSpec) -> Counters:
+        """What audit mode let through that enforce mode would have dropped, in the
+        shapes of :meth:`counters` (``allowed`` empty). Not in the Backend protocol (yet)."""
+        with self._lock:
+            st = self._net(net)
+            dropped, reasons = self._drops(st, libbpf.possible_cpus(), audit=True)
+            return Counters(allowed={}, dropped=dropped, reasons=reasons)
+
+    def _drops(self, st: _Net, cpus: int, audit: bool) -> tuple:
+        dropped, reasons = {}, {}
+        fd = st.handle.maps["dropped"]
+        for key in list(libbpf.keys(fd, maps.DROP_KEY.size)):
+            src, dst, reason, was_audit, _pad = maps.DROP_KEY.unpack(key)
+            raw = libbpf.lookup(fd, key, maps.COUNT.size * cpus)
+            if raw is None or bool(was_audit) != audit:
+                continue
+            pb = maps.sum_percpu(raw, cpus)
+            dropped[(src, dst)] = _add(dropped.get((src, dst)), pb)
+            name = REASONS[reason] if reason < len(REASONS) else "invalid"
+            reasons[name] = _add(reasons.get(name), pb)
+        return dropped, reasons
+
+    def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.stop()
+            self._reader = DropReader(self.root, callback)
+            self._reader.start()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._reader is not None:
+                self._reader.stop()
+                self._reader = None
+            for st in self._nets.values():
+                st.handle.close()
+            self._nets.clear()
+
+
+MIN_KERNEL = (5, 18)     # the newest feature used: conntrack kfuncs for tc (docs/ebpf.md)
+BTF = "/sys/kernel/btf/vmlinux"
+
+
+def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]:
+    """What this host lacks for the datapath, in one phrase, or None.
+
+    ``release``: a kernel release such as ``6.1.0-18-amd64`` (default: this host's).
+    """
+    release = release or os.uname().release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return f"cannot read the kernel release {release!r}"
+    if version < MIN_KERNEL:
+        return f"Linux {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}"
+    if not os.path.exists(btf):
+        return f"the kernel has no BTF ({btf} is missing)"
+    return None
+
+
+def _add(a: Optional[tuple], b: tuple) -> tuple:
+    return b if a is None else (a[0] + b[0], a[1] + b[1])
+

@@ -1,0 +1,232 @@
+/* secnet eBPF datapath: the layouts shared with user space (maps.py packs them).
+ *
+ * Every struct here is a map key or value; maps.py mirrors each with a
+ * struct.Struct format of the same size. Addresses are 16 bytes, IPv4 in
+ * the first 4 (network order), the rest zero. Identities are the 16-bit
+ * segment identities of segmentation/identities.py.
+ */
+#ifndef SECNET_COMMON_H
+#define SECNET_COMMON_H
+
+#include <linux/bpf.h>
+#include <linux/types.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+#define ID_OUTSIDE      1
+#define ID_HOST         2
+#define ID_PENDING      3
+#define ID_QUARANTINED  4
+
+/* drop reasons: indexes into plugin.enforce.backend.REASONS */
+enum reason {
+	R_NO_RULE = 0, R_EGRESS, R_INTERNAL, R_NOT_MEMBER, R_INVALID,
+	R_QUARANTINED, R_PENDING, R_SPOOFED, R_ETHERTYPE,
+};
+
+/* L4 codes of the policy map: the rule's protocol, family-neutral */
+#define L4_ICMP_ECHO  1     /* ICMP echo request, or ICMPv6 echo request */
+#define L4_TCP        6
+#define L4_UDP        17
+#define L4_OTHER_ICMP 255   /* any other ICMP type: only an "any" entry allows it */
+
+#define MODE_ENFORCE 0
+#define MODE_AUDIT   1
+
+#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/dockerfw.py) */
+
+/* endpoints: host-side veth ifindex -> the endpoint behind it */
+struct endpoint {
+	__u8  ipv6[16];        /* all zero: none */
+	__u8  ll6[16];         /* the EUI-64 link-local address of mac */
+	__u8  ipv4[4];         /* all zero: none */
+	__u8  mac[6];
+	__u16 identity;        /* segment identity, or ID_PENDING / ID_QUARANTINED */
+	__u32 pad;
+};
+
+/* members: address -> identity (and the veth behind it, for the fast path) */
+struct addr_key {
+	__u8  family;          /* 4 or 6 */
+	__u8  pad[3];
+	__u8  addr[16];
+};
+
+struct member {
+	__u16 identity;
+	__u16 pad;
+	__u32 ifindex;         /* host-side veth */
+};
+
+/* state[0]: which version of the versioned maps is in force, and the
+ * generation: bumped by every change, so that flows judged before it are
+ * judged again on their next packet. */
+struct state {
+	__u32 version;         /* 0 or 1 */
+	__u32 generation;
+	__u64 tag;             /* network id[:12] as a number (events carry it) */
+};
+
+/* settings[version] */
+struct settings {
+	__u8  mode;            /* MODE_ENFORCE, MODE_AUDIT */
+	__u8  egress_allow;    /* 1: outside destinations no CIDR entry names are allowed */
+	__u8  internal;        /* 1: nothing leaves or enters the network */
+	__u8  pad;
+};
+
+/* policy: LPM trie of east-west allowances.
+ * data = version, src identity (be16), dst identity (be16), l4 code, port (be16):
+ * "any" is a 40-bit prefix, a protocol with every port 48, a port range is
+ * split into prefixes of the port. */
+#define POLICY_DATA 8
+struct policy_key {
+	__u32 prefixlen;
+	__u8  data[POLICY_DATA];
+};
+
+struct policy_val {          /* the PolicyEntry key this prefix came from (counters) */
+	__u16 lo;
+	__u16 hi;
+	__u8  proto;             /* L4 code, 0 = any */
+	__u8  pad[3];
+};
+
+/* restricted: (version, identity) of segments that some CIDR-source rule names */
+struct restricted_key {
+	__u8  version;
+	__u8  pad;
+	__u16 identity;
+};
+
+/* cidrs: LPM trie; data = version, direction, identity (be16), family, address.
+ * The value of a prefix lists the services of every CIDR entry that contains
+ * it (maps.py flattens nested CIDRs), so the longest match is enough. */
+#define CIDR_DATA 24
+#define CIDR_FIXED_BITS 40
+#define CIDR_SLOTS 16
+#define DIR_INGRESS 0
+#define DIR_EGRESS  1
+struct cidr_key {
+	__u32 prefixlen;
+	__u8  data[CIDR_DATA];
+};
+
+struct cidr_svc {
+	__u8  proto;             /* L4 code, 0 = any */
+	__u8  plen;              /* the entry's own CIDR (counters) */
+	__u16 lo;
+	__u16 hi;
+	__u8  pad[2];
+	__u8  addr[16];
+};
+
+struct cidr_val {
+	__u32 count;
+	struct cidr_svc svc[CIDR_SLOTS];
+};
+
+/* counters of allowed flows: the policy key that opened them */
+#define CK_POLICY 1
+#define CK_CIDR   2
+struct count_key {
+	__u8  kind;              /* CK_POLICY, CK_CIDR */
+	__u8  direction;         /* cidr: DIR_* */
+	__u8  proto;
+	__u8  family;            /* cidr: 4 or 6 */
+	__u16 src;               /* policy: src identity; cidr: the segment */
+	__u16 dst;
+	__u16 lo;
+	__u16 hi;
+	__u8  plen;
+	__u8  pad[3];
+	__u8  addr[16];
+};
+
+struct drop_key {
+	__u16 src;
+	__u16 dst;
+	__u8  reason;
+	__u8  audit;
+	__u16 pad;
+};
+
+struct count {
+	__u64 packets;
+	__u64 bytes;
+};
+
+/* connection tracking: both directions of each judged flow */
+struct ct_key {
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u16 sport;             /* ICMP echo: the identifier in both */
+	__u16 dport;
+	__u8  proto;             /* IP protocol (58 for ICMPv6) */
+	__u8  family;
+	__u16 pad;
+};
+
+#define CT_REPLY  1          /* this is the reply direction's entry */
+#define CT_DENIED 2          /* audit mode let a denied flow pass */
+#define KIND_EW      1       /* member -> member */
+#define KIND_EGRESS  2       /* member -> outside */
+#define KIND_IN      3       /* outside -> member */
+#define KIND_IN_DNAT 4       /* outside -> member, DNAT'd (a published port) */
+#define KIND_IN_HOST 5       /* the host -> member */
+#define KIND_HAIRPIN 6       /* member -> a published port of this network (judged at the sender) */
+#define KIND_IN_HAIRPIN 7    /* the same flow arriving, DNAT'd and masqueraded, at its target */
+struct ct_val {
+	__u64 seen;              /* ktime ns of the last refresh */
+	__u32 generation;
+	__u8  flags;
+	__u8  kind;
+	__u16 pad;
+};
+
+/* published: (family, protocol, host port, host address or all zero for
+ * every address) -> the member behind it: a member reaching it ("hairpin") is
+ * judged as nftables judges a DNAT'd flow, before the DNAT has happened */
+struct pub_key {
+	__u8  family;
+	__u8  proto;             /* 6 or 17 */
+	__u16 port;              /* host port */
+	__u8  addr[16];
+};
+
+struct pub_val {
+	__u16 identity;
+	__u16 port;              /* container port */
+	__u32 pad;
+};
+
+/* reportcap (per CPU): a token bucket over all reports of a network, as
+ * nftables' named limit "logcap" (500/s, burst 1000) */
+#define REPORT_RATE_NS 2000000ULL     /* one token per 2 ms: 500 per second */
+#define REPORT_BURST   1000
+struct budget {
+	__u64 last;
+	__u64 tokens;
+};
+
+/* one drop (or audit would-drop), to user space */
+struct drop_event {
+	__u64 tag;
+	__u64 time;              /* ktime ns */
+	__u8  reason;
+	__u8  family;            /* 4, 6, or 0 for other frames */
+	__u8  proto;
+	__u8  audit;
+	__u16 port;              /* destination port, 0 when none */
+	__u16 ethertype;
+	__u32 ifindex;
+	__u16 src_id;
+	__u16 dst_id;
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u8  smac[6];
+	__u8  dmac[6];
+};
+
+#endif

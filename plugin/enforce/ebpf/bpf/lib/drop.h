@@ -1,0 +1,125 @@
+/* Every drop goes through deny(): it counts the packet per (source
+ * identity, destination identity, reason), reports the flow to user space
+ * through the ring buffer at most once per flow and second, and returns the
+ * verdict: TC_ACT_SHOT, or in audit mode TC_ACT_OK for what policy would
+ * drop (spoofed frames and unknown ethertypes are dropped in both modes).
+ * Reports are also capped per network (reportcap): a flood of distinct flows
+ * is counted in full but reported only up to 500/s per CPU. */
+#ifndef SECNET_DROP_H
+#define SECNET_DROP_H
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+#define REPORT_INTERVAL_NS 1000000000ULL
+
+struct verdict {
+	__u8  reason;
+	__u16 src;
+	__u16 dst;
+};
+
+static __always_inline int rate_limited(struct pkt *p, __u8 reason)
+{
+	struct ct_key k = {};
+	__u64 now = bpf_ktime_get_ns(), *last;
+
+	if (p->family) {
+		__builtin_memcpy(k.saddr, p->saddr, 16);
+		__builtin_memcpy(k.daddr, p->daddr, 16);
+		k.proto = p->proto;
+		k.dport = p->dport;
+	} else {
+		__builtin_memcpy(k.saddr, p->smac, 6);
+		__builtin_memcpy(k.daddr, p->dmac, 6);
+		k.dport = p->ethertype;
+	}
+	k.family = p->family;
+	k.pad = reason;
+	last = bpf_map_lookup_elem(&reported, &k);
+	if (last && now - *last < REPORT_INTERVAL_NS)
+		return 1;
+	bpf_map_update_elem(&reported, &k, &now, BPF_ANY);
+	return 0;
+}
+
+/* 1 when the network's report budget (per CPU) is spent. */
+static __always_inline int over_budget(void)
+{
+	__u32 zero = 0;
+	struct budget *b = bpf_map_lookup_elem(&reportcap, &zero);
+	__u64 now = bpf_ktime_get_ns(), add;
+
+	if (!b)
+		return 1;
+	add = (now - b->last) / REPORT_RATE_NS;
+	if (add) {
+		b->tokens = b->tokens + add > REPORT_BURST ? REPORT_BURST : b->tokens + add;
+		b->last = now;
+	}
+	if (!b->tokens)
+		return 1;
+	b->tokens -= 1;
+	return 0;
+}
+
+static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct verdict *v,
+				   __u8 audit)
+{
+	__u32 zero = 0;
+	struct state *st = bpf_map_lookup_elem(&state, &zero);
+	struct drop_event *e;
+
+	if (rate_limited(p, v->reason) || over_budget())
+		return;
+	e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+	if (!e)
+		return;
+	__builtin_memset(e, 0, sizeof(*e));
+	e->tag = st ? st->tag : 0;
+	e->time = bpf_ktime_get_ns();
+	e->reason = v->reason;
+	e->family = p->family;
+	e->proto = p->proto;
+	e->audit = audit;
+	e->port = (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) ? p->dport : 0;
+	e->ethertype = p->ethertype;
+	e->ifindex = skb->ifindex;
+	e->src_id = v->src;
+	e->dst_id = v->dst;
+	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->daddr, p->daddr, 16);
+	__builtin_memcpy(e->smac, p->smac, 6);
+	__builtin_memcpy(e->dmac, p->dmac, 6);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void count_drop(struct __sk_buff *skb, struct verdict *v, __u8 audit)
+{
+	struct drop_key k = { .src = v->src, .dst = v->dst, .reason = v->reason, .audit = audit };
+	struct count *c = bpf_map_lookup_elem(&dropped, &k), one = { 1, skb->len };
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += skb->len;
+	} else {
+		bpf_map_update_elem(&dropped, &k, &one, BPF_NOEXIST);
+	}
+}
+
+static __always_inline int always_drop(__u8 reason)
+{
+	return reason == R_SPOOFED || reason == R_ETHERTYPE;
+}
+
+/* The one way a packet is dropped. ``mode``: the network's mode now. */
+static __always_inline int deny(struct __sk_buff *skb, struct pkt *p, struct verdict *v, __u8 mode)
+{
+	__u8 audit = mode == MODE_AUDIT && !always_drop(v->reason);
+
+	count_drop(skb, v, audit);
+	report(skb, p, v, audit);
+	return audit ? TC_ACT_OK : TC_ACT_SHOT;
+}
+
+#endif

@@ -1,0 +1,167 @@
+/* Parse a frame into what the policy needs: addresses, L4 protocol, ports,
+ * and for an ICMP error the flow it is about (so that errors of allowed
+ * flows pass like nftables' "related"). Up to four IPv6 extension headers
+ * are walked; a packet with more is judged by the fifth next-header value,
+ * which only an "any" entry allows. */
+#ifndef SECNET_PARSE_H
+#define SECNET_PARSE_H
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include "common.h"
+
+#define ETH_P_ARP_ 0x0806
+#define IPPROTO_ICMPV6_ 58
+#define IPPROTO_IGMP_ 2
+
+struct pkt {
+	__u16 ethertype;
+	__u8  family;            /* 4, 6, or 0 */
+	__u8  proto;             /* IP protocol */
+	__u8  l4;                /* L4 code for the policy map */
+	__u8  icmp_type;
+	__u8  icmp_error;        /* 1: an ICMP error; inner holds its flow */
+	__u8  pad;
+	__u16 sport;
+	__u16 dport;
+	__u32 l4off;
+	__u8  saddr[16] __attribute__((aligned(8)));
+	__u8  daddr[16] __attribute__((aligned(8)));
+	__u8  smac[8] __attribute__((aligned(8)));   /* 6 used */
+	__u8  dmac[8] __attribute__((aligned(8)));
+	struct ct_key inner __attribute__((aligned(8)));
+};
+
+static __always_inline int icmp_is_error(__u8 family, __u8 type)
+{
+	if (family == 4)
+		return type == 3 || type == 11 || type == 12;
+	return type >= 1 && type <= 4;
+}
+
+static __always_inline int icmp_is_echo(__u8 family, __u8 type)
+{
+	return family == 4 ? type == 8 : type == 128;
+}
+
+/* The flow an ICMP error quotes: its IP header and first L4 bytes. */
+static __always_inline void parse_inner(struct __sk_buff *skb, struct pkt *p)
+{
+	__u32 off = p->l4off + 8;
+	__u8 buf[4] = {};
+
+	p->inner.family = p->family;
+	if (p->family == 4) {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)))
+			return;
+		__builtin_memcpy(p->inner.saddr, &ip.saddr, 4);
+		__builtin_memcpy(p->inner.daddr, &ip.daddr, 4);
+		p->inner.proto = ip.protocol;
+		off += (ip.ihl & 0xf) * 4;
+	} else {
+		struct ipv6hdr ip6;
+		if (bpf_skb_load_bytes(skb, off, &ip6, sizeof(ip6)))
+			return;
+		__builtin_memcpy(p->inner.saddr, &ip6.saddr, 16);
+		__builtin_memcpy(p->inner.daddr, &ip6.daddr, 16);
+		p->inner.proto = ip6.nexthdr;
+		off += sizeof(ip6);
+	}
+	if (p->inner.proto == IPPROTO_TCP || p->inner.proto == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, off, buf, 4))
+			return;
+		p->inner.sport = (buf[0] << 8) | buf[1];
+		p->inner.dport = (buf[2] << 8) | buf[3];
+	} else if (p->inner.proto == IPPROTO_ICMP || p->inner.proto == IPPROTO_ICMPV6_) {
+		if (bpf_skb_load_bytes(skb, off + 4, buf, 2))
+			return;
+		p->inner.sport = p->inner.dport = (buf[0] << 8) | buf[1];
+	}
+	p->icmp_error = 1;
+}
+
+static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 l4[8] = {};     /* ports, or ICMP type, code, checksum, identifier */
+
+	p->l4 = p->proto;
+	if (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, p->l4off, l4, 4))
+			return;
+		p->sport = (l4[0] << 8) | l4[1];
+		p->dport = (l4[2] << 8) | l4[3];
+	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_) {
+		if (bpf_skb_load_bytes(skb, p->l4off, l4, 8))
+			return;
+		p->icmp_type = l4[0];
+		p->l4 = L4_OTHER_ICMP;
+		if (icmp_is_echo(p->family, l4[0]))
+			p->l4 = L4_ICMP_ECHO;
+		if (l4[0] == 8 || l4[0] == 0 || l4[0] == 128 || l4[0] == 129)
+			p->sport = p->dport = (l4[4] << 8) | l4[5];
+		if (icmp_is_error(p->family, l4[0]))
+			parse_inner(skb, p);
+	}
+}
+
+/* Walk IPv6 extension headers (hop-by-hop, routing, destination options,
+ * fragment: MLD reports carry a hop-by-hop header) to the L4 header. */
+static __always_inline void skip_ext_headers(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 hdr[2];
+
+	for (int i = 0; i < 4; i++) {
+		if (p->proto != 0 && p->proto != 43 && p->proto != 60 && p->proto != 44)
+			return;
+		if (bpf_skb_load_bytes(skb, p->l4off, hdr, 2))
+			return;
+		p->l4off += p->proto == 44 ? 8 : (hdr[1] + 1) * 8;
+		p->proto = hdr[0];
+	}
+}
+
+/* 0 on success; -1 when the frame is too short for its own headers. */
+static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > end)
+		return -1;
+	__builtin_memcpy(p->smac, eth->h_source, 6);
+	__builtin_memcpy(p->dmac, eth->h_dest, 6);
+	p->ethertype = bpf_ntohs(eth->h_proto);
+	if (p->ethertype == ETH_P_IP) {
+		struct iphdr *ip = (void *)(eth + 1);
+		if ((void *)(ip + 1) > end)
+			return -1;
+		p->family = 4;
+		p->proto = ip->protocol;
+		__builtin_memcpy(p->saddr, &ip->saddr, 4);
+		__builtin_memcpy(p->daddr, &ip->daddr, 4);
+		p->l4off = sizeof(*eth) + (ip->ihl & 0xf) * 4;
+		/* fragments after the first have no L4 header: judged as "other" */
+		if (ip->frag_off & bpf_htons(0x1fff)) {
+			p->l4 = 0xfe;
+			return 0;
+		}
+	} else if (p->ethertype == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		if ((void *)(ip6 + 1) > end)
+			return -1;
+		p->family = 6;
+		p->proto = ip6->nexthdr;
+		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		p->l4off = sizeof(*eth) + sizeof(*ip6);
+		skip_ext_headers(skb, p);
+	} else {
+		return 0;
+	}
+	parse_l4(skb, p);
+	return 0;
+}
+
+#endif

@@ -1,0 +1,149 @@
+/* Judging a new flow: the policy map (east-west), the CIDR map (north-south)
+ * and the network's settings, exactly as the nftables backend's chains do:
+ *
+ *   member -> member   an entry (src, dst, l4, port) allows it, else no-rule;
+ *   member -> outside  internal: drop; a CIDR egress entry allows it; else the
+ *                      egress default (deny: "egress");
+ *   outside -> member  internal: drop; a segment that some CIDR-source rule
+ *                      names admits only what those rules allow; any other
+ *                      segment admits DNAT'd flows (published ports) and the
+ *                      host itself, as Docker's bridge does, and nothing else.
+ */
+#ifndef SECNET_POLICY_H
+#define SECNET_POLICY_H
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+
+static __always_inline int active_identity(__u16 id)
+{
+	return id != ID_PENDING && id != ID_QUARANTINED;
+}
+
+static __always_inline __u8 inactive_reason(__u16 id)
+{
+	return id == ID_QUARANTINED ? R_QUARANTINED : R_PENDING;
+}
+
+static __always_inline __u16 flow_port(struct pkt *p)
+{
+	return (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) ? p->dport : 0;
+}
+
+static __always_inline void count_allowed(struct count_key *k, __u32 len)
+{
+	struct count *c = bpf_map_lookup_elem(&allowed, k), one = { 1, len };
+
+	if (c) {
+		c->packets += 1;
+		c->bytes += len;
+	} else {
+		bpf_map_update_elem(&allowed, k, &one, BPF_NOEXIST);
+	}
+}
+
+static __always_inline int ew_lookup(__u8 ver, __u16 src, __u16 dst, struct pkt *p, __u16 port,
+				     struct count_key *ck)
+{
+	struct policy_key k = { .prefixlen = 64 };
+	struct policy_val *v;
+
+	k.data[0] = ver;
+	k.data[1] = src >> 8;
+	k.data[2] = src & 0xff;
+	k.data[3] = dst >> 8;
+	k.data[4] = dst & 0xff;
+	k.data[5] = p->l4;
+	k.data[6] = port >> 8;
+	k.data[7] = port & 0xff;
+	v = bpf_map_lookup_elem(&policy, &k);
+	if (!v)
+		return 0;
+	ck->kind = CK_POLICY;
+	ck->src = src;
+	ck->dst = dst;
+	ck->proto = v->proto;
+	ck->lo = v->lo;
+	ck->hi = v->hi;
+	return 1;
+}
+
+/* ``addr``: the outside address (source for ingress, destination for egress) */
+static __always_inline int cidr_lookup(__u8 ver, __u8 dir, __u16 id, struct pkt *p, __u8 *addr,
+				       __u16 port, struct count_key *ck)
+{
+	struct cidr_key k = {};
+	struct cidr_val *v;
+
+	k.prefixlen = CIDR_FIXED_BITS + (p->family == 4 ? 32 : 128);
+	k.data[0] = ver;
+	k.data[1] = dir;
+	k.data[2] = id >> 8;
+	k.data[3] = id & 0xff;
+	k.data[4] = p->family;
+	__builtin_memcpy(&k.data[5], addr, 16);
+	v = bpf_map_lookup_elem(&cidrs, &k);
+	if (!v)
+		return 0;
+	for (int i = 0; i < CIDR_SLOTS; i++) {
+		struct cidr_svc *s = &v->svc[i];
+		if (i >= v->count)
+			break;
+		if (s->proto && (s->proto != p->l4 || port < s->lo || port > s->hi))
+			continue;
+		ck->kind = CK_CIDR;
+		ck->direction = dir;
+		ck->proto = s->proto;
+		ck->family = p->family;
+		ck->src = id;
+		ck->lo = s->lo;
+		ck->hi = s->hi;
+		ck->plen = s->plen;
+		__builtin_memcpy(ck->addr, s->addr, 16);
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int restricted_id(__u8 ver, __u16 id)
+{
+	struct restricted_key k = { .version = ver, .identity = id };
+
+	return bpf_map_lookup_elem(&restricted, &k) != NULL;
+}
+
+/* 1: allowed (``ck`` says by what; ck->kind 0: a default); 0: denied, ``*reason`` why.
+ * ``kind``: KIND_*; ``src``/``dst``: identities (ID_OUTSIDE/ID_HOST for the outside);
+ * ``port``: the destination port the policy speaks of (a hairpin: the container's). */
+static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst, __u16 port,
+				 __u8 ver, struct settings *s, struct count_key *ck, __u8 *reason)
+{
+	if (kind != KIND_EGRESS && !active_identity(dst)) {
+		*reason = inactive_reason(dst);
+		return 0;
+	}
+	*reason = R_NO_RULE;
+	if (kind == KIND_EW)
+		return ew_lookup(ver, src, dst, p, port, ck);
+	if (kind == KIND_IN_HAIRPIN)
+		return 1;
+	/* a hairpin: an east-west entry, else what a DNAT'd flow from outside gets */
+	if (kind == KIND_HAIRPIN && ew_lookup(ver, src, dst, p, port, ck))
+		return 1;
+	if (s->internal) {
+		*reason = R_INTERNAL;
+		return 0;
+	}
+	if (kind == KIND_EGRESS) {
+		if (cidr_lookup(ver, DIR_EGRESS, src, p, p->daddr, port, ck))
+			return 1;
+		*reason = R_EGRESS;
+		return s->egress_allow;
+	}
+	*reason = R_NO_RULE;
+	if (restricted_id(ver, dst))
+		return cidr_lookup(ver, DIR_INGRESS, dst, p, p->saddr, port, ck);
+	return kind == KIND_IN_DNAT || kind == KIND_IN_HOST || kind == KIND_HAIRPIN;
+}
+
+#endif

@@ -1,0 +1,323 @@
+/* secnet's eBPF datapath: two tc (clsact, direct-action) programs on the
+ * host side of each container's veth.
+ *
+ *   from_container  tc ingress: what the container sends. Anti-spoofing,
+ *                   pending/quarantine, then every flow is judged here:
+ *                   east-west (to another member) and egress (to the outside).
+ *                   Allowed east-west packets go straight to the peer veth
+ *                   (bpf_redirect_peer), past the bridge and netfilter.
+ *   to_container    tc egress: what reaches the container. Pending and
+ *                   quarantined containers receive nothing; flows from the
+ *                   outside (published ports, the host, CIDR sources) are
+ *                   judged here; east-west was judged at the source.
+ *
+ * Both consult the maps of one network (lib/maps.h), pinned per network.
+ */
+#include "lib/common.h"
+#include "lib/maps.h"
+#include "lib/parse.h"
+#include "lib/drop.h"
+#include "lib/policy.h"
+#include "lib/conntrack.h"
+#include "lib/spoof.h"
+#include "lib/nat.h"
+
+#define PACKET_HOST_ 0
+
+/* the layouts maps.py packs */
+_Static_assert(sizeof(struct endpoint) == 48, "endpoint");
+_Static_assert(sizeof(struct addr_key) == 20, "addr_key");
+_Static_assert(sizeof(struct member) == 8, "member");
+_Static_assert(sizeof(struct state) == 16, "state");
+_Static_assert(sizeof(struct settings) == 4, "settings");
+_Static_assert(sizeof(struct policy_key) == 12, "policy_key");
+_Static_assert(sizeof(struct policy_val) == 8, "policy_val");
+_Static_assert(sizeof(struct restricted_key) == 4, "restricted_key");
+_Static_assert(sizeof(struct cidr_key) == 28, "cidr_key");
+_Static_assert(sizeof(struct cidr_val) == 388, "cidr_val");
+_Static_assert(sizeof(struct count_key) == 32, "count_key");
+_Static_assert(sizeof(struct drop_key) == 8, "drop_key");
+_Static_assert(sizeof(struct ct_key) == 40, "ct_key");
+_Static_assert(sizeof(struct ct_val) == 16, "ct_val");
+_Static_assert(sizeof(struct drop_event) == 80, "drop_event");
+_Static_assert(sizeof(struct pub_key) == 20, "pub_key");
+_Static_assert(sizeof(struct pub_val) == 8, "pub_val");
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct ctx {
+	struct state *st;
+	struct settings *s;
+	__u8 ver;
+};
+
+static __always_inline struct pkt *fresh_pkt(void)
+{
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+
+	if (!sc)
+		return NULL;
+	__builtin_memset(&sc->p, 0, sizeof(sc->p));
+	return &sc->p;
+}
+
+static __always_inline int load_ctx(struct ctx *c)
+{
+	__u32 zero = 0, ver;
+
+	c->st = bpf_map_lookup_elem(&state, &zero);
+	if (!c->st)
+		return -1;
+	ver = c->st->version & 1;
+	c->ver = ver;
+	c->s = bpf_map_lookup_elem(&settings, &ver);
+	return c->s ? 0 : -1;
+}
+
+static __always_inline struct member *member_of(struct pkt *p, __u8 *addr)
+{
+	struct addr_key k = { .family = p->family };
+
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&members, &k);
+}
+
+static __always_inline __u16 identity_of(struct pkt *p, __u8 *addr)
+{
+	struct member *m = member_of(p, addr);
+
+	return m ? m->identity : ID_OUTSIDE;
+}
+
+static __always_inline int passes_unjudged(struct pkt *p)
+{
+	if (p->proto == IPPROTO_IGMP_ && p->family == 4)
+		return 1;
+	return p->proto == IPPROTO_ICMPV6_ && (nd_or_mld(p->icmp_type) || p->icmp_type == 134);
+}
+
+static __always_inline int loopback(struct pkt *p)
+{
+	if (p->family == 4)
+		return p->daddr[0] == 127;
+	return ((__u64 *)p->daddr)[0] == 0 && ((__u64 *)p->daddr)[1] == bpf_cpu_to_be64(1);
+}
+
+/* The member behind a published port this packet is addressed to, if any
+ * (``local``: the destination is the host's own, so "every address" counts). */
+static __always_inline struct pub_val *published_of(struct pkt *p, int local)
+{
+	struct pub_key k = { .family = p->family, .proto = p->proto, .port = p->dport };
+	struct pub_val *v;
+
+	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
+		return NULL;
+	__builtin_memcpy(k.addr, p->daddr, 16);
+	v = bpf_map_lookup_elem(&published, &k);
+	if (v || !local)
+		return v;
+	__builtin_memset(k.addr, 0, 16);
+	return bpf_map_lookup_elem(&published, &k);
+}
+
+/* Judge the flow of a tracked packet again under the current generation. */
+static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
+				   struct ct_val *v)
+{
+	struct count_key ck = {};
+	struct verdict vd = {};
+	__u32 zero = 0;
+	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
+	struct pkt *o;
+	__u8 reason = R_NO_RULE;
+	__u16 port;
+	int ok;
+
+	if (!sc)
+		return TC_ACT_SHOT;
+	o = &sc->o;
+	ct_original(p, v, o);
+	vd.src = identity_of(o, o->saddr);
+	vd.dst = identity_of(o, o->daddr);
+	port = flow_port(o);
+	if (v->kind == KIND_HAIRPIN) {
+		struct pub_val *pv = published_of(o, vd.dst == ID_HOST);
+		vd.dst = pv ? pv->identity : ID_OUTSIDE;
+		port = pv ? pv->port : 0;
+	}
+	if ((v->kind != KIND_EGRESS && vd.dst == ID_OUTSIDE)
+	    || ((v->kind <= KIND_EGRESS || v->kind == KIND_HAIRPIN) && vd.src == ID_OUTSIDE)) {
+		ok = 0;   /* a member of the flow has gone */
+		reason = R_NOT_MEMBER;
+	} else {
+		ok = judge(o, v->kind, vd.src, vd.dst, port, c->ver, c->s, &ck, &reason);
+	}
+	v->generation = c->st->generation;
+	if (ok) {
+		v->flags &= ~CT_DENIED;
+		return TC_ACT_OK;
+	}
+	vd.reason = reason;
+	if (c->s->mode == MODE_AUDIT) {
+		v->flags |= CT_DENIED;
+		return deny(skb, o, &vd, c->s->mode);
+	}
+	ct_forget(o);
+	return deny(skb, o, &vd, c->s->mode);
+}
+
+/* A tracked packet: TC_ACT_OK / TC_ACT_SHOT; -1: not tracked. */
+static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct pkt *p)
+{
+	struct ct_val *v = ct_lookup(p);
+
+	if (v) {
+		if (v->generation != c->st->generation)
+			return rejudge(skb, c, p, v);
+		return TC_ACT_OK;
+	}
+	if (ct_related(p))
+		return TC_ACT_OK;
+	return -1;
+}
+
+/* Past the bridge: straight into the destination container, when it is a
+ * member in force and the frame is addressed to it. */
+static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
+{
+	struct member *m = member_of(p, p->daddr);
+	struct endpoint *dst;
+	__u32 ifindex;
+
+	if (!m || !active_identity(m->identity) || !m->ifindex)
+		return TC_ACT_OK;
+	ifindex = m->ifindex;
+	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!dst || !active_identity(dst->identity) || !eq_mac(p->dmac, dst->mac))
+		return TC_ACT_OK;
+	bpf_skb_change_type(skb, PACKET_HOST_);
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
+				     __u8 kind, __u16 src, __u16 dst, __u16 port)
+{
+	struct count_key ck = {};
+	struct verdict vd = { .src = src, .dst = dst };
+	int verdict;
+
+	if (judge(p, kind, src, dst, port, c->ver, c->s, &ck, &vd.reason)) {
+		if (ck.kind)
+			count_allowed(&ck, skb->len);
+		ct_create(p, kind, 0, c->st->generation);
+		return TC_ACT_OK;
+	}
+	verdict = deny(skb, p, &vd, c->s->mode);
+	if (verdict == TC_ACT_OK)
+		ct_create(p, kind, CT_DENIED, c->st->generation);
+	return verdict;
+}
+
+SEC("tc")
+int from_container(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex;
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	struct verdict vd = { .dst = ID_OUTSIDE };
+	struct pkt *p = fresh_pkt();
+	struct ctx c;
+	__u16 dst;
+	int r;
+
+	if (!p)
+		return TC_ACT_SHOT;
+	if (load_ctx(&c) || parse(skb, p) < 0 || !ep) {
+		vd.reason = ep ? R_INVALID : R_PENDING;   /* fail closed */
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
+	vd.src = ep->identity;
+	if (!active_identity(ep->identity) && c.s->mode == MODE_ENFORCE) {
+		vd.reason = inactive_reason(ep->identity);
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
+	r = check_source(skb, p, ep);
+	if (r < 0) {
+		vd.reason = -r;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
+	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/dockerfw.py) */
+	skb->mark |= PASSED_MARK;
+	if (!active_identity(ep->identity)) {
+		vd.reason = inactive_reason(ep->identity);
+		return deny(skb, p, &vd, c.s->mode);     /* audit: reported, passes */
+	}
+	if (r == SRC_PASS || passes_unjudged(p))
+		return TC_ACT_OK;
+	if (loopback(p)) {
+		/* the bridge has route_localnet (published loopback ports): the host's
+		 * loopback-only services must stay the host's, in both modes */
+		vd.reason = R_INVALID;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
+	r = tracked(skb, &c, p);
+	if (r == TC_ACT_OK)
+		return deliver(skb, p);
+	if (r >= 0)
+		return r;
+	dst = identity_of(p, p->daddr);
+	if (dst == ID_OUTSIDE || dst == ID_HOST) {
+		struct pub_val *pv = published_of(p, dst == ID_HOST);
+		if (pv)
+			r = judge_new(skb, &c, p, KIND_HAIRPIN, ep->identity, pv->identity, pv->port);
+		else
+			r = judge_new(skb, &c, p, KIND_EGRESS, ep->identity, dst, flow_port(p));
+	} else {
+		r = judge_new(skb, &c, p, KIND_EW, ep->identity, dst, flow_port(p));
+	}
+	return r == TC_ACT_OK ? deliver(skb, p) : r;
+}
+
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	__u32 ifindex = skb->ifindex, from = skb->ingress_ifindex;
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	struct verdict vd = { .src = ID_OUTSIDE };
+	struct pkt *p = fresh_pkt();
+	__u8 orig[16] __attribute__((aligned(8))) = {};
+	struct ctx c;
+	__u16 src;
+	__u8 kind;
+	int r;
+
+	if (!p)
+		return TC_ACT_SHOT;
+	if (load_ctx(&c) || parse(skb, p) < 0 || !ep) {
+		vd.reason = ep ? R_INVALID : R_PENDING;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
+	vd.dst = ep->identity;
+	if (!active_identity(ep->identity)) {
+		vd.reason = inactive_reason(ep->identity);
+		return deny(skb, p, &vd, c.s->mode);
+	}
+	if (!p->family || passes_unjudged(p))
+		return TC_ACT_OK;
+	/* East-west was judged where it was sent. Not a hairpin, though: with
+	 * br_netfilter a DNAT back into the bridge is bridged straight on
+	 * ("bridged DNAT") and arrives from the sender's veth, masqueraded. */
+	src = identity_of(p, p->saddr);
+	if (from && src != ID_OUTSIDE && src != ID_HOST && bpf_map_lookup_elem(&endpoints, &from))
+		return TC_ACT_OK;
+	r = tracked(skb, &c, p);
+	if (r >= 0)
+		return r;
+	kind = KIND_IN;
+	if (from && dnat_flow(skb, p, orig))
+		kind = identity_of(p, orig) == ID_OUTSIDE ? KIND_IN_DNAT : KIND_IN_HAIRPIN;
+	else if (!from || src == ID_HOST)
+		kind = KIND_IN_HOST;
+	return judge_new(skb, &c, p, kind, src == ID_HOST ? ID_HOST : ID_OUTSIDE, ep->identity,
+			 flow_port(p));
+}

@@ -1,0 +1,52 @@
+"""What differs between an eBPF network's kernel state and the desired state.
+
+Read-only: compares the version in force of the versioned maps, the
+settings, the endpoints and members, and whether our programs sit on every
+port's veth. One short line per difference (the reconciler logs them and
+calls apply_network to repair).
+"""
+from __future__ import annotations
+
+from . import libbpf, maps
+from .backend import _full_changes
+
+
+def drift(backend, st, policy, ports: list) -> list:
+    h = st.handle
+    out = []
+    version, _generation, _tag = backend._state(h)   # noqa: SLF001 (the backend's helper)
+    for name, (_before, content, _keyfn) in _full_changes(policy).items():
+        have = backend._dump(h, name, version & 1)    # noqa: SLF001
+        missing = content.keys() - have.keys()
+        extra = have.keys() - content.keys()
+        changed = {k for k in content.keys() & have.keys() if content[k] != have[k]}
+        for what, keys in (("missing", missing), ("unexpected", extra), ("changed", changed)):
+            if keys:
+                out.append(f"{name}: {len(keys)} {what} entries")
+    raw = libbpf.lookup(h.maps["settings"], maps.U32.pack(version & 1), maps.SETTINGS.size)
+    if raw != maps.settings_value(policy, st.spec.mode, st.spec.internal):
+        out.append("settings: differ from the network's (mode, egress, internal)")
+    out += _port_drift(h, st, ports)
+    return out
+
+
+def _port_drift(h, st, ports: list) -> list:
+    import socket   # noqa: PLC0415
+    out = []
+    ours = {libbpf.prog_id(fd) for fd in h.progs.values()}
+    for port in ports:
+        try:
+            ifindex = socket.if_nametoindex(port.name)
+        except OSError:
+            out.append(f"port {port.name}: no such link")
+            continue
+        raw = libbpf.lookup(h.maps["endpoints"], maps.U32.pack(ifindex), maps.ENDPOINT.size)
+        if raw != maps.endpoint_value(port):
+            out.append(f"port {port.name}: endpoint entry {'missing' if raw is None else 'differs'}")
+        for key, value in maps.member_entries(port, ifindex).items():
+            if libbpf.lookup(h.maps["members"], key, maps.MEMBER.size) != value:
+                out.append(f"port {port.name}: member entry missing or differs")
+        for point, prog in ((libbpf.BPF_TC_INGRESS, "ingress"), (libbpf.BPF_TC_EGRESS, "egress")):
+            if libbpf.tc_query(ifindex, point) not in ours:
+                out.append(f"port {port.name}: our {prog} program is not attached")
+    return out

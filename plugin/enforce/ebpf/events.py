@@ -1,0 +1,118 @@
+"""Drop reports from the datapath's ring buffer, as plugin.enforce.backend.DropEvent.
+
+The programs report through one ring buffer (``<pin root>/events``), each
+flow at most once per second (the ``reported`` LRU map in the kernel does
+the rate limit, as nftables' per-flow ``limit`` does). A reader thread polls
+it and hands every report to a callback; the buffer is opened when it
+appears (it is created with the first network), so the reader can start
+before any network exists.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from typing import Callable
+
+from plugin.enforce.backend import REASONS, DropEvent
+
+from . import libbpf
+from .maps import DROP_EVENT
+from .pins import EVENTS
+
+log = logging.getLogger(__name__)
+POLL_MS = 200
+
+
+def _addr(raw: bytes, family: int) -> str:
+    return str(ipaddress.ip_address(raw[:4] if family == 4 else raw))
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def _ifname(ifindex: int):
+    try:
+        return socket.if_indextoname(ifindex) if ifindex else None
+    except OSError:
+        return None
+
+
+def decode(raw: bytes, clock_offset: float) -> DropEvent:
+    """A DropEvent from one ring-buffer record; ``clock_offset``: wall - monotonic seconds."""
+    (tag, ktime, reason, family, proto, audit, port, ethertype, ifindex, _src_id, _dst_id,
+     saddr, daddr, smac, dmac) = DROP_EVENT.unpack_from(raw)
+    ip = family in (4, 6)
+    return DropEvent(
+        network=f"{tag:012x}", reason=REASONS[reason] if reason < len(REASONS) else "invalid",
+        family=family if ip else 0, proto=proto if ip else ethertype,
+        src=_addr(saddr, family) if ip else _mac(smac), dst=_addr(daddr, family) if ip else _mac(dmac),
+        port=port if ip and proto in (6, 17) else None, ifname=_ifname(ifindex), audit=bool(audit),
+        time=ktime / 1e9 + clock_offset)
+
+
+class DropReader:
+    """Polls ``<root>/events`` on a thread of its own until ``stop()``."""
+
+    def __init__(self, root: str, callback: Callable[[DropEvent], None]):
+        self.root = root
+        self.callback = callback
+        self._stop = threading.Event()
+        self._reopen = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="secnet-ebpf-drops", daemon=True)
+        self._offset = time.time() - time.monotonic()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _on_record(self, raw: bytes) -> None:
+        self.callback(decode(raw, self._offset))
+
+    def _open(self):
+        try:
+            fd = libbpf.obj_get(os.path.join(self.root, EVENTS))
+        except libbpf.LibbpfError:
+            return None, None
+        try:
+            return fd, libbpf.RingBuffer(fd, self._on_record)
+        except libbpf.LibbpfError:
+            os.close(fd)
+            raise
+
+    def _run(self) -> None:
+        fd, rb = None, None
+        try:
+            while not self._stop.is_set():
+                if self._reopen.is_set() and rb is not None:
+                    self._reopen.clear()
+                    rb.poll(0)                 # what is in the old buffer still counts
+                    rb.close()
+                    os.close(fd)
+                    fd, rb = None, None
+                if rb is None:
+                    self._reopen.clear()
+                    fd, rb = self._open()
+                    if rb is None:
+                        self._stop.wait(POLL_MS / 1000)
+                        continue
+                rb.poll(POLL_MS)
+        except Exception:  # noqa: BLE001 (a dead reader must say why)
+            log.exception("eBPF drop reader stopped")
+        finally:
+            if rb is not None:
+                rb.close()
+            if fd is not None:
+                os.close(fd)
+
+    def reopen(self) -> None:
+        """Open the pinned buffer again (it was replaced or removed)."""
+        self._reopen.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2)

@@ -1,0 +1,272 @@
+"""Backend-neutral policy and endpoints -> the bytes of the datapath's map entries.
+
+Pure encoding (no kernel calls): each function mirrors one struct of
+``bpf/lib/common.h`` (the C side asserts the same sizes). The versioned maps
+(``policy``, ``cidrs``, ``restricted``) are described *without* their version
+byte, as ``{unversioned key: value}``; :func:`versioned` adds it, so that one
+content can be written under either version (see backend.py: the swap).
+
+* policy: an LPM trie keyed (version, src identity, dst identity, L4 code,
+  port). ``any`` is the 40-bit prefix (version, src, dst), a protocol with
+  all ports 48 bits, a port range the prefixes that cover it
+  (:func:`port_prefixes`). The value names the entry (proto, lo, hi) the
+  prefix came from, for the per-entry counters. Several entries can give the
+  same prefix: the narrowest range wins (any of them allows the packet).
+* cidrs: an LPM trie keyed (version, direction, identity, family, address).
+  Its longest match must answer for every CIDR containing the address, so
+  each prefix carries the services of every entry whose CIDR contains it.
+"""
+from __future__ import annotations
+
+import ipaddress
+import struct
+from typing import Iterable, Mapping
+
+from segmentation.identities import HOST
+from segmentation.policymap import EGRESS, INGRESS, CidrEntry, PolicyMap
+
+ENDPOINT = struct.Struct("<16s16s4s6sHI")
+ADDR_KEY = struct.Struct("<B3x16s")
+MEMBER = struct.Struct("<HHI")
+STATE = struct.Struct("<IIQ")
+SETTINGS = struct.Struct("<BBBB")
+POLICY_KEY = struct.Struct("<I8s")
+POLICY_VAL = struct.Struct("<HHB3x")
+RESTRICTED_KEY = struct.Struct("<BxH")
+CIDR_KEY = struct.Struct("<I24s")
+CIDR_SVC = struct.Struct("<BBHH2x16s")
+CIDR_SLOTS = 16
+CIDR_VAL_SIZE = 4 + CIDR_SLOTS * CIDR_SVC.size
+COUNT_KEY = struct.Struct("<BBBBHHHHB3x16s")
+DROP_KEY = struct.Struct("<HHBBH")
+COUNT = struct.Struct("<QQ")
+CT_KEY = struct.Struct("<16s16sHHBBH")
+CT_VAL = struct.Struct("<QIBBH")
+DROP_EVENT = struct.Struct("<QQBBBBHHIHH16s16s6s6s4x")
+PUB_KEY = struct.Struct("<BBH16s")
+PUB_VAL = struct.Struct("<HHI")
+U32 = struct.Struct("<I")
+
+L4 = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
+L4_NAMES = {v: k for k, v in L4.items()}
+DIRECTIONS = {INGRESS: 0, EGRESS: 1}
+DIRECTION_NAMES = {v: k for k, v in DIRECTIONS.items()}
+MODES = {"enforce": 0, "audit": 1}
+CK_POLICY, CK_CIDR = 1, 2
+POLICY_FIXED_BITS = 40       # version, src, dst
+CIDR_FIXED_BITS = 40         # version, direction, identity, family
+
+
+class EncodeError(ValueError):
+    """The policy does not fit the datapath's maps (the message says what)."""
+
+
+def addr16(addr: str) -> bytes:
+    """An address as the datapath stores it: 16 bytes, IPv4 in the first 4."""
+    packed = ipaddress.ip_address(addr).packed
+    return packed + bytes(16 - len(packed))
+
+
+def link_local(mac: str) -> bytes:
+    """The EUI-64 link-local address a container derives from ``mac`` (packed)."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    return b"\xfe\x80" + bytes(6) + bytes([b[0] ^ 2]) + b[1:3] + b"\xff\xfe" + b[3:6]
+
+
+def mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+# --- endpoints and members ------------------------------------------------------
+
+def endpoint_value(port) -> bytes:
+    """The ``endpoints`` value of a plugin.enforce.backend.Port."""
+    v6 = ipaddress.IPv6Address(port.ipv6).packed if port.ipv6 else bytes(16)
+    v4 = ipaddress.IPv4Address(port.ipv4).packed if port.ipv4 else bytes(4)
+    return ENDPOINT.pack(v6, link_local(port.mac), v4, mac_bytes(port.mac), port.identity, 0)
+
+
+def member_entries(port, ifindex: int) -> dict:
+    """``members`` entries of one port: address key -> (identity, ifindex)."""
+    return {ADDR_KEY.pack(ipaddress.ip_address(a).version, addr16(a)): MEMBER.pack(port.identity, 0, ifindex)
+            for a in port.addresses}
+
+
+def published_entries(port) -> dict:
+    """``published`` entries of an active port: (family, proto, host port, host
+    address or zero for every address) -> (identity, container port)."""
+    if not port.active:
+        return {}
+    out = {}
+    for proto, host_ip, host_port, cport in port.published:
+        number = {"tcp": 6, "udp": 17}.get(str(proto).lower(), proto)
+        for addr in port.addresses:
+            family = ipaddress.ip_address(addr).version
+            if host_ip and ipaddress.ip_address(host_ip).version != family:
+                continue
+            key = PUB_KEY.pack(family, int(number), int(host_port), addr16(host_ip) if host_ip else bytes(16))
+            out[key] = PUB_VAL.pack(port.identity, int(cport), 0)
+    return out
+
+
+def gateway_entries(gateways: Iterable[str]) -> dict:
+    """The bridge's own addresses are the host (identity HOST)."""
+    return {ADDR_KEY.pack(ipaddress.ip_address(g).version, addr16(g)): MEMBER.pack(HOST, 0, 0)
+            for g in gateways}
+
+
+# --- settings and state -----------------------------------------------------------
+
+def settings_value(policy: PolicyMap, mode: str, internal: bool = False) -> bytes:
+    s = policy.settings
+    if mode not in MODES:
+        raise EncodeError(f"unknown mode {mode!r}: enforce or audit")
+    return SETTINGS.pack(MODES[mode], int(s.egress == "allow" and not (s.internal or internal)),
+                         int(s.internal or internal), 0)
+
+
+def network_tag(network_id: str) -> int:
+    """The number events carry for a network: its id's first 12 hex digits."""
+    return int(network_id[:12], 16)
+
+
+# --- the policy map -------------------------------------------------------------
+
+def port_prefixes(lo: int, hi: int) -> list:
+    """The fewest (value, prefix length) pairs of the 16-bit port space covering lo..hi."""
+    if not 0 <= lo <= hi <= 65535:
+        raise EncodeError(f"bad port range {lo}-{hi}")
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append((lo, 16 - size.bit_length() + 1))
+        lo += size
+    return out
+
+
+def _entry_prefixes(src: int, dst: int, proto: str, lo: int, hi: int) -> list:
+    """(prefix length, 7 data bytes after the version) of one entry."""
+    ids = struct.pack(">HH", src, dst)
+    if proto == "any":
+        return [(POLICY_FIXED_BITS, ids + bytes(3))]
+    code = L4[proto]
+    if proto == "icmp" or (lo, hi) == (0, 65535):
+        return [(POLICY_FIXED_BITS + 8, ids + bytes([code, 0, 0]))]
+    return [(POLICY_FIXED_BITS + 8 + plen, ids + bytes([code]) + struct.pack(">H", value))
+            for value, plen in port_prefixes(lo, hi)]
+
+
+def policy_content(entries: Iterable) -> dict:
+    """``{(prefixlen, data7): value}`` of the policy map for ``entries`` (PolicyEntry)."""
+    chosen = {}
+    for key in sorted({e.key for e in entries}, key=lambda k: (k[4] - k[3], k)):
+        src, dst, proto, lo, hi = key
+        for prefix in _entry_prefixes(src, dst, proto, lo, hi):
+            chosen.setdefault(prefix, POLICY_VAL.pack(lo, hi, L4[proto]))
+    return chosen
+
+
+def policy_key(version: int, prefix: tuple) -> bytes:
+    plen, data7 = prefix
+    return POLICY_KEY.pack(plen, bytes([version]) + data7)
+
+
+def policy_unversioned(key: bytes) -> tuple:
+    """(version, (prefixlen, data7)) of a policy map key."""
+    plen, data = POLICY_KEY.unpack(key)
+    return data[0], (plen, data[1:])
+
+
+# --- CIDR entries -------------------------------------------------------------------
+
+def _net(entry: CidrEntry):
+    return ipaddress.ip_network(entry.cidr, strict=False)
+
+
+def cidr_content(cidrs: Iterable[CidrEntry]) -> dict:
+    """``{(prefixlen, data23): value}`` of the CIDR map (see the module docstring).
+
+    Raises EncodeError when one prefix would need more than CIDR_SLOTS services.
+    """
+    groups: dict = {}
+    for e in cidrs:
+        groups.setdefault((e.direction, e.identity, e.family), set()).add(e)
+    out = {}
+    for (direction, identity, family), entries in sorted(groups.items(), key=lambda kv: kv[0]):
+        for net in sorted({_net(e) for e in entries}):
+            covering = sorted(e for e in entries if net.subnet_of(_net(e)))
+            svcs = sorted({_svc(e) for e in covering})
+            if len(svcs) > CIDR_SLOTS:
+                raise EncodeError(f"{len(svcs)} services for {direction} {net} of identity {identity}:"
+                                  f" the eBPF datapath holds at most {CIDR_SLOTS} per CIDR")
+            data = bytes([DIRECTIONS[direction]]) + struct.pack(">H", identity) + bytes([family])
+            data += addr16(str(net.network_address)) + bytes(3)
+            value = U32.pack(len(svcs)) + b"".join(svcs) + bytes(CIDR_SVC.size * (CIDR_SLOTS - len(svcs)))
+            out[(CIDR_FIXED_BITS + net.prefixlen, data)] = value
+    return out
+
+
+def _svc(e: CidrEntry) -> bytes:
+    net = _net(e)
+    return CIDR_SVC.pack(L4[e.proto], net.prefixlen, e.lo, e.hi, addr16(str(net.network_address)))
+
+
+def cidr_key(version: int, prefix: tuple) -> bytes:
+    plen, data = prefix
+    return CIDR_KEY.pack(plen, bytes([version]) + data)
+
+
+def cidr_unversioned(key: bytes) -> tuple:
+    plen, data = CIDR_KEY.unpack(key)
+    return data[0], (plen, data[1:])
+
+
+def restricted_content(policy: PolicyMap) -> dict:
+    """``{identity: b"\\x01"}`` of the segments only CIDR-source rules admit from outside."""
+    return {ident: b"\x01" for ident in sorted(policy.ingress_restricted)}
+
+
+def restricted_key(version: int, identity: int) -> bytes:
+    return RESTRICTED_KEY.pack(version, identity)
+
+
+def restricted_unversioned(key: bytes) -> tuple:
+    return RESTRICTED_KEY.unpack(key)
+
+
+# --- counters -----------------------------------------------------------------------
+
+def count_target(key: bytes, cidrs: Iterable[CidrEntry] = ()):
+    """The policy-map key an ``allowed`` counter belongs to: ``PolicyEntry.key``,
+    the matching CidrEntry of ``cidrs`` (or one with rule ``""``), or None."""
+    kind, direction, proto, family, src, dst, lo, hi, plen, addr = COUNT_KEY.unpack(key)
+    name = L4_NAMES.get(proto)
+    if kind == CK_POLICY and name:
+        return (src, dst, name, lo, hi)
+    if kind != CK_CIDR or name is None or direction not in DIRECTION_NAMES:
+        return None
+    raw = addr[:4] if family == 4 else addr
+    cidr = f"{ipaddress.ip_address(raw)}/{plen}"
+    probe = (DIRECTION_NAMES[direction], src, family, name, lo, hi)
+    for e in cidrs:
+        if (e.direction, e.identity, e.family, e.proto, e.lo, e.hi) == probe and _net(e) == ipaddress.ip_network(cidr):
+            return e
+    return CidrEntry(probe[0], src, family, cidr, name, lo, hi, "")
+
+
+def sum_percpu(raw: bytes, cpus: int) -> tuple:
+    """(packets, bytes) summed over the CPUs of a per-CPU ``count`` value."""
+    packets = octets = 0
+    for i in range(cpus):
+        p, b = COUNT.unpack_from(raw, i * COUNT.size)
+        packets, octets = packets + p, octets + b
+    return packets, octets
+
+
+def content_diff(old: Mapping, new: Mapping) -> tuple:
+    """(keys to delete, items to write) turning content ``old`` into ``new``."""
+    removed = [k for k in old if k not in new]
+    written = [(k, v) for k, v in new.items() if old.get(k) != v]
+    return removed, written

@@ -1,0 +1,64 @@
+"""The nftables part of an eBPF network: NAT only.
+
+Policy is the programs' job; what a bridge port cannot do stays in
+nftables, in the network's inet table ``secnet_<network-id[:12]>``:
+
+* published ports (DNAT in prerouting and output, from the maps ``pub4``/
+  ``pub6``), hairpin and egress masquerade -- the very chains of the
+  nftables backend (``nft_northsouth.nat_chains``), so both backends NAT alike;
+* the mark that Docker's DOCKER-USER chain accepts (plugin/dockerfw.py) on
+  what the stack forwards *into* the bridge: the programs judge it after
+  FORWARD, on the container's veth, so FORWARD must let it reach them.
+  (What leaves the bridge is marked by ``from_container`` itself.)
+
+No filter chain here drops anything: the verdicts are the programs'.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from segmentation.backends import nft_northsouth as ns
+from segmentation.backends.nft_runner import PASSED_MARK, TABLE_PREFIX
+
+
+def table_name(network_id: str) -> str:
+    return TABLE_PREFIX + network_id[:12]
+
+
+def _pub_maps(table: str, ports: Iterable) -> list:
+    elems = {4: [], 6: []}
+    for port in ports:
+        if port.active:
+            for _fam, target, elem in ns.published_elements(table, port):
+                elems[6 if target.endswith("6") else 4].append(elem)
+    lines = []
+    for fam, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
+        body = f" elements = {{ {', '.join(sorted(elems[fam]))} }};" if elems[fam] else ""
+        lines.append(f"  map pub{fam} {{ type {typ} . inet_proto . inet_service : {typ} . inet_service;"
+                     f" flags interval;{body} }}")
+    return lines
+
+
+def render_nat(network_id: str, bridge: str, subnets: Iterable[str], internal: bool,
+               ports: Iterable) -> str:
+    """Script that atomically replaces the network's inet table with its NAT.
+
+    ``ports``: plugin.enforce.backend.Port (their ``published`` mappings).
+    """
+    t = table_name(network_id)
+    lines = [f"table inet {t} {{ }}", f"delete table inet {t}", f"table inet {t} {{"]
+    lines += _pub_maps(t, ports)
+    lines += ns.nat_chains(bridge, subnets, internal)
+    lines += [
+        "  chain forward {",
+        "    type filter hook forward priority filter - 5; policy accept;",
+        f'    oifname "{bridge}" meta mark set meta mark or {PASSED_MARK:#x}',
+        "  }",
+        "}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def render_delete(network_id: str) -> str:
+    t = table_name(network_id)
+    return f"table inet {t} {{ }}\ndelete table inet {t}\n"

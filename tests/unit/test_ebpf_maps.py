@@ -1,0 +1,198 @@
+"""maps.py: the eBPF datapath's key and value encoding, checked against a model of the lookups.
+
+The kernel's LPM trie is modelled here by its definition (the longest
+stored prefix of the key's bits), independently of maps.py, so that the
+encoding is judged by what a lookup would answer.
+"""
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from plugin.enforce.backend import Port
+from plugin.enforce.ebpf import maps
+from segmentation.identities import QUARANTINED
+from segmentation.options import NetworkOptions
+from segmentation.policymap import CidrEntry, PolicyEntry, allowing, compile_policy_map
+from segmentation.rules import parse_rules
+
+
+def bits(data: bytes) -> str:
+    return "".join(f"{b:08b}" for b in data)
+
+
+def lpm(content: dict, key_data: bytes, version: int = 0):
+    """The value of the longest stored prefix of ``key_data`` in ``{(plen, data): value}``
+    (content without its version byte, which the prefix lengths count)."""
+    best = None
+    key = bits(bytes([version]) + key_data)
+    for (plen, data), value in content.items():
+        if bits(bytes([version]) + data)[:plen] == key[:plen] and (best is None or plen > best[0]):
+            best = (plen, value)
+    return best[1] if best else None
+
+
+# --- port ranges ---------------------------------------------------------------
+
+@pytest.mark.parametrize("lo,hi,want", [
+    (0, 65535, [(0, 0)]),
+    (80, 80, [(80, 16)]),
+    (8080, 8081, [(8080, 15)]),
+    (1, 3, [(1, 16), (2, 15)]),
+    (1024, 65535, [(1024, 6), (2048, 5), (4096, 4), (8192, 3), (16384, 2), (32768, 1)]),
+])
+def test_port_prefixes_examples(lo, hi, want):
+    assert maps.port_prefixes(lo, hi) == want
+
+
+@given(st.integers(0, 65535), st.integers(0, 65535))
+@settings(max_examples=300)
+def test_port_prefixes_cover_exactly_the_range(a, b):
+    lo, hi = min(a, b), max(a, b)
+    covered = []
+    for value, plen in maps.port_prefixes(lo, hi):
+        size = 1 << (16 - plen)
+        assert value % size == 0, "a prefix's host bits are zero"
+        covered += range(value, value + size)
+    assert covered == list(range(lo, hi + 1))
+    assert len(maps.port_prefixes(lo, hi)) <= 30
+
+
+def test_port_prefixes_reject_bad_ranges():
+    with pytest.raises(maps.EncodeError):
+        maps.port_prefixes(10, 5)
+
+
+# --- the policy map ---------------------------------------------------------------
+
+def lookup_policy(content: dict, src: int, dst: int, proto: str, port) -> bytes:
+    code = maps.L4[proto]
+    data = src.to_bytes(2, "big") + dst.to_bytes(2, "big") + bytes([code]) + (port or 0).to_bytes(2, "big")
+    return lpm(content, data)
+
+
+def test_policy_keys_have_the_c_layout():
+    content = maps.policy_content({PolicyEntry(256, 257, "tcp", 8080, 8080, "r")})
+    ((plen, data), value), = content.items()
+    assert plen == 64 and data == bytes.fromhex("01000101") + bytes([6]) + (8080).to_bytes(2, "big")
+    key = maps.policy_key(1, (plen, data))
+    assert key == (64).to_bytes(4, "little") + b"\x01" + data
+    assert maps.policy_unversioned(key) == (1, (plen, data))
+    assert maps.POLICY_VAL.unpack(value)[:3] == (8080, 8080, 6)
+
+
+ENTRIES = st.builds(
+    PolicyEntry, src=st.sampled_from([256, 257, 258]), dst=st.sampled_from([256, 257]),
+    proto=st.sampled_from(["tcp", "udp", "icmp", "any"]), lo=st.integers(0, 40), hi=st.integers(0, 40),
+    rule=st.sampled_from(["a", "b"]))
+
+
+def _normal(e: PolicyEntry) -> PolicyEntry:
+    if e.proto in ("icmp", "any"):
+        return PolicyEntry(e.src, e.dst, e.proto, 0, 0, e.rule)
+    return PolicyEntry(e.src, e.dst, e.proto, max(1, min(e.lo, e.hi)), max(1, e.lo, e.hi), e.rule)
+
+
+@given(st.lists(ENTRIES, max_size=8))
+@settings(max_examples=150, deadline=None)
+def test_policy_lookup_agrees_with_allowing(raw):
+    """An LPM lookup finds an entry exactly when policymap.allowing does, and names one that matches."""
+    from segmentation.policymap import PolicyMap
+    entries = frozenset(_normal(e) for e in raw)
+    pm = PolicyMap({}, entries)
+    content = maps.policy_content(entries)
+    for src in (256, 257, 258):
+        for dst in (256, 257):
+            for proto, port in [("tcp", p) for p in range(0, 42, 3)] + [("udp", 7), ("icmp", None)]:
+                found = lookup_policy(content, src, dst, proto, port)
+                assert (found is not None) == (allowing(pm, src, dst, proto, port) is not None)
+                if found is not None:
+                    lo, hi, code = maps.POLICY_VAL.unpack(found)[:3]
+                    target = (src, dst, maps.L4_NAMES[code], lo, hi)
+                    assert any(e.key == target for e in entries)
+                    assert code == 0 or (code == maps.L4[proto] and (proto == "icmp" or lo <= port <= hi))
+
+
+def test_count_target_maps_counters_back_to_policy_keys():
+    key = maps.COUNT_KEY.pack(maps.CK_POLICY, 0, 6, 0, 256, 257, 8080, 8090, 0, bytes(16))
+    assert maps.count_target(key) == (256, 257, "tcp", 8080, 8090)
+    entry = CidrEntry("egress", 256, 4, "10.0.0.0/8", "tcp", 443, 443, "web->10.0.0.0/8:tcp/443")
+    key = maps.COUNT_KEY.pack(maps.CK_CIDR, 1, 6, 4, 256, 0, 443, 443, 8, maps.addr16("10.0.0.0"))
+    assert maps.count_target(key, [entry]) == entry
+    assert maps.count_target(key).rule == ""
+
+
+# --- CIDR entries ----------------------------------------------------------------------
+
+def lookup_cidr(content: dict, direction: str, identity: int, addr: str) -> list:
+    ip = ipaddress.ip_address(addr)
+    data = bytes([maps.DIRECTIONS[direction]]) + identity.to_bytes(2, "big") + bytes([ip.version])
+    data += maps.addr16(addr) + bytes(3)
+    value = lpm(content, data)
+    if value is None:
+        return []
+    n = maps.U32.unpack_from(value)[0]
+    return [maps.CIDR_SVC.unpack_from(value, 4 + i * maps.CIDR_SVC.size) for i in range(n)]
+
+
+def test_nested_cidrs_answer_for_every_containing_entry():
+    wide = CidrEntry("egress", 256, 4, "10.0.0.0/8", "tcp", 443, 443, "w")
+    narrow = CidrEntry("egress", 256, 4, "10.1.0.0/16", "udp", 53, 53, "n")
+    v6 = CidrEntry("egress", 256, 6, "2001:db8::/32", "any", 0, 0, "six")
+    content = maps.cidr_content([wide, narrow, v6])
+    inner = lookup_cidr(content, "egress", 256, "10.1.2.3")
+    assert sorted((s[0], s[2], s[3]) for s in inner) == [(6, 443, 443), (17, 53, 53)]
+    assert [(s[0], s[2]) for s in lookup_cidr(content, "egress", 256, "10.2.0.1")] == [(6, 443)]
+    assert lookup_cidr(content, "egress", 256, "11.0.0.1") == []
+    assert lookup_cidr(content, "ingress", 256, "10.1.2.3") == []
+    assert lookup_cidr(content, "egress", 257, "10.1.2.3") == []
+    assert [s[0] for s in lookup_cidr(content, "egress", 256, "2001:db8::1")] == [0]
+
+
+def test_too_many_services_for_one_cidr_is_a_clear_error():
+    many = [CidrEntry("egress", 256, 4, "10.0.0.0/8", "tcp", p, p, f"r{p}") for p in range(1, 18)]
+    with pytest.raises(maps.EncodeError, match="at most 16"):
+        maps.cidr_content(many)
+
+
+# --- endpoints, settings, diff -----------------------------------------------------------
+
+def test_endpoint_value_layout():
+    port = Port("ep", "snv0", "02:42:0a:ec:00:0a", "10.236.0.10", "fd00:236::a", identity=300)
+    v6, ll6, v4, mac, identity, _ = maps.ENDPOINT.unpack(maps.endpoint_value(port))
+    assert v4 == bytes([10, 236, 0, 10]) and identity == 300 and mac == bytes.fromhex("02420aec000a")
+    assert ipaddress.IPv6Address(ll6) == ipaddress.IPv6Address("fe80::42:aff:feec:a")
+    assert ipaddress.IPv6Address(v6) == ipaddress.IPv6Address("fd00:236::a")
+    q = Port("ep", "snv0", "02:42:0a:ec:00:0a", "10.236.0.10", identity=QUARANTINED)
+    assert maps.ENDPOINT.unpack(maps.endpoint_value(q))[0] == bytes(16)
+    assert len(maps.member_entries(q, 7)) == 1
+
+
+def test_settings_follow_policy_mode_and_internal():
+    pm = compile_policy_map(NetworkOptions(rules=parse_rules("a->b:tcp/1"), egress="deny"), {"a": 256, "b": 257})
+    assert maps.SETTINGS.unpack(maps.settings_value(pm, "audit")) == (1, 0, 0, 0)
+    internal = compile_policy_map(NetworkOptions(internal=True), {"a": 256})
+    assert maps.SETTINGS.unpack(maps.settings_value(internal, "enforce")) == (0, 0, 1, 0)
+    with pytest.raises(maps.EncodeError):
+        maps.settings_value(pm, "loud")
+
+
+def test_content_diff_and_restricted():
+    removed, written = maps.content_diff({1: b"a", 2: b"b"}, {2: b"c", 3: b"d"})
+    assert removed == [1] and sorted(written) == [(2, b"c"), (3, b"d")]
+    pm = compile_policy_map(NetworkOptions(rules=parse_rules("10.0.0.0/8->b:tcp/1")), {"a": 256, "b": 257})
+    assert maps.restricted_content(pm) == {257: b"\x01"}
+    assert maps.restricted_unversioned(maps.restricted_key(1, 257)) == (1, 257)
+    assert maps.network_tag("5ec0de" + "0" * 58) == 0x5EC0DE000000
+
+
+def test_host_problem_names_what_is_missing(tmp_path):
+    from plugin.enforce.ebpf.backend import host_problem
+    btf = tmp_path / "vmlinux"
+    btf.write_bytes(b"")
+    assert host_problem("6.1.0-18-amd64", str(btf)) is None
+    assert "older than 5.18" in host_problem("5.10.0-28-amd64", str(btf))
+    assert "no BTF" in host_problem("6.18.1", str(tmp_path / "none"))
+    assert "kernel release" in host_problem("garbage", str(btf))
