@@ -44,15 +44,13 @@ def make_ebpf(pin_root: str):
     return EbpfBackend(pin_root=pin_root)
 
 
-def make_legacy_nft(pin_root: str):
-    from legacy_nft import LegacyNft   # noqa: PLC0415
-    return LegacyNft(pin_root)
+def make_nft(pin_root: str):
+    from plugin.enforce.nftables.backend import NftBackend   # noqa: PLC0415
+    return NftBackend()
 
 
 #: backend name -> factory(pin_root) building it (inside the lab's host namespace)
-BACKENDS = {"ebpf": make_ebpf}
-if os.environ.get("SECNET_TEST_LEGACY_NFT") == "1":
-    BACKENDS["nftables-legacy"] = make_legacy_nft
+BACKENDS = {"nftables": make_nft, "ebpf": make_ebpf}
 
 
 def needs(blab, what: str) -> None:
@@ -62,6 +60,9 @@ def needs(blab, what: str) -> None:
         pytest.skip(f"{backend.name} reports no drops here")
     if what == "audit mode" and "audit" not in getattr(backend, "modes", ("enforce", "audit")):
         pytest.skip(f"{backend.name} has no audit mode")
+    if what == "flow cutting" and backend.name == "nftables":
+        pytest.skip("nftables leaves established flows to the reconciler's conntrack pruning "
+                    "(plugin.kernel.conntrack, tested in the e2e and conntrack tiers)")
 
 
 class BackendLab:

@@ -30,7 +30,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from packets import Responder, sh
+from packets import (  # noqa: F401  (re-exported: the tests import the lab's tools from here)
+    Responder, Sniffer, arp_frame, icmp6_frame, link_local, mac_bytes, na_frame, netns, ns_frame,
+    ns_socket, parallel, probe, probe_icmp, probe_tcp, probe_udp, send_frame, sh,
+)
 from plugin.kernel import netns as plugin_netns
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.enforce.nftables import NftBackend

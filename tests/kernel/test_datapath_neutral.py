@@ -217,6 +217,7 @@ def echoes(s: socket.socket) -> bool:
 
 
 def test_policy_edit_applies_and_cuts_established_flows(backend_lab):
+    needs(backend_lab, "flow cutting")
     web, api = backend_lab.lab.add(2)
     backend_lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
     # the lab's responder echoes once per connection: one stream per check

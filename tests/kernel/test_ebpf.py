@@ -16,7 +16,7 @@ from segmentation.identities import MemoryAllocator
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
-from test_datapath import FEW, assert_all, echoes, open_stream, outcomes
+from test_datapath_neutral import FEW, assert_all, echoes, open_stream, outcomes
 
 pytestmark = pytest.mark.kernel
 
