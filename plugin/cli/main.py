@@ -53,10 +53,11 @@ def _print_show(data: dict) -> None:
         print("pending (segment not known yet, all traffic dropped):")
         for m in data["pending"]:
             print(f"  {m['container'] or m['endpoint']:<24} {m['ipv4']} {m['ipv6']}")
-    if data.get("dropped"):
-        print("dropped:")
-        for reason, c in sorted(data["dropped"].items()):
-            print(f"  {reason:<20} packets {c['packets']:>10}  bytes {c['bytes']:>12}")
+    for key, title in (("dropped", "dropped:"), ("would_drop", "would drop (audit mode let it pass):")):
+        if data.get(key):
+            print(title)
+            for reason, c in sorted(data[key].items()):
+                print(f"  {reason:<20} packets {c['packets']:>10}  bytes {c['bytes']:>12}")
 
 
 # --- commands ---------------------------------------------------------------

@@ -31,9 +31,10 @@ log = logging.getLogger(__name__)
 
 def make_backends() -> dict:
     """backend name (``secnet.backend``) -> Backend, for every datapath this daemon has."""
+    from plugin.enforce.ebpf.backend import EbpfBackend
     from plugin.enforce.nftables.backend import NftBackend
-    backends = {"nftables": NftBackend()}
-    return backends
+    from plugin.enforce.nftables.runner import NftRunner
+    return {"nftables": NftBackend(), "ebpf": EbpfBackend(nat_runner=NftRunner())}
 
 
 @dataclass

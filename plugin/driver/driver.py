@@ -18,6 +18,7 @@ from segmentation.options import parse_network_options
 from segmentation.resolve import SEGMENT_OPT
 
 from plugin.kernel import links as nl
+from plugin.enforce.backend import BackendUnavailable
 from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound
 from plugin.driver.portmap import Binding, parse_portmap
 from plugin.kernel.hostports import Reservations
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 class NullReconciler:
     """Policy writer used when none is configured (unit tests of the verbs)."""
+
+    def check_backend(self, name):
+        pass
 
     def network_added(self, net, endpoints=()):
         pass
@@ -105,6 +109,10 @@ class Driver:
 
     def create_network(self, req: CreateNetworkRequest) -> dict:
         rec = self._new_network_record(req)
+        try:
+            self.reconciler.check_backend(rec.options.backend)
+        except BackendUnavailable as exc:
+            raise BadRequest(str(exc)) from None
         with self.lock:
             old = self.state.get_network(rec.id)
             if old is not None and old != rec:

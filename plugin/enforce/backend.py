@@ -102,8 +102,8 @@ class DropEvent:
     """One dropped (or, in audit mode, would-be-dropped) flow, as the kernel reported it.
 
     ``network``: the network id (or its first 12 characters); ``family``:
-    4, 6 or 0 (not IP); ``proto``: the protocol's name (``tcp``, ``udp``,
-    ``icmp``, ``icmpv6``) or its number as text; ``port``/``sport``:
+    4, 6 or 0 (not IP); ``proto``: the IP protocol number, or its name (``tcp``,
+    ``udp``, ``icmp``, ``icmpv6``); ``port``/``sport``:
     destination/source port or None; ``ifname``/``out_ifname``: the bridge
     ports it came in on and was going out of, when known; ``time``: seconds
     since the epoch; ``audit``: passed because the network is in audit mode.
@@ -112,7 +112,7 @@ class DropEvent:
     network: str
     reason: str
     family: int
-    proto: str
+    proto: object
     src: str
     dst: str
     port: Optional[int] = None

@@ -31,7 +31,7 @@ from segmentation.identities import PENDING, QUARANTINED
 from segmentation.model import Member
 from segmentation.policymap import PolicyMap, compile_policy_map
 
-from plugin.enforce.backend import Backend, Counters, NetworkSpec, Port
+from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,14 @@ class Reconciler:
     def backend(self, net) -> Backend:
         """The backend of ``net`` (KeyError names it if this daemon has none)."""
         return self.backends[net.options.backend]
+
+    def check_backend(self, name: str) -> None:
+        """Raise BackendUnavailable (one line naming ``secnet.backend``) unless backend
+        ``name`` can run on this host."""
+        backend = self.backends.get(name)
+        if backend is None:
+            raise BackendUnavailable(f"secnet.backend={name} is not available in this daemon")
+        backend.check_host()
 
     # --- what the driver calls -------------------------------------------
     def network_added(self, net, endpoints=None) -> None:

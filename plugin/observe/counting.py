@@ -39,7 +39,8 @@ def per_rule(policy: PolicyMap, counters) -> dict:
 
 
 def per_pair(policy: PolicyMap, counters) -> tuple:
-    """({(src, dst): [pk, bytes]} allowed, same dropped), segments or ``(outside)``."""
+    """({(src, dst): [pk, bytes]} allowed, same dropped, same would-drop (audit mode)),
+    the ends named as segments or ``(outside)``."""
     name = names(policy)
     allowed = collections.defaultdict(lambda: [0, 0])
     seen = set()
@@ -53,7 +54,11 @@ def per_pair(policy: PolicyMap, counters) -> tuple:
             seg = name[c.identity]
             pair = (OUTSIDE, seg) if c.direction == INGRESS else (seg, OUTSIDE)
             _add(allowed[pair], counters.allowed.get(c.key))
-    dropped = collections.defaultdict(lambda: [0, 0])
-    for (src, dst), value in counters.dropped.items():
-        _add(dropped[(name.get(src, f"identity {src}"), name.get(dst, f"identity {dst}"))], value)
-    return allowed, dropped
+    return allowed, _named_pairs(name, counters.dropped), _named_pairs(name, counters.would_drop)
+
+
+def _named_pairs(name: dict, table) -> dict:
+    out = collections.defaultdict(lambda: [0, 0])
+    for (src, dst), value in table.items():
+        _add(out[(name.get(src, f"identity {src}"), name.get(dst, f"identity {dst}"))], value)
+    return out

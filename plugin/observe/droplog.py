@@ -120,6 +120,18 @@ def end_view(address: Optional[str], ep) -> dict:
             "state": state, "outside": False}
 
 
+_PROTO_NAMES = {(4, 1): "icmp", (6, 58): "icmpv6", (4, 6): "tcp", (6, 6): "tcp", (4, 17): "udp",
+                (6, 17): "udp"}
+
+
+def proto_name(family: int, proto) -> str:
+    """A drop event's protocol as the log shows it: ``tcp``, ``udp``, ``icmp``, ``icmpv6``
+    or the IP protocol number as text (backends may report the number)."""
+    if isinstance(proto, int):
+        return _PROTO_NAMES.get((family, proto), str(proto))
+    return str(proto)
+
+
 def why(reason: str, src_ep, dst_ep) -> str:
     text = REASON_TEXT.get(reason, reason)
     if reason == "quarantined":
@@ -162,7 +174,8 @@ class DropLog:
         devices = {k: v for k, v in (("in", event.ifname), ("out", event.out_ifname)) if v}
         entry = {"time": event.time or time.time(), "network": net_id, "reason": event.reason,
                  "why": why(event.reason, src_ep, dst_ep), "audit": event.audit,
-                 "family": event.family, "proto": event.proto, "sport": event.sport,
+                 "family": event.family, "proto": proto_name(event.family, event.proto),
+                 "sport": event.sport,
                  "dport": event.port, "icmp_type": event.icmp_type,
                  "src": end_view(event.src, src_ep), "dst": end_view(event.dst, dst_ep),
                  "devices": devices}

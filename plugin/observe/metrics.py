@@ -24,6 +24,8 @@ PAIR = ["network", "src_segment", "dst_segment"]
 ALLOWED_HELP = ("{what} matched by the allow rules from src_segment to dst_segment (" + OUTSIDE +
                 " is outside the network). Rules see the first packets of flows only: replies and "
                 "established traffic are accepted before the rules and not counted here.")
+WOULD_HELP = ("{what} that audit mode let pass from src_segment to dst_segment and enforce mode "
+              "would drop (secnet.mode=audit).")
 DROPPED_HELP = ("{what} dropped from src_segment to dst_segment because no rule allows them "
                 "(east-west, egress denied, ingress not allowed, internal network).")
 
@@ -42,6 +44,11 @@ class SecnetCollector(Collector):
             "allowed_bytes": c("secnet_allowed_bytes", ALLOWED_HELP.format(what="Bytes"), labels=PAIR),
             "dropped_packets": c("secnet_dropped_packets", DROPPED_HELP.format(what="Packets"), labels=PAIR),
             "dropped_bytes": c("secnet_dropped_bytes", DROPPED_HELP.format(what="Bytes"), labels=PAIR),
+            "would_drop_packets": c("secnet_would_drop_packets", WOULD_HELP.format(what="Packets"),
+                                    labels=PAIR),
+            "would_drop_bytes": c("secnet_would_drop_bytes", WOULD_HELP.format(what="Bytes"), labels=PAIR),
+            "would_drops": c("secnet_would_drops", "Packets audit mode let pass that enforce mode would "
+                             "drop, by reason.", labels=net + ["reason"]),
             "drops": c("secnet_drops", "Packets dropped by policy, by reason.", labels=net + ["reason"]),
             "drop_bytes": c("secnet_drop_bytes", "Bytes dropped by policy, by reason.",
                             labels=net + ["reason"]),
@@ -67,8 +74,8 @@ class SecnetCollector(Collector):
         nid = net.id[:12]
         compiled = self.reconciler.compiled(net)
         counters = self.reconciler.counters(net)
-        allowed, dropped = counting.per_pair(compiled, counters)
-        for kind, table in (("allowed", allowed), ("dropped", dropped)):
+        allowed, dropped, would = counting.per_pair(compiled, counters)
+        for kind, table in (("allowed", allowed), ("dropped", dropped), ("would_drop", would)):
             for (src, dst), (packets, nbytes) in sorted(table.items()):
                 fams[f"{kind}_packets"].add_metric([nid, src, dst], packets)
                 fams[f"{kind}_bytes"].add_metric([nid, src, dst], nbytes)
@@ -76,6 +83,7 @@ class SecnetCollector(Collector):
             packets, nbytes = counters.reasons.get(reason, (0, 0))
             fams["drops"].add_metric([nid, reason], packets)
             fams["drop_bytes"].add_metric([nid, reason], nbytes)
+            fams["would_drops"].add_metric([nid, reason], counters.would_drop_reasons.get(reason, (0, 0))[0])
         eps = self.state.endpoints(net.id)
         per_segment = collections.Counter(e.segment for e in eps if e.segment and e.quarantine is None)
         for seg in sorted(set(compiled.segments) | set(per_segment)):

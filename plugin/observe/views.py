@@ -65,6 +65,7 @@ def network_view(state, reconciler, net) -> dict:
             segments[ep.segment].append(member)
     counters = _counters(reconciler, net)
     drops = {reason: {"packets": c[0], "bytes": c[1]} for reason, c in counters.reasons.items()}
+    would = {reason: {"packets": c[0], "bytes": c[1]} for reason, c in counters.would_drop_reasons.items()}
     names = sorted(set(segments) | set(policy.segments))
     return {
         "id": net.id, "bridge": net.bridge, "options": net.options.to_dict(),
@@ -72,5 +73,5 @@ def network_view(state, reconciler, net) -> dict:
         "segments": [{"name": s, "members": segments.get(s, []), "identity": policy.identities.get(s)}
                      for s in names],
         "rules": _rule_rows(net, policy, counters),
-        "quarantined": quarantined, "pending": pending, "dropped": drops,
+        "quarantined": quarantined, "pending": pending, "dropped": drops, "would_drop": would,
     }

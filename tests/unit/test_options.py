@@ -92,8 +92,6 @@ def test_unknown_secnet_key_lists_allowed_keys(key):
     ("secnet.mtu", " 1500", "an integer 1280-65535"),
     ("secnet.mtu", "jumbo", "an integer 1280-65535"),
     ("secnet.backend", "iptables", "allowed: nftables"),
-    ("secnet.backend", "ebpf", "backend 'ebpf' is not available yet; allowed: nftables"),
-    ("secnet.backend", "EBPF", "backend 'ebpf' is not available yet"),
     ("secnet.intra", 1, "expected a string"),
 ])
 def test_bad_values_name_key_value_and_allowed(key, value, allowed):
@@ -191,3 +189,12 @@ def test_member_validation():
     for v4, v6 in [("2001:db8::2", None), (None, "10.0.0.2"), ("10.0.0.2/24", None)]:
         with pytest.raises(ValueError):
             Member("e5", "web", v4, v6)
+
+
+def test_backend_and_mode_options():
+    opts = parse_network_options({"secnet.backend": "EBPF", "secnet.mode": "Audit"})
+    assert (opts.backend, opts.mode) == ("ebpf", "audit")
+    for key, value in (("secnet.backend", "bpf"), ("secnet.mode", "dry-run")):
+        with pytest.raises(OptionError) as err:
+            parse_network_options({key: value})
+        assert key in str(err.value) and value in str(err.value)

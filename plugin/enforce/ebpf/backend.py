@@ -18,8 +18,10 @@ at rest and the next change again writes only its delta. Every change bumps
 the generation: a tracked flow whose entry is older is judged again on its
 next packet and cut when the new state denies it.
 
-NAT (published ports, masquerade) stays in nftables: see docs/ebpf.md for
-what the nftables side must keep for an eBPF network.
+NAT (published ports, masquerade) stays in nftables: with a ``nat_runner``
+(the daemon passes the nftables runner) this backend also writes the
+network's NAT-only nft table (``nat.render_nat``) in the same calls, so the
+reconciler treats both datapaths alike; docs/ebpf.md says what it holds.
 """
 from __future__ import annotations
 
@@ -99,8 +101,9 @@ class EbpfBackend:
     name = "ebpf"
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
-                 sizes: Optional[dict] = None):
+                 sizes: Optional[dict] = None, nat_runner=None):
         self.root = pin_root
+        self.nat = nat_runner      # applies nft scripts (NftRunner); None: no NAT table (tests)
         self.obj_path = obj_path
         self.sizes = dict(SIZES, **(sizes or {}))
         self._nets: dict = {}
@@ -289,6 +292,16 @@ class EbpfBackend:
                 self._bump(st)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+            self._apply_nat(st)
+
+    def _apply_nat(self, st: _Net) -> None:
+        """(Re)write the network's NAT-only nft table from its ports' published mappings."""
+        if self.nat is None:
+            return
+        from .nat import render_nat   # noqa: PLC0415
+        spec = st.spec
+        self.nat.apply(render_nat(spec.id, spec.bridge, spec.subnets, spec.internal,
+                                  [port for port, _ifx in st.ports.values()]))
 
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
         """Endpoint changes ``(old, new)``; each new port's link must exist (BackendError
@@ -305,6 +318,8 @@ class EbpfBackend:
                 self._bump(st)
             except libbpf.LibbpfError as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+            if any(_published(old) != _published(new) for old, new in changes):
+                self._apply_nat(st)
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
         """Apply ``delta`` (to the policy last applied here) in one flip; a mode
@@ -339,6 +354,9 @@ class EbpfBackend:
                 self._detach_all(st)
                 st.handle.close()
             pins.remove_pins(self.root, network_id)
+            if self.nat is not None:
+                from .nat import render_delete   # noqa: PLC0415
+                self.nat.apply(render_delete(network_id))
             if not pins.pinned_networks(self.root) and pins.remove_events(self.root):
                 if self._reader is not None:
                     self._reader.reopen()    # the next network makes a new buffer
@@ -380,7 +398,9 @@ class EbpfBackend:
                 if raw is not None and target is not None:
                     allowed[target] = _add(allowed.get(target), maps.sum_percpu(raw, cpus))
             dropped, reasons = self._drops(st, cpus, audit=False)
-            return Counters(allowed=allowed, dropped=dropped, reasons=reasons)
+            would, would_reasons = self._drops(st, cpus, audit=True)
+            return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=would,
+                            would_drop_reasons=would_reasons)
 
     def would_drop(self, net: NetworkSpec) -> Counters:
         """What audit mode let through that enforce mode would have dropped, in the
@@ -440,6 +460,10 @@ def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]
     if not os.path.exists(btf):
         return f"the kernel has no BTF ({btf} is missing)"
     return None
+
+
+def _published(port: Optional[Port]) -> tuple:
+    return port.published if port is not None and port.active else ()
 
 
 def _add(a: Optional[tuple], b: tuple) -> tuple:

@@ -17,25 +17,25 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from segmentation.backends import nft_northsouth as ns
-from segmentation.backends.nft_runner import PASSED_MARK, TABLE_PREFIX
+from plugin.enforce.nftables import northsouth as ns
+from plugin.enforce.nftables.elements import ports_elements
+from plugin.enforce.nftables.ruleset import element_text
+from plugin.enforce.nftables.runner import PASSED_MARK, TABLE_PREFIX
 
 
 def table_name(network_id: str) -> str:
     return TABLE_PREFIX + network_id[:12]
 
 
-def _pub_maps(table: str, ports: Iterable) -> list:
-    elems = {4: [], 6: []}
-    for port in ports:
-        if port.active:
-            for _fam, target, elem in ns.published_elements(table, port):
-                elems[6 if target.endswith("6") else 4].append(elem)
+def _pub_elements(table: str, ports: Iterable) -> list:
+    """``add element`` lines of the published-port maps (the nftables backend's encoding)."""
+    elements = ports_elements(ports)
     lines = []
-    for fam, typ in ((4, "ipv4_addr"), (6, "ipv6_addr")):
-        body = f" elements = {{ {', '.join(sorted(elems[fam]))} }};" if elems[fam] else ""
-        lines.append(f"  map pub{fam} {{ type {typ} . inet_proto . inet_service : {typ} . inet_service;"
-                     f" flags interval;{body} }}")
+    for name in ("pub4", "pub6"):
+        items = elements.get(name) or {}
+        if items:
+            body = ", ".join(element_text(name, e, v) for e, v in sorted(items.items()))
+            lines.append(f"add element inet {table} {name} {{ {body} }}")
     return lines
 
 
@@ -47,7 +47,7 @@ def render_nat(network_id: str, bridge: str, subnets: Iterable[str], internal: b
     """
     t = table_name(network_id)
     lines = [f"table inet {t} {{ }}", f"delete table inet {t}", f"table inet {t} {{"]
-    lines += _pub_maps(t, ports)
+    lines += ns.pub_maps()
     lines += ns.nat_chains(bridge, subnets, internal)
     lines += [
         "  chain forward {",
@@ -56,6 +56,7 @@ def render_nat(network_id: str, bridge: str, subnets: Iterable[str], internal: b
         "  }",
         "}",
     ]
+    lines += _pub_elements(t, ports)
     return "\n".join(lines) + "\n"
 
 
