@@ -17,13 +17,16 @@ import helpers as h
 
 
 #: every datapath the e2e behaviour tests run on (`secnet.backend`)
-BACKENDS = ("nftables",)
+BACKENDS = ("nftables", "ebpf")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request) -> str:
-    """The `secnet.backend` of the test's networks: each behaviour test runs on every backend."""
-    return request.param
+    """The `secnet.backend` of the test's networks: a module with
+    ``pytestmark = pytest.mark.usefixtures("backend")`` runs each test on every backend."""
+    h.DEFAULT_BACKEND = request.param
+    yield request.param
+    h.DEFAULT_BACKEND = None
 
 
 def pytest_collection_modifyitems(items):

@@ -142,7 +142,15 @@ class Container:
         return owned[0] if owned else None
 
 
+#: the `secnet.backend` of networks a test creates without naming one (the `backend`
+#: fixture of tests/e2e/conftest.py sets it for the behaviour tests)
+DEFAULT_BACKEND = None
+
+
 def network_create_args(name, subnet, subnet6=None, opts=None, driver="secnet", internal=False) -> list:
+    opts = dict(opts or {})
+    if driver.startswith("secnet") and DEFAULT_BACKEND and "secnet.backend" not in opts:
+        opts["secnet.backend"] = DEFAULT_BACKEND
     args = ["network", "create", "-d", driver, "--subnet", subnet]
     if subnet6:
         args += ["--ipv6", "--subnet", subnet6]

@@ -20,6 +20,8 @@ import ns_helpers as n
 import seg_helpers as s
 from ns_helpers import outside, servers  # noqa: F401  (fixtures)
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
+
 CPORT = 8080                       # the containers' TCP service
 CUDP = 5353                        # ... and their UDP one
 RANGE = (8100, 8101, 8102)         # container ports of a published range

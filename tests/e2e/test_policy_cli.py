@@ -3,12 +3,16 @@ packets: live edits are in force when the command returns, bad rules change
 nothing, and the policy survives a kill -9 of the daemon."""
 from __future__ import annotations
 
+import pytest
+
 import json
 import re
 
 import helpers as h
 import seg_helpers as s
 from seg_helpers import nsprocs  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 
 FAMILIES = (4, 6)
 

@@ -12,6 +12,8 @@ import helpers as h
 import seg_helpers as s
 from seg_helpers import nsprocs  # noqa: F401  (fixture)
 
+pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
+
 FAMILIES = (4, 6)
 
 

@@ -3,6 +3,8 @@ traffic, `explain` agrees with real packets, `verify` catches a kernel that
 was tampered with, and a flood leaves the daemon responsive and its log bounded."""
 from __future__ import annotations
 
+import pytest
+
 import socket
 import statistics
 import subprocess
@@ -14,6 +16,8 @@ import helpers as h
 import seg_helpers as s
 import vis_helpers as v
 from seg_helpers import nsprocs  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 
 WEB, API, DB = ({"secnet.segment": x} for x in ("web", "api", "db"))
 
