@@ -407,6 +407,6 @@ def _deliver(packet: Packet, received: float, callback) -> None:
         except OSError:
             ifname = None
     callback(DropEvent(network=network, reason=reason, family=flow.family,
-                       proto=_PROTO_NUMBERS.get(flow.proto, 0), src=flow.src or "",
+                       proto=_PROTO_NUMBERS.get(flow.proto, flow.proto or 0), src=flow.src or "",
                        dst=flow.dst or "", port=flow.dport, ifname=ifname, audit=audit,
                        time=packet.timestamp or received))
