@@ -151,6 +151,7 @@ class Lab:
         self.options = parse_network_options({})
         self.policy = None
         self.members: dict = {}   # container -> Port
+        self.extra: list = []     # Ports apply() got as they are (pending, quarantined)
         self.table = "secnet_" + NET_ID[:12]
 
     def setup_host(self) -> None:
@@ -319,6 +320,9 @@ class Lab:
     def move(self, c: Container, segment=None, quarantine=None) -> None:
         """Change one member (join, leave with segment=None and c gone, quarantine)."""
         old, repairs = self.members.get(c), self._repairs()
+        if old is None and any(p.name == c.veth for p in self.extra):   # one of apply's extra ports
+            old = next(p for p in self.extra if p.name == c.veth)
+            self.extra.remove(old)
         new = self.port(c, segment, quarantine, published=old.published if old else ())
         self.members[c] = new
         self.backend.apply_ports(self.net, [(old, new)])
