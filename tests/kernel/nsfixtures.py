@@ -35,7 +35,9 @@ netlink tests' conftest; the test modules import the fixtures.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -339,6 +341,13 @@ class Lab:
     def drift(self) -> list:
         return self.backend.drift(self.net, self.policy, self.ports())
 
+    def drop_events(self) -> queue.Queue:
+        """The backend's DropEvents from now on, as a queue (see :func:`drain`)."""
+        events: queue.Queue = queue.Queue()
+        self.backend.watch_drops(events.put)
+        time.sleep(0.3)     # the reader binds its NFLOG group / opens its ring buffer
+        return events
+
     def repair(self) -> None:
         """What the reconciler does on drift: apply the whole network again."""
         self.backend.apply_network(self.net, self.policy, self.ports())
@@ -350,6 +359,17 @@ class Lab:
         """Packets the backend counted as dropped (or, ``audit``, let pass) for ``reason``."""
         got = self.counters()
         return (got.would_drop_reasons if audit else got.reasons).get(reason, (0, 0))[0]
+
+
+def drain(q: queue.Queue, wait: float) -> list:
+    """What arrives on ``q`` within ``wait`` seconds."""
+    out, deadline = [], time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            out.append(q.get(timeout=left))
+        except queue.Empty:
+            break
+    return out
 
 
 def _options(rules, intra: str, options: dict, internal: bool = False):

@@ -181,12 +181,47 @@ def probe_icmp(src, dst: str, timeout: float = PROBE_TIMEOUT) -> str:
 
 
 def probe(src, dst, family: int, proto: str, port=None) -> str:
-    addr = dst.ip(family)
+    return probe_addr(src, dst.ip(family), proto, port)
+
+
+#: a few services of every kind, both families: (proto, port, family)
+FEW = [(proto, port, fam) for proto, port in (("tcp", 8080), ("udp", 53), ("icmp", None))
+       for fam in (4, 6)]
+
+
+def probe_addr(src, addr: str, proto: str, port=None) -> str:
+    """'ok' when ``proto`` (tcp, udp or icmp) to ``addr``:``port`` gets its echo."""
     if proto == "tcp":
         return probe_tcp(src, addr, port)
     if proto == "udp":
         return probe_udp(src, addr, port)
     return probe_icmp(src, addr)
+
+
+def outcomes(pairs, services) -> dict:
+    """(src, dst, proto, port, family) -> probe outcome, probed in parallel, for every
+    (src, dst) of ``pairs`` and (proto, port, family) of ``services``."""
+    cells = [(s, d, proto, port, fam) for s, d in pairs for proto, port, fam in services]
+    found = parallel(lambda s, d, proto, port, fam: probe_addr(s, d.ip(fam), proto, port), cells)
+    # the host's own packets dropped in its output hook fail the send instead of timing out
+    return {cell: "timeout" if out == "error:Operation not permitted" else out
+            for cell, out in zip(cells, found)}
+
+
+def show(cell) -> str:
+    s, d, proto, port, fam = cell
+    return f"c{s.index}->c{d.index} {proto}/{port or '-'} v{fam}"
+
+
+def assert_all(got: dict, want: str) -> None:
+    bad = [f"{show(cell)}: {outcome}" for cell, outcome in got.items() if outcome != want]
+    assert not bad, f"{len(bad)} of {len(got)} probes not '{want}':\n" + "\n".join(bad)
+
+
+def judge(got: dict, expect) -> list:
+    """Cells whose outcome differs from ``expect(cell)`` ('ok' or 'timeout')."""
+    return [f"{show(cell)}: expected {want}, observed {outcome}"
+            for cell, outcome in got.items() if outcome != (want := expect(cell))]
 
 
 def open_stream(src, dst_ip: str, port: int) -> socket.socket:

@@ -12,9 +12,8 @@ import pytest
 
 from nsfixtures import BRIDGE, BRIDGE_MAC, GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, Container
 from nsfixtures import lab  # noqa: F401 (fixture)
-from packets import Sniffer, parallel, probe_tcp, send_frame, udp4_frame
+from packets import Sniffer, judge, outcomes, parallel, probe_addr, probe_tcp, send_frame, udp4_frame
 from segmentation.reference import reference_allowed
-from test_datapath import judge, outcomes, probe_addr
 
 pytestmark = pytest.mark.kernel
 

@@ -4,13 +4,12 @@ rate limit on both; and plugin.probes' real packets. Every test runs on each
 backend of the lab."""
 from __future__ import annotations
 
-import queue
 import socket
 import time
 
 import pytest
 
-from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
+from nsfixtures import NET_ID, drain, lab  # noqa: F401  (lab is a fixture)
 from packets import ns_socket, send_frame, udp4_frame
 from plugin.observe import probes
 
@@ -20,20 +19,7 @@ pytestmark = pytest.mark.kernel
 @pytest.fixture
 def events(lab):
     """DropEvents of the lab's backend, as a queue."""
-    got: queue.Queue = queue.Queue()
-    lab.backend.watch_drops(got.put)
-    time.sleep(0.3)     # the reader binds its group / opens its buffer
-    return got
-
-
-def drain(q: queue.Queue, wait: float) -> list:
-    out, deadline = [], time.monotonic() + wait
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            out.append(q.get(timeout=left))
-        except queue.Empty:
-            break
-    return out
+    return lab.drop_events()
 
 
 def send_udp(box, dst: str, port: int, count: int = 1, family=socket.AF_INET) -> None:

@@ -13,13 +13,12 @@ import pytest
 
 from nsfixtures import BRIDGE, NET_ID, lab, make_ebpf, only  # noqa: F401  (lab is a fixture)
 from nsfixtures import InNamespace
-from packets import echoes, open_stream, parallel, probe, probe_tcp
+from packets import FEW, assert_all, echoes, open_stream, outcomes, parallel, probe
 from plugin.enforce.backend import BackendUnavailable, NetworkSpec
 from segmentation.identities import MemoryAllocator
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
-from test_datapath import FEW, assert_all, outcomes
 
 pytestmark = pytest.mark.kernel
 ebpf = only("ebpf")

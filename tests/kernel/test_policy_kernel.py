@@ -9,40 +9,19 @@ test_nftables.py and test_ebpf.py.
 """
 from __future__ import annotations
 
-import queue
-import time
-
 import pytest
 
-from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
-from packets import (Sniffer, echoes, mac_bytes, open_stream, parallel, probe_tcp, probe_udp, send_frame,
-                     udp4_frame)
+from nsfixtures import NET_ID, drain, lab  # noqa: F401  (lab is a fixture)
+from packets import (FEW, Sniffer, assert_all, echoes, open_stream, outcomes, parallel, probe_tcp, probe_udp,
+                     send_frame, udp4_frame)
 from segmentation.policymap import PolicyEntry
 from tamper import HOLE_PORT, delete_policy_entry, open_hole
-from test_datapath import FEW, assert_all, outcomes
 
 pytestmark = pytest.mark.kernel
 
 
 def ids(lab) -> dict:
     return lab.allocator.identities(NET_ID)
-
-
-def drain(q: queue.Queue, wait: float) -> list:
-    out, deadline = [], time.monotonic() + wait
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            out.append(q.get(timeout=left))
-        except queue.Empty:
-            break
-    return out
-
-
-def watch(lab) -> queue.Queue:
-    events: queue.Queue = queue.Queue()
-    lab.backend.watch_drops(events.put)
-    time.sleep(0.3)   # the reader binds its group / opens its buffer
-    return events
 
 
 # --- live edits -------------------------------------------------------------------------
@@ -146,7 +125,7 @@ def test_overlapping_ranges_are_counted_per_rule(lab, request):
 
 def test_audit_mode_lets_policy_drops_pass_and_reports_them(lab):
     web, api, bad = lab.add(3)
-    events = watch(lab)
+    events = lab.drop_events()
     lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny", mode="audit")
     lab.move(bad, None, quarantine="empty label")
     assert parallel(probe_tcp, [(web, api.ip4, 5432), (api, web.ip4, 8080), (bad, api.ip4, 8080)]) \
@@ -176,7 +155,7 @@ def test_audit_mode_lets_policy_drops_pass_and_reports_them(lab):
 
 def test_audit_mode_lets_pending_talk_and_reports_it(lab):
     mon, pend = lab.add(2)
-    events = watch(lab)
+    events = lab.drop_events()
     lab.apply("monitor->*", {mon: "monitor"}, extra_ports=[lab.port(pend)], mode="audit")
     assert_all(outcomes([(mon, pend), (pend, mon)], FEW), "ok")
     assert ("pending", True) in {(e.reason, e.audit) for e in drain(events, 1.0)}
