@@ -31,8 +31,8 @@ ALL = [(proto, port, fam) for proto, port in SERVICES for fam in (4, 6)]
 
 # --- 1. the east-west truth table ----------------------------------------------------
 
-def test_lab_passes_everything_without_tables(lab):
-    """The oracle's control: with no secnet tables, every probe of the table gets through."""
+def test_lab_passes_everything_before_a_network_is_applied(lab):
+    """The oracle's control: with no tables or programs yet, every probe gets through."""
     cs = lab.add(3)
     assert_all(outcomes([(s, d) for s in cs for d in cs if s is not d], ALL), "ok")
 

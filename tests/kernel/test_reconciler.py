@@ -82,8 +82,8 @@ DELETIONS = {   # name -> (family, set, element(web, api), the family whose prob
 }
 
 
-@only("nftables")
 @pytest.mark.parametrize("which", sorted(DELETIONS))
+@only("nftables")
 def test_a_deleted_element_is_seen_and_restored(world, which):
     lab, state, rec, net, web, api = world
     family, set_name, element, fam = DELETIONS[which]
