@@ -12,7 +12,7 @@ import time
 import pytest
 
 from nsfixtures import NET_ID, InNamespace, lab, only  # noqa: F401  (lab is a fixture)
-from packets import probe_tcp
+from packets import echoes, open_stream, probe_tcp
 from plugin.enforce.nftables import NftBackend, nflog
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 from plugin.kernel import netns
@@ -84,6 +84,26 @@ def test_a_join_that_brings_a_new_segment_is_one_transaction(lab):
     assert sum("new generation" in line for line in lines) == 1, lines
     assert [probe_tcp(web, db.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
     assert lab.drift() == []
+
+
+def test_an_edit_alone_leaves_established_flows_to_the_reconciler(lab):
+    """The division of labour: the tables judge new flows only; ending the
+    established ones a change denies is conntrack pruning's job (the lab does it
+    in ``end_denied_flows``, as the reconciler does)."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    kept, cut = open_stream(web, api.ip4, 8080), open_stream(web, api.ip4, 8080)
+    try:
+        new = lab.compile(parse_network_options({"secnet.allow": "web->api:tcp/5432"}), {})
+        lab.backend.apply_policy(lab.net, lab.policy.delta(new))
+        lab.policy = new
+        assert probe_tcp(web, api.ip4, 8080) == "timeout"      # new flows: judged at once
+        assert echoes(kept)                                    # the established one goes on
+        lab.end_denied_flows()
+        assert not echoes(cut)
+    finally:
+        kept.close()
+        cut.close()
 
 
 def test_overlapping_ranges_are_cut_into_set_pieces(lab):
