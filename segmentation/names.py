@@ -14,6 +14,7 @@ become a segment that no container is in.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -30,8 +31,13 @@ SEGMENT_SYNTAX = (
 )
 
 
+_ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")
+
+
 def _is_address(text: str) -> bool:
     """True when ``text`` parses as an IP address or network."""
+    if not _ADDRESS_CHARS.fullmatch(text):   # a letter beyond a-f: no address (fast path)
+        return False
     try:
         ipaddress.ip_network(text, strict=False)
     except ValueError:
@@ -43,6 +49,12 @@ def segment_name_problem(text: object) -> str | None:
     """Why ``text`` is not a valid segment name, or ``None`` if it is."""
     if not isinstance(text, str):
         return f"a segment name must be a string, not {type(text).__name__}"
+    return _name_problem(text)
+
+
+@functools.lru_cache(maxsize=8192)
+def _name_problem(text: str) -> str | None:
+    """segment_name_problem of a string; names repeat across rules, so the answer is kept."""
     if text == "":
         return "a segment name must not be empty"
     if not SEGMENT_RE.fullmatch(text):

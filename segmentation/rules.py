@@ -30,6 +30,7 @@ ENDPOINT_KINDS = ("segment", "all", "cidr")
 _ARROW_SPACES = re.compile(r"\s*->\s*")
 _SEPARATORS = re.compile(r"[,;\s]+")
 _DIGITS = re.compile(r"[0-9]+")
+_ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")
 _CIDR_TO_CIDR = "both sides are CIDRs: one side must be a segment or '*'"
 
 
@@ -163,7 +164,7 @@ def parse_rule(text: str) -> Rule:
     rule_text = _ARROW_SPACES.sub("->", text.strip())
     if not rule_text:
         raise RuleError(text, "empty rule")
-    if any(c.isspace() for c in rule_text):
+    if len(rule_text.split()) != 1:
         raise RuleError(text, "unexpected whitespace inside the rule")
     arrows = rule_text.count("->")
     if arrows == 0:
@@ -206,6 +207,8 @@ def _bracket_hint(text: str) -> str:
 
 def _parse_network(text: str):
     """``text`` as a network (bare address = host network), or None."""
+    if not _ADDRESS_CHARS.fullmatch(text):   # a letter beyond a-f: a name (fast path)
+        return None
     try:
         return ipaddress.ip_network(text, strict=False)
     except ValueError:

@@ -34,6 +34,9 @@ class NullReconciler:
     def check_backend(self, name):
         pass
 
+    def link_first(self, net):
+        return False
+
     def network_added(self, net, endpoints=()):
         pass
 
@@ -131,10 +134,11 @@ class Driver:
         log.info("network %s created (bridge %s)", rec.id[:12], rec.bridge)
         return {}
 
-    def _realize_network(self, rec: NetworkRecord, endpoints=()) -> None:
+    def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True) -> None:
         self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
         self.firewall.ensure(rec.bridge, rec.id)
-        self.reconciler.network_added(rec, endpoints)
+        if policy:
+            self.reconciler.network_added(rec, endpoints)
 
     def _unrealize_network(self, rec: NetworkRecord) -> None:
         for step in (lambda: self.reconciler.network_removed(rec),
@@ -201,9 +205,15 @@ class Driver:
             if old is not None:
                 rec = old  # a retry: repair and answer the same
             try:
-                # Policy first: the addresses are dropped before the veth exists.
-                self.reconciler.endpoint_changed(net, rec)
+                # Fail closed: nftables drops the addresses before the veth exists; eBPF
+                # attaches to the veth, created with its container side down and sandbox-less
+                # (Docker moves it into the sandbox and brings it up at Join).
+                link_first = self.reconciler.link_first(net)
+                if not link_first:
+                    self.reconciler.endpoint_changed(net, rec)
                 self.links.ensure_veth(rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
+                if link_first:
+                    self.reconciler.endpoint_changed(net, rec)
                 self.state.put_endpoint(rec)
             except nl.LinkConflict as exc:
                 raise Conflict(str(exc)) from None
@@ -344,8 +354,8 @@ class Driver:
             for net in self.state.networks():
                 eps = self.state.endpoints(net.id)
                 owners.add(net.id)
-                try:
-                    self._realize_network(net, eps)
+                try:  # links only: the reconciler's first pass writes every network's policy
+                    self._realize_network(net, eps, policy=False)
                     counts["networks"] += 1
                 except Exception:
                     log.exception("restore of network %s failed", net.id[:12])

@@ -128,6 +128,8 @@ class Backend(Protocol):
     """A datapath. Every write is atomic (one transaction) and idempotent."""
 
     name: str
+    #: True when a port's link must exist before it is applied (the backend attaches to it)
+    attaches_to_links: bool = False
 
     def check_host(self) -> None:
         """Raise BackendUnavailable (one line, naming what is missing) if this

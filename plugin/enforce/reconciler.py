@@ -104,6 +104,11 @@ class Reconciler:
         """The backend of ``net`` (KeyError names it if this daemon has none)."""
         return self.backends[net.options.backend]
 
+    def link_first(self, net) -> bool:
+        """Must an endpoint's link exist before the backend is told of it? (eBPF attaches
+        programs to it; nftables only needs its name.)"""
+        return getattr(self.backend(net), "attaches_to_links", False)
+
     def check_backend(self, name: str) -> None:
         """Raise BackendUnavailable (one line naming ``secnet.backend``) unless backend
         ``name`` can run on this host."""

@@ -99,6 +99,7 @@ class EbpfBackend:
     """tc programs and pinned BPF maps per network (see the module docstring)."""
 
     name = "ebpf"
+    attaches_to_links = True    # a port's veth must exist before apply_ports (see Reconciler.link_first)
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
                  sizes: Optional[dict] = None, nat_runner=None):
