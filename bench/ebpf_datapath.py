@@ -75,8 +75,8 @@ def enforce(host, octet, pin_root, extra_rules=0):
     """Apply an allowing policy with the eBPF backend inside namespace ``host``
     (plus ``extra_rules`` rules between 100 other segments)."""
     code = f"""
-import ctypes, os
-fd = os.open('/run/netns/{host}', os.O_RDONLY); ctypes.CDLL(None).setns(fd, 0x40000000)
+from plugin.kernel.netns import enter
+enter('/run/netns/{host}')
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.enforce.ebpf.backend import EbpfBackend
 from segmentation.options import NetworkOptions

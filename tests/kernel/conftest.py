@@ -3,7 +3,8 @@
 Each test gets a fresh namespace ``secnet-test-<uuid>`` (deleted in the
 finalizer, also when the test fails) and a ``plugin.kernel.links.Netlink`` that
 lives in it: the object is built and called on one worker thread that has
-entered the namespace with setns(2). A network namespace is per thread, so
+entered the namespace with setns(2) (``nsfixtures.InNamespace``, the
+lab's helper). A network namespace is per thread, so
 everything that thread does -- its rtnetlink socket, writes under
 /proc/sys/net, programs it starts -- happens in the test's namespace and
 never on the host. What the code did is read back with the ``ip`` command,
@@ -15,13 +16,11 @@ import json
 import os
 import subprocess
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from plugin.kernel import netns as kernel_netns
+from nsfixtures import InNamespace
 from plugin.kernel.links import Netlink
-
 
 
 def pytest_collection_modifyitems(items):
@@ -82,36 +81,10 @@ def other_netns():
         _ip("netns", "del", name, check=False)
 
 
-def _enter_netns(name: str) -> None:
-    kernel_netns.enter(f"/var/run/netns/{name}")
-
-
-class InNetns:
-    """Builds ``factory()`` on a thread inside namespace ``name`` and runs every
-    method call of the object on that thread."""
-
-    def __init__(self, name: str, factory):
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=_enter_netns,
-                                        initargs=(name,))
-        self._obj = self._pool.submit(factory).result()
-
-    def __getattr__(self, attr):
-        value = getattr(self._obj, attr)
-        if not callable(value):
-            return value
-        return lambda *args, **kw: self._pool.submit(value, *args, **kw).result()
-
-    def shutdown(self) -> None:
-        try:
-            self._pool.submit(self._obj.close).result()
-        finally:
-            self._pool.shutdown(wait=True)
-
-
 @pytest.fixture
 def nl(netns):
     """A plugin.kernel.links.Netlink working inside ``netns``."""
-    obj = InNetns(netns.name, Netlink)
+    obj = InNamespace(netns.name, Netlink)
     try:
         yield obj
     finally:

@@ -1,4 +1,4 @@
-"""Throwaway network namespaces for the kernel tier, and real-packet probes.
+"""Throwaway network namespaces for the kernel tier, and the one lab every datapath runs in.
 
 ``lab`` builds a "host" namespace ``sn-k-<uuid6>`` holding a Linux bridge
 with br_netfilter on (gateway 10.236.0.1/24, fd00:236::1/64, forwarding
@@ -6,37 +6,48 @@ on), an "outside" namespace routed through the host (10.237.0.2,
 fd00:237::2: another host on the LAN), and ``lab.add(n)`` plugs n
 "container" namespaces into the bridge with a veth each (host side on the
 bridge, container side ``eth0`` with 10.236.0.x/24, fd00:236::x/64, a known
-MAC and a default route through the gateway). Every namespace, socket and
-table goes away in the finalizer, also when the test fails: the tables live
-inside the host namespace, so deleting it deletes them.
+MAC and a default route through the gateway).
 
 The datapath under test is a backend object (``plugin.enforce.backend``)
 built and called on a thread inside the host namespace; the ``lab``
-fixture is parametrized over :data:`BACKENDS`, so that every backend runs
-the same tests. The lab drives it only through the Backend interface, with
-a PolicyMap compiled from real options (``lab.apply``, ``lab.update``).
+fixture is parametrized over :data:`BACKENDS` (``[nftables]``, ``[ebpf]``),
+so that every behaviour test runs on each. The lab drives it only through
+the Backend interface, with a PolicyMap compiled from real options
+(``lab.apply``, ``lab.update``, ``lab.move``), and reads it back in neutral
+terms (``lab.counters``, ``lab.dropped``, ``lab.drift``). A test that only
+one backend has says so with ``@only("nftables")`` / ``@only("ebpf")``.
 
-Packets (probes, echo servers, raw frames) are in ``packets``.
+Flow cutting is the *system's* behaviour on both: the nftables backend
+leaves established flows to the reconciler, which prunes their conntrack
+entries (plugin.kernel.conntrack.prune_ports) after a policy or membership
+change; the lab does the same, inside its host namespace. The eBPF backend
+cuts them itself (generations); the lab does not help it.
 
-Kept in a module of its own (not conftest.py) so that it cannot collide with
-the netlink tests' conftest; the test modules import the fixtures.
+Cleanup, also when the test fails: the network is removed through the
+backend, the namespaces are deleted (with them the tables, veths and tc
+filters), and the eBPF pins under /sys/fs/bpf/secnet-test-* are removed
+(bpffs is not per namespace) -- the finalizer asserts that nothing is left.
+
+Packets (probes, echo servers, raw frames) are in ``packets``. Kept in a
+module of its own (not conftest.py) so that it cannot collide with the
+netlink tests' conftest; the test modules import the fixtures.
 """
 from __future__ import annotations
 
-import json
+import os
+import queue
+import shutil
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pytest
 
-from packets import (  # noqa: F401  (re-exported: the tests import the lab's tools from here)
-    Responder, Sniffer, arp_frame, icmp6_frame, link_local, mac_bytes, na_frame, netns, ns_frame,
-    ns_socket, parallel, probe, probe_icmp, probe_tcp, probe_udp, send_frame, sh,
-)
-from plugin.kernel import netns as plugin_netns
+from packets import Responder, sh
 from plugin.enforce.backend import NetworkSpec, Port
-from plugin.enforce.nftables import NftBackend
+from plugin.kernel import conntrack
+from plugin.kernel import netns as plugin_netns
 from segmentation.identities import PENDING, QUARANTINED, MemoryAllocator
 from segmentation.options import parse_network_options
 from segmentation.policymap import compile_policy_map
@@ -49,8 +60,28 @@ SUBNETS = ("10.236.0.0/24", "fd00:236::/64")
 UPLINK = "snup0"                      # host side of the link to the outside namespace
 HOST4, HOST6 = "10.237.0.1", "fd00:237::1"
 OUTSIDE4, OUTSIDE6 = "10.237.0.2", "fd00:237::2"
-#: backend name -> factory, called on a thread inside the lab's host namespace
-BACKENDS = {"nftables": NftBackend}
+PIN_PREFIX = "/sys/fs/bpf/secnet-test-"
+
+
+def make_nftables(pin_root: str):
+    from plugin.enforce.nftables import NftBackend   # noqa: PLC0415
+    return NftBackend()
+
+
+def make_ebpf(pin_root: str):
+    """As the daemon wires it (plugin.daemon.wiring), with the lab's own pin root."""
+    from plugin.enforce.ebpf.backend import EbpfBackend   # noqa: PLC0415
+    from plugin.enforce.nftables.runner import NftRunner   # noqa: PLC0415
+    return EbpfBackend(pin_root=pin_root, nat_runner=NftRunner())
+
+
+#: backend name -> factory(pin_root), called on a thread inside the lab's host namespace
+BACKENDS = {"nftables": make_nftables, "ebpf": make_ebpf}
+
+
+def only(*names: str):
+    """Mark a test that is about one backend's own mechanics, not a shared behaviour."""
+    return pytest.mark.parametrize("lab", names, indirect=True)
 
 
 # --- the lab -----------------------------------------------------------------
@@ -86,6 +117,14 @@ class InNamespace:
             return value
         return lambda *args, **kw: self._pool.submit(value, *args, **kw).result()
 
+    def call(self, fn, *args, **kw):
+        """``fn(*args)`` on the object's thread (inside the namespace)."""
+        return self._pool.submit(fn, *args, **kw).result()
+
+    @property
+    def obj(self):
+        return self._obj
+
     def shutdown(self) -> None:
         try:
             self._pool.submit(self._obj.close).result()
@@ -101,7 +140,9 @@ class Lab:
     """A host namespace with a bridge, an outside namespace, containers and a backend."""
 
     def __init__(self, backend_name: str):
-        self.host = f"sn-k-{uuid.uuid4().hex[:6]}"
+        tag = uuid.uuid4().hex
+        self.host = f"sn-k-{tag[:6]}"
+        self.pin_root = PIN_PREFIX + tag[:8]
         self.backend_name = backend_name
         self.containers: list = []
         self.namespaces: list = []
@@ -112,6 +153,7 @@ class Lab:
         self.options = parse_network_options({})
         self.policy = None
         self.members: dict = {}   # container -> Port
+        self.extra: list = []     # Ports apply() got as they are (pending, quarantined)
         self.table = "secnet_" + NET_ID[:12]
 
     def setup_host(self) -> None:
@@ -127,9 +169,10 @@ class Lab:
                         "net.bridge.bridge-nf-call-ip6tables").stdout.split()
         assert out == ["1", "1"], f"br_netfilter is not on in {self.host}: {out}"
         self.outside = self._add_outside()
-        self.responder.listen(self.outside)
         self.host_box = Container(ns=self.host, index=98, veth="", mac=BRIDGE_MAC, ip4=HOST4, ip6=HOST6)
-        self.backend = InNamespace(self.host, BACKENDS[self.backend_name])
+        for box in (self.outside, self.host_box):
+            self.responder.listen(box)
+        self.backend = InNamespace(self.host, lambda: BACKENDS[self.backend_name](self.pin_root))
 
     def _add_outside(self) -> Container:
         """Another host on the LAN, reaching the network through this host."""
@@ -196,15 +239,23 @@ class Lab:
         return out[2]
 
     def close(self) -> None:
+        """Remove everything the lab made; raise (after trying all) if something stays."""
+        errors = []
         self.responder.stop()
         if self.backend is not None:
+            try:
+                self.backend.remove_network(NET_ID)
+            except Exception as exc:   # noqa: BLE001 (reported below, cleanup goes on)
+                errors.append(f"remove_network: {exc}")
             self.backend.shutdown()
-        errors = []
         for name in reversed(self.namespaces):
             res = sh("ip", "netns", "del", name, check=False)
             if res.returncode != 0:
                 errors.append(f"{name}: {res.stderr.strip()}")
-        assert not errors, "namespace cleanup failed: " + "; ".join(errors)
+        shutil.rmtree(self.pin_root, ignore_errors=True)
+        if os.path.exists(self.pin_root):
+            errors.append(f"{self.pin_root} is still there")
+        assert not errors, "lab cleanup failed: " + "; ".join(errors)
 
     # --- the datapath, through the Backend interface --------------------------
     def port(self, c: Container, segment=None, quarantine=None, published=()) -> Port:
@@ -242,11 +293,19 @@ class Lab:
     def ports(self) -> list:
         return list(self.members.values()) + self.extra
 
+    @property
+    def cuts_flows(self) -> bool:
+        """Does the backend itself end established flows a change denies?"""
+        return self.backend_name == "ebpf"
+
+    def _repairs(self) -> int:
+        return getattr(self.backend.obj, "repairs", 0)
+
     def update(self, rules: str | None = None, intra: str | None = None, mode: str | None = None,
                repair_ok: bool = False, **options):
         """Change the policy (or mode) live: one apply_policy with the delta (which must
-        not have needed a rebuild, unless ``repair_ok``)."""
-        repairs = self.backend.repairs
+        not have needed a rebuild, unless ``repair_ok``), then end the flows it denies."""
+        repairs = self._repairs()
         rules = self.options.rules if rules is None else rules
         old = self.options
         merged = {"egress": old.egress, **options}
@@ -257,28 +316,60 @@ class Lab:
                                    internal=self.net.internal, mode=mode)
         self.backend.apply_policy(self.net, self.policy.delta(new))
         self.policy = new
-        assert repair_ok or self.backend.repairs == repairs, "the delta was refused: rebuilt"
+        assert repair_ok or self._repairs() == repairs, "the delta was refused: rebuilt"
+        self.end_denied_flows()
 
     def move(self, c: Container, segment=None, quarantine=None) -> None:
         """Change one member (join, leave with segment=None and c gone, quarantine)."""
-        old, repairs = self.members.get(c), self.backend.repairs
-        new = self.port(c, segment, quarantine)
+        old, repairs = self.members.get(c), self._repairs()
+        if old is None and any(p.name == c.veth for p in self.extra):   # one of apply's extra ports
+            old = next(p for p in self.extra if p.name == c.veth)
+            self.extra.remove(old)
+        new = self.port(c, segment, quarantine, published=old.published if old else ())
         self.members[c] = new
         self.backend.apply_ports(self.net, [(old, new)])
-        assert self.backend.repairs == repairs, "the delta was refused: rebuilt"
+        assert self._repairs() == repairs, "the delta was refused: rebuilt"
+        if old is not None:
+            self.end_denied_flows()
+
+    def end_denied_flows(self) -> None:
+        """What the reconciler does after a change (never in audit mode), for a backend
+        that does not cut flows itself: prune conntrack inside the host namespace."""
+        if not self.cuts_flows and self.net.mode != "audit":
+            self.backend.call(conntrack.prune_ports, self.policy, self.ports())
 
     def drift(self) -> list:
         return self.backend.drift(self.net, self.policy, self.ports())
 
-    def counter(self, family: str, comment: str) -> int:
-        """Packets counted by the rules of our ``family`` table commented ``comment``."""
-        data = json.loads(self.nft("-j", "list", "table", family, self.table).stdout)
-        total = 0
-        for obj in data.get("nftables", []):
-            rule = obj.get("rule")
-            if rule and rule.get("comment") == comment:
-                total += sum(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
-        return total
+    def drop_events(self) -> queue.Queue:
+        """The backend's DropEvents from now on, as a queue (see :func:`drain`)."""
+        events: queue.Queue = queue.Queue()
+        self.backend.watch_drops(events.put)
+        time.sleep(0.3)     # the reader binds its NFLOG group / opens its ring buffer
+        return events
+
+    def repair(self) -> None:
+        """What the reconciler does on drift: apply the whole network again."""
+        self.backend.apply_network(self.net, self.policy, self.ports())
+
+    def counters(self):
+        return self.backend.counters(self.net)
+
+    def dropped(self, reason: str, audit: bool = False) -> int:
+        """Packets the backend counted as dropped (or, ``audit``, let pass) for ``reason``."""
+        got = self.counters()
+        return (got.would_drop_reasons if audit else got.reasons).get(reason, (0, 0))[0]
+
+
+def drain(q: queue.Queue, wait: float) -> list:
+    """What arrives on ``q`` within ``wait`` seconds."""
+    out, deadline = [], time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            out.append(q.get(timeout=left))
+        except queue.Empty:
+            break
+    return out
 
 
 def _options(rules, intra: str, options: dict, internal: bool = False):

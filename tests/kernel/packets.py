@@ -2,7 +2,7 @@
 probes and raw frames.
 
 Probes are plain sockets created inside a container namespace: the calling
-thread enters the namespace (``plugin.netns.enter``), makes the socket and
+thread enters the namespace (``plugin.kernel.netns.enter``), makes the socket and
 goes back (a socket stays in the namespace it was made in), so hundreds of
 probes run in parallel without a process each. Every probe gives up after
 PROBE_TIMEOUT seconds.
@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from plugin.kernel import netns as plugin_netns
+from plugin.kernel.icmp import checksum
 
 PROBE_TIMEOUT = 1.0
 TCP_PORTS = (8080, 5432, 9999)
@@ -180,12 +181,64 @@ def probe_icmp(src, dst: str, timeout: float = PROBE_TIMEOUT) -> str:
 
 
 def probe(src, dst, family: int, proto: str, port=None) -> str:
-    addr = dst.ip(family)
+    return probe_addr(src, dst.ip(family), proto, port)
+
+
+#: a few services of every kind, both families: (proto, port, family)
+FEW = [(proto, port, fam) for proto, port in (("tcp", 8080), ("udp", 53), ("icmp", None))
+       for fam in (4, 6)]
+
+
+def probe_addr(src, addr: str, proto: str, port=None) -> str:
+    """'ok' when ``proto`` (tcp, udp or icmp) to ``addr``:``port`` gets its echo."""
     if proto == "tcp":
         return probe_tcp(src, addr, port)
     if proto == "udp":
         return probe_udp(src, addr, port)
     return probe_icmp(src, addr)
+
+
+def outcomes(pairs, services) -> dict:
+    """(src, dst, proto, port, family) -> probe outcome, probed in parallel, for every
+    (src, dst) of ``pairs`` and (proto, port, family) of ``services``."""
+    cells = [(s, d, proto, port, fam) for s, d in pairs for proto, port, fam in services]
+    found = parallel(lambda s, d, proto, port, fam: probe_addr(s, d.ip(fam), proto, port), cells)
+    # the host's own packets dropped in its output hook fail the send instead of timing out
+    return {cell: "timeout" if out == "error:Operation not permitted" else out
+            for cell, out in zip(cells, found)}
+
+
+def show(cell) -> str:
+    s, d, proto, port, fam = cell
+    return f"c{s.index}->c{d.index} {proto}/{port or '-'} v{fam}"
+
+
+def assert_all(got: dict, want: str) -> None:
+    bad = [f"{show(cell)}: {outcome}" for cell, outcome in got.items() if outcome != want]
+    assert not bad, f"{len(bad)} of {len(got)} probes not '{want}':\n" + "\n".join(bad)
+
+
+def judge(got: dict, expect) -> list:
+    """Cells whose outcome differs from ``expect(cell)`` ('ok' or 'timeout')."""
+    return [f"{show(cell)}: expected {want}, observed {outcome}"
+            for cell, outcome in got.items() if outcome != (want := expect(cell))]
+
+
+def open_stream(src, dst_ip: str, port: int) -> socket.socket:
+    """A TCP connection from ``src`` to a lab responder (which echoes once per connection)."""
+    s = ns_socket(src.ns, _family(dst_ip), socket.SOCK_STREAM)
+    s.settimeout(PROBE_TIMEOUT)
+    s.connect((dst_ip, port))
+    return s
+
+
+def echoes(s: socket.socket) -> bool:
+    """Does the established stream ``s`` still carry data both ways?"""
+    try:
+        s.send(b"ping")
+        return s.recv(64) == b"ping"
+    except OSError:
+        return False
 
 
 def parallel(fn, items, workers: int = 96) -> list:
@@ -238,22 +291,24 @@ def arp_frame(sender_mac: str, sender_ip: str, target_ip: str, op: int = 2,
     return eth + arp
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\x00"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def icmp6_frame(eth_src: str, eth_dst: str, ip_src: str, ip_dst: str, body: bytes) -> bytes:
     """An Ethernet frame with an ICMPv6 message (hop limit 255, checksum filled in)."""
     src, dst = ipaddress.IPv6Address(ip_src).packed, ipaddress.IPv6Address(ip_dst).packed
     pseudo = src + dst + struct.pack("!I3xB", len(body), 58)
-    body = body[:2] + struct.pack("!H", _checksum(pseudo + body)) + body[4:]
+    body = body[:2] + struct.pack("!H", checksum(pseudo + body)) + body[4:]
     ip6 = struct.pack("!IHBB", 6 << 28, len(body), 58, 255) + src + dst
     return mac_bytes(eth_dst) + mac_bytes(eth_src) + b"\x86\xdd" + ip6 + body
+
+
+def udp4_frame(src, dst_mac: str, src_ip: str, dst_ip: str, port: int, payload: bytes,
+               sport: int = 4000) -> bytes:
+    """An Ethernet/IPv4/UDP frame from container ``src``'s MAC with any source address
+    (header checksum filled in, UDP checksum 0: none)."""
+    udp = struct.pack("!HHHH", sport, port, 8 + len(payload), 0) + payload
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
+                     socket.inet_aton(src_ip), socket.inet_aton(dst_ip))
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + udp
 
 
 def link_local(mac: str) -> str:

@@ -1,20 +1,17 @@
-"""Drops reported through NFLOG and delivered as DropEvents by the backend, and
-plugin.probes' real packets, in the throwaway lab: the kernel, not a model."""
+"""Drops reported by the kernel (NFLOG for nftables, a BPF ring buffer for eBPF) and
+delivered as DropEvents by the backend, with the same fields and the same per-flow
+rate limit on both; and plugin.probes' real packets. Every test runs on each
+backend of the lab."""
 from __future__ import annotations
 
-import queue
 import socket
-import struct
 import time
 
 import pytest
 
-from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
-from packets import ns_socket
-from plugin.kernel import netns
+from nsfixtures import NET_ID, drain, lab  # noqa: F401  (lab is a fixture)
+from packets import ns_socket, send_frame, udp4_frame
 from plugin.observe import probes
-from plugin.enforce.nftables import nflog
-from plugin.enforce.nftables.drops import NFLOG_GROUP
 
 pytestmark = pytest.mark.kernel
 
@@ -22,20 +19,7 @@ pytestmark = pytest.mark.kernel
 @pytest.fixture
 def events(lab):
     """DropEvents of the lab's backend, as a queue."""
-    got: queue.Queue = queue.Queue()
-    lab.backend.watch_drops(got.put)
-    time.sleep(0.3)     # the reader binds its group
-    return got
-
-
-def drain(q: queue.Queue, wait: float) -> list:
-    out, deadline = [], time.monotonic() + wait
-    while (left := deadline - time.monotonic()) > 0:
-        try:
-            out.append(q.get(timeout=left))
-        except queue.Empty:
-            break
-    return out
+    return lab.drop_events()
 
 
 def send_udp(box, dst: str, port: int, count: int = 1, family=socket.AF_INET) -> None:
@@ -56,7 +40,8 @@ def test_a_dropped_flow_is_reported_once_per_second(lab, events):
     got = [e for e in drain(events, 1.0) if e.proto == 17]
     assert sorted((e.family, e.port) for e in got) == [(4, 5432), (4, 5433), (6, 5432)], got
     event = next(e for e in got if e.port == 5432 and e.family == 4)
-    assert (event.network, event.reason, event.audit) == (NET_ID[:12], "no-rule", False)
+    assert event.network.startswith(NET_ID[:12])
+    assert (event.reason, event.audit) == ("no-rule", False)
     assert (event.src, event.dst, event.ifname) == (web.ip4, db.ip4, web.veth)
     assert event.time - sent < 0.5
     time.sleep(1.1)
@@ -69,22 +54,12 @@ def test_bridge_table_drops_are_reported_with_their_reason(lab, events):
     lab.apply("*->*", {web: "web", api: "api"})
     lab.move(bad, None, quarantine="empty label")
     send_udp(bad, api.ip4, 53)
-    frame = spoofed_ipv4_frame(web, "10.236.0.250", api.ip4)
-    with ns_socket(web.ns, socket.AF_PACKET, socket.SOCK_RAW) as s:
-        s.bind(("eth0", 0))
-        s.send(frame)
+    send_frame(web, udp4_frame(web, "ff:ff:ff:ff:ff:ff", "10.236.0.250", api.ip4, 7, b"x"))
     got = drain(events, 1.0)
     assert {"quarantined", "spoofed"} <= {e.reason for e in got}, got
     spoofed = next(e for e in got if e.reason == "spoofed" and e.family == 4)
     assert (spoofed.src, spoofed.port, spoofed.ifname) == ("10.236.0.250", 7, web.veth)
     assert any(e.ifname == bad.veth for e in got if e.reason == "quarantined")
-
-
-def spoofed_ipv4_frame(box, fake_src: str, dst: str) -> bytes:
-    udp = struct.pack("!HHHH", 4000, 7, 9, 0) + b"x"
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0,
-                     socket.inet_aton(fake_src), socket.inet_aton(dst))
-    return b"\xff" * 6 + bytes.fromhex(box.mac.replace(":", "")) + b"\x08\x00" + ip + udp
 
 
 def test_probes_observe_what_the_policy_lets_through(lab):
@@ -101,8 +76,3 @@ def test_probes_observe_what_the_policy_lets_through(lab):
     got = {i: probes.reached(outcome[i]) for i in range(len(cases))}
     want = {i: c[-1] for i, c in enumerate(cases)}
     assert got == want, {i: (cases[i], outcome[i]) for i in got if got[i] != want[i]}
-
-
-def test_nflog_group_is_exclusive_per_namespace(lab, events):
-    with pytest.raises(OSError):
-        netns.run_in(f"/run/netns/{lab.host}", nflog.open_socket, NFLOG_GROUP)

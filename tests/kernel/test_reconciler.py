@@ -1,16 +1,25 @@
-"""The reconciler against a real kernel, through the lab's backend: drift is
-seen, repaired, and packets tell whether the repair is real. State is a real
-SQLite store in tmp_path; the backend runs inside the lab's host namespace."""
+"""The reconciler against a real kernel, through the lab's backend (each of them):
+drift is seen, repaired, and packets tell whether the repair is real; a policy
+change ends the flows it denies (the reconciler's conntrack pruning runs
+inside the lab's host namespace). State is a real SQLite store in tmp_path;
+the backend runs inside the lab's host namespace. Tests that tamper with one
+backend's own objects (nft sets and tables) are marked ``only``."""
 from __future__ import annotations
+
+import dataclasses
 
 import pytest
 
-from nsfixtures import BRIDGE, GATEWAY4, GATEWAY6, NET_ID, lab  # noqa: F401  (lab is a fixture)
-from packets import parallel, probe_icmp, probe_tcp
-from plugin.enforce.reconciler import Reconciler
+from nsfixtures import BRIDGE, GATEWAY4, GATEWAY6, NET_ID, lab, only  # noqa: F401  (lab is a fixture)
+from packets import echoes, open_stream, parallel, probe_icmp, probe_tcp
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
+from plugin.enforce.backend import NetworkSpec
+from plugin.enforce.reconciler import Reconciler
+from plugin.kernel import conntrack
 from segmentation.options import NetworkOptions
+from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
+from tamper import HOLE_PORT, delete_policy_entry, open_hole
 
 pytestmark = pytest.mark.kernel
 
@@ -28,13 +37,14 @@ def world(lab, tmp_path):
     """(lab, state, reconciler, net, web, api) with the network realized and in sync."""
     web, api = lab.add(2)
     state = State(str(tmp_path / "state"))
-    options = NetworkOptions(rules=parse_rules(RULES), intra="deny", ipv6=True)
+    options = NetworkOptions(rules=parse_rules(RULES), intra="deny", ipv6=True, backend=lab.backend_name)
     net = NetworkRecord(id=NET_ID, bridge=BRIDGE, mtu=1500, options=options,
                         ipv4=(("10.236.0.0/24", f"{GATEWAY4}/24"),),
                         ipv6=(("fd00:236::/64", f"{GATEWAY6}/64"),))
     state.put_network(net)
     state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
-    rec = Reconciler(state, {"nftables": lab.backend})
+    rec = Reconciler(state, {lab.backend_name: lab.backend},
+                     prune=lambda policy, ports: lab.backend.call(conntrack.prune_ports, policy, ports))
     rec.network_added(net)
     assert rec.drift(net) == []
     assert_policy(web, api)
@@ -73,6 +83,7 @@ DELETIONS = {   # name -> (family, set, element(web, api), the family whose prob
 
 
 @pytest.mark.parametrize("which", sorted(DELETIONS))
+@only("nftables")
 def test_a_deleted_element_is_seen_and_restored(world, which):
     lab, state, rec, net, web, api = world
     family, set_name, element, fam = DELETIONS[which]
@@ -84,6 +95,7 @@ def test_a_deleted_element_is_seen_and_restored(world, which):
     assert_policy(web, api)
 
 
+@only("nftables")
 def test_an_extra_element_is_seen_and_removed(world):
     lab, state, rec, net, web, api = world
     assert probe_icmp(api, web.ip4) == "timeout"            # only web->web:icmp
@@ -103,6 +115,7 @@ def api_reaches_web(api, web) -> str:
     return probe_tcp(api, web.ip4, 8080)
 
 
+@only("nftables")
 def test_a_flushed_ruleset_is_rebuilt(world):
     lab, state, rec, net, web, api = world
     nft(lab, "flush", "ruleset")
@@ -113,6 +126,7 @@ def test_a_flushed_ruleset_is_rebuilt(world):
     assert_policy(web, api)
 
 
+@only("nftables")
 def test_a_stray_table_is_removed(world):
     lab, state, rec, net, web, api = world
     for family in ("inet", "bridge"):
@@ -147,6 +161,7 @@ def test_a_late_segment_is_enforced_as_a_delta(world):
         assert probe_tcp(late, web.ip(fam), 8080) == "timeout"
 
 
+@only("nftables")
 def test_a_flushed_chain_is_drift(world):
     lab, state, rec, net, web, api = world
     assert rec.drift(net) == []
@@ -155,6 +170,7 @@ def test_a_flushed_chain_is_drift(world):
     assert rec.drift(net) != []
 
 
+@only("nftables")
 def test_a_rule_whose_port_changed_behind_the_daemons_back_is_repaired(world):
     """The policy entry web->api:tcp/8080 becomes tcp/8081 in the kernel: drift names
     it, packets prove it, and one reconcile pass puts 8080 back."""
@@ -170,3 +186,55 @@ def test_a_rule_whose_port_changed_behind_the_daemons_back_is_repaired(world):
     assert rec.drift(net) == []
     assert_policy(web, api)
     assert probe_tcp(web, api.ip4, 8081) == "timeout"
+
+
+def test_a_deleted_policy_element_is_restored_by_a_pass(world):
+    lab, state, rec, net, web, api = world
+    policy = rec.compiled(net)
+    entry = next(e for e in policy.entries if e.rule == "web->api:tcp/8080")
+    delete_policy_entry(lab, entry)
+    assert probe_tcp(web, api.ip4, 8080) == "timeout"       # the deletion really bites
+    assert rec.drift(net) != []
+    assert rec.reconcile(full=False) == 1
+    assert rec.drift(net) == []
+    assert_policy(web, api)
+
+
+def test_a_hole_is_closed_by_a_pass(world):
+    lab, state, rec, net, web, api = world
+    open_hole(lab, web, api)
+    assert probe_tcp(web, api.ip4, HOLE_PORT) == "ok"        # the hole is real
+    assert rec.reconcile(full=False) == 1
+    assert rec.drift(net) == []
+    assert probe_tcp(web, api.ip4, HOLE_PORT) == "timeout"
+    assert_policy(web, api)
+
+
+def test_state_of_a_network_no_record_owns_is_removed(world):
+    lab, state, rec, net, web, api = world
+    stray = NetworkSpec(id="dead" + "be" * 30, bridge=BRIDGE)
+    empty = compile_policy_map(NetworkOptions(), {})
+    lab.backend.apply_network(stray, empty, [])
+    assert stray.id[:12] in {n[:12] for n in lab.backend.networks()}
+    assert rec.reconcile() >= 1
+    assert {n[:12] for n in lab.backend.networks()} == {NET_ID[:12]}
+    assert rec.drift(net) == []
+    assert_policy(web, api)
+
+
+def test_a_policy_change_ends_the_flows_it_denies(world):
+    """The system's behaviour on both backends: eBPF cuts by generation, nftables by
+    the reconciler's conntrack pruning."""
+    lab, state, rec, net, web, api = world
+    streams = [open_stream(web, api.ip(fam), 8080) for fam in (4, 6)]
+    try:
+        changed = dataclasses.replace(net, options=dataclasses.replace(
+            net.options, rules=parse_rules("web->api:tcp/5432, web->web:icmp")))
+        state.put_network(changed)
+        rec.policy_changed(changed)
+        assert [echoes(s) for s in streams] == [False, False]
+    finally:
+        for s in streams:
+            s.close()
+    assert [probe_tcp(web, api.ip4, p) for p in (8080, 5432)] == ["timeout", "ok"]
+    assert rec.drift(changed) == []

@@ -1,0 +1,215 @@
+"""What only the nftables backend has (its own mechanics, not shared behaviour):
+an edit is one transaction of set elements, rules never change for a policy
+edit, the tables' drift is found rule by rule and element by element (and a
+delta over a drifted element rebuilds), the fallback path through ``nft``,
+NFLOG's group, and failing closed behind Docker's DOCKER-USER without the
+tables. Every test here is ``[nftables]`` only."""
+from __future__ import annotations
+
+import subprocess
+import time
+
+import pytest
+
+from nsfixtures import NET_ID, InNamespace, lab, only  # noqa: F401  (lab is a fixture)
+from packets import echoes, open_stream, probe_tcp
+from plugin.enforce.nftables import NftBackend, nflog
+from plugin.enforce.nftables.drops import NFLOG_GROUP
+from plugin.kernel import netns
+from plugin.kernel.dockerfw import DockerFirewall
+from segmentation.options import parse_network_options
+
+pytestmark = [pytest.mark.kernel, only("nftables")]
+
+
+def rules_text(lab) -> str:
+    """Both tables' rules and set declarations, without elements and counter values."""
+    return "".join(lab.nft("-t", "-s", "list", "table", fam, lab.table).stdout for fam in ("inet", "bridge"))
+
+
+class Generations:
+    """Counts the transactions committed in the lab's namespace (``nft monitor``)."""
+
+    def __init__(self, lab):
+        self.proc = subprocess.Popen(["ip", "netns", "exec", lab.host, "nft", "monitor"],
+                                     stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
+
+    def stop(self) -> list:
+        time.sleep(0.3)
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=5)
+        return out.splitlines()
+
+
+def ids(lab) -> dict:
+    return lab.allocator.identities(NET_ID)
+
+
+def test_one_rule_edit_is_one_transaction_of_elements(lab):
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    before = rules_text(lab)
+    watch = Generations(lab)
+    lab.update("web->api:tcp/8080 web->api:tcp/5432")
+    lines = watch.stop()
+    assert [probe_tcp(web, api.ip4, p) for p in (8080, 5432)] == ["ok", "ok"]
+    assert rules_text(lab) == before                      # no rule changed
+    assert sum("new generation" in line for line in lines) == 1, lines
+    changes = [line for line in lines if line.startswith(("add", "delete"))]
+    assert changes and all(" element " in line for line in changes), changes
+
+
+def test_a_new_segment_a_join_and_mode_switches_change_only_elements(lab):
+    web, api, db = lab.add(3)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    before = rules_text(lab)
+    lab.update("web->api:tcp/8080 web->db:tcp/5432")
+    lab.move(db, "db")
+    lab.update(mode="audit")
+    lab.update(mode="enforce", egress="deny")
+    assert rules_text(lab) == before
+
+
+def test_a_join_that_brings_a_new_segment_is_one_transaction(lab):
+    """apply_policy with endpoint changes (the eBPF backend's apply_policy takes none)."""
+    web, api, db = lab.add(3)
+    lab.apply("web->*:tcp/5432", {web: "web", api: "api"}, intra="deny")
+    new = lab.compile(lab.options, {web: "web", api: "api", db: "db"})   # allocates db's identity
+    lab.policy, delta = new, lab.policy.delta(new)
+    lab.members[db] = lab.port(db, "db")
+    watch = Generations(lab)
+    lab.backend.apply_policy(lab.net, delta, [(None, lab.members[db])])
+    lines = watch.stop()
+    assert sum("new generation" in line for line in lines) == 1, lines
+    assert [probe_tcp(web, db.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+    assert lab.drift() == []
+
+
+def test_an_edit_alone_leaves_established_flows_to_the_reconciler(lab):
+    """The division of labour: the tables judge new flows only; ending the
+    established ones a change denies is conntrack pruning's job (the lab does it
+    in ``end_denied_flows``, as the reconciler does)."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    kept, cut = open_stream(web, api.ip4, 8080), open_stream(web, api.ip4, 8080)
+    try:
+        new = lab.compile(parse_network_options({"secnet.allow": "web->api:tcp/5432"}), {})
+        lab.backend.apply_policy(lab.net, lab.policy.delta(new))
+        lab.policy = new
+        assert probe_tcp(web, api.ip4, 8080) == "timeout"      # new flows: judged at once
+        assert echoes(kept)                                    # the established one goes on
+        lab.end_denied_flows()
+        assert not echoes(cut)
+    finally:
+        kept.close()
+        cut.close()
+
+
+def test_overlapping_ranges_are_cut_into_set_pieces(lab):
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/5000-8080 web->api:tcp/8080-9999", {web: "web", api: "api"}, intra="deny")
+    pieces = lab.nft("list", "set", "inet", lab.table, "pol_range").stdout
+    for piece in ("5000-8079", "8080 ", "8081-9999"):
+        assert piece in pieces, pieces
+    lab.update("web->api:tcp/8080-9999")
+    assert "5000" not in lab.nft("list", "set", "inet", lab.table, "pol_range").stdout
+
+
+def handle_of(lab, family: str, chain: str, text: str) -> int:
+    listing = lab.nft("-a", "list", "chain", family, lab.table, chain).stdout
+    line = next(line for line in listing.splitlines() if text in line)
+    return int(line.rsplit("# handle", 1)[1])
+
+
+def test_drift_names_the_chain_of_a_changed_rule(lab):
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    handle = handle_of(lab, "inet", "forward", "ip protocol igmp")
+    lab.nft("replace", "rule", "inet", lab.table, "forward", "handle", str(handle),
+            "tcp", "dport", "9999", "goto", "pass")
+    problems = lab.drift()
+    assert any("forward" in p for p in problems), problems
+
+
+def test_a_delta_over_a_deleted_element_rebuilds(lab):
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    w, a = ids(lab)["web"], ids(lab)["api"]
+    lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 8080 }}")
+    problems = lab.drift()
+    assert problems and all("pol_port" in p and "missing" in p for p in problems), problems
+    lab.update("web->api:tcp/5432", repair_ok=True)   # deleting 8080 is refused: it rebuilds
+    assert lab.backend.repairs == 1
+    assert lab.drift() == []
+    assert [probe_tcp(web, api.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+
+
+def test_drift_reports_missing_tables(lab):
+    web, = lab.add(1)
+    lab.apply("", {web: "web"})
+    lab.nft("delete", "table", "bridge", lab.table)
+    assert any("missing" in p for p in lab.drift())
+
+
+def test_tables_missing_fail_closed_behind_docker_user(lab):
+    """With Docker's FORWARD policy DROP and secnet's DOCKER-USER rules, only what
+    secnet's chain marked passes: without its tables, nothing does."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    for binary in ("iptables", "ip6tables"):
+        lab.exec(binary, "-P", "FORWARD", "DROP")
+    fw = InNamespace(lab.host, DockerFirewall)
+    try:
+        fw.ensure("snbr0", NET_ID)
+        assert [probe_tcp(web, api.ip(f), 8080) for f in (4, 6)] == ["ok", "ok"]
+        for family in ("inet", "bridge"):
+            lab.nft("delete", "table", family, lab.table)
+        assert [probe_tcp(web, api.ip(f), 8080) for f in (4, 6)] == ["timeout", "timeout"]
+    finally:
+        fw.shutdown_plain()
+
+
+def test_a_new_backend_checks_tables_an_earlier_one_wrote(lab):
+    """After a daemon restart: nothing to repair when nothing changed, and a changed
+    rule is still found (the reference comes from a scratch namespace)."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    fresh = InNamespace(lab.host, NftBackend)
+    try:
+        assert fresh.drift(lab.net, lab.policy, lab.ports()) == []
+        handle = handle_of(lab, "bridge", "spoofing", "ether type arp return")
+        lab.nft("delete", "rule", "bridge", lab.table, "spoofing", "handle", str(handle))
+        assert any("spoofing" in p for p in fresh.drift(lab.net, lab.policy, lab.ports()))
+    finally:
+        fresh.shutdown()
+
+
+def test_without_netlink_deltas_drift_and_counters_go_through_nft(lab):
+    """The fallback path (nft scripts and JSON listings) gives the same answers."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    text = InNamespace(lab.host, lambda: NftBackend(netlink=False))
+    try:
+        text.apply_network(lab.net, lab.policy, lab.ports())
+        old = lab.policy
+        rules = "web->api:tcp/5000-5500 web->10.237.0.0/24:tcp/8080"
+        new = lab.compile(parse_network_options({"secnet.allow": rules, "secnet.intra": "deny"}), {})
+        text.apply_policy(lab.net, old.delta(new))
+        assert text.repairs == 0 and text.drift(lab.net, new, lab.ports()) == []
+        assert [probe_tcp(web, api.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+        counters = text.counters(lab.net)
+        assert sum(pk for pk, _b in counters.allowed.values()) >= 1
+        assert counters.dropped[(ids(lab)["web"], ids(lab)["api"])][0] >= 1
+        lab.nft("flush", "set", "inet", lab.table, "pol_range")
+        assert any("pol_range" in p for p in text.drift(lab.net, new, lab.ports()))
+    finally:
+        text.shutdown()
+    lab.policy = new
+
+
+def test_nflog_group_is_exclusive_per_namespace(lab):
+    lab.backend.watch_drops(lambda event: None)
+    time.sleep(0.3)
+    with pytest.raises(OSError):
+        netns.run_in(f"/run/netns/{lab.host}", nflog.open_socket, NFLOG_GROUP)
