@@ -68,6 +68,8 @@ def resolve_network(ref: str) -> str:
 def _print_status(data: dict) -> None:
     print(f"daemon: {'healthy' if data.get('healthy') else 'unhealthy'}; "
           f"networks: {len(data['networks'])}; reconcile repairs: {data.get('reconcile_repairs', 0)}")
+    if data.get("engine"):
+        print(fmt.engine_line(data["engine"]))
     for n in data["networks"]:
         print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  endpoints {n['endpoints']}"
               f"  pending {n['pending']}  quarantined {n['quarantined']}  rules {n['rules']}")

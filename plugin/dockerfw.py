@@ -52,7 +52,9 @@ class DockerFirewall:
         # the chain early is harmless and lets our rule be in place already.
         return self._run(binary, "-t", "filter", "-N", CHAIN).returncode == 0
 
-    def ensure(self, bridge: str, network_id: str) -> None:
+    def ensure(self, bridge: str, network_id: str) -> bool:
+        """Put the bridge's rules in place; True when some had to be (re)written."""
+        changed = False
         with self._lock:
             for binary in self.binaries:
                 if not self._ensure_chain(binary):
@@ -64,10 +66,12 @@ class DockerFirewall:
                 if all(self._run(binary, "-C", CHAIN, *spec).returncode == 0 for spec in specs):
                     continue
                 self._delete(binary, specs)  # then all again, in order, at the top
+                changed = True
                 for spec in reversed(specs):
                     res = self._run(binary, "-I", CHAIN, "1", *spec)
                     if res.returncode != 0:
                         raise RuntimeError(f"{binary} -I {CHAIN} failed: {res.stderr.strip()}")
+        return changed
 
     def _ensure_jump(self, binary: str) -> None:
         """FORWARD must pass through DOCKER-USER (Docker sets that up for IPv4

@@ -17,7 +17,7 @@ from segmentation.names import check_segment_name
 from segmentation.options import parse_network_options
 
 from . import netlink as nl
-from .errors import BadRequest, Conflict, DriverError, Internal, NotFound
+from .errors import BadRequest, Conflict, DriverError, Internal, NotFound, Unsupported
 from .ports import Reservations, parse_portmap
 from .protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
 from .state import EndpointRecord, NetworkRecord, State
@@ -95,6 +95,9 @@ class Driver:
 
     def create_network(self, req: CreateNetworkRequest) -> dict:
         rec = self._new_network_record(req)
+        refusal = getattr(self.firewall, "refusal", lambda: None)()  # detected in the background
+        if refusal:
+            raise Unsupported(refusal)
         with self.lock:
             old = self.state.get_network(rec.id)
             if old is not None and old != rec:

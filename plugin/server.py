@@ -25,12 +25,14 @@ def build(settings: Settings):
     from .app import create_app
     from .dockerfw import DockerFirewall
     from .driver import Driver
+    from .forward import ForwardFilter
+    from .nftguard import NftGuard
     from .netlink import Netlink
     from .state import State
     from .wiring import attach_extensions, start_background
 
     state = State(settings.state_dir)
-    driver = Driver(state, Netlink(), DockerFirewall())
+    driver = Driver(state, Netlink(), ForwardFilter(DockerFirewall(), NftGuard()))
     api = attach_extensions(driver, settings)
     driver.restore()
     start_background(driver)

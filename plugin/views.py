@@ -24,8 +24,11 @@ def status_view(driver) -> dict:
             "rules": len(net.options.get("rules", [])),
         })
     policy = driver.policy
-    return {"healthy": True, "networks": nets,
-            "reconcile_repairs": getattr(policy, "repairs", 0)}
+    out = {"healthy": True, "networks": nets,
+           "reconcile_repairs": getattr(policy, "repairs", 0)}
+    if hasattr(driver.firewall, "status"):
+        out["engine"] = driver.firewall.status()
+    return out
 
 
 def _counters(driver, net) -> dict:

@@ -8,9 +8,11 @@ from segmentation.backends.nft_verdicts import NFLOG_GROUP
 
 from .api import Api
 from .droplog import Directory, DropLog
+from .forward import ForwardFilter
 from .labels import LabelResolver
 from .metrics import Metrics
 from .nflog import NflogReader
+from .nftwatch import NftWatcher
 from .reconciler import Reconciler
 
 log = logging.getLogger(__name__)
@@ -35,8 +37,27 @@ def start_background(driver) -> None:
     except Exception:  # the periodic pass will try again; never refuse to serve
         log.exception("first reconcile pass failed")
     driver.policy.start()
+    start_forward_watch(driver)
     if hasattr(driver.resolver, "start"):
         driver.resolver.start(driver)
+
+
+def start_forward_watch(driver) -> None:
+    """Repair the forward rules within ~0.1 s of someone removing them (nft
+    notifications), and adopt the engine's firewall on every engine (re)connect."""
+    forward = driver.firewall
+    if not isinstance(forward, ForwardFilter):
+        return
+    forward.start()
+    driver.nftwatch = None
+    try:
+        driver.nftwatch = NftWatcher().start()
+        driver.nftwatch.subscribe(forward.trigger, forward.interested)
+    except OSError as exc:  # the minute-long periodic pass still repairs
+        log.error("cannot follow nftables changes: %s", exc)
+    hooks = getattr(driver.resolver, "connect_hooks", None)
+    if hooks is not None:
+        hooks.append(forward.engine_connected)
 
 
 def start_visibility(driver) -> None:
