@@ -1,0 +1,116 @@
+"""The forward filter on the real kernel, in a throwaway namespace with a
+br_netfilter bridge: iptables FORWARD policy DROP as Docker 20.10-28 sets it,
+secnet's DOCKER-USER rules flushed and back within a second (seen through
+nftables notifications), and Docker 29's nftables mode with secnet's guard
+table, which drops a bridge's traffic when its network's table is gone."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nsfixtures import BRIDGE, NET_ID, lab, netns, probe_tcp, sh  # noqa: F401  (fixture)
+from plugin import engine
+from plugin.dockerfw import DockerFirewall
+from plugin.forward import ForwardFilter
+from plugin.nftguard import FAMILY, TABLE, NftGuard
+from plugin.nftwatch import NftWatcher
+from segmentation.backends import nftables as nft
+
+WITHIN = 1.0
+
+
+@pytest.fixture
+def forward(lab):
+    """A ForwardFilter and an NftWatcher whose threads live in the lab's namespace."""
+    with netns(lab.host):
+        fw = ForwardFilter(DockerFirewall(), NftGuard(lab.runner), every=None).start()
+        watcher = NftWatcher().start()  # socket and thread in lab.host
+        watcher.subscribe(fw.trigger, fw.interested)
+    try:
+        yield fw
+    finally:
+        watcher.stop()
+        fw.stop()
+
+
+def in_lab(lab, fn, *args):
+    with netns(lab.host):
+        return fn(*args)
+
+
+def waited(predicate) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < 5:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.01)
+    raise AssertionError("not repaired within 5 s")
+
+
+def docker_user(lab) -> str:
+    return lab.exec("iptables", "-S", "DOCKER-USER").stdout
+
+
+def policy(lab):
+    web, api = lab.add(2)
+    lab.apply_policy("web->api:tcp/8080", {web: "web", api: "api"})
+    return web, api
+
+
+def assert_policy(web, api):
+    assert probe_tcp(web, api.ip4, 8080) == "ok"
+    assert probe_tcp(api, web.ip4, 8080) == "timeout"
+
+
+def test_forward_drop_needs_docker_user_and_a_flush_is_repaired(lab, forward):
+    web, api = policy(lab)
+    lab.exec("iptables", "-P", "FORWARD", "DROP")
+    assert probe_tcp(web, api.ip4, 8080) == "timeout"  # Docker's DROP eats the bridge's traffic
+    in_lab(lab, forward.ensure, BRIDGE, NET_ID)
+    assert_policy(web, api)
+    lab.exec("iptables", "-F", "DOCKER-USER")
+    took = waited(lambda: docker_user(lab).count("secnet:" + NET_ID) == 4)
+    assert took < WITHIN, f"DOCKER-USER back after {took:.2f} s"
+    waited(lambda: forward.repairs >= 1)  # counted once the pass is over
+    assert_policy(web, api)
+
+
+def test_a_deleted_jump_to_docker_user_is_repaired(lab, forward):
+    web, api = policy(lab)
+    lab.exec("iptables", "-P", "FORWARD", "DROP")
+    in_lab(lab, forward.ensure, BRIDGE, NET_ID)
+    lab.exec("iptables", "-D", "FORWARD", "-j", "DOCKER-USER")
+    waited(lambda: "-j DOCKER-USER" in lab.exec("iptables", "-S", "FORWARD").stdout)
+    assert_policy(web, api)
+
+
+def test_nftables_engine_guard_table_fails_closed_and_is_repaired(lab, forward):
+    web, api = policy(lab)
+    in_lab(lab, forward.ensure, BRIDGE, NET_ID)
+    facts = engine.facts_from({"Version": "29.0.0", "ApiVersion": "1.52"},
+                              {"FirewallBackend": {"Driver": "nftables"}})
+    in_lab(lab, forward.set_facts, facts)
+    assert "secnet:" not in docker_user(lab)  # FORWARD policy ACCEPT: no iptables rules needed
+    assert_policy(web, api)
+    # secnet's network table gone: the guard drops the bridge's traffic (fail closed)
+    lab.runner.apply(nft.render_delete_network(NET_ID))
+    assert probe_tcp(web, api.ip4, 8080) == "timeout"
+    lab.apply_policy("web->api:tcp/8080", {web: "web", api: "api"})
+    assert_policy(web, api)
+    # the guard table itself deleted: back within a second
+    lab.exec("nft", "delete", "table", FAMILY, TABLE)
+    took = waited(lambda: lab.exec("nft", "list", "table", FAMILY, TABLE, check=False).returncode == 0)
+    assert took < WITHIN, f"guard table back after {took:.2f} s"
+    lab.runner.apply(nft.render_delete_network(NET_ID))
+    assert probe_tcp(web, api.ip4, 8080) == "timeout"
+
+
+def test_nftables_engine_keeps_docker_user_while_forward_drops(lab, forward):
+    web, api = policy(lab)
+    lab.exec("iptables", "-P", "FORWARD", "DROP")
+    facts = engine.facts_from({"Version": "29.0.0"}, {"FirewallBackend": {"Driver": "nftables"}})
+    in_lab(lab, forward.set_facts, facts)
+    in_lab(lab, forward.ensure, BRIDGE, NET_ID)
+    assert docker_user(lab).count("secnet:" + NET_ID) == 4
+    assert_policy(web, api)
