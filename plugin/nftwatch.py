@@ -285,3 +285,11 @@ class Debouncer:
             except Exception:
                 log.exception("%s failed", self._thread.name)
             self.runs += 1
+
+
+def table_match(prefix: str, kinds=("add", "delete")) -> Callable[[NftEvent], bool]:
+    """A ``match`` for :meth:`NftWatcher.subscribe`: events of tables whose name
+    starts with ``prefix`` (and every ``resync``), of the given kinds."""
+    def match(event: NftEvent) -> bool:
+        return event.kind == "resync" or (event.kind in kinds and event.table.startswith(prefix))
+    return match

@@ -253,3 +253,11 @@ def test_real_socket_needs_the_kernel():
         pytest.skip("joining NFNLGRP_NFTABLES needs CAP_NET_ADMIN")
     sock = nftwatch.open_socket()
     sock.close()
+
+
+def test_table_match_for_own_tables():
+    match = nftwatch.table_match("secnet_", kinds=("delete",))
+    assert match(NftEvent("delete", "table", "inet", "secnet_abc"))
+    assert match(RESYNC)
+    assert not match(NftEvent("add", "rule", "inet", "secnet_abc", "forward"))
+    assert not match(NftEvent("delete", "table", "ip", "filter"))
