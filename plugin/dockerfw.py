@@ -119,3 +119,14 @@ class DockerFirewall:
                     continue
                 out.append((binary, words[words.index(flag) + 1], comment[len(COMMENT_PREFIX):]))
         return out
+
+    def forward_drops(self) -> bool:
+        """True when an iptables FORWARD chain (IPv4 or IPv6) has policy DROP."""
+        for binary in self.binaries:
+            try:
+                res = self._run(binary, "-t", "filter", "-S", "FORWARD")
+            except OSError:  # that binary is not installed
+                continue
+            if res.returncode == 0 and "-P FORWARD DROP" in res.stdout:
+                return True
+        return False

@@ -69,7 +69,7 @@ class ForwardFilter:
     def _writers(self) -> list:
         if self.strategy.mode != engine.NFTABLES:
             return [self.iptables]  # also UNKNOWN and UNSUPPORTED: fail closed as before
-        if forward_policy_drops(self.iptables):
+        if getattr(self.iptables, "forward_drops", lambda: False)():
             return [self.guard, self.iptables]
         return [self.guard]
 
@@ -139,17 +139,3 @@ class ForwardFilter:
         out["forward_repairs"] = self.repairs
         return out
 
-
-def forward_policy_drops(iptables) -> bool:
-    """True when some iptables FORWARD chain (IPv4 or IPv6) has policy DROP."""
-    run = getattr(iptables, "_run", None)
-    if run is None:
-        return False
-    for binary in getattr(iptables, "binaries", ()):
-        try:
-            res = run(binary, "-t", "filter", "-S", "FORWARD")
-        except OSError:
-            continue
-        if res.returncode == 0 and "-P FORWARD DROP" in res.stdout:
-            return True
-    return False

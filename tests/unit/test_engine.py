@@ -4,7 +4,6 @@ naming its source), and the ForwardFilter's choice of writers."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -151,9 +150,8 @@ class FakeWriter:
     def drop_all(self):
         self.rules.clear()
 
-    def _run(self, binary, *args):
-        policy = "DROP" if self.forward_drop else "ACCEPT"
-        return subprocess.CompletedProcess(args, 0, f"-P FORWARD {policy}\n", "")
+    def forward_drops(self):
+        return self.forward_drop
 
 
 def make_filter(forward_drop=False):
