@@ -276,3 +276,24 @@ def test_status_line_names_version_backend_and_mode():
     line = engine_line(fw.status())
     assert "Docker 29.7.2 (API 1.55)" in line and "firewall nftables" in line
     assert "forward filter nftables" in line
+
+
+@pytest.mark.parametrize("outputs,expected", [
+    ({"iptables": "-P FORWARD DROP\n-A FORWARD -j DOCKER-USER\n", "ip6tables": "-P FORWARD ACCEPT\n"}, True),
+    ({"iptables": "-P FORWARD ACCEPT\n", "ip6tables": "-P FORWARD DROP\n"}, True),
+    ({"iptables": "-P FORWARD ACCEPT\n", "ip6tables": "-P FORWARD ACCEPT\n"}, False),
+    ({"iptables": None, "ip6tables": None}, False),  # not installed
+])
+def test_docker_firewall_reads_the_forward_policy(outputs, expected):
+    import subprocess
+
+    from plugin.dockerfw import DockerFirewall
+
+    class Probe(DockerFirewall):
+        def _run(self, binary, *args):
+            assert args == ("-t", "filter", "-S", "FORWARD")
+            if outputs[binary] is None:
+                raise FileNotFoundError(binary)
+            return subprocess.CompletedProcess(args, 0, outputs[binary], "")
+
+    assert Probe().forward_drops() is expected
