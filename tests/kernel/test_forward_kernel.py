@@ -71,6 +71,7 @@ def test_forward_drop_needs_docker_user_and_a_flush_is_repaired(lab, forward):
     assert_policy(web, api)
     lab.exec("iptables", "-F", "DOCKER-USER")
     took = waited(lambda: docker_user(lab).count("secnet:" + NET_ID) == 4)
+    print(f"DOCKER-USER flushed: back after {took * 1000:.0f} ms")
     assert took < WITHIN, f"DOCKER-USER back after {took:.2f} s"
     waited(lambda: forward.repairs >= 1)  # counted once the pass is over
     assert_policy(web, api)
@@ -101,6 +102,7 @@ def test_nftables_engine_guard_table_fails_closed_and_is_repaired(lab, forward):
     # the guard table itself deleted: back within a second
     lab.exec("nft", "delete", "table", FAMILY, TABLE)
     took = waited(lambda: lab.exec("nft", "list", "table", FAMILY, TABLE, check=False).returncode == 0)
+    print(f"guard table deleted: back after {took * 1000:.0f} ms")
     assert took < WITHIN, f"guard table back after {took:.2f} s"
     lab.runner.apply(nft.render_delete_network(NET_ID))
     assert probe_tcp(web, api.ip4, 8080) == "timeout"
