@@ -19,6 +19,7 @@ minute anyway (iptables-legacy announces nothing). The driver's verbs call
 from __future__ import annotations
 
 import logging
+import shutil
 import threading
 from typing import Optional
 
@@ -34,8 +35,9 @@ class ForwardFilter:
     the current strategy needs; ``refusal()`` is the reason a new network cannot
     work (None when it can)."""
 
-    def __init__(self, iptables, guard, debounce: float = 0.1, every: Optional[float] = 60.0):
-        self.iptables, self.guard = iptables, guard
+    def __init__(self, iptables, guard, debounce: float = 0.1, every: Optional[float] = 60.0,
+                 which=shutil.which):
+        self.iptables, self.guard, self._which = iptables, guard, which
         self.facts: Optional[engine.EngineFacts] = None
         self.strategy = engine.decide(None)
         self.repairs = 0          # passes that had to rewrite something
@@ -46,7 +48,14 @@ class ForwardFilter:
     # --- what the driver calls ------------------------------------------
     def refusal(self) -> Optional[str]:
         strategy = self.strategy
-        return None if strategy.usable else f"secnet cannot work with this engine: {strategy.reason}"
+        if not strategy.usable:
+            return f"secnet cannot work with this engine: {strategy.reason}"
+        if strategy.mode != engine.NFTABLES:
+            missing = [b for b in getattr(self.iptables, "binaries", ()) if not self._which(b)]
+            if missing:
+                return (f"{' and '.join(missing)} not installed: secnet needs it for its DOCKER-USER "
+                        "rules (Docker's iptables firewall drops other bridges' forwarded traffic)")
+        return None
 
     def ensure(self, bridge: str, network_id: str) -> bool:
         with self._lock:

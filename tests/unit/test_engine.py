@@ -156,7 +156,7 @@ class FakeWriter:
 
 def make_filter(forward_drop=False):
     ipt, guard = FakeWriter("iptables", forward_drop), FakeWriter("nft")
-    return ForwardFilter(ipt, guard, every=None), ipt, guard
+    return ForwardFilter(ipt, guard, every=None, which=lambda b: f"/usr/sbin/{b}"), ipt, guard
 
 
 def facts(name):
@@ -297,3 +297,11 @@ def test_docker_firewall_reads_the_forward_policy(outputs, expected):
             return subprocess.CompletedProcess(args, 0, outputs[binary], "")
 
     assert Probe().forward_drops() is expected
+
+
+def test_missing_iptables_refuses_while_it_is_needed():
+    ipt, guard = FakeWriter("iptables"), FakeWriter("nft")
+    fw = ForwardFilter(ipt, guard, every=None, which=lambda b: None)
+    assert fw.refusal().startswith("iptables not installed: secnet needs it for its DOCKER-USER")
+    fw.set_facts(facts("docker-29.7-nftables"))  # nftables mode needs no iptables
+    assert fw.refusal() is None
