@@ -305,3 +305,19 @@ def test_missing_iptables_refuses_while_it_is_needed():
     assert fw.refusal().startswith("iptables not installed: secnet needs it for its DOCKER-USER")
     fw.set_facts(facts("docker-29.7-nftables"))  # nftables mode needs no iptables
     assert fw.refusal() is None
+
+
+def test_refusal_reaches_docker_as_one_err_line(tmp_path):
+    import json as _json
+
+    from plugin.app import create_app
+    fw, _ipt, _guard = make_filter()
+    fw.set_facts(facts("docker-future-backend"))
+    client = create_app(Driver(State(str(tmp_path)), FakeLinks(), fw)).test_client()
+    body = {"NetworkID": new_id(), "Options": {}, "IPv4Data": [
+        {"AddressSpace": "LocalDefault", "Pool": "10.200.0.0/24", "Gateway": "10.200.0.1/24"}]}
+    resp = client.post("/NetworkDriver.CreateNetwork", data=_json.dumps(body))
+    err = _json.loads(resp.get_data(as_text=True))["Err"]
+    assert resp.status_code == 403
+    assert err == ("secnet cannot work with this engine: Docker 30.0.0 firewall backend 'ebpf' "
+                   "is not one secnet knows (iptables, nftables)")
