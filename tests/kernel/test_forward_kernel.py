@@ -5,6 +5,7 @@ nftables notifications), and Docker 29's nftables mode with secnet's guard
 table, which drops a bridge's traffic when its network's table is gone."""
 from __future__ import annotations
 
+import subprocess
 import time
 
 import pytest
@@ -124,6 +125,8 @@ def test_ipv6_under_a_forward_drop_passes_only_with_the_rules(lab, forward):
     lab.exec("ip6tables", "-P", "FORWARD", "DROP")
     assert probe_tcp(web, api.ip6, 8080) == "timeout"
     in_lab(lab, forward.ensure, BRIDGE, NET_ID)
+    for c in (web, api):  # the DROP also ate neighbour discovery: start it afresh
+        c.ip_cmd("-6", "neigh", "flush", "all")
     assert probe_tcp(web, api.ip6, 8080) == "ok"
     assert probe_tcp(api, web.ip6, 8080) == "timeout"
 
@@ -133,8 +136,11 @@ def test_a_reload_that_flushes_and_deletes_every_filter_chain_is_repaired(lab, f
     web, api = policy(lab)
     lab.exec("iptables", "-P", "FORWARD", "DROP")
     in_lab(lab, forward.ensure, BRIDGE, NET_ID)
-    lab.exec("iptables", "-F")
-    lab.exec("iptables", "-X")
+    # one iptables-restore of an empty filter table: every chain flushed, user chains deleted,
+    # atomically (a repair must not slip in between a flush and a delete)
+    subprocess.run(["ip", "netns", "exec", lab.host, "iptables-restore"], check=True, timeout=20,
+                   input="*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n"
+                         "COMMIT\n", text=True)
     took = waited(lambda: docker_user(lab).count("secnet:" + NET_ID) == 4
                   and "-j DOCKER-USER" in lab.exec("iptables", "-S", "FORWARD").stdout)
     print(f"filter table flushed and chains deleted: back after {took * 1000:.0f} ms")
