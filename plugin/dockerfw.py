@@ -60,7 +60,7 @@ class DockerFirewall:
                 if not self._ensure_chain(binary):
                     log.warning("%s: cannot make chain %s", binary, CHAIN)
                     continue
-                self._ensure_jump(binary)
+                changed |= self._ensure_jump(binary)
                 self._drop_stale(binary, network_id)
                 specs = self._specs(bridge, network_id)
                 if all(self._run(binary, "-C", CHAIN, *spec).returncode == 0 for spec in specs):
@@ -73,11 +73,13 @@ class DockerFirewall:
                         raise RuntimeError(f"{binary} -I {CHAIN} failed: {res.stderr.strip()}")
         return changed
 
-    def _ensure_jump(self, binary: str) -> None:
+    def _ensure_jump(self, binary: str) -> bool:
         """FORWARD must pass through DOCKER-USER (Docker sets that up for IPv4
-        only, unless its ip6tables support is on)."""
+        only, unless its ip6tables support is on). True when it had to be added."""
         if self._run(binary, "-C", "FORWARD", "-j", CHAIN).returncode != 0:
             self._run(binary, "-I", "FORWARD", "1", "-j", CHAIN)
+            return True
+        return False
 
     def _drop_stale(self, binary: str, network_id: str) -> None:
         """Remove rules of this network that an older secnet wrote differently."""

@@ -83,7 +83,9 @@ def test_a_deleted_jump_to_docker_user_is_repaired(lab, forward):
     lab.exec("iptables", "-P", "FORWARD", "DROP")
     in_lab(lab, forward.ensure, BRIDGE, NET_ID)
     lab.exec("iptables", "-D", "FORWARD", "-j", "DOCKER-USER")
-    waited(lambda: "-j DOCKER-USER" in lab.exec("iptables", "-S", "FORWARD").stdout)
+    took = waited(lambda: "-j DOCKER-USER" in lab.exec("iptables", "-S", "FORWARD").stdout)
+    assert took < WITHIN
+    waited(lambda: forward.repairs >= 1)
     assert_policy(web, api)
 
 
