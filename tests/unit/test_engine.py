@@ -321,3 +321,35 @@ def test_refusal_reaches_docker_as_one_err_line(tmp_path):
     assert resp.status_code == 403
     assert err == ("secnet cannot work with this engine: Docker 30.0.0 firewall backend 'ebpf' "
                    "is not one secnet knows (iptables, nftables)")
+
+
+@pytest.mark.parametrize("watch_fails", [False, True])
+def test_wiring_subscribes_the_filter_and_hooks_engine_detection(monkeypatch, watch_fails):
+    from types import SimpleNamespace
+
+    from plugin import wiring
+
+    class FakeWatcher:
+        def __init__(self):
+            self.subs = []
+
+        def start(self):
+            if watch_fails:
+                raise PermissionError(1, "Operation not permitted")
+            return self
+
+        def subscribe(self, callback, match=None):
+            self.subs.append((callback, match))
+
+    monkeypatch.setattr(wiring, "NftWatcher", FakeWatcher)
+    fw, _ipt, _guard = make_filter()
+    driver = SimpleNamespace(firewall=fw, resolver=SimpleNamespace(connect_hooks=[]))
+    try:
+        wiring.start_forward_watch(driver)
+        assert driver.resolver.connect_hooks == [fw.engine_connected]
+        if watch_fails:
+            assert driver.nftwatch is None  # the periodic pass still repairs
+        else:
+            assert driver.nftwatch.subs == [(fw.trigger, fw.interested)]
+    finally:
+        fw.stop()
