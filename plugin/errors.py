@@ -35,6 +35,13 @@ class Conflict(DriverError):
     status = 409
 
 
+class Unsupported(DriverError):
+    """The engine or host lacks what the request needs (named in the message)."""
+
+    kind = "forbidden"
+    status = 403
+
+
 class Internal(DriverError):
     kind = "internal"
     status = 500

@@ -23,7 +23,9 @@ stop() {
 }
 start() {
   stop TERM
-  SECNET_SOCKET=$SOCK nohup "$PWD/.venv/bin/secnet-plugin" >>"$LOG" 2>&1 </dev/null &
+  # 9>&-: the daemon must not inherit the e2e lock (/work/tools/e2e.sh holds it on fd 9),
+  # or the next e2e run waits for as long as this daemon lives
+  SECNET_SOCKET=$SOCK nohup "$PWD/.venv/bin/secnet-plugin" >>"$LOG" 2>&1 </dev/null 9>&- &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 100); do
     if [ -S "$SOCK" ] && curl -s --unix-socket "$SOCK" -X POST http://x/Plugin.Activate | grep -q NetworkDriver; then

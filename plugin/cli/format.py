@@ -102,3 +102,14 @@ def print_verify(data: dict) -> None:
 
 def print_metrics(data: dict) -> None:
     sys.stdout.write(data["text"])
+
+
+def engine_line(engine: dict) -> str:
+    """``secnet status``'s engine line: version, firewall backend, forward-filter mode."""
+    version = engine.get("version") or "not detected yet"
+    api = f" (API {engine['api_version']})" if engine.get("api_version") else ""
+    backend = engine.get("firewall_backend") or "iptables (not reported)"
+    if not engine.get("version"):
+        backend = "unknown"
+    return (f"engine: Docker {version}{api}; firewall {backend}; forward filter "
+            f"{engine.get('forward_filter', '?')}: {engine.get('reason', '')}")

@@ -22,9 +22,8 @@ from plugin.config import Settings
 def _print_status(data: dict) -> None:
     print(f"daemon: {'healthy' if data.get('healthy') else 'unhealthy'}; "
           f"networks: {len(data['networks'])}; reconcile repairs: {data.get('reconcile_repairs', 0)}")
-    engine = data.get("engine")
-    if engine:
-        print("engine: " + ", ".join(f"{k} {v}" for k, v in sorted(engine.items()) if v not in (None, "")))
+    if data.get("engine"):
+        print(fmt.engine_line(data["engine"]))
     for n in data["networks"]:
         print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  {n.get('backend', 'nftables')}"
               f"  mode {n.get('mode', 'enforce')}  endpoints {n['endpoints']}"

@@ -22,7 +22,10 @@ from plugin.driver.state import State
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel import conntrack
 from plugin.kernel.dockerfw import DockerFirewall
+from plugin.kernel.forward import ForwardFilter
 from plugin.kernel.links import Netlink
+from plugin.kernel.nftguard import NftGuard
+from plugin.kernel.nftwatch import Debouncer, NftWatcher
 from plugin.observe.droplog import Directory, DropLog
 from plugin.observe.metrics import Metrics
 
@@ -50,6 +53,8 @@ class Daemon:
     metrics: Metrics
     api: Api
     backends: dict = field(default_factory=dict)
+    firewall: object = None
+    nftwatch: object = None
 
 
 def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemon:
@@ -59,12 +64,14 @@ def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemo
     lock = threading.RLock()  # the driver's verbs and the reconciler's passes, one at a time
     reconciler = Reconciler(state, backends, allocator=state, prune=conntrack.prune_ports,
                             forget=conntrack.forget, lock=lock)
-    driver = Driver(state, links or Netlink(), firewall or DockerFirewall(), reconciler,
+    firewall = firewall or ForwardFilter(DockerFirewall(), NftGuard())
+    driver = Driver(state, links or Netlink(), firewall, reconciler,
                     LabelResolver(settings.docker_host), lock=lock)
     droplog = DropLog(settings.state_dir, Directory(state))
     metrics = Metrics(state, reconciler, droplog)
-    api = Api(driver, reconciler, droplog, metrics)
-    return Daemon(settings, state, driver, reconciler, driver.resolver, droplog, metrics, api, backends)
+    api = Api(driver, reconciler, droplog, metrics, engine=getattr(firewall, "status", None))
+    return Daemon(settings, state, driver, reconciler, driver.resolver, droplog, metrics, api, backends,
+                  firewall)
 
 
 def start(daemon: Daemon) -> None:
@@ -80,9 +87,33 @@ def start(daemon: Daemon) -> None:
             backend.watch_drops(daemon.droplog.record)
         except Exception:
             log.exception("cannot read drop events of the %s backend", backend.name)
+    start_watches(daemon)
     daemon.resolver.start(daemon.driver)
     if daemon.settings.metrics_addr:
         try:
             daemon.metrics.serve(daemon.settings.metrics_addr)
         except (OSError, ValueError) as exc:
             log.error("cannot serve metrics on %s: %s", daemon.settings.metrics_addr, exc)
+
+
+def start_watches(daemon: Daemon) -> None:
+    """Follow nftables change notifications: the forward rules outside secnet's tables
+    are re-ensured, and a network whose tables someone else changed is checked and
+    repaired, each within ~0.1 s (the periodic pass stays as a safety net). Engine
+    (re)connects re-detect the engine's firewall."""
+    forward = daemon.firewall
+    if isinstance(forward, ForwardFilter):
+        forward.start()
+        daemon.resolver.connect_hooks.append(forward.engine_connected)
+    try:
+        daemon.nftwatch = NftWatcher().start()
+    except OSError as exc:
+        log.error("cannot follow nftables changes (the periodic pass still repairs): %s", exc)
+        return
+    if isinstance(forward, ForwardFilter):
+        daemon.nftwatch.subscribe(forward.trigger, forward.interested)
+    owners = [b for b in daemon.backends.values() if hasattr(b, "owns")]
+    if owners:
+        repair = Debouncer(lambda: daemon.reconciler.reconcile(full=False), name="secnet-repair").start()
+        daemon.nftwatch.subscribe(repair.trigger,
+                                  lambda event: any(b.owns(event) is not None for b in owners))

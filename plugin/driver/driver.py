@@ -19,7 +19,7 @@ from segmentation.resolve import SEGMENT_OPT
 
 from plugin.kernel import links as nl
 from plugin.enforce.backend import BackendUnavailable
-from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound
+from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound, Unsupported
 from plugin.driver.portmap import Binding, parse_portmap
 from plugin.kernel.hostports import Reservations
 from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
@@ -112,6 +112,9 @@ class Driver:
 
     def create_network(self, req: CreateNetworkRequest) -> dict:
         rec = self._new_network_record(req)
+        refusal = getattr(self.firewall, "refusal", lambda: None)()  # detected in the background
+        if refusal:
+            raise Unsupported(refusal)
         try:
             self.reconciler.check_backend(rec.options.backend)
         except BackendUnavailable as exc:

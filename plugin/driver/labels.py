@@ -98,6 +98,7 @@ class LabelResolver:
         self._reported: set = set()      # endpoint ids whose miss was logged
         self.driver = None
         self.connects = 0                # successful stream (re)connects, for tests/status
+        self.connect_hooks: list = []    # hook(client) on every (re)connect: the engine may be new
 
     def _docker_client(self, timeout: float):
         import docker  # only here: nothing talks to Docker at import time
@@ -228,6 +229,11 @@ class LabelResolver:
             return True
         self.connects += 1
         log.info("following Docker network events")
+        for hook in list(self.connect_hooks):
+            try:
+                hook(client)
+            except Exception:
+                log.exception("engine connect hook %r failed", hook)
         self.catch_up(client)
         try:
             for event in stream:

@@ -52,28 +52,34 @@ class DockerFirewall:
         # the chain early is harmless and lets our rule be in place already.
         return self._run(binary, "-t", "filter", "-N", CHAIN).returncode == 0
 
-    def ensure(self, bridge: str, network_id: str) -> None:
+    def ensure(self, bridge: str, network_id: str) -> bool:
+        """Put the bridge's rules in place; True when some had to be (re)written."""
+        changed = False
         with self._lock:
             for binary in self.binaries:
                 if not self._ensure_chain(binary):
                     log.warning("%s: cannot make chain %s", binary, CHAIN)
                     continue
-                self._ensure_jump(binary)
+                changed |= self._ensure_jump(binary)
                 self._drop_stale(binary, network_id)
                 specs = self._specs(bridge, network_id)
                 if all(self._run(binary, "-C", CHAIN, *spec).returncode == 0 for spec in specs):
                     continue
                 self._delete(binary, specs)  # then all again, in order, at the top
+                changed = True
                 for spec in reversed(specs):
                     res = self._run(binary, "-I", CHAIN, "1", *spec)
                     if res.returncode != 0:
                         raise RuntimeError(f"{binary} -I {CHAIN} failed: {res.stderr.strip()}")
+        return changed
 
-    def _ensure_jump(self, binary: str) -> None:
+    def _ensure_jump(self, binary: str) -> bool:
         """FORWARD must pass through DOCKER-USER (Docker sets that up for IPv4
-        only, unless its ip6tables support is on)."""
+        only, unless its ip6tables support is on). True when it had to be added."""
         if self._run(binary, "-C", "FORWARD", "-j", CHAIN).returncode != 0:
             self._run(binary, "-I", "FORWARD", "1", "-j", CHAIN)
+            return True
+        return False
 
     def _drop_stale(self, binary: str, network_id: str) -> None:
         """Remove rules of this network that an older secnet wrote differently."""
@@ -115,3 +121,14 @@ class DockerFirewall:
                     continue
                 out.append((binary, words[words.index(flag) + 1], comment[len(COMMENT_PREFIX):]))
         return out
+
+    def forward_drops(self) -> bool:
+        """True when an iptables FORWARD chain (IPv4 or IPv6) has policy DROP."""
+        for binary in self.binaries:
+            try:
+                res = self._run(binary, "-t", "filter", "-S", "FORWARD")
+            except OSError:  # that binary is not installed
+                continue
+            if res.returncode == 0 and "-P FORWARD DROP" in res.stdout:
+                return True
+        return False

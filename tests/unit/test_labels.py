@@ -452,3 +452,14 @@ def test_a_broken_stream_reconnects_without_growing_the_backoff():
     run_watcher(res, FakeDriver(network()), lambda: len(waits) >= 3)
     assert waits[:3] == [BACKOFF_MIN, BACKOFF_MIN, 2 * BACKOFF_MIN]
     assert res.connects >= 2
+
+
+def test_connect_hooks_run_on_every_reconnect_and_a_failing_one_does_not_stop_the_watcher():
+    # the engine may be a new one after each reconnect (engine restart): detection hooks run again
+    seen = []
+    client = FakeClient(events=[Stream([]), OSError("engine away"), Stream([]), Stream([])])
+    res = resolver(client, sleep=lambda s: None)
+    res.connect_hooks.append(lambda c: 1 / 0)
+    res.connect_hooks.append(seen.append)
+    run_watcher(res, FakeDriver(network()), lambda: len(seen) >= 3)
+    assert all(c is client for c in seen) and res.connects >= 3

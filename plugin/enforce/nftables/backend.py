@@ -162,6 +162,8 @@ class NftBackend:
         table = getattr(event, "table", "")
         if not table.startswith(TABLE_PREFIX) or getattr(event, "family", "") not in ("inet", "bridge"):
             return None
+        if self.writer is not None and getattr(event, "portid", 0) == self.writer.portid != 0:
+            return None   # our own delta (a join, a leave, an edit)
         prefix = table[len(TABLE_PREFIX):]
         with self._lock:
             return next((nid for nid in self._nets if nid.startswith(prefix)), prefix)

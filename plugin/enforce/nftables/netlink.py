@@ -269,6 +269,12 @@ class ElementWriter:
             self._sock = sock
         return self._sock
 
+    @property
+    def portid(self) -> int:
+        """The netlink port id of this writer's socket (0 before first use): change
+        notifications of its own batches carry it."""
+        return self._sock.getsockname()[0] if self._sock is not None else 0
+
     def _message(self, kind: int, family: int, body: bytes, flags: int) -> bytes:
         self._seq += 1
         payload = struct.pack("=BBH", family, 0, 0) + body
