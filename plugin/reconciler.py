@@ -14,7 +14,6 @@ on a timer of tens of seconds, not a tight poll.
 from __future__ import annotations
 
 import logging
-import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Optional
@@ -22,7 +21,7 @@ from typing import Optional
 from segmentation.backends import nftables as nft
 from segmentation.backends.nft_verdicts import LOG_SETS
 
-from . import flows
+from . import conntrack
 from segmentation.compiler import CompiledPolicy, compile_policy
 from segmentation.model import Member
 from segmentation.options import NetworkOptions
@@ -58,9 +57,10 @@ class Realized:
 
 
 class Reconciler:
-    def __init__(self, state, runner=None, interval: float = 60.0, lock=None):
+    def __init__(self, state, runner=None, interval: float = 60.0, lock=None, flows=None):
         self.state = state
         self.runner = runner or nft.NftRunner()
+        self.flows = flows or conntrack.Flows()  # the one writer of conntrack
         self.interval = interval
         self.repairs = 0
         self._realized: dict = {}
@@ -83,40 +83,70 @@ class Reconciler:
 
     def endpoint_changed(self, net, ep) -> None:
         with self._lock:
-            real = self._realized.get(net.id)
             new = port_of(ep)
-            if real is None:
-                ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
-                ports[ep.id] = new
-                return self._rebuild(net, ports)
-            old = real.ports.get(ep.id)
-            if new.active and new.segment not in real.compiled.segments:
-                ports = dict(real.ports)
-                ports[ep.id] = new
-                return self._rebuild(net, ports)  # a new segment changes the rules
-            self.runner.apply(nft.render_port_change(net.id, old, new))
-            real.ports[ep.id] = new
+            old = self._apply_port(net, new)
+            self._flows_after(net, old, new)
+
+    def _apply_port(self, net, new: nft.Port) -> Optional[nft.Port]:
+        """Put ``new`` into the kernel; returns the port as it was before."""
+        real = self._realized.get(net.id)
+        if real is None:
+            ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
+            ports[new.endpoint_id] = new
+            self._rebuild(net, ports)
+            return None
+        old = real.ports.get(new.endpoint_id)
+        if new.active and new.segment not in real.compiled.segments:
+            ports = dict(real.ports)
+            ports[new.endpoint_id] = new
+            self._rebuild(net, ports)  # a new segment changes the rules
+            return old
+        self.runner.apply(nft.render_port_change(net.id, old, new))
+        real.ports[new.endpoint_id] = new
+        return old
+
+    def _flows_after(self, net, old: Optional[nft.Port], new: nft.Port) -> None:
+        """Conntrack after a port change: flows to ports it just published must
+        reach it; flows it had (segment, quarantine, published ports) are judged again."""
+        fresh = set(new.published) if new.active else set()
+        fresh -= set(old.published) if old is not None and old.active else set()
+        if fresh:
+            self.flows.claim(sorted(fresh), new.ipv4, new.ipv6)
+        if old is not None and old.active and (
+                (old.segment, old.quarantine) != (new.segment, new.quarantine)
+                or set(old.published) - set(new.published)):
+            self.cut_flows(net, only={a for a in (old.ipv4, old.ipv6) if a})
 
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
             real = self._realized.get(net.id)
             old = real.ports.pop(ep.id, None) if real else None
             self.runner.apply(nft.render_port_change(net.id, old or port_of(ep), None))
-        # forks of `conntrack` take tens of ms: off the request path
-        threading.Thread(target=_forget_flows, args=(port_of(ep),), daemon=True).start()
+            # Before DeleteEndpoint returns: Docker may give the address to the
+            # next container only then, and no entry of this one may be left.
+            port = port_of(ep)
+            self.flows.forget([port.ipv4, port.ipv6])
+
+    def cut_flows(self, net, only: Optional[set] = None) -> int:
+        """End the flows of ``net`` that its realized policy and members do not
+        allow (``only``: just those naming these addresses). Every change of
+        what is allowed calls this once it is in the kernel."""
+        with self._lock:
+            real = self._realized.get(net.id)
+            if real is None:
+                return 0
+            allowed = conntrack.allowed_by(real.compiled)
+            held = conntrack.holders(real.ports.values())
+        return self.flows.enforce(allowed, held, only)
 
     def policy_changed(self, net) -> None:
-        """Options (rules) of ``net`` changed: rebuild its tables atomically."""
+        """Options (rules) of ``net`` changed: rebuild its tables atomically, then
+        end the flows the new rules do not allow (published and NAT'd ones too)."""
         with self._lock:
             real = self._realized.get(net.id)
             ports = dict(real.ports) if real else {e.id: port_of(e) for e in self.state.endpoints(net.id)}
             self._rebuild(net, ports)
-            members = {}
-            for p in ports.values():
-                if p.active:
-                    members.update({a: p.segment for a in (p.ipv4, p.ipv6) if a})
-            compiled = self._realized[net.id].compiled
-        flows.prune(compiled, members)
+            self.cut_flows(net)
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> CompiledPolicy:
@@ -276,19 +306,3 @@ def _as_int(value) -> int:
     if isinstance(value, str):
         return int(value, 16) if value.lower().startswith("0x") else int(value)
     return int(value)
-
-
-def _forget_flows(port: nft.Port) -> None:
-    """Delete conntrack entries of a leaving endpoint's addresses.
-
-    Its address may be handed to the next container: a stale entry must not
-    let that container's packets pass as 'established'.
-    """
-    for addr in (port.ipv4, port.ipv6):
-        if not addr:
-            continue
-        for flag in ("-s", "-d"):
-            try:
-                subprocess.run(["conntrack", "-D", flag, addr], capture_output=True, check=False, timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                return

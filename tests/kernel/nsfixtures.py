@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from plugin.conntrack import Kernel
 from segmentation.backends import nftables as nft
 from segmentation.compiler import compile_policy
 from segmentation.model import Member
@@ -80,6 +81,21 @@ def netns(name: str):
     finally:
         os.close(target)
         os.close(home)
+
+
+class NsKernel(Kernel):
+    """The conntrack table of namespace ``ns`` (ctnetlink sockets opened inside it)."""
+
+    def __init__(self, ns: str):
+        self.ns = ns
+
+    def entries(self):
+        with netns(self.ns):
+            return super().entries()
+
+    def delete(self, entries):
+        with netns(self.ns):
+            return super().delete(entries)
 
 
 def ns_socket(ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:

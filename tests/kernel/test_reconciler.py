@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from nsfixtures import BRIDGE, NET_ID, lab, parallel, probe_icmp, probe_tcp  # noqa: F401  (lab is a fixture)
+from nsfixtures import BRIDGE, NET_ID, NsKernel, lab, parallel, probe_icmp, probe_tcp  # noqa: F401  (lab is a fixture)
+from plugin.conntrack import Flows
 from plugin.reconciler import Reconciler
 from plugin.state import EndpointRecord, NetworkRecord, State
 from segmentation.options import NetworkOptions
@@ -32,7 +33,7 @@ def world(lab, tmp_path):
                         ipv4=(("10.236.0.0/24", None),), ipv6=(("fd00:236::/64", None),))
     state.put_network(net)
     state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
-    rec = Reconciler(state, runner=lab.runner)
+    rec = Reconciler(state, runner=lab.runner, flows=Flows(NsKernel(lab.host)))
     rec.network_added(net)
     assert rec.drift(net) == []
     assert_policy(web, api)
