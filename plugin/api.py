@@ -18,6 +18,7 @@ from segmentation.model import Policy
 from segmentation.options import NetworkOptions
 from segmentation.rules import parse_rules
 
+from .droplog import current_names
 from .errors import BadRequest, DriverError, Internal, NotFound
 from .explain import explain
 from .verify import verify
@@ -52,12 +53,25 @@ class Api:
             raise NotFound(f"no secnet network {ref!r}")
         raise BadRequest(f"network id prefix {ref!r} is ambiguous")
 
+    def _current_names(self, net=None) -> None:
+        """Re-read the engine's container names (of ``net``, else all) before a
+        command shows or looks up names: a name means its current holder."""
+        refresh = getattr(getattr(self.driver, "resolver", None), "refresh_names", None)
+        if refresh is None:
+            return
+        try:
+            refresh(network_id=net.id if net is not None else None)
+        except Exception as exc:  # the engine is away: the names the events gave
+            log.info("cannot re-read container names: %s: %s", type(exc).__name__, exc)
+
     # --- handlers -----------------------------------------------------------
     def status(self, _body):
         return status_view(self.driver)
 
     def show(self, body):
-        return network_view(self.driver, self.find_network(body.get("network")))
+        net = self.find_network(body.get("network"))
+        self._current_names(net)
+        return network_view(self.driver, net)
 
     def policy(self, body):
         net = self.find_network(body.get("network"))
@@ -73,14 +87,19 @@ class Api:
         droplog = getattr(self.driver, "droplog", None)
         if droplog is None:
             raise Internal("the drop log is not running")
-        net_id = self.find_network(body["network"]).id if body.get("network") else None
-        return droplog.query(net_id, _count(body, "since", 0), _count(body, "limit", droplog.ring.maxlen))
+        net = self.find_network(body["network"]) if body.get("network") else None
+        self._current_names(net)
+        found = droplog.query(net.id if net else None, _count(body, "since", 0),
+                              _count(body, "limit", droplog.ring.maxlen))
+        current_names(found["entries"], self.driver.state.endpoints(net.id if net else None))
+        return found
 
     def explain(self, body):
         net = self.find_network(body.get("network"))
         args = [body.get(k) for k in ("src", "dst", "service")]
         if not all(isinstance(a, str) and a for a in args):
             raise BadRequest("explain needs src, dst and service (e.g. tcp/8080)")
+        self._current_names(net)
         try:
             result = explain(self.driver.policy.compiled(net), self.driver.state.endpoints(net.id), *args)
         except PolicyError as exc:
@@ -89,6 +108,7 @@ class Api:
 
     def verify(self, body):
         net = self.find_network(body.get("network"))
+        self._current_names(net)
         with self._verifying:
             return verify(net.id, self.driver.policy.compiled(net), self.driver.state.endpoints(net.id))
 

@@ -255,6 +255,18 @@ class Driver:
             self.policy.endpoint_changed(net, ep)
             self.state.put_endpoint(ep)
 
+    def rename_containers(self, names: dict) -> int:
+        """Follow `docker rename`: the endpoints of each container id in ``names``
+        (id -> current name) take its name. Returns how many changed."""
+        with self.lock:
+            changed = [ep.evolve(container=names[ep.container_id]) for ep in self.state.endpoints()
+                       if ep.container_id in names and ep.container != names[ep.container_id]]
+            if changed:
+                self.state.put_endpoints(changed)
+        for ep in changed:
+            log.info("endpoint %s: container renamed to %s", ep.id[:12], ep.container)
+        return len(changed)
+
     def leave(self, req: EndpointRequest) -> dict:
         with self.lock:
             ep = self.state.get_endpoint(req.endpoint_id)

@@ -14,7 +14,13 @@ the engine itself, in two ways that must never hang a driver request:
   stays unresolved (segment ``None``: fail closed).
 * A daemon thread follows the engine's event stream (``network connect``)
   and resolves every endpoint that is still unresolved; on each (re)connect
-  it first catches up on all of them. It blocks on the stream, so an idle
+  it first catches up on all of them.
+* A container's name can change after it joined (``docker rename``; the
+  event ``container rename`` carries the new name): the watcher follows
+  those events, the catch-up re-reads every name, and a CLI command that
+  looks containers up by name re-reads its network's names first
+  (:meth:`LabelResolver.refresh_names`), so a name always means the
+  engine's current holder of it. It blocks on the stream, so an idle
   daemon costs no CPU, and reconnects with exponential backoff when the
   engine is away (at engine start plugins come up before its API listens).
 
@@ -40,7 +46,8 @@ log = logging.getLogger(__name__)
 DEFAULT_DOCKER_HOST = "unix://var/run/docker.sock"
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 WATCH_CALL_TIMEOUT = 5.0  # per call made by the watcher thread (not in a request)
-EVENT_FILTERS = {"type": ["network"], "event": ["connect"]}
+EVENT_FILTERS = {"type": ["network", "container"], "event": ["connect", "rename"]}
+NAMES_TIMEOUT = 1.0  # a CLI command's look at the engine's current names
 
 
 class LookupTimeout(Exception):
@@ -255,9 +262,23 @@ class LabelResolver:
                 removed += 1
         return removed
 
+    def refresh_names(self, network_id: Optional[str] = None, client=None) -> int:
+        """Give endpoints their containers' current names (by container id):
+        of network ``network_id``, else of every network. Returns how many
+        changed; raises when the engine does not answer."""
+        client = client or self._factory(timeout=NAMES_TIMEOUT)
+        filters = {"network": [network_id]} if network_id else None
+        rows = client.containers(all=True, filters=filters)
+        names = {row["Id"]: _container_name(row, None) for row in rows or ()}
+        return self.driver.rename_containers({cid: n for cid, n in names.items() if n})
+
     def catch_up(self, client) -> int:
         """Resolve every unresolved endpoint; returns how many were resolved."""
         self.drop_gone_networks(client)
+        try:
+            self.refresh_names(client=client)
+        except Exception as exc:  # the names stay as they were; the next catch-up tries again
+            log.info("cannot re-read container names: %s: %s", type(exc).__name__, exc)
         pending: dict = {}
         for ep in self.driver.state.endpoints():
             if needs_resolution(ep):
@@ -273,6 +294,12 @@ class LabelResolver:
         return resolved
 
     def _handle_event(self, client, event: dict) -> None:
+        if event.get("Type") == "container" and event.get("Action") == "rename":
+            actor = event.get("Actor") or {}
+            cid, name = actor.get("ID"), (actor.get("Attributes") or {}).get("name")
+            if cid and name:
+                self.driver.rename_containers({cid: name.lstrip("/")})
+            return
         if event.get("Type") != "network" or event.get("Action") != "connect":
             return
         actor = event.get("Actor") or {}

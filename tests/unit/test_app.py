@@ -336,3 +336,11 @@ def test_oper_info_describes_the_endpoint(env, joined):
     status, body = env.post("/NetworkDriver.EndpointOperInfo", endpoint_body(joined.nid, joined.eid))
     ep = env.state.get_endpoint(joined.eid)
     assert status == 200 and body["Value"]["veth"] == ep.veth_host and body["Value"]["mac"] == ep.mac
+
+
+def test_rename_containers_follows_the_engine_by_container_id(env, joined):
+    cid = "ab" * 32
+    env.state.put_endpoint(env.state.get_endpoint(joined.eid).evolve(container="api", container_id=cid))
+    assert env.driver.rename_containers({cid: "api2", "cd" * 32: "other"}) == 1
+    assert env.state.get_endpoint(joined.eid).container == "api2"
+    assert env.driver.rename_containers({cid: "api2"}) == 0       # no change, no write
