@@ -235,11 +235,11 @@ class Driver:
             self.state.put_endpoint(ep)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
-        if not net.internal:
-            for key, pools in (("Gateway", net.ipv4), ("GatewayIPv6", net.ipv6 if ep.ipv6 else ())):
-                gw = next((g for _, g in pools if g), None)
+        if not net.internal:  # each address gets the gateway of its own subnet
+            for key, addr in (("Gateway", ep.ipv4), ("GatewayIPv6", ep.ipv6)):
+                gw = net.gateway_for(addr)
                 if gw:
-                    resp[key] = str(ipaddress.ip_interface(gw).ip)
+                    resp[key] = gw
         return resp
 
     def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):
