@@ -79,7 +79,9 @@ class Reconciler:
     def network_removed(self, net) -> None:
         with self._lock:
             self.runner.apply(nft.render_delete_network(net.id))
-            self._realized.pop(net.id, None)
+            real = self._realized.pop(net.id, None)
+            if real is not None and real.ports:  # endpoints Docker never deleted (a gone network)
+                self.flows.forget([a for p in real.ports.values() for a in (p.ipv4, p.ipv6)])
 
     def endpoint_changed(self, net, ep) -> None:
         with self._lock:
