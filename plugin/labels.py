@@ -266,19 +266,46 @@ class LabelResolver:
         """Give endpoints their containers' current names (by container id):
         of network ``network_id``, else of every network. Returns how many
         changed; raises when the engine does not answer."""
+        return self.driver.rename_containers(self._names(client, network_id))
+
+    def _names(self, client=None, network_id: Optional[str] = None) -> dict:
+        """container id -> current name, as the engine lists them (lock-free)."""
         client = client or self._factory(timeout=NAMES_TIMEOUT)
         filters = {"network": [network_id]} if network_id else None
         rows = client.containers(all=True, filters=filters)
         names = {row["Id"]: _container_name(row, None) for row in rows or ()}
-        return self.driver.rename_containers({cid: n for cid, n in names.items() if n})
+        return {cid: n for cid, n in names.items() if n}
+
+    def drop_gone_endpoints(self, client, live: dict) -> int:
+        """Delete endpoints that outlived their container (removed, or restarted
+        with another endpoint, while the daemon was down: Docker does not call
+        DeleteEndpoint again). ``live``: every container id -> name."""
+        from .protocol import EndpointRequest
+        removed = 0
+        for net in self.driver.state.networks():
+            eps = [ep for ep in self.driver.state.endpoints(net.id) if ep.container_id]
+            if not eps:
+                continue
+            members = client.inspect_network(net.id).get("Containers") or {}
+            for ep in eps:
+                other = (members.get(ep.container_id) or {}).get("EndpointID")
+                if ep.container_id in live and other in (None, ep.id):
+                    continue
+                log.warning("endpoint %s of network %s outlived its container %s: removing it",
+                            ep.id[:12], net.id[:12], ep.container_id[:12])
+                self.driver.delete_endpoint(EndpointRequest(network_id=net.id, endpoint_id=ep.id))
+                removed += 1
+        return removed
 
     def catch_up(self, client) -> int:
         """Resolve every unresolved endpoint; returns how many were resolved."""
         self.drop_gone_networks(client)
         try:
-            self.refresh_names(client=client)
-        except Exception as exc:  # the names stay as they were; the next catch-up tries again
-            log.info("cannot re-read container names: %s: %s", type(exc).__name__, exc)
+            live = self._names(client)
+            self.driver.rename_containers(live)
+            self.drop_gone_endpoints(client, live)
+        except Exception as exc:  # names and endpoints stay as they were; the next catch-up tries again
+            log.info("cannot re-read containers: %s: %s", type(exc).__name__, exc)
         pending: dict = {}
         for ep in self.driver.state.endpoints():
             if needs_resolution(ep):

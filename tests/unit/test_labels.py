@@ -231,6 +231,7 @@ class FakeDriver:
         self.state = FakeState(net, eps)
         self.applied = []
         self.renamed = []
+        self.deleted = []
         self.applied_event = threading.Event()
 
     def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):
@@ -239,6 +240,10 @@ class FakeDriver:
         self.state.eps[endpoint_id] = ep.evolve(container=container, container_id=container_id,
                                                 segment=segment, quarantine=quarantine)
         self.applied_event.set()
+
+    def delete_endpoint(self, req):
+        self.deleted.append(req.endpoint_id)
+        self.state.eps.pop(req.endpoint_id, None)
 
     def rename_containers(self, names):
         self.renamed.append(dict(names))
@@ -295,12 +300,15 @@ def test_connect_event_quarantines_a_bad_label():
 def test_resolved_endpoints_cost_no_docker_call():
     done = endpoint(segment="web", container="web-1", container_id=CID)
     driver = FakeDriver(network(), [done])
-    client = FakeClient(events=[Stream([connect_event(), connect_event(nid="x" * 64)])])
+    client = FakeClient([row("web-1", {})], {CID: {"Name": "web-1", "EndpointID": EID}},
+                        events=[Stream([connect_event(), connect_event(nid="x" * 64)])])
     res = resolver(client, sleep=lambda s: None)
     run_watcher(res, driver, lambda: len([c for c in client.calls if c[0] == "events"]) >= 2)
-    # each (re)connect re-reads the names once (one list); the events themselves cost nothing
+    # each (re)connect re-reads the containers once (a list and the network's members);
+    # the events themselves cost nothing
     events = len([c for c in client.calls if c[0] == "events"])
-    assert [c for c in client.calls if c[0] not in ("events", "networks")] == [("containers", None)] * events
+    assert [c for c in client.calls if c[0] not in ("events", "networks")] == \
+        [("containers", None), ("inspect_network", NID)] * events
     assert driver.applied == []
 
 
@@ -313,12 +321,20 @@ def test_a_rename_event_renames_the_containers_endpoints():
     done = endpoint(segment="web", container="web-1", container_id=CID)
     other = endpoint("f" * 64, segment="web", container="db", container_id="d" * 64)
     driver = FakeDriver(network(), [done, other])
-    client = FakeClient([row("db", {}, cid="d" * 64)],            # the catch-up leaves web-1 alone
-                        events=[Stream([rename_event("web-2")])])
+    client = FakeClient([row("web-1", {}), row("db", {}, cid="d" * 64)])
+
+    class Renamed(list):  # the engine renames, then sends the event
+        def __iter__(self):
+            client.rows[0] = row("web-2", {})
+            return iter([rename_event("web-2")])
+
+        def close(self):
+            pass
+    client.events_script = [Renamed()]
     run_watcher(resolver(client, sleep=lambda s: None), driver,
                 lambda: driver.state.eps[EID].container == "web-2")
     assert driver.state.eps["f" * 64].container == "db"
-    assert {CID: "web-2"} in driver.renamed
+    assert {CID: "web-2"} in driver.renamed          # the event's own call (a catch-up names all)
 
 
 def test_catch_up_follows_renames_missed_while_away():
@@ -499,3 +515,19 @@ def test_a_broken_stream_reconnects_without_growing_the_backoff():
     run_watcher(res, FakeDriver(network()), lambda: len(waits) >= 3)
     assert waits[:3] == [BACKOFF_MIN, BACKOFF_MIN, 2 * BACKOFF_MIN]
     assert res.connects >= 2
+
+
+def test_catch_up_removes_endpoints_that_outlived_their_containers():
+    """Removed (or restarted with a new endpoint) while the daemon was down: Docker never
+    calls DeleteEndpoint again. Endpoints not resolved yet (no container id) are left alone."""
+    live = endpoint(segment="web", container="web-1", container_id=CID)
+    removed = endpoint("f" * 64, segment="web", container="old", container_id="d" * 64)
+    restarted = endpoint("a" * 64, segment="web", container="re", container_id="b" * 64)
+    starting = endpoint("9" * 64)
+    driver = FakeDriver(network(), [live, removed, restarted, starting])
+    client = FakeClient([row("web-1", {}), row("re", {}, cid="b" * 64)],
+                        {CID: {"Name": "web-1", "EndpointID": EID},
+                         "b" * 64: {"Name": "re", "EndpointID": "7" * 64}})
+    run_watcher(resolver(client, sleep=lambda s: None), driver, lambda: len(driver.deleted) == 2)
+    assert sorted(driver.deleted) == sorted(["f" * 64, "a" * 64])
+    assert set(driver.state.eps) == {EID, "9" * 64}
