@@ -75,6 +75,8 @@ cfg = json.loads(sys.argv[1])
 fam = socket.AF_INET6 if ":" in cfg["dst"] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_STREAM if cfg["proto"] == "tcp" else socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if fam == socket.AF_INET6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 if cfg.get("sport"):
     s.bind(("::" if fam == socket.AF_INET6 else "0.0.0.0", cfg["sport"]))
 if cfg["proto"] == "tcp":
