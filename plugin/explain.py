@@ -51,11 +51,9 @@ def is_host_address(address: str) -> bool:
 
 
 def _by_address(endpoints, address: str):
-    for ep in endpoints:
-        for cidr in (ep.ipv4, ep.ipv6):
-            if cidr and str(ipaddress.ip_interface(cidr).ip) == address:
-                return ep
-    return None
+    found = [ep for ep in endpoints for cidr in (ep.ipv4, ep.ipv6)
+             if cidr and str(ipaddress.ip_interface(cidr).ip) == address]
+    return _one(found, address)
 
 
 def _by_container(endpoints, name: str):
@@ -66,12 +64,17 @@ def _by_container(endpoints, name: str):
     exact = [ep for ep in endpoints if ep.container == name]
     if not exact and len(name) >= 6:
         exact = [ep for ep in endpoints if (ep.container_id or "").startswith(name.lower())]
-    if len(exact) > 1:
+    return _one(exact, name)
+
+
+def _one(found: list, text: str):
+    if len(found) > 1:
         which = "; ".join(f"endpoint {ep.id[:12]} of container {(ep.container_id or '?')[:12]}"
-                          f" ({(ep.ipv4 or ep.ipv6 or '').split('/')[0]})" for ep in exact)
-        raise PolicyError(f"'{shown(name)}' names {len(exact)} endpoints of this network ({which}):"
+                          f" ({ep.container or 'unnamed'}, {(ep.ipv4 or ep.ipv6 or '').split('/')[0]})"
+                          for ep in found)
+        raise PolicyError(f"'{shown(text)}' names {len(found)} endpoints of this network ({which}):"
                           " one of them is stale; name the container by its id or address")
-    return exact[0] if exact else None
+    return found[0] if found else None
 
 
 def _member(ep, kind: str, text: str) -> tuple:
