@@ -25,8 +25,9 @@ def flows(run_container):
     f.stop_all()
 
 
-def publish(run_container, net, name, segment, *ports, ip=None):
-    extra = [a for p in ports for a in ("-p", p)] + (["--ip", ip] if ip else [])
+def publish(run_container, net, name, segment, *ports, ip=None, ip6=None):
+    extra = [a for p in ports for a in ("-p", p)] + (["--ip", ip] if ip else []) + \
+        (["--ip6", ip6] if ip6 else [])
     return run_container(net, name, labels={SEG: segment} if segment else None, cmd=n.SLEEP, extra=extra)
 
 
@@ -37,7 +38,8 @@ def test_a_udp_stream_to_a_published_port_reaches_the_container_that_replaces_th
     net = fh.network(make_network, "sn-flow-udp")
     port = n.free_port(proto=("udp",))
     sport = n.free_port(19000, 19900, proto=("udp",))
-    old = publish(run_container, net, "old", None, f"{port}:5353/udp")
+    old = publish(run_container, net, "old", None, f"{port}:5353/udp",
+                  ip=fh.host_in(net.subnet, 50), ip6=fh.host_in(net.subnet6, 0x50))
     gw6 = n.gateway(net, 6)
     sink = flows.sink(old, [("udp", 5353)])
     flows.stream(n.HOST, "u4", "udp", "127.0.0.1", port, sport=sport)
@@ -45,7 +47,8 @@ def test_a_udp_stream_to_a_published_port_reaches_the_container_that_replaces_th
     fh.flowing(sink, "u4")
     fh.flowing(sink, "u6")
     h.docker("rm", "-f", old.name)
-    new = publish(run_container, net, "new", None, f"{port}:5353/udp")
+    new = publish(run_container, net, "new", None, f"{port}:5353/udp",       # a new address
+                  ip=fh.host_in(net.subnet, 51), ip6=fh.host_in(net.subnet6, 0x51))
     sink = flows.sink(new, [("udp", 5353)])
     fh.flowing(sink, "u4", within=5)
     fh.flowing(sink, "u6", within=5)
