@@ -12,7 +12,6 @@ import random
 
 import pytest
 
-import flow_helpers as fh
 import helpers as h
 import ns_helpers as n
 from ns_helpers import outside, servers  # noqa: F401  (fixtures)
