@@ -206,6 +206,8 @@ class Reconciler:
                         repaired += 1
                     ports = {e.id: port_of(e) for e in self.state.endpoints(net.id)}
                     self._rebuild(net, ports)
+                    if problems:  # what the drifted tables let through must not go on
+                        self.cut_flows(net)
             for family, table in self.runner.tables() if full else ():
                 if table not in owned:
                     self.runner.apply(f"delete table {family} {table}\n")
