@@ -286,7 +286,11 @@ class LabelResolver:
             eps = [ep for ep in self.driver.state.endpoints(net.id) if ep.container_id]
             if not eps:
                 continue
-            members = client.inspect_network(net.id).get("Containers") or {}
+            try:
+                members = client.inspect_network(net.id).get("Containers") or {}
+            except Exception as exc:  # this network is left for the next catch-up
+                log.info("network %s: cannot list its members: %s", net.id[:12], exc)
+                continue
             for ep in eps:
                 other = (members.get(ep.container_id) or {}).get("EndpointID")
                 if ep.container_id in live and other in (None, ep.id):
