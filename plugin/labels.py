@@ -276,14 +276,16 @@ class LabelResolver:
         names = {row["Id"]: _container_name(row, None) for row in rows or ()}
         return {cid: n for cid, n in names.items() if n}
 
-    def drop_gone_endpoints(self, client, live: dict) -> int:
+    def drop_gone_endpoints(self, client, live: dict, known: set) -> int:
         """Delete endpoints that outlived their container (removed, or restarted
         with another endpoint, while the daemon was down: Docker does not call
-        DeleteEndpoint again). ``live``: every container id -> name."""
+        DeleteEndpoint again). ``live``: every container id -> name; ``known``:
+        ids of the endpoints that had a container before ``live`` was listed
+        (an endpoint resolved since is not judged by an older list)."""
         from .protocol import EndpointRequest
         removed = 0
         for net in self.driver.state.networks():
-            eps = [ep for ep in self.driver.state.endpoints(net.id) if ep.container_id]
+            eps = [ep for ep in self.driver.state.endpoints(net.id) if ep.container_id and ep.id in known]
             if not eps:
                 continue
             try:
@@ -305,9 +307,10 @@ class LabelResolver:
         """Resolve every unresolved endpoint; returns how many were resolved."""
         self.drop_gone_networks(client)
         try:
+            known = {ep.id for ep in self.driver.state.endpoints() if ep.container_id}
             live = self._names(client)
             self.driver.rename_containers(live)
-            self.drop_gone_endpoints(client, live)
+            self.drop_gone_endpoints(client, live, known)
         except Exception as exc:  # names and endpoints stay as they were; the next catch-up tries again
             log.info("cannot re-read containers: %s: %s", type(exc).__name__, exc)
         pending: dict = {}

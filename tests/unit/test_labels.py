@@ -531,3 +531,13 @@ def test_catch_up_removes_endpoints_that_outlived_their_containers():
     run_watcher(resolver(client, sleep=lambda s: None), driver, lambda: len(driver.deleted) == 2)
     assert sorted(driver.deleted) == sorted(["f" * 64, "a" * 64])
     assert set(driver.state.eps) == {EID, "9" * 64}
+
+
+def test_an_endpoint_resolved_after_the_containers_were_listed_is_not_judged_by_that_list():
+    driver = FakeDriver(network(), [])
+    client = FakeClient([])                                    # listed before the container started
+    res = resolver(client)
+    res.driver = driver
+    driver.state.eps[EID] = endpoint(segment="web", container="web-1", container_id=CID)  # joined since
+    assert res.drop_gone_endpoints(client, {}, known=set()) == 0
+    assert res.drop_gone_endpoints(client, {}, known={EID}) == 1
