@@ -279,6 +279,11 @@ class Flows:
             log.info("deleted %d conntrack entries (%s)", deleted, ", ".join(reasons))
         return deleted
 
+    def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None) -> int:
+        """``enforce`` for a compiled policy and its members' ports (policy edits,
+        mode switches, repairs): the call later policy sources reuse."""
+        return self.enforce(allowed_by(compiled), holders(ports), only)
+
     def forget(self, addresses: Iterable[str]) -> int:
         """Delete every entry naming a removed endpoint's ``addresses`` (either tuple)."""
         gone = {a.split("/")[0] for a in addresses if a}

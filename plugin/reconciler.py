@@ -137,9 +137,8 @@ class Reconciler:
             real = self._realized.get(net.id)
             if real is None:
                 return 0
-            allowed = conntrack.allowed_by(real.compiled)
-            held = conntrack.holders(real.ports.values())
-        return self.flows.enforce(allowed, held, only)
+            compiled, ports = real.compiled, list(real.ports.values())
+        return self.flows.enforce_policy(compiled, ports, only)
 
     def policy_changed(self, net) -> None:
         """Options (rules) of ``net`` changed: rebuild its tables atomically, then
