@@ -115,6 +115,8 @@ class Driver:
 
     def _realize_network(self, rec: NetworkRecord, endpoints=()) -> None:
         self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
+        if rec.ipv6 and self.links.ensure_ipv6_forwarding():
+            log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
         self.firewall.ensure(rec.bridge, rec.id)
         self.policy.network_added(rec, endpoints)
 

@@ -382,3 +382,12 @@ def test_an_ipv6_only_network_and_endpoint(env):
     assert status == 200 and resp["Interface"]["MacAddress"].startswith("02:")
     status, resp = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
     assert status == 200 and resp.get("GatewayIPv6") == "fd00:222::1" and "Gateway" not in resp
+
+
+def test_an_ipv6_network_switches_ipv6_forwarding_on_as_docker_does(env):
+    assert env.post("/NetworkDriver.CreateNetwork", create_network_body(new_id())) == (200, {})
+    assert not getattr(env.links, "ipv6_forwarding", False)
+    body = create_network_body(new_id(), pool="10.220.3.0/24", gateway="10.220.3.1/24",
+                               pool6="fd00:223::/64", gateway6="fd00:223::1/64")
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+    assert env.links.ipv6_forwarding is True
