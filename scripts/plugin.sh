@@ -23,9 +23,15 @@ stop() {
 }
 start() {
   stop TERM
-  # 9>&-: the daemon must not inherit the e2e lock (/work/tools/e2e.sh holds it on fd 9),
-  # or the next e2e run waits for as long as this daemon lives
-  SECNET_SOCKET=$SOCK nohup "$PWD/.venv/bin/secnet-plugin" >>"$LOG" 2>&1 </dev/null 9>&- &
+  # The daemon outlives its caller: it must inherit none of the caller's open
+  # descriptors (the e2e lock of /work/tools/e2e.sh would stay held by it).
+  (
+    for fd in /proc/$BASHPID/fd/*; do
+      fd=${fd##*/}
+      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
+    done
+    SECNET_SOCKET=$SOCK exec nohup "$PWD/.venv/bin/secnet-plugin" >>"$LOG" 2>&1 </dev/null
+  ) &
   echo $! >"$PIDFILE"
   for _ in $(seq 1 100); do
     if [ -S "$SOCK" ] && curl -s --unix-socket "$SOCK" -X POST http://x/Plugin.Activate | grep -q NetworkDriver; then

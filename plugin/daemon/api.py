@@ -25,6 +25,7 @@ from plugin.errors import BadRequest, Internal, NotFound
 from plugin.observe.explain import explain
 from plugin.observe.verify import verify
 from plugin.observe.views import network_view, status_view
+from plugin.observe.droplog import current_names
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,26 @@ class Api:
             raise NotFound(f"no secnet network {ref!r}")
         raise BadRequest(f"network id prefix {ref!r} is ambiguous")
 
+    def _current_names(self, net=None) -> None:
+        """Re-read the engine's container names (of ``net``, else all) before a
+        command shows or looks up names: a name means its current holder."""
+        refresh = getattr(getattr(self.driver, "resolver", None), "refresh_names", None)
+        if refresh is None:
+            return
+        try:
+            refresh(network_id=net.id if net is not None else None)
+        except Exception as exc:  # the engine is away: the names the events gave
+            log.info("cannot re-read container names: %s: %s", type(exc).__name__, exc)
+
     # --- handlers -----------------------------------------------------------
     def status(self, _body):
         engine = self.engine() if callable(self.engine) else self.engine
         return status_view(self.state, self.reconciler, engine)
 
     def show(self, body):
-        return network_view(self.state, self.reconciler, self.find_network(body.get("network")))
+        net = self.find_network(body.get("network"))
+        self._current_names(net)
+        return network_view(self.state, self.reconciler, net)
 
     def policy(self, body):
         net = self.find_network(body.get("network"))
@@ -90,14 +104,19 @@ class Api:
         droplog = self.droplog
         if droplog is None:
             raise Internal("the drop log is not running")
-        net_id = self.find_network(body["network"]).id if body.get("network") else None
-        return droplog.query(net_id, _count(body, "since", 0), _count(body, "limit", droplog.ring.maxlen))
+        net = self.find_network(body["network"]) if body.get("network") else None
+        self._current_names(net)
+        found = droplog.query(net.id if net else None, _count(body, "since", 0),
+                              _count(body, "limit", droplog.ring.maxlen))
+        current_names(found["entries"], self.driver.state.endpoints(net.id if net else None))
+        return found
 
     def explain(self, body):
         net = self.find_network(body.get("network"))
         args = [body.get(k) for k in ("src", "dst", "service")]
         if not all(isinstance(a, str) and a for a in args):
             raise BadRequest("explain needs src, dst and service (e.g. tcp/8080)")
+        self._current_names(net)
         try:
             result = explain(self.reconciler.compiled(net), self.state.endpoints(net.id), *args)
         except PolicyError as exc:
@@ -106,6 +125,7 @@ class Api:
 
     def verify(self, body):
         net = self.find_network(body.get("network"))
+        self._current_names(net)
         with self._verifying:
             return verify(net.id, self.reconciler.compiled(net), self.state.endpoints(net.id))
 

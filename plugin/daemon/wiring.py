@@ -62,8 +62,7 @@ def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemo
     state = State(settings.state_dir)
     backends = make_backends() if backends is None else backends
     lock = threading.RLock()  # the driver's verbs and the reconciler's passes, one at a time
-    reconciler = Reconciler(state, backends, allocator=state, prune=conntrack.prune_ports,
-                            forget=conntrack.forget, lock=lock)
+    reconciler = Reconciler(state, backends, allocator=state, flows=conntrack.Flows(), lock=lock)
     firewall = firewall or ForwardFilter(DockerFirewall(), NftGuard())
     driver = Driver(state, links or Netlink(), firewall, reconciler,
                     LabelResolver(settings.docker_host), lock=lock)

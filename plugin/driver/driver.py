@@ -139,6 +139,8 @@ class Driver:
 
     def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True) -> None:
         self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
+        if rec.ipv6 and self.links.ensure_ipv6_forwarding():
+            log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
         self.firewall.ensure(rec.bridge, rec.id)
         if policy:
             self.reconciler.network_added(rec, endpoints)
@@ -266,11 +268,11 @@ class Driver:
             self.state.put_endpoint(ep)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
-        if not net.internal:
-            for key, pools in (("Gateway", net.ipv4), ("GatewayIPv6", net.ipv6 if ep.ipv6 else ())):
-                gw = next((g for _, g in pools if g), None)
+        if not net.internal:  # each address gets the gateway of its own subnet
+            for key, addr in (("Gateway", ep.ipv4), ("GatewayIPv6", ep.ipv6)):
+                gw = net.gateway_for(addr)
                 if gw:
-                    resp[key] = str(ipaddress.ip_interface(gw).ip)
+                    resp[key] = gw
         return resp
 
     def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):
@@ -285,6 +287,18 @@ class Driver:
                            quarantine=quarantine if ep.segment_opt is None else None)
             self.reconciler.endpoint_changed(net, ep)
             self.state.put_endpoint(ep)
+
+    def rename_containers(self, names: dict) -> int:
+        """Follow `docker rename`: the endpoints of each container id in ``names``
+        (id -> current name) take its name. Returns how many changed."""
+        with self.lock:
+            changed = [ep.evolve(container=names[ep.container_id]) for ep in self.state.endpoints()
+                       if ep.container_id in names and ep.container != names[ep.container_id]]
+            if changed:
+                self.state.put_endpoints(changed)
+        for ep in changed:
+            log.info("endpoint %s: container renamed to %s", ep.id[:12], ep.container)
+        return len(changed)
 
     def leave(self, req: EndpointRequest) -> dict:
         with self.lock:

@@ -14,7 +14,13 @@ the engine itself, in two ways that must never hang a driver request:
   stays unresolved (segment ``None``: fail closed).
 * A daemon thread follows the engine's event stream (``network connect``)
   and resolves every endpoint that is still unresolved; on each (re)connect
-  it first catches up on all of them. It blocks on the stream, so an idle
+  it first catches up on all of them.
+* A container's name can change after it joined (``docker rename``; the
+  event ``container rename`` carries the new name): the watcher follows
+  those events, the catch-up re-reads every name, and a CLI command that
+  looks containers up by name re-reads its network's names first
+  (:meth:`LabelResolver.refresh_names`), so a name always means the
+  engine's current holder of it. It blocks on the stream, so an idle
   daemon costs no CPU, and reconnects with exponential backoff when the
   engine is away (at engine start plugins come up before its API listens).
 
@@ -39,7 +45,8 @@ log = logging.getLogger(__name__)
 
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 WATCH_CALL_TIMEOUT = 5.0  # per call made by the watcher thread (not in a request)
-EVENT_FILTERS = {"type": ["network"], "event": ["connect"]}
+EVENT_FILTERS = {"type": ["network", "container"], "event": ["connect", "rename"]}
+NAMES_TIMEOUT = 1.0  # a CLI command's look at the engine's current names
 
 
 class LookupTimeout(Exception):
@@ -260,9 +267,57 @@ class LabelResolver:
                 removed += 1
         return removed
 
+    def refresh_names(self, network_id: Optional[str] = None, client=None) -> int:
+        """Give endpoints their containers' current names (by container id):
+        of network ``network_id``, else of every network. Returns how many
+        changed; raises when the engine does not answer."""
+        return self.driver.rename_containers(self._names(client, network_id))
+
+    def _names(self, client=None, network_id: Optional[str] = None) -> dict:
+        """container id -> current name, as the engine lists them (lock-free)."""
+        client = client or self._factory(timeout=NAMES_TIMEOUT)
+        filters = {"network": [network_id]} if network_id else None
+        rows = client.containers(all=True, filters=filters)
+        names = {row["Id"]: _container_name(row, None) for row in rows or ()}
+        return {cid: n for cid, n in names.items() if n}
+
+    def drop_gone_endpoints(self, client, live: dict, known: set) -> int:
+        """Delete endpoints that outlived their container (removed, or restarted
+        with another endpoint, while the daemon was down: Docker does not call
+        DeleteEndpoint again). ``live``: every container id -> name; ``known``:
+        ids of the endpoints that had a container before ``live`` was listed
+        (an endpoint resolved since is not judged by an older list)."""
+        from .protocol import EndpointRequest
+        removed = 0
+        for net in self.driver.state.networks():
+            eps = [ep for ep in self.driver.state.endpoints(net.id) if ep.container_id and ep.id in known]
+            if not eps:
+                continue
+            try:
+                members = client.inspect_network(net.id).get("Containers") or {}
+            except Exception as exc:  # this network is left for the next catch-up
+                log.info("network %s: cannot list its members: %s", net.id[:12], exc)
+                continue
+            for ep in eps:
+                other = (members.get(ep.container_id) or {}).get("EndpointID")
+                if ep.container_id in live and other in (None, ep.id):
+                    continue
+                log.warning("endpoint %s of network %s outlived its container %s: removing it",
+                            ep.id[:12], net.id[:12], ep.container_id[:12])
+                self.driver.delete_endpoint(EndpointRequest(network_id=net.id, endpoint_id=ep.id))
+                removed += 1
+        return removed
+
     def catch_up(self, client) -> int:
         """Resolve every unresolved endpoint; returns how many were resolved."""
         self.drop_gone_networks(client)
+        try:
+            known = {ep.id for ep in self.driver.state.endpoints() if ep.container_id}
+            live = self._names(client)
+            self.driver.rename_containers(live)
+            self.drop_gone_endpoints(client, live, known)
+        except Exception as exc:  # names and endpoints stay as they were; the next catch-up tries again
+            log.info("cannot re-read containers: %s: %s", type(exc).__name__, exc)
         pending: dict = {}
         for ep in self.driver.state.endpoints():
             if needs_resolution(ep):
@@ -278,6 +333,12 @@ class LabelResolver:
         return resolved
 
     def _handle_event(self, client, event: dict) -> None:
+        if event.get("Type") == "container" and event.get("Action") == "rename":
+            actor = event.get("Actor") or {}
+            cid, name = actor.get("ID"), (actor.get("Attributes") or {}).get("name")
+            if cid and name:
+                self.driver.rename_containers({cid: name.lstrip("/")})
+            return
         if event.get("Type") != "network" or event.get("Action") != "connect":
             return
         actor = event.get("Actor") or {}

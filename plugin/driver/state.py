@@ -13,6 +13,7 @@ directory), so memory and disk cannot disagree.
 """
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import sqlite3
@@ -55,8 +56,19 @@ class NetworkRecord:
         return replace(self, **changes)
 
     def gateways(self) -> list:
-        """Gateway addresses in CIDR form, both families."""
+        """Gateway addresses in CIDR form, both families, every subnet."""
         return [gw for _, gw in self.ipv4 + self.ipv6 if gw]
+
+    def gateway_for(self, address: Optional[str]) -> Optional[str]:
+        """The gateway (plain address) of the subnet ``address`` (CIDR form) is
+        in: a network may have several subnets per family. None when none."""
+        if not address:
+            return None
+        ip = ipaddress.ip_interface(address).ip
+        for pool, gw in self.ipv4 + self.ipv6:
+            if gw and ip in ipaddress.ip_network(pool):
+                return str(ipaddress.ip_interface(gw).ip)
+        return None
 
 
 @dataclass(frozen=True)

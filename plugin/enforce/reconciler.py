@@ -24,7 +24,7 @@ import ipaddress
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional
+from typing import Mapping, Optional
 
 from segmentation.compiler import policy_segments
 from segmentation.identities import PENDING, QUARANTINED
@@ -79,20 +79,18 @@ class Reconciler:
     """Applies networks, endpoints and policies through each network's backend.
 
     ``backends``: backend name (``secnet.backend``) -> Backend; ``allocator``:
-    segment identities (the state); ``prune(policy, ports)``: ends the
-    conntrack flows a policy no longer allows; ``forget(port)``: ends a
-    removed endpoint's flows. ``lock`` is the driver's: a pass never judges
-    the kernel in the middle of a verb.
+    segment identities (the state); ``flows``: the one writer of conntrack
+    entries (:class:`plugin.kernel.conntrack.Flows`; None: flows are left
+    alone, for tests of the datapath alone). ``lock`` is the driver's: a pass
+    never judges the kernel in the middle of a verb.
     """
 
-    def __init__(self, state, backends: Mapping[str, Backend], allocator=None,
-                 prune: Optional[Callable] = None, forget: Optional[Callable] = None,
+    def __init__(self, state, backends: Mapping[str, Backend], allocator=None, flows=None,
                  interval: float = 300.0, lock=None):
         self.state = state
         self.backends = dict(backends)
         self.allocator = allocator or state
-        self._prune = prune or (lambda policy, ports: 0)
-        self._forget = forget or (lambda port: None)
+        self.flows = flows
         self.interval = interval
         self.repairs = 0
         self._realized: dict = {}
@@ -126,7 +124,9 @@ class Reconciler:
     def network_removed(self, net) -> None:
         with self._lock:
             self.backend(net).remove_network(net.id)
-            self._realized.pop(net.id, None)
+            real = self._realized.pop(net.id, None)
+            if real is not None and self.flows is not None:  # endpoints Docker never deleted
+                self.flows.forget([a for p in real.ports.values() for a in p.addresses])
 
     def endpoint_changed(self, net, ep) -> None:
         with self._lock:
@@ -139,16 +139,31 @@ class Reconciler:
             if new != old:
                 self.backend(net).apply_ports(real.spec, [(old, new)])
                 real.ports[ep.id] = new
-        if old is not None and (old.identity, old.published) != (new.identity, new.published):
-            self._end_denied_flows(real.policy, list(real.ports.values()))
+            self._flows_after(real, old, new)
+
+    def _flows_after(self, real: Realized, old: Optional[Port], new: Port) -> None:
+        """Conntrack after a port change: flows to ports it just published must reach
+        it; the flows it had (segment, quarantine, published ports) are judged again."""
+        if self.flows is None:
+            return
+        fresh = set(new.published) if new.active else set()
+        fresh -= set(old.published) if old is not None and old.active else set()
+        if fresh:
+            self.flows.claim(sorted(fresh), new.ipv4, new.ipv6)
+        if old is not None and old.active and (
+                (old.identity, old.quarantine) != (new.identity, new.quarantine)
+                or set(old.published) - set(new.published)):
+            self._end_denied_flows(real, only=set(old.addresses))
 
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
             real = self._real(net)
             old = real.ports.pop(ep.id, None) or port_of(ep, real.policy.identities)
             self.backend(net).apply_ports(real.spec, [(old, None)])
-        # forks and conntrack dumps take tens of ms: off the request path
-        threading.Thread(target=self._forget, args=(old,), daemon=True).start()
+            # before DeleteEndpoint returns: Docker may hand the address to the next
+            # container only then, and no entry of this one may be left (either tuple)
+            if self.flows is not None:
+                self.flows.forget(old.addresses)
 
     def policy_changed(self, net) -> None:
         """Options (rules, mode, ...) of ``net`` changed: apply the delta, end denied flows."""
@@ -158,13 +173,14 @@ class Reconciler:
             if spec != real.spec:
                 real.spec = spec
             self._policy_delta(net, real, self.state.endpoints(net.id))
-            policy, ports = real.policy, list(real.ports.values())
-        self._end_denied_flows(policy, ports)
+            self._end_denied_flows(real)
 
-    def _end_denied_flows(self, policy: PolicyMap, ports) -> None:
-        """End the established flows ``policy`` denies (never in audit mode: it denies nothing)."""
-        if policy.settings.mode != "audit":
-            self._prune(policy, ports)
+    def _end_denied_flows(self, real: Realized, only: Optional[set] = None) -> int:
+        """End the established flows (published and NAT'd ones too) that the realized
+        policy denies; ``only``: those naming these addresses. Never in audit mode."""
+        if self.flows is None or real.policy.settings.mode == "audit":
+            return 0
+        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only)
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> PolicyMap:
@@ -251,7 +267,8 @@ class Reconciler:
         if not problems:
             return 0
         log.warning("network %s drifted (%s); rewriting it", net.id[:12], "; ".join(problems[:5]))
-        self._write_whole(net, self.state.endpoints(net.id))
+        real = self._write_whole(net, self.state.endpoints(net.id))
+        self._end_denied_flows(real)   # what the drifted kernel let through must not go on
         return 1
 
     def _remove_orphans(self, owned: set) -> int:

@@ -1,116 +1,307 @@
-"""Connection tracking: the one writer of conntrack entries.
+"""The one writer of conntrack: which entries a change leaves stale, and their removal.
 
-The nft rules judge *new* flows; established ones pass on their conntrack
-entry. When a policy edit takes an allowance away, the flows it had allowed
-must stop too: this module lists the kernel's conntrack entries, judges each
-flow of the network with the same compiled policy the kernel enforces
-(``segmentation.compiler.verdict``) and deletes the entries of flows that are
-no longer allowed. Allowed flows are left alone.
+Kernel background. The nft rules judge the first packet of a flow; later
+packets pass on the flow's conntrack entry (``ct state established``) and
+are never judged again. So whenever what a flow was allowed on changes -- a
+policy edit, a container removed, quarantined, moved to another segment, a
+port published or unpublished -- the entries of the flows the new state
+does not allow must be deleted, or they go on.
+
+An entry holds two tuples: the *original* one (as the initiator sent it) and
+the *reply* one (as the answer comes back). With NAT they differ:
+
+* a flow to a published port (DNAT) names the host's address and port in
+  its original tuple; the container and its port appear only in the reply
+  tuple. So does a hairpin flow (a container to a published port);
+* a masqueraded flow (egress, hairpin) names the host in its reply tuple.
+
+So every decision here reads an entry by its real ends: the source of the
+original tuple (who opened the flow) and the source of the reply tuple (who
+answers it), with the reply's source port as the real destination port:
+what the filter hooks saw after DNAT. Both families, any protocol.
+
+Reads and deletions go over ctnetlink (pyroute2): no process per address.
 """
 from __future__ import annotations
 
+import functools
 import logging
-import subprocess
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Mapping, Optional
 
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 
-from plugin.observe.explain import is_host_address
-
 log = logging.getLogger(__name__)
-PROTOS = {"tcp": "tcp", "udp": "udp", "icmp": "icmp", "icmpv6": "icmp"}
+
+PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
+               socket.IPPROTO_ICMPV6: "icmp"}
+JUDGED = ("tcp", "udp", "icmp")     # what policy names; other protocols only by who holds the ends
+IPS_DST_NAT = 1 << 5
+NEVER = ("gone", "quarantined", "pending")  # holder states through which nothing passes
+
+Allowed = Callable[[tuple, tuple, str, Optional[int]], bool]
 
 
-def parse_entry(line: str):
-    """(proto, src, dst, sport, dport) of one `conntrack -L` line, original direction."""
-    words = line.split()
-    if not words or words[0] not in PROTOS:
-        return None
-    fields, sources = {}, []
-    for w in words:
-        key, _, value = w.partition("=")
-        if key == "src":
-            sources.append(value)
-        if value and key not in fields:
-            fields[key] = value
-    if "src" not in fields or "dst" not in fields:
-        return None
-    if len(sources) > 1 and sources[1] != fields["dst"]:
-        return None  # DNAT'd (a published port): judged as ingress by the kernel, left alone
-    sport = int(fields["sport"]) if "sport" in fields else None
-    dport = int(fields["dport"]) if "dport" in fields else None
-    return words[0], fields["src"], fields["dst"], sport, dport
+@dataclass(frozen=True)
+class Tuple:
+    """One direction of a flow: ``proto`` is tcp, udp, icmp or ``proto-N``."""
+
+    proto: str
+    src: str
+    dst: str
+    sport: Optional[int] = None
+    dport: Optional[int] = None
 
 
-def _endpoint(addr: str, members: dict):
-    seg = members.get(addr)
-    if seg:
-        return ("segment", seg)
-    return ("host", addr) if is_host_address(addr) else ("addr", addr)
+@dataclass(frozen=True)
+class Entry:
+    """A conntrack entry: ``family`` 4 or 6, both tuples, the status bits."""
+
+    family: int
+    orig: Tuple
+    reply: Tuple
+    status: int = 0
+    key: object = field(default=None, compare=False, repr=False)  # the kernel's tuple, to delete by
+
+    @property
+    def dnat(self) -> bool:
+        return bool(self.status & IPS_DST_NAT) or self.reply.src != self.orig.dst
+
+    @property
+    def source(self) -> str:
+        """Who opened the flow."""
+        return self.orig.src
+
+    @property
+    def target(self) -> str:
+        """Who answers it (after DNAT: the container behind a published port)."""
+        return self.reply.src
+
+    @property
+    def port(self) -> Optional[int]:
+        """The destination port the filter hooks saw (after DNAT); None but for tcp/udp."""
+        return self.reply.sport if self.orig.proto in ("tcp", "udp") else None
+
+    @property
+    def addresses(self) -> set:
+        return {self.orig.src, self.orig.dst, self.reply.src, self.reply.dst}
 
 
-def stale_flows(lines, compiled, members: dict) -> list:
-    """Entries of flows touching ``members`` (addr -> segment) that policy now denies."""
-    out = []
-    for line in lines:
-        entry = parse_entry(line)
-        if entry is None:
-            continue
-        proto, src, dst, _sport, dport = entry
-        if src not in members and dst not in members:
-            continue
-        s, d = _endpoint(src, members), _endpoint(dst, members)
-        if s[0] in ("addr", "host") and d[0] in ("addr", "host"):
-            continue
-        try:
-            allowed = verdict(compiled, s, d, PROTOS[proto], dport if proto in ("tcp", "udp") else None)
-        except PolicyError:
-            continue
-        if not allowed.allowed:
-            out.append(entry)
+@dataclass(frozen=True)
+class Holder:
+    """What an address of the network stands for now.
+
+    ``end``: ``("segment", name)``, ``("quarantined", reason)``,
+    ``("pending", "")`` or ``("gone", "")`` (the endpoint was removed);
+    ``published``: ``{(proto, host_port, container_port)}`` of its ``-p``.
+    """
+
+    end: tuple
+    published: frozenset = frozenset()
+
+
+GONE = Holder(("gone", ""))
+
+
+def holders(ports: Iterable, gone: Iterable[str] = ()) -> dict:
+    """address -> Holder of every port (anything with ipv4, ipv6, segment,
+    quarantine and published attributes), and GONE for ``gone`` addresses."""
+    out = {a: GONE for a in gone if a}
+    for p in ports:
+        if p.quarantine is not None:
+            end = ("quarantined", p.quarantine)
+        elif p.segment is None:
+            end = ("pending", "")
+        else:
+            end = ("segment", p.segment)
+        published = frozenset((proto, int(hp), int(cp)) for proto, _ip, hp, cp in (p.published or ()))
+        for addr in (p.ipv4, p.ipv6):
+            if addr:
+                out[addr.split("/")[0]] = Holder(end, published)
     return out
 
 
-def prune(compiled, members: dict) -> int:
-    """Delete conntrack entries of the flows that ``compiled`` no longer allows."""
-    deleted = 0
-    for family in ("ipv4", "ipv6"):
+def allowed_by(compiled) -> Allowed:
+    """``allowed(src, dst, proto, port)`` from a compiled policy (``compiler.verdict``);
+    a question the policy cannot answer (an unknown segment) is a no: fail closed."""
+    def allowed(src: tuple, dst: tuple, proto: str, port: Optional[int]) -> bool:
         try:
-            res = subprocess.run(["conntrack", "-L", "-f", family], capture_output=True, text=True,
-                                 timeout=10, check=False)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            log.warning("cannot list conntrack entries: %s", exc)
-            return deleted
-        for proto, src, dst, sport, dport in stale_flows(res.stdout.splitlines(), compiled, members):
-            cmd = ["conntrack", "-D", "-f", family, "-p", proto, "-s", src, "-d", dst]
-            if sport is not None and dport is not None:
-                cmd += ["--sport", str(sport), "--dport", str(dport)]
-            if subprocess.run(cmd, capture_output=True, timeout=10, check=False).returncode == 0:
-                deleted += 1
-    if deleted:
-        log.info("deleted %d conntrack entries of flows the new policy denies", deleted)
-    return deleted
+            return verdict(compiled, src, dst, proto, port).allowed
+        except PolicyError:
+            return False
+    return allowed
 
 
-def _members(ports) -> dict:
-    return {a: p.segment for p in ports if p.active for a in p.addresses}
+def is_host_address(address: str) -> bool:
+    """Is ``address`` one of this host's own? (binding to it only works then)"""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.bind((address, 0))
+        return True
+    except OSError:
+        return False
 
 
-def prune_ports(policy, ports) -> int:
-    """Delete the entries of flows that ``policy`` no longer allows between ``ports``
-    (plugin.enforce.backend.Port) and the outside."""
-    return prune(policy, _members(ports))
+def _outside(address: str, dnat: bool, is_host: Callable) -> tuple:
+    # A DNAT'd flow from outside reached a published port: the kernel lets it
+    # in exactly where it lets the host in (no CIDR-source rule names the
+    # segment, else the CIDR rules decide by its source address).
+    return ("host" if dnat or is_host(address) else "addr", address)
 
 
-def forget(port) -> None:
-    """Delete conntrack entries of a leaving endpoint's addresses.
+def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
+          is_host: Callable[[str], bool] = is_host_address) -> Optional[str]:
+    """Why ``entry`` must go now (a short reason), or None: keep it.
 
-    Its address may be handed to the next container: a stale entry must not
-    let that container's packets pass as 'established'.
+    ``held``: address -> Holder of the network's endpoints (and GONE for
+    removed ones); entries that touch none of them are not this network's.
     """
-    for addr in port.addresses:
-        for flag in ("-s", "-d"):
+    if any(held.get(a) is GONE for a in entry.addresses):
+        return "gone"
+    src_h, dst_h = held.get(entry.source), held.get(entry.target)
+    if src_h is None and dst_h is None:
+        return None
+    for h in (src_h, dst_h):
+        if h is not None and h.end[0] in NEVER:
+            return h.end[0]
+    if entry.dnat and dst_h is not None and is_host(entry.orig.dst) and \
+            (entry.orig.proto, entry.orig.dport, entry.reply.sport) not in dst_h.published:
+        return "unpublished"
+    if entry.orig.proto not in JUDGED:
+        return None
+    dst = dst_h.end if dst_h else ("host" if is_host(entry.target) else "addr", entry.target)
+    src = src_h.end if src_h else _outside(entry.source, entry.dnat, is_host)
+    if allowed(src, dst, entry.orig.proto, entry.port):
+        return None
+    if entry.dnat and src_h is not None and dst_h is not None and \
+            allowed(("host", entry.source), dst, entry.orig.proto, entry.port):
+        return None  # hairpin: what no east-west grant allows is judged like a published flow
+    return "denied"
+
+
+def stale(entries: Iterable[Entry], held: Mapping[str, Holder], allowed: Allowed,
+          only: Optional[set] = None, is_host: Callable[[str], bool] = is_host_address) -> list:
+    """[(entry, reason)] of the entries to delete; with ``only`` (addresses),
+    just the entries that name one of them."""
+    out = []
+    for entry in entries:
+        if only is not None and not (entry.addresses & only):
+            continue
+        reason = judge(entry, held, allowed, is_host)
+        if reason is not None:
+            out.append((entry, reason))
+    return out
+
+
+def claimed(entries: Iterable[Entry], proto: str, host_ip: str, host_port: int, target: str,
+            is_host: Callable[[str], bool] = is_host_address) -> list:
+    """Entries of flows to host port ``host_port``/``proto`` (on ``host_ip``,
+    or any host address when empty) that do not go to ``target``: opened
+    before the port was published to it (they went to the host itself, or to
+    the container that published it before), they would keep it from ever
+    reaching ``target``."""
+    out = []
+    for e in entries:
+        if e.orig.proto != proto or e.orig.dport != host_port or e.target == target:
+            continue
+        if (e.orig.dst == host_ip) if host_ip else is_host(e.orig.dst):
+            out.append(e)
+    return out
+
+
+# --- the kernel ----------------------------------------------------------------------
+def _tuple(t) -> Tuple:
+    name = PROTO_NAMES.get(t.proto, f"proto-{t.proto}")
+    return Tuple(name, str(t.saddr), str(t.daddr), t.sport, t.dport)
+
+
+class Kernel:
+    """ctnetlink: every entry of both families; deletion by original tuple."""
+
+    def entries(self) -> list:
+        from pyroute2.conntrack import Conntrack
+        ct = Conntrack(nfgen_family=socket.AF_UNSPEC)
+        try:
+            out = []
+            for e in ct.dump_entries():
+                fam = 6 if e.tuple_orig.family == socket.AF_INET6 else 4
+                out.append(Entry(fam, _tuple(e.tuple_orig), _tuple(e.tuple_reply), e.status or 0,
+                                 key=e.tuple_orig))
+            return out
+        finally:
+            ct.close()
+
+    def delete(self, entries: Iterable[Entry]) -> int:
+        from pyroute2.conntrack import Conntrack
+        from pyroute2.netlink.exceptions import NetlinkError
+        deleted = 0
+        for family in (4, 6):
+            batch = [e for e in entries if e.family == family and e.key is not None]
+            if not batch:
+                continue
+            ct = Conntrack(nfgen_family=socket.AF_INET6 if family == 6 else socket.AF_INET)
             try:
-                subprocess.run(["conntrack", "-D", flag, addr], capture_output=True, check=False, timeout=5)
-            except (OSError, subprocess.TimeoutExpired):
-                return
+                for e in batch:
+                    try:
+                        ct.entry("del", tuple_orig=e.key)
+                        deleted += 1
+                    except NetlinkError as exc:  # ENOENT: it ended meanwhile
+                        log.debug("conntrack entry %s not deleted: %s", e.orig, exc)
+            finally:
+                ct.close()
+        return deleted
+
+
+class Flows:
+    """What the reconciler calls when state changes; ``kernel`` is swappable in tests."""
+
+    def __init__(self, kernel=None):
+        self.kernel = kernel or Kernel()
+
+    def _entries(self) -> list:
+        try:
+            return self.kernel.entries()
+        except Exception as exc:  # no conntrack in this kernel/namespace: nothing tracked
+            log.warning("cannot list conntrack entries: %s", exc)
+            return []
+
+    def enforce(self, allowed: Allowed, held: Mapping[str, Holder], only: Optional[set] = None) -> int:
+        """Delete the entries that the new state (``allowed`` over ``held``) does
+        not allow; the one call for policy edits, segment and mode changes."""
+        is_host = functools.lru_cache(maxsize=1024)(is_host_address)  # per call: addresses come and go
+        doomed = stale(self._entries(), held, allowed, only, is_host)
+        deleted = self.kernel.delete([e for e, _ in doomed]) if doomed else 0
+        if deleted:
+            reasons = sorted({r for _e, r in doomed})
+            log.info("deleted %d conntrack entries (%s)", deleted, ", ".join(reasons))
+        return deleted
+
+    def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None) -> int:
+        """``enforce`` for a compiled policy and its members' ports (policy edits,
+        mode switches, repairs): the call later policy sources reuse."""
+        return self.enforce(allowed_by(compiled), holders(ports), only)
+
+    def forget(self, addresses: Iterable[str]) -> int:
+        """Delete every entry naming a removed endpoint's ``addresses`` (either tuple)."""
+        gone = {a.split("/")[0] for a in addresses if a}
+        return self.enforce(lambda *_: False, {a: GONE for a in gone}, only=gone) if gone else 0
+
+    def claim(self, bindings: Iterable[tuple], target4: Optional[str], target6: Optional[str]) -> int:
+        """Delete entries of flows to newly published host ports that would not
+        reach the container: ``bindings`` are (proto, host_ip, host_port, container_port)."""
+        entries, doomed = None, []
+        is_host = functools.lru_cache(maxsize=1024)(is_host_address)
+        for proto, host_ip, host_port, _cport in bindings:
+            entries = self._entries() if entries is None else entries
+            for target in (target4, target6):
+                if target:
+                    fam = 6 if ":" in target else 4
+                    doomed += [e for e in claimed(entries, proto, host_ip, int(host_port), target, is_host)
+                               if e.family == fam]
+        deleted = self.kernel.delete(doomed) if doomed else 0
+        if deleted:
+            log.info("deleted %d conntrack entries of flows to newly published ports", deleted)
+        return deleted

@@ -127,6 +127,24 @@ class Netlink:
             if exc.code != errno.EEXIST:
                 raise
 
+    def ensure_ipv6_forwarding(self) -> bool:
+        """The host forwards IPv6, as Docker's bridge driver sets it up for an
+        IPv6 network: without it no IPv6 flow leaves the network and containers
+        in two IPv6 subnets of one network cannot reach each other (the host
+        routes between them). True when it had to be switched on."""
+        changed = False
+        for scope in ("all", "default"):
+            path = f"/proc/sys/net/ipv6/conf/{scope}/forwarding"
+            try:
+                with open(path) as f:
+                    if f.read().strip() == "1":
+                        continue
+            except FileNotFoundError:  # no IPv6 in this kernel / namespace
+                return False
+            _write_sysctl(path, "1")
+            changed = True
+        return changed
+
     def ensure_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> None:
         """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``.
 

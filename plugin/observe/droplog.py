@@ -117,7 +117,18 @@ def end_view(address: Optional[str], ep) -> dict:
                 "outside": address is not None and not group}
     state = "quarantined" if ep.quarantine is not None else ("pending" if ep.segment is None else None)
     return {"address": address, "container": ep.container or ep.id[:12], "segment": ep.segment,
-            "state": state, "outside": False}
+            "state": state, "outside": False, "endpoint": ep.id}
+
+
+def current_names(entries: list, endpoints) -> list:
+    """``entries`` with each member end named by its container's current name
+    (names change with `docker rename`; an entry keeps its endpoint id)."""
+    names = {ep.id: ep.container for ep in endpoints if ep.container}
+    for entry in entries:
+        for end in (entry.get("src"), entry.get("dst")):
+            if isinstance(end, dict) and end.get("endpoint") in names:
+                end["container"] = names[end["endpoint"]]
+    return entries
 
 
 _PROTO_NAMES = {(4, 1): "icmp", (6, 58): "icmpv6", (4, 6): "tcp", (6, 6): "tcp", (4, 17): "udp",

@@ -51,22 +51,30 @@ def is_host_address(address: str) -> bool:
 
 
 def _by_address(endpoints, address: str):
-    for ep in endpoints:
-        for cidr in (ep.ipv4, ep.ipv6):
-            if cidr and str(ipaddress.ip_interface(cidr).ip) == address:
-                return ep
-    return None
+    found = [ep for ep in endpoints for cidr in (ep.ipv4, ep.ipv6)
+             if cidr and str(ipaddress.ip_interface(cidr).ip) == address]
+    return _one(found, address)
 
 
 def _by_container(endpoints, name: str):
+    """The endpoint of container ``name`` (or a container id prefix of 6+ characters).
+
+    Names follow `docker rename`; two endpoints that carry one name (a stale
+    one and a live one) are an error that lists both, never a guess."""
     exact = [ep for ep in endpoints if ep.container == name]
-    if exact:
-        return exact[0]
-    if len(name) >= 6:
-        found = [ep for ep in endpoints if (ep.container_id or "").startswith(name.lower())]
-        if len(found) == 1:
-            return found[0]
-    return None
+    if not exact and len(name) >= 6:
+        exact = [ep for ep in endpoints if (ep.container_id or "").startswith(name.lower())]
+    return _one(exact, name)
+
+
+def _one(found: list, text: str):
+    if len(found) > 1:
+        which = "; ".join(f"endpoint {ep.id[:12]} of container {(ep.container_id or '?')[:12]}"
+                          f" ({ep.container or 'unnamed'}, {(ep.ipv4 or ep.ipv6 or '').split('/')[0]})"
+                          for ep in found)
+        raise PolicyError(f"'{shown(text)}' names {len(found)} endpoints of this network ({which}):"
+                          " one of them is stale; name the container by its id or address")
+    return found[0] if found else None
 
 
 def _member(ep, kind: str, text: str) -> tuple:

@@ -19,7 +19,7 @@ one backend has says so with ``@only("nftables")`` / ``@only("ebpf")``.
 
 Flow cutting is the *system's* behaviour on both: the nftables backend
 leaves established flows to the reconciler, which prunes their conntrack
-entries (plugin.kernel.conntrack.prune_ports) after a policy or membership
+entries (plugin.kernel.conntrack.Flows.enforce_policy) after a policy or membership
 change; the lab does the same, inside its host namespace. The eBPF backend
 cuts them itself (generations); the lab does not help it.
 
@@ -46,7 +46,7 @@ import pytest
 
 from packets import Responder, sh
 from plugin.enforce.backend import NetworkSpec, Port
-from plugin.kernel import conntrack
+from plugin.kernel.conntrack import Flows, Kernel
 from plugin.kernel import netns as plugin_netns
 from segmentation.identities import PENDING, QUARANTINED, MemoryAllocator
 from segmentation.options import parse_network_options
@@ -82,6 +82,21 @@ BACKENDS = {"nftables": make_nftables, "ebpf": make_ebpf}
 def only(*names: str):
     """Mark a test that is about one backend's own mechanics, not a shared behaviour."""
     return pytest.mark.parametrize("lab", names, indirect=True)
+
+
+class NsKernel(Kernel):
+    """The conntrack table of namespace ``ns`` (ctnetlink sockets opened inside it)."""
+
+    def __init__(self, ns: str):
+        self.ns = ns
+
+    def entries(self):
+        with netns(self.ns):
+            return super().entries()
+
+    def delete(self, entries):
+        with netns(self.ns):
+            return super().delete(entries)
 
 
 # --- the lab -----------------------------------------------------------------
@@ -336,7 +351,7 @@ class Lab:
         """What the reconciler does after a change (never in audit mode), for a backend
         that does not cut flows itself: prune conntrack inside the host namespace."""
         if not self.cuts_flows and self.net.mode != "audit":
-            self.backend.call(conntrack.prune_ports, self.policy, self.ports())
+            Flows(NsKernel(self.host)).enforce_policy(self.policy, self.ports())
 
     def drift(self) -> list:
         return self.backend.drift(self.net, self.policy, self.ports())

@@ -1,6 +1,7 @@
 """plugin.kernel.links against the real kernel, inside a throwaway namespace."""
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
@@ -180,3 +181,13 @@ def test_owned_links_lists_only_aliased_links(nl, netns, owner, bridge):
     netns.ip("link", "add", "dm-other", "type", "ifb")
     netns.ip("link", "set", "dm-other", "alias", "other:thing")
     assert sorted(nl.owned_links()) == sorted([(bridge, "bridge", owner), ("snv-t", "veth", ep)])
+
+
+def test_ipv6_forwarding_is_switched_on_once_in_this_namespace(nl, netns):
+    def forwarding(scope="all"):
+        return subprocess.run(["ip", "netns", "exec", netns.name, "sysctl", "-n",
+                               f"net.ipv6.conf.{scope}.forwarding"], capture_output=True, text=True).stdout.strip()
+    assert forwarding() == "0"
+    assert nl.ensure_ipv6_forwarding() is True
+    assert nl.ensure_ipv6_forwarding() is False
+    assert forwarding("all") == forwarding("default") == "1"

@@ -15,7 +15,8 @@ from packets import echoes, open_stream, parallel, probe_icmp, probe_tcp
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
 from plugin.enforce.backend import NetworkSpec
 from plugin.enforce.reconciler import Reconciler
-from plugin.kernel import conntrack
+from plugin.kernel.conntrack import Flows
+from nsfixtures import NsKernel
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
@@ -43,8 +44,7 @@ def world(lab, tmp_path):
                         ipv6=(("fd00:236::/64", f"{GATEWAY6}/64"),))
     state.put_network(net)
     state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
-    rec = Reconciler(state, {lab.backend_name: lab.backend},
-                     prune=lambda policy, ports: lab.backend.call(conntrack.prune_ports, policy, ports))
+    rec = Reconciler(state, {lab.backend_name: lab.backend}, flows=Flows(NsKernel(lab.host)))
     rec.network_added(net)
     assert rec.drift(net) == []
     assert_policy(web, api)

@@ -44,6 +44,10 @@ class FakeLinks:
         link["mtu"] = mtu
         link["addrs"] |= set(addresses)
 
+    def ensure_ipv6_forwarding(self) -> bool:
+        changed, self.ipv6_forwarding = not getattr(self, "ipv6_forwarding", False), True
+        return changed
+
     def ensure_veth(self, host, peer, bridge, owner, mtu, mac) -> None:
         self._maybe_fail("ensure_veth")
         if bridge not in self.links:

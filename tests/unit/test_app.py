@@ -336,3 +336,58 @@ def test_oper_info_describes_the_endpoint(env, joined):
     status, body = env.post("/NetworkDriver.EndpointOperInfo", endpoint_body(joined.nid, joined.eid))
     ep = env.state.get_endpoint(joined.eid)
     assert status == 200 and body["Value"]["veth"] == ep.veth_host and body["Value"]["mac"] == ep.mac
+
+
+def test_rename_containers_follows_the_engine_by_container_id(env, joined):
+    cid = "ab" * 32
+    env.state.put_endpoint(env.state.get_endpoint(joined.eid).evolve(container="api", container_id=cid))
+    assert env.driver.rename_containers({cid: "api2", "cd" * 32: "other"}) == 1
+    assert env.state.get_endpoint(joined.eid).container == "api2"
+    assert env.driver.rename_containers({cid: "api2"}) == 0       # no change, no write
+
+
+def _pools(*pairs):
+    return [{"AddressSpace": "LocalDefault", "Pool": p, "Gateway": g, "AuxAddresses": aux}
+            for p, g, aux in pairs]
+
+
+def test_join_answers_the_gateway_of_each_addresses_own_subnet(env):
+    """Several subnets per family (`--subnet` repeated): each endpoint gets its subnet's
+    gateway, the bridge carries all of them; aux addresses are Docker's business."""
+    nid = new_id()
+    body = create_network_body(nid, pool6="fd00:220::/64", gateway6="fd00:220::1/64")
+    body["IPv4Data"] = _pools(("10.220.1.0/24", "10.220.1.1/24", None),
+                              ("10.220.2.0/24", "10.220.2.254/24", {"router": "10.220.2.5"}))
+    body["IPv6Data"] = _pools(("fd00:220::/64", "fd00:220::1/64", None), ("fd00:221::/64", "fd00:221::1/64", None))
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+    assert sorted(env.links.links[env.state.get_network(nid).bridge]["addrs"]) == sorted(
+        ["10.220.1.1/24", "10.220.2.254/24", "fd00:220::1/64", "fd00:221::1/64"])
+    cases = [("10.220.1.2/24", "fd00:221::2/64", "10.220.1.1", "fd00:221::1"),
+             ("10.220.2.9/24", "fd00:220::9/64", "10.220.2.254", "fd00:220::1")]
+    for v4, v6, gw4, gw6 in cases:
+        eid = new_id()
+        assert env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid, v4, v6))[0] == 200
+        status, resp = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
+        assert status == 200 and (resp["Gateway"], resp["GatewayIPv6"]) == (gw4, gw6)
+
+
+def test_an_ipv6_only_network_and_endpoint(env):
+    """No IPv4 pool (engines that can do IPv6-only): the endpoint has only an IPv6 address,
+    Join answers only an IPv6 gateway, the MAC is derived from the endpoint id."""
+    nid, eid = new_id(), new_id()
+    body = create_network_body(nid, pool6="fd00:222::/64", gateway6="fd00:222::1/64")
+    body["IPv4Data"] = []
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+    status, resp = env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid, "", "fd00:222::5/64"))
+    assert status == 200 and resp["Interface"]["MacAddress"].startswith("02:")
+    status, resp = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
+    assert status == 200 and resp.get("GatewayIPv6") == "fd00:222::1" and "Gateway" not in resp
+
+
+def test_an_ipv6_network_switches_ipv6_forwarding_on_as_docker_does(env):
+    assert env.post("/NetworkDriver.CreateNetwork", create_network_body(new_id())) == (200, {})
+    assert not getattr(env.links, "ipv6_forwarding", False)
+    body = create_network_body(new_id(), pool="10.220.3.0/24", gateway="10.220.3.1/24",
+                               pool6="fd00:223::/64", gateway6="fd00:223::1/64")
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+    assert env.links.ipv6_forwarding is True

@@ -39,7 +39,8 @@ def test_an_entry_names_containers_segments_and_the_reason(tmp_path, state):
     e = log.record(packet("no-rule", "10.224.0.2", "10.224.0.3", time=1700000000.5))
     assert e["network"] == NID and e["reason"] == "no-rule" and e["why"] == "no rule allows it"
     assert e["src"] == {"address": "10.224.0.2", "container": "web1", "segment": "web", "state": None,
-                        "outside": False}
+                        "outside": False, "endpoint": e["src"]["endpoint"]}
+    assert state.get_endpoint(e["src"]["endpoint"]).container == "web1"
     assert e["dst"]["container"] == "db1" and e["dst"]["segment"] == "db"
     assert (e["proto"], e["dport"], e["time"], e["seq"]) == ("tcp", 5432, 1700000000.5, 1)
 
@@ -119,3 +120,12 @@ def test_memory_per_entry_is_a_few_hundred_bytes(tmp_path, state):
         log.record(packet("no-rule", "10.224.0.2", "10.224.0.3", dport=1000 + i, time=float(i)))
     stats = log.stats()
     assert stats["entries"] == 1000 and stats["bytes"] / 1000 < 600, stats
+
+
+def test_entries_show_the_current_names_of_their_containers(tmp_path, state):
+    log = dl.DropLog(str(tmp_path), dl.Directory(state))
+    e = log.record(packet("no-rule", "10.224.0.2", "10.224.0.3", time=1.0))
+    renamed = state.get_endpoint(e["src"]["endpoint"]).evolve(container="web9")
+    state.put_endpoint(renamed)
+    entries = dl.current_names(log.query()["entries"], state.endpoints())
+    assert entries[0]["src"]["container"] == "web9" and entries[0]["dst"]["container"] == "db1"

@@ -104,3 +104,22 @@ def test_explain_is_verdict(src, dst, service):
     want = verdict(c, ("segment", src), ("segment", dst), proto, port)
     got = explain(c, ENDPOINTS, src, dst, service)
     assert (got["allowed"], got["reason"]) == (want.allowed, want.reason)
+
+
+def test_a_renamed_container_answers_to_its_new_name_only():
+    renamed = [e.evolve(container="api2") if e.container == "api1" else e for e in ENDPOINTS]
+    renamed.append(ep(6, "api1", "db", "10.224.0.7"))    # a new container took the old name
+    c = compiled()
+    assert resolve_end("api2", renamed, c)[0] == ("segment", "api")
+    assert resolve_end("api1", renamed, c)[0] == ("segment", "db")
+    assert explain(c, renamed, "web1", "api1", "tcp/8080")["allowed"] is False
+    assert explain(c, renamed, "web1", "api2", "tcp/8080")["allowed"] is True
+
+
+def test_two_endpoints_with_one_name_are_an_error_not_a_guess():
+    stale = ENDPOINTS + [ep(7, "api1", "db", "10.224.0.8")]
+    with pytest.raises(PolicyError) as err:
+        resolve_end("api1", stale, compiled())
+    text = str(err.value)
+    assert "'api1' names 2 endpoints" in text and "10.224.0.3" in text and "10.224.0.8" in text
+    assert "\n" not in text

@@ -55,6 +55,8 @@ class FakeClient:
     def containers(self, all=False, filters=None):
         self._call("containers", filters)
         assert all is True
+        if not filters or "network" in filters:
+            return list(self.rows)
         if "id" in filters:
             return [r for r in self.rows if r["Id"].startswith(filters["id"][0])]
         (pattern,) = filters["name"]
@@ -228,6 +230,8 @@ class FakeDriver:
     def __init__(self, net, eps=()):
         self.state = FakeState(net, eps)
         self.applied = []
+        self.renamed = []
+        self.deleted = []
         self.applied_event = threading.Event()
 
     def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):
@@ -236,6 +240,17 @@ class FakeDriver:
         self.state.eps[endpoint_id] = ep.evolve(container=container, container_id=container_id,
                                                 segment=segment, quarantine=quarantine)
         self.applied_event.set()
+
+    def delete_endpoint(self, req):
+        self.deleted.append(req.endpoint_id)
+        self.state.eps.pop(req.endpoint_id, None)
+
+    def rename_containers(self, names):
+        self.renamed.append(dict(names))
+        for eid, ep in list(self.state.eps.items()):
+            if ep.container_id in names:
+                self.state.eps[eid] = ep.evolve(container=names[ep.container_id])
+        return len(names)
 
 
 def connect_event(cid=CID, nid=NID):
@@ -269,7 +284,7 @@ def test_connect_event_resolves_the_endpoint():
     run_watcher(resolver(client, sleep=lambda s: time.sleep(0.01)), driver, lambda: driver.applied)
     assert driver.applied[0] == (EID, "web-1", CID, "web", None)
     assert ("containers", {"id": [CID]}) in client.calls
-    assert ("events", {"type": ["network"], "event": ["connect"]}) in client.calls
+    assert ("events", {"type": ["network", "container"], "event": ["connect", "rename"]}) in client.calls
 
 
 def test_connect_event_quarantines_a_bad_label():
@@ -285,11 +300,59 @@ def test_connect_event_quarantines_a_bad_label():
 def test_resolved_endpoints_cost_no_docker_call():
     done = endpoint(segment="web", container="web-1", container_id=CID)
     driver = FakeDriver(network(), [done])
-    client = FakeClient(events=[Stream([connect_event(), connect_event(nid="x" * 64)])])
+    client = FakeClient([row("web-1", {})], {CID: {"Name": "web-1", "EndpointID": EID}},
+                        events=[Stream([connect_event(), connect_event(nid="x" * 64)])])
     res = resolver(client, sleep=lambda s: None)
     run_watcher(res, driver, lambda: len([c for c in client.calls if c[0] == "events"]) >= 2)
-    assert [c[0] for c in client.calls if c[0] not in ("events", "networks")] == []
+    # each (re)connect re-reads the containers once (a list and the network's members);
+    # the events themselves cost nothing
+    events = len([c for c in client.calls if c[0] == "events"])
+    assert [c for c in client.calls if c[0] not in ("events", "networks")] == \
+        [("containers", None), ("inspect_network", NID)] * events
     assert driver.applied == []
+
+
+def rename_event(name, cid=CID, old="/web-1"):
+    return {"Type": "container", "Action": "rename", "id": cid,
+            "Actor": {"ID": cid, "Attributes": {"name": name, "oldName": old, "image": "x"}}}
+
+
+def test_a_rename_event_renames_the_containers_endpoints():
+    done = endpoint(segment="web", container="web-1", container_id=CID)
+    other = endpoint("f" * 64, segment="web", container="db", container_id="d" * 64)
+    driver = FakeDriver(network(), [done, other])
+    client = FakeClient([row("web-1", {}), row("db", {}, cid="d" * 64)])
+
+    class Renamed(list):  # the engine renames, then sends the event
+        def __iter__(self):
+            client.rows[0] = row("web-2", {})
+            return iter([rename_event("web-2")])
+
+        def close(self):
+            pass
+    client.events_script = [Renamed()]
+    run_watcher(resolver(client, sleep=lambda s: None), driver,
+                lambda: driver.state.eps[EID].container == "web-2")
+    assert driver.state.eps["f" * 64].container == "db"
+    assert {CID: "web-2"} in driver.renamed          # the event's own call (a catch-up names all)
+
+
+def test_catch_up_follows_renames_missed_while_away():
+    done = endpoint(segment="web", container="web-1", container_id=CID)
+    driver = FakeDriver(network(), [done])
+    client = FakeClient([row("api", {})])          # renamed while the stream was down
+    run_watcher(resolver(client, sleep=lambda s: None), driver,
+                lambda: driver.state.eps[EID].container == "api")
+
+
+def test_refresh_names_asks_for_one_network():
+    driver = FakeDriver(network(), [endpoint(segment="web", container="web-1", container_id=CID)])
+    client = FakeClient([row("api", {})])
+    res = resolver(client)
+    res.driver = driver
+    assert res.refresh_names(network_id=NID) == 1
+    assert client.calls == [("containers", {"network": [NID]})]
+    assert driver.state.eps[EID].container == "api"
 
 
 def test_catch_up_on_start_resolves_pending_endpoints():
@@ -463,3 +526,29 @@ def test_connect_hooks_run_on_every_reconnect_and_a_failing_one_does_not_stop_th
     res.connect_hooks.append(seen.append)
     run_watcher(res, FakeDriver(network()), lambda: len(seen) >= 3)
     assert all(c is client for c in seen) and res.connects >= 3
+
+
+def test_catch_up_removes_endpoints_that_outlived_their_containers():
+    """Removed (or restarted with a new endpoint) while the daemon was down: Docker never
+    calls DeleteEndpoint again. Endpoints not resolved yet (no container id) are left alone."""
+    live = endpoint(segment="web", container="web-1", container_id=CID)
+    removed = endpoint("f" * 64, segment="web", container="old", container_id="d" * 64)
+    restarted = endpoint("a" * 64, segment="web", container="re", container_id="b" * 64)
+    starting = endpoint("9" * 64)
+    driver = FakeDriver(network(), [live, removed, restarted, starting])
+    client = FakeClient([row("web-1", {}), row("re", {}, cid="b" * 64)],
+                        {CID: {"Name": "web-1", "EndpointID": EID},
+                         "b" * 64: {"Name": "re", "EndpointID": "7" * 64}})
+    run_watcher(resolver(client, sleep=lambda s: None), driver, lambda: len(driver.deleted) == 2)
+    assert sorted(driver.deleted) == sorted(["f" * 64, "a" * 64])
+    assert set(driver.state.eps) == {EID, "9" * 64}
+
+
+def test_an_endpoint_resolved_after_the_containers_were_listed_is_not_judged_by_that_list():
+    driver = FakeDriver(network(), [])
+    client = FakeClient([])                                    # listed before the container started
+    res = resolver(client)
+    res.driver = driver
+    driver.state.eps[EID] = endpoint(segment="web", container="web-1", container_id=CID)  # joined since
+    assert res.drop_gone_endpoints(client, {}, known=set()) == 0
+    assert res.drop_gone_endpoints(client, {}, known={EID}) == 1

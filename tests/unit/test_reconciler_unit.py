@@ -67,7 +67,18 @@ def env(tmp_path):
     state = State(str(tmp_path))
     backend = RecordingBackend()
     pruned = []
-    rec = Reconciler(state, {"nftables": backend}, prune=lambda p, ports: pruned.append(p))
+
+    class Flows:   # records what the reconciler asks the conntrack writer to judge
+        def enforce_policy(self, policy, ports, only=None):
+            pruned.append(policy)
+
+        def forget(self, addresses):
+            pass
+
+        def claim(self, bindings, v4, v6):
+            pass
+
+    rec = Reconciler(state, {"nftables": backend}, flows=Flows())
     net = network()
     state.put_network(net)
     rec.network_added(net)

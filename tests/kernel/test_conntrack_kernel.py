@@ -1,0 +1,106 @@
+"""The conntrack writer against a real kernel (ctnetlink through pyroute2),
+in the lab's own namespace: entries it deletes are gone, others stay, and a
+flow that a policy edit no longer allows stops with its next packet."""
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from nsfixtures import BRIDGE, GATEWAY4, GATEWAY6, NET_ID, NsKernel, lab, only  # noqa: F401  (fixture)
+from packets import UDP_PORT, ns_socket
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
+from plugin.enforce.reconciler import Reconciler
+from plugin.kernel.conntrack import Flows
+from segmentation.options import NetworkOptions
+from segmentation.rules import parse_rules
+
+pytestmark = pytest.mark.kernel
+
+
+def conntrack(lab, *args: str) -> str:
+    return lab.exec("conntrack", *args, check=False).stdout
+
+
+def insert(lab, proto, src, dst, sport, dport, rsrc=None, rdst=None, rsport=None) -> None:
+    state = ["--state", "ESTABLISHED"] if proto == "tcp" else []
+    lab.exec("conntrack", "-I", "-p", proto, *state, "-s", src, "-d", dst, "--sport", str(sport),
+             "--dport", str(dport), "-r", rsrc or dst, "-q", rdst or src,
+             "--reply-port-src", str(rsport or dport), "--reply-port-dst", str(sport), "-t", "120")
+
+
+def listed(lab) -> str:
+    return conntrack(lab, "-L") + conntrack(lab, "-L", "-f", "ipv6")
+
+
+@only("nftables")   # the conntrack writer itself: the backend plays no part
+def test_forget_deletes_entries_naming_an_address_in_either_tuple(lab):
+    insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40001, 38417, rsrc="10.236.0.10", rdst="10.236.0.1",
+           rsport=5353)                                                   # published: reply tuple only
+    insert(lab, "tcp", "fd00:236::a", "fd00:236::b", 40002, 8080)           # IPv6, original tuple
+    insert(lab, "udp", "10.236.0.11", "10.236.0.12", 40003, 53)            # another endpoint's
+    flows = Flows(NsKernel(lab.host))
+    assert flows.forget(["10.236.0.10/24", "fd00:236::a/64"]) == 2
+    left = listed(lab)
+    assert "sport=40003" in left and "sport=40001" not in left and "sport=40002" not in left
+
+
+@only("nftables")   # the conntrack writer itself: the backend plays no part
+def test_claim_deletes_flows_that_would_miss_the_new_holder(lab):
+    insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40001, 38417)                            # to the host
+    insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40002, 38417, rsrc="10.236.0.10", rdst="10.236.0.1",
+           rsport=5353)                                                                   # to the old one
+    insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40003, 38417, rsrc="10.236.0.11", rdst="10.236.0.1",
+           rsport=5353)                                                                   # to the new one
+    insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40004, 38418)                            # another port
+    assert Flows(NsKernel(lab.host)).claim([("udp", "", 38417, 5353)], "10.236.0.11", None) == 2
+    left = listed(lab)
+    assert "sport=40003" in left and "sport=40004" in left
+    assert "sport=40001" not in left and "sport=40002" not in left
+
+
+def endpoint(c, segment) -> EndpointRecord:
+    return EndpointRecord(id=f"ep{c.index:02d}", network_id=NET_ID, veth_host=c.veth,
+                          veth_peer="eth0", mac=c.mac, ipv4=f"{c.ip4}/24", ipv6=f"{c.ip6}/64",
+                          segment=segment, container=f"c{c.index}", joined=True)
+
+
+def network(rules: str, backend: str) -> NetworkRecord:
+    options = NetworkOptions(rules=parse_rules(rules), intra="deny", ipv6=True, backend=backend)
+    return NetworkRecord(id=NET_ID, bridge=BRIDGE, mtu=1500, options=options,
+                         ipv4=(("10.236.0.0/24", f"{GATEWAY4}/24"),),
+                         ipv6=(("fd00:236::/64", f"{GATEWAY6}/64"),))
+
+
+def exchange(s) -> bool:
+    try:
+        s.send(b"ping")
+        return s.recv(100) == b"ping"
+    except OSError:
+        return False
+
+
+def test_a_policy_edit_stops_established_flows_in_both_families(lab, tmp_path):
+    web, api = lab.add(2)
+    state = State(str(tmp_path / "state"))
+    try:
+        state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
+        rec = Reconciler(state, {lab.backend_name: lab.backend}, flows=Flows(NsKernel(lab.host)))
+        b = lab.backend_name
+        state.put_network(network(f"web->api:udp/{UDP_PORT}", b))
+        rec.network_added(network(f"web->api:udp/{UDP_PORT}", b))
+        streams = []
+        for fam in (4, 6):
+            s = ns_socket(web.ns, socket.AF_INET if fam == 4 else socket.AF_INET6, socket.SOCK_DGRAM)
+            s.settimeout(0.5)
+            s.connect((api.ip(fam), UDP_PORT))
+            streams.append(s)
+        assert [exchange(s) for s in streams] == [True, True]
+        rec.policy_changed(network("web->api:tcp/8080", b))
+        assert [exchange(s) for s in streams] == [False, False]   # the next datagram: a new, denied flow
+        rec.policy_changed(network(f"web->api:udp/{UDP_PORT}", b))
+        assert [exchange(s) for s in streams] == [True, True]
+        for s in streams:
+            s.close()
+    finally:
+        state.close()
