@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from packets import Responder, sh
+from packets import Responder, netns, sh
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.kernel.conntrack import Flows, Kernel
 from plugin.kernel import netns as plugin_netns
