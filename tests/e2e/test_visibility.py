@@ -198,7 +198,7 @@ def test_verify_passes_on_a_healthy_network_and_fails_on_a_sabotaged_one(make_ne
         assert v.listeners(c) == [], f"verify left sockets in {c.name}: {v.listeners(c)}"
 
     addr = cs["a"].ip if data["cells"][0]["src_container"] == cs["a"].name else cs["a2"].ip
-    h.run(["nft", "delete", "element", "inet", f"secnet_{v.nid12(net)}", "s_a_4", f"{{ {addr} }}"])
+    h.run(["nft", "delete", "element", "inet", f"secnet_{v.nid12(net)}", "id4", f"{{ {addr} }}"])
     res = v.secnet("verify", net.name)
     assert res.returncode == 1, res.stdout + res.stderr
     assert "MISMATCH a (" in res.stdout and "expected allow" in res.stdout, res.stdout
