@@ -9,11 +9,12 @@ into the flow ends ``verdict`` takes, using the daemon's saved endpoints.
 from __future__ import annotations
 
 import ipaddress
-import socket
 from typing import Optional
 
 from segmentation.compiler import FLOW_PROTOCOLS, Verdict, verdict
 from segmentation.errors import PolicyError, shown
+
+from plugin.kernel.conntrack import is_host_address
 
 PENDING = "pending: the container's segment is not known yet, all its traffic is dropped"
 
@@ -37,17 +38,6 @@ def _address(text: str) -> Optional[str]:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
         return None
-
-
-def is_host_address(address: str) -> bool:
-    """Is ``address`` one of this host's own? (binding to it only works then)"""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
 
 
 def _by_address(endpoints, address: str):

@@ -35,6 +35,7 @@ from typing import Optional
 import pytest
 
 import helpers as h
+from plugin.kernel.hostports import _bind_all
 
 PY = sys.executable
 REPLY = "secnet-ok"
@@ -554,26 +555,17 @@ def free_port(lo: int = 18200, hi: int = 18999, count: int = 1, proto=("tcp", "u
 
 
 def port_free(port: int, proto: str = "tcp", addr: str = "") -> bool:
-    """True when a socket can bind ``port`` (on every address of both families unless ``addr``)."""
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
-    targets = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")] if not addr else \
-        [(socket.AF_INET6 if ":" in addr else socket.AF_INET, addr)]
-    socks = []
+    """True when a socket can bind ``port`` (on every address of both families unless ``addr``):
+    the same binding secnet holds for a published port (plugin.kernel.hostports)."""
     try:
-        for fam, a in targets:
-            s = socket.socket(fam, kind)
-            socks.append(s)
-            if fam == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            s.bind((a, port))
-        return True
+        _port, socks = _bind_all(proto, addr, port)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
             return False
         raise
-    finally:
-        for s in socks:
-            s.close()
+    for s in socks:
+        s.close()
+    return True
 
 
 @contextlib.contextmanager
