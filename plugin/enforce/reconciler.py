@@ -94,6 +94,7 @@ class Reconciler:
         self.interval = interval
         self.repairs = 0
         self._realized: dict = {}
+        self._unfixable: dict = {}   # network id -> drift a rewrite did not remove (no repair loop)
         self._lock = lock or threading.RLock()
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -265,10 +266,20 @@ class Reconciler:
             return 0
         problems = self.drift(net)
         if not problems:
+            self._unfixable.pop(net.id, None)
             return 0
+        if self._unfixable.get(net.id) == problems:
+            return 0   # a rewrite did not make this difference go away: do not loop on it
         log.warning("network %s drifted (%s); rewriting it", net.id[:12], "; ".join(problems[:5]))
         real = self._write_whole(net, self.state.endpoints(net.id))
         self._end_denied_flows(real)   # what the drifted kernel let through must not go on
+        left = self.drift(net)
+        if left:
+            # A difference a fresh rewrite does not remove is in how it is read back, not
+            # in what is enforced; rewriting again would loop (each rewrite notifies).
+            log.error("network %s: drift remains right after a rewrite (%s); not repairing it "
+                      "again until it changes", net.id[:12], "; ".join(left[:3]))
+            self._unfixable[net.id] = left
         return 1
 
     def _remove_orphans(self, owned: set) -> int:

@@ -138,3 +138,17 @@ def test_drift_is_repaired_and_orphans_removed(env):
     assert rec.reconcile(full=False) == 1 and ("network", NID) in backend.calls
     rec.reconcile(full=True)
     assert ("remove", "0123456789ab") in backend.calls and ("remove", NID[:12]) not in backend.calls
+
+
+def test_drift_that_a_rewrite_does_not_remove_is_not_rewritten_in_a_loop(env):
+    state, backend, rec, net, _ = env
+
+    class Stubborn(RecordingBackend):
+        def drift(self, net, policy, ports):
+            return ["chain x: item 1 differs"]
+
+    stubborn = Stubborn()
+    rec.backends["nftables"] = stubborn
+    assert rec.reconcile(full=False) == 1           # one rewrite ...
+    assert rec.reconcile(full=False) == 0           # ... and no second one for the same difference
+    assert [c for c in stubborn.calls if c[0] == "network"] == [("network", NID)]
