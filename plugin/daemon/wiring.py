@@ -36,8 +36,8 @@ def make_backends() -> dict:
     """backend name (``secnet.backend``) -> Backend, for every datapath this daemon has."""
     from plugin.enforce.ebpf.backend import EbpfBackend
     from plugin.enforce.nftables.backend import NftBackend
-    from plugin.enforce.nftables.runner import NftRunner
-    return {"nftables": NftBackend(), "ebpf": EbpfBackend(nat_runner=NftRunner())}
+    from plugin.enforce.nftables.natonly import NatTable
+    return {"nftables": NftBackend(), "ebpf": EbpfBackend(nat=NatTable())}
 
 
 @dataclass

@@ -71,8 +71,8 @@ def make_nftables(pin_root: str):
 def make_ebpf(pin_root: str):
     """As the daemon wires it (plugin.daemon.wiring), with the lab's own pin root."""
     from plugin.enforce.ebpf.backend import EbpfBackend   # noqa: PLC0415
-    from plugin.enforce.nftables.runner import NftRunner   # noqa: PLC0415
-    return EbpfBackend(pin_root=pin_root, nat_runner=NftRunner())
+    from plugin.enforce.nftables.natonly import NatTable   # noqa: PLC0415
+    return EbpfBackend(pin_root=pin_root, nat=NatTable())
 
 
 #: backend name -> factory(pin_root), called on a thread inside the lab's host namespace

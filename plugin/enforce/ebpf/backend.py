@@ -18,9 +18,9 @@ at rest and the next change again writes only its delta. Every change bumps
 the generation: a tracked flow whose entry is older is judged again on its
 next packet and cut when the new state denies it.
 
-NAT (published ports, masquerade) stays in nftables: with a ``nat_runner``
-(the daemon passes the nftables runner) this backend also writes the
-network's NAT-only nft table (``nat.render_nat``) in the same calls, so the
+NAT (published ports, masquerade) stays in nftables: with a ``nat`` object
+(the daemon passes plugin.enforce.nftables.natonly.NatTable) this backend
+also writes the network's NAT-only table in the same calls, so the
 reconciler treats both datapaths alike; docs/ebpf.md says what it holds.
 """
 from __future__ import annotations
@@ -102,9 +102,9 @@ class EbpfBackend:
     attaches_to_links = True    # a port's veth must exist before apply_ports (see Reconciler.link_first)
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
-                 sizes: Optional[dict] = None, nat_runner=None):
+                 sizes: Optional[dict] = None, nat=None):
         self.root = pin_root
-        self.nat = nat_runner      # applies nft scripts (NftRunner); None: no NAT table (tests)
+        self.nat = nat   # the network's NAT (published ports, masquerade): apply(spec, ports), remove(id)
         self.obj_path = obj_path
         self.sizes = dict(SIZES, **(sizes or {}))
         self._nets: dict = {}
@@ -297,12 +297,8 @@ class EbpfBackend:
 
     def _apply_nat(self, st: _Net) -> None:
         """(Re)write the network's NAT-only nft table from its ports' published mappings."""
-        if self.nat is None:
-            return
-        from .nat import render_nat   # noqa: PLC0415
-        spec = st.spec
-        self.nat.apply(render_nat(spec.id, spec.bridge, spec.subnets, spec.internal,
-                                  [port for port, _ifx in st.ports.values()]))
+        if self.nat is not None:
+            self.nat.apply(st.spec, [port for port, _ifx in st.ports.values()])
 
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
         """Endpoint changes ``(old, new)``; each new port's link must exist (BackendError
@@ -356,8 +352,7 @@ class EbpfBackend:
                 st.handle.close()
             pins.remove_pins(self.root, network_id)
             if self.nat is not None:
-                from .nat import render_delete   # noqa: PLC0415
-                self.nat.apply(render_delete(network_id))
+                self.nat.remove(network_id)
             if not pins.pinned_networks(self.root) and pins.remove_events(self.root):
                 if self._reader is not None:
                     self._reader.reopen()    # the next network makes a new buffer

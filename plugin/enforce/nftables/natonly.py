@@ -1,4 +1,4 @@
-"""The nftables part of an eBPF network: NAT only.
+"""The nftables part of an eBPF network: NAT only (used through :class:`NatTable`).
 
 Policy is the programs' job; what a bridge port cannot do stays in
 nftables, in the network's inet table ``secnet_<network-id[:12]>``:
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from plugin.enforce.nftables import northsouth as ns
-from plugin.enforce.nftables.elements import ports_elements
-from plugin.enforce.nftables.ruleset import element_text
-from plugin.enforce.nftables.runner import PASSED_MARK, TABLE_PREFIX
+from . import northsouth as ns
+from .elements import ports_elements
+from .ruleset import element_text
+from .runner import PASSED_MARK, TABLE_PREFIX, NftRunner
 
 
 def table_name(network_id: str) -> str:
@@ -63,3 +63,17 @@ def render_nat(network_id: str, bridge: str, subnets: Iterable[str], internal: b
 def render_delete(network_id: str) -> str:
     t = table_name(network_id)
     return f"table inet {t} {{ }}\ndelete table inet {t}\n"
+
+
+class NatTable:
+    """The NAT-only nft table of a network whose policy another datapath enforces (eBPF):
+    ``apply(spec, ports)`` writes it whole (one transaction), ``remove(network_id)``."""
+
+    def __init__(self, runner: NftRunner = None):
+        self.runner = runner or NftRunner()
+
+    def apply(self, spec, ports) -> None:
+        self.runner.apply(render_nat(spec.id, spec.bridge, spec.subnets, spec.internal, list(ports)))
+
+    def remove(self, network_id: str) -> None:
+        self.runner.apply(render_delete(network_id))
