@@ -610,6 +610,8 @@ def write(r: dict, out_dir: str, snippet: bool = True) -> str:
     for name, file in plots:
         lines.append(f"![{name}]({file})")
     lines.append("")
+    from . import targets  # imports this module's helpers
+    lines += targets.lines(r)
     lines += _control(r) + _enforce(r) + _dataplane(r) + _scale(r) + _iptables(r) + _idle(r)
     errs = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
     if errs or r.get("interrupted"):
