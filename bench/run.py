@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -188,6 +189,10 @@ def dataplane_and_scale(sizes: Sizes, watch: DaemonWatch) -> dict:
     return out
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes, for development")
@@ -210,6 +215,7 @@ def main(argv=None) -> int:
         if sh(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0:
             print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # a TERM still writes what was measured
     t_start = time.time()
     common.remove_leftovers()
     results: dict = {"sizes": sizes.__dict__, "machine": machine_info(), "busy_at_start": _others_busy()}
