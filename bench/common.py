@@ -54,20 +54,22 @@ class Sizes:
     rule_counts: tuple      # N for policy set, iptables and nft
     update_repeats: int     # rule updates timed per N
     idle_secs: int          # idle CPU window
+    mode_switches: int = 20  # `secnet mode` switches timed (half each way)
+    scale_rules: int = 10000  # rules in force for the joins and the scale data plane
 
     @classmethod
     def full(cls) -> "Sizes":
         return cls(quick=False, cp_runs=30, enforce_runs=50, iperf_secs=5, dp_repeats=3,
                    sweep_repeats=3, endpoints=1000, join_marks=(1, 100, 500, 1000),
-                   rss_marks=(0, 100, 500, 1000), rule_counts=(10, 100, 1000, 10000),
-                   update_repeats=5, idle_secs=60)
+                   rss_marks=(0, 100, 500, 1000), rule_counts=(100, 1000, 10000, 50000),
+                   update_repeats=5, idle_secs=60, mode_switches=20, scale_rules=10000)
 
     @classmethod
     def small(cls) -> "Sizes":
         return cls(quick=True, cp_runs=5, enforce_runs=8, iperf_secs=2, dp_repeats=2,
                    sweep_repeats=1, endpoints=60, join_marks=(1, 10, 30, 60),
-                   rss_marks=(0, 10, 30, 60), rule_counts=(10, 100, 1000),
-                   update_repeats=3, idle_secs=5)
+                   rss_marks=(0, 10, 30, 60), rule_counts=(100, 1000, 10000),
+                   update_repeats=3, idle_secs=5, mode_switches=6, scale_rules=10000)
 
 
 # --- statistics -----------------------------------------------------------------
@@ -587,8 +589,9 @@ class DaemonWatch(threading.Thread):
 class Prober(threading.Thread):
     """TCP-probes a moving target continuously from inside a namespace.
 
-    ``set_target(key, ip)`` switches the target; ``first[key]`` is the time of
-    the first answer for that key, ``answers[key]``/``probes[key]`` count them.
+    ``set_target(key, ip)`` switches the target; ``first[key]``/``last[key]``
+    are the times of the first/last answer for that key,
+    ``answers[key]``/``probes[key]`` count them.
     """
 
     def __init__(self, netns: str, port: int, name: str, timeout: float = 0.01):
@@ -596,6 +599,7 @@ class Prober(threading.Thread):
         self.netns, self.port, self.timeout = netns, port, timeout
         self.target = None
         self.first: dict = {}
+        self.last: dict = {}
         self.answers: dict = {}
         self.probes: dict = {}
         self.stop_event = threading.Event()
@@ -626,5 +630,6 @@ class Prober(threading.Thread):
             if result != "none":
                 self.answers[key] = self.answers.get(key, 0) + 1
                 self.first.setdefault(key, t)
+                self.last[key] = t
             else:
                 time.sleep(0.0005)

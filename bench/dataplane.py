@@ -10,6 +10,8 @@ with nsenter (the test image has neither). Configurations:
   default segment);
 * ``secnet-policy``: client and server in different segments, with the
   rules ``bcli->bsrv:tcp/5201 bcli->bsrv:icmp``;
+* ``secnet-ebpf``: as ``secnet-policy`` on a network with
+  ``-o secnet.backend=ebpf`` (the eBPF datapath);
 * ``secnet-scale`` (made by ``scale.py``): the same flow on the network that
   holds 1,000 endpoints and 10,000 rules.
 
@@ -138,6 +140,10 @@ def docker_pairs(cleanup: Cleanup) -> list:
             ("secnet", "secnet", "10.214.11.0/24", "10.214.11", (), ({}, {})),
             ("secnet-policy", "secnet", "10.214.12.0/24", "10.214.12",
              ("-o", f"secnet.allow=bcli->bsrv:tcp/{IPERF_PORT},bcli->bsrv:icmp"),
+             ({"secnet.segment": "bcli"}, {"secnet.segment": "bsrv"})),
+            ("secnet-ebpf", "secnet", "10.214.13.0/24", "10.214.13",
+             ("-o", "secnet.backend=ebpf",
+              "-o", f"secnet.allow=bcli->bsrv:tcp/{IPERF_PORT},bcli->bsrv:icmp"),
              ({"secnet.segment": "bcli"}, {"secnet.segment": "bsrv"}))):
         net = f"{PREFIX}-dp-{label}"
         create_network(net, driver, subnet, *opts)

@@ -1,9 +1,11 @@
 """eBPF datapath throughput and RTT, side by side in one run (root; ~1 min).
 
-Three pairs of namespaces, measured round-robin with iperf3 and ping:
+Four pairs of namespaces, measured round-robin with iperf3 and ping:
 
 * ``veth``: a bare veth pair (the ceiling);
 * ``bridge``: two namespaces on a Linux bridge with br_netfilter on, no policy;
+* ``nftables``: the same bridge with secnet's nftables backend and the same
+  policy;
 * ``ebpf``: the same bridge with secnet's eBPF programs on both veths and an
   allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, intra deny): the
   fast path (bpf_redirect_peer) carries the judged flows.
@@ -71,14 +73,18 @@ def veth_pair(tag, made):
     return a, b, "10.218.9.3"
 
 
-def enforce(host, octet, pin_root, extra_rules=0):
-    """Apply an allowing policy with the eBPF backend inside namespace ``host``
-    (plus ``extra_rules`` rules between 100 other segments)."""
+def enforce(host, octet, pin_root, extra_rules=0, backend="ebpf"):
+    """Apply an allowing policy with the ``backend`` datapath (``ebpf`` or
+    ``nftables``) inside namespace ``host`` (plus ``extra_rules`` rules
+    between 100 other segments). The nftables backend's tables live in the
+    namespace and go with it."""
+    make = (f"EbpfBackend(pin_root='{pin_root}')" if backend == "ebpf" else "NftBackend()")
     code = f"""
 from plugin.kernel.netns import enter
 enter('/run/netns/{host}')
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.enforce.ebpf.backend import EbpfBackend
+from plugin.enforce.nftables import NftBackend
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
@@ -88,9 +94,9 @@ rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:icmp'] + extra)
 pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
 ports = [Port('ea', 'sva', '02:42:0a:da:{octet:02x}:02', '10.218.{octet}.2', identity=256),
          Port('eb', 'svb', '02:42:0a:da:{octet:02x}:03', '10.218.{octet}.3', identity=257)]
-b = EbpfBackend(pin_root='{pin_root}')
-b.apply_network(NetworkSpec('{NET_ID}', 'br0'), pm, ports)
-b.close()
+b = {make}
+b.apply_network(NetworkSpec('{NET_ID}', 'br0', ('10.218.{octet}.0/24',)), pm, ports)
+getattr(b, 'close', lambda: None)()
 """
     sh(".venv/bin/python", "-c", code)
 
@@ -116,6 +122,7 @@ def main() -> int:
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rules", type=int, default=0, help="also an eBPF pair with this many more rules")
+    ap.add_argument("--json", help="also write the raw figures to this file")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:4]
     made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
@@ -124,7 +131,10 @@ def main() -> int:
         _h1, ba, bb, bip = bridge_pair(tag + "x", 1, made)
         h2, ea, eb, eip = bridge_pair(tag + "y", 2, made)
         enforce(h2, 2, pin_root)
-        pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "ebpf": (ea, eb, eip)}
+        h4, na, nb, nip = bridge_pair(tag + "n", 4, made)
+        enforce(h4, 4, pin_root, backend="nftables")
+        pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
+                 "ebpf": (ea, eb, eip)}
         if args.rules:
             h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
             enforce(h3, 3, pin_root + "r", args.rules)
@@ -139,6 +149,9 @@ def main() -> int:
             g, r = statistics.median(m["gbps"]), statistics.median(m["rtt_us"])
             print(f"{name:11s} {g:6.1f} Gbit/s ({g / base:.2f}x veth)  rtt {r:5.0f} us  "
                   f"runs {[round(x, 1) for x in m['gbps']]}")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(got, f, indent=1)
     finally:
         for name in reversed(made):
             sh("ip", "netns", "del", name, check=False)

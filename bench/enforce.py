@@ -16,8 +16,8 @@ from __future__ import annotations
 import calendar
 import time
 
-from .common import (PREFIX, Cleanup, Prober, secnet_cli, create_network, docker, log, now, run_container,
-                     sandbox_key, set_neigh_retrans, stats, disturbances)
+from .common import (PREFIX, SECNET_CLI, Cleanup, Prober, secnet_cli, create_network, docker, log, now,
+                     run_container, sandbox_key, set_neigh_retrans, sh, stats, disturbances)
 
 NET = f"{PREFIX}-enforce"
 SUBNET, BASE = "10.215.0.0/24", "10.215.0"
@@ -55,6 +55,57 @@ def positive_control(evil: Prober, run_id: int) -> dict:
     return {"rule_added": f"evil->web:tcp/{PORT}", "answers": evil.answers.get("control", 0),
             "probes": evil.probes.get("control", 0),
             "first_answer_ms_after_run_start": None if first is None else (first - t0) * 1000}
+
+
+def _switch(evil: Prober, key, mode: str) -> tuple:
+    """``secnet mode NET mode``; (ms from the command returning until the new mode
+    is in force, ms of the command). Audit: until the evil peer's first answer;
+    enforce: until its last answer (0 when none came after the return), read
+    after a quiet second."""
+    evil.set_target(key, evil.target[1])
+    t0 = now()
+    sh([SECNET_CLI, "mode", NET, mode])
+    t1 = now()
+    if mode == "audit":
+        while key not in evil.first and now() < t1 + TIMEOUT:
+            time.sleep(0.001)
+        first = evil.first.get(key)
+        return (None if first is None else max(0.0, first - t1) * 1000), (t1 - t0) * 1000
+    time.sleep(1.0)
+    last = evil.last.get(key)
+    if last is not None and last > now() - 0.5:
+        return None, (t1 - t0) * 1000  # still answered: enforce mode not in force
+    return (0.0 if last is None or last <= t1 else (last - t1) * 1000), (t1 - t0) * 1000
+
+
+def mode_switches(evil: Prober, runs: int) -> dict:
+    """Time for ``secnet mode NET audit|enforce`` to take effect, with the evil
+    peer probing a web container it may not reach (``runs`` switches, half
+    each way)."""
+    ip, name = f"{BASE}.250", f"{PREFIX}-enf-web-mode"
+    run_container(name, NET, ip, {"secnet.segment": "web"}, cmd=("nc", "-ll", "-p", str(PORT), "-e", "true"))
+    got = {"audit": [], "enforce": []}
+    cmd = {"audit": [], "enforce": []}
+    failed = {"audit": 0, "enforce": 0}
+    try:
+        evil.set_target(("mode", -1), ip)
+        time.sleep(0.3)
+        for i in range(runs):
+            mode = "audit" if i % 2 == 0 else "enforce"
+            ms, cmd_ms = _switch(evil, ("mode", i), mode)
+            cmd[mode].append(cmd_ms)
+            if ms is None:
+                failed[mode] += 1
+            else:
+                got[mode].append(ms)
+    finally:
+        sh([SECNET_CLI, "mode", NET, "enforce"], check=False)
+        docker("rm", "-f", name)
+    log(f"mode switches: to audit {got['audit']} ms, to enforce {got['enforce']} ms")
+    return {"switches": runs, "method": mode_switches.__doc__.strip() + " " + _switch.__doc__.strip(),
+            **{f"to_{m}_ms": stats(got[m]) for m in got}, **{f"to_{m}_cmd_ms": stats(cmd[m]) for m in cmd},
+            **{f"to_{m}_not_in_force": failed[m] for m in failed},
+            "all_ms": stats(got["audit"] + got["enforce"])}
 
 
 def run(sizes) -> dict:
@@ -112,6 +163,7 @@ def run(sizes) -> dict:
         forbidden_ok = sum(evil.answers.values())
         forbidden_probes = sum(evil.probes.values())
         allowed_probes = sum(probers["client"].probes.values())
+        switches = mode_switches(probers["evil"], sizes.mode_switches)
         control = positive_control(probers["evil"], sizes.enforce_runs)
         if evil.error:
             raise RuntimeError(f"evil prober: {evil.error}")
@@ -128,6 +180,7 @@ def run(sizes) -> dict:
         "forbidden_probes_answered": forbidden_ok,
         "allowed_probes": allowed_probes,
         "positive_control": control,
+        "mode_switch": switches,
         "signed_since_return_ms": stats(signed),
         "since_container_started_ms": stats(since_started_at),
         "raw_since_return_ms": since_return,

@@ -57,6 +57,11 @@ def _stats(values):
     return {"n": len(v), "median": pick(0.5), "min": v[0], "max": v[-1], "p95": pick(0.95), "p99": pick(0.99)}
 
 
+def scale_rules(r) -> int:
+    """Rules in force for the scale data plane and the joins at scale."""
+    return get(r, "sizes", "scale_rules") or max(get(r, "sizes", "rule_counts", default=[0]))
+
+
 def med(s):
     return s.get("median") if isinstance(s, dict) else None
 
@@ -82,7 +87,7 @@ def headline(r: dict) -> list:
                      f"{num(g('secnet'))} / {num(g('veth'))} Gbit/s"))
         rows.append(("Throughput, secnet with an allowing policy / bridge", ratio(g("secnet-policy"), g("bridge")),
                      f"{num(g('secnet-policy'))} / {num(g('bridge'))} Gbit/s"))
-        rules = max(get(r, "sizes", "rule_counts", default=[0]))
+        rules = scale_rules(r)
         eps = get(r, "sizes", "endpoints")
         rows.append((f"Throughput with {eps:,} endpoints + {rules:,} rules / without rules",
                      ratio(g("secnet-scale"), g("secnet")),
@@ -462,10 +467,11 @@ def _dataplane(r) -> list:
                 "| configuration | Gbit/s | RTT µs | throughput / bridge | / veth |", "|---|---|---|---|---|"]
         labels = {"veth": "bare veth pair (ceiling)", "bridge": "Docker bridge driver",
                   "secnet": "secnet, no rules", "secnet-policy": "secnet, policy allows the flow",
+                  "secnet-ebpf": "secnet eBPF backend, policy allows the flow",
                   "secnet-scale": f"secnet, {sz.get('endpoints', 0):,} endpoints + "
-                                  f"{max(sz.get('rule_counts', [0])):,} rules"}
+                                  f"{scale_rules(r):,} rules"}
         g = lambda n: med(get(dp, n, "gbps"))
-        for n in ("veth", "bridge", "secnet", "secnet-policy", "secnet-scale"):
+        for n in ("veth", "bridge", "secnet", "secnet-policy", "secnet-ebpf", "secnet-scale"):
             if n in dp:
                 out.append(f"| {labels[n]} | {mmm(dp[n]['gbps'], 2)} | {mmm(dp[n]['rtt_ms'], 0, 1000)} | "
                            f"{ratio(g(n), g('bridge'))} | {ratio(g(n), g('veth'))} |")
@@ -565,7 +571,7 @@ def _idle(r) -> list:
     out = ["## Daemon CPU while idle", ""]
     for label, d in (("before the benchmark (the daemon holding only others' networks)", get(r, "idle")),
                      (f"with {get(r, 'sizes', 'endpoints', default=0):,} endpoints and "
-                      f"{max(get(r, 'sizes', 'rule_counts', default=[0])):,} rules",
+                      f"{scale_rules(r):,} rules",
                       get(r, "dataplane", "idle_at_scale"))):
         if not d:
             continue
@@ -604,6 +610,8 @@ def write(r: dict, out_dir: str, snippet: bool = True) -> str:
     for name, file in plots:
         lines.append(f"![{name}]({file})")
     lines.append("")
+    from . import targets  # imports this module's helpers
+    lines += targets.lines(r)
     lines += _control(r) + _enforce(r) + _dataplane(r) + _scale(r) + _iptables(r) + _idle(r)
     errs = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
     if errs or r.get("interrupted"):

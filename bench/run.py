@@ -5,8 +5,9 @@
 Sections: control (network create/rm, run until the network answers),
 enforce (time to enforce, forbidden probes), dataplane + scale (throughput
 and latency: veth, bridge, secnet; joins, rule updates, RSS with 1,000
-endpoints and 10,000 rules), iptables (DOCKER-USER pair rules against
-secnet), idle (daemon CPU while left alone). Writes ``<DATE>.md``,
+endpoints and 10,000 rules), datapath (veth, bridge, nftables and
+eBPF backends in namespaces, the nftables backend's calls against N rules),
+iptables (DOCKER-USER pair rules against secnet), idle (daemon CPU while left alone). Writes ``<DATE>.md``,
 ``<DATE>.json`` and ``<DATE>-*.png`` into the output directory (default
 ``bench/results``; with ``--quick``: ``.run/bench-quick``, small sizes, for
 development only) and ``bench/README-snippet.md`` (full runs only).
@@ -20,15 +21,16 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
 import traceback
 
-from . import common, control, dataplane, enforce, iptables_cmp, report, scale
+from . import common, control, dataplane, datapath, enforce, iptables_cmp, report, scale
 from .common import REPO, Cleanup, DaemonWatch, Plugin, Sizes, docker, log, sh
 
-SECTIONS = ("idle", "control", "enforce", "dataplane", "iptables")
+SECTIONS = ("idle", "control", "enforce", "dataplane", "datapath", "iptables")
 
 
 def _first_line(args) -> str:
@@ -173,7 +175,7 @@ def dataplane_and_scale(sizes: Sizes, watch: DaemonWatch) -> dict:
         out["configs"] = step("data plane rounds", dataplane.measure, pairs, sizes.dp_repeats,
                               sizes.iperf_secs)
         watch.section = "idle-at-scale"
-        log(f"idle CPU with {sizes.endpoints} endpoints and {max(sizes.rule_counts)} rules: "
+        log(f"idle CPU with {sizes.endpoints} endpoints and {sizes.scale_rules} rules: "
             f"{sizes.idle_secs} s")
         out["idle_at_scale"] = common.idle_cpu(sizes.idle_secs)
         out["idle_at_scale"]["rss_mib"] = common.daemon_rss_sample()
@@ -185,6 +187,10 @@ def dataplane_and_scale(sizes: Sizes, watch: DaemonWatch) -> dict:
         out["scale"] = sc.result
         out["cleanup_errors"] = errors
     return out
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def main(argv=None) -> int:
@@ -209,6 +215,7 @@ def main(argv=None) -> int:
         if sh(["sh", "-c", f"command -v {tool}"], check=False).returncode != 0:
             print(f"bench: {tool} is missing (make bench installs it)", file=sys.stderr)
             return 2
+    signal.signal(signal.SIGTERM, _interrupt)  # a TERM still writes what was measured
     t_start = time.time()
     common.remove_leftovers()
     results: dict = {"sizes": sizes.__dict__, "machine": machine_info(), "busy_at_start": _others_busy()}
@@ -226,6 +233,8 @@ def main(argv=None) -> int:
             _section(results, "enforce", watch, enforce.run, sizes)
         if "dataplane" not in args.skip:
             _section(results, "dataplane", watch, dataplane_and_scale, sizes, watch)
+        if "datapath" not in args.skip:
+            _section(results, "datapath", watch, datapath.run, sizes)
         if "iptables" not in args.skip:
             _section(results, "iptables", watch, iptables_cmp.run, sizes)
     except KeyboardInterrupt:

@@ -39,6 +39,7 @@ SUBNET, IP_RANGE = "10.216.0.0/20", "10.216.0.0/24"
 FIRST_FAKE = ipaddress.IPv4Address("10.216.4.1")
 SEGMENTS = 100
 FLOW_RULES = [f"bcli->s99:tcp/{IPERF_PORT}", "bcli->s99:icmp"]
+ONE_RULE = "s1->s2:tcp/7"  # added and removed with N rules in force
 
 
 def ring_rules() -> list:
@@ -202,6 +203,7 @@ class Scale:
             if not disturbed:
                 base_get.append(ms)
         self.result["cli_get_ms"] = stats(base_get)
+        self.result["cli_status_ms"] = stats(self._cli_times(("status",), 5))
         # the flow without any sweep rules (N = 0): only the flow's own rules
         self.policy_set(FLOW_RULES)
         out["0"] = {"dataplane": measure([self.pair], s.sweep_repeats, s.iperf_secs)[self.pair.name]}
@@ -209,16 +211,38 @@ class Scale:
             times = [self.policy_set(sweep_rules(n, rep % 2) + FLOW_RULES)
                      for rep in range(s.update_repeats)]
             log(f"  policy set with {n} rules: {times} ms")
+            add = self._cli_times(("policy", NET, "add", ONE_RULE), s.update_repeats,
+                                  ("policy", NET, "remove", ONE_RULE))
+            rm = self._cli_times(("policy", NET, "remove", ONE_RULE), s.update_repeats,
+                                 ("policy", NET, "add", ONE_RULE), before=True)
+            log(f"  one rule add/remove with {n} in force: {add} / {rm} ms")
             out[str(n)] = {"policy_set_ms": stats(times), "raw_policy_set_ms": times,
+                           "one_rule_add_ms": stats(add), "one_rule_remove_ms": stats(rm),
                            "dataplane": measure([self.pair], s.sweep_repeats, s.iperf_secs)[self.pair.name]}
         self.result["sweep"] = out
+        if s.scale_rules != s.rule_counts[-1]:  # the joins and the scale data plane at scale_rules
+            self.policy_set(sweep_rules(s.scale_rules, 0) + FLOW_RULES)
+
+    def _cli_times(self, args: tuple, repeats: int, undo: tuple = None, before: bool = False) -> list:
+        """ms of ``repeats`` undisturbed CLI calls ``args``; ``undo`` (untimed) after
+        each (or before each, with ``before``)."""
+        times = []
+        for _ in range(repeats):
+            if undo and before:
+                secnet_cli(*undo)
+            ms, disturbed = secnet_cli(*args)
+            if not disturbed:
+                times.append(ms)
+            if undo and not before:
+                secnet_cli(*undo)
+        return times
 
     def joins_at_max_rules(self, count: int = 5) -> None:
         """More joins (then leaves) with the largest rule set in place: into an
         existing segment (set elements only) and into a new segment (which
         changes the compiled policy: the network's tables are rebuilt)."""
         base = self.sizes.endpoints
-        out = {"rules": max(self.sizes.rule_counts) + len(FLOW_RULES), "endpoints": base}
+        out = {"rules": self.sizes.scale_rules + len(FLOW_RULES), "endpoints": base}
         for kind, seg in (("existing_segment", None), ("new_segment", "fresh")):
             joins, leaves = [], []
             for k in range(count):

@@ -1,0 +1,50 @@
+"""Section 5, the datapaths alone (no Docker, no daemon), in throwaway namespaces.
+
+Runs the two standalone benches as child processes and keeps their figures:
+``bench.ebpf_datapath`` (iperf3 and ping over a bare veth pair, a Linux
+bridge, the bridge with secnet's nftables backend and with its eBPF backend,
+and the eBPF backend with ``scale_rules`` more rules in force) and
+``bench.nft_datapath`` (the nftables backend's calls as the reconciler makes
+them: apply_network, a policy set from 0 to N rules, one rule added and one
+removed with N in force, a mode switch, a join, at each N of the rule sweep).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from .common import REPO, log, sh, stats
+
+
+def throughput(sizes) -> dict:
+    """Per configuration: stats of Gbit/s and RTT µs over the repeats."""
+    with tempfile.TemporaryDirectory(prefix="snbench-") as tmp:
+        path = os.path.join(tmp, "dp.json")
+        secs, repeats = sizes.iperf_secs, sizes.dp_repeats
+        sh([sys.executable, "-m", "bench.ebpf_datapath", "--secs", str(secs), "--repeats", str(repeats),
+            "--rules", str(sizes.scale_rules), "--json", path], timeout=600)
+        with open(path) as f:
+            raw = json.load(f)
+    return {name: {"gbps": stats(v["gbps"]), "rtt_us": stats(v["rtt_us"]), "raw": v}
+            for name, v in raw.items()}
+
+
+def nft_sweep(sizes) -> dict:
+    """Per N: ms of each backend call (one run each)."""
+    out = {}
+    for n in sizes.rule_counts:
+        res = sh([sys.executable, "-m", "bench.nft_datapath", "--rules", str(n)], timeout=900)
+        out[str(n)] = json.loads(res.stdout)
+        log(f"  nft backend at {n} rules: {out[str(n)]}")
+    return out
+
+
+def run(sizes) -> dict:
+    os.chdir(REPO)  # the child processes import plugin/ and bench/ from the checkout
+    log("datapath: veth / bridge / nftables / eBPF in namespaces")
+    out = {"method": __doc__.strip(), "throughput": throughput(sizes)}
+    log(f"datapath: nftables backend at {sizes.rule_counts} rules")
+    out["nft_backend"] = nft_sweep(sizes)
+    return out

@@ -1,0 +1,147 @@
+"""The report's part for the targets of issues 12 (policy as data), 13 (eBPF
+backend) and 14 (audit mode): each target next to the figure of this run,
+the four datapaths side by side, the rule sweep as the CLI and as the
+nftables backend alone see it."""
+from __future__ import annotations
+
+from .report import get, med, mmm, num, ratio, scale_rules
+
+
+def _le(x, limit) -> str:
+    return "n/a" if x is None or limit is None else ("met" if x <= limit else "**not met**")
+
+
+def _ge(x, limit) -> str:
+    return "n/a" if x is None or limit is None else ("met" if x >= limit else "**not met**")
+
+
+def _div(a, b):
+    return None if a is None or not b else a / b
+
+
+def _rules_rows(r) -> list:
+    sc, be = get(r, "dataplane", "scale") or {}, get(r, "datapath", "nft_backend") or {}
+    sw = sc.get("sweep") or {}
+    top = str(scale_rules(r))
+    status = med(sc.get("cli_status_ms"))
+    ps, bps = med(get(sw, top, "policy_set_ms")), get(be, top, "policy_set_0_to_N")
+    add, rm = med(get(sw, top, "one_rule_add_ms")), med(get(sw, top, "one_rule_remove_ms"))
+    badd, brm = get(be, top, "one_rule_add"), get(be, top, "one_rule_remove")
+    rows = [(f"#12 `secnet policy set` of {int(top):,} rules ≤ 100 ms", f"CLI {num(ps, 0)} ms; nft backend alone "
+             f"{num(bps)} ms", f"{_le(ps, 100)} (CLI); {_le(bps, 100)} (backend)"),
+            (f"#12 one rule add / remove at {int(top):,}: ≤ 10 ms in the daemon (p50)",
+             f"nft backend alone {num(badd)} / {num(brm)} ms (the daemon's own time is not measured)",
+             f"{_le(badd, 10)} / {_le(brm, 10)} (backend)"),
+            (f"#12 one rule add / remove at {int(top):,}: CLI round trip ≤ 1.2× empty `secnet status`",
+             f"{num(add, 0)} / {num(rm, 0)} ms vs status {num(status, 0)} ms: {ratio(add, status)} / "
+             f"{ratio(rm, status)}", f"{_le(_div(add, status), 1.2)} / {_le(_div(rm, status), 1.2)}")]
+    mx = sc.get("joins_at_max_rules") or {}
+    new, known = med(get(mx, "new_segment", "join_ms")), med(get(mx, "existing_segment", "join_ms"))
+    rows.append((f"#12 join bringing a new segment ≤ 1.2× join into a known one, at {mx.get('rules', 0):,} rules",
+                 f"{num(new)} / {num(known)} ms = {ratio(new, known)}", _le(_div(new, known), 1.2)))
+    marks = get(sc, "joins", "marks") or {}
+    if marks:
+        keys = sorted(marks, key=int)
+        a, z = med(marks[keys[0]]), med(marks[keys[-1]])
+        rows.append((f"#12 {int(keys[-1]):,}th join ≤ 1.1× the 1st", f"{num(z)} / {num(a)} ms = {ratio(z, a)}",
+                     _le(_div(z, a), 1.1)))
+    return rows
+
+
+def _load_rows(r) -> list:
+    dp, sc = get(r, "dataplane", "configs") or {}, get(r, "dataplane", "scale") or {}
+    g = lambda n: med(get(dp, n, "gbps"))
+    eps, rules = get(r, "sizes", "endpoints"), scale_rules(r)
+    rows = [(f"#12 throughput with {eps:,} endpoints + {rules:,} rules ≥ 0.98× without",
+             f"{num(g('secnet-scale'), 2)} / {num(g('secnet'), 2)} Gbit/s = {ratio(g('secnet-scale'), g('secnet'))}",
+             _ge(_div(g("secnet-scale"), g("secnet")), 0.98)),
+            ("#12 container→container throughput ≥ 1.0× Docker's bridge",
+             f"{num(g('secnet'), 2)} / {num(g('bridge'), 2)} Gbit/s = {ratio(g('secnet'), g('bridge'))}",
+             _ge(_div(g("secnet"), g("bridge")), 1.0))]
+    rss = sc.get("rss_mib") or {}
+    if rss:
+        top = max(rss, key=int)
+        at, after, start = med(rss[top]), med(sc.get("rss_after_removal_mib")), med(rss.get("0"))
+        rows.append((f"#12 daemon RSS ≤ 80 MB at {int(top):,} endpoints + {rules:,} rules; back near start after",
+                     f"{num(at)} MiB (start {num(start)}, after removal {num(after)})", _le(at, 80 / 1.048576)))
+    idle = get(r, "dataplane", "idle_at_scale", "percent_of_one_core")
+    rows.append(("#12 idle CPU < 0.5 % of a core with that load", f"{num(idle, 2)} %", _le(idle, 0.5)))
+    cp = get(r, "control") or {}
+    s, b = med(get(cp, "run", "secnet", "answered")), med(get(cp, "run", "bridge", "answered"))
+    rows.append(("#12 `docker run -d` until the network answers ≤ 1.03× bridge (p50)",
+                 f"{num(s, 0)} / {num(b, 0)} ms = {ratio(s, b)}", _le(_div(s, b), 1.03)))
+    s = med(get(cp, "network", "secnet", "create", "stats"))
+    b = med(get(cp, "network", "bridge", "create", "stats"))
+    rows.append(("#12 `docker network create` ≤ 1.0× bridge", f"{num(s, 0)} / {num(b, 0)} ms = {ratio(s, b)}",
+                 _le(_div(s, b), 1.0)))
+    return rows
+
+
+def _ebpf_rows(r) -> list:
+    dp, ns = get(r, "dataplane", "configs") or {}, get(r, "datapath", "throughput") or {}
+    rows = []
+    for where, d, veth, ebpf, key in (("Docker", dp, "veth", "secnet-ebpf", "rtt_ms"),
+                                      ("namespaces", ns, "veth", "ebpf", "rtt_us")):
+        g, t = med(get(d, ebpf, "gbps")), med(get(d, veth, "gbps"))
+        rt, rv = med(get(d, ebpf, key)), med(get(d, veth, key))
+        rows.append((f"#13 eBPF throughput with policy ≥ 0.95× bare veth ({where})",
+                     f"{num(g, 2)} / {num(t, 2)} Gbit/s = {ratio(g, t)}", _ge(_div(g, t), 0.95)))
+        rows.append((f"#13 eBPF RTT ≤ 1.1× bare veth ({where})", f"{ratio(rt, rv)}", _le(_div(rt, rv), 1.1)))
+    many = [k for k in ns if k.startswith("ebpf+")]
+    if many:
+        g, b = med(get(ns, many[0], "gbps")), med(get(ns, "ebpf", "gbps"))
+        rows.append((f"#13 eBPF throughput with {many[0][5:]} more rules ≥ 0.98× without (namespaces)",
+                     f"{num(g, 2)} / {num(b, 2)} Gbit/s = {ratio(g, b)}", _ge(_div(g, b), 0.98)))
+    en = get(r, "enforce") or {}
+    rows.append(("#13 forbidden probes through during container starts: 0 (nftables network)",
+                 f"{en.get('forbidden_probes_answered')} of {en.get('forbidden_probes')}",
+                 "met" if en.get("forbidden_probes_answered") == 0 else "n/a" if not en else "**not met**"))
+    ms = en.get("mode_switch") or {}
+    for m in ("audit", "enforce"):
+        rows.append((f"#14 `secnet mode NET {m}`: in force when the command returns (p50 of the time after)",
+                     f"p50 {num(med(ms.get(f'to_{m}_ms')), 1)} ms, max {num(get(ms, f'to_{m}_ms', 'max'), 1)} ms "
+                     f"(command {num(med(ms.get(f'to_{m}_cmd_ms')), 0)} ms; not in force: "
+                     f"{ms.get(f'to_{m}_not_in_force')})", "—"))
+    return rows
+
+
+def _side_by_side(r) -> list:
+    dp, ns = get(r, "dataplane", "configs") or {}, get(r, "datapath", "throughput") or {}
+    out = ["### Four datapaths side by side (one run)", "",
+           "| | Docker containers: Gbit/s | RTT µs | namespaces on a bridge: Gbit/s | RTT µs |",
+           "|---|---|---|---|---|"]
+    for label, a, b in (("bare veth pair", "veth", "veth"), ("Linux bridge (Docker's bridge driver)", "bridge", "bridge"),
+                        ("secnet nftables backend, allowing policy", "secnet-policy", "nftables"),
+                        ("secnet eBPF backend, allowing policy", "secnet-ebpf", "ebpf"),
+                        (f"secnet nftables, {get(r, 'sizes', 'endpoints', default=0):,} endpoints + "
+                         f"{scale_rules(r):,} rules", "secnet-scale", None),
+                        (f"secnet eBPF, + {scale_rules(r):,} rules", None, f"ebpf+{scale_rules(r)}")):
+        out.append(f"| {label} | {mmm(get(dp, a, 'gbps'), 2) if a in dp else '—'} | "
+                   f"{mmm(get(dp, a, 'rtt_ms'), 0, 1000) if a in dp else '—'} | "
+                   f"{mmm(get(ns, b, 'gbps'), 2) if b in ns else '—'} | {mmm(get(ns, b, 'rtt_us'), 0) if b in ns else '—'} |")
+    return out + [""]
+
+
+def _sweep(r) -> list:
+    sw, be = get(r, "dataplane", "scale", "sweep") or {}, get(r, "datapath", "nft_backend") or {}
+    ns = sorted({int(n) for n in list(sw) + list(be) if n != "0"})
+    out = ["### Rule sweep", "", "CLI: `secnet policy snbench-scale set|add|remove` through the daemon "
+           "(median, min–max); backend: `bench.nft_datapath`, the nftables backend's calls alone (one run).", "",
+           "| N rules | CLI policy set, ms | CLI add 1, ms | CLI remove 1, ms | backend: policy set 0→N | "
+           "add 1 | remove 1 | join | mode switch | apply_network | drift() | RSS MiB |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for n in ns:
+        p, b = sw.get(str(n), {}), be.get(str(n), {})
+        out.append(f"| {n:,} | {mmm(p.get('policy_set_ms'), 0)} | {mmm(p.get('one_rule_add_ms'), 0)} | "
+                   f"{mmm(p.get('one_rule_remove_ms'), 0)} | " + " | ".join(
+                       num(b.get(k)) for k in ("policy_set_0_to_N", "one_rule_add", "one_rule_remove", "join",
+                                               "mode_switch", "apply_network_N", "drift_unchanged", "maxrss_mb")) + " |")
+    return out + [""]
+
+
+def lines(r: dict) -> list:
+    rows = _rules_rows(r) + _load_rows(r) + _ebpf_rows(r)
+    out = [f"## Targets of issues 12, 13 and 14 ({get(r, 'machine', 'date')})", "",
+           "| target | this run | verdict |", "|---|---|---|"]
+    out += [f"| {t} | {v} | {m} |" for t, v, m in rows] + [""]
+    return out + _side_by_side(r) + _sweep(r)
