@@ -31,13 +31,21 @@ def enter(path: str) -> None:
         os.close(fd)
 
 
-def run_in(path: str, fn: Callable, *args, timeout: float = 5.0):
-    """``fn(*args)`` on a new thread inside the namespace at ``path``; its result or exception."""
+def unshare_net() -> None:
+    """Move the calling thread into a new, empty network namespace (unshare(2),
+    CLONE_NEWNET; needs CAP_SYS_ADMIN). It goes away when nothing uses it any more."""
+    if _libc.unshare(CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+
+
+def _on_thread(enter_ns: Callable, fn: Callable, args: tuple, timeout: float, where: str):
+    """``fn(*args)`` on a new thread that first calls ``enter_ns()``; its result or exception."""
     outcome: dict = {}
 
     def target():
         try:
-            enter(path)
+            enter_ns()
             outcome["value"] = fn(*args)
         except BaseException as exc:  # handed to the caller
             outcome["error"] = exc
@@ -46,7 +54,18 @@ def run_in(path: str, fn: Callable, *args, timeout: float = 5.0):
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        raise TimeoutError(f"no answer from inside {path} within {timeout} s")
+        raise TimeoutError(f"no answer from {where} within {timeout} s")
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("value")
+
+
+def run_in(path: str, fn: Callable, *args, timeout: float = 5.0):
+    """``fn(*args)`` on a new thread inside the namespace at ``path``; its result or exception."""
+    return _on_thread(lambda: enter(path), fn, args, timeout, f"inside {path}")
+
+
+def run_in_new(fn: Callable, timeout: float = 10.0):
+    """``fn()`` on a new thread in a network namespace of its own, made for the call
+    (nothing it does touches the host's). Raises OSError when it cannot be made."""
+    return _on_thread(unshare_net, fn, (), timeout, "a scratch namespace")

@@ -16,9 +16,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
-import os
 import subprocess
 import threading
+
+from plugin.kernel import netns
 
 TABLE_PREFIX = "secnet_"
 PASSED_MARK = 0x00200000  # packet mark: "secnet's forward chain let this through"
@@ -36,26 +37,7 @@ def in_scratch_namespace(fn, timeout: float = 10.0):
     """``fn()`` on a thread in a network namespace of its own, made for the call and
     gone after it (nothing it does touches the host's tables). Raises OSError when
     the namespace cannot be made (no CAP_SYS_ADMIN), or what ``fn`` raised."""
-    outcome: dict = {}
-
-    def target():
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            if libc.unshare(0x40000000) != 0:  # CLONE_NEWNET: this thread only
-                err = ctypes.get_errno()
-                raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
-            outcome["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="secnet-nft-scratch", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError("scratch namespace did not answer")
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    return netns.run_in_new(fn, timeout)
 
 
 class _Lib:
