@@ -32,8 +32,16 @@ INTRA = "intra"
 INGRESS, EGRESS = "ingress", "egress"
 
 
+class _Service:
+    """An entry's ``proto``/``lo``/``hi`` as the rule grammar's Service."""
+
+    @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+
 @dataclass(frozen=True, order=True)
-class PolicyEntry:
+class PolicyEntry(_Service):
     """An east-west allowance: new flows from ``src`` to ``dst`` identity.
 
     ``proto``: ``tcp``, ``udp``, ``icmp`` or ``any``; ``lo``/``hi``: the
@@ -49,10 +57,6 @@ class PolicyEntry:
     rule: str
 
     @property
-    def service(self) -> Service:
-        return Service(self.proto, self.lo, self.hi)
-
-    @property
     def key(self) -> tuple:
         """What the datapath matches: several rules may give the same key
         (``*->db:udp/53`` and ``web->db:udp/53``), and ranges of one
@@ -61,7 +65,7 @@ class PolicyEntry:
 
 
 @dataclass(frozen=True, order=True)
-class CidrEntry:
+class CidrEntry(_Service):
     """An allowance between segment ``identity`` and an outside CIDR.
 
     ``direction`` is ``ingress`` (from ``cidr`` to the segment) or
@@ -76,10 +80,6 @@ class CidrEntry:
     lo: int
     hi: int
     rule: str
-
-    @property
-    def service(self) -> Service:
-        return Service(self.proto, self.lo, self.hi)
 
     @property
     def key(self) -> tuple:
