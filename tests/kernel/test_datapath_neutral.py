@@ -319,3 +319,13 @@ def test_counters_count_allowed_flows_per_entry_and_drops_per_reason(backend_lab
     ids = pm.identities
     assert got.dropped[(ids["api"], ids["web"])][0] >= 1
     assert got.reasons["no-rule"][0] >= 1
+
+
+def test_an_address_of_the_network_that_no_member_has_is_nobodys(backend_lab):
+    """A container on the bridge that is no member (yet: one that is starting) is never
+    reached as if it were outside, whatever the egress default: not-member, both families."""
+    web, late = backend_lab.lab.add(2)
+    backend_lab.apply("", {web: "web"}, "allow")
+    assert_all(outcomes([(web, late)], FEW), "timeout")
+    assert backend_lab.dropped("not-member") >= 1
+    assert probe_udp(web, late.ip4, 53) == "timeout"
