@@ -31,29 +31,18 @@ table ip sntest_nat {{
 
 
 def setup_outside(blab, web, api, nat: str = "") -> tuple:
-    """Gateway addresses on the bridge, a routed outside namespace, ``nat`` applied;
-    returns (host, outside) as probe sources."""
+    """The lab's gateway addresses on the bridge (the host) and its outside namespace routed
+    through the host (nsfixtures.Lab makes both), with ``nat`` applied; returns (host,
+    outside) as probe sources."""
     lab = blab.lab
     blab.gateways = (GW4, GW6)
-    lab.exec("ip", "addr", "add", f"{GW4}/24", "dev", BRIDGE)
-    lab.exec("ip", "addr", "add", f"{GW6}/64", "dev", BRIDGE, "nodad")
-    lab.exec("sysctl", "-qw", "net.ipv4.ip_forward=1")
-    for c in (web, api):
-        c.ip_cmd("route", "add", "default", "via", GW4)
-    out_ns = f"{lab.host}-out"
-    lab._add_ns(out_ns)   # noqa: SLF001 (the lab deletes it)
-    sh("ip", "-n", lab.host, "link", "add", "snout", "type", "veth", "peer", "name", "eth0", "netns", out_ns)
-    lab.exec("ip", "addr", "add", "10.237.0.1/24", "dev", "snout")
-    lab.exec("ip", "link", "set", "snout", "up")
-    sh("ip", "-n", out_ns, "addr", "add", "10.237.0.2/24", "dev", "eth0")
-    sh("ip", "-n", out_ns, "link", "set", "eth0", "up")
-    sh("ip", "-n", out_ns, "route", "add", "10.236.0.0/24", "via", "10.237.0.1")
     if nat:
         res = subprocess.run(["ip", "netns", "exec", lab.host, "nft", "-f", "-"], input=nat,
                              text=True, capture_output=True, check=False)
         assert res.returncode == 0, res.stderr
     host = Container(ns=lab.host, index=98, veth=BRIDGE, mac="", ip4=GW4, ip6=GW6)
-    outside = Container(ns=out_ns, index=99, veth="snout", mac="", ip4="10.237.0.2", ip6="")
+    outside = Container(ns=lab.outside.ns, index=99, veth=lab.outside.veth, mac="",
+                        ip4=lab.outside.ip4, ip6="")
     lab.responder.listen(host)
     return host, outside
 

@@ -178,7 +178,7 @@ def _with_identity(port, identity):
 def test_docker_forward_drop_lets_through_what_the_programs_passed(ebpf_lab, tmp_path):
     """With Docker's FORWARD policy DROP and secnet's DOCKER-USER rules, bridged
     traffic passes only with the mark the programs set (fail closed without them)."""
-    from plugin.dockerfw import DockerFirewall   # noqa: PLC0415 (kernel-tier only)
+    from plugin.kernel.dockerfw import DockerFirewall   # noqa: PLC0415 (kernel-tier only)
     lab = ebpf_lab.lab
     wrappers = []
     for binary in ("iptables", "ip6tables"):

@@ -311,7 +311,7 @@ int from_container(struct __sk_buff *skb)
 		vd.reason = -r;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
-	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/dockerfw.py) */
+	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
 		vd.reason = inactive_reason(ep->identity);

@@ -34,7 +34,7 @@ enum reason {
 #define MODE_ENFORCE 0
 #define MODE_AUDIT   1
 
-#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/dockerfw.py) */
+#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/kernel/dockerfw.py) */
 
 /* endpoints: host-side veth ifindex -> the endpoint behind it */
 struct endpoint {
