@@ -174,3 +174,16 @@ class StatusTimer:
 
     def slowest(self) -> float:
         return max((t for t, _rc in self.times), default=0.0)
+
+
+def unmap_ipv4(net: h.Network, backend: str, addr: str) -> None:
+    """Sabotage the datapath behind secnet's back: forget which identity the member
+    address ``addr`` (IPv4) has, as a broken datapath would. nftables: its element of
+    the inet table's address -> identity map ``id4``; eBPF: its entry in the pinned
+    ``members`` map (key: family 4, three zero bytes, the address in 16 bytes)."""
+    if backend == "nftables":
+        h.run(["nft", "delete", "element", "inet", f"secnet_{nid12(net)}", "id4", f"{{ {addr} }}"])
+        return
+    key = bytes([4, 0, 0, 0]) + socket.inet_aton(addr) + bytes(12)
+    h.run(["bpftool", "map", "delete", "pinned", f"/sys/fs/bpf/secnet/{nid12(net)}/members",
+           "key", "hex", *(f"{b:02x}" for b in key)])

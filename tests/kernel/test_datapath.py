@@ -223,3 +223,13 @@ def test_router_advert_from_a_container_is_dropped(lab, trio):
                          struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0))
     seen, dropped = arrives(lab, observer, lambda: send_frame(attacker, advert), advert[14:])
     assert not seen and dropped >= 1, (seen, dropped)
+
+
+def test_an_address_of_the_network_that_no_member_has_is_nobodys(lab):
+    """A container on the bridge that is no member (yet: one that is starting) is never
+    reached as if it were outside, whatever the egress default: not-member, both families."""
+    web, late = lab.add(2)
+    lab.apply("", {web: "web"}, "allow")
+    assert_all(outcomes([(web, late)], FEW), "timeout")
+    assert lab.dropped("not-member") >= 1
+    assert probe_udp(web, late.ip4) == "timeout"

@@ -196,3 +196,24 @@ def test_host_problem_names_what_is_missing(tmp_path):
     assert "older than 5.18" in host_problem("5.10.0-28-amd64", str(btf))
     assert "no BTF" in host_problem("6.18.1", str(tmp_path / "none"))
     assert "kernel release" in host_problem("garbage", str(btf))
+
+
+def test_subnet_entries_are_lpm_keys_of_family_and_prefix():
+    got = maps.subnet_entries(["10.200.1.0/24", "fd00:200::/64"])
+    want = {
+        maps.SUBNET_KEY.pack(32 + 24, 4, bytes([10, 200, 1, 0]) + bytes(12)): b"\x01",
+        maps.SUBNET_KEY.pack(32 + 64, 6, ipaddress.IPv6Address("fd00:200::").packed): b"\x01",
+    }
+    assert got == want and maps.SUBNET_KEY.size == 24
+    with pytest.raises(maps.EncodeError, match="bad subnet 'nope'"):
+        maps.subnet_entries(["nope"])
+
+
+def test_an_arp_drop_event_carries_its_protocol_addresses():
+    from plugin.enforce.ebpf.events import decode   # noqa: PLC0415
+    raw = maps.DROP_EVENT.pack(0xABCDEF012345, 2_000_000_000, 5, 4, 0, 0, 0, 0x0806, 0, 0, 0,
+                               bytes([10, 1, 0, 2]) + bytes(12), bytes([10, 1, 0, 3]) + bytes(12),
+                               bytes(6), b"\xff" * 6)
+    e = decode(raw, 0.0)
+    assert (e.network, e.reason, e.family, e.proto) == ("abcdef012345", "quarantined", 4, "arp")
+    assert (e.src, e.dst, e.port) == ("10.1.0.2", "10.1.0.3", None)

@@ -271,6 +271,7 @@ class EbpfBackend:
         for key in list(libbpf.keys(h.maps["members"], maps.ADDR_KEY.size)):
             if key not in members:
                 libbpf.delete(h.maps["members"], key)
+        _make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
         published = {k for port, _ifx in st.ports.values() for k in maps.published_entries(port)}
         for key in list(libbpf.keys(h.maps["published"], maps.PUB_KEY.size)):
             if key not in published:
@@ -456,6 +457,15 @@ def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]
     if not os.path.exists(btf):
         return f"the kernel has no BTF ({btf} is missing)"
     return None
+
+
+def _make_exactly(fd: int, key_size: int, content: dict) -> None:
+    """Write ``content`` ({key: value}) to the map and delete every other key."""
+    for key, value in content.items():
+        libbpf.update(fd, key, value)
+    for key in list(libbpf.keys(fd, key_size)):
+        if key not in content:
+            libbpf.delete(fd, key)
 
 
 def _published(port: Optional[Port]) -> tuple:

@@ -26,6 +26,10 @@ def drift(backend, st, policy, ports: list) -> list:
     raw = libbpf.lookup(h.maps["settings"], maps.U32.pack(version & 1), maps.SETTINGS.size)
     if raw != maps.settings_value(policy, st.spec.mode, st.spec.internal):
         out.append("settings: differ from the network's (mode, egress, internal)")
+    want = maps.subnet_entries(st.spec.subnets)
+    have = set(libbpf.keys(h.maps["subnets"], maps.SUBNET_KEY.size))
+    if have != set(want):
+        out.append("subnets: differ from the network's")
     out += _port_drift(h, st, ports)
     return out
 

@@ -25,6 +25,7 @@ from .pins import EVENTS
 
 log = logging.getLogger(__name__)
 POLL_MS = 200
+ETH_P_ARP = 0x0806
 
 
 def _addr(raw: bytes, family: int) -> str:
@@ -43,10 +44,16 @@ def _ifname(ifindex: int):
 
 
 def decode(raw: bytes, clock_offset: float) -> DropEvent:
-    """A DropEvent from one ring-buffer record; ``clock_offset``: wall - monotonic seconds."""
+    """A DropEvent from one ring-buffer record; ``clock_offset``: wall - monotonic seconds.
+
+    IP packets carry their addresses; ARP its sender and target addresses
+    (family 4, proto ``"arp"``); other frames their MAC addresses (family 0,
+    proto the ethertype)."""
     (tag, ktime, reason, family, proto, audit, port, ethertype, ifindex, _src_id, _dst_id,
      saddr, daddr, smac, dmac) = DROP_EVENT.unpack_from(raw)
     ip = family in (4, 6)
+    if ethertype == ETH_P_ARP:
+        proto = "arp"    # family 4: the sender and target protocol addresses, as nflog shows them
     return DropEvent(
         network=f"{tag:012x}", reason=REASONS[reason] if reason < len(REASONS) else "invalid",
         family=family if ip else 0, proto=proto if ip else ethertype,

@@ -45,6 +45,7 @@ CT_VAL = struct.Struct("<QIBBH")
 DROP_EVENT = struct.Struct("<QQBBBBHHIHH16s16s6s6s4x")
 PUB_KEY = struct.Struct("<BBH16s")
 PUB_VAL = struct.Struct("<HHI")
+SUBNET_KEY = struct.Struct("<IB3x16s")
 U32 = struct.Struct("<I")
 
 L4 = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
@@ -55,6 +56,7 @@ MODES = {"enforce": 0, "audit": 1}
 CK_POLICY, CK_CIDR = 1, 2
 POLICY_FIXED_BITS = 40       # version, src, dst
 CIDR_FIXED_BITS = 40         # version, direction, identity, family
+SUBNET_FIXED_BITS = 32       # family, 3 zero bytes
 
 
 class EncodeError(ValueError):
@@ -106,6 +108,20 @@ def published_entries(port) -> dict:
                 continue
             key = PUB_KEY.pack(family, int(number), int(host_port), addr16(host_ip) if host_ip else bytes(16))
             out[key] = PUB_VAL.pack(port.identity, int(cport), 0)
+    return out
+
+
+def subnet_entries(subnets: Iterable[str]) -> dict:
+    """``subnets`` entries: the network's own subnets (CIDR text) -> 1. Raises
+    EncodeError on a CIDR that does not parse."""
+    out = {}
+    for cidr in subnets:
+        try:
+            net = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise EncodeError(f"bad subnet {cidr!r}") from None
+        key = SUBNET_KEY.pack(SUBNET_FIXED_BITS + net.prefixlen, net.version, addr16(str(net.network_address)))
+        out[key] = b"\x01"
     return out
 
 

@@ -6,7 +6,7 @@ nftables, in the network's inet table ``secnet_<network-id[:12]>``:
 * published ports (DNAT in prerouting and output, from the maps ``pub4``/
   ``pub6``), hairpin and egress masquerade -- the very chains of the
   nftables backend (``nft_northsouth.nat_chains``), so both backends NAT alike;
-* the mark that Docker's DOCKER-USER chain accepts (plugin/dockerfw.py) on
+* the mark that Docker's DOCKER-USER chain accepts (plugin/kernel/dockerfw.py) on
   what the stack forwards *into* the bridge: the programs judge it after
   FORWARD, on the container's veth, so FORWARD must let it reach them.
   (What leaves the bridge is marked by ``from_container`` itself.)

@@ -42,6 +42,7 @@ _Static_assert(sizeof(struct ct_val) == 16, "ct_val");
 _Static_assert(sizeof(struct drop_event) == 80, "drop_event");
 _Static_assert(sizeof(struct pub_key) == 20, "pub_key");
 _Static_assert(sizeof(struct pub_val) == 8, "pub_val");
+_Static_assert(sizeof(struct subnet_key) == 24, "subnet_key");
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -121,6 +122,38 @@ static __always_inline struct pub_val *published_of(struct pkt *p, int local)
 	return bpf_map_lookup_elem(&published, &k);
 }
 
+static __always_inline int member_identity(__u16 id)
+{
+	return id != ID_OUTSIDE && id != ID_HOST;
+}
+
+/* 1: ``addr`` is in one of the network's subnets. */
+static __always_inline int in_subnets(struct pkt *p, __u8 *addr)
+{
+	struct subnet_key k = { .prefixlen = SUBNET_FIXED_BITS + (p->family == 4 ? 32 : 128),
+				.family = p->family };
+
+	__builtin_memcpy(k.addr, addr, 16);
+	return bpf_map_lookup_elem(&subnets, &k) != NULL;
+}
+
+/* The source a flow from outside is judged by (``o->osrc``): the original
+ * source of a NAT'd flow; all zero when it was masqueraded from a source the
+ * kernel cannot tell (not TCP/UDP: only a 0.0.0.0/0 or ::/0 rule matches).
+ * Returns its kind as judged when it opened (``from``: it was forwarded). */
+static __always_inline __u8 inbound_kind(struct __sk_buff *skb, struct pkt *o, int from, __u16 src)
+{
+	int nat = kernel_nat(skb, o, o->osrc);
+
+	if (!from)
+		return KIND_IN_HOST;
+	if (nat & NAT_DST)
+		return identity_of(o, o->osrc) == ID_OUTSIDE ? KIND_IN_DNAT : KIND_IN_HAIRPIN;
+	if (!nat && src == ID_HOST)
+		__builtin_memset(o->osrc, 0, 16);   /* a forwarded packet from the host's address: masqueraded */
+	return KIND_IN;
+}
+
 /* Judge the flow of a tracked packet again under the current generation. */
 static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				   struct ct_val *v)
@@ -130,7 +163,7 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 	__u32 zero = 0;
 	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
 	struct pkt *o;
-	__u8 reason = R_NO_RULE;
+	__u8 reason = R_NO_RULE, kind = v->kind;
 	__u16 port;
 	int ok;
 
@@ -141,25 +174,31 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 	vd.src = identity_of(o, o->saddr);
 	vd.dst = identity_of(o, o->daddr);
 	port = flow_port(o);
-	if (v->kind == KIND_HAIRPIN) {
+	if (member_identity(vd.src) && member_identity(vd.dst))
+		kind = KIND_EW;    /* member to member, whatever its ends were when it opened */
+	if (kind == KIND_HAIRPIN) {
 		struct pub_val *pv = published_of(o, vd.dst == ID_HOST);
 		vd.dst = pv ? pv->identity : ID_OUTSIDE;
 		port = pv ? pv->port : 0;
+	} else if (kind == KIND_IN || kind == KIND_IN_DNAT || kind == KIND_IN_HOST) {
+		inbound_kind(skb, o, kind != KIND_IN_HOST, vd.src);   /* its o->osrc */
+		vd.src = kind == KIND_IN_HOST ? ID_HOST : ID_OUTSIDE;
 	}
-	if ((v->kind != KIND_EGRESS && vd.dst == ID_OUTSIDE)
-	    || ((v->kind <= KIND_EGRESS || v->kind == KIND_HAIRPIN) && vd.src == ID_OUTSIDE)) {
+	if ((kind != KIND_EGRESS && vd.dst == ID_OUTSIDE)
+	    || ((kind <= KIND_EGRESS || kind == KIND_HAIRPIN) && vd.src == ID_OUTSIDE)) {
 		ok = 0;   /* a member of the flow has gone */
 		reason = R_NOT_MEMBER;
 	} else {
-		ok = judge(o, v->kind, vd.src, vd.dst, port, c->ver, c->s, &ck, &reason);
+		ok = judge(o, kind, vd.src, vd.dst, port, c->ver, c->s, &ck, &reason);
 	}
 	v->generation = c->st->generation;
+	v->kind = kind;
 	if (ok) {
 		v->flags &= ~CT_DENIED;
 		return TC_ACT_OK;
 	}
 	vd.reason = reason;
-	if (c->s->mode == MODE_AUDIT) {
+	if (c->s->mode == MODE_AUDIT && !always_drop(reason)) {
 		v->flags |= CT_DENIED;
 		return deny(skb, o, &vd, c->s->mode);
 	}
@@ -167,15 +206,18 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 	return deny(skb, o, &vd, c->s->mode);
 }
 
-/* A tracked packet: TC_ACT_OK / TC_ACT_SHOT; -1: not tracked. */
-static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct pkt *p)
+/* A tracked packet: TC_ACT_OK / TC_ACT_SHOT; -1: not tracked. ``ew``: set to 1
+ * when it passes as east-west (only that may take the fast path). */
+static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct pkt *p, int *ew)
 {
 	struct ct_val *v = ct_lookup(p);
+	int r = TC_ACT_OK;
 
 	if (v) {
 		if (v->generation != c->st->generation)
-			return rejudge(skb, c, p, v);
-		return TC_ACT_OK;
+			r = rejudge(skb, c, p, v);
+		*ew = r == TC_ACT_OK && v->kind == KIND_EW;
+		return r;
 	}
 	if (ct_related(p))
 		return TC_ACT_OK;
@@ -209,7 +251,7 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 
 	if (judge(p, kind, src, dst, port, c->ver, c->s, &ck, &vd.reason)) {
 		if (ck.kind)
-			count_allowed(&ck, skb->len);
+			count_allowed(&ck, l3_len(skb));
 		ct_create(p, kind, 0, c->st->generation);
 		return TC_ACT_OK;
 	}
@@ -217,6 +259,30 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 	if (verdict == TC_ACT_OK)
 		ct_create(p, kind, CT_DENIED, c->st->generation);
 	return verdict;
+}
+
+/* A new flow from a member (``src``: its identity in the members map) */
+static __always_inline int judge_sent(struct __sk_buff *skb, struct ctx *c, struct pkt *p, __u16 src)
+{
+	struct verdict vd = { .src = src, .dst = ID_OUTSIDE, .reason = R_NOT_MEMBER };
+	__u16 dst = identity_of(p, p->daddr);
+	struct pub_val *pv;
+
+	if (src == ID_OUTSIDE || src == ID_HOST)
+		return deny(skb, p, &vd, MODE_ENFORCE);   /* its address is no member's (any more) */
+	if (!active_identity(src)) {
+		vd.reason = inactive_reason(src);
+		return deny(skb, p, &vd, c->s->mode);
+	}
+	if (member_identity(dst))
+		return judge_new(skb, c, p, KIND_EW, src, dst, flow_port(p));
+	/* a unicast frame for an address of the network that no member has: nobody's */
+	if (dst == ID_OUTSIDE && !(p->dmac[0] & 1) && in_subnets(p, p->daddr))
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	pv = published_of(p, dst == ID_HOST);
+	if (pv)
+		return judge_new(skb, c, p, KIND_HAIRPIN, src, pv->identity, pv->port);
+	return judge_new(skb, c, p, KIND_EGRESS, src, dst, flow_port(p));
 }
 
 SEC("tc")
@@ -227,8 +293,7 @@ int from_container(struct __sk_buff *skb)
 	struct verdict vd = { .dst = ID_OUTSIDE };
 	struct pkt *p = fresh_pkt();
 	struct ctx c;
-	__u16 dst;
-	int r;
+	int r, ew = 0;
 
 	if (!p)
 		return TC_ACT_SHOT;
@@ -246,7 +311,7 @@ int from_container(struct __sk_buff *skb)
 		vd.reason = -r;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
-	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/dockerfw.py) */
+	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
 		vd.reason = inactive_reason(ep->identity);
@@ -260,22 +325,38 @@ int from_container(struct __sk_buff *skb)
 		vd.reason = R_INVALID;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
-	r = tracked(skb, &c, p);
-	if (r == TC_ACT_OK)
-		return deliver(skb, p);
+	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
-		return r;
-	dst = identity_of(p, p->daddr);
-	if (dst == ID_OUTSIDE || dst == ID_HOST) {
-		struct pub_val *pv = published_of(p, dst == ID_HOST);
-		if (pv)
-			r = judge_new(skb, &c, p, KIND_HAIRPIN, ep->identity, pv->identity, pv->port);
-		else
-			r = judge_new(skb, &c, p, KIND_EGRESS, ep->identity, dst, flow_port(p));
-	} else {
-		r = judge_new(skb, &c, p, KIND_EW, ep->identity, dst, flow_port(p));
-	}
+		return (r == TC_ACT_OK && ew) ? deliver(skb, p) : r;
+	r = judge_sent(skb, &c, p, identity_of(p, p->saddr));
 	return r == TC_ACT_OK ? deliver(skb, p) : r;
+}
+
+/* East-west that came through the bridge (the fast path did not take it).
+ * It was judged at the source; what passes here is a frame for this
+ * container's own address of a flow tracked as east-west. A flow its source
+ * judged otherwise (its destination was no member then) is judged again. */
+static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
+				       struct endpoint *ep, __u16 src)
+{
+	struct verdict vd = { .src = src, .dst = ep->identity, .reason = R_NOT_MEMBER };
+	int mine = p->family == 4 ? eq4(p->daddr, ep->ipv4) : eq16(p->daddr, ep->ipv6);
+	struct ct_val *v;
+
+	if (!mine) {
+		if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
+			return TC_ACT_SHOT;   /* the bridge's flood of a frame for another port */
+		return deny(skb, p, &vd, MODE_ENFORCE);   /* multicast, broadcast, routed */
+	}
+	v = ct_lookup(p);
+	if (v) {
+		if (v->kind != KIND_EW || v->generation != c->st->generation)
+			return rejudge(skb, c, p, v);
+		return TC_ACT_OK;
+	}
+	if (ct_related(p))
+		return TC_ACT_OK;
+	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
 }
 
 SEC("tc")
@@ -285,11 +366,10 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	struct verdict vd = { .src = ID_OUTSIDE };
 	struct pkt *p = fresh_pkt();
-	__u8 orig[16] __attribute__((aligned(8))) = {};
 	struct ctx c;
 	__u16 src;
 	__u8 kind;
-	int r;
+	int r, ew = 0;
 
 	if (!p)
 		return TC_ACT_SHOT;
@@ -304,20 +384,14 @@ int to_container(struct __sk_buff *skb)
 	}
 	if (!p->family || passes_unjudged(p))
 		return TC_ACT_OK;
-	/* East-west was judged where it was sent. Not a hairpin, though: with
-	 * br_netfilter a DNAT back into the bridge is bridged straight on
-	 * ("bridged DNAT") and arrives from the sender's veth, masqueraded. */
 	src = identity_of(p, p->saddr);
-	if (from && src != ID_OUTSIDE && src != ID_HOST && bpf_map_lookup_elem(&endpoints, &from))
-		return TC_ACT_OK;
-	r = tracked(skb, &c, p);
+	if (from && member_identity(src) && bpf_map_lookup_elem(&endpoints, &from))
+		return from_member(skb, &c, p, ep, src);
+	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return r;
-	kind = KIND_IN;
-	if (from && dnat_flow(skb, p, orig))
-		kind = identity_of(p, orig) == ID_OUTSIDE ? KIND_IN_DNAT : KIND_IN_HAIRPIN;
-	else if (!from || src == ID_HOST)
-		kind = KIND_IN_HOST;
-	return judge_new(skb, &c, p, kind, src == ID_HOST ? ID_HOST : ID_OUTSIDE, ep->identity,
+	/* from outside the network: the host, published ports, other networks */
+	kind = inbound_kind(skb, p, from != 0, src);
+	return judge_new(skb, &c, p, kind, kind == KIND_IN_HOST ? ID_HOST : ID_OUTSIDE, ep->identity,
 			 flow_port(p));
 }

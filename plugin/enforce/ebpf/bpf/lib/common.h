@@ -34,7 +34,7 @@ enum reason {
 #define MODE_ENFORCE 0
 #define MODE_AUDIT   1
 
-#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/dockerfw.py) */
+#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/kernel/dockerfw.py) */
 
 /* endpoints: host-side veth ifindex -> the endpoint behind it */
 struct endpoint {
@@ -201,13 +201,25 @@ struct pub_val {
 	__u32 pad;
 };
 
-/* reportcap (per CPU): a token bucket over all reports of a network, as
- * nftables' named limit "logcap" (500/s, burst 1000) */
+/* logcap[0]: one token bucket over all reports of a network, as nftables'
+ * named limit "logcap" (500/s, burst 1000), shared by every CPU */
 #define REPORT_RATE_NS 2000000ULL     /* one token per 2 ms: 500 per second */
 #define REPORT_BURST   1000
 struct budget {
+	struct bpf_spin_lock lock;
+	__u32 pad;
 	__u64 last;
 	__u64 tokens;
+};
+
+/* subnets: the network's own subnets (LPM trie; data = family, 3 zero bytes,
+ * address). A destination in them that is no member is nobody's: not-member. */
+#define SUBNET_FIXED_BITS 32
+struct subnet_key {
+	__u32 prefixlen;
+	__u8  family;
+	__u8  pad[3];
+	__u8  addr[16];
 };
 
 /* one drop (or audit would-drop), to user space */

@@ -104,12 +104,13 @@ static __always_inline void ct_original(struct pkt *p, struct ct_val *v, struct 
 	__builtin_memcpy(o, p, sizeof(*o));
 	if (o->proto == IPPROTO_ICMP || o->proto == IPPROTO_ICMPV6_)
 		o->l4 = L4_ICMP_ECHO;   /* tracked ICMP flows are echoes */
-	if (!(v->flags & CT_REPLY))
-		return;
-	__builtin_memcpy(o->saddr, p->daddr, 16);
-	__builtin_memcpy(o->daddr, p->saddr, 16);
-	o->sport = p->dport;
-	o->dport = p->sport;
+	if (v->flags & CT_REPLY) {
+		__builtin_memcpy(o->saddr, p->daddr, 16);
+		__builtin_memcpy(o->daddr, p->saddr, 16);
+		o->sport = p->dport;
+		o->dport = p->sport;
+	}
+	__builtin_memcpy(o->osrc, o->saddr, 16);
 }
 
 #endif

@@ -3,8 +3,10 @@
  * through the ring buffer at most once per flow and second, and returns the
  * verdict: TC_ACT_SHOT, or in audit mode TC_ACT_OK for what policy would
  * drop (spoofed frames and unknown ethertypes are dropped in both modes).
- * Reports are also capped per network (reportcap): a flood of distinct flows
- * is counted in full but reported only up to 500/s per CPU. */
+ * Reports are also capped per network (logcap, one bucket for all CPUs): a
+ * flood of distinct flows is counted in full but reported only up to 500/s
+ * after a burst of 1,000, as nftables' "limit name logcap".
+ * Bytes are counted from the network header on (what nft counters count). */
 #ifndef SECNET_DROP_H
 #define SECNET_DROP_H
 #include "common.h"
@@ -43,24 +45,36 @@ static __always_inline int rate_limited(struct pkt *p, __u8 reason)
 	return 0;
 }
 
-/* 1 when the network's report budget (per CPU) is spent. */
+/* 1 when the network's report budget is spent (all CPUs share it). */
 static __always_inline int over_budget(void)
 {
 	__u32 zero = 0;
-	struct budget *b = bpf_map_lookup_elem(&reportcap, &zero);
+	struct budget *b = bpf_map_lookup_elem(&logcap, &zero);
 	__u64 now = bpf_ktime_get_ns(), add;
+	int spent = 1;
 
 	if (!b)
 		return 1;
+	bpf_spin_lock(&b->lock);
 	add = (now - b->last) / REPORT_RATE_NS;
 	if (add) {
 		b->tokens = b->tokens + add > REPORT_BURST ? REPORT_BURST : b->tokens + add;
-		b->last = now;
+		b->last += add * REPORT_RATE_NS;
+		if (b->tokens == REPORT_BURST)
+			b->last = now;
 	}
-	if (!b->tokens)
-		return 1;
-	b->tokens -= 1;
-	return 0;
+	if (b->tokens) {
+		b->tokens -= 1;
+		spent = 0;
+	}
+	bpf_spin_unlock(&b->lock);
+	return spent;
+}
+
+/* The packet's length from its network header on (nft's counters' bytes). */
+static __always_inline __u32 l3_len(struct __sk_buff *skb)
+{
+	return skb->len > ETH_HLEN ? skb->len - ETH_HLEN : 0;
 }
 
 static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct verdict *v,
@@ -79,7 +93,7 @@ static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct 
 	e->tag = st ? st->tag : 0;
 	e->time = bpf_ktime_get_ns();
 	e->reason = v->reason;
-	e->family = p->family;
+	e->family = p->family ? p->family : (p->ethertype == ETH_P_ARP_ ? 4 : 0);
 	e->proto = p->proto;
 	e->audit = audit;
 	e->port = (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) ? p->dport : 0;
@@ -87,7 +101,7 @@ static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct 
 	e->ifindex = skb->ifindex;
 	e->src_id = v->src;
 	e->dst_id = v->dst;
-	__builtin_memcpy(e->saddr, p->saddr, 16);
+	__builtin_memcpy(e->saddr, p->osrc, 16);
 	__builtin_memcpy(e->daddr, p->daddr, 16);
 	__builtin_memcpy(e->smac, p->smac, 6);
 	__builtin_memcpy(e->dmac, p->dmac, 6);
@@ -97,19 +111,21 @@ static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct 
 static __always_inline void count_drop(struct __sk_buff *skb, struct verdict *v, __u8 audit)
 {
 	struct drop_key k = { .src = v->src, .dst = v->dst, .reason = v->reason, .audit = audit };
-	struct count *c = bpf_map_lookup_elem(&dropped, &k), one = { 1, skb->len };
+	struct count *c = bpf_map_lookup_elem(&dropped, &k), one = { 1, l3_len(skb) };
 
 	if (c) {
 		c->packets += 1;
-		c->bytes += skb->len;
+		c->bytes += l3_len(skb);
 	} else {
 		bpf_map_update_elem(&dropped, &k, &one, BPF_NOEXIST);
 	}
 }
 
+/* what audit mode drops all the same (nft: the reasons not in drops.AUDITABLE) */
 static __always_inline int always_drop(__u8 reason)
 {
-	return reason == R_SPOOFED || reason == R_ETHERTYPE;
+	return reason == R_SPOOFED || reason == R_ETHERTYPE || reason == R_NOT_MEMBER
+		|| reason == R_INVALID;
 }
 
 /* The one way a packet is dropped. ``mode``: the network's mode now. */

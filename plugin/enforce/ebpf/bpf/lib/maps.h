@@ -99,11 +99,19 @@ struct {
 } reported SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct budget);
-} reportcap SEC(".maps");
+} logcap SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 64);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct subnet_key);
+	__type(value, __u8);
+} subnets SEC(".maps");
 
 /* per-CPU scratch space: a parsed packet and its flow's original direction
  * do not fit the 512-byte BPF stack beside everything else */

@@ -1,15 +1,19 @@
-/* Was this flow DNAT'd by netfilter (a published port)? NAT itself stays in
- * nftables; a flow arriving at a container after DNAT is judged like the
- * nftables backend's "ct status dnat": asked of the kernel's conntrack with
- * the bpf_skb_ct_lookup kfunc (tc programs: Linux 5.18). The packet is on
- * its way to the container, so its tuple reversed is the conntrack entry's
- * reply tuple. The entry's original source tells a hairpin (a member of the
- * network, masqueraded since) from a flow that came from outside. */
+/* Did netfilter NAT this flow on its way in? NAT itself stays in nftables,
+ * and the programs run on the veth, after it: a flow arriving at a container
+ * after DNAT is judged like the nftables backend's "ct status dnat", and a
+ * flow masqueraded on its way (another Docker network's egress masquerade,
+ * the host's loopback-published ports) is judged by its original source, as
+ * the nftables backend's forward hook sees it before postrouting. Asked of
+ * the kernel's conntrack with the bpf_skb_ct_lookup kfunc (tc programs:
+ * Linux 5.18; TCP and UDP only). The packet (its flow's original direction)
+ * is on its way to the container, so its tuple reversed is the conntrack
+ * entry's reply tuple; the entry's original tuple has the original source. */
 #ifndef SECNET_NAT_H
 #define SECNET_NAT_H
 #include "common.h"
 #include "parse.h"
 
+#define IPS_SRC_NAT (1UL << 4)
 #define IPS_DST_NAT (1UL << 5)
 #define CT_OPTS_SZ 12
 
@@ -35,9 +39,8 @@ struct nf_conn {
 	struct nf_conntrack_tuple_hash tuplehash[2];
 } __attribute__((preserve_access_index));
 
-#define DNAT_NO      0
-#define DNAT_YES     1
-#define DNAT_HAIRPIN 2   /* DNAT'd, and its original source is in ``orig`` */
+#define NAT_DST 1     /* DNAT'd (a published port) */
+#define NAT_SRC 2     /* SNAT'd (masqueraded) */
 
 struct bpf_ct_opts___secnet {
 	__s32 netns_id;
@@ -51,14 +54,16 @@ extern struct nf_conn *bpf_skb_ct_lookup(struct __sk_buff *, struct bpf_sock_tup
 					 struct bpf_ct_opts___secnet *, __u32) __ksym;
 extern void bpf_ct_release(struct nf_conn *) __ksym;
 
-/* DNAT_NO, DNAT_YES; the original source address goes to ``orig`` (16 bytes). */
-static __always_inline int dnat_flow(struct __sk_buff *skb, struct pkt *p, __u8 *orig)
+/* NAT_DST | NAT_SRC of the kernel's entry of ``p``'s flow (``p``: its original
+ * direction, towards the container), 0 when none or not NAT'd; the original
+ * source address goes to ``orig`` (16 bytes) when NAT'd. */
+static __always_inline int kernel_nat(struct __sk_buff *skb, struct pkt *p, __u8 *orig)
 {
 	struct bpf_ct_opts___secnet opts = { .netns_id = -1, .l4proto = p->proto };
 	struct bpf_sock_tuple t = {};
 	struct nf_conn *ct;
 	__u32 size;
-	int dnat;
+	int nat = 0;
 
 	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
 		return 0;
@@ -78,10 +83,14 @@ static __always_inline int dnat_flow(struct __sk_buff *skb, struct pkt *p, __u8 
 	ct = bpf_skb_ct_lookup(skb, &t, size, &opts, CT_OPTS_SZ);
 	if (!ct)
 		return 0;
-	dnat = (ct->status & IPS_DST_NAT) != 0;
-	if (dnat) {
+	if (ct->status & IPS_DST_NAT)
+		nat |= NAT_DST;
+	if (ct->status & IPS_SRC_NAT)
+		nat |= NAT_SRC;
+	if (nat) {
 		__u32 a0 = ct->tuplehash[0].tuple.src.u3.all[0], a1 = ct->tuplehash[0].tuple.src.u3.all[1];
 		__u32 a2 = ct->tuplehash[0].tuple.src.u3.all[2], a3 = ct->tuplehash[0].tuple.src.u3.all[3];
+		__builtin_memset(orig, 0, 16);
 		__builtin_memcpy(orig, &a0, 4);
 		if (p->family == 6) {
 			__builtin_memcpy(orig + 4, &a1, 4);
@@ -90,7 +99,7 @@ static __always_inline int dnat_flow(struct __sk_buff *skb, struct pkt *p, __u8 
 		}
 	}
 	bpf_ct_release(ct);
-	return dnat;
+	return nat;
 }
 
 #endif

@@ -28,6 +28,9 @@ struct pkt {
 	__u32 l4off;
 	__u8  saddr[16] __attribute__((aligned(8)));
 	__u8  daddr[16] __attribute__((aligned(8)));
+	/* the source the ingress policy judges and reports: saddr, or the
+	 * original source of a flow netfilter NAT'd on its way in (lib/nat.h) */
+	__u8  osrc[16] __attribute__((aligned(8)));
 	__u8  smac[8] __attribute__((aligned(8)));   /* 6 used */
 	__u8  dmac[8] __attribute__((aligned(8)));
 	struct ct_key inner __attribute__((aligned(8)));
@@ -122,6 +125,18 @@ static __always_inline void skip_ext_headers(struct __sk_buff *skb, struct pkt *
 	}
 }
 
+/* ARP: the sender and target IPv4 addresses (what a report shows; family stays 0) */
+static __always_inline void parse_arp(struct __sk_buff *skb, struct pkt *p)
+{
+	__u8 hdr[8] = {};
+
+	if (bpf_skb_load_bytes(skb, 14, hdr, 8) || hdr[4] != 6 || hdr[5] != 4)
+		return;
+	bpf_skb_load_bytes(skb, 14 + 14, p->saddr, 4);
+	bpf_skb_load_bytes(skb, 14 + 24, p->daddr, 4);
+	__builtin_memcpy(p->osrc, p->saddr, 16);
+}
+
 /* 0 on success; -1 when the frame is too short for its own headers. */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
@@ -141,6 +156,7 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip->protocol;
 		__builtin_memcpy(p->saddr, &ip->saddr, 4);
 		__builtin_memcpy(p->daddr, &ip->daddr, 4);
+		__builtin_memcpy(p->osrc, p->saddr, 16);
 		p->l4off = sizeof(*eth) + (ip->ihl & 0xf) * 4;
 		/* fragments after the first have no L4 header: judged as "other" */
 		if (ip->frag_off & bpf_htons(0x1fff)) {
@@ -155,9 +171,12 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		p->proto = ip6->nexthdr;
 		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+		__builtin_memcpy(p->osrc, p->saddr, 16);
 		p->l4off = sizeof(*eth) + sizeof(*ip6);
 		skip_ext_headers(skb, p);
 	} else {
+		if (p->ethertype == ETH_P_ARP_)
+			parse_arp(skb, p);
 		return 0;
 	}
 	parse_l4(skb, p);

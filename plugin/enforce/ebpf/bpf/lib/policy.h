@@ -142,7 +142,7 @@ static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst,
 	}
 	*reason = R_NO_RULE;
 	if (restricted_id(ver, dst))
-		return cidr_lookup(ver, DIR_INGRESS, dst, p, p->saddr, port, ck);
+		return cidr_lookup(ver, DIR_INGRESS, dst, p, p->osrc, port, ck);
 	return kind == KIND_IN_DNAT || kind == KIND_IN_HOST || kind == KIND_HAIRPIN;
 }
 
