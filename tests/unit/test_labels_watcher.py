@@ -4,7 +4,8 @@ import time
 
 from plugin.driver.labels import BACKOFF_MAX, BACKOFF_MIN, LabelResolver
 
-from label_fakes import CID, EID, NID, connect_event, endpoint, FakeClient, FakeDriver, joining, network, rename_event, resolver, row, run_watcher, Stream
+from label_fakes import (CID, EID, NID, FakeClient, FakeDriver, Stream, connect_event, endpoint, joining, network,
+                         rename_event, resolver, row, run_watcher)
 
 
 def test_connect_event_resolves_the_endpoint():
