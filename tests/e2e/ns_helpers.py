@@ -469,12 +469,16 @@ def loopback_routed(where, ifname: str, via: str, src: str):
         sysctl(1)
         yield
     finally:
-        for what in reversed(done):
-            if what == "route":
-                ip("route", "del", "127.0.0.1/32", check=False)
-            else:
-                ip("route", "add", "local", what, "dev", "lo", "table", "local", "proto", "kernel",
-                   "scope", "host", "src", "127.0.0.1", check=False)
+        if "route" in done:
+            ip("route", "del", "127.0.0.1/32", check=False)
+        # 127.0.0.1 first and without a source: a route's source must already be local
+        # ("Invalid prefsrc address"); then both as the kernel made them
+        for pfx in [p for p in done if p != "route"]:
+            ip("route", "add", "local", pfx, "dev", "lo", "table", "local", "proto", "kernel",
+               "scope", "host", check=False)
+        for pfx in [p for p in done if p != "route"]:
+            ip("route", "replace", "local", pfx, "dev", "lo", "table", "local", "proto", "kernel",
+               "scope", "host", "src", "127.0.0.1", check=False)
         sysctl(0, check=False)
 
 
