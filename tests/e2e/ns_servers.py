@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 import helpers as h
-from ns_helpers import PY, place_of
+from ns_helpers import PY, SLEEP, place_of
 
 SERVER_SRC = r'''
 import errno, json, os, socket, sys, threading
@@ -159,3 +159,23 @@ def servers(run_container):
     s = Servers()
     yield s
     s.stop_all()
+
+
+# --- the north-south tests' containers -------------------------------------------------
+CPORT = 8080                       # the containers' TCP service
+CUDP = 5353                        # ... and their UDP one
+RANGE = (8100, 8101, 8102)         # container ports of a published range
+OTHER = 9090                       # a TCP port no rule names
+
+
+def serve(servers, c: h.Container, tcp=(CPORT,), udp=()) -> Server:
+    return servers.start(c, tcp=tcp, udp=udp)
+
+
+def start(run_container, servers, net, name, segment=None, publish=(), tcp=(CPORT,), udp=()):
+    """A container (sleep) with the echo server in its netns; ``publish``: -p values."""
+    extra = [a for p in publish for a in ("-p", p)]
+    labels = {"secnet.segment": segment} if segment else None
+    c = run_container(net, name, labels=labels, cmd=SLEEP, extra=extra)
+    serve(servers, c, tcp=tcp, udp=udp)
+    return c
