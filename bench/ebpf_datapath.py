@@ -10,7 +10,14 @@ Four pairs of namespaces, measured round-robin with iperf3 and ping:
   allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, intra deny): the
   fast path (bpf_redirect_peer) carries the judged flows.
 
-Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3]``.
+Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]``.
+
+``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
+on for the pair's runs only): the mean ns per run of ``from_container`` and
+``to_container`` under iperf3 (warm caches) and under ping's 10 ms spacing (cold:
+what each hop of a ping's RTT pays), and how many of the packets the client
+sent crossed the bridge instead of the fast path (the server's host-side veth
+transmits only those).
 Subnets 10.218.0.0/24 (bench-only namespaces, deleted at the end).
 """
 from __future__ import annotations
@@ -117,12 +124,51 @@ def rtt(client, ip):
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1)) * 1000
 
 
+def prog_stats(pin_root: str) -> dict:
+    """program name -> (run_time_ns, run_cnt) of the bench network's pinned programs."""
+    out = {}
+    for name in ("from_container", "to_container"):
+        info = json.loads(sh("bpftool", "-j", "prog", "show", "pinned",
+                             f"{pin_root}/{NET_ID[:12]}/{name}").stdout)
+        out[name] = (info.get("run_time_ns", 0), info.get("run_cnt", 0))
+    return out
+
+
+def link_packets(host: str, dev: str) -> tuple:
+    """(rx, tx) packets of ``dev`` in namespace ``host``."""
+    info = json.loads(sh("ip", "-n", host, "-j", "-s", "link", "show", dev).stdout)[0]["stats64"]
+    return info["rx"]["packets"], info["tx"]["packets"]
+
+
+def profile(host, client, server, ip, pin_root, secs) -> dict:
+    """ns per program run under iperf3 and under ping, and the share of the
+    client's packets that crossed the bridge (see the module docstring)."""
+    with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+        was = f.read().strip()
+    sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
+    out = {}
+    try:
+        for what, run in (("iperf3", lambda: iperf(client, server, ip, secs)), ("ping", lambda: rtt(client, ip))):
+            before, links0 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
+            run()
+            after, links1 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
+            for name, (t, n) in after.items():
+                runs = n - before[name][1]
+                out[f"{name} ns/run, {what}"] = round((t - before[name][0]) / runs) if runs else None
+            sent = links1[0][0] - links0[0][0]
+            out[f"bridged share of sent packets, {what}"] = round((links1[1][1] - links0[1][1]) / max(sent, 1), 4)
+    finally:
+        sh("sysctl", "-qw", f"kernel.bpf_stats_enabled={was}")
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rules", type=int, default=0, help="also an eBPF pair with this many more rules")
     ap.add_argument("--json", help="also write the raw figures to this file")
+    ap.add_argument("--profile", action="store_true", help="where the eBPF pair's time goes (see above)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:4]
     made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
@@ -149,6 +195,10 @@ def main() -> int:
             g, r = statistics.median(m["gbps"]), statistics.median(m["rtt_us"])
             print(f"{name:11s} {g:6.1f} Gbit/s ({g / base:.2f}x veth)  rtt {r:5.0f} us  "
                   f"runs {[round(x, 1) for x in m['gbps']]}")
+        if args.profile:
+            got["ebpf_profile"] = profile(h2, ea, eb, eip, pin_root, args.secs)
+            for key, value in got["ebpf_profile"].items():
+                print(f"  {key}: {value}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(got, f, indent=1)

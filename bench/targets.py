@@ -119,6 +119,9 @@ def _side_by_side(r) -> list:
         out.append(f"| {label} | {mmm(get(dp, a, 'gbps'), 2) if a in dp else '—'} | "
                    f"{mmm(get(dp, a, 'rtt_ms'), 0, 1000) if a in dp else '—'} | "
                    f"{mmm(get(ns, b, 'gbps'), 2) if b in ns else '—'} | {mmm(get(ns, b, 'rtt_us'), 0) if b in ns else '—'} |")
+    profile = get(r, "datapath", "ebpf_profile") or {}
+    if profile:   # bench.ebpf_datapath --profile
+        out += ["", "eBPF pair, where the time goes: " + "; ".join(f"{k} {v}" for k, v in profile.items())]
     return out + [""]
 
 

@@ -15,6 +15,7 @@ class Settings:
     log_level: str = "info"
     docker_host: str = ""
     metrics_addr: str = ""
+    bpffs_mount: bool = True    # may the eBPF backend mount bpffs at /sys/fs/bpf when it is missing?
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -26,4 +27,19 @@ class Settings:
                    state_dir=env.get("SECNET_STATE_DIR") or cls.state_dir,
                    log_level=level,
                    docker_host=env.get("DOCKER_HOST", ""),
-                   metrics_addr=env.get("SECNET_METRICS_ADDR", ""))
+                   metrics_addr=env.get("SECNET_METRICS_ADDR", ""),
+                   bpffs_mount=_flag(env, "SECNET_BPFFS_MOUNT", True))
+
+
+def _flag(env, name: str, default: bool) -> bool:
+    """``1``/``0`` (also true/false, yes/no) -> bool; empty or unset -> ``default``.
+
+    Raises ValueError naming the variable for anything else."""
+    value = env.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ValueError(f"invalid {name} {value!r}: allowed 1 or 0")

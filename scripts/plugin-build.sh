@@ -20,7 +20,7 @@ MODE=${1:-install}
 PLUGIN_NAME=${PLUGIN_NAME:-secnet}
 LOCAL_BASE=secnet-base:bookworm
 BASE=${BASE:-$LOCAL_BASE}
-IMAGE=secnet-plugin-rootfs:latest
+IMAGE=${IMAGE:-secnet-plugin-rootfs:latest}   # the rootfs image (a tag of its own for trial builds)
 BUILD=$PWD/build
 WHEELS=$BUILD/wheels          # cache: every wheel ever built or fetched
 CONTEXT=$BUILD/context        # docker build context: wheels/ of this build only
@@ -92,6 +92,8 @@ build_wheels() {
   cp -r plugin segmentation setup.cfg pyproject.toml "$src/"
   if [ -f README.md ]; then cp README.md "$src/"; else : >"$src/README.md"; fi
   find "$src" -name __pycache__ -prune -exec rm -rf {} +
+  # the eBPF object is compiled inside the image build (Dockerfile, stage bpf), not taken from here
+  rm -f "$src"/plugin/enforce/ebpf/bpf/*.o
   # setuptools' find_packages skips folders without __init__.py: package them anyway
   local d
   for d in $(find "$src/plugin" "$src/segmentation" -type d); do
@@ -107,7 +109,11 @@ build_wheels() {
   local whl
   whl=$(ls "$WHEELS"/secnet-*.whl)
   rm -rf "$CONTEXT"
-  mkdir -p "$CONTEXT/wheels"
+  mkdir -p "$CONTEXT/wheels" "$CONTEXT/ebpf"
+  # the datapath's C sources and its build script, for the Dockerfile's bpf stage
+  cp plugin/enforce/ebpf/build.py "$CONTEXT/ebpf/"
+  cp -r plugin/enforce/ebpf/bpf "$CONTEXT/ebpf/bpf"
+  rm -f "$CONTEXT"/ebpf/bpf/*.o
   if ! "$PYENV/bin/pip" wheel -q --disable-pip-version-check --no-index --find-links "$WHEELS" \
         -w "$CONTEXT/wheels" "$whl" >/dev/null 2>&1; then
     log "fetching dependency wheels (cached in $WHEELS)"
@@ -167,6 +173,16 @@ ensure_shared_mounts() {
   fi
 }
 
+ensure_bpffs() {
+  # The eBPF backend pins its programs and maps in the host's bpffs, bound
+  # into the plugin (config.json): they must outlive the plugin. systemd
+  # mounts it at boot; a host booted without systemd does not.
+  if ! mountpoint -q /sys/fs/bpf; then
+    log "mount -t bpf bpf /sys/fs/bpf, as systemd does at boot"
+    mount -t bpf bpf /sys/fs/bpf
+  fi
+}
+
 install_plugin() {
   if [ "${KEEP_LEGACY:-0}" != 1 ] && bash scripts/plugin.sh status >/dev/null 2>&1; then
     # Both would manage the same kernel objects and /var/lib/secnet.
@@ -180,6 +196,7 @@ install_plugin() {
   fi
   mkdir -p /var/lib/secnet   # the state mount's source must exist
   ensure_shared_mounts
+  ensure_bpffs
   local try out
   for try in 1 2 3 4 5; do
     # Right after a `plugin rm` dockerd may still hold the old rootfs blob

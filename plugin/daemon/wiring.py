@@ -32,12 +32,12 @@ from plugin.observe.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
-def make_backends() -> dict:
+def make_backends(settings: Settings = Settings()) -> dict:
     """backend name (``secnet.backend``) -> Backend, for every datapath this daemon has."""
     from plugin.enforce.ebpf.backend import EbpfBackend
     from plugin.enforce.nftables.backend import NftBackend
     from plugin.enforce.nftables.natonly import NatTable
-    return {"nftables": NftBackend(), "ebpf": EbpfBackend(nat=NatTable())}
+    return {"nftables": NftBackend(), "ebpf": EbpfBackend(nat=NatTable(), mount_bpffs=settings.bpffs_mount)}
 
 
 @dataclass
@@ -60,7 +60,7 @@ class Daemon:
 def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemon:
     """Build the daemon's parts (no thread started, no kernel state changed)."""
     state = State(settings.state_dir)
-    backends = make_backends() if backends is None else backends
+    backends = make_backends(settings) if backends is None else backends
     lock = threading.RLock()  # the driver's verbs and the reconciler's passes, one at a time
     reconciler = Reconciler(state, backends, allocator=state, flows=conntrack.Flows(), lock=lock)
     firewall = firewall or ForwardFilter(DockerFirewall(), NftGuard())

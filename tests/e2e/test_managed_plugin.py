@@ -12,6 +12,7 @@ the end; every step it takes is undone in a finalizer, also on failure.
 from __future__ import annotations
 
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -21,6 +22,7 @@ import helpers as h
 import managed_helpers as m
 
 ALLOW = "web->api:tcp/8080"
+BPFFS = "/sys/fs/bpf"
 METRICS = {}
 
 
@@ -126,6 +128,8 @@ def test_installed_from_the_local_registry(managed):
     assert config["Interface"]["Types"] == ["docker.networkdriver/1.0"]
     assert config["Network"]["Type"] == "host"
     assert config["Linux"]["Capabilities"] == ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"]
+    bpffs = [mnt for mnt in config["Mounts"] if mnt["Destination"] == BPFFS]
+    assert [(mnt["Source"], mnt["Options"]) for mnt in bpffs] == [(BPFFS, ["rbind", "rslave"])], bpffs
     sock = m.plugin_socket()
     assert m.answers(sock), f"the plugin does not answer on {sock}"
     if not m.ISOLATED:
@@ -177,6 +181,41 @@ def test_verify_probes_from_the_containers_namespaces(segmented):
     """The plugin enters the sandboxes (SandboxKey) of containers started after it."""
     net, _containers = segmented
     assert_verified(net)
+
+
+def ebpf_pins(net) -> str:
+    """The host's directory of an eBPF network's pinned maps and programs."""
+    return os.path.join(BPFFS, "secnet", net.id[:12])
+
+
+def test_ebpf_network_through_the_managed_plugin(managed):
+    """`-o secnet.backend=ebpf`: the object compiled in the image loads inside the
+    plugin, pins land in the host's bpffs, and they outlive the plugin: isolation
+    holds while it is disabled, and after the enable it adopts them (a late joiner
+    is judged by the same maps)."""
+    net = m.create_network("sn-mebpf", opts={"secnet.allow": ALLOW, "secnet.backend": "ebpf"})
+    names = {seg: h.unique(f"e{seg}") for seg in ("web", "api", "db")}
+    late = h.unique("eweb2")
+    try:
+        containers = {seg: h.run_container_named(net, name, labels={"secnet.segment": seg})
+                      for seg, name in names.items()}
+        pins = ebpf_pins(net)
+        assert os.path.isdir(pins) and {"policy", "from_container"} <= set(os.listdir(pins)), \
+            f"no pins of the eBPF network in the host's {pins}"
+        assert_isolation(containers)
+        h.docker("plugin", "disable", "-f", m.NAME)
+        try:
+            assert_isolation(containers)  # the pinned programs keep enforcing
+        finally:
+            h.docker("plugin", "enable", m.NAME)
+        web2 = h.run_container_named(net, late, labels={"secnet.segment": "web"})
+        h.assert_reaches(web2, containers["api"], port=h.LISTEN_PORT)
+        h.assert_not_reaches(containers["db"], web2, port=h.LISTEN_PORT)
+        assert_isolation(containers)
+    finally:
+        h.docker("rm", "-f", late, *names.values(), check=False)
+        h.docker("network", "rm", net.id, check=False)
+    assert not os.path.exists(ebpf_pins(net)), "the eBPF network's pins outlived it"
 
 
 def test_isolation_survives_plugin_disable_and_enable(segmented):

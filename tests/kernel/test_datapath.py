@@ -17,7 +17,7 @@ import pytest
 from nsfixtures import lab  # noqa: F401 (fixture)
 from packets import (FEW, Sniffer, arp_frame, assert_all, icmp6_frame, judge, link_local, mac_bytes,
                      na_frame, ns_frame, ns_socket, outcomes, parallel, probe_addr, probe_icmp, probe_tcp,
-                     probe_udp, send_frame)
+                     probe_udp, send_frame, udp4_frame)
 from segmentation.reference import reference_allowed
 
 pytestmark = pytest.mark.kernel
@@ -186,6 +186,24 @@ def test_spoofed_mac_is_dropped_and_not_learned(lab, trio):
     assert not seen and dropped >= 1, (seen, dropped)
     assert probe_icmp(observer, victim.ip4) == "ok"   # the bridge did not learn the victim's MAC
     assert probe_icmp(attacker, observer.ip4) == "ok"
+
+
+def test_a_tracked_flow_carries_no_spoofed_frames(lab, trio):
+    """Once a flow is judged (eBPF: its packets take the fast path), a frame of the same
+    5-tuple from another MAC, or sent from another container's veth, is still spoofed."""
+    attacker, observer, victim = trio
+
+    def frame(token: bytes, mac: str = attacker.mac) -> bytes:
+        honest = udp4_frame(attacker, observer.mac, attacker.ip4, observer.ip4, 9, token, sport=4000)
+        return honest[:6] + mac_bytes(mac) + honest[12:]
+
+    for token in (b"tracked-1", b"tracked-2"):   # the flow opens, then is tracked
+        assert arrives(lab, observer, lambda: send_frame(attacker, frame(token)), token) == (True, 0)
+    for sender, mac in ((attacker, "02:42:0a:ec:00:ee"), (attacker, victim.mac), (victim, victim.mac)):
+        token = f"tracked-{sender.index}-{mac}".encode()
+        seen, dropped = arrives(lab, observer, lambda: send_frame(sender, frame(token, mac)), token)
+        assert not seen and dropped >= 1, (sender.index, mac, seen, dropped)
+    assert arrives(lab, observer, lambda: send_frame(attacker, frame(b"tracked-3")), b"tracked-3") == (True, 0)
 
 
 def test_arp_for_another_address_is_dropped(lab, trio):

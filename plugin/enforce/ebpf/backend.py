@@ -102,8 +102,9 @@ class EbpfBackend:
     attaches_to_links = True    # a port's veth must exist before apply_ports (see Reconciler.link_first)
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
-                 sizes: Optional[dict] = None, nat=None):
+                 sizes: Optional[dict] = None, nat=None, mount_bpffs: bool = True):
         self.root = pin_root
+        self.mount_bpffs = mount_bpffs   # False: bpffs must be mounted already (the managed plugin)
         self.nat = nat   # the network's NAT (published ports, masquerade): apply(spec, ports), remove(id)
         self.obj_path = obj_path
         self.sizes = dict(SIZES, **(sizes or {}))
@@ -123,7 +124,7 @@ class EbpfBackend:
             raise BackendUnavailable(f"secnet.backend=ebpf is not available on this host: {problem}")
         try:
             obj = self._object()
-            pins.ensure_bpffs(self.root)
+            pins.ensure_bpffs(self.root, mount=self.mount_bpffs)
             probe = libbpf.BpfObject(obj)
             try:
                 probe.load()
@@ -142,7 +143,7 @@ class EbpfBackend:
         old = self._nets.pop(key, None)
         if old is not None:
             old.handle.close()
-        pins.ensure_bpffs(self.root)
+        pins.ensure_bpffs(self.root, mount=self.mount_bpffs)
         try:
             handle = pins.load_network(self.root, net.id, self._object(), self.sizes)
         except libbpf.LibbpfError as exc:

@@ -39,12 +39,18 @@ def bpffs_mounted(path: str = BPFFS) -> bool:
         return any(line.split()[1] == path and line.split()[2] == "bpf" for line in mounts)
 
 
-def ensure_bpffs(root: str) -> None:
-    """Mount bpffs at /sys/fs/bpf when missing, and make ``root``.
+def ensure_bpffs(root: str, mount: bool = True) -> None:
+    """Mount bpffs at /sys/fs/bpf when missing (only if ``mount``), and make ``root``.
 
-    Raises OSError when it cannot be mounted (no CAP_SYS_ADMIN, no bpffs).
+    ``mount=False`` (the managed plugin): a bpffs mounted in the plugin's own
+    mount namespace would vanish, pins and all, when the plugin stops, so the
+    host's must be there (bound in by config.json). Raises OSError when it is
+    missing then, or when it cannot be mounted (no CAP_SYS_ADMIN, no bpffs).
     """
     if root.startswith(BPFFS + "/") and not bpffs_mounted():
+        if not mount:
+            raise OSError(f"{BPFFS} is not a bpffs mount; mount the host's "
+                          f"(mount -t bpf bpf {BPFFS}), then restart secnet")
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.mount(b"bpf", BPFFS.encode(), b"bpf", 0, None) != 0:
             err = ctypes.get_errno()

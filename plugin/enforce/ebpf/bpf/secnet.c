@@ -21,6 +21,7 @@
 #include "lib/conntrack.h"
 #include "lib/spoof.h"
 #include "lib/nat.h"
+#include "lib/fastpath.h"
 
 #define PACKET_HOST_ 0
 
@@ -291,10 +292,16 @@ int from_container(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	struct verdict vd = { .dst = ID_OUTSIDE };
-	struct pkt *p = fresh_pkt();
+	struct pkt *p;
 	struct ctx c;
 	int r, ew = 0;
 
+	if (ep) {
+		r = fast_path(skb, ep);   /* lib/fastpath.h: judged east-west, straight across */
+		if (r != FAST_NO)
+			return r;
+	}
+	p = fresh_pkt();
 	if (!p)
 		return TC_ACT_SHOT;
 	if (load_ctx(&c) || parse(skb, p) < 0 || !ep) {

@@ -1,0 +1,130 @@
+/* The fast path of from_container: a packet of an east-west flow that is
+ * already judged goes straight to the destination container, in as few
+ * memory touches as the checks allow (on a cold cache every map lookup and
+ * every line of program text costs: this is what the RTT of a ping pays).
+ *
+ * It only takes the packets for which the full path (secnet.c) would end in
+ * deliver()'s bpf_redirect_peer, with the same checks in the same order and
+ * the same side effects (the mark, the conntrack entry's refresh):
+ *   IPv4 without options or fragment offset, or IPv6 without extension
+ *   headers; TCP, UDP, or an ICMP/ICMPv6 echo request or reply; the L4
+ *   header in the linear data; from the endpoint's own MAC and address
+ *   (its anti-spoofing), the endpoint active; a live conntrack entry judged
+ *   under the generation in force as east-west; the destination address an
+ *   active member with a veth, the frame addressed to that member's MAC.
+ * Anything else returns FAST_NO and takes the full path, which judges it
+ * exactly as before. No new state: only maps the full path reads. */
+#ifndef SECNET_FASTPATH_H
+#define SECNET_FASTPATH_H
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/in.h>
+#include "common.h"
+#include "maps.h"
+#include "parse.h"
+#include "policy.h"
+#include "conntrack.h"
+#include "spoof.h"
+
+#define FAST_NO (-1)
+
+/* The flow key (ct_key_of's, original direction as sent) of an IPv4 or
+ * IPv6 packet from ``ep``, its destination MAC and echo-request flag;
+ * FAST_NO unless the packet is of a kind the fast path takes. */
+static __always_inline int fast_key(struct __sk_buff *skb, struct endpoint *ep, struct ct_key *k,
+				    __u8 **dmac, int *echo_req)
+{
+	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	__u8 *l4;
+
+	if ((void *)(eth + 1) > end || !eq_mac(eth->h_source, ep->mac))
+		return FAST_NO;
+	*dmac = eth->h_dest;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip = (void *)(eth + 1);
+
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x1fff)))
+			return FAST_NO;
+		if (ip->saddr != *(__u32 *)ep->ipv4 || !ip->saddr)
+			return FAST_NO;
+		__builtin_memcpy(k->saddr, &ip->saddr, 4);
+		__builtin_memcpy(k->daddr, &ip->daddr, 4);
+		k->proto = ip->protocol;
+		k->family = 4;
+		l4 = (void *)(ip + 1);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > end || zero16(ep->ipv6) || !eq16(&ip6->saddr, ep->ipv6))
+			return FAST_NO;
+		if (ip6->saddr.s6_addr[0] == 0xfe && (ip6->saddr.s6_addr[1] & 0xc0) == 0x80)
+			return FAST_NO;   /* link-local: check_ipv6's rules (the full path) */
+		__builtin_memcpy(k->saddr, &ip6->saddr, 16);
+		__builtin_memcpy(k->daddr, &ip6->daddr, 16);
+		k->proto = ip6->nexthdr;
+		k->family = 6;
+		l4 = (void *)(ip6 + 1);
+	} else {
+		return FAST_NO;
+	}
+	if ((void *)(l4 + 8) > end)
+		return FAST_NO;
+	if (k->proto == IPPROTO_TCP || k->proto == IPPROTO_UDP) {
+		k->sport = (l4[0] << 8) | l4[1];
+		k->dport = (l4[2] << 8) | l4[3];
+		*echo_req = 0;
+		return 0;
+	}
+	if ((k->family == 4 && k->proto == IPPROTO_ICMP && (l4[0] == 8 || l4[0] == 0))
+	    || (k->family == 6 && k->proto == IPPROTO_ICMPV6_ && (l4[0] == 128 || l4[0] == 129))) {
+		k->sport = k->dport = (l4[4] << 8) | l4[5];
+		*echo_req = l4[0] == 8 || l4[0] == 128;
+		return 0;
+	}
+	return FAST_NO;
+}
+
+/* bpf_redirect_peer's verdict for a judged east-west packet, or FAST_NO. */
+static __always_inline int fast_path(struct __sk_buff *skb, struct endpoint *ep)
+{
+	struct ct_key k = {};
+	struct addr_key ak = {};
+	struct endpoint *dst;
+	struct member *m;
+	struct state *st;
+	struct ct_val *v;
+	__u32 zero = 0, ifindex;
+	__u64 now, life;
+	__u8 *dmac;
+	int echo_req;
+
+	if (!active_identity(ep->identity) || fast_key(skb, ep, &k, &dmac, &echo_req))
+		return FAST_NO;
+	st = bpf_map_lookup_elem(&state, &zero);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (!st || !v || v->generation != st->generation || v->kind != KIND_EW
+	    || ((v->flags & CT_REPLY) && echo_req))
+		return FAST_NO;
+	now = bpf_ktime_get_ns();
+	life = k.proto == IPPROTO_TCP ? CT_TCP_LIFETIME_NS : CT_OTHER_LIFETIME_NS;
+	if (now - v->seen > life)
+		return FAST_NO;
+	ak.family = k.family;
+	__builtin_memcpy(ak.addr, k.daddr, 16);
+	m = bpf_map_lookup_elem(&members, &ak);
+	if (!m || !active_identity(m->identity) || !m->ifindex)
+		return FAST_NO;
+	ifindex = m->ifindex;
+	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
+	if (!dst || !active_identity(dst->identity) || !eq_mac(dmac, dst->mac))
+		return FAST_NO;
+	if (now - v->seen > CT_REFRESH_NS)
+		v->seen = now;
+	skb->mark |= PASSED_MARK;
+	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
+	return bpf_redirect_peer(ifindex, 0);
+}
+
+#endif
