@@ -37,6 +37,7 @@ from .model import Member
 from .options import NetworkOptions
 from .policymap import EGRESS, INGRESS, INTRA, PolicyMap, compile_policy_map
 from .protocols import FLOW_PROTOCOLS
+from .rules import named_segments
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,16 @@ class Verdict:
 
 def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple[str, ...]:
     """Sorted segments: named by a rule, the default one, those with members."""
-    names = {options.default_segment}
-    for rule in options.rules:
-        names.update(e.value for e in (rule.src, rule.dst) if e.kind == "segment")
-    names.update(m.effective_segment for m in members if m.effective_segment)
+    return segments_of(options, (m.effective_segment for m in members))
+
+
+def segments_of(options: NetworkOptions, live: Iterable[str | None]) -> tuple[str, ...]:
+    """Sorted segments: named by a rule, the default one, and ``live`` (the segments
+    members are enforced in; None entries are skipped)."""
+    names = named_segments(options.rules)
+    names.add(options.default_segment)
+    names.update(live)
+    names.discard(None)
     return tuple(sorted(names))
 
 
