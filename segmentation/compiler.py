@@ -94,8 +94,7 @@ def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
     ids = compiled.identities
     if src[0] == "segment" and dst[0] == "segment":
         s, d = ids[src[1]], ids[dst[1]]
-        return _first_match(e for e in compiled.entries if e.src == s and e.dst == d
-                            and e.service.matches(proto, port))
+        return _first_match(e for e in compiled.between(s, d) if e.service.matches(proto, port))
     if compiled.internal:
         return Verdict(False, None, "internal network")
     if src[0] == "segment":
@@ -144,7 +143,7 @@ def _check_flow(compiled: PolicyMap, src, dst, proto: str, port) -> None:
     if port is not None and (proto == "icmp" or not 1 <= port <= 65535):
         raise PolicyError(f"invalid port {port} for {proto}")
     for kind, value in (src, dst):
-        if kind == "segment" and value not in compiled.segments:
+        if kind == "segment" and value not in compiled.identities:
             known = ", ".join(compiled.segments)
             raise PolicyError(f"unknown segment '{value}' (segments: {known})")
         if kind in ("addr", "host"):

@@ -109,7 +109,24 @@ class PolicyMap:
     @property
     def segments(self) -> tuple:
         """The segments of the network, sorted by name."""
-        return tuple(sorted(self.identities))
+        return self._cached("_segments", lambda: tuple(sorted(self.identities)))
+
+    def between(self, src: int, dst: int) -> tuple:
+        """The entries from identity ``src`` to ``dst``, sorted (an index, built once per map)."""
+        def index() -> dict:
+            pairs: dict = {}
+            for entry in self.entries:
+                pairs.setdefault((entry.src, entry.dst), []).append(entry)
+            return {pair: tuple(sorted(found)) for pair, found in pairs.items()}
+        return self._cached("_pairs", index).get((src, dst), ())
+
+    def _cached(self, name: str, make):
+        """A value derived from this (immutable) map, computed on first use."""
+        found = self.__dict__.get(name)
+        if found is None:
+            found = make()
+            object.__setattr__(self, name, found)
+        return found
 
     @property
     def internal(self) -> bool:
@@ -256,7 +273,7 @@ def _cidr(direction: str, identity: int, endpoint: Endpoint, svc: Service, origi
 def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) -> PolicyEntry | None:
     """The first (sorted) entry of ``pm`` that allows a new ``proto``/``port`` flow
     from identity ``src`` to ``dst``, or None. ``port=None``: every port."""
-    for entry in sorted(e for e in pm.entries if e.src == src and e.dst == dst):
+    for entry in pm.between(src, dst):
         if entry.service.matches(proto, port):
             return entry
     return None
