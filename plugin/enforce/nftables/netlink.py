@@ -295,6 +295,7 @@ class ElementWriter:
 
     def __init__(self) -> None:
         self._sock = None
+        self._portid = 0
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -303,14 +304,19 @@ class ElementWriter:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
             sock.bind((0, 0))
             sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)
-            self._sock = sock
+            self._sock, self._portid = sock, sock.getsockname()[0]
         return self._sock
+
+    def open(self) -> int:
+        """Open the socket now (in the calling thread's network namespace); its port id."""
+        self._socket()
+        return self._portid
 
     @property
     def portid(self) -> int:
         """The netlink port id of this writer's socket (0 before first use): change
         notifications of its own batches carry it."""
-        return self._sock.getsockname()[0] if self._sock is not None else 0
+        return self._portid if self._sock is not None else 0
 
     def _message(self, kind: int, family: int, body: bytes, flags: int) -> bytes:
         self._seq += 1
