@@ -37,6 +37,7 @@ from .model import Member
 from .options import NetworkOptions
 from .policymap import EGRESS, INGRESS, INTRA, PolicyMap, compile_policy_map
 from .protocols import FLOW_PROTOCOLS
+from .rules import named_segments
 
 
 @dataclass(frozen=True)
@@ -50,10 +51,16 @@ class Verdict:
 
 def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple[str, ...]:
     """Sorted segments: named by a rule, the default one, those with members."""
-    names = {options.default_segment}
-    for rule in options.rules:
-        names.update(e.value for e in (rule.src, rule.dst) if e.kind == "segment")
-    names.update(m.effective_segment for m in members if m.effective_segment)
+    return segments_of(options, (m.effective_segment for m in members))
+
+
+def segments_of(options: NetworkOptions, live: Iterable[str | None]) -> tuple[str, ...]:
+    """Sorted segments: named by a rule, the default one, and ``live`` (the segments
+    members are enforced in; None entries are skipped)."""
+    names = named_segments(options.rules)
+    names.add(options.default_segment)
+    names.update(live)
+    names.discard(None)
     return tuple(sorted(names))
 
 
@@ -87,8 +94,7 @@ def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
     ids = compiled.identities
     if src[0] == "segment" and dst[0] == "segment":
         s, d = ids[src[1]], ids[dst[1]]
-        return _first_match(e for e in compiled.entries if e.src == s and e.dst == d
-                            and e.service.matches(proto, port))
+        return _first_match(e for e in compiled.between(s, d) if e.service.matches(proto, port))
     if compiled.internal:
         return Verdict(False, None, "internal network")
     if src[0] == "segment":
@@ -137,7 +143,7 @@ def _check_flow(compiled: PolicyMap, src, dst, proto: str, port) -> None:
     if port is not None and (proto == "icmp" or not 1 <= port <= 65535):
         raise PolicyError(f"invalid port {port} for {proto}")
     for kind, value in (src, dst):
-        if kind == "segment" and value not in compiled.segments:
+        if kind == "segment" and value not in compiled.identities:
             known = ", ".join(compiled.segments)
             raise PolicyError(f"unknown segment '{value}' (segments: {known})")
         if kind in ("addr", "host"):

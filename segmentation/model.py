@@ -17,7 +17,7 @@ from typing import Iterable
 from .errors import PolicyError
 from .names import check_segment_name
 from .options import NetworkOptions
-from .rules import Rule, unique_rules
+from .rules import Rule, rule_texts, rules_not_in, unique_rules
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Policy:
 
     def remove_rules(self, rules: Iterable[Rule]) -> "Policy":
         """The policy without ``rules``; a rule not in the policy is an error."""
-        doomed = tuple(rules)
+        doomed, present = tuple(rules), set(rule_texts(self.rules))
         for rule in doomed:
-            if rule not in self.rules:
+            if rule.text() not in present:
                 raise PolicyError(f"rule '{rule.text()}' is not in the policy")
-        return self.with_rules(r for r in self.rules if r not in doomed)
+        return self.with_rules(rules_not_in(self.rules, set(rule_texts(doomed))))

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from .errors import OptionError, RuleError
 from .names import segment_name_problem
-from .rules import Rule, format_rules, parse_rule, parse_rules
+from .rules import Rule, format_rules, parse_rule, parse_rules, rule_texts
 
 DOCKER_MTU_KEY = "com.docker.network.driver.mtu"
 PREFIX = "secnet."
@@ -89,7 +89,7 @@ class NetworkOptions:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; rules as their canonical text."""
         data = {f.name: getattr(self, f.name) for f in fields(self)}
-        data["rules"] = [rule.text() for rule in self.rules]
+        data["rules"] = rule_texts(self.rules)
         return data
 
     @classmethod
@@ -213,9 +213,10 @@ def _check_bridge(value: Any) -> None:
 
 def _check_rules(rules: tuple[Rule, ...], internal: bool) -> None:
     """Rules are Rule values; an internal network has no CIDR rules."""
-    for rule in rules:
-        if not isinstance(rule, Rule):
-            raise TypeError(f"NetworkOptions.rules holds {type(rule).__name__}, not Rule")
+    kinds = set(map(type, rules))
+    if not kinds <= {Rule}:
+        odd = next(k for k in kinds if k is not Rule)
+        raise TypeError(f"NetworkOptions.rules holds {odd.__name__}, not Rule")
     if not internal:
         return
     for rule in rules:

@@ -26,7 +26,7 @@ from typing import Iterable, Mapping
 from .identities import OUTSIDE
 from .options import NetworkOptions
 from .protocols import ANY
-from .rules import Endpoint, Service
+from .rules import Endpoint, Service, rule_texts, rules_not_in
 
 INTRA = "intra"
 INGRESS, EGRESS = "ingress", "egress"
@@ -109,7 +109,24 @@ class PolicyMap:
     @property
     def segments(self) -> tuple:
         """The segments of the network, sorted by name."""
-        return tuple(sorted(self.identities))
+        return self._cached("_segments", lambda: tuple(sorted(self.identities)))
+
+    def between(self, src: int, dst: int) -> tuple:
+        """The entries from identity ``src`` to ``dst``, sorted (an index, built once per map)."""
+        def index() -> dict:
+            pairs: dict = {}
+            for entry in self.entries:
+                pairs.setdefault((entry.src, entry.dst), []).append(entry)
+            return {pair: tuple(sorted(found)) for pair, found in pairs.items()}
+        return self._cached("_pairs", index).get((src, dst), ())
+
+    def _cached(self, name: str, make):
+        """A value derived from this (immutable) map, computed on first use."""
+        found = self.__dict__.get(name)
+        if found is None:
+            found = make()
+            object.__setattr__(self, name, found)
+        return found
 
     @property
     def internal(self) -> bool:
@@ -174,24 +191,74 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
     segments = sorted(identities)
     entries, cidrs = set(), set()
     for rule in options.rules:
-        svc, origin = rule.service, rule.text()
-        if rule.src.kind == "cidr":
-            for dst in _expand(rule.dst, segments):
-                cidrs.add(_cidr(INGRESS, identities[dst], rule.src, svc, origin))
-        elif rule.dst.kind == "cidr":
-            for src in _expand(rule.src, segments):
-                cidrs.add(_cidr(EGRESS, identities[src], rule.dst, svc, origin))
-        else:
-            for src in _expand(rule.src, segments):
-                for dst in _expand(rule.dst, segments):
-                    entries.add(PolicyEntry(identities[src], identities[dst], svc.proto,
-                                            svc.lo, svc.hi, origin))
+        _rule_entries(rule, identities, segments, entries, cidrs)
     if options.intra == "allow":
         for seg in segments:
             entries.add(PolicyEntry(identities[seg], identities[seg], ANY, 0, 0, INTRA))
-    settings = Settings(intra=options.intra, egress="deny" if options.internal else options.egress,
-                        internal=options.internal, mode=getattr(options, "mode", "enforce"))
-    return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs), settings)
+    return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs),
+                     _settings(options))
+
+
+def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: NetworkOptions,
+                         identities: Mapping[str, int]) -> PolicyMap:
+    """``compile_policy_map(options, identities)``, given ``old``, the map of
+    ``old_options``: only the entries of the rules added and removed are
+    computed (every entry carries its rule, so the entries of two rules never
+    coincide), and when segments come or go, those of the rules with a ``*``
+    and the segments' ``intra`` entries. Costs what the change touches, not
+    what the policy holds. A changed ``intra`` or a segment whose identity
+    changed compiles afresh.
+    """
+    old_ids = old.identities
+    if old_options.intra != options.intra or any(old_ids.get(s, i) != i for s, i in identities.items()):
+        return compile_policy_map(options, identities)
+    same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
+    if old_options.rules == options.rules:
+        gone_rules, new_rules = set(), set()
+    else:
+        before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
+        gone_rules = set(rules_not_in(old_options.rules, after)) if len(before - after) else set()
+        new_rules = set(rules_not_in(options.rules, before)) if len(after - before) else set()
+    if not same_ids:   # '*' stands for other segments now
+        gone_rules.update(r for r in old_options.rules if _names_all(r))
+        new_rules.update(r for r in options.rules if _names_all(r))
+    gone, gone_cidrs, new, new_cidrs = set(), set(), set(), set()
+    for rules, ids, entries, cidrs in ((gone_rules, old_ids, gone, gone_cidrs),
+                                       (new_rules, identities, new, new_cidrs)):
+        segments = sorted(ids)
+        for rule in rules:
+            _rule_entries(rule, ids, segments, entries, cidrs)
+    if options.intra == "allow" and not same_ids:
+        gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
+        new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
+    entries = (old.entries - gone) | new if gone or new else old.entries
+    cidrs = (old.cidrs - gone_cidrs) | new_cidrs if gone_cidrs or new_cidrs else old.cidrs
+    return PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
+                     _settings(options))
+
+
+def _names_all(rule) -> bool:
+    return rule.src.kind == "all" or rule.dst.kind == "all"
+
+
+def _settings(options: NetworkOptions) -> Settings:
+    return Settings(intra=options.intra, egress="deny" if options.internal else options.egress,
+                    internal=options.internal, mode=getattr(options, "mode", "enforce"))
+
+
+def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: set, cidrs: set) -> None:
+    """Add the entries (east-west) and CIDR entries of ``rule`` to ``entries`` and ``cidrs``."""
+    svc, origin = rule.service, rule.text()
+    if rule.src.kind == "cidr":
+        for dst in _expand(rule.dst, segments):
+            cidrs.add(_cidr(INGRESS, identities[dst], rule.src, svc, origin))
+    elif rule.dst.kind == "cidr":
+        for src in _expand(rule.src, segments):
+            cidrs.add(_cidr(EGRESS, identities[src], rule.dst, svc, origin))
+    else:
+        for src in _expand(rule.src, segments):
+            for dst in _expand(rule.dst, segments):
+                entries.add(PolicyEntry(identities[src], identities[dst], svc.proto, svc.lo, svc.hi, origin))
 
 
 def _expand(endpoint: Endpoint, segments: Iterable[str]) -> tuple:
@@ -206,11 +273,12 @@ def _cidr(direction: str, identity: int, endpoint: Endpoint, svc: Service, origi
 def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) -> PolicyEntry | None:
     """The first (sorted) entry of ``pm`` that allows a new ``proto``/``port`` flow
     from identity ``src`` to ``dst``, or None. ``port=None``: every port."""
-    for entry in sorted(e for e in pm.entries if e.src == src and e.dst == dst):
+    for entry in pm.between(src, dst):
         if entry.service.matches(proto, port):
             return entry
     return None
 
 
 __all__ = ["PolicyEntry", "CidrEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
+           "recompile_policy_map",
            "allowing", "INTRA", "INGRESS", "EGRESS", "OUTSIDE"]

@@ -16,7 +16,10 @@ whose ``text()`` is the canonical form, so ``parse_rule(r.text()) == r``.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
+import itertools
+import operator
 import re
 from dataclasses import dataclass
 from typing import Iterable
@@ -134,7 +137,12 @@ class Endpoint:
 
 @dataclass(frozen=True)
 class Rule:
-    """One allow rule: new flows from ``src`` to ``dst`` matching ``service``."""
+    """One allow rule: new flows from ``src`` to ``dst`` matching ``service``.
+
+    The canonical text is computed once; it identifies the rule (two rules
+    are equal exactly when their texts are), so equality and hashing cost a
+    string comparison -- policies hold tens of thousands of rules.
+    """
 
     src: Endpoint
     dst: Endpoint
@@ -145,15 +153,25 @@ class Rule:
             raise TypeError("Rule src and dst must be Endpoint values")
         if not isinstance(self.service, Service):
             raise TypeError("Rule service must be a Service")
+        head = f"{self.src.text()}->{self.dst.text()}"
+        text = head if self.service.proto == "any" else f"{head}:{self.service.text()}"
+        object.__setattr__(self, "_text", text)
+        object.__setattr__(self, "_segments", tuple(e.value for e in (self.src, self.dst)
+                                                    if e.kind == "segment"))
         if self.src.kind == "cidr" and self.dst.kind == "cidr":
-            raise RuleError(self.text(), _CIDR_TO_CIDR)
+            raise RuleError(text, _CIDR_TO_CIDR)
 
     def text(self) -> str:
         """Canonical text, e.g. ``web->api:tcp/8080`` or ``monitor->*``."""
-        head = f"{self.src.text()}->{self.dst.text()}"
-        if self.service.proto == "any":
-            return head
-        return f"{head}:{self.service.text()}"
+        return self._text
+
+    def __eq__(self, other) -> bool:
+        if other.__class__ is not Rule:
+            return NotImplemented
+        return self._text == other._text
+
+    def __hash__(self) -> int:
+        return hash(self._text)
 
     def __str__(self) -> str:
         return self.text()
@@ -161,6 +179,11 @@ class Rule:
 
 def parse_rule(text: str) -> Rule:
     """Parse one rule; raise RuleError naming the rule and the problem."""
+    found = _SIMPLE.fullmatch(text)
+    if found is not None:
+        rule = _simple_rule(*found.groups())
+        if rule is not None:
+            return rule
     rule_text = _ARROW_SPACES.sub("->", text.strip())
     if not rule_text:
         raise RuleError(text, "empty rule")
@@ -179,6 +202,44 @@ def parse_rule(text: str) -> Rule:
     if src.kind == "cidr" and dst.kind == "cidr":
         raise RuleError(text, _CIDR_TO_CIDR)
     return Rule(src, dst, service)
+
+
+# The common form (segment or '*' on both sides, lower-case protocol, a port or
+# range): parsed by one regex and values shared between rules. Anything else,
+# or anything this path finds wrong, goes the general way, which words the error.
+_NAME = r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62}|\*)"
+_SIMPLE = re.compile(_NAME + "->" + _NAME + r"(?::(tcp|udp|icmp|any)(?:/([0-9]{1,5})(?:-([0-9]{1,5}))?)?)?")
+
+
+def _simple_rule(src: str, dst: str, proto, lo, hi):
+    """The rule of a match of ``_SIMPLE``, or None when the general parser must decide."""
+    src_end, dst_end = _named_endpoint(src), _named_endpoint(dst)
+    if src_end is None or dst_end is None:
+        return None
+    if proto is None:
+        return Rule(src_end, dst_end, ANY)
+    service = _simple_service(proto, lo, hi)
+    return None if service is None else Rule(src_end, dst_end, service)
+
+
+@functools.lru_cache(maxsize=4096)
+def _named_endpoint(text: str):
+    """``*`` or a valid segment name as an Endpoint (shared), else None."""
+    if text == "*":
+        return Endpoint("all", "*")
+    return Endpoint("segment", text) if segment_name_problem(text) is None else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _simple_service(proto: str, lo, hi):
+    """A Service of ``proto`` and port texts (None: no ports), or None when not valid."""
+    if lo is None:
+        return Service(proto)
+    first = int(lo)
+    last = first if hi is None else int(hi)
+    if proto not in PORT_PROTOCOLS or not 1 <= first <= last <= 65535:
+        return None
+    return Service(proto, first, last)
 
 
 def _split_destination(rule: str, rest: str) -> tuple[str, str | None]:
@@ -315,7 +376,28 @@ def parse_rules(text: str) -> tuple[Rule, ...]:
 
 def unique_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
     """``rules`` without duplicates, in first-seen order."""
-    return tuple(dict.fromkeys(rules))
+    rules = list(rules)
+    return tuple(dict(zip(map(_TEXT, rules), rules)).values())
+
+
+# Rule-set arithmetic without a Python call per rule: policies hold tens of thousands.
+_TEXT, _SEGMENTS = operator.attrgetter("_text"), operator.attrgetter("_segments")
+
+
+def rule_texts(rules: Iterable[Rule]) -> list[str]:
+    """The canonical texts of ``rules``, in order."""
+    return list(map(_TEXT, rules))
+
+
+def rules_not_in(rules: Iterable[Rule], texts: set[str]) -> list[Rule]:
+    """The rules of ``rules`` whose canonical text is not in ``texts``, in order."""
+    rules = list(rules)
+    return list(itertools.compress(rules, map(operator.not_, map(texts.__contains__, map(_TEXT, rules)))))
+
+
+def named_segments(rules: Iterable[Rule]) -> set[str]:
+    """The segments that ``rules`` name (``*`` and CIDRs name none)."""
+    return set(itertools.chain.from_iterable(map(_SEGMENTS, rules)))
 
 
 def format_rules(rules: Iterable[Rule], sep: str = ",") -> str:

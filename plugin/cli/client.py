@@ -8,6 +8,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+from urllib.parse import quote
 
 from plugin.config import DEFAULT_DOCKER_HOST, Settings
 
@@ -46,11 +47,30 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
 
 
 def resolve_network(ref: str) -> str:
-    """Network name or id → id, through the engine when it answers."""
+    """Network name or id → id, through the engine when it answers (else ``ref`` as given:
+    the daemon takes ids and id prefixes)."""
+    host = Settings.from_env().docker_host or DEFAULT_DOCKER_HOST
     try:
-        import docker  # imported here: only name resolution needs it
-        client = docker.APIClient(base_url=Settings.from_env().docker_host or DEFAULT_DOCKER_HOST,
-                                  timeout=5)
-        return client.inspect_network(ref)["Id"]
+        if host.startswith("unix://"):   # the usual case: one request, no docker SDK to import
+            found = _engine_get(host[len("unix://"):], "/networks/" + quote(ref, safe=""))
+        else:
+            import docker  # tcp://, ssh://: the SDK knows how
+            found = docker.APIClient(base_url=host, timeout=5).inspect_network(ref)
+        return found["Id"]
     except Exception:
         return ref
+
+
+def _engine_get(sock: str, path: str) -> dict:
+    """GET ``path`` of the engine API on unix socket ``sock``: the JSON answer
+    (OSError, HTTPException, ValueError, LookupError when there is none)."""
+    conn = UnixHTTPConnection("/" + sock.lstrip("/"), 5.0)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            raise LookupError(f"engine answered {resp.status}")
+        return json.loads(body)
+    finally:
+        conn.close()

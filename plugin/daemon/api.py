@@ -18,7 +18,7 @@ from flask import Response, request
 from segmentation.errors import PolicyError
 from segmentation.model import Policy
 from segmentation.options import MODES
-from segmentation.rules import parse_rules
+from segmentation.rules import parse_rules, rule_texts
 
 from plugin.daemon.app import error_reply
 from plugin.errors import BadRequest, Internal, NotFound
@@ -88,7 +88,7 @@ class Api:
             raise BadRequest("rules must be a list of strings")
         if action != "get":
             net = self._change_policy(net, action, texts)
-        return {"network": net.id, "rules": [r.text() for r in net.options.rules]}
+        return {"network": net.id, "rules": rule_texts(net.options.rules)}
 
     def mode(self, body):
         net = self.find_network(body.get("network"))
@@ -146,7 +146,7 @@ class Api:
                 policy = policy.remove_rules(rules)
             else:
                 raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
-            options = replace(policy.options)  # NetworkOptions re-validates on construction
+            options = policy.options  # validated: NetworkOptions checks itself on construction
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         new_net = self.driver.change_options(net.id, options)

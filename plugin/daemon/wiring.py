@@ -112,6 +112,9 @@ def start_watches(daemon: Daemon) -> None:
     if isinstance(forward, ForwardFilter):
         daemon.nftwatch.subscribe(forward.trigger, forward.interested)
     owners = [b for b in daemon.backends.values() if hasattr(b, "owns")]
+    for backend in owners:   # a backend's own element deltas need no repair check
+        for portid in getattr(backend, "own_ports", lambda: ())():
+            daemon.nftwatch.ignore_port(portid)
     if owners:
         repair = Debouncer(lambda: daemon.reconciler.reconcile(full=False), name="secnet-repair").start()
         daemon.nftwatch.subscribe(repair.trigger,

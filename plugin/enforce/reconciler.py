@@ -26,10 +26,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from segmentation.compiler import policy_segments
+from segmentation.compiler import segments_of
 from segmentation.identities import PENDING, QUARANTINED
-from segmentation.model import Member
-from segmentation.policymap import PolicyMap, compile_policy_map
+from segmentation.policymap import PolicyMap, compile_policy_map, recompile_policy_map
 
 from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
 
@@ -46,11 +45,6 @@ def network_spec(net) -> NetworkSpec:
     return NetworkSpec(id=net.id, bridge=net.bridge, subnets=tuple(p for p, _ in pools),
                        gateways=tuple(_plain(g) for _, g in pools if g), internal=net.internal,
                        mode=net.options.mode)
-
-
-def member_of(ep) -> Member:
-    return Member(endpoint_id=ep.id, segment=ep.segment, ipv4=_plain(ep.ipv4), ipv6=_plain(ep.ipv6),
-                  quarantine=ep.quarantine)
 
 
 def port_of(ep, identities: Mapping[str, int]) -> Port:
@@ -73,6 +67,12 @@ class Realized:
     spec: NetworkSpec
     policy: PolicyMap
     ports: dict = field(default_factory=dict)  # endpoint id -> Port
+    options: object = None                     # the NetworkOptions ``policy`` was compiled from
+
+    def live_segments(self, but: Optional[str] = None) -> set:
+        """Segments that the ports (all but endpoint ``but``) are enforced in."""
+        return {p.segment for eid, p in self.ports.items()
+                if p.quarantine is None and p.segment is not None and eid != but}
 
 
 class Reconciler:
@@ -134,8 +134,8 @@ class Reconciler:
             real = self._real(net)
             old = real.ports.get(ep.id)
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
-                others = [e for e in self.state.endpoints(net.id) if e.id != ep.id] + [ep]
-                self._policy_delta(net, real, others)  # the new segment's entries first
+                live = real.live_segments(but=ep.id) | {ep.segment}
+                self._policy_delta(net, real, live)  # the new segment's entries first
             new = port_of(ep, real.policy.identities)
             if new != old:
                 self.backend(net).apply_ports(real.spec, [(old, new)])
@@ -173,8 +173,8 @@ class Reconciler:
             spec = network_spec(net)
             if spec != real.spec:
                 real.spec = spec
-            self._policy_delta(net, real, self.state.endpoints(net.id))
-            self._end_denied_flows(real)
+            if self._policy_delta(net, real, real.live_segments()):
+                self._end_denied_flows(real)
 
     def _end_denied_flows(self, real: Realized, only: Optional[set] = None) -> int:
         """End the established flows (published and NAT'd ones too) that the realized
@@ -206,11 +206,11 @@ class Reconciler:
         return real
 
     def _desired(self, net, endpoints) -> Realized:
-        segments = policy_segments(net.options, [member_of(e) for e in endpoints])
-        identities = self.allocator.allocate(net.id, segments)
+        live = (e.segment for e in endpoints if e.quarantine is None)
+        identities = self.allocator.allocate(net.id, segments_of(net.options, live))
         policy = compile_policy_map(net.options, identities)
         ports = {e.id: port_of(e, identities) for e in endpoints}
-        return Realized(network_spec(net), policy, ports)
+        return Realized(network_spec(net), policy, ports, net.options)
 
     def _write_whole(self, net, endpoints) -> Realized:
         real = self._desired(net, endpoints)
@@ -218,18 +218,23 @@ class Reconciler:
         self._realized[net.id] = real
         return real
 
-    def _policy_delta(self, net, real: Realized, endpoints) -> None:
-        """Recompile ``net``'s policy over ``endpoints`` and apply only the difference.
+    def _policy_delta(self, net, real: Realized, live: set) -> bool:
+        """Recompile ``net``'s policy over the segments ``live`` (those members are
+        enforced in) and apply only the difference. Returns whether the change may
+        deny a flow that was allowed (anything but east-west entries added).
 
         Identities of live segments are kept, so no port changes identity here.
         """
-        segments = policy_segments(net.options, [member_of(e) for e in endpoints])
-        identities = self.allocator.allocate(net.id, segments)
-        new = compile_policy_map(net.options, identities)
+        identities = self.allocator.allocate(net.id, segments_of(net.options, live))
+        if real.options is None:
+            new = compile_policy_map(net.options, identities)
+        else:
+            new = recompile_policy_map(real.policy, real.options, net.options, identities)
         delta = real.policy.delta(new)
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta)
-        real.policy = new
+        real.policy, real.options = new, net.options
+        return bool(delta.entries_removed or delta.cidrs_added or delta.cidrs_removed or delta.settings)
 
     def drift(self, net) -> list:
         """What differs between the kernel and the desired state of ``net``."""

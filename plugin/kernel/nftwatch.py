@@ -134,6 +134,43 @@ def _event(known: tuple, family: int, attrs: dict, portid: int = 0) -> NftEvent:
                     "" if chain else name, portid)
 
 
+SO_ATTACH_FILTER = 26
+_BPF_INSN = struct.Struct("=HBBI")   # classic BPF: code, jump if true, jump if false, k
+
+
+def port_filter(ports) -> bytes:
+    """A classic BPF program (``sock_filter`` array) that drops every datagram whose
+    first message's sender port id is one of ``ports`` and accepts the rest.
+
+    nf_tables coalesces the notifications of one transaction into datagrams per
+    requester, so the first message's port id stands for the whole datagram.
+    A word load (``ld [12]``: ``nlmsg_pid``) reads network byte order, the header
+    is in host order: each id is compared in the loaded order.
+    """
+    ports = sorted(set(ports))
+    loaded = [struct.unpack("!I", struct.pack("=I", p))[0] for p in ports]
+    prog = [_BPF_INSN.pack(0x20, 0, 0, 12)]                        # ld [12]
+    for i, k in enumerate(loaded):                                 # jeq #k, drop
+        prog.append(_BPF_INSN.pack(0x15, len(loaded) - i, 0, k))
+    prog.append(_BPF_INSN.pack(0x06, 0, 0, 0xFFFFFFFF))            # ret #-1: accept
+    prog.append(_BPF_INSN.pack(0x06, 0, 0, 0))                     # ret #0: drop
+    return b"".join(prog)
+
+
+def attach_port_filter(sock: socket.socket, ports) -> None:
+    """Attach :func:`port_filter` to ``sock`` (OSError if the kernel refuses it)."""
+    import ctypes
+    code = port_filter(ports)
+    buf = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HL", len(code) // _BPF_INSN.size, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+def first_portid(data: bytes) -> int:
+    """The sender port id of the first message of a datagram (0 if too short)."""
+    return NLMSG_HDR.unpack_from(data)[4] if len(data) >= NLMSG_HDR.size else 0
+
+
 def open_socket() -> socket.socket:
     """A netfilter netlink socket joined to NFNLGRP_NFTABLES (needs CAP_NET_ADMIN)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -170,6 +207,7 @@ class NftWatcher:
         self._thread: Optional[threading.Thread] = None
         self.events = 0      # delivered, for status and tests
         self.restarts = 0
+        self._ignored: set = set()
 
     def subscribe(self, callback: Callable[[NftEvent], None], match=None):
         with self._lock:
@@ -180,9 +218,30 @@ class NftWatcher:
         with self._lock:
             self._subs = [(m, c) for m, c in self._subs if c is not callback]
 
+    def ignore_port(self, portid: int) -> None:
+        """Deliver no event that netlink port ``portid`` caused (a writer's own
+        changes: a 10,000-element edit announces every element). Dropped by a
+        socket filter in the kernel where it takes one, else before decoding."""
+        if not portid:
+            return
+        with self._lock:
+            self._ignored.add(portid)
+        if self._sock is not None:
+            self._filter(self._sock)
+
+    def _filter(self, sock) -> None:
+        with self._lock:
+            ports = set(self._ignored)
+        if ports:
+            try:
+                attach_port_filter(sock, ports)
+            except OSError as exc:
+                log.debug("no socket filter (%s): own events are skipped in user space", exc)
+
     def start(self) -> "NftWatcher":
         if self._thread is None:
             self._sock = self._opener()
+            self._filter(self._sock)
             self._thread = threading.Thread(target=self._run, name="secnet-nftwatch", daemon=True)
             self._thread.start()
         return self
@@ -216,6 +275,7 @@ class NftWatcher:
             try:
                 if self._sock is None:
                     self._sock = self._opener()
+                    self._filter(self._sock)
                     self.restarts += 1
                     self.deliver(RESYNC)  # what changed while nobody listened is unknown
                 self._pump()
@@ -236,7 +296,10 @@ class NftWatcher:
         while not self._stop.is_set():
             ready, _, _ = select.select([self._sock, self._wake_r], [], [])
             if self._sock in ready:
-                for event in parse(self._sock.recv(1 << 20)):
+                data = self._sock.recv(1 << 20)
+                if self._ignored and first_portid(data) in self._ignored:
+                    continue
+                for event in parse(data):
                     self.deliver(event)
 
     def _close(self) -> None:

@@ -13,11 +13,13 @@ import time
 import pytest
 
 from nsfixtures import NET_ID, InNamespace, lab, only  # noqa: F401  (lab is a fixture)
+import packets
 from packets import echoes, open_stream, probe_tcp
 from plugin.enforce.nftables import NftBackend, nflog, ruleset
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 from plugin.kernel import netns
 from plugin.kernel.dockerfw import DockerFirewall
+from plugin.kernel.nftwatch import NftWatcher
 from segmentation.options import parse_network_options
 
 pytestmark = [pytest.mark.kernel, only("nftables")]
@@ -163,6 +165,32 @@ def test_another_networks_tables_are_no_drift(lab, tmp_path):
     finally:
         script.write_text(ruleset.delete_script(other))
         lab.nft("-f", str(script), check=False)
+
+
+def test_the_watcher_hears_others_changes_but_not_the_backends_own_deltas(lab):
+    """The element writer's notifications (one per element of an edit) are dropped by a
+    socket filter on the watcher's socket; a foreign ``nft`` change still arrives."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    with packets.netns(lab.host):
+        watcher = NftWatcher().start()
+    got = []
+    watcher.subscribe(got.append, lambda e: e.table == lab.table)
+    try:
+        for portid in lab.backend.own_ports():
+            watcher.ignore_port(portid)
+        lab.update(" ".join(f"web->api:tcp/{p}" for p in range(9000, 9200)))   # 200 elements
+        time.sleep(0.5)
+        assert got == []
+        assert [probe_tcp(web, api.ip4, p) != "timeout" for p in (9000, 8080)] == [True, False]
+        w, a = ids(lab)["web"], ids(lab)["api"]
+        lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 9000 }}")
+        deadline = time.monotonic() + 3
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [(e.kind, e.object, e.name) for e in got] == [("delete", "element", "pol_port")]
+    finally:
+        watcher.stop()
 
 
 def test_drift_reports_missing_tables(lab):

@@ -261,3 +261,44 @@ def test_table_match_for_own_tables():
     assert match(RESYNC)
     assert not match(NftEvent("add", "rule", "inet", "secnet_abc", "forward"))
     assert not match(NftEvent("delete", "table", "ip", "filter"))
+
+
+def _from_port(portid: int) -> bytes:
+    """A datagram of one NEWGEN message sent by netlink port ``portid``."""
+    payload = b"\x00\x00\x00\x00"
+    return struct.pack("=IHHII", 16 + len(payload), (10 << 8) | 15, 0, 0, portid) + payload
+
+
+def test_the_port_filter_drops_datagrams_of_ignored_ports_in_the_kernel():
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        nftwatch.attach_port_filter(ours, [0x01020304, 77])
+        ours.setblocking(False)
+        for portid in (0x01020304, 77, 0x04030201, 5):
+            theirs.send(_from_port(portid))
+        got = []
+        while True:
+            try:
+                got.append(nftwatch.first_portid(ours.recv(4096)))
+            except BlockingIOError:
+                break
+        assert got == [0x04030201, 5]
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_ignored_ports_reach_no_subscriber():
+    opener = PairOpener()
+    watcher, got = NftWatcher(opener=opener), []
+    watcher.subscribe(got.append)
+    watcher.start()
+    try:
+        watcher.ignore_port(41)
+        opener.peers[0].send(_from_port(41))
+        opener.peers[0].send(_from_port(42))
+        assert wait_for(lambda: got)
+        time.sleep(0.1)
+        assert [e.portid for e in got] == [42]
+    finally:
+        watcher.stop()

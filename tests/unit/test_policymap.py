@@ -3,14 +3,16 @@ from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
+from segmentation.compiler import segments_of
 from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign
 from segmentation.options import NetworkOptions
-from segmentation.policymap import compile_policy_map
+from segmentation.policymap import compile_policy_map, recompile_policy_map
 from segmentation.rules import parse_rules
 
 SEGS = ["web", "api", "db", "cache"]
 RULES = ["web->api:tcp/8080", "*->db:udp/53", "api->db:tcp/5432-5440", "10.0.0.0/8->web:tcp/80",
          "web->[2001:db8::/32]:tcp/443", "cache->*", "*->*:icmp", "db->db:tcp/1"]
+NAMING = ["x->web:tcp/22", "y->*:udp/9", "*->z", "10.1.0.0/16->x:tcp/80", "x->10.2.0.0/16"]
 
 
 def policy(rules, intra="allow", segments=SEGS, identities=None):
@@ -28,6 +30,26 @@ def test_applying_the_delta_of_two_maps_to_the_first_gives_the_second(a, b, intr
     delta = first.delta(second)
     assert first.apply(delta) == second
     assert first.delta(first).empty
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(RULES + NAMING)), st.lists(st.sampled_from(RULES + NAMING)),
+       st.sampled_from(["allow", "deny"]), st.sampled_from(["allow", "deny"]),
+       st.sampled_from(["allow", "deny"]), st.lists(st.sampled_from(SEGS + ["x", "y", "z"])),
+       st.lists(st.sampled_from(SEGS + ["x", "y", "z"])))
+def test_recompiling_from_the_previous_map_equals_compiling_afresh(a, b, intra_a, intra_b, egress,
+                                                                   members_a, members_b):
+    """Rules and members (segments) change; identities are kept as an allocator keeps them."""
+    old_options = NetworkOptions(rules=parse_rules(" ".join(a)), intra=intra_a)
+    options = NetworkOptions(rules=parse_rules(" ".join(b)), intra=intra_b, egress=egress)
+    old_ids = assign({}, segments_of(old_options, members_a))
+    old = compile_policy_map(old_options, old_ids)
+    for live in (members_a, members_b):
+        identities = assign(old_ids, segments_of(options, live))
+        assert recompile_policy_map(old, old_options, options, identities) == \
+            compile_policy_map(options, identities)
+    again = assign(old_ids, segments_of(old_options, members_b))   # members only
+    assert recompile_policy_map(old, old_options, old_options, again) == compile_policy_map(old_options, again)
 
 
 def test_a_new_segment_is_a_delta_of_its_own_entries_only():

@@ -8,6 +8,7 @@ from plugin.enforce.backend import Counters
 from plugin.enforce.reconciler import Reconciler
 from segmentation.identities import PENDING, QUARANTINED
 from segmentation.options import NetworkOptions
+from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
 
 NID = "cd" * 32
@@ -114,11 +115,19 @@ def test_pending_and_quarantined_ports_carry_reserved_identities(env):
 
 def test_a_policy_edit_is_a_delta_and_prunes_flows(env):
     state, backend, rec, net, pruned = env
-    new = net.evolve(options=NetworkOptions(rules=parse_rules("web->api:tcp/8080 api->db:tcp/5432")))
-    state.put_network(new)
-    rec.policy_changed(new)
+    # an edit that only adds east-west entries denies nothing: no flow is judged again
+    more = net.evolve(options=NetworkOptions(rules=parse_rules("web->api:tcp/8080 api->db:tcp/5432")))
+    state.put_network(more)
+    rec.policy_changed(more)
     assert backend.calls[0][0] == "policy" and ("network", NID) not in backend.calls
-    assert backend.policy == rec.compiled(new) and pruned == [rec.compiled(new)]
+    assert backend.policy == rec.compiled(more) and pruned == []
+    # one that removes a rule does end the flows it denies
+    fewer = more.evolve(options=NetworkOptions(rules=parse_rules("api->db:tcp/5432")))
+    state.put_network(fewer)
+    rec.policy_changed(fewer)
+    assert backend.policy == rec.compiled(fewer) and pruned == [rec.compiled(fewer)]
+    assert backend.policy == compile_policy_map(fewer.options, state.identities(NID))
+    assert ("network", NID) not in backend.calls
 
 
 def test_identities_survive_a_restart(env, tmp_path):

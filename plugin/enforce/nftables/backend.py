@@ -153,6 +153,11 @@ class NftBackend:
         return {known.get(name[len(TABLE_PREFIX):], name[len(TABLE_PREFIX):])
                 for _family, name in self.runner.tables()}
 
+    def own_ports(self) -> tuple:
+        """Netlink port ids whose nftables changes are this backend's own deltas (its
+        element writer's socket, opened here in the calling thread's namespace)."""
+        return (self.writer.open(),) if self.writer is not None else ()
+
     def owns(self, event) -> Optional[str]:
         """The network an nft change notification (``plugin.nftwatch.NftEvent``) touched, or None.
 
