@@ -20,7 +20,7 @@ original tuple (who opened the flow) and the source of the reply tuple (who
 answers it), with the reply's source port as the real destination port:
 what the filter hooks saw after DNAT. Both families, any protocol.
 
-Reads and deletions go over ctnetlink (:mod:`plugin.kernel.ctnetlink`): no process per address.
+Reads and deletions go over ctnetlink (pyroute2): no process per address.
 """
 from __future__ import annotations
 
@@ -31,8 +31,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
 from segmentation.compiler import verdict
-
-from plugin.kernel import ctnetlink
 from segmentation.errors import PolicyError
 
 log = logging.getLogger(__name__)
@@ -217,19 +215,44 @@ def claimed(entries: Iterable[Entry], proto: str, host_ip: str, host_port: int, 
 # --- the kernel ----------------------------------------------------------------------
 def _tuple(t) -> Tuple:
     name = PROTO_NAMES.get(t.proto, f"proto-{t.proto}")
-    return Tuple(name, t.src, t.dst, t.sport, t.dport)
+    return Tuple(name, str(t.saddr), str(t.daddr), t.sport, t.dport)
 
 
 class Kernel:
-    """ctnetlink (:mod:`plugin.kernel.ctnetlink`): every entry of both families;
-    deletion by original tuple. Sockets live in the calling thread's namespace."""
+    """ctnetlink: every entry of both families; deletion by original tuple."""
 
     def entries(self) -> list:
-        return [Entry(6 if e.family == socket.AF_INET6 else 4, _tuple(e.orig), _tuple(e.reply), e.status,
-                      key=e) for e in ctnetlink.dump()]
+        from pyroute2.conntrack import Conntrack
+        ct = Conntrack(nfgen_family=socket.AF_UNSPEC)
+        try:
+            out = []
+            for e in ct.dump_entries():
+                fam = 6 if e.tuple_orig.family == socket.AF_INET6 else 4
+                out.append(Entry(fam, _tuple(e.tuple_orig), _tuple(e.tuple_reply), e.status or 0,
+                                 key=e.tuple_orig))
+            return out
+        finally:
+            ct.close()
 
     def delete(self, entries: Iterable[Entry]) -> int:
-        return ctnetlink.delete(e.key for e in entries if e.key is not None)
+        from pyroute2.conntrack import Conntrack
+        from pyroute2.netlink.exceptions import NetlinkError
+        deleted = 0
+        for family in (4, 6):
+            batch = [e for e in entries if e.family == family and e.key is not None]
+            if not batch:
+                continue
+            ct = Conntrack(nfgen_family=socket.AF_INET6 if family == 6 else socket.AF_INET)
+            try:
+                for e in batch:
+                    try:
+                        ct.entry("del", tuple_orig=e.key)
+                        deleted += 1
+                    except NetlinkError as exc:  # ENOENT: it ended meanwhile
+                        log.debug("conntrack entry %s not deleted: %s", e.orig, exc)
+            finally:
+                ct.close()
+        return deleted
 
 
 class Flows:
