@@ -10,6 +10,10 @@ data, never rule text:
   ``(s, s, any)`` of every segment, with the rule ``intra``;
 * ``cidrs``: allowances between a segment and an outside CIDR, per
   direction (``ingress``: CIDR source; ``egress``: CIDR destination);
+* ``fqdns``: allowances from a segment to the addresses that DNS answers
+  for a name pattern gave the segment's containers (``dns(NAME)`` rules);
+  the addresses themselves are learned at run time (``plugin.dns``), never
+  compiled;
 * the network's settings: egress default, internal, intra.
 
 Both backends consume this: nftables as set and map elements behind a fixed
@@ -87,6 +91,26 @@ class CidrEntry(_Service):
         return (self.direction, self.identity, self.family, self.cidr, self.proto, self.lo, self.hi)
 
 
+@dataclass(frozen=True, order=True)
+class FqdnEntry:
+    """An allowance from segment ``identity`` to the learned addresses of ``pattern``.
+
+    ``pattern``: canonical (``api.example.com``, ``*.example.org``);
+    ``proto``/``lo``/``hi`` as in :class:`PolicyEntry`; ``rule``: its text.
+    """
+
+    identity: int
+    pattern: str
+    proto: str
+    lo: int
+    hi: int
+    rule: str
+
+    @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Network-wide defaults that no entry carries."""
@@ -105,6 +129,7 @@ class PolicyMap:
     entries: frozenset = frozenset()
     cidrs: frozenset = frozenset()
     settings: Settings = field(default_factory=Settings)
+    fqdns: frozenset = frozenset()
 
     @property
     def segments(self) -> tuple:
@@ -129,6 +154,8 @@ class PolicyMap:
             cidrs_removed=self.cidrs - new.cidrs,
             identities=MappingProxyType(dict(new.identities)),
             settings=new.settings if new.settings != self.settings else None,
+            fqdns_added=new.fqdns - self.fqdns,
+            fqdns_removed=self.fqdns - new.fqdns,
         )
 
     def apply(self, delta: "PolicyDelta") -> "PolicyMap":
@@ -138,12 +165,13 @@ class PolicyMap:
             entries=(self.entries - delta.entries_removed) | delta.entries_added,
             cidrs=(self.cidrs - delta.cidrs_removed) | delta.cidrs_added,
             settings=delta.settings or self.settings,
+            fqdns=(self.fqdns - delta.fqdns_removed) | delta.fqdns_added,
         )
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, PolicyMap) and dict(self.identities) == dict(other.identities)
                 and self.entries == other.entries and self.cidrs == other.cidrs
-                and self.settings == other.settings)
+                and self.settings == other.settings and self.fqdns == other.fqdns)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -158,11 +186,14 @@ class PolicyDelta:
     cidrs_removed: frozenset
     identities: Mapping[str, int]
     settings: Settings | None = None
+    fqdns_added: frozenset = frozenset()
+    fqdns_removed: frozenset = frozenset()
 
     @property
     def empty(self) -> bool:
         return not (self.entries_added or self.entries_removed or self.cidrs_added
-                    or self.cidrs_removed or self.settings)
+                    or self.cidrs_removed or self.settings or self.fqdns_added
+                    or self.fqdns_removed)
 
 
 def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -> PolicyMap:
@@ -172,10 +203,13 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
     all of them); raises KeyError otherwise.
     """
     segments = sorted(identities)
-    entries, cidrs = set(), set()
+    entries, cidrs, fqdns = set(), set(), set()
     for rule in options.rules:
         svc, origin = rule.service, rule.text()
-        if rule.src.kind == "cidr":
+        if rule.dst.kind == "fqdn":
+            for src in _expand(rule.src, segments):
+                fqdns.add(FqdnEntry(identities[src], rule.dst.value, svc.proto, svc.lo, svc.hi, origin))
+        elif rule.src.kind == "cidr":
             for dst in _expand(rule.dst, segments):
                 cidrs.add(_cidr(INGRESS, identities[dst], rule.src, svc, origin))
         elif rule.dst.kind == "cidr":
@@ -191,7 +225,8 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
             entries.add(PolicyEntry(identities[seg], identities[seg], ANY, 0, 0, INTRA))
     settings = Settings(intra=options.intra, egress="deny" if options.internal else options.egress,
                         internal=options.internal, mode=getattr(options, "mode", "enforce"))
-    return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs), settings)
+    return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs), settings,
+                     frozenset(fqdns))
 
 
 def _expand(endpoint: Endpoint, segments: Iterable[str]) -> tuple:
@@ -212,5 +247,5 @@ def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) ->
     return None
 
 
-__all__ = ["PolicyEntry", "CidrEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
+__all__ = ["PolicyEntry", "CidrEntry", "FqdnEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
            "allowing", "INTRA", "INGRESS", "EGRESS", "OUTSIDE"]
