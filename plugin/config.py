@@ -15,6 +15,8 @@ class Settings:
     log_level: str = "info"
     docker_host: str = ""
     metrics_addr: str = ""
+    dns: bool = True          # learn addresses for dns(NAME) rules (SECNET_DNS=0: off)
+    dns_queue: int = 5353     # the NFQUEUE that holds DNS answers (SECNET_DNS_QUEUE)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -26,4 +28,6 @@ class Settings:
                    state_dir=env.get("SECNET_STATE_DIR") or cls.state_dir,
                    log_level=level,
                    docker_host=env.get("DOCKER_HOST", ""),
-                   metrics_addr=env.get("SECNET_METRICS_ADDR", ""))
+                   metrics_addr=env.get("SECNET_METRICS_ADDR", ""),
+                   dns=env.get("SECNET_DNS", "1").strip() not in ("0", "off", "no", "false"),
+                   dns_queue=int(env.get("SECNET_DNS_QUEUE", "") or cls.dns_queue))
