@@ -60,7 +60,7 @@ class DnsService:
         self.queue_num = marks.queue_num
         self.marks = marks
         self.datapaths = _Datapaths()
-        self.store = store or LearnedStore(**settings_from_env())
+        self.store = store if store is not None else LearnedStore(**settings_from_env())
         self.learner = DnsLearner(self, self.datapaths, self.store)
         self.queue = DnsQueue(self.queue_num, self.learner.on_packet, netns=netns)
         self.netns = netns
