@@ -4,11 +4,9 @@ A DNS server (dnspython) and AnyIP echo servers live in a namespace of this
 module's own behind a veth pair of the host (10.205.K.53 answers, the names
 point into 10.206.K.0/24); containers get ``--dns 10.205.K.53``, so their
 queries go to 127.0.0.11 and Docker forwards them from the container's
-namespace: the answers come back through secnet's bridge. Nothing leaves
-the machine.
-
-Skipped until the daemon runs DNS learning (``secnet status`` reports
-``dns``; docs/dns.md says how it is wired).
+namespace: the answers come back through secnet's bridge. Some tests ask the
+server directly instead. Nothing leaves the machine. Every test runs on
+every backend (``backend`` fixture).
 """
 from __future__ import annotations
 
@@ -21,18 +19,23 @@ import uuid
 import pytest
 
 import helpers as h
-from tests.kernel.dns_lab import DnsServer, Echo
 from vis_helpers import secnet_json
+
+sys.path.insert(0, str(h.ROOT / "tests" / "kernel"))
+from dns_lab import DnsServer, Echo  # noqa: E402  (the kernel tier's servers)
+
+pytestmark = pytest.mark.usefixtures("backend")
 
 PY = sys.executable
 CHECK_SRC = r'''
 import json, socket, sys, time
 import dns.message, dns.query
 out = []
+server = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.11"
 for name, port in json.loads(sys.argv[1]):
     q = dns.message.make_query(name, "A")
     try:
-        r = dns.query.udp(q, "127.0.0.11", timeout=3)
+        r = dns.query.udp(q, server, timeout=3)
         addrs = [rd.address for rrset in r.answer for rd in rrset if hasattr(rd, "address")]
     except Exception as exc:
         out.append([name, None, "dns: %s" % exc]); continue
@@ -52,9 +55,8 @@ print(json.dumps(out))
 
 @pytest.fixture(autouse=True)
 def daemon_learns(plugin_up):
-    """Skip (not fail) while the daemon does not run DNS learning (not wired yet)."""
-    if "dns" not in secnet_json("status"):
-        pytest.skip("DNS learning is not wired into the daemon yet (docs/dns.md)")
+    """The daemon runs DNS learning (a missing NFQUEUE binding is a failure, not a skip)."""
+    assert "dns" in secnet_json("status"), "the daemon does not learn from DNS answers"
 
 
 class Outside:
@@ -100,7 +102,10 @@ def outside():
         zone.add("other.e2e.test", "A", 300, f"{o.net}.6")
         zone.add("a.wild.e2e.test", "A", 300, f"{o.net}.8")
         zone.add("wild.e2e.test", "A", 300, f"{o.net}.9")
-        zone.add("alias.e2e.test", "CNAME", 300, "e1.cdn.e2e.test.")
+        zone.add("alias.e2e.test", "CNAME", 300, "edge.cdn.e2e.test.")
+        zone.add("edge.cdn.e2e.test", "CNAME", 300, "e1.cdn.e2e.test.")
+        zone.add("short.e2e.test", "A", 2, f"{o.net}.10")
+        zone.add("direct.e2e.test", "A", 300, f"{o.net}.11")
         zone.add("e1.cdn.e2e.test", "A", 300, f"{o.net}.7")
         for i in range(100):
             zone.add(f"n{i}.many.e2e.test", "A", 300, f"{o.net}.{20 + i}")
@@ -118,10 +123,11 @@ def setup(make_network, run_container, outside, rules: str):
     return net, web, api
 
 
-def check(c: h.Container, names, port: int = 443) -> dict:
-    """name -> (address, outcome) of resolving through 127.0.0.11 and connecting at once."""
+def check(c: h.Container, names, port: int = 443, server: str = "127.0.0.11") -> dict:
+    """name -> (address, outcome) of resolving through ``server`` (Docker's embedded
+    resolver by default) and connecting at once."""
     res = h.run(["nsenter", f"--net={c.sandbox}", PY, "-c", CHECK_SRC,
-                 json.dumps([[n, port] for n in names])], timeout=300)
+                 json.dumps([[n, port] for n in names]), server], timeout=300)
     return {name: (addr, outcome) for name, addr, outcome in json.loads(res.stdout)}
 
 
@@ -158,3 +164,34 @@ def test_learned_addresses_survive_a_daemon_restart(make_network, run_container,
                            " assert s.recv(4) == b'x'" % outside.net], timeout=30).returncode == 0
     show = secnet_json("show", net.name)
     assert [a["address"] for r in show["dns"] for a in r["addresses"]] == [f"{outside.net}.5"]
+
+
+def test_a_directly_queried_server_teaches_too(make_network, run_container, outside):
+    _net, web, api = setup(make_network, run_container, outside, "*->dns(direct.e2e.test):tcp/443")
+    assert check(web, ["direct.e2e.test"], server=outside.dns)["direct.e2e.test"][1] == "ok"
+    assert check(api, ["other.e2e.test"], server=outside.dns)["other.e2e.test"][1] == "timeout"
+
+
+def test_ttl_expiry_ends_new_flows_not_open_ones(make_network, run_container, outside, monkeypatch):
+    """The 60 s floor, lowered for this test only (SECNET_DNS_MIN_TTL reaches the
+    daemon through scripts/plugin.sh's environment)."""
+    monkeypatch.setenv("SECNET_DNS_MIN_TTL", "1")
+    h.plugin_restart(kill=False)
+    try:
+        _net, web, _api = setup(make_network, run_container, outside, "web->dns(short.e2e.test):tcp/443")
+        code = ("import json, socket, sys, time\n"
+                "import dns.message, dns.query\n"
+                "r = dns.query.udp(dns.message.make_query('short.e2e.test', 'A'), '127.0.0.11', timeout=3)\n"
+                "addr = r.answer[0][0].address\n"
+                "held = socket.create_connection((addr, 443), 2)\n"
+                "time.sleep(4)\n"
+                "try:\n"
+                "    socket.create_connection((addr, 443), 1); new = 'ok'\n"
+                "except OSError:\n"
+                "    new = 'denied'\n"
+                "held.sendall(b'x'); print(json.dumps([new, held.recv(4).decode()]))\n")
+        res = h.run(["nsenter", f"--net={web.sandbox}", PY, "-c", code], timeout=60)
+        assert json.loads(res.stdout) == ["denied", "x"]
+    finally:
+        monkeypatch.delenv("SECNET_DNS_MIN_TTL")
+        h.plugin_restart(kill=False)
