@@ -43,18 +43,21 @@ COMMENT = "secnet-dns"
 CHAINS = ("FORWARD", "OUTPUT")
 
 
-def table_script() -> str:
-    """The marking table (replaced whole; its address sets start empty)."""
-    lines = [f"table inet {TABLE} {{ }}", f"delete table inet {TABLE}", f"table inet {TABLE} {{",
-             "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }"]
+def table_script(keep: bool = False) -> str:
+    """The marking table. ``keep``: the address sets keep their elements (a daemon
+    start: answers to the containers a previous daemon marked stay held until the
+    first reconcile has told the service every network); else replaced whole."""
+    head = [] if keep else [f"table inet {TABLE} {{ }}", f"delete table inet {TABLE}"]
+    lines = head + [f"table inet {TABLE} {{", "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }"]
+    rules = []
     for chain in ("forward", "output"):
-        lines += [f"  chain {chain} {{", f"    type filter hook {chain} priority {PRIORITY}; policy accept;"]
+        lines += [f"  chain {chain} {{ type filter hook {chain} priority {PRIORITY}; policy accept; }}"]
+        rules.append(f"flush chain inet {TABLE} {chain}")
         for fam, expr in ((4, "ip"), (6, "ip6")):
-            lines.append(f"    meta l4proto {{ tcp, udp }} th sport 53 ct direction reply {expr} daddr "
-                         f"@dst{fam} meta mark set meta mark | {MARK:#x}")
-        lines.append("  }")
+            rules.append(f"add rule inet {TABLE} {chain} meta l4proto {{ tcp, udp }} th sport 53 "
+                         f"ct direction reply {expr} daddr @dst{fam} meta mark set meta mark | {MARK:#x}")
     lines.append("}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + rules) + "\n"
 
 
 def element_script(verb: str, addresses: Iterable[str]) -> str:
@@ -87,12 +90,13 @@ class AnswerMarks:
         return subprocess.run([*self.prefix, binary, "-w", "5", "-t", "mangle", *args],
                               capture_output=True, text=True, check=False)
 
-    def install(self, addresses: Iterable[str] = ()) -> None:
-        """Write the table with ``addresses`` marked, and ensure the queue rules;
-        raises OSError when iptables refuses (nft errors propagate)."""
+    def install(self, addresses: Iterable[str] = (), keep: bool = False) -> None:
+        """Write the table with ``addresses`` marked (``keep``: and those marked
+        before), and ensure the queue rules; raises OSError when iptables refuses
+        (nft errors propagate)."""
         with self._lock:
             addresses = set(addresses)
-            self.runner.apply(table_script() + element_script("add", addresses))
+            self.runner.apply(table_script(keep) + element_script("add", addresses))
             self._marked = addresses
             self._ensure_rules()
 

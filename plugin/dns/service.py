@@ -74,7 +74,7 @@ class DnsService:
 
     def start(self) -> None:
         """Install the marks and queue rules (nothing marked yet) and read the queue."""
-        self.marks.install(a for addrs in self._marked.values() for a in addrs)
+        self.marks.install((a for addrs in self._marked.values() for a in addrs), keep=True)
         self.queue.start()
 
     def close(self) -> None:

@@ -187,7 +187,8 @@ class Reconciler:
         policy denies; ``only``: those naming these addresses. Never in audit mode."""
         if self.flows is None or real.policy.settings.mode == "audit":
             return 0
-        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only)
+        learned = self.dns.learned(real.spec.id) if self.dns is not None else None
+        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only, learned=learned)
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> PolicyMap:

@@ -325,8 +325,9 @@ def test_answer_marks_hold_only_replies_to_marked_addresses_and_never_bypass():
                     "-j NFQUEUE --queue-num 5353")
     table = marks.table_script()
     assert "--queue-bypass" not in rule and "table inet secnet-dns {" in table
-    assert ("meta l4proto { tcp, udp } th sport 53 ct direction reply ip daddr @dst4 "
-            "meta mark set meta mark | 0x400000") in table
+    assert ("add rule inet secnet-dns forward meta l4proto { tcp, udp } th sport 53 ct direction reply "
+            "ip daddr @dst4 meta mark set meta mark | 0x400000") in table
+    assert "delete table" in table and "delete table" not in marks.table_script(keep=True)
     assert "ip6 daddr @dst6" in table and "hook output priority -160" in table
     assert marks.element_script("add", ["10.224.0.3", "fd00:224::0:2", "10.224.0.2"]) == (
         "add element inet secnet-dns dst4 { 10.224.0.2, 10.224.0.3 }\n"

@@ -69,7 +69,7 @@ def env(tmp_path):
     pruned = []
 
     class Flows:   # records what the reconciler asks the conntrack writer to judge
-        def enforce_policy(self, policy, ports, only=None):
+        def enforce_policy(self, policy, ports, only=None, learned=None):
             pruned.append(policy)
 
         def forget(self, addresses):

@@ -45,7 +45,7 @@ class _Realized:
     port_sets: dict = field(default_factory=dict)  # set -> {element: value}, all ports
 
 
-class NftBackend:
+class NftBackend(fqdn.FqdnMethods):
     """The nftables datapath (see ``ruleset`` for the tables it writes).
 
     ``runner``: an :class:`NftRunner` (default: libnftables in-process in
@@ -102,63 +102,6 @@ class NftBackend:
             return ""
         return fqdn.keep_script(ruleset.table_name(network_id), grants, time.time())
 
-    # --- DNS-name rules (plugin.dns.datapath.FqdnDatapath) -----------------------------------
-    def allow(self, network_id: str, grants) -> None:
-        """Put learned addresses in force (element timeouts); raises BackendError."""
-        with self._lock:
-            try:
-                self.fqdn.allow(network_id, grants)
-            except NftError as exc:
-                raise BackendError(str(exc)) from None
-
-    def revoke(self, network_id: str, keys) -> None:
-        """Remove learned addresses (``Grant.key`` values); absent ones are fine."""
-        with self._lock:
-            try:
-                self.fqdn.revoke(network_id, keys)
-            except NftError as exc:
-                raise BackendError(str(exc)) from None
-
-    def learned(self, network_id: str) -> list:
-        """The learned addresses the kernel holds now (``Grant`` values)."""
-        with self._lock:
-            return self.fqdn.learned(network_id)
-
-    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
-        """Endpoint changes ``(old Port or None, new Port or None)`` as one element delta.
-
-        The old state is the one realized here (by endpoint id), so applying
-        the same change twice is harmless. Costs what the changed ports
-        own, whatever the size of the network.
-        """
-        with self._lock:
-            real = self._realized(net)
-            ports, delta = self._port_delta(real, changes)
-            self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
-
-    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
-        """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
-        element delta: e.g. a join that brings a new segment is one transaction."""
-        with self._lock:
-            real = self._realized(net)
-            policy = real.policy.apply(delta)
-            ports, changed = self._port_delta(real, changes)
-            if _rules_of(net) != _rules_of(real.spec):   # bridge, subnets: the rules change
-                self.apply_network(net, policy, ports.values())
-                return
-            # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
-            elements = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
-                                                   delta.entries_removed | delta.cidrs_removed)
-            settings = setting_elements(policy, net.mode)
-            diff(real.settings, settings, changed)
-            changed.delete.update(elements.delete)
-            changed.add.update(elements.add)
-
-            def done():
-                self._set_ports(real, ports, changed)
-                real.policy, real.settings, real.spec = policy, settings, net
-            self._write(net, real, changed, done)
-
     @staticmethod
     def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
         """(ports after ``changes``, ElementDelta of the ports' sets)."""
@@ -198,6 +141,8 @@ class NftBackend:
             return None
         if self.writer is not None and getattr(event, "portid", 0) == self.writer.portid != 0:
             return None   # our own delta (a join, a leave, an edit)
+        if getattr(event, "object", "") == "element" and getattr(event, "name", "").startswith("fqdn"):
+            return None   # a learned DNS address (plugin.dns), not policy
         prefix = table[len(TABLE_PREFIX):]
         with self._lock:
             return next((nid for nid in self._nets if nid.startswith(prefix)), prefix)

@@ -37,6 +37,9 @@ import time
 from typing import Sequence
 
 from plugin.dns.datapath import Grant
+from plugin.enforce.backend import BackendError
+
+from .runner import NftError
 
 ADDR_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 ADDR_EXPR = {4: "ip", 6: "ip6"}
@@ -185,3 +188,29 @@ def _range(value) -> tuple:
 
 def _number(value) -> int:
     return L4_NAMES[value] if isinstance(value, str) and value in L4_NAMES else int(value)
+
+
+class FqdnMethods:
+    """``NftBackend``'s :class:`~plugin.dns.datapath.FqdnDatapath` (its ``fqdn`` sets,
+    under its lock; nft errors as BackendError)."""
+
+    def allow(self, network_id: str, grants) -> None:
+        """Put learned addresses in force (element timeouts); raises BackendError."""
+        with self._lock:
+            try:
+                self.fqdn.allow(network_id, grants)
+            except NftError as exc:
+                raise BackendError(str(exc)) from None
+
+    def revoke(self, network_id: str, keys) -> None:
+        """Remove learned addresses (``Grant.key`` values); absent ones are fine."""
+        with self._lock:
+            try:
+                self.fqdn.revoke(network_id, keys)
+            except NftError as exc:
+                raise BackendError(str(exc)) from None
+
+    def learned(self, network_id: str) -> list:
+        """The learned addresses the kernel holds now (``Grant`` values)."""
+        with self._lock:
+            return self.fqdn.learned(network_id)

@@ -353,6 +353,8 @@ class ElementWriter:
         for kind, (request, name_attr, skip) in SHAPES.items():
             for attrs in self._dump_messages(request, FAMILIES[family],
                                              _attr(1, table.encode() + b"\0")):
+                if attrs.get(1, b"").rstrip(b"\0") != table.encode():
+                    continue   # a chain dump is not filtered by table (attribute 1: the table)
                 shape = tuple((k, _without_counters(v) if kind == "rule" and k == NFTA_RULE_EXPRESSIONS
                                else v) for k, v in sorted(attrs.items()) if k not in skip)
                 out.setdefault((kind, attrs.get(name_attr, b"").rstrip(b"\0").decode()), []).append(shape)
