@@ -102,6 +102,41 @@ class NftBackend(fqdn.FqdnMethods):
             return ""
         return fqdn.keep_script(ruleset.table_name(network_id), grants, time.time())
 
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+        """Endpoint changes ``(old Port or None, new Port or None)`` as one element delta.
+
+        The old state is the one realized here (by endpoint id), so applying
+        the same change twice is harmless. Costs what the changed ports
+        own, whatever the size of the network.
+        """
+        with self._lock:
+            real = self._realized(net)
+            ports, delta = self._port_delta(real, changes)
+            self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
+
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
+        """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
+        element delta: e.g. a join that brings a new segment is one transaction."""
+        with self._lock:
+            real = self._realized(net)
+            policy = real.policy.apply(delta)
+            ports, changed = self._port_delta(real, changes)
+            if _rules_of(net) != _rules_of(real.spec):   # bridge, subnets: the rules change
+                self.apply_network(net, policy, ports.values())
+                return
+            # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
+            elements = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
+                                                   delta.entries_removed | delta.cidrs_removed)
+            settings = setting_elements(policy, net.mode)
+            diff(real.settings, settings, changed)
+            changed.delete.update(elements.delete)
+            changed.add.update(elements.add)
+
+            def done():
+                self._set_ports(real, ports, changed)
+                real.policy, real.settings, real.spec = policy, settings, net
+            self._write(net, real, changed, done)
+
     @staticmethod
     def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
         """(ports after ``changes``, ElementDelta of the ports' sets)."""
