@@ -1,4 +1,5 @@
 """plugin.dns without the kernel: packets, answers, the store, the learner, nft text."""
+import dataclasses
 import ipaddress
 import struct
 
@@ -353,3 +354,20 @@ def test_answer_marks_change_by_delta():
     assert runner.scripts[1:] == ["add element inet secnet-dns dst4 { 10.224.0.3 }\n",
                                   "delete element inet secnet-dns dst4 { 10.224.0.2 }\n"]
     assert m.marked() == {"10.224.0.3"}
+
+
+@pytest.mark.parametrize("grant, bits", [
+    (Grant(257, "10.238.0.5", 4, "any", 0, 0, 0), [152]),
+    (Grant(257, "10.238.0.5", 4, "tcp", 0, 65535, 0), [160]),
+    (Grant(257, "fd00:238::5", 6, "icmp", 0, 0, 0), [160]),
+    (Grant(257, "10.238.0.5", 4, "tcp", 443, 443, 0), [176]),
+    (Grant(257, "10.238.0.5", 4, "udp", 1000, 1003, 0), [174]),
+])
+def test_ebpf_fqdn_prefixes_and_read_back(grant, bits):
+    from plugin.enforce.ebpf import fqdn as bpf_fqdn
+    keys = bpf_fqdn.prefixes(grant)
+    assert [int.from_bytes(k[:4], "little") for k in keys] == bits
+    assert all(len(k) == bpf_fqdn.KEY.size == 28 for k in keys)
+    g = dataclasses.replace(grant, expires=1100.0, name="api.example.test")
+    back = bpf_fqdn.grant_of(keys[0], bpf_fqdn.value(g, 1000.0, 5 * 10**9), 1000.0, 5 * 10**9)
+    assert back == g and back.expires == 1100.0 and back.name == "api.example.test"
