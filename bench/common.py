@@ -8,22 +8,16 @@ nothing else.
 """
 from __future__ import annotations
 
-import errno
 import http.client
 import json
 import os
-import select
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from plugin.cli.client import UnixHTTPConnection  # the CLI's HTTP-over-unix-socket connection
-from plugin.kernel import icmp, netns
 
 PREFIX = "snbench"
 IMAGE = os.environ.get("IMAGE", "secnet-busybox:latest")
@@ -123,6 +117,11 @@ def disturbances() -> int:
     saw (others restart the shared daemon). Callers compare it before and
     after a timed step and leave disturbed samples out."""
     return _disturbances[0]
+
+
+def note_disturbance() -> None:
+    """Count one disturbance (see :func:`disturbances`)."""
+    _disturbances[0] += 1
 
 
 def wait_for_plugin(patience: float = 600.0) -> None:
@@ -335,301 +334,9 @@ class Plugin:
             return False
 
 
-def secnet_cli(*args, timeout: float = 600) -> tuple:
-    """Run the ``secnet`` CLI; when it cannot reach the daemon (restarted by
-    someone), wait for the daemon and run it again. Returns (ms of the last
-    attempt, disturbed?)."""
-    disturbed = False
-    for attempt in range(4):
-        n0 = disturbances()
-        t0 = now()
-        res = sh([SECNET_CLI, *args], check=False, timeout=timeout)
-        ms = (now() - t0) * 1000
-        if res.returncode == 0:
-            return ms, disturbed or disturbances() != n0
-        if "cannot reach the secnet daemon" not in res.stderr or attempt == 3:
-            raise CmdError(f"secnet {' '.join(args[:3])} ... failed: {res.stderr.strip()[:300]}")
-        disturbed = True
-        _disturbances[0] += 1
-        log("secnet CLI: the daemon is away; waiting, then again")
-        wait_for_plugin()
-    raise AssertionError("unreachable")
-
-
 # --- the daemon's processes -----------------------------------------------------
-
-def daemon_pids() -> list:
-    """PIDs of the legacy secnet-plugin processes (gunicorn master and worker):
-    those in the host's mount namespace (a managed plugin, which others' tests
-    install now and then, runs in its own)."""
-    pids = []
-    own_mnt = os.readlink("/proc/self/ns/mnt")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            if not any(a.endswith(b"secnet-plugin") for a in argv[:3]) or b"nohup" in argv[0]:
-                continue
-            if os.readlink(f"/proc/{entry}/ns/mnt") != own_mnt:
-                continue
-        except OSError:
-            continue
-        pids.append(int(entry))
-    if len(pids) > 2:  # two daemons (a racy restart by others): the one serving the socket
-        serving = [p for p in pids if _holds_socket(p)]
-        pids = serving or pids
-    return sorted(pids)
-
-
-def _socket_inode(path: str = PLUGIN_SOCKET) -> Optional[str]:
-    try:
-        with open("/proc/net/unix") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) >= 8 and parts[7] == path:
-                    return parts[6]
-    except OSError:
-        pass
-    return None
-
-
-def _holds_socket(pid: int) -> bool:
-    inode = _socket_inode()
-    if inode is None:
-        return False
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == f"socket:[{inode}]":
-                    return True
-            except OSError:
-                continue
-    except OSError:
-        pass
-    return False
-
-
-def rss_kib(pids: list) -> Optional[int]:
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmRSS:"):
-                        total += int(line.split()[1])
-        except OSError:
-            return None
-    return total
-
-
-def cpu_seconds(pids: list) -> Optional[float]:
-    """utime+stime of ``pids`` (threads included), from /proc/<pid>/stat."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            return None
-        total += int(fields[11]) + int(fields[12])  # fields 14, 15 of stat(5)
-    return total / CLK_TCK
-
-
-def daemon_rss_sample(samples: int = 5, gap: float = 0.2) -> dict:
-    values, pids = [], daemon_pids()
-    give_up = now() + 60
-    while len(pids) < 2 and now() < give_up:  # being restarted by someone: wait for it
-        time.sleep(0.5)
-        pids = daemon_pids()
-    for _ in range(samples):
-        v = rss_kib(pids)
-        if v is not None:
-            values.append(v / 1024.0)
-        time.sleep(gap)
-    out = stats(values)
-    out["pids"] = pids
-    return out
-
-
-def idle_cpu(seconds: int, window: int = 10) -> dict:
-    """CPU the daemon used while we left it alone, in % of one core.
-
-    /proc/<pid>/stat utime+stime of the secnet-plugin processes, read every
-    second; only seconds in which the same processes lived throughout count
-    (others restart the daemon while we run), until ``seconds`` of such time
-    are covered (or 3x that has passed). Figures per ``window``-second slice.
-    """
-    covered, used, slices, restarts = 0.0, 0.0, [], 0
-    slice_t, slice_c = 0.0, 0.0
-    pids = daemon_pids()
-    cpu, t = cpu_seconds(pids), now()
-    give_up = t + 3 * seconds
-    while covered < seconds and now() < give_up:
-        time.sleep(1.0)
-        pids2 = daemon_pids()
-        cpu2, t2 = cpu_seconds(pids2), now()
-        if pids2 == pids and cpu is not None and cpu2 is not None and pids:
-            covered += t2 - t
-            used += cpu2 - cpu
-            slice_t += t2 - t
-            slice_c += cpu2 - cpu
-            if slice_t >= window - 0.01:
-                slices.append(100.0 * slice_c / slice_t)
-                slice_t, slice_c = 0.0, 0.0
-        else:
-            restarts += 1
-        pids, cpu, t = pids2, cpu2, t2
-    return {"covered_seconds": round(covered, 1), "cpu_seconds": round(used, 3),
-            "percent_of_one_core": 100.0 * used / covered if covered else None,
-            "per_slice_percent": stats(slices), "slice_seconds": window,
-            "daemon_restarts_seen": restarts, "pids": pids}
 
 
 # --- network namespaces -----------------------------------------------------------
 
-def enter_netns(path: str) -> None:
-    """Move the *calling thread* into the network namespace at ``path``."""
-    netns.enter(path)
 
-
-def tcp_probe(ip: str, port: int, timeout: float) -> str:
-    """One TCP connect: 'open', 'refused' (both mean the packets passed) or 'none'."""
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
-    s.setblocking(False)
-    try:
-        rc = s.connect_ex((ip, port))
-        if rc == 0:
-            return "open"
-        if rc == errno.ECONNREFUSED:
-            return "refused"
-        if rc not in (errno.EINPROGRESS, errno.EAGAIN):
-            return "none"
-        p = select.poll()
-        p.register(s, select.POLLOUT | select.POLLERR)
-        if not p.poll(timeout * 1000):
-            return "none"
-        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        return "open" if err == 0 else "refused" if err == errno.ECONNREFUSED else "none"
-    finally:
-        s.close()
-
-
-class HostPinger:
-    """ICMP echo from the host (raw socket), for 'until the network answers'."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        self.ident = os.getpid() & 0xFFFF
-        self.seq = 0
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def wait_answer(self, ip: str, deadline: float, every: float = 0.002) -> Optional[float]:
-        """Ping ``ip`` every ``every`` s until a reply; returns its arrival time or None."""
-        poller = select.poll()
-        poller.register(self.sock, select.POLLIN)
-        while now() < deadline:
-            self.seq = (self.seq + 1) & 0xFFFF
-            pkt = icmp.echo_request(4, self.ident, b"snbench", self.seq)
-            try:
-                self.sock.sendto(pkt, (ip, 0))
-            except OSError:
-                pass  # EHOSTUNREACH while ARP fails: try again
-            until = now() + every
-            while True:
-                left = until - now()
-                if left <= 0 or not poller.poll(left * 1000):
-                    break
-                data, addr = self.sock.recvfrom(2048)
-                ihl = (data[0] & 0x0F) * 4
-                typ, _c, _s, ident, _seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-                if typ == 0 and ident == self.ident and addr[0] == ip:
-                    return now()
-        return None
-
-
-class DaemonWatch(threading.Thread):
-    """Notes every change of the daemon's processes (others restart it while we
-    run), tagged with the section that was running."""
-
-    def __init__(self, every: float = 0.5):
-        super().__init__(name="daemon-watch", daemon=True)
-        self.every = every
-        self.section = "start"
-        self.changes: list = []
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        last = daemon_pids()
-        while not self._halt.wait(self.every):
-            pids = daemon_pids()
-            if pids != last:
-                _disturbances[0] += 1  # samples spanning this change are left out
-                self.changes.append({"time": time.strftime("%H:%M:%S"), "section": self.section,
-                                     "pids": pids})
-                last = pids
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(2)
-
-    def restarts_by_section(self) -> dict:
-        """Count of (re)starts: changes to a non-empty set of processes."""
-        out: dict = {}
-        for c in self.changes:
-            if c["pids"]:
-                out[c["section"]] = out.get(c["section"], 0) + 1
-        return out
-
-
-class Prober(threading.Thread):
-    """TCP-probes a moving target continuously from inside a namespace.
-
-    ``set_target(key, ip)`` switches the target; ``first[key]``/``last[key]``
-    are the times of the first/last answer for that key,
-    ``answers[key]``/``probes[key]`` count them.
-    """
-
-    def __init__(self, netns: str, port: int, name: str, timeout: float = 0.01):
-        super().__init__(name=name, daemon=True)
-        self.netns, self.port, self.timeout = netns, port, timeout
-        self.target = None
-        self.first: dict = {}
-        self.last: dict = {}
-        self.answers: dict = {}
-        self.probes: dict = {}
-        self.stop_event = threading.Event()
-        self.error: Optional[str] = None
-
-    def set_target(self, key, ip: str) -> None:
-        self.target = (key, ip)
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self.join(5)
-
-    def run(self) -> None:
-        try:
-            enter_netns(self.netns)
-        except OSError as exc:
-            self.error = str(exc)
-            return
-        while not self.stop_event.is_set():
-            tgt = self.target
-            if tgt is None:
-                time.sleep(0.001)
-                continue
-            key, ip = tgt
-            result = tcp_probe(ip, self.port, self.timeout)
-            t = now()
-            self.probes[key] = self.probes.get(key, 0) + 1
-            if result != "none":
-                self.answers[key] = self.answers.get(key, 0) + 1
-                self.first.setdefault(key, t)
-                self.last[key] = t
-            else:
-                time.sleep(0.0005)

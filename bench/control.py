@@ -4,8 +4,9 @@ against Docker's bridge driver, interleaved run by run so both see the same
 machine load."""
 from __future__ import annotations
 
-from .common import (IMAGE, PREFIX, Cleanup, HostPinger, create_network, docker, log, network_bridge, now,
-                     run_container, set_neigh_retrans, stats, disturbances)
+from .common import (IMAGE, PREFIX, Cleanup, create_network, disturbances, docker, log, network_bridge, now,
+                     run_container, set_neigh_retrans, stats)
+from .probes import HostPinger
 
 DRIVERS = ("secnet", "bridge")
 CREATE_SUBNET = {"secnet": "10.214.0.0/24", "bridge": "10.214.3.0/24"}

@@ -16,8 +16,10 @@ from __future__ import annotations
 import calendar
 import time
 
-from .common import (PREFIX, SECNET_CLI, Cleanup, Prober, secnet_cli, create_network, docker, log, now,
-                     run_container, sandbox_key, set_neigh_retrans, sh, stats, disturbances)
+from .common import (PREFIX, SECNET_CLI, Cleanup, create_network, disturbances, docker, log, now,
+                     run_container, sandbox_key, set_neigh_retrans, sh, stats)
+from .daemon import secnet_cli
+from .probes import Prober
 
 NET = f"{PREFIX}-enforce"
 SUBNET, BASE = "10.215.0.0/24", "10.215.0"

@@ -27,8 +27,9 @@ import sys
 import time
 import traceback
 
-from . import common, control, dataplane, datapath, enforce, iptables_cmp, report, scale
-from .common import REPO, Cleanup, DaemonWatch, Plugin, Sizes, docker, log, sh
+from . import common, control, daemon, dataplane, datapath, enforce, iptables_cmp, report, scale
+from .common import REPO, Cleanup, Sizes, docker, log, sh
+from .daemon import DaemonWatch
 
 SECTIONS = ("idle", "control", "enforce", "dataplane", "datapath", "iptables")
 
@@ -177,8 +178,8 @@ def dataplane_and_scale(sizes: Sizes, watch: DaemonWatch) -> dict:
         watch.section = "idle-at-scale"
         log(f"idle CPU with {sizes.endpoints} endpoints and {sizes.scale_rules} rules: "
             f"{sizes.idle_secs} s")
-        out["idle_at_scale"] = common.idle_cpu(sizes.idle_secs)
-        out["idle_at_scale"]["rss_mib"] = common.daemon_rss_sample()
+        out["idle_at_scale"] = daemon.idle_cpu(sizes.idle_secs)
+        out["idle_at_scale"]["rss_mib"] = daemon.daemon_rss_sample()
         watch.section = "scale"
         step("leaves", sc.remove_endpoints)
     finally:
@@ -225,8 +226,8 @@ def main(argv=None) -> int:
     try:
         if "idle" not in args.skip:
             log(f"idle CPU of the daemon: {sizes.idle_secs} s")
-            _section(results, "idle", watch, common.idle_cpu, sizes.idle_secs)
-            results["idle"]["rss_mib"] = common.daemon_rss_sample()
+            _section(results, "idle", watch, daemon.idle_cpu, sizes.idle_secs)
+            results["idle"]["rss_mib"] = daemon.daemon_rss_sample()
         if "control" not in args.skip:
             _section(results, "control", watch, control.run, sizes)
         if "enforce" not in args.skip:

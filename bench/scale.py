@@ -28,10 +28,10 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import time
 
-from .common import (PREFIX, Cleanup, secnet_cli, Plugin, PluginError, create_network, daemon_rss_sample, disturbances, docker,
-                     log, now, run_container, sandbox_key, sh, stats)
+from .common import (PREFIX, Cleanup, create_network, disturbances, docker, log, now, Plugin, PluginError,
+                     run_container, sandbox_key, sh, stats)
+from .daemon import daemon_rss_sample, secnet_cli
 from .dataplane import IPERF_PORT, Pair, measure
 
 NET = f"{PREFIX}-scale"

@@ -4,7 +4,7 @@ the four datapaths side by side, the rule sweep as the CLI and as the
 nftables backend alone see it."""
 from __future__ import annotations
 
-from .report import get, med, mmm, num, ratio, scale_rules
+from .fmt import get, med, mmm, num, ratio, scale_rules
 
 
 def _le(x, limit) -> str:

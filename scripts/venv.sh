@@ -13,5 +13,5 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
 fi
 # The eBPF datapath object (plugin/enforce/ebpf/bpf/secnet.o), rebuilt when its sources changed.
 if command -v clang >/dev/null; then
-  .venv/bin/python -m plugin.enforce.ebpf.build >/dev/null
+  .venv/bin/python -c "from plugin.enforce.ebpf.build import main; raise SystemExit(main())" >/dev/null
 fi

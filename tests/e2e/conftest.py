@@ -17,7 +17,7 @@ import helpers as h
 
 
 #: every datapath the e2e behaviour tests run on (`secnet.backend`)
-BACKENDS = ("nftables",)   # "ebpf" joins when its e2e parity lands (see the issue note)
+BACKENDS = ("nftables", "ebpf")
 
 
 @pytest.fixture(params=BACKENDS)

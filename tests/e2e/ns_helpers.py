@@ -1,6 +1,7 @@
-"""Helpers of the north-south tests: an "outside host" network namespace,
-echo servers and probes that run on the host, in that namespace or in a
-container's network namespace, and read-only looks at the published-port maps.
+"""Helpers of the north-south tests: probes that run on the host, in a namespace
+of our own or in a container's network namespace, the suite's networks and
+ports, and read-only looks at the published-port maps (the outside host is in
+outside_host.py, the echo servers in ns_servers.py).
 
 Addresses: containers get subnets from 10.222.0.0/16 .. 10.223.0.0/16 and
 fd00:222::/48; the outside host is 10.201.0.2/24 + fd00:201::2/64 behind the
@@ -20,19 +21,15 @@ import contextlib
 import errno
 import ipaddress
 import json
-import os
 import random
 import re
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Optional
-
-import pytest
 
 import helpers as h
 from plugin.kernel.hostports import _bind_all
@@ -49,77 +46,6 @@ OUT_UDP = (53,)
 HOST_TCP, HOST_UDP = 19443, 19053   # a server of the host, bound to HOST4/HOST6 only
 
 # --- programs run with PY (on the host or through nsenter) -------------------------
-
-SERVER_SRC = r'''
-import errno, json, os, socket, sys, threading
-cfg = json.loads(sys.argv[1])
-name, log = cfg["name"], cfg.get("log")
-lock = threading.Lock()
-
-def norm(a):
-    return a[7:] if a.startswith("::ffff:") else a
-
-def record(proto, port, peer):
-    if log:
-        with lock, open(log, "a") as f:
-            f.write(f"{proto} {port} {peer}\n")
-
-def answer(peer, port):
-    return f"secnet-ok {name} {peer} {port}\n".encode()
-
-def tcp_loop(s, port):
-    while True:
-        conn, peer = s.accept()
-        threading.Thread(target=tcp_one, args=(conn, norm(peer[0]), port), daemon=True).start()
-
-def tcp_one(conn, peer, port):
-    record("tcp", port, peer)
-    try:
-        conn.settimeout(2)
-        try:
-            conn.recv(100)
-        except OSError:
-            pass
-        conn.sendall(answer(peer, port))
-    except OSError:
-        pass
-    finally:
-        conn.close()
-
-def udp_loop(s, port):
-    while True:
-        data, peer = s.recvfrom(2048)
-        record("udp", port, norm(peer[0]))
-        try:
-            s.sendto(answer(norm(peer[0]), port), peer)
-        except OSError:
-            pass
-
-started = 0
-for proto, ports in (("tcp", cfg["tcp"]), ("udp", cfg["udp"])):
-    for port in ports:
-        for fam, addr in cfg["binds"]:
-            af = socket.AF_INET6 if fam == 6 else socket.AF_INET
-            s = socket.socket(af, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if fam == 6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                s.bind((addr, port))
-            except OSError as exc:
-                if fam == 6 and cfg.get("optional6") and exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT):
-                    s.close()
-                    continue
-                raise
-            if proto == "tcp":
-                s.listen(64)
-            threading.Thread(target=tcp_loop if proto == "tcp" else udp_loop, args=(s, port),
-                             daemon=True).start()
-            started += 1
-print("READY", started, flush=True)
-sys.stdin.read()
-os._exit(0)
-'''
 
 CLIENT_SRC = r'''
 import json, socket, sys, threading
@@ -268,248 +194,6 @@ def blocked(where, dst, port: int, proto: str = "tcp", tries: int = 2, src=None)
         if r.ok:
             raise AssertionError(f"expected not to reach, but did: {_what(where, dst, port, proto)}: {r}")
     return r
-
-
-# --- background servers --------------------------------------------------------------
-class Server:
-    """An echo server (SERVER_SRC) running on the host, in a netns or a container."""
-
-    def __init__(self, where, name: str, tcp=(), udp=(), binds=None, log_dir: str = None):
-        self.place = place_of(where)
-        self.name = name
-        self.log = os.path.join(log_dir or tempfile.gettempdir(), f"srv-{name}-{uuid.uuid4().hex[:6]}.log")
-        cfg = {"name": name, "tcp": list(tcp), "udp": list(udp), "log": self.log,
-               "binds": binds or [[4, "0.0.0.0"], [6, "::"]], "optional6": binds is None}
-        self.proc = subprocess.Popen(self.place.cmd(PY, "-c", SERVER_SRC, json.dumps(cfg)),
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
-            err = self.proc.stderr.read().strip() if self.proc.poll() is not None else ""
-            self.stop()
-            raise AssertionError(f"server {name} in {self.place.label} did not start: {err}")
-
-    def seen(self) -> list:
-        """(proto, port, peer address) of every connection/datagram served."""
-        if not os.path.exists(self.log):
-            return []
-        with open(self.log) as f:
-            return [tuple(line.split()) for line in f if line.strip()]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                self.proc.stdin.close()
-                self.proc.wait(timeout=2)
-            except Exception:
-                pass
-        if self.proc.poll() is None:
-            self.proc.kill()  # our own child, by its pid
-            self.proc.wait(timeout=5)
-        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            with contextlib.suppress(Exception):
-                f.close()
-        with contextlib.suppress(OSError):
-            os.unlink(self.log)
-
-
-class Servers:
-    """The servers of one test; ``stop_all`` stops every one of them."""
-
-    def __init__(self):
-        self.all: list = []
-
-    def start(self, where, name: str = None, tcp=(), udp=(), binds=None) -> Server:
-        name = name or (where.name if isinstance(where, h.Container) else place_of(where).label)
-        s = Server(where, name, tcp=tcp, udp=udp, binds=binds)
-        self.all.append(s)
-        return s
-
-    def stop_all(self) -> None:
-        errors = []
-        for s in reversed(self.all):
-            try:
-                s.stop()
-            except Exception as exc:
-                errors.append(f"{s.name}: {exc}")
-        self.all.clear()
-        if errors:
-            raise AssertionError("could not stop servers: " + "; ".join(errors))
-
-
-@pytest.fixture
-def servers(run_container):
-    """Background servers; stopped before the test's containers are removed."""
-    s = Servers()
-    yield s
-    s.stop_all()
-
-
-# --- the outside host -------------------------------------------------------------------
-def _ip(*args, check=True):
-    return h.run(["ip", *args], check=check)
-
-
-def _sysctl_get(key: str) -> str:
-    with open("/proc/sys/" + key.replace(".", "/")) as f:
-        return f.read().strip()
-
-
-def _sysctl_set(key: str, value: str) -> None:
-    with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
-        f.write(value)
-
-
-class Outside:
-    """A network namespace behind a veth pair: the rest of the world, in miniature."""
-
-    SYSCTLS = {"net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"}
-
-    def __init__(self):
-        tag = uuid.uuid4().hex[:6]
-        self.netns = f"snout-{tag}"
-        self.veth_host = f"snxh{tag}"    # our own link: no secnet alias, secnet never touches it
-        self.veth_ns = f"snxn{tag}"
-        self.place = in_netns(self.netns)
-        self.servers = Servers()
-        self.host_server: Optional[Server] = None
-        self._undo: list = []
-
-    # set-up and tear-down
-    @staticmethod
-    def remove_stale() -> None:
-        """Remove what a killed run of this suite left (call with the lock held: no run is live)."""
-        for line in _ip("-br", "link").stdout.splitlines():
-            name = line.split()[0].split("@")[0] if line.strip() else ""
-            if name.startswith("snxh"):
-                _ip("link", "del", name, check=False)
-        for line in _ip("netns", "list").stdout.splitlines():
-            name = line.split()[0] if line.strip() else ""
-            if name.startswith("snout-"):
-                _ip("netns", "del", name, check=False)
-
-    def create(self) -> "Outside":
-        self.remove_stale()
-        for line in _ip("-br", "addr").stdout.splitlines():
-            assert f" {HOST4}/" not in f" {line} " and HOST6 + "/" not in line, \
-                f"{HOST4}/{HOST6} is already on a link (another run?): {line}"
-        try:
-            for key, value in self.SYSCTLS.items():
-                old = _sysctl_get(key)
-                self._undo.append(lambda key=key, old=old: _sysctl_set(key, old))
-                _sysctl_set(key, value)
-            _ip("netns", "add", self.netns)
-            self._undo.append(lambda: _ip("netns", "del", self.netns, check=False))
-            _ip("link", "add", self.veth_host, "type", "veth", "peer", "name", self.veth_ns)
-            self._undo.append(lambda: _ip("link", "del", self.veth_host, check=False))
-            _ip("link", "set", self.veth_ns, "netns", self.netns)
-            _ip("addr", "add", f"{HOST4}/24", "dev", self.veth_host)
-            _ip("addr", "add", f"{HOST6}/64", "dev", self.veth_host, "nodad")
-            _ip("link", "set", self.veth_host, "up")
-            n = ("-n", self.netns)
-            _ip(*n, "link", "set", "lo", "up")
-            _ip(*n, "addr", "add", f"{OUT4}/24", "dev", self.veth_ns)
-            _ip(*n, "addr", "add", f"{OUT6}/64", "dev", self.veth_ns, "nodad")
-            _ip(*n, "link", "set", self.veth_ns, "up")
-            _ip(*n, "route", "add", "default", "via", HOST4)
-            _ip(*n, "-6", "route", "add", "default", "via", HOST6)
-            self._undo.append(self.servers.stop_all)
-            self.servers.start(self.place, "outside", tcp=OUT_TCP, udp=OUT_UDP,
-                               binds=[[4, "0.0.0.0"], [6, "::"]])
-            self.host_server = self.servers.start(HOST, "host", tcp=(HOST_TCP,), udp=(HOST_UDP,),
-                                                  binds=[[4, HOST4], [6, HOST6]])
-            # the link works both ways before any test relies on it
-            reaches(self.place, HOST4, HOST_TCP, within=5)
-            reaches(self.place, HOST6, HOST_TCP, within=5)
-            reaches(HOST, OUT4, 443, within=5)
-            reaches(HOST, OUT6, 443, within=5)
-        except BaseException:
-            self.destroy()
-            raise
-        return self
-
-    def destroy(self) -> None:
-        errors = []
-        while self._undo:
-            try:
-                self._undo.pop()()
-            except Exception as exc:
-                errors.append(str(exc))
-        if errors:
-            raise AssertionError("outside host clean-up failed: " + "; ".join(errors))
-
-    @property
-    def server(self) -> Server:
-        return self.servers.all[0]
-
-    @contextlib.contextmanager
-    def loopback_routed_to_host(self):
-        """The namespace sends 127.0.0.1 to the host over the link (what a neighbour on the
-        host's LAN can do)."""
-        with loopback_routed(self.place, self.veth_ns, HOST4, OUT4):
-            yield
-
-
-@contextlib.contextmanager
-def loopback_routed(where, ifname: str, via: str, src: str):
-    """Make ``where`` (a netns of our own) route 127.0.0.1 over ``ifname`` to ``via``
-    instead of to its own loopback, as a neighbour (or a container with NET_ADMIN, or one
-    crafting frames with CAP_NET_RAW) can; restore its loopback routes after."""
-    place = place_of(where)
-    ip = lambda *a, check=True: h.run(place.cmd("ip", *a), check=check)  # noqa: E731
-    sysctl = lambda v, check=True: h.run(  # noqa: E731
-        place.cmd("sysctl", "-qw", f"net.ipv4.conf.{ifname}.route_localnet={v}"), check=check)
-    done = []
-    try:
-        for pfx in ("127.0.0.1", "127.0.0.0/8"):
-            ip("route", "del", "local", pfx, "dev", "lo", "table", "local")
-            done.append(pfx)
-        ip("route", "add", "127.0.0.1/32", "via", via, "dev", ifname, "src", src)
-        done.append("route")
-        sysctl(1)
-        yield
-    finally:
-        for what in reversed(done):
-            if what == "route":
-                ip("route", "del", "127.0.0.1/32", check=False)
-            else:
-                ip("route", "add", "local", what, "dev", "lo", "table", "local", "proto", "kernel",
-                   "scope", "host", "src", "127.0.0.1", check=False)
-        sysctl(0, check=False)
-
-
-LOCK = "/run/lock/secnet-e2e-outside.lock"
-
-
-@contextlib.contextmanager
-def exclusive(path: str = LOCK, within: float = 1200.0):
-    """One outside host at a time on this machine: its addresses are fixed, and another run
-    of this suite (another checkout, a full `make test`) may be using them."""
-    import fcntl
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{path} stayed locked for {within:.0f} s (another run?)")
-                time.sleep(1)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-@pytest.fixture(scope="module")
-def outside():
-    with exclusive():
-        o = Outside().create()
-        try:
-            yield o
-        finally:
-            o.destroy()
 
 
 # --- secnet networks in this suite's subnets ---------------------------------------------

@@ -1,35 +1,27 @@
-"""Helpers of the segmentation tests: probes, servers and sniffers run inside
-containers' network namespaces (host programs via nsenter, so the image needs
-no tools), the secnet CLI, and the expected verdicts of the compiler.
+"""Helpers of the segmentation tests: probes run inside containers' network
+namespaces (a host program via nsenter, so the image needs no tools), the
+secnet CLI, and the expected verdicts of the compiler. Servers and sniffers
+are in nsprocs.py, the fail-closed racer in racer.py.
 
 Subnets come from 10.237.0.0/16 .. 10.239.0.0/16 and fd00:237::/48 only.
 Every probe targets an address of a container the test itself created.
-Background programs (servers, sniffers) are children of the test process:
-they exit when their stdin closes and are killed by the ``nsprocs`` fixture.
 """
 from __future__ import annotations
 
 import itertools
 import json
-import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterable, Optional
-
-import pytest
+from typing import Optional
 
 import helpers as h
 
 PY = sys.executable
 SECNET = str(h.ROOT / ".venv" / "bin" / "secnet")
 REPLY = "secnet-ok"
-NETNS_DIR = "/var/run/docker/netns"
 
 
 # --- networks ----------------------------------------------------------------
@@ -219,189 +211,6 @@ for t in threads:
 json.dump(results, sys.stdout)
 '''
 
-SERVER_SRC = r'''
-import json, os, selectors, socket, sys, time
-cfg = json.loads(sys.argv[1])
-log = open(cfg["log"], "a", buffering=1) if cfg.get("log") else None
-sel = selectors.DefaultSelector()
-for proto, ports in (("tcp", cfg.get("tcp", [])), ("udp", cfg.get("udp", []))):
-    for port in ports:
-        for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-            s = socket.socket(family, socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            try:
-                s.bind((addr, port))
-            except OSError as e:
-                if family == socket.AF_INET6 and not cfg.get("need6"):
-                    s.close()
-                    continue
-                raise
-            if proto == "tcp":
-                s.listen(128)
-            s.setblocking(False)
-            sel.register(s, selectors.EVENT_READ, (proto, port))
-sel.register(sys.stdin, selectors.EVENT_READ, ("stdin", 0))
-print("READY", flush=True)
-while True:
-    for key, _ in sel.select():
-        proto, port = key.data
-        if proto == "stdin":
-            if not os.read(0, 1024):
-                sys.exit(0)
-            continue
-        try:
-            if proto == "tcp":
-                conn, addr = key.fileobj.accept()
-                conn.setblocking(True)
-                conn.settimeout(0.5)
-                try:
-                    conn.sendall(b"secnet-ok\n")
-                except OSError:
-                    pass
-                conn.close()
-            else:
-                data, addr = key.fileobj.recvfrom(4096)
-                key.fileobj.sendto(b"secnet-ok", addr)
-        except OSError:
-            continue
-        if log:
-            log.write(f"{time.monotonic():.6f} {proto} {port} {addr[0]}\n")
-'''
-
-SNIFF_SRC = r'''
-import os, select, socket, struct, sys, time
-ifname, path = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
-s.bind((ifname, 0))
-out = open(path, "a", buffering=1)
-print("READY", flush=True)
-def mac(b):
-    return ":".join("%02x" % x for x in b)
-while True:
-    r, _, _ = select.select([s, sys.stdin], [], [])
-    if sys.stdin in r and not os.read(0, 1024):
-        sys.exit(0)
-    if s not in r:
-        continue
-    data, addr = s.recvfrom(65535)
-    if addr[2] == socket.PACKET_OUTGOING:
-        continue
-    et = struct.unpack("!H", data[12:14])[0]
-    l3 = data[14:]
-    src = dst = "-"
-    if et == 0x0800 and len(l3) >= 20:
-        src, dst = socket.inet_ntop(socket.AF_INET, l3[12:16]), socket.inet_ntop(socket.AF_INET, l3[16:20])
-    elif et == 0x86dd and len(l3) >= 40:
-        src, dst = socket.inet_ntop(socket.AF_INET6, l3[8:24]), socket.inet_ntop(socket.AF_INET6, l3[24:40])
-    elif et == 0x0806 and len(l3) >= 28:
-        src, dst = socket.inet_ntop(socket.AF_INET, l3[14:18]), socket.inet_ntop(socket.AF_INET, l3[24:28])
-    out.write(f"{time.monotonic():.6f} {mac(data[6:12])} {et:04x} {src} {dst}\n")
-'''
-
-
-class NsProc:
-    """A host program running inside a container's network namespace."""
-
-    def __init__(self, container: h.Container, args: list, name: str):
-        self.container = container
-        self.name = name
-        self.proc = subprocess.Popen(["nsenter", f"--net={container.sandbox}", *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()  # READY, or EOF when it failed
-        if line.strip() != "READY":
-            self.stop()
-            raise AssertionError(f"{name} in {container.name} did not start: "
-                                 f"{self.proc.stderr.read().strip()}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()  # our own child, by its pid
-        try:
-            self.proc.wait(timeout=5)
-        finally:
-            for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-                try:
-                    f.close()
-                except Exception:
-                    pass
-
-
-class NsProcs:
-    """Servers and sniffers of one test; ``stop_all`` kills every one of them."""
-
-    def __init__(self):
-        self.procs: list = []
-        self.dir = tempfile.mkdtemp(prefix="secnet-seg-")
-        self.lock = threading.Lock()
-        self._n = itertools.count()
-
-    def _add(self, p: NsProc) -> NsProc:
-        with self.lock:
-            self.procs.append(p)
-        return p
-
-    def server(self, c: h.Container, tcp=(), udp=(), log: bool = False) -> "Server":
-        path = os.path.join(self.dir, f"server-{c.name}-{next(self._n)}.log") if log else None
-        cfg = {"tcp": list(tcp), "udp": list(udp), "log": path, "need6": bool(c.ip6)}
-        p = self._add(NsProc(c, [PY, "-c", SERVER_SRC, json.dumps(cfg)], "server"))
-        return Server(p, path)
-
-    def sniffer(self, c: h.Container, ifname: str = "eth0") -> "Sniffer":
-        path = os.path.join(self.dir, f"sniff-{c.name}-{next(self._n)}.log")
-        p = self._add(NsProc(c, [PY, "-c", SNIFF_SRC, ifname, path], "sniffer"))
-        return Sniffer(p, path)
-
-    def servers(self, containers: Iterable[h.Container], tcp=(), udp=()) -> list:
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            return list(pool.map(lambda c: self.server(c, tcp=tcp, udp=udp), containers))
-
-    def stop_all(self) -> None:
-        errors = []
-        for p in self.procs:
-            try:
-                p.stop()
-            except Exception as exc:
-                errors.append(f"{p.name} in {p.container.name}: {exc}")
-        self.procs.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
-        if errors:
-            raise AssertionError("could not stop: " + "; ".join(errors))
-
-
-class Server:
-    def __init__(self, proc: NsProc, log: Optional[str]):
-        self.proc, self.log = proc, log
-
-    def sources(self) -> list:
-        """(proto, port, source address) of every connection/datagram served."""
-        if not self.log or not os.path.exists(self.log):
-            return []
-        with open(self.log) as f:
-            return [tuple(line.split()[1:4]) for line in f if line.strip()]
-
-
-class Sniffer:
-    def __init__(self, proc: NsProc, path: str):
-        self.proc, self.path = proc, path
-
-    def frames(self) -> list:
-        """(time, src mac, ethertype hex, l3 src, l3 dst) of every frame received."""
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path) as f:
-            return [tuple(line.split()) for line in f if line.strip()]
-
-
-@pytest.fixture
-def nsprocs(run_container):
-    """Background programs in containers' netns; killed before the containers go."""
-    procs = NsProcs()
-    yield procs
-    procs.stop_all()
-
 
 # --- probes ----------------------------------------------------------------------
 _ident = itertools.count(random.randint(1, 30000))
@@ -509,138 +318,6 @@ def diff_text(cells: list, observed: dict) -> str:
                          f"  observed {'allow' if observed[c['key']] else 'DROP '}"
                          f"  ({c['src'].name} -> {c['dst'].name})")
     return "\n".join(lines)
-
-
-# --- the fail-closed racer ----------------------------------------------------
-RACER_SRC = r'''
-import json, os, socket, sys, threading, time
-from plugin.kernel.netns import enter   # secnet's own setns helper (the venv has secnet installed)
-cfg = json.loads(sys.argv[1])
-stop = threading.Event()
-lock = threading.Lock()
-hits = []          # (time, who, target) of every connection that got through
-firsts = {}        # who/target -> first success time
-attempts = {}
-bound = {}         # who -> when its bind to the container's address first worked
-
-def record(who, tgt, t, how="ok"):
-    with lock:
-        hits.append((t, who, tgt, how))
-        firsts.setdefault(who + " " + tgt, t)
-
-def count(who):
-    with lock:
-        attempts[who] = attempts.get(who, 0) + 1
-
-def loop(who, path, bind, targets, tmo):
-    # Docker creates the file first and bind-mounts the namespace on it a moment later:
-    # until then setns fails, so try again until it works (or the file is gone).
-    while True:
-        try:
-            enter(path)
-            break
-        except OSError:
-            if stop.is_set() or not os.path.exists(path):
-                return
-            time.sleep(0.0005)
-    while not stop.is_set():
-        for addr, port in targets:
-            s = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET, socket.SOCK_STREAM)
-            s.settimeout(tmo)
-            try:
-                if bind:
-                    try:
-                        s.bind((bind, 0))
-                    except OSError:
-                        time.sleep(0.0005)   # not our container's netns, or not addressed yet
-                        continue
-                count(who)
-                t = time.monotonic()
-                if bind:
-                    with lock:
-                        bound.setdefault(who, t)
-                s.connect((addr, port))
-                record(who, f"{addr}:{port}", time.monotonic())
-            except ConnectionRefusedError:
-                record(who, f"{addr}:{port}", time.monotonic(), "refused")
-            except socket.timeout:
-                pass
-            except OSError:
-                if time.monotonic() - t < 0.001:
-                    time.sleep(0.001)   # an instant error (no route, no neighbour): leave the CPU to dockerd
-            finally:
-                s.close()
-        if not bind:
-            count(who)
-
-threads = []
-def start(who, path, bind, targets):
-    for target in targets:   # one thread per target: a dropped probe never delays another
-        t = threading.Thread(target=loop, args=(who, path, bind, [target], cfg.get("timeout", 0.05)),
-                             daemon=True)
-        t.start()
-        threads.append(t)
-
-for peer in cfg.get("peers", []):   # from existing peers towards the new container
-    start("peer:" + peer["name"], peer["netns"], None, [tuple(x) for x in peer["targets"]])
-seen = set(os.listdir(cfg["netns_dir"]))
-print("READY", flush=True)
-watched = 0
-def watch():
-    global watched
-    while not stop.is_set():
-        try:
-            now = set(os.listdir(cfg["netns_dir"]))
-        except OSError:
-            now = set()
-        for name in sorted(now - seen):
-            seen.add(name)
-            watched += 1
-            start("new:" + name, os.path.join(cfg["netns_dir"], name), cfg["bind"],
-                  [tuple(x) for x in cfg["targets"]])
-        time.sleep(0.001)
-w = threading.Thread(target=watch, daemon=True)
-w.start()
-sys.stdin.readline()   # "stop", or EOF
-stop.set()
-for t in threads + [w]:
-    t.join(2)
-json.dump({"hits": hits, "firsts": firsts, "attempts": attempts, "bound": bound,
-           "netns_seen": watched}, sys.stdout)
-'''
-
-
-class Racer:
-    """Probes a container that is about to start, from its own netns (found as soon as
-    Docker creates it under /var/run/docker/netns and bound to the container's fixed
-    address, so no other netns sends anything) and from peers towards it."""
-
-    def __init__(self, bind: str, targets: list, peers: list = (), timeout: float = 0.05):
-        cfg = {"netns_dir": NETNS_DIR, "bind": bind, "targets": targets, "timeout": timeout,
-               "peers": [{"name": c.name, "netns": c.sandbox, "targets": t} for c, t in peers]}
-        self.proc = subprocess.Popen([PY, "-c", RACER_SRC, json.dumps(cfg)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
-        if line.strip() != "READY":
-            err = self.finish()
-            raise AssertionError(f"racer did not start: {err}")
-
-    def finish(self) -> dict:
-        try:
-            out, err = self.proc.communicate("stop\n", timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-            raise AssertionError("racer did not stop")
-        try:
-            return json.loads(out)
-        except ValueError:
-            return {"error": err}
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate()
 
 
 # --- expected verdicts ---------------------------------------------------------------

@@ -10,7 +10,7 @@ import socket
 import helpers as h
 import seg_helpers as s
 import vis_helpers as v
-from seg_helpers import nsprocs  # noqa: F401  (fixture)
+from nsprocs import nsprocs  # noqa: F401  (fixture)
 
 POLICY = "web->api:tcp/8080"
 SEGMENTS = ("web", "api", "db")

@@ -14,7 +14,8 @@ import pytest
 
 import helpers as h
 import ns_helpers as n
-from ns_helpers import outside, servers  # noqa: F401  (fixtures)
+from ns_servers import servers  # noqa: F401  (fixture)
+from outside_host import outside  # noqa: F401  (fixture)
 
 SEG = "secnet.segment"
 

@@ -18,7 +18,8 @@ import pytest
 import helpers as h
 import ns_helpers as n
 import seg_helpers as s
-from ns_helpers import outside, servers  # noqa: F401  (fixtures)
+from ns_servers import Server, servers  # noqa: F401  (servers: a fixture)
+from outside_host import loopback_routed, outside  # noqa: F401  (outside: a fixture)
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 
@@ -28,7 +29,7 @@ RANGE = (8100, 8101, 8102)         # container ports of a published range
 OTHER = 9090                       # a TCP port no rule names
 
 
-def serve(servers, c: h.Container, tcp=(CPORT,), udp=()) -> n.Server:
+def serve(servers, c: h.Container, tcp=(CPORT,), udp=()) -> Server:
     return servers.start(c, tcp=tcp, udp=udp)
 
 
@@ -166,7 +167,7 @@ def test_host_loopback_not_reachable_from_containers(make_network, run_container
     n.reaches(n.HOST, "127.0.0.1", pub_p, server=web.name)
     n.reaches(app, n.HOST4, n.HOST_TCP, server="host")    # egress to the host is allowed
     to_lo = "ip daddr 127.0.0.1 meta l4proto { tcp, udp }"
-    with n.loopback_routed(app, "eth0", gw, app.ip), \
+    with loopback_routed(app, "eth0", gw, app.ip), \
             n.counting(app, f'oifname "eth0" {to_lo}', hook="output") as left, \
             n.counting(n.HOST, f'iifname "{net.bridge}" {to_lo}') as sent, \
             n.counting(web, f"tcp dport {CPORT}") as got:

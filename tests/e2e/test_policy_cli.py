@@ -10,7 +10,7 @@ import re
 
 import helpers as h
 import seg_helpers as s
-from seg_helpers import nsprocs  # noqa: F401  (fixture)
+from nsprocs import nsprocs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 

@@ -10,7 +10,8 @@ import pytest
 
 import helpers as h
 import seg_helpers as s
-from seg_helpers import nsprocs  # noqa: F401  (fixture)
+from nsprocs import nsprocs  # noqa: F401  (fixture)
+from racer import Racer
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 
@@ -333,7 +334,7 @@ def test_fail_closed_while_a_container_starts(make_network, run_container):
     failures, firsts, started = [], [], 0
     try:
         for i in range(FAIL_CLOSED_STARTS):
-            racer = s.Racer(bind=ip4, targets=[[db.ip, port], [db.ip6, port], [api.ip, port]],
+            racer = Racer(bind=ip4, targets=[[db.ip, port], [db.ip6, port], [api.ip, port]],
                             peers=[(db, [[ip4, port], [ip6, port]]), (api, [[ip4, port]])])
             try:
                 if i % 2 == 0:   # a fresh container: docker run

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import helpers as h
 import seg_helpers as s
 import vis_helpers as v
-from seg_helpers import nsprocs  # noqa: F401  (fixture)
+from nsprocs import nsprocs  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 

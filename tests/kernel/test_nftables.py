@@ -6,6 +6,7 @@ NFLOG's group, and failing closed behind Docker's DOCKER-USER without the
 tables. Every test here is ``[nftables]`` only."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import time
 
@@ -13,7 +14,7 @@ import pytest
 
 from nsfixtures import NET_ID, InNamespace, lab, only  # noqa: F401  (lab is a fixture)
 from packets import echoes, open_stream, probe_tcp
-from plugin.enforce.nftables import NftBackend, nflog
+from plugin.enforce.nftables import NftBackend, nflog, ruleset
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 from plugin.kernel import netns
 from plugin.kernel.dockerfw import DockerFirewall
@@ -143,6 +144,25 @@ def test_a_delta_over_a_deleted_element_rebuilds(lab):
     assert lab.backend.repairs == 1
     assert lab.drift() == []
     assert [probe_tcp(web, api.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+
+
+def test_another_networks_tables_are_no_drift(lab, tmp_path):
+    """Two networks' tables have the same chain names; the kernel dumps chains of every
+    table of a family (the table attribute filters rules and sets, not chains), so drift
+    must judge only the network's own."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    other = "f" * 64
+    script = tmp_path / "other.nft"
+    spec = dataclasses.replace(lab.net, id=other, bridge="snother0", subnets=("10.239.254.0/24",))
+    script.write_text(ruleset.skeleton_script(other, spec))
+    lab.nft("-f", str(script))
+    try:
+        assert lab.drift() == []
+        assert probe_tcp(web, api.ip4, 8080) == "ok"
+    finally:
+        script.write_text(ruleset.delete_script(other))
+        lab.nft("-f", str(script), check=False)
 
 
 def test_drift_reports_missing_tables(lab):

@@ -350,11 +350,11 @@ class ElementWriter:
         Raises OSError (ENOENT when the table is missing).
         """
         out: dict = {}
+        name = table.encode() + b"\0"
         for kind, (request, name_attr, skip) in SHAPES.items():
-            for attrs in self._dump_messages(request, FAMILIES[family],
-                                             _attr(1, table.encode() + b"\0")):
-                if attrs.get(1, b"").rstrip(b"\0") != table.encode():
-                    continue   # a chain dump is not filtered by table (attribute 1: the table)
+            for attrs in self._dump_messages(request, FAMILIES[family], _attr(1, name)):
+                if attrs.get(1) != name:
+                    continue   # a chain dump is not filtered by table (nf_tables_dump_chains)
                 shape = tuple((k, _without_counters(v) if kind == "rule" and k == NFTA_RULE_EXPRESSIONS
                                else v) for k, v in sorted(attrs.items()) if k not in skip)
                 out.setdefault((kind, attrs.get(name_attr, b"").rstrip(b"\0").decode()), []).append(shape)
@@ -363,10 +363,10 @@ class ElementWriter:
     def rule_counters(self, family: str, table: str) -> dict:
         """comment -> [packets, bytes] summed over the table's commented rules with a counter."""
         out: dict = {}
-        for attrs in self._dump_messages(NFT_MSG_GETRULE, FAMILIES[family],
-                                         _attr(1, table.encode() + b"\0")):
+        name = table.encode() + b"\0"
+        for attrs in self._dump_messages(NFT_MSG_GETRULE, FAMILIES[family], _attr(1, name)):
             comment = _comment(attrs.get(NFTA_RULE_USERDATA, b""))
-            if comment is None:
+            if comment is None or attrs.get(1) != name:
                 continue
             for expr in _all(attrs.get(NFTA_RULE_EXPRESSIONS, b""), NFTA_LIST_ELEM):
                 e = _attrs(expr)
