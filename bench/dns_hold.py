@@ -1,96 +1,144 @@
-"""How long a DNS answer is held for its rule (issue: p50 <= 2 ms, p99 <= 10 ms).
+"""DNS-name rules: how long an answer is held for its rule (issue 15: p50 <= 2 ms,
+p99 <= 10 ms), and what 10,000 learned addresses cost a join. A section of
+``make bench`` (``bench.run``); alone::
 
-    .venv/bin/python -m bench.dns_hold [--count N] [--fill N]
+    .venv/bin/python -m bench.dns_hold [--count N] [--fill N] [--backend nftables|ebpf]
 
-Runs in the kernel tier's DNS lab (tests/kernel/dns_lab.py: namespaces only,
-no engine, no traffic off the machine). Measured, each over ``--count``
-answers for new names (every one a new learned address, i.e. one nft
-transaction before the verdict):
+Runs on the kernel tier's lab (tests/kernel/nsfixtures.py + dns_lab.py:
+namespaces only, no engine, no traffic off the machine), once per backend,
+with the daemon's DnsService on the backend. Measured, each over ``count``
+answers for new names (every one a new learned address, i.e. one datapath
+write before the verdict):
 
 * ``hold``: in the daemon, from the queued packet reaching the handler to
-  the handler returning (parse, match, store, nft transaction): the time the
-  answer is held beyond reading and the verdict;
-* ``rtt learn`` / ``rtt queued, no rule`` / ``rtt not queued``: the
-  container's query round trip, for names a rule learns, for names no rule
-  matches (queued and passed at once), and with no queue rule at all. The
-  extra latency of an answer is ``rtt learn`` minus ``rtt not queued``.
-
-``--fill N`` first puts N learned addresses in the set (the issue's 10,000).
+  the handler returning (parse, match, store, datapath write);
+* ``rtt learn`` / ``rtt not held``: the container's query round trip for
+  names a rule learns, and for a segment without DNS rules (its answers are
+  not held). The extra latency of an answer is their difference;
+* ``join``: one endpoint's join + leave through the backend (apply_ports),
+  before and after ``fill`` addresses were learned (10,000 by default).
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
+import sys
 import time
 from pathlib import Path
 
-from tests.kernel.dns_lab import BRIDGE, NET, TABLE, DnsLab
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "kernel"))
+
+from dns_lab import DNS_RULES, DnsRig, resolve  # noqa: E402
+from nsfixtures import NET_ID, Lab  # noqa: E402
+
+from plugin.dns.datapath import Grant  # noqa: E402
 
 
 def pct(values, q) -> float:
     values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))] * 1000
+    return round(values[min(len(values) - 1, int(q * len(values)))] * 1000, 3)
 
 
-def line(name, values) -> str:
-    return (f"{name:<24} n={len(values):<5} p50 {pct(values, 0.5):6.2f} ms  p99 {pct(values, 0.99):6.2f} ms"
-            f"  mean {statistics.mean(values) * 1000:6.2f} ms")
+def summary(values) -> dict:
+    return {"n": len(values), "p50_ms": pct(values, 0.5), "p99_ms": pct(values, 0.99),
+            "mean_ms": round(statistics.mean(values) * 1000, 3) if values else None}
 
 
-def rtts(lab, names) -> list:
+def rtts(c, names) -> list:
     out = []
     for name in names:
         t = time.perf_counter()
-        lab.resolve("web", name)
+        resolve(c, name)
         out.append(time.perf_counter() - t)
     return out
 
 
-def fill(lab, n: int) -> None:
-    """Put ``n`` elements for identity 258 in fqdn4 (one transaction per 1,000)."""
+def joins(lab, c, n: int = 30) -> list:
+    """Seconds of a join and a leave of ``c`` (as segment ``api``) through the backend."""
+    port = lab.port(c, "api")
+    out = []
+    for _ in range(n):
+        t = time.perf_counter()
+        lab.backend.apply_ports(lab.net, [(None, port)])
+        lab.backend.apply_ports(lab.net, [(port, None)])
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def fill(lab, identity: int, n: int) -> None:
+    """``n`` learned addresses (10.239.x.y, tcp/443) for ``identity``, 1,000 per write."""
+    expires = time.time() + 3600
     for start in range(0, n, 1000):
-        elems = ", ".join(f"258 . 10.{230 + i // 65536}.{i // 256 % 256}.{i % 256} . 6 . 443 timeout 1h"
-                          for i in range(start, min(n, start + 1000)))
-        lab.runner.apply(f"add element inet {TABLE} fqdn4_port {{ {elems} }}\n")
+        grants = [Grant(identity, f"10.239.{i // 256 % 256}.{i % 256}", 4, "tcp", 443, 443, expires, "fill.test")
+                  for i in range(start, min(n, start + 1000))]
+        lab.backend.allow(NET_ID, grants)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--count", type=int, default=500)
-    ap.add_argument("--fill", type=int, default=0)
-    args = ap.parse_args()
-    lab = DnsLab(Path(tempfile.mkdtemp()), max_per_network=max(4096, args.fill + 2 * args.count + 10))
+def measure(backend: str, count: int, fill_n: int) -> dict:
+    lab = Lab(backend)
+    rig = None
     try:
-        lab.setup()
-        for i in range(args.count):
-            lab.server.add(f"n{i}.bench.test", "A", 300, f"10.229.{i // 250}.{i % 250 + 1}")
-            lab.server.add(f"m{i}.other.test", "A", 300, f"10.229.{100 + i // 250}.{i % 250 + 1}")
-        if args.fill:
-            fill(lab, args.fill)
-        base = rtts(lab, [f"m{i}.other.test" for i in range(args.count)])
-        lab.start_learning("web->dns(*.bench.test):tcp/443")
-        holds = []
-        handler = lab.queue.handler
+        lab.setup_host()
+        web, api, spare = lab.add(3)
+        lab.apply(f"web->dns(*.bench.test):tcp/443 {DNS_RULES}", {web: "web", api: "api"}, egress="deny")
+        rig = DnsRig(lab, max_per_network=fill_n + 2 * count + 10)
+        for i in range(count):
+            rig.server.add(f"n{i}.bench.test", "A", 300, f"10.238.{i // 250}.{i % 250 + 1}")
+            rig.server.add(f"m{i}.other.test", "A", 300, f"10.238.{100 + i // 250}.{i % 250 + 1}")
+        service = rig.start()
+        holds, queue = [], service.obj.queue
+        handler = queue.handler
 
         def timed(packet, outdev):
             t = time.perf_counter()
             handler(packet, outdev)
             holds.append(time.perf_counter() - t)
-
-        lab.queue.handler = timed
-        queued = rtts(lab, [f"m{i}.other.test" for i in range(args.count)])
+        queue.handler = timed
+        out = {"backend": backend, "count": count, "fill": fill_n}
+        out["join_before"] = summary(joins(lab, spare))
+        fill(lab, lab.allocator.identities(NET_ID)["web"], fill_n)
+        out["join_after"] = summary(joins(lab, spare))
+        out["rtt_not_held"] = summary(rtts(api, [f"m{i}.other.test" for i in range(count)]))
         holds.clear()
-        learned = rtts(lab, [f"n{i}.bench.test" for i in range(args.count)])
-        print(f"DNS hold, {args.count} answers, {args.fill} addresses learned before, bridge {BRIDGE}")
-        print(line("hold (in the daemon)", holds))
-        print(line("rtt learn", learned))
-        print(line("rtt queued, no rule", queued))
-        print(line("rtt not queued", base))
-        print(f"extra latency p50 {pct(learned, 0.5) - pct(base, 0.5):.2f} ms, "
-              f"p99 {pct(learned, 0.99) - pct(base, 0.99):.2f} ms; elements now {len(lab.sets.learned(NET))}")
+        out["rtt_learn"] = summary(rtts(web, [f"n{i}.bench.test" for i in range(count)]))
+        out["hold"] = summary(holds)
+        out["extra_p50_ms"] = round(out["rtt_learn"]["p50_ms"] - out["rtt_not_held"]["p50_ms"], 3)
+        out["extra_p99_ms"] = round(out["rtt_learn"]["p99_ms"] - out["rtt_not_held"]["p99_ms"], 3)
+        out["learned_now"] = len(rig.learned())
+        return out
     finally:
+        if rig is not None:
+            rig.close()
         lab.close()
+
+
+def run(sizes=None, backends=("nftables", "ebpf")) -> dict:
+    """The ``dns`` section of ``make bench``: {backend: measure(...)}."""
+    count = 100 if sizes is not None and sizes.quick else 500
+    return {"method": __doc__.strip(), "backends": {b: measure(b, count, 10000) for b in backends}}
+
+
+def text(result: dict) -> str:
+    lines = []
+    for name, r in result["backends"].items():
+        lines.append(f"{name}: {r['count']} answers, {r['fill']} learned before the learn/join-after runs")
+        for key in ("hold", "rtt_learn", "rtt_not_held", "join_before", "join_after"):
+            s = r[key]
+            lines.append(f"  {key:<14} p50 {s['p50_ms']:7.3f} ms  p99 {s['p99_ms']:7.3f} ms  (n={s['n']})")
+        lines.append(f"  extra latency of a held answer: p50 {r['extra_p50_ms']:.3f} ms, "
+                     f"p99 {r['extra_p99_ms']:.3f} ms")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--count", type=int, default=500)
+    ap.add_argument("--fill", type=int, default=10000)
+    ap.add_argument("--backend", action="append", choices=("nftables", "ebpf"))
+    args = ap.parse_args()
+    result = {"backends": {b: measure(b, args.count, args.fill) for b in args.backend or ("nftables", "ebpf")}}
+    print(text(result))
 
 
 if __name__ == "__main__":
