@@ -187,8 +187,16 @@ class Reconciler:
         policy denies; ``only``: those naming these addresses. Never in audit mode."""
         if self.flows is None or real.policy.settings.mode == "audit":
             return 0
-        learned = self.dns.learned(real.spec.id) if self.dns is not None else None
-        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only, learned=learned)
+        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only,
+                                         learned=self._learned(real.spec.id))
+
+    def _learned(self, network_id: str):
+        """The DNS answers in force for the network (None: none known; flows to them end)."""
+        try:
+            return self.dns.learned(network_id) if self.dns is not None else None
+        except Exception:
+            log.exception("learned DNS addresses of %s unknown", network_id[:12])
+            return None
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> PolicyMap:
