@@ -371,3 +371,25 @@ def test_ebpf_fqdn_prefixes_and_read_back(grant, bits):
     g = dataclasses.replace(grant, expires=1100.0, name="api.example.test")
     back = bpf_fqdn.grant_of(keys[0], bpf_fqdn.value(g, 1000.0, 5 * 10**9), 1000.0, 5 * 10**9)
     assert back == g and back.expires == 1100.0 and back.name == "api.example.test"
+
+
+def test_ebpf_fqdn_maps_share_prefixes_and_delete_expired_entries(monkeypatch):
+    import threading
+
+    from plugin.enforce.ebpf import fqdn as bpf_fqdn
+    kernel: dict = {}
+    monkeypatch.setattr(bpf_fqdn.libbpf, "update", lambda fd, k, v: kernel.__setitem__(k, v))
+    monkeypatch.setattr(bpf_fqdn.libbpf, "delete", lambda fd, k: kernel.pop(k, None) is not None)
+    clock = Clock()
+    maps = bpf_fqdn.FqdnMaps(lambda net: 3, threading.RLock(), clock=clock, boot=lambda: 10**9)
+    one = Grant(257, "10.238.0.5", 4, "tcp", 443, 443, clock.now + 100, "a.test")
+    two = Grant(257, "10.238.0.5", 4, "tcp", 443, 444, clock.now + 50, "b.test")   # shares 443/16
+    maps.allow("n1", [one, two])
+    assert len(kernel) == 2
+    (shared,) = bpf_fqdn.prefixes(one)
+    assert bpf_fqdn.grant_of(shared, kernel[shared], clock.now, 10**9).name == "a.test"  # the longest
+    maps.revoke("n1", [one.key])
+    assert bpf_fqdn.grant_of(shared, kernel[shared], clock.now, 10**9).name == "b.test"
+    clock.now += 60
+    assert maps.expire() == 2 and kernel == {}
+    maps.close()

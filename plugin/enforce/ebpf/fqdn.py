@@ -82,6 +82,7 @@ class FqdnMaps:
         self._holders: dict = {}   # network id -> {key bytes: {Grant.key: Grant}}
         self._heap: list = []      # (expires, network id, key bytes)
         self._timer: Optional[threading.Timer] = None
+        self._due = 0.0
 
     def allow(self, network_id: str, grants: Sequence[Grant]) -> None:
         with self.lock:
@@ -109,9 +110,11 @@ class FqdnMaps:
                     if held:
                         best = max(held.values(), key=lambda x: x.expires)
                         libbpf.update(fd, key, value(best, now, boot))
+                        heapq.heappush(self._heap, (best.expires, network_id, key))
                     else:
                         holders.pop(key, None)
                         libbpf.delete(fd, key)
+            self._schedule()
 
     def learned(self, network_id: str) -> list:
         """The grants the map holds now (adopted as held: a restarted daemon)."""
@@ -138,11 +141,16 @@ class FqdnMaps:
 
     # --- lazy deletion of expired entries ---------------------------------------------
     def _schedule(self) -> None:
+        """One timer, at the next expiry; kept when it already fires no later."""
         if not self._heap:
             return
+        due = self._heap[0][0]
         if self._timer is not None:
+            if self._due <= due:
+                return
             self._timer.cancel()
-        delay = max(0.0, self._heap[0][0] - self.clock()) + 0.5
+        self._due = due
+        delay = max(0.0, due - self.clock()) + 0.5
         self._timer = threading.Timer(delay, self.expire)
         self._timer.daemon = True
         self._timer.start()
