@@ -32,9 +32,9 @@ def _zone(server) -> None:
     server.add("e1.cdn.test", "A", 300, "10.238.0.7")
 
 
-def _rig(lab, rules: str, min_ttl: int = 60, **kw):
+def _rig(lab, rules: str, min_ttl: int = 60, mode=None, **kw):
     web, api = lab.add(2)
-    lab.apply(f"{rules} {DNS_RULES}", {web: "web", api: "api"}, egress="deny")
+    lab.apply(f"{rules} {DNS_RULES}", {web: "web", api: "api"}, egress="deny", mode=mode)
     rig = DnsRig(lab, min_ttl=min_ttl, **kw)
     _zone(rig.server)
     rig.start()
@@ -180,3 +180,17 @@ def test_a_join_marks_and_a_leave_unmarks_by_delta(dns):
     assert rig.service.obj.marks.marked() == {web.ip4, web.ip6, late.ip4, late.ip6}
     rig.service.ports(NET_ID, [(rig.lab.members[late], None)])
     assert rig.service.obj.marks.marked() == {web.ip4, web.ip6}
+
+
+def test_audit_mode_passes_learned_or_not_and_reports_as_usual(lab):
+    rig, web, _api = _rig(lab, RULES, mode="audit")
+    try:
+        assert connect(web, "10.238.0.6") == "ok"               # no answer taught it: would drop
+        assert lab.dropped("egress", audit=True) >= 1
+        before = lab.dropped("egress", audit=True)
+        assert resolve(web, "api.example.test") == ["10.238.0.5"]
+        assert connect(web, "10.238.0.5") == "ok"               # learned: allowed, not reported
+        assert lab.dropped("egress", audit=True) == before
+        assert {g.address for g in rig.learned()} == {"10.238.0.5"}
+    finally:
+        rig.close()
