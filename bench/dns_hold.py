@@ -16,12 +16,16 @@ write before the verdict):
   names a rule learns, and for a segment without DNS rules (its answers are
   not held). The extra latency of an answer is their difference;
 * ``join``: one endpoint's join + leave through the backend (apply_ports),
-  before and after ``fill`` addresses were learned (10,000 by default).
+  before and after ``fill`` addresses were learned (10,000 by default);
+* ``throughput``: iperf3 (tcp, 2 s, median of 3) from a container to the
+  outside namespace, before and after the fill.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "kernel"))
 
 from dns_lab import DNS_RULES, DnsRig, resolve  # noqa: E402
-from nsfixtures import NET_ID, Lab  # noqa: E402
+from nsfixtures import NET_ID, OUTSIDE4, Lab  # noqa: E402
 
 from plugin.dns.datapath import Grant  # noqa: E402
 
@@ -54,7 +58,7 @@ def rtts(c, names) -> list:
     return out
 
 
-def joins(lab, c, n: int = 30) -> list:
+def joins(lab, c, n: int = 60) -> list:
     """Seconds of a join and a leave of ``c`` (as segment ``api``) through the backend."""
     port = lab.port(c, "api")
     out = []
@@ -64,6 +68,23 @@ def joins(lab, c, n: int = 30) -> list:
         lab.backend.apply_ports(lab.net, [(port, None)])
         out.append(time.perf_counter() - t)
     return out
+
+
+def throughput(lab, c, repeats: int = 3) -> float:
+    """Median Gbit/s of iperf3 (tcp, 2 s) from container ``c`` to the outside namespace."""
+    server = subprocess.Popen(["ip", "netns", "exec", lab.outside.ns, "iperf3", "-s", "-B", OUTSIDE4,
+                               "-p", "5299"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        rates = []
+        for _ in range(repeats):
+            res = subprocess.run(["ip", "netns", "exec", c.ns, "iperf3", "-c", OUTSIDE4, "-p", "5299",
+                                  "-t", "2", "-J"], capture_output=True, text=True, timeout=30)
+            rates.append(json.loads(res.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9)
+        return round(statistics.median(rates), 2)
+    finally:
+        server.terminate()
+        server.wait(5)
 
 
 def fill(lab, identity: int, n: int) -> None:
@@ -81,7 +102,8 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
     try:
         lab.setup_host()
         web, api, spare = lab.add(3)
-        lab.apply(f"web->dns(*.bench.test):tcp/443 {DNS_RULES}", {web: "web", api: "api"}, egress="deny")
+        lab.apply(f"web->dns(*.bench.test):tcp/443 web->{OUTSIDE4}/32:tcp/5299 {DNS_RULES}",
+                  {web: "web", api: "api"}, egress="deny")
         rig = DnsRig(lab, max_per_network=fill_n + 2 * count + 10)
         for i in range(count):
             rig.server.add(f"n{i}.bench.test", "A", 300, f"10.238.{i // 250}.{i % 250 + 1}")
@@ -96,8 +118,12 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
             holds.append(time.perf_counter() - t)
         queue.handler = timed
         out = {"backend": backend, "count": count, "fill": fill_n}
+        # the same order before and after the fill (a join right after iperf3 is slower)
+        out["gbps_before"] = throughput(lab, web)
+        out["join_first"] = summary(joins(lab, spare))     # the very first joins are faster (eBPF)
         out["join_before"] = summary(joins(lab, spare))
         fill(lab, lab.allocator.identities(NET_ID)["web"], fill_n)
+        out["gbps_after"] = throughput(lab, web)
         out["join_after"] = summary(joins(lab, spare))
         out["rtt_not_held"] = summary(rtts(api, [f"m{i}.other.test" for i in range(count)]))
         holds.clear()
@@ -128,6 +154,10 @@ def text(result: dict) -> str:
             lines.append(f"  {key:<14} p50 {s['p50_ms']:7.3f} ms  p99 {s['p99_ms']:7.3f} ms  (n={s['n']})")
         lines.append(f"  extra latency of a held answer: p50 {r['extra_p50_ms']:.3f} ms, "
                      f"p99 {r['extra_p99_ms']:.3f} ms")
+        ratio = r["gbps_after"] / r["gbps_before"] if r.get("gbps_before") else 0
+        join = r["join_before"]["p50_ms"] / r["join_after"]["p50_ms"] if r["join_after"]["p50_ms"] else 0
+        lines.append(f"  throughput {r.get('gbps_before')} -> {r.get('gbps_after')} Gbit/s ({ratio:.2f}x); "
+                     f"join speed with the fill {join:.2f}x")
     return "\n".join(lines)
 
 
