@@ -4,7 +4,7 @@ PY := .venv/bin/python
 PYTEST := $(PY) -m pytest
 export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:$(PATH)
 
-.PHONY: all deps venv engine image plugin-up plugin-down test unit kernel e2e demo clean-run bench plugin plugin-push
+.PHONY: all deps venv engine image plugin-up plugin-down test unit kernel e2e demo clean-run bench bench-dns plugin plugin-push
 
 all: test
 
@@ -56,3 +56,8 @@ plugin-push: venv engine
 # writes bench/results/<date>.{md,json,png}. BENCH_ARGS=--quick for a small run.
 bench: venv image
 	@bash scripts/bench.sh $(BENCH_ARGS)
+
+# DNS-name rules: how long an answer is held for its rule (p50/p99), with 10,000
+# addresses learned; namespaces only, no engine (bench/dns_hold.py).
+bench-dns: venv
+	$(PY) -m bench.dns_hold --count 500 --fill 10000

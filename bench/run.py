@@ -7,7 +7,9 @@ enforce (time to enforce, forbidden probes), dataplane + scale (throughput
 and latency: veth, bridge, secnet; joins, rule updates, RSS with 1,000
 endpoints and 10,000 rules), datapath (veth, bridge, nftables and
 eBPF backends in namespaces, the nftables backend's calls against N rules),
-iptables (DOCKER-USER pair rules against secnet), idle (daemon CPU while left alone). Writes ``<DATE>.md``,
+iptables (DOCKER-USER pair rules against secnet), idle (daemon CPU while left alone),
+dns (DNS-name rules: how long an answer is held, joins with 10,000 learned
+addresses; both backends, in namespaces: bench/dns_hold.py). Writes ``<DATE>.md``,
 ``<DATE>.json`` and ``<DATE>-*.png`` into the output directory (default
 ``bench/results``; with ``--quick``: ``.run/bench-quick``, small sizes, for
 development only) and ``bench/README-snippet.md`` (full runs only).
@@ -27,11 +29,11 @@ import sys
 import time
 import traceback
 
-from . import common, control, daemon, dataplane, datapath, enforce, iptables_cmp, report, scale
+from . import common, control, daemon, dataplane, datapath, dns_hold, enforce, iptables_cmp, report, scale
 from .common import REPO, Cleanup, Sizes, docker, log, sh
 from .daemon import DaemonWatch
 
-SECTIONS = ("idle", "control", "enforce", "dataplane", "datapath", "iptables")
+SECTIONS = ("idle", "control", "enforce", "dataplane", "datapath", "iptables", "dns")
 
 
 def _first_line(args) -> str:
@@ -238,6 +240,9 @@ def main(argv=None) -> int:
             _section(results, "datapath", watch, datapath.run, sizes)
         if "iptables" not in args.skip:
             _section(results, "iptables", watch, iptables_cmp.run, sizes)
+        if "dns" not in args.skip:
+            log("dns: hold latency of answers and joins with 10,000 learned addresses, per backend")
+            _section(results, "dns", watch, dns_hold.run, sizes)
     except KeyboardInterrupt:
         results["interrupted"] = True
         log("interrupted: cleaning up")

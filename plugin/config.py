@@ -16,6 +16,8 @@ class Settings:
     docker_host: str = ""
     metrics_addr: str = ""
     bpffs_mount: bool = True    # may the eBPF backend mount bpffs at /sys/fs/bpf when it is missing?
+    dns: bool = True          # learn addresses for dns(NAME) rules (SECNET_DNS=0: off)
+    dns_queue: int = 5353     # the NFQUEUE that holds DNS answers (SECNET_DNS_QUEUE)
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
@@ -28,7 +30,9 @@ class Settings:
                    log_level=level,
                    docker_host=env.get("DOCKER_HOST", ""),
                    metrics_addr=env.get("SECNET_METRICS_ADDR", ""),
-                   bpffs_mount=_flag(env, "SECNET_BPFFS_MOUNT", True))
+                   bpffs_mount=_flag(env, "SECNET_BPFFS_MOUNT", True),
+                   dns=_flag(env, "SECNET_DNS", True),
+                   dns_queue=int(env.get("SECNET_DNS_QUEUE", "") or cls.dns_queue))
 
 
 def _flag(env, name: str, default: bool) -> bool:

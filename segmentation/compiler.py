@@ -14,7 +14,10 @@ Semantics (contract, "Allow rules"):
   implicit entry ``intra`` on every ``(s, s)``; ``intra=deny`` removes only
   that one -- explicit rules naming the pair still apply.
 * egress (segment to outside): a CIDR-destination entry of the source
-  segment allows it; otherwise the egress default decides.
+  segment allows it; so does a DNS-name entry (``dns(NAME)``) for an
+  address that a DNS answer for NAME gave a container of the segment and
+  that is still learned (``learned``, see :func:`verdict`); otherwise the
+  egress default decides.
 * ingress (outside to segment): a segment no CIDR-source rule names is
   reached as on Docker's bridge; once one names it, only those entries let
   traffic in.
@@ -32,6 +35,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from .errors import PolicyError
+from .fqdn import Learned
 from .identities import assign
 from .model import Member
 from .options import NetworkOptions
@@ -47,6 +51,7 @@ class Verdict:
     allowed: bool
     origin: str | None
     reason: str
+    answer: Learned | None = None   # the DNS answer behind a dns(...) rule's verdict
 
 
 def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple[str, ...]:
@@ -76,7 +81,7 @@ def compile_policy(options: NetworkOptions, members: Iterable[Member],
 
 
 def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
-            proto: str, port: int | None = None) -> Verdict:
+            proto: str, port: int | None = None, learned: Mapping | None = None) -> Verdict:
     """Decide one new flow from ``src`` to ``dst``.
 
     ``src``/``dst`` are ``("segment", name)``, ``("addr", ip)`` for an
@@ -84,8 +89,10 @@ def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
     host itself (outside too, but it reaches segments that no CIDR-source
     rule names, as on Docker's bridge), or ``("quarantined", reason)``. ``proto``
     is tcp, udp or icmp; ``port`` the destination port (tcp/udp), where
-    ``None`` asks about every port at once. Raises PolicyError for a
-    question that names no real flow.
+    ``None`` asks about every port at once. ``learned``: ``(segment, rule
+    text) -> {address: Learned}`` of the DNS answers in force now (none
+    when omitted: a ``dns(...)`` rule then allows nothing). Raises
+    PolicyError for a question that names no real flow.
     """
     _check_flow(compiled, src, dst, proto, port)
     for kind, reason in (src, dst):
@@ -98,7 +105,8 @@ def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
     if compiled.internal:
         return Verdict(False, None, "internal network")
     if src[0] == "segment":
-        return _egress_verdict(compiled, ids[src[1]], ipaddress.ip_address(dst[1]), proto, port)
+        return _egress_verdict(compiled, src[1], ipaddress.ip_address(dst[1]), proto, port,
+                               learned or {})
     identity = ids[dst[1]]
     if identity not in compiled.ingress_restricted:
         if src[0] == "host":
@@ -115,12 +123,19 @@ def _cidr_matches(entry, address, proto: str, port: int | None) -> bool:
             and entry.service.matches(proto, port))
 
 
-def _egress_verdict(compiled: PolicyMap, identity: int, address, proto: str, port: int | None) -> Verdict:
-    """Segment to outside: CIDR entries first, then the egress default."""
+def _egress_verdict(compiled: PolicyMap, segment: str, address, proto: str, port: int | None,
+                    learned: Mapping) -> Verdict:
+    """Segment to outside: CIDR entries first, then DNS names, then the egress default."""
+    identity = compiled.identities[segment]
     found = _first_match(c for c in compiled.cidrs if c.direction == EGRESS and c.identity == identity
                          and _cidr_matches(c, address, proto, port))
     if found.allowed:
         return found
+    for entry in sorted(f for f in compiled.fqdns if f.identity == identity):
+        answer = learned.get((segment, entry.rule), {}).get(str(address))
+        if answer is not None and entry.service.matches(proto, port):
+            return Verdict(True, entry.rule, f"allowed by rule {entry.rule} (DNS answer for "
+                           f"{answer.name})", answer)
     if compiled.settings.egress == "allow":
         return Verdict(True, None, "egress allowed (secnet.egress=allow)")
     return Verdict(False, None, "egress denied")

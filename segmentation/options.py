@@ -220,10 +220,11 @@ def _check_rules(rules: tuple[Rule, ...], internal: bool) -> None:
     if not internal:
         return
     for rule in rules:
-        if "cidr" in (rule.src.kind, rule.dst.kind):
+        if "cidr" in (rule.src.kind, rule.dst.kind) or rule.dst.kind == "fqdn":
+            what = "a DNS name" if rule.dst.kind == "fqdn" else "a CIDR"
             raise OptionError(
                 "secnet.allow",
                 format_rules(rules),
-                f"rule '{rule.text()}' names a CIDR, but an internal network "
+                f"rule '{rule.text()}' names {what}, but an internal network "
                 "has no traffic to or from outside",
             )

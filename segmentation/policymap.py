@@ -10,6 +10,10 @@ data, never rule text:
   ``(s, s, any)`` of every segment, with the rule ``intra``;
 * ``cidrs``: allowances between a segment and an outside CIDR, per
   direction (``ingress``: CIDR source; ``egress``: CIDR destination);
+* ``fqdns``: allowances from a segment to the addresses that DNS answers
+  for a name pattern gave the segment's containers (``dns(NAME)`` rules);
+  the addresses themselves are learned at run time (``plugin.dns``), never
+  compiled;
 * the network's settings: egress default, internal, intra.
 
 Both backends consume this: nftables as set and map elements behind a fixed
@@ -87,6 +91,26 @@ class CidrEntry(_Service):
         return (self.direction, self.identity, self.family, self.cidr, self.proto, self.lo, self.hi)
 
 
+@dataclass(frozen=True, order=True)
+class FqdnEntry:
+    """An allowance from segment ``identity`` to the learned addresses of ``pattern``.
+
+    ``pattern``: canonical (``api.example.com``, ``*.example.org``);
+    ``proto``/``lo``/``hi`` as in :class:`PolicyEntry`; ``rule``: its text.
+    """
+
+    identity: int
+    pattern: str
+    proto: str
+    lo: int
+    hi: int
+    rule: str
+
+    @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Network-wide defaults that no entry carries."""
@@ -105,6 +129,7 @@ class PolicyMap:
     entries: frozenset = frozenset()
     cidrs: frozenset = frozenset()
     settings: Settings = field(default_factory=Settings)
+    fqdns: frozenset = frozenset()
 
     @property
     def segments(self) -> tuple:
@@ -146,6 +171,8 @@ class PolicyMap:
             cidrs_removed=self.cidrs - new.cidrs,
             identities=MappingProxyType(dict(new.identities)),
             settings=new.settings if new.settings != self.settings else None,
+            fqdns_added=new.fqdns - self.fqdns,
+            fqdns_removed=self.fqdns - new.fqdns,
         )
 
     def apply(self, delta: "PolicyDelta") -> "PolicyMap":
@@ -155,12 +182,13 @@ class PolicyMap:
             entries=(self.entries - delta.entries_removed) | delta.entries_added,
             cidrs=(self.cidrs - delta.cidrs_removed) | delta.cidrs_added,
             settings=delta.settings or self.settings,
+            fqdns=(self.fqdns - delta.fqdns_removed) | delta.fqdns_added,
         )
 
     def __eq__(self, other) -> bool:
         return (isinstance(other, PolicyMap) and dict(self.identities) == dict(other.identities)
                 and self.entries == other.entries and self.cidrs == other.cidrs
-                and self.settings == other.settings)
+                and self.settings == other.settings and self.fqdns == other.fqdns)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -175,11 +203,14 @@ class PolicyDelta:
     cidrs_removed: frozenset
     identities: Mapping[str, int]
     settings: Settings | None = None
+    fqdns_added: frozenset = frozenset()
+    fqdns_removed: frozenset = frozenset()
 
     @property
     def empty(self) -> bool:
         return not (self.entries_added or self.entries_removed or self.cidrs_added
-                    or self.cidrs_removed or self.settings)
+                    or self.cidrs_removed or self.settings or self.fqdns_added
+                    or self.fqdns_removed)
 
 
 def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -> PolicyMap:
@@ -189,14 +220,14 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
     all of them); raises KeyError otherwise.
     """
     segments = sorted(identities)
-    entries, cidrs = set(), set()
+    entries, cidrs, fqdns = set(), set(), set()
     for rule in options.rules:
-        _rule_entries(rule, identities, segments, entries, cidrs)
+        _rule_entries(rule, identities, segments, entries, cidrs, fqdns)
     if options.intra == "allow":
         for seg in segments:
             entries.add(PolicyEntry(identities[seg], identities[seg], ANY, 0, 0, INTRA))
     return PolicyMap(MappingProxyType(dict(identities)), frozenset(entries), frozenset(cidrs),
-                     _settings(options))
+                     _settings(options), frozenset(fqdns))
 
 
 def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: NetworkOptions,
@@ -222,19 +253,20 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if not same_ids:   # '*' stands for other segments now
         gone_rules.update(r for r in old_options.rules if _names_all(r))
         new_rules.update(r for r in options.rules if _names_all(r))
-    gone, gone_cidrs, new, new_cidrs = set(), set(), set(), set()
-    for rules, ids, entries, cidrs in ((gone_rules, old_ids, gone, gone_cidrs),
-                                       (new_rules, identities, new, new_cidrs)):
+    gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
+    for rules, ids, entries, cidrs, fqdns in ((gone_rules, old_ids, gone, gone_cidrs, gone_fqdns),
+                                              (new_rules, identities, new, new_cidrs, new_fqdns)):
         segments = sorted(ids)
         for rule in rules:
-            _rule_entries(rule, ids, segments, entries, cidrs)
+            _rule_entries(rule, ids, segments, entries, cidrs, fqdns)
     if options.intra == "allow" and not same_ids:
         gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
         new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
     entries = (old.entries - gone) | new if gone or new else old.entries
     cidrs = (old.cidrs - gone_cidrs) | new_cidrs if gone_cidrs or new_cidrs else old.cidrs
+    fqdns = (old.fqdns - gone_fqdns) | new_fqdns if gone_fqdns or new_fqdns else old.fqdns
     return PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
-                     _settings(options))
+                     _settings(options), fqdns)
 
 
 def _names_all(rule) -> bool:
@@ -246,10 +278,15 @@ def _settings(options: NetworkOptions) -> Settings:
                     internal=options.internal, mode=getattr(options, "mode", "enforce"))
 
 
-def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: set, cidrs: set) -> None:
-    """Add the entries (east-west) and CIDR entries of ``rule`` to ``entries`` and ``cidrs``."""
+def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: set, cidrs: set,
+                  fqdns: set) -> None:
+    """Add the entries (east-west), CIDR entries and DNS-name entries of ``rule`` to
+    ``entries``, ``cidrs`` and ``fqdns``."""
     svc, origin = rule.service, rule.text()
-    if rule.src.kind == "cidr":
+    if rule.dst.kind == "fqdn":
+        for src in _expand(rule.src, segments):
+            fqdns.add(FqdnEntry(identities[src], rule.dst.value, svc.proto, svc.lo, svc.hi, origin))
+    elif rule.src.kind == "cidr":
         for dst in _expand(rule.dst, segments):
             cidrs.add(_cidr(INGRESS, identities[dst], rule.src, svc, origin))
     elif rule.dst.kind == "cidr":
@@ -279,6 +316,6 @@ def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) ->
     return None
 
 
-__all__ = ["PolicyEntry", "CidrEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
+__all__ = ["PolicyEntry", "CidrEntry", "FqdnEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
            "recompile_policy_map",
            "allowing", "INTRA", "INGRESS", "EGRESS", "OUTSIDE"]

@@ -46,7 +46,15 @@ def _names_address(endpoint, address: str) -> bool:
     return int(net.network_address) <= int(ip) <= int(net.broadcast_address)
 
 
-def reference_allowed(options: NetworkOptions, segments, src, dst, proto, port) -> bool:
+def _learned_by(rule, segment: str, address: str, learned) -> bool:
+    """Did a DNS answer for ``rule``'s name give ``segment`` this address?"""
+    if rule.dst.kind != "fqdn":
+        return False
+    return address in (learned or {}).get((segment, rule.text()), {})
+
+
+def reference_allowed(options: NetworkOptions, segments, src, dst, proto, port,
+                      learned=None) -> bool:
     """Is a new flow from ``src`` to ``dst`` allowed? (see compiler.verdict)"""
     if "quarantined" in (src[0], dst[0]):
         return False
@@ -66,7 +74,8 @@ def reference_allowed(options: NetworkOptions, segments, src, dst, proto, port) 
         return False
     if src[0] == "segment":
         if any(
-            _names_segment(r.src, src[1]) and _names_address(r.dst, dst[1])
+            _names_segment(r.src, src[1])
+            and (_names_address(r.dst, dst[1]) or _learned_by(r, src[1], dst[1], learned))
             and _service_ok(r, proto, port)
             for r in rules
         ):

@@ -4,13 +4,16 @@
 
     RULE  := SRC "->" DST [ ":" PROTO [ "/" PORTS ] ]
     SRC   := SEGMENT | "*" | CIDR
-    DST   := SEGMENT | "*" | CIDR
+    DST   := SEGMENT | "*" | CIDR | FQDN
+    FQDN  := "dns(" NAME ")"                       (NAME: a DNS name or "*." NAME)
     PROTO := "tcp" | "udp" | "icmp" | "any"        (missing: any)
     PORTS := PORT | PORT "-" PORT                  (1-65535, tcp/udp only)
 
 A CIDR is written with its prefix (a bare address means /32 or /128) and
 must have no host bits set; IPv6 CIDRs are written in brackets,
-``web->[2001:db8::/32]:tcp/443``. Rules are parsed into immutable values
+``web->[2001:db8::/32]:tcp/443``. A ``dns(NAME)`` destination is outside the
+network too: the addresses DNS answers gave the source's containers for
+NAME (:mod:`segmentation.fqdn`). Rules are parsed into immutable values
 whose ``text()`` is the canonical form, so ``parse_rule(r.text()) == r``.
 """
 
@@ -25,16 +28,20 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .errors import RuleError, shown
+from .fqdn import normalize_pattern
 from .names import segment_name_problem
 
 PROTOCOLS = ("tcp", "udp", "icmp", "any")
 PORT_PROTOCOLS = ("tcp", "udp")
-ENDPOINT_KINDS = ("segment", "all", "cidr")
+ENDPOINT_KINDS = ("segment", "all", "cidr", "fqdn")
+FQDN_OPEN, FQDN_CLOSE = "dns(", ")"
 _ARROW_SPACES = re.compile(r"\s*->\s*")
 _SEPARATORS = re.compile(r"[,;\s]+")
 _DIGITS = re.compile(r"[0-9]+")
 _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")
 _CIDR_TO_CIDR = "both sides are CIDRs: one side must be a segment or '*'"
+_CIDR_TO_FQDN = "a CIDR source and a dns(...) destination are both outside: the source must be a segment or '*'"
+_FQDN_SOURCE = "dns(...) is only allowed as a destination"
 
 
 @dataclass(frozen=True)
@@ -95,10 +102,12 @@ ANY = Service("any")
 
 @dataclass(frozen=True)
 class Endpoint:
-    """One side of a rule: a segment, ``*`` (every segment) or a CIDR outside.
+    """One side of a rule: a segment, ``*`` (every segment), a CIDR outside,
+    or (destinations only) ``fqdn``: the outside addresses of a DNS name.
 
     For ``cidr`` the value is the normalised network (``10.0.0.0/8``,
-    ``2001:db8::/32``); for ``all`` it is ``*``.
+    ``2001:db8::/32``); for ``all`` it is ``*``; for ``fqdn`` the canonical
+    pattern (``api.example.com``, ``*.example.org``).
     """
 
     kind: str
@@ -113,6 +122,8 @@ class Endpoint:
             if "%" in self.value:
                 raise ValueError(f"a CIDR has no zone index: {self.value!r}")
             object.__setattr__(self, "value", str(ipaddress.ip_network(self.value)))
+        elif self.kind == "fqdn":
+            object.__setattr__(self, "value", normalize_pattern(self.value))
         elif segment_name_problem(self.value) is not None:
             raise ValueError(f"invalid segment name {self.value!r}")
 
@@ -128,10 +139,17 @@ class Endpoint:
         """4 or 6 (cidr endpoints only)."""
         return self.network.version
 
+    @property
+    def outside(self) -> bool:
+        """A destination outside the network (a CIDR or a DNS name)."""
+        return self.kind in ("cidr", "fqdn")
+
     def text(self) -> str:
-        """Canonical text; IPv6 networks in brackets."""
+        """Canonical text; IPv6 networks in brackets, names in ``dns(...)``."""
         if self.kind == "cidr" and self.family == 6:
             return f"[{self.value}]"
+        if self.kind == "fqdn":
+            return f"{FQDN_OPEN}{self.value}{FQDN_CLOSE}"
         return self.value
 
 
@@ -158,8 +176,10 @@ class Rule:
         object.__setattr__(self, "_text", text)
         object.__setattr__(self, "_segments", tuple(e.value for e in (self.src, self.dst)
                                                     if e.kind == "segment"))
-        if self.src.kind == "cidr" and self.dst.kind == "cidr":
-            raise RuleError(text, _CIDR_TO_CIDR)
+        if self.src.kind == "fqdn":
+            raise RuleError(text, _FQDN_SOURCE)
+        if self.src.kind == "cidr" and self.dst.outside:
+            raise RuleError(text, _outside_both(self.dst))
 
     def text(self) -> str:
         """Canonical text, e.g. ``web->api:tcp/8080`` or ``monitor->*``."""
@@ -199,8 +219,10 @@ def parse_rule(text: str) -> Rule:
     src = _parse_endpoint(text, src_text, "source")
     dst = _parse_endpoint(text, dst_text, "destination")
     service = ANY if service_text is None else _parse_service(text, service_text)
-    if src.kind == "cidr" and dst.kind == "cidr":
-        raise RuleError(text, _CIDR_TO_CIDR)
+    if src.kind == "fqdn":
+        raise RuleError(text, _FQDN_SOURCE)
+    if src.kind == "cidr" and dst.outside:
+        raise RuleError(text, _outside_both(dst))
     return Rule(src, dst, service)
 
 
@@ -242,16 +264,15 @@ def _simple_service(proto: str, lo, hi):
     return Service(proto, first, last)
 
 
+def _outside_both(dst: Endpoint) -> str:
+    return _CIDR_TO_FQDN if dst.kind == "fqdn" else _CIDR_TO_CIDR
+
+
 def _split_destination(rule: str, rest: str) -> tuple[str, str | None]:
     """Split ``DST[:SERVICE]``; the service part is None when absent."""
-    if rest.startswith("["):
-        end = rest.find("]")
-        if end < 0:
-            raise RuleError(rule, "'[' without a closing ']' in the destination")
-        dst, tail = rest[: end + 1], rest[end + 1 :]
-        if tail and not tail.startswith(":"):
-            raise RuleError(rule, f"unexpected '{shown(tail)}' after the destination")
-        return dst, (tail[1:] if tail else None)
+    for opener, closer in (("[", "]"), (FQDN_OPEN, FQDN_CLOSE)):
+        if rest[: len(opener)].lower() == opener:
+            return _split_closed(rule, rest, closer)
     for candidate in (rest, rest.rsplit(":", 1)[0]):
         if candidate.count(":") >= 2 and _parse_network(candidate) is not None:
             raise RuleError(rule, _bracket_hint(candidate))
@@ -259,6 +280,18 @@ def _split_destination(rule: str, rest: str) -> tuple[str, str | None]:
         return rest, None
     dst, service = rest.split(":", 1)
     return dst, service
+
+
+def _split_closed(rule: str, rest: str, closer: str) -> tuple[str, str | None]:
+    """Split ``[CIDR][:SERVICE]`` or ``dns(NAME)[:SERVICE]`` after the closing character."""
+    end = rest.find(closer)
+    if end < 0:
+        what = "'['" if closer == "]" else "'dns('"
+        raise RuleError(rule, f"{what} without a closing '{closer}' in the destination")
+    dst, tail = rest[: end + 1], rest[end + 1 :]
+    if tail and not tail.startswith(":"):
+        raise RuleError(rule, f"unexpected '{shown(tail)}' after the destination")
+    return dst, (tail[1:] if tail else None)
 
 
 def _bracket_hint(text: str) -> str:
@@ -282,6 +315,8 @@ def _parse_endpoint(rule: str, text: str, side: str) -> Endpoint:
         raise RuleError(rule, f"missing {side}")
     if text == "*":
         return Endpoint("all", "*")
+    if text[: len(FQDN_OPEN)].lower() == FQDN_OPEN:
+        return _parse_fqdn(rule, text, side)
     if text.startswith("[") or text.endswith("]"):
         return _parse_bracketed(rule, text, side)
     if "/" in text or ":" in text or _parse_network(text) is not None:
@@ -295,6 +330,17 @@ def _parse_endpoint(rule: str, text: str, side: str) -> Endpoint:
             rule, f"{side} '{shown(text)}' is not a segment name, '*' or a CIDR ({problem})"
         )
     return Endpoint("segment", text)
+
+
+def _parse_fqdn(rule: str, text: str, side: str) -> Endpoint:
+    """Parse ``dns(NAME)``."""
+    if not text.endswith(FQDN_CLOSE):
+        raise RuleError(rule, f"{side} '{shown(text)}' has no closing ')'")
+    name = text[len(FQDN_OPEN): -len(FQDN_CLOSE)]
+    try:
+        return Endpoint("fqdn", name)
+    except ValueError as err:
+        raise RuleError(rule, f"invalid DNS name '{shown(name)}' in {side}: {err}") from None
 
 
 def _parse_bracketed(rule: str, text: str, side: str) -> Endpoint:

@@ -58,8 +58,35 @@ def print_explain(data: dict) -> None:
     print(f"{'allowed' if data['allowed'] else 'denied'}  {_side(data['src'])} -> {_side(data['dst'])}  {what}")
     if data["allowed"] and data.get("rule") and data["rule"] != "intra":
         print(f"  rule: {data['rule']}")
+        if data.get("answer"):
+            print(_answer(data["answer"]))
     else:
         print(f"  reason: {data['reason']}")
+
+
+def _when(t: float, now: float) -> str:
+    left = int(round(t - now))
+    ago = f"in {left}s" if left >= 0 else f"{-left}s ago"
+    return f"{time.strftime('%H:%M:%S', time.localtime(t))} ({ago})"
+
+
+def print_dns_rules(rows: list, now: float | None = None) -> None:
+    """``secnet show``: each DNS rule, the addresses learned for it and their expiry."""
+    if not rows:
+        return
+    now = time.time() if now is None else now
+    print("dns names (addresses learned from DNS answers):")
+    for row in rows:
+        print(f"  {row['rule']}")
+        if not row["addresses"]:
+            print("    (no address learned)")
+        for a in row["addresses"]:
+            print(f"    {a['segment']:<16} {a['address']:<39} {a['name']}  expires {_when(a['expires'], now)}")
+
+
+def _answer(answer: dict) -> str:
+    return (f"  dns: {answer['name']} answered {answer['address']} at "
+            f"{_stamp(answer['learned'])}, expires {_stamp(answer['expires'])}")
 
 
 def _word(allowed: bool) -> str:

@@ -29,6 +29,11 @@ def _print_status(data: dict) -> None:
         print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  {n.get('backend', 'nftables')}"
               f"  mode {n.get('mode', 'enforce')}  endpoints {n['endpoints']}"
               f"  pending {n['pending']}  quarantined {n['quarantined']}  rules {n['rules']}")
+    if data.get("dns"):
+        d = data["dns"]
+        print(f"dns: {d['learned']} address(es) learned from {d['answers']} answer(s); "
+              f"{d['refused']} refused at the bound ({d['bound_per_network']} per network, "
+              f"{d['bound_total']} in all)")
 
 
 def _print_show(data: dict) -> None:
@@ -45,6 +50,7 @@ def _print_show(data: dict) -> None:
     print("rules:")
     for r in data["rules"]:
         print(f"  {r['rule']:<48} packets {r['packets']:>10}  bytes {r['bytes']:>12}")
+    fmt.print_dns_rules(data.get("dns") or [])
     if data["quarantined"]:
         print("quarantined:")
         for m in data["quarantined"]:

@@ -118,7 +118,9 @@ class Api:
             raise BadRequest("explain needs src, dst and service (e.g. tcp/8080)")
         self._current_names(net)
         try:
-            result = explain(self.reconciler.compiled(net), self.state.endpoints(net.id), *args)
+            dns = getattr(self.reconciler, "dns", None)
+            result = explain(self.reconciler.compiled(net), self.state.endpoints(net.id), *args,
+                             learned=dns.learned(net.id) if dns is not None else None)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         return dict(result, network=net.id)

@@ -32,6 +32,21 @@ from plugin.observe.metrics import Metrics
 log = logging.getLogger(__name__)
 
 
+def make_dns(settings: Settings):
+    """The DNS-learning service (``dns(NAME)`` rules), or None when this host cannot
+    read an NFQUEUE (then those rules allow nothing: fail closed, logged)."""
+    if not settings.dns:
+        return None
+    try:
+        from plugin.dns.marks import AnswerMarks
+        from plugin.dns.service import DnsService
+        from plugin.enforce.nftables.runner import NftRunner
+    except ImportError as exc:
+        log.error("DNS-name rules cannot learn (missing %s): they allow nothing", exc.name)
+        return None
+    return DnsService(AnswerMarks(NftRunner(), settings.dns_queue))
+
+
 def make_backends(settings: Settings = Settings()) -> dict:
     """backend name (``secnet.backend``) -> Backend, for every datapath this daemon has."""
     from plugin.enforce.ebpf.backend import EbpfBackend
@@ -55,14 +70,16 @@ class Daemon:
     backends: dict = field(default_factory=dict)
     firewall: object = None
     nftwatch: object = None
+    dns: object = None
 
 
-def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemon:
+def build(settings: Settings, backends=None, links=None, firewall=None, dns=None) -> Daemon:
     """Build the daemon's parts (no thread started, no kernel state changed)."""
     state = State(settings.state_dir)
     backends = make_backends(settings) if backends is None else backends
+    dns = make_dns(settings) if dns is None else dns
     lock = threading.RLock()  # the driver's verbs and the reconciler's passes, one at a time
-    reconciler = Reconciler(state, backends, allocator=state, flows=conntrack.Flows(), lock=lock)
+    reconciler = Reconciler(state, backends, allocator=state, flows=conntrack.Flows(), lock=lock, dns=dns)
     firewall = firewall or ForwardFilter(DockerFirewall(), NftGuard())
     driver = Driver(state, links or Netlink(), firewall, reconciler,
                     LabelResolver(settings.docker_host), lock=lock)
@@ -70,11 +87,12 @@ def build(settings: Settings, backends=None, links=None, firewall=None) -> Daemo
     metrics = Metrics(state, reconciler, droplog)
     api = Api(driver, reconciler, droplog, metrics, engine=getattr(firewall, "status", None))
     return Daemon(settings, state, driver, reconciler, driver.resolver, droplog, metrics, api, backends,
-                  firewall)
+                  firewall, dns=dns)
 
 
 def start(daemon: Daemon) -> None:
     """Restore, reconcile once, then start the background threads; none of it is fatal."""
+    start_dns(daemon)
     daemon.driver.restore()
     try:
         daemon.reconciler.reconcile()
@@ -93,6 +111,18 @@ def start(daemon: Daemon) -> None:
             daemon.metrics.serve(daemon.settings.metrics_addr)
         except (OSError, ValueError) as exc:
             log.error("cannot serve metrics on %s: %s", daemon.settings.metrics_addr, exc)
+
+
+def start_dns(daemon: Daemon) -> None:
+    """Hold DNS answers and read them, before any network is restored (so the restore
+    tells the service every network, and it adopts what the kernel still holds)."""
+    if daemon.dns is None:
+        return
+    try:
+        daemon.dns.start()
+    except Exception:   # nothing is learned: dns(...) rules allow nothing (fail closed)
+        log.exception("cannot read DNS answers (queue %s): DNS-name rules allow nothing",
+                      daemon.dns.queue_num)
 
 
 def start_watches(daemon: Daemon) -> None:

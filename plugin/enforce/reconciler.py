@@ -82,15 +82,18 @@ class Reconciler:
     segment identities (the state); ``flows``: the one writer of conntrack
     entries (:class:`plugin.kernel.conntrack.Flows`; None: flows are left
     alone, for tests of the datapath alone). ``lock`` is the driver's: a pass
-    never judges the kernel in the middle of a verb.
+    never judges the kernel in the middle of a verb. ``dns``: the
+    :class:`plugin.dns.service.DnsService` told of every network, policy and
+    port it puts in force (None: no DNS learning; ``dns(...)`` rules allow nothing).
     """
 
     def __init__(self, state, backends: Mapping[str, Backend], allocator=None, flows=None,
-                 interval: float = 300.0, lock=None):
+                 interval: float = 300.0, lock=None, dns=None):
         self.state = state
         self.backends = dict(backends)
         self.allocator = allocator or state
         self.flows = flows
+        self.dns = dns
         self.interval = interval
         self.repairs = 0
         self._realized: dict = {}
@@ -125,6 +128,7 @@ class Reconciler:
     def network_removed(self, net) -> None:
         with self._lock:
             self.backend(net).remove_network(net.id)
+            self._tell_dns("removed", net.id)
             real = self._realized.pop(net.id, None)
             if real is not None and self.flows is not None:  # endpoints Docker never deleted
                 self.flows.forget([a for p in real.ports.values() for a in p.addresses])
@@ -140,6 +144,7 @@ class Reconciler:
             if new != old:
                 self.backend(net).apply_ports(real.spec, [(old, new)])
                 real.ports[ep.id] = new
+                self._tell_dns("ports", net.id, [(old, new)])
             self._flows_after(real, old, new)
 
     def _flows_after(self, real: Realized, old: Optional[Port], new: Port) -> None:
@@ -161,6 +166,7 @@ class Reconciler:
             real = self._real(net)
             old = real.ports.pop(ep.id, None) or port_of(ep, real.policy.identities)
             self.backend(net).apply_ports(real.spec, [(old, None)])
+            self._tell_dns("ports", net.id, [(old, None)])
             # before DeleteEndpoint returns: Docker may hand the address to the next
             # container only then, and no entry of this one may be left (either tuple)
             if self.flows is not None:
@@ -181,7 +187,16 @@ class Reconciler:
         policy denies; ``only``: those naming these addresses. Never in audit mode."""
         if self.flows is None or real.policy.settings.mode == "audit":
             return 0
-        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only)
+        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only,
+                                         learned=self._learned(real.spec.id))
+
+    def _learned(self, network_id: str):
+        """The DNS answers in force for the network (None: none known; flows to them end)."""
+        try:
+            return self.dns.learned(network_id) if self.dns is not None else None
+        except Exception:
+            log.exception("learned DNS addresses of %s unknown", network_id[:12])
+            return None
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> PolicyMap:
@@ -214,8 +229,10 @@ class Reconciler:
 
     def _write_whole(self, net, endpoints) -> Realized:
         real = self._desired(net, endpoints)
-        self.backend(net).apply_network(real.spec, real.policy, real.ports.values())
+        backend = self.backend(net)
+        backend.apply_network(real.spec, real.policy, real.ports.values())
         self._realized[net.id] = real
+        self._tell_dns("network", net.id, real.spec.bridge, real.policy, list(real.ports.values()), backend)
         return real
 
     def _policy_delta(self, net, real: Realized, live: set) -> bool:
@@ -234,7 +251,20 @@ class Reconciler:
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta)
         real.policy, real.options = new, net.options
-        return bool(delta.entries_removed or delta.cidrs_added or delta.cidrs_removed or delta.settings)
+        if not delta.empty:
+            self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
+        return bool(delta.entries_removed or delta.cidrs_added or delta.cidrs_removed or delta.settings
+                    or delta.fqdns_removed)
+
+    def _tell_dns(self, what: str, *args) -> None:
+        """Tell the DNS service what is in force now; a failure only costs learning
+        (answers to the network are not learned: their addresses stay denied)."""
+        if self.dns is None:
+            return
+        try:
+            getattr(self.dns, what)(*args)
+        except Exception:
+            log.exception("DNS learning not updated (%s %s)", what, str(args[0])[:12] if args else "")
 
     def drift(self, net) -> list:
         """What differs between the kernel and the desired state of ``net``."""
@@ -258,6 +288,7 @@ class Reconciler:
                     log.exception("reconcile of network %s failed", net.id[:12])
             if full:
                 repaired += self._remove_orphans(owned)
+            self._tell_dns("repair")
         self.repairs += repaired
         return repaired
 

@@ -123,12 +123,13 @@ def holders(ports: Iterable, gone: Iterable[str] = ()) -> dict:
     return out
 
 
-def allowed_by(compiled) -> Allowed:
-    """``allowed(src, dst, proto, port)`` from a compiled policy (``compiler.verdict``);
-    a question the policy cannot answer (an unknown segment) is a no: fail closed."""
+def allowed_by(compiled, learned=None) -> Allowed:
+    """``allowed(src, dst, proto, port)`` from a compiled policy (``compiler.verdict``),
+    with the DNS answers in force (``learned``, as ``verdict`` takes it); a question
+    the policy cannot answer (an unknown segment) is a no: fail closed."""
     def allowed(src: tuple, dst: tuple, proto: str, port: Optional[int]) -> bool:
         try:
-            return verdict(compiled, src, dst, proto, port).allowed
+            return verdict(compiled, src, dst, proto, port, learned).allowed
         except PolicyError:
             return False
     return allowed
@@ -279,10 +280,11 @@ class Flows:
             log.info("deleted %d conntrack entries (%s)", deleted, ", ".join(reasons))
         return deleted
 
-    def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None) -> int:
+    def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None, learned=None) -> int:
         """``enforce`` for a compiled policy and its members' ports (policy edits,
-        mode switches, repairs): the call later policy sources reuse."""
-        return self.enforce(allowed_by(compiled), holders(ports), only)
+        mode switches, repairs): the call later policy sources reuse. ``learned``:
+        the DNS answers in force (flows to their addresses go on)."""
+        return self.enforce(allowed_by(compiled, learned), holders(ports), only)
 
     def forget(self, addresses: Iterable[str]) -> int:
         """Delete every entry naming a removed endpoint's ``addresses`` (either tuple)."""

@@ -15,6 +15,7 @@ from segmentation.compiler import FLOW_PROTOCOLS, Verdict, verdict
 from segmentation.errors import PolicyError, shown
 
 from plugin.kernel.conntrack import is_host_address
+from plugin.dns.views import answer_view
 
 PENDING = "pending: the container's segment is not known yet, all its traffic is dropped"
 
@@ -98,8 +99,13 @@ def resolve_end(text: str, endpoints, compiled) -> tuple:
                       f" (segments: {', '.join(compiled.segments)})")
 
 
-def explain(compiled, endpoints, src: str, dst: str, service: str) -> dict:
-    """The verdict on a new flow from ``src`` to ``dst``, with what they resolved to."""
+def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None) -> dict:
+    """The verdict on a new flow from ``src`` to ``dst``, with what they resolved to.
+
+    ``learned``: the DNS answers in force, ``(segment, rule) -> {address:
+    Learned}``; a ``dns(...)`` rule allows an address only when it is there,
+    and the result then carries the answer (name, when learned, expiry).
+    """
     proto, port = parse_service(service)
     src_end, src_desc = resolve_end(src, endpoints, compiled)
     dst_end, dst_desc = resolve_end(dst, endpoints, compiled)
@@ -108,6 +114,7 @@ def explain(compiled, endpoints, src: str, dst: str, service: str) -> dict:
         ends = [e if e[0] != "pending" else ("segment", compiled.segments[0]) for e in (src_end, dst_end)]
         verdict(compiled, ends[0], ends[1], proto, port)  # still refuses a question that names no flow
     else:
-        result = verdict(compiled, src_end, dst_end, proto, port)
+        result = verdict(compiled, src_end, dst_end, proto, port, learned)
     return {"allowed": result.allowed, "rule": result.origin, "reason": result.reason,
-            "proto": proto, "port": port, "src": src_desc, "dst": dst_desc}
+            "proto": proto, "port": port, "src": src_desc, "dst": dst_desc,
+            "answer": answer_view(result.answer)}

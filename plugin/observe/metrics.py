@@ -101,6 +101,15 @@ class SecnetCollector(Collector):
                                     value=stats["entries"])
             yield CounterMetricFamily("secnet_droplog_events", "Drop events received from the datapaths.",
                                       value=stats.get("received", 0))
+        dns = getattr(self.reconciler, "dns", None)
+        if dns is not None:
+            d = dns.status()
+            yield CounterMetricFamily("secnet_dns_answers", "DNS answers read from the queue for "
+                                      "segments with DNS rules.", value=d["answers"])
+            yield GaugeMetricFamily("secnet_dns_learned", "Addresses learned from DNS answers and in "
+                                    "force (per segment and rule).", value=d["learned"])
+            yield CounterMetricFamily("secnet_dns_refused", "Addresses not allowed because the bound on "
+                                      "learned addresses was reached (fail closed).", value=d["refused"])
 
 
 class Metrics:

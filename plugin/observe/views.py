@@ -7,6 +7,7 @@ import logging
 from segmentation.policymap import INTRA
 
 from plugin.observe import counting
+from plugin.dns.views import dns_rows
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,9 @@ def status_view(state, reconciler, engine=None) -> dict:
     out = {"healthy": True, "networks": nets, "reconcile_repairs": reconciler.repairs}
     if engine is not None:
         out["engine"] = engine
+    dns = getattr(reconciler, "dns", None)
+    if dns is not None:
+        out["dns"] = dns.status()
     return out
 
 
@@ -74,4 +78,11 @@ def network_view(state, reconciler, net) -> dict:
                      for s in names],
         "rules": _rule_rows(net, policy, counters),
         "quarantined": quarantined, "pending": pending, "dropped": drops, "would_drop": would,
+        "dns": _dns(reconciler, net),
     }
+
+
+def _dns(reconciler, net) -> list:
+    """Each DNS rule with the addresses learned for it (``DnsService``, when running)."""
+    dns = getattr(reconciler, "dns", None)
+    return dns_rows(net.options, dns.learned(net.id) if dns is not None else {})

@@ -70,7 +70,7 @@ def env(tmp_path):
     pruned = []
 
     class Flows:   # records what the reconciler asks the conntrack writer to judge
-        def enforce_policy(self, policy, ports, only=None):
+        def enforce_policy(self, policy, ports, only=None, learned=None):
             pruned.append(policy)
 
         def forget(self, addresses):
@@ -161,3 +161,43 @@ def test_drift_that_a_rewrite_does_not_remove_is_not_rewritten_in_a_loop(env):
     assert rec.reconcile(full=False) == 1           # one rewrite ...
     assert rec.reconcile(full=False) == 0           # ... and no second one for the same difference
     assert [c for c in stubborn.calls if c[0] == "network"] == [("network", NID)]
+
+
+class RecordingDns:
+    """Records what the reconciler tells the DNS service; ``fail`` makes every call raise."""
+
+    def __init__(self, fail=False):
+        self.calls, self.fail = [], fail
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name, args))
+            if self.fail:
+                raise OSError("nft refused")
+            return {}
+        return call
+
+
+def test_the_dns_service_hears_every_change_and_its_failures_cost_only_learning(env):
+    state, backend, rec, net, pruned = env
+    dns = rec.dns = RecordingDns()
+    net = net.evolve(options=NetworkOptions(rules=parse_rules("web->dns(api.example.test):tcp/443")))
+    state.put_network(net)
+    rec.policy_changed(net)
+    (what, (nid, bridge, policy, ports)), = [c for c in dns.calls if c[0] == "network"]
+    assert (what, nid, bridge) == ("network", NID, "sn-t") and policy.fqdns == rec.compiled(net).fqdns
+    ep = endpoint(1, "web")
+    state.put_endpoint(ep)
+    rec.endpoint_changed(net, ep)
+    rec.endpoint_removed(net, ep)
+    told = [(n, a[1]) for n, a in dns.calls if n == "ports"]
+    assert [(old is None, new is None) for _n, ((old, new),) in told] == [(True, False), (False, True)]
+    assert ("learned", (NID,)) in dns.calls          # flows to learned addresses are not pruned
+    rec.reconcile(full=True)
+    assert [c[0] for c in dns.calls[-2:]] == ["network", "repair"]
+    assert dns.calls[-2][1][-1] is backend             # a whole write names the backend
+    rec.dns = RecordingDns(fail=True)
+    rec.endpoint_changed(net, endpoint(2, "web"))     # does not raise
+    rec.policy_changed(net)
+    rec.network_removed(net)
+    assert ("removed", (NID,)) in rec.dns.calls and ("remove", NID) in backend.calls

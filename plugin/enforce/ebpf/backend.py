@@ -36,7 +36,7 @@ from plugin.enforce.backend import (REASONS, BackendError, BackendUnavailable, C
                                     DropEvent, NetworkSpec, Port)
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import build, libbpf, maps, pins
+from . import build, fqdn, libbpf, maps, pins
 from .events import DropReader
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ _VALUE_SIZE = {"policy": maps.POLICY_VAL.size, "cidrs": maps.CIDR_VAL_SIZE, "res
                "endpoints": maps.ENDPOINT.size, "members": maps.MEMBER.size}
 
 
-class EbpfBackend:
+class EbpfBackend(fqdn.FqdnMethods):
     """tc programs and pinned BPF maps per network (see the module docstring)."""
 
     name = "ebpf"
@@ -112,6 +112,7 @@ class EbpfBackend:
         self._lock = threading.RLock()
         self._reader: Optional[DropReader] = None
         self._host_ok = False
+        self.fqdn = fqdn.FqdnMaps(self._fqdn_fd, self._lock)   # DNS-name rules (plugin.dns)
 
     # --- host ---------------------------------------------------------------
     def check_host(self) -> None:
@@ -353,6 +354,7 @@ class EbpfBackend:
                 self._detach_all(st)
                 st.handle.close()
             pins.remove_pins(self.root, network_id)
+            self.fqdn.forget(network_id)
             if self.nat is not None:
                 self.nat.remove(network_id)
             if not pins.pinned_networks(self.root) and pins.remove_events(self.root):
@@ -430,6 +432,7 @@ class EbpfBackend:
             self._reader.start()
 
     def close(self) -> None:
+        self.fqdn.close()
         with self._lock:
             if self._reader is not None:
                 self._reader.stop()

@@ -25,7 +25,7 @@ from . import libbpf
 DEFAULT_ROOT = "/sys/fs/bpf/secnet"
 BPFFS = "/sys/fs/bpf"
 MAPS = ("state", "settings", "endpoints", "members", "policy", "restricted", "cidrs", "allowed",
-        "dropped", "conntrack", "reported", "scratch", "published", "logcap", "subnets")
+        "dropped", "conntrack", "reported", "scratch", "published", "logcap", "subnets", "fqdn")
 PROGS = ("from_container", "to_container")
 EVENTS = "events"
 

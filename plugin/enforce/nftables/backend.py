@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpec
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import kernel, ruleset
+from . import fqdn, kernel, ruleset
 from .drops import NFLOG_GROUP, parse_log_prefix
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
@@ -44,7 +45,7 @@ class _Realized:
     port_sets: dict = field(default_factory=dict)  # set -> {element: value}, all ports
 
 
-class NftBackend:
+class NftBackend(fqdn.FqdnMethods):
     """The nftables datapath (see ``ruleset`` for the tables it writes).
 
     ``runner``: an :class:`NftRunner` (default: libnftables in-process in
@@ -65,6 +66,7 @@ class NftBackend:
         self._reader: Optional[NflogReader] = None
         self._references: dict = {}    # network id -> (NetworkSpec, shapes)
         self.repairs = 0
+        self.fqdn = fqdn.NftFqdnSets(self.runner, ruleset.table_name)
 
     # --- writes -----------------------------------------------------------------------------
     def check_host(self) -> None:
@@ -78,8 +80,10 @@ class NftBackend:
         """Replace both tables of ``net`` (rules and elements) in one transaction.
 
         Raises BackendError when nft refuses the script (the old tables stay).
+        The addresses learned from DNS answers stay, each with the time it has left.
         """
         with self._lock:
+            keep = self._kept_learned(net.id)
             ports = {p.endpoint_id: p for p in ports}
             elements = PolicyElements.of(policy.entries | policy.cidrs)
             real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
@@ -87,8 +91,16 @@ class NftBackend:
             every = {**elements.flat(), **real.settings}
             for name, els in real.port_sets.items():
                 every[name] = els
-            self._apply(ruleset.network_script(net.id, net, every))
+            self._apply(ruleset.network_script(net.id, net, every, keep))
             self._nets[net.id] = real
+
+    def _kept_learned(self, network_id: str) -> str:
+        """The learned DNS addresses of the tables about to be replaced, as nft lines."""
+        try:
+            grants = self.fqdn.learned(network_id)
+        except (NftError, OSError):   # no table yet (a create), or sets missing
+            return ""
+        return fqdn.keep_script(ruleset.table_name(network_id), grants, time.time())
 
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
         """Endpoint changes ``(old Port or None, new Port or None)`` as one element delta.
@@ -169,6 +181,8 @@ class NftBackend:
             return None
         if self.writer is not None and getattr(event, "portid", 0) == self.writer.portid != 0:
             return None   # our own delta (a join, a leave, an edit)
+        if getattr(event, "object", "") == "element" and getattr(event, "name", "").startswith("fqdn"):
+            return None   # a learned DNS address (plugin.dns), not policy
         prefix = table[len(TABLE_PREFIX):]
         with self._lock:
             return next((nid for nid in self._nets if nid.startswith(prefix)), prefix)

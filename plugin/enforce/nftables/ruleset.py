@@ -39,17 +39,19 @@ from typing import Iterable, Mapping
 
 from segmentation.identities import HOST, OUTSIDE, PENDING, QUARANTINED
 
+from . import fqdn
 from . import northsouth as ns
 from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 2   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 3   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
 _BRIDGE_TYPEOF = {"na6": "typeof iifname . @th,64,128"}
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
+FQDN_SET_SIZE = 16384   # elements per learned-address set (plugin.dns.store bounds the network)
 
 
 def table_name(network_id: str) -> str:
@@ -163,9 +165,11 @@ def _policy_chains() -> list:
         # entry allows is judged like any other flow to a published port
         "ct status dnat goto ingress",
         deny("no-rule"))
+    # after the CIDR lookups: the addresses DNS answers taught (dns(NAME) rules, plugin.dns)
+    learned = [r.strip() for r in fqdn.lookup_rules("meta mark", "goto pass").splitlines()]
     egress = _rules("egress", f"{SETTING_KEY} @internal {deny('internal')}", *_cidr_lookups(
-        "meta mark", "ip daddr", "ip6 daddr", "eg", first=True), f"{SETTING_KEY} @egress_allow goto pass",
-        deny("egress"))
+        "meta mark", "ip daddr", "ip6 daddr", "eg", first=True), *learned,
+        f"{SETTING_KEY} @egress_allow goto pass", deny("egress"))
     ingress = _rules("ingress", f"{SETTING_KEY} @internal {deny('internal')}",
                      "ct mark @restricted goto ingress_rules",
                      "ct status dnat goto pass",            # published ports (Docker's behaviour)
@@ -238,6 +242,7 @@ def render_inet(network_id: str, net) -> list:
     lines += [set_declaration(n) for n, s in SCHEMAS.items()
               if s[0] == "inet" and not n.startswith("pub") and n not in DYNAMIC_SETS]
     lines += ns.pub_maps()
+    lines += fqdn.render_sets(FQDN_SET_SIZE).rstrip("\n").splitlines()
     lines += drop_chains("inet", network_id, "audit", "goto pass")
     lines += _identity_chains() + _policy_chains() + _base_chains(net.bridge)
     lines += ns.nat_chains(net.bridge, net.subnets, net.internal)
@@ -288,11 +293,12 @@ def render_bridge(network_id: str) -> list:
 
 
 # --- whole network --------------------------------------------------------------------------
-def network_script(network_id: str, net, elements: Mapping) -> str:
+def network_script(network_id: str, net, elements: Mapping, keep: str = "") -> str:
     """Script that atomically replaces both tables of a network, elements included.
 
     ``net``: a NetworkSpec (bridge, subnets, internal); ``elements``:
-    ``{set: {element: value}}`` of every set.
+    ``{set: {element: value}}`` of every set; ``keep``: lines that put the
+    learned DNS addresses back (``fqdn.keep_script``).
     """
     t = table_name(network_id)
     lines = [f"table inet {t} {{ }}", f"delete table inet {t}",
@@ -300,7 +306,7 @@ def network_script(network_id: str, net, elements: Mapping) -> str:
     lines += render_inet(network_id, net)
     lines += render_bridge(network_id)
     lines += _element_lines("add", t, elements)
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + keep
 
 
 def skeleton_script(network_id: str, net) -> str:

@@ -44,6 +44,8 @@ _Static_assert(sizeof(struct drop_event) == 80, "drop_event");
 _Static_assert(sizeof(struct pub_key) == 20, "pub_key");
 _Static_assert(sizeof(struct pub_val) == 8, "pub_val");
 _Static_assert(sizeof(struct subnet_key) == 24, "subnet_key");
+_Static_assert(sizeof(struct fqdn_key) == 28, "fqdn_key");
+_Static_assert(sizeof(struct fqdn_val) == 144, "fqdn_val");
 
 char LICENSE[] SEC("license") = "GPL";
 

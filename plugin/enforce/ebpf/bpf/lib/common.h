@@ -127,6 +127,30 @@ struct cidr_val {
 	struct cidr_svc svc[CIDR_SLOTS];
 };
 
+/* addresses learned from DNS answers (dns(NAME) rules, plugin/dns): an LPM trie
+ * keyed (source identity, family, address, L4 code, port). "any" is the
+ * 152-bit prefix, a protocol with all ports 160 bits, a port range the
+ * prefixes that cover it. The value says until when (boot-time ns,
+ * bpf_ktime_get_boot_ns) and which grant wrote it (for the daemon's read-back). */
+#define FQDN_DATA      24          /* 22 used, 2 zero */
+#define FQDN_ANY_BITS  152
+#define FQDN_L4_BITS   160
+#define FQDN_FULL_BITS 176
+#define FQDN_NAME      128
+struct fqdn_key {
+	__u32 prefixlen;
+	__u8  data[FQDN_DATA];
+};
+
+struct fqdn_val {
+	__u64 expires;           /* boot-time ns */
+	__u16 lo;
+	__u16 hi;
+	__u8  l4;                /* the grant's L4 code (0: any) */
+	__u8  pad[3];
+	char  name[FQDN_NAME];   /* the DNS name answered (the daemon's read-back) */
+};
+
 /* counters of allowed flows: the policy key that opened them */
 #define CK_POLICY 1
 #define CK_CIDR   2

@@ -2,8 +2,9 @@
  * and the network's settings, exactly as the nftables backend's chains do:
  *
  *   member -> member   an entry (src, dst, l4, port) allows it, else no-rule;
- *   member -> outside  internal: drop; a CIDR egress entry allows it; else the
- *                      egress default (deny: "egress");
+ *   member -> outside  internal: drop; a CIDR egress entry allows it; then an
+ *                      address a DNS answer taught the segment (fqdn map, until
+ *                      its expiry); else the egress default (deny: "egress");
  *   outside -> member  internal: drop; a segment that some CIDR-source rule
  *                      names admits only what those rules allow; any other
  *                      segment admits DNAT'd flows (published ports) and the
@@ -105,6 +106,33 @@ static __always_inline int cidr_lookup(__u8 ver, __u8 dir, __u16 id, struct pkt 
 	return 0;
 }
 
+static __always_inline int fqdn_valid(struct fqdn_key *k, __u32 plen, __u64 now)
+{
+	struct fqdn_val *v;
+
+	k->prefixlen = plen;
+	v = bpf_map_lookup_elem(&fqdn, k);
+	return v && v->expires > now;
+}
+
+/* a learned address: the longest prefix for the flow's port, its protocol, any
+ * (an expired longer prefix must not hide a shorter one still in force) */
+static __always_inline int fqdn_lookup(__u16 id, struct pkt *p, __u16 port)
+{
+	struct fqdn_key k = {};
+	__u64 now = bpf_ktime_get_boot_ns();
+
+	k.data[0] = id >> 8;
+	k.data[1] = id & 0xff;
+	k.data[2] = p->family;
+	__builtin_memcpy(&k.data[3], p->daddr, 16);
+	k.data[19] = p->l4;
+	k.data[20] = port >> 8;
+	k.data[21] = port & 0xff;
+	return fqdn_valid(&k, FQDN_FULL_BITS, now) || fqdn_valid(&k, FQDN_L4_BITS, now) ||
+	       fqdn_valid(&k, FQDN_ANY_BITS, now);
+}
+
 static __always_inline int restricted_id(__u8 ver, __u16 id)
 {
 	struct restricted_key k = { .version = ver, .identity = id };
@@ -136,6 +164,8 @@ static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst,
 	}
 	if (kind == KIND_EGRESS) {
 		if (cidr_lookup(ver, DIR_EGRESS, src, p, p->daddr, port, ck))
+			return 1;
+		if (fqdn_lookup(src, p, port))
 			return 1;
 		*reason = R_EGRESS;
 		return s->egress_allow;

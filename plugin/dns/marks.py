@@ -1,0 +1,139 @@
+"""Which DNS answers the daemon holds: a mark on the answer, then iptables' NFQUEUE.
+
+Kernel background. nftables' own ``queue`` statement needs ``nft_queue``
+(``CONFIG_NFT_QUEUE``), which this platform's kernel does not have; the
+xtables ``NFQUEUE`` target is built in and reachable through iptables
+(iptables-nft runs it as an xt expression in its ``mangle`` table, priority
+-150). So the hold is two pieces, the same for every backend:
+
+1. ``table inet secnet-dns`` (not ``secnet_...``: the backends own that
+   prefix) marks, at priority -160 in ``forward`` (answers routed or bridged
+   to a container: an upstream server, Docker's embedded resolver
+   forwarding from the container's namespace, another container) and
+   ``output`` (a server on the host itself), every packet from source port
+   53 (udp, tcp) that is a *reply* of a connection the container opened
+   (``ct direction reply``: an unsolicited packet "from port 53" teaches
+   nothing) and goes to an address in ``dst4``/``dst6`` -- the containers
+   whose segment has DNS rules (``DnsService`` keeps those sets by delta: a
+   join is one element)::
+
+       meta l4proto { tcp, udp } th sport 53 ct direction reply ip daddr @dst4 meta mark set meta mark | 0x400000
+
+2. iptables ``mangle`` ``FORWARD`` and ``OUTPUT`` (IPv4 and IPv6) send the
+   marked packets to the queue::
+
+       -m mark --mark 0x400000/0x400000 -m comment --comment secnet-dns -j NFQUEUE --queue-num N
+
+There is no ``--queue-bypass``: while no daemon reads the queue, those
+answers are dropped (fail closed); answers to other segments pass as before.
+"""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import subprocess
+import threading
+from typing import Iterable
+
+log = logging.getLogger(__name__)
+TABLE = "secnet-dns"
+MARK = 0x00400000          # packet mark bit: "a DNS answer to hold"
+PRIORITY = -160            # before iptables' mangle (-150) and every filter chain
+COMMENT = "secnet-dns"
+CHAINS = ("FORWARD", "OUTPUT")
+
+
+def table_script(keep: bool = False) -> str:
+    """The marking table. ``keep``: the address sets keep their elements (a daemon
+    start: answers to the containers a previous daemon marked stay held until the
+    first reconcile has told the service every network); else replaced whole."""
+    head = [] if keep else [f"table inet {TABLE} {{ }}", f"delete table inet {TABLE}"]
+    lines = head + [f"table inet {TABLE} {{", "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }"]
+    rules = []
+    for chain in ("forward", "output"):
+        lines += [f"  chain {chain} {{ type filter hook {chain} priority {PRIORITY}; policy accept; }}"]
+        rules.append(f"flush chain inet {TABLE} {chain}")
+        for fam, expr in ((4, "ip"), (6, "ip6")):
+            rules.append(f"add rule inet {TABLE} {chain} meta l4proto {{ tcp, udp }} th sport 53 "
+                         f"ct direction reply {expr} daddr @dst{fam} meta mark set meta mark | {MARK:#x}")
+    lines.append("}")
+    return "\n".join(lines + rules) + "\n"
+
+
+def element_script(verb: str, addresses: Iterable[str]) -> str:
+    """``add``/``delete`` of container addresses in the marking sets, one transaction."""
+    by_family: dict = {4: [], 6: []}
+    for address in addresses:
+        by_family[ipaddress.ip_address(address).version].append(str(ipaddress.ip_address(address)))
+    return "".join(f"{verb} element inet {TABLE} dst{fam} {{ {', '.join(sorted(addrs))} }}\n"
+                   for fam, addrs in by_family.items() if addrs)
+
+
+class AnswerMarks:
+    """The marking table and the queue rules (see the module doc).
+
+    ``runner``: has ``apply(script)`` (one nft transaction); ``prefix``: argv
+    put before the iptables binaries (e.g. ``ip netns exec NS``).
+    """
+
+    def __init__(self, runner, queue_num: int, binaries=("iptables", "ip6tables"), prefix=()):
+        self.runner, self.queue_num = runner, queue_num
+        self.binaries, self.prefix = binaries, list(prefix)
+        self._lock = threading.Lock()
+        self._marked: set = set()
+
+    def rule(self) -> list:
+        return ["-m", "mark", "--mark", f"{MARK:#x}/{MARK:#x}", "-m", "comment", "--comment", COMMENT,
+                "-j", "NFQUEUE", "--queue-num", str(self.queue_num)]
+
+    def _iptables(self, binary: str, *args) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.prefix, binary, "-w", "5", "-t", "mangle", *args],
+                              capture_output=True, text=True, check=False)
+
+    def install(self, addresses: Iterable[str] = (), keep: bool = False) -> None:
+        """Write the table with ``addresses`` marked (``keep``: and those marked
+        before), and ensure the queue rules; raises OSError when iptables refuses
+        (nft errors propagate)."""
+        with self._lock:
+            addresses = set(addresses)
+            self.runner.apply(table_script(keep) + element_script("add", addresses))
+            self._marked = addresses
+            self._ensure_rules()
+
+    def _ensure_rules(self) -> None:
+        for binary in self.binaries:
+            for chain in CHAINS:
+                if self._iptables(binary, "-C", chain, *self.rule()).returncode == 0:
+                    continue
+                res = self._iptables(binary, "-I", chain, *self.rule())
+                if res.returncode != 0:
+                    raise OSError(f"{binary} -t mangle -I {chain}: {res.stderr.strip()}")
+
+    def repair(self) -> None:
+        """Put back the queue rules and the table if someone removed them."""
+        self.install(set(self._marked))
+
+    def change(self, added: Iterable[str], removed: Iterable[str]) -> None:
+        """Mark answers to ``added`` addresses, no longer to ``removed`` ones (one transaction)."""
+        with self._lock:
+            added, removed = set(added) - self._marked, set(removed) & self._marked
+            removed -= added
+            script = element_script("delete", removed) + element_script("add", added)
+            if script:
+                self.runner.apply(script)
+            self._marked = (self._marked - removed) | added
+
+    def marked(self) -> set:
+        with self._lock:
+            return set(self._marked)
+
+    def uninstall(self) -> None:
+        """Remove the queue rules and the table (tests; the daemon keeps them: fail closed)."""
+        with self._lock:
+            for binary in self.binaries:
+                for chain in CHAINS:
+                    for _ in range(16):
+                        if self._iptables(binary, "-D", chain, *self.rule()).returncode != 0:
+                            break
+            self.runner.apply(f"table inet {TABLE} {{ }}\ndelete table inet {TABLE}\n")
+            self._marked = set()

@@ -1,0 +1,218 @@
+"""What the daemon has learned from DNS answers: bounded, expiring, per rule.
+
+An entry is ``(network, identity, rule, address)`` -> :class:`Learned`
+(the name, when, until when). Several entries may map to one datapath
+element (:class:`~plugin.dns.datapath.Grant`): the element lives as long as
+the longest of them.
+
+Bounds: at most ``max_per_network`` entries in one network and
+``max_total`` in all. At the bound a new entry is refused (fail closed: the
+address stays denied) and the caller logs it; entries already there are
+still refreshed by new answers. Expired entries are dropped lazily (a heap
+ordered by expiry), so a learn costs O(log n).
+
+The TTL floor (``min_ttl``, 60 s by the contract) keeps an address long
+enough for the container to use the answer; ``max_ttl`` (a week) keeps a
+bogus TTL from pinning it forever.
+"""
+from __future__ import annotations
+
+import functools
+import heapq
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+from segmentation.fqdn import Address, Learned
+
+from .datapath import Grant
+
+MIN_TTL = 60
+MAX_TTL = 7 * 24 * 3600
+MAX_PER_NETWORK = 16384
+MAX_TOTAL = 65536
+
+
+def settings_from_env(env=os.environ) -> dict:
+    """Store settings from ``SECNET_DNS_MIN_TTL`` (for tests only),
+    ``SECNET_DNS_MAX_PER_NETWORK`` and ``SECNET_DNS_MAX_TOTAL``."""
+    return {"min_ttl": int(env.get("SECNET_DNS_MIN_TTL", MIN_TTL)),
+            "max_per_network": int(env.get("SECNET_DNS_MAX_PER_NETWORK", MAX_PER_NETWORK)),
+            "max_total": int(env.get("SECNET_DNS_MAX_TOTAL", MAX_TOTAL))}
+
+
+@dataclass
+class Plan:
+    """What one answer changes: ``grants`` for the datapath, ``refused``
+    ``(rule, address)`` pairs over the bound. :meth:`LearnedStore.commit`
+    records it once the datapath has the grants in force."""
+
+    network: str
+    entries: dict = field(default_factory=dict)   # (identity, rule, address) -> (Learned, Grant)
+    grants: list = field(default_factory=list)
+    refused: list = field(default_factory=list)
+
+
+def _locked(method):
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return wrapper
+
+
+class LearnedStore:
+    """The learned entries of every network; every public method is atomic."""
+
+    def __init__(self, min_ttl: int = MIN_TTL, max_per_network: int = MAX_PER_NETWORK,
+                 max_total: int = MAX_TOTAL, clock: Callable[[], float] = time.time):
+        self.min_ttl, self.max_per_network, self.max_total = min_ttl, max_per_network, max_total
+        self.clock = clock
+        self._nets: dict = {}     # network -> {(identity, rule, address): (Learned, Grant)}
+        self._elements: dict = {}  # network -> {Grant.key: {entry keys}}
+        self._heap: list = []     # (expires, network, key)
+        self._count = 0
+        self.refused_total = 0
+        self._lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return self._count
+
+    @_locked
+    def count(self, network: str) -> int:
+        return len(self._nets.get(network, {}))
+
+    def _put(self, network: str, key: tuple, value: tuple) -> None:
+        entries = self._nets.setdefault(network, {})
+        old = entries.get(key)
+        if old is None:
+            self._count += 1
+        elif old[1].key != value[1].key:
+            self._elements[network][old[1].key].discard(key)
+        entries[key] = value
+        self._elements.setdefault(network, {}).setdefault(value[1].key, set()).add(key)
+        heapq.heappush(self._heap, (value[0].expires, network, key))
+
+    def _drop(self, network: str, key: tuple) -> None:
+        entries, elements = self._nets[network], self._elements[network]
+        _learned, grant = entries.pop(key)
+        self._count -= 1
+        holders = elements[grant.key]
+        holders.discard(key)
+        if not holders:
+            del elements[grant.key]
+        if not entries:
+            del self._nets[network], self._elements[network]
+
+    @_locked
+    def plan(self, network: str, matched: Iterable[tuple]) -> Plan:
+        """Plan learning ``matched``: ``(FqdnEntry, segmentation.fqdn.Address)`` pairs."""
+        now = self.clock()
+        self.expire(now)
+        plan, entries = Plan(network), self._nets.get(network, {})
+        room_net = self.max_per_network - len(entries)
+        room_all = self.max_total - len(self)
+        for entry, found in matched:
+            key = (entry.identity, entry.rule, found.address)
+            if key in plan.entries:
+                continue
+            expires = now + min(max(found.ttl, self.min_ttl), MAX_TTL)
+            if key in entries:   # an earlier answer may still be valid for longer: never shorten
+                expires = max(expires, entries[key][0].expires)
+            elif room_net <= 0 or room_all <= 0:
+                plan.refused.append((entry.rule, found.address))
+                continue
+            else:
+                room_net, room_all = room_net - 1, room_all - 1
+            learned = Learned(found.address, found.name, now, expires)
+            grant = _grant(entry, found, expires)
+            plan.entries[key] = (learned, grant)
+            if self._element_expiry(network, grant.key) < expires:
+                plan.grants.append(grant)
+        self.refused_total += len(plan.refused)
+        return plan
+
+    @_locked
+    def commit(self, plan: Plan) -> None:
+        """Record a plan whose grants are in force."""
+        for key, value in plan.entries.items():
+            self._put(plan.network, key, value)
+
+    @_locked
+    def expire(self, now: float | None = None) -> None:
+        """Drop the entries whose time is up (the kernel drops its elements itself)."""
+        now = self.clock() if now is None else now
+        while self._heap and self._heap[0][0] <= now:
+            expires, network, key = heapq.heappop(self._heap)
+            entries = self._nets.get(network, {})
+            if key in entries and entries[key][0].expires <= now:
+                self._drop(network, key)
+
+    def _element_expiry(self, network: str, element_key: tuple) -> float:
+        """When the element ``element_key`` expires now (0: not held)."""
+        entries = self._nets.get(network, {})
+        holders = self._elements.get(network, {}).get(element_key, ())
+        return max((entries[k][1].expires for k in holders), default=0.0)
+
+    @_locked
+    def current(self, network: str) -> dict:
+        """``(identity, rule) -> {address: Learned}`` of the entries in force."""
+        self.expire()
+        out: dict = {}
+        for (identity, rule, address), (learned, _g) in self._nets.get(network, {}).items():
+            out.setdefault((identity, rule), {})[address] = learned
+        return out
+
+    @_locked
+    def grants(self, network: str) -> list:
+        """One grant per element the network should hold now, each with its longest expiry."""
+        self.expire()
+        entries = self._nets.get(network, {})
+        return [max((entries[k][1] for k in holders), key=lambda g: g.expires)
+                for holders in self._elements.get(network, {}).values() if holders]
+
+    @_locked
+    def forget(self, network: str, keep_rules: Iterable[tuple] | None = None) -> tuple:
+        """Drop the entries whose ``(identity, rule)`` is not in ``keep_rules``
+        (None: all of the network). Returns ``(revoke, regrant)``: element
+        keys no entry holds any more, and grants to re-apply with the
+        (shorter) expiry of the entries that still hold them."""
+        entries = self._nets.get(network, {})
+        keep = set(keep_rules or ())
+        doomed = [k for k in entries if (k[0], k[1]) not in keep]
+        touched = {entries[k][1].key for k in doomed}
+        for k in doomed:
+            self._drop(network, k)
+        revoke, regrant = [], []
+        for element_key in sorted(touched):
+            holders = self._elements.get(network, {}).get(element_key)
+            if not holders:
+                revoke.append(element_key)
+                continue
+            best = max((self._nets[network][k][1] for k in holders), key=lambda g: g.expires)
+            regrant.append(best)
+        return revoke, regrant
+
+    @_locked
+    def restore(self, network: str, grants: Iterable[Grant], fqdns: Iterable) -> int:
+        """Adopt what the kernel still holds after a restart: each element is
+        attributed to the DNS rules (``FqdnEntry``) of its identity and service
+        whose pattern matches its name (or, names lost, to all of them)."""
+        from segmentation.fqdn import matches
+        now, fqdns, count = self.clock(), list(fqdns), 0
+        for g in grants:
+            same = [e for e in fqdns if (e.identity, e.proto, e.lo, e.hi) == g.key[:1] + g.key[2:]]
+            named = [e for e in same if g.name and matches(e.pattern, g.name)]
+            for e in named or same:
+                if g.expires > now:
+                    self._put(network, (e.identity, e.rule, g.address),
+                              (Learned(g.address, g.name, g.learned or now, g.expires), g))
+                    count += 1
+        return count
+
+
+def _grant(entry, found: Address, expires: float) -> Grant:
+    return Grant(entry.identity, found.address, found.family, entry.proto, entry.lo, entry.hi,
+                 expires, found.name)

@@ -1,0 +1,211 @@
+"""The eBPF side of DNS-name rules: the ``fqdn`` LPM trie of each network.
+
+Kernel background. A learned address (``plugin.dns.datapath.Grant``) is
+one or more prefixes of the network's ``fqdn`` map (bpf/lib/common.h)::
+
+    key   (prefixlen, identity:2, family:1, address:16, L4 code:1, port:2, 0:2)
+    value (expires: boot-time ns, lo, hi, L4 code, the DNS name answered)
+
+``any`` is the 152-bit prefix, a protocol with all ports (and icmp) 160
+bits, a port range the prefixes that cover it (``maps.port_prefixes``). The
+program (bpf/lib/policy.h ``fqdn_lookup``) compares ``expires`` with
+``bpf_ktime_get_boot_ns()``: an entry stops allowing new flows on its own
+when its time is up, whatever the daemon does; flows it admitted go on (the
+program's conntrack). The daemon deletes expired entries lazily, from one
+timer set at the next expiry (no polling). The map is pinned: it outlives
+the daemon and a reload of the programs.
+
+Several grants may give the same prefix (two rules, overlapping ranges):
+the entry carries the longest expiry of them, and goes when the last one
+does (``holders``).
+"""
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import struct
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+from plugin.dns.datapath import Grant
+from plugin.enforce.backend import BackendError
+
+from . import libbpf
+from .maps import L4, L4_NAMES, port_prefixes
+
+KEY = struct.Struct("<I24s")
+_DATA = struct.Struct(">HB16sBH2x")
+VAL = struct.Struct("<QHHB3x128s")
+ANY_BITS, L4_BITS = 152, 160
+
+
+def _boot_ns() -> int:
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+
+def prefixes(grant: Grant) -> list:
+    """The map keys (bytes) of one grant."""
+    head = (grant.identity, grant.family, ipaddress.ip_address(grant.address).packed.ljust(16, b"\0"))
+    if grant.proto == "any":
+        return [struct.pack("<I", ANY_BITS) + _DATA.pack(*head, 0, 0)]
+    code = L4[grant.proto]
+    if grant.proto == "icmp" or (grant.lo, grant.hi) == (0, 65535):
+        return [struct.pack("<I", L4_BITS) + _DATA.pack(*head, code, 0)]
+    return [struct.pack("<I", L4_BITS + plen) + _DATA.pack(*head, code, value)
+            for value, plen in port_prefixes(grant.lo, grant.hi)]
+
+
+def value(grant: Grant, now: float, boot: int) -> bytes:
+    expires = boot + int((grant.expires - now) * 1e9)
+    return VAL.pack(expires, grant.lo, grant.hi, L4[grant.proto], grant.name.encode()[:127])
+
+
+def grant_of(key: bytes, raw: bytes, now: float, boot: int) -> Grant:
+    """The grant an entry was written for."""
+    _plen, identity, family, addr, _code, _port = struct.unpack("<I", key[:4]) + _DATA.unpack(key[4:])
+    expires, lo, hi, code, name = VAL.unpack(raw)
+    address = str(ipaddress.ip_address(addr[:4] if family == 4 else addr))
+    return Grant(identity, address, family, L4_NAMES[code], lo, hi, now + (expires - boot) / 1e9,
+                 name.rstrip(b"\0").decode(errors="replace"))
+
+
+class FqdnMaps:
+    """:class:`~plugin.dns.datapath.FqdnDatapath` on the ``fqdn`` maps.
+
+    ``map_fd``: network id -> the fd of its pinned ``fqdn`` map (raises
+    KeyError/BackendError when the network has none); ``lock``: the backend's.
+    """
+
+    def __init__(self, map_fd: Callable[[str], int], lock, clock=time.time, boot=_boot_ns):
+        self.map_fd, self.lock, self.clock, self.boot = map_fd, lock, clock, boot
+        self._holders: dict = {}   # network id -> {key bytes: {Grant.key: Grant}}
+        self._heap: list = []      # (expires, network id, key bytes)
+        self._timer: Optional[threading.Timer] = None
+        self._due = 0.0
+
+    def allow(self, network_id: str, grants: Sequence[Grant]) -> None:
+        with self.lock:
+            fd, now, boot = self.map_fd(network_id), self.clock(), self.boot()
+            holders = self._holders.setdefault(network_id, {})
+            for g in grants:
+                for key in prefixes(g):
+                    held = holders.setdefault(key, {})
+                    held[g.key] = g
+                    best = max(held.values(), key=lambda x: x.expires)
+                    libbpf.update(fd, key, value(best, now, boot))
+                    heapq.heappush(self._heap, (best.expires, network_id, key))
+            self._schedule()
+
+    def revoke(self, network_id: str, keys: Sequence[tuple]) -> None:
+        with self.lock:
+            fd, now, boot = self.map_fd(network_id), self.clock(), self.boot()
+            holders = self._holders.setdefault(network_id, {})
+            for gkey in keys:
+                identity, address, proto, lo, hi = gkey
+                probe = Grant(identity, address, 6 if ":" in address else 4, proto, lo, hi)
+                for key in prefixes(probe):
+                    held = holders.get(key, {})
+                    held.pop(gkey, None)
+                    if held:
+                        best = max(held.values(), key=lambda x: x.expires)
+                        libbpf.update(fd, key, value(best, now, boot))
+                        heapq.heappush(self._heap, (best.expires, network_id, key))
+                    else:
+                        holders.pop(key, None)
+                        libbpf.delete(fd, key)
+            self._schedule()
+
+    def learned(self, network_id: str) -> list:
+        """The grants the map holds now (adopted as held: a restarted daemon)."""
+        with self.lock:
+            fd, now, boot = self.map_fd(network_id), self.clock(), self.boot()
+            holders, out = self._holders.setdefault(network_id, {}), set()
+            for key in list(libbpf.keys(fd, KEY.size)):
+                raw = libbpf.lookup(fd, key, VAL.size)
+                if raw is None:
+                    continue
+                g = grant_of(key, raw, now, boot)
+                if g.expires <= now:
+                    continue
+                holders.setdefault(key, {}).setdefault(g.key, g)
+                heapq.heappush(self._heap, (g.expires, network_id, key))
+                out.add(g)
+            self._schedule()
+            return sorted(out)
+
+    def forget(self, network_id: str) -> None:
+        """The network is gone (its map with it)."""
+        with self.lock:
+            self._holders.pop(network_id, None)
+
+    # --- lazy deletion of expired entries ---------------------------------------------
+    def _schedule(self) -> None:
+        """One timer, at the next expiry; kept when it already fires no later."""
+        if not self._heap:
+            return
+        due = self._heap[0][0]
+        if self._timer is not None:
+            if self._due <= due:
+                return
+            self._timer.cancel()
+        self._due = due
+        delay = max(0.0, due - self.clock()) + 0.5
+        self._timer = threading.Timer(delay, self.expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def expire(self) -> int:
+        """Delete the entries whose time is up; set the timer for the next. How many."""
+        deleted = 0
+        with self.lock:
+            now = self.clock()
+            while self._heap and self._heap[0][0] <= now:
+                _expires, network_id, key = heapq.heappop(self._heap)
+                held = self._holders.get(network_id, {}).get(key)
+                if not held or max(g.expires for g in held.values()) > now:
+                    continue
+                del self._holders[network_id][key]
+                try:
+                    libbpf.delete(self.map_fd(network_id), key)
+                    deleted += 1
+                except Exception:   # the network went meanwhile
+                    continue
+            self._timer = None
+            self._schedule()
+        return deleted
+
+    def close(self) -> None:
+        with self.lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+
+class FqdnMethods:
+    """``EbpfBackend``'s :class:`~plugin.dns.datapath.FqdnDatapath` (its ``fqdn`` maps,
+    under its lock; kernel errors as BackendError)."""
+
+    def _fqdn_fd(self, network_id: str) -> int:
+        st = self._nets.get(network_id[:12])
+        if st is None:
+            raise BackendError(f"eBPF network {network_id[:12]} is not loaded")
+        return st.handle.maps["fqdn"]
+
+    def allow(self, network_id: str, grants) -> None:
+        """Put learned addresses in force (expiry in the value); raises BackendError."""
+        try:
+            self.fqdn.allow(network_id, grants)
+        except libbpf.LibbpfError as exc:
+            raise BackendError(f"eBPF network {network_id[:12]}: {exc}") from None
+
+    def revoke(self, network_id: str, keys) -> None:
+        """Remove learned addresses (``Grant.key`` values); absent ones are fine."""
+        try:
+            self.fqdn.revoke(network_id, keys)
+        except libbpf.LibbpfError as exc:
+            raise BackendError(f"eBPF network {network_id[:12]}: {exc}") from None
+
+    def learned(self, network_id: str) -> list:
+        """The learned addresses the map holds now (``Grant`` values)."""
+        return self.fqdn.learned(network_id)

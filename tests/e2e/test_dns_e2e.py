@@ -1,0 +1,197 @@
+"""DNS-name rules end to end: Docker's embedded resolver, a real engine, real packets.
+
+A DNS server (dnspython) and AnyIP echo servers live in a namespace of this
+module's own behind a veth pair of the host (10.205.K.53 answers, the names
+point into 10.206.K.0/24); containers get ``--dns 10.205.K.53``, so their
+queries go to 127.0.0.11 and Docker forwards them from the container's
+namespace: the answers come back through secnet's bridge. Some tests ask the
+server directly instead. Nothing leaves the machine. Every test runs on
+every backend (``backend`` fixture).
+"""
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+import helpers as h
+from vis_helpers import secnet_json
+
+sys.path.insert(0, str(h.ROOT / "tests" / "kernel"))
+from dns_lab import DnsServer, Echo  # noqa: E402  (the kernel tier's servers)
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+PY = sys.executable
+CHECK_SRC = r'''
+import json, socket, sys, time
+import dns.message, dns.query
+out = []
+server = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.11"
+for name, port in json.loads(sys.argv[1]):
+    q = dns.message.make_query(name, "A")
+    try:
+        r = dns.query.udp(q, server, timeout=3)
+        addrs = [rd.address for rrset in r.answer for rd in rrset if hasattr(rd, "address")]
+    except Exception as exc:
+        out.append([name, None, "dns: %s" % exc]); continue
+    if not addrs:
+        out.append([name, None, "no address"]); continue
+    s = socket.socket(); s.settimeout(1.0)
+    try:
+        s.connect((addrs[0], port)); s.sendall(b"x"); ok = s.recv(4) == b"x"
+        out.append([name, addrs[0], "ok" if ok else "garbled"])
+    except OSError as exc:
+        out.append([name, addrs[0], "timeout" if isinstance(exc, socket.timeout) else str(exc)])
+    finally:
+        s.close()
+print(json.dumps(out))
+'''
+
+
+@pytest.fixture(autouse=True)
+def daemon_learns(plugin_up):
+    """The daemon runs DNS learning (a missing NFQUEUE binding is a failure, not a skip)."""
+    assert "dns" in secnet_json("status"), "the daemon does not learn from DNS answers"
+
+
+class Outside:
+    """The DNS server's namespace: 10.205.K.53 (DNS), 10.206.K.0/24 (AnyIP echo on 443)."""
+
+    def __init__(self):
+        self.k = random.randint(0, 255)
+        tag = uuid.uuid4().hex[:6]
+        self.ns, self.veth = f"sndns-{tag}", f"sndh{tag}"
+        self.dns, self.net = f"10.205.{self.k}.53", f"10.206.{self.k}"
+        self.server = self.echo = None
+
+    def create(self) -> "Outside":
+        ip = lambda *a: h.run(["ip", *a])
+        ip("netns", "add", self.ns)
+        ip("link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
+        ip("addr", "add", f"10.205.{self.k}.1/24", "dev", self.veth)
+        ip("link", "set", self.veth, "up")
+        for args in (("link", "set", "lo", "up"), ("addr", "add", f"{self.dns}/24", "dev", "eth0"),
+                     ("link", "set", "eth0", "up"), ("route", "add", "default", "via", f"10.205.{self.k}.1"),
+                     ("route", "add", "local", f"{self.net}.0/24", "dev", "lo")):
+            ip("-n", self.ns, *args)
+        ip("route", "add", f"{self.net}.0/24", "via", self.dns)
+        self.server, self.echo = DnsServer(self.ns, addresses=(self.dns,)), Echo(self.ns)
+        return self
+
+    def destroy(self) -> None:
+        for thing in (self.server, self.echo):
+            if thing is not None:
+                thing.stop()
+        h.run(["ip", "route", "del", f"{self.net}.0/24"], check=False)
+        h.run(["ip", "link", "del", self.veth], check=False)
+        h.run(["ip", "netns", "del", self.ns], check=False)
+
+
+@pytest.fixture(scope="module")
+def outside():
+    o = Outside()
+    try:
+        o.create()
+        zone = o.server
+        zone.add("api.e2e.test", "A", 300, f"{o.net}.5")
+        zone.add("other.e2e.test", "A", 300, f"{o.net}.6")
+        zone.add("a.wild.e2e.test", "A", 300, f"{o.net}.8")
+        zone.add("wild.e2e.test", "A", 300, f"{o.net}.9")
+        zone.add("alias.e2e.test", "CNAME", 300, "edge.cdn.e2e.test.")
+        zone.add("edge.cdn.e2e.test", "CNAME", 300, "e1.cdn.e2e.test.")
+        zone.add("short.e2e.test", "A", 2, f"{o.net}.10")
+        zone.add("direct.e2e.test", "A", 300, f"{o.net}.11")
+        zone.add("e1.cdn.e2e.test", "A", 300, f"{o.net}.7")
+        for i in range(100):
+            zone.add(f"n{i}.many.e2e.test", "A", 300, f"{o.net}.{20 + i}")
+        yield o
+    finally:
+        o.destroy()
+
+
+def setup(make_network, run_container, outside, rules: str):
+    net = make_network("sn-dns", opts={"secnet.egress": "deny", "secnet.allow": (
+        f"{rules} *->{outside.dns}:udp/53 *->{outside.dns}:tcp/53")})
+    extra = ("--dns", outside.dns)
+    web = run_container(net, "web", labels={"secnet.segment": "web"}, extra=extra)
+    api = run_container(net, "api", labels={"secnet.segment": "api"}, extra=extra)
+    return net, web, api
+
+
+def check(c: h.Container, names, port: int = 443, server: str = "127.0.0.11") -> dict:
+    """name -> (address, outcome) of resolving through ``server`` (Docker's embedded
+    resolver by default) and connecting at once."""
+    res = h.run(["nsenter", f"--net={c.sandbox}", PY, "-c", CHECK_SRC,
+                 json.dumps([[n, port] for n in names]), server], timeout=300)
+    return {name: (addr, outcome) for name, addr, outcome in json.loads(res.stdout)}
+
+
+def test_names_wildcards_cname_and_segments(make_network, run_container, outside):
+    rules = ("web->dns(api.e2e.test):tcp/443 web->dns(*.wild.e2e.test):tcp/443 "
+             "web->dns(alias.e2e.test):tcp/443")
+    net, web, api = setup(make_network, run_container, outside, rules)
+    got = check(web, ["api.e2e.test", "other.e2e.test", "a.wild.e2e.test", "wild.e2e.test",
+                      "alias.e2e.test"])
+    assert {n: o for n, (_a, o) in got.items()} == {
+        "api.e2e.test": "ok", "other.e2e.test": "timeout", "a.wild.e2e.test": "ok",
+        "wild.e2e.test": "timeout", "alias.e2e.test": "ok"}
+    assert check(api, ["api.e2e.test"])["api.e2e.test"][1] == "timeout"   # not api's answer
+    show = secnet_json("show", net.name)
+    learned = {(a["segment"], a["address"]) for r in show["dns"] for a in r["addresses"]}
+    assert learned == {("web", f"{outside.net}.5"), ("web", f"{outside.net}.8"), ("web", f"{outside.net}.7")}
+    why = secnet_json("explain", net.name, web.name, f"{outside.net}.5", "tcp/443")
+    assert why["allowed"] and why["rule"] == "web->dns(api.e2e.test):tcp/443"
+    assert why["answer"]["name"] == "api.e2e.test"
+
+
+def test_first_connection_after_the_answer_never_races(make_network, run_container, outside):
+    _net, web, _api = setup(make_network, run_container, outside, "web->dns(*.many.e2e.test):tcp/443")
+    got = check(web, [f"n{i}.many.e2e.test" for i in range(100)])
+    assert [n for n, (_a, o) in got.items() if o != "ok"] == []
+
+
+def test_learned_addresses_survive_a_daemon_restart(make_network, run_container, outside):
+    net, web, _api = setup(make_network, run_container, outside, "web->dns(api.e2e.test):tcp/443")
+    assert check(web, ["api.e2e.test"])["api.e2e.test"][1] == "ok"
+    h.plugin_restart()
+    assert subprocess.run(["nsenter", f"--net={web.sandbox}", PY, "-c",
+                           "import socket; s=socket.create_connection(('%s.5', 443), 2); s.sendall(b'x');"
+                           " assert s.recv(4) == b'x'" % outside.net], timeout=30).returncode == 0
+    show = secnet_json("show", net.name)
+    assert [a["address"] for r in show["dns"] for a in r["addresses"]] == [f"{outside.net}.5"]
+
+
+def test_a_directly_queried_server_teaches_too(make_network, run_container, outside):
+    _net, web, api = setup(make_network, run_container, outside, "*->dns(direct.e2e.test):tcp/443")
+    assert check(web, ["direct.e2e.test"], server=outside.dns)["direct.e2e.test"][1] == "ok"
+    assert check(api, ["other.e2e.test"], server=outside.dns)["other.e2e.test"][1] == "timeout"
+
+
+def test_ttl_expiry_ends_new_flows_not_open_ones(make_network, run_container, outside, monkeypatch):
+    """The 60 s floor, lowered for this test only (SECNET_DNS_MIN_TTL reaches the
+    daemon through scripts/plugin.sh's environment)."""
+    monkeypatch.setenv("SECNET_DNS_MIN_TTL", "1")
+    h.plugin_restart(kill=False)
+    try:
+        _net, web, _api = setup(make_network, run_container, outside, "web->dns(short.e2e.test):tcp/443")
+        code = ("import json, socket, sys, time\n"
+                "import dns.message, dns.query\n"
+                "r = dns.query.udp(dns.message.make_query('short.e2e.test', 'A'), '127.0.0.11', timeout=3)\n"
+                "addr = r.answer[0][0].address\n"
+                "held = socket.create_connection((addr, 443), 2)\n"
+                "time.sleep(4)\n"
+                "try:\n"
+                "    socket.create_connection((addr, 443), 1); new = 'ok'\n"
+                "except OSError:\n"
+                "    new = 'denied'\n"
+                "held.sendall(b'x'); print(json.dumps([new, held.recv(4).decode()]))\n")
+        res = h.run(["nsenter", f"--net={web.sandbox}", PY, "-c", code], timeout=60)
+        assert json.loads(res.stdout) == ["denied", "x"]
+    finally:
+        monkeypatch.delenv("SECNET_DNS_MIN_TTL")
+        h.plugin_restart(kill=False)

@@ -1,0 +1,196 @@
+"""DNS-name rules with real packets, on every backend: answers held until learned.
+
+Each test runs on the lab (``nsfixtures``: a host namespace with a bridge,
+containers, an outside namespace) with a ``DnsRig`` (``dns_lab``): a DNS
+server and echo servers behind test addresses outside, and the daemon's
+``DnsService`` on the lab's backend. Egress is denied but DNS to the server;
+what a container may reach beyond that, it learned from an answer.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from dns_lab import DNS6, DNS_RULES, DnsRig, connect, open_connection, resolve
+from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
+
+pytestmark = pytest.mark.kernel
+
+RULES = ("web->dns(api.example.test):tcp/443 web->dns(*.wild.test):tcp/443 "
+         "web->dns(alias.example.test):tcp")
+
+
+def _zone(server) -> None:
+    server.add("api.example.test", "A", 300, "10.238.0.5")
+    server.add("api.example.test", "AAAA", 300, "fd00:238::5")
+    server.add("other.example.test", "A", 300, "10.238.0.6")
+    server.add("a.wild.test", "A", 300, "10.238.0.8")
+    server.add("wild.test", "A", 300, "10.238.0.9")
+    server.add("alias.example.test", "CNAME", 300, "edge.cdn.test.")
+    server.add("edge.cdn.test", "CNAME", 300, "e1.cdn.test.")
+    server.add("e1.cdn.test", "A", 300, "10.238.0.7")
+
+
+def _rig(lab, rules: str, min_ttl: int = 60, mode=None, **kw):
+    web, api = lab.add(2)
+    lab.apply(f"{rules} {DNS_RULES}", {web: "web", api: "api"}, egress="deny", mode=mode)
+    rig = DnsRig(lab, min_ttl=min_ttl, **kw)
+    _zone(rig.server)
+    rig.start()
+    return rig, web, api
+
+
+@pytest.fixture
+def dns(lab):
+    """(rig, web, api) with RULES; the rig stops before the lab goes."""
+    rig, web, api = _rig(lab, RULES)
+    try:
+        yield rig, web, api
+    finally:
+        rig.close()
+
+
+def test_exact_name_is_allowed_only_after_the_answer_and_only_its_service(dns):
+    rig, web, _api = dns
+    assert connect(web, "10.238.0.5") == "timeout"          # nothing learned yet
+    assert resolve(web, "api.example.test") == ["10.238.0.5"]
+    assert connect(web, "10.238.0.5") == "ok"
+    assert connect(web, "10.238.0.5", 80) == "timeout"      # the rule says tcp/443
+    (grant,) = rig.learned()
+    ids = rig.lab.allocator.identities(NET_ID)
+    assert (grant.identity, grant.address, grant.proto, grant.lo, grant.hi) == (
+        ids["web"], "10.238.0.5", "tcp", 443, 443)
+    assert 290 <= grant.expires - time.time() <= 301
+
+
+def test_other_names_and_wildcard_parent_teach_nothing(dns):
+    rig, web, _api = dns
+    assert resolve(web, "other.example.test") == ["10.238.0.6"]
+    assert resolve(web, "wild.test") == ["10.238.0.9"]
+    assert resolve(web, "A.Wild.TEST") == ["10.238.0.8"]
+    assert connect(web, "10.238.0.6") == "timeout"
+    assert connect(web, "10.238.0.9") == "timeout"
+    assert connect(web, "10.238.0.8") == "ok"
+    assert {g.address for g in rig.learned()} == {"10.238.0.8"}
+
+
+def test_cname_chain_ipv6_and_tcp_answers(dns):
+    rig, web, _api = dns
+    assert resolve(web, "alias.example.test") == ["10.238.0.7"]
+    assert connect(web, "10.238.0.7", 80) == "ok"          # dns(alias...):tcp = every port
+    assert resolve(web, "api.example.test", "AAAA", tcp=True) == ["fd00:238::5"]
+    assert connect(web, "fd00:238::5") == "ok"
+    assert resolve(web, "api.example.test", server=DNS6) == ["10.238.0.5"]
+    assert connect(web, "10.238.0.5") == "ok"
+
+
+def test_another_segment_cannot_use_the_first_segments_answer(dns):
+    rig, web, api = dns
+    assert resolve(web, "api.example.test") == ["10.238.0.5"]
+    assert connect(web, "10.238.0.5") == "ok"
+    assert connect(api, "10.238.0.5") == "timeout"
+    assert resolve(api, "api.example.test") == ["10.238.0.5"]   # api has no DNS rule
+    assert connect(api, "10.238.0.5") == "timeout"
+
+
+def test_first_connection_right_after_the_answer_never_races(lab):
+    rig, web, _api = _rig(lab, "web->dns(*.many.test):tcp/443")
+    try:
+        for i in range(100):
+            rig.server.add(f"n{i}.many.test", "A", 300, f"10.238.1.{i + 1}")
+        failures = []
+        for i in range(100):
+            (address,) = resolve(web, f"n{i}.many.test")
+            outcome = connect(web, address, timeout=0.5)
+            if outcome != "ok":
+                failures.append((address, outcome))
+        assert failures == []
+        assert len(rig.learned()) == 100
+    finally:
+        rig.close()
+
+
+def test_expiry_ends_new_flows_but_not_open_ones(lab):
+    rig, web, _api = _rig(lab, "web->dns(short.example.test):tcp/443", min_ttl=1)
+    try:
+        rig.server.add("short.example.test", "A", 2, "10.238.0.20")
+        assert resolve(web, "short.example.test") == ["10.238.0.20"]
+        conn = open_connection(web, "10.238.0.20")
+        try:
+            time.sleep(3.5)
+            assert connect(web, "10.238.0.20") == "timeout"
+            assert rig.learned() == []
+            conn.sendall(b"still")
+            assert conn.recv(16) == b"still"
+        finally:
+            conn.close()
+        assert rig.service.learned(NET_ID) == {}
+    finally:
+        rig.close()
+
+
+def test_answers_are_dropped_while_nobody_reads_the_queue(dns):
+    rig, web, api = dns
+    assert rig.queue_rules() == 2
+    rig.stop()
+    with pytest.raises(Exception):
+        resolve(web, "api.example.test", timeout=1.0)   # held, nobody reads: fail closed
+    assert resolve(api, "api.example.test") == ["10.238.0.5"]   # api has no DNS rule: not held
+    assert connect(web, "10.238.0.5") == "timeout"
+
+
+def test_restart_and_rebuild_keep_what_was_learned_and_removed_rules_are_revoked(dns):
+    rig, web, _api = dns
+    assert resolve(web, "api.example.test") == ["10.238.0.5"]
+    assert resolve(web, "a.wild.test") == ["10.238.0.8"]
+    rig.stop()
+    rig.lab.repair()                                   # a whole-network rewrite keeps them
+    assert connect(web, "10.238.0.5") == "ok"
+    rig.start()                                        # a new daemon adopts them
+    assert set(rig.service.learned(NET_ID)) == {
+        ("web", "web->dns(api.example.test):tcp/443"), ("web", "web->dns(*.wild.test):tcp/443")}
+    assert connect(web, "10.238.0.8") == "ok"
+    rig.lab.update(f"web->dns(api.example.test):tcp/443 {DNS_RULES}")   # a live edit drops a rule
+    rig.tell()
+    assert connect(web, "10.238.0.8") == "timeout"
+    assert connect(web, "10.238.0.5") == "ok"
+    assert {g.address for g in rig.learned()} == {"10.238.0.5"}
+
+
+def test_bound_refuses_new_addresses_fail_closed(lab):
+    rig, web, _api = _rig(lab, "web->dns(*.many.test):tcp/443", max_per_network=2)
+    try:
+        for i in range(3):
+            rig.server.add(f"b{i}.many.test", "A", 300, f"10.238.2.{i + 1}")
+            assert resolve(web, f"b{i}.many.test") == [f"10.238.2.{i + 1}"]
+        assert [connect(web, f"10.238.2.{i + 1}") for i in range(3)] == ["ok", "ok", "timeout"]
+        assert rig.service.status()["refused"] == 1
+    finally:
+        rig.close()
+
+
+def test_a_join_marks_and_a_leave_unmarks_by_delta(dns):
+    rig, web, api = dns
+    (late,) = rig.lab.add(1)
+    rig.lab.move(late, "web")
+    rig.service.ports(NET_ID, [(None, rig.lab.members[late])])
+    assert resolve(late, "api.example.test") == ["10.238.0.5"]
+    assert connect(late, "10.238.0.5") == "ok"
+    assert rig.service.obj.marks.marked() == {web.ip4, web.ip6, late.ip4, late.ip6}
+    rig.service.ports(NET_ID, [(rig.lab.members[late], None)])
+    assert rig.service.obj.marks.marked() == {web.ip4, web.ip6}
+
+
+def test_audit_mode_passes_learned_or_not_and_reports_as_usual(lab):
+    rig, web, _api = _rig(lab, RULES, mode="audit")
+    try:
+        assert connect(web, "10.238.0.6") == "ok"               # no answer taught it: would drop
+        assert lab.dropped("egress", audit=True) >= 1
+        before = lab.dropped("egress", audit=True)
+        assert resolve(web, "api.example.test") == ["10.238.0.5"]
+        assert connect(web, "10.238.0.5") == "ok"               # learned: allowed, not reported
+        assert lab.dropped("egress", audit=True) == before
+        assert {g.address for g in rig.learned()} == {"10.238.0.5"}
+    finally:
+        rig.close()
