@@ -38,7 +38,7 @@ def make_dns(settings: Settings):
     if not settings.dns:
         return None
     try:
-        from plugin.dns.marks import AnswerMarks
+        from plugin.enforce.nftables.dnsmarks import AnswerMarks
         from plugin.dns.service import DnsService
         from plugin.enforce.nftables.runner import NftRunner
     except ImportError as exc:

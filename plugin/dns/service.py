@@ -53,7 +53,7 @@ class _Datapaths:
 
 
 class DnsService:
-    """See the module doc. ``marks``: an :class:`~plugin.dns.marks.AnswerMarks`
+    """See the module doc. ``marks``: an :class:`~plugin.enforce.nftables.dnsmarks.AnswerMarks`
     (its queue number is the one read here)."""
 
     def __init__(self, marks, store: Optional[LearnedStore] = None, netns: Optional[str] = None):

@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the nft counters and the saved state at scrape time.
+"""Prometheus metrics, read from the backends' counters and the saved state at scrape time.
 
 A custom collector: nothing is sampled in the background. Each scrape lists
 every network's tables once (terse, see :mod:`plugin.counters`) and maps the

@@ -26,7 +26,7 @@ import dns.rrset
 
 from nsfixtures import BRIDGE, NET_ID, InNamespace
 from packets import ns_socket, sh
-from plugin.dns.marks import AnswerMarks
+from plugin.enforce.nftables.dnsmarks import AnswerMarks
 from plugin.dns.service import DnsService
 from plugin.dns.store import LearnedStore
 from plugin.enforce.nftables.runner import NftRunner

@@ -7,7 +7,8 @@ import dns.message
 import dns.rrset
 import pytest
 
-from plugin.dns import answers, marks
+from plugin.dns import answers
+from plugin.enforce.nftables import dnsmarks as marks
 from plugin.dns.datapath import Grant
 from plugin.dns.learner import DnsLearner, Target
 from plugin.dns.store import MAX_TTL, LearnedStore, settings_from_env

@@ -26,7 +26,7 @@ sets, keyed by the source's identity (``meta mark``), after the CIDR egress
 lookups and before the egress default: ``lookup_rules`` gives those rules,
 ``render_sets`` the sets. A rebuild of the network's tables keeps their
 elements (``keep_script``). The DNS answers reach the daemon through
-iptables' NFQUEUE target (``plugin.dns.marks``: this kernel has no nft
+iptables' NFQUEUE target (``plugin.enforce.nftables.dnsmarks``: this kernel has no nft
 ``queue``).
 """
 from __future__ import annotations
