@@ -16,7 +16,8 @@ How (Cilium's pkg/fqdn idea on netfilter):
    destination container's segment (``segmentation.fqdn``);
 3. it records what it learned, bounded (``store.py``), and asks the
    datapath to allow (segment identity, address, protocol, ports) for
-   max(TTL, floor) seconds (``datapath.py``; ``plugin/enforce/nftables/fqdn.py`` for nftables, ``plugin/enforce/ebpf/fqdn.py`` for eBPF) --
+   max(TTL, floor) seconds (``datapath.py``; ``plugin/enforce/nftables/fqdn.py``
+   for nftables, ``plugin/enforce/ebpf/fqdn.py`` for eBPF) --
    in the kernel the element expires on its own, conntrack keeps flows
    opened while it was allowed;
 4. only then it gives the answer the verdict accept (``learner.py``): the
