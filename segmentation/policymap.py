@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from .identities import OUTSIDE
 from .options import NetworkOptions
@@ -40,13 +40,15 @@ class _Service:
         return Service(self.proto, self.lo, self.hi)
 
 
-@dataclass(frozen=True, order=True)
-class PolicyEntry(_Service):
+class PolicyEntry(NamedTuple):
     """An east-west allowance: new flows from ``src`` to ``dst`` identity.
 
     ``proto``: ``tcp``, ``udp``, ``icmp`` or ``any``; ``lo``/``hi``: the
     destination port range, inclusive (``0, 65535`` for every port; ``0, 0``
     for icmp and any). ``rule``: canonical text of the rule, or ``intra``.
+    A named tuple: a policy holds tens of thousands, hashed and compared in
+    every delta (equal, ordered and hashed field by field, as a frozen
+    dataclass would be).
     """
 
     src: int
@@ -57,11 +59,15 @@ class PolicyEntry(_Service):
     rule: str
 
     @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+    @property
     def key(self) -> tuple:
         """What the datapath matches: several rules may give the same key
         (``*->db:udp/53`` and ``web->db:udp/53``), and ranges of one
         ``(src, dst, proto)`` may overlap: backends count keys, not entries."""
-        return (self.src, self.dst, self.proto, self.lo, self.hi)
+        return self[:5]
 
 
 @dataclass(frozen=True, order=True)
