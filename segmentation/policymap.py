@@ -158,8 +158,8 @@ class PolicyMap:
         """This map with ``delta`` applied (``old.apply(old.delta(new)) == new``)."""
         return PolicyMap(
             identities=delta.identities,
-            entries=(self.entries - delta.entries_removed) | delta.entries_added,
-            cidrs=(self.cidrs - delta.cidrs_removed) | delta.cidrs_added,
+            entries=_changed(self.entries, delta.entries_removed, delta.entries_added),
+            cidrs=_changed(self.cidrs, delta.cidrs_removed, delta.cidrs_added),
             settings=delta.settings or self.settings,
         )
 
@@ -226,8 +226,8 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         gone_rules = set(rules_not_in(old_options.rules, after)) if len(before - after) else set()
         new_rules = set(rules_not_in(options.rules, before)) if len(after - before) else set()
     if not same_ids:   # '*' stands for other segments now
-        gone_rules.update(r for r in old_options.rules if _names_all(r))
-        new_rules.update(r for r in options.rules if _names_all(r))
+        gone_rules.update(old_options.star_rules())
+        new_rules.update(options.star_rules())
     gone, gone_cidrs, new, new_cidrs = set(), set(), set(), set()
     for rules, ids, entries, cidrs in ((gone_rules, old_ids, gone, gone_cidrs),
                                        (new_rules, identities, new, new_cidrs)):
@@ -237,14 +237,17 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if options.intra == "allow" and not same_ids:
         gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
         new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
-    entries = (old.entries - gone) | new if gone or new else old.entries
-    cidrs = (old.cidrs - gone_cidrs) | new_cidrs if gone_cidrs or new_cidrs else old.cidrs
+    entries = _changed(old.entries, gone, new)
+    cidrs = _changed(old.cidrs, gone_cidrs, new_cidrs)
     return PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
                      _settings(options))
 
 
-def _names_all(rule) -> bool:
-    return rule.src.kind == "all" or rule.dst.kind == "all"
+def _changed(entries: frozenset, removed, added) -> frozenset:
+    """``(entries - removed) | added``, copying ``entries`` at most once."""
+    if removed:
+        entries = entries - removed
+    return entries | added if added else entries
 
 
 def _settings(options: NetworkOptions) -> Settings:
