@@ -41,7 +41,6 @@ from .model import Member
 from .options import NetworkOptions
 from .policymap import EGRESS, INGRESS, INTRA, PolicyMap, compile_policy_map
 from .protocols import FLOW_PROTOCOLS
-from .rules import named_segments
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple
 def segments_of(options: NetworkOptions, live: Iterable[str | None]) -> tuple[str, ...]:
     """Sorted segments: named by a rule, the default one, and ``live`` (the segments
     members are enforced in; None entries are skipped)."""
-    names = named_segments(options.rules)
+    names = set(options.named_segments())
     names.add(options.default_segment)
     names.update(live)
     names.discard(None)

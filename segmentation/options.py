@@ -18,7 +18,7 @@ from typing import Any, Mapping
 
 from .errors import OptionError, RuleError
 from .names import segment_name_problem
-from .rules import Rule, format_rules, parse_rule, parse_rules, rule_texts
+from .rules import Rule, format_rules, named_segments, parse_rule, parse_rules, rule_texts, star_rules
 
 DOCKER_MTU_KEY = "com.docker.network.driver.mtu"
 PREFIX = "secnet."
@@ -85,6 +85,21 @@ class NetworkOptions:
         for name in ("internal", "ipv6"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"NetworkOptions.{name} must be a bool")
+
+    def named_segments(self) -> frozenset:
+        """The segments the rules name (computed once per options value)."""
+        return self._derived("_named", lambda: frozenset(named_segments(self.rules)))
+
+    def star_rules(self) -> tuple:
+        """The rules with ``*`` on a side (computed once per options value)."""
+        return self._derived("_star", lambda: tuple(star_rules(self.rules)))
+
+    def _derived(self, name: str, make):
+        found = self.__dict__.get(name)
+        if found is None:
+            found = make()
+            object.__setattr__(self, name, found)
+        return found
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; rules as their canonical text."""

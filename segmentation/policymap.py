@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, NamedTuple
 
 from .identities import OUTSIDE
 from .options import NetworkOptions
@@ -44,13 +44,15 @@ class _Service:
         return Service(self.proto, self.lo, self.hi)
 
 
-@dataclass(frozen=True, order=True)
-class PolicyEntry(_Service):
+class PolicyEntry(NamedTuple):
     """An east-west allowance: new flows from ``src`` to ``dst`` identity.
 
     ``proto``: ``tcp``, ``udp``, ``icmp`` or ``any``; ``lo``/``hi``: the
     destination port range, inclusive (``0, 65535`` for every port; ``0, 0``
     for icmp and any). ``rule``: canonical text of the rule, or ``intra``.
+    A named tuple: a policy holds tens of thousands, hashed and compared in
+    every delta (equal, ordered and hashed field by field, as a frozen
+    dataclass would be).
     """
 
     src: int
@@ -61,11 +63,15 @@ class PolicyEntry(_Service):
     rule: str
 
     @property
+    def service(self) -> Service:
+        return Service(self.proto, self.lo, self.hi)
+
+    @property
     def key(self) -> tuple:
         """What the datapath matches: several rules may give the same key
         (``*->db:udp/53`` and ``web->db:udp/53``), and ranges of one
         ``(src, dst, proto)`` may overlap: backends count keys, not entries."""
-        return (self.src, self.dst, self.proto, self.lo, self.hi)
+        return self[:5]
 
 
 @dataclass(frozen=True, order=True)
@@ -179,10 +185,10 @@ class PolicyMap:
         """This map with ``delta`` applied (``old.apply(old.delta(new)) == new``)."""
         return PolicyMap(
             identities=delta.identities,
-            entries=(self.entries - delta.entries_removed) | delta.entries_added,
-            cidrs=(self.cidrs - delta.cidrs_removed) | delta.cidrs_added,
+            entries=_changed(self.entries, delta.entries_removed, delta.entries_added),
+            cidrs=_changed(self.cidrs, delta.cidrs_removed, delta.cidrs_added),
             settings=delta.settings or self.settings,
-            fqdns=(self.fqdns - delta.fqdns_removed) | delta.fqdns_added,
+            fqdns=_changed(self.fqdns, delta.fqdns_removed, delta.fqdns_added),
         )
 
     def __eq__(self, other) -> bool:
@@ -251,8 +257,8 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         gone_rules = set(rules_not_in(old_options.rules, after)) if len(before - after) else set()
         new_rules = set(rules_not_in(options.rules, before)) if len(after - before) else set()
     if not same_ids:   # '*' stands for other segments now
-        gone_rules.update(r for r in old_options.rules if _names_all(r))
-        new_rules.update(r for r in options.rules if _names_all(r))
+        gone_rules.update(old_options.star_rules())
+        new_rules.update(options.star_rules())
     gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
     for rules, ids, entries, cidrs, fqdns in ((gone_rules, old_ids, gone, gone_cidrs, gone_fqdns),
                                               (new_rules, identities, new, new_cidrs, new_fqdns)):
@@ -262,15 +268,18 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if options.intra == "allow" and not same_ids:
         gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
         new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
-    entries = (old.entries - gone) | new if gone or new else old.entries
-    cidrs = (old.cidrs - gone_cidrs) | new_cidrs if gone_cidrs or new_cidrs else old.cidrs
-    fqdns = (old.fqdns - gone_fqdns) | new_fqdns if gone_fqdns or new_fqdns else old.fqdns
+    entries = _changed(old.entries, gone, new)
+    cidrs = _changed(old.cidrs, gone_cidrs, new_cidrs)
+    fqdns = _changed(old.fqdns, gone_fqdns, new_fqdns)
     return PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
                      _settings(options), fqdns)
 
 
-def _names_all(rule) -> bool:
-    return rule.src.kind == "all" or rule.dst.kind == "all"
+def _changed(entries: frozenset, removed, added) -> frozenset:
+    """``(entries - removed) | added``, copying ``entries`` at most once."""
+    if removed:
+        entries = entries - removed
+    return entries | added if added else entries
 
 
 def _settings(options: NetworkOptions) -> Settings:

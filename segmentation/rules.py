@@ -176,6 +176,7 @@ class Rule:
         object.__setattr__(self, "_text", text)
         object.__setattr__(self, "_segments", tuple(e.value for e in (self.src, self.dst)
                                                     if e.kind == "segment"))
+        object.__setattr__(self, "_star", self.src.kind == "all" or self.dst.kind == "all")
         if self.src.kind == "fqdn":
             raise RuleError(text, _FQDN_SOURCE)
         if self.src.kind == "cidr" and self.dst.outside:
@@ -427,7 +428,7 @@ def unique_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
 
 
 # Rule-set arithmetic without a Python call per rule: policies hold tens of thousands.
-_TEXT, _SEGMENTS = operator.attrgetter("_text"), operator.attrgetter("_segments")
+_TEXT, _SEGMENTS, _STAR = (operator.attrgetter(a) for a in ("_text", "_segments", "_star"))
 
 
 def rule_texts(rules: Iterable[Rule]) -> list[str]:
@@ -439,6 +440,12 @@ def rules_not_in(rules: Iterable[Rule], texts: set[str]) -> list[Rule]:
     """The rules of ``rules`` whose canonical text is not in ``texts``, in order."""
     rules = list(rules)
     return list(itertools.compress(rules, map(operator.not_, map(texts.__contains__, map(_TEXT, rules)))))
+
+
+def star_rules(rules: Iterable[Rule]) -> list[Rule]:
+    """The rules with ``*`` on a side (what they stand for changes with the segments)."""
+    rules = list(rules)
+    return list(itertools.compress(rules, map(_STAR, rules)))
 
 
 def named_segments(rules: Iterable[Rule]) -> set[str]:
