@@ -1,4 +1,5 @@
-"""What a datapath implements for DNS-name rules (nftables: ``nft.py``; eBPF: later).
+"""What a datapath implements for DNS-name rules (``plugin.enforce.nftables.fqdn``,
+``plugin.enforce.ebpf.fqdn``).
 
 A learned address is held in the kernel as one *element* per
 ``(identity, address, proto, lo, hi)``: "segment ``identity`` may open
