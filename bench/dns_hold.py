@@ -16,9 +16,10 @@ write before the verdict):
   names a rule learns, and for a segment without DNS rules (its answers are
   not held). The extra latency of an answer is their difference;
 * ``join``: one endpoint's join + leave through the backend (apply_ports),
-  before and after ``fill`` addresses were learned (10,000 by default);
-* ``throughput``: iperf3 (tcp, 2 s, median of 3) from a container to the
-  outside namespace, before and after the fill.
+  without and with ``fill`` addresses learned (10,000 by default), rounds
+  interleaved;
+* ``throughput``: iperf3 (tcp, 2 s) from a container to the outside
+  namespace, without and with the fill, interleaved (medians).
 """
 from __future__ import annotations
 
@@ -87,13 +88,26 @@ def throughput(lab, c, repeats: int = 3) -> float:
         server.wait(5)
 
 
-def fill(lab, identity: int, n: int) -> None:
-    """``n`` learned addresses (10.239.x.y, tcp/443) for ``identity``, 1,000 per write."""
+def fill_grants(identity: int, n: int) -> list:
+    """``n`` learned addresses (10.239.x.y, tcp/443) for ``identity``, an hour each."""
     expires = time.time() + 3600
-    for start in range(0, n, 1000):
-        grants = [Grant(identity, f"10.239.{i // 256 % 256}.{i % 256}", 4, "tcp", 443, 443, expires, "fill.test")
-                  for i in range(start, min(n, start + 1000))]
-        lab.backend.allow(NET_ID, grants)
+    return [Grant(identity, f"10.239.{i // 256 % 256}.{i % 256}", 4, "tcp", 443, 443, expires, "fill.test")
+            for i in range(n)]
+
+
+def with_and_without(lab, grants: list, measure, rounds: int = 4) -> tuple:
+    """``measure()`` results without and with ``grants`` learned, rounds interleaved
+    (this machine is shared: a before/after pair alone measures the neighbours)."""
+    without, with_ = [], []
+    for _ in range(rounds):
+        without.append(measure())
+        for start in range(0, len(grants), 1000):
+            lab.backend.allow(NET_ID, grants[start:start + 1000])
+        with_.append(measure())
+        lab.backend.revoke(NET_ID, [g.key for g in grants])
+    for start in range(0, len(grants), 1000):       # left in for the answers' runs
+        lab.backend.allow(NET_ID, grants[start:start + 1000])
+    return without, with_
 
 
 def measure(backend: str, count: int, fill_n: int) -> dict:
@@ -118,13 +132,11 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
             holds.append(time.perf_counter() - t)
         queue.handler = timed
         out = {"backend": backend, "count": count, "fill": fill_n}
-        # the same order before and after the fill (a join right after iperf3 is slower)
-        out["gbps_before"] = throughput(lab, web)
-        out["join_first"] = summary(joins(lab, spare))     # the very first joins are faster (eBPF)
-        out["join_before"] = summary(joins(lab, spare))
-        fill(lab, lab.allocator.identities(NET_ID)["web"], fill_n)
-        out["gbps_after"] = throughput(lab, web)
-        out["join_after"] = summary(joins(lab, spare))
+        grants = fill_grants(lab.allocator.identities(NET_ID)["web"], fill_n)
+        before, after = with_and_without(lab, grants, lambda: joins(lab, spare, 30))
+        out["join_before"], out["join_after"] = summary(sum(before, [])), summary(sum(after, []))
+        before, after = with_and_without(lab, grants, lambda: throughput(lab, web, 1), rounds=3)
+        out["gbps_before"], out["gbps_after"] = statistics.median(before), statistics.median(after)
         out["rtt_not_held"] = summary(rtts(api, [f"m{i}.other.test" for i in range(count)]))
         holds.clear()
         out["rtt_learn"] = summary(rtts(web, [f"n{i}.bench.test" for i in range(count)]))

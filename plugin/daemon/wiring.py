@@ -120,6 +120,8 @@ def start_dns(daemon: Daemon) -> None:
         return
     try:
         daemon.dns.start()
+        log.info("DNS learning: answers to segments with dns(...) rules are held in NFQUEUE %d",
+                 daemon.dns.queue_num)
     except Exception:   # nothing is learned: dns(...) rules allow nothing (fail closed)
         log.exception("cannot read DNS answers (queue %s): DNS-name rules allow nothing",
                       daemon.dns.queue_num)

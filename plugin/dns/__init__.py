@@ -9,17 +9,18 @@ secnet's bridge) or from a server the container asks directly.
 
 How (Cilium's pkg/fqdn idea on netfilter):
 
-1. the datapath sends DNS answers (UDP and TCP source port 53) bound for a
-   container whose segment has a DNS rule to an NFQUEUE (``queue.py``);
+1. answers (UDP and TCP source port 53, replies) bound for a container whose
+   segment has a DNS rule are marked and sent to an NFQUEUE (``plugin.enforce.nftables.dnsmarks``),
+   read by ``queue.py``;
 2. the daemon parses each with dnspython (``answers.py``), follows the CNAME
    chain and matches every name on it against the DNS rules of the
    destination container's segment (``segmentation.fqdn``);
 3. it records what it learned, bounded (``store.py``), and asks the
    datapath to allow (segment identity, address, protocol, ports) for
-   max(TTL, floor) seconds (``datapath.py``; ``plugin/enforce/nftables/fqdn.py``
-   for nftables, ``plugin/enforce/ebpf/fqdn.py`` for eBPF) --
-   in the kernel the element expires on its own, conntrack keeps flows
-   opened while it was allowed;
+   max(TTL, floor) seconds (``datapath.py``; the network's backend:
+   ``plugin.enforce.nftables.fqdn``, ``plugin.enforce.ebpf.fqdn``) -- in the
+   kernel the address expires on its own, conntrack keeps flows opened
+   while it was allowed;
 4. only then it gives the answer the verdict accept (``learner.py``): the
    container cannot connect before the rule is in force.
 

@@ -1,5 +1,5 @@
-"""What a datapath implements for DNS-name rules (nftables:
-``plugin/enforce/nftables/fqdn.py``; eBPF: ``plugin/enforce/ebpf/fqdn.py``).
+"""What a datapath implements for DNS-name rules (``plugin.enforce.nftables.fqdn``,
+``plugin.enforce.ebpf.fqdn``).
 
 A learned address is held in the kernel as one *element* per
 ``(identity, address, proto, lo, hi)``: "segment ``identity`` may open

@@ -1,7 +1,7 @@
 """The daemon's DNS-learning service: the one object the daemon wires in.
 
 It owns the queue reader, the learner, the store and the answer marks
-(``marks.py``: which answers are held), knows for each network its bridge,
+(``plugin.enforce.nftables.dnsmarks``: which answers are held), knows for each network its bridge,
 its policy map, its backend's :class:`~plugin.dns.datapath.FqdnDatapath` and
 which container address has which identity (it is the learner's
 :class:`~plugin.dns.learner.Targets`), and answers the read side (``show``,

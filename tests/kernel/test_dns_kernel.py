@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 
+import dns.exception
 import pytest
 
 from dns_lab import DNS6, DNS_RULES, DnsRig, connect, open_connection, resolve
@@ -42,7 +43,7 @@ def _rig(lab, rules: str, min_ttl: int = 60, mode=None, **kw):
 
 
 @pytest.fixture
-def dns(lab):
+def learning(lab):
     """(rig, web, api) with RULES; the rig stops before the lab goes."""
     rig, web, api = _rig(lab, RULES)
     try:
@@ -51,8 +52,8 @@ def dns(lab):
         rig.close()
 
 
-def test_exact_name_is_allowed_only_after_the_answer_and_only_its_service(dns):
-    rig, web, _api = dns
+def test_exact_name_is_allowed_only_after_the_answer_and_only_its_service(learning):
+    rig, web, _api = learning
     assert connect(web, "10.238.0.5") == "timeout"          # nothing learned yet
     assert resolve(web, "api.example.test") == ["10.238.0.5"]
     assert connect(web, "10.238.0.5") == "ok"
@@ -64,8 +65,8 @@ def test_exact_name_is_allowed_only_after_the_answer_and_only_its_service(dns):
     assert 290 <= grant.expires - time.time() <= 301
 
 
-def test_other_names_and_wildcard_parent_teach_nothing(dns):
-    rig, web, _api = dns
+def test_other_names_and_wildcard_parent_teach_nothing(learning):
+    rig, web, _api = learning
     assert resolve(web, "other.example.test") == ["10.238.0.6"]
     assert resolve(web, "wild.test") == ["10.238.0.9"]
     assert resolve(web, "A.Wild.TEST") == ["10.238.0.8"]
@@ -75,8 +76,8 @@ def test_other_names_and_wildcard_parent_teach_nothing(dns):
     assert {g.address for g in rig.learned()} == {"10.238.0.8"}
 
 
-def test_cname_chain_ipv6_and_tcp_answers(dns):
-    rig, web, _api = dns
+def test_cname_chain_ipv6_and_tcp_answers(learning):
+    rig, web, _api = learning
     assert resolve(web, "alias.example.test") == ["10.238.0.7"]
     assert connect(web, "10.238.0.7", 80) == "ok"          # dns(alias...):tcp = every port
     assert resolve(web, "api.example.test", "AAAA", tcp=True) == ["fd00:238::5"]
@@ -85,8 +86,8 @@ def test_cname_chain_ipv6_and_tcp_answers(dns):
     assert connect(web, "10.238.0.5") == "ok"
 
 
-def test_another_segment_cannot_use_the_first_segments_answer(dns):
-    rig, web, api = dns
+def test_another_segment_cannot_use_the_first_segments_answer(learning):
+    rig, web, api = learning
     assert resolve(web, "api.example.test") == ["10.238.0.5"]
     assert connect(web, "10.238.0.5") == "ok"
     assert connect(api, "10.238.0.5") == "timeout"
@@ -130,18 +131,18 @@ def test_expiry_ends_new_flows_but_not_open_ones(lab):
         rig.close()
 
 
-def test_answers_are_dropped_while_nobody_reads_the_queue(dns):
-    rig, web, api = dns
+def test_answers_are_dropped_while_nobody_reads_the_queue(learning):
+    rig, web, api = learning
     assert rig.queue_rules() == 2
     rig.stop()
-    with pytest.raises(Exception):
+    with pytest.raises(dns.exception.Timeout):
         resolve(web, "api.example.test", timeout=1.0)   # held, nobody reads: fail closed
     assert resolve(api, "api.example.test") == ["10.238.0.5"]   # api has no DNS rule: not held
     assert connect(web, "10.238.0.5") == "timeout"
 
 
-def test_restart_and_rebuild_keep_what_was_learned_and_removed_rules_are_revoked(dns):
-    rig, web, _api = dns
+def test_restart_and_rebuild_keep_what_was_learned_and_removed_rules_are_revoked(learning):
+    rig, web, _api = learning
     assert resolve(web, "api.example.test") == ["10.238.0.5"]
     assert resolve(web, "a.wild.test") == ["10.238.0.8"]
     rig.stop()
@@ -170,8 +171,8 @@ def test_bound_refuses_new_addresses_fail_closed(lab):
         rig.close()
 
 
-def test_a_join_marks_and_a_leave_unmarks_by_delta(dns):
-    rig, web, api = dns
+def test_a_join_marks_and_a_leave_unmarks_by_delta(learning):
+    rig, web, api = learning
     (late,) = rig.lab.add(1)
     rig.lab.move(late, "web")
     rig.service.ports(NET_ID, [(None, rig.lab.members[late])])

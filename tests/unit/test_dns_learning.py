@@ -394,3 +394,16 @@ def test_ebpf_fqdn_maps_share_prefixes_and_delete_expired_entries(monkeypatch):
     clock.now += 60
     assert maps.expire() == 2 and kernel == {}
     maps.close()
+
+
+@pytest.mark.parametrize("updates, lines", [(True, 1), (False, 3)])
+def test_nft_allow_is_one_add_where_the_kernel_updates_timeouts(updates, lines):
+    runner = Runner()
+    sets = nft.NftFqdnSets(runner, lambda net: "secnet_x", clock=lambda: 1000.0, updates_timeout=updates)
+    sets.allow("n", [Grant(257, "10.238.0.5", 4, "tcp", 443, 443, 1060.0, "a.test"),
+                     Grant(257, "10.238.0.5", 4, "tcp", 1000, 2000, 1060.0, "a.test")])
+    (script,) = runner.scripts
+    port, rng = script.splitlines()[:lines], script.splitlines()[lines:]
+    assert port[0] == ('add element inet secnet_x fqdn4_port { 257 . 10.238.0.5 . 6 . 443 timeout 60s '
+                       'comment "a.test" }')
+    assert [line.split()[0] for line in rng] == ["add", "delete", "add"]   # an interval set: always

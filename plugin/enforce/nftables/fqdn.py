@@ -39,7 +39,7 @@ from typing import Sequence
 from plugin.dns.datapath import Grant
 from plugin.enforce.backend import BackendError
 
-from .runner import NftError
+from .runner import NftError, NftRunner, in_scratch_namespace
 
 ADDR_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 ADDR_EXPR = {4: "ip", 6: "ip6"}
@@ -122,16 +122,19 @@ class NftFqdnSets:
     ``table_of``: network id -> table name (family ``inet``).
     """
 
-    def __init__(self, runner, table_of, clock=time.time):
+    def __init__(self, runner, table_of, clock=time.time, updates_timeout=None):
         self.runner, self.table_of, self.clock = runner, table_of, clock
+        self.updates_timeout = updates_timeout   # None: ask the kernel at the first write
 
     def allow(self, network_id: str, grants: Sequence[Grant]) -> None:
+        if self.updates_timeout is None:
+            self.updates_timeout = timeout_update_works()
         now, table, lines = self.clock(), self.table_of(network_id), []
         for g in grants:
             target, text = _target(table, g), element(g, now)
-            lines += [f"add element {target} {{ {text} }}",
-                      f"delete element {target} {{ {_key(g)} }}",
-                      f"add element {target} {{ {text} }}"]
+            lines.append(f"add element {target} {{ {text} }}")
+            if not self.updates_timeout or kind_of(g) == "range":
+                lines += [f"delete element {target} {{ {_key(g)} }}", f"add element {target} {{ {text} }}"]
         if lines:
             self.runner.apply("\n".join(lines) + "\n")
 
@@ -155,6 +158,23 @@ class NftFqdnSets:
                         if grant is not None:
                             out.append(grant)
         return sorted(out)
+
+
+def timeout_update_works() -> bool:
+    """Does an ``add`` of an element already in a set give it the new timeout?
+    (Checked in a namespace of its own; False when it cannot be checked.)"""
+    def probe() -> bool:
+        runner = NftRunner()
+        runner.apply("table inet probe { set s { type ipv4_addr; flags timeout; }; }\n"
+                     "add element inet probe s { 10.0.0.1 timeout 100s }\n"
+                     "add element inet probe s { 10.0.0.1 timeout 300s }\n")
+        data = runner.list_json("set", "inet", "probe", "s")
+        (elem,) = [e for o in data["nftables"] if "set" in o for e in o["set"]["elem"]]
+        return float(elem["elem"]["expires"]) > 200
+    try:
+        return bool(in_scratch_namespace(probe))
+    except Exception:   # noqa: BLE001 (the safe way then)
+        return False
 
 
 def _parse_elem(family: int, kind: str, elem, now: float) -> Grant | None:
