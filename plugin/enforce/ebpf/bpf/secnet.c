@@ -193,6 +193,10 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 		reason = R_NOT_MEMBER;
 	} else {
 		ok = judge(o, kind, vd.src, vd.dst, port, c->ver, c->s, &ck, &reason);
+		/* opened while its address was learned: it goes on after the answer
+		 * expired, as long as a dns(...) rule of its segment names its service */
+		if (!ok && kind == KIND_EGRESS && reason == R_EGRESS && (v->flags & CT_FQDN))
+			ok = fqdn_rule_kept(c->ver, vd.src, o, port);
 	}
 	v->generation = c->st->generation;
 	v->kind = kind;
@@ -255,7 +259,9 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 	if (judge(p, kind, src, dst, port, c->ver, c->s, &ck, &vd.reason)) {
 		if (ck.kind)
 			count_allowed(&ck, l3_len(skb));
-		ct_create(p, kind, 0, c->st->generation);
+		if (vd.reason == R_LEARNED)
+			skb->mark |= LEARNED_MARK;   /* the NAT-only table puts it in the ct mark */
+		ct_create(p, kind, vd.reason == R_LEARNED ? CT_FQDN : 0, c->st->generation);
 		return TC_ACT_OK;
 	}
 	verdict = deny(skb, p, &vd, c->s->mode);
