@@ -15,6 +15,9 @@ content can be written under either version (see backend.py: the swap).
 * cidrs: an LPM trie keyed (version, direction, identity, family, address).
   Its longest match must answer for every CIDR containing the address, so
   each prefix carries the services of every entry whose CIDR contains it.
+  Direction ``fqdn`` (2) holds, per segment, the services of its dns(...)
+  rules for any address (``policy_cidrs``): they allow no new flow, they keep
+  flows a learned address admitted after it expired.
 """
 from __future__ import annotations
 
