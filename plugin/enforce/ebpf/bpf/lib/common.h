@@ -39,7 +39,7 @@ enum reason {
 #define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/kernel/dockerfw.py) */
 /* a new flow admitted by a learned DNS address: the NAT-only nft table copies it
  * into the connection's ct mark, so that conntrack pruning keeps the flow
- * (plugin/enforce/nftables/fqdn.py LEARNED_FLOW) */
+ * (plugin/dns/datapath.py LEARNED_FLOW_MARK) */
 #define LEARNED_MARK 0x00800000
 
 /* endpoints: host-side veth ifindex -> the endpoint behind it */
