@@ -30,6 +30,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
+from plugin.dns.datapath import LEARNED_FLOW_MARK
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 
@@ -42,6 +43,7 @@ IPS_DST_NAT = 1 << 5
 NEVER = ("gone", "quarantined", "pending")  # holder states through which nothing passes
 
 Allowed = Callable[[tuple, tuple, str, Optional[int]], bool]
+Kept = Callable[[tuple, str, Optional[int]], bool]
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,13 @@ class Entry:
     orig: Tuple
     reply: Tuple
     status: int = 0
+    mark: int = 0                                              # the connection's ct mark
     key: object = field(default=None, compare=False, repr=False)  # the kernel's tuple, to delete by
+
+    @property
+    def learned(self) -> bool:
+        """Did a learned DNS address admit this flow? (``LEARNED_FLOW_MARK``)"""
+        return bool(self.mark & LEARNED_FLOW_MARK)
 
     @property
     def dnat(self) -> bool:
@@ -135,6 +143,17 @@ def allowed_by(compiled, learned=None) -> Allowed:
     return allowed
 
 
+def dns_rule_by(compiled) -> Kept:
+    """``kept(src, proto, port)``: does a dns(...) rule of segment ``src`` still
+    name this service? A flow a learned address admitted goes on after the
+    address expired while this holds; removing the rule ends it."""
+    def kept(src: tuple, proto: str, port: Optional[int]) -> bool:
+        identity = compiled.identities.get(src[1]) if src[0] == "segment" else None
+        return identity is not None and any(
+            f.identity == identity and f.service.matches(proto, port) for f in compiled.fqdns)
+    return kept
+
+
 def is_host_address(address: str) -> bool:
     """Is ``address`` one of this host's own? (binding to it only works then)"""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
@@ -154,8 +173,12 @@ def _outside(address: str, dnat: bool, is_host: Callable) -> tuple:
 
 
 def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
-          is_host: Callable[[str], bool] = is_host_address) -> Optional[str]:
+          is_host: Callable[[str], bool] = is_host_address, kept: Optional[Kept] = None) -> Optional[str]:
     """Why ``entry`` must go now (a short reason), or None: keep it.
+
+    ``kept``: for a flow a learned address admitted (``Entry.learned``) from a
+    member to the outside, whether its segment's dns(...) rules still name its
+    service (``dns_rule_by``); None: such flows are judged like any other.
 
     ``held``: address -> Holder of the network's endpoints (and GONE for
     removed ones); entries that touch none of them are not this network's.
@@ -177,6 +200,9 @@ def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
     src = src_h.end if src_h else _outside(entry.source, entry.dnat, is_host)
     if allowed(src, dst, entry.orig.proto, entry.port):
         return None
+    if kept is not None and entry.learned and src_h is not None and dst_h is None and \
+            kept(src, entry.orig.proto, entry.port):
+        return None  # opened while its address was learned: goes on after the answer expired
     if entry.dnat and src_h is not None and dst_h is not None and \
             allowed(("host", entry.source), dst, entry.orig.proto, entry.port):
         return None  # hairpin: what no east-west grant allows is judged like a published flow
@@ -184,14 +210,15 @@ def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
 
 
 def stale(entries: Iterable[Entry], held: Mapping[str, Holder], allowed: Allowed,
-          only: Optional[set] = None, is_host: Callable[[str], bool] = is_host_address) -> list:
+          only: Optional[set] = None, is_host: Callable[[str], bool] = is_host_address,
+          kept: Optional[Kept] = None) -> list:
     """[(entry, reason)] of the entries to delete; with ``only`` (addresses),
     just the entries that name one of them."""
     out = []
     for entry in entries:
         if only is not None and not (entry.addresses & only):
             continue
-        reason = judge(entry, held, allowed, is_host)
+        reason = judge(entry, held, allowed, is_host, kept)
         if reason is not None:
             out.append((entry, reason))
     return out
@@ -230,7 +257,7 @@ class Kernel:
             for e in ct.dump_entries():
                 fam = 6 if e.tuple_orig.family == socket.AF_INET6 else 4
                 out.append(Entry(fam, _tuple(e.tuple_orig), _tuple(e.tuple_reply), e.status or 0,
-                                 key=e.tuple_orig))
+                                 e.mark or 0, key=e.tuple_orig))
             return out
         finally:
             ct.close()
@@ -269,11 +296,13 @@ class Flows:
             log.warning("cannot list conntrack entries: %s", exc)
             return []
 
-    def enforce(self, allowed: Allowed, held: Mapping[str, Holder], only: Optional[set] = None) -> int:
-        """Delete the entries that the new state (``allowed`` over ``held``) does
-        not allow; the one call for policy edits, segment and mode changes."""
+    def enforce(self, allowed: Allowed, held: Mapping[str, Holder], only: Optional[set] = None,
+                kept: Optional[Kept] = None) -> int:
+        """Delete the entries that the new state (``allowed`` over ``held``, ``kept``
+        for flows learned addresses admitted) does not allow; the one call for
+        policy edits, segment and mode changes."""
         is_host = functools.lru_cache(maxsize=1024)(is_host_address)  # per call: addresses come and go
-        doomed = stale(self._entries(), held, allowed, only, is_host)
+        doomed = stale(self._entries(), held, allowed, only, is_host, kept)
         deleted = self.kernel.delete([e for e, _ in doomed]) if doomed else 0
         if deleted:
             reasons = sorted({r for _e, r in doomed})
@@ -283,8 +312,10 @@ class Flows:
     def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None, learned=None) -> int:
         """``enforce`` for a compiled policy and its members' ports (policy edits,
         mode switches, repairs): the call later policy sources reuse. ``learned``:
-        the DNS answers in force (flows to their addresses go on)."""
-        return self.enforce(allowed_by(compiled, learned), holders(ports), only)
+        the DNS answers in force (flows to their addresses go on); flows a learned
+        address admitted go on after it expired while a dns(...) rule of their
+        segment names their service."""
+        return self.enforce(allowed_by(compiled, learned), holders(ports), only, dns_rule_by(compiled))
 
     def forget(self, addresses: Iterable[str]) -> int:
         """Delete every entry naming a removed endpoint's ``addresses`` (either tuple)."""

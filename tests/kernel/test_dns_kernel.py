@@ -14,7 +14,8 @@ import dns.exception
 import pytest
 
 from dns_lab import DNS6, DNS_RULES, DnsRig, connect, open_connection, resolve
-from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
+from nsfixtures import NET_ID, NsKernel, lab  # noqa: F401  (lab is a fixture)
+from plugin.kernel.conntrack import Flows
 
 pytestmark = pytest.mark.kernel
 
@@ -127,6 +128,52 @@ def test_expiry_ends_new_flows_but_not_open_ones(lab):
         finally:
             conn.close()
         assert rig.service.learned(NET_ID) == {}
+    finally:
+        rig.close()
+
+
+def _echoes(conn, data: bytes) -> bool:
+    try:
+        conn.sendall(data)
+        return conn.recv(16) == data
+    except OSError:      # socket.timeout included: the flow was ended
+        return False
+
+
+def _prune(rig) -> None:
+    """What the reconciler does after a change, on every backend: prune conntrack."""
+    lab = rig.lab
+    Flows(NsKernel(lab.host)).enforce_policy(lab.policy, lab.ports(), learned=rig.service.learned(NET_ID))
+
+
+def test_open_flow_outlives_expiry_edits_and_repairs_until_its_rule_goes(lab):
+    rule = "web->dns(short.example.test):tcp/443"
+    rig, web, _api = _rig(lab, rule, min_ttl=1)
+    try:
+        rig.server.add("short.example.test", "A", 2, "10.238.0.21")
+        assert resolve(web, "short.example.test") == ["10.238.0.21"]
+        conn = open_connection(web, "10.238.0.21")
+        try:
+            assert _echoes(conn, b"open")
+            flows = [e for e in NsKernel(lab.host).entries() if e.orig.dst == "10.238.0.21"]
+            assert flows and all(e.learned for e in flows)      # the connection remembers it
+            time.sleep(3.5)
+            assert rig.learned() == []
+            lab.update(f"{rule} web->api:tcp/8080 {DNS_RULES}")  # unrelated: eBPF judges again
+            rig.tell()
+            _prune(rig)
+            assert _echoes(conn, b"edited")
+            lab.repair()                                        # a drift repair: whole network
+            rig.tell()
+            _prune(rig)
+            assert _echoes(conn, b"repaired")
+            assert connect(web, "10.238.0.21") == "timeout"     # a new flow: expired
+            lab.update(f"web->api:tcp/8080 {DNS_RULES}")        # the dns rule goes
+            rig.tell()
+            _prune(rig)
+            assert not _echoes(conn, b"gone")
+        finally:
+            conn.close()
     finally:
         rig.close()
 

@@ -162,3 +162,30 @@ def test_holders_read_ports_published_and_states():
 @pytest.mark.parametrize("rules", ["", "web->api:tcp/8080"])
 def test_allowed_by_fails_closed_on_unknown_segments(rules):
     assert allowed(rules)(("segment", "nope"), ("segment", "api"), "tcp", 80) is False
+
+
+# --- flows a learned DNS address admitted --------------------------------------------
+OUT4 = "198.51.100.7"
+
+
+def test_a_learned_flow_goes_on_after_expiry_while_its_dns_rule_names_its_service():
+    from plugin.dns.datapath import LEARNED_FLOW_MARK
+    from plugin.kernel.conntrack import dns_rule_by
+    members = [Member("a", "web", WEB4, WEB6), Member("b", "api", API4, API6)]
+
+    def judged(e, rules):
+        compiled = compile_policy(parse_network_options({"secnet.allow": rules, "secnet.egress": "deny"}),
+                                  members)
+        return judge(e, HELD, allowed_by(compiled), is_host, dns_rule_by(compiled))
+
+    flow = entry("tcp", WEB4, OUT4, 40000, 443)
+    learned = Entry(4, flow.orig, flow.reply, 0, LEARNED_FLOW_MARK | 1)
+    assert learned.learned and not flow.learned
+    rule = "web->dns(api.example.test):tcp/443"
+    assert judged(learned, rule) is None                           # expired: nothing learned now
+    assert judged(flow, rule) == "denied"                          # not admitted by an answer
+    assert judged(learned, "web->dns(api.example.test):tcp/80") == "denied"   # other service
+    assert judged(learned, "api->dns(api.example.test):tcp/443") == "denied"  # other segment
+    assert judged(learned, "web->api:tcp/1") == "denied"           # the rule is gone
+    back = entry("tcp", OUT4, WEB4, 443, 40000)                    # never from outside in
+    assert judged(Entry(4, back.orig, back.reply, 0, LEARNED_FLOW_MARK), rule) == "denied"

@@ -217,3 +217,14 @@ def test_an_arp_drop_event_carries_its_protocol_addresses():
     e = decode(raw, 0.0)
     assert (e.network, e.reason, e.family, e.proto) == ("abcdef012345", "quarantined", 4, "arp")
     assert (e.src, e.dst, e.port) == ("10.1.0.2", "10.1.0.3", None)
+
+
+def test_dns_rules_become_fqdn_entries_for_every_address_that_allow_nothing_new():
+    pm = compile_policy_map(NetworkOptions(rules=parse_rules(
+        "a->dns(api.example.test):tcp/443 a->10.0.0.0/8:udp/53"), egress="deny"), {"a": 256})
+    content = maps.cidr_content(maps.policy_cidrs(pm))
+    assert [(s[0], s[2], s[3]) for s in lookup_cidr(content, "fqdn", 256, "192.0.2.7")] == [(6, 443, 443)]
+    assert [(s[0], s[2]) for s in lookup_cidr(content, "fqdn", 256, "2001:db8::7")] == [(6, 443)]
+    assert lookup_cidr(content, "egress", 256, "192.0.2.7") == []     # never an egress grant
+    assert [s[0] for s in lookup_cidr(content, "egress", 256, "10.1.2.3")] == [17]
+    assert lookup_cidr(content, "fqdn", 257, "192.0.2.7") == []

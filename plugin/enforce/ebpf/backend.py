@@ -56,7 +56,7 @@ def _full_changes(policy: PolicyMap) -> dict:
     """map name -> (None: read back from the kernel, content, key function): a full write."""
     return {
         "policy": (None, maps.policy_content(policy.entries), maps.policy_key),
-        "cidrs": (None, maps.cidr_content(policy.cidrs), maps.cidr_key),
+        "cidrs": (None, maps.cidr_content(maps.policy_cidrs(policy)), maps.cidr_key),
         "restricted": (None, maps.restricted_content(policy), maps.restricted_key),
     }
 
@@ -82,8 +82,9 @@ def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
     after = (before - delta.entries_removed) | delta.entries_added
     out = {"policy": (maps.policy_content(before), maps.policy_content(after), maps.policy_key),
            "restricted": (maps.restricted_content(old), maps.restricted_content(new), maps.restricted_key)}
-    if delta.cidrs_added or delta.cidrs_removed:
-        out["cidrs"] = (maps.cidr_content(old.cidrs), maps.cidr_content(new.cidrs), maps.cidr_key)
+    if delta.cidrs_added or delta.cidrs_removed or delta.fqdns_added or delta.fqdns_removed:
+        out["cidrs"] = (maps.cidr_content(maps.policy_cidrs(old)), maps.cidr_content(maps.policy_cidrs(new)),
+                        maps.cidr_key)
     return out
 
 

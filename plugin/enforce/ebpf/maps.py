@@ -15,6 +15,9 @@ content can be written under either version (see backend.py: the swap).
 * cidrs: an LPM trie keyed (version, direction, identity, family, address).
   Its longest match must answer for every CIDR containing the address, so
   each prefix carries the services of every entry whose CIDR contains it.
+  Direction ``fqdn`` (2) holds, per segment, the services of its dns(...)
+  rules for any address (``policy_cidrs``): they allow no new flow, they keep
+  flows a learned address admitted after it expired.
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ U32 = struct.Struct("<I")
 
 L4 = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
 L4_NAMES = {v: k for k, v in L4.items()}
-DIRECTIONS = {INGRESS: 0, EGRESS: 1}
+FQDN = "fqdn"   # the pseudo-direction of a segment's dns(...) services (DIR_FQDN)
+DIRECTIONS = {INGRESS: 0, EGRESS: 1, FQDN: 2}
 DIRECTION_NAMES = {v: k for k, v in DIRECTIONS.items()}
 MODES = {"enforce": 0, "audit": 1}
 CK_POLICY, CK_CIDR = 1, 2
@@ -222,6 +226,17 @@ def cidr_content(cidrs: Iterable[CidrEntry]) -> dict:
             value = U32.pack(len(svcs)) + b"".join(svcs) + bytes(CIDR_SVC.size * (CIDR_SLOTS - len(svcs)))
             out[(CIDR_FIXED_BITS + net.prefixlen, data)] = value
     return out
+
+
+def policy_cidrs(policy) -> list:
+    """The CIDR map's entries of ``policy``: its CIDR entries and, per dns(...)
+    rule, one ``fqdn`` entry for every address of each family, so that the
+    program keeps a flow a learned address admitted after the address expired
+    while the rule names its service (bpf/lib/policy.h ``fqdn_rule_kept``; it
+    never allows a new flow)."""
+    marks = [CidrEntry(FQDN, f.identity, fam, cidr, f.proto, f.lo, f.hi, f.rule)
+             for f in policy.fqdns for fam, cidr in ((4, "0.0.0.0/0"), (6, "::/0"))]
+    return list(policy.cidrs) + marks
 
 
 def _svc(e: CidrEntry) -> bytes:

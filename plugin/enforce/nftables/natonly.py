@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from plugin.dns.datapath import LEARNED_FLOW_MARK
+
 from . import northsouth as ns
 from .elements import ports_elements
 from .ruleset import element_text
@@ -53,6 +55,10 @@ def render_nat(network_id: str, bridge: str, subnets: Iterable[str], internal: b
         "  chain forward {",
         "    type filter hook forward priority filter - 5; policy accept;",
         f'    oifname "{bridge}" meta mark set meta mark or {PASSED_MARK:#x}',
+        # a new flow the program admitted by a learned DNS address (bpf LEARNED_MARK):
+        # the connection remembers it for conntrack pruning (plugin.kernel.conntrack)
+        f"    ct state new meta mark & {LEARNED_FLOW_MARK:#x} == {LEARNED_FLOW_MARK:#x}"
+        f" ct mark set ct mark or {LEARNED_FLOW_MARK:#x}",
         "  }",
         "}",
     ]

@@ -37,6 +37,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Mapping
 
+from plugin.dns.datapath import LEARNED_FLOW_MARK
 from segmentation.identities import HOST, OUTSIDE, PENDING, QUARANTINED
 
 from . import fqdn
@@ -45,7 +46,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 3   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 4   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -166,7 +167,9 @@ def _policy_chains() -> list:
         "ct status dnat goto ingress",
         deny("no-rule"))
     # after the CIDR lookups: the addresses DNS answers taught (dns(NAME) rules, plugin.dns)
-    learned = [r.strip() for r in fqdn.lookup_rules("meta mark", "goto pass").splitlines()]
+    # (the connection remembers it: its flow goes on after the address expired, plugin.kernel.conntrack)
+    learned = [r.strip() for r in fqdn.lookup_rules(
+        "meta mark", f"ct mark set ct mark | {LEARNED_FLOW_MARK:#010x} goto pass").splitlines()]
     egress = _rules("egress", f"{SETTING_KEY} @internal {deny('internal')}", *_cidr_lookups(
         "meta mark", "ip daddr", "ip6 daddr", "eg", first=True), *learned,
         f"{SETTING_KEY} @egress_allow goto pass", deny("egress"))

@@ -53,6 +53,7 @@ struct ctx {
 	struct state *st;
 	struct settings *s;
 	__u8 ver;
+	__u8 learned;            /* judge_new admitted the flow by a learned DNS address */
 };
 
 static __always_inline struct pkt *fresh_pkt(void)
@@ -193,6 +194,10 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 		reason = R_NOT_MEMBER;
 	} else {
 		ok = judge(o, kind, vd.src, vd.dst, port, c->ver, c->s, &ck, &reason);
+		/* opened while its address was learned: it goes on after the answer
+		 * expired, as long as a dns(...) rule of its segment names its service */
+		if (!ok && kind == KIND_EGRESS && reason == R_EGRESS && (v->flags & CT_FQDN))
+			ok = fqdn_rule_kept(c->ver, vd.src, o, port);
 	}
 	v->generation = c->st->generation;
 	v->kind = kind;
@@ -255,7 +260,8 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 	if (judge(p, kind, src, dst, port, c->ver, c->s, &ck, &vd.reason)) {
 		if (ck.kind)
 			count_allowed(&ck, l3_len(skb));
-		ct_create(p, kind, 0, c->st->generation);
+		c->learned = vd.reason == R_LEARNED;
+		ct_create(p, kind, vd.reason == R_LEARNED ? CT_FQDN : 0, c->st->generation);
 		return TC_ACT_OK;
 	}
 	verdict = deny(skb, p, &vd, c->s->mode);
@@ -337,7 +343,13 @@ int from_container(struct __sk_buff *skb)
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return (r == TC_ACT_OK && ew) ? deliver(skb, p) : r;
+	c.learned = 0;
 	r = judge_sent(skb, &c, p, identity_of(p, p->saddr));
+	if (c.learned) {
+		/* (the barrier: the verifier refuses a spilled &skb->mark, ctx + 8) */
+		asm volatile("" : "+r"(skb));
+		skb->mark |= LEARNED_MARK;   /* the NAT-only table puts it in the ct mark */
+	}
 	return r == TC_ACT_OK ? deliver(skb, p) : r;
 }
 

@@ -24,6 +24,8 @@ enum reason {
 	R_NO_RULE = 0, R_EGRESS, R_INTERNAL, R_NOT_MEMBER, R_INVALID,
 	R_QUARANTINED, R_PENDING, R_SPOOFED, R_ETHERTYPE,
 };
+/* not a drop: judge() allowed the flow by an address a DNS answer taught (CT_FQDN) */
+#define R_LEARNED 200
 
 /* L4 codes of the policy map: the rule's protocol, family-neutral */
 #define L4_ICMP_ECHO  1     /* ICMP echo request, or ICMPv6 echo request */
@@ -35,6 +37,10 @@ enum reason {
 #define MODE_AUDIT   1
 
 #define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/kernel/dockerfw.py) */
+/* a new flow admitted by a learned DNS address: the NAT-only nft table copies it
+ * into the connection's ct mark, so that conntrack pruning keeps the flow
+ * (plugin/dns/datapath.py LEARNED_FLOW_MARK) */
+#define LEARNED_MARK 0x00800000
 
 /* endpoints: host-side veth ifindex -> the endpoint behind it */
 struct endpoint {
@@ -108,6 +114,7 @@ struct restricted_key {
 #define CIDR_SLOTS 16
 #define DIR_INGRESS 0
 #define DIR_EGRESS  1
+#define DIR_FQDN    2   /* any address, per segment: the services of its dns(...) rules (CT_FQDN) */
 struct cidr_key {
 	__u32 prefixlen;
 	__u8  data[CIDR_DATA];
@@ -194,6 +201,8 @@ struct ct_key {
 
 #define CT_REPLY  1          /* this is the reply direction's entry */
 #define CT_DENIED 2          /* audit mode let a denied flow pass */
+#define CT_FQDN   4          /* opened to a learned DNS address: goes on after the address
+			      * expires, while a dns(...) rule of its segment names its service */
 #define KIND_EW      1       /* member -> member */
 #define KIND_EGRESS  2       /* member -> outside */
 #define KIND_IN      3       /* outside -> member */

@@ -133,6 +133,15 @@ static __always_inline int fqdn_lookup(__u16 id, struct pkt *p, __u16 port)
 	       fqdn_valid(&k, FQDN_ANY_BITS, now);
 }
 
+/* A flow opened to a learned address (CT_FQDN) whose address has expired: does a
+ * dns(...) rule of segment ``src`` still name its service? (DIR_FQDN entries) */
+static __always_inline int fqdn_rule_kept(__u8 ver, __u16 src, struct pkt *p, __u16 port)
+{
+	struct count_key ck = {};
+
+	return cidr_lookup(ver, DIR_FQDN, src, p, p->daddr, port, &ck);
+}
+
 static __always_inline int restricted_id(__u8 ver, __u16 id)
 {
 	struct restricted_key k = { .version = ver, .identity = id };
@@ -140,7 +149,8 @@ static __always_inline int restricted_id(__u8 ver, __u16 id)
 	return bpf_map_lookup_elem(&restricted, &k) != NULL;
 }
 
-/* 1: allowed (``ck`` says by what; ck->kind 0: a default); 0: denied, ``*reason`` why.
+/* 1: allowed (``ck`` says by what; ck->kind 0: a default or, with ``*reason`` R_LEARNED,
+ * a learned DNS address); 0: denied, ``*reason`` why.
  * ``kind``: KIND_*; ``src``/``dst``: identities (ID_OUTSIDE/ID_HOST for the outside);
  * ``port``: the destination port the policy speaks of (a hairpin: the container's). */
 static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst, __u16 port,
@@ -165,8 +175,10 @@ static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst,
 	if (kind == KIND_EGRESS) {
 		if (cidr_lookup(ver, DIR_EGRESS, src, p, p->daddr, port, ck))
 			return 1;
-		if (fqdn_lookup(src, p, port))
+		if (fqdn_lookup(src, p, port)) {
+			*reason = R_LEARNED;
 			return 1;
+		}
 		*reason = R_EGRESS;
 		return s->egress_allow;
 	}
