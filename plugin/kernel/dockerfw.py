@@ -45,66 +45,75 @@ class DockerFirewall:
     def _run(self, binary: str, *args) -> subprocess.CompletedProcess:
         return subprocess.run([binary, "-w", "5", *args], capture_output=True, text=True, check=False)
 
-    def _ensure_chain(self, binary: str) -> bool:
-        if self._run(binary, "-t", "filter", "-n", "-L", CHAIN).returncode == 0:
-            return True
-        # Docker creates DOCKER-USER and the jump to it when it starts; making
-        # the chain early is harmless and lets our rule be in place already.
-        return self._run(binary, "-t", "filter", "-N", CHAIN).returncode == 0
+    def _restore(self, binary: str, lines: list) -> None:
+        """Apply ``lines`` (iptables commands without the binary) to the filter table in one
+        ``iptables-restore --noflush``: one process, one transaction (RuntimeError if refused)."""
+        script = "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+        res = subprocess.run([binary + "-restore", "--noflush", "-w", "5"], input=script,
+                             capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"{binary}-restore failed: {res.stderr.strip()[:300]}")
+
+    def _filter_table(self, binary: str):
+        """The filter table as ``-S`` prints it, each line split into words (None if unreadable)."""
+        res = self._run(binary, "-t", "filter", "-S")
+        if res.returncode != 0:
+            return None
+        return [shlex.split(line) for line in res.stdout.splitlines()]
+
+    @staticmethod
+    def _ours(table: list, network_id: str) -> list:
+        """The arguments (after ``-A DOCKER-USER``) of this network's rules, in chain order."""
+        return [words[2:] for words in table
+                if words[:2] == ["-A", CHAIN] and COMMENT_PREFIX + network_id in words]
 
     def ensure(self, bridge: str, network_id: str) -> bool:
-        """Put the bridge's rules in place; True when some had to be (re)written."""
+        """Put the bridge's rules in place; True when some had to be (re)written.
+
+        Per binary: one read of the filter table, and one ``iptables-restore``
+        only when something is missing (a new network: two processes, not ~15).
+        """
         changed = False
         with self._lock:
             for binary in self.binaries:
-                if not self._ensure_chain(binary):
-                    log.warning("%s: cannot make chain %s", binary, CHAIN)
+                table = self._filter_table(binary)
+                if table is None:
+                    log.warning("%s: cannot read the filter table", binary)
                     continue
-                changed |= self._ensure_jump(binary)
-                self._drop_stale(binary, network_id)
-                specs = self._specs(bridge, network_id)
-                if all(self._run(binary, "-C", CHAIN, *spec).returncode == 0 for spec in specs):
-                    continue
-                self._delete(binary, specs)  # then all again, in order, at the top
-                changed = True
-                for spec in reversed(specs):
-                    res = self._run(binary, "-I", CHAIN, "1", *spec)
-                    if res.returncode != 0:
-                        raise RuntimeError(f"{binary} -I {CHAIN} failed: {res.stderr.strip()}")
+                lines, rewrite = self._ensure_lines(table, bridge, network_id)
+                if lines:
+                    self._restore(binary, lines)
+                changed |= rewrite
         return changed
 
-    def _ensure_jump(self, binary: str) -> bool:
-        """FORWARD must pass through DOCKER-USER (Docker sets that up for IPv4
-        only, unless its ip6tables support is on). True when it had to be added."""
-        if self._run(binary, "-C", "FORWARD", "-j", CHAIN).returncode != 0:
-            self._run(binary, "-I", "FORWARD", "1", "-j", CHAIN)
-            return True
-        return False
-
-    def _drop_stale(self, binary: str, network_id: str) -> None:
-        """Remove rules of this network that an older secnet wrote differently."""
-        wanted = {tuple(spec) for spec in self._specs("", network_id)}
-        res = self._run(binary, "-S", CHAIN)
-        for line in res.stdout.splitlines() if res.returncode == 0 else ():
-            words = shlex.split(line)
-            if COMMENT_PREFIX + network_id not in words or words[:2] != ["-A", CHAIN]:
-                continue
-            generic = list(words[2:])
-            for flag in ("-i", "-o"):
-                if flag in generic:
-                    generic[generic.index(flag) + 1] = ""
-            if tuple(generic) not in wanted:
-                self._run(binary, "-D", CHAIN, *words[2:])
-
-    def _delete(self, binary: str, specs) -> None:
-        for spec in specs:
-            while self._run(binary, "-D", CHAIN, *spec).returncode == 0:
-                pass
+    def _ensure_lines(self, table: list, bridge: str, network_id: str) -> tuple:
+        """(restore lines, whether that is a rewrite) that put the bridge's rules in place:
+        the chain (Docker makes it when it starts; early is harmless), FORWARD's jump to
+        it (Docker adds it for IPv4 only unless its ip6tables support is on), rules an
+        older secnet wrote differently removed, and the four rules, in order, at the top."""
+        lines, rewrite = [], False
+        if ["-N", CHAIN] not in table:
+            lines.append(f":{CHAIN} - [0:0]")
+        if ["-A", "FORWARD", "-j", CHAIN] not in table:
+            lines.append(f"-I FORWARD 1 -j {CHAIN}")
+            rewrite = True
+        specs, ours = self._specs(bridge, network_id), self._ours(table, network_id)
+        wanted = {tuple(_generic(spec)) for spec in specs}
+        stale = [args for args in ours if tuple(_generic(args)) not in wanted]
+        if all(spec in ours for spec in specs):
+            doomed = stale
+        else:
+            doomed, rewrite = ours, True   # then all again, in order, at the top
+            lines += [f"-I {CHAIN} 1 {shlex.join(spec)}" for spec in reversed(specs)]
+        return [f"-D {CHAIN} {shlex.join(args)}" for args in doomed] + lines, rewrite
 
     def remove(self, bridge: str, network_id: str) -> None:
         with self._lock:
             for binary in self.binaries:
-                self._delete(binary, self._specs(bridge, network_id))
+                table = self._filter_table(binary)
+                ours = self._ours(table, network_id) if table else []
+                if ours:
+                    self._restore(binary, [f"-D {CHAIN} {shlex.join(args)}" for args in ours])
 
     def owned(self) -> list:
         """(binary, bridge, network_id) of every secnet rule in DOCKER-USER."""
@@ -132,3 +141,12 @@ class DockerFirewall:
             if res.returncode == 0 and "-P FORWARD DROP" in res.stdout:
                 return True
         return False
+
+
+def _generic(args: list) -> list:
+    """Rule arguments with the interface names blanked (a rule's shape)."""
+    out = list(args)
+    for flag in ("-i", "-o"):
+        if flag in out:
+            out[out.index(flag) + 1] = ""
+    return out

@@ -354,3 +354,23 @@ def test_wiring_subscribes_the_filter_and_hooks_engine_detection(monkeypatch, wa
             assert daemon.nftwatch.subs == [(fw.trigger, fw.interested)]
     finally:
         fw.stop()
+
+
+def test_docker_firewall_writes_only_what_is_missing_in_one_restore():
+    import shlex
+
+    from plugin.kernel.dockerfw import CHAIN, DockerFirewall
+
+    fw, nid = DockerFirewall(), "ab" * 32
+    specs = fw._specs("sn-x", nid)
+    base = [["-P", "FORWARD", "DROP"], ["-N", CHAIN], ["-A", "FORWARD", "-j", CHAIN]]
+    complete = base + [["-A", CHAIN, *spec] for spec in specs] + [["-A", CHAIN, "-j", "RETURN"]]
+    assert fw._ensure_lines(complete, "sn-x", nid) == ([], False)
+    lines, rewrite = fw._ensure_lines(base + [["-A", CHAIN, *specs[0]]], "sn-x", nid)
+    assert rewrite and lines[0] == f"-D {CHAIN} {shlex.join(specs[0])}"
+    assert lines[1:] == [f"-I {CHAIN} 1 {shlex.join(spec)}" for spec in reversed(specs)]
+    stale = ["-i", "sn-x", "-m", "comment", "--comment", "secnet:" + nid, "-j", "ACCEPT"]
+    lines, rewrite = fw._ensure_lines(complete + [["-A", CHAIN, *stale]], "sn-x", nid)
+    assert (lines, rewrite) == ([f"-D {CHAIN} {shlex.join(stale)}"], False)
+    lines, rewrite = fw._ensure_lines([["-P", "FORWARD", "DROP"]], "sn-x", nid)
+    assert rewrite and lines[:2] == [f":{CHAIN} - [0:0]", f"-I FORWARD 1 -j {CHAIN}"] and len(lines) == 6
