@@ -83,7 +83,7 @@ class Port:
 class Counters:
     """Packet and byte counters of one network, in neutral terms.
 
-    ``allowed``: policy-map key (``PolicyEntry.key`` or a ``CidrEntry``) ->
+    ``allowed``: policy-map key (``PolicyEntry.key`` or ``CidrEntry.key``) ->
     ``(packets, bytes)`` of the flows it opened; ``dropped``: ``(src identity,
     dst identity)`` -> ``(packets, bytes)``; ``reasons``: drop reason ->
     ``(packets, bytes)``. ``would_drop`` and ``would_drop_reasons``: the same

@@ -138,3 +138,16 @@ def test_the_hosts_loopback_stays_the_hosts(lab):
     assert any(b"to-the-gateway" in f for f in frames)        # the control: the host echoes
     assert not any(b"to-loopback" in f for f in frames)
     assert lab.dropped("invalid") >= 1
+
+
+def test_cidr_rules_count_the_flows_they_allow(lab):
+    """`secnet show`'s per-rule counters (observe.counting) find the packets of flows that
+    CIDR rules allowed, egress and ingress, as they do for east-west rules."""
+    from plugin.observe.counting import per_rule   # noqa: PLC0415
+    web, api = lab.add(2)
+    egress, ingress = "web->10.237.0.0/24:tcp/8080", "10.237.0.0/24->api:tcp/8080"
+    lab.apply(f"{egress}, {ingress}", {web: "web", api: "api"}, "deny", egress="deny")
+    assert probe_tcp(web, OUTSIDE4, 8080) == "ok"
+    assert probe_tcp(lab.outside, api.ip4, 8080) == "ok"
+    counted = per_rule(lab.policy, lab.counters())
+    assert counted[egress][0] >= 1 and counted[ingress][0] >= 1, counted

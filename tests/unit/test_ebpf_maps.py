@@ -120,8 +120,8 @@ def test_count_target_maps_counters_back_to_policy_keys():
     assert maps.count_target(key) == (256, 257, "tcp", 8080, 8090)
     entry = CidrEntry("egress", 256, 4, "10.0.0.0/8", "tcp", 443, 443, "web->10.0.0.0/8:tcp/443")
     key = maps.COUNT_KEY.pack(maps.CK_CIDR, 1, 6, 4, 256, 0, 443, 443, 8, maps.addr16("10.0.0.0"))
-    assert maps.count_target(key, [entry]) == entry
-    assert maps.count_target(key).rule == ""
+    assert maps.count_target(key, [entry]) == entry.key
+    assert maps.count_target(key) == entry.key   # the key alone: no rule needed to match it
 
 
 # --- CIDR entries ----------------------------------------------------------------------

@@ -271,7 +271,8 @@ def restricted_unversioned(key: bytes) -> tuple:
 
 def count_target(key: bytes, cidrs: Iterable[CidrEntry] = ()):
     """The policy-map key an ``allowed`` counter belongs to: ``PolicyEntry.key``,
-    the matching CidrEntry of ``cidrs`` (or one with rule ``""``), or None."""
+    the ``CidrEntry.key`` of the matching entry of ``cidrs`` (of an entry with
+    rule ``""`` when none matches), or None."""
     kind, direction, proto, family, src, dst, lo, hi, plen, addr = COUNT_KEY.unpack(key)
     name = L4_NAMES.get(proto)
     if kind == CK_POLICY and name:
@@ -283,8 +284,8 @@ def count_target(key: bytes, cidrs: Iterable[CidrEntry] = ()):
     probe = (DIRECTION_NAMES[direction], src, family, name, lo, hi)
     for e in cidrs:
         if (e.direction, e.identity, e.family, e.proto, e.lo, e.hi) == probe and _net(e) == ipaddress.ip_network(cidr):
-            return e
-    return CidrEntry(probe[0], src, family, cidr, name, lo, hi, "")
+            return e.key
+    return CidrEntry(probe[0], src, family, cidr, name, lo, hi, "").key
 
 
 def sum_percpu(raw: bytes, cpus: int) -> tuple:

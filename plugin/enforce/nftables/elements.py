@@ -107,8 +107,8 @@ def entry_group(entry) -> tuple:
 
 
 def attribution_key(entry):
-    """What Counters.allowed is keyed by: ``PolicyEntry.key`` or the CidrEntry."""
-    return entry.key if isinstance(entry, PolicyEntry) else entry
+    """What Counters.allowed is keyed by: the entry's ``key`` (PolicyEntry or CidrEntry)."""
+    return entry.key
 
 
 def _cidr_range(cidr: str) -> tuple:
