@@ -39,7 +39,24 @@ QUEUE = 5353
 DNS_RULES = " ".join(f"*->{a}:{p}/53" for a in (f"{DNS4}/32", f"[{DNS6}/128]") for p in ("udp", "tcp"))
 
 
-class DnsServer:
+class _Serving:
+    """Sockets of a namespace, each served by a thread of its own until :meth:`stop`."""
+
+    def _start(self, socks: list) -> None:
+        self.socks, self._stop = socks, threading.Event()
+        self.threads = [threading.Thread(target=self._serve, args=(s,), daemon=True) for s in self.socks]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self.threads:
+            t.join(2)
+        for s in self.socks:
+            s.close()
+
+
+class DnsServer(_Serving):
     """Authoritative answers for test names over UDP and TCP (dnspython), in a namespace.
 
     ``zone``: name -> list of (type, ttl, value); CNAMEs are added as records.
@@ -47,7 +64,7 @@ class DnsServer:
 
     def __init__(self, ns: str, addresses=()):
         self.zone: dict = {}
-        self.socks, self._stop = [], threading.Event()
+        socks = []
         for addr in addresses:
             fam = socket.AF_INET6 if ":" in addr else socket.AF_INET
             udp = ns_socket(ns, fam, socket.SOCK_DGRAM)
@@ -57,10 +74,8 @@ class DnsServer:
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             tcp.bind((addr, 53))
             tcp.listen(16)
-            self.socks += [udp, tcp]
-        self.threads = [threading.Thread(target=self._serve, args=(s,), daemon=True) for s in self.socks]
-        for t in self.threads:
-            t.start()
+            socks += [udp, tcp]
+        self._start(socks)
 
     def add(self, name: str, rtype: str, ttl: int, *values: str) -> None:
         self.zone.setdefault(name.lower().rstrip("."), []).append((rtype, ttl, values))
@@ -99,19 +114,11 @@ class DnsServer:
             except (socket.timeout, OSError, ValueError, struct.error):
                 continue
 
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self.threads:
-            t.join(2)
-        for s in self.socks:
-            s.close()
-
-
-class Echo:
+class Echo(_Serving):
     """TCP echo servers on PORTS for every address of the srv namespace (AnyIP)."""
 
     def __init__(self, ns: str):
-        self.socks, self._stop = [], threading.Event()
+        socks = []
         for fam, wildcard in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
             for port in PORTS:
                 s = ns_socket(ns, fam, socket.SOCK_STREAM)
@@ -122,10 +129,8 @@ class Echo:
                 s.bind((wildcard, port))
                 s.listen(256)
                 s.settimeout(0.2)
-                self.socks.append(s)
-        self.threads = [threading.Thread(target=self._serve, args=(s,), daemon=True) for s in self.socks]
-        for t in self.threads:
-            t.start()
+                socks.append(s)
+        self._start(socks)
 
     def _serve(self, sock) -> None:
         while not self._stop.is_set():
@@ -147,14 +152,6 @@ class Echo:
                     conn.sendall(data)
             except OSError:
                 return
-
-    def stop(self) -> None:
-        self._stop.set()
-        for t in self.threads:
-            t.join(2)
-        for s in self.socks:
-            s.close()
-
 
 class DnsRig:
     """The DNS server, echo servers and a DnsService on ``lab`` (see the module doc)."""
