@@ -98,7 +98,7 @@ class CidrEntry(_Service):
 
 
 @dataclass(frozen=True, order=True)
-class FqdnEntry:
+class FqdnEntry(_Service):
     """An allowance from segment ``identity`` to the learned addresses of ``pattern``.
 
     ``pattern``: canonical (``api.example.com``, ``*.example.org``);
@@ -111,10 +111,6 @@ class FqdnEntry:
     lo: int
     hi: int
     rule: str
-
-    @property
-    def service(self) -> Service:
-        return Service(self.proto, self.lo, self.hi)
 
 
 @dataclass(frozen=True)

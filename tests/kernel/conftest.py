@@ -12,6 +12,7 @@ independently of pyroute2.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -58,8 +59,9 @@ class Namespace:
         return {f"{a['local']}/{a['prefixlen']}": a for a in info if a.get("scope") == "global"}
 
 
-@pytest.fixture
-def netns():
+@contextlib.contextmanager
+def _throwaway_netns():
+    """A network namespace named ``secnet-test-<hex>``, deleted on the way out."""
     if os.geteuid() != 0:
         pytest.fail("the kernel tier needs root (it creates network namespaces)")
     name = f"secnet-test-{uuid.uuid4().hex[:8]}"
@@ -71,14 +73,16 @@ def netns():
 
 
 @pytest.fixture
+def netns():
+    with _throwaway_netns() as ns:
+        yield ns
+
+
+@pytest.fixture
 def other_netns():
     """A second namespace (plays a container's sandbox)."""
-    name = f"secnet-test-{uuid.uuid4().hex[:8]}"
-    _ip("netns", "add", name)
-    try:
-        yield Namespace(name)
-    finally:
-        _ip("netns", "del", name, check=False)
+    with _throwaway_netns() as ns:
+        yield ns
 
 
 @pytest.fixture
