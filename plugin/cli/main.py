@@ -60,7 +60,8 @@ def _print_show(data: dict) -> None:
         for m in data["pending"]:
             print(f"  {m['container'] or m['endpoint']:<24} {m['ipv4']} {m['ipv6']}")
     for key, title in (("dropped", "dropped:"), ("would_drop", "would drop (audit mode let it pass):")):
-        if data.get(key):
+        counted = any(c["packets"] for c in (data.get(key) or {}).values())
+        if data.get(key) and (key == "dropped" or counted or data.get("mode") == "audit"):
             print(title)
             for reason, c in sorted(data[key].items()):
                 print(f"  {reason:<20} packets {c['packets']:>10}  bytes {c['bytes']:>12}")

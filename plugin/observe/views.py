@@ -6,6 +6,7 @@ import logging
 
 from segmentation.policymap import INTRA
 
+from plugin.enforce.backend import REASONS
 from plugin.observe import counting
 from plugin.dns.views import dns_rows
 
@@ -68,8 +69,7 @@ def network_view(state, reconciler, net) -> dict:
         else:
             segments[ep.segment].append(member)
     counters = _counters(reconciler, net)
-    drops = {reason: {"packets": c[0], "bytes": c[1]} for reason, c in counters.reasons.items()}
-    would = {reason: {"packets": c[0], "bytes": c[1]} for reason, c in counters.would_drop_reasons.items()}
+    drops, would = _by_reason(counters.reasons), _by_reason(counters.would_drop_reasons)
     names = sorted(set(segments) | set(policy.segments))
     return {
         "id": net.id, "bridge": net.bridge, "options": net.options.to_dict(),
@@ -80,6 +80,13 @@ def network_view(state, reconciler, net) -> dict:
         "quarantined": quarantined, "pending": pending, "dropped": drops, "would_drop": would,
         "dns": _dns(reconciler, net),
     }
+
+
+def _by_reason(counts: dict) -> dict:
+    """``{reason: {"packets", "bytes"}}`` for every reason of ``REASONS``, zeros
+    included: the same keys whichever backend counted (one lists only what it saw)."""
+    return {reason: {"packets": c[0], "bytes": c[1]}
+            for reason, c in ((r, counts.get(r, (0, 0))) for r in REASONS)}
 
 
 def _dns(reconciler, net) -> list:

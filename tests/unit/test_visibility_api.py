@@ -165,3 +165,20 @@ def test_cli_verify_matrix_marks_mismatches(capsys):
     assert "web -> api  v4  MISMATCH" in out
     assert "MISMATCH web (web1 10.224.0.2) -> api (api1 10.224.0.3) tcp/8080 IPv4: expected allow" in out
     assert "not probed (no running member): default" in out
+
+
+def test_show_lists_every_drop_reason_whichever_backend_counted(env, capsys):
+    """One backend reports only the reasons it saw, the other every reason:
+    `show` gives the same keys (zeros included) and the same text either way."""
+    from plugin.cli.main import _print_show
+    from plugin.enforce.backend import REASONS
+    status, data = env.post("show", {"network": NID})
+    assert status == 200
+    assert list(data["dropped"]) == list(REASONS) and list(data["would_drop"]) == list(REASONS)
+    assert data["dropped"]["no-rule"] == {"packets": 7, "bytes": 420}
+    assert data["dropped"]["egress"] == {"packets": 0, "bytes": 0}
+    _print_show(data)
+    out = capsys.readouterr().out
+    assert "dropped:" in out and "would drop" not in out      # enforce mode, nothing would-dropped
+    _print_show(dict(data, mode="audit"))
+    assert "would drop (audit mode let it pass):" in capsys.readouterr().out

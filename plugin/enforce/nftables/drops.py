@@ -28,6 +28,8 @@ MAC, destination MAC and ethertype for other frames (bridge family only).
 """
 from __future__ import annotations
 
+from plugin.enforce.backend import REASONS
+
 NFLOG_GROUP = 7350
 LOG_PREFIX = "sn"
 AUDIT_MARK = "audit"
@@ -38,8 +40,6 @@ LOG_CAP = "rate 500/second burst 1000 packets"
 LOG_SETS = ("log4p", "log4", "log6p", "log6", "logl2")
 PAIR_SETS = ("drops", "audits")
 DYNAMIC_SETS = LOG_SETS + PAIR_SETS
-REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
-           "quarantined", "pending", "spoofed", "ethertype")
 #: reasons that policy decides: audit mode lets these pass (and logs them)
 AUDITABLE = ("no-rule", "egress", "internal", "quarantined", "pending")
 #: reasons whose drops are counted per identity pair
