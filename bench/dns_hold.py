@@ -18,9 +18,9 @@ write before the verdict):
 * ``join``: one endpoint's join + leave through the backend (apply_ports, on
   the backend's thread), on a network with ``fill`` addresses learned (10,000
   by default) and on an identical twin network without, alternating join by
-  join (ABBA, 240 each);
+  join (ABBA, 600 each);
 * ``throughput``: iperf3 (tcp, 2 s) from a container to the outside
-  namespace, without and with the fill, interleaved (medians).
+  namespace, on the filled network and on its twin, alternating (medians of 6).
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def rtts(c, names) -> list:
     return out
 
 
-def paired_joins(labs: tuple, spares: tuple, n: int = 240) -> tuple:
+def paired_joins(labs: tuple, spares: tuple, n: int = 600) -> tuple:
     """Seconds of a join + leave of ``spares[k]`` (as segment ``api``) on ``labs[k]``:
     two identical networks, one of them with the fill, alternating join by join
     (ABBA), so that the shared machine's load falls on both alike. Each is timed
@@ -108,17 +108,14 @@ def fill_grants(identity: int, n: int) -> list:
             for i in range(n)]
 
 
-def with_and_without(lab, grants: list, measure, rounds: int = 4) -> tuple:
-    """``measure()`` results without and with ``grants`` learned, rounds interleaved
-    (this machine is shared: a before/after pair alone measures the neighbours)."""
-    without, with_ = [], []
-    for _ in range(rounds):
-        without.append(measure())
-        fill(lab, grants)
-        with_.append(measure())
-        lab.backend.revoke(NET_ID, [g.key for g in grants])
-    fill(lab, grants)       # left in for the joins' and the answers' runs
-    return without, with_
+def paired_throughput(labs: tuple, clients: tuple, rounds: int = 3) -> tuple:
+    """Median Gbit/s of iperf3 (tcp, 2 s) from ``clients[k]`` to the outside namespace
+    of ``labs[k]`` (the filled network and its twin), runs alternating ABBA."""
+    out: tuple = ([], [])
+    for i in range(2 * rounds):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            out[k].append(throughput(labs[k], clients[k], 1))
+    return round(statistics.median(out[0]), 2), round(statistics.median(out[1]), 2)
 
 
 def fill(lab, grants: list) -> None:
@@ -127,13 +124,13 @@ def fill(lab, grants: list) -> None:
 
 
 def bare_twin(backend: str, rules: str) -> tuple:
-    """(lab, spare container): a second network like the measured one, nothing learned."""
+    """(lab, web, spare): a second network like the measured one, nothing learned."""
     lab = Lab(backend)
     try:
         lab.setup_host()
         web, api, spare = lab.add(3)
         lab.apply(rules, {web: "web", api: "api"}, egress="deny")
-        return lab, spare
+        return lab, web, spare
     except BaseException:
         lab.close()
         raise
@@ -146,7 +143,16 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
         lab.setup_host()
         web, api, spare = lab.add(3)
         lab.apply(rules, {web: "web", api: "api"}, egress="deny")
-        twin, twin_spare = bare_twin(backend, rules)
+        twin, twin_web, twin_spare = bare_twin(backend, rules)
+        out = {"backend": backend, "count": count, "fill": fill_n}
+        # the joins and iperf3 first, while both networks are alike but the fill (no DNS rig)
+        fill(lab, fill_grants(lab.allocator.identities(NET_ID)["web"], fill_n))
+        time.sleep(1)   # the kernel's deferred work on the fill's write is no part of what follows
+        out["gbps_after"], out["gbps_before"] = paired_throughput((lab, twin), (web, twin_web))
+        after, before = paired_joins((lab, twin), (spare, twin_spare))
+        out["join_before"], out["join_after"] = summary(before), summary(after)
+        twin.close()
+        twin = None
         rig = DnsRig(lab, max_per_network=fill_n + 2 * count + 10)
         for i in range(count):
             rig.server.add(f"n{i}.bench.test", "A", 300, f"10.238.{i // 250}.{i % 250 + 1}")
@@ -160,13 +166,6 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
             handler(packet, outdev)
             holds.append(time.perf_counter() - t)
         queue.handler = timed
-        out = {"backend": backend, "count": count, "fill": fill_n}
-        grants = fill_grants(lab.allocator.identities(NET_ID)["web"], fill_n)
-        before, after = with_and_without(lab, grants, lambda: throughput(lab, web, 1), rounds=3)
-        out["gbps_before"], out["gbps_after"] = statistics.median(before), statistics.median(after)
-        time.sleep(1)   # the kernel's deferred work on the fill's last write is no part of a join
-        after, before = paired_joins((lab, twin), (spare, twin_spare))
-        out["join_before"], out["join_after"] = summary(before), summary(after)
         out["rtt_not_held"] = summary(rtts(api, [f"m{i}.other.test" for i in range(count)]))
         holds.clear()
         out["rtt_learn"] = summary(rtts(web, [f"n{i}.bench.test" for i in range(count)]))
