@@ -198,6 +198,13 @@ def test_a_bad_dns_setting_stops_the_start_with_one_line_naming_it(name, value):
     assert name in message and repr(value) in message and "\n" not in message
 
 
+def test_the_cli_says_which_setting_is_bad_in_one_line(monkeypatch, capsys):
+    from plugin.cli.main import main
+    monkeypatch.setenv("SECNET_DNS_QUEUE", "abc")
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err == "secnet: invalid SECNET_DNS_QUEUE 'abc': allowed a whole number 0..65535\n"
+
+
 def test_dns_settings_are_read_once_dns_is_on():
     assert Settings.from_env({"SECNET_DNS_QUEUE": "7"}).dns_queue == 7
     assert Settings.from_env({}).dns_queue == 5353
