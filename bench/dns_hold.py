@@ -15,11 +15,12 @@ write before the verdict):
 * ``rtt learn`` / ``rtt not held``: the container's query round trip for
   names a rule learns, and for a segment without DNS rules (its answers are
   not held). The extra latency of an answer is their difference;
-* ``join``: one endpoint's join + leave through the backend (apply_ports),
-  without and with ``fill`` addresses learned (10,000 by default), rounds
-  interleaved;
+* ``join``: one endpoint's join + leave through the backend (apply_ports, on
+  the backend's thread), on a network with ``fill`` addresses learned (10,000
+  by default) and on an identical twin network without, alternating join by
+  join (ABBA, 600 each);
 * ``throughput``: iperf3 (tcp, 2 s) from a container to the outside
-  namespace, without and with the fill, interleaved (medians).
+  namespace, on the filled network and on its twin, alternating (medians of 6).
 """
 from __future__ import annotations
 
@@ -59,15 +60,27 @@ def rtts(c, names) -> list:
     return out
 
 
-def joins(lab, c, n: int = 60) -> list:
-    """Seconds of a join and a leave of ``c`` (as segment ``api``) through the backend."""
-    port = lab.port(c, "api")
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        lab.backend.apply_ports(lab.net, [(None, port)])
-        lab.backend.apply_ports(lab.net, [(port, None)])
-        out.append(time.perf_counter() - t)
+def paired_joins(labs: tuple, spares: tuple, n: int = 600) -> tuple:
+    """Seconds of a join + leave of ``spares[k]`` (as segment ``api``) on ``labs[k]``:
+    two identical networks, one of them with the fill, alternating join by join
+    (ABBA), so that the shared machine's load falls on both alike. Each is timed
+    on its backend's own thread (as the daemon calls it: the lab's hand-off to
+    its namespace thread is no part of a join)."""
+    ports = [lab.port(c, "api") for lab, c in zip(labs, spares)]
+
+    def one(k: int) -> float:
+        lab, port, backend = labs[k], ports[k], labs[k].backend.obj
+
+        def timed() -> float:
+            t = time.perf_counter()
+            backend.apply_ports(lab.net, [(None, port)])
+            backend.apply_ports(lab.net, [(port, None)])
+            return time.perf_counter() - t
+        return lab.backend.call(timed)
+    out: tuple = ([], [])
+    for i in range(n):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            out[k].append(one(k))
     return out
 
 
@@ -95,29 +108,51 @@ def fill_grants(identity: int, n: int) -> list:
             for i in range(n)]
 
 
-def with_and_without(lab, grants: list, measure, rounds: int = 4) -> tuple:
-    """``measure()`` results without and with ``grants`` learned, rounds interleaved
-    (this machine is shared: a before/after pair alone measures the neighbours)."""
-    without, with_ = [], []
-    for _ in range(rounds):
-        without.append(measure())
-        for start in range(0, len(grants), 1000):
-            lab.backend.allow(NET_ID, grants[start:start + 1000])
-        with_.append(measure())
-        lab.backend.revoke(NET_ID, [g.key for g in grants])
-    for start in range(0, len(grants), 1000):       # left in for the answers' runs
+def paired_throughput(labs: tuple, clients: tuple, rounds: int = 3) -> tuple:
+    """Median Gbit/s of iperf3 (tcp, 2 s) from ``clients[k]`` to the outside namespace
+    of ``labs[k]`` (the filled network and its twin), runs alternating ABBA."""
+    out: tuple = ([], [])
+    for i in range(2 * rounds):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            out[k].append(throughput(labs[k], clients[k], 1))
+    return round(statistics.median(out[0]), 2), round(statistics.median(out[1]), 2)
+
+
+def fill(lab, grants: list) -> None:
+    for start in range(0, len(grants), 1000):
         lab.backend.allow(NET_ID, grants[start:start + 1000])
-    return without, with_
 
 
-def measure(backend: str, count: int, fill_n: int) -> dict:
+def bare_twin(backend: str, rules: str) -> tuple:
+    """(lab, web, spare): a second network like the measured one, nothing learned."""
     lab = Lab(backend)
-    rig = None
     try:
         lab.setup_host()
         web, api, spare = lab.add(3)
-        lab.apply(f"web->dns(*.bench.test):tcp/443 web->{OUTSIDE4}/32:tcp/5299 {DNS_RULES}",
-                  {web: "web", api: "api"}, egress="deny")
+        lab.apply(rules, {web: "web", api: "api"}, egress="deny")
+        return lab, web, spare
+    except BaseException:
+        lab.close()
+        raise
+
+
+def measure(backend: str, count: int, fill_n: int) -> dict:
+    lab, twin, rig = Lab(backend), None, None
+    rules = f"web->dns(*.bench.test):tcp/443 web->{OUTSIDE4}/32:tcp/5299 {DNS_RULES}"
+    try:
+        lab.setup_host()
+        web, api, spare = lab.add(3)
+        lab.apply(rules, {web: "web", api: "api"}, egress="deny")
+        twin, twin_web, twin_spare = bare_twin(backend, rules)
+        out = {"backend": backend, "count": count, "fill": fill_n}
+        # the joins and iperf3 first, while both networks are alike but the fill (no DNS rig)
+        fill(lab, fill_grants(lab.allocator.identities(NET_ID)["web"], fill_n))
+        time.sleep(1)   # the kernel's deferred work on the fill's write is no part of what follows
+        out["gbps_after"], out["gbps_before"] = paired_throughput((lab, twin), (web, twin_web))
+        after, before = paired_joins((lab, twin), (spare, twin_spare))
+        out["join_before"], out["join_after"] = summary(before), summary(after)
+        twin.close()
+        twin = None
         rig = DnsRig(lab, max_per_network=fill_n + 2 * count + 10)
         for i in range(count):
             rig.server.add(f"n{i}.bench.test", "A", 300, f"10.238.{i // 250}.{i % 250 + 1}")
@@ -131,12 +166,6 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
             handler(packet, outdev)
             holds.append(time.perf_counter() - t)
         queue.handler = timed
-        out = {"backend": backend, "count": count, "fill": fill_n}
-        grants = fill_grants(lab.allocator.identities(NET_ID)["web"], fill_n)
-        before, after = with_and_without(lab, grants, lambda: joins(lab, spare, 30))
-        out["join_before"], out["join_after"] = summary(sum(before, [])), summary(sum(after, []))
-        before, after = with_and_without(lab, grants, lambda: throughput(lab, web, 1), rounds=3)
-        out["gbps_before"], out["gbps_after"] = statistics.median(before), statistics.median(after)
         out["rtt_not_held"] = summary(rtts(api, [f"m{i}.other.test" for i in range(count)]))
         holds.clear()
         out["rtt_learn"] = summary(rtts(web, [f"n{i}.bench.test" for i in range(count)]))
@@ -148,6 +177,8 @@ def measure(backend: str, count: int, fill_n: int) -> dict:
     finally:
         if rig is not None:
             rig.close()
+        if twin is not None:
+            twin.close()
         lab.close()
 
 

@@ -21,18 +21,40 @@ class Settings:
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
+        """The settings in ``env`` (default: the environment). Raises ValueError, one
+        line naming the variable, for a bad value."""
         env = os.environ if env is None else env
         level = env.get("SECNET_LOG_LEVEL", "info").strip().lower() or "info"
         if level not in LEVELS:
             raise ValueError(f"invalid SECNET_LOG_LEVEL {level!r}: allowed {', '.join(LEVELS)}")
-        return cls(socket=env.get("SECNET_SOCKET") or cls.socket,
-                   state_dir=env.get("SECNET_STATE_DIR") or cls.state_dir,
-                   log_level=level,
-                   docker_host=env.get("DOCKER_HOST", ""),
-                   metrics_addr=env.get("SECNET_METRICS_ADDR", ""),
-                   bpffs_mount=_flag(env, "SECNET_BPFFS_MOUNT", True),
-                   dns=_flag(env, "SECNET_DNS", True),
-                   dns_queue=int(env.get("SECNET_DNS_QUEUE", "") or cls.dns_queue))
+        settings = cls(socket=env.get("SECNET_SOCKET") or cls.socket,
+                       state_dir=env.get("SECNET_STATE_DIR") or cls.state_dir,
+                       log_level=level,
+                       docker_host=env.get("DOCKER_HOST", ""),
+                       metrics_addr=env.get("SECNET_METRICS_ADDR", ""),
+                       bpffs_mount=_flag(env, "SECNET_BPFFS_MOUNT", True),
+                       dns=_flag(env, "SECNET_DNS", True),
+                       dns_queue=env_int(env, "SECNET_DNS_QUEUE", cls.dns_queue, 0, 65535))
+        if settings.dns:   # the DNS store's settings too, so that a bad one stops the start
+            from plugin.dns.store import settings_from_env   # (plugin.dns imports this module)
+            settings_from_env(env)
+        return settings
+
+
+def env_int(env, name: str, default: int, lo: int, hi: int) -> int:
+    """The whole number ``lo..hi`` in variable ``name``; empty or unset -> ``default``.
+
+    Raises ValueError naming the variable for anything else."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value, 10)
+    except ValueError:
+        number = None
+    if number is None or not lo <= number <= hi:
+        raise ValueError(f"invalid {name} {value!r}: allowed a whole number {lo}..{hi}")
+    return number
 
 
 def _flag(env, name: str, default: bool) -> bool:

@@ -17,6 +17,14 @@ class CliError(Exception):
     pass
 
 
+def settings() -> Settings:
+    """The environment's settings; a bad value is a CliError naming the variable."""
+    try:
+        return Settings.from_env()
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
 class UnixHTTPConnection(http.client.HTTPConnection):
     def __init__(self, path: str, timeout: float):
         super().__init__("localhost", timeout=timeout)
@@ -29,7 +37,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 
 
 def call(path: str, body: dict, timeout: float = 30.0) -> dict:
-    sock = Settings.from_env().socket
+    sock = settings().socket
     conn = UnixHTTPConnection(sock, timeout)
     try:
         conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
@@ -49,7 +57,7 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
 def resolve_network(ref: str) -> str:
     """Network name or id → id, through the engine when it answers (else ``ref`` as given:
     the daemon takes ids and id prefixes)."""
-    host = Settings.from_env().docker_host or DEFAULT_DOCKER_HOST
+    host = settings().docker_host or DEFAULT_DOCKER_HOST
     try:
         if host.startswith("unix://"):   # the usual case: one request, no docker SDK to import
             found = _engine_get(host[len("unix://"):], "/networks/" + quote(ref, safe=""))

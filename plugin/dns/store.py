@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from plugin.config import env_int
 from segmentation.fqdn import Address, Learned
 
 from .datapath import Grant
@@ -36,11 +37,12 @@ MAX_TOTAL = 65536
 
 
 def settings_from_env(env=os.environ) -> dict:
-    """Store settings from ``SECNET_DNS_MIN_TTL`` (for tests only),
-    ``SECNET_DNS_MAX_PER_NETWORK`` and ``SECNET_DNS_MAX_TOTAL``."""
-    return {"min_ttl": int(env.get("SECNET_DNS_MIN_TTL", MIN_TTL)),
-            "max_per_network": int(env.get("SECNET_DNS_MAX_PER_NETWORK", MAX_PER_NETWORK)),
-            "max_total": int(env.get("SECNET_DNS_MAX_TOTAL", MAX_TOTAL))}
+    """Store settings from ``SECNET_DNS_MIN_TTL`` (seconds, 1..MAX_TTL: lowered for
+    tests only), ``SECNET_DNS_MAX_PER_NETWORK`` and ``SECNET_DNS_MAX_TOTAL`` (1..2^24
+    entries). Raises ValueError naming the variable when one is bad."""
+    return {"min_ttl": env_int(env, "SECNET_DNS_MIN_TTL", MIN_TTL, 1, MAX_TTL),
+            "max_per_network": env_int(env, "SECNET_DNS_MAX_PER_NETWORK", MAX_PER_NETWORK, 1, 1 << 24),
+            "max_total": env_int(env, "SECNET_DNS_MAX_TOTAL", MAX_TOTAL, 1, 1 << 24)}
 
 
 @dataclass

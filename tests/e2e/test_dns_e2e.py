@@ -11,85 +11,21 @@ every backend (``backend`` fixture).
 from __future__ import annotations
 
 import json
-import random
 import subprocess
-import sys
-import uuid
 
 import pytest
 
 import helpers as h
+from dns_helpers import PY, Outside, check
 from vis_helpers import secnet_json
 
-sys.path.insert(0, str(h.ROOT / "tests" / "kernel"))
-from dns_lab import DnsServer, Echo  # noqa: E402  (the kernel tier's servers)
-
 pytestmark = pytest.mark.usefixtures("backend")
-
-PY = sys.executable
-CHECK_SRC = r'''
-import json, socket, sys, time
-import dns.message, dns.query
-out = []
-server = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.11"
-for name, port in json.loads(sys.argv[1]):
-    q = dns.message.make_query(name, "A")
-    try:
-        r = dns.query.udp(q, server, timeout=3)
-        addrs = [rd.address for rrset in r.answer for rd in rrset if hasattr(rd, "address")]
-    except Exception as exc:
-        out.append([name, None, "dns: %s" % exc]); continue
-    if not addrs:
-        out.append([name, None, "no address"]); continue
-    s = socket.socket(); s.settimeout(1.0)
-    try:
-        s.connect((addrs[0], port)); s.sendall(b"x"); ok = s.recv(4) == b"x"
-        out.append([name, addrs[0], "ok" if ok else "garbled"])
-    except OSError as exc:
-        out.append([name, addrs[0], "timeout" if isinstance(exc, socket.timeout) else str(exc)])
-    finally:
-        s.close()
-print(json.dumps(out))
-'''
 
 
 @pytest.fixture(autouse=True)
 def daemon_learns(plugin_up):
     """The daemon runs DNS learning (a missing NFQUEUE binding is a failure, not a skip)."""
     assert "dns" in secnet_json("status"), "the daemon does not learn from DNS answers"
-
-
-class Outside:
-    """The DNS server's namespace: 10.205.K.53 (DNS), 10.206.K.0/24 (AnyIP echo on 443)."""
-
-    def __init__(self):
-        self.k = random.randint(0, 255)
-        tag = uuid.uuid4().hex[:6]
-        self.ns, self.veth = f"sndns-{tag}", f"sndh{tag}"
-        self.dns, self.net = f"10.205.{self.k}.53", f"10.206.{self.k}"
-        self.server = self.echo = None
-
-    def create(self) -> "Outside":
-        ip = lambda *a: h.run(["ip", *a])
-        ip("netns", "add", self.ns)
-        ip("link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        ip("addr", "add", f"10.205.{self.k}.1/24", "dev", self.veth)
-        ip("link", "set", self.veth, "up")
-        for args in (("link", "set", "lo", "up"), ("addr", "add", f"{self.dns}/24", "dev", "eth0"),
-                     ("link", "set", "eth0", "up"), ("route", "add", "default", "via", f"10.205.{self.k}.1"),
-                     ("route", "add", "local", f"{self.net}.0/24", "dev", "lo")):
-            ip("-n", self.ns, *args)
-        ip("route", "add", f"{self.net}.0/24", "via", self.dns)
-        self.server, self.echo = DnsServer(self.ns, addresses=(self.dns,)), Echo(self.ns)
-        return self
-
-    def destroy(self) -> None:
-        for thing in (self.server, self.echo):
-            if thing is not None:
-                thing.stop()
-        h.run(["ip", "route", "del", f"{self.net}.0/24"], check=False)
-        h.run(["ip", "link", "del", self.veth], check=False)
-        h.run(["ip", "netns", "del", self.ns], check=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,14 +57,6 @@ def setup(make_network, run_container, outside, rules: str):
     web = run_container(net, "web", labels={"secnet.segment": "web"}, extra=extra)
     api = run_container(net, "api", labels={"secnet.segment": "api"}, extra=extra)
     return net, web, api
-
-
-def check(c: h.Container, names, port: int = 443, server: str = "127.0.0.11") -> dict:
-    """name -> (address, outcome) of resolving through ``server`` (Docker's embedded
-    resolver by default) and connecting at once."""
-    res = h.run(["nsenter", f"--net={c.sandbox}", PY, "-c", CHECK_SRC,
-                 json.dumps([[n, port] for n in names]), server], timeout=300)
-    return {name: (addr, outcome) for name, addr, outcome in json.loads(res.stdout)}
 
 
 def test_names_wildcards_cname_and_segments(make_network, run_container, outside):

@@ -20,6 +20,7 @@ import pytest
 
 import helpers as h
 import managed_helpers as m
+from dns_helpers import Outside, check
 
 ALLOW = "web->api:tcp/8080"
 BPFFS = "/sys/fs/bpf"
@@ -216,6 +217,36 @@ def test_ebpf_network_through_the_managed_plugin(managed):
         h.docker("rm", "-f", late, *names.values(), check=False)
         h.docker("network", "rm", net.id, check=False)
     assert not os.path.exists(ebpf_pins(net)), "the eBPF network's pins outlived it"
+
+
+def test_dns_rule_through_the_managed_plugin(managed):
+    """A dns(NAME) rule works in the plugin's rootfs (NetfilterQueue, dnspython, the
+    host's iptables from inside it): an answer through Docker's embedded resolver
+    teaches web its address at once, another name and another segment learn nothing,
+    and `secnet show` lists the address under the rule."""
+    outside = Outside().create()
+    names = {seg: h.unique(f"d{seg}") for seg in ("web", "api")}
+    net = None
+    try:
+        outside.server.add("api.mp.test", "A", 300, f"{outside.net}.5")
+        outside.server.add("other.mp.test", "A", 300, f"{outside.net}.6")
+        net = m.create_network("sn-mdns", opts={"secnet.egress": "deny", "secnet.allow": (
+            f"web->dns(api.mp.test):tcp/443 *->{outside.dns}:udp/53 *->{outside.dns}:tcp/53")})
+        web, api = (h.run_container_named(net, name, labels={"secnet.segment": seg},
+                                          extra=["--dns", outside.dns]) for seg, name in names.items())
+        got = check(web, ["api.mp.test", "other.mp.test"])
+        assert {n: o for n, (_a, o) in got.items()} == {"api.mp.test": "ok", "other.mp.test": "timeout"}
+        assert check(api, ["api.mp.test"])["api.mp.test"][1] == "timeout"
+        res = m.secnet_cli("show", net.name, "--json")
+        assert res.returncode == 0, res.stderr
+        assert [(r["rule"], [(a["segment"], a["address"]) for a in r["addresses"]])
+                for r in json.loads(res.stdout)["dns"]] == [
+            ("web->dns(api.mp.test):tcp/443", [("web", f"{outside.net}.5")])]
+    finally:
+        h.docker("rm", "-f", *names.values(), check=False)
+        if net is not None:
+            h.docker("network", "rm", net.id, check=False)
+        outside.destroy()
 
 
 def test_isolation_survives_plugin_disable_and_enable(segmented):

@@ -8,13 +8,17 @@ what a container may reach beyond that, it learned from an answer.
 """
 from __future__ import annotations
 
+import socket
+import struct
 import time
+import uuid
 
 import dns.exception
 import pytest
 
 from dns_lab import DNS6, DNS_RULES, DnsRig, connect, open_connection, resolve
 from nsfixtures import NET_ID, NsKernel, lab  # noqa: F401  (lab is a fixture)
+from packets import ns_socket, probe_icmp
 from plugin.kernel.conntrack import Flows
 
 pytestmark = pytest.mark.kernel
@@ -240,5 +244,50 @@ def test_audit_mode_passes_learned_or_not_and_reports_as_usual(lab):
         assert connect(web, "10.238.0.5") == "ok"               # learned: allowed, not reported
         assert lab.dropped("egress", audit=True) == before
         assert {g.address for g in rig.learned()} == {"10.238.0.5"}
+    finally:
+        rig.close()
+
+
+def _icmp_arrives(src, outside, address: str, kind: int) -> bool:
+    """Does an ICMP (ICMPv6 for an IPv6 ``address``) message of type ``kind`` from
+    container ``src`` reach the outside namespace? (A raw socket there sees it.)"""
+    v4 = ":" not in address
+    fam, proto = (socket.AF_INET, socket.IPPROTO_ICMP) if v4 else (socket.AF_INET6, socket.IPPROTO_ICMPV6)
+    token = uuid.uuid4().bytes
+    body = struct.pack("!BBHHH", kind, 0, 0, 0x5ec, 1) + token + bytes(12 if kind == 13 else 0)
+    if v4:   # IPv4 raw ICMP carries the checksum we compute; the kernel fills in ICMPv6's
+        total = sum(struct.unpack(f"!{len(body) // 2}H", body))
+        total = (total & 0xFFFF) + (total >> 16)
+        body = body[:2] + struct.pack("!H", ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF) + body[4:]
+    with ns_socket(outside.ns, fam, socket.SOCK_RAW, proto) as sniff, \
+            ns_socket(src.ns, fam, socket.SOCK_RAW, proto) as send:
+        sniff.settimeout(0.2)
+        send.sendto(body, (address, 0))
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            try:
+                data = sniff.recv(2048)
+            except socket.timeout:
+                continue
+            if token in data and data[(20 if v4 else 0)] == kind:   # IPv4 raw sockets get the header
+                return True
+    return False
+
+
+def test_a_learned_icmp_rule_allows_echo_requests_only_as_every_icmp_rule(lab):
+    """``dns(NAME):icmp`` is echo requests, as ``10.0.0.0/8:icmp`` (nftables' learned
+    icmp elements used to match every ICMP type; eBPF allowed echo only)."""
+    rig, web, _api = _rig(lab, "web->dns(ping.example.test):icmp")
+    try:
+        rig.server.add("ping.example.test", "A", 300, "10.238.0.10")
+        rig.server.add("ping.example.test", "AAAA", 300, "fd00:238::10")
+        # a timestamp request (IPv4) and a node information query (IPv6): not echo,
+        # each tracked by conntrack as a new flow with a reply type
+        for address, echo, other in (("10.238.0.10", 8, 13), ("fd00:238::10", 128, 139)):
+            assert not _icmp_arrives(web, lab.outside, address, echo)   # nothing learned yet
+            assert resolve(web, "ping.example.test", "A" if echo == 8 else "AAAA") == [address]
+            assert probe_icmp(web, address) == "ok"
+            assert _icmp_arrives(web, lab.outside, address, echo)
+            assert not _icmp_arrives(web, lab.outside, address, other)
     finally:
         rig.close()

@@ -7,6 +7,7 @@ import dns.message
 import dns.rrset
 import pytest
 
+from plugin.config import Settings
 from plugin.dns import answers
 from plugin.enforce.nftables import dnsmarks as marks
 from plugin.dns.datapath import Grant
@@ -183,6 +184,32 @@ def test_restore_attributes_elements_by_service_and_name():
 def test_settings_from_env():
     assert settings_from_env({"SECNET_DNS_MIN_TTL": "2"})["min_ttl"] == 2
     assert settings_from_env({})["min_ttl"] == 60
+    assert settings_from_env({"SECNET_DNS_MAX_TOTAL": " 100 "})["max_total"] == 100
+
+
+@pytest.mark.parametrize("name,value", [
+    ("SECNET_DNS_QUEUE", "five"), ("SECNET_DNS_QUEUE", "65536"), ("SECNET_DNS_QUEUE", "-1"),
+    ("SECNET_DNS_QUEUE", "5353.0"), ("SECNET_DNS_MIN_TTL", "0"), ("SECNET_DNS_MIN_TTL", "1s"),
+    ("SECNET_DNS_MAX_PER_NETWORK", "0"), ("SECNET_DNS_MAX_TOTAL", "lots"), ("SECNET_DNS", "maybe")])
+def test_a_bad_dns_setting_stops_the_start_with_one_line_naming_it(name, value):
+    with pytest.raises(ValueError) as err:
+        Settings.from_env({name: value})
+    message = str(err.value)
+    assert name in message and repr(value) in message and "\n" not in message
+
+
+def test_the_cli_says_which_setting_is_bad_in_one_line(monkeypatch, capsys):
+    from plugin.cli.main import main
+    monkeypatch.setenv("SECNET_DNS_QUEUE", "abc")
+    assert main(["status"]) == 1
+    assert capsys.readouterr().err == "secnet: invalid SECNET_DNS_QUEUE 'abc': allowed a whole number 0..65535\n"
+
+
+def test_dns_settings_are_read_once_dns_is_on():
+    assert Settings.from_env({"SECNET_DNS_QUEUE": "7"}).dns_queue == 7
+    assert Settings.from_env({}).dns_queue == 5353
+    # with DNS learning off its store settings are not used, so not checked
+    assert Settings.from_env({"SECNET_DNS": "0", "SECNET_DNS_MIN_TTL": "x"}).dns is False
 
 
 # --- the learner -------------------------------------------------------------------

@@ -25,7 +25,8 @@ from . import fqdn, kernel, ruleset
 from .drops import NFLOG_GROUP, parse_log_prefix
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
-from .netlink import ElementWriter, decode_marks, identifier
+from .netlink import ElementWriter, identifier
+from .nftdump import decode_marks
 from .nflog import NflogReader, Packet
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 

@@ -12,7 +12,8 @@ its elements back before a delete; most DNS rules name one port or none)::
 
 An element ``257 . 10.210.0.5 . 6 . 443 timeout 60s comment "api.example.com"``
 lets identity 257 open tcp/443 flows to 10.210.0.5 for 60 s. ``icmp`` is
-protocol 1 (IPv4) or 58 (IPv6). The kernel removes an element when its
+protocol 1 (IPv4) or 58 (IPv6), looked up for echo requests only (as every
+``icmp`` rule; eBPF alike). The kernel removes an element when its
 timeout runs out; conntrack lets the flows it admitted go on. A refresh (or
 a first write) is ``add; delete; add`` in one transaction: the first ``add``
 makes sure the ``delete`` finds the element (it may have expired a moment
@@ -76,10 +77,18 @@ def render_sets(size: int) -> str:
                    for fam in (4, 6) for kind, (key, flags, _l) in KINDS.items())
 
 
+#: what a flow must be to be looked up in a set of the kind: ``icmp`` is echo requests,
+#: as in every other rule (the ``proto`` sets hold tcp, udp and icmp elements)
+GUARDS = {"proto": {4: ("meta l4proto { tcp, udp } ", "icmp type echo-request "),
+                    6: ("meta l4proto { tcp, udp } ", "icmpv6 type echo-request ")}}
+
+
 def lookup_rules(identity_expr: str, verdict: str = "accept") -> str:
     """Rules (chain body) that give ``verdict`` to a flow to a learned address."""
-    return "".join(f"    {identity_expr} . {ADDR_EXPR[fam]} daddr{lookup} @{set_name(fam, kind)} {verdict}\n"
-                   for fam in (4, 6) for kind, (_k, _f, lookup) in KINDS.items())
+    return "".join(f"    {guard}{identity_expr} . {ADDR_EXPR[fam]} daddr{lookup} @{set_name(fam, kind)}"
+                   f" {verdict}\n"
+                   for fam in (4, 6) for kind, (_k, _f, lookup) in KINDS.items()
+                   for guard in GUARDS.get(kind, {}).get(fam, ("",)))
 
 
 def keep_script(table: str, grants: Sequence[Grant], now: float) -> str:

@@ -1,0 +1,218 @@
+"""Reading nf_tables back over netlink: set elements with their counters, the
+shapes of a table's chains, sets and rules, and rule counters by comment.
+
+Kernel background. A *dump* request (``NLM_F_DUMP``) for ``NFT_MSG_GETSETELEM``,
+``NFT_MSG_GETCHAIN``, ``NFT_MSG_GETRULE`` or ``NFT_MSG_GETSET`` is answered
+with a run of datagrams, each holding messages of netlink attributes, ended
+by ``NLMSG_DONE`` (or ``NLMSG_ERROR`` with a negative errno). Attributes are
+type-length-value records padded to 4 bytes; nested ones set
+``NLA_F_NESTED`` in the type. :class:`TableReader` is mixed into
+:class:`netlink.ElementWriter`, whose socket it reads on.
+"""
+from __future__ import annotations
+
+import os
+import struct
+
+from .elements import SCHEMAS
+
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETSETELEM = 13
+NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 11
+NFTA_EXPR_NAME, NFTA_EXPR_DATA = 1, 2
+NFTA_COUNTER_BYTES, NFTA_COUNTER_PACKETS = 1, 2
+NFT_MSG_GETCHAIN, NFT_MSG_GETRULE, NFT_MSG_GETSET = 4, 7, 10
+NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 4, 7
+NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
+NFTA_LIST_ELEM = 1
+NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY_END = 1, 2, 10
+NFTA_DATA_VALUE = 1
+FAMILIES = {"inet": 1, "bridge": 7}
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+#: per object kind: (request, attribute holding the name, attributes that are not its shape:
+#: handles, ids, reference counts, counter values)
+SHAPES = {"chain": (NFT_MSG_GETCHAIN, 3, {2, 6, 8, 9, 11}),
+          "rule": (NFT_MSG_GETRULE, 2, {3, 6, 8, 9, 10, 11}),
+          "set": (NFT_MSG_GETSET, 2, {10, 14, 16, 20})}   # 20: element count
+
+
+def _identity(attrs: dict) -> tuple:
+    return tuple(_attrs(attrs[k]).get(NFTA_DATA_VALUE) if k in attrs else None
+                 for k in (NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END, NFTA_SET_ELEM_DATA))
+
+
+def _attrs(data: bytes) -> dict:
+    out, pos = {}, 0
+    while pos + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, pos)
+        if length < 4:
+            break
+        out.setdefault(kind & 0x3FFF, data[pos + 4:pos + length])
+        pos += (length + 3) & ~3
+    return out
+
+
+def _all(data: bytes, kind: int) -> list:
+    """Every attribute of type ``kind`` in a run of attributes (lists repeat their type)."""
+    out, pos = [], 0
+    while pos + 4 <= len(data):
+        length, k = struct.unpack_from("=HH", data, pos)
+        if length < 4:
+            break
+        if k & 0x3FFF == kind:
+            out.append(data[pos + 4:pos + length])
+        pos += (length + 3) & ~3
+    return out
+
+
+def _counter(attrs: dict):
+    """(packets, bytes) of an element's counter expression, or None."""
+    exprs = _all(attrs.get(NFTA_SET_ELEM_EXPRESSIONS, b""), NFTA_LIST_ELEM)
+    if NFTA_SET_ELEM_EXPR in attrs:
+        exprs.append(attrs[NFTA_SET_ELEM_EXPR])
+    for expr in exprs:
+        e = _attrs(expr)
+        if e.get(NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"counter":
+            data = _attrs(e.get(NFTA_EXPR_DATA, b""))
+            return (struct.unpack("!Q", data[NFTA_COUNTER_PACKETS])[0],
+                    struct.unpack("!Q", data[NFTA_COUNTER_BYTES])[0])
+    return None
+
+
+def _messages_of(buf: bytes, out: list) -> bool:
+    """Append the attributes of each message of one dump datagram; True at its end."""
+    pos = 0
+    while pos + 16 <= len(buf):
+        length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, pos)
+        if length < 16 or kind == NLMSG_DONE:
+            return True
+        if kind == NLMSG_ERROR:
+            code = -struct.unpack_from("=i", buf, pos + 16)[0]
+            if code:
+                raise OSError(code, os.strerror(code))
+            return True
+        out.append(_attrs(buf[pos + 20:pos + length]))
+        pos += (length + 3) & ~3
+    return False
+
+
+def _comment(userdata: bytes):
+    """The comment in a rule's user data (type-length-value records, type 0), or None."""
+    pos = 0
+    while pos + 2 <= len(userdata):
+        kind, length = userdata[pos], userdata[pos + 1]
+        if kind == 0:
+            return userdata[pos + 2:pos + 2 + length].rstrip(b"\0").decode(errors="replace")
+        pos += 2 + length
+    return None
+
+
+def _without_counters(expressions: bytes) -> tuple:
+    """(name, data) of each expression of a rule, a counter's values left out."""
+    out = []
+    for expr in _all(expressions, NFTA_LIST_ELEM):
+        e = _attrs(expr)
+        name = e.get(NFTA_EXPR_NAME, b"")
+        out.append((name, b"" if name.rstrip(b"\0") == b"counter" else e.get(NFTA_EXPR_DATA, b"")))
+    return tuple(out)
+
+
+def decode_marks(key: bytes) -> tuple:
+    """The identities of a ``mark . mark`` key."""
+    return struct.unpack("=II", key[:8])
+
+
+class TableReader:
+    """Dumps of one nf_tables table, on the socket of the class it is mixed into
+    (which gives ``_socket()``, ``_lock`` and ``_message()``: :class:`netlink.ElementWriter`)."""
+
+    def shapes(self, family: str, table: str) -> dict:
+        """``{(kind, name): [shape, ...]}`` of the table's chains, sets and rules (per chain,
+        in order): their netlink attributes without handles, ids and counter values.
+
+        Raises OSError (ENOENT when the table is missing).
+        """
+        out: dict = {}
+        name = table.encode() + b"\0"
+        for kind, (request, name_attr, skip) in SHAPES.items():
+            for attrs in self._dump_messages(request, FAMILIES[family], _attr(1, name)):
+                if attrs.get(1) != name:
+                    continue   # a chain dump is not filtered by table (nf_tables_dump_chains)
+                shape = tuple((k, _without_counters(v) if kind == "rule" and k == NFTA_RULE_EXPRESSIONS
+                               else v) for k, v in sorted(attrs.items()) if k not in skip)
+                out.setdefault((kind, attrs.get(name_attr, b"").rstrip(b"\0").decode()), []).append(shape)
+        return out
+
+    def rule_counters(self, family: str, table: str) -> dict:
+        """comment -> [packets, bytes] summed over the table's commented rules with a counter."""
+        out: dict = {}
+        name = table.encode() + b"\0"
+        for attrs in self._dump_messages(NFT_MSG_GETRULE, FAMILIES[family], _attr(1, name)):
+            comment = _comment(attrs.get(NFTA_RULE_USERDATA, b""))
+            if comment is None or attrs.get(1) != name:
+                continue
+            for expr in _all(attrs.get(NFTA_RULE_EXPRESSIONS, b""), NFTA_LIST_ELEM):
+                e = _attrs(expr)
+                if e.get(NFTA_EXPR_NAME, b"").rstrip(b"\0") == b"counter":
+                    data = _attrs(e.get(NFTA_EXPR_DATA, b""))
+                    total = out.setdefault(comment, [0, 0])
+                    total[0] += struct.unpack("!Q", data[NFTA_COUNTER_PACKETS])[0]
+                    total[1] += struct.unpack("!Q", data[NFTA_COUNTER_BYTES])[0]
+        return out
+
+    def _dump_messages(self, request: int, family: int, body: bytes) -> list:
+        with self._lock:
+            sock = self._socket()
+            sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | request, family, body,
+                                    NLM_F_REQUEST | NLM_F_DUMP))
+            out: list = []
+            while not _messages_of(sock.recv(1 << 20), out):
+                pass
+            return out
+
+    def dump(self, table: str, name: str) -> dict:
+        """``{(key, key end, data): (packets, bytes) or None}`` of set ``name`` as the kernel has it.
+
+        Raises OSError (ENOENT: no such table or set).
+        """
+        with self._lock:
+            family = FAMILIES[SCHEMAS[name][0]]
+            body = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                    + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+            sock = self._socket()
+            sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, family, body,
+                                    NLM_F_REQUEST | NLM_F_DUMP))
+            out: dict = {}
+            while not self._read_dump(sock.recv(1 << 20), out):
+                pass
+            return out
+
+    @staticmethod
+    def _read_dump(buf: bytes, out: dict) -> bool:
+        """Add the elements of one datagram of a dump to ``out``; True at its end."""
+        pos = 0
+        while pos + 16 <= len(buf):
+            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, pos)
+            if length < 16:
+                return True
+            if kind == NLMSG_DONE:
+                return True
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", buf, pos + 16)[0]
+                if code:
+                    raise OSError(code, os.strerror(code))
+                return True
+            attrs = _attrs(buf[pos + 20:pos + length])
+            for elem in _all(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), NFTA_LIST_ELEM):
+                e = _attrs(elem)
+                out[_identity(e)] = _counter(e)
+            pos += (length + 3) & ~3
+        return False
+
