@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from nsfixtures import NET_ID, drain, lab  # noqa: F401  (lab is a fixture)
+from nsfixtures import NET_ID, OUTSIDE4, drain, lab  # noqa: F401  (lab is a fixture)
 from packets import ns_socket, send_frame, udp4_frame
 from plugin.observe import probes
 
@@ -76,3 +76,18 @@ def test_probes_observe_what_the_policy_lets_through(lab):
     got = {i: probes.reached(outcome[i]) for i in range(len(cases))}
     want = {i: c[-1] for i, c in enumerate(cases)}
     assert got == want, {i: (cases[i], outcome[i]) for i in got if got[i] != want[i]}
+
+
+def test_a_drop_on_the_way_in_names_the_port_it_came_in_on(lab, events):
+    """A flow dropped on its way into a container is reported with the port (or
+    uplink) it came in on, as nft's iifname, never the receiving container's port:
+    the log names the sender, not the receiver (eBPF judges it at that port)."""
+    web, api = lab.add(2)
+    lab.apply("10.238.0.0/24->api:udp/53", {web: "web", api: "api"})   # restricts api's ingress
+    send_udp(web, api.ip4, 5432)                     # east-west, no rule
+    send_udp(lab.outside, api.ip4, 53)               # north-south, no CIDR rule names its source
+    got = [e for e in drain(events, 1.0) if e.proto == 17 and e.dst == api.ip4]
+    east = next(e for e in got if e.src == web.ip4)
+    north = next(e for e in got if e.src == OUTSIDE4)
+    assert (east.reason, east.ifname) == ("no-rule", web.veth), east
+    assert north.reason == "no-rule" and north.ifname != api.veth, north

@@ -98,7 +98,10 @@ static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct 
 	e->audit = audit;
 	e->port = (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) ? p->dport : 0;
 	e->ethertype = p->ethertype;
-	e->ifindex = skb->ifindex;
+	/* the port the packet came in on, as nft's iifname: on a container's way in
+	 * (tc egress of its port) that is the sender's port, the uplink, or none (0)
+	 * for the host's own packets, never the port that saw it leave */
+	e->ifindex = skb->ingress_ifindex;
 	e->src_id = v->src;
 	e->dst_id = v->dst;
 	__builtin_memcpy(e->saddr, p->osrc, 16);
