@@ -39,7 +39,7 @@ _Static_assert(sizeof(struct cidr_val) == 388, "cidr_val");
 _Static_assert(sizeof(struct count_key) == 32, "count_key");
 _Static_assert(sizeof(struct drop_key) == 8, "drop_key");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key");
-_Static_assert(sizeof(struct ct_val) == 16, "ct_val");
+_Static_assert(sizeof(struct ct_val) == 32, "ct_val");
 _Static_assert(sizeof(struct drop_event) == 80, "drop_event");
 _Static_assert(sizeof(struct pub_key) == 20, "pub_key");
 _Static_assert(sizeof(struct pub_val) == 8, "pub_val");
@@ -233,11 +233,13 @@ static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct 
 }
 
 /* Past the bridge: straight into the destination container, when it is a
- * member in force and the frame is addressed to it. */
-static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
+ * member in force and the frame is addressed to it. The flow's entry (this
+ * direction) remembers the peer for the fast path, under this generation. */
+static __always_inline int deliver(struct __sk_buff *skb, struct ctx *c, struct pkt *p)
 {
 	struct member *m = member_of(p, p->daddr);
 	struct endpoint *dst;
+	struct ct_val *v;
 	__u32 ifindex;
 
 	if (!m || !active_identity(m->identity) || !m->ifindex)
@@ -246,6 +248,12 @@ static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
 	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!dst || !active_identity(dst->identity) || !eq_mac(p->dmac, dst->mac))
 		return TC_ACT_OK;
+	v = ct_tracked(p) ? ct_entry(p) : NULL;
+	if (v && v->peer_generation != c->st->generation) {
+		v->peer_ifindex = ifindex;
+		__builtin_memcpy(v->peer_mac, dst->mac, 6);
+		v->peer_generation = c->st->generation;
+	}
 	bpf_skb_change_type(skb, PACKET_HOST_);
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -342,7 +350,7 @@ int from_container(struct __sk_buff *skb)
 	}
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
-		return (r == TC_ACT_OK && ew) ? deliver(skb, p) : r;
+		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p) : r;
 	c.learned = 0;
 	r = judge_sent(skb, &c, p, identity_of(p, p->saddr));
 	if (c.learned) {
@@ -350,7 +358,7 @@ int from_container(struct __sk_buff *skb)
 		asm volatile("" : "+r"(skb));
 		skb->mark |= LEARNED_MARK;   /* the NAT-only table puts it in the ct mark */
 	}
-	return r == TC_ACT_OK ? deliver(skb, p) : r;
+	return r == TC_ACT_OK ? deliver(skb, &c, p) : r;
 }
 
 /* East-west that came through the bridge (the fast path did not take it).

@@ -216,6 +216,14 @@ struct ct_val {
 	__u8  flags;
 	__u8  kind;
 	__u16 pad;
+	/* The fast path's peer (lib/fastpath.h): where deliver() last redirected
+	 * this direction's packets -- the destination's host-side veth and MAC --
+	 * valid only while peer_generation is the generation in force (every
+	 * change of members or endpoints bumps it). 0: none yet. */
+	__u32 peer_ifindex;
+	__u32 peer_generation;
+	__u8  peer_mac[6];
+	__u16 pad2;
 };
 
 /* published: (family, protocol, host port, host address or all zero for

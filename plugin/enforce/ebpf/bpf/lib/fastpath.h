@@ -10,10 +10,13 @@
  *   headers; TCP, UDP, or an ICMP/ICMPv6 echo request or reply; the L4
  *   header in the linear data; from the endpoint's own MAC and address
  *   (its anti-spoofing), the endpoint active; a live conntrack entry judged
- *   under the generation in force as east-west; the destination address an
- *   active member with a veth, the frame addressed to that member's MAC.
+ *   under the generation in force as east-west; the frame addressed to the
+ *   peer the entry remembers (deliver() found it an active member with a
+ *   veth, under the generation in force: any change of members, endpoints
+ *   or policy bumps the generation and sends the flow to the full path).
  * Anything else returns FAST_NO and takes the full path, which judges it
- * exactly as before. No new state: only maps the full path reads. */
+ * exactly as before. Its only state is the entry's peer, which deliver()
+ * writes. */
 #ifndef SECNET_FASTPATH_H
 #define SECNET_FASTPATH_H
 #include <linux/if_ether.h>
@@ -86,16 +89,16 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct endpoint *ep, 
 	return FAST_NO;
 }
 
-/* bpf_redirect_peer's verdict for a judged east-west packet, or FAST_NO. */
+/* bpf_redirect_peer's verdict for a judged east-west packet, or FAST_NO.
+ * The destination comes from the flow's own entry (the peer deliver() found
+ * in members and endpoints under the generation in force): one hash lookup
+ * for the flow and the destination together. */
 static __always_inline int fast_path(struct __sk_buff *skb, struct endpoint *ep)
 {
 	struct ct_key k = {};
-	struct addr_key ak = {};
-	struct endpoint *dst;
-	struct member *m;
 	struct state *st;
 	struct ct_val *v;
-	__u32 zero = 0, ifindex;
+	__u32 zero = 0;
 	__u64 now, life;
 	__u8 *dmac;
 	int echo_req;
@@ -105,26 +108,18 @@ static __always_inline int fast_path(struct __sk_buff *skb, struct endpoint *ep)
 	st = bpf_map_lookup_elem(&state, &zero);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!st || !v || v->generation != st->generation || v->kind != KIND_EW
-	    || ((v->flags & CT_REPLY) && echo_req))
+	    || v->peer_generation != st->generation || !v->peer_ifindex
+	    || ((v->flags & CT_REPLY) && echo_req) || !eq_mac(dmac, v->peer_mac))
 		return FAST_NO;
 	now = bpf_ktime_get_ns();
 	life = k.proto == IPPROTO_TCP ? CT_TCP_LIFETIME_NS : CT_OTHER_LIFETIME_NS;
 	if (now - v->seen > life)
 		return FAST_NO;
-	ak.family = k.family;
-	__builtin_memcpy(ak.addr, k.daddr, 16);
-	m = bpf_map_lookup_elem(&members, &ak);
-	if (!m || !active_identity(m->identity) || !m->ifindex)
-		return FAST_NO;
-	ifindex = m->ifindex;
-	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
-	if (!dst || !active_identity(dst->identity) || !eq_mac(dmac, dst->mac))
-		return FAST_NO;
 	if (now - v->seen > CT_REFRESH_NS)
 		v->seen = now;
 	skb->mark |= PASSED_MARK;
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
-	return bpf_redirect_peer(ifindex, 0);
+	return bpf_redirect_peer(v->peer_ifindex, 0);
 }
 
 #endif
