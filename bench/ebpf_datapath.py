@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -173,8 +174,9 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=0, help="also an eBPF pair with this many more rules")
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--profile", action="store_true", help="where the eBPF pair's time goes (see above)")
-    ap.add_argument("--object", help="also an eBPF pair running this compiled secnet.o (e.g. an older "
-                    "commit's), measured in the same rounds: before/after side by side")
+    ap.add_argument("--object", action="append", default=[],
+                    help="also an eBPF pair running this compiled secnet.o (e.g. an older commit's), "
+                    "measured in the same rounds: before/after side by side (repeatable)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:4]
     made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
@@ -188,11 +190,12 @@ def main() -> int:
         pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
                  "ebpf": (ea, eb, eip)}
         profiled = {"ebpf_profile": (h2, ea, eb, eip, pin_root)}
-        if args.object:
-            h5, oa, ob, oip = bridge_pair(tag + "o", 5, made)
-            enforce(h5, 5, pin_root + "o", obj=args.object)
-            pairs["ebpf@object"] = (oa, ob, oip)
-            profiled["ebpf@object_profile"] = (h5, oa, ob, oip, pin_root + "o")
+        for i, obj in enumerate(args.object):
+            name, root = f"ebpf@{os.path.basename(obj)}", f"{pin_root}o{i}"
+            h5, oa, ob, oip = bridge_pair(f"{tag}o{i}", 5 + i, made)
+            enforce(h5, 5 + i, root, obj=obj)
+            pairs[name] = (oa, ob, oip)
+            profiled[f"{name}_profile"] = (h5, oa, ob, oip, root)
         if args.rules:
             h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
             enforce(h3, 3, pin_root + "r", args.rules)
@@ -219,7 +222,8 @@ def main() -> int:
     finally:
         for name in reversed(made):
             sh("ip", "netns", "del", name, check=False)
-        sh("rm", "-rf", pin_root, pin_root + "r", pin_root + "o", check=False)
+        sh("rm", "-rf", pin_root, pin_root + "r", *(f"{pin_root}o{i}" for i in range(len(args.object))),
+           check=False)
     return 0
 
 
