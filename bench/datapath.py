@@ -27,7 +27,10 @@ def throughput(sizes) -> dict:
             "--rules", str(sizes.scale_rules), "--profile", "--json", path], timeout=600)
         with open(path) as f:
             raw = json.load(f)
-    profile = raw.pop("ebpf_profile", {})
+    profiles = {k: raw.pop(k) for k in list(raw) if k.endswith("_profile")}
+    profile = profiles.pop("ebpf_profile", {})
+    for what, figures in profiles.items():     # the other eBPF pairs': "ebpf+10000 from_container ..."
+        profile.update({f"{what[:-8]} {k}": v for k, v in figures.items()})
     out = {name: {"gbps": stats(v["gbps"]), "rtt_us": stats(v["rtt_us"]), "raw": v}
            for name, v in raw.items()}
     out["ebpf_profile"] = profile   # moved up to the section by run()

@@ -13,7 +13,13 @@ with nsenter (the test image has neither). Configurations:
 * ``secnet-ebpf``: as ``secnet-policy`` on a network with
   ``-o secnet.backend=ebpf`` (the eBPF datapath);
 * ``secnet-scale`` (made by ``scale.py``): the same flow on the network that
-  holds 1,000 endpoints and 10,000 rules.
+  holds 1,000 endpoints and 10,000 rules;
+* ``veth-containers``: a bare veth pair between the ``secnet-ebpf`` pair's own
+  two containers (10.217.1.0/24). Docker gives every container of a
+  user-defined network a NAT table for its embedded DNS (127.0.0.11), so
+  netfilter's conntrack runs in both containers on every packet, whatever
+  the path between them; the plain namespaces of ``veth`` have none. This
+  pair is the ceiling for the path alone, with the containers as they are.
 
 Configurations are measured round-robin (repeat 1 of each, then repeat 2 of
 each, ...) so that all of them see the same machine load.
@@ -150,6 +156,19 @@ def docker_pairs(cleanup: Cleanup) -> list:
         cleanup.push(f"network {net}", docker, "network", "rm", net)
         pairs.append(container_pair(cleanup, label, net, f"{base}.10", f"{base}.11", *labels))
     return pairs
+
+
+def container_veth_pair(cleanup: Cleanup, pair: Pair) -> Pair:
+    """A bare veth pair between ``pair``'s two containers (see the module docstring)."""
+    cli, srv = f"{PREFIX}-cv", f"{PREFIX}-sv"
+    sh(["nsenter", f"--net={pair.client_ns}", "ip", "link", "add", cli, "type", "veth", "peer", "name",
+        srv, "netns", pair.server_ns])
+    cleanup.push(f"veth {cli}", lambda: sh(["nsenter", f"--net={pair.client_ns}", "ip", "link", "del", cli],
+                                            check=False))
+    for ns, dev, addr in ((pair.client_ns, cli, "10.217.1.1/24"), (pair.server_ns, srv, "10.217.1.2/24")):
+        sh(["nsenter", f"--net={ns}", "ip", "addr", "add", addr, "dev", dev])
+        sh(["nsenter", f"--net={ns}", "ip", "link", "set", dev, "up"])
+    return Pair("veth-containers", pair.client_ns, pair.server_ns, "10.217.1.2")
 
 
 def check_reachable(pair: Pair) -> None:

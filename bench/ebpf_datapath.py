@@ -10,7 +10,9 @@ Four pairs of namespaces, measured round-robin with iperf3 and ping:
   allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, intra deny): the
   fast path (bpf_redirect_peer) carries the judged flows.
 
-Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]``.
+Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
+[--object OLD.o]`` (``--object``: a fifth pair running another build of the
+programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
 on for the pair's runs only): the mean ns per run of ``from_container`` and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -80,12 +83,14 @@ def veth_pair(tag, made):
     return a, b, "10.218.9.3"
 
 
-def enforce(host, octet, pin_root, extra_rules=0, backend="ebpf"):
+def enforce(host, octet, pin_root, extra_rules=0, backend="ebpf", obj=None):
     """Apply an allowing policy with the ``backend`` datapath (``ebpf`` or
     ``nftables``) inside namespace ``host`` (plus ``extra_rules`` rules
-    between 100 other segments). The nftables backend's tables live in the
-    namespace and go with it."""
-    make = (f"EbpfBackend(pin_root='{pin_root}')" if backend == "ebpf" else "NftBackend()")
+    between 100 other segments; ``obj``: another compiled object than the
+    checkout's). The nftables backend's tables live in the namespace and go
+    with it."""
+    make = (f"EbpfBackend(pin_root='{pin_root}', obj_path={obj!r})" if backend == "ebpf"
+            else "NftBackend()")
     code = f"""
 from plugin.kernel.netns import enter
 enter('/run/netns/{host}')
@@ -169,6 +174,9 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=0, help="also an eBPF pair with this many more rules")
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--profile", action="store_true", help="where the eBPF pair's time goes (see above)")
+    ap.add_argument("--object", action="append", default=[],
+                    help="also an eBPF pair running this compiled secnet.o (e.g. an older commit's), "
+                    "measured in the same rounds: before/after side by side (repeatable)")
     args = ap.parse_args()
     tag = uuid.uuid4().hex[:4]
     made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
@@ -181,13 +189,22 @@ def main() -> int:
         enforce(h4, 4, pin_root, backend="nftables")
         pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
                  "ebpf": (ea, eb, eip)}
+        profiled = {"ebpf_profile": (h2, ea, eb, eip, pin_root)}
+        for i, obj in enumerate(args.object):
+            name, root = f"ebpf@{os.path.basename(obj)}", f"{pin_root}o{i}"
+            h5, oa, ob, oip = bridge_pair(f"{tag}o{i}", 5 + i, made)
+            enforce(h5, 5 + i, root, obj=obj)
+            pairs[name] = (oa, ob, oip)
+            profiled[f"{name}_profile"] = (h5, oa, ob, oip, root)
         if args.rules:
             h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
             enforce(h3, 3, pin_root + "r", args.rules)
             pairs[f"ebpf+{args.rules}"] = (ra, rb, rip)
+            profiled[f"ebpf+{args.rules}_profile"] = (h3, ra, rb, rip, pin_root + "r")
         got = {k: {"gbps": [], "rtt_us": []} for k in pairs}
-        for _ in range(args.repeats):
-            for name, (c, s, ip) in pairs.items():
+        for i in range(args.repeats):
+            # every other round backwards: no pair always runs first or last
+            for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
                 got[name]["gbps"].append(iperf(c, s, ip, args.secs))
                 got[name]["rtt_us"].append(rtt(c, ip))
         base = statistics.median(got["veth"]["gbps"])
@@ -195,17 +212,18 @@ def main() -> int:
             g, r = statistics.median(m["gbps"]), statistics.median(m["rtt_us"])
             print(f"{name:11s} {g:6.1f} Gbit/s ({g / base:.2f}x veth)  rtt {r:5.0f} us  "
                   f"runs {[round(x, 1) for x in m['gbps']]}")
-        if args.profile:
-            got["ebpf_profile"] = profile(h2, ea, eb, eip, pin_root, args.secs)
-            for key, value in got["ebpf_profile"].items():
-                print(f"  {key}: {value}")
+        for what, where in profiled.items() if args.profile else ():
+            got[what] = profile(*where, args.secs)
+            for key, value in got[what].items():
+                print(f"  {what[:-8]} {key}: {value}")
         if args.json:
             with open(args.json, "w") as f:
                 json.dump(got, f, indent=1)
     finally:
         for name in reversed(made):
             sh("ip", "netns", "del", name, check=False)
-        sh("rm", "-rf", pin_root, pin_root + "r", check=False)
+        sh("rm", "-rf", pin_root, pin_root + "r", *(f"{pin_root}o{i}" for i in range(len(args.object))),
+           check=False)
     return 0
 
 

@@ -213,12 +213,14 @@ def _dataplane(r) -> list:
                 "each; median (min–max) of the repeats (RTT: each repeat's median of 50).", "",
                 "| configuration | Gbit/s | RTT µs | throughput / bridge | / veth |", "|---|---|---|---|---|"]
         labels = {"veth": "bare veth pair (ceiling)", "bridge": "Docker bridge driver",
+                  "veth-containers": "bare veth pair between the eBPF pair's two containers",
                   "secnet": "secnet, no rules", "secnet-policy": "secnet, policy allows the flow",
                   "secnet-ebpf": "secnet eBPF backend, policy allows the flow",
                   "secnet-scale": f"secnet, {sz.get('endpoints', 0):,} endpoints + "
                                   f"{scale_rules(r):,} rules"}
         g = lambda n: med(get(dp, n, "gbps"))
-        for n in ("veth", "bridge", "secnet", "secnet-policy", "secnet-ebpf", "secnet-scale"):
+        for n in ("veth", "veth-containers", "bridge", "secnet", "secnet-policy", "secnet-ebpf",
+                  "secnet-scale"):
             if n in dp:
                 out.append(f"| {labels[n]} | {mmm(dp[n]['gbps'], 2)} | {mmm(dp[n]['rtt_ms'], 0, 1000)} | "
                            f"{ratio(g(n), g('bridge'))} | {ratio(g(n), g('veth'))} |")

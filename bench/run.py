@@ -164,6 +164,7 @@ def dataplane_and_scale(sizes: Sizes, watch: DaemonWatch) -> dict:
     try:
         log("data plane: setting up veth, bridge, secnet, secnet-policy")
         pairs = [dataplane.veth_pair(cleanup)] + dataplane.docker_pairs(cleanup)
+        pairs.append(dataplane.container_veth_pair(cleanup, pairs[-1]))   # secnet-ebpf's containers
         watch.section = "scale"
         log("scale: network with two containers")
         pairs.append(sc.setup())

@@ -25,21 +25,19 @@ reconciler treats both datapaths alike; docs/ebpf.md says what it holds.
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from plugin.enforce.backend import (REASONS, BackendError, BackendUnavailable, Counters,
-                                    DropEvent, NetworkSpec, Port)
+from plugin.enforce.backend import (BackendError, BackendUnavailable, Counters, DropEvent,
+                                    NetworkSpec, Port)
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import build, fqdn, libbpf, maps, pins
+from . import build, counters, fqdn, libbpf, maps, pins
 from .events import DropReader
 
-log = logging.getLogger(__name__)
 SIZES: dict = {}   # map name -> max entries (defaults: lib/maps.h)
 
 
@@ -386,44 +384,16 @@ class EbpfBackend(fqdn.FqdnMethods):
     def counters(self, net: NetworkSpec) -> Counters:
         """Packets and bytes: ``allowed`` per policy-map key (the packets that opened
         flows), ``dropped`` per (src, dst identity) and ``reasons`` of real drops
-        (audit mode's would-drops are in :meth:`would_drop`)."""
+        (audit mode's would-drops are in :meth:`would_drop`); counters.read."""
         with self._lock:
             st = self._net(net)
-            cpus = libbpf.possible_cpus()
-            cidrs = st.policy.cidrs if st.policy else ()
-            allowed = {}
-            size = maps.COUNT.size * cpus
-            for key in list(libbpf.keys(st.handle.maps["allowed"], maps.COUNT_KEY.size)):
-                raw = libbpf.lookup(st.handle.maps["allowed"], key, size)
-                target = maps.count_target(key, cidrs)
-                if raw is not None and target is not None:
-                    allowed[target] = _add(allowed.get(target), maps.sum_percpu(raw, cpus))
-            dropped, reasons = self._drops(st, cpus, audit=False)
-            would, would_reasons = self._drops(st, cpus, audit=True)
-            return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=would,
-                            would_drop_reasons=would_reasons)
+            return counters.read(st.handle, st.policy.cidrs if st.policy else ())
 
     def would_drop(self, net: NetworkSpec) -> Counters:
         """What audit mode let through that enforce mode would have dropped, in the
         shapes of :meth:`counters` (``allowed`` empty). Not in the Backend protocol (yet)."""
         with self._lock:
-            st = self._net(net)
-            dropped, reasons = self._drops(st, libbpf.possible_cpus(), audit=True)
-            return Counters(allowed={}, dropped=dropped, reasons=reasons)
-
-    def _drops(self, st: _Net, cpus: int, audit: bool) -> tuple:
-        dropped, reasons = {}, {}
-        fd = st.handle.maps["dropped"]
-        for key in list(libbpf.keys(fd, maps.DROP_KEY.size)):
-            src, dst, reason, was_audit, _pad = maps.DROP_KEY.unpack(key)
-            raw = libbpf.lookup(fd, key, maps.COUNT.size * cpus)
-            if raw is None or bool(was_audit) != audit:
-                continue
-            pb = maps.sum_percpu(raw, cpus)
-            dropped[(src, dst)] = _add(dropped.get((src, dst)), pb)
-            name = REASONS[reason] if reason < len(REASONS) else "invalid"
-            reasons[name] = _add(reasons.get(name), pb)
-        return dropped, reasons
+            return counters.would_drop(self._net(net).handle)
 
     def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
         with self._lock:
@@ -475,8 +445,4 @@ def _make_exactly(fd: int, key_size: int, content: dict) -> None:
 
 def _published(port: Optional[Port]) -> tuple:
     return port.published if port is not None and port.active else ()
-
-
-def _add(a: Optional[tuple], b: tuple) -> tuple:
-    return b if a is None else (a[0] + b[0], a[1] + b[1])
 

@@ -186,6 +186,14 @@ def prog_id(fd: int) -> int:
     return int.from_bytes(info.raw[4:8], "little")
 
 
+def map_value_size(fd: int) -> int:
+    """The value size in bytes of the map behind ``fd`` (bpf_map_info.value_size)."""
+    info = ctypes.create_string_buffer(16)         # type, id, key_size, value_size: u32 each
+    size = ctypes.c_uint32(len(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "map info")
+    return int.from_bytes(info.raw[12:16], "little")
+
+
 def obj_pin(fd: int, path: str) -> None:
     _check(lib().bpf_obj_pin(fd, path.encode()), f"pin {path}")
 

@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 
-from . import libbpf
+from . import libbpf, maps
 
 DEFAULT_ROOT = "/sys/fs/bpf/secnet"
 BPFFS = "/sys/fs/bpf"
@@ -96,10 +96,12 @@ def load_network(root: str, network_id: str, obj_path: str, sizes: dict) -> Hand
 
     ``sizes``: map name -> max entries (only for maps created now). Raises
     LibbpfError (EINVAL when pinned maps have another layout: a format
-    upgrade needs :func:`remove_pins` first).
+    upgrade needs :func:`remove_pins` first -- except ``conntrack``, whose
+    older layouts are replaced here, flows judged anew).
     """
     path = network_dir(root, network_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
+    _drop_older_conntrack(path)
     obj = libbpf.BpfObject(obj_path)
     try:
         for name in MAPS:
@@ -117,6 +119,24 @@ def load_network(root: str, network_id: str, obj_path: str, sizes: dict) -> Hand
     finally:
         obj.close()
     return open_network(root, network_id)
+
+
+def _drop_older_conntrack(path: str) -> None:
+    """Unpin a ``conntrack`` map of another value layout (an older build's) so
+    that the load makes a new one: its flows are judged anew on their next
+    packet (a reply that comes first is judged as a flow of its own). The
+    programs attached now keep the old map until they are replaced."""
+    pin = os.path.join(path, "conntrack")
+    try:
+        fd = libbpf.obj_get(pin)
+    except libbpf.LibbpfError:
+        return
+    try:
+        older = libbpf.map_value_size(fd) != maps.CT_VAL.size
+    finally:
+        os.close(fd)
+    if older:
+        _unlink(pin)
 
 
 def _unlink(path: str) -> None:

@@ -39,7 +39,7 @@ _Static_assert(sizeof(struct cidr_val) == 388, "cidr_val");
 _Static_assert(sizeof(struct count_key) == 32, "count_key");
 _Static_assert(sizeof(struct drop_key) == 8, "drop_key");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key");
-_Static_assert(sizeof(struct ct_val) == 16, "ct_val");
+_Static_assert(sizeof(struct ct_val) == 48, "ct_val");
 _Static_assert(sizeof(struct drop_event) == 80, "drop_event");
 _Static_assert(sizeof(struct pub_key) == 20, "pub_key");
 _Static_assert(sizeof(struct pub_val) == 8, "pub_val");
@@ -233,11 +233,15 @@ static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct 
 }
 
 /* Past the bridge: straight into the destination container, when it is a
- * member in force and the frame is addressed to it. */
-static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
+ * member in force and the frame is addressed to it. The flow's entry (this
+ * direction) remembers sender and destination for the fast path, under
+ * this generation (``ep``: the sender, its anti-spoofing passed). */
+static __always_inline int deliver(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
+				   struct endpoint *ep)
 {
 	struct member *m = member_of(p, p->daddr);
 	struct endpoint *dst;
+	struct ct_val *v;
 	__u32 ifindex;
 
 	if (!m || !active_identity(m->identity) || !m->ifindex)
@@ -246,6 +250,14 @@ static __always_inline int deliver(struct __sk_buff *skb, struct pkt *p)
 	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!dst || !active_identity(dst->identity) || !eq_mac(p->dmac, dst->mac))
 		return TC_ACT_OK;
+	v = ct_tracked(p) ? ct_entry(p) : NULL;
+	if (v && v->fast_generation != c->st->generation) {
+		v->src_ifindex = skb->ifindex;
+		v->peer_ifindex = ifindex;
+		__builtin_memcpy(v->src_mac, ep->mac, 6);
+		__builtin_memcpy(v->peer_mac, dst->mac, 6);
+		v->fast_generation = c->st->generation;
+	}
 	bpf_skb_change_type(skb, PACKET_HOST_);
 	return bpf_redirect_peer(ifindex, 0);
 }
@@ -298,17 +310,16 @@ SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
-	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	struct verdict vd = { .dst = ID_OUTSIDE };
+	struct endpoint *ep;
 	struct pkt *p;
 	struct ctx c;
 	int r, ew = 0;
 
-	if (ep) {
-		r = fast_path(skb, ep);   /* lib/fastpath.h: judged east-west, straight across */
-		if (r != FAST_NO)
-			return r;
-	}
+	r = fast_path(skb);   /* lib/fastpath.h: judged east-west, straight across */
+	if (r != FAST_NO)
+		return r;
+	ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	p = fresh_pkt();
 	if (!p)
 		return TC_ACT_SHOT;
@@ -342,7 +353,7 @@ int from_container(struct __sk_buff *skb)
 	}
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
-		return (r == TC_ACT_OK && ew) ? deliver(skb, p) : r;
+		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p, ep) : r;
 	c.learned = 0;
 	r = judge_sent(skb, &c, p, identity_of(p, p->saddr));
 	if (c.learned) {
@@ -350,7 +361,7 @@ int from_container(struct __sk_buff *skb)
 		asm volatile("" : "+r"(skb));
 		skb->mark |= LEARNED_MARK;   /* the NAT-only table puts it in the ct mark */
 	}
-	return r == TC_ACT_OK ? deliver(skb, p) : r;
+	return r == TC_ACT_OK ? deliver(skb, &c, p, ep) : r;
 }
 
 /* East-west that came through the bridge (the fast path did not take it).

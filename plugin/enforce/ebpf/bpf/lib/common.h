@@ -216,6 +216,18 @@ struct ct_val {
 	__u8  flags;
 	__u8  kind;
 	__u16 pad;
+	/* What the fast path (lib/fastpath.h) needs, as deliver() last found it
+	 * for this direction: the sender (host-side veth, MAC: its endpoint,
+	 * anti-spoofing passed) and the destination (host-side veth, MAC: an
+	 * active member). Valid only while fast_generation is the generation in
+	 * force (every change of endpoints, members, policy or mode bumps it);
+	 * 0: none yet. */
+	__u32 fast_generation;
+	__u32 src_ifindex;
+	__u32 peer_ifindex;
+	__u8  src_mac[6];
+	__u8  peer_mac[6];
+	__u32 pad2[2];
 };
 
 /* published: (family, protocol, host port, host address or all zero for

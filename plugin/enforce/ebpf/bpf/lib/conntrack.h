@@ -62,6 +62,15 @@ static __always_inline struct ct_val *ct_lookup(struct pkt *p)
 	return v;
 }
 
+/* This packet's entry as it is (no liveness checks), or NULL. */
+static __always_inline struct ct_val *ct_entry(struct pkt *p)
+{
+	struct ct_key k = {};
+
+	ct_key_of(p, &k, 0);
+	return bpf_map_lookup_elem(&conntrack, &k);
+}
+
 /* An ICMP error passes when the flow it quotes is tracked (either direction). */
 static __always_inline int ct_related(struct pkt *p)
 {

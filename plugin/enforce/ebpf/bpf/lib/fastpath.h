@@ -7,13 +7,19 @@
  * deliver()'s bpf_redirect_peer, with the same checks in the same order and
  * the same side effects (the mark, the conntrack entry's refresh):
  *   IPv4 without options or fragment offset, or IPv6 without extension
- *   headers; TCP, UDP, or an ICMP/ICMPv6 echo request or reply; the L4
- *   header in the linear data; from the endpoint's own MAC and address
- *   (its anti-spoofing), the endpoint active; a live conntrack entry judged
- *   under the generation in force as east-west; the destination address an
- *   active member with a veth, the frame addressed to that member's MAC.
+ *   headers or a link-local source; TCP, UDP, or an ICMP/ICMPv6 echo
+ *   request or reply; the L4 header in the linear data; a live conntrack
+ *   entry judged under the generation in force as east-west, whose sender
+ *   and destination deliver() found under that generation too: the frame
+ *   comes from that sender's veth and MAC (its address is the entry's key:
+ *   the anti-spoofing the full path applied to it still holds) and is
+ *   addressed to that destination's MAC. Any change of endpoints, members,
+ *   policy or mode bumps the generation, so nothing the entry remembers
+ *   outlives the state it was read from: the flow takes the full path once
+ *   and deliver() remembers it anew.
+ * So a judged packet costs one hash lookup (and the state array's).
  * Anything else returns FAST_NO and takes the full path, which judges it
- * exactly as before. No new state: only maps the full path reads. */
+ * exactly as before. */
 #ifndef SECNET_FASTPATH_H
 #define SECNET_FASTPATH_H
 #include <linux/if_ether.h>
@@ -30,24 +36,23 @@
 #define FAST_NO (-1)
 
 /* The flow key (ct_key_of's, original direction as sent) of an IPv4 or
- * IPv6 packet from ``ep``, its destination MAC and echo-request flag;
+ * IPv6 packet, its source and destination MAC and echo-request flag;
  * FAST_NO unless the packet is of a kind the fast path takes. */
-static __always_inline int fast_key(struct __sk_buff *skb, struct endpoint *ep, struct ct_key *k,
+static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u8 **smac,
 				    __u8 **dmac, int *echo_req)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
 	struct ethhdr *eth = data;
 	__u8 *l4;
 
-	if ((void *)(eth + 1) > end || !eq_mac(eth->h_source, ep->mac))
+	if ((void *)(eth + 1) > end)
 		return FAST_NO;
+	*smac = eth->h_source;
 	*dmac = eth->h_dest;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
 
-		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x1fff)))
-			return FAST_NO;
-		if (ip->saddr != *(__u32 *)ep->ipv4 || !ip->saddr)
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x1fff)) || !ip->saddr)
 			return FAST_NO;
 		__builtin_memcpy(k->saddr, &ip->saddr, 4);
 		__builtin_memcpy(k->daddr, &ip->daddr, 4);
@@ -57,7 +62,7 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct endpoint *ep, 
 	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
 
-		if ((void *)(ip6 + 1) > end || zero16(ep->ipv6) || !eq16(&ip6->saddr, ep->ipv6))
+		if ((void *)(ip6 + 1) > end)
 			return FAST_NO;
 		if (ip6->saddr.s6_addr[0] == 0xfe && (ip6->saddr.s6_addr[1] & 0xc0) == 0x80)
 			return FAST_NO;   /* link-local: check_ipv6's rules (the full path) */
@@ -87,44 +92,34 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct endpoint *ep, 
 }
 
 /* bpf_redirect_peer's verdict for a judged east-west packet, or FAST_NO. */
-static __always_inline int fast_path(struct __sk_buff *skb, struct endpoint *ep)
+static __always_inline int fast_path(struct __sk_buff *skb)
 {
 	struct ct_key k = {};
-	struct addr_key ak = {};
-	struct endpoint *dst;
-	struct member *m;
 	struct state *st;
 	struct ct_val *v;
-	__u32 zero = 0, ifindex;
+	__u32 zero = 0;
 	__u64 now, life;
-	__u8 *dmac;
+	__u8 *smac, *dmac;
 	int echo_req;
 
-	if (!active_identity(ep->identity) || fast_key(skb, ep, &k, &dmac, &echo_req))
+	if (fast_key(skb, &k, &smac, &dmac, &echo_req))
 		return FAST_NO;
 	st = bpf_map_lookup_elem(&state, &zero);
 	v = bpf_map_lookup_elem(&conntrack, &k);
 	if (!st || !v || v->generation != st->generation || v->kind != KIND_EW
-	    || ((v->flags & CT_REPLY) && echo_req))
+	    || v->fast_generation != st->generation || !v->peer_ifindex
+	    || v->src_ifindex != skb->ifindex || ((v->flags & CT_REPLY) && echo_req)
+	    || !eq_mac(smac, v->src_mac) || !eq_mac(dmac, v->peer_mac))
 		return FAST_NO;
 	now = bpf_ktime_get_ns();
 	life = k.proto == IPPROTO_TCP ? CT_TCP_LIFETIME_NS : CT_OTHER_LIFETIME_NS;
 	if (now - v->seen > life)
 		return FAST_NO;
-	ak.family = k.family;
-	__builtin_memcpy(ak.addr, k.daddr, 16);
-	m = bpf_map_lookup_elem(&members, &ak);
-	if (!m || !active_identity(m->identity) || !m->ifindex)
-		return FAST_NO;
-	ifindex = m->ifindex;
-	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
-	if (!dst || !active_identity(dst->identity) || !eq_mac(dmac, dst->mac))
-		return FAST_NO;
 	if (now - v->seen > CT_REFRESH_NS)
 		v->seen = now;
 	skb->mark |= PASSED_MARK;
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
-	return bpf_redirect_peer(ifindex, 0);
+	return bpf_redirect_peer(v->peer_ifindex, 0);
 }
 
 #endif

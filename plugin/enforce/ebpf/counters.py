@@ -1,0 +1,63 @@
+"""Reading the counters of one eBPF network: ``allowed`` and ``dropped``.
+
+Kernel background. Both maps are per-CPU hashes (bpf/lib/maps.h) that the
+programs bump without atomics; a lookup returns one ``(packets, bytes)``
+value per possible CPU, summed here. ``allowed`` is keyed by the policy-map
+key of the entry that opened a flow (``maps.COUNT_KEY``), ``dropped`` by
+(src identity, dst identity, reason, audit) (``maps.DROP_KEY``).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from plugin.enforce.backend import REASONS, Counters
+
+from . import libbpf, maps, pins
+
+
+def read(handle: pins.Handle, cidrs: tuple) -> Counters:
+    """All counters of a network: ``allowed`` per policy target (``cidrs``: the
+    policy's CIDR entries, to name CIDR keys), ``dropped``/``reasons`` of real
+    drops and ``would_drop``/``would_drop_reasons`` of audit mode's.
+
+    Values are ``(packets, bytes)``; bytes count from the network header on."""
+    cpus = libbpf.possible_cpus()
+    allowed = {}
+    fd = handle.maps["allowed"]
+    for key in list(libbpf.keys(fd, maps.COUNT_KEY.size)):
+        raw = libbpf.lookup(fd, key, maps.COUNT.size * cpus)
+        target = maps.count_target(key, cidrs)
+        if raw is not None and target is not None:
+            allowed[target] = add(allowed.get(target), maps.sum_percpu(raw, cpus))
+    dropped, reasons = drops(handle, cpus, audit=False)
+    would, would_reasons = drops(handle, cpus, audit=True)
+    return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=would,
+                    would_drop_reasons=would_reasons)
+
+
+def would_drop(handle: pins.Handle) -> Counters:
+    """Audit mode's would-drops in the shapes of :func:`read` (``allowed`` empty)."""
+    dropped, reasons = drops(handle, libbpf.possible_cpus(), audit=True)
+    return Counters(allowed={}, dropped=dropped, reasons=reasons)
+
+
+def drops(handle: pins.Handle, cpus: int, audit: bool) -> tuple:
+    """``({(src, dst): (packets, bytes)}, {reason name: (packets, bytes)})`` of the
+    ``dropped`` map's entries with the given audit flag."""
+    dropped, reasons = {}, {}
+    fd = handle.maps["dropped"]
+    for key in list(libbpf.keys(fd, maps.DROP_KEY.size)):
+        src, dst, reason, was_audit, _pad = maps.DROP_KEY.unpack(key)
+        raw = libbpf.lookup(fd, key, maps.COUNT.size * cpus)
+        if raw is None or bool(was_audit) != audit:
+            continue
+        pb = maps.sum_percpu(raw, cpus)
+        dropped[(src, dst)] = add(dropped.get((src, dst)), pb)
+        name = REASONS[reason] if reason < len(REASONS) else "invalid"
+        reasons[name] = add(reasons.get(name), pb)
+    return dropped, reasons
+
+
+def add(a: Optional[tuple], b: tuple) -> tuple:
+    """The sum of two ``(packets, bytes)`` (``a`` may be None)."""
+    return b if a is None else (a[0] + b[0], a[1] + b[1])
