@@ -9,11 +9,13 @@ progress, then the socket file goes.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import logging
 import os
 import signal
 import sys
+import threading
 import time
 
 from plugin.config import Settings
@@ -76,6 +78,53 @@ def access_log(app):
     return logged
 
 
+class Trimmer:
+    """Gives the heap's free pages back to the kernel (glibc ``malloc_trim``) once
+    requests have stopped for ``quiet`` seconds.
+
+    A policy edit of 10,000 rules or 1,000 leaves free tens of MiB in small blocks
+    spread over the heap; glibc keeps those pages (only a free top of the heap is
+    returned by itself), so without this RSS stays at its high-water mark. A trim
+    takes a few ms, on this thread, never on a request's.
+    """
+
+    def __init__(self, quiet: float = 1.0):
+        self.quiet = quiet
+        self._wake = threading.Event()
+        try:
+            self._trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):   # not glibc: nothing to give back this way
+            self._trim = None
+        self.trims = 0
+
+    def start(self) -> "Trimmer":
+        if self._trim is not None:
+            threading.Thread(target=self._run, name="secnet-trim", daemon=True).start()
+        return self
+
+    def soon(self) -> None:
+        """A request ended: trim after the next ``quiet`` seconds without one."""
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._wake.wait(self.quiet):   # more requests came: wait for quiet
+                self._wake.clear()
+            self._trim(0)
+            self.trims += 1
+
+    def wrap(self, app):
+        """``app`` calling :meth:`soon` after each request."""
+        def trimmed(environ, start_response):
+            try:
+                return app(environ, start_response)
+            finally:
+                self.soon()
+        return trimmed
+
+
 def bind(settings: Settings, app):
     """A waitress server for ``app`` on ``settings.socket`` (mode 0600: root only; a
     stale socket file is replaced), with ``THREADS`` threads. Not yet serving."""
@@ -99,7 +148,8 @@ def serve(settings: Settings, make=build) -> None:
     """Bind, build and start the daemon (``make(settings)`` -> (app, daemon)), serve
     until SIGTERM/SIGINT, then remove the socket."""
     late = LateApp()
-    server = bind(settings, access_log(late) if settings.log_level == "debug" else late)
+    app = Trimmer().start().wrap(late)
+    server = bind(settings, access_log(app) if settings.log_level == "debug" else app)
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     bound = os.stat(settings.socket).st_ino

@@ -103,3 +103,20 @@ def test_sigterm_finishes_the_call_in_progress_then_removes_the_socket(daemon):
     assert proc.wait(10) == 0
     assert proc.stdout.read() == "stopped\n"
     assert not os.path.exists(path)
+
+
+def test_the_heap_is_trimmed_once_requests_stop():
+    from plugin.daemon.server import Trimmer
+
+    calls: list = []
+    trimmer = Trimmer(quiet=0.3)
+    trimmer._trim = lambda pad: calls.append(time.monotonic())
+    trimmer.start()
+    app = trimmer.wrap(lambda environ, start_response: [b"ok"])
+    started = time.monotonic()
+    while time.monotonic() - started < 1.0:   # a request every 0.1 s for 1 s: no trim meanwhile
+        assert app({}, None) == [b"ok"]
+        time.sleep(0.1)
+    assert calls == []
+    time.sleep(0.8)
+    assert len(calls) == 1 and calls[0] - started >= 1.2   # once, after 0.3 s of quiet
