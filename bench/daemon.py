@@ -35,8 +35,8 @@ def secnet_cli(*args, timeout: float = 600) -> tuple:
 
 def daemon_pids() -> list:
     """PIDs of the legacy secnet-plugin process (one since branch rss12; a
-    gunicorn master and worker before): those in the host's mount namespace (a managed plugin, which others' tests
-    install now and then, runs in its own)."""
+    gunicorn master and worker before): those in the host's mount namespace
+    (a managed plugin, which others' tests install now and then, runs in its own)."""
     pids = []
     own_mnt = os.readlink("/proc/self/ns/mnt")
     for entry in os.listdir("/proc"):
