@@ -7,7 +7,8 @@ containers and segments through the daemon's saved state
 (:class:`Directory`) and keeps the entry
 
 * in memory, in a ring of at most ``capacity`` entries, each held as its
-  JSON line (a few hundred bytes), served by ``/secnet/log``;
+  JSON line (a few hundred bytes; all but the newest few compressed,
+  :class:`~plugin.observe.linering.LineRing`), served by ``/secnet/log``;
 * on disk under the state directory, as JSON lines in ``droplog.jsonl``,
   renamed to ``droplog.jsonl.1`` when it would outgrow ``max_bytes`` (so at
   most two files of ``max_bytes`` each). At start the ring is refilled from
@@ -16,7 +17,6 @@ containers and segments through the daemon's saved state
 """
 from __future__ import annotations
 
-import collections
 import ipaddress
 import json
 import logging
@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Optional
 
+from plugin.observe.linering import LineRing
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +161,7 @@ class DropLog:
         self.directory = directory
         self.path = os.path.join(state_dir, FILE_NAME)
         self.max_bytes = max_bytes
-        self.ring: collections.deque = collections.deque(maxlen=capacity)
+        self.ring = LineRing(capacity)
         self.seq = 0
         self.unknown = 0          # events that could not be attributed
         self.received = 0         # events recorded
@@ -197,7 +198,7 @@ class DropLog:
             self.seq += 1
             entry = dict(entry, seq=self.seq)
             line = json.dumps(entry, separators=(",", ":"))
-            self.ring.append((self.seq, entry.get("network", ""), line))
+            self.ring.append(self.seq, entry.get("network", ""), line)
             self._write(line)
         return entry
 
@@ -205,15 +206,15 @@ class DropLog:
     def query(self, network: Optional[str] = None, since: int = 0, limit: int = CAPACITY) -> dict:
         """Entries after cursor ``since`` (of ``network`` when given), oldest first."""
         with self._lock:
-            rows = [line for seq, net, line in self.ring
-                    if seq > since and (network is None or net == network)]
+            rows = [line for _seq, net, line in self.ring.rows(since)
+                    if network is None or net == network]
             cursor = self.seq
         rows = rows[-limit:] if limit else []
         return {"entries": [json.loads(r) for r in rows], "cursor": cursor}
 
     def stats(self) -> dict:
         with self._lock:
-            size = sum(len(line) for _s, _n, line in self.ring)
+            size = self.ring.size
             return {"entries": len(self.ring), "capacity": self.ring.maxlen, "bytes": size,
                     "received": self.received,
                     "cursor": self.seq, "file": self.path, "max_bytes": self.max_bytes}
@@ -238,7 +239,7 @@ class DropLog:
             return  # a torn last line after a crash
         if seq > self.seq:
             self.seq = seq
-            self.ring.append((seq, entry.get("network", ""), line))
+            self.ring.append(seq, entry.get("network", ""), line)
 
     def _write(self, line: str) -> None:
         data = line + "\n"

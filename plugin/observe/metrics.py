@@ -5,15 +5,12 @@ every network's tables once (terse, see :mod:`plugin.counters`) and maps the
 rule comments back to segment pairs and drop reasons. ``secnet metrics``
 asks the daemon over its socket; with ``SECNET_METRICS_ADDR=host:port`` the
 daemon also serves ``/metrics`` over HTTP from a thread of its own.
+prometheus-client is imported on the first scrape (not every daemon is scraped).
 """
 from __future__ import annotations
 
 import collections
 import logging
-
-from prometheus_client import CollectorRegistry, generate_latest, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 
 from plugin.enforce.backend import REASONS
 from plugin.observe import counting
@@ -30,7 +27,7 @@ DROPPED_HELP = ("{what} dropped from src_segment to dst_segment because no rule 
                 "(east-west, egress denied, ingress not allowed, internal network).")
 
 
-class SecnetCollector(Collector):
+class SecnetCollector:
     """Collects per network: pair counters, drops by reason, endpoints; daemon totals."""
 
     def __init__(self, state, reconciler, droplog=None):
@@ -38,7 +35,8 @@ class SecnetCollector(Collector):
 
     @staticmethod
     def _families() -> dict:
-        c, g, net = CounterMetricFamily, GaugeMetricFamily, ["network"]
+        from prometheus_client.core import CounterMetricFamily as c, GaugeMetricFamily as g
+        net = ["network"]
         return {
             "allowed_packets": c("secnet_allowed_packets", ALLOWED_HELP.format(what="Packets"), labels=PAIR),
             "allowed_bytes": c("secnet_allowed_bytes", ALLOWED_HELP.format(what="Bytes"), labels=PAIR),
@@ -92,6 +90,7 @@ class SecnetCollector(Collector):
         fams["pending"].add_metric([nid], sum(e.segment is None and e.quarantine is None for e in eps))
 
     def _daemon(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
         yield CounterMetricFamily("secnet_reconcile_repairs", "Networks whose kernel state the reconciler "
                                   "found drifted and rebuilt, and orphan state it removed.",
                                   value=self.reconciler.repairs)
@@ -116,10 +115,21 @@ class Metrics:
     """The registry of one daemon, its text form, and the optional HTTP endpoint."""
 
     def __init__(self, state, reconciler, droplog=None):
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(SecnetCollector(state, reconciler, droplog))
+        self.collector = SecnetCollector(state, reconciler, droplog)
+        self._registry = None
+
+    @property
+    def registry(self):
+        """The prometheus-client ``CollectorRegistry`` (made, and the library imported, on first use)."""
+        if self._registry is None:
+            from prometheus_client import CollectorRegistry
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(self.collector)
+            self._registry = registry
+        return self._registry
 
     def text(self) -> str:
+        from prometheus_client import generate_latest
         return generate_latest(self.registry).decode()
 
     def samples(self) -> list:
@@ -128,6 +138,7 @@ class Metrics:
 
     def serve(self, addr: str) -> None:
         """Serve /metrics on ``host:port`` (IPv6 as ``[::1]:9100``) from a daemon thread."""
+        from prometheus_client import start_http_server
         host, port = parse_addr(addr)
         start_http_server(port, addr=host, registry=self.registry)
         log.info("serving metrics on http://%s/metrics", addr)

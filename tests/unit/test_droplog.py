@@ -102,7 +102,7 @@ def test_a_restart_refills_the_ring_and_continues_the_sequence(tmp_path):
     with open(tmp_path / dl.FILE_NAME, "a") as f:
         f.write('{"seq": 999, "torn')                              # a crash mid-line
     again = dl.DropLog(str(tmp_path), capacity=50, max_bytes=4_000)
-    assert again.seq == 120 and again.ring[-1][0] == 120
+    assert again.seq == 120 and again.ring.last()[0] == 120
     assert again.append({"time": 0, "network": NID})["seq"] == 121
     assert [e["seq"] for e in again.query(since=118)["entries"]] == [119, 120, 121]
 

@@ -71,6 +71,19 @@ def test_the_element_delta_of_two_policies_turns_the_first_into_the_second(a, b)
 
 
 @settings(max_examples=200, deadline=None)
+@given(st.lists(POLICY, min_size=2, max_size=5))
+def test_a_chain_of_edits_ends_where_the_last_policy_starts(chain):
+    """Groups go from one entry to several and back over successive edits."""
+    state = PolicyElements.of(chain[0])
+    for old, new in zip(chain, chain[1:]):
+        state.change(new - old, old - new)
+    fresh = PolicyElements.of(chain[-1])
+    assert _nonempty(state.flat()) == _nonempty(fresh.flat())
+    assert _nonempty(state.attribution()) == _nonempty(fresh.attribution())
+    assert all(state.groups.values())
+
+
+@settings(max_examples=200, deadline=None)
 @given(POLICY)
 def test_interval_pieces_never_overlap(entries):
     flat = PolicyElements.of(entries).flat()
