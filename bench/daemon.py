@@ -34,9 +34,9 @@ def secnet_cli(*args, timeout: float = 600) -> tuple:
 
 
 def daemon_pids() -> list:
-    """PIDs of the legacy secnet-plugin process (one since branch rss12; a
-    gunicorn master and worker before): those in the host's mount namespace
-    (a managed plugin, which others' tests install now and then, runs in its own)."""
+    """PIDs of the legacy secnet-plugin processes (gunicorn master and worker):
+    those in the host's mount namespace (a managed plugin, which others' tests
+    install now and then, runs in its own)."""
     pids = []
     own_mnt = os.readlink("/proc/self/ns/mnt")
     for entry in os.listdir("/proc"):
@@ -52,8 +52,7 @@ def daemon_pids() -> list:
         except OSError:
             continue
         pids.append(int(entry))
-    if len(pids) > 1:  # two daemons (a racy restart by others, or an older master + worker):
-        # the one serving the socket; an older gunicorn master and worker both hold it
+    if len(pids) > 2:  # two daemons (a racy restart by others): the one serving the socket
         serving = [p for p in pids if _holds_socket(p)]
         pids = serving or pids
     return sorted(pids)
@@ -116,7 +115,7 @@ def cpu_seconds(pids: list) -> Optional[float]:
 def daemon_rss_sample(samples: int = 5, gap: float = 0.2) -> dict:
     values, pids = [], daemon_pids()
     give_up = now() + 60
-    while not pids and now() < give_up:  # being restarted by someone: wait for it
+    while len(pids) < 2 and now() < give_up:  # being restarted by someone: wait for it
         time.sleep(0.5)
         pids = daemon_pids()
     for _ in range(samples):

@@ -332,8 +332,8 @@ def _idle(r) -> list:
                    f"{d.get('slice_seconds')} s slice {mmm(d.get('per_slice_percent'), 2)} %); "
                    f"RSS {mmm(d.get('rss_mib'))} MiB"
                    + (f"; {d['daemon_restarts_seen']} restarts by others skipped" if d.get("daemon_restarts_seen") else ""))
-    out += ["", "utime+stime from /proc/<pid>/stat of the secnet-plugin processes (one since rss12; "
-            "gunicorn master and worker before), read each second. \"Idle\" means this benchmark sent nothing; others' tests may "
+    out += ["", "utime+stime from /proc/<pid>/stat of the secnet-plugin processes (gunicorn master and "
+            "worker), read each second. \"Idle\" means this benchmark sent nothing; others' tests may "
             "have used the shared daemon meanwhile, so this is an upper bound.", ""]
     return out
 

@@ -12,7 +12,7 @@ stop() {
   local sig=${1:-TERM}
   if running; then
     local pid; pid=$(cat "$PIDFILE")
-    pkill -"$sig" -P "$pid" 2>/dev/null || true   # children (an older daemon's gunicorn worker)
+    pkill -"$sig" -P "$pid" 2>/dev/null || true   # the gunicorn worker
     kill -"$sig" "$pid" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi

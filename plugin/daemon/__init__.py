@@ -1,4 +1,4 @@
-"""The daemon: one process, waitress on the plugin's unix socket (``server``), the HTTP face
+"""The daemon: gunicorn on the plugin's unix socket (``server``), the HTTP face
 of the driver and of the CLI API (``app``, ``api``), and ``wiring``, which builds
 the one object graph of the daemon, once, at start.
 """

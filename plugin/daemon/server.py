@@ -1,11 +1,8 @@
-"""secnet-plugin: one process serving the Flask app on a root-only unix socket.
+"""secnet-plugin: gunicorn serving the Flask app on a root-only unix socket.
 
-waitress (a maintained, production WSGI server) runs in this process: one
-thread reads requests, a pool of ``THREADS`` threads answers them, so a slow
-call never blocks the others. The socket is bound first (Docker's calls wait
-in its backlog), then the daemon is built and started, then served. SIGTERM
-or SIGINT stops it: no new requests, 5 s (waitress' default) for those in
-progress, then the socket file goes.
+One worker process owns all kernel state (threads give concurrency), so the
+driver, its netlink socket and the Docker watcher are built inside the worker
+after the fork, never at import time.
 """
 from __future__ import annotations
 
@@ -13,16 +10,16 @@ import ctypes
 import fcntl
 import logging
 import os
-import signal
 import sys
 import threading
 import time
+
+from gunicorn.app.base import BaseApplication
 
 from plugin.config import Settings
 
 log = logging.getLogger("secnet")
 _HELD: list = []  # the instance lock's file descriptor, kept open
-THREADS = 8        # requests answered at once (Docker calls the driver concurrently)
 
 
 def build(settings: Settings):
@@ -38,7 +35,7 @@ def build(settings: Settings):
 def hold_instance_lock(state_dir: str, wait: float = 15.0) -> None:
     """One daemon per state directory: two would each remove the other's objects.
 
-    The lock is held for the daemon's whole life (the file stays open);
+    The lock is held by the worker for its whole life (the file stays open);
     a daemon that is shutting down gets ``wait`` seconds to let go.
     """
     os.makedirs(state_dir, mode=0o700, exist_ok=True)
@@ -53,29 +50,6 @@ def hold_instance_lock(state_dir: str, wait: float = 15.0) -> None:
             if time.monotonic() > deadline:
                 raise SystemExit(f"secnet-plugin: another daemon uses {state_dir}; stop it first")
             time.sleep(0.2)
-
-
-class LateApp:
-    """The WSGI app, set once the daemon is built (the socket is bound before)."""
-
-    def __init__(self):
-        self.app = None
-
-    def __call__(self, environ, start_response):
-        return self.app(environ, start_response)
-
-
-def access_log(app):
-    """Wrap ``app`` to log every request at debug level: method, path, status, ms."""
-    def logged(environ, start_response):
-        started = time.monotonic()
-
-        def start(status, headers, exc_info=None):
-            log.debug("%s %s %s %.1f ms", environ.get("REQUEST_METHOD"), environ.get("PATH_INFO"),
-                      status.split(" ", 1)[0], (time.monotonic() - started) * 1000)
-            return start_response(status, headers, exc_info)
-        return app(environ, start)
-    return logged
 
 
 class Trimmer:
@@ -125,44 +99,24 @@ class Trimmer:
         return trimmed
 
 
-def bind(settings: Settings, app):
-    """A waitress server for ``app`` on ``settings.socket`` (mode 0600: root only; a
-    stale socket file is replaced), with ``THREADS`` threads. Not yet serving."""
-    from waitress.server import create_server
+class _Gunicorn(BaseApplication):
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        super().__init__()
 
-    os.makedirs(os.path.dirname(settings.socket) or ".", exist_ok=True)
-    old = os.umask(0o077)  # no window in which the socket is open to others
-    try:
-        return create_server(app, unix_socket=settings.socket, unix_socket_perms="600",
-                             threads=THREADS, ident="secnet", clear_untrusted_proxy_headers=True)
-    finally:
-        os.umask(old)
+    def load_config(self):
+        s = self.settings
+        for key, value in {
+            "bind": [f"unix:{s.socket}"], "workers": 1, "worker_class": "gthread", "threads": 8,
+            "umask": 0o077, "timeout": 0, "graceful_timeout": 10, "loglevel": s.log_level,
+            "accesslog": "-" if s.log_level == "debug" else None, "errorlog": "-",
+            "proc_name": "secnet-plugin",
+        }.items():
+            self.cfg.set(key, value)
 
-
-def _stop(signum, _frame):
-    log.info("secnet-plugin: signal %d, stopping", signum)
-    raise SystemExit(0)  # waitress' loop stops accepting and gives running requests 5 s
-
-
-def serve(settings: Settings, make=build) -> None:
-    """Bind, build and start the daemon (``make(settings)`` -> (app, daemon)), serve
-    until SIGTERM/SIGINT, then remove the socket."""
-    late = LateApp()
-    app = Trimmer().start().wrap(late)
-    server = bind(settings, access_log(app) if settings.log_level == "debug" else app)
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    bound = os.stat(settings.socket).st_ino
-    try:
-        late.app, _daemon = make(settings)
-        server.run()  # returns after a signal (its SystemExit is handled in there)
-    finally:
-        server.close()
-        try:
-            if os.stat(settings.socket).st_ino == bound:  # not a successor's socket
-                os.unlink(settings.socket)
-        except OSError:
-            pass
+    def load(self):
+        app, _daemon = build(self.settings)
+        return Trimmer().start().wrap(app)
 
 
 def setup_logging(level: str) -> None:
@@ -203,12 +157,13 @@ def main(argv=None) -> int:
     setup_logging(settings.log_level)
     limit_malloc_arenas()
     try:
-        hold_instance_lock(settings.state_dir)
+        hold_instance_lock(settings.state_dir)  # inherited by the worker
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         return 1
+    os.makedirs(os.path.dirname(settings.socket) or ".", exist_ok=True)
     log.info("secnet-plugin listening on %s, state in %s", settings.socket, settings.state_dir)
-    serve(settings)
+    _Gunicorn(settings).run()
     return 0
 
 

@@ -228,7 +228,7 @@ def test_a_flood_of_denied_packets_leaves_the_daemon_responsive_and_the_log_boun
         make_network, run_container):
     net, cs = three_tier(make_network, run_container)
     web, db = cs["web"], cs["db"]
-    pid = v.daemon_pid()
+    pid = v.daemon_worker_pid()
     rss_before = v.rss_kib(pid) if pid else 0
     since = v.log_cursor()
     started = time.monotonic()
@@ -254,7 +254,7 @@ def test_a_flood_of_denied_packets_leaves_the_daemon_responsive_and_the_log_boun
                            [f"{v.state_dir()}/droplog.jsonl{x}" for x in ("", ".1")],
                            capture_output=True, text=True).stdout.split()
     assert int(sizes[-2]) <= 2 * 5 * 1024 * 1024 + 4096, sizes
-    if pid and pid == v.daemon_pid():
+    if pid and pid == v.daemon_worker_pid():
         grown = v.rss_kib(pid) - rss_before
         print(f"daemon RSS grew by {grown} KiB")
         assert grown < 64 * 1024

@@ -115,14 +115,16 @@ def sample(values: dict, name: str, **labels) -> float:
     return values.get((name, frozenset(labels.items())), 0.0)
 
 
-def daemon_pid() -> Optional[int]:
-    """The daemon process started by scripts/plugin.sh (one process: waitress in it)."""
+def daemon_worker_pid() -> Optional[int]:
+    """The gunicorn worker of the daemon started by scripts/plugin.sh."""
     pidfile = h.ROOT / ".run" / "plugin.pid"
     try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
+        master = pidfile.read_text().strip()
+    except OSError:
         return None
-    return pid if os.path.exists(f"/proc/{pid}") else None
+    res = subprocess.run(["pgrep", "-P", master], capture_output=True, text=True)
+    kids = res.stdout.split()
+    return int(kids[0]) if kids else None
 
 
 def rss_kib(pid: int) -> int:
