@@ -112,6 +112,16 @@ class FqdnEntry(_Service):
     hi: int
     rule: str
 
+    @property
+    def key(self) -> tuple:
+        """What the datapath counts: ``("fqdn", identity, proto, lo, hi)``. A flow
+        carries no DNS name, so DNS rules of one segment with the same service
+        (whatever their names) share a key, as CIDR rules with one key do."""
+        return (FQDN_KEY, self.identity, self.proto, self.lo, self.hi)
+
+
+FQDN_KEY = "fqdn"   # first field of FqdnEntry.key
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -321,6 +331,6 @@ def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) ->
     return None
 
 
-__all__ = ["PolicyEntry", "CidrEntry", "FqdnEntry", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
+__all__ = ["PolicyEntry", "CidrEntry", "FqdnEntry", "FQDN_KEY", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
            "recompile_policy_map",
            "allowing", "INTRA", "INGRESS", "EGRESS", "OUTSIDE"]

@@ -1,7 +1,7 @@
 """Backend counters mapped back to rules and segment pairs (for show and metrics).
 
 A backend reports :class:`~plugin.enforce.backend.Counters` in neutral terms:
-per policy-map key (``PolicyEntry.key``, ``CidrEntry.key``) and per
+per policy-map key (``PolicyEntry.key``, ``CidrEntry.key``, ``FqdnEntry.key``) and per
 ``(src identity, dst identity)``. This module names them: the rule texts
 behind each key, and the segments (or ``(outside)``) behind each identity.
 A key that several rules share counts for each of them.
@@ -33,7 +33,7 @@ def _add(total: list, counter) -> None:
 def per_rule(policy: PolicyMap, counters) -> dict:
     """rule text (or ``intra``) -> [packets, bytes] of the flows its keys opened."""
     out = collections.defaultdict(lambda: [0, 0])
-    for entry in list(policy.entries) + list(policy.cidrs):
+    for entry in list(policy.entries) + list(policy.cidrs) + list(policy.fqdns):
         _add(out[entry.rule], counters.allowed.get(entry.key))
     return out
 
@@ -54,6 +54,10 @@ def per_pair(policy: PolicyMap, counters) -> tuple:
             seg = name[c.identity]
             pair = (OUTSIDE, seg) if c.direction == INGRESS else (seg, OUTSIDE)
             _add(allowed[pair], counters.allowed.get(c.key))
+    for f in policy.fqdns:   # a DNS rule opens flows from its segment to the outside
+        if f.key not in seen:
+            seen.add(f.key)
+            _add(allowed[(name[f.identity], OUTSIDE)], counters.allowed.get(f.key))
     return allowed, _named_pairs(name, counters.dropped), _named_pairs(name, counters.would_drop)
 
 

@@ -95,9 +95,14 @@ def test_learned_addresses_survive_a_daemon_restart(make_network, run_container,
 
 
 def test_a_directly_queried_server_teaches_too(make_network, run_container, outside):
-    _net, web, api = setup(make_network, run_container, outside, "*->dns(direct.e2e.test):tcp/443")
+    """... and `secnet show` counts the flows a DNS rule opened for that rule only."""
+    used, unused = "*->dns(direct.e2e.test):tcp/443", "web->dns(other.e2e.test):tcp/8443"
+    net, web, api = setup(make_network, run_container, outside, f"{used} {unused}")
     assert check(web, ["direct.e2e.test"], server=outside.dns)["direct.e2e.test"][1] == "ok"
     assert check(api, ["other.e2e.test"], server=outside.dns)["other.e2e.test"][1] == "timeout"
+    rows = {r["rule"]: r for r in secnet_json("show", net.name)["rules"]}
+    assert rows[used]["packets"] >= 1 and rows[used]["bytes"] > 0, rows
+    assert (rows[unused]["packets"], rows[unused]["bytes"]) == (0, 0), rows
 
 
 def test_ttl_expiry_ends_new_flows_not_open_ones(make_network, run_container, outside, monkeypatch):

@@ -15,7 +15,7 @@ from plugin.enforce.backend import Port
 from plugin.enforce.ebpf import maps
 from segmentation.identities import QUARANTINED
 from segmentation.options import NetworkOptions
-from segmentation.policymap import CidrEntry, PolicyEntry, allowing, compile_policy_map
+from segmentation.policymap import CidrEntry, FqdnEntry, PolicyEntry, allowing, compile_policy_map
 from segmentation.rules import parse_rules
 
 
@@ -122,6 +122,9 @@ def test_count_target_maps_counters_back_to_policy_keys():
     key = maps.COUNT_KEY.pack(maps.CK_CIDR, 1, 6, 4, 256, 0, 443, 443, 8, maps.addr16("10.0.0.0"))
     assert maps.count_target(key, [entry]) == entry.key
     assert maps.count_target(key) == entry.key   # the key alone: no rule needed to match it
+    dns = FqdnEntry(256, "api.example.com", "tcp", 443, 443, "web->dns(api.example.com):tcp/443")
+    key = maps.COUNT_KEY.pack(maps.CK_FQDN, 0, 6, 0, 256, 0, 443, 443, 0, bytes(16))
+    assert maps.count_target(key) == dns.key
 
 
 # --- CIDR entries ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from plugin.enforce.backend import NetworkSpec
-from plugin.enforce.nftables import ruleset
+from plugin.enforce.nftables import fqdn, ruleset
 from plugin.enforce.nftables.drops import (AUDITABLE, NFLOG_GROUP, REASONS, deny, log_prefix,
                                            parse_log_prefix)
 from plugin.enforce.nftables.elements import ON, PolicyElements, ports_elements, setting_elements
@@ -21,7 +21,7 @@ def script(rules: str = "", **opts) -> str:
     options = parse_network_options({"secnet.allow": rules, **opts})
     ids = {"web": 256, "api": 257, "default": 258}
     policy = compile_policy_map(options, ids)
-    every = {**PolicyElements.of(policy.entries | policy.cidrs).flat(), **setting_elements(policy, "enforce")}
+    every = {**PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns).flat(), **setting_elements(policy, "enforce")}
     return ruleset.network_script(NID, NET, every)
 
 
@@ -126,3 +126,14 @@ def NET_port():
     from plugin.enforce.backend import Port
     return Port("e1", "snv1", "02:42:0a:e0:00:05", "10.224.0.5", None, 256, "web",
                 published=(("tcp", "", 8080, 80),))
+
+
+def test_a_flow_a_learned_address_admitted_counts_for_its_dns_rule_then_passes():
+    text = script("web->dns(api.example.com):tcp/443", **{"secnet.egress": "deny"})
+    body = tables(text)["inet"]
+    egress = chain(body, "egress")
+    for kind in fqdn.KINDS:
+        assert f"goto fqdn_{kind}" in egress
+        rules = [r.strip() for r in chain(body, f"fqdn_{kind}").splitlines()[1:]]
+        assert rules[-1] == "goto pass" and all(r.endswith("goto pass") for r in rules), rules
+    assert "add element inet secnet_0123456789ab fq_port { 0x100 . tcp . 443 }" in text

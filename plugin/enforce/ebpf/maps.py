@@ -26,7 +26,7 @@ import struct
 from typing import Iterable, Mapping
 
 from segmentation.identities import HOST
-from segmentation.policymap import EGRESS, INGRESS, CidrEntry, PolicyMap
+from segmentation.policymap import EGRESS, FQDN_KEY, INGRESS, CidrEntry, PolicyMap
 
 ENDPOINT = struct.Struct("<16s16s4s6sHI")
 ADDR_KEY = struct.Struct("<B3x16s")
@@ -57,7 +57,7 @@ FQDN = "fqdn"   # the pseudo-direction of a segment's dns(...) services (DIR_FQD
 DIRECTIONS = {INGRESS: 0, EGRESS: 1, FQDN: 2}
 DIRECTION_NAMES = {v: k for k, v in DIRECTIONS.items()}
 MODES = {"enforce": 0, "audit": 1}
-CK_POLICY, CK_CIDR = 1, 2
+CK_POLICY, CK_CIDR, CK_FQDN = 1, 2, 3
 POLICY_FIXED_BITS = 40       # version, src, dst
 CIDR_FIXED_BITS = 40         # version, direction, identity, family
 SUBNET_FIXED_BITS = 32       # family, 3 zero bytes
@@ -271,12 +271,15 @@ def restricted_unversioned(key: bytes) -> tuple:
 
 def count_target(key: bytes, cidrs: Iterable[CidrEntry] = ()):
     """The policy-map key an ``allowed`` counter belongs to: ``PolicyEntry.key``,
+    ``FqdnEntry.key`` (a learned DNS address's grant),
     the ``CidrEntry.key`` of the matching entry of ``cidrs`` (of an entry with
     rule ``""`` when none matches), or None."""
     kind, direction, proto, family, src, dst, lo, hi, plen, addr = COUNT_KEY.unpack(key)
     name = L4_NAMES.get(proto)
     if kind == CK_POLICY and name:
         return (src, dst, name, lo, hi)
+    if kind == CK_FQDN and name:
+        return (FQDN_KEY, src, name, lo, hi)
     if kind != CK_CIDR or name is None or direction not in DIRECTION_NAMES:
         return None
     raw = addr[:4] if family == 4 else addr

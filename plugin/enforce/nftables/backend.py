@@ -86,7 +86,7 @@ class NftBackend(fqdn.FqdnMethods):
         with self._lock:
             keep = self._kept_learned(net.id)
             ports = {p.endpoint_id: p for p in ports}
-            elements = PolicyElements.of(policy.entries | policy.cidrs)
+            elements = PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns)
             real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
             real.port_sets = ports_elements(ports.values())
             every = {**elements.flat(), **real.settings}
@@ -126,8 +126,9 @@ class NftBackend(fqdn.FqdnMethods):
                 self.apply_network(net, policy, ports.values())
                 return
             # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
-            elements = real.policy_elements.change(delta.entries_added | delta.cidrs_added,
-                                                   delta.entries_removed | delta.cidrs_removed)
+            elements = real.policy_elements.change(
+                delta.entries_added | delta.cidrs_added | delta.fqdns_added,
+                delta.entries_removed | delta.cidrs_removed | delta.fqdns_removed)
             settings = setting_elements(policy, net.mode)
             diff(real.settings, settings, changed)
             changed.delete.update(elements.delete)
@@ -375,7 +376,7 @@ class NftBackend(fqdn.FqdnMethods):
                 real.ports == {p.endpoint_id: p for p in ports}:
             elements, port_sets, settings = real.policy_elements, real.port_sets, real.settings
         else:
-            elements = PolicyElements.of(policy.entries | policy.cidrs)
+            elements = PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns)
             port_sets, settings = ports_elements(ports), setting_elements(policy, net.mode)
         want = {**elements.flat(), **settings}
         for name in kernel.desired_sets():

@@ -84,11 +84,29 @@ GUARDS = {"proto": {4: ("meta l4proto { tcp, udp } ", "icmp type echo-request ")
 
 
 def lookup_rules(identity_expr: str, verdict: str = "accept") -> str:
-    """Rules (chain body) that give ``verdict`` to a flow to a learned address."""
+    """Rules (chain body) that give ``verdict`` to a flow to a learned address
+    (``{kind}`` in it: the kind of the set that matched, as in :func:`count_chains`)."""
     return "".join(f"    {guard}{identity_expr} . {ADDR_EXPR[fam]} daddr{lookup} @{set_name(fam, kind)}"
-                   f" {verdict}\n"
+                   f" {verdict.replace('{kind}', kind)}\n"
                    for fam in (4, 6) for kind, (_k, _f, lookup) in KINDS.items()
                    for guard in GUARDS.get(kind, {}).get(fam, ("",)))
+
+
+#: set kind -> the rules of chain ``fqdn_<kind>``: the counters of the dns(...) rules
+#: (``elements``' ``fq_*`` sets, by segment and service) that a flow admitted by a learned
+#: address of that kind counts for; it passes whether or not one matches
+COUNT_RULES = {
+    "port": ("meta mark . meta l4proto . th dport @fq_port",),
+    "range": ("meta mark . meta l4proto . th dport @fq_range",),
+    "proto": ("meta mark . meta l4proto @fq_proto", "meta l4proto { icmp, ipv6-icmp } meta mark @fq_icmp"),
+    "any": ("meta mark @fq_any",),
+}
+
+
+def count_chains(verdict: str) -> dict:
+    """chain name -> its rules: count the flow for its DNS rule, then ``verdict``."""
+    return {f"fqdn_{kind}": [f"{r} {verdict}" for r in rules] + [verdict]
+            for kind, rules in COUNT_RULES.items()}
 
 
 def keep_script(table: str, grants: Sequence[Grant], now: float) -> str:

@@ -161,12 +161,13 @@ struct fqdn_val {
 /* counters of allowed flows: the policy key that opened them */
 #define CK_POLICY 1
 #define CK_CIDR   2
+#define CK_FQDN   3          /* a learned DNS address: src, and the grant's proto, lo, hi */
 struct count_key {
-	__u8  kind;              /* CK_POLICY, CK_CIDR */
+	__u8  kind;              /* CK_POLICY, CK_CIDR, CK_FQDN */
 	__u8  direction;         /* cidr: DIR_* */
 	__u8  proto;
 	__u8  family;            /* cidr: 4 or 6 */
-	__u16 src;               /* policy: src identity; cidr: the segment */
+	__u16 src;               /* policy: src identity; cidr, fqdn: the segment */
 	__u16 dst;
 	__u16 lo;
 	__u16 hi;

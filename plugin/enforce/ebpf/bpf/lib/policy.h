@@ -106,18 +106,27 @@ static __always_inline int cidr_lookup(__u8 ver, __u8 dir, __u16 id, struct pkt 
 	return 0;
 }
 
-static __always_inline int fqdn_valid(struct fqdn_key *k, __u32 plen, __u64 now)
+/* in force: ``ck`` names the grant's service (the dns(...) rule's counter key) */
+static __always_inline int fqdn_valid(struct fqdn_key *k, __u32 plen, __u64 now,
+				      struct count_key *ck)
 {
 	struct fqdn_val *v;
 
 	k->prefixlen = plen;
 	v = bpf_map_lookup_elem(&fqdn, k);
-	return v && v->expires > now;
+	if (!v || v->expires <= now)
+		return 0;
+	ck->kind = CK_FQDN;
+	ck->src = (k->data[0] << 8) | k->data[1];
+	ck->proto = v->l4;
+	ck->lo = v->lo;
+	ck->hi = v->hi;
+	return 1;
 }
 
 /* a learned address: the longest prefix for the flow's port, its protocol, any
  * (an expired longer prefix must not hide a shorter one still in force) */
-static __always_inline int fqdn_lookup(__u16 id, struct pkt *p, __u16 port)
+static __always_inline int fqdn_lookup(__u16 id, struct pkt *p, __u16 port, struct count_key *ck)
 {
 	struct fqdn_key k = {};
 	__u64 now = bpf_ktime_get_boot_ns();
@@ -129,8 +138,8 @@ static __always_inline int fqdn_lookup(__u16 id, struct pkt *p, __u16 port)
 	k.data[19] = p->l4;
 	k.data[20] = port >> 8;
 	k.data[21] = port & 0xff;
-	return fqdn_valid(&k, FQDN_FULL_BITS, now) || fqdn_valid(&k, FQDN_L4_BITS, now) ||
-	       fqdn_valid(&k, FQDN_ANY_BITS, now);
+	return fqdn_valid(&k, FQDN_FULL_BITS, now, ck) || fqdn_valid(&k, FQDN_L4_BITS, now, ck) ||
+	       fqdn_valid(&k, FQDN_ANY_BITS, now, ck);
 }
 
 /* A flow opened to a learned address (CT_FQDN) whose address has expired: does a
@@ -149,8 +158,8 @@ static __always_inline int restricted_id(__u8 ver, __u16 id)
 	return bpf_map_lookup_elem(&restricted, &k) != NULL;
 }
 
-/* 1: allowed (``ck`` says by what; ck->kind 0: a default or, with ``*reason`` R_LEARNED,
- * a learned DNS address); 0: denied, ``*reason`` why.
+/* 1: allowed (``ck`` says by what: an entry, a CIDR, with ``*reason`` R_LEARNED a
+ * learned DNS address; ck->kind 0: a default); 0: denied, ``*reason`` why.
  * ``kind``: KIND_*; ``src``/``dst``: identities (ID_OUTSIDE/ID_HOST for the outside);
  * ``port``: the destination port the policy speaks of (a hairpin: the container's). */
 static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst, __u16 port,
@@ -175,7 +184,7 @@ static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst,
 	if (kind == KIND_EGRESS) {
 		if (cidr_lookup(ver, DIR_EGRESS, src, p, p->daddr, port, ck))
 			return 1;
-		if (fqdn_lookup(src, p, port)) {
+		if (fqdn_lookup(src, p, port, ck)) {
 			*reason = R_LEARNED;
 			return 1;
 		}

@@ -1,0 +1,27 @@
+"""observe.counting: backend counters (by policy-map key) named as rules and segment pairs."""
+from __future__ import annotations
+
+from plugin.enforce.backend import Counters
+from plugin.observe.counting import OUTSIDE, per_pair, per_rule
+from segmentation.options import parse_network_options
+from segmentation.policymap import compile_policy_map
+
+RULES = ("web->dns(a.test):tcp/443 web->dns(*.b.test):tcp/443 web->dns(c.test):udp/53 "
+         "web->api:tcp/80")
+
+
+def _policy():
+    options = parse_network_options({"secnet.allow": RULES})
+    return compile_policy_map(options, {"web": 256, "api": 257})
+
+
+def test_dns_rules_count_by_key_and_from_their_segment_to_the_outside():
+    policy = _policy()
+    (key,) = {f.key for f in policy.fqdns if f.proto == "tcp"}
+    counters = Counters(allowed={key: (3, 180)})
+    rules = per_rule(policy, counters)
+    assert rules["web->dns(a.test):tcp/443"] == rules["web->dns(*.b.test):tcp/443"] == [3, 180]
+    assert rules["web->dns(c.test):udp/53"] == [0, 0] and rules["web->api:tcp/80"] == [0, 0]
+    allowed, _dropped, _would = per_pair(policy, counters)
+    assert allowed[("web", OUTSIDE)] == [3, 180]   # once, though two rules share the key
+
