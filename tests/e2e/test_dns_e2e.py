@@ -128,3 +128,14 @@ def test_ttl_expiry_ends_new_flows_not_open_ones(make_network, run_container, ou
     finally:
         monkeypatch.delenv("SECNET_DNS_MIN_TTL")
         h.plugin_restart(kill=False)
+
+
+def test_show_counts_the_flows_a_dns_rule_opened(make_network, run_container, outside):
+    """`secnet show` gives every rule its packet and byte counters, DNS-name rules too
+    (user5 finding F1: they stayed 0 while CIDR rules counted)."""
+    rule = "web->dns(api.e2e.test):tcp/443"
+    net, web, _api = setup(make_network, run_container, outside, rule)
+    for _ in range(3):
+        assert check(web, ["api.e2e.test"])["api.e2e.test"][1] == "ok"
+    counters = {r["rule"]: r["packets"] for r in secnet_json("show", net.name)["rules"]}
+    assert counters[rule] > 0, f"{rule} opened 3 flows, show counts {counters}"
