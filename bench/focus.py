@@ -17,7 +17,7 @@ import json
 import sys
 import time
 
-from . import common, scale
+from . import common, daemon, scale
 from .common import Cleanup, Sizes, stats
 
 
@@ -33,7 +33,7 @@ def run(endpoints: int, idle: int) -> dict:
     sc = scale.Scale(sizes, cleanup)
     common.remove_leftovers()
     try:
-        out["rss_start_mib"] = common.daemon_rss_sample()["median"]
+        out["rss_start_mib"] = daemon.daemon_rss_sample()["median"]
         sc.setup()
         sc.grow()
         out["join_ms_at"] = {k: v["median"] for k, v in sc.result["joins"]["marks"].items()}
@@ -50,8 +50,8 @@ def run(endpoints: int, idle: int) -> dict:
         at_max = sc.result["joins_at_max_rules"]
         out["join_known_segment_10k_ms"] = at_max["existing_segment"]["join_ms"]["median"]
         out["join_new_segment_10k_ms"] = at_max["new_segment"]["join_ms"]["median"]
-        out["rss_at_scale_mib"] = common.daemon_rss_sample()["median"]
-        out["idle_cpu_percent"] = common.idle_cpu(idle)["percent_of_one_core"]
+        out["rss_at_scale_mib"] = daemon.daemon_rss_sample()["median"]
+        out["idle_cpu_percent"] = daemon.idle_cpu(idle)["percent_of_one_core"]
         sc.remove_endpoints()
         out["rss_after_endpoints_removed_mib"] = sc.result["rss_after_removal_mib"]["median"]
     finally:
@@ -59,7 +59,7 @@ def run(endpoints: int, idle: int) -> dict:
         sc.plugin.close()
         common.remove_leftovers()
     time.sleep(3)
-    out["rss_after_network_removed_mib"] = common.daemon_rss_sample()["median"]
+    out["rss_after_network_removed_mib"] = daemon.daemon_rss_sample()["median"]
     return out
 
 
