@@ -23,6 +23,7 @@ as elements, never as new rules.
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping, NamedTuple
@@ -169,7 +170,11 @@ class PolicyMap:
         return frozenset(c.identity for c in self.cidrs if c.direction == INGRESS)
 
     def delta(self, new: "PolicyMap") -> "PolicyDelta":
-        """What turns this map into ``new``."""
+        """What turns this map into ``new`` (known without a pass over the entries
+        when ``new`` was recompiled from this map)."""
+        known = new.__dict__.get("_delta_from")
+        if known is not None and known[0]() is self:
+            return known[1]
         return PolicyDelta(
             entries_added=new.entries - self.entries,
             entries_removed=self.entries - new.entries,
@@ -250,7 +255,10 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if old_options.intra != options.intra or any(old_ids.get(s, i) != i for s, i in identities.items()):
         return compile_policy_map(options, identities)
     same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
-    if old_options.rules == options.rules:
+    edit = options.edit_from(old_options.rules)
+    if edit is not None:
+        new_rules, gone_rules = set(edit[0]), set(edit[1])
+    elif old_options.rules == options.rules:
         gone_rules, new_rules = set(), set()
     else:
         before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
@@ -271,8 +279,27 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     entries = _changed(old.entries, gone, new)
     cidrs = _changed(old.cidrs, gone_cidrs, new_cidrs)
     fqdns = _changed(old.fqdns, gone_fqdns, new_fqdns)
-    return PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
-                     _settings(options), fqdns)
+    new_map = PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
+                        _settings(options), fqdns)
+    object.__setattr__(new_map, "_delta_from", (weakref.ref(old), _edit_delta(old, new_map, (gone, new), (gone_cidrs, new_cidrs),
+                                                                 (gone_fqdns, new_fqdns))))
+    return new_map
+
+
+def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fqdns: tuple) -> PolicyDelta:
+    """``old.delta(new)`` for ``new``'s sets made as ``(old - gone) | added``, from the
+    ``(gone, added)`` pairs: costs what the edit touches, not what the map holds."""
+    def added(pair, before):
+        return frozenset(pair[1]) - before
+
+    def removed(pair, before):
+        return frozenset(pair[0] & before) - pair[1]
+    return PolicyDelta(
+        entries_added=added(entries, old.entries), entries_removed=removed(entries, old.entries),
+        cidrs_added=added(cidrs, old.cidrs), cidrs_removed=removed(cidrs, old.cidrs),
+        identities=MappingProxyType(dict(new.identities)),
+        settings=new.settings if new.settings != old.settings else None,
+        fqdns_added=added(fqdns, old.fqdns), fqdns_removed=removed(fqdns, old.fqdns))
 
 
 def _changed(entries: frozenset, removed, added) -> frozenset:

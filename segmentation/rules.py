@@ -250,6 +250,11 @@ def named_segments(rules: Iterable[Rule]) -> set[str]:
     return set(itertools.chain.from_iterable(map(_SEGMENTS, rules)))
 
 
+def segment_mentions(rules: Iterable[Rule]) -> Iterable[str]:
+    """The segments that ``rules`` name, once per mention (``a->a`` twice), lazily."""
+    return itertools.chain.from_iterable(map(_SEGMENTS, rules))
+
+
 def format_rules(rules: Iterable[Rule], sep: str = ",") -> str:
     """Canonical text of ``rules`` joined by ``sep`` (``"\\n"`` for one per line)."""
     return sep.join(rule.text() for rule in rules)
