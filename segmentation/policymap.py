@@ -23,6 +23,8 @@ as elements, never as new rules.
 """
 from __future__ import annotations
 
+import itertools
+import operator
 import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -268,6 +270,10 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         gone_rules.update(old_options.star_rules())
         new_rules.update(options.star_rules())
     gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
+    if len(gone_rules) > _PICK_GONE:   # many: pick them out of the old map by their rule's text
+        texts = set(rule_texts(gone_rules))
+        gone, gone_cidrs, gone_fqdns = (_of_rules(old_set, texts) for old_set in (old.entries, old.cidrs, old.fqdns))
+        gone_rules = ()
     for rules, ids, entries, cidrs, fqdns in ((gone_rules, old_ids, gone, gone_cidrs, gone_fqdns),
                                               (new_rules, identities, new, new_cidrs, new_fqdns)):
         segments = sorted(ids)
@@ -300,6 +306,16 @@ def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fq
         identities=MappingProxyType(dict(new.identities)),
         settings=new.settings if new.settings != old.settings else None,
         fqdns_added=added(fqdns, old.fqdns), fqdns_removed=removed(fqdns, old.fqdns))
+
+
+_PICK_GONE = 64            # rules: above this, their entries are picked out of the old map
+_RULE = operator.attrgetter("rule")
+
+
+def _of_rules(entries: frozenset, texts: set) -> set:
+    """The entries of ``entries`` that the rules of canonical ``texts`` gave (no Python call per entry)."""
+    entries = list(entries)
+    return set(itertools.compress(entries, map(texts.__contains__, map(_RULE, entries))))
 
 
 def _changed(entries: frozenset, removed, added) -> frozenset:

@@ -22,19 +22,16 @@ _SIMPLE = re.compile(_NAME + "->" + _NAME + r"(?::(tcp|udp|icmp|any)(?:/([0-9]{1
 def fast_rule(text: str) -> Rule | None:
     """``text`` as a Rule when it is in the common form and valid, else None."""
     found = _SIMPLE.fullmatch(text)
-    return None if found is None else _simple_rule(*found.groups())
-
-
-
-def _simple_rule(src: str, dst: str, proto, lo, hi):
-    """The rule of a match of ``_SIMPLE``, or None when the general parser must decide."""
+    if found is None:
+        return None
+    src, dst, proto, lo, hi = found.groups()
     src_end, dst_end = _named_endpoint(src), _named_endpoint(dst)
     if src_end is None or dst_end is None:
         return None
-    if proto is None:
-        return Rule(src_end, dst_end, ANY)
-    service = _simple_service(proto, lo, hi)
-    return None if service is None else Rule(src_end, dst_end, service)
+    service, suffix = _simple_service(proto, lo, hi)
+    if service is None:
+        return None
+    return Rule.of_checked(src_end, dst_end, service, f"{src}->{dst}{suffix}")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -46,12 +43,17 @@ def _named_endpoint(text: str):
 
 
 @functools.lru_cache(maxsize=4096)
-def _simple_service(proto: str, lo, hi):
-    """A Service of ``proto`` and port texts (None: no ports), or None when not valid."""
+def _simple_service(proto, lo, hi) -> tuple:
+    """``(Service, ":" + its text)`` of ``proto`` (None: any) and port texts (None: no
+    ports); ``(ANY, "")``; ``(None, None)`` when not valid."""
+    if proto is None or (proto == "any" and lo is None):
+        return ANY, ""
     if lo is None:
-        return Service(proto)
-    first = int(lo)
-    last = first if hi is None else int(hi)
-    if proto not in PORT_PROTOCOLS or not 1 <= first <= last <= 65535:
-        return None
-    return Service(proto, first, last)
+        service = Service(proto)
+    else:
+        first = int(lo)
+        last = first if hi is None else int(hi)
+        if proto not in PORT_PROTOCOLS or not 1 <= first <= last <= 65535:
+            return None, None
+        service = Service(proto, first, last)
+    return service, ":" + service.text()

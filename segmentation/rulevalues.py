@@ -160,6 +160,18 @@ class Rule:
         if self.src.kind == "cidr" and self.dst.outside:
             raise RuleError(text, outside_both(self.dst))
 
+    @classmethod
+    def of_checked(cls, src: Endpoint, dst: Endpoint, service: Service, text: str) -> "Rule":
+        """The rule of values already checked: ``src`` and ``dst`` segments or ``*``,
+        ``text`` its canonical text. No checks and no formatting: the fast parser's
+        constructor (a policy set of 10,000 rules makes 10,000)."""
+        rule = object.__new__(cls)
+        segments = tuple(e.value for e in (src, dst) if e.kind == "segment") \
+            if src.kind != "segment" or dst.kind != "segment" else (src.value, dst.value)
+        rule.__dict__.update(src=src, dst=dst, service=service, _text=text, _segments=segments,
+                             _star=len(segments) < 2)
+        return rule
+
     def text(self) -> str:
         """Canonical text, e.g. ``web->api:tcp/8080`` or ``monitor->*``."""
         return self._text
