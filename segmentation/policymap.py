@@ -258,17 +258,18 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         return compile_policy_map(options, identities)
     same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
     edit = options.edit_from(old_options.rules)
+    # lists, not sets (a rule may be in one twice: its entries are a set anyway)
     if edit is not None:
-        new_rules, gone_rules = set(edit[0]), set(edit[1])
+        new_rules, gone_rules = list(edit[0]), list(edit[1])
     elif old_options.rules == options.rules:
-        gone_rules, new_rules = set(), set()
+        gone_rules, new_rules = [], []
     else:
         before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
-        gone_rules = set(rules_not_in(old_options.rules, after)) if len(before - after) else set()
-        new_rules = set(rules_not_in(options.rules, before)) if len(after - before) else set()
+        gone_rules = rules_not_in(old_options.rules, after) if len(before - after) else []
+        new_rules = rules_not_in(options.rules, before) if len(after - before) else []
     if not same_ids:   # '*' stands for other segments now
-        gone_rules.update(old_options.star_rules())
-        new_rules.update(options.star_rules())
+        gone_rules += old_options.star_rules()
+        new_rules += options.star_rules()
     gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
     if len(gone_rules) > _PICK_GONE:   # many: pick them out of the old map by their rule's text
         texts = set(rule_texts(gone_rules))
@@ -335,7 +336,10 @@ def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: 
     """Add the entries (east-west), CIDR entries and DNS-name entries of ``rule`` to
     ``entries``, ``cidrs`` and ``fqdns``."""
     svc, origin = rule.service, rule.text()
-    if rule.dst.kind == "fqdn":
+    if rule.src.kind == "segment" == rule.dst.kind:   # the common case, without the expansion
+        entries.add(PolicyEntry(identities[rule.src.value], identities[rule.dst.value], svc.proto, svc.lo,
+                                svc.hi, origin))
+    elif rule.dst.kind == "fqdn":
         for src in _expand(rule.src, segments):
             fqdns.add(FqdnEntry(identities[src], rule.dst.value, svc.proto, svc.lo, svc.hi, origin))
     elif rule.src.kind == "cidr":
