@@ -76,12 +76,11 @@ class Policy:
 
     def remove_rules(self, rules: Iterable[Rule]) -> "Policy":
         """The policy without ``rules``; a rule not in the policy is an error."""
-        doomed = unique_rules(rules)
-        kept = tuple(rules_not_in(self.rules, set(rule_texts(doomed))))
-        if len(kept) + len(doomed) == len(self.rules):   # each one was there, once
-            return Policy(self.options.edited(kept, (), doomed))
-        present = set(rule_texts(self.rules))
+        doomed, present = unique_rules(rules), set(rule_texts(self.rules))
         for rule in doomed:
             if rule.text() not in present:
                 raise PolicyError(f"rule '{rule.text()}' is not in the policy")
+        kept = tuple(rules_not_in(self.rules, set(rule_texts(doomed))))
+        if len(kept) + len(doomed) == len(self.rules):   # each one was there once: an edit to remember
+            return Policy(self.options.edited(kept, (), doomed))
         return self.with_rules(kept)
