@@ -173,8 +173,9 @@ class PolicyMap:
 
     def delta(self, new: "PolicyMap") -> "PolicyDelta":
         """What turns this map into ``new`` (known without a pass over the entries
-        when ``new`` was recompiled from this map)."""
-        known = new.__dict__.get("_delta_from")
+        when ``new`` was recompiled from this map: that once, so ``new`` does not
+        keep the entries it replaced alive)."""
+        known = new.__dict__.pop("_delta_from", None)
         if known is not None and known[0]() is self:
             return known[1]
         return PolicyDelta(
