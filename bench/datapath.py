@@ -55,4 +55,8 @@ def run(sizes) -> dict:
     out["ebpf_profile"] = out["throughput"].pop("ebpf_profile", {})
     log(f"datapath: nftables backend at {sizes.rule_counts} rules")
     out["nft_backend"] = nft_sweep(sizes)
+    log(f"datapath: the daemon's policy handler at {sizes.scale_rules} rules (bench.handler)")
+    res = sh([sys.executable, "-m", "bench.handler", "--rules", str(sizes.scale_rules), "--endpoints",
+              str(sizes.endpoints)], timeout=900, check=False)
+    out["handler"] = json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr[-500:]}
     return out

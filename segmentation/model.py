@@ -64,13 +64,23 @@ class Policy:
         return Policy(replace(self.options, rules=unique_rules(rules)))
 
     def add_rules(self, rules: Iterable[Rule]) -> "Policy":
-        """The policy with ``rules`` appended (already present ones kept once)."""
-        return self.with_rules(self.rules + tuple(rules))
+        """The policy with ``rules`` appended (already present ones kept once).
+
+        The new options remember the edit (``NetworkOptions.edited``): the
+        compiler then works on the added rules, not on all of them."""
+        old = self.rules
+        merged = unique_rules(old + tuple(rules))
+        if merged[: len(old)] != old:   # the old rules held duplicates: no edit to remember
+            return self.with_rules(merged)
+        return Policy(self.options.edited(merged, merged[len(old):], ()))
 
     def remove_rules(self, rules: Iterable[Rule]) -> "Policy":
         """The policy without ``rules``; a rule not in the policy is an error."""
-        doomed, present = tuple(rules), set(rule_texts(self.rules))
+        doomed, present = unique_rules(rules), set(rule_texts(self.rules))
         for rule in doomed:
             if rule.text() not in present:
                 raise PolicyError(f"rule '{rule.text()}' is not in the policy")
-        return self.with_rules(rules_not_in(self.rules, set(rule_texts(doomed))))
+        kept = tuple(rules_not_in(self.rules, set(rule_texts(doomed))))
+        if len(kept) + len(doomed) == len(self.rules):   # each one was there once: an edit to remember
+            return Policy(self.options.edited(kept, (), doomed))
+        return self.with_rules(kept)

@@ -23,6 +23,9 @@ as elements, never as new rules.
 """
 from __future__ import annotations
 
+import itertools
+import operator
+import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Iterable, Mapping, NamedTuple
@@ -175,7 +178,12 @@ class PolicyMap:
         return frozenset(c.identity for c in self.cidrs if c.direction == INGRESS)
 
     def delta(self, new: "PolicyMap") -> "PolicyDelta":
-        """What turns this map into ``new``."""
+        """What turns this map into ``new`` (known without a pass over the entries
+        when ``new`` was recompiled from this map: that once, so ``new`` does not
+        keep the entries it replaced alive)."""
+        known = new.__dict__.pop("_delta_from", None)
+        if known is not None and known[0]() is self:
+            return known[1]
         return PolicyDelta(
             entries_added=new.entries - self.entries,
             entries_removed=self.entries - new.entries,
@@ -256,16 +264,24 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if old_options.intra != options.intra or any(old_ids.get(s, i) != i for s, i in identities.items()):
         return compile_policy_map(options, identities)
     same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
-    if old_options.rules == options.rules:
-        gone_rules, new_rules = set(), set()
+    edit = options.edit_from(old_options.rules)
+    # lists, not sets (a rule may be in one twice: its entries are a set anyway)
+    if edit is not None:
+        new_rules, gone_rules = list(edit[0]), list(edit[1])
+    elif old_options.rules == options.rules:
+        gone_rules, new_rules = [], []
     else:
         before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
-        gone_rules = set(rules_not_in(old_options.rules, after)) if len(before - after) else set()
-        new_rules = set(rules_not_in(options.rules, before)) if len(after - before) else set()
+        gone_rules = rules_not_in(old_options.rules, after) if len(before - after) else []
+        new_rules = rules_not_in(options.rules, before) if len(after - before) else []
     if not same_ids:   # '*' stands for other segments now
-        gone_rules.update(old_options.star_rules())
-        new_rules.update(options.star_rules())
+        gone_rules += old_options.star_rules()
+        new_rules += options.star_rules()
     gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
+    if len(gone_rules) > _PICK_GONE:   # many: pick them out of the old map by their rule's text
+        texts = set(rule_texts(gone_rules))
+        gone, gone_cidrs, gone_fqdns = (_of_rules(old_set, texts) for old_set in (old.entries, old.cidrs, old.fqdns))
+        gone_rules = ()
     for rules, ids, entries, cidrs, fqdns in ((gone_rules, old_ids, gone, gone_cidrs, gone_fqdns),
                                               (new_rules, identities, new, new_cidrs, new_fqdns)):
         segments = sorted(ids)
@@ -277,8 +293,37 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     entries = _changed(old.entries, gone, new)
     cidrs = _changed(old.cidrs, gone_cidrs, new_cidrs)
     fqdns = _changed(old.fqdns, gone_fqdns, new_fqdns)
-    return PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
-                     _settings(options), fqdns)
+    new_map = PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
+                        _settings(options), fqdns)
+    object.__setattr__(new_map, "_delta_from", (weakref.ref(old), _edit_delta(old, new_map, (gone, new), (gone_cidrs, new_cidrs),
+                                                                 (gone_fqdns, new_fqdns))))
+    return new_map
+
+
+def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fqdns: tuple) -> PolicyDelta:
+    """``old.delta(new)`` for ``new``'s sets made as ``(old - gone) | added``, from the
+    ``(gone, added)`` pairs: costs what the edit touches, not what the map holds."""
+    def added(pair, before):
+        return frozenset(pair[1]) - before
+
+    def removed(pair, before):
+        return frozenset(pair[0] & before) - pair[1]
+    return PolicyDelta(
+        entries_added=added(entries, old.entries), entries_removed=removed(entries, old.entries),
+        cidrs_added=added(cidrs, old.cidrs), cidrs_removed=removed(cidrs, old.cidrs),
+        identities=MappingProxyType(dict(new.identities)),
+        settings=new.settings if new.settings != old.settings else None,
+        fqdns_added=added(fqdns, old.fqdns), fqdns_removed=removed(fqdns, old.fqdns))
+
+
+_PICK_GONE = 64            # rules: above this, their entries are picked out of the old map
+_RULE = operator.attrgetter("rule")
+
+
+def _of_rules(entries: frozenset, texts: set) -> set:
+    """The entries of ``entries`` that the rules of canonical ``texts`` gave (no Python call per entry)."""
+    entries = list(entries)
+    return set(itertools.compress(entries, map(texts.__contains__, map(_RULE, entries))))
 
 
 def _changed(entries: frozenset, removed, added) -> frozenset:
@@ -298,7 +343,10 @@ def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: 
     """Add the entries (east-west), CIDR entries and DNS-name entries of ``rule`` to
     ``entries``, ``cidrs`` and ``fqdns``."""
     svc, origin = rule.service, rule.text()
-    if rule.dst.kind == "fqdn":
+    if rule.src.kind == "segment" == rule.dst.kind:   # the common case, without the expansion
+        entries.add(PolicyEntry(identities[rule.src.value], identities[rule.dst.value], svc.proto, svc.lo,
+                                svc.hi, origin))
+    elif rule.dst.kind == "fqdn":
         for src in _expand(rule.src, segments):
             fqdns.add(FqdnEntry(identities[src], rule.dst.value, svc.proto, svc.lo, svc.hi, origin))
     elif rule.src.kind == "cidr":

@@ -5,7 +5,9 @@ from hypothesis import given, settings, strategies as st
 
 from segmentation.compiler import segments_of
 from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign
+from segmentation.model import Policy
 from segmentation.options import NetworkOptions
+from segmentation import policymap
 from segmentation.policymap import compile_policy_map, recompile_policy_map
 from segmentation.rules import parse_rules
 
@@ -52,6 +54,35 @@ def test_recompiling_from_the_previous_map_equals_compiling_afresh(a, b, intra_a
     assert recompile_policy_map(old, old_options, old_options, again) == compile_policy_map(old_options, again)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(RULES + NAMING)), st.lists(st.sampled_from(RULES + NAMING), min_size=1),
+       st.booleans(), st.sampled_from(["allow", "deny"]), st.lists(st.sampled_from(SEGS + ["x", "y", "z"])))
+def test_an_edit_remembered_by_the_options_compiles_and_deltas_as_afresh(a, edit, add, intra, members):
+    """``Policy.add_rules``/``remove_rules`` leave the edit on the new options; the
+    recompile uses it (and knows its delta): both must equal the full computation."""
+    old_options = NetworkOptions(rules=parse_rules(" ".join(a)), intra=intra)
+    old_options.named_segments()                       # derived before the edit, as the daemon has it
+    rules = parse_rules(" ".join(edit))
+    if add:
+        options = Policy(old_options).add_rules(rules).options
+    else:
+        present = [r for r in rules if r in old_options.rules]
+        if not present:
+            return
+        options = Policy(old_options).remove_rules(present).options
+    assert options.edit_from(old_options.rules) is not None
+    fresh = NetworkOptions(rules=options.rules, intra=intra)
+    assert options == fresh and options.named_segments() == fresh.named_segments()
+    old_ids = assign({}, segments_of(old_options, members))
+    old = compile_policy_map(old_options, old_ids)
+    identities = assign(old_ids, segments_of(options, members))
+    new = recompile_policy_map(old, old_options, options, identities)
+    afresh = compile_policy_map(options, identities)
+    assert new == afresh
+    assert old.delta(new) == old.delta(afresh)         # the remembered delta is the computed one
+    assert old.apply(old.delta(new)) == afresh
+
+
 def test_a_new_segment_is_a_delta_of_its_own_entries_only():
     first = policy(["*->db:udp/53", "web->api:tcp/8080"])
     second = policy(["*->db:udp/53", "web->api:tcp/8080"], segments=SEGS + ["new"],
@@ -72,3 +103,15 @@ def test_identities_are_stable_small_and_reserved_below_256():
     freed = alloc.allocate("n", ["db"])
     assert freed == {"db": again["db"]}
     assert alloc.allocate("n", ["db", "new"])["new"] == FIRST_SEGMENT  # lowest free is reused
+
+
+def test_picking_the_removed_rules_entries_out_of_the_old_map_compiles_the_same():
+    """Many removed rules' entries are picked out of the old map instead of compiled
+    again: the same properties hold with that path taken for every removal."""
+    saved = policymap._PICK_GONE
+    policymap._PICK_GONE = 0
+    try:
+        test_recompiling_from_the_previous_map_equals_compiling_afresh()
+        test_an_edit_remembered_by_the_options_compiles_and_deltas_as_afresh()
+    finally:
+        policymap._PICK_GONE = saved
