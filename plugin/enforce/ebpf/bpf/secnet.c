@@ -414,6 +414,13 @@ int to_container(struct __sk_buff *skb)
 		vd.reason = inactive_reason(ep->identity);
 		return deny(skb, p, &vd, c.s->mode);
 	}
+	/* The bridge floods a unicast frame whose MAC it has not learned (a new
+	 * container that has not sent yet) to every port: such a copy is for
+	 * another container. Judged here, it would be judged against *this*
+	 * container's segment, and the flow's entry (keyed by addresses, shared
+	 * by the network) would then let it into its real destination. */
+	if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
+		return TC_ACT_SHOT;
 	if (!p->family || passes_unjudged(p))
 		return TC_ACT_OK;
 	src = identity_of(p, p->saddr);
