@@ -164,22 +164,32 @@ def _unlearned(lab, c) -> None:
     lab.exec("bridge", "fdb", "del", c.mac, "dev", c.veth, "master", check=False)
 
 
+def _udp_flow(src, dst: str, port: int) -> socket.socket:
+    """One UDP flow from ``src`` (one socket, one source port); see _exchanges."""
+    s = ns_socket(src.ns, socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.5)
+    s.connect((dst, port))
+    return s
+
+
+def _exchanges(s: socket.socket, count: int = 3) -> list:
+    """Outcome of each of ``count`` echoed datagrams on the flow ``s``."""
+    got = []
+    for i in range(count):
+        token = b"f4-%d" % i
+        try:
+            s.send(token)
+            got.append("ok" if s.recv(2048) == token else "garbled")
+        except socket.timeout:
+            got.append("timeout")
+        except PermissionError:      # the host's own packet, dropped in its output hook
+            got.append("timeout")
+    return got
+
+
 def _udp_stream(src, dst: str, port: int, count: int = 3) -> list:
-    """Outcome of each of ``count`` exchanges of one UDP flow (one socket, one source port)."""
-    with ns_socket(src.ns, socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(0.5)
-        s.connect((dst, port))
-        got = []
-        for i in range(count):
-            token = b"f4-%d" % i
-            try:
-                s.send(token)
-                got.append("ok" if s.recv(2048) == token else "garbled")
-            except socket.timeout:
-                got.append("timeout")
-            except PermissionError:      # the host's own packet, dropped in its output hook
-                got.append("timeout")
-        return got
+    with _udp_flow(src, dst, port) as s:
+        return _exchanges(s, count)
 
 
 def test_a_flooded_copy_does_not_open_a_flow_into_a_restricted_segment(lab):
@@ -197,3 +207,23 @@ def test_a_flooded_copy_does_not_open_a_flow_into_a_restricted_segment(lab):
     assert _udp_stream(lab.outside, HOST4, PUBLISHED) == ["timeout"] * 3
     assert _udp_stream(lab.host_box, web.ip4, UDP_PORT) == ["ok"] * 3
     assert _udp_stream(lab.outside, HOST4, PUBLISHED + 1) == ["ok"] * 3
+
+
+def test_a_frame_for_another_members_address_opens_no_flow(lab):
+    """A frame that reaches an unrestricted member's port with its MAC but a restricted
+    member's address (the host's neighbour entry is stale: a replaced container's MAC)
+    is not that member's to judge: once the entry is right, the flow does not pass."""
+    web, api = lab.add(2)
+    lab.apply("10.238.0.0/24->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    def neighbour(mac: str) -> None:
+        lab.exec("ip", "neigh", "replace", api.ip4, "lladdr", mac, "dev", BRIDGE, "nud", "permanent")
+    try:
+        neighbour(web.mac)
+        with _udp_flow(lab.host_box, api.ip4, UDP_PORT) as flow:
+            first = _exchanges(flow, 2)
+            neighbour(api.mac)
+            then = _exchanges(flow, 2)
+    finally:
+        neighbour(api.mac)
+    assert (first, then) == (["timeout"] * 2, ["timeout"] * 2)
+    assert _udp_stream(lab.host_box, web.ip4, UDP_PORT) == ["ok"] * 3    # the control

@@ -398,6 +398,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	struct verdict vd = { .src = ID_OUTSIDE };
 	struct pkt *p = fresh_pkt();
+	struct member *m;
 	struct ctx c;
 	__u16 src;
 	__u8 kind;
@@ -426,6 +427,9 @@ int to_container(struct __sk_buff *skb)
 	src = identity_of(p, p->saddr);
 	if (from && member_identity(src) && bpf_map_lookup_elem(&endpoints, &from))
 		return from_member(skb, &c, p, ep, src);
+	m = member_of(p, p->daddr);
+	if (m && m->ifindex != ifindex && member_identity(m->identity))
+		return TC_ACT_SHOT;   /* another member's address: not this container's to judge */
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return r;
