@@ -8,11 +8,14 @@ from the contract, never from a backend's data.
 """
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from nsfixtures import BRIDGE, BRIDGE_MAC, GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, Container
 from nsfixtures import lab  # noqa: F401 (fixture)
-from packets import Sniffer, judge, outcomes, parallel, probe_addr, probe_tcp, send_frame, udp4_frame
+from packets import (UDP_PORT, Sniffer, judge, ns_socket, outcomes, parallel, probe_addr, probe_tcp,
+                     send_frame, udp4_frame)
 from segmentation.reference import reference_allowed
 
 pytestmark = pytest.mark.kernel
@@ -151,3 +154,76 @@ def test_cidr_rules_count_the_flows_they_allow(lab):
     assert probe_tcp(lab.outside, api.ip4, 8080) == "ok"
     counted = per_rule(lab.policy, lab.counters())
     assert counted[egress][0] >= 1 and counted[ingress][0] >= 1, counted
+
+
+
+def _unlearned(lab, c) -> None:
+    """The bridge never learns ``c``'s MAC: every frame for it is flooded to all ports
+    (as for a container that replaced another and has not sent yet)."""
+    lab.exec("bridge", "link", "set", "dev", c.veth, "learning", "off")
+    lab.exec("bridge", "fdb", "del", c.mac, "dev", c.veth, "master", check=False)
+
+
+def _udp_flow(src, dst: str, port: int) -> socket.socket:
+    """One UDP flow from ``src`` (one socket, one source port); see _exchanges."""
+    s = ns_socket(src.ns, socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(0.5)
+    s.connect((dst, port))
+    return s
+
+
+def _exchanges(s: socket.socket, count: int = 3) -> list:
+    """Outcome of each of ``count`` echoed datagrams on the flow ``s``."""
+    got = []
+    for i in range(count):
+        token = b"f4-%d" % i
+        try:
+            s.send(token)
+            got.append("ok" if s.recv(2048) == token else "garbled")
+        except socket.timeout:
+            got.append("timeout")
+        except PermissionError:      # the host's own packet, dropped in its output hook
+            got.append("timeout")
+    return got
+
+
+def _udp_stream(src, dst: str, port: int, count: int = 3) -> list:
+    with _udp_flow(src, dst, port) as s:
+        return _exchanges(s, count)
+
+
+def test_a_flooded_copy_does_not_open_a_flow_into_a_restricted_segment(lab):
+    """Finding F4: the bridge floods a frame for a MAC it has not learned to every port;
+    the copy at a member of an unrestricted segment must not admit the flow for its real
+    destination, a member of a segment a CIDR-source rule restricts (from the host, or
+    from another host through a published port). The unrestricted member is reached."""
+    web, api = lab.add(2)
+    lab.apply("10.238.0.0/24->api:tcp/8080", {web: "web", api: "api"}, "deny",
+              published={api: (("udp", "", PUBLISHED, UDP_PORT),),
+                         web: (("udp", "", PUBLISHED + 1, UDP_PORT),)})
+    for c in (web, api):
+        _unlearned(lab, c)
+    assert _udp_stream(lab.host_box, api.ip4, UDP_PORT) == ["timeout"] * 3
+    assert _udp_stream(lab.outside, HOST4, PUBLISHED) == ["timeout"] * 3
+    assert _udp_stream(lab.host_box, web.ip4, UDP_PORT) == ["ok"] * 3
+    assert _udp_stream(lab.outside, HOST4, PUBLISHED + 1) == ["ok"] * 3
+
+
+def test_a_frame_for_another_members_address_opens_no_flow(lab):
+    """A frame that reaches an unrestricted member's port with its MAC but a restricted
+    member's address (the host's neighbour entry is stale: a replaced container's MAC)
+    is not that member's to judge: once the entry is right, the flow does not pass."""
+    web, api = lab.add(2)
+    lab.apply("10.238.0.0/24->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    def neighbour(mac: str) -> None:
+        lab.exec("ip", "neigh", "replace", api.ip4, "lladdr", mac, "dev", BRIDGE, "nud", "permanent")
+    try:
+        neighbour(web.mac)
+        with _udp_flow(lab.host_box, api.ip4, UDP_PORT) as flow:
+            first = _exchanges(flow, 2)
+            neighbour(api.mac)
+            then = _exchanges(flow, 2)
+    finally:
+        neighbour(api.mac)
+    assert (first, then) == (["timeout"] * 2, ["timeout"] * 2)
+    assert _udp_stream(lab.host_box, web.ip4, UDP_PORT) == ["ok"] * 3    # the control

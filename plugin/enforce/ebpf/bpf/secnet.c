@@ -398,6 +398,7 @@ int to_container(struct __sk_buff *skb)
 	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
 	struct verdict vd = { .src = ID_OUTSIDE };
 	struct pkt *p = fresh_pkt();
+	struct member *m;
 	struct ctx c;
 	__u16 src;
 	__u8 kind;
@@ -414,11 +415,21 @@ int to_container(struct __sk_buff *skb)
 		vd.reason = inactive_reason(ep->identity);
 		return deny(skb, p, &vd, c.s->mode);
 	}
+	/* The bridge floods a unicast frame whose MAC it has not learned (a new
+	 * container that has not sent yet) to every port: such a copy is for
+	 * another container. Judged here, it would be judged against *this*
+	 * container's segment, and the flow's entry (keyed by addresses, shared
+	 * by the network) would then let it into its real destination. */
+	if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
+		return TC_ACT_SHOT;
 	if (!p->family || passes_unjudged(p))
 		return TC_ACT_OK;
 	src = identity_of(p, p->saddr);
 	if (from && member_identity(src) && bpf_map_lookup_elem(&endpoints, &from))
 		return from_member(skb, &c, p, ep, src);
+	m = member_of(p, p->daddr);
+	if (m && m->ifindex != ifindex && member_identity(m->identity))
+		return TC_ACT_SHOT;   /* another member's address: not this container's to judge */
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return r;
