@@ -136,7 +136,6 @@ def limit_malloc_arenas(arenas: int = 2, mmap_threshold: int = 128 << 10) -> Non
     10,000 rules: 7 MiB less RSS, 5 MiB less after the network is removed).
     """
     try:
-        import ctypes
         libc = ctypes.CDLL("libc.so.6")
         libc.mallopt(-8, arenas)           # M_ARENA_MAX
         libc.mallopt(-3, mmap_threshold)   # M_MMAP_THRESHOLD (fixed: no dynamic raise)

@@ -197,22 +197,11 @@ class TableReader:
     @staticmethod
     def _read_dump(buf: bytes, out: dict) -> bool:
         """Add the elements of one datagram of a dump to ``out``; True at its end."""
-        pos = 0
-        while pos + 16 <= len(buf):
-            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", buf, pos)
-            if length < 16:
-                return True
-            if kind == NLMSG_DONE:
-                return True
-            if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", buf, pos + 16)[0]
-                if code:
-                    raise OSError(code, os.strerror(code))
-                return True
-            attrs = _attrs(buf[pos + 20:pos + length])
+        messages: list = []
+        done = _messages_of(buf, messages)
+        for attrs in messages:
             for elem in _all(attrs.get(NFTA_SET_ELEM_LIST_ELEMENTS, b""), NFTA_LIST_ELEM):
                 e = _attrs(elem)
                 out[_identity(e)] = _counter(e)
-            pos += (length + 3) & ~3
-        return False
+        return done
 
