@@ -110,82 +110,103 @@ def mode_switches(evil: Prober, runs: int) -> dict:
             "all_ms": stats(got["audit"] + got["enforce"])}
 
 
+class Tally:
+    """What the starts measured: ms lists and counts (see ``run``'s result keys)."""
+
+    def __init__(self):
+        self.since_return, self.since_start, self.signed, self.since_started_at = [], [], [], []
+        self.not_answered = self.before_return = self.disturbed = 0
+
+    def add(self, first, t0: float, t1: float, started) -> None:
+        """One start: ``first`` answer (perf_counter s or None), ``t0``/``t1`` around
+        `docker run`, ``started`` the engine's StartedAt on the perf_counter clock."""
+        if first is None:
+            self.not_answered += 1
+            return
+        self.since_start.append((first - t0) * 1000)
+        self.since_return.append(max(0.0, first - t1) * 1000)
+        self.before_return += first <= t1
+        self.signed.append((first - t1) * 1000)
+        if started is not None:
+            self.since_started_at.append((first - started) * 1000)
+
+
+def _probers(cleanup: Cleanup) -> dict:
+    """The network, the client and evil peers, and a started Prober in each (role -> Prober)."""
+    create_network(NET, "secnet", SUBNET, "-o", f"secnet.allow=client->web:tcp/{PORT}")
+    cleanup.push("network", docker, "network", "rm", NET)
+    probers = {}
+    for role, ip in (("client", f"{BASE}.2"), ("evil", f"{BASE}.3")):
+        name = f"{PREFIX}-enf-{role}"
+        run_container(name, NET, ip, {"secnet.segment": role})
+        cleanup.push(name, docker, "rm", "-f", name)
+        key = sandbox_key(name)
+        set_neigh_retrans(key, "eth0")
+        probers[role] = Prober(key, PORT, f"probe-{role}")
+    for p in probers.values():
+        p.start()
+        cleanup.push(f"prober {p.name}", p.stop)
+    return probers
+
+
+def _start_once(i: int, probers: dict, tally: Tally, wall: float) -> None:
+    """Start web container ``i`` with both peers probing its address; record it in ``tally``."""
+    ip, name = f"{BASE}.{20 + i}", f"{PREFIX}-enf-web-{i}"
+    for p in probers.values():
+        p.set_target(i, ip)
+    n0 = disturbances()
+    t0 = now()
+    run_container(name, NET, ip, {"secnet.segment": "web"}, cmd=("nc", "-ll", "-p", str(PORT), "-e", "true"))
+    t1 = now()
+    client = probers["client"]
+    while i not in client.first and now() < t1 + TIMEOUT:
+        if client.error:
+            raise RuntimeError(f"client prober: {client.error}")
+        time.sleep(0.001)
+    first = client.first.get(i)
+    if disturbances() != n0:
+        tally.disturbed += 1  # the daemon was away under `docker run`: no timing
+    else:
+        if first is None:
+            log(f"enforce: run {i}: the allowed peer got no answer within {TIMEOUT} s")
+        started = started_at(name) if first is not None else None
+        tally.add(first, t0, t1, None if started is None else started - wall)
+    docker("rm", "-f", name)
+
+
 def run(sizes) -> dict:
-    cleanup = Cleanup()
-    since_return, since_start, not_answered = [], [], 0
-    before_return = disturbed = 0
-    signed, since_started_at = [], []
+    """Section 2: ``sizes.enforce_runs`` starts, then mode switches and the positive control."""
+    cleanup, tally = Cleanup(), Tally()
     wall = time.time() - now()  # perf_counter -> wall clock, for the engine's StartedAt
     try:
-        create_network(NET, "secnet", SUBNET, "-o", f"secnet.allow=client->web:tcp/{PORT}")
-        cleanup.push("network", docker, "network", "rm", NET)
-        probers = {}
-        for role, ip in (("client", f"{BASE}.2"), ("evil", f"{BASE}.3")):
-            name = f"{PREFIX}-enf-{role}"
-            run_container(name, NET, ip, {"secnet.segment": role})
-            cleanup.push(name, docker, "rm", "-f", name)
-            key = sandbox_key(name)
-            set_neigh_retrans(key, "eth0")
-            probers[role] = Prober(key, PORT, f"probe-{role}")
-        for p in probers.values():
-            p.start()
-            cleanup.push(f"prober {p.name}", p.stop)
+        probers = _probers(cleanup)
         log(f"time to enforce: {sizes.enforce_runs} runs")
         for i in range(sizes.enforce_runs):
-            ip = f"{BASE}.{20 + i}"
-            for p in probers.values():
-                p.set_target(i, ip)
-            name = f"{PREFIX}-enf-web-{i}"
-            n0 = disturbances()
-            t0 = now()
-            run_container(name, NET, ip, {"secnet.segment": "web"},
-                          cmd=("nc", "-ll", "-p", str(PORT), "-e", "true"))
-            t1 = now()
-            client = probers["client"]
-            while i not in client.first and now() < t1 + TIMEOUT:
-                if client.error:
-                    raise RuntimeError(f"client prober: {client.error}")
-                time.sleep(0.001)
-            first = client.first.get(i)
-            if disturbances() != n0:
-                disturbed += 1  # the daemon was away under `docker run`: no timing
-            elif first is None:
-                not_answered += 1
-                log(f"enforce: run {i}: the allowed peer got no answer within {TIMEOUT} s")
-            else:
-                since_start.append((first - t0) * 1000)
-                since_return.append(max(0.0, first - t1) * 1000)
-                before_return += first <= t1
-                signed.append((first - t1) * 1000)
-                started = started_at(name)
-                if started is not None:
-                    since_started_at.append((first + wall - started) * 1000)
-            docker("rm", "-f", name)
+            _start_once(i, probers, tally, wall)
         evil = probers["evil"]
-        forbidden_ok = sum(evil.answers.values())
-        forbidden_probes = sum(evil.probes.values())
+        forbidden_ok, forbidden_probes = sum(evil.answers.values()), sum(evil.probes.values())
         allowed_probes = sum(probers["client"].probes.values())
-        switches = mode_switches(probers["evil"], sizes.mode_switches)
-        control = positive_control(probers["evil"], sizes.enforce_runs)
+        switches = mode_switches(evil, sizes.mode_switches)
+        control = positive_control(evil, sizes.enforce_runs)
         if evil.error:
             raise RuntimeError(f"evil prober: {evil.error}")
     finally:
         cleanup.run()
     return {
         "runs": sizes.enforce_runs,
-        "since_run_returned_ms": stats(since_return),
-        "since_run_started_ms": stats(since_start),
-        "answered_before_run_returned": before_return,
-        "never_answered": not_answered,
-        "disturbed_by_daemon_restart": disturbed,
+        "since_run_returned_ms": stats(tally.since_return),
+        "since_run_started_ms": stats(tally.since_start),
+        "answered_before_run_returned": tally.before_return,
+        "never_answered": tally.not_answered,
+        "disturbed_by_daemon_restart": tally.disturbed,
         "forbidden_probes": forbidden_probes,
         "forbidden_probes_answered": forbidden_ok,
         "allowed_probes": allowed_probes,
         "positive_control": control,
         "mode_switch": switches,
-        "signed_since_return_ms": stats(signed),
-        "since_container_started_ms": stats(since_started_at),
-        "raw_since_return_ms": since_return,
-        "raw_since_start_ms": since_start,
+        "signed_since_return_ms": stats(tally.signed),
+        "since_container_started_ms": stats(tally.since_started_at),
+        "raw_since_return_ms": tally.since_return,
+        "raw_since_start_ms": tally.since_start,
         "method": __doc__.strip(),
     }
