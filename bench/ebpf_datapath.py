@@ -7,7 +7,7 @@ Four pairs of namespaces, measured round-robin with iperf3, ping and sockperf:
 * ``nftables``: the same bridge with secnet's nftables backend and the same
   policy;
 * ``ebpf``: the same bridge with secnet's eBPF programs on both veths and an
-  allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, intra deny): the
+  allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, ``a->b:tcp/5202``, intra deny): the
   fast path (bpf_redirect_peer) carries the judged flows;
 * ``floor`` (with ``--floor``): the same bridge with ``bpf/redirect_floor.c`` on
   both host-side veths, a program that only hands every frame to the other
@@ -116,7 +116,7 @@ from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
 ids = {{'a': 256, 'b': 257, **{{f's{{i}}': 300 + i for i in range(100)}}}}
 extra = [f's{{i % 100}}->s{{(i * 7) % 100}}:tcp/{{1000 + i}}' for i in range({extra_rules})]
-rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:icmp'] + extra)
+rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:icmp'] + extra)
 pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
 ports = [Port('ea', 'sva', '02:42:0a:da:{octet:02x}:02', '10.218.{octet}.2', identity=256),
          Port('eb', 'svb', '02:42:0a:da:{octet:02x}:03', '10.218.{octet}.3', identity=257)]
@@ -143,15 +143,29 @@ def rtt(client, ip):
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1)) * 1000
 
 
+def wait_listening(ns, port, timeout=5.0):
+    """Until a TCP socket listens on ``port`` in namespace ``ns``."""
+    end = time.monotonic() + timeout
+    while f":{port} " not in sh("ip", "netns", "exec", ns, "ss", "-Hltn").stdout:
+        if time.monotonic() > end:
+            raise RuntimeError(f"nothing listens on {ns} port {port}")
+        time.sleep(0.05)
+
+
 def rr(client, server, ip, secs):
-    """Median round trip in µs of a TCP request/response of 64 bytes, back to back."""
+    """Median round trip in µs of a TCP request/response of 64 bytes, back to back (port 5202:
+    iperf3's server leaves 5201 in TIME_WAIT, which sockperf cannot bind)."""
     srv = subprocess.Popen(["ip", "netns", "exec", server, "sockperf", "server", "--tcp", "-i", ip,
-                            "-p", "5201"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            "-p", "5202"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)
-        out = sh("ip", "netns", "exec", client, "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "5201",
-                 "-t", str(secs), "-m", "64").stdout
-        return 2 * float(re.search(r"percentile 50\.000 =\s*([\d.]+)", out).group(1))
+        wait_listening(server, 5202)
+        res = sh("ip", "netns", "exec", client, "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "5202",
+                 "-t", str(secs), "-m", "64")
+        out = res.stdout + res.stderr   # sockperf reports on either, by version
+        m = re.search(r"percentile 50\.000 =\s*([\d.]+)", out)
+        if not m:
+            raise RuntimeError(f"sockperf {client} -> {ip}: no latency in {out[-300:]!r}")
+        return 2 * float(m.group(1))
     finally:
         srv.terminate()
         srv.wait(timeout=10)
