@@ -23,7 +23,7 @@ Two latencies, both reported:
   sockperf's one-way median latency).
 
 Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
-[--floor] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
+[--floor] [--no-throughput] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
 programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
@@ -234,6 +234,8 @@ def main() -> int:
     ap.add_argument("--object", action="append", default=[],
                     help="also an eBPF pair running this compiled secnet.o (e.g. an older commit's), "
                     "measured in the same rounds: before/after side by side (repeatable)")
+    ap.add_argument("--no-throughput", action="store_true",
+                    help="latencies only (no iperf3): more rounds in the same time for RTT comparisons")
     ap.add_argument("--floor", action="store_true",
                     help="also a pair with a program that only redirects (bpf/redirect_floor.c)")
     args = ap.parse_args()
@@ -269,12 +271,14 @@ def main() -> int:
         for i in range(args.repeats):
             # every other round backwards: no pair always runs first or last
             for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
-                got[name]["gbps"].append(iperf(c, s, ip, args.secs))
+                if not args.no_throughput:
+                    got[name]["gbps"].append(iperf(c, s, ip, args.secs))
                 got[name]["rtt_us"].append(rtt(c, ip))
                 got[name]["rr_us"].append(rr(c, s, ip, min(args.secs, 3)))
-        base = {k: statistics.median(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
+        med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
+        base = {k: med(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
         for name, m in got.items():
-            g, r, q = (statistics.median(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
+            g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
             print(f"{name:11s} {g:6.1f} Gbit/s ({g / base['gbps']:.2f}x veth)  "
                   f"ping rtt {r:5.1f} us ({r / base['rtt_us']:.2f}x)  "
                   f"rr {q:5.1f} us ({q / base['rr_us']:.2f}x)  runs {[round(x, 1) for x in m['gbps']]}")
