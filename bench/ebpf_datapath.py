@@ -224,7 +224,7 @@ def profile(host, client, server, ip, pin_root, secs) -> dict:
     return out
 
 
-def main() -> int:
+def arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
@@ -238,50 +238,69 @@ def main() -> int:
                     help="latencies only (no iperf3): more rounds in the same time for RTT comparisons")
     ap.add_argument("--floor", action="store_true",
                     help="also a pair with a program that only redirects (bpf/redirect_floor.c)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def make_pairs(args, tag, made, pin_root, floor_dir):
+    """name -> (client ns, server ns, server address); and the eBPF pairs to profile."""
+    va, vb, vip = veth_pair(tag, made)
+    _h1, ba, bb, bip = bridge_pair(tag + "x", 1, made)
+    h2, ea, eb, eip = bridge_pair(tag + "y", 2, made)
+    enforce(h2, 2, pin_root)
+    h4, na, nb, nip = bridge_pair(tag + "n", 4, made)
+    enforce(h4, 4, pin_root, backend="nftables")
+    pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
+             "ebpf": (ea, eb, eip)}
+    profiled = {"ebpf_profile": (h2, ea, eb, eip, pin_root)}
+    for i, obj in enumerate(args.object):
+        name, root = f"ebpf@{os.path.basename(obj)}", f"{pin_root}o{i}"
+        h5, oa, ob, oip = bridge_pair(f"{tag}o{i}", 5 + i, made)
+        enforce(h5, 5 + i, root, obj=obj)
+        pairs[name] = (oa, ob, oip)
+        profiled[f"{name}_profile"] = (h5, oa, ob, oip, root)
+    if args.floor:
+        h6, fa, fb, fip = bridge_pair(tag + "f", 8, made)
+        floor(h6, 8, floor_dir)
+        pairs["floor"] = (fa, fb, fip)
+    if args.rules:
+        h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
+        enforce(h3, 3, pin_root + "r", args.rules)
+        pairs[f"ebpf+{args.rules}"] = (ra, rb, rip)
+        profiled[f"ebpf+{args.rules}_profile"] = (h3, ra, rb, rip, pin_root + "r")
+    return pairs, profiled
+
+
+def rounds(pairs, args) -> dict:
+    """Every pair once per round, every other round backwards (no pair always first or last)."""
+    got = {k: {"gbps": [], "rtt_us": [], "rr_us": []} for k in pairs}
+    for i in range(args.repeats):
+        for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
+            if not args.no_throughput:
+                got[name]["gbps"].append(iperf(c, s, ip, args.secs))
+            got[name]["rtt_us"].append(rtt(c, ip))
+            got[name]["rr_us"].append(rr(c, s, ip, min(args.secs, 3)))
+    return got
+
+
+def show(got) -> None:
+    med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
+    base = {k: med(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
+    for name, m in got.items():
+        g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
+        print(f"{name:11s} {g:6.1f} Gbit/s ({g / base['gbps']:.2f}x veth)  "
+              f"ping rtt {r:5.1f} us ({r / base['rtt_us']:.2f}x)  "
+              f"rr {q:5.1f} us ({q / base['rr_us']:.2f}x)  runs {[round(x, 1) for x in m['gbps']]}")
+
+
+def main() -> int:
+    args = arguments()
     tag = uuid.uuid4().hex[:4]
-    made, pin_root, floor_dir = [], f"/sys/fs/bpf/secnet-bench-{tag}", None
+    made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
+    floor_dir = tempfile.mkdtemp(prefix="snbench-floor-")
     try:
-        va, vb, vip = veth_pair(tag, made)
-        _h1, ba, bb, bip = bridge_pair(tag + "x", 1, made)
-        h2, ea, eb, eip = bridge_pair(tag + "y", 2, made)
-        enforce(h2, 2, pin_root)
-        h4, na, nb, nip = bridge_pair(tag + "n", 4, made)
-        enforce(h4, 4, pin_root, backend="nftables")
-        pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
-                 "ebpf": (ea, eb, eip)}
-        profiled = {"ebpf_profile": (h2, ea, eb, eip, pin_root)}
-        for i, obj in enumerate(args.object):
-            name, root = f"ebpf@{os.path.basename(obj)}", f"{pin_root}o{i}"
-            h5, oa, ob, oip = bridge_pair(f"{tag}o{i}", 5 + i, made)
-            enforce(h5, 5 + i, root, obj=obj)
-            pairs[name] = (oa, ob, oip)
-            profiled[f"{name}_profile"] = (h5, oa, ob, oip, root)
-        if args.floor:
-            h6, fa, fb, fip = bridge_pair(tag + "f", 8, made)
-            floor_dir = tempfile.mkdtemp(prefix="snbench-floor-")
-            floor(h6, 8, floor_dir)
-            pairs["floor"] = (fa, fb, fip)
-        if args.rules:
-            h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
-            enforce(h3, 3, pin_root + "r", args.rules)
-            pairs[f"ebpf+{args.rules}"] = (ra, rb, rip)
-            profiled[f"ebpf+{args.rules}_profile"] = (h3, ra, rb, rip, pin_root + "r")
-        got = {k: {"gbps": [], "rtt_us": [], "rr_us": []} for k in pairs}
-        for i in range(args.repeats):
-            # every other round backwards: no pair always runs first or last
-            for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
-                if not args.no_throughput:
-                    got[name]["gbps"].append(iperf(c, s, ip, args.secs))
-                got[name]["rtt_us"].append(rtt(c, ip))
-                got[name]["rr_us"].append(rr(c, s, ip, min(args.secs, 3)))
-        med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
-        base = {k: med(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
-        for name, m in got.items():
-            g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
-            print(f"{name:11s} {g:6.1f} Gbit/s ({g / base['gbps']:.2f}x veth)  "
-                  f"ping rtt {r:5.1f} us ({r / base['rtt_us']:.2f}x)  "
-                  f"rr {q:5.1f} us ({q / base['rr_us']:.2f}x)  runs {[round(x, 1) for x in m['gbps']]}")
+        pairs, profiled = make_pairs(args, tag, made, pin_root, floor_dir)
+        got = rounds(pairs, args)
+        show(got)
         for what, where in profiled.items() if args.profile else ():
             got[what] = profile(*where, args.secs)
             for key, value in got[what].items():
@@ -294,8 +313,7 @@ def main() -> int:
             sh("ip", "netns", "del", name, check=False)
         sh("rm", "-rf", pin_root, pin_root + "r", *(f"{pin_root}o{i}" for i in range(len(args.object))),
            check=False)
-        if floor_dir:
-            shutil.rmtree(floor_dir, ignore_errors=True)
+        shutil.rmtree(floor_dir, ignore_errors=True)
     return 0
 
 
