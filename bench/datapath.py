@@ -1,9 +1,10 @@
 """Section 5, the datapaths alone (no Docker, no daemon), in throwaway namespaces.
 
 Runs the two standalone benches as child processes and keeps their figures:
-``bench.ebpf_datapath`` (iperf3 and ping over a bare veth pair, a Linux
-bridge, the bridge with secnet's nftables backend and with its eBPF backend,
-and the eBPF backend with ``scale_rules`` more rules in force) and
+``bench.ebpf_datapath`` (iperf3, ping and a sockperf request/response over a
+bare veth pair, a Linux bridge, the bridge with secnet's nftables backend and
+with its eBPF backend, the eBPF backend with ``scale_rules`` more rules in
+force, and the floor: a program that only redirects) and
 ``bench.nft_datapath`` (the nftables backend's calls as the reconciler makes
 them: apply_network, a policy set from 0 to N rules, one rule added and one
 removed with N in force, a mode switch, a join, at each N of the rule sweep).
@@ -24,14 +25,14 @@ def throughput(sizes) -> dict:
         path = os.path.join(tmp, "dp.json")
         secs, repeats = sizes.iperf_secs, sizes.dp_repeats
         sh([sys.executable, "-m", "bench.ebpf_datapath", "--secs", str(secs), "--repeats", str(repeats),
-            "--rules", str(sizes.scale_rules), "--profile", "--json", path], timeout=600)
+            "--rules", str(sizes.scale_rules), "--profile", "--floor", "--json", path], timeout=900)
         with open(path) as f:
             raw = json.load(f)
     profiles = {k: raw.pop(k) for k in list(raw) if k.endswith("_profile")}
     profile = profiles.pop("ebpf_profile", {})
     for what, figures in profiles.items():     # the other eBPF pairs': "ebpf+10000 from_container ..."
         profile.update({f"{what[:-8]} {k}": v for k, v in figures.items()})
-    out = {name: {"gbps": stats(v["gbps"]), "rtt_us": stats(v["rtt_us"]), "raw": v}
+    out = {name: {"gbps": stats(v["gbps"]), "rtt_us": stats(v["rtt_us"]), "rr_us": stats(v["rr_us"]), "raw": v}
            for name, v in raw.items()}
     out["ebpf_profile"] = profile   # moved up to the section by run()
     return out

@@ -1,7 +1,8 @@
-"""Section 3, data plane: TCP throughput (iperf3) and round-trip time (ping)
-from one container (or namespace) to another.
+"""Section 3, data plane: TCP throughput (iperf3), round-trip time (ping, every
+10 ms: a cold path) and a hot request/response round trip (sockperf
+ping-pong) from one container (or namespace) to another.
 
-The host's iperf3 and ping run inside the containers' network namespaces
+The host's iperf3, ping and sockperf run inside the containers' network namespaces
 with nsenter (the test image has neither). Configurations:
 
 * ``veth``: a bare veth pair between two plain namespaces (the ceiling);
@@ -97,19 +98,46 @@ def ping_rtt(pair: Pair) -> tuple:
     return stats(rtts)["median"], len(rtts)
 
 
+_P50 = re.compile(r"percentile 50\.000 =\s*([0-9.]+)")
+
+
+def rr_rtt(pair: Pair, secs: int = 3):
+    """Median round trip in µs of a hot TCP request/response (``sockperf
+    ping-pong``, 64 bytes back to back, on the iperf3 port that the policies
+    allow; ``--uc-reuseaddr``: iperf3 leaves it in TIME_WAIT); None when
+    sockperf reports none."""
+    srv = subprocess.Popen(["nsenter", f"--net={pair.server_ns}", "sockperf", "server", "--tcp",
+                            "--uc-reuseaddr", "-i", pair.server_ip, "-p", str(IPERF_PORT)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        res = sh(["nsenter", f"--net={pair.client_ns}", "sockperf", "ping-pong", "--tcp", "-i",
+                  pair.server_ip, "-p", str(IPERF_PORT), "-t", str(secs), "-m", "64"], check=False,
+                 timeout=secs + 30)
+        m = _P50.search(res.stdout + res.stderr)
+        return 2 * float(m.group(1)) if m else None
+    finally:
+        srv.terminate()
+        srv.wait(5)
+
+
 def measure(pairs: list, repeats: int, secs: int) -> dict:
-    """Round-robin iperf3 + ping over ``pairs``; per pair the stats of the repeats."""
-    raw = {p.name: {"gbps": [], "rtt_ms": [], "ping_replies": []} for p in pairs}
+    """Round-robin iperf3 + ping + sockperf over ``pairs``; per pair the stats of the repeats
+    (``rtt_ms``: ping's cold RTT; ``rr_us``: the hot request/response round trip)."""
+    raw = {p.name: {"gbps": [], "rtt_ms": [], "ping_replies": [], "rr_us": []} for p in pairs}
     for r in range(repeats):
         for p in pairs:
             gbps = iperf(p, secs)
             rtt, replies = ping_rtt(p)
+            rr = rr_rtt(p, min(secs, 3))
             raw[p.name]["gbps"].append(gbps)
             raw[p.name]["rtt_ms"].append(rtt)
             raw[p.name]["ping_replies"].append(replies)
-            log(f"  {p.name:<14} repeat {r + 1}/{repeats}: {gbps:6.2f} Gbit/s, rtt {rtt * 1000:5.0f} us")
-    return {name: {"gbps": stats(v["gbps"]), "rtt_ms": stats(v["rtt_ms"]), "raw": v}
-            for name, v in raw.items()}
+            raw[p.name]["rr_us"].append(rr)
+            log(f"  {p.name:<14} repeat {r + 1}/{repeats}: {gbps:6.2f} Gbit/s, rtt {rtt * 1000:5.0f} us, "
+                f"request/response {rr} us")
+    return {name: {"gbps": stats(v["gbps"]), "rtt_ms": stats(v["rtt_ms"]), "rr_us": stats(v["rr_us"]),
+                   "raw": v} for name, v in raw.items()}
 
 
 # --- configurations -----------------------------------------------------------------

@@ -1,17 +1,29 @@
 """eBPF datapath throughput and RTT, side by side in one run (root; ~1 min).
 
-Four pairs of namespaces, measured round-robin with iperf3 and ping:
+Four pairs of namespaces, measured round-robin with iperf3, ping and sockperf:
 
 * ``veth``: a bare veth pair (the ceiling);
 * ``bridge``: two namespaces on a Linux bridge with br_netfilter on, no policy;
 * ``nftables``: the same bridge with secnet's nftables backend and the same
   policy;
 * ``ebpf``: the same bridge with secnet's eBPF programs on both veths and an
-  allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, intra deny): the
-  fast path (bpf_redirect_peer) carries the judged flows.
+  allowing policy (``a->b:tcp/5201``, ``b->a:tcp/5201``, ``a->b:tcp/5202``, intra deny): the
+  fast path (bpf_redirect_peer) carries the judged flows;
+* ``floor`` (with ``--floor``): the same bridge with ``bpf/redirect_floor.c`` on
+  both host-side veths, a program that only hands every frame to the other
+  veth's peer: what any program on the host side of a veth pays for the hop.
+
+Two latencies, both reported:
+
+* ``rtt_us``: ping -i 0.01, the mean of 50 -- a *cold* path: every echo runs
+  after 10 ms of idle (caches and TLBs of this VM cold), so it weighs every
+  extra cache line a path touches;
+* ``rr_us``: a *hot* request/response: ``sockperf ping-pong --tcp`` (64-byte
+  messages back to back for ``--secs``), the median round trip (twice
+  sockperf's one-way median latency).
 
 Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
-[--object OLD.o]`` (``--object``: a fifth pair running another build of the
+[--floor] [--no-throughput] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
 programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
@@ -28,8 +40,10 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
+import tempfile
 import time
 import uuid
 
@@ -102,7 +116,7 @@ from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
 ids = {{'a': 256, 'b': 257, **{{f's{{i}}': 300 + i for i in range(100)}}}}
 extra = [f's{{i % 100}}->s{{(i * 7) % 100}}:tcp/{{1000 + i}}' for i in range({extra_rules})]
-rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:icmp'] + extra)
+rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:icmp'] + extra)
 pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
 ports = [Port('ea', 'sva', '02:42:0a:da:{octet:02x}:02', '10.218.{octet}.2', identity=256),
          Port('eb', 'svb', '02:42:0a:da:{octet:02x}:03', '10.218.{octet}.3', identity=257)]
@@ -127,6 +141,49 @@ def iperf(client, server, ip, secs):
 def rtt(client, ip):
     out = sh("ip", "netns", "exec", client, "ping", "-q", "-c", "50", "-i", "0.01", ip).stdout
     return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1)) * 1000
+
+
+def wait_listening(ns, port, timeout=5.0):
+    """Until a TCP socket listens on ``port`` in namespace ``ns``."""
+    end = time.monotonic() + timeout
+    while f":{port} " not in sh("ip", "netns", "exec", ns, "ss", "-Hltn").stdout:
+        if time.monotonic() > end:
+            raise RuntimeError(f"nothing listens on {ns} port {port}")
+        time.sleep(0.05)
+
+
+def rr(client, server, ip, secs):
+    """Median round trip in µs of a TCP request/response of 64 bytes, back to back (port 5202:
+    iperf3's server leaves 5201 in TIME_WAIT, which sockperf cannot bind)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server, "sockperf", "server", "--tcp", "-i", ip,
+                            "-p", "5202"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_listening(server, 5202)
+        res = sh("ip", "netns", "exec", client, "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "5202",
+                 "-t", str(secs), "-m", "64")
+        out = res.stdout + res.stderr   # sockperf reports on either, by version
+        m = re.search(r"percentile 50\.000 =\s*([\d.]+)", out)
+        if not m:
+            raise RuntimeError(f"sockperf {client} -> {ip}: no latency in {out[-300:]!r}")
+        return 2 * float(m.group(1))
+    finally:
+        srv.terminate()
+        srv.wait(timeout=10)
+
+
+def floor(host, octet, made_dir):
+    """Attach ``bpf/redirect_floor.c`` to both host-side veths of the bridge
+    pair in ``host`` (compiled per direction into ``made_dir``)."""
+    idx = {dev: json.loads(sh("ip", "-n", host, "-j", "link", "show", dev).stdout)[0]["ifindex"]
+           for dev in ("sva", "svb")}
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "redirect_floor.c")
+    for dev, peer in (("sva", "svb"), ("svb", "sva")):
+        obj = os.path.join(made_dir, f"floor-{octet}-{dev}.o")
+        sh("clang", "-O2", "-g", "-target", "bpf", f"-DPEER={idx[peer]}", "-I/usr/include/x86_64-linux-gnu",
+           "-c", src, "-o", obj)
+        sh("ip", "netns", "exec", host, "tc", "qdisc", "add", "dev", dev, "clsact")
+        sh("ip", "netns", "exec", host, "tc", "filter", "add", "dev", dev, "ingress", "bpf", "da", "obj", obj,
+           "sec", "tc")
 
 
 def prog_stats(pin_root: str) -> dict:
@@ -167,7 +224,7 @@ def profile(host, client, server, ip, pin_root, secs) -> dict:
     return out
 
 
-def main() -> int:
+def arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--secs", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
@@ -177,41 +234,73 @@ def main() -> int:
     ap.add_argument("--object", action="append", default=[],
                     help="also an eBPF pair running this compiled secnet.o (e.g. an older commit's), "
                     "measured in the same rounds: before/after side by side (repeatable)")
-    args = ap.parse_args()
+    ap.add_argument("--no-throughput", action="store_true",
+                    help="latencies only (no iperf3): more rounds in the same time for RTT comparisons")
+    ap.add_argument("--floor", action="store_true",
+                    help="also a pair with a program that only redirects (bpf/redirect_floor.c)")
+    return ap.parse_args()
+
+
+def make_pairs(args, tag, made, pin_root, floor_dir):
+    """name -> (client ns, server ns, server address); and the eBPF pairs to profile."""
+    va, vb, vip = veth_pair(tag, made)
+    _h1, ba, bb, bip = bridge_pair(tag + "x", 1, made)
+    h2, ea, eb, eip = bridge_pair(tag + "y", 2, made)
+    enforce(h2, 2, pin_root)
+    h4, na, nb, nip = bridge_pair(tag + "n", 4, made)
+    enforce(h4, 4, pin_root, backend="nftables")
+    pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
+             "ebpf": (ea, eb, eip)}
+    profiled = {"ebpf_profile": (h2, ea, eb, eip, pin_root)}
+    for i, obj in enumerate(args.object):
+        name, root = f"ebpf@{os.path.basename(obj)}", f"{pin_root}o{i}"
+        h5, oa, ob, oip = bridge_pair(f"{tag}o{i}", 5 + i, made)
+        enforce(h5, 5 + i, root, obj=obj)
+        pairs[name] = (oa, ob, oip)
+        profiled[f"{name}_profile"] = (h5, oa, ob, oip, root)
+    if args.floor:
+        h6, fa, fb, fip = bridge_pair(tag + "f", 8, made)
+        floor(h6, 8, floor_dir)
+        pairs["floor"] = (fa, fb, fip)
+    if args.rules:
+        h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
+        enforce(h3, 3, pin_root + "r", args.rules)
+        pairs[f"ebpf+{args.rules}"] = (ra, rb, rip)
+        profiled[f"ebpf+{args.rules}_profile"] = (h3, ra, rb, rip, pin_root + "r")
+    return pairs, profiled
+
+
+def rounds(pairs, args) -> dict:
+    """Every pair once per round, every other round backwards (no pair always first or last)."""
+    got = {k: {"gbps": [], "rtt_us": [], "rr_us": []} for k in pairs}
+    for i in range(args.repeats):
+        for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
+            if not args.no_throughput:
+                got[name]["gbps"].append(iperf(c, s, ip, args.secs))
+            got[name]["rtt_us"].append(rtt(c, ip))
+            got[name]["rr_us"].append(rr(c, s, ip, min(args.secs, 3)))
+    return got
+
+
+def show(got) -> None:
+    med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
+    base = {k: med(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
+    for name, m in got.items():
+        g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
+        print(f"{name:11s} {g:6.1f} Gbit/s ({g / base['gbps']:.2f}x veth)  "
+              f"ping rtt {r:5.1f} us ({r / base['rtt_us']:.2f}x)  "
+              f"rr {q:5.1f} us ({q / base['rr_us']:.2f}x)  runs {[round(x, 1) for x in m['gbps']]}")
+
+
+def main() -> int:
+    args = arguments()
     tag = uuid.uuid4().hex[:4]
     made, pin_root = [], f"/sys/fs/bpf/secnet-bench-{tag}"
+    floor_dir = tempfile.mkdtemp(prefix="snbench-floor-")
     try:
-        va, vb, vip = veth_pair(tag, made)
-        _h1, ba, bb, bip = bridge_pair(tag + "x", 1, made)
-        h2, ea, eb, eip = bridge_pair(tag + "y", 2, made)
-        enforce(h2, 2, pin_root)
-        h4, na, nb, nip = bridge_pair(tag + "n", 4, made)
-        enforce(h4, 4, pin_root, backend="nftables")
-        pairs = {"veth": (va, vb, vip), "bridge": (ba, bb, bip), "nftables": (na, nb, nip),
-                 "ebpf": (ea, eb, eip)}
-        profiled = {"ebpf_profile": (h2, ea, eb, eip, pin_root)}
-        for i, obj in enumerate(args.object):
-            name, root = f"ebpf@{os.path.basename(obj)}", f"{pin_root}o{i}"
-            h5, oa, ob, oip = bridge_pair(f"{tag}o{i}", 5 + i, made)
-            enforce(h5, 5 + i, root, obj=obj)
-            pairs[name] = (oa, ob, oip)
-            profiled[f"{name}_profile"] = (h5, oa, ob, oip, root)
-        if args.rules:
-            h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
-            enforce(h3, 3, pin_root + "r", args.rules)
-            pairs[f"ebpf+{args.rules}"] = (ra, rb, rip)
-            profiled[f"ebpf+{args.rules}_profile"] = (h3, ra, rb, rip, pin_root + "r")
-        got = {k: {"gbps": [], "rtt_us": []} for k in pairs}
-        for i in range(args.repeats):
-            # every other round backwards: no pair always runs first or last
-            for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
-                got[name]["gbps"].append(iperf(c, s, ip, args.secs))
-                got[name]["rtt_us"].append(rtt(c, ip))
-        base = statistics.median(got["veth"]["gbps"])
-        for name, m in got.items():
-            g, r = statistics.median(m["gbps"]), statistics.median(m["rtt_us"])
-            print(f"{name:11s} {g:6.1f} Gbit/s ({g / base:.2f}x veth)  rtt {r:5.0f} us  "
-                  f"runs {[round(x, 1) for x in m['gbps']]}")
+        pairs, profiled = make_pairs(args, tag, made, pin_root, floor_dir)
+        got = rounds(pairs, args)
+        show(got)
         for what, where in profiled.items() if args.profile else ():
             got[what] = profile(*where, args.secs)
             for key, value in got[what].items():
@@ -224,6 +313,7 @@ def main() -> int:
             sh("ip", "netns", "del", name, check=False)
         sh("rm", "-rf", pin_root, pin_root + "r", *(f"{pin_root}o{i}" for i in range(len(args.object))),
            check=False)
+        shutil.rmtree(floor_dir, ignore_errors=True)
     return 0
 
 

@@ -209,9 +209,11 @@ def _dataplane(r) -> list:
     dp = d.get("configs")
     if dp:
         sz = r.get("sizes", {})
-        out += [f"iperf3 -t {sz.get('iperf_secs')} and ping -c 50 -i 0.01, {sz.get('dp_repeats')} repeats "
-                "each; median (min–max) of the repeats (RTT: each repeat's median of 50).", "",
-                "| configuration | Gbit/s | RTT µs | throughput / bridge | / veth |", "|---|---|---|---|---|"]
+        out += [f"iperf3 -t {sz.get('iperf_secs')}, ping -c 50 -i 0.01 and sockperf ping-pong --tcp (64 bytes "
+                f"back to back), {sz.get('dp_repeats')} repeats each; median (min–max) of the repeats (RTT: each "
+                "repeat's median of 50, cold; request/response: the median round trip, hot).", "",
+                "| configuration | Gbit/s | RTT µs | request/response µs | throughput / bridge | / veth |",
+                "|---|---|---|---|---|---|"]
         labels = {"veth": "bare veth pair (ceiling)", "bridge": "Docker bridge driver",
                   "veth-containers": "bare veth pair between the eBPF pair's two containers",
                   "secnet": "secnet, no rules", "secnet-policy": "secnet, policy allows the flow",
@@ -223,7 +225,7 @@ def _dataplane(r) -> list:
                   "secnet-scale"):
             if n in dp:
                 out.append(f"| {labels[n]} | {mmm(dp[n]['gbps'], 2)} | {mmm(dp[n]['rtt_ms'], 0, 1000)} | "
-                           f"{ratio(g(n), g('bridge'))} | {ratio(g(n), g('veth'))} |")
+                           f"{mmm(dp[n].get('rr_us'), 1)} | {ratio(g(n), g('bridge'))} | {ratio(g(n), g('veth'))} |")
         out.append("")
     return out
 

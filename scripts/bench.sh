@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # secnet benchmarks (`make bench`): installs what only the benchmark needs
-# (iperf3, ping, matplotlib in the venv), makes sure the plugin answers
+# (iperf3, ping, sockperf, matplotlib in the venv), makes sure the plugin answers
 # (starting it only when it does not: a running daemon is shared with others'
 # tests and is not restarted), then runs bench/run.py with the given flags
 # (e.g. --quick). Needs root, the engine and the test image (make engine image).
@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in iperf3 iputils-ping; do have_pkg "$pkg" || need+=("$pkg"); done
+for pkg in iperf3 iputils-ping sockperf; do have_pkg "$pkg" || need+=("$pkg"); done
 if [ ${#need[@]} -gt 0 ]; then
   echo "bench: installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -6,7 +6,7 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok
 # clang, llvm, libbpf-dev, bpftool: the eBPF backend's datapath (plugin/enforce/ebpf) is compiled here
 # libnetfilter-queue (with gcc and python3-dev) builds and runs NetfilterQueue, the
 # binding that reads the DNS answers secnet holds in an NFQUEUE (plugin/dns/queue.py)
-for pkg in docker.io nftables iproute2 busybox-static iptables conntrack iperf3 python3-venv curl \
+for pkg in docker.io nftables iproute2 busybox-static iptables conntrack iperf3 sockperf python3-venv curl \
            clang llvm libbpf-dev libbpf1 bpftool iputils-ping gcc python3-dev libnetfilter-queue-dev \
            libnetfilter-queue1; do
   have_pkg "$pkg" || need+=("$pkg")
