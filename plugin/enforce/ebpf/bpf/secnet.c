@@ -39,7 +39,7 @@ _Static_assert(sizeof(struct cidr_val) == 388, "cidr_val");
 _Static_assert(sizeof(struct count_key) == 32, "count_key");
 _Static_assert(sizeof(struct drop_key) == 8, "drop_key");
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key");
-_Static_assert(sizeof(struct ct_val) == 40, "ct_val");
+_Static_assert(sizeof(struct ct_val) == 48, "ct_val");
 _Static_assert(sizeof(struct drop_event) == 80, "drop_event");
 _Static_assert(sizeof(struct pub_key) == 20, "pub_key");
 _Static_assert(sizeof(struct pub_val) == 8, "pub_val");

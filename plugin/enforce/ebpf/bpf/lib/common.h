@@ -228,11 +228,8 @@ struct ct_val {
 	__u32 peer_ifindex;
 	__u8  src_mac[6];
 	__u8  peer_mac[6];
+	__u32 pad2[2];
 };
-/* 40 bytes, no padding: with the 40-byte key and the kernel's 48-byte
- * element header an LRU element is 128 bytes, so each flow's entry is
- * exactly two cache lines (48 bytes made it 136: three lines on a cold
- * lookup, the cost a ping pays on every hop). */
 
 /* published: (family, protocol, host port, host address or all zero for
  * every address) -> the member behind it: a member reaching it ("hairpin") is
