@@ -2,6 +2,7 @@
 # Start dockerd in the background unless an engine already answers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/detach.sh
 mkdir -p .run
 if docker info >/dev/null 2>&1; then exit 0; fi
 if [ -f /var/run/docker.pid ] && ! kill -0 "$(cat /var/run/docker.pid)" 2>/dev/null; then
@@ -12,7 +13,8 @@ fi
 mount --make-rshared / 2>/dev/null || true
 if ! pgrep -x -r D,R,S dockerd >/dev/null; then
   echo "starting dockerd (log: .run/dockerd.log)"
-  nohup dockerd >>.run/dockerd.log 2>&1 </dev/null &
+  # dockerd outlives this script: it must hold none of the caller's descriptors.
+  (close_inherited_fds; exec nohup dockerd >>.run/dockerd.log 2>&1 </dev/null) &
 fi
 for _ in $(seq 1 120); do
   docker info >/dev/null 2>&1 && exit 0

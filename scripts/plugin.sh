@@ -2,6 +2,7 @@
 # Run the secnet daemon as a legacy plugin in the background: start|stop|kill|status.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/detach.sh
 RUN=${SECNET_RUN_DIR:-$PWD/.run}
 PIDFILE=$RUN/plugin.pid
 LOG=$RUN/plugin.log
@@ -26,10 +27,7 @@ start() {
   # The daemon outlives its caller: it must inherit none of the caller's open
   # descriptors (the e2e lock of /work/tools/e2e.sh would stay held by it).
   (
-    for fd in /proc/$BASHPID/fd/*; do
-      fd=${fd##*/}
-      if [ "$fd" -gt 2 ]; then eval "exec $fd>&-" 2>/dev/null || true; fi
-    done
+    close_inherited_fds
     SECNET_SOCKET=$SOCK exec nohup "$PWD/.venv/bin/secnet-plugin" >>"$LOG" 2>&1 </dev/null
   ) &
   echo $! >"$PIDFILE"
