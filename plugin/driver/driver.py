@@ -265,7 +265,8 @@ class Driver:
             ep = ep.evolve(container=found.container or ep.container,
                            container_id=found.container_id or ep.container_id)
             self.reconciler.endpoint_changed(net, ep)
-            self.state.put_endpoint(ep)
+            if ep != current:   # a retried Join changes nothing: no write, no fsync
+                self.state.put_endpoint(ep)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
         if not net.internal:  # each address gets the gateway of its own subnet
@@ -318,9 +319,10 @@ class Driver:
             ep = self._endpoint(req.network_id, req.endpoint_id)
             published = self.ports.reserve(ep.id, bindings)
             try:
-                ep = ep.evolve(ports=published)
+                before, ep = ep, ep.evolve(ports=published)
                 self.reconciler.endpoint_changed(net, ep)
-                self.state.put_endpoint(ep)
+                if ep != before:   # nothing published (most runs): no write, no fsync
+                    self.state.put_endpoint(ep)
             except Exception as exc:
                 self.ports.release(ep.id)
                 if isinstance(exc, DriverError):
