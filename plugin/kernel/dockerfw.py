@@ -55,19 +55,21 @@ class DockerFirewall:
     def _restore_all(self, writes: dict) -> None:
         """``{binary: lines}``: each binary's lines in one ``BINARY-restore --noflush``, the
         binaries' processes side by side (IPv4 and IPv6 are separate tables). RuntimeError
-        naming the first that refused, after every process has ended."""
-        procs = []
-        for binary, lines in writes.items():
-            if lines:
-                proc = subprocess.Popen([binary + "-restore", "--noflush", "-w", "5"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                procs.append((binary, lines, proc))
-        errors = []
-        for binary, lines, proc in procs:
-            script = "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
-            _out, err = proc.communicate(script)
-            if proc.returncode != 0:
-                errors.append(f"{binary}-restore failed: {err.strip()[:300]}")
+        naming the first that refused (OSError if one cannot start), after every process
+        that started has ended."""
+        procs, errors = [], []
+        try:
+            for binary, lines in writes.items():
+                if lines:
+                    procs.append((binary, lines, subprocess.Popen(
+                        [binary + "-restore", "--noflush", "-w", "5"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        finally:
+            for binary, lines, proc in procs:
+                script = "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+                _out, err = proc.communicate(script)
+                if proc.returncode != 0:
+                    errors.append(f"{binary}-restore failed: {err.strip()[:300]}")
         if errors:
             raise RuntimeError(errors[0])
 
