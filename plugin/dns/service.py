@@ -86,8 +86,11 @@ class DnsService:
         ``datapath``: the network's backend (its FqdnDatapath; default: unchanged).
 
         Cheap when only ports changed (a join): what was learned is touched
-        only when the network's DNS rules changed.
+        only when the network's DNS rules changed, and the targets are rebuilt
+        only when they are not already those of ``ports`` under these rules (a
+        join that brings a segment no DNS rule names changes neither).
         """
+        ports = list(ports)
         with self._lock:
             if datapath is not None:
                 self.datapaths.of[network_id] = datapath
@@ -95,7 +98,8 @@ class DnsService:
             self._nets[network_id] = (bridge, policy)
             if old is None or network_id not in self._ifindex:
                 self._ifindex[network_id] = self._bridge_index(bridge)
-            self._rebuild_targets(network_id, policy, ports)
+            if old is None or old.fqdns != policy.fqdns or not self._targets_of(network_id, ports):
+                self._rebuild_targets(network_id, policy, ports)
             if old is None:
                 self._restore(network_id, policy)
             elif old.fqdns != policy.fqdns:
@@ -155,6 +159,18 @@ class DnsService:
         if wanted != have:
             self.marks.change(wanted - have, have - wanted)
             self._marked[network_id] = wanted
+
+    def _targets_of(self, network_id: str, ports: list) -> bool:
+        """True when the targets of ``network_id`` are exactly ``ports``' addresses, each
+        with its port's identity (then, with the same DNS rules, a rebuild changes nothing)."""
+        count = 0
+        for port in ports:
+            for address in port.addresses:
+                target = self._targets.get(address)
+                if target is None or target.network_id != network_id or target.identity != port.identity:
+                    return False
+                count += 1
+        return count == len(self._addrs.get(network_id, ())) and network_id in self._entries
 
     def _rebuild_targets(self, network_id: str, policy, ports: Iterable) -> None:
         by_identity: dict = {}

@@ -138,12 +138,32 @@ class Driver:
         return {}
 
     def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True) -> None:
+        """Bridge, then the forward rules outside secnet's tables and (``policy``) the
+        network's tables side by side: neither lets anything through without the other
+        (Docker's FORWARD drops the bridge's traffic until the DOCKER-USER rules accept
+        it, and those accept only what secnet's tables marked), so their order does not
+        matter, and the iptables processes' time is spent while nft runs."""
         self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
         if rec.ipv6 and self.links.ensure_ipv6_forwarding():
             log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
-        self.firewall.ensure(rec.bridge, rec.id)
-        if policy:
+        if not policy:
+            self.firewall.ensure(rec.bridge, rec.id)
+            return
+        failed: list = []
+
+        def forward_rules():
+            try:
+                self.firewall.ensure(rec.bridge, rec.id)
+            except Exception as exc:   # raised below, on the verb's thread
+                failed.append(exc)
+        worker = threading.Thread(target=forward_rules, name="secnet-forward-ensure")
+        worker.start()   # in this thread's network namespace, like a child process
+        try:
             self.reconciler.network_added(rec, endpoints)
+        finally:
+            worker.join()
+        if failed:
+            raise failed[0]
 
     def _unrealize_network(self, rec: NetworkRecord) -> None:
         for step in (lambda: self.reconciler.network_removed(rec),
@@ -265,7 +285,8 @@ class Driver:
             ep = ep.evolve(container=found.container or ep.container,
                            container_id=found.container_id or ep.container_id)
             self.reconciler.endpoint_changed(net, ep)
-            self.state.put_endpoint(ep)
+            if ep != current:   # a retried Join changes nothing: no write, no fsync
+                self.state.put_endpoint(ep)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
         if not net.internal:  # each address gets the gateway of its own subnet
@@ -318,9 +339,10 @@ class Driver:
             ep = self._endpoint(req.network_id, req.endpoint_id)
             published = self.ports.reserve(ep.id, bindings)
             try:
-                ep = ep.evolve(ports=published)
+                before, ep = ep, ep.evolve(ports=published)
                 self.reconciler.endpoint_changed(net, ep)
-                self.state.put_endpoint(ep)
+                if ep != before:   # nothing published (most runs): no write, no fsync
+                    self.state.put_endpoint(ep)
             except Exception as exc:
                 self.ports.release(ep.id)
                 if isinstance(exc, DriverError):

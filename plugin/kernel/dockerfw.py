@@ -23,6 +23,8 @@ import threading
 
 from plugin.enforce.nftables.runner import PASSED_MARK  # set by secnet's nft chain "pass"
 
+from . import iptpeek
+
 log = logging.getLogger(__name__)
 CHAIN = "DOCKER-USER"
 COMMENT_PREFIX = "secnet:"
@@ -48,11 +50,28 @@ class DockerFirewall:
     def _restore(self, binary: str, lines: list) -> None:
         """Apply ``lines`` (iptables commands without the binary) to the filter table in one
         ``iptables-restore --noflush``: one process, one transaction (RuntimeError if refused)."""
-        script = "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
-        res = subprocess.run([binary + "-restore", "--noflush", "-w", "5"], input=script,
-                             capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            raise RuntimeError(f"{binary}-restore failed: {res.stderr.strip()[:300]}")
+        self._restore_all({binary: lines})
+
+    def _restore_all(self, writes: dict) -> None:
+        """``{binary: lines}``: each binary's lines in one ``BINARY-restore --noflush``, the
+        binaries' processes side by side (IPv4 and IPv6 are separate tables). RuntimeError
+        naming the first that refused (OSError if one cannot start), after every process
+        that started has ended."""
+        procs, errors = [], []
+        try:
+            for binary, lines in writes.items():
+                if lines:
+                    procs.append((binary, lines, subprocess.Popen(
+                        [binary + "-restore", "--noflush", "-w", "5"], stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+        finally:
+            for binary, lines, proc in procs:
+                script = "*filter\n" + "".join(line + "\n" for line in lines) + "COMMIT\n"
+                _out, err = proc.communicate(script)
+                if proc.returncode != 0:
+                    errors.append(f"{binary}-restore failed: {err.strip()[:300]}")
+        if errors:
+            raise RuntimeError(errors[0])
 
     def _filter_table(self, binary: str):
         """The filter table as ``-S`` prints it, each line split into words (None if unreadable)."""
@@ -70,42 +89,84 @@ class DockerFirewall:
     def ensure(self, bridge: str, network_id: str) -> bool:
         """Put the bridge's rules in place; True when some had to be (re)written.
 
-        Per binary: one read of the filter table, and one ``iptables-restore``
-        only when something is missing (a new network: two processes, not ~15).
+        Per binary: when netlink shows a new network's case (iptables-nft, the
+        chain and FORWARD's jump in place, no rule of this network:
+        :func:`iptpeek.insert_only`), the four inserts without reading the table;
+        else one ``-S`` read of the filter table. Then one ``iptables-restore`` per
+        binary that misses something, IPv4 and IPv6 side by side.
         """
-        changed = False
+        changed, writes = False, {}
+        with self._lock:
+            for binary in self.binaries:
+                if iptpeek.insert_only(binary, CHAIN, COMMENT_PREFIX + network_id):
+                    writes[binary] = self._insert_lines(bridge, network_id)
+                    changed = True
+                    continue
+                table = self._filter_table(binary)
+                if table is None:
+                    log.warning("%s: cannot read the filter table", binary)
+                    continue
+                writes[binary], rewrite = self._ensure_lines(table, bridge, network_id)
+                changed |= rewrite
+            self._restore_all(writes)
+        return changed
+
+    def ensure_all(self, bridges: dict) -> set:
+        """:meth:`ensure` for every ``{network_id: bridge}`` at once: one read of the filter
+        table and at most one restore per binary, whatever the number of networks.
+        Returns the ids of the networks whose rules had to be (re)written."""
+        changed, writes = set(), {}
         with self._lock:
             for binary in self.binaries:
                 table = self._filter_table(binary)
                 if table is None:
                     log.warning("%s: cannot read the filter table", binary)
                     continue
-                lines, rewrite = self._ensure_lines(table, bridge, network_id)
-                if lines:
-                    self._restore(binary, lines)
-                changed |= rewrite
+                lines = self._base_lines(table)
+                if any(line.startswith("-I FORWARD") for line in lines):
+                    changed.update(bridges)
+                for nid, bridge in bridges.items():
+                    more = self._network_lines(table, bridge, nid)
+                    if more[1]:
+                        changed.add(nid)
+                    lines += more[0]
+                writes[binary] = lines
+            self._restore_all(writes)
         return changed
 
     def _ensure_lines(self, table: list, bridge: str, network_id: str) -> tuple:
         """(restore lines, whether that is a rewrite) that put the bridge's rules in place:
-        the chain (Docker makes it when it starts; early is harmless), FORWARD's jump to
-        it (Docker adds it for IPv4 only unless its ip6tables support is on), rules an
-        older secnet wrote differently removed, and the four rules, in order, at the top."""
-        lines, rewrite = [], False
+        :meth:`_base_lines`, then :meth:`_network_lines`."""
+        base = self._base_lines(table)
+        lines, rewrite = self._network_lines(table, bridge, network_id)
+        return base + lines, rewrite or any(line.startswith("-I FORWARD") for line in base)
+
+    @staticmethod
+    def _base_lines(table: list) -> list:
+        """The chain (Docker makes it when it starts; early is harmless) and FORWARD's jump
+        to it (Docker adds it for IPv4 only unless its ip6tables support is on), if missing."""
+        lines = []
         if ["-N", CHAIN] not in table:
             lines.append(f":{CHAIN} - [0:0]")
         if ["-A", "FORWARD", "-j", CHAIN] not in table:
             lines.append(f"-I FORWARD 1 -j {CHAIN}")
-            rewrite = True
+        return lines
+
+    def _network_lines(self, table: list, bridge: str, network_id: str) -> tuple:
+        """(restore lines, whether that is a rewrite) for one network: rules an older secnet
+        wrote differently removed, and the four rules, in order, at the top."""
         specs, ours = self._specs(bridge, network_id), self._ours(table, network_id)
         wanted = {tuple(_generic(spec)) for spec in specs}
         stale = [args for args in ours if tuple(_generic(args)) not in wanted]
         if all(spec in ours for spec in specs):
-            doomed = stale
-        else:
-            doomed, rewrite = ours, True   # then all again, in order, at the top
-            lines += [f"-I {CHAIN} 1 {shlex.join(spec)}" for spec in reversed(specs)]
-        return [f"-D {CHAIN} {shlex.join(args)}" for args in doomed] + lines, rewrite
+            return [f"-D {CHAIN} {shlex.join(args)}" for args in stale], False
+        # then all again, in order, at the top
+        doomed = [f"-D {CHAIN} {shlex.join(args)}" for args in ours]
+        return doomed + self._insert_lines(bridge, network_id), True
+
+    def _insert_lines(self, bridge: str, network_id: str) -> list:
+        """The four rules of the bridge, inserted in order at the top of the chain."""
+        return [f"-I {CHAIN} 1 {shlex.join(spec)}" for spec in reversed(self._specs(bridge, network_id))]
 
     def remove(self, bridge: str, network_id: str) -> None:
         with self._lock:

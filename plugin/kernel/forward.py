@@ -123,18 +123,36 @@ class ForwardFilter:
         self._debouncer.trigger(event)
 
     def repair(self) -> int:
-        """Re-ensure every network's rules; returns how many had to be rewritten."""
+        """Re-ensure every network's rules; returns how many had to be rewritten.
+
+        A writer with ``ensure_all`` (DockerFirewall) reads its tables once for every
+        network; should that fail, each network is tried on its own.
+        """
         with self._lock:
-            fixed = 0
-            for nid, bridge in list(self._nets.items()):
-                try:
-                    fixed += bool(self.ensure(bridge, nid))
-                except Exception as exc:
-                    log.error("network %s: cannot restore forward rules: %s", nid[:12], exc)
+            nets, fixed = dict(self._nets), set()
+            for writer in self._writers():
+                fixed |= self._repair_with(writer, nets)
             if fixed:
                 self.repairs += 1
-                log.warning("forward filter: restored the rules of %d network(s)", fixed)
-            return fixed
+                log.warning("forward filter: restored the rules of %d network(s)", len(fixed))
+            return len(fixed)
+
+    @staticmethod
+    def _repair_with(writer, nets: dict) -> set:
+        """Ids of the networks of ``nets`` (id -> bridge) whose rules ``writer`` rewrote."""
+        if hasattr(writer, "ensure_all"):
+            try:
+                return set(writer.ensure_all(nets))
+            except Exception as exc:
+                log.warning("forward filter: repair of all networks at once failed (%s); one by one", exc)
+        fixed = set()
+        for nid, bridge in nets.items():
+            try:
+                if writer.ensure(bridge, nid):
+                    fixed.add(nid)
+            except Exception as exc:
+                log.error("network %s: cannot restore forward rules: %s", nid[:12], exc)
+        return fixed
 
     def start(self) -> "ForwardFilter":
         self._debouncer.start()

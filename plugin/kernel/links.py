@@ -157,12 +157,13 @@ class Netlink:
                 raise LinkConflict(f"bridge {bridge} is missing")
             index = self._claim(host, owner, "veth")
             if index is None:
-                self._ipr.link("add", ifname=host, kind="veth", peer={"ifname": peer})
+                # one request: the pair, its MTU, the peer's MAC, the host side on the bridge
+                self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=br,
+                               peer={"ifname": peer, "address": mac, "mtu": mtu})
                 index = self._index(host)
                 self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
-                peer_index = self._index(peer)
-                self._ipr.link("set", index=peer_index, address=mac, mtu=mtu)
-            self._ipr.link("set", index=index, master=br, mtu=mtu)
+            else:
+                self._ipr.link("set", index=index, master=br, mtu=mtu)
             # hairpin: a container may reach its own published port via the host
             self._ipr.brport("set", index=index, mode=1)
             # The host side is a bridge port, not a host interface: without IPv6

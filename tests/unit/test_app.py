@@ -229,6 +229,42 @@ def test_kernel_failure_in_create_network_rolls_back(env):
     assert env.links.links == {} and env.state.get_network(nid) is None
 
 
+@pytest.mark.parametrize("failing", ["firewall", "tables"])
+def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp_path, failing):
+    # The forward rules and the network's tables are written at the same time;
+    # a failure of either one leaves neither behind.
+    import threading
+
+    from plugin.driver.driver import NullReconciler
+
+    class Tables(NullReconciler):
+        def __init__(self):
+            self.nets, self.threads = set(), set()
+
+        def network_added(self, net, endpoints=()):
+            self.threads.add(threading.current_thread().name)
+            if failing == "tables":
+                raise OSError("nft: refused")
+            self.nets.add(net.id)
+
+        def network_removed(self, net):
+            self.nets.discard(net.id)
+
+    links, fw, tables = FakeLinks(), FakeFirewall(), Tables()
+    if failing == "firewall":
+        fw.fail["ensure"] = OSError("iptables: resource busy")
+    driver = Driver(State(str(tmp_path / "state")), links, fw, tables)
+    nid = new_id()
+    resp = create_app(driver).test_client().post("/NetworkDriver.CreateNetwork",
+                                                 data=json.dumps(create_network_body(nid)))
+    status, body = resp.status_code, json.loads(resp.get_data(as_text=True))
+    assert status == 500 and nid[:12] in body["Err"]
+    assert links.links == {} and fw.rules == set() and tables.nets == set()
+    assert driver.state.get_network(nid) is None
+    assert tables.threads == {threading.current_thread().name}   # the tables on the verb's thread
+    driver.state.close()
+
+
 def test_create_endpoint_supplies_a_mac_only_when_none_was_given(env):
     nid, e1, e2 = new_id(), new_id(), new_id()
     env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))

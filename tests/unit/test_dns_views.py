@@ -139,3 +139,28 @@ def test_status_and_metrics_report_dns_learning(env, capsys):
     assert samples["secnet_dns_learned"] == 3 and samples["secnet_dns_refused_total"] == 1
     assert samples["secnet_dns_answers_total"] == 12
     assert env.post("show", {"network": NID})[1]["dns"] == []
+
+
+def test_service_rebuilds_targets_only_when_ports_or_dns_rules_differ(monkeypatch):
+    # A join that brings a new segment sends the network's whole policy again; with
+    # the same DNS rules and the ports the service already follows, nothing is rebuilt.
+    service = DnsService(Marks())
+    ids = {"web": 257, "api": 258, "default": 256}
+    options = parse_network_options({"secnet.allow": RULE})   # names web only
+    pm = compile_policy_map(options, ids)
+    ports = [Port("e1", "snv1", "02:00:00:00:00:01", "10.224.0.2", "fd00:224::2", identity=257),
+             Port("e2", "snv2", "02:00:00:00:00:02", "10.224.0.3", identity=258)]
+    service.network("n1", "snbr", pm, ports, Datapath())
+    rebuilt = []
+    real = service._rebuild_targets
+    monkeypatch.setattr(service, "_rebuild_targets", lambda *args: (rebuilt.append(args[0]), real(*args)))
+    service.network("n1", "snbr", compile_policy_map(options, {**ids, "new": 259}), ports)
+    assert rebuilt == []
+    moved = [ports[0], Port("e2", "snv2", "02:00:00:00:00:02", "10.224.0.3", identity=257)]
+    service.network("n1", "snbr", pm, moved)                     # a port with another identity
+    assert rebuilt == ["n1"] and service.target(0, "10.224.0.3").identity == 257
+    service.network("n1", "snbr", pm, moved[:1])                 # a port fewer
+    assert rebuilt == ["n1", "n1"] and service.target(0, "10.224.0.3") is None
+    service.network("n1", "snbr", compile_policy_map(parse_network_options({}), ids), moved[:1])
+    assert len(rebuilt) == 3                                      # other DNS rules
+    service.close()

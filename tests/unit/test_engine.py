@@ -374,3 +374,28 @@ def test_docker_firewall_writes_only_what_is_missing_in_one_restore():
     assert (lines, rewrite) == ([f"-D {CHAIN} {shlex.join(stale)}"], False)
     lines, rewrite = fw._ensure_lines([["-P", "FORWARD", "DROP"]], "sn-x", nid)
     assert rewrite and lines[:2] == [f":{CHAIN} - [0:0]", f"-I FORWARD 1 -j {CHAIN}"] and len(lines) == 6
+
+
+def test_docker_firewall_restores_side_by_side_and_names_the_refusal(tmp_path, monkeypatch):
+    # Both binaries' restores run at once; a refusal names its binary, a binary that
+    # cannot start does not leave the other one waiting on its input.
+    import os
+    import stat
+
+    import pytest as _pytest
+
+    from plugin.kernel.dockerfw import DockerFirewall
+
+    for name, code in (("good-restore", 0), ("bad-restore", 1)):
+        path = tmp_path / name
+        path.write_text(f"#!/bin/sh\ncat > {tmp_path}/{name}.in\necho refused >&2\nexit {code}\n")
+        path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    fw = DockerFirewall()
+    fw._restore_all({"good": ["-I X 1 -j ACCEPT"], "nothing": []})
+    assert (tmp_path / "good-restore.in").read_text() == "*filter\n-I X 1 -j ACCEPT\nCOMMIT\n"
+    with _pytest.raises(RuntimeError, match="bad-restore failed: refused"):
+        fw._restore_all({"good": ["-N Y"], "bad": ["-N Y"]})
+    with _pytest.raises(OSError):
+        fw._restore_all({"good": ["-N Z"], "missing": ["-N Z"]})
+    assert (tmp_path / "good-restore.in").read_text() == "*filter\n-N Z\nCOMMIT\n"

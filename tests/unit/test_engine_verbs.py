@@ -122,3 +122,22 @@ def test_ipv6_only_network_of_docker_28_is_accepted(driver):
     eid = endpoint(driver, nid, address="", address6="fd00:220::2/64")
     ep = driver.state.get_endpoint(eid)
     assert ep.ipv4 is None and ep.ipv6 == "fd00:220::2/64"
+
+
+def test_verbs_that_change_nothing_write_nothing(driver, monkeypatch):
+    # `docker run` without -p: ProgramExternalConnectivity publishes nothing, and a
+    # retried Join repeats the first; neither may cost a state write (an fsync).
+    nid = network(driver)
+    eid = endpoint(driver, nid)
+    writes = []
+    put = driver.state.put_endpoints
+    monkeypatch.setattr(driver.state, "put_endpoints", lambda recs: (writes.append(list(recs)), put(recs)))
+    verb(driver, "join", nid, eid)
+    assert len(writes) == 1 and writes[0][0].joined
+    verb(driver, "program_external_connectivity", nid, eid)
+    verb(driver, "join", nid, eid)
+    assert len(writes) == 1
+    ports = {PORTMAP: [{"Proto": 6, "IP": "", "Port": 8080, "HostIP": "127.0.0.1",
+                        "HostPort": 0, "HostPortEnd": 0}]}
+    verb(driver, "program_external_connectivity", nid, eid, ports)
+    assert len(writes) == 2 and len(driver.state.get_endpoint(eid).ports) == 1

@@ -1,0 +1,97 @@
+"""DockerFirewall's quick path on the real kernel, in a throwaway namespace: the
+netlink look at iptables-nft's filter table (``iptpeek``) decides when a new
+network's DOCKER-USER rules can be inserted without ``iptables -S``, and the
+rules it writes are the ones the read path writes."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from packets import netns, sh
+from plugin.kernel import iptpeek
+from plugin.kernel.dockerfw import CHAIN, DockerFirewall
+
+NET_A, NET_B = "a1" * 32, "b2" * 32
+
+
+@pytest.fixture
+def ns():
+    if not iptpeek.nft_based("iptables"):
+        pytest.skip("iptables here is not iptables-nft")
+    name = f"snfw-{uuid.uuid4().hex[:8]}"
+    sh("ip", "netns", "add", name)
+    try:
+        yield name
+    finally:
+        sh("ip", "netns", "del", name, check=False)
+
+
+def run(ns: str, *argv: str) -> str:
+    return sh("ip", "netns", "exec", ns, *argv).stdout
+
+
+class Counting(DockerFirewall):
+    """A DockerFirewall that counts its ``-S`` reads of the filter table."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def _filter_table(self, binary):
+        self.reads += 1
+        return super()._filter_table(binary)
+
+
+def peek(ns: str, tag: str, binary: str = "iptables") -> bool:
+    with netns(ns):
+        return iptpeek.insert_only(binary, CHAIN, tag)
+
+
+def test_insert_only_needs_the_chain_the_jump_and_no_rule_of_the_network(ns):
+    assert not peek(ns, "secnet:" + NET_A)          # no filter table at all
+    run(ns, "iptables", "-N", CHAIN)
+    assert not peek(ns, "secnet:" + NET_A)          # FORWARD does not jump to it
+    run(ns, "iptables", "-A", "FORWARD", "-g", CHAIN)
+    assert not peek(ns, "secnet:" + NET_A)          # a goto is not the jump
+    run(ns, "iptables", "-A", "FORWARD", "-j", CHAIN)
+    assert peek(ns, "secnet:" + NET_A)
+    run(ns, "iptables", "-A", CHAIN, "-o", "sn-x", "-m", "comment", "--comment", "secnet:" + NET_A, "-j", "DROP")
+    assert not peek(ns, "secnet:" + NET_A)          # the network has a rule already: read the table
+    assert peek(ns, "secnet:" + NET_B)
+    assert not peek(ns, "secnet:" + NET_B, "ip6tables")   # IPv6: no table yet
+
+
+def test_a_new_network_is_written_without_reading_the_table_and_like_the_read_path(ns, monkeypatch):
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+    fw = Counting()
+    with netns(ns):
+        assert fw.ensure("sn-a", NET_A)
+    assert fw.reads == 0
+    quick = {b: run(ns, b, "-S", CHAIN) for b in ("iptables", "ip6tables")}
+    assert quick["iptables"].count("secnet:" + NET_A) == 4
+    with netns(ns):
+        fw.remove("sn-a", NET_A)
+        assert run(ns, "iptables", "-S", CHAIN).count("secnet:") == 0
+        monkeypatch.setattr(iptpeek, "insert_only", lambda *args: False)
+        assert fw.ensure("sn-a", NET_A)
+        assert fw.reads == 2 + 2                     # remove's reads, then the read path's
+        assert not fw.ensure("sn-a", NET_A)          # complete: nothing rewritten
+    assert {b: run(ns, b, "-S", CHAIN) for b in ("iptables", "ip6tables")} == quick
+
+
+def test_ensure_all_repairs_every_network_with_one_read_per_binary(ns):
+    fw = Counting()
+    with netns(ns):
+        fw.ensure("sn-a", NET_A)   # no chain yet: the read path makes it and the jump
+        fw.ensure("sn-b", NET_B)
+        whole = {b: run(ns, b, "-S") for b in ("iptables", "ip6tables")}
+        run(ns, "iptables", "-F", CHAIN)
+        run(ns, "ip6tables", "-D", "FORWARD", "-j", CHAIN)
+        fw.reads = 0
+        assert fw.ensure_all({NET_A: "sn-a", NET_B: "sn-b"}) == {NET_A, NET_B}
+        assert fw.reads == 2
+        assert fw.ensure_all({NET_A: "sn-a", NET_B: "sn-b"}) == set()
+    assert {b: run(ns, b, "-S") for b in ("iptables", "ip6tables")} == whole
