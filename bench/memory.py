@@ -55,14 +55,17 @@ class Private:
     """This tree's daemon in a network namespace of its own; :meth:`stop` removes it all."""
 
     def __init__(self):
-        self.netns = f"snbench-mem-{uuid.uuid4().hex[:6]}"
+        self.netns = f"snmem-{uuid.uuid4().hex[:6]}"  # not snbench*: a bench run of others removes those
         self.dir = tempfile.mkdtemp(prefix="snbench-mem-")
         self.socket = f"{self.dir}/secnet.sock"
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
         env = dict(os.environ, SECNET_SOCKET=self.socket, SECNET_STATE_DIR=f"{self.dir}/state",
                    DOCKER_HOST=f"unix://{self.dir}/no-docker.sock", SECNET_LOG_LEVEL="warning")
         self.log = open(f"{self.dir}/plugin.log", "w")
-        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, f"{ROOT}/.venv/bin/secnet-plugin"],
+        # the entry point's main, not the ``secnet-plugin`` script: the e2e runs of others
+        # stop every process named like that (pkill -f bin/secnet-plugin)
+        main = "import sys; from plugin.daemon.server import main; sys.exit(main())"
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, f"{ROOT}/.venv/bin/python", "-c", main],
                                      env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.plugin = Plugin(self.socket, timeout=600)
         self.plugin.post("/Plugin.Activate", {}, patience=60)
