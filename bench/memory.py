@@ -64,9 +64,10 @@ class Private:
         self.log = open(f"{self.dir}/plugin.log", "w")
         # the entry point's main, not the ``secnet-plugin`` script: the e2e runs of others
         # stop every process named like that (pkill -f bin/secnet-plugin)
+        # (its cwd is the scratch directory: ``plugin`` comes from PYTHONPATH or the venv)
         main = "import sys; from plugin.daemon.server import main; sys.exit(main())"
         self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, f"{ROOT}/.venv/bin/python", "-c", main],
-                                     env=env, stdout=self.log, stderr=subprocess.STDOUT)
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
         self.plugin = Plugin(self.socket, timeout=600)
         self.plugin.post("/Plugin.Activate", {}, patience=60)
 
