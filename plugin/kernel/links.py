@@ -105,11 +105,11 @@ class Netlink:
 
         pyroute2 0.9 puts every datagram whose sequence number no request
         waits for into the socket's root queue, which only ``IPRoute.get()``
-        would read: the kernel's ACK that follows the answer to each request
-        (the request is done at the answer) and the rtnetlink events of the
-        groups it joins. The daemon never reads them, so the queue grew by one
-        message per call (1,000 endpoints: ~11 MiB, each message a page of its
-        own). Runs on the netlink thread, whose queue it is.
+        would read: above all the kernel's ACK that follows the answer to each
+        request (the request is done at the answer; the socket joins no event
+        group). The daemon never reads them, so the queue grew by one message
+        per call (1,000 endpoints: ~11 MiB, each message a page of its own).
+        Runs on the netlink thread, whose queue it is.
         """
         queue = getattr(getattr(getattr(self._ipr, "asyncore", None), "local", None), "msg_queue", None)
         root = getattr(queue, "root", None)

@@ -232,7 +232,7 @@ def test_a_closed_netlink_says_so(netns):
 
 
 def test_messages_no_request_claimed_are_not_kept(nl, netns, owner):
-    """The kernel's ACK after each answer (and rtnetlink events) land in pyroute2's
+    """The kernel's ACK after each answer lands in pyroute2's
     root queue, which nothing reads: Netlink drops them after every call, so 300
     calls leave the queue empty (it kept one message per call)."""
     nl.ensure_bridge("br-t", owner, 1500, [GW4])
