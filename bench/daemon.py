@@ -86,17 +86,33 @@ def _holds_socket(pid: int) -> bool:
     return False
 
 
-def rss_kib(pids: list) -> Optional[int]:
+def _sum_field(pids: list, name: str, key: str) -> Optional[int]:
+    """Sum over ``pids`` of the ``key`` line (kB) of /proc/<pid>/``name``; None if one is gone."""
     total = 0
     for pid in pids:
         try:
-            with open(f"/proc/{pid}/status") as f:
+            with open(f"/proc/{pid}/{name}") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith(key):
                         total += int(line.split()[1])
+                        break
         except OSError:
             return None
     return total
+
+
+def rss_kib(pids: list) -> Optional[int]:
+    """VmRSS summed over ``pids``, KiB: the pages both processes map (libpython,
+    the .so's, what the worker still shares with the master after the fork)
+    count once per process."""
+    return _sum_field(pids, "status", "VmRSS:")
+
+
+def pss_kib(pids: list) -> Optional[int]:
+    """Pss (proportional set size, /proc/<pid>/smaps_rollup) summed over ``pids``,
+    KiB: a page shared by k processes counts 1/k in each, so the sum counts
+    every page of the daemon once. Always <= :func:`rss_kib` of the same pids."""
+    return _sum_field(pids, "smaps_rollup", "Pss:")
 
 
 def cpu_seconds(pids: list) -> Optional[float]:
@@ -113,18 +129,24 @@ def cpu_seconds(pids: list) -> Optional[float]:
 
 
 def daemon_rss_sample(samples: int = 5, gap: float = 0.2) -> dict:
-    values, pids = [], daemon_pids()
+    """RSS of the daemon (VmRSS summed over its processes), MiB: stats of
+    ``samples`` readings ``gap`` s apart, plus ``pids`` and, under ``pss_mib``,
+    the stats of the Pss sum read at the same moments (see :func:`pss_kib`)."""
+    values, pss, pids = [], [], daemon_pids()
     give_up = now() + 60
     while len(pids) < 2 and now() < give_up:  # being restarted by someone: wait for it
         time.sleep(0.5)
         pids = daemon_pids()
     for _ in range(samples):
-        v = rss_kib(pids)
+        v, p = rss_kib(pids), pss_kib(pids)
         if v is not None:
             values.append(v / 1024.0)
+        if p is not None:
+            pss.append(p / 1024.0)
         time.sleep(gap)
     out = stats(values)
     out["pids"] = pids
+    out["pss_mib"] = stats(pss)
     return out
 
 

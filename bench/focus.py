@@ -8,7 +8,7 @@ times, as the CLI (one new process each): ``secnet status`` (the CLI's floor),
 that differ in every port), one rule ``add``/``remove`` with 10,000 in force (7
 each), joins into a known and a new segment at 10,000 rules, daemon RSS at
 each step and idle CPU; then removes everything. Prints one JSON object
-(medians, ms and MiB). For comparing commits quickly; ``make bench`` stays the
+(medians, ms and MiB; daemon memory as the RSS sum and, next to it, the Pss sum). For comparing commits quickly; ``make bench`` stays the
 reference.
 """
 from __future__ import annotations
@@ -25,6 +25,13 @@ def _median(values) -> float:
     return stats(values)["median"]
 
 
+def _memory(out: dict, when: str, sample: dict) -> None:
+    """``rss_<when>_mib`` (VmRSS summed over the daemon's processes) and, next to
+    it, ``pss_<when>_mib`` (Pss summed: shared pages counted once), medians."""
+    out[f"rss_{when}_mib"] = sample["median"]
+    out[f"pss_{when}_mib"] = sample["pss_mib"]["median"]
+
+
 def run(endpoints: int, idle: int) -> dict:
     sizes = Sizes(quick=False, cp_runs=0, enforce_runs=0, iperf_secs=1, dp_repeats=1, sweep_repeats=1,
                   endpoints=endpoints, join_marks=(1, 100, 500, endpoints), rss_marks=(0, 500, endpoints),
@@ -33,11 +40,12 @@ def run(endpoints: int, idle: int) -> dict:
     sc = scale.Scale(sizes, cleanup)
     common.remove_leftovers()
     try:
-        out["rss_start_mib"] = daemon.daemon_rss_sample()["median"]
+        _memory(out, "start", daemon.daemon_rss_sample())
         sc.setup()
         sc.grow()
         out["join_ms_at"] = {k: v["median"] for k, v in sc.result["joins"]["marks"].items()}
         out["rss_mib_at"] = {k: v["median"] for k, v in sc.result["rss_mib"].items()}
+        out["pss_mib_at"] = {k: v["pss_mib"]["median"] for k, v in sc.result["rss_mib"].items()}
         out["status_ms"] = _median(sc._cli_times(("status",), 7))
         out["policy_get_ms"] = _median(sc._cli_times(("policy", scale.NET), 5))
         sets = [sc.policy_set(scale.sweep_rules(10000, rep % 2) + scale.FLOW_RULES) for rep in range(7)]
@@ -50,16 +58,16 @@ def run(endpoints: int, idle: int) -> dict:
         at_max = sc.result["joins_at_max_rules"]
         out["join_known_segment_10k_ms"] = at_max["existing_segment"]["join_ms"]["median"]
         out["join_new_segment_10k_ms"] = at_max["new_segment"]["join_ms"]["median"]
-        out["rss_at_scale_mib"] = daemon.daemon_rss_sample()["median"]
+        _memory(out, "at_scale", daemon.daemon_rss_sample())
         out["idle_cpu_percent"] = daemon.idle_cpu(idle)["percent_of_one_core"]
         sc.remove_endpoints()
-        out["rss_after_endpoints_removed_mib"] = sc.result["rss_after_removal_mib"]["median"]
+        _memory(out, "after_endpoints_removed", sc.result["rss_after_removal_mib"])
     finally:
         cleanup.run()
         sc.plugin.close()
         common.remove_leftovers()
     time.sleep(3)
-    out["rss_after_network_removed_mib"] = daemon.daemon_rss_sample()["median"]
+    _memory(out, "after_network_removed", daemon.daemon_rss_sample())
     return out
 
 

@@ -257,12 +257,12 @@ def _scale(r) -> list:
         out += [f"Leave + DeleteEndpoint of all {lv['count']:,}: {mmm(lv['total_ms'])} ms each.", ""]
     rss = sc.get("rss_mib")
     if rss:
-        out += ["| endpoints | daemon RSS, MiB |", "|---|---|"]
-        out += [f"| {int(k):,} | {mmm(rss[k])} |" for k in sorted(rss, key=int)]
+        out += ["| endpoints | daemon RSS (VmRSS sum), MiB | daemon Pss (Pss sum), MiB |", "|---|---|---|"]
+        out += [f"| {int(k):,} | {mmm(rss[k])} | {mmm(rss[k].get('pss_mib'))} |" for k in sorted(rss, key=int)]
         after = get(sc, "rss_after_removal_mib")
         if after:
             same = after.get("pids") == rss[max(rss, key=int)].get("pids")
-            out.append(f"| 0 again (after removing them) | {mmm(after)}"
+            out.append(f"| 0 again (after removing them) | {mmm(after)} | {mmm(after.get('pss_mib'))}"
                        + ("" if same else " — not comparable: someone restarted the daemon meanwhile, so "
                           "this is a fresh process that restored the endpoints from state") + " |")
         out.append("")
@@ -332,7 +332,7 @@ def _idle(r) -> list:
         out.append(f"- {label}: **{num(d.get('percent_of_one_core'), 2)} % of one core** over "
                    f"{num(d.get('covered_seconds'), 0)} s ({num(d.get('cpu_seconds'), 2)} s of CPU; per "
                    f"{d.get('slice_seconds')} s slice {mmm(d.get('per_slice_percent'), 2)} %); "
-                   f"RSS {mmm(d.get('rss_mib'))} MiB"
+                   f"RSS {mmm(d.get('rss_mib'))} MiB (Pss {mmm((d.get('rss_mib') or {}).get('pss_mib'))} MiB)"
                    + (f"; {d['daemon_restarts_seen']} restarts by others skipped" if d.get("daemon_restarts_seen") else ""))
     out += ["", "utime+stime from /proc/<pid>/stat of the secnet-plugin processes (gunicorn master and "
             "worker), read each second. \"Idle\" means this benchmark sent nothing; others' tests may "

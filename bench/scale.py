@@ -21,7 +21,8 @@ snbench-scale set`` with N rules ``s<i>->s<j>:tcp/<port>`` over the 100
 segments (plus the two rules of the measured flow), run as the CLI (a new
 Python process each time, like a user), alternating two rule sets that
 differ in every port so that each call is a real change. Daemon RSS is the
-sum of VmRSS of the secnet-plugin processes. At the end every endpoint gets
+sum of VmRSS of the secnet-plugin processes (next to it, under ``pss_mib``,
+the sum of their Pss, which counts pages they share once). At the end every endpoint gets
 Leave + DeleteEndpoint, the containers are removed and the network too.
 """
 from __future__ import annotations

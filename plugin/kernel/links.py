@@ -9,12 +9,14 @@ repairs it, a ``remove_*`` of a missing object succeeds.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import ipaddress
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional
 
-from pyroute2 import IPRoute
+from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 ALIAS_PREFIX = "secnet:"
@@ -61,16 +63,73 @@ def _write_sysctl(path: str, value: str) -> None:
         pass
 
 
+def _on_netlink_thread(method):
+    """``method`` run on the object's one netlink thread, its result or exception
+    returned to the caller (directly when already on that thread)."""
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        if threading.get_ident() == self._thread_id:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._drop_unclaimed()
+        pool = self._pool
+        if pool is None:
+            raise OSError(errno.EBADF, "the netlink socket is closed")
+        return pool.submit(call, self, *args, **kwargs).result()
+    return call
+
+
 class Netlink:
-    """Thin, serialized wrapper of one rtnetlink socket."""
+    """Thin wrapper of one rtnetlink socket, every call made on one thread.
+
+    pyroute2 0.9 gives each thread that calls an ``IPRoute`` a netlink socket,
+    an asyncio event loop and a message queue of its own, kept until the
+    ``IPRoute`` is closed (~67 KiB each). The daemon calls from its request,
+    reconcile and watcher threads, so every call runs on the one thread
+    ``secnet-netlink``, which also serializes them. The constructor starts it,
+    so it works in the constructing thread's network namespace.
+    """
 
     def __init__(self):
-        self._ipr = IPRoute()
-        self._lock = threading.RLock()
+        self._thread_id: Optional[int] = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="secnet-netlink")
+        self._ipr = self._pool.submit(self._open).result()
+
+    def _open(self) -> IPRoute:
+        self._thread_id = threading.get_ident()
+        return IPRoute()
+
+    def _drop_unclaimed(self) -> None:
+        """Drop the messages no request of ours claimed.
+
+        pyroute2 0.9 puts every datagram whose sequence number no request
+        waits for into the socket's root queue, which only ``IPRoute.get()``
+        would read: above all the kernel's ACK that follows the answer to each
+        request (the request is done at the answer; the socket joins no event
+        group). The daemon never reads them, so the queue grew by one message
+        per call (1,000 endpoints: ~11 MiB, each message a page of its own).
+        Runs on the netlink thread, whose queue it is.
+        """
+        queue = getattr(getattr(getattr(self._ipr, "asyncore", None), "local", None), "msg_queue", None)
+        root = getattr(queue, "root", None)
+        while root is not None and not root.empty():
+            root.get_nowait()
+            root.task_done()
 
     def close(self) -> None:
-        with self._lock:
-            self._ipr.close()
+        """Close the socket and end the thread (idempotent)."""
+        if self._pool is None:
+            return
+        pool, self._pool = self._pool, None
+        on_thread = threading.get_ident() == self._thread_id
+        try:
+            if on_thread:
+                self._ipr.close()
+            else:
+                pool.submit(self._ipr.close).result()
+        finally:
+            pool.shutdown(wait=not on_thread)
 
     def _index(self, name: str) -> Optional[int]:
         found = self._ipr.link_lookup(ifname=name)
@@ -98,21 +157,21 @@ class Netlink:
             raise LinkConflict(f"interface {name} already exists and is not this network's")
         return index
 
+    @_on_netlink_thread
     def ensure_bridge(self, name: str, owner: str, mtu: int, addresses: Iterable[str]) -> None:
         """Bridge ``name`` exists, up, with ``mtu``, a stable MAC and the gateway addresses."""
-        with self._lock:
-            index = self._claim(name, owner, "bridge")
-            if index is None:
-                self._ipr.link("add", ifname=name, kind="bridge")
-                index = self._index(name)
-                self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
-            self._ipr.link("set", index=index, mtu=mtu, address=derived_mac(owner))
-            have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in self._ipr.get_addr(index=index)}
-            for cidr in addresses:
-                iface = ipaddress.ip_interface(cidr)
-                if (str(iface.ip), iface.network.prefixlen) not in have:
-                    self._add_addr(index, iface)
-            self._ipr.link("set", index=index, state="up")
+        index = self._claim(name, owner, "bridge")
+        if index is None:
+            self._ipr.link("add", ifname=name, kind="bridge")
+            index = self._index(name)
+            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+        self._ipr.link("set", index=index, mtu=mtu, address=derived_mac(owner))
+        have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in self._ipr.get_addr(index=index)}
+        for cidr in addresses:
+            iface = ipaddress.ip_interface(cidr)
+            if (str(iface.ip), iface.network.prefixlen) not in have:
+                self._add_addr(index, iface)
+        self._ipr.link("set", index=index, state="up")
         # 127.0.0.1:PORT of a published port is DNAT'd out of this bridge
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
 
@@ -145,67 +204,67 @@ class Netlink:
             changed = True
         return changed
 
+    @_on_netlink_thread
     def ensure_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> None:
         """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``.
 
         The peer may already have been moved into a container's namespace by
         Docker (after Join); then only the host side is repaired.
         """
-        with self._lock:
-            br = self._index(bridge)
-            if br is None:
-                raise LinkConflict(f"bridge {bridge} is missing")
-            index = self._claim(host, owner, "veth")
-            if index is None:
-                # one request: the pair, its MTU, the peer's MAC, the host side on the bridge
-                self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=br,
-                               peer={"ifname": peer, "address": mac, "mtu": mtu})
-                index = self._index(host)
-                self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
-            else:
-                self._ipr.link("set", index=index, master=br, mtu=mtu)
-            # hairpin: a container may reach its own published port via the host
-            self._ipr.brport("set", index=index, mode=1)
-            # The host side is a bridge port, not a host interface: without IPv6
-            # on it, it sends no DAD/MLD/RS of its own straight to the container
-            # (frames that would bypass the bridge hooks: "nothing in" for
-            # pending and quarantined containers holds).
-            _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
-            self._ipr.link("set", index=index, state="up")
+        br = self._index(bridge)
+        if br is None:
+            raise LinkConflict(f"bridge {bridge} is missing")
+        index = self._claim(host, owner, "veth")
+        if index is None:
+            # one request: the pair, its MTU, the peer's MAC, the host side on the bridge
+            self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=br,
+                           peer={"ifname": peer, "address": mac, "mtu": mtu})
+            index = self._index(host)
+            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+        else:
+            self._ipr.link("set", index=index, master=br, mtu=mtu)
+        # hairpin: a container may reach its own published port via the host
+        self._ipr.brport("set", index=index, mode=1)
+        # The host side is a bridge port, not a host interface: without IPv6
+        # on it, it sends no DAD/MLD/RS of its own straight to the container
+        # (frames that would bypass the bridge hooks: "nothing in" for
+        # pending and quarantined containers holds).
+        _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
+        self._ipr.link("set", index=index, state="up")
 
+    @_on_netlink_thread
     def remove_link(self, name: str, owner: Optional[str] = None) -> bool:
         """Delete link ``name`` (only if owned by ``owner`` when given). True if removed."""
-        with self._lock:
-            index = self._index(name)
-            if index is None:
-                return False
-            alias = self._alias(index) or ""
-            unnamed_ours = not alias and (owner == "" or name in _derived_names(owner or ""))
-            if owner is not None and alias != ALIAS_PREFIX + owner and not unnamed_ours:
-                return False
-            try:
-                self._ipr.link("del", index=index)
-            except NetlinkError as exc:
-                if exc.code != errno.ENODEV:
-                    raise
-            return True
+        index = self._index(name)
+        if index is None:
+            return False
+        alias = self._alias(index) or ""
+        unnamed_ours = not alias and (owner == "" or name in _derived_names(owner or ""))
+        if owner is not None and alias != ALIAS_PREFIX + owner and not unnamed_ours:
+            return False
+        try:
+            self._ipr.link("del", index=index)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+        return True
 
+    @_on_netlink_thread
     def link_exists(self, name: str) -> bool:
-        with self._lock:
-            return self._index(name) is not None
+        return self._index(name) is not None
 
+    @_on_netlink_thread
     def owned_links(self) -> list:
         """(name, kind, owner-id) of every link carrying a secnet alias, and of
         alias-less veths named like secnet's (a crash between creating a link
         and naming its owner leaves those; their owner is "")."""
         out = []
-        with self._lock:
-            for link in self._ipr.get_links():
-                alias = link.get("ifalias") or ""
-                kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
-                name = link.get("ifname") or ""
-                if alias.startswith(ALIAS_PREFIX):
-                    out.append((name, kind, alias[len(ALIAS_PREFIX):]))
-                elif not alias and kind == "veth" and name.startswith(VETH_HOST_PREFIX):
-                    out.append((name, kind, ""))
+        for link in self._ipr.get_links():
+            alias = link.get("ifalias") or ""
+            kind = link.get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+            name = link.get("ifname") or ""
+            if alias.startswith(ALIAS_PREFIX):
+                out.append((name, kind, alias[len(ALIAS_PREFIX):]))
+            elif not alias and kind == "veth" and name.startswith(VETH_HOST_PREFIX):
+                out.append((name, kind, ""))
         return out

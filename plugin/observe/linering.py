@@ -51,7 +51,7 @@ class LineRing:
     def _freeze(self) -> None:
         seqs, keys, lines = zip(*self._hot)
         self._blocks.append(_Block(array("q", seqs), keys, array("I", map(len, lines)),
-                                   zlib.compress("\n".join(lines).encode(), 6)))
+                                   zlib.compress("\n".join(lines).encode("utf-8", "surrogatepass"), 6)))
         self._hot = []
 
     def _drop_oldest(self) -> None:
@@ -69,7 +69,7 @@ class LineRing:
 
     @staticmethod
     def _lines(block: _Block) -> list:
-        return zlib.decompress(block.data).decode().split("\n")
+        return zlib.decompress(block.data).decode("utf-8", "surrogatepass").split("\n")
 
     def rows(self, since: int = 0) -> Iterator[tuple]:
         """The rows with ``seq > since``, oldest first."""

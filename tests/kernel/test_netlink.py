@@ -1,12 +1,16 @@
 """plugin.kernel.links against the real kernel, inside a throwaway namespace."""
 from __future__ import annotations
 
+import asyncio
+import gc
 import subprocess
+import threading
 import uuid
 
 import pytest
 
-from plugin.kernel.links import ALIAS_PREFIX, LinkConflict, derived_mac
+from nsfixtures import InNamespace
+from plugin.kernel.links import ALIAS_PREFIX, LinkConflict, Netlink, derived_mac
 
 GW4, GW6 = "10.220.0.1/24", "fd00:220::1/64"
 MAC = "02:42:0a:dc:00:02"
@@ -191,3 +195,49 @@ def test_ipv6_forwarding_is_switched_on_once_in_this_namespace(nl, netns):
     assert nl.ensure_ipv6_forwarding() is True
     assert nl.ensure_ipv6_forwarding() is False
     assert forwarding("all") == forwarding("default") == "1"
+
+
+def _event_loops() -> int:
+    gc.collect()
+    return sum(isinstance(o, asyncio.AbstractEventLoop) for o in gc.get_objects())
+
+
+def test_calls_from_many_threads_share_one_socket_and_event_loop(nl, netns, owner):
+    """pyroute2 gives every calling thread a socket and event loop of its own;
+    Netlink makes every call on its one thread (in its namespace), so twenty
+    threads that come and go leave nothing behind and see the namespace's links."""
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    loops = _event_loops()
+    seen = []
+
+    def worker():
+        seen.append(nl.obj.link_exists("br-t"))
+        nl.obj.ensure_bridge("br-t", owner, 1500, [GW4])
+
+    threads = [threading.Thread(target=worker) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == [True] * 20
+    assert _event_loops() == loops
+    assert [t.name for t in threading.enumerate()].count("secnet-netlink_0") >= 1
+
+
+def test_a_closed_netlink_says_so(netns):
+    obj = InNamespace(netns.name, Netlink)
+    obj.shutdown()
+    with pytest.raises(OSError, match="closed"):
+        obj.obj.link_exists("lo")
+
+
+def test_messages_no_request_claimed_are_not_kept(nl, netns, owner):
+    """The kernel's ACK after each answer lands in pyroute2's
+    root queue, which nothing reads: Netlink drops them after every call, so 300
+    calls leave the queue empty (it kept one message per call)."""
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    for _ in range(300):
+        assert nl.link_exists("br-t")
+    netlink = nl.obj
+    waiting = netlink._pool.submit(lambda: netlink._ipr.asyncore.local.msg_queue.root.qsize()).result()
+    assert waiting == 0

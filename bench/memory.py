@@ -1,0 +1,155 @@
+"""The daemon's memory without Docker or the shared daemon (~2 minutes).
+
+Run as root: ``python -m bench.memory [--endpoints N] [--rules R] [--sets K]``.
+It starts this tree's ``secnet-plugin`` (gunicorn master + worker, as users run
+it) inside a throwaway network namespace, on a socket and state directory of
+its own: nothing on the host, in Docker or in the shared daemon is touched, so
+it needs no e2e lock. Docker is unreachable from there (``DOCKER_HOST`` names a
+missing socket): endpoints carry their segment as a driver option, as
+bench/scale.py's do. Through the plugin API and the CLI's ``/secnet/policy``
+route it makes a network (bench/scale.py's 100-rule ring), N endpoints
+(CreateEndpoint + Join) over 100 segments, K ``set``s of R rules (alternating
+two sets that differ in every port, as bench/scale.py), one rule added and
+removed, then Leave + DeleteEndpoint of every endpoint and DeleteNetwork.
+
+After each step (and 2 s of quiet: the worker gives free heap back 1 s after
+its last request) it reads, for master and worker, VmRSS and Pss
+(/proc/PID/smaps_rollup), median of 5 readings 0.2 s apart. ``rss_mib`` is the
+VmRSS sum (what bench/daemon.py reports as the daemon's RSS); ``pss_mib`` the
+Pss sum (each shared page counted once). Prints JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import uuid
+
+from .common import Plugin, stats
+from .daemon import pss_kib, rss_kib
+from .scale import FLOW_RULES, ONE_RULE, SEGMENTS, endpoint_id, ring_rules, sweep_rules
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SUBNET, GATEWAY = "10.216.0.0/20", "10.216.0.1/20"
+NET_ID = "be3e0" + uuid.uuid4().hex + uuid.uuid4().hex[:27]
+
+
+def _children(pid: int) -> list:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+class Private:
+    """This tree's daemon in a network namespace of its own; :meth:`stop` removes it all."""
+
+    def __init__(self):
+        self.netns = f"snmem-{uuid.uuid4().hex[:6]}"  # not snbench*: a bench run of others removes those
+        self.dir = tempfile.mkdtemp(prefix="snbench-mem-")
+        self.socket = f"{self.dir}/secnet.sock"
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        env = dict(os.environ, SECNET_SOCKET=self.socket, SECNET_STATE_DIR=f"{self.dir}/state",
+                   DOCKER_HOST=f"unix://{self.dir}/no-docker.sock", SECNET_LOG_LEVEL="warning")
+        self.log = open(f"{self.dir}/plugin.log", "w")
+        # the entry point's main, not the ``secnet-plugin`` script: the e2e runs of others
+        # stop every process named like that (pkill -f bin/secnet-plugin)
+        # (its cwd is the scratch directory: ``plugin`` comes from PYTHONPATH or the venv)
+        main = "import sys; from plugin.daemon.server import main; sys.exit(main())"
+        self.proc = subprocess.Popen(["ip", "netns", "exec", self.netns, f"{ROOT}/.venv/bin/python", "-c", main],
+                                     env=env, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir)
+        self.plugin = Plugin(self.socket, timeout=600)
+        self.plugin.post("/Plugin.Activate", {}, patience=60)
+
+    def pids(self) -> dict:
+        workers = _children(self.proc.pid)
+        return {"master": self.proc.pid, "worker": workers[0] if workers else None}
+
+    def sample(self, quiet: float = 2.0) -> dict:
+        time.sleep(quiet)
+        pids = self.pids()
+        rows = {k: [] for k in ("rss_mib", "pss_mib", "master_rss_mib", "worker_rss_mib")}
+        for _ in range(5):
+            both = [p for p in pids.values() if p]
+            rows["rss_mib"].append(rss_kib(both) / 1024)
+            rows["pss_mib"].append(pss_kib(both) / 1024)
+            for name in ("master", "worker"):
+                rows[f"{name}_rss_mib"].append(rss_kib([pids[name]]) / 1024 if pids[name] else None)
+            time.sleep(0.2)
+        return {k: round(stats(v)["median"], 1) for k, v in rows.items()}
+
+    def stop(self) -> None:
+        self.plugin.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        subprocess.run(["ip", "netns", "del", self.netns], check=False)
+        self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _policy(d: Private, action: str, rules: list) -> None:
+    d.plugin.post("/secnet/policy", {"network": NET_ID, "action": action, "rules": rules})
+
+
+def run(endpoints: int, rules: int, sets: int) -> dict:
+    d = Private()
+    out = {"endpoints": endpoints, "rules": rules, "sets": sets}
+    eids = [endpoint_id(i) for i in range(1, endpoints + 1)]
+    try:
+        out["start"] = d.sample()
+        d.plugin.post("/NetworkDriver.CreateNetwork", {
+            "NetworkID": NET_ID, "IPv4Data": [{"AddressSpace": "", "Pool": SUBNET, "Gateway": GATEWAY}],
+            "IPv6Data": [], "Options": {"com.docker.network.generic": {
+                "secnet.allow": ",".join(ring_rules() + FLOW_RULES)}}})
+        out["network"] = d.sample()
+        for i, eid in enumerate(eids):
+            d.plugin.post("/NetworkDriver.CreateEndpoint", {
+                "NetworkID": NET_ID, "EndpointID": eid,
+                "Interface": {"Address": f"10.216.{4 + i // 250}.{i % 250 + 1}/20", "AddressIPv6": "",
+                              "MacAddress": ""},
+                "Options": {"secnet.segment": f"s{i * SEGMENTS // endpoints % SEGMENTS}"}})
+            d.plugin.post("/NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": eid,
+                                                  "SandboxKey": "", "Options": {}})
+        out["endpoints_in"] = d.sample()
+        for rep in range(sets):
+            _policy(d, "set", sweep_rules(rules, rep % 2) + FLOW_RULES)
+        out["rules_set"] = d.sample()
+        _policy(d, "add", [ONE_RULE])
+        _policy(d, "remove", [ONE_RULE])
+        out["one_rule_edits"] = d.sample()
+        for eid in eids:
+            d.plugin.post("/NetworkDriver.Leave", {"NetworkID": NET_ID, "EndpointID": eid})
+            d.plugin.post("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET_ID, "EndpointID": eid})
+        out["endpoints_out"] = d.sample()
+        d.plugin.post("/NetworkDriver.DeleteNetwork", {"NetworkID": NET_ID})
+        out["network_out"] = d.sample()
+    finally:
+        d.stop()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--rules", type=int, default=10000)
+    parser.add_argument("--sets", type=int, default=7)
+    args = parser.parse_args()
+    print(json.dumps(run(args.endpoints, args.rules, args.sets), indent=1))
+
+
+if __name__ == "__main__":
+    main()
