@@ -72,6 +72,7 @@ _schema("bridge", "macs", ("ifname", "mac"))
 _schema("bridge", "ids4", ("ifname", "mac", "ip4"))
 _schema("bridge", "ids6", ("ifname", "mac", "ip6"))
 _schema("bridge", "na6", ("ifname", "raw"))
+_schema("bridge", "arp4", ("ifname", "ip4"))   # a port's own IPv4 (ARP requests meant for it)
 _schema("bridge", "ll6", ("ifname", "ip6"))
 _schema("bridge", "baudit", ("zero",))
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
@@ -356,6 +357,7 @@ def port_elements(port) -> dict:
     out["na6"][(name, int(ipaddress.IPv6Address(ll)))] = None
     if port.ipv4:
         out["ids4"][(name, mac, port.ipv4)] = None
+        out["arp4"][(name, port.ipv4)] = None
     if port.ipv6:
         out["ids6"][(name, mac, str(ipaddress.IPv6Address(port.ipv6)))] = None
         out["na6"][(name, int(ipaddress.IPv6Address(port.ipv6)))] = None
