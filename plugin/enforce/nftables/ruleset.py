@@ -308,7 +308,7 @@ def _inactive_port_chains() -> list:
                    "ether type arp oifname . arp daddr ip @arp4 goto inactive_judged",
                    "icmpv6 type nd-neighbor-solicit oifname . @th,64,128 @na6 goto inactive_judged",
                    f"{SETTING_KEY} @baudit accept",
-                   "drop")
+                   'counter drop comment "flooded copy"')   # no reason: not in show, log, metrics
             + _rules("inactive_judged", f"oifname @quarantined {deny('quarantined')}", deny("pending")))
 
 
