@@ -83,7 +83,7 @@ POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tu
     "fq_port", "fq_range", "fq_proto", "fq_icmp", "fq_any")
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit")
 PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
-             "na6", "ll6")
+             "na6", "ll6", "arp4")
 ON = (0,)          # the one element of a setting set that is "on"
 FULL = (0, 65535)
 
