@@ -5,21 +5,27 @@ per policy-map key (``PolicyEntry.key``, ``CidrEntry.key``, ``FqdnEntry.key``) a
 ``(src identity, dst identity)``. This module names them: the rule texts
 behind each key, and the segments (or ``(outside)``) behind each identity.
 A key that several rules share counts for each of them.
+
+The host is outside the network (the contract's "Outside is everything that
+is not a container of this network: the host itself, ..."): the backends
+keep a ``HOST`` identity of their own (the host's flows are judged apart),
+but a pair with the host is named ``(outside)`` here, as `secnet log` names
+the host's addresses.
 """
 from __future__ import annotations
 
 import collections
 
-from segmentation.identities import OUTSIDE as OUTSIDE_ID, RESERVED
+from segmentation.identities import HOST as HOST_ID, OUTSIDE as OUTSIDE_ID, RESERVED
 from segmentation.policymap import INGRESS, PolicyMap
 
 OUTSIDE = "(outside)"
 
 
 def names(policy: PolicyMap) -> dict:
-    """identity -> segment name, ``(outside)`` or the reserved name."""
+    """identity -> segment name, ``(outside)`` (the outside and the host) or the reserved name."""
     out = {i: f"({n})" for i, n in RESERVED.items()}
-    out[OUTSIDE_ID] = OUTSIDE
+    out[OUTSIDE_ID] = out[HOST_ID] = OUTSIDE
     out.update({ident: seg for seg, ident in policy.identities.items()})
     return out
 

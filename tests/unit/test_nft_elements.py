@@ -172,3 +172,17 @@ def test_owns_names_the_network_of_its_tables_only():
     assert backend.owns(_Event("bridge", "secnet_0123456789ab")) == "0123456789ab"
     assert backend.owns(_Event("ip", "filter")) is None
     assert backend.owns(_Event("", "")) is None
+
+
+def test_every_set_a_port_fills_is_a_port_set():
+    """A set that port_elements fills must be in PORT_SETS, or the backend's record of
+    what a port delta wrote misses it and drift finds the kernel's elements unexpected."""
+    from plugin.enforce.nftables.elements import PORT_SETS   # noqa: PLC0415
+    port = Port(endpoint_id="e1", name="snv1", mac="02:42:0a:00:00:02", ipv4="10.236.0.2",
+                ipv6="fd00:236::2", identity=300, segment="web",
+                published=(("tcp", "", 18080, 8080),))
+    quarantined = Port(endpoint_id="e2", name="snv2", mac="02:42:0a:00:00:03", ipv4="10.236.0.3",
+                       ipv6=None, identity=QUARANTINED, segment=None, quarantine="bad")
+    filled = set(port_elements(port)) | set(port_elements(quarantined))
+    assert filled - set(PORT_SETS) == set()
+    assert {"arp4", "pub4", "quarantined"} <= filled

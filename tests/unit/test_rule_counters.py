@@ -25,3 +25,15 @@ def test_dns_rules_count_by_key_and_from_their_segment_to_the_outside():
     allowed, _dropped, _would = per_pair(policy, counters)
     assert allowed[("web", OUTSIDE)] == [3, 180]   # once, though two rules share the key
 
+
+
+def test_the_host_is_named_outside_as_in_the_log():
+    """A pair with the host (the HOST identity) is ``(outside)``, merged with the outside's,
+    as `secnet log` names the host's addresses (finding O3)."""
+    from segmentation.identities import HOST, OUTSIDE as OUTSIDE_ID   # noqa: PLC0415
+    policy = _policy()
+    counters = Counters(dropped={(256, HOST): (2, 120), (256, OUTSIDE_ID): (1, 60)},
+                        would_drop={(HOST, 257): (4, 240)})
+    _allowed, dropped, would = per_pair(policy, counters)
+    assert dict(dropped) == {("web", OUTSIDE): [3, 180]}
+    assert dict(would) == {(OUTSIDE, "api"): [4, 240]}

@@ -82,18 +82,28 @@ class NftBackend(fqdn.FqdnMethods):
 
         Raises BackendError when nft refuses the script (the old tables stay).
         The addresses learned from DNS answers stay, each with the time it has left.
+        The first call for a network in this process (a restart) adopts intact tables
+        instead (``_adopt``): their counters go on, as the eBPF backend's maps do.
         """
         with self._lock:
-            keep = self._kept_learned(net.id)
             ports = {p.endpoint_id: p for p in ports}
-            elements = PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns)
-            real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
-            real.port_sets = ports_elements(ports.values())
-            every = {**elements.flat(), **real.settings}
-            for name, els in real.port_sets.items():
-                every[name] = els
+            if net.id not in self._nets and self._adopt(net, policy, ports):
+                return
+            keep = self._kept_learned(net.id)
+            real = _realize(net, policy, ports)
+            every = {**real.policy_elements.flat(), **real.settings, **real.port_sets}
             self._apply(ruleset.network_script(net.id, net, every, keep))
             self._nets[net.id] = real
+
+    def _adopt(self, net: NetworkSpec, policy: PolicyMap, ports: dict) -> bool:
+        """Take over ``net``'s tables as they are if no rule or element drifted; True if so."""
+        problems = self.drift(net, policy, ports.values())
+        if problems:
+            log.info("network %s: writing its tables (%s)", net.id[:12], problems[0])
+            return False
+        self._nets[net.id] = _realize(net, policy, ports)
+        log.info("network %s: adopted its intact tables (counters kept)", net.id[:12])
+        return True
 
     def _kept_learned(self, network_id: str) -> str:
         """The learned DNS addresses of the tables about to be replaced, as nft lines."""
@@ -209,7 +219,7 @@ class NftBackend(fqdn.FqdnMethods):
 
     def _element_problems(self, table: str, want: dict) -> list:
         if self.writer is None:
-            return _element_problems(want, kernel.read_elements(self.runner, table, want))
+            return kernel.element_problems(want, kernel.read_elements(self.runner, table, want))
         problems = []
         for name in sorted(want):
             have = self.writer.dump(table, name)
@@ -386,21 +396,12 @@ class NftBackend(fqdn.FqdnMethods):
         return want
 
 
-def _element_problems(want: dict, have: dict) -> list:
-    problems = []
-    for name in sorted(want):
-        w = want[name]
-        h = {e: v for e, (v, _c) in have.get(name, {}).items()}
-        if name not in have and w:
-            problems.append(f"set {name} missing")
-            continue
-        missing = [e for e in w if e not in h or h[e] != w[e]]
-        extra = [e for e in h if e not in w]
-        problems += [f"set {name}: missing element {ruleset.element_text(name, e, w[e])}"
-                     for e in missing[:3]]
-        problems += [f"set {name}: unexpected element {ruleset.element_text(name, e, h[e])}"
-                     for e in extra[:3]]
-    return problems
+def _realize(net: NetworkSpec, policy: PolicyMap, ports: dict) -> _Realized:
+    """What a whole write of ``net`` leaves in the kernel (``ports``: endpoint id -> Port)."""
+    elements = PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns)
+    real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
+    real.port_sets = ports_elements(ports.values())
+    return real
 
 
 def _rules_of(net: NetworkSpec) -> tuple:

@@ -72,6 +72,7 @@ _schema("bridge", "macs", ("ifname", "mac"))
 _schema("bridge", "ids4", ("ifname", "mac", "ip4"))
 _schema("bridge", "ids6", ("ifname", "mac", "ip6"))
 _schema("bridge", "na6", ("ifname", "raw"))
+_schema("bridge", "arp4", ("ifname", "ip4"))   # a port's own IPv4 (ARP requests meant for it)
 _schema("bridge", "ll6", ("ifname", "ip6"))
 _schema("bridge", "baudit", ("zero",))
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
@@ -82,7 +83,7 @@ POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tu
     "fq_port", "fq_range", "fq_proto", "fq_icmp", "fq_any")
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit")
 PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
-             "na6", "ll6")
+             "na6", "ll6", "arp4")
 ON = (0,)          # the one element of a setting set that is "on"
 FULL = (0, 65535)
 
@@ -356,6 +357,7 @@ def port_elements(port) -> dict:
     out["na6"][(name, int(ipaddress.IPv6Address(ll)))] = None
     if port.ipv4:
         out["ids4"][(name, mac, port.ipv4)] = None
+        out["arp4"][(name, port.ipv4)] = None
     if port.ipv6:
         out["ids6"][(name, mac, str(ipaddress.IPv6Address(port.ipv6)))] = None
         out["na6"][(name, int(ipaddress.IPv6Address(port.ipv6)))] = None

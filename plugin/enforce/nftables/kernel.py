@@ -14,6 +14,7 @@ from typing import Iterable
 
 from .drops import DYNAMIC_SETS
 from .elements import SCHEMAS
+from .ruleset import element_text
 
 _PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58, "icmpv6": 58}
 
@@ -133,6 +134,24 @@ def read_rules(runner, table: str) -> dict:
         out.update(rules_by_chain(runner.list_json("table", family, table, terse=True,
                                                    stateless=True), family))
     return out
+
+
+def element_problems(want: dict, have: dict) -> list:
+    """Lines naming the elements ``have`` (read_elements) lacks or has beyond ``want``."""
+    problems = []
+    for name in sorted(want):
+        w = want[name]
+        h = {e: v for e, (v, _c) in have.get(name, {}).items()}
+        if name not in have and w:
+            problems.append(f"set {name} missing")
+            continue
+        missing = [e for e in w if e not in h or h[e] != w[e]]
+        extra = [e for e in h if e not in w]
+        problems += [f"set {name}: missing element {element_text(name, e, w[e])}"
+                     for e in missing[:3]]
+        problems += [f"set {name}: unexpected element {element_text(name, e, h[e])}"
+                     for e in extra[:3]]
+    return problems
 
 
 def compare_rules(want: dict, have: dict, limit: int = 5) -> list:

@@ -27,6 +27,15 @@ secnet does what Docker's bridge driver does, in the network's inet table.
   host's own loopback flows are established and pass.
 * Hairpin flows (a container of the network reaching a published port) are
   masqueraded too, so that replies come back through the host.
+* Every other flow to a published port keeps its client's address, also one
+  from another Docker network on this host: that network's own rule
+  (Docker's bridge driver: ``-s SUBNET ! -o ITS_BRIDGE -j MASQUERADE`` in
+  iptables' nat POSTROUTING, priority srcnat) would otherwise masquerade it
+  to this bridge's gateway, and a CIDR-source rule naming the client's subnet
+  could never match. ``nat_keep`` runs first (srcnat - 10, before every
+  masquerade of Docker's and of other secnet networks at srcnat - 5) and
+  binds such flows to their own source (``snat to <saddr>``): the kernel
+  runs no later NAT chain for a flow whose source mapping is bound.
 * Traffic leaving the network is masqueraded (unless the network is
   internal), as on Docker's bridge.
 * Filter ``input`` (container → the host's own addresses) is egress and
@@ -52,7 +61,7 @@ def pub_maps() -> list:
 def nat_chains(bridge: str, subnets: Iterable[str], internal: bool) -> list:
     """DNAT of published ports, masquerading of hairpin and outgoing flows."""
     br = _q(bridge)
-    lines = [
+    lines = _keep_chain(br, subnets) + [
         "  chain publish {",
         "    meta l4proto { tcp, udp } meta nfproto ipv4 dnat ip to ip daddr . meta l4proto . th dport map @pub4",
         "    meta l4proto { tcp, udp } meta nfproto ipv6 dnat ip6 to ip6 daddr . meta l4proto . th dport map @pub6",
@@ -79,3 +88,20 @@ def nat_chains(bridge: str, subnets: Iterable[str], internal: bool) -> list:
             lines.append(f"    {sel} {subnet} oifname != {br} masquerade")
     lines.append("  }")
     return lines
+
+
+def _keep_chain(br: str, subnets: Iterable[str]) -> list:
+    """Published-port flows from outside the network keep their source (see above).
+
+    Excluded: the network's own subnets (hairpin) and 127.0.0.0/8 (loopback),
+    which ``nat_post`` masquerades."""
+    own4 = ", ".join(["127.0.0.0/8"] + [s for s in subnets if ":" not in s])
+    own6 = ", ".join(s for s in subnets if ":" in s)
+    not6 = f"ip6 saddr != {{ {own6} }} " if own6 else ""
+    return [
+        "  chain nat_keep {",
+        "    type nat hook postrouting priority srcnat - 10; policy accept;",
+        f"    oifname {br} ct status dnat ip saddr != {{ {own4} }} snat ip to ip saddr",
+        f"    oifname {br} ct status dnat meta nfproto ipv6 {not6}snat ip6 to ip6 saddr",
+        "  }",
+    ]

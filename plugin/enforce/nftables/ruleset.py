@@ -290,12 +290,26 @@ def render_bridge(network_id: str) -> list:
         "ether type ip6 return",
         deny("ethertype"))
     for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
-        lines += _rules(chain, "oifname != @veths accept", f"oifname @quarantined {deny('quarantined')}",
-                        f"oifname != @ports {deny('pending')}",
+        lines += _rules(chain, "oifname != @veths accept", "oifname != @ports jump inactive_port",
                         hook=f"type filter hook {hook} priority -300; policy accept;")
+    lines += _inactive_port_chains()
     lines += drop_chains("bridge", network_id, "baudit", "accept")
     lines.append("}")
     return lines
+
+
+def _inactive_port_chains() -> list:
+    """A frame leaving through a quarantined or pending port: judged (dropped, logged)
+    when it is meant for that container -- to its MAC, or an ARP request or neighbour
+    solicitation for one of its addresses; a flooded copy meant for others is dropped
+    without a log line (audit mode: passed without one)."""
+    return (_rules("inactive_port",
+                   "oifname . ether daddr @macs goto inactive_judged",
+                   "ether type arp oifname . arp daddr ip @arp4 goto inactive_judged",
+                   "icmpv6 type nd-neighbor-solicit oifname . @th,64,128 @na6 goto inactive_judged",
+                   f"{SETTING_KEY} @baudit accept",
+                   'counter drop comment "flooded copy"')   # no reason: not in show, log, metrics
+            + _rules("inactive_judged", f"oifname @quarantined {deny('quarantined')}", deny("pending")))
 
 
 # --- whole network --------------------------------------------------------------------------

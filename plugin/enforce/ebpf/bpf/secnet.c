@@ -391,6 +391,23 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
 }
 
+/* Is a frame at this container's port meant for it: sent to its MAC, or an ARP
+ * request or IPv6 neighbour solicitation for one of its addresses? The bridge
+ * floods the rest (broadcasts, multicasts, unlearned unicast) to every port. */
+static __always_inline int meant_for(struct __sk_buff *skb, struct pkt *p, struct endpoint *ep)
+{
+	__u8 target[16];
+
+	if (!(p->dmac[0] & 1))
+		return eq_mac(p->dmac, ep->mac);
+	if (p->ethertype == ETH_P_ARP_)
+		return eq4(p->daddr, ep->ipv4);
+	if (p->family != 6 || p->proto != IPPROTO_ICMPV6 || p->icmp_type != 135 ||
+	    bpf_skb_load_bytes(skb, p->l4off + 8, target, 16))
+		return 0;
+	return eq16(target, ep->ipv6) || eq16(target, ep->ll6);
+}
+
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
@@ -412,6 +429,8 @@ int to_container(struct __sk_buff *skb)
 	}
 	vd.dst = ep->identity;
 	if (!active_identity(ep->identity)) {
+		if (!meant_for(skb, p, ep))   /* a flooded copy for others: no report */
+			return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
 		vd.reason = inactive_reason(ep->identity);
 		return deny(skb, p, &vd, c.s->mode);
 	}
