@@ -139,19 +139,19 @@ class Api:
     def _change_policy(self, net, action: str, texts: list):
         try:
             rules = parse_rules(" ".join(texts))
-            policy = Policy(net.options)
+            policy, edit = Policy(net.options), None
             if action == "set":
                 policy = policy.with_rules(rules)
             elif action == "add":
-                policy = policy.add_rules(rules)
+                policy, edit = policy.add_rules(rules)
             elif action == "remove":
-                policy = policy.remove_rules(rules)
+                policy, edit = policy.remove_rules(rules)
             else:
                 raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
             options = policy.options  # validated: NetworkOptions checks itself on construction
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
-        new_net = self.driver.change_options(net.id, options)
+        new_net = self.driver.change_options(net.id, options, edit)
         log.info("policy of network %s: %d rules", net.id[:12], len(new_net.options.rules))
         return new_net
 
