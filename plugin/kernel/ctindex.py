@@ -171,12 +171,13 @@ class FlowIndex:
         self._lost = False
         self.seeds = 0
         self._events = self._dumper = self._sysctl = None
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r = self._wake_w = None   # a pipe, from start(): wakes the thread
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
     def start(self) -> "FlowIndex":
         self._events = self._opener()
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         if self._dump is None:
             self._dumper = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
             self._dumper.bind((0, 0))
@@ -198,7 +199,9 @@ class FlowIndex:
             if closable is not None:
                 closable.close()
         for fd in (self._wake_r, self._wake_w):
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
+        self._wake_r = self._wake_w = None
 
     # --- what Flows calls ---------------------------------------------------
     def entries(self, addresses: Optional[Iterable[str]] = None) -> Optional[list]:
@@ -259,7 +262,8 @@ class FlowIndex:
 
     def _wake(self) -> None:
         try:
-            os.write(self._wake_w, b"x")
+            if self._wake_w is not None:
+                os.write(self._wake_w, b"x")
         except OSError:   # full: the thread wakes anyway; closed: stopped
             pass
 
@@ -273,11 +277,14 @@ class FlowIndex:
             except OSError as exc:   # ENOBUFS: the kernel dropped messages for us
                 self._give_up(errno.errorcode.get(exc.errno, str(exc)))
                 continue
-            for kind, entry in parse(data):
-                if kind == "new":
-                    self._add(entry)
-                elif kind == "destroy":
-                    self._remove(entry.key)
+            try:
+                for kind, entry in parse(data):
+                    if kind == "new":
+                        self._add(entry)
+                    elif kind == "destroy":
+                        self._remove(entry.key)
+            except (KeyError, IndexError, ValueError, struct.error) as exc:   # not as documented
+                self._give_up(f"undecodable message: {type(exc).__name__} {exc}")
 
     def _events_on(self) -> bool:
         if self._sysctl is None:
@@ -295,7 +302,7 @@ class FlowIndex:
             self._lost = False
         try:
             found = self._dump()
-        except OSError as exc:
+        except (OSError, KeyError, IndexError, ValueError, struct.error) as exc:
             log.warning("conntrack index: dump failed: %s", exc)
             return
         with self._lock:
@@ -307,6 +314,16 @@ class FlowIndex:
             self.seeds += 1
 
     def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._loop()
+            except Exception:   # never a dead thread: start over, incomplete meanwhile
+                log.exception("conntrack index failed; seeding it again")
+                with self._lock:
+                    self._give_up("error")
+                self._stop.wait(self.reseed)
+
+    def _loop(self) -> None:
         next_seed = 0.0
         while not self._stop.is_set():
             if not self._complete and time.monotonic() >= next_seed:
