@@ -81,14 +81,23 @@ class Api:
         return network_view(self.state, self.reconciler, net)
 
     def policy(self, body):
+        """Print or edit the rules. Answers ``{"network", "count", "rules"}``; after an
+        edit with ``"list": false`` in the body, without ``rules`` (10,000 rule texts
+        are most of an edit's answer)."""
         net = self.find_network(body.get("network"))
         action = body.get("action") or "get"
         texts = body.get("rules") or []
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise BadRequest("rules must be a list of strings")
+        listed = body.get("list", True)
+        if not isinstance(listed, bool):
+            raise BadRequest("list must be true or false")
         if action != "get":
             net = self._change_policy(net, action, texts)
-        return {"network": net.id, "rules": rule_texts(net.options.rules)}
+        out = {"network": net.id, "count": len(net.options.rules)}
+        if listed or action == "get":
+            out["rules"] = rule_texts(net.options.rules)
+        return out
 
     def mode(self, body):
         net = self.find_network(body.get("network"))
