@@ -145,6 +145,7 @@ class Reconciler:
             real = self._realized.pop(net.id, None)
             if real is not None and self.flows is not None:  # endpoints Docker never deleted
                 self.flows.forget([a for p in real.ports.values() for a in p.addresses])
+            self._watch_flows()
 
     def endpoint_changed(self, net, ep) -> None:
         with self._lock:
@@ -248,8 +249,15 @@ class Reconciler:
         backend = self.backend(net)
         backend.apply_network(real.spec, real.policy, real.ports.values())
         self._realized[net.id] = real
+        self._watch_flows()
         self._tell_dns("network", net.id, real.spec.bridge, real.policy, list(real.ports.values()), backend)
         return real
+
+    def _watch_flows(self) -> None:
+        """Tell the conntrack writer the subnets of every network realized here."""
+        watch = getattr(self.flows, "watch", None)
+        if watch is not None:
+            watch({s for real in self._realized.values() for s in real.spec.subnets})
 
     def _policy_delta(self, net, real: Realized, live: set, edit=None) -> bool:
         """Recompile ``net``'s policy over the segments ``live`` (those members are

@@ -328,6 +328,12 @@ class Flows:
             log.warning("cannot list conntrack entries: %s", exc)
             return []
 
+    def watch(self, subnets: Iterable[str]) -> None:
+        """The subnets of every network whose flows are judged here (the index keeps
+        only entries naming an address in one of them)."""
+        if self.index is not None:
+            self.index.watch(subnets)
+
     def _delete(self, entries: list) -> int:
         deleted = self.kernel.delete(entries)
         if self.index is not None:   # gone either way; a DESTROY may never come for some

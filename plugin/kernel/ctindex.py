@@ -36,6 +36,7 @@ asyncio core cannot be woken from another thread to stop (see
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import os
 import select
@@ -120,6 +121,32 @@ def parse(data: bytes) -> Iterator[tuple]:
         offset += (length + 3) & ~3
 
 
+class Subnets:
+    """Which addresses the index keeps entries for: those in any of some CIDRs."""
+
+    def __init__(self, cidrs: Iterable[str]):
+        self.cidrs = frozenset(str(ipaddress.ip_network(c, strict=False)) for c in cidrs)
+        self._by_len: dict = {}   # (family, prefix length) -> set of network numbers
+        for cidr in self.cidrs:
+            net = ipaddress.ip_network(cidr)
+            bits = net.max_prefixlen - net.prefixlen
+            self._by_len.setdefault((net.version, net.max_prefixlen, bits), set()).add(int(net.network_address) >> bits)
+
+    def covers(self, address: str) -> bool:
+        family = 6 if ":" in address else 4
+        try:
+            packed = socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, address)
+        except (OSError, TypeError):
+            return False
+        number = int.from_bytes(packed, "big")
+        return any(number >> bits in found for (version, _max, bits), found in self._by_len.items()
+                   if version == family)
+
+    def within(self, other: Optional["Subnets"]) -> bool:
+        """Is every CIDR of this one among ``other``'s? (None: everything.)"""
+        return other is None or self.cidrs <= other.cidrs
+
+
 def open_event_socket() -> socket.socket:
     """A NETLINK_NETFILTER socket in both conntrack event groups (CAP_NET_ADMIN)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -161,14 +188,15 @@ class FlowIndex:
     (OSError, e.g. EPERM, is raised there) and starts the thread; ``stop()`` ends it.
     """
 
-    def __init__(self, limit: int = 1 << 18, reseed: float = 5.0, opener=open_event_socket, dumper=None):
-        self.limit, self.reseed = limit, reseed
+    def __init__(self, limit: int = 1 << 16, reseed: float = 5.0, opener=open_event_socket, dumper=None):
+        self.limit, self.reseed, self._base_reseed = limit, reseed, reseed
         self._opener, self._dump = opener, dumper   # dumper: () -> [Entry] (None: ctnetlink)
         self._lock = threading.Lock()
         self._by_key: dict = {}     # raw original tuple -> Entry
         self._by_addr: dict = {}    # address -> set of raw original tuples
         self._complete = False
         self._lost = False
+        self._subnets: Optional[Subnets] = None   # None: every address
         self.seeds = 0
         self._events = self._dumper = self._sysctl = None
         self._wake_r = self._wake_w = None   # a pipe, from start(): wakes the thread
@@ -204,11 +232,26 @@ class FlowIndex:
         self._wake_r = self._wake_w = None
 
     # --- what Flows calls ---------------------------------------------------
+    def watch(self, cidrs: Iterable[str]) -> None:
+        """Keep only the entries naming an address in ``cidrs`` (the subnets of the
+        daemon's networks). A CIDR not watched before means entries the index never
+        kept: it is seeded again (reads dump the table meanwhile)."""
+        subnets = Subnets(cidrs)
+        with self._lock:
+            wider = not subnets.within(self._subnets) and self._subnets is not None
+            self._subnets = subnets
+            if wider:
+                self._give_up("new subnets to watch")
+
     def entries(self, addresses: Optional[Iterable[str]] = None) -> Optional[list]:
         """The entries naming one of ``addresses`` in either tuple (every entry when
-        None), as of this call; None when the index is not known complete."""
+        None), as of this call; None when the index is not known complete, or does
+        not keep entries for all of those addresses (a watched subnet holds each)."""
         with self._lock:
             if not self._complete:
+                return None
+            subnets = self._subnets
+            if subnets is not None and (addresses is None or not all(map(subnets.covers, addresses))):
                 return None
             self._drain()
             if self._complete and not self._events_on():
@@ -235,10 +278,13 @@ class FlowIndex:
     # --- the index ------------------------------------------------------------
     def _add(self, entry: Entry) -> None:
         self._remove(entry.key)
+        if self._subnets is not None and not any(map(self._subnets.covers, entry.addresses)):
+            return
         self._by_key[entry.key] = entry
         for addr in entry.addresses:
             self._by_addr.setdefault(addr, set()).add(entry.key)
         if len(self._by_key) > self.limit:
+            self.reseed = min(self.reseed * 2, 300.0)   # each seed would fill it again: less often
             self._give_up(f"more than {self.limit} entries")
 
     def _remove(self, key) -> None:
@@ -312,6 +358,8 @@ class FlowIndex:
             self._drain()
             self._complete = not self._lost and self._events_on()
             self.seeds += 1
+            if self._complete:
+                self.reseed = self._base_reseed
 
     def _run(self) -> None:
         while not self._stop.is_set():

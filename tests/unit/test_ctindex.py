@@ -194,3 +194,31 @@ def test_flows_read_the_index_while_complete_and_dump_otherwise(rig):
     rig.events.queue.append(OSError(errno.ENOBUFS, "No buffer space available"))
     assert flows.forget(["10.236.0.2"]) == 1       # the index gave up: a dump answered
     assert kernel.dumps == 1 and origs(kernel.deleted[1:]) == {("10.236.0.2", "10.236.0.3", 9)}
+
+
+def test_subnets_cover_their_addresses_in_both_families():
+    subnets = ctindex.Subnets(["10.236.0.0/24", "fd00:236::/64", "10.237.0.0/16"])
+    assert subnets.covers("10.236.0.200") and subnets.covers("10.237.9.9") and subnets.covers("fd00:236::a")
+    assert not subnets.covers("10.236.1.1") and not subnets.covers("fd00:237::a")
+    assert not subnets.covers("127.0.0.1") and not subnets.covers("not an address")
+    assert ctindex.Subnets(["10.236.0.0/24"]).within(subnets) and not subnets.within(ctindex.Subnets([]))
+
+
+def test_a_watched_index_keeps_and_answers_only_its_subnets(rig):
+    idx = rig.index
+    idx.watch(["10.236.0.0/24"])                       # narrower than everything: no new seed
+    assert idx.complete
+    rig.events.queue += [message("new", "10.236.0.2", "10.9.0.3", sport=1),      # a member's: kept
+                         message("new", "10.9.0.2", "10.9.0.3", sport=2),        # nobody's: not kept
+                         message("new", "127.0.0.1", "127.0.0.1", sport=3, reply_src="10.236.0.7")]
+    assert origs(idx.entries({"10.236.0.2", "10.236.0.7"})) == {("10.236.0.2", "10.9.0.3", 1),
+                                                                 ("127.0.0.1", "127.0.0.1", 3)}
+    assert len(idx._by_key) == 2
+    assert idx.entries({"10.9.0.3"}) is None           # not a watched address: the caller dumps
+    assert idx.entries() is None                       # "every entry": not kept, the caller dumps
+    seeds = idx.seeds
+    rig.table[:] = [message("new", "10.238.0.2", "10.238.0.3", sport=4), DONE]
+    idx.watch(["10.236.0.0/24", "10.238.0.0/24"])      # wider: entries it never kept; seeded again
+    assert idx.entries({"10.236.0.2"}) is None
+    wait_for(lambda: idx.seeds > seeds and idx.complete)
+    assert origs(idx.entries({"10.238.0.2"})) == {("10.238.0.2", "10.238.0.3", 4)}
