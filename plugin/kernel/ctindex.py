@@ -127,12 +127,21 @@ class Subnets:
     def __init__(self, cidrs: Iterable[str]):
         self.cidrs = frozenset(str(ipaddress.ip_network(c, strict=False)) for c in cidrs)
         self._by_len: dict = {}   # (family, prefix length) -> set of network numbers
+        self._seen: dict = {}     # address -> covered? (the same few thousand, asked on every read)
         for cidr in self.cidrs:
             net = ipaddress.ip_network(cidr)
             bits = net.max_prefixlen - net.prefixlen
             self._by_len.setdefault((net.version, net.max_prefixlen, bits), set()).add(int(net.network_address) >> bits)
 
     def covers(self, address: str) -> bool:
+        known = self._seen.get(address)
+        if known is None:
+            if len(self._seen) > 1 << 16:
+                self._seen.clear()
+            known = self._seen[address] = self._covers(address)
+        return known
+
+    def _covers(self, address: str) -> bool:
         family = 6 if ":" in address else 4
         try:
             packed = socket.inet_pton(socket.AF_INET6 if family == 6 else socket.AF_INET, address)
