@@ -98,6 +98,12 @@ def _tuple(data: bytes, span: tuple) -> tuple:
     return Tuple(name, src, dst, ports[0], ports[1]), key
 
 
+def raw_key(t) -> tuple:
+    """The raw original tuple (as :func:`parse` keys entries) of a pyroute2 ``NFCTAttrTuple``."""
+    return tuple(getattr(t, a, None) for a in ("family", "proto", "saddr", "daddr", "sport", "dport",
+                                                "icmp_id", "icmp_type", "icmp_code"))
+
+
 def parse(data: bytes) -> Iterator[tuple]:
     """``(kind, entry)`` of each conntrack message in a datagram: kind ``new`` (a NEW
     event, or an entry of a dump) or ``destroy``; ``entry.key`` is the raw original
@@ -275,10 +281,11 @@ class FlowIndex:
             return [self._by_key[k] for k in keys]
 
     def discard(self, entries: Iterable[Entry]) -> None:
-        """Forget ``entries`` (deleted, or found gone: their DESTROY may never come)."""
+        """Forget ``entries`` (deleted, or found gone: their DESTROY may never come); from
+        this index or from a dump (a pyroute2 tuple as ``key``)."""
         with self._lock:
             for e in entries:
-                self._remove(e.key)
+                self._remove(e.key if isinstance(e.key, tuple) else raw_key(e.key))
 
     @property
     def complete(self) -> bool:

@@ -222,3 +222,16 @@ def test_a_watched_index_keeps_and_answers_only_its_subnets(rig):
     assert idx.entries({"10.236.0.2"}) is None
     wait_for(lambda: idx.seeds > seeds and idx.complete)
     assert origs(idx.entries({"10.238.0.2"})) == {("10.238.0.2", "10.238.0.3", 4)}
+
+
+def test_entries_a_dump_found_are_discarded_by_their_pyroute2_tuple(rig):
+    """claim() reads every entry: a dump, whose keys are pyroute2's tuples, not the index's."""
+    from plugin.kernel.conntrack import Entry, Tuple, _pyroute2_tuple
+    rig.events.queue.append(message("new", "10.236.0.2", "10.236.0.3", sport=1))
+    kept = rig.index.entries({"10.236.0.2"})
+    assert len(kept) == 1
+    raw = kept[0].key
+    dumped = Entry(4, Tuple("tcp", "10.236.0.2", "10.236.0.3", 1, 80), Tuple("tcp", "10.236.0.3", "10.236.0.2", 80, 1),
+                   key=_pyroute2_tuple(raw))
+    Flows(CountingKernel([dumped]), index=rig.index)._delete([dumped])
+    assert rig.index.entries({"10.236.0.2"}) == []
