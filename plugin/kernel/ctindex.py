@@ -257,6 +257,10 @@ class FlowIndex:
             self._subnets = subnets
             if wider:
                 self._give_up("new subnets to watch")
+                return
+            for key, entry in list(self._by_key.items()):   # narrower: drop what it no longer keeps
+                if not any(map(subnets.covers, entry.addresses)):
+                    self._remove(key)
 
     def entries(self, addresses: Optional[Iterable[str]] = None) -> Optional[list]:
         """The entries naming one of ``addresses`` in either tuple (every entry when

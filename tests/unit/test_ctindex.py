@@ -206,8 +206,10 @@ def test_subnets_cover_their_addresses_in_both_families():
 
 def test_a_watched_index_keeps_and_answers_only_its_subnets(rig):
     idx = rig.index
+    rig.events.queue.append(message("new", "10.9.0.2", "10.9.0.3", sport=9))    # kept while all are
+    assert len(idx.entries()) == 1
     idx.watch(["10.236.0.0/24"])                       # narrower than everything: no new seed
-    assert idx.complete
+    assert idx.complete and idx._by_key == {}         # ... but what it no longer keeps is dropped
     rig.events.queue += [message("new", "10.236.0.2", "10.9.0.3", sport=1),      # a member's: kept
                          message("new", "10.9.0.2", "10.9.0.3", sport=2),        # nobody's: not kept
                          message("new", "127.0.0.1", "127.0.0.1", sport=3, reply_src="10.236.0.7")]
