@@ -336,7 +336,9 @@ class Flows:
 
     def _delete(self, entries: list) -> int:
         deleted = self.kernel.delete(entries)
-        if self.index is not None:   # gone either way; a DESTROY may never come for some
+        if self.index is not None and deleted == len(entries):
+            # every one is gone (the end of one made before the index listened is never
+            # announced); when some failed, which is unknown: their DESTROY messages tell
             self.index.discard(entries)
         return deleted
 

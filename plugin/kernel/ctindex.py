@@ -26,7 +26,10 @@ message (ENOBUFS: the queue overflowed; a socket error), events switched off
 :meth:`~FlowIndex.entries` return None -- the caller dumps the table as
 before -- and the thread seeds the index again (at most once per ``reseed``
 seconds). An entry whose end the kernel never announces (made before any
-listener existed) stays until a deletion finds it gone (:meth:`~FlowIndex.discard`).
+listener existed) stays until secnet deletes it, a narrower watch drops it or the
+index is seeded again: a stale entry costs a deletion that finds nothing, never a
+flow that goes on. Entries are forgotten only when the kernel announced their
+end or a deletion of them succeeded (:meth:`~FlowIndex.discard`).
 
 The layout decoded here is the kernel's stable ABI
 (``linux/netfilter/nfnetlink_conntrack.h``). pyroute2 decodes it too, but its

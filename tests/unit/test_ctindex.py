@@ -237,3 +237,15 @@ def test_entries_a_dump_found_are_discarded_by_their_pyroute2_tuple(rig):
                    key=_pyroute2_tuple(raw))
     Flows(CountingKernel([dumped]), index=rig.index)._delete([dumped])
     assert rig.index.entries({"10.236.0.2"}) == []
+
+
+def test_entries_are_discarded_only_when_every_deletion_succeeded(rig):
+    """One that failed may still be in the kernel: it stays until its DESTROY message."""
+    rig.events.queue += [message("new", "10.236.0.2", "10.236.0.3", sport=p) for p in (1, 2)]
+    both = rig.index.entries({"10.236.0.2"})
+
+    class HalfKernel(CountingKernel):
+        def delete(self, entries):
+            return len(entries) - 1
+    Flows(HalfKernel([]), index=rig.index)._delete(both)
+    assert len(rig.index.entries({"10.236.0.2"})) == 2
