@@ -309,6 +309,7 @@ class FlowIndex:
         if len(self._by_key) > self.limit:
             self.reseed = min(self.reseed * 2, 300.0)   # each seed would fill it again: less often
             self._give_up(f"more than {self.limit} entries")
+            return
 
     def _remove(self, key) -> None:
         old = self._by_key.pop(key, None)
@@ -381,8 +382,8 @@ class FlowIndex:
             self._drain()
             self._complete = not self._lost and self._events_on()
             self.seeds += 1
-            if self._complete:
-                self.reseed = self._base_reseed
+            # a seed that did not take (events off, overflowing) is tried less and less often
+            self.reseed = self._base_reseed if self._complete else min(self.reseed * 2, 300.0)
 
     def _run(self) -> None:
         while not self._stop.is_set():
