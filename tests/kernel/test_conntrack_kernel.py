@@ -142,3 +142,21 @@ def test_a_policy_edit_stops_established_flows_in_both_families(lab, tmp_path, f
             s.close()
     finally:
         state.close()
+
+
+@only("nftables")   # the conntrack writer itself: the backend plays no part
+def test_with_conntrack_events_off_the_index_answers_nothing_and_reads_dump(lab):
+    """Fail closed: without events the index cannot know the table; every read dumps it."""
+    lab.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=0")
+    with netns(lab.host):
+        index = FlowIndex(reseed=0.05).start()
+    try:
+        time.sleep(0.3)                                   # a few seeds that cannot take
+        assert not index.complete and index.entries({"10.236.0.10"}) is None
+        insert(lab, "udp", "10.236.0.10", "10.236.0.11", 40001, 53)
+        found = Flows(NsKernel(lab.host), index=index)
+        assert found.forget(["10.236.0.10/24"]) == 1 and found.dumps == 1
+        assert "sport=40001" not in listed(lab)
+    finally:
+        index.stop()
+        lab.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=2")
