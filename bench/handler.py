@@ -3,7 +3,8 @@
 Run as root: ``python -m bench.handler [--rules N] [--endpoints M] [--repeats R]``. In a
 throwaway network namespace it builds what the daemon holds for one network (a
 real SQLite state in a temporary directory, the reconciler, the nftables backend,
-conntrack pruning) with M endpoints over 100 segments and N rules as in
+conntrack pruning with the flow index the daemon runs -- ``--no-index``: without it,
+every read dumps the table) with M endpoints over 100 segments and N rules as in
 bench/scale.py, then times ``Api.policy`` -- the function the ``/secnet/policy``
 route calls -- for one rule ``add`` and ``remove`` with N in force, and a ``set``
 of N rules that differ in every port; and the reconciler's part of a join
@@ -27,6 +28,7 @@ from plugin.enforce.nftables import NftBackend
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel import netns
 from plugin.kernel.conntrack import Flows
+from plugin.kernel.ctindex import FlowIndex
 from segmentation.options import parse_network_options
 
 from .common import stats
@@ -35,13 +37,13 @@ from .scale import FLOW_RULES, ONE_RULE, SEGMENTS, sweep_rules
 NET_ID = "be0c5" + "0" * 59
 
 
-def _world(state: State, rules: int, endpoints: int) -> Api:
+def _world(state: State, rules: int, endpoints: int, index=None) -> Api:
     options = parse_network_options({"secnet.allow": ",".join(sweep_rules(rules, 0) + FLOW_RULES)})
     net = NetworkRecord(id=NET_ID, bridge="snbench1", mtu=1500, options=options,
                         ipv4=(("10.219.0.0/20", "10.219.0.1/20"),))
     state.put_network(net)
     state.put_endpoints(_endpoint(i, f"s{i % SEGMENTS}") for i in range(endpoints))
-    reconciler = Reconciler(state, {"nftables": NftBackend()}, allocator=state, flows=Flows())
+    reconciler = Reconciler(state, {"nftables": NftBackend()}, allocator=state, flows=Flows(index=index))
     reconciler.network_added(net)
     return Api(Driver(state, None, None, reconciler), reconciler)
 
@@ -52,11 +54,21 @@ def _timed(api: Api, action: str, rules: list) -> float:
     return (time.perf_counter() - start) * 1000
 
 
-def measure(rules: int, endpoints: int, repeats: int) -> dict:
+def _started_index(patience: float = 5.0) -> FlowIndex:
+    """A flow index of this namespace, seeded, as the daemon runs one."""
+    index = FlowIndex().start()
+    give_up = time.monotonic() + patience
+    while not index.complete and time.monotonic() < give_up:
+        time.sleep(0.01)
+    return index
+
+
+def measure(rules: int, endpoints: int, repeats: int, index: bool = True) -> dict:
     with tempfile.TemporaryDirectory(prefix="snbench-") as tmp:
         state = State(f"{tmp}/state")
+        flows = _started_index() if index else None
         try:
-            api = _world(state, rules, endpoints)
+            api = _world(state, rules, endpoints, flows)
             add, remove = [], []
             for _ in range(repeats):
                 add.append(_timed(api, "add", [ONE_RULE]))
@@ -66,9 +78,12 @@ def measure(rules: int, endpoints: int, repeats: int) -> dict:
                             for rep, seg in enumerate(segs)]
                      for kind, segs in (("known", ["s5"] * repeats), ("new", [f"snb{k}" for k in range(repeats)]))}
             api.reconciler.network_removed(state.get_network(NET_ID))
+            dumps = api.reconciler.flows.dumps
         finally:
             state.close()
-    return {"one_rule_add_ms": stats(add), "one_rule_remove_ms": stats(remove), "policy_set_ms": stats(sets),
+            if flows is not None:
+                flows.stop()
+    return {"flow_index": index, "conntrack_dumps": dumps,"one_rule_add_ms": stats(add), "one_rule_remove_ms": stats(remove), "policy_set_ms": stats(sets),
             "join_known_segment_ms": stats(joins["known"]), "join_new_segment_ms": stats(joins["new"])}
 
 
@@ -98,11 +113,13 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--no-index", action="store_true", help="no conntrack flow index: every read dumps")
     args = parser.parse_args()
     name = f"snbench-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        found = netns.run_in(f"/run/netns/{name}", measure, args.rules, args.endpoints, args.repeats, timeout=600)
+        found = netns.run_in(f"/run/netns/{name}", measure, args.rules, args.endpoints, args.repeats,
+                             not args.no_index, timeout=600)
         print(json.dumps({"rules": args.rules, "endpoints": args.endpoints, **found}, indent=1))
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)

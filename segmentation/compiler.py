@@ -58,10 +58,12 @@ def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple
     return segments_of(options, (m.effective_segment for m in members))
 
 
-def segments_of(options: NetworkOptions, live: Iterable[str | None]) -> tuple[str, ...]:
+def segments_of(options: NetworkOptions, live: Iterable[str | None],
+                named: Iterable[str] | None = None) -> tuple[str, ...]:
     """Sorted segments: named by a rule, the default one, and ``live`` (the segments
-    members are enforced in; None entries are skipped)."""
-    names = set(options.named_segments())
+    members are enforced in; None entries are skipped). ``named``: the segments the
+    rules name, when the caller knows them (else they are found in ``options``)."""
+    names = set(options.named_segments() if named is None else named)
     names.add(options.default_segment)
     names.update(live)
     names.discard(None)

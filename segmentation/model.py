@@ -10,14 +10,15 @@ no segment either and all its traffic is dropped whatever the rules say.
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 from dataclasses import dataclass, replace
-from typing import Iterable
+from typing import Iterable, Optional
 
 from .errors import PolicyError
 from .names import check_segment_name
 from .options import NetworkOptions
-from .rules import Rule, rule_texts, rules_not_in, unique_rules
+from .rules import Rule, rule_texts, rules_not_in, segment_mentions, unique_rules
 
 
 @dataclass(frozen=True)
@@ -63,24 +64,48 @@ class Policy:
         """The same policy with its rules replaced (duplicates dropped)."""
         return Policy(replace(self.options, rules=unique_rules(rules)))
 
-    def add_rules(self, rules: Iterable[Rule]) -> "Policy":
-        """The policy with ``rules`` appended (already present ones kept once).
-
-        The new options remember the edit (``NetworkOptions.edited``): the
-        compiler then works on the added rules, not on all of them."""
+    def add_rules(self, rules: Iterable[Rule]) -> tuple["Policy", Optional["RuleEdit"]]:
+        """The policy with ``rules`` appended (already present ones kept once), and
+        the edit that made it (None when the old rules held duplicates: no plain edit)."""
         old = self.rules
         merged = unique_rules(old + tuple(rules))
-        if merged[: len(old)] != old:   # the old rules held duplicates: no edit to remember
-            return self.with_rules(merged)
-        return Policy(self.options.edited(merged, merged[len(old):], ()))
+        if merged[: len(old)] != old:
+            return self.with_rules(merged), None
+        return Policy(replace(self.options, rules=merged)), RuleEdit(old, added=merged[len(old):])
 
-    def remove_rules(self, rules: Iterable[Rule]) -> "Policy":
-        """The policy without ``rules``; a rule not in the policy is an error."""
+    def remove_rules(self, rules: Iterable[Rule]) -> tuple["Policy", Optional["RuleEdit"]]:
+        """The policy without ``rules``, and the edit that made it (None when a rule was
+        there more than once). Raises PolicyError naming a rule not in the policy."""
         doomed, present = unique_rules(rules), set(rule_texts(self.rules))
         for rule in doomed:
             if rule.text() not in present:
                 raise PolicyError(f"rule '{rule.text()}' is not in the policy")
         kept = tuple(rules_not_in(self.rules, set(rule_texts(doomed))))
-        if len(kept) + len(doomed) == len(self.rules):   # each one was there once: an edit to remember
-            return Policy(self.options.edited(kept, (), doomed))
-        return self.with_rules(kept)
+        if len(kept) + len(doomed) != len(self.rules):
+            return self.with_rules(kept), None
+        return Policy(replace(self.options, rules=kept)), RuleEdit(self.rules, removed=doomed)
+
+
+@dataclass(frozen=True)
+class RuleEdit:
+    """One edit of a policy's rules, for the compiler to work on instead of every rule.
+
+    ``before``: the rules the edit was made from; ``added``: rules that were not
+    in them (appended); ``removed``: rules that were in them, once each.
+    """
+
+    before: tuple
+    added: tuple = ()
+    removed: tuple = ()
+
+    def made_from(self, rules: tuple) -> bool:
+        """Was this edit made from ``rules``? (Cheap when it was: the same rule objects.)"""
+        return rules is self.before or (len(rules) == len(self.before) and rules == self.before)
+
+    def segment_counts(self, before: collections.Counter) -> collections.Counter:
+        """``before`` (segment -> how many times the rules before name it) after this
+        edit; segments no rule names any more are left out."""
+        counts = before.copy()
+        counts.update(segment_mentions(self.added))
+        counts.subtract(segment_mentions(self.removed))
+        return +counts

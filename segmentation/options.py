@@ -12,7 +12,6 @@ back from the state store (``from_dict``) are checked the same way.
 
 from __future__ import annotations
 
-import collections
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
@@ -89,32 +88,7 @@ class NetworkOptions:
 
     def named_segments(self) -> frozenset:
         """The segments the rules name (computed once per options value)."""
-        return self._derived("_named", lambda: frozenset(self._segment_counts()))
-
-    def _segment_counts(self) -> collections.Counter:
-        """segment -> how many times the rules name it (after :meth:`edited`, from the edit)."""
-        return self._derived("_counts", lambda: collections.Counter(segment_mentions(self.rules)))
-
-    def edited(self, rules: tuple, added: tuple, removed: tuple) -> "NetworkOptions":
-        """These options with ``rules``: this value's rules with ``added`` (rules not in
-        it) appended and ``removed`` (rules in it) taken out. The new value remembers
-        the edit (:meth:`edit_from`), and what it derives from its rules follows from
-        the edit instead of a pass over every rule. Raises as the constructor does."""
-        new = replace(self, rules=rules)
-        object.__setattr__(new, "_edit", (self.rules, tuple(added), tuple(removed)))
-        counts = self.__dict__.get("_counts")
-        if counts is not None:
-            counts = counts.copy()
-            counts.update(segment_mentions(added))
-            counts.subtract(segment_mentions(removed))
-            object.__setattr__(new, "_counts", +counts)   # + drops the segments no rule names now
-        return new
-
-    def edit_from(self, rules: tuple):
-        """``(added, removed)`` rules when this value was made by :meth:`edited` from
-        options whose rules are ``rules`` (that very tuple), else None."""
-        edit = self.__dict__.get("_edit")
-        return edit[1:] if edit is not None and edit[0] is rules else None
+        return self._derived("_named", lambda: frozenset(segment_mentions(self.rules)))
 
     def star_rules(self) -> tuple:
         """The rules with ``*`` on a side (computed once per options value)."""

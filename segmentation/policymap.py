@@ -25,15 +25,17 @@ from __future__ import annotations
 
 import itertools
 import operator
-import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Iterable, Mapping, NamedTuple
+from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional
 
 from .identities import OUTSIDE
 from .options import NetworkOptions
 from .protocols import ANY
 from .rules import Endpoint, Service, rule_texts, rules_not_in
+
+if TYPE_CHECKING:
+    from .model import RuleEdit
 
 INTRA = "intra"
 INGRESS, EGRESS = "ingress", "egress"
@@ -178,12 +180,8 @@ class PolicyMap:
         return frozenset(c.identity for c in self.cidrs if c.direction == INGRESS)
 
     def delta(self, new: "PolicyMap") -> "PolicyDelta":
-        """What turns this map into ``new`` (known without a pass over the entries
-        when ``new`` was recompiled from this map: that once, so ``new`` does not
-        keep the entries it replaced alive)."""
-        known = new.__dict__.pop("_delta_from", None)
-        if known is not None and known[0]() is self:
-            return known[1]
+        """What turns this map into ``new`` (a pass over both maps' entries;
+        :func:`recompile_policy_map` gives it for what an edit touched)."""
         return PolicyDelta(
             entries_added=new.entries - self.entries,
             entries_removed=self.entries - new.entries,
@@ -251,29 +249,24 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
 
 
 def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: NetworkOptions,
-                         identities: Mapping[str, int]) -> PolicyMap:
-    """``compile_policy_map(options, identities)``, given ``old``, the map of
-    ``old_options``: only the entries of the rules added and removed are
-    computed (every entry carries its rule, so the entries of two rules never
-    coincide), and when segments come or go, those of the rules with a ``*``
-    and the segments' ``intra`` entries. Costs what the change touches, not
-    what the policy holds. A changed ``intra`` or a segment whose identity
-    changed compiles afresh.
+                         identities: Mapping[str, int],
+                         edit: Optional["RuleEdit"] = None) -> tuple[PolicyMap, "PolicyDelta"]:
+    """``compile_policy_map(options, identities)`` and ``old.delta()`` of it, given
+    ``old``, the map of ``old_options``: only the entries of the rules added and
+    removed are computed (every entry carries its rule, so the entries of two rules
+    never coincide), and when segments come or go, those of the rules with a ``*``
+    and the segments' ``intra`` entries. Costs what the change touches, not what the
+    policy holds. ``edit`` (:class:`~segmentation.model.RuleEdit`): the rules added
+    and removed, when ``options`` came from ``old_options`` by that edit (else the
+    rules are compared). A changed ``intra`` or a segment whose identity changed
+    compiles afresh. Returns ``(new map, delta from old)``.
     """
     old_ids = old.identities
     if old_options.intra != options.intra or any(old_ids.get(s, i) != i for s, i in identities.items()):
-        return compile_policy_map(options, identities)
+        new_map = compile_policy_map(options, identities)
+        return new_map, old.delta(new_map)
     same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
-    edit = options.edit_from(old_options.rules)
-    # lists, not sets (a rule may be in one twice: its entries are a set anyway)
-    if edit is not None:
-        new_rules, gone_rules = list(edit[0]), list(edit[1])
-    elif old_options.rules == options.rules:
-        gone_rules, new_rules = [], []
-    else:
-        before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
-        gone_rules = rules_not_in(old_options.rules, after) if len(before - after) else []
-        new_rules = rules_not_in(options.rules, before) if len(after - before) else []
+    gone_rules, new_rules = _rules_changed(old_options, options, edit)
     if not same_ids:   # '*' stands for other segments now
         gone_rules += old_options.star_rules()
         new_rules += options.star_rules()
@@ -290,14 +283,24 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if options.intra == "allow" and not same_ids:
         gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
         new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
-    entries = _changed(old.entries, gone, new)
-    cidrs = _changed(old.cidrs, gone_cidrs, new_cidrs)
-    fqdns = _changed(old.fqdns, gone_fqdns, new_fqdns)
-    new_map = PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)), entries, cidrs,
-                        _settings(options), fqdns)
-    object.__setattr__(new_map, "_delta_from", (weakref.ref(old), _edit_delta(old, new_map, (gone, new), (gone_cidrs, new_cidrs),
-                                                                 (gone_fqdns, new_fqdns))))
-    return new_map
+    new_map = PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)),
+                        _changed(old.entries, gone, new), _changed(old.cidrs, gone_cidrs, new_cidrs),
+                        _settings(options), _changed(old.fqdns, gone_fqdns, new_fqdns))
+    return new_map, _edit_delta(old, new_map, (gone, new), (gone_cidrs, new_cidrs), (gone_fqdns, new_fqdns))
+
+
+def _rules_changed(old_options: NetworkOptions, options: NetworkOptions, edit) -> tuple:
+    """``(gone, new)`` rules (lists: a rule may be in one twice; its entries are a set
+    anyway): from ``edit`` when it was made from ``old_options``' rules, else by text."""
+    if edit is not None and edit.made_from(old_options.rules) and \
+            len(options.rules) == len(edit.before) + len(edit.added) - len(edit.removed):
+        return list(edit.removed), list(edit.added)
+    if old_options.rules == options.rules:
+        return [], []
+    before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
+    gone_rules = rules_not_in(old_options.rules, after) if len(before - after) else []
+    new_rules = rules_not_in(options.rules, before) if len(after - before) else []
+    return gone_rules, new_rules
 
 
 def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fqdns: tuple) -> PolicyDelta:

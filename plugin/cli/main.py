@@ -78,13 +78,24 @@ def cmd_show(args) -> dict:
 
 
 def cmd_policy(args) -> dict:
-    body = {"network": resolve_network(args.network), "action": args.action or "get",
-            "rules": args.rules}
     if args.action in ("set", "add", "remove") and not args.rules and args.action != "set":
         raise CliError(f"policy {args.action} needs at least one RULE")
     if args.action is None and args.rules:
         raise CliError("use: secnet policy NETWORK [set|add|remove RULE...]")
+    # an edit prints one line; only --json (and printing the rules) needs them all back
+    body = {"network": resolve_network(args.network), "action": args.action or "get",
+            "rules": args.rules, "list": args.json or args.action is None}
     return call("/secnet/policy", body)
+
+
+def _print_policy(data: dict) -> None:
+    """The rules, one per line; after an edit (no rules sent back) how many are in force."""
+    if "rules" in data:
+        if data["rules"]:
+            print("\n".join(data["rules"]))
+        return
+    count = data["count"]
+    print(f"network {data['network'][:12]}: {count} rule{'' if count == 1 else 's'} in force")
 
 
 def cmd_mode(args) -> dict:
@@ -133,7 +144,7 @@ COMMANDS = {"status": cmd_status, "show": cmd_show, "policy": cmd_policy, "mode"
 PRINTERS = {
     "status": _print_status,
     "show": _print_show,
-    "policy": lambda d: print("\n".join(d["rules"])) if d["rules"] else None,
+    "policy": _print_policy,
     "mode": lambda d: print(d["mode"]),
     "log": fmt.print_log,
     "explain": fmt.print_explain,

@@ -81,14 +81,23 @@ class Api:
         return network_view(self.state, self.reconciler, net)
 
     def policy(self, body):
+        """Print or edit the rules. Answers ``{"network", "count", "rules"}``; after an
+        edit with ``"list": false`` in the body, without ``rules`` (10,000 rule texts
+        are most of an edit's answer)."""
         net = self.find_network(body.get("network"))
         action = body.get("action") or "get"
         texts = body.get("rules") or []
         if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
             raise BadRequest("rules must be a list of strings")
+        listed = body.get("list", True)
+        if not isinstance(listed, bool):
+            raise BadRequest("list must be true or false")
         if action != "get":
             net = self._change_policy(net, action, texts)
-        return {"network": net.id, "rules": rule_texts(net.options.rules)}
+        out = {"network": net.id, "count": len(net.options.rules)}
+        if listed or action == "get":
+            out["rules"] = rule_texts(net.options.rules)
+        return out
 
     def mode(self, body):
         net = self.find_network(body.get("network"))
@@ -139,19 +148,19 @@ class Api:
     def _change_policy(self, net, action: str, texts: list):
         try:
             rules = parse_rules(" ".join(texts))
-            policy = Policy(net.options)
+            policy, edit = Policy(net.options), None
             if action == "set":
                 policy = policy.with_rules(rules)
             elif action == "add":
-                policy = policy.add_rules(rules)
+                policy, edit = policy.add_rules(rules)
             elif action == "remove":
-                policy = policy.remove_rules(rules)
+                policy, edit = policy.remove_rules(rules)
             else:
                 raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
             options = policy.options  # validated: NetworkOptions checks itself on construction
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
-        new_net = self.driver.change_options(net.id, options)
+        new_net = self.driver.change_options(net.id, options, edit)
         log.info("policy of network %s: %d rules", net.id[:12], len(new_net.options.rules))
         return new_net
 

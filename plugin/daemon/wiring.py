@@ -21,6 +21,7 @@ from plugin.driver.labels import LabelResolver
 from plugin.driver.state import State
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel import conntrack
+from plugin.kernel.ctindex import FlowIndex
 from plugin.kernel.dockerfw import DockerFirewall
 from plugin.kernel.forward import ForwardFilter
 from plugin.kernel.links import Netlink
@@ -79,7 +80,8 @@ def build(settings: Settings, backends=None, links=None, firewall=None, dns=None
     backends = make_backends(settings) if backends is None else backends
     dns = make_dns(settings) if dns is None else dns
     lock = threading.RLock()  # the driver's verbs and the reconciler's passes, one at a time
-    reconciler = Reconciler(state, backends, allocator=state, flows=conntrack.Flows(), lock=lock, dns=dns)
+    flows = conntrack.Flows(index=FlowIndex())   # answers once started (start_flow_index)
+    reconciler = Reconciler(state, backends, allocator=state, flows=flows, lock=lock, dns=dns)
     firewall = firewall or ForwardFilter(DockerFirewall(), NftGuard())
     driver = Driver(state, links or Netlink(), firewall, reconciler,
                     LabelResolver(settings.docker_host), lock=lock)
@@ -92,6 +94,7 @@ def build(settings: Settings, backends=None, links=None, firewall=None, dns=None
 
 def start(daemon: Daemon) -> None:
     """Restore, reconcile once, then start the background threads; none of it is fatal."""
+    start_flow_index(daemon)
     start_dns(daemon)
     daemon.driver.restore()
     try:
@@ -111,6 +114,18 @@ def start(daemon: Daemon) -> None:
             daemon.metrics.serve(daemon.settings.metrics_addr)
         except (OSError, ValueError) as exc:
             log.error("cannot serve metrics on %s: %s", daemon.settings.metrics_addr, exc)
+
+
+def start_flow_index(daemon: Daemon) -> None:
+    """Follow conntrack's events, so that ending the flows a change denies reads an
+    index instead of dumping the whole table; without it every such read dumps."""
+    index = getattr(daemon.reconciler.flows, "index", None)
+    if index is None:
+        return
+    try:
+        index.start()
+    except OSError as exc:
+        log.warning("cannot follow conntrack events (%s): ending denied flows dumps the table", exc)
 
 
 def start_dns(daemon: Daemon) -> None:

@@ -49,7 +49,7 @@ class NullReconciler:
     def endpoint_removed(self, net, ep):
         pass
 
-    def policy_changed(self, net):
+    def policy_changed(self, net, edit=None):
         pass
 
 
@@ -365,8 +365,10 @@ class Driver:
         return {}
 
     # --- live changes (the CLI) -------------------------------------------
-    def change_options(self, network_id: str, options) -> NetworkRecord:
+    def change_options(self, network_id: str, options, edit=None) -> NetworkRecord:
         """Put ``options`` (validated NetworkOptions: new rules, a new mode) in force, then save.
+        ``edit``: the :class:`~segmentation.model.RuleEdit` that made the new rules, if one
+        did (the compiler then works on the rules it touched).
 
         Returns the new record. When this returns, the kernel enforces the
         new options and the flows they deny are ended.
@@ -376,7 +378,7 @@ class Driver:
             new = net.evolve(options=options)
             if new == net:
                 return net
-            self.reconciler.policy_changed(new)
+            self.reconciler.policy_changed(new, edit)
             try:
                 self.state.put_network(new)
             except Exception:

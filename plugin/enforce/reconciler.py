@@ -20,6 +20,7 @@ is compiled or rendered when nothing changed.
 """
 from __future__ import annotations
 
+import collections
 import ipaddress
 import logging
 import threading
@@ -29,6 +30,7 @@ from typing import Mapping, Optional
 from segmentation.compiler import segments_of
 from segmentation.identities import PENDING, QUARANTINED
 from segmentation.policymap import PolicyMap, compile_policy_map, recompile_policy_map
+from segmentation.rules import segment_mentions
 
 from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
 
@@ -68,11 +70,22 @@ class Realized:
     policy: PolicyMap
     ports: dict = field(default_factory=dict)  # endpoint id -> Port
     options: object = None                     # the NetworkOptions ``policy`` was compiled from
+    named: collections.Counter = None          # segment -> how many times ``options``' rules name it
 
     def live_segments(self, but: Optional[str] = None) -> set:
         """Segments that the ports (all but endpoint ``but``) are enforced in."""
         return {p.segment for eid, p in self.ports.items()
                 if p.quarantine is None and p.segment is not None and eid != but}
+
+
+def _named_after(real: Realized, options, edit) -> collections.Counter:
+    """segment -> how many times ``options``' rules name it: the realized count, or
+    that after ``edit`` when it was made from the realized rules, or counted afresh."""
+    if options.rules is real.options.rules:
+        return real.named
+    if edit is not None and edit.made_from(real.options.rules):
+        return edit.segment_counts(real.named)
+    return collections.Counter(segment_mentions(options.rules))
 
 
 class Reconciler:
@@ -132,6 +145,7 @@ class Reconciler:
             real = self._realized.pop(net.id, None)
             if real is not None and self.flows is not None:  # endpoints Docker never deleted
                 self.flows.forget([a for p in real.ports.values() for a in p.addresses])
+            self._watch_flows()
 
     def endpoint_changed(self, net, ep) -> None:
         with self._lock:
@@ -172,14 +186,16 @@ class Reconciler:
             if self.flows is not None:
                 self.flows.forget(old.addresses)
 
-    def policy_changed(self, net) -> None:
-        """Options (rules, mode, ...) of ``net`` changed: apply the delta, end denied flows."""
+    def policy_changed(self, net, edit=None) -> None:
+        """Options (rules, mode, ...) of ``net`` changed: apply the delta, end denied flows.
+        ``edit``: the :class:`~segmentation.model.RuleEdit` that made its rules, if one did
+        (then only the rules it touched are compiled)."""
         with self._lock:
             real = self._real(net)
             spec = network_spec(net)
             if spec != real.spec:
                 real.spec = spec
-            if self._policy_delta(net, real, real.live_segments()):
+            if self._policy_delta(net, real, real.live_segments(), edit):
                 self._end_denied_flows(real)
 
     def _end_denied_flows(self, real: Realized, only: Optional[set] = None) -> int:
@@ -222,35 +238,41 @@ class Reconciler:
 
     def _desired(self, net, endpoints) -> Realized:
         live = (e.segment for e in endpoints if e.quarantine is None)
-        identities = self.allocator.allocate(net.id, segments_of(net.options, live))
+        named = collections.Counter(segment_mentions(net.options.rules))
+        identities = self.allocator.allocate(net.id, segments_of(net.options, live, named))
         policy = compile_policy_map(net.options, identities)
         ports = {e.id: port_of(e, identities) for e in endpoints}
-        return Realized(network_spec(net), policy, ports, net.options)
+        return Realized(network_spec(net), policy, ports, net.options, named)
 
     def _write_whole(self, net, endpoints) -> Realized:
         real = self._desired(net, endpoints)
         backend = self.backend(net)
         backend.apply_network(real.spec, real.policy, real.ports.values())
         self._realized[net.id] = real
+        self._watch_flows()
         self._tell_dns("network", net.id, real.spec.bridge, real.policy, list(real.ports.values()), backend)
         return real
 
-    def _policy_delta(self, net, real: Realized, live: set) -> bool:
+    def _watch_flows(self) -> None:
+        """Tell the conntrack writer the subnets of every network realized here."""
+        watch = getattr(self.flows, "watch", None)
+        if watch is not None:
+            watch({s for real in self._realized.values() for s in real.spec.subnets})
+
+    def _policy_delta(self, net, real: Realized, live: set, edit=None) -> bool:
         """Recompile ``net``'s policy over the segments ``live`` (those members are
-        enforced in) and apply only the difference. Returns whether the change may
+        enforced in) and apply only the difference; ``edit``: the RuleEdit that made
+        its rules from the realized ones, if one did. Returns whether the change may
         deny a flow that was allowed (anything but east-west entries added).
 
         Identities of live segments are kept, so no port changes identity here.
         """
-        identities = self.allocator.allocate(net.id, segments_of(net.options, live))
-        if real.options is None:
-            new = compile_policy_map(net.options, identities)
-        else:
-            new = recompile_policy_map(real.policy, real.options, net.options, identities)
-        delta = real.policy.delta(new)
+        named = _named_after(real, net.options, edit)
+        identities = self.allocator.allocate(net.id, segments_of(net.options, live, named))
+        new, delta = recompile_policy_map(real.policy, real.options, net.options, identities, edit)
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta)
-        real.policy, real.options = new, net.options
+        real.policy, real.options, real.named = new, net.options, named
         if not delta.empty:
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
         return bool(delta.entries_removed or delta.cidrs_added or delta.cidrs_removed or delta.settings

@@ -253,6 +253,18 @@ def _tuple(t) -> Tuple:
     return Tuple(name, str(t.saddr), str(t.daddr), t.sport, t.dport)
 
 
+def _pyroute2_tuple(key):
+    """The original tuple to delete an entry by: pyroute2's (from a dump) as it is,
+    a raw one (from :mod:`plugin.kernel.ctindex`: ``(af, proto, src, dst, sport,
+    dport, icmp id, icmp type, icmp code)``) made into pyroute2's."""
+    if not isinstance(key, tuple):
+        return key
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    af, proto, src, dst, sport, dport, icmp_id, icmp_type, icmp_code = key
+    return NFCTAttrTuple(family=af, saddr=src, daddr=dst, proto=proto, sport=sport, dport=dport,
+                         icmp_id=icmp_id, icmp_type=icmp_type, icmp_code=icmp_code)
+
+
 class Kernel:
     """ctnetlink: every entry of both families; deletion by original tuple."""
 
@@ -281,7 +293,7 @@ class Kernel:
             try:
                 for e in batch:
                     try:
-                        ct.entry("del", tuple_orig=e.key)
+                        ct.entry("del", tuple_orig=_pyroute2_tuple(e.key))
                         deleted += 1
                     except NetlinkError as exc:  # ENOENT: it ended meanwhile
                         log.debug("conntrack entry %s not deleted: %s", e.orig, exc)
@@ -291,30 +303,57 @@ class Kernel:
 
 
 class Flows:
-    """What the reconciler calls when state changes; ``kernel`` is swappable in tests."""
+    """What the reconciler calls when state changes; ``kernel`` is swappable in tests.
 
-    def __init__(self, kernel=None):
+    ``index``: a started :class:`plugin.kernel.ctindex.FlowIndex` of the same
+    namespace: reads come from it while it is complete, else from a dump of the
+    whole table (``kernel.entries``). None: every read dumps the table.
+    """
+
+    def __init__(self, kernel=None, index=None):
         self.kernel = kernel or Kernel()
+        self.index = index
+        self.dumps = 0   # reads that dumped the table
 
-    def _entries(self) -> list:
+    def _entries(self, addresses: Optional[Iterable[str]] = None) -> list:
+        """The entries (those naming one of ``addresses``, or more) as of now."""
+        if self.index is not None:
+            found = self.index.entries(addresses)
+            if found is not None:
+                return found
+        self.dumps += 1
         try:
             return self.kernel.entries()
         except Exception as exc:  # no conntrack in this kernel/namespace: nothing tracked
             log.warning("cannot list conntrack entries: %s", exc)
             return []
 
+    def watch(self, subnets: Iterable[str]) -> None:
+        """The subnets of every network whose flows are judged here (the index keeps
+        only entries naming an address in one of them)."""
+        if self.index is not None:
+            self.index.watch(subnets)
+
+    def _delete(self, entries: list) -> int:
+        deleted = self.kernel.delete(entries)
+        if self.index is not None and deleted == len(entries):
+            # every one is gone (the end of one made before the index listened is never
+            # announced); when some failed, which is unknown: their DESTROY messages tell
+            self.index.discard(entries)
+        return deleted
+
     def enforce(self, allowed: Allowed, held: Mapping[str, Holder], only: Optional[set] = None,
                 kept: Optional[Kept] = None) -> int:
         """Delete the entries that the new state (``allowed`` over ``held``, ``kept``
         for flows learned addresses admitted) does not allow; the one call for
         policy edits, segment and mode changes."""
-        return self._prune(self._entries(), allowed, held, only, kept)
+        return self._prune(self._entries(set(held) if only is None else only), allowed, held, only, kept)
 
     def _prune(self, entries: list, allowed: Allowed, held: Mapping[str, Holder], only: Optional[set],
                kept: Optional[Kept]) -> int:
         is_host = functools.lru_cache(maxsize=1024)(is_host_address)  # per call: addresses come and go
         doomed = stale(entries, held, allowed, only, is_host, kept)
-        deleted = self.kernel.delete([e for e, _ in doomed]) if doomed else 0
+        deleted = self._delete([e for e, _ in doomed]) if doomed else 0
         if deleted:
             reasons = sorted({r for _e, r in doomed})
             log.info("deleted %d conntrack entries (%s)", deleted, ", ".join(reasons))
@@ -326,7 +365,9 @@ class Flows:
         the DNS answers in force (flows to their addresses go on); flows a learned
         address admitted go on after it expired while a dns(...) rule of their
         segment names their service."""
-        entries = self._entries()
+        ports = list(ports)
+        addresses = {a.split("/")[0] for p in ports for a in (p.ipv4, p.ipv6) if a}
+        entries = self._entries(addresses if only is None else only)
         if not entries:
             return 0
         return self._prune(entries, allowed_by(compiled, learned), holders(_naming(ports, entries)), only,
@@ -349,7 +390,7 @@ class Flows:
                     fam = 6 if ":" in target else 4
                     doomed += [e for e in claimed(entries, proto, host_ip, int(host_port), target, is_host)
                                if e.family == fam]
-        deleted = self.kernel.delete(doomed) if doomed else 0
+        deleted = self._delete(doomed) if doomed else 0
         if deleted:
             log.info("deleted %d conntrack entries of flows to newly published ports", deleted)
         return deleted

@@ -1,21 +1,55 @@
 """The conntrack writer against a real kernel (ctnetlink through pyroute2),
 in the lab's own namespace: entries it deletes are gone, others stay, and a
-flow that a policy edit no longer allows stops with its next packet."""
+flow that a policy edit no longer allows stops with its next packet. Each
+test runs twice: reading the table by dumping it, and from the flow index
+that conntrack's events keep (plugin.kernel.ctindex) -- then without a dump."""
 from __future__ import annotations
 
 import socket
+import time
 
 import pytest
 
 from nsfixtures import BRIDGE, GATEWAY4, GATEWAY6, NET_ID, NsKernel, lab, only  # noqa: F401  (fixture)
-from packets import UDP_PORT, ns_socket
+from packets import UDP_PORT, netns, ns_socket
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel.conntrack import Flows
+from plugin.kernel.ctindex import FlowIndex
 from segmentation.options import NetworkOptions
 from segmentation.rules import parse_rules
 
 pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(params=["dump", "index"])
+def flows(request, lab):
+    """``flows()``: a Flows on the lab's conntrack table, read by dumps or from an index
+    started in the lab's namespace (then every read must come from the index)."""
+    made = []
+
+    def make(reads_dump: bool = False):
+        """``reads_dump``: reads of this one may dump the table (an index answers only
+        for addresses in the subnets it watches)."""
+        index = None
+        if request.param == "index":
+            with netns(lab.host):
+                index = FlowIndex().start()
+            made.append(index)
+            deadline = time.monotonic() + 5
+            while not index.complete:
+                assert time.monotonic() < deadline, "the flow index was not seeded within 5 s"
+                time.sleep(0.01)
+        found = Flows(NsKernel(lab.host), index=index)
+        made.append((found, reads_dump))
+        return found
+    yield make
+    for thing in made:
+        if isinstance(thing, tuple):
+            found, reads_dump = thing
+            assert request.param == "dump" or reads_dump or found.dumps == 0, "a read dumped the table"
+        else:
+            thing.stop()
 
 
 def conntrack(lab, *args: str) -> str:
@@ -34,29 +68,33 @@ def listed(lab) -> str:
 
 
 @only("nftables")   # the conntrack writer itself: the backend plays no part
-def test_forget_deletes_entries_naming_an_address_in_either_tuple(lab):
+def test_forget_deletes_entries_naming_an_address_in_either_tuple(lab, flows):
     insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40001, 38417, rsrc="10.236.0.10", rdst="10.236.0.1",
            rsport=5353)                                                   # published: reply tuple only
     insert(lab, "tcp", "fd00:236::a", "fd00:236::b", 40002, 8080)           # IPv6, original tuple
     insert(lab, "udp", "10.236.0.11", "10.236.0.12", 40003, 53)            # another endpoint's
-    flows = Flows(NsKernel(lab.host))
-    assert flows.forget(["10.236.0.10/24", "fd00:236::a/64"]) == 2
+    assert flows().forget(["10.236.0.10/24", "fd00:236::a/64"]) == 2
     left = listed(lab)
     assert "sport=40003" in left and "sport=40001" not in left and "sport=40002" not in left
 
 
 @only("nftables")   # the conntrack writer itself: the backend plays no part
-def test_claim_deletes_flows_that_would_miss_the_new_holder(lab):
+def test_claim_deletes_flows_that_would_miss_the_new_holder(lab, flows):
     insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40001, 38417)                            # to the host
     insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40002, 38417, rsrc="10.236.0.10", rdst="10.236.0.1",
            rsport=5353)                                                                   # to the old one
     insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40003, 38417, rsrc="10.236.0.11", rdst="10.236.0.1",
            rsport=5353)                                                                   # to the new one
     insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40004, 38418)                            # another port
-    assert Flows(NsKernel(lab.host)).claim([("udp", "", 38417, 5353)], "10.236.0.11", None) == 2
+    found = flows(reads_dump=True)
+    insert(lab, "udp", "127.0.0.1", "127.0.0.1", 40005, 38417, rsrc="10.236.0.12", rdst="10.236.0.1",
+           rsport=5353)                                                 # after the index was seeded
+    found.watch(["10.236.0.0/24"])   # as the daemon's index: flows to the host are not kept, so a claim dumps
+    assert found.claim([("udp", "", 38417, 5353)], "10.236.0.11", None) == 3
+    assert found.dumps == 1
     left = listed(lab)
     assert "sport=40003" in left and "sport=40004" in left
-    assert "sport=40001" not in left and "sport=40002" not in left
+    assert "sport=40001" not in left and "sport=40002" not in left and "sport=40005" not in left
 
 
 def endpoint(c, segment) -> EndpointRecord:
@@ -80,12 +118,12 @@ def exchange(s) -> bool:
         return False
 
 
-def test_a_policy_edit_stops_established_flows_in_both_families(lab, tmp_path):
+def test_a_policy_edit_stops_established_flows_in_both_families(lab, tmp_path, flows):
     web, api = lab.add(2)
     state = State(str(tmp_path / "state"))
     try:
         state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
-        rec = Reconciler(state, {lab.backend_name: lab.backend}, flows=Flows(NsKernel(lab.host)))
+        rec = Reconciler(state, {lab.backend_name: lab.backend}, flows=flows())
         b = lab.backend_name
         state.put_network(network(f"web->api:udp/{UDP_PORT}", b))
         rec.network_added(network(f"web->api:udp/{UDP_PORT}", b))
@@ -104,3 +142,21 @@ def test_a_policy_edit_stops_established_flows_in_both_families(lab, tmp_path):
             s.close()
     finally:
         state.close()
+
+
+@only("nftables")   # the conntrack writer itself: the backend plays no part
+def test_with_conntrack_events_off_the_index_answers_nothing_and_reads_dump(lab):
+    """Fail closed: without events the index cannot know the table; every read dumps it."""
+    lab.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=0")
+    with netns(lab.host):
+        index = FlowIndex(reseed=0.05).start()
+    try:
+        time.sleep(0.3)                                   # a few seeds that cannot take
+        assert not index.complete and index.entries({"10.236.0.10"}) is None
+        insert(lab, "udp", "10.236.0.10", "10.236.0.11", 40001, 53)
+        found = Flows(NsKernel(lab.host), index=index)
+        assert found.forget(["10.236.0.10/24"]) == 1 and found.dumps == 1
+        assert "sport=40001" not in listed(lab)
+    finally:
+        index.stop()
+        lab.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=2")

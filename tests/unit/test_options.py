@@ -165,10 +165,15 @@ def test_policy_rule_edits():
     policy = Policy(NetworkOptions())
     a, b = parse_rule("a->b"), parse_rule("b->c:tcp/1")
     assert policy.with_rules([a, b, a]).rules == (a, b)
-    assert policy.with_rules([a]).add_rules([a, b]).rules == (a, b)
-    assert policy.with_rules([a, b]).remove_rules([a]).rules == (b,)
+    added, edit = policy.with_rules([a]).add_rules([a, b])
+    assert added.rules == (a, b) and (edit.before, edit.added, edit.removed) == ((a,), (b,), ())
+    removed, edit = policy.with_rules([a, b]).remove_rules([a])
+    assert removed.rules == (b,) and (edit.before, edit.added, edit.removed) == ((a, b), (), (a,))
     with pytest.raises(PolicyError, match="rule 'b->c:tcp/1' is not in the policy"):
         policy.with_rules([a]).remove_rules([b])
+    twice = Policy(NetworkOptions(rules=(a, b, a)))       # not a plain edit: no RuleEdit
+    assert twice.add_rules([b]) == (Policy(NetworkOptions(rules=(a, b))), None)
+    assert twice.remove_rules([a]) == (Policy(NetworkOptions(rules=(b,))), None)
 
 
 def test_policy_edits_keep_validation():

@@ -1,6 +1,8 @@
 """segmentation.policymap and identities: compiled policy as data, deltas, stable identities."""
 from __future__ import annotations
 
+import collections
+
 from hypothesis import given, settings, strategies as st
 
 from segmentation.compiler import segments_of
@@ -9,7 +11,7 @@ from segmentation.model import Policy
 from segmentation.options import NetworkOptions
 from segmentation import policymap
 from segmentation.policymap import compile_policy_map, recompile_policy_map
-from segmentation.rules import parse_rules
+from segmentation.rules import parse_rules, segment_mentions
 
 SEGS = ["web", "api", "db", "cache"]
 RULES = ["web->api:tcp/8080", "*->db:udp/53", "api->db:tcp/5432-5440", "10.0.0.0/8->web:tcp/80",
@@ -48,39 +50,57 @@ def test_recompiling_from_the_previous_map_equals_compiling_afresh(a, b, intra_a
     old = compile_policy_map(old_options, old_ids)
     for live in (members_a, members_b):
         identities = assign(old_ids, segments_of(options, live))
-        assert recompile_policy_map(old, old_options, options, identities) == \
-            compile_policy_map(options, identities)
+        new, delta = recompile_policy_map(old, old_options, options, identities)
+        afresh = compile_policy_map(options, identities)
+        assert new == afresh and delta == old.delta(afresh)
     again = assign(old_ids, segments_of(old_options, members_b))   # members only
-    assert recompile_policy_map(old, old_options, old_options, again) == compile_policy_map(old_options, again)
+    new, delta = recompile_policy_map(old, old_options, old_options, again)
+    assert new == compile_policy_map(old_options, again) and delta == old.delta(new)
 
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from(RULES + NAMING)), st.lists(st.sampled_from(RULES + NAMING), min_size=1),
        st.booleans(), st.sampled_from(["allow", "deny"]), st.lists(st.sampled_from(SEGS + ["x", "y", "z"])))
-def test_an_edit_remembered_by_the_options_compiles_and_deltas_as_afresh(a, edit, add, intra, members):
-    """``Policy.add_rules``/``remove_rules`` leave the edit on the new options; the
-    recompile uses it (and knows its delta): both must equal the full computation."""
+def test_an_edit_compiles_and_deltas_as_afresh(a, edit, add, intra, members):
+    """``Policy.add_rules``/``remove_rules`` give the edit with the new policy; the
+    recompile given that edit (and the segment counts after it) must equal the full
+    computation, map and delta."""
     old_options = NetworkOptions(rules=parse_rules(" ".join(a)), intra=intra)
-    old_options.named_segments()                       # derived before the edit, as the daemon has it
     rules = parse_rules(" ".join(edit))
     if add:
-        options = Policy(old_options).add_rules(rules).options
+        policy, made = Policy(old_options).add_rules(rules)
     else:
         present = [r for r in rules if r in old_options.rules]
         if not present:
             return
-        options = Policy(old_options).remove_rules(present).options
-    assert options.edit_from(old_options.rules) is not None
+        policy, made = Policy(old_options).remove_rules(present)
+    options = policy.options
+    assert made is not None and made.made_from(old_options.rules)
     fresh = NetworkOptions(rules=options.rules, intra=intra)
-    assert options == fresh and options.named_segments() == fresh.named_segments()
+    assert options == fresh
+    counts = made.segment_counts(collections.Counter(segment_mentions(old_options.rules)))
+    assert counts == collections.Counter(segment_mentions(options.rules))
     old_ids = assign({}, segments_of(old_options, members))
     old = compile_policy_map(old_options, old_ids)
-    identities = assign(old_ids, segments_of(options, members))
-    new = recompile_policy_map(old, old_options, options, identities)
+    identities = assign(old_ids, segments_of(options, members, counts))
+    assert identities == assign(old_ids, segments_of(fresh, members))
+    new, delta = recompile_policy_map(old, old_options, options, identities, made)
     afresh = compile_policy_map(options, identities)
     assert new == afresh
-    assert old.delta(new) == old.delta(afresh)         # the remembered delta is the computed one
-    assert old.apply(old.delta(new)) == afresh
+    assert delta == old.delta(afresh)                  # the edit's delta is the computed one
+    assert old.apply(delta) == afresh
+
+
+def test_an_edit_made_from_other_rules_is_not_used():
+    """A RuleEdit made from rules other than the old options' is ignored: the rules are compared."""
+    old_options = NetworkOptions(rules=parse_rules("web->api:tcp/1 api->db:tcp/2"))
+    elsewhere = NetworkOptions(rules=parse_rules("web->api:tcp/1"))
+    policy, made = Policy(elsewhere).add_rules(parse_rules("db->web:tcp/3"))
+    ids = assign({}, segments_of(policy.options, ()))
+    old = compile_policy_map(old_options, ids)
+    new, delta = recompile_policy_map(old, old_options, policy.options, ids, made)
+    assert new == compile_policy_map(policy.options, ids) and delta == old.delta(new)
+    assert {e.rule for e in delta.entries_removed} == {"api->db:tcp/2"}
 
 
 def test_a_new_segment_is_a_delta_of_its_own_entries_only():
@@ -112,6 +132,6 @@ def test_picking_the_removed_rules_entries_out_of_the_old_map_compiles_the_same(
     policymap._PICK_GONE = 0
     try:
         test_recompiling_from_the_previous_map_equals_compiling_afresh()
-        test_an_edit_remembered_by_the_options_compiles_and_deltas_as_afresh()
+        test_an_edit_compiles_and_deltas_as_afresh()
     finally:
         policymap._PICK_GONE = saved

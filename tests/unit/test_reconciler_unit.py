@@ -79,12 +79,19 @@ def env(tmp_path):
         def claim(self, bindings, v4, v6):
             pass
 
+        def watch(self, subnets):
+            watched.append(set(subnets))
+
+    watched = []
     rec = Reconciler(state, {"nftables": backend}, flows=Flows())
     net = network()
     state.put_network(net)
     rec.network_added(net)
+    assert watched == [{"10.230.0.0/24"}]   # the conntrack index keeps this network's flows
     backend.calls.clear()
     yield state, backend, rec, net, pruned
+    rec.network_removed(net)
+    assert watched[-1] == set()
     state.close()
 
 

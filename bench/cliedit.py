@@ -1,0 +1,158 @@
+"""Where a one-rule edit's CLI round trip goes, at N rules (issue 12: <= 1.2x an empty `secnet status`).
+
+Run as root with the plugin on its socket (``make bench``'s conditions, under the e2e lock):
+``.venv/bin/python -m bench.cliedit [--rules N] [--repeats R]``. It creates the secnet
+network ``snbench-cliedit`` (10.216.16.0/24, no containers), sets N rules (bench/scale.py's
+sweep), then times, interleaved R times:
+
+* as the user runs them (a new process each): ``secnet status``, ``secnet policy NET add
+  RULE``, ``secnet policy NET remove RULE`` (plain and ``--json``), and ``python -c pass``
+  and ``python -c 'import plugin.cli.main'`` (the interpreter and the CLI's imports);
+* inside this process, the CLI's pieces: resolving the network's name through the engine,
+  the daemon's answer to ``status`` and to one rule ``add``/``remove`` (HTTP included).
+
+Prints one JSON object of medians (ms), min and max; removes the network at the end.
+
+``--private [--endpoints M]``: no Docker network and not the shared daemon, but a
+stand-in daemon (``bench.cliserve``: the daemon's app over a real state, reconciler,
+nftables backend and conntrack index, served by gunicorn as ``secnet-plugin`` is) in
+a throwaway namespace, on a socket of its own, holding one network of M endpoints and
+N rules; the CLI names it by id (the engine does not know it). Status there does less
+than the real daemon's (no engine or DNS figures): compare edits with each other.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+
+from plugin.cli import client
+
+from .common import PREFIX, REPO, SECNET_CLI, create_network, docker, log, now, sh, stats
+from .scale import ONE_RULE, sweep_rules
+
+NET = f"{PREFIX}-cliedit"
+SUBNET = "10.216.16.0/24"
+PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+
+
+def _process(args: list) -> float:
+    t0 = now()
+    sh(args)
+    return (now() - t0) * 1000
+
+
+def _inside(fn, *args) -> float:
+    t0 = now()
+    fn(*args)
+    return (now() - t0) * 1000
+
+
+def _cases(net_id: str, ref: str) -> dict:
+    """name -> a function timing one run of it (ms); edits come in add/remove pairs."""
+    cli = [SECNET_CLI]
+    edit = {"network": net_id, "rules": [ONE_RULE], "list": False}
+    return {
+        "python_empty": lambda: _process([PYTHON, "-c", "pass"]),
+        "python_import_cli": lambda: _process([PYTHON, "-c", "import plugin.cli.main"]),
+        "cli_status": lambda: _process(cli + ["status"]),
+        "cli_add": lambda: _process(cli + ["policy", ref, "add", ONE_RULE]),
+        "cli_remove": lambda: _process(cli + ["policy", ref, "remove", ONE_RULE]),
+        "cli_add_json": lambda: _process(cli + ["--json", "policy", ref, "add", ONE_RULE]),
+        "cli_remove_json": lambda: _process(cli + ["--json", "policy", ref, "remove", ONE_RULE]),
+        "resolve_network": lambda: _inside(client.resolve_network, ref),
+        "call_status": lambda: _inside(client.call, "/secnet/status", {}),
+        "call_add": lambda: _inside(client.call, "/secnet/policy", dict(edit, action="add")),
+        "call_remove": lambda: _inside(client.call, "/secnet/policy", dict(edit, action="remove")),
+        "call_add_listed": lambda: _inside(client.call, "/secnet/policy", dict(edit, action="add", list=True)),
+        "call_remove_listed": lambda: _inside(client.call, "/secnet/policy", dict(edit, action="remove", list=True)),
+    }
+
+
+def _timed(cases: dict, repeats: int) -> dict:
+    times: dict = {name: [] for name in cases}
+    for _ in range(repeats):
+        for name, fn in cases.items():
+            times[name].append(fn())
+    return times
+
+
+@contextmanager
+def _shared(rules: int):
+    """The network ``snbench-cliedit`` with ``rules`` rules on the shared daemon: (id, name)."""
+    docker("network", "rm", NET, check=False)
+    net_id = create_network(NET, "secnet", SUBNET)
+    try:
+        t0 = now()
+        client.call("/secnet/policy", {"network": net_id, "action": "set", "rules": sweep_rules(rules, 0),
+                                       "list": False}, timeout=600)
+        log(f"cliedit: {rules} rules set in {(now() - t0) * 1000:.0f} ms")
+        yield net_id, NET
+    finally:
+        docker("network", "rm", NET, check=False)
+
+
+@contextmanager
+def _private(rules: int, endpoints: int):
+    """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id)."""
+    from .handler import NET_ID
+    ns = f"{PREFIX}-cli{os.getpid()}"
+    with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
+        sock = os.path.join(tmp, "secnet.sock")
+        sh(["ip", "netns", "add", ns])
+        proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-m", "bench.cliserve", sock,
+                                 os.path.join(tmp, "state"), "--rules", str(rules), "--endpoints",
+                                 str(endpoints)], cwd=REPO)
+        saved = os.environ.get("SECNET_SOCKET")
+        os.environ["SECNET_SOCKET"] = sock
+        try:
+            _wait_for(sock, proc)
+            yield NET_ID, NET_ID
+        finally:
+            os.environ.pop("SECNET_SOCKET") if saved is None else os.environ.update(SECNET_SOCKET=saved)
+            proc.terminate()
+            proc.wait(timeout=30)
+            sh(["ip", "netns", "del", ns], check=False)
+
+
+def _wait_for(sock: str, proc, patience: float = 120.0) -> None:
+    give_up = now() + patience
+    while True:
+        try:
+            client.call("/secnet/status", {}, timeout=5)
+            return
+        except client.CliError:
+            if proc.poll() is not None or now() > give_up:
+                raise RuntimeError("the stand-in daemon did not answer") from None
+            time.sleep(0.2)
+
+
+def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000) -> dict:
+    with (_private(rules, endpoints) if private else _shared(rules)) as (net_id, ref):
+        times = _timed(_cases(net_id, ref), repeats)
+    out = {name: stats(values) for name, values in times.items()}
+    status = out["cli_status"]["median"]
+    ratios = {f"{k}_per_status": round(out[k]["median"] / status, 2)
+              for k in ("cli_add", "cli_remove", "cli_add_json", "cli_remove_json")}
+    return {"rules": rules, "repeats": repeats, "private": private, **ratios, **out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rules", type=int, default=10000)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--private", action="store_true", help="a stand-in daemon, not the shared one")
+    parser.add_argument("--endpoints", type=int, default=1000, help="with --private")
+    args = parser.parse_args()
+    found = run(args.rules, args.repeats, args.private, args.endpoints)
+    json.dump(found, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()

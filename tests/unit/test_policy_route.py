@@ -1,0 +1,91 @@
+"""``/secnet/policy`` and ``secnet policy``: an edit reaches the reconciler with its
+RuleEdit, answers without the rule list unless asked, and the CLI prints one line."""
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from plugin.cli import main as cli
+from plugin.daemon.api import Api
+from plugin.daemon.app import create_app
+from plugin.driver.driver import Driver
+from plugin.driver.state import NetworkRecord, State
+from segmentation.options import parse_network_options
+from segmentation.rules import rule_texts
+
+NID = "ab" * 32
+
+
+class RecordingReconciler:
+    """Remembers each policy_changed call (network options, edit)."""
+
+    def __init__(self):
+        self.calls = []
+
+    def policy_changed(self, net, edit=None):
+        self.calls.append((net.options, edit))
+
+
+@pytest.fixture
+def env(tmp_path):
+    state = State(str(tmp_path / "state"))
+    state.put_network(NetworkRecord(id=NID, bridge="sn-x", mtu=1500,
+                                    options=parse_network_options({"secnet.allow": "web->api:tcp/80"})))
+    reconciler = RecordingReconciler()
+    api = Api(Driver(state, None, None, reconciler), reconciler)
+    client = create_app(api.driver, api).test_client()
+
+    def post(body):
+        resp = client.post("/secnet/policy", data=json.dumps(dict(body, network=NID)))
+        return resp.status_code, json.loads(resp.get_data(as_text=True))
+    yield SimpleNamespace(state=state, reconciler=reconciler, post=post)
+    state.close()
+
+
+def test_an_edit_passes_its_rule_edit_and_answers_the_count(env):
+    code, body = env.post({"action": "add", "rules": ["db->web:tcp/5432"], "list": False})
+    assert code == 200 and body == {"network": NID, "count": 2}
+    options, edit = env.reconciler.calls[-1]
+    assert rule_texts(edit.before) == ["web->api:tcp/80"] and rule_texts(edit.added) == ["db->web:tcp/5432"]
+    assert rule_texts(options.rules) == ["web->api:tcp/80", "db->web:tcp/5432"]
+    code, body = env.post({"action": "remove", "rules": ["web->api:tcp/80"]})   # list: the default
+    assert body == {"network": NID, "count": 1, "rules": ["db->web:tcp/5432"]}
+    assert rule_texts(env.reconciler.calls[-1][1].removed) == ["web->api:tcp/80"]
+    env.post({"action": "set", "rules": ["a->b"]})
+    assert env.reconciler.calls[-1][1] is None                                 # a set is no RuleEdit
+    code, body = env.post({"list": False})                                     # printing lists anyway
+    assert body["rules"] == ["a->b"]
+
+
+def test_a_bad_list_flag_is_refused(env):
+    code, body = env.post({"action": "add", "rules": ["a->b"], "list": "no"})
+    assert code != 200 and "list must be true or false" in body["Err"]
+    assert env.reconciler.calls == []
+
+
+@pytest.mark.parametrize("argv, listed", [
+    (["policy", "net1", "add", "a->b"], False),
+    (["--json", "policy", "net1", "add", "a->b"], True),
+    (["policy", "net1", "remove", "a->b", "--json"], True),
+    (["policy", "net1"], True),
+])
+def test_the_cli_asks_for_the_rules_only_to_print_them(monkeypatch, capsys, argv, listed):
+    sent = []
+
+    def call(path, body, timeout=30.0):
+        sent.append(body)
+        out = {"network": NID, "count": 2}
+        return dict(out, rules=["a->b", "c->d"]) if body["list"] else out
+    monkeypatch.setattr(cli, "call", call)
+    monkeypatch.setattr(cli, "resolve_network", lambda ref: NID)
+    assert cli.main(argv) == 0
+    assert sent[0]["list"] is listed
+    printed = capsys.readouterr().out
+    if "--json" in argv:
+        assert json.loads(printed)["rules"] == ["a->b", "c->d"]
+    elif listed:
+        assert printed.splitlines() == ["a->b", "c->d"]
+    else:
+        assert printed == f"network {NID[:12]}: 2 rules in force\n"
