@@ -274,6 +274,8 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
         gone_rules = rules_not_in(old_options.rules, after) if len(before - after) else []
         new_rules = rules_not_in(options.rules, before) if len(after - before) else []
+    if len(gone_rules) + len(new_rules) > (len(old_options.rules) + len(options.rules)) // 2:
+        return compile_policy_map(options, identities)   # most rules replaced: afresh costs less
     if not same_ids:   # '*' stands for other segments now
         gone_rules += old_options.star_rules()
         new_rules += options.star_rules()
