@@ -77,6 +77,7 @@ _schema("bridge", "baudit", ("zero",))
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
     _schema("inet", _name, ("mark", "mark"))
 
+_INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
     f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any")) + (
     "fq_port", "fq_range", "fq_proto", "fq_icmp", "fq_any")
@@ -94,17 +95,17 @@ _NUMBERS = {name: l4.number4 for name, l4 in FLOW.items()}
 def entry_group(entry) -> tuple:
     """(set name, group) of a policy-map entry: entries of one group are cut together."""
     if entry.__class__ is PolicyEntry:
-        proto = entry.proto
+        src, dst, proto, lo, hi, _rule = entry
         if proto == ANY:
-            return "pol_any", (entry.src, entry.dst)
+            return "pol_any", (src, dst)
         if proto == "icmp":
-            return "pol_icmp", (entry.src, entry.dst)
+            return "pol_icmp", (src, dst)
         number = _NUMBERS[proto]
-        if entry.lo == 0 and entry.hi == 65535:
-            return "pol_proto", (entry.src, entry.dst, number)
-        if entry.lo == entry.hi:
-            return "pol_port", (entry.src, entry.dst, number, entry.lo)
-        return "pol_range", (entry.src, entry.dst, number)
+        if lo == hi:
+            return "pol_port", (src, dst, number, lo)
+        if lo == 0 and hi == 65535:
+            return "pol_proto", (src, dst, number)
+        return "pol_range", (src, dst, number)
     if entry.__class__ is FqdnEntry:
         return _fqdn_group(entry)
     base = f"{'eg' if entry.direction == EGRESS else 'in'}{entry.family}"
@@ -245,8 +246,8 @@ class PolicyElements:
     def change(self, added: Iterable, removed: Iterable) -> ElementDelta:
         """Apply entries added and removed; returns the elements that changed."""
         groups, before = self.groups, {}
-        for entry in removed:
-            where = entry_group(entry)
+        removed, added = list(removed), list(added)
+        for entry, where in zip(removed, map(entry_group, removed)):
             entries = groups.get(where)
             if entries is not None:
                 before.setdefault(where, True)
@@ -255,8 +256,7 @@ class PolicyElements:
                         groups[where] = ()
                 else:
                     entries.discard(entry)
-        for entry in added:
-            where = entry_group(entry)
+        for entry, where in zip(added, map(entry_group, added)):
             entries = groups.get(where)
             if entries is None:
                 before.setdefault(where, False)
@@ -269,17 +269,23 @@ class PolicyElements:
                     groups[where] = (entry,)
                 else:
                     groups[where] = {entries[0], entry}
-        delta = ElementDelta()
+        return self._delta(before)
+
+    def _delta(self, before: dict) -> ElementDelta:
+        """The element delta of the groups in ``before`` (group -> it had entries before)."""
+        groups, delta, interval = self.groups, ElementDelta(), _INTERVAL
+        deletes, adds = delta.delete, delta.add
         for where, existed in before.items():
             name, group = where
-            if not groups[where]:
+            now = groups[where]
+            if not now:
                 del groups[where]
-            if SCHEMAS[name][3]:
+            if interval[name]:
                 self._cut(name, group, delta)
-            elif existed and where not in groups:
-                delta.delete[name][group] = None
-            elif where in groups and not existed:
-                delta.add[name][group] = None
+            elif existed and not now:
+                deletes[name][group] = None
+            elif now and not existed:
+                adds[name][group] = None
         return delta
 
     def _cut(self, name: str, group: tuple, delta: ElementDelta) -> None:
