@@ -244,49 +244,60 @@ class PolicyElements:
         return state
 
     def change(self, added: Iterable, removed: Iterable) -> ElementDelta:
-        """Apply entries added and removed; returns the elements that changed."""
-        groups, before = self.groups, {}
-        removed, added = list(removed), list(added)
+        """Apply entries added and removed; returns the elements that changed.
+
+        A set without intervals has one element per group with entries: its
+        elements come and go with their groups (``gone``, ``born``). An interval
+        set's groups that changed (``cut``: whether each had entries) are cut again.
+        """
+        cut, gone, born = {}, {}, []
+        self._remove(list(removed), cut, gone)
+        self._add(list(added), cut, gone, born)
+        delta = ElementDelta()
+        for name, group in gone:
+            delta.delete[name][group] = None
+        for name, group in born:
+            delta.add[name][group] = None
+        for name, group in cut:
+            self._cut(name, group, delta)
+        return delta
+
+    def _remove(self, removed: list, cut: dict, gone: dict) -> None:
+        groups, interval = self.groups, _INTERVAL
         for entry, where in zip(removed, map(entry_group, removed)):
             entries = groups.get(where)
-            if entries is not None:
-                before.setdefault(where, True)
-                if entries.__class__ is tuple:
-                    if entry in entries:
-                        groups[where] = ()
-                else:
-                    entries.discard(entry)
+            if entries is None:
+                continue
+            if interval[where[0]]:
+                cut.setdefault(where, True)
+            if entries.__class__ is tuple:
+                if entry not in entries:
+                    continue
+            else:
+                entries.discard(entry)
+                if entries:
+                    continue
+            del groups[where]
+            if not interval[where[0]]:
+                gone[where] = None
+
+    def _add(self, added: list, cut: dict, gone: dict, born: list) -> None:
+        groups, interval = self.groups, _INTERVAL
         for entry, where in zip(added, map(entry_group, added)):
             entries = groups.get(where)
+            if interval[where[0]]:
+                cut.setdefault(where, entries is not None)
             if entries is None:
-                before.setdefault(where, False)
                 groups[where] = (entry,)
-            else:
-                before.setdefault(where, True)
-                if entries.__class__ is not tuple:
-                    entries.add(entry)
-                elif not entries or entry in entries:
-                    groups[where] = (entry,)
-                else:
-                    groups[where] = {entries[0], entry}
-        return self._delta(before)
-
-    def _delta(self, before: dict) -> ElementDelta:
-        """The element delta of the groups in ``before`` (group -> it had entries before)."""
-        groups, delta, interval = self.groups, ElementDelta(), _INTERVAL
-        deletes, adds = delta.delete, delta.add
-        for where, existed in before.items():
-            name, group = where
-            now = groups[where]
-            if not now:
-                del groups[where]
-            if interval[name]:
-                self._cut(name, group, delta)
-            elif existed and not now:
-                deletes[name][group] = None
-            elif now and not existed:
-                adds[name][group] = None
-        return delta
+                if not interval[where[0]]:
+                    if where in gone:
+                        del gone[where]   # emptied and filled again: the element stays
+                    else:
+                        born.append(where)
+            elif entries.__class__ is not tuple:
+                entries.add(entry)
+            elif entry not in entries:
+                groups[where] = {entries[0], entry}
 
     def _cut(self, name: str, group: tuple, delta: ElementDelta) -> None:
         old = self.pieces.pop((name, group), {})
