@@ -106,7 +106,7 @@ class Api:
         net = self.find_network(body.get("network"))
         action = body.get("action") or "get"
         texts = body.get("rules") or []
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        if not isinstance(texts, list) or not set(map(type, texts)) <= {str}:
             raise BadRequest("rules must be a list of strings")
         if action != "get":
             with collection_deferred():
