@@ -267,6 +267,9 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         return new_map, old.delta(new_map)
     same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
     gone_rules, new_rules = _rules_changed(old_options, options, edit)
+    if len(gone_rules) + len(new_rules) > (len(old_options.rules) + len(options.rules)) // 2:
+        new_map = compile_policy_map(options, identities)   # most rules replaced: afresh costs less
+        return new_map, old.delta(new_map)
     if not same_ids:   # '*' stands for other segments now
         gone_rules += old_options.star_rules()
         new_rules += options.star_rules()

@@ -1,52 +1,83 @@
-"""The fast path of rule parsing: the common form in one regex.
+"""The fast path of rule parsing: the common form without a regex per rule.
 
 Segment or ``*`` on both sides, a lower-case protocol, a port or a range
-(``web->api:tcp/8080``): parsed by one regex match, with endpoint and service
-values shared between rules. Anything else, or anything this path finds
-wrong, is left to the general parser of :mod:`segmentation.rules`, which
-words the error.
+(``web->api:tcp/8080``): the rule is cut at ``->`` and ``:`` and its three
+parts are looked up in tables of parts already seen (segment names and
+services repeat across a policy), so that endpoint and service values are
+shared between rules. Anything else, or anything this path finds wrong, is
+left to the general parser of :mod:`segmentation.rules`, which words the
+error.
 """
 
 from __future__ import annotations
 
-import functools
 import re
 
 from .names import segment_name_problem
 from .rulevalues import ANY, PORT_PROTOCOLS, Endpoint, Rule, Service
 
-_NAME = r"([A-Za-z0-9][A-Za-z0-9_.-]{0,62}|\*)"
-_SIMPLE = re.compile(_NAME + "->" + _NAME + r"(?::(tcp|udp|icmp|any)(?:/([0-9]{1,5})(?:-([0-9]{1,5}))?)?)?")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}|\*")
+_SERVICE = re.compile(r"(tcp|udp|icmp|any)(?:/([0-9]{1,5})(?:-([0-9]{1,5}))?)?")
+_BOUND = 4096      # entries per table of parts seen; a table that grows past it starts again
+_ENDPOINTS: dict = {}   # text -> Endpoint, or None when not a plain name
+_SERVICES: dict = {}   # text after ':' -> (Service, ":" + its text), or (None, None)
 
 
 def fast_rule(text: str) -> Rule | None:
     """``text`` as a Rule when it is in the common form and valid, else None."""
-    found = _SIMPLE.fullmatch(text)
-    if found is None:
+    src, arrow, rest = text.partition("->")
+    dst, colon, svc = rest.partition(":")
+    src_end = _ENDPOINTS.get(src, False)
+    if src_end is False:
+        src_end = _endpoint(src)
+    dst_end = _ENDPOINTS.get(dst, False)
+    if dst_end is False:
+        dst_end = _endpoint(dst)
+    if colon:
+        found = _SERVICES.get(svc) if svc else (None, None)
+        if found is None:
+            found = _service(svc)
+    else:
+        found = (ANY, "")
+    if src_end is None or dst_end is None or found[0] is None or not arrow:
         return None
-    src, dst, proto, lo, hi = found.groups()
-    src_end, dst_end = _named_endpoint(src), _named_endpoint(dst)
-    if src_end is None or dst_end is None:
-        return None
-    service, suffix = _simple_service(proto, lo, hi)
-    if service is None:
-        return None
-    return Rule.of_checked(src_end, dst_end, service, f"{src}->{dst}{suffix}")
+    return Rule.of_checked(src_end, dst_end, found[0], f"{src}->{dst}{found[1]}")
 
 
-@functools.lru_cache(maxsize=4096)
-def _named_endpoint(text: str):
-    """``*`` or a valid segment name as an Endpoint (shared), else None."""
-    if text == "*":
-        return Endpoint("all", "*")
-    return Endpoint("segment", text) if segment_name_problem(text) is None else None
+def fast_rules(texts) -> list:
+    """:func:`fast_rule` of each of ``texts`` (a list; None where it is not in the common form)."""
+    return list(map(fast_rule, texts))
 
 
-@functools.lru_cache(maxsize=4096)
+def _endpoint(text: str):
+    """``*`` or a valid segment name as an Endpoint (shared), else None; remembered."""
+    if _NAME.fullmatch(text) is None:
+        found = None
+    elif text == "*":
+        found = Endpoint("all", "*")
+    else:
+        found = Endpoint("segment", text) if segment_name_problem(text) is None else None
+    if len(_ENDPOINTS) >= _BOUND:
+        _ENDPOINTS.clear()
+    _ENDPOINTS[text] = found
+    return found
+
+
+def _service(text: str) -> tuple:
+    """``(Service, ":" + its text)`` of the text after ``:`` (e.g. ``tcp/80-90``);
+    ``(None, None)`` when it is not in the common form or not valid; remembered."""
+    match = _SERVICE.fullmatch(text)
+    found = (None, None) if match is None else _simple_service(*match.groups())
+    if len(_SERVICES) >= _BOUND:
+        _SERVICES.clear()
+    _SERVICES[text] = found
+    return found
+
+
 def _simple_service(proto, lo, hi) -> tuple:
-    """``(Service, ":" + its text)`` of ``proto`` (None: any) and port texts (None: no
-    ports); ``(ANY, "")``; ``(None, None)`` when not valid."""
-    if proto is None or (proto == "any" and lo is None):
+    """``(Service, ":" + its text)`` of ``proto`` and port texts (None: no ports);
+    ``(ANY, "")`` for ``any``; ``(None, None)`` when not valid."""
+    if proto == "any" and lo is None:
         return ANY, ""
     if lo is None:
         service = Service(proto)

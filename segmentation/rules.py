@@ -27,13 +27,14 @@ from typing import Iterable
 
 from .errors import RuleError, shown
 from .names import segment_name_problem
-from .rulefast import fast_rule
+from .rulefast import fast_rule, fast_rules
 from .rulevalues import (  # noqa: F401 (re-exported: the grammar's values live there)
     ANY, ENDPOINT_KINDS, FQDN_CLOSE, FQDN_OPEN, FQDN_SOURCE, PORT_PROTOCOLS, PROTOCOLS,
     Endpoint, Rule, Service, outside_both,
 )
 
 _ARROW_SPACES = re.compile(r"\s*->\s*")
+_SPACED_ARROW = re.compile(r"\s->|->\s")
 _SEPARATORS = re.compile(r"[,;\s]+")
 _DIGITS = re.compile(r"[0-9]+")
 _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")
@@ -42,8 +43,11 @@ _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")
 def parse_rule(text: str) -> Rule:
     """Parse one rule; raise RuleError naming the rule and the problem."""
     rule = fast_rule(text)
-    if rule is not None:
-        return rule
+    return rule if rule is not None else _parse_general(text)
+
+
+def _parse_general(text: str) -> Rule:
+    """Parse one rule that is not in the fast path's common form."""
     rule_text = _ARROW_SPACES.sub("->", text.strip())
     if not rule_text:
         raise RuleError(text, "empty rule")
@@ -210,12 +214,21 @@ def _parse_port(rule: str, text: str) -> int:
 
 def split_rules(text: str) -> list[str]:
     """Split a rule list on ``,`` ``;`` and whitespace (``a -> b`` is one rule)."""
-    return [part for part in _SEPARATORS.split(_ARROW_SPACES.sub("->", text)) if part]
+    if _SPACED_ARROW.search(text):
+        text = _ARROW_SPACES.sub("->", text)
+    if "," in text or ";" in text:
+        return [part for part in _SEPARATORS.split(text) if part]
+    return text.split()   # the same parts: str.split and \s agree on whitespace
 
 
 def parse_rules(text: str) -> tuple[Rule, ...]:
     """Parse a rule list; duplicates are dropped, first occurrence kept."""
-    return unique_rules(parse_rule(part) for part in split_rules(text))
+    parts = split_rules(text)
+    rules = fast_rules(parts)
+    for i, rule in enumerate(rules):
+        if rule is None:
+            rules[i] = _parse_general(parts[i])
+    return unique_rules(rules)
 
 
 def unique_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:

@@ -8,6 +8,8 @@ as the driver, mapped in one place (``plugin.daemon.app.error_reply``).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import threading
@@ -32,6 +34,26 @@ log = logging.getLogger(__name__)
 
 def _reply(body, status=200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+@contextlib.contextmanager
+def collection_deferred():
+    """Python's cyclic garbage collector paused for the block (process-wide), then
+    resumed; nothing is collected here.
+
+    A policy edit of 10,000 rules allocates ~10^5 tracked objects: with the collector
+    on, that is ~100 young collections, which trigger full ones over the whole heap
+    (40-60 ms each with 1,000 endpoints and 10,000 rules in force, one per edit). Paused,
+    the edit's survivors are seen by one young collection after it, and the full ones
+    come as rarely as the allocation counts make them. Nothing is left uncollected.
+    """
+    paused = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _count(body: dict, key: str, default: int) -> int:
@@ -87,13 +109,14 @@ class Api:
         net = self.find_network(body.get("network"))
         action = body.get("action") or "get"
         texts = body.get("rules") or []
-        if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        if not isinstance(texts, list) or not set(map(type, texts)) <= {str}:
             raise BadRequest("rules must be a list of strings")
         listed = body.get("list", True)
         if not isinstance(listed, bool):
             raise BadRequest("list must be true or false")
         if action != "get":
-            net = self._change_policy(net, action, texts)
+            with collection_deferred():
+                net = self._change_policy(net, action, texts)
         out = {"network": net.id, "count": len(net.options.rules)}
         if listed or action == "get":
             out["rules"] = rule_texts(net.options.rules)

@@ -254,3 +254,36 @@ def test_text_round_trips(rule):
 def test_rule_lists_round_trip(rule_list, sep):
     parsed = parse_rules(format_rules(rule_list, sep=sep))
     assert parsed == tuple(dict.fromkeys(rule_list))
+
+
+RULEISH = st.lists(st.sampled_from(["web", "api", "a", "1.2.3.4", "-", "->", ":", "tcp", "udp", "icmp", "any",
+                                    "/", "80", "0", "65536", "8080-80", "-90", "*", "[", "]", "dns(", ")",
+                                    "Tcp", "x_y.z", "_"]), min_size=1, max_size=7).map("".join)
+
+
+@given(RULEISH)
+def test_the_fast_path_agrees_with_the_general_parser(text):
+    """fast_rule either declines (None) or gives what the general parser gives, field by
+    field; it never accepts what the general parser refuses."""
+    from segmentation.rulefast import fast_rule
+    from segmentation.rules import _parse_general
+    fast = fast_rule(text)
+    try:
+        general = _parse_general(text)
+    except RuleError:
+        assert fast is None
+        return
+    if fast is not None:
+        assert (fast.src, fast.dst, fast.service, fast.text()) == \
+            (general.src, general.dst, general.service, general.text())
+
+
+def test_the_fast_path_takes_the_common_forms_and_declines_the_rest():
+    from segmentation.rulefast import fast_rule
+    for text, canonical in (("web->api:tcp/8080", "web->api:tcp/8080"), ("web->api", "web->api"),
+                            ("*->db:udp/53-53", "*->db:udp/53"), ("a->b:any", "a->b"),
+                            ("a->b:tcp/0080", "a->b:tcp/80"), ("a->b:icmp", "a->b:icmp")):
+        rule = fast_rule(text)
+        assert rule is not None and rule.text() == canonical == parse_rule(text).text()
+    for text in ("web->10.0.0.0/8:tcp/443", "a->b:", "a->b:tcp/0", "a->b->c", "a->dns(x.org)", "a->b:TCP/1"):
+        assert fast_rule(text) is None

@@ -182,3 +182,11 @@ def test_show_lists_every_drop_reason_whichever_backend_counted(env, capsys):
     assert "dropped:" in out and "would drop" not in out      # enforce mode, nothing would-dropped
     _print_show(dict(data, mode="audit"))
     assert "would drop (audit mode let it pass):" in capsys.readouterr().out
+
+
+def test_policy_edits_take_a_list_of_rule_strings_only(env):
+    for rules in ("web->api", ["web->api", 7], [None], {"a": 1}):
+        status, data = env.post("policy", {"network": NID, "action": "set", "rules": rules})
+        assert status == 400 and data["Err"] == "rules must be a list of strings", rules
+    status, data = env.post("policy", {"network": NID})
+    assert status == 200 and data["rules"] == ["web->api:tcp/8080", "api->db:tcp/5432"]

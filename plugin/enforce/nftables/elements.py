@@ -78,6 +78,7 @@ _schema("bridge", "baudit", ("zero",))
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
     _schema("inet", _name, ("mark", "mark"))
 
+_INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
     f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any")) + (
     "fq_port", "fq_range", "fq_proto", "fq_icmp", "fq_any")
@@ -95,17 +96,17 @@ _NUMBERS = {name: l4.number4 for name, l4 in FLOW.items()}
 def entry_group(entry) -> tuple:
     """(set name, group) of a policy-map entry: entries of one group are cut together."""
     if entry.__class__ is PolicyEntry:
-        proto = entry.proto
+        src, dst, proto, lo, hi, _rule = entry
         if proto == ANY:
-            return "pol_any", (entry.src, entry.dst)
+            return "pol_any", (src, dst)
         if proto == "icmp":
-            return "pol_icmp", (entry.src, entry.dst)
+            return "pol_icmp", (src, dst)
         number = _NUMBERS[proto]
-        if entry.lo == 0 and entry.hi == 65535:
-            return "pol_proto", (entry.src, entry.dst, number)
-        if entry.lo == entry.hi:
-            return "pol_port", (entry.src, entry.dst, number, entry.lo)
-        return "pol_range", (entry.src, entry.dst, number)
+        if lo == hi:
+            return "pol_port", (src, dst, number, lo)
+        if lo == 0 and hi == 65535:
+            return "pol_proto", (src, dst, number)
+        return "pol_range", (src, dst, number)
     if entry.__class__ is FqdnEntry:
         return _fqdn_group(entry)
     base = f"{'eg' if entry.direction == EGRESS else 'in'}{entry.family}"
@@ -244,44 +245,60 @@ class PolicyElements:
         return state
 
     def change(self, added: Iterable, removed: Iterable) -> ElementDelta:
-        """Apply entries added and removed; returns the elements that changed."""
-        groups, before = self.groups, {}
-        for entry in removed:
-            where = entry_group(entry)
-            entries = groups.get(where)
-            if entries is not None:
-                before.setdefault(where, True)
-                if entries.__class__ is tuple:
-                    if entry in entries:
-                        groups[where] = ()
-                else:
-                    entries.discard(entry)
-        for entry in added:
-            where = entry_group(entry)
+        """Apply entries added and removed; returns the elements that changed.
+
+        A set without intervals has one element per group with entries: its
+        elements come and go with their groups (``gone``, ``born``). An interval
+        set's groups that changed (``cut``: whether each had entries) are cut again.
+        """
+        cut, gone, born = {}, {}, []
+        self._remove(list(removed), cut, gone)
+        self._add(list(added), cut, gone, born)
+        delta = ElementDelta()
+        for name, group in gone:
+            delta.delete[name][group] = None
+        for name, group in born:
+            delta.add[name][group] = None
+        for name, group in cut:
+            self._cut(name, group, delta)
+        return delta
+
+    def _remove(self, removed: list, cut: dict, gone: dict) -> None:
+        groups, interval = self.groups, _INTERVAL
+        for entry, where in zip(removed, map(entry_group, removed)):
             entries = groups.get(where)
             if entries is None:
-                before.setdefault(where, False)
-                groups[where] = (entry,)
+                continue
+            if interval[where[0]]:
+                cut.setdefault(where, True)
+            if entries.__class__ is tuple:
+                if entry not in entries:
+                    continue
             else:
-                before.setdefault(where, True)
-                if entries.__class__ is not tuple:
-                    entries.add(entry)
-                elif not entries or entry in entries:
-                    groups[where] = (entry,)
-                else:
-                    groups[where] = {entries[0], entry}
-        delta = ElementDelta()
-        for where, existed in before.items():
-            name, group = where
-            if not groups[where]:
-                del groups[where]
-            if SCHEMAS[name][3]:
-                self._cut(name, group, delta)
-            elif existed and where not in groups:
-                delta.delete[name][group] = None
-            elif where in groups and not existed:
-                delta.add[name][group] = None
-        return delta
+                entries.discard(entry)
+                if entries:
+                    continue
+            del groups[where]
+            if not interval[where[0]]:
+                gone[where] = None
+
+    def _add(self, added: list, cut: dict, gone: dict, born: list) -> None:
+        groups, interval = self.groups, _INTERVAL
+        for entry, where in zip(added, map(entry_group, added)):
+            entries = groups.get(where)
+            if interval[where[0]]:
+                cut.setdefault(where, entries is not None)
+            if entries is None:
+                groups[where] = (entry,)
+                if not interval[where[0]]:
+                    if where in gone:
+                        del gone[where]   # emptied and filled again: the element stays
+                    else:
+                        born.append(where)
+            elif entries.__class__ is not tuple:
+                entries.add(entry)
+            elif entry not in entries:
+                groups[where] = {entries[0], entry}
 
     def _cut(self, name: str, group: tuple, delta: ElementDelta) -> None:
         old = self.pieces.pop((name, group), {})

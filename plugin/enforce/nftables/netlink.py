@@ -103,6 +103,9 @@ def _make_encoder(name: str, key_only: bool):
         _header(NFTA_DATA_VALUE, klen)
     end_head = _header(NFTA_SET_ELEM_KEY_END, 4 + klen, True) + _header(NFTA_DATA_VALUE, klen)
     data_head = _header(NFTA_SET_ELEM_DATA, 4 + dlen, True) + _header(NFTA_DATA_VALUE, dlen)
+    if not interval and not dlen and all(k in _NUMERIC for k in kinds):   # the policy sets
+        key = _numeric_key(kinds)
+        return lambda element, value=None: head + key(element)
 
     def encode(element, value=None) -> bytes:
         key, end, data = parts(element, value)
@@ -130,26 +133,39 @@ def identifier(name: str, key_only: bool = False):
 _NUMERIC = {"mark": "I", "zero": "I", "proto": "B3x", "port": "H2x"}   # one struct for the whole key
 
 
+def _numeric_key(kinds: tuple):
+    """``element -> key bytes`` of a set without intervals whose key fields are all
+    numbers, by one struct: ports (network order) are swapped first. Written out for
+    the shapes of the policy sets (the port last, if any), whose deltas hold ~10^4
+    elements; any other shape by the general loop."""
+    layout = struct.Struct("=" + "".join(_NUMERIC[k] for k in kinds))
+    pack, htons = layout.pack, socket.htons
+    ports = [i for i, k in enumerate(kinds) if k == "port"]
+    if not ports:
+        return lambda element: pack(*element)
+    if ports == [3] and len(kinds) == 4:
+        return lambda e: pack(e[0], e[1], e[2], htons(e[3]))
+    if ports == [2] and len(kinds) == 3:
+        return lambda e: pack(e[0], e[1], htons(e[2]))
+    return lambda element: pack(*[htons(v) if i in ports else v for i, v in enumerate(element)])
+
+
 def _numeric_identifier(kinds: tuple, interval: bool):
     """``parts`` of a set whose key fields are all numbers (the policy sets), by one
     struct: network-order fields are swapped first (ports; marks of interval sets)."""
+    if not interval:
+        key = _numeric_key(kinds)
+        return lambda element, value=None: (key(element), None, None)
     layout = struct.Struct("=" + "".join(_NUMERIC[k] for k in kinds))
-    swap = [socket.htons if k == "port" else socket.htonl if interval and k in ("mark", "zero") else None
-            for k in kinds]
-    if not any(swap):
-        pack = layout.pack
-    else:
-        swaps = [(i, f) for i, f in enumerate(swap) if f is not None]
+    swap = [socket.htons if k == "port" else socket.htonl if k in ("mark", "zero") else None for k in kinds]
+    swaps = [(i, f) for i, f in enumerate(swap) if f is not None]
 
-        def pack(*values) -> bytes:
-            values = list(values)
-            for i, f in swaps:
-                values[i] = f(values[i])
-            return layout.pack(*values)
-    if interval:
-        return lambda element, value=None: (pack(*[v[0] for v in element]), pack(*[v[1] for v in element]),
-                                            None)
-    return lambda element, value=None: (pack(*element), None, None)
+    def pack(*values) -> bytes:
+        values = list(values)
+        for i, f in swaps:
+            values[i] = f(values[i])
+        return layout.pack(*values)
+    return lambda element, value=None: (pack(*[v[0] for v in element]), pack(*[v[1] for v in element]), None)
 
 
 def _make_identifier(name: str, key_only: bool):
@@ -237,16 +253,11 @@ class ElementWriter(TableReader):
             family = SCHEMAS[name][0]
             head = head_of.setdefault(name, _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
                                       + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
-            chunk, size = [], 0
             encode = encoder(name, key_only=verb == NFT_MSG_DELSETELEM)
-            for element, value in els.items():
-                attr = encode(element, value)
-                if size + len(attr) > MAX_ATTR:
-                    out.append(self._elements_message(verb, family, head, chunk, flags, names, name))
-                    chunk, size = [], 0
-                chunk.append(attr)
-                size += len(attr)
-            out.append(self._elements_message(verb, family, head, chunk, flags, names, name))
+            attrs = list(map(encode, els, els.values()))
+            per = max(1, MAX_ATTR // max(map(len, attrs)))   # elements of a set: one length
+            for at in range(0, len(attrs), per):
+                out.append(self._elements_message(verb, family, head, attrs[at:at + per], flags, names, name))
         return out
 
     def _elements_message(self, verb, family, head, chunk, flags, names, name) -> bytes:

@@ -1,0 +1,96 @@
+"""The CLI's own HTTP exchange (a real unix socket, a scripted server) and its argument split."""
+from __future__ import annotations
+
+import json
+import socket
+import threading
+
+import pytest
+
+from plugin import config
+from plugin.cli import client
+from plugin.cli.main import _rule_arguments, main
+
+
+def serve_once(path: str, answer: bytes, seen: list) -> threading.Thread:
+    """A server on ``path`` that reads one request (to the end of its body), sends
+    ``answer`` and closes: what the CLI's requests meet."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def run():
+        conn, _ = srv.accept()
+        with conn, srv:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            while len(body) < length:
+                body += conn.recv(65536)
+            seen.append((head.decode(), body))
+            conn.sendall(answer)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_call_posts_json_and_reads_the_answer_to_its_length(tmp_path, monkeypatch):
+    path, seen = str(tmp_path / "d.sock"), []
+    out = json.dumps({"rules": ["a->b:tcp/1"] * 3}).encode()
+    thread = serve_once(path, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: %d\r\n\r\n" % len(out) + out + b"junk", seen)
+    monkeypatch.setenv("SECNET_SOCKET", path)
+    assert client.call("/secnet/policy", {"network": "n", "rules": ["x"]}) == {"rules": ["a->b:tcp/1"] * 3}
+    thread.join(5)
+    head, body = seen[0]
+    assert head.startswith("POST /secnet/policy HTTP/1.0\r\n")
+    assert json.loads(body) == {"network": "n", "rules": ["x"]}
+
+
+def test_an_error_answer_is_a_cli_error_with_the_daemons_message(tmp_path, monkeypatch):
+    path = str(tmp_path / "d.sock")
+    out = b'{"Err": "no secnet network \'zz\'"}'
+    serve_once(path, b"HTTP/1.0 404 NOT FOUND\r\n\r\n" + out, [])
+    monkeypatch.setenv("SECNET_SOCKET", path)
+    with pytest.raises(client.CliError, match="no secnet network 'zz'"):
+        client.call("/secnet/show", {"network": "zz"})
+
+
+def test_an_answer_that_is_not_http_or_no_daemon_is_one_line(tmp_path, monkeypatch, capsys):
+    path = str(tmp_path / "d.sock")
+    serve_once(path, b"hello", [])
+    monkeypatch.setenv("SECNET_SOCKET", path)
+    with pytest.raises(client.CliError, match="cannot reach the secnet daemon at .*not HTTP"):
+        client.call("/secnet/status", {})
+    monkeypatch.setenv("SECNET_SOCKET", str(tmp_path / "none.sock"))
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("secnet: cannot reach the secnet daemon at ") and err.count("\n") == 1
+
+
+def test_the_engine_lookup_reads_an_unchunked_answer(tmp_path):
+    path = str(tmp_path / "docker.sock")
+    body = json.dumps({"Id": "f" * 64, "Name": "shop"}).encode()
+    serve_once(path, b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + body, [])
+    assert client._engine_get(path, "/networks/shop") == {"Id": "f" * 64, "Name": "shop"}
+
+
+def test_defaults_are_the_daemons():
+    assert client.DEFAULT_SOCKET == config.Settings.socket
+    assert client.DEFAULT_DOCKER_HOST == config.DEFAULT_DOCKER_HOST
+    assert client.socket_path({}) == config.Settings.socket
+    assert client.socket_path({"SECNET_SOCKET": "/x.sock", "SECNET_LOG_LEVEL": "debug"}) == "/x.sock"
+    with pytest.raises(client.CliError, match="SECNET_LOG_LEVEL"):
+        client.socket_path({"SECNET_LOG_LEVEL": "loud"})
+
+
+def test_rule_arguments_bypass_argparse_only_for_plain_rule_edits():
+    rules = [f"s{i}->s{i + 1}:tcp/80" for i in range(5)]
+    assert _rule_arguments(["policy", "n", "set", *rules]) == (["policy", "n", "set"], rules)
+    assert _rule_arguments(["policy", "n", "add", "a->b"]) == (["policy", "n", "add"], ["a->b"])
+    for argv in (["policy", "n", "set"], ["policy", "n"], ["show", "n", "set", "x"],
+                 ["policy", "n", "set", "-h"], ["policy", "n", "bogus", "a->b"]):
+        assert _rule_arguments(argv) == (argv, None)
