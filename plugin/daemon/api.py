@@ -128,7 +128,7 @@ class Api:
         if mode is not None:
             if not isinstance(mode, str) or mode.strip().lower() not in MODES:
                 raise BadRequest(f"invalid mode {mode!r}: allowed {', '.join(MODES)}")
-            net = self.driver.change_options(net.id, replace(net.options, mode=mode.strip().lower()))
+            net = self.driver.edit_options(net.id, lambda o: (replace(o, mode=mode.strip().lower()), None))
             log.info("network %s is now in %s mode", net.id[:12], net.options.mode)
         return {"network": net.id, "mode": net.options.mode}
 
@@ -169,21 +169,25 @@ class Api:
         return {"text": self._metrics.text(), "samples": self._metrics.samples()}
 
     def _change_policy(self, net, action: str, texts: list):
+        """Apply ``action`` with the parsed ``texts`` to the network's rules as they are
+        under the driver's lock, so that two edits at once both take effect."""
+        if action not in ("set", "add", "remove"):
+            raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
         try:
             rules = parse_rules(" ".join(texts))
-            policy, edit = Policy(net.options), None
-            if action == "set":
-                policy = policy.with_rules(rules)
-            elif action == "add":
-                policy, edit = policy.add_rules(rules)
-            elif action == "remove":
-                policy, edit = policy.remove_rules(rules)
-            else:
-                raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
-            options = policy.options  # validated: NetworkOptions checks itself on construction
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
-        new_net = self.driver.change_options(net.id, options, edit)
+
+        def change(options):
+            try:
+                policy = Policy(options)
+                if action == "set":
+                    return policy.with_rules(rules).options, None
+                policy, edit = (policy.add_rules if action == "add" else policy.remove_rules)(rules)
+                return policy.options, edit   # validated: NetworkOptions checks itself
+            except PolicyError as exc:
+                raise BadRequest(str(exc)) from None
+        new_net = self.driver.edit_options(net.id, change)
         log.info("policy of network %s: %d rules", net.id[:12], len(new_net.options.rules))
         return new_net
 

@@ -4,7 +4,7 @@ Every part gets what it uses in its constructor; nothing is attached later.
 Data flow of a join: HTTP body -> ``driver.protocol`` -> ``Driver.join`` ->
 ``labels`` resolves the segment -> ``state`` (saved) -> ``Reconciler``
 computes the delta -> the network's backend applies it in one transaction.
-Data flow of a policy edit: CLI -> ``daemon.api`` -> ``Driver.change_options``
+Data flow of a policy edit: CLI -> ``daemon.api`` -> ``Driver.edit_options``
 -> ``Reconciler.policy_changed`` (compile, policy-map delta, backend) ->
 ``state`` -> ``kernel.conntrack`` ends the flows the new policy denies.
 """

@@ -386,6 +386,15 @@ class Driver:
                 raise
         return new
 
+    def edit_options(self, network_id: str, change) -> NetworkRecord:
+        """``change(options) -> (new options, RuleEdit or None)`` on the network's current
+        options, under the driver's lock, then :meth:`change_options`: an edit that starts
+        while another is applied sees its result (no edit is lost). Errors ``change``
+        raises pass through, with nothing changed."""
+        with self.lock:
+            options, edit = change(self._network(network_id).options)
+            return self.change_options(network_id, options, edit)
+
     # --- restart ---------------------------------------------------------
     def restore(self) -> dict:
         """Rebuild kernel objects from state and remove what no record owns."""

@@ -3,6 +3,8 @@ RuleEdit, answers without the rule list unless asked, and the CLI prints one lin
 from __future__ import annotations
 
 import json
+import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -89,3 +91,33 @@ def test_the_cli_asks_for_the_rules_only_to_print_them(monkeypatch, capsys, argv
         assert printed.splitlines() == ["a->b", "c->d"]
     else:
         assert printed == f"network {NID[:12]}: 2 rules in force\n"
+
+
+class SlowReconciler(RecordingReconciler):
+    """Takes 20 ms per change, as a kernel commit may: edits overlap."""
+
+    def policy_changed(self, net, edit=None):
+        time.sleep(0.02)
+        super().policy_changed(net, edit)
+
+
+def test_edits_made_at_the_same_time_all_take_effect(tmp_path):
+    state = State(str(tmp_path / "state"))
+    try:
+        state.put_network(NetworkRecord(id=NID, bridge="sn-x", mtu=1500,
+                                        options=parse_network_options({"secnet.allow": "web->api:tcp/80"})))
+        reconciler = SlowReconciler()
+        api = Api(Driver(state, None, None, reconciler), reconciler)
+        rules = [f"s{i}->api:tcp/{1000 + i}" for i in range(6)]
+        edits = [threading.Thread(target=api.policy, args=({"network": NID, "action": "add", "rules": [r]},))
+                 for r in rules]
+        edits.append(threading.Thread(target=api.mode, args=({"network": NID, "mode": "audit"},)))
+        for t in edits:
+            t.start()
+        for t in edits:
+            t.join()
+        final = state.get_network(NID).options
+        assert sorted(rule_texts(final.rules)) == sorted(["web->api:tcp/80", *rules])
+        assert final.mode == "audit"
+    finally:
+        state.close()
