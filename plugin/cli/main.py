@@ -178,16 +178,27 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _as_typed(exc: CliError, ref) -> CliError:
+    """The daemon names a network by the id the engine resolved; the user's
+    error names NETWORK as typed (e.g. a network of another driver)."""
+    if ref and str(exc).startswith("no secnet network ") and repr(ref.lower()) not in str(exc):
+        return CliError(f"no secnet network {ref!r} (Docker has a network of that name or id, "
+                        f"but not on this secnet daemon: another driver)")
+    return exc
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     argv = [a for a in argv if a != "--json"]
     p = parser()
+    args = None
     try:
         args = p.parse_args(argv)
         args.json = as_json
         data = COMMANDS[args.command](args)
     except CliError as exc:
+        exc = _as_typed(exc, getattr(args, "network", None))
         print(f"secnet: {exc}", file=sys.stderr)
         return 2 if "argument" in str(exc) or "usage" in str(exc) or "invalid choice" in str(exc) else 1
     try:
