@@ -17,6 +17,10 @@ class CliError(Exception):
     pass
 
 
+class DaemonUnreachable(CliError):
+    """The daemon's socket does not answer (it is down or restarting)."""
+
+
 def settings() -> Settings:
     """The environment's settings; a bad value is a CliError naming the variable."""
     try:
@@ -44,7 +48,7 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
         resp = conn.getresponse()
         data = json.loads(resp.read() or b"{}")
     except (OSError, http.client.HTTPException) as exc:
-        raise CliError(f"cannot reach the secnet daemon at {sock}: {exc}") from None
+        raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}") from None
     except ValueError:
         raise CliError("the daemon sent an answer that is not JSON") from None
     finally:

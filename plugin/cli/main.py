@@ -14,7 +14,7 @@ import sys
 import time
 
 from plugin.cli import format as fmt
-from plugin.cli.client import CliError, call, resolve_network
+from plugin.cli.client import CliError, DaemonUnreachable, call, resolve_network
 from plugin.config import Settings
 
 
@@ -100,11 +100,16 @@ def cmd_log(args):
     if not args.follow:
         return data
     _emit_log(args, data)
+    cursor = data["cursor"]
     try:
         while True:
             time.sleep(0.5)
-            data = call("/secnet/log", dict(body, since=data["cursor"]))
+            try:  # a daemon restart: wait for it; the cursor stays valid (docs/visibility.md)
+                data = call("/secnet/log", dict(body, since=cursor))
+            except DaemonUnreachable:
+                continue
             _emit_log(args, data)
+            cursor = data["cursor"]
     except KeyboardInterrupt:
         return None
 
