@@ -26,6 +26,10 @@ class CliError(Exception):
     pass
 
 
+class DaemonUnreachable(CliError):
+    """The daemon's socket does not answer (it is down or restarting)."""
+
+
 def socket_path(env=None) -> str:
     """The daemon's socket (``SECNET_SOCKET``, else the default).
 
@@ -78,7 +82,7 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
     try:
         _status, raw = exchange(sock, "POST", path, json.dumps(body).encode(), timeout)
     except (OSError, ValueError) as exc:
-        raise CliError(f"cannot reach the secnet daemon at {sock}: {exc}") from None
+        raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}") from None
     try:
         data = json.loads(raw or b"{}")
     except ValueError:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from plugin.cli import format as fmt
-from plugin.cli.client import CliError, call, resolve_network
+from plugin.cli.client import CliError, DaemonUnreachable, call, resolve_network
 
 
 # --- output -----------------------------------------------------------------
@@ -110,11 +110,16 @@ def cmd_log(args):
     if not args.follow:
         return data
     _emit_log(args, data)
+    cursor = data["cursor"]
     try:
         while True:
             time.sleep(0.5)
-            data = call("/secnet/log", dict(body, since=data["cursor"]))
+            try:  # a daemon restart: wait for it; the cursor stays valid (docs/visibility.md)
+                data = call("/secnet/log", dict(body, since=cursor))
+            except DaemonUnreachable:
+                continue
             _emit_log(args, data)
+            cursor = data["cursor"]
     except KeyboardInterrupt:
         return None
 
@@ -202,11 +207,21 @@ def _rule_arguments(argv: list) -> tuple:
     return argv, None
 
 
+def _as_typed(exc: CliError, ref) -> CliError:
+    """The daemon names a network by the id the engine resolved; the user's
+    error names NETWORK as typed (e.g. a network of another driver)."""
+    if ref and str(exc).startswith("no secnet network ") and repr(ref.lower()) not in str(exc):
+        return CliError(f"no secnet network {ref!r} (Docker has a network of that name or id, "
+                        f"but not on this secnet daemon: another driver)")
+    return exc
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     argv, rules = _rule_arguments([a for a in argv if a != "--json"])
     p = parser()
+    args = None
     try:
         args = p.parse_args(argv)
         args.json = as_json
@@ -214,6 +229,7 @@ def main(argv=None) -> int:
             args.rules = rules
         data = COMMANDS[args.command](args)
     except CliError as exc:
+        exc = _as_typed(exc, getattr(args, "network", None))
         print(f"secnet: {exc}", file=sys.stderr)
         return 2 if "argument" in str(exc) or "usage" in str(exc) or "invalid choice" in str(exc) else 1
     try:
