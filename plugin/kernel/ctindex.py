@@ -50,10 +50,10 @@ import time
 from typing import Iterable, Iterator, Optional
 
 from plugin.kernel.conntrack import PROTO_NAMES, Entry, Tuple
+from plugin.kernel.nfgroups import NETLINK_NETFILTER, group_socket
 
 log = logging.getLogger(__name__)
 
-NETLINK_NETFILTER, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 12, 270, 1
 NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY = 1, 3
 CT_NEW, CT_GET, CT_DELETE = 0x100, 0x101, 0x102      # NFNL_SUBSYS_CTNETLINK << 8 | IPCTNL_MSG_CT_*
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -166,21 +166,8 @@ class Subnets:
 
 
 def open_event_socket() -> socket.socket:
-    """A NETLINK_NETFILTER socket in both conntrack event groups (CAP_NET_ADMIN)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        sock.bind((0, 0))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        for group in (NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY):
-            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    """A non-blocking NETLINK_NETFILTER socket in both conntrack event groups (CAP_NET_ADMIN)."""
+    return group_socket((NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY), RCVBUF, blocking=False)
 
 
 def dump(sock: socket.socket) -> list:

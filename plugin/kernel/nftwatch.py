@@ -35,11 +35,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
+from plugin.kernel.nfgroups import group_socket
+
 log = logging.getLogger(__name__)
 
-NETLINK_NETFILTER = 12
-SOL_NETLINK = 270
-NETLINK_ADD_MEMBERSHIP = 1
 NFNLGRP_NFTABLES = 7
 NFNL_SUBSYS_NFTABLES = 10
 RCVBUF = 4 << 20
@@ -173,18 +172,7 @@ def first_portid(data: bytes) -> int:
 
 def open_socket() -> socket.socket:
     """A netfilter netlink socket joined to NFNLGRP_NFTABLES (needs CAP_NET_ADMIN)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    try:
-        sock.bind((0, 0))
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, 33, RCVBUF)  # SO_RCVBUFFORCE (root)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    return group_socket((NFNLGRP_NFTABLES,), RCVBUF)
 
 
 class NftWatcher:
