@@ -3,15 +3,14 @@ network names resolved through the engine (by the CLI, never by the daemon).
 
 Raises :class:`CliError` (one line: what failed) for anything the user must see.
 
-Start-up is most of a CLI call (an empty ``secnet status`` is ~75 ms, a rule edit
-must stay within 1.2x of it), so this module imports only ``json``, ``os`` and
-``socket``: each call is one HTTP/1.0 request on a unix socket (the server closes
-the connection after its answer, never chunked), read to the end. ``http.client``
-(with the ``email`` package it loads, ~20 ms) and the daemon's settings module
-(dataclasses, the DNS store, ~15 ms) are not needed for that.
+The CLI imports little at start-up (an empty ``secnet status`` is mostly Python's
+own start): the daemon's settings module (dataclasses, the DNS store) only when a
+``SECNET_*`` variable other than ``SECNET_SOCKET`` is set. Requests go through
+``http.client`` on a unix socket.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import socket
@@ -46,42 +45,40 @@ def socket_path(env=None) -> str:
     return env.get("SECNET_SOCKET") or DEFAULT_SOCKET
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client``'s connection on a unix socket at ``path``."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
+
+
 def exchange(path: str, method: str, target: str, body: bytes | None = None,
              timeout: float = 30.0) -> tuple:
-    """One HTTP/1.0 request on the unix socket at ``path``; ``(status, body bytes)``.
+    """One request on the unix socket at ``path``; ``(status, body bytes)``.
 
-    Raises OSError (no socket, refused, timeout) and ValueError (an answer that
-    is not HTTP)."""
-    head = f"{method} {target} HTTP/1.0\r\nHost: localhost\r\n"
-    if body is not None:
-        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    chunks = []
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-        sock.settimeout(timeout)
-        sock.connect(path)
-        sock.sendall(head.encode("latin-1") + b"\r\n" + (body or b""))
-        while True:
-            data = sock.recv(1 << 20)
-            if not data:
-                break
-            chunks.append(data)
-    header, sep, payload = b"".join(chunks).partition(b"\r\n\r\n")
-    lines = header.split(b"\r\n")
-    status = lines[0].split(None, 2)
-    if not sep or len(status) < 2 or not status[0].startswith(b"HTTP/") or not status[1].isdigit():
-        raise ValueError("the answer is not HTTP")
-    for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length" and value.strip().isdigit():
-            payload = payload[:int(value)]
-    return int(status[1]), payload
+    Raises OSError (no socket, refused, timeout) and http.client.HTTPException
+    (an answer that is not HTTP)."""
+    conn = UnixHTTPConnection(path, timeout)
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        conn.request(method, target, body, headers)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
 
 
 def call(path: str, body: dict, timeout: float = 30.0) -> dict:
     sock = socket_path()
     try:
         _status, raw = exchange(sock, "POST", path, json.dumps(body).encode(), timeout)
-    except (OSError, ValueError) as exc:
+    except (OSError, http.client.HTTPException) as exc:
         raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}") from None
     try:
         data = json.loads(raw or b"{}")
@@ -109,7 +106,7 @@ def resolve_network(ref: str) -> str:
 
 def _engine_get(sock: str, path: str) -> dict:
     """GET ``path`` of the engine API on unix socket ``sock``: the JSON answer
-    (OSError, ValueError, LookupError when there is none)."""
+    (OSError, HTTPException, ValueError, LookupError when there is none)."""
     status, body = exchange("/" + sock.lstrip("/"), "GET", path, timeout=5.0)
     if status != 200:
         raise LookupError(f"engine answered {status}")
