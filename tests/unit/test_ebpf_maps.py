@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 from plugin.enforce.backend import Port
 from plugin.enforce.ebpf import maps
+from plugin.enforce.ebpf.backend import group_index
 from segmentation.identities import QUARANTINED
 from segmentation.options import NetworkOptions
 from segmentation.policymap import CidrEntry, FqdnEntry, PolicyEntry, allowing, compile_policy_map
@@ -111,8 +112,40 @@ def test_policy_lookup_agrees_with_allowing(raw):
                 if found is not None:
                     lo, hi, code = maps.POLICY_VAL.unpack(found)[:3]
                     target = (src, dst, maps.L4_NAMES[code], lo, hi)
-                    assert any(e.key == target for e in entries)
+                    owners = maps.piece_owners(target, group_index(entries))
+                    assert set(owners) <= {e.key for e in entries}
                     assert code == 0 or (code == maps.L4[proto] and (proto == "icmp" or lo <= port <= hi))
+                    if code:    # counted to every entry of that protocol that allows the packet
+                        assert set(owners) == {e.key for e in entries if e.src == src and e.dst == dst
+                                               and e.proto == proto and (proto == "icmp" or e.lo <= port <= e.hi)}
+
+
+def test_overlapping_ranges_count_a_shared_piece_to_both_entries():
+    low, high = PolicyEntry(256, 257, "tcp", 5000, 8080, "a"), PolicyEntry(256, 257, "tcp", 8080, 9999, "b")
+    content = maps.policy_content({low, high})
+    index = group_index([low, high])
+
+    def owners(port):
+        lo, hi, code = maps.POLICY_VAL.unpack(lookup_policy(content, 256, 257, "tcp", port))[:3]
+        return maps.piece_owners((256, 257, "tcp", lo, hi), index)
+
+    assert owners(5432) == [low.key]
+    assert owners(8080) == [low.key, high.key]
+    assert owners(8081) == owners(9999) == [high.key]
+    # without an overlap every prefix names its entry, as before
+    alone = maps.policy_content({low})
+    assert {maps.POLICY_VAL.unpack(v)[:2] for v in alone.values()} == {(5000, 8080)}
+
+
+def test_spread_adds_a_shared_piece_to_every_owner_and_leaves_others():
+    from plugin.enforce.ebpf.counters import spread
+    low, high = PolicyEntry(256, 257, "tcp", 5000, 8080, "a"), PolicyEntry(256, 257, "tcp", 8080, 9999, "b")
+    other = PolicyEntry(256, 258, "udp", 53, 53, "c")
+    index = group_index([low, high, other])
+    got = spread({low.key: (1, 60), (256, 257, "tcp", 8080, 8080): (2, 120), high.key: (4, 240),
+                  other.key: (8, 480), ("fqdn", 256, "tcp", 443, 443): (16, 960)}, index)
+    assert got == {low.key: (3, 180), high.key: (6, 360), other.key: (8, 480),
+                   ("fqdn", 256, "tcp", 443, 443): (16, 960)}
 
 
 def test_count_target_maps_counters_back_to_policy_keys():

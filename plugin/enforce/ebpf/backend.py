@@ -387,7 +387,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         (audit mode's would-drops are in :meth:`would_drop`); counters.read."""
         with self._lock:
             st = self._net(net)
-            return counters.read(st.handle, st.policy.cidrs if st.policy else ())
+            return counters.read(st.handle, st.policy.cidrs if st.policy else (), st.index)
 
     def would_drop(self, net: NetworkSpec) -> Counters:
         """What audit mode let through that enforce mode would have dropped, in the

@@ -15,10 +15,12 @@ from plugin.enforce.backend import REASONS, Counters
 from . import libbpf, maps, pins
 
 
-def read(handle: pins.Handle, cidrs: tuple) -> Counters:
+def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Counters:
     """All counters of a network: ``allowed`` per policy target (``cidrs``: the
-    policy's CIDR entries, to name CIDR keys), ``dropped``/``reasons`` of real
-    drops and ``would_drop``/``would_drop_reasons`` of audit mode's.
+    policy's CIDR entries, to name CIDR keys; ``index``: (src, dst, proto) ->
+    PolicyEntry set, to count a piece of overlapping port ranges to each of
+    them, maps.piece_owners), ``dropped``/``reasons`` of real drops and
+    ``would_drop``/``would_drop_reasons`` of audit mode's.
 
     Values are ``(packets, bytes)``; bytes count from the network header on."""
     cpus = libbpf.possible_cpus()
@@ -29,10 +31,30 @@ def read(handle: pins.Handle, cidrs: tuple) -> Counters:
         target = maps.count_target(key, cidrs)
         if raw is not None and target is not None:
             allowed[target] = add(allowed.get(target), maps.sum_percpu(raw, cpus))
+    if index:
+        allowed = spread(allowed, index)
     dropped, reasons = drops(handle, cpus, audit=False)
     would, would_reasons = drops(handle, cpus, audit=True)
     return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=would,
                     would_drop_reasons=would_reasons)
+
+
+def spread(allowed: dict, index: dict) -> dict:
+    """``allowed`` with each policy-key counter added to every entry that owns it
+    (maps.piece_owners); groups without overlapping ranges are left as they are."""
+    out: dict = {}
+    overlaps: dict = {}
+    for target, pb in allowed.items():
+        owners = (target,)
+        if len(target) == 5 and type(target[0]) is int:   # a PolicyEntry key, not a CIDR/DNS one
+            group = target[:3]
+            if group not in overlaps:
+                overlaps[group] = maps.overlapping((e.lo, e.hi) for e in index.get(group, ()))
+            if overlaps[group]:
+                owners = maps.piece_owners(target, index)
+        for owner in owners:
+            out[owner] = add(out.get(owner), pb)
+    return out
 
 
 def would_drop(handle: pins.Handle) -> Counters:

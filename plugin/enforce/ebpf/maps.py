@@ -9,9 +9,11 @@ content can be written under either version (see backend.py: the swap).
 * policy: an LPM trie keyed (version, src identity, dst identity, L4 code,
   port). ``any`` is the 40-bit prefix (version, src, dst), a protocol with
   all ports 48 bits, a port range the prefixes that cover it
-  (:func:`port_prefixes`). The value names the entry (proto, lo, hi) the
-  prefix came from, for the per-entry counters. Several entries can give the
-  same prefix: the narrowest range wins (any of them allows the packet).
+  (:func:`port_prefixes`). The value names what the per-entry counters
+  count a flow to: the entry's (proto, lo, hi) when one entry alone covers
+  the prefix's ports, else the prefix's own port block, which the reader
+  attributes to every entry whose range contains it (:func:`piece_owners`),
+  as nftables counts a piece of overlapping ranges to every rule.
 * cidrs: an LPM trie keyed (version, direction, identity, family, address).
   Its longest match must answer for every CIDR containing the address, so
   each prefix carries the services of every entry whose CIDR contains it.
@@ -21,6 +23,7 @@ content can be written under either version (see backend.py: the swap).
 """
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import struct
 from typing import Iterable, Mapping
@@ -167,25 +170,77 @@ def port_prefixes(lo: int, hi: int) -> list:
 
 
 def _entry_prefixes(src: int, dst: int, proto: str, lo: int, hi: int) -> list:
-    """(prefix length, 7 data bytes after the version) of one entry."""
+    """(prefix length, 7 data bytes after the version, (block lo, block hi)) of one
+    entry: the prefixes and the ports each one covers."""
     ids = struct.pack(">HH", src, dst)
     if proto == "any":
-        return [(POLICY_FIXED_BITS, ids + bytes(3))]
+        return [(POLICY_FIXED_BITS, ids + bytes(3), (lo, hi))]
     code = L4[proto]
     if proto == "icmp" or (lo, hi) == (0, 65535):
-        return [(POLICY_FIXED_BITS + 8, ids + bytes([code, 0, 0]))]
-    return [(POLICY_FIXED_BITS + 8 + plen, ids + bytes([code]) + struct.pack(">H", value))
+        return [(POLICY_FIXED_BITS + 8, ids + bytes([code, 0, 0]), (lo, hi))]
+    return [(POLICY_FIXED_BITS + 8 + plen, ids + bytes([code]) + struct.pack(">H", value),
+             (value, value + (1 << (16 - plen)) - 1))
             for value, plen in port_prefixes(lo, hi)]
+
+
+def overlapping(ranges: Iterable) -> bool:
+    """Do any two of ``ranges`` ((lo, hi) pairs, inclusive) share a port?"""
+    last = -1
+    for lo, hi in sorted(ranges):
+        if lo <= last:
+            return True
+        last = max(last, hi)
+    return False
+
+
+class _Cover:
+    """Which port blocks of one (src, dst, proto) group more than one entry covers.
+
+    ``ranges``: the group's (lo, hi) pairs. :meth:`shared` answers in
+    O(log n) from the two highest ``hi`` among the entries starting at or
+    before a port."""
+
+    def __init__(self, ranges: Iterable):
+        ranges = sorted(set(ranges))
+        self.los = [lo for lo, _hi in ranges]
+        self.second = []          # second highest hi among ranges[:i + 1]
+        first = second = -1
+        for _lo, hi in ranges:
+            first, second = (hi, first) if hi >= first else (first, max(second, hi))
+            self.second.append(second)
+
+    def shared(self, lo: int, hi: int) -> bool:
+        i = bisect.bisect_right(self.los, lo)
+        return i > 0 and self.second[i - 1] >= hi
 
 
 def policy_content(entries: Iterable) -> dict:
     """``{(prefixlen, data7): value}`` of the policy map for ``entries`` (PolicyEntry)."""
+    groups: dict = {}
+    for key in {e.key for e in entries}:
+        groups.setdefault(key[:3], []).append(key)
     chosen = {}
-    for key in sorted({e.key for e in entries}, key=lambda k: (k[4] - k[3], k)):
-        src, dst, proto, lo, hi = key
-        for prefix in _entry_prefixes(src, dst, proto, lo, hi):
-            chosen.setdefault(prefix, POLICY_VAL.pack(lo, hi, L4[proto]))
+    for (src, dst, proto), keys in groups.items():
+        ranges = [k[3:] for k in keys]
+        cover = _Cover(ranges) if len(keys) > 1 and overlapping(ranges) else None
+        code = L4[proto]
+        for key in sorted(keys, key=lambda k: (k[4] - k[3], k)):
+            for plen, data, (blo, bhi) in _entry_prefixes(*key):
+                if (plen, data) not in chosen:
+                    lo, hi = (blo, bhi) if cover and cover.shared(blo, bhi) else key[3:]
+                    chosen[(plen, data)] = POLICY_VAL.pack(lo, hi, code)
     return chosen
+
+
+def piece_owners(target: tuple, index: Mapping) -> list:
+    """The policy keys an ``allowed`` counter of policy key ``target`` (src, dst,
+    proto, lo, hi) belongs to: every entry of ``index`` ((src, dst, proto) ->
+    PolicyEntry set) whose range contains lo..hi (see the module docstring), or
+    ``[target]`` when none does (a counter of an entry since removed)."""
+    group = index.get(target[:3], ())
+    lo, hi = target[3], target[4]
+    owners = sorted({e.key for e in group if e.lo <= lo and hi <= e.hi})
+    return owners or [target]
 
 
 def policy_key(version: int, prefix: tuple) -> bytes:
