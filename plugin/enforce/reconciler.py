@@ -8,9 +8,9 @@ the *difference* to the network's backend (``secnet.backend``): a join is a
 port delta, a policy edit or a new segment is a policy-map delta. Only a
 create, a restore, or a repair of drift writes a whole network.
 
-Order of a join that brings a new segment: the policy delta first (entries
-of an identity that no address has yet: they allow nothing), then the port
-(its address gets the identity). Order of a policy edit: the delta, then
+A join that brings a new segment is the policy delta (entries of an
+identity that no address has yet) and the port (its address gets the
+identity) in one step of the backend. Order of a policy edit: the delta, then
 :mod:`plugin.kernel.conntrack`-style pruning of flows the new map denies.
 So no moment has more allowed than either the old or the new state.
 
@@ -153,12 +153,13 @@ class Reconciler:
             old = real.ports.get(ep.id)
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
                 live = real.live_segments(but=ep.id) | {ep.segment}
-                self._policy_delta(net, real, live)  # the new segment's entries first
+                self._policy_delta(net, real, live, joining=ep)  # its entries and its port: one step
             new = port_of(ep, real.policy.identities)
-            if new != old:
-                self.backend(net).apply_ports(real.spec, [(old, new)])
+            now = real.ports.get(ep.id)
+            if new != now:
+                self.backend(net).apply_ports(real.spec, [(now, new)])
                 real.ports[ep.id] = new
-                self._tell_dns("ports", net.id, [(old, new)])
+                self._tell_dns("ports", net.id, [(now, new)])
             self._flows_after(real, old, new)
 
     def _flows_after(self, real: Realized, old: Optional[Port], new: Port) -> None:
@@ -259,22 +260,33 @@ class Reconciler:
         if watch is not None:
             watch({s for real in self._realized.values() for s in real.spec.subnets})
 
-    def _policy_delta(self, net, real: Realized, live: set, edit=None) -> bool:
+    def _policy_delta(self, net, real: Realized, live: set, edit=None, joining=None) -> bool:
         """Recompile ``net``'s policy over the segments ``live`` (those members are
         enforced in) and apply only the difference; ``edit``: the RuleEdit that made
-        its rules from the realized ones, if one did. Returns whether the change may
-        deny a flow that was allowed (anything but east-west entries added).
+        its rules from the realized ones, if one did; ``joining``: the EndpointRecord
+        whose join brings a segment (its port goes in the same step). Returns whether
+        the change may deny a flow that was allowed (anything but east-west entries added).
 
-        Identities of live segments are kept, so no port changes identity here.
+        Identities of live segments are kept, so no other port changes identity here.
         """
         named = _named_after(real, net.options, edit)
         identities = self.allocator.allocate(net.id, segments_of(net.options, live, named))
         new, delta = recompile_policy_map(real.policy, real.options, net.options, identities, edit)
+        changes = []
+        if joining is not None and not delta.empty:
+            port = port_of(joining, identities)
+            if port != real.ports.get(joining.id):
+                changes.append((real.ports.get(joining.id), port))
         if not delta.empty:
-            self.backend(net).apply_policy(real.spec, delta)
+            self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
         real.policy, real.options, real.named = new, net.options, named
-        if not delta.empty:
+        real.ports.update((port.endpoint_id, port) for _old, port in changes)
+        if delta.fqdns_added or delta.fqdns_removed:   # the DNS rules changed: the service looks again
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
+        elif not delta.empty:                          # no port but ``joining``'s changed identity
+            self._tell_dns("policy", net.id, new)
+            if changes:
+                self._tell_dns("ports", net.id, changes)
         return bool(delta.entries_removed or delta.cidrs_added or delta.cidrs_removed or delta.settings
                     or delta.fqdns_removed)
 
