@@ -62,20 +62,50 @@ def port_of(ep, identities: Mapping[str, int]) -> Port:
                 published=tuple(tuple(p) for p in ep.ports))
 
 
+def _enforced_in(port) -> Optional[str]:
+    """The segment ``port`` is enforced in (None: pending or quarantined)."""
+    return port.segment if port is not None and port.quarantine is None else None
+
+
 @dataclass
 class Realized:
-    """What is in the kernel for one network, as last applied."""
+    """What is in the kernel for one network, as last applied. Change ``ports``
+    through :meth:`put_port` and :meth:`pop_port` (they keep ``members``)."""
 
     spec: NetworkSpec
     policy: PolicyMap
     ports: dict = field(default_factory=dict)  # endpoint id -> Port
     options: object = None                     # the NetworkOptions ``policy`` was compiled from
     named: collections.Counter = None          # segment -> how many times ``options``' rules name it
+    members: collections.Counter = field(init=False)   # segment -> ports enforced in it
+
+    def __post_init__(self) -> None:
+        self.members = collections.Counter(filter(None, map(_enforced_in, self.ports.values())))
+
+    def put_port(self, port) -> None:
+        self.pop_port(port.endpoint_id)
+        self.ports[port.endpoint_id] = port
+        if _enforced_in(port) is not None:
+            self.members[port.segment] += 1
+
+    def pop_port(self, endpoint_id: str):
+        """Forget the port of ``endpoint_id``; returns it (None if there was none)."""
+        port = self.ports.pop(endpoint_id, None)
+        segment = _enforced_in(port)
+        if segment is not None:
+            self.members[segment] -= 1
+            if not self.members[segment]:
+                del self.members[segment]
+        return port
 
     def live_segments(self, but: Optional[str] = None) -> set:
-        """Segments that the ports (all but endpoint ``but``) are enforced in."""
-        return {p.segment for eid, p in self.ports.items()
-                if p.quarantine is None and p.segment is not None and eid != but}
+        """Segments that the ports (all but endpoint ``but``) are enforced in:
+        O(segments), not O(ports)."""
+        live = set(self.members)
+        segment = _enforced_in(self.ports.get(but)) if but is not None else None
+        if segment is not None and self.members[segment] == 1:
+            live.discard(segment)
+        return live
 
 
 def _named_after(real: Realized, options, edit) -> collections.Counter:
@@ -158,7 +188,7 @@ class Reconciler:
             now = real.ports.get(ep.id)
             if new != now:
                 self.backend(net).apply_ports(real.spec, [(now, new)])
-                real.ports[ep.id] = new
+                real.put_port(new)
                 self._tell_dns("ports", net.id, [(now, new)])
             self._flows_after(real, old, new)
 
@@ -179,7 +209,7 @@ class Reconciler:
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
             real = self._real(net)
-            old = real.ports.pop(ep.id, None) or port_of(ep, real.policy.identities)
+            old = real.pop_port(ep.id) or port_of(ep, real.policy.identities)
             self.backend(net).apply_ports(real.spec, [(old, None)])
             self._tell_dns("ports", net.id, [(old, None)])
             # before DeleteEndpoint returns: Docker may hand the address to the next
@@ -280,7 +310,8 @@ class Reconciler:
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
         real.policy, real.options, real.named = new, net.options, named
-        real.ports.update((port.endpoint_id, port) for _old, port in changes)
+        for _old, port in changes:
+            real.put_port(port)
         if delta.fqdns_added or delta.fqdns_removed:   # the DNS rules changed: the service looks again
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
         elif not delta.empty:                          # no port but ``joining``'s changed identity

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
-from plugin.enforce.backend import Counters
-from plugin.enforce.reconciler import Reconciler
+from plugin.enforce.backend import Counters, Port
+from plugin.enforce.reconciler import Realized, Reconciler
 from segmentation.identities import PENDING, QUARANTINED
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
@@ -225,3 +226,25 @@ def test_a_new_segment_tells_the_dns_service_its_policy_and_the_port_without_a_r
     assert dns.calls[0][1] == (NID, rec.compiled(net))
     ((old, new),) = dns.calls[1][1][1]
     assert old is None and new.identity == state.identities(NID)["brandnew"]
+
+
+# (endpoint, segment or None, quarantined?) to put, or (endpoint,) to pop
+_CHANGES = st.lists(st.one_of(
+    st.tuples(st.integers(0, 5), st.sampled_from([None, "web", "api", "db"]), st.booleans()),
+    st.tuples(st.integers(0, 5))), max_size=40)
+
+
+@given(_CHANGES, st.integers(0, 5))
+def test_live_segments_kept_by_port_changes_equal_those_counted_afresh(changes, but):
+    real = Realized(spec=None, policy=None, ports={"e9": Port("e9", "snv9", "02:00:00:00:00:09", segment="web")})
+    for change in changes:
+        if len(change) == 1:
+            real.pop_port(f"e{change[0]}")
+        else:
+            n, segment, quarantined = change
+            real.put_port(Port(f"e{n}", f"snv{n}", f"02:00:00:00:00:0{n}", segment=segment,
+                               quarantine="bad label" if quarantined else None))
+    for skip in (None, f"e{but}"):
+        afresh = {p.segment for eid, p in real.ports.items()
+                  if p.quarantine is None and p.segment is not None and eid != skip}
+        assert real.live_segments(but=skip) == afresh
