@@ -1,7 +1,7 @@
 """Joins into a known segment and into a new one, interleaved (~1 min).
 
-Run as root: ``.venv/bin/python -m bench.joinseg [--private] [--endpoints M] [--rules N]
-[--joins J] [--spy FILE]``. On the shared daemon (under the e2e lock, plugin on its
+Run as root: ``.venv/bin/python -m bench.joinseg [--private [--backend ebpf]] [--endpoints M]
+[--rules N] [--joins J] [--spy FILE]``. On the shared daemon (under the e2e lock, plugin on its
 socket) it makes bench/scale.py's network ``snbench-scale`` with its two containers;
 with ``--private``, this tree's daemon in a throwaway network namespace
 (:class:`bench.memory.Private`: no Docker, no lock) and a network made through the
@@ -74,6 +74,8 @@ class Joins:
 
 def _spy(out: str, pid: int, rate: int = 997):
     spy = shutil.which("py-spy") or os.path.join(os.path.dirname(sys.executable), "py-spy")
+    if not os.path.exists(spy):
+        raise SystemExit("bench.joinseg --spy: no py-spy (pip install py-spy, or the 'bench' extra)")
     fmt = "raw" if out.endswith(".txt") else "flamegraph"   # raw: collapsed stacks, one a line
     return subprocess.Popen([spy, "record", "-p", str(pid), "-r", str(rate), "-o", out, "-f", fmt, "--nonblocking"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -97,13 +99,14 @@ def _measure(joins: Joins, endpoints: int, count: int, spy_pid: int = None, spy:
     return times
 
 
-def _private(endpoints: int, rules: int, count: int, spy: str = None) -> dict:
+def _private(endpoints: int, rules: int, count: int, spy: str = None, backend: str = "nftables") -> dict:
     d = Private()
     try:
         d.plugin.post("/NetworkDriver.CreateNetwork", {
             "NetworkID": NET_ID, "IPv4Data": [{"AddressSpace": "", "Pool": SUBNET, "Gateway": GATEWAY}],
             "IPv6Data": [], "Options": {"com.docker.network.generic": {
-                "secnet.allow": ",".join(scale.sweep_rules(rules, 0) + scale.FLOW_RULES)}}})
+                "secnet.allow": ",".join(scale.sweep_rules(rules, 0) + scale.FLOW_RULES),
+                "secnet.backend": backend}}})
         times = _measure(Joins(d.plugin, NET_ID), endpoints, count, d.pids()["worker"], spy)
         d.plugin.post("/NetworkDriver.DeleteNetwork", {"NetworkID": NET_ID})
         return times
@@ -128,9 +131,10 @@ def _shared(endpoints: int, rules: int, count: int, spy: str = None) -> dict:
         common.remove_leftovers()
 
 
-def run(endpoints: int, rules: int, count: int, private: bool, spy: str = None) -> dict:
-    times = (_private if private else _shared)(endpoints, rules, count, spy)
-    out = {"daemon": "private" if private else "shared", "endpoints": endpoints,
+def run(endpoints: int, rules: int, count: int, private: bool, spy: str = None, backend: str = None) -> dict:
+    times = _private(endpoints, rules, count, spy, backend or "nftables") if private else \
+        _shared(endpoints, rules, count, spy)
+    out = {"daemon": "private" if private else "shared", "backend": backend or "nftables", "endpoints": endpoints,
            "rules": rules + len(scale.FLOW_RULES)}
     for kind, rows in times.items():
         out[kind] = {name: round(stats(r[col] for r in rows)["median"], 2)
@@ -147,10 +151,13 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=200)
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--joins", type=int, default=30)
+    parser.add_argument("--backend", choices=("nftables", "ebpf"), help="secnet.backend (--private only)")
     parser.add_argument("--spy", help="py-spy flame graph of the timed joins (an .svg path)")
     args = parser.parse_args()
     started = time.time()
-    found = run(args.endpoints, args.rules, args.joins, args.private, args.spy)
+    if args.backend and not args.private:
+        parser.error("--backend needs --private (the shared run uses bench/scale.py's network)")
+    found = run(args.endpoints, args.rules, args.joins, args.private, args.spy, args.backend)
     found["seconds"] = round(time.time() - started, 1)
     print(json.dumps(found, indent=1))
 
