@@ -105,6 +105,14 @@ class DnsService:
             elif old.fqdns != policy.fqdns:
                 self.learner.policy_changed(network_id, policy.fqdns)
 
+    def policy(self, network_id: str, policy) -> None:
+        """The network's PolicyMap changed, but not its DNS rules (``policy.fqdns``) nor
+        any port's identity (a new segment, an edit of other rules): O(1), nothing to
+        rebuild. A network not told with :meth:`network` yet is left alone."""
+        with self._lock:
+            if network_id in self._nets:
+                self._nets[network_id] = (self._nets[network_id][0], policy)
+
     def _restore(self, network_id: str, policy) -> None:
         try:
             count = self.learner.restore(network_id, policy.fqdns)

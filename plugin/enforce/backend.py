@@ -141,10 +141,12 @@ class Backend(Protocol):
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
         """Apply endpoint changes ``(old Port or None, new Port or None)`` in one step."""
 
-    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
+                     policy: Optional[PolicyMap] = None) -> None:
         """Apply a policy-map delta (an edit, a new segment, a mode switch) in one step,
         with endpoint ``changes`` as in :meth:`apply_ports` (a join that brings a new
-        segment: one step)."""
+        segment: one step). ``policy``: the map after ``delta``, when the caller has it
+        (else the backend applies ``delta`` to the map it holds: a copy of every entry)."""
 
     def remove_network(self, network_id: str) -> None:
         """Remove all kernel state of a network; nothing there is fine."""

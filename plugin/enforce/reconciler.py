@@ -8,9 +8,9 @@ the *difference* to the network's backend (``secnet.backend``): a join is a
 port delta, a policy edit or a new segment is a policy-map delta. Only a
 create, a restore, or a repair of drift writes a whole network.
 
-Order of a join that brings a new segment: the policy delta first (entries
-of an identity that no address has yet: they allow nothing), then the port
-(its address gets the identity). Order of a policy edit: the delta, then
+A join that brings a new segment is the policy delta (entries of an
+identity that no address has yet) and the port (its address gets the
+identity) in one step of the backend. Order of a policy edit: the delta, then
 :mod:`plugin.kernel.conntrack`-style pruning of flows the new map denies.
 So no moment has more allowed than either the old or the new state.
 
@@ -62,20 +62,50 @@ def port_of(ep, identities: Mapping[str, int]) -> Port:
                 published=tuple(tuple(p) for p in ep.ports))
 
 
+def _enforced_in(port) -> Optional[str]:
+    """The segment ``port`` is enforced in (None: pending or quarantined)."""
+    return port.segment if port is not None and port.quarantine is None else None
+
+
 @dataclass
 class Realized:
-    """What is in the kernel for one network, as last applied."""
+    """What is in the kernel for one network, as last applied. Change ``ports``
+    through :meth:`put_port` and :meth:`pop_port` (they keep ``members``)."""
 
     spec: NetworkSpec
     policy: PolicyMap
     ports: dict = field(default_factory=dict)  # endpoint id -> Port
     options: object = None                     # the NetworkOptions ``policy`` was compiled from
     named: collections.Counter = None          # segment -> how many times ``options``' rules name it
+    members: collections.Counter = field(init=False)   # segment -> ports enforced in it
+
+    def __post_init__(self) -> None:
+        self.members = collections.Counter(filter(None, map(_enforced_in, self.ports.values())))
+
+    def put_port(self, port) -> None:
+        self.pop_port(port.endpoint_id)
+        self.ports[port.endpoint_id] = port
+        if _enforced_in(port) is not None:
+            self.members[port.segment] += 1
+
+    def pop_port(self, endpoint_id: str):
+        """Forget the port of ``endpoint_id``; returns it (None if there was none)."""
+        port = self.ports.pop(endpoint_id, None)
+        segment = _enforced_in(port)
+        if segment is not None:
+            self.members[segment] -= 1
+            if not self.members[segment]:
+                del self.members[segment]
+        return port
 
     def live_segments(self, but: Optional[str] = None) -> set:
-        """Segments that the ports (all but endpoint ``but``) are enforced in."""
-        return {p.segment for eid, p in self.ports.items()
-                if p.quarantine is None and p.segment is not None and eid != but}
+        """Segments that the ports (all but endpoint ``but``) are enforced in:
+        O(segments), not O(ports)."""
+        live = set(self.members)
+        segment = _enforced_in(self.ports.get(but)) if but is not None else None
+        if segment is not None and self.members[segment] == 1:
+            live.discard(segment)
+        return live
 
 
 def _named_after(real: Realized, options, edit) -> collections.Counter:
@@ -153,12 +183,13 @@ class Reconciler:
             old = real.ports.get(ep.id)
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
                 live = real.live_segments(but=ep.id) | {ep.segment}
-                self._policy_delta(net, real, live)  # the new segment's entries first
+                self._policy_delta(net, real, live, joining=ep)  # its entries and its port: one step
             new = port_of(ep, real.policy.identities)
-            if new != old:
-                self.backend(net).apply_ports(real.spec, [(old, new)])
-                real.ports[ep.id] = new
-                self._tell_dns("ports", net.id, [(old, new)])
+            now = real.ports.get(ep.id)
+            if new != now:
+                self.backend(net).apply_ports(real.spec, [(now, new)])
+                real.put_port(new)
+                self._tell_dns("ports", net.id, [(now, new)])
             self._flows_after(real, old, new)
 
     def _flows_after(self, real: Realized, old: Optional[Port], new: Port) -> None:
@@ -178,7 +209,7 @@ class Reconciler:
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
             real = self._real(net)
-            old = real.ports.pop(ep.id, None) or port_of(ep, real.policy.identities)
+            old = real.pop_port(ep.id) or port_of(ep, real.policy.identities)
             self.backend(net).apply_ports(real.spec, [(old, None)])
             self._tell_dns("ports", net.id, [(old, None)])
             # before DeleteEndpoint returns: Docker may hand the address to the next
@@ -259,22 +290,34 @@ class Reconciler:
         if watch is not None:
             watch({s for real in self._realized.values() for s in real.spec.subnets})
 
-    def _policy_delta(self, net, real: Realized, live: set, edit=None) -> bool:
+    def _policy_delta(self, net, real: Realized, live: set, edit=None, joining=None) -> bool:
         """Recompile ``net``'s policy over the segments ``live`` (those members are
         enforced in) and apply only the difference; ``edit``: the RuleEdit that made
-        its rules from the realized ones, if one did. Returns whether the change may
-        deny a flow that was allowed (anything but east-west entries added).
+        its rules from the realized ones, if one did; ``joining``: the EndpointRecord
+        whose join brings a segment (its port goes in the same step). Returns whether
+        the change may deny a flow that was allowed (anything but east-west entries added).
 
-        Identities of live segments are kept, so no port changes identity here.
+        Identities of live segments are kept, so no other port changes identity here.
         """
         named = _named_after(real, net.options, edit)
         identities = self.allocator.allocate(net.id, segments_of(net.options, live, named))
         new, delta = recompile_policy_map(real.policy, real.options, net.options, identities, edit)
+        changes = []
+        if joining is not None and not delta.empty:
+            port = port_of(joining, identities)
+            if port != real.ports.get(joining.id):
+                changes.append((real.ports.get(joining.id), port))
         if not delta.empty:
-            self.backend(net).apply_policy(real.spec, delta)
+            self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
         real.policy, real.options, real.named = new, net.options, named
-        if not delta.empty:
+        for _old, port in changes:
+            real.put_port(port)
+        if delta.fqdns_added or delta.fqdns_removed:   # the DNS rules changed: the service looks again
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
+        elif not delta.empty:                          # no port but ``joining``'s changed identity
+            self._tell_dns("policy", net.id, new)
+            if changes:
+                self._tell_dns("ports", net.id, changes)
         return bool(delta.entries_removed or delta.cidrs_added or delta.cidrs_removed or delta.settings
                     or delta.fqdns_removed)
 

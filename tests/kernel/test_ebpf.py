@@ -220,3 +220,16 @@ def test_docker_forward_drop_lets_through_what_the_programs_passed(lab):
         counted                                     # neighbour discovery crossed FORWARD, marked
     lab.backend.remove_network(NET_ID)
     assert parallel(probe, cells[:1]) == ["timeout"]    # without the programs' mark: dropped
+
+
+@ebpf
+def test_a_join_that_brings_a_new_segment_goes_in_with_its_entries(lab):
+    """apply_policy with endpoint changes: the new segment's entries, then its port."""
+    web, api, db = lab.add(3)
+    lab.apply("web->*:tcp/5432", {web: "web", api: "api"}, "deny")
+    new = lab.compile(lab.options, {web: "web", api: "api", db: "db"})   # allocates db's identity
+    lab.policy, delta = new, lab.policy.delta(new)
+    lab.members[db] = lab.port(db, "db")
+    lab.backend.apply_policy(lab.net, delta, [(None, lab.members[db])], policy=new)
+    assert parallel(probe, [(web, db, 4, "tcp", 5432), (web, db, 4, "tcp", 8080)]) == ["ok", "timeout"]
+    assert lab.drift() == []

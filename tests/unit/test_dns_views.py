@@ -164,3 +164,21 @@ def test_service_rebuilds_targets_only_when_ports_or_dns_rules_differ(monkeypatc
     service.network("n1", "snbr", compile_policy_map(parse_network_options({}), ids), moved[:1])
     assert len(rebuilt) == 3                                      # other DNS rules
     service.close()
+
+
+def test_service_takes_a_policy_without_dns_changes_without_a_rebuild(monkeypatch):
+    service = DnsService(Marks())
+    ids = {"web": 257, "default": 256}
+    options = parse_network_options({"secnet.allow": RULE})
+    ports = [Port("e1", "snv1", "02:00:00:00:00:01", "10.224.0.2", identity=257)]
+    service.network("n1", "snbr", compile_policy_map(options, ids), ports, Datapath())
+    rebuilt = []
+    monkeypatch.setattr(service, "_rebuild_targets", lambda *args: rebuilt.append(args[0]))
+    service.policy("n1", compile_policy_map(options, {**ids, "new": 258}))   # a new segment
+    service.policy("n2", compile_policy_map(options, ids))                  # never told: ignored
+    assert rebuilt == [] and service.target(0, "10.224.0.2").identity == 257
+    assert service.learned("n2") == {}
+    (entry,) = [e for e in service.target(0, "10.224.0.2").entries if e.rule == RULE]
+    service.store.commit(service.store.plan("n1", [(entry, Address("10.229.0.5", 4, 300, ("api.example.test",)))]))
+    assert set(service.learned("n1")) == {("web", RULE)}
+    service.close()

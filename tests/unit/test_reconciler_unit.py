@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, strategies as st
 
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
-from plugin.enforce.backend import Counters
-from plugin.enforce.reconciler import Reconciler
+from plugin.enforce.backend import Counters, Port
+from plugin.enforce.reconciler import Realized, Reconciler
 from segmentation.identities import PENDING, QUARANTINED
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
@@ -34,9 +35,12 @@ class RecordingBackend:
             else:
                 self.ports[new.endpoint_id] = new
 
-    def apply_policy(self, net, delta):
-        self.calls.append(("policy", len(delta.entries_added), len(delta.entries_removed)))
+    def apply_policy(self, net, delta, changes=(), policy=None):
+        ports = tuple((old.identity if old else None, new.identity if new else None) for old, new in changes)
+        self.calls.append(("policy", len(delta.entries_added), len(delta.entries_removed)) + ports)
         self.policy = self.policy.apply(delta)
+        assert policy is None or policy == self.policy   # the caller's map after the delta
+        self.ports.update((new.endpoint_id, new) for _old, new in changes)
 
     def remove_network(self, network_id):
         self.calls.append(("remove", network_id))
@@ -103,13 +107,17 @@ def test_join_into_a_known_segment_is_one_port_delta(env):
     assert backend.calls == [("ports", (None, state.identities(NID)["web"]))]
 
 
-def test_join_that_brings_a_new_segment_adds_its_entries_then_the_port(env):
+def test_join_that_brings_a_new_segment_is_its_entries_and_its_port_in_one_step(env):
     state, backend, rec, net, _ = env
     ep = endpoint(2, "brandnew")
     rec.endpoint_changed(net, ep)
     ident = state.identities(NID)["brandnew"]
-    assert backend.calls == [("policy", 1, 0), ("ports", (None, ident))]   # its intra entry, then it
+    assert backend.calls == [("policy", 1, 0, (None, ident))]   # its intra entry and its port
     assert backend.policy == rec.compiled(net)
+    assert backend.ports[ep.id] == rec.ports(net)[0] and rec.ports(net)[0].identity == ident
+    backend.calls.clear()
+    rec.endpoint_changed(net, ep)                              # a retried join changes nothing
+    assert backend.calls == []
 
 
 def test_pending_and_quarantined_ports_carry_reserved_identities(env):
@@ -208,3 +216,35 @@ def test_the_dns_service_hears_every_change_and_its_failures_cost_only_learning(
     rec.policy_changed(net)
     rec.network_removed(net)
     assert ("removed", (NID,)) in rec.dns.calls and ("remove", NID) in backend.calls
+
+
+def test_a_new_segment_tells_the_dns_service_its_policy_and_the_port_without_a_rebuild(env):
+    state, backend, rec, net, _ = env
+    dns = rec.dns = RecordingDns()
+    rec.endpoint_changed(net, endpoint(3, "brandnew"))
+    assert [name for name, _args in dns.calls] == ["policy", "ports"]   # no "network": no rebuild
+    assert dns.calls[0][1] == (NID, rec.compiled(net))
+    ((old, new),) = dns.calls[1][1][1]
+    assert old is None and new.identity == state.identities(NID)["brandnew"]
+
+
+# (endpoint, segment or None, quarantined?) to put, or (endpoint,) to pop
+_CHANGES = st.lists(st.one_of(
+    st.tuples(st.integers(0, 5), st.sampled_from([None, "web", "api", "db"]), st.booleans()),
+    st.tuples(st.integers(0, 5))), max_size=40)
+
+
+@given(_CHANGES, st.integers(0, 5))
+def test_live_segments_kept_by_port_changes_equal_those_counted_afresh(changes, but):
+    real = Realized(spec=None, policy=None, ports={"e9": Port("e9", "snv9", "02:00:00:00:00:09", segment="web")})
+    for change in changes:
+        if len(change) == 1:
+            real.pop_port(f"e{change[0]}")
+        else:
+            n, segment, quarantined = change
+            real.put_port(Port(f"e{n}", f"snv{n}", f"02:00:00:00:00:0{n}", segment=segment,
+                               quarantine="bad label" if quarantined else None))
+    for skip in (None, f"e{but}"):
+        afresh = {p.segment for eid, p in real.ports.items()
+                  if p.quarantine is None and p.segment is not None and eid != skip}
+        assert real.live_segments(but=skip) == afresh

@@ -31,8 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from plugin.enforce.backend import (BackendError, BackendUnavailable, Counters, DropEvent,
-                                    NetworkSpec, Port)
+from plugin.enforce.backend import BackendError, BackendUnavailable, Counters, DropEvent, NetworkSpec, Port
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import build, counters, fqdn, libbpf, maps, pins
@@ -320,15 +319,16 @@ class EbpfBackend(fqdn.FqdnMethods):
             if any(_published(old) != _published(new) for old, new in changes):
                 self._apply_nat(st)
 
-    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta) -> None:
-        """Apply ``delta`` (to the policy last applied here) in one flip; a mode
-        switch is a delta with ``net.mode`` changed. Raises BackendError."""
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
+                     policy: Optional[PolicyMap] = None) -> None:
+        """Apply ``delta`` in one flip (a mode switch: ``net.mode`` changed), then endpoint ``changes``
+        as :meth:`apply_ports`; ``policy``: the map after ``delta`` if known. Raises BackendError."""
         with self._lock:
             st = self._net(net)
             if st.policy is None:
                 raise BackendError(f"eBPF network {net.id[:12]}: apply_network first (no policy known)")
             try:
-                new = st.policy.apply(delta)
+                new = st.policy.apply(delta) if policy is None else policy
                 self._swap(st, new, _delta_changes(st.policy, new, delta, st.index))
                 for group, entries in group_index(delta.entries_added | delta.entries_removed).items():
                     kept = (st.index.get(group, set()) - delta.entries_removed) | (
@@ -339,6 +339,8 @@ class EbpfBackend(fqdn.FqdnMethods):
                         st.index.pop(group, None)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+            if changes:
+                self.apply_ports(net, changes)
 
     def remove_network(self, network_id: str) -> None:
         with self._lock:
@@ -418,10 +420,8 @@ BTF = "/sys/kernel/btf/vmlinux"
 
 
 def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]:
-    """What this host lacks for the datapath, in one phrase, or None.
-
-    ``release``: a kernel release such as ``6.1.0-18-amd64`` (default: this host's).
-    """
+    """What this host lacks for the datapath, in one phrase, or None. ``release``: a
+    kernel release such as ``6.1.0-18-amd64`` (default: this host's)."""
     release = release or os.uname().release
     try:
         version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])

@@ -125,12 +125,14 @@ class NftBackend(fqdn.FqdnMethods):
             ports, delta = self._port_delta(real, changes)
             self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
 
-    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = ()) -> None:
+    def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
+                     policy: Optional[PolicyMap] = None) -> None:
         """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
-        element delta: e.g. a join that brings a new segment is one transaction."""
+        element delta: e.g. a join that brings a new segment is one transaction.
+        ``policy``: the map after ``delta`` if the caller has it (saves a copy)."""
         with self._lock:
             real = self._realized(net)
-            policy = real.policy.apply(delta)
+            policy = real.policy.apply(delta) if policy is None else policy
             ports, changed = self._port_delta(real, changes)
             if _rules_of(net) != _rules_of(real.spec):   # bridge, subnets: the rules change
                 self.apply_network(net, policy, ports.values())
