@@ -156,10 +156,12 @@ def _side_by_side(r) -> list:
            "| RTT µs | request/response µs |",
            "|---|---|---|---|---|---|---|"]
     for label, a, b in (("bare veth pair", "veth", "veth"),
-                        ("bare veth pair between the eBPF pair's two containers", "veth-containers", None),
+                        ("bare veth pair between two containers (Docker: the eBPF pair's; namespaces: Docker's "
+                         "embedded-DNS NAT table in both ends, conntrack on)", "veth-containers", "veth+dockernat"),
                         ("Linux bridge (Docker's bridge driver)", "bridge", "bridge"),
                         ("secnet nftables backend, allowing policy", "secnet-policy", "nftables"),
                         ("secnet eBPF backend, allowing policy", "secnet-ebpf", "ebpf"),
+                        ("secnet eBPF backend, Docker's embedded-DNS NAT table in both ends", None, "ebpf+dockernat"),
                         (f"secnet nftables, {get(r, 'sizes', 'endpoints', default=0):,} endpoints + "
                          f"{scale_rules(r):,} rules", "secnet-scale", None),
                         (f"secnet eBPF, + {scale_rules(r):,} rules", None, f"ebpf+{scale_rules(r)}"),
