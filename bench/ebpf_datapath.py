@@ -326,13 +326,15 @@ def rounds(pairs, args) -> dict:
 
 
 def show(got) -> None:
+    """Medians per pair and, in brackets, the median of the per-round ratios to the bare veth
+    (every pair runs in every round: a ratio within a round is free of the load's drift)."""
     med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
-    base = {k: med(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
+    veth = got["veth"]
     for name, m in got.items():
         g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
-        print(f"{name:11s} {g:6.1f} Gbit/s ({g / base['gbps']:.2f}x veth)  "
-              f"ping rtt {r:5.1f} us ({r / base['rtt_us']:.2f}x)  "
-              f"rr {q:5.1f} us ({q / base['rr_us']:.2f}x)  runs {[round(x, 1) for x in m['gbps']]}")
+        x = {k: med([a / b for a, b in zip(m[k], veth[k]) if b]) for k in ("gbps", "rtt_us", "rr_us")}
+        print(f"{name:11s} {g:6.1f} Gbit/s ({x['gbps']:.2f}x veth)  ping rtt {r:5.1f} us ({x['rtt_us']:.2f}x)  "
+              f"rr {q:5.1f} us ({x['rr_us']:.2f}x)  runs {[round(v, 1) for v in m['gbps']]}")
 
 
 def main() -> int:
