@@ -4,7 +4,9 @@ Runs the two standalone benches as child processes and keeps their figures:
 ``bench.ebpf_datapath`` (iperf3, ping and a sockperf request/response over a
 bare veth pair, a Linux bridge, the bridge with secnet's nftables backend and
 with its eBPF backend, the eBPF backend with ``scale_rules`` more rules in
-force, and the floor: a program that only redirects) and
+force, the floor: a program that only redirects, and the bare veth and eBPF
+pairs with Docker's embedded-DNS NAT table in both ends, as Docker's
+containers have it) and
 ``bench.nft_datapath`` (the nftables backend's calls as the reconciler makes
 them: apply_network, a policy set from 0 to N rules, one rule added and one
 removed with N in force, a mode switch, a join, at each N of the rule sweep).
@@ -25,7 +27,7 @@ def throughput(sizes) -> dict:
         path = os.path.join(tmp, "dp.json")
         secs, repeats = sizes.iperf_secs, sizes.dp_repeats
         sh([sys.executable, "-m", "bench.ebpf_datapath", "--secs", str(secs), "--repeats", str(repeats),
-            "--rules", str(sizes.scale_rules), "--profile", "--floor", "--json", path], timeout=900)
+            "--rules", str(sizes.scale_rules), "--profile", "--floor", "--docker-nat", "--json", path], timeout=900)
         with open(path) as f:
             raw = json.load(f)
     profiles = {k: raw.pop(k) for k in list(raw) if k.endswith("_profile")}

@@ -11,7 +11,12 @@ Four pairs of namespaces, measured round-robin with iperf3, ping and sockperf:
   fast path (bpf_redirect_peer) carries the judged flows;
 * ``floor`` (with ``--floor``): the same bridge with ``bpf/redirect_floor.c`` on
   both host-side veths, a program that only hands every frame to the other
-  veth's peer: what any program on the host side of a veth pays for the hop.
+  veth's peer: what any program on the host side of a veth pays for the hop;
+* ``veth+dockernat``, ``ebpf+dockernat`` (with ``--docker-nat``): the bare veth
+  and the eBPF pair with Docker's embedded-DNS NAT table in both ends, as in
+  every container of a user-defined Docker network: its nat hooks turn on
+  netfilter's conntrack in those namespaces, on every packet, whatever the
+  path between them (Docker's figures in ``bench.dataplane`` carry this).
 
 Two latencies, both reported:
 
@@ -23,7 +28,7 @@ Two latencies, both reported:
   sockperf's one-way median latency).
 
 Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
-[--floor] [--no-throughput] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
+[--floor] [--docker-nat] [--no-throughput] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
 programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
@@ -125,6 +130,35 @@ b.apply_network(NetworkSpec('{NET_ID}', 'br0', ('10.218.{octet}.0/24',)), pm, po
 getattr(b, 'close', lambda: None)()
 """
     sh(".venv/bin/python", "-c", code)
+
+
+# What Docker 20.10 writes into every container of a user-defined network for its
+# embedded DNS (iptables-nft; the ports are random per container): the nat hooks alone
+# make netfilter's conntrack run on every packet in that namespace, whatever the path.
+DOCKER_DNS_NAT = """table ip nat {
+ chain DOCKER_OUTPUT {
+  ip daddr 127.0.0.11 tcp dport 53 dnat to 127.0.0.11:40001
+  ip daddr 127.0.0.11 udp dport 53 dnat to 127.0.0.11:40002
+ }
+ chain OUTPUT {
+  type nat hook output priority -100; ip daddr 127.0.0.11 jump DOCKER_OUTPUT
+ }
+ chain DOCKER_POSTROUTING {
+  ip saddr 127.0.0.11 tcp sport 40001 snat to :53
+  ip saddr 127.0.0.11 udp sport 40002 snat to :53
+ }
+ chain POSTROUTING {
+  type nat hook postrouting priority 100; ip daddr 127.0.0.11 jump DOCKER_POSTROUTING
+ }
+}
+"""
+
+
+def docker_nat(*namespaces):
+    """Docker's embedded-DNS NAT table in each of ``namespaces`` (see DOCKER_DNS_NAT)."""
+    for ns in namespaces:
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=DOCKER_DNS_NAT, text=True,
+                       check=True, capture_output=True)
 
 
 def iperf(client, server, ip, secs):
@@ -236,6 +270,8 @@ def arguments():
                     "measured in the same rounds: before/after side by side (repeatable)")
     ap.add_argument("--no-throughput", action="store_true",
                     help="latencies only (no iperf3): more rounds in the same time for RTT comparisons")
+    ap.add_argument("--docker-nat", action="store_true",
+                    help="also the bare veth and eBPF pairs with Docker's embedded-DNS NAT table in both ends")
     ap.add_argument("--floor", action="store_true",
                     help="also a pair with a program that only redirects (bpf/redirect_floor.c)")
     return ap.parse_args()
@@ -262,6 +298,13 @@ def make_pairs(args, tag, made, pin_root, floor_dir):
         h6, fa, fb, fip = bridge_pair(tag + "f", 8, made)
         floor(h6, 8, floor_dir)
         pairs["floor"] = (fa, fb, fip)
+    if args.docker_nat:   # the two ends as Docker makes them (conntrack on), bare and eBPF
+        na2, nb2, nip2 = veth_pair(tag + "d", made)
+        docker_nat(na2, nb2)
+        h7, da, db, dip = bridge_pair(tag + "d", 7, made)
+        enforce(h7, 7, pin_root + "d")
+        docker_nat(da, db)
+        pairs.update({"veth+dockernat": (na2, nb2, nip2), "ebpf+dockernat": (da, db, dip)})
     if args.rules:
         h3, ra, rb, rip = bridge_pair(tag + "z", 3, made)
         enforce(h3, 3, pin_root + "r", args.rules)
@@ -283,13 +326,15 @@ def rounds(pairs, args) -> dict:
 
 
 def show(got) -> None:
+    """Medians per pair and, in brackets, the median of the per-round ratios to the bare veth
+    (every pair runs in every round: a ratio within a round is free of the load's drift)."""
     med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
-    base = {k: med(got["veth"][k]) for k in ("gbps", "rtt_us", "rr_us")}
+    veth = got["veth"]
     for name, m in got.items():
         g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
-        print(f"{name:11s} {g:6.1f} Gbit/s ({g / base['gbps']:.2f}x veth)  "
-              f"ping rtt {r:5.1f} us ({r / base['rtt_us']:.2f}x)  "
-              f"rr {q:5.1f} us ({q / base['rr_us']:.2f}x)  runs {[round(x, 1) for x in m['gbps']]}")
+        x = {k: med([a / b for a, b in zip(m[k], veth[k]) if b]) for k in ("gbps", "rtt_us", "rr_us")}
+        print(f"{name:11s} {g:6.1f} Gbit/s ({x['gbps']:.2f}x veth)  ping rtt {r:5.1f} us ({x['rtt_us']:.2f}x)  "
+              f"rr {q:5.1f} us ({x['rr_us']:.2f}x)  runs {[round(v, 1) for v in m['gbps']]}")
 
 
 def main() -> int:
@@ -311,7 +356,7 @@ def main() -> int:
     finally:
         for name in reversed(made):
             sh("ip", "netns", "del", name, check=False)
-        sh("rm", "-rf", pin_root, pin_root + "r", *(f"{pin_root}o{i}" for i in range(len(args.object))),
+        sh("rm", "-rf", pin_root, pin_root + "r", pin_root + "d", *(f"{pin_root}o{i}" for i in range(len(args.object))),
            check=False)
         shutil.rmtree(floor_dir, ignore_errors=True)
     return 0

@@ -164,6 +164,35 @@ def test_allowed_east_west_bypasses_the_bridge(lab):
     assert "packets 0 " in out, out
 
 
+def _stamp_replies_ahead(backend, ahead_ns: int) -> int:
+    """Stamp every reply-direction conntrack entry ``ahead_ns`` past CLOCK_MONOTONIC; how many."""
+    from plugin.enforce.ebpf import libbpf, maps   # noqa: PLC0415 (writing the kernel's map on purpose)
+    fd = backend._nets[NET_ID[:12]].handle.maps["conntrack"]   # noqa: SLF001
+    now, n = time.clock_gettime_ns(time.CLOCK_MONOTONIC), 0
+    for key in list(libbpf.keys(fd, maps.CT_KEY.size)):
+        raw = libbpf.lookup(fd, key, maps.CT_VAL.size)
+        fields = maps.CT_VAL.unpack(raw) if raw else None
+        if fields and fields[2] & 1:                   # CT_REPLY
+            libbpf.update(fd, key, maps.CT_VAL.pack(now + ahead_ns, *fields[1:]))
+            n += 1
+    return n
+
+
+@ebpf
+def test_a_reply_entry_stamped_ahead_of_the_clock_is_young(lab):
+    """The fast path ages entries by the coarse clock, which trails ct_create's fine stamp by up
+    to a tick: an entry "from the future" must count as young, not as expired -- else the reply
+    of a one-way flow would be judged anew as the other way round, and denied."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    stream = open_stream(web, api.ip4, 8080)
+    try:
+        assert lab.backend.call(_stamp_replies_ahead, lab.backend.obj, 2_000_000_000) >= 1
+        assert echoes(stream)
+    finally:
+        stream.close()
+
+
 @ebpf
 def test_would_drops_of_audit_mode_are_counted_apart(lab):
     web, api = lab.add(2)

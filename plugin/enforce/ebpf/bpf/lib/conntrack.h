@@ -44,6 +44,7 @@ static __always_inline struct ct_val *ct_lookup(struct pkt *p)
 	struct ct_key k = {};
 	struct ct_val *v;
 	__u64 now, life;
+	__s64 age;
 
 	if (!ct_tracked(p))
 		return NULL;
@@ -54,10 +55,11 @@ static __always_inline struct ct_val *ct_lookup(struct pkt *p)
 	if ((v->flags & CT_REPLY) && echo_request(p))
 		return NULL;           /* a new echo in the other direction */
 	now = bpf_ktime_get_ns();
+	age = (__s64)(now - v->seen);   /* signed: the fast path stamps with the coarse clock */
 	life = p->proto == IPPROTO_TCP ? CT_TCP_LIFETIME_NS : CT_OTHER_LIFETIME_NS;
-	if (now - v->seen > life)
+	if (age > (__s64)life)
 		return NULL;
-	if (now - v->seen > CT_REFRESH_NS)
+	if (age > (__s64)CT_REFRESH_NS)
 		v->seen = now;
 	return v;
 }
