@@ -15,10 +15,10 @@ import threading
 import time
 
 from plugin.config import Settings
-from plugin.daemon import nossl
+from plugin.daemon import leanmaster
 
-# the master runs gunicorn without OpenSSL (5 MiB); the worker gets the real ssl back in load()
-BaseApplication = nossl.import_without_ssl("gunicorn.app.base", "gunicorn.workers.gthread")[0].BaseApplication
+# the master runs gunicorn without OpenSSL and importlib.metadata; the worker gets them back in load()
+BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.gthread")[0].BaseApplication
 
 log = logging.getLogger("secnet")
 _HELD: list = []  # the instance lock's file descriptor, kept open
@@ -117,7 +117,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
-        nossl.restore_ssl()
+        leanmaster.restore_in_worker()
         app, _daemon = build(self.settings)
         return Trimmer().start().wrap(app)
 
