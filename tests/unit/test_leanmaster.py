@@ -25,7 +25,8 @@ def test_the_master_imports_gunicorn_without_openssl_and_metadata():
               "zipfile" in sys.modules, "gunicorn.arbiter" in sys.modules)
         import ssl                              # the stand-ins left sys.modules: these are real
         import importlib.metadata
-        print(hasattr(ssl, "SSLContext"), gunicorn.sock.ssl is ssl, gunicorn.util.importlib_metadata is importlib.metadata)
+        print(hasattr(ssl, "SSLContext"), gunicorn.sock.ssl is ssl,
+              gunicorn.util.importlib_metadata is importlib.metadata)
     """)
     assert out.splitlines() == ["False False False False True", "True False False"]
 
