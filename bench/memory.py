@@ -10,7 +10,10 @@ bench/scale.py's do. Through the plugin API and the CLI's ``/secnet/policy``
 route it makes a network (bench/scale.py's 100-rule ring), N endpoints
 (CreateEndpoint + Join) over 100 segments, K ``set``s of R rules (alternating
 two sets that differ in every port, as bench/scale.py), one rule added and
-removed, then Leave + DeleteEndpoint of every endpoint and DeleteNetwork.
+removed, then Leave + DeleteEndpoint of every endpoint and DeleteNetwork. With
+``--sweep 100,1000,10000,50000`` the ``set``s of R rules come after those of
+each size of the sweep (5 ``set``s each, as ``make bench``'s scale section,
+whose 50,000-rule edits set the daemon's high-water mark); a sample after each.
 
 After each step (and 2 s of quiet: the worker gives free heap back 1 s after
 its last request) it reads, for master and worker, VmRSS and Pss
@@ -105,9 +108,9 @@ def _policy(d: Private, action: str, rules: list) -> None:
     d.plugin.post("/secnet/policy", {"network": NET_ID, "action": action, "rules": rules})
 
 
-def run(endpoints: int, rules: int, sets: int) -> dict:
+def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
     d = Private()
-    out = {"endpoints": endpoints, "rules": rules, "sets": sets}
+    out = {"endpoints": endpoints, "rules": rules, "sets": sets, "sweep": list(sweep)}
     eids = [endpoint_id(i) for i in range(1, endpoints + 1)]
     try:
         out["start"] = d.sample()
@@ -125,6 +128,10 @@ def run(endpoints: int, rules: int, sets: int) -> dict:
             d.plugin.post("/NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": eid,
                                                   "SandboxKey": "", "Options": {}})
         out["endpoints_in"] = d.sample()
+        for n in sweep:
+            for rep in range(5):
+                _policy(d, "set", sweep_rules(n, rep % 2) + FLOW_RULES)
+            out[f"sweep_{n}"] = d.sample()
         for rep in range(sets):
             _policy(d, "set", sweep_rules(rules, rep % 2) + FLOW_RULES)
         out["rules_set"] = d.sample()
@@ -147,8 +154,11 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--sets", type=int, default=7)
+    parser.add_argument("--sweep", default="", help="rule counts set 5 times each before the R-rule sets, "
+                                                    "e.g. 100,1000,10000,50000 (make bench's sweep)")
     args = parser.parse_args()
-    print(json.dumps(run(args.endpoints, args.rules, args.sets), indent=1))
+    sweep = tuple(int(n) for n in args.sweep.split(",") if n)
+    print(json.dumps(run(args.endpoints, args.rules, args.sets, sweep), indent=1))
 
 
 if __name__ == "__main__":

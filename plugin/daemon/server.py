@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 
-from gunicorn.app.base import BaseApplication
-
 from plugin.config import Settings
+from plugin.daemon import leanmaster
+
+# the master runs gunicorn without OpenSSL and importlib.metadata; the worker gets them back in load()
+BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.gthread")[0].BaseApplication
 
 log = logging.getLogger("secnet")
 _HELD: list = []  # the instance lock's file descriptor, kept open
@@ -115,6 +117,7 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        leanmaster.restore_in_worker()
         app, _daemon = build(self.settings)
         return Trimmer().start().wrap(app)
 

@@ -5,7 +5,9 @@ here (a few fixed fields); the DNS message itself is parsed by dnspython,
 never by hand. Only responses (QR set) with rcode NOERROR and one question
 count; records of class IN, types A, AAAA and CNAME. DNS over TCP is a
 stream of length-prefixed messages: ``tcpstream.TcpStreams`` puts the
-segments of one connection back together.
+segments of one connection back together. dnspython is imported with the
+first answer parsed: a daemon whose networks have no DNS rule never loads it
+(1.5 MiB of the worker's RSS).
 """
 from __future__ import annotations
 
@@ -13,13 +15,6 @@ import ipaddress
 import logging
 import struct
 from dataclasses import dataclass
-
-import dns.exception
-import dns.flags
-import dns.message
-import dns.rcode
-import dns.rdataclass
-import dns.rdatatype
 
 from segmentation import fqdn
 
@@ -90,6 +85,7 @@ def addresses(wire: bytes) -> list:
     Empty for a query, an error response, a message that does not parse
     (logged at debug level), or an answer with no A/AAAA for the question.
     """
+    import dns.exception, dns.flags, dns.message, dns.rcode, dns.rdataclass, dns.rdatatype  # noqa: E401
     try:
         msg = dns.message.from_wire(wire, ignore_trailing=True)
     except (dns.exception.DNSException, ValueError) as exc:

@@ -373,14 +373,15 @@ class NftBackend(fqdn.FqdnMethods):
         return shapes
 
     def _shapes(self, table: str) -> dict:
-        """Rules (per chain), chains and set declarations of both tables, comparable."""
+        """Rules (per chain), chains and set declarations of both tables, comparable
+        (as digests: ``kernel.digested``)."""
         if self.writer is None:
-            return kernel.read_rules(self.runner, table)
+            return kernel.digested(kernel.read_rules(self.runner, table))
         out = {}
         for family in ("inet", "bridge"):
             for (kind, name), shapes in self.writer.shapes(family, table).items():
                 out[(family, f"{kind} {name}")] = shapes
-        return out
+        return kernel.digested(out)
 
     def _desired(self, net: NetworkSpec, policy: PolicyMap, ports: list) -> dict:
         real = self._nets.get(net.id)
