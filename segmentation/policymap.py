@@ -266,10 +266,11 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         new_map = compile_policy_map(options, identities)
         return new_map, old.delta(new_map)
     same_ids = len(old_ids) == len(identities) and all(s in old_ids for s in identities)
-    gone_rules, new_rules = _rules_changed(old_options, options, edit)
-    if len(gone_rules) + len(new_rules) > (len(old_options.rules) + len(options.rules)) // 2:
-        new_map = compile_policy_map(options, identities)   # most rules replaced: afresh costs less
+    changed = _rules_changed(old_options, options, edit)
+    if changed is None:   # most rules replaced: afresh costs less
+        new_map = compile_policy_map(options, identities)
         return new_map, old.delta(new_map)
+    gone_rules, new_rules = changed
     if not same_ids:   # '*' stands for other segments now
         gone_rules += old_options.star_rules()
         new_rules += options.star_rules()
@@ -293,18 +294,25 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     return new_map, _edit_delta(old, new_map, (gone, new), (gone_cidrs, new_cidrs), (gone_fqdns, new_fqdns))
 
 
-def _rules_changed(old_options: NetworkOptions, options: NetworkOptions, edit) -> tuple:
+def _rules_changed(old_options: NetworkOptions, options: NetworkOptions, edit) -> Optional[tuple]:
     """``(gone, new)`` rules (lists: a rule may be in one twice; its entries are a set
-    anyway): from ``edit`` when it was made from ``old_options``' rules, else by text."""
+    anyway): from ``edit`` when it was made from ``old_options``' rules, else by text;
+    None when they are most of the rules (compiling afresh then costs less), found
+    before the rules themselves are picked out."""
+    def most(count: int) -> bool:
+        return count > (len(old_options.rules) + len(options.rules)) // 2
     if edit is not None and edit.made_from(old_options.rules) and \
             len(options.rules) == len(edit.before) + len(edit.added) - len(edit.removed):
-        return list(edit.removed), list(edit.added)
+        return None if most(len(edit.removed) + len(edit.added)) else (list(edit.removed), list(edit.added))
     if old_options.rules == options.rules:
         return [], []
-    before, after = set(rule_texts(old_options.rules)), set(rule_texts(options.rules))
-    gone_rules = rules_not_in(old_options.rules, after) if len(before - after) else []
-    new_rules = rules_not_in(options.rules, before) if len(after - before) else []
-    return gone_rules, new_rules
+    before, after = old_options.rule_text_set(), options.rule_text_set()
+    gone_texts, new_texts = before - after, after - before
+    if most(len(gone_texts) + len(new_texts)):
+        return None
+    gone_rules = rules_not_in(old_options.rules, after) if gone_texts else []
+    new_rules = rules_not_in(options.rules, before) if new_texts else []
+    return None if most(len(gone_rules) + len(new_rules)) else (gone_rules, new_rules)
 
 
 def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
