@@ -157,9 +157,19 @@ class PolicyMap:
         """The entries from identity ``src`` to ``dst``, sorted (an index, built once per map)."""
         def index() -> dict:
             pairs: dict = {}
-            for entry in self.entries:
-                pairs.setdefault((entry.src, entry.dst), []).append(entry)
-            return {pair: tuple(sorted(found)) for pair, found in pairs.items()}
+            entries = list(self.entries)
+            for pair, entry in zip(map(_PAIR, entries), entries):
+                found = pairs.get(pair)
+                if found is None:
+                    pairs[pair] = (entry,)   # most pairs have one entry: sorted as it is
+                elif found.__class__ is tuple:
+                    pairs[pair] = [found[0], entry]
+                else:
+                    found.append(entry)
+            for pair, found in pairs.items():
+                if found.__class__ is list:
+                    pairs[pair] = tuple(sorted(found))
+            return pairs
         return self._cached("_pairs", index).get((src, dst), ())
 
     def _cached(self, name: str, make):
@@ -354,6 +364,7 @@ def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fq
         fqdns_added=added(fqdns, old.fqdns), fqdns_removed=removed(fqdns, old.fqdns))
 
 
+_PAIR = operator.itemgetter(0, 1)   # (src, dst) of a PolicyEntry
 _PICK_GONE = 64            # rules: above this, their entries are picked out of the old map
 _RULE = operator.attrgetter("rule")
 

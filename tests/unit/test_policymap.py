@@ -103,6 +103,15 @@ def test_an_edit_compiles_and_deltas_as_afresh(a, edit, add, intra, members):
     assert old.apply(delta) == afresh
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(RULES + NAMING)), st.sampled_from(["allow", "deny"]))
+def test_between_gives_the_entries_of_a_pair_sorted(rules, intra):
+    compiled = policy(rules, intra, segments=SEGS + ["x", "y", "z"])
+    ids = set(compiled.identities.values())
+    for s, d in {(s, d) for s in ids for d in ids} | {(e.src, e.dst) for e in compiled.entries}:
+        assert compiled.between(s, d) == tuple(sorted(e for e in compiled.entries if (e.src, e.dst) == (s, d)))
+
+
 def test_an_edit_made_from_other_rules_is_not_used():
     """A RuleEdit made from rules other than the old options' is ignored: the rules are compared."""
     old_options = NetworkOptions(rules=parse_rules("web->api:tcp/1 api->db:tcp/2"))
