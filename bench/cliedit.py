@@ -19,6 +19,8 @@ nftables backend and conntrack index, served by gunicorn as ``secnet-plugin`` is
 a throwaway namespace, on a socket of its own, holding one network of M endpoints and
 N rules; the CLI names it by id (the engine does not know it). Status there does less
 than the real daemon's (no engine or DNS figures): compare edits with each other.
+``--flow`` (with ``--private``): the network also holds one established flow between two
+members, as the scale section's network holds its iperf flow (a rule removal judges it).
 """
 from __future__ import annotations
 
@@ -98,7 +100,7 @@ def _shared(rules: int):
 
 
 @contextmanager
-def _private(rules: int, endpoints: int):
+def _private(rules: int, endpoints: int, flow: bool = False):
     """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id)."""
     from .handler import NET_ID
     ns = f"{PREFIX}-cli{os.getpid()}"
@@ -107,7 +109,7 @@ def _private(rules: int, endpoints: int):
         sh(["ip", "netns", "add", ns])
         proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-m", "bench.cliserve", sock,
                                  os.path.join(tmp, "state"), "--rules", str(rules), "--endpoints",
-                                 str(endpoints)], cwd=REPO)
+                                 str(endpoints)] + (["--flow"] if flow else []), cwd=REPO)
         saved = os.environ.get("SECNET_SOCKET")
         os.environ["SECNET_SOCKET"] = sock
         try:
@@ -132,14 +134,14 @@ def _wait_for(sock: str, proc, patience: float = 120.0) -> None:
             time.sleep(0.2)
 
 
-def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000) -> dict:
-    with (_private(rules, endpoints) if private else _shared(rules)) as (net_id, ref):
+def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000, flow: bool = False) -> dict:
+    with (_private(rules, endpoints, flow) if private else _shared(rules)) as (net_id, ref):
         times = _timed(_cases(net_id, ref), repeats)
     out = {name: stats(values) for name, values in times.items()}
     status = out["cli_status"]["median"]
     ratios = {f"{k}_per_status": round(out[k]["median"] / status, 2)
               for k in ("cli_add", "cli_remove", "cli_add_json", "cli_remove_json")}
-    return {"rules": rules, "repeats": repeats, "private": private, **ratios, **out}
+    return {"rules": rules, "repeats": repeats, "private": private, "flow": flow, **ratios, **out}
 
 
 def main() -> None:
@@ -148,8 +150,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--private", action="store_true", help="a stand-in daemon, not the shared one")
     parser.add_argument("--endpoints", type=int, default=1000, help="with --private")
+    parser.add_argument("--flow", action="store_true",
+                        help="with --private: one established flow between two members (bench.handler --flow)")
     args = parser.parse_args()
-    found = run(args.rules, args.repeats, args.private, args.endpoints)
+    if args.flow and not args.private:
+        parser.error("--flow needs --private")
+    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow)
     json.dump(found, sys.stdout, indent=1)
     print()
 

@@ -1,10 +1,11 @@
 """A stand-in daemon for the CLI's timings, inside a throwaway network namespace.
 
 Run as root, inside the namespace (``bench.cliedit --private`` does it):
-``python -m bench.cliserve SOCKET STATE_DIR [--rules N] [--endpoints M]``. It builds
+``python -m bench.cliserve SOCKET STATE_DIR [--rules N] [--endpoints M] [--flow]``. It builds
 what ``bench.handler`` builds -- a real SQLite state in STATE_DIR, the
 reconciler, the nftables backend, conntrack pruning with the flow index -- with
-one network of M endpoints and N rules, and serves the daemon's Flask app
+one network of M endpoints and N rules (``--flow``: and ``bench.handler.add_flow``'s
+established flow between two of them), and serves the daemon's Flask app
 (driver routes and the CLI's ``/secnet/`` routes) with gunicorn as
 ``secnet-plugin`` does (one gthread worker, 8 threads, the RSS trimmer) on the
 unix socket SOCKET, until killed. Nothing outside the namespace and the
@@ -22,12 +23,13 @@ from plugin.daemon.app import create_app
 from plugin.daemon.server import Trimmer
 from plugin.driver.state import State
 
-from .handler import _started_index, _world
+from .handler import _started_index, _world, add_flow
 
 
 class _Server(BaseApplication):
-    def __init__(self, socket_path: str, state_dir: str, rules: int, endpoints: int):
+    def __init__(self, socket_path: str, state_dir: str, rules: int, endpoints: int, flow: bool = False):
         self.socket_path, self.state_dir, self.rules, self.endpoints = socket_path, state_dir, rules, endpoints
+        self.flow = flow
         super().__init__()
 
     def load_config(self):
@@ -38,6 +40,8 @@ class _Server(BaseApplication):
 
     def load(self):
         api = _world(State(self.state_dir), self.rules, self.endpoints, _started_index())
+        if self.flow:
+            add_flow()
         return Trimmer().start().wrap(create_app(api.driver, api))
 
 
@@ -47,8 +51,9 @@ def main() -> None:
     parser.add_argument("state_dir")
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--flow", action="store_true", help="one established flow between two members")
     args = parser.parse_args()
-    _Server(args.socket, args.state_dir, args.rules, args.endpoints).run()
+    _Server(args.socket, args.state_dir, args.rules, args.endpoints, args.flow).run()
 
 
 if __name__ == "__main__":

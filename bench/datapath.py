@@ -59,7 +59,8 @@ def run(sizes) -> dict:
     log(f"datapath: nftables backend at {sizes.rule_counts} rules")
     out["nft_backend"] = nft_sweep(sizes)
     log(f"datapath: the daemon's policy handler at {sizes.scale_rules} rules (bench.handler)")
+    # --flow: the scale section's network carries its iperf flow; a removal then judges it
     res = sh([sys.executable, "-m", "bench.handler", "--rules", str(sizes.scale_rules), "--endpoints",
-              str(sizes.endpoints)], timeout=900, check=False)
+              str(sizes.endpoints), "--flow"], timeout=900, check=False)
     out["handler"] = json.loads(res.stdout) if res.returncode == 0 else {"error": res.stderr[-500:]}
     return out

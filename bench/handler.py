@@ -8,7 +8,9 @@ every read dumps the table) with M endpoints over 100 segments and N rules as in
 bench/scale.py, then times ``Api.policy`` -- the function the ``/secnet/policy``
 route calls -- for one rule ``add`` and ``remove`` with N in force, and a ``set``
 of N rules that differ in every port; and the reconciler's part of a join
-(``endpoint_changed``) into a known segment and into a new one, at N rules.
+(``endpoint_changed``) into a known segment and into a new one, at N rules. ``--flow``:
+one established flow between two members (the scale section's network has its iperf
+flow): a rule removal then judges it on the new policy, as in the daemon.
 Prints medians and min/max (ms) as JSON. Issue 12's targets: one-rule edits
 <= 10 ms here (p50); a join bringing a new segment <= 1.2x one into a known one.
 """
@@ -48,6 +50,16 @@ def _world(state: State, rules: int, endpoints: int, index=None) -> Api:
     return Api(Driver(state, None, None, reconciler), reconciler)
 
 
+def add_flow() -> None:
+    """One established TCP flow (a conntrack entry, no packets) from endpoint 0 (segment
+    s0) to endpoint 1 (s1) on port 1000, which rule ``s0->s1:tcp/1000`` allows: as the
+    scale section's network carries its iperf flow, so that an edit's pruning judges
+    a flow on the new policy. Call in the world's namespace."""
+    subprocess.run(["conntrack", "-I", "-p", "tcp", "-s", "10.219.0.2", "-d", "10.219.0.3", "--sport", "40000",
+                    "--dport", "1000", "--state", "ESTABLISHED", "-u", "ASSURED", "-t", "3600"],
+                   check=True, capture_output=True)
+
+
 def _timed(api: Api, action: str, rules: list) -> float:
     start = time.perf_counter()
     api.policy({"network": NET_ID, "action": action, "rules": rules})
@@ -63,12 +75,15 @@ def _started_index(patience: float = 5.0) -> FlowIndex:
     return index
 
 
-def measure(rules: int, endpoints: int, repeats: int, index: bool = True) -> dict:
+def measure(rules: int, endpoints: int, repeats: int, index: bool = True, flow: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="snbench-") as tmp:
         state = State(f"{tmp}/state")
         flows = _started_index() if index else None
         try:
             api = _world(state, rules, endpoints, flows)
+            if flow:
+                add_flow()
+                time.sleep(0.1)   # the index learns it from the NEW event
             add, remove = [], []
             for _ in range(repeats):
                 add.append(_timed(api, "add", [ONE_RULE]))
@@ -83,7 +98,7 @@ def measure(rules: int, endpoints: int, repeats: int, index: bool = True) -> dic
             state.close()
             if flows is not None:
                 flows.stop()
-    return {"flow_index": index, "conntrack_dumps": dumps,"one_rule_add_ms": stats(add), "one_rule_remove_ms": stats(remove), "policy_set_ms": stats(sets),
+    return {"flow_index": index, "flow": flow, "conntrack_dumps": dumps, "one_rule_add_ms": stats(add), "one_rule_remove_ms": stats(remove), "policy_set_ms": stats(sets),
             "join_known_segment_ms": stats(joins["known"]), "join_new_segment_ms": stats(joins["new"])}
 
 
@@ -114,12 +129,13 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--no-index", action="store_true", help="no conntrack flow index: every read dumps")
+    parser.add_argument("--flow", action="store_true", help="one established flow between two members")
     args = parser.parse_args()
     name = f"snbench-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
         found = netns.run_in(f"/run/netns/{name}", measure, args.rules, args.endpoints, args.repeats,
-                             not args.no_index, timeout=600)
+                             not args.no_index, args.flow, timeout=600)
         print(json.dumps({"rules": args.rules, "endpoints": args.endpoints, **found}, indent=1))
     finally:
         subprocess.run(["ip", "netns", "del", name], check=False)

@@ -94,6 +94,17 @@ class NetworkOptions:
         """The rules with ``*`` on a side (computed once per options value)."""
         return self._derived("_star", lambda: tuple(star_rules(self.rules)))
 
+    def rule_text_set(self) -> frozenset:
+        """The canonical texts of the rules (computed once per options value; fewer
+        than the rules when a rule is there twice)."""
+        return self._derived("_texts", lambda: frozenset(rule_texts(self.rules)))
+
+    def with_rule_text_set(self, texts: frozenset) -> "NetworkOptions":
+        """These options, knowing :meth:`rule_text_set` already: ``texts`` (an edit that
+        made them from another value's set, without a pass over every rule)."""
+        object.__setattr__(self, "_texts", texts)
+        return self
+
     def _derived(self, name: str, make):
         found = self.__dict__.get(name)
         if found is None:

@@ -181,8 +181,8 @@ class Api:
         def change(options):
             try:
                 policy = Policy(options)
-                if action == "set":
-                    return policy.with_rules(rules).options, None
+                if action == "set":   # parse_rules dropped duplicates already
+                    return replace(options, rules=rules), None
                 policy, edit = (policy.add_rules if action == "add" else policy.remove_rules)(rules)
                 return policy.options, edit   # validated: NetworkOptions checks itself
             except PolicyError as exc:

@@ -3,11 +3,12 @@
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from segmentation.errors import OptionError, PolicyError
 from segmentation.model import Member, Policy
 from segmentation.options import OPTION_KEYS, NetworkOptions, parse_network_options
-from segmentation.rules import parse_rule, parse_rules
+from segmentation.rules import parse_rule, parse_rules, rule_texts
 
 
 def test_defaults_follow_the_contract():
@@ -174,6 +175,32 @@ def test_policy_rule_edits():
     twice = Policy(NetworkOptions(rules=(a, b, a)))       # not a plain edit: no RuleEdit
     assert twice.add_rules([b]) == (Policy(NetworkOptions(rules=(a, b))), None)
     assert twice.remove_rules([a]) == (Policy(NetworkOptions(rules=(b,))), None)
+
+
+EDIT_RULES = ["a->b", "b->c:tcp/1", "c->a:udp/53", "*->a:icmp", "a->b:tcp/1-9"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.sampled_from(EDIT_RULES)),
+       st.lists(st.tuples(st.booleans(), st.lists(st.sampled_from(EDIT_RULES), min_size=1)), max_size=8))
+def test_edits_hand_on_the_rule_texts_they_know(start, edits):
+    """A chain of adds and removes: each result's rule_text_set (handed on by the edit, not
+    recomputed) is that of its rules, and the rules are those of a plain list computation."""
+    policy = Policy(NetworkOptions(rules=parse_rules(" ".join(start))))
+    expected = list(rule_texts(policy.rules))
+    for add, texts in edits:
+        rules = parse_rules(" ".join(texts))
+        if add:
+            policy, _edit = policy.add_rules(rules)
+            expected += [r.text() for r in rules if r.text() not in expected]
+        else:
+            rules = [r for r in rules if r.text() in expected]
+            if not rules:
+                continue
+            policy, _edit = policy.remove_rules(rules)
+            expected = [t for t in expected if t not in {r.text() for r in rules}]
+        assert rule_texts(policy.rules) == expected
+        assert policy.options.rule_text_set() == frozenset(expected)
 
 
 def test_policy_edits_keep_validation():

@@ -19,6 +19,14 @@ RULES = ["web->api:tcp/8080", "*->db:udp/53", "api->db:tcp/5432-5440", "10.0.0.0
 NAMING = ["x->web:tcp/22", "y->*:udp/9", "*->z", "10.1.0.0/16->x:tcp/80", "x->10.2.0.0/16"]
 
 
+def same_pairs(a, b) -> bool:
+    """``between`` of maps ``a`` and ``b`` agree on every identity pair either map names."""
+    pairs = {(e.src, e.dst) for e in a.entries | b.entries}
+    ids = set(a.identities.values()) | set(b.identities.values())
+    pairs |= {(s, d) for s in ids for d in ids}
+    return all(a.between(s, d) == b.between(s, d) for s, d in pairs)
+
+
 def policy(rules, intra="allow", segments=SEGS, identities=None):
     options = NetworkOptions(rules=parse_rules(" ".join(rules)), intra=intra)
     return compile_policy_map(options, assign(identities or {}, segments))
@@ -48,11 +56,13 @@ def test_recompiling_from_the_previous_map_equals_compiling_afresh(a, b, intra_a
     options = NetworkOptions(rules=parse_rules(" ".join(b)), intra=intra_b, egress=egress)
     old_ids = assign({}, segments_of(old_options, members_a))
     old = compile_policy_map(old_options, old_ids)
+    old.between(0, 0)   # the index of entries by pair: a recompiled map carries it
     for live in (members_a, members_b):
         identities = assign(old_ids, segments_of(options, live))
         new, delta = recompile_policy_map(old, old_options, options, identities)
         afresh = compile_policy_map(options, identities)
         assert new == afresh and delta == old.delta(afresh)
+        assert same_pairs(new, afresh)
     again = assign(old_ids, segments_of(old_options, members_b))   # members only
     new, delta = recompile_policy_map(old, old_options, old_options, again)
     assert new == compile_policy_map(old_options, again) and delta == old.delta(new)
@@ -84,11 +94,22 @@ def test_an_edit_compiles_and_deltas_as_afresh(a, edit, add, intra, members):
     old = compile_policy_map(old_options, old_ids)
     identities = assign(old_ids, segments_of(options, members, counts))
     assert identities == assign(old_ids, segments_of(fresh, members))
+    old.between(0, 0)   # the index of entries by pair: the recompiled map carries it
     new, delta = recompile_policy_map(old, old_options, options, identities, made)
     afresh = compile_policy_map(options, identities)
     assert new == afresh
+    assert same_pairs(new, afresh)
     assert delta == old.delta(afresh)                  # the edit's delta is the computed one
     assert old.apply(delta) == afresh
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.sampled_from(RULES + NAMING)), st.sampled_from(["allow", "deny"]))
+def test_between_gives_the_entries_of_a_pair_sorted(rules, intra):
+    compiled = policy(rules, intra, segments=SEGS + ["x", "y", "z"])
+    ids = set(compiled.identities.values())
+    for s, d in {(s, d) for s in ids for d in ids} | {(e.src, e.dst) for e in compiled.entries}:
+        assert compiled.between(s, d) == tuple(sorted(e for e in compiled.entries if (e.src, e.dst) == (s, d)))
 
 
 def test_an_edit_made_from_other_rules_is_not_used():
