@@ -157,6 +157,10 @@ PRINTERS = {
 }
 
 
+EDITS = ("set", "add", "remove")
+NETWORK_HELP = "a secnet network's name or id, as in docker network inspect"
+
+
 class _Parser(argparse.ArgumentParser):
     """Usage errors as one line (a CliError), from the subcommands' parsers too."""
 
@@ -168,32 +172,38 @@ class _Parser(argparse.ArgumentParser):
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="secnet", description="Inspect and steer the secnet network driver.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    # --json is taken out of argv before parsing (main); listed in each verb's --help too
+    js = argparse.ArgumentParser(add_help=False)
+    js.add_argument("--json", action="store_true", help="machine-readable output")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("status", help="the daemon's health, its networks, endpoint counts")
-    s = sub.add_parser("show", help="segments, members, rules with counters, quarantine")
-    s.add_argument("network", metavar="NETWORK")
-    s = sub.add_parser("policy", help="print or change a network's allow rules")
-    s.add_argument("network", metavar="NETWORK")
-    s.add_argument("action", nargs="?", choices=("set", "add", "remove"))
-    s.add_argument("rules", nargs="*", metavar="RULE")
-    s = sub.add_parser("mode", help="print or switch a network's mode (enforce or audit)")
-    s.add_argument("network", metavar="NETWORK")
+
+    def verb(name, text):
+        return sub.add_parser(name, help=text, description=text, parents=[js])
+    verb("status", "the daemon's health, its networks, endpoint counts")
+    verb("show", "segments, members, rules with counters, quarantine").add_argument(
+        "network", metavar="NETWORK", help=NETWORK_HELP)
+    s = verb("policy", "print or change a network's allow rules (in force when it returns 0)")
+    s.add_argument("network", metavar="NETWORK", help=NETWORK_HELP)
+    s.add_argument("action", nargs="?", choices=EDITS, help="replace all rules, add or remove some")
+    s.add_argument("rules", nargs="*", metavar="RULE",
+                   help="SRC->DST[:PROTO[/PORTS]], e.g. web->api:tcp/8080, web->dns(api.example.com):tcp/443")
+    s = verb("mode", "print or switch a network's mode (enforce or audit)")
+    s.add_argument("network", metavar="NETWORK", help=NETWORK_HELP)
     s.add_argument("mode", nargs="?", choices=("enforce", "audit"))
-    s = sub.add_parser("log", help="flows that policy dropped, oldest first")
-    s.add_argument("network", metavar="NETWORK", nargs="?")
+    s = verb("log", "flows that policy dropped, oldest first")
+    s.add_argument("network", metavar="NETWORK", nargs="?", help=NETWORK_HELP + " (default: all)")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new drops")
-    s = sub.add_parser("explain", help="would policy allow a flow, and why")
-    s.add_argument("network", metavar="NETWORK")
+    s = verb("explain", "would policy allow a flow, and why")
+    s.add_argument("network", metavar="NETWORK", help=NETWORK_HELP)
     s.add_argument("src", metavar="SRC", help="container name, segment name or address")
     s.add_argument("dst", metavar="DST", help="container name, segment name or address")
     s.add_argument("service", metavar="PROTO[/PORT]", help="tcp/8080, udp/53, icmp, ...")
-    s = sub.add_parser("verify", help="probe every segment pair with real packets")
-    s.add_argument("network", metavar="NETWORK")
-    sub.add_parser("metrics", help="Prometheus text format")
+    verb("verify", "probe every segment pair with real packets").add_argument(
+        "network", metavar="NETWORK", help=NETWORK_HELP)
+    verb("metrics", "Prometheus text format")
     return p
 
 
-EDITS = ("set", "add", "remove")
 
 
 def _rule_arguments(argv: list) -> tuple:
