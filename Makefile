@@ -26,18 +26,23 @@ plugin-up: venv engine
 plugin-down:
 	@bash scripts/plugin.sh stop
 
+# unit and kernel run on parallel pytest-xdist workers: a kernel test lives in its
+# own namespaces and pin directory (uuid names), so two never meet.
 unit: venv
-	$(PYTEST) -q tests/unit
+	$(PYTEST) -q -n auto tests/unit
 
 kernel: venv
-	$(PYTEST) -q tests/kernel
+	$(PYTEST) -q -n 2 tests/kernel
 
+# one dockerd: the e2e tier runs in order in one process
 e2e: venv image plugin-up
 	$(PYTEST) -q tests/e2e
 
-# The whole suite, all three tiers in one run.
+# The whole suite, all three tiers in one run: the e2e tier in order on one
+# worker (it is one xdist group, tests/e2e/conftest.py) while two more
+# workers share the unit and kernel tiers.
 test: venv image plugin-up
-	$(PYTEST) -q -rs tests
+	$(PYTEST) -q -rs -n 3 --dist loadgroup tests
 
 demo: venv image plugin-up
 	@bash scripts/demo.sh
