@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -157,6 +158,20 @@ def probe_many(where, probes: list, timeout: float = 1.5) -> dict:
     res = h.run(place.cmd(PY, "-c", CLIENT_SRC), check=False, input=json.dumps(body), timeout=60)
     assert res.returncode == 0, f"probe from {place.label} failed: {res.stderr.strip()}"
     return {k: Result(**v) for k, v in json.loads(res.stdout).items()}
+
+
+def probe_each(probes: list, timeout: float = 1.5) -> list:
+    """Results of ``(where, dst, port, proto)`` probes, in their order: every probe as
+    :func:`probe` makes it (same timeout), all at once (one prober per place, the places
+    side by side), so that n denied probes wait out one timeout rather than n."""
+    by_place: dict = {}
+    for i, (where, dst, port, proto) in enumerate(probes):
+        by_place.setdefault(place_of(where).label, (where, []))[1].append(
+            {"id": str(i), "proto": proto, "dst": str(dst), "port": port})
+    with ThreadPoolExecutor(max_workers=len(by_place) or 1) as pool:
+        done = list(pool.map(lambda wp: probe_many(wp[0], wp[1], timeout), by_place.values()))
+    results = {k: r for part in done for k, r in part.items()}
+    return [results[str(i)] for i in range(len(probes))]
 
 
 def probe(where, dst: str, port: int, proto: str = "tcp", timeout: float = 1.5, src=None) -> Result:
