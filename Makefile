@@ -38,11 +38,10 @@ kernel: venv
 e2e: venv image plugin-up
 	$(PYTEST) -q tests/e2e
 
-# The whole suite, all three tiers in one run: the e2e tier in order on one
-# worker (it is one xdist group, tests/e2e/conftest.py) while two more
-# workers share the unit and kernel tiers.
+# The whole suite, all three tiers at the same time: the e2e tier in order in
+# one pytest, unit and kernel on two xdist workers in another (scripts/test.sh).
 test: venv image plugin-up
-	$(PYTEST) -q -rs -n 3 --dist loadgroup tests
+	@bash scripts/test.sh
 
 demo: venv image plugin-up
 	@bash scripts/demo.sh

@@ -30,13 +30,9 @@ def backend(request) -> str:
 
 
 def pytest_collection_modifyitems(items):
-    """Mark the tier; under pytest-xdist (``make test``) all of it is one work unit
-    (``--dist loadgroup``), so the e2e tests run in order on one worker against the
-    one dockerd while other workers run the unit and kernel tiers."""
     for item in items:
         if "/tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-            item.add_marker(pytest.mark.xdist_group("e2e"))
 
 
 @pytest.fixture(scope="session", autouse=True)
