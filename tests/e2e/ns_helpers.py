@@ -211,6 +211,18 @@ def blocked(where, dst, port: int, proto: str = "tcp", tries: int = 2, src=None)
     return r
 
 
+def blocked_each(probes: list, tries: int = 2) -> list:
+    """:func:`blocked` for each ``(where, dst, port, proto)``, side by side (:func:`probe_each`):
+    ``tries`` rounds, none may get an answer; returns the last round's results."""
+    results = []
+    for _ in range(tries):
+        results = probe_each(probes)
+        got = [f"{_what(w, d, p, pr)}: {r}" for (w, d, p, pr), r in zip(probes, results) if r.ok]
+        if got:
+            raise AssertionError("expected not to reach, but did: " + "; ".join(got))
+    return results
+
+
 # --- secnet networks in this suite's subnets ---------------------------------------------
 def pick4() -> str:
     return f"10.{random.randint(222, 223)}.{random.randint(0, 255)}.0/24"

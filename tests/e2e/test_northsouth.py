@@ -41,20 +41,20 @@ def test_ingress_cidr_rules(make_network, run_container, servers, outside):
     # the rule names the outside: its flows get in, published or straight to the address
     n.reaches(o, n.HOST4, base, server=web.name)
     n.reaches(o, web.ip, CPORT, server=web.name)
-    n.blocked(o, web.ip, OTHER)                          # only what the rule names
     # a segment no CIDR rule names keeps Docker's behaviour: published ports are open ...
     n.reaches(o, n.HOST4, base + 1, server=api.name)
     n.reaches(o, n.HOST6, base + 1, server=api.name)
     n.reaches(o, n.HOST4, base + 3, server=api2.name)
-    # ... and its address is not (Docker publishes ports, not containers)
-    n.blocked(o, api.ip, CPORT)
-    # a rule that names another CIDR leaves the outside out, silently
-    r = n.blocked(o, n.HOST4, base + 2)
+    # the denials, side by side (two rounds, as n.blocked):
+    results = n.blocked_each([
+        (o, web.ip, OTHER, "tcp"),        # only what the rule names
+        (o, api.ip, CPORT, "tcp"),        # api's address (Docker publishes ports, not containers)
+        (o, n.HOST4, base + 2, "tcp"),    # a rule that names another CIDR leaves the outside out, silently
+        (o, web2.ip, CPORT, "tcp"),
+        (o, n.HOST6, base, "tcp"),        # the rule is IPv4: once the segment is named,
+        (o, n.HOST6, base + 2, "tcp")])   # IPv6 from outside has no rule
+    r = results[2]
     assert r.err == "timeout", f"ingress denied should be a drop, got {r.err}"
-    n.blocked(o, web2.ip, CPORT)
-    # the rule is IPv4: once the segment is named, IPv6 from outside has no rule
-    n.blocked(o, n.HOST6, base)
-    n.blocked(o, n.HOST6, base + 2)
 
 
 def test_hairpin_to_a_named_segment(make_network, run_container, servers, outside):
