@@ -26,18 +26,22 @@ plugin-up: venv engine
 plugin-down:
 	@bash scripts/plugin.sh stop
 
+# unit and kernel run on parallel pytest-xdist workers: a kernel test lives in its
+# own namespaces and pin directory (uuid names), so two never meet.
 unit: venv
-	$(PYTEST) -q tests/unit
+	$(PYTEST) -q -n auto tests/unit
 
 kernel: venv
-	$(PYTEST) -q tests/kernel
+	$(PYTEST) -q -n 2 tests/kernel
 
+# one dockerd: the e2e tier runs in order in one process
 e2e: venv image plugin-up
 	$(PYTEST) -q tests/e2e
 
-# The whole suite, all three tiers in one run.
+# The whole suite, all three tiers at the same time: the e2e tier in order in
+# one pytest, unit and kernel on two xdist workers in another (scripts/test.sh).
 test: venv image plugin-up
-	$(PYTEST) -q -rs tests
+	@bash scripts/test.sh
 
 demo: venv image plugin-up
 	@bash scripts/demo.sh

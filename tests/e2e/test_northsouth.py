@@ -41,20 +41,20 @@ def test_ingress_cidr_rules(make_network, run_container, servers, outside):
     # the rule names the outside: its flows get in, published or straight to the address
     n.reaches(o, n.HOST4, base, server=web.name)
     n.reaches(o, web.ip, CPORT, server=web.name)
-    n.blocked(o, web.ip, OTHER)                          # only what the rule names
     # a segment no CIDR rule names keeps Docker's behaviour: published ports are open ...
     n.reaches(o, n.HOST4, base + 1, server=api.name)
     n.reaches(o, n.HOST6, base + 1, server=api.name)
     n.reaches(o, n.HOST4, base + 3, server=api2.name)
-    # ... and its address is not (Docker publishes ports, not containers)
-    n.blocked(o, api.ip, CPORT)
-    # a rule that names another CIDR leaves the outside out, silently
-    r = n.blocked(o, n.HOST4, base + 2)
+    # the denials, side by side (two rounds, as n.blocked):
+    results = n.blocked_each([
+        (o, web.ip, OTHER, "tcp"),        # only what the rule names
+        (o, api.ip, CPORT, "tcp"),        # api's address (Docker publishes ports, not containers)
+        (o, n.HOST4, base + 2, "tcp"),    # a rule that names another CIDR leaves the outside out, silently
+        (o, web2.ip, CPORT, "tcp"),
+        (o, n.HOST6, base, "tcp"),        # the rule is IPv4: once the segment is named,
+        (o, n.HOST6, base + 2, "tcp")])   # IPv6 from outside has no rule
+    r = results[2]
     assert r.err == "timeout", f"ingress denied should be a drop, got {r.err}"
-    n.blocked(o, web2.ip, CPORT)
-    # the rule is IPv4: once the segment is named, IPv6 from outside has no rule
-    n.blocked(o, n.HOST6, base)
-    n.blocked(o, n.HOST6, base + 2)
 
 
 def test_hairpin_to_a_named_segment(make_network, run_container, servers, outside):
@@ -107,8 +107,7 @@ def test_egress_deny_with_cidr_rules(make_network, run_container, servers, outsi
               (web, n.HOST4, n.HOST_TCP, "tcp"), (web, n.HOST4, n.HOST_UDP, "udp"),
               (web, n.HOST6, n.HOST_TCP, "tcp"), (api, n.HOST4, n.HOST_TCP, "tcp"),
               (api, n.HOST6, n.HOST_UDP, "udp")]
-    for src, dst, p, proto in denied:
-        r = n.probe(src, dst, p, proto)
+    for (src, dst, p, proto), r in zip(denied, n.probe_each(denied)):   # side by side
         if r.ok or (proto == "tcp" and r.err != "timeout"):
             wrong.append(f"{src.name} -> {dst}:{p}/{proto}: {r} (expected a silent drop) "
                          f"[{n.tables_present(net)}]")
@@ -153,9 +152,9 @@ def test_other_networks_need_a_cidr_rule(make_network, run_container, servers, o
     n.reaches(d, web.ip, CPORT, server=web.name)
     # everything else from the other networks is dropped
     wrong = []
-    for src, dst, p in ((b, api.ip, CPORT), (b, api.ip6, CPORT), (d, api.ip, CPORT),
-                        (b, web.ip, OTHER), (d, web.ip, OTHER), (b, api.ip, OTHER)):
-        r = n.probe(src, dst, p)
+    dropped = [(b, api.ip, CPORT, "tcp"), (b, api.ip6, CPORT, "tcp"), (d, api.ip, CPORT, "tcp"),
+               (b, web.ip, OTHER, "tcp"), (d, web.ip, OTHER, "tcp"), (b, api.ip, OTHER, "tcp")]
+    for (src, dst, p, _proto), r in zip(dropped, n.probe_each(dropped)):   # side by side
         if r.ok or r.err != "timeout":
             wrong.append(f"{src.name} -> {dst}:{p}: {r} (expected a silent drop)")
     assert not wrong, "\n".join(wrong)
@@ -172,8 +171,8 @@ def test_other_networks_dropped_without_rules(make_network, run_container, serve
     s.wait_segments(net, {web.name: "web"})
     s.wait_segments(other, {b.name: "b"})
     n.reaches(n.HOST, web.ip, CPORT, server=web.name)
-    for src, dst in ((b, web.ip), (b, web.ip6), (d, web.ip)):
-        r = n.probe(src, dst, CPORT)
+    dropped = [(b, web.ip, CPORT, "tcp"), (b, web.ip6, CPORT, "tcp"), (d, web.ip, CPORT, "tcp")]
+    for (src, dst, _p, _proto), r in zip(dropped, n.probe_each(dropped)):   # side by side
         assert not r.ok and r.err == "timeout", f"{src.name} -> {web.name} {dst}: {r}"
     # ... but its published port is public, as on Docker's bridge (the host's address)
     n.reaches(b, n.HOST4, port, server=web.name)
@@ -221,12 +220,12 @@ def _check_internal(net, web, peer, port, outside):
     assert n.port_free(port, "tcp") and n.port_free(port + 1, "udp"), "a host port is held"
     o = outside.place
     wrong = []
-    for where, dst, p, proto in ((o, n.HOST4, port, "tcp"), (o, n.HOST6, port, "tcp"),
-                                 (o, n.HOST4, port + 1, "udp"), (n.HOST, "127.0.0.1", port, "tcp"),
-                                 (o, web.ip, CPORT, "tcp"), (o, web.ip6, CPORT, "tcp"),
-                                 (n.HOST, web.ip, CPORT, "tcp"), (n.HOST, web.ip6, CPORT, "tcp"),
-                                 (n.HOST, web.ip, CUDP, "udp")):
-        r = n.probe(where, dst, p, proto)
+    unreached = [(o, n.HOST4, port, "tcp"), (o, n.HOST6, port, "tcp"),
+                 (o, n.HOST4, port + 1, "udp"), (n.HOST, "127.0.0.1", port, "tcp"),
+                 (o, web.ip, CPORT, "tcp"), (o, web.ip6, CPORT, "tcp"),
+                 (n.HOST, web.ip, CPORT, "tcp"), (n.HOST, web.ip6, CPORT, "tcp"),
+                 (n.HOST, web.ip, CUDP, "udp")]
+    for (where, dst, p, proto), r in zip(unreached, n.probe_each(unreached)):   # side by side
         if r.ok:
             wrong.append(f"{n.place_of(where).label} -> {dst}:{p}/{proto}: {r}")
     # even a container that routes around the missing gateway gets nothing out
@@ -234,10 +233,10 @@ def _check_internal(net, web, peer, port, outside):
     h.run(["nsenter", f"--net={web.sandbox}", "ip", "route", "add", "default", "via", gw4])
     h.run(["nsenter", f"--net={web.sandbox}", "ip", "-6", "route", "add", "default", "via", gw6])
     seen_before = len(outside.server.seen()), len(outside.host_server.seen())
-    for dst, p, proto in ((n.OUT4, 443, "tcp"), (n.OUT6, 443, "tcp"), (n.OUT4, 53, "udp"),
-                          (n.OUT6, 53, "udp"), (n.HOST4, n.HOST_TCP, "tcp"), (n.HOST6, n.HOST_TCP, "tcp"),
-                          (n.HOST4, n.HOST_UDP, "udp")):
-        r = n.probe(web, dst, p, proto)
+    out = [(web, n.OUT4, 443, "tcp"), (web, n.OUT6, 443, "tcp"), (web, n.OUT4, 53, "udp"),
+           (web, n.OUT6, 53, "udp"), (web, n.HOST4, n.HOST_TCP, "tcp"), (web, n.HOST6, n.HOST_TCP, "tcp"),
+           (web, n.HOST4, n.HOST_UDP, "udp")]
+    for (_web, dst, p, proto), r in zip(out, n.probe_each(out)):   # side by side
         if r.ok:
             wrong.append(f"{web.name} -> {dst}:{p}/{proto}: {r}")
     leaked = outside.server.seen()[seen_before[0]:] + outside.host_server.seen()[seen_before[1]:]

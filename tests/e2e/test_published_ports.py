@@ -115,8 +115,8 @@ def test_loopback_binding_not_reachable_from_the_link(make_network, run_containe
     sent_match = f'iifname "{outside.veth_host}" ip daddr 127.0.0.1 meta l4proto {{ tcp, udp }}'
     with outside.loopback_routed_to_host(), n.counting(n.HOST, sent_match) as sent, \
             n.counting(web, f"ip saddr {n.OUT4}") as got:
-        results = [n.probe(outside.place, "127.0.0.1", p, proto)
-                   for p, proto in ((tcp_p, "tcp"), (udp_p, "udp"), (udp_p, "udp"))]
+        results = n.probe_each([(outside.place, "127.0.0.1", p, proto)   # side by side
+                                for p, proto in ((tcp_p, "tcp"), (udp_p, "udp"), (udp_p, "udp"))])
         arrived, delivered = sent(), got()
     seen = [x for x in web_server.seen() if x[2] == n.OUT4]
     # the probe is real: its packets reached the host
@@ -148,8 +148,9 @@ def test_host_loopback_not_reachable_from_containers(make_network, run_container
             n.counting(app, f'oifname "eth0" {to_lo}', hook="output") as left, \
             n.counting(n.HOST, f'iifname "{net.bridge}" {to_lo}') as sent, \
             n.counting(web, f"tcp dport {CPORT}") as got:
-        results = [n.probe(app, "127.0.0.1", p, proto)
-                   for p, proto in ((lo_tcp, "tcp"), (lo_udp, "udp"), (lo_udp, "udp"), (pub_p, "tcp"))]
+        results = n.probe_each([(app, "127.0.0.1", p, proto)   # side by side
+                                for p, proto in ((lo_tcp, "tcp"), (lo_udp, "udp"), (lo_udp, "udp"),
+                                                 (pub_p, "tcp"))])
         departed, arrived, delivered = left(), sent(), got()
     seen = [x for x in host_lo.seen() if x[2] != "127.0.0.1"]
     assert departed >= 4, f"{departed} packets to 127.0.0.1 left the container: the probe proves nothing"
@@ -243,8 +244,8 @@ def test_stop_removes_every_trace(make_network, run_container, servers, outside)
     assert n.pub_map(net, 6) == set(), f"pub6 keeps elements after stop: {n.pub_map(net, 6)}"
     still = [x for x in held if not n.port_free(*x)]
     assert not still, f"host ports still held after stop: {still}"
-    for hp, proto, _a in held:
-        assert not n.probe(outside.place, n.HOST4, hp, proto).ok
+    after_stop = n.probe_each([(outside.place, n.HOST4, hp, proto) for hp, proto, _a in held])
+    assert not [r for r in after_stop if r.ok], [str(r) for r in after_stop]
 
     # started again, it publishes again (nothing stale in the way)
     h.docker("start", web.name)

@@ -93,7 +93,7 @@ def test_tcp_streams_are_bounded():
     response(records=[("api.example.test.", 60, "A", "10.229.0.5")], rcode=3),     # NXDOMAIN
     b"\x00\x01garbage",
     response(records=[("other.test.", 60, "A", "10.229.0.5")]),                    # off the chain
-])
+], ids=["query", "nxdomain", "garbage", "off-chain"])   # fixed ids: the messages' ids are random
 def test_non_answers_teach_nothing(wire):
     assert answers.addresses(wire) == []
 

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# make test: the three tiers at the same time. The e2e tier runs in order in this
+# pytest (one dockerd, one plugin); meanwhile a second pytest runs the unit and
+# kernel tiers on two pytest-xdist workers (a kernel test lives in its own
+# namespaces and pin directory, so two never meet). Its output follows the e2e
+# tier's. Exit status: non-zero when either failed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+mkdir -p .run
+log=.run/test-unit-kernel.log
+"$PY" -m pytest -q -rs -n 2 tests/unit tests/kernel >"$log" 2>&1 &
+local=$!
+trap 'kill "$local" 2>/dev/null' EXIT   # interrupted: do not leave it running
+echo "unit and kernel tiers: running alongside (output below, when the e2e tier is done)"
+"$PY" -m pytest -q -rs tests/e2e
+e2e=$?
+wait "$local"
+local_rc=$?
+trap - EXIT
+echo "--- unit and kernel tiers (ran alongside the e2e tier) ---"
+cat "$log"
+[ "$e2e" -eq 0 ] && [ "$local_rc" -eq 0 ]
