@@ -111,7 +111,7 @@ def _ebpf_rows(r) -> list:
         f, fr, v, vr = (med(get(ns, k, m)) for k in ("floor", "veth") for m in ("rtt_us", "rr_us"))
         rows.append(("#13 (floor) a tc program that only redirects, RTT / bare veth (namespaces)",
                      f"ping {ratio(f, v)}, request/response {ratio(fr, vr)}", "—"))
-    many = [k for k in ns if k.startswith("ebpf+")]
+    many = [k for k in ns if k.startswith("ebpf+") and k[5:].isdigit()]   # ebpf+N: N more rules
     if many:
         rows.append(_many_rules_row(r, ns, many[0]))
     en = get(r, "enforce") or {}
