@@ -5,7 +5,9 @@ Probes are plain sockets created inside a container namespace: the calling
 thread enters the namespace (``plugin.kernel.netns.enter``), makes the socket and
 goes back (a socket stays in the namespace it was made in), so hundreds of
 probes run in parallel without a process each. Every probe gives up after
-PROBE_TIMEOUT seconds.
+PROBE_TIMEOUT seconds: 1.5 s, so that a TCP probe gets a second SYN (the kernel
+retransmits the first after 1 s, RFC 6298's initial RTO) and an allowed probe on a loaded
+machine is not taken for a drop.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from contextlib import contextmanager
 from plugin.kernel import netns as plugin_netns
 from plugin.kernel.icmp import checksum
 
-PROBE_TIMEOUT = 1.0
+PROBE_TIMEOUT = 1.5
 TCP_PORTS = (8080, 5432, 9999)
 UDP_PORT = 53
 ETH_P_ALL = 0x0003
