@@ -9,6 +9,7 @@ backend's own data. North-south is in test_datapath_northsouth.py.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 
@@ -18,6 +19,7 @@ from nsfixtures import lab  # noqa: F401 (fixture)
 from packets import (FEW, Sniffer, arp_frame, assert_all, icmp6_frame, judge, link_local, mac_bytes,
                      na_frame, ns_frame, ns_socket, outcomes, parallel, probe_addr, probe_icmp, probe_tcp,
                      probe_udp, send_frame, udp4_frame)
+from plugin.kernel.icmp import checksum
 from segmentation.reference import reference_allowed
 
 pytestmark = pytest.mark.kernel
@@ -89,6 +91,82 @@ def test_replies_pass_reverse_new_flows_do_not(lab):
     got = parallel(probe_addr, cells)
     want = [expected[(src, dst, proto, port)] for src, dst, proto, port in expected for _ in (4, 6)]
     assert got == want
+
+
+def _icmp4_error(kind: int, src, dst, sport: int, dport: int) -> bytes:
+    """An ICMP error of type ``kind`` quoting a UDP datagram ``src``:``sport`` ->
+    ``dst``:``dport`` (the inner IPv4 header and the first 8 bytes of UDP, RFC 792)."""
+    inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 28 + 8, 1, 0, 64, 17, 0,
+                        socket.inet_aton(src.ip4), socket.inet_aton(dst.ip4))
+    inner = inner[:10] + struct.pack("!H", checksum(inner)) + inner[12:]
+    inner += struct.pack("!HHHH", sport, dport, 16, 0)
+    rest = socket.inet_aton(dst.ip4) if kind == 5 else b"\0" * 4   # redirect: a gateway
+    head = struct.pack("!BBH", kind, 1 if kind in (3, 5) else 0, 0) + rest
+    return head[:2] + struct.pack("!H", checksum(head + inner)) + head[4:] + inner
+
+
+def _quoted_ports(frames, kind: int) -> set:
+    """Source ports of the flows quoted by ICMP errors of type ``kind`` among ``frames``."""
+    out = set()
+    for f in frames:
+        if f[12:14] == b"\x08\x00" and f[23] == 1 and f[34] == kind:
+            out.add(struct.unpack("!H", f[34 + 8 + 20:34 + 8 + 22])[0])
+    return out
+
+
+@pytest.mark.parametrize("kind", [3, 4, 5, 11, 12])
+def test_every_icmp4_error_kind_of_an_allowed_flow_passes(lab, kind):
+    """Conntrack's "related" covers destination unreachable, source quench, redirect,
+    time exceeded and parameter problem (Linux nf_conntrack_proto_icmp.c icmp_is_err):
+    each passes when it quotes a tracked flow and is dropped when it quotes none."""
+    web, api = lab.add(2)
+    lab.apply("web->api:udp/5000", {web: "web", api: "api"}, "deny")
+    with ns_socket(web.ns, socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((web.ip4, 4444))
+        s.sendto(b"x", (api.ip4, 5000))
+    sniff = Sniffer(web)
+    try:
+        with ns_socket(api.ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
+            for sport in (4444, 4445):                     # tracked, and never sent
+                raw.sendto(_icmp4_error(kind, web, api, sport, 5000), (web.ip4, 0))
+        assert _quoted_ports(sniff.frames(), kind) == {4444}
+    finally:
+        sniff.close()
+
+
+def _icmp6_error(kind: int, src, dst, sport: int, dport: int) -> bytes:
+    """An ICMPv6 error of type ``kind`` quoting a UDP datagram ``src``:``sport`` ->
+    ``dst``:``dport``; the kernel fills in the checksum of a raw ICMPv6 socket (RFC 3542)."""
+    inner = struct.pack("!IHBB", 6 << 28, 8, 17, 64) + ipaddress.IPv6Address(src.ip6).packed
+    inner += ipaddress.IPv6Address(dst.ip6).packed + struct.pack("!HHHH", sport, dport, 8, 0)
+    return struct.pack("!BBHI", kind, 0, 0, 0) + inner
+
+
+def _quoted_ports6(frames, kind: int) -> set:
+    out = set()
+    for f in frames:
+        if f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == kind:
+            out.add(struct.unpack("!H", f[54 + 8 + 40:54 + 8 + 42])[0])
+    return out
+
+
+@pytest.mark.parametrize("kind", [1, 2, 3, 4, 100])
+def test_every_icmp6_error_kind_of_an_allowed_flow_passes(lab, kind):
+    """ICMPv6 types below 128 are errors (RFC 4443 2.1; 100 is a private experimentation
+    error type): conntrack relates each to the flow it quotes, both backends alike."""
+    web, api = lab.add(2)
+    lab.apply("web->api:udp/5000", {web: "web", api: "api"}, "deny")
+    with ns_socket(web.ns, socket.AF_INET6, socket.SOCK_DGRAM) as s:
+        s.bind((web.ip6, 4444))
+        s.sendto(b"x", (api.ip6, 5000))
+    sniff = Sniffer(web)
+    try:
+        with ns_socket(api.ns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as raw:
+            for sport in (4444, 4445):
+                raw.sendto(_icmp6_error(kind, web, api, sport, 5000), (web.ip6, 0))
+        assert _quoted_ports6(sniff.frames(), kind) == {4444}
+    finally:
+        sniff.close()
 
 
 # --- 3. fail closed -------------------------------------------------------------------------

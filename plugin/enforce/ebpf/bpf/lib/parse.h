@@ -36,11 +36,16 @@ struct pkt {
 	struct ct_key inner __attribute__((aligned(8)));
 };
 
+/* The ICMP errors that conntrack relates to the flow they quote, as nftables'
+ * "ct state related" sees them: destination unreachable, source quench, redirect,
+ * time exceeded, parameter problem (Linux nf_conntrack_proto_icmp.c icmp_is_err);
+ * for ICMPv6 every type below 128, the error range of RFC 4443 section 2.1
+ * (nf_conntrack_proto_icmpv6.c: "is not error message ?" type >= 128). */
 static __always_inline int icmp_is_error(__u8 family, __u8 type)
 {
 	if (family == 4)
-		return type == 3 || type == 11 || type == 12;
-	return type >= 1 && type <= 4;
+		return (type >= 3 && type <= 5) || type == 11 || type == 12;
+	return type < 128;
 }
 
 static __always_inline int icmp_is_echo(__u8 family, __u8 type)
