@@ -186,3 +186,17 @@ def test_every_set_a_port_fills_is_a_port_set():
     filled = set(port_elements(port)) | set(port_elements(quarantined))
     assert filled - set(PORT_SETS) == set()
     assert {"arp4", "pub4", "quarantined"} <= filled
+
+
+def test_the_groups_table_is_rebuilt_once_it_holds_under_a_quarter_of_its_peak():
+    """A dict never shrinks when keys leave: after a large policy the table is copied."""
+    import sys
+    big = [PolicyEntry(256 + i // 1000, 300, "tcp", i % 1000 + 1, i % 1000 + 1, f"r{i}") for i in range(20_000)]
+    state = PolicyElements.of(big)
+    table = sys.getsizeof(state.groups)
+    kept = big[:100]
+    state.change((), big[100:])
+    assert state.groups == PolicyElements.of(kept).groups
+    assert sys.getsizeof(state.groups) * 50 < table
+    state.change(big[100:], ())                  # and it grows again as before
+    assert state.groups == PolicyElements.of(big).groups
