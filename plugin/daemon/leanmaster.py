@@ -1,4 +1,5 @@
-"""gunicorn in the master process without OpenSSL and ``importlib.metadata``.
+"""gunicorn in the master process without OpenSSL, ``importlib.metadata``,
+``email.utils`` and ``logging.config``.
 
 The master only forks and watches the worker, but importing gunicorn loads
 two things it never uses there: ``ssl`` (``gunicorn.config``, ``sock`` and
@@ -12,7 +13,11 @@ and email. Both count in the master's RSS and once more in the worker's.
 :func:`import_lean` imports gunicorn with a stand-in for each in
 ``sys.modules``: for ``ssl`` a module holding only the names gunicorn reads
 at import; for ``importlib.metadata`` one that imports the real module at its
-first use. The stand-ins leave ``sys.modules`` at once, so any later import
+first use; the same for ``email.utils`` (gunicorn's HTTP date, worker only,
+1.3 MiB with its email modules) and, for ``logging.config`` (gunicorn's logger
+imports ``dictConfig``/``fileConfig`` for log configuration files secnet never
+sets; 1.7 MiB with ``logging.handlers``), two functions that import it when
+called. The stand-ins leave ``sys.modules`` at once, so any later import
 gets the real module. :func:`restore_in_worker` (in the worker, which loads
 both anyway: the Docker client, Flask) points gunicorn's modules back at the
 real ones: the worker runs stock gunicorn.
@@ -48,9 +53,32 @@ class _Deferred(types.ModuleType):
         return getattr(importlib.import_module(self.__name__), attr)
 
 
+def _real_logging_config():
+    if isinstance(sys.modules.get("logging.config"), _LoggingConfig):
+        del sys.modules["logging.config"]
+    return importlib.import_module("logging.config")
+
+
+class _LoggingConfig(types.ModuleType):
+    """``logging.config`` for ``gunicorn.glogging``'s ``from logging.config import
+    dictConfig, fileConfig``: both import the real module when called (secnet sets
+    neither ``logconfig`` nor ``logconfig_dict``: never)."""
+
+    @staticmethod
+    def dictConfig(*args, **kwargs):
+        return _real_logging_config().dictConfig(*args, **kwargs)
+
+    @staticmethod
+    def fileConfig(*args, **kwargs):
+        return _real_logging_config().fileConfig(*args, **kwargs)
+
+
 SSL = _ssl_stand_in()
 METADATA = _Deferred("importlib.metadata", "imported at first use (plugin.daemon.leanmaster)")
-_STAND_INS = {"ssl": SSL, "importlib.metadata": METADATA}
+EMAIL_UTILS = _Deferred("email.utils", "imported at first use (plugin.daemon.leanmaster)")
+LOGGING_CONFIG = _LoggingConfig("logging.config", "imported at first call (plugin.daemon.leanmaster)")
+_STAND_INS = {"ssl": SSL, "importlib.metadata": METADATA, "email.utils": EMAIL_UTILS,
+              "logging.config": LOGGING_CONFIG}
 _BOUND: list = []   # names of the modules imported against the stand-ins
 
 
@@ -60,6 +88,7 @@ def import_lean(*names: str) -> list:
     modules. When gunicorn reads a name the ``ssl`` stand-in lacks (another
     gunicorn version), they are imported again as usual."""
     missing = {k: v for k, v in _STAND_INS.items() if k not in sys.modules}
+    importlib.import_module("email")   # ``import email.utils`` binds the real package
     before = set(sys.modules)
     sys.modules.update(missing)
     try:
@@ -77,12 +106,15 @@ def import_lean(*names: str) -> list:
 
 
 def restore_in_worker() -> int:
-    """Import the real ``ssl`` and ``importlib.metadata`` and rebind every global
-    of the modules imported against the stand-ins that holds one of them (or the
-    stand-in ``SSLError``). Returns how many were rebound."""
+    """Import the real ``ssl``, ``importlib.metadata`` and ``email.utils`` (gunicorn's
+    ``http_date``, each response's Date) and rebind every global of the modules
+    imported against the stand-ins that holds one of them (or the stand-in
+    ``SSLError``). Returns how many were rebound. ``logging.config``'s stand-in
+    stays: it imports the real module if ever called."""
+    import email.utils as email_utils
     import importlib.metadata as metadata
     import ssl
-    pairs = ((SSL, ssl), (METADATA, metadata), (_StandInSSLError, ssl.SSLError))
+    pairs = ((SSL, ssl), (METADATA, metadata), (EMAIL_UTILS, email_utils), (_StandInSSLError, ssl.SSLError))
     rebound = 0
     for name in _BOUND:
         namespace = getattr(sys.modules.get(name), "__dict__", None) or {}

@@ -17,8 +17,10 @@ import time
 from plugin.config import Settings
 from plugin.daemon import leanmaster
 
-# the master runs gunicorn without OpenSSL and importlib.metadata; the worker gets them back in load()
-BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.gthread")[0].BaseApplication
+# the master runs gunicorn without OpenSSL, importlib.metadata, email.utils and logging.config;
+# the worker gets the first three back in load()
+BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.gthread",
+                                         "gunicorn.glogging")[0].BaseApplication
 
 log = logging.getLogger("secnet")
 _HELD: list = []  # the instance lock's file descriptor, kept open

@@ -76,3 +76,27 @@ def test_a_module_that_reads_more_of_ssl_gets_the_real_one(tmp_path):
         print(mod.ssl is ssl, mod.CONTEXT is ssl.SSLContext, sys.modules["ssl"] is ssl)
     """, path=str(tmp_path))
     assert out == "True True True"
+
+
+def test_the_master_has_no_email_utils_or_logging_config_and_the_worker_dates_its_responses():
+    out = _run("""
+        import sys
+        import plugin.daemon.server
+        import gunicorn.glogging, gunicorn.util
+        print(*(m in sys.modules for m in ("email.utils", "email.charset", "logging.config", "logging.handlers")))
+        from plugin.daemon import leanmaster
+        leanmaster.restore_in_worker()
+        print(gunicorn.util.http_date(0), "logging.config" in sys.modules)
+    """)
+    assert out.splitlines() == ["False False False False", "Thu, 01 Jan 1970 00:00:00 GMT False"]
+
+
+def test_gunicorns_log_configuration_reaches_the_real_logging_config():
+    out = _run("""
+        import logging, sys
+        import plugin.daemon.server
+        import gunicorn.glogging
+        gunicorn.glogging.dictConfig({"version": 1, "loggers": {"leanmaster.test": {"level": "ERROR"}}})
+        print(logging.getLogger("leanmaster.test").level, type(sys.modules["logging.config"]).__name__)
+    """)
+    assert out == "40 module"
