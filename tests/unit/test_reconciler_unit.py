@@ -74,7 +74,7 @@ def env(tmp_path):
     pruned = []
 
     class Flows:   # records what the reconciler asks the conntrack writer to judge
-        def enforce_policy(self, policy, ports, only=None, learned=None):
+        def enforce_policy(self, policy, ports, only=None, learned=None, admitted=None):
             pruned.append(policy)
 
         def forget(self, addresses):
