@@ -219,8 +219,11 @@ class FqdnMethods:
         keeps (``admitted``: the rule that taught the address went; see
         ``plugin.kernel.conntrack.dns_rule_by``); the program's own judging keeps
         them while any dns(...) rule of the segment names their service. Their next
-        packet is judged as a new flow. Returns how many flows; raises BackendError."""
+        packet is judged as a new flow. Returns how many flows; raises BackendError.
+        Without dns(...) rules the program's judging alone ends them (nothing read)."""
         from plugin.kernel.conntrack import allowed_by, dns_rule_by
+        if not policy.fqdns:
+            return 0
         names = {identity: name for name, identity in policy.identities.items()}
         with self._lock:
             st = self._nets.get(net.id[:12])
