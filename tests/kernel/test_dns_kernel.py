@@ -214,9 +214,11 @@ def test_open_flow_outlives_expiry_edits_and_repairs_until_its_rule_goes(lab):
         rig.close()
 
 
-def test_removing_one_of_two_dns_rules_ends_only_the_flows_its_answers_admitted(lab):
+@pytest.mark.parametrize("in_audit", [False, True], ids=["enforce", "removed-in-audit"])
+def test_removing_one_of_two_dns_rules_ends_only_the_flows_its_answers_admitted(lab, in_audit):
     """U7-F1: two rules on one service; .31 taught by the kept rule (expired by the
-    edit), .32 by the removed one only, .33 by both. Only the flow to .32 ends."""
+    edit), .32 by the removed one only, .33 by both. Only the flow to .32 ends: at the
+    edit, or (removed in audit mode) when the network is switched back to enforce."""
     keep, gone = "web->dns(keep.example.test):tcp/443", "web->dns(gone.example.test):tcp/443"
     rig, web, _api = _rig(lab, f"{keep} {gone}", min_ttl=1)
     conns = {}
@@ -230,8 +232,14 @@ def test_removing_one_of_two_dns_rules_ends_only_the_flows_its_answers_admitted(
         conns = {a: open_connection(web, f"10.238.0.{a}") for a in (31, 32, 33)}
         assert all(_echoes(c, b"open") for c in conns.values())
         time.sleep(3.5)                                     # keep's answer expired
+        if in_audit:
+            lab.update(mode="audit")
         lab.update(f"{keep} {DNS_RULES}")                   # the rule goes: its answers with it
         rig.tell()
+        if in_audit:                                        # audit ends nothing; enforce does
+            assert all(_echoes(c, b"audit") for c in conns.values())
+            lab.update(mode="enforce")
+            rig.tell()
         _prune(rig)
         assert {a: _echoes(c, b"edited") for a, c in conns.items()} == {31: True, 32: False, 33: True}
         assert connect(web, "10.238.0.32") == "timeout" and connect(web, "10.238.0.31") == "timeout"
