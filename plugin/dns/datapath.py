@@ -19,8 +19,8 @@ from typing import Protocol, Sequence
 #: this flow" (both backends set it on the flow's first packet; the identities
 #: in the ct mark are 16-bit). Conntrack pruning keeps such a flow after its
 #: address expired, while a dns(...) rule of its segment that learned the
-#: address is still there (``plugin.kernel.conntrack.dns_rule_by``). Free of the packet-mark bits 0x200000 (passed)
-#: and 0x400000 (a DNS answer to hold).
+#: address is still there (``plugin.kernel.conntrack.dns_rule_by``). Free of
+#: the packet-mark bits 0x200000 (passed) and 0x400000 (a DNS answer to hold).
 LEARNED_FLOW_MARK = 0x00800000
 
 

@@ -84,7 +84,7 @@ class LearnedStore:
         self._nets: dict = {}     # network -> {(identity, rule, address): (Learned, Grant)}
         self._elements: dict = {}  # network -> {Grant.key: {entry keys}}
         self._heap: list = []     # (expires, network, key)
-        self._past: dict = {}     # network -> OrderedDict {(identity, rule, address): Grant} of dropped entries
+        self._past: dict = {}     # network -> OrderedDict {(identity, rule, address): Grant}: dropped
         self._count = 0
         self.refused_total = 0
         self._lock = threading.RLock()
