@@ -144,3 +144,20 @@ def test_ebpf_ends_the_learned_flows_no_rule_keeps_in_both_directions():
     doomed = ebpf_fqdn.learned_flows_to_end(entries, {WEB4: "web"}, allowed_by(policy),
                                             dns_rule_by(policy, store.admitted("n1")))
     assert doomed == [(entries[0][0], entries[1][0])]
+
+
+def test_ebpf_reads_its_conntrack_only_when_a_removed_rule_taught_an_address():
+    two, one = compiled(TWO), compiled(R_API)
+    store = store_with(two, {R_API: [API, SHARED], R_LONG: [LONG, SHARED]})
+    web = two.identities["web"]
+    assert ebpf_fqdn.taught_by_removed(two, store.admitted("n1")) == set()      # an unrelated edit
+    assert ebpf_fqdn.taught_by_removed(one, store.admitted("n1")) == {(web, LONG), (web, SHARED)}
+    assert ebpf_fqdn.taught_by_removed(one, None) == set()                      # nothing known
+    fq = ebpf_fqdn.CT_FQDN
+    entries = [ct(WEB4, LONG, 40000, 443, fq), ct(WEB4, "198.51.100.99", 40001, 443, fq)]
+    everything = ebpf_fqdn.learned_flows_to_end(entries, {WEB4: "web"}, allowed_by(one),
+                                                dns_rule_by(one, store.admitted("n1")))
+    assert [k for k, _r in everything] == [entries[0][0]]   # .99: no record, kept (any rule on 443)
+    only = ebpf_fqdn.learned_flows_to_end(entries, {WEB4: "web"}, lambda *a: False, lambda *a: False,
+                                          suspects={("web", SHARED)})
+    assert only == []                                        # not a suspect: not judged
