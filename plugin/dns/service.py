@@ -237,6 +237,10 @@ class DnsService:
         taught each address, in force or not any more (``LearnedStore.admitted``)."""
         return self.store.admitted(network_id)
 
+    def settled(self, network_id: str, policy) -> None:
+        """The flows of rules no longer in ``policy`` were ended: forget what they taught."""
+        self.store.settle(network_id, {(f.identity, f.rule) for f in policy.fqdns})
+
     def learned(self, network_id: str) -> dict:
         """``(segment, rule) -> {address: Learned}`` in force now (for ``verdict``)."""
         _bridge, policy = self._nets.get(network_id, (None, None))

@@ -17,11 +17,12 @@ bogus TTL from pinning it forever.
 
 What an entry admitted outlives it: a dropped entry (expired, or its rule
 removed) is remembered as *admitted* (``(identity, rule, address)`` and its
-service; at most ``max_per_network`` per network, the oldest forgotten
-first), so that after a rule change conntrack pruning can tell a flow an
+service), so that after a rule change conntrack pruning can tell a flow an
 answer of a remaining rule admitted (it goes on after the answer expired)
 from one only a removed rule's answers admitted (it is cut):
-:meth:`LearnedStore.admitted`.
+:meth:`LearnedStore.admitted`. At most ``max_per_network`` per network, the
+oldest forgotten first; those of removed rules once their flows were ended
+(:meth:`LearnedStore.settle`).
 """
 from __future__ import annotations
 
@@ -138,6 +139,14 @@ class LearnedStore:
         for (identity, rule, address), g in [*past.items(), *now]:
             out.setdefault((identity, address), set()).add((rule, g.proto, g.lo, g.hi))
         return out
+
+    @_locked
+    def settle(self, network: str, rules: Iterable[tuple]) -> None:
+        """Forget what was admitted for rules (``(identity, rule)``) not in ``rules``:
+        the flows they admitted were ended, and a rule added again learns afresh."""
+        past, keep = self._past.get(network), set(rules)
+        for key in [k for k in past or () if k[:2] not in keep]:
+            del past[key]
 
     @_locked
     def plan(self, network: str, matched: Iterable[tuple]) -> Plan:

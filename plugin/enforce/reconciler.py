@@ -244,6 +244,9 @@ class Reconciler:
                 ended = (ended or 0) + end_learned(real.spec, real.policy, learned, admitted)
             except Exception:
                 log.exception("network %s: flows of removed DNS rules not ended", real.spec.id[:12])
+                return ended
+        if only is None:   # their flows ended: what removed rules taught is not needed any more
+            self._tell_dns("settled", real.spec.id, real.policy)
         return ended
 
     def _learned(self, network_id: str) -> tuple:

@@ -161,3 +161,14 @@ def test_ebpf_reads_its_conntrack_only_when_a_removed_rule_taught_an_address():
     only = ebpf_fqdn.learned_flows_to_end(entries, {WEB4: "web"}, lambda *a: False, lambda *a: False,
                                           suspects={("web", SHARED)})
     assert only == []                                        # not a suspect: not judged
+
+
+def test_once_their_flows_ended_what_removed_rules_taught_is_forgotten():
+    two, one = compiled(TWO), compiled(R_API)
+    store = store_with(two, {R_API: [API], R_LONG: [LONG]})
+    store.clock.now += 200
+    store.forget("n1", {(f.identity, f.rule) for f in one.fqdns})
+    store.settle("n1", {(f.identity, f.rule) for f in one.fqdns})
+    web = one.identities["web"]
+    assert store.admitted("n1") == {(web, API): {(R_API, "tcp", 443, 443)}}   # expired, rule still there
+    assert ebpf_fqdn.taught_by_removed(one, store.admitted("n1")) == set()    # later edits read nothing
