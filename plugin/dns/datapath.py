@@ -18,9 +18,9 @@ from typing import Protocol, Sequence
 #: The bit of a connection's ``ct mark`` that says "a learned address admitted
 #: this flow" (both backends set it on the flow's first packet; the identities
 #: in the ct mark are 16-bit). Conntrack pruning keeps such a flow after its
-#: address expired, while a dns(...) rule of its segment names its service
-#: (``plugin.kernel.conntrack``). Free of the packet-mark bits 0x200000 (passed)
-#: and 0x400000 (a DNS answer to hold).
+#: address expired, while a dns(...) rule of its segment that learned the
+#: address is still there (``plugin.kernel.conntrack.dns_rule_by``). Free of
+#: the packet-mark bits 0x200000 (passed) and 0x400000 (a DNS answer to hold).
 LEARNED_FLOW_MARK = 0x00800000
 
 

@@ -232,6 +232,15 @@ class DnsService:
                 "refused": self.store.refused_total, "failures": learner.failures,
                 "bound_per_network": self.store.max_per_network, "bound_total": self.store.max_total}
 
+    def admitted(self, network_id: str) -> dict:
+        """``(identity, address) -> {(rule, proto, lo, hi)}``: the rules whose answers
+        taught each address, in force or not any more (``LearnedStore.admitted``)."""
+        return self.store.admitted(network_id)
+
+    def settled(self, network_id: str, policy) -> None:
+        """The flows of rules no longer in ``policy`` were ended: forget what they taught."""
+        self.store.settle(network_id, {(f.identity, f.rule) for f in policy.fqdns})
+
     def learned(self, network_id: str) -> dict:
         """``(segment, rule) -> {address: Learned}`` in force now (for ``verdict``)."""
         _bridge, policy = self._nets.get(network_id, (None, None))

@@ -14,6 +14,15 @@ ordered by expiry), so a learn costs O(log n).
 The TTL floor (``min_ttl``, 60 s by the contract) keeps an address long
 enough for the container to use the answer; ``max_ttl`` (a week) keeps a
 bogus TTL from pinning it forever.
+
+What an entry admitted outlives it: a dropped entry (expired, or its rule
+removed) is remembered as *admitted* (``(identity, rule, address)`` and its
+service), so that after a rule change conntrack pruning can tell a flow an
+answer of a remaining rule admitted (it goes on after the answer expired)
+from one only a removed rule's answers admitted (it is cut):
+:meth:`LearnedStore.admitted`. At most ``max_per_network`` per network, the
+oldest forgotten first; those of removed rules once their flows were ended
+(:meth:`LearnedStore.settle`).
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import heapq
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -75,6 +85,7 @@ class LearnedStore:
         self._nets: dict = {}     # network -> {(identity, rule, address): (Learned, Grant)}
         self._elements: dict = {}  # network -> {Grant.key: {entry keys}}
         self._heap: list = []     # (expires, network, key)
+        self._past: dict = {}     # network -> OrderedDict {(identity, rule, address): Grant}: dropped
         self._count = 0
         self.refused_total = 0
         self._lock = threading.RLock()
@@ -101,12 +112,41 @@ class LearnedStore:
         entries, elements = self._nets[network], self._elements[network]
         _learned, grant = entries.pop(key)
         self._count -= 1
+        self._remember(network, key, grant)
         holders = elements[grant.key]
         holders.discard(key)
         if not holders:
             del elements[grant.key]
         if not entries:
             del self._nets[network], self._elements[network]
+
+    def _remember(self, network: str, key: tuple, grant: Grant) -> None:
+        """Keep that entry ``key`` admitted ``grant`` (bounded: the oldest go first)."""
+        past = self._past.setdefault(network, OrderedDict())
+        past.pop(key, None)
+        past[key] = grant
+        while len(past) > self.max_per_network:
+            past.popitem(last=False)
+
+    @_locked
+    def admitted(self, network: str) -> dict:
+        """``(identity, address) -> {(rule, proto, lo, hi)}``: which rules' answers
+        taught each address, in force or not any more (expired, rule removed), as far
+        as remembered (not across a daemon restart, nor past the bound)."""
+        out: dict = {}
+        past = self._past.get(network, {})
+        now = ((k, v[1]) for k, v in self._nets.get(network, {}).items())
+        for (identity, rule, address), g in [*past.items(), *now]:
+            out.setdefault((identity, address), set()).add((rule, g.proto, g.lo, g.hi))
+        return out
+
+    @_locked
+    def settle(self, network: str, rules: Iterable[tuple]) -> None:
+        """Forget what was admitted for rules (``(identity, rule)``) not in ``rules``:
+        the flows they admitted were ended, and a rule added again learns afresh."""
+        past, keep = self._past.get(network), set(rules)
+        for key in [k for k in past or () if k[:2] not in keep]:
+            del past[key]
 
     @_locked
     def plan(self, network: str, matched: Iterable[tuple]) -> Plan:
@@ -187,6 +227,8 @@ class LearnedStore:
         touched = {entries[k][1].key for k in doomed}
         for k in doomed:
             self._drop(network, k)
+        if keep_rules is None:   # the network is gone: nothing of it to remember
+            self._past.pop(network, None)
         revoke, regrant = [], []
         for element_key in sorted(touched):
             holders = self._elements.get(network, {}).get(element_key)

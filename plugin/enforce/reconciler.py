@@ -234,16 +234,32 @@ class Reconciler:
         policy denies; ``only``: those naming these addresses. Never in audit mode."""
         if self.flows is None or real.policy.settings.mode == "audit":
             return 0
-        return self.flows.enforce_policy(real.policy, list(real.ports.values()), only,
-                                         learned=self._learned(real.spec.id))
+        learned, admitted = self._learned(real.spec.id)
+        ended = self.flows.enforce_policy(real.policy, list(real.ports.values()), only,
+                                          learned=learned, admitted=admitted)
+        backend = self.backends.get(getattr(real.options, "backend", None))
+        end_learned = getattr(backend, "end_learned_flows", None)
+        if end_learned is not None and only is None:   # its own conntrack (eBPF): what no rule keeps
+            try:
+                ended = (ended or 0) + end_learned(real.spec, real.policy, learned, admitted)
+            except Exception:
+                log.exception("network %s: flows of removed DNS rules not ended", real.spec.id[:12])
+                return ended
+        if only is None:   # their flows ended: what removed rules taught is not needed any more
+            self._tell_dns("settled", real.spec.id, real.policy)
+        return ended
 
-    def _learned(self, network_id: str):
-        """The DNS answers in force for the network (None: none known; flows to them end)."""
+    def _learned(self, network_id: str) -> tuple:
+        """``(learned, admitted)``: the DNS answers in force for the network and which
+        rules taught each address (``DnsService.admitted``); None, None: unknown (flows
+        to learned addresses end; those they admitted go on while a dns(...) rule of
+        their segment names their service)."""
         try:
-            return self.dns.learned(network_id) if self.dns is not None else None
+            if self.dns is not None:
+                return self.dns.learned(network_id), self.dns.admitted(network_id)
         except Exception:
             log.exception("learned DNS addresses of %s unknown", network_id[:12])
-            return None
+        return None, None
 
     # --- reads -----------------------------------------------------------
     def compiled(self, net) -> PolicyMap:

@@ -33,6 +33,7 @@ from typing import Callable, Iterable, Mapping, Optional
 from plugin.dns.datapath import LEARNED_FLOW_MARK
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
+from segmentation.rulevalues import Service
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ IPS_DST_NAT = 1 << 5
 NEVER = ("gone", "quarantined", "pending")  # holder states through which nothing passes
 
 Allowed = Callable[[tuple, tuple, str, Optional[int]], bool]
-Kept = Callable[[tuple, str, Optional[int]], bool]
+Kept = Callable[[tuple, str, str, Optional[int]], bool]
 
 
 @dataclass(frozen=True)
@@ -150,14 +151,23 @@ def allowed_by(compiled, learned=None) -> Allowed:
     return allowed
 
 
-def dns_rule_by(compiled) -> Kept:
-    """``kept(src, proto, port)``: does a dns(...) rule of segment ``src`` still
-    name this service? A flow a learned address admitted goes on after the
-    address expired while this holds; removing the rule ends it."""
-    def kept(src: tuple, proto: str, port: Optional[int]) -> bool:
+def dns_rule_by(compiled, admitted: Optional[Mapping] = None) -> Kept:
+    """``kept(src, address, proto, port)``: may a flow a learned address admitted, from
+    segment ``src`` to ``address``, go on after the address expired? Yes while a
+    dns(...) rule of the segment that learned ``address`` for this service is still
+    there. ``admitted``: ``(identity, address) -> {(rule, proto, lo, hi)}``, what
+    taught each address (``LearnedStore.admitted``), so a removed rule's flows end
+    though another rule names the same service; with no record of ``address`` for
+    the service (None, a restarted daemon), any dns(...) rule of the segment naming
+    the service keeps it."""
+    def kept(src: tuple, address: str, proto: str, port: Optional[int]) -> bool:
         identity = compiled.identities.get(src[1]) if src[0] == "segment" else None
-        return identity is not None and any(
-            f.identity == identity and f.service.matches(proto, port) for f in compiled.fqdns)
+        if identity is None:
+            return False
+        rules = {f.rule for f in compiled.fqdns if f.identity == identity and f.service.matches(proto, port)}
+        taught = {r for r, *service in (admitted or {}).get((identity, address), ())
+                  if Service(*service).matches(proto, port)}
+        return bool(rules & taught) if taught else bool(rules)
     return kept
 
 
@@ -184,8 +194,8 @@ def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
     """Why ``entry`` must go now (a short reason), or None: keep it.
 
     ``kept``: for a flow a learned address admitted (``Entry.learned``) from a
-    member to the outside, whether its segment's dns(...) rules still name its
-    service (``dns_rule_by``); None: such flows are judged like any other.
+    member to the outside, whether a dns(...) rule of its segment that learned its
+    address is still there (``dns_rule_by``); None: such flows are judged like any other.
 
     ``held``: address -> Holder of the network's endpoints (and GONE for
     removed ones); entries that touch none of them are not this network's.
@@ -208,7 +218,7 @@ def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
     if allowed(src, dst, entry.orig.proto, entry.port):
         return None
     if kept is not None and entry.learned and src_h is not None and dst_h is None and \
-            kept(src, entry.orig.proto, entry.port):
+            kept(src, entry.target, entry.orig.proto, entry.port):
         return None  # opened while its address was learned: goes on after the answer expired
     if entry.dnat and src_h is not None and dst_h is not None and \
             allowed(("host", entry.source), dst, entry.orig.proto, entry.port):
@@ -359,19 +369,20 @@ class Flows:
             log.info("deleted %d conntrack entries (%s)", deleted, ", ".join(reasons))
         return deleted
 
-    def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None, learned=None) -> int:
+    def enforce_policy(self, compiled, ports: Iterable, only: Optional[set] = None, learned=None,
+                       admitted: Optional[Mapping] = None) -> int:
         """``enforce`` for a compiled policy and its members' ports (policy edits,
         mode switches, repairs): the call later policy sources reuse. ``learned``:
         the DNS answers in force (flows to their addresses go on); flows a learned
         address admitted go on after it expired while a dns(...) rule of their
-        segment names their service."""
+        segment that learned it is still there (``admitted``: see ``dns_rule_by``)."""
         ports = list(ports)
         addresses = {a.split("/")[0] for p in ports for a in (p.ipv4, p.ipv6) if a}
         entries = self._entries(addresses if only is None else only)
         if not entries:
             return 0
         return self._prune(entries, allowed_by(compiled, learned), holders(_naming(ports, entries)), only,
-                           dns_rule_by(compiled))
+                           dns_rule_by(compiled, admitted))
 
     def forget(self, addresses: Iterable[str]) -> int:
         """Delete every entry naming a removed endpoint's ``addresses`` (either tuple)."""

@@ -173,9 +173,13 @@ def _echoes(conn, data: bytes) -> bool:
 
 
 def _prune(rig) -> None:
-    """What the reconciler does after a change, on every backend: prune conntrack."""
+    """What the reconciler does after a change, on every backend: prune conntrack (and,
+    on eBPF, the program's own entries of learned flows no rule keeps)."""
     lab = rig.lab
-    Flows(NsKernel(lab.host)).enforce_policy(lab.policy, lab.ports(), learned=rig.service.learned(NET_ID))
+    learned, admitted = rig.service.learned(NET_ID), rig.service.admitted(NET_ID)
+    Flows(NsKernel(lab.host)).enforce_policy(lab.policy, lab.ports(), learned=learned, admitted=admitted)
+    if hasattr(lab.backend.obj, "end_learned_flows"):
+        lab.backend.end_learned_flows(lab.net, lab.policy, learned, admitted)
 
 
 def test_open_flow_outlives_expiry_edits_and_repairs_until_its_rule_goes(lab):
@@ -207,6 +211,41 @@ def test_open_flow_outlives_expiry_edits_and_repairs_until_its_rule_goes(lab):
         finally:
             conn.close()
     finally:
+        rig.close()
+
+
+@pytest.mark.parametrize("in_audit", [False, True], ids=["enforce", "removed-in-audit"])
+def test_removing_one_of_two_dns_rules_ends_only_the_flows_its_answers_admitted(lab, in_audit):
+    """U7-F1: two rules on one service; .31 taught by the kept rule (expired by the
+    edit), .32 by the removed one only, .33 by both. Only the flow to .32 ends: at the
+    edit, or (removed in audit mode) when the network is switched back to enforce."""
+    keep, gone = "web->dns(keep.example.test):tcp/443", "web->dns(gone.example.test):tcp/443"
+    rig, web, _api = _rig(lab, f"{keep} {gone}", min_ttl=1)
+    conns = {}
+    try:
+        for a in ("10.238.0.31", "10.238.0.33"):
+            rig.server.add("keep.example.test", "A", 2, a)
+        for a in ("10.238.0.32", "10.238.0.33"):
+            rig.server.add("gone.example.test", "A", 300, a)
+        assert sorted(resolve(web, "keep.example.test")) == ["10.238.0.31", "10.238.0.33"]
+        assert sorted(resolve(web, "gone.example.test")) == ["10.238.0.32", "10.238.0.33"]
+        conns = {a: open_connection(web, f"10.238.0.{a}") for a in (31, 32, 33)}
+        assert all(_echoes(c, b"open") for c in conns.values())
+        time.sleep(3.5)                                     # keep's answer expired
+        if in_audit:
+            lab.update(mode="audit")
+        lab.update(f"{keep} {DNS_RULES}")                   # the rule goes: its answers with it
+        rig.tell()
+        if in_audit:                                        # audit ends nothing; enforce does
+            assert all(_echoes(c, b"audit") for c in conns.values())
+            lab.update(mode="enforce")
+            rig.tell()
+        _prune(rig)
+        assert {a: _echoes(c, b"edited") for a, c in conns.items()} == {31: True, 32: False, 33: True}
+        assert connect(web, "10.238.0.32") == "timeout" and connect(web, "10.238.0.31") == "timeout"
+    finally:
+        for c in conns.values():
+            c.close()
         rig.close()
 
 

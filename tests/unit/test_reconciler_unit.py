@@ -74,7 +74,7 @@ def env(tmp_path):
     pruned = []
 
     class Flows:   # records what the reconciler asks the conntrack writer to judge
-        def enforce_policy(self, policy, ports, only=None, learned=None):
+        def enforce_policy(self, policy, ports, only=None, learned=None, admitted=None):
             pruned.append(policy)
 
         def forget(self, addresses):
@@ -248,3 +248,51 @@ def test_live_segments_kept_by_port_changes_equal_those_counted_afresh(changes, 
         afresh = {p.segment for eid, p in real.ports.items()
                   if p.quarantine is None and p.segment is not None and eid != skip}
         assert real.live_segments(but=skip) == afresh
+
+
+def test_a_policy_edit_asks_a_backend_with_its_own_conntrack_to_end_learned_flows(tmp_path):
+    """eBPF's program keeps a learned flow while any dns(...) rule of its segment names
+    its service: after an edit the reconciler hands it what taught each address (U7-F1)."""
+    class OwnConntrack(RecordingBackend):
+        def end_learned_flows(self, net, policy, learned, admitted):
+            self.calls.append(("end_learned", learned, admitted))
+            return 1
+
+    class Dns:   # the DnsService as the reconciler sees it
+        def __getattr__(self, name):          # network, policy, ports, removed, repair
+            return lambda *args: None
+
+        def learned(self, network_id):
+            return {("web", "r"): {}}
+
+        def admitted(self, network_id):
+            return {(1, "198.51.100.7"): {("r", "tcp", 443, 443)}}
+
+    class Flows:
+        def enforce_policy(self, policy, ports, only=None, learned=None, admitted=None):
+            seen.append((learned, admitted))
+            return 2
+
+        def watch(self, subnets):
+            pass
+
+        def forget(self, addresses):
+            pass
+
+    seen, state, backend = [], State(str(tmp_path)), OwnConntrack()
+    rec = Reconciler(state, {"nftables": backend}, flows=Flows(), dns=Dns())
+    net = network("web->dns(a.test):tcp/443 web->dns(b.test):tcp/443")
+    state.put_network(net)
+    rec.network_added(net)
+    fewer = net.evolve(options=NetworkOptions(rules=parse_rules("web->dns(a.test):tcp/443")))
+    state.put_network(fewer)
+    rec.policy_changed(fewer)
+    expected = (Dns().learned(NID), Dns().admitted(NID))
+    assert seen == [expected] and backend.calls[-1] == ("end_learned",) + expected
+    audit = fewer.evolve(options=NetworkOptions(rules=fewer.options.rules, mode="audit"))
+    state.put_network(audit)
+    backend.calls.clear()
+    rec.policy_changed(audit)                     # audit mode ends nothing
+    assert seen == [expected] and not [c for c in backend.calls if c[0] == "end_learned"]
+    rec.network_removed(audit)
+    state.close()

@@ -32,8 +32,10 @@ from plugin.dns.datapath import Grant
 from plugin.enforce.backend import BackendError
 
 from . import libbpf
-from .maps import L4, L4_NAMES, port_prefixes
+from .maps import CT_KEY, CT_VAL, L4, L4_NAMES, port_prefixes
 
+CT_REPLY, CT_FQDN, KIND_EGRESS = 1, 4, 2        # bpf/lib/common.h
+CT_PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 KEY = struct.Struct("<I24s")
 _DATA = struct.Struct(">HB16sBH2x")
 VAL = struct.Struct("<QHHB3x128s")
@@ -209,3 +211,79 @@ class FqdnMethods:
     def learned(self, network_id: str) -> list:
         """The learned addresses the map holds now (``Grant`` values)."""
         return self.fqdn.learned(network_id)
+
+    def end_learned_flows(self, net, policy, learned=None, admitted=None) -> int:
+        """After a policy change: delete the program's conntrack entries (both
+        directions) of the flows learned addresses admitted (``CT_FQDN``) that the new
+        state neither allows (``policy`` with the answers in force, ``learned``) nor
+        keeps (``admitted``: the rule that taught the address went; see
+        ``plugin.kernel.conntrack.dns_rule_by``); the program's own judging keeps
+        them while any dns(...) rule of the segment names their service. Their next
+        packet is judged as a new flow. Returns how many flows; raises BackendError.
+        Nothing is read unless a removed rule taught an address: the program's own
+        judging does the rest (``taught_by_removed``)."""
+        from plugin.kernel.conntrack import allowed_by, dns_rule_by
+        suspects = taught_by_removed(policy, admitted)
+        if not suspects:
+            return 0
+        names = {identity: name for name, identity in policy.identities.items()}
+        with self._lock:
+            st = self._nets.get(net.id[:12])
+            if st is None:
+                return 0
+            members = {a: names[p.identity] for p, _ifx in st.ports.values()
+                       if p.identity in names for a in p.addresses}
+            suspects = {(names[i], a) for i, a in suspects if i in names}
+            fd = st.handle.maps["conntrack"]
+            try:
+                doomed = learned_flows_to_end(_entries(fd), members, allowed_by(policy, learned),
+                                              dns_rule_by(policy, admitted), suspects)
+                for key in (k for pair in doomed for k in pair):
+                    libbpf.delete(fd, key)
+            except libbpf.LibbpfError as exc:
+                raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+        return len(doomed)
+
+
+def _entries(fd: int):
+    for key in list(libbpf.keys(fd, CT_KEY.size)):
+        raw = libbpf.lookup(fd, key, CT_VAL.size)
+        if raw is not None:
+            yield key, raw
+
+
+def _address(raw: bytes, family: int) -> str:
+    return str(ipaddress.ip_address(raw[:4] if family == 4 else raw))
+
+
+def taught_by_removed(policy, admitted) -> set:
+    """``{(identity, address)}`` that a rule no longer in ``policy`` taught (``admitted``
+    as ``LearnedStore.admitted`` gives it). A learned flow to any other address is
+    kept by ``dns_rule_by`` exactly when the program's ``fqdn_rule_kept`` keeps it
+    (a rule that taught it is there, so a rule names its service; or nothing is known)."""
+    rules = {(f.identity, f.rule) for f in policy.fqdns}
+    return {(identity, address) for (identity, address), taught in (admitted or {}).items()
+            if any((identity, rule) not in rules for rule, *_service in taught)}
+
+
+def learned_flows_to_end(entries, members: dict, allowed, kept, suspects=None) -> list:
+    """``[(key, reverse key)]`` of the program's conntrack ``entries`` (key, value
+    bytes) to delete: flows a learned address admitted (``CT_FQDN``, egress) from a
+    member (``members``: address -> segment) that ``allowed`` and ``kept`` (as
+    ``plugin.kernel.conntrack.judge`` takes them) both refuse; with ``suspects``
+    (``{(segment, address)}``), only flows to those are judged."""
+    out = []
+    for key, raw in entries:
+        saddr, daddr, sport, dport, proto, family, _pad = CT_KEY.unpack(key)
+        flags, kind = CT_VAL.unpack(raw)[2:4]
+        if flags & CT_REPLY or not flags & CT_FQDN or kind != KIND_EGRESS or proto not in CT_PROTOS:
+            continue
+        segment, dst = members.get(_address(saddr, family)), _address(daddr, family)
+        if segment is None or (suspects is not None and (segment, dst) not in suspects):
+            continue
+        name = CT_PROTOS[proto]
+        port = dport if name in ("tcp", "udp") else None
+        src = ("segment", segment)
+        if not allowed(src, ("addr", dst), name, port) and not kept(src, dst, name, port):
+            out.append((key, CT_KEY.pack(daddr, saddr, dport, sport, proto, family, 0)))
+    return out

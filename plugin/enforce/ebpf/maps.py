@@ -288,7 +288,8 @@ def policy_cidrs(policy) -> list:
     rule, one ``fqdn`` entry for every address of each family, so that the
     program keeps a flow a learned address admitted after the address expired
     while the rule names its service (bpf/lib/policy.h ``fqdn_rule_kept``; it
-    never allows a new flow)."""
+    never allows a new flow; the flows of a removed rule that another rule with
+    the same service keeps here the daemon ends: ``fqdn.end_learned_flows``)."""
     marks = [CidrEntry(FQDN, f.identity, fam, cidr, f.proto, f.lo, f.hi, f.rule)
              for f in policy.fqdns for fam, cidr in ((4, "0.0.0.0/0"), (6, "::/0"))]
     return list(policy.cidrs) + marks
