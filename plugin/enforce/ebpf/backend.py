@@ -182,10 +182,8 @@ class EbpfBackend(fqdn.FqdnMethods):
     def _write_version(self, h, name, version, old: dict, new: dict, keyfn) -> None:
         removed, written = maps.content_diff(old, new)
         fd = h.maps[name]
-        for rest, value in written:
-            libbpf.update(fd, keyfn(version, rest), value)
-        for rest in removed:
-            libbpf.delete(fd, keyfn(version, rest))
+        libbpf.update_many(fd, [(keyfn(version, rest), value) for rest, value in written])
+        libbpf.delete_many(fd, [keyfn(version, rest) for rest in removed])
 
     def _swap(self, st: _Net, new: PolicyMap, changes: dict) -> None:
         """Make ``new`` the policy in force in one flip. ``changes``: map name ->
