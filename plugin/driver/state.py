@@ -225,9 +225,15 @@ class State:
             self._db.execute("INSERT OR REPLACE INTO networks VALUES (?, ?)", (rec.id, rec.to_json()))
             return
         self._db.execute("BEGIN")
-        self._db.execute("INSERT OR REPLACE INTO networks VALUES (?, ?)", (rec.id, rec.to_json()))
-        self._db.execute("DELETE FROM rule_edits WHERE network_id=?", (rec.id,))
-        self._db.execute("COMMIT")
+        try:
+            self._db.execute("INSERT OR REPLACE INTO networks VALUES (?, ?)", (rec.id, rec.to_json()))
+            self._db.execute("DELETE FROM rule_edits WHERE network_id=?", (rec.id,))
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._journaled[rec.id] = JOURNAL_MAX   # its rows are still there: write whole next time
+            raise
 
     def get_network(self, nid: str) -> Optional[NetworkRecord]:
         with self._lock:

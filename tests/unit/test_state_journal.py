@@ -155,3 +155,27 @@ def test_reopening_after_any_edits_gives_the_records_in_memory(edits):
             assert rows(reopened.path, "SELECT * FROM rule_edits") == []
         finally:
             reopened.close()
+
+
+def test_a_failed_whole_write_leaves_the_journal_and_the_next_write_whole(tmp_path, monkeypatch):
+    state = State(str(tmp_path))
+    try:
+        net = network()
+        state.put_network(net)
+        edited(state, net.id, "add", ["a->b:tcp/1"])
+        moded = state.get_network(net.id)
+        moded = moded.evolve(options=replace(moded.options, mode="audit"))
+        monkeypatch.setattr(NetworkRecord, "to_json", lambda self: 1 / 0)
+        try:
+            state.put_network(moded)
+        except ZeroDivisionError:
+            pass
+        monkeypatch.undo()
+        assert not state._db.in_transaction   # noqa: SLF001
+        assert len(rows(state.path, "SELECT * FROM rule_edits")) == 1
+        assert State(str(tmp_path)).get_network(net.id).options.rules == state.get_network(net.id).options.rules
+        last = edited(state, net.id, "add", ["a->b:tcp/2"])   # written whole: its journal was not emptied
+        assert rows(state.path, "SELECT * FROM rule_edits") == []
+        assert saved_rules(state, net.id) == rule_texts(last.options.rules)
+    finally:
+        state.close()
