@@ -380,7 +380,7 @@ class Driver:
                 return net
             self.reconciler.policy_changed(new, edit)
             try:
-                self.state.put_network(new)
+                self.state.put_network(new, edit)
             except Exception:
                 self.reconciler.policy_changed(net)
                 raise

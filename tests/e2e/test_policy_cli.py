@@ -202,13 +202,17 @@ def test_policy_survives_a_daemon_kill(make_network, run_container, nsprocs):
     net, w, a, d = setup_net(make_network, run_container, nsprocs)
     edit(net, "set", "db->web:tcp/80")
     assert_flow(d, w, 80, True, "after set")
+    # one-rule edits are journaled, not written whole (plugin.driver.state): a kill -9 keeps them
+    edit(net, "add", "db->api:tcp/9")
+    edit(net, "add", "web->db:tcp/5432")
+    edit(net, "remove", "web->db:tcp/5432")
     try:
         h.plugin_kill()
         assert_flow(d, w, 80, True, "daemon down")
         assert_flow(w, a, 8080, False, "daemon down")
     finally:
         h.plugin_start()
-    assert policy_lines(net) == ["db->web:tcp/80"]
+    assert policy_lines(net) == ["db->web:tcp/80", "db->api:tcp/9"]
     assert_flow(d, w, 80, True, "after restart")
     assert_flow(w, a, 8080, False, "after restart (the rule set replaced)")
     edit(net, "add", "web->api:tcp/8080")

@@ -98,6 +98,20 @@ def _normal(e: PolicyEntry) -> PolicyEntry:
 
 @given(st.lists(ENTRIES, max_size=8))
 @settings(max_examples=150, deadline=None)
+def test_the_one_port_shortcut_gives_the_general_elements(raw):
+    """policy_content's shortcut for a group of one one-port entry (most groups) gives
+    what the general per-group path gives."""
+    entries = frozenset(_normal(e) for e in raw)
+    groups, general = {}, {}
+    for key in {e.key for e in entries}:
+        groups.setdefault(key[:3], []).append(key)
+    for keys in groups.values():
+        maps._group_content(keys, general)   # noqa: SLF001
+    assert maps.policy_content(entries) == general
+
+
+@given(st.lists(ENTRIES, max_size=8))
+@settings(max_examples=150, deadline=None)
 def test_policy_lookup_agrees_with_allowing(raw):
     """An LPM lookup finds an entry exactly when policymap.allowing does, and names one that matches."""
     from segmentation.policymap import PolicyMap

@@ -46,6 +46,15 @@ class FakeKernel:
     def keys(self, fd, _size):
         return iter(list(self.maps[fd]))
 
+    # a batch (BPF_MAP_*_BATCH) writes its elements one after the other, as packets see them
+    def update_many(self, fd, items, flags=0):
+        for key, value in items:
+            self.update(fd, key, value, flags)
+
+    def delete_many(self, fd, keys):
+        for key in keys:
+            self.delete(fd, key)
+
 
 def policy(rules: str, **opts):
     return compile_policy_map(NetworkOptions(rules=parse_rules(rules), **opts), IDS)
@@ -72,7 +81,7 @@ def rig(monkeypatch):
     kernel = FakeKernel(lambda: seen.append(in_force(kernel, handle)))
     handle = Handle(NET.id, "/nowhere", maps={n: kernel.fd(n) for n in
                                               ("state", "settings", "policy", "cidrs", "restricted")})
-    for fn in ("lookup", "update", "delete", "keys"):
+    for fn in ("lookup", "update", "delete", "keys", "update_many", "delete_many"):
         monkeypatch.setattr(eb.libbpf, fn, getattr(kernel, fn))
     kernel.maps[handle.maps["state"]][maps.U32.pack(0)] = maps.STATE.pack(0, 0, 0)
     backend = eb.EbpfBackend(pin_root="/nowhere")

@@ -25,6 +25,7 @@ reconciler treats both datapaths alike; docs/ebpf.md says what it holds.
 """
 from __future__ import annotations
 
+import operator
 import os
 import socket
 import threading
@@ -62,7 +63,7 @@ def group_index(entries: Iterable) -> dict:
     """(src, dst, proto) -> set of PolicyEntry: the unit a delta rewrites."""
     index: dict = {}
     for e in entries:
-        index.setdefault((e.src, e.dst, e.proto), set()).add(e)
+        index.setdefault(_GROUP(e), set()).add(e)
     return index
 
 
@@ -72,9 +73,9 @@ def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
     touches: only the (src, dst, proto) groups of its entries (their prefixes are
     disjoint from every other group's), the CIDR map only when CIDRs changed.
     ``index``: group_index(old.entries), kept by the caller (else built here)."""
-    groups = {(e.src, e.dst, e.proto) for e in delta.entries_added | delta.entries_removed}
+    groups = set(map(_GROUP, delta.entries_added | delta.entries_removed))
     if index is None:
-        index = group_index(e for e in old.entries if (e.src, e.dst, e.proto) in groups)
+        index = group_index(e for e in old.entries if _GROUP(e) in groups)
     before = {e for g in groups for e in index.get(g, ())}
     after = (before - delta.entries_removed) | delta.entries_added
     out = {"policy": (maps.policy_content(before), maps.policy_content(after), maps.policy_key),
@@ -85,6 +86,7 @@ def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
     return out
 
 
+_GROUP = operator.itemgetter(0, 1, 2)   # a PolicyEntry's (src, dst, proto)
 _SPLIT = {"policy": maps.policy_unversioned, "cidrs": maps.cidr_unversioned,
           "restricted": maps.restricted_unversioned}
 _KEY_SIZE = {"policy": maps.POLICY_KEY.size, "cidrs": maps.CIDR_KEY.size,
@@ -182,10 +184,8 @@ class EbpfBackend(fqdn.FqdnMethods):
     def _write_version(self, h, name, version, old: dict, new: dict, keyfn) -> None:
         removed, written = maps.content_diff(old, new)
         fd = h.maps[name]
-        for rest, value in written:
-            libbpf.update(fd, keyfn(version, rest), value)
-        for rest in removed:
-            libbpf.delete(fd, keyfn(version, rest))
+        libbpf.update_many(fd, [(keyfn(version, rest), value) for rest, value in written])
+        libbpf.delete_many(fd, [keyfn(version, rest) for rest in removed])
 
     def _swap(self, st: _Net, new: PolicyMap, changes: dict) -> None:
         """Make ``new`` the policy in force in one flip. ``changes``: map name ->

@@ -231,6 +231,64 @@ def delete(fd: int, key: bytes) -> bool:
     return True
 
 
+def _map_sizes(fd: int) -> tuple:
+    """(key_size, value_size) of the map behind ``fd`` (bpf_map_info)."""
+    info = ctypes.create_string_buffer(16)         # type, id, key_size, value_size: u32 each
+    size = ctypes.c_uint32(len(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "map info")
+    return int.from_bytes(info.raw[8:12], "little"), int.from_bytes(info.raw[12:16], "little")
+
+
+def _batchable(fd: int, keys: list, values: Optional[list]) -> bool:
+    """Can ``keys`` (and ``values``) go to the kernel as one array each: several, every
+    key (value) of the map's own size (not so for per-CPU values)?"""
+    if len(keys) < 2:
+        return False
+    key_size, value_size = _map_sizes(fd)
+    return all(len(k) == key_size for k in keys) and (
+        values is None or all(len(v) == value_size for v in values))
+
+
+def _batch(call, fd: int, keys: list, values: Optional[list]) -> int:
+    """One BPF_MAP_{UPDATE,DELETE}_BATCH of ``keys`` (``values``); how many the kernel
+    did before it stopped (all of them, or the index of the one it refused: then
+    errno). -1 when the kernel has no batch operation for this map (nothing done)."""
+    count = ctypes.c_uint32(len(keys))
+    args = (b"".join(keys),) + ((b"".join(values),) if values is not None else ())
+    ret = call(fd, *args, ctypes.byref(count), None)
+    if ret < 0 and count.value == 0 and (-ret if ret != -1 else ctypes.get_errno()) in (
+            errno_mod.EINVAL, errno_mod.ENOTSUP, errno_mod.EOPNOTSUPP, 524):   # 524: ENOTSUPP
+        return -1
+    return count.value
+
+
+def update_many(fd: int, items: list, flags: int = BPF_ANY) -> None:
+    """:func:`update` of every ``(key, value)`` of ``items``, in order: one bpf() call
+    (BPF_MAP_UPDATE_BATCH) where the map takes it (a 10,000-rule policy is 20,000
+    elements per version), else one call each. Raises LibbpfError at the first element
+    refused; the ones before it are written, as with :func:`update` one by one."""
+    if flags == BPF_ANY and items and _batchable(fd, [k for k, _ in items], [v for _, v in items]):
+        done = _batch(lib().bpf_map_update_batch, fd, [k for k, _ in items], [v for _, v in items])
+        items = items[done:] if done >= 0 else items
+    for key, value in items:
+        update(fd, key, value, flags)
+
+
+def delete_many(fd: int, keys: list) -> None:
+    """:func:`delete` of every key of ``keys`` (absent ones skipped), one bpf() call
+    (BPF_MAP_DELETE_BATCH) where the map takes it, else one call each."""
+    while keys and _batchable(fd, keys, None):
+        done = _batch(lib().bpf_map_delete_batch, fd, keys, None)
+        if done < 0:
+            break
+        if done < len(keys):
+            delete(fd, keys[done])   # the one the kernel stopped at: absent (skipped) or an error
+            done += 1
+        keys = keys[done:]
+    for key in keys:
+        delete(fd, key)
+
+
 def keys(fd: int, key_size: int) -> Iterator[bytes]:
     """Every key of the map (a snapshot; keys deleted meanwhile may be skipped)."""
     prev, nxt = None, ctypes.create_string_buffer(key_size)

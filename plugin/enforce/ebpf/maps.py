@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import operator
 import struct
 from typing import Iterable, Mapping
 
@@ -55,6 +56,7 @@ SUBNET_KEY = struct.Struct("<IB3x16s")
 U32 = struct.Struct("<I")
 
 L4 = {"any": 0, "icmp": 1, "tcp": 6, "udp": 17}
+_PORTED = frozenset(("tcp", "udp"))
 L4_NAMES = {v: k for k, v in L4.items()}
 FQDN = "fqdn"   # the pseudo-direction of a segment's dns(...) services (DIR_FQDN)
 DIRECTIONS = {INGRESS: 0, EGRESS: 1, FQDN: 2}
@@ -214,22 +216,37 @@ class _Cover:
         return i > 0 and self.second[i - 1] >= hi
 
 
+_KEY = operator.itemgetter(0, 1, 2, 3, 4)   # PolicyEntry.key, without a Python call per entry
+_ONE_PORT = struct.Struct(">HHBH")   # the data7 of a one-port key: src, dst, protocol, port
+_ONE_PORT_BITS = POLICY_FIXED_BITS + 8 + 16
+
+
 def policy_content(entries: Iterable) -> dict:
     """``{(prefixlen, data7): value}`` of the policy map for ``entries`` (PolicyEntry)."""
     groups: dict = {}
-    for key in {e.key for e in entries}:
+    for key in set(map(_KEY, entries)):
         groups.setdefault(key[:3], []).append(key)
-    chosen = {}
-    for (src, dst, proto), keys in groups.items():
-        ranges = [k[3:] for k in keys]
-        cover = _Cover(ranges) if len(keys) > 1 and overlapping(ranges) else None
-        code = L4[proto]
-        for key in sorted(keys, key=lambda k: (k[4] - k[3], k)):
-            for plen, data, (blo, bhi) in _entry_prefixes(*key):
-                if (plen, data) not in chosen:
-                    lo, hi = (blo, bhi) if cover and cover.shared(blo, bhi) else key[3:]
-                    chosen[(plen, data)] = POLICY_VAL.pack(lo, hi, code)
+    chosen: dict = {}
+    for group, keys in groups.items():
+        src, dst, proto = group
+        if len(keys) == 1 and keys[0][3] == keys[0][4] and proto in _PORTED:   # most groups: one port
+            port, code = keys[0][3], L4[proto]
+            chosen[(_ONE_PORT_BITS, _ONE_PORT.pack(src, dst, code, port))] = POLICY_VAL.pack(port, port, code)
+        else:
+            _group_content(keys, chosen)
     return chosen
+
+
+def _group_content(keys: list, chosen: dict) -> None:
+    """The policy map's elements for the keys of one (src, dst, proto) group, into ``chosen``."""
+    ranges = [k[3:] for k in keys]
+    cover = _Cover(ranges) if len(keys) > 1 and overlapping(ranges) else None
+    code = L4[keys[0][2]]
+    for key in sorted(keys, key=lambda k: (k[4] - k[3], k)):
+        for plen, data, (blo, bhi) in _entry_prefixes(*key):
+            if (plen, data) not in chosen:
+                lo, hi = (blo, bhi) if cover and cover.shared(blo, bhi) else key[3:]
+                chosen[(plen, data)] = POLICY_VAL.pack(lo, hi, code)
 
 
 def piece_owners(target: tuple, index: Mapping) -> list:
