@@ -258,12 +258,8 @@ static __always_inline int deliver(struct __sk_buff *skb, struct ctx *c, struct 
 		__builtin_memcpy(v->peer_mac, dst->mac, 6);
 		v->fast_generation = c->st->generation;
 	}
-	/* The marks are for the host's netfilter, which a redirected frame never
-	 * meets. A veth clears the mark when a frame changes namespace
-	 * (skb_scrub_packet); bpf_redirect_peer keeps it, so without this the
-	 * container would receive PASSED_MARK (and LEARNED_MARK) on the frames
-	 * this path delivers, and on no others -- its own nftables rules or
-	 * fwmark routing would see them. */
+	/* as a veth's namespace crossing (bpf_redirect_peer keeps the mark): the
+	 * marks are the host netfilter's, not the container's (docs/ebpf.md) */
 	skb->mark = 0;
 	bpf_skb_change_type(skb, PACKET_HOST_);
 	return bpf_redirect_peer(ifindex, 0);
