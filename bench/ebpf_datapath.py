@@ -37,8 +37,10 @@ programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
 on for the pair's runs only): the mean ns per run of ``from_container`` and
-``to_container`` under iperf3 (warm caches) and under ping's 10 ms spacing (cold:
-what each hop of a ping's RTT pays), and how many of the packets the client
+``to_container`` under iperf3 (warm caches), under ping's 10 ms spacing (cold:
+what each hop of a ping's RTT pays) and under sockperf's request/response (hot,
+64-byte packets: a few hundred ns when the fast path takes them, a few µs when
+the full path runs), and how many of the packets the client
 sent crossed the bridge instead of the fast path (the server's host-side veth
 transmits only those).
 Subnets 10.218.0.0/24 (bench-only namespaces, deleted at the end).
@@ -255,7 +257,8 @@ def profile(host, client, server, ip, pin_root, secs) -> dict:
     sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
     out = {}
     try:
-        for what, run in (("iperf3", lambda: iperf(client, server, ip, secs)), ("ping", lambda: rtt(client, ip))):
+        for what, run in (("iperf3", lambda: iperf(client, server, ip, secs)), ("ping", lambda: rtt(client, ip)),
+                          ("sockperf", lambda: rr(client, server, ip, min(secs, 3)))):
             before, links0 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
             run()
             after, links1 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
