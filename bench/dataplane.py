@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 from .common import (PREFIX, CmdError, Cleanup, create_network, docker, log, run_container,
                      sandbox_key, sh, stats)
+from .ebpf_datapath import one_cpu
 
 IPERF_PORT = 5201
 PING_COUNT, PING_INTERVAL = 50, "0.01"
@@ -104,14 +105,14 @@ _P50 = re.compile(r"percentile 50\.000 =\s*([0-9.]+)")
 def rr_rtt(pair: Pair, secs: int = 3):
     """Median round trip in µs of a hot TCP request/response (``sockperf
     ping-pong``, 64 bytes back to back, on the iperf3 port that the policies
-    allow; ``--uc-reuseaddr``: iperf3 leaves it in TIME_WAIT); None when
-    sockperf reports none."""
-    srv = subprocess.Popen(["nsenter", f"--net={pair.server_ns}", "sockperf", "server", "--tcp",
+    allow; ``--uc-reuseaddr``: iperf3 leaves it in TIME_WAIT; client and server
+    on one CPU, as in ``bench.ebpf_datapath.rr``); None when sockperf reports none."""
+    srv = subprocess.Popen(["nsenter", f"--net={pair.server_ns}", *one_cpu(), "sockperf", "server", "--tcp",
                             "--uc-reuseaddr", "-i", pair.server_ip, "-p", str(IPERF_PORT)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.5)
-        res = sh(["nsenter", f"--net={pair.client_ns}", "sockperf", "ping-pong", "--tcp", "-i",
+        res = sh(["nsenter", f"--net={pair.client_ns}", *one_cpu(), "sockperf", "ping-pong", "--tcp", "-i",
                   pair.server_ip, "-p", str(IPERF_PORT), "-t", str(secs), "-m", "64"], check=False,
                  timeout=secs + 30)
         m = _P50.search(res.stdout + res.stderr)

@@ -25,7 +25,11 @@ Two latencies, both reported:
   extra cache line a path touches;
 * ``rr_us``: a *hot* request/response: ``sockperf ping-pong --tcp`` (64-byte
   messages back to back for ``--secs``), the median round trip (twice
-  sockperf's one-way median latency).
+  sockperf's one-way median latency), client and server on one CPU
+  (``ONE_CPU``): on two CPUs each round trip waits for two cross-CPU wake-ups,
+  which on this VM (an idle vCPU halts; waking it is an exit to the
+  hypervisor) cost ~40 µs and vary by +-30 % -- the figure would measure the
+  hypervisor, not the path (bench/results/2026-11-30-ebpf18.md).
 
 Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
 [--floor] [--docker-nat] [--no-throughput] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
@@ -33,8 +37,10 @@ programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
 on for the pair's runs only): the mean ns per run of ``from_container`` and
-``to_container`` under iperf3 (warm caches) and under ping's 10 ms spacing (cold:
-what each hop of a ping's RTT pays), and how many of the packets the client
+``to_container`` under iperf3 (warm caches), under ping's 10 ms spacing (cold:
+what each hop of a ping's RTT pays) and under sockperf's request/response (hot,
+64-byte packets: a few hundred ns when the fast path takes them, a few µs when
+the full path runs), and how many of the packets the client
 sent crossed the bridge instead of the fast path (the server's host-side veth
 transmits only those).
 Subnets 10.218.0.0/24 (bench-only namespaces, deleted at the end).
@@ -186,14 +192,21 @@ def wait_listening(ns, port, timeout=5.0):
         time.sleep(0.05)
 
 
+def one_cpu() -> list:
+    """``taskset`` argv prefix: the last CPU this process may use (sockperf's client and server
+    both on it; see ``rr_us`` above)."""
+    return ["taskset", "-c", str(max(os.sched_getaffinity(0)))]
+
+
 def rr(client, server, ip, secs):
-    """Median round trip in µs of a TCP request/response of 64 bytes, back to back (port 5202:
-    iperf3's server leaves 5201 in TIME_WAIT, which sockperf cannot bind)."""
-    srv = subprocess.Popen(["ip", "netns", "exec", server, "sockperf", "server", "--tcp", "-i", ip,
+    """Median round trip in µs of a TCP request/response of 64 bytes, back to back, client and
+    server on one CPU (port 5202: iperf3's server leaves 5201 in TIME_WAIT, which sockperf
+    cannot bind)."""
+    srv = subprocess.Popen(["ip", "netns", "exec", server, *one_cpu(), "sockperf", "server", "--tcp", "-i", ip,
                             "-p", "5202"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_listening(server, 5202)
-        res = sh("ip", "netns", "exec", client, "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "5202",
+        res = sh("ip", "netns", "exec", client, *one_cpu(), "sockperf", "ping-pong", "--tcp", "-i", ip, "-p", "5202",
                  "-t", str(secs), "-m", "64")
         out = res.stdout + res.stderr   # sockperf reports on either, by version
         m = re.search(r"percentile 50\.000 =\s*([\d.]+)", out)
@@ -244,7 +257,8 @@ def profile(host, client, server, ip, pin_root, secs) -> dict:
     sh("sysctl", "-qw", "kernel.bpf_stats_enabled=1")
     out = {}
     try:
-        for what, run in (("iperf3", lambda: iperf(client, server, ip, secs)), ("ping", lambda: rtt(client, ip))):
+        for what, run in (("iperf3", lambda: iperf(client, server, ip, secs)), ("ping", lambda: rtt(client, ip)),
+                          ("sockperf", lambda: rr(client, server, ip, min(secs, 3)))):
             before, links0 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
             run()
             after, links1 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))

@@ -211,7 +211,8 @@ def _dataplane(r) -> list:
         sz = r.get("sizes", {})
         out += [f"iperf3 -t {sz.get('iperf_secs')}, ping -c 50 -i 0.01 and sockperf ping-pong --tcp (64 bytes "
                 f"back to back), {sz.get('dp_repeats')} repeats each; median (min–max) of the repeats (RTT: each "
-                "repeat's median of 50, cold; request/response: the median round trip, hot).", "",
+                "repeat's median of 50, cold; request/response: the median round trip, hot, client and "
+                "server on one CPU).", "",
                 "| configuration | Gbit/s | RTT µs | request/response µs | throughput / bridge | / veth |",
                 "|---|---|---|---|---|---|"]
         labels = {"veth": "bare veth pair (ceiling)", "bridge": "Docker bridge driver",

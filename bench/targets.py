@@ -174,7 +174,8 @@ def _side_by_side(r) -> list:
                    f"{mmm(get(ns, b, 'gbps'), 2) if b in ns else '—'} | {mmm(get(ns, b, 'rtt_us'), 0) if b in ns else '—'} | "
                    f"{mmm(get(ns, b, 'rr_us'), 1) if get(ns, b, 'rr_us') else '—'} |")
     out += ["", "RTT: ping -i 0.01 (cold: every echo after 10 ms idle); request/response: sockperf "
-            "ping-pong --tcp, 64 bytes back to back (hot), median round trip."]
+            "ping-pong --tcp, 64 bytes back to back (hot), median round trip, client and server on one CPU "
+            "(a cross-CPU wake-up of this VM's idle vCPU costs ~40 µs per round trip and swamps the path)."]
     profile = get(r, "datapath", "ebpf_profile") or {}
     if profile:   # bench.ebpf_datapath --profile
         out += ["", "eBPF pair, where the time goes: " + "; ".join(f"{k} {v}" for k, v in profile.items())]

@@ -18,7 +18,7 @@ import pytest
 from nsfixtures import lab  # noqa: F401 (fixture)
 from packets import (FEW, Sniffer, arp_frame, assert_all, icmp6_frame, judge, link_local, mac_bytes,
                      na_frame, ns_frame, ns_socket, outcomes, parallel, probe_addr, probe_icmp, probe_tcp,
-                     probe_udp, send_frame, udp4_frame)
+                     probe_udp, send_frame, sh, udp4_frame)
 from plugin.kernel.icmp import checksum
 from segmentation.reference import reference_allowed
 
@@ -329,3 +329,21 @@ def test_an_address_of_the_network_that_no_member_has_is_nobodys(lab):
     assert_all(outcomes([(web, late)], FEW), "timeout")
     assert lab.dropped("not-member") >= 1
     assert probe_udp(web, late.ip4) == "timeout"
+
+
+def test_a_container_receives_no_mark_of_the_host(lab):
+    """What reaches a container carries no packet mark of the host's (the mark secnet sets for
+    Docker's FORWARD chain): as over a bridge, where the veth clears it on the way in. On eBPF
+    the judged frames skip the bridge and the veth's crossing, first packets and fast path alike;
+    the container's own nftables rules and fwmark routing must not see them marked."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    nft = ("ip", "netns", "exec", api.ns, "nft")   # in the container's namespace, gone with it
+    sh(*nft, "add table inet snmark; add chain inet snmark seen { type filter hook prerouting "
+           "priority -300; } ; add rule inet snmark seen meta l4proto tcp meta mark != 0 counter; "
+           "add rule inet snmark seen meta l4proto tcp counter")
+    assert parallel(probe_tcp, [(web, api.ip(fam), 8080) for fam in (4, 6) for _ in range(3)]) == ["ok"] * 6
+    marked, every = (int(line.split("packets ")[1].split()[0]) for line in
+                     sh(*nft, "list", "chain", "inet", "snmark", "seen").stdout.splitlines()
+                     if "counter" in line)
+    assert every >= 18 and marked == 0, (marked, every)

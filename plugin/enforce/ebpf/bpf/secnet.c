@@ -258,6 +258,9 @@ static __always_inline int deliver(struct __sk_buff *skb, struct ctx *c, struct 
 		__builtin_memcpy(v->peer_mac, dst->mac, 6);
 		v->fast_generation = c->st->generation;
 	}
+	/* as a veth's namespace crossing (bpf_redirect_peer keeps the mark): the
+	 * marks are the host netfilter's, not the container's (docs/ebpf.md) */
+	skb->mark = 0;
 	bpf_skb_change_type(skb, PACKET_HOST_);
 	return bpf_redirect_peer(ifindex, 0);
 }

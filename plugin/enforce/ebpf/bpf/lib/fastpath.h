@@ -5,7 +5,7 @@
  *
  * It only takes the packets for which the full path (secnet.c) would end in
  * deliver()'s bpf_redirect_peer, with the same checks in the same order and
- * the same side effects (the mark, the conntrack entry's refresh):
+ * the same side effects (the conntrack entry's refresh, the mark cleared):
  *   IPv4 without options or fragment offset, or IPv6 without extension
  *   headers or a link-local source; TCP, UDP, or an ICMP/ICMPv6 echo
  *   request or reply; the L4 header in the linear data; a live conntrack
@@ -124,7 +124,7 @@ static __always_inline int fast_path(struct __sk_buff *skb)
 		return FAST_NO;
 	if (age > (__s64)CT_REFRESH_NS)
 		v->seen = now;
-	skb->mark |= PASSED_MARK;
+	skb->mark = 0;   /* as deliver(): the container gets what a veth hands over */
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 	return bpf_redirect_peer(v->peer_ifindex, 0);
 }
