@@ -20,7 +20,8 @@ from plugin.enforce.ebpf import cidrslots, maps
 from plugin.enforce.ebpf.backend import group_index
 from plugin.enforce.ebpf.counters import spread, spread_cidrs
 from plugin.enforce.nftables.elements import PolicyElements
-from segmentation.policymap import CidrEntry, PolicyEntry
+from segmentation.compiler import verdict
+from segmentation.policymap import CidrEntry, PolicyEntry, PolicyMap, Settings
 from test_ebpf_maps import lookup_cidr, lookup_policy
 
 NUMBER = {"tcp": 6, "udp": 17}
@@ -188,3 +189,52 @@ def test_one_port_and_every_port_count_alone_as_in_nftables():
     assert ebpf_policy_counted([exact, whole], 256, 257, "tcp", 8080) == {exact.key}
     assert ebpf_policy_counted([exact, whole, ranged], 256, 257, "tcp", 8050) == {ranged.key}
     assert ebpf_policy_counted([exact, whole, ranged], 256, 257, "tcp", 22) == {whole.key}
+
+
+# --- explain names a rule the counters count (U7-O1) ------------------------------------------
+
+def _named(entries: list) -> list:
+    """The entries with a rule text of their own (``rule`` is the entry's key)."""
+    return sorted({e._replace(rule=str(e.key)) if isinstance(e, PolicyEntry) else
+                   CidrEntry(*e.key, rule=str(e.key)) for e in entries})
+
+
+@given(st.lists(POLICY, max_size=7))
+@settings(max_examples=80, deadline=None)
+def test_explain_names_first_an_east_west_rule_the_counters_count(raw):
+    entries = _named(raw)
+    pm = PolicyMap({"web": 256, "api": 257}, frozenset(entries))
+    for dst, seg in ((256, "web"), (257, "api")):
+        for proto, port in (("tcp", 8080), ("tcp", 8050), ("tcp", 22), ("udp", 53), ("icmp", None)):
+            counted = ebpf_policy_counted(entries, 256, dst, proto, port or 0)
+            found = verdict(pm, ("segment", "web"), ("segment", seg), proto, port)
+            assert found.allowed == (counted is not None)
+            if counted:
+                assert found.origin in {str(k) for k in counted}
+                assert {found.origin, *found.also} == {e.rule for e in entries if e.src == 256 and e.dst == dst
+                                                       and e.service.matches(proto, port)}
+
+
+@given(st.lists(CIDRS, max_size=7))
+@settings(max_examples=80, deadline=None)
+def test_explain_names_first_a_cidr_rule_the_counters_count(raw):
+    entries = _named(raw)
+    pm = PolicyMap({"web": 256, "api": 257}, frozenset(), frozenset(entries),
+                   Settings(egress="deny"))
+    for addr, proto, port in PROBES:
+        counted = ebpf_cidr_counted(entries, "egress", 256, addr, proto, port)
+        found = verdict(pm, ("segment", "web"), ("addr", addr), proto, port if proto != "icmp" else None)
+        assert found.allowed == (counted is not None)
+        if counted:
+            assert found.origin in {str(k) for k in counted}
+
+
+def test_explain_of_u7_o1_names_the_port_rule_and_the_others():
+    exact = PolicyEntry(256, 257, "tcp", 8080, 8080, "web->api:tcp/8080")
+    ranged = PolicyEntry(256, 257, "tcp", 8000, 8100, "web->api:tcp/8000-8100")
+    whole = PolicyEntry(256, 257, "tcp", 0, 65535, "web->*:tcp")
+    pm = PolicyMap({"web": 256, "api": 257}, frozenset({exact, ranged, whole}))
+    found = verdict(pm, ("segment", "web"), ("segment", "api"), "tcp", 8080)
+    assert (found.origin, found.also) == ("web->api:tcp/8080", ("web->api:tcp/8000-8100", "web->*:tcp"))
+    assert verdict(pm, ("segment", "web"), ("segment", "api"), "tcp", 8050).origin == "web->api:tcp/8000-8100"
+    assert verdict(pm, ("segment", "web"), ("segment", "api"), "tcp", 22).origin == "web->*:tcp"
