@@ -1,6 +1,6 @@
 """Both backends count a flow for the same rules (user7 finding U7-F2), with real
 packets: overlapping CIDR rules, egress and ingress, IPv4 and IPv6, and the
-east-west rules of U7-O1.
+east-west rules of U7-O1, and a flow whose first packet was sent twice.
 
 The expected attribution is spelled out from the contract's counting (a flow
 counts for every CIDR rule of its protocol that allows it; for east-west
@@ -9,10 +9,12 @@ sets are looked up) -- the same numbers on each backend.
 """
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
-from packets import parallel, probe_addr, probe_tcp
+from packets import parallel, probe_addr, probe_tcp, sh
 from segmentation.policymap import CidrEntry, PolicyEntry
 
 pytestmark = pytest.mark.kernel
@@ -70,3 +72,31 @@ def test_one_port_rule_counts_before_the_whole_protocol_rule(lab):
     whole = counters.allowed[PolicyEntry(w, a, "tcp", 0, 65535, "").key]
     assert one[0] >= 2 and whole[0] >= 2
     assert one[1] == whole[1], "the 8080 flows count for the port rule, the 5432 ones for the other"
+
+
+def _drop_syns_for_a_while(box, port: int, seconds: float) -> threading.Timer:
+    """``box`` ignores SYNs to ``port`` for ``seconds`` (the client retransmits its SYN),
+    as a fresh container that misses the host's first neighbour solicitation does."""
+    sh("ip", "netns", "exec", box.ns, "nft", "add table inet lossy; add chain inet lossy in "
+       "{ type filter hook input priority 0; }; "
+       f"add rule inet lossy in tcp dport {port} tcp flags syn drop")
+    timer = threading.Timer(seconds, sh, ("ip", "netns", "exec", box.ns, "nft", "delete table inet lossy"))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_a_retransmitted_syn_counts_once(lab, fam):
+    """user7: nftables counted one packet more than eBPF on the first IPv6 flow to a
+    container in the network's other subnet: its SYN was retransmitted before any
+    reply, and nftables judged (and counted) every packet of an unanswered flow."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    ident = lab.allocator.identities(NET_ID)
+    timer = _drop_syns_for_a_while(api, 8080, 1.5)
+    try:
+        assert probe_tcp(web, api.ip(fam), 8080, timeout=8) == "ok"
+    finally:
+        timer.join()
+    packets, octets = lab.counters().allowed[PolicyEntry(ident["web"], ident["api"], "tcp", 8080, 8080, "").key]
+    assert packets == 1, f"{packets} packets counted for one flow (its SYN was sent more than once)"
