@@ -51,6 +51,7 @@ class Verdict:
     origin: str | None
     reason: str
     answer: Learned | None = None   # the DNS answer behind a dns(...) rule's verdict
+    also: tuple = ()                # other rules that allow the flow (``origin`` is counted first)
 
 
 def policy_segments(options: NetworkOptions, members: Iterable[Member]) -> tuple[str, ...]:
@@ -143,13 +144,30 @@ def _egress_verdict(compiled: PolicyMap, segment: str, address, proto: str, port
 
 
 def _first_match(entries) -> Verdict:
-    """The verdict of the first matching entry: explicit rules before ``intra``."""
-    found = sorted(entries, key=lambda e: (e.rule == INTRA, e.rule))
+    """The verdict of the first matching entry in the order the counters count a flow
+    (:func:`counting_order`), explicit rules before ``intra``; ``also``: the other
+    rules that allow it."""
+    found = sorted(entries, key=lambda e: (e.rule == INTRA, counting_order(e), e.rule))
     if not found:
         return Verdict(False, None, "no rule allows it")
     if found[0].rule == INTRA:
         return Verdict(True, INTRA, "allowed within the segment (secnet.intra=allow)")
-    return Verdict(True, found[0].rule, f"allowed by rule {found[0].rule}")
+    also = tuple(dict.fromkeys(e.rule for e in found[1:] if e.rule not in (INTRA, found[0].rule)))
+    return Verdict(True, found[0].rule, f"allowed by rule {found[0].rule}", also=also)
+
+
+def counting_order(entry) -> int:
+    """Where the backends count a flow that several entries allow: the entries of
+    its protocol first, ``any`` last; among a segment pair's tcp/udp entries one
+    port, then port ranges, then every port (nftables' pol_port, pol_range,
+    pol_proto sets; the eBPF policy map's longest prefix). Ties all count it."""
+    if entry.proto == "any":
+        return 3
+    if entry.proto == "icmp" or hasattr(entry, "cidr"):
+        return 0
+    if entry.lo == entry.hi:
+        return 0
+    return 2 if (entry.lo, entry.hi) == (0, 65535) else 1
 
 
 def _check_flow(compiled: PolicyMap, src, dst, proto: str, port) -> None:

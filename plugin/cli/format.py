@@ -58,6 +58,8 @@ def print_explain(data: dict) -> None:
     print(f"{'allowed' if data['allowed'] else 'denied'}  {_side(data['src'])} -> {_side(data['dst'])}  {what}")
     if data["allowed"] and data.get("rule") and data["rule"] != "intra":
         print(f"  rule: {data['rule']}")
+        if data.get("also"):
+            print(f"  also allowed by: {', '.join(data['also'])}")
         if data.get("answer"):
             print(_answer(data["answer"]))
     else:

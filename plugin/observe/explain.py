@@ -115,6 +115,6 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None)
         verdict(compiled, ends[0], ends[1], proto, port)  # still refuses a question that names no flow
     else:
         result = verdict(compiled, src_end, dst_end, proto, port, learned)
-    return {"allowed": result.allowed, "rule": result.origin, "reason": result.reason,
+    return {"allowed": result.allowed, "rule": result.origin, "also": list(result.also), "reason": result.reason,
             "proto": proto, "port": port, "src": src_desc, "dst": dst_desc,
             "answer": answer_view(result.answer)}

@@ -129,9 +129,9 @@ def test_policy_lookup_agrees_with_allowing(raw):
                     owners = maps.piece_owners(target, group_index(entries))
                     assert set(owners) <= {e.key for e in entries}
                     assert code == 0 or (code == maps.L4[proto] and (proto == "icmp" or lo <= port <= hi))
-                    if code:    # counted to every entry of that protocol that allows the packet
-                        assert set(owners) == {e.key for e in entries if e.src == src and e.dst == dst
-                                               and e.proto == proto and (proto == "icmp" or e.lo <= port <= e.hi)}
+                    if code:    # counted to entries that allow the packet (which ones: as nftables,
+                        # test_ebpf_counting_parity)
+                        assert all(proto == "icmp" or k[3] <= port <= k[4] for k in owners)
 
 
 def test_overlapping_ranges_count_a_shared_piece_to_both_entries():

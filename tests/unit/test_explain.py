@@ -123,3 +123,16 @@ def test_two_endpoints_with_one_name_are_an_error_not_a_guess():
     text = str(err.value)
     assert "'api1' names 2 endpoints" in text and "10.224.0.3" in text and "10.224.0.8" in text
     assert "\n" not in text
+
+
+def test_explain_names_the_rule_the_counters_count_and_the_others(capsys):
+    """U7-O1: web->api:tcp/8080 and web->*:tcp both allow web->api tcp/8080; both
+    backends count it for the port rule (test_ebpf_counting_parity), explain names it."""
+    from plugin.cli.format import print_explain
+    c = compiled("web->*:tcp web->api:tcp/8000-8100 web->api:tcp/8080")
+    got = explain(c, ENDPOINTS, "web1", "api1", "tcp/8080")
+    assert (got["rule"], got["also"]) == ("web->api:tcp/8080", ["web->api:tcp/8000-8100", "web->*:tcp"])
+    print_explain(got)
+    out = capsys.readouterr().out
+    assert "  rule: web->api:tcp/8080\n  also allowed by: web->api:tcp/8000-8100, web->*:tcp\n" in out
+    assert explain(c, ENDPOINTS, "web1", "api1", "tcp/9000")["also"] == []

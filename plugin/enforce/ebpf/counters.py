@@ -8,16 +8,17 @@ key of the entry that opened a flow (``maps.COUNT_KEY``), ``dropped`` by
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 from plugin.enforce.backend import REASONS, Counters
 
-from . import libbpf, maps, pins
+from . import cidrslots, libbpf, maps, pins
 
 
 def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Counters:
     """All counters of a network: ``allowed`` per policy target (``cidrs``: the
-    policy's CIDR entries, to name CIDR keys; ``index``: (src, dst, proto) ->
+    policy's CIDR entries, to name CIDR keys and count a piece several of them
+    share to each, :func:`spread_cidrs`; ``index``: (src, dst, proto) ->
     PolicyEntry set, to count a piece of overlapping port ranges to each of
     them, maps.piece_owners), ``dropped``/``reasons`` of real drops and
     ``would_drop``/``would_drop_reasons`` of audit mode's.
@@ -33,6 +34,7 @@ def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Cou
             allowed[target] = add(allowed.get(target), maps.sum_percpu(raw, cpus))
     if index:
         allowed = spread(allowed, index)
+    allowed = spread_cidrs(allowed, cidrs)
     dropped, reasons = drops(handle, cpus, audit=False)
     would, would_reasons = drops(handle, cpus, audit=True)
     return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=would,
@@ -54,6 +56,22 @@ def spread(allowed: dict, index: dict) -> dict:
                 owners = maps.piece_owners(target, index)
         for owner in owners:
             out[owner] = add(out.get(owner), pb)
+    return out
+
+
+def spread_cidrs(allowed: dict, cidrs: Iterable) -> dict:
+    """``allowed`` with each CIDR counter added to every CIDR entry that allows its
+    packets (cidrslots.Owners: a piece of a prefix that several rules cover);
+    other counters are left as they are."""
+    owners = None
+    out: dict = {}
+    for target, pb in allowed.items():
+        if len(target) == 7 and target[0] in maps.DIRECTIONS:   # a CidrEntry key
+            owners = owners or cidrslots.Owners(cidrs)
+            for owner in owners.of(target):
+                out[owner] = add(out.get(owner), pb)
+        else:
+            out[target] = add(out.get(target), pb)
     return out
 
 

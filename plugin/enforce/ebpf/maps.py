@@ -12,11 +12,14 @@ content can be written under either version (see backend.py: the swap).
   (:func:`port_prefixes`). The value names what the per-entry counters
   count a flow to: the entry's (proto, lo, hi) when one entry alone covers
   the prefix's ports, else the prefix's own port block, which the reader
-  attributes to every entry whose range contains it (:func:`piece_owners`),
-  as nftables counts a piece of overlapping ranges to every rule.
+  attributes to every range that contains it (:func:`piece_owners`), as
+  nftables counts a piece of overlapping ranges to every rule (one port and
+  every port are its sets of their own, looked up first and last).
 * cidrs: an LPM trie keyed (version, direction, identity, family, address).
   Its longest match must answer for every CIDR containing the address, so
-  each prefix carries the services of every entry whose CIDR contains it.
+  each prefix carries the services of every entry whose CIDR contains it,
+  with pieces for ports that several of them share, so that one counter
+  stands for every rule allowing the flow (:mod:`.cidrslots`).
   Direction ``fqdn`` (2) holds, per segment, the services of its dns(...)
   rules for any address (``policy_cidrs``): they allow no new flow, they keep
   flows a learned address admitted after it expired.
@@ -31,6 +34,8 @@ from typing import Iterable, Mapping
 
 from segmentation.identities import HOST
 from segmentation.policymap import EGRESS, FQDN_KEY, INGRESS, CidrEntry, PolicyMap
+
+from . import cidrslots
 
 ENDPOINT = struct.Struct("<16s16s4s6sHI")
 ADDR_KEY = struct.Struct("<B3x16s")
@@ -221,6 +226,11 @@ _ONE_PORT = struct.Struct(">HHBH")   # the data7 of a one-port key: src, dst, pr
 _ONE_PORT_BITS = POLICY_FIXED_BITS + 8 + 16
 
 
+def _ranged(lo: int, hi: int) -> bool:
+    """A port range proper: neither one port nor every port (nftables' pol_range)."""
+    return lo != hi and (lo, hi) != (0, 65535)
+
+
 def policy_content(entries: Iterable) -> dict:
     """``{(prefixlen, data7): value}`` of the policy map for ``entries`` (PolicyEntry)."""
     groups: dict = {}
@@ -239,24 +249,29 @@ def policy_content(entries: Iterable) -> dict:
 
 def _group_content(keys: list, chosen: dict) -> None:
     """The policy map's elements for the keys of one (src, dst, proto) group, into ``chosen``."""
-    ranges = [k[3:] for k in keys]
-    cover = _Cover(ranges) if len(keys) > 1 and overlapping(ranges) else None
+    ranges = [k[3:] for k in keys if _ranged(*k[3:])]
+    cover = _Cover(ranges) if len(ranges) > 1 and overlapping(ranges) else None
     code = L4[keys[0][2]]
     for key in sorted(keys, key=lambda k: (k[4] - k[3], k)):
         for plen, data, (blo, bhi) in _entry_prefixes(*key):
             if (plen, data) not in chosen:
-                lo, hi = (blo, bhi) if cover and cover.shared(blo, bhi) else key[3:]
+                shared = cover and _ranged(*key[3:]) and cover.shared(blo, bhi)
+                lo, hi = (blo, bhi) if shared else key[3:]
                 chosen[(plen, data)] = POLICY_VAL.pack(lo, hi, code)
 
 
 def piece_owners(target: tuple, index: Mapping) -> list:
     """The policy keys an ``allowed`` counter of policy key ``target`` (src, dst,
-    proto, lo, hi) belongs to: every entry of ``index`` ((src, dst, proto) ->
-    PolicyEntry set) whose range contains lo..hi (see the module docstring), or
-    ``[target]`` when none does (a counter of an entry since removed)."""
+    proto, lo, hi) belongs to, as nftables counts (its pol_port, pol_range,
+    pol_proto sets, looked up in that order, the longest prefix here): an
+    entry for one port or every port alone, a piece of port ranges every
+    range of ``index`` ((src, dst, proto) -> PolicyEntry set) that contains
+    lo..hi; ``[target]`` when none does (a counter of an entry since removed)."""
     group = index.get(target[:3], ())
     lo, hi = target[3], target[4]
-    owners = sorted({e.key for e in group if e.lo <= lo and hi <= e.hi})
+    if not _ranged(lo, hi) and any(e.lo == lo and e.hi == hi for e in group):
+        return [target]
+    owners = sorted({e.key for e in group if _ranged(e.lo, e.hi) and e.lo <= lo and hi <= e.hi})
     return owners or [target]
 
 
@@ -278,9 +293,10 @@ def _net(entry: CidrEntry):
 
 
 def cidr_content(cidrs: Iterable[CidrEntry]) -> dict:
-    """``{(prefixlen, data23): value}`` of the CIDR map (see the module docstring).
+    """``{(prefixlen, data23): value}`` of the CIDR map (see the module docstring;
+    the slots of a prefix: cidrslots.prefix_slots).
 
-    Raises EncodeError when one prefix would need more than CIDR_SLOTS services.
+    Raises EncodeError when one prefix would need more than CIDR_SLOTS slots.
     """
     groups: dict = {}
     for e in cidrs:
@@ -288,10 +304,15 @@ def cidr_content(cidrs: Iterable[CidrEntry]) -> dict:
     out = {}
     for (direction, identity, family), entries in sorted(groups.items(), key=lambda kv: kv[0]):
         for net in sorted({_net(e) for e in entries}):
-            covering = sorted(e for e in entries if net.subnet_of(_net(e)))
-            svcs = sorted({_svc(e) for e in covering})
+            covering = [e for e in entries if net.subnet_of(_net(e))]
+            if direction == FQDN:   # only "is it named", never counted: one slot per service
+                svcs = sorted({_svc(e) for e in covering})
+            else:
+                svcs = [CIDR_SVC.pack(L4[p], plen, lo, hi, addr16(a))
+                        for p, plen, lo, hi, a in cidrslots.prefix_slots(net, covering)]
             if len(svcs) > CIDR_SLOTS:
-                raise EncodeError(f"{len(svcs)} services for {direction} {net} of identity {identity}:"
+                raise EncodeError(f"{len(svcs)} services (with the port pieces overlapping rules share) for"
+                                  f" {direction} {net} of identity {identity}:"
                                   f" the eBPF datapath holds at most {CIDR_SLOTS} per CIDR")
             data = bytes([DIRECTIONS[direction]]) + struct.pack(">H", identity) + bytes([family])
             data += addr16(str(net.network_address)) + bytes(3)

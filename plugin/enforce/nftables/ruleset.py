@@ -12,7 +12,9 @@ Kernel background. Each secnet network gets two tables named
 * ``table inet``: with ``br_netfilter`` bridged IP traffic also passes the
   inet ``forward`` hook, with the bridge as input and output device, and
   conntrack works there: replies to allowed flows pass (``ct state
-  established,related``). A new flow's two ends are turned into
+  established,related``), and so do further packets of a flow judged
+  before that no reply has answered yet (``ct status confirmed``: its
+  first packet was let through). A new flow's two ends are turned into
   *identities* (``segmentation.identities``): the source's into the packet
   mark (``meta mark set ip saddr map @id4``), the destination's into the
   connection mark (``ct mark set ip daddr map @id4``); an address that is
@@ -203,6 +205,9 @@ def _base_chains(bridge: str) -> list:
         "forward",
         f"iifname != {br} oifname != {br} accept",
         "ct state established,related goto pass",
+        # a flow judged and let through, not answered yet (a retransmitted SYN, one-way
+        # UDP): judged once, counted once, as on eBPF (its conntrack map)
+        "ct status confirmed goto pass",
         f"ct state invalid {deny('invalid')}",
         f"{ND} goto pass",                  # address resolution (sources checked in the bridge table)
         "ip protocol igmp goto pass",
@@ -218,6 +223,7 @@ def _base_chains(bridge: str) -> list:
         "host_in",
         f"iifname != {br} accept",
         "ct state established,related accept",
+        "ct status confirmed accept",
         f"ct state invalid {deny('invalid')}",
         f"ip daddr 127.0.0.0/8 {deny('invalid')}",   # martian but for route_localnet
         f"{ND} accept",
@@ -230,6 +236,7 @@ def _base_chains(bridge: str) -> list:
     host_out = _rules(
         "host_out",
         "ct state established,related accept",
+        "ct status confirmed accept",
         f"oifname {br} {ND} accept",
         f"oifname {br} ip protocol igmp accept",
         f"oifname {br} jump dst_identity",

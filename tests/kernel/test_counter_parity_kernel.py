@@ -1,0 +1,102 @@
+"""Both backends count a flow for the same rules (user7 finding U7-F2), with real
+packets: overlapping CIDR rules, egress and ingress, IPv4 and IPv6, and the
+east-west rules of U7-O1, and a flow whose first packet was sent twice.
+
+The expected attribution is spelled out from the contract's counting (a flow
+counts for every CIDR rule of its protocol that allows it; for east-west
+rules one port, a port range and every port are counted as nftables'
+sets are looked up) -- the same numbers on each backend.
+"""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
+from packets import parallel, probe_addr, probe_tcp, sh
+from segmentation.policymap import CidrEntry, PolicyEntry
+
+pytestmark = pytest.mark.kernel
+
+WIDE = {4: "10.237.0.0/24", 6: "fd00:237::/64"}
+HOST = {4: "10.237.0.2/32", 6: "fd00:237::2/128"}
+
+
+def _cidr(direction: str, ident: int, fam: int, cidr: str, lo: int, hi: int) -> tuple:
+    return CidrEntry(direction, ident, fam, cidr, "tcp", lo, hi, "").key
+
+
+def _text(fam: int, cidr: str) -> str:
+    return cidr if fam == 4 else f"[{cidr}]"
+
+
+def test_overlapping_cidr_rules_count_a_flow_for_each(lab):
+    web, api = lab.add(2)
+    rules = [f"web->{_text(f, WIDE[f])}:tcp/8080 web->{_text(f, HOST[f])}:tcp "
+             f"{_text(f, WIDE[f])}->api:tcp/8080 {_text(f, HOST[f])}->api:tcp" for f in (4, 6)]
+    lab.apply(" ".join(rules), {web: "web", api: "api"}, intra="deny", egress="deny")
+    ident = lab.allocator.identities(NET_ID)
+    cells = [(web, lab.outside.ip(f), "tcp", 8080) for f in (4, 6)]
+    cells += [(lab.outside, api.ip(f), "tcp", 8080) for f in (4, 6)]
+    assert parallel(probe_addr, cells) == ["ok"] * 4
+    counters = lab.counters()
+    for direction, seg in (("egress", "web"), ("ingress", "api")):
+        for fam in (4, 6):
+            wide = counters.allowed.get(_cidr(direction, ident[seg], fam, WIDE[fam], 8080, 8080))
+            narrow = counters.allowed.get(_cidr(direction, ident[seg], fam, HOST[fam], 0, 65535))
+            assert wide and wide[0] >= 1, (direction, fam, counters.allowed)
+            assert wide == narrow, (direction, fam, "the flow counts for both rules")
+
+
+def test_a_port_only_the_host_rule_allows_counts_for_it_alone(lab):
+    web, api = lab.add(2)
+    lab.apply(f"web->{WIDE[4]}:tcp/8080 web->{HOST[4]}:tcp", {web: "web", api: "api"}, intra="deny",
+              egress="deny")
+    ident = lab.allocator.identities(NET_ID)["web"]
+    assert probe_tcp(web, lab.outside.ip4, 5432) == "ok"
+    counters = lab.counters()
+    assert counters.allowed.get(_cidr("egress", ident, 4, WIDE[4], 8080, 8080), (0, 0))[0] == 0
+    assert counters.allowed[_cidr("egress", ident, 4, HOST[4], 0, 65535)][0] >= 1
+
+
+def test_one_port_rule_counts_before_the_whole_protocol_rule(lab):
+    """U7-O1's rules: web->api:tcp/8080 and web->*:tcp; explain names the first (unit tier)."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080 web->*:tcp", {web: "web", api: "api"}, intra="deny")
+    ident = lab.allocator.identities(NET_ID)
+    w, a = ident["web"], ident["api"]
+    assert parallel(probe_addr, [(web, api.ip(f), "tcp", p) for f in (4, 6) for p in (8080, 5432)]) == ["ok"] * 4
+    counters = lab.counters()
+    one = counters.allowed[PolicyEntry(w, a, "tcp", 8080, 8080, "").key]
+    whole = counters.allowed[PolicyEntry(w, a, "tcp", 0, 65535, "").key]
+    assert one[0] >= 2 and whole[0] >= 2
+    assert one[1] == whole[1], "the 8080 flows count for the port rule, the 5432 ones for the other"
+
+
+def _drop_syns_for_a_while(box, port: int, seconds: float) -> threading.Timer:
+    """``box`` ignores SYNs to ``port`` for ``seconds`` (the client retransmits its SYN),
+    as a fresh container that misses the host's first neighbour solicitation does."""
+    sh("ip", "netns", "exec", box.ns, "nft", "add table inet lossy; add chain inet lossy in "
+       "{ type filter hook input priority 0; }; "
+       f"add rule inet lossy in tcp dport {port} tcp flags syn drop")
+    timer = threading.Timer(seconds, sh, ("ip", "netns", "exec", box.ns, "nft", "delete table inet lossy"))
+    timer.start()
+    return timer
+
+
+@pytest.mark.parametrize("fam", [4, 6])
+def test_a_retransmitted_syn_counts_once(lab, fam):
+    """user7: nftables counted one packet more than eBPF on the first IPv6 flow to a
+    container in the network's other subnet: its SYN was retransmitted before any
+    reply, and nftables judged (and counted) every packet of an unanswered flow."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    ident = lab.allocator.identities(NET_ID)
+    timer = _drop_syns_for_a_while(api, 8080, 1.5)
+    try:
+        assert probe_tcp(web, api.ip(fam), 8080, timeout=8) == "ok"
+    finally:
+        timer.join()
+    packets, octets = lab.counters().allowed[PolicyEntry(ident["web"], ident["api"], "tcp", 8080, 8080, "").key]
+    assert packets == 1, f"{packets} packets counted for one flow (its SYN was sent more than once)"
