@@ -93,9 +93,19 @@ def _word(allowed: bool) -> str:
     return "allow" if allowed else "deny"
 
 
+def _cell_text(c) -> str:
+    """One matrix cell: allow, deny, audit (passes, would drop) or MISMATCH; '-' when not probed."""
+    if c is None:
+        return "-"
+    if c["observed"] != c["expected"]:
+        return "MISMATCH"
+    return "audit" if c.get("would_drop") else _word(c["expected"])
+
+
 def print_verify(data: dict) -> None:
     cells = data["cells"]
-    print(f"verify network {data['network'][:12]}: {len(data['segments'])} segment(s), "
+    mode = f" ({data['mode']} mode)" if data.get("mode", "enforce") != "enforce" else ""
+    print(f"verify network {data['network'][:12]}{mode}: {len(data['segments'])} segment(s), "
           f"{data['probes']} probe(s) in {data['seconds']:.1f} s, {data['mismatches']} mismatch(es)")
     if not cells:
         print("nothing to probe: no segment pair has running members")
@@ -110,12 +120,12 @@ def print_verify(data: dict) -> None:
     for (src, dst, fam), row in rows.items():
         line = f"{src + ' -> ' + dst:<{label}}  v{fam}  "
         for s in services:
-            c = row.get(s)
-            text = "-" if c is None else (_word(c["expected"]) if c["observed"] == c["expected"] else "MISMATCH")
-            line += f"{text:<{width}}"
+            line += f"{_cell_text(row.get(s)):<{width}}"
         print(line.rstrip())
     if unnamed:
         print("* a port (or protocol) that no rule names")
+    if any(c.get("would_drop") for c in cells):
+        print("audit: passes in audit mode; enforce mode would drop it")
     for c in cells:
         if c["observed"] != c["expected"]:
             print(f"MISMATCH {c['src']} ({c['src_container']} {c['src_address']}) -> {c['dst']} "
