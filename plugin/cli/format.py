@@ -107,8 +107,19 @@ def print_verify(data: dict) -> None:
     mode = f" ({data['mode']} mode)" if data.get("mode", "enforce") != "enforce" else ""
     print(f"verify network {data['network'][:12]}{mode}: {len(data['segments'])} segment(s), "
           f"{data['probes']} probe(s) in {data['seconds']:.1f} s, {data['mismatches']} mismatch(es)")
-    if not cells:
+    if cells:
+        _print_matrix(data)
+    else:
         print("nothing to probe: no segment pair has running members")
+    if data.get("idle"):
+        print(f"not probed (no running member): {', '.join(data['idle'])}")
+    if data.get("single"):
+        print(f"not probed within the segment (one member only): {', '.join(data['single'])}")
+
+
+def _print_matrix(data: dict) -> None:
+    """The expected-vs-observed matrix, its legend and one line per mismatch."""
+    cells = data["cells"]
     services = data["services"]
     width = max([len(s) + 1 for s in services] + [9])
     rows = {}
@@ -131,10 +142,6 @@ def print_verify(data: dict) -> None:
             print(f"MISMATCH {c['src']} ({c['src_container']} {c['src_address']}) -> {c['dst']} "
                   f"({c['dst_container']} {c['dst_address']}) {c['service']} IPv{c['family']}: expected "
                   f"{_word(c['expected'])} ({c['reason']}), observed {_word(c['observed'])} ({c['outcome']})")
-    if data.get("idle"):
-        print(f"not probed (no running member): {', '.join(data['idle'])}")
-    if data.get("single"):
-        print(f"not probed within the segment (one member only): {', '.join(data['single'])}")
 
 
 def print_metrics(data: dict) -> None:

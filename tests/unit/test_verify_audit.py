@@ -58,3 +58,14 @@ def test_the_matrix_says_audit_where_enforce_mode_would_drop(capsys):
     assert out.startswith(f"verify network {NID[:12]} (audit mode): ")
     assert "web -> api  v4  allow    audit" in out and "MISMATCH" not in out
     assert "audit: passes in audit mode; enforce mode would drop it" in out
+
+
+def test_nothing_to_probe_prints_no_empty_matrix(capsys):
+    """user8 U8-O4: no header row or legend under "nothing to probe"."""
+    cli_format.print_verify({"network": NID, "segments": ["api", "web"], "probes": 0, "seconds": 0.0,
+                             "mismatches": 0, "services": ["tcp/8080", "tcp/9"], "unnamed": ["tcp/9"],
+                             "cells": [], "idle": ["api"], "single": ["web"]})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == ["nothing to probe: no segment pair has running members",
+                         "not probed (no running member): api",
+                         "not probed within the segment (one member only): web"], lines
