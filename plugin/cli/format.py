@@ -95,12 +95,33 @@ def _word(allowed: bool) -> str:
     return "allow" if allowed else "deny"
 
 
+def _cell_text(c) -> str:
+    """One matrix cell: allow, deny, audit (passes, would drop) or MISMATCH; '-' when not probed."""
+    if c is None:
+        return "-"
+    if c["observed"] != c["expected"]:
+        return "MISMATCH"
+    return "audit" if c.get("would_drop") else _word(c["expected"])
+
+
 def print_verify(data: dict) -> None:
     cells = data["cells"]
-    print(f"verify network {data['network'][:12]}: {len(data['segments'])} segment(s), "
+    mode = f" ({data['mode']} mode)" if data.get("mode", "enforce") != "enforce" else ""
+    print(f"verify network {data['network'][:12]}{mode}: {len(data['segments'])} segment(s), "
           f"{data['probes']} probe(s) in {data['seconds']:.1f} s, {data['mismatches']} mismatch(es)")
-    if not cells:
+    if cells:
+        _print_matrix(data)
+    else:
         print("nothing to probe: no segment pair has running members")
+    if data.get("idle"):
+        print(f"not probed (no running member): {', '.join(data['idle'])}")
+    if data.get("single"):
+        print(f"not probed within the segment (one member only): {', '.join(data['single'])}")
+
+
+def _print_matrix(data: dict) -> None:
+    """The expected-vs-observed matrix, its legend and one line per mismatch."""
+    cells = data["cells"]
     services = data["services"]
     width = max([len(s) + 1 for s in services] + [9])
     rows = {}
@@ -112,21 +133,17 @@ def print_verify(data: dict) -> None:
     for (src, dst, fam), row in rows.items():
         line = f"{src + ' -> ' + dst:<{label}}  v{fam}  "
         for s in services:
-            c = row.get(s)
-            text = "-" if c is None else (_word(c["expected"]) if c["observed"] == c["expected"] else "MISMATCH")
-            line += f"{text:<{width}}"
+            line += f"{_cell_text(row.get(s)):<{width}}"
         print(line.rstrip())
     if unnamed:
         print("* a port (or protocol) that no rule names")
+    if any(c.get("would_drop") for c in cells):
+        print("audit: passes in audit mode; enforce mode would drop it")
     for c in cells:
         if c["observed"] != c["expected"]:
             print(f"MISMATCH {c['src']} ({c['src_container']} {c['src_address']}) -> {c['dst']} "
                   f"({c['dst_container']} {c['dst_address']}) {c['service']} IPv{c['family']}: expected "
                   f"{_word(c['expected'])} ({c['reason']}), observed {_word(c['observed'])} ({c['outcome']})")
-    if data.get("idle"):
-        print(f"not probed (no running member): {', '.join(data['idle'])}")
-    if data.get("single"):
-        print(f"not probed within the segment (one member only): {', '.join(data['single'])}")
 
 
 def print_metrics(data: dict) -> None:

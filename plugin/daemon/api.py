@@ -161,7 +161,8 @@ class Api:
         net = self.find_network(body.get("network"))
         self._current_names(net)
         with self._verifying:
-            return verify(net.id, self.reconciler.compiled(net), self.state.endpoints(net.id))
+            return verify(net.id, self.reconciler.compiled(net), self.state.endpoints(net.id),
+                          mode=net.options.mode)
 
     def metrics(self, _body):
         if self._metrics is None:

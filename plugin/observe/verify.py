@@ -8,6 +8,9 @@ the compiled policy the kernel enforces) against what a real probe from the
 source's network namespace observes (:mod:`plugin.observe.probes`). A cell that
 differs is probed once more (a first packet may meet a cold neighbour
 cache); what still differs is a mismatch. Nothing here changes kernel state.
+
+In audit mode policy drops nothing: a cell the policy denies is expected to
+pass, marked ``would_drop`` (what enforce mode would drop).
 """
 from __future__ import annotations
 
@@ -60,8 +63,8 @@ def members(compiled, endpoints) -> dict:
     return out
 
 
-def plan(compiled, endpoints) -> tuple:
-    """(cells, skipped pairs) of one verification."""
+def plan(compiled, endpoints, mode: str = "enforce") -> tuple:
+    """(cells, skipped pairs) of one verification of a network in ``mode``."""
     by_seg = members(compiled, endpoints)
     svcs = services(compiled)
     cells, skipped = [], []
@@ -74,11 +77,11 @@ def plan(compiled, endpoints) -> tuple:
                 why = "one member only" if src == dst and pool_s else "no member to probe"
                 skipped.append({"src": src, "dst": dst, "why": why})
                 continue
-            cells += _pair_cells(compiled, svcs, src, dst, a, b)
+            cells += _pair_cells(compiled, svcs, src, dst, a, b, mode == "audit")
     return cells, skipped
 
 
-def _pair_cells(compiled, svcs: list, src: str, dst: str, a, b) -> list:
+def _pair_cells(compiled, svcs: list, src: str, dst: str, a, b, audit: bool) -> list:
     out = []
     for family, attr in ((4, "ipv4"), (6, "ipv6")):
         sa, da = _addr(getattr(a, attr)), _addr(getattr(b, attr))
@@ -86,9 +89,12 @@ def _pair_cells(compiled, svcs: list, src: str, dst: str, a, b) -> list:
             continue
         for proto, port, named in svcs:
             v = verdict(compiled, ("segment", src), ("segment", dst), proto, port)
+            would_drop = audit and not v.allowed
+            reason = f"audit mode passes it; enforce mode would drop it: {v.reason}" if would_drop \
+                else v.reason
             out.append({"src": src, "dst": dst, "service": _service_label(proto, port),
                         "named": named, "proto": proto, "port": port, "family": family,
-                        "expected": v.allowed, "reason": v.reason,
+                        "expected": v.allowed or would_drop, "would_drop": would_drop, "reason": reason,
                         "src_container": a.container, "dst_container": b.container,
                         "src_address": sa, "dst_address": da,
                         "src_netns": a.sandbox_key, "dst_netns": b.sandbox_key})
@@ -114,11 +120,14 @@ def _raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def verify(network_id: str, compiled, endpoints, timeout: float = 0.5) -> dict:
-    """Probe, compare, and describe the result (``ok`` is True when every cell matches)."""
+def verify(network_id: str, compiled, endpoints, timeout: float = 0.5, mode: str = "enforce") -> dict:
+    """Probe, compare, and describe the result (``ok`` is True when every cell matches).
+
+    ``mode`` is the network's (``enforce`` or ``audit``): what its cells are expected to do.
+    """
     started = time.monotonic()
     _raise_fd_limit()
-    cells, skipped = plan(compiled, endpoints)
+    cells, skipped = plan(compiled, endpoints, mode)
     by_seg = members(compiled, endpoints)
     _probe(cells, timeout)
     again = [c for c in cells if c["observed"] != c["expected"]]
@@ -132,7 +141,7 @@ def verify(network_id: str, compiled, endpoints, timeout: float = 0.5) -> dict:
             c.pop(key)
     mismatches = sum(c["observed"] != c["expected"] for c in cells)
     svcs = services(compiled)
-    return {"network": network_id, "ok": mismatches == 0, "mismatches": mismatches,
+    return {"network": network_id, "mode": mode, "ok": mismatches == 0, "mismatches": mismatches,
             "probes": len(cells), "segments": list(compiled.segments),
             "services": [_service_label(p, q) for p, q, _n in svcs],
             "unnamed": [_service_label(p, q) for p, q, n in svcs if not n],

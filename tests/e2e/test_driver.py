@@ -3,6 +3,7 @@ the secnet daemon, checked with real packets and with what ip, iptables and
 the state database show."""
 from __future__ import annotations
 
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -104,17 +105,21 @@ def test_bad_option_fails_create_and_leaves_nothing(key, value):
 
 def test_bridge_name_and_mtu_options_are_applied(make_network, run_container):
     bridge = h.unique("sbr")[:15]
-    net = make_network(opts={"secnet.bridge": bridge, "secnet.mtu": "1400"})
+    # 9000: not a host's usual MTU, and big enough for a packet no default MTU carries
+    net = make_network(opts={"secnet.bridge": bridge, "secnet.mtu": "9000"})
     br = h.link(bridge)
     assert br is not None, f"no bridge {bridge}"
-    assert h.kind(br) == "bridge" and br["mtu"] == 1400
+    assert h.kind(br) == "bridge" and br["mtu"] == 9000
     assert br.get("ifalias") == h.ALIAS_PREFIX + net.id
     a, b = run_container(net, "a"), run_container(net, "b")
-    eth0 = h.in_netns(a, "cat", "/sys/class/net/eth0/mtu")
-    assert eth0.stdout.strip() == "1400", eth0
+    # the container's own eth0 (netlink in its namespace: /sys would still be the host's)
+    eth0 = h.in_netns(a, "ip", "-o", "link", "show", "eth0")
+    assert re.search(r"\bmtu 9000\b", eth0.stdout), eth0
     veth = a.veth()
-    assert veth and veth["mtu"] == 1400 and veth.get("master") == bridge, veth
+    assert veth and veth["mtu"] == 9000 and veth.get("master") == bridge, veth
     h.assert_reaches(a, b, port=h.LISTEN_PORT)
+    big = h.in_netns(a, "ping", "-c", "1", "-W", "2", "-M", "do", "-s", "8900", b.ip)
+    assert big.returncode == 0, f"an 8900-byte unfragmented ping did not cross the bridge: {big}"
     h.docker("rm", "-f", a.name, b.name)
     h.docker("network", "rm", net.name)
     assert h.link(bridge) is None, f"bridge {bridge} survived docker network rm"
