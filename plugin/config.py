@@ -31,14 +31,26 @@ class Settings:
                        state_dir=env.get("SECNET_STATE_DIR") or cls.state_dir,
                        log_level=level,
                        docker_host=env.get("DOCKER_HOST", ""),
-                       metrics_addr=env.get("SECNET_METRICS_ADDR", ""),
+                       metrics_addr=env.get("SECNET_METRICS_ADDR", "").strip(),
                        bpffs_mount=_flag(env, "SECNET_BPFFS_MOUNT", True),
                        dns=_flag(env, "SECNET_DNS", True),
                        dns_queue=env_int(env, "SECNET_DNS_QUEUE", cls.dns_queue, 0, 65535))
+        if settings.metrics_addr:
+            metrics_address(settings.metrics_addr)
         if settings.dns:   # the DNS store's settings too, so that a bad one stops the start
             from plugin.dns.store import settings_from_env   # (plugin.dns imports this module)
             settings_from_env(env)
         return settings
+
+
+def metrics_address(addr: str) -> tuple:
+    """``(host, port)`` of SECNET_METRICS_ADDR ``host:port`` (IPv6 as ``[::1]:9100``; an
+    empty host: every IPv4 address). Raises ValueError, one line, for anything else."""
+    host, sep, port = addr.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"invalid SECNET_METRICS_ADDR {addr!r}: allowed host:port, port 1..65535 "
+                         "(e.g. 127.0.0.1:9100, [::1]:9100)")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def env_int(env, name: str, default: int, lo: int, hi: int) -> int:

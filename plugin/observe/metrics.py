@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import logging
 
+from plugin.config import metrics_address
 from plugin.enforce.backend import REASONS
 from plugin.observe import counting
 from plugin.observe.counting import OUTSIDE
@@ -144,8 +145,4 @@ class Metrics:
         log.info("serving metrics on http://%s/metrics", addr)
 
 
-def parse_addr(addr: str) -> tuple:
-    host, sep, port = addr.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"invalid SECNET_METRICS_ADDR {addr!r}: use host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)
+parse_addr = metrics_address   # SECNET_METRICS_ADDR -> (host, port); checked at start too
