@@ -4,7 +4,8 @@ Found by black-box testing (user8, finding U8-F3): a member of segment db
 reaching api's published port through the gateway (hairpin), with a
 CIDR-source rule naming api, is dropped on both backends (correct). nftables
 logs it after DNAT, as the flow it is (`db -> api tcp/8080`); ebpf judges it
-at the sender before DNAT and logs `db -> <gateway> (outside) tcp/<host port>`.
+at the sender before DNAT and logged `db -> <gateway> (outside) tcp/<host port>`;
+it now names the member behind the port (plugin.enforce.ebpf.events.hairpin_target).
 Contract (Backends): "the same CLI output (`show`, `log`, `explain`, ...)";
 (CLI) `secnet log` names "destination (container, segment, address ...)".
 """
@@ -20,12 +21,7 @@ import vis_helpers as v
 SEG = "secnet.segment"
 
 
-@pytest.mark.parametrize("backend_name", [
-    "nftables",
-    pytest.param("ebpf", marks=pytest.mark.xfail(
-        strict=True, reason="U8-F3: ebpf logs a dropped hairpin flow before DNAT "
-                            "(gateway, host port) where nftables names the target container")),
-])
+@pytest.mark.parametrize("backend_name", ["nftables", "ebpf"])
 def test_a_dropped_hairpin_flow_names_the_target_container(make_network, run_container, backend_name):
     net = v.vis_network(make_network, "sn-u8-hairpin", ipv6=False, opts={
         "secnet.backend": backend_name,

@@ -36,7 +36,7 @@ from plugin.enforce.backend import BackendError, BackendUnavailable, Counters, D
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import build, counters, fqdn, libbpf, maps, pins
-from .events import DropReader
+from .events import DropReader, hairpin_target
 
 SIZES: dict = {}   # map name -> max entries (defaults: lib/maps.h)
 
@@ -401,8 +401,15 @@ class EbpfBackend(fqdn.FqdnMethods):
         with self._lock:
             if self._reader is not None:
                 self._reader.stop()
-            self._reader = DropReader(self.root, callback)
+            self._reader = DropReader(self.root, lambda event: callback(self._as_judged(event)))
             self._reader.start()
+
+    def _as_judged(self, event: DropEvent) -> DropEvent:
+        """A hairpin flow's drop names the member behind the published port (events.hairpin_target)."""
+        st = self._nets.get(event.network)
+        if st is None:
+            return event
+        return hairpin_target(event, st.spec.gateways, [port for port, _ifx in list(st.ports.values())])
 
     def close(self) -> None:
         self.fqdn.close()

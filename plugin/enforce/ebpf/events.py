@@ -9,13 +9,14 @@ before any network exists.
 """
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import os
 import socket
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from plugin.enforce.backend import REASONS, DropEvent
 
@@ -60,6 +61,30 @@ def decode(raw: bytes, clock_offset: float) -> DropEvent:
         src=_addr(saddr, family) if ip else _mac(smac), dst=_addr(daddr, family) if ip else _mac(dmac),
         port=port if ip and proto in (6, 17) else None, ifname=_ifname(ifindex), audit=bool(audit),
         time=ktime / 1e9 + clock_offset)
+
+
+def hairpin_target(event: DropEvent, gateways: Iterable[str], ports: Iterable) -> DropEvent:
+    """``event`` as nftables logs it when it is a hairpin flow's: a member reaching a
+    published port of its own network (the bridge's address, or the host address the
+    port is published on) is judged at the sender, before the host's DNAT, so the
+    event carries the host's address and port; nftables judges after the DNAT and
+    names the member behind the port. Returns the event with that member's address
+    and container port, or ``event`` itself. ``ports``: the network's Port objects."""
+    if event.family not in (4, 6) or event.proto not in (6, 17) or not event.port:
+        return event
+    proto, dst = ("tcp" if event.proto == 6 else "udp"), ipaddress.ip_address(event.dst)
+    local = dst in {ipaddress.ip_address(g) for g in gateways}
+    for port in ports:
+        if not port.active:
+            continue
+        for kind, host_ip, host_port, cport in port.published:
+            if str(kind).lower() != proto or int(host_port) != event.port:
+                continue
+            if (host_ip and ipaddress.ip_address(host_ip) == dst) or (not host_ip and local):
+                for addr in port.addresses:
+                    if ipaddress.ip_address(addr).version == event.family:
+                        return dataclasses.replace(event, dst=addr, port=int(cport))
+    return event
 
 
 class DropReader:
