@@ -230,17 +230,11 @@ class Driver:
             if old is not None:
                 rec = old  # a retry: repair and answer the same
             try:
-                # Fail closed: nftables drops the addresses before the veth exists; eBPF
-                # attaches to the veth, created with its container side down and sandbox-less
-                # (Docker moves it into the sandbox and brings it up at Join).
-                link_first = self.reconciler.link_first(net)
-                if not link_first:
-                    self.reconciler.endpoint_changed(net, rec)
-                self.links.ensure_veth(rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
-                if link_first:
-                    self.reconciler.endpoint_changed(net, rec)
+                self._realize_endpoint(net, rec)
                 self.state.put_endpoint(rec)
-            except nl.LinkConflict as exc:
+            except nl.LinkConflict as exc:   # the name is another's link: leave it, drop our port
+                if old is None:
+                    self.reconciler.endpoint_removed(net, rec)
                 raise Conflict(str(exc)) from None
             except Exception as exc:
                 log.exception("create endpoint %s failed", rec.id[:12])
@@ -249,6 +243,33 @@ class Driver:
                     self.reconciler.endpoint_removed(net, rec)
                 raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
         return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
+
+    def _realize_endpoint(self, net: NetworkRecord, rec: EndpointRecord) -> None:
+        """The endpoint's veth pair and its port in the backend, both in place on return.
+
+        eBPF attaches to the veth: the link first. nftables needs only the port's
+        addresses: the veth is made on the netlink thread while the port's elements
+        (and a new segment's entries) are written here. Nothing can pass meanwhile:
+        the container side is down in the host's namespace until Docker moves it at
+        Join, so the host side has no carrier and the bridge forwards nothing to it.
+        """
+        args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
+        if self.reconciler.link_first(net):
+            self.links.ensure_veth(*args)
+            self.reconciler.endpoint_changed(net, rec)
+            return
+        start = getattr(self.links, "start_veth", None)
+        if start is None:
+            self.reconciler.endpoint_changed(net, rec)
+            self.links.ensure_veth(*args)
+            return
+        veth = start(*args)
+        try:
+            self.reconciler.endpoint_changed(net, rec)
+        finally:
+            failed = veth.exception()   # waits: the link is made (or not) before any cleanup
+        if failed is not None:
+            raise failed
 
     def endpoint_oper_info(self, req: EndpointRequest) -> dict:
         ep = self._endpoint(req.network_id, req.endpoint_id)
