@@ -4,6 +4,7 @@ failing leaves neither behind (real Driver and State, fake links and reconciler)
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -89,4 +90,36 @@ def test_a_failed_veth_removes_the_port_written_meanwhile(tmp_path, error, raise
         create(driver, nid, eid)
     assert ports.ports == set() and driver.state.get_endpoint(eid) is None
     assert [l for l in links.of_kind("veth").values() if l["owner"] == eid] == []
+    driver.state.close()
+
+
+class Tables(NullReconciler):
+    """network_added: waits (up to 2 s) to see the network's row saved meanwhile, then fails or not."""
+
+    def __init__(self, state_of, fail):
+        self.state_of, self.fail, self.saw_row = state_of, fail, None
+
+    def network_added(self, net, endpoints=()):
+        deadline = time.monotonic() + 2
+        while self.state_of().get_network(net.id) is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        self.saw_row = self.state_of().get_network(net.id) is not None
+        if self.fail:
+            raise OSError("nft: refused")
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_create_network_saves_its_row_while_the_tables_are_written(tmp_path, fail):
+    tables = Tables(lambda: driver.state, fail)
+    driver = Driver(State(str(tmp_path / "state")), FakeLinks(), FakeFirewall(), tables)
+    nid = new_id()
+    req = CreateNetworkRequest.from_wire(create_network_body(nid))
+    if fail:
+        with pytest.raises(Internal):
+            driver.create_network(req)
+    else:
+        driver.create_network(req)
+    assert tables.saw_row   # written beside the tables, not after them
+    assert (driver.state.get_network(nid) is None) == fail
+    assert (State(str(tmp_path / "state")).get_network(nid) is None) == fail   # on disk too
     driver.state.close()
