@@ -212,7 +212,7 @@ class Driver:
                 rec = old  # a retry: repair and answer the same
             try:
                 self._realize_endpoint(net, rec)
-                self.state.put_endpoint(rec)
+                self.state.put_endpoint(rec, durable=False)   # see State.put_endpoints
             except nl.LinkConflict as exc:   # the name is another's link: leave it, drop our port
                 if old is None:
                     self.reconciler.endpoint_removed(net, rec)
@@ -287,8 +287,8 @@ class Driver:
             ep = ep.evolve(container=found.container or ep.container,
                            container_id=found.container_id or ep.container_id)
             self.reconciler.endpoint_changed(net, ep)
-            if ep != current:   # a retried Join changes nothing: no write, no fsync
-                self.state.put_endpoint(ep)
+            if ep != current:   # a retried Join changes nothing: no write
+                self.state.put_endpoint(ep, durable=False)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
         if not net.internal:  # each address gets the gateway of its own subnet
