@@ -3,8 +3,8 @@
 Order inside every mutating verb: validate completely, then change the
 kernel, then persist, and roll the kernel back if anything fails before the
 state row is written (CreateNetwork writes its row while nft writes the
-tables, and removes it again if they fail). Every verb is idempotent, because Docker retries after
-a crash of either side.
+tables, and removes it again if they fail). Every verb is idempotent,
+because Docker retries after a crash of either side.
 """
 from __future__ import annotations
 
