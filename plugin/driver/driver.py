@@ -2,8 +2,9 @@
 
 Order inside every mutating verb: validate completely, then change the
 kernel, then persist, and roll the kernel back if anything fails before the
-state row is written. Every verb is idempotent, because Docker retries after
-a crash of either side.
+state row is written (CreateNetwork writes its row while nft writes the
+tables, and removes it again if they fail). Every verb is idempotent,
+because Docker retries after a crash of either side.
 """
 from __future__ import annotations
 
@@ -23,44 +24,10 @@ from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound,
 from plugin.driver.portmap import Binding, parse_portmap
 from plugin.kernel.hostports import Reservations
 from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
+from plugin.driver.nulls import NullReconciler, NullResolver
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
 
 log = logging.getLogger(__name__)
-
-
-class NullReconciler:
-    """Policy writer used when none is configured (unit tests of the verbs)."""
-
-    def check_backend(self, name):
-        pass
-
-    def link_first(self, net):
-        return False
-
-    def network_added(self, net, endpoints=()):
-        pass
-
-    def network_removed(self, net):
-        pass
-
-    def endpoint_changed(self, net, ep):
-        pass
-
-    def endpoint_removed(self, net, ep):
-        pass
-
-    def policy_changed(self, net, edit=None):
-        pass
-
-
-class NullResolver:
-    """Segment resolver used when no Docker watcher runs: the default segment."""
-
-    def resolve_at_join(self, net, ep):
-        return ep
-
-    def forget(self, ep):
-        pass
 
 
 class Driver:
@@ -125,35 +92,49 @@ class Driver:
                 raise Conflict(f"network {rec.id[:12]} already exists with other settings")
             existed = self.links.link_exists(rec.bridge)
             try:
-                self._realize_network(rec)
-                self.state.put_network(rec)
+                self._realize_network(rec, save=lambda: self.state.put_network(rec))
             except nl.LinkConflict as exc:
+                self._unsave_network(old, rec)
                 raise Conflict(str(exc)) from None
             except Exception as exc:
                 log.exception("create network %s failed", rec.id[:12])
+                self._unsave_network(old, rec)
                 if not existed:
                     self._unrealize_network(rec)
                 raise Internal(f"cannot create network {rec.id[:12]}: {exc}") from None
         log.info("network %s created (bridge %s)", rec.id[:12], rec.bridge)
         return {}
 
-    def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True) -> None:
+    def _unsave_network(self, old: Optional[NetworkRecord], rec: NetworkRecord) -> None:
+        """A failed create of ``rec``: its row goes unless it was there before (a retry)."""
+        if old is None and self.state.get_network(rec.id) is not None:
+            self.state.delete_network(rec.id)
+
+    def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True, save=None) -> None:
         """Bridge, then the forward rules outside secnet's tables and (``policy``) the
         network's tables side by side: neither lets anything through without the other
         (Docker's FORWARD drops the bridge's traffic until the DOCKER-USER rules accept
         it, and those accept only what secnet's tables marked), so their order does not
-        matter, and the iptables processes' time is spent while nft runs."""
+        matter, and the iptables processes' time is spent while nft runs. ``save()``
+        (the state row, its fsync) follows the forward rules on their thread, also while
+        nft runs; the caller removes the row if anything here fails (a crash before
+        that: the row is realized again at start, and dropped once the engine is
+        found not to have the network)."""
         self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
         if rec.ipv6 and self.links.ensure_ipv6_forwarding():
             log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
         if not policy:
             self.firewall.ensure(rec.bridge, rec.id)
+            if save is not None:
+                save()
             return
         failed: list = []
 
         def forward_rules():
             try:
                 self.firewall.ensure(rec.bridge, rec.id)
+                if save is not None:
+                    save()
             except Exception as exc:   # raised below, on the verb's thread
                 failed.append(exc)
         worker = threading.Thread(target=forward_rules, name="secnet-forward-ensure")
@@ -230,17 +211,11 @@ class Driver:
             if old is not None:
                 rec = old  # a retry: repair and answer the same
             try:
-                # Fail closed: nftables drops the addresses before the veth exists; eBPF
-                # attaches to the veth, created with its container side down and sandbox-less
-                # (Docker moves it into the sandbox and brings it up at Join).
-                link_first = self.reconciler.link_first(net)
-                if not link_first:
-                    self.reconciler.endpoint_changed(net, rec)
-                self.links.ensure_veth(rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
-                if link_first:
-                    self.reconciler.endpoint_changed(net, rec)
-                self.state.put_endpoint(rec)
-            except nl.LinkConflict as exc:
+                self._realize_endpoint(net, rec)
+                self.state.put_endpoint(rec, durable=False)   # see State.put_endpoints
+            except nl.LinkConflict as exc:   # the name is another's link: leave it, drop our port
+                if old is None:
+                    self.reconciler.endpoint_removed(net, rec)
                 raise Conflict(str(exc)) from None
             except Exception as exc:
                 log.exception("create endpoint %s failed", rec.id[:12])
@@ -249,6 +224,33 @@ class Driver:
                     self.reconciler.endpoint_removed(net, rec)
                 raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
         return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
+
+    def _realize_endpoint(self, net: NetworkRecord, rec: EndpointRecord) -> None:
+        """The endpoint's veth pair and its port in the backend, both in place on return.
+
+        eBPF attaches to the veth: the link first. nftables needs only the port's
+        addresses: the veth is made on the netlink thread while the port's elements
+        (and a new segment's entries) are written here. Nothing can pass meanwhile:
+        the container side is down in the host's namespace until Docker moves it at
+        Join, so the host side has no carrier and the bridge forwards nothing to it.
+        """
+        args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
+        if self.reconciler.link_first(net):
+            self.links.ensure_veth(*args)
+            self.reconciler.endpoint_changed(net, rec)
+            return
+        start = getattr(self.links, "start_veth", None)
+        if start is None:
+            self.reconciler.endpoint_changed(net, rec)
+            self.links.ensure_veth(*args)
+            return
+        veth = start(*args)
+        try:
+            self.reconciler.endpoint_changed(net, rec)
+        finally:
+            failed = veth.exception()   # waits: the link is made (or not) before any cleanup
+        if failed is not None:
+            raise failed
 
     def endpoint_oper_info(self, req: EndpointRequest) -> dict:
         ep = self._endpoint(req.network_id, req.endpoint_id)
@@ -285,8 +287,8 @@ class Driver:
             ep = ep.evolve(container=found.container or ep.container,
                            container_id=found.container_id or ep.container_id)
             self.reconciler.endpoint_changed(net, ep)
-            if ep != current:   # a retried Join changes nothing: no write, no fsync
-                self.state.put_endpoint(ep)
+            if ep != current:   # a retried Join changes nothing: no write
+                self.state.put_endpoint(ep, durable=False)
         resp = {"InterfaceName": {"SrcName": ep.veth_peer, "DstPrefix": "eth"},
                 "DisableGatewayService": False}
         if not net.internal:  # each address gets the gateway of its own subnet

@@ -22,6 +22,7 @@ when it exits).
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -260,12 +261,17 @@ class State:
                 del self._endpoints[eid]
 
     # endpoints
-    def put_endpoint(self, rec: EndpointRecord) -> None:
-        self.put_endpoints((rec,))
+    def put_endpoint(self, rec: EndpointRecord, durable: bool = True) -> None:
+        self.put_endpoints((rec,), durable)
 
-    def put_endpoints(self, recs) -> None:
+    def put_endpoints(self, recs, durable: bool = True) -> None:
+        """Write ``recs`` in one commit. ``durable=False``: without an fsync
+        (``synchronous=NORMAL``; WAL keeps the commit atomic and in order): it survives a
+        crash of the daemon, not a power cut -- after which no veth is left and every
+        container starts anew (new CreateEndpoint and Join), so the records of those two
+        verbs need not wait for the disk."""
         recs = list(recs)
-        with self._lock:
+        with self._lock, self._synchronous(durable):
             if len(recs) > 1:
                 self._db.execute("BEGIN")
             for rec in recs:
@@ -275,6 +281,18 @@ class State:
                 self._db.execute("COMMIT")
             for rec in recs:
                 self._endpoints[rec.id] = rec
+
+    @contextlib.contextmanager
+    def _synchronous(self, durable: bool):
+        """Commits inside: with an fsync (``durable``) or without (``synchronous=NORMAL``)."""
+        if durable:
+            yield
+            return
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
 
     def get_endpoint(self, eid: str) -> Optional[EndpointRecord]:
         with self._lock:
@@ -311,11 +329,8 @@ class State:
             old = self._identities.get(network_id, {})
             new = assign(old, segments)
             if new != old:
-                self._db.execute("PRAGMA synchronous=NORMAL")
-                try:
+                with self._synchronous(False):
                     self._write_identities(network_id, old, new)
-                finally:
-                    self._db.execute("PRAGMA synchronous=FULL")
                 self._identities[network_id] = new
             return dict(new)
 

@@ -13,7 +13,7 @@ import functools
 import hashlib
 import ipaddress
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Optional
 
 from pyroute2.iproute.linux import IPRoute
@@ -231,6 +231,14 @@ class Netlink:
         # pending and quarantined containers holds).
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
         self._ipr.link("set", index=index, state="up")
+
+    def start_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> Future:
+        """:meth:`ensure_veth` begun on the netlink thread; the caller goes on meanwhile
+        and takes its end (None, or its exception) from the returned future."""
+        pool = self._pool
+        if pool is None:
+            raise OSError(errno.EBADF, "the netlink socket is closed")
+        return pool.submit(self.ensure_veth, host, peer, bridge, owner, mtu, mac)
 
     @_on_netlink_thread
     def remove_link(self, name: str, owner: Optional[str] = None) -> bool:

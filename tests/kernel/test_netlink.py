@@ -121,6 +121,23 @@ def test_ensure_veth_enslaves_with_mtu_and_mac(nl, netns, owner):
     assert host.get("link") == "snp-t" or host.get("link_index") == peer["ifindex"]
 
 
+def test_start_veth_makes_the_pair_on_the_netlink_thread_while_the_caller_goes_on(nl, netns, bridge):
+    ep = new_id()
+    future = nl.start_veth("snv-t", "snp-t", bridge, ep, 1500, MAC)
+    assert future.result(10) is None
+    host, peer = netns.link("snv-t"), netns.link("snp-t")
+    assert host["master"] == bridge and "UP" in host["flags"] and host["ifalias"] == ALIAS_PREFIX + ep
+    assert peer["address"] == MAC and "UP" not in peer["flags"]
+
+
+def test_start_veth_hands_its_failure_to_the_future(nl, netns, bridge):
+    with pytest.raises(LinkConflict, match="br-none is missing"):
+        nl.start_veth("snv-t", "snp-t", "br-none", new_id(), 1500, MAC).result(10)
+    nl.ensure_veth("snv-u", "snp-u", bridge, new_id(), 1500, MAC)
+    with pytest.raises(LinkConflict, match="not this network's"):
+        nl.start_veth("snv-u", "snp-u", bridge, new_id(), 1500, MAC).result(10)
+
+
 def test_ensure_veth_is_idempotent_and_repairs(nl, netns, bridge):
     ep = new_id()
     for _ in range(2):

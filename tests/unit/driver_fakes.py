@@ -3,7 +3,9 @@ with the same semantics (ownership by alias, idempotence, LinkConflict), and
 Docker-shaped request bodies for the remote-driver protocol."""
 from __future__ import annotations
 
+import threading
 import uuid
+from concurrent.futures import Future
 from typing import Optional
 
 from plugin.kernel.links import LinkConflict
@@ -20,6 +22,7 @@ class FakeLinks:
     def __init__(self):
         self.links: dict = {}
         self.fail: dict = {}  # method name -> exception to raise
+        self.veth_threads: list = []   # the threads start_veth ran on
 
     def _maybe_fail(self, method: str) -> None:
         if method in self.fail:
@@ -59,6 +62,21 @@ class FakeLinks:
             self.links[peer] = {"kind": "veth", "owner": None, "addrs": set(), "peer": host,
                                 "mac": mac, "mtu": mtu, "master": None}
         link.update(master=bridge, mtu=mtu)
+
+    def start_veth(self, *args) -> Future:
+        """:meth:`ensure_veth` on a thread of its own, as Netlink runs it on its netlink thread."""
+        future: Future = Future()
+
+        def run():
+            self.veth_threads.append(threading.current_thread().name)
+            try:
+                self.ensure_veth(*args)
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(None)
+        threading.Thread(target=run, name="fake-netlink").start()
+        return future
 
     def remove_link(self, name, owner=None) -> bool:
         self._maybe_fail("remove_link")

@@ -131,7 +131,8 @@ def test_verbs_that_change_nothing_write_nothing(driver, monkeypatch):
     eid = endpoint(driver, nid)
     writes = []
     put = driver.state.put_endpoints
-    monkeypatch.setattr(driver.state, "put_endpoints", lambda recs: (writes.append(list(recs)), put(recs)))
+    monkeypatch.setattr(driver.state, "put_endpoints",
+                        lambda recs, durable=True: (writes.append(list(recs)), put(recs, durable)))
     verb(driver, "join", nid, eid)
     assert len(writes) == 1 and writes[0][0].joined
     verb(driver, "program_external_connectivity", nid, eid)

@@ -117,3 +117,36 @@ def test_state_dir_is_private(tmp_path):
     mode = stat.S_IMODE(os.stat(tmp_path / "new" / "dir").st_mode)
     assert mode & 0o077 == 0, oct(mode)
     assert os.path.exists(tmp_path / "new" / "dir" / "state.db")
+
+
+def test_an_endpoint_written_without_fsync_is_committed_and_later_writes_fsync_again(tmp_path):
+    state = State(str(tmp_path / "state"))
+    net = network()
+    state.put_network(net)
+    ep = endpoint(net.id)
+    state.put_endpoint(ep, durable=False)
+    assert state._db.execute("PRAGMA synchronous").fetchone() == (2,)   # FULL again
+    other = State(str(tmp_path / "state"))   # another connection reads the committed row
+    assert other.get_endpoint(ep.id) == ep
+    other.close()
+    state.close()
+
+
+def test_join_and_create_endpoint_write_their_records_without_fsync(tmp_path):
+    from driver_fakes import FakeFirewall, FakeLinks, create_endpoint_body, create_network_body, endpoint_body
+    from plugin.driver.driver import Driver
+    from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest
+
+    class Recording(State):
+        def put_endpoints(self, recs, durable=True):
+            self.writes.append(durable)
+            super().put_endpoints(recs, durable)
+    state = Recording(str(tmp_path / "state"))
+    state.writes = []
+    driver = Driver(state, FakeLinks(), FakeFirewall())
+    nid, eid = new_id(), new_id()
+    driver.create_network(CreateNetworkRequest.from_wire(create_network_body(nid)))
+    driver.create_endpoint(CreateEndpointRequest.from_wire(create_endpoint_body(nid, eid)))
+    driver.join(EndpointRequest.from_wire(endpoint_body(nid, eid)))
+    assert state.writes == [False, False] and state.get_endpoint(eid).joined
+    state.close()
