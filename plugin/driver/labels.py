@@ -25,10 +25,7 @@ the engine itself, in two ways that must never hang a driver request:
   engine is away (at engine start plugins come up before its API listens).
 
 Each thread has its own Docker client: the request threads and the watcher
-share nothing but the driver (which has its own lock). A request thread's is
-an :class:`~plugin.driver.engineapi.EngineReader` (plain HTTP on the engine's
-unix socket, kept alive between Joins: ~1.5 ms less per call than docker-py);
-the watcher's is docker-py's ``APIClient``.
+share nothing but the driver (which has its own lock).
 """
 from __future__ import annotations
 
@@ -42,7 +39,6 @@ from typing import Callable, Optional
 from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
-from plugin.driver.engineapi import EngineReader, unix_socket_path
 from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -88,8 +84,7 @@ class LabelResolver:
     ``client_factory(timeout)`` returns a docker-py ``APIClient``-like object
     (``inspect_network``, ``containers``, ``events`` and a ``timeout``
     attribute); the default builds one for ``docker_host`` (else
-    ``DOCKER_HOST``, else the local socket), lazily, never at import time
-    (at Join: an :class:`~plugin.driver.engineapi.EngineReader` on a unix socket).
+    ``DOCKER_HOST``, else the local socket), lazily, never at import time.
     ``sleep(seconds)`` waits between reconnects (tests inject their own).
     """
 
@@ -100,7 +95,6 @@ class LabelResolver:
         self.lookup_timeout = lookup_timeout
         self.watch_timeout = watch_timeout
         self._factory = client_factory or self._docker_client
-        self._join_factory = client_factory or self._engine_reader
         self._local = threading.local()  # one client per request thread
         self._stop = threading.Event()
         self._wake = threading.Event()   # ends a backoff wait early (stop, or the engine is back)
@@ -116,11 +110,6 @@ class LabelResolver:
     def _docker_client(self, timeout: float):
         import docker  # only here: nothing talks to Docker at import time
         return docker.APIClient(base_url=self.base_url, timeout=timeout, version="auto")
-
-    def _engine_reader(self, timeout: float):
-        """The join-time reads' client: the light reader on a unix socket, else docker-py."""
-        path = unix_socket_path(self.base_url)
-        return EngineReader(path, timeout) if path else self._docker_client(timeout)
 
     # --- at Join -----------------------------------------------------------
     def resolve_at_join(self, net: NetworkRecord, ep: EndpointRecord) -> EndpointRecord:
@@ -160,7 +149,7 @@ class LabelResolver:
     def _join_client(self, deadline: float):
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._join_factory(timeout=self._remaining(deadline))
+            client = self._factory(timeout=self._remaining(deadline))
             self._local.client = client
         return client
 
