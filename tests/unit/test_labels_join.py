@@ -111,3 +111,15 @@ def test_each_request_thread_gets_its_own_client():
     t.start()
     t.join()
     assert len(made) == 2
+
+
+@pytest.mark.parametrize("host, trusted", [("unix:///run/nothing-here.sock", False),
+                                           ("tcp://127.0.0.1:1", True)])
+def test_the_engine_client_skips_proxy_settings_on_a_unix_socket_only(monkeypatch, host, trusted):
+    """requests reads the environment's proxy settings on every call (~0.5 ms): no proxy
+    sits on a unix socket, but a tcp:// engine may be behind one."""
+    import docker
+    real = docker.APIClient
+    monkeypatch.setattr(docker, "APIClient", lambda **kw: real(**{**kw, "version": "1.41"}))  # no engine asked
+    client = LabelResolver(docker_host=host)._docker_client(timeout=1)
+    assert client.trust_env is trusted
