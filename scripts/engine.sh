@@ -13,8 +13,10 @@ fi
 mount --make-rshared / 2>/dev/null || true
 if ! pgrep -x -r D,R,S dockerd >/dev/null; then
   echo "starting dockerd (log: .run/dockerd.log)"
-  # dockerd outlives this script: it must hold none of the caller's descriptors.
-  (close_inherited_fds; exec nohup dockerd >>.run/dockerd.log 2>&1 </dev/null) &
+  # dockerd outlives this script: it must hold none of the caller's descriptors, and it
+  # gets a session of its own (setsid), so that killing the caller's process group
+  # (a finished shell job, a timeout) does not take the shared engine with it.
+  (close_inherited_fds; exec setsid nohup dockerd >>.run/dockerd.log 2>&1 </dev/null) &
 fi
 for _ in $(seq 1 120); do
   docker info >/dev/null 2>&1 && exit 0
