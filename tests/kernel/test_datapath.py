@@ -105,35 +105,6 @@ def _icmp4_error(kind: int, src, dst, sport: int, dport: int) -> bytes:
     return head[:2] + struct.pack("!H", checksum(head + inner)) + head[4:] + inner
 
 
-def _quoted_ports(frames, kind: int) -> set:
-    """Source ports of the flows quoted by ICMP errors of type ``kind`` among ``frames``."""
-    out = set()
-    for f in frames:
-        if f[12:14] == b"\x08\x00" and f[23] == 1 and f[34] == kind:
-            out.add(struct.unpack("!H", f[34 + 8 + 20:34 + 8 + 22])[0])
-    return out
-
-
-@pytest.mark.parametrize("kind", [3, 4, 5, 11, 12])
-def test_every_icmp4_error_kind_of_an_allowed_flow_passes(lab, kind):
-    """Conntrack's "related" covers destination unreachable, source quench, redirect,
-    time exceeded and parameter problem (Linux nf_conntrack_proto_icmp.c icmp_is_err):
-    each passes when it quotes a tracked flow and is dropped when it quotes none."""
-    web, api = lab.add(2)
-    lab.apply("web->api:udp/5000", {web: "web", api: "api"}, "deny")
-    with ns_socket(web.ns, socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind((web.ip4, 4444))
-        s.sendto(b"x", (api.ip4, 5000))
-    sniff = Sniffer(web)
-    try:
-        with ns_socket(api.ns, socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as raw:
-            for sport in (4444, 4445):                     # tracked, and never sent
-                raw.sendto(_icmp4_error(kind, web, api, sport, 5000), (web.ip4, 0))
-        assert _quoted_ports(sniff.frames(), kind) == {4444}
-    finally:
-        sniff.close()
-
-
 def _icmp6_error(kind: int, src, dst, sport: int, dport: int) -> bytes:
     """An ICMPv6 error of type ``kind`` quoting a UDP datagram ``src``:``sport`` ->
     ``dst``:``dport``; the kernel fills in the checksum of a raw ICMPv6 socket (RFC 3542)."""
@@ -142,29 +113,40 @@ def _icmp6_error(kind: int, src, dst, sport: int, dport: int) -> bytes:
     return struct.pack("!BBHI", kind, 0, 0, 0) + inner
 
 
-def _quoted_ports6(frames, kind: int) -> set:
-    out = set()
+#: family -> (socket family, raw protocol, error builder, ethertype, IP header length, L4 protocol at)
+ICMP_ERRORS = {4: (socket.AF_INET, socket.IPPROTO_ICMP, _icmp4_error, b"\x08\x00", 20, 23),
+               6: (socket.AF_INET6, socket.IPPROTO_ICMPV6, _icmp6_error, b"\x86\xdd", 40, 20)}
+
+
+def _quoted_ports(frames, family: int, kind: int) -> set:
+    """Source ports of the flows quoted by ICMP errors of type ``kind`` among ``frames``."""
+    _af, proto, _build, ethertype, iphl, proto_at = ICMP_ERRORS[family]
+    at, out = 14 + iphl, set()
     for f in frames:
-        if f[12:14] == b"\x86\xdd" and f[20] == 58 and f[54] == kind:
-            out.add(struct.unpack("!H", f[54 + 8 + 40:54 + 8 + 42])[0])
+        if f[12:14] == ethertype and f[proto_at] == proto and f[at] == kind:
+            out.add(struct.unpack("!H", f[at + 8 + iphl:at + 8 + iphl + 2])[0])
     return out
 
 
-@pytest.mark.parametrize("kind", [1, 2, 3, 4, 100])
-def test_every_icmp6_error_kind_of_an_allowed_flow_passes(lab, kind):
-    """ICMPv6 types below 128 are errors (RFC 4443 2.1; 100 is a private experimentation
-    error type): conntrack relates each to the flow it quotes, both backends alike."""
+@pytest.mark.parametrize("family, kind", [(4, k) for k in (3, 4, 5, 11, 12)] + [(6, k) for k in (1, 2, 3, 4, 100)])
+def test_every_icmp_error_kind_of_an_allowed_flow_passes(lab, family, kind):
+    """Conntrack's "related" covers the IPv4 errors destination unreachable, source quench,
+    redirect, time exceeded and parameter problem (Linux nf_conntrack_proto_icmp.c
+    icmp_is_err) and every ICMPv6 type below 128 (RFC 4443 2.1; 100 is a private
+    experimentation error type): each passes when it quotes a tracked flow and is
+    dropped when it quotes none, on both backends alike."""
+    af, proto, build, _eth, _hl, _at = ICMP_ERRORS[family]
     web, api = lab.add(2)
     lab.apply("web->api:udp/5000", {web: "web", api: "api"}, "deny")
-    with ns_socket(web.ns, socket.AF_INET6, socket.SOCK_DGRAM) as s:
-        s.bind((web.ip6, 4444))
-        s.sendto(b"x", (api.ip6, 5000))
+    with ns_socket(web.ns, af, socket.SOCK_DGRAM) as s:
+        s.bind((web.ip(family), 4444))
+        s.sendto(b"x", (api.ip(family), 5000))
     sniff = Sniffer(web)
     try:
-        with ns_socket(api.ns, socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) as raw:
-            for sport in (4444, 4445):
-                raw.sendto(_icmp6_error(kind, web, api, sport, 5000), (web.ip6, 0))
-        assert _quoted_ports6(sniff.frames(), kind) == {4444}
+        with ns_socket(api.ns, af, socket.SOCK_RAW, proto) as raw:
+            for sport in (4444, 4445):                     # tracked, and never sent
+                raw.sendto(build(kind, web, api, sport, 5000), (web.ip(family), 0))
+        assert _quoted_ports(sniff.frames(), family, kind) == {4444}
     finally:
         sniff.close()
 

@@ -239,7 +239,7 @@ def test_content_diff_and_restricted():
 
 
 def test_host_problem_names_what_is_missing(tmp_path):
-    from plugin.enforce.ebpf.backend import host_problem
+    from plugin.enforce.ebpf.host import host_problem
     btf = tmp_path / "vmlinux"
     btf.write_bytes(b"")
     assert host_problem("6.1.0-18-amd64", str(btf)) is None

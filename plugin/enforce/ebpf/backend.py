@@ -26,7 +26,6 @@ reconciler treats both datapaths alike; docs/ebpf.md says what it holds.
 from __future__ import annotations
 
 import operator
-import os
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import build, counters, fqdn, libbpf, maps, pins
 from .events import DropReader, hairpin_target
+from .host import host_problem
 
 SIZES: dict = {}   # map name -> max entries (defaults: lib/maps.h)
 
@@ -420,25 +420,6 @@ class EbpfBackend(fqdn.FqdnMethods):
             for st in self._nets.values():
                 st.handle.close()
             self._nets.clear()
-
-
-MIN_KERNEL = (5, 18)     # the newest feature used: conntrack kfuncs for tc (docs/ebpf.md)
-BTF = "/sys/kernel/btf/vmlinux"
-
-
-def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]:
-    """What this host lacks for the datapath, in one phrase, or None. ``release``: a
-    kernel release such as ``6.1.0-18-amd64`` (default: this host's)."""
-    release = release or os.uname().release
-    try:
-        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
-    except ValueError:
-        return f"cannot read the kernel release {release!r}"
-    if version < MIN_KERNEL:
-        return f"Linux {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}"
-    if not os.path.exists(btf):
-        return f"the kernel has no BTF ({btf} is missing)"
-    return None
 
 
 def _make_exactly(fd: int, key_size: int, content: dict) -> None:

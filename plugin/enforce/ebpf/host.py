@@ -1,0 +1,23 @@
+"""Can this host run the eBPF datapath? The kernel release and BTF it needs."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+MIN_KERNEL = (5, 18)     # the newest feature used: conntrack kfuncs for tc (docs/ebpf.md)
+BTF = "/sys/kernel/btf/vmlinux"
+
+
+def host_problem(release: Optional[str] = None, btf: str = BTF) -> Optional[str]:
+    """What this host lacks for the datapath, in one phrase, or None. ``release``: a
+    kernel release such as ``6.1.0-18-amd64`` (default: this host's)."""
+    release = release or os.uname().release
+    try:
+        version = tuple(int(x) for x in release.split("-")[0].split(".")[:2])
+    except ValueError:
+        return f"cannot read the kernel release {release!r}"
+    if version < MIN_KERNEL:
+        return f"Linux {release} is older than {MIN_KERNEL[0]}.{MIN_KERNEL[1]}"
+    if not os.path.exists(btf):
+        return f"the kernel has no BTF ({btf} is missing)"
+    return None
