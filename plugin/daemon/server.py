@@ -114,14 +114,28 @@ class _Gunicorn(BaseApplication):
             "bind": [f"unix:{s.socket}"], "workers": 1, "worker_class": "gthread", "threads": 8,
             "umask": 0o077, "timeout": 0, "graceful_timeout": 10, "loglevel": s.log_level,
             "accesslog": "-" if s.log_level == "debug" else None, "errorlog": "-",
-            "proc_name": "secnet-plugin",
+            "proc_name": "secnet-plugin", "worker_exit": _close_state,
         }.items():
             self.cfg.set(key, value)
 
     def load(self):
         leanmaster.restore_in_worker()
-        app, _daemon = build(self.settings)
+        app, self.daemon = build(self.settings)
         return Trimmer().start().wrap(app)
+
+
+def _close_state(_arbiter, worker) -> None:
+    """gunicorn's ``worker_exit`` hook, run in the worker as it ends (SIGTERM, not
+    SIGKILL): the state store writes its journaled rule edits into the documents
+    (:meth:`plugin.driver.state.State.close`), so that an older daemon started on
+    the directory finds every rule."""
+    daemon = getattr(worker.app, "daemon", None)
+    if daemon is None:
+        return
+    try:
+        daemon.state.close()
+    except Exception:   # never fail an exit; the journal is replayed at the next start
+        log.exception("cannot write the state's journaled rule edits at exit")
 
 
 def setup_logging(level: str) -> None:

@@ -15,10 +15,10 @@ A one-rule ``policy add``/``remove`` does not rewrite the network's document
 (10,000 rule texts, ~200 KB, ~2-5 ms with its fsync): it appends the edit to the
 ``rule_edits`` journal (one small row), replayed onto the document when the store
 opens. Every ``JOURNAL_MAX`` edits, any other change of the network, and
-:meth:`State.close` write the document whole and empty its journal. An older
-daemon knows no journal: started on this directory (a downgrade), it misses the
-edits journaled since the last whole write (the daemon does not close the store
-when it exits).
+:meth:`State.close` (called when the daemon's worker exits on SIGTERM) write the
+document whole and empty its journal. An older daemon knows no journal: started
+on this directory (a downgrade) after a kill -9, it misses the edits journaled
+since the last whole write.
 """
 from __future__ import annotations
 

@@ -334,6 +334,17 @@ def _state_query(sql: str, args=()) -> list:
         db.close()
 
 
+def state_rule_edits(network_id: str) -> list:
+    """The network's rows of the state's ``rule_edits`` journal (JSON texts)."""
+    return [doc for doc, in _state_query("SELECT doc FROM rule_edits WHERE network_id=?", (network_id,))]
+
+
+def state_network_doc(network_id: str) -> Optional[str]:
+    """The network's saved document (JSON text), None when it has none."""
+    rows = _state_query("SELECT doc FROM networks WHERE id=?", (network_id,))
+    return rows[0][0] if rows else None
+
+
 def state_network_ids() -> set:
     return {row[0] for row in _state_query("SELECT id FROM networks")}
 

@@ -217,3 +217,20 @@ def test_policy_survives_a_daemon_kill(make_network, run_container, nsprocs):
     assert_flow(w, a, 8080, False, "after restart (the rule set replaced)")
     edit(net, "add", "web->api:tcp/8080")
     assert_flow(w, a, 8080, True, "an edit after restart")
+
+
+def test_a_stopped_daemon_writes_its_journal_whole(make_network, run_container):
+    """SIGTERM (scripts/plugin.sh stop): the worker's exit writes the journaled rule
+    edits into the network's document, so a daemon that knows no journal (a downgrade)
+    reads every rule; the rules are in force after the start."""
+    net = s.seg_network(make_network, "sn-jr", opts={"secnet.allow": "web->api:tcp/8080"}, ipv6=False)
+    edit(net, "add", "db->api:tcp/9")
+    assert len(h.state_rule_edits(net.id)) == 1
+    try:
+        h.script("plugin.sh", "stop")
+        assert h.state_rule_edits(net.id) == []
+        doc = h.state_network_doc(net.id)
+        assert doc is not None and "db->api:tcp/9" in doc, (doc or "")[:300]
+    finally:
+        h.plugin_start()
+    assert policy_lines(net) == ["web->api:tcp/8080", "db->api:tcp/9"]
