@@ -19,6 +19,9 @@ nftables backend and conntrack index, served by gunicorn as ``secnet-plugin`` is
 a throwaway namespace, on a socket of its own, holding one network of M endpoints and
 N rules; the CLI names it by id (the engine does not know it). Status there does less
 than the real daemon's (no engine or DNS figures): compare edits with each other.
+``--scale [--endpoints M]``: on the shared daemon, the scale section's network as ``make bench``
+times its edits (``snbench-scale``: two containers, M endpoints through the plugin API, N rules
+and the flow's two; bench/scale.py), instead of ``snbench-cliedit`` without endpoints.
 ``--flow`` (with ``--private``): the network also holds one established flow between two
 members, as the scale section's network holds its iperf flow (a rule removal judges it).
 """
@@ -100,6 +103,28 @@ def _shared(rules: int):
 
 
 @contextmanager
+def _scale(rules: int, endpoints: int):
+    """The scale section's network on the shared daemon, as ``make bench`` times its edits:
+    ``snbench-scale`` with its two containers, ``endpoints`` endpoints through the plugin
+    API and ``rules`` rules (+ the flow's two): (id, name)."""
+    from dataclasses import replace
+    from .common import Cleanup, Sizes
+    from .scale import FLOW_RULES, NET as SCALE_NET, Scale
+    cleanup = Cleanup()
+    sizes = replace(Sizes.small(), endpoints=endpoints, join_marks=(1, endpoints), rss_marks=())
+    sc = Scale(sizes, cleanup)
+    try:
+        sc.setup()
+        sc.grow()
+        client.call("/secnet/policy", {"network": sc.nid, "action": "set", "list": False,
+                                       "rules": sweep_rules(rules, 0) + FLOW_RULES}, timeout=600)
+        yield sc.nid, SCALE_NET
+    finally:
+        cleanup.run()
+        sc.plugin.close()
+
+
+@contextmanager
 def _private(rules: int, endpoints: int, flow: bool = False):
     """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id)."""
     from .handler import NET_ID
@@ -134,14 +159,16 @@ def _wait_for(sock: str, proc, patience: float = 120.0) -> None:
             time.sleep(0.2)
 
 
-def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000, flow: bool = False) -> dict:
-    with (_private(rules, endpoints, flow) if private else _shared(rules)) as (net_id, ref):
+def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000, flow: bool = False,
+        scale: bool = False) -> dict:
+    world = _private(rules, endpoints, flow) if private else _scale(rules, endpoints) if scale else _shared(rules)
+    with world as (net_id, ref):
         times = _timed(_cases(net_id, ref), repeats)
     out = {name: stats(values) for name, values in times.items()}
     status = out["cli_status"]["median"]
     ratios = {f"{k}_per_status": round(out[k]["median"] / status, 2)
               for k in ("cli_add", "cli_remove", "cli_add_json", "cli_remove_json")}
-    return {"rules": rules, "repeats": repeats, "private": private, "flow": flow, **ratios, **out}
+    return {"rules": rules, "repeats": repeats, "private": private, "flow": flow, "scale": scale, **ratios, **out}
 
 
 def main() -> None:
@@ -149,13 +176,17 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--private", action="store_true", help="a stand-in daemon, not the shared one")
-    parser.add_argument("--endpoints", type=int, default=1000, help="with --private")
+    parser.add_argument("--endpoints", type=int, default=1000, help="with --private or --scale")
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale section's network (its two containers, M endpoints) on the shared daemon")
     parser.add_argument("--flow", action="store_true",
                         help="with --private: one established flow between two members (bench.handler --flow)")
     args = parser.parse_args()
     if args.flow and not args.private:
         parser.error("--flow needs --private")
-    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow)
+    if args.scale and args.private:
+        parser.error("--scale is the shared daemon's; --private a stand-in's")
+    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow, args.scale)
     json.dump(found, sys.stdout, indent=1)
     print()
 
