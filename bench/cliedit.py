@@ -22,6 +22,10 @@ than the real daemon's (no engine or DNS figures): compare edits with each other
 ``--scale [--endpoints M]``: on the shared daemon, the scale section's network as ``make bench``
 times its edits (``snbench-scale``: two containers, M endpoints through the plugin API, N rules
 and the flow's two; bench/scale.py), instead of ``snbench-cliedit`` without endpoints.
+``--sets``: also ``policy NET set`` of N rules (as the CLI and in process; each set
+replaces every rule) and ``python -c pass`` with N arguments; with ``--private`` the
+stand-in daemon times the stages of each request (``bench.stages``) and the output gets
+their medians under ``stages``.
 ``--flow`` (with ``--private``): the network also holds one established flow between two
 members, as the scale section's network holds its iperf flow (a rule removal judges it).
 """
@@ -40,6 +44,7 @@ from plugin.cli import client
 
 from .common import PREFIX, REPO, SECNET_CLI, create_network, docker, log, now, sh, stats
 from .scale import ONE_RULE, sweep_rules
+from .stages import summary
 
 NET = f"{PREFIX}-cliedit"
 SUBNET = "10.216.16.0/24"
@@ -56,6 +61,24 @@ def _inside(fn, *args) -> float:
     t0 = now()
     fn(*args)
     return (now() - t0) * 1000
+
+
+def _set_cases(net_id: str, ref: str, rules: int) -> dict:
+    """``policy set`` of ``rules`` rules as the CLI and in process, and the interpreter
+    with as many arguments; the sets alternate two rule lists that differ in every port
+    (the world holds variant 0: every set changes every rule, each round ends on variant 0)."""
+    lists = [sweep_rules(rules, variant) for variant in (1, 0)]
+    turn = [0]
+
+    def next_list() -> list:
+        turn[0] += 1
+        return lists[(turn[0] - 1) % 2]
+    body = {"network": net_id, "action": "set", "list": False}
+    return {
+        "python_with_rule_arguments": lambda: _process([PYTHON, "-c", "pass"] + lists[0]),
+        "cli_set": lambda: _process([SECNET_CLI, "policy", ref, "set"] + next_list()),
+        "call_set": lambda: _inside(client.call, "/secnet/policy", dict(body, rules=next_list()), 600),
+    }
 
 
 def _cases(net_id: str, ref: str) -> dict:
@@ -125,8 +148,9 @@ def _scale(rules: int, endpoints: int):
 
 
 @contextmanager
-def _private(rules: int, endpoints: int, flow: bool = False):
-    """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id)."""
+def _private(rules: int, endpoints: int, flow: bool = False, stamps: str = None):
+    """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id).
+    ``stamps``: a file for its requests' stages (``bench.stages``)."""
     from .handler import NET_ID
     ns = f"{PREFIX}-cli{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
@@ -134,7 +158,8 @@ def _private(rules: int, endpoints: int, flow: bool = False):
         sh(["ip", "netns", "add", ns])
         proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-m", "bench.cliserve", sock,
                                  os.path.join(tmp, "state"), "--rules", str(rules), "--endpoints",
-                                 str(endpoints)] + (["--flow"] if flow else []), cwd=REPO)
+                                 str(endpoints)] + (["--flow"] if flow else [])
+                                + (["--stamps", stamps] if stamps else []), cwd=REPO)
         saved = os.environ.get("SECNET_SOCKET")
         os.environ["SECNET_SOCKET"] = sock
         try:
@@ -160,11 +185,19 @@ def _wait_for(sock: str, proc, patience: float = 120.0) -> None:
 
 
 def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000, flow: bool = False,
-        scale: bool = False) -> dict:
-    world = _private(rules, endpoints, flow) if private else _scale(rules, endpoints) if scale else _shared(rules)
-    with world as (net_id, ref):
-        times = _timed(_cases(net_id, ref), repeats)
+        scale: bool = False, sets: bool = False) -> dict:
+    """Medians (ms) of every case; ``sets``: ``policy set`` of ``rules`` rules too, and with
+    ``private``, the stand-in daemon's stages of each kind of request (``stages``)."""
+    with tempfile.NamedTemporaryFile(prefix=f"{PREFIX}-stamps-", suffix=".jsonl") as stamps:
+        world = (_private(rules, endpoints, flow, stamps.name if sets else None) if private
+                 else _scale(rules, endpoints) if scale else _shared(rules))
+        with world as (net_id, ref):
+            cases = dict(_cases(net_id, ref), **(_set_cases(net_id, ref, rules) if sets else {}))
+            times = _timed(cases, repeats)
+        staged = summary(stamps.name) if sets and private else None
     out = {name: stats(values) for name, values in times.items()}
+    if staged:
+        out["stages"] = staged
     status = out["cli_status"]["median"]
     ratios = {f"{k}_per_status": round(out[k]["median"] / status, 2)
               for k in ("cli_add", "cli_remove", "cli_add_json", "cli_remove_json")}
@@ -179,6 +212,8 @@ def main() -> None:
     parser.add_argument("--endpoints", type=int, default=1000, help="with --private or --scale")
     parser.add_argument("--scale", action="store_true",
                         help="the scale section's network (its two containers, M endpoints) on the shared daemon")
+    parser.add_argument("--sets", action="store_true",
+                        help="policy set of N rules too (with --private: and the daemon's stages, bench.stages)")
     parser.add_argument("--flow", action="store_true",
                         help="with --private: one established flow between two members (bench.handler --flow)")
     args = parser.parse_args()
@@ -186,7 +221,7 @@ def main() -> None:
         parser.error("--flow needs --private")
     if args.scale and args.private:
         parser.error("--scale is the shared daemon's; --private a stand-in's")
-    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow, args.scale)
+    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow, args.scale, args.sets)
     json.dump(found, sys.stdout, indent=1)
     print()
 
