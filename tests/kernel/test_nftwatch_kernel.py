@@ -15,7 +15,7 @@ from plugin.enforce.backend import NetworkSpec
 from plugin.enforce.nftables import NftBackend
 from plugin.enforce.nftables.netlink import UNHEARD_FROM
 from plugin.kernel import netns
-from plugin.kernel.nftwatch import RESYNC, NftWatcher
+from plugin.kernel.nftwatch import NftWatcher
 from segmentation.identities import MemoryAllocator
 from segmentation.options import parse_network_options
 from segmentation.policymap import compile_policy_map

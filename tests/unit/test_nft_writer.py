@@ -8,7 +8,6 @@ import struct
 
 import pytest
 
-from plugin.enforce.nftables import netlink
 from plugin.enforce.nftables.elements import ElementDelta
 from plugin.enforce.nftables.netlink import UNHEARD_FROM, ElementWriter
 
