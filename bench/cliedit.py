@@ -19,6 +19,13 @@ nftables backend and conntrack index, served by gunicorn as ``secnet-plugin`` is
 a throwaway namespace, on a socket of its own, holding one network of M endpoints and
 N rules; the CLI names it by id (the engine does not know it). Status there does less
 than the real daemon's (no engine or DNS figures): compare edits with each other.
+``--scale [--endpoints M]``: on the shared daemon, the scale section's network as ``make bench``
+times its edits (``snbench-scale``: two containers, M endpoints through the plugin API, N rules
+and the flow's two; bench/scale.py), instead of ``snbench-cliedit`` without endpoints.
+``--sets``: also ``policy NET set`` of N rules (as the CLI and in process; each set
+replaces every rule) and ``python -c pass`` with N arguments; with ``--private`` the
+stand-in daemon times the stages of each request (``bench.stages``) and the output gets
+their medians under ``stages``.
 ``--flow`` (with ``--private``): the network also holds one established flow between two
 members, as the scale section's network holds its iperf flow (a rule removal judges it).
 """
@@ -37,6 +44,7 @@ from plugin.cli import client
 
 from .common import PREFIX, REPO, SECNET_CLI, create_network, docker, log, now, sh, stats
 from .scale import ONE_RULE, sweep_rules
+from .stages import summary
 
 NET = f"{PREFIX}-cliedit"
 SUBNET = "10.216.16.0/24"
@@ -53,6 +61,24 @@ def _inside(fn, *args) -> float:
     t0 = now()
     fn(*args)
     return (now() - t0) * 1000
+
+
+def _set_cases(net_id: str, ref: str, rules: int) -> dict:
+    """``policy set`` of ``rules`` rules as the CLI and in process, and the interpreter
+    with as many arguments; the sets alternate two rule lists that differ in every port
+    (the world holds variant 0: every set changes every rule, each round ends on variant 0)."""
+    lists = [sweep_rules(rules, variant) for variant in (1, 0)]
+    turn = [0]
+
+    def next_list() -> list:
+        turn[0] += 1
+        return lists[(turn[0] - 1) % 2]
+    body = {"network": net_id, "action": "set", "list": False}
+    return {
+        "python_with_rule_arguments": lambda: _process([PYTHON, "-c", "pass"] + lists[0]),
+        "cli_set": lambda: _process([SECNET_CLI, "policy", ref, "set"] + next_list()),
+        "call_set": lambda: _inside(client.call, "/secnet/policy", dict(body, rules=next_list()), 600),
+    }
 
 
 def _cases(net_id: str, ref: str) -> dict:
@@ -100,8 +126,31 @@ def _shared(rules: int):
 
 
 @contextmanager
-def _private(rules: int, endpoints: int, flow: bool = False):
-    """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id)."""
+def _scale(rules: int, endpoints: int):
+    """The scale section's network on the shared daemon, as ``make bench`` times its edits:
+    ``snbench-scale`` with its two containers, ``endpoints`` endpoints through the plugin
+    API and ``rules`` rules (+ the flow's two): (id, name)."""
+    from dataclasses import replace
+    from .common import Cleanup, Sizes
+    from .scale import FLOW_RULES, NET as SCALE_NET, Scale
+    cleanup = Cleanup()
+    sizes = replace(Sizes.small(), endpoints=endpoints, join_marks=(1, endpoints), rss_marks=())
+    sc = Scale(sizes, cleanup)
+    try:
+        sc.setup()
+        sc.grow()
+        client.call("/secnet/policy", {"network": sc.nid, "action": "set", "list": False,
+                                       "rules": sweep_rules(rules, 0) + FLOW_RULES}, timeout=600)
+        yield sc.nid, SCALE_NET
+    finally:
+        cleanup.run()
+        sc.plugin.close()
+
+
+@contextmanager
+def _private(rules: int, endpoints: int, flow: bool = False, stamps: str = None):
+    """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id).
+    ``stamps``: a file for its requests' stages (``bench.stages``)."""
     from .handler import NET_ID
     ns = f"{PREFIX}-cli{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
@@ -109,7 +158,8 @@ def _private(rules: int, endpoints: int, flow: bool = False):
         sh(["ip", "netns", "add", ns])
         proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-m", "bench.cliserve", sock,
                                  os.path.join(tmp, "state"), "--rules", str(rules), "--endpoints",
-                                 str(endpoints)] + (["--flow"] if flow else []), cwd=REPO)
+                                 str(endpoints)] + (["--flow"] if flow else [])
+                                + (["--stamps", stamps] if stamps else []), cwd=REPO)
         saved = os.environ.get("SECNET_SOCKET")
         os.environ["SECNET_SOCKET"] = sock
         try:
@@ -134,14 +184,24 @@ def _wait_for(sock: str, proc, patience: float = 120.0) -> None:
             time.sleep(0.2)
 
 
-def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000, flow: bool = False) -> dict:
-    with (_private(rules, endpoints, flow) if private else _shared(rules)) as (net_id, ref):
-        times = _timed(_cases(net_id, ref), repeats)
+def run(rules: int, repeats: int, private: bool = False, endpoints: int = 1000, flow: bool = False,
+        scale: bool = False, sets: bool = False) -> dict:
+    """Medians (ms) of every case; ``sets``: ``policy set`` of ``rules`` rules too, and with
+    ``private``, the stand-in daemon's stages of each kind of request (``stages``)."""
+    with tempfile.NamedTemporaryFile(prefix=f"{PREFIX}-stamps-", suffix=".jsonl") as stamps:
+        world = (_private(rules, endpoints, flow, stamps.name if sets else None) if private
+                 else _scale(rules, endpoints) if scale else _shared(rules))
+        with world as (net_id, ref):
+            cases = dict(_cases(net_id, ref), **(_set_cases(net_id, ref, rules) if sets else {}))
+            times = _timed(cases, repeats)
+        staged = summary(stamps.name) if sets and private else None
     out = {name: stats(values) for name, values in times.items()}
+    if staged:
+        out["stages"] = staged
     status = out["cli_status"]["median"]
     ratios = {f"{k}_per_status": round(out[k]["median"] / status, 2)
               for k in ("cli_add", "cli_remove", "cli_add_json", "cli_remove_json")}
-    return {"rules": rules, "repeats": repeats, "private": private, "flow": flow, **ratios, **out}
+    return {"rules": rules, "repeats": repeats, "private": private, "flow": flow, "scale": scale, **ratios, **out}
 
 
 def main() -> None:
@@ -149,13 +209,19 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--private", action="store_true", help="a stand-in daemon, not the shared one")
-    parser.add_argument("--endpoints", type=int, default=1000, help="with --private")
+    parser.add_argument("--endpoints", type=int, default=1000, help="with --private or --scale")
+    parser.add_argument("--scale", action="store_true",
+                        help="the scale section's network (its two containers, M endpoints) on the shared daemon")
+    parser.add_argument("--sets", action="store_true",
+                        help="policy set of N rules too (with --private: and the daemon's stages, bench.stages)")
     parser.add_argument("--flow", action="store_true",
                         help="with --private: one established flow between two members (bench.handler --flow)")
     args = parser.parse_args()
     if args.flow and not args.private:
         parser.error("--flow needs --private")
-    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow)
+    if args.scale and args.private:
+        parser.error("--scale is the shared daemon's; --private a stand-in's")
+    found = run(args.rules, args.repeats, args.private, args.endpoints, args.flow, args.scale, args.sets)
     json.dump(found, sys.stdout, indent=1)
     print()
 

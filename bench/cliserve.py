@@ -1,7 +1,7 @@
 """A stand-in daemon for the CLI's timings, inside a throwaway network namespace.
 
 Run as root, inside the namespace (``bench.cliedit --private`` does it):
-``python -m bench.cliserve SOCKET STATE_DIR [--rules N] [--endpoints M] [--flow]``. It builds
+``python -m bench.cliserve SOCKET STATE_DIR [--rules N] [--endpoints M] [--flow] [--stamps FILE]``. It builds
 what ``bench.handler`` builds -- a real SQLite state in STATE_DIR, the
 reconciler, the nftables backend, conntrack pruning with the flow index -- with
 one network of M endpoints and N rules (``--flow``: and ``bench.handler.add_flow``'s
@@ -9,7 +9,8 @@ established flow between two of them), and serves the daemon's Flask app
 (driver routes and the CLI's ``/secnet/`` routes) with gunicorn as
 ``secnet-plugin`` does (one gthread worker, 8 threads, the RSS trimmer) on the
 unix socket SOCKET, until killed. Nothing outside the namespace and the
-state directory is touched, and Docker never hears of it: for comparing the
+state directory is touched, and Docker never hears of it (``--stamps FILE``: the stages
+of every request timed into FILE, :mod:`bench.stages`): for comparing the
 CLI's commands with each other while the shared daemon is busy (no engine
 lookups, DNS service, label watcher or firewall here).
 """
@@ -52,7 +53,11 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--flow", action="store_true", help="one established flow between two members")
+    parser.add_argument("--stamps", metavar="FILE", help="each request's stages timed into FILE (bench.stages)")
     args = parser.parse_args()
+    if args.stamps:
+        from .stages import install
+        install(args.stamps)
     _Server(args.socket, args.state_dir, args.rules, args.endpoints, args.flow).run()
 
 

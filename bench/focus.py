@@ -50,10 +50,9 @@ def run(endpoints: int, idle: int) -> dict:
         out["policy_get_ms"] = _median(sc._cli_times(("policy", scale.NET), 5))
         sets = [sc.policy_set(scale.sweep_rules(10000, rep % 2) + scale.FLOW_RULES) for rep in range(7)]
         out["policy_set_10k_ms"] = _median(sets)
-        one, net = scale.ONE_RULE, scale.NET
-        out["one_rule_add_ms"] = _median(sc._cli_times(("policy", net, "add", one), 7, ("policy", net, "remove", one)))
-        out["one_rule_remove_ms"] = _median(sc._cli_times(("policy", net, "remove", one), 7,
-                                                          ("policy", net, "add", one), before=True))
+        status, add, remove = sc.edit_times(7)
+        out["status_next_to_edits_ms"] = _median(status)
+        out["one_rule_add_ms"], out["one_rule_remove_ms"] = _median(add), _median(remove)
         sc.joins_at_max_rules()
         at_max = sc.result["joins_at_max_rules"]
         out["join_known_segment_10k_ms"] = at_max["existing_segment"]["join_ms"]["median"]

@@ -39,9 +39,9 @@ def policy(rules: str, ids):
     return compile_policy_map(parse_network_options({"secnet.allow": rules}), ids)
 
 
-def timed(fn, *args) -> float:
+def timed(fn, *args, **kwargs) -> float:
     start = time.perf_counter()
-    fn(*args)
+    fn(*args, **kwargs)
     return (time.perf_counter() - start) * 1000
 
 
@@ -53,12 +53,14 @@ def measure(n: int) -> dict:
     empty, full = policy("", ids), policy(sweep_rules(n), ids)
     out["apply_network_N"] = timed(backend.apply_network, NET, full, ports)
     backend.apply_network(NET, empty, ports)
-    out["policy_set_0_to_N"] = timed(backend.apply_policy, NET, empty.delta(full))
+    # the map after the delta is passed, as the reconciler passes it (else the backend copies
+    # the whole map to apply the delta: 0.8 ms of a one-rule add at 50,000 rules)
+    out["policy_set_0_to_N"] = timed(backend.apply_policy, NET, empty.delta(full), policy=full)
     one = policy(sweep_rules(n) + " s1->s2:tcp/7", ids)
-    out["one_rule_add"] = timed(backend.apply_policy, NET, full.delta(one))
-    out["one_rule_remove"] = timed(backend.apply_policy, NET, one.delta(full))
+    out["one_rule_add"] = timed(backend.apply_policy, NET, full.delta(one), policy=one)
+    out["one_rule_remove"] = timed(backend.apply_policy, NET, one.delta(full), policy=full)
     audit = NetworkSpec(**{**NET.__dict__, "mode": "audit"})
-    out["mode_switch"] = timed(backend.apply_policy, audit, full.delta(full))
+    out["mode_switch"] = timed(backend.apply_policy, audit, full.delta(full), policy=full)
     joiner = Port("ej", "snbj", "02:42:0a:ee:ff:01", "10.238.255.2", None, ids["s5"], "s5")
     out["join"] = timed(backend.apply_ports, audit, [(None, joiner)])
     out["drift_unchanged"] = timed(backend.drift, audit, full, ports + [joiner])

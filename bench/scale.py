@@ -212,17 +212,29 @@ class Scale:
             times = [self.policy_set(sweep_rules(n, rep % 2) + FLOW_RULES)
                      for rep in range(s.update_repeats)]
             log(f"  policy set with {n} rules: {times} ms")
-            add = self._cli_times(("policy", NET, "add", ONE_RULE), s.update_repeats,
-                                  ("policy", NET, "remove", ONE_RULE))
-            rm = self._cli_times(("policy", NET, "remove", ONE_RULE), s.update_repeats,
-                                 ("policy", NET, "add", ONE_RULE), before=True)
-            log(f"  one rule add/remove with {n} in force: {add} / {rm} ms")
+            status, add, rm = self.edit_times(s.update_repeats)
+            log(f"  one rule add/remove with {n} in force: {add} / {rm} ms (status {status} ms)")
             out[str(n)] = {"policy_set_ms": stats(times), "raw_policy_set_ms": times,
                            "one_rule_add_ms": stats(add), "one_rule_remove_ms": stats(rm),
+                           "status_ms": stats(status),
                            "dataplane": measure([self.pair], s.sweep_repeats, s.iperf_secs)[self.pair.name]}
         self.result["sweep"] = out
         if s.scale_rules != s.rule_counts[-1]:  # the joins and the scale data plane at scale_rules
             self.policy_set(sweep_rules(s.scale_rules, 0) + FLOW_RULES)
+
+    def edit_times(self, repeats: int) -> tuple:
+        """ms lists ``(status, add, remove)``: ``repeats`` rounds of ``secnet status``, one rule
+        added, the same rule removed (each CLI call undisturbed by a daemon restart). The
+        status runs next to the edits it is the floor of: on a shared machine, figures taken
+        minutes apart differ by more than the edits cost."""
+        out: tuple = ([], [], [])
+        calls = (("status",), ("policy", NET, "add", ONE_RULE), ("policy", NET, "remove", ONE_RULE))
+        for _ in range(repeats):
+            for times, args in zip(out, calls):
+                ms, disturbed = secnet_cli(*args)
+                if not disturbed:
+                    times.append(ms)
+        return out
 
     def _cli_times(self, args: tuple, repeats: int, undo: tuple = None, before: bool = False) -> list:
         """ms of ``repeats`` undisturbed CLI calls ``args``; ``undo`` (untimed) after

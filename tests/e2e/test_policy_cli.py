@@ -7,6 +7,7 @@ import pytest
 
 import json
 import re
+import time
 
 import helpers as h
 import seg_helpers as s
@@ -98,6 +99,38 @@ def test_policy_print_add_remove_set(make_network, run_container, nsprocs):
     edit(net, "set", "web->api:tcp/8080, db->web:tcp/80;api->db:tcp/8080")
     assert sorted(policy_lines(net)) == ["api->db:tcp/8080", "db->web:tcp/80", "web->api:tcp/8080"]
     assert_flow(w, a, 8080, True, "after a set with separators")
+
+
+def test_a_large_set_is_in_force_and_the_tables_are_watched_again(make_network, run_container, nsprocs,
+                                                                  backend):
+    """A set that changes 1,200 elements (nftables: sent with the change watcher out of its
+    group, ElementWriter.UNHEARD_FROM) is in force when it returns; on nftables a flushed
+    policy set is repaired within a second afterwards: the watcher hears again."""
+    net, w, a, d = setup_net(make_network, run_container, nsprocs)
+    for fam in FAMILIES:
+        s.eventually(w, a, "tcp", 8080, fam)
+    many = lambda first: [f"web->db:tcp/{port}" for port in range(first, first + 600)]
+    edit(net, "set", "web->api:tcp/8080", *many(20000))
+    edit(net, "set", "db->web:tcp/80", *many(30000))
+    assert len(policy_lines(net)) == 601
+    assert_flow(w, a, 8080, False, "right after a 1,200-element `policy set` (the replaced rule)")
+    assert_flow(d, w, 80, True, "right after a 1,200-element `policy set` (a new rule)")
+    if backend != "nftables":
+        return
+    table = f"secnet_{net.id[:12]}"
+    h.run(["nft", "flush", "set", "inet", table, "pol_port"])
+    started = time.monotonic()
+    while pol_port_size(table) < 601 and time.monotonic() - started < 5:
+        time.sleep(0.05)
+    took = time.monotonic() - started
+    assert pol_port_size(table) == 601 and took < 1.0, f"pol_port back after {took:.2f} s"
+    assert_flow(d, w, 80, True, "after the repair")
+
+
+def pol_port_size(table: str) -> int:
+    """Elements of the network's one-port policy set, as nft lists them."""
+    out = json.loads(h.run(["nft", "-j", "list", "set", "inet", table, "pol_port"]).stdout)
+    return sum(len(item["set"].get("elem", [])) for item in out["nftables"] if "set" in item)
 
 
 BAD_EDITS = [

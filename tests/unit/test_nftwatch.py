@@ -302,3 +302,89 @@ def test_ignored_ports_reach_no_subscriber():
         assert [e.portid for e in got] == [42]
     finally:
         watcher.stop()
+
+
+# --- out of the group during a large commit of one's own ------------------------------
+
+class GroupSocket:
+    """Records membership changes; ``fail`` names the option that raises."""
+
+    def __init__(self, fail=None):
+        self.calls, self.fail = [], fail
+
+    def setsockopt(self, level, option, value):
+        name = {nftwatch.NETLINK_DROP_MEMBERSHIP: "drop", 1: "add"}[option]
+        if name == self.fail:
+            raise OSError(errno.ENOMEM, "no")
+        self.calls.append((level, name, value))
+
+
+def hushed(generations, body=None, sock=None):
+    """Run ``body`` in ``unheard`` with generations read in order; (events, socket, watcher)."""
+    watcher, got = NftWatcher(opener=PairOpener()), []
+    watcher.subscribe(got.append)
+    watcher._sock = sock or GroupSocket()
+    reads = iter(generations)
+    with watcher.unheard(lambda: next(reads)):
+        if body:
+            body()
+    return got, watcher._sock, watcher
+
+
+def test_unheard_leaves_the_group_and_joins_again_around_the_block():
+    got, sock, _ = hushed([5, 6])
+    assert sock.calls == [(270, "drop", 7), (270, "add", 7)]
+    assert got == []   # the generation moved by the block's own commit only
+
+
+def test_unheard_resyncs_when_someone_else_committed_meanwhile():
+    got, _, _ = hushed([5, 7])
+    assert got == [RESYNC]
+    got, _, _ = hushed([0xFFFFFFFF, 1])   # the generation wraps
+    assert got == [RESYNC]
+    got, _, _ = hushed([0xFFFFFFFF, 0])
+    assert got == []
+
+
+def test_unheard_block_that_raises_committed_nothing():
+    def refused():
+        raise OSError(errno.EEXIST, "refused")
+    watcher, got = NftWatcher(opener=PairOpener()), []
+    watcher.subscribe(got.append)
+    for generations, expected in (([5, 5], []), ([5, 6], [RESYNC])):
+        got.clear()
+        watcher._sock = GroupSocket()
+        reads = iter(generations)
+        with pytest.raises(OSError):
+            with watcher.unheard(lambda: next(reads)):
+                refused()
+        assert watcher._sock.calls[-1][1] == "add"
+        assert got == expected
+
+
+def test_unheard_runs_heard_when_the_group_cannot_be_left():
+    ran = []
+    got, sock, _ = hushed([5], lambda: ran.append(1), GroupSocket(fail="drop"))
+    assert ran == [1] and sock.calls == [] and got == []
+    watcher = NftWatcher(opener=PairOpener())   # no socket yet: heard as usual
+    with watcher.unheard(lambda: 1 / 0):
+        ran.append(2)
+    assert ran == [1, 2]
+
+
+def test_unheard_that_cannot_join_again_makes_the_thread_reopen():
+    got, _, watcher = hushed([5, 6], sock=GroupSocket(fail="add"))
+    assert watcher._lost and os.read(watcher._wake_r, 8) == b"x"
+
+
+def test_unheard_unknown_generation_afterwards_resyncs():
+    def reads():
+        yield 5
+        raise OSError(errno.ETIMEDOUT, "no answer")
+    it = reads()
+    watcher, got = NftWatcher(opener=PairOpener()), []
+    watcher.subscribe(got.append)
+    watcher._sock = GroupSocket()
+    with watcher.unheard(lambda: next(it)):
+        pass
+    assert got == [RESYNC]
