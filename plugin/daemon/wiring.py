@@ -162,11 +162,7 @@ def start_watches(daemon: Daemon) -> None:
     for backend in owners:   # a backend's own element deltas need no repair check
         for portid in getattr(backend, "own_ports", lambda: ())():
             daemon.nftwatch.ignore_port(portid)
-        writer = getattr(backend, "writer", None)
-        if writer is not None:   # and its large ones are committed unheard (no notification each)
-            writer.unheard = daemon.nftwatch.unheard
     if owners:
         repair = Debouncer(lambda: daemon.reconciler.reconcile(full=False), name="secnet-repair").start()
-        daemon.nftwatch.subscribe(repair.trigger,   # resync: anything may have changed (a gap)
-                                  lambda event: event.kind == "resync" or any(b.owns(event) is not None
-                                                                            for b in owners))
+        daemon.nftwatch.subscribe(repair.trigger,
+                                  lambda event: any(b.owns(event) is not None for b in owners))

@@ -25,7 +25,6 @@ Subscribers run in the watcher thread: they must be quick, and use
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
@@ -36,12 +35,11 @@ import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Optional
 
-from plugin.kernel.nfgroups import NETLINK_ADD_MEMBERSHIP, SOL_NETLINK, group_socket
+from plugin.kernel.nfgroups import group_socket
 
 log = logging.getLogger(__name__)
 
 NFNLGRP_NFTABLES = 7
-NETLINK_DROP_MEMBERSHIP = 2
 NFNL_SUBSYS_NFTABLES = 10
 RCVBUF = 4 << 20
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
@@ -198,8 +196,6 @@ class NftWatcher:
         self.events = 0      # delivered, for status and tests
         self.restarts = 0
         self._ignored: set = set()
-        self._hush = threading.Lock()   # one unheard window at a time
-        self._lost = False              # the group could not be joined again: reopen
 
     def subscribe(self, callback: Callable[[NftEvent], None], match=None):
         with self._lock:
@@ -220,53 +216,6 @@ class NftWatcher:
             self._ignored.add(portid)
         if self._sock is not None:
             self._filter(self._sock)
-
-    @contextlib.contextmanager
-    def unheard(self, generation: Callable[[], int]):
-        """Out of the group while the block commits one nftables transaction of the
-        caller's own (none if it raises): a large element batch.
-
-        Kernel background: nf_tables builds a notification per changed element (a
-        10,000-rule policy set: 20,000, a third of its commit's time) whenever any socket
-        of the machine, in any network namespace, is in the group -- the port filter
-        drops this watcher's copies only after they were built. ``generation()`` reads
-        the nftables generation (one step per committed transaction): read before
-        leaving and after joining again, it tells whether anyone else committed in
-        between; then subscribers get ``resync``, as after a gap. Without a socket, or
-        when leaving fails, the block runs heard as usual."""
-        with self._hush:
-            sock, before = self._sock, None
-            if sock is not None:
-                try:
-                    before = generation()
-                    sock.setsockopt(SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, NFNLGRP_NFTABLES)
-                except OSError:
-                    before = None
-            if before is None:
-                yield
-                return
-            committed = 0
-            try:
-                yield
-                committed = 1
-            finally:
-                self._rejoin(sock, generation, before, committed)
-
-    def _rejoin(self, sock, generation: Callable[[], int], before: int, committed: int) -> None:
-        """Back into the group; ``resync`` unless the generation moved by ``committed`` only."""
-        try:
-            sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-        except OSError as exc:   # the thread reopens the socket, which resyncs
-            log.warning("nft event socket not back in its group (%s): reopening", exc)
-            self._lost = True
-            os.write(self._wake_w, b"x")
-            return
-        try:
-            others = (generation() - before - committed) & 0xFFFFFFFF
-        except OSError:
-            others = 1
-        if others:
-            self.deliver(RESYNC)
 
     def _filter(self, sock) -> None:
         with self._lock:
@@ -334,11 +283,6 @@ class NftWatcher:
         """Read and deliver until stopped; raises OSError on socket errors."""
         while not self._stop.is_set():
             ready, _, _ = select.select([self._sock, self._wake_r], [], [])
-            if self._wake_r in ready:
-                os.read(self._wake_r, 64)
-                if self._lost:
-                    self._lost = False
-                    raise OSError(errno.EPIPE, "left NFNLGRP_NFTABLES")
             if self._sock in ready:
                 data = self._sock.recv(1 << 20)
                 if self._ignored and first_portid(data) in self._ignored:

@@ -23,9 +23,7 @@ bytes (the kernel tier checks it: drift() after a netlink delta is empty).
 """
 from __future__ import annotations
 
-import errno
 import os
-import select
 import socket
 import struct
 import threading
@@ -35,17 +33,15 @@ from .elements import SCHEMAS, ElementDelta
 from .nftdump import (FAMILIES, NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
                       NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END,
                       NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
-                      NLM_F_REQUEST, NLMSG_ERROR, TableReader, _attr, _attrs)
+                      NLM_F_REQUEST, NLMSG_ERROR, TableReader, _attr)
 
 NETLINK_NETFILTER = 12
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
-NFT_MSG_NEWGEN, NFT_MSG_GETGEN, NFTA_GEN_ID = 15, 16, 1
 NLM_F_ACK, NLM_F_CREATE = 0x4, 0x400
 NLA_F_NESTED = 0x8000
 SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
 MAX_ATTR = 60000       # an attribute's length is 16 bits: elements go in chunks
-UNHEARD_FROM = 1000    # elements: a batch this large is sent with the watcher out of its group
 
 
 def _nest(kind: int, data: bytes) -> bytes:
@@ -217,8 +213,6 @@ class ElementWriter(TableReader):
         self._portid = 0
         self._seq = 0
         self._lock = threading.Lock()
-        #: the change watcher's ``NftWatcher.unheard``, when the daemon runs one (wiring)
-        self.unheard = None
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
@@ -273,43 +267,14 @@ class ElementWriter(TableReader):
         return msg
 
     def apply(self, table: str, delta: ElementDelta) -> None:
-        """Deletions, then additions, of ``delta`` in table ``table`` (both families).
-        A delta of ``UNHEARD_FROM`` elements or more is committed with the change watcher
-        out of its group (``unheard``): the kernel then builds no notification per
-        element, unless another listener is in the group."""
+        """Deletions, then additions, of ``delta`` in table ``table`` (both families)."""
         with self._lock:
             names: dict = {}
             parts = [self._batch_marker(NFNL_MSG_BATCH_BEGIN)]
             parts += self._messages(table, NFT_MSG_DELSETELEM, delta.delete, names)
             parts += self._messages(table, NFT_MSG_NEWSETELEM, delta.add, names)
             parts.append(self._batch_marker(NFNL_MSG_BATCH_END))
-            if self.unheard is not None and delta.size() >= UNHEARD_FROM:
-                with self.unheard(self._generation):
-                    self._send(b"".join(parts), names)
-            else:
-                self._send(b"".join(parts), names)
-
-    def _generation(self) -> int:
-        """The nftables generation of the socket's namespace (``NFT_MSG_GETGEN``): one step
-        per committed transaction. Raises OSError (no answer, an error)."""
-        sock = self._socket()
-        sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0, b"", NLM_F_REQUEST))
-        seq = self._seq
-        while select.select([sock], [], [], 1.0)[0]:
-            buf, pos = sock.recv(1 << 16), 0
-            while pos + 20 <= len(buf):
-                length, kind, _flags, got, _pid = struct.unpack_from("=IHHII", buf, pos)
-                if length < 16:
-                    break
-                if got == seq and kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", buf, pos + 16)[0] or errno.EPROTO
-                    raise OSError(code, os.strerror(code))
-                found = _attrs(buf[pos + 20:pos + length]).get(NFTA_GEN_ID) if got == seq and \
-                    kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN else None
-                if found is not None and len(found) == 4:
-                    return struct.unpack("!I", found)[0]
-                pos += (length + 3) & ~3
-        raise OSError(errno.ETIMEDOUT, "nf_tables did not answer GETGEN")
+            self._send(b"".join(parts), names)
 
     def _send(self, batch: bytes, names: dict) -> None:
         sock = self._socket()
