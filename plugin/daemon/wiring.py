@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 from plugin.config import Settings
 from plugin.daemon.api import Api
@@ -164,5 +165,11 @@ def start_watches(daemon: Daemon) -> None:
             daemon.nftwatch.ignore_port(portid)
     if owners:
         repair = Debouncer(lambda: daemon.reconciler.reconcile(full=False), name="secnet-repair").start()
-        daemon.nftwatch.subscribe(repair.trigger,
-                                  lambda event: any(b.owns(event) is not None for b in owners))
+        daemon.nftwatch.subscribe(repair.trigger, repair_wanted(owners))
+
+
+def repair_wanted(owners: list) -> Callable:
+    """The nft change notifications that call for a repair check: one that touched a
+    table of ``owners`` (backends with ``owns``), and every ``resync`` (notifications
+    were lost: what changed meanwhile is unknown)."""
+    return lambda event: event.kind == "resync" or any(b.owns(event) is not None for b in owners)
