@@ -254,10 +254,12 @@ class ElementWriter(TableReader):
             head = head_of.setdefault(name, _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
                                       + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
             encode = encoder(name, key_only=verb == NFT_MSG_DELSETELEM)
-            attrs = list(map(encode, els, els.values()))
-            per = max(1, MAX_ATTR // max(map(len, attrs)))   # elements of a set: one length
-            for at in range(0, len(attrs), per):
-                out.append(self._elements_message(verb, family, head, attrs[at:at + per], flags, names, name))
+            keys = list(els)
+            per = max(1, MAX_ATTR // len(encode(keys[0], els[keys[0]])))   # elements of a set: one length
+            for at in range(0, len(keys), per):   # a chunk's attributes at a time: no 10^4 small bytes at once
+                chunk = keys[at:at + per]
+                out.append(self._elements_message(verb, family, head, map(encode, chunk, map(els.get, chunk)),
+                                                  flags, names, name))
         return out
 
     def _elements_message(self, verb, family, head, chunk, flags, names, name) -> bytes:
