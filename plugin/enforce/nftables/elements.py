@@ -253,18 +253,14 @@ class PolicyElements:
         """Apply entries added and removed; returns the elements that changed.
 
         A set without intervals has one element per group with entries: its
-        elements come and go with their groups (``gone``, ``born``). An interval
-        set's groups that changed (``cut``: whether each had entries) are cut again.
+        elements come and go with their groups, straight into the delta (no
+        ``(set, group)`` pair kept per element). An interval set's groups that
+        changed (``cut``: whether each had entries) are cut again.
         """
-        cut, gone, born = {}, {}, []
-        self._remove(removed, cut, gone)
-        self._add(added, cut, gone, born)
+        cut, delta = {}, ElementDelta()
+        self._remove(removed, cut, delta.delete)
+        self._add(added, cut, delta.delete, delta.add)
         self._shrink()
-        delta = ElementDelta()
-        for name, group in gone:
-            delta.delete[name][group] = None
-        for name, group in born:
-            delta.add[name][group] = None
         for name, group in cut:
             self._cut(name, group, delta)
         return delta
@@ -278,9 +274,10 @@ class PolicyElements:
             self._peak = count
 
     def _remove(self, removed: Iterable, cut: dict, gone: dict) -> None:
+        """``gone``: ``{set: {element: None}}`` of the elements whose groups emptied."""
         sets, interval = self.groups, _INTERVAL
         for entry in removed:
-            where = entry_group(entry)   # (set, group): kept only as a key of the delta
+            where = entry_group(entry)
             name, group = where
             groups = sets.get(name)
             entries = groups.get(group) if groups is not None else None
@@ -297,9 +294,10 @@ class PolicyElements:
                     continue
             del groups[group]
             if not interval[name]:
-                gone[where] = None
+                gone[name][group] = None
 
-    def _add(self, added: Iterable, cut: dict, gone: dict, born: list) -> None:
+    def _add(self, added: Iterable, cut: dict, gone: dict, born: dict) -> None:
+        """``born``: ``{set: {element: None}}`` of the elements whose groups filled."""
         sets, interval = self.groups, _INTERVAL
         for entry in added:
             where = entry_group(entry)
@@ -313,10 +311,11 @@ class PolicyElements:
             if entries is None:
                 groups[group] = entry
                 if not interval[name]:
-                    if where in gone:
-                        del gone[where]   # emptied and filled again: the element stays
+                    emptied = gone.get(name)
+                    if emptied and group in emptied:
+                        del emptied[group]   # emptied and filled again: the element stays
                     else:
-                        born.append(where)
+                        born[name][group] = None
             elif entries.__class__ is set:
                 entries.add(entry)
             elif entries != entry:
