@@ -227,15 +227,13 @@ class ElementDelta:
 class PolicyElements:
     """The policy sets of one network, with the entries behind each element.
 
-    ``groups``: ``{set: {group: entries}}``; ``entries`` is the entry itself while a
-    group has one, as most do, a set from two (per set, so that no ``(set, group)``
-    key and no 1-tuple is kept per entry: 10,000 rules, 1.9 -> 0.8 MiB). In a set
-    without intervals the group *is* the element (present while it has entries); an
-    interval set's groups are cut into ``pieces``: ``{(set, group): {element:
-    frozenset(attribution keys)}}``.
-    A dict keeps its table when keys leave: a set's dict is copied once the groups
-    hold under a quarter of their peak (after a 50,000-rule policy, 2.5 MiB of table
-    otherwise).
+    ``groups``: ``{set: {group: entries}}``, ``entries`` the entry itself while a group
+    has one (most do), a set from two: no ``(set, group)`` key, no 1-tuple per entry
+    (10,000 rules: 1.9 -> 1.0 MiB). In a set without intervals the group *is* the element;
+    an interval set's groups are cut into ``pieces``: ``{(set, group): {element:
+    frozenset(attribution keys)}}``. A dict keeps its table when keys leave: the sets'
+    dicts are copied once they hold under a quarter of their peak (2.5 MiB otherwise
+    after a 50,000-rule policy).
     """
 
     def __init__(self) -> None:
@@ -260,18 +258,13 @@ class PolicyElements:
         cut, delta = {}, ElementDelta()
         self._remove(removed, cut, delta.delete)
         self._add(added, cut, delta.delete, delta.add)
-        self._shrink()
+        count = sum(map(len, self.groups.values()))
+        self._peak = max(self._peak, count)
+        if count * 4 < self._peak:   # copied: the dicts' tables shrink (empty ones dropped)
+            self.groups, self._peak = {n: dict(groups) for n, groups in self.groups.items() if groups}, count
         for name, group in cut:
             self._cut(name, group, delta)
         return delta
-
-    def _shrink(self) -> None:
-        """Copy the sets' dicts (dropping empty ones) once they hold under a quarter of their peak."""
-        count = sum(map(len, self.groups.values()))
-        self._peak = max(self._peak, count)
-        if count * 4 < self._peak:
-            self.groups = {name: dict(groups) for name, groups in self.groups.items() if groups}
-            self._peak = count
 
     def _remove(self, removed: Iterable, cut: dict, gone: dict) -> None:
         """``gone``: ``{set: {element: None}}`` of the elements whose groups emptied."""
@@ -321,16 +314,10 @@ class PolicyElements:
             elif entries != entry:
                 groups[group] = {entries, entry}
 
-    def entries(self, name: str, group: tuple) -> tuple:
-        """The entries behind ``group`` of set ``name`` (empty if none)."""
-        entries = self.groups.get(name, {}).get(group)
-        if entries is None:
-            return ()
-        return tuple(entries) if entries.__class__ is set else (entries,)
-
     def _cut(self, name: str, group: tuple, delta: ElementDelta) -> None:
         old = self.pieces.pop((name, group), {})
-        new = group_elements(name, group, self.entries(name, group))
+        entries = self.groups.get(name, {}).get(group, ())
+        new = group_elements(name, group, entries if entries.__class__ in (set, tuple) else (entries,))
         if new:
             self.pieces[(name, group)] = new
         for element in old.keys() - new.keys():
