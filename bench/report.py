@@ -341,6 +341,22 @@ def _idle(r) -> list:
     return out
 
 
+def _memory(r) -> list:
+    """Issue 12's RSS scenario on a private daemon (bench/memory.py)."""
+    m = r.get("memory")
+    if not isinstance(m, dict):
+        return []
+    out = ["## Daemon memory: issue 12's scenario (private daemon)", ""]
+    if "error" in m:
+        return out + [f"failed: `{m['error']}`", ""]
+    from .memory import table
+    return out + [f"This tree's daemon (gunicorn master + worker) in a namespace of its own, driven through the "
+                  f"plugin API: a network, {m['endpoints']:,} endpoints, {m['sets']} `set`s of {m['rules']:,} "
+                  "rules, one rule added and removed, then every endpoint and the network removed; no rule "
+                  "sweep before (section 4's figure at 10,000 rules comes after its 50,000-rule edits, on the "
+                  "shared daemon). After each step and 2 s of quiet, median of 5 readings.", ""] + table(m) + [""]
+
+
 def _dns(r) -> list:
     """DNS-name rules (bench/dns_hold.py): hold latency and joins with learned addresses."""
     d = r.get("dns")
@@ -374,7 +390,7 @@ def write(r: dict, out_dir: str, snippet: bool = True) -> str:
     lines.append("")
     from . import targets  # imports this module's helpers
     lines += targets.lines(r)
-    lines += _control(r) + _enforce(r) + _dataplane(r) + _scale(r) + _iptables(r) + _idle(r) + _dns(r)
+    lines += _control(r) + _enforce(r) + _dataplane(r) + _scale(r) + _iptables(r) + _idle(r) + _memory(r) + _dns(r)
     errs = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
     if errs or r.get("interrupted"):
         lines += ["## Failures", ""] + [f"- {k}: `{v}`" for k, v in errs.items()]

@@ -8,6 +8,8 @@ and latency: veth, bridge, secnet; joins, rule updates, RSS with 1,000
 endpoints and 10,000 rules), datapath (veth, bridge, nftables and
 eBPF backends in namespaces, the nftables backend's calls against N rules),
 iptables (DOCKER-USER pair rules against secnet), idle (daemon CPU while left alone),
+memory (issue 12's RSS scenario -- 1,000 endpoints + 10,000 rules, then all removed -- on a
+private daemon in a namespace, without the rule sweep: bench/memory.py),
 dns (DNS-name rules: how long an answer is held, joins with 10,000 learned
 addresses; both backends, in namespaces: bench/dns_hold.py). Writes ``<DATE>.md``,
 ``<DATE>.json`` and ``<DATE>-*.png`` into the output directory (default
@@ -29,11 +31,11 @@ import sys
 import time
 import traceback
 
-from . import common, control, daemon, dataplane, datapath, dns_hold, enforce, iptables_cmp, report, scale
+from . import common, control, daemon, dataplane, datapath, dns_hold, enforce, iptables_cmp, memory, report, scale
 from .common import REPO, Cleanup, Sizes, docker, log, sh
 from .daemon import DaemonWatch
 
-SECTIONS = ("idle", "control", "enforce", "dataplane", "datapath", "iptables", "dns")
+SECTIONS = ("idle", "control", "enforce", "dataplane", "datapath", "iptables", "dns", "memory")
 
 
 def _first_line(args) -> str:
@@ -241,6 +243,9 @@ def main(argv=None) -> int:
             _section(results, "datapath", watch, datapath.run, sizes)
         if "iptables" not in args.skip:
             _section(results, "iptables", watch, iptables_cmp.run, sizes)
+        if "memory" not in args.skip:
+            log(f"memory: a private daemon, {sizes.endpoints} endpoints + {sizes.scale_rules} rules, then removed")
+            _section(results, "memory", watch, memory.section, sizes)
         if "dns" not in args.skip:
             log("dns: hold latency of answers and joins with 10,000 learned addresses, per backend")
             _section(results, "dns", watch, dns_hold.run, sizes)

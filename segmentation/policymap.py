@@ -155,22 +155,28 @@ class PolicyMap:
 
     def between(self, src: int, dst: int) -> tuple:
         """The entries from identity ``src`` to ``dst``, sorted (an index, built once per map)."""
-        def index() -> dict:
-            pairs: dict = {}
-            entries = list(self.entries)
-            for pair, entry in zip(map(_PAIR, entries), entries):
-                found = pairs.get(pair)
-                if found is None:
-                    pairs[pair] = (entry,)   # most pairs have one entry: sorted as it is
-                elif found.__class__ is tuple:
-                    pairs[pair] = [found[0], entry]
-                else:
-                    found.append(entry)
-            for pair, found in pairs.items():
-                if found.__class__ is list:
-                    pairs[pair] = tuple(sorted(found))
-            return pairs
-        return self._cached("_pairs", index).get((src, dst), ())
+        found = self._cached("_pairs", self._pair_index).get(src << 16 | dst, ())
+        return found if found.__class__ is tuple else (found,)
+
+    def _pair_index(self) -> dict:
+        """``{src << 16 | dst: entries}``: an int key (identities are 16 bits) and, for
+        the one entry most pairs have, the entry itself; a sorted tuple from two (no
+        2-tuple key and no 1-tuple per pair: 10,000 rules, ~1 MiB less)."""
+        pairs: dict = {}
+        entries = list(self.entries)
+        keys = map(operator.or_, map(operator.lshift, map(_SRC, entries), itertools.repeat(16)), map(_DST, entries))
+        for pair, entry in zip(keys, entries):
+            found = pairs.get(pair)
+            if found is None:
+                pairs[pair] = entry
+            elif found.__class__ is list:
+                found.append(entry)
+            else:
+                pairs[pair] = [found, entry]
+        for pair, found in pairs.items():
+            if found.__class__ is list:
+                pairs[pair] = tuple(sorted(found))
+        return pairs
 
     def _cached(self, name: str, make):
         """A value derived from this (immutable) map, computed on first use."""
@@ -335,14 +341,17 @@ def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
         return
     touched: dict = {}
     for entry in itertools.chain(gone, added):
-        touched.setdefault((entry.src, entry.dst), set())
+        touched.setdefault(entry.src << 16 | entry.dst, set())
     for entry in added:
-        touched[(entry.src, entry.dst)].add(entry)
+        touched[entry.src << 16 | entry.dst].add(entry)
     pairs = dict(pairs)
     for pair, found in touched.items():
-        found.update(e for e in pairs.get(pair, ()) if e not in gone)
-        if found:
+        before = pairs.get(pair, ())
+        found.update(e for e in (before if before.__class__ is tuple else (before,)) if e not in gone)
+        if len(found) > 1:
             pairs[pair] = tuple(sorted(found))
+        elif found:
+            pairs[pair] = found.pop()
         else:
             pairs.pop(pair, None)
     object.__setattr__(new, "_pairs", pairs)
@@ -364,7 +373,7 @@ def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fq
         fqdns_added=added(fqdns, old.fqdns), fqdns_removed=removed(fqdns, old.fqdns))
 
 
-_PAIR = operator.itemgetter(0, 1)   # (src, dst) of a PolicyEntry
+_SRC, _DST = operator.itemgetter(0), operator.itemgetter(1)   # of a PolicyEntry
 _PICK_GONE = 64            # rules: above this, their entries are picked out of the old map
 _RULE = operator.attrgetter("rule")
 

@@ -238,7 +238,8 @@ def unique_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:
 
 
 # Rule-set arithmetic without a Python call per rule: policies hold tens of thousands.
-_TEXT, _SEGMENTS, _STAR = (operator.attrgetter(a) for a in ("_text", "_segments", "_star"))
+_TEXT, _STAR, _SEGMENTS, _SRC, _DST = (operator.attrgetter(a) for a in (
+    "_text", "_star", "_segments", "src.value", "dst.value"))
 
 
 def rule_texts(rules: Iterable[Rule]) -> list[str]:
@@ -260,12 +261,17 @@ def star_rules(rules: Iterable[Rule]) -> list[Rule]:
 
 def named_segments(rules: Iterable[Rule]) -> set[str]:
     """The segments that ``rules`` name (``*`` and CIDRs name none)."""
-    return set(itertools.chain.from_iterable(map(_SEGMENTS, rules)))
+    return set(segment_mentions(rules))
 
 
 def segment_mentions(rules: Iterable[Rule]) -> Iterable[str]:
-    """The segments that ``rules`` name, once per mention (``a->a`` twice), lazily."""
-    return itertools.chain.from_iterable(map(_SEGMENTS, rules))
+    """The segments that ``rules`` name, once per mention (``a->a`` twice; in no
+    particular order). A rule between two segments keeps no tuple of them (its
+    ``_segments`` is None): their names are read from its ends."""
+    rules = list(rules)
+    kept = list(map(_SEGMENTS, rules))
+    both = list(itertools.compress(rules, map(operator.is_, kept, itertools.repeat(None))))
+    return itertools.chain(map(_SRC, both), map(_DST, both), itertools.chain.from_iterable(filter(None, kept)))
 
 
 def format_rules(rules: Iterable[Rule], sep: str = ",") -> str:

@@ -171,20 +171,26 @@ class Rule:
         ``text`` its canonical text. No checks and no formatting: the fast parser's
         constructor (a policy set of 10,000 rules makes 10,000)."""
         rule = object.__new__(cls)
+        # None: both ends are segments, read from them (``segments_of``): no tuple kept per rule
         segments = tuple(e.value for e in (src, dst) if e.kind == "segment") \
-            if src.kind != "segment" or dst.kind != "segment" else (src.value, dst.value)
+            if src.kind != "segment" or dst.kind != "segment" else None
         # each slot's own setter, one call apiece (a loop of object.__setattr__ cost 4 ms a 10,000)
         _SET_SRC(rule, src)
         _SET_DST(rule, dst)
         _SET_SERVICE(rule, service)
         _SET_TEXT(rule, text)
         _SET_SEGMENTS(rule, segments)
-        _SET_STAR(rule, len(segments) < 2)
+        _SET_STAR(rule, segments is not None and len(segments) < 2)
         return rule
 
     def text(self) -> str:
         """Canonical text, e.g. ``web->api:tcp/8080`` or ``monitor->*``."""
         return self._text
+
+    def segments(self) -> tuple:
+        """The segments the rule names, source first (``*`` and CIDRs name none)."""
+        found = self._segments
+        return (self.src.value, self.dst.value) if found is None else found
 
     def __eq__(self, other) -> bool:
         if other.__class__ is not Rule:

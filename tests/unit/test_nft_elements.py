@@ -83,7 +83,7 @@ def test_a_chain_of_edits_ends_where_the_last_policy_starts(chain):
     fresh = PolicyElements.of(chain[-1])
     assert _nonempty(state.flat()) == _nonempty(fresh.flat())
     assert _nonempty(state.attribution()) == _nonempty(fresh.attribution())
-    assert all(state.groups.values())
+    assert all(all(groups.values()) for groups in state.groups.values())
 
 
 @settings(max_examples=200, deadline=None)
@@ -193,10 +193,24 @@ def test_the_groups_table_is_rebuilt_once_it_holds_under_a_quarter_of_its_peak()
     import sys
     big = [PolicyEntry(256 + i // 1000, 300, "tcp", i % 1000 + 1, i % 1000 + 1, f"r{i}") for i in range(20_000)]
     state = PolicyElements.of(big)
-    table = sys.getsizeof(state.groups)
+    table = sys.getsizeof(state.groups["pol_port"])
     kept = big[:100]
     state.change((), big[100:])
     assert state.groups == PolicyElements.of(kept).groups
-    assert sys.getsizeof(state.groups) * 50 < table
+    assert sys.getsizeof(state.groups["pol_port"]) * 50 < table
     state.change(big[100:], ())                  # and it grows again as before
     assert state.groups == PolicyElements.of(big).groups
+
+
+def test_a_group_of_one_entry_keeps_the_entry_itself():
+    """No (set, group) key and no 1-tuple per entry; a set from the second entry on, and
+    back to nothing when both leave."""
+    one = PolicyEntry(256, 257, "tcp", 80, 80, "a->b:tcp/80")
+    two = PolicyEntry(256, 257, "tcp", 80, 80, "*->b:tcp/80")
+    state = PolicyElements.of([one])
+    assert state.groups == {"pol_port": {(256, 257, 6, 80): one}}
+    state.change([two], ())
+    assert state.groups["pol_port"][(256, 257, 6, 80)] == {one, two}
+    delta = state.change((), [one, two])
+    assert dict(delta.delete) == {"pol_port": {(256, 257, 6, 80): None}}
+    assert not state.groups.get("pol_port")

@@ -10,7 +10,7 @@ from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign
 from segmentation.model import Policy
 from segmentation.options import NetworkOptions
 from segmentation import policymap
-from segmentation.policymap import compile_policy_map, recompile_policy_map
+from segmentation.policymap import PolicyEntry, compile_policy_map, recompile_policy_map
 from segmentation.rules import parse_rules, segment_mentions
 
 SEGS = ["web", "api", "db", "cache"]
@@ -156,3 +156,22 @@ def test_picking_the_removed_rules_entries_out_of_the_old_map_compiles_the_same(
         test_an_edit_compiles_and_deltas_as_afresh()
     finally:
         policymap._PICK_GONE = saved
+
+
+def test_the_pair_index_keeps_a_lone_entry_itself_and_sorts_several():
+    """Most pairs have one entry: the index keeps it bare under an int key (no tuple per
+    pair), and ``between`` still answers a sorted tuple; an edit carries the index."""
+    options = NetworkOptions(rules=parse_rules("a->b:tcp/80 a->b:udp/53 b->a:tcp/22"), intra="deny")
+    ids = {"a": 256, "b": 257}
+    pm = compile_policy_map(options, ids)
+    assert [e.rule for e in pm.between(256, 257)] == ["a->b:tcp/80", "a->b:udp/53"]
+    assert [e.rule for e in pm.between(257, 256)] == ["b->a:tcp/22"]
+    assert pm.between(257, 257) == ()
+    index = pm.__dict__["_pairs"]
+    assert index[257 << 16 | 256].__class__ is PolicyEntry and index[256 << 16 | 257].__class__ is tuple
+    smaller = NetworkOptions(rules=parse_rules("a->b:tcp/80 b->a:tcp/22 b->b:tcp/1"), intra="deny")
+    new, _delta = recompile_policy_map(pm, options, smaller, ids)
+    carried = new.__dict__["_pairs"]
+    assert carried[256 << 16 | 257].__class__ is PolicyEntry
+    assert [e.rule for e in new.between(256, 257)] == ["a->b:tcp/80"]
+    assert [e.rule for e in new.between(257, 257)] == ["b->b:tcp/1"]

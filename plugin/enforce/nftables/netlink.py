@@ -23,6 +23,7 @@ bytes (the kernel tier checks it: drift() after a netlink delta is empty).
 """
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import struct
@@ -254,10 +255,11 @@ class ElementWriter(TableReader):
             head = head_of.setdefault(name, _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
                                       + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
             encode = encoder(name, key_only=verb == NFT_MSG_DELSETELEM)
-            attrs = list(map(encode, els, els.values()))
-            per = max(1, MAX_ATTR // max(map(len, attrs)))   # elements of a set: one length
-            for at in range(0, len(attrs), per):
-                out.append(self._elements_message(verb, family, head, attrs[at:at + per], flags, names, name))
+            per = max(1, MAX_ATTR // len(encode(*next(iter(els.items())))))   # elements of a set: one length
+            items = iter(els.items())
+            for _ in range(0, len(els), per):   # a chunk's attributes at a time: no 10^4 small bytes at once
+                out.append(self._elements_message(verb, family, head, itertools.starmap(
+                    encode, itertools.islice(items, per)), flags, names, name))
         return out
 
     def _elements_message(self, verb, family, head, chunk, flags, names, name) -> bytes:
