@@ -23,6 +23,7 @@ ALIAS_PREFIX = "secnet:"
 BRIDGE_PREFIX = "sn-"
 VETH_HOST_PREFIX = "snv"
 VETH_PEER_PREFIX = "snp"
+_IFF_UP = 0x1   # ifinfomsg's flag (with kind=bridge_slave pyroute2's "state" is the port's STP state)
 
 
 class LinkConflict(Exception):
@@ -209,28 +210,29 @@ class Netlink:
         """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``.
 
         The peer may already have been moved into a container's namespace by
-        Docker (after Join); then only the host side is repaired.
+        Docker (after Join); then only the host side is repaired. A new pair
+        takes three requests: the bridge's index, the pair (MTU, peer MAC, the
+        host side on the bridge), and the host side's owner, hairpin and up by
+        name; an existing one is claimed (or refused) and repaired.
         """
         br = self._index(bridge)
         if br is None:
             raise LinkConflict(f"bridge {bridge} is missing")
-        index = self._claim(host, owner, "veth")
-        if index is None:
-            # one request: the pair, its MTU, the peer's MAC, the host side on the bridge
+        try:
             self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=br,
                            peer={"ifname": peer, "address": mac, "mtu": mtu})
-            index = self._index(host)
-            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
-        else:
-            self._ipr.link("set", index=index, master=br, mtu=mtu)
-        # hairpin: a container may reach its own published port via the host
-        self._ipr.brport("set", index=index, mode=1)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST or self._claim(host, owner, "veth") is None:
+                raise   # not there but the peer's name is taken: the add's own error
+            self._ipr.link("set", ifname=host, master=br, mtu=mtu)
         # The host side is a bridge port, not a host interface: without IPv6
         # on it, it sends no DAD/MLD/RS of its own straight to the container
         # (frames that would bypass the bridge hooks: "nothing in" for
-        # pending and quarantined containers holds).
+        # pending and quarantined containers holds). Before it goes up.
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
-        self._ipr.link("set", index=index, state="up")
+        # its owner; hairpin: a container may reach its own published port via the host
+        self._ipr.link("set", ifname=host, ifalias=ALIAS_PREFIX + owner, flags=_IFF_UP, change=_IFF_UP,
+                       kind="bridge_slave", mode=1)
 
     def start_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> Future:
         """:meth:`ensure_veth` begun on the netlink thread; the caller goes on meanwhile
