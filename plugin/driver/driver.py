@@ -242,8 +242,7 @@ class Driver:
             return
         start = getattr(self.links, "start_veth", None)
         if start is None or self.reconciler.brings_segment(net, rec):
-            # a new segment's policy delta is Python work: beside the veth's it would
-            # only take turns with it for the GIL, and each waits for the other
+            # a new segment's delta is Python work: beside the veth's, both wait on the GIL
             self.reconciler.endpoint_changed(net, rec)
             self.links.ensure_veth(*args)
             return
