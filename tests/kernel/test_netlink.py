@@ -129,6 +129,20 @@ def _sysctl(netns, path: str) -> str:
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
+def test_ensure_veth_finds_a_bridge_made_again_under_its_name(nl, netns, owner, bridge):
+    nl.ensure_veth("snv-t", "snp-t", bridge, new_id(), 1500, MAC)   # the bridge's index remembered
+    before = netns.link(bridge)["ifindex"]
+    netns.ip("link", "del", bridge)                                 # behind the daemon's back
+    netns.ip("link", "add", bridge, "type", "bridge")
+    assert netns.link(bridge)["ifindex"] != before
+    nl.ensure_veth("snv-u", "snp-u", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-u")["master"] == bridge
+    nl.remove_link(bridge, owner="")                                # ours to remove: no alias
+    with pytest.raises(LinkConflict, match="is missing"):
+        nl.ensure_veth("snv-w", "snp-w", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-w") is None
+
+
 def test_ensure_veth_whose_peer_name_is_taken_fails_with_nothing_made(nl, netns, bridge):
     netns.ip("link", "add", "snp-t", "type", "ifb")
     with pytest.raises(NetlinkError):
