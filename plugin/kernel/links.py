@@ -225,7 +225,7 @@ class Netlink:
         except NetlinkError as exc:
             if exc.code != errno.EEXIST or self._claim(host, owner, "veth") is None:
                 raise   # not there but the peer's name is taken: the add's own error
-            self._ipr.link("set", ifname=host, master=self._bridge_index(bridge), mtu=mtu)
+            self._ipr.link("set", ifname=host, master=self._bridge_index(bridge, fresh=True), mtu=mtu)
         # The host side is a bridge port, not a host interface: without IPv6
         # on it, it sends no DAD/MLD/RS of its own straight to the container
         # (frames that would bypass the bridge hooks: "nothing in" for

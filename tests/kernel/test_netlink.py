@@ -137,6 +137,10 @@ def test_ensure_veth_finds_a_bridge_made_again_under_its_name(nl, netns, owner, 
     assert netns.link(bridge)["ifindex"] != before
     nl.ensure_veth("snv-u", "snp-u", bridge, new_id(), 1500, MAC)
     assert netns.link("snv-u")["master"] == bridge
+    netns.ip("link", "del", bridge)
+    netns.ip("link", "add", bridge, "type", "bridge")
+    nl.ensure_veth("snv-u", "snp-u", bridge, netns.link("snv-u")["ifalias"][len(ALIAS_PREFIX):], 1500, MAC)
+    assert netns.link("snv-u")["master"] == bridge                  # repaired onto the new one
     nl.remove_link(bridge, owner="")                                # ours to remove: no alias
     with pytest.raises(LinkConflict, match="is missing"):
         nl.ensure_veth("snv-w", "snp-w", bridge, new_id(), 1500, MAC)
