@@ -238,10 +238,13 @@ def _scale(r) -> list:
     out = ["## 4. Scale", "", sc.get("method", ""), ""]
     j = sc.get("joins")
     if j:
-        out += ["| join | ms, median (min–max) of 5 | joins used |", "|---|---|---|"]
+        wide = j.get("marks_wide") or {}
+        out += ["| join | ms, median (min–max) of 5 | joins used | median (min–max) of 21 | joins used |",
+                "|---|---|---|---|---|"]
         for m in sorted(j["marks"], key=int):
-            w = j["marks"][m]["window"]
-            out.append(f"| {int(m):,} | {mmm(j['marks'][m])} | {w[0]:,}–{w[1]:,} |")
+            w, v = j["marks"][m]["window"], (wide.get(m) or {}).get("window")
+            out.append(f"| {int(m):,} | {mmm(j['marks'][m])} | {w[0]:,}–{w[1]:,} | "
+                       + (f"{mmm(wide[m])} | {v[0]:,}–{v[1]:,} |" if v else "– | – |"))
         out += ["", f"All {j['count']:,} joins: CreateEndpoint {mmm(j['create_endpoint_ms'])} ms, Join "
                 f"{mmm(j['join_ms'])} ms, both {mmm(j['total_ms'])} ms (p95 {num(j['total_ms'].get('p95'))}); "
                 f"{num(j['seconds_total'])} s in all."

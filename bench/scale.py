@@ -16,7 +16,9 @@ steady-state path (set-element changes), not new-segment rebuilds.
 
 A join is CreateEndpoint + Join (what dockerd waits for when it attaches a
 container). "The n-th join" is the median (min, max) of the five joins
-n..n+4 (the last five for the last mark). Rule updates: ``secnet policy
+n..n+4 (the last five for the last mark); next to it, the median of the 21
+joins around n (the first 21 for the first mark, the last 21 for the last),
+which one slow join in five does not move. Rule updates: ``secnet policy
 snbench-scale set`` with N rules ``s<i>->s<j>:tcp/<port>`` over the 100
 segments (plus the two rules of the measured flow), run as the CLI (a new
 Python process each time, like a user), alternating two rule sets that
@@ -41,6 +43,15 @@ FIRST_FAKE = ipaddress.IPv4Address("10.216.4.1")
 SEGMENTS = 100
 FLOW_RULES = [f"bcli->s99:tcp/{IPERF_PORT}", "bcli->s99:icmp"]
 ONE_RULE = "s1->s2:tcp/7"  # added and removed with N rules in force
+WIDE = 21                   # joins around a mark in its second, steadier figure
+
+
+def _around(clean: list, mark: int, width: int) -> list:
+    """``width`` consecutive undisturbed joins (numbers from ``clean``, sorted) centred on
+    ``mark``, shifted inwards at either end (all of them when there are fewer)."""
+    at = sum(1 for i in clean if i < mark)
+    start = max(0, min(at - width // 2, len(clean) - width))
+    return clean[start:start + width]
 
 
 def ring_rules() -> list:
@@ -154,16 +165,18 @@ class Scale:
         create, join, disturbed = g["create"], g["join"], g["disturbed"]
         total = [c + j for c, j in zip(create, join)]
         clean = [i for i in range(1, n + 1) if i not in disturbed]
-        marks = {}
+        marks, wide = {}, {}
         for m in self.sizes.join_marks:
             # five consecutive undisturbed joins from m on (the last five for the last mark)
             after = [i for i in clean if i >= m][:5]
             window = after if len(after) == 5 else [i for i in clean if i <= m][-5:]
             marks[str(m)] = {"window": [min(window), max(window)],
                              **stats(total[i - 1] for i in window)}
+            window = _around(clean, m, WIDE)
+            wide[str(m)] = {"window": [min(window), max(window)], **stats(total[i - 1] for i in window)}
         ok = lambda xs: [x for i, x in enumerate(xs, 1) if i not in disturbed]
         self.result["joins"] = {
-            "count": n, "seconds_total": now() - g["t_start"], "marks": marks,
+            "count": n, "seconds_total": now() - g["t_start"], "marks": marks, "marks_wide": wide,
             "create_endpoint_ms": stats(ok(create)), "join_ms": stats(ok(join)),
             "total_ms": stats(ok(total)), "raw_total_ms": total,
             "disturbed_by_daemon_restart": disturbed}

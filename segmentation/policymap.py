@@ -303,6 +303,9 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     if options.intra == "allow" and not same_ids:
         gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
         new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
+    for pair, before in ((gone, new), old.entries), ((gone_cidrs, new_cidrs), old.cidrs), \
+            ((gone_fqdns, new_fqdns), old.fqdns):
+        _cancel(*pair, before)
     new_map = PolicyMap(old_ids if same_ids else MappingProxyType(dict(identities)),
                         _changed(old.entries, gone, new), _changed(old.cidrs, gone_cidrs, new_cidrs),
                         _settings(options), _changed(old.fqdns, gone_fqdns, new_fqdns))
@@ -331,6 +334,17 @@ def _rules_changed(old_options: NetworkOptions, options: NetworkOptions, edit) -
     return None if most(len(gone_rules) + len(new_rules)) else (gone_rules, new_rules)
 
 
+def _cancel(gone: set, added: set, before: frozenset) -> None:
+    """Take out of both ``gone`` and ``added`` what they share and ``before`` holds: an
+    entry removed and given again stays as it is (a freed identity handed to the next
+    new segment, a ``*`` rule's entries redone for a segment that came): then the new
+    map shares ``before`` instead of copying it for nothing."""
+    both = [entry for entry in gone & added if entry in before] if gone and added else ()
+    if both:
+        gone.difference_update(both)
+        added.difference_update(both)
+
+
 def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
     """Give ``new`` (``(old - gone) | added``) the :meth:`PolicyMap.between` index of
     ``old`` with only the identity pairs the edit touched redone, when ``old`` has
@@ -344,7 +358,7 @@ def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
         touched.setdefault(entry.src << 16 | entry.dst, set())
     for entry in added:
         touched[entry.src << 16 | entry.dst].add(entry)
-    pairs = dict(pairs)
+    pairs = dict(pairs) if touched else pairs   # untouched: shared (an index is never changed in place)
     for pair, found in touched.items():
         before = pairs.get(pair, ())
         found.update(e for e in (before if before.__class__ is tuple else (before,)) if e not in gone)

@@ -233,6 +233,7 @@ class Driver:
         (and a new segment's entries) are written here. Nothing can pass meanwhile:
         the container side is down in the host's namespace until Docker moves it at
         Join, so the host side has no carrier and the bridge forwards nothing to it.
+        A join that brings a segment writes its policy first, then makes the veth.
         """
         args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
         if self.reconciler.link_first(net):
@@ -240,7 +241,8 @@ class Driver:
             self.reconciler.endpoint_changed(net, rec)
             return
         start = getattr(self.links, "start_veth", None)
-        if start is None:
+        if start is None or self.reconciler.brings_segment(net, rec):
+            # a new segment's delta is Python work: beside the veth's, both wait on the GIL
             self.reconciler.endpoint_changed(net, rec)
             self.links.ensure_veth(*args)
             return

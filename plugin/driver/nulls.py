@@ -10,6 +10,9 @@ class NullReconciler:
     def link_first(self, net):
         return False
 
+    def brings_segment(self, net, ep):
+        return False
+
     def network_added(self, net, endpoints=()):
         pass
 

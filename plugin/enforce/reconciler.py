@@ -154,6 +154,13 @@ class Reconciler:
         programs to it; nftables only needs its name.)"""
         return getattr(self.backend(net), "attaches_to_links", False)
 
+    def brings_segment(self, net, ep) -> bool:
+        """Would ``ep``'s join bring a segment that ``net`` has no identity for yet (a
+        policy delta)? A hint for ordering work, read without the lock."""
+        real = self._realized.get(net.id)
+        return (real is not None and ep.segment is not None and ep.quarantine is None
+                and ep.segment not in real.policy.identities)
+
     def check_backend(self, name: str) -> None:
         """Raise BackendUnavailable (one line naming ``secnet.backend``) unless backend
         ``name`` can run on this host."""

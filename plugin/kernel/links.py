@@ -23,6 +23,7 @@ ALIAS_PREFIX = "secnet:"
 BRIDGE_PREFIX = "sn-"
 VETH_HOST_PREFIX = "snv"
 VETH_PEER_PREFIX = "snp"
+_IFF_UP = 0x1   # ifinfomsg's flag (with kind=bridge_slave pyroute2's "state" is the port's STP state)
 
 
 class LinkConflict(Exception):
@@ -93,6 +94,9 @@ class Netlink:
 
     def __init__(self):
         self._thread_id: Optional[int] = None
+        # bridge name -> ifindex as last seen: the kernel hands indexes out cyclically
+        # (no reuse before 2^31), so a stale one names no device and is looked up again
+        self._bridges: dict = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="secnet-netlink")
         self._ipr = self._pool.submit(self._open).result()
 
@@ -172,6 +176,7 @@ class Netlink:
             if (str(iface.ip), iface.network.prefixlen) not in have:
                 self._add_addr(index, iface)
         self._ipr.link("set", index=index, state="up")
+        self._bridges[name] = index
         # 127.0.0.1:PORT of a published port is DNAT'd out of this bridge
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
 
@@ -209,28 +214,48 @@ class Netlink:
         """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``.
 
         The peer may already have been moved into a container's namespace by
-        Docker (after Join); then only the host side is repaired.
+        Docker (after Join); then only the host side is repaired. A new pair
+        takes three requests: the bridge's index, the pair (MTU, peer MAC, the
+        host side on the bridge), and the host side's owner, hairpin and up by
+        name (two when the bridge's index is remembered); an existing one is
+        claimed (or refused) and repaired.
         """
-        br = self._index(bridge)
-        if br is None:
-            raise LinkConflict(f"bridge {bridge} is missing")
-        index = self._claim(host, owner, "veth")
-        if index is None:
-            # one request: the pair, its MTU, the peer's MAC, the host side on the bridge
-            self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=br,
-                           peer={"ifname": peer, "address": mac, "mtu": mtu})
-            index = self._index(host)
-            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
-        else:
-            self._ipr.link("set", index=index, master=br, mtu=mtu)
-        # hairpin: a container may reach its own published port via the host
-        self._ipr.brport("set", index=index, mode=1)
+        try:
+            self._add_veth(host, peer, bridge, mtu, mac)
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST or self._claim(host, owner, "veth") is None:
+                raise   # not there but the peer's name is taken: the add's own error
+            self._ipr.link("set", ifname=host, master=self._bridge_index(bridge, fresh=True), mtu=mtu)
         # The host side is a bridge port, not a host interface: without IPv6
         # on it, it sends no DAD/MLD/RS of its own straight to the container
         # (frames that would bypass the bridge hooks: "nothing in" for
-        # pending and quarantined containers holds).
+        # pending and quarantined containers holds). Before it goes up.
         _write_sysctl(f"/proc/sys/net/ipv6/conf/{host}/disable_ipv6", "1")
-        self._ipr.link("set", index=index, state="up")
+        # its owner; hairpin: a container may reach its own published port via the host
+        self._ipr.link("set", ifname=host, ifalias=ALIAS_PREFIX + owner, flags=_IFF_UP, change=_IFF_UP,
+                       kind="bridge_slave", mode=1)
+
+    def _bridge_index(self, bridge: str, fresh: bool = False) -> int:
+        index = None if fresh else self._bridges.get(bridge)
+        if index is None:
+            index = self._index(bridge)
+            if index is None:
+                raise LinkConflict(f"bridge {bridge} is missing")
+            self._bridges[bridge] = index
+        return index
+
+    def _add_veth(self, host: str, peer: str, bridge: str, mtu: int, mac: str) -> None:
+        """The pair, its MTU, the peer's MAC, the host side on ``bridge``: one request
+        (two when the bridge's remembered index names no device: EINVAL)."""
+        for fresh in (False, True):
+            try:
+                self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=self._bridge_index(bridge, fresh),
+                               peer={"ifname": peer, "address": mac, "mtu": mtu})
+                return
+            except NetlinkError as exc:
+                if exc.code != errno.EINVAL or fresh:
+                    raise
+                self._bridges.pop(bridge, None)
 
     def start_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> Future:
         """:meth:`ensure_veth` begun on the netlink thread; the caller goes on meanwhile
@@ -250,6 +275,7 @@ class Netlink:
         unnamed_ours = not alias and (owner == "" or name in _derived_names(owner or ""))
         if owner is not None and alias != ALIAS_PREFIX + owner and not unnamed_ours:
             return False
+        self._bridges.pop(name, None)
         try:
             self._ipr.link("del", index=index)
         except NetlinkError as exc:

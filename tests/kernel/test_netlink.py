@@ -10,6 +10,7 @@ import uuid
 import pytest
 
 from nsfixtures import InNamespace
+from pyroute2.netlink.exceptions import NetlinkError
 from plugin.kernel.links import ALIAS_PREFIX, LinkConflict, Netlink, derived_mac
 
 GW4, GW6 = "10.220.0.1/24", "fd00:220::1/64"
@@ -119,6 +120,38 @@ def test_ensure_veth_enslaves_with_mtu_and_mac(nl, netns, owner):
     assert peer["address"] == MAC and peer["mtu"] == 1400
     assert "master" not in peer and "UP" not in peer["flags"]
     assert host.get("link") == "snp-t" or host.get("link_index") == peer["ifindex"]
+    assert host["linkinfo"]["info_slave_data"]["hairpin"] is True
+    assert _sysctl(netns, "net/ipv6/conf/snv-t/disable_ipv6") == "1"
+
+
+def _sysctl(netns, path: str) -> str:
+    return subprocess.run(["ip", "netns", "exec", netns.name, "cat", f"/proc/sys/{path}"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_ensure_veth_finds_a_bridge_made_again_under_its_name(nl, netns, owner, bridge):
+    nl.ensure_veth("snv-t", "snp-t", bridge, new_id(), 1500, MAC)   # the bridge's index remembered
+    before = netns.link(bridge)["ifindex"]
+    netns.ip("link", "del", bridge)                                 # behind the daemon's back
+    netns.ip("link", "add", bridge, "type", "bridge")
+    assert netns.link(bridge)["ifindex"] != before
+    nl.ensure_veth("snv-u", "snp-u", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-u")["master"] == bridge
+    netns.ip("link", "del", bridge)
+    netns.ip("link", "add", bridge, "type", "bridge")
+    nl.ensure_veth("snv-u", "snp-u", bridge, netns.link("snv-u")["ifalias"][len(ALIAS_PREFIX):], 1500, MAC)
+    assert netns.link("snv-u")["master"] == bridge                  # repaired onto the new one
+    nl.remove_link(bridge, owner="")                                # ours to remove: no alias
+    with pytest.raises(LinkConflict, match="is missing"):
+        nl.ensure_veth("snv-w", "snp-w", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-w") is None
+
+
+def test_ensure_veth_whose_peer_name_is_taken_fails_with_nothing_made(nl, netns, bridge):
+    netns.ip("link", "add", "snp-t", "type", "ifb")
+    with pytest.raises(NetlinkError):
+        nl.ensure_veth("snv-t", "snp-t", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-t") is None and kind(netns.link("snp-t")) == "ifb"
 
 
 def test_start_veth_makes_the_pair_on_the_netlink_thread_while_the_caller_goes_on(nl, netns, bridge):

@@ -19,12 +19,15 @@ from plugin.kernel.links import veth_names
 class Ports(NullReconciler):
     """Records which thread wrote each port, and whether its veth existed by then."""
 
-    def __init__(self, links, attaches=False, fail=None):
-        self.links, self.attaches, self.fail = links, attaches, fail
+    def __init__(self, links, attaches=False, fail=None, brings=False):
+        self.links, self.attaches, self.fail, self.brings = links, attaches, fail, brings
         self.ports, self.log = set(), []
 
     def link_first(self, net):
         return self.attaches
+
+    def brings_segment(self, net, ep):
+        return self.brings
 
     def endpoint_changed(self, net, ep):
         self.log.append((threading.current_thread().name, ep.veth_host in self.links.links))
@@ -65,6 +68,15 @@ def test_ebpf_gets_the_link_before_its_port(tmp_path):
     driver, links, ports, nid = setup(tmp_path, attaches=True)
     create(driver, nid, new_id())
     assert ports.log == [(threading.current_thread().name, True)] and links.veth_threads == []
+    driver.state.close()
+
+
+def test_a_join_that_brings_a_segment_writes_its_policy_then_makes_the_veth(tmp_path):
+    driver, links, ports, nid = setup(tmp_path, brings=True)
+    eid = new_id()
+    create(driver, nid, eid)
+    assert ports.log == [(threading.current_thread().name, False)] and ports.ports == {eid}
+    assert links.veth_threads == [] and driver.state.get_endpoint(eid).veth_host in links.links
     driver.state.close()
 
 

@@ -135,6 +135,24 @@ def test_a_new_segment_is_a_delta_of_its_own_entries_only():
         (new_id, second.identities["db"], "*->db:udp/53"), (new_id, new_id, "intra")}
 
 
+def test_a_freed_identity_given_to_the_next_new_segment_changes_nothing():
+    """A new segment no rule names takes the identity its predecessor freed: the same
+    ``intra`` entry, so an empty delta and the old map's entries and index, not copies."""
+    options = NetworkOptions(rules=parse_rules("*->db:udp/53 web->api:tcp/8080"))
+    old_ids = assign({}, SEGS + ["fresh1"])
+    old = compile_policy_map(options, old_ids)
+    old.between(0, 0)
+    ids = assign(old_ids, SEGS + ["fresh2"])
+    assert ids["fresh2"] == old_ids["fresh1"]
+    new, delta = recompile_policy_map(old, options, options, ids)
+    assert delta.empty and new == compile_policy_map(options, ids)
+    assert new.entries is old.entries and new.__dict__["_pairs"] is old.__dict__["_pairs"]
+    grown, delta = recompile_policy_map(new, options, options, assign(ids, SEGS + ["fresh2", "fresh3"]))
+    fresh3 = grown.identities["fresh3"]
+    assert not delta.entries_removed and {(e.src, e.dst, e.rule) for e in delta.entries_added} == {
+        (fresh3, grown.identities["db"], "*->db:udp/53"), (fresh3, fresh3, "intra")}
+
+
 def test_identities_are_stable_small_and_reserved_below_256():
     alloc = MemoryAllocator()
     first = alloc.allocate("n", ["web", "api"])

@@ -1,6 +1,8 @@
 """plugin.enforce.reconciler against a recording backend: every change is a delta."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, strategies as st
 
@@ -118,6 +120,18 @@ def test_join_that_brings_a_new_segment_is_its_entries_and_its_port_in_one_step(
     backend.calls.clear()
     rec.endpoint_changed(net, ep)                              # a retried join changes nothing
     assert backend.calls == []
+
+
+def test_brings_segment_tells_a_join_that_needs_a_policy_delta(env):
+    state, backend, rec, net, _ = env
+    assert not rec.brings_segment(net, endpoint(1, "web"))        # a rule names it: it has an identity
+    assert rec.brings_segment(net, endpoint(2, "brandnew"))
+    assert not rec.brings_segment(net, endpoint(3, None))         # pending: no segment yet
+    assert not rec.brings_segment(net, endpoint(4, "other", quarantine="bad label"))
+    rec.endpoint_changed(net, endpoint(2, "brandnew"))
+    assert not rec.brings_segment(net, endpoint(5, "brandnew"))
+    elsewhere = dataclasses.replace(net, id="f" * 64)               # a network not realized here
+    assert not rec.brings_segment(elsewhere, endpoint(6, "brandnew"))
 
 
 def test_pending_and_quarantined_ports_carry_reserved_identities(env):
