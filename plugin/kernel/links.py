@@ -30,6 +30,12 @@ class LinkConflict(Exception):
     """A link with the wanted name exists and does not belong to this owner."""
 
 
+class BridgeFull(Exception):
+    """The bridge has no free port: a Linux bridge takes at most 1,023 (``BR_MAX_PORTS``
+    is 1,024 and port 0 is never given: net/bridge/br_private.h, br_if.c), so a
+    network holds at most 1,023 endpoints, as with Docker's bridge driver."""
+
+
 def bridge_name(network_id: str) -> str:
     return BRIDGE_PREFIX + network_id[:12]
 
@@ -253,6 +259,9 @@ class Netlink:
                                peer={"ifname": peer, "address": mac, "mtu": mtu})
                 return
             except NetlinkError as exc:
+                if exc.code == errno.EXFULL:   # the kernel removed the pair again
+                    raise BridgeFull(f"bridge {bridge} is full: a Linux bridge takes at most 1,023 "
+                                     "ports, so a network holds at most 1,023 endpoints") from None
                 if exc.code != errno.EINVAL or fresh:
                     raise
                 self._bridges.pop(bridge, None)

@@ -11,7 +11,7 @@ import pytest
 
 from nsfixtures import InNamespace
 from pyroute2.netlink.exceptions import NetlinkError
-from plugin.kernel.links import ALIAS_PREFIX, LinkConflict, Netlink, derived_mac
+from plugin.kernel.links import ALIAS_PREFIX, BridgeFull, LinkConflict, Netlink, derived_mac
 
 GW4, GW6 = "10.220.0.1/24", "fd00:220::1/64"
 MAC = "02:42:0a:dc:00:02"
@@ -152,6 +152,15 @@ def test_ensure_veth_whose_peer_name_is_taken_fails_with_nothing_made(nl, netns,
     with pytest.raises(NetlinkError):
         nl.ensure_veth("snv-t", "snp-t", bridge, new_id(), 1500, MAC)
     assert netns.link("snv-t") is None and kind(netns.link("snp-t")) == "ifb"
+
+
+def test_a_full_bridge_is_named_and_leaves_nothing(nl, netns, bridge):
+    """1,023 ports (ifb devices: one each, cheaper than veth pairs) fill a bridge; the next pair fails."""
+    ports = "".join(f"link add snd{i} type ifb\nlink set snd{i} master {bridge}\n" for i in range(1023))
+    subprocess.run(["ip", "-n", netns.name, "-batch", "-"], input=ports, text=True, check=True)
+    with pytest.raises(BridgeFull, match="bridge br-t is full: .* at most 1,023 endpoints"):
+        nl.ensure_veth("snv-f", "snp-f", bridge, new_id(), 1500, MAC)
+    assert netns.link("snv-f") is None and netns.link("snp-f") is None
 
 
 def test_start_veth_makes_the_pair_on_the_netlink_thread_while_the_caller_goes_on(nl, netns, bridge):
