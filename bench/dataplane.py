@@ -123,11 +123,12 @@ def rr_rtt(pair: Pair, secs: int = 3):
 
 
 def measure(pairs: list, repeats: int, secs: int) -> dict:
-    """Round-robin iperf3 + ping + sockperf over ``pairs``; per pair the stats of the repeats
-    (``rtt_ms``: ping's cold RTT; ``rr_us``: the hot request/response round trip)."""
+    """Round-robin iperf3 + ping + sockperf over ``pairs`` (every other round backwards: no pair
+    always first or last); per pair the stats of the repeats (``rtt_ms``: ping's cold RTT;
+    ``rr_us``: the hot request/response round trip)."""
     raw = {p.name: {"gbps": [], "rtt_ms": [], "ping_replies": [], "rr_us": []} for p in pairs}
     for r in range(repeats):
-        for p in pairs:
+        for p in pairs[::1 if r % 2 == 0 else -1]:
             gbps = iperf(p, secs)
             rtt, replies = ping_rtt(p)
             rr = rr_rtt(p, min(secs, 3))
@@ -139,6 +140,21 @@ def measure(pairs: list, repeats: int, secs: int) -> dict:
                 f"request/response {rr} us")
     return {name: {"gbps": stats(v["gbps"]), "rtt_ms": stats(v["rtt_ms"]), "rr_us": stats(v["rr_us"]),
                    "raw": v} for name, v in raw.items()}
+
+
+def ab(pairs: list, rounds: int, secs: int) -> dict:
+    """Throughput A/B of ``pairs`` (the first is the reference): ``rounds`` rounds of one iperf3
+    run per pair, every other round backwards; per pair the stats of its Gbit/s and of its
+    per-round ratios to the reference (``ratio``: a ratio within a round is free of the
+    machine's drift, which moves a 5 s run by +-30 % here)."""
+    raw = {p.name: [] for p in pairs}
+    for r in range(rounds):
+        for p in pairs[::1 if r % 2 == 0 else -1]:
+            raw[p.name].append(iperf(p, secs))
+        log(f"  A/B round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in raw.items()))
+    ref = raw[pairs[0].name]
+    return {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, ref) if b]), "raw": v}
+            for name, v in raw.items()}
 
 
 # --- configurations -----------------------------------------------------------------
