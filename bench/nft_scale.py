@@ -13,7 +13,12 @@ sockperf:
   element the backend gives an endpoint (identity maps, anti-spoofing sets);
 * ``nft+rules`` (with ``--rules R``): R more rules between 100 other segments
   (``s<i>->s<i*7 % 100>:tcp/<port>``);
-* ``nft+both``: both at once (what ``make bench``'s ``secnet-scale`` carries).
+* ``nft+both``: both at once (what ``make bench``'s ``secnet-scale`` carries);
+* ``nft+devices`` (with ``--devices D``): D more devices in the bridge's namespace
+  (veth pairs, down), on no bridge and with no elements: what a namespace with many devices costs
+  by itself (br_netfilter finds a bridged packet's input port by its ifindex,
+  ``dev_get_by_index_rcu``: a walk of one of 256 hash chains of the namespace's
+  devices, per packet).
 
 Every round runs every pair once (every other round backwards); the figure of
 a pair is the median of its **per-round ratios** to ``nft`` (a ratio within a
@@ -24,7 +29,8 @@ seconds of iperf3 on ``nft`` and on ``nft+both`` and prints the share of
 samples in the nftables and bridge symbols of each.
 
 Run: ``.venv/bin/python -m bench.nft_scale [--endpoints 1000] [--rules 10000]
-[--secs 4] [--repeats 6] [--perf 5] [--json FILE]``.
+[--devices 2000]
+[--no-throughput] [--secs 4] [--repeats 6] [--perf 5] [--json FILE]``.
 Subnets 10.212.0.0/16 (measured pairs 10.212.<k>.2/.3; endpoints' elements
 10.212.16.0/20, no traffic to them).
 """
@@ -72,11 +78,13 @@ def bridge_pair(tag: str, octet: int, made: list) -> tuple:
     return host, ends[0], ends[1], f"10.212.{octet}.3"
 
 
-def extra_ports(host: str, n: int) -> None:
-    """``n`` veths on ``host``'s bridge (``sx<k>``), peers down (as the scale bench's)."""
+def extra_ports(host: str, n: int, devices: int = 0) -> None:
+    """``n`` veths on ``host``'s bridge (``sx<k>``), peers down (as the scale bench's), and
+    ``devices`` more devices on no bridge (veth pairs ``sd<k>``/``se<k>``, down)."""
     lines = []
     for k in range(n):
         lines += [f"link add sx{k} type veth peer name sy{k}", f"link set sx{k} master br0 up"]
+    lines += [f"link add sd{k} type veth peer name se{k}" for k in range(devices // 2)]   # no dummy driver here
     subprocess.run(["ip", "-n", host, "-batch", "-"], input="\n".join(lines) + "\n", text=True,
                    check=True, capture_output=True)
 
@@ -101,28 +109,30 @@ NftBackend().apply_network(NetworkSpec('{net_id}', 'br0', ('10.212.0.0/16',)), p
 """
 
 
-def enforce(host: str, octet: int, endpoints: int, rules: int) -> None:
+def enforce(host: str, octet: int, endpoints: int, rules: int, devices: int = 0) -> None:
     """secnet's nftables backend in ``host``: the measured pair, ``endpoints`` more ports and
-    ``rules`` more rules, in one apply_network (as a restore does)."""
-    if endpoints:
-        extra_ports(host, endpoints)
+    ``rules`` more rules, in one apply_network (as a restore does); ``devices`` more devices."""
+    if endpoints or devices:
+        extra_ports(host, endpoints, devices)
     code = ENFORCE.format(host=host, octet=octet, endpoints=endpoints, rules=rules, net_id=NET_ID)
     sh(".venv/bin/python", "-c", code, timeout=600)
 
 
 def make_pairs(args, tag: str, made: list) -> dict:
     """name -> (host ns, client ns, server ns, server address)."""
-    want = {"nft": (0, 0)}
+    want = {"nft": (0, 0, 0)}
     if args.endpoints:
-        want["nft+ports"] = (args.endpoints, 0)
+        want["nft+ports"] = (args.endpoints, 0, 0)
     if args.rules:
-        want["nft+rules"] = (0, args.rules)
+        want["nft+rules"] = (0, args.rules, 0)
     if args.endpoints and args.rules:
-        want["nft+both"] = (args.endpoints, args.rules)
+        want["nft+both"] = (args.endpoints, args.rules, 0)
+    if args.devices:
+        want["nft+devices"] = (0, 0, args.devices)
     pairs = {}
-    for octet, (name, (n, r)) in enumerate(want.items(), start=1):
+    for octet, (name, (n, r, d)) in enumerate(want.items(), start=1):
         host, a, b, ip = bridge_pair(f"{tag}{octet}", octet, made)
-        enforce(host, octet, n, r)
+        enforce(host, octet, n, r, d)
         pairs[name] = (host, a, b, ip)
     return pairs
 
@@ -132,7 +142,8 @@ def rounds(pairs: dict, args) -> dict:
     got = {k: {"gbps": [], "rtt_us": [], "rr_us": []} for k in pairs}
     for i in range(args.repeats):
         for name, (_h, c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
-            got[name]["gbps"].append(iperf(c, s, ip, args.secs))
+            if not args.no_throughput:
+                got[name]["gbps"].append(iperf(c, s, ip, args.secs))
             got[name]["rtt_us"].append(rtt(c, ip))
             got[name]["rr_us"].append(rr(c, s, ip, min(args.secs, 3)))
     return got
@@ -145,6 +156,8 @@ def summary(got: dict) -> dict:
         out[name] = {}
         for k, v in m.items():
             ratios = [a / b for a, b in zip(v, got["nft"][k]) if b]
+            if not v:
+                continue
             out[name][k] = {"median": statistics.median(v), "min": min(v), "max": max(v),
                             "ratio": statistics.median(ratios),
                             "ratios": [round(x, 3) for x in ratios]}
@@ -179,6 +192,8 @@ def arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--endpoints", type=int, default=1000)
     ap.add_argument("--rules", type=int, default=10000)
+    ap.add_argument("--devices", type=int, default=0, help="also a pair with this many more devices (veths, down, on no bridge)")
+    ap.add_argument("--no-throughput", action="store_true", help="latencies only (more rounds in the time)")
     ap.add_argument("--secs", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--perf", type=int, default=0, help="also perf record SECS s of iperf3 on nft and nft+both")
