@@ -163,3 +163,52 @@ def test_mode_enforce_cuts_published_and_host_flows_audit_mode_let_through(
     assert res.returncode == 0, res.stderr
     going = [tag for tag in cut if not fh.stopped(sink, tag, watch=1.5)]
     assert not going, f"host flows enforce mode denies went on: {going}"
+
+
+@pytest.mark.parametrize("segment", ["api", ""], ids=["member", "quarantined"])
+def test_a_replacement_behind_a_published_port_gets_the_stream_unless_quarantined(
+        make_network, run_container, flows, segment):
+    """The host streams UDP to a published port (loopback IPv4, gateway IPv6); the container
+    behind it is replaced by one with the same -p. A member receives the stream's next
+    datagrams; one whose label is empty (quarantined: "all its traffic, in and out, east-west
+    and north-south, is dropped") must not."""
+    net = _network(make_network, "u9-ct-pubq", None)
+    port = n.free_port(proto=("udp",))
+    old = _run(run_container, net, "u9-old", "api", f"{port}:5353/udp")
+    gw6 = n.gateway(net, 6)
+    sink = flows.sink(old, [("udp", 5353)])
+    flows.stream(n.HOST, "u4", "udp", "127.0.0.1", port, sport=45000)
+    flows.stream(n.HOST, "u6", "udp", gw6, port, sport=45000)
+    fh.flowing(sink, "u4")
+    fh.flowing(sink, "u6")
+    h.docker("rm", "-f", old.name)
+    new = _run(run_container, net, "u9-new", segment, f"{port}:5353/udp")
+    sink = flows.sink(new, [("udp", 5353)])
+    if segment:
+        fh.flowing(sink, "u4")
+        fh.flowing(sink, "u6")
+        return
+    time.sleep(3)
+    got = {tag: sink.count(tag) for tag in ("u4", "u6") if sink.count(tag)}
+    assert not got, f"the quarantined replacement received the published stream: {got}"
+
+
+def test_reconnecting_a_member_as_another_segment_ends_its_udp_flows(make_network, run_container, flows):
+    """web streams UDP to api (allowed, IPv4 and IPv6, fixed source port); api is disconnected and
+    connected again with the same addresses as segment db (no rule from web): the stream stops."""
+    net = _network(make_network, "u9-ct-recon", {"secnet.allow": "web->api:udp/5353"})
+    a4, a6 = fh.host_in(net.subnet, 70), fh.host_in(net.subnet6, 0x70)
+    api = _run(run_container, net, "u9-api", "api", ip=a4, ip6=a6)
+    web = _run(run_container, net, "u9-web", "web")
+    sink = flows.sink(api, [("udp", 5353)])
+    flows.stream(web, "u4", "udp", a4, 5353, sport=46000)
+    flows.stream(web, "u6", "udp", a6, 5353, sport=46000)
+    fh.flowing(sink, "u4")
+    fh.flowing(sink, "u6")
+    h.docker("network", "disconnect", net.name, api.name)
+    h.docker("network", "connect", "--driver-opt", "secnet.segment=db", "--ip", a4, "--ip6", a6,
+             net.name, api.name)
+    going = [tag for tag in ("u4", "u6") if not fh.stopped(sink, tag, settle=1.0, watch=2.0)]
+    assert not going, f"web's UDP flows to api went on after api came back as db: {going}"
+    assert sh.secnet("policy", net.name, "add", "web->db:udp/5353").returncode == 0
+    fh.flowing(sink, "u4")      # the stream still runs: a rule for db lets it in again
