@@ -43,6 +43,8 @@ def test_a_quarantined_senders_flow_is_one_would_drop_of_reason_quarantined(make
     api = run_container(net, "u9-api", labels={"secnet.segment": "api"})
     bad = run_container(net, "u9-bad", labels={"secnet.segment": "bad name"})
     s.wait_segments(net, {api.name: "api"})
+    why = v.secnet_json("explain", net.name, bad.name, api.name, f"tcp/{PORT}")
+    assert (why["allowed"], why["mode"], why["would_drop"]) == (False, "audit", True), why
     since = v.log_cursor()
     before = s.show_json(net)["would_drop"]
     assert v.tcp_try(bad, api.ip, PORT, timeout=2), "audit mode dropped the quarantined flow"
