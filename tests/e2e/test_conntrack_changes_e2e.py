@@ -251,3 +251,30 @@ def test_egress_flows_follow_the_cidr_rules_that_name_them(make_network, run_con
     assert res.returncode == 0, res.stderr
     going = [tag for tag in kinds if not fh.stopped(sink, tag, watch=1.5)]
     assert not going, f"egress flows went on after the rules naming the host were removed: {going}"
+
+
+def test_narrowing_a_rule_ends_exactly_the_flows_it_no_longer_covers(make_network, run_container, flows):
+    """`web->api:any` narrowed by `policy set` to `web->api:tcp/8000-8085`: the TCP stream to 8090
+    and the UDP streams stop; the TCP streams to 8080 (IPv4, IPv6) go on. Then `*->api:udp/5353`
+    added: a new UDP stream from web passes again, and the TCP streams still go on."""
+    net = _network(make_network, "u9-ct-narrow", {"secnet.allow": "web->api:any"})
+    api = _run(run_container, net, "u9-api", "api")
+    web = _run(run_container, net, "u9-web", "web")
+    sink = flows.sink(api, [("tcp", 8080), ("tcp", 8090), ("udp", 5353)])
+    kept = {"k4": ("tcp", api.ip, 8080), "k6": ("tcp", api.ip6, 8080)}
+    cut = {"c90": ("tcp", api.ip, 8090), "cu4": ("udp", api.ip, 5353), "cu6": ("udp", api.ip6, 5353)}
+    for tag, (proto, dst, port) in {**kept, **cut}.items():
+        flows.stream(web, tag, proto, dst, port, sport=48000 if proto == "udp" else 0)
+    for tag in {**kept, **cut}:
+        fh.flowing(sink, tag)
+    res = sh.secnet("policy", net.name, "set", "web->api:tcp/8000-8085")
+    assert res.returncode == 0, res.stderr
+    going = [tag for tag in cut if not fh.stopped(sink, tag, watch=1.5)]
+    assert not going, f"flows the narrowed rule no longer covers went on: {going}"
+    for tag in kept:
+        fh.flowing(sink, tag, within=3)
+    assert sh.secnet("policy", net.name, "add", "*->api:udp/5353").returncode == 0
+    flows.stream(web, "new", "udp", api.ip, 5353, sport=48001)
+    fh.flowing(sink, "new")
+    for tag in kept:
+        fh.flowing(sink, tag, within=3)
