@@ -98,3 +98,24 @@ def test_an_answer_naming_a_member_opens_no_east_west_flow(make_network, run_con
     assert got[1] != "ok", f"web reached api at {api.ip} through an answer for {name}"
     why = secnet_json("explain", net.name, web.name, api.name, f"tcp/{h.LISTEN_PORT}")
     assert not why["allowed"], why
+
+
+def test_a_cname_into_a_wildcard_over_tcp_in_upper_case_teaches_and_explain_names_it(
+        make_network, run_container, outside):
+    """`web->dns(*.u9.test):tcp/443`; web asks over TCP for ALIAS.OTHER.TEST, a CNAME to
+    deep.sub.u9.test: the chain is followed, the name below u9.test matches, the address is
+    allowed; explain names the rule and the answer. An address no answer gave stays denied
+    (explain: egress denied)."""
+    tag = random.randint(0, 10**6)
+    alias, target = f"alias{tag}.other.test", f"deep{tag}.sub.u9.test"
+    outside.server.add(alias, "CNAME", 300, target + ".")
+    outside.server.add(target, "A", 300, f"{outside.net}.7")
+    net, web, _api = setup(make_network, run_container, outside, "web->dns(*.u9.test):tcp/443")
+    got = resolve_and_connect(web, alias.upper(), outside.dns, "tcp", 443)
+    assert got == [f"{outside.net}.7", "ok"], got
+    why = secnet_json("explain", net.name, web.name, f"{outside.net}.7", "tcp/443")
+    assert why["allowed"] and why["rule"] == "web->dns(*.u9.test):tcp/443", why
+    assert why["answer"] and why["answer"]["name"].lower().rstrip(".") in (alias, target), why
+    why = secnet_json("explain", net.name, web.name, f"{outside.net}.9", "tcp/443")
+    assert not why["allowed"] and why["reason"] == "egress denied", why
+
