@@ -64,6 +64,8 @@ def print_explain(data: dict) -> None:
             print(_answer(data["answer"]))
     else:
         print(f"  reason: {data['reason']}")
+        if data.get("would_drop"):
+            print("  audit mode: it passes; enforce mode would drop it")
 
 
 def _when(t: float, now: float) -> str:

@@ -152,7 +152,8 @@ class Api:
         try:
             dns = getattr(self.reconciler, "dns", None)
             result = explain(self.reconciler.compiled(net), self.state.endpoints(net.id), *args,
-                             learned=dns.learned(net.id) if dns is not None else None)
+                             learned=dns.learned(net.id) if dns is not None else None,
+                             mode=net.options.mode)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         return dict(result, network=net.id)

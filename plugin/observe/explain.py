@@ -99,12 +99,15 @@ def resolve_end(text: str, endpoints, compiled) -> tuple:
                       f" (segments: {', '.join(compiled.segments)})")
 
 
-def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None) -> dict:
+def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
+            mode: str = "enforce") -> dict:
     """The verdict on a new flow from ``src`` to ``dst``, with what they resolved to.
 
     ``learned``: the DNS answers in force, ``(segment, rule) -> {address:
     Learned}``; a ``dns(...)`` rule allows an address only when it is there,
     and the result then carries the answer (name, when learned, expiry).
+    ``mode``: the network's (``enforce`` or ``audit``); in audit mode a denied
+    flow passes, and the result says so (``"would_drop": true``).
     """
     proto, port = parse_service(service)
     src_end, src_desc = resolve_end(src, endpoints, compiled)
@@ -117,4 +120,5 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None)
         result = verdict(compiled, src_end, dst_end, proto, port, learned)
     return {"allowed": result.allowed, "rule": result.origin, "also": list(result.also), "reason": result.reason,
             "proto": proto, "port": port, "src": src_desc, "dst": dst_desc,
-            "answer": answer_view(result.answer)}
+            "answer": answer_view(result.answer), "mode": mode,
+            "would_drop": mode == "audit" and not result.allowed}

@@ -50,21 +50,23 @@ print(json.dumps(out))
 class Outside:
     """The DNS server's namespace: 10.205.K.53 (DNS), 10.206.K.0/24 (AnyIP echo on 443)."""
 
-    def __init__(self):
+    def __init__(self, dns_net: str = "10.205", far_net: str = "10.206"):
+        """``dns_net``, ``far_net``: the /16s of the server's link and of the echo addresses."""
         self.k = random.randint(0, 255)
         tag = uuid.uuid4().hex[:6]
         self.ns, self.veth = f"sndns-{tag}", f"sndh{tag}"
-        self.dns, self.net = f"10.205.{self.k}.53", f"10.206.{self.k}"
+        self.link = f"{dns_net}.{self.k}"
+        self.dns, self.net = f"{self.link}.53", f"{far_net}.{self.k}"
         self.server = self.echo = None
 
     def create(self) -> "Outside":
         ip = lambda *a: h.run(["ip", *a])
         ip("netns", "add", self.ns)
         ip("link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)
-        ip("addr", "add", f"10.205.{self.k}.1/24", "dev", self.veth)
+        ip("addr", "add", f"{self.link}.1/24", "dev", self.veth)
         ip("link", "set", self.veth, "up")
         for args in (("link", "set", "lo", "up"), ("addr", "add", f"{self.dns}/24", "dev", "eth0"),
-                     ("link", "set", "eth0", "up"), ("route", "add", "default", "via", f"10.205.{self.k}.1"),
+                     ("link", "set", "eth0", "up"), ("route", "add", "default", "via", f"{self.link}.1"),
                      ("route", "add", "local", f"{self.net}.0/24", "dev", "lo")):
             ip("-n", self.ns, *args)
         ip("route", "add", f"{self.net}.0/24", "via", self.dns)
