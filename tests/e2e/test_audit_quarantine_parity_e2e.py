@@ -20,9 +20,6 @@ import seg_helpers as s
 import vis_helpers as v
 
 PORT = h.LISTEN_PORT
-EBPF_TWICE = pytest.mark.xfail(strict=True, reason=(
-    "user9 U9-F1: ebpf judges the quarantined sender's flow again at the receiver: a second log "
-    "line 'no rule allows it' and a no-rule would-drop count (plugin/enforce/ebpf, bpf/)"))
 
 
 def _network(make_network, backend):
@@ -36,7 +33,7 @@ def _network(make_network, backend):
     raise AssertionError("no free subnet in 10.235.0.0/16")
 
 
-@pytest.mark.parametrize("backend", ["nftables", pytest.param("ebpf", marks=EBPF_TWICE)])
+@pytest.mark.parametrize("backend", ["nftables", "ebpf"])
 def test_a_quarantined_senders_flow_is_one_would_drop_of_reason_quarantined(make_network,
                                                                            run_container, backend):
     net = _network(make_network, backend)

@@ -415,7 +415,7 @@ SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex, from = skb->ingress_ifindex;
-	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex);
+	struct endpoint *ep = bpf_map_lookup_elem(&endpoints, &ifindex), *sender;
 	struct verdict vd = { .src = ID_OUTSIDE };
 	struct pkt *p = fresh_pkt();
 	struct member *m;
@@ -446,8 +446,11 @@ int to_container(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	if (!p->family || passes_unjudged(p))
 		return TC_ACT_OK;
+	sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
+	if (sender && !active_identity(sender->identity))   /* judged, reported at its source */
+		return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
 	src = identity_of(p, p->saddr);
-	if (from && member_identity(src) && bpf_map_lookup_elem(&endpoints, &from))
+	if (sender && member_identity(src))
 		return from_member(skb, &c, p, ep, src);
 	m = member_of(p, p->daddr);
 	if (m && m->ifindex != ifindex && member_identity(m->identity))
