@@ -221,6 +221,7 @@ class Driver:
                 log.exception("create endpoint %s failed", rec.id[:12])
                 if old is None:
                     self.links.remove_link(rec.veth_host, owner=rec.id)
+                    self.links.remove_neighbours(net.bridge, rec.mac, (rec.ipv4, rec.ipv6))
                     self.reconciler.endpoint_removed(net, rec)
                 raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
         return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
@@ -234,7 +235,7 @@ class Driver:
         the container side is down in the host's namespace until Docker moves it at
         Join, so the host side has no carrier and the bridge forwards nothing to it.
         """
-        args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
+        args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac, (rec.ipv4, rec.ipv6))
         if self.reconciler.link_first(net):
             self.links.ensure_veth(*args)
             self.reconciler.endpoint_changed(net, rec)
@@ -266,6 +267,7 @@ class Driver:
             self.ports.release(ep.id)
             self.links.remove_link(ep.veth_host, owner=ep.id)
             if net is not None:
+                self.links.remove_neighbours(net.bridge, ep.mac, (ep.ipv4, ep.ipv6))
                 self.reconciler.endpoint_removed(net, ep)
             self.state.delete_endpoint(ep.id)
         self.resolver.forget(ep)
@@ -408,6 +410,7 @@ class Driver:
                 owners.add(net.id)
                 try:  # links only: the reconciler's first pass writes every network's policy
                     self._realize_network(net, eps, policy=False)
+                    self.links.prune_neighbours(net.bridge, [(ep.mac, (ep.ipv4, ep.ipv6)) for ep in eps])
                     counts["networks"] += 1
                 except Exception:
                     log.exception("restore of network %s failed", net.id[:12])
@@ -425,7 +428,7 @@ class Driver:
 
     def _restore_endpoint(self, net, ep) -> None:
         try:
-            self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac)
+            self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac, (ep.ipv4, ep.ipv6))
         except Exception:
             log.exception("restore of endpoint %s failed", ep.id[:12])
         if ep.ports:
