@@ -62,25 +62,38 @@ def permanent(ipr, index: int) -> dict:
     return out
 
 
+def _lladdr(ipr, index: int, address: str) -> Optional[str]:
+    """The MAC of the entry for ``address`` on link ``index``, None without one
+    (one RTM_GETNEIGH: no dump of the table)."""
+    try:
+        found = ipr.neigh("get", ifindex=index, dst=address, family=_family(address))
+    except NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.ENODEV):
+            return None
+        raise
+    lladdr = found[0].get("NDA_LLADDR") if found else None
+    return lladdr.lower() if lladdr else None
+
+
+def _delete(ipr, index: int, address: str) -> bool:
+    try:
+        ipr.neigh("del", ifindex=index, dst=address, family=_family(address))
+        return True
+    except NetlinkError as exc:
+        if exc.code not in (errno.ENOENT, errno.ENODEV):
+            raise
+        return False
+
+
 def remove(ipr, index: int, unwanted: Mapping[str, str]) -> int:
     """Delete each ``address -> mac`` of ``unwanted`` that still points at that MAC
     (another endpoint may have taken the address since). Returns how many went."""
-    have = permanent(ipr, index)
-    removed = 0
-    for address, mac in unwanted.items():
-        if have.get(address) != mac.lower():
-            continue
-        try:
-            ipr.neigh("del", ifindex=index, dst=address, family=_family(address))
-            removed += 1
-        except NetlinkError as exc:
-            if exc.code != errno.ENOENT:
-                raise
-    return removed
+    return sum(_delete(ipr, index, address) for address, mac in unwanted.items()
+               if _lladdr(ipr, index, address) == mac.lower())
 
 
 def prune(ipr, index: int, wanted: Mapping[str, str]) -> int:
     """Delete the permanent entries on link ``index`` that ``wanted`` does not name
     with that MAC (endpoints that went while the daemon was down). Returns how many."""
-    stale = {a: m for a, m in permanent(ipr, index).items() if wanted.get(a, "").lower() != m}
-    return remove(ipr, index, stale)
+    stale = [a for a, m in permanent(ipr, index).items() if wanted.get(a, "").lower() != m]
+    return sum(_delete(ipr, index, address) for address in stale)
