@@ -200,8 +200,7 @@ class Driver:
         host, peer = nl.veth_names(req.endpoint_id)
         mac = req.mac or nl.endpoint_mac(req.ipv4, req.endpoint_id)
         return EndpointRecord(id=req.endpoint_id, network_id=net.id, veth_host=host, veth_peer=peer,
-                              mac=mac, ipv4=req.ipv4, ipv6=req.ipv6, segment_opt=segment,
-                              segment=segment)
+                              mac=mac, ipv4=req.ipv4, ipv6=req.ipv6, segment_opt=segment, segment=segment)
 
     def create_endpoint(self, req: CreateEndpointRequest) -> dict:
         net = self._network(req.network_id)
@@ -221,6 +220,7 @@ class Driver:
                 log.exception("create endpoint %s failed", rec.id[:12])
                 if old is None:
                     self.links.remove_link(rec.veth_host, owner=rec.id)
+                    self.links.remove_neighbours(net.bridge, rec.mac, rec.addresses)
                     self.reconciler.endpoint_removed(net, rec)
                 raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
         return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
@@ -235,7 +235,7 @@ class Driver:
         Join, so the host side has no carrier and the bridge forwards nothing to it.
         A join that brings a segment writes its policy first, then makes the veth.
         """
-        args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac)
+        args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac, rec.addresses)
         if self.reconciler.link_first(net):
             self.links.ensure_veth(*args)
             self.reconciler.endpoint_changed(net, rec)
@@ -268,6 +268,7 @@ class Driver:
             self.ports.release(ep.id)
             self.links.remove_link(ep.veth_host, owner=ep.id)
             if net is not None:
+                self.links.remove_neighbours(net.bridge, ep.mac, ep.addresses)
                 self.reconciler.endpoint_removed(net, ep)
             self.state.delete_endpoint(ep.id)
         self.resolver.forget(ep)
@@ -410,6 +411,7 @@ class Driver:
                 owners.add(net.id)
                 try:  # links only: the reconciler's first pass writes every network's policy
                     self._realize_network(net, eps, policy=False)
+                    self.links.prune_neighbours(net.bridge, [(ep.mac, ep.addresses) for ep in eps])
                     counts["networks"] += 1
                 except Exception:
                     log.exception("restore of network %s failed", net.id[:12])
@@ -427,7 +429,7 @@ class Driver:
 
     def _restore_endpoint(self, net, ep) -> None:
         try:
-            self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac)
+            self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac, ep.addresses)
         except Exception:
             log.exception("restore of endpoint %s failed", ep.id[:12])
         if ep.ports:

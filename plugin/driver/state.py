@@ -117,6 +117,11 @@ class EndpointRecord:
     def evolve(self, **changes) -> "EndpointRecord":
         return replace(self, **changes)
 
+    @property
+    def addresses(self) -> tuple:
+        """(IPv4, IPv6) in CIDR form, either None or empty when the endpoint has none."""
+        return (self.ipv4, self.ipv6)
+
 
 JOURNAL_MAX = 64   # journaled rule edits of one network before its document is written whole
 _RECORD_FIELDS = tuple(f.name for f in fields(NetworkRecord) if f.name != "options")

@@ -19,6 +19,8 @@ from typing import Iterable, Optional
 from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from plugin.kernel import neighbours
+
 ALIAS_PREFIX = "secnet:"
 BRIDGE_PREFIX = "sn-"
 VETH_HOST_PREFIX = "snv"
@@ -216,8 +218,11 @@ class Netlink:
         return changed
 
     @_on_netlink_thread
-    def ensure_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> None:
-        """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``.
+    def ensure_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str,
+                    addresses: Iterable = ()) -> None:
+        """Veth pair: ``host`` enslaved to ``bridge`` and up; ``peer`` down with ``mac``;
+        a permanent entry on the bridge for each of ``addresses`` (the endpoint's, CIDR
+        form) with ``mac`` (:mod:`plugin.kernel.neighbours`).
 
         The peer may already have been moved into a container's namespace by
         Docker (after Join); then only the host side is repaired. A new pair
@@ -240,6 +245,7 @@ class Netlink:
         # its owner; hairpin: a container may reach its own published port via the host
         self._ipr.link("set", ifname=host, ifalias=ALIAS_PREFIX + owner, flags=_IFF_UP, change=_IFF_UP,
                        kind="bridge_slave", mode=1)
+        neighbours.ensure(self._ipr, self._bridge_index(bridge), neighbours.entries(mac, addresses))
 
     def _bridge_index(self, bridge: str, fresh: bool = False) -> int:
         index = None if fresh else self._bridges.get(bridge)
@@ -266,13 +272,35 @@ class Netlink:
                     raise
                 self._bridges.pop(bridge, None)
 
-    def start_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str) -> Future:
+    def start_veth(self, host: str, peer: str, bridge: str, owner: str, mtu: int, mac: str,
+                   addresses: Iterable = ()) -> Future:
         """:meth:`ensure_veth` begun on the netlink thread; the caller goes on meanwhile
         and takes its end (None, or its exception) from the returned future."""
         pool = self._pool
         if pool is None:
             raise OSError(errno.EBADF, "the netlink socket is closed")
-        return pool.submit(self.ensure_veth, host, peer, bridge, owner, mtu, mac)
+        return pool.submit(self.ensure_veth, host, peer, bridge, owner, mtu, mac, tuple(addresses))
+
+    @_on_netlink_thread
+    def remove_neighbours(self, bridge: str, mac: str, addresses: Iterable) -> int:
+        """Drop the bridge's permanent entries of an endpoint (``addresses`` with ``mac``)
+        that still point at ``mac``. Returns how many went; 0 without the bridge."""
+        index = self._index(bridge)
+        if index is None:
+            return 0
+        return neighbours.remove(self._ipr, index, neighbours.entries(mac, addresses))
+
+    @_on_netlink_thread
+    def prune_neighbours(self, bridge: str, endpoints: Iterable) -> int:
+        """Drop the bridge's permanent entries that no ``(mac, addresses)`` of ``endpoints``
+        names (endpoints gone while the daemon was down). Returns how many went."""
+        index = self._index(bridge)
+        if index is None:
+            return 0
+        wanted: dict = {}
+        for mac, addresses in endpoints:
+            wanted.update(neighbours.entries(mac, addresses))
+        return neighbours.prune(self._ipr, index, wanted)
 
     @_on_netlink_thread
     def remove_link(self, name: str, owner: Optional[str] = None) -> bool:

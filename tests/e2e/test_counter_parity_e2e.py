@@ -74,10 +74,11 @@ def routed_v6_counters(run_container, created: list, backend: str) -> int:
 
 
 def settled(c: h.Container, within: float = 10.0) -> None:
-    """Wait until ``c``'s link-local IPv6 address has done its DAD. Until then (1-2 s after
-    the start) it answers no neighbour solicitation: on nftables the host routes between
-    the subnets and its first connection takes over 2 s (the client tries again, a flow
-    more); eBPF hands the packet to the peer veth without the host's neighbour table."""
+    """Wait until ``c``'s link-local IPv6 address has done its DAD (1-2 s after the start).
+    Not needed for the counts any more: the 1-2 s first connection across the subnets came
+    from the *bridge's* link-local being tentative (the host could not solicit the
+    destination), and the host no longer solicits a container's address (permanent
+    neighbour entries; test_routed_first_packet_e2e, bench/results/2026-11-30-nd9.md)."""
     deadline = time.monotonic() + within
     while "tentative" in h.in_netns(c, "ip", "-6", "addr", "show", "dev", "eth0").stdout:
         assert time.monotonic() < deadline, f"{c.name}: IPv6 still tentative after {within} s"

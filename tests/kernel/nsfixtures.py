@@ -241,8 +241,9 @@ class Lab:
            "netns", c.ns)
         sh("ip", "-n", self.host, "link", "set", c.veth, "master", BRIDGE, "up")
         self._address(c, GATEWAY4, GATEWAY6)
-        # the host knows its containers' MACs (a freshly made container may miss
-        # the first neighbour solicitation of a forwarded packet while its IPv6 settles)
+        # the host knows its containers' MACs, as the daemon writes them (permanent
+        # neighbour entries: plugin.kernel.neighbours; without them the host could not
+        # solicit for a forwarded packet while the fresh bridge's link-local is tentative)
         for addr in (c.ip4, c.ip6):
             sh("ip", "-n", self.host, "neigh", "replace", addr, "lladdr", c.mac, "dev", BRIDGE,
                "nud", "permanent")

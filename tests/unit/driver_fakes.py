@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from typing import Optional
 
 from plugin.kernel.links import LinkConflict
+from plugin.kernel.neighbours import entries
 
 
 def new_id() -> str:
@@ -51,10 +52,11 @@ class FakeLinks:
         changed, self.ipv6_forwarding = not getattr(self, "ipv6_forwarding", False), True
         return changed
 
-    def ensure_veth(self, host, peer, bridge, owner, mtu, mac) -> None:
+    def ensure_veth(self, host, peer, bridge, owner, mtu, mac, addresses=()) -> None:
         self._maybe_fail("ensure_veth")
         if bridge not in self.links:
             raise LinkConflict(f"bridge {bridge} is missing")
+        self.neighbours(bridge).update(entries(mac, addresses))
         link = self._claim(host, owner, "veth")
         if link is None:
             link = self.links[host] = {"kind": "veth", "owner": owner, "addrs": set(), "peer": peer,
@@ -87,6 +89,25 @@ class FakeLinks:
         if link.get("peer") in self.links and self.links[link["peer"]]["owner"] is None:
             del self.links[link["peer"]]
         return True
+
+    def neighbours(self, bridge) -> dict:
+        """The bridge's permanent neighbour entries, {address: mac}."""
+        return self.links[bridge].setdefault("neighbours", {}) if bridge in self.links else {}
+
+    def remove_neighbours(self, bridge, mac, addresses) -> int:
+        have = self.neighbours(bridge)
+        gone = [a for a, m in entries(mac, addresses).items() if have.get(a) == m]
+        for address in gone:
+            del have[address]
+        return len(gone)
+
+    def prune_neighbours(self, bridge, endpoints) -> int:
+        wanted = {a: m for mac, addresses in endpoints for a, m in entries(mac, addresses).items()}
+        have = self.neighbours(bridge)
+        stale = [a for a, m in have.items() if wanted.get(a) != m]
+        for address in stale:
+            del have[address]
+        return len(stale)
 
     def link_exists(self, name) -> bool:
         return name in self.links

@@ -222,11 +222,13 @@ def _base_chains(bridge: str) -> list:
     host_in = _rules(
         "host_in",
         f"iifname != {br} accept",
+        # before the conntrack checks: a frame the bridge passes up because it is in
+        # promiscuous mode (a capture on it) has no conntrack state (br_nf_local_in)
+        f"{ND} accept",
         "ct state established,related accept",
         "ct status confirmed accept",
         f"ct state invalid {deny('invalid')}",
         f"ip daddr 127.0.0.0/8 {deny('invalid')}",   # martian but for route_localnet
-        f"{ND} accept",
         f"meta mark set {OUTSIDE} ct mark set {HOST}",
         "jump src_identity", "jump reserved", "goto egress",
         hook="type filter hook input priority filter - 5; policy accept;")
