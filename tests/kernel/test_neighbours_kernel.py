@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -59,8 +60,23 @@ def test_remove_neighbours_removes_only_entries_that_still_point_at_the_mac(nl, 
     assert nl.remove_neighbours("br-none", MAC, ("10.220.0.2/24",)) == 0
 
 
+def settled_without_carrier(netns, bridge: str, wait: float = 3.0) -> None:
+    """The bridge's first port has no carrier: the bridge loses its own, and the kernel
+    flushes its learned (non-permanent) neighbour entries when it handles that change
+    (linkwatch, up to a second later). Wait for it, so that it cannot take the entry a
+    test adds next."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        link = json.loads(netns.ip("-j", "link", "show", bridge).stdout)[0]
+        if link["operstate"] == "DOWN":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{bridge} still has carrier after {wait} s: {link}")
+
+
 def test_prune_neighbours_keeps_the_named_and_what_the_kernel_learned(nl, netns, bridge):
     nl.ensure_veth("snv-t", "snp-t", bridge, new_id(), 1500, MAC, ("10.220.0.2/24", "fd00:220::2/64"))
+    settled_without_carrier(netns, bridge)
     subprocess.run(["ip", "-n", netns.name, "neigh", "add", "10.220.0.7", "lladdr", OTHER,
                     "dev", bridge, "nud", "stale"], check=True)
     assert nl.prune_neighbours(bridge, [(MAC, ("fd00:220::2/64",))]) == 1
