@@ -22,10 +22,10 @@ PENDING = "pending: the container's segment is not known yet, all its traffic is
 
 def parse_service(text: str) -> tuple:
     """``tcp/8080`` -> ("tcp", 8080); ``icmp`` -> ("icmp", None); ``tcp`` -> every port."""
-    proto, _, port = (text or "").strip().lower().partition("/")
+    proto, slash, port = (text or "").strip().lower().partition("/")
     if proto not in FLOW_PROTOCOLS:
         raise PolicyError(f"unknown protocol in '{shown(text)}' (use tcp[/PORT], udp[/PORT] or icmp)")
-    if not port:
+    if not slash:
         return proto, None
     if proto == "icmp":
         raise PolicyError(f"icmp takes no port: '{shown(text)}'")

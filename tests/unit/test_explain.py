@@ -41,7 +41,7 @@ def test_parse_service(text, want):
 
 
 @pytest.mark.parametrize("text", ["", "sctp/1", "tcp/0", "tcp/65536", "tcp/80-90", "icmp/8",
-                                  "tcp/http", "any", "tcp/-1"])
+                                  "tcp/http", "any", "tcp/-1", "tcp/", "icmp/"])
 def test_bad_services_are_one_line_errors(text):
     with pytest.raises(PolicyError) as err:
         parse_service(text)
