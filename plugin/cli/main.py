@@ -189,7 +189,7 @@ def parser() -> argparse.ArgumentParser:
                    help="SRC->DST[:PROTO[/PORTS]], e.g. web->api:tcp/8080, web->dns(api.example.com):tcp/443")
     s = verb("mode", "print or switch a network's mode (enforce or audit)")
     s.add_argument("network", metavar="NETWORK", help=NETWORK_HELP)
-    s.add_argument("mode", nargs="?", choices=("enforce", "audit"))
+    s.add_argument("mode", nargs="?", type=str.lower, choices=("enforce", "audit"))   # as -o secnet.mode
     s = verb("log", "flows that policy dropped, oldest first")
     s.add_argument("network", metavar="NETWORK", nargs="?", help=NETWORK_HELP + " (default: all)")
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new drops")

@@ -74,3 +74,8 @@ def test_log_follow_still_ends_on_other_errors(monkeypatch, capsys):
     monkeypatch.setattr(cli.time, "sleep", lambda s: None)
     assert cli.main(["log", "x", "--follow"]) == 1
     assert capsys.readouterr().err.strip() == "secnet: no secnet network 'x'"
+
+
+@pytest.mark.parametrize("typed, want", [("Audit", "audit"), ("ENFORCE", "enforce"), ("audit", "audit")])
+def test_mode_values_are_case_insensitive_as_at_network_create(typed, want):
+    assert cli.parser().parse_args(["mode", "net1", typed]).mode == want
