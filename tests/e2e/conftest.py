@@ -13,6 +13,7 @@ import threading
 
 import pytest
 
+import flow_helpers
 import helpers as h
 
 
@@ -100,3 +101,11 @@ def run_container(make_network):
 
     yield factory
     _cleanup([lambda: names and h.docker("rm", "-f", *names, check=False)])
+
+
+@pytest.fixture
+def flows(run_container):
+    """A flow_helpers.Flows whose long-lived flows stop before the containers go."""
+    f = flow_helpers.Flows()
+    yield f
+    f.stop_all()

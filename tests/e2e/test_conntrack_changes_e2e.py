@@ -25,12 +25,6 @@ pytestmark = pytest.mark.usefixtures("backend")
 SEG = "secnet.segment"
 
 
-@pytest.fixture
-def flows(run_container):
-    f = fh.Flows()
-    yield f
-    f.stop_all()
-
 
 def _network(make_network, name, opts):
     for _ in range(20):

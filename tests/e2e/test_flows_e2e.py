@@ -18,12 +18,6 @@ import seg_helpers as sh
 SEG = "secnet.segment"
 
 
-@pytest.fixture
-def flows(run_container):
-    f = fh.Flows()
-    yield f
-    f.stop_all()
-
 
 def publish(run_container, net, name, segment, *ports, ip=None, ip6=None):
     extra = [a for p in ports for a in ("-p", p)] + (["--ip", ip] if ip else []) + \

@@ -22,12 +22,6 @@ pytestmark = pytest.mark.usefixtures("backend")
 PORT = h.LISTEN_PORT
 
 
-@pytest.fixture
-def flows():
-    f = fh.Flows()
-    yield f
-    f.stop_all()
-
 
 def two_subnet_network():
     """egress=deny; web and db in subnet A, api in subnet B (both families)."""
