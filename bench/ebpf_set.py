@@ -39,6 +39,10 @@ STAGES = (
     ("plugin.enforce.ebpf.maps", "content_diff"),
     ("plugin.enforce.ebpf.libbpf", "update_many"),
     ("plugin.enforce.ebpf.libbpf", "delete_many"),
+    ("plugin.enforce.ebpf.backend", "_update_index"),
+    ("plugin.enforce.ebpf.maps", "versioned_keys"),
+    ("plugin.enforce.ebpf.libbpf", "update_batch"),
+    ("plugin.enforce.ebpf.libbpf", "delete_batch"),
 )
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OBJECT = os.path.join(ROOT, "plugin", "enforce", "ebpf", "bpf", "secnet.o")

@@ -55,6 +55,15 @@ class FakeKernel:
         for key in keys:
             self.delete(fd, key)
 
+    # the same given as arrays (every key, every value of one size, one after another)
+    def update_batch(self, fd, count, keys, values, flags=0):
+        ks, vs = len(keys) // count, len(values) // count
+        self.update_many(fd, [(keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(count)])
+
+    def delete_batch(self, fd, count, keys):
+        ks = len(keys) // count
+        self.delete_many(fd, [keys[i * ks:(i + 1) * ks] for i in range(count)])
+
 
 def policy(rules: str, **opts):
     return compile_policy_map(NetworkOptions(rules=parse_rules(rules), **opts), IDS)
@@ -81,7 +90,8 @@ def rig(monkeypatch):
     kernel = FakeKernel(lambda: seen.append(in_force(kernel, handle)))
     handle = Handle(NET.id, "/nowhere", maps={n: kernel.fd(n) for n in
                                               ("state", "settings", "policy", "cidrs", "restricted")})
-    for fn in ("lookup", "update", "delete", "keys", "update_many", "delete_many"):
+    for fn in ("lookup", "update", "delete", "keys", "update_many", "delete_many", "update_batch",
+               "delete_batch"):
         monkeypatch.setattr(eb.libbpf, fn, getattr(kernel, fn))
     kernel.maps[handle.maps["state"]][maps.U32.pack(0)] = maps.STATE.pack(0, 0, 0)
     backend = eb.EbpfBackend(pin_root="/nowhere")

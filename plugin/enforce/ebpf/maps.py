@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 import operator
 import struct
 from typing import Iterable, Mapping
@@ -392,6 +393,25 @@ def sum_percpu(raw: bytes, cpus: int) -> tuple:
         p, b = COUNT.unpack_from(raw, i * COUNT.size)
         packets, octets = packets + p, octets + b
     return packets, octets
+
+
+#: a versioned map's unversioned keys, packed many at once: (struct format of one key with a
+#: pad byte where the version goes, that byte's offset, whether an unversioned key is a tuple)
+_UNVERSIONED = {"policy": ("Ix7s", 4, True), "cidrs": ("Ix23s", 4, True), "restricted": ("xxH", 0, False)}
+
+
+def versioned_keys(name: str, rests: list, version: int) -> bytes:
+    """The keys of map ``name`` (``policy``, ``cidrs``, ``restricted``) for the unversioned
+    keys ``rests`` under ``version``, one after another: the key array of a batch operation
+    (the bytes of policy_key, cidr_key, restricted_key each, without a Python call per key)."""
+    if not rests:
+        return b""
+    fmt, offset, nested = _UNVERSIONED[name]
+    packed = bytearray(struct.Struct("<" + fmt * len(rests)).pack(
+        *(itertools.chain.from_iterable(rests) if nested else rests)))
+    if version:
+        packed[offset::len(packed) // len(rests)] = bytes([version]) * len(rests)
+    return bytes(packed)
 
 
 def content_diff(old: Mapping, new: Mapping) -> tuple:
