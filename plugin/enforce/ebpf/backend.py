@@ -66,18 +66,22 @@ def group_index(entries: Iterable) -> dict:
     return index
 
 
-def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
-                   index: Optional[dict] = None, groups: Optional[set] = None) -> dict:
-    """map name -> (content before, content after) of what ``delta`` touches: only the
-    (src, dst, proto) groups of its entries (their prefixes are disjoint from every other
-    group's), the CIDR map only when CIDRs changed. ``index``: group_index(old.entries),
-    ``groups``: the (src, dst, proto) of the delta's entries, if the caller has them."""
-    if groups is None:
-        groups = set(map(_GROUP, delta.entries_added | delta.entries_removed))
+def _touched(old: PolicyMap, delta: PolicyDelta, index: Optional[dict] = None) -> tuple:
+    """(groups, entries before, after) of the (src, dst, proto) groups of ``delta``'s entries;
+    ``index``: group_index(old.entries), kept by the caller (else built here)."""
+    groups = set(map(_GROUP, delta.entries_added | delta.entries_removed))
     if index is None:
         index = group_index(e for e in old.entries if _GROUP(e) in groups)
     before = {e for g in groups for e in index.get(g, ())}
-    after = (before - delta.entries_removed) | delta.entries_added
+    return groups, before, (before - delta.entries_removed) | delta.entries_added
+
+
+def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta, index: Optional[dict] = None,
+                   touched: Optional[tuple] = None) -> dict:
+    """map name -> (content before, content after) of what ``delta`` touches: only the
+    (src, dst, proto) groups of its entries (their prefixes are disjoint from every other
+    group's), the CIDR map only when CIDRs changed. ``touched``: _touched(old, delta, index)."""
+    _groups, before, after = touched or _touched(old, delta, index)
     out = {"policy": (maps.policy_content(before), maps.policy_content(after)),
            "restricted": (maps.restricted_content(old), maps.restricted_content(new))}
     if delta.cidrs_added or delta.cidrs_removed or delta.fqdns_added or delta.fqdns_removed:
@@ -85,10 +89,9 @@ def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
     return out
 
 
-def _update_index(index: dict, groups: set, delta: PolicyDelta) -> None:
-    """Make ``index`` (group_index) the policy's after ``delta``, whose entries are in ``groups``."""
-    before = {e for g in groups for e in index.get(g, ())}
-    regrouped = group_index((before - delta.entries_removed) | delta.entries_added)
+def _regroup(index: dict, groups: set, after: set) -> None:
+    """Make ``index`` (group_index) hold ``after``: the entries of ``groups`` now."""
+    regrouped = group_index(after)
     for group in groups - regrouped.keys():     # every entry of the group removed
         index.pop(group, None)
     index.update(regrouped)
@@ -116,8 +119,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         self.nat = nat   # the network's NAT (published ports, masquerade): apply(spec, ports), remove(id)
         self.obj_path = obj_path
         self.sizes = dict(SIZES, **(sizes or {}))
-        self._nets: dict = {}
-        self._lock = threading.RLock()
+        self._nets, self._lock = {}, threading.RLock()
         self._reader: Optional[DropReader] = None
         self._host_ok = False
         self.fqdn = fqdn.FqdnMaps(self._fqdn_fd, self._lock)   # DNS-name rules (plugin.dns)
@@ -345,9 +347,9 @@ class EbpfBackend(fqdn.FqdnMethods):
                 raise BackendError(f"eBPF network {net.id[:12]}: apply_network first (no policy known)")
             try:
                 new = st.policy.apply(delta) if policy is None else policy
-                groups = set(map(_GROUP, delta.entries_added | delta.entries_removed))
-                self._swap(st, new, _delta_changes(st.policy, new, delta, st.index, groups))
-                _update_index(st.index, groups, delta)
+                touched = _touched(st.policy, delta, st.index)
+                self._swap(st, new, _delta_changes(st.policy, new, delta, touched=touched))
+                _regroup(st.index, touched[0], touched[2])
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
             if changes:
