@@ -267,7 +267,7 @@ def test_a_join_that_brings_a_new_segment_goes_in_with_its_entries(lab):
 @ebpf
 def test_a_set_of_hundreds_of_rules_goes_in_by_batches_and_leaves_no_drift(lab):
     """A set replacing 300 rules by 300 others writes its elements by batches
-    (``libbpf.update_many``/``delete_many``): the maps then hold exactly the new policy."""
+    (``libbpf.update_batch``/``delete_batch``): the maps then hold exactly the new policy."""
     web, api = lab.add(2)
     many = lambda base: " ".join(f"web->api:tcp/{base + k}" for k in range(300))   # noqa: E731
     lab.apply(many(10000), {web: "web", api: "api"}, "deny")

@@ -238,6 +238,21 @@ def test_content_diff_and_restricted():
     assert maps.network_tag("5ec0de" + "0" * 58) == 0x5EC0DE000000
 
 
+@pytest.mark.parametrize("version", [0, 1])
+def test_versioned_keys_are_the_keys_of_each_function_one_after_another(version):
+    """The key array of a batch holds, byte for byte, what policy_key, cidr_key and
+    restricted_key give one by one (the version byte where each puts it)."""
+    pm = compile_policy_map(NetworkOptions(rules=parse_rules(
+        "a->b:tcp/80-90, b->a:udp/53, a->b:icmp, 10.0.0.0/8->b:tcp/1, b->[fd00::/8]:any")), {"a": 256, "b": 257})
+    for name, content, keyfn in (("policy", maps.policy_content(pm.entries), maps.policy_key),
+                                 ("cidrs", maps.cidr_content(pm.cidrs), maps.cidr_key),
+                                 ("restricted", {257: b"\x01", 300: b"\x01"}, maps.restricted_key)):
+        rests = list(content)
+        assert len(rests) >= 2, name
+        assert maps.versioned_keys(name, rests, version) == b"".join(keyfn(version, r) for r in rests), name
+    assert maps.versioned_keys("policy", [], version) == b""
+
+
 def test_host_problem_names_what_is_missing(tmp_path):
     from plugin.enforce.ebpf.host import host_problem
     btf = tmp_path / "vmlinux"
