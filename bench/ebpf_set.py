@@ -37,7 +37,7 @@ STAGES = (
     ("plugin.enforce.ebpf.backend", "group_index"),
     ("plugin.enforce.ebpf.maps", "policy_content"),
     ("plugin.enforce.ebpf.maps", "content_diff"),
-    ("plugin.enforce.ebpf.libbpf", "update_many"),
+    ("plugin.enforce.ebpf.libbpf", "update_many"),      # the base tree's
     ("plugin.enforce.ebpf.libbpf", "delete_many"),
     ("plugin.enforce.ebpf.backend", "_touched"),
     ("plugin.enforce.ebpf.backend", "_regroup"),

@@ -281,12 +281,12 @@ def _delete_around_an_absent_key(backend) -> tuple:
     fd, size = backend._nets[NET_ID[:12]].handle.maps["policy"], maps.POLICY_KEY.size   # noqa: SLF001
     present = list(libbpf.keys(fd, size))
     absent = maps.POLICY_KEY.pack(64, bytes([7]) + b"\xff" * 7)   # version 7: there are two, 0 and 1
-    libbpf.delete_many(fd, [present[0], absent, present[1]])
+    libbpf.delete_batch(fd, 3, present[0] + absent + present[1])
     return len(present), sorted(libbpf.keys(fd, size)) == sorted(present[2:])
 
 
 @ebpf
-def test_delete_many_skips_an_absent_key_and_deletes_the_others(lab):
+def test_delete_batch_skips_an_absent_key_and_deletes_the_others(lab):
     web, api = lab.add(2)
     lab.apply(" ".join(f"web->api:tcp/{80 + k}" for k in range(5)), {web: "web", api: "api"}, "deny")
     count, rest_kept = lab.backend.call(_delete_around_an_absent_key, lab.backend.obj)

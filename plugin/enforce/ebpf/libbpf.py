@@ -291,30 +291,6 @@ def delete_batch(fd: int, count: int, keys: bytes) -> None:
         delete(fd, keys[i * ks:(i + 1) * ks])
 
 
-def _uniform(items: list) -> bool:
-    return len({len(item) for item in items}) == 1
-
-
-def update_many(fd: int, items: list, flags: int = BPF_ANY) -> None:
-    """:func:`update_batch` of a list of ``(key, value)`` pairs (one call each when their
-    sizes differ)."""
-    keys, values = [k for k, _ in items], [v for _, v in items]
-    if _uniform(keys) and _uniform(values):
-        update_batch(fd, len(items), b"".join(keys), b"".join(values), flags)
-        return
-    for key, value in items:
-        update(fd, key, value, flags)
-
-
-def delete_many(fd: int, keys: list) -> None:
-    """:func:`delete_batch` of a list of keys (one call each when their sizes differ)."""
-    if _uniform(keys):
-        delete_batch(fd, len(keys), b"".join(keys))
-        return
-    for key in keys:
-        delete(fd, key)
-
-
 def keys(fd: int, key_size: int) -> Iterator[bytes]:
     """Every key of the map (a snapshot; keys deleted meanwhile may be skipped)."""
     prev, nxt = None, ctypes.create_string_buffer(key_size)
