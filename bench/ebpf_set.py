@@ -6,8 +6,9 @@ an ``EbpfBackend`` (pins under ``/sys/fs/bpf/secnet-bench-*``, removed at the en
 a network with N rules (bench.nft_datapath's ``s<i>->s<j>:tcp/<port>`` over 100
 segments, no ports), then times S calls of ``apply_policy`` as the reconciler makes
 them (the map after the delta passed), each replacing the N rules in force by N
-others (every port moved by one). Stage stamps (ms, summed per set) of the functions
-the set goes through, where the tree has them.
+others (every port moved by one), then S times one rule added and removed with the N in
+force. Stage stamps (ms, summed per set) of the functions the set goes through, where the
+tree has them.
 
 ``--base REV``: the same rounds against ``git archive REV`` (its ``plugin`` and
 ``segmentation`` by PYTHONPATH, this checkout's compiled datapath object for both),
@@ -99,6 +100,13 @@ def _sets(n: int, sets: int, obj: str, stages: bool) -> dict:
             out["set"].append((time.perf_counter() - t0) * 1000)
             for label, ms in stamps.items():
                 out.setdefault(label, []).append(ms)
+        current = maps[sets % 2]
+        one = policy(sweep_rules(n, sets % 2) + " s1->s2:tcp/7", ids)
+        for _ in range(sets):      # one rule added and removed with n in force
+            for label, (old, new) in (("one rule add", (current, one)), ("one rule remove", (one, current))):
+                t0 = time.perf_counter()
+                backend.apply_policy(net, old.delta(new), policy=new)
+                out.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
     finally:
         backend.remove_network(net.id)
         backend.close()
