@@ -8,7 +8,8 @@ segments, no ports), then times S calls of ``apply_policy`` as the reconciler ma
 them (the map after the delta passed), each replacing the N rules in force by N
 others (every port moved by one), then S times one rule added and removed with the N in
 force. Stage stamps (ms, summed per set) of the functions the set goes through, where the
-tree has them.
+tree has them. Python's cyclic collector is paused during each timed call, as the daemon
+pauses it for a policy edit (``--gc-on``: not).
 
 ``--base REV``: the same rounds against ``git archive REV`` (its ``plugin`` and
 ``segmentation`` by PYTHONPATH, this checkout's compiled datapath object for both),
@@ -18,7 +19,9 @@ interleaved (A B, B A, ...); the figures are the median and min of every set of 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import gc
 import importlib
 import json
 import os
@@ -74,7 +77,21 @@ def install(stamps: dict) -> None:
             _stamp(stamps, owner, name, path.split(".")[-1])
 
 
-def _sets(n: int, sets: int, obj: str, stages: bool) -> dict:
+@contextlib.contextmanager
+def _collector(on: bool):
+    """Python's cyclic collector paused for the block unless ``on``: the daemon makes its
+    policy edits so (plugin.daemon.api.collection_deferred)."""
+    enabled = gc.isenabled()
+    if not on:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _sets(n: int, sets: int, obj: str, stages: bool, gc_on: bool = False) -> dict:
     """In the current (scratch) namespace: S timed sets of n rules; {"set": [ms], stage: [ms]}."""
     from plugin.enforce.backend import NetworkSpec          # noqa: PLC0415 (the tree under test)
     from plugin.enforce.ebpf.backend import EbpfBackend     # noqa: PLC0415
@@ -95,9 +112,11 @@ def _sets(n: int, sets: int, obj: str, stages: bool) -> dict:
             old, new = maps[i % 2], maps[1 - i % 2]
             delta = old.delta(new)
             stamps.clear()
-            t0 = time.perf_counter()
-            backend.apply_policy(net, delta, policy=new)
-            out["set"].append((time.perf_counter() - t0) * 1000)
+            gc.collect()
+            with _collector(gc_on):
+                t0 = time.perf_counter()
+                backend.apply_policy(net, delta, policy=new)
+                out["set"].append((time.perf_counter() - t0) * 1000)
             for label, ms in stamps.items():
                 out.setdefault(label, []).append(ms)
         current = maps[sets % 2]
@@ -105,9 +124,10 @@ def _sets(n: int, sets: int, obj: str, stages: bool) -> dict:
         for _ in range(sets):      # one rule added and removed with n in force
             for label, (old, new) in (("one rule add", (current, one)), ("one rule remove", (one, current))):
                 delta = old.delta(new)
-                t0 = time.perf_counter()
-                backend.apply_policy(net, delta, policy=new)
-                out.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
+                with _collector(gc_on):
+                    t0 = time.perf_counter()
+                    backend.apply_policy(net, delta, policy=new)
+                    out.setdefault(label, []).append((time.perf_counter() - t0) * 1000)
     finally:
         backend.remove_network(net.id)
         backend.close()
@@ -118,14 +138,15 @@ def _sets(n: int, sets: int, obj: str, stages: bool) -> dict:
 def child(args) -> None:
     from plugin.kernel import netns   # noqa: PLC0415
     import plugin                     # noqa: PLC0415
-    result = netns.run_in_new(lambda: _sets(args.rules, args.sets, args.obj, not args.profile), timeout=600)
+    result = netns.run_in_new(lambda: _sets(args.rules, args.sets, args.obj, not args.profile, args.gc_on),
+                              timeout=600)
     result["tree"] = os.path.dirname(os.path.dirname(plugin.__file__))
     print(json.dumps(result))
 
 
 def run_round(tree: str, args) -> dict:
     cmd = [sys.executable, "-m", "bench.ebpf_set", "--child", "--rules", str(args.rules),
-           "--sets", str(args.sets), "--obj", args.obj]
+           "--sets", str(args.sets), "--obj", args.obj] + (["--gc-on"] if args.gc_on else [])
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True, timeout=900)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -161,6 +182,8 @@ def main() -> None:
     parser.add_argument("--base", help="a git revision to compare with, interleaved")
     parser.add_argument("--profile", help="cProfile one round of this tree into FILE")
     parser.add_argument("--obj", default=OBJECT)
+    parser.add_argument("--gc-on", action="store_true",
+                        help="leave Python's collector on during the calls (the daemon pauses it)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
