@@ -13,7 +13,8 @@ pauses it for a policy edit (``--gc-on``: not).
 
 ``--base REV``: the same rounds against ``git archive REV`` (its ``plugin`` and
 ``segmentation`` by PYTHONPATH, this checkout's compiled datapath object for both),
-interleaved (A B, B A, ...); the figures are the median and min of every set of each.
+interleaved (A B, B A, ...); the figures are the median and min of every set of each, and
+the median of the per-round ratios (this tree's median set over the base's, same round).
 ``--profile FILE``: one round of this tree under cProfile, stats to FILE.
 """
 from __future__ import annotations
@@ -207,7 +208,11 @@ def main() -> None:
     finally:
         if "base" in trees:
             shutil.rmtree(trees["base"], ignore_errors=True)
-    print(json.dumps({"rules": args.rules, **{name: summary(rs) for name, rs in results.items()}}, indent=1))
+    out = {"rules": args.rules, **{name: summary(rs) for name, rs in results.items()}}
+    if "base" in results:   # each round's median set of this tree over the base's in the same round
+        ratios = [stats(a["set"])["median"] / stats(b["set"])["median"] for a, b in zip(results["this"], results["base"])]
+        out["set this/base per round"] = [round(stats(ratios)["median"], 3), [round(r, 2) for r in ratios]]
+    print(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
