@@ -210,7 +210,8 @@ def main() -> None:
             shutil.rmtree(trees["base"], ignore_errors=True)
     out = {"rules": args.rules, **{name: summary(rs) for name, rs in results.items()}}
     if "base" in results:   # each round's median set of this tree over the base's in the same round
-        ratios = [stats(a["set"])["median"] / stats(b["set"])["median"] for a, b in zip(results["this"], results["base"])]
+        ratios = [stats(a["set"])["median"] / stats(b["set"])["median"]
+                  for a, b in zip(results["this"], results["base"])]
         out["set this/base per round"] = [round(stats(ratios)["median"], 3), [round(r, 2) for r in ratios]]
     print(json.dumps(out, indent=1))
 
