@@ -240,9 +240,10 @@ def policy_content(entries: Iterable) -> dict:
     chosen: dict = {}
     for group, keys in groups.items():
         src, dst, proto = group
-        if len(keys) == 1 and keys[0][3] == keys[0][4] and proto in _PORTED:   # most groups: one port
-            port, code = keys[0][3], L4[proto]
-            chosen[(_ONE_PORT_BITS, _ONE_PORT.pack(src, dst, code, port))] = POLICY_VAL.pack(port, port, code)
+        if proto in _PORTED and all(lo == hi for _s, _d, _p, lo, hi in keys):   # most groups: one-port entries
+            code = L4[proto]                           # each its own one-port prefix, counted to itself
+            for port in map(operator.itemgetter(3), keys):
+                chosen[(_ONE_PORT_BITS, _ONE_PORT.pack(src, dst, code, port))] = POLICY_VAL.pack(port, port, code)
         else:
             _group_content(keys, chosen)
     return chosen
