@@ -225,6 +225,7 @@ class _Cover:
 _KEY = operator.itemgetter(0, 1, 2, 3, 4)   # PolicyEntry.key, without a Python call per entry
 _ONE_PORT = struct.Struct(">HHBH")   # the data7 of a one-port key: src, dst, protocol, port
 _ONE_PORT_BITS = POLICY_FIXED_BITS + 8 + 16
+_PORT = operator.itemgetter(3)       # a policy key's lo
 
 
 def _ranged(lo: int, hi: int) -> bool:
@@ -240,10 +241,14 @@ def policy_content(entries: Iterable) -> dict:
     chosen: dict = {}
     for group, keys in groups.items():
         src, dst, proto = group
-        if proto in _PORTED and all(lo == hi for _s, _d, _p, lo, hi in keys):   # most groups: one-port entries
-            code = L4[proto]                           # each its own one-port prefix, counted to itself
-            for port in map(operator.itemgetter(3), keys):
-                chosen[(_ONE_PORT_BITS, _ONE_PORT.pack(src, dst, code, port))] = POLICY_VAL.pack(port, port, code)
+        if len(keys) == 1 and keys[0][3] == keys[0][4] and proto in _PORTED:   # most groups: one port
+            port, code = keys[0][3], L4[proto]
+            chosen[(_ONE_PORT_BITS, _ONE_PORT.pack(src, dst, code, port))] = POLICY_VAL.pack(port, port, code)
+        elif proto in _PORTED and all(k[3] == k[4] for k in keys):   # one-port entries:
+            code = L4[proto]                       # each its own one-port prefix, counted to itself
+            for port in map(_PORT, keys):
+                data = _ONE_PORT.pack(src, dst, code, port)
+                chosen[(_ONE_PORT_BITS, data)] = POLICY_VAL.pack(port, port, code)
         else:
             _group_content(keys, chosen)
     return chosen
