@@ -267,7 +267,7 @@ def test_a_join_that_brings_a_new_segment_goes_in_with_its_entries(lab):
 @ebpf
 def test_a_set_of_hundreds_of_rules_goes_in_by_batches_and_leaves_no_drift(lab):
     """A set replacing 300 rules by 300 others writes its elements by batches
-    (``libbpf.update_many``/``delete_many``): the maps then hold exactly the new policy."""
+    (``libbpf.update_batch``/``delete_batch``): the maps then hold exactly the new policy."""
     web, api = lab.add(2)
     many = lambda base: " ".join(f"web->api:tcp/{base + k}" for k in range(300))   # noqa: E731
     lab.apply(many(10000), {web: "web", api: "api"}, "deny")
@@ -281,12 +281,12 @@ def _delete_around_an_absent_key(backend) -> tuple:
     fd, size = backend._nets[NET_ID[:12]].handle.maps["policy"], maps.POLICY_KEY.size   # noqa: SLF001
     present = list(libbpf.keys(fd, size))
     absent = maps.POLICY_KEY.pack(64, bytes([7]) + b"\xff" * 7)   # version 7: there are two, 0 and 1
-    libbpf.delete_many(fd, [present[0], absent, present[1]])
+    libbpf.delete_batch(fd, 3, present[0] + absent + present[1])
     return len(present), sorted(libbpf.keys(fd, size)) == sorted(present[2:])
 
 
 @ebpf
-def test_delete_many_skips_an_absent_key_and_deletes_the_others(lab):
+def test_delete_batch_skips_an_absent_key_and_deletes_the_others(lab):
     web, api = lab.add(2)
     lab.apply(" ".join(f"web->api:tcp/{80 + k}" for k in range(5)), {web: "web", api: "api"}, "deny")
     count, rest_kept = lab.backend.call(_delete_around_an_absent_key, lab.backend.obj)

@@ -7,6 +7,7 @@ encoding is judged by what a lookup would answer.
 from __future__ import annotations
 
 import ipaddress
+import struct
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -99,7 +100,7 @@ def _normal(e: PolicyEntry) -> PolicyEntry:
 @given(st.lists(ENTRIES, max_size=8))
 @settings(max_examples=150, deadline=None)
 def test_the_one_port_shortcut_gives_the_general_elements(raw):
-    """policy_content's shortcut for a group of one one-port entry (most groups) gives
+    """policy_content's shortcut for a group of one-port entries (most groups) gives
     what the general per-group path gives."""
     entries = frozenset(_normal(e) for e in raw)
     groups, general = {}, {}
@@ -108,6 +109,17 @@ def test_the_one_port_shortcut_gives_the_general_elements(raw):
     for keys in groups.values():
         maps._group_content(keys, general)   # noqa: SLF001
     assert maps.policy_content(entries) == general
+
+
+def test_a_group_of_several_one_port_entries_takes_the_shortcut_and_gives_the_general_elements():
+    entries = {PolicyEntry(256, 257, "tcp", p, p, "r") for p in (80, 443, 8080)}
+    entries |= {PolicyEntry(256, 257, "udp", 53, 53, "r"), PolicyEntry(256, 257, "udp", 50, 60, "s")}
+    general: dict = {}
+    for proto in ("tcp", "udp"):
+        maps._group_content([e.key for e in entries if e.proto == proto], general)   # noqa: SLF001
+    content = maps.policy_content(entries)
+    assert content == general and len(content) == 3 + 1 + len(maps.port_prefixes(50, 60))
+    assert content[(64, struct.pack(">HHBH", 256, 257, 6, 443))] == maps.POLICY_VAL.pack(443, 443, 6)
 
 
 @given(st.lists(ENTRIES, max_size=8))
@@ -236,6 +248,21 @@ def test_content_diff_and_restricted():
     assert maps.restricted_content(pm) == {257: b"\x01"}
     assert maps.restricted_unversioned(maps.restricted_key(1, 257)) == (1, 257)
     assert maps.network_tag("5ec0de" + "0" * 58) == 0x5EC0DE000000
+
+
+@pytest.mark.parametrize("version", [0, 1])
+def test_versioned_keys_are_the_keys_of_each_function_one_after_another(version):
+    """The key array of a batch holds, byte for byte, what policy_key, cidr_key and
+    restricted_key give one by one (the version byte where each puts it)."""
+    pm = compile_policy_map(NetworkOptions(rules=parse_rules(
+        "a->b:tcp/80-90, b->a:udp/53, a->b:icmp, 10.0.0.0/8->b:tcp/1, b->[fd00::/8]:any")), {"a": 256, "b": 257})
+    for name, content, keyfn in (("policy", maps.policy_content(pm.entries), maps.policy_key),
+                                 ("cidrs", maps.cidr_content(pm.cidrs), maps.cidr_key),
+                                 ("restricted", {257: b"\x01", 300: b"\x01"}, maps.restricted_key)):
+        rests = list(content)
+        assert len(rests) >= 2, name
+        assert maps.versioned_keys(name, rests, version) == b"".join(keyfn(version, r) for r in rests), name
+    assert maps.versioned_keys("policy", [], version) == b""
 
 
 def test_host_problem_names_what_is_missing(tmp_path):

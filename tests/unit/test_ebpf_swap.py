@@ -46,14 +46,17 @@ class FakeKernel:
     def keys(self, fd, _size):
         return iter(list(self.maps[fd]))
 
-    # a batch (BPF_MAP_*_BATCH) writes its elements one after the other, as packets see them
-    def update_many(self, fd, items, flags=0):
-        for key, value in items:
-            self.update(fd, key, value, flags)
+    # a batch (BPF_MAP_*_BATCH) writes its elements one after the other, as packets see them;
+    # keys and values come as arrays (every key, every value of one size, one after another)
+    def update_batch(self, fd, count, keys, values, flags=0):
+        ks, vs = len(keys) // count, len(values) // count
+        for i in range(count):
+            self.update(fd, keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs], flags)
 
-    def delete_many(self, fd, keys):
-        for key in keys:
-            self.delete(fd, key)
+    def delete_batch(self, fd, count, keys):
+        ks = len(keys) // count
+        for i in range(count):
+            self.delete(fd, keys[i * ks:(i + 1) * ks])
 
 
 def policy(rules: str, **opts):
@@ -81,7 +84,7 @@ def rig(monkeypatch):
     kernel = FakeKernel(lambda: seen.append(in_force(kernel, handle)))
     handle = Handle(NET.id, "/nowhere", maps={n: kernel.fd(n) for n in
                                               ("state", "settings", "policy", "cidrs", "restricted")})
-    for fn in ("lookup", "update", "delete", "keys", "update_many", "delete_many"):
+    for fn in ("lookup", "update", "delete", "keys", "update_batch", "delete_batch"):
         monkeypatch.setattr(eb.libbpf, fn, getattr(kernel, fn))
     kernel.maps[handle.maps["state"]][maps.U32.pack(0)] = maps.STATE.pack(0, 0, 0)
     backend = eb.EbpfBackend(pin_root="/nowhere")

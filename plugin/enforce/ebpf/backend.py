@@ -18,10 +18,9 @@ at rest and the next change again writes only its delta. Every change bumps
 the generation: a tracked flow whose entry is older is judged again on its
 next packet and cut when the new state denies it.
 
-NAT (published ports, masquerade) stays in nftables: with a ``nat`` object
-(the daemon passes plugin.enforce.nftables.natonly.NatTable) this backend
-also writes the network's NAT-only table in the same calls, so the
-reconciler treats both datapaths alike; docs/ebpf.md says what it holds.
+NAT (published ports, masquerade) stays in nftables: with a ``nat`` object (the daemon
+passes plugin.enforce.nftables.natonly.NatTable) this backend also writes the network's
+NAT-only table in the same calls, so the reconciler treats both datapaths alike.
 """
 from __future__ import annotations
 
@@ -51,11 +50,11 @@ class _Net:
 
 
 def _full_changes(policy: PolicyMap) -> dict:
-    """map name -> (None: read back from the kernel, content, key function): a full write."""
+    """map name -> (None: read back from the kernel, content): a full write."""
     return {
-        "policy": (None, maps.policy_content(policy.entries), maps.policy_key),
-        "cidrs": (None, maps.cidr_content(maps.policy_cidrs(policy)), maps.cidr_key),
-        "restricted": (None, maps.restricted_content(policy), maps.restricted_key),
+        "policy": (None, maps.policy_content(policy.entries)),
+        "cidrs": (None, maps.cidr_content(maps.policy_cidrs(policy))),
+        "restricted": (None, maps.restricted_content(policy)),
     }
 
 
@@ -67,23 +66,35 @@ def group_index(entries: Iterable) -> dict:
     return index
 
 
-def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta,
-                   index: Optional[dict] = None) -> dict:
-    """map name -> (content before, content after, key function) of what ``delta``
-    touches: only the (src, dst, proto) groups of its entries (their prefixes are
-    disjoint from every other group's), the CIDR map only when CIDRs changed.
+def _touched(old: PolicyMap, delta: PolicyDelta, index: Optional[dict] = None) -> tuple:
+    """(groups, entries before, after) of the (src, dst, proto) groups of ``delta``'s entries;
     ``index``: group_index(old.entries), kept by the caller (else built here)."""
     groups = set(map(_GROUP, delta.entries_added | delta.entries_removed))
     if index is None:
         index = group_index(e for e in old.entries if _GROUP(e) in groups)
     before = {e for g in groups for e in index.get(g, ())}
-    after = (before - delta.entries_removed) | delta.entries_added
-    out = {"policy": (maps.policy_content(before), maps.policy_content(after), maps.policy_key),
-           "restricted": (maps.restricted_content(old), maps.restricted_content(new), maps.restricted_key)}
+    return groups, before, (before - delta.entries_removed) | delta.entries_added
+
+
+def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta, index: Optional[dict] = None,
+                   touched: Optional[tuple] = None) -> dict:
+    """map name -> (content before, content after) of what ``delta`` touches: only the
+    (src, dst, proto) groups of its entries (their prefixes are disjoint from every other
+    group's), the CIDR map only when CIDRs changed. ``touched``: _touched(old, delta, index)."""
+    _groups, before, after = touched or _touched(old, delta, index)
+    out = {"policy": (maps.policy_content(before), maps.policy_content(after)),
+           "restricted": (maps.restricted_content(old), maps.restricted_content(new))}
     if delta.cidrs_added or delta.cidrs_removed or delta.fqdns_added or delta.fqdns_removed:
-        out["cidrs"] = (maps.cidr_content(maps.policy_cidrs(old)), maps.cidr_content(maps.policy_cidrs(new)),
-                        maps.cidr_key)
+        out["cidrs"] = (maps.cidr_content(maps.policy_cidrs(old)), maps.cidr_content(maps.policy_cidrs(new)))
     return out
+
+
+def _regroup(index: dict, groups: set, after: set) -> None:
+    """Make ``index`` (group_index) hold ``after``: the entries of ``groups`` now."""
+    regrouped = group_index(after)
+    for group in groups - regrouped.keys():     # every entry of the group removed
+        index.pop(group, None)
+    index.update(regrouped)
 
 
 _GROUP = operator.itemgetter(0, 1, 2)   # a PolicyEntry's (src, dst, proto)
@@ -108,8 +119,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         self.nat = nat   # the network's NAT (published ports, masquerade): apply(spec, ports), remove(id)
         self.obj_path = obj_path
         self.sizes = dict(SIZES, **(sizes or {}))
-        self._nets: dict = {}
-        self._lock = threading.RLock()
+        self._nets, self._lock = {}, threading.RLock()
         self._reader: Optional[DropReader] = None
         self._host_ok = False
         self.fqdn = fqdn.FqdnMaps(self._fqdn_fd, self._lock)   # DNS-name rules (plugin.dns)
@@ -181,24 +191,32 @@ class EbpfBackend(fqdn.FqdnMethods):
                 out[rest] = libbpf.lookup(fd, key, _VALUE_SIZE[name])
         return out
 
-    def _write_version(self, h, name, version, old: dict, new: dict, keyfn) -> None:
-        removed, written = maps.content_diff(old, new)
+    def _write_version(self, h, name: str, version: int, diff: tuple) -> None:
+        """Write ``diff`` (content_diff's removed keys, written items) under ``version``:
+        the updates in one batch, then the deletions in one (keys and values as arrays)."""
+        removed, written = diff
         fd = h.maps[name]
-        libbpf.update_many(fd, [(keyfn(version, rest), value) for rest, value in written])
-        libbpf.delete_many(fd, [keyfn(version, rest) for rest in removed])
+        if written:
+            rests, values = zip(*written)
+            libbpf.update_batch(fd, len(rests), maps.versioned_keys(name, rests, version), b"".join(values))
+        if removed:
+            libbpf.delete_batch(fd, len(removed), maps.versioned_keys(name, removed, version))
 
     def _swap(self, st: _Net, new: PolicyMap, changes: dict) -> None:
         """Make ``new`` the policy in force in one flip. ``changes``: map name ->
         (content in force and mirrored in both versions, or None to read each
-        version back from the kernel; the wanted content; key function)."""
+        version back from the kernel; the wanted content). A known content's diff
+        is computed once and written to both versions."""
         h = st.handle
         version, generation, _tag = self._state(h)
         nxt = 1 - (version & 1)
         settings = maps.settings_value(new, st.spec.mode, st.spec.internal)
+        diffs = {name: maps.content_diff(before, after)
+                 for name, (before, after) in changes.items() if before is not None}
         for target in (nxt, 1 - nxt):
-            for name, (before, after, keyfn) in changes.items():
-                prev = before if before is not None else self._dump(h, name, target)
-                self._write_version(h, name, target, prev, after, keyfn)
+            for name, (_before, after) in changes.items():
+                self._write_version(h, name, target, diffs[name] if name in diffs else
+                                    maps.content_diff(self._dump(h, name, target), after))
             libbpf.update(h.maps["settings"], maps.U32.pack(target), settings)
             if target == nxt:
                 self._flip(h, nxt, generation + 1, st.spec.id)
@@ -329,14 +347,9 @@ class EbpfBackend(fqdn.FqdnMethods):
                 raise BackendError(f"eBPF network {net.id[:12]}: apply_network first (no policy known)")
             try:
                 new = st.policy.apply(delta) if policy is None else policy
-                self._swap(st, new, _delta_changes(st.policy, new, delta, st.index))
-                for group, entries in group_index(delta.entries_added | delta.entries_removed).items():
-                    kept = (st.index.get(group, set()) - delta.entries_removed) | (
-                        entries & delta.entries_added)
-                    if kept:
-                        st.index[group] = kept
-                    else:
-                        st.index.pop(group, None)
+                touched = _touched(st.policy, delta, st.index)
+                self._swap(st, new, _delta_changes(st.policy, new, delta, touched=touched))
+                _regroup(st.index, touched[0], touched[2])
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
             if changes:

@@ -15,7 +15,7 @@ def drift(backend, st, policy, ports: list) -> list:
     h = st.handle
     out = []
     version, _generation, _tag = backend._state(h)   # noqa: SLF001 (the backend's helper)
-    for name, (_before, content, _keyfn) in _full_changes(policy).items():
+    for name, (_before, content) in _full_changes(policy).items():
         have = backend._dump(h, name, version & 1)    # noqa: SLF001
         missing = content.keys() - have.keys()
         extra = have.keys() - content.keys()

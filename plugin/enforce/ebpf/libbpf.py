@@ -239,54 +239,56 @@ def _map_sizes(fd: int) -> tuple:
     return int.from_bytes(info.raw[8:12], "little"), int.from_bytes(info.raw[12:16], "little")
 
 
-def _batchable(fd: int, keys: list, values: Optional[list]) -> bool:
-    """Can ``keys`` (and ``values``) go to the kernel as one array each: several, every
-    key (value) of the map's own size (not so for per-CPU values)?"""
-    if len(keys) < 2:
+def _fits(fd: int, count: int, keys: bytes, values: Optional[bytes]) -> bool:
+    """Are ``keys`` (and ``values``) ``count`` elements of the map's own sizes, one after
+    another, and several (not so for per-CPU values)?"""
+    if count < 2:
         return False
     key_size, value_size = _map_sizes(fd)
-    return all(len(k) == key_size for k in keys) and (
-        values is None or all(len(v) == value_size for v in values))
+    return len(keys) == count * key_size and (values is None or len(values) == count * value_size)
 
 
-def _batch(call, fd: int, keys: list, values: Optional[list]) -> int:
-    """One BPF_MAP_{UPDATE,DELETE}_BATCH of ``keys`` (``values``); how many the kernel
-    did before it stopped (all of them, or the index of the one it refused: then
-    errno). -1 when the kernel has no batch operation for this map (nothing done)."""
-    count = ctypes.c_uint32(len(keys))
-    args = (b"".join(keys),) + ((b"".join(values),) if values is not None else ())
-    ret = call(fd, *args, ctypes.byref(count), None)
-    if ret < 0 and count.value == 0 and (-ret if ret != -1 else ctypes.get_errno()) in (
+def _batch(call, fd: int, count: int, keys: bytes, values: Optional[bytes]) -> int:
+    """One BPF_MAP_{UPDATE,DELETE}_BATCH of ``count`` elements (``keys``, ``values``: arrays);
+    how many the kernel did before it stopped (all of them, or the index of the one it
+    refused: then errno). -1 when the kernel has no batch operation for this map (nothing done)."""
+    done = ctypes.c_uint32(count)
+    args = (keys,) + ((values,) if values is not None else ())
+    ret = call(fd, *args, ctypes.byref(done), None)
+    if ret < 0 and done.value == 0 and (-ret if ret != -1 else ctypes.get_errno()) in (
             errno_mod.EINVAL, errno_mod.ENOTSUP, errno_mod.EOPNOTSUPP, 524):   # 524: ENOTSUPP
         return -1
-    return count.value
+    return done.value
 
 
-def update_many(fd: int, items: list, flags: int = BPF_ANY) -> None:
-    """:func:`update` of every ``(key, value)`` of ``items``, in order: one bpf() call
-    (BPF_MAP_UPDATE_BATCH) where the map takes it (a 10,000-rule policy is 20,000
-    elements per version), else one call each. Raises LibbpfError at the first element
-    refused; the ones before it are written, as with :func:`update` one by one."""
-    if flags == BPF_ANY and items and _batchable(fd, [k for k, _ in items], [v for _, v in items]):
-        done = _batch(lib().bpf_map_update_batch, fd, [k for k, _ in items], [v for _, v in items])
-        items = items[done:] if done >= 0 else items
-    for key, value in items:
-        update(fd, key, value, flags)
+def update_batch(fd: int, count: int, keys: bytes, values: bytes, flags: int = BPF_ANY) -> None:
+    """:func:`update` of ``count`` elements given as arrays (``keys``: each key of the map's
+    key size one after another, ``values`` likewise), in order: one bpf() call
+    (BPF_MAP_UPDATE_BATCH) where the map takes it (a 10,000-rule policy is 20,000 elements
+    per version), else one call each. Raises LibbpfError at the first element refused; the
+    ones before it are written, as with :func:`update` one by one."""
+    done = 0
+    if flags == BPF_ANY and _fits(fd, count, keys, values):
+        done = max(_batch(lib().bpf_map_update_batch, fd, count, keys, values), 0)
+    ks, vs = (len(keys) // count, len(values) // count) if count else (0, 0)
+    for i in range(done, count):
+        update(fd, keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs], flags)
 
 
-def delete_many(fd: int, keys: list) -> None:
-    """:func:`delete` of every key of ``keys`` (absent ones skipped), one bpf() call
-    (BPF_MAP_DELETE_BATCH) where the map takes it, else one call each."""
-    while keys and _batchable(fd, keys, None):
-        done = _batch(lib().bpf_map_delete_batch, fd, keys, None)
+def delete_batch(fd: int, count: int, keys: bytes) -> None:
+    """:func:`delete` of ``count`` keys given as an array (absent ones skipped), one bpf()
+    call (BPF_MAP_DELETE_BATCH) where the map takes it, else one call each."""
+    ks = len(keys) // count if count else 0
+    while count and _fits(fd, count, keys, None):
+        done = _batch(lib().bpf_map_delete_batch, fd, count, keys, None)
         if done < 0:
             break
-        if done < len(keys):
-            delete(fd, keys[done])   # the one the kernel stopped at: absent (skipped) or an error
+        if done < count:
+            delete(fd, keys[done * ks:(done + 1) * ks])   # the one the kernel stopped at: absent or an error
             done += 1
-        keys = keys[done:]
-    for key in keys:
-        delete(fd, key)
+        keys, count = keys[done * ks:], count - done
+    for i in range(count):
+        delete(fd, keys[i * ks:(i + 1) * ks])
 
 
 def keys(fd: int, key_size: int) -> Iterator[bytes]:

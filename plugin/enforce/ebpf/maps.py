@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import bisect
 import ipaddress
+import itertools
 import operator
 import struct
 from typing import Iterable, Mapping
@@ -224,6 +225,7 @@ class _Cover:
 _KEY = operator.itemgetter(0, 1, 2, 3, 4)   # PolicyEntry.key, without a Python call per entry
 _ONE_PORT = struct.Struct(">HHBH")   # the data7 of a one-port key: src, dst, protocol, port
 _ONE_PORT_BITS = POLICY_FIXED_BITS + 8 + 16
+_PORT = operator.itemgetter(3)       # a policy key's lo
 
 
 def _ranged(lo: int, hi: int) -> bool:
@@ -242,6 +244,11 @@ def policy_content(entries: Iterable) -> dict:
         if len(keys) == 1 and keys[0][3] == keys[0][4] and proto in _PORTED:   # most groups: one port
             port, code = keys[0][3], L4[proto]
             chosen[(_ONE_PORT_BITS, _ONE_PORT.pack(src, dst, code, port))] = POLICY_VAL.pack(port, port, code)
+        elif proto in _PORTED and all(k[3] == k[4] for k in keys):   # one-port entries:
+            code = L4[proto]                       # each its own one-port prefix, counted to itself
+            for port in map(_PORT, keys):
+                data = _ONE_PORT.pack(src, dst, code, port)
+                chosen[(_ONE_PORT_BITS, data)] = POLICY_VAL.pack(port, port, code)
         else:
             _group_content(keys, chosen)
     return chosen
@@ -392,6 +399,25 @@ def sum_percpu(raw: bytes, cpus: int) -> tuple:
         p, b = COUNT.unpack_from(raw, i * COUNT.size)
         packets, octets = packets + p, octets + b
     return packets, octets
+
+
+#: a versioned map's unversioned keys, packed many at once: (struct format of one key with a
+#: pad byte where the version goes, that byte's offset, whether an unversioned key is a tuple)
+_UNVERSIONED = {"policy": ("Ix7s", 4, True), "cidrs": ("Ix23s", 4, True), "restricted": ("xxH", 0, False)}
+
+
+def versioned_keys(name: str, rests: list, version: int) -> bytes:
+    """The keys of map ``name`` (``policy``, ``cidrs``, ``restricted``) for the unversioned
+    keys ``rests`` under ``version``, one after another: the key array of a batch operation
+    (the bytes of policy_key, cidr_key, restricted_key each, without a Python call per key)."""
+    if not rests:
+        return b""
+    fmt, offset, nested = _UNVERSIONED[name]
+    packed = bytearray(struct.Struct("<" + fmt * len(rests)).pack(
+        *(itertools.chain.from_iterable(rests) if nested else rests)))
+    if version:
+        packed[offset::len(packed) // len(rests)] = bytes([version]) * len(rests)
+    return bytes(packed)
 
 
 def content_diff(old: Mapping, new: Mapping) -> tuple:
