@@ -208,6 +208,18 @@ def test_reconnecting_a_member_as_another_segment_ends_its_udp_flows(make_networ
     fh.flowing(sink, "u4")      # the stream still runs: a rule for db lets it in again
 
 
+def _streams_to_host(flows, web, prefix, gw4, gw6, tport, uport) -> tuple:
+    """TCP and UDP streams from ``web`` to the host's gateway addresses, flowing; (sink, tags)."""
+    sink = flows.sink(n.HOST, [("tcp", tport), ("udp", uport)])
+    kinds = {f"{prefix}t4": ("tcp", gw4, tport), f"{prefix}t6": ("tcp", gw6, tport),
+             f"{prefix}u4": ("udp", gw4, uport), f"{prefix}u6": ("udp", gw6, uport)}
+    for tag, (proto, dst, port) in kinds.items():
+        flows.stream(web, tag, proto, dst, port, sport=47000 if proto == "udp" else 0)
+    for tag in kinds:
+        fh.flowing(sink, tag)
+    return sink, kinds
+
+
 def test_egress_flows_follow_the_cidr_rules_that_name_them(make_network, run_container, flows):
     """egress=allow: web's streams to the host (outside; TCP and UDP, IPv4 and IPv6) go on when a
     CIDR rule naming other addresses is added. egress=deny: streams that a CIDR rule naming the
@@ -216,13 +228,7 @@ def test_egress_flows_follow_the_cidr_rules_that_name_them(make_network, run_con
     gw4, gw6 = n.gateway(net, 4), n.gateway(net, 6)
     web = _run(run_container, net, "u9-web", "web")
     tport, uport = n.free_port(proto=("tcp",)), n.free_port(proto=("udp",))
-    sink = flows.sink(n.HOST, [("tcp", tport), ("udp", uport)])
-    kinds = {"t4": ("tcp", gw4, tport), "t6": ("tcp", gw6, tport),
-             "u4": ("udp", gw4, uport), "u6": ("udp", gw6, uport)}
-    for tag, (proto, dst, port) in kinds.items():
-        flows.stream(web, tag, proto, dst, port, sport=47000 if proto == "udp" else 0)
-    for tag in kinds:
-        fh.flowing(sink, tag)
+    sink, kinds = _streams_to_host(flows, web, "", gw4, gw6, tport, uport)
     res = sh.secnet("policy", net.name, "add", "web->10.235.250.0/24:tcp/443", "web->[fd00:235:0:fa::/64]:udp")
     assert res.returncode == 0, res.stderr
     for tag in kinds:
@@ -234,13 +240,7 @@ def test_egress_flows_follow_the_cidr_rules_that_name_them(make_network, run_con
     rules = [f"web->{gw}:{proto}" for gw in (gw4, f"[{gw6}]") for proto in ("tcp", "udp")]
     assert sh.secnet("policy", deny.name, "set", *rules).returncode == 0
     web = _run(run_container, deny, "u9-web2", "web")
-    sink = flows.sink(n.HOST, [("tcp", tport), ("udp", uport)])
-    kinds = {"dt4": ("tcp", gw4, tport), "dt6": ("tcp", gw6, tport),
-             "du4": ("udp", gw4, uport), "du6": ("udp", gw6, uport)}
-    for tag, (proto, dst, port) in kinds.items():
-        flows.stream(web, tag, proto, dst, port, sport=47000 if proto == "udp" else 0)
-    for tag in kinds:
-        fh.flowing(sink, tag)
+    sink, kinds = _streams_to_host(flows, web, "d", gw4, gw6, tport, uport)
     res = sh.secnet("policy", deny.name, "remove", *rules)
     assert res.returncode == 0, res.stderr
     going = [tag for tag in kinds if not fh.stopped(sink, tag, watch=1.5)]
