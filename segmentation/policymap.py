@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional
 
+from . import pairindex
 from .identities import OUTSIDE
 from .options import NetworkOptions
 from .protocols import ANY
@@ -154,29 +155,9 @@ class PolicyMap:
         return self._cached("_segments", lambda: tuple(sorted(self.identities)))
 
     def between(self, src: int, dst: int) -> tuple:
-        """The entries from identity ``src`` to ``dst``, sorted (an index, built once per map)."""
-        found = self._cached("_pairs", self._pair_index).get(src << 16 | dst, ())
-        return found if found.__class__ is tuple else (found,)
-
-    def _pair_index(self) -> dict:
-        """``{src << 16 | dst: entries}``: an int key (identities are 16 bits) and, for
-        the one entry most pairs have, the entry itself; a sorted tuple from two (no
-        2-tuple key and no 1-tuple per pair: 10,000 rules, ~1 MiB less)."""
-        pairs: dict = {}
-        entries = list(self.entries)
-        keys = map(operator.or_, map(operator.lshift, map(_SRC, entries), itertools.repeat(16)), map(_DST, entries))
-        for pair, entry in zip(keys, entries):
-            found = pairs.get(pair)
-            if found is None:
-                pairs[pair] = entry
-            elif found.__class__ is list:
-                found.append(entry)
-            else:
-                pairs[pair] = [found, entry]
-        for pair, found in pairs.items():
-            if found.__class__ is list:
-                pairs[pair] = tuple(sorted(found))
-        return pairs
+        """The entries from identity ``src`` to ``dst``, sorted (:mod:`segmentation.pairindex`,
+        built once per map)."""
+        return pairindex.lookup(self._cached("_pairs", lambda: pairindex.build(self.entries)), src, dst)
 
     def _cached(self, name: str, make):
         """A value derived from this (immutable) map, computed on first use."""
@@ -348,27 +329,10 @@ def _cancel(gone: set, added: set, before: frozenset) -> None:
 def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
     """Give ``new`` (``(old - gone) | added``) the :meth:`PolicyMap.between` index of
     ``old`` with only the identity pairs the edit touched redone, when ``old`` has
-    one: the first flow judged after an edit then costs no pass over every entry
-    (10,000 rules: 6-9 ms)."""
+    one: the first flow judged after an edit then costs no pass over every entry."""
     pairs = old.__dict__.get("_pairs")
-    if pairs is None:
-        return
-    touched: dict = {}
-    for entry in itertools.chain(gone, added):
-        touched.setdefault(entry.src << 16 | entry.dst, set())
-    for entry in added:
-        touched[entry.src << 16 | entry.dst].add(entry)
-    pairs = dict(pairs) if touched else pairs   # untouched: shared (an index is never changed in place)
-    for pair, found in touched.items():
-        before = pairs.get(pair, ())
-        found.update(e for e in (before if before.__class__ is tuple else (before,)) if e not in gone)
-        if len(found) > 1:
-            pairs[pair] = tuple(sorted(found))
-        elif found:
-            pairs[pair] = found.pop()
-        else:
-            pairs.pop(pair, None)
-    object.__setattr__(new, "_pairs", pairs)
+    if pairs is not None:
+        object.__setattr__(new, "_pairs", pairindex.carry(pairs, gone, added))
 
 
 def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fqdns: tuple) -> PolicyDelta:
@@ -387,7 +351,6 @@ def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fq
         fqdns_added=added(fqdns, old.fqdns), fqdns_removed=removed(fqdns, old.fqdns))
 
 
-_SRC, _DST = operator.itemgetter(0), operator.itemgetter(1)   # of a PolicyEntry
 _PICK_GONE = 64            # rules: above this, their entries are picked out of the old map
 _RULE = operator.attrgetter("rule")
 

@@ -21,10 +21,11 @@ from segmentation.resolve import SEGMENT_OPT
 from plugin.kernel import links as nl
 from plugin.enforce.backend import BackendUnavailable
 from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound, Unsupported
-from plugin.driver.portmap import Binding, parse_portmap
+from plugin.driver.portmap import parse_portmap
 from plugin.kernel.hostports import Reservations
 from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
 from plugin.driver.nulls import NullReconciler, NullResolver
+from plugin.driver import restore as restart
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
 
 log = logging.getLogger(__name__)
@@ -402,50 +403,6 @@ class Driver:
 
     # --- restart ---------------------------------------------------------
     def restore(self) -> dict:
-        """Rebuild kernel objects from state and remove what no record owns."""
-        counts = {"networks": 0, "endpoints": 0, "removed": 0}
-        with self.lock:
-            owners = set()
-            for net in self.state.networks():
-                eps = self.state.endpoints(net.id)
-                owners.add(net.id)
-                try:  # links only: the reconciler's first pass writes every network's policy
-                    self._realize_network(net, eps, policy=False)
-                    self.links.prune_neighbours(net.bridge, [(ep.mac, ep.addresses) for ep in eps])
-                    counts["networks"] += 1
-                except Exception:
-                    log.exception("restore of network %s failed", net.id[:12])
-                for ep in eps:
-                    owners.add(ep.id)
-                    self._restore_endpoint(net, ep)
-                    counts["endpoints"] += 1
-            try:
-                counts["removed"] = self._remove_orphans(owners)
-            except Exception:
-                log.exception("removing orphans failed")
-        log.info("restored %(networks)d networks, %(endpoints)d endpoints; removed %(removed)d orphans",
-                 counts)
-        return counts
-
-    def _restore_endpoint(self, net, ep) -> None:
-        try:
-            self.links.ensure_veth(ep.veth_host, ep.veth_peer, net.bridge, ep.id, net.mtu, ep.mac, ep.addresses)
-        except Exception:
-            log.exception("restore of endpoint %s failed", ep.id[:12])
-        if ep.ports:
-            try:
-                self.ports.reserve(ep.id, [Binding(p, ip, hp, hp, cp) for p, ip, hp, cp in ep.ports])
-            except Exception as exc:
-                log.error("endpoint %s: cannot hold its published ports again: %s", ep.id[:12], exc)
-
-    def _remove_orphans(self, owners: set) -> int:
-        removed = 0
-        for name, _kind, owner in self.links.owned_links():
-            if owner not in owners and self.links.remove_link(name, owner=owner):
-                log.info("removed orphan interface %s", name)
-                removed += 1
-        for _binary, bridge, owner in self.firewall.owned():
-            if owner not in owners:
-                self.firewall.remove(bridge, owner)
-                removed += 1
-        return removed
+        """Rebuild kernel objects from state and remove what no record owns
+        (:func:`plugin.driver.restore.restore`). Returns counts by kind."""
+        return restart.restore(self)
