@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from plugin.envvars import env_int, flag as _flag
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_DOCKER_HOST = "unix://var/run/docker.sock"  # the local engine socket
 
@@ -51,33 +53,3 @@ def metrics_address(addr: str) -> tuple:
         raise ValueError(f"invalid SECNET_METRICS_ADDR {addr!r}: allowed host:port, port 1..65535 "
                          "(e.g. 127.0.0.1:9100, [::1]:9100)")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def env_int(env, name: str, default: int, lo: int, hi: int) -> int:
-    """The whole number ``lo..hi`` in variable ``name``; empty or unset -> ``default``.
-
-    Raises ValueError naming the variable for anything else."""
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = int(value, 10)
-    except ValueError:
-        number = None
-    if number is None or not lo <= number <= hi:
-        raise ValueError(f"invalid {name} {value!r}: allowed a whole number {lo}..{hi}")
-    return number
-
-
-def _flag(env, name: str, default: bool) -> bool:
-    """``1``/``0`` (also true/false, yes/no) -> bool; empty or unset -> ``default``.
-
-    Raises ValueError naming the variable for anything else."""
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in ("1", "true", "yes"):
-        return True
-    if value in ("0", "false", "no"):
-        return False
-    raise ValueError(f"invalid {name} {value!r}: allowed 1 or 0")

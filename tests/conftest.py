@@ -6,3 +6,11 @@ from pathlib import Path
 ROOT = str(Path(__file__).resolve().parent.parent)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+try:   # property tests: no per-example time limit (a loaded CI machine is slow; speed lives in `make bench`)
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:   # the kernel and e2e tiers do not need hypothesis
+    pass
+else:
+    _hypothesis_settings.register_profile("secnet", deadline=None)
+    _hypothesis_settings.load_profile("secnet")

@@ -35,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-from plugin.config import env_int
+from plugin.envvars import env_int
 from segmentation.fqdn import Address, Learned
 
 from .datapath import Grant
