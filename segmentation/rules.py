@@ -34,7 +34,9 @@ from .rulevalues import (  # noqa: F401 (re-exported: the grammar's values live 
 )
 
 _ARROW_SPACES = re.compile(r"\s*->\s*")
-_SPACED_ARROW = re.compile(r"\s->|->\s")
+# an arrow with whitespace after or before it; starting with the literal ``->``, the search
+# skips to each arrow (``\s->|->\s`` tried every position: 3 ms over a 10,000-rule set's text)
+_SPACED_ARROW = re.compile(r"->(?:\s|(?<=\s->))")
 _SEPARATORS = re.compile(r"[,;\s]+")
 _DIGITS = re.compile(r"[0-9]+")
 _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")

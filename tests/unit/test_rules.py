@@ -323,3 +323,11 @@ def test_a_set_against_the_rules_in_force_still_names_the_bad_rule():
     with pytest.raises(RuleError) as info:
         parse_rules(" ".join(texts), _known())
     assert info.value.rule == "web->api:tcp/99999"
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("a ->b", ["a->b"]), ("a-> b", ["a->b"]), ("a\t->\nb", ["a->b"]), ("a->\u2003b c->d", ["a->b", "c->d"]),
+    ("a->b c -> d", ["a->b", "c->d"]), ("a->b c->d", ["a->b", "c->d"]), ("x-->y ->z", ["x-->y->z"]),
+])
+def test_arrows_with_whitespace_on_either_side_join_their_ends(text, parts):
+    assert split_rules(text) == parts
