@@ -12,7 +12,9 @@ fi
 # with the mode, so that a venv made before is installed again.
 stamp=.venv/.secnet-installed-compat
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat
+  # (a pip without --config-settings, < 22.1: the default mode, slower but the same install)
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat \
+    || .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
 # Bytecode for secnet's own modules, as an installed package has it: with
