@@ -70,7 +70,7 @@ def exchange(path: str, method: str, target: str, body: bytes | None = None,
 
 def _answer(sock) -> tuple:
     """``(status, body)`` read from ``sock`` (BadAnswer when it is not HTTP)."""
-    data, length, end = b"", None, -1
+    data, length, end = bytearray(), None, -1   # bytearray: appending is linear in the answer
     while length is None or len(data) < end + 4 + length:
         chunk = sock.recv(262144)
         if not chunk:
@@ -80,10 +80,10 @@ def _answer(sock) -> tuple:
             length = _content_length(data[:end])
     if end < 0:
         raise BadAnswer("no HTTP header in the answer")
-    status = data[:end].split(b" ", 2)
+    status = bytes(data[:end]).split(b" ", 2)
     if len(status) < 2 or not status[0].startswith(b"HTTP/1.") or not status[1].isdigit():
         raise BadAnswer("no HTTP status line in the answer")
-    body = data[end + 4:]
+    body = bytes(data[end + 4:])
     return int(status[1]), body if length is None else body[:length]
 
 
