@@ -11,13 +11,12 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
-
-from plugin.cli.client import UnixHTTPConnection  # the CLI's HTTP-over-unix-socket connection
 
 PREFIX = "snbench"
 IMAGE = os.environ.get("IMAGE", "secnet-busybox:latest")
@@ -28,6 +27,20 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 now = time.perf_counter
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``http.client``'s connection on a unix socket at ``path`` (kept open across
+    requests, as libnetwork keeps its connection to the plugin)."""
+
+    def __init__(self, path: str, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self._path)
 
 
 # --- sizes --------------------------------------------------------------------

@@ -6,9 +6,15 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-stamp=.venv/.secnet-installed
+# Editable in setuptools' "compat" mode: a plain .pth puts the checkout on sys.path. The
+# default mode installs an import finder that `site` loads in every process, ~13-17 ms
+# of each `secnet` call (bench/results/2026-11-30-set18.md). The stamp's name changed
+# with the mode, so that a venv made before is installed again.
+stamp=.venv/.secnet-installed-compat
 if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
-  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+  # (a pip without --config-settings, < 22.1: the default mode, slower but the same install)
+  .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' --config-settings editable_mode=compat \
+    || .venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
   touch "$stamp"
 fi
 # Bytecode for secnet's own modules, as an installed package has it: with

@@ -23,7 +23,7 @@ import ipaddress
 import itertools
 import operator
 import re
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 from .errors import RuleError, shown
 from .names import segment_name_problem
@@ -34,7 +34,9 @@ from .rulevalues import (  # noqa: F401 (re-exported: the grammar's values live 
 )
 
 _ARROW_SPACES = re.compile(r"\s*->\s*")
-_SPACED_ARROW = re.compile(r"\s->|->\s")
+# an arrow with whitespace after or before it; starting with the literal ``->``, the search
+# skips to each arrow (``\s->|->\s`` tried every position: 3 ms over a 10,000-rule set's text)
+_SPACED_ARROW = re.compile(r"->(?:\s|(?<=\s->))")
 _SEPARATORS = re.compile(r"[,;\s]+")
 _DIGITS = re.compile(r"[0-9]+")
 _ADDRESS_CHARS = re.compile(r"[0-9A-Fa-f.:/%]+")
@@ -221,14 +223,28 @@ def split_rules(text: str) -> list[str]:
     return text.split()   # the same parts: str.split and \s agree on whitespace
 
 
-def parse_rules(text: str) -> tuple[Rule, ...]:
-    """Parse a rule list; duplicates are dropped, first occurrence kept."""
+def parse_rules(text: str, known: Optional[Mapping[str, Rule]] = None) -> tuple[Rule, ...]:
+    """Parse a rule list; duplicates are dropped, first occurrence kept. ``known``:
+    rules by canonical text (those in force): a part that is the text of one of them
+    is that rule, not parsed again (a policy file re-applied with a few rules changed
+    parses only those). Raises PolicyError naming the first bad rule."""
     parts = split_rules(text)
-    rules = fast_rules(parts)
+    if known and _mostly_known(parts, known):
+        rules = list(map(known.get, parts))
+    else:
+        rules = fast_rules(parts)
     for i, rule in enumerate(rules):
-        if rule is None:
-            rules[i] = _parse_general(parts[i])
+        if rule is None:   # not known, or not the fast path's form: the general parser words errors
+            rules[i] = fast_rule(parts[i]) or _parse_general(parts[i])
     return unique_rules(rules)
+
+
+def _mostly_known(parts: list, known: Mapping[str, Rule], samples: int = 8) -> bool:
+    """Whether most of ``samples`` parts spread over ``parts`` are in ``known`` (a
+    set that replaces every rule then costs a few lookups, not one per part)."""
+    step = max(1, len(parts) // samples)
+    picked = parts[::step]
+    return sum(map(known.__contains__, picked)) * 2 > len(picked)
 
 
 def unique_rules(rules: Iterable[Rule]) -> tuple[Rule, ...]:

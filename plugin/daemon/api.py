@@ -175,8 +175,10 @@ class Api:
         under the driver's lock, so that two edits at once both take effect."""
         if action not in ("set", "add", "remove"):
             raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
+        # a set: the rules in force by text, so that those it keeps are not parsed again
+        known = dict(zip(rule_texts(net.options.rules), net.options.rules)) if action == "set" else None
         try:
-            rules = parse_rules(" ".join(texts))
+            rules = parse_rules(" ".join(texts), known)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
 

@@ -94,3 +94,12 @@ def test_rule_arguments_bypass_argparse_only_for_plain_rule_edits():
     for argv in (["policy", "n", "set"], ["policy", "n"], ["show", "n", "set", "x"],
                  ["policy", "n", "set", "-h"], ["policy", "n", "bogus", "a->b"]):
         assert _rule_arguments(argv) == (argv, None)
+
+
+def test_a_large_answer_is_read_whole_across_many_reads(tmp_path):
+    """A 3 MB answer (a policy listing of ~100,000 rules) arrives in many pieces."""
+    path = str(tmp_path / "d.sock")
+    out = json.dumps({"rules": [f"s{i}->s{i + 1}:tcp/{i % 65535 + 1}" for i in range(150000)]}).encode()
+    serve_once(path, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out, [])
+    status, body = client.exchange(path, "POST", "/secnet/policy", b"{}")
+    assert status == 200 and body == out and len(out) > 3_000_000

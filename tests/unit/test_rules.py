@@ -287,3 +287,47 @@ def test_the_fast_path_takes_the_common_forms_and_declines_the_rest():
         assert rule is not None and rule.text() == canonical == parse_rule(text).text()
     for text in ("web->10.0.0.0/8:tcp/443", "a->b:", "a->b:tcp/0", "a->b->c", "a->dns(x.org)", "a->b:TCP/1"):
         assert fast_rule(text) is None
+
+
+# --- a set against the rules in force (known) -----------------------------------
+
+IN_FORCE = parse_rules(" ".join(f"s{i}->s{i + 1}:tcp/{1000 + i}" for i in range(40))
+                       + " web->10.0.0.0/8:tcp/443 a->dns(x.org) *->db")
+
+
+def _known():
+    return {rule.text(): rule for rule in IN_FORCE}
+
+
+@given(st.lists(st.sampled_from([r.text() for r in IN_FORCE] + [
+    "s1 -> s2:tcp/1001", "s1->s2:TCP/1001", "new->s2:udp/53", "x->y:tcp/1-2", "web->10.1.0.0/16",
+    "s1->s2:tcp/01001", "s3->s4:tcp/1003"]), max_size=60))
+def test_a_set_against_the_rules_in_force_parses_as_without_them(texts):
+    """Same rules, same order, same duplicates dropped, whatever share of them is known."""
+    text = " ".join(texts)
+    assert parse_rules(text, _known()) == parse_rules(text)
+    assert format_rules(parse_rules(text, _known())) == format_rules(parse_rules(text))
+
+
+def test_a_set_that_keeps_most_rules_reuses_them_and_parses_the_rest():
+    texts = [r.text() for r in IN_FORCE]
+    texts[3] = "s3 -> s9:tcp/7"                      # changed, and not in canonical form
+    rules = parse_rules(" ".join(texts), _known())
+    assert rules[3].text() == "s3->s9:tcp/7" and rules[3] not in IN_FORCE
+    assert all(new is old for new, old in zip(rules[4:], IN_FORCE[4:]))   # the same objects: not parsed
+    assert [r.text() for r in rules[:3]] == texts[:3]
+
+
+def test_a_set_against_the_rules_in_force_still_names_the_bad_rule():
+    texts = [r.text() for r in IN_FORCE] + ["web->api:tcp/99999"]
+    with pytest.raises(RuleError) as info:
+        parse_rules(" ".join(texts), _known())
+    assert info.value.rule == "web->api:tcp/99999"
+
+
+@pytest.mark.parametrize("text, parts", [
+    ("a ->b", ["a->b"]), ("a-> b", ["a->b"]), ("a\t->\nb", ["a->b"]), ("a->\u2003b c->d", ["a->b", "c->d"]),
+    ("a->b c -> d", ["a->b", "c->d"]), ("a->b c->d", ["a->b", "c->d"]), ("x-->y ->z", ["x-->y->z"]),
+])
+def test_arrows_with_whitespace_on_either_side_join_their_ends(text, parts):
+    assert split_rules(text) == parts

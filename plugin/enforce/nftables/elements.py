@@ -31,6 +31,8 @@ from segmentation.identities import QUARANTINED
 from segmentation.policymap import EGRESS, FqdnEntry, PolicyEntry
 from segmentation.protocols import ANY, FLOW, ICMP
 
+from . import portgroups
+
 # --- set schemas ----------------------------------------------------------------------------
 #: set name -> (family, key field kinds, value field kinds or None, interval)
 SCHEMAS: dict = {}
@@ -207,11 +209,8 @@ def disjoint(boxes: list) -> dict:
 # --- the state of a network's sets -----------------------------------------------------------
 @dataclass
 class ElementDelta:
-    """Elements to delete and add, per set: ``{set: {element: value or None}}``.
-
-    Deletions come first in the transaction (a piece that is cut anew is
-    deleted before its successors are added).
-    """
+    """Elements to delete and add, per set: ``{set: {element: value or None}}``; deletions
+    come first in the transaction (a piece cut anew is deleted before its successors are added)."""
 
     delete: dict = field(default_factory=lambda: defaultdict(dict))
     add: dict = field(default_factory=lambda: defaultdict(dict))
@@ -233,8 +232,7 @@ class PolicyElements:
     an interval set's groups are cut into ``pieces``: ``{(set, group): {element:
     frozenset(attribution keys)}}``. A dict keeps its table when keys leave: the sets'
     dicts are copied once they hold under a quarter of their peak (2.5 MiB otherwise
-    after a 50,000-rule policy).
-    """
+    after a 50,000-rule policy)."""
 
     def __init__(self) -> None:
         self.groups: dict = {}
@@ -250,14 +248,17 @@ class PolicyElements:
     def change(self, added: Iterable, removed: Iterable) -> ElementDelta:
         """Apply entries added and removed; returns the elements that changed.
 
-        A set without intervals has one element per group with entries: its
-        elements come and go with their groups, straight into the delta (no
-        ``(set, group)`` pair kept per element). An interval set's groups that
-        changed (``cut``: whether each had entries) are cut again.
-        """
+        A set without intervals has one element per group with entries: its elements come
+        and go with their groups, straight into the delta (no ``(set, group)`` pair kept per
+        element; one-port entries by :mod:`.portgroups`). An interval set's groups that
+        changed (``cut``: whether each had entries) are cut again."""
         cut, delta = {}, ElementDelta()
-        self._remove(removed, cut, delta.delete)
-        self._add(added, cut, delta.delete, delta.add)
+        (ports, groups), removed = portgroups.split(removed)   # one-port entries in bulk, if plain
+        self._remove(removed if portgroups.remove(self.groups, ports, groups, delta.delete)
+                     else removed + ports, cut, delta.delete)
+        (ports, groups), added = portgroups.split(added)
+        self._add(added if portgroups.add(self.groups, ports, groups, delta.delete, delta.add)
+                  else added + ports, cut, delta.delete, delta.add)
         count = sum(map(len, self.groups.values()))
         self._peak = max(self._peak, count)
         if count * 4 < self._peak:   # copied: the dicts' tables shrink (empty ones dropped)

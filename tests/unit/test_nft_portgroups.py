@@ -1,0 +1,73 @@
+"""One-port entries applied in bulk (plugin.enforce.nftables.portgroups) against the
+entry-by-entry path of PolicyElements: same elements, same delta."""
+from __future__ import annotations
+
+from plugin.enforce.nftables import portgroups
+from plugin.enforce.nftables.elements import PolicyElements, apply_delta
+from segmentation.policymap import PolicyEntry
+
+
+def _ports(rule: str, n: int, port0: int = 1000) -> frozenset:
+    return frozenset(PolicyEntry(256 + i % 7, 300 + i % 11, "tcp", port0 + i, port0 + i, f"{rule}{i}")
+                     for i in range(n))
+
+
+def _one_by_one(monkeypatch):
+    """PolicyElements with the bulk path refusing every batch (the entry-by-entry path)."""
+    monkeypatch.setattr(portgroups, "remove", lambda *a: False)
+    monkeypatch.setattr(portgroups, "add", lambda *a: False)
+
+
+def _nonempty(sets) -> dict:
+    return {name: dict(els) for name, els in sets.items() if els}
+
+
+def _run(a: frozenset, b: frozenset) -> tuple:
+    state = PolicyElements.of(a)
+    before = _nonempty(state.flat())
+    delta = state.change(b - a, a - b)
+    return before, _nonempty(delta.delete), _nonempty(delta.add), _nonempty(state.flat()), \
+        _nonempty(state.attribution())
+
+
+def test_a_set_that_replaces_every_rule_gives_the_delta_of_one_by_one(monkeypatch):
+    a, b = _ports("r", 2000), _ports("r", 2000, port0=5000)
+    bulk = _run(a, b)
+    _one_by_one(monkeypatch)
+    assert bulk == _run(a, b)
+    before, delete, add, after, _ = bulk
+    assert len(delete["pol_port"]) == len(add["pol_port"]) == 2000
+    assert _nonempty(apply_delta(before, PolicyElements.of(a).change(b - a, a - b))) == after
+
+
+def test_a_rule_replaced_by_one_on_the_same_port_keeps_its_element(monkeypatch):
+    """Removed and added in one delta, a group's element is neither deleted nor added."""
+    a = _ports("r", 50)
+    b = (a - {next(iter(a))}) | {next(iter(a))._replace(rule="renamed")}
+    bulk = _run(a, b)
+    assert not bulk[1].get("pol_port") and not bulk[2].get("pol_port")
+    _one_by_one(monkeypatch)
+    assert bulk == _run(a, b)
+
+
+def test_a_group_with_two_rules_is_left_to_the_entry_by_entry_path():
+    a = _ports("r", 20)
+    twin = next(iter(a))._replace(rule="twin")
+    state = PolicyElements.of(a)
+    (ports, groups), _rest = portgroups.split([twin])
+    snapshot = {name: dict(g) for name, g in state.groups.items()}
+    assert not portgroups.add(state.groups, ports, groups, {}, {})   # its group is taken
+    assert state.groups == snapshot
+    delta = state.change([twin], [])
+    assert not delta.add.get("pol_port") and state.groups["pol_port"][groups[0]] == {twin, next(iter(a))}
+    (ports, groups), _rest = portgroups.split([twin])
+    assert not portgroups.remove(state.groups, ports, groups, {})   # not its group's only entry
+    assert state.groups == {name: dict(g) for name, g in state.groups.items()}
+
+
+def test_split_keeps_ranges_icmp_any_and_cidrs_out():
+    ranged = PolicyEntry(1, 2, "tcp", 80, 90, "x")
+    icmp, anything = PolicyEntry(1, 2, "icmp", 0, 0, "i"), PolicyEntry(1, 2, "any", 0, 0, "a")
+    udp = PolicyEntry(1, 2, "udp", 53, 53, "d")
+    (ports, groups), rest = portgroups.split([ranged, icmp, udp, anything])
+    assert ports == [udp] and groups == [(1, 2, 17, 53)] and set(rest) == {ranged, icmp, anything}
