@@ -39,6 +39,9 @@ from .common import (PREFIX, CmdError, Cleanup, create_network, docker, log, run
 from .ebpf_datapath import one_cpu
 
 IPERF_PORT = 5201
+# the interleaved A/B of make bench (run.py): Docker's bridge next to secnet (issue 12's
+# "container->container throughput >= 1.0x Docker's bridge"), and the scale target's pairs
+AB_PAIRS = ("bridge", "secnet", "secnet-policy", "secnet-scale")
 PING_COUNT, PING_INTERVAL = 50, "0.01"
 
 
@@ -142,19 +145,23 @@ def measure(pairs: list, repeats: int, secs: int) -> dict:
                    "raw": v} for name, v in raw.items()}
 
 
-def ab(pairs: list, rounds: int, secs: int) -> dict:
-    """Throughput A/B of ``pairs`` (the first is the reference): ``rounds`` rounds of one iperf3
-    run per pair, every other round backwards; per pair the stats of its Gbit/s and of its
-    per-round ratios to the reference (``ratio``: a ratio within a round is free of the
-    machine's drift, which moves a 5 s run by +-30 % here)."""
+def ab(pairs: list, rounds: int, secs: int, ref: str = None) -> dict:
+    """Throughput A/B of ``pairs``: ``rounds`` rounds of one iperf3 run per pair, every other
+    round backwards (no pair always first); per pair the stats of its Gbit/s and of its
+    per-round ratios to the reference ``ref`` (default: the first pair; ``ratio``: a ratio
+    within a round is free of the machine's drift, which moves a 5 s run by +-30 % here).
+    ``raw``: Gbit/s per round, in round order for every pair, so any two pairs' per-round
+    ratios can be taken from it."""
     raw = {p.name: [] for p in pairs}
     for r in range(rounds):
         for p in pairs[::1 if r % 2 == 0 else -1]:
             raw[p.name].append(iperf(p, secs))
         log(f"  A/B round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in raw.items()))
-    ref = raw[pairs[0].name]
-    return {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, ref) if b]), "raw": v}
-            for name, v in raw.items()}
+    base = raw[ref or pairs[0].name]
+    out = {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, base) if b]), "raw": v}
+           for name, v in raw.items()}
+    out["reference"] = ref or pairs[0].name
+    return out
 
 
 # --- configurations -----------------------------------------------------------------
@@ -219,3 +226,32 @@ def container_veth_pair(cleanup: Cleanup, pair: Pair) -> Pair:
 def check_reachable(pair: Pair) -> None:
     rtt, _ = ping_rtt(pair)
     log(f"  {pair.name}: reachable (rtt {rtt:.3f} ms)")
+
+
+def main(argv=None) -> int:
+    """``python -m bench.dataplane [--rounds 8] [--secs 5]``: the A/B of Docker's bridge,
+    secnet and secnet with an allowing policy alone (what ``make bench`` runs with the scale
+    network beside them), JSON on stdout. Needs root, the engine and the plugin."""
+    import argparse
+    import sys
+    from .common import wait_for_plugin
+    ap = argparse.ArgumentParser(prog="bench.dataplane", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--secs", type=int, default=5)
+    args = ap.parse_args(argv)
+    wait_for_plugin(120)
+    cleanup = Cleanup()
+    try:
+        pairs = {p.name: p for p in docker_pairs(cleanup)}
+        for p in pairs.values():
+            check_reachable(p)
+        out = ab([pairs[n] for n in AB_PAIRS if n in pairs], args.rounds, args.secs, ref="secnet")
+    finally:
+        cleanup.run()
+    json.dump(out, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

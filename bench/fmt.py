@@ -53,3 +53,11 @@ def scale_rules(r) -> int:
 
 def med(s):
     return s.get("median") if isinstance(s, dict) else None
+
+
+def vs(rounds, a, b, unit: str, digits: int = 1) -> tuple:
+    """(value, detail) of a/b: the median of the interleaved rounds' ratios when there are any."""
+    if not rounds:
+        return ratio(a, b), f"{num(a, digits)} / {num(b, digits)} {unit}"
+    return (f"{num(med(rounds), 2)}×", f"median of {rounds['n']} interleaved rounds' ratios ({num(rounds['min'], 2)}–"
+            f"{num(rounds['max'], 2)}×); medians {num(a, digits)} / {num(b, digits)} {unit}")
