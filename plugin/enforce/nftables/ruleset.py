@@ -303,7 +303,9 @@ def render_bridge(network_id: str) -> list:
         "ether type ip6 return",
         deny("ethertype"))
     for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
-        lines += _rules(chain, "oifname @ports accept", "oifname != @veths accept", "jump inactive_port",
+        # (not ``oifname @ports accept`` first: every other network's frames pass these chains
+        # too, and would pay two lookups instead of one)
+        lines += _rules(chain, "oifname != @veths accept", "oifname != @ports jump inactive_port",
                         hook=f"type filter hook {hook} priority -300; policy accept;")
     lines += _inactive_port_chains()
     lines += drop_chains("bridge", network_id, "baudit", "accept")
