@@ -42,7 +42,8 @@ def throughput(sizes) -> dict:
            for name, v in raw.items()}
     out["ebpf_profile"] = profile   # moved up to the section by run()
     if ab:
-        out["ab"] = {name: {"gbps": stats(v), "raw": v} for name, v in ab.items()}
+        out["ab"] = {name: {"gbps": stats(v["gbps"]), "raw": v["gbps"], "per_cpu_s": v["per_cpu_s"]}
+                     for name, v in ab.items()}
     return out
 
 

@@ -72,6 +72,15 @@ class IperfServer:
 
 def iperf(pair: Pair, secs: int) -> float:
     """Gbit/s received by the server in one ``iperf3 -c -t secs`` run."""
+    return iperf_run(pair, secs)[0]
+
+
+def iperf_run(pair: Pair, secs: int) -> tuple:
+    """(Gbit/s, Gbit per CPU-second) of one ``iperf3 -c -t secs`` run: the second divides by the
+    CPU time of iperf3's client and server (their ``cpu_utilization_percent``, which counts the
+    softirq work done in their context: most of a veth path's), a figure that the machine's
+    other load moves far less than the Gbit/s (a run that gets less CPU moves fewer bytes, at
+    about the same cost per byte)."""
     server = IperfServer(pair)
     try:
         for attempt in range(3):
@@ -82,7 +91,10 @@ def iperf(pair: Pair, secs: int) -> float:
             except ValueError:
                 data = {"error": res.stderr.strip() or "no output"}
             if "error" not in data:
-                return data["end"]["sum_received"]["bits_per_second"] / 1e9
+                gbps = data["end"]["sum_received"]["bits_per_second"] / 1e9
+                cpu = data["end"].get("cpu_utilization_percent") or {}
+                busy = (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100
+                return gbps, (gbps / busy if busy else None)
             time.sleep(0.5)
         raise CmdError(f"iperf3 {pair.name}: {data['error']}")
     finally:
@@ -152,13 +164,17 @@ def ab(pairs: list, rounds: int, secs: int, ref: str = None) -> dict:
     within a round is free of the machine's drift, which moves a 5 s run by +-30 % here).
     ``raw``: Gbit/s per round, in round order for every pair, so any two pairs' per-round
     ratios can be taken from it."""
-    raw = {p.name: [] for p in pairs}
+    raw, eff = {p.name: [] for p in pairs}, {p.name: [] for p in pairs}
     for r in range(rounds):
         for p in pairs[::1 if r % 2 == 0 else -1]:
-            raw[p.name].append(iperf(p, secs))
+            gbps, per_cpu = iperf_run(p, secs)
+            raw[p.name].append(gbps)
+            eff[p.name].append(per_cpu)
         log(f"  A/B round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in raw.items()))
-    base = raw[ref or pairs[0].name]
-    out = {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, base) if b]), "raw": v}
+    base, ebase = raw[ref or pairs[0].name], eff[ref or pairs[0].name]
+    out = {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, base) if b]), "raw": v,
+                  "per_cpu_s": eff[name],   # Gbit per CPU-second of each round (iperf_run)
+                  "per_cpu_ratio": stats([a / b for a, b in zip(eff[name], ebase) if a and b])}
            for name, v in raw.items()}
     out["reference"] = ref or pairs[0].name
     return out

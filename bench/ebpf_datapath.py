@@ -168,12 +168,20 @@ def docker_nat(*namespaces):
 
 
 def iperf(client, server, ip, secs):
+    return iperf_run(client, server, ip, secs)[0]
+
+
+def iperf_run(client, server, ip, secs):
+    """(Gbit/s, Gbit per CPU-second of iperf3's client and server; see bench.dataplane.iperf_run)."""
     srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        out = sh("ip", "netns", "exec", client, "iperf3", "-J", "-c", ip, "-p", "5201", "-t", str(secs)).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+        out = json.loads(sh("ip", "netns", "exec", client, "iperf3", "-J", "-c", ip, "-p", "5201", "-t",
+                            str(secs)).stdout)["end"]
+        gbps, cpu = out["sum_received"]["bits_per_second"] / 1e9, out.get("cpu_utilization_percent") or {}
+        busy = (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100
+        return gbps, (gbps / busy if busy else None)
     finally:
         srv.wait(timeout=10)
 
@@ -343,16 +351,17 @@ def rounds(pairs, args) -> dict:
 
 
 def ab(pairs, names, rounds_n, secs) -> dict:
-    """Gbit/s of ``names`` in ``rounds_n`` rounds of one iperf3 run each, back to back, every
+    """Gbit/s (and Gbit per CPU-second) of ``names`` in ``rounds_n`` rounds of one iperf3 run each, back to back, every
     other round backwards: the two pairs of a round see the same load, so their ratio in a
     round is free of the drift that the round-robin rounds (every pair's iperf3, ping and
     sockperf between two of ours) let in."""
-    got = {n: [] for n in names}
+    got = {n: {"gbps": [], "per_cpu_s": []} for n in names}
     for i in range(rounds_n):
         for name in names[::1 if i % 2 == 0 else -1]:
-            c, s, ip = pairs[name]
-            got[name].append(iperf(c, s, ip, secs))
-        print(f"A/B round {i + 1}/{rounds_n}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in got.items()),
+            gbps, per_cpu = iperf_run(*pairs[name], secs)
+            got[name]["gbps"].append(gbps)
+            got[name]["per_cpu_s"].append(per_cpu)
+        print(f"A/B round {i + 1}/{rounds_n}: " + ", ".join(f"{n} {v['gbps'][-1]:.2f}" for n, v in got.items()),
               flush=True)
     return got
 

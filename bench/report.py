@@ -32,13 +32,14 @@ def headline(r: dict) -> list:
     if dp:
         g = lambda n: med(get(dp, n, "gbps"))
         ab = get(r, "dataplane", "scale_ab") or {}
-        x = get(ab, "bridge") and stats_of([a / c for a, c in zip(get(ab, "secnet", "raw"), get(ab, "bridge", "raw"))])
-        rows.append(("Throughput, secnet / bridge", *vs(x, med(get(ab, "secnet", "gbps")) if x else g("secnet"),
-                                                          med(get(ab, "bridge", "gbps")) if x else g("bridge"), "Gbit/s")))
+        def vs_bridge(name):   # the A/B's rounds when the run has them (bridge in the A/B)
+            x = get(ab, "bridge") and stats_of([a / c for a, c in zip(get(ab, name, "raw"), get(ab, "bridge", "raw"))])
+            return vs(x, med(get(ab, name, "gbps")) if x else g(name), med(get(ab, "bridge", "gbps")) if x else g("bridge"),
+                      "Gbit/s")
+        rows.append(("Throughput, secnet / bridge", *vs_bridge("secnet")))
         rows.append(("Throughput, secnet / bare veth", ratio(g("secnet"), g("veth")),
                      f"{num(g('secnet'))} / {num(g('veth'))} Gbit/s"))
-        rows.append(("Throughput, secnet with an allowing policy / bridge", ratio(g("secnet-policy"), g("bridge")),
-                     f"{num(g('secnet-policy'))} / {num(g('bridge'))} Gbit/s"))
+        rows.append(("Throughput, secnet with an allowing policy / bridge", *vs_bridge("secnet-policy")))
         rules = scale_rules(r)
         eps = get(r, "sizes", "endpoints")
         ab = get(r, "dataplane", "scale_ab", "secnet-scale", "ratio")   # dataplane.ab: interleaved rounds
