@@ -14,7 +14,7 @@ dns (DNS-name rules: how long an answer is held, joins with 10,000 learned
 addresses; both backends, in namespaces: bench/dns_hold.py). Writes ``<DATE>.md``,
 ``<DATE>.json`` and ``<DATE>-*.png`` into the output directory (default
 ``bench/results``; with ``--quick``: ``.run/bench-quick``, small sizes, for
-development only) and ``bench/README-snippet.md`` (full runs only).
+development only) and ``bench/README-snippet.md`` (full runs of every section only).
 
 Needs root, the engine, the image ``secnet-busybox``, the secnet plugin on
 its socket, iperf3, ping and matplotlib: ``make bench`` sees to all of it.
@@ -271,7 +271,8 @@ def main(argv=None) -> int:
         with open(path, "w") as f:
             json.dump(results, f, indent=1, sort_keys=True, default=str)
         log(f"wrote {path}")
-    md = report.write(results, out_dir, snippet=not sizes.quick)
+    # the project README's snippet only from a full run of every section (not from --skip)
+    md = report.write(results, out_dir, snippet=not sizes.quick and not args.skip)
     log(f"wrote {md} ({results['total_seconds']:.0f} s in all)")
     print(report.headline_text(results))
     return 1 if any(isinstance(v, dict) and "error" in v for v in results.values()) else 0
