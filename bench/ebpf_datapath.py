@@ -32,7 +32,8 @@ Two latencies, both reported:
   hypervisor, not the path (bench/results/2026-11-30-ebpf18.md).
 
 Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
-[--floor] [--docker-nat] [--no-throughput] [--object OLD.o] [--rules N --ab-rounds R]`` (``--object``: a fifth pair running another build of the
+[--floor] [--docker-nat] [--no-throughput] [--object OLD.o] [--rules N --ab-rounds R]``
+(``--object``: a fifth pair running another build of the
 programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from .fmt import get, med, mmm, num, ratio, scale_rules, stats_of, vs
+from .fmt import get, med, mmm, num, ratio, scale_rules, stats_of, vs, vs_rounds
 from .plots import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,14 +32,11 @@ def headline(r: dict) -> list:
     if dp:
         g = lambda n: med(get(dp, n, "gbps"))
         ab = get(r, "dataplane", "scale_ab") or {}
-        def vs_bridge(name):   # the A/B's rounds when the run has them (bridge in the A/B)
-            x = get(ab, "bridge") and stats_of([a / c for a, c in zip(get(ab, name, "raw"), get(ab, "bridge", "raw"))])
-            return vs(x, med(get(ab, name, "gbps")) if x else g(name), med(get(ab, "bridge", "gbps")) if x else g("bridge"),
-                      "Gbit/s")
-        rows.append(("Throughput, secnet / bridge", *vs_bridge("secnet")))
+        rows.append(("Throughput, secnet / bridge", *vs_rounds(ab, "secnet", "bridge", g("secnet"), g("bridge"))))
         rows.append(("Throughput, secnet / bare veth", ratio(g("secnet"), g("veth")),
                      f"{num(g('secnet'))} / {num(g('veth'))} Gbit/s"))
-        rows.append(("Throughput, secnet with an allowing policy / bridge", *vs_bridge("secnet-policy")))
+        rows.append(("Throughput, secnet with an allowing policy / bridge",
+                     *vs_rounds(ab, "secnet-policy", "bridge", g("secnet-policy"), g("bridge"))))
         rules = scale_rules(r)
         eps = get(r, "sizes", "endpoints")
         ab = get(r, "dataplane", "scale_ab", "secnet-scale", "ratio")   # dataplane.ab: interleaved rounds
@@ -159,7 +156,8 @@ def _control(r) -> list:
         s, b = fn("secnet") or {}, fn("bridge") or {}
         x = mmm(get(cp, sec, "round_ratios", key, "stats"), 2)
         out.append(f"| {label} | {num(s.get('median'))} | {num(s.get('p95'))} | {num(b.get('median'))} | "
-                   f"{num(b.get('p95'))} | {ratio(s.get('median'), b.get('median'))} | {x} | {s.get('n')} / {b.get('n')} |")
+                   f"{num(b.get('p95'))} | {ratio(s.get('median'), b.get('median'))} | {x} | "
+                   f"{s.get('n')} / {b.get('n')} |")
     gap = {}
     for d in ("secnet", "bridge"):
         raw = get(cp, "run", d, "raw") or {}
