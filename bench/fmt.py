@@ -59,8 +59,9 @@ def vs(rounds, a, b, unit: str, digits: int = 1) -> tuple:
     """(value, detail) of a/b: the median of the interleaved rounds' ratios when there are any."""
     if not rounds:
         return ratio(a, b), f"{num(a, digits)} / {num(b, digits)} {unit}"
-    return (f"{num(med(rounds), 2)}×", f"median of {rounds['n']} interleaved rounds' ratios "
-            f"({num(rounds['min'], 2)}–{num(rounds['max'], 2)}×); medians {num(a, digits)} / {num(b, digits)} {unit}")
+    spread = f"({num(rounds['min'], 2)}–{num(rounds['max'], 2)}×)"
+    return (f"{num(med(rounds), 2)}×", f"median of {rounds['n']} interleaved rounds' ratios {spread}; "
+            f"medians {num(a, digits)} / {num(b, digits)} {unit}")
 
 
 def vs_rounds(ab: dict, name: str, ref: str, a, b, unit: str = "Gbit/s") -> tuple:
