@@ -66,6 +66,26 @@ def network_create_rm(runs: int) -> dict:
     return out
 
 
+def _run_once(pinger: HostPinger, d: str, i: int):
+    """One ``docker run -d`` on driver ``d``'s network, timed until the host's ping answers:
+    ``{"returned": ms, "answered": ms}``, "disturbed" (the plugin restarted under it) or
+    "never" (no answer in 10 s). The container is removed before it returns."""
+    cname = f"{PREFIX}-run-{d}-{i}"
+    ip = f"{RUN_SUBNET[d][1]}.{10 + i}"
+    n0 = disturbances()
+    t0 = now()
+    run_container(cname, f"{PREFIX}-run-{d}", ip)
+    t1 = now()
+    answered = pinger.wait_answer(ip, t1 + 10)
+    docker("rm", "-f", cname)
+    if disturbances() != n0:
+        return "disturbed"
+    if answered is None:
+        log(f"control: {cname} ({ip}) never answered the host's ping")
+        return "never"
+    return {"returned": (t1 - t0) * 1000, "answered": (answered - t0) * 1000}
+
+
 def run_until_answer(runs: int) -> dict:
     cleanup = Cleanup()
     raw = {d: {"run_returned_ms": [], "answered_ms": []} for d in DRIVERS}
@@ -86,23 +106,15 @@ def run_until_answer(runs: int) -> dict:
         for i in range(runs):
             rounds.append({})
             for d in order(i):
-                cname = f"{PREFIX}-run-{d}-{i}"
-                ip = f"{RUN_SUBNET[d][1]}.{10 + i}"
-                n0 = disturbances()
-                t0 = now()
-                run_container(cname, f"{PREFIX}-run-{d}", ip)
-                t1 = now()
-                answered = pinger.wait_answer(ip, t1 + 10)
-                if disturbances() != n0:
+                got = _run_once(pinger, d, i)
+                if got == "disturbed":
                     disturbed[d] += 1
-                elif answered is None:
+                elif got == "never":
                     failures[d] += 1
-                    log(f"control: {cname} ({ip}) never answered the host's ping")
                 else:
-                    raw[d]["run_returned_ms"].append((t1 - t0) * 1000)
-                    raw[d]["answered_ms"].append((answered - t0) * 1000)
-                    rounds[-1][d] = {"answered": (answered - t0) * 1000, "returned": (t1 - t0) * 1000}
-                docker("rm", "-f", cname)
+                    raw[d]["run_returned_ms"].append(got["returned"])
+                    raw[d]["answered_ms"].append(got["answered"])
+                    rounds[-1][d] = got
     finally:
         cleanup.run()
     out = {d: {"run_returned": stats(raw[d]["run_returned_ms"]),
