@@ -39,6 +39,9 @@ from .common import (PREFIX, CmdError, Cleanup, create_network, docker, log, run
 from .ebpf_datapath import one_cpu
 
 IPERF_PORT = 5201
+# the interleaved A/B of make bench (run.py): Docker's bridge next to secnet (issue 12's
+# "container->container throughput >= 1.0x Docker's bridge"), and the scale target's pairs
+AB_PAIRS = ("bridge", "secnet", "secnet-policy", "secnet-scale")
 PING_COUNT, PING_INTERVAL = 50, "0.01"
 
 
@@ -69,6 +72,15 @@ class IperfServer:
 
 def iperf(pair: Pair, secs: int) -> float:
     """Gbit/s received by the server in one ``iperf3 -c -t secs`` run."""
+    return iperf_run(pair, secs)[0]
+
+
+def iperf_run(pair: Pair, secs: int) -> tuple:
+    """(Gbit/s, Gbit per CPU-second) of one ``iperf3 -c -t secs`` run: the second divides by the
+    CPU time of iperf3's client and server (their ``cpu_utilization_percent``, which counts the
+    softirq work done in their context: most of a veth path's), a figure that the machine's
+    other load moves far less than the Gbit/s (a run that gets less CPU moves fewer bytes, at
+    about the same cost per byte)."""
     server = IperfServer(pair)
     try:
         for attempt in range(3):
@@ -79,7 +91,10 @@ def iperf(pair: Pair, secs: int) -> float:
             except ValueError:
                 data = {"error": res.stderr.strip() or "no output"}
             if "error" not in data:
-                return data["end"]["sum_received"]["bits_per_second"] / 1e9
+                gbps = data["end"]["sum_received"]["bits_per_second"] / 1e9
+                cpu = data["end"].get("cpu_utilization_percent") or {}
+                busy = (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100
+                return gbps, (gbps / busy if busy else None)
             time.sleep(0.5)
         raise CmdError(f"iperf3 {pair.name}: {data['error']}")
     finally:
@@ -142,19 +157,27 @@ def measure(pairs: list, repeats: int, secs: int) -> dict:
                    "raw": v} for name, v in raw.items()}
 
 
-def ab(pairs: list, rounds: int, secs: int) -> dict:
-    """Throughput A/B of ``pairs`` (the first is the reference): ``rounds`` rounds of one iperf3
-    run per pair, every other round backwards; per pair the stats of its Gbit/s and of its
-    per-round ratios to the reference (``ratio``: a ratio within a round is free of the
-    machine's drift, which moves a 5 s run by +-30 % here)."""
-    raw = {p.name: [] for p in pairs}
+def ab(pairs: list, rounds: int, secs: int, ref: str = None) -> dict:
+    """Throughput A/B of ``pairs``: ``rounds`` rounds of one iperf3 run per pair, every other
+    round backwards (no pair always first); per pair the stats of its Gbit/s and of its
+    per-round ratios to the reference ``ref`` (default: the first pair; ``ratio``: a ratio
+    within a round is free of the machine's drift, which moves a 5 s run by +-30 % here).
+    ``raw``: Gbit/s per round, in round order for every pair, so any two pairs' per-round
+    ratios can be taken from it."""
+    raw, eff = {p.name: [] for p in pairs}, {p.name: [] for p in pairs}
     for r in range(rounds):
         for p in pairs[::1 if r % 2 == 0 else -1]:
-            raw[p.name].append(iperf(p, secs))
+            gbps, per_cpu = iperf_run(p, secs)
+            raw[p.name].append(gbps)
+            eff[p.name].append(per_cpu)
         log(f"  A/B round {r + 1}/{rounds}: " + ", ".join(f"{n} {v[-1]:.2f}" for n, v in raw.items()))
-    ref = raw[pairs[0].name]
-    return {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, ref) if b]), "raw": v}
-            for name, v in raw.items()}
+    base, ebase = raw[ref or pairs[0].name], eff[ref or pairs[0].name]
+    out = {name: {"gbps": stats(v), "ratio": stats([a / b for a, b in zip(v, base) if b]), "raw": v,
+                  "per_cpu_s": eff[name],   # Gbit per CPU-second of each round (iperf_run)
+                  "per_cpu_ratio": stats([a / b for a, b in zip(eff[name], ebase) if a and b])}
+           for name, v in raw.items()}
+    out["reference"] = ref or pairs[0].name
+    return out
 
 
 # --- configurations -----------------------------------------------------------------
@@ -219,3 +242,32 @@ def container_veth_pair(cleanup: Cleanup, pair: Pair) -> Pair:
 def check_reachable(pair: Pair) -> None:
     rtt, _ = ping_rtt(pair)
     log(f"  {pair.name}: reachable (rtt {rtt:.3f} ms)")
+
+
+def main(argv=None) -> int:
+    """``python -m bench.dataplane [--rounds 8] [--secs 5]``: the A/B of Docker's bridge,
+    secnet and secnet with an allowing policy alone (what ``make bench`` runs with the scale
+    network beside them), JSON on stdout. Needs root, the engine and the plugin."""
+    import argparse
+    import sys
+    from .common import wait_for_plugin
+    ap = argparse.ArgumentParser(prog="bench.dataplane", description=main.__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--secs", type=int, default=5)
+    args = ap.parse_args(argv)
+    wait_for_plugin(120)
+    cleanup = Cleanup()
+    try:
+        pairs = {p.name: p for p in docker_pairs(cleanup)}
+        for p in pairs.values():
+            check_reachable(p)
+        out = ab([pairs[n] for n in AB_PAIRS if n in pairs], args.rounds, args.secs, ref="secnet")
+    finally:
+        cleanup.run()
+    json.dump(out, sys.stdout, indent=1)
+    print()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

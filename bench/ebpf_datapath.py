@@ -32,7 +32,8 @@ Two latencies, both reported:
   hypervisor, not the path (bench/results/2026-11-30-ebpf18.md).
 
 Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
-[--floor] [--docker-nat] [--no-throughput] [--object OLD.o]`` (``--object``: a fifth pair running another build of the
+[--floor] [--docker-nat] [--no-throughput] [--object OLD.o] [--rules N --ab-rounds R]``
+(``--object``: a fifth pair running another build of the
 programs, e.g. the previous commit's, so before and after share one run).
 
 ``--profile`` also says where the eBPF pair's time goes (kernel.bpf_stats_enabled
@@ -168,12 +169,20 @@ def docker_nat(*namespaces):
 
 
 def iperf(client, server, ip, secs):
+    return iperf_run(client, server, ip, secs)[0]
+
+
+def iperf_run(client, server, ip, secs):
+    """(Gbit/s, Gbit per CPU-second of iperf3's client and server; see bench.dataplane.iperf_run)."""
     srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(0.3)
-        out = sh("ip", "netns", "exec", client, "iperf3", "-J", "-c", ip, "-p", "5201", "-t", str(secs)).stdout
-        return json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e9
+        out = json.loads(sh("ip", "netns", "exec", client, "iperf3", "-J", "-c", ip, "-p", "5201", "-t",
+                            str(secs)).stdout)["end"]
+        gbps, cpu = out["sum_received"]["bits_per_second"] / 1e9, out.get("cpu_utilization_percent") or {}
+        busy = (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100
+        return gbps, (gbps / busy if busy else None)
     finally:
         srv.wait(timeout=10)
 
@@ -286,6 +295,9 @@ def arguments():
                     help="latencies only (no iperf3): more rounds in the same time for RTT comparisons")
     ap.add_argument("--docker-nat", action="store_true",
                     help="also the bare veth and eBPF pairs with Docker's embedded-DNS NAT table in both ends")
+    ap.add_argument("--ab-rounds", type=int, default=0,
+                    help="with --rules: also this many rounds of iperf3 alone on ebpf and ebpf+RULES, "
+                    "one run each per round, every other round ebpf+RULES first (see ab())")
     ap.add_argument("--floor", action="store_true",
                     help="also a pair with a program that only redirects (bpf/redirect_floor.c)")
     return ap.parse_args()
@@ -339,6 +351,22 @@ def rounds(pairs, args) -> dict:
     return got
 
 
+def ab(pairs, names, rounds_n, secs) -> dict:
+    """Gbit/s (and Gbit per CPU-second) of ``names`` in ``rounds_n`` rounds of one iperf3 run each, back to back, every
+    other round backwards: the two pairs of a round see the same load, so their ratio in a
+    round is free of the drift that the round-robin rounds (every pair's iperf3, ping and
+    sockperf between two of ours) let in."""
+    got = {n: {"gbps": [], "per_cpu_s": []} for n in names}
+    for i in range(rounds_n):
+        for name in names[::1 if i % 2 == 0 else -1]:
+            gbps, per_cpu = iperf_run(*pairs[name], secs)
+            got[name]["gbps"].append(gbps)
+            got[name]["per_cpu_s"].append(per_cpu)
+        print(f"A/B round {i + 1}/{rounds_n}: " + ", ".join(f"{n} {v['gbps'][-1]:.2f}" for n, v in got.items()),
+              flush=True)
+    return got
+
+
 def show(got) -> None:
     """Medians per pair and, in brackets, the median of the per-round ratios to the bare veth
     (every pair runs in every round: a ratio within a round is free of the load's drift)."""
@@ -360,6 +388,8 @@ def main() -> int:
         pairs, profiled = make_pairs(args, tag, made, pin_root, floor_dir)
         got = rounds(pairs, args)
         show(got)
+        if args.ab_rounds and args.rules:
+            got["ab"] = ab(pairs, ("ebpf", f"ebpf+{args.rules}"), args.ab_rounds, args.secs)
         for what, where in profiled.items() if args.profile else ():
             got[what] = profile(*where, args.secs)
             for key, value in got[what].items():

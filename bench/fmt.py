@@ -53,3 +53,21 @@ def scale_rules(r) -> int:
 
 def med(s):
     return s.get("median") if isinstance(s, dict) else None
+
+
+def vs(rounds, a, b, unit: str, digits: int = 1) -> tuple:
+    """(value, detail) of a/b: the median of the interleaved rounds' ratios when there are any."""
+    if not rounds:
+        return ratio(a, b), f"{num(a, digits)} / {num(b, digits)} {unit}"
+    spread = f"({num(rounds['min'], 2)}–{num(rounds['max'], 2)}×)"
+    return (f"{num(med(rounds), 2)}×", f"median of {rounds['n']} interleaved rounds' ratios {spread}; "
+            f"medians {num(a, digits)} / {num(b, digits)} {unit}")
+
+
+def vs_rounds(ab: dict, name: str, ref: str, a, b, unit: str = "Gbit/s") -> tuple:
+    """vs() of ``name`` / ``ref`` from an interleaved A/B's rounds (``raw`` per pair, round by
+    round) when the A/B has ``ref``; else of the medians ``a`` / ``b`` given."""
+    x = get(ab, ref) and stats_of([p / q for p, q in zip(get(ab, name, "raw") or [], get(ab, ref, "raw") or []) if q])
+    if x:
+        a, b = med(get(ab, name, "gbps")), med(get(ab, ref, "gbps"))
+    return vs(x, a, b, unit)

@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from .fmt import get, med, mmm, num, ratio, scale_rules, stats_of
+from .fmt import get, med, mmm, num, ratio, scale_rules, stats_of, vs, vs_rounds
 from .plots import PLOTS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,18 +24,19 @@ def headline(r: dict) -> list:
     if cp and "error" not in cp:
         s, b = med(get(cp, "run", "secnet", "answered")), med(get(cp, "run", "bridge", "answered"))
         rows.append(("Start-up (`docker run -d` until the network answers), secnet / bridge",
-                     ratio(s, b), f"{num(s, 0)} ms / {num(b, 0)} ms (p50)"))
+                     *vs(get(cp, "run", "round_ratios", "answered", "stats"), s, b, "ms (p50)", 0)))
         s, b = med(get(cp, "network", "secnet", "create", "stats")), med(get(cp, "network", "bridge", "create", "stats"))
-        rows.append(("`docker network create`, secnet / bridge", ratio(s, b), f"{num(s, 0)} ms / {num(b, 0)} ms"))
+        rows.append(("`docker network create`, secnet / bridge",
+                     *vs(get(cp, "network", "round_ratios", "create", "stats"), s, b, "ms", 0)))
     dp = get(r, "dataplane", "configs")
     if dp:
         g = lambda n: med(get(dp, n, "gbps"))
-        rows.append(("Throughput, secnet / bridge", ratio(g("secnet"), g("bridge")),
-                     f"{num(g('secnet'))} / {num(g('bridge'))} Gbit/s"))
+        ab = get(r, "dataplane", "scale_ab") or {}
+        rows.append(("Throughput, secnet / bridge", *vs_rounds(ab, "secnet", "bridge", g("secnet"), g("bridge"))))
         rows.append(("Throughput, secnet / bare veth", ratio(g("secnet"), g("veth")),
                      f"{num(g('secnet'))} / {num(g('veth'))} Gbit/s"))
-        rows.append(("Throughput, secnet with an allowing policy / bridge", ratio(g("secnet-policy"), g("bridge")),
-                     f"{num(g('secnet-policy'))} / {num(g('bridge'))} Gbit/s"))
+        rows.append(("Throughput, secnet with an allowing policy / bridge",
+                     *vs_rounds(ab, "secnet-policy", "bridge", g("secnet-policy"), g("bridge"))))
         rules = scale_rules(r)
         eps = get(r, "sizes", "endpoints")
         ab = get(r, "dataplane", "scale_ab", "secnet-scale", "ratio")   # dataplane.ab: interleaved rounds
@@ -145,16 +146,18 @@ def _control(r) -> list:
     if "error" in cp:
         return ["## 1. Control plane", "", f"Failed: `{cp['error']}`", ""]
     out = ["## 1. Control plane", "", cp.get("method", ""), "",
-           "| ms | secnet p50 | secnet p95 | bridge p50 | bridge p95 | secnet / bridge (p50) | runs |",
-           "|---|---|---|---|---|---|---|"]
-    rows = [("`docker network create`", lambda d: get(cp, "network", d, "create", "stats")),
-            ("`docker network rm`", lambda d: get(cp, "network", d, "rm", "stats")),
-            ("`docker run -d` returns", lambda d: get(cp, "run", d, "run_returned")),
-            ("`docker run -d` until the network answers", lambda d: get(cp, "run", d, "answered"))]
-    for label, fn in rows:
+           "| ms | secnet p50 | secnet p95 | bridge p50 | bridge p95 | secnet / bridge (p50) | median of the "
+           "rounds' ratios (min–max) | runs |", "|---|---|---|---|---|---|---|---|"]
+    rows = [("`docker network create`", lambda d: get(cp, "network", d, "create", "stats"), ("network", "create")),
+            ("`docker network rm`", lambda d: get(cp, "network", d, "rm", "stats"), ("network", "rm")),
+            ("`docker run -d` returns", lambda d: get(cp, "run", d, "run_returned"), ("run", "returned")),
+            ("`docker run -d` until the network answers", lambda d: get(cp, "run", d, "answered"), ("run", "answered"))]
+    for label, fn, (sec, key) in rows:
         s, b = fn("secnet") or {}, fn("bridge") or {}
+        x = mmm(get(cp, sec, "round_ratios", key, "stats"), 2)
         out.append(f"| {label} | {num(s.get('median'))} | {num(s.get('p95'))} | {num(b.get('median'))} | "
-                   f"{num(b.get('p95'))} | {ratio(s.get('median'), b.get('median'))} | {s.get('n')} / {b.get('n')} |")
+                   f"{num(b.get('p95'))} | {ratio(s.get('median'), b.get('median'))} | {x} | "
+                   f"{s.get('n')} / {b.get('n')} |")
     gap = {}
     for d in ("secnet", "bridge"):
         raw = get(cp, "run", d, "raw") or {}
@@ -162,7 +165,7 @@ def _control(r) -> list:
     if gap["secnet"] and gap["bridge"]:
         out.append(f"| of that: after `docker run -d` returned | {num(med(gap['secnet']), 2)} | "
                    f"{num(gap['secnet'].get('p95'), 2)} | {num(med(gap['bridge']), 2)} | "
-                   f"{num(gap['bridge'].get('p95'), 2)} | {ratio(med(gap['secnet']), med(gap['bridge']))} | |")
+                   f"{num(gap['bridge'].get('p95'), 2)} | {ratio(med(gap['secnet']), med(gap['bridge']))} | | |")
     dist = [get(cp, "run", d, "disturbed") or 0 for d in ("secnet", "bridge")]
     dist_n = [get(cp, "network", d, "disturbed") or 0 for d in ("secnet", "bridge")]
     if any(dist) or any(dist_n):
