@@ -91,7 +91,6 @@ class Driver:
             old = self.state.get_network(rec.id)
             if old is not None and old != rec:
                 raise Conflict(f"network {rec.id[:12]} already exists with other settings")
-            existed = self.links.link_exists(rec.bridge)
             try:
                 self._realize_network(rec, save=lambda: self.state.put_network(rec))
             except nl.LinkConflict as exc:
@@ -100,7 +99,7 @@ class Driver:
             except Exception as exc:
                 log.exception("create network %s failed", rec.id[:12])
                 self._unsave_network(old, rec)
-                if not existed:
+                if old is None:   # a retry keeps its bridge; remove_link takes only ours
                     self._unrealize_network(rec)
                 raise Internal(f"cannot create network {rec.id[:12]}: {exc}") from None
         log.info("network %s created (bridge %s)", rec.id[:12], rec.bridge)

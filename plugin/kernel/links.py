@@ -171,12 +171,26 @@ class Netlink:
 
     @_on_netlink_thread
     def ensure_bridge(self, name: str, owner: str, mtu: int, addresses: Iterable[str]) -> None:
-        """Bridge ``name`` exists, up, with ``mtu``, a stable MAC and the gateway addresses."""
+        """Bridge ``name`` exists, up, with ``mtu``, a stable MAC and the gateway addresses.
+
+        A new bridge takes four requests and one per address (it has none yet): the
+        name's lookup, ``link add`` with its MTU and MAC, its index, then owner and up
+        in one ``link set``; an existing one is claimed (or refused) and repaired.
+        """
         index = self._claim(name, owner, "bridge")
         if index is None:
-            self._ipr.link("add", ifname=name, kind="bridge")
+            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=derived_mac(owner))
             index = self._index(name)
-            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner)
+            self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner, flags=_IFF_UP, change=_IFF_UP)
+            for cidr in addresses:
+                self._add_addr(index, ipaddress.ip_interface(cidr))
+        else:
+            self._repair_bridge(index, owner, mtu, addresses)
+        self._bridges[name] = index
+        # 127.0.0.1:PORT of a published port is DNAT'd out of this bridge
+        _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+
+    def _repair_bridge(self, index: int, owner: str, mtu: int, addresses: Iterable[str]) -> None:
         self._ipr.link("set", index=index, mtu=mtu, address=derived_mac(owner))
         have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in self._ipr.get_addr(index=index)}
         for cidr in addresses:
@@ -184,9 +198,6 @@ class Netlink:
             if (str(iface.ip), iface.network.prefixlen) not in have:
                 self._add_addr(index, iface)
         self._ipr.link("set", index=index, state="up")
-        self._bridges[name] = index
-        # 127.0.0.1:PORT of a published port is DNAT'd out of this bridge
-        _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
 
     def _add_addr(self, index: int, iface) -> None:
         kwargs = {}

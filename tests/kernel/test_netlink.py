@@ -79,6 +79,17 @@ def test_ensure_bridge_restores_ipv6_lost_on_link_down(nl, netns, owner):
     assert set(netns.addrs("br-t")) == {GW4, GW6}
 
 
+def test_ensure_bridge_adopts_one_a_crash_left_without_its_owner(nl, netns, owner):
+    # made by a daemon that died before it named the owner: no alias, down, default MTU
+    name = "sn-" + owner[:12]
+    netns.ip("link", "add", name, "type", "bridge")
+    nl.ensure_bridge(name, owner, 1400, [GW4])
+    link = netns.link(name)
+    assert link["ifalias"] == ALIAS_PREFIX + owner and "UP" in link["flags"]
+    assert link["mtu"] == 1400 and link["address"] == derived_mac(owner)
+    assert set(netns.addrs(name)) == {GW4}
+
+
 def test_ensure_bridge_adds_a_new_gateway(nl, netns, owner):
     nl.ensure_bridge("br-t", owner, 1500, [GW4])
     nl.ensure_bridge("br-t", owner, 1500, [GW4, GW6])

@@ -229,6 +229,17 @@ def test_kernel_failure_in_create_network_rolls_back(env):
     assert env.links.links == {} and env.state.get_network(nid) is None
 
 
+def test_a_failed_retry_of_create_network_keeps_the_network(env):
+    # Docker retries CreateNetwork after a crash: when the retry fails, the network
+    # made by the first call (its row, its bridge) stays as it was.
+    nid = new_id()
+    assert env.post("/NetworkDriver.CreateNetwork", create_network_body(nid)) == (200, {})
+    env.fw.fail["ensure"] = OSError("iptables: resource busy")
+    status, _body = env.post("/NetworkDriver.CreateNetwork", create_network_body(nid))
+    assert status == 500
+    assert env.state.get_network(nid) is not None and list(env.links.of_kind("bridge")) == ["sn-" + nid[:12]]
+
+
 @pytest.mark.parametrize("failing", ["firewall", "tables"])
 def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp_path, failing):
     # The forward rules and the network's tables are written at the same time;

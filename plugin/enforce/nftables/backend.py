@@ -67,15 +67,21 @@ class NftBackend(fqdn.FqdnMethods):
         self._reader: Optional[NflogReader] = None
         self._references: dict = {}    # network id -> (NetworkSpec, shapes)
         self.repairs = 0
+        self._host_ok = False
         self.fqdn = fqdn.NftFqdnSets(self.runner, ruleset.table_name)
 
     # --- writes -----------------------------------------------------------------------------
     def check_host(self) -> None:
-        """Raise BackendError when nft cannot be run here."""
+        """Raise BackendError when nft cannot be run here. Once it could, it is not asked
+        again (as the eBPF backend): ``list tables`` fills libnftables' cache with the
+        host's whole ruleset, ~30 ms of every ``docker network create`` on a busy host."""
+        if self._host_ok:
+            return
         try:
             self.runner.list_json("tables")
         except (NftError, OSError) as exc:
             raise BackendError(f"nftables unavailable: {exc}") from None
+        self._host_ok = True
 
     def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable) -> None:
         """Replace both tables of ``net`` (rules and elements) in one transaction.
