@@ -107,12 +107,59 @@ def ns_pairs(tag: str, made: list, pin_root: str) -> dict:
             "ns-veth+dockernat": Pair("ns-veth+dockernat", run(na), run(nb), nip)}, {"ns-ebpf": h1}
 
 
-def rounds(pairs: dict, n: int, secs: int) -> dict:
+ROOT_NET = "be20" + "0" * 60
+
+
+def root_pair(tag: str, made: list, pin_root: str, cleanup: Cleanup) -> Pair:
+    """``root-ebpf+dockernat``: ``ns-ebpf+dockernat`` with its bridge and host-side veths in the
+    root namespace, as Docker's (10.218.43.0/24; the backend's NAT table is not made: no ``nat``),
+    and ``veth-root-ends``, a bare veth between its two ends (10.218.44.0/24): Docker's pair and
+    ``veth-containers`` without dockerd."""
+    br, a, b = f"snbe20{tag}", f"snbe20{tag}a", f"snbe20{tag}b"
+    sh(["ip", "link", "add", br, "type", "bridge"])
+    cleanup.push(f"bridge {br}", sh, ["ip", "link", "del", br])
+    sh(["ip", "link", "set", br, "up"])
+    ends = []
+    for dev, last in ((a, 2), (b, 3)):
+        ns = f"snb-{tag}r-{dev[-1]}"
+        edp.ns_add(ns, made)
+        sh(["ip", "link", "add", dev, "type", "veth", "peer", "name", "eth0", "netns", ns])
+        cleanup.push(f"veth {dev}", sh, ["ip", "link", "del", dev], False)
+        sh(["ip", "link", "set", dev, "master", br, "up"])
+        sh(["ip", "-n", ns, "link", "set", "eth0", "address", f"02:42:0a:da:2b:0{last}"])
+        sh(["ip", "-n", ns, "addr", "add", f"10.218.43.{last}/24", "dev", "eth0"])
+        sh(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        ends.append(ns)
+    code = f"""
+from plugin.enforce.backend import NetworkSpec, Port
+from plugin.enforce.ebpf.backend import EbpfBackend
+from segmentation.options import NetworkOptions
+from segmentation.policymap import compile_policy_map
+from segmentation.rules import parse_rules
+pm = compile_policy_map(NetworkOptions(rules=parse_rules('a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:icmp'),
+                                       intra='deny'), {{'a': 256, 'b': 257}})
+ports = [Port('ea', '{a}', '02:42:0a:da:2b:02', '10.218.43.2', identity=256),
+         Port('eb', '{b}', '02:42:0a:da:2b:03', '10.218.43.3', identity=257)]
+EbpfBackend(pin_root='{pin_root}r').apply_network(NetworkSpec('{ROOT_NET}', '{br}', ('10.218.43.0/24',)), pm, ports)
+"""
+    sh([".venv/bin/python", "-c", code])
+    cleanup.push("root pins", sh, ["rm", "-rf", pin_root + "r"], False)
+    edp.docker_nat(*ends)
+    sh(["ip", "-n", ends[0], "link", "add", "e20c", "type", "veth", "peer", "name", "e20s", "netns", ends[1]])
+    for ns, dev, last in ((ends[0], "e20c", 1), (ends[1], "e20s", 2)):
+        sh(["ip", "-n", ns, "addr", "add", f"10.218.44.{last}/24", "dev", dev])
+        sh(["ip", "-n", ns, "link", "set", dev, "up"])
+    run = (f"/run/netns/{ends[0]}", f"/run/netns/{ends[1]}")
+    return {"root-ebpf+dockernat": Pair("root-ebpf+dockernat", *run, "10.218.43.3"),
+            "veth-root-ends": Pair("veth-root-ends", *run, "10.218.44.2")}
+
+
+def rounds(pairs: dict, n: int, secs: int, ping: bool = True) -> dict:
     got = {k: {"rr_us": [], "rtt_us": []} for k in pairs}
     for r in range(n):
         for name, p in list(pairs.items())[::1 if r % 2 == 0 else -1]:
-            got[name]["rr_us"].append(rr_rtt(p, secs))
-            got[name]["rtt_us"].append(ping_rtt(p)[0] * 1000)
+            got[name]["rr_us"].append(rr_rtt(p, secs) or rr_rtt(p, secs) or float("nan"))
+            got[name]["rtt_us"].append(ping_rtt(p)[0] * 1000 if ping else 1.0)
         log(f"round {r + 1}/{n}: " + ", ".join(f"{k} {v['rr_us'][-1]:.1f}/{v['rtt_us'][-1]:.0f}"
                                                for k, v in got.items()))
     return got
@@ -122,12 +169,12 @@ def show(got: dict) -> dict:
     """Medians and the medians of per-round ratios to each reference pair present."""
     med = statistics.median
     table = {}
-    refs = [r for r in ("veth", "veth-containers", "ns-veth+dockernat") if r in got]
+    refs = [r for r in ("veth", "veth-containers", "ns-veth+dockernat", "veth-root-ends") if r in got]
     for name, m in got.items():
-        row = {k: med(m[k]) for k in ("rr_us", "rtt_us")}
+        row = {k: med([v for v in m[k] if v == v]) for k in ("rr_us", "rtt_us")}
         for ref in refs:
             for k in ("rr_us", "rtt_us"):
-                row[f"{k}/{ref}"] = med([a / b for a, b in zip(m[k], got[ref][k])])
+                row[f"{k}/{ref}"] = med([a / b for a, b in zip(m[k], got[ref][k]) if a == a and b == b])
         table[name] = row
         print(f"{name:20s} rr {row['rr_us']:5.1f} us (" + ", ".join(f"{row['rr_us/' + r]:.2f}x {r}" for r in refs)
               + f")  ping {row['rtt_us']:5.1f} us (" + ", ".join(f"{row['rtt_us/' + r]:.2f}x" for r in refs) + ")")
@@ -140,6 +187,8 @@ def main() -> int:
     ap.add_argument("--secs", type=int, default=3)
     ap.add_argument("--diag", action="store_true")
     ap.add_argument("--json")
+    ap.add_argument("--no-ping", action="store_true", help="request/response only (shorter rounds)")
+    ap.add_argument("--perf", action="store_true", help="perf profiles of sockperf's CPU per pair (see diag)")
     ap.add_argument("--no-docker", action="store_true", help="the namespace pairs only (no dockerd needed)")
     args = ap.parse_args()
     from . import ebpf_docker_diag as diag
@@ -152,6 +201,7 @@ def main() -> int:
             attach_floor(pairs["docker-floor"], made_dir)
         more, hosts = ns_pairs(tag, made, pin_root)
         pairs.update(more)
+        pairs.update(root_pair(tag, made, pin_root, cleanup))
         for p in pairs.values():
             ping_rtt(p)
         out = {"diag": {}}
@@ -160,7 +210,14 @@ def main() -> int:
                 out["diag"] = diag.collect(pairs, hosts, pin_root)
             except Exception as exc:   # the figures still count
                 log(f"diag: {exc!r}")
-        out["raw"] = rounds(pairs, args.rounds, args.secs)
+        if args.perf:
+            out["perf"] = {}
+            for name in ("veth", "ns-ebpf", "ns-ebpf+dockernat", "ns-veth+dockernat", "root-ebpf+dockernat", "veth-root-ends", "docker-ebpf",
+                         "veth-containers", "docker-floor"):
+                if name in pairs:
+                    out["perf"][name] = diag.perf_profile(pairs[name], made_dir)
+                    print(name, json.dumps(out["perf"][name], indent=1), flush=True)
+        out["raw"] = rounds(pairs, args.rounds, args.secs, not args.no_ping)
         out["table"] = show(out["raw"])
         if args.json:
             with open(args.json, "w") as f:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
 
 from .common import docker, sh
 from .dataplane import Pair, rr_rtt
@@ -110,7 +112,31 @@ def collect(pairs: dict, hosts: dict, pin_root: str) -> dict:
         sysctls(pairs["docker-ebpf"].client_ns), sysctls(ref))
     out["nft docker-ebpf client"] = _in(pairs["docker-ebpf"].client_ns, ["nft", "list", "ruleset"]).stdout
     out["nft ns-ebpf+dockernat client"] = _in(ref, ["nft", "list", "ruleset"]).stdout
+    out["iptables-legacy docker-ebpf client"] = _in(pairs["docker-ebpf"].client_ns, ["iptables-legacy-save"]).stdout
     out["root conntrack count"] = open("/proc/sys/net/netfilter/nf_conntrack_count").read().strip() \
         if os.path.exists("/proc/sys/net/netfilter/nf_conntrack_count") else None
     print(json.dumps(out, indent=1))
     return out
+
+
+def perf_profile(pair: Pair, out_dir: str, secs: int = 3, top: int = 45) -> dict:
+    """Kernel and user symbols of sockperf's CPU during one run of ``pair`` (``perf record -e
+    cpu-clock -C CPU -g``; the share of each symbol among the samples of the sockperf processes and
+    of ksoftirqd on that CPU; no children)."""
+    from .ebpf_datapath import one_cpu
+    cpu = one_cpu()[-1]
+    data = os.path.join(out_dir, f"perf-{pair.name}.data")
+    rec = subprocess.Popen(["perf", "record", "-q", "-e", "cpu-clock", "-C", cpu, "-g", "-o", data],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        rr = rr_rtt(pair, secs)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        rec.wait(30)
+    rep = sh(["perf", "report", "-i", data, "--no-children", "--comm", f"sockperf,ksoftirqd/{cpu}", "--sort", "sym",
+              "--stdio", "-g", "none", "--percentage", "relative", "--percent-limit", "0.4"], check=False).stdout
+    lines = [ln.strip() for ln in rep.splitlines() if ln.strip() and not ln.startswith("#")][:top]
+    total = sh(["perf", "report", "-i", data, "--no-children", "--sort", "comm", "--stdio", "-g", "none"],
+               check=False).stdout
+    comms = [ln.strip() for ln in total.splitlines() if ln.strip() and not ln.startswith("#")][:8]
+    return {"rr_us": rr, "symbols": lines, "comms": comms}
