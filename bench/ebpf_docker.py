@@ -181,7 +181,7 @@ def show(got: dict) -> dict:
     return table
 
 
-def main() -> int:
+def arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--secs", type=int, default=3)
@@ -190,8 +190,26 @@ def main() -> int:
     ap.add_argument("--no-ping", action="store_true", help="request/response only (shorter rounds)")
     ap.add_argument("--perf", action="store_true", help="perf profiles of sockperf's CPU per pair (see diag)")
     ap.add_argument("--no-docker", action="store_true", help="the namespace pairs only (no dockerd needed)")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def extras(args, pairs: dict, hosts: dict, pin_root: str, made_dir: str) -> dict:
+    """``--diag`` and ``--perf`` (a diag failure is logged: the figures still count)."""
     from . import ebpf_docker_diag as diag
+    out = {"diag": {}}
+    if args.diag:
+        try:
+            out["diag"] = diag.collect(pairs, hosts, pin_root)
+        except Exception as exc:   # noqa: BLE001
+            log(f"diag: {exc!r}")
+    for name in pairs if args.perf else ():
+        out.setdefault("perf", {})[name] = diag.perf_profile(pairs[name], made_dir)
+        print(name, json.dumps(out["perf"][name], indent=1), flush=True)
+    return out
+
+
+def main() -> int:
+    args = arguments()
     tag, made, cleanup = uuid.uuid4().hex[:4], [], Cleanup()
     pin_root = f"/sys/fs/bpf/secnet-bench-{tag}"
     made_dir = tempfile.mkdtemp(prefix="snbench-e20-")
@@ -203,20 +221,8 @@ def main() -> int:
         pairs.update(more)
         pairs.update(root_pair(tag, made, pin_root, cleanup))
         for p in pairs.values():
-            ping_rtt(p)
-        out = {"diag": {}}
-        if args.diag:
-            try:
-                out["diag"] = diag.collect(pairs, hosts, pin_root)
-            except Exception as exc:   # the figures still count
-                log(f"diag: {exc!r}")
-        if args.perf:
-            out["perf"] = {}
-            for name in ("veth", "ns-ebpf", "ns-ebpf+dockernat", "ns-veth+dockernat", "root-ebpf+dockernat", "veth-root-ends", "docker-ebpf",
-                         "veth-containers", "docker-floor"):
-                if name in pairs:
-                    out["perf"][name] = diag.perf_profile(pairs[name], made_dir)
-                    print(name, json.dumps(out["perf"][name], indent=1), flush=True)
+            ping_rtt(p)   # neighbours and flows known before the first round
+        out = extras(args, pairs, hosts, pin_root, made_dir)
         out["raw"] = rounds(pairs, args.rounds, args.secs, not args.no_ping)
         out["table"] = show(out["raw"])
         if args.json:

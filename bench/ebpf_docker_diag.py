@@ -91,7 +91,7 @@ def collect(pairs: dict, hosts: dict, pin_root: str) -> dict:
     out = {"devices": {}}
     for name, pair in pairs.items():
         for end, ns in (("client", pair.client_ns), ("server", pair.server_ns)):
-            dev = ("e20c" if end == "client" else "e20s") if name == "veth-containers" else "eth0"
+            dev = ("e20c" if end == "client" else "e20s") if name in ("veth-containers", "veth-root-ends") else "eth0"
             out["devices"][f"{name} {end}"] = device(ns, dev)
             if name in host_ns:
                 hns, hdev = host_side(pair, host_ns[name], end)
