@@ -14,7 +14,10 @@ as those two benches measure them:
   the host side of a Docker container's veth;
 * ``ns-ebpf``, ``ns-ebpf+dockernat``, ``ns-veth+dockernat``: ``bench.ebpf_datapath``'s
   eBPF pair (host side in a namespace of its own) with and without Docker's
-  embedded-DNS NAT table in both ends, and the bare veth with it.
+  embedded-DNS NAT table in both ends, and the bare veth with it;
+* ``root-ebpf+dockernat``, ``veth-root-ends``: Docker's layout without dockerd -- the eBPF
+  pair with its bridge and host-side veths in the root namespace and the NAT table in both
+  ends, and a bare veth between those two ends (as ``veth-containers``).
 
 ``--diag``: the settings that could differ (ethtool -k, ip -d link, qdiscs, the
 containers' sysctls and nft rulesets, per pair) and, for ``docker-ebpf`` and ``ns-ebpf``, the
@@ -24,7 +27,7 @@ sockperf run (a frame the host side transmits crossed the bridge, not the fast p
 Run (needs dockerd and the secnet plugin: under the e2e lock):
 ``.venv/bin/python -m bench.ebpf_docker [--rounds 6] [--secs 3] [--diag] [--json F]``.
 Subnets 10.219.40.0/24-10.219.43.0/24 (Docker), 10.218.41-43.0/24 and 10.218.9.0/24
-(namespaces); everything is named ``snbench-e20``/``snb-``/``snv-`` and removed at the end.
+(namespaces); everything is named ``e20bench``/``snb-``/``snv-`` and removed at the end.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ from . import ebpf_datapath as edp
 from .common import Cleanup, create_network, docker, log, sh
 from .dataplane import Pair, container_pair, ping_rtt, rr_rtt
 
-TAG = "snbench-e20"
+TAG = "e20bench"   # not snbench-: bench.common.remove_leftovers of a concurrent make bench removes those
 ALLOW = "bcli->bsrv:tcp/5201,bcli->bsrv:icmp"
 FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpf", "redirect_floor.c")
 

@@ -98,7 +98,7 @@ def collect(pairs: dict, hosts: dict, pin_root: str) -> dict:
                 out["devices"][f"{name} {end} host-side {hdev}"] = device(hns, hdev)
     pins = {"ns-ebpf": f"{pin_root}/{NET_ID[:12]}"}
     if "docker-ebpf" in pairs:
-        nid = docker("network", "inspect", "-f", "{{.Id}}", "snbench-e20-ebpf")
+        nid = docker("network", "inspect", "-f", "{{.Id}}", "e20bench-ebpf")
         pins["docker-ebpf"] = f"/sys/fs/bpf/secnet/{nid[:12]}"
     for name, pin_dir in pins.items():
         pair = pairs[name]
