@@ -26,8 +26,8 @@ sockperf run (a frame the host side transmits crossed the bridge, not the fast p
 
 Run (needs dockerd and the secnet plugin: under the e2e lock):
 ``.venv/bin/python -m bench.ebpf_docker [--rounds 6] [--secs 3] [--diag] [--json F]``.
-Subnets 10.219.40.0/24-10.219.43.0/24 (Docker), 10.218.41-43.0/24 and 10.218.9.0/24
-(namespaces); everything is named ``e20bench``/``snb-``/``snv-`` and removed at the end.
+Subnets 10.219.40.0/24-10.219.42.0/24 (Docker), 10.218.41-44.0/24 and 10.218.9.0/24
+(namespaces); everything is named ``e20bench``/``snbe20``/``snb-``/``snv-`` and removed at the end.
 """
 from __future__ import annotations
 
