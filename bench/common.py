@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shlex
 import os
 import socket
 import subprocess
@@ -207,8 +208,25 @@ def remove_leftovers() -> None:
         if name.startswith(PREFIX):
             sh(["ip", "netns", "del", name], check=False)
     sh(["nft", "delete", "table", "inet", PREFIX], check=False)
-    from . import iptables_cmp
-    iptables_cmp.remove_all_bench_rules()
+    remove_all_bench_rules()
+
+
+DOCKER_USER = "DOCKER-USER"   # the iptables chain where bench.iptables_cmp adds its rules
+
+
+def remove_all_bench_rules() -> int:
+    """Delete every rule in DOCKER-USER tagged ``snbench`` (and nothing else)."""
+    removed = 0
+    res = sh(["iptables", "-w", "5", "-S", DOCKER_USER], check=False)
+    for line in res.stdout.splitlines():
+        words = shlex.split(line)
+        if words[:2] != ["-A", DOCKER_USER] or "--comment" not in words:
+            continue
+        if words[words.index("--comment") + 1] != PREFIX:
+            continue
+        if sh(["iptables", "-w", "5", "-D", DOCKER_USER, *words[2:]], check=False).returncode == 0:
+            removed += 1
+    return removed
 
 
 # --- others' whole-machine tests ----------------------------------------------------

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import shlex
 
-from .common import (PREFIX, Cleanup, create_network, docker, log, now, sh, stats)
+from .common import (DOCKER_USER, PREFIX, Cleanup, create_network, docker, log, now, remove_all_bench_rules, sh, stats)
 from .dataplane import IPERF_PORT, container_pair, measure
 
 NET = f"{PREFIX}-ipt"
 BRIDGE = "br-snbench"
 SUBNET = "10.218.0.0/16"
 CLI, SRV = "10.218.0.10", "10.218.0.11"
-CHAIN = "DOCKER-USER"
+CHAIN = DOCKER_USER
 TAG = ["-m", "comment", "--comment", PREFIX]
 
 
@@ -83,21 +83,6 @@ class Rules:
                 log(f"iptables: bulk delete failed ({exc}); deleting one by one")
             self.added = []
         remove_all_bench_rules()
-
-
-def remove_all_bench_rules() -> int:
-    """Delete every rule in DOCKER-USER tagged ``snbench`` (and nothing else)."""
-    removed = 0
-    res = sh(["iptables", "-w", "5", "-S", CHAIN], check=False)
-    for line in res.stdout.splitlines():
-        words = shlex.split(line)
-        if words[:2] != ["-A", CHAIN] or "--comment" not in words:
-            continue
-        if words[words.index("--comment") + 1] != PREFIX:
-            continue
-        if sh(["iptables", "-w", "5", "-D", CHAIN, *words[2:]], check=False).returncode == 0:
-            removed += 1
-    return removed
 
 
 def count_rules() -> int:

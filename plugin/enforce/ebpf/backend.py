@@ -49,15 +49,6 @@ class _Net:
     ports: dict = field(default_factory=dict)   # endpoint id -> (Port, ifindex)
 
 
-def _full_changes(policy: PolicyMap) -> dict:
-    """map name -> (None: read back from the kernel, content): a full write."""
-    return {
-        "policy": (None, maps.policy_content(policy.entries)),
-        "cidrs": (None, maps.cidr_content(maps.policy_cidrs(policy))),
-        "restricted": (None, maps.restricted_content(policy)),
-    }
-
-
 def group_index(entries: Iterable) -> dict:
     """(src, dst, proto) -> set of PolicyEntry: the unit a delta rewrites."""
     index: dict = {}
@@ -304,7 +295,7 @@ class EbpfBackend(fqdn.FqdnMethods):
             for port in ports:          # every link exists, or nothing is touched
                 self._ifindex(port)
             try:
-                changes = _full_changes(policy)
+                changes = maps.full_changes(policy)
                 st = self._load(net)
                 self._swap(st, policy, changes)
                 st.index = group_index(policy.entries)

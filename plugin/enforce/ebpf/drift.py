@@ -8,14 +8,13 @@ calls apply_network to repair).
 from __future__ import annotations
 
 from . import libbpf, maps
-from .backend import _full_changes
 
 
 def drift(backend, st, policy, ports: list) -> list:
     h = st.handle
     out = []
     version, _generation, _tag = backend._state(h)   # noqa: SLF001 (the backend's helper)
-    for name, (_before, content) in _full_changes(policy).items():
+    for name, (_before, content) in maps.full_changes(policy).items():
         have = backend._dump(h, name, version & 1)    # noqa: SLF001
         missing = content.keys() - have.keys()
         extra = have.keys() - content.keys()

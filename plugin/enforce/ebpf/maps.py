@@ -425,3 +425,14 @@ def content_diff(old: Mapping, new: Mapping) -> tuple:
     removed = [k for k in old if k not in new]
     written = [(k, v) for k, v in new.items() if old.get(k) != v]
     return removed, written
+
+
+def full_changes(policy) -> dict:
+    """``{map name: (None, content)}`` for a full write of ``policy`` (a PolicyMap)
+    into the policy, cidrs and restricted maps (None: the content before is read
+    back from the kernel)."""
+    return {
+        "policy": (None, policy_content(policy.entries)),
+        "cidrs": (None, cidr_content(policy_cidrs(policy))),
+        "restricted": (None, restricted_content(policy)),
+    }
