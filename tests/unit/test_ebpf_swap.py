@@ -101,7 +101,7 @@ def rig(monkeypatch):
 def test_every_moment_of_a_swap_is_old_or_new(rig, old_rules, new_rules, opts):
     backend, st, seen = rig
     old, new = policy(old_rules), policy(new_rules, **opts)
-    backend._swap(st, old, eb._full_changes(old))
+    backend._swap(st, old, eb.maps.full_changes(old))
     seen.clear()
     backend._swap(st, new, eb._delta_changes(old, new, old.delta(new)))
     allowed = (expect(old), expect(new))
@@ -121,7 +121,7 @@ def _kernel_of(st):
 def test_both_versions_hold_the_same_content_at_rest(rig):
     backend, st, _seen = rig
     old, new = policy("web->api:tcp/1-1000"), policy("web->api:tcp/500-2000, api->web:icmp")
-    backend._swap(st, old, eb._full_changes(old))
+    backend._swap(st, old, eb.maps.full_changes(old))
     backend._swap(st, new, eb._delta_changes(old, new, old.delta(new)))
     kernel = eb.libbpf.lookup.__self__
     by_version = {0: {}, 1: {}}
@@ -134,7 +134,7 @@ def test_both_versions_hold_the_same_content_at_rest(rig):
 def test_a_mode_switch_is_a_flip_too(rig):
     backend, st, seen = rig
     pm = policy("web->api:tcp/8080")
-    backend._swap(st, pm, eb._full_changes(pm))
+    backend._swap(st, pm, eb.maps.full_changes(pm))
     st.spec = NetworkSpec(NET.id, "br0", mode="audit")
     seen.clear()
     backend._swap(st, pm, eb._delta_changes(pm, pm, pm.delta(pm)))
@@ -150,7 +150,7 @@ def test_a_sequence_of_edits_keeps_the_map_exact(rig):
     """apply_policy's group index: after each edit both versions hold exactly the policy."""
     backend, st, _seen = rig
     first = policy(SEQUENCE[0])
-    backend._swap(st, first, eb._full_changes(first))
+    backend._swap(st, first, eb.maps.full_changes(first))
     st.index = eb.group_index(first.entries)
     current = first
     kernel = eb.libbpf.lookup.__self__
