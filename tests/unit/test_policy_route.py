@@ -67,6 +67,15 @@ def test_a_bad_list_flag_is_refused(env):
     assert env.reconciler.calls == []
 
 
+@pytest.mark.parametrize("action", ["set", "add", "remove"])
+def test_an_arrow_spaced_on_one_side_is_refused_by_every_edit(env, action):
+    for rules in (["web-> api"], ["web->", "api"], ["web", "->api"]):
+        code, body = env.post({"action": action, "rules": rules})
+        assert code == 400 and "whitespace on one side of '->'" in body["Err"], (rules, body)
+    assert env.reconciler.calls == []
+    assert rule_texts(env.state.get_network(NID).options.rules) == ["web->api:tcp/80"]
+
+
 @pytest.mark.parametrize("argv, listed", [
     (["policy", "net1", "add", "a->b"], False),
     (["--json", "policy", "net1", "add", "a->b"], True),

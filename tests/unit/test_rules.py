@@ -287,3 +287,27 @@ def test_the_fast_path_takes_the_common_forms_and_declines_the_rest():
         assert rule is not None and rule.text() == canonical == parse_rule(text).text()
     for text in ("web->10.0.0.0/8:tcp/443", "a->b:", "a->b:tcp/0", "a->b->c", "a->dns(x.org)", "a->b:TCP/1"):
         assert fast_rule(text) is None
+
+
+# --- whitespace around the arrow (U9-O2) ------------------------------------
+
+@pytest.mark.parametrize("text, named", [
+    ("web-> api", "web-> api"),
+    ("web ->api:tcp/80", "web ->api:tcp/80"),
+    ("a->b, web->\tapi:tcp/80;c->d", "web->\tapi:tcp/80"),
+    ("a->b api->  web", "api->  web"),
+])
+def test_an_arrow_with_whitespace_on_one_side_is_refused(text, named):
+    # whitespace separates rules: 'web-> api' is not silently the rule 'web->api'
+    for parse in (parse_rules, parse_rule):
+        if parse is parse_rule and ("," in text or text.startswith("a->b ")):
+            continue
+        with pytest.raises(RuleError) as info:
+            parse(text)
+        assert info.value.rule == named and "whitespace on one side of '->'" in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_an_arrow_with_whitespace_on_both_sides_is_one_rule():
+    assert split_rules("a -> b c->d") == ["a->b", "c->d"]
+    assert format_rules(parse_rules("web\t->\napi:tcp/80")) == "web->api:tcp/80"
