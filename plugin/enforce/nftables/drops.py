@@ -42,6 +42,8 @@ PAIR_SETS = ("drops", "audits")
 DYNAMIC_SETS = LOG_SETS + PAIR_SETS
 #: reasons that policy decides: audit mode lets these pass (and logs them)
 AUDITABLE = ("no-rule", "egress", "internal", "quarantined", "pending")
+#: the reasons of a container whose segment is not in force (quarantined, pending)
+INACTIVE = ("quarantined", "pending")
 #: reasons whose drops are counted per identity pair
 PAIRED = ("no-rule", "egress", "internal")
 #: the constant lookup key of the setting sets: 0 for every packet
@@ -125,8 +127,10 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
     ``family`` is ``inet`` or ``bridge`` (which alone logs non-IP frames);
     ``audit_set``: the table's setting set that holds an element in audit
     mode; ``passed``: the statement that lets a would-be drop through.
-    In the inet table, pending and quarantined would-be drops are not
-    logged again: the bridge table saw (and logged) them first.
+    A pending or quarantined container's would-be drops pass both tables:
+    the bridge table logs its non-IP frames, the inet table its IP flows,
+    which it sees only up to their first reply (established traffic passes
+    before its policy): a connection is one reported flow, its replies none.
     """
     sets = [s for _m, s, _k in _flow_rules(family)]
     lines = [f"  set {name} {{ type {_SET_TYPES[name]}; size {LOG_SET_SIZE};"
@@ -146,7 +150,9 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
             continue
         lines.append(f"  chain {audit_chain_name(reason)} {{")
         lines += _pair_line(family, reason, "audits")
-        if family == "bridge" or reason not in ("pending", "quarantined"):
-            lines += _log_lines(family, log_prefix(network_id, reason, audit=True))
+        logged = _log_lines(family, log_prefix(network_id, reason, audit=True))
+        if family == "bridge" and reason in INACTIVE:
+            logged = [line for line in logged if "@logl2 " in line]   # IP flows: the inet table
+        lines += logged
         lines += [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]
     return lines
