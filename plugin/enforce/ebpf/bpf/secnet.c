@@ -296,9 +296,12 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 static __always_inline int inactive(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				    struct verdict *vd, __u8 kind)
 {
+	struct ct_val *v;
+
 	if (c->s->mode != MODE_AUDIT || !p->family)
 		return deny(skb, p, vd, c->s->mode);
-	if (ct_lookup(p) || passes_unjudged(p)) {
+	v = ct_lookup(p);   /* reported under this generation (a flow opened before: again) */
+	if ((v && (v->flags & CT_DENIED) && v->generation == c->st->generation) || passes_unjudged(p)) {
 		count_drop(skb, vd, 1);
 		return TC_ACT_OK;
 	}
