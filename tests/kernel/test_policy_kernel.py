@@ -212,5 +212,8 @@ def test_audit_mode_reports_a_quarantined_containers_connection_once(lab):
     assert flows == {("quarantined", True, bad.ip4, api.ip4, 8080),
                      ("quarantined", True, web.ip6, bad.ip6, 8080)}, got
     assert lab.dropped("quarantined", audit=True) >= 6      # both directions of both connections
+    before = lab.dropped("quarantined", audit=True)
+    assert probe_udp(bad, api.ip4) == "ok"                  # neighbours known: a datagram and its echo
+    assert lab.dropped("quarantined", audit=True) - before == 2, "each packet counts once"
     lab.update(mode="enforce")
     assert parallel(probe_tcp, [(bad, api.ip4, 8080), (web, bad.ip6, 8080)]) == ["timeout", "timeout"]

@@ -146,13 +146,20 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
         lines += _pair_line(family, reason, "drops")
         lines += _log_lines(family, log_prefix(network_id, reason))
         lines += [f"    counter drop comment {quote('deny:' + reason)}", "  }"]
-        if reason not in AUDITABLE:
-            continue
-        lines.append(f"  chain {audit_chain_name(reason)} {{")
-        lines += _pair_line(family, reason, "audits")
-        logged = _log_lines(family, log_prefix(network_id, reason, audit=True))
-        if family == "bridge" and reason in INACTIVE:
-            logged = [line for line in logged if "@logl2 " in line]   # IP flows: the inet table
-        lines += logged
-        lines += [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]
+        if reason in AUDITABLE:
+            lines += _audit_chain(family, network_id, reason, passed)
     return lines
+
+
+def _audit_chain(family: str, network_id: str, reason: str, passed: str) -> list:
+    """Lines of chain ``audit_<reason>``: log, count, let pass. A pending or quarantined
+    container's frames are counted in the bridge table, which sees every one of them; its
+    IP flows are logged in the inet table, which sees a flow's first packets only."""
+    lines = [f"  chain {audit_chain_name(reason)} {{"] + _pair_line(family, reason, "audits")
+    logged = _log_lines(family, log_prefix(network_id, reason, audit=True))
+    if family == "bridge" and reason in INACTIVE:
+        logged = [line for line in logged if "@logl2 " in line]   # IP flows: the inet table
+    lines += logged
+    if family == "inet" and reason in INACTIVE:   # counted in the bridge table already
+        return lines + [f"    {passed}", "  }"]
+    return lines + [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]
