@@ -77,10 +77,13 @@ def cmd_show(args) -> dict:
 
 
 def cmd_policy(args) -> dict:
-    if args.action in ("set", "add", "remove") and not args.rules and args.action != "set":
-        raise CliError(f"policy {args.action} needs at least one RULE")
+    if args.action == "clear" and args.rules:
+        raise CliError("policy clear takes no RULE (it removes every rule); to replace them: set RULE...")
+    if args.action in EDITS and not any(map(str.strip, args.rules)):
+        raise CliError(f"policy {args.action} needs at least one RULE (none given: an empty variable?)"
+                       + ("; to remove every rule: secnet policy NETWORK clear" if args.action == "set" else ""))
     if args.action is None and args.rules:
-        raise CliError("use: secnet policy NETWORK [set|add|remove RULE...]")
+        raise CliError("use: secnet policy NETWORK [set|add|remove RULE... | clear]")
     # an edit prints one line; only --json (and printing the rules) needs them all back
     body = {"network": resolve_network(args.network), "action": args.action or "get",
             "rules": args.rules, "list": args.json or args.action is None}
@@ -157,7 +160,7 @@ PRINTERS = {
 }
 
 
-EDITS = ("set", "add", "remove")
+EDITS = ("set", "add", "remove")   # take one RULE or more; "clear" takes none
 NETWORK_HELP = "a secnet network's name or id, as in docker network inspect"
 
 
@@ -184,7 +187,8 @@ def parser() -> argparse.ArgumentParser:
         "network", metavar="NETWORK", help=NETWORK_HELP)
     s = verb("policy", "print or change a network's allow rules (in force when it returns 0)")
     s.add_argument("network", metavar="NETWORK", help=NETWORK_HELP)
-    s.add_argument("action", nargs="?", choices=EDITS, help="replace all rules, add or remove some")
+    s.add_argument("action", nargs="?", choices=EDITS + ("clear",),
+                   help="replace all rules, add or remove some, or remove every rule (clear)")
     s.add_argument("rules", nargs="*", metavar="RULE",
                    help="SRC->DST[:PROTO[/PORTS]], e.g. web->api:tcp/8080, web->dns(api.example.com):tcp/443")
     s = verb("mode", "print or switch a network's mode (enforce or audit)")

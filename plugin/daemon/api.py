@@ -173,19 +173,24 @@ class Api:
     def _change_policy(self, net, action: str, texts: list):
         """Apply ``action`` with the parsed ``texts`` to the network's rules as they are
         under the driver's lock, so that two edits at once both take effect."""
-        if action not in ("set", "add", "remove"):
-            raise BadRequest(f"unknown policy action {action!r}: use set, add or remove")
+        if action not in ("set", "add", "remove", "clear"):
+            raise BadRequest(f"unknown policy action {action!r}: use set, add, remove or clear")
         # a set: the rules in force by text, so that those it keeps are not parsed again
         known = dict(zip(rule_texts(net.options.rules), net.options.rules)) if action == "set" else None
         try:
             rules = parse_rules(" ".join(texts), known)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
+        if action == "clear" and texts:
+            raise BadRequest("policy clear takes no rules (it removes every rule)")
+        if action != "clear" and not rules:   # an unexpanded variable must not clear a policy
+            raise BadRequest(f"policy {action} needs at least one rule (none given); "
+                             f"to remove every rule, use clear")
 
         def change(options):
             try:
                 policy = Policy(options)
-                if action == "set":   # parse_rules dropped duplicates already
+                if action in ("set", "clear"):   # parse_rules dropped duplicates already
                     return replace(options, rules=rules), None
                 policy, edit = (policy.add_rules if action == "add" else policy.remove_rules)(rules)
                 return policy.options, edit   # validated: NetworkOptions checks itself

@@ -84,13 +84,18 @@ class Counters:
     """Packet and byte counters of one network, in neutral terms.
 
     ``allowed``: policy-map key (``PolicyEntry.key`` or ``CidrEntry.key``) ->
-    ``(packets, bytes)`` of the flows it opened; ``dropped``: ``(src identity,
+    ``(packets, bytes)`` of the flows it opened (a flow that several keys allow,
+    e.g. a piece of overlapping port ranges or CIDRs, counts for each of them);
+    ``allowed_once``: the same counters, each given to one of those keys only
+    (the first in sorted order), so that sums over keys (segment-pair totals)
+    count every packet once; ``dropped``: ``(src identity,
     dst identity)`` -> ``(packets, bytes)``; ``reasons``: drop reason ->
     ``(packets, bytes)``. ``would_drop`` and ``would_drop_reasons``: the same
     as ``dropped`` and ``reasons`` for what audit mode let pass.
     """
 
     allowed: Mapping = field(default_factory=dict)
+    allowed_once: Mapping = field(default_factory=dict)
     dropped: Mapping = field(default_factory=dict)
     reasons: Mapping = field(default_factory=dict)
     would_drop: Mapping = field(default_factory=dict)

@@ -4,7 +4,9 @@ A backend reports :class:`~plugin.enforce.backend.Counters` in neutral terms:
 per policy-map key (``PolicyEntry.key``, ``CidrEntry.key``, ``FqdnEntry.key``) and per
 ``(src identity, dst identity)``. This module names them: the rule texts
 behind each key, and the segments (or ``(outside)``) behind each identity.
-A key that several rules share counts for each of them.
+A key that several rules share counts for each of them, and so does a flow
+that several keys allow (overlapping port ranges or CIDRs: ``allowed``);
+a segment pair's total adds each counted packet once (``allowed_once``).
 
 The host is outside the network (the contract's "Outside is everything that
 is not a container of this network: the host itself, ..."): the backends
@@ -46,24 +48,26 @@ def per_rule(policy: PolicyMap, counters) -> dict:
 
 def per_pair(policy: PolicyMap, counters) -> tuple:
     """({(src, dst): [pk, bytes]} allowed, same dropped, same would-drop (audit mode)),
-    the ends named as segments or ``(outside)``."""
+    the ends named as segments or ``(outside)``. Allowed packets count once per pair,
+    however many rules count them (``Counters.allowed_once``)."""
     name = names(policy)
     allowed = collections.defaultdict(lambda: [0, 0])
+    once = counters.allowed_once or counters.allowed   # a hand-made Counters may give allowed only
     seen = set()
     for e in policy.entries:
         if e.key not in seen:
             seen.add(e.key)
-            _add(allowed[(name[e.src], name[e.dst])], counters.allowed.get(e.key))
+            _add(allowed[(name[e.src], name[e.dst])], once.get(e.key))
     for c in policy.cidrs:
         if c.key not in seen:
             seen.add(c.key)
             seg = name[c.identity]
             pair = (OUTSIDE, seg) if c.direction == INGRESS else (seg, OUTSIDE)
-            _add(allowed[pair], counters.allowed.get(c.key))
+            _add(allowed[pair], once.get(c.key))
     for f in policy.fqdns:   # a DNS rule opens flows from its segment to the outside
         if f.key not in seen:
             seen.add(f.key)
-            _add(allowed[(name[f.identity], OUTSIDE)], counters.allowed.get(f.key))
+            _add(allowed[(name[f.identity], OUTSIDE)], once.get(f.key))
     return allowed, _named_pairs(name, counters.dropped), _named_pairs(name, counters.would_drop)
 
 

@@ -4,8 +4,8 @@ enforce mode would drop "passes and is reported by `secnet log` with the reason 
 would-drop"; Backends: "the same CLI output (`show`, `log`, `explain`, `verify`, `metrics`)").
 
 A quarantined container opens one TCP connection to a member of another segment: enforce mode
-would drop it because the sender is quarantined. The log has one line for it, reason
-quarantined, and `show` counts it as a would-drop of reason quarantined only, not also as
+would drop it because the sender is quarantined. The log has one line for it (none for its
+replies), reason quarantined, and `show` counts it as a would-drop of reason quarantined only, not also as
 "no rule allows it".
 """
 from __future__ import annotations
@@ -51,6 +51,11 @@ def test_a_quarantined_senders_flow_is_one_would_drop_of_reason_quarantined(make
     reasons = sorted(e["reason"] for e in lines)
     assert len(lines) == 1 and reasons[0] == "quarantined" and lines[0]["audit"], \
         f"[{backend}] log lines of the one flow: {[(e['reason'], e['why']) for e in lines]}"
+    # its replies are no flow of their own (U9-O5: api -> bad with the ephemeral port as "dport")
+    either = [(e["src"].get("container"), e["dst"].get("container"), e.get("dport"))
+              for e in v.log_since(net, since)["entries"] if e["proto"] == "tcp"
+              and bad.name in (e["src"].get("container"), e["dst"].get("container"))]
+    assert either == [(bad.name, api.name, PORT)], f"[{backend}] log lines of one connection: {either}"
     after = s.show_json(net)["would_drop"]
     assert after["no-rule"]["packets"] == before["no-rule"]["packets"], \
         f"[{backend}] the quarantined flow was also counted as no-rule: {before} -> {after}"

@@ -100,6 +100,11 @@ def test_policy_print_add_remove_set(make_network, run_container, nsprocs):
     assert sorted(policy_lines(net)) == ["api->db:tcp/8080", "db->web:tcp/80", "web->api:tcp/8080"]
     assert_flow(w, a, 8080, True, "after a set with separators")
 
+    edit(net, "clear")                                                # the explicit way to remove every rule
+    assert policy_lines(net) == []
+    assert_flow(w, a, 8080, False, "right after `policy clear` returned")
+    assert_flow(d, w, 80, False, "right after `policy clear` returned")
+
 
 def test_a_large_set_is_in_force_and_the_tables_are_watched_again(make_network, run_container, nsprocs,
                                                                   backend):
@@ -141,6 +146,11 @@ BAD_EDITS = [
     ("set", ["db->web:tcp/80", "api->:tcp/1"], "api->:tcp/1"),
     ("set", ["web->bad!name"], "web->bad!name"),
     ("remove", ["web->db:tcp/1"], "web->db:tcp/1"),     # not in the policy
+    ("set", [], "policy set needs at least one RULE"),  # an unexpanded variable (U8-O2)
+    ("set", [""], "secnet policy NETWORK clear"),
+    ("add", ["web-> api"], "web-> api"),                # whitespace separates rules (U9-O2)
+    ("set", ["db->", "web"], "db-> web"),
+    ("clear", ["db->web:tcp/80"], "policy clear takes no RULE"),
 ]
 
 

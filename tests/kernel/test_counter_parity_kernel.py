@@ -15,6 +15,7 @@ import pytest
 
 from nsfixtures import NET_ID, lab  # noqa: F401  (lab is a fixture)
 from packets import parallel, probe_addr, probe_tcp, sh
+from plugin.observe.counting import OUTSIDE, per_pair, per_rule
 from segmentation.policymap import CidrEntry, PolicyEntry
 
 pytestmark = pytest.mark.kernel
@@ -72,6 +73,43 @@ def test_one_port_rule_counts_before_the_whole_protocol_rule(lab):
     whole = counters.allowed[PolicyEntry(w, a, "tcp", 0, 65535, "").key]
     assert one[0] >= 2 and whole[0] >= 2
     assert one[1] == whole[1], "the 8080 flows count for the port rule, the 5432 ones for the other"
+
+
+def test_a_pair_total_adds_a_flow_that_two_rules_count_once(lab):
+    """A flow two rules count (a host inside a wider CIDR, overlapping port ranges) is
+    in each rule's counter and once in its pair's total (show's and metrics' pairs)."""
+    web, api = lab.add(2)
+    lab.apply(f"web->{WIDE[4]}:tcp/8080 web->{HOST[4]}:tcp web->api:tcp/5000-8080 web->api:tcp/8080-9999",
+              {web: "web", api: "api"}, intra="deny", egress="deny")
+    cells = [(web, lab.outside.ip4, "tcp", 8080), (web, api.ip4, "tcp", 8080)]
+    assert parallel(probe_addr, cells) == ["ok"] * 2
+    counters = lab.counters()
+    rules = per_rule(lab.policy, counters)
+    allowed, _dropped, _would = per_pair(lab.policy, counters)
+    outside = rules[f"web->{WIDE[4]}:tcp/8080"]
+    east_west = rules["web->api:tcp/5000-8080"]
+    assert outside[0] >= 1 and outside == rules[f"web->{HOST[4]}:tcp"], rules
+    assert east_west[0] >= 1 and east_west == rules["web->api:tcp/8080-9999"], rules
+    assert allowed[("web", OUTSIDE)] == outside, "the pair total counts the flow once"
+    assert allowed[("web", "api")] == east_west, "the pair total counts the flow once"
+
+
+def test_a_flow_counts_for_the_most_specific_kind_of_rule_only(lab):
+    """Rules of different kinds that allow one flow: a port rule next to intra (the
+    segment's implicit `any`), a tcp CIDR rule next to an `any` one: the flow counts
+    for the port rule, the tcp rule, on both backends (docs/visibility.md)."""
+    web, web2, api = lab.add(3)
+    lab.apply(f"web->web:tcp/8080 web->{HOST[4]}:tcp web->{WIDE[4]}", {web: "web", web2: "web", api: "api"},
+              egress="deny")
+    cells = [(web, web2.ip4, "tcp", 8080), (web, lab.outside.ip4, "tcp", 8080)]
+    assert parallel(probe_addr, cells) == ["ok"] * 2
+    counters = lab.counters()
+    rules = per_rule(lab.policy, counters)
+    allowed, _dropped, _would = per_pair(lab.policy, counters)
+    assert rules["web->web:tcp/8080"][0] >= 1 and rules["intra"] == [0, 0], rules
+    assert rules[f"web->{HOST[4]}:tcp"][0] >= 1 and rules[f"web->{WIDE[4]}"] == [0, 0], rules
+    assert allowed[("web", "web")] == rules["web->web:tcp/8080"]
+    assert allowed[("web", OUTSIDE)] == rules[f"web->{HOST[4]}:tcp"]
 
 
 def _drop_syns_for_a_while(box, port: int, seconds: float) -> threading.Timer:

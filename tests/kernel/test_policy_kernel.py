@@ -196,3 +196,24 @@ def test_drift_finds_a_changed_rule_and_a_repair_closes_the_hole(lab):
     assert probe_tcp(web, api.ip4, HOLE_PORT) == "timeout"
     assert probe_tcp(web, api.ip4, 8080) == "ok"
     assert probe_udp(api, web.ip4, 53) == "timeout"
+
+
+def test_audit_mode_reports_a_quarantined_containers_connection_once(lab):
+    """U9-O5: a connection from or to a quarantined container is one reported flow in
+    audit mode; its replies (the ephemeral port as "destination") are no flow of their
+    own. Every packet still counts as a would-drop; enforce mode drops all of it."""
+    web, api, bad = lab.add(3)
+    events = lab.drop_events()
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny", mode="audit")
+    lab.move(bad, None, quarantine="empty label")
+    assert parallel(probe_tcp, [(bad, api.ip4, 8080), (web, bad.ip6, 8080)]) == ["ok", "ok"]
+    got = [e for e in drain(events, 1.0) if e.proto in (6, "tcp")]
+    flows = {(e.reason, e.audit, e.src, e.dst, e.port) for e in got}
+    assert flows == {("quarantined", True, bad.ip4, api.ip4, 8080),
+                     ("quarantined", True, web.ip6, bad.ip6, 8080)}, got
+    assert lab.dropped("quarantined", audit=True) >= 6      # both directions of both connections
+    before = lab.dropped("quarantined", audit=True)
+    assert probe_udp(bad, api.ip4) == "ok"                  # neighbours known: a datagram and its echo
+    assert lab.dropped("quarantined", audit=True) - before == 2, "each packet counts once"
+    lab.update(mode="enforce")
+    assert parallel(probe_tcp, [(bad, api.ip4, 8080), (web, bad.ip6, 8080)]) == ["timeout", "timeout"]

@@ -136,6 +136,10 @@ def test_spread_cidrs_gives_a_piece_to_every_owner_and_leaves_others():
     got = spread_cidrs({piece: (2, 120), narrow.key: (1, 60), wide.key: (4, 240), gone: (8, 1), policy: (16, 2)},
                        [wide, narrow])
     assert got == {wide.key: (6, 360), narrow.key: (3, 180), gone: (8, 1), policy: (16, 2)}
+    once = spread_cidrs({piece: (2, 120), narrow.key: (1, 60), wide.key: (4, 240), gone: (8, 1)},
+                        [wide, narrow], first=True)   # for pair totals: the piece to one owner
+    assert once == {wide.key: (6, 360), narrow.key: (1, 60), gone: (8, 1)}   # wide.key sorts first
+    assert sum(p for p, _b in once.values()) == 2 + 1 + 4 + 8
 
 
 def test_too_many_pieces_for_one_prefix_is_a_clear_error():

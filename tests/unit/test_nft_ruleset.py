@@ -74,10 +74,19 @@ def test_audit_chains_log_with_the_mark_and_let_pass(family):
     body = tables(script())[family]
     for reason in AUDITABLE:
         text = chain(body, "audit_" + reason.replace("-", "_"))
-        assert text.rstrip().endswith(f'comment "audit:{reason}"')
+        inactive = reason in ("pending", "quarantined")
+        if family == "inet" and inactive:   # counted in the bridge table, which sees every frame
+            assert "counter" not in text and text.rstrip().endswith("goto pass"), text
+        else:
+            assert text.rstrip().endswith(f'comment "audit:{reason}"')
         assert ("goto pass" if family == "inet" else "accept") in text.splitlines()[-1]
-        logged = f'prefix "sn {NID[:12]} {reason} audit"' in text
-        assert logged == (family == "bridge" or reason not in ("pending", "quarantined"))
+        logged = [line for line in text.splitlines() if f'prefix "sn {NID[:12]} {reason} audit"' in line]
+        if family == "bridge" and inactive:
+            # IP flows of an inactive container are logged in the inet table, which sees only
+            # a flow's first packets (U9-O5): here only the non-IP frames
+            assert len(logged) == 1 and "@logl2 " in logged[0], text
+        else:
+            assert len(logged) == (5 if family == "bridge" else 4), text
     assert "audit_spoofed" not in body and "audit_invalid" not in body
 
 

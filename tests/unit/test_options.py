@@ -230,3 +230,10 @@ def test_backend_and_mode_options():
         with pytest.raises(OptionError) as err:
             parse_network_options({key: value})
         assert key in str(err.value) and value in str(err.value)
+
+
+def test_an_arrow_spaced_on_one_side_is_refused_at_create():
+    with pytest.raises(OptionError) as info:
+        parse_network_options({"secnet.allow": "web-> api"})
+    assert str(info.value).startswith("invalid value 'web-> api' for option secnet.allow: "
+                                      "invalid rule 'web-> api': whitespace on one side of '->'")

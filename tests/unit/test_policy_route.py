@@ -67,6 +67,52 @@ def test_a_bad_list_flag_is_refused(env):
     assert env.reconciler.calls == []
 
 
+@pytest.mark.parametrize("action", ["set", "add", "remove"])
+def test_an_arrow_spaced_on_one_side_is_refused_by_every_edit(env, action):
+    for rules in (["web-> api"], ["web->", "api"], ["web", "->api"]):
+        code, body = env.post({"action": action, "rules": rules})
+        assert code == 400 and "whitespace on one side of '->'" in body["Err"], (rules, body)
+    assert env.reconciler.calls == []
+    assert rule_texts(env.state.get_network(NID).options.rules) == ["web->api:tcp/80"]
+
+
+@pytest.mark.parametrize("action, rules", [
+    ("set", []), ("set", [""]), ("set", [" ", ",;"]), ("add", [""]), ("remove", [" "]), ("clear", ["a->b"])])
+def test_an_edit_without_rules_is_refused_and_clear_removes_them(env, action, rules):
+    # an unexpanded shell variable must not clear a network's policy (U8-O2)
+    code, body = env.post({"action": action, "rules": rules})
+    assert code == 400 and ("needs at least one rule" in body["Err"] or "takes no rules" in body["Err"])
+    assert env.reconciler.calls == []
+    assert rule_texts(env.state.get_network(NID).options.rules) == ["web->api:tcp/80"]
+    code, body = env.post({"action": "clear", "list": False})
+    assert code == 200 and body == {"network": NID, "count": 0}
+    assert env.state.get_network(NID).options.rules == ()
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["policy", "net1", "set"], "policy set needs at least one RULE"),
+    (["policy", "net1", "set", ""], "to remove every rule: secnet policy NETWORK clear"),
+    (["policy", "net1", "add", " "], "policy add needs at least one RULE"),
+    (["policy", "net1", "clear", "a->b"], "policy clear takes no RULE"),
+])
+def test_the_cli_refuses_an_edit_without_rules(monkeypatch, capsys, argv, problem):
+    monkeypatch.setattr(cli, "call", lambda *a, **k: pytest.fail("sent to the daemon"))
+    monkeypatch.setattr(cli, "resolve_network", lambda ref: NID)
+    assert cli.main(argv) != 0
+    err = capsys.readouterr().err
+    assert problem in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cli_clears(monkeypatch, capsys):
+    sent = []
+    monkeypatch.setattr(cli, "call", lambda path, body, timeout=30.0: sent.append(body) or
+                        {"network": NID, "count": 0})
+    monkeypatch.setattr(cli, "resolve_network", lambda ref: NID)
+    assert cli.main(["policy", "net1", "clear"]) == 0
+    assert sent[0]["action"] == "clear" and sent[0]["rules"] == []
+    assert capsys.readouterr().out == f"network {NID[:12]}: 0 rules in force\n"
+
+
 @pytest.mark.parametrize("argv, listed", [
     (["policy", "net1", "add", "a->b"], False),
     (["--json", "policy", "net1", "add", "a->b"], True),

@@ -37,3 +37,16 @@ def test_the_host_is_named_outside_as_in_the_log():
     _allowed, dropped, would = per_pair(policy, counters)
     assert dict(dropped) == {("web", OUTSIDE): [3, 180]}
     assert dict(would) == {(OUTSIDE, "api"): [4, 240]}
+
+
+def test_a_pair_total_adds_the_once_counters():
+    """A flow that two keys count (overlapping ranges) is in both rules' counts and
+    once in its pair's total (Counters.allowed_once)."""
+    options = parse_network_options({"secnet.allow": "web->api:tcp/5000-8080 web->api:tcp/8080-9999"})
+    policy = compile_policy_map(options, {"web": 256, "api": 257})
+    low, high = sorted(e.key for e in policy.entries if e.rule != "intra")
+    counters = Counters(allowed={low: (3, 180), high: (5, 300)}, allowed_once={low: (3, 180), high: (2, 120)})
+    rules = per_rule(policy, counters)
+    assert rules["web->api:tcp/5000-8080"] == [3, 180] and rules["web->api:tcp/8080-9999"] == [5, 300]
+    allowed, _dropped, _would = per_pair(policy, counters)
+    assert allowed[("web", "api")] == [5, 300]

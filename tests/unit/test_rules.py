@@ -326,8 +326,38 @@ def test_a_set_against_the_rules_in_force_still_names_the_bad_rule():
 
 
 @pytest.mark.parametrize("text, parts", [
-    ("a ->b", ["a->b"]), ("a-> b", ["a->b"]), ("a\t->\nb", ["a->b"]), ("a->\u2003b c->d", ["a->b", "c->d"]),
-    ("a->b c -> d", ["a->b", "c->d"]), ("a->b c->d", ["a->b", "c->d"]), ("x-->y ->z", ["x-->y->z"]),
+    ("a\t->\nb", ["a->b"]), ("a->b c -> d", ["a->b", "c->d"]), ("a->b c->d", ["a->b", "c->d"]),
+    ("a\u2003->\u2003b c->d", ["a->b", "c->d"]),
 ])
-def test_arrows_with_whitespace_on_either_side_join_their_ends(text, parts):
+def test_arrows_with_whitespace_on_both_sides_join_their_ends(text, parts):
     assert split_rules(text) == parts
+
+
+@pytest.mark.parametrize("text", ["a ->b", "a-> b", "a->\u2003b c->d", "x-->y ->z"])
+def test_split_rules_refuses_an_arrow_with_whitespace_on_one_side(text):
+    with pytest.raises(RuleError):
+        split_rules(text)
+
+
+# --- whitespace around the arrow (U9-O2) ------------------------------------
+
+@pytest.mark.parametrize("text, named", [
+    ("web-> api", "web-> api"),
+    ("web ->api:tcp/80", "web ->api:tcp/80"),
+    ("a->b, web->\tapi:tcp/80;c->d", "web->\tapi:tcp/80"),
+    ("a->b api->  web", "api->  web"),
+])
+def test_an_arrow_with_whitespace_on_one_side_is_refused(text, named):
+    # whitespace separates rules: 'web-> api' is not silently the rule 'web->api'
+    for parse in (parse_rules, parse_rule):
+        if parse is parse_rule and ("," in text or text.startswith("a->b ")):
+            continue
+        with pytest.raises(RuleError) as info:
+            parse(text)
+        assert info.value.rule == named and "whitespace on one side of '->'" in str(info.value)
+        assert "\n" not in str(info.value)
+
+
+def test_an_arrow_with_whitespace_on_both_sides_is_one_rule():
+    assert split_rules("a -> b c->d") == ["a->b", "c->d"]
+    assert format_rules(parse_rules("web\t->\napi:tcp/80")) == "web->api:tcp/80"

@@ -32,18 +32,18 @@ def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Cou
         target = maps.count_target(key, cidrs)
         if raw is not None and target is not None:
             allowed[target] = add(allowed.get(target), maps.sum_percpu(raw, cpus))
-    if index:
-        allowed = spread(allowed, index)
-    allowed = spread_cidrs(allowed, cidrs)
+    raw, allowed = allowed, spread_cidrs(spread(allowed, index) if index else allowed, cidrs)
+    once = spread_cidrs(spread(raw, index, first=True) if index else raw, cidrs, first=True)
     dropped, reasons = drops(handle, cpus, audit=False)
     would, would_reasons = drops(handle, cpus, audit=True)
-    return Counters(allowed=allowed, dropped=dropped, reasons=reasons, would_drop=would,
+    return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons, would_drop=would,
                     would_drop_reasons=would_reasons)
 
 
-def spread(allowed: dict, index: dict) -> dict:
+def spread(allowed: dict, index: dict, first: bool = False) -> dict:
     """``allowed`` with each policy-key counter added to every entry that owns it
-    (maps.piece_owners); groups without overlapping ranges are left as they are."""
+    (maps.piece_owners; ``first``: to the first of them only, for sums over keys);
+    groups without overlapping ranges are left as they are."""
     out: dict = {}
     overlaps: dict = {}
     for target, pb in allowed.items():
@@ -54,21 +54,22 @@ def spread(allowed: dict, index: dict) -> dict:
                 overlaps[group] = maps.overlapping((e.lo, e.hi) for e in index.get(group, ()))
             if overlaps[group]:
                 owners = maps.piece_owners(target, index)
-        for owner in owners:
+        for owner in owners[:1] if first else owners:
             out[owner] = add(out.get(owner), pb)
     return out
 
 
-def spread_cidrs(allowed: dict, cidrs: Iterable) -> dict:
+def spread_cidrs(allowed: dict, cidrs: Iterable, first: bool = False) -> dict:
     """``allowed`` with each CIDR counter added to every CIDR entry that allows its
-    packets (cidrslots.Owners: a piece of a prefix that several rules cover);
-    other counters are left as they are."""
+    packets (cidrslots.Owners: a piece of a prefix that several rules cover;
+    ``first``: to the first of them only); other counters are left as they are."""
     owners = None
     out: dict = {}
     for target, pb in allowed.items():
         if len(target) == 7 and target[0] in maps.DIRECTIONS:   # a CidrEntry key
             owners = owners or cidrslots.Owners(cidrs)
-            for owner in owners.of(target):
+            found = owners.of(target)
+            for owner in found[:1] if first else found:
                 out[owner] = add(out.get(owner), pb)
         else:
             out[target] = add(out.get(target), pb)

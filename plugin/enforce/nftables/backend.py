@@ -251,14 +251,18 @@ class NftBackend(fqdn.FqdnMethods):
                 return Counters()
             by_rule = self._rule_counters(table)
         allowed: dict = {}
+        once: dict = {}   # an element's counter given to one of its keys: pair totals add it once
         for name, els in attribution.items():
             for element, keys in els.items():
                 count = counts.get(name, {}).get(element)
                 for key in keys:
                     allowed[key] = _add(allowed.get(key), count or (0, 0))
+                if keys:
+                    first = min(keys)
+                    once[first] = _add(once.get(first), count or (0, 0))
         reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        return Counters(allowed=allowed, dropped=counts.get("drops", {}), reasons=reasons,
+        return Counters(allowed=allowed, allowed_once=once, dropped=counts.get("drops", {}), reasons=reasons,
                         would_drop=counts.get("audits", {}), would_drop_reasons=would)
 
     def _rule_counters(self, table: str) -> dict:

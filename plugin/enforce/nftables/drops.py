@@ -42,6 +42,8 @@ PAIR_SETS = ("drops", "audits")
 DYNAMIC_SETS = LOG_SETS + PAIR_SETS
 #: reasons that policy decides: audit mode lets these pass (and logs them)
 AUDITABLE = ("no-rule", "egress", "internal", "quarantined", "pending")
+#: the reasons of a container whose segment is not in force (quarantined, pending)
+INACTIVE = ("quarantined", "pending")
 #: reasons whose drops are counted per identity pair
 PAIRED = ("no-rule", "egress", "internal")
 #: the constant lookup key of the setting sets: 0 for every packet
@@ -125,8 +127,10 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
     ``family`` is ``inet`` or ``bridge`` (which alone logs non-IP frames);
     ``audit_set``: the table's setting set that holds an element in audit
     mode; ``passed``: the statement that lets a would-be drop through.
-    In the inet table, pending and quarantined would-be drops are not
-    logged again: the bridge table saw (and logged) them first.
+    A pending or quarantined container's would-be drops pass both tables:
+    the bridge table logs its non-IP frames, the inet table its IP flows,
+    which it sees only up to their first reply (established traffic passes
+    before its policy): a connection is one reported flow, its replies none.
     """
     sets = [s for _m, s, _k in _flow_rules(family)]
     lines = [f"  set {name} {{ type {_SET_TYPES[name]}; size {LOG_SET_SIZE};"
@@ -142,11 +146,20 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
         lines += _pair_line(family, reason, "drops")
         lines += _log_lines(family, log_prefix(network_id, reason))
         lines += [f"    counter drop comment {quote('deny:' + reason)}", "  }"]
-        if reason not in AUDITABLE:
-            continue
-        lines.append(f"  chain {audit_chain_name(reason)} {{")
-        lines += _pair_line(family, reason, "audits")
-        if family == "bridge" or reason not in ("pending", "quarantined"):
-            lines += _log_lines(family, log_prefix(network_id, reason, audit=True))
-        lines += [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]
+        if reason in AUDITABLE:
+            lines += _audit_chain(family, network_id, reason, passed)
     return lines
+
+
+def _audit_chain(family: str, network_id: str, reason: str, passed: str) -> list:
+    """Lines of chain ``audit_<reason>``: log, count, let pass. A pending or quarantined
+    container's frames are counted in the bridge table, which sees every one of them; its
+    IP flows are logged in the inet table, which sees a flow's first packets only."""
+    lines = [f"  chain {audit_chain_name(reason)} {{"] + _pair_line(family, reason, "audits")
+    logged = _log_lines(family, log_prefix(network_id, reason, audit=True))
+    if family == "bridge" and reason in INACTIVE:
+        logged = [line for line in logged if "@logl2 " in line]   # IP flows: the inet table
+    lines += logged
+    if family == "inet" and reason in INACTIVE:   # counted in the bridge table already
+        return lines + [f"    {passed}", "  }"]
+    return lines + [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]

@@ -188,7 +188,10 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 		inbound_kind(skb, o, kind != KIND_IN_HOST, vd.src);   /* its o->osrc */
 		vd.src = kind == KIND_IN_HOST ? ID_HOST : ID_OUTSIDE;
 	}
-	if ((kind != KIND_EGRESS && vd.dst == ID_OUTSIDE)
+	if (!active_identity(vd.src)) {
+		ok = 0;   /* opened by a pending or quarantined container (audit mode) */
+		reason = inactive_reason(vd.src);
+	} else if ((kind != KIND_EGRESS && vd.dst == ID_OUTSIDE)
 	    || ((kind <= KIND_EGRESS || kind == KIND_HAIRPIN) && vd.src == ID_OUTSIDE)) {
 		ok = 0;   /* a member of the flow has gone */
 		reason = R_NOT_MEMBER;
@@ -285,6 +288,27 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 	return verdict;
 }
 
+/* A pending or quarantined container's packet (``kind``: of the flow it would open).
+ * Audit mode passes it as a would-drop and reports a flow from its first packet
+ * only, tracking it (denied) both ways: its replies are no flow of their own, as
+ * nftables' conntrack sees them (U9-O5). Untracked packets (ND, ICMP errors, ARP)
+ * are reported as before, but what nftables passes unjudged (ND, IGMP) is not. */
+static __always_inline int inactive(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
+				    struct verdict *vd, __u8 kind)
+{
+	struct ct_val *v;
+
+	if (c->s->mode != MODE_AUDIT || !p->family)
+		return deny(skb, p, vd, c->s->mode);
+	v = ct_lookup(p);   /* reported under this generation (a flow opened before: again) */
+	if ((v && (v->flags & CT_DENIED) && v->generation == c->st->generation) || passes_unjudged(p)) {
+		count_drop(skb, vd, 1);
+		return TC_ACT_OK;
+	}
+	ct_create(p, kind, CT_DENIED, c->st->generation);
+	return deny(skb, p, vd, MODE_AUDIT);
+}
+
 /* A new flow from a member (``src``: its identity in the members map) */
 static __always_inline int judge_sent(struct __sk_buff *skb, struct ctx *c, struct pkt *p, __u16 src)
 {
@@ -343,8 +367,9 @@ int from_container(struct __sk_buff *skb)
 	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
-		vd.reason = inactive_reason(ep->identity);
-		return deny(skb, p, &vd, c.s->mode);     /* audit: reported, passes */
+		vd.reason = inactive_reason(ep->identity);   /* audit: passes */
+		return inactive(skb, &c, p, &vd,
+				member_identity(identity_of(p, p->daddr)) ? KIND_EW : KIND_EGRESS);
 	}
 	if (r == SRC_PASS || passes_unjudged(p))
 		return TC_ACT_OK;
@@ -435,7 +460,7 @@ int to_container(struct __sk_buff *skb)
 		if (!meant_for(skb, p, ep))   /* a flooded copy for others: no report */
 			return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
 		vd.reason = inactive_reason(ep->identity);
-		return deny(skb, p, &vd, c.s->mode);
+		return inactive(skb, &c, p, &vd, KIND_IN);
 	}
 	/* The bridge floods a unicast frame whose MAC it has not learned (a new
 	 * container that has not sent yet) to every port: such a copy is for
