@@ -104,6 +104,21 @@ def resolve_network(ref: str) -> str:
         return ref
 
 
+def network_names() -> dict:
+    """``{network id: name}`` of every network the engine knows; ``{}`` when the
+    engine does not answer (the CLI then shows ids, as the daemon knows no names)."""
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    try:
+        if host.startswith("unix://"):
+            found = _engine_get(host[len("unix://"):], "/networks")
+        else:
+            import docker
+            found = docker.APIClient(base_url=host, timeout=5).networks()
+        return {n["Id"]: n["Name"] for n in found}
+    except Exception:
+        return {}
+
+
 def _engine_get(sock: str, path: str) -> dict:
     """GET ``path`` of the engine API on unix socket ``sock``: the JSON answer
     (OSError, HTTPException, ValueError, LookupError when there is none)."""
