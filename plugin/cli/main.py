@@ -288,7 +288,11 @@ def main(argv=None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 1 if args.command == "verify" and not data["ok"] else 0
+    if args.command == "verify" and not data["ok"]:
+        print(f"secnet: verify: {data['mismatches']} mismatch(es) between expected and observed",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
