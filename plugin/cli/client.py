@@ -12,6 +12,7 @@ that are a status line and a JSON body.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import socket
@@ -31,19 +32,31 @@ class DaemonUnreachable(CliError):
 
 
 def socket_path(env=None) -> str:
-    """The daemon's socket (``SECNET_SOCKET``, else the default).
+    """The daemon's socket: ``SECNET_SOCKET``, else the default, else (no socket there)
+    the managed plugin's (:func:`managed_socket`).
 
     When any other ``SECNET_*`` variable is set, the environment is checked as the
     daemon checks it (``plugin.config.Settings.from_env``): a bad value is a
     CliError naming the variable."""
     env = os.environ if env is None else env
+    sock = env.get("SECNET_SOCKET") or DEFAULT_SOCKET
     if any(k.startswith("SECNET_") and k not in _PLAIN for k in env):
         from plugin.config import Settings
         try:
-            return Settings.from_env(env).socket
+            sock = Settings.from_env(env).socket
         except ValueError as exc:
             raise CliError(str(exc)) from None
-    return env.get("SECNET_SOCKET") or DEFAULT_SOCKET
+    return sock if env.get("SECNET_SOCKET") else (managed_socket(sock) or sock)
+
+
+def managed_socket(default: str = "") -> str:
+    """The managed plugin's socket (``/run/docker/plugins/<plugin id>/secnet.sock``) when
+    there is no legacy daemon's socket at ``default`` and exactly one such socket; else ``""``."""
+    default = default or DEFAULT_SOCKET
+    if os.path.exists(default):
+        return ""
+    found = glob.glob(os.path.join(os.path.dirname(default), "*", os.path.basename(default)))
+    return found[0] if len(found) == 1 else ""
 
 
 class BadAnswer(Exception):
@@ -101,7 +114,9 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
     try:
         _status, raw = exchange(sock, "POST", path, json.dumps(body).encode(), timeout)
     except (OSError, BadAnswer) as exc:
-        raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}") from None
+        hint = "" if os.path.exists(sock) else \
+            " (is the daemon running? for a managed plugin set SECNET_SOCKET to its socket)"
+        raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}{hint}") from None
     try:
         data = json.loads(raw or b"{}")
     except ValueError:
@@ -124,6 +139,21 @@ def resolve_network(ref: str) -> str:
         return found["Id"]
     except Exception:
         return ref
+
+
+def network_names() -> dict:
+    """``{network id: name}`` of every network the engine knows; ``{}`` when the
+    engine does not answer (the CLI then shows ids, as the daemon knows no names)."""
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    try:
+        if host.startswith("unix://"):
+            found = _engine_get(host[len("unix://"):], "/networks")
+        else:
+            import docker
+            found = docker.APIClient(base_url=host, timeout=5).networks()
+        return {n["Id"]: n["Name"] for n in found}
+    except Exception:
+        return {}
 
 
 def _engine_get(sock: str, path: str) -> dict:

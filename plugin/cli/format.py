@@ -30,7 +30,7 @@ def _stamp(t: float) -> str:
 
 
 def log_line(entry: dict, with_network: bool = False) -> str:
-    net = f"{entry.get('network', '')[:12]}  " if with_network else ""
+    net = f"{entry.get('network_name') or entry.get('network', '')[:12]}  " if with_network else ""
     mark = "  audit (passed; enforce mode would drop it)" if entry.get("audit") else ""
     return (f"{_stamp(entry['time'])}  {net}{_end(entry['src'])} -> {_end(entry['dst'])}"
             f"  {_what(entry)}  {entry.get('why') or entry.get('reason')}{mark}")
@@ -109,7 +109,7 @@ def _cell_text(c) -> str:
 def print_verify(data: dict) -> None:
     cells = data["cells"]
     mode = f" ({data['mode']} mode)" if data.get("mode", "enforce") != "enforce" else ""
-    print(f"verify network {data['network'][:12]}{mode}: {len(data['segments'])} segment(s), "
+    print(f"verify network {data.get('name') or data['network'][:12]}{mode}: {len(data['segments'])} segment(s), "
           f"{data['probes']} probe(s) in {data['seconds']:.1f} s, {data['mismatches']} mismatch(es)")
     if cells:
         _print_matrix(data)

@@ -14,7 +14,7 @@ import sys
 import time
 
 from plugin.cli import format as fmt
-from plugin.cli.client import CliError, DaemonUnreachable, call, resolve_network
+from plugin.cli.client import CliError, DaemonUnreachable, call, network_names, resolve_network
 
 
 # --- output -----------------------------------------------------------------
@@ -25,7 +25,7 @@ def _print_status(data: dict) -> None:
     if data.get("engine"):
         print(fmt.engine_line(data["engine"]))
     for n in data["networks"]:
-        print(f"  {n['id'][:12]}  bridge {n['bridge']:<15}  {n.get('backend', 'nftables')}"
+        print(f"  {_name_and_id(n)}  bridge {n['bridge']:<15}  {n.get('backend', 'nftables')}"
               f"  mode {n.get('mode', 'enforce')}  endpoints {n['endpoints']}"
               f"  pending {n['pending']}  quarantined {n['quarantined']}  rules {n['rules']}")
     if data.get("dns"):
@@ -35,8 +35,12 @@ def _print_status(data: dict) -> None:
               f"{d['bound_total']} in all)")
 
 
+def _name_and_id(net: dict) -> str:
+    return f"{net['name']}  {net['id'][:12]}" if net.get("name") else net["id"][:12]
+
+
 def _print_show(data: dict) -> None:
-    print(f"network {data['id'][:12]} (bridge {data['bridge']}, backend {data.get('backend', 'nftables')},"
+    print(f"network {data.get('name') or data['id'][:12]} (bridge {data['bridge']}, backend {data.get('backend', 'nftables')},"
           f" mode {data.get('mode', 'enforce')})")
     if data.get("mode") == "audit":
         print("  audit mode: policy drops nothing; `secnet log` shows what enforce mode would drop")
@@ -68,12 +72,26 @@ def _print_show(data: dict) -> None:
 
 # --- commands ---------------------------------------------------------------
 
+def _named(data: dict, key: str = "id") -> dict:
+    """``data`` with the network's name (``name``) as the engine has it: the daemon knows
+    networks by id only (Docker does not tell a driver their names)."""
+    name = network_names().get(data.get(key, ""))
+    if name:
+        data["name"] = name
+    return data
+
+
 def cmd_status(args) -> dict:
-    return call("/secnet/status", {})
+    data = call("/secnet/status", {})
+    names = network_names() if data.get("networks") else {}
+    for net in data.get("networks", []):
+        if names.get(net["id"]):
+            net["name"] = names[net["id"]]
+    return data
 
 
 def cmd_show(args) -> dict:
-    return call("/secnet/show", {"network": resolve_network(args.network)})
+    return _named(call("/secnet/show", {"network": resolve_network(args.network)}))
 
 
 def cmd_policy(args) -> dict:
@@ -111,7 +129,7 @@ def cmd_log(args):
     body = {"network": resolve_network(args.network)} if args.network else {}
     data = call("/secnet/log", body)
     if not args.follow:
-        return data
+        return _log_names(args, data)
     _emit_log(args, data)
     cursor = data["cursor"]
     try:
@@ -127,7 +145,22 @@ def cmd_log(args):
         return None
 
 
+def _log_names(args, data: dict) -> dict:
+    """``data`` whose entries carry ``network_name`` when the log spans every network
+    (the names are read again when an entry names a network not seen yet)."""
+    if args.network:
+        return data
+    names = getattr(args, "names", None)
+    if names is None or any(e.get("network") not in names for e in data["entries"]):
+        names = args.names = network_names()
+    for entry in data["entries"]:
+        if names.get(entry.get("network")):
+            entry["network_name"] = names[entry["network"]]
+    return data
+
+
 def _emit_log(args, data: dict) -> None:
+    _log_names(args, data)
     for entry in data["entries"]:
         print(json.dumps(entry, sort_keys=True) if args.json else fmt.log_line(entry, not args.network))
     sys.stdout.flush()
@@ -139,7 +172,8 @@ def cmd_explain(args) -> dict:
 
 
 def cmd_verify(args) -> dict:
-    return call("/secnet/verify", {"network": resolve_network(args.network)}, timeout=300)
+    return _named(call("/secnet/verify", {"network": resolve_network(args.network)}, timeout=300),
+                  "network")
 
 
 def cmd_metrics(args) -> dict:
@@ -258,7 +292,11 @@ def main(argv=None) -> int:
         sys.stdout.flush()
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 1 if args.command == "verify" and not data["ok"] else 0
+    if args.command == "verify" and not data["ok"]:
+        print(f"secnet: verify: {data['mismatches']} mismatch(es) between expected and observed",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
