@@ -259,8 +259,8 @@ def _scale(r) -> list:
     if mx:
         out += [f"With {mx['rules']:,} rules in place and {mx['endpoints']:,} endpoints, five more joins "
                 f"(then leaves): into an existing segment {mmm(get(mx, 'existing_segment', 'join_ms'))} ms "
-                f"(leave {mmm(get(mx, 'existing_segment', 'leave_ms'))} ms); into a new segment, which "
-                f"rebuilds the network's tables, {mmm(get(mx, 'new_segment', 'join_ms'))} ms.", ""]
+                f"(leave {mmm(get(mx, 'existing_segment', 'leave_ms'))} ms); into a new segment (a new "
+                f"identity and its policy-map entries, as element deltas), {mmm(get(mx, 'new_segment', 'join_ms'))} ms.", ""]
     if sc.get("leaves"):
         lv = sc["leaves"]
         out += [f"Leave + DeleteEndpoint of all {lv['count']:,}: {mmm(lv['total_ms'])} ms each.", ""]
