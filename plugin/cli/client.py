@@ -129,14 +129,8 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
 def resolve_network(ref: str) -> str:
     """Network name or id → id, through the engine when it answers (else ``ref`` as given:
     the daemon takes ids and id prefixes)."""
-    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
-        if host.startswith("unix://"):   # the usual case: one request, no docker SDK to import
-            found = _engine_get(host[len("unix://"):], "/networks/" + quote(ref, safe=""))
-        else:
-            import docker  # tcp://, ssh://: the SDK knows how
-            found = docker.APIClient(base_url=host, timeout=5).inspect_network(ref)
-        return found["Id"]
+        return _engine("/networks/" + quote(ref, safe=""), lambda api: api.inspect_network(ref))["Id"]
     except Exception:
         return ref
 
@@ -144,16 +138,20 @@ def resolve_network(ref: str) -> str:
 def network_names() -> dict:
     """``{network id: name}`` of every network the engine knows; ``{}`` when the
     engine does not answer (the CLI then shows ids, as the daemon knows no names)."""
-    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
     try:
-        if host.startswith("unix://"):
-            found = _engine_get(host[len("unix://"):], "/networks")
-        else:
-            import docker
-            found = docker.APIClient(base_url=host, timeout=5).networks()
-        return {n["Id"]: n["Name"] for n in found}
+        return {n["Id"]: n["Name"] for n in _engine("/networks", lambda api: api.networks())}
     except Exception:
         return {}
+
+
+def _engine(path: str, sdk_call):
+    """The engine's answer to GET ``path``: on a unix socket (the usual case) one request,
+    no docker SDK to import; else (tcp://, ssh://) ``sdk_call(docker.APIClient)``."""
+    host = os.environ.get("DOCKER_HOST") or DEFAULT_DOCKER_HOST
+    if host.startswith("unix://"):
+        return _engine_get(host[len("unix://"):], path)
+    import docker
+    return sdk_call(docker.APIClient(base_url=host, timeout=5))
 
 
 def _engine_get(sock: str, path: str) -> dict:
