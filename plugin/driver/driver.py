@@ -46,6 +46,12 @@ class Driver:
         self.resolver = resolver or NullResolver()
         self.ports = Reservations()
         self.lock = lock or threading.RLock()
+        # Ids of the networks whose CreateNetwork this process received. The engine
+        # records a network only after the driver's CreateNetwork answered, so the
+        # label watcher's catch-up, which removes networks the engine does not list
+        # (deleted while the daemon was down), must never judge these: one being
+        # created is not listed yet. A network created here is deleted here too.
+        self.created_since_start: set = set()
 
     # --- discovery -------------------------------------------------------
     @staticmethod
@@ -79,6 +85,7 @@ class Driver:
                              ipv4=v4, ipv6=v6, internal=req.internal)
 
     def create_network(self, req: CreateNetworkRequest) -> dict:
+        self.created_since_start.add(req.network_id)
         rec = self._new_network_record(req)
         refusal = getattr(self.firewall, "refusal", lambda: None)()  # detected in the background
         if refusal:
@@ -164,6 +171,7 @@ class Driver:
                 self.links.remove_link(ep.veth_host, owner=ep.id)
             self._unrealize_network(rec)
             self.state.delete_network(rec.id)
+            self.created_since_start.discard(rec.id)
         log.info("network %s deleted", rec.id[:12])
         return {}
 

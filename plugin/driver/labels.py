@@ -257,16 +257,25 @@ class LabelResolver:
         return True
 
     def drop_gone_networks(self, client) -> int:
-        """Remove networks the engine no longer has (deleted while we were down)."""
+        """Remove networks the engine no longer has (deleted while we were down).
+
+        Only networks this process did not create are judged: Docker stores a network
+        after the driver's CreateNetwork answered, so one created a moment ago is not
+        listed yet (its removal here failed ``make demo`` right after a daemon start).
+        Returns how many were removed."""
         from plugin.driver.protocol import NetworkRequest
+        candidates = [net for net in self.driver.state.networks()
+                      if net.id not in self.driver.created_since_start]
+        if not candidates:
+            return 0
         try:
             known = {n["Id"] for n in client.networks()}
         except Exception as exc:  # the engine is away or odd: keep everything
             log.info("cannot list the engine's networks: %s", exc)
             return 0
         removed = 0
-        for net in self.driver.state.networks():
-            if net.id not in known:
+        for net in candidates:
+            if net.id not in known and net.id not in self.driver.created_since_start:
                 log.warning("network %s is gone from the engine: removing it", net.id[:12])
                 self.driver.delete_network(NetworkRequest(network_id=net.id))
                 removed += 1

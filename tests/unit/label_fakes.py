@@ -26,8 +26,9 @@ def endpoint(eid=EID, **kw):
 class FakeClient:
     """What LabelResolver uses of docker.APIClient, answering from dicts."""
 
-    def __init__(self, containers=(), members=None, events=None, fail=None):
+    def __init__(self, containers=(), members=None, events=None, fail=None, networks=(NID,)):
         self.rows = list(containers)           # /containers/json rows
+        self.network_ids = list(networks)      # /networks: the engine's networks
         self.members = members or {}           # /networks/{id} "Containers"
         self.events_script = events or []      # one item per events() call: list or exception
         self.fail = fail                       # exception raised by every call
@@ -48,7 +49,7 @@ class FakeClient:
 
     def networks(self):
         self._call("networks", None)
-        return [{"Id": NID}]
+        return [{"Id": nid} for nid in self.network_ids]
 
     def containers(self, all=False, filters=None):
         self._call("containers", filters)
@@ -124,6 +125,8 @@ class FakeDriver:
         self.applied = []
         self.renamed = []
         self.deleted = []
+        self.deleted_networks = []
+        self.created_since_start = set()
         self.applied_event = threading.Event()
 
     def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):
@@ -136,6 +139,10 @@ class FakeDriver:
     def delete_endpoint(self, req):
         self.deleted.append(req.endpoint_id)
         self.state.eps.pop(req.endpoint_id, None)
+
+    def delete_network(self, req):
+        self.deleted_networks.append(req.network_id)
+        self.state.net = None
 
     def rename_containers(self, names):
         self.renamed.append(dict(names))

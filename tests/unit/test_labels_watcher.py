@@ -286,3 +286,23 @@ def test_an_endpoint_resolved_after_the_containers_were_listed_is_not_judged_by_
     driver.state.eps[EID] = endpoint(segment="web", container="web-1", container_id=CID)  # joined since
     assert res.drop_gone_endpoints(client, {}, known=set()) == 0
     assert res.drop_gone_endpoints(client, {}, known={EID}) == 1
+
+
+def test_catch_up_removes_a_network_the_engine_deleted_while_the_daemon_was_down():
+    driver = FakeDriver(network())            # restored from state, not created by this process
+    res = resolver(FakeClient(networks=()))
+    res.driver = driver
+    assert res.drop_gone_networks(FakeClient(networks=[NID])) == 0    # still listed: kept
+    assert res.drop_gone_networks(FakeClient(networks=())) == 1
+    assert driver.deleted_networks == [NID]
+
+
+def test_catch_up_keeps_a_network_being_created_that_the_engine_does_not_list_yet():
+    # Docker stores a network only after CreateNetwork answered: a catch-up that lists
+    # the engine's networks meanwhile must not remove it (make demo right after start).
+    driver = FakeDriver(network())
+    driver.created_since_start.add(NID)
+    res = resolver(FakeClient(networks=()))
+    res.driver = driver
+    assert res.drop_gone_networks(FakeClient(networks=())) == 0
+    assert driver.deleted_networks == [] and driver.state.networks()
