@@ -1,48 +1,8 @@
-"""Text output of the CLI's visibility commands (log, explain, verify, metrics), and
-``--json``'s text (:func:`json_text`)."""
+"""Text output of the CLI's visibility commands: log, explain, verify, metrics."""
 from __future__ import annotations
 
-import json
 import sys
 import time
-from json.encoder import encode_basestring_ascii as _quoted   # json's own (in C when built)
-
-
-def json_text(data) -> str:
-    """``json.dumps(data, indent=2, sort_keys=True)``: the same text, made faster.
-
-    json's indenting encoder is pure Python (its C encoder only writes one line): ~8 ms
-    for the 10,000 rule texts of ``secnet --json policy NET add RULE``. Here dicts with
-    text keys and lists are laid out as json lays them out, a list of strings with one
-    join of json's quoting (C), ~1 ms; anything else (numbers, empty containers, other
-    keys) is json.dumps' own text of it, its lines indented to their depth."""
-    out: list = []
-    _json_value(data, "\n", out)
-    return "".join(out)
-
-
-def _json_value(value, newline: str, out: list) -> None:
-    """Append ``value``'s indented JSON to ``out``; ``newline``: a line break and the
-    indent of ``value``'s depth."""
-    inner = newline + "  "
-    if type(value) is str:
-        out.append(_quoted(value))
-    elif type(value) is dict and value and all(type(k) is str for k in value):
-        out.append("{")
-        for n, key in enumerate(sorted(value)):
-            out.append(("," if n else "") + inner + _quoted(key) + ": ")
-            _json_value(value[key], inner, out)
-        out.append(newline + "}")
-    elif type(value) is list and value and all(type(v) is str for v in value):
-        out.append("[" + inner + ("," + inner).join(map(_quoted, value)) + newline + "]")
-    elif type(value) is list and value:
-        out.append("[")
-        for n, item in enumerate(value):
-            out.append(("," if n else "") + inner)
-            _json_value(item, inner, out)
-        out.append(newline + "]")
-    else:   # JSON has no raw line break inside a value: each one is json's indent
-        out.append(json.dumps(value, indent=2, sort_keys=True).replace("\n", newline))
 
 
 def _end(end: dict) -> str:

@@ -284,7 +284,7 @@ def main(argv=None) -> int:
         if data is None:  # printed as it came (log --follow)
             pass
         elif as_json:
-            print(fmt.json_text(data["samples"] if args.command == "metrics" else data))
+            print(json.dumps(data["samples"] if args.command == "metrics" else data, indent=2, sort_keys=True))
         elif args.command == "log":
             fmt.print_log(data, with_network=not args.network)
         else:
