@@ -24,8 +24,10 @@ import tempfile
 import time
 from contextlib import ExitStack, contextmanager
 
+from plugin.cli.client import exchange
+
 from . import cliedit
-from .common import REPO
+from .common import CLK_TCK, REPO
 from .scale import ONE_RULE
 
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
@@ -64,7 +66,7 @@ def _round(trees: list, order: list) -> dict:
     """{tree index: {command: (wall, cpu)}} of one round, trees in ``order``."""
     out = {}
     for i in order:
-        script, sock, net = trees[i]
+        script, sock, net, _pids = trees[i]
         times = {}
         for name, args in COMMANDS.items():
             wall, cpu, code = _run(script, [a.format(net=net) for a in args], sock)
@@ -75,27 +77,88 @@ def _round(trees: list, order: list) -> dict:
     return out
 
 
-def _summary(rounds: list) -> dict:
+def _summary(rounds: list, commands) -> dict:
     med = statistics.median
     out = {"rounds": len(rounds)}
     for k, what in enumerate(("wall", "cpu")):
         for tree, label in ((0, "old"), (1, "new")):
-            out[f"{label}_{what}_ms"] = {c: round(med(r[tree][c][k] for r in rounds), 2) for c in COMMANDS}
+            out[f"{label}_{what}_ms"] = {c: round(med(r[tree][c][k] for r in rounds), 2) for c in commands}
             out[f"{label}_{what}_per_status"] = {
-                c: round(med(r[tree][c][k] / r[tree]["status"][k] for r in rounds), 3) for c in COMMANDS if c != "status"}
-        out[f"new_per_old_{what}"] = {c: round(med(r[1][c][k] / r[0][c][k] for r in rounds), 3) for c in COMMANDS}
+                c: round(med(r[tree][c][k] / r[tree]["status"][k] for r in rounds), 3) for c in commands if c != "status"}
+        out[f"new_per_old_{what}"] = {c: round(med(r[1][c][k] / r[0][c][k] for r in rounds), 3) for c in commands}
     return out
 
 
-def run(old: str, rounds: int, rules: int, endpoints: int, flow: bool) -> dict:
+def _daemon_pids(sock: str) -> list:
+    """The stand-in daemon's processes serving ``sock`` (gunicorn master and worker:
+    those whose command line runs bench.cliserve on it)."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"bench.cliserve" in args and sock.encode() in args:
+            pids.append(pid)
+    return pids
+
+
+def _cpu(pids: list) -> float:
+    """CPU ms (user + system, all threads) so far of ``pids``."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        total += int(fields[11]) + int(fields[12])
+    return total * 1000 / CLK_TCK
+
+
+def _answers(trees: list, order: list, block: int) -> dict:
+    """{tree index: {kind: (wall ms, daemon CPU ms) per request}}: on each tree's socket,
+    from this process, ``block`` status requests, then ``block`` one-rule adds of
+    different rules, then their removes (no rule list back, as the CLI asks)."""
+    out = {}
+    for i in order:
+        _script, sock, net, pids = trees[i]
+        rules = [f"s1->s2:tcp/{7 + n}" for n in range(block)]
+        out[i] = {}
+        for kind, path, bodies in (
+                ("status", "/secnet/status", [{}] * block),
+                ("add", "/secnet/policy", [{"network": net, "action": "add", "rules": [r], "list": False}
+                                           for r in rules]),
+                ("remove", "/secnet/policy", [{"network": net, "action": "remove", "rules": [r], "list": False}
+                                              for r in rules])):
+            cpu, walls = _cpu(pids), []
+            for body in bodies:
+                t0 = time.perf_counter()
+                _ok(exchange(sock, "POST", path, json.dumps(body).encode()))
+                walls.append((time.perf_counter() - t0) * 1000)
+            out[i][kind] = (statistics.median(walls), (_cpu(pids) - cpu) / block)
+    return out
+
+
+def _ok(answer: tuple) -> None:
+    status, body = answer
+    if status != 200 or b'"Err"' in body[:200]:
+        raise RuntimeError(f"the stand-in daemon answered {status}: {body[:200]!r}")
+
+
+def run(old: str, rounds: int, rules: int, endpoints: int, flow: bool, block: int = 0) -> dict:
+    """The CLI's A/B (``rounds`` rounds); with ``block``, the daemons' answers too
+    (``rounds`` rounds of ``block`` requests of each kind per tree)."""
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="snbench-ab-") as tmp:
         trees = []
         for tree in (os.path.abspath(old), REPO):
             sock, net = stack.enter_context(_daemon(tree, rules, endpoints, flow))
-            trees.append((_launcher(tmp, tree), sock, net))
+            trees.append((_launcher(tmp, tree), sock, net, _daemon_pids(sock)))
         _round(trees, [0, 1])   # warm: page cache, the daemons' first requests
         found = [_round(trees, [0, 1] if n % 2 == 0 else [1, 0]) for n in range(rounds)]
-    return {"rules": rules, "endpoints": endpoints, "flow": flow, **_summary(found)}
+        answers = [_answers(trees, [0, 1] if n % 2 == 0 else [1, 0], block) for n in range(rounds)] if block else []
+    out = {"rules": rules, "endpoints": endpoints, "flow": flow, **_summary(found, COMMANDS)}
+    if answers:
+        out["daemon"] = dict(_summary(answers, ("status", "add", "remove")), block=block)
+    return out
 
 
 def main() -> None:
@@ -105,8 +168,10 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--flow", action="store_true", help="one established flow between two members")
+    parser.add_argument("--block", type=int, default=0,
+                        help="also the daemons' answers: this many requests of each kind per tree and round")
     args = parser.parse_args()
-    json.dump(run(args.old, args.rounds, args.rules, args.endpoints, args.flow), sys.stdout, indent=1)
+    json.dump(run(args.old, args.rounds, args.rules, args.endpoints, args.flow, args.block), sys.stdout, indent=1)
     print()
 
 
