@@ -9,9 +9,12 @@ and N rules, a throwaway namespace, its own socket) and its CLI is run from its 
 by this venv's Python. Each round runs, for both trees in turn (which goes first
 alternates), ``secnet status``, ``policy NET add RULE``, ``policy NET remove RULE`` and
 the two with ``--json``, each a new process: wall time, and the CPU time of the process
-(user + system, ``os.wait4``). Prints JSON: per tree and command the medians, per
-command the median of the rounds' new/old ratios, per tree the median of the rounds'
-edit/status ratios (wall and CPU).
+(user + system, ``os.wait4``). ``--block B``: then, per round and tree, B status
+requests, B one-rule adds and their B removes sent from this process (the daemons'
+answers: wall per request, and the daemon's CPU over each block from /proc, per request).
+Prints JSON: per tree and command the medians, per command the median of the rounds'
+new/old ratios, per tree the median of the rounds' edit/status ratios (wall and CPU);
+the daemons' under ``daemon``.
 """
 from __future__ import annotations
 
