@@ -32,6 +32,7 @@ members, as the scale section's network holds its iperf flow (a rule removal jud
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -49,6 +50,7 @@ from .stages import summary
 NET = f"{PREFIX}-cliedit"
 SUBNET = "10.216.16.0/24"
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
+_SERIAL = itertools.count()   # stand-in daemons of this process (namespace names)
 
 
 def _process(args: list) -> float:
@@ -148,18 +150,19 @@ def _scale(rules: int, endpoints: int):
 
 
 @contextmanager
-def _private(rules: int, endpoints: int, flow: bool = False, stamps: str = None):
+def _private(rules: int, endpoints: int, flow: bool = False, stamps: str = None, tree: str = REPO):
     """A stand-in daemon (bench.cliserve) in a throwaway namespace: (network id, id).
-    ``stamps``: a file for its requests' stages (``bench.stages``)."""
+    ``stamps``: a file for its requests' stages (``bench.stages``); ``tree``: the
+    checkout whose daemon it runs (bench.cliab: a base tree's), with this venv's Python."""
     from .handler import NET_ID
-    ns = f"{PREFIX}-cli{os.getpid()}"
+    ns = f"{PREFIX}-cli{os.getpid()}-{next(_SERIAL)}"
     with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-") as tmp:
         sock = os.path.join(tmp, "secnet.sock")
         sh(["ip", "netns", "add", ns])
         proc = subprocess.Popen(["ip", "netns", "exec", ns, PYTHON, "-m", "bench.cliserve", sock,
                                  os.path.join(tmp, "state"), "--rules", str(rules), "--endpoints",
                                  str(endpoints)] + (["--flow"] if flow else [])
-                                + (["--stamps", stamps] if stamps else []), cwd=REPO)
+                                + (["--stamps", stamps] if stamps else []), cwd=tree)
         saved = os.environ.get("SECNET_SOCKET")
         os.environ["SECNET_SOCKET"] = sock
         try:

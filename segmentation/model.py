@@ -18,7 +18,7 @@ from typing import Iterable, Optional
 from .errors import PolicyError
 from .names import check_segment_name
 from .options import NetworkOptions
-from .rules import Rule, rule_texts, rules_not_in, segment_mentions, unique_rules
+from .rules import Rule, rule_texts, rules_not_in, rules_without, segment_mentions, unique_rules
 
 
 @dataclass(frozen=True)
@@ -84,10 +84,9 @@ class Policy:
             if rule.text() not in present:
                 raise PolicyError(f"rule '{rule.text()}' is not in the policy")
         texts = frozenset(rule_texts(doomed))
-        kept = tuple(rules_not_in(self.rules, texts))
-        if len(present) != len(self.rules):
-            return self.with_rules(kept), None
-        options = replace(self.options, rules=kept).with_rule_text_set(present - texts)
+        if len(present) != len(self.rules):   # a rule there twice: no plain edit
+            return self.with_rules(rules_not_in(self.rules, texts)), None
+        options = replace(self.options, rules=rules_without(self.rules, texts)).with_rule_text_set(present - texts)
         return Policy(options), RuleEdit(self.rules, removed=doomed)
 
 

@@ -253,8 +253,8 @@ class FlowIndex:
                     self._remove(key)
 
     def entries(self, addresses: Optional[Iterable[str]] = None) -> Optional[list]:
-        """The entries naming one of ``addresses`` in either tuple (every entry when
-        None), as of this call; None when the index is not known complete, or does
+        """The entries naming one of ``addresses`` (a collection) in either tuple (every
+        entry when None), as of this call; None when the index is not known complete, or does
         not keep entries for all of those addresses (a watched subnet holds each)."""
         with self._lock:
             if not self._complete:
@@ -270,7 +270,9 @@ class FlowIndex:
             if addresses is None:
                 return list(self._by_key.values())
             keys = set()
-            for addr in addresses:
+            # few flows and many members (a policy edit): the flows' addresses asked, not each member's
+            found = self._by_addr.keys() & addresses if len(self._by_addr) < len(addresses) else addresses
+            for addr in found:
                 keys.update(self._by_addr.get(addr, ()))
             return [self._by_key[k] for k in keys]
 

@@ -6,7 +6,8 @@ from hypothesis import given, strategies as st
 from segmentation.errors import OptionError, PolicyError, RuleError, shown
 from segmentation.names import check_segment_name, is_segment_name
 from segmentation.rules import (
-    Endpoint, Rule, Service, format_rules, parse_rule, parse_rules, split_rules,
+    _FEW, Endpoint, Rule, Service, format_rules, parse_rule, parse_rules, rules_not_in, rules_without,
+    split_rules,
 )
 
 
@@ -361,3 +362,24 @@ def test_an_arrow_with_whitespace_on_one_side_is_refused(text, named):
 def test_an_arrow_with_whitespace_on_both_sides_is_one_rule():
     assert split_rules("a -> b c->d") == ["a->b", "c->d"]
     assert format_rules(parse_rules("web\t->\napi:tcp/80")) == "web->api:tcp/80"
+
+
+# --- rule-set arithmetic ----------------------------------------------------
+
+POOL = tuple(parse_rule(f"s{i % 7}->s{i % 5}:tcp/{i + 1}") for i in range(3 * _FEW))
+
+
+@given(st.permutations(POOL), st.data())
+def test_rules_without_is_rules_not_in_for_rules_there_once(rules, data):
+    """Both ways (by position for a few texts, by filter for more): the rules not named, in order."""
+    rules = tuple(rules)
+    doomed = data.draw(st.sets(st.sampled_from(rules), max_size=2 * _FEW))
+    texts = {r.text() for r in doomed}
+    kept = rules_without(rules, texts)
+    assert type(kept) is tuple and kept == tuple(rules_not_in(rules, texts))
+    assert len(kept) == len(rules) - len(texts)
+
+
+def test_rules_without_refuses_a_rule_not_there():
+    with pytest.raises(ValueError):
+        rules_without(POOL[:3], {POOL[4].text()})
