@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from segmentation.compiler import segments_of
-from segmentation.identities import PENDING, QUARANTINED
+from segmentation.identities import PENDING, QUARANTINED, takeover
 from segmentation.policymap import PolicyMap, compile_policy_map, recompile_policy_map
 from segmentation.rules import segment_mentions
 
@@ -108,6 +108,15 @@ class Realized:
         return live
 
 
+def _idle_kept(real: Realized, live: set, default: str) -> Optional[set]:
+    """The idle segments (no member in ``live``, no rule naming them, not ``default``) to
+    keep when a new segment joins ``real``: all but the one whose identity it takes over
+    (:func:`segmentation.identities.takeover`); None when it takes over none."""
+    idle = {s for s in real.policy.identities if s not in live and s != default and not real.named.get(s)}
+    taken = takeover(real.policy.identities, idle)
+    return None if taken is None else idle - {taken}
+
+
 def _named_after(real: Realized, options, edit) -> collections.Counter:
     """segment -> how many times ``options``' rules name it: the realized count, or
     that after ``edit`` when it was made from the realized rules, or counted afresh."""
@@ -155,11 +164,12 @@ class Reconciler:
         return getattr(self.backend(net), "attaches_to_links", False)
 
     def brings_segment(self, net, ep) -> bool:
-        """Would ``ep``'s join bring a segment that ``net`` has no identity for yet (a
-        policy delta)? A hint for ordering work, read without the lock."""
+        """Would ``ep``'s join bring a segment with new entries (no identity yet, no idle
+        one to take over)? A hint for ordering work, read without the lock."""
         real = self._realized.get(net.id)
         return (real is not None and ep.segment is not None and ep.quarantine is None
-                and ep.segment not in real.policy.identities)
+                and ep.segment not in real.policy.identities
+                and _idle_kept(real, real.live_segments(but=ep.id), net.options.default_segment) is None)
 
     def check_backend(self, name: str) -> None:
         """Raise BackendUnavailable (one line naming ``secnet.backend``) unless backend
@@ -189,7 +199,8 @@ class Reconciler:
             real = self._real(net)
             old = real.ports.get(ep.id)
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
-                live = real.live_segments(but=ep.id) | {ep.segment}
+                live = real.live_segments(but=ep.id)
+                live |= {ep.segment} | (_idle_kept(real, live, net.options.default_segment) or set())
                 self._policy_delta(net, real, live, joining=ep)  # its entries and its port: one step
             new = port_of(ep, real.policy.identities)
             now = real.ports.get(ep.id)
@@ -332,12 +343,13 @@ class Reconciler:
                 changes.append((real.ports.get(joining.id), port))
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
+        renamed = new.identities is not real.policy.identities   # (an idle identity taken over)
         real.policy, real.options, real.named = new, net.options, named
         for _old, port in changes:
             real.put_port(port)
         if delta.fqdns_added or delta.fqdns_removed:   # the DNS rules changed: the service looks again
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
-        elif not delta.empty:                          # no port but ``joining``'s changed identity
+        elif not delta.empty or renamed:               # no port but ``joining``'s changed identity
             self._tell_dns("policy", net.id, new)
             if changes:
                 self._tell_dns("ports", net.id, changes)
