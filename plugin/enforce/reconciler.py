@@ -8,11 +8,12 @@ the *difference* to the network's backend (``secnet.backend``): a join is a
 port delta, a policy edit or a new segment is a policy-map delta. Only a
 create, a restore, or a repair of drift writes a whole network.
 
-A join that brings a new segment is the policy delta (entries of an
-identity that no address has yet) and the port (its address gets the
-identity) in one step of the backend. Order of a policy edit: the delta, then
-:mod:`plugin.kernel.conntrack`-style pruning of flows the new map denies.
-So no moment has more allowed than either the old or the new state.
+A join that brings a new segment is the policy delta (entries of an identity
+that no address has yet) and the port in one step of the backend; it takes over
+the identity of an idle segment (members gone, no rule naming it) when it can,
+whose entries are then in force already (:func:`_idle_kept`). Order of a policy
+edit: the delta, then :mod:`plugin.kernel.conntrack`-style pruning of flows the new
+map denies. So no moment has more allowed than either the old or the new state.
 
 A periodic pass (and the one at start) asks each backend for drift, element
 by element and rule by rule, and rewrites what drifted, logging it. Nothing
@@ -109,9 +110,8 @@ class Realized:
 
 
 def _idle_kept(real: Realized, live: set, default: str) -> Optional[set]:
-    """The idle segments (no member in ``live``, no rule naming them, not ``default``) to
-    keep when a new segment joins ``real``: all but the one whose identity it takes over
-    (:func:`segmentation.identities.takeover`); None when it takes over none."""
+    """Idle segments (no member in ``live``, no rule naming them, not ``default``) kept when a new
+    one joins: all but the one it takes over (:func:`~segmentation.identities.takeover`), or None."""
     idle = {s for s in real.policy.identities if s not in live and s != default and not real.named.get(s)}
     taken = takeover(real.policy.identities, idle)
     return None if taken is None else idle - {taken}
@@ -159,8 +159,7 @@ class Reconciler:
         return self.backends[net.options.backend]
 
     def link_first(self, net) -> bool:
-        """Must an endpoint's link exist before the backend is told of it? (eBPF attaches
-        programs to it; nftables only needs its name.)"""
+        """Must an endpoint's link exist before the backend is told of it? (eBPF: yes.)"""
         return getattr(self.backend(net), "attaches_to_links", False)
 
     def brings_segment(self, net, ep) -> bool:
