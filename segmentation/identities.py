@@ -88,8 +88,8 @@ def takeover(existing: Mapping[str, int], idle: Iterable[str]) -> Optional[str]:
     found = min((existing[seg], seg) for seg in idle) if idle else None
     if found is None:
         return None
-    used = set(existing.values())
-    return None if any(i not in used for i in range(FIRST_SEGMENT, found[0])) else found[1]
+    below = range(FIRST_SEGMENT, found[0])
+    return found[1] if len(below) == len(set(below).intersection(existing.values())) else None
 
 
 class MemoryAllocator:
