@@ -8,12 +8,11 @@ the *difference* to the network's backend (``secnet.backend``): a join is a
 port delta, a policy edit or a new segment is a policy-map delta. Only a
 create, a restore, or a repair of drift writes a whole network.
 
-A join that brings a new segment is the policy delta (entries of an identity
-that no address has yet) and the port in one step of the backend; it takes over
-the identity of an idle segment (members gone, no rule naming it) when it can,
-whose entries are then in force already (:func:`_idle_kept`). Order of a policy
-edit: the delta, then :mod:`plugin.kernel.conntrack`-style pruning of flows the new
-map denies. So no moment has more allowed than either the old or the new state.
+A join that brings a new segment is the policy delta (entries of an identity that no
+address has yet) and the port in one step of the backend; it takes over an idle segment's
+identity (members gone, no rule naming it) when it can: its entries are in force already
+(:func:`_idle_kept`). Order of a policy edit: the delta, then :mod:`plugin.kernel.conntrack`-style
+pruning of flows the new map denies. So no moment has more allowed than the old or the new state.
 
 A periodic pass (and the one at start) asks each backend for drift, element
 by element and rule by rule, and rewrites what drifted, logging it. Nothing
@@ -110,9 +109,11 @@ class Realized:
 
 
 def _idle_kept(real: Realized, live: set, default: str) -> Optional[set]:
-    """Idle segments (no member in ``live``, no rule naming them, not ``default``) kept when a new
-    one joins: all but the one it takes over (:func:`~segmentation.identities.takeover`), or None."""
-    idle = {s for s in real.policy.identities if s not in live and s != default and not real.named.get(s)}
+    """Idle segments (no member in ``live``, no rule naming them, not ``default``) kept as a new one joins:
+    all but the one it takes over (:func:`~segmentation.identities.takeover`); None if it takes over none,
+    and with DNS rules (what a segment learned is kept by identity: it must not pass to another)."""
+    idle = () if real.policy.fqdns else {s for s in real.policy.identities
+                                         if s not in live and s != default and not real.named.get(s)}
     taken = takeover(real.policy.identities, idle)
     return None if taken is None else idle - {taken}
 
@@ -342,13 +343,12 @@ class Reconciler:
                 changes.append((real.ports.get(joining.id), port))
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
-        renamed = new.identities is not real.policy.identities   # (an idle identity taken over)
-        real.policy, real.options, real.named = new, net.options, named
+        old_ids, real.policy, real.options, real.named = real.policy.identities, new, net.options, named
         for _old, port in changes:
             real.put_port(port)
         if delta.fqdns_added or delta.fqdns_removed:   # the DNS rules changed: the service looks again
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
-        elif not delta.empty or renamed:               # no port but ``joining``'s changed identity
+        elif not delta.empty or new.identities is not old_ids:   # (or an idle identity taken over)
             self._tell_dns("policy", net.id, new)
             if changes:
                 self._tell_dns("ports", net.id, changes)

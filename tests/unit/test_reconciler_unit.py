@@ -353,3 +353,19 @@ def test_a_new_segment_with_a_lower_free_identity_gets_new_entries(env):
     ident = state.identities(NID)["fresh"]
     assert backend.calls == [("policy", 1, 0, (None, ident))]       # its intra entry and its port
     assert backend.policy == rec.compiled(net)
+
+
+def test_with_dns_rules_a_new_segment_takes_over_no_idle_identity(env):
+    """What a segment learned from DNS answers is kept by identity: a newcomer taking
+    the identity over would inherit it. With DNS rules, idle segments are freed as before."""
+    state, backend, rec, net, _ = env
+    net = net.evolve(options=NetworkOptions(rules=parse_rules("*->dns(api.example.test):tcp/443")))
+    state.put_network(net)
+    rec.policy_changed(net)
+    for n in (1, 2):
+        rec.endpoint_changed(net, endpoint(n, f"old{n}"))
+    for n in (1, 2):
+        rec.endpoint_removed(net, endpoint(n, f"old{n}"))
+    assert rec.brings_segment(net, endpoint(3, "fresh"))
+    rec.endpoint_changed(net, endpoint(3, "fresh"))
+    assert not {"old1", "old2"} & set(state.identities(NID))
