@@ -22,7 +22,7 @@ every allocator follows.
 """
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Protocol
+from typing import Iterable, Mapping, Optional, Protocol
 
 from .errors import PolicyError
 
@@ -70,6 +70,26 @@ def assign(existing: Mapping[str, int], wanted: Iterable[str]) -> dict[str, int]
                 raise PolicyError(f"too many segments: at most {LAST_SEGMENT - FIRST_SEGMENT + 1}"
                                   " per network") from None
     return out
+
+
+def takeover(existing: Mapping[str, int], idle: Iterable[str]) -> Optional[str]:
+    """The segment of ``idle`` (allocated in ``existing``, without members, named by no
+    rule) whose identity a new segment would get from :func:`assign` if that one alone
+    were freed: the lowest idle identity, when no identity below it is free. None when
+    there is no such segment (the new one gets a free identity anyway).
+
+    A segment that no rule names has the ``intra`` entry and the ``*`` rules' entries of
+    its identity: a function of the identity alone. A new segment that takes an idle
+    identity over gets exactly the entries in force for it (the delta cancels: nothing
+    to compute, write or copy), and nothing holds that identity meanwhile, so nothing
+    is allowed that was not. Freeing every idle segment at once would remove their
+    entries only for the next new segments to add them back, each a copy of them all.
+    """
+    found = min((existing[seg], seg) for seg in idle) if idle else None
+    if found is None:
+        return None
+    below = range(FIRST_SEGMENT, found[0])
+    return found[1] if len(below) == len(set(below).intersection(existing.values())) else None
 
 
 class MemoryAllocator:

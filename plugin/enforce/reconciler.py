@@ -8,11 +8,11 @@ the *difference* to the network's backend (``secnet.backend``): a join is a
 port delta, a policy edit or a new segment is a policy-map delta. Only a
 create, a restore, or a repair of drift writes a whole network.
 
-A join that brings a new segment is the policy delta (entries of an
-identity that no address has yet) and the port (its address gets the
-identity) in one step of the backend. Order of a policy edit: the delta, then
-:mod:`plugin.kernel.conntrack`-style pruning of flows the new map denies.
-So no moment has more allowed than either the old or the new state.
+A join that brings a new segment is the policy delta (entries of an identity that no
+address has yet) and the port in one step of the backend; it takes over an idle segment's
+identity (members gone, no rule naming it) when it can: its entries are in force already
+(:func:`_idle_kept`). Order of a policy edit: the delta, then :mod:`plugin.kernel.conntrack`-style
+pruning of flows the new map denies. So no moment has more allowed than the old or the new state.
 
 A periodic pass (and the one at start) asks each backend for drift, element
 by element and rule by rule, and rewrites what drifted, logging it. Nothing
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from segmentation.compiler import segments_of
-from segmentation.identities import PENDING, QUARANTINED
+from segmentation.identities import PENDING, QUARANTINED, takeover
 from segmentation.policymap import PolicyMap, compile_policy_map, recompile_policy_map
 from segmentation.rules import segment_mentions
 
@@ -108,6 +108,16 @@ class Realized:
         return live
 
 
+def _idle_kept(real: Realized, live: set, default: str) -> Optional[set]:
+    """Idle segments (no member in ``live``, no rule naming them, not ``default``) kept as a new one joins:
+    all but the one it takes over (:func:`~segmentation.identities.takeover`); None if it takes over none,
+    and with DNS rules (what a segment learned is kept by identity: it must not pass to another)."""
+    idle = () if real.policy.fqdns else {s for s in real.policy.identities
+                                         if s not in live and s != default and not real.named.get(s)}
+    taken = takeover(real.policy.identities, idle)
+    return None if taken is None else idle - {taken}
+
+
 def _named_after(real: Realized, options, edit) -> collections.Counter:
     """segment -> how many times ``options``' rules name it: the realized count, or
     that after ``edit`` when it was made from the realized rules, or counted afresh."""
@@ -150,16 +160,16 @@ class Reconciler:
         return self.backends[net.options.backend]
 
     def link_first(self, net) -> bool:
-        """Must an endpoint's link exist before the backend is told of it? (eBPF attaches
-        programs to it; nftables only needs its name.)"""
+        """Must an endpoint's link exist before the backend is told of it? (eBPF: yes.)"""
         return getattr(self.backend(net), "attaches_to_links", False)
 
     def brings_segment(self, net, ep) -> bool:
-        """Would ``ep``'s join bring a segment that ``net`` has no identity for yet (a
-        policy delta)? A hint for ordering work, read without the lock."""
+        """Would ``ep``'s join bring a segment with new entries (no identity yet, no idle
+        one to take over)? A hint for ordering work, read without the lock."""
         real = self._realized.get(net.id)
         return (real is not None and ep.segment is not None and ep.quarantine is None
-                and ep.segment not in real.policy.identities)
+                and ep.segment not in real.policy.identities
+                and _idle_kept(real, real.live_segments(but=ep.id), net.options.default_segment) is None)
 
     def check_backend(self, name: str) -> None:
         """Raise BackendUnavailable (one line naming ``secnet.backend``) unless backend
@@ -189,7 +199,8 @@ class Reconciler:
             real = self._real(net)
             old = real.ports.get(ep.id)
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
-                live = real.live_segments(but=ep.id) | {ep.segment}
+                live = real.live_segments(but=ep.id)
+                live |= {ep.segment} | (_idle_kept(real, live, net.options.default_segment) or set())
                 self._policy_delta(net, real, live, joining=ep)  # its entries and its port: one step
             new = port_of(ep, real.policy.identities)
             now = real.ports.get(ep.id)
@@ -332,12 +343,12 @@ class Reconciler:
                 changes.append((real.ports.get(joining.id), port))
         if not delta.empty:
             self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
-        real.policy, real.options, real.named = new, net.options, named
+        old_ids, real.policy, real.options, real.named = real.policy.identities, new, net.options, named
         for _old, port in changes:
             real.put_port(port)
         if delta.fqdns_added or delta.fqdns_removed:   # the DNS rules changed: the service looks again
             self._tell_dns("network", net.id, real.spec.bridge, new, list(real.ports.values()))
-        elif not delta.empty:                          # no port but ``joining``'s changed identity
+        elif not delta.empty or new.identities is not old_ids:   # (or an idle identity taken over)
             self._tell_dns("policy", net.id, new)
             if changes:
                 self._tell_dns("ports", net.id, changes)

@@ -238,3 +238,37 @@ def test_a_policy_change_ends_the_flows_it_denies(world):
             s.close()
     assert [probe_tcp(web, api.ip4, p) for p in (8080, 5432)] == ["timeout", "ok"]
     assert rec.drift(changed) == []
+
+
+def test_a_new_segment_that_takes_over_an_idle_identity_gets_only_what_it_allows(world):
+    """A segment whose last member left stays allocated, its entries in force (here a ``*``
+    rule's), until a new segment takes its identity over: the newcomer is dropped while
+    pending, then gets exactly what its rules allow (the ``*`` rule), no more; no drift."""
+    lab, state, rec, net, web, api = world
+    net = net.evolve(options=dataclasses.replace(net.options, rules=parse_rules(RULES + ", *->api:tcp/8080")))
+    state.put_network(net)
+    rec.policy_changed(net)
+    late = lab.add(1)[0]
+    first = endpoint(late, "old1")
+    state.put_endpoint(first)
+    rec.endpoint_changed(net, first)
+    idle = state.identities(NET_ID)["old1"]
+    assert probe_tcp(late, api.ip4, 8080) == "ok"
+    rec.endpoint_removed(net, first)
+    assert state.identities(NET_ID)["old1"] == idle                   # idle: kept, entries in force
+    pending = endpoint(late, None)
+    state.put_endpoint(pending)
+    rec.endpoint_changed(net, pending)
+    assert probe_tcp(late, api.ip4, 8080) == "timeout"                # pending: dropped
+    fresh = pending.evolve(segment="fresh")
+    state.put_endpoint(fresh)
+    rec.endpoint_changed(net, fresh)
+    assert state.identities(NET_ID)["fresh"] == idle and "old1" not in state.identities(NET_ID)
+    assert rec.drift(net) == []
+    for c in (late, web, api):
+        c.ip_cmd("neigh", "flush", "all")
+    for fam in (4, 6):
+        assert probe_tcp(late, api.ip(fam), 8080) == "ok"              # the * rule
+        assert probe_tcp(late, web.ip(fam), 8080) == "timeout"
+        assert probe_tcp(web, late.ip(fam), 8080) == "timeout"
+        assert probe_tcp(api, late.ip(fam), 8080) == "timeout"

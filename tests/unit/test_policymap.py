@@ -6,7 +6,7 @@ import collections
 from hypothesis import given, settings, strategies as st
 
 from segmentation.compiler import segments_of
-from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign
+from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign, takeover
 from segmentation.model import Policy
 from segmentation.options import NetworkOptions
 from segmentation import policymap
@@ -193,3 +193,12 @@ def test_the_pair_index_keeps_a_lone_entry_itself_and_sorts_several():
     assert carried[256 << 16 | 257].__class__ is PolicyEntry
     assert [e.rule for e in new.between(256, 257)] == ["a->b:tcp/80"]
     assert [e.rule for e in new.between(257, 257)] == ["b->b:tcp/1"]
+
+
+def test_takeover_names_the_idle_segment_whose_identity_the_allocator_hands_out_next():
+    ids = assign({}, ["a", "b", "c", "d"])            # 256..259
+    assert takeover(ids, {"c", "b"}) == "b"            # the lowest idle identity
+    assert assign({s: i for s, i in ids.items() if s != "b"}, ["a", "c", "d", "new"])["new"] == ids["b"]
+    assert takeover(ids, set()) is None
+    holed = {s: i for s, i in ids.items() if s != "a"}  # 256 free: a new segment gets it, not c's
+    assert takeover(holed, {"c"}) is None

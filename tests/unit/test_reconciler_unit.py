@@ -310,3 +310,62 @@ def test_a_policy_edit_asks_a_backend_with_its_own_conntrack_to_end_learned_flow
     assert seen == [expected] and not [c for c in backend.calls if c[0] == "end_learned"]
     rec.network_removed(audit)
     state.close()
+
+
+def test_a_new_segment_takes_over_an_idle_identity_and_its_entries_in_force(env):
+    """Segments whose last member left stay allocated until a new segment takes over the
+    lowest idle identity: its entries are those in force, so the join is its port
+    alone (no entry written), and the other idle segments stay for the next ones."""
+    state, backend, rec, net, _ = env
+    dns = rec.dns = RecordingDns()
+    gone = [endpoint(n, f"old{n}") for n in (1, 2, 3)]
+    for ep in gone:
+        rec.endpoint_changed(net, ep)
+    ids = dict(state.identities(NID))
+    for ep in gone:
+        rec.endpoint_removed(net, ep)
+    assert not rec.brings_segment(net, endpoint(4, "fresh4"))     # no new entries: veth beside the port
+    backend.calls.clear()
+    rec.endpoint_changed(net, endpoint(4, "fresh4"))
+    now = state.identities(NID)
+    assert now["fresh4"] == ids["old1"] and "old1" not in now
+    assert (now["old2"], now["old3"]) == (ids["old2"], ids["old3"])   # kept for the next ones
+    assert backend.calls == [("ports", (None, ids["old1"]))]
+    assert rec.compiled(net) == compile_policy_map(net.options, now)
+    assert backend.policy.entries == rec.compiled(net).entries                # (a backend keys by number)
+    assert ("policy", (NID, rec.compiled(net))) in dns.calls         # the identity's new name
+    rec.endpoint_changed(net, endpoint(5, "fresh5"))
+    assert state.identities(NID)["fresh5"] == ids["old2"] and backend.calls[-1] == ("ports", (None, ids["old2"]))
+    rec.policy_changed(net.evolve(options=NetworkOptions(rules=parse_rules("web->api:tcp/8081"))))
+    assert "old3" not in state.identities(NID)                      # an edit frees every idle one
+
+
+def test_a_new_segment_with_a_lower_free_identity_gets_new_entries(env):
+    state, backend, rec, net, _ = env
+    rec.endpoint_changed(net, endpoint(1, "old1"))
+    rec.endpoint_changed(net, endpoint(2, "old2"))
+    rec.endpoint_removed(net, endpoint(2, "old2"))
+    rec.endpoint_removed(net, endpoint(1, "old1"))
+    rec.policy_changed(net.evolve(options=NetworkOptions(rules=parse_rules("web->api:tcp/8080"))))
+    assert rec.brings_segment(net, endpoint(3, "fresh"))
+    backend.calls.clear()
+    rec.endpoint_changed(net, endpoint(3, "fresh"))
+    ident = state.identities(NID)["fresh"]
+    assert backend.calls == [("policy", 1, 0, (None, ident))]       # its intra entry and its port
+    assert backend.policy == rec.compiled(net)
+
+
+def test_with_dns_rules_a_new_segment_takes_over_no_idle_identity(env):
+    """What a segment learned from DNS answers is kept by identity: a newcomer taking
+    the identity over would inherit it. With DNS rules, idle segments are freed as before."""
+    state, backend, rec, net, _ = env
+    net = net.evolve(options=NetworkOptions(rules=parse_rules("*->dns(api.example.test):tcp/443")))
+    state.put_network(net)
+    rec.policy_changed(net)
+    for n in (1, 2):
+        rec.endpoint_changed(net, endpoint(n, f"old{n}"))
+    for n in (1, 2):
+        rec.endpoint_removed(net, endpoint(n, f"old{n}"))
+    assert rec.brings_segment(net, endpoint(3, "fresh"))
+    rec.endpoint_changed(net, endpoint(3, "fresh"))
+    assert not {"old1", "old2"} & set(state.identities(NID))
