@@ -12,9 +12,13 @@ skip another network's tables must never let through what a table drops:
 * each network keeps its own policy while the other exists (both ways);
 * a pending container of A is still cut off;
 * A's port moved onto B's bridge is still judged by A: its frames are A's
-  to judge wherever the port is (nftables: A's ``veths``; eBPF: the programs
-  sit on the port itself), so a pending port's ARP never reaches B's
-  containers, while a member of B sends the same frame through.
+  to judge wherever the port is (nftables: A's ``veths``, and the port's
+  interface group, which moves with it; eBPF: the programs sit on the port
+  itself), so a pending port's ARP never reaches B's containers, while a
+  member of B sends the same frame through;
+* nftables: a port taken out of its network's interface group (which lets
+  frames of other bridges skip the bridge table on one compare:
+  ``plugin.enforce.nftables.portlinks``) is drift, and the repair puts it back.
 
 Network B: bridge ``snbr1``, 10.234.0.0/24 and fd00:234::/64, two containers.
 """
@@ -24,10 +28,11 @@ import contextlib
 
 import pytest
 
-from nsfixtures import Container, _options
+from nsfixtures import BRIDGE, Container, _options, only
 from nsfixtures import lab  # noqa: F401 (fixture)
 from packets import Sniffer, arp_frame, probe_tcp, send_frame, sh
 from plugin.enforce.backend import NetworkSpec, Port
+from plugin.kernel.links import port_group
 from segmentation.identities import MemoryAllocator
 from segmentation.policymap import compile_policy_map
 
@@ -105,3 +110,22 @@ def test_a_port_moved_to_another_networks_bridge_is_still_judged_by_its_own(lab)
             sniff.close()
         assert bytes.fromhex(y.mac.replace(":", "")) in seen, "the positive control did not arrive"
         assert bytes.fromhex(bad.mac.replace(":", "")) not in seen, "a pending port's frame got out on B"
+
+
+@only("nftables")
+def test_a_port_taken_out_of_its_group_is_drift_and_the_repair_puts_it_back(lab):
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"})
+    group = port_group(BRIDGE)
+    assert _group(lab, api.veth) == group                   # the backend put the lab's ports in
+    assert lab.drift() == []
+    sh("ip", "-n", lab.host, "link", "set", api.veth, "group", "0")
+    assert any(f"port {api.veth}: interface group 0x0" in p for p in lab.drift())
+    lab.repair()
+    assert _group(lab, api.veth) == group and lab.drift() == []
+    assert probe_tcp(api, web.ip4, 8080) == "timeout"         # judged by its network again
+
+
+def _group(lab, name: str) -> int:
+    out = sh("ip", "-n", lab.host, "-d", "link", "show", "dev", name).stdout
+    return int(out.split(" group ", 1)[1].split()[0], 0)
