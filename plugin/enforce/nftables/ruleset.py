@@ -8,7 +8,10 @@ Kernel background. Each secnet network gets two tables named
   (``ports``); a port that is pending (segment unknown) or quarantined
   gets nothing in or out. It drops spoofed frames: the source MAC, IPv4/IPv6
   source address and ARP sender of a port must be the ones the network
-  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``).
+  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``). Its base chains hook
+  every bridge of the host: a frame of a device outside the network's
+  interface group (``meta iifgroup``/``oifgroup``, ``portlinks``) leaves them
+  on one compare, and every port of the network is in that group.
 * ``table inet``: with ``br_netfilter`` bridged IP traffic also passes the
   inet ``forward`` hook, with the bridge as input and output device, and
   conntrack works there: replies to allowed flows pass (``ct state
