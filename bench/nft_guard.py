@@ -18,12 +18,18 @@ one in DIR (e.g. ``git archive`` of the previous commit), names ``NAME@base``.
 Measured in ``--rounds`` interleaved rounds (every other round backwards): iperf3 Gbit/s
 and Gbit per CPU-second of iperf3's client and server (bench.dataplane.iperf_run), and a
 sockperf request/response round trip (hot, 64 bytes, one CPU: per-packet costs show
-there, where a 64 KiB GSO frame hides them). Printed: per pair the medians, and the
-median of the per-round ratios to ``plain`` (to ``plain@base`` for ``NAME@base``).
+there, where a 64 KiB GSO frame hides them). With ``--udp N`` instead: the CPU ns per
+64-byte UDP datagram of N datagrams (bench/udpsend.c, sendmmsg; the sender's CPU time holds
+the softirq work of the whole path: this kernel has no CONFIG_IRQ_TIME_ACCOUNTING), a
+per-packet figure the machine's load moves far less than wall time. ``--kinds`` also takes
+``others-bridge``/``others-inet`` (the other networks' bridge or inet tables only),
+``ports`` (the ports on the bridge only) and ``members``/``rules`` (the ports, or the rules,
+of ``scale`` alone). Printed: per pair the medians, and the median of the per-round ratios
+to ``plain`` (to ``plain@base`` for ``NAME@base``). Results: bench/results/2026-11-30-guard.md.
 Subnets 10.219.0.0/16, only in the bench's own namespaces (deleted at the end).
 
 Run: ``.venv/bin/python -m bench.nft_guard [--others 8] [--endpoints 1000] [--rules 10000]
-[--rounds 10] [--secs 3] [--base DIR] [--json FILE]``.
+[--rounds 10] [--secs 3] [--udp N] [--kinds plain,others,scale] [--base DIR] [--tree DIR] [--json FILE]``.
 """
 from __future__ import annotations
 
