@@ -163,13 +163,15 @@ def measure_udp(pairs: dict, args) -> dict:
     got = {n: {"udp_ns": []} for n in pairs}
     names = list(pairs)
     tmp = tempfile.mkdtemp(prefix="sng-")
-    sender = build_sender(tmp)
-    for i in range(args.rounds):
-        for name in names[::1 if i % 2 == 0 else -1]:
-            got[name]["udp_ns"].append(udp_cost(*pairs[name], args.udp, sender))
-        print(f"round {i + 1}/{args.rounds}: " + ", ".join(
-            f"{n} {v['udp_ns'][-1]:.0f} ns" for n, v in got.items()), flush=True)
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        sender = build_sender(tmp)
+        for i in range(args.rounds):
+            for name in names[::1 if i % 2 == 0 else -1]:
+                got[name]["udp_ns"].append(udp_cost(*pairs[name], args.udp, sender))
+            print(f"round {i + 1}/{args.rounds}: " + ", ".join(
+                f"{n} {v['udp_ns'][-1]:.0f} ns" for n, v in got.items()), flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return got
 
 
