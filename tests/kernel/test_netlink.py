@@ -11,7 +11,7 @@ import pytest
 
 from nsfixtures import InNamespace
 from pyroute2.netlink.exceptions import NetlinkError
-from plugin.kernel.links import ALIAS_PREFIX, BridgeFull, LinkConflict, Netlink, derived_mac
+from plugin.kernel.links import ALIAS_PREFIX, BridgeFull, LinkConflict, Netlink, derived_mac, port_group
 
 GW4, GW6 = "10.220.0.1/24", "fd00:220::1/64"
 MAC = "02:42:0a:dc:00:02"
@@ -133,6 +133,18 @@ def test_ensure_veth_enslaves_with_mtu_and_mac(nl, netns, owner):
     assert host.get("link") == "snp-t" or host.get("link_index") == peer["ifindex"]
     assert host["linkinfo"]["info_slave_data"]["hairpin"] is True
     assert _sysctl(netns, "net/ipv6/conf/snv-t/disable_ipv6") == "1"
+
+
+def test_ensure_veth_puts_the_host_side_in_its_bridges_port_group_and_repairs_it(nl, netns, owner):
+    """The nftables datapath's bridge chains let devices outside the group go on one compare
+    (plugin.enforce.nftables.portlinks): a port must be in it from its first frame."""
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    ep = new_id()
+    nl.ensure_veth("snv-t", "snp-t", "br-t", ep, 1500, MAC)
+    assert str(netns.link("snv-t")["group"]) == str(port_group("br-t"))
+    netns.ip("link", "set", "snv-t", "group", "0")
+    nl.ensure_veth("snv-t", "snp-t", "br-t", ep, 1500, MAC)   # a restart's repair
+    assert str(netns.link("snv-t")["group"]) == str(port_group("br-t"))
 
 
 def _sysctl(netns, path: str) -> str:

@@ -10,6 +10,7 @@ from plugin.enforce.nftables import fqdn, ruleset
 from plugin.enforce.nftables.drops import (AUDITABLE, NFLOG_GROUP, REASONS, deny, log_prefix,
                                            parse_log_prefix)
 from plugin.enforce.nftables.elements import ON, PolicyElements, ports_elements, setting_elements
+from plugin.kernel.links import port_group
 from segmentation.options import parse_network_options
 from segmentation.policymap import compile_policy_map
 
@@ -146,3 +147,23 @@ def test_a_flow_a_learned_address_admitted_counts_for_its_dns_rule_then_passes()
         rules = [r.strip() for r in chain(body, f"fqdn_{kind}").splitlines()[1:]]
         assert rules[-1] == "goto pass" and all(r.endswith("goto pass") for r in rules), rules
     assert "add element inet secnet_0123456789ab fq_port { 0x100 . tcp . 443 }" in text
+
+
+def _chain(body: str, name: str) -> list:
+    text = body.split(f"chain {name} {{", 1)[1].split("}", 1)[0]
+    return [line.strip() for line in text.strip().splitlines() if line.strip()]
+
+
+def test_frames_of_other_bridges_leave_the_bridge_chains_on_the_interface_group_first():
+    group = f"{port_group(NET.bridge):#x}"
+    body = tables(script())["bridge"]
+    assert _chain(body, "ports_in")[1:3] == [f"meta iifgroup != {group} accept", "iifname != @veths accept"]
+    for chain in ("ports_fwd", "ports_out"):
+        assert _chain(body, chain)[1:3] == [f"meta oifgroup != {group} accept", "oifname != @veths accept"]
+
+
+def test_the_port_group_is_the_bridges_own_and_below_two_to_the_31():
+    groups = {port_group(f"sn-{i:04x}") for i in range(500)}
+    assert len(groups) > 490   # 20 bits of a digest: a shared group costs the shortcut only
+    assert all(0x5EC00000 <= g < 0x5ED00000 for g in groups)
+    assert port_group("sn-x") == port_group("sn-x") != port_group("sn-y")

@@ -12,7 +12,6 @@ repair is logged.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,16 +21,16 @@ from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpe
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import fqdn, kernel, ruleset
-from .drops import NFLOG_GROUP, parse_log_prefix
+from .drops import NFLOG_GROUP, deliver
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
 from .nftdump import decode_marks
-from .nflog import NflogReader, Packet
+from .nflog import NflogReader
+from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 
 log = logging.getLogger(__name__)
-_PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 
 
 @dataclass
@@ -69,6 +68,7 @@ class NftBackend(fqdn.FqdnMethods):
         self.repairs = 0
         self._host_ok = False
         self.fqdn = fqdn.NftFqdnSets(self.runner, ruleset.table_name)
+        self.groups = PortGroups()   # the ports' interface group, before they are in veths
 
     # --- writes -----------------------------------------------------------------------------
     def check_host(self) -> None:
@@ -93,6 +93,7 @@ class NftBackend(fqdn.FqdnMethods):
         """
         with self._lock:
             ports = {p.endpoint_id: p for p in ports}
+            self.groups.ensure(net.bridge, ((p.name,) for p in ports.values()))   # adopted too
             if net.id not in self._nets and self._adopt(net, policy, ports):
                 return
             keep = self._kept_learned(net.id)
@@ -210,7 +211,8 @@ class NftBackend(fqdn.FqdnMethods):
     def drift(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable) -> list:
         """Elements and rules that differ from the desired state; one line each (at most 10)."""
         with self._lock:
-            want = self._desired(net, policy, list(ports))
+            ports = list(ports)
+            want = self._desired(net, policy, ports)
             real = self._nets.get(net.id)
             table = ruleset.table_name(net.id)
             try:
@@ -223,6 +225,7 @@ class NftBackend(fqdn.FqdnMethods):
                 problems.append("rules cannot be checked (no reference)")
             else:
                 problems += kernel.compare_rules(reference, rules)
+            problems += self.groups.strays(net.bridge, [p.name for p in ports])   # (a repair sets them)
             return problems[:10]
 
     def _element_problems(self, table: str, want: dict) -> list:
@@ -301,7 +304,7 @@ class NftBackend(fqdn.FqdnMethods):
         with self._lock:
             if self._reader is not None:
                 return
-            self._reader = NflogReader(self.nflog_group, lambda p, t: _deliver(p, t, callback))
+            self._reader = NflogReader(self.nflog_group, lambda p, t: deliver(p, t, callback))
             self._reader.start()
 
     def close(self) -> None:
@@ -311,6 +314,7 @@ class NftBackend(fqdn.FqdnMethods):
             reader.stop()
         if self.writer is not None:
             self.writer.close()
+        self.groups.close()
 
     # --- internals --------------------------------------------------------------------------
     def _realized(self, net: NetworkSpec) -> _Realized:
@@ -331,6 +335,7 @@ class NftBackend(fqdn.FqdnMethods):
             done()
             return
         try:
+            self.groups.ensure(net.bridge, delta.add.get("veths", {}))
             if self.writer is not None:
                 self.writer.apply(ruleset.table_name(net.id), delta)
             else:
@@ -430,20 +435,3 @@ def _merge(into: dict, elements: dict) -> None:
 def _add(total, count) -> tuple:
     return count if total is None else (total[0] + count[0], total[1] + count[1])
 
-
-def _deliver(packet: Packet, received: float, callback) -> None:
-    parsed = parse_log_prefix(packet.prefix)
-    if parsed is None:
-        return
-    network, reason, audit = parsed
-    flow = packet.flow()
-    ifname = None
-    if "physindev" in packet.devices:
-        try:
-            ifname = socket.if_indextoname(packet.devices["physindev"])
-        except OSError:
-            ifname = None
-    callback(DropEvent(network=network, reason=reason, family=flow.family,
-                       proto=_PROTO_NUMBERS.get(flow.proto, flow.proto or 0), src=flow.src or "",
-                       dst=flow.dst or "", port=flow.dport, ifname=ifname, audit=audit,
-                       time=packet.timestamp or received))

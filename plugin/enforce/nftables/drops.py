@@ -28,7 +28,9 @@ MAC, destination MAC and ethertype for other frames (bridge family only).
 """
 from __future__ import annotations
 
-from plugin.enforce.backend import REASONS
+import socket
+
+from plugin.enforce.backend import REASONS, DropEvent
 
 NFLOG_GROUP = 7350
 LOG_PREFIX = "sn"
@@ -163,3 +165,26 @@ def _audit_chain(family: str, network_id: str, reason: str, passed: str) -> list
     if family == "inet" and reason in INACTIVE:   # counted in the bridge table already
         return lines + [f"    {passed}", "  }"]
     return lines + [f"    counter {passed} comment {quote('audit:' + reason)}", "  }"]
+
+
+_PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
+
+
+def deliver(packet, received: float, callback) -> None:
+    """``callback(DropEvent)`` of one logged drop (an ``nflog.Packet``; ``received``: when
+    it was read, the time of a packet that carries none); other log lines are ignored."""
+    parsed = parse_log_prefix(packet.prefix)
+    if parsed is None:
+        return
+    network, reason, audit = parsed
+    flow = packet.flow()
+    ifname = None
+    if "physindev" in packet.devices:
+        try:
+            ifname = socket.if_indextoname(packet.devices["physindev"])
+        except OSError:
+            ifname = None
+    callback(DropEvent(network=network, reason=reason, family=flow.family,
+                       proto=_PROTO_NUMBERS.get(flow.proto, flow.proto or 0), src=flow.src or "",
+                       dst=flow.dst or "", port=flow.dport, ifname=ifname, audit=audit,
+                       time=packet.timestamp or received))

@@ -8,7 +8,10 @@ Kernel background. Each secnet network gets two tables named
   (``ports``); a port that is pending (segment unknown) or quarantined
   gets nothing in or out. It drops spoofed frames: the source MAC, IPv4/IPv6
   source address and ARP sender of a port must be the ones the network
-  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``).
+  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``). Its base chains hook
+  every bridge of the host: a frame of a device outside the network's
+  interface group (``meta iifgroup``/``oifgroup``, ``portlinks``) leaves them
+  on one compare, and every port of the network is in that group.
 * ``table inet``: with ``br_netfilter`` bridged IP traffic also passes the
   inet ``forward`` hook, with the bridge as input and output device, and
   conntrack works there: replies to allowed flows pass (``ct state
@@ -40,6 +43,7 @@ import ipaddress
 from typing import Iterable, Mapping
 
 from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.kernel.links import port_group
 from segmentation.identities import HOST, OUTSIDE, PENDING, QUARANTINED
 
 from . import fqdn
@@ -48,7 +52,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 6   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 7   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -266,7 +270,8 @@ def render_inet(network_id: str, net) -> list:
 
 
 # --- the bridge table -----------------------------------------------------------------------
-def render_bridge(network_id: str) -> list:
+def render_bridge(network_id: str, bridge: str) -> list:
+    group = f"{port_group(bridge):#x}"
     lines = [f"table bridge {table_name(network_id)} {{"]
     lines += [set_declaration(n) for n, s in SCHEMAS.items() if s[0] == "bridge"]
     # What a container may send from a link-local or unspecified source: address
@@ -279,8 +284,12 @@ def render_bridge(network_id: str) -> list:
     # Per frame, the common case first: an enforced port (``ports``, never quarantined) is
     # accepted on one lookup after anti-spoofing; an IPv4 frame with its port's own MAC and
     # address (``ids4``, whose MACs are ``macs``') returns from anti-spoofing on one.
+    # First, the frames of every other bridge (these chains hook them all): a device outside
+    # the network's interface group goes on one compare (``portlinks``: every port in
+    # ``veths`` is in the group, wherever it is plugged, so none of them skips its checks).
     lines += _rules(
         "ports_in",
+        f"meta iifgroup != {group} accept",
         "iifname != @veths accept",
         "jump spoofing",
         "iifname @ports accept",
@@ -305,7 +314,8 @@ def render_bridge(network_id: str) -> list:
     for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
         # (not ``oifname @ports accept`` first: every other network's frames pass these chains
         # too, and would pay two lookups instead of one)
-        lines += _rules(chain, "oifname != @veths accept", "oifname != @ports jump inactive_port",
+        lines += _rules(chain, f"meta oifgroup != {group} accept", "oifname != @veths accept",
+                        "oifname != @ports jump inactive_port",
                         hook=f"type filter hook {hook} priority -300; policy accept;")
     lines += _inactive_port_chains()
     lines += drop_chains("bridge", network_id, "baudit", "accept")
@@ -339,14 +349,14 @@ def network_script(network_id: str, net, elements: Mapping, keep: str = "") -> s
     lines = [f"table inet {t} {{ }}", f"delete table inet {t}",
              f"table bridge {t} {{ }}", f"delete table bridge {t}"]
     lines += render_inet(network_id, net)
-    lines += render_bridge(network_id)
+    lines += render_bridge(network_id, net.bridge)
     lines += _element_lines("add", t, elements)
     return "\n".join(lines) + "\n" + keep
 
 
 def skeleton_script(network_id: str, net) -> str:
     """Both tables without elements (the reference for rule-by-rule drift)."""
-    return "\n".join(render_inet(network_id, net) + render_bridge(network_id)) + "\n"
+    return "\n".join(render_inet(network_id, net) + render_bridge(network_id, net.bridge)) + "\n"
 
 
 def delete_script(network_id: str) -> str:
