@@ -34,9 +34,11 @@ unit: venv
 kernel: venv
 	$(PYTEST) -q -n 2 tests/kernel
 
-# one dockerd: the e2e tier runs in order in one process
+# one dockerd: the e2e tier runs in order in one process (E2E_WORKERS=2: two
+# xdist workers, a file each; `exclusive` tests run alone, tests/e2e/workers.py)
+E2E_WORKERS ?= 0
 e2e: venv image plugin-up
-	$(PYTEST) -q tests/e2e
+	$(PYTEST) -q $(if $(filter-out 0,$(E2E_WORKERS)),-n $(E2E_WORKERS) --dist loadfile) tests/e2e
 
 # The whole suite, all three tiers at the same time: the e2e tier in order in
 # one pytest, unit and kernel on two xdist workers in another (scripts/test.sh).

@@ -15,6 +15,7 @@ import pytest
 
 import flow_helpers
 import helpers as h
+import workers
 
 
 #: every datapath the e2e behaviour tests run on (`secnet.backend`)
@@ -36,6 +37,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist, each test runs inside the run-wide lock of tests/e2e/workers.py:
+    shared, or alone when marked ``exclusive`` (set-up and teardown included)."""
+    workers.acquire(workers.mode_of(item))
+    try:
+        return (yield)
+    finally:
+        if not workers.keep_for(item, nextitem):
+            workers.release()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def engine_and_plugin():
     """dockerd answers, the test image exists, the secnet plugin answers."""
@@ -44,18 +57,17 @@ def engine_and_plugin():
     for tool in ("docker", "dockerd", "nsenter", "ip", "iptables"):
         if shutil.which(tool) is None:
             pytest.fail(f"{tool} is missing: run `make deps` (scripts/install-deps.sh)")
-    h.script("engine.sh")
-    h.script("test-image.sh")
-    if not h.plugin_answers():
-        h.plugin_start()
+    with workers.mutex("setup"):   # xdist: one worker at a time checks and starts
+        h.script("engine.sh")
+        h.script("test-image.sh")
+        h.ensure_plugin()
     yield
 
 
 @pytest.fixture(autouse=True)
 def plugin_up():
     """Every test starts with an answering plugin (a previous test may have killed it)."""
-    if not h.plugin_answers():
-        h.plugin_start()
+    h.ensure_plugin()
 
 
 def _cleanup(actions) -> None:

@@ -16,6 +16,7 @@ import sys
 import uuid
 
 import helpers as h
+import workers
 
 sys.path.insert(0, str(h.ROOT / "tests" / "kernel"))
 from dns_lab import DnsServer, Echo  # noqa: E402  (the kernel tier's servers)
@@ -52,14 +53,29 @@ class Outside:
 
     def __init__(self, dns_net: str = "10.205", far_net: str = "10.206"):
         """``dns_net``, ``far_net``: the /16s of the server's link and of the echo addresses."""
-        self.k = random.randint(0, 255)
+        self.dns_net, self.far_net = dns_net, far_net
+        self.pick(random.randint(0, 255))
         tag = uuid.uuid4().hex[:6]
         self.ns, self.veth = f"sndns-{tag}", f"sndh{tag}"
-        self.link = f"{dns_net}.{self.k}"
-        self.dns, self.net = f"{self.link}.53", f"{far_net}.{self.k}"
         self.server = self.echo = None
 
+    def pick(self, k: int) -> None:
+        self.k, self.link, self.net = k, f"{self.dns_net}.{k}", f"{self.far_net}.{k}"
+        self.dns = f"{self.link}.53"
+
     def create(self) -> "Outside":
+        """The namespace, its link and servers; a K of ours that another Outside routes
+        already (the other xdist worker's module) is picked again among the free ones."""
+        with workers.mutex("dns-outside"):   # xdist: two modules' Outsides never share a K
+            routes = h.run(["ip", "-4", "route", "show"]).stdout.split()
+            used = lambda k: {f"{self.dns_net}.{k}.0/24", f"{self.far_net}.{k}.0/24"} & set(routes)
+            if self.link == f"{self.dns_net}.{self.k}" and used(self.k):   # not set by the test
+                free = [k for k in range(256) if not used(k)]
+                assert free, f"no free {self.dns_net}.K/24 for a DNS server namespace"
+                self.pick(random.choice(free))
+            return self._create()
+
+    def _create(self) -> "Outside":
         ip = lambda *a: h.run(["ip", *a])
         ip("netns", "add", self.ns)
         ip("link", "add", self.veth, "type", "veth", "peer", "name", "eth0", "netns", self.ns)

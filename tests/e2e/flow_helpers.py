@@ -132,10 +132,18 @@ class Sink(_Child):
 
     def count(self, tag: str) -> int:
         """Lines of stream ``tag`` received so far."""
-        if not os.path.exists(self.log):
-            return 0
-        with open(self.log) as f:
-            return sum(1 for line in f if line.split()[1:2] == [tag])
+        return self.counts().get(tag, 0)
+
+    def counts(self) -> dict:
+        """tag -> lines received so far, of every stream (one read of the log)."""
+        got: dict = {}
+        if os.path.exists(self.log):
+            with open(self.log) as f:
+                for line in f:
+                    tag = line.split()[1:2]
+                    if tag:
+                        got[tag[0]] = got.get(tag[0], 0) + 1
+        return got
 
     def stop(self) -> None:
         super().stop()
@@ -183,12 +191,36 @@ def flowing(sink: Sink, tag: str, within: float = 5.0, lines: int = 3) -> int:
     return sink.count(tag)
 
 
+def all_flowing(sink: Sink, tags, within: float = 5.0, lines: int = 3) -> None:
+    """:func:`flowing` of every tag of ``tags``, watched side by side: each tag gets
+    ``lines`` more lines within ``within`` seconds of the call (one wait, not one per tag)."""
+    start = sink.counts()
+    want = {tag: start.get(tag, 0) + lines for tag in tags}
+    deadline = time.monotonic() + within
+    while True:
+        got = sink.counts()
+        short = sorted(tag for tag, n in want.items() if got.get(tag, 0) < n)
+        if not short:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for streams {short} "
+                                 f"reaching the sink")
+        time.sleep(0.1)
+
+
 def stopped(sink: Sink, tag: str, settle: float = 0.4, watch: float = 2.0) -> bool:
     """True when no line of ``tag`` arrives during ``watch`` seconds (after ``settle``)."""
+    return not still_going(sink, [tag], settle, watch)
+
+
+def still_going(sink: Sink, tags, settle: float = 0.4, watch: float = 2.0) -> list:
+    """The tags of ``tags`` of which a line arrived during ``watch`` seconds (after
+    ``settle``): :func:`stopped` of every tag in one window instead of one window each."""
     time.sleep(settle)
-    before = sink.count(tag)
+    before = sink.counts()
     time.sleep(watch)
-    return sink.count(tag) == before
+    after = sink.counts()
+    return [tag for tag in tags if after.get(tag, 0) != before.get(tag, 0)]
 
 
 def pick4() -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import workers
+
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = os.environ.get("SECNET_TEST_IMAGE", "secnet-busybox:latest")
 SOCKET = os.environ.get("SECNET_SOCKET", "/run/docker/plugins/secnet.sock")
@@ -56,6 +58,8 @@ def docker(*args, check=True, timeout=120) -> subprocess.CompletedProcess:
 
 
 def script(name: str, *args, check=True, timeout=300) -> subprocess.CompletedProcess:
+    if name == "plugin.sh" and args and args[0] in ("start", "stop", "kill"):
+        workers.require_exclusive(f"plugin.sh {args[0]}")  # start stops a running one first
     return run(["bash", str(ROOT / "scripts" / name), *args], check=check, timeout=timeout, cwd=ROOT)
 
 
@@ -97,6 +101,18 @@ def plugin_kill() -> None:
 def plugin_start() -> None:
     script("plugin.sh", "start")
     assert plugin_answers(), "the plugin does not answer after plugin.sh start"
+
+
+def ensure_plugin() -> None:
+    """Start the plugin when it does not answer (a test before may have killed it); under
+    xdist one worker at a time, and never while an exclusive test has it down on purpose
+    (that test holds the run-wide lock)."""
+    if plugin_answers():
+        return
+    with workers.mutex("plugin-start"):
+        if not plugin_answers():
+            run(["bash", str(ROOT / "scripts" / "plugin.sh"), "start"], cwd=ROOT)
+            assert plugin_answers(), "the plugin does not answer after plugin.sh start"
 
 
 def plugin_restart(kill: bool = True) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import socket
 
+import pytest
+
 import helpers as h
 import seg_helpers as s
 import vis_helpers as v
@@ -107,6 +109,7 @@ def test_switching_to_enforce_drops_and_cuts_established_flows(make_network, run
     assert bad.returncode != 0 and "bogus" in bad.stderr and _mode(net) == "enforce"
 
 
+@pytest.mark.exclusive
 def test_mode_survives_a_restart_and_spoofing_is_dropped_in_audit_mode(make_network, run_container,
                                                                       nsprocs, backend):
     net, cs = _members(make_network, run_container, nsprocs, backend, "enforce")

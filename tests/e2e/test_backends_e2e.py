@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import subprocess
 
+import pytest
+
 import helpers as h
 import seg_helpers as s
 
@@ -47,6 +49,7 @@ def isolation_cells(networks: dict, tag: str) -> list:
     return out
 
 
+@pytest.mark.exclusive
 def test_a_restart_with_networks_of_both_backends_restores_both(make_network, run_container):
     networks = {b: segmented(make_network, run_container, b) for b in BACKEND_NAMES}
     for backend, (net, _cs) in networks.items():

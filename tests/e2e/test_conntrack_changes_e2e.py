@@ -59,8 +59,7 @@ def test_a_sender_that_takes_a_removed_ones_address_and_source_port_is_judged_af
     sink = flows.sink(api, [("udp", 5353)])
     old4 = flows.stream(web, "w4", "udp", api.ip, 5353, sport=41000)
     old6 = flows.stream(web, "w6", "udp", api.ip6, 5353, sport=41000)
-    fh.flowing(sink, "w4")
-    fh.flowing(sink, "w6")
+    fh.all_flowing(sink, ["w4", "w6"])
     old4.stop()
     old6.stop()
     h.docker("rm", "-f", web.name)
@@ -72,8 +71,7 @@ def test_a_sender_that_takes_a_removed_ones_address_and_source_port_is_judged_af
     assert not got, f"datagrams of the new {segment or 'quarantined'} container reached api: {got}"
     if segment:     # the new container's streams do run: a rule for its segment lets them in
         assert sh.secnet("policy", net.name, "add", f"{segment}->api:udp/5353").returncode == 0
-        fh.flowing(sink, "n4")
-        fh.flowing(sink, "n6")
+        fh.all_flowing(sink, ["n4", "n6"])
 
 
 def test_removing_one_directions_rule_keeps_the_other_directions_flows(make_network, run_container, flows):
@@ -92,15 +90,13 @@ def test_removing_one_directions_rule_keeps_the_other_directions_flows(make_netw
         flows.stream(src, f"{pre}u4", "udp", dst.ip, 5353, sport=42000)
         flows.stream(src, f"{pre}u6", "udp", dst.ip6, 5353, sport=42000)
     tags = ("t4", "t6", "u4", "u6")
-    for t in tags:
-        fh.flowing(to_api, "wa" + t)
-        fh.flowing(to_web, "aw" + t)
+    fh.all_flowing(to_api, ["wa" + t for t in tags])
+    fh.all_flowing(to_web, ["aw" + t for t in tags])
     res = sh.secnet("policy", net.name, "remove", "api->web:tcp/8080", "api->web:udp/5353")
     assert res.returncode == 0, res.stderr
-    going = [t for t in tags if not fh.stopped(to_web, "aw" + t, watch=1.5)]
+    going = fh.still_going(to_web, ["aw" + t for t in tags], watch=1.5)
     assert not going, f"api's flows to web went on after their rule was removed: {going}"
-    for t in tags:
-        fh.flowing(to_api, "wa" + t, within=3)
+    fh.all_flowing(to_api, ["wa" + t for t in tags], within=3)
 
 
 def test_edits_that_still_allow_a_flow_keep_it(make_network, run_container, flows):
@@ -116,8 +112,7 @@ def test_edits_that_still_allow_a_flow_keep_it(make_network, run_container, flow
                "u4": ("udp", api.ip, 5353), "u6": ("udp", api.ip6, 5353)}
     for tag, (proto, dst, port) in streams.items():
         flows.stream(web, tag, proto, dst, port, sport=43000 if proto == "udp" else 0)
-    for tag in streams:
-        fh.flowing(sink, tag)
+    fh.all_flowing(sink, streams)
     edits = [("policy", net.name, "add", "mon->db:tcp/5432"),
              ("policy", net.name, "remove", "mon->db:tcp/5432"),
              ("policy", net.name, "set", rules, "db->api:tcp/9000", "10.235.250.0/24->db:tcp/1"),
@@ -125,12 +120,10 @@ def test_edits_that_still_allow_a_flow_keep_it(make_network, run_container, flow
     for edit in edits:
         res = sh.secnet(*edit)
         assert res.returncode == 0, f"{edit}: {res.stderr}"
-        for tag in streams:
-            fh.flowing(sink, tag, within=3)
+        fh.all_flowing(sink, streams, within=3)
     other = _run(run_container, net, "u9-db", "db")
     h.docker("rm", "-f", other.name)
-    for tag in streams:
-        fh.flowing(sink, tag, within=3)
+    fh.all_flowing(sink, streams, within=3)
 
 
 def test_mode_enforce_cuts_published_and_host_flows_audit_mode_let_through(
@@ -151,11 +144,10 @@ def test_mode_enforce_cuts_published_and_host_flows_audit_mode_let_through(
            "dir4": ("tcp", api.ip, 8080), "dir6": ("tcp", api.ip6, 8080)}
     for tag, (proto, dst, port) in cut.items():
         flows.stream(n.HOST, tag, proto, dst, port, sport=44000 if proto == "udp" else 0)
-    for tag in cut:
-        fh.flowing(sink, tag)
+    fh.all_flowing(sink, cut)
     res = sh.secnet("mode", net.name, "enforce")
     assert res.returncode == 0, res.stderr
-    going = [tag for tag in cut if not fh.stopped(sink, tag, watch=1.5)]
+    going = fh.still_going(sink, cut, watch=1.5)
     assert not going, f"host flows enforce mode denies went on: {going}"
 
 
@@ -173,14 +165,12 @@ def test_a_replacement_behind_a_published_port_gets_the_stream_unless_quarantine
     sink = flows.sink(old, [("udp", 5353)])
     flows.stream(n.HOST, "u4", "udp", "127.0.0.1", port, sport=45000)
     flows.stream(n.HOST, "u6", "udp", gw6, port, sport=45000)
-    fh.flowing(sink, "u4")
-    fh.flowing(sink, "u6")
+    fh.all_flowing(sink, ["u4", "u6"])
     h.docker("rm", "-f", old.name)
     new = _run(run_container, net, "u9-new", segment, f"{port}:5353/udp")
     sink = flows.sink(new, [("udp", 5353)])
     if segment:
-        fh.flowing(sink, "u4")
-        fh.flowing(sink, "u6")
+        fh.all_flowing(sink, ["u4", "u6"])
         return
     time.sleep(3)
     got = {tag: sink.count(tag) for tag in ("u4", "u6") if sink.count(tag)}
@@ -197,12 +187,11 @@ def test_reconnecting_a_member_as_another_segment_ends_its_udp_flows(make_networ
     sink = flows.sink(api, [("udp", 5353)])
     flows.stream(web, "u4", "udp", a4, 5353, sport=46000)
     flows.stream(web, "u6", "udp", a6, 5353, sport=46000)
-    fh.flowing(sink, "u4")
-    fh.flowing(sink, "u6")
+    fh.all_flowing(sink, ["u4", "u6"])
     h.docker("network", "disconnect", net.name, api.name)
     h.docker("network", "connect", "--driver-opt", "secnet.segment=db", "--ip", a4, "--ip6", a6,
              net.name, api.name)
-    going = [tag for tag in ("u4", "u6") if not fh.stopped(sink, tag, settle=1.0, watch=2.0)]
+    going = fh.still_going(sink, ("u4", "u6"), settle=1.0, watch=2.0)
     assert not going, f"web's UDP flows to api went on after api came back as db: {going}"
     assert sh.secnet("policy", net.name, "add", "web->db:udp/5353").returncode == 0
     fh.flowing(sink, "u4")      # the stream still runs: a rule for db lets it in again
@@ -215,8 +204,7 @@ def _streams_to_host(flows, web, prefix, gw4, gw6, tport, uport) -> tuple:
              f"{prefix}u4": ("udp", gw4, uport), f"{prefix}u6": ("udp", gw6, uport)}
     for tag, (proto, dst, port) in kinds.items():
         flows.stream(web, tag, proto, dst, port, sport=47000 if proto == "udp" else 0)
-    for tag in kinds:
-        fh.flowing(sink, tag)
+    fh.all_flowing(sink, kinds)
     return sink, kinds
 
 
@@ -231,8 +219,7 @@ def test_egress_flows_follow_the_cidr_rules_that_name_them(make_network, run_con
     sink, kinds = _streams_to_host(flows, web, "", gw4, gw6, tport, uport)
     res = sh.secnet("policy", net.name, "add", "web->10.235.250.0/24:tcp/443", "web->[fd00:235:0:fa::/64]:udp")
     assert res.returncode == 0, res.stderr
-    for tag in kinds:
-        fh.flowing(sink, tag, within=3)
+    fh.all_flowing(sink, kinds, within=3)
     flows.stop_all()
     # egress=deny: only the rules naming the host let the streams out
     deny = _network(make_network, "u9-ct-egd", {"secnet.egress": "deny"})
@@ -243,7 +230,7 @@ def test_egress_flows_follow_the_cidr_rules_that_name_them(make_network, run_con
     sink, kinds = _streams_to_host(flows, web, "d", gw4, gw6, tport, uport)
     res = sh.secnet("policy", deny.name, "remove", *rules)
     assert res.returncode == 0, res.stderr
-    going = [tag for tag in kinds if not fh.stopped(sink, tag, watch=1.5)]
+    going = fh.still_going(sink, kinds, watch=1.5)
     assert not going, f"egress flows went on after the rules naming the host were removed: {going}"
 
 
@@ -259,16 +246,13 @@ def test_narrowing_a_rule_ends_exactly_the_flows_it_no_longer_covers(make_networ
     cut = {"c90": ("tcp", api.ip, 8090), "cu4": ("udp", api.ip, 5353), "cu6": ("udp", api.ip6, 5353)}
     for tag, (proto, dst, port) in {**kept, **cut}.items():
         flows.stream(web, tag, proto, dst, port, sport=48000 if proto == "udp" else 0)
-    for tag in {**kept, **cut}:
-        fh.flowing(sink, tag)
+    fh.all_flowing(sink, {**kept, **cut})
     res = sh.secnet("policy", net.name, "set", "web->api:tcp/8000-8085")
     assert res.returncode == 0, res.stderr
-    going = [tag for tag in cut if not fh.stopped(sink, tag, watch=1.5)]
+    going = fh.still_going(sink, cut, watch=1.5)
     assert not going, f"flows the narrowed rule no longer covers went on: {going}"
-    for tag in kept:
-        fh.flowing(sink, tag, within=3)
+    fh.all_flowing(sink, kept, within=3)
     assert sh.secnet("policy", net.name, "add", "*->api:udp/5353").returncode == 0
     flows.stream(web, "new", "udp", api.ip, 5353, sport=48001)
     fh.flowing(sink, "new")
-    for tag in kept:
-        fh.flowing(sink, tag, within=3)
+    fh.all_flowing(sink, kept, within=3)

@@ -83,6 +83,7 @@ def test_first_connection_after_the_answer_never_races(make_network, run_contain
     assert [n for n, (_a, o) in got.items() if o != "ok"] == []
 
 
+@pytest.mark.exclusive
 def test_learned_addresses_survive_a_daemon_restart(make_network, run_container, outside):
     net, web, _api = setup(make_network, run_container, outside, "web->dns(api.e2e.test):tcp/443")
     assert check(web, ["api.e2e.test"])["api.e2e.test"][1] == "ok"
@@ -105,6 +106,7 @@ def test_a_directly_queried_server_teaches_too(make_network, run_container, outs
     assert (rows[unused]["packets"], rows[unused]["bytes"]) == (0, 0), rows
 
 
+@pytest.mark.exclusive
 def test_ttl_expiry_ends_new_flows_not_open_ones(make_network, run_container, outside, monkeypatch):
     """The 60 s floor, lowered for this test only (SECNET_DNS_MIN_TTL reaches the
     daemon through scripts/plugin.sh's environment)."""

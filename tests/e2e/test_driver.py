@@ -142,6 +142,7 @@ def test_container_stop_and_rm_remove_the_veth(make_network, run_container):
     assert not h.state_endpoint_rows(endpoint_id=b.endpoint_id)
 
 
+@pytest.mark.exclusive
 def test_plugin_kill9_and_restart_keeps_connectivity(make_network, run_container):
     net = make_network(ipv6=True)
     a, b = run_container(net, "a"), run_container(net, "b")
@@ -170,6 +171,7 @@ def test_plugin_kill9_and_restart_keeps_connectivity(make_network, run_container
     assert_network_gone(net, eps, bridge)
 
 
+@pytest.mark.exclusive
 def test_what_docker_removed_while_the_plugin_was_down_is_cleaned_at_restart(make_network,
                                                                             run_container):
     net = make_network(ipv6=True)

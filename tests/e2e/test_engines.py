@@ -72,6 +72,7 @@ def test_status_reports_the_engine_and_the_forward_filter():
     assert "engine: Docker 20.10" in text and "forward filter iptables" in text
 
 
+@pytest.mark.exclusive
 def test_flushed_docker_user_is_restored_within_a_second(make_network, run_container, docker_user):
     net, web, api = policy_net(make_network, run_container)
     h.run(["iptables", "-w", "5", "-F", "DOCKER-USER"])
@@ -82,6 +83,7 @@ def test_flushed_docker_user_is_restored_within_a_second(make_network, run_conta
     h.assert_not_reaches(api, web, port=h.LISTEN_PORT)
 
 
+@pytest.mark.exclusive
 def test_one_deleted_rule_is_restored_within_a_second(make_network, run_container, docker_user):
     net, web, api = policy_net(make_network, run_container)
     accept = next(line for line in h.docker_user_rules("iptables")

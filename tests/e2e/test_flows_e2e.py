@@ -38,14 +38,12 @@ def test_a_udp_stream_to_a_published_port_reaches_the_container_that_replaces_th
     sink = flows.sink(old, [("udp", 5353)])
     flows.stream(n.HOST, "u4", "udp", "127.0.0.1", port, sport=sport)
     flows.stream(n.HOST, "u6", "udp", gw6, port, sport=sport)
-    fh.flowing(sink, "u4")
-    fh.flowing(sink, "u6")
+    fh.all_flowing(sink, ["u4", "u6"])
     h.docker("rm", "-f", old.name)
     new = publish(run_container, net, "new", None, f"{port}:5353/udp",       # a new address
                   ip=fh.host_in(net.subnet, 51), ip6=fh.host_in(net.subnet6, 0x51))
     sink = flows.sink(new, [("udp", 5353)])
-    fh.flowing(sink, "u4", within=5)
-    fh.flowing(sink, "u6", within=5)
+    fh.all_flowing(sink, ["u4", "u6"], within=5)
 
 
 def test_policy_set_cuts_published_hairpin_and_east_west_flows_it_no_longer_allows(
@@ -66,11 +64,10 @@ def test_policy_set_cuts_published_hairpin_and_east_west_flows_it_no_longer_allo
     for tag, (where, dst, p) in cut.items():
         flows.stream(where, tag, "tcp", dst, p)
     flows.stream(mon, "kept", "tcp", api.ip, 8080)
-    for tag in list(cut) + ["kept"]:
-        fh.flowing(sink, tag)
+    fh.all_flowing(sink, list(cut) + ["kept"])
     res = sh.secnet("policy", net.name, "set", "mon->api:tcp/8080", "10.201.0.0/24->api:tcp/8080")
     assert res.returncode == 0, res.stderr
-    going = [tag for tag in cut if not fh.stopped(sink, tag, watch=1.0)]
+    going = fh.still_going(sink, cut, watch=1.0)
     assert not going, f"flows the new rules do not allow went on: {going}"
     fh.flowing(sink, "kept")
 

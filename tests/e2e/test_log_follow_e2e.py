@@ -11,6 +11,8 @@ import subprocess
 import tempfile
 import time
 
+import pytest
+
 import helpers as h
 import vis_helpers as v
 
@@ -26,6 +28,7 @@ def _network(make_network) -> h.Network:
     raise AssertionError("no free subnet in 10.231.100-199.0/24")
 
 
+@pytest.mark.exclusive
 def test_log_follow_survives_a_daemon_restart(make_network, run_container):
     net = _network(make_network)
     web = run_container(net, "web", labels={"secnet.segment": "web"})

@@ -26,6 +26,9 @@ ALLOW = "web->api:tcp/8080"
 BPFFS = "/sys/fs/bpf"
 METRICS = {}
 
+# the legacy daemon is down and dockerd restarts: nothing else runs meanwhile (xdist)
+pytestmark = pytest.mark.exclusive
+
 
 @pytest.fixture(autouse=True)
 def plugin_up():

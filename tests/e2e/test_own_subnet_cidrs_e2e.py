@@ -73,8 +73,7 @@ def _check(net, a4, b4, a6, b6, run_container, flows):
     sink = flows.sink(n.HOST, [("tcp", 18777)])
     flows.stream(web, "gwb", "tcp", at(b4, 1), 18777)
     flows.stream(web, "gwb6", "tcp", at(b6, 1), 18777)
-    fh.flowing(sink, "gwb")
-    fh.flowing(sink, "gwb6")
+    fh.all_flowing(sink, ["gwb", "gwb6"])
     # the host from its address in subnet A (inside the SRC CIDR) reaches api; from B it does not
     n.reaches(n.HOST, api.ip, PORT, src=at(a4, 1))
     n.blocked(n.HOST, api.ip, PORT, src=at(b4, 1))

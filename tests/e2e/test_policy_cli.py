@@ -241,6 +241,7 @@ def test_json_status_and_show(make_network, run_container, nsprocs):
     assert re.search(rf"packets\s+{after_80[0]}\b", line), f"counters not in the text: {line}"
 
 
+@pytest.mark.exclusive
 def test_policy_survives_a_daemon_kill(make_network, run_container, nsprocs):
     net, w, a, d = setup_net(make_network, run_container, nsprocs)
     edit(net, "set", "db->web:tcp/80")
@@ -262,6 +263,7 @@ def test_policy_survives_a_daemon_kill(make_network, run_container, nsprocs):
     assert_flow(w, a, 8080, True, "an edit after restart")
 
 
+@pytest.mark.exclusive
 def test_a_stopped_daemon_writes_its_journal_whole(make_network, run_container):
     """SIGTERM (scripts/plugin.sh stop): the worker's exit writes the journaled rule
     edits into the network's document, so a daemon that knows no journal (a downgrade)

@@ -25,6 +25,7 @@ def _counts(net) -> tuple:
     return rule["packets"], show["dropped"]["no-rule"]["packets"]
 
 
+@pytest.mark.exclusive
 def test_show_counters_go_on_across_a_restart(make_network, run_container):
     net = make_network("sn-rc", opts={"secnet.allow": RULE})
     web = run_container(net, "web", labels={"secnet.segment": "web"})

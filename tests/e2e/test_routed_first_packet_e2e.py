@@ -98,6 +98,7 @@ def test_first_routed_connection_is_answered_on_its_first_syn(run_container, bac
             h.remove_network(n)
 
 
+@pytest.mark.exclusive
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_entries_come_back_after_a_daemon_restart(run_container, backend):
     created: list = []

@@ -383,6 +383,7 @@ def test_fail_closed_while_a_container_starts(make_network, run_container):
 
 
 # --- 9. daemon down and restarted ---------------------------------------------------------
+@pytest.mark.exclusive
 @pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "dual-stack"])
 def test_isolation_holds_while_the_daemon_is_down_and_after_restart(make_network, run_container, ipv6):
     net = s.seg_network(make_network, "sn-restart", opts={"secnet.allow": "web->api:tcp/8080"},

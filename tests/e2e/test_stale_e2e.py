@@ -5,6 +5,8 @@ when the daemon is back, or the next container with the same -p or the
 same address cannot start or is judged as the old one."""
 from __future__ import annotations
 
+import pytest
+
 import flow_helpers as fh
 import helpers as h
 import ns_helpers as n
@@ -12,6 +14,7 @@ import ns_helpers as n
 SEG = "secnet.segment"
 
 
+@pytest.mark.exclusive
 def test_a_container_removed_while_the_daemon_was_down_leaves_nothing(make_network, run_container):
     net = fh.network(make_network, "sn-stale", opts={"secnet.allow": "web->api:tcp/8080"}, ipv6=False)
     addr = fh.host_in(net.subnet, 50)

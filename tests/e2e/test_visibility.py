@@ -224,6 +224,7 @@ def test_verify_passes_on_a_healthy_network_and_fails_on_a_sabotaged_one(make_ne
 
 
 # --- 5. a flood ------------------------------------------------------------------------------
+@pytest.mark.exclusive
 def test_a_flood_of_denied_packets_leaves_the_daemon_responsive_and_the_log_bounded(
         make_network, run_container):
     net, cs = three_tier(make_network, run_container)
@@ -260,6 +261,7 @@ def test_a_flood_of_denied_packets_leaves_the_daemon_responsive_and_the_log_boun
         assert grown < 64 * 1024
 
 
+@pytest.mark.exclusive
 def test_metrics_over_http_when_asked_for(make_network, run_container, monkeypatch):
     net, _cs = three_tier(make_network, run_container)
     with socket.socket() as probe_port:
