@@ -158,14 +158,16 @@ def _versions(backend) -> tuple:
 
 
 @ebpf
-def test_an_edit_is_in_force_before_the_other_version_is_levelled(lab):
+def test_an_edit_is_in_force_before_the_other_version_is_levelled(lab, monkeypatch):
     """apply_policy returns once the new policy is in force (written to the version not in
     force, then the flip); levelling the other version comes after, and the next edit does
     it first if it is still pending: each edit's rules, and only those, are enforced."""
     web, api = lab.add(2)
     lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    from plugin.enforce.ebpf import backend as eb   # noqa: PLC0415
+    monkeypatch.setattr(eb, "LEVEL_LATER", 0)                # every leveling left for later
     pending: list = []
-    lab.backend.obj.later = pending.append                  # the leveling held back
+    lab.backend.obj.later = pending.append                  # and held back
     lab.update("web->api:tcp/5432")
     old, new, waiting = lab.backend.call(_versions, lab.backend.obj)
     assert waiting and old != new                            # one version holds the old policy still

@@ -88,7 +88,8 @@ def rig(monkeypatch):
         monkeypatch.setattr(eb.libbpf, fn, getattr(kernel, fn))
     kernel.maps[handle.maps["state"]][maps.U32.pack(0)] = maps.STATE.pack(0, 0, 0)
     backend = eb.EbpfBackend(pin_root="/nowhere")
-    backend.later = lambda fn: None   # the leveling runs at the next swap, or where a test calls settle()
+    backend.later = lambda fn: None   # the leveling runs at the next swap, or where a test calls _level
+    monkeypatch.setattr(eb, "LEVEL_LATER", 0)   # every leveling left for later, however small
     st = eb._Net(handle, NET)
     backend._nets[NET.id[:12]] = st
     return backend, st, seen
@@ -231,3 +232,15 @@ def test_a_failed_leveling_is_retried_from_what_the_kernel_holds(rig, monkeypatc
         version, rest = maps.policy_unversioned(key)
         by_version[version][rest] = value
     assert by_version[0] == by_version[1] == maps.policy_content(third.entries)
+
+
+def test_a_small_change_levels_the_other_version_at_once(rig, monkeypatch):
+    """Below LEVEL_LATER elements a thread would cost more than the writes: none is started."""
+    backend, st, _seen = rig
+    monkeypatch.setattr(eb, "LEVEL_LATER", 512)
+    first, second = policy("web->api:tcp/80"), policy("web->api:tcp/80, api->db:tcp/5432")
+    backend._swap(st, first, eb.maps.full_changes(first))   # a dump-based write: later
+    backend.later = lambda fn: pytest.fail("a thread for a one-rule change")
+    backend._level(st)
+    backend._swap(st, second, eb._delta_changes(first, second, first.delta(second)))
+    assert st.level is None

@@ -13,13 +13,12 @@ apart by the first byte of the key (or the array index); ``state`` says
 which version is in force and counts generations. A change writes the new
 content under the version *not* in force, then flips ``state`` in one
 element update -- packets see the whole old or the whole new policy, never
-a mix -- and then brings the other version level, so that both agree at
-rest and the next change again writes only its delta. That leveling (half of
-a change's map writes) is left out of the call: a thread does it as soon as
-the caller lets go of the backend's lock, and a swap that finds it still
-pending does it first (it only ever writes the version not in force). Every change bumps
-the generation: a tracked flow whose entry is older is judged again on its
-next packet and cut when the new state denies it.
+a mix -- and then levels the other version, so that both agree at rest and
+the next change again writes only its delta. A big levelling (half of the
+writes) is left to a thread, which runs once the caller lets go of the lock;
+a swap that finds it pending does it first. Every change bumps the
+generation: a tracked flow whose entry is older is judged again on its next
+packet and cut when the new state denies it.
 
 NAT (published ports, masquerade) stays in nftables: with a ``nat`` object (the daemon
 passes plugin.enforce.nftables.natonly.NatTable) this backend also writes the network's
@@ -44,6 +43,7 @@ from .host import host_problem
 
 log = logging.getLogger(__name__)
 SIZES: dict = {}   # map name -> max entries (defaults: lib/maps.h)
+LEVEL_LATER = 512   # elements written and deleted: a levelling this big is left to a thread
 
 
 @dataclass
@@ -80,7 +80,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         self._nets, self._lock = {}, threading.RLock()
         self._reader: Optional[DropReader] = None
         self._host_ok = False
-        self.later: Callable = _thread   # later(fn): runs fn soon (the leveling after a swap)
+        self.later: Callable = lambda fn: threading.Thread(target=fn, name="secnet-ebpf-level", daemon=True).start()
         self.fqdn = fqdn.FqdnMaps(self._fqdn_fd, self._lock)   # DNS-name rules (plugin.dns)
 
     # --- host ---------------------------------------------------------------
@@ -169,7 +169,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         the flip; the other one's (``st.level``) is left to ``later`` (a thread), or to
         the next swap, which does it first. Raises LibbpfError, EncodeError."""
         h = st.handle
-        self._level(st)   # a leveling still pending: the version written now must hold ``before``
+        self._level(st)   # one still pending: the version written now must hold ``before``
         version, generation, _tag = self._state(h)
         nxt = 1 - (version & 1)
         settings = maps.settings_value(new, st.spec.mode, st.spec.internal)
@@ -193,11 +193,13 @@ class EbpfBackend(fqdn.FqdnMethods):
             raise
         self._flip(h, nxt, generation + 1, st.spec.id)
         st.policy, st.level = new, (lambda known=True: write(1 - nxt, new, known))
-        self.later(lambda: self._level_later(st))
+        if len(diffs) < len(changes) or sum(len(r) + len(w) for r, w in diffs.values()) > LEVEL_LATER:
+            self.later(lambda: self._level_later(st))
+        else:   # small: a thread would cost more (its start, the GIL's hand-over)
+            self._level(st)
 
     def _level(self, st: _Net) -> None:
-        """Do ``st``'s pending leveling (the version not in force made the one in force).
-        If it fails, the next try reads that version back from the kernel instead."""
+        """Do ``st``'s pending levelling; if it fails, the next try reads that version back."""
         level, st.level = st.level, None
         if level is None:
             return
@@ -216,8 +218,7 @@ class EbpfBackend(fqdn.FqdnMethods):
             try:
                 self._level(st)
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
-                log.warning("eBPF network %s: standby version not levelled (%s); the next change "
-                            "reads it back", st.spec.id[:12], exc)
+                log.warning("eBPF network %s: other version not levelled (%s)", st.spec.id[:12], exc)
 
     def _flip(self, h, version: int, generation: int, network_id: str) -> None:
         value = maps.STATE.pack(version, generation & 0xFFFFFFFF, maps.network_tag(network_id))
@@ -439,10 +440,6 @@ def _make_exactly(fd: int, key_size: int, content: dict) -> None:
     for key in list(libbpf.keys(fd, key_size)):
         if key not in content:
             libbpf.delete(fd, key)
-
-
-def _thread(fn: Callable) -> None:
-    threading.Thread(target=fn, name="secnet-ebpf-level", daemon=True).start()
 
 
 def _published(port: Optional[Port]) -> tuple:
