@@ -196,7 +196,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         if len(diffs) < len(changes) or sum(len(r) + len(w) for r, w in diffs.values()) > LEVEL_LATER:
             self.later(lambda: self._level_later(st))
         else:   # small: a thread would cost more (its start, the GIL's hand-over)
-            self._level(st)
+            self._level_later(st)   # now; the new policy is in force whatever it meets
 
     def _level(self, st: _Net) -> None:
         """Do ``st``'s pending levelling; if it fails, the next try reads that version back."""
