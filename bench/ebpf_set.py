@@ -9,7 +9,10 @@ them (the map after the delta passed), each replacing the N rules in force by N
 others (every port moved by one), then S times one rule added and removed with the N in
 force. Stage stamps (ms, summed per set) of the functions the set goes through, where the
 tree has them. Python's cyclic collector is paused during each timed call, as the daemon
-pauses it for a policy edit (``--gc-on``: not).
+pauses it for a policy edit (``--gc-on``: not). ``--pause S``: S seconds (untimed) before
+each set, as a user leaves between commands (work the backend leaves to a thread after
+a call, such as the eBPF backend's levelling of the version not in force, then happens
+there rather than in the next timed call). ``set cpu``: the calling thread's CPU time.
 
 ``--base REV``: the same rounds against ``git archive REV`` (its ``plugin`` and
 ``segmentation`` by PYTHONPATH, this checkout's compiled datapath object for both),
@@ -92,7 +95,7 @@ def _collector(on: bool):
             gc.enable()
 
 
-def _sets(n: int, sets: int, obj: str, stages: bool, gc_on: bool = False) -> dict:
+def _sets(n: int, sets: int, obj: str, stages: bool, gc_on: bool = False, pause: float = 0.0) -> dict:
     """In the current (scratch) namespace: S timed sets of n rules; {"set": [ms], stage: [ms]}."""
     from plugin.enforce.backend import NetworkSpec          # noqa: PLC0415 (the tree under test)
     from plugin.enforce.ebpf.backend import EbpfBackend     # noqa: PLC0415
@@ -111,13 +114,15 @@ def _sets(n: int, sets: int, obj: str, stages: bool, gc_on: bool = False) -> dic
         backend.apply_network(net, maps[0], [])
         for i in range(sets):
             old, new = maps[i % 2], maps[1 - i % 2]
+            time.sleep(pause)
             delta = old.delta(new)
             stamps.clear()
             gc.collect()
             with _collector(gc_on):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 backend.apply_policy(net, delta, policy=new)
                 out["set"].append((time.perf_counter() - t0) * 1000)
+                out.setdefault("set cpu", []).append((time.thread_time() - c0) * 1000)
             for label, ms in stamps.items():
                 out.setdefault(label, []).append(ms)
         current = maps[sets % 2]
@@ -139,7 +144,8 @@ def _sets(n: int, sets: int, obj: str, stages: bool, gc_on: bool = False) -> dic
 def child(args) -> None:
     from plugin.kernel import netns   # noqa: PLC0415
     import plugin                     # noqa: PLC0415
-    result = netns.run_in_new(lambda: _sets(args.rules, args.sets, args.obj, not args.profile, args.gc_on),
+    result = netns.run_in_new(lambda: _sets(args.rules, args.sets, args.obj, not args.profile, args.gc_on,
+                                                  args.pause),
                               timeout=600)
     result["tree"] = os.path.dirname(os.path.dirname(plugin.__file__))
     print(json.dumps(result))
@@ -147,7 +153,8 @@ def child(args) -> None:
 
 def run_round(tree: str, args) -> dict:
     cmd = [sys.executable, "-m", "bench.ebpf_set", "--child", "--rules", str(args.rules),
-           "--sets", str(args.sets), "--obj", args.obj] + (["--gc-on"] if args.gc_on else [])
+           "--sets", str(args.sets), "--obj", args.obj, "--pause", str(args.pause)] + \
+        (["--gc-on"] if args.gc_on else [])
     env = dict(os.environ, PYTHONPATH=tree)
     out = subprocess.run(cmd, cwd=tree, env=env, check=True, capture_output=True, text=True, timeout=900)
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -185,6 +192,8 @@ def main() -> None:
     parser.add_argument("--obj", default=OBJECT)
     parser.add_argument("--gc-on", action="store_true",
                         help="leave Python's collector on during the calls (the daemon pauses it)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds between sets (untimed): what a user leaves between two commands")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -213,6 +222,10 @@ def main() -> None:
         ratios = [stats(a["set"])["median"] / stats(b["set"])["median"]
                   for a, b in zip(results["this"], results["base"])]
         out["set this/base per round"] = [round(stats(ratios)["median"], 3), [round(r, 2) for r in ratios]]
+        cpu = [stats(a["set cpu"])["median"] / stats(b["set cpu"])["median"]
+               for a, b in zip(results["this"], results["base"]) if a.get("set cpu") and b.get("set cpu")]
+        if cpu:
+            out["set cpu this/base per round"] = [round(stats(cpu)["median"], 3), [round(r, 2) for r in cpu]]
     print(json.dumps(out, indent=1))
 
 

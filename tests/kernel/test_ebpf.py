@@ -151,6 +151,37 @@ def test_one_rule_edit_is_one_generation_and_keeps_the_programs(lab):
     assert parallel(probe, [(web, api, 4, "tcp", 5432)]) == ["ok"]
 
 
+def _versions(backend) -> tuple:
+    """(policy map content of version 0, of version 1, the leveling pending or not)."""
+    st = backend._nets[NET_ID[:12]]                                      # noqa: SLF001
+    return backend._dump(st.handle, "policy", 0), backend._dump(st.handle, "policy", 1), st.level is not None
+
+
+@ebpf
+def test_an_edit_is_in_force_before_the_other_version_is_levelled(lab, monkeypatch):
+    """apply_policy returns once the new policy is in force (written to the version not in
+    force, then the flip); levelling the other version comes after, and the next edit does
+    it first if it is still pending: each edit's rules, and only those, are enforced."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    from plugin.enforce.ebpf import backend as eb   # noqa: PLC0415
+    monkeypatch.setattr(eb, "LEVEL_LATER", 0)                # every leveling left for later
+    pending: list = []
+    lab.backend.obj.later = pending.append                  # and held back
+    lab.update("web->api:tcp/5432")
+    old, new, waiting = lab.backend.call(_versions, lab.backend.obj)
+    assert waiting and old != new                            # one version holds the old policy still
+    cells = [(web, api, 4, "tcp", 5432), (web, api, 4, "tcp", 8080), (web, api, 6, "tcp", 8080)]
+    assert parallel(probe, cells) == ["ok", "timeout", "timeout"]
+    lab.update("web->api:tcp/9999")                          # levels the last edit's first
+    cells = [(web, api, 4, "tcp", 9999), (web, api, 6, "tcp", 5432), (web, api, 4, "tcp", 8080)]
+    assert parallel(probe, cells) == ["ok", "timeout", "timeout"]
+    lab.backend.call(pending[-1])                            # the thread's turn
+    old, new, waiting = lab.backend.call(_versions, lab.backend.obj)
+    assert not waiting and old == new
+    assert lab.drift() == []
+
+
 @ebpf
 def test_allowed_east_west_bypasses_the_bridge(lab):
     """Judged flows go veth to veth (bpf_redirect_peer): the bridge forwards none of their packets."""

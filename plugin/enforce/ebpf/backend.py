@@ -13,10 +13,12 @@ apart by the first byte of the key (or the array index); ``state`` says
 which version is in force and counts generations. A change writes the new
 content under the version *not* in force, then flips ``state`` in one
 element update -- packets see the whole old or the whole new policy, never
-a mix -- and then brings the other version level, so that both always agree
-at rest and the next change again writes only its delta. Every change bumps
-the generation: a tracked flow whose entry is older is judged again on its
-next packet and cut when the new state denies it.
+a mix -- and then levels the other version, so that both agree at rest and
+the next change again writes only its delta. A big levelling (half of the
+writes) is left to a thread, which runs once the caller lets go of the lock;
+a swap that finds it pending does it first. Every change bumps the
+generation: a tracked flow whose entry is older is judged again on its next
+packet and cut when the new state denies it.
 
 NAT (published ports, masquerade) stays in nftables: with a ``nat`` object (the daemon
 passes plugin.enforce.nftables.natonly.NatTable) this backend also writes the network's
@@ -24,7 +26,7 @@ NAT-only table in the same calls, so the reconciler treats both datapaths alike.
 """
 from __future__ import annotations
 
-import operator
+import logging
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -34,10 +36,14 @@ from plugin.enforce.backend import BackendError, BackendUnavailable, Counters, D
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import build, counters, fqdn, libbpf, maps, pins
+from .groups import delta_changes as _delta_changes, group_index, regroup as _regroup
+from .groups import touched_groups as _touched
 from .events import DropReader, hairpin_target
 from .host import host_problem
 
+log = logging.getLogger(__name__)
 SIZES: dict = {}   # map name -> max entries (defaults: lib/maps.h)
+LEVEL_LATER = 512   # elements written and deleted: a levelling this big is left to a thread
 
 
 @dataclass
@@ -47,48 +53,9 @@ class _Net:
     policy: Optional[PolicyMap] = None
     index: dict = field(default_factory=dict)    # group_index(policy.entries)
     ports: dict = field(default_factory=dict)   # endpoint id -> (Port, ifindex)
+    level: Optional[Callable] = None            # the pending write that levels the version not in force
 
 
-def group_index(entries: Iterable) -> dict:
-    """(src, dst, proto) -> set of PolicyEntry: the unit a delta rewrites."""
-    index: dict = {}
-    for e in entries:
-        index.setdefault(_GROUP(e), set()).add(e)
-    return index
-
-
-def _touched(old: PolicyMap, delta: PolicyDelta, index: Optional[dict] = None) -> tuple:
-    """(groups, entries before, after) of the (src, dst, proto) groups of ``delta``'s entries;
-    ``index``: group_index(old.entries), kept by the caller (else built here)."""
-    groups = set(map(_GROUP, delta.entries_added | delta.entries_removed))
-    if index is None:
-        index = group_index(e for e in old.entries if _GROUP(e) in groups)
-    before = {e for g in groups for e in index.get(g, ())}
-    return groups, before, (before - delta.entries_removed) | delta.entries_added
-
-
-def _delta_changes(old: PolicyMap, new: PolicyMap, delta: PolicyDelta, index: Optional[dict] = None,
-                   touched: Optional[tuple] = None) -> dict:
-    """map name -> (content before, content after) of what ``delta`` touches: only the
-    (src, dst, proto) groups of its entries (their prefixes are disjoint from every other
-    group's), the CIDR map only when CIDRs changed. ``touched``: _touched(old, delta, index)."""
-    _groups, before, after = touched or _touched(old, delta, index)
-    out = {"policy": (maps.policy_content(before), maps.policy_content(after)),
-           "restricted": (maps.restricted_content(old), maps.restricted_content(new))}
-    if delta.cidrs_added or delta.cidrs_removed or delta.fqdns_added or delta.fqdns_removed:
-        out["cidrs"] = (maps.cidr_content(maps.policy_cidrs(old)), maps.cidr_content(maps.policy_cidrs(new)))
-    return out
-
-
-def _regroup(index: dict, groups: set, after: set) -> None:
-    """Make ``index`` (group_index) hold ``after``: the entries of ``groups`` now."""
-    regrouped = group_index(after)
-    for group in groups - regrouped.keys():     # every entry of the group removed
-        index.pop(group, None)
-    index.update(regrouped)
-
-
-_GROUP = operator.itemgetter(0, 1, 2)   # a PolicyEntry's (src, dst, proto)
 _SPLIT = {"policy": maps.policy_unversioned, "cidrs": maps.cidr_unversioned,
           "restricted": maps.restricted_unversioned}
 _KEY_SIZE = {"policy": maps.POLICY_KEY.size, "cidrs": maps.CIDR_KEY.size,
@@ -113,6 +80,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         self._nets, self._lock = {}, threading.RLock()
         self._reader: Optional[DropReader] = None
         self._host_ok = False
+        self.later: Callable = lambda fn: threading.Thread(target=fn, name="secnet-ebpf-level", daemon=True).start()
         self.fqdn = fqdn.FqdnMaps(self._fqdn_fd, self._lock)   # DNS-name rules (plugin.dns)
 
     # --- host ---------------------------------------------------------------
@@ -197,21 +165,60 @@ class EbpfBackend(fqdn.FqdnMethods):
         """Make ``new`` the policy in force in one flip. ``changes``: map name ->
         (content in force and mirrored in both versions, or None to read each
         version back from the kernel; the wanted content). A known content's diff
-        is computed once and written to both versions."""
+        is computed once and written to both versions: to the one not in force, then
+        the flip; the other one's (``st.level``) is left to ``later`` (a thread), or to
+        the next swap, which does it first. Raises LibbpfError, EncodeError."""
         h = st.handle
+        self._level(st)   # one still pending: the version written now must hold ``before``
         version, generation, _tag = self._state(h)
         nxt = 1 - (version & 1)
         settings = maps.settings_value(new, st.spec.mode, st.spec.internal)
         diffs = {name: maps.content_diff(before, after)
                  for name, (before, after) in changes.items() if before is not None}
-        for target in (nxt, 1 - nxt):
-            for name, (_before, after) in changes.items():
-                self._write_version(h, name, target, diffs[name] if name in diffs else
-                                    maps.content_diff(self._dump(h, name, target), after))
-            libbpf.update(h.maps["settings"], maps.U32.pack(target), settings)
-            if target == nxt:
-                self._flip(h, nxt, generation + 1, st.spec.id)
-        st.policy = new
+
+        def write(target: int, policy: PolicyMap, known: bool = True) -> None:
+            """``policy`` into version ``target``: by the diffs when it holds ``before``
+            (``known``), else by what a dump of it says (the whole content)."""
+            for name, (before, after) in (changes if known else maps.full_changes(policy)).items():
+                self._write_version(h, name, target, diffs[name] if before is not None and name in diffs
+                                    else maps.content_diff(self._dump(h, name, target), after))
+            libbpf.update(h.maps["settings"], maps.U32.pack(target), maps.settings_value(
+                policy, st.spec.mode, st.spec.internal) if not known else settings)
+        old = st.policy
+        try:
+            write(nxt, new)
+        except (maps.EncodeError, libbpf.LibbpfError):
+            if old is not None:   # half written: levelled to the policy in force from a dump first
+                st.level = lambda known=False: write(nxt, old, known=False)
+            raise
+        self._flip(h, nxt, generation + 1, st.spec.id)
+        st.policy, st.level = new, (lambda known=True: write(1 - nxt, new, known))
+        if len(diffs) < len(changes) or sum(len(r) + len(w) for r, w in diffs.values()) > LEVEL_LATER:
+            self.later(lambda: self._level_later(st))
+        else:   # small: a thread would cost more (its start, the GIL's hand-over)
+            self._level_later(st)   # now; the new policy is in force whatever it meets
+
+    def _level(self, st: _Net) -> None:
+        """Do ``st``'s pending levelling; if it fails, the next try reads that version back."""
+        level, st.level = st.level, None
+        if level is None:
+            return
+        try:
+            level()
+        except (maps.EncodeError, libbpf.LibbpfError):
+            st.level = lambda known=False: level(known=False)
+            raise
+
+    def _level_later(self, st: _Net) -> None:
+        """``_level`` under the lock, if ``st`` is still the network's state (a failure is
+        logged: the next swap tries again, reading that version back)."""
+        with self._lock:
+            if self._nets.get(st.spec.id[:12]) is not st:   # removed, reloaded or closed since
+                return
+            try:
+                self._level(st)
+            except (maps.EncodeError, libbpf.LibbpfError) as exc:
+                log.warning("eBPF network %s: other version not levelled (%s)", st.spec.id[:12], exc)
 
     def _flip(self, h, version: int, generation: int, network_id: str) -> None:
         value = maps.STATE.pack(version, generation & 0xFFFFFFFF, maps.network_tag(network_id))

@@ -1,0 +1,113 @@
+"""Where the daemon's ``policy set`` of N rules goes, stage by stage, in thread CPU and wall time.
+
+Run as root: ``python -m bench.set_cpu [--rules N] [--endpoints M] [--sets S]``. In a
+throwaway network namespace, ``bench.handler``'s world (a real SQLite state, the
+reconciler, the nftables backend, the conntrack flow index; M endpoints over 100
+segments, N rules) takes S ``set``s of N rules, each replacing every rule (every port
+moved: ``bench.scale.sweep_rules``), through ``Api.policy`` as the route calls it (the
+cyclic collector paused as the daemon pauses it). Each stage below is timed where it
+is called (nested stages are included in their callers: ``policy delta`` holds
+``recompile`` and ``apply_policy``, which holds ``elements``, ``encode`` and ``send``,
+the kernel's part). Thread CPU time (``time.thread_time``) is the figure to compare on
+a shared machine; wall time is printed next to it. Prints JSON: per stage the median
+(ms) of the sets after the first two.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib
+import json
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+
+from plugin.driver.state import State
+from plugin.kernel import netns
+
+from . import handler
+from .scale import FLOW_RULES, sweep_rules
+
+#: (module, attribute path, label)
+STAGES = (
+    ("plugin.daemon.api", "Api.policy", "Api.policy"),
+    ("plugin.daemon.api", "parse_rules", "parse"),
+    ("plugin.enforce.reconciler", "Reconciler._policy_delta", "policy delta"),
+    ("plugin.enforce.reconciler", "_named_after", "named after"),
+    ("plugin.enforce.reconciler", "recompile_policy_map", "recompile"),
+    ("plugin.enforce.reconciler", "Reconciler._end_denied_flows", "flows"),
+    ("plugin.enforce.nftables.backend", "NftBackend.apply_policy", "apply_policy"),
+    ("plugin.enforce.nftables.elements", "PolicyElements.change", "elements"),
+    ("plugin.enforce.nftables.netlink", "ElementWriter._messages", "encode"),
+    ("plugin.enforce.nftables.netlink", "ElementWriter._send", "send"),
+    ("plugin.driver.state", "State.put_network", "state"),
+)
+_stamps: dict = {}
+
+
+def _timed(fn, label: str):
+    @functools.wraps(fn)
+    def timed(*args, **kwargs):
+        cpu, wall = time.thread_time(), time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            before = _stamps.get(label, (0.0, 0.0))
+            _stamps[label] = (before[0] + (time.thread_time() - cpu) * 1000,
+                              before[1] + (time.perf_counter() - wall) * 1000)
+    return timed
+
+
+def install() -> None:
+    for module, path, label in STAGES:
+        owner = importlib.import_module(module)
+        *outer, name = path.split(".")
+        for part in outer:
+            owner = getattr(owner, part)
+        setattr(owner, name, _timed(getattr(owner, name), label))
+
+
+def measure(rules: int, endpoints: int, sets: int) -> dict:
+    """``sets`` + 2 sets of ``rules`` rules (the first two not counted); per stage the medians."""
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="snbench-") as tmp:
+        state = State(f"{tmp}/state")
+        flows = handler._started_index()
+        try:
+            api = handler._world(state, rules, endpoints, flows)
+            for rep in range(sets + 2):
+                _stamps.clear()
+                api.policy({"network": handler.NET_ID, "action": "set", "list": False,
+                            "rules": sweep_rules(rules, 1 + rep % 2) + FLOW_RULES})
+                if rep >= 2:
+                    rows.append(dict(_stamps))
+            api.reconciler.network_removed(state.get_network(handler.NET_ID))
+        finally:
+            state.close()
+            flows.stop()
+    return {label: {"cpu_ms": round(statistics.median(r.get(label, (0, 0))[0] for r in rows), 1),
+                    "wall_ms": round(statistics.median(r.get(label, (0, 0))[1] for r in rows), 1)}
+            for _m, _p, label in STAGES}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rules", type=int, default=10000)
+    parser.add_argument("--endpoints", type=int, default=1000)
+    parser.add_argument("--sets", type=int, default=10)
+    args = parser.parse_args()
+    install()
+    name = f"snsetcpu-{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        found = netns.run_in(f"/run/netns/{name}", measure, args.rules, args.endpoints, args.sets, timeout=900)
+        print(json.dumps({"rules": args.rules, "endpoints": args.endpoints, "sets": args.sets,
+                          "stages": found}, indent=1))
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+if __name__ == "__main__":
+    main()
