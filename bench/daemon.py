@@ -3,6 +3,7 @@ the plugin socket they hold), their RSS and CPU time, and a watch for restarts
 by someone else."""
 from __future__ import annotations
 
+import array
 import os
 import threading
 import time
@@ -113,6 +114,35 @@ def pss_kib(pids: list) -> Optional[int]:
     KiB: a page shared by k processes counts 1/k in each, so the sum counts
     every page of the daemon once. Always <= :func:`rss_kib` of the same pids."""
     return _sum_field(pids, "smaps_rollup", "Pss:")
+
+
+def union_rss_kib(pids: list) -> Optional[int]:
+    """Resident pages mapped by any of ``pids``, each physical page counted once,
+    KiB: the RSS of the daemon taken as one thing (a page that master and worker
+    share after the fork is one page of RAM; VmRSS counts it in each, Pss splits it
+    with every process on the host that maps it, other Python processes included).
+    From /proc/<pid>/pagemap (proc(5): bit 63 present, bits 0-54 the page frame
+    number, shown to root only); None if a process is gone or frames are hidden."""
+    frames: set = set()
+    size = os.sysconf("SC_PAGE_SIZE")
+    try:
+        for pid in pids:
+            with open(f"/proc/{pid}/maps") as maps, open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+                for line in maps:
+                    first, end = (int(x, 16) // size for x in line.split(None, 1)[0].split("-"))
+                    if line.rstrip().endswith("[vsyscall]"):
+                        continue
+                    pagemap.seek(first * 8)
+                    entries = array.array("Q", pagemap.read((end - first) * 8))
+                    frames.update(e & _PFN for e in entries if e >> 63)
+    except OSError:
+        return None
+    if frames and frames <= {0}:   # not root: every frame number reads 0
+        return None
+    return len(frames) * size // 1024
+
+
+_PFN = (1 << 55) - 1
 
 
 def cpu_seconds(pids: list) -> Optional[float]:

@@ -18,8 +18,12 @@ whose 50,000-rule edits set the daemon's high-water mark); a sample after each.
 After each step (and 2 s of quiet: the worker gives free heap back 1 s after
 its last request) it reads, for master and worker, VmRSS and Pss
 (/proc/PID/smaps_rollup), median of 5 readings 0.2 s apart. ``rss_mib`` is the
-VmRSS sum (what bench/daemon.py reports as the daemon's RSS); ``pss_mib`` the
-Pss sum (each shared page counted once). Prints JSON.
+VmRSS sum (what bench/daemon.py reports as the daemon's RSS; a page master and
+worker share counts twice); ``pss_mib`` the Pss sum (a shared page split among
+all processes on the host that map it, other helpers' Pythons included);
+``union_rss_mib`` the resident pages of master and worker with each physical page
+counted once (bench.daemon.union_rss_kib, /proc/PID/pagemap): the daemon's RSS
+taken as one thing, what neither of the others measures. Prints JSON.
 """
 from __future__ import annotations
 
@@ -33,7 +37,7 @@ import time
 import uuid
 
 from .common import Plugin, stats
-from .daemon import pss_kib, rss_kib
+from .daemon import pss_kib, rss_kib, union_rss_kib
 from .scale import FLOW_RULES, ONE_RULE, SEGMENTS, endpoint_id, ring_rules, sweep_rules
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,15 +85,17 @@ class Private:
     def sample(self, quiet: float = 2.0) -> dict:
         time.sleep(quiet)
         pids = self.pids()
-        rows = {k: [] for k in ("rss_mib", "pss_mib", "master_rss_mib", "worker_rss_mib")}
+        rows = {k: [] for k in ("rss_mib", "pss_mib", "union_rss_mib", "master_rss_mib", "worker_rss_mib")}
         for _ in range(5):
             both = [p for p in pids.values() if p]
             rows["rss_mib"].append(rss_kib(both) / 1024)
             rows["pss_mib"].append(pss_kib(both) / 1024)
+            union = union_rss_kib(both)
+            rows["union_rss_mib"].append(union / 1024 if union is not None else None)
             for name in ("master", "worker"):
                 rows[f"{name}_rss_mib"].append(rss_kib([pids[name]]) / 1024 if pids[name] else None)
             time.sleep(0.2)
-        return {k: round(stats(v)["median"], 1) for k, v in rows.items()}
+        return {k: round(stats(v)["median"], 1) if None not in v else None for k, v in rows.items()}
 
     def stop(self) -> None:
         self.plugin.close()
@@ -166,11 +172,12 @@ def section(sizes) -> dict:
 
 def table(r: dict) -> list:
     """Markdown rows of one :func:`run`'s steps (RSS sum, Pss sum, master and worker RSS)."""
-    rows = ["| step | RSS sum, MiB | Pss sum, MiB | master / worker RSS, MiB |", "|---|---|---|---|"]
+    rows = ["| step | RSS sum, MiB | Pss sum, MiB | RSS, shared pages once, MiB | master / worker RSS, MiB |",
+            "|---|---|---|---|---|"]
     for key, label in STEPS:
         s = r.get(key)
         if s:
-            rows.append(f"| {label.format(**r)} | {s['rss_mib']} | {s['pss_mib']} | "
+            rows.append(f"| {label.format(**r)} | {s['rss_mib']} | {s['pss_mib']} | {s.get('union_rss_mib')} | "
                         f"{s['master_rss_mib']} / {s['worker_rss_mib']} |")
     return rows
 

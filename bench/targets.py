@@ -120,7 +120,8 @@ def _load_rows(r) -> list:
                      "back near start after (private daemon, no sweep: bench/memory.py)",
                      f"{num(at)} MiB (start {num(start)}, {mem['endpoints']:,} endpoints "
                      f"{num(get(mem, 'endpoints_in', 'rss_mib'))}, all removed {num(after)}; "
-                     f"Pss sum {num(get(mem, 'rules_set', 'pss_mib'))} MiB)", _le(at, 80 / 1.048576)))
+                     f"Pss sum {num(get(mem, 'rules_set', 'pss_mib'))} MiB; each shared page once "
+                     f"{num(get(mem, 'rules_set', 'union_rss_mib'))} MiB)", _le(at, 80 / 1.048576)))
     rss = sc.get("rss_mib") or {}
     if rss:
         top = max(rss, key=int)

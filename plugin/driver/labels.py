@@ -108,7 +108,8 @@ class LabelResolver:
         self.connect_hooks: list = []    # hook(client) on every (re)connect: the engine may be new
 
     def _docker_client(self, timeout: float):
-        import docker  # only here: nothing talks to Docker at import time
+        from plugin.kernel.lightimport import import_docker
+        docker = import_docker()  # only here: nothing talks to Docker at import time
         client = docker.APIClient(base_url=self.base_url, timeout=timeout, version="auto")
         if client.base_url.startswith("http+docker://"):   # the engine's unix socket
             # no proxy can lie on a unix socket: requests' reading of the proxy settings of

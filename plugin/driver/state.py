@@ -170,6 +170,12 @@ class State:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # SQLite's page cache (default 2,000 KiB per connection) fills with the pages of
+        # a 10,000-rule network document and is never given back: ~2.8 MiB of the
+        # daemon's RSS. The store is read only at start; its writes find their pages in
+        # the OS page cache: 256 KiB costs nothing measurable (CPU time of a 10,000-rule
+        # document write 1.02x, of an endpoint row 0.88x; 12 interleaved rounds).
+        self._db.execute("PRAGMA cache_size=-256")
         self._db.execute("CREATE TABLE IF NOT EXISTS networks (id TEXT PRIMARY KEY, doc TEXT NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS endpoints (id TEXT PRIMARY KEY,"
                          " network_id TEXT NOT NULL, doc TEXT NOT NULL)")

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import sys
 import threading
+import types
 
 _LOCK = threading.Lock()
 
@@ -51,3 +52,51 @@ def _loader_of(name: str, module, spec):
         return object.__getattribute__(module, attr)
 
     return __getattr__
+
+
+class _OnFirstUse(types.ModuleType):
+    """Stands for module ``__name__`` (only in the modules imported while it was in
+    ``sys.modules``): any attribute not set on it imports the real module and is
+    read from there."""
+
+    def __getattr__(self, attr: str):
+        if attr.startswith("__"):   # the import system's questions (``__path__``, ...)
+            raise AttributeError(attr)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        return getattr(importlib.import_module(self.__name__), attr)
+
+
+def import_deferring(name: str, deferred: str, **known) -> types.ModuleType:
+    """Import module ``name`` with installed module ``deferred`` standing in as an
+    :class:`_OnFirstUse` that holds the attributes ``known`` (what ``name`` reads at
+    import); the real ``deferred`` loads at the first use of any other attribute.
+    The stand-in leaves ``sys.modules`` at once: a later ``import deferred`` gets the
+    real module. When ``deferred`` is imported already or not installed, a plain
+    import."""
+    with _LOCK:
+        if name in sys.modules or deferred in sys.modules or importlib.util.find_spec(deferred) is None:
+            return importlib.import_module(name)
+        stand_in = _OnFirstUse(deferred, f"imported at first use (plugin.kernel.lightimport, for {name})")
+        stand_in.__dict__.update(known)
+        sys.modules[deferred] = stand_in
+        try:
+            return importlib.import_module(name)
+        finally:
+            if sys.modules.get(deferred) is stand_in:
+                del sys.modules[deferred]
+
+
+def import_docker() -> types.ModuleType:
+    """The Docker SDK without ``charset_normalizer`` (2.6 MiB of RSS, mostly the
+    character tables it builds at import): requests imports it to guess the text
+    encoding of a response that names none (``Response.apparent_encoding``), which
+    the engine's JSON never needs (``Response.json`` reads UTF-8/16/32 from the bytes,
+    requests.utils.guess_json_utf); it loads if requests ever guesses. requests reads
+    only its ``__version__`` at import (the version check in requests/__init__.py)."""
+    import importlib.metadata
+    try:
+        version = importlib.metadata.version("charset_normalizer")
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.import_module("docker")
+    return import_deferring("docker", "charset_normalizer", __version__=version)

@@ -48,3 +48,35 @@ def test_an_imported_or_missing_package_is_left_alone():
         print(defer_package_init("json"), defer_package_init("no_such_package_here"))
     """)
     assert out == "False False"
+
+
+def test_docker_imports_without_charset_normalizer_and_it_loads_at_first_use():
+    out = _run("""
+        import sys, warnings
+        warnings.simplefilter("error")          # no RequestsDependencyWarning either
+        from plugin.kernel.lightimport import import_docker
+        docker = import_docker()
+        import requests
+        before = "charset_normalizer" in sys.modules
+        client = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")
+        r = requests.models.Response()
+        r._content, r.encoding = '{"Name": "é"}'.encode("utf-16"), None
+        decoded = r.json()["Name"]              # JSON: the encoding read from the bytes
+        still_out = "charset_normalizer" in sys.modules
+        r._content = "été".encode("latin-1")
+        guessed = r.apparent_encoding           # a guess: the real module loads now
+        import charset_normalizer
+        print(before, decoded, still_out, bool(guessed), type(charset_normalizer).__name__,
+              "charset_normalizer" in sys.modules)
+    """)
+    assert out == "False é False True module True"
+
+
+def test_import_deferring_leaves_an_imported_module_alone():
+    out = _run("""
+        import sys, json
+        from plugin.kernel.lightimport import import_deferring
+        import_deferring("email.utils", "json")
+        print(type(sys.modules["json"]).__name__)
+    """)
+    assert out == "module"

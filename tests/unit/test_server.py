@@ -18,3 +18,23 @@ def test_the_heap_is_trimmed_once_requests_stop():
         assert app({}, None) == [b"ok"]
     assert trimmed.wait(10.0), "no trim after requests stopped"
     assert calls == [0]
+
+
+def test_the_master_freezes_its_heap_before_it_forks_the_worker():
+    """gunicorn's pre_fork hook of secnet's app puts the master's objects in the
+    collector's permanent generation (in a child process: pytest's heap stays as is)."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import gc
+        from plugin.config import Settings
+        from plugin.daemon.server import _Gunicorn
+        app = _Gunicorn(Settings.from_env())
+        before = gc.get_freeze_count()
+        app.cfg.pre_fork(None, None)
+        print(before, gc.get_freeze_count() > 1000)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0", "True"]
