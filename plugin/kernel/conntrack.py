@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
 from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.enforce.backend import link_local
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 from segmentation.rulevalues import Service
@@ -114,6 +115,13 @@ class Holder:
 GONE = Holder(("gone", ""))
 
 
+def own_addresses(port) -> tuple:
+    """A port's plain addresses: IPv4, IPv6 and its own link-local address (of its
+    MAC, when it has one: flows between link-local addresses are judged too)."""
+    mac = getattr(port, "mac", None)
+    return tuple(a.split("/")[0] for a in (port.ipv4, port.ipv6) if a) + ((link_local(mac),) if mac else ())
+
+
 def holders(ports: Iterable, gone: Iterable[str] = ()) -> dict:
     """address -> Holder of every port (anything with ipv4, ipv6, segment,
     quarantine and published attributes), and GONE for ``gone`` addresses."""
@@ -126,9 +134,8 @@ def holders(ports: Iterable, gone: Iterable[str] = ()) -> dict:
         else:
             end = ("segment", p.segment)
         published = frozenset((proto, int(hp), int(cp)) for proto, _ip, hp, cp in (p.published or ()))
-        for addr in (p.ipv4, p.ipv6):
-            if addr:
-                out[addr.split("/")[0]] = Holder(end, published)
+        for addr in own_addresses(p):
+            out[addr] = Holder(end, published)
     return out
 
 
@@ -136,7 +143,7 @@ def _naming(ports: Iterable, entries: Iterable[Entry]) -> list:
     """The ports with an address that one of ``entries`` names: the only ones
     ``judge`` looks up (a policy edit with 1,000 members and few flows)."""
     named = set().union(*(e.addresses for e in entries))
-    return [p for p in ports if any(a and a.split("/")[0] in named for a in (p.ipv4, p.ipv6))]
+    return [p for p in ports if any(a in named for a in own_addresses(p))]
 
 
 def allowed_by(compiled, learned=None) -> Allowed:
@@ -377,7 +384,7 @@ class Flows:
         address admitted go on after it expired while a dns(...) rule of their
         segment that learned it is still there (``admitted``: see ``dns_rule_by``)."""
         ports = list(ports)
-        addresses = {a.split("/")[0] for p in ports for a in (p.ipv4, p.ipv6) if a}
+        addresses = {a for p in ports for a in own_addresses(p)}
         entries = self._entries(addresses if only is None else only)
         if not entries:
             return 0

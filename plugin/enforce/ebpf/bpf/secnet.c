@@ -290,14 +290,16 @@ int from_container(struct __sk_buff *skb)
 }
 
 /* East-west that came through the bridge (the fast path did not take it).
- * It was judged at the source; what passes here is a frame for this
- * container's own address of a flow tracked as east-west. A flow its source
- * judged otherwise (its destination was no member then) is judged again. */
+ * It was judged at the source; what passes here is a frame for one of this
+ * container's own addresses (its link-local one too) of a flow tracked as
+ * east-west. A flow its source judged otherwise (its destination was no
+ * member then) is judged again. */
 static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				       struct endpoint *ep, __u16 src)
 {
 	struct verdict vd = { .src = src, .dst = ep->identity, .reason = R_NOT_MEMBER };
-	int mine = p->family == 4 ? eq4(p->daddr, ep->ipv4) : eq16(p->daddr, ep->ipv6);
+	int mine = p->family == 4 ? eq4(p->daddr, ep->ipv4)
+				  : (eq16(p->daddr, ep->ipv6) || eq16(p->daddr, ep->ll6));
 	struct ct_val *v;
 
 	if (!mine) {
