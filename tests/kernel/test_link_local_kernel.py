@@ -15,7 +15,7 @@ import socket
 import struct
 import time
 
-from nsfixtures import lab  # noqa: F401 (fixture)
+from nsfixtures import drain, lab  # noqa: F401 (fixture)
 from packets import echoes, icmp6_frame, link_local, ns_socket, probe_icmp, send_frame, sh
 
 PORT = 8080   # the lab responder's TCP echo port (every address)
@@ -131,3 +131,16 @@ def test_forged_link_local_source_is_dropped_as_spoofed(lab):
     before = dict(lab.counters().reasons)
     send_frame(a, echo_request(a.mac, c.mac, link_local(a.mac), link_local(c.mac)))
     assert delta(lab, before) == {}, "its own link-local source is judged (and allowed)"
+
+
+def test_audit_mode_passes_and_reports_link_local_flows_policy_denies(lab):
+    web, db = lab.add(2)
+    events = lab.drop_events()
+    lab.apply("", {web: "web", db: "db"}, mode="audit")
+    settled(web, db)
+    before = dict(lab.counters().reasons)
+    assert ping_ll(web, db), "audit mode: a link-local echo no rule allows passes"
+    got = [e for e in drain(events, 1.0) if e.family == 6]
+    seen = {(e.reason, e.audit, e.src, e.dst) for e in got}
+    assert ("no-rule", True, link_local(web.mac), link_local(db.mac)) in seen, got
+    assert lab.dropped("no-rule", audit=True) >= 1 and delta(lab, before) == {}
