@@ -2,9 +2,10 @@
  * its own MAC; ARP only for its own IPv4 address and MAC; IPv4 and IPv6 only
  * from its own addresses, its link-local one being the EUI-64 address of its
  * MAC (address resolution, DAD and multicast listener reports pass unjudged,
- * the rest is judged by policy like its global address's); neighbour adverts only for its own addresses; never router adverts or
- * redirects (a container must not become its neighbours' router); nothing
- * but ARP, IPv4 and IPv6. */
+ * the rest is judged by policy as from its global address); neighbour
+ * adverts only for its own addresses; never router adverts or redirects (a
+ * container must not become its neighbours' router); nothing but ARP, IPv4
+ * and IPv6. */
 #ifndef SECNET_SPOOF_H
 #define SECNET_SPOOF_H
 #include "common.h"
