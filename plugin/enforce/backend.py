@@ -14,6 +14,7 @@ identities). Both backends must give the same verdict on every packet.
 """
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional, Protocol
 
@@ -23,6 +24,20 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 #: drop reasons, as the drop log and the metrics name them
 REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
            "quarantined", "pending", "spoofed", "ethertype")
+
+
+def link_local(mac: str) -> str:
+    """The EUI-64 link-local address the kernel gives an interface with MAC ``mac``
+    (``"02:42:0a:c8:00:02"`` -> ``"fe80::42:aff:fec8:2"``): fe80::/64 and the MAC with
+    ff:fe in its middle and the universal/local bit flipped (RFC 4291 appendix A;
+    Linux addrconf_ifid_eui48, net/ipv6/addrconf.c, the default addr_gen_mode 0).
+    A container on another scheme (stable-privacy, random) has another address:
+    anti-spoofing drops what it sends from it. Raises ValueError on a malformed MAC."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    if len(b) != 6:
+        raise ValueError(f"not a MAC address: {mac!r}")
+    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
 
 
 class BackendError(Exception):
@@ -77,6 +92,12 @@ class Port:
     @property
     def addresses(self) -> tuple:
         return tuple(a for a in (self.ipv4, self.ipv6) if a)
+
+    @property
+    def link_local(self) -> str:
+        """Its own IPv6 link-local address (:func:`link_local` of its MAC): a member's
+        address as well, judged like the others, but neither published nor shown."""
+        return link_local(self.mac)
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ from segmentation.policymap import PolicyMap, compile_policy_map, recompile_poli
 from segmentation.rules import segment_mentions
 
 from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
+from plugin.kernel.conntrack import own_addresses
 
 log = logging.getLogger(__name__)
+LINK_LOCAL = "fe80::/10"   # members' own link-local addresses (conntrack.own_addresses)
 
 
 def _plain(cidr: Optional[str]) -> Optional[str]:
@@ -191,7 +193,7 @@ class Reconciler:
             self._tell_dns("removed", net.id)
             real = self._realized.pop(net.id, None)
             if real is not None and self.flows is not None:  # endpoints Docker never deleted
-                self.flows.forget([a for p in real.ports.values() for a in p.addresses])
+                self.flows.forget([a for p in real.ports.values() for a in own_addresses(p)])
             self._watch_flows()
 
     def endpoint_changed(self, net, ep) -> None:
@@ -222,7 +224,7 @@ class Reconciler:
         if old is not None and old.active and (
                 (old.identity, old.quarantine) != (new.identity, new.quarantine)
                 or set(old.published) - set(new.published)):
-            self._end_denied_flows(real, only=set(old.addresses))
+            self._end_denied_flows(real, only=set(own_addresses(old)))
 
     def endpoint_removed(self, net, ep) -> None:
         with self._lock:
@@ -233,7 +235,7 @@ class Reconciler:
             # before DeleteEndpoint returns: Docker may hand the address to the next
             # container only then, and no entry of this one may be left (either tuple)
             if self.flows is not None:
-                self.flows.forget(old.addresses)
+                self.flows.forget(own_addresses(old))
 
     def policy_changed(self, net, edit=None) -> None:
         """Options (rules, mode, ...) of ``net`` changed: apply the delta, end denied flows.
@@ -322,7 +324,8 @@ class Reconciler:
         """Tell the conntrack writer the subnets of every network realized here."""
         watch = getattr(self.flows, "watch", None)
         if watch is not None:
-            watch({s for real in self._realized.values() for s in real.spec.subnets})
+            subnets = {s for real in self._realized.values() for s in real.spec.subnets}
+            watch(subnets | ({LINK_LOCAL} if subnets else set()))   # members' own link-local flows
 
     def _policy_delta(self, net, real: Realized, live: set, edit=None, joining=None) -> bool:
         """Recompile ``net``'s policy over the segments ``live`` (those members are

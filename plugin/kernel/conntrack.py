@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
 from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.enforce.backend import link_local
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 from segmentation.rulevalues import Service
@@ -114,6 +115,13 @@ class Holder:
 GONE = Holder(("gone", ""))
 
 
+def own_addresses(port) -> tuple:
+    """A port's plain addresses: IPv4, IPv6 and its own link-local address (of its
+    MAC, when it has one: flows between link-local addresses are judged too)."""
+    mac = getattr(port, "mac", None)
+    return tuple(a.split("/")[0] for a in (port.ipv4, port.ipv6) if a) + ((link_local(mac),) if mac else ())
+
+
 def holders(ports: Iterable, gone: Iterable[str] = ()) -> dict:
     """address -> Holder of every port (anything with ipv4, ipv6, segment,
     quarantine and published attributes), and GONE for ``gone`` addresses."""
@@ -126,9 +134,8 @@ def holders(ports: Iterable, gone: Iterable[str] = ()) -> dict:
         else:
             end = ("segment", p.segment)
         published = frozenset((proto, int(hp), int(cp)) for proto, _ip, hp, cp in (p.published or ()))
-        for addr in (p.ipv4, p.ipv6):
-            if addr:
-                out[addr.split("/")[0]] = Holder(end, published)
+        for addr in own_addresses(p):
+            out[addr] = Holder(end, published)
     return out
 
 
@@ -378,7 +385,7 @@ class Flows:
         the DNS answers in force (flows to their addresses go on); flows a learned
         address admitted go on after it expired while a dns(...) rule of their
         segment that learned it is still there (``admitted``: see ``dns_rule_by``)."""
-        by_address = {a.split("/")[0]: p for p in ports for a in (p.ipv4, p.ipv6) if a}
+        by_address = {a: p for p in ports for a in own_addresses(p)}
         entries = self._entries(by_address.keys() if only is None else only)
         if not entries:
             return 0

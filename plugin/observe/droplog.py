@@ -25,6 +25,7 @@ import threading
 import time
 from typing import Optional
 
+from plugin.enforce.backend import link_local
 from plugin.observe.linering import LineRing
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class Directory:
                 for cidr in (ep.ipv4, ep.ipv6):
                     if cidr:
                         by_addr[cidr.split("/")[0]] = ep
+                if getattr(ep, "mac", None):   # its own link-local address (what it sends from it is judged)
+                    by_addr[link_local(ep.mac)] = ep
             self._snaps[net_id] = (time.monotonic(), by_addr, by_veth)
         return by_addr, by_veth
 

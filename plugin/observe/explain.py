@@ -14,6 +14,7 @@ from typing import Optional
 from segmentation.compiler import FLOW_PROTOCOLS, Verdict, verdict
 from segmentation.errors import PolicyError, shown
 
+from plugin.enforce.backend import link_local
 from plugin.kernel.conntrack import is_host_address
 from plugin.dns.views import answer_view
 
@@ -36,14 +37,16 @@ def parse_service(text: str) -> tuple:
 
 def _address(text: str) -> Optional[str]:
     try:
-        return str(ipaddress.ip_address(text.strip("[]")))
+        return str(ipaddress.ip_address(text.strip("[]").split("%")[0]))   # (fe80::1%eth0: its zone)
     except ValueError:
         return None
 
 
 def _by_address(endpoints, address: str):
-    found = [ep for ep in endpoints for cidr in (ep.ipv4, ep.ipv6)
-             if cidr and str(ipaddress.ip_interface(cidr).ip) == address]
+    """The endpoint holding ``address``: its IPv4, IPv6 or own link-local address."""
+    found = [ep for ep in endpoints if any(
+        cidr and str(ipaddress.ip_interface(cidr).ip) == address for cidr in (ep.ipv4, ep.ipv6))
+        or (getattr(ep, "mac", None) and link_local(ep.mac) == address)]
     return _one(found, address)
 
 

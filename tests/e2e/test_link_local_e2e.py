@@ -1,10 +1,10 @@
 """Two members of one segment talk over their own IPv6 link-local addresses (user10, U10-F4).
 
-On Docker's bridge `ping -6 fe80::...%eth0` between two containers is answered. secnet drops
-it on both backends, and `secnet log` calls the sender "spoofed: address not the one the
-network gave" although fe80:: is the address the kernel derived from the MAC the network
-gave (and names the peer's link-local "(outside)"). The kernel tier has the same check
-(tests/kernel/test_link_local_kernel.py)."""
+On Docker's bridge `ping -6 fe80::...%eth0` between two containers is answered. The
+EUI-64 link-local address of the MAC the network gave a member is one of its addresses
+on both backends: judged by policy (same segment, intra=allow: it passes), never
+logged as `spoofed`. The kernel tier has the same check and the cases between segments,
+quarantine and forged sources (tests/kernel/test_link_local_kernel.py)."""
 from __future__ import annotations
 
 import time
@@ -29,8 +29,6 @@ def link_local(c: h.Container, within: float = 10.0) -> str:
         time.sleep(0.2)
 
 
-@pytest.mark.xfail(strict=True, reason="U10-F4: a member's own link-local source is dropped and logged as "
-                                       "spoofed (bridge table spoofing chain / bpf lib/spoof.h); not fixed")
 def test_echo_between_link_local_addresses_of_one_segment(make_network, run_container):
     net = make_network("sn-ll", ipv6=True)
     a = run_container(net, "lla", labels={"secnet.segment": "web"})
@@ -43,3 +41,23 @@ def test_echo_between_link_local_addresses_of_one_segment(make_network, run_cont
     spoofed = [l for l in secnet("log", net.name).stdout.splitlines() if "spoofed" in l and a.name in l]
     assert res.returncode == 0 and not spoofed, \
         f"ping -6 {target} from {a.name}: rc {res.returncode}; log: {spoofed}"
+
+
+def test_link_local_between_segments_is_judged_and_named(make_network, run_container):
+    """Another segment without a rule: dropped as "no rule allows it", the log naming both
+    containers by their link-local addresses; `explain` answers for those addresses."""
+    net = make_network("sn-ll2", ipv6=True)
+    a = run_container(net, "llweb", labels={"secnet.segment": "web"})
+    b = run_container(net, "lldb", labels={"secnet.segment": "db"})
+    s.wait_segments(net, {a.name: "web", b.name: "db"})
+    src, dst = link_local(a), link_local(b)
+    res = h.in_netns(a, h.BUSYBOX, "ping", "-6", "-c2", "-W2", f"{dst}%eth0")
+    assert res.returncode != 0, f"ping -6 {dst}%eth0 from {a.name} (web) to {b.name} (db): answered"
+
+    def lines():
+        return [l for l in secnet("log", net.name).stdout.splitlines() if a.name in l and b.name in l]
+    found = h.wait_until(lines, 10, f"a log line naming {a.name} and {b.name}")
+    assert all("no rule allows it" in l and "spoofed" not in l for l in found), found
+    assert any(src in l and dst in l for l in found), found
+    text = secnet("explain", net.name, src, dst, "icmp").stdout
+    assert text.startswith("denied") and a.name in text and b.name in text, text

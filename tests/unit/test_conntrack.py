@@ -153,6 +153,20 @@ def test_forget_deletes_entries_naming_the_address_in_either_tuple():
     assert kernel.deleted == [dnat, ew]
 
 
+def test_holders_know_a_ports_own_link_local_address():
+    """U10-F4: a flow between members' link-local addresses is judged (and ended) too."""
+    web = P("web", WEB4, WEB6)
+    web.mac = "02:42:0a:00:00:02"
+    h = holders([web])
+    assert h["fe80::42:aff:fe00:2"] == h[WEB4] == Holder(("segment", "web"))
+    ll = entry("tcp", "fe80::42:aff:fe00:2", "fe80::42:aff:fe00:3", 40000, 8080)
+    api = P("api", API4)
+    api.mac = "02:42:0a:00:00:03"
+    held = holders([web, api])
+    assert judge(ll, held, allowed(""), is_host) == "denied"
+    assert judge(ll, held, allowed("web->api:tcp/8080"), is_host) is None
+
+
 def test_holders_read_ports_published_and_states():
     h = holders([P("web", WEB4 + "/24", WEB6, published=PUB)], gone=["10.0.0.9"])
     assert h[WEB4] == Holder(("segment", "web"), frozenset({("tcp", 18080, 8080), ("udp", 38417, 5353)}))

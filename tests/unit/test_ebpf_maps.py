@@ -229,7 +229,11 @@ def test_endpoint_value_layout():
     assert ipaddress.IPv6Address(v6) == ipaddress.IPv6Address("fd00:236::a")
     q = Port("ep", "snv0", "02:42:0a:ec:00:0a", "10.236.0.10", identity=QUARANTINED)
     assert maps.ENDPOINT.unpack(maps.endpoint_value(q))[0] == bytes(16)
-    assert len(maps.member_entries(q, 7)) == 1
+    # its IPv4 and its own link-local address (U10-F4), both its identity and veth
+    ll_key = maps.ADDR_KEY.pack(6, ipaddress.IPv6Address("fe80::42:aff:feec:a").packed)
+    entries = maps.member_entries(q, 7)
+    assert set(entries) == {maps.ADDR_KEY.pack(4, maps.addr16("10.236.0.10")), ll_key}
+    assert set(entries.values()) == {maps.MEMBER.pack(QUARANTINED, 0, 7)}
 
 
 def test_settings_follow_policy_mode_and_internal():

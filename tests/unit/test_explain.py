@@ -1,6 +1,8 @@
 """`secnet explain`: what the user types, resolved against saved endpoints, judged by verdict."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from plugin.observe.explain import explain, parse_service, resolve_end
@@ -136,3 +138,15 @@ def test_explain_names_the_rule_the_counters_count_and_the_others(capsys):
     out = capsys.readouterr().out
     assert "  rule: web->api:tcp/8080\n  also allowed by: web->api:tcp/8000-8100, web->*:tcp\n" in out
     assert explain(c, ENDPOINTS, "web1", "api1", "tcp/9000")["also"] == []
+
+
+def test_a_members_own_link_local_address_resolves_to_it():
+    """U10-F4: the EUI-64 link-local address of its MAC is one of a member's addresses."""
+    web = dataclasses.replace(ep(6, "web2", "web", "10.224.0.7"), mac="02:42:0a:e0:00:07")
+    c = compiled()
+    for text in ("fe80::42:aff:fee0:7", "fe80::42:aff:fee0:7%eth0", "[fe80::42:aff:fee0:7]"):
+        end, desc = resolve_end(text, ENDPOINTS[1:] + [web], c)
+        assert end == ("segment", "web") and desc["container"] == "web2", text
+    end, desc = resolve_end("fe80::1", [web], c)                      # another scheme: nobody's
+    assert end == ("addr", "fe80::1") and desc["outside"]
+    assert explain(c, ENDPOINTS[1:] + [web], "fe80::42:aff:fee0:7", "api1", "tcp/8080")["allowed"]

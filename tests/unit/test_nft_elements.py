@@ -146,11 +146,16 @@ def test_port_elements_of_members_pending_and_quarantined():
     member = port_elements(_port())
     assert member["id4"] == {("10.224.0.5",): (256,)} and member["ports"] == {("snv1",): None}
     assert ("snv1", "02:42:0a:e0:00:05", "10.224.0.5") in member["ids4"]
+    # its own link-local address is one of its identity's addresses (U10-F4), not in ids6
+    assert member["id6"] == {("fd00:224::5",): (256,), ("fe80::42:aff:fee0:5",): (256,)}
+    assert member["ll6"] == {("snv1", "fe80::42:aff:fee0:5"): None}
+    assert member["ids6"] == {("snv1", "02:42:0a:e0:00:05", "fd00:224::5"): None}
     pending = port_elements(_port(PENDING))
     assert pending["id4"] == {("10.224.0.5",): (PENDING,)} and "ports" not in pending
     bad = port_elements(_port(QUARANTINED, quarantine="empty label"))
     assert bad["quarantined"] == {("snv1",): None} and "ports" not in bad
     assert bad["ids4"] == member["ids4"]      # anti-spoofing holds for every port
+    assert bad["id6"][("fe80::42:aff:fee0:5",)] == (QUARANTINED,)
 
 
 def test_a_join_is_a_delta_of_its_own_elements():

@@ -93,7 +93,8 @@ def env(tmp_path):
     net = network()
     state.put_network(net)
     rec.network_added(net)
-    assert watched == [{"10.230.0.0/24"}]   # the conntrack index keeps this network's flows
+    # the conntrack index keeps this network's flows, and those of members' link-local addresses
+    assert watched == [{"10.230.0.0/24", "fe80::/10"}]
     backend.calls.clear()
     yield state, backend, rec, net, pruned
     rec.network_removed(net)

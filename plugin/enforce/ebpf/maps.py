@@ -36,6 +36,8 @@ from typing import Iterable, Mapping
 from segmentation.identities import HOST
 from segmentation.policymap import EGRESS, FQDN_KEY, INGRESS, CidrEntry, PolicyMap
 
+from plugin.enforce import backend
+
 from . import cidrslots
 
 ENDPOINT = struct.Struct("<16s16s4s6sHI")
@@ -86,8 +88,7 @@ def addr16(addr: str) -> bytes:
 
 def link_local(mac: str) -> bytes:
     """The EUI-64 link-local address a container derives from ``mac`` (packed)."""
-    b = bytes.fromhex(mac.replace(":", ""))
-    return b"\xfe\x80" + bytes(6) + bytes([b[0] ^ 2]) + b[1:3] + b"\xff\xfe" + b[3:6]
+    return ipaddress.IPv6Address(backend.link_local(mac)).packed
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -104,9 +105,10 @@ def endpoint_value(port) -> bytes:
 
 
 def member_entries(port, ifindex: int) -> dict:
-    """``members`` entries of one port: address key -> (identity, ifindex)."""
+    """``members`` entries of one port: address key -> (identity, ifindex); its own
+    link-local address is one of them (U10-F4: judged like its global address)."""
     return {ADDR_KEY.pack(ipaddress.ip_address(a).version, addr16(a)): MEMBER.pack(port.identity, 0, ifindex)
-            for a in port.addresses}
+            for a in (*port.addresses, port.link_local)}
 
 
 def published_entries(port) -> dict:

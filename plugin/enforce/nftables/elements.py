@@ -31,6 +31,8 @@ from segmentation.identities import QUARANTINED
 from segmentation.policymap import EGRESS, FqdnEntry, PolicyEntry
 from segmentation.protocols import ANY, FLOW, ICMP
 
+from plugin.enforce.backend import link_local
+
 from . import portgroups
 
 # --- set schemas ----------------------------------------------------------------------------
@@ -363,13 +365,6 @@ def setting_elements(policy, mode: str) -> dict:
 
 
 # --- ports ----------------------------------------------------------------------------------
-def link_local(mac: str) -> str:
-    """The EUI-64 link-local address a container derives from its MAC (Docker's default)."""
-    b = [int(x, 16) for x in mac.split(":")]
-    iid = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
-    return str(ipaddress.IPv6Address(b"\xfe\x80" + bytes(6) + iid))
-
-
 def port_elements(port) -> dict:
     """``{set: {element: value}}`` that one endpoint puts into the network's sets.
 
@@ -382,12 +377,12 @@ def port_elements(port) -> dict:
     quarantined = port.identity == QUARANTINED or port.quarantine is not None
     if quarantined:
         out["quarantined"][(name,)] = None
-    for fam, addr in ((4, port.ipv4), (6, port.ipv6)):
+    ll = link_local(mac)   # its own link-local address is one of its addresses (U10-F4)
+    for fam, addr in ((4, port.ipv4), (6, port.ipv6), (6, ll)):
         if addr:
             out[f"id{fam}"][(str(ipaddress.ip_address(addr)),)] = (
                 QUARANTINED if quarantined else port.identity,)
     out["macs"][(name, mac)] = None
-    ll = link_local(mac)
     out["ll6"][(name, ll)] = None
     out["na6"][(name, int(ipaddress.IPv6Address(ll)))] = None
     if port.ipv4:

@@ -8,10 +8,11 @@ Kernel background. Each secnet network gets two tables named
   (``ports``); a port that is pending (segment unknown) or quarantined
   gets nothing in or out. It drops spoofed frames: the source MAC, IPv4/IPv6
   source address and ARP sender of a port must be the ones the network
-  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``). Its base chains hook
-  every bridge of the host: a frame of a device outside the network's
-  interface group (``meta iifgroup``/``oifgroup``, ``portlinks``) leaves them
-  on one compare, and every port of the network is in that group.
+  gave it (``macs``, ``ids4``/``ids6``, ``ll6``, ``na6``); its IPv6
+  link-local source only the EUI-64 address of its MAC (``ll6``). Its base
+  chains hook every bridge of the host: a frame of a device outside the
+  network's interface group (``meta iifgroup``/``oifgroup``, ``portlinks``)
+  leaves them on one compare, and every port of the network is in that group.
 * ``table inet``: with ``br_netfilter`` bridged IP traffic also passes the
   inet ``forward`` hook, with the bridge as input and output device, and
   conntrack works there: replies to allowed flows pass (``ct state
@@ -52,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 7   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 8   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -307,7 +308,9 @@ def render_bridge(network_id: str, bridge: str) -> list:
         f"icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6 {deny('spoofed')}",
         f"ip6 saddr fe80::/10 iifname . ip6 saddr != @ll6 {deny('spoofed')}",
         f"{from_link_local} return",
-        f"ether type ip6 iifname . ether saddr . ip6 saddr != @ids6 {deny('spoofed')}",
+        # past here a link-local source is the port's own (``ll6``, with its MAC: ``macs``),
+        # one of its addresses as the global one is (``id6``): policy judges it (U10-F4)
+        f"ip6 saddr != fe80::/10 iifname . ether saddr . ip6 saddr != @ids6 {deny('spoofed')}",
         f"icmpv6 type {{ nd-router-advert, nd-redirect }} {deny('spoofed')}",
         "ether type ip6 return",
         deny("ethertype"))

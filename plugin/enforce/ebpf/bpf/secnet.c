@@ -22,6 +22,9 @@
 #include "lib/spoof.h"
 #include "lib/nat.h"
 #include "lib/fastpath.h"
+#include "lib/context.h"
+#include "lib/lookup.h"
+#include "lib/inactive.h"
 
 #define PACKET_HOST_ 0
 
@@ -49,96 +52,11 @@ _Static_assert(sizeof(struct fqdn_val) == 144, "fqdn_val");
 
 char LICENSE[] SEC("license") = "GPL";
 
-struct ctx {
-	struct state *st;
-	struct settings *s;
-	__u8 ver;
-	__u8 learned;            /* judge_new admitted the flow by a learned DNS address */
-};
-
-static __always_inline struct pkt *fresh_pkt(void)
-{
-	__u32 zero = 0;
-	struct scratch *sc = bpf_map_lookup_elem(&scratch, &zero);
-
-	if (!sc)
-		return NULL;
-	__builtin_memset(&sc->p, 0, sizeof(sc->p));
-	return &sc->p;
-}
-
-static __always_inline int load_ctx(struct ctx *c)
-{
-	__u32 zero = 0, ver;
-
-	c->st = bpf_map_lookup_elem(&state, &zero);
-	if (!c->st)
-		return -1;
-	ver = c->st->version & 1;
-	c->ver = ver;
-	c->s = bpf_map_lookup_elem(&settings, &ver);
-	return c->s ? 0 : -1;
-}
-
-static __always_inline struct member *member_of(struct pkt *p, __u8 *addr)
-{
-	struct addr_key k = { .family = p->family };
-
-	__builtin_memcpy(k.addr, addr, 16);
-	return bpf_map_lookup_elem(&members, &k);
-}
-
-static __always_inline __u16 identity_of(struct pkt *p, __u8 *addr)
-{
-	struct member *m = member_of(p, addr);
-
-	return m ? m->identity : ID_OUTSIDE;
-}
-
-static __always_inline int passes_unjudged(struct pkt *p)
-{
-	if (p->proto == IPPROTO_IGMP_ && p->family == 4)
-		return 1;
-	return p->proto == IPPROTO_ICMPV6_ && (nd_or_mld(p->icmp_type) || p->icmp_type == 134);
-}
-
 static __always_inline int loopback(struct pkt *p)
 {
 	if (p->family == 4)
 		return p->daddr[0] == 127;
 	return ((__u64 *)p->daddr)[0] == 0 && ((__u64 *)p->daddr)[1] == bpf_cpu_to_be64(1);
-}
-
-/* The member behind a published port this packet is addressed to, if any
- * (``local``: the destination is the host's own, so "every address" counts). */
-static __always_inline struct pub_val *published_of(struct pkt *p, int local)
-{
-	struct pub_key k = { .family = p->family, .proto = p->proto, .port = p->dport };
-	struct pub_val *v;
-
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP)
-		return NULL;
-	__builtin_memcpy(k.addr, p->daddr, 16);
-	v = bpf_map_lookup_elem(&published, &k);
-	if (v || !local)
-		return v;
-	__builtin_memset(k.addr, 0, 16);
-	return bpf_map_lookup_elem(&published, &k);
-}
-
-static __always_inline int member_identity(__u16 id)
-{
-	return id != ID_OUTSIDE && id != ID_HOST;
-}
-
-/* 1: ``addr`` is in one of the network's subnets. */
-static __always_inline int in_subnets(struct pkt *p, __u8 *addr)
-{
-	struct subnet_key k = { .prefixlen = SUBNET_FIXED_BITS + (p->family == 4 ? 32 : 128),
-				.family = p->family };
-
-	__builtin_memcpy(k.addr, addr, 16);
-	return bpf_map_lookup_elem(&subnets, &k) != NULL;
 }
 
 /* The source a flow from outside is judged by (``o->osrc``): the original
@@ -288,27 +206,6 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 	return verdict;
 }
 
-/* A pending or quarantined container's packet (``kind``: of the flow it would open).
- * Audit mode passes it as a would-drop and reports a flow from its first packet
- * only, tracking it (denied) both ways: its replies are no flow of their own, as
- * nftables' conntrack sees them (U9-O5). Untracked packets (ND, ICMP errors, ARP)
- * are reported as before, but what nftables passes unjudged (ND, IGMP) is not. */
-static __always_inline int inactive(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
-				    struct verdict *vd, __u8 kind)
-{
-	struct ct_val *v;
-
-	if (c->s->mode != MODE_AUDIT || !p->family)
-		return deny(skb, p, vd, c->s->mode);
-	v = ct_lookup(p);   /* reported under this generation (a flow opened before: again) */
-	if ((v && (v->flags & CT_DENIED) && v->generation == c->st->generation) || passes_unjudged(p)) {
-		count_drop(skb, vd, 1);
-		return TC_ACT_OK;
-	}
-	ct_create(p, kind, CT_DENIED, c->st->generation);
-	return deny(skb, p, vd, MODE_AUDIT);
-}
-
 /* A new flow from a member (``src``: its identity in the members map) */
 static __always_inline int judge_sent(struct __sk_buff *skb, struct ctx *c, struct pkt *p, __u16 src)
 {
@@ -393,14 +290,16 @@ int from_container(struct __sk_buff *skb)
 }
 
 /* East-west that came through the bridge (the fast path did not take it).
- * It was judged at the source; what passes here is a frame for this
- * container's own address of a flow tracked as east-west. A flow its source
- * judged otherwise (its destination was no member then) is judged again. */
+ * It was judged at the source; what passes here is a frame for one of this
+ * container's own addresses (its link-local one too) of a flow tracked as
+ * east-west. A flow its source judged otherwise (its destination was no
+ * member then) is judged again. */
 static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				       struct endpoint *ep, __u16 src)
 {
 	struct verdict vd = { .src = src, .dst = ep->identity, .reason = R_NOT_MEMBER };
-	int mine = p->family == 4 ? eq4(p->daddr, ep->ipv4) : eq16(p->daddr, ep->ipv6);
+	int mine = p->family == 4 ? eq4(p->daddr, ep->ipv4)
+				  : (eq16(p->daddr, ep->ipv6) || eq16(p->daddr, ep->ll6));
 	struct ct_val *v;
 
 	if (!mine) {

@@ -1,10 +1,11 @@
 /* Anti-spoofing of what a container sends, as the nftables bridge table does:
  * its own MAC; ARP only for its own IPv4 address and MAC; IPv4 and IPv6 only
- * from its own addresses; link-local only from the EUI-64 address of its MAC
- * and only for address resolution, DAD and multicast listener reports;
- * neighbour adverts only for its own addresses; never router adverts or
- * redirects (a container must not become its neighbours' router); nothing
- * but ARP, IPv4 and IPv6. */
+ * from its own addresses, its link-local one being the EUI-64 address of its
+ * MAC (address resolution, DAD and multicast listener reports pass unjudged,
+ * the rest is judged by policy as from its global address); neighbour
+ * adverts only for its own addresses; never router adverts or redirects (a
+ * container must not become its neighbours' router); nothing but ARP, IPv4
+ * and IPv6. */
 #ifndef SECNET_SPOOF_H
 #define SECNET_SPOOF_H
 #include "common.h"
@@ -74,7 +75,8 @@ static __always_inline int check_ipv6(struct __sk_buff *skb, struct pkt *p, stru
 		return -R_SPOOFED;
 	if ((link_local || zero16(p->saddr)) && icmp && nd_or_mld(p->icmp_type))
 		return SRC_PASS;
-	if (zero16(ep->ipv6) || !eq16(p->saddr, ep->ipv6))
+	/* its own link-local address is one of its addresses (members): judged (U10-F4) */
+	if (!link_local && (zero16(ep->ipv6) || !eq16(p->saddr, ep->ipv6)))
 		return -R_SPOOFED;
 	if (icmp && (p->icmp_type == 134 || p->icmp_type == 137))
 		return -R_SPOOFED;
