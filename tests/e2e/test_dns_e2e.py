@@ -141,3 +141,47 @@ def test_show_counts_the_flows_a_dns_rule_opened(make_network, run_container, ou
         assert check(web, ["api.e2e.test"])["api.e2e.test"][1] == "ok"
     counters = {r["rule"]: r["packets"] for r in secnet_json("show", net.name)["rules"]}
     assert counters[rule] > 0, f"{rule} opened 3 flows, show counts {counters}"
+
+
+#: a DNS server for a container's namespace: CNAME www.e2e.test -> api2.e2e.test -> argv[1],
+#: the first owner name in the question's case (as real servers answer)
+RESOLVER_SRC = r'''
+import socket, sys
+import dns.message, dns.rrset
+zone = {"www.e2e.test.": ("CNAME", "api2.e2e.test."), "api2.e2e.test.": ("A", sys.argv[1])}
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    q = dns.message.from_wire(data)
+    r = dns.message.make_response(q)
+    owner = q.question[0].name.to_text()
+    while owner.lower() in zone:
+        kind, value = zone[owner.lower()]
+        r.answer.append(dns.rrset.from_text(owner, 300, "IN", kind, value))
+        owner = value if kind == "CNAME" else ""
+    s.sendto(r.to_wire(), peer)
+'''
+
+
+def test_a_resolver_container_of_the_same_network_teaches_too(make_network, run_container, outside):
+    """U11-F4: ``web`` asks a DNS server in a container of its own network (segment
+    ``resolver``) for an upper-case name behind a CNAME; the answer crosses the bridge
+    between two members (eBPF: DNS flows are never redirected veth to veth) and teaches."""
+    net = make_network("sn-dns", opts={"secnet.egress": "deny", "secnet.allow":
+                                       "web->dns(www.e2e.test):tcp/443 web->resolver:udp/53"})
+    web = run_container(net, "web", labels={"secnet.segment": "web"})
+    res = run_container(net, "res", labels={"secnet.segment": "resolver"})
+    target = f"{outside.net}.12"
+    server = subprocess.Popen(["nsenter", f"--net={res.sandbox}", PY, "-c", RESOLVER_SRC, target],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        assert check(web, ["WWW.E2E.TEST"], server=res.ip)["WWW.E2E.TEST"] == (target, "ok")
+        show = secnet_json("show", net.name)
+        assert {(r["rule"], a["address"]) for r in show["dns"] for a in r["addresses"]} == {
+            ("web->dns(www.e2e.test):tcp/443", target)}
+    finally:
+        server.kill()
+        server.wait(10)

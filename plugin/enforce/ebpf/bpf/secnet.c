@@ -167,6 +167,8 @@ static __always_inline int deliver(struct __sk_buff *skb, struct ctx *c, struct 
 
 	if (!m || !active_identity(m->identity) || !m->ifindex)
 		return TC_ACT_OK;
+	if (dns_flow(p->proto, p->sport, p->dport))
+		return TC_ACT_OK;   /* through the bridge: its answers are held and learned */
 	ifindex = m->ifindex;
 	dst = bpf_map_lookup_elem(&endpoints, &ifindex);
 	if (!dst || !active_identity(dst->identity) || !eq_mac(p->dmac, dst->mac))

@@ -8,7 +8,8 @@
  * the same side effects (the conntrack entry's refresh, the mark cleared):
  *   IPv4 without options or fragment offset, or IPv6 without extension
  *   headers or a link-local source; TCP, UDP, or an ICMP/ICMPv6 echo
- *   request or reply; the L4 header in the linear data; a live conntrack
+ *   request or reply, but no DNS flow (dns_flow: deliver() bridges it);
+ *   the L4 header in the linear data; a live conntrack
  *   entry judged under the generation in force as east-west, whose sender
  *   and destination deliver() found under that generation too: the frame
  *   comes from that sender's veth and MAC (its address is the entry's key:
@@ -80,7 +81,7 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u
 		k->sport = (l4[0] << 8) | l4[1];
 		k->dport = (l4[2] << 8) | l4[3];
 		*echo_req = 0;
-		return 0;
+		return dns_flow(k->proto, k->sport, k->dport) ? FAST_NO : 0;   /* deliver() bridges it */
 	}
 	if ((k->family == 4 && k->proto == IPPROTO_ICMP && (l4[0] == 8 || l4[0] == 0))
 	    || (k->family == 6 && k->proto == IPPROTO_ICMPV6_ && (l4[0] == 128 || l4[0] == 129))) {

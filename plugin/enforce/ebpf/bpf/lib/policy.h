@@ -31,6 +31,19 @@ static __always_inline __u16 flow_port(struct pkt *p)
 	return (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) ? p->dport : 0;
 }
 
+/* A DNS flow: TCP or UDP with either end on port 53 (ports in host order).
+ * East-west it never takes bpf_redirect_peer (deliver(), the fast path) but
+ * the bridge, so that the host's netfilter sees the query and its answer: the
+ * table secnet-dns marks an answer (a conntrack reply from port 53) to a
+ * container whose segment has DNS rules and iptables' NFQUEUE holds it until
+ * the daemon has learned it (plugin/enforce/nftables/dnsmarks.py; no reader:
+ * dropped). Redirected, an answer from a resolver container of the same
+ * network reached the querier unseen and taught nothing (U11-F4). */
+static __always_inline int dns_flow(__u8 proto, __u16 sport, __u16 dport)
+{
+	return (proto == IPPROTO_TCP || proto == IPPROTO_UDP) && (sport == 53 || dport == 53);
+}
+
 static __always_inline void count_allowed(struct count_key *k, __u32 len)
 {
 	struct count *c = bpf_map_lookup_elem(&allowed, k), one = { 1, len };
