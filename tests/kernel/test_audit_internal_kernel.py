@@ -34,3 +34,20 @@ def test_internal_network_in_audit_mode_keeps_everything_inside(lab):
         f"'internal' drops must be reported as drops, not audit passes: {internal}"
     assert any(e.reason == "no-rule" and e.audit for e in got), f"no audit pass reported: {got}"
     assert lab.dropped("internal") >= 3 and lab.dropped("internal", audit=True) == 0
+
+
+@pytest.mark.parametrize("state", ["quarantined", "pending"])
+def test_an_inactive_member_of_an_internal_network_stays_inside_in_audit_mode(lab, state):
+    """Audit mode passes a quarantined or pending container's traffic, but not past
+    `--internal`: that holds before the container's state is looked at."""
+    web, api, bad = lab.add(3)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api", bad: "web"}, internal=True, mode="audit")
+    lab.move(bad, None, quarantine="invalid label" if state == "quarantined" else None)
+    events = lab.drop_events()
+    assert probe_tcp(bad, api.ip4, 8080) == "ok"                 # inside: audit lets it pass
+    out = parallel(probe_addr, [(bad, OUTSIDE4, "tcp", 8080)]) + [
+        probe_tcp(lab.outside, bad.ip4, 8080), probe_tcp(lab.host_box, bad.ip4, 8080)]
+    assert out == ["timeout", "timeout", "timeout"], \
+        f"{state} member of an internal network in audit mode: ->outside, outside->, host-> = {out}"
+    internal = [e for e in drain(events, 1.5) if e.reason == "internal"]
+    assert internal and not any(e.audit for e in internal), internal
