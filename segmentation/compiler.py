@@ -42,6 +42,9 @@ from .options import NetworkOptions
 from .policymap import EGRESS, INGRESS, INTRA, PolicyMap, compile_policy_map
 from .protocols import FLOW_PROTOCOLS
 
+#: the reason of a flow into or out of an --internal network (dropped in both modes)
+INTERNAL = "internal network"
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -105,7 +108,7 @@ def verdict(compiled: PolicyMap, src: tuple[str, str], dst: tuple[str, str],
         s, d = ids[src[1]], ids[dst[1]]
         return _first_match(e for e in compiled.between(s, d) if e.service.matches(proto, port))
     if compiled.internal:
-        return Verdict(False, None, "internal network")
+        return Verdict(False, None, INTERNAL)
     if src[0] == "segment":
         return _egress_verdict(compiled, src[1], ipaddress.ip_address(dst[1]), proto, port,
                                learned or {})

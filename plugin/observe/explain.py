@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from segmentation.compiler import FLOW_PROTOCOLS, Verdict, verdict
+from segmentation.compiler import FLOW_PROTOCOLS, INTERNAL, Verdict, verdict
 from segmentation.errors import PolicyError, shown
 
 from plugin.enforce.backend import link_local
@@ -110,7 +110,8 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
     Learned}``; a ``dns(...)`` rule allows an address only when it is there,
     and the result then carries the answer (name, when learned, expiry).
     ``mode``: the network's (``enforce`` or ``audit``); in audit mode a denied
-    flow passes, and the result says so (``"would_drop": true``).
+    flow passes, and the result says so (``"would_drop": true``), but for a flow
+    into or out of an ``--internal`` network (dropped in both modes).
     """
     proto, port = parse_service(service)
     src_end, src_desc = resolve_end(src, endpoints, compiled)
@@ -121,7 +122,12 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
         verdict(compiled, ends[0], ends[1], proto, port)  # still refuses a question that names no flow
     else:
         result = verdict(compiled, src_end, dst_end, proto, port, learned)
+    # --internal is Docker's setting, not policy: audit mode drops what leaves or enters
+    # an internal network, a quarantined or pending container's flows too (U11-F1)
+    internal = compiled.internal and bool({"addr", "host"} & {src_end[0], dst_end[0]})
+    if internal and mode == "audit":
+        result = Verdict(False, None, INTERNAL)
     return {"allowed": result.allowed, "rule": result.origin, "also": list(result.also), "reason": result.reason,
             "proto": proto, "port": port, "src": src_desc, "dst": dst_desc,
             "answer": answer_view(result.answer), "mode": mode,
-            "would_drop": mode == "audit" and not result.allowed}
+            "would_drop": mode == "audit" and not result.allowed and not internal}

@@ -41,6 +41,7 @@ def test_empty_label_quarantines():
     ("web api", "a segment name is 1-63 letters"),
     ("10.0.0.1", "it is an IP address"),
     ("10.0.0.300", "looks like an IPv4 address"),
+    ("127.1", "it is the IPv4 address 127.0.0.1 in short form"),   # U11-F2
 ])
 def test_bad_label_value_quarantines_with_a_reason(value, why):
     segment, reason = decide_segment(DEFAULTS, None, {"secnet.segment": value})

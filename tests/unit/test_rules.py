@@ -13,7 +13,7 @@ from segmentation.rules import (
 
 # --- names ----------------------------------------------------------------
 
-@pytest.mark.parametrize("name", ["web", "a", "A9", "db_1", "svc.api-v2", "0", "x" * 63, "1.2.3"])
+@pytest.mark.parametrize("name", ["web", "a", "A9", "db_1", "svc.api-v2", "0", "x" * 63, "2024", "v1.2", "1.2.3.4.5"])
 def test_valid_segment_names(name):
     assert is_segment_name(name)
     assert check_segment_name(name) == name
@@ -22,6 +22,7 @@ def test_valid_segment_names(name):
 @pytest.mark.parametrize("name", [
     "", "-web", "_web", ".web", "x" * 64, "we b", "web/1", "we:b", "wéb", "*",
     "10.0.0.1", "10.0.0.300", "010.0.0.1", None, 5,
+    "127.1", "10.1", "10.1.2", "0x7f.1", "0x7f.0.0.1", "10.300.1",   # inet_aton short forms (U11-F2)
 ])
 def test_invalid_segment_names(name):
     assert not is_segment_name(name)
@@ -136,6 +137,10 @@ def test_parsed_structure():
     ("-web->api", "source '-web' is not a segment name"),
     ("web->" + "x" * 64, "is not a segment name"),
     ("10.0.0.300->web", "looks like an IPv4 address"),
+    ("web->127.1", "it is the IPv4 address 127.0.0.1 in short form"),     # U11-F2
+    ("web->10.1:tcp/80", "it is the IPv4 address 10.0.0.1 in short form"),
+    ("10.1.2->web", "it is the IPv4 address 10.1.0.2 in short form"),
+    ("web->10.300.1", "looks like an IPv4 address in short form"),
     ("web->api:tcp:80", "unknown protocol 'tcp:80'"),
     ("web api->db", "unexpected whitespace"),
 ])
@@ -383,3 +388,17 @@ def test_rules_without_is_rules_not_in_for_rules_there_once(rules, data):
 def test_rules_without_refuses_a_rule_not_there():
     with pytest.raises(ValueError):
         rules_without(POOL[:3], {POOL[4].text()})
+
+
+@pytest.mark.parametrize("text", ["127.1", "10.1.2", "0x7f.1", "0x7f.0.0.1", "10.300.1", "1.65535",
+                                  "1.65536", "09.1", "010.1", "0xff.0xffffff", "1.2.3.256", "1.16777216"])
+def test_short_ipv4_forms_read_as_inet_aton_reads_them(text):
+    """U11-F2: the address named in the error is the one glibc's inet_aton(3) reads."""
+    import socket
+    from segmentation.names import _inet_aton
+    try:
+        want = socket.inet_ntoa(socket.inet_aton(text))
+    except OSError:
+        want = None
+    assert _inet_aton(text) == want
+    assert not is_segment_name(text)

@@ -7,7 +7,8 @@ Each table has one such chain per reason; it
   reasons policy decides (:data:`AUDITABLE`), hands over to
   ``audit_<reason>``, which logs the same way with the mark ``audit``,
   counts, and lets the packet pass: policy drops nothing in audit mode,
-  while spoofed frames, invalid packets and non-members are still dropped;
+  while spoofed frames, invalid packets, non-members and whatever leaves or
+  enters an ``--internal`` network are still dropped (and logged as drops);
 * counts the ``(source identity, destination identity)`` pair of policy
   drops in the dynamic set ``drops`` (``audits`` for would-be drops): the
   identities are the packet's ``meta mark`` and ``ct mark`` (see ``ruleset``);
@@ -42,8 +43,10 @@ LOG_CAP = "rate 500/second burst 1000 packets"
 LOG_SETS = ("log4p", "log4", "log6p", "log6", "logl2")
 PAIR_SETS = ("drops", "audits")
 DYNAMIC_SETS = LOG_SETS + PAIR_SETS
-#: reasons that policy decides: audit mode lets these pass (and logs them)
-AUDITABLE = ("no-rule", "egress", "internal", "quarantined", "pending")
+#: reasons that policy decides: audit mode lets these pass (and logs them). Not
+#: ``internal``: ``--internal`` is Docker's network setting, not policy, and holds
+#: in both modes, as anti-spoofing does (U11-F1)
+AUDITABLE = ("no-rule", "egress", "quarantined", "pending")
 #: the reasons of a container whose segment is not in force (quarantined, pending)
 INACTIVE = ("quarantined", "pending")
 #: reasons whose drops are counted per identity pair

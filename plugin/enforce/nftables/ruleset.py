@@ -53,12 +53,14 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 8   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 9   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
 _BRIDGE_TYPEOF = {"na6": "typeof iifname . @th,64,128"}
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
+#: an --internal network in audit mode (both setting sets hold their element)
+_INTERNAL_AUDIT = f"{SETTING_KEY} @internal {SETTING_KEY} @audit"
 FQDN_SET_SIZE = 16384   # elements per learned-address set (plugin.dns.store bounds the network)
 
 
@@ -219,6 +221,10 @@ def _base_chains(bridge: str) -> list:
         f"meta mark set {OUTSIDE} ct mark set {OUTSIDE}",
         f"iifname {br} jump src_identity",
         f"oifname {br} jump dst_identity",
+        # audit mode passes an inactive container's flows ("reserved"), but not past
+        # --internal: Docker's setting, not policy (U11-F1); enforce drops them anyway
+        f"iifname != {br} {_INTERNAL_AUDIT} {deny('internal')}",
+        f"oifname != {br} {_INTERNAL_AUDIT} {deny('internal')}",
         "jump reserved",
         f"iifname {br} oifname {br} goto east_west",
         f"iifname {br} goto egress",
@@ -235,7 +241,7 @@ def _base_chains(bridge: str) -> list:
         f"ct state invalid {deny('invalid')}",
         f"ip daddr 127.0.0.0/8 {deny('invalid')}",   # martian but for route_localnet
         f"meta mark set {OUTSIDE} ct mark set {HOST}",
-        "jump src_identity", "jump reserved", "goto egress",
+        "jump src_identity", f"{_INTERNAL_AUDIT} {deny('internal')}", "jump reserved", "goto egress",
         hook="type filter hook input priority filter - 5; policy accept;")
     # The host's own flows into the network. A flow the host sends to a
     # published port (127.0.0.1:P) is DNAT'd in this same hook, after the
@@ -252,7 +258,8 @@ def _base_chains(bridge: str) -> list:
         hook="type filter hook output priority filter - 5; policy accept;")
     host_dnat = _rules("host_dnat", "ct mark set ip daddr map @id4 goto from_host",
                        "ct mark set ip6 daddr map @id6 goto from_host")
-    from_host = _rules("from_host", f"meta mark set {HOST}", "jump reserved", "goto ingress")
+    from_host = _rules("from_host", f"meta mark set {HOST}", f"{_INTERNAL_AUDIT} {deny('internal')}",
+                       "jump reserved", "goto ingress")
     return forward + host_in + host_out + host_dnat + from_host
 
 

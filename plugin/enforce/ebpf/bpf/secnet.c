@@ -266,9 +266,13 @@ int from_container(struct __sk_buff *skb)
 	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
+		vd.dst = identity_of(p, p->daddr);
 		vd.reason = inactive_reason(ep->identity);   /* audit: passes */
-		return inactive(skb, &c, p, &vd,
-				member_identity(identity_of(p, p->daddr)) ? KIND_EW : KIND_EGRESS);
+		if (audit_leaves_internal(&c, p, vd.dst)) {
+			vd.reason = R_INTERNAL;
+			return deny(skb, p, &vd, MODE_ENFORCE);
+		}
+		return inactive(skb, &c, p, &vd, member_identity(vd.dst) ? KIND_EW : KIND_EGRESS);
 	}
 	if (r == SRC_PASS || passes_unjudged(p))
 		return TC_ACT_OK;
@@ -361,6 +365,12 @@ int to_container(struct __sk_buff *skb)
 		if (!meant_for(skb, p, ep))   /* a flooded copy for others: no report */
 			return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
 		vd.reason = inactive_reason(ep->identity);
+		sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
+		if (!sender && audit_leaves_internal(&c, p, from ? ID_OUTSIDE : ID_HOST)) {
+			vd.src = from ? ID_OUTSIDE : ID_HOST;
+			vd.reason = R_INTERNAL;
+			return deny(skb, p, &vd, MODE_ENFORCE);
+		}
 		return inactive(skb, &c, p, &vd, KIND_IN);
 	}
 	/* The bridge floods a unicast frame whose MAC it has not learned (a new

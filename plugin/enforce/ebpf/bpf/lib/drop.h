@@ -2,7 +2,8 @@
  * identity, destination identity, reason), reports the flow to user space
  * through the ring buffer at most once per flow and second, and returns the
  * verdict: TC_ACT_SHOT, or in audit mode TC_ACT_OK for what policy would
- * drop (spoofed frames and unknown ethertypes are dropped in both modes).
+ * drop (spoofed frames, unknown ethertypes and what leaves or enters an
+ * --internal network are dropped in both modes).
  * Reports are also capped per network (logcap, one bucket for all CPUs): a
  * flood of distinct flows is counted in full but reported only up to 500/s
  * after a burst of 1,000, as nftables' "limit name logcap".
@@ -124,11 +125,12 @@ static __always_inline void count_drop(struct __sk_buff *skb, struct verdict *v,
 	}
 }
 
-/* what audit mode drops all the same (nft: the reasons not in drops.AUDITABLE) */
+/* what audit mode drops all the same (nft: the reasons not in drops.AUDITABLE):
+ * --internal is Docker's network setting, not policy (U11-F1) */
 static __always_inline int always_drop(__u8 reason)
 {
 	return reason == R_SPOOFED || reason == R_ETHERTYPE || reason == R_NOT_MEMBER
-		|| reason == R_INVALID;
+		|| reason == R_INVALID || reason == R_INTERNAL;
 }
 
 /* The one way a packet is dropped. ``mode``: the network's mode now. */

@@ -18,6 +18,17 @@ static __always_inline int passes_unjudged(struct pkt *p)
 	return p->proto == IPPROTO_ICMPV6_ && (nd_or_mld(p->icmp_type) || p->icmp_type == 134);
 }
 
+/* 1 when audit mode must drop an inactive container's packet as ``internal``
+ * (``other``: the identity of the flow's other end): audit mode passes what policy
+ * would drop, but --internal is Docker's setting and holds first (U11-F1), as
+ * nftables' forward, host_in and from_host chains check it before "reserved".
+ * In enforce mode the packet is dropped as quarantined or pending anyway. */
+static __always_inline int audit_leaves_internal(struct ctx *c, struct pkt *p, __u16 other)
+{
+	return c->s->mode == MODE_AUDIT && c->s->internal && p->family && !passes_unjudged(p)
+		&& (other == ID_OUTSIDE || other == ID_HOST);
+}
+
 /* A pending or quarantined container's packet (``kind``: of the flow it would open).
  * Audit mode passes it as a would-drop and reports a flow from its first packet
  * only, tracking it (denied) both ways: its replies are no flow of their own, as

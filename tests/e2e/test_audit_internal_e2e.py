@@ -1,11 +1,11 @@
-"""Audit mode must not open an `--internal` network (user11, U11-F1).
+"""Audit mode does not open an `--internal` network (user11, U11-F1).
 
 Contract: `--internal` means "no traffic leaves the network, no NAT"; audit mode means
 "policy drops nothing" (no rule, egress denied, quarantined, pending). `--internal` is
-Docker's network property, not policy. Yet `secnet mode NET audit` on an internal network
-lets the host reach its containers and a container that routes via the bridge reach the
-host, on both backends: the drop reason `internal` is in the auditable set
-(plugin/enforce/nftables/drops.py AUDITABLE; eBPF: docs/ebpf.md "Audit mode")."""
+Docker's network property, not policy: after `secnet mode NET audit` the host still does
+not reach a container of an internal network, on both backends (the drop reason
+`internal` is not auditable: plugin/enforce/nftables/drops.py AUDITABLE, eBPF
+always_drop() in bpf/lib/drop.h). The kernel twin: tests/kernel/test_audit_internal_kernel.py."""
 from __future__ import annotations
 
 import random
@@ -32,8 +32,6 @@ def _internal_network(make_network) -> h.Network:
     raise AssertionError("no free subnet in 10.230.100-199.0/24")
 
 
-@pytest.mark.xfail(strict=True, reason="U11-F1: audit mode lifts --internal (drop reason 'internal' is "
-                                       "auditable): the host reaches a container of an internal network")
 def test_audit_mode_keeps_an_internal_network_internal(make_network, run_container, servers):
     net = _internal_network(make_network)
     web = start(run_container, servers, net, "u11-web", "web")
