@@ -104,6 +104,15 @@ class Trimmer:
         return trimmed
 
 
+# No keep-alive: every response says ``Connection: close``. Docker's plugin client
+# (moby pkg/plugins/client.go, callWithRetry) keeps idle connections without a limit and,
+# when a reused one turns out closed (gunicorn's default closes idle ones after 2 s, and a
+# daemon restart closes all), retries the call with the request body it already drained:
+# the driver gets an empty Join ("missing field NetworkID", seen in CI under load) and the
+# `docker run` fails. A fresh unix-socket connection per call costs microseconds.
+KEEPALIVE = 0
+
+
 class _Gunicorn(BaseApplication):
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -114,6 +123,7 @@ class _Gunicorn(BaseApplication):
         for key, value in {
             "bind": [f"unix:{s.socket}"], "workers": 1, "worker_class": "gthread", "threads": 8,
             "umask": 0o077, "timeout": 0, "graceful_timeout": 10, "loglevel": s.log_level,
+            "keepalive": KEEPALIVE,
             "accesslog": "-" if s.log_level == "debug" else None, "errorlog": "-",
             "proc_name": "secnet-plugin", "worker_exit": _close_state, "pre_fork": _freeze_heap,
         }.items():

@@ -38,3 +38,21 @@ def test_the_master_freezes_its_heap_before_it_forks_the_worker():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["0", "True"]
+
+
+def test_the_daemon_closes_every_connection_after_its_response():
+    """gunicorn's keep-alive is off for secnet's app: Docker's plugin client retries a call on
+    a reused connection that was closed with a body it already drained, which reached the
+    driver as an empty Join (plugin.daemon.server.KEEPALIVE). gunicorn answers
+    ``Connection: close`` when ``keepalive`` is 0 (gunicorn/workers/gthread.py)."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        from plugin.config import Settings
+        from plugin.daemon.server import _Gunicorn
+        print(_Gunicorn(Settings.from_env()).cfg.keepalive)
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["0"]
