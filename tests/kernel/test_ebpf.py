@@ -164,6 +164,11 @@ def test_an_edit_is_in_force_before_the_other_version_is_levelled(lab, monkeypat
     it first if it is still pending: each edit's rules, and only those, are enforced."""
     web, api = lab.add(2)
     lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
+    # the first apply may have left its levelling to a thread: let it finish first (else,
+    # late under load, it levels the edit below and nothing is pending any more)
+    deadline = time.monotonic() + 20
+    while lab.backend.call(_versions, lab.backend.obj)[2] and time.monotonic() < deadline:
+        time.sleep(0.05)
     from plugin.enforce.ebpf import backend as eb   # noqa: PLC0415
     monkeypatch.setattr(eb, "LEVEL_LATER", 0)                # every leveling left for later
     pending: list = []
