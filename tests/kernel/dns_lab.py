@@ -171,12 +171,17 @@ class DnsRig:
 
     def start(self) -> InNamespace:
         """A DnsService (a daemon's) in the host namespace, told the lab's network."""
+        self.serve()
+        self.tell()
+        return self.service
+
+    def serve(self) -> InNamespace:
+        """A DnsService in the host namespace, told nothing (a reconciler tells it)."""
         store = LearnedStore(min_ttl=self.min_ttl, max_per_network=self.max_per_network)
         prefix = ("ip", "netns", "exec", self.lab.host)
         self.service = InNamespace(self.lab.host, lambda: DnsService(
             AnswerMarks(NftRunner(), QUEUE, prefix=prefix), store=store))
         self.service.start()
-        self.tell()
         return self.service
 
     def tell(self) -> None:
