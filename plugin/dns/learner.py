@@ -109,6 +109,16 @@ class DnsLearner:
             if revoke:
                 self.datapath.revoke(network_id, revoke)
 
+    def unlearn(self, network_id: str, identities) -> int:
+        """Revoke what ``identities`` (about to be freed) learned; how many elements.
+        Raises what the datapath raises (then the store has forgotten them already:
+        the caller must not free the identities)."""
+        with self._lock:
+            revoke = self.store.forget_identities(network_id, identities)
+            if revoke:
+                self.datapath.revoke(network_id, revoke)
+            return len(revoke)
+
     def reapply(self, network_id: str) -> int:
         """Write every element the store holds for ``network_id`` again; how many."""
         with self._lock:

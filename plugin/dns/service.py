@@ -122,6 +122,16 @@ class DnsService:
         if count:
             log.info("network %s: adopted %d learned DNS address(es)", network_id[:12], count)
 
+    def unlearn(self, network_id: str, identities) -> Optional[int]:
+        """Revoke what segment identities ``identities`` learned (they are about to be
+        freed: the next segment given one must start with nothing); how many elements.
+        None when this service was not told of the network yet (a restart before its
+        first write): then the caller revokes from the kernel. Raises BackendError."""
+        with self._lock:
+            if network_id not in self._nets:
+                return None
+            return self.learner.unlearn(network_id, identities)
+
     def reapply(self, network_id: str) -> int:
         """Put every address learned for ``network_id`` back into the kernel (after
         a repair of a flushed set); returns how many elements."""

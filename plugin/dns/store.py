@@ -240,6 +240,23 @@ class LearnedStore:
         return revoke, regrant
 
     @_locked
+    def forget_identities(self, network: str, identities: Iterable[int]) -> list:
+        """Drop every entry of ``identities`` (segment identities about to be freed) and
+        what they admitted: none of it may pass to the next holder of the identity.
+        Returns the element keys to revoke (an element key holds its identity, so no
+        other entry keeps one of them)."""
+        identities = set(identities)
+        entries = self._nets.get(network, {})
+        doomed = [k for k in entries if k[0] in identities]
+        revoke = sorted({entries[k][1].key for k in doomed})
+        for k in doomed:
+            self._drop(network, k)
+        past = self._past.get(network)
+        for k in [k for k in past or () if k[0] in identities]:
+            del past[k]
+        return revoke
+
+    @_locked
     def restore(self, network: str, grants: Iterable[Grant], fqdns: Iterable) -> int:
         """Adopt what the kernel still holds after a restart: each element is
         attributed to the DNS rules (``FqdnEntry``) of its identity and service

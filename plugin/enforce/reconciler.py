@@ -11,8 +11,10 @@ create, a restore, or a repair of drift writes a whole network.
 A join that brings a new segment is the policy delta (entries of an identity that no
 address has yet) and the port in one step of the backend; it takes over an idle segment's
 identity (members gone, no rule naming it) when it can: its entries are in force already
-(:func:`_idle_kept`). Order of a policy edit: the delta, then :mod:`plugin.kernel.conntrack`-style
-pruning of flows the new map denies. So no moment has more allowed than the old or the new state.
+(:func:`plugin.enforce.identities.idle_kept`); an identity freed loses first what DNS
+answers taught it (:func:`plugin.enforce.identities.allocate`). Order of a policy edit: the
+delta, then :mod:`plugin.kernel.conntrack`-style pruning of flows the new map denies. So no
+moment has more allowed than the old or the new state.
 
 A periodic pass (and the one at start) asks each backend for drift, element
 by element and rule by rule, and rewrites what drifted, logging it. Nothing
@@ -28,11 +30,12 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from segmentation.compiler import segments_of
-from segmentation.identities import PENDING, QUARANTINED, takeover
+from segmentation.identities import PENDING, QUARANTINED
 from segmentation.policymap import PolicyMap, compile_policy_map, recompile_policy_map
 from segmentation.rules import segment_mentions
 
 from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
+from plugin.enforce.identities import allocate, idle_kept, named_after
 from plugin.kernel.conntrack import own_addresses
 
 log = logging.getLogger(__name__)
@@ -110,26 +113,6 @@ class Realized:
         return live
 
 
-def _idle_kept(real: Realized, live: set, default: str) -> Optional[set]:
-    """Idle segments (no member in ``live``, no rule naming them, not ``default``) kept as a new one joins:
-    all but the one it takes over (:func:`~segmentation.identities.takeover`); None if it takes over none,
-    and with DNS rules (what a segment learned is kept by identity: it must not pass to another)."""
-    idle = () if real.policy.fqdns else {s for s in real.policy.identities
-                                         if s not in live and s != default and not real.named.get(s)}
-    taken = takeover(real.policy.identities, idle)
-    return None if taken is None else idle - {taken}
-
-
-def _named_after(real: Realized, options, edit) -> collections.Counter:
-    """segment -> how many times ``options``' rules name it: the realized count, or
-    that after ``edit`` when it was made from the realized rules, or counted afresh."""
-    if options.rules is real.options.rules:
-        return real.named
-    if edit is not None and edit.made_from(real.options.rules):
-        return edit.segment_counts(real.named)
-    return collections.Counter(segment_mentions(options.rules))
-
-
 class Reconciler:
     """Applies networks, endpoints and policies through each network's backend.
 
@@ -171,7 +154,7 @@ class Reconciler:
         real = self._realized.get(net.id)
         return (real is not None and ep.segment is not None and ep.quarantine is None
                 and ep.segment not in real.policy.identities
-                and _idle_kept(real, real.live_segments(but=ep.id), net.options.default_segment) is None)
+                and idle_kept(real, real.live_segments(but=ep.id), net.options.default_segment) is None)
 
     def check_backend(self, name: str) -> None:
         """Raise BackendUnavailable (one line naming ``secnet.backend``) unless backend
@@ -202,7 +185,7 @@ class Reconciler:
             old = real.ports.get(ep.id)
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
                 live = real.live_segments(but=ep.id)
-                live |= {ep.segment} | (_idle_kept(real, live, net.options.default_segment) or set())
+                live |= {ep.segment} | (idle_kept(real, live, net.options.default_segment) or set())
                 self._policy_delta(net, real, live, joining=ep)  # its entries and its port: one step
             new = port_of(ep, real.policy.identities)
             now = real.ports.get(ep.id)
@@ -306,10 +289,14 @@ class Reconciler:
     def _desired(self, net, endpoints) -> Realized:
         live = (e.segment for e in endpoints if e.quarantine is None)
         named = collections.Counter(segment_mentions(net.options.rules))
-        identities = self.allocator.allocate(net.id, segments_of(net.options, live, named))
+        identities = self._allocate(net, segments_of(net.options, live, named))
         policy = compile_policy_map(net.options, identities)
         ports = {e.id: port_of(e, identities) for e in endpoints}
         return Realized(network_spec(net), policy, ports, net.options, named)
+
+    def _allocate(self, net, segments) -> Mapping[str, int]:
+        """Identities of ``segments``: those freed lose what DNS answers taught them first."""
+        return allocate(self.allocator, net.id, segments, self.dns, self.backends.get(net.options.backend))
 
     def _write_whole(self, net, endpoints) -> Realized:
         real = self._desired(net, endpoints)
@@ -336,8 +323,8 @@ class Reconciler:
 
         Identities of live segments are kept, so no other port changes identity here.
         """
-        named = _named_after(real, net.options, edit)
-        identities = self.allocator.allocate(net.id, segments_of(net.options, live, named))
+        named = named_after(real, net.options, edit)
+        identities = self._allocate(net, segments_of(net.options, live, named))
         new, delta = recompile_policy_map(real.policy, real.options, net.options, identities, edit)
         changes = []
         if joining is not None and not delta.empty:

@@ -21,8 +21,10 @@ does (``holders``).
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import ipaddress
+import os
 import struct
 import threading
 import time
@@ -31,7 +33,7 @@ from typing import Callable, Optional, Sequence
 from plugin.dns.datapath import Grant
 from plugin.enforce.backend import BackendError
 
-from . import libbpf
+from . import libbpf, pins
 from .maps import CT_KEY, CT_VAL, L4, L4_NAMES, port_prefixes
 
 CT_REPLY, CT_FQDN, KIND_EGRESS = 1, 4, 2        # bpf/lib/common.h
@@ -70,6 +72,10 @@ def grant_of(key: bytes, raw: bytes, now: float, boot: int) -> Grant:
     address = str(ipaddress.ip_address(addr[:4] if family == 4 else addr))
     return Grant(identity, address, family, L4_NAMES[code], lo, hi, now + (expires - boot) / 1e9,
                  name.rstrip(b"\0").decode(errors="replace"))
+
+
+def _identity(key: bytes) -> int:
+    return _DATA.unpack_from(key, 4)[0]
 
 
 class FqdnMaps:
@@ -135,6 +141,18 @@ class FqdnMaps:
                 out.add(g)
             self._schedule()
             return sorted(out)
+
+    def drop_identities(self, network_id: str, identities: set, fd: Optional[int] = None) -> int:
+        """Delete every entry of ``identities`` (expired ones too) from the network's map,
+        or from the map behind ``fd`` (pinned, not loaded here); how many."""
+        with self.lock:
+            fd = self.map_fd(network_id) if fd is None else fd
+            doomed = [k for k in list(libbpf.keys(fd, KEY.size)) if _identity(k) in identities]
+            holders = self._holders.get(network_id, {})
+            for key in doomed:
+                holders.pop(key, None)
+                libbpf.delete(fd, key)
+            return len(doomed)
 
     def forget(self, network_id: str) -> None:
         """The network is gone (its map with it)."""
@@ -211,6 +229,28 @@ class FqdnMethods:
     def learned(self, network_id: str) -> list:
         """The learned addresses the map holds now (``Grant`` values)."""
         return self.fqdn.learned(network_id)
+
+    def unlearn(self, network_id: str, identities) -> int:
+        """Delete every learned address of ``identities`` (segment identities about to be
+        freed) from the network's ``fqdn`` map, loaded here or only pinned (a restarted
+        daemon before the network's first write); how many entries. No map: 0.
+        Raises BackendError when the kernel refuses."""
+        identities = set(identities)
+        try:
+            if network_id[:12] in self._nets:
+                return self.fqdn.drop_identities(network_id, identities)
+            try:
+                fd = libbpf.obj_get(os.path.join(pins.network_dir(self.root, network_id), "fqdn"))
+            except libbpf.LibbpfError as exc:
+                if exc.errno == errno.ENOENT:   # never loaded (a create, after a host reboot)
+                    return 0
+                raise
+            try:
+                return self.fqdn.drop_identities(network_id, identities, fd)
+            finally:
+                os.close(fd)
+        except libbpf.LibbpfError as exc:
+            raise BackendError(f"eBPF network {network_id[:12]}: {exc}") from None
 
     def end_learned_flows(self, net, policy, learned=None, admitted=None) -> int:
         """After a policy change: delete the program's conntrack entries (both

@@ -261,3 +261,21 @@ class FqdnMethods:
         """The learned addresses the kernel holds now (``Grant`` values)."""
         with self._lock:
             return self.fqdn.learned(network_id)
+
+    def unlearn(self, network_id: str, identities) -> int:
+        """Remove every learned address of ``identities`` (segment identities about to be
+        freed), as the kernel holds them; how many elements. No table: 0 (nothing was
+        learned there). Raises BackendError when nft refuses the deletion."""
+        identities = set(identities)
+        with self._lock:
+            try:
+                grants = self.fqdn.learned(network_id)
+            except (NftError, OSError):   # no table (a create, after a host reboot)
+                return 0
+            doomed = [g.key for g in grants if g.identity in identities]
+            if doomed:
+                try:
+                    self.fqdn.revoke(network_id, doomed)
+                except NftError as exc:
+                    raise BackendError(str(exc)) from None
+            return len(doomed)
