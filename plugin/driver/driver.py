@@ -113,8 +113,9 @@ class Driver:
         return {}
 
     def _unsave_network(self, old: Optional[NetworkRecord], rec: NetworkRecord) -> None:
-        """A failed create of ``rec``: its row goes unless it was there before (a retry)."""
-        if old is None and self.state.get_network(rec.id) is not None:
+        """A failed create of ``rec``: its rows go unless it was there before (a retry) --
+        the identities its tables were allocated too, also when its own row never was."""
+        if old is None:
             self.state.delete_network(rec.id)
 
     def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True, save=None) -> None:

@@ -19,12 +19,19 @@ opens. Every ``JOURNAL_MAX`` edits, any other change of the network, and
 document whole and empty its journal. An older daemon knows no journal: started
 on this directory (a downgrade) after a kill -9, it misses the edits journaled
 since the last whole write.
+
+Identity rows live and die with their network (``delete_network``, one
+transaction); rows of a network id without a network row (a crash in a create)
+are swept when the store opens (``_sweep_orphans``). Those of a segment nobody is
+in any more go at the next allocation that leaves it out (the reconciler's full
+pass at start writes every network whole, so at the latest then).
 """
 from __future__ import annotations
 
 import contextlib
 import ipaddress
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -35,6 +42,7 @@ from segmentation.identities import assign
 from segmentation.options import NetworkOptions
 from segmentation.rules import parse_rules, rule_texts
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class NetworkRecord:
@@ -207,6 +215,28 @@ class State:
             self._endpoints[rec.id] = rec
         for nid, seg, ident in self._db.execute("SELECT network_id, segment, identity FROM identities"):
             self._identities.setdefault(nid, {})[seg] = ident
+        self._sweep_orphans(set(self._identities) - set(docs), set(nid for nid, in self._db.execute(
+            "SELECT DISTINCT network_id FROM rule_edits")) - set(docs))
+
+    def _sweep_orphans(self, identities: set, edits: set) -> None:
+        """Delete, in one transaction, the identity rows (network ids ``identities``) and
+        journaled rule edits (``edits``) of networks that have no row: left by a crash
+        between a create's first allocation and its network row (they are written side
+        by side), or by a failed create of an older daemon. Waste only -- nothing else
+        reads them -- but a network created again under the id would start with their
+        numbers (``assign`` keeps what exists)."""
+        if not identities and not edits:
+            return
+        self._db.execute("BEGIN")
+        for nid in identities:
+            self._db.execute("DELETE FROM identities WHERE network_id=?", (nid,))
+        for nid in edits:
+            self._db.execute("DELETE FROM rule_edits WHERE network_id=?", (nid,))
+        self._db.execute("COMMIT")
+        for nid in identities:
+            del self._identities[nid]
+        log.warning("state: removed the identities and rule edits of networks without a row: %s",
+                    ", ".join(sorted(n[:12] for n in identities | edits)))
 
     def close(self) -> None:
         """Writes the networks with journaled rule edits whole, then closes."""
