@@ -220,7 +220,7 @@ class Driver:
                 rec = old  # a retry: repair and answer the same
             try:
                 self._realize_endpoint(net, rec)
-                self.state.put_endpoint(rec, durable=False)   # see State.put_endpoints
+                self.state.put_endpoint(rec, durable=False)   # sound: State.put_endpoints says why
             except nl.LinkConflict as exc:   # the name is another's link: leave it, drop our port
                 if old is None:
                     self.reconciler.endpoint_removed(net, rec)
