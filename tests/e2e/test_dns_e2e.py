@@ -17,7 +17,7 @@ import pytest
 
 import helpers as h
 from dns_helpers import PY, Outside, check
-from vis_helpers import secnet_json
+from vis_helpers import secnet_json, tcp_try
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -185,3 +185,19 @@ def test_a_resolver_container_of_the_same_network_teaches_too(make_network, run_
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_a_freed_identity_given_to_a_new_segment_carries_no_answer(make_network, run_container, outside):
+    """Issue 12: with a ``*`` DNS rule, segment ``old`` learns api.e2e.test and its only
+    container goes; ``fresh``, the next new segment, gets old's identity (the lowest
+    free) and reaches the address only after an answer of its own."""
+    net = make_network("sn-dns", opts={"secnet.egress": "deny", "secnet.allow": (
+        f"*->dns(api.e2e.test):tcp/443 *->{outside.dns}:udp/53 *->{outside.dns}:tcp/53")})
+    extra = ("--dns", outside.dns)
+    old = run_container(net, "old", labels={"secnet.segment": "old"}, extra=extra)
+    assert check(old, ["api.e2e.test"])["api.e2e.test"][1] == "ok"
+    h.docker("rm", "-f", old.name)
+    fresh = run_container(net, "fresh", labels={"secnet.segment": "fresh"}, extra=extra)
+    assert check(fresh, ["other.e2e.test"])["other.e2e.test"][1] == "timeout"   # enforced: DNS passes
+    assert not tcp_try(fresh, f"{outside.net}.5", 443, timeout=1.0)            # old's answer: not fresh's
+    assert check(fresh, ["api.e2e.test"])["api.e2e.test"][1] == "ok"
