@@ -23,7 +23,6 @@ as elements, never as new rules.
 """
 from __future__ import annotations
 
-import functools
 import itertools
 import operator
 from dataclasses import dataclass, field
@@ -237,7 +236,8 @@ def compile_policy_map(options: NetworkOptions, identities: Mapping[str, int]) -
     """
     segments = sorted(identities)
     entries, cidrs, fqdns = set(), set(), set()
-    _rules_entries(options.rules, identities, segments, entries, cidrs, fqdns)
+    for rule in options.rules:
+        _rule_entries(rule, identities, segments, entries, cidrs, fqdns)
     if options.intra == "allow":
         for seg in segments:
             entries.add(PolicyEntry(identities[seg], identities[seg], ANY, 0, 0, INTRA))
@@ -278,7 +278,9 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         gone_rules = ()
     for rules, ids, entries, cidrs, fqdns in ((gone_rules, old_ids, gone, gone_cidrs, gone_fqdns),
                                               (new_rules, identities, new, new_cidrs, new_fqdns)):
-        _rules_entries(rules, ids, sorted(ids), entries, cidrs, fqdns)
+        segments = sorted(ids)
+        for rule in rules:
+            _rule_entries(rule, ids, segments, entries, cidrs, fqdns)
     if options.intra == "allow" and not same_ids:
         gone.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in old_ids.items() if s not in identities)
         new.update(PolicyEntry(i, i, ANY, 0, 0, INTRA) for s, i in identities.items() if s not in old_ids)
@@ -369,33 +371,6 @@ def _changed(entries: frozenset, removed, added) -> frozenset:
 def _settings(options: NetworkOptions) -> Settings:
     return Settings(intra=options.intra, egress="deny" if options.internal else options.egress,
                     internal=options.internal, mode=getattr(options, "mode", "enforce"))
-
-
-_SRC_KIND, _DST_KIND, _SRC_VALUE, _DST_VALUE, _PROTO, _LO, _HI, _TEXT = (operator.attrgetter(a) for a in (
-    "src.kind", "dst.kind", "src.value", "dst.value", "service.proto", "service.lo", "service.hi", "_text"))
-_ENTRY = functools.partial(tuple.__new__, PolicyEntry)   # PolicyEntry of a 6-tuple, no Python call (as _make)
-_SEGMENT_IS = "segment".__eq__
-
-
-def _segment_pairs(rules) -> tuple:
-    """``(rules from a segment to a segment, the other rules)`` of ``rules``: lists, in
-    order; C-level passes, no Python call per rule (a policy holds tens of thousands)."""
-    rules = list(rules)
-    plain = list(map(operator.and_, map(_SEGMENT_IS, map(_SRC_KIND, rules)),
-                     map(_SEGMENT_IS, map(_DST_KIND, rules))))
-    return list(itertools.compress(rules, plain)), list(itertools.compress(rules, map(operator.not_, plain)))
-
-
-def _rules_entries(rules, identities: Mapping[str, int], segments: list, entries: set, cidrs: set,
-                   fqdns: set) -> None:
-    """:func:`_rule_entries` of each of ``rules``; those from a segment to a segment (one
-    entry apiece) made in bulk. Raises KeyError for a segment that ``identities`` lacks."""
-    plain, rest = _segment_pairs(rules)
-    entries.update(map(_ENTRY, zip(map(identities.__getitem__, map(_SRC_VALUE, plain)),
-                                   map(identities.__getitem__, map(_DST_VALUE, plain)),
-                                   map(_PROTO, plain), map(_LO, plain), map(_HI, plain), map(_TEXT, plain))))
-    for rule in rest:
-        _rule_entries(rule, identities, segments, entries, cidrs, fqdns)
 
 
 def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: set, cidrs: set,
