@@ -4,8 +4,9 @@ Run as root: ``python -m bench.set_cpu [--rules N] [--endpoints M] [--sets S]``.
 throwaway network namespace, ``bench.handler``'s world (a real SQLite state, the
 reconciler, the nftables backend, the conntrack flow index; M endpoints over 100
 segments, N rules) takes S ``set``s of N rules, each replacing every rule (every port
-moved: ``bench.scale.sweep_rules``), through ``Api.policy`` as the route calls it (the
-cyclic collector paused as the daemon pauses it). Each stage below is timed where it
+moved: ``bench.scale.sweep_rules``; the flow's two rules kept, but with ``--every``),
+through ``Api.policy`` as the route calls it (the cyclic collector paused as the daemon
+pauses it). Each stage below is timed where it
 is called (nested stages are included in their callers: ``policy delta`` holds
 ``recompile`` and ``apply_policy``, which holds ``elements``, ``encode`` and ``send``,
 the kernel's part). Thread CPU time (``time.thread_time``) is the figure to compare on
@@ -69,8 +70,11 @@ def install() -> None:
         setattr(owner, name, _timed(getattr(owner, name), label))
 
 
-def measure(rules: int, endpoints: int, sets: int) -> dict:
-    """``sets`` + 2 sets of ``rules`` rules (the first two not counted); per stage the medians."""
+def measure(rules: int, endpoints: int, sets: int, every: bool = False) -> dict:
+    """``sets`` + 2 sets of ``rules`` rules (the first two not counted); per stage the medians.
+    ``every``: the sets leave out the flow's two rules (kept otherwise), so that from the
+    first on each one replaces every rule (nftables: ``pol_port`` flushed)."""
+    kept = [] if every else FLOW_RULES
     rows = []
     with tempfile.TemporaryDirectory(prefix="snbench-") as tmp:
         state = State(f"{tmp}/state")
@@ -80,7 +84,7 @@ def measure(rules: int, endpoints: int, sets: int) -> dict:
             for rep in range(sets + 2):
                 _stamps.clear()
                 api.policy({"network": handler.NET_ID, "action": "set", "list": False,
-                            "rules": sweep_rules(rules, 1 + rep % 2) + FLOW_RULES})
+                            "rules": sweep_rules(rules, 1 + rep % 2) + kept})
                 if rep >= 2:
                     rows.append(dict(_stamps))
             api.reconciler.network_removed(state.get_network(handler.NET_ID))
@@ -97,12 +101,14 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--sets", type=int, default=10)
+    parser.add_argument("--every", action="store_true", help="each set replaces every rule (no rule kept)")
     args = parser.parse_args()
     install()
     name = f"snsetcpu-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", name], check=True)
     try:
-        found = netns.run_in(f"/run/netns/{name}", measure, args.rules, args.endpoints, args.sets, timeout=900)
+        found = netns.run_in(f"/run/netns/{name}", measure, args.rules, args.endpoints, args.sets, args.every,
+                             timeout=900)
         print(json.dumps({"rules": args.rules, "endpoints": args.endpoints, "sets": args.sets,
                           "stages": found}, indent=1))
     finally:

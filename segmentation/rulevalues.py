@@ -165,24 +165,6 @@ class Rule:
         if self.src.kind == "cidr" and self.dst.outside:
             raise RuleError(text, outside_both(self.dst))
 
-    @classmethod
-    def of_checked(cls, src: Endpoint, dst: Endpoint, service: Service, text: str) -> "Rule":
-        """The rule of values already checked: ``src`` and ``dst`` segments or ``*``,
-        ``text`` its canonical text. No checks and no formatting: the fast parser's
-        constructor (a policy set of 10,000 rules makes 10,000)."""
-        rule = object.__new__(cls)
-        # None: both ends are segments, read from them (``segments_of``): no tuple kept per rule
-        segments = tuple(e.value for e in (src, dst) if e.kind == "segment") \
-            if src.kind != "segment" or dst.kind != "segment" else None
-        # each slot's own setter, one call apiece (a loop of object.__setattr__ cost 4 ms a 10,000)
-        _SET_SRC(rule, src)
-        _SET_DST(rule, dst)
-        _SET_SERVICE(rule, service)
-        _SET_TEXT(rule, text)
-        _SET_SEGMENTS(rule, segments)
-        _SET_STAR(rule, segments is not None and len(segments) < 2)
-        return rule
-
     def text(self) -> str:
         """Canonical text, e.g. ``web->api:tcp/8080`` or ``monitor->*``."""
         return self._text
@@ -204,7 +186,7 @@ class Rule:
         return self.text()
 
 
-# the slots' setters of a frozen Rule, for Rule.of_checked
+# the slots' setters of a frozen Rule, for the fast parser's constructor (segmentation.rulefast)
 _SET_SRC, _SET_DST, _SET_SERVICE, _SET_TEXT, _SET_SEGMENTS, _SET_STAR = (
     Rule.__dict__[name].__set__ for name in ("src", "dst", "service", "_text", "_segments", "_star"))
 

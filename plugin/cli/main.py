@@ -7,11 +7,12 @@ Exit status 0 on success, non-zero with a one-line reason on stderr.
 """
 from __future__ import annotations
 
-import argparse
+import itertools
 import json
 import os
 import sys
 import time
+from types import SimpleNamespace
 
 from plugin.cli import format as fmt
 from plugin.cli.client import CliError, DaemonUnreachable, call, network_names, resolve_network
@@ -198,15 +199,18 @@ EDITS = ("set", "add", "remove")   # take one RULE or more; "clear" takes none
 NETWORK_HELP = "a secnet network's name or id, as in docker network inspect"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line (a CliError), from the subcommands' parsers too."""
+def parser():
+    """The command line's ``argparse.ArgumentParser`` (argparse imported here: a plain rule
+    edit is parsed without it, see :func:`_rule_arguments`; its import and this parser's
+    making cost ~8 ms of CPU, most of it gettext looking for translations)."""
+    import argparse
 
-    def error(self, message):
-        command = self.prog.partition(" ")[2]
-        raise CliError(f"{command}: {message}" if command else message)
+    class _Parser(argparse.ArgumentParser):
+        """Usage errors as one line (a CliError), from the subcommands' parsers too."""
 
-
-def parser() -> argparse.ArgumentParser:
+        def error(self, message):
+            command = self.prog.partition(" ")[2]
+            raise CliError(f"{command}: {message}" if command else message)
     p = _Parser(prog="secnet", description="Inspect and steer the secnet network driver.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     # --json is taken out of argv before parsing (main); listed in each verb's --help too
@@ -250,9 +254,17 @@ def _rule_arguments(argv: list) -> tuple:
     cost it 30 ms; the daemon checks rules anyway), else ``(argv, None)``. Arguments
     that look like options stay with argparse."""
     if len(argv) > 3 and argv[0] == "policy" and argv[2] in EDITS and \
-            not any(a.startswith("-") for a in argv):
+            not any(map(str.startswith, argv, itertools.repeat("-"))):
         return argv[:3], argv[3:]
     return argv, None
+
+
+def _parsed(argv: list, rules):
+    """The parsed command line: a plain rule edit (``rules`` not None: ``argv`` is
+    ``policy NETWORK set|add|remove``) as argparse would give it, without argparse."""
+    if rules is not None:
+        return SimpleNamespace(command=argv[0], network=argv[1], action=argv[2], rules=rules)
+    return parser().parse_args(argv)
 
 
 def _as_typed(exc: CliError, ref) -> CliError:
@@ -268,13 +280,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     argv, rules = _rule_arguments([a for a in argv if a != "--json"])
-    p = parser()
     args = None
     try:
-        args = p.parse_args(argv)
+        args = _parsed(argv, rules)
         args.json = as_json
-        if rules is not None:
-            args.rules = rules
         data = COMMANDS[args.command](args)
     except CliError as exc:
         exc = _as_typed(exc, getattr(args, "network", None))

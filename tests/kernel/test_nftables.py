@@ -137,15 +137,35 @@ def test_drift_names_the_chain_of_a_changed_rule(lab):
 
 def test_a_delta_over_a_deleted_element_rebuilds(lab):
     web, api = lab.add(2)
-    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    lab.apply("web->api:tcp/8080 web->api:tcp/9999", {web: "web", api: "api"}, intra="deny")
     w, a = ids(lab)["web"], ids(lab)["api"]
     lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 8080 }}")
     problems = lab.drift()
     assert problems and all("pol_port" in p and "missing" in p for p in problems), problems
-    lab.update("web->api:tcp/5432", repair_ok=True)   # deleting 8080 is refused: it rebuilds
+    # 8080 goes, 9999 stays (the set is not flushed): deleting 8080 is refused, it rebuilds
+    lab.update("web->api:tcp/9999 web->api:tcp/5432", repair_ok=True)
     assert lab.backend.repairs == 1
     assert lab.drift() == []
-    assert [probe_tcp(web, api.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+    assert [probe_tcp(web, api.ip4, p) for p in (5432, 9999, 8080)] == ["ok", "ok", "timeout"]
+
+
+def test_a_set_that_replaces_every_rule_flushes_what_the_kernel_holds(lab):
+    """Every element of pol_port replaced: the set is flushed in the delta's transaction,
+    so an element the kernel lost is no refusal (no rebuild) and one added behind the
+    backend's back goes too (fail closed); the new rule is in force, the old ones not."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080 web->api:tcp/9999", {web: "web", api: "api"}, intra="deny")
+    w, a = ids(lab)["web"], ids(lab)["api"]
+    lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 8080 }}")
+    lab.nft("add", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 7000 }}")
+    watch = Generations(lab)
+    lab.update("web->api:tcp/5432")
+    lines = watch.stop()
+    assert lab.backend.repairs == 0 and sum("new generation" in line for line in lines) == 1, lines
+    held = lab.nft("list", "set", "inet", lab.table, "pol_port").stdout
+    assert "5432" in held and "7000" not in held and "9999" not in held, held
+    assert lab.drift() == []
+    assert [probe_tcp(web, api.ip4, p) for p in (5432, 8080, 9999)] == ["ok", "timeout", "timeout"]
 
 
 def test_another_networks_tables_are_no_drift(lab, tmp_path):

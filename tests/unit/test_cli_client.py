@@ -6,10 +6,11 @@ import socket
 import threading
 
 import pytest
+from hypothesis import given, strategies as st
 
 from plugin import config
 from plugin.cli import client
-from plugin.cli.main import _rule_arguments, main
+from plugin.cli.main import _parsed, _rule_arguments, main, parser
 
 
 def serve_once(path: str, answer: bytes, seen: list) -> threading.Thread:
@@ -96,6 +97,14 @@ def test_rule_arguments_bypass_argparse_only_for_plain_rule_edits():
         assert _rule_arguments(argv) == (argv, None)
 
 
+def test_a_plain_rule_edit_is_parsed_as_argparse_parses_it():
+    for argv in (["policy", "shop", "set", "a->b", "c->d:tcp/80"], ["policy", "n-1", "remove", "x->y"]):
+        short, rules = _rule_arguments(argv)
+        expected = vars(parser().parse_args(argv))
+        expected.pop("json")   # main sets it (--json is taken out of argv first)
+        assert rules is not None and vars(_parsed(short, rules)) == expected
+
+
 def test_a_large_answer_is_read_whole_across_many_reads(tmp_path):
     """A 3 MB answer (a policy listing of ~100,000 rules) arrives in many pieces."""
     path = str(tmp_path / "d.sock")
@@ -103,3 +112,36 @@ def test_a_large_answer_is_read_whole_across_many_reads(tmp_path):
     serve_once(path, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(out) + out, [])
     status, body = client.exchange(path, "POST", "/secnet/policy", b"{}")
     assert status == 200 and body == out and len(out) > 3_000_000
+
+
+@given(st.text())
+def test_a_network_name_is_quoted_as_urllib_quotes_a_path_segment(text):
+    from urllib.parse import quote
+    try:
+        expected = quote(text, safe="")
+    except UnicodeEncodeError:   # a lone surrogate: both refuse it (resolve_network keeps the name)
+        with pytest.raises(UnicodeEncodeError):
+            client.quote(text)
+        return
+    assert client.quote(text) == expected
+
+
+def test_the_engine_is_asked_for_the_quoted_name(tmp_path, monkeypatch):
+    path = str(tmp_path / "engine.sock")
+    seen = []
+    serve_once(path, b'HTTP/1.0 200 OK\r\n\r\n{"Id": "abc"}', seen)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    assert client.resolve_network("my net/é") == "abc"
+    assert seen[0][0].startswith("GET /networks/my%20net%2F%C3%A9 HTTP/1.0")
+
+
+def test_the_cli_starts_without_the_modules_it_does_without():
+    """Importing the CLI loads neither ``socket``, ``urllib.parse``, ``glob`` nor ``argparse``
+    (each costs milliseconds of every command's start: see plugin.cli.client; argparse is
+    imported when a command needs it, never for a plain rule edit)."""
+    import subprocess
+    import sys
+    code = ("import sys, plugin.cli.main; print(' '.join(sorted({'socket', 'urllib.parse', 'glob', 'ipaddress', "
+            "'selectors', 'argparse', 'gettext'} & set(sys.modules))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""

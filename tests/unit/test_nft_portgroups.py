@@ -71,3 +71,21 @@ def test_split_keeps_ranges_icmp_any_and_cidrs_out():
     udp = PolicyEntry(1, 2, "udp", 53, 53, "d")
     (ports, groups), rest = portgroups.split([ranged, icmp, udp, anything])
     assert ports == [udp] and groups == [(1, 2, 17, 53)] and set(rest) == {ranged, icmp, anything}
+
+
+def test_a_set_that_loses_every_element_is_flushed_and_one_that_keeps_one_is_not(monkeypatch):
+    """``flush`` names a set only when the delta deletes every element it holds: one kept
+    element (here a rule whose group stays), or a set with intervals, and it is absent.
+    The same with the entry-by-entry path."""
+    a, b = _ports("r", 200), _ports("r", 200, port0=5000)
+    ranged = PolicyEntry(256, 300, "tcp", 80, 90, "ranged")
+    for bulk_path in (True, False):
+        if not bulk_path:
+            _one_by_one(monkeypatch)
+        state = PolicyElements.of(a | {ranged})
+        delta = state.change(b | {ranged._replace(lo=81)}, a | {ranged})
+        assert delta.flush == {"pol_port"} and len(delta.delete["pol_port"]) == 200   # pol_range: cut, no flush
+        kept = next(iter(b))
+        delta = PolicyElements.of(a | {kept}).change(b - {kept}, a)   # `kept` stays: its element too
+        assert delta.flush == set() and len(delta.delete["pol_port"]) == 200
+        assert PolicyElements.of(a).change(b, ()).flush == set()   # nothing deleted

@@ -202,3 +202,23 @@ def test_takeover_names_the_idle_segment_whose_identity_the_allocator_hands_out_
     assert takeover(ids, set()) is None
     holed = {s: i for s, i in ids.items() if s != "a"}  # 256 free: a new segment gets it, not c's
     assert takeover(holed, {"c"}) is None
+
+
+_ENDS = ["web", "api", "db", "*"]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_ENDS + ["10.0.0.0/8"]),
+                          st.sampled_from(_ENDS + ["0.0.0.0/0", "dns(a.example.com)"]),
+                          st.sampled_from(["", ":tcp/80", ":udp/53-60", ":icmp", ":any", ":tcp"])), max_size=30))
+def test_the_rules_entries_in_one_pass_are_each_rules_own(parts):
+    """_rules_entries (the segment-to-segment case inline) gives what _rule_entries gives
+    rule by rule: the same entries (named tuples), CIDR and DNS-name entries."""
+    texts = [f"{a}->{b}{svc}" for a, b, svc in parts if not (a == "10.0.0.0/8" and b[0] in "0d")]
+    rules = parse_rules(" ".join(texts)) if texts else ()
+    ids = {"web": 10, "api": 11, "db": 12}
+    one = set(), set(), set()
+    for rule in rules:
+        policymap._rule_entries(rule, ids, sorted(ids), *one)
+    bulk = set(), set(), set()
+    policymap._rules_entries(rules, ids, sorted(ids), *bulk)
+    assert bulk == one and all(type(e) is PolicyEntry for e in bulk[0])

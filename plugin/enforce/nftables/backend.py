@@ -152,6 +152,7 @@ class NftBackend(fqdn.FqdnMethods):
             diff(real.settings, settings, changed)
             changed.delete.update(elements.delete)
             changed.add.update(elements.add)
+            changed.flush.update(elements.flush)
 
             def done():
                 self._set_ports(real, ports, changed)

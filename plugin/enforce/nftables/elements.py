@@ -212,10 +212,13 @@ def disjoint(boxes: list) -> dict:
 @dataclass
 class ElementDelta:
     """Elements to delete and add, per set: ``{set: {element: value or None}}``; deletions
-    come first in the transaction (a piece cut anew is deleted before its successors are added)."""
+    come first in the transaction (a piece cut anew is deleted before its successors are added).
+    ``flush``: sets of ``delete`` that lose every element (a ``policy set`` replacing every rule),
+    emptied by the netlink writer with one flush (kernel ~0.91x at 10,000: ``bench.nft_swap``)."""
 
     delete: dict = field(default_factory=lambda: defaultdict(dict))
     add: dict = field(default_factory=lambda: defaultdict(dict))
+    flush: set = field(default_factory=set)
 
     @property
     def empty(self) -> bool:
@@ -255,6 +258,8 @@ class PolicyElements:
         element; one-port entries by :mod:`.portgroups`). An interval set's groups that
         changed (``cut``: whether each had entries) are cut again."""
         cut, delta = {}, ElementDelta()
+        # elements held per set without intervals (its groups; what goes is a subset of them)
+        held = {name: len(groups) for name, groups in self.groups.items() if not _INTERVAL[name]}
         (ports, groups), removed = portgroups.split(removed)   # one-port entries in bulk, if plain
         self._remove(removed if portgroups.remove(self.groups, ports, groups, delta.delete)
                      else removed + ports, cut, delta.delete)
@@ -267,6 +272,7 @@ class PolicyElements:
             self.groups, self._peak = {n: dict(groups) for n, groups in self.groups.items() if groups}, count
         for name, group in cut:
             self._cut(name, group, delta)
+        delta.flush.update(name for name, gone in delta.delete.items() if gone and len(gone) == held.get(name))
         return delta
 
     def _remove(self, removed: Iterable, cut: dict, gone: dict) -> None:

@@ -276,7 +276,10 @@ class ElementWriter(TableReader):
         return struct.pack("=IHHII", 20, kind, NLM_F_REQUEST, self._seq, 0) + struct.pack(
             "!BBH", 0, 0, NFNL_SUBSYS_NFTABLES)
 
-    def _messages(self, table: str, verb: int, elements: dict, names: dict) -> list:
+    def _messages(self, table: str, verb: int, elements: dict, names: dict, flush=frozenset()) -> list:
+        """The messages of ``verb`` for ``elements`` (``{set: {element: value}}``); a set of
+        ``flush`` (deletions only) is one message without elements: the kernel then deletes
+        every element the set holds (nf_tables_delsetelem -> nft_set_flush, Linux >= 4.10)."""
         out = []
         flags = NLM_F_REQUEST | NLM_F_ACK | (NLM_F_CREATE if verb == NFT_MSG_NEWSETELEM else 0)
         head_of = {}
@@ -286,6 +289,10 @@ class ElementWriter(TableReader):
             family = SCHEMAS[name][0]
             head = head_of.setdefault(name, _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
                                       + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+            if verb == NFT_MSG_DELSETELEM and name in flush:
+                out.append(self._message((NFNL_SUBSYS_NFTABLES << 8) | verb, FAMILIES[family], head, flags))
+                names[self._seq] = name
+                continue
             encode = encoder(name, key_only=verb == NFT_MSG_DELSETELEM)
             per = max(1, MAX_ATTR // len(encode(*next(iter(els.items())))))   # elements of a set: one length
             bulk = bulk_encoder(name, key_only=verb == NFT_MSG_DELSETELEM)
@@ -307,7 +314,7 @@ class ElementWriter(TableReader):
         with self._lock:
             names: dict = {}
             parts = [self._batch_marker(NFNL_MSG_BATCH_BEGIN)]
-            parts += self._messages(table, NFT_MSG_DELSETELEM, delta.delete, names)
+            parts += self._messages(table, NFT_MSG_DELSETELEM, delta.delete, names, delta.flush)
             parts += self._messages(table, NFT_MSG_NEWSETELEM, delta.add, names)
             parts.append(self._batch_marker(NFNL_MSG_BATCH_END))
             self._send(b"".join(parts), names)

