@@ -149,7 +149,7 @@ static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct 
 		*ew = r == TC_ACT_OK && v->kind == KIND_EW;
 		return r;
 	}
-	if (ct_related(p))
+	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
 	return -1;
 }
@@ -322,7 +322,7 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 			return rejudge(skb, c, p, v);
 		return TC_ACT_OK;
 	}
-	if (ct_related(p))
+	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
 	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
 }
