@@ -75,6 +75,13 @@ def test_a_frame_of_another_ethertype_is_reported_as_nftables_reports_it(lab, ev
     assert got, "no ethertype drop reported"
     assert {(e.family, e.proto, e.src, e.dst, e.port, e.ifname) for e in got} == {
         (0, "ethertype-0x88b5", "", "", None, web.veth)}, got
+    # 802.1Q: the receiving kernel moves the tag into the skb's metadata (skb_vlan_untag), so
+    # both report the type after the tag -- here the payload's "2M"; nftables read the
+    # payload's "ARK..." as an IPv4 header (protocol 75) before
+    tagged = bytes.fromhex(api.mac.replace(":", "") + web.mac.replace(":", "")) + b"\x81\x00" + b"U12MARK" * 8
+    send_frame(web, tagged)
+    got = [e for e in drain(events, 1.0) if e.reason == "ethertype"]
+    assert [(e.family, e.proto, e.src, e.dst) for e in got] == [(0, "ethertype-0x324d", "", "")], got
 
 
 def test_probes_observe_what_the_policy_lets_through(lab):
