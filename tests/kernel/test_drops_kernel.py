@@ -62,6 +62,28 @@ def test_bridge_table_drops_are_reported_with_their_reason(lab, events):
     assert any(e.ifname == bad.veth for e in got if e.reason == "quarantined")
 
 
+def test_a_frame_of_another_ethertype_is_reported_as_nftables_reports_it(lab, events):
+    """Family 0, no addresses, proto ``ethertype-0x88b5`` on both backends (U12-F5 b:
+    eBPF reported the MAC addresses as addresses and the ethertype as a bare number)."""
+    web, api = lab.add(2)
+    lab.apply("*->*", {web: "web", api: "api"})
+    drain(events, 0.3)
+    for dst in (api.mac, "ff:ff:ff:ff:ff:ff"):
+        frame = bytes.fromhex(dst.replace(":", "") + web.mac.replace(":", "")) + b"\x88\xb5" + b"U12MARK" * 8
+        send_frame(web, frame)
+    got = [e for e in drain(events, 1.0) if e.reason == "ethertype"]
+    assert got, "no ethertype drop reported"
+    assert {(e.family, e.proto, e.src, e.dst, e.port, e.ifname) for e in got} == {
+        (0, "ethertype-0x88b5", "", "", None, web.veth)}, got
+    # 802.1Q: the receiving kernel moves the tag into the skb's metadata (skb_vlan_untag), so
+    # both report the type after the tag -- here the payload's "2M"; nftables read the
+    # payload's "ARK..." as an IPv4 header (protocol 75) before
+    tagged = bytes.fromhex(api.mac.replace(":", "") + web.mac.replace(":", "")) + b"\x81\x00" + b"U12MARK" * 8
+    send_frame(web, tagged)
+    got = [e for e in drain(events, 1.0) if e.reason == "ethertype"]
+    assert [(e.family, e.proto, e.src, e.dst) for e in got] == [(0, "ethertype-0x324d", "", "")], got
+
+
 def test_probes_observe_what_the_policy_lets_through(lab):
     web, api, db = lab.add(3)
     lab.apply("web->api:tcp/8080 web->api:udp/53 *->db:icmp", {web: "web", api: "api", db: "db"},

@@ -300,6 +300,15 @@ def test_an_arp_drop_event_carries_its_protocol_addresses():
     assert (e.src, e.dst, e.port) == ("10.1.0.2", "10.1.0.3", None)
 
 
+def test_a_drop_event_of_another_ethertype_reads_as_nftables_reports_it():
+    from plugin.enforce.ebpf.events import decode   # noqa: PLC0415
+    raw = maps.DROP_EVENT.pack(0xABCDEF012345, 2_000_000_000, 8, 0, 0, 0, 0, 0x88B5, 0, 0, 0,
+                               bytes(16), bytes(16), b"\x02\x42\x0a\x01\x00\x02", b"\xff" * 6)
+    e = decode(raw, 0.0)
+    assert (e.reason, e.family, e.proto, e.src, e.dst, e.port) == (
+        "ethertype", 0, "ethertype-0x88b5", "", "", None)
+
+
 def test_dns_rules_become_fqdn_entries_for_every_address_that_allow_nothing_new():
     pm = compile_policy_map(NetworkOptions(rules=parse_rules(
         "a->dns(api.example.test):tcp/443 a->10.0.0.0/8:udp/53"), egress="deny"), {"a": 256})

@@ -124,6 +124,9 @@ def test_arp_and_other_ethertypes_from_the_bridge_family():
     assert nflog.parse_payload(arp, 0x0806, nflog.NFPROTO_BRIDGE) == \
         nflog.Flow(4, "arp", "10.224.0.9", "10.224.0.3")
     assert nflog.parse_payload(b"\x00\x01", 0x88CC).proto == "ethertype-0x88cc"
+    # a payload that starts like an IPv4 header is still another ethertype's
+    assert nflog.parse_payload(b"ARKU12MARK" * 4, 0x324D, nflog.NFPROTO_BRIDGE) == \
+        nflog.Flow(0, "ethertype-0x324d")
 
 
 # --- the reader thread -----------------------------------------------------------------

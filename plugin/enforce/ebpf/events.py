@@ -33,10 +33,6 @@ def _addr(raw: bytes, family: int) -> str:
     return str(ipaddress.ip_address(raw[:4] if family == 4 else raw))
 
 
-def _mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
-
-
 def _ifname(ifindex: int):
     try:
         return socket.if_indextoname(ifindex) if ifindex else None
@@ -48,17 +44,19 @@ def decode(raw: bytes, clock_offset: float) -> DropEvent:
     """A DropEvent from one ring-buffer record; ``clock_offset``: wall - monotonic seconds.
 
     IP packets carry their addresses; ARP its sender and target addresses
-    (family 4, proto ``"arp"``); other frames their MAC addresses (family 0,
-    proto the ethertype)."""
+    (family 4, proto ``"arp"``); other frames no addresses (``""``), family 0
+    and proto ``"ethertype-0xNNNN"``: what the nftables backend reports of them
+    (plugin/enforce/nftables/nflog.py parse_payload), so that ``secnet log``
+    prints the same line on both backends (U12-F5 b)."""
     (tag, ktime, reason, family, proto, audit, port, ethertype, ifindex, _src_id, _dst_id,
-     saddr, daddr, smac, dmac) = DROP_EVENT.unpack_from(raw)
+     saddr, daddr, _smac, _dmac) = DROP_EVENT.unpack_from(raw)
     ip = family in (4, 6)
     if ethertype == ETH_P_ARP:
         proto = "arp"    # family 4: the sender and target protocol addresses, as nflog shows them
     return DropEvent(
         network=f"{tag:012x}", reason=REASONS[reason] if reason < len(REASONS) else "invalid",
-        family=family if ip else 0, proto=proto if ip else ethertype,
-        src=_addr(saddr, family) if ip else _mac(smac), dst=_addr(daddr, family) if ip else _mac(dmac),
+        family=family if ip else 0, proto=proto if ip else f"ethertype-0x{ethertype:04x}",
+        src=_addr(saddr, family) if ip else "", dst=_addr(daddr, family) if ip else "",
         port=port if ip and proto in (6, 17) else None, ifname=_ifname(ifindex), audit=bool(audit),
         time=ktime / 1e9 + clock_offset)
 

@@ -25,7 +25,8 @@ from . import libbpf, maps
 DEFAULT_ROOT = "/sys/fs/bpf/secnet"
 BPFFS = "/sys/fs/bpf"
 MAPS = ("state", "settings", "endpoints", "members", "policy", "restricted", "cidrs", "allowed",
-        "dropped", "conntrack", "reported", "scratch", "published", "logcap", "subnets", "fqdn")
+        "dropped", "conntrack", "reported", "scratch", "published", "logcap", "subnets", "fqdn",
+        "frags")
 PROGS = ("from_container", "to_container")
 EVENTS = "events"
 
@@ -102,6 +103,9 @@ def load_network(root: str, network_id: str, obj_path: str, sizes: dict) -> Hand
     path = network_dir(root, network_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
     _drop_older_conntrack(path)
+    # per-CPU scratch space holds nothing between packets, and its layout (struct
+    # pkt) changes between builds: always a new one (attached programs keep theirs)
+    _unlink(os.path.join(path, "scratch"))
     obj = libbpf.BpfObject(obj_path)
     try:
         for name in MAPS:

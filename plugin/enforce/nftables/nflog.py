@@ -164,12 +164,14 @@ def parse_payload(data: bytes, hw_protocol: int = 0, family: int = 0) -> Flow:
     version = data[0] >> 4 if data else 0
     if hw_protocol == ETH_P_ARP:
         return _arp(data)
+    # another ethertype first: its payload is no IP header, whatever its first nibble
+    # says (U12-F5 b: bytes "AR..." of a raw frame were read as IPv4, protocol 75)
+    if hw_protocol and hw_protocol not in (ETH_P_IP, ETH_P_IPV6):
+        return Flow(0, f"ethertype-0x{hw_protocol:04x}")
     if version == 4 and len(data) >= 20:
         return _ipv4(data)
     if version == 6 and len(data) >= 40:
         return _ipv6(data)
-    if hw_protocol and hw_protocol not in (ETH_P_IP, ETH_P_IPV6):
-        return Flow(0, f"ethertype-0x{hw_protocol:04x}")
     return Flow(0, "unknown")
 
 

@@ -25,6 +25,7 @@
 #include "lib/context.h"
 #include "lib/lookup.h"
 #include "lib/inactive.h"
+#include "lib/frag.h"
 
 #define PACKET_HOST_ 0
 
@@ -148,7 +149,7 @@ static __always_inline int tracked(struct __sk_buff *skb, struct ctx *c, struct 
 		*ew = r == TC_ACT_OK && v->kind == KIND_EW;
 		return r;
 	}
-	if (ct_related(p))
+	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
 	return -1;
 }
@@ -249,8 +250,9 @@ int from_container(struct __sk_buff *skb)
 	p = fresh_pkt();
 	if (!p)
 		return TC_ACT_SHOT;
-	if (load_ctx(&c) || parse(skb, p) < 0 || !ep) {
-		vd.reason = ep ? R_INVALID : R_PENDING;   /* fail closed */
+	/* fail closed: unparsable, no endpoint, a fragment whose first one is unknown */
+	if (load_ctx(&c) || parse(skb, p) < 0 || !ep || frag_later(p) < 0) {
+		vd.reason = ep ? R_INVALID : R_PENDING;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
 	vd.src = ep->identity;
@@ -263,6 +265,7 @@ int from_container(struct __sk_buff *skb)
 		vd.reason = -r;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
+	frag_remember(p);
 	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
@@ -319,7 +322,7 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 			return rejudge(skb, c, p, v);
 		return TC_ACT_OK;
 	}
-	if (ct_related(p))
+	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
 	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
 }
@@ -356,10 +359,11 @@ int to_container(struct __sk_buff *skb)
 
 	if (!p)
 		return TC_ACT_SHOT;
-	if (load_ctx(&c) || parse(skb, p) < 0 || !ep) {
+	if (load_ctx(&c) || parse(skb, p) < 0 || !ep || frag_later(p) < 0) {
 		vd.reason = ep ? R_INVALID : R_PENDING;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
+	frag_remember(p);
 	vd.dst = ep->identity;
 	if (!active_identity(ep->identity)) {
 		if (!meant_for(skb, p, ep))   /* a flooded copy for others: no report */

@@ -73,15 +73,19 @@ static __always_inline struct ct_val *ct_entry(struct pkt *p)
 	return bpf_map_lookup_elem(&conntrack, &k);
 }
 
-/* An ICMP error passes when the flow it quotes is tracked (either direction). */
-static __always_inline int ct_related(struct pkt *p)
+/* An ICMP error passes when the flow it quotes is tracked (either direction):
+ * part of that flow, as nftables' "ct state related" sees it. A flow audit mode
+ * let pass (CT_DENIED) was reported once as a would-drop; in audit mode its
+ * errors pass with it, unreported (U12-F7); in enforce mode (an entry left from
+ * audit mode) they are judged as packets of their own. ``mode``: the network's. */
+static __always_inline int ct_related(struct pkt *p, __u8 mode)
 {
 	struct ct_val *v;
 
 	if (!p->icmp_error)
 		return 0;
 	v = bpf_map_lookup_elem(&conntrack, &p->inner);
-	return v && !(v->flags & CT_DENIED);
+	return v && (!(v->flags & CT_DENIED) || mode == MODE_AUDIT);
 }
 
 static __always_inline void ct_create(struct pkt *p, __u8 kind, __u8 flags, __u32 gen)

@@ -6,7 +6,8 @@
  * It only takes the packets for which the full path (secnet.c) would end in
  * deliver()'s bpf_redirect_peer, with the same checks in the same order and
  * the same side effects (the conntrack entry's refresh, the mark cleared):
- *   IPv4 without options or fragment offset, or IPv6 without extension
+ *   IPv4 without options, not a fragment (lib/frag.h remembers first
+ *   fragments' ports), or IPv6 without extension
  *   headers or a link-local source; TCP, UDP, or an ICMP/ICMPv6 echo
  *   request or reply, but no DNS flow (dns_flow: deliver() bridges it);
  *   the L4 header in the linear data; a live conntrack
@@ -53,7 +54,7 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip = (void *)(eth + 1);
 
-		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x1fff)) || !ip->saddr)
+		if ((void *)(ip + 1) > end || ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)) || !ip->saddr)
 			return FAST_NO;
 		__builtin_memcpy(k->saddr, &ip->saddr, 4);
 		__builtin_memcpy(k->daddr, &ip->daddr, 4);

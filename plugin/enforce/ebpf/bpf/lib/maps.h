@@ -121,6 +121,32 @@ struct {
 	__type(value, __u8);
 } subnets SEC(".maps");
 
+/* frags: the first fragment of a datagram -> its ports (lib/frag.h) */
+struct frag_key {
+	__u8  saddr[16];
+	__u8  daddr[16];
+	__u32 id;                /* IPv4: the 16-bit identification; IPv6: the 32-bit one */
+	__u8  proto;             /* IPv4: the protocol; IPv6: the fragment header's next header */
+	__u8  family;
+	__u16 pad;
+};
+
+struct frag_val {            /* what parse_l4 read from the first fragment */
+	__u16 sport;
+	__u16 dport;
+	__u8  proto;
+	__u8  l4;
+	__u8  icmp_type;
+	__u8  pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, struct frag_key);
+	__type(value, struct frag_val);
+} frags SEC(".maps");
+
 /* per-CPU scratch space: a parsed packet and its flow's original direction
  * do not fit the 512-byte BPF stack beside everything else */
 struct scratch {

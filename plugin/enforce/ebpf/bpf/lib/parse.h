@@ -14,6 +14,11 @@
 #define ETH_P_ARP_ 0x0806
 #define IPPROTO_ICMPV6_ 58
 #define IPPROTO_IGMP_ 2
+#define IPPROTO_FRAGMENT_ 44
+
+#define FRAG_NONE  0
+#define FRAG_FIRST 1             /* offset 0, more fragments follow: has the L4 header */
+#define FRAG_LATER 2             /* offset > 0: payload only, no L4 header */
 
 struct pkt {
 	__u16 ethertype;
@@ -22,10 +27,13 @@ struct pkt {
 	__u8  l4;                /* L4 code for the policy map */
 	__u8  icmp_type;
 	__u8  icmp_error;        /* 1: an ICMP error; inner holds its flow */
-	__u8  pad;
+	__u8  frag;              /* FRAG_NONE, FRAG_FIRST, FRAG_LATER (lib/frag.h) */
 	__u16 sport;
 	__u16 dport;
 	__u32 l4off;
+	__u32 frag_id;           /* a fragment's identification (host order) */
+	__u8  frag_proto;        /* and its protocol: IPv4's, or IPv6's fragment header's next header */
+	__u8  pad[3];
 	__u8  saddr[16] __attribute__((aligned(8)));
 	__u8  daddr[16] __attribute__((aligned(8)));
 	/* the source the ingress policy judges and reports: saddr, or the
@@ -115,17 +123,34 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 }
 
 /* Walk IPv6 extension headers (hop-by-hop, routing, destination options,
- * fragment: MLD reports carry a hop-by-hop header) to the L4 header. */
+ * fragment: MLD reports carry a hop-by-hop header) to the L4 header. A
+ * fragment header (RFC 8200 section 4.5: next header, reserved, offset << 3 |
+ * M, identification) marks the packet a fragment; after a later fragment's
+ * header comes payload, not headers: the walk stops there. */
 static __always_inline void skip_ext_headers(struct __sk_buff *skb, struct pkt *p)
 {
-	__u8 hdr[2];
+	__u8 hdr[8];
 
 	for (int i = 0; i < 4; i++) {
-		if (p->proto != 0 && p->proto != 43 && p->proto != 60 && p->proto != 44)
+		if (p->proto != 0 && p->proto != 43 && p->proto != 60 && p->proto != IPPROTO_FRAGMENT_)
 			return;
-		if (bpf_skb_load_bytes(skb, p->l4off, hdr, 2))
+		if (bpf_skb_load_bytes(skb, p->l4off, hdr, 8))
 			return;
-		p->l4off += p->proto == 44 ? 8 : (hdr[1] + 1) * 8;
+		if (p->proto == IPPROTO_FRAGMENT_) {
+			__u16 off = (hdr[2] << 8) | hdr[3];
+
+			p->l4off += 8;
+			p->proto = hdr[0];
+			if (!(off & 0xfff9))
+				continue;   /* an atomic fragment (RFC 6946): a whole datagram */
+			p->frag = off & 0xfff8 ? FRAG_LATER : FRAG_FIRST;
+			p->frag_proto = hdr[0];
+			p->frag_id = ((__u32)hdr[4] << 24) | (hdr[5] << 16) | (hdr[6] << 8) | hdr[7];
+			if (p->frag == FRAG_LATER)
+				return;
+			continue;
+		}
+		p->l4off += (hdr[1] + 1) * 8;
 		p->proto = hdr[0];
 	}
 }
@@ -163,10 +188,10 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->daddr, &ip->daddr, 4);
 		__builtin_memcpy(p->osrc, p->saddr, 16);
 		p->l4off = sizeof(*eth) + (ip->ihl & 0xf) * 4;
-		/* fragments after the first have no L4 header: judged as "other" */
-		if (ip->frag_off & bpf_htons(0x1fff)) {
-			p->l4 = 0xfe;
-			return 0;
+		if (ip->frag_off & bpf_htons(0x3fff)) {   /* more fragments, or an offset */
+			p->frag = ip->frag_off & bpf_htons(0x1fff) ? FRAG_LATER : FRAG_FIRST;
+			p->frag_proto = ip->protocol;
+			p->frag_id = bpf_ntohs(ip->id);
 		}
 	} else if (p->ethertype == ETH_P_IPV6) {
 		struct ipv6hdr *ip6 = (void *)(eth + 1);
@@ -184,6 +209,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 			parse_arp(skb, p);
 		return 0;
 	}
+	if (p->frag == FRAG_LATER)
+		return 0;   /* no L4 header: lib/frag.h gives it its first fragment's */
 	parse_l4(skb, p);
 	return 0;
 }
