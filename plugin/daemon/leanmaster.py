@@ -19,8 +19,10 @@ imports ``dictConfig``/``fileConfig`` for log configuration files secnet never
 sets; 1.7 MiB with ``logging.handlers``), two functions that import it when
 called. The stand-ins leave ``sys.modules`` at once, so any later import
 gets the real module. :func:`restore_in_worker` (in the worker, which loads
-both anyway: the Docker client, Flask) points gunicorn's modules back at the
-real ones: the worker runs stock gunicorn.
+them anyway: the Docker client, Flask) points gunicorn's modules back at the
+real ``importlib.metadata`` and ``email.utils``; the worker has no TLS either and
+keeps the ``ssl`` stand-in (it imports without OpenSSL:
+``plugin.kernel.lightimport.without_openssl``).
 """
 from __future__ import annotations
 
@@ -106,15 +108,16 @@ def import_lean(*names: str) -> list:
 
 
 def restore_in_worker() -> int:
-    """Import the real ``ssl``, ``importlib.metadata`` and ``email.utils`` (gunicorn's
+    """Import the real ``importlib.metadata`` and ``email.utils`` (gunicorn's
     ``http_date``, each response's Date) and rebind every global of the modules
-    imported against the stand-ins that holds one of them (or the stand-in
-    ``SSLError``). Returns how many were rebound. ``logging.config``'s stand-in
-    stays: it imports the real module if ever called."""
+    imported against the stand-ins that holds one of them. Returns how many were
+    rebound. The ``ssl`` stand-in stays, as in the master: the worker has no TLS
+    either (its socket is a unix socket; gunicorn reads ``ssl`` only for a
+    ``certfile``, and catches the stand-in ``SSLError``, never raised); so does
+    ``logging.config``'s: it imports the real module if ever called."""
     import email.utils as email_utils
     import importlib.metadata as metadata
-    import ssl
-    pairs = ((SSL, ssl), (METADATA, metadata), (EMAIL_UTILS, email_utils), (_StandInSSLError, ssl.SSLError))
+    pairs = ((METADATA, metadata), (EMAIL_UTILS, email_utils))
     rebound = 0
     for name in _BOUND:
         namespace = getattr(sys.modules.get(name), "__dict__", None) or {}

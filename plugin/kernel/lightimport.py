@@ -11,6 +11,7 @@ NDB``, ``pyroute2.__version__``) runs the ``__init__`` then (PEP 562 module
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import sys
@@ -73,9 +74,12 @@ def import_deferring(name: str, deferred: str, **known) -> types.ModuleType:
     import); the real ``deferred`` loads at the first use of any other attribute.
     The stand-in leaves ``sys.modules`` at once: a later ``import deferred`` gets the
     real module. When ``deferred`` is imported already or not installed, a plain
-    import."""
+    import. A module blocked by :func:`without_openssl` (``None`` in ``sys.modules``)
+    gets the stand-in too, and is blocked again after."""
     with _LOCK:
-        if name in sys.modules or deferred in sys.modules or importlib.util.find_spec(deferred) is None:
+        blocked = deferred in sys.modules and sys.modules[deferred] is None
+        if name in sys.modules or (deferred in sys.modules and not blocked) \
+                or (not blocked and importlib.util.find_spec(deferred) is None):
             return importlib.import_module(name)
         stand_in = _OnFirstUse(deferred, f"imported at first use (plugin.kernel.lightimport, for {name})")
         stand_in.__dict__.update(known)
@@ -84,7 +88,53 @@ def import_deferring(name: str, deferred: str, **known) -> types.ModuleType:
             return importlib.import_module(name)
         finally:
             if sys.modules.get(deferred) is stand_in:
-                del sys.modules[deferred]
+                if blocked:
+                    sys.modules[deferred] = None
+                else:
+                    del sys.modules[deferred]
+
+
+def import_iproute() -> types.ModuleType:
+    """``pyroute2.iproute.linux`` (IPRoute) without ``ssl``: pyroute2 0.9.7 imports it
+    at the top of ``netlink/rtnl/probe_msg.py`` for its TLS probe of a remote host
+    (``probe_ssl``, never called by secnet), which maps OpenSSL's libcrypto (see
+    :func:`without_openssl`). It stands in as an :class:`_OnFirstUse` while that
+    module loads: the real ``ssl`` is imported if pyroute2 ever uses it."""
+    import_deferring("pyroute2.netlink.rtnl.probe_msg", "ssl")
+    return importlib.import_module("pyroute2.iproute.linux")
+
+
+OPENSSL_MODULES = ("ssl", "_ssl", "_hashlib")
+
+
+@contextlib.contextmanager
+def without_openssl():
+    """Imports inside the ``with`` find no OpenSSL: ``ssl``, ``_ssl`` and ``_hashlib``
+    (those not imported yet) are ``None`` in ``sys.modules``, so ``import ssl`` raises
+    ImportError (Python's import system: "import of ssl halted; None in sys.modules").
+
+    For the daemon's worker: it serves a unix socket and talks to Docker over one,
+    no TLS anywhere, yet its libraries import OpenSSL's modules at the top: werkzeug
+    and http.client ``ssl`` (both in ``try/except ImportError``), urllib3 (the same;
+    requests then makes no default SSL context), hashlib ``_hashlib`` (it falls back
+    to CPython's own md5/sha1/sha2/sha3, blake2 is CPython's anyway; without it
+    ``hashlib.pbkdf2_hmac`` and ``scrypt`` are missing: secnet uses neither). Loaded,
+    they map libcrypto and libssl and run OpenSSL's set-up: ~5 MiB of RSS in a fresh
+    interpreter (``import ssl``: +6.0 MiB VmRSS, of which ``_hashlib`` 3.5).
+
+    Nothing stays blocked: on leaving, the entries go, and a later ``import ssl``
+    (a TLS path nobody configured, prometheus-client's metrics server) loads the
+    real module. Modules imported inside keep what they bound (no TLS in urllib3).
+    Not thread-safe against imports by other threads: for a process's start."""
+    blocked = [n for n in OPENSSL_MODULES if n not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None
+    try:
+        yield blocked
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
 
 
 def import_docker() -> types.ModuleType:

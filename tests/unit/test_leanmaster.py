@@ -1,5 +1,5 @@
 """plugin.daemon.leanmaster: gunicorn's master without OpenSSL and importlib.metadata;
-the worker with the real modules."""
+the worker with the real importlib.metadata, and still without OpenSSL."""
 from __future__ import annotations
 
 import os
@@ -43,17 +43,19 @@ def test_gunicorn_reaches_the_real_metadata_at_first_use():
     assert out == "gunicorn True module"
 
 
-def test_the_worker_gets_the_real_modules_back_in_gunicorn():
+def test_the_worker_gets_the_real_metadata_back_and_keeps_gunicorn_without_tls():
     out = _run("""
+        import sys
         import plugin.daemon.server
         from plugin.daemon import leanmaster
         import gunicorn.config, gunicorn.sock, gunicorn.util, gunicorn.workers.base, gunicorn.workers.gthread
         print(leanmaster.restore_in_worker())
-        import ssl, importlib.metadata
-        print(all(m.ssl is ssl for m in (gunicorn.config, gunicorn.sock, gunicorn.workers.gthread)),
-              gunicorn.workers.base.SSLError is ssl.SSLError, gunicorn.util.importlib_metadata is importlib.metadata)
+        import importlib.metadata
+        print(gunicorn.util.importlib_metadata is importlib.metadata, "ssl" in sys.modules,
+              all(m.ssl is leanmaster.SSL for m in (gunicorn.config, gunicorn.sock, gunicorn.workers.gthread)),
+              gunicorn.workers.gthread.ssl.SSL_ERROR_EOF, issubclass(gunicorn.workers.base.SSLError, OSError))
     """)
-    assert out.splitlines() == ["5", "True True True"]
+    assert out.splitlines() == ["1", "True False True 8 True"]
 
 
 def test_with_ssl_loaded_already_gunicorn_gets_the_real_one():
