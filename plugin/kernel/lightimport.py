@@ -104,7 +104,24 @@ def import_iproute() -> types.ModuleType:
     return importlib.import_module("pyroute2.iproute.linux")
 
 
+class _TLSVersion:
+    """Stands for ``ssl.TLSVersion`` in prometheus-client's annotations."""
+
+
+def import_prometheus() -> types.ModuleType:
+    """``prometheus_client`` without ``ssl``: its ``exposition`` module imports it at
+    the top for a metrics server with TLS (``certfile``, never given by secnet), which
+    maps OpenSSL's libcrypto at the daemon's first scrape (see :func:`without_openssl`).
+    It stands in as an :class:`_OnFirstUse` holding what ``exposition`` reads at import
+    (prometheus-client 0.2x: ``TLSVersion`` and ``SSLContext`` in annotations,
+    ``PROTOCOL_TLS_SERVER`` and ``PROTOCOL_TLS_CLIENT`` (17 and 16, the stdlib's) as
+    defaults); the real ``ssl`` is imported if a TLS server or client is ever made."""
+    return import_deferring("prometheus_client", "ssl", TLSVersion=_TLSVersion, SSLContext=object,
+                            PROTOCOL_TLS_SERVER=17, PROTOCOL_TLS_CLIENT=16)
+
+
 OPENSSL_MODULES = ("ssl", "_ssl", "_hashlib")
+_HTTPS_LATER = ("http.client", "urllib.request")
 
 
 @contextlib.contextmanager
@@ -123,13 +140,19 @@ def without_openssl():
     interpreter (``import ssl``: +6.0 MiB VmRSS, of which ``_hashlib`` 3.5).
 
     Nothing stays blocked: on leaving, the entries go, and a later ``import ssl``
-    (a TLS path nobody configured, prometheus-client's metrics server) loads the
-    real module. Modules imported inside keep what they bound (no TLS in urllib3).
+    (a TLS path nobody configured) loads the real module. Modules imported inside
+    keep what they bound (no TLS in urllib3). Except ``http.client`` and
+    ``urllib.request``, imported first with ``ssl`` standing in (:func:`import_deferring`):
+    they define their HTTPS classes only when ``import ssl`` succeeds, and
+    prometheus-client imports ``HTTPSHandler`` (the real ``ssl`` loads at an HTTPS
+    connection's set-up, never at import).
     Not thread-safe against imports by other threads: for a process's start."""
     blocked = [n for n in OPENSSL_MODULES if n not in sys.modules]
     for name in blocked:
         sys.modules[name] = None
     try:
+        for name in _HTTPS_LATER:
+            import_deferring(name, "ssl")
         yield blocked
     finally:
         for name in blocked:

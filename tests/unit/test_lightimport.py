@@ -131,3 +131,21 @@ def test_pyroute2_imports_with_ssl_standing_in_and_gets_the_real_one_at_first_us
         print(probe.ssl.CERT_REQUIRED == 2, type(sys.modules["ssl"]).__name__)   # first use: the real ssl
     """)
     assert out.splitlines() == ["True _OnFirstUse False", "True module"]
+
+
+def test_prometheus_client_scrapes_without_loading_openssl():
+    out = _run("""
+        import sys
+        from plugin.kernel.lightimport import import_prometheus, without_openssl
+        with without_openssl():                 # as the daemon's worker: hashlib without OpenSSL
+            import hashlib, hmac, urllib.request
+        import_prometheus()
+        from prometheus_client import CollectorRegistry, Counter, generate_latest
+        registry = CollectorRegistry()
+        Counter("secnet_test", "a test counter", registry=registry).inc()
+        text = generate_latest(registry).decode()
+        print("secnet_test_total 1.0" in text, "ssl" in sys.modules, "libcrypto" in open("/proc/self/maps").read())
+        import prometheus_client.exposition as exposition
+        print(int(exposition.ssl.CERT_REQUIRED), type(sys.modules["ssl"]).__name__)   # first use: the real ssl
+    """)
+    assert out.splitlines() == ["True False False", "2 module"]
