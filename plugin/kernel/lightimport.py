@@ -94,14 +94,45 @@ def import_deferring(name: str, deferred: str, **known) -> types.ModuleType:
                     del sys.modules[deferred]
 
 
+class _MockLater:
+    """pyroute2's ``NotLocal.msg_queue``, a ``unittest.mock.Mock()`` made at import for
+    its synchronous ``IPRSocket``: the real Mock is made (and unittest.mock imported)
+    at the first use of any attribute; every use goes to that one Mock."""
+
+    def __init__(self):
+        object.__setattr__(self, "_mock", None)
+
+    def _real(self):
+        if self._mock is None:
+            from unittest import mock
+            object.__setattr__(self, "_mock", mock.Mock())
+        return self._mock
+
+    def __getattr__(self, attr: str):
+        return getattr(self._real(), attr)
+
+    def __setattr__(self, attr: str, value) -> None:
+        setattr(self._real(), attr, value)
+
+    def __call__(self, *args, **kwargs):
+        return self._real()(*args, **kwargs)
+
+
 def import_iproute() -> types.ModuleType:
-    """``pyroute2.iproute.linux`` (IPRoute) without ``ssl``: pyroute2 0.9.7 imports it
-    at the top of ``netlink/rtnl/probe_msg.py`` for its TLS probe of a remote host
-    (``probe_ssl``, never called by secnet), which maps OpenSSL's libcrypto (see
-    :func:`without_openssl`). It stands in as an :class:`_OnFirstUse` while that
-    module loads: the real ``ssl`` is imported if pyroute2 ever uses it."""
+    """``pyroute2.iproute.linux`` (IPRoute) without ``ssl`` and ``unittest.mock``.
+
+    pyroute2 0.9.7 imports ``ssl`` at the top of ``netlink/rtnl/probe_msg.py`` for
+    its TLS probe of a remote host (``probe_ssl``, never called by secnet), which
+    maps OpenSSL's libcrypto (see :func:`without_openssl`); and ``unittest.mock``
+    (with the unittest package: 0.8 MiB of RSS) in ``netlink/rtnl/iprsocket.py`` for
+    its netlink mock (``config.mock_netlink``) and one ``Mock()`` made at import
+    (:class:`_MockLater`). Both stand in as :class:`_OnFirstUse` while those modules
+    load: the real one is imported if pyroute2 ever uses it."""
     import_deferring("pyroute2.netlink.rtnl.probe_msg", "ssl")
-    return importlib.import_module("pyroute2.iproute.linux")
+    mock = _OnFirstUse("unittest.mock", "imported at first use (plugin.kernel.lightimport, for pyroute2)")
+    mock.Mock = _MockLater
+    # iprsocket is imported by way of linux (they import each other)
+    return import_deferring("pyroute2.iproute.linux", "unittest", mock=mock)
 
 
 class _TLSVersion:

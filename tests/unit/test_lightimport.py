@@ -149,3 +149,19 @@ def test_prometheus_client_scrapes_without_loading_openssl():
         print(int(exposition.ssl.CERT_REQUIRED), type(sys.modules["ssl"]).__name__)   # first use: the real ssl
     """)
     assert out.splitlines() == ["True False False", "2 module"]
+
+
+def test_pyroute2_imports_without_unittest_and_its_mock_is_made_at_first_use():
+    out = _run("""
+        import sys
+        import plugin.kernel
+        from plugin.kernel.lightimport import import_iproute
+        import_iproute()
+        from pyroute2.netlink.rtnl.iprsocket import NotLocal
+        print([m for m in sys.modules if m.split(".")[0] == "unittest"])
+        queue = NotLocal.msg_queue
+        queue.put_nowait("message")
+        queue.flag = 3
+        print(queue.put_nowait.call_args.args, queue.flag, type(queue._mock).__name__, "unittest.mock" in sys.modules)
+    """)
+    assert out.splitlines() == ["[]", "('message',) 3 Mock True"]
