@@ -22,13 +22,14 @@ def test_the_master_imports_gunicorn_without_openssl_and_metadata():
         import plugin.daemon.server
         import gunicorn.workers.gthread, gunicorn.sock, gunicorn.util
         print("_ssl" in sys.modules, "ssl" in sys.modules, "importlib.metadata" in sys.modules,
-              "zipfile" in sys.modules, "gunicorn.arbiter" in sys.modules)
+              "zipfile" in sys.modules, "gunicorn.arbiter" in sys.modules,
+              "argparse" in sys.modules, "concurrent.futures" in sys.modules)
         import ssl                              # the stand-ins left sys.modules: these are real
         import importlib.metadata
         print(hasattr(ssl, "SSLContext"), gunicorn.sock.ssl is ssl,
               gunicorn.util.importlib_metadata is importlib.metadata)
     """)
-    assert out.splitlines() == ["False False False False True", "True False False"]
+    assert out.splitlines() == ["False False False False True False False", "True False False"]
 
 
 def test_gunicorn_reaches_the_real_metadata_at_first_use():
@@ -50,12 +51,13 @@ def test_the_worker_gets_the_real_metadata_back_and_keeps_gunicorn_without_tls()
         from plugin.daemon import leanmaster
         import gunicorn.config, gunicorn.sock, gunicorn.util, gunicorn.workers.base, gunicorn.workers.gthread
         print(leanmaster.restore_in_worker())
-        import importlib.metadata
+        import importlib.metadata, concurrent.futures
         print(gunicorn.util.importlib_metadata is importlib.metadata, "ssl" in sys.modules,
+              gunicorn.workers.gthread.futures is concurrent.futures,
               all(m.ssl is leanmaster.SSL for m in (gunicorn.config, gunicorn.sock, gunicorn.workers.gthread)),
               gunicorn.workers.gthread.ssl.SSL_ERROR_EOF, issubclass(gunicorn.workers.base.SSLError, OSError))
     """)
-    assert out.splitlines() == ["1", "True False True 8 True"]
+    assert out.splitlines() == ["2", "True False True True 8 True"]
 
 
 def test_with_ssl_loaded_already_gunicorn_gets_the_real_one():
