@@ -18,8 +18,9 @@ import time
 from plugin.config import DEFAULT_DOCKER_HOST, Settings
 from plugin.daemon import leanmaster
 
-# the master runs gunicorn without OpenSSL, importlib.metadata, email.utils and logging.config;
-# the worker gets importlib.metadata and email.utils back in load(), and no OpenSSL either (build)
+# the master runs gunicorn without OpenSSL, importlib.metadata, email.utils, logging.config,
+# argparse and concurrent.futures; the worker gets importlib.metadata, email.utils and
+# concurrent.futures back in load(), and imports without OpenSSL too (build)
 BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.gthread",
                                          "gunicorn.glogging")[0].BaseApplication
 
