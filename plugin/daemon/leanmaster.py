@@ -1,5 +1,5 @@
 """gunicorn in the master process without OpenSSL, ``importlib.metadata``,
-``email.utils`` and ``logging.config``.
+``email.utils``, ``logging.config``, ``argparse`` and ``concurrent.futures``.
 
 The master only forks and watches the worker, but importing gunicorn loads
 two things it never uses there: ``ssl`` (``gunicorn.config``, ``sock`` and
@@ -17,10 +17,15 @@ first use; the same for ``email.utils`` (gunicorn's HTTP date, worker only,
 1.3 MiB with its email modules) and, for ``logging.config`` (gunicorn's logger
 imports ``dictConfig``/``fileConfig`` for log configuration files secnet never
 sets; 1.7 MiB with ``logging.handlers``), two functions that import it when
-called. The stand-ins leave ``sys.modules`` at once, so any later import
-gets the real module. :func:`restore_in_worker` (in the worker, which loads
-both anyway: the Docker client, Flask) points gunicorn's modules back at the
-real ones: the worker runs stock gunicorn.
+called; ``argparse`` (gunicorn's command line parser, which ``BaseApplication``
+never builds) and ``concurrent.futures`` (the gthread worker's pool, worker only),
+~0.5 MiB together, each a module that imports the real one at first use. The
+stand-ins leave ``sys.modules`` at once, so any later import gets the real
+module. :func:`restore_in_worker` (in the worker, which loads them anyway: the
+Docker client, Flask) points gunicorn's modules back at the real
+``importlib.metadata``, ``email.utils`` and ``concurrent.futures``; the worker has no TLS either and
+keeps the ``ssl`` stand-in (it imports without OpenSSL:
+``plugin.kernel.lightimport.without_openssl``).
 """
 from __future__ import annotations
 
@@ -77,8 +82,10 @@ SSL = _ssl_stand_in()
 METADATA = _Deferred("importlib.metadata", "imported at first use (plugin.daemon.leanmaster)")
 EMAIL_UTILS = _Deferred("email.utils", "imported at first use (plugin.daemon.leanmaster)")
 LOGGING_CONFIG = _LoggingConfig("logging.config", "imported at first call (plugin.daemon.leanmaster)")
+ARGPARSE = _Deferred("argparse", "imported at first use (plugin.daemon.leanmaster)")
+FUTURES = _Deferred("concurrent.futures", "imported at first use (plugin.daemon.leanmaster)")
 _STAND_INS = {"ssl": SSL, "importlib.metadata": METADATA, "email.utils": EMAIL_UTILS,
-              "logging.config": LOGGING_CONFIG}
+              "logging.config": LOGGING_CONFIG, "argparse": ARGPARSE, "concurrent.futures": FUTURES}
 _BOUND: list = []   # names of the modules imported against the stand-ins
 
 
@@ -106,15 +113,18 @@ def import_lean(*names: str) -> list:
 
 
 def restore_in_worker() -> int:
-    """Import the real ``ssl``, ``importlib.metadata`` and ``email.utils`` (gunicorn's
-    ``http_date``, each response's Date) and rebind every global of the modules
-    imported against the stand-ins that holds one of them (or the stand-in
-    ``SSLError``). Returns how many were rebound. ``logging.config``'s stand-in
-    stays: it imports the real module if ever called."""
+    """Import the real ``importlib.metadata``, ``email.utils`` (gunicorn's
+    ``http_date``, each response's Date) and ``concurrent.futures`` (the gthread
+    worker's pool) and rebind every global of the modules imported against the
+    stand-ins that holds one of them. Returns how many were rebound. The ``ssl``
+    stand-in stays, as in the master: the worker has no TLS either (its socket is a
+    unix socket; gunicorn reads ``ssl`` only for a ``certfile``, and catches the
+    stand-in ``SSLError``, never raised); so do ``logging.config``'s and
+    ``argparse``'s: each imports the real module if ever used."""
+    import concurrent.futures as futures
     import email.utils as email_utils
     import importlib.metadata as metadata
-    import ssl
-    pairs = ((SSL, ssl), (METADATA, metadata), (EMAIL_UTILS, email_utils), (_StandInSSLError, ssl.SSLError))
+    pairs = ((METADATA, metadata), (EMAIL_UTILS, email_utils), (FUTURES, futures))
     rebound = 0
     for name in _BOUND:
         namespace = getattr(sys.modules.get(name), "__dict__", None) or {}

@@ -15,11 +15,12 @@ import sys
 import threading
 import time
 
-from plugin.config import Settings
+from plugin.config import DEFAULT_DOCKER_HOST, Settings
 from plugin.daemon import leanmaster
 
-# the master runs gunicorn without OpenSSL, importlib.metadata, email.utils and logging.config;
-# the worker gets the first three back in load()
+# the master runs gunicorn without OpenSSL, importlib.metadata, email.utils, logging.config,
+# argparse and concurrent.futures; the worker gets importlib.metadata, email.utils and
+# concurrent.futures back in load(), and imports without OpenSSL too (build)
 BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.gthread",
                                          "gunicorn.glogging")[0].BaseApplication
 
@@ -28,10 +29,20 @@ _HELD: list = []  # the instance lock's file descriptor, kept open
 
 
 def build(settings: Settings):
-    """Build the daemon (plugin.daemon.wiring), restore its state, start it. Returns (app, daemon)."""
-    from plugin.daemon import wiring
-    from plugin.daemon.app import create_app
+    """Build the daemon (plugin.daemon.wiring), restore its state, start it. Returns (app, daemon).
 
+    Its modules are imported without OpenSSL (lightimport.without_openssl: ~5 MiB of
+    RSS): the worker serves a unix socket, and the Docker SDK is imported here too,
+    before the label watcher's thread would, so that it talks plain HTTP to the
+    engine's socket; only a ``DOCKER_HOST=https://...`` engine gets its SDK with TLS.
+    """
+    from plugin.kernel import lightimport
+
+    with lightimport.without_openssl():
+        from plugin.daemon import wiring
+        from plugin.daemon.app import create_app
+        if not (settings.docker_host or DEFAULT_DOCKER_HOST).startswith("https:"):
+            lightimport.import_docker()
     daemon = wiring.build(settings)
     wiring.start(daemon)
     return create_app(daemon.driver, daemon.api), daemon

@@ -16,10 +16,12 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Iterable, Optional
 
-from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin.kernel import neighbours
+from plugin.kernel.lightimport import import_iproute
+
+IPRoute = import_iproute().IPRoute   # pyroute2's, without ssl and unittest.mock
 
 ALIAS_PREFIX = "secnet:"
 BRIDGE_PREFIX = "sn-"

@@ -5,7 +5,8 @@ every network's tables once (terse, see :mod:`plugin.counters`) and maps the
 rule comments back to segment pairs and drop reasons. ``secnet metrics``
 asks the daemon over its socket; with ``SECNET_METRICS_ADDR=host:port`` the
 daemon also serves ``/metrics`` over HTTP from a thread of its own.
-prometheus-client is imported on the first scrape (not every daemon is scraped).
+prometheus-client is imported on the first scrape (not every daemon is scraped),
+without OpenSSL (:func:`plugin.kernel.lightimport.import_prometheus`).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import collections
 import logging
 
 from plugin.config import metrics_address
+from plugin.kernel.lightimport import import_prometheus
 from plugin.enforce.backend import REASONS
 from plugin.observe import counting
 from plugin.observe.counting import OUTSIDE
@@ -123,6 +125,7 @@ class Metrics:
     def registry(self):
         """The prometheus-client ``CollectorRegistry`` (made, and the library imported, on first use)."""
         if self._registry is None:
+            import_prometheus()
             from prometheus_client import CollectorRegistry
             registry = CollectorRegistry(auto_describe=False)
             registry.register(self.collector)
@@ -130,8 +133,9 @@ class Metrics:
         return self._registry
 
     def text(self) -> str:
+        registry = self.registry
         from prometheus_client import generate_latest
-        return generate_latest(self.registry).decode()
+        return generate_latest(registry).decode()
 
     def samples(self) -> list:
         return [{"name": s.name, "labels": s.labels, "value": s.value}
@@ -139,9 +143,10 @@ class Metrics:
 
     def serve(self, addr: str) -> None:
         """Serve /metrics on ``host:port`` (IPv6 as ``[::1]:9100``) from a daemon thread."""
+        registry = self.registry
         from prometheus_client import start_http_server
         host, port = parse_addr(addr)
-        start_http_server(port, addr=host, registry=self.registry)
+        start_http_server(port, addr=host, registry=registry)
         log.info("serving metrics on http://%s/metrics", addr)
 
 

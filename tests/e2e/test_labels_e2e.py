@@ -15,6 +15,7 @@ import time
 import pytest
 
 import helpers as h
+import vis_helpers as v
 
 EMPTY_REASON = "label secnet.segment='' is not a valid segment name: a segment name must not be empty"
 
@@ -83,6 +84,23 @@ def test_label_default_and_empty_label(make_network, run_container):
         doc = resolved(c.endpoint_id)
         assert (doc["segment"], doc["quarantine"]) == (segment, quarantine), c.name
         assert (doc["container"], doc["container_id"]) == (c.name, c.id), c.name
+
+
+def test_labels_and_metrics_come_without_openssl_in_the_daemon(make_network, run_container):
+    """The worker reads labels through the Docker SDK (plain HTTP on the engine's unix
+    socket) and serves metrics with no OpenSSL library mapped: it imports its libraries
+    without them (plugin.kernel.lightimport.without_openssl; ~5 MiB of its RSS)."""
+    net = segnet(make_network)
+    web = run_container(net, "web", labels={"secnet.segment": "web"})
+    assert resolved(web.endpoint_id)["segment"] == "web"
+    values = v.metrics()
+    assert any(name == "secnet_endpoints" and dict(labels).get("segment") == "web" and value == 1
+               for (name, labels), value in values.items())
+    worker = v.daemon_worker_pid()
+    assert worker is not None
+    with open(f"/proc/{worker}/maps") as f:
+        libraries = {line.split()[-1].rsplit("/", 1)[-1] for line in f if "/" in line}
+    assert not [lib for lib in libraries if lib.startswith(("libcrypto", "libssl"))], sorted(libraries)
 
 
 def test_network_chooses_label_key_and_default_segment(make_network, run_container):

@@ -1,5 +1,5 @@
 """plugin.daemon.leanmaster: gunicorn's master without OpenSSL and importlib.metadata;
-the worker with the real modules."""
+the worker with the real importlib.metadata, and still without OpenSSL."""
 from __future__ import annotations
 
 import os
@@ -22,13 +22,14 @@ def test_the_master_imports_gunicorn_without_openssl_and_metadata():
         import plugin.daemon.server
         import gunicorn.workers.gthread, gunicorn.sock, gunicorn.util
         print("_ssl" in sys.modules, "ssl" in sys.modules, "importlib.metadata" in sys.modules,
-              "zipfile" in sys.modules, "gunicorn.arbiter" in sys.modules)
+              "zipfile" in sys.modules, "gunicorn.arbiter" in sys.modules,
+              "argparse" in sys.modules, "concurrent.futures" in sys.modules)
         import ssl                              # the stand-ins left sys.modules: these are real
         import importlib.metadata
         print(hasattr(ssl, "SSLContext"), gunicorn.sock.ssl is ssl,
               gunicorn.util.importlib_metadata is importlib.metadata)
     """)
-    assert out.splitlines() == ["False False False False True", "True False False"]
+    assert out.splitlines() == ["False False False False True False False", "True False False"]
 
 
 def test_gunicorn_reaches_the_real_metadata_at_first_use():
@@ -43,17 +44,20 @@ def test_gunicorn_reaches_the_real_metadata_at_first_use():
     assert out == "gunicorn True module"
 
 
-def test_the_worker_gets_the_real_modules_back_in_gunicorn():
+def test_the_worker_gets_the_real_metadata_back_and_keeps_gunicorn_without_tls():
     out = _run("""
+        import sys
         import plugin.daemon.server
         from plugin.daemon import leanmaster
         import gunicorn.config, gunicorn.sock, gunicorn.util, gunicorn.workers.base, gunicorn.workers.gthread
         print(leanmaster.restore_in_worker())
-        import ssl, importlib.metadata
-        print(all(m.ssl is ssl for m in (gunicorn.config, gunicorn.sock, gunicorn.workers.gthread)),
-              gunicorn.workers.base.SSLError is ssl.SSLError, gunicorn.util.importlib_metadata is importlib.metadata)
+        import importlib.metadata, concurrent.futures
+        print(gunicorn.util.importlib_metadata is importlib.metadata, "ssl" in sys.modules,
+              gunicorn.workers.gthread.futures is concurrent.futures,
+              all(m.ssl is leanmaster.SSL for m in (gunicorn.config, gunicorn.sock, gunicorn.workers.gthread)),
+              gunicorn.workers.gthread.ssl.SSL_ERROR_EOF, issubclass(gunicorn.workers.base.SSLError, OSError))
     """)
-    assert out.splitlines() == ["5", "True True True"]
+    assert out.splitlines() == ["2", "True False True True 8 True"]
 
 
 def test_with_ssl_loaded_already_gunicorn_gets_the_real_one():

@@ -80,3 +80,88 @@ def test_import_deferring_leaves_an_imported_module_alone():
         print(type(sys.modules["json"]).__name__)
     """)
     assert out == "module"
+
+
+def test_without_openssl_the_worker_libraries_import_and_no_libcrypto_is_mapped():
+    out = _run("""
+        import sys
+        from plugin.kernel.lightimport import import_docker, without_openssl
+        with without_openssl() as blocked:
+            try:
+                import ssl
+                halted = False
+            except ImportError:
+                halted = True
+            import hashlib, hmac, http.client, flask, werkzeug.serving
+            docker = import_docker()
+            import urllib3.connection
+        maps = open("/proc/self/maps").read()
+        print(sorted(blocked), halted, [m for m in ("ssl", "_ssl", "_hashlib") if m in sys.modules],
+              "libcrypto" in maps, "libssl" in maps)
+        print(hashlib.sha256(b"secnet").hexdigest()[:12], hashlib.blake2b(b"x", digest_size=4).hexdigest(),
+              hmac.new(b"k", b"m", "sha256").hexdigest()[:8], urllib3.connection.ssl)
+        client = docker.APIClient(base_url="unix:///nonexistent.sock", version="1.41")   # plain HTTP
+        import ssl                              # nothing stays blocked: the real module now
+        print(hasattr(ssl, "SSLContext"), "libcrypto" in open("/proc/self/maps").read())
+    """)
+    assert out.splitlines() == ["['_hashlib', '_ssl', 'ssl'] True [] False False",
+                                "0dccfe60da30 b1ba07e5 b60090e3 None", "True True"]
+
+
+def test_without_openssl_leaves_loaded_modules_alone():
+    out = _run("""
+        import sys, ssl, hashlib
+        from plugin.kernel.lightimport import without_openssl
+        with without_openssl() as blocked:
+            import ssl as again
+        print(blocked, again is ssl)
+    """)
+    assert out == "[] True"
+
+
+def test_pyroute2_imports_with_ssl_standing_in_and_gets_the_real_one_at_first_use():
+    out = _run("""
+        import sys
+        import plugin.kernel
+        from plugin.kernel.lightimport import import_iproute, without_openssl
+        with without_openssl():
+            linux = import_iproute()
+        probe = sys.modules["pyroute2.netlink.rtnl.probe_msg"]
+        print(hasattr(linux, "IPRoute"), type(probe.ssl).__name__, "ssl" in sys.modules)
+        print(probe.ssl.CERT_REQUIRED == 2, type(sys.modules["ssl"]).__name__)   # first use: the real ssl
+    """)
+    assert out.splitlines() == ["True _OnFirstUse False", "True module"]
+
+
+def test_prometheus_client_scrapes_without_loading_openssl():
+    out = _run("""
+        import sys
+        from plugin.kernel.lightimport import import_prometheus, without_openssl
+        with without_openssl():                 # as the daemon's worker: hashlib without OpenSSL
+            import hashlib, hmac, urllib.request
+        import_prometheus()
+        from prometheus_client import CollectorRegistry, Counter, generate_latest
+        registry = CollectorRegistry()
+        Counter("secnet_test", "a test counter", registry=registry).inc()
+        text = generate_latest(registry).decode()
+        print("secnet_test_total 1.0" in text, "ssl" in sys.modules, "libcrypto" in open("/proc/self/maps").read())
+        import prometheus_client.exposition as exposition
+        print(int(exposition.ssl.CERT_REQUIRED), type(sys.modules["ssl"]).__name__)   # first use: the real ssl
+    """)
+    assert out.splitlines() == ["True False False", "2 module"]
+
+
+def test_pyroute2_imports_without_unittest_and_its_mock_is_made_at_first_use():
+    out = _run("""
+        import sys
+        import plugin.kernel
+        from plugin.kernel.lightimport import import_iproute
+        import_iproute()
+        from pyroute2.netlink.rtnl.iprsocket import NotLocal
+        print([m for m in sys.modules if m.split(".")[0] == "unittest"])
+        queue = NotLocal.msg_queue
+        queue.put_nowait("message")
+        queue.flag = 3
+        print(queue.put_nowait.call_args.args, queue.flag, type(queue._mock).__name__, "unittest.mock" in sys.modules)
+    """)
+    assert out.splitlines() == ["[]", "('message',) 3 Mock True"]

@@ -23,11 +23,10 @@ from __future__ import annotations
 import errno
 from typing import Iterable, Optional
 
-from pyroute2.iproute.linux import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from plugin.enforce.backend import BackendError
-from plugin.kernel.links import port_group
+from plugin.kernel.links import IPRoute, port_group
 
 DUMP_FROM = 16   # more names than this: one dump of the links instead of a request each
 
