@@ -63,10 +63,17 @@ def test_hairpin_to_a_named_segment(make_network, run_container, servers, outsid
     port = n.free_port()
     web = start(run_container, servers, net, "web", "web", [f"{port}:{CPORT}"])
     api = start(run_container, servers, net, "api", "api")
-    s.wait_segments(net, {web.name: "web", api.name: "api"})
+    admin = start(run_container, servers, net, "admin", "admin")
+    s.wait_segments(net, {web.name: "web", api.name: "api", admin.name: "admin"})
     n.reaches(outside.place, n.HOST4, port, server=web.name)   # the rule for the outside
     n.reaches(api, web.ip, CPORT, server=web.name)               # the east-west rule
     n.reaches(api, n.HOST4, port, server=web.name, within=3)     # the same flow, through the host
+    n.reaches(api, n.gateway(net, 4), port, server=web.name, within=3)   # and through the gateway
+    # a segment with no rule to web gets in through neither (U12-F3): a hairpin is east-west
+    for dst in (n.HOST4, n.gateway(net, 4)):
+        r = n.probe(admin, dst, port)
+        assert not r.ok, f"admin reached web's published port through {dst}: {r}"
+    assert not n.probe(admin, web.ip, CPORT).ok, "admin reached web directly"
 
 
 # --- 3. egress --------------------------------------------------------------------------------
