@@ -19,6 +19,7 @@ import time
 from typing import Callable, Iterable
 
 from plugin.enforce.backend import REASONS, DropEvent
+from plugin.kernel.conntrack import is_host_address
 
 from . import libbpf
 from .maps import DROP_EVENT
@@ -63,19 +64,8 @@ def decode(raw: bytes, clock_offset: float) -> DropEvent:
         time=ktime / 1e9 + clock_offset)
 
 
-def host_address(address: str) -> bool:
-    """Is ``address`` one of this host's own (any link's)? Binding to it only works then."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
-            s.bind((address, 0))
-        return True
-    except OSError:
-        return False
-
-
 def hairpin_target(event: DropEvent, gateways: Iterable[str], ports: Iterable,
-                   is_local: Callable[[str], bool] = host_address) -> DropEvent:
+                   is_local: Callable[[str], bool] = is_host_address) -> DropEvent:
     """``event`` as nftables logs it when it is a hairpin flow's: a member reaching a
     published port of its own network (through the bridge's address, any other
     address of the host, or the host address the port is published on) is judged
