@@ -56,6 +56,10 @@ def print_explain(data: dict) -> None:
     if data["proto"] != "icmp" and data["port"] is None:
         what += " (every port)"
     print(f"{'allowed' if data['allowed'] else 'denied'}  {_side(data['src'])} -> {_side(data['dst'])}  {what}")
+    if data["dst"].get("hairpin"):
+        via = data["dst"]["hairpin"]
+        host = f"[{via['address']}]" if ":" in via["address"] else via["address"]
+        print(f"  through the published port {host}:{via['port']} (a hairpin: judged as east-west)")
     if data["allowed"] and data.get("rule") and data["rule"] != "intra":
         print(f"  rule: {data['rule']}")
         if data.get("also"):

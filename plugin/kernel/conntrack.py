@@ -229,9 +229,6 @@ def judge(entry: Entry, held: Mapping[str, Holder], allowed: Allowed,
     if kept is not None and entry.learned and src_h is not None and dst_h is None and \
             kept(src, entry.target, entry.orig.proto, entry.port):
         return None  # opened while its address was learned: goes on after the answer expired
-    if entry.dnat and src_h is not None and dst_h is not None and \
-            allowed(("host", entry.source), dst, entry.orig.proto, entry.port):
-        return None  # hairpin: what no east-west grant allows is judged like a published flow
     return "denied"
 
 

@@ -102,6 +102,28 @@ def resolve_end(text: str, endpoints, compiled) -> tuple:
                       f" (segments: {', '.join(compiled.segments)})")
 
 
+def _hairpin(endpoints, dst_end: tuple, proto: str, port: Optional[int]):
+    """(endpoint, container port) behind the published port a member reaches at host
+    address ``dst_end`` (a hairpin), or None. The datapath judges such a flow as
+    east-west to that endpoint on its container port (U12-F3): nftables after the
+    DNAT, eBPF at the sender from its published map. Loopback is never DNAT'd for
+    a container (dropped as ``invalid``). ``ep.ports``: (proto, host_ip, host port,
+    container port), host_ip empty (or 0.0.0.0/::) for every address."""
+    if dst_end[0] != "host" or proto not in ("tcp", "udp") or port is None:
+        return None
+    address = ipaddress.ip_address(dst_end[1])
+    if address.is_loopback:
+        return None
+    for ep in endpoints:
+        for kind, host_ip, host_port, cport in getattr(ep, "ports", ()) or ():
+            if str(kind).lower() != proto or int(host_port) != port:
+                continue
+            if not host_ip or ipaddress.ip_address(host_ip).is_unspecified or \
+                    ipaddress.ip_address(host_ip) == address:
+                return ep, int(cport)
+    return None
+
+
 def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
             mode: str = "enforce") -> dict:
     """The verdict on a new flow from ``src`` to ``dst``, with what they resolved to.
@@ -111,11 +133,21 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
     and the result then carries the answer (name, when learned, expiry).
     ``mode``: the network's (``enforce`` or ``audit``); in audit mode a denied
     flow passes, and the result says so (``"would_drop": true``), but for a flow
-    into or out of an ``--internal`` network (dropped in both modes).
+    into or out of an ``--internal`` network (dropped in both modes). A member's
+    flow to a host address and port published for a member is judged as the
+    datapath judges it: east-west to that member on its container port (the
+    result's ``port``; ``dst["hairpin"]``: the host address and port).
     """
     proto, port = parse_service(service)
     src_end, src_desc = resolve_end(src, endpoints, compiled)
     dst_end, dst_desc = resolve_end(dst, endpoints, compiled)
+    member = src_end[0] in ("segment", "quarantined", "pending")
+    behind = _hairpin(endpoints, dst_end, proto, port) if member else None
+    if behind is not None:   # a member reaching a published port of its own network
+        host = {"address": dst_end[1], "port": port}
+        ep, port = behind
+        dst_end, dst_desc = _member(ep, "container", dst)
+        dst_desc["hairpin"] = host
     if "pending" in (src_end[0], dst_end[0]):
         result = Verdict(False, None, PENDING)
         ends = [e if e[0] != "pending" else ("segment", compiled.segments[0]) for e in (src_end, dst_end)]

@@ -1,8 +1,8 @@
 """A hairpin flow that policy drops is logged the same way by both backends.
 
 Found by black-box testing (user8, finding U8-F3): a member of segment db
-reaching api's published port through the gateway (hairpin), with a
-CIDR-source rule naming api, is dropped on both backends (correct). nftables
+reaching api's published port through the gateway (hairpin) with no db->api
+rule is dropped on both backends (a hairpin is east-west, U12-F3). nftables
 logs it after DNAT, as the flow it is (`db -> api tcp/8080`); ebpf judges it
 at the sender before DNAT and logged `db -> <gateway> (outside) tcp/<host port>`;
 it now names the member behind the port (plugin.enforce.ebpf.events.hairpin_target).
@@ -25,7 +25,7 @@ SEG = "secnet.segment"
 def test_a_dropped_hairpin_flow_names_the_target_container(make_network, run_container, backend_name):
     net = v.vis_network(make_network, "sn-u8-hairpin", ipv6=False, opts={
         "secnet.backend": backend_name,
-        "secnet.allow": "web->api:tcp/8080 10.239.99.0/24->api:tcp/8080"})
+        "secnet.allow": "web->api:tcp/8080"})   # (no CIDR rule: db is dropped as no-rule, U12-F3)
     port = random.randint(18800, 18999)
     api = run_container(net, "api", labels={SEG: "api"}, extra=["-p", f"{port}:{h.LISTEN_PORT}"])
     db = run_container(net, "db", labels={SEG: "db"})

@@ -63,11 +63,45 @@ def test_hairpin_to_a_named_segment(make_network, run_container, servers, outsid
     port = n.free_port()
     web = start(run_container, servers, net, "web", "web", [f"{port}:{CPORT}"])
     api = start(run_container, servers, net, "api", "api")
-    s.wait_segments(net, {web.name: "web", api.name: "api"})
+    admin = start(run_container, servers, net, "admin", "admin")
+    s.wait_segments(net, {web.name: "web", api.name: "api", admin.name: "admin"})
     n.reaches(outside.place, n.HOST4, port, server=web.name)   # the rule for the outside
     n.reaches(api, web.ip, CPORT, server=web.name)               # the east-west rule
     n.reaches(api, n.HOST4, port, server=web.name, within=3)     # the same flow, through the host
+    n.reaches(api, n.gateway(net, 4), port, server=web.name, within=3)   # and through the gateway
+    # a segment with no rule to web gets in through neither (U12-F3): a hairpin is east-west
+    for dst in (n.HOST4, n.gateway(net, 4)):
+        r = n.probe(admin, dst, port)
+        assert not r.ok, f"admin reached web's published port through {dst}: {r}"
+    assert not n.probe(admin, web.ip, CPORT).ok, "admin reached web directly"
 
+
+
+def test_hairpin_is_east_west_through_any_host_address(make_network, run_container, servers, outside):
+    """U12-F3, U12-F4: with `secnet.egress=deny` and no rule api->web, web's published
+    port is reached by its own segment (intra) and not by api, through the gateway and
+    another host address, IPv4 and IPv6, with one verdict on both backends; `explain`
+    of api -> host:port says what the datapath does (denied, east-west, container port)."""
+    net = n.ns_network(make_network, "sn-ns-hp2", ipv6=True, opts={"secnet.egress": "deny"})
+    port = n.free_port()
+    web = start(run_container, servers, net, "web", "web", [f"{port}:{CPORT}"])
+    web2 = start(run_container, servers, net, "web2", "web")
+    api = start(run_container, servers, net, "api", "api")
+    s.wait_segments(net, {web.name: "web", web2.name: "web", api.name: "api"})
+    dsts = (n.HOST4, n.gateway(net, 4), n.HOST6, n.gateway(net, 6))
+    for dst in dsts:
+        n.reaches(web2, dst, port, server=web.name, within=3)      # within the segment: intra
+    wrong = [f"api reached web through {dst}:{port}" for dst in dsts if n.probe(api, dst, port).ok]
+    assert not wrong, "\n".join(wrong)
+    for dst in (n.HOST4, n.gateway(net, 4)):
+        res = s.secnet("explain", net.name, api.name, dst, f"tcp/{port}", "--json")
+        assert res.returncode == 0, res.stderr
+        got = json.loads(res.stdout)
+        assert (got["allowed"], got["dst"].get("container"), got["port"]) == (False, web.name, CPORT), got
+        assert got["dst"]["hairpin"] == {"address": dst, "port": port}, got
+    s.secnet("policy", net.name, "add", f"api->web:tcp/{CPORT}", check=True)
+    for dst in dsts:
+        n.reaches(api, dst, port, server=web.name, within=3)       # the rule on the container port
 
 # --- 3. egress --------------------------------------------------------------------------------
 def test_egress_allowed_and_masqueraded(make_network, run_container, servers, outside):

@@ -32,7 +32,8 @@ def _client(make_network, run_container):
 
 @pytest.mark.usefixtures("backend")
 def test_a_client_of_another_network_keeps_its_address(make_network, run_container, servers):
-    net = n.ns_network(make_network, "sn-oc", ipv6=False)
+    # (a hairpin is east-west: peer needs its rule to web's container port)
+    net = n.ns_network(make_network, "sn-oc", ipv6=False, opts={"secnet.allow": f"peer->web:tcp/{CPORT}"})
     port = n.free_port()
     web = start(run_container, servers, net, "web", "web", [f"{port}:{CPORT}"])
     peer = start(run_container, servers, net, "peer", "peer")

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("backend")  # every test on every datapath
 # --- 1. published ports ---------------------------------------------------------------------
 def test_published_ports_every_form(make_network, run_container, servers, outside):
     """tcp, loopback-bound, udp and a range; from the host, the outside, a container of the
-    network (hairpin) and the publishing container itself; IPv4 and IPv6."""
+    network (hairpin: east-west, so only the publishing container's own segment gets in;
+    another segment with no rule does not) and the publishing container itself; IPv4 and IPv6."""
     net = n.ns_network(make_network, "sn-ns-pub", ipv6=True)
     base = n.free_port(count=6)
     tcp_p, lo_p, udp_p = base, base + 1, base + 2
@@ -57,23 +58,24 @@ def test_published_ports_every_form(make_network, run_container, servers, outsid
         (outside.place, n.HOST4, tcp_p, "tcp", CPORT, n.OUT4),    # the outside keeps its address
         (outside.place, n.HOST4, udp_p, "udp", CUDP, n.OUT4),
         (outside.place, n.HOST4, lo_p, "tcp", None, None),
-        (peer, n.HOST4, tcp_p, "tcp", CPORT, gw4),                # hairpin: masqueraded
-        (peer, n.HOST4, udp_p, "udp", CUDP, gw4),
-        (peer, gw4, tcp_p, "tcp", CPORT, gw4),                    # the bridge's address is the host's too
-        (web, n.HOST4, tcp_p, "tcp", CPORT, gw4),                 # its own published port
+        (peer, n.HOST4, tcp_p, "tcp", None, None),                # hairpin: east-west, no client->web rule
+        (peer, n.HOST4, udp_p, "udp", None, None),
+        (peer, gw4, tcp_p, "tcp", None, None),                    # the bridge's address is the host's too
+        (web, n.HOST4, tcp_p, "tcp", CPORT, gw4),                 # its own published port: masqueraded
         (web, n.HOST4, udp_p, "udp", CUDP, gw4),
         # IPv6 on the dual-stack network
         (outside.place, n.HOST6, tcp_p, "tcp", CPORT, n.OUT6),
         (outside.place, n.HOST6, udp_p, "udp", CUDP, n.OUT6),
         (outside.place, n.HOST6, lo_p, "tcp", None, None),
         (n.HOST, n.HOST6, tcp_p, "tcp", CPORT, n.HOST6),
-        (peer, n.HOST6, tcp_p, "tcp", CPORT, gw6),
+        (peer, n.HOST6, tcp_p, "tcp", None, None),
+        (peer, gw6, tcp_p, "tcp", None, None),
         (web, n.HOST6, tcp_p, "tcp", CPORT, gw6),
     ]
     for hp, cp in zip(range_p, RANGE):
         cases += [(n.HOST, "127.0.0.1", hp, "tcp", cp, gw4), (n.HOST, n.HOST4, hp, "tcp", cp, n.HOST4),
                   (outside.place, n.HOST4, hp, "tcp", cp, n.OUT4), (outside.place, n.HOST6, hp, "tcp", cp, n.OUT6),
-                  (peer, n.HOST4, hp, "tcp", cp, gw4)]
+                  (peer, n.HOST4, hp, "tcp", None, None), (web, gw4, hp, "tcp", cp, gw4)]
     n.reaches(outside.place, n.HOST4, tcp_p, server=web.name)   # set-up done
     wrong = []
     for where, dst, hp, proto, cport, seen_as in cases:
@@ -96,7 +98,7 @@ def test_published_ports_every_form(make_network, run_container, servers, outsid
     r = n.probe(n.HOST, "::1", tcp_p, timeout=3)
     assert r.err == "refused", f"host -> [::1]:{tcp_p}: {r} (expected a refusal)"
 
-    # the hairpin does not open the container's own address to another segment
+    # nor does the published port open the container's own address to another segment
     assert not n.probe(peer, web.ip, CPORT).ok, "client reached web directly: no rule allows that"
 
 

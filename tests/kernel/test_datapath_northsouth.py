@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from nsfixtures import BRIDGE, BRIDGE_MAC, GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, Container
-from nsfixtures import lab  # noqa: F401 (fixture)
+from nsfixtures import drain, lab  # noqa: F401 (fixture)
 from packets import (UDP_PORT, Sniffer, judge, ns_socket, outcomes, parallel, probe_addr, probe_tcp,
                      send_frame, udp4_frame)
 from segmentation.reference import reference_allowed
@@ -84,8 +84,8 @@ def test_published_port_and_hairpin(lab):
     assert probe_tcp(lab.outside, HOST4, PUBLISHED) == "ok"
     assert probe_tcp(lab.outside, HOST6, PUBLISHED) == "ok"
     assert probe_tcp(lab.outside, api.ip4, 8080) == "timeout"
-    assert probe_tcp(web, HOST4, PUBLISHED) == "ok"          # hairpin: no east-west rule, published
-    assert probe_tcp(web, api.ip4, 8080) == "timeout"        # but not directly
+    assert probe_tcp(web, HOST4, PUBLISHED) == "timeout"     # hairpin: east-west, no rule (U12-F3)
+    assert probe_tcp(web, api.ip4, 8080) == "timeout"        # nor directly
     assert probe_tcp(lab.host_box, api.ip4, 8080) == "ok"
 
 
@@ -100,18 +100,37 @@ def test_cidr_ingress_rules_restrict_a_segment_and_its_published_port(lab):
     assert parallel(probe_addr, cells) == ["timeout", "timeout", "timeout"]
 
 
-def test_hairpin_to_a_published_port_is_judged_like_a_published_flow(lab):
-    """A member reaching a published port of its own network: allowed unless the target
-    segment is ingress-restricted (then only an east-west rule lets it), egress=deny or not."""
-    web, api = lab.add(2)
-    lab.apply("", {web: "web", api: "api"}, "deny", egress="deny",
-              published={web: (("tcp", "", PUBLISHED, 8080),)})
-    cells = [(api, GATEWAY4, "tcp", PUBLISHED), (api, GATEWAY4, "tcp", 9999)]
-    assert parallel(probe_addr, cells) == ["ok", "timeout"]
-    lab.update("10.99.0.0/16->web:tcp/8080", egress="deny")
-    assert probe_tcp(api, GATEWAY4, PUBLISHED) == "timeout"
-    lab.update("10.99.0.0/16->web:tcp/8080, api->web:tcp/8080", egress="deny")
-    assert probe_tcp(api, GATEWAY4, PUBLISHED) == "ok"
+#: a member reaching web's published port: through the gateway and through another
+#: host address (the uplink's, U12-F4), IPv4 and IPv6
+HAIRPIN_DSTS = (GATEWAY4, HOST4, GATEWAY6, HOST6)
+
+
+@pytest.mark.parametrize("egress", ["allow", "deny"])
+def test_a_hairpin_is_judged_as_east_west_on_the_container_port(lab, egress):
+    """A member reaching a published port of its own network (U12-F3, U12-F4) is
+    judged as east-west from its segment to the target's, on the container port:
+    within the segment by intra, across only by a rule; else dropped (no-rule) and
+    reported as the direct flow is (the target's address and port). The egress
+    default and CIDR-source rules play no part; the outside still gets in."""
+    web, web2, api = lab.add(3)
+    segment = {web: "web", web2: "web", api: "api"}
+    lab.apply("", segment, egress=egress, published={web: (("tcp", "", PUBLISHED, 8080),)})
+    events = lab.drop_events()
+    cells = [(c, dst, "tcp", PUBLISHED) for c in (web2, api) for dst in HAIRPIN_DSTS]
+    expect = ["ok"] * 4 + ["timeout"] * 4
+    assert parallel(probe_addr, cells) == expect, "intra passes, another segment without a rule does not"
+    dropped = [e for e in drain(events, 1.5) if e.src in (api.ip4, api.ip6)]
+    assert dropped and all((e.reason, e.dst, e.port) in (("no-rule", web.ip4, 8080), ("no-rule", web.ip6, 8080))
+                           for e in dropped), f"api's hairpin drops, as the direct flow's: {dropped}"
+    assert probe_tcp(lab.outside, HOST4, PUBLISHED) == "ok"     # from outside: as before
+    # a CIDR-source rule naming api's addresses, or a rule for the host port, opens nothing
+    lab.update("10.236.0.0/24->web:tcp/8080, [fd00:236::/64]->web:tcp/8080, api->web:tcp/18080",
+               egress=egress)
+    assert parallel(probe_addr, cells[4:]) == ["timeout"] * 4
+    lab.update("api->web:tcp/8080", egress=egress)
+    assert parallel(probe_addr, cells[4:]) == ["ok"] * 4, "an east-west rule on the container port lets it"
+    lab.update("api->web:tcp/8080", intra="deny", egress=egress)
+    assert parallel(probe_addr, cells) == ["timeout"] * 4 + ["ok"] * 4, "intra=deny: not within web"
 
 
 def test_internal_network_keeps_everything_inside(lab):

@@ -59,7 +59,9 @@ def test_a_client_of_another_network_keeps_its_address(lab):
     web, api = lab.add(2)
     _docker_like_masquerade(lab)
     lab.exec("sysctl", "-qw", f"net.ipv4.conf.{BRIDGE}.route_localnet=1")   # as the driver does
-    lab.apply("", {web: "web", api: "api"}, published={api: (("udp", "", PUBLISHED, CPORT),)})
+    # (the rule lets web's hairpin in: it is east-west on the container port)
+    lab.apply(f"web->api:udp/{CPORT}", {web: "web", api: "api"},
+              published={api: (("udp", "", PUBLISHED, CPORT),)})
     assert _seen_source(api, lab.outside, HOST4, PUBLISHED) == OUTSIDE4
     assert _seen_source(api, lab.outside, HOST6, PUBLISHED, 6) == OUTSIDE6
     # hairpin and the host's loopback stay masqueraded to the gateway (replies via the host)

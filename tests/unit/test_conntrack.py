@@ -78,12 +78,18 @@ def test_ipv6_published_flow():
     assert verdict(e, "[2001:db9::/32]->api:tcp/8080") == "denied"
 
 
-def test_hairpin_east_west_grant_or_judged_like_a_published_flow():
-    e = published("tcp", WEB4, 18080, API4, 8080, masq=GW4)
-    assert verdict(e, "web->api:tcp/8080") is None
-    assert verdict(e) is None                                        # no CIDR rule names api
-    assert verdict(e, "192.0.2.0/24->api:tcp/8080") == "denied"
-    assert verdict(e, "10.0.0.0/8->api:tcp/8080") is None            # the kernel sees web's address
+def test_a_hairpin_is_judged_as_east_west_on_the_container_port():
+    """A member reaching a published port of its own network (U12-F3): an east-west
+    rule to the target's container port keeps it, nothing else does."""
+    for src, target, masq in ((WEB4, API4, GW4), (WEB6, API6, "fd00::1")):
+        e = published("tcp", src, 18080, target, 8080, masq=masq)
+        assert verdict(e, "web->api:tcp/8080") is None
+        assert verdict(e) == "denied"                                 # no rule: the port opens nothing
+        assert verdict(e, "web->api:tcp/18080") == "denied"           # the host port is not the service
+        assert verdict(e, "10.0.0.0/8->api:tcp/8080, [fd00::/64]->api:tcp/8080") == "denied"
+    same = published("tcp", API4, 18080, API4, 8080, masq=GW4)      # its own port: within its segment
+    assert verdict(same) is None
+    assert verdict(same, **{"secnet.intra": "deny"}) == "denied"
 
 
 def test_a_flow_to_a_port_no_longer_published_goes():

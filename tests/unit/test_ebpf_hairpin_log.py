@@ -39,3 +39,16 @@ def test_other_drops_are_left_as_they_are():
     assert hairpin_target(icmp, GATEWAYS, [API]) == icmp
     alone = event("10.239.5.1", 18801)
     assert hairpin_target(alone, GATEWAYS, [quarantined]) == alone
+
+
+def test_a_port_published_on_every_address_reached_through_another_host_address_names_the_member():
+    """(U12-F4) the host's LAN address is as good as the gateway: the kernel DNATs both."""
+    lan = {"192.0.2.10", "2001:db8::10"}
+    got = hairpin_target(event("192.0.2.10", 18801), GATEWAYS, [API], is_local=lan.__contains__)
+    assert (got.dst, got.port) == ("10.239.5.2", 8080)
+    six = hairpin_target(event("2001:db8::10", 18801, family=6), GATEWAYS, [API], is_local=lan.__contains__)
+    assert (six.dst, six.port) == ("fd00:239:5::2", 8080)
+    elsewhere = event("192.0.2.11", 18801)         # not the host's: no DNAT, an egress drop
+    assert hairpin_target(elsewhere, GATEWAYS, [API], is_local=lan.__contains__) == elsewhere
+    loop = event("127.0.0.1", 18801)               # a container's loopback flow: dropped as sent
+    assert hairpin_target(loop, GATEWAYS, [API], is_local=lambda a: True) == loop

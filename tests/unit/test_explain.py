@@ -150,3 +150,22 @@ def test_a_members_own_link_local_address_resolves_to_it():
     end, desc = resolve_end("fe80::1", [web], c)                      # another scheme: nobody's
     assert end == ("addr", "fe80::1") and desc["outside"]
     assert explain(c, ENDPOINTS[1:] + [web], "fe80::42:aff:fee0:7", "api1", "tcp/8080")["allowed"]
+
+
+def test_a_member_reaching_a_published_port_is_explained_as_east_west(monkeypatch):
+    """(U12-F3) explain SRC HOST-ADDRESS tcp/HOSTPORT tells what the datapath does with a
+    hairpin: the verdict of SRC -> the container behind the port, on its container port."""
+    import plugin.observe.explain as ex
+    monkeypatch.setattr(ex, "is_host_address", {"192.0.2.10", "192.0.2.11", "127.0.0.1"}.__contains__)
+    eps = [dataclasses.replace(e, ports=(("tcp", "", 18601, 8080), ("udp", "192.0.2.10", 5353, 53)))
+           if e.container == "api1" else e for e in ENDPOINTS]
+    c = compiled()
+    got = explain(c, eps, "web1", "192.0.2.11", "tcp/18601")
+    assert (got["allowed"], got["rule"], got["port"], got["dst"]["container"]) == (True, "web->api:tcp/8080", 8080,
+                                                                                  "api1")
+    assert got["dst"]["hairpin"] == {"address": "192.0.2.11", "port": 18601}
+    denied = explain(c, eps, "db1", "192.0.2.10", "tcp/18601")
+    assert (denied["allowed"], denied["dst"]["container"], denied["port"]) == (False, "api1", 8080)
+    assert explain(c, eps, "db1", "192.0.2.10", "udp/5353")["dst"]["container"] == "api1"   # its own address
+    for dst, service in (("192.0.2.11", "udp/5353"), ("127.0.0.1", "tcp/18601"), ("192.0.2.10", "tcp/18602")):
+        assert "hairpin" not in explain(c, eps, "db1", dst, service)["dst"], (dst, service)

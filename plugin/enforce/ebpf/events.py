@@ -19,6 +19,7 @@ import time
 from typing import Callable, Iterable
 
 from plugin.enforce.backend import REASONS, DropEvent
+from plugin.kernel.conntrack import is_host_address
 
 from . import libbpf
 from .maps import DROP_EVENT
@@ -61,24 +62,29 @@ def decode(raw: bytes, clock_offset: float) -> DropEvent:
         time=ktime / 1e9 + clock_offset)
 
 
-def hairpin_target(event: DropEvent, gateways: Iterable[str], ports: Iterable) -> DropEvent:
+def hairpin_target(event: DropEvent, gateways: Iterable[str], ports: Iterable,
+                   is_local: Callable[[str], bool] = is_host_address) -> DropEvent:
     """``event`` as nftables logs it when it is a hairpin flow's: a member reaching a
-    published port of its own network (the bridge's address, or the host address the
-    port is published on) is judged at the sender, before the host's DNAT, so the
-    event carries the host's address and port; nftables judges after the DNAT and
-    names the member behind the port. Returns the event with that member's address
-    and container port, or ``event`` itself. ``ports``: the network's Port objects."""
+    published port of its own network (through the bridge's address, any other
+    address of the host, or the host address the port is published on) is judged
+    at the sender, before the host's DNAT, so the event carries the host's address
+    and port; nftables judges after the DNAT and names the member behind the port.
+    Returns the event with that member's address and container port, or ``event``
+    itself. ``ports``: the network's Port objects; ``is_local``: address -> is it
+    the host's (asked only for a port published on every address)."""
     if event.family not in (4, 6) or event.proto not in (6, 17) or not event.port:
         return event
     proto, dst = ("tcp" if event.proto == 6 else "udp"), ipaddress.ip_address(event.dst)
-    local = dst in {ipaddress.ip_address(g) for g in gateways}
+    if dst.is_loopback:
+        return event   # never DNAT'd from a container (nat_pre): dropped as sent
+    gateway = dst in {ipaddress.ip_address(g) for g in gateways}
     for port in ports:
         if not port.active:
             continue
         for kind, host_ip, host_port, cport in port.published:
             if str(kind).lower() != proto or int(host_port) != event.port:
                 continue
-            if (host_ip and ipaddress.ip_address(host_ip) == dst) or (not host_ip and local):
+            if (ipaddress.ip_address(host_ip) == dst) if host_ip else (gateway or is_local(event.dst)):
                 for addr in port.addresses:
                     if ipaddress.ip_address(addr).version == event.family:
                         return dataclasses.replace(event, dst=addr, port=int(cport))

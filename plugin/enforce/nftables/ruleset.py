@@ -53,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 9   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 10   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -170,10 +170,10 @@ def _policy_chains() -> list:
         f"{pair} . meta l4proto @pol_proto goto pass",
         f"icmp type echo-request {pair} @pol_icmp goto pass",
         f"icmpv6 type echo-request {pair} @pol_icmp goto pass",
+        # (a hairpin flow -- a member reaching a published port of this network,
+        # through any host address -- is here too, DNAT'd in prerouting: judged as
+        # east-west to the member behind the port, on its container port)
         f"{pair} @pol_any goto pass",
-        # a hairpin flow (a member reaching a published port) that no east-west
-        # entry allows is judged like any other flow to a published port
-        "ct status dnat goto ingress",
         deny("no-rule"))
     # after the CIDR lookups: the addresses DNS answers taught (dns(NAME) rules, plugin.dns)
     # (the connection remembers it: its flow goes on after the address expired, plugin.kernel.conntrack)

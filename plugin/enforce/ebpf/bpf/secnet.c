@@ -100,7 +100,7 @@ static __always_inline int rejudge(struct __sk_buff *skb, struct ctx *c, struct 
 	if (member_identity(vd.src) && member_identity(vd.dst))
 		kind = KIND_EW;    /* member to member, whatever its ends were when it opened */
 	if (kind == KIND_HAIRPIN) {
-		struct pub_val *pv = published_of(o, vd.dst == ID_HOST);
+		struct pub_val *pv = hairpin_of(skb, o, vd.dst);
 		vd.dst = pv ? pv->identity : ID_OUTSIDE;
 		port = pv ? pv->port : 0;
 	} else if (kind == KIND_IN || kind == KIND_IN_DNAT || kind == KIND_IN_HOST) {
@@ -227,7 +227,7 @@ static __always_inline int judge_sent(struct __sk_buff *skb, struct ctx *c, stru
 	/* a unicast frame for an address of the network that no member has: nobody's */
 	if (dst == ID_OUTSIDE && !(p->dmac[0] & 1) && in_subnets(p, p->daddr))
 		return deny(skb, p, &vd, MODE_ENFORCE);
-	pv = published_of(p, dst == ID_HOST);
+	pv = hairpin_of(skb, p, dst);   /* a published port of this network: east-west */
 	if (pv)
 		return judge_new(skb, c, p, KIND_HAIRPIN, src, pv->identity, pv->port);
 	return judge_new(skb, c, p, KIND_EGRESS, src, dst, flow_port(p));

@@ -9,6 +9,8 @@
  *                      names admits only what those rules allow; any other
  *                      segment admits DNAT'd flows (published ports) and the
  *                      host itself, as Docker's bridge does, and nothing else.
+ *   member -> a published port of its network (hairpin): member -> member,
+ *                      to the member behind the port, on its container port.
  */
 #ifndef SECNET_POLICY_H
 #define SECNET_POLICY_H
@@ -183,13 +185,12 @@ static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst,
 		return 0;
 	}
 	*reason = R_NO_RULE;
-	if (kind == KIND_EW)
+	/* a hairpin (a member to a published port of this network) is east-west
+	 * to the member behind the port, on its container port (``port``) */
+	if (kind == KIND_EW || kind == KIND_HAIRPIN)
 		return ew_lookup(ver, src, dst, p, port, ck);
 	if (kind == KIND_IN_HAIRPIN)
-		return 1;
-	/* a hairpin: an east-west entry, else what a DNAT'd flow from outside gets */
-	if (kind == KIND_HAIRPIN && ew_lookup(ver, src, dst, p, port, ck))
-		return 1;
+		return 1;   /* judged at the sender (KIND_HAIRPIN) */
 	if (s->internal) {
 		*reason = R_INTERNAL;
 		return 0;
@@ -207,7 +208,7 @@ static __always_inline int judge(struct pkt *p, __u8 kind, __u16 src, __u16 dst,
 	*reason = R_NO_RULE;
 	if (restricted_id(ver, dst))
 		return cidr_lookup(ver, DIR_INGRESS, dst, p, p->osrc, port, ck);
-	return kind == KIND_IN_DNAT || kind == KIND_IN_HOST || kind == KIND_HAIRPIN;
+	return kind == KIND_IN_DNAT || kind == KIND_IN_HOST;
 }
 
 #endif
