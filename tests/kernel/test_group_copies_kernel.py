@@ -19,7 +19,7 @@ import struct
 
 import pytest
 
-from nsfixtures import drain
+from nsfixtures import BRIDGE, drain
 from packets import netns, ns_socket
 from nsfixtures import lab  # noqa: F401 (fixture)
 from packets import probe_tcp
@@ -36,7 +36,7 @@ def _receiver(c, family: int) -> socket.socket:
     s = ns_socket(c.ns, family, socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     with netns(c.ns):
-        index = socket.if_nametoindex("eth0")
+        index = socket.if_nametoindex("eth0" if c.veth else BRIDGE)   # the host: its bridge
     if family == socket.AF_INET:
         s.bind(("0.0.0.0", PORT))
         mreq = struct.pack("4s4si", socket.inet_aton("224.0.0.251"), socket.inet_aton("0.0.0.0"), index)
@@ -142,3 +142,15 @@ def test_address_resolution_between_segments_still_works(lab):
         c.ip_cmd("-6", "neigh", "flush", "all")
     assert probe_tcp(web, api.ip4, 8080) == "ok"     # ARP request: broadcast
     assert probe_tcp(web, api.ip6, 8080) == "ok"     # neighbour solicitation: multicast
+
+
+@pytest.mark.parametrize("egress", ["allow", "deny"])
+def test_the_host_copy_follows_egress(lab, egress):
+    web, web2 = lab.add(2)
+    lab.apply("", {web: "web", web2: "web"}, egress=egress)
+    got = _deliveries(web, {"web2": web2, "host": lab.host_box})
+    assert _where(got, "web2", SENT) == [], f"same segment (egress={egress}): {got}"
+    # the host's copy: egress (the host is outside); 224.0.0.251/ff02::fb: the host did not join
+    host = {dst: n for (who, dst), n in got.items() if who == "host"}
+    want = SENT if egress == "allow" else 0
+    assert [d for d in ("10.236.0.255", "255.255.255.255", "224.0.0.1", "ff02::1") if host[d] != want] == [], host

@@ -239,13 +239,17 @@ def _base_chains(bridge: str) -> list:
         # before the conntrack checks: a frame the bridge passes up because it is in
         # promiscuous mode (a capture on it) has no conntrack state (br_nf_local_in)
         f"{ND} accept",
+        # a broadcast or multicast: each packet, as egress (its flooded copies, let through
+        # before the bridge passes it up, confirmed the shared conntrack entry)
+        "meta pkttype { broadcast, multicast } goto host_judge",
         "ct state established,related accept",
         "ct status confirmed accept",
         f"ct state invalid {deny('invalid')}",
         f"ip daddr 127.0.0.0/8 {deny('invalid')}",   # martian but for route_localnet
-        f"meta mark set {OUTSIDE} ct mark set {HOST}",
-        "jump src_identity", f"{_INTERNAL_AUDIT} {deny('internal')}", "jump reserved", "goto egress",
+        "goto host_judge",
         hook="type filter hook input priority filter - 5; policy accept;")
+    host_in += _rules("host_judge", f"meta mark set {OUTSIDE} ct mark set {HOST}", "jump src_identity",
+                      f"{_INTERNAL_AUDIT} {deny('internal')}", "jump reserved", "goto egress")
     # The host's own flows into the network. A flow the host sends to a
     # published port (127.0.0.1:P) is DNAT'd in this same hook, after the
     # output device (lo) was chosen: it is recognised by its new address.

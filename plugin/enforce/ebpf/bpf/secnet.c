@@ -241,6 +241,7 @@ int from_container(struct __sk_buff *skb)
 	struct pkt *p;
 	struct ctx c;
 	int r, ew = 0;
+	__u16 src;
 
 	r = fast_path(skb);   /* lib/fastpath.h: judged east-west, straight across */
 	if (r != FAST_NO)
@@ -286,7 +287,13 @@ int from_container(struct __sk_buff *skb)
 	if (r >= 0)
 		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p, ep) : r;
 	c.learned = 0;
-	r = judge_sent(skb, &c, p, identity_of(p, p->saddr));
+	src = identity_of(p, p->saddr);
+	r = judge_sent(skb, &c, p, src);
+	if (r != TC_ACT_OK && (p->dmac[0] & 1) && member_identity(src) && active_identity(src)) {
+		asm volatile("" : "+r"(skb));    /* (as below: no spilled &skb->mark) */
+		skb->mark |= HOST_DENIED_MARK;   /* denied for the host's copy alone */
+		return TC_ACT_OK;
+	}
 	if (c.learned) {
 		/* (the barrier: the verifier refuses a spilled &skb->mark, ctx + 8) */
 		asm volatile("" : "+r"(skb));
