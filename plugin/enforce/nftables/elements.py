@@ -79,9 +79,7 @@ _schema("bridge", "na6", ("ifname", "raw"))
 _schema("bridge", "arp4", ("ifname", "ip4"))   # a port's own IPv4 (ARP requests meant for it)
 _schema("bridge", "ll6", ("ifname", "ip6"))
 _schema("bridge", "baudit", ("zero",))
-# broadcast and multicast copies (ruleset ``group_copy``): an enforced port's identity, as a
-# map and as a set (``oifname . meta mark``), and the identities whose members may send
-# anything to each other (an (s, s, any) entry: intra=allow)
+# group copies (ruleset ``group_copy``): enforced ports' identities; segments with (s, s, any)
 _schema("bridge", "pid", ("ifname",), ("mark",))
 _schema("bridge", "pidk", ("ifname", "mark"))
 _schema("bridge", "intra", ("mark",))
