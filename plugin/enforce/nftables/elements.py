@@ -79,10 +79,9 @@ _schema("bridge", "na6", ("ifname", "raw"))
 _schema("bridge", "arp4", ("ifname", "ip4"))   # a port's own IPv4 (ARP requests meant for it)
 _schema("bridge", "ll6", ("ifname", "ip6"))
 _schema("bridge", "baudit", ("zero",))
-# group copies (ruleset ``group_copy``): enforced ports' identities; segments with (s, s, any)
-_schema("bridge", "pid", ("ifname",), ("mark",))
-_schema("bridge", "pidk", ("ifname", "mark"))
-_schema("bridge", "intra", ("mark",))
+_schema("bridge", "pid", ("ifname",), ("mark",))   # group_copy: an enforced port's identity,
+_schema("bridge", "pidk", ("ifname", "mark"))       # the same as a set;
+_schema("bridge", "intra", ("mark",))               # segments with an (s, s, any) entry
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
     _schema("inet", _name, ("mark", "mark"))
 
@@ -399,8 +398,7 @@ def port_elements(port) -> dict:
         out["na6"][(name, int(ipaddress.IPv6Address(port.ipv6)))] = None
     if port.active and not quarantined:
         out["ports"][(name,)] = None
-        out["pid"][(name,)] = (port.identity,)
-        out["pidk"][(name, port.identity)] = None
+        out["pid"][(name,)], out["pidk"][(name, port.identity)] = (port.identity,), None
         _published(port, out)
     return out
 
