@@ -115,9 +115,28 @@ def test_settings_are_elements():
     policy = compile_policy_map(options, {"web": 256})
     assert setting_elements(policy, "audit") == {
         "restricted": {(256,): None}, "egress_allow": {}, "internal": {}, "audit": {ON: None},
-        "baudit": {ON: None}}
+        "baudit": {ON: None}, "intra": {(256,): None}}
     assert setting_elements(compile_policy_map(parse_network_options({}), {}), "enforce")[
         "egress_allow"] == {ON: None}
+
+
+def test_intra_holds_the_segments_whose_members_may_send_each_other_anything():
+    """(the bridge chain group_copy: broadcast and multicast copies within one segment)"""
+    ids = {"web": 256, "api": 257}
+    allow = compile_policy_map(parse_network_options({"secnet.allow": "web->api:udp/53"}), ids)
+    assert setting_elements(allow, "enforce")["intra"] == {(256,): None, (257,): None}
+    deny = compile_policy_map(parse_network_options({"secnet.allow": "web->api:udp/53",
+                                                     "secnet.intra": "deny"}), ids)
+    assert setting_elements(deny, "enforce")["intra"] == {}
+
+
+def test_a_group_copy_is_judged_in_the_bridge_table_before_inet_conntrack():
+    text = ruleset.skeleton_script(NID, NET)
+    forward = text.split("chain forward {")[1]
+    assert forward.index("meta pkttype { broadcast, multicast } goto pass") < forward.index("ct state")
+    host_in = text.split("chain host_in {")[1]
+    assert host_in.index("meta pkttype { broadcast, multicast } goto host_judge") < host_in.index("ct state")
+    assert "meta mark set iifname map @pid oifname . meta mark @pidk meta mark @intra accept" in text
 
 
 def test_element_text():

@@ -79,6 +79,9 @@ _schema("bridge", "na6", ("ifname", "raw"))
 _schema("bridge", "arp4", ("ifname", "ip4"))   # a port's own IPv4 (ARP requests meant for it)
 _schema("bridge", "ll6", ("ifname", "ip6"))
 _schema("bridge", "baudit", ("zero",))
+_schema("bridge", "pid", ("ifname",), ("mark",))   # group_copy: an enforced port's identity,
+_schema("bridge", "pidk", ("ifname", "mark"))       # the same as a set;
+_schema("bridge", "intra", ("mark",))               # segments with an (s, s, any) entry
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
     _schema("inet", _name, ("mark", "mark"))
 
@@ -86,9 +89,9 @@ _INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
     f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any")) + (
     "fq_port", "fq_range", "fq_proto", "fq_icmp", "fq_any")
-SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit")
+SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit", "intra")
 PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
-             "na6", "ll6", "arp4")
+             "na6", "ll6", "arp4", "pid", "pidk")
 ON = (0,)          # the one element of a setting set that is "on"
 FULL = (0, 65535)
 
@@ -367,6 +370,8 @@ def setting_elements(policy, mode: str) -> dict:
         "internal": on if settings.internal else {},
         "audit": on if mode == "audit" else {},
         "baudit": on if mode == "audit" else {},
+        "intra": {(i,): None for i in sorted(set(policy.identities.values()))
+                  if any(e.proto == ANY for e in policy.between(i, i))},
     }
 
 
@@ -399,6 +404,7 @@ def port_elements(port) -> dict:
         out["na6"][(name, int(ipaddress.IPv6Address(port.ipv6)))] = None
     if port.active and not quarantined:
         out["ports"][(name,)] = None
+        out["pid"][(name,)], out["pidk"][(name, port.identity)] = (port.identity,), None
         _published(port, out)
     return out
 

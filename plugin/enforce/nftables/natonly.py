@@ -24,6 +24,10 @@ from .elements import ports_elements
 from .ruleset import element_text
 from .runner import PASSED_MARK, TABLE_PREFIX, NftRunner
 
+#: bpf HOST_DENIED_MARK (plugin/enforce/ebpf/bpf/lib/common.h): a member's broadcast or
+#: multicast whose copy to the host egress denies
+HOST_DENIED_MARK = 0x01000000
+
 
 def table_name(network_id: str) -> str:
     return TABLE_PREFIX + network_id[:12]
@@ -59,6 +63,12 @@ def render_nat(network_id: str, bridge: str, subnets: Iterable[str], internal: b
         # the connection remembers it for conntrack pruning (plugin.kernel.conntrack)
         f"    ct state new meta mark & {LEARNED_FLOW_MARK:#x} == {LEARNED_FLOW_MARK:#x}"
         f" ct mark set ct mark or {LEARNED_FLOW_MARK:#x}",
+        "  }",
+        # a member's broadcast or multicast whose copy to the host the program denied
+        # (counted, reported there): its copies for members went on (bpf group_copy)
+        "  chain host_in {",
+        "    type filter hook input priority filter - 5; policy accept;",
+        f'    iifname "{bridge}" meta mark & {HOST_DENIED_MARK:#x} == {HOST_DENIED_MARK:#x} drop',
         "  }",
         "}",
     ]

@@ -211,6 +211,9 @@ def _base_chains(bridge: str) -> list:
     forward = _rules(
         "forward",
         f"iifname != {br} oifname != {br} accept",
+        # a copy of a broadcast or multicast frame: judged per port, by the bridge table
+        # (chain group_copy); ahead of conntrack, whose entry the host's copy confirms
+        f"iifname {br} oifname {br} meta pkttype {{ broadcast, multicast }} goto pass",
         "ct state established,related goto pass",
         # a flow judged and let through, not answered yet (a retransmitted SYN, one-way
         # UDP): judged once, counted once, as on eBPF (its conntrack map)
@@ -236,13 +239,17 @@ def _base_chains(bridge: str) -> list:
         # before the conntrack checks: a frame the bridge passes up because it is in
         # promiscuous mode (a capture on it) has no conntrack state (br_nf_local_in)
         f"{ND} accept",
+        # a broadcast or multicast: each packet, as egress (its flooded copies, let through
+        # before the bridge passes it up, confirmed the shared conntrack entry)
+        "meta pkttype { broadcast, multicast } goto host_judge",
         "ct state established,related accept",
         "ct status confirmed accept",
         f"ct state invalid {deny('invalid')}",
         f"ip daddr 127.0.0.0/8 {deny('invalid')}",   # martian but for route_localnet
-        f"meta mark set {OUTSIDE} ct mark set {HOST}",
-        "jump src_identity", f"{_INTERNAL_AUDIT} {deny('internal')}", "jump reserved", "goto egress",
+        "goto host_judge",
         hook="type filter hook input priority filter - 5; policy accept;")
+    host_in += _rules("host_judge", f"meta mark set {OUTSIDE} ct mark set {HOST}", "jump src_identity",
+                      f"{_INTERNAL_AUDIT} {deny('internal')}", "jump reserved", "goto egress")
     # The host's own flows into the network. A flow the host sends to a
     # published port (127.0.0.1:P) is DNAT'd in this same hook, after the
     # output device (lo) was chosen: it is recognised by its new address.
@@ -326,11 +333,27 @@ def render_bridge(network_id: str, bridge: str) -> list:
         # too, and would pay two lookups instead of one)
         lines += _rules(chain, f"meta oifgroup != {group} accept", "oifname != @veths accept",
                         "oifname != @ports jump inactive_port",
+                        *([_GROUP_COPY] if chain == "ports_fwd" else []),
                         hook=f"type filter hook {hook} priority -300; policy accept;")
-    lines += _inactive_port_chains()
+    lines += _inactive_port_chains() + _group_copy_chain()
     lines += drop_chains("bridge", network_id, "baudit", "accept")
     lines.append("}")
     return lines
+
+
+_GROUP_COPY = "meta pkttype { broadcast, multicast } ether type { ip, ip6 } goto group_copy"
+
+
+def _group_copy_chain() -> list:
+    """A member's broadcast or multicast frame, the copy the bridge floods to one other
+    enforced port (the forward hook runs once per copy, br_forward.c ``__br_forward``;
+    br_netfilter's inet forward then lets it pass, see ``_base_chains``): passes when the
+    two ports' identities (``pid``) are the same one and its members may send each other
+    anything (``intra``), else dropped as ``no-rule``. IGMP, ND and MLD are no policy's."""
+    nd = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
+    return _rules("group_copy", "ip protocol igmp accept", f"{nd} accept",
+                  "meta mark set iifname map @pid oifname . meta mark @pidk meta mark @intra accept",
+                  deny("no-rule"))
 
 
 def _inactive_port_chains() -> list:

@@ -242,6 +242,7 @@ int from_container(struct __sk_buff *skb)
 	struct pkt *p;
 	struct ctx c;
 	int r, ew = 0;
+	__u16 src;
 
 	r = fast_path(skb);   /* lib/fastpath.h: judged east-west, straight across */
 	if (r != FAST_NO)
@@ -289,7 +290,13 @@ int from_container(struct __sk_buff *skb)
 	if (r >= 0)
 		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p, ep) : r;
 	c.learned = 0;
-	r = judge_sent(skb, &c, p, identity_of(p, p->saddr));
+	src = identity_of(p, p->saddr);
+	r = judge_sent(skb, &c, p, src);
+	if (r != TC_ACT_OK && (p->dmac[0] & 1) && member_identity(src) && active_identity(src)) {
+		asm volatile("" : "+r"(skb));    /* (as below: no spilled &skb->mark) */
+		skb->mark |= HOST_DENIED_MARK;   /* denied for the host's copy alone */
+		return TC_ACT_OK;
+	}
 	if (c.learned) {
 		/* (the barrier: the verifier refuses a spilled &skb->mark, ctx + 8) */
 		asm volatile("" : "+r"(skb));
@@ -314,7 +321,7 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 	if (!mine) {
 		if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
 			return TC_ACT_SHOT;   /* the bridge's flood of a frame for another port */
-		return deny(skb, p, &vd, MODE_ENFORCE);   /* multicast, broadcast, routed */
+		return deny(skb, p, &vd, MODE_ENFORCE);   /* routed (group copies: group_copy) */
 	}
 	v = ct_lookup(p);
 	if (v) {
@@ -325,6 +332,28 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
 	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
+}
+
+/* A copy of another member's broadcast or multicast frame (the bridge floods it to
+ * every port): it passes when the sender's segment (its port's identity) is this
+ * container's and that segment's members may send each other anything (an (s, s, any)
+ * entry of the policy map: intra=allow), else it is dropped as no-rule -- never into
+ * another segment (nftables: the bridge table's group_copy). ARP, ND, MLD and IGMP
+ * passed before (passes_unjudged). */
+static __always_inline int group_copy(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
+				      __u16 src, __u16 dst)
+{
+	struct verdict vd = { .src = src, .dst = dst, .reason = R_NO_RULE };
+	struct policy_key k = { .prefixlen = 40 };   /* the (version, src, dst) prefix: "any" */
+
+	k.data[0] = c->ver;
+	k.data[1] = src >> 8;
+	k.data[2] = src & 0xff;
+	k.data[3] = dst >> 8;
+	k.data[4] = dst & 0xff;
+	if (src == dst && bpf_map_lookup_elem(&policy, &k))
+		return TC_ACT_OK;
+	return deny(skb, p, &vd, c->s->mode);
 }
 
 /* Is a frame at this container's port meant for it: sent to its MAC, or an ARP
@@ -389,6 +418,8 @@ int to_container(struct __sk_buff *skb)
 	sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
 	if (sender && !active_identity(sender->identity))   /* judged, reported at its source */
 		return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
+	if (sender && (p->dmac[0] & 1))
+		return group_copy(skb, &c, p, sender->identity, ep->identity);
 	src = identity_of(p, p->saddr);
 	if (sender && member_identity(src))
 		return from_member(skb, &c, p, ep, src);

@@ -41,6 +41,11 @@ enum reason {
  * into the connection's ct mark, so that conntrack pruning keeps the flow
  * (plugin/dns/datapath.py LEARNED_FLOW_MARK) */
 #define LEARNED_MARK 0x00800000
+/* a member's broadcast or multicast whose copy to the host egress denies (counted and
+ * reported at the sender): the NAT-only nft table's input chain drops that copy
+ * (plugin/enforce/nftables/natonly.py HOST_DENIED_MARK); the bridge's copies for
+ * members are judged at their ports (group_copy) */
+#define HOST_DENIED_MARK 0x01000000
 
 /* endpoints: host-side veth ifindex -> the endpoint behind it */
 struct endpoint {
