@@ -4,9 +4,10 @@ DNS rules of one segment with the same service and different names must each
 count the flows their own answers opened; an address two of them taught counts
 a flow for both, as overlapping CIDR rules do (test_counter_parity_kernel.py),
 and once in the segment pair's total. Today both backends count by segment and
-service (``FqdnEntry.key``): every such rule shows the sum of all of them. The
-test xfails on exactly that known result (FINDINGS.md U11-F3) until the learned
-elements carry the rules that taught them, and fails on any other wrong one.
+service: every such rule showed the sum of all of them (FINDINGS.md U11-F3). Now a
+learned element carries the tag of the rules that taught it and the datapath counts
+its flows under that tag (plugin/dns/store.py; ``DnsRig.counters`` spreads them to
+the rules as the reconciler does).
 """
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ EXACT, WILD = "web->dns(api.example.test):tcp/443", "web->dns(*.wild.test):tcp/4
 API, ONLY_WILD = "10.238.0.5", "10.238.0.8"
 
 
-def _counts(lab) -> tuple:
+def _counts(rig) -> tuple:
     """(per rule, web -> (outside) pair total), each [packets, bytes]."""
-    counters = lab.counters()
-    allowed, _dropped, _would = per_pair(lab.policy, counters)
-    return per_rule(lab.policy, counters), allowed[("web", OUTSIDE)]
+    counters = rig.counters()
+    allowed, _dropped, _would = per_pair(rig.lab.policy, counters)
+    return per_rule(rig.lab.policy, counters), allowed[("web", OUTSIDE)]
 
 
 def test_dns_rules_of_one_service_count_their_own_flows_and_a_shared_address_for_both(lab):
@@ -41,16 +42,14 @@ def test_dns_rules_of_one_service_count_their_own_flows_and_a_shared_address_for
         assert resolve(web, "api.example.test") == [API]
         assert resolve(web, "a.wild.test") == [ONLY_WILD]
         assert [connect(web, a) for a in (API, API, ONLY_WILD)] == ["ok"] * 3
-        rules, _pair = _counts(lab)
-        if rules[EXACT] == rules[WILD] and rules[EXACT][0] == 3:
-            pytest.xfail("U11-F3: DNS rules of one segment and service share one counter")
+        rules, _pair = _counts(rig)
         syn = rules[WILD][1]           # one IPv4 SYN: each flow counts its first packet
         assert rules[WILD][0] == 1 and syn > 0, rules
         assert rules[EXACT] == [2, 2 * syn], rules
         assert resolve(web, "b.wild.test") == [API]  # now both rules taught API
-        _rules0, pair0 = _counts(lab)
+        _rules0, pair0 = _counts(rig)
         assert connect(web, API) == "ok"
-        rules, pair = _counts(lab)
+        rules, pair = _counts(rig)
         assert rules[EXACT] == [3, 3 * syn] and rules[WILD] == [2, 2 * syn], rules
         assert pair[0] - pair0[0] == 1, "the pair total counts the flow once"
     finally:

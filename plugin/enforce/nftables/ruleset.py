@@ -53,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 9   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 10  # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -177,9 +177,9 @@ def _policy_chains() -> list:
         deny("no-rule"))
     # after the CIDR lookups: the addresses DNS answers taught (dns(NAME) rules, plugin.dns)
     # (the connection remembers it: its flow goes on after the address expired, plugin.kernel.conntrack)
-    # (then counted for the DNS rule that taught it: chains fqdn_<kind>)
+    # (then counted under the tag of the DNS rules that taught it: chain fqdn_count)
     learned = [r.strip() for r in fqdn.lookup_rules(
-        "meta mark", f"ct mark set ct mark | {LEARNED_FLOW_MARK:#010x} goto fqdn_{{kind}}").splitlines()]
+        "meta mark", f"ct mark set ct mark | {LEARNED_FLOW_MARK:#010x} goto fqdn_count").splitlines()]
     counted = [line for name, rules in fqdn.count_chains("goto pass").items()
                for line in _rules(name, *rules)]
     egress = _rules("egress", f"{SETTING_KEY} @internal {deny('internal')}", *_cidr_lookups(
