@@ -485,3 +485,28 @@ def test_nft_a_new_tag_replaces_the_element_and_adds_the_tag_to_the_counter_set(
                       f'add element inet {key} timeout 60s comment "a.test" : 4 }}',
                       "add element inet secnet_x fqdn_tags { 4 }"]
     assert revoke[0].endswith(": 4 }") and revoke[1].startswith("delete element")
+
+
+class ListingRunner(Runner):
+    """nft as a table of FORMAT 9 answers it: the learned sets are sets, not maps."""
+
+    def list_json(self, kind, _family, _table, name):
+        if kind == "map":
+            raise nft.NftError(f"nft list map inet t {name} failed: No such file or directory")
+        if name != "fqdn4_port":
+            return {"nftables": []}
+        elem = {"elem": {"val": {"concat": [257, "10.238.0.5", "tcp", 443]}, "timeout": 60, "expires": 50}}
+        return {"nftables": [{"set": {"name": name, "elem": [elem]}}]}
+
+
+def test_nft_an_upgrade_reads_the_old_sets_and_rewrites_their_elements_with_a_tag():
+    """A table of FORMAT 9 (sets, no tags): the rebuild keeps its elements (tag 0); the
+    next write of one goes through the value it was kept with."""
+    runner = ListingRunner()
+    sets = nft.NftFqdnSets(runner, lambda net: "t", clock=lambda: 1000.0, updates_timeout=True)
+    (grant,) = sets.learned("n")
+    assert (grant.address, grant.tag, grant.expires) == ("10.238.0.5", 0, 1050.0)
+    assert nft.keep_script("t", [grant], 1000.0) == ('add element inet t fqdn4_port { 257 . 10.238.0.5 . 6 . 443 '
+                                                    'timeout 50s comment "" : 0 }\n')
+    sets.allow("n", [dataclasses.replace(grant, tag=2)])
+    assert [line.split(" : ")[-1] for line in runner.scripts[0].splitlines()[::2]] == ["0 }", "2 }"]

@@ -177,6 +177,7 @@ class NftBackend(fqdn.FqdnMethods):
             self._apply(ruleset.delete_script(network_id))
             self._nets.pop(network_id, None)
             self._references.pop(network_id, None)
+            self.fqdn.forget(network_id)
 
     # --- reads ------------------------------------------------------------------------------
     def networks(self) -> set:

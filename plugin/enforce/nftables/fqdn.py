@@ -189,6 +189,11 @@ class NftFqdnSets:
         if lines:
             self.runner.apply("\n".join(lines) + "\n")
 
+    def forget(self, network_id: str) -> None:
+        """The network is gone (its table with it): forget the tags written there."""
+        for key in [k for k in self._tags if k[0] == network_id]:
+            del self._tags[key]
+
     def learned(self, network_id: str) -> list:
         now, table, out = self.clock(), self.table_of(network_id), []
         for family in (4, 6):
