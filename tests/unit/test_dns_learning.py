@@ -477,7 +477,9 @@ def test_nft_a_new_tag_replaces_the_element_and_adds_the_tag_to_the_counter_set(
     sets.allow("n", [grant])
     sets.allow("n", [dataclasses.replace(grant, tag=4)])
     sets.revoke("n", [grant.key])
-    first, second, revoke = [script.splitlines() for script in runner.scripts]
+    sets.allow("n", [grant])
+    first, second, revoke, again = [script.splitlines() for script in runner.scripts]
+    assert again == first[:1], "tag 3's counter element is there already"
     assert first == ['add element inet secnet_x fqdn4_port { 257 . 10.238.0.5 . 6 . 443 timeout 60s '
                      'comment "a.test" : 3 }', "add element inet secnet_x fqdn_tags { 3 }"]
     key = "secnet_x fqdn4_port { 257 . 10.238.0.5 . 6 . 443"

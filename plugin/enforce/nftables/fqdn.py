@@ -164,6 +164,7 @@ class NftFqdnSets:
         self.runner, self.table_of, self.clock = runner, table_of, clock
         self.updates_timeout = updates_timeout   # None: ask the kernel at the first write
         self._tags: dict = {}   # (network id, Grant.key) -> the tag written (its map value)
+        self._counted: dict = {}   # network id -> tags in its counter set (learned() starts it anew)
 
     def allow(self, network_id: str, grants: Sequence[Grant]) -> None:
         if self.updates_timeout is None:
@@ -175,9 +176,12 @@ class NftFqdnSets:
             lines.append(f"add element {target} {{ {element(g, now, old)} }}")
             if not self.updates_timeout or kind_of(g) == "range" or old != g.tag:
                 lines += [f"delete element {target} {{ {_key(g)} }}", f"add element {target} {{ {text} }}"]
+        counted = self._counted.setdefault(network_id, set())
+        new = [g for g in grants if g.tag not in counted]   # a tag's counter element: once
         if lines:
-            self.runner.apply("\n".join(lines) + "\n" + _tag_lines(table, grants))
+            self.runner.apply("\n".join(lines) + "\n" + _tag_lines(table, new))
         self._tags.update(((network_id, g.key), g.tag) for g in grants)
+        counted.update(g.tag for g in new)
 
     def revoke(self, network_id: str, keys: Sequence[tuple]) -> None:
         now, table, lines = self.clock(), self.table_of(network_id), []
@@ -193,9 +197,13 @@ class NftFqdnSets:
         """The network is gone (its table with it): forget the tags written there."""
         for key in [k for k in self._tags if k[0] == network_id]:
             del self._tags[key]
+        self._counted.pop(network_id, None)
 
     def learned(self, network_id: str) -> list:
+        """The grants the maps hold (before a rebuild: ``keep_script`` puts them and their
+        tags back; the counter set's other tags are gone then, so they count as unwritten)."""
         now, table, out = self.clock(), self.table_of(network_id), []
+        counted = self._counted[network_id] = set()
         for family in (4, 6):
             for kind in KINDS:
                 data = _list_either(self.runner, table, set_name(family, kind))
@@ -205,6 +213,7 @@ class NftFqdnSets:
                         if grant is not None:
                             out.append(grant)
                             self._tags[(network_id, grant.key)] = grant.tag
+                            counted.add(grant.tag)
         return sorted(out)
 
 
