@@ -95,8 +95,8 @@ class LearnedStore:
         self._elements: dict = {}  # network -> {Grant.key: {entry keys}}
         self._heap: list = []     # (expires, network, key)
         self._past: dict = {}     # network -> OrderedDict {(identity, rule, address): Grant}: dropped
-        self._tag_of: dict = {}   # network -> {frozenset of teachers: tag}
-        self._teachers: dict = {}  # network -> {tag: frozenset of teachers}
+        self._tag_of: dict = {}   # network -> {(identity, (proto, lo, hi), frozenset of rules): tag}
+        self._teachers: dict = {}  # network -> {tag: frozenset of (identity, proto, lo, hi, rule)}
         self._written: dict = {}  # network -> {Grant.key: the tag the datapath holds}
         self._count = 0
         self.refused_total = 0
@@ -189,28 +189,33 @@ class LearnedStore:
     def _plan_grants(self, plan: Plan) -> None:
         """The writes ``plan`` needs: an element whose expiry grows or whose teachers change."""
         news: dict = {}
-        for key, (_learned, grant) in plan.entries.items():
-            news.setdefault(grant.key, []).append((key, grant))
-        held = self._nets.get(plan.network, {})
+        for (_identity, rule, _address), (_learned, grant) in plan.entries.items():
+            news.setdefault(grant.key, []).append((rule, grant))
+        elements = self._elements.get(plan.network, {})
+        written = self._written.get(plan.network, {})
         for element_key, pairs in news.items():
-            holders = self._elements.get(plan.network, {}).get(element_key, ())
-            teachers = {_teacher(k, held[k][1]) for k in holders} | {_teacher(k, g) for k, g in pairs}
-            tag = self._tag(plan.network, frozenset(teachers))
-            now_until = self._element_expiry(plan.network, element_key)
-            best = max((g for _k, g in pairs), key=lambda g: g.expires)
-            if now_until < best.expires or tag != self._written.get(plan.network, {}).get(element_key):
-                plan.grants.append(replace(best, expires=max(now_until, best.expires), tag=tag))
+            holders = elements.get(element_key, ())
+            tag = self._tag(plan.network, element_key, frozenset([r for r, _g in pairs] + [k[1] for k in holders]))
+            now_until = self._element_expiry(plan.network, element_key) if holders else 0.0
+            best = max((g for _r, g in pairs), key=lambda g: g.expires) if len(pairs) > 1 else pairs[0][1]
+            if now_until < best.expires or tag != written.get(element_key):
+                plan.grants.append(Grant(best.identity, best.address, best.family, best.proto, best.lo, best.hi,
+                                         max(now_until, best.expires), best.name, tag=tag))
 
-    def _tag(self, network: str, teachers: frozenset) -> int:
-        """The tag of ``teachers`` in ``network`` (a new one the first time; 0 past MAX_TAG)."""
+    def _tag(self, network: str, element_key: tuple, rules: frozenset) -> int:
+        """The tag of the DNS rules ``rules`` (texts) teaching an element of ``element_key``'s
+        segment and service in ``network`` (a new one the first time; 0 past MAX_TAG)."""
+        identity, _address, *service = element_key
+        key = (identity, tuple(service), rules)
         tags = self._tag_of.setdefault(network, {})
-        if teachers not in tags:
+        tag = tags.get(key)
+        if tag is None:
             known = self._teachers.setdefault(network, {})
             tag = max(known, default=0) + 1
             if tag > MAX_TAG:
                 return 0
-            tags[teachers], known[tag] = tag, teachers
-        return tags[teachers]
+            tags[key], known[tag] = tag, frozenset((identity, *service, rule) for rule in rules)
+        return tag
 
     @_locked
     def tags(self, network: str) -> dict:
@@ -269,7 +274,7 @@ class LearnedStore:
         tag of its teachers."""
         entries = self._nets[network]
         best = max((entries[k][1] for k in holders), key=lambda g: g.expires)
-        return replace(best, tag=self._tag(network, frozenset(_teacher(k, entries[k][1]) for k in holders)))
+        return replace(best, tag=self._tag(network, best.key, frozenset(k[1] for k in holders)))
 
     @_locked
     def forget(self, network: str, keep_rules: Iterable[tuple] | None = None) -> tuple:
@@ -322,14 +327,10 @@ class LearnedStore:
         self._written.setdefault(network, {})[grant.key] = grant.tag
         if grant.tag in self._teachers.get(network, {}):
             return
-        teachers = frozenset((e.identity, e.proto, e.lo, e.hi, e.rule) for e in fqdns)
-        self._teachers.setdefault(network, {})[grant.tag] = teachers
-        self._tag_of.setdefault(network, {}).setdefault(teachers, grant.tag)
-
-
-def _teacher(entry_key: tuple, grant: Grant) -> tuple:
-    """``(identity, proto, lo, hi, rule)`` of the entry ``entry_key`` whose grant is ``grant``."""
-    return (grant.identity, grant.proto, grant.lo, grant.hi, entry_key[1])
+        rules = frozenset(e.rule for e in fqdns)   # all of grant's segment and service (restore)
+        service = (grant.proto, grant.lo, grant.hi)
+        self._teachers.setdefault(network, {})[grant.tag] = frozenset((grant.identity, *service, r) for r in rules)
+        self._tag_of.setdefault(network, {}).setdefault((grant.identity, service, rules), grant.tag)
 
 
 def _grant(entry, found: Address, expires: float) -> Grant:
