@@ -59,6 +59,8 @@ import tempfile
 import time
 import uuid
 
+from .apply_script import apply_script
+
 NET_ID = "be0f" + "0" * 60
 
 
@@ -75,6 +77,19 @@ def ns_add(name, made):
     sh("ip", "-n", name, "link", "set", "lo", "up")
 
 
+def ns_del_all(made) -> None:
+    """Delete the namespaces in ``made`` (what ``ns_add`` made), the last made first."""
+    for name in reversed(made):
+        sh("ip", "netns", "del", name, check=False)
+
+
+def save_json(path, data) -> None:
+    """Write ``data`` to ``path`` as indented JSON (nothing when ``path`` is empty)."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(data, f, indent=1)
+
+
 def container(host, ns, veth, ip, mac, made):
     ns_add(ns, made)
     sh("ip", "-n", host, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
@@ -84,13 +99,18 @@ def container(host, ns, veth, ip, mac, made):
     sh("ip", "-n", ns, "link", "set", "eth0", "up")
 
 
-def bridge_pair(tag, octet, made):
-    host = f"snb-{tag}"
+def bridge_host(host, made):
+    """Namespace ``host`` with bridge ``br0`` up and br_netfilter on (IPv4 and IPv6)."""
     ns_add(host, made)
     sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
     sh("ip", "-n", host, "link", "set", "br0", "up")
     sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1",
        "net.bridge.bridge-nf-call-ip6tables=1")
+
+
+def bridge_pair(tag, octet, made):
+    host = f"snb-{tag}"
+    bridge_host(host, made)
     a, b = f"{host}-a", f"{host}-b"
     container(host, a, "sva", f"10.218.{octet}.2", f"02:42:0a:da:{octet:02x}:02", made)
     container(host, b, "svb", f"10.218.{octet}.3", f"02:42:0a:da:{octet:02x}:03", made)
@@ -117,25 +137,13 @@ def enforce(host, octet, pin_root, extra_rules=0, backend="ebpf", obj=None):
     with it."""
     make = (f"EbpfBackend(pin_root='{pin_root}', obj_path={obj!r})" if backend == "ebpf"
             else "NftBackend()")
-    code = f"""
-from plugin.kernel.netns import enter
-enter('/run/netns/{host}')
-from plugin.enforce.backend import NetworkSpec, Port
-from plugin.enforce.ebpf.backend import EbpfBackend
-from plugin.enforce.nftables import NftBackend
-from segmentation.options import NetworkOptions
-from segmentation.policymap import compile_policy_map
-from segmentation.rules import parse_rules
-ids = {{'a': 256, 'b': 257, **{{f's{{i}}': 300 + i for i in range(100)}}}}
-extra = [f's{{i % 100}}->s{{(i * 7) % 100}}:tcp/{{1000 + i}}' for i in range({extra_rules})]
-rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:icmp'] + extra)
-pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
-ports = [Port('ea', 'sva', '02:42:0a:da:{octet:02x}:02', '10.218.{octet}.2', identity=256),
-         Port('eb', 'svb', '02:42:0a:da:{octet:02x}:03', '10.218.{octet}.3', identity=257)]
-b = {make}
-b.apply_network(NetworkSpec('{NET_ID}', 'br0', ('10.218.{octet}.0/24',)), pm, ports)
-getattr(b, 'close', lambda: None)()
-"""
+    imports = ("from plugin.enforce.ebpf.backend import EbpfBackend\n"
+               "from plugin.enforce.nftables import NftBackend")
+    pair = (f"[Port('ea', 'sva', '02:42:0a:da:{octet:02x}:02', '10.218.{octet}.2', identity=256), "
+            f"Port('eb', 'svb', '02:42:0a:da:{octet:02x}:03', '10.218.{octet}.3', identity=257)]")
+    code = apply_script(host, "a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:icmp", pair,
+                        f"NetworkSpec({NET_ID!r}, 'br0', ('10.218.{octet}.0/24',))", extra_rules,
+                        backend=make, imports=imports, close=True)
     sh(".venv/bin/python", "-c", code)
 
 
@@ -394,12 +402,9 @@ def main() -> int:
             got[what] = profile(*where, args.secs)
             for key, value in got[what].items():
                 print(f"  {what[:-8]} {key}: {value}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(got, f, indent=1)
+        save_json(args.json, got)
     finally:
-        for name in reversed(made):
-            sh("ip", "netns", "del", name, check=False)
+        ns_del_all(made)
         sh("rm", "-rf", pin_root, pin_root + "r", pin_root + "d", *(f"{pin_root}o{i}" for i in range(len(args.object))),
            check=False)
         shutil.rmtree(floor_dir, ignore_errors=True)

@@ -34,7 +34,6 @@ Run: ``.venv/bin/python -m bench.nft_guard [--others 8] [--endpoints 1000] [--ru
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -44,31 +43,15 @@ import tempfile
 import time
 import uuid
 
-from .ebpf_datapath import container, iperf_run, ns_add, one_cpu, rr, sh
-
-ENFORCE = """
-import sys
-from plugin.kernel.netns import enter
-enter('/run/netns/{host}')
-from plugin.enforce.backend import NetworkSpec, Port
-from plugin.enforce.nftables import NftBackend
-from segmentation.options import NetworkOptions
-from segmentation.policymap import compile_policy_map
-from segmentation.rules import parse_rules
-ids = {{'a': 256, 'b': 257, **{{f's{{i}}': 300 + i for i in range(100)}}}}
-extra = [f's{{i % 100}}->s{{(i * 7) % 100}}:tcp/{{1000 + i}}' for i in range({rules})]
-rules = ', '.join(['a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:udp/5203, a->b:icmp'] + extra)
-pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
-ports = [Port(f'e{{n}}', n, m, ip, identity=i) for n, m, ip, i in {ports!r}]
-b = NftBackend()
-b.apply_network(NetworkSpec({net_id!r}, {bridge!r}, ({subnet!r},)), pm, ports)
-"""
-
+from .apply_script import apply_script
+from .ebpf_datapath import container, iperf_run, ns_add, ns_del_all, one_cpu, rr, save_json, sh
 
 def enforce(src: str, host: str, net_id: str, bridge: str, subnet: str, ports: list, rules: int) -> None:
     """secnet's nftables backend from the tree ``src`` on ``bridge`` in namespace ``host``; every
     port in the interface group ``int(net_id[1:8], 16)`` (what a guard on the group needs)."""
-    code = ENFORCE.format(host=host, rules=rules, ports=ports, net_id=net_id, bridge=bridge, subnet=subnet)
+    code = apply_script(host, "a->b:tcp/5201, b->a:tcp/5201, a->b:tcp/5202, a->b:udp/5203, a->b:icmp",
+                        f"[Port(f'e{{n}}', n, m, ip, identity=i) for n, m, ip, i in {ports!r}]",
+                        f"NetworkSpec({net_id!r}, {bridge!r}, ({subnet!r},))", rules)
     group = int(net_id[1:8], 16)
     sh("ip", "-n", host, "-batch", "-", input="".join(f"link set {p[0]} group {group}\n" for p in ports))
     sh(sys.executable, "-c", code, cwd=src)
@@ -226,12 +209,9 @@ def main() -> int:
                 octet += 16
         got = measure(pairs, args)
         show(got)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(got, f, indent=1)
+        save_json(args.json, got)
     finally:
-        for name in reversed(made):
-            sh("ip", "netns", "del", name, check=False)
+        ns_del_all(made)
     return 0
 
 

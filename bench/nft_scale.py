@@ -37,7 +37,6 @@ Subnets 10.212.0.0/16 (measured pairs 10.212.<k>.2/.3; endpoints' elements
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -45,26 +44,17 @@ import tempfile
 import time
 import uuid
 
-from .ebpf_datapath import iperf, rr, rtt, sh
+from .apply_script import apply_script
+from .ebpf_datapath import bridge_host, iperf, ns_add, ns_del_all, rr, rtt, save_json, sh
 
 NET_ID = "be0e" + "0" * 60
-
-
-def ns_add(name: str, made: list) -> None:
-    sh("ip", "netns", "add", name)
-    made.append(name)
-    sh("ip", "-n", name, "link", "set", "lo", "up")
 
 
 def bridge_pair(tag: str, octet: int, made: list) -> tuple:
     """(host ns, client ns, server ns, server address): a bridge in ``host`` with two
     namespaces on it, br_netfilter on."""
     host = f"sns-{tag}"
-    ns_add(host, made)
-    sh("ip", "-n", host, "link", "add", "br0", "type", "bridge")
-    sh("ip", "-n", host, "link", "set", "br0", "up")
-    sh("ip", "netns", "exec", host, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1",
-       "net.bridge.bridge-nf-call-ip6tables=1")
+    bridge_host(host, made)
     ends = []
     for veth, last in (("sva", 2), ("svb", 3)):
         ns = f"{host}-{veth[-1]}"
@@ -89,24 +79,13 @@ def extra_ports(host: str, n: int, devices: int = 0) -> None:
                    check=True, capture_output=True)
 
 
-ENFORCE = """
-from plugin.kernel.netns import enter
-enter('/run/netns/{host}')
-from plugin.enforce.backend import NetworkSpec, Port
-from plugin.enforce.nftables import NftBackend
-from segmentation.options import NetworkOptions
-from segmentation.policymap import compile_policy_map
-from segmentation.rules import parse_rules
-ids = {{'a': 256, 'b': 257, **{{f's{{i}}': 300 + i for i in range(100)}}}}
-extra = [f's{{i % 100}}->s{{(i * 7) % 100}}:tcp/{{1000 + i}}' for i in range({rules})]
-rules = ', '.join(['a->b:tcp/5201, a->b:tcp/5202, a->b:icmp'] + extra)
-pm = compile_policy_map(NetworkOptions(rules=parse_rules(rules), intra='deny'), ids)
-ports = [Port('ea', 'sva', '02:42:0a:d4:{octet:02x}:02', '10.212.{octet}.2', identity=256),
-         Port('eb', 'svb', '02:42:0a:d4:{octet:02x}:03', '10.212.{octet}.3', identity=257)]
-ports += [Port(f'ex{{k}}', f'sx{{k}}', f'02:42:0a:d4:{{16 + k // 256:02x}}:{{k % 256:02x}}',
-               f'10.212.{{16 + k // 256}}.{{k % 256}}', identity=300 + k % 100) for k in range({endpoints})]
-NftBackend().apply_network(NetworkSpec('{net_id}', 'br0', ('10.212.0.0/16',)), pm, ports)
-"""
+def _ports(octet: int, endpoints: int) -> str:
+    """The measured pair's ports and ``endpoints`` more (``sx<k>``, 100 segments), as source."""
+    pair = (f"[Port('ea', 'sva', '02:42:0a:d4:{octet:02x}:02', '10.212.{octet}.2', identity=256), "
+            f"Port('eb', 'svb', '02:42:0a:d4:{octet:02x}:03', '10.212.{octet}.3', identity=257)]")
+    more = (f"[Port(f'ex{{k}}', f'sx{{k}}', f'02:42:0a:d4:{{16 + k // 256:02x}}:{{k % 256:02x}}', "
+            f"f'10.212.{{16 + k // 256}}.{{k % 256}}', identity=300 + k % 100) for k in range({endpoints})]")
+    return f"{pair} + {more}"
 
 
 def enforce(host: str, octet: int, endpoints: int, rules: int, devices: int = 0) -> None:
@@ -114,7 +93,8 @@ def enforce(host: str, octet: int, endpoints: int, rules: int, devices: int = 0)
     ``rules`` more rules, in one apply_network (as a restore does); ``devices`` more devices."""
     if endpoints or devices:
         extra_ports(host, endpoints, devices)
-    code = ENFORCE.format(host=host, octet=octet, endpoints=endpoints, rules=rules, net_id=NET_ID)
+    code = apply_script(host, "a->b:tcp/5201, a->b:tcp/5202, a->b:icmp", _ports(octet, endpoints),
+                        f"NetworkSpec({NET_ID!r}, 'br0', ('10.212.0.0/16',))", rules)
     sh(".venv/bin/python", "-c", code, timeout=600)
 
 
@@ -218,12 +198,9 @@ def main() -> int:
                 print(n, p["groups"])
                 for pct, sym in p["top"][:15]:
                     print(f"   {pct:6.2f}% {sym}")
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(res, f, indent=1)
+        save_json(args.json, res)
     finally:
-        for name in reversed(made):
-            sh("ip", "netns", "del", name, check=False)
+        ns_del_all(made)
     return 0
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import json
 import statistics
 import subprocess
@@ -30,21 +29,10 @@ from plugin.kernel import netns
 
 from . import handler
 from .scale import FLOW_RULES, sweep_rules
+from .stages import stages_but, wrap_stages
 
-#: (module, attribute path, label)
-STAGES = (
-    ("plugin.daemon.api", "Api.policy", "Api.policy"),
-    ("plugin.daemon.api", "parse_rules", "parse"),
-    ("plugin.enforce.reconciler", "Reconciler._policy_delta", "policy delta"),
-    ("plugin.enforce.reconciler", "_named_after", "named after"),
-    ("plugin.enforce.reconciler", "recompile_policy_map", "recompile"),
-    ("plugin.enforce.reconciler", "Reconciler._end_denied_flows", "flows"),
-    ("plugin.enforce.nftables.backend", "NftBackend.apply_policy", "apply_policy"),
-    ("plugin.enforce.nftables.elements", "PolicyElements.change", "elements"),
-    ("plugin.enforce.nftables.netlink", "ElementWriter._messages", "encode"),
-    ("plugin.enforce.nftables.netlink", "ElementWriter._send", "send"),
-    ("plugin.driver.state", "State.put_network", "state"),
-)
+#: the daemon's policy path as ``Api.policy`` takes it (no request, no driver edit)
+STAGES = stages_but("request", "driver edit")
 _stamps: dict = {}
 
 
@@ -62,12 +50,7 @@ def _timed(fn, label: str):
 
 
 def install() -> None:
-    for module, path, label in STAGES:
-        owner = importlib.import_module(module)
-        *outer, name = path.split(".")
-        for part in outer:
-            owner = getattr(owner, part)
-        setattr(owner, name, _timed(getattr(owner, name), label))
+    wrap_stages(STAGES, _timed)
 
 
 def measure(rules: int, endpoints: int, sets: int, every: bool = False) -> dict:

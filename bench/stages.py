@@ -24,13 +24,14 @@ import time
 
 from .common import stats
 
-#: (module, attribute path, label)
-STAGES = (
+#: (module, attribute path, label) of the daemon's policy path, outermost first
+POLICY_PATH = (
     ("plugin.daemon.api", "Api._handle", "request"),
-    ("plugin.daemon.api", "parse_rules", "parse"),
     ("plugin.daemon.api", "Api.policy", "Api.policy"),
+    ("plugin.daemon.api", "parse_rules", "parse"),
     ("plugin.driver.driver", "Driver.edit_options", "driver edit"),
     ("plugin.enforce.reconciler", "Reconciler._policy_delta", "policy delta"),
+    ("plugin.enforce.reconciler", "_named_after", "named after"),
     ("plugin.enforce.reconciler", "recompile_policy_map", "recompile"),
     ("plugin.enforce.reconciler", "Reconciler._end_denied_flows", "flows"),
     ("plugin.enforce.nftables.backend", "NftBackend.apply_policy", "apply_policy"),
@@ -39,6 +40,15 @@ STAGES = (
     ("plugin.enforce.nftables.netlink", "ElementWriter._send", "send"),
     ("plugin.driver.state", "State.put_network", "state"),
 )
+
+
+def stages_but(*labels: str) -> tuple:
+    """``POLICY_PATH`` without the stages labelled ``labels``."""
+    return tuple(s for s in POLICY_PATH if s[2] not in labels)
+
+
+#: what ``install`` times: every stage but ``_named_after`` (``bench.set_cpu`` times it)
+STAGES = stages_but("named after")
 _local = threading.local()
 
 
@@ -66,12 +76,18 @@ def _timed(fn, label: str, out: str = None):
 
 def install(out: str) -> None:
     """Wrap every stage of ``STAGES``; stamps of each request appended to ``out``."""
-    for module, path, label in STAGES:
+    wrap_stages(STAGES, lambda fn, label: _timed(fn, label, out if label == "request" else None))
+
+
+def wrap_stages(stages, wrap) -> None:
+    """Replace each stage's function ``fn`` of ``stages`` ((module, attribute path,
+    label) rows) by ``wrap(fn, label)``, where it is looked up (module or class)."""
+    for module, path, label in stages:
         owner = importlib.import_module(module)
         *outer, name = path.split(".")
         for part in outer:
             owner = getattr(owner, part)
-        setattr(owner, name, _timed(getattr(owner, name), label, out if label == "request" else None))
+        setattr(owner, name, wrap(getattr(owner, name), label))
 
 
 def _kind(stamps: dict) -> str:

@@ -120,13 +120,22 @@ class FqdnEntry(_Service):
 
     @property
     def key(self) -> tuple:
-        """What the datapath counts: ``("fqdn", identity, proto, lo, hi)``. A flow
-        carries no DNS name, so DNS rules of one segment with the same service
-        (whatever their names) share a key, as CIDR rules with one key do."""
-        return (FQDN_KEY, self.identity, self.proto, self.lo, self.hi)
+        """The rule's own counter key: ``("fqdn", identity, proto, lo, hi, rule)``. The
+        datapaths count a learned element's flows under its tag (the rules that taught
+        it, ``plugin.dns.store``); ``plugin.dns.views.learned_counters`` spreads them
+        to these keys."""
+        return (FQDN_KEY, self.identity, self.proto, self.lo, self.hi, self.rule)
+
+    @property
+    def service_key(self) -> tuple:
+        """``("fqdn", identity, proto, lo, hi)``: what a datapath counts a flow under when
+        it does not know which rules taught the address (tag 0)."""
+        return self.key[:5]
 
 
 FQDN_KEY = "fqdn"   # first field of FqdnEntry.key
+#: a datapath's counter of a learned element's tag: ``(FQDN_TAG_KEY, tag)`` (``plugin.dns.store``)
+FQDN_TAG_KEY = "fqdn-tag"
 
 
 @dataclass(frozen=True)
@@ -429,6 +438,6 @@ def allowing(pm: PolicyMap, src: int, dst: int, proto: str, port: int | None) ->
     return None
 
 
-__all__ = ["PolicyEntry", "CidrEntry", "FqdnEntry", "FQDN_KEY", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
+__all__ = ["PolicyEntry", "CidrEntry", "FqdnEntry", "FQDN_KEY", "FQDN_TAG_KEY", "Settings", "PolicyMap", "PolicyDelta", "compile_policy_map",
            "recompile_policy_map",
            "allowing", "INTRA", "INGRESS", "EGRESS", "OUTSIDE"]

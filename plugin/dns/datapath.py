@@ -30,7 +30,10 @@ class Grant:
     with ``proto`` (tcp, udp, icmp, any) on ports ``lo..hi`` until
     ``expires`` (Unix time, seconds). ``name``: the DNS name of the answer
     (informational: the kernel keeps it as the element's comment);
-    ``learned``: when the answer came, as far as a read-back knows (0: unknown)."""
+    ``learned``: when the answer came, as far as a read-back knows (0: unknown);
+    ``tag``: which DNS rules taught the element (``LearnedStore.tags``: the number the
+    datapath counts the flows it admits under; 0: unknown, counted for every DNS
+    rule of the segment and service)."""
 
     identity: int
     address: str
@@ -41,6 +44,7 @@ class Grant:
     expires: float = 0.0
     name: str = ""
     learned: float = field(default=0.0, compare=False)
+    tag: int = field(default=0, compare=False)
 
     @property
     def key(self) -> tuple:

@@ -242,6 +242,10 @@ class DnsService:
                 "refused": self.store.refused_total, "failures": learner.failures,
                 "bound_per_network": self.store.max_per_network, "bound_total": self.store.max_total}
 
+    def tags(self, network_id: str) -> dict:
+        """``tag -> frozenset of (identity, proto, lo, hi, rule)`` (``LearnedStore.tags``)."""
+        return self.store.tags(network_id)
+
     def admitted(self, network_id: str) -> dict:
         """``(identity, address) -> {(rule, proto, lo, hi)}``: the rules whose answers
         taught each address, in force or not any more (``LearnedStore.admitted``)."""

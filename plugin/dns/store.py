@@ -23,6 +23,14 @@ from one only a removed rule's answers admitted (it is cut):
 :meth:`LearnedStore.admitted`. At most ``max_per_network`` per network, the
 oldest forgotten first; those of removed rules once their flows were ended
 (:meth:`LearnedStore.settle`).
+
+Which rules taught an element is written with it, as a *tag* (``Grant.tag``): a
+number per network for one set of teachers ``(identity, proto, lo, hi, rule)``
+(:meth:`LearnedStore.tags`). The datapath counts the flows an element admits under
+its tag, so ``secnet show`` gives each DNS rule the flows its own answers opened,
+and a flow to an address two rules taught to both (U11-F3). An element is written
+again when a new rule teaches it; when a teacher's entry expires first, the
+element keeps its tag until it is written again.
 """
 from __future__ import annotations
 
@@ -32,7 +40,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable
 
 from plugin.envvars import env_int
@@ -44,6 +52,7 @@ MIN_TTL = 60
 MAX_TTL = 7 * 24 * 3600
 MAX_PER_NETWORK = 16384
 MAX_TOTAL = 65536
+MAX_TAG = 0xFFFF   # tags per network (eBPF keeps 16 bits); past it: 0, every rule of the service
 
 
 def settings_from_env(env=os.environ) -> dict:
@@ -86,6 +95,9 @@ class LearnedStore:
         self._elements: dict = {}  # network -> {Grant.key: {entry keys}}
         self._heap: list = []     # (expires, network, key)
         self._past: dict = {}     # network -> OrderedDict {(identity, rule, address): Grant}: dropped
+        self._tag_of: dict = {}   # network -> {(identity, (proto, lo, hi), frozenset of rules): tag}
+        self._teachers: dict = {}  # network -> {tag: frozenset of (identity, proto, lo, hi, rule)}
+        self._written: dict = {}  # network -> {Grant.key: the tag the datapath holds}
         self._count = 0
         self.refused_total = 0
         self._lock = threading.RLock()
@@ -117,6 +129,7 @@ class LearnedStore:
         holders.discard(key)
         if not holders:
             del elements[grant.key]
+            self._written.get(network, {}).pop(grant.key, None)
         if not entries:
             del self._nets[network], self._elements[network]
 
@@ -168,19 +181,59 @@ class LearnedStore:
                 continue
             else:
                 room_net, room_all = room_net - 1, room_all - 1
-            learned = Learned(found.address, found.name, now, expires)
-            grant = _grant(entry, found, expires)
-            plan.entries[key] = (learned, grant)
-            if self._element_expiry(network, grant.key) < expires:
-                plan.grants.append(grant)
+            plan.entries[key] = (Learned(found.address, found.name, now, expires), _grant(entry, found, expires))
+        self._plan_grants(plan)
         self.refused_total += len(plan.refused)
         return plan
+
+    def _plan_grants(self, plan: Plan) -> None:
+        """The writes ``plan`` needs: an element whose expiry grows or whose teachers change."""
+        news: dict = {}
+        for (_identity, rule, _address), (_learned, grant) in plan.entries.items():
+            news.setdefault(grant.key, []).append((rule, grant))
+        elements = self._elements.get(plan.network, {})
+        written = self._written.get(plan.network, {})
+        for element_key, pairs in news.items():
+            holders = elements.get(element_key, ())
+            tag = self._tag(plan.network, element_key, frozenset([r for r, _g in pairs] + [k[1] for k in holders]))
+            now_until = self._element_expiry(plan.network, element_key) if holders else 0.0
+            best = max((g for _r, g in pairs), key=lambda g: g.expires) if len(pairs) > 1 else pairs[0][1]
+            if now_until < best.expires or tag != written.get(element_key):
+                plan.grants.append(Grant(best.identity, best.address, best.family, best.proto, best.lo, best.hi,
+                                         max(now_until, best.expires), best.name, tag=tag))
+
+    def _tag(self, network: str, element_key: tuple, rules: frozenset) -> int:
+        """The tag of the DNS rules ``rules`` (texts) teaching an element of ``element_key``'s
+        segment and service in ``network`` (a new one the first time; 0 past MAX_TAG)."""
+        identity, _address, *service = element_key
+        key = (identity, tuple(service), rules)
+        tags = self._tag_of.setdefault(network, {})
+        tag = tags.get(key)
+        if tag is None:
+            known = self._teachers.setdefault(network, {})
+            tag = max(known, default=0) + 1
+            if tag > MAX_TAG:
+                return 0
+            tags[key], known[tag] = tag, frozenset((identity, *service, rule) for rule in rules)
+        return tag
+
+    @_locked
+    def tags(self, network: str) -> dict:
+        """``tag -> frozenset of (identity, proto, lo, hi, rule)``: the DNS rules (and their
+        segment and service) that taught the elements written with that tag."""
+        return dict(self._teachers.get(network, {}))
+
+    def _wrote(self, network: str, grants: Iterable[Grant]) -> None:
+        written = self._written.setdefault(network, {})
+        for g in grants:
+            written[g.key] = g.tag
 
     @_locked
     def commit(self, plan: Plan) -> None:
         """Record a plan whose grants are in force."""
         for key, value in plan.entries.items():
             self._put(plan.network, key, value)
+        self._wrote(plan.network, plan.grants)
 
     @_locked
     def expire(self, now: float | None = None) -> None:
@@ -211,9 +264,17 @@ class LearnedStore:
     def grants(self, network: str) -> list:
         """One grant per element the network should hold now, each with its longest expiry."""
         self.expire()
-        entries = self._nets.get(network, {})
-        return [max((entries[k][1] for k in holders), key=lambda g: g.expires)
-                for holders in self._elements.get(network, {}).values() if holders]
+        out = [self._element_grant(network, holders)
+               for holders in self._elements.get(network, {}).values() if holders]
+        self._wrote(network, out)
+        return out
+
+    def _element_grant(self, network: str, holders) -> Grant:
+        """The grant of an element held by ``holders`` (entry keys): the longest expiry, the
+        tag of its teachers."""
+        entries = self._nets[network]
+        best = max((entries[k][1] for k in holders), key=lambda g: g.expires)
+        return replace(best, tag=self._tag(network, best.key, frozenset(k[1] for k in holders)))
 
     @_locked
     def forget(self, network: str, keep_rules: Iterable[tuple] | None = None) -> tuple:
@@ -228,15 +289,16 @@ class LearnedStore:
         for k in doomed:
             self._drop(network, k)
         if keep_rules is None:   # the network is gone: nothing of it to remember
-            self._past.pop(network, None)
+            for table in (self._past, self._tag_of, self._teachers, self._written):
+                table.pop(network, None)
         revoke, regrant = [], []
         for element_key in sorted(touched):
             holders = self._elements.get(network, {}).get(element_key)
             if not holders:
                 revoke.append(element_key)
                 continue
-            best = max((self._nets[network][k][1] for k in holders), key=lambda g: g.expires)
-            regrant.append(best)
+            regrant.append(self._element_grant(network, holders))
+        self._wrote(network, regrant)
         return revoke, regrant
 
     @_locked
@@ -271,7 +333,21 @@ class LearnedStore:
                     self._put(network, (e.identity, e.rule, g.address),
                               (Learned(g.address, g.name, g.learned or now, g.expires), g))
                     count += 1
+            self._adopt_tag(network, g, named or same)
         return count
+
+    def _adopt_tag(self, network: str, grant: Grant, fqdns: list) -> None:
+        """Learn what the kernel's tag of ``grant`` meant: the rules it is attributed to
+        (a restarted daemon; a tag seen first wins)."""
+        if not grant.tag or not fqdns:
+            return
+        self._written.setdefault(network, {})[grant.key] = grant.tag
+        if grant.tag in self._teachers.get(network, {}):
+            return
+        rules = frozenset(e.rule for e in fqdns)   # all of grant's segment and service (restore)
+        service = (grant.proto, grant.lo, grant.hi)
+        self._teachers.setdefault(network, {})[grant.tag] = frozenset((grant.identity, *service, r) for r in rules)
+        self._tag_of.setdefault(network, {}).setdefault((grant.identity, service, rules), grant.tag)
 
 
 def _grant(entry, found: Address, expires: float) -> Grant:

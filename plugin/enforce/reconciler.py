@@ -37,6 +37,7 @@ from segmentation.rules import segment_mentions
 from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
 from plugin.enforce.identities import allocate, idle_kept, named_after
 from plugin.kernel.conntrack import own_addresses
+from plugin.dns.views import learned_counters
 
 log = logging.getLogger(__name__)
 LINK_LOCAL = "fe80::/10"   # members' own link-local addresses (conntrack.own_addresses)
@@ -275,8 +276,10 @@ class Reconciler:
             return list(self._real(net).ports.values())
 
     def counters(self, net) -> Counters:
+        """The backend's counters, a DNS rule's under its own key (``learned_counters``)."""
         real = self._real(net)
-        return self.backend(net).counters(real.spec)
+        tags = self.dns.tags(net.id) if self.dns is not None else {}
+        return learned_counters(self.backend(net).counters(real.spec), real.policy, tags)
 
     # --- internals -------------------------------------------------------
     def _real(self, net) -> Realized:

@@ -16,6 +16,7 @@ import pytest
 import flow_helpers
 import helpers as h
 import workers
+from workers import pytest_runtest_protocol  # noqa: F401  (the run-wide lock: a hook)
 
 
 #: every datapath the e2e behaviour tests run on (`secnet.backend`)
@@ -35,18 +36,6 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "/tests/e2e/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    """Under xdist, each test runs inside the run-wide lock of tests/e2e/workers.py:
-    shared, or alone when marked ``exclusive`` (set-up and teardown included)."""
-    workers.acquire(workers.mode_of(item))
-    try:
-        return (yield)
-    finally:
-        if not workers.keep_for(item, nextitem):
-            workers.release()
 
 
 @pytest.fixture(scope="session", autouse=True)

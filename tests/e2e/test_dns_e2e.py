@@ -72,6 +72,8 @@ def test_names_wildcards_cname_and_segments(make_network, run_container, outside
     show = secnet_json("show", net.name)
     learned = {(a["segment"], a["address"]) for r in show["dns"] for a in r["addresses"]}
     assert learned == {("web", f"{outside.net}.5"), ("web", f"{outside.net}.8"), ("web", f"{outside.net}.7")}
+    counted = {r["rule"]: r["packets"] for r in show["rules"]}
+    assert [counted[r] for r in rules.split()] == [1, 1, 1], counted   # each its own flow (U11-F3)
     why = secnet_json("explain", net.name, web.name, f"{outside.net}.5", "tcp/443")
     assert why["allowed"] and why["rule"] == "web->dns(api.e2e.test):tcp/443"
     assert why["answer"]["name"] == "api.e2e.test"

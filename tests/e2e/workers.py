@@ -32,6 +32,8 @@ import os
 from pathlib import Path
 from typing import Optional
 
+import pytest
+
 SHARED, EXCLUSIVE = "shared", "exclusive"
 
 _held: Optional[str] = None      # the mode this worker holds now, None when none
@@ -87,6 +89,19 @@ def keep_for(item, nextitem) -> bool:
     """Keep an exclusive lock into ``nextitem``: it is exclusive too, in the same module."""
     return (nextitem is not None and mode_of(item) == EXCLUSIVE and mode_of(nextitem) == EXCLUSIVE
             and nextitem.module is item.module)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under xdist, each test runs inside the run-wide lock: shared, or alone when
+    marked ``exclusive`` (set-up and teardown included). A conftest takes this hook
+    in by importing it (``from workers import pytest_runtest_protocol``)."""
+    acquire(mode_of(item))
+    try:
+        return (yield)
+    finally:
+        if not keep_for(item, nextitem):
+            release()
 
 
 def require_exclusive(what: str) -> None:

@@ -28,6 +28,7 @@ from nsfixtures import BRIDGE, NET_ID, InNamespace
 from packets import ns_socket, sh
 from plugin.enforce.nftables.dnsmarks import AnswerMarks
 from plugin.dns.service import DnsService
+from plugin.dns.views import learned_counters
 from plugin.dns.store import LearnedStore
 from plugin.enforce.nftables.runner import NftRunner
 
@@ -167,7 +168,7 @@ class DnsRig:
         sh("ip", "-n", host, "-6", "route", "add", TARGETS6, "via", lab.outside.ip6)
         self.server = DnsServer(out, (DNS4, DNS6))
         self.echo = Echo(out)
-        self.service = None
+        self.service = self.store = None
 
     def start(self) -> InNamespace:
         """A DnsService (a daemon's) in the host namespace, told the lab's network."""
@@ -177,7 +178,7 @@ class DnsRig:
 
     def serve(self) -> InNamespace:
         """A DnsService in the host namespace, told nothing (a reconciler tells it)."""
-        store = LearnedStore(min_ttl=self.min_ttl, max_per_network=self.max_per_network)
+        store = self.store = LearnedStore(min_ttl=self.min_ttl, max_per_network=self.max_per_network)
         prefix = ("ip", "netns", "exec", self.lab.host)
         self.service = InNamespace(self.lab.host, lambda: DnsService(
             AnswerMarks(NftRunner(), QUEUE, prefix=prefix), store=store))
@@ -202,6 +203,10 @@ class DnsRig:
 
     def learned(self) -> list:
         return self.lab.backend.learned(NET_ID)
+
+    def counters(self):
+        """The lab's counters as the reconciler gives them: a DNS rule's under its own key."""
+        return learned_counters(self.lab.counters(), self.lab.policy, self.store.tags(NET_ID))
 
     def queue_rules(self) -> int:
         out = sh("ip", "netns", "exec", self.lab.host, "iptables", "-t", "mangle", "-S").stdout

@@ -171,6 +171,37 @@ def test_one_element_for_two_rules_lives_as_long_as_the_longest():
     assert len(store) == 0
 
 
+def test_an_element_is_written_with_the_tag_of_the_rules_that_taught_it():
+    """U11-F3: the tag names the teaching rules; a second rule teaching the element writes
+    it again under a new tag (also when the expiry does not grow), a removed one too."""
+    other = FqdnEntry(WEB, "*.example.test", "tcp", 443, 443, "web->dns(*.example.test):tcp/443")
+    store = LearnedStore(min_ttl=1, clock=Clock())
+    (one,) = learn(store, (ENTRY, found(ttl=100))).grants
+    (both,) = learn(store, (other, found(ttl=50))).grants
+    assert both.expires == one.expires, "the element keeps the longer expiry"
+    tags = store.tags("n1")
+    teacher = (WEB, "tcp", 443, 443)
+    assert tags[one.tag] == {teacher + (RULE,)} and tags[both.tag] == {teacher + (RULE,), teacher + (other.rule,)}
+    assert learn(store, (ENTRY, found(ttl=10)), (other, found(ttl=10))).grants == []   # nothing new
+    assert learn(store, (ENTRY, found("10.229.0.6")), network="n2").grants[0].tag == 1   # per network
+    _revoke, (regrant,) = store.forget("n1", {(WEB, RULE)})
+    assert regrant.tag == one.tag, "the wildcard rule is gone: its tag goes from the element"
+    assert [g.tag for g in store.grants("n1")] == [one.tag]
+    store.forget("n1")
+    assert store.tags("n1") == {}
+
+
+def test_restore_adopts_the_kernels_tags():
+    clock = Clock()
+    store = LearnedStore(min_ttl=1, clock=clock)
+    grant = Grant(WEB, "10.229.0.5", 4, "tcp", 443, 443, clock.now + 30, "api.example.test", tag=7)
+    assert store.restore("n1", [grant], [ENTRY, WILD]) == 1
+    assert store.tags("n1") == {7: {(WEB, "tcp", 443, 443, RULE)}}
+    assert learn(store, (ENTRY, found(ttl=10))).grants == [], "the element holds that tag already"
+    (new,) = learn(store, (ENTRY, found("10.229.0.6"))).grants
+    assert new.tag == 7, "the same teachers, the same tag"
+
+
 def test_restore_attributes_elements_by_service_and_name():
     clock = Clock()
     store = LearnedStore(clock=clock)
@@ -253,15 +284,15 @@ def test_learner_failure_teaches_nothing_and_does_not_raise():
 
 @pytest.mark.parametrize("grant, target, text", [
     (Grant(WEB, "fd00:229::5", 6, "icmp", 0, 0, 1060.4, 'we"ird.test'), "fqdn6_proto",
-     '257 . fd00:229::5 . 58 timeout 61s comment "we?ird.test"'),
-    (Grant(WEB, "10.229.0.5", 4, "tcp", 443, 443, 1001.0, "a.test"), "fqdn4_port",
-     '257 . 10.229.0.5 . 6 . 443 timeout 1s comment "a.test"'),
+     '257 . fd00:229::5 . 58 timeout 61s comment "we?ird.test" : 0'),
+    (Grant(WEB, "10.229.0.5", 4, "tcp", 443, 443, 1001.0, "a.test", tag=7), "fqdn4_port",
+     '257 . 10.229.0.5 . 6 . 443 timeout 1s comment "a.test" : 7'),
     (Grant(WEB, "10.229.0.5", 4, "tcp", 0, 65535, 1001.0, "a.test"), "fqdn4_proto",
-     '257 . 10.229.0.5 . 6 timeout 1s comment "a.test"'),
+     '257 . 10.229.0.5 . 6 timeout 1s comment "a.test" : 0'),
     (Grant(WEB, "10.229.0.5", 4, "any", 0, 0, 1001.0, "a.test"), "fqdn4_any",
-     '257 . 10.229.0.5 timeout 1s comment "a.test"'),
+     '257 . 10.229.0.5 timeout 1s comment "a.test" : 0'),
     (Grant(WEB, "10.229.0.5", 4, "udp", 1000, 2000, 1000.5, "A.test"), "fqdn4_range",
-     '257 . 10.229.0.5 . 17-17 . 1000-2000 timeout 1s comment "a.test"'),
+     '257 . 10.229.0.5 . 17-17 . 1000-2000 timeout 1s comment "a.test" : 0'),
 ])
 def test_element_text_per_set_kind(grant, target, text):
     assert nft._target("t", grant) == f"inet t {target}"
@@ -281,6 +312,7 @@ def test_listed_elements_parse_back(kind, fields, proto, lo, hi):
     assert (g.identity, g.proto, g.lo, g.hi, g.expires, g.name) == (257, proto, lo, hi, 1030.0, "a.test")
     assert g.learned == 970.0
     assert nft._parse_elem(4, kind, {"elem": {"val": {"concat": fields[:1]}}}, 1000.0) is None
+    assert g.tag == 0 and nft._parse_elem(4, kind, [elem, 9], 1000.0).tag == 9   # a map's [key, tag]
 
 
 # --- the store against a model ---------------------------------------------------------
@@ -432,5 +464,51 @@ def test_nft_allow_is_one_add_where_the_kernel_updates_timeouts(updates, lines):
     (script,) = runner.scripts
     port, rng = script.splitlines()[:lines], script.splitlines()[lines:]
     assert port[0] == ('add element inet secnet_x fqdn4_port { 257 . 10.238.0.5 . 6 . 443 timeout 60s '
-                       'comment "a.test" }')
+                       'comment "a.test" : 0 }')
     assert [line.split()[0] for line in rng] == ["add", "delete", "add"]   # an interval set: always
+
+
+def test_nft_a_new_tag_replaces_the_element_and_adds_the_tag_to_the_counter_set():
+    """A map element's value cannot change by an add (EEXIST): the old value's add makes
+    sure the delete finds it, then the new one; the tag's counter element comes along."""
+    runner = Runner()
+    sets = nft.NftFqdnSets(runner, lambda net: "secnet_x", clock=lambda: 1000.0, updates_timeout=True)
+    grant = Grant(257, "10.238.0.5", 4, "tcp", 443, 443, 1060.0, "a.test", tag=3)
+    sets.allow("n", [grant])
+    sets.allow("n", [dataclasses.replace(grant, tag=4)])
+    sets.revoke("n", [grant.key])
+    sets.allow("n", [grant])
+    first, second, revoke, again = [script.splitlines() for script in runner.scripts]
+    assert again == first[:1], "tag 3's counter element is there already"
+    assert first == ['add element inet secnet_x fqdn4_port { 257 . 10.238.0.5 . 6 . 443 timeout 60s '
+                     'comment "a.test" : 3 }', "add element inet secnet_x fqdn_tags { 3 }"]
+    key = "secnet_x fqdn4_port { 257 . 10.238.0.5 . 6 . 443"
+    assert second == [f'add element inet {key} timeout 60s comment "a.test" : 3 }}', f"delete element inet {key} }}",
+                      f'add element inet {key} timeout 60s comment "a.test" : 4 }}',
+                      "add element inet secnet_x fqdn_tags { 4 }"]
+    assert revoke[0].endswith(": 4 }") and revoke[1].startswith("delete element")
+
+
+class ListingRunner(Runner):
+    """nft as a table of FORMAT 9 answers it: the learned sets are sets, not maps."""
+
+    def list_json(self, kind, _family, _table, name):
+        if kind == "map":
+            raise nft.NftError(f"nft list map inet t {name} failed: No such file or directory")
+        if name != "fqdn4_port":
+            return {"nftables": []}
+        elem = {"elem": {"val": {"concat": [257, "10.238.0.5", "tcp", 443]}, "timeout": 60, "expires": 50}}
+        return {"nftables": [{"set": {"name": name, "elem": [elem]}}]}
+
+
+def test_nft_an_upgrade_reads_the_old_sets_and_rewrites_their_elements_with_a_tag():
+    """A table of FORMAT 9 (sets, no tags): the rebuild keeps its elements (tag 0); the
+    next write of one goes through the value it was kept with."""
+    runner = ListingRunner()
+    sets = nft.NftFqdnSets(runner, lambda net: "t", clock=lambda: 1000.0, updates_timeout=True)
+    (grant,) = sets.learned("n")
+    assert (grant.address, grant.tag, grant.expires) == ("10.238.0.5", 0, 1050.0)
+    assert nft.keep_script("t", [grant], 1000.0) == ('add element inet t fqdn4_port { 257 . 10.238.0.5 . 6 . 443 '
+                                                    'timeout 50s comment "" : 0 }\n')
+    sets.allow("n", [dataclasses.replace(grant, tag=2)])
+    assert [line.split(" : ")[-1] for line in runner.scripts[0].splitlines()[::2]] == ["0 }", "2 }"]

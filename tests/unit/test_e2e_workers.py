@@ -13,17 +13,9 @@ from pathlib import Path
 WORKERS = Path(__file__).resolve().parents[1] / "e2e" / "workers.py"
 
 CONFTEST = '''
-import pytest, workers
+from workers import pytest_runtest_protocol  # the e2e tier's hook itself
 def pytest_configure(config):
     config.addinivalue_line("markers", "exclusive: runs alone")
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    workers.acquire(workers.mode_of(item))
-    try:
-        return (yield)
-    finally:
-        if not workers.keep_for(item, nextitem):
-            workers.release()
 '''
 
 RECORD = '''

@@ -17,7 +17,7 @@ from plugin.enforce.ebpf import maps
 from plugin.enforce.ebpf.backend import group_index
 from segmentation.identities import QUARANTINED
 from segmentation.options import NetworkOptions
-from segmentation.policymap import CidrEntry, FqdnEntry, PolicyEntry, allowing, compile_policy_map
+from segmentation.policymap import FQDN_TAG_KEY, CidrEntry, FqdnEntry, PolicyEntry, allowing, compile_policy_map
 from segmentation.rules import parse_rules
 
 
@@ -183,7 +183,9 @@ def test_count_target_maps_counters_back_to_policy_keys():
     assert maps.count_target(key) == entry.key   # the key alone: no rule needed to match it
     dns = FqdnEntry(256, "api.example.com", "tcp", 443, 443, "web->dns(api.example.com):tcp/443")
     key = maps.COUNT_KEY.pack(maps.CK_FQDN, 0, 6, 0, 256, 0, 443, 443, 0, bytes(16))
-    assert maps.count_target(key) == dns.key
+    assert maps.count_target(key) == dns.service_key   # tag 0: not known which rules
+    key = maps.COUNT_KEY.pack(maps.CK_FQDN, 0, 6, 0, 256, 12, 443, 443, 0, bytes(16))
+    assert maps.count_target(key) == (FQDN_TAG_KEY, 12)   # dst: the tag of the rules that taught it
 
 
 # --- CIDR entries ----------------------------------------------------------------------

@@ -17,7 +17,7 @@ def _elements(name: str):
 
 
 def test_the_policy_sets_have_a_bulk_encoder_and_the_others_none():
-    assert {"pol_port", "pol_proto", "pol_icmp", "pol_any", "fq_port", "restricted"} <= set(BULK_SETS)
+    assert {"pol_port", "pol_proto", "pol_icmp", "pol_any", "restricted"} <= set(BULK_SETS)
     for name in ("pol_range", "id4", "eg4", "veths", "macs"):
         assert netlink.bulk_encoder(name) is None
     assert netlink.bulk_encoder("id4", key_only=True) is None   # an address key: one by one

@@ -6,14 +6,12 @@ import itertools
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from plugin.dns.datapath import Grant
 from plugin.enforce.backend import Port
-from plugin.enforce.nftables import fqdn
 from plugin.enforce.nftables.backend import NftBackend
 from plugin.enforce.nftables.elements import (
     SCHEMAS, PolicyElements, apply_delta, diff, disjoint, port_elements, ports_elements)
 from segmentation.identities import PENDING, QUARANTINED
-from segmentation.policymap import CidrEntry, FqdnEntry, PolicyEntry
+from segmentation.policymap import CidrEntry, PolicyEntry
 
 
 def test_disjoint_cuts_overlaps_and_keeps_who_covers_what():
@@ -103,34 +101,6 @@ def test_overlapping_rules_share_the_piece_they_both_cover():
     pieces = PolicyElements.of({a, b}).attribution()["pol_range"]
     assert pieces[((256, 256), (257, 257), (6, 6), (85, 90))] == {a.key, b.key}
     assert pieces[((256, 256), (257, 257), (6, 6), (70, 84))] == {a.key}
-
-
-def test_dns_rules_get_counter_elements_by_segment_and_service():
-    port = FqdnEntry(256, "api.example.com", "tcp", 443, 443, "web->dns(api.example.com):tcp/443")
-    same = FqdnEntry(256, "*.example.org", "tcp", 443, 443, "web->dns(*.example.org):tcp/443")
-    every = FqdnEntry(256, "a.test", "udp", 0, 65535, "web->dns(a.test):udp")
-    echo = FqdnEntry(256, "a.test", "icmp", 0, 0, "web->dns(a.test):icmp")
-    anything = FqdnEntry(257, "a.test", "any", 0, 0, "api->dns(a.test)")
-    low = FqdnEntry(256, "a.test", "tcp", 70, 90, "web->dns(a.test):tcp/70-90")
-    high = FqdnEntry(256, "b.test", "tcp", 85, 100, "web->dns(b.test):tcp/85-100")
-    got = PolicyElements.of({port, same, every, echo, anything, low, high}).attribution()
-    assert port.key == same.key and port.key != low.key
-    assert got["fq_port"] == {(256, 6, 443): {port.key}}
-    assert got["fq_proto"] == {(256, 17): {every.key}}
-    assert got["fq_icmp"] == {(256,): {echo.key}}
-    assert got["fq_any"] == {(257,): {anything.key}}
-    assert got["fq_range"] == {((256, 256), (6, 6), (70, 84)): {low.key},
-                               ((256, 256), (6, 6), (85, 90)): {low.key, high.key},
-                               ((256, 256), (6, 6), (91, 100)): {high.key}}
-
-
-@pytest.mark.parametrize("proto,lo,hi", [("tcp", 443, 443), ("udp", 0, 65535), ("icmp", 0, 0),
-                                         ("any", 0, 0), ("tcp", 70, 90)])
-def test_a_dns_rules_counter_set_is_the_one_its_learned_set_kind_counts_in(proto, lo, hi):
-    entry = FqdnEntry(256, "a.test", proto, lo, hi, "rule")
-    (name,) = [n for n, els in PolicyElements.of({entry}).attribution().items() if els]
-    kind = fqdn.kind_of(Grant(256, "10.200.0.1", 4, proto, lo, hi))
-    assert any(f"@{name}" in rule for rule in fqdn.COUNT_RULES[kind])
 
 
 def _nonempty(elements: dict) -> dict:

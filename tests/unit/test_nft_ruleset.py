@@ -22,7 +22,7 @@ def script(rules: str = "", **opts) -> str:
     options = parse_network_options({"secnet.allow": rules, **opts})
     ids = {"web": 256, "api": 257, "default": 258}
     policy = compile_policy_map(options, ids)
-    every = {**PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns).flat(), **setting_elements(policy, "enforce")}
+    every = {**PolicyElements.of(policy.entries | policy.cidrs).flat(), **setting_elements(policy, "enforce")}
     return ruleset.network_script(NID, NET, every)
 
 
@@ -157,15 +157,19 @@ def NET_port():
                 published=(("tcp", "", 8080, 80),))
 
 
-def test_a_flow_a_learned_address_admitted_counts_for_its_dns_rule_then_passes():
+def test_a_flow_a_learned_address_admitted_counts_under_its_tag_then_passes():
+    """Each learned-map lookup sets the packet mark to the element's tag (the DNS rules
+    that taught it) and goes to fqdn_count, which counts it in fqdn_tags, then passes."""
     text = script("web->dns(api.example.com):tcp/443", **{"secnet.egress": "deny"})
     body = tables(text)["inet"]
     egress = chain(body, "egress")
     for kind in fqdn.KINDS:
-        assert f"goto fqdn_{kind}" in egress
-        rules = [r.strip() for r in chain(body, f"fqdn_{kind}").splitlines()[1:]]
-        assert rules[-1] == "goto pass" and all(r.endswith("goto pass") for r in rules), rules
-    assert "add element inet secnet_0123456789ab fq_port { 0x100 . tcp . 443 }" in text
+        assert f"map @fqdn4_{kind} ct mark set ct mark | 0x00800000 goto fqdn_count" in egress
+    rules = [r.strip() for r in chain(body, "fqdn_count").splitlines()[1:]]
+    assert rules == ["meta mark @fqdn_tags goto pass", "goto pass"], rules
+    assert "map fqdn4_port { type mark . ipv4_addr . inet_proto . inet_service : mark;" in body
+    assert "set fqdn_tags { type mark; counter; }" in body
+    assert "fq_port" not in text   # DNS rules have no policy elements: their flows count by tag
 
 
 def _chain(body: str, name: str) -> list:

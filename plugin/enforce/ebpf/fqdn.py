@@ -4,7 +4,7 @@ Kernel background. A learned address (``plugin.dns.datapath.Grant``) is
 one or more prefixes of the network's ``fqdn`` map (bpf/lib/common.h)::
 
     key   (prefixlen, identity:2, family:1, address:16, L4 code:1, port:2, 0:2)
-    value (expires: boot-time ns, lo, hi, L4 code, the DNS name answered)
+    value (expires: boot-time ns, lo, hi, L4 code, tag, the DNS name answered)
 
 ``any`` is the 152-bit prefix, a protocol with all ports (and icmp) 160
 bits, a port range the prefixes that cover it (``maps.port_prefixes``). The
@@ -40,7 +40,7 @@ CT_REPLY, CT_FQDN, KIND_EGRESS = 1, 4, 2        # bpf/lib/common.h
 CT_PROTOS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 KEY = struct.Struct("<I24s")
 _DATA = struct.Struct(">HB16sBH2x")
-VAL = struct.Struct("<QHHB3x128s")
+VAL = struct.Struct("<QHHBxH128s")   # the tag: Grant.tag, counted under (CK_FQDN, dst = tag)
 ANY_BITS, L4_BITS = 152, 160
 
 
@@ -62,16 +62,16 @@ def prefixes(grant: Grant) -> list:
 
 def value(grant: Grant, now: float, boot: int) -> bytes:
     expires = boot + int((grant.expires - now) * 1e9)
-    return VAL.pack(expires, grant.lo, grant.hi, L4[grant.proto], grant.name.encode()[:127])
+    return VAL.pack(expires, grant.lo, grant.hi, L4[grant.proto], grant.tag, grant.name.encode()[:127])
 
 
 def grant_of(key: bytes, raw: bytes, now: float, boot: int) -> Grant:
     """The grant an entry was written for."""
     _plen, identity, family, addr, _code, _port = struct.unpack("<I", key[:4]) + _DATA.unpack(key[4:])
-    expires, lo, hi, code, name = VAL.unpack(raw)
+    expires, lo, hi, code, tag, name = VAL.unpack(raw)
     address = str(ipaddress.ip_address(addr[:4] if family == 4 else addr))
     return Grant(identity, address, family, L4_NAMES[code], lo, hi, now + (expires - boot) / 1e9,
-                 name.rstrip(b"\0").decode(errors="replace"))
+                 name.rstrip(b"\0").decode(errors="replace"), tag=tag)
 
 
 def _identity(key: bytes) -> int:

@@ -34,7 +34,7 @@ import struct
 from typing import Iterable, Mapping
 
 from segmentation.identities import HOST
-from segmentation.policymap import EGRESS, FQDN_KEY, INGRESS, CidrEntry, PolicyMap
+from segmentation.policymap import EGRESS, FQDN_KEY, FQDN_TAG_KEY, INGRESS, CidrEntry, PolicyMap
 
 from plugin.enforce import backend
 
@@ -374,15 +374,16 @@ def restricted_unversioned(key: bytes) -> tuple:
 
 def count_target(key: bytes, cidrs: Iterable[CidrEntry] = ()):
     """The policy-map key an ``allowed`` counter belongs to: ``PolicyEntry.key``,
-    ``FqdnEntry.key`` (a learned DNS address's grant),
+    ``(FQDN_TAG_KEY, tag)`` of a learned DNS address's grant (``FqdnEntry.service_key``
+    when its tag is 0: not known),
     the ``CidrEntry.key`` of the matching entry of ``cidrs`` (of an entry with
     rule ``""`` when none matches), or None."""
     kind, direction, proto, family, src, dst, lo, hi, plen, addr = COUNT_KEY.unpack(key)
     name = L4_NAMES.get(proto)
     if kind == CK_POLICY and name:
         return (src, dst, name, lo, hi)
-    if kind == CK_FQDN and name:
-        return (FQDN_KEY, src, name, lo, hi)
+    if kind == CK_FQDN and name:   # dst: the tag of the rules that taught the address
+        return (FQDN_TAG_KEY, dst) if dst else (FQDN_KEY, src, name, lo, hi)
     if kind != CK_CIDR or name is None or direction not in DIRECTION_NAMES:
         return None
     raw = addr[:4] if family == 4 else addr

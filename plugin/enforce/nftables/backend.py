@@ -146,8 +146,8 @@ class NftBackend(fqdn.FqdnMethods):
                 return
             # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
             elements = real.policy_elements.change(
-                delta.entries_added | delta.cidrs_added | delta.fqdns_added,
-                delta.entries_removed | delta.cidrs_removed | delta.fqdns_removed)
+                delta.entries_added | delta.cidrs_added,   # DNS rules: counted by tag (fqdn)
+                delta.entries_removed | delta.cidrs_removed)
             settings = setting_elements(policy, net.mode)
             diff(real.settings, settings, changed)
             changed.delete.update(elements.delete)
@@ -178,6 +178,7 @@ class NftBackend(fqdn.FqdnMethods):
             self._apply(ruleset.delete_script(network_id))
             self._nets.pop(network_id, None)
             self._references.pop(network_id, None)
+            self.fqdn.forget(network_id)
 
     # --- reads ------------------------------------------------------------------------------
     def networks(self) -> set:
@@ -254,8 +255,9 @@ class NftBackend(fqdn.FqdnMethods):
             except (NftError, OSError):
                 return Counters()
             by_rule = self._rule_counters(table)
-        allowed: dict = {}
-        once: dict = {}   # an element's counter given to one of its keys: pair totals add it once
+            learned = fqdn.tag_counters(self.runner, table)
+        allowed: dict = dict(learned)   # (FQDN_TAG_KEY, tag): spread to rules by the reconciler
+        once: dict = dict(learned)      # an element's counter given to one of its keys: pair totals add it once
         for name, els in attribution.items():
             for element, keys in els.items():
                 count = counts.get(name, {}).get(element)
@@ -405,7 +407,7 @@ class NftBackend(fqdn.FqdnMethods):
                 real.ports == {p.endpoint_id: p for p in ports}:
             elements, port_sets, settings = real.policy_elements, real.port_sets, real.settings
         else:
-            elements = PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns)
+            elements = PolicyElements.of(policy.entries | policy.cidrs)
             port_sets, settings = ports_elements(ports), setting_elements(policy, net.mode)
         want = {**elements.flat(), **settings}
         for name in kernel.desired_sets():
@@ -417,7 +419,7 @@ class NftBackend(fqdn.FqdnMethods):
 
 def _realize(net: NetworkSpec, policy: PolicyMap, ports: dict) -> _Realized:
     """What a whole write of ``net`` leaves in the kernel (``ports``: endpoint id -> Port)."""
-    elements = PolicyElements.of(policy.entries | policy.cidrs | policy.fqdns)
+    elements = PolicyElements.of(policy.entries | policy.cidrs)
     real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
     real.port_sets = ports_elements(ports.values())
     return real

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Optional
 
 from segmentation.identities import QUARANTINED
-from segmentation.policymap import EGRESS, FqdnEntry, PolicyEntry
+from segmentation.policymap import EGRESS, PolicyEntry
 from segmentation.protocols import ANY, FLOW, ICMP
 
 from plugin.enforce.backend import link_local
@@ -62,12 +62,6 @@ for _fam in (4, 6):
     _schema("inet", f"in{_fam}_any", (_ip, "mark"), interval=True)
     _schema("inet", f"pub{_fam}", (_ip, "proto", "port"), (_ip, "port"), interval=True)
 _schema("inet", "restricted", ("mark",))
-# counters of dns(...) rules: the segment and the rule's service, one set per kind of the
-# learned-address sets (``fqdn``); a flow a learned address admitted is looked up in one
-for _name, _key in (("fq_port", ("mark", "proto", "port")), ("fq_proto", ("mark", "proto")),
-                    ("fq_icmp", ("mark",)), ("fq_any", ("mark",))):
-    _schema("inet", _name, _key)
-_schema("inet", "fq_range", ("mark", "proto", "port"), interval=True)
 for _name in ("egress_allow", "internal", "audit"):
     _schema("inet", _name, ("zero",))
 for _name in ("veths", "ports", "quarantined"):
@@ -87,8 +81,7 @@ for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.p
 
 _INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
-    f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any")) + (
-    "fq_port", "fq_range", "fq_proto", "fq_icmp", "fq_any")
+    f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any"))
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit", "intra")
 PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
              "na6", "ll6", "arp4", "pid", "pidk")
@@ -114,28 +107,12 @@ def entry_group(entry) -> tuple:
         if lo == 0 and hi == 65535:
             return "pol_proto", (src, dst, number)
         return "pol_range", (src, dst, number)
-    if entry.__class__ is FqdnEntry:
-        return _fqdn_group(entry)
     base = f"{'eg' if entry.direction == EGRESS else 'in'}{entry.family}"
     if entry.proto == ANY:
         return base + "_any", (entry.identity,)
     if entry.proto == ICMP.name:
         return base + "_icmp", (entry.identity,)
     return base, (entry.identity, FLOW[entry.proto].number4)
-
-
-def _fqdn_group(entry: FqdnEntry) -> tuple:
-    """The counter set of a DNS rule: as ``fqdn.kind_of`` picks its learned-address set."""
-    if entry.proto == ANY:
-        return "fq_any", (entry.identity,)
-    if entry.proto == ICMP.name:
-        return "fq_icmp", (entry.identity,)
-    number = _NUMBERS[entry.proto]
-    if (entry.lo, entry.hi) == FULL:
-        return "fq_proto", (entry.identity, number)
-    if entry.lo == entry.hi:
-        return "fq_port", (entry.identity, number, entry.lo)
-    return "fq_range", (entry.identity, number)
 
 
 def attribution_key(entry):
@@ -150,7 +127,7 @@ def _cidr_range(cidr: str) -> tuple:
 
 def _box(name: str, group: tuple, entry) -> tuple:
     """The box (one (lo, hi) per cut dimension) an entry covers in its group."""
-    if name in ("pol_range", "fq_range"):
+    if name == "pol_range":
         return ((entry.lo, entry.hi),)
     if name.endswith(("_any", "_icmp")):
         return (_cidr_range(entry.cidr),)
@@ -162,9 +139,6 @@ def _element(name: str, group: tuple, box: tuple) -> tuple:
     if name == "pol_range":
         src, dst, proto = group
         return ((src, src), (dst, dst), (proto, proto), box[0])
-    if name == "fq_range":
-        ident, proto = group
-        return ((ident, ident), (proto, proto), box[0])
     ident = (group[0], group[0])
     if name.endswith(("_any", "_icmp")):
         return (ident, box[0]) if name.startswith("eg") else (box[0], ident)

@@ -1,17 +1,25 @@
 """The nftables side of DNS-name rules: sets with element timeouts and their lookups.
 
 Kernel background. A learned address is an element with a timeout in one of
-four sets per family, by the shape of the rule's service (a hash set is
-written in about 0.1 ms, an interval set needs about 2 ms because nft reads
+four maps per family, by the shape of the rule's service (a hash map is
+written in about 0.1 ms, an interval map needs about 2 ms because nft reads
 its elements back before a delete; most DNS rules name one port or none)::
 
-    set fqdn4_port  { type mark . ipv4_addr . inet_proto . inet_service; flags timeout; }  # tcp/443
-    set fqdn4_proto { type mark . ipv4_addr . inet_proto; flags timeout; }    # tcp, udp, icmp
-    set fqdn4_any   { type mark . ipv4_addr; flags timeout; }                 # any
-    set fqdn4_range { type mark . ipv4_addr . inet_proto . inet_service; flags interval, timeout; }
+    map fqdn4_port  { type mark . ipv4_addr . inet_proto . inet_service : mark; flags timeout; }  # tcp/443
+    map fqdn4_proto { type mark . ipv4_addr . inet_proto : mark; flags timeout; }    # tcp, udp, icmp
+    map fqdn4_any   { type mark . ipv4_addr : mark; flags timeout; }                 # any
+    map fqdn4_range { type mark . ipv4_addr . inet_proto . inet_service : mark; flags interval, timeout; }
 
-An element ``257 . 10.210.0.5 . 6 . 443 timeout 60s comment "api.example.com"``
-lets identity 257 open tcp/443 flows to 10.210.0.5 for 60 s. ``icmp`` is
+An element ``257 . 10.210.0.5 . 6 . 443 timeout 60s comment "api.example.com" : 3``
+lets identity 257 open tcp/443 flows to 10.210.0.5 for 60 s; 3 is its *tag*, the
+DNS rules that taught it (``plugin.dns.store``). The lookup sets the packet mark
+to the tag (``meta mark set KEY map @fqdn4_port``: no element, no match), and chain
+``fqdn_count`` counts the flow in the counter set ``fqdn_tags`` (one element per
+tag, no timeout: counts outlive the addresses), which ``secnet show`` spreads to
+the rules (``plugin.dns.views.learned_counters``). An ``add`` cannot change a map
+element's value (EEXIST, nft 1.0.6 / this kernel: checked), so a new tag is
+``add`` (the old value); ``delete``; ``add`` (the new one): ``NftFqdnSets``
+remembers what it wrote (and what a read-back found). ``icmp`` is
 protocol 1 (IPv4) or 58 (IPv6), looked up for echo requests only (as every
 ``icmp`` rule; eBPF alike). The kernel removes an element when its
 timeout runs out; conntrack lets the flows it admitted go on. A refresh (or
@@ -38,13 +46,14 @@ import time
 from typing import Sequence
 
 from plugin.dns.datapath import Grant
+from segmentation.policymap import FQDN_TAG_KEY
 from plugin.enforce.backend import BackendError
 
 from .runner import NftError, NftRunner, in_scratch_namespace
 
 ADDR_TYPES = {4: "ipv4_addr", 6: "ipv6_addr"}
 ADDR_EXPR = {4: "ip", 6: "ip6"}
-#: set kind -> (key type after the address, flags, lookup after the address)
+#: map kind -> (key type after the address, flags, lookup after the address)
 KINDS = {
     "port": (" . inet_proto . inet_service", "timeout", " . meta l4proto . th dport"),
     "proto": (" . inet_proto", "timeout", " . meta l4proto"),
@@ -54,6 +63,7 @@ KINDS = {
 L4 = {"tcp": {4: 6, 6: 6}, "udp": {4: 17, 6: 17}, "icmp": {4: 1, 6: 58}}
 L4_NAMES = {"tcp": 6, "udp": 17, "icmp": 1, "ipv6-icmp": 58}
 COMMENT_MAX = 120
+TAGS = "fqdn_tags"   # the counter set of the tags (``fqdn`` prefix: drift and nftwatch skip it)
 _COMMENT_UNSAFE = re.compile(r"[^a-z0-9_.*-]")
 
 
@@ -71,10 +81,12 @@ def kind_of(grant: Grant) -> str:
 
 
 def render_sets(size: int) -> str:
-    """The set declarations (inside a ``table`` block), at most ``size`` elements each."""
-    return "".join(f"  set {set_name(fam, kind)} {{ type mark . {ADDR_TYPES[fam]}{key};"
+    """The map and counter set declarations (inside a ``table`` block), at most ``size``
+    elements in each map."""
+    return "".join(f"  map {set_name(fam, kind)} {{ type mark . {ADDR_TYPES[fam]}{key} : mark;"
                    f" flags {flags}; size {size}; }}\n"
-                   for fam in (4, 6) for kind, (key, flags, _l) in KINDS.items())
+                   for fam in (4, 6) for kind, (key, flags, _l) in KINDS.items()) + \
+        f"  set {TAGS} {{ type mark; counter; }}\n"
 
 
 #: what a flow must be to be looked up in a set of the kind: ``icmp`` is echo requests,
@@ -84,41 +96,40 @@ GUARDS = {"proto": {4: ("meta l4proto { tcp, udp } ", "icmp type echo-request ")
 
 
 def lookup_rules(identity_expr: str, verdict: str = "accept") -> str:
-    """Rules (chain body) that give ``verdict`` to a flow to a learned address
-    (``{kind}`` in it: the kind of the set that matched, as in :func:`count_chains`)."""
-    return "".join(f"    {guard}{identity_expr} . {ADDR_EXPR[fam]} daddr{lookup} @{set_name(fam, kind)}"
-                   f" {verdict.replace('{kind}', kind)}\n"
+    """Rules (chain body) that give ``verdict`` to a flow to a learned address, the
+    packet mark set to the element's tag (``{kind}`` in ``verdict``: the kind of the map
+    that matched)."""
+    return "".join(f"    {guard}meta mark set {identity_expr} . {ADDR_EXPR[fam]} daddr{lookup}"
+                   f" map @{set_name(fam, kind)} {verdict.replace('{kind}', kind)}\n"
                    for fam in (4, 6) for kind, (_k, _f, lookup) in KINDS.items()
                    for guard in GUARDS.get(kind, {}).get(fam, ("",)))
 
 
-#: set kind -> the rules of chain ``fqdn_<kind>``: the counters of the dns(...) rules
-#: (``elements``' ``fq_*`` sets, by segment and service) that a flow admitted by a learned
-#: address of that kind counts for; it passes whether or not one matches
-COUNT_RULES = {
-    "port": ("meta mark . meta l4proto . th dport @fq_port",),
-    "range": ("meta mark . meta l4proto . th dport @fq_range",),
-    "proto": ("meta mark . meta l4proto @fq_proto", "meta l4proto { icmp, ipv6-icmp } meta mark @fq_icmp"),
-    "any": ("meta mark @fq_any",),
-}
-
-
 def count_chains(verdict: str) -> dict:
-    """chain name -> its rules: count the flow for its DNS rule, then ``verdict``."""
-    return {f"fqdn_{kind}": [f"{r} {verdict}" for r in rules] + [verdict]
-            for kind, rules in COUNT_RULES.items()}
+    """chain name -> its rules: count the flow under its tag (the packet mark the
+    lookup set), then ``verdict``."""
+    return {"fqdn_count": [f"meta mark @{TAGS} {verdict}", verdict]}
 
 
 def keep_script(table: str, grants: Sequence[Grant], now: float) -> str:
     """``add element`` lines that put ``grants`` (read back before a rebuild) into
-    the fresh sets of ``table``, each with the time it has left."""
-    return "".join(f"add element {_target(table, g)} {{ {element(g, now)} }}\n"
-                   for g in grants if g.expires > now)
+    the fresh maps of ``table``, each with the time it has left, and their tags."""
+    kept = [g for g in grants if g.expires > now]
+    return "".join(f"add element {_target(table, g)} {{ {element(g, now)} }}\n" for g in kept) + \
+        _tag_lines(table, kept)
 
 
-def element(grant: Grant, now: float) -> str:
-    """The element text of ``grant`` (key, timeout and comment)."""
-    return f"{_key(grant)} timeout {max(1, math.ceil(grant.expires - now))}s comment \"{_comment(grant.name)}\""
+def _tag_lines(table: str, grants: Sequence[Grant]) -> str:
+    """``add element`` of the tags of ``grants`` to the counter set (one that is there
+    keeps its counter)."""
+    tags = sorted({g.tag for g in grants if g.tag})
+    return f"add element inet {table} {TAGS} {{ {', '.join(map(str, tags))} }}\n" if tags else ""
+
+
+def element(grant: Grant, now: float, tag: int | None = None) -> str:
+    """The element text of ``grant`` (key, timeout, comment and value: its tag, or ``tag``)."""
+    return (f"{_key(grant)} timeout {max(1, math.ceil(grant.expires - now))}s comment \"{_comment(grant.name)}\""
+            f" : {grant.tag if tag is None else tag}")
 
 
 def _key(grant: Grant) -> str:
@@ -152,6 +163,8 @@ class NftFqdnSets:
     def __init__(self, runner, table_of, clock=time.time, updates_timeout=None):
         self.runner, self.table_of, self.clock = runner, table_of, clock
         self.updates_timeout = updates_timeout   # None: ask the kernel at the first write
+        self._tags: dict = {}   # (network id, Grant.key) -> the tag written (its map value)
+        self._counted: dict = {}   # network id -> tags in its counter set (learned() starts it anew)
 
     def allow(self, network_id: str, grants: Sequence[Grant]) -> None:
         if self.updates_timeout is None:
@@ -159,32 +172,75 @@ class NftFqdnSets:
         now, table, lines = self.clock(), self.table_of(network_id), []
         for g in grants:
             target, text = _target(table, g), element(g, now)
-            lines.append(f"add element {target} {{ {text} }}")
-            if not self.updates_timeout or kind_of(g) == "range":
+            old = self._tags.get((network_id, g.key), g.tag)
+            lines.append(f"add element {target} {{ {element(g, now, old)} }}")
+            if not self.updates_timeout or kind_of(g) == "range" or old != g.tag:
                 lines += [f"delete element {target} {{ {_key(g)} }}", f"add element {target} {{ {text} }}"]
+        counted = self._counted.setdefault(network_id, set())
+        new = [g for g in grants if g.tag not in counted]   # a tag's counter element: once
         if lines:
-            self.runner.apply("\n".join(lines) + "\n")
+            self.runner.apply("\n".join(lines) + "\n" + _tag_lines(table, new))
+        self._tags.update(((network_id, g.key), g.tag) for g in grants)
+        counted.update(g.tag for g in new)
 
     def revoke(self, network_id: str, keys: Sequence[tuple]) -> None:
         now, table, lines = self.clock(), self.table_of(network_id), []
         for identity, address, proto, lo, hi in keys:
             g = Grant(identity, address, 6 if ":" in address else 4, proto, lo, hi, now + 1)
-            lines += [f"add element {_target(table, g)} {{ {element(g, now)} }}",
+            old = self._tags.pop((network_id, g.key), 0)
+            lines += [f"add element {_target(table, g)} {{ {element(g, now, old)} }}",
                       f"delete element {_target(table, g)} {{ {_key(g)} }}"]
         if lines:
             self.runner.apply("\n".join(lines) + "\n")
 
+    def forget(self, network_id: str) -> None:
+        """The network is gone (its table with it): forget the tags written there."""
+        for key in [k for k in self._tags if k[0] == network_id]:
+            del self._tags[key]
+        self._counted.pop(network_id, None)
+
     def learned(self, network_id: str) -> list:
+        """The grants the maps hold (before a rebuild: ``keep_script`` puts them and their
+        tags back; the counter set's other tags are gone then, so they count as unwritten)."""
         now, table, out = self.clock(), self.table_of(network_id), []
+        counted = self._counted[network_id] = set()
         for family in (4, 6):
             for kind in KINDS:
-                data = self.runner.list_json("set", "inet", table, set_name(family, kind))
+                data = _list_either(self.runner, table, set_name(family, kind))
                 for obj in data.get("nftables", []):
-                    for elem in (obj.get("set") or {}).get("elem", []):
+                    for elem in (obj.get("map") or obj.get("set") or {}).get("elem", []):
                         grant = _parse_elem(family, kind, elem, now)
                         if grant is not None:
                             out.append(grant)
+                            self._tags[(network_id, grant.key)] = grant.tag
+                            counted.add(grant.tag)
         return sorted(out)
+
+
+def tag_counters(runner, table: str) -> dict:
+    """``{(FQDN_TAG_KEY, tag): (packets, bytes)}`` of the counter set ``fqdn_tags`` of
+    ``table`` (the flows learned elements admitted, by the tag of the rules that taught
+    them); empty when the table has none (a table of FORMAT 9). Counters at zero left out."""
+    try:
+        data = runner.list_json("set", "inet", table, TAGS)
+    except NftError:
+        return {}
+    out = {}
+    for obj in data.get("nftables", []):
+        for elem in (obj.get("set") or {}).get("elem", []):
+            body = elem.get("elem", {}) if isinstance(elem, dict) else {}
+            counter = body.get("counter") or {}
+            if isinstance(body.get("val"), int) and counter.get("packets"):
+                out[(FQDN_TAG_KEY, body["val"])] = (counter["packets"], counter.get("bytes", 0))
+    return out
+
+
+def _list_either(runner, table: str, name: str) -> dict:
+    """``nft -j list map`` of ``name``; of the set, in a table of FORMAT 9 (before tags)."""
+    try:
+        return runner.list_json("map", "inet", table, name)
+    except NftError:
+        return runner.list_json("set", "inet", table, name)
 
 
 def timeout_update_works() -> bool:
@@ -205,7 +261,11 @@ def timeout_update_works() -> bool:
 
 
 def _parse_elem(family: int, kind: str, elem, now: float) -> Grant | None:
-    """A Grant from one element of ``nft -j list set`` (None when it makes no sense)."""
+    """A Grant from one element of ``nft -j list map`` (``[key, tag]``; a set's element,
+    as a table of FORMAT 9 had: tag 0), None when it makes no sense."""
+    tag = 0
+    if isinstance(elem, list) and len(elem) == 2:
+        elem, tag = elem[0], (elem[1] if isinstance(elem[1], int) else 0)
     body = elem.get("elem", elem) if isinstance(elem, dict) else {}
     val = body.get("val") if isinstance(body, dict) else None
     fields = val.get("concat") if isinstance(val, dict) else None
@@ -223,7 +283,7 @@ def _parse_elem(family: int, kind: str, elem, now: float) -> Grant | None:
     expires = now + float(body.get("expires", 0))
     learned = expires - float(body.get("timeout", 0)) if body.get("timeout") else 0.0
     return Grant(int(fields[0]), str(fields[1]), family, proto, lo, hi, expires,
-                 str(body.get("comment", "")), learned)
+                 str(body.get("comment", "")), learned, tag)
 
 
 def _range(value) -> tuple:

@@ -177,9 +177,9 @@ def _policy_chains() -> list:
         deny("no-rule"))
     # after the CIDR lookups: the addresses DNS answers taught (dns(NAME) rules, plugin.dns)
     # (the connection remembers it: its flow goes on after the address expired, plugin.kernel.conntrack)
-    # (then counted for the DNS rule that taught it: chains fqdn_<kind>)
+    # (then counted under the tag of the DNS rules that taught it: chain fqdn_count)
     learned = [r.strip() for r in fqdn.lookup_rules(
-        "meta mark", f"ct mark set ct mark | {LEARNED_FLOW_MARK:#010x} goto fqdn_{{kind}}").splitlines()]
+        "meta mark", f"ct mark set ct mark | {LEARNED_FLOW_MARK:#010x} goto fqdn_count").splitlines()]
     counted = [line for name, rules in fqdn.count_chains("goto pass").items()
                for line in _rules(name, *rules)]
     egress = _rules("egress", f"{SETTING_KEY} @internal {deny('internal')}", *_cidr_lookups(

@@ -159,21 +159,22 @@ struct fqdn_val {
 	__u16 lo;
 	__u16 hi;
 	__u8  l4;                /* the grant's L4 code (0: any) */
-	__u8  pad[3];
+	__u8  pad;
+	__u16 tag;               /* the rules that taught it (plugin/dns/store.py; 0: not known) */
 	char  name[FQDN_NAME];   /* the DNS name answered (the daemon's read-back) */
 };
 
 /* counters of allowed flows: the policy key that opened them */
 #define CK_POLICY 1
 #define CK_CIDR   2
-#define CK_FQDN   3          /* a learned DNS address: src, and the grant's proto, lo, hi */
+#define CK_FQDN   3          /* a learned DNS address: src, the grant's proto, lo, hi; dst: its tag */
 struct count_key {
 	__u8  kind;              /* CK_POLICY, CK_CIDR, CK_FQDN */
 	__u8  direction;         /* cidr: DIR_* */
 	__u8  proto;
 	__u8  family;            /* cidr: 4 or 6 */
 	__u16 src;               /* policy: src identity; cidr, fqdn: the segment */
-	__u16 dst;
+	__u16 dst;               /* policy: dst identity; fqdn: the tag of the rules that taught it */
 	__u16 lo;
 	__u16 hi;
 	__u8  plen;

@@ -121,7 +121,7 @@ static __always_inline int cidr_lookup(__u8 ver, __u8 dir, __u16 id, struct pkt 
 	return 0;
 }
 
-/* in force: ``ck`` names the grant's service (the dns(...) rule's counter key) */
+/* in force: ``ck`` names the grant's service and tag (the dns(...) rules' counter key) */
 static __always_inline int fqdn_valid(struct fqdn_key *k, __u32 plen, __u64 now,
 				      struct count_key *ck)
 {
@@ -136,6 +136,7 @@ static __always_inline int fqdn_valid(struct fqdn_key *k, __u32 plen, __u64 now,
 	ck->proto = v->l4;
 	ck->lo = v->lo;
 	ck->hi = v->hi;
+	ck->dst = v->tag;
 	return 1;
 }
 
