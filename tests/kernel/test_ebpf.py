@@ -157,6 +157,18 @@ def _versions(backend) -> tuple:
     return backend._dump(st.handle, "policy", 0), backend._dump(st.handle, "policy", 1), st.level is not None
 
 
+def _wait_levelled(lab, within: float = 20.0) -> None:
+    """Wait until the two versions are level: an apply may leave the levelling of the
+    version not in force to a thread (plugin.enforce.ebpf.backend, LEVEL_LATER), which
+    clears ``level`` before it writes."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        zero, one, pending = lab.backend.call(_versions, lab.backend.obj)
+        if not pending and zero == one:
+            return
+        time.sleep(0.05)
+
+
 @ebpf
 def test_an_edit_is_in_force_before_the_other_version_is_levelled(lab, monkeypatch):
     """apply_policy returns once the new policy is in force (written to the version not in
@@ -164,11 +176,9 @@ def test_an_edit_is_in_force_before_the_other_version_is_levelled(lab, monkeypat
     it first if it is still pending: each edit's rules, and only those, are enforced."""
     web, api = lab.add(2)
     lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
-    # the first apply may have left its levelling to a thread: let it finish first (else,
-    # late under load, it levels the edit below and nothing is pending any more)
-    deadline = time.monotonic() + 20
-    while lab.backend.call(_versions, lab.backend.obj)[2] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    # (else, late under load, the first apply's levelling levels the edit below and
+    # nothing is pending any more)
+    _wait_levelled(lab)
     from plugin.enforce.ebpf import backend as eb   # noqa: PLC0415
     monkeypatch.setattr(eb, "LEVEL_LATER", 0)                # every leveling left for later
     pending: list = []
@@ -325,5 +335,6 @@ def _delete_around_an_absent_key(backend) -> tuple:
 def test_delete_batch_skips_an_absent_key_and_deletes_the_others(lab):
     web, api = lab.add(2)
     lab.apply(" ".join(f"web->api:tcp/{80 + k}" for k in range(5)), {web: "web", api: "api"}, "deny")
+    _wait_levelled(lab)   # else a late levelling thread writes keys between the two reads
     count, rest_kept = lab.backend.call(_delete_around_an_absent_key, lab.backend.obj)
     assert count >= 3 and rest_kept
