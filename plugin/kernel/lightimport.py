@@ -65,7 +65,15 @@ class _OnFirstUse(types.ModuleType):
             raise AttributeError(attr)
         if sys.modules.get(self.__name__) is self:
             del sys.modules[self.__name__]
-        return getattr(importlib.import_module(self.__name__), attr)
+        try:
+            real = importlib.import_module(self.__name__)
+        except ImportError:
+            # a library read something at import that the stand-in does not hold (a
+            # newer version than the one :func:`import_deferring`'s callers know), inside
+            # :func:`without_openssl`: give up the saving rather than the import
+            _unblock_openssl()
+            real = importlib.import_module(self.__name__)
+        return getattr(real, attr)
 
 
 def import_deferring(name: str, deferred: str, **known) -> types.ModuleType:
@@ -152,6 +160,13 @@ def import_prometheus() -> types.ModuleType:
 
 
 OPENSSL_MODULES = ("ssl", "_ssl", "_hashlib")
+
+
+def _unblock_openssl() -> None:
+    """Undo :func:`without_openssl`'s blocks (the ``None`` entries) at once."""
+    for name in OPENSSL_MODULES:
+        if name in sys.modules and sys.modules[name] is None:
+            del sys.modules[name]
 _HTTPS_LATER = ("http.client", "urllib.request")
 
 
@@ -177,6 +192,9 @@ def without_openssl():
     they define their HTTPS classes only when ``import ssl`` succeeds, and
     prometheus-client imports ``HTTPSHandler`` (the real ``ssl`` loads at an HTTPS
     connection's set-up, never at import).
+    A stand-in asked at import for a name it does not hold (a library newer than the
+    one :func:`import_prometheus` knows) lifts the blocks: OpenSSL then loads, as it
+    would without this function, and the import goes on.
     Not thread-safe against imports by other threads: for a process's start."""
     blocked = [n for n in OPENSSL_MODULES if n not in sys.modules]
     for name in blocked:

@@ -165,3 +165,19 @@ def test_pyroute2_imports_without_unittest_and_its_mock_is_made_at_first_use():
         print(queue.put_nowait.call_args.args, queue.flag, type(queue._mock).__name__, "unittest.mock" in sys.modules)
     """)
     assert out.splitlines() == ["[]", "('message',) 3 Mock True"]
+
+
+def test_a_library_reading_an_unknown_ssl_name_at_import_loads_the_real_ssl_inside_without_openssl(tmp_path):
+    # a newer library version that reads an ssl name at import which the stand-in
+    # does not hold: the saving is given up, the import succeeds
+    (tmp_path / "newlib.py").write_text("import ssl\nDEFAULT = ssl.create_default_context\n")
+    out = _run(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from plugin.kernel.lightimport import import_deferring, without_openssl
+        with without_openssl():
+            newlib = import_deferring("newlib", "ssl", TLSVersion=object)
+        print(callable(newlib.DEFAULT), type(sys.modules["ssl"]).__name__,
+              [m for m in ("ssl", "_ssl", "_hashlib") if sys.modules.get(m, 0) is None])
+    """)
+    assert out == "True module []"
