@@ -242,7 +242,8 @@ class EbpfBackend(fqdn.FqdnMethods):
         except libbpf.LibbpfError as exc:
             raise BackendError(f"eBPF: cannot attach to ifindex {ifindex}: {exc}") from None
 
-    def _put_port(self, st: _Net, old: Optional[Port], new: Optional[Port]) -> None:
+    def _put_port(self, st: _Net, old: Optional[Port], new: Optional[Port], attach: bool = True) -> None:
+        """``new``'s entries (and, if ``attach``, our programs on its veth), then ``old``'s go."""
         h = st.handle
         before = st.ports.pop(old.endpoint_id, None) if old else None
         if old is not None and before is None:      # adopted: find its veth by name
@@ -260,7 +261,8 @@ class EbpfBackend(fqdn.FqdnMethods):
             for name, entries in (("members", new_members), ("published", new_pub)):
                 for key, value in entries.items():
                     libbpf.update(h.maps[name], key, value)
-            self._attach(st, ifindex)
+            if attach:
+                self._attach(st, ifindex)
             st.ports[new.endpoint_id] = (new, ifindex)
         for key in old_members.keys() - new_members.keys():
             libbpf.delete(h.maps["members"], key)
@@ -270,15 +272,15 @@ class EbpfBackend(fqdn.FqdnMethods):
             libbpf.delete(h.maps["endpoints"], maps.U32.pack(before[1]))
 
     def _sync_ports(self, st: _Net, ports: Iterable[Port]) -> None:
-        """Make endpoints and members exactly ``ports`` (and the gateways)."""
+        """Make endpoints, members, subnets, published exactly ``ports`` (and the gateways),
+        *then* attach our programs: with maps made anew (pins._drop_other_shapes) a program
+        attached earlier would take a member not written yet for the outside (fail open)."""
         h = st.handle
         st.ports = {}
         for port in ports:
-            self._put_port(st, None, port)
-        endpoints = {maps.U32.pack(ifx) for _p, ifx in st.ports.values()}
-        for key in list(libbpf.keys(h.maps["endpoints"], 4)):
-            if key not in endpoints:
-                libbpf.delete(h.maps["endpoints"], key)
+            self._put_port(st, None, port, attach=False)
+        _make_exactly(h.maps["endpoints"], 4,
+                      {maps.U32.pack(ifx): maps.endpoint_value(p) for p, ifx in st.ports.values()})
         members = maps.gateway_entries(st.spec.gateways)
         for key, value in members.items():
             libbpf.update(h.maps["members"], key, value)
@@ -288,10 +290,10 @@ class EbpfBackend(fqdn.FqdnMethods):
             if key not in members:
                 libbpf.delete(h.maps["members"], key)
         _make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
-        published = {k for port, _ifx in st.ports.values() for k in maps.published_entries(port)}
-        for key in list(libbpf.keys(h.maps["published"], maps.PUB_KEY.size)):
-            if key not in published:
-                libbpf.delete(h.maps["published"], key)
+        _make_exactly(h.maps["published"], maps.PUB_KEY.size,
+                      {k: v for port, _ifx in st.ports.values() for k, v in maps.published_entries(port).items()})
+        for _port, ifx in st.ports.values():
+            self._attach(st, ifx)
 
     # --- the Backend protocol -----------------------------------------------------
     def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
@@ -359,7 +361,7 @@ class EbpfBackend(fqdn.FqdnMethods):
             st = self._nets.pop(key, None)
             if st is None:
                 try:
-                    st = _Net(pins.open_network(self.root, network_id), NetworkSpec(network_id, ""))
+                    st = _Net(pins.open_network(self.root, network_id, partial=True), NetworkSpec(network_id, ""))
                 except libbpf.LibbpfError:
                     st = None
             if st is not None:
@@ -376,7 +378,7 @@ class EbpfBackend(fqdn.FqdnMethods):
     def _detach_all(self, st: _Net) -> None:
         """Take our filters off every veth of the network (only where they are ours)."""
         ours = {libbpf.prog_id(fd) for fd in st.handle.progs.values()}
-        for key in list(libbpf.keys(st.handle.maps["endpoints"], 4)):
+        for key in list(libbpf.keys(st.handle.maps["endpoints"], 4)) if "endpoints" in st.handle.maps else ():
             ifindex = maps.U32.unpack(key)[0]
             for point in (libbpf.BPF_TC_INGRESS, libbpf.BPF_TC_EGRESS):
                 if libbpf.tc_query(ifindex, point) in ours:

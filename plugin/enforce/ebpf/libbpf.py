@@ -70,6 +70,11 @@ def _load() -> ctypes.CDLL:
         "bpf_map__set_max_entries": (c_int, [vp, ctypes.c_uint32]),
         "bpf_map__set_pin_path": (c_int, [vp, ctypes.c_char_p]),
         "bpf_map__fd": (c_int, [vp]),
+        "bpf_map__type": (c_int, [vp]),
+        "bpf_map__key_size": (c_uint, [vp]),
+        "bpf_map__value_size": (c_uint, [vp]),
+        "bpf_map__max_entries": (c_uint, [vp]),
+        "bpf_map__map_flags": (c_uint, [vp]),
         "bpf_program__fd": (c_int, [vp]),
         "bpf_obj_get": (c_int, [ctypes.c_char_p]),
         "bpf_obj_pin": (c_int, [c_int, ctypes.c_char_p]),
@@ -90,7 +95,6 @@ def _load() -> ctypes.CDLL:
     for fn, (res, args) in sigs.items():
         f = getattr(lib, fn)
         f.restype, f.argtypes = res, args
-    del c_uint
     return lib
 
 
@@ -161,6 +165,14 @@ class BpfObject:
             tail = " | ".join(line for line in list(RECENT)[-4:] if line)
             raise LibbpfError(-ret, f"load object: {os.strerror(-ret)}: {tail}")
 
+    def map_shape(self, name: str) -> tuple:
+        """(type, key size, value size, max entries, flags) of map ``name`` as this object
+        defines it (after :meth:`set_max_entries`): what libbpf compares with a pinned
+        map before it reuses it (libbpf.c ``map_is_reuse_compat``)."""
+        m = self._map(name)
+        return (lib().bpf_map__type(m), lib().bpf_map__key_size(m), lib().bpf_map__value_size(m),
+                lib().bpf_map__max_entries(m), lib().bpf_map__map_flags(m))
+
     def map_fd(self, name: str) -> int:
         return _check(lib().bpf_map__fd(self._map(name)), f"fd of map {name}")
 
@@ -192,6 +204,17 @@ def map_value_size(fd: int) -> int:
     size = ctypes.c_uint32(len(info))
     _check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "map info")
     return int.from_bytes(info.raw[12:16], "little")
+
+
+def map_shape(fd: int) -> tuple:
+    """(type, key size, value size, max entries, flags) of the map behind ``fd``
+    (the first fields of bpf_map_info: type, id, key_size, value_size, max_entries,
+    map_flags, u32 each; include/uapi/linux/bpf.h)."""
+    info = ctypes.create_string_buffer(24)
+    size = ctypes.c_uint32(len(info))
+    _check(lib().bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "map info")
+    typ, _id, key, value, entries, flags = (int.from_bytes(info.raw[i:i + 4], "little") for i in range(0, 24, 4))
+    return typ, key, value, entries, flags
 
 
 def obj_pin(fd: int, path: str) -> None:

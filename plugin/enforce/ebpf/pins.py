@@ -16,17 +16,23 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import os
 import shutil
 from dataclasses import dataclass, field
 
-from . import libbpf, maps
+from . import libbpf
 
+log = logging.getLogger(__name__)
 DEFAULT_ROOT = "/sys/fs/bpf/secnet"
 BPFFS = "/sys/fs/bpf"
 MAPS = ("state", "settings", "endpoints", "members", "policy", "restricted", "cidrs", "allowed",
         "dropped", "conntrack", "reported", "scratch", "published", "logcap", "subnets", "fqdn",
         "frags")
+#: made anew together when one of them has another shape: the old programs go on reading a
+#: consistent policy (the flip of a shared ``state`` would put an old map's other version in
+#: force), and flows tracked under the old generations are judged anew (generations restart)
+TOGETHER = ("state", "settings", "policy", "restricted", "cidrs", "conntrack")
 PROGS = ("from_container", "to_container")
 EVENTS = "events"
 
@@ -75,16 +81,20 @@ class Handle:
         self.progs.clear()
 
 
-def open_network(root: str, network_id: str) -> Handle:
-    """Adopt a network from its pins. Raises LibbpfError(ENOENT) when some pin is missing."""
+def open_network(root: str, network_id: str, partial: bool = False) -> Handle:
+    """Adopt a network from its pins. Raises LibbpfError(ENOENT) when some pin is
+    missing -- unless ``partial`` (to remove it): then the handle has what is pinned
+    (an older build's network lacks the maps it did not have)."""
     path = network_dir(root, network_id)
     h = Handle(network_id, path)
     try:
-        for name in MAPS:
-            h.maps[name] = libbpf.obj_get(os.path.join(path, name))
-        h.maps[EVENTS] = libbpf.obj_get(os.path.join(root, EVENTS))
-        for name in PROGS:
-            h.progs[name] = libbpf.obj_get(os.path.join(path, name))
+        for where, names, into in ((path, MAPS, h.maps), (root, (EVENTS,), h.maps), (path, PROGS, h.progs)):
+            for name in names:
+                try:
+                    into[name] = libbpf.obj_get(os.path.join(where, name))
+                except libbpf.LibbpfError as exc:
+                    if not (partial and exc.errno == errno.ENOENT):
+                        raise
     except BaseException:
         h.close()
         raise
@@ -95,14 +105,14 @@ def load_network(root: str, network_id: str, obj_path: str, sizes: dict) -> Hand
     """Load the object for a network, reusing its pinned maps when present,
     pin the programs, and return the opened pins.
 
-    ``sizes``: map name -> max entries (only for maps created now). Raises
-    LibbpfError (EINVAL when pinned maps have another layout: a format
-    upgrade needs :func:`remove_pins` first -- except ``conntrack``, whose
-    older layouts are replaced here, flows judged anew).
+    ``sizes``: map name -> max entries. A pinned map whose shape (type, key and
+    value size, max entries, flags) is not the object's -- an older build's, or
+    another size -- is unpinned first and made anew (:func:`_drop_other_shapes`),
+    as is a missing one (a map an older build did not have); the programs attached
+    until the caller attaches the new ones keep the maps they hold. Raises LibbpfError.
     """
     path = network_dir(root, network_id)
     os.makedirs(path, mode=0o700, exist_ok=True)
-    _drop_older_conntrack(path)
     # per-CPU scratch space holds nothing between packets, and its layout (struct
     # pkt) changes between builds: always a new one (attached programs keep theirs)
     _unlink(os.path.join(path, "scratch"))
@@ -113,6 +123,11 @@ def load_network(root: str, network_id: str, obj_path: str, sizes: dict) -> Hand
             if name in sizes:
                 obj.set_max_entries(name, sizes[name])
         obj.set_pin_path(EVENTS, os.path.join(root, EVENTS))
+        made = _drop_other_shapes(obj, {name: os.path.join(path, name) for name in MAPS}
+                                  | {EVENTS: os.path.join(root, EVENTS)})
+        if made:
+            log.warning("eBPF network %s: map(s) %s of another shape (an older build's) made anew",
+                        network_id[:12], ", ".join(made))
         obj.load()
         for name in PROGS:
             pin = os.path.join(path, name)
@@ -125,22 +140,36 @@ def load_network(root: str, network_id: str, obj_path: str, sizes: dict) -> Hand
     return open_network(root, network_id)
 
 
-def _drop_older_conntrack(path: str) -> None:
-    """Unpin a ``conntrack`` map of another value layout (an older build's) so
-    that the load makes a new one: its flows are judged anew on their next
-    packet (a reply that comes first is judged as a flow of its own). The
-    programs attached now keep the old map until they are replaced."""
-    pin = os.path.join(path, "conntrack")
+def _drop_other_shapes(obj, pinned: dict) -> list:
+    """Unpin each map of ``pinned`` (name -> pin path) whose shape is not the one
+    ``obj`` defines, so that the load makes a new one instead of failing (libbpf
+    refuses to reuse a pinned map of another type, key or value size, max entries or
+    flags: libbpf.c ``map_is_reuse_compat``), and with one of :data:`TOGETHER` all of
+    them. Returns the names unpinned.
+
+    What such a map held is gone: the daemon writes its own state again (policy,
+    settings, endpoints, members, subnets, published ports); ``conntrack`` starts
+    empty, so every flow is judged anew on its next packet (a reply that comes
+    first is judged as a flow of its own); counters, learned DNS addresses and
+    the drop log's memory start empty. Programs attached now keep the old map."""
+    made = [name for name, pin in pinned.items() if _other_shape(obj, name, pin)]
+    if set(made) & set(TOGETHER):
+        made = sorted(set(made) | {name for name in TOGETHER if name in pinned})
+    for name in made:
+        _unlink(pinned[name])
+    return made
+
+
+def _other_shape(obj, name: str, pin: str) -> bool:
+    """Is a map pinned at ``pin`` whose shape is not map ``name`` of ``obj``?"""
     try:
         fd = libbpf.obj_get(pin)
     except libbpf.LibbpfError:
-        return
+        return False   # not pinned: the load makes it
     try:
-        older = libbpf.map_value_size(fd) != maps.CT_VAL.size
+        return libbpf.map_shape(fd) != obj.map_shape(name)
     finally:
         os.close(fd)
-    if older:
-        _unlink(pin)
 
 
 def _unlink(path: str) -> None:

@@ -105,6 +105,8 @@ class NftBackend(fqdn.FqdnMethods):
     def _adopt(self, net: NetworkSpec, policy: PolicyMap, ports: dict) -> bool:
         """Take over ``net``'s tables as they are if no rule or element drifted; True if so."""
         problems = self.drift(net, policy, ports.values())
+        if self._references.get(net.id, (None,))[0] != net:   # compared with themselves: an older build's pass
+            problems.append("no fresh reference to check its rules against")
         if problems:
             log.info("network %s: writing its tables (%s)", net.id[:12], problems[0])
             return False
@@ -366,7 +368,8 @@ class NftBackend(fqdn.FqdnMethods):
 
     def _reference(self, net: NetworkSpec) -> Optional[dict]:
         """The shape of freshly written tables of ``net``: written (without elements)
-        in a scratch namespace, read back there; else read from the kernel now."""
+        in a scratch namespace, read back there; else read from the kernel now (not kept:
+        ``_adopt`` then writes the tables, which may be an older build's)."""
         cached = self._references.get(net.id)
         if cached is not None and cached[0] == net:
             return cached[1]
@@ -382,9 +385,9 @@ class NftBackend(fqdn.FqdnMethods):
         try:
             shapes = in_scratch_namespace(fresh)
         except (NftError, OSError, TimeoutError) as exc:
-            log.debug("no scratch namespace (%s): reference read from the kernel", exc)
+            log.debug("no scratch namespace (%s): reference read from the kernel (not kept)", exc)
             try:
-                shapes = self._shapes(table)
+                return self._shapes(table)
             except (NftError, OSError):
                 return None
         self._references[net.id] = (net, shapes)
