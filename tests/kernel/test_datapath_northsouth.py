@@ -119,6 +119,7 @@ def test_a_hairpin_is_judged_as_east_west_on_the_container_port(lab, egress):
     cells = [(c, dst, "tcp", PUBLISHED) for c in (web2, api) for dst in HAIRPIN_DSTS]
     expect = ["ok"] * 4 + ["timeout"] * 4
     assert parallel(probe_addr, cells) == expect, "intra passes, another segment without a rule does not"
+    _assert_hairpin_counted(lab)
     dropped = [e for e in drain(events, 1.5) if e.src in (api.ip4, api.ip6)]
     assert dropped and all((e.reason, e.dst, e.port) in (("no-rule", web.ip4, 8080), ("no-rule", web.ip6, 8080))
                            for e in dropped), f"api's hairpin drops, as the direct flow's: {dropped}"
@@ -131,6 +132,18 @@ def test_a_hairpin_is_judged_as_east_west_on_the_container_port(lab, egress):
     assert parallel(probe_addr, cells[4:]) == ["ok"] * 4, "an east-west rule on the container port lets it"
     lab.update("api->web:tcp/8080", intra="deny", egress=egress)
     assert parallel(probe_addr, cells) == ["timeout"] * 4 + ["ok"] * 4, "intra=deny: not within web"
+
+
+def _assert_hairpin_counted(lab) -> None:
+    """U12-F5 (a): `show`'s pair counters and the metrics (both from ``per_pair``) count
+    the hairpin flows as the direct ones: web2's 4 flows opened once each in web->web
+    (two IPv4 SYNs of 60 bytes, two IPv6 SYNs of 80: the first packet of a flow), api's
+    SYNs (a retransmission each, within the probe's 1.5 s) dropped in api->web."""
+    from plugin.observe.counting import per_pair   # noqa: PLC0415
+    allowed, dropped, _would = per_pair(lab.policy, lab.counters())
+    assert allowed[("web", "web")] == [4, 2 * 60 + 2 * 80], dict(allowed)
+    assert 4 <= dropped[("api", "web")][0] <= 8, dict(dropped)
+    assert [p for p in dropped if p != ("api", "web")] == [], dict(dropped)
 
 
 def test_internal_network_keeps_everything_inside(lab):
