@@ -53,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 11   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 12   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -290,7 +290,7 @@ def render_inet(network_id: str, net) -> list:
 def render_bridge(network_id: str, bridge: str) -> list:
     group = f"{port_group(bridge):#x}"
     lines = [f"table bridge {table_name(network_id)} {{"]
-    lines += [set_declaration(n) for n, s in SCHEMAS.items() if s[0] == "bridge"]
+    lines += [set_declaration(n) for n, s in SCHEMAS.items() if s[0] == "bridge" and n not in DYNAMIC_SETS]
     # What a container may send from a link-local or unspecified source: address
     # resolution, DAD and multicast listener reports. Never router adverts or
     # redirects: a container must not become other containers' router.
