@@ -25,7 +25,7 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 #: drop reasons, as the drop log and the metrics name them (the eBPF datapath's
 #: ``enum reason``, bpf/lib/common.h, indexes this: append, never reorder)
 REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
-           "quarantined", "pending", "spoofed", "ethertype", "loopback")
+           "quarantined", "pending", "spoofed", "ethertype", "loopback", "router")
 
 
 @functools.lru_cache(maxsize=8192)

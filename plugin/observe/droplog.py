@@ -44,6 +44,7 @@ REASON_TEXT = {
     "spoofed": "spoofed: address not the one the network gave",
     "ethertype": "ethertype not allowed",
     "loopback": "to the host's loopback (never reachable from a container)",
+    "router": "router advertisement or redirect (a container routes for no one)",
 }
 
 

@@ -53,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 12   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 13   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -327,7 +327,8 @@ def render_bridge(network_id: str, bridge: str) -> list:
         # past here a link-local source is the port's own (``ll6``, with its MAC: ``macs``),
         # one of its addresses as the global one is (``id6``): policy judges it (U10-F4)
         f"ip6 saddr != fe80::/10 iifname . ether saddr . ip6 saddr != @ids6 {deny('spoofed')}",
-        f"icmpv6 type {{ nd-router-advert, nd-redirect }} {deny('spoofed')}",
+        # from its own address (a foreign one was spoofed above), but no router's messages
+        f"icmpv6 type {{ nd-router-advert, nd-redirect }} {deny('router')}",
         # the host's IPv6 stack drops ::1 from a device before any inet hook (ip6_rcv_core),
         # unreported: here it is reported as eBPF reports it (127.0.0.0/8: host_in)
         f"ip6 daddr ::1 {deny('loopback')}",

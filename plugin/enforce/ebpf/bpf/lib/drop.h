@@ -130,7 +130,8 @@ static __always_inline void count_drop(struct __sk_buff *skb, struct verdict *v,
 static __always_inline int always_drop(__u8 reason)
 {
 	return reason == R_SPOOFED || reason == R_ETHERTYPE || reason == R_NOT_MEMBER
-		|| reason == R_INVALID || reason == R_INTERNAL || reason == R_LOOPBACK;
+		|| reason == R_INVALID || reason == R_INTERNAL || reason == R_LOOPBACK
+		|| reason == R_ROUTER;
 }
 
 /* The one way a packet is dropped. ``mode``: the network's mode now. */

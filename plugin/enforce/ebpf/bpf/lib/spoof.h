@@ -78,8 +78,9 @@ static __always_inline int check_ipv6(struct __sk_buff *skb, struct pkt *p, stru
 	/* its own link-local address is one of its addresses (members): judged (U10-F4) */
 	if (!link_local && (zero16(ep->ipv6) || !eq16(p->saddr, ep->ipv6)))
 		return -R_SPOOFED;
+	/* from its own address, but a container must not become its neighbours' router */
 	if (icmp && (p->icmp_type == 134 || p->icmp_type == 137))
-		return -R_SPOOFED;
+		return -R_ROUTER;
 	return SRC_POLICY;
 }
 
