@@ -28,7 +28,9 @@ static __always_inline int rate_limited(struct pkt *p, __u8 reason)
 	__u64 now = bpf_ktime_get_ns(), *last;
 
 	if (p->family) {
-		__builtin_memcpy(k.saddr, p->saddr, 16);
+		/* the source it is judged and reported by: two clients that one masquerade
+		 * made the gateway are two flows, as nftables (before the NAT) keys them */
+		__builtin_memcpy(k.saddr, p->osrc, 16);
 		__builtin_memcpy(k.daddr, p->daddr, 16);
 		k.proto = p->proto;
 		k.dport = p->dport;
