@@ -25,7 +25,7 @@ from .drops import NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, group_copy_p
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
-from .nftdump import decode_mark_port, decode_marks
+from .nftdump import decode_pair
 from .nflog import NflogReader
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
@@ -305,8 +305,7 @@ class NftBackend(fqdn.FqdnMethods):
                     raise
                 dumped = {}
             if name in PAIR_SETS + PORT_PAIR_SETS:
-                decode = decode_marks if name in PAIR_SETS else decode_mark_port
-                out[name] = {decode(k[0]): c for k, c in dumped.items() if c}
+                out[name] = {decode_pair(k[0]): c for k, c in dumped.items() if c}
             else:
                 parts = identifier(name)
                 out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}
