@@ -22,9 +22,10 @@ from typing import Callable, Iterable, Mapping, Optional, Protocol
 from segmentation.identities import PENDING, QUARANTINED
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-#: drop reasons, as the drop log and the metrics name them
+#: drop reasons, as the drop log and the metrics name them (the eBPF datapath's
+#: ``enum reason``, bpf/lib/common.h, indexes this: append, never reorder)
 REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
-           "quarantined", "pending", "spoofed", "ethertype")
+           "quarantined", "pending", "spoofed", "ethertype", "loopback", "router")
 
 
 @functools.lru_cache(maxsize=8192)

@@ -43,6 +43,8 @@ REASON_TEXT = {
     "pending": "segment not known yet (fail closed)",
     "spoofed": "spoofed: address not the one the network gave",
     "ethertype": "ethertype not allowed",
+    "loopback": "to the host's loopback (never reachable from a container)",
+    "router": "router advertisement or redirect (a container routes for no one)",
 }
 
 

@@ -83,3 +83,8 @@ def test_group_copies_reach_the_own_segment_only(make_network, run_container):
     wrong = [e for e in entries if e["reason"] == "not-member"]
     assert wrong == [], f"group copies logged as not-member: {wrong[:2]}"
     assert any(e["reason"] == "no-rule" for e in entries), f"the copies to api not logged: {entries[:3]}"
+    # the metrics (and show) count the dropped copies in their pair, as in the reason's total
+    values, nid = v.metrics(), net.id[:12]
+    pair = v.sample(values, "secnet_dropped_packets_total", network=nid, src_segment="web", dst_segment="api")
+    total = v.sample(values, "secnet_drops_total", network=nid, reason="no-rule")
+    assert pair == total >= SENT * len(groups), (pair, total)

@@ -13,6 +13,7 @@ import pytest
 import helpers as h
 import ns_helpers as n
 import seg_helpers as s
+import vis_helpers as v
 from ns_servers import CPORT, CUDP, RANGE, serve, servers, start  # noqa: F401  (servers: a fixture)
 from outside_host import loopback_routed, outside  # noqa: F401  (outside: a fixture)
 
@@ -146,6 +147,7 @@ def test_host_loopback_not_reachable_from_containers(make_network, run_container
     n.reaches(n.HOST, "127.0.0.1", pub_p, server=web.name)
     n.reaches(app, n.HOST4, n.HOST_TCP, server="host")    # egress to the host is allowed
     to_lo = "ip daddr 127.0.0.1 meta l4proto { tcp, udp }"
+    since = v.log_cursor()
     with loopback_routed(app, "eth0", gw, app.ip), \
             n.counting(app, f'oifname "eth0" {to_lo}', hook="output") as left, \
             n.counting(n.HOST, f'iifname "{net.bridge}" {to_lo}') as sent, \
@@ -163,6 +165,10 @@ def test_host_loopback_not_reachable_from_containers(make_network, run_container
     assert not seen and delivered == 0 and not any(r.ok for r in results), \
         (f"a container reached 127.0.0.1 of the host: the host's loopback server saw {seen}, "
          f"web got {delivered} packets; {[str(r) for r in results]}")
+    # `secnet log` says what was sent and why, the same on both backends (U12-F5 c)
+    entry, _ = v.wait_entry(net, since, lambda e: e["src"].get("address") == app.ip and e.get("dport") == pub_p)
+    assert (entry["reason"], entry["why"], entry["dst"]["address"], entry["dst"]["outside"]) == (
+        "loopback", "to the host's loopback (never reachable from a container)", "127.0.0.1", True), entry
 
 
 def test_host_port_taken(make_network, run_container, servers, outside):

@@ -313,6 +313,23 @@ def udp4_frame(src, dst_mac: str, src_ip: str, dst_ip: str, port: int, payload: 
     return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + udp
 
 
+def tcp_syn_frame(src, dst_mac: str, dst_ip: str, port: int, sport: int = 40000) -> bytes:
+    """An Ethernet/IP/TCP SYN from container ``src`` (its MAC and its address of
+    ``dst_ip``'s family) to ``dst_ip``:``port``, checksums right (conntrack checks them)."""
+    v6 = ":" in dst_ip
+    saddr = ipaddress.ip_address(src.ip6 if v6 else src.ip4).packed
+    daddr = ipaddress.ip_address(dst_ip).packed
+    tcp = struct.pack("!HHIIBBHHH", sport, port, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+    pseudo = saddr + daddr + (struct.pack("!I3xB", len(tcp), 6) if v6 else struct.pack("!BBH", 0, 6, len(tcp)))
+    tcp = tcp[:16] + struct.pack("!H", checksum(pseudo + tcp)) + tcp[18:]
+    if v6:
+        return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x86\xdd" + \
+            struct.pack("!IHBB", 6 << 28, len(tcp), 6, 64) + saddr + daddr + tcp
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0, saddr, daddr)
+    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
+    return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + tcp
+
+
 def link_local(mac: str) -> str:
     """The EUI-64 link-local address of ``mac``."""
     b = bytearray(mac_bytes(mac))

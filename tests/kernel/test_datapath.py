@@ -15,7 +15,7 @@ import struct
 
 import pytest
 
-from nsfixtures import lab  # noqa: F401 (fixture)
+from nsfixtures import drain, lab  # noqa: F401 (fixture)
 from packets import (FEW, Sniffer, arp_frame, assert_all, icmp6_frame, judge, link_local, mac_bytes,
                      na_frame, ns_frame, ns_socket, outcomes, parallel, probe_addr, probe_icmp, probe_tcp,
                      probe_udp, send_frame, sh, udp4_frame)
@@ -296,11 +296,19 @@ def test_neighbour_solicit_from_another_link_local_is_dropped(lab, trio):
 
 
 def test_router_advert_from_a_container_is_dropped(lab, trio):
-    attacker, observer, _victim = trio
-    advert = icmp6_frame(attacker.mac, "33:33:00:00:00:01", link_local(attacker.mac), "ff02::1",
-                         struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0))
-    seen, dropped = arrives(lab, observer, lambda: send_frame(attacker, advert), advert[14:])
-    assert not seen and dropped >= 1, (seen, dropped)
+    """From the container's own link-local address: dropped as ``router``, not ``spoofed``
+    (FINDINGS-12, noticed); from another link-local address it is spoofed first."""
+    attacker, observer, victim = trio
+    events = lab.drop_events()
+    body = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+    advert = icmp6_frame(attacker.mac, "33:33:00:00:00:01", link_local(attacker.mac), "ff02::1", body)
+    seen, spoofed = arrives(lab, observer, lambda: send_frame(attacker, advert), advert[14:])
+    assert not seen and spoofed == 0 and lab.dropped("router") == 1, (seen, spoofed)
+    got = {(e.reason, e.src, e.dst, e.ifname) for e in drain(events, 1.0)}
+    assert got == {("router", link_local(attacker.mac), "ff02::1", attacker.veth)}, got
+    foreign = icmp6_frame(attacker.mac, "33:33:00:00:00:01", link_local(victim.mac), "ff02::1", body)
+    seen, spoofed = arrives(lab, observer, lambda: send_frame(attacker, foreign), foreign[14:])
+    assert not seen and spoofed == 1 and lab.dropped("router") == 1, (seen, spoofed)
 
 
 def test_an_address_of_the_network_that_no_member_has_is_nobodys(lab):

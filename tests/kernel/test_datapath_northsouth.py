@@ -15,7 +15,7 @@ import pytest
 from nsfixtures import BRIDGE, BRIDGE_MAC, GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, Container
 from nsfixtures import drain, lab  # noqa: F401 (fixture)
 from packets import (UDP_PORT, Sniffer, judge, ns_socket, outcomes, parallel, probe_addr, probe_tcp,
-                     send_frame, udp4_frame)
+                     send_frame, tcp_syn_frame, udp4_frame)
 from segmentation.reference import reference_allowed
 
 pytestmark = pytest.mark.kernel
@@ -119,6 +119,7 @@ def test_a_hairpin_is_judged_as_east_west_on_the_container_port(lab, egress):
     cells = [(c, dst, "tcp", PUBLISHED) for c in (web2, api) for dst in HAIRPIN_DSTS]
     expect = ["ok"] * 4 + ["timeout"] * 4
     assert parallel(probe_addr, cells) == expect, "intra passes, another segment without a rule does not"
+    _assert_hairpin_counted(lab)
     dropped = [e for e in drain(events, 1.5) if e.src in (api.ip4, api.ip6)]
     assert dropped and all((e.reason, e.dst, e.port) in (("no-rule", web.ip4, 8080), ("no-rule", web.ip6, 8080))
                            for e in dropped), f"api's hairpin drops, as the direct flow's: {dropped}"
@@ -131,6 +132,18 @@ def test_a_hairpin_is_judged_as_east_west_on_the_container_port(lab, egress):
     assert parallel(probe_addr, cells[4:]) == ["ok"] * 4, "an east-west rule on the container port lets it"
     lab.update("api->web:tcp/8080", intra="deny", egress=egress)
     assert parallel(probe_addr, cells) == ["timeout"] * 4 + ["ok"] * 4, "intra=deny: not within web"
+
+
+def _assert_hairpin_counted(lab) -> None:
+    """U12-F5 (a): `show`'s pair counters and the metrics (both from ``per_pair``) count
+    the hairpin flows as the direct ones: web2's 4 flows opened once each in web->web
+    (two IPv4 SYNs of 60 bytes, two IPv6 SYNs of 80: the first packet of a flow), api's
+    SYNs (a retransmission each, within the probe's 1.5 s) dropped in api->web."""
+    from plugin.observe.counting import per_pair   # noqa: PLC0415
+    allowed, dropped, _would = per_pair(lab.policy, lab.counters())
+    assert allowed[("web", "web")] == [4, 2 * 60 + 2 * 80], dict(allowed)
+    assert 4 <= dropped[("api", "web")][0] <= 8, dict(dropped)
+    assert [p for p in dropped if p != ("api", "web")] == [], dict(dropped)
 
 
 def test_internal_network_keeps_everything_inside(lab):
@@ -159,7 +172,32 @@ def test_the_hosts_loopback_stays_the_hosts(lab):
         sniffer.close()
     assert any(b"to-the-gateway" in f for f in frames)        # the control: the host echoes
     assert not any(b"to-loopback" in f for f in frames)
-    assert lab.dropped("invalid") >= 1
+    assert lab.dropped("loopback") >= 1
+
+
+def test_a_loopback_published_port_is_reported_as_sent(lab):
+    """U12-F5 (c): a member's SYN to 127.0.0.1:P, P published on 127.0.0.1 for another
+    member, is dropped and reported on both backends as sent (127.0.0.1, the host port)
+    with the reason ``loopback``; before, nftables said ``invalid`` and eBPF named the
+    member behind the port. To ::1 too (the host's IPv6 stack drops it before any
+    netfilter hook: nftables reported nothing, eBPF ``invalid``)."""
+    web, api = lab.add(2)
+    lab.exec("sysctl", "-qw", f"net.ipv4.conf.{BRIDGE}.route_localnet=1")
+    lab.apply("api->web:tcp/8080", {web: "web", api: "api"},
+              published={web: (("tcp", "127.0.0.1", PUBLISHED, 8080),)})
+    events = lab.drop_events()
+    sniffer = Sniffer(web)
+    try:
+        for sport in (40001, 40002):
+            send_frame(api, tcp_syn_frame(api, BRIDGE_MAC, "127.0.0.1", PUBLISHED, sport))
+        send_frame(api, tcp_syn_frame(api, BRIDGE_MAC, "::1", PUBLISHED))
+        reached = [f for f in sniffer.frames(0.5) if f[12:14] == b"\x08\x00" and f[23] == 6]
+    finally:
+        sniffer.close()
+    assert reached == [], "a SYN to 127.0.0.1 reached the member behind the loopback port"
+    got = {(e.reason, e.src, e.dst, e.port) for e in drain(events, 1.0) if e.src in (api.ip4, api.ip6)}
+    assert got == {("loopback", api.ip4, "127.0.0.1", PUBLISHED), ("loopback", api.ip6, "::1", PUBLISHED)}, got
+    assert lab.dropped("loopback") == 3 and lab.dropped("invalid") == 0
 
 
 def test_cidr_rules_count_the_flows_they_allow(lab):

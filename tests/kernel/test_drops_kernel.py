@@ -5,12 +5,13 @@ backend of the lab."""
 from __future__ import annotations
 
 import socket
+import struct
 import time
 
 import pytest
 
 from nsfixtures import NET_ID, OUTSIDE4, drain, lab  # noqa: F401  (lab is a fixture)
-from packets import ns_socket, send_frame, udp4_frame
+from packets import Sniffer, arp_frame, ns_socket, send_frame, udp4_frame
 from plugin.observe import probes
 
 pytestmark = pytest.mark.kernel
@@ -82,6 +83,39 @@ def test_a_frame_of_another_ethertype_is_reported_as_nftables_reports_it(lab, ev
     send_frame(web, tagged)
     got = [e for e in drain(events, 1.0) if e.reason == "ethertype"]
     assert [(e.family, e.proto, e.src, e.dst) for e in got] == [(0, "ethertype-0x324d", "", "")], got
+
+
+def _tagged(frame: bytes, vid: int = 5) -> bytes:
+    """``frame`` with an 802.1Q tag (VLAN ``vid``) after its MAC addresses."""
+    return frame[:12] + struct.pack("!HH", 0x8100, vid) + frame[12:]
+
+
+def test_a_tagged_frame_is_dropped_as_ethertype(lab, events):
+    """802.1Q: a member's tagged frame whose inner IPv4 (a flow the policy allows and
+    already passed, so eBPF's fast path knows it) or ARP would pass untagged is dropped
+    as ``ethertype`` on both backends: secnet networks carry no VLANs. Before, eBPF
+    judged the inner packet (the receiving veth moves the tag into skb->vlan_tci) and
+    delivered it; nftables' ``ether type`` sees 0x8100."""
+    web, api = lab.add(2)
+    lab.apply("*->*", {web: "web", api: "api"})
+    sniffer = Sniffer(api)
+    try:
+        for mark in (b"UNTAGGED-1", b"UNTAGGED-2"):   # the flow (not DNS: eBPF's fast path takes it)
+            send_frame(web, udp4_frame(web, api.mac, web.ip4, api.ip4, 7000, mark))
+            time.sleep(0.1)
+        drain(events, 0.3)
+        send_frame(web, _tagged(udp4_frame(web, api.mac, web.ip4, api.ip4, 7000, b"TAGGED-IP")))
+        send_frame(web, _tagged(arp_frame(web.mac, web.ip4, api.ip4, op=1)))
+        frames = sniffer.frames(0.6)
+    finally:
+        sniffer.close()
+    assert any(b"UNTAGGED-2" in f for f in frames), "the control did not arrive"
+    assert not any(b"TAGGED-IP" in f or (f[12:14] == b"\x81\x00" and f[16:18] == b"\x08\x06")
+                   for f in frames), "a tagged frame reached the other member"
+    got = {(e.reason, e.family, e.proto, e.src, e.dst, e.ifname) for e in drain(events, 1.0)}
+    assert got == {("ethertype", 4, 17, web.ip4, api.ip4, web.veth),
+                   ("ethertype", 4, "arp", web.ip4, api.ip4, web.veth)}, got
+    assert lab.dropped("ethertype") == 2
 
 
 def test_probes_observe_what_the_policy_lets_through(lab):

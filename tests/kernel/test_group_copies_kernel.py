@@ -116,6 +116,26 @@ def test_group_copies_follow_the_segments(lab):
         f"the copies to api were not reported: {logged[:5]}"
     assert lab.dropped("not-member") == 0
     assert lab.dropped("no-rule") >= SENT * 2   # at least one v4 and one v6 address
+    _assert_counted_per_pair(lab)
+
+
+def _assert_counted_per_pair(lab, audit: bool = False) -> None:
+    """`show`'s and the metrics' pair drop counts (``per_pair``) hold the copies dropped
+    at api as web->api, as the per-reason total does: every no-rule drop here is one.
+    Before, nftables counted them per reason only (its bridge table had no pair sets)."""
+    from plugin.observe.counting import per_pair   # noqa: PLC0415
+    _allowed, dropped, would = per_pair(lab.policy, lab.counters())
+    pairs = {k: v for k, v in (would if audit else dropped).items() if v[0]}
+    total = lab.dropped("no-rule", audit=audit)
+    assert total >= SENT * 2 and pairs == {("web", "api"): [total, pairs[("web", "api")][1]]}, (pairs, total)
+
+
+def test_group_copies_are_counted_per_pair_in_audit_mode(lab):
+    web, web2, api = lab.add(3)
+    lab.apply("web->api:tcp/8080", {web: "web", web2: "web", api: "api"}, mode="audit")
+    got = _deliveries(web, {"web2": web2, "api": api})
+    assert _where(got, "api", SENT) == [], f"audit mode: api gets them: {got}"
+    _assert_counted_per_pair(lab, audit=True)
 
 
 def test_intra_deny_drops_group_copies_in_the_segment(lab):

@@ -21,11 +21,11 @@ from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpe
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import fqdn, kernel, ruleset
-from .drops import NFLOG_GROUP, deliver
+from .drops import NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, group_copy_pairs
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
-from .nftdump import decode_marks
+from .nftdump import decode_pair
 from .nflog import NflogReader
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
@@ -270,8 +270,11 @@ class NftBackend(fqdn.FqdnMethods):
                     once[first] = _add(once.get(first), count or (0, 0))
         reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        return Counters(allowed=allowed, allowed_once=once, dropped=counts.get("drops", {}), reasons=reasons,
-                        would_drop=counts.get("audits", {}), would_drop_reasons=would)
+        pid = {k[0]: v[0] for k, v in (real.port_sets.get("pid", {}) if real else {}).items()}
+        dropped, audits = (group_copy_pairs(counts.get(a, {}), counts.get(b, {}), pid)
+                           for a, b in zip(PAIR_SETS, PORT_PAIR_SETS))
+        return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons,
+                        would_drop=audits, would_drop_reasons=would)
 
     def _rule_counters(self, table: str) -> dict:
         if self.writer is None:
@@ -289,16 +292,22 @@ class NftBackend(fqdn.FqdnMethods):
 
     def _set_counters(self, table: str, attribution: dict) -> dict:
         """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
-        and of the pair sets keyed by ``(src, dst)`` identities."""
-        names = tuple(attribution) + ("drops", "audits")
+        and of the pair sets keyed by ``(src, dst)`` identities (the bridge table's by
+        ``(src, port name)``; missing in a table of an older FORMAT: empty)."""
+        names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS
         if self.writer is None:
             have = kernel.read_elements(self.runner, table, names)
             return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
         out = {}
         for name in names:
-            dumped = self.writer.dump(table, name)
-            if name in ("drops", "audits"):
-                out[name] = {decode_marks(k[0]): c for k, c in dumped.items() if c}
+            try:
+                dumped = self.writer.dump(table, name)
+            except OSError:
+                if name not in PORT_PAIR_SETS:
+                    raise
+                dumped = {}
+            if name in PAIR_SETS + PORT_PAIR_SETS:
+                out[name] = {decode_pair(k[0]): c for k, c in dumped.items() if c}
             else:
                 parts = identifier(name)
                 out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}

@@ -12,6 +12,9 @@ Each table has one such chain per reason; it
 * counts the ``(source identity, destination identity)`` pair of policy
   drops in the dynamic set ``drops`` (``audits`` for would-be drops): the
   identities are the packet's ``meta mark`` and ``ct mark`` (see ``ruleset``);
+  the bridge table (no conntrack there) counts its one policy drop, a group
+  copy (``no-rule``), per ``meta mark`` (the sender's identity) and receiving
+  port in ``gdrops``/``gaudits``, named as a pair by :func:`group_copy_pairs`;
 * reports the packet through NFLOG group :data:`NFLOG_GROUP` with the prefix
   ``sn <network-id[:12]> <reason>[ audit]`` (the daemon reads it), at most
   once per flow and second: the flow is the key of a dynamic set whose
@@ -42,7 +45,10 @@ PAIR_SET_SIZE = 65536
 LOG_CAP = "rate 500/second burst 1000 packets"
 LOG_SETS = ("log4p", "log4", "log6p", "log6", "logl2")
 PAIR_SETS = ("drops", "audits")
-DYNAMIC_SETS = LOG_SETS + PAIR_SETS
+#: the bridge table's pair sets: group copies (chain ``group_copy``) dropped per
+#: (sender's identity, receiving port); :func:`group_copy_pairs` names the port's identity
+PORT_PAIR_SETS = ("gdrops", "gaudits")
+DYNAMIC_SETS = LOG_SETS + PAIR_SETS + PORT_PAIR_SETS
 #: reasons that policy decides: audit mode lets these pass (and logs them). Not
 #: ``internal``: ``--internal`` is Docker's network setting, not policy, and holds
 #: in both modes, as anti-spoofing does (U11-F1)
@@ -120,10 +126,28 @@ def _log_lines(family: str, prefix: str) -> list:
             for match, name, key in _flow_rules(family)]
 
 
-def _pair_line(family: str, reason: str, pair_set: str) -> list:
-    if family != "inet" or reason not in PAIRED:
+def _pair_line(family: str, reason: str, audit: bool) -> list:
+    if reason not in PAIRED:
         return []
-    return [f"    update @{pair_set} {{ meta mark . ct mark }}"]
+    if family == "inet":
+        return [f"    update @{PAIR_SETS[audit]} {{ meta mark . ct mark }}"]
+    if reason == "no-rule":   # the bridge table's: group_copy, whose meta mark is the sender's identity
+        return [f"    update @{PORT_PAIR_SETS[audit]} {{ meta mark . oifname }}"]
+    return []
+
+
+def group_copy_pairs(pairs: dict, dumped: dict, identity_of: dict) -> dict:
+    """``pairs`` ({(src, dst): (packets, bytes)}, the inet table's) plus the group copies
+    of ``dumped`` ({(src identity, port name): counter}, a bridge pair set), each port
+    named by its identity now (``identity_of``: {port name: identity}; a port that is
+    gone is left out, its drops stay in the per-reason totals). A new dict."""
+    out = dict(pairs)
+    for (src, port), count in dumped.items():
+        dst = identity_of.get(port)
+        if dst is not None and count:
+            old = out.get((src, dst), (0, 0))
+            out[(src, dst)] = (old[0] + count[0], old[1] + count[1])
+    return out
 
 
 def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> list:
@@ -140,15 +164,15 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
     sets = [s for _m, s, _k in _flow_rules(family)]
     lines = [f"  set {name} {{ type {_SET_TYPES[name]}; size {LOG_SET_SIZE};"
              f" flags dynamic,timeout; timeout {LOG_SET_TIMEOUT}; }}" for name in sets]
-    if family == "inet":
-        lines += [f"  set {name} {{ type mark . mark; size {PAIR_SET_SIZE}; flags dynamic; counter; }}"
-                  for name in PAIR_SETS]
+    pair_sets, pair_type = (PAIR_SETS, "mark . mark") if family == "inet" else (PORT_PAIR_SETS, "mark . ifname")
+    lines += [f"  set {name} {{ type {pair_type}; size {PAIR_SET_SIZE}; flags dynamic; counter; }}"
+              for name in pair_sets]
     lines.append(f"  limit logcap {{ {LOG_CAP} }}")
     for reason in REASONS:
         lines.append(f"  chain {drop_chain_name(reason)} {{")
         if reason in AUDITABLE:
             lines.append(f"    {SETTING_KEY} @{audit_set} goto {audit_chain_name(reason)}")
-        lines += _pair_line(family, reason, "drops")
+        lines += _pair_line(family, reason, audit=False)
         lines += _log_lines(family, log_prefix(network_id, reason))
         lines += [f"    counter drop comment {quote('deny:' + reason)}", "  }"]
         if reason in AUDITABLE:
@@ -160,7 +184,7 @@ def _audit_chain(family: str, network_id: str, reason: str, passed: str) -> list
     """Lines of chain ``audit_<reason>``: log, count, let pass. A pending or quarantined
     container's frames are counted in the bridge table, which sees every one of them; its
     IP flows are logged in the inet table, which sees a flow's first packets only."""
-    lines = [f"  chain {audit_chain_name(reason)} {{"] + _pair_line(family, reason, "audits")
+    lines = [f"  chain {audit_chain_name(reason)} {{"] + _pair_line(family, reason, audit=True)
     logged = _log_lines(family, log_prefix(network_id, reason, audit=True))
     if family == "bridge" and reason in INACTIVE:
         logged = [line for line in logged if "@logl2 " in line]   # IP flows: the inet table

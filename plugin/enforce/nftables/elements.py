@@ -78,6 +78,8 @@ _schema("bridge", "pidk", ("ifname", "mark"))       # the same as a set;
 _schema("bridge", "intra", ("mark",))               # segments with an (s, s, any) entry
 for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.py)
     _schema("inet", _name, ("mark", "mark"))
+for _name in ("gdrops", "gaudits"):   # the same, of the bridge table's group copies
+    _schema("bridge", _name, ("mark", "ifname"))
 
 _INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(

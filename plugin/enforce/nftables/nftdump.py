@@ -129,6 +129,16 @@ def decode_marks(key: bytes) -> tuple:
     return struct.unpack("=II", key[:8])
 
 
+def decode_mark_port(key: bytes) -> tuple:
+    """(identity, port name) of a ``mark . ifname`` key (the name NUL-padded to IFNAMSIZ)."""
+    return struct.unpack("=I", key[:4])[0], key[4:20].split(b"\0", 1)[0].decode()
+
+
+def decode_pair(key: bytes) -> tuple:
+    """A pair set's key: ``mark . mark`` (8 bytes) or ``mark . ifname`` (20)."""
+    return decode_marks(key) if len(key) == 8 else decode_mark_port(key)
+
+
 class TableReader:
     """Dumps of one nf_tables table, on the socket of the class it is mixed into
     (which gives ``_socket()``, ``_lock`` and ``_message()``: :class:`netlink.ElementWriter`)."""

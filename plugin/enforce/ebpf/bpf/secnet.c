@@ -283,7 +283,7 @@ int from_container(struct __sk_buff *skb)
 	if (loopback(p)) {
 		/* the bridge has route_localnet (published loopback ports): the host's
 		 * loopback-only services must stay the host's, in both modes */
-		vd.reason = R_INVALID;
+		vd.reason = R_LOOPBACK;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
 	r = tracked(skb, &c, p, &ew);

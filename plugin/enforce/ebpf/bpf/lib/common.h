@@ -23,6 +23,8 @@
 enum reason {
 	R_NO_RULE = 0, R_EGRESS, R_INTERNAL, R_NOT_MEMBER, R_INVALID,
 	R_QUARANTINED, R_PENDING, R_SPOOFED, R_ETHERTYPE,
+	R_LOOPBACK,     /* to the host's 127.0.0.0/8 (or ::1) from a container */
+	R_ROUTER,       /* a container's router advertisement or redirect */
 };
 /* not a drop: judge() allowed the flow by an address a DNS answer taught (CT_FQDN) */
 #define R_LEARNED 200

@@ -28,7 +28,9 @@ static __always_inline int rate_limited(struct pkt *p, __u8 reason)
 	__u64 now = bpf_ktime_get_ns(), *last;
 
 	if (p->family) {
-		__builtin_memcpy(k.saddr, p->saddr, 16);
+		/* the source it is judged and reported by: two clients that one masquerade
+		 * made the gateway are two flows, as nftables (before the NAT) keys them */
+		__builtin_memcpy(k.saddr, p->osrc, 16);
 		__builtin_memcpy(k.daddr, p->daddr, 16);
 		k.proto = p->proto;
 		k.dport = p->dport;
@@ -130,7 +132,8 @@ static __always_inline void count_drop(struct __sk_buff *skb, struct verdict *v,
 static __always_inline int always_drop(__u8 reason)
 {
 	return reason == R_SPOOFED || reason == R_ETHERTYPE || reason == R_NOT_MEMBER
-		|| reason == R_INVALID || reason == R_INTERNAL;
+		|| reason == R_INVALID || reason == R_INTERNAL || reason == R_LOOPBACK
+		|| reason == R_ROUTER;
 }
 
 /* The one way a packet is dropped. ``mode``: the network's mode now. */

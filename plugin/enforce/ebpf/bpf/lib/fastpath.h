@@ -6,6 +6,7 @@
  * It only takes the packets for which the full path (secnet.c) would end in
  * deliver()'s bpf_redirect_peer, with the same checks in the same order and
  * the same side effects (the conntrack entry's refresh, the mark cleared):
+ *   untagged (no 802.1Q tag in the skb's metadata: check_source drops it),
  *   IPv4 without options, not a fragment (lib/frag.h remembers first
  *   fragments' ports), or IPv6 without extension
  *   headers or a link-local source; TCP, UDP, or an ICMP/ICMPv6 echo
@@ -47,8 +48,8 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u
 	struct ethhdr *eth = data;
 	__u8 *l4;
 
-	if ((void *)(eth + 1) > end)
-		return FAST_NO;
+	if ((void *)(eth + 1) > end || skb->vlan_present)
+		return FAST_NO;   /* (a tagged frame: check_source drops it) */
 	*smac = eth->h_source;
 	*dmac = eth->h_dest;
 	if (eth->h_proto == bpf_htons(ETH_P_IP)) {

@@ -5,7 +5,7 @@
  * the rest is judged by policy as from its global address); neighbour
  * adverts only for its own addresses; never router adverts or redirects (a
  * container must not become its neighbours' router); nothing but ARP, IPv4
- * and IPv6. */
+ * and IPv6, untagged. */
 #ifndef SECNET_SPOOF_H
 #define SECNET_SPOOF_H
 #include "common.h"
@@ -78,8 +78,9 @@ static __always_inline int check_ipv6(struct __sk_buff *skb, struct pkt *p, stru
 	/* its own link-local address is one of its addresses (members): judged (U10-F4) */
 	if (!link_local && (zero16(ep->ipv6) || !eq16(p->saddr, ep->ipv6)))
 		return -R_SPOOFED;
+	/* from its own address, but a container must not become its neighbours' router */
 	if (icmp && (p->icmp_type == 134 || p->icmp_type == 137))
-		return -R_SPOOFED;
+		return -R_ROUTER;
 	return SRC_POLICY;
 }
 
@@ -88,6 +89,13 @@ static __always_inline int check_source(struct __sk_buff *skb, struct pkt *p, st
 {
 	if (!eq_mac(p->smac, ep->mac))
 		return -R_SPOOFED;
+	/* An 802.1Q/802.1ad tag: the receiving veth moved it into the skb's metadata
+	 * (skb_vlan_untag in __netif_receive_skb_core, before tc ingress), so the data
+	 * shows the inner ethertype, which parse() read. secnet networks carry no
+	 * VLANs: dropped as nftables' bridge table drops it (its "ether type" puts the
+	 * tag back, nft_payload_copy_vlan, and sees 0x8100/0x88a8). */
+	if (skb->vlan_present)
+		return -R_ETHERTYPE;
 	if (p->ethertype == ETH_P_ARP_)
 		return check_arp(skb, ep);
 	if (p->family == 4)
