@@ -144,11 +144,8 @@ def parse_network_options(
     """Validate Docker's generic options (every ``-o``) into NetworkOptions.
 
     ``docker_mtu`` is ``com.docker.network.driver.mtu`` (taken from
-    ``generic`` when not passed): the MTU when ``secnet.mtu`` is not given. Both
-    given with different values raise OptionError: the engine sets its own option's
-    MTU on the container's end of the veth after the join (seen with Docker 20.10),
-    so the bridge and the container would disagree (a path-MTU black hole; U13-F3).
-    ``internal`` and ``ipv6`` are Docker's ``--internal`` and ``--ipv6``.
+    ``generic`` when not passed); ``secnet.mtu`` wins over it. ``internal``
+    and ``ipv6`` are Docker's ``--internal`` and ``--ipv6``.
     """
     generic = dict(generic or {})
     if docker_mtu is None:
@@ -162,9 +159,7 @@ def parse_network_options(
         kwargs[OPTION_FIELDS[key]] = _parse_value(key, value)
     if docker_mtu not in (None, "", 0, "0"):
         mtu = _parse_mtu(DOCKER_MTU_KEY, docker_mtu)
-        if kwargs.setdefault("mtu", mtu) != mtu:
-            raise OptionError("secnet.mtu", kwargs["mtu"],
-                              f"{DOCKER_MTU_KEY} is {mtu}: give one MTU, or the same value to both")
+        kwargs.setdefault("mtu", mtu)
     return NetworkOptions(**kwargs, internal=bool(internal), ipv6=bool(ipv6))
 
 
