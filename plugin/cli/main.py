@@ -197,6 +197,7 @@ PRINTERS = {
 
 EDITS = ("set", "add", "remove")   # take one RULE or more; "clear" takes none
 NETWORK_HELP = "a secnet network's name or id, as in docker network inspect"
+END_HELP = "container name, segment name or address; container:NAME or segment:NAME when a name is both"
 
 
 def parser():
@@ -237,8 +238,8 @@ def parser():
     s.add_argument("--follow", "-f", action="store_true", help="keep printing new drops")
     s = verb("explain", "would policy allow a flow, and why")
     s.add_argument("network", metavar="NETWORK", help=NETWORK_HELP)
-    s.add_argument("src", metavar="SRC", help="container name, segment name or address")
-    s.add_argument("dst", metavar="DST", help="container name, segment name or address")
+    s.add_argument("src", metavar="SRC", help=END_HELP)
+    s.add_argument("dst", metavar="DST", help=END_HELP)
     s.add_argument("service", metavar="PROTO[/PORT]", help="tcp/8080, udp/53, icmp, ...")
     verb("verify", "probe every segment pair with real packets").add_argument(
         "network", metavar="NETWORK", help=NETWORK_HELP)

@@ -39,6 +39,7 @@ from typing import Callable, Optional
 from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
+from plugin.driver import outlived
 from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,12 @@ def _pick(rows, name: Optional[str] = None, cid: Optional[str] = None) -> Option
 def _container_name(row: dict, fallback: Optional[str]) -> Optional[str]:
     names = row.get("Names") or ()
     return names[0].lstrip("/") if names else fallback
+
+
+def _names_of(rows) -> dict:
+    """container id -> name of ``/containers/json`` rows (unnamed ones left out)."""
+    names = {row["Id"]: _container_name(row, None) for row in rows or ()}
+    return {cid: n for cid, n in names.items() if n}
 
 
 class LabelResolver:
@@ -292,16 +299,16 @@ class LabelResolver:
         """container id -> current name, as the engine lists them (lock-free)."""
         client = client or self._factory(timeout=NAMES_TIMEOUT)
         filters = {"network": [network_id]} if network_id else None
-        rows = client.containers(all=True, filters=filters)
-        names = {row["Id"]: _container_name(row, None) for row in rows or ()}
-        return {cid: n for cid, n in names.items() if n}
+        return _names_of(client.containers(all=True, filters=filters))
 
     def drop_gone_endpoints(self, client, live: dict, known: set) -> int:
-        """Delete endpoints that outlived their container (removed, or restarted
-        with another endpoint, while the daemon was down: Docker does not call
-        DeleteEndpoint again). ``live``: every container id -> name; ``known``:
-        ids of the endpoints that had a container before ``live`` was listed
-        (an endpoint resolved since is not judged by an older list)."""
+        """Delete endpoints that outlived their container (removed, stopped, or
+        restarted with another endpoint, while the daemon was down: Docker does
+        not call DeleteEndpoint again; :mod:`plugin.driver.outlived` decides).
+        ``live``: every container id the engine lists -> its state (``running``,
+        ``exited``, ...); ``known``: ids of the endpoints that had a container
+        before ``live`` was listed (an endpoint resolved since is not judged by
+        an older list)."""
         from .protocol import EndpointRequest
         removed = 0
         for net in self.driver.state.networks():
@@ -313,12 +320,12 @@ class LabelResolver:
             except Exception as exc:  # this network is left for the next catch-up
                 log.info("network %s: cannot list its members: %s", net.id[:12], exc)
                 continue
-            for ep in eps:
-                other = (members.get(ep.container_id) or {}).get("EndpointID")
-                if ep.container_id in live and other in (None, ep.id):
-                    continue
-                log.warning("endpoint %s of network %s outlived its container %s: removing it",
-                            ep.id[:12], net.id[:12], ep.container_id[:12])
+            for ep in outlived.unlisted_but_active(eps, members, live):
+                log.warning("endpoint %s of network %s: the engine lists no endpoint for its running"
+                            " container %s; kept", ep.id[:12], net.id[:12], ep.container_id[:12])
+            for ep, why in outlived.outlived(eps, members, live):
+                log.warning("endpoint %s of network %s outlived its container %s (%s): removing it",
+                            ep.id[:12], net.id[:12], ep.container_id[:12], why)
                 self.driver.delete_endpoint(EndpointRequest(network_id=net.id, endpoint_id=ep.id))
                 removed += 1
         return removed
@@ -328,9 +335,9 @@ class LabelResolver:
         self.drop_gone_networks(client)
         try:
             known = {ep.id for ep in self.driver.state.endpoints() if ep.container_id}
-            live = self._names(client)
-            self.driver.rename_containers(live)
-            self.drop_gone_endpoints(client, live, known)
+            rows = client.containers(all=True) or ()
+            self.driver.rename_containers(_names_of(rows))
+            self.drop_gone_endpoints(client, {row["Id"]: row.get("State") or "" for row in rows}, known)
         except Exception as exc:  # names and endpoints stay as they were; the next catch-up tries again
             log.info("cannot re-read containers: %s: %s", type(exc).__name__, exc)
         pending: dict = {}

@@ -82,9 +82,19 @@ def _member(ep, kind: str, text: str) -> tuple:
     return ("segment", ep.segment), desc
 
 
+KINDS = ("container", "segment")   # the explicit forms: container:NAME, segment:NAME
+
+
 def resolve_end(text: str, endpoints, compiled) -> tuple:
-    """(flow end for ``verdict``, description) of a container, segment or address."""
+    """(flow end for ``verdict``, description) of a container, segment or address.
+
+    ``container:NAME`` and ``segment:NAME`` say which one is meant; a bare name
+    that is both a container's (or a container id prefix) and a segment's is an
+    error that lists both meanings (U13-F2), never a guess. Raises PolicyError."""
     text = (text or "").strip()
+    kind, colon, name = text.partition(":")
+    if colon and kind.lower() in KINDS:
+        return _explicit(kind.lower(), name.strip(), text, endpoints, compiled)
     address = _address(text)
     if address is not None:
         ep = _by_address(endpoints, address)
@@ -94,12 +104,30 @@ def resolve_end(text: str, endpoints, compiled) -> tuple:
         return (kind, address), {"input": text, "kind": "address", "address": address, "outside": True,
                                  "host": kind == "host"}
     ep = _by_container(endpoints, text)
+    if ep is not None and text in compiled.segments:
+        raise PolicyError(
+            f"'{shown(text)}' names both container {ep.container or ep.container_id[:12]} (segment"
+            f" {ep.segment or '?'}, {(ep.ipv4 or ep.ipv6 or '').split('/')[0]}) and segment {shown(text)}"
+            f" of this network: write container:{shown(text)} or segment:{shown(text)}")
     if ep is not None:
         return _member(ep, "container", text)
     if text in compiled.segments:
         return ("segment", text), {"input": text, "kind": "segment", "segment": text}
     raise PolicyError(f"'{shown(text)}' is no container, segment or address of this network"
                       f" (segments: {', '.join(compiled.segments)})")
+
+
+def _explicit(kind: str, name: str, text: str, endpoints, compiled) -> tuple:
+    """The end ``container:NAME`` or ``segment:NAME`` names (``text``: as typed)."""
+    if kind == "segment":
+        if name in compiled.segments:
+            return ("segment", name), {"input": text, "kind": "segment", "segment": name}
+        raise PolicyError(f"'{shown(text)}': no segment '{shown(name)}' in this network"
+                          f" (segments: {', '.join(compiled.segments)})")
+    ep = _by_container(endpoints, name) if name else None
+    if ep is None:
+        raise PolicyError(f"'{shown(text)}': no container '{shown(name)}' in this network")
+    return _member(ep, "container", text)
 
 
 def _hairpin(endpoints, dst_end: tuple, proto: str, port: Optional[int]):

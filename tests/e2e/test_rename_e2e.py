@@ -48,3 +48,20 @@ def test_rename_then_a_new_container_takes_the_old_name(make_network, run_contai
     report = v.secnet_json("verify", net.name)
     names = {c["dst_container"] for c in report["cells"]} | {c["src_container"] for c in report["cells"]}
     assert renamed in names and report["ok"], report
+
+
+def test_a_container_named_like_a_segment_is_an_error_until_the_kind_is_said(make_network, run_container):
+    """U13-F2: a container named after a segment must not silently change what
+    that segment's name means to `explain`; container:NAME / segment:NAME choose."""
+    both = h.unique("seg")                                     # a container name and a segment name
+    net = v.vis_network(make_network, "sn-namesake", opts={"secnet.allow": f"web->{both}:tcp/8080"})
+    web = run_container(net, "web", labels={SEG: "web"})
+    named = h.run_container_named(net, both, labels={SEG: "api"})   # removed with the network
+    res = v.secnet("explain", net.name, web.name, both, "tcp/8080")
+    err = res.stderr.strip()
+    assert res.returncode != 0 and "\n" not in err, err
+    assert f"names both container {both} (segment api" in err and f"segment:{both}" in err, err
+    assert explain(net, web.name, f"segment:{both}")["allowed"] is True       # the rule web->both
+    verdict = explain(net, web.name, f"container:{both}")
+    assert verdict["allowed"] is False and verdict["dst"]["segment"] == "api", verdict
+    assert v.tcp_try(web, named.ip, h.LISTEN_PORT) is False          # the packets agree

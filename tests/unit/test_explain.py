@@ -169,3 +169,43 @@ def test_a_member_reaching_a_published_port_is_explained_as_east_west(monkeypatc
     assert explain(c, eps, "db1", "192.0.2.10", "udp/5353")["dst"]["container"] == "api1"   # its own address
     for dst, service in (("192.0.2.11", "udp/5353"), ("127.0.0.1", "tcp/18601"), ("192.0.2.10", "tcp/18602")):
         assert "hairpin" not in explain(c, eps, "db1", dst, service)["dst"], (dst, service)
+
+
+# U13-F2: a container named like a segment (here container "web" in segment api)
+NAMESAKE = ENDPOINTS + [ep(8, "web", "api", "10.224.0.9")]
+
+
+def test_a_name_that_is_a_container_and_a_segment_is_an_error_listing_both():
+    with pytest.raises(PolicyError) as err:
+        explain(compiled(), NAMESAKE, "api", "web", "tcp/8080")
+    text = str(err.value)
+    assert "'web' names both container web (segment api, 10.224.0.9) and segment web" in text, text
+    assert "container:web or segment:web" in text and "\n" not in text
+    with pytest.raises(PolicyError, match="names both"):    # as a source too
+        resolve_end("web", NAMESAKE, compiled())
+
+
+def test_segment_and_container_prefixes_choose_the_meaning():
+    c = compiled()
+    assert resolve_end("segment:web", NAMESAKE, c)[0] == ("segment", "web")
+    assert resolve_end("container:web", NAMESAKE, c)[0] == ("segment", "api")
+    assert resolve_end("container:web", NAMESAKE, c)[1]["container"] == "web"
+    assert explain(c, NAMESAKE, "segment:api", "segment:web", "tcp/8080")["allowed"] is False
+    assert explain(c, NAMESAKE, "segment:web", "segment:api", "tcp/8080")["allowed"] is True
+    assert explain(c, NAMESAKE, "api1", "container:web", "tcp/8080")["allowed"] is True   # intra api
+    assert resolve_end("Segment:db", ENDPOINTS, c)[0] == ("segment", "db")   # the kind in any case
+    assert resolve_end("container:api1", ENDPOINTS, c)[0] == ("segment", "api")
+
+
+def test_a_prefix_that_names_nothing_is_an_error():
+    c = compiled()
+    with pytest.raises(PolicyError, match="no segment 'web1' in this network"):
+        resolve_end("segment:web1", ENDPOINTS, c)
+    with pytest.raises(PolicyError, match="no container 'web' in this network"):
+        resolve_end("container:web", ENDPOINTS, c)
+    with pytest.raises(PolicyError, match="no container '' in this network"):
+        resolve_end("container:", ENDPOINTS, c)
+
+
+def test_an_ipv6_address_is_no_prefix():
+    assert resolve_end("fd00:224::2", ENDPOINTS, compiled())[0] == ("segment", "web")

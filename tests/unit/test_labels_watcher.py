@@ -55,7 +55,8 @@ def test_a_rename_event_renames_the_containers_endpoints():
     done = endpoint(segment="web", container="web-1", container_id=CID)
     other = endpoint("f" * 64, segment="web", container="db", container_id="d" * 64)
     driver = FakeDriver(network(), [done, other])
-    client = FakeClient([row("web-1", {}), row("db", {}, cid="d" * 64)])
+    client = FakeClient([row("web-1", {}), row("db", {}, cid="d" * 64)],
+                        {CID: {"Name": "web-1", "EndpointID": EID}, "d" * 64: {"Name": "db", "EndpointID": "f" * 64}})
 
     class Renamed(list):  # the engine renames, then sends the event
         def __iter__(self):
@@ -74,7 +75,7 @@ def test_a_rename_event_renames_the_containers_endpoints():
 def test_catch_up_follows_renames_missed_while_away():
     done = endpoint(segment="web", container="web-1", container_id=CID)
     driver = FakeDriver(network(), [done])
-    client = FakeClient([row("api", {})])          # renamed while the stream was down
+    client = FakeClient([row("api", {})], {CID: {"Name": "api", "EndpointID": EID}})  # renamed while down
     run_watcher(resolver(client, sleep=lambda s: None), driver,
                 lambda: driver.state.eps[EID].container == "api")
 
