@@ -133,7 +133,10 @@ def test_intra_holds_the_segments_whose_members_may_send_each_other_anything():
 def test_a_group_copy_is_judged_in_the_bridge_table_before_inet_conntrack():
     text = ruleset.skeleton_script(NID, NET)
     forward = text.split("chain forward {")[1]
-    assert forward.index("meta pkttype { broadcast, multicast } goto pass") < forward.index("ct state")
+    group = forward.index("meta pkttype { broadcast, multicast } goto pass")
+    # before any conntrack judgement; after the two rules that pass it alike (an established
+    # unicast packet leaves on them without evaluating the group rule)
+    assert forward.index("ct status confirmed goto pass") < group < forward.index("ct state invalid")
     host_in = text.split("chain host_in {")[1]
     assert host_in.index("meta pkttype { broadcast, multicast } goto host_judge") < host_in.index("ct state")
     assert "meta mark set iifname map @pid oifname . meta mark @pidk meta mark @intra accept" in text
