@@ -216,9 +216,9 @@ def _base_chains(bridge: str) -> list:
         # UDP): judged once, counted once, as on eBPF (its conntrack map)
         "ct status confirmed goto pass",
         # a copy of a broadcast or multicast frame: judged per port, by the bridge table
-        # (chain group_copy); ahead of the conntrack judgement (invalid, east_west), as
-        # the host's copy confirms the entry all copies share. After the two rules above,
-        # which pass it alike: an established unicast packet does not pay for this one
+        # (chain group_copy), so passed here ahead of any judgement (invalid, east_west);
+        # after the two rules above, which pass it alike, so that an established unicast
+        # packet does not walk it (~0.1 us a rule: bench/results/2026-11-30-perfchk.md)
         f"iifname {br} oifname {br} meta pkttype {{ broadcast, multicast }} goto pass",
         f"ct state invalid {deny('invalid')}",
         f"{ND} goto pass",                  # address resolution (sources checked in the bridge table)
