@@ -211,11 +211,14 @@ def remove_leftovers() -> None:
     remove_all_bench_rules()
 
 
-DOCKER_USER = "DOCKER-USER"   # the iptables chain where bench.iptables_cmp adds its rules
+DOCKER_USER = "DOCKER-USER"   # where bench.iptables_cmp jumps to its chain (one rule)
+BENCH_CHAIN = f"{PREFIX}-pairs"   # bench.iptables_cmp's rules, all of them
 
 
 def remove_all_bench_rules() -> int:
-    """Delete every rule in DOCKER-USER tagged ``snbench`` (and nothing else)."""
+    """Delete every rule in DOCKER-USER tagged ``snbench`` (and nothing else), then
+    ``BENCH_CHAIN`` if it is there (flushed and deleted in one ``iptables-restore``: one
+    transaction, however many rules it holds). Returns the rules removed from DOCKER-USER."""
     removed = 0
     res = sh(["iptables", "-w", "5", "-S", DOCKER_USER], check=False)
     for line in res.stdout.splitlines():
@@ -226,6 +229,10 @@ def remove_all_bench_rules() -> int:
             continue
         if sh(["iptables", "-w", "5", "-D", DOCKER_USER, *words[2:]], check=False).returncode == 0:
             removed += 1
+    res = sh(["iptables-restore", "-w", "5", "--noflush"], check=False, timeout=120,
+             input=f"*filter\n-F {BENCH_CHAIN}\n-X {BENCH_CHAIN}\nCOMMIT\n")
+    if res.returncode and "No chain" not in res.stderr:   # (none: nothing to remove)
+        log(f"iptables: chain {BENCH_CHAIN} not removed: {res.stderr.strip()}")
     return removed
 
 

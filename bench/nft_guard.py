@@ -13,7 +13,8 @@ pair in a host namespace of its own (so that only the tables named here run):
   (veths whose peers stay down, as in bench/scale.py) and ``--rules`` more rules.
 
 With ``--base DIR`` each pair is made twice: with this checkout's backend and with the
-one in DIR (e.g. ``git archive`` of the previous commit), names ``NAME@base``.
+one in DIR (e.g. ``git archive`` of the previous commit), names ``NAME@base``; ``--base``
+repeats, and ``DIR=LABEL`` names the pairs ``NAME@LABEL``.
 
 Measured in ``--rounds`` interleaved rounds (every other round backwards): iperf3 Gbit/s
 and Gbit per CPU-second of iperf3's client and server (bench.dataplane.iperf_run), and a
@@ -25,11 +26,13 @@ per-packet figure the machine's load moves far less than wall time. ``--kinds`` 
 ``others-bridge``/``others-inet`` (the other networks' bridge or inet tables only),
 ``ports`` (the ports on the bridge only) and ``members``/``rules`` (the ports, or the rules,
 of ``scale`` alone). Printed: per pair the medians, and the median of the per-round ratios
-to ``plain`` (to ``plain@base`` for ``NAME@base``). Results: bench/results/2026-11-30-guard.md.
+to ``plain`` (to ``plain@LABEL`` for ``NAME@LABEL``), and with ``--base`` each pair's ratio to
+the same pair of the first ``--base`` tree. Results: bench/results/2026-11-30-guard.md.
 Subnets 10.219.0.0/16, only in the bench's own namespaces (deleted at the end).
 
 Run: ``.venv/bin/python -m bench.nft_guard [--others 8] [--endpoints 1000] [--rules 10000]
-[--rounds 10] [--secs 3] [--udp N] [--kinds plain,others,scale] [--base DIR] [--tree DIR] [--json FILE]``.
+[--rounds 10] [--secs 3] [--udp N] [--kinds plain,others,scale] [--base DIR[=LABEL] ...] [--tree DIR]
+[--json FILE]``.
 """
 from __future__ import annotations
 
@@ -158,26 +161,50 @@ def measure_udp(pairs: dict, args) -> dict:
     return got
 
 
+def _ref(got: dict, name: str) -> str:
+    """``plain`` of ``name``'s tree: ``plain@LABEL`` for ``NAME@LABEL``."""
+    return "plain" + (name[name.index("@"):] if "@" in name else "")
+
+
+def _vs_base(got: dict, key: str) -> None:
+    """Each pair against the same pair of the first ``--base`` tree: median, min and max of the
+    per-round ratios (the pairs of one round see the same load)."""
+    bases = [n for n in got if "@" in n]
+    if not bases:
+        return
+    label = bases[0][bases[0].index("@"):]
+    for name, m in got.items():
+        kind = name.split("@")[0]
+        if name.endswith(label) or kind + label not in got:
+            continue
+        ratios = [x / y for x, y in zip(m[key], got[kind + label][key]) if x and y]
+        print(f"{name:13s} / {kind + label}: {key} median of per-round ratios {statistics.median(ratios):.3f} "
+              f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} rounds)")
+
+
 def show(got: dict) -> None:
     if "udp_ns" in next(iter(got.values())):
         return show_udp(got)
     med = statistics.median
     for name, m in got.items():
-        ref = got["plain@base" if name.endswith("@base") else "plain"]
+        ref = got[_ref(got, name)]
         ratio = {k: med([x / y for x, y in zip(m[k], ref[k]) if x and y]) for k in m}
         print(f"{name:13s} {med(m['gbps']):6.2f} Gbit/s ({ratio['gbps']:.3f}x)  "
               f"{med([v for v in m['per_cpu_s'] if v]):5.2f} Gbit/CPU-s ({ratio['per_cpu_s']:.3f}x)  "
               f"rr {med(m['rr_us']):5.1f} us ({ratio['rr_us']:.3f}x)")
+    for key in ("gbps", "per_cpu_s", "rr_us"):
+        _vs_base(got, key)
 
 
 def show_udp(got: dict) -> None:
     med = statistics.median
     for name, m in got.items():
-        ref = got["plain@base" if name.endswith("@base") else "plain"]["udp_ns"]
+        ref = got[_ref(got, name)]["udp_ns"]
         ratio = med([x / y for x, y in zip(m["udp_ns"], ref)])
         diff = med([x - y for x, y in zip(m["udp_ns"], ref)])
         print(f"{name:13s} {med(m['udp_ns']):7.0f} CPU ns per datagram ({ratio:.3f}x, {diff:+.0f} ns; "
               f"median of the per-round ratios and differences)")
+    _vs_base(got, "udp_ns")
 
 
 def arguments():
@@ -188,7 +215,8 @@ def arguments():
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--secs", type=int, default=3)
     ap.add_argument("--kinds", default="plain,others,scale")
-    ap.add_argument("--base", help="another tree's backend, measured next to this checkout's")
+    ap.add_argument("--base", action="append", default=[], metavar="DIR[=LABEL]",
+                    help="another tree's backend, measured next to this checkout's (repeatable)")
     ap.add_argument("--tree", help="the tree measured instead of this checkout")
     ap.add_argument("--udp", type=int, default=0, metavar="N",
                     help="instead of iperf3/sockperf: CPU ns per datagram of N 64-byte UDP datagrams")
@@ -200,7 +228,10 @@ def main() -> int:
     args = arguments()
     tag, made, pairs = uuid.uuid4().hex[:4], [], {}
     here = args.tree or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    trees = [("", here)] + ([("@base", os.path.abspath(args.base))] if args.base else [])
+    trees = [("", here)]
+    for i, spec in enumerate(args.base):
+        path, _, label = spec.partition("=")
+        trees.append(("@" + (label or ("base" if i == 0 else f"base{i + 1}")), os.path.abspath(path)))
     try:
         octet = 0
         for suffix, src in trees:

@@ -322,8 +322,9 @@ def _iptables(r) -> list:
                 "updates cost the same).", ""]
     cl = get(it, "iptables", "cleanup")
     if cl:
-        out += [f"Clean-up: every added rule removed (errors: {len(cl['errors'])}; rules tagged "
-                f"`snbench` left in DOCKER-USER afterwards: {cl['tagged_rules_left_after_cleanup']}).", ""]
+        out += [f"Clean-up: every added rule removed in {get(it, 'iptables', 'rules_removed_s')} s (errors: "
+                f"{len(cl['errors'])}; rules tagged `snbench` left in DOCKER-USER afterwards: "
+                f"{cl['tagged_rules_left_after_cleanup']}; DOCKER-USER as before: {cl.get('docker_user_same')}).", ""]
     return out
 
 

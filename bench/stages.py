@@ -31,7 +31,7 @@ POLICY_PATH = (
     ("plugin.daemon.api", "parse_rules", "parse"),
     ("plugin.driver.driver", "Driver.edit_options", "driver edit"),
     ("plugin.enforce.reconciler", "Reconciler._policy_delta", "policy delta"),
-    ("plugin.enforce.reconciler", "_named_after", "named after"),
+    ("plugin.enforce.reconciler", "named_after", "named after"),   # (from plugin.enforce.identities)
     ("plugin.enforce.reconciler", "recompile_policy_map", "recompile"),
     ("plugin.enforce.reconciler", "Reconciler._end_denied_flows", "flows"),
     ("plugin.enforce.nftables.backend", "NftBackend.apply_policy", "apply_policy"),
@@ -47,7 +47,7 @@ def stages_but(*labels: str) -> tuple:
     return tuple(s for s in POLICY_PATH if s[2] not in labels)
 
 
-#: what ``install`` times: every stage but ``_named_after`` (``bench.set_cpu`` times it)
+#: what ``install`` times: every stage but ``named_after`` (``bench.set_cpu`` times it)
 STAGES = stages_but("named after")
 _local = threading.local()
 

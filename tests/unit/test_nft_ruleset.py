@@ -133,7 +133,10 @@ def test_intra_holds_the_segments_whose_members_may_send_each_other_anything():
 def test_a_group_copy_is_judged_in_the_bridge_table_before_inet_conntrack():
     text = ruleset.skeleton_script(NID, NET)
     forward = text.split("chain forward {")[1]
-    assert forward.index("meta pkttype { broadcast, multicast } goto pass") < forward.index("ct state")
+    group = forward.index("meta pkttype { broadcast, multicast } goto pass")
+    # before any conntrack judgement; after the two rules that pass it alike (an established
+    # unicast packet leaves on them without evaluating the group rule)
+    assert forward.index("ct status confirmed goto pass") < group < forward.index("ct state invalid")
     host_in = text.split("chain host_in {")[1]
     assert host_in.index("meta pkttype { broadcast, multicast } goto host_judge") < host_in.index("ct state")
     assert "meta mark set iifname map @pid oifname . meta mark @pidk meta mark @intra accept" in text
@@ -173,16 +176,22 @@ def test_a_flow_a_learned_address_admitted_counts_under_its_tag_then_passes():
 
 
 def _chain(body: str, name: str) -> list:
-    text = body.split(f"chain {name} {{", 1)[1].split("}", 1)[0]
-    return [line.strip() for line in text.strip().splitlines() if line.strip()]
+    """The lines of chain ``name`` (up to its closing brace, a line of its own: a rule may hold
+    an anonymous set's braces)."""
+    lines = [line.strip() for line in body.split(f"chain {name} {{", 1)[1].splitlines() if line.strip()]
+    return lines[:lines.index("}")]
 
 
 def test_frames_of_other_bridges_leave_the_bridge_chains_on_the_interface_group_first():
     group = f"{port_group(NET.bridge):#x}"
     body = tables(script())["bridge"]
     assert _chain(body, "ports_in")[1:3] == [f"meta iifgroup != {group} accept", "iifname != @veths accept"]
-    for chain in ("ports_fwd", "ports_out"):
-        assert _chain(body, chain)[1:3] == [f"meta oifgroup != {group} accept", "oifname != @veths accept"]
+    assert _chain(body, "ports_out")[1:3] == [f"meta oifgroup != {group} accept", "oifname != @veths accept"]
+    # forward: an enforced port's unicast frame leaves on the next rule (no group-copy rule walked)
+    assert _chain(body, "ports_fwd")[1:4] == [
+        f"meta oifgroup != {group} accept",
+        "oifname @ports meta pkttype != { broadcast, multicast } accept", "oifname != @veths accept"]
+    assert _chain(body, "ports_fwd")[-1].endswith("goto group_copy")
 
 
 def test_the_port_group_is_the_bridges_own_and_below_two_to_the_31():

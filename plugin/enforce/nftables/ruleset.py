@@ -53,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 13   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 14   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -211,13 +211,15 @@ def _base_chains(bridge: str) -> list:
     forward = _rules(
         "forward",
         f"iifname != {br} oifname != {br} accept",
-        # a copy of a broadcast or multicast frame: judged per port, by the bridge table
-        # (chain group_copy); ahead of conntrack, whose entry the host's copy confirms
-        f"iifname {br} oifname {br} meta pkttype {{ broadcast, multicast }} goto pass",
         "ct state established,related goto pass",
         # a flow judged and let through, not answered yet (a retransmitted SYN, one-way
         # UDP): judged once, counted once, as on eBPF (its conntrack map)
         "ct status confirmed goto pass",
+        # a copy of a broadcast or multicast frame: judged per port, by the bridge table
+        # (chain group_copy), so passed here ahead of any judgement (invalid, east_west);
+        # after the two rules above, which pass it alike, so that an established unicast
+        # packet does not walk it (~0.1 us a rule: bench/results/2026-11-30-perfchk.md)
+        f"iifname {br} oifname {br} meta pkttype {{ broadcast, multicast }} goto pass",
         f"ct state invalid {deny('invalid')}",
         f"{ND} goto pass",                  # address resolution (sources checked in the bridge table)
         "ip protocol igmp goto pass",
@@ -337,8 +339,9 @@ def render_bridge(network_id: str, bridge: str) -> list:
     for chain, hook in (("ports_fwd", "forward"), ("ports_out", "output")):
         # (not ``oifname @ports accept`` first: every other network's frames pass these chains
         # too, and would pay two lookups instead of one)
-        lines += _rules(chain, f"meta oifgroup != {group} accept", "oifname != @veths accept",
-                        "oifname != @ports jump inactive_port",
+        lines += _rules(chain, f"meta oifgroup != {group} accept",
+                        *([_UNICAST_TO_PORT] if chain == "ports_fwd" else []),
+                        "oifname != @veths accept", "oifname != @ports jump inactive_port",
                         *([_GROUP_COPY] if chain == "ports_fwd" else []),
                         hook=f"type filter hook {hook} priority -300; policy accept;")
     lines += _inactive_port_chains() + _group_copy_chain()
@@ -348,6 +351,11 @@ def render_bridge(network_id: str, bridge: str) -> list:
 
 
 _GROUP_COPY = "meta pkttype { broadcast, multicast } ether type { ip, ip6 } goto group_copy"
+#: the common frame, a unicast one to an enforced port, leaves on its first rule after the
+#: group compare (as many lookups as before group_copy came: ``ports`` and a 2-element set
+#: instead of ``veths`` and ``ports``): each rule a frame walks costs ~0.1 us of CPU here
+#: (bench/results/2026-11-30-perfchk.md); the rules after it see group copies and other ports
+_UNICAST_TO_PORT = "oifname @ports meta pkttype != { broadcast, multicast } accept"
 
 
 def _group_copy_chain() -> list:
