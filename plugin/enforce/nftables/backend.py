@@ -18,14 +18,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpec
+from segmentation.identities import OUTSIDE
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import fqdn, kernel, ruleset
-from .drops import NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, group_copy_pairs
+from .drops import (INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, group_copy_pairs,
+                    inactive_pairs, port_identities)
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
-from .nftdump import decode_pair
+from .nftdump import decode_pair, decode_port_address
 from .nflog import NflogReader
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
@@ -270,9 +272,11 @@ class NftBackend(fqdn.FqdnMethods):
                     once[first] = _add(once.get(first), count or (0, 0))
         reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        pid = {k[0]: v[0] for k, v in (real.port_sets.get("pid", {}) if real else {}).items()}
+        pid, addrs = port_identities(real.ports if real else {}, real.port_sets if real else {})
         dropped, audits = (group_copy_pairs(counts.get(a, {}), counts.get(b, {}), pid)
                            for a, b in zip(PAIR_SETS, PORT_PAIR_SETS))
+        for name in INACTIVE_PAIR_SETS:
+            audits = inactive_pairs(audits, counts.get(name, {}), pid, addrs, OUTSIDE)
         return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons,
                         would_drop=audits, would_drop_reasons=would)
 
@@ -294,7 +298,7 @@ class NftBackend(fqdn.FqdnMethods):
         """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
         and of the pair sets keyed by ``(src, dst)`` identities (the bridge table's by
         ``(src, port name)``; missing in a table of an older FORMAT: empty)."""
-        names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS
+        names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS
         if self.writer is None:
             have = kernel.read_elements(self.runner, table, names)
             return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
@@ -303,10 +307,12 @@ class NftBackend(fqdn.FqdnMethods):
             try:
                 dumped = self.writer.dump(table, name)
             except OSError:
-                if name not in PORT_PAIR_SETS:
+                if name not in PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
                     raise
                 dumped = {}
-            if name in PAIR_SETS + PORT_PAIR_SETS:
+            if name in INACTIVE_PAIR_SETS:
+                out[name] = {decode_port_address(k[0]): c for k, c in dumped.items() if c}
+            elif name in PAIR_SETS + PORT_PAIR_SETS:
                 out[name] = {decode_pair(k[0]): c for k, c in dumped.items() if c}
             else:
                 parts = identifier(name)

@@ -53,7 +53,7 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 13   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 14   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
@@ -310,8 +310,9 @@ def render_bridge(network_id: str, bridge: str) -> list:
         "iifname != @veths accept",
         "jump spoofing",
         "iifname @ports accept",
-        f"iifname @quarantined {deny('quarantined')}",
-        deny("pending"),
+        # (meta mark 0: counted per destination address in audit mode, drops.INACTIVE_PAIR_SETS)
+        f"iifname @quarantined meta mark set 0 {deny('quarantined')}",
+        f"meta mark set 0 {deny('pending')}",
         hook="type filter hook prerouting priority -300; policy accept;")
     lines += _rules(
         "spoofing",
@@ -373,7 +374,9 @@ def _inactive_port_chains() -> list:
                    "icmpv6 type nd-neighbor-solicit oifname . @th,64,128 @na6 goto inactive_judged",
                    f"{SETTING_KEY} @baudit accept",
                    'counter drop comment "flooded copy"')   # no reason: not in show, log, metrics
-            + _rules("inactive_judged", f"oifname @quarantined {deny('quarantined')}", deny("pending")))
+            # the sender is named OUTSIDE (as eBPF names it): its pair in audit mode (gaudits)
+            + _rules("inactive_judged", f"meta mark set {OUTSIDE}", f"oifname @quarantined {deny('quarantined')}",
+                     deny("pending")))
 
 
 # --- whole network --------------------------------------------------------------------------
