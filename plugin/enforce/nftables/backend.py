@@ -18,12 +18,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpec
-from segmentation.identities import OUTSIDE
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import fqdn, kernel, ruleset
-from .drops import (INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, group_copy_pairs,
-                    inactive_pairs, port_identities)
+from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, named_pairs
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
@@ -272,11 +270,7 @@ class NftBackend(fqdn.FqdnMethods):
                     once[first] = _add(once.get(first), count or (0, 0))
         reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        pid, addrs = port_identities(real.ports if real else {}, real.port_sets if real else {})
-        dropped, audits = (group_copy_pairs(counts.get(a, {}), counts.get(b, {}), pid)
-                           for a, b in zip(PAIR_SETS, PORT_PAIR_SETS))
-        for name in INACTIVE_PAIR_SETS:
-            audits = inactive_pairs(audits, counts.get(name, {}), pid, addrs, OUTSIDE)
+        dropped, audits = named_pairs(counts, real.ports if real else {}, real.port_sets if real else {})
         return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons,
                         would_drop=audits, would_drop_reasons=would)
 
@@ -310,10 +304,9 @@ class NftBackend(fqdn.FqdnMethods):
                 if name not in PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
                     raise
                 dumped = {}
-            if name in INACTIVE_PAIR_SETS:
-                out[name] = {decode_port_address(k[0]): c for k, c in dumped.items() if c}
-            elif name in PAIR_SETS + PORT_PAIR_SETS:
-                out[name] = {decode_pair(k[0]): c for k, c in dumped.items() if c}
+            if name in PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
+                decode = decode_port_address if name in INACTIVE_PAIR_SETS else decode_pair
+                out[name] = {decode(k[0]): c for k, c in dumped.items() if c}
             else:
                 parts = identifier(name)
                 out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}

@@ -35,7 +35,7 @@ from __future__ import annotations
 import socket
 
 from plugin.enforce.backend import REASONS, DropEvent
-from segmentation.identities import QUARANTINED
+from segmentation.identities import OUTSIDE, QUARANTINED
 
 NFLOG_GROUP = 7350
 LOG_PREFIX = "sn"
@@ -153,6 +153,18 @@ def _inactive_pair_lines(family: str, reason: str, audit: bool) -> list:
             f"    meta mark 0 update @{v4} {{ iifname . arp daddr ip }}",
             f"    meta mark 0 update @{v6} {{ iifname . ip6 daddr }}",
             f"    meta mark != 0 update @{PORT_PAIR_SETS[1]} {{ meta mark . oifname }}"]
+
+
+def named_pairs(counts: dict, ports: dict, port_sets: dict) -> tuple:
+    """(dropped, would-drop) ``{(src, dst): (packets, bytes)}`` of the pair sets' counters
+    (``counts``: {set: {key: counter}}, keys decoded), each port and address named by the
+    identity of its container now (``ports``, ``port_sets``: :func:`port_identities`)."""
+    pid, addrs = port_identities(ports, port_sets)
+    dropped, audits = (group_copy_pairs(counts.get(a, {}), counts.get(b, {}), pid)
+                       for a, b in zip(PAIR_SETS, PORT_PAIR_SETS))
+    for name in INACTIVE_PAIR_SETS:
+        audits = inactive_pairs(audits, counts.get(name, {}), pid, addrs, OUTSIDE)
+    return dropped, audits
 
 
 def port_identities(ports: dict, port_sets: dict) -> tuple:
