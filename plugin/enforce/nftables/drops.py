@@ -15,6 +15,9 @@ Each table has one such chain per reason; it
   the bridge table (no conntrack there) counts its one policy drop, a group
   copy (``no-rule``), per ``meta mark`` (the sender's identity) and receiving
   port in ``gdrops``/``gaudits``, named as a pair by :func:`group_copy_pairs`;
+  in audit mode it also counts a pending or quarantined container's would-drops
+  per pair (``iaudits4``/``iaudits6``, ``gaudits``: :func:`_inactive_pair_lines`),
+  so that every would-drop has a pair, as on eBPF (U14-F1);
 * reports the packet through NFLOG group :data:`NFLOG_GROUP` with the prefix
   ``sn <network-id[:12]> <reason>[ audit]`` (the daemon reads it), at most
   once per flow and second: the flow is the key of a dynamic set whose
