@@ -21,11 +21,11 @@ from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpe
 from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import fqdn, kernel, ruleset
-from .drops import NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, group_copy_pairs
+from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, named_pairs
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
-from .nftdump import decode_pair
+from .nftdump import decode_pair, decode_port_address
 from .nflog import NflogReader
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
@@ -270,9 +270,7 @@ class NftBackend(fqdn.FqdnMethods):
                     once[first] = _add(once.get(first), count or (0, 0))
         reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
         would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        pid = {k[0]: v[0] for k, v in (real.port_sets.get("pid", {}) if real else {}).items()}
-        dropped, audits = (group_copy_pairs(counts.get(a, {}), counts.get(b, {}), pid)
-                           for a, b in zip(PAIR_SETS, PORT_PAIR_SETS))
+        dropped, audits = named_pairs(counts, real.ports if real else {}, real.port_sets if real else {})
         return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons,
                         would_drop=audits, would_drop_reasons=would)
 
@@ -294,7 +292,7 @@ class NftBackend(fqdn.FqdnMethods):
         """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
         and of the pair sets keyed by ``(src, dst)`` identities (the bridge table's by
         ``(src, port name)``; missing in a table of an older FORMAT: empty)."""
-        names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS
+        names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS
         if self.writer is None:
             have = kernel.read_elements(self.runner, table, names)
             return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
@@ -303,11 +301,12 @@ class NftBackend(fqdn.FqdnMethods):
             try:
                 dumped = self.writer.dump(table, name)
             except OSError:
-                if name not in PORT_PAIR_SETS:
+                if name not in PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
                     raise
                 dumped = {}
-            if name in PAIR_SETS + PORT_PAIR_SETS:
-                out[name] = {decode_pair(k[0]): c for k, c in dumped.items() if c}
+            if name in PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
+                decode = decode_port_address if name in INACTIVE_PAIR_SETS else decode_pair
+                out[name] = {decode(k[0]): c for k, c in dumped.items() if c}
             else:
                 parts = identifier(name)
                 out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}

@@ -15,6 +15,9 @@ Each table has one such chain per reason; it
   the bridge table (no conntrack there) counts its one policy drop, a group
   copy (``no-rule``), per ``meta mark`` (the sender's identity) and receiving
   port in ``gdrops``/``gaudits``, named as a pair by :func:`group_copy_pairs`;
+  in audit mode it also counts a pending or quarantined container's would-drops
+  per pair (``iaudits4``/``iaudits6``, ``gaudits``: :func:`_inactive_pair_lines`),
+  so that every would-drop has a pair, as on eBPF (U14-F1);
 * reports the packet through NFLOG group :data:`NFLOG_GROUP` with the prefix
   ``sn <network-id[:12]> <reason>[ audit]`` (the daemon reads it), at most
   once per flow and second: the flow is the key of a dynamic set whose
@@ -35,6 +38,7 @@ from __future__ import annotations
 import socket
 
 from plugin.enforce.backend import REASONS, DropEvent
+from segmentation.identities import OUTSIDE, QUARANTINED
 
 NFLOG_GROUP = 7350
 LOG_PREFIX = "sn"
@@ -48,7 +52,12 @@ PAIR_SETS = ("drops", "audits")
 #: the bridge table's pair sets: group copies (chain ``group_copy``) dropped per
 #: (sender's identity, receiving port); :func:`group_copy_pairs` names the port's identity
 PORT_PAIR_SETS = ("gdrops", "gaudits")
-DYNAMIC_SETS = LOG_SETS + PAIR_SETS + PORT_PAIR_SETS
+#: the bridge table's would-drops of pending and quarantined containers (audit mode), per
+#: sending port and destination address (``iaudits4``: ARP's target too); their frames to
+#: such a container are counted in ``gaudits`` with the sender ``OUTSIDE``, as eBPF names
+#: them; :func:`inactive_pairs` names both as (src, dst) identity pairs (U14-F1)
+INACTIVE_PAIR_SETS = ("iaudits4", "iaudits6")
+DYNAMIC_SETS = LOG_SETS + PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS
 #: reasons that policy decides: audit mode lets these pass (and logs them). Not
 #: ``internal``: ``--internal`` is Docker's network setting, not policy, and holds
 #: in both modes, as anti-spoofing does (U11-F1)
@@ -136,6 +145,56 @@ def _pair_line(family: str, reason: str, audit: bool) -> list:
     return []
 
 
+def _inactive_pair_lines(family: str, reason: str, audit: bool) -> list:
+    """The bridge table's audit mode counts an inactive container's would-drops per pair:
+    what it sends (ports_in: meta mark 0) per port and destination address, what it is
+    sent (inactive_judged: meta mark ``OUTSIDE``) per mark and receiving port."""
+    if family != "bridge" or reason not in INACTIVE or not audit:
+        return []
+    v4, v6 = INACTIVE_PAIR_SETS
+    return [f"    meta mark 0 update @{v4} {{ iifname . ip daddr }}",
+            f"    meta mark 0 update @{v4} {{ iifname . arp daddr ip }}",
+            f"    meta mark 0 update @{v6} {{ iifname . ip6 daddr }}",
+            f"    meta mark != 0 update @{PORT_PAIR_SETS[1]} {{ meta mark . oifname }}"]
+
+
+def named_pairs(counts: dict, ports: dict, port_sets: dict) -> tuple:
+    """(dropped, would-drop) ``{(src, dst): (packets, bytes)}`` of the pair sets' counters
+    (``counts``: {set: {key: counter}}, keys decoded), each port and address named by the
+    identity of its container now (``ports``, ``port_sets``: :func:`port_identities`)."""
+    pid, addrs = port_identities(ports, port_sets)
+    dropped, audits = (group_copy_pairs(counts.get(a, {}), counts.get(b, {}), pid)
+                       for a, b in zip(PAIR_SETS, PORT_PAIR_SETS))
+    for name in INACTIVE_PAIR_SETS:
+        audits = inactive_pairs(audits, counts.get(name, {}), pid, addrs, OUTSIDE)
+    return dropped, audits
+
+
+def port_identities(ports: dict, port_sets: dict) -> tuple:
+    """({port name: identity}, {address text: identity}) of a network's ports now
+    (``ports``: {name: Port}; ``port_sets``: their sets, whose ``id4``/``id6`` name a
+    quarantined container's addresses ``QUARANTINED``)."""
+    by_port = {p.name: QUARANTINED if p.quarantine is not None else p.identity for p in ports.values()}
+    by_addr = {key[0]: value[0] for fam in ("id4", "id6") for key, value in port_sets.get(fam, {}).items()}
+    return by_port, by_addr
+
+
+def inactive_pairs(pairs: dict, dumped: dict, port_identity: dict, addr_identity: dict,
+                   outside: int) -> dict:
+    """``pairs`` ({(src, dst): (packets, bytes)}) plus an inactive-pair set's counters
+    (``dumped``: {(port name, address text): (packets, bytes)}), the port named by its
+    identity (``port_identity``; a port that is gone is left out) and the address by the
+    container's that holds it (``addr_identity``), else ``outside``. A new dict."""
+    out = dict(pairs)
+    for (port, addr), count in dumped.items():
+        src = port_identity.get(port)
+        if src is not None and count:
+            key = (src, addr_identity.get(addr, outside))
+            old = out.get(key, (0, 0))
+            out[key] = (old[0] + count[0], old[1] + count[1])
+    return out
+
+
 def group_copy_pairs(pairs: dict, dumped: dict, identity_of: dict) -> dict:
     """``pairs`` ({(src, dst): (packets, bytes)}, the inet table's) plus the group copies
     of ``dumped`` ({(src identity, port name): counter}, a bridge pair set), each port
@@ -167,6 +226,9 @@ def drop_chains(family: str, network_id: str, audit_set: str, passed: str) -> li
     pair_sets, pair_type = (PAIR_SETS, "mark . mark") if family == "inet" else (PORT_PAIR_SETS, "mark . ifname")
     lines += [f"  set {name} {{ type {pair_type}; size {PAIR_SET_SIZE}; flags dynamic; counter; }}"
               for name in pair_sets]
+    if family == "bridge":
+        lines += [f"  set {name} {{ type ifname . {typ}; size {PAIR_SET_SIZE}; flags dynamic; counter; }}"
+                  for name, typ in zip(INACTIVE_PAIR_SETS, ("ipv4_addr", "ipv6_addr"))]
     lines.append(f"  limit logcap {{ {LOG_CAP} }}")
     for reason in REASONS:
         lines.append(f"  chain {drop_chain_name(reason)} {{")
@@ -185,6 +247,7 @@ def _audit_chain(family: str, network_id: str, reason: str, passed: str) -> list
     container's frames are counted in the bridge table, which sees every one of them; its
     IP flows are logged in the inet table, which sees a flow's first packets only."""
     lines = [f"  chain {audit_chain_name(reason)} {{"] + _pair_line(family, reason, audit=True)
+    lines += _inactive_pair_lines(family, reason, audit=True)
     logged = _log_lines(family, log_prefix(network_id, reason, audit=True))
     if family == "bridge" and reason in INACTIVE:
         logged = [line for line in logged if "@logl2 " in line]   # IP flows: the inet table

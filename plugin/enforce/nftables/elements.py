@@ -80,6 +80,8 @@ for _name in ("drops", "audits"):   # dynamic: filled by the kernel (see drops.p
     _schema("inet", _name, ("mark", "mark"))
 for _name in ("gdrops", "gaudits"):   # the same, of the bridge table's group copies
     _schema("bridge", _name, ("mark", "ifname"))
+_schema("bridge", "iaudits4", ("ifname", "ip4"))   # the same, of inactive containers' would-drops
+_schema("bridge", "iaudits6", ("ifname", "ip6"))
 
 _INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(

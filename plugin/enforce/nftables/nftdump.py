@@ -11,6 +11,7 @@ type-length-value records padded to 4 bytes; nested ones set
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import struct
 
@@ -132,6 +133,11 @@ def decode_marks(key: bytes) -> tuple:
 def decode_mark_port(key: bytes) -> tuple:
     """(identity, port name) of a ``mark . ifname`` key (the name NUL-padded to IFNAMSIZ)."""
     return struct.unpack("=I", key[:4])[0], key[4:20].split(b"\0", 1)[0].decode()
+
+
+def decode_port_address(key: bytes) -> tuple:
+    """(port name, address text) of an ``ifname . ipv4_addr`` or ``ifname . ipv6_addr`` key."""
+    return key[:16].split(b"\0", 1)[0].decode(), str(ipaddress.ip_address(key[16:]))
 
 
 def decode_pair(key: bytes) -> tuple:

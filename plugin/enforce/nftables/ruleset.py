@@ -312,8 +312,9 @@ def render_bridge(network_id: str, bridge: str) -> list:
         "iifname != @veths accept",
         "jump spoofing",
         "iifname @ports accept",
-        f"iifname @quarantined {deny('quarantined')}",
-        deny("pending"),
+        # (meta mark 0: counted per destination address in audit mode, drops.INACTIVE_PAIR_SETS)
+        f"iifname @quarantined meta mark set 0 {deny('quarantined')}",
+        f"meta mark set 0 {deny('pending')}",
         hook="type filter hook prerouting priority -300; policy accept;")
     lines += _rules(
         "spoofing",
@@ -381,7 +382,9 @@ def _inactive_port_chains() -> list:
                    "icmpv6 type nd-neighbor-solicit oifname . @th,64,128 @na6 goto inactive_judged",
                    f"{SETTING_KEY} @baudit accept",
                    'counter drop comment "flooded copy"')   # no reason: not in show, log, metrics
-            + _rules("inactive_judged", f"oifname @quarantined {deny('quarantined')}", deny("pending")))
+            # the sender is named OUTSIDE (as eBPF names it): its pair in audit mode (gaudits)
+            + _rules("inactive_judged", f"meta mark set {OUTSIDE}", f"oifname @quarantined {deny('quarantined')}",
+                     deny("pending")))
 
 
 # --- whole network --------------------------------------------------------------------------

@@ -203,7 +203,15 @@ static __always_inline int judge_new(struct __sk_buff *skb, struct ctx *c, struc
 		ct_create(p, kind, vd.reason == R_LEARNED ? CT_FQDN : 0, c->st->generation);
 		return TC_ACT_OK;
 	}
-	verdict = deny(skb, p, &vd, c->s->mode);
+	if (c->s->mode == MODE_AUDIT && kind != KIND_EGRESS && !active_identity(dst)) {
+		/* to a pending or quarantined container: its port counts every packet of the
+		 * flow (inactive()), this one too, as (outside, its identity) as nftables'
+		 * inactive_judged does; reported here, once (U14-F1) */
+		report(skb, p, &vd, 1);
+		verdict = TC_ACT_OK;
+	} else {
+		verdict = deny(skb, p, &vd, c->s->mode);
+	}
 	if (verdict == TC_ACT_OK)
 		ct_create(p, kind, CT_DENIED, c->st->generation);
 	return verdict;
@@ -270,7 +278,7 @@ int from_container(struct __sk_buff *skb)
 	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
-		vd.dst = identity_of(p, p->daddr);
+		vd.dst = target_identity(p);
 		vd.reason = inactive_reason(ep->identity);   /* audit: passes */
 		if (audit_leaves_internal(&c, p, vd.dst)) {
 			vd.reason = R_INTERNAL;

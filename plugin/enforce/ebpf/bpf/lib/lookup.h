@@ -22,6 +22,19 @@ static __always_inline __u16 identity_of(struct pkt *p, __u8 *addr)
 	return m ? m->identity : ID_OUTSIDE;
 }
 
+/* The identity of what an inactive container sends to: its destination's, an ARP
+ * frame's target address's (IPv4; parse() keeps it in daddr), as nftables' bridge
+ * table names the pair ("arp daddr ip", drops.py: INACTIVE_PAIR_SETS; U14-F1). */
+static __always_inline __u16 target_identity(struct pkt *p)
+{
+	struct addr_key k = { .family = p->family ? p->family : (p->ethertype == ETH_P_ARP_ ? 4 : 0) };
+	struct member *m;
+
+	__builtin_memcpy(k.addr, p->daddr, 16);
+	m = bpf_map_lookup_elem(&members, &k);
+	return m ? m->identity : ID_OUTSIDE;
+}
+
 /* The member behind a published port this packet is addressed to, if any
  * (``local``: the destination is the host's own, so "every address" counts). */
 static __always_inline struct pub_val *published_of(struct pkt *p, int local)
