@@ -440,10 +440,7 @@ int to_container(struct __sk_buff *skb)
 		return r;
 	/* from outside the network: the host, published ports, other networks */
 	kind = inbound_kind(skb, p, from != 0, src);
-	if (kind != KIND_IN_HOST && !ct_opens(p)) {
-		/* forwarded: nftables' forward chain drops it as invalid; the host's own
-		 * packets its output chain judges by policy alone (no invalid rule) */
-		vd.src = ID_OUTSIDE;
+	if (kind != KIND_IN_HOST && !ct_opens(p)) {   /* (nft's host_out has no invalid rule) */
 		vd.reason = R_INVALID;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}

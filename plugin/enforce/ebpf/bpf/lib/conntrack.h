@@ -42,7 +42,8 @@ static __always_inline int echo_request(struct pkt *p)
  * it cannot start an entry with has no state, and secnet's "ct state invalid" rule
  * drops it as invalid (plugin/enforce/nftables/ruleset.py, chain forward). Not the
  * flooded copies of a broadcast or multicast, which nftables judges before its
- * conntrack rules (group_copy); ``p``: parsed, no conntrack entry, not related.
+ * conntrack rules (group_copy), nor a later fragment (judged by its first one's
+ * ports, lib/frag.h: it has no flags); ``p``: parsed, no conntrack entry, not related.
  *   TCP: the first-packet column of Linux nf_conntrack_proto_tcp.c: the flags
  *   (ECE, CWR and PSH masked) must be a valid combination (tcp_valid_flags) and
  *   tcp_conntracks[0][index][TCP_CONNTRACK_NONE] no sIV: SYN or SYN|URG opens
@@ -59,7 +60,7 @@ static __always_inline int ct_opens(struct pkt *p)
 {
 	__u8 f = p->tcp_flags & 0x37;   /* without CWR 0x80, ECE 0x40, PSH 0x08 */
 
-	if (p->dmac[0] & 1)
+	if ((p->dmac[0] & 1) || p->frag == FRAG_LATER)
 		return 1;
 	if (p->proto == IPPROTO_TCP)
 		return f == 0x02 || f == 0x22 || f == 0x10 || f == 0x30;
