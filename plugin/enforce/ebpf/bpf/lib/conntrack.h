@@ -22,7 +22,8 @@ static __always_inline void ct_key_of(struct pkt *p, struct ct_key *k, int rever
 	k->dport = reverse ? p->sport : p->dport;
 	k->proto = p->proto;
 	k->family = p->family;
-	k->pad = 0;
+	k->pad = (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_)
+		? icmp_flow_class(p->family, p->icmp_type) : 0;
 }
 
 static __always_inline int ct_tracked(struct pkt *p)

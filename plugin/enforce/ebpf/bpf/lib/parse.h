@@ -79,6 +79,19 @@ static __always_inline int icmp_query(__u8 family, __u8 type)
 	return (type == 129 || type == 140) ? 2 : 0;
 }
 
+/* Which query a tracked ICMP flow is, for its conntrack key's ``pad`` (conntrack's
+ * tuple holds the type: an echo and a timestamp with one identifier are two flows):
+ * 0 for an echo (the fast path's keys) and for what is no query, else the request's
+ * type (13 for a timestamp request or reply). */
+static __always_inline __u16 icmp_flow_class(__u8 family, __u8 type)
+{
+	int q = icmp_query(family, type);
+
+	if (!q || type == 8 || type == 0 || type == 128 || type == 129)
+		return 0;
+	return q == 1 ? type : type - 1;
+}
+
 /* The flow an ICMP error quotes: its IP header and first L4 bytes. */
 static __always_inline void parse_inner(struct __sk_buff *skb, struct pkt *p)
 {
@@ -109,9 +122,12 @@ static __always_inline void parse_inner(struct __sk_buff *skb, struct pkt *p)
 		p->inner.sport = (buf[0] << 8) | buf[1];
 		p->inner.dport = (buf[2] << 8) | buf[3];
 	} else if (p->inner.proto == IPPROTO_ICMP || p->inner.proto == IPPROTO_ICMPV6_) {
-		if (bpf_skb_load_bytes(skb, off + 4, buf, 2))
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, off, &type, 1) || bpf_skb_load_bytes(skb, off + 4, buf, 2))
 			return;
 		p->inner.sport = p->inner.dport = (buf[0] << 8) | buf[1];
+		p->inner.pad = icmp_flow_class(p->family, type);
 	}
 	p->icmp_error = 1;
 }
