@@ -133,7 +133,8 @@ def quoted4(src, dst) -> bytes:
     """Destination unreachable (port) quoting a UDP datagram ``src`` -> ``dst`` never sent."""
     inner = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 36, 1, 0, 64, 17, 0, socket.inet_aton(src.ip4),
                         socket.inet_aton(dst.ip4))
-    inner = inner[:10] + struct.pack("!H", checksum(inner)) + inner[12:] + struct.pack("!HHHH", 7000, 40000, 16, 0)
+    inner = inner[:10] + struct.pack("!H", checksum(inner)) + inner[12:]
+    inner += struct.pack("!HHHH", 7000, 40000, 16, 0)
     head = struct.pack("!BBHI", 3, 3, 0, 0)
     return head[:2] + struct.pack("!H", checksum(head + inner)) + head[4:] + inner
 
