@@ -138,14 +138,17 @@ def current_names(entries: list, endpoints) -> list:
 
 
 _PROTO_NAMES = {(4, 1): "icmp", (6, 58): "icmpv6", (4, 6): "tcp", (6, 6): "tcp", (4, 17): "udp",
-                (6, 17): "udp"}
+                (6, 17): "udp", (4, 132): "sctp", (6, 132): "sctp"}
 
 
 def proto_name(family: int, proto) -> str:
-    """A drop event's protocol as the log shows it: ``tcp``, ``udp``, ``icmp``, ``icmpv6``
-    or the IP protocol number as text (backends may report the number)."""
+    """A drop event's protocol as the log shows it, whichever backend reported it:
+    ``tcp``, ``udp``, ``icmp`` (IPv4), ``icmpv6`` (IPv6), ``sctp``, else ``proto-N``
+    (N the IP protocol number: ``proto-136`` for UDP-Lite; nftables' names, U14-F4),
+    or a name a backend gives a frame that is not IP (``arp``, ``ethertype-0x88b5``).
+    ``proto``: the number (eBPF, nftables for the protocols above) or that text."""
     if isinstance(proto, int):
-        return _PROTO_NAMES.get((family, proto), str(proto))
+        return _PROTO_NAMES.get((family, proto), f"proto-{proto}")
     return str(proto)
 
 

@@ -314,7 +314,7 @@ def learned_flows_to_end(entries, members: dict, allowed, kept, suspects=None) -
     (``{(segment, address)}``), only flows to those are judged."""
     out = []
     for key, raw in entries:
-        saddr, daddr, sport, dport, proto, family, _pad = CT_KEY.unpack(key)
+        saddr, daddr, sport, dport, proto, family, query = CT_KEY.unpack(key)
         flags, kind = CT_VAL.unpack(raw)[2:4]
         if flags & CT_REPLY or not flags & CT_FQDN or kind != KIND_EGRESS or proto not in CT_PROTOS:
             continue
@@ -325,5 +325,6 @@ def learned_flows_to_end(entries, members: dict, allowed, kept, suspects=None) -
         port = dport if name in ("tcp", "udp") else None
         src = ("segment", segment)
         if not allowed(src, ("addr", dst), name, port) and not kept(src, dst, name, port):
-            out.append((key, CT_KEY.pack(daddr, saddr, dport, sport, proto, family, 0)))
+            # (an ICMP query's kind stays in the key's last field: lib/parse.h icmp_flow_class)
+            out.append((key, CT_KEY.pack(daddr, saddr, dport, sport, proto, family, query)))
     return out

@@ -260,6 +260,16 @@ def _audit_chain(family: str, network_id: str, reason: str, passed: str) -> list
 _PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 
 
+def _proto_number(name: str):
+    """An IP protocol's number from nflog's name for it (``tcp``, ``proto-136``), as the
+    eBPF backend reports it; other names (``arp``, ``ethertype-0x88b5``) as they are."""
+    if name in _PROTO_NUMBERS:
+        return _PROTO_NUMBERS[name]
+    if name.startswith("proto-") and name[6:].isdigit():
+        return int(name[6:])
+    return name or 0
+
+
 def deliver(packet, received: float, callback) -> None:
     """``callback(DropEvent)`` of one logged drop (an ``nflog.Packet``; ``received``: when
     it was read, the time of a packet that carries none); other log lines are ignored."""
@@ -274,7 +284,9 @@ def deliver(packet, received: float, callback) -> None:
             ifname = socket.if_indextoname(packet.devices["physindev"])
         except OSError:
             ifname = None
+    # a port for TCP and UDP only, as the eBPF backend reports it (U14-F4: SCTP's was shown)
+    port = flow.dport if flow.proto in ("tcp", "udp") else None
     callback(DropEvent(network=network, reason=reason, family=flow.family,
-                       proto=_PROTO_NUMBERS.get(flow.proto, flow.proto or 0), src=flow.src or "",
-                       dst=flow.dst or "", port=flow.dport, ifname=ifname, audit=audit,
+                       proto=_proto_number(flow.proto), src=flow.src or "",
+                       dst=flow.dst or "", port=port, ifname=ifname, audit=audit,
                        time=packet.timestamp or received))

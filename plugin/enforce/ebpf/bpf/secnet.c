@@ -297,6 +297,11 @@ int from_container(struct __sk_buff *skb)
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p, ep) : r;
+	if (!ct_opens(p)) {   /* no flow's first packet: nftables' "ct state invalid" */
+		vd.dst = identity_of(p, p->daddr);
+		vd.reason = R_INVALID;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
 	c.learned = 0;
 	src = identity_of(p, p->saddr);
 	r = judge_sent(skb, &c, p, src);
@@ -339,6 +344,10 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 	}
 	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
+	if (!ct_opens(p)) {
+		vd.reason = R_INVALID;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
 	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
 }
 
@@ -439,6 +448,10 @@ int to_container(struct __sk_buff *skb)
 		return r;
 	/* from outside the network: the host, published ports, other networks */
 	kind = inbound_kind(skb, p, from != 0, src);
+	if (kind != KIND_IN_HOST && !ct_opens(p)) {   /* (nft's host_out has no invalid rule) */
+		vd.reason = R_INVALID;
+		return deny(skb, p, &vd, MODE_ENFORCE);
+	}
 	return judge_new(skb, &c, p, kind, kind == KIND_IN_HOST ? ID_HOST : ID_OUTSIDE, ep->identity,
 			 flow_port(p));
 }

@@ -205,7 +205,7 @@ struct ct_key {
 	__u16 dport;
 	__u8  proto;             /* IP protocol (58 for ICMPv6) */
 	__u8  family;
-	__u16 pad;
+	__u16 pad;               /* ICMP: which query (lib/parse.h icmp_flow_class); else 0 */
 };
 
 #define CT_REPLY  1          /* this is the reply direction's entry */

@@ -8,6 +8,7 @@
 #include "common.h"
 #include "maps.h"
 #include "parse.h"
+#include "spoof.h"
 
 #define CT_TCP_LIFETIME_NS   (6ULL * 3600 * 1000000000ULL)
 #define CT_OTHER_LIFETIME_NS (180ULL * 1000000000ULL)
@@ -21,21 +22,54 @@ static __always_inline void ct_key_of(struct pkt *p, struct ct_key *k, int rever
 	k->dport = reverse ? p->sport : p->dport;
 	k->proto = p->proto;
 	k->family = p->family;
-	k->pad = 0;
+	k->pad = (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_)
+		? icmp_flow_class(p->family, p->icmp_type) : 0;
 }
 
 static __always_inline int ct_tracked(struct pkt *p)
 {
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_)
-		return p->sport || p->icmp_type == 8 || p->icmp_type == 0 || p->icmp_type == 128
-			|| p->icmp_type == 129;
+		return icmp_query(p->family, p->icmp_type) != 0;
 	return 1;
 }
 
 static __always_inline int echo_request(struct pkt *p)
 {
-	return (p->proto == IPPROTO_ICMP && p->icmp_type == 8)
-		|| (p->proto == IPPROTO_ICMPV6_ && p->icmp_type == 128);
+	return (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_)
+		&& icmp_query(p->family, p->icmp_type) == 1;
+}
+
+/* Can this untracked packet open a flow? What nftables' conntrack decides: a packet
+ * it cannot start an entry with has no state, and secnet's "ct state invalid" rule
+ * drops it as invalid (plugin/enforce/nftables/ruleset.py, chain forward). Not the
+ * flooded copies of a broadcast or multicast, which nftables judges before its
+ * conntrack rules (group_copy), nor a later fragment (judged by its first one's
+ * ports, lib/frag.h: it has no flags); ``p``: parsed, no conntrack entry, not related.
+ *   TCP: the first-packet column of Linux nf_conntrack_proto_tcp.c: the flags
+ *   (ECE, CWR and PSH masked) must be a valid combination (tcp_valid_flags) and
+ *   tcp_conntracks[0][index][TCP_CONNTRACK_NONE] no sIV: SYN or SYN|URG opens
+ *   (SYN_SENT); ACK or ACK|URG opens too (ESTABLISHED, tcp_new's pick-up of a flow
+ *   in its middle) while net.netfilter.nf_conntrack_tcp_loose is 1, its default
+ *   (on a host that sets it to 0 nftables drops those: docs/ebpf.md Known gaps);
+ *   SYN|ACK, RST, RST|ACK, FIN|ACK, SYN|FIN, none: invalid.
+ *   ICMP: a request of a query (icmp_query: icmp_packet's and icmpv6_packet's
+ *   valid_new); an ICMPv6 type conntrack leaves untracked (icmpv6_error's
+ *   noct_valid_new: ND, MLD, router solicitation and advert); an error quoting
+ *   no tracked flow, a reply, any other type: invalid.
+ *   Other protocols open (their own trackers' checks, checksums: Known gaps). */
+static __always_inline int ct_opens(struct pkt *p)
+{
+	__u8 f = p->tcp_flags & 0x37;   /* without CWR 0x80, ECE 0x40, PSH 0x08 */
+
+	if ((p->dmac[0] & 1) || p->frag == FRAG_LATER)
+		return 1;
+	if (p->proto == IPPROTO_TCP)
+		return f == 0x02 || f == 0x22 || f == 0x10 || f == 0x30;
+	if (p->proto == IPPROTO_ICMP && p->family == 4)
+		return icmp_query(4, p->icmp_type) == 1;
+	if (p->proto == IPPROTO_ICMPV6_ && p->family == 6)
+		return icmp_query(6, p->icmp_type) == 1 || nd_or_mld(p->icmp_type) || p->icmp_type == 134;
+	return 1;
 }
 
 /* The live entry of this packet's flow, or NULL. */
@@ -117,8 +151,9 @@ static __always_inline void ct_forget(struct pkt *p)
 static __always_inline void ct_original(struct pkt *p, struct ct_val *v, struct pkt *o)
 {
 	__builtin_memcpy(o, p, sizeof(*o));
-	if (o->proto == IPPROTO_ICMP || o->proto == IPPROTO_ICMPV6_)
-		o->l4 = L4_ICMP_ECHO;   /* tracked ICMP flows are echoes */
+	if (o->proto == IPPROTO_ICMP || o->proto == IPPROTO_ICMPV6_)   /* tracked: queries */
+		o->l4 = (o->icmp_type == 0 || o->icmp_type == 8 || o->icmp_type == 128 ||
+			 o->icmp_type == 129) ? L4_ICMP_ECHO : L4_OTHER_ICMP;
 	if (v->flags & CT_REPLY) {
 		__builtin_memcpy(o->saddr, p->daddr, 16);
 		__builtin_memcpy(o->daddr, p->saddr, 16);

@@ -33,7 +33,9 @@ static __always_inline int rate_limited(struct pkt *p, __u8 reason)
 		__builtin_memcpy(k.saddr, p->osrc, 16);
 		__builtin_memcpy(k.daddr, p->daddr, 16);
 		k.proto = p->proto;
-		k.dport = p->dport;
+		/* the port for TCP and UDP only, as nftables' log4p/log4 keys
+		 * (plugin/enforce/nftables/drops.py): an ICMP query's identifier is no port */
+		k.dport = (p->proto == IPPROTO_TCP || p->proto == IPPROTO_UDP) ? p->dport : 0;
 	} else {
 		__builtin_memcpy(k.saddr, p->smac, 6);
 		__builtin_memcpy(k.daddr, p->dmac, 6);

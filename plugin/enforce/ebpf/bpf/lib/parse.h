@@ -33,7 +33,8 @@ struct pkt {
 	__u32 l4off;
 	__u32 frag_id;           /* a fragment's identification (host order) */
 	__u8  frag_proto;        /* and its protocol: IPv4's, or IPv6's fragment header's next header */
-	__u8  pad[3];
+	__u8  tcp_flags;         /* TCP: the flags byte (CWR ECE URG ACK PSH RST SYN FIN); 0 if truncated */
+	__u8  pad[2];
 	__u8  saddr[16] __attribute__((aligned(8)));
 	__u8  daddr[16] __attribute__((aligned(8)));
 	/* the source the ingress policy judges and reports: saddr, or the
@@ -59,6 +60,36 @@ static __always_inline int icmp_is_error(__u8 family, __u8 type)
 static __always_inline int icmp_is_echo(__u8 family, __u8 type)
 {
 	return family == 4 ? type == 8 : type == 128;
+}
+
+/* ICMP queries conntrack tracks by their identifier (Linux nf_conntrack_proto_icmp.c
+ * and nf_conntrack_proto_icmpv6.c, invmap): 1 for a request (what may open a flow,
+ * their valid_new), 2 for its reply, 0 for any other type. IPv4: echo 8/0,
+ * timestamp 13/14, information 15/16, address mask 17/18; IPv6: echo 128/129,
+ * node information 139/140. */
+static __always_inline int icmp_query(__u8 family, __u8 type)
+{
+	if (family == 4) {
+		if (type == 8 || type == 13 || type == 15 || type == 17)
+			return 1;
+		return (type == 0 || type == 14 || type == 16 || type == 18) ? 2 : 0;
+	}
+	if (type == 128 || type == 139)
+		return 1;
+	return (type == 129 || type == 140) ? 2 : 0;
+}
+
+/* Which query a tracked ICMP flow is, for its conntrack key's ``pad`` (conntrack's
+ * tuple holds the type: an echo and a timestamp with one identifier are two flows):
+ * 0 for an echo (the fast path's keys) and for what is no query, else the request's
+ * type (13 for a timestamp request or reply). */
+static __always_inline __u16 icmp_flow_class(__u8 family, __u8 type)
+{
+	int q = icmp_query(family, type);
+
+	if (!q || type == 8 || type == 0 || type == 128 || type == 129)
+		return 0;
+	return q == 1 ? type : type - 1;
 }
 
 /* The flow an ICMP error quotes: its IP header and first L4 bytes. */
@@ -91,9 +122,12 @@ static __always_inline void parse_inner(struct __sk_buff *skb, struct pkt *p)
 		p->inner.sport = (buf[0] << 8) | buf[1];
 		p->inner.dport = (buf[2] << 8) | buf[3];
 	} else if (p->inner.proto == IPPROTO_ICMP || p->inner.proto == IPPROTO_ICMPV6_) {
-		if (bpf_skb_load_bytes(skb, off + 4, buf, 2))
+		__u8 type;
+
+		if (bpf_skb_load_bytes(skb, off, &type, 1) || bpf_skb_load_bytes(skb, off + 4, buf, 2))
 			return;
 		p->inner.sport = p->inner.dport = (buf[0] << 8) | buf[1];
+		p->inner.pad = icmp_flow_class(p->family, type);
 	}
 	p->icmp_error = 1;
 }
@@ -108,6 +142,8 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 			return;
 		p->sport = (l4[0] << 8) | l4[1];
 		p->dport = (l4[2] << 8) | l4[3];
+		if (p->proto == IPPROTO_TCP)
+			bpf_skb_load_bytes(skb, p->l4off + 13, &p->tcp_flags, 1);
 	} else if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6_) {
 		if (bpf_skb_load_bytes(skb, p->l4off, l4, 8))
 			return;
@@ -115,7 +151,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 		p->l4 = L4_OTHER_ICMP;
 		if (icmp_is_echo(p->family, l4[0]))
 			p->l4 = L4_ICMP_ECHO;
-		if (l4[0] == 8 || l4[0] == 0 || l4[0] == 128 || l4[0] == 129)
+		if (icmp_query(p->family, l4[0]))
 			p->sport = p->dport = (l4[4] << 8) | l4[5];
 		if (icmp_is_error(p->family, l4[0]))
 			parse_inner(skb, p);
