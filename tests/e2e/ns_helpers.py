@@ -161,13 +161,16 @@ def probe_many(where, probes: list, timeout: float = 1.5) -> dict:
 
 
 def probe_each(probes: list, timeout: float = 1.5) -> list:
-    """Results of ``(where, dst, port, proto)`` probes, in their order: every probe as
-    :func:`probe` makes it (same timeout), all at once (one prober per place, the places
-    side by side), so that n denied probes wait out one timeout rather than n."""
+    """Results of ``(where, dst, port, proto[, src])`` probes, in their order: every probe
+    as :func:`probe` makes it (same timeout, bound to ``src`` when given), all at once (one
+    prober per place, the places side by side), so that n denied probes wait out one
+    timeout rather than n."""
     by_place: dict = {}
-    for i, (where, dst, port, proto) in enumerate(probes):
-        by_place.setdefault(place_of(where).label, (where, []))[1].append(
-            {"id": str(i), "proto": proto, "dst": str(dst), "port": port})
+    for i, (where, dst, port, proto, *src) in enumerate(probes):
+        p = {"id": str(i), "proto": proto, "dst": str(dst), "port": port}
+        if src and src[0]:
+            p["src"] = src[0]
+        by_place.setdefault(place_of(where).label, (where, []))[1].append(p)
     with ThreadPoolExecutor(max_workers=len(by_place) or 1) as pool:
         done = list(pool.map(lambda wp: probe_many(wp[0], wp[1], timeout), by_place.values()))
     results = {k: r for part in done for k, r in part.items()}
@@ -212,12 +215,13 @@ def blocked(where, dst, port: int, proto: str = "tcp", tries: int = 2, src=None)
 
 
 def blocked_each(probes: list, tries: int = 2) -> list:
-    """:func:`blocked` for each ``(where, dst, port, proto)``, side by side (:func:`probe_each`):
-    ``tries`` rounds, none may get an answer; returns the last round's results."""
+    """:func:`blocked` for each ``(where, dst, port, proto[, src])``, side by side
+    (:func:`probe_each`): ``tries`` rounds, none may get an answer; returns the last
+    round's results."""
     results = []
     for _ in range(tries):
         results = probe_each(probes)
-        got = [f"{_what(w, d, p, pr)}: {r}" for (w, d, p, pr), r in zip(probes, results) if r.ok]
+        got = [f"{_what(*pr[:4])}: {r}" for pr, r in zip(probes, results) if r.ok]
         if got:
             raise AssertionError("expected not to reach, but did: " + "; ".join(got))
     return results

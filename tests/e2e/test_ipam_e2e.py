@@ -76,8 +76,8 @@ def test_several_subnets_each_container_gets_its_own_subnets_gateway(
     db = start(run_container, servers, net, "db", "db", "--ip", at(s4b, 11))
     assert default_via(api, 4) == at(s4b, 1) and default_via(web, 4) == at(s4a, 1)
     n.reaches(web, api.ip, 8080, server=api.name)              # across the two subnets, allowed
-    n.blocked(db, api.ip, 8080)                                 # same subnet, no rule
-    n.blocked(api, web.ip, 8080)
+    n.blocked_each([(db, api.ip, 8080, "tcp"),                  # same subnet, no rule
+                    (api, web.ip, 8080, "tcp")])                # side by side
     for c in (api, web):                                        # both subnets are masqueraded
         r = n.reaches(c, n.OUT4, 443)
         assert r.peer == n.HOST4, f"{c.name} reached the outside as {r.peer}, not masqueraded"

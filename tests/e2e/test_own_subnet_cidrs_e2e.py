@@ -63,9 +63,8 @@ def _check(net, a4, b4, a6, b6, run_container, flows):
     api = run_container(net, "u9-api", labels={"secnet.segment": "api"},
                         extra=["--ip", at(b4, 10), "--ip6", at(b6, 0x10)])
     # web -> api (in subnet B, which web's CIDR rule covers): no segment rule, denied
-    for src, family in ((web, 4), (web, 6), (db, 4), (db, 6)):
-        dst = api.ip if family == 4 else api.ip6
-        n.blocked(src, dst, PORT)
+    n.blocked_each([(src, api.ip if family == 4 else api.ip6, PORT, "tcp")   # side by side
+                    for src, family in ((web, 4), (web, 6), (db, 4), (db, 6))])
     for src in (web.name, db.name):
         why = secnet_json("explain", net.name, src, api.name, f"tcp/{PORT}")
         assert not why["allowed"], why
@@ -76,8 +75,8 @@ def _check(net, a4, b4, a6, b6, run_container, flows):
     fh.all_flowing(sink, ["gwb", "gwb6"])
     # the host from its address in subnet A (inside the SRC CIDR) reaches api; from B it does not
     n.reaches(n.HOST, api.ip, PORT, src=at(a4, 1))
-    n.blocked(n.HOST, api.ip, PORT, src=at(b4, 1))
     n.reaches(n.HOST, api.ip6, PORT, src=at(a6, 1))
-    n.blocked(n.HOST, api.ip6, PORT, src=at(b6, 1))
+    n.blocked_each([(n.HOST, api.ip, PORT, "tcp", at(b4, 1)),     # side by side
+                    (n.HOST, api.ip6, PORT, "tcp", at(b6, 1))])
     res = sh.secnet("verify", net.name)
     assert res.returncode == 0, res.stdout + res.stderr

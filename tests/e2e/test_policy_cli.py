@@ -35,8 +35,16 @@ def single_probe(src, dst, port, fam) -> bool:
     return s.reached(s.one(src, dst, "tcp", port, fam))
 
 
+def single_probes(src, dst, port) -> dict:
+    """family -> reached: ONE connection attempt (1 s) per family, no retry, the two side
+    by side in one prober (as :func:`single_probe` makes each)."""
+    res = s.probe(src, [{"id": str(fam), "proto": "tcp", "dst": s.addr_of(dst, fam), "port": port}
+                        for fam in FAMILIES])
+    return {fam: s.reached(res[str(fam)]) for fam in FAMILIES}
+
+
 def assert_flow(src, dst, port, allowed, when):
-    got = {fam: single_probe(src, dst, port, fam) for fam in FAMILIES}
+    got = single_probes(src, dst, port)
     want = {fam: allowed for fam in FAMILIES}
     assert got == want, (f"{when}: {src.name} -> {dst.name} tcp/{port} observed {got} "
                          f"(IPv4/IPv6), expected {'allowed' if allowed else 'blocked'}")
