@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Optional
 from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpec
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import fqdn, kernel, ruleset
-from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver, named_pairs
+from . import counting, fqdn, kernel, ruleset
+from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver
 from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, identifier
@@ -258,21 +258,8 @@ class NftBackend(fqdn.FqdnMethods):
                 return Counters()
             by_rule = self._rule_counters(table)
             learned = fqdn.tag_counters(self.runner, table)
-        allowed: dict = dict(learned)   # (FQDN_TAG_KEY, tag): spread to rules by the reconciler
-        once: dict = dict(learned)      # an element's counter given to one of its keys: pair totals add it once
-        for name, els in attribution.items():
-            for element, keys in els.items():
-                count = counts.get(name, {}).get(element)
-                for key in keys:
-                    allowed[key] = _add(allowed.get(key), count or (0, 0))
-                if keys:
-                    first = min(keys)
-                    once[first] = _add(once.get(first), count or (0, 0))
-        reasons = {c[len("deny:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("deny:")}
-        would = {c[len("audit:"):]: tuple(v) for c, v in by_rule.items() if c.startswith("audit:")}
-        dropped, audits = named_pairs(counts, real.ports if real else {}, real.port_sets if real else {})
-        return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons,
-                        would_drop=audits, would_drop_reasons=would)
+        return counting.assemble(counts, by_rule, learned, attribution,
+                                 real.ports if real else {}, real.port_sets if real else {})
 
     def _rule_counters(self, table: str) -> dict:
         if self.writer is None:
@@ -444,8 +431,4 @@ def _rules_of(net: NetworkSpec) -> tuple:
 def _merge(into: dict, elements: dict) -> None:
     for name, els in elements.items():
         into.setdefault(name, {}).update(els)
-
-
-def _add(total, count) -> tuple:
-    return count if total is None else (total[0] + count[0], total[1] + count[1])
 
