@@ -45,12 +45,14 @@ from dataclasses import dataclass
 import pytest
 
 from packets import Responder, netns, sh
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 from plugin.enforce.backend import NetworkSpec, Port
 from plugin.kernel.conntrack import Flows, Kernel
 from plugin.kernel import netns as plugin_netns
 from segmentation.identities import PENDING, QUARANTINED, MemoryAllocator
-from segmentation.options import parse_network_options
+from segmentation.options import NetworkOptions, parse_network_options
 from segmentation.policymap import compile_policy_map
+from segmentation.rules import parse_rules
 
 BRIDGE = "snbr0"
 BRIDGE_MAC = "02:42:0a:ec:00:01"
@@ -408,3 +410,22 @@ def lab(request):
         the_lab.close()
 
 
+# --- saved state, as the daemon keeps it -------------------------------------------------
+def endpoint_record(c, segment) -> EndpointRecord:
+    """The saved endpoint of lab container ``c`` in ``segment`` (None: pending)."""
+    return EndpointRecord(id=f"ep{c.index:02d}", network_id=NET_ID, veth_host=c.veth,
+                          veth_peer="eth0", mac=c.mac, ipv4=f"{c.ip4}/24", ipv6=f"{c.ip6}/64",
+                          segment=segment, container=f"c{c.index}", joined=True)
+
+
+def saved_network(lab, path: str, rules: str, web, api) -> tuple:
+    """(State at ``path``, NetworkRecord): the lab's network (``rules``, intra deny, dual
+    stack) and its members ``web`` and ``api``, saved."""
+    state = State(path)
+    options = NetworkOptions(rules=parse_rules(rules), intra="deny", ipv6=True, backend=lab.backend_name)
+    net = NetworkRecord(id=NET_ID, bridge=BRIDGE, mtu=1500, options=options,
+                        ipv4=(("10.236.0.0/24", f"{GATEWAY4}/24"),),
+                        ipv6=(("fd00:236::/64", f"{GATEWAY6}/64"),))
+    state.put_network(net)
+    state.put_endpoints([endpoint_record(web, "web"), endpoint_record(api, "api")])
+    return state, net

@@ -10,13 +10,14 @@ import dataclasses
 
 import pytest
 
-from nsfixtures import BRIDGE, GATEWAY4, GATEWAY6, NET_ID, lab, only  # noqa: F401  (lab is a fixture)
+from nsfixtures import BRIDGE, NET_ID, lab, only  # noqa: F401  (lab is a fixture)
 from packets import echoes, open_stream, parallel, probe_icmp, probe_tcp
-from plugin.driver.state import EndpointRecord, NetworkRecord, State
+from plugin.driver.state import State
 from plugin.enforce.backend import NetworkSpec
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel.conntrack import Flows
-from nsfixtures import NsKernel
+from nsfixtures import NsKernel, saved_network
+from nsfixtures import endpoint_record as endpoint
 from segmentation.options import NetworkOptions
 from segmentation.policymap import compile_policy_map
 from segmentation.rules import parse_rules
@@ -27,23 +28,11 @@ pytestmark = pytest.mark.kernel
 RULES = "web->api:tcp/8080, web->web:icmp"
 
 
-def endpoint(c, segment) -> EndpointRecord:
-    return EndpointRecord(id=f"ep{c.index:02d}", network_id=NET_ID, veth_host=c.veth,
-                          veth_peer="eth0", mac=c.mac, ipv4=f"{c.ip4}/24", ipv6=f"{c.ip6}/64",
-                          segment=segment, container=f"c{c.index}", joined=True)
-
-
 @pytest.fixture
 def world(lab, tmp_path):
     """(lab, state, reconciler, net, web, api) with the network realized and in sync."""
     web, api = lab.add(2)
-    state = State(str(tmp_path / "state"))
-    options = NetworkOptions(rules=parse_rules(RULES), intra="deny", ipv6=True, backend=lab.backend_name)
-    net = NetworkRecord(id=NET_ID, bridge=BRIDGE, mtu=1500, options=options,
-                        ipv4=(("10.236.0.0/24", f"{GATEWAY4}/24"),),
-                        ipv6=(("fd00:236::/64", f"{GATEWAY6}/64"),))
-    state.put_network(net)
-    state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
+    state, net = saved_network(lab, str(tmp_path / "state"), RULES, web, api)
     rec = Reconciler(state, {lab.backend_name: lab.backend}, flows=Flows(NsKernel(lab.host)))
     rec.network_added(net)
     assert rec.drift(net) == []

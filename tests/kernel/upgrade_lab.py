@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from nsfixtures import BRIDGE, GATEWAY4, GATEWAY6, NET_ID, InNamespace
+import nsfixtures
+from nsfixtures import NET_ID, InNamespace
 from packets import ns_socket
-from plugin.driver.state import EndpointRecord, NetworkRecord, State
+from plugin.driver.state import NetworkRecord, State
 from plugin.enforce.ebpf import build, libbpf, pins
 from plugin.enforce.reconciler import Reconciler
-from segmentation.options import NetworkOptions
-from segmentation.rules import parse_rules
 
 REPO = Path(__file__).resolve().parents[2]
 #: the last commit before the ``frags`` map (0b1d3b3, U12-F6): its build pins no ``frags``
@@ -60,22 +59,9 @@ def older_ebpf(pin_root: str, obj: str):
 
 
 # --- saved state and the daemon's start path ---------------------------------------------
-def endpoint(c, segment) -> EndpointRecord:
-    return EndpointRecord(id=f"ep{c.index:02d}", network_id=NET_ID, veth_host=c.veth,
-                          veth_peer="eth0", mac=c.mac, ipv4=f"{c.ip4}/24", ipv6=f"{c.ip6}/64",
-                          segment=segment, container=f"c{c.index}", joined=True)
-
-
 def saved_network(lab, path: str, web, api) -> tuple:
     """(State, NetworkRecord): the network (RULES, intra deny) and its two members, saved."""
-    state = State(path)
-    options = NetworkOptions(rules=parse_rules(RULES), intra="deny", ipv6=True, backend=lab.backend_name)
-    net = NetworkRecord(id=NET_ID, bridge=BRIDGE, mtu=1500, options=options,
-                        ipv4=(("10.236.0.0/24", f"{GATEWAY4}/24"),),
-                        ipv6=(("fd00:236::/64", f"{GATEWAY6}/64"),))
-    state.put_network(net)
-    state.put_endpoints([endpoint(web, "web"), endpoint(api, "api")])
-    return state, net
+    return nsfixtures.saved_network(lab, path, RULES, web, api)
 
 
 def restart(lab, state, factory) -> tuple:
