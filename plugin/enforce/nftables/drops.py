@@ -185,14 +185,9 @@ def inactive_pairs(pairs: dict, dumped: dict, port_identity: dict, addr_identity
     (``dumped``: {(port name, address text): (packets, bytes)}), the port named by its
     identity (``port_identity``; a port that is gone is left out) and the address by the
     container's that holds it (``addr_identity``), else ``outside``. A new dict."""
-    out = dict(pairs)
-    for (port, addr), count in dumped.items():
-        src = port_identity.get(port)
-        if src is not None and count:
-            key = (src, addr_identity.get(addr, outside))
-            old = out.get(key, (0, 0))
-            out[key] = (old[0] + count[0], old[1] + count[1])
-    return out
+    return _summed(pairs, (((port_identity[port], addr_identity.get(addr, outside))
+                            if port_identity.get(port) is not None else None, count)
+                           for (port, addr), count in dumped.items()))
 
 
 def group_copy_pairs(pairs: dict, dumped: dict, identity_of: dict) -> dict:
@@ -200,12 +195,18 @@ def group_copy_pairs(pairs: dict, dumped: dict, identity_of: dict) -> dict:
     of ``dumped`` ({(src identity, port name): counter}, a bridge pair set), each port
     named by its identity now (``identity_of``: {port name: identity}; a port that is
     gone is left out, its drops stay in the per-reason totals). A new dict."""
+    return _summed(pairs, (((src, identity_of[port]) if identity_of.get(port) is not None else None, count)
+                           for (src, port), count in dumped.items()))
+
+
+def _summed(pairs: dict, counted) -> dict:
+    """``pairs`` plus each ``(key, (packets, bytes))`` of ``counted`` whose key is not
+    None and whose count is not empty, added at its key. A new dict."""
     out = dict(pairs)
-    for (src, port), count in dumped.items():
-        dst = identity_of.get(port)
-        if dst is not None and count:
-            old = out.get((src, dst), (0, 0))
-            out[(src, dst)] = (old[0] + count[0], old[1] + count[1])
+    for key, count in counted:
+        if key is not None and count:
+            old = out.get(key, (0, 0))
+            out[key] = (old[0] + count[0], old[1] + count[1])
     return out
 
 
