@@ -210,8 +210,10 @@ class Api:
             raw = request.get_data(cache=False)
             try:
                 body = json.loads(raw) if raw.strip() else {}
-            except ValueError:
+            except (ValueError, UnicodeDecodeError):
                 raise BadRequest("request body is not valid JSON") from None
+            except RecursionError:   # json's C scanner recurses once per nesting level
+                raise BadRequest("request body is nested too deeply") from None
             if not isinstance(body, dict):
                 raise BadRequest("request body must be a JSON object")
             return _reply(getattr(self, name)(body))

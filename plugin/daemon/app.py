@@ -62,6 +62,8 @@ def _decode():
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise p.BadRequest("request body is not valid JSON") from None
+    except RecursionError:   # json's C scanner recurses once per nesting level
+        raise p.BadRequest("request body is nested too deeply") from None
 
 
 def create_app(driver, api=None) -> Flask:

@@ -32,8 +32,10 @@ def _obj(body: Any, what: str = "request body") -> dict:
 
 def _id(body: dict, key: str) -> str:
     value = body.get(key)
-    if not isinstance(value, str) or not value:
+    if value is None or value == "":
         raise BadRequest(f"missing field {key}")
+    if not isinstance(value, str):
+        raise BadRequest(f"invalid {key}: expected a hex id string, got {type(value).__name__}")
     if not _ID_RE.match(value):
         raise BadRequest(f"invalid {key} {value!r}: expected a hex id")
     return value.lower()

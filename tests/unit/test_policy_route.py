@@ -167,3 +167,19 @@ def test_edits_made_at_the_same_time_all_take_effect(tmp_path):
         assert final.mode == "audit"
     finally:
         state.close()
+
+
+@pytest.mark.parametrize("raw, said", [("{not json", "not valid JSON"), ("[1]", "must be a JSON object"),
+                                        ("[" * 100_000 + "]" * 100_000, "nested too deeply")])
+def test_a_bad_body_to_a_cli_route_is_a_one_line_bad_request(tmp_path, raw, said):
+    # U15-F2: a deeply nested body was a 500 RecursionError on the CLI's routes too
+    state = State(str(tmp_path / "state"))
+    reconciler = RecordingReconciler()
+    api = Api(Driver(state, None, None, reconciler), reconciler)
+    try:
+        resp = create_app(api.driver, api).test_client().post("/secnet/policy", data=raw)
+        body = json.loads(resp.get_data(as_text=True))
+        assert resp.status_code == 400 and said in body["Err"] and "\n" not in body["Err"], body
+        assert reconciler.calls == []
+    finally:
+        state.close()
