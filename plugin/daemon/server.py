@@ -132,7 +132,7 @@ class _Gunicorn(BaseApplication):
     def load_config(self):
         s = self.settings
         for key, value in {
-            "bind": [f"unix:{s.socket}"], "workers": 1, "worker_class": "gthread", "threads": 8,
+            "bind": [f"unix:{s.socket}"], "workers": 1, "worker_class": "plugin.daemon.gworker.ReadLimitedWorker", "threads": 8,
             "umask": 0o077, "timeout": 0, "graceful_timeout": 10, "loglevel": s.log_level,
             "keepalive": KEEPALIVE,
             "accesslog": "-" if s.log_level == "debug" else None, "errorlog": "-",
