@@ -150,7 +150,7 @@ class NftBackend(fqdn.FqdnMethods):
             elements = real.policy_elements.change(
                 delta.entries_added | delta.cidrs_added,   # DNS rules: counted by tag (fqdn)
                 delta.entries_removed | delta.cidrs_removed)
-            settings = setting_elements(policy, net.mode)
+            settings = setting_elements(policy, net.mode, real.policy_elements)
             diff(real.settings, settings, changed)
             changed.delete.update(elements.delete)
             changed.add.update(elements.add)
@@ -406,7 +406,7 @@ class NftBackend(fqdn.FqdnMethods):
             elements, port_sets, settings = real.policy_elements, real.port_sets, real.settings
         else:
             elements = PolicyElements.of(policy.entries | policy.cidrs)
-            port_sets, settings = ports_elements(ports), setting_elements(policy, net.mode)
+            port_sets, settings = ports_elements(ports), setting_elements(policy, net.mode, elements)
         want = {**elements.flat(), **settings}
         for name in kernel.desired_sets():
             want.setdefault(name, {})
@@ -418,7 +418,7 @@ class NftBackend(fqdn.FqdnMethods):
 def _realize(net: NetworkSpec, policy: PolicyMap, ports: dict) -> _Realized:
     """What a whole write of ``net`` leaves in the kernel (``ports``: endpoint id -> Port)."""
     elements = PolicyElements.of(policy.entries | policy.cidrs)
-    real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode))
+    real = _Realized(net, policy, elements, ports, setting_elements(policy, net.mode, elements))
     real.port_sets = ports_elements(ports.values())
     return real
 

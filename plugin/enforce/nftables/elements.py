@@ -338,8 +338,10 @@ class PolicyElements:
         return out
 
 
-def setting_elements(policy, mode: str) -> dict:
-    """``{set: {element: None}}`` of the network-wide settings."""
+def setting_elements(policy, mode: str, elements: Optional[PolicyElements] = None) -> dict:
+    """``{set: {element: None}}`` of the network-wide settings. ``elements``: the
+    :class:`PolicyElements` of ``policy`` when the caller holds them (``intra`` is then
+    read from their ``pol_any`` groups: no pass over the entries)."""
     on = {ON: None}
     settings = policy.settings
     return {
@@ -348,9 +350,22 @@ def setting_elements(policy, mode: str) -> dict:
         "internal": on if settings.internal else {},
         "audit": on if mode == "audit" else {},
         "baudit": on if mode == "audit" else {},
-        "intra": {(i,): None for i in sorted(set(policy.identities.values()))
-                  if any(e.proto == ANY for e in policy.between(i, i))},
+        "intra": dict.fromkeys((i,) for i in intra_identities(policy, elements)),
     }
+
+
+def intra_identities(policy, elements: Optional[PolicyElements] = None) -> list:
+    """The identities ``i`` (sorted) that ``policy`` gives an entry ``(i, i, any)``: the
+    segments whose members may send each other anything (the bridge's ``intra`` set).
+
+    From the ``pol_any`` groups of ``elements`` (the ``(src, dst)`` pairs with an ``any``
+    entry), else one pass over ``policy.entries``; not :meth:`PolicyMap.between`, whose
+    index a fresh map builds over every entry (50,000 rules: most of a one-rule add)."""
+    if elements is not None:
+        pairs = elements.groups.get("pol_any", ())
+    else:
+        pairs = [(e[0], e[1]) for e in policy.entries if e.__class__ is PolicyEntry and e[2] == ANY]
+    return sorted({src for src, dst in pairs if src == dst})
 
 
 # --- ports ----------------------------------------------------------------------------------
