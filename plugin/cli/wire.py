@@ -6,7 +6,7 @@ decoder and encoder modules import ``re``, and ``re`` imports ``enum``. The work
 itself is done by ``_json``, the C module that ``json`` wraps (CPython's own
 accelerator, built into every CPython 3): here it is called as ``json.dumps`` and
 ``json.loads`` call it, with their default settings. Where ``_json`` is missing
-(another Python) or takes other arguments, the ``json`` package does it.
+(another Python), the ``json`` package does it.
 
 * :func:`dumps`: what ``json.dumps(obj)`` gives (``", "`` and ``": "`` separators,
   ASCII only, NaN and the infinities allowed, no circular-reference check: the CLI
@@ -17,6 +17,11 @@ accelerator, built into every CPython 3): here it is called as ``json.dumps`` an
 The ``--json`` output (indented, sorted keys) still imports ``json``: only then.
 """
 from __future__ import annotations
+
+try:
+    from _json import encode_basestring_ascii as _quote, make_encoder as _make_encoder, make_scanner as _make_scanner
+except ImportError:   # pragma: no cover - not CPython
+    _make_encoder = _make_scanner = None
 
 _WHITESPACE = " \t\n\r"   # JSON's (RFC 8259 section 2)
 
@@ -35,11 +40,11 @@ def _default(obj):
     raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
 
 
-try:   # the arguments json.JSONEncoder.iterencode passes (markers None: no circular check)
-    from _json import encode_basestring_ascii as _quote, make_encoder as _make_encoder, make_scanner as _make_scanner
+if _make_encoder is not None:
+    # the arguments json.JSONEncoder.iterencode passes (markers None: no circular check)
     _encode = _make_encoder(None, _default, _quote, None, ": ", ", ", False, False, True)
     _scan = _make_scanner(_Context())
-except (ImportError, TypeError, AttributeError):   # pragma: no cover - not CPython, or its C API changed
+else:   # pragma: no cover - not CPython
     _encode = _scan = None
 
 

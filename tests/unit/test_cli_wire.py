@@ -56,12 +56,3 @@ def test_a_plain_rule_edit_runs_without_the_json_package(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["network nnnnnnnnnnnn: 1 rule in force", "[]"]
-
-
-def test_without_the_c_module_the_json_package_does_it(monkeypatch):
-    monkeypatch.setattr(wire, "_encode", None)
-    monkeypatch.setattr(wire, "_scan", None)
-    body = {"network": "n", "rules": ["a->b"], "list": True, "count": 2}
-    assert wire.dumps(body) == json.dumps(body) and wire.loads(wire.dumps(body).encode()) == body
-    with pytest.raises(ValueError):
-        wire.loads(b"hello")
