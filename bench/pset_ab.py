@@ -7,8 +7,7 @@ directory, as ``bench.nft_guard --base`` does):
 * ``backend`` (default): the nftables backend alone, as ``bench.nft_datapath`` drives it (a
   network of 100 segments and 200 ports, ``nft_datapath.sweep_rules``): ``apply_policy`` of a set
   from 0 to N rules, then ``--sets`` sets of N rules replacing N others (variants 1 and 0 in
-  turn: every port moved), then one rule added and removed at N (freshly compiled maps, as
-  ``bench.nft_datapath`` makes them); the map after the delta passed, as the reconciler passes it;
+  turn: every port moved); the map after the delta passed, as the reconciler passes it;
 * ``handler``: ``python -m bench.set_cpu --sets S --rules N`` of that tree (the daemon's
   ``Api.policy`` over a real state, reconciler, backend and flow index; its stage medians).
 
@@ -59,9 +58,6 @@ cur = 1
 for _ in range(sets):
     timed('set N to N other', maps[cur], maps[3 - cur])
     cur = 3 - cur
-one = nd.policy(nd.sweep_rules(n, cur - 1) + ' s1->s2:tcp/7', ids)   # fresh maps, as nft_datapath's
-timed('add 1 at N', maps[cur], one)
-timed('remove 1 at N', one, nd.policy(nd.sweep_rules(n, cur - 1), ids))
 backend.remove_network(nd.NET.id)
 print(json.dumps(out))
 """

@@ -12,16 +12,13 @@ that are a status line and a JSON body. The socket is ``_socket``'s, the C type 
 ``socket.socket`` wraps (the wrapper's module builds its enums and imports ``selectors``:
 ~5 ms of CPU), a network name is percent-encoded here (:func:`quote`: ``urllib.parse``
 imports ``ipaddress``, ~3 ms) and ``glob`` is imported only to look for a managed plugin's
-socket (~3 ms with ``contextlib`` and ``fnmatch``). JSON is read and written by
-:mod:`plugin.cli.wire` (``_json`` without the ``json`` package, whose import of ``re`` and
-``enum`` was ~16 ms of CPU).
+socket (~3 ms with ``contextlib`` and ``fnmatch``).
 """
 from __future__ import annotations
 
 import _socket
+import json
 import os
-
-from plugin.cli import wire
 
 DEFAULT_SOCKET = "/run/docker/plugins/secnet.sock"        # = plugin.config.Settings.socket
 DEFAULT_DOCKER_HOST = "unix://var/run/docker.sock"         # = plugin.config.DEFAULT_DOCKER_HOST
@@ -121,13 +118,13 @@ def _content_length(head: bytes):
 def call(path: str, body: dict, timeout: float = 30.0) -> dict:
     sock = socket_path()
     try:
-        _status, raw = exchange(sock, "POST", path, wire.dumps(body).encode(), timeout)
+        _status, raw = exchange(sock, "POST", path, json.dumps(body).encode(), timeout)
     except (OSError, BadAnswer) as exc:
         hint = "" if os.path.exists(sock) else \
             " (is the daemon running? for a managed plugin set SECNET_SOCKET to its socket)"
         raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}{hint}") from None
     try:
-        data = wire.loads(raw or b"{}")
+        data = json.loads(raw or b"{}")
     except ValueError:
         raise CliError("the daemon sent an answer that is not JSON") from None
     if isinstance(data, dict) and data.get("Err"):
@@ -178,4 +175,4 @@ def _engine_get(sock: str, path: str) -> dict:
     status, body = exchange("/" + sock.lstrip("/"), "GET", path, timeout=5.0)
     if status != 200:
         raise LookupError(f"engine answered {status}")
-    return wire.loads(body)
+    return json.loads(body)

@@ -8,6 +8,7 @@ Exit status 0 on success, non-zero with a one-line reason on stderr.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import sys
 import time
@@ -161,8 +162,6 @@ def _log_names(args, data: dict) -> dict:
 
 def _emit_log(args, data: dict) -> None:
     _log_names(args, data)
-    if args.json:
-        import json   # (see main)
     for entry in data["entries"]:
         print(json.dumps(entry, sort_keys=True) if args.json else fmt.log_line(entry, not args.network))
     sys.stdout.flush()
@@ -295,7 +294,6 @@ def main(argv=None) -> int:
         if data is None:  # printed as it came (log --follow)
             pass
         elif as_json:
-            import json   # only here: the CLI reads and writes its requests without it (plugin.cli.wire)
             print(json.dumps(data["samples"] if args.command == "metrics" else data, indent=2, sort_keys=True))
         elif args.command == "log":
             fmt.print_log(data, with_network=not args.network)
