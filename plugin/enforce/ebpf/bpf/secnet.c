@@ -284,7 +284,7 @@ int from_container(struct __sk_buff *skb)
 			vd.reason = R_INTERNAL;
 			return deny(skb, p, &vd, MODE_ENFORCE);
 		}
-		return inactive(skb, &c, p, &vd, member_identity(vd.dst) ? KIND_EW : KIND_EGRESS);
+		return inactive(skb, &c, p, &vd, member_identity(vd.dst) ? KIND_EW : KIND_EGRESS, SEEN_BRIDGED);
 	}
 	if (r == SRC_PASS || passes_unjudged(p))
 		return TC_ACT_OK;
@@ -300,6 +300,7 @@ int from_container(struct __sk_buff *skb)
 	if (!ct_opens(p)) {   /* no flow's first packet: nftables' "ct state invalid" */
 		vd.dst = identity_of(p, p->daddr);
 		vd.reason = R_INVALID;
+		invalid_to_inactive(skb, &c, vd.dst);
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
 	c.learned = 0;
@@ -421,7 +422,7 @@ int to_container(struct __sk_buff *skb)
 			vd.reason = R_INTERNAL;
 			return deny(skb, p, &vd, MODE_ENFORCE);
 		}
-		return inactive(skb, &c, p, &vd, KIND_IN);
+		return inactive(skb, &c, p, &vd, KIND_IN, !from ? SEEN_HOST : sender ? SEEN_BRIDGED : SEEN_ROUTED);
 	}
 	/* The bridge floods a unicast frame whose MAC it has not learned (a new
 	 * container that has not sent yet) to every port: such a copy is for

@@ -1,0 +1,94 @@
+"""Packets that open no flow, to or from a quarantined container in audit mode, and the
+pairs enforce mode counts its drops in: the same verdict, counters and reports on both
+backends (issue 13, contract "Backends": "the same verdicts, the same CLI output").
+
+Audit mode passes a quarantined container's flows as would-drops, but not a packet
+conntrack opens no flow with (a RST of no connection): nftables drops it as ``invalid``
+in its inet table (``ct state invalid``), after its bridge table counted the frame as a
+would-drop when the frame crossed the container's port first (its own frames, a
+member's frames to it) -- and not when it was routed in from outside (the inet forward
+hook comes first). eBPF let it pass as a would-drop. Fail closed: dropped on both.
+
+Per pair, drops are counted for the reasons policy decides between segments and to or
+from the outside (no-rule, egress, internal; docs/visibility.md), the others per reason
+only; eBPF counted every reason per pair, nftables these three.
+"""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from nsfixtures import OUTSIDE4, drain
+from nsfixtures import lab  # noqa: F401 (fixture)
+from packets import probe_addr, probe_tcp, send_frame, udp4_frame
+from plugin.observe.droplog import proto_name
+from test_tcp_new_kernel import RST, received, send_tcp
+
+pytestmark = pytest.mark.kernel
+OUT, Q = "(outside)", "(quarantined)"
+#: what a quarantined container's own housekeeping (IPv6 ND, MLD, ARP) adds meanwhile
+NOISE = {(Q, OUT)}
+
+
+def _snapshot(lab) -> tuple:
+    """({reason: packets} dropped, {reason: packets} would-drop, {pair: packets} dropped,
+    {pair: packets} would-drop)."""
+    from plugin.observe.counting import per_pair   # noqa: PLC0415
+    c = lab.counters()
+    _allowed, dropped, would = per_pair(lab.policy, c)
+    return ({k: v[0] for k, v in c.reasons.items() if v[0]},
+            {k: v[0] for k, v in c.would_drop_reasons.items() if v[0]},
+            {k: v[0] for k, v in dropped.items() if v[0]}, {k: v[0] for k, v in would.items() if v[0]})
+
+
+def _delta(before: tuple, after: tuple) -> tuple:
+    return tuple({k: v - b.get(k, 0) for k, v in a.items() if v != b.get(k, 0)}
+                 for b, a in zip(before, after))
+
+
+@pytest.mark.parametrize("case", ["from it", "to it", "to outside", "from outside"])
+def test_a_segment_of_no_flow_is_invalid_for_a_quarantined_container_in_audit_mode(lab, case):
+    web, bad = lab.add(2)
+    lab.apply("web->web", {web: "web", bad: "web"}, mode="audit")
+    lab.move(bad, None, quarantine="invalid label")
+    for a, b in ((web, bad.ip4), (bad, web.ip4), (bad, OUTSIDE4), (lab.outside, bad.ip4)):
+        probe_tcp(a, b, 8080)   # neighbours learned: no ARP in what is counted below
+    time.sleep(1.2)             # past the reports' one per flow and second
+    events = lab.drop_events()
+    before = _snapshot(lab)
+    src, dst = {"from it": (bad, web), "to it": (web, bad), "to outside": (bad, lab.outside),
+                "from outside": (lab.outside, bad)}[case]
+    got = received(dst, lambda: send_tcp(src, dst, 4, 45000, 9090, RST), 4)
+    reasons, would, pairs, would_pairs = _delta(before, _snapshot(lab))
+    name = lab.backend_name
+    assert got == set(), f"{name}: a RST of no connection passed"
+    assert reasons == {"invalid": 1} and pairs == {}, f"{name}: {reasons} {pairs}"
+    # the frame crossed the container's port before the inet table (nftables' bridge table)
+    want = {"from it": {(Q, "web"): 1}, "to it": {(OUT, Q): 1}}.get(case, {})
+    assert {k: v for k, v in would_pairs.items() if k not in NOISE} == want, f"{name}: {would_pairs}"
+    assert sum(would_pairs.values()) == would.get("quarantined", 0), f"{name}: {would}"
+    reported = [(e.reason, e.audit, proto_name(e.family, e.proto), e.port)
+                for e in drain(events, 0.5) if e.proto == 6 and e.port == 9090]
+    assert reported == [("invalid", False, "tcp", 9090)], f"{name}: {reported}"
+
+
+def test_enforce_mode_counts_policy_drops_per_pair_and_the_others_per_reason(lab):
+    """Drops of five reasons; per pair only no-rule and egress (internal: the same
+    ``PAIRED`` on both, not set up here), the same pairs and packets on both."""
+    web, db, bad = lab.add(3)
+    lab.apply("", {web: "web", db: "db", bad: "web"}, egress="deny")
+    lab.move(bad, None, quarantine="invalid label")
+    for a, b in ((web, db.ip4), (web, OUTSIDE4), (bad, web.ip4)):
+        probe_addr(a, b, "tcp", 8080)   # no-rule, egress, quarantined
+    before = _snapshot(lab)
+    assert probe_tcp(web, db.ip4, 8081) != "ok" and probe_addr(web, OUTSIDE4, "tcp", 8081) != "ok"
+    send_tcp(web, db, 4, 45000, 9090, RST)                                       # invalid
+    send_frame(web, udp4_frame(web, db.mac, "10.236.0.99", db.ip4, 7000, b"x"))  # spoofed
+    assert probe_tcp(bad, web.ip4, 8081) != "ok"                                # quarantined
+    reasons, _would, pairs, _would_pairs = _delta(before, _snapshot(lab))
+    name = lab.backend_name
+    assert {"no-rule", "egress", "invalid", "spoofed", "quarantined"} <= set(reasons), f"{name}: {reasons}"
+    assert set(pairs) == {("web", "db"), ("web", OUT)}, f"{name}: {pairs}"
+    assert pairs[("web", "db")] == reasons["no-rule"] and pairs[("web", OUT)] == reasons["egress"], \
+        f"{name}: {pairs} {reasons}"
