@@ -298,7 +298,7 @@ int from_container(struct __sk_buff *skb)
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p, ep) : r;
-	if (!ct_opens(p)) {   /* no flow's first packet: nftables' "ct state invalid" */
+	if (!ct_opens(p, c.s->strict_tcp)) {   /* no flow's first packet: nftables' "ct state invalid" */
 		vd.dst = identity_of(p, p->daddr);
 		vd.reason = R_INVALID;
 		invalid_to_inactive(skb, &c, vd.dst);
@@ -346,7 +346,7 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 	}
 	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
-	if (!ct_opens(p)) {
+	if (!ct_opens(p, c->s->strict_tcp)) {
 		vd.reason = R_INVALID;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
@@ -411,7 +411,7 @@ int to_container(struct __sk_buff *skb)
 		return r;
 	/* from outside the network: the host, published ports, other networks */
 	kind = inbound_kind(skb, p, from != 0, src);
-	if (kind != KIND_IN_HOST && !ct_opens(p)) {   /* (nft's host_out has no invalid rule) */
+	if (kind != KIND_IN_HOST && !ct_opens(p, c.s->strict_tcp)) {   /* (nft's host_out has no invalid rule) */
 		vd.reason = R_INVALID;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}

@@ -62,7 +62,7 @@ static __always_inline int inactive(struct __sk_buff *skb, struct ctx *c, struct
 		count_drop(skb, vd, 1);
 		return TC_ACT_OK;
 	}
-	if (!v && seen != SEEN_HOST && !ct_opens(p)) {
+	if (!v && seen != SEEN_HOST && !ct_opens(p, c->s->strict_tcp)) {
 		if (seen == SEEN_BRIDGED)
 			count_drop(skb, vd, 1);
 		vd->reason = R_INVALID;
