@@ -26,6 +26,12 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 #: ``enum reason``, bpf/lib/common.h, indexes this: append, never reorder)
 REASONS = ("no-rule", "egress", "internal", "not-member", "invalid",
            "quarantined", "pending", "spoofed", "ethertype", "loopback", "router")
+#: the reasons whose drops are counted per identity pair, on both backends: policy's
+#: between segments and to or from the outside (docs/visibility.md). The others
+#: (spoofed, invalid, not-member, ethertype, loopback, router, and an inactive
+#: container's drops in enforce mode) are counted per reason only; every would-drop
+#: (audit mode) is counted per pair as well
+PAIRED = ("no-rule", "egress", "internal")
 
 
 @functools.lru_cache(maxsize=8192)

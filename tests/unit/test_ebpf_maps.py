@@ -243,8 +243,19 @@ def test_settings_follow_policy_mode_and_internal():
     assert maps.SETTINGS.unpack(maps.settings_value(pm, "audit")) == (1, 0, 0, 0)
     internal = compile_policy_map(NetworkOptions(internal=True), {"a": 256})
     assert maps.SETTINGS.unpack(maps.settings_value(internal, "enforce")) == (0, 0, 1, 0)
+    assert maps.SETTINGS.unpack(maps.settings_value(pm, "enforce", tcp_loose=False)) == (0, 0, 0, 1)
     with pytest.raises(maps.EncodeError):
         maps.settings_value(pm, "loud")
+
+
+def test_tcp_loose_reads_the_sysctl_and_defaults_to_the_kernels(tmp_path):
+    from plugin.enforce.ebpf.host import tcp_loose   # noqa: PLC0415
+    f = tmp_path / "nf_conntrack_tcp_loose"
+    f.write_text("0\n")
+    assert tcp_loose(str(f)) is False
+    f.write_text("1\n")
+    assert tcp_loose(str(f)) is True
+    assert tcp_loose(str(tmp_path / "missing")) is True   # conntrack not loaded: its default
 
 
 def test_content_diff_and_restricted():

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Optional
 from plugin.enforce.backend import BackendError, BackendUnavailable, Counters, DropEvent, NetworkSpec, Port
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import build, counters, fqdn, libbpf, maps, pins
+from . import build, counters, fqdn, host, libbpf, maps, pins
 from .groups import delta_changes as _delta_changes, group_index, regroup as _regroup
 from .groups import touched_groups as _touched
 from .events import DropReader, hairpin_target
@@ -172,7 +172,8 @@ class EbpfBackend(fqdn.FqdnMethods):
         self._level(st)   # one still pending: the version written now must hold ``before``
         version, generation, _tag = self._state(h)
         nxt = 1 - (version & 1)
-        settings = maps.settings_value(new, st.spec.mode, st.spec.internal)
+        loose = host.tcp_loose()   # the host's conntrack setting now (also on repair: drift)
+        settings = maps.settings_value(new, st.spec.mode, st.spec.internal, loose)
         diffs = {name: maps.content_diff(before, after)
                  for name, (before, after) in changes.items() if before is not None}
 
@@ -183,7 +184,7 @@ class EbpfBackend(fqdn.FqdnMethods):
                 self._write_version(h, name, target, diffs[name] if before is not None and name in diffs
                                     else maps.content_diff(self._dump(h, name, target), after))
             libbpf.update(h.maps["settings"], maps.U32.pack(target), maps.settings_value(
-                policy, st.spec.mode, st.spec.internal) if not known else settings)
+                policy, st.spec.mode, st.spec.internal, loose) if not known else settings)
         old = st.policy
         try:
             write(nxt, new)

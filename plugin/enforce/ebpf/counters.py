@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Iterable, Optional
 
-from plugin.enforce.backend import REASONS, Counters
+from plugin.enforce.backend import PAIRED, REASONS, Counters
 
 from . import cidrslots, libbpf, maps, pins
 
@@ -84,7 +84,9 @@ def would_drop(handle: pins.Handle) -> Counters:
 
 def drops(handle: pins.Handle, cpus: int, audit: bool) -> tuple:
     """``({(src, dst): (packets, bytes)}, {reason name: (packets, bytes)})`` of the
-    ``dropped`` map's entries with the given audit flag."""
+    ``dropped`` map's entries with the given audit flag. The datapath counts every drop
+    per pair; the pairs keep the reasons nftables counts per pair (``PAIRED``) and every
+    would-drop, so that ``show`` and the metrics give the same pairs on both backends."""
     dropped, reasons = {}, {}
     fd = handle.maps["dropped"]
     for key in list(libbpf.keys(fd, maps.DROP_KEY.size)):
@@ -93,8 +95,9 @@ def drops(handle: pins.Handle, cpus: int, audit: bool) -> tuple:
         if raw is None or bool(was_audit) != audit:
             continue
         pb = maps.sum_percpu(raw, cpus)
-        dropped[(src, dst)] = add(dropped.get((src, dst)), pb)
         name = REASONS[reason] if reason < len(REASONS) else "invalid"
+        if audit or name in PAIRED:
+            dropped[(src, dst)] = add(dropped.get((src, dst)), pb)
         reasons[name] = add(reasons.get(name), pb)
     return dropped, reasons
 

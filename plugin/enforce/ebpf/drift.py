@@ -7,7 +7,7 @@ calls apply_network to repair).
 """
 from __future__ import annotations
 
-from . import libbpf, maps
+from . import host, libbpf, maps
 
 
 def drift(backend, st, policy, ports: list) -> list:
@@ -23,8 +23,8 @@ def drift(backend, st, policy, ports: list) -> list:
             if keys:
                 out.append(f"{name}: {len(keys)} {what} entries")
     raw = libbpf.lookup(h.maps["settings"], maps.U32.pack(version & 1), maps.SETTINGS.size)
-    if raw != maps.settings_value(policy, st.spec.mode, st.spec.internal):
-        out.append("settings: differ from the network's (mode, egress, internal)")
+    if raw != maps.settings_value(policy, st.spec.mode, st.spec.internal, host.tcp_loose()):
+        out.append("settings: differ from the network's (mode, egress, internal, tcp_loose)")
     want = maps.subnet_entries(st.spec.subnets)
     have = set(libbpf.keys(h.maps["subnets"], maps.SUBNET_KEY.size))
     if have != set(want):

@@ -150,12 +150,14 @@ def gateway_entries(gateways: Iterable[str]) -> dict:
 
 # --- settings and state -----------------------------------------------------------
 
-def settings_value(policy: PolicyMap, mode: str, internal: bool = False) -> bytes:
+def settings_value(policy: PolicyMap, mode: str, internal: bool = False, tcp_loose: bool = True) -> bytes:
+    """The ``settings`` map's value (``struct settings``): mode, egress allowed, internal,
+    strict_tcp (1: ``tcp_loose`` False, a first ACK opens no flow). Raises EncodeError."""
     s = policy.settings
     if mode not in MODES:
         raise EncodeError(f"unknown mode {mode!r}: enforce or audit")
     return SETTINGS.pack(MODES[mode], int(s.egress == "allow" and not (s.internal or internal)),
-                         int(s.internal or internal), 0)
+                         int(s.internal or internal), int(not tcp_loose))
 
 
 def network_tag(network_id: str) -> int:

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import socket
 
-from plugin.enforce.backend import REASONS, DropEvent
+from plugin.enforce.backend import PAIRED, REASONS, DropEvent
 from segmentation.identities import OUTSIDE, QUARANTINED
 
 NFLOG_GROUP = 7350
@@ -64,8 +64,6 @@ DYNAMIC_SETS = LOG_SETS + PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS
 AUDITABLE = ("no-rule", "egress", "quarantined", "pending")
 #: the reasons of a container whose segment is not in force (quarantined, pending)
 INACTIVE = ("quarantined", "pending")
-#: reasons whose drops are counted per identity pair
-PAIRED = ("no-rule", "egress", "internal")
 #: the constant lookup key of the setting sets: 0 for every packet
 SETTING_KEY = "numgen inc mod 1"
 

@@ -26,6 +26,7 @@
 #include "lib/lookup.h"
 #include "lib/inactive.h"
 #include "lib/frag.h"
+#include "lib/flood.h"
 
 #define PACKET_HOST_ 0
 
@@ -284,7 +285,7 @@ int from_container(struct __sk_buff *skb)
 			vd.reason = R_INTERNAL;
 			return deny(skb, p, &vd, MODE_ENFORCE);
 		}
-		return inactive(skb, &c, p, &vd, member_identity(vd.dst) ? KIND_EW : KIND_EGRESS);
+		return inactive(skb, &c, p, &vd, member_identity(vd.dst) ? KIND_EW : KIND_EGRESS, SEEN_BRIDGED);
 	}
 	if (r == SRC_PASS || passes_unjudged(p))
 		return TC_ACT_OK;
@@ -297,9 +298,10 @@ int from_container(struct __sk_buff *skb)
 	r = tracked(skb, &c, p, &ew);
 	if (r >= 0)
 		return (r == TC_ACT_OK && ew) ? deliver(skb, &c, p, ep) : r;
-	if (!ct_opens(p)) {   /* no flow's first packet: nftables' "ct state invalid" */
+	if (!ct_opens(p, c.s->strict_tcp)) {   /* no flow's first packet: nftables' "ct state invalid" */
 		vd.dst = identity_of(p, p->daddr);
 		vd.reason = R_INVALID;
+		invalid_to_inactive(skb, &c, vd.dst);
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
 	c.learned = 0;
@@ -344,50 +346,11 @@ static __always_inline int from_member(struct __sk_buff *skb, struct ctx *c, str
 	}
 	if (ct_related(p, c->s->mode))
 		return TC_ACT_OK;
-	if (!ct_opens(p)) {
+	if (!ct_opens(p, c->s->strict_tcp)) {
 		vd.reason = R_INVALID;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
 	return judge_new(skb, c, p, KIND_EW, src, ep->identity, flow_port(p));
-}
-
-/* A copy of another member's broadcast or multicast frame (the bridge floods it to
- * every port): it passes when the sender's segment (its port's identity) is this
- * container's and that segment's members may send each other anything (an (s, s, any)
- * entry of the policy map: intra=allow), else it is dropped as no-rule -- never into
- * another segment (nftables: the bridge table's group_copy). ARP, ND, MLD and IGMP
- * passed before (passes_unjudged). */
-static __always_inline int group_copy(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
-				      __u16 src, __u16 dst)
-{
-	struct verdict vd = { .src = src, .dst = dst, .reason = R_NO_RULE };
-	struct policy_key k = { .prefixlen = 40 };   /* the (version, src, dst) prefix: "any" */
-
-	k.data[0] = c->ver;
-	k.data[1] = src >> 8;
-	k.data[2] = src & 0xff;
-	k.data[3] = dst >> 8;
-	k.data[4] = dst & 0xff;
-	if (src == dst && bpf_map_lookup_elem(&policy, &k))
-		return TC_ACT_OK;
-	return deny(skb, p, &vd, c->s->mode);
-}
-
-/* Is a frame at this container's port meant for it: sent to its MAC, or an ARP
- * request or IPv6 neighbour solicitation for one of its addresses? The bridge
- * floods the rest (broadcasts, multicasts, unlearned unicast) to every port. */
-static __always_inline int meant_for(struct __sk_buff *skb, struct pkt *p, struct endpoint *ep)
-{
-	__u8 target[16];
-
-	if (!(p->dmac[0] & 1))
-		return eq_mac(p->dmac, ep->mac);
-	if (p->ethertype == ETH_P_ARP_)
-		return eq4(p->daddr, ep->ipv4);
-	if (p->family != 6 || p->proto != IPPROTO_ICMPV6 || p->icmp_type != 135 ||
-	    bpf_skb_load_bytes(skb, p->l4off + 8, target, 16))
-		return 0;
-	return eq16(target, ep->ipv6) || eq16(target, ep->ll6);
 }
 
 SEC("tc")
@@ -421,7 +384,7 @@ int to_container(struct __sk_buff *skb)
 			vd.reason = R_INTERNAL;
 			return deny(skb, p, &vd, MODE_ENFORCE);
 		}
-		return inactive(skb, &c, p, &vd, KIND_IN);
+		return inactive(skb, &c, p, &vd, KIND_IN, !from ? SEEN_HOST : sender ? SEEN_BRIDGED : SEEN_ROUTED);
 	}
 	/* The bridge floods a unicast frame whose MAC it has not learned (a new
 	 * container that has not sent yet) to every port: such a copy is for
@@ -448,7 +411,7 @@ int to_container(struct __sk_buff *skb)
 		return r;
 	/* from outside the network: the host, published ports, other networks */
 	kind = inbound_kind(skb, p, from != 0, src);
-	if (kind != KIND_IN_HOST && !ct_opens(p)) {   /* (nft's host_out has no invalid rule) */
+	if (kind != KIND_IN_HOST && !ct_opens(p, c.s->strict_tcp)) {   /* (nft's host_out has no invalid rule) */
 		vd.reason = R_INVALID;
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}

@@ -86,7 +86,7 @@ struct settings {
 	__u8  mode;            /* MODE_ENFORCE, MODE_AUDIT */
 	__u8  egress_allow;    /* 1: outside destinations no CIDR entry names are allowed */
 	__u8  internal;        /* 1: nothing leaves or enters the network */
-	__u8  pad;
+	__u8  strict_tcp;      /* 1: the host's nf_conntrack_tcp_loose is 0 (ct_opens) */
 };
 
 /* policy: LPM trie of east-west allowances.

@@ -50,21 +50,21 @@ static __always_inline int echo_request(struct pkt *p)
  *   tcp_conntracks[0][index][TCP_CONNTRACK_NONE] no sIV: SYN or SYN|URG opens
  *   (SYN_SENT); ACK or ACK|URG opens too (ESTABLISHED, tcp_new's pick-up of a flow
  *   in its middle) while net.netfilter.nf_conntrack_tcp_loose is 1, its default
- *   (on a host that sets it to 0 nftables drops those: docs/ebpf.md Known gaps);
+ *   (``strict_tcp``: the daemon's copy of it is 0, host.tcp_loose);
  *   SYN|ACK, RST, RST|ACK, FIN|ACK, SYN|FIN, none: invalid.
  *   ICMP: a request of a query (icmp_query: icmp_packet's and icmpv6_packet's
  *   valid_new); an ICMPv6 type conntrack leaves untracked (icmpv6_error's
  *   noct_valid_new: ND, MLD, router solicitation and advert); an error quoting
  *   no tracked flow, a reply, any other type: invalid.
  *   Other protocols open (their own trackers' checks, checksums: Known gaps). */
-static __always_inline int ct_opens(struct pkt *p)
+static __always_inline int ct_opens(struct pkt *p, __u8 strict_tcp)
 {
 	__u8 f = p->tcp_flags & 0x37;   /* without CWR 0x80, ECE 0x40, PSH 0x08 */
 
 	if ((p->dmac[0] & 1) || p->frag == FRAG_LATER)
 		return 1;
 	if (p->proto == IPPROTO_TCP)
-		return f == 0x02 || f == 0x22 || f == 0x10 || f == 0x30;
+		return f == 0x02 || f == 0x22 || (!strict_tcp && (f == 0x10 || f == 0x30));
 	if (p->proto == IPPROTO_ICMP && p->family == 4)
 		return icmp_query(4, p->icmp_type) == 1;
 	if (p->proto == IPPROTO_ICMPV6_ && p->family == 6)

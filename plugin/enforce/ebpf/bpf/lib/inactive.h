@@ -9,6 +9,8 @@
 #include "conntrack.h"
 #include "spoof.h"
 #include "context.h"
+#include "policy.h"
+#include "lookup.h"
 
 /* What nftables passes before judging (ND, MLD, router solicitations, IGMP). */
 static __always_inline int passes_unjudged(struct pkt *p)
@@ -29,25 +31,56 @@ static __always_inline int audit_leaves_internal(struct ctx *c, struct pkt *p, _
 		&& (other == ID_OUTSIDE || other == ID_HOST);
 }
 
+/* Where a packet to or from an inactive container was first seen, as nftables sees it
+ * (``seen`` of inactive()): its own packets and a member's reach the bridge table first,
+ * which counts them as would-drops, then the inet table drops what opens no flow
+ * (``ct state invalid``); a routed packet meets the inet forward hook first (dropped
+ * there, never counted); the host's own packets have no invalid rule (host_out). */
+#define SEEN_BRIDGED 0
+#define SEEN_ROUTED  1
+#define SEEN_HOST    2
+
 /* A pending or quarantined container's packet (``kind``: of the flow it would open).
  * Audit mode passes it as a would-drop and reports a flow from its first packet
  * only, tracking it (denied) both ways: its replies are no flow of their own, as
  * nftables' conntrack sees them (U9-O5). Untracked packets (ND, ICMP errors, ARP)
- * are reported as before, but what nftables passes unjudged (ND, IGMP) is not. */
+ * are reported as before, but what nftables passes unjudged (ND, IGMP) is not, nor
+ * an ICMP error of a tracked flow (nft's ``related``). A packet that opens no flow
+ * (a RST or an echo reply of none: ct_opens()) is dropped as ``invalid`` in both
+ * modes, as nftables does (fail closed), counted first as a would-drop when nftables'
+ * bridge table counts it (``seen``: SEEN_BRIDGED; SEEN_HOST: never invalid). */
 static __always_inline int inactive(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
-				    struct verdict *vd, __u8 kind)
+				    struct verdict *vd, __u8 kind, __u8 seen)
 {
 	struct ct_val *v;
 
 	if (c->s->mode != MODE_AUDIT || !p->family)
 		return deny(skb, p, vd, c->s->mode);
 	v = ct_lookup(p);   /* reported under this generation (a flow opened before: again) */
-	if ((v && (v->flags & CT_DENIED) && v->generation == c->st->generation) || passes_unjudged(p)) {
+	if ((v && (v->flags & CT_DENIED) && v->generation == c->st->generation) || passes_unjudged(p)
+	    || (!v && ct_related(p, MODE_AUDIT))) {
 		count_drop(skb, vd, 1);
 		return TC_ACT_OK;
 	}
+	if (!v && seen != SEEN_HOST && !ct_opens(p, c->s->strict_tcp)) {
+		if (seen == SEEN_BRIDGED)
+			count_drop(skb, vd, 1);
+		vd->reason = R_INVALID;
+		return deny(skb, p, vd, MODE_ENFORCE);
+	}
 	ct_create(p, kind, CT_DENIED, c->st->generation);
 	return deny(skb, p, vd, MODE_AUDIT);
+}
+
+/* A member's packet that opens no flow, to a pending or quarantined container (``dst``):
+ * dropped as invalid at the sender, but in audit mode nftables' bridge table counted it
+ * at that container's port first, as (outside) -> its state (inactive_judged). */
+static __always_inline void invalid_to_inactive(struct __sk_buff *skb, struct ctx *c, __u16 dst)
+{
+	struct verdict vd = { .src = ID_OUTSIDE, .dst = dst, .reason = inactive_reason(dst) };
+
+	if (c->s->mode == MODE_AUDIT && member_identity(dst) && !active_identity(dst))
+		count_drop(skb, &vd, 1);
 }
 
 #endif
