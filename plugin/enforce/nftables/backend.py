@@ -150,7 +150,7 @@ class NftBackend(fqdn.FqdnMethods):
             elements = real.policy_elements.change(
                 delta.entries_added | delta.cidrs_added,   # DNS rules: counted by tag (fqdn)
                 delta.entries_removed | delta.cidrs_removed)
-            settings = setting_elements(policy, net.mode)
+            settings = setting_elements(policy, net.mode, real.settings, delta)
             diff(real.settings, settings, changed)
             changed.delete.update(elements.delete)
             changed.add.update(elements.add)

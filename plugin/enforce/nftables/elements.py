@@ -338,8 +338,8 @@ class PolicyElements:
         return out
 
 
-def setting_elements(policy, mode: str) -> dict:
-    """``{set: {element: None}}`` of the network-wide settings."""
+def setting_elements(policy, mode: str, before: Optional[Mapping] = None, delta=None) -> dict:
+    """``{set: {element: None}}`` of the network-wide settings (``before``, ``delta``: :func:`_intra_after`)."""
     on = {ON: None}
     settings = policy.settings
     return {
@@ -348,9 +348,25 @@ def setting_elements(policy, mode: str) -> dict:
         "internal": on if settings.internal else {},
         "audit": on if mode == "audit" else {},
         "baudit": on if mode == "audit" else {},
-        "intra": {(i,): None for i in sorted(set(policy.identities.values()))
-                  if any(e.proto == ANY for e in policy.between(i, i))},
+        "intra": _intra_after(policy, before.get("intra", {}), delta) if before is not None and delta is not None
+        else {(i,): None for i in sorted(set(policy.identities.values())) if _any_to_itself(policy, i)},
     }
+
+
+def _any_to_itself(policy, identity: int) -> bool:   # an any-protocol entry from ``identity`` to itself
+    return any(e.proto == ANY for e in policy.between(identity, identity))
+
+
+def _intra_after(policy, before: Mapping, delta) -> dict:
+    """``intra`` of ``policy`` from ``before``'s (of the map ``delta`` turned into it): only an identity that lost
+    an entry :func:`_any_to_itself` is looked up, so a new segment's join asks no pair index (_carry_pairs)."""
+    ids = set(policy.identities.values())
+    out = {element: None for element in before if element[0] in ids}
+    for gone in [e.src for e in delta.entries_removed if e.src == e.dst and e.proto == ANY and (e.src,) in out]:
+        if not _any_to_itself(policy, gone):
+            out.pop((gone,), None)
+    out.update(((e.src,), None) for e in delta.entries_added if e.src == e.dst and e.proto == ANY and e.src in ids)
+    return out
 
 
 # --- ports ----------------------------------------------------------------------------------
