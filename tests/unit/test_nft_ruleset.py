@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from plugin.enforce.backend import NetworkSpec
 from plugin.enforce.nftables import fqdn, ruleset
@@ -11,8 +12,10 @@ from plugin.enforce.nftables.drops import (AUDITABLE, NFLOG_GROUP, REASONS, deny
                                            parse_log_prefix)
 from plugin.enforce.nftables.elements import ON, PolicyElements, ports_elements, setting_elements
 from plugin.kernel.links import port_group
+from segmentation.compiler import segments_of
+from segmentation.identities import assign
 from segmentation.options import parse_network_options
-from segmentation.policymap import compile_policy_map
+from segmentation.policymap import compile_policy_map, recompile_policy_map
 
 NID = "0123456789ab" + "c" * 52
 NET = NetworkSpec(NID, "sn-x", ("10.224.0.0/24", "fd00:224::/64"), ("10.224.0.1",))
@@ -128,6 +131,26 @@ def test_intra_holds_the_segments_whose_members_may_send_each_other_anything():
     deny = compile_policy_map(parse_network_options({"secnet.allow": "web->api:udp/53",
                                                      "secnet.intra": "deny"}), ids)
     assert setting_elements(deny, "enforce")["intra"] == {}
+
+
+INTRA_RULES = ["web->web:tcp/80", "web->web", "*->*:udp/53", "*->*", "api->web", "db->db:any", "web->api:udp/53"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from(INTRA_RULES)), st.lists(st.sampled_from(INTRA_RULES)),
+       st.sampled_from(["allow", "deny"]), st.sampled_from(["allow", "deny"]),
+       st.lists(st.sampled_from(["web", "api", "db", "x", "y"])), st.lists(st.sampled_from(["web", "api", "db", "x", "y"])))
+def test_intra_after_a_delta_is_the_intra_of_the_new_map(a, b, intra_a, intra_b, live_a, live_b):
+    """A delta's ``intra`` elements, worked out from the entries it touched, are those
+    of the new map counted afresh: rules, ``secnet.intra`` and segments change (a freed
+    identity given to a new segment included)."""
+    old_options = parse_network_options({"secnet.allow": ",".join(a), "secnet.intra": intra_a})
+    options = parse_network_options({"secnet.allow": ",".join(b), "secnet.intra": intra_b})
+    old_ids = assign({}, segments_of(old_options, live_a))
+    old = compile_policy_map(old_options, old_ids)
+    new, delta = recompile_policy_map(old, old_options, options, assign(old_ids, segments_of(options, live_b)))
+    before = setting_elements(old, "enforce")
+    assert setting_elements(new, "enforce", before, delta) == setting_elements(new, "enforce")
 
 
 def test_a_group_copy_is_judged_in_the_bridge_table_before_inet_conntrack():

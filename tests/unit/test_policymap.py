@@ -103,6 +103,31 @@ def test_an_edit_compiles_and_deltas_as_afresh(a, edit, add, intra, members):
     assert old.apply(delta) == afresh
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(RULES + NAMING)), min_size=2, max_size=5),
+       st.lists(st.lists(st.sampled_from(SEGS + ["x", "y", "z"])), min_size=5, max_size=5),
+       st.sampled_from([4096, 3, 0]))
+def test_a_chain_of_recompiles_nobody_asked_gives_the_index_of_the_last_map(steps, members, carry_max):
+    """Maps recompiled one after another without ``between`` asked in between (a join, then
+    another) make their pair index, when first asked, from the last one made; a chain past
+    ``_CARRY_MAX`` entries builds it afresh. Either way it is the index of the map's entries."""
+    saved, policymap._CARRY_MAX = policymap._CARRY_MAX, carry_max
+    try:
+        options = NetworkOptions(rules=parse_rules(" ".join(steps[0])))
+        ids = assign({}, segments_of(options, members[0]))
+        old = compile_policy_map(options, ids)
+        old.between(0, 0)
+        for k, rules in enumerate(steps[1:], 1):
+            new_options = NetworkOptions(rules=parse_rules(" ".join(rules)))
+            ids = assign(ids, segments_of(new_options, members[k]))
+            old, _ = recompile_policy_map(old, options, new_options, ids)
+            options = new_options
+        afresh = compile_policy_map(options, ids)
+        assert old == afresh and same_pairs(old, afresh)
+    finally:
+        policymap._CARRY_MAX = saved
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.sampled_from(RULES + NAMING)), st.sampled_from(["allow", "deny"]))
 def test_between_gives_the_entries_of_a_pair_sorted(rules, intra):
@@ -146,6 +171,8 @@ def test_a_freed_identity_given_to_the_next_new_segment_changes_nothing():
     assert ids["fresh2"] == old_ids["fresh1"]
     new, delta = recompile_policy_map(old, options, options, ids)
     assert delta.empty and new == compile_policy_map(options, ids)
+    assert "_pairs" not in new.__dict__   # made when first asked, not copied at the recompile
+    new.between(0, 0)
     assert new.entries is old.entries and new.__dict__["_pairs"] is old.__dict__["_pairs"]
     grown, delta = recompile_policy_map(new, options, options, assign(ids, SEGS + ["fresh2", "fresh3"]))
     fresh3 = grown.identities["fresh3"]
@@ -178,7 +205,7 @@ def test_picking_the_removed_rules_entries_out_of_the_old_map_compiles_the_same(
 
 def test_the_pair_index_keeps_a_lone_entry_itself_and_sorts_several():
     """Most pairs have one entry: the index keeps it bare under an int key (no tuple per
-    pair), and ``between`` still answers a sorted tuple; an edit carries the index."""
+    pair), and ``between`` still answers a sorted tuple; an edit carries the index (when the new map's is first asked)."""
     options = NetworkOptions(rules=parse_rules("a->b:tcp/80 a->b:udp/53 b->a:tcp/22"), intra="deny")
     ids = {"a": 256, "b": 257}
     pm = compile_policy_map(options, ids)
@@ -189,9 +216,10 @@ def test_the_pair_index_keeps_a_lone_entry_itself_and_sorts_several():
     assert index[257 << 16 | 256].__class__ is PolicyEntry and index[256 << 16 | 257].__class__ is tuple
     smaller = NetworkOptions(rules=parse_rules("a->b:tcp/80 b->a:tcp/22 b->b:tcp/1"), intra="deny")
     new, _delta = recompile_policy_map(pm, options, smaller, ids)
-    carried = new.__dict__["_pairs"]
-    assert carried[256 << 16 | 257].__class__ is PolicyEntry
+    assert "_pairs" not in new.__dict__ and new.__dict__["_pairs_from"][0] is index   # carried when asked
     assert [e.rule for e in new.between(256, 257)] == ["a->b:tcp/80"]
+    carried = new.__dict__["_pairs"]
+    assert carried[256 << 16 | 257].__class__ is PolicyEntry and "_pairs_from" not in new.__dict__
     assert [e.rule for e in new.between(257, 257)] == ["b->b:tcp/1"]
 
 
