@@ -105,7 +105,12 @@ def watch():
         time.sleep(0.001)
 w = threading.Thread(target=watch, daemon=True)
 w.start()
-sys.stdin.readline()   # "stop", or EOF
+for line in sys.stdin:   # "mark": stream first passes anew from here; "stop" (or EOF): stop
+    if line.strip() != "mark":
+        break
+    with lock:
+        passed.clear()
+        print("MARKED", flush=True)
 stop.set()
 for t in threads + [w]:
     t.join(2)
@@ -131,6 +136,7 @@ class Racer:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.firsts: list = []          # [who, target, monotonic time] of each first pass
         self._result = None
+        self._marked = False
         self._seen = threading.Condition()
         while True:   # peers may pass before READY: their FIRST lines come first
             line = self.proc.stdout.readline()
@@ -148,6 +154,9 @@ class Racer:
         with self._seen:
             if kind == "FIRST":
                 self.firsts.append(json.loads(doc))
+            elif kind.strip() == "MARKED":
+                self.firsts = []
+                self._marked = True
             elif kind == "RESULT":
                 self._result = json.loads(doc)
             self._seen.notify_all()
@@ -155,6 +164,21 @@ class Racer:
     def _read(self) -> None:
         for line in self.proc.stdout:
             self._take(line)
+
+    def mark(self) -> None:
+        """From here on, ``firsts`` holds only passes after this call (e.g. once the
+        container that had the address before is gone). Returns, once the racer took it,
+        the time.monotonic() before which passes do not count."""
+        with self._seen:
+            self._marked = False
+        before = time.monotonic()
+        self.proc.stdin.write("mark\n")
+        self.proc.stdin.flush()
+        with self._seen:
+            while not self._marked:
+                if not self._seen.wait(10):
+                    raise AssertionError("racer did not take the mark")
+        return before
 
     def wait_first(self, predicate, until: float) -> bool:
         """Wait until ``predicate(firsts)`` holds or time.monotonic() reaches ``until``;
