@@ -30,7 +30,15 @@ def record(who, tgt, t, how="ok"):
         firsts.setdefault(who + " " + tgt, t)
         if how == "ok" and (who, tgt) not in passed:   # streamed: the test may end its
             passed.add((who, tgt))                      # window once its allowed ones passed
-            print("FIRST " + json.dumps([who, tgt, t]), flush=True)
+            sys.stdout.write("FIRST " + json.dumps([who, tgt, t]) + "\n")   # (lock held)
+            sys.stdout.flush()
+
+def say(text):
+    # one write per line, under the lock: print() writes the end separately, and a thread's
+    # line could land inside another's (FIRST lines come from the probing threads)
+    with lock:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
 
 def count(who):
     with lock:
@@ -88,7 +96,7 @@ def start(who, path, bind, targets):
 for peer in cfg.get("peers", []):   # from existing peers towards the new container
     start("peer:" + peer["name"], peer["netns"], None, [tuple(x) for x in peer["targets"]])
 seen = set(os.listdir(cfg["netns_dir"]))
-print("READY", flush=True)
+say("READY")
 watched = 0
 def watch():
     global watched
@@ -110,13 +118,15 @@ for line in sys.stdin:   # "mark": stream first passes anew from here; "stop" (o
         break
     with lock:
         passed.clear()
-        print("MARKED", flush=True)
+        sys.stdout.write("MARKED\n")
+        sys.stdout.flush()
 stop.set()
 for t in threads + [w]:
     t.join(2)
 with lock:
-    print("RESULT " + json.dumps({"hits": hits, "firsts": firsts, "attempts": attempts,
-                                  "bound": bound, "netns_seen": watched}), flush=True)
+    doc = json.dumps({"hits": hits, "firsts": firsts, "attempts": attempts, "bound": bound,
+                      "netns_seen": watched})
+say("RESULT " + doc)
 '''
 
 
