@@ -1,7 +1,7 @@
 # The root filesystem of secnet's managed Docker plugin (see config.json).
 #
-# Build context: a folder whose wheels/ holds the secnet wheel and the wheels
-# of its dependencies, built on the host, and whose ebpf/ holds the eBPF
+# Build context: a folder whose wheels/ holds the secnet wheel and deps/ the
+# wheels of its dependencies, built on the host, and whose ebpf/ holds the eBPF
 # datapath's C sources and build.py (scripts/plugin-build.sh does all of
 # this; pip inside the build needs no network). BASE is any Debian bookworm
 # image with or without Python: the default where a registry is reachable, or
@@ -47,26 +47,35 @@ RUN set -eux; \
         /usr/share/doc/* /usr/share/man/* /usr/share/info/*; \
     find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 
+# The dependencies first, in a layer of their own: Docker reuses it (and the apt layer
+# above) while only secnet's own wheel changed. scripts/plugin-build.sh makes that wheel
+# reproducible (SOURCE_DATE_EPOCH), so unchanged sources reuse every layer.
+COPY deps/ /tmp/deps/
+RUN set -eux; \
+    python3 -m venv /opt/secnet; \
+    /opt/secnet/bin/pip install -q --no-cache-dir --no-index --find-links /tmp/deps /tmp/deps/*.whl; \
+    rm -rf /tmp/deps /root/.cache; \
+    if dpkg -s python3-venv >/dev/null 2>&1; then \
+        apt-get purge -y -q --auto-remove python3-venv python3.11-venv python3-pip-whl python3-setuptools-whl; \
+        apt-get clean; \
+        rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/*; \
+    fi
+
 COPY wheels/ /tmp/wheels/
 COPY --from=bpf /src/ebpf/bpf/secnet.o /tmp/secnet.o
 
-# secnet in a venv at /opt/secnet, from the wheels only; then pip and the
+# secnet in the venv at /opt/secnet, from the wheels only; then pip and the
 # bootstrap wheels go (nothing installs into the image afterwards).
 # /usr/local/bin/secnet-plugin, the entrypoint, makes /proc/sys writable.
 # Containers' namespaces (SandboxKey /var/run/docker/netns/ID) are reached
 # through the engine's exec root, mounted at /run/host-docker (config.json).
 RUN set -eux; \
-    python3 -m venv /opt/secnet; \
-    /opt/secnet/bin/pip install -q --no-cache-dir --no-index --find-links /tmp/wheels secnet; \
+    /opt/secnet/bin/pip install -q --no-cache-dir --no-index --no-deps /tmp/wheels/secnet-*.whl; \
+    /opt/secnet/bin/pip check; \
     /opt/secnet/bin/pip uninstall -q -y pip setuptools || true; \
     rm -rf /tmp/wheels /root/.cache; \
     obj=$(/opt/secnet/bin/python3 -c 'from plugin.enforce.ebpf import build; print(build.OBJECT)'); \
     mv /tmp/secnet.o "$obj"; touch "$obj"; \
-    if dpkg -s python3-venv >/dev/null 2>&1; then \
-        apt-get purge -y -q --auto-remove python3-venv python3.11-venv python3-pip-whl python3-setuptools-whl; \
-        apt-get clean; \
-        rm -rf /var/lib/apt/lists/* /var/cache/apt/* /var/cache/debconf/*-old /var/log/*; \
-    fi; \
     printf '%s\n' '#!/bin/sh' \
         '# Docker mounts /proc/sys read-only in a plugin; secnet sets sysctls of its' \
         '# own bridges (net.ipv4.conf.BRIDGE.route_localnet). CAP_SYS_ADMIN allows this.' \

@@ -12,8 +12,10 @@
 #                 e.g. "SECNET_LOG_LEVEL=debug state.source=/srv/secnet"
 #   KEEP_LEGACY=1 do not stop a legacy daemon (scripts/plugin.sh); only for an
 #                 engine in another network namespace (DOCKER_HOST)
-# Caches under build/: the base image's tarball, a Python build venv and the
-# dependency wheels; a rebuild only remakes the secnet wheel and what follows.
+# Caches under build/: the base image's tarball, a Python build venv, the
+# dependency wheels and the exported rootfs (kept while the image is the same); a
+# rebuild only remakes the secnet wheel (reproducible: unchanged sources, same
+# bytes, every image layer reused) and what follows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-install}
@@ -104,24 +106,30 @@ build_wheels() {
   done
   mkdir -p "$WHEELS"
   rm -f "$WHEELS"/secnet-*.whl
-  "$PYENV/bin/pip" wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$WHEELS" "$src" >/dev/null
+  # Reproducible: the same sources give the same bytes (zip times from SOURCE_DATE_EPOCH,
+  # 1980-01-01, the zip format's first), so the image build reuses all its layers.
+  SOURCE_DATE_EPOCH=315532800 \
+    "$PYENV/bin/pip" wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w "$WHEELS" "$src" >/dev/null
   rm -rf "$src"
   local whl
   whl=$(ls "$WHEELS"/secnet-*.whl)
   rm -rf "$CONTEXT"
-  mkdir -p "$CONTEXT/wheels" "$CONTEXT/ebpf"
+  mkdir -p "$CONTEXT/wheels" "$CONTEXT/deps" "$CONTEXT/ebpf"
   # the datapath's C sources and its build script, for the Dockerfile's bpf stage
   cp plugin/enforce/ebpf/build.py "$CONTEXT/ebpf/"
   cp -r plugin/enforce/ebpf/bpf "$CONTEXT/ebpf/bpf"
   rm -f "$CONTEXT"/ebpf/bpf/*.o
   if ! "$PYENV/bin/pip" wheel -q --disable-pip-version-check --no-index --find-links "$WHEELS" \
-        -w "$CONTEXT/wheels" "$whl" >/dev/null 2>&1; then
+        -w "$CONTEXT/deps" "$whl" >/dev/null 2>&1; then
     log "fetching dependency wheels (cached in $WHEELS)"
     "$PYENV/bin/pip" wheel -q --disable-pip-version-check --find-links "$WHEELS" -w "$WHEELS" "$whl" \
       >"$BUILD/pip-wheel.log" 2>&1 || { tail -20 "$BUILD/pip-wheel.log" >&2; return 1; }
     "$PYENV/bin/pip" wheel -q --disable-pip-version-check --no-index --find-links "$WHEELS" \
-      -w "$CONTEXT/wheels" "$whl"
+      -w "$CONTEXT/deps" "$whl"
   fi
+  # secnet's wheel apart from its dependencies': the Dockerfile installs those in a layer
+  # of their own, which a change of secnet alone leaves as it is
+  mv "$CONTEXT"/deps/secnet-*.whl "$CONTEXT/wheels/"
 }
 
 build_rootfs() {
@@ -132,6 +140,16 @@ build_rootfs() {
   if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$IMAGE")" ]; then
     docker rmi "$old" >/dev/null 2>&1 || true   # the previous build, now untagged
   fi
+  # The rootfs exported before is kept when it came from this very image (same id: the
+  # same layers, so the same files); else exported anew (~160 MiB written).
+  local id stamp=$BUILD/rootfs.image-id
+  id=$(docker image inspect -f '{{.Id}}' "$IMAGE")
+  if [ -d "$PLUGIN_DIR/rootfs" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$id" ]; then
+    cp config.json "$PLUGIN_DIR/config.json"
+    log "rootfs: unchanged image ${id:7:12}, kept $PLUGIN_DIR/rootfs"
+    return 0
+  fi
+  rm -f "$stamp"
   rm -rf "$PLUGIN_DIR"
   mkdir -p "$PLUGIN_DIR/rootfs"
   local cid
@@ -139,6 +157,7 @@ build_rootfs() {
   docker export "$cid" | tar -x -C "$PLUGIN_DIR/rootfs"
   docker rm "$cid" >/dev/null
   cp config.json "$PLUGIN_DIR/config.json"
+  echo "$id" >"$stamp"
   log "rootfs: $(du -sh "$PLUGIN_DIR/rootfs" | cut -f1) in $PLUGIN_DIR/rootfs"
 }
 

@@ -155,9 +155,10 @@ def test_segment_is_recorded_within_a_second(make_network):
     already recorded then (resolved at Join).
     """
     net = segnet(make_network)
-    delays = []
+    delays, names = [], []
     for i in range(20):
         name = h.unique(f"lat{i}")
+        names.append(name)   # all removed at the end, in one call (make_network's finalizer on failure)
         h.docker("run", "-d", "--name", name, "--network", net.name, "--label", "secnet.segment=web",
                  h.IMAGE, "sleep", "600")
         returned = time.monotonic()
@@ -167,7 +168,7 @@ def test_segment_is_recorded_within_a_second(make_network):
             assert delay < 1.0, f"{name}: no segment 1 s after docker run returned"
             time.sleep(0.001)
         delays.append(delay)
-        h.docker("rm", "-f", name)
+    h.docker("rm", "-f", *names)
     delays.sort()
     print(f"\nsegment recorded after docker run returned (20 runs): p50 {statistics.median(delays) * 1000:.1f}"
           f" ms, max {delays[-1] * 1000:.1f} ms, already at return: {delays.count(0.0)}/20")

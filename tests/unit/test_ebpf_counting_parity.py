@@ -56,9 +56,12 @@ def nft_cidr_lookups(direction: str, identity: int, addr: str, proto: str, port:
     return out + [(pre + "_any", ident())]
 
 
-def ebpf_cidr_counted(entries: list, direction: str, identity: int, addr: str, proto: str, port: int):
-    """What the program and the reader count one new flow to (None: no slot allows it)."""
-    content = maps.cidr_content(entries)
+def ebpf_cidr_counted(entries: list, direction: str, identity: int, addr: str, proto: str, port: int,
+                      content=None):
+    """What the program and the reader count one new flow to (None: no slot allows it).
+    ``content``: maps.cidr_content(entries), when the caller made it once for many flows
+    (it is most of the cost: the map is the same for every probe of one example)."""
+    content = maps.cidr_content(entries) if content is None else content
     for code, plen, lo, hi, net in lookup_cidr(content, direction, identity, addr):
         if code and (code != maps.L4[proto] or not lo <= port <= hi):
             continue
@@ -87,10 +90,11 @@ PROBES = [(a, p, port) for a in ("10.1.2.7", "10.1.2.9", "10.1.2.200", "10.1.9.9
 def test_cidr_flows_count_for_the_rules_nftables_counts(raw):
     entries = sorted({e.key: e for e in raw}.values())
     attribution = PolicyElements.of(entries).attribution()
+    content = maps.cidr_content(entries)
     for direction in ("egress", "ingress"):
         for addr, proto, port in PROBES:
             want = nft_counted(attribution, nft_cidr_lookups(direction, 256, addr, proto, port))
-            got = ebpf_cidr_counted(entries, direction, 256, addr, proto, port)
+            got = ebpf_cidr_counted(entries, direction, 256, addr, proto, port, content)
             assert got == want, (direction, addr, proto, port)
 
 
@@ -225,8 +229,9 @@ def test_explain_names_first_a_cidr_rule_the_counters_count(raw):
     entries = _named(raw)
     pm = PolicyMap({"web": 256, "api": 257}, frozenset(), frozenset(entries),
                    Settings(egress="deny"))
+    content = maps.cidr_content(entries)
     for addr, proto, port in PROBES:
-        counted = ebpf_cidr_counted(entries, "egress", 256, addr, proto, port)
+        counted = ebpf_cidr_counted(entries, "egress", 256, addr, proto, port, content)
         found = verdict(pm, ("segment", "web"), ("addr", addr), proto, port if proto != "icmp" else None)
         assert found.allowed == (counted is not None)
         if counted:
