@@ -17,7 +17,9 @@ each size of the sweep (5 ``set``s each, then 5 times one rule added and removed
 mark); a sample after each; then, after the R-rule sets, 5 joins into a known and 5
 into new segments and their leaves (as make bench's scale section) and a ``set`` back
 to the network's 102 rules, a sample after each (what the sweep leaves once its rules
-are gone).
+are gone). With ``--idle S`` the daemon is left alone S seconds after the endpoints
+(320: past the reconciler's periodic drift check of every network, 300 s after start)
+and sampled.
 
 After each step (and 2 s of quiet: the worker gives free heap back 1 s after
 its last request) it reads, for master and worker, VmRSS and Pss
@@ -145,9 +147,9 @@ def _joins_at_rules(d: Private, endpoints: int) -> None:
             _leave(d, eid)
 
 
-def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
+def run(endpoints: int, rules: int, sets: int, sweep: tuple = (), idle: float = 0) -> dict:
     d = Private()
-    out = {"endpoints": endpoints, "rules": rules, "sets": sets, "sweep": list(sweep)}
+    out = {"endpoints": endpoints, "rules": rules, "sets": sets, "sweep": list(sweep), "idle": idle}
     eids = [endpoint_id(i) for i in range(1, endpoints + 1)]
     try:
         out["start"] = d.sample()
@@ -159,6 +161,9 @@ def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
         for i, eid in enumerate(eids):
             _join(d, i, eid, f"s{i * SEGMENTS // endpoints % SEGMENTS}")
         out["endpoints_in"] = d.sample()
+        if idle:   # past the reconciler's periodic drift check of every network (every 300 s)
+            time.sleep(idle)
+            out["idle"] = d.sample()
         for n in sweep:
             for rep in range(5):
                 _policy(d, "set", sweep_rules(n, rep % 2) + FLOW_RULES)
@@ -189,6 +194,7 @@ def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
 
 
 STEPS = (("start", "start"), ("network", "network (100 rules)"), ("endpoints_in", "{endpoints:,} endpoints"),
+         ("idle", "then {idle:.0f} s left alone"),
          ("rules_set", "{endpoints:,} endpoints + {rules:,} rules"), ("one_rule_edits", "one rule added, removed"),
          ("joins_at_rules", "5 joins into a known segment, 5 into new ones, and leaves"),
          ("few_rules", "back to 102 rules"),
@@ -223,9 +229,11 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=7)
     parser.add_argument("--sweep", default="", help="rule counts set 5 times each before the R-rule sets, "
                                                     "e.g. 100,1000,10000,50000 (make bench's sweep)")
+    parser.add_argument("--idle", type=float, default=0, help="seconds left alone after the endpoints "
+                                                                 "(320: past the reconciler's periodic pass)")
     args = parser.parse_args()
     sweep = tuple(int(n) for n in args.sweep.split(",") if n)
-    print(json.dumps(run(args.endpoints, args.rules, args.sets, sweep), indent=1))
+    print(json.dumps(run(args.endpoints, args.rules, args.sets, sweep, args.idle), indent=1))
 
 
 if __name__ == "__main__":
