@@ -1,10 +1,12 @@
-"""The interface group of every link of a namespace, from one RTM_GETLINK dump read raw.
+"""The name, group, alias and kind of every link of a namespace, from one RTM_GETLINK
+dump read raw.
 
 pyroute2's ``IPRoute.get_links()`` parses every attribute of every link into
 Python objects (statistics, per-family settings, link info: ~25 KiB of objects
 a link, 2,000 links ~50 MiB at once); the port-group check needs two attributes.
-Here the dump is received into one reused buffer and only ``IFLA_IFNAME`` and
-``IFLA_GROUP`` are read: a dict of names is all that is made.
+Here the dump is received into one reused buffer and only ``IFLA_IFNAME``,
+``IFLA_GROUP``, ``IFLA_IFALIAS`` and the link info's kind are read: a tuple per link
+is all that is made.
 
 Kernel facts (include/uapi/linux/rtnetlink.h, if_link.h, netlink.h):
 ``RTM_GETLINK`` = 18 with ``NLM_F_REQUEST | NLM_F_DUMP`` and a ``struct
@@ -12,7 +14,11 @@ ifinfomsg`` (16 bytes) asks for every link; each answer is an ``RTM_NEWLINK``
 (16) message: ``nlmsghdr`` (16 bytes), ``ifinfomsg``, then attributes (``nlattr``:
 u16 length, u16 type, value, padded to 4 bytes); the dump ends with
 ``NLMSG_DONE`` (3); ``NLMSG_ERROR`` (2) carries a negative errno. ``IFLA_IFNAME``
-= 3 (NUL-terminated), ``IFLA_GROUP`` = 27 (u32, ``dev->group``; 0 is the default group).
+= 3 (NUL-terminated), ``IFLA_GROUP`` = 27 (u32, ``dev->group``; 0 is the default group),
+``IFLA_IFALIAS`` = 20 (string), ``IFLA_LINKINFO`` = 18 (nested: ``IFLA_INFO_KIND`` = 1,
+a string such as ``veth``). A dump datagram is at most 32 KiB (net/netlink/af_netlink.c,
+netlink_dump: ``max_recvmsg_len`` capped at ``SKB_WITH_OVERHEAD(32768)``): the 64 KiB
+buffer holds each whole.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ import struct
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-IFLA_IFNAME, IFLA_GROUP = 3, 27
+IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP = 3, 18, 20, 27
+IFLA_INFO_KIND = 1
 _HDR = struct.Struct("=IHHII")   # nlmsghdr: length, type, flags, seq, pid
 _ATTR = struct.Struct("=HH")     # nlattr: length, type
 _IFINFO = 16                     # sizeof(struct ifinfomsg)
@@ -41,6 +48,11 @@ class LinkGroups:
     def read(self) -> dict:
         """``{ifname: group}`` of every link. Raises OSError (the errno of the kernel's
         NLMSG_ERROR, or of the socket)."""
+        return {name: group for name, group, _alias, _kind in self.links()}
+
+    def links(self) -> list:
+        """``(ifname, group, alias or None, kind or None)`` of every link, in the kernel's
+        order. Raises OSError as :meth:`read`."""
         if self._sock is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             self._sock.bind((0, 0))
@@ -48,7 +60,7 @@ class LinkGroups:
         body = struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)
         self._sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
                                   self._seq, 0) + body)
-        out: dict = {}
+        out: list = []
         while True:
             n = self._sock.recv_into(self._buf)
             if _parse(memoryview(self._buf)[:n], self._seq, out):
@@ -60,8 +72,8 @@ class LinkGroups:
             self._sock = None
 
 
-def _parse(data: memoryview, seq: int, out: dict) -> bool:
-    """Add the links of the messages in ``data`` (one datagram of the dump answering
+def _parse(data: memoryview, seq: int, out: list) -> bool:
+    """Append the links of the messages in ``data`` (one datagram of the dump answering
     ``seq``) to ``out``; True at ``NLMSG_DONE``."""
     at = 0
     while at + _HDR.size <= len(data):
@@ -75,25 +87,39 @@ def _parse(data: memoryview, seq: int, out: dict) -> bool:
                 code = -struct.unpack_from("=i", data, at + _HDR.size)[0]
                 raise OSError(code, f"RTM_GETLINK dump: {os.strerror(code)}")
             if kind == RTM_NEWLINK:
-                name, group = _attrs(data, at + _HDR.size + _IFINFO, at + length)
-                if name is not None:
-                    out[name] = group
+                link = _attrs(data, at + _HDR.size + _IFINFO, at + length)
+                if link[0] is not None:
+                    out.append(link)
         at += (length + 3) & ~3
     return False
 
 
 def _attrs(data: memoryview, at: int, end: int) -> tuple:
-    """(IFLA_IFNAME, IFLA_GROUP) of one link's attributes ``data[at:end]``: (None, 0) without
-    a name; group 0 when the attribute is absent (the kernel's default group)."""
-    name, group = None, 0
+    """(name, group, alias, kind) of one link's attributes ``data[at:end]``: name None
+    without ``IFLA_IFNAME``; group 0 when absent (the kernel's default group)."""
+    name = alias = kind = None
+    group = 0
+    for atype, start, stop in _walk(data, at, end):
+        if atype == IFLA_IFNAME:
+            name = _text(data, start, stop)
+        elif atype == IFLA_GROUP and stop - start >= 4:
+            group = struct.unpack_from("=I", data, start)[0]
+        elif atype == IFLA_IFALIAS:
+            alias = _text(data, start, stop)
+        elif atype == IFLA_LINKINFO:
+            kind = next((_text(data, s, e) for t, s, e in _walk(data, start, stop) if t == IFLA_INFO_KIND), None)
+    return name, group, alias, kind
+
+
+def _walk(data: memoryview, at: int, end: int):
+    """(type, value start, value end) of each attribute in ``data[at:end]``."""
     while at + _ATTR.size <= end:
         alen, atype = _ATTR.unpack_from(data, at)
-        if alen < _ATTR.size:
-            break
-        atype &= 0x3FFF   # without NLA_F_NESTED / NLA_F_NET_BYTEORDER
-        if atype == IFLA_IFNAME:
-            name = bytes(data[at + 4:at + alen]).split(b"\0", 1)[0].decode()
-        elif atype == IFLA_GROUP and alen >= 8:
-            group = struct.unpack_from("=I", data, at + 4)[0]
+        if alen < _ATTR.size or at + alen > end:
+            return
+        yield atype & 0x3FFF, at + _ATTR.size, at + alen   # without NLA_F_NESTED / _NET_BYTEORDER
         at += (alen + 3) & ~3
-    return name, group
+
+
+def _text(data: memoryview, start: int, stop: int) -> str:
+    return bytes(data[start:stop]).split(b"\0", 1)[0].decode(errors="replace")

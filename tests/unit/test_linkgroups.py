@@ -7,7 +7,8 @@ import struct
 
 import pytest
 
-from plugin.kernel.linkgroups import IFLA_GROUP, IFLA_IFNAME, NLMSG_DONE, NLMSG_ERROR, RTM_NEWLINK, _parse
+from plugin.kernel.linkgroups import (IFLA_GROUP, IFLA_IFALIAS, IFLA_IFNAME, IFLA_INFO_KIND, IFLA_LINKINFO,
+                                     NLMSG_DONE, NLMSG_ERROR, RTM_NEWLINK, _parse)
 
 
 def _attr(kind: int, value: bytes) -> bytes:
@@ -26,23 +27,25 @@ def _link(name: str, group=None, extra: bytes = b"") -> bytes:
     return body
 
 
-def test_names_and_groups_of_a_dump_up_to_its_end():
+def test_names_groups_aliases_and_kinds_of_a_dump_up_to_its_end():
     other = _attr(1, b"\x02\x42\x0a\x00\x00\x02")   # IFLA_ADDRESS: skipped, 2 bytes of padding
-    data = (_msg(RTM_NEWLINK, 5, _link("veth1", 0x5ec0001, other)) + _msg(RTM_NEWLINK, 5, _link("lo"))
+    info = _attr(IFLA_LINKINFO | 0x8000, _attr(IFLA_INFO_KIND, b"veth\0") + _attr(2, b"\0" * 8))   # NLA_F_NESTED
+    data = (_msg(RTM_NEWLINK, 5, _link("veth1", 0x5ec0001, other + info + _attr(IFLA_IFALIAS, b"secnet:ab\0")))
+            + _msg(RTM_NEWLINK, 5, _link("lo"))
             + _msg(RTM_NEWLINK, 4, _link("stale", 9)))   # another request's answer: not ours
-    out: dict = {}
+    out: list = []
     assert _parse(memoryview(data), 5, out) is False   # more datagrams to come
-    assert out == {"veth1": 0x5ec0001, "lo": 0}
+    assert out == [("veth1", 0x5ec0001, "secnet:ab", "veth"), ("lo", 0, None, None)]
     assert _parse(memoryview(_msg(NLMSG_DONE, 5, struct.pack("=i", 0))), 5, out) is True
 
 
 def test_the_kernels_error_is_raised_with_its_errno():
     data = _msg(NLMSG_ERROR, 3, struct.pack("=i", -errno.EPERM) + b"\0" * 16)
     with pytest.raises(OSError) as err:
-        _parse(memoryview(data), 3, {})
+        _parse(memoryview(data), 3, [])
     assert err.value.errno == errno.EPERM
 
 
 def test_a_message_shorter_than_its_header_is_refused():
     with pytest.raises(OSError, match="malformed"):
-        _parse(memoryview(struct.pack("=IHHII", 8, RTM_NEWLINK, 2, 1, 0)), 1, {})
+        _parse(memoryview(struct.pack("=IHHII", 8, RTM_NEWLINK, 2, 1, 0)), 1, [])
