@@ -22,13 +22,14 @@ buffer holds each whole.
 """
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
 
 RTM_NEWLINK, RTM_GETLINK = 16, 18
 NLMSG_ERROR, NLMSG_DONE = 2, 3
-NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
+NLM_F_REQUEST, NLM_F_DUMP, NLM_F_DUMP_INTR = 0x1, 0x300, 0x10
 IFLA_IFNAME, IFLA_LINKINFO, IFLA_IFALIAS, IFLA_GROUP = 3, 18, 20, 27
 IFLA_INFO_KIND = 1
 _HDR = struct.Struct("=IHHII")   # nlmsghdr: length, type, flags, seq, pid
@@ -50,9 +51,19 @@ class LinkGroups:
         NLMSG_ERROR, or of the socket)."""
         return {name: group for name, group, _alias, _kind in self.links()}
 
-    def links(self) -> list:
+    def links(self, attempts: int = 3) -> list:
         """``(ifname, group, alias or None, kind or None)`` of every link, in the kernel's
-        order. Raises OSError as :meth:`read`."""
+        order. A dump the kernel marks interrupted (``NLM_F_DUMP_INTR``: links changed
+        under it, one may be missing) is made again, up to ``attempts`` times, then
+        OSError(EINTR): callers take a link missing from the answer as absent, so a
+        partial answer is never returned. Raises OSError as :meth:`read`."""
+        for _ in range(attempts):
+            out, interrupted = self._dump()
+            if not interrupted:
+                return out
+        raise OSError(errno.EINTR, f"RTM_GETLINK dump: interrupted by link changes {attempts} times")
+
+    def _dump(self) -> tuple:
         if self._sock is None:
             self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
             self._sock.bind((0, 0))
@@ -61,10 +72,15 @@ class LinkGroups:
         self._sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETLINK, NLM_F_REQUEST | NLM_F_DUMP,
                                   self._seq, 0) + body)
         out: list = []
+        interrupted = False
         while True:
-            n = self._sock.recv_into(self._buf)
-            if _parse(memoryview(self._buf)[:n], self._seq, out):
-                return out
+            n, _anc, flags, _addr = self._sock.recvmsg_into([self._buf])
+            if flags & socket.MSG_TRUNC:
+                raise OSError(errno.EMSGSIZE, f"RTM_GETLINK dump: a datagram over {len(self._buf)} bytes")
+            done, intr = _parse(memoryview(self._buf)[:n], self._seq, out)
+            interrupted |= intr
+            if done:
+                return out, interrupted
 
     def close(self) -> None:
         if self._sock is not None:
@@ -72,17 +88,18 @@ class LinkGroups:
             self._sock = None
 
 
-def _parse(data: memoryview, seq: int, out: list) -> bool:
+def _parse(data: memoryview, seq: int, out: list) -> tuple:
     """Append the links of the messages in ``data`` (one datagram of the dump answering
-    ``seq``) to ``out``; True at ``NLMSG_DONE``."""
-    at = 0
+    ``seq``) to ``out``: (at ``NLMSG_DONE``, some message marked ``NLM_F_DUMP_INTR``)."""
+    at, interrupted = 0, False
     while at + _HDR.size <= len(data):
-        length, kind, _flags, mseq, _pid = _HDR.unpack_from(data, at)
+        length, kind, flags, mseq, _pid = _HDR.unpack_from(data, at)
         if length < _HDR.size:
             raise OSError(0, f"netlink: malformed message of {length} bytes")
         if mseq == seq:
+            interrupted |= bool(flags & NLM_F_DUMP_INTR)
             if kind == NLMSG_DONE:
-                return True
+                return True, interrupted
             if kind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", data, at + _HDR.size)[0]
                 raise OSError(code, f"RTM_GETLINK dump: {os.strerror(code)}")
@@ -91,7 +108,7 @@ def _parse(data: memoryview, seq: int, out: list) -> bool:
                 if link[0] is not None:
                     out.append(link)
         at += (length + 3) & ~3
-    return False
+    return False, interrupted
 
 
 def _attrs(data: memoryview, at: int, end: int) -> tuple:

@@ -16,8 +16,8 @@ def _attr(kind: int, value: bytes) -> bytes:
     return raw + b"\0" * (-len(raw) % 4)
 
 
-def _msg(kind: int, seq: int, body: bytes) -> bytes:
-    return struct.pack("=IHHII", 16 + len(body), kind, 2, seq, 0) + body
+def _msg(kind: int, seq: int, body: bytes, flags: int = 2) -> bytes:   # NLM_F_MULTI
+    return struct.pack("=IHHII", 16 + len(body), kind, flags, seq, 0) + body
 
 
 def _link(name: str, group=None, extra: bytes = b"") -> bytes:
@@ -34,9 +34,26 @@ def test_names_groups_aliases_and_kinds_of_a_dump_up_to_its_end():
             + _msg(RTM_NEWLINK, 5, _link("lo"))
             + _msg(RTM_NEWLINK, 4, _link("stale", 9)))   # another request's answer: not ours
     out: list = []
-    assert _parse(memoryview(data), 5, out) is False   # more datagrams to come
+    assert _parse(memoryview(data), 5, out) == (False, False)   # more datagrams to come
     assert out == [("veth1", 0x5ec0001, "secnet:ab", "veth"), ("lo", 0, None, None)]
-    assert _parse(memoryview(_msg(NLMSG_DONE, 5, struct.pack("=i", 0))), 5, out) is True
+    assert _parse(memoryview(_msg(NLMSG_DONE, 5, struct.pack("=i", 0))), 5, out) == (True, False)
+
+
+def test_a_dump_the_kernel_marks_interrupted_is_told_and_not_returned(monkeypatch):
+    """NLM_F_DUMP_INTR (0x10): links changed during the dump; LinkGroups dumps again, and
+    after ``attempts`` interrupted dumps fails (a missing port would be taken as absent)."""
+    from plugin.kernel.linkgroups import LinkGroups
+    out: list = []
+    assert _parse(memoryview(_msg(RTM_NEWLINK, 1, _link("a"), 0x12) + _msg(NLMSG_DONE, 1, b"\0" * 4, 0x12)),
+                  1, out) == (True, True)
+    answers = iter([(["partial"], True), (["whole"], False)])
+    links = LinkGroups()
+    monkeypatch.setattr(links, "_dump", lambda: next(answers))
+    assert links.links() == ["whole"]
+    monkeypatch.setattr(links, "_dump", lambda: (["partial"], True))
+    with pytest.raises(OSError) as err:
+        links.links(attempts=3)
+    assert err.value.errno == errno.EINTR
 
 
 def test_the_kernels_error_is_raised_with_its_errno():
