@@ -12,8 +12,14 @@ route it makes a network (bench/scale.py's 100-rule ring), N endpoints
 two sets that differ in every port, as bench/scale.py), one rule added and
 removed, then Leave + DeleteEndpoint of every endpoint and DeleteNetwork. With
 ``--sweep 100,1000,10000,50000`` the ``set``s of R rules come after those of
-each size of the sweep (5 ``set``s each, as ``make bench``'s scale section,
-whose 50,000-rule edits set the daemon's high-water mark); a sample after each.
+each size of the sweep (5 ``set``s each, then 5 times one rule added and removed, as
+``make bench``'s scale section, whose 50,000-rule edits set the daemon's high-water
+mark); a sample after each; then, after the R-rule sets, 5 joins into a known and 5
+into new segments and their leaves (as make bench's scale section) and a ``set`` back
+to the network's 102 rules, a sample after each (what the sweep leaves once its rules
+are gone). With ``--idle S`` the daemon is left alone S seconds after the endpoints
+(320: past the reconciler's periodic drift check of every network, 300 s after start)
+and sampled.
 
 After each step (and 2 s of quiet: the worker gives free heap back 1 s after
 its last request) it reads, for master and worker, VmRSS and Pss
@@ -115,9 +121,35 @@ def _policy(d: Private, action: str, rules: list) -> None:
     d.plugin.post("/secnet/policy", {"network": NET_ID, "action": action, "rules": rules, "list": False})
 
 
-def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
+def _join(d: Private, i: int, eid: str, segment: str) -> None:
+    """CreateEndpoint + Join of endpoint number ``i`` (0-based: its address) in ``segment``."""
+    d.plugin.post("/NetworkDriver.CreateEndpoint", {
+        "NetworkID": NET_ID, "EndpointID": eid,
+        "Interface": {"Address": f"10.216.{4 + i // 250}.{i % 250 + 1}/20", "AddressIPv6": "", "MacAddress": ""},
+        "Options": {"secnet.segment": segment}})
+    d.plugin.post("/NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": eid, "SandboxKey": "", "Options": {}})
+
+
+def _leave(d: Private, eid: str) -> None:
+    d.plugin.post("/NetworkDriver.Leave", {"NetworkID": NET_ID, "EndpointID": eid})
+    d.plugin.post("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET_ID, "EndpointID": eid})
+
+
+def _joins_at_rules(d: Private, endpoints: int) -> None:
+    """As make bench's scale section after its sweep (bench/scale.py, joins_at_max_rules):
+    5 joins into a known segment, then leaves; 5 into new segments (the policy map grows
+    by an identity each), then leaves."""
+    for kind in ("known", "new"):
+        eids = [endpoint_id(endpoints + 1 + k) for k in range(5)]
+        for k, eid in enumerate(eids):
+            _join(d, endpoints + k, eid, "s5" if kind == "known" else f"fresh{k}")
+        for eid in reversed(eids):
+            _leave(d, eid)
+
+
+def run(endpoints: int, rules: int, sets: int, sweep: tuple = (), idle: float = 0) -> dict:
     d = Private()
-    out = {"endpoints": endpoints, "rules": rules, "sets": sets, "sweep": list(sweep)}
+    out = {"endpoints": endpoints, "rules": rules, "sets": sets, "sweep": list(sweep), "idle": idle}
     eids = [endpoint_id(i) for i in range(1, endpoints + 1)]
     try:
         out["start"] = d.sample()
@@ -127,17 +159,17 @@ def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
                 "secnet.allow": ",".join(ring_rules() + FLOW_RULES)}}})
         out["network"] = d.sample()
         for i, eid in enumerate(eids):
-            d.plugin.post("/NetworkDriver.CreateEndpoint", {
-                "NetworkID": NET_ID, "EndpointID": eid,
-                "Interface": {"Address": f"10.216.{4 + i // 250}.{i % 250 + 1}/20", "AddressIPv6": "",
-                              "MacAddress": ""},
-                "Options": {"secnet.segment": f"s{i * SEGMENTS // endpoints % SEGMENTS}"}})
-            d.plugin.post("/NetworkDriver.Join", {"NetworkID": NET_ID, "EndpointID": eid,
-                                                  "SandboxKey": "", "Options": {}})
+            _join(d, i, eid, f"s{i * SEGMENTS // endpoints % SEGMENTS}")
         out["endpoints_in"] = d.sample()
+        if idle:   # past the reconciler's periodic drift check of every network (every 300 s)
+            time.sleep(idle)
+            out["idle"] = d.sample()
         for n in sweep:
             for rep in range(5):
                 _policy(d, "set", sweep_rules(n, rep % 2) + FLOW_RULES)
+            for _ in range(5):  # as make bench's sweep: one rule added and removed at each N
+                _policy(d, "add", [ONE_RULE])
+                _policy(d, "remove", [ONE_RULE])
             out[f"sweep_{n}"] = d.sample()
         for rep in range(sets):
             _policy(d, "set", sweep_rules(rules, rep % 2) + FLOW_RULES)
@@ -145,9 +177,14 @@ def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
         _policy(d, "add", [ONE_RULE])
         _policy(d, "remove", [ONE_RULE])
         out["one_rule_edits"] = d.sample()
+        if sweep:
+            _joins_at_rules(d, endpoints)
+            out["joins_at_rules"] = d.sample()
+            # back to the network's own few rules: what the sweep's edits leave behind
+            _policy(d, "set", ring_rules() + FLOW_RULES)
+            out["few_rules"] = d.sample()
         for eid in eids:
-            d.plugin.post("/NetworkDriver.Leave", {"NetworkID": NET_ID, "EndpointID": eid})
-            d.plugin.post("/NetworkDriver.DeleteEndpoint", {"NetworkID": NET_ID, "EndpointID": eid})
+            _leave(d, eid)
         out["endpoints_out"] = d.sample()
         d.plugin.post("/NetworkDriver.DeleteNetwork", {"NetworkID": NET_ID})
         out["network_out"] = d.sample()
@@ -157,7 +194,10 @@ def run(endpoints: int, rules: int, sets: int, sweep: tuple = ()) -> dict:
 
 
 STEPS = (("start", "start"), ("network", "network (100 rules)"), ("endpoints_in", "{endpoints:,} endpoints"),
+         ("idle", "then {idle:.0f} s left alone"),
          ("rules_set", "{endpoints:,} endpoints + {rules:,} rules"), ("one_rule_edits", "one rule added, removed"),
+         ("joins_at_rules", "5 joins into a known segment, 5 into new ones, and leaves"),
+         ("few_rules", "back to 102 rules"),
          ("endpoints_out", "endpoints removed"), ("network_out", "network removed"))
 
 
@@ -189,9 +229,11 @@ def main() -> None:
     parser.add_argument("--sets", type=int, default=7)
     parser.add_argument("--sweep", default="", help="rule counts set 5 times each before the R-rule sets, "
                                                     "e.g. 100,1000,10000,50000 (make bench's sweep)")
+    parser.add_argument("--idle", type=float, default=0, help="seconds left alone after the endpoints "
+                                                                 "(320: past the reconciler's periodic pass)")
     args = parser.parse_args()
     sweep = tuple(int(n) for n in args.sweep.split(",") if n)
-    print(json.dumps(run(args.endpoints, args.rules, args.sets, sweep), indent=1))
+    print(json.dumps(run(args.endpoints, args.rules, args.sets, sweep, args.idle), indent=1))
 
 
 if __name__ == "__main__":
