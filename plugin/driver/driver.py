@@ -243,6 +243,10 @@ class Driver:
         the container side is down in the host's namespace until Docker moves it at
         Join, so the host side has no carrier and the bridge forwards nothing to it.
         A join that brings a segment writes its policy first, then makes the veth.
+        Either way the link writer makes the pair in the network's interface group (or
+        moves a claimed one into it) before this returns: the backend asks nothing of
+        the link (``grouped``; its own request would wait on the RTNL lock behind the
+        pair being made, ~1-2 ms of the verb for nothing).
         """
         args = (rec.veth_host, rec.veth_peer, net.bridge, rec.id, net.mtu, rec.mac, rec.addresses)
         if self.reconciler.link_first(net):
@@ -252,12 +256,12 @@ class Driver:
         start = getattr(self.links, "start_veth", None)
         if start is None or self.reconciler.brings_segment(net, rec):
             # a new segment's delta is Python work: beside the veth's, both wait on the GIL
-            self.reconciler.endpoint_changed(net, rec)
+            self.reconciler.endpoint_changed(net, rec, grouped=True)
             self.links.ensure_veth(*args)
             return
         veth = start(*args)
         try:
-            self.reconciler.endpoint_changed(net, rec)
+            self.reconciler.endpoint_changed(net, rec, grouped=True)
         finally:
             failed = veth.exception()   # waits: the link is made (or not) before any cleanup
         if failed is not None:

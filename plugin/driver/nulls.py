@@ -19,7 +19,7 @@ class NullReconciler:
     def network_removed(self, net):
         pass
 
-    def endpoint_changed(self, net, ep):
+    def endpoint_changed(self, net, ep, grouped=False):
         pass
 
     def endpoint_removed(self, net, ep):

@@ -175,8 +175,10 @@ class Backend(Protocol):
     def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
         """Replace all kernel state of ``net`` (a create, a restore, a drift repair)."""
 
-    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
-        """Apply endpoint changes ``(old Port or None, new Port or None)`` in one step."""
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple], grouped: bool = False) -> None:
+        """Apply endpoint changes ``(old Port or None, new Port or None)`` in one step.
+        ``grouped``: the caller's link writer puts the new ports' links in the network's
+        interface group itself, before the caller answers (CreateEndpoint)."""
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
                      policy: Optional[PolicyMap] = None) -> None:

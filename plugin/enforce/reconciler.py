@@ -180,7 +180,9 @@ class Reconciler:
                 self.flows.forget([a for p in real.ports.values() for a in own_addresses(p)])
             self._watch_flows()
 
-    def endpoint_changed(self, net, ep) -> None:
+    def endpoint_changed(self, net, ep, grouped: bool = False) -> None:
+        """Put ``ep``'s port (and a segment it brings) in force. ``grouped``: the caller
+        makes its link in the network's interface group (``Backend.apply_ports``)."""
         with self._lock:
             real = self._real(net)
             old = real.ports.get(ep.id)
@@ -191,7 +193,7 @@ class Reconciler:
             new = port_of(ep, real.policy.identities)
             now = real.ports.get(ep.id)
             if new != now:
-                self.backend(net).apply_ports(real.spec, [(now, new)])
+                self.backend(net).apply_ports(real.spec, [(now, new)], grouped=grouped)
                 real.put_port(new)
                 self._tell_dns("ports", net.id, [(now, new)])
             self._flows_after(real, old, new)

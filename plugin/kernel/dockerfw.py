@@ -113,11 +113,17 @@ class DockerFirewall:
 
     def ensure_all(self, bridges: dict) -> set:
         """:meth:`ensure` for every ``{network_id: bridge}`` at once: one read of the filter
-        table and at most one restore per binary, whatever the number of networks.
-        Returns the ids of the networks whose rules had to be (re)written."""
+        table and at most one restore per binary, whatever the number of networks; none
+        for a binary whose rules netlink shows intact (:func:`iptpeek.intact`: the chain,
+        FORWARD's jump, each network's two ACCEPT and two DROP rules and no other -- the
+        common case of the forward repair, woken by every change of FORWARD, Docker's own
+        included). Returns the ids of the networks whose rules had to be (re)written."""
         changed, writes = set(), {}
+        tags = [COMMENT_PREFIX + nid for nid in bridges]
         with self._lock:
             for binary in self.binaries:
+                if iptpeek.intact(binary, CHAIN, tags):
+                    continue
                 table = self._filter_table(binary)
                 if table is None:
                     log.warning("%s: cannot read the filter table", binary)

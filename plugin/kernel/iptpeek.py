@@ -65,31 +65,74 @@ def _plain_jump(expressions: bytes, target: bytes) -> bool:
             and _name(verdict.get(NFTA_VERDICT_CHAIN, b"")) == target)
 
 
+NF_DROP, NF_ACCEPT = 0, 1
+
+
+def _verdict(expressions: bytes):
+    """The verdict code of a rule ending in a plain verdict (``-j ACCEPT``/``DROP``), else None."""
+    exprs = [_attrs(e) for e in _all(expressions, NFTA_LIST_ELEM)]
+    if not exprs or _name(exprs[-1].get(NFTA_EXPR_NAME, b"")) != b"immediate":
+        return None
+    data = _attrs(exprs[-1].get(NFTA_EXPR_DATA, b""))
+    code = _attrs(_attrs(data.get(NFTA_IMMEDIATE_DATA, b"")).get(NFTA_DATA_VERDICT, b"")).get(NFTA_VERDICT_CODE, b"")
+    return struct.unpack("!i", code)[0] if len(code) == 4 else None
+
+
+def _filter_rules(binary: str, chain: bytes):
+    """(chain names, rules) of ``binary``'s filter table over netlink; None when not known
+    (not iptables-nft, no such table, a netlink error)."""
+    family = FAMILIES.get(binary)
+    if family is None or not nft_based(binary):
+        return None
+    reader = ElementWriter()   # a socket of its own, in the calling thread's namespace
+    try:
+        chains = {_name(a.get(NFTA_CHAIN_NAME, b"")) for a in reader._dump_messages(NFT_MSG_GETCHAIN, family, b"")
+                  if a.get(NFTA_CHAIN_TABLE) == TABLE}
+        if chain not in chains or b"FORWARD" not in chains:
+            return None
+        return chains, [a for a in reader._dump_messages(NFT_MSG_GETRULE, family, _attr(NFTA_RULE_TABLE, TABLE))
+                        if a.get(NFTA_RULE_TABLE) == TABLE]
+    except OSError:
+        return None
+    finally:
+        reader.close()
+
+
+def _jumps(rules: list, target: bytes) -> bool:
+    return any(_name(a.get(NFTA_RULE_CHAIN, b"")) == b"FORWARD"
+               and _plain_jump(a.get(NFTA_RULE_EXPRESSIONS, b""), target) for a in rules)
+
+
+def _tagged(rules: list, chain: bytes, needle: bytes) -> list:
+    return [a for a in rules if _name(a.get(NFTA_RULE_CHAIN, b"")) == chain
+            and needle in a.get(NFTA_RULE_EXPRESSIONS, b"") + a.get(NFTA_RULE_USERDATA, b"")]
+
+
+def intact(binary: str, chain: str, tags, accepts: int = 2, drops: int = 2) -> bool:
+    """True when ``binary``'s rules are iptables-nft's and, in its filter table, chain
+    ``chain`` exists, FORWARD has the rule ``-j chain``, and for each text of ``tags``
+    (networks' comments) ``chain`` holds exactly ``accepts`` rules carrying it that end
+    in ACCEPT and ``drops`` that end in DROP, and no other. Then a repair that re-ensures
+    those networks' rules has nothing to write: it need not read the table with
+    ``iptables -S`` (two processes). False when any of it is not so, or not known."""
+    found = _filter_rules(binary, chain.encode())
+    if found is None or not _jumps(found[1], chain.encode()):
+        return False
+    for tag in tags:
+        verdicts = sorted(_verdict(a.get(NFTA_RULE_EXPRESSIONS, b"")) for a in
+                          _tagged(found[1], chain.encode(), tag.encode()))
+        if verdicts != [NF_DROP] * drops + [NF_ACCEPT] * accepts:
+            return False
+    return True
+
+
 def insert_only(binary: str, chain: str, tag: str) -> bool:
     """True when ``binary``'s rules are iptables-nft's and, in its filter table, chain
     ``chain`` exists, FORWARD has the rule ``-j chain``, and no rule of ``chain``
     carries the text ``tag`` (a network's comment): then that network's rules can
     be inserted without reading the table. False when any of it is not so, or not
     known (legacy iptables, no table yet, a netlink error)."""
-    family = FAMILIES.get(binary)
-    if family is None or not nft_based(binary):
+    found = _filter_rules(binary, chain.encode())
+    if found is None:
         return False
-    target, needle = chain.encode(), tag.encode()
-    reader = ElementWriter()   # a socket of its own, in the calling thread's namespace
-    try:
-        chains = {_name(a.get(NFTA_CHAIN_NAME, b"")) for a in reader._dump_messages(NFT_MSG_GETCHAIN, family, b"")
-                  if a.get(NFTA_CHAIN_TABLE) == TABLE}
-        if target not in chains or b"FORWARD" not in chains:
-            return False
-        rules = [a for a in reader._dump_messages(NFT_MSG_GETRULE, family, _attr(NFTA_RULE_TABLE, TABLE))
-                 if a.get(NFTA_RULE_TABLE) == TABLE]
-    except OSError:
-        return False
-    finally:
-        reader.close()
-    jump = any(_name(a.get(NFTA_RULE_CHAIN, b"")) == b"FORWARD" and _plain_jump(a.get(NFTA_RULE_EXPRESSIONS, b""), target)
-               for a in rules)
-    tagged = any(_name(a.get(NFTA_RULE_CHAIN, b"")) == target
-                 and needle in a.get(NFTA_RULE_EXPRESSIONS, b"") + a.get(NFTA_RULE_USERDATA, b"")
-                 for a in rules)
-    return jump and not tagged
+    return _jumps(found[1], chain.encode()) and not _tagged(found[1], chain.encode(), tag.encode())

@@ -95,3 +95,47 @@ def test_ensure_all_repairs_every_network_with_one_read_per_binary(ns):
         assert fw.reads == 2
         assert fw.ensure_all({NET_A: "sn-a", NET_B: "sn-b"}) == set()
     assert {b: run(ns, b, "-S") for b in ("iptables", "ip6tables")} == whole
+
+
+def _intact(ns: str, *nets: str, binary: str = "iptables") -> bool:
+    with netns(ns):
+        return iptpeek.intact(binary, CHAIN, ["secnet:" + n for n in nets])
+
+
+def test_the_repair_reads_no_table_while_every_rule_is_intact_and_repairs_what_is_not(ns):
+    """ensure_all (the forward repair, woken by every FORWARD change) skips ``iptables -S``
+    for a binary whose rules netlink shows intact; a rule deleted, a DROP turned into an
+    ACCEPT under our comment, an extra rule or FORWARD's jump gone: read and repaired."""
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+    fw = Counting()
+    nets = {NET_A: "sn-a", NET_B: "sn-b"}
+    with netns(ns):
+        for nid, bridge in nets.items():
+            fw.ensure(bridge, nid)
+        fw.reads = 0
+        assert fw.ensure_all(nets) == set() and fw.reads == 0
+    assert _intact(ns, NET_A, NET_B) and _intact(ns, NET_A, NET_B, binary="ip6tables")
+    tag = "secnet:" + NET_A
+    breakages = [("-D", CHAIN, "-o", "sn-a", "-m", "comment", "--comment", tag, "-j", "DROP"),
+                 ("-R", CHAIN, "4", "-i", "sn-a", "-m", "comment", "--comment", tag, "-j", "ACCEPT"),
+                 ("-I", CHAIN, "1", "-i", "sn-a", "-m", "comment", "--comment", tag, "-j", "ACCEPT"),
+                 ("-D", "FORWARD", "-j", CHAIN)]
+    for broken in breakages:
+        rules = run(ns, "iptables", "-S", CHAIN)
+        run(ns, "iptables", *broken)
+        assert not _intact(ns, NET_A, NET_B), broken
+        assert _intact(ns, NET_B, binary="ip6tables")
+        with netns(ns):
+            fw.reads = 0
+            fw.ensure_all(nets)
+        assert fw.reads == 1, broken                 # iptables read; ip6tables intact, not read
+        if broken[1] != "FORWARD":   # the extra and the changed rule go only with the read path's rewrite
+            assert run(ns, "iptables", "-S", CHAIN).count(tag) >= 4
+        run(ns, "iptables", "-F", CHAIN)
+        for line in rules.splitlines()[1:]:
+            run(ns, "iptables", *line.replace('"', "").split())
+        if broken[1] == "FORWARD":
+            run(ns, "iptables", "-I", "FORWARD", "1", "-j", CHAIN)
+        assert _intact(ns, NET_A, NET_B), broken

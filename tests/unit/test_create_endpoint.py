@@ -21,7 +21,7 @@ class Ports(NullReconciler):
 
     def __init__(self, links, attaches=False, fail=None, brings=False):
         self.links, self.attaches, self.fail, self.brings = links, attaches, fail, brings
-        self.ports, self.log = set(), []
+        self.ports, self.log, self.grouped = set(), [], []
 
     def link_first(self, net):
         return self.attaches
@@ -29,8 +29,9 @@ class Ports(NullReconciler):
     def brings_segment(self, net, ep):
         return self.brings
 
-    def endpoint_changed(self, net, ep):
+    def endpoint_changed(self, net, ep, grouped=False):
         self.log.append((threading.current_thread().name, ep.veth_host in self.links.links))
+        self.grouped.append(grouped)
         if self.fail:
             raise self.fail
         self.ports.add(ep.id)
@@ -61,6 +62,7 @@ def test_nftables_writes_the_port_while_the_netlink_thread_makes_the_veth(tmp_pa
     assert links.veth_threads == ["fake-netlink"]
     assert ports.log[0][0] == threading.current_thread().name and ports.ports == {eid}
     assert ep.veth_host in links.links and ep.veth_peer in links.links
+    assert ports.grouped == [True]   # the link writer groups the pair: the backend asks nothing
     driver.state.close()
 
 
@@ -68,6 +70,7 @@ def test_ebpf_gets_the_link_before_its_port(tmp_path):
     driver, links, ports, nid = setup(tmp_path, attaches=True)
     create(driver, nid, new_id())
     assert ports.log == [(threading.current_thread().name, True)] and links.veth_threads == []
+    assert ports.grouped == [False]
     driver.state.close()
 
 
@@ -77,6 +80,7 @@ def test_a_join_that_brings_a_segment_writes_its_policy_then_makes_the_veth(tmp_
     create(driver, nid, eid)
     assert ports.log == [(threading.current_thread().name, False)] and ports.ports == {eid}
     assert links.veth_threads == [] and driver.state.get_endpoint(eid).veth_host in links.links
+    assert ports.grouped == [True]
     driver.state.close()
 
 

@@ -22,7 +22,7 @@ class Backend(NullReconciler):
     def link_first(self, net):
         return self.first
 
-    def endpoint_changed(self, net, ep):
+    def endpoint_changed(self, net, ep, grouped=False):
         if self.fail:
             raise self.fail
 

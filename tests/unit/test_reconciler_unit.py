@@ -29,7 +29,7 @@ class RecordingBackend:
         self.calls.append(("network", net.id))
         self.policy, self.ports, self.broken = policy, {p.endpoint_id: p for p in ports}, []
 
-    def apply_ports(self, net, changes):
+    def apply_ports(self, net, changes, grouped=False):
         for old, new in changes:
             self.calls.append(("ports", (old.identity if old else None, new.identity if new else None)))
             if new is None:

@@ -320,7 +320,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         if self.nat is not None:
             self.nat.apply(st.spec, [port for port, _ifx in st.ports.values()])
 
-    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple], grouped: bool = False) -> None:
         """Endpoint changes ``(old, new)``; each new port's link must exist (BackendError
         before anything is written otherwise). The generation bump cuts what they deny."""
         changes = list(changes)

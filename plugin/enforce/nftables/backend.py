@@ -122,17 +122,21 @@ class NftBackend(fqdn.FqdnMethods):
             return ""
         return fqdn.keep_script(ruleset.table_name(network_id), grants, time.time())
 
-    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple]) -> None:
+    def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple], grouped: bool = False) -> None:
         """Endpoint changes ``(old Port or None, new Port or None)`` as one element delta.
 
         The old state is the one realized here (by endpoint id), so applying
         the same change twice is harmless. Costs what the changed ports
-        own, whatever the size of the network.
+        own, whatever the size of the network. ``grouped``: the caller's link writer
+        puts the new ports in the network's interface group (``plugin.kernel.links``
+        makes a pair in it, and a claimed one is moved into it) before the caller
+        answers: no group request of ours (CreateEndpoint: it would wait on the RTNL
+        lock behind the pair being made beside it, for nothing).
         """
         with self._lock:
             real = self._realized(net)
             ports, delta = self._port_delta(real, changes)
-            self._write(net, real, delta, lambda: self._set_ports(real, ports, delta))
+            self._write(net, real, delta, lambda: self._set_ports(real, ports, delta), grouped)
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
                      policy: Optional[PolicyMap] = None) -> None:
@@ -329,13 +333,16 @@ class NftBackend(fqdn.FqdnMethods):
         except NftError as exc:
             raise BackendError(str(exc)) from None
 
-    def _write(self, net: NetworkSpec, real: _Realized, delta: ElementDelta, done) -> None:
-        """Write ``delta``; if the kernel refuses it, rebuild the network instead."""
+    def _write(self, net: NetworkSpec, real: _Realized, delta: ElementDelta, done,
+               grouped: bool = False) -> None:
+        """Write ``delta``; if the kernel refuses it, rebuild the network instead.
+        The new ports' interface group first, unless ``grouped`` (:meth:`apply_ports`)."""
         if delta.empty:
             done()
             return
         try:
-            self.groups.ensure(net.bridge, delta.add.get("veths", {}))
+            if not grouped:
+                self.groups.ensure(net.bridge, delta.add.get("veths", {}))
             if self.writer is not None:
                 self.writer.apply(ruleset.table_name(net.id), delta)
             else:
