@@ -453,27 +453,3 @@ def test_an_ipv6_network_switches_ipv6_forwarding_on_as_docker_does(env):
                                pool6="fd00:223::/64", gateway6="fd00:223::1/64")
     assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
     assert env.links.ipv6_forwarding is True
-
-
-def test_driver_routes_are_answered_before_flask_with_the_plugin_content_type(env):
-    """driver_wsgi answers dockerd's routes itself: the plugin content type and a length,
-    the same body Flask's own route gives (reached here by calling it directly)."""
-    from plugin.daemon.app import CONTENT_TYPE
-    resp = env.client.post("/NetworkDriver.GetCapabilities", data="")
-    assert resp.headers["Content-Type"] == CONTENT_TYPE
-    assert int(resp.headers["Content-Length"]) == len(resp.get_data())
-    app = env.client.application
-    with app.test_request_context("/NetworkDriver.GetCapabilities", method="POST", data=""):
-        flask_resp = app.view_functions["/NetworkDriver.GetCapabilities"]()
-    assert json.loads(flask_resp.get_data()) == json.loads(resp.get_data()) == {
-        "Scope": "local", "ConnectivityScope": "local"}
-
-
-def test_a_body_without_a_length_is_read_whole(env):
-    """A chunked request reaches the app without CONTENT_LENGTH (the server decodes it)."""
-    import io
-    nid = new_id()
-    raw = json.dumps(create_network_body(nid)).encode()
-    resp = env.client.post("/NetworkDriver.CreateNetwork", environ_overrides={
-        "wsgi.input": io.BytesIO(raw), "CONTENT_LENGTH": ""})
-    assert resp.status_code == 200 and env.state.get_network(nid) is not None
