@@ -25,9 +25,7 @@ the engine itself, in two ways that must never hang a driver request:
   engine is away (at engine start plugins come up before its API listens).
 
 Each thread has its own Docker client: the request threads and the watcher
-share nothing but the driver (which has its own lock). The Join's two reads go
-through :mod:`plugin.driver.engineapi` (plain ``http.client``) on a unix-socket
-engine, the SDK otherwise; the watcher always uses the SDK.
+share nothing but the driver (which has its own lock).
 """
 from __future__ import annotations
 
@@ -42,7 +40,6 @@ from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
 from plugin.driver import outlived
-from plugin.driver.engineapi import UnixEngineClient, socket_path
 from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -105,7 +102,6 @@ class LabelResolver:
         self.lookup_timeout = lookup_timeout
         self.watch_timeout = watch_timeout
         self._factory = client_factory or self._docker_client
-        self._join_factory = client_factory or self._join_default
         self._local = threading.local()  # one client per request thread
         self._stop = threading.Event()
         self._wake = threading.Event()   # ends a backoff wait early (stop, or the engine is back)
@@ -127,13 +123,6 @@ class LabelResolver:
             # the environment costs ~0.5 ms a call (join16's measure), so skip it
             client.trust_env = False
         return client
-
-    def _join_default(self, timeout: float):
-        """The Join's client: two plain GETs on a unix-socket engine
-        (:mod:`plugin.driver.engineapi`, ~1 ms less CPU each than the SDK); the SDK
-        for any other engine address."""
-        path = socket_path(self.base_url)
-        return UnixEngineClient(path, timeout) if path else self._docker_client(timeout)
 
     # --- at Join -----------------------------------------------------------
     def resolve_at_join(self, net: NetworkRecord, ep: EndpointRecord) -> EndpointRecord:
@@ -173,7 +162,7 @@ class LabelResolver:
     def _join_client(self, deadline: float):
         client = getattr(self._local, "client", None)
         if client is None:
-            client = self._join_factory(timeout=self._remaining(deadline))
+            client = self._factory(timeout=self._remaining(deadline))
             self._local.client = client
         return client
 
