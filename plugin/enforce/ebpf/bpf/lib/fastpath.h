@@ -20,9 +20,7 @@
  *   policy or mode bumps the generation, so nothing the entry remembers
  *   outlives the state it was read from: the flow takes the full path once
  *   and deliver() remembers it anew.
- * So a judged packet costs one hash lookup (and the state array's): in the
- * small fastc, within FAST_TRUST_JIFFIES of the fast path's last read of the
- * flow's conntrack entry, else in conntrack (and fastc is written anew).
+ * So a judged packet costs one hash lookup (and the state array's).
  * Anything else returns FAST_NO and takes the full path, which judges it
  * exactly as before. */
 #ifndef SECNET_FASTPATH_H
@@ -96,56 +94,23 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u
 	return FAST_NO;
 }
 
-/* How long the fast path trusts what it read from a conntrack entry (fastc):
- * 100 jiffies, at most 1 s (Linux's HZ is 100 to 1000; 0.4 s at this machine's
- * 250). At that read the entry was live and, when older than CT_REFRESH_NS (1 s),
- * refreshed: a packet taken on trust belongs to a flow seen at most 2 s before,
- * far inside every lifetime (180 s, 6 h), and ``seen`` lags at most 2 s. A
- * change of policy, mode, endpoints or members bumps the generation, which
- * ends the trust at once. What does not: conntrack's LRU evicting the entry
- * when the table is full; its flow's packets pass on trust until the trust
- * ends (then the full path judges them as untracked). */
-#define FAST_TRUST_JIFFIES 100
-
-/* The redirect of a frame from ``smac`` to ``dmac`` at this veth, by what
- * ``c`` (fastc) remembers, or FAST_NO when the trust has ended or the frame is
- * not the flow's as remembered (the same checks as on a conntrack entry). */
-static __always_inline int fast_trusted(struct __sk_buff *skb, struct fast_val *c, struct state *st,
-					__u64 j, __u8 *smac, __u8 *dmac, int echo_req)
-{
-	if (!c || c->generation != st->generation || j - c->checked >= FAST_TRUST_JIFFIES
-	    || c->src_ifindex != skb->ifindex || (c->reply && echo_req)
-	    || !eq_mac(smac, c->src_mac) || !eq_mac(dmac, c->peer_mac))
-		return FAST_NO;
-	return c->peer_ifindex;
-}
-
 /* bpf_redirect_peer's verdict for a judged east-west packet, or FAST_NO. */
 static __always_inline int fast_path(struct __sk_buff *skb)
 {
 	struct ct_key k = {};
-	struct fast_val n = {};
 	struct state *st;
 	struct ct_val *v;
 	__u32 zero = 0;
-	__u64 now, life, j;
+	__u64 now, life;
 	__s64 age;
 	__u8 *smac, *dmac;
-	int echo_req, peer;
+	int echo_req;
 
 	if (fast_key(skb, &k, &smac, &dmac, &echo_req))
 		return FAST_NO;
 	st = bpf_map_lookup_elem(&state, &zero);
-	if (!st)
-		return FAST_NO;
-	/* jiffies: one load of a variable every tick writes, which the verifier
-	 * inlines (bpf_jiffies64, Linux 5.5; kernel/bpf/verifier.c do_misc_fixups) */
-	j = bpf_jiffies64();
-	peer = fast_trusted(skb, bpf_map_lookup_elem(&fastc, &k), st, j, smac, dmac, echo_req);
-	if (peer != FAST_NO)
-		goto redirect;
 	v = bpf_map_lookup_elem(&conntrack, &k);
-	if (!v || v->generation != st->generation || v->kind != KIND_EW
+	if (!st || !v || v->generation != st->generation || v->kind != KIND_EW
 	    || v->fast_generation != st->generation || !v->peer_ifindex
 	    || v->src_ifindex != skb->ifindex || ((v->flags & CT_REPLY) && echo_req)
 	    || !eq_mac(smac, v->src_mac) || !eq_mac(dmac, v->peer_mac))
@@ -162,18 +127,9 @@ static __always_inline int fast_path(struct __sk_buff *skb)
 		return FAST_NO;
 	if (age > (__s64)CT_REFRESH_NS)
 		v->seen = now;
-	n.checked = j;
-	n.generation = st->generation;
-	n.src_ifindex = v->src_ifindex;
-	n.peer_ifindex = peer = v->peer_ifindex;
-	__builtin_memcpy(n.src_mac, v->src_mac, 6);
-	__builtin_memcpy(n.peer_mac, v->peer_mac, 6);
-	n.reply = !!(v->flags & CT_REPLY);
-	bpf_map_update_elem(&fastc, &k, &n, BPF_ANY);   /* whole: no reader sees half of it */
-redirect:
 	skb->mark = 0;   /* as deliver(): the container gets what a veth hands over */
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
-	return bpf_redirect_peer(peer, 0);
+	return bpf_redirect_peer(v->peer_ifindex, 0);
 }
 
 #endif

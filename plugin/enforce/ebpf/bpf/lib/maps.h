@@ -147,30 +147,6 @@ struct {
 	__type(value, struct frag_val);
 } frags SEC(".maps");
 
-/* fastc: what the fast path (lib/fastpath.h) last read from a flow's conntrack
- * entry, so that a packet within FAST_TRUST_JIFFIES of that read does not look the
- * entry up again. A small map on purpose: its buckets and elements stay few pages,
- * where a lookup in the 65,536-entry conntrack costs ~0.8 µs more when caches are
- * cold (bench/results/2026-12-01-ebpfcold.md). Not pinned: every load starts it
- * empty. Nothing is lost with an entry (LRU): the next packet reads conntrack. */
-struct fast_val {
-	__u64 checked;           /* bpf_jiffies64() when conntrack said: live, east-west */
-	__u32 generation;        /* the generation in force then (state) */
-	__u32 src_ifindex;       /* the entry's sender: host-side veth, MAC */
-	__u32 peer_ifindex;      /* its destination: host-side veth, MAC */
-	__u8  src_mac[6];
-	__u8  peer_mac[6];
-	__u8  reply;             /* the entry's CT_REPLY (an echo request is no packet of it) */
-	__u8  pad[7];
-};
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
-	__type(key, struct ct_key);
-	__type(value, struct fast_val);
-} fastc SEC(".maps");
-
 /* per-CPU scratch space: a parsed packet and its flow's original direction
  * do not fit the 512-byte BPF stack beside everything else */
 struct scratch {
