@@ -102,12 +102,12 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u
 #define FAST_CLOCK_JIFFIES 100
 
 /* 1: entry ``v`` (protocol ``proto``) is live, refreshed as ct_lookup() does.
- * The clock is a helper call whose code and data are cold when packets are
- * spaced out (a ping every 10 ms: ~300 ns of a ~3 µs run on this VM,
- * bench/results/2026-12-01-ebpfcold.md); jiffies is one load the verifier
- * inlines (bpf_jiffies64, Linux 5.5; kernel/bpf/verifier.c do_misc_fixups) of
- * a variable every tick writes. So the clock is read once per
- * FAST_CLOCK_JIFFIES per entry. The coarse clock (Linux 5.11): the same
+ * The clock is a helper call; jiffies is one load the verifier inlines
+ * (bpf_jiffies64, Linux 5.5; kernel/bpf/verifier.c do_misc_fixups) of a
+ * variable every tick writes. So the clock is read once per FAST_CLOCK_JIFFIES
+ * per entry: from_container per run x0.80 under iperf3, x0.83 under sockperf
+ * (interleaved A/B; cold runs and ping RTT unchanged,
+ * bench/results/2026-12-01-ebpfcold.md). The coarse clock (Linux 5.11): the same
  * CLOCK_MONOTONIC from the last tick; it can lag an entry that ct_create()
  * stamped with the fine clock, hence the signed age. */
 static __always_inline int fast_live(struct ct_val *v, __u8 proto)
