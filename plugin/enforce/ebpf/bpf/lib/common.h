@@ -236,7 +236,11 @@ struct ct_val {
 	__u32 peer_ifindex;
 	__u8  src_mac[6];
 	__u8  peer_mac[6];
-	__u32 pad2[2];
+	/* jiffies (bpf_jiffies64) when the fast path last read the clock for this
+	 * entry and found it live; 0: never (ct_create, an older build's entry, and
+	 * every write from user space: maps.py leaves these 8 bytes zero).
+	 * lib/fastpath.h: FAST_CLOCK_JIFFIES */
+	__u64 fast_seen;
 };
 
 /* published: (family, protocol, host port, host address or all zero for

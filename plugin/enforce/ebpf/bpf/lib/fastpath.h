@@ -94,6 +94,40 @@ static __always_inline int fast_key(struct __sk_buff *skb, struct ct_key *k, __u
 	return FAST_NO;
 }
 
+/* How long after the fast path read the clock and found an entry live it
+ * trusts the entry without reading it again: 100 jiffies, at most 1 s (Linux's
+ * HZ is 100 to 1000). At that read the entry is refreshed when older than
+ * CT_REFRESH_NS (1 s), so a packet taken on trust sees an entry at most 2 s
+ * old: far inside every lifetime (180 s, 6 h), and ``seen`` lags at most 2 s. */
+#define FAST_CLOCK_JIFFIES 100
+
+/* 1: entry ``v`` (protocol ``proto``) is live, refreshed as ct_lookup() does.
+ * The clock is a helper call; jiffies is one load the verifier inlines
+ * (bpf_jiffies64, Linux 5.5; kernel/bpf/verifier.c do_misc_fixups) of a
+ * variable every tick writes. So the clock is read once per FAST_CLOCK_JIFFIES
+ * per entry: from_container per run x0.80 under iperf3, x0.83 under sockperf
+ * (interleaved A/B; cold runs and ping RTT unchanged,
+ * bench/results/2026-12-01-ebpfcold.md). The coarse clock (Linux 5.11): the same
+ * CLOCK_MONOTONIC from the last tick; it can lag an entry that ct_create()
+ * stamped with the fine clock, hence the signed age. */
+static __always_inline int fast_live(struct ct_val *v, __u8 proto)
+{
+	__u64 j = bpf_jiffies64(), now, life;
+	__s64 age;
+
+	if (v->fast_seen && j - v->fast_seen < FAST_CLOCK_JIFFIES)
+		return 1;
+	now = bpf_ktime_get_coarse_ns();
+	age = (__s64)(now - v->seen);
+	life = proto == IPPROTO_TCP ? CT_TCP_LIFETIME_NS : CT_OTHER_LIFETIME_NS;
+	if (age > (__s64)life)
+		return 0;
+	if (age > (__s64)CT_REFRESH_NS)
+		v->seen = now;
+	v->fast_seen = j;
+	return 1;
+}
+
 /* bpf_redirect_peer's verdict for a judged east-west packet, or FAST_NO. */
 static __always_inline int fast_path(struct __sk_buff *skb)
 {
@@ -101,8 +135,6 @@ static __always_inline int fast_path(struct __sk_buff *skb)
 	struct state *st;
 	struct ct_val *v;
 	__u32 zero = 0;
-	__u64 now, life;
-	__s64 age;
 	__u8 *smac, *dmac;
 	int echo_req;
 
@@ -115,18 +147,8 @@ static __always_inline int fast_path(struct __sk_buff *skb)
 	    || v->src_ifindex != skb->ifindex || ((v->flags & CT_REPLY) && echo_req)
 	    || !eq_mac(smac, v->src_mac) || !eq_mac(dmac, v->peer_mac))
 		return FAST_NO;
-	/* The coarse clock (Linux 5.11): the same CLOCK_MONOTONIC, read from the
-	 * last tick instead of the TSC -- ~20 ns less per packet on this VM
-	 * (bench/results/2026-11-30-ebpf17.md), and a tick's lag is nothing
-	 * against the 1 s refresh and the lifetimes. It can lag an entry that
-	 * ct_create() stamped with the fine clock, hence the signed age. */
-	now = bpf_ktime_get_coarse_ns();
-	age = (__s64)(now - v->seen);
-	life = k.proto == IPPROTO_TCP ? CT_TCP_LIFETIME_NS : CT_OTHER_LIFETIME_NS;
-	if (age > (__s64)life)
+	if (!fast_live(v, k.proto))
 		return FAST_NO;
-	if (age > (__s64)CT_REFRESH_NS)
-		v->seen = now;
 	skb->mark = 0;   /* as deliver(): the container gets what a veth hands over */
 	bpf_skb_change_type(skb, 0 /* PACKET_HOST */);
 	return bpf_redirect_peer(v->peer_ifindex, 0);
