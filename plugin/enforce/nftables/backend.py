@@ -27,6 +27,7 @@ from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_eleme
 from .netlink import ElementWriter, identifier
 from .nftdump import decode_pair, decode_port_address
 from .nflog import NflogReader
+from .brhooks import BridgeHooks, available as brnf_available
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 
@@ -69,6 +70,7 @@ class NftBackend(fqdn.FqdnMethods):
         self._host_ok = False
         self.fqdn = fqdn.NftFqdnSets(self.runner, ruleset.table_name)
         self.groups = PortGroups()   # the ports' interface group, before they are in veths
+        self.hooks = BridgeHooks()   # the bridge's own br_netfilter switches (brhooks)
 
     # --- writes -----------------------------------------------------------------------------
     def check_host(self) -> None:
@@ -77,6 +79,9 @@ class NftBackend(fqdn.FqdnMethods):
         host's whole ruleset, ~30 ms of every ``docker network create`` on a busy host."""
         if self._host_ok:
             return
+        missing = brnf_available()
+        if missing is not None:
+            raise BackendError(missing)
         try:
             self.runner.list_json("tables")
         except (NftError, OSError) as exc:
@@ -93,6 +98,7 @@ class NftBackend(fqdn.FqdnMethods):
         """
         with self._lock:
             ports = {p.endpoint_id: p for p in ports}
+            self.hooks.ensure(net.bridge)
             self.groups.ensure(net.bridge, ((p.name,) for p in ports.values()))   # adopted too
             if net.id not in self._nets and self._adopt(net, policy, ports):
                 return
@@ -234,6 +240,7 @@ class NftBackend(fqdn.FqdnMethods):
             else:
                 problems += kernel.compare_rules(reference, rules)
             problems += self.groups.strays(net.bridge, [p.name for p in ports])   # (a repair sets them)
+            problems += self.hooks.problems(net.bridge)
             return problems[:10]
 
     def _element_problems(self, table: str, want: dict) -> list:
@@ -319,6 +326,7 @@ class NftBackend(fqdn.FqdnMethods):
         if self.writer is not None:
             self.writer.close()
         self.groups.close()
+        self.hooks.close()
 
     # --- internals --------------------------------------------------------------------------
     def _realized(self, net: NetworkSpec) -> _Realized:
