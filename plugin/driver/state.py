@@ -196,6 +196,9 @@ class State:
         self._journaled: dict = {}    # network id -> rows of rule_edits
         self._networks: dict = {}
         self._endpoints: dict = {}
+        #: bumped by every endpoint write or removal: readers that cache endpoints by
+        #: address (plugin.observe.droplog.Directory) rebuild when it moved
+        self.endpoint_generation = 0
         self._identities: dict = {}
         self._load()
 
@@ -300,6 +303,7 @@ class State:
             self._identities.pop(nid, None)
             for eid in [e.id for e in self._endpoints.values() if e.network_id == nid]:
                 del self._endpoints[eid]
+            self.endpoint_generation += 1
 
     # endpoints
     def put_endpoint(self, rec: EndpointRecord, durable: bool = True) -> None:
@@ -340,6 +344,7 @@ class State:
                 self._db.execute("COMMIT")
             for rec in recs:
                 self._endpoints[rec.id] = rec
+            self.endpoint_generation += 1
 
     @contextlib.contextmanager
     def _synchronous(self, durable: bool):
@@ -369,6 +374,7 @@ class State:
         with self._lock:
             self._db.execute("DELETE FROM endpoints WHERE id=?", (eid,))
             self._endpoints.pop(eid, None)
+            self.endpoint_generation += 1
 
     # identities (segmentation.identities.IdentityAllocator)
     def identities(self, network_id: str) -> Mapping[str, int]:

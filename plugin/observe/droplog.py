@@ -51,7 +51,9 @@ REASON_TEXT = {
 class Directory:
     """Addresses and bridge ports → endpoints, from saved state, cached briefly.
 
-    A snapshot of a network is rebuilt when it is older than ``max_age``
+    A snapshot of a network is rebuilt when an endpoint was written or removed since
+    (the state's ``endpoint_generation``: an address that a removed container had and a
+    new one has now names the new one, U16-F1), when it is older than ``max_age``
     seconds, or on a miss when older than ``miss_age`` (a container that
     just joined): driven by the messages, never by a timer.
     """
@@ -60,7 +62,7 @@ class Directory:
         self.state = state
         self.max_age, self.miss_age = max_age, miss_age
         self._nets: tuple = (0.0, {})        # (built at, {nid12: NetworkRecord})
-        self._snaps: dict = {}               # network id -> (built at, by address, by veth)
+        self._snaps: dict = {}               # network id -> (built at, generation, by address, by veth)
         self._lock = threading.Lock()
 
     def network(self, nid12: str):
@@ -73,9 +75,10 @@ class Directory:
             return nets.get(nid12)
 
     def _snapshot(self, net_id: str, missed: bool):
-        built, by_addr, by_veth = self._snaps.get(net_id, (0.0, {}, {}))
+        built, gen, by_addr, by_veth = self._snaps.get(net_id, (0.0, -1, {}, {}))
         age = time.monotonic() - built
-        if age > self.max_age or (missed and age > self.miss_age):
+        now_gen = getattr(self.state, "endpoint_generation", gen)
+        if gen != now_gen or age > self.max_age or (missed and age > self.miss_age):
             by_addr, by_veth = {}, {}
             for ep in self.state.endpoints(net_id):
                 by_veth[ep.veth_host] = ep
@@ -84,7 +87,7 @@ class Directory:
                         by_addr[cidr.split("/")[0]] = ep
                 if getattr(ep, "mac", None):   # its own link-local address (what it sends from it is judged)
                     by_addr[link_local(ep.mac)] = ep
-            self._snaps[net_id] = (time.monotonic(), by_addr, by_veth)
+            self._snaps[net_id] = (time.monotonic(), now_gen, by_addr, by_veth)
         return by_addr, by_veth
 
     def by_address(self, net_id: str, address: Optional[str]):

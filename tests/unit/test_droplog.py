@@ -68,6 +68,18 @@ def test_a_new_member_is_found_without_waiting(tmp_path, state):
     assert log.record(packet("no-rule", "10.224.0.2", "10.224.0.9"))["dst"]["container"] == "new1"
 
 
+def test_a_reused_address_names_its_new_container_at_once(tmp_path, state):
+    """U16-F1: the previous incarnation at a reused address was named for up to max_age."""
+    log = dl.DropLog(str(tmp_path), dl.Directory(state, max_age=60, miss_age=60))
+    assert log.record(packet("no-rule", "10.224.0.2", "10.224.0.3"))["dst"]["container"] == "db1"
+    state.delete_endpoint("2" * 64)
+    state.put_endpoint(ep("7", "web7", "web", "10.224.0.3"))
+    dst = log.record(packet("no-rule", "10.224.0.2", "10.224.0.3"))["dst"]
+    assert (dst["container"], dst["segment"], dst["endpoint"]) == ("web7", "web", "7" * 64)
+    state.delete_endpoint("7" * 64)
+    assert log.record(packet("no-rule", "10.224.0.2", "10.224.0.3"))["dst"]["container"] is None
+
+
 def test_the_ring_is_bounded_and_queries_go_by_cursor_and_network(tmp_path):
     log = dl.DropLog(str(tmp_path), capacity=100)
     for i in range(250):
