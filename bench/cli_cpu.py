@@ -8,9 +8,11 @@ answer, so that only the CLI is measured. Each round runs, for both trees, in a 
 order, each a new process of this venv's Python: ``python -c pass``; the same with N rule
 arguments (the interpreter's start and its copy of ``argv``); ``import plugin.cli.main``
 with N arguments; ``secnet policy NET set`` of N rules (``bench.scale.sweep_rules`` and the
-flow's two); ``secnet policy NET add RULE``; ``secnet status``. Figure: the process's user
-+ system time (``os.wait4``), ms; per case each tree's median and min, and the median
-(min, max) of the per-round ratios new / base.
+flow's two); the same set with 500 rules an argument, comma-separated (the contract's rule
+separators: ``set $(cat FILE)`` of a file of such lines; one argument holds at most 128 KiB,
+Linux's ``MAX_ARG_STRLEN``, ~6,000 of these rules); ``secnet policy NET add RULE``;
+``secnet status``. Figure: the process's user + system time (``os.wait4``), ms; per case
+each tree's median and min, and the median (min, max) of the per-round ratios new / base.
 """
 from __future__ import annotations
 
@@ -57,6 +59,8 @@ def _cases(tree: str, rules: list) -> dict:
             "import the CLI + N arguments": ["-c", f"import sys; sys.path.insert(0, {tree!r}); import plugin.cli.main"]
             + rules,
             "policy set of N": ["-c", cli, "policy", NET[:12], "set"] + rules,
+            "policy set of N, 500 an argument": ["-c", cli, "policy", NET[:12], "set"]
+            + [",".join(rules[i:i + 500]) for i in range(0, len(rules), 500)],
             "policy add 1": ["-c", cli, "policy", NET[:12], "add", ONE_RULE],
             "status": ["-c", cli, "status"]}
 

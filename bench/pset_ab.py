@@ -17,11 +17,12 @@ figure the medians of each tree and the median (min, max) of the per-round ratio
 The cyclic collector is paused around each timed call (as the daemon pauses it in the route).
 
 Run: ``.venv/bin/python -m bench.pset_ab --base DIR [--what backend|handler] [--rules 10000]
-[--sets 3] [--rounds 12] [--json FILE]``.
+[--sets 3] [--rounds 12] [--fresh] [--json FILE]``.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -79,9 +80,11 @@ def run_backend(tree: str, rules: int, sets: int) -> dict:
     return {label: tuple(statistics.median(v[i] for v in runs) for i in (0, 1)) for label, runs in got.items()}
 
 
-def run_handler(tree: str, rules: int, sets: int) -> dict:
-    """``{stage: (cpu ms, wall ms)}``: the stage medians of ``tree``'s ``bench.set_cpu``."""
-    res = subprocess.run([sys.executable, "-m", "bench.set_cpu", "--rules", str(rules), "--sets", str(sets)],
+def run_handler(tree: str, rules: int, sets: int, fresh: bool = False) -> dict:
+    """``{stage: (cpu ms, wall ms)}``: the stage medians of ``tree``'s ``bench.set_cpu``
+    (``fresh``: its ``--fresh``, which both trees' ``bench.set_cpu`` must know)."""
+    res = subprocess.run([sys.executable, "-m", "bench.set_cpu", "--rules", str(rules), "--sets", str(sets)]
+                         + (["--fresh"] if fresh else []),
                          cwd=tree, capture_output=True, text=True, timeout=1800)
     if res.returncode:
         raise RuntimeError(f"{tree}: {res.stderr.strip()[-500:]}")
@@ -112,10 +115,11 @@ def main() -> int:
     ap.add_argument("--rules", type=int, default=10000)
     ap.add_argument("--sets", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=12)
+    ap.add_argument("--fresh", action="store_true", help="handler: every set of rules never parsed before")
     ap.add_argument("--json")
     args = ap.parse_args()
     trees = {"new": os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "base": os.path.abspath(args.base)}
-    run = run_backend if args.what == "backend" else run_handler
+    run = run_backend if args.what == "backend" else functools.partial(run_handler, fresh=args.fresh)
     rows: dict = {"new": [], "base": []}
     for i in range(args.rounds):
         for name in (("new", "base") if i % 2 == 0 else ("base", "new")):
