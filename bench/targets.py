@@ -165,6 +165,9 @@ def _ebpf_rows(r) -> list:
             scale = 1000 if k == "rtt_ms" else 1
             text, verdict = _judged(_round_ratios(d, ebpf, veth, k), a * scale, b * scale, unit or "µs", digits,
                                     limit, test, "interleaved" if d is ns else "round-robin")
+            if d is ns and k == "gbps":   # Gbit per CPU-second of iperf3: context, far steadier under load
+                x = sorted(_round_ratios(ns, ebpf, veth, "per_cpu_s"))
+                text += f"; Gbit per CPU-second of iperf3 {num(statistics.median(x), 2)}× ({x[0]:.2f}–{x[-1]:.2f}×)" if x else ""
             sign = "≥" if test is _ge else "≤"
             rows.append((f"#13 eBPF {what} {sign} {limit}× bare veth ({where})", text, verdict))
     if "floor" in ns:    # what any program on the host side of a veth pays for the hop (no target)
