@@ -65,6 +65,7 @@ class Sizes:
     mode_switches: int = 20  # `secnet mode` switches timed (half each way)
     scale_rules: int = 10000  # rules in force for the joins and the scale data plane
     ab_rounds: int = 8      # interleaved iperf3 rounds: secnet / secnet-policy / secnet-scale
+    dp_rounds: int = 10     # interleaved rounds of the datapath section (bench.ebpf_datapath)
 
     @classmethod
     def full(cls) -> "Sizes":
@@ -79,7 +80,7 @@ class Sizes:
                    sweep_repeats=1, endpoints=60, join_marks=(1, 10, 30, 60),
                    rss_marks=(0, 10, 30, 60), rule_counts=(100, 1000, 10000),
                    update_repeats=3, idle_secs=5, mode_switches=6, scale_rules=10000,
-                   ab_rounds=2)
+                   ab_rounds=2, dp_rounds=2)
 
 
 # --- statistics -----------------------------------------------------------------

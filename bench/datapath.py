@@ -1,15 +1,14 @@
 """Section 5, the datapaths alone (no Docker, no daemon), in throwaway namespaces.
 
 Runs the two standalone benches as child processes and keeps their figures:
-``bench.ebpf_datapath`` (iperf3, ping and a sockperf request/response over a
-bare veth pair, a Linux bridge, the bridge with secnet's nftables backend and
-with its eBPF backend, the eBPF backend with ``scale_rules`` more rules in
-force, the floor: a program that only redirects, and the bare veth and eBPF
-pairs with Docker's embedded-DNS NAT table in both ends, as Docker's
-containers have it; then ``ab_rounds`` rounds of iperf3 alone on the eBPF pair
-and the one with more rules, interleaved: issue 13's "with 10,000 rules >= 0.98x
-without" is judged on their per-round ratios) and
-``bench.nft_datapath`` (the nftables backend's calls as the reconciler makes
+``bench.ebpf_datapath`` (iperf3 ``DP_SECS`` s, ping and a sockperf request/response
+``RR_SECS`` s over a bare veth pair, a Linux bridge, the bridge with secnet's nftables
+backend and with its eBPF backend, the eBPF backend with ``scale_rules`` more rules in force,
+the floor: a program that only redirects, and the bare veth and eBPF pairs with Docker's
+embedded-DNS NAT table in both ends, as Docker's containers have it), in ``dp_rounds``
+interleaved rounds with the same CPU pinning on every pair: issue 13's ratios (eBPF / bare
+veth, floor / bare veth, eBPF + N rules / eBPF) are the medians (min-max) of the per-round
+ratios; and ``bench.nft_datapath`` (the nftables backend's calls as the reconciler makes
 them: apply_network, a policy set from 0 to N rules, one rule added and one
 removed with N in force, a mode switch, a join, at each N of the rule sweep).
 """
@@ -23,17 +22,19 @@ import tempfile
 from .common import REPO, log, sh, stats
 
 
+DP_SECS, RR_SECS = 2, 1   # seconds of each iperf3 and sockperf run (10 rounds: the section's ~6 min)
+
+
 def throughput(sizes) -> dict:
-    """Per configuration: stats of Gbit/s and RTT µs over the repeats."""
+    """Per configuration: stats of Gbit/s, RTT µs and request/response µs over the rounds, and
+    ``raw`` (with ``round``: the rounds it ran, for per-round ratios)."""
     with tempfile.TemporaryDirectory(prefix="snbench-") as tmp:
         path = os.path.join(tmp, "dp.json")
-        secs, repeats = sizes.iperf_secs, sizes.dp_repeats
-        sh([sys.executable, "-m", "bench.ebpf_datapath", "--secs", str(secs), "--repeats", str(repeats),
-            "--rules", str(sizes.scale_rules), "--ab-rounds", str(sizes.ab_rounds), "--profile", "--floor",
+        sh([sys.executable, "-m", "bench.ebpf_datapath", "--secs", str(DP_SECS), "--rr-secs", str(RR_SECS),
+            "--repeats", str(sizes.dp_rounds), "--rules", str(sizes.scale_rules), "--profile", "--floor",
             "--docker-nat", "--json", path], timeout=1200)
         with open(path) as f:
             raw = json.load(f)
-    ab = raw.pop("ab", None)   # ebpf vs ebpf+N alone, interleaved (ebpf_datapath.ab)
     profiles = {k: raw.pop(k) for k in list(raw) if k.endswith("_profile")}
     profile = profiles.pop("ebpf_profile", {})
     for what, figures in profiles.items():     # the other eBPF pairs': "ebpf+10000 from_container ..."
@@ -41,9 +42,6 @@ def throughput(sizes) -> dict:
     out = {name: {"gbps": stats(v["gbps"]), "rtt_us": stats(v["rtt_us"]), "rr_us": stats(v["rr_us"]), "raw": v}
            for name, v in raw.items()}
     out["ebpf_profile"] = profile   # moved up to the section by run()
-    if ab:
-        out["ab"] = {name: {"gbps": stats(v["gbps"]), "raw": v["gbps"], "per_cpu_s": v["per_cpu_s"]}
-                     for name, v in ab.items()}
     return out
 
 
@@ -63,7 +61,6 @@ def run(sizes) -> dict:
     out = {"method": __doc__.strip(), "throughput": throughput(sizes)}
     # ns per eBPF program run and the share of packets bridged (bench.ebpf_datapath --profile)
     out["ebpf_profile"] = out["throughput"].pop("ebpf_profile", {})
-    out["ab"] = out["throughput"].pop("ab", {})
     log(f"datapath: nftables backend at {sizes.rule_counts} rules")
     out["nft_backend"] = nft_sweep(sizes)
     log(f"datapath: the daemon's policy handler at {sizes.scale_rules} rules (bench.handler)")

@@ -1,6 +1,11 @@
-"""eBPF datapath throughput and RTT, side by side in one run (root; ~1 min).
+"""eBPF datapath throughput and RTT, side by side in one run (root; ~5 min).
 
-Four pairs of namespaces, measured round-robin with iperf3, ping and sockperf:
+Pairs of namespaces, measured in ``--repeats`` interleaved rounds (every pair once per
+round, every other round backwards; ``SPARSE`` ones every fifth round only) with
+iperf3, ping and sockperf; a figure against the bare veth is the median (min-max) of the
+per-round ratios (``round_ratios``: both pairs ran in that round, under the same load).
+Every pair is measured with the same CPU pinning (``cpus``): iperf3's client on the first
+CPU, its server on the last; ping on the first; sockperf's client and server on the last.
 
 * ``veth``: a bare veth pair (the ceiling);
 * ``bridge``: two namespaces on a Linux bridge with br_netfilter on, no policy;
@@ -20,19 +25,19 @@ Four pairs of namespaces, measured round-robin with iperf3, ping and sockperf:
 
 Two latencies, both reported:
 
-* ``rtt_us``: ping -i 0.01, the mean of 50 -- a *cold* path: every echo runs
+* ``rtt_us``: ping -i 0.01, the median of 50 -- a *cold* path: every echo runs
   after 10 ms of idle (caches and TLBs of this VM cold), so it weighs every
   extra cache line a path touches;
 * ``rr_us``: a *hot* request/response: ``sockperf ping-pong --tcp`` (64-byte
-  messages back to back for ``--secs``), the median round trip (twice
+  messages back to back for ``--rr-secs``), the median round trip (twice
   sockperf's one-way median latency), client and server on one CPU
-  (``ONE_CPU``): on two CPUs each round trip waits for two cross-CPU wake-ups,
+  (``one_cpu``): on two CPUs each round trip waits for two cross-CPU wake-ups,
   which on this VM (an idle vCPU halts; waking it is an exit to the
   hypervisor) cost ~40 µs and vary by +-30 % -- the figure would measure the
   hypervisor, not the path (bench/results/2026-11-30-ebpf18.md).
 
-Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--repeats 3] [--profile]
-[--floor] [--docker-nat] [--no-throughput] [--object OLD.o] [--rules N --ab-rounds R]``
+Run: ``.venv/bin/python -m bench.ebpf_datapath [--secs 5] [--rr-secs 3] [--repeats 10] [--profile]
+[--floor] [--docker-nat] [--no-throughput] [--object OLD.o] [--rules N]``
 (``--object``: a fifth pair running another build of the
 programs, e.g. the previous commit's, so before and after share one run).
 
@@ -180,14 +185,30 @@ def iperf(client, server, ip, secs):
     return iperf_run(client, server, ip, secs)[0]
 
 
+def cpus() -> tuple:
+    """(first, last) CPU this process may use: iperf3's client runs on the first, its server on
+    the last; ping on the first; sockperf's client and server both on the last (``one_cpu``)."""
+    allowed = sorted(os.sched_getaffinity(0))
+    return allowed[0], allowed[-1]
+
+
+def pinned(cpu: int) -> list:
+    """``taskset`` argv prefix for ``cpu``."""
+    return ["taskset", "-c", str(cpu)]
+
+
 def iperf_run(client, server, ip, secs):
-    """(Gbit/s, Gbit per CPU-second of iperf3's client and server; see bench.dataplane.iperf_run)."""
-    srv = subprocess.Popen(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", "5201"],
+    """(Gbit/s, Gbit per CPU-second of iperf3's client and server; see bench.dataplane.iperf_run).
+    The same pinning on every pair: the client on the first CPU, the server on the last
+    (``cpus``); the sender's softirq work (veth's backlog, a tc program, bpf_redirect_peer)
+    runs on the client's CPU, the receiver's ACKs on the server's."""
+    first, last = cpus()
+    srv = subprocess.Popen(["ip", "netns", "exec", server, *pinned(last), "iperf3", "-s", "-1", "-p", "5201"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(0.3)
-        out = json.loads(sh("ip", "netns", "exec", client, "iperf3", "-J", "-c", ip, "-p", "5201", "-t",
-                            str(secs)).stdout)["end"]
+        wait_listening(server, 5201)
+        out = json.loads(sh("ip", "netns", "exec", client, *pinned(first), "iperf3", "-J", "-c", ip, "-p", "5201",
+                            "-t", str(secs)).stdout)["end"]
         gbps, cpu = out["sum_received"]["bits_per_second"] / 1e9, out.get("cpu_utilization_percent") or {}
         busy = (cpu.get("host_total", 0) + cpu.get("remote_total", 0)) / 100
         return gbps, (gbps / busy if busy else None)
@@ -196,8 +217,14 @@ def iperf_run(client, server, ip, secs):
 
 
 def rtt(client, ip):
-    out = sh("ip", "netns", "exec", client, "ping", "-q", "-c", "50", "-i", "0.01", ip).stdout
-    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1)) * 1000
+    """Median RTT in µs of ``ping -c 50 -i 0.01`` from ``client`` (on the first CPU) to ``ip`` (the
+    median, not ping's mean: one echo preempted by another job on this shared VM moves a mean of 50
+    by several µs; as bench.dataplane.ping_rtt and bench.ebpf_rtt_ab)."""
+    out = sh("ip", "netns", "exec", client, *pinned(cpus()[0]), "ping", "-c", "50", "-i", "0.01", ip).stdout
+    rtts = [float(x) * 1000 for x in re.findall(r"time=([\d.]+) ms", out)]
+    if len(rtts) < 25:
+        raise RuntimeError(f"ping {client} -> {ip}: {len(rtts)} of 50 answered")
+    return statistics.median(rtts)
 
 
 def wait_listening(ns, port, timeout=5.0):
@@ -275,7 +302,7 @@ def profile(host, client, server, ip, pin_root, secs) -> dict:
     out = {}
     try:
         for what, run in (("iperf3", lambda: iperf(client, server, ip, secs)), ("ping", lambda: rtt(client, ip)),
-                          ("sockperf", lambda: rr(client, server, ip, min(secs, 3)))):
+                          ("sockperf", lambda: rr(client, server, ip, 3))):
             before, links0 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
             run()
             after, links1 = prog_stats(pin_root), (link_packets(host, "sva"), link_packets(host, "svb"))
@@ -292,7 +319,8 @@ def profile(host, client, server, ip, pin_root, secs) -> dict:
 def arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--secs", type=int, default=5)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=10, help="rounds (see rounds())")
+    ap.add_argument("--rr-secs", type=int, default=3, help="seconds of each sockperf run")
     ap.add_argument("--rules", type=int, default=0, help="also an eBPF pair with this many more rules")
     ap.add_argument("--json", help="also write the raw figures to this file")
     ap.add_argument("--profile", action="store_true", help="where the eBPF pair's time goes (see above)")
@@ -303,9 +331,6 @@ def arguments():
                     help="latencies only (no iperf3): more rounds in the same time for RTT comparisons")
     ap.add_argument("--docker-nat", action="store_true",
                     help="also the bare veth and eBPF pairs with Docker's embedded-DNS NAT table in both ends")
-    ap.add_argument("--ab-rounds", type=int, default=0,
-                    help="with --rules: also this many rounds of iperf3 alone on ebpf and ebpf+RULES, "
-                    "one run each per round, every other round ebpf+RULES first (see ab())")
     ap.add_argument("--floor", action="store_true",
                     help="also a pair with a program that only redirects (bpf/redirect_floor.c)")
     return ap.parse_args()
@@ -347,44 +372,52 @@ def make_pairs(args, tag, made, pin_root, floor_dir):
     return pairs, profiled
 
 
+# not in issue 13's ratios: measured in every fifth round only (the section's time: sockperf alone
+# costs ~3.3 s a run, 2 s of it a fixed sleep after its warm-up)
+SPARSE = ("bridge", "nftables", "veth+dockernat", "ebpf+dockernat")
+
+
 def rounds(pairs, args) -> dict:
-    """Every pair once per round, every other round backwards (no pair always first or last)."""
-    got = {k: {"gbps": [], "rtt_us": [], "rr_us": []} for k in pairs}
+    """Every pair once per round (``SPARSE`` ones every fifth round), every other round
+    backwards (no pair always first or last): per pair the figures and ``round``, the round of
+    each, so that two pairs' figures of one round can be divided (``round_ratios``)."""
+    got = {k: {"gbps": [], "per_cpu_s": [], "rtt_us": [], "rr_us": [], "round": []} for k in pairs}
     for i in range(args.repeats):
-        for name, (c, s, ip) in list(pairs.items())[::1 if i % 2 == 0 else -1]:
-            if not args.no_throughput:
-                got[name]["gbps"].append(iperf(c, s, ip, args.secs))
-            got[name]["rtt_us"].append(rtt(c, ip))
-            got[name]["rr_us"].append(rr(c, s, ip, min(args.secs, 3)))
-    return got
-
-
-def ab(pairs, names, rounds_n, secs) -> dict:
-    """Gbit/s (and Gbit per CPU-second) of ``names`` in ``rounds_n`` rounds of one iperf3 run each, back to back, every
-    other round backwards: the two pairs of a round see the same load, so their ratio in a
-    round is free of the drift that the round-robin rounds (every pair's iperf3, ping and
-    sockperf between two of ours) let in."""
-    got = {n: {"gbps": [], "per_cpu_s": []} for n in names}
-    for i in range(rounds_n):
+        names = [k for k in pairs if i % 5 == 0 or k not in SPARSE]
         for name in names[::1 if i % 2 == 0 else -1]:
-            gbps, per_cpu = iperf_run(*pairs[name], secs)
-            got[name]["gbps"].append(gbps)
-            got[name]["per_cpu_s"].append(per_cpu)
-        print(f"A/B round {i + 1}/{rounds_n}: " + ", ".join(f"{n} {v['gbps'][-1]:.2f}" for n, v in got.items()),
-              flush=True)
+            c, s, ip = pairs[name]
+            if not args.no_throughput:   # and Gbit per CPU-second of iperf3 (iperf_run)
+                gbps, per_cpu = iperf_run(c, s, ip, args.secs)
+                got[name]["gbps"].append(gbps)
+                got[name]["per_cpu_s"].append(per_cpu)
+            got[name]["rtt_us"].append(rtt(c, ip))
+            got[name]["rr_us"].append(rr(c, s, ip, args.rr_secs))
+            got[name]["round"].append(i)
+        print(f"round {i + 1}/{args.repeats}: " + ", ".join(
+            f"{k} {v['gbps'][-1] if v['gbps'] else 0:.2f}/{v['rtt_us'][-1]:.0f}/{v['rr_us'][-1]:.1f}"
+            for k, v in got.items() if v["round"] and v["round"][-1] == i), flush=True)
     return got
+
+
+def round_ratios(a: dict, b: dict, key: str) -> list:
+    """``a[key] / b[key]`` of the rounds both pairs ran (``rounds``' figures; without ``round``:
+    position by position)."""
+    ra, rb = a.get("round") or range(len(a[key])), b.get("round") or range(len(b[key]))
+    bs = dict(zip(rb, b[key]))
+    return [x / bs[r] for r, x in zip(ra, a[key]) if x is not None and bs.get(r)]
 
 
 def show(got) -> None:
-    """Medians per pair and, in brackets, the median of the per-round ratios to the bare veth
-    (every pair runs in every round: a ratio within a round is free of the load's drift)."""
+    """Medians per pair and the median (min-max) of the per-round ratios to the bare veth."""
     med = lambda v: statistics.median(v) if v else float("nan")   # noqa: E731
-    veth = got["veth"]
+
+    def x(name, key):
+        v = sorted(round_ratios(got[name], got["veth"], key))
+        return f"{med(v):.2f}x ({v[0]:.2f}-{v[-1]:.2f})" if v else "-"
     for name, m in got.items():
         g, r, q = (med(m[k]) for k in ("gbps", "rtt_us", "rr_us"))
-        x = {k: med([a / b for a, b in zip(m[k], veth[k]) if b]) for k in ("gbps", "rtt_us", "rr_us")}
-        print(f"{name:11s} {g:6.1f} Gbit/s ({x['gbps']:.2f}x veth)  ping rtt {r:5.1f} us ({x['rtt_us']:.2f}x)  "
-              f"rr {q:5.1f} us ({x['rr_us']:.2f}x)  runs {[round(v, 1) for v in m['gbps']]}")
+        print(f"{name:15s} {g:6.2f} Gbit/s {x(name, 'gbps')}  ping {r:5.1f} us {x(name, 'rtt_us')}  "
+              f"rr {q:5.1f} us {x(name, 'rr_us')}")
 
 
 def main() -> int:
@@ -396,8 +429,6 @@ def main() -> int:
         pairs, profiled = make_pairs(args, tag, made, pin_root, floor_dir)
         got = rounds(pairs, args)
         show(got)
-        if args.ab_rounds and args.rules:
-            got["ab"] = ab(pairs, ("ebpf", f"ebpf+{args.rules}"), args.ab_rounds, args.secs)
         for what, where in profiled.items() if args.profile else ():
             got[what] = profile(*where, args.secs)
             for key, value in got[what].items():
