@@ -40,6 +40,7 @@ from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
 from plugin.driver import outlived
+from plugin.driver.earlylookup import EarlyLookups
 from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,8 @@ class LabelResolver:
         self.lookup_timeout = lookup_timeout
         self.watch_timeout = watch_timeout
         self._factory = client_factory or self._docker_client
-        self._local = threading.local()  # one client per request thread
+        self._local = threading.local()  # one client per request thread (and the early one's)
+        self.early = EarlyLookups(self._lookup_joining)
         self._stop = threading.Event()
         self._wake = threading.Event()   # ends a backoff wait early (stop, or the engine is back)
         self._sleep = sleep or self._wake.wait
@@ -130,8 +132,10 @@ class LabelResolver:
         if ep.segment_opt is not None:
             return ep.evolve(segment=ep.segment_opt, quarantine=None)
         started = time.monotonic()
+        deadline = started + self.lookup_timeout
         try:
-            name, cid, labels = self._lookup_joining(net.id, ep.id, started + self.lookup_timeout)
+            name, cid, labels = self.early.take(ep.id, deadline) or \
+                self._lookup_joining(net.id, ep.id, deadline)
             segment, quarantine = decide_segment(net.options,
                                                  ep.segment_opt, labels)
         except Exception as exc:  # the engine is away, slow or odd: the watcher will do it
@@ -143,6 +147,11 @@ class LabelResolver:
                   (time.monotonic() - started) * 1000)
         self._wake.set()  # the engine answers: a watcher waiting to reconnect may go now
         return ep.evolve(container=name, container_id=cid, segment=segment, quarantine=quarantine)
+
+    def expect(self, net: NetworkRecord, ep: EndpointRecord) -> None:
+        """CreateEndpoint made ``ep``: begin Join's lookup (:mod:`plugin.driver.earlylookup`)."""
+        if ep.segment_opt is None:
+            self.early.begin(net.id, ep.id)
 
     def _lookup_joining(self, nid: str, eid: str, deadline: float):
         """(name, container id, labels) of the container joining with endpoint ``eid``."""
@@ -180,6 +189,7 @@ class LabelResolver:
 
     def forget(self, ep: EndpointRecord) -> None:
         """Drop what is kept about a deleted endpoint."""
+        self.early.forget(ep.id)
         with self._lock:
             self._reported.discard(ep.id)
 
@@ -195,10 +205,11 @@ class LabelResolver:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the watcher thread."""
+        """End the watcher thread (and the early lookups' thread)."""
         self._stop.set()
         self._wake.set()
         self._close_stream()
+        self.early.close()
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:
