@@ -40,7 +40,7 @@ from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
 from plugin.driver import outlived
-from plugin.driver.earlylookup import EarlyLookups
+from plugin.driver.earlylookup import EarlyLookups, NotListedYet
 from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class LabelResolver:
         entry = members.get("ep-" + eid) or next(
             (m for m in members.values() if m.get("EndpointID") == eid), None)
         if not entry or not entry.get("Name"):
-            raise LookupError(f"network {nid[:12]} does not list endpoint {eid[:12]}")
+            raise NotListedYet(f"network {nid[:12]} does not list endpoint {eid[:12]}")
         name = entry["Name"]
         rows = self._bounded(client, deadline, client.containers, all=True, filters=_name_filter(name))
         row = _pick(rows, name=name)
