@@ -134,17 +134,16 @@ class LabelResolver:
         started = time.monotonic()
         deadline = started + self.lookup_timeout
         try:
-            name, cid, labels = self.early.take(ep.id, deadline) or \
-                self._lookup_joining(net.id, ep.id, deadline)
-            segment, quarantine = decide_segment(net.options,
-                                                 ep.segment_opt, labels)
+            early = self.early.take(ep.id, deadline)
+            name, cid, labels = early or self._lookup_joining(net.id, ep.id, deadline)
+            segment, quarantine = decide_segment(net.options, ep.segment_opt, labels)
         except Exception as exc:  # the engine is away, slow or odd: the watcher will do it
             log.info("endpoint %s: segment not resolved at join (%s: %s); left to the watcher",
                      ep.id[:12], type(exc).__name__, exc)
             return ep
-        log.debug("endpoint %s: container %s -> segment %s%s in %.1f ms", ep.id[:12], name,
+        log.debug("endpoint %s: container %s -> segment %s%s in %.1f ms (%s)", ep.id[:12], name,
                   segment, f" (quarantine: {quarantine})" if quarantine else "",
-                  (time.monotonic() - started) * 1000)
+                  (time.monotonic() - started) * 1000, "read early" if early else "read at join")
         self._wake.set()  # the engine answers: a watcher waiting to reconnect may go now
         return ep.evolve(container=name, container_id=cid, segment=segment, quarantine=quarantine)
 
