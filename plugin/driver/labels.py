@@ -11,7 +11,9 @@ the engine itself, in two ways that must never hang a driver request:
   ``GET /containers/{id}/json``: it waits for the container lock, which
   dockerd holds until our Join returns -- a deadlock. The two calls share one
   wall-clock deadline (``lookup_timeout``); on any failure the endpoint
-  stays unresolved (segment ``None``: fail closed).
+  stays unresolved (segment ``None``: fail closed). The same two calls are
+  begun when CreateEndpoint has answered (:mod:`plugin.driver.earlylookup`):
+  Join takes their answer if they have one, else makes them itself.
 * A daemon thread follows the engine's event stream (``network connect``)
   and resolves every endpoint that is still unresolved; on each (re)connect
   it first catches up on all of them.
