@@ -1,7 +1,7 @@
 """The daemon's own time per remote-driver verb of `docker network create` and `docker run`,
 two trees side by side, interleaved (issue 12's "the verbs themselves").
 
-Run as root: ``python -m bench.verbs [--base DIR] [--rounds N] [--runs M]``. It starts
+Run as root: ``python -m bench.verbs [--base DIR] [--rounds N] [--runs M] [--gap MS]``. It starts
 two private daemons (``secnet-plugin``'s ``main``, gunicorn master + worker, each in a
 throwaway network namespace with its own socket and state directory: nothing on the host,
 in Docker or in the shared daemon is touched, so it needs no e2e lock): one of this tree,
@@ -29,11 +29,13 @@ import argparse
 import http.server
 import json
 import os
+import re
 import shutil
 import socketserver
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 import uuid
 
@@ -80,7 +82,7 @@ class FakeEngine(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             return [{"Id": uuid.uuid5(uuid.NAMESPACE_DNS, name).hex * 2, "Names": [f"/{name}"],
                      "Labels": labels, "State": "created"}
                     for eps in self.members.values() for name, labels in eps.values()
-                    if wanted in (f"^/{name}$", "")]
+                    if re.search(wanted, f"/{name}")]   # a regexp, as dockerd matches it
         return None
 
 
@@ -171,8 +173,10 @@ class Daemon:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def one_round(d: Daemon, r: int, runs: int) -> dict:
-    """CreateNetwork, ``runs`` docker run + rm sequences, DeleteNetwork; {verb: [(wall, cpu)]}."""
+def one_round(d: Daemon, r: int, runs: int, gap: float = 0.0) -> dict:
+    """CreateNetwork, ``runs`` docker run + rm sequences, DeleteNetwork; {verb: [(wall, cpu)]}.
+    ``gap``: seconds between CreateEndpoint's answer and Join (dockerd makes the container's
+    sandbox there; 0: Join at once)."""
     out: dict = {}
     nid = uuid.uuid4().hex + uuid.uuid4().hex
     d.post("CreateNetwork", {"NetworkID": nid, "IPv4Data": [
@@ -185,6 +189,8 @@ def one_round(d: Daemon, r: int, runs: int) -> dict:
         d.post("CreateEndpoint", {**ep, "Interface": {"Address": f"10.217.0.{10 + i}/24", "AddressIPv6": "",
                                                       "MacAddress": ""}, "Options": {}}, out)
         d.engine.members[nid][eid] = (f"snverbs-{r}-{i}", {"secnet.segment": "web" if i % 2 else "db"})
+        if gap:
+            time.sleep(gap)
         d.post("Join", {**ep, "SandboxKey": "", "Options": {}}, out)
         d.post("ProgramExternalConnectivity", {**ep, "Options": {}}, out)
         d.post("EndpointOperInfo", ep, out)
@@ -223,6 +229,8 @@ def main() -> None:
     parser.add_argument("--base", default=ROOT, help="tree to compare against (a git archive export)")
     parser.add_argument("--rounds", type=int, default=12)
     parser.add_argument("--runs", type=int, default=10, help="docker run sequences per round")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="ms between CreateEndpoint's answer and Join (dockerd's sandbox)")
     args = parser.parse_args()
     daemons = {"this": Daemon(ROOT, "this"), "base": Daemon(os.path.abspath(args.base), "base")}
     rounds = []
@@ -232,14 +240,14 @@ def main() -> None:
         ticks0 = {k: d.ticks() for k, d in daemons.items()}
         for r in range(args.rounds):
             order = ("this", "base") if r % 2 == 0 else ("base", "this")
-            rounds.append({k: one_round(daemons[k], r, args.runs) for k in order})
+            rounds.append({k: one_round(daemons[k], r, args.runs, args.gap / 1000) for k in order})
         cpu_all = {k: (d.ticks() - ticks0[k]) * 1000 / CLK_TCK for k, d in daemons.items()}
     finally:
         for d in daemons.values():
             d.stop()
     print(json.dumps({"this": summary(rounds, "this"), "base": summary(rounds, "base"),
                       "ratio_this_over_base": ratios(rounds, "this", "base"),
-                      "cpu_all_ms": cpu_all, "rounds": args.rounds, "runs": args.runs}, indent=1))
+                      "cpu_all_ms": cpu_all, "rounds": args.rounds, "runs": args.runs, "gap_ms": args.gap}, indent=1))
 
 
 if __name__ == "__main__":

@@ -232,6 +232,7 @@ class Driver:
                     self.links.remove_neighbours(net.bridge, rec.mac, rec.addresses)
                     self.reconciler.endpoint_removed(net, rec)
                 raise Internal(f"cannot create endpoint {rec.id[:12]}: {exc}") from None
+        self.resolver.expect(net, rec)   # Join's engine lookup, while dockerd makes the sandbox
         return {} if req.mac else {"Interface": {"MacAddress": rec.mac}}
 
     def _realize_endpoint(self, net: NetworkRecord, rec: EndpointRecord) -> None:

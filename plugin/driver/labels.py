@@ -11,7 +11,9 @@ the engine itself, in two ways that must never hang a driver request:
   ``GET /containers/{id}/json``: it waits for the container lock, which
   dockerd holds until our Join returns -- a deadlock. The two calls share one
   wall-clock deadline (``lookup_timeout``); on any failure the endpoint
-  stays unresolved (segment ``None``: fail closed).
+  stays unresolved (segment ``None``: fail closed). The same two calls are
+  begun when CreateEndpoint has answered (:mod:`plugin.driver.earlylookup`):
+  Join takes their answer if they have one, else makes them itself.
 * A daemon thread follows the engine's event stream (``network connect``)
   and resolves every endpoint that is still unresolved; on each (re)connect
   it first catches up on all of them.
@@ -40,6 +42,7 @@ from segmentation.resolve import decide_segment
 
 from plugin.config import DEFAULT_DOCKER_HOST
 from plugin.driver import outlived
+from plugin.driver.earlylookup import EarlyLookups, NotListedYet
 from plugin.driver.state import EndpointRecord, NetworkRecord
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,8 @@ class LabelResolver:
         self.lookup_timeout = lookup_timeout
         self.watch_timeout = watch_timeout
         self._factory = client_factory or self._docker_client
-        self._local = threading.local()  # one client per request thread
+        self._local = threading.local()  # one client per request thread (and the early one's)
+        self.early = EarlyLookups(self._lookup_joining)
         self._stop = threading.Event()
         self._wake = threading.Event()   # ends a backoff wait early (stop, or the engine is back)
         self._sleep = sleep or self._wake.wait
@@ -130,19 +134,25 @@ class LabelResolver:
         if ep.segment_opt is not None:
             return ep.evolve(segment=ep.segment_opt, quarantine=None)
         started = time.monotonic()
+        deadline = started + self.lookup_timeout
         try:
-            name, cid, labels = self._lookup_joining(net.id, ep.id, started + self.lookup_timeout)
-            segment, quarantine = decide_segment(net.options,
-                                                 ep.segment_opt, labels)
+            early = self.early.take(ep.id, deadline)
+            name, cid, labels = early or self._lookup_joining(net.id, ep.id, deadline)
+            segment, quarantine = decide_segment(net.options, ep.segment_opt, labels)
         except Exception as exc:  # the engine is away, slow or odd: the watcher will do it
             log.info("endpoint %s: segment not resolved at join (%s: %s); left to the watcher",
                      ep.id[:12], type(exc).__name__, exc)
             return ep
-        log.debug("endpoint %s: container %s -> segment %s%s in %.1f ms", ep.id[:12], name,
+        log.debug("endpoint %s: container %s -> segment %s%s in %.1f ms (%s)", ep.id[:12], name,
                   segment, f" (quarantine: {quarantine})" if quarantine else "",
-                  (time.monotonic() - started) * 1000)
+                  (time.monotonic() - started) * 1000, "read early" if early else "read at join")
         self._wake.set()  # the engine answers: a watcher waiting to reconnect may go now
         return ep.evolve(container=name, container_id=cid, segment=segment, quarantine=quarantine)
+
+    def expect(self, net: NetworkRecord, ep: EndpointRecord) -> None:
+        """CreateEndpoint made ``ep``: begin Join's lookup (:mod:`plugin.driver.earlylookup`)."""
+        if ep.segment_opt is None:
+            self.early.begin(net.id, ep.id)
 
     def _lookup_joining(self, nid: str, eid: str, deadline: float):
         """(name, container id, labels) of the container joining with endpoint ``eid``."""
@@ -151,7 +161,7 @@ class LabelResolver:
         entry = members.get("ep-" + eid) or next(
             (m for m in members.values() if m.get("EndpointID") == eid), None)
         if not entry or not entry.get("Name"):
-            raise LookupError(f"network {nid[:12]} does not list endpoint {eid[:12]}")
+            raise NotListedYet(f"network {nid[:12]} does not list endpoint {eid[:12]}")
         name = entry["Name"]
         rows = self._bounded(client, deadline, client.containers, all=True, filters=_name_filter(name))
         row = _pick(rows, name=name)
@@ -180,6 +190,7 @@ class LabelResolver:
 
     def forget(self, ep: EndpointRecord) -> None:
         """Drop what is kept about a deleted endpoint."""
+        self.early.forget(ep.id)
         with self._lock:
             self._reported.discard(ep.id)
 
@@ -195,10 +206,11 @@ class LabelResolver:
             self._thread.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """End the watcher thread."""
+        """End the watcher thread (and the early lookups' thread)."""
         self._stop.set()
         self._wake.set()
         self._close_stream()
+        self.early.close()
         with self._lock:
             thread, self._thread = self._thread, None
         if thread is not None:

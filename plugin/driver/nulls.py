@@ -35,5 +35,8 @@ class NullResolver:
     def resolve_at_join(self, net, ep):
         return ep
 
+    def expect(self, net, ep):
+        pass
+
     def forget(self, ep):
         pass

@@ -283,11 +283,22 @@ class Netlink:
     def _add_veth(self, host: str, peer: str, bridge: str, mtu: int, mac: str) -> None:
         """The pair, its MTU, the peer's MAC, the host side on ``bridge`` and in its
         :func:`port_group`: one request (two when the bridge's remembered index names no
-        device: EINVAL)."""
+        device: EINVAL).
+
+        Both sides are made with one TX and one RX queue (``IFLA_NUM_TX_QUEUES``,
+        ``IFLA_NUM_RX_QUEUES``), the number a veth uses anyway. Without them the kernel
+        allocates one per possible CPU and then cuts the real number down to one
+        (drivers/net/veth.c ``veth_init_queues``); cutting it is ``synchronize_net()``
+        under the RTNL lock (net/core/dev.c ``netif_set_real_num_tx_queues``), an
+        expedited RCU grace period per side: ~2 sleeps and ~3 ms of each CreateEndpoint
+        (perf sched_switch stacks, bench/results/2026-12-01-runfast2.md).
+        """
+        queues = {"num_tx_queues": 1, "num_rx_queues": 1}
         for fresh in (False, True):
             try:
                 self._ipr.link("add", ifname=host, kind="veth", mtu=mtu, master=self._bridge_index(bridge, fresh),
-                               group=port_group(bridge), peer={"ifname": peer, "address": mac, "mtu": mtu})
+                               group=port_group(bridge), **queues,
+                               peer={"ifname": peer, "address": mac, "mtu": mtu, **queues})
                 return
             except NetlinkError as exc:
                 if exc.code == errno.EXFULL:   # the kernel removed the pair again

@@ -135,6 +135,17 @@ def test_ensure_veth_enslaves_with_mtu_and_mac(nl, netns, owner):
     assert _sysctl(netns, "net/ipv6/conf/snv-t/disable_ipv6") == "1"
 
 
+def test_ensure_veth_makes_both_sides_with_one_queue_each_way(nl, netns, owner):
+    """One TX and one RX queue from the start: the kernel then has no queues to cut after
+    the pair is registered (a synchronize_net() under RTNL per side; links._add_veth).
+    (On a one-CPU machine a default pair has one queue too and this cannot tell.)"""
+    nl.ensure_bridge("br-t", owner, 1500, [GW4])
+    nl.ensure_veth("snv-t", "snp-t", "br-t", new_id(), 1500, MAC)
+    for name in ("snv-t", "snp-t"):
+        link = netns.link(name)
+        assert (link["num_tx_queues"], link["num_rx_queues"]) == (1, 1), name
+
+
 def test_ensure_veth_puts_the_host_side_in_its_bridges_port_group_and_repairs_it(nl, netns, owner):
     """The nftables datapath's bridge chains let devices outside the group go on one compare
     (plugin.enforce.nftables.portlinks): a port must be in it from its first frame."""
