@@ -19,7 +19,7 @@ import time
 from .common import (PREFIX, SECNET_CLI, Cleanup, create_network, disturbances, docker, log, now,
                      run_container, sandbox_key, set_neigh_retrans, sh, stats)
 from .daemon import secnet_cli
-from .probes import Prober
+from .probes import FrameWitness, Prober
 
 NET = f"{PREFIX}-enforce"
 SUBNET, BASE = "10.215.0.0/24", "10.215.0"
@@ -116,6 +116,7 @@ class Tally:
     def __init__(self):
         self.since_return, self.since_start, self.signed, self.since_started_at = [], [], [], []
         self.not_answered = self.before_return = self.disturbed = 0
+        self.spans: dict = {}   # run -> (address, docker run began, returned, docker rm began, returned)
 
     def add(self, first, t0: float, t1: float, started) -> None:
         """One start: ``first`` answer (perf_counter s or None), ``t0``/``t1`` around
@@ -146,14 +147,20 @@ def _probers(cleanup: Cleanup) -> dict:
     for p in probers.values():
         p.start()
         cleanup.push(f"prober {p.name}", p.stop)
+    web = f"{BASE}."
+    witness = FrameWitness(probers["evil"].netns, lambda a: a.startswith(web) and int(a[len(web):]) >= 20)
+    witness.start()
+    cleanup.push("frame witness", witness.stop)
+    probers["witness"] = witness
     return probers
 
 
 def _start_once(i: int, probers: dict, tally: Tally, wall: float) -> None:
-    """Start web container ``i`` with both peers probing its address; record it in ``tally``."""
+    """Start web container ``i`` with both peers probing its address; record it in ``tally``
+    (and the times of its `docker run` and `docker rm` in ``tally.spans[i]``)."""
     ip, name = f"{BASE}.{20 + i}", f"{PREFIX}-enf-web-{i}"
-    for p in probers.values():
-        p.set_target(i, ip)
+    for role in ("client", "evil"):
+        probers[role].set_target(i, ip)
     n0 = disturbances()
     t0 = now()
     run_container(name, NET, ip, {"secnet.segment": "web"}, cmd=("nc", "-ll", "-p", str(PORT), "-e", "true"))
@@ -171,7 +178,22 @@ def _start_once(i: int, probers: dict, tally: Tally, wall: float) -> None:
             log(f"enforce: run {i}: the allowed peer got no answer within {TIMEOUT} s")
         started = started_at(name) if first is not None else None
         tally.add(first, t0, t1, None if started is None else started - wall)
+    r0 = now()
     docker("rm", "-f", name)
+    tally.spans[i] = (ip, t0, t1, r0, now())
+
+
+def _answers(log: list, frames: list, spans: dict) -> list:
+    """Each answer of the evil peer's sockets: ms after its container's `docker run` began,
+    ms before `docker rm` returned, and the frames from that address within 0.5 s of it."""
+    out = []
+    for t, key, ip, kind in log:
+        span = spans.get(key)
+        seen = sum(1 for ft, src, _p, _f in frames if src == ip and abs(ft - t) <= 0.5)
+        out.append({"run": key, "address": ip, "kind": kind, "frames_from_it_within_0.5s": seen,
+                    "ms_after_run_began": None if span is None else round((t - span[1]) * 1000, 1),
+                    "ms_before_rm_returned": None if span is None else round((span[4] - t) * 1000, 1)})
+    return out
 
 
 def run(sizes) -> dict:
@@ -183,8 +205,9 @@ def run(sizes) -> dict:
         log(f"time to enforce: {sizes.enforce_runs} runs")
         for i in range(sizes.enforce_runs):
             _start_once(i, probers, tally, wall)
-        evil = probers["evil"]
+        evil, witness = probers["evil"], probers["witness"]
         forbidden_ok, forbidden_probes = sum(evil.answers.values()), sum(evil.probes.values())
+        frames, answers = list(witness.frames), _answers(evil.answer_log, witness.frames, tally.spans)
         allowed_probes = sum(probers["client"].probes.values())
         switches = mode_switches(evil, sizes.mode_switches)
         control = positive_control(evil, sizes.enforce_runs)
@@ -201,6 +224,10 @@ def run(sizes) -> dict:
         "disturbed_by_daemon_restart": tally.disturbed,
         "forbidden_probes": forbidden_probes,
         "forbidden_probes_answered": forbidden_ok,
+        "forbidden_frames_received": len(frames),
+        "forbidden_frames": [(round(t, 4), src, proto, flags) for t, src, proto, flags in frames[:50]],
+        "forbidden_answers": answers,
+        "frame_witness_error": witness.error,
         "allowed_probes": allowed_probes,
         "positive_control": control,
         "mode_switch": switches,

@@ -95,6 +95,7 @@ class Prober(threading.Thread):
         self.last: dict = {}
         self.answers: dict = {}
         self.probes: dict = {}
+        self.answer_log: list = []   # (time, key, address, 'open' or 'refused'), the first 1,000
         self.stop_event = threading.Event()
         self.error: Optional[str] = None
 
@@ -124,5 +125,57 @@ class Prober(threading.Thread):
                 self.answers[key] = self.answers.get(key, 0) + 1
                 self.first.setdefault(key, t)
                 self.last[key] = t
+                if len(self.answer_log) < 1000:
+                    self.answer_log.append((t, key, ip, result))
             else:
                 time.sleep(0.0005)
+
+
+PACKET_HOST = 0    # sll_pkttype of a frame addressed to this host (linux/if_packet.h)
+
+
+class FrameWitness(threading.Thread):
+    """Every IPv4 frame that arrives at ``eth0`` of a namespace addressed to it, from a
+    source ``watched(address)`` selects: (time, source, IP protocol, TCP flags or None).
+
+    The packet-level witness of "nothing got through": a socket's answer is only the
+    kernel's word that a handshake completed, a frame from the target is the packet
+    itself (an AF_PACKET socket sees every frame the device receives, before IP).
+    """
+
+    def __init__(self, netns: str, watched, name: str = "frame-witness"):
+        super().__init__(name=name, daemon=True)
+        self.netns, self.watched = netns, watched
+        self.frames: list = []
+        self.error: Optional[str] = None
+        self.stop_event = threading.Event()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(5)
+
+    def run(self) -> None:
+        try:
+            enter_netns(self.netns)
+            sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0800))
+            sock.bind(("eth0", 0x0800))
+            sock.settimeout(0.2)
+        except OSError as exc:
+            self.error = str(exc)
+            return
+        with sock:
+            while not self.stop_event.is_set():
+                try:
+                    data, addr = sock.recvfrom(128)
+                except socket.timeout:
+                    continue
+                except OSError as exc:   # the device went away (the peer's container removed)
+                    self.error = None if self.stop_event.is_set() else str(exc)
+                    return
+                if addr[2] != PACKET_HOST or len(data) < 34:
+                    continue
+                src = socket.inet_ntoa(data[26:30])
+                if self.watched(src):
+                    ihl = (data[14] & 0x0F) * 4
+                    flags = data[14 + ihl + 13] if data[23] == 6 and len(data) > 14 + ihl + 13 else None
+                    self.frames.append((now(), src, data[23], flags))

@@ -57,8 +57,9 @@ def headline(r: dict) -> list:
                      f"{get(en, 'answered_before_run_returned')}/{get(en, 'runs')} runs answered before "
                      f"`docker run` returned; p99 from the container's start "
                      f"{num(get(en, 'since_container_started_ms', 'p99'), 0)} ms"))
-        rows.append(("Forbidden probes that got through", str(get(en, "forbidden_probes_answered")),
-                     f"of {get(en, 'forbidden_probes'):,} probes during {get(en, 'runs')} starts"))
+        rows.append(("Forbidden packets that got through", f"{get(en, 'forbidden_frames_received')} frames",
+                     f"at the evil peer's eth0 during {get(en, 'runs')} starts; its sockets: "
+                     f"{get(en, 'forbidden_probes_answered')} answers of {get(en, 'forbidden_probes'):,} probes"))
     idle = get(r, "idle")
     if idle and "error" not in idle:
         rows.append(("Daemon CPU while idle", f"{num(idle.get('percent_of_one_core'), 2)} % of a core",
@@ -197,7 +198,13 @@ def _enforce(r) -> list:
         f"{en['answered_before_run_returned']} of them; never answered (5 s): {en['never_answered']}.",
         f"- **Forbidden probes that got an answer: {en['forbidden_probes_answered']}** of "
         f"{en['forbidden_probes']:,} (peer in segment `evil`, probing each new container's address "
-        f"from before `docker run` until the container was removed).",
+        f"from before `docker run` until the container was removed); **frames from a new "
+        f"container's address that reached the evil peer: {en.get('forbidden_frames_received')}**"
+        f" (witness error: {en.get('frame_witness_error')}).",
+        *(f"  - socket answer: run {a['run']}, {a['address']}, {a['kind']}, "
+          f"{a['ms_after_run_began']} ms after its `docker run` began, {a['ms_before_rm_returned']} ms "
+          f"before its `docker rm` returned; frames from it within 0.5 s: {a['frames_from_it_within_0.5s']}"
+          for a in en.get("forbidden_answers", [])[:10]),
         f"- Positive control: after `secnet policy add {pc.get('rule_added')}` the same prober got "
         f"{pc.get('answers')} answers of {pc.get('probes')} probes for one more container "
         f"(first after {num(pc.get('first_answer_ms_after_run_start'))} ms), so the probe does see "

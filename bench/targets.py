@@ -181,9 +181,12 @@ def _ebpf_rows(r) -> list:
     if many:
         rows.append(_many_rules_row(r, ns, many[0]))
     en = get(r, "enforce") or {}
-    rows.append(("#13 forbidden probes through during container starts: 0 (nftables network)",
-                 f"{en.get('forbidden_probes_answered')} of {en.get('forbidden_probes')}",
-                 "met" if en.get("forbidden_probes_answered") == 0 else "n/a" if not en else "**not met**"))
+    frames = en.get("forbidden_frames_received")
+    rows.append(("#13 forbidden packets through during container starts: 0 (nftables network; frames "
+                 "from a new container at the evil peer's eth0, and its sockets' answers)",
+                 f"{frames} frames; {en.get('forbidden_probes_answered')} socket answers of "
+                 f"{en.get('forbidden_probes')} probes",
+                 "n/a" if not en or frames is None else "met" if frames == 0 else "**not met**"))
     ms = en.get("mode_switch") or {}
     for m in ("audit", "enforce"):
         rows.append((f"#14 `secnet mode NET {m}`: in force when the command returns (p50 of the time after)",

@@ -341,9 +341,9 @@ def render_bridge(network_id: str, bridge: str) -> list:
         # (not ``oifname @ports accept`` first: every other network's frames pass these chains
         # too, and would pay two lookups instead of one)
         lines += _rules(chain, f"meta oifgroup != {group} accept",
-                        *([_UNICAST_TO_PORT] if chain == "ports_fwd" else []),
+                        *([_UNICAST_TO_PORT, _FLOODED_TO_PORT] if chain == "ports_fwd" else []),
                         "oifname != @veths accept", "oifname != @ports jump inactive_port",
-                        *([_GROUP_COPY] if chain == "ports_fwd" else []),
+                        *([_GROUP_COPY] if chain == "ports_fwd" else [_FLOODED_FROM_HOST]),
                         hook=f"type filter hook {hook} priority -300; policy accept;")
     lines += _inactive_port_chains() + _group_copy_chain()
     lines += drop_chains("bridge", network_id, "baudit", "accept")
@@ -352,11 +352,21 @@ def render_bridge(network_id: str, bridge: str) -> list:
 
 
 _GROUP_COPY = "meta pkttype { broadcast, multicast } ether type { ip, ip6 } goto group_copy"
-#: the common frame, a unicast one to an enforced port, leaves on its first rule after the
-#: group compare (as many lookups as before group_copy came: ``ports`` and a 2-element set
-#: instead of ``veths`` and ``ports``): each rule a frame walks costs ~0.1 us of CPU here
-#: (bench/results/2026-11-30-perfchk.md); the rules after it see group copies and other ports
-_UNICAST_TO_PORT = "oifname @ports meta pkttype != { broadcast, multicast } accept"
+#: the common frame, a unicast one to an enforced port with that container's MAC, leaves on
+#: its first rule after the group compare (two lookups: the port and MAC pair, the port):
+#: each rule a frame walks costs ~0.1 us of CPU here (bench/results/2026-11-30-perfchk.md);
+#: the rules after it see flooded copies, group copies and other ports
+_UNICAST_TO_PORT = "oifname . ether daddr @macs oifname @ports accept"
+#: a unicast frame (the group bit of its destination MAC clear: ``@ll,7,1 0``) to an enforced
+#: port that is not that container's MAC: a copy the bridge flooded because it has not learned
+#: the destination yet (br_input.c ``br_handle_frame_finish`` -> ``br_flood``). Judged by its
+#: addresses it would pass wherever its flow may go, so a third container would read the first
+#: packets of others' flows (a new member's, or any flow whose fdb entry aged out). Dropped
+#: without a reason, in both modes, as eBPF's to_container does (not a policy verdict: not in
+#: show, log or metrics). Pending and quarantined ports: ``inactive_port`` drops them alike.
+_FLOODED_TO_PORT = 'oifname @ports @ll,7,1 0 counter drop comment "flooded copy"'
+#: the same for a frame the host sends into the network (ports_out: no pkttype there)
+_FLOODED_FROM_HOST = '@ll,7,1 0 oifname . ether daddr != @macs counter drop comment "flooded copy"'
 
 
 def _group_copy_chain() -> list:
