@@ -211,11 +211,15 @@ def test_frames_of_other_bridges_leave_the_bridge_chains_on_the_interface_group_
     body = tables(script())["bridge"]
     assert _chain(body, "ports_in")[1:3] == [f"meta iifgroup != {group} accept", "iifname != @veths accept"]
     assert _chain(body, "ports_out")[1:3] == [f"meta oifgroup != {group} accept", "oifname != @veths accept"]
-    # forward: an enforced port's unicast frame leaves on the next rule (no group-copy rule walked)
-    assert _chain(body, "ports_fwd")[1:4] == [
+    # forward: an enforced port's unicast frame with its MAC leaves on the next rule (no
+    # group-copy rule walked); a unicast copy with another MAC (the bridge's flood) is dropped
+    assert _chain(body, "ports_fwd")[1:5] == [
         f"meta oifgroup != {group} accept",
-        "oifname @ports meta pkttype != { broadcast, multicast } accept", "oifname != @veths accept"]
+        "oifname . ether daddr @macs oifname @ports accept",
+        'oifname @ports @ll,7,1 0 counter drop comment "flooded copy"', "oifname != @veths accept"]
     assert _chain(body, "ports_fwd")[-1].endswith("goto group_copy")
+    assert _chain(body, "ports_out")[-1] == '@ll,7,1 0 oifname . ether daddr != @macs counter drop comment "flooded copy"'
+
 
 
 def test_the_port_group_is_the_bridges_own_and_below_two_to_the_31():
