@@ -196,6 +196,14 @@ def _answers(log: list, frames: list, spans: dict) -> list:
     return out
 
 
+def forbidden_answer_lines(en: dict, most: int = 10) -> list:
+    """The report's lines of the evil peer's socket answers (``run``'s ``forbidden_answers``)."""
+    return [f"  - socket answer: run {a['run']}, {a['address']}, {a['kind']}, {a['ms_after_run_began']} ms "
+            f"after its `docker run` began, {a['ms_before_rm_returned']} ms before its `docker rm` "
+            f"returned; frames from it within 0.5 s: {a['frames_from_it_within_0.5s']}"
+            for a in en.get("forbidden_answers", [])[:most]]
+
+
 def run(sizes) -> dict:
     """Section 2: ``sizes.enforce_runs`` starts, then mode switches and the positive control."""
     cleanup, tally = Cleanup(), Tally()

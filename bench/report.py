@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from .enforce import forbidden_answer_lines
 from .fmt import get, med, mmm, num, ratio, scale_rules, stats_of, vs, vs_rounds
 from .plots import PLOTS
 
@@ -196,15 +197,10 @@ def _enforce(r) -> list:
         "",
         f"- Runs: {en['runs']}; the allowed peer answered before `docker run -d` returned in "
         f"{en['answered_before_run_returned']} of them; never answered (5 s): {en['never_answered']}.",
-        f"- **Forbidden probes that got an answer: {en['forbidden_probes_answered']}** of "
-        f"{en['forbidden_probes']:,} (peer in segment `evil`, probing each new container's address "
-        f"from before `docker run` until the container was removed); **frames from a new "
-        f"container's address that reached the evil peer: {en.get('forbidden_frames_received')}**"
-        f" (witness error: {en.get('frame_witness_error')}).",
-        *(f"  - socket answer: run {a['run']}, {a['address']}, {a['kind']}, "
-          f"{a['ms_after_run_began']} ms after its `docker run` began, {a['ms_before_rm_returned']} ms "
-          f"before its `docker rm` returned; frames from it within 0.5 s: {a['frames_from_it_within_0.5s']}"
-          for a in en.get("forbidden_answers", [])[:10]),
+        f"- **Frames from a new container's address that reached the evil peer: {en.get('forbidden_frames_received')}"
+        f"**; its sockets' answers: {en['forbidden_probes_answered']} of {en['forbidden_probes']:,} (peer in "
+        f"segment `evil`, probing each new container from before `docker run` until its removal).",
+        *forbidden_answer_lines(en),
         f"- Positive control: after `secnet policy add {pc.get('rule_added')}` the same prober got "
         f"{pc.get('answers')} answers of {pc.get('probes')} probes for one more container "
         f"(first after {num(pc.get('first_answer_ms_after_run_start'))} ms), so the probe does see "
