@@ -197,6 +197,28 @@ struct count {
 	__u64 bytes;
 };
 
+/* Add one packet of ``len`` bytes (its L3 length) to this CPU's slot of ``key``
+ * in the per-CPU hash ``map`` (``allowed``, ``dropped``). The first packet of a
+ * key inserts it with BPF_NOEXIST, which sets this CPU's slot and zeroes the
+ * others (kernel/bpf/hashtab.c, pcpu_init_value). When two CPUs count a new key
+ * at once (two flows of one pair opening together), the second insert fails
+ * with -EEXIST: it then adds to its own slot of the element the first made,
+ * instead of losing its packet. A full map (-E2BIG) loses it. */
+static __always_inline void count_add(void *map, const void *key, __u32 len)
+{
+	struct count one = { 1, len }, *c = bpf_map_lookup_elem(map, key);
+
+	if (!c) {
+		if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
+			return;
+		c = bpf_map_lookup_elem(map, key);
+		if (!c)
+			return;
+	}
+	c->packets += 1;
+	c->bytes += len;
+}
+
 /* connection tracking: both directions of each judged flow */
 struct ct_key {
 	__u8  saddr[16];

@@ -119,14 +119,8 @@ static __always_inline void report(struct __sk_buff *skb, struct pkt *p, struct 
 static __always_inline void count_drop(struct __sk_buff *skb, struct verdict *v, __u8 audit)
 {
 	struct drop_key k = { .src = v->src, .dst = v->dst, .reason = v->reason, .audit = audit };
-	struct count *c = bpf_map_lookup_elem(&dropped, &k), one = { 1, l3_len(skb) };
 
-	if (c) {
-		c->packets += 1;
-		c->bytes += l3_len(skb);
-	} else {
-		bpf_map_update_elem(&dropped, &k, &one, BPF_NOEXIST);
-	}
+	count_add(&dropped, &k, l3_len(skb));
 }
 
 /* what audit mode drops all the same (nft: the reasons not in drops.AUDITABLE):

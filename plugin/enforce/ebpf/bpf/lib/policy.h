@@ -48,14 +48,7 @@ static __always_inline int dns_flow(__u8 proto, __u16 sport, __u16 dport)
 
 static __always_inline void count_allowed(struct count_key *k, __u32 len)
 {
-	struct count *c = bpf_map_lookup_elem(&allowed, k), one = { 1, len };
-
-	if (c) {
-		c->packets += 1;
-		c->bytes += len;
-	} else {
-		bpf_map_update_elem(&allowed, k, &one, BPF_NOEXIST);
-	}
+	count_add(&allowed, k, len);
 }
 
 static __always_inline int ew_lookup(__u8 ver, __u16 src, __u16 dst, struct pkt *p, __u16 port,
