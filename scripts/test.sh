@@ -12,13 +12,13 @@ cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 mkdir -p .run
 log=.run/test-unit-kernel.log
-"$PY" -m pytest -q -rs -n 2 tests/unit tests/kernel >"$log" 2>&1 &
+"$PY" -m pytest -q -rs --durations=30 -n 2 tests/unit tests/kernel >"$log" 2>&1 &
 local=$!
 trap 'kill "$local" 2>/dev/null' EXIT   # interrupted: do not leave it running
 echo "unit and kernel tiers: running alongside (output below, when the e2e tier is done)"
 workers=${E2E_WORKERS:-0}
 if [ "$workers" -gt 0 ]; then set -- -n "$workers" --dist loadfile; else set --; fi
-"$PY" -m pytest -q -rs "$@" tests/e2e
+"$PY" -m pytest -q -rs --durations=30 "$@" tests/e2e
 e2e=$?
 wait "$local"
 local_rc=$?
