@@ -157,10 +157,14 @@ def test_intra_after_a_delta_is_the_intra_of_the_new_map(a, b, intra_a, intra_b,
 def test_a_group_copy_is_judged_in_the_bridge_table_before_inet_conntrack():
     text = ruleset.skeleton_script(NID, NET)
     forward = text.split("chain forward {")[1]
-    group = forward.index("meta pkttype { broadcast, multicast } goto pass")
+    group = forward.index("meta pkttype { broadcast, multicast } goto pass_link")
     # before any conntrack judgement; after the two rules that pass it alike (an established
-    # unicast packet leaves on them without evaluating the group rule)
-    assert forward.index("ct status confirmed goto pass") < group < forward.index("ct state invalid")
+    # unicast packet leaves on them without evaluating the group rule); passed without the
+    # judged mark, which alone lets a flow pass on an unanswered conntrack entry (U17-F6)
+    judged = "ct status confirmed ct mark & 0x01000000 == 0x01000000 goto pass"
+    assert forward.index(judged) < group < forward.index("ct state invalid")
+    assert "ct mark set ct mark | 0x01000000 accept" in text.split("chain pass {")[1].split("}")[0]
+    assert "ct mark" not in text.split("chain pass_link {")[1].split("}")[0]
     host_in = text.split("chain host_in {")[1]
     assert host_in.index("meta pkttype { broadcast, multicast } goto host_judge") < host_in.index("ct state")
     assert "meta mark set iifname map @pid oifname . meta mark @pidk meta mark @intra accept" in text
@@ -213,10 +217,13 @@ def test_frames_of_other_bridges_leave_the_bridge_chains_on_the_interface_group_
     assert _chain(body, "ports_out")[1:3] == [f"meta oifgroup != {group} accept", "oifname != @veths accept"]
     # forward: an enforced port's unicast frame with its MAC leaves on the next rule (no
     # group-copy rule walked); a unicast copy with another MAC (the bridge's flood) is dropped
+    # its IP destination must be that container's (U17-F3)
     assert _chain(body, "ports_fwd")[1:5] == [
         f"meta oifgroup != {group} accept",
-        "oifname . ether daddr @macs oifname @ports accept",
-        'oifname @ports @ll,7,1 0 counter drop comment "flooded copy"', "oifname != @veths accept"]
+        "ether type ip oifname . ether daddr . ip daddr @ids4 oifname @ports accept",
+        "ether type ip6 oifname . ether daddr . ip6 daddr @ids6 oifname @ports accept",
+        'oifname @ports @ll,7,1 0 oifname . ether daddr != @macs counter drop comment "flooded copy"']
+    assert _chain(body, "ports_fwd")[7].startswith("oifname @ports @ll,7,1 0 goto drop_not")
     assert _chain(body, "ports_fwd")[-1].endswith("goto group_copy")
     assert _chain(body, "ports_out")[-1] == '@ll,7,1 0 oifname . ether daddr != @macs counter drop comment "flooded copy"'
 

@@ -53,11 +53,20 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import POLICY_SETS, SCHEMAS, ElementDelta
 from .runner import PASSED_MARK, TABLE_PREFIX
 
-FORMAT = 14   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 15   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
           "port": "inet_service", "ifname": "ifname", "mac": "ether_addr"}
 _BRIDGE_TYPEOF = {"na6": "typeof iifname . @th,64,128"}
+#: the ``ct mark`` bit of a flow that this table judged and let through (chain ``pass``).
+#: A flow's later packets pass on its conntrack state alone only with it (or once answered,
+#: ``established``): a conntrack entry can be confirmed without secnet's verdict -- the
+#: bridge confirms a broadcast or multicast frame's entry as it passes a copy up to the host
+#: (br_netfilter_hooks.c ``br_nf_local_in``), whatever the host's chains then do with it --
+#: and such an entry must not open its flow (U17-F6). Free of ``LEARNED_FLOW_MARK`` and of
+#: the 16-bit identities the judgement writes there.
+JUDGED_FLOW_MARK = 0x01000000
+_JUDGED = f"ct mark & {JUDGED_FLOW_MARK:#010x} == {JUDGED_FLOW_MARK:#010x}"
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 #: an --internal network in audit mode (both setting sets hold their element)
 _INTERNAL_AUDIT = f"{SETTING_KEY} @internal {SETTING_KEY} @audit"
@@ -149,7 +158,10 @@ def _rules(name: str, *rules: str, hook: str = "") -> list:
 
 def _identity_chains() -> list:
     return (
-        _rules("pass", f"meta mark set meta mark | {PASSED_MARK:#010x} accept")
+        _rules("pass", f"meta mark set meta mark | {PASSED_MARK:#010x} ct mark set ct mark | {JUDGED_FLOW_MARK:#010x} accept")
+        # what no policy judges (a group copy, judged per port by the bridge table; address
+        # resolution on the link): passed, but its conntrack entry is not marked judged
+        + _rules("pass_link", f"meta mark set meta mark | {PASSED_MARK:#010x} accept")
         + _rules("src_identity", "meta mark set ip saddr map @id4 return",
                  "meta mark set ip6 saddr map @id6 return", deny("not-member"))
         + _rules("dst_identity", "ct mark set ip daddr map @id4 return",
@@ -214,15 +226,17 @@ def _base_chains(bridge: str) -> list:
         "ct state established,related goto pass",
         # a flow judged and let through, not answered yet (a retransmitted SYN, one-way
         # UDP): judged once, counted once, as on eBPF (its conntrack map)
-        "ct status confirmed goto pass",
+        f"ct status confirmed {_JUDGED} goto pass",
         # a copy of a broadcast or multicast frame: judged per port, by the bridge table
         # (chain group_copy), so passed here ahead of any judgement (invalid, east_west);
         # after the two rules above, which pass it alike, so that an established unicast
         # packet does not walk it (~0.1 us a rule: bench/results/2026-11-30-perfchk.md)
-        f"iifname {br} oifname {br} meta pkttype {{ broadcast, multicast }} goto pass",
+        f"iifname {br} oifname {br} meta pkttype {{ broadcast, multicast }} goto pass_link",
         f"ct state invalid {deny('invalid')}",
-        f"{ND} goto pass",                  # address resolution (sources checked in the bridge table)
-        "ip protocol igmp goto pass",
+        # address resolution and group membership on the link (sources checked in the bridge
+        # table); routed to another network they are judged as any packet (U17-F1, U17-F4)
+        f"iifname {br} oifname {br} {ND} goto pass_link",
+        f"iifname {br} oifname {br} ip protocol igmp ip daddr 224.0.0.0/4 goto pass_link",
         f"meta mark set {OUTSIDE} ct mark set {OUTSIDE}",
         f"iifname {br} jump src_identity",
         f"oifname {br} jump dst_identity",
@@ -245,7 +259,7 @@ def _base_chains(bridge: str) -> list:
         # before the bridge passes it up, confirmed the shared conntrack entry)
         "meta pkttype { broadcast, multicast } goto host_judge",
         "ct state established,related accept",
-        "ct status confirmed accept",
+        f"ct status confirmed {_JUDGED} accept",
         # martian but for route_localnet: the host's loopback stays the host's (before the
         # state check: whatever its conntrack state, it is reported as eBPF reports it)
         f"ip daddr 127.0.0.0/8 {deny('loopback')}",
@@ -260,7 +274,7 @@ def _base_chains(bridge: str) -> list:
     host_out = _rules(
         "host_out",
         "ct state established,related accept",
-        "ct status confirmed accept",
+        f"ct status confirmed {_JUDGED} accept",
         f"oifname {br} {ND} accept",
         f"oifname {br} ip protocol igmp accept",
         f"oifname {br} jump dst_identity",
@@ -289,7 +303,9 @@ def render_inet(network_id: str, net) -> list:
 
 
 # --- the bridge table -----------------------------------------------------------------------
-def render_bridge(network_id: str, bridge: str) -> list:
+def render_bridge(network_id: str, bridge: str, subnets: Iterable[str] = ()) -> list:
+    """The bridge table's lines; ``subnets``: the network's CIDRs (their IPv4 broadcast
+    addresses are group destinations, :func:`_group_destinations`)."""
     group = f"{port_group(bridge):#x}"
     lines = [f"table bridge {table_name(network_id)} {{"]
     lines += [set_declaration(n) for n, s in SCHEMAS.items() if s[0] == "bridge" and n not in DYNAMIC_SETS]
@@ -311,6 +327,10 @@ def render_bridge(network_id: str, bridge: str) -> list:
         f"meta iifgroup != {group} accept",
         "iifname != @veths accept",
         "jump spoofing",
+        # a frame to a group MAC (the group bit, ``@ll,7,1``) must be for a group address:
+        # a copy of it goes up to the host, and the bridge confirms its conntrack entry there
+        # whatever the host's chains do (U17-F6); judged per copy in group_copy
+        "@ll,7,1 1 jump group_sent",
         "iifname @ports accept",
         # (meta mark 0: counted per destination address in audit mode, drops.INACTIVE_PAIR_SETS)
         f"iifname @quarantined meta mark set 0 {deny('quarantined')}",
@@ -341,10 +361,12 @@ def render_bridge(network_id: str, bridge: str) -> list:
         # (not ``oifname @ports accept`` first: every other network's frames pass these chains
         # too, and would pay two lookups instead of one)
         lines += _rules(chain, f"meta oifgroup != {group} accept",
-                        *([_UNICAST_TO_PORT, _FLOODED_TO_PORT] if chain == "ports_fwd" else []),
+                        *(_UNICAST_TO_PORT + [_FLOODED_TO_PORT] + _UNICAST_TO_PORT_SLOW
+                          if chain == "ports_fwd" else []),
                         "oifname != @veths accept", "oifname != @ports jump inactive_port",
                         *([_GROUP_COPY] if chain == "ports_fwd" else [_FLOODED_FROM_HOST]),
                         hook=f"type filter hook {hook} priority -300; policy accept;")
+    lines += _rules("group_sent", *_group_destinations(subnets), deny("invalid"))
     lines += _inactive_port_chains() + _group_copy_chain()
     lines += drop_chains("bridge", network_id, "baudit", "accept")
     lines.append("}")
@@ -356,7 +378,16 @@ _GROUP_COPY = "meta pkttype { broadcast, multicast } ether type { ip, ip6 } goto
 #: its first rule after the group compare (two lookups: the port and MAC pair, the port):
 #: each rule a frame walks costs ~0.1 us of CPU here (bench/results/2026-11-30-perfchk.md);
 #: the rules after it see flooded copies, group copies and other ports
-_UNICAST_TO_PORT = "oifname . ether daddr @macs oifname @ports accept"
+_UNICAST_TO_PORT = ["ether type ip oifname . ether daddr . ip daddr @ids4 oifname @ports accept",
+                    "ether type ip6 oifname . ether daddr . ip6 daddr @ids6 oifname @ports accept"]
+#: ... with its MAC and address: the port's MAC and IP addresses must be one container's
+#: (``ids4``/``ids6``; its link-local, ``ll6``; an ARP frame carries no IP header), else
+#: the inet table would judge the flow to the IP address and the bridge deliver it to the
+#: MAC's container (U17-F3): not a member's address there, as eBPF says it
+_UNICAST_TO_PORT_SLOW = [
+    "ether type ip6 ip6 daddr fe80::/10 oifname . ip6 daddr @ll6 oifname @ports accept",
+    "ether type arp oifname @ports accept",
+    f"oifname @ports @ll,7,1 0 {deny('not-member')}"]
 #: a unicast frame (the group bit of its destination MAC clear: ``@ll,7,1 0``) to an enforced
 #: port that is not that container's MAC: a copy the bridge flooded because it has not learned
 #: the destination yet (br_input.c ``br_handle_frame_finish`` -> ``br_flood``). Judged by its
@@ -364,7 +395,7 @@ _UNICAST_TO_PORT = "oifname . ether daddr @macs oifname @ports accept"
 #: packets of others' flows (a new member's, or any flow whose fdb entry aged out). Dropped
 #: without a reason, in both modes, as eBPF's to_container does (not a policy verdict: not in
 #: show, log or metrics). Pending and quarantined ports: ``inactive_port`` drops them alike.
-_FLOODED_TO_PORT = 'oifname @ports @ll,7,1 0 counter drop comment "flooded copy"'
+_FLOODED_TO_PORT = 'oifname @ports @ll,7,1 0 oifname . ether daddr != @macs counter drop comment "flooded copy"'
 #: the same for a frame the host sends into the network (ports_out: no pkttype there)
 _FLOODED_FROM_HOST = '@ll,7,1 0 oifname . ether daddr != @macs counter drop comment "flooded copy"'
 
@@ -374,11 +405,26 @@ def _group_copy_chain() -> list:
     enforced port (the forward hook runs once per copy, br_forward.c ``__br_forward``;
     br_netfilter's inet forward then lets it pass, see ``_base_chains``): passes when the
     two ports' identities (``pid``) are the same one and its members may send each other
-    anything (``intra``), else dropped as ``no-rule``. IGMP, ND and MLD are no policy's."""
+    anything (``intra``), else dropped as ``no-rule``. ND and MLD are no policy's (address
+    resolution crosses segments). IGMP is for the host (the bridge's multicast snooping, a
+    querier): a copy of a member's report to another member is dropped without a reason,
+    not a policy verdict (U17-F1: it carried any payload across segments)."""
     nd = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
-    return _rules("group_copy", "ip protocol igmp accept", f"{nd} accept",
+    return _rules("group_copy", f"{nd} accept", 'ip protocol igmp counter drop comment "igmp copy"',
                   "meta mark set iifname map @pid oifname . meta mark @pidk meta mark @intra accept",
                   deny("no-rule"))
+
+
+def _group_destinations(subnets: Iterable[str]) -> list:
+    """Rules returning a group-MAC frame whose IP destination is a group address (IPv4
+    multicast, the limited broadcast, a subnet's broadcast; IPv6 multicast) or that is not
+    IP (ARP); the caller drops the rest."""
+    bcast = sorted(str(n.broadcast_address) for n in map(ipaddress.ip_network, subnets)
+                   if n.version == 4 and n.prefixlen < 31)
+    groups4 = ", ".join(["224.0.0.0/4", "255.255.255.255"] + bcast)
+    return [f"ether type ip ip daddr {{ {groups4} }} return",
+            "ether type ip6 ip6 daddr ff00::/8 return",
+            "ether type != { ip, ip6 } return"]
 
 
 def _inactive_port_chains() -> list:
@@ -409,14 +455,14 @@ def network_script(network_id: str, net, elements: Mapping, keep: str = "") -> s
     lines = [f"table inet {t} {{ }}", f"delete table inet {t}",
              f"table bridge {t} {{ }}", f"delete table bridge {t}"]
     lines += render_inet(network_id, net)
-    lines += render_bridge(network_id, net.bridge)
+    lines += render_bridge(network_id, net.bridge, net.subnets)
     lines += _element_lines("add", t, elements)
     return "\n".join(lines) + "\n" + keep
 
 
 def skeleton_script(network_id: str, net) -> str:
     """Both tables without elements (the reference for rule-by-rule drift)."""
-    return "\n".join(render_inet(network_id, net) + render_bridge(network_id, net.bridge)) + "\n"
+    return "\n".join(render_inet(network_id, net) + render_bridge(network_id, net.bridge, net.subnets)) + "\n"
 
 
 def delete_script(network_id: str) -> str:
