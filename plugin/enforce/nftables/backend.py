@@ -325,10 +325,9 @@ class NftBackend(fqdn.FqdnMethods):
             reader, self._reader = self._reader, None
         if reader is not None:
             reader.stop()
-        if self.writer is not None:
-            self.writer.close()
-        self.groups.close()
-        self.hooks.close()
+        for part in (self.writer, self.groups, self.hooks, self.runner):   # runner: its kept context
+            if part is not None:
+                part.close()
 
     # --- internals --------------------------------------------------------------------------
     def _realized(self, net: NetworkSpec) -> _Realized:

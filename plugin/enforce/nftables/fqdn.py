@@ -248,10 +248,13 @@ def timeout_update_works() -> bool:
     (Checked in a namespace of its own; False when it cannot be checked.)"""
     def probe() -> bool:
         runner = NftRunner()
-        runner.apply("table inet probe { set s { type ipv4_addr; flags timeout; }; }\n"
-                     "add element inet probe s { 10.0.0.1 timeout 100s }\n"
-                     "add element inet probe s { 10.0.0.1 timeout 300s }\n")
-        data = runner.list_json("set", "inet", "probe", "s")
+        try:
+            runner.apply("table inet probe { set s { type ipv4_addr; flags timeout; }; }\n"
+                         "add element inet probe s { 10.0.0.1 timeout 100s }\n"
+                         "add element inet probe s { 10.0.0.1 timeout 300s }\n")
+            data = runner.list_json("set", "inet", "probe", "s")
+        finally:
+            runner.close()   # its socket would keep the scratch namespace
         (elem,) = [e for o in data["nftables"] if "set" in o for e in o["set"]["elem"]]
         return float(elem["elem"]["expires"]) > 200
     try:
