@@ -188,15 +188,20 @@ class Netlink:
         True when it was made now, with ``options`` (``(attribute, value)`` pairs of the
         bridge, pyroute2's names of ``IFLA_BR_*``: the backend's ``bridge_options``).
 
-        A new bridge takes four requests and one per address (it has none yet): the
-        name's lookup, ``link add`` with its MTU, MAC and ``options``, its index, then owner
-        and up in one ``link set``; an existing one is claimed (or refused) and repaired
+        A new bridge takes three requests and one per address (it has none yet): ``link
+        add`` with its MTU, MAC and ``options`` (exclusive: NLM_F_EXCL, so it changes no
+        link that has the name), its index, then owner and up in one ``link set``; when
+        the name is taken (EEXIST) the link is claimed (or refused) and repaired
         (``options`` are the backend's to check there: they may have drifted).
         """
-        index = self._claim(name, owner, "bridge")
-        made = index is None
-        if made:
+        try:
             self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=derived_mac(owner), **dict(options))
+            made = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST or (index := self._claim(name, owner, "bridge")) is None:
+                raise   # EEXIST and gone again: the add's own error (Docker retries)
+            made = False
+        if made:
             index = self._index(name)
             self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner, flags=_IFF_UP, change=_IFF_UP)
             for cidr in addresses:

@@ -113,10 +113,11 @@ def test_ensure_bridge_adds_a_new_gateway(nl, netns, owner):
 def test_ensure_bridge_refuses_a_foreign_link(nl, netns, owner, make):
     netns.ip("link", "add", "br-t", *make)
     netns.ip("link", "set", "br-t", "mtu", "1450")
-    with pytest.raises(LinkConflict, match="br-t"):
-        nl.ensure_bridge("br-t", owner, 1400, [GW4])
+    with pytest.raises(LinkConflict, match="br-t"):   # its add is exclusive: nothing of it changes
+        nl.ensure_bridge("br-t", owner, 1400, [GW4], options=(("br_nf_call_iptables", 1),))
     link = netns.link("br-t")
     assert link["mtu"] == 1450 and not link.get("ifalias") and netns.addrs("br-t") == {}
+    assert link["linkinfo"].get("info_data", {}).get("nf_call_iptables", 0) == 0
 
 
 def test_ensure_bridge_refuses_another_owners_bridge_and_a_non_bridge_with_our_alias(nl, netns, owner):
