@@ -108,6 +108,7 @@ class NftBackend(fqdn.FqdnMethods):
             real = _realize(net, policy, ports)
             every = {**real.policy_elements.flat(), **real.settings, **real.port_sets}
             self._apply(ruleset.network_script(net.id, net, every, keep))
+            self.fqdn.written(net.id, learned=bool(keep))   # none kept: its maps are empty
             self._nets[net.id] = real
 
     def _adopt(self, net: NetworkSpec, policy: PolicyMap, ports: dict) -> bool:
@@ -203,8 +204,7 @@ class NftBackend(fqdn.FqdnMethods):
                 for _family, name in self.runner.tables()}
 
     def own_ports(self) -> tuple:
-        """Netlink port ids whose nftables changes are this backend's own deltas (its
-        element writer's socket, opened here in the calling thread's namespace)."""
+        """Netlink port ids of this backend's own deltas (its element writer's socket, opened here)."""
         return (self.writer.open(),) if self.writer is not None else ()
 
     def owns(self, event) -> Optional[str]:
