@@ -128,7 +128,8 @@ class Driver:
         nft runs; the caller removes the row if anything here fails (a crash before
         that: the row is realized again at start, and dropped once the engine is
         found not to have the network)."""
-        self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways())
+        made = self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways(),
+                                        options=self.reconciler.bridge_options(rec))
         if rec.ipv6 and self.links.ensure_ipv6_forwarding():
             log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
         if not policy:
@@ -148,7 +149,7 @@ class Driver:
         worker = threading.Thread(target=forward_rules, name="secnet-forward-ensure")
         worker.start()   # in this thread's network namespace, like a child process
         try:
-            self.reconciler.network_added(rec, endpoints)
+            self.reconciler.network_added(rec, endpoints, bridge_made=bool(made))
         finally:
             worker.join()
         if failed:

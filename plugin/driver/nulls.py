@@ -13,7 +13,10 @@ class NullReconciler:
     def brings_segment(self, net, ep):
         return False
 
-    def network_added(self, net, endpoints=()):
+    def bridge_options(self, net):
+        return ()
+
+    def network_added(self, net, endpoints=(), bridge_made=False):
         pass
 
     def network_removed(self, net):

@@ -167,13 +167,19 @@ class Backend(Protocol):
     name: str
     #: True when a port's link must exist before it is applied (the backend attaches to it)
     attaches_to_links: bool = False
+    #: ``(attribute, value)`` pairs a new bridge of this backend's networks is made with, in
+    #: the bridge's own ``link add`` (pyroute2's names of ``IFLA_BR_*``, include/uapi/linux/if_link.h)
+    bridge_options: tuple = ()
 
     def check_host(self) -> None:
         """Raise BackendUnavailable (one line, naming what is missing) if this
         host cannot run the backend. Called at ``docker network create``."""
 
-    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
-        """Replace all kernel state of ``net`` (a create, a restore, a drift repair)."""
+    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port],
+                      bridge_made: bool = False) -> None:
+        """Replace all kernel state of ``net`` (a create, a restore, a drift repair).
+        ``bridge_made``: the caller's link writer made ``net.bridge`` just now, with
+        :attr:`bridge_options` (CreateNetwork): the backend need not read them back."""
 
     def apply_ports(self, net: NetworkSpec, changes: Iterable[tuple], grouped: bool = False) -> None:
         """Apply endpoint changes ``(old Port or None, new Port or None)`` in one step.

@@ -149,6 +149,10 @@ class Reconciler:
         """Must an endpoint's link exist before the backend is told of it? (eBPF: yes.)"""
         return getattr(self.backend(net), "attaches_to_links", False)
 
+    def bridge_options(self, net) -> tuple:
+        """What a new bridge of ``net`` is made with (``Backend.bridge_options``)."""
+        return tuple(getattr(self.backend(net), "bridge_options", ()))
+
     def brings_segment(self, net, ep) -> bool:
         """Would ``ep``'s join bring a segment with new entries (no identity yet, no idle
         one to take over)? A hint for ordering work, read without the lock."""
@@ -166,10 +170,11 @@ class Reconciler:
         backend.check_host()
 
     # --- what the driver calls -------------------------------------------
-    def network_added(self, net, endpoints=None) -> None:
+    def network_added(self, net, endpoints=None, bridge_made: bool = False) -> None:
+        """``bridge_made``: its bridge was made just now with :meth:`bridge_options`."""
         with self._lock:
             eps = self.state.endpoints(net.id) if endpoints is None else list(endpoints)
-            self._write_whole(net, eps)
+            self._write_whole(net, eps, bridge_made)
 
     def network_removed(self, net) -> None:
         with self._lock:
@@ -303,10 +308,10 @@ class Reconciler:
         """Identities of ``segments``: those freed lose what DNS answers taught them first."""
         return allocate(self.allocator, net.id, segments, self.dns, self.backends.get(net.options.backend))
 
-    def _write_whole(self, net, endpoints) -> Realized:
+    def _write_whole(self, net, endpoints, bridge_made: bool = False) -> Realized:
         real = self._desired(net, endpoints)
         backend = self.backend(net)
-        backend.apply_network(real.spec, real.policy, real.ports.values())
+        backend.apply_network(real.spec, real.policy, real.ports.values(), bridge_made=bridge_made)
         self._realized[net.id] = real
         self._watch_flows()
         self._tell_dns("network", net.id, real.spec.bridge, real.policy, list(real.ports.values()), backend)

@@ -182,16 +182,26 @@ class Netlink:
         return index
 
     @_on_netlink_thread
-    def ensure_bridge(self, name: str, owner: str, mtu: int, addresses: Iterable[str]) -> None:
+    def ensure_bridge(self, name: str, owner: str, mtu: int, addresses: Iterable[str],
+                      options: Iterable[tuple] = ()) -> bool:
         """Bridge ``name`` exists, up, with ``mtu``, a stable MAC and the gateway addresses.
+        True when it was made now, with ``options`` (``(attribute, value)`` pairs of the
+        bridge, pyroute2's names of ``IFLA_BR_*``: the backend's ``bridge_options``).
 
-        A new bridge takes four requests and one per address (it has none yet): the
-        name's lookup, ``link add`` with its MTU and MAC, its index, then owner and up
-        in one ``link set``; an existing one is claimed (or refused) and repaired.
+        A new bridge takes three requests and one per address (it has none yet): ``link
+        add`` with its MTU, MAC and ``options`` (exclusive: NLM_F_EXCL, so it changes no
+        link that has the name), its index, then owner and up in one ``link set``; when
+        the name is taken (EEXIST) the link is claimed (or refused) and repaired
+        (``options`` are the backend's to check there: they may have drifted).
         """
-        index = self._claim(name, owner, "bridge")
-        if index is None:
-            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=derived_mac(owner))
+        try:
+            self._ipr.link("add", ifname=name, kind="bridge", mtu=mtu, address=derived_mac(owner), **dict(options))
+            made = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST or (index := self._claim(name, owner, "bridge")) is None:
+                raise   # EEXIST and gone again: the add's own error (Docker retries)
+            made = False
+        if made:
             index = self._index(name)
             self._ipr.link("set", index=index, ifalias=ALIAS_PREFIX + owner, flags=_IFF_UP, change=_IFF_UP)
             for cidr in addresses:
@@ -201,6 +211,7 @@ class Netlink:
         self._bridges[name] = index
         # 127.0.0.1:PORT of a published port is DNAT'd out of this bridge
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
+        return made
 
     def _repair_bridge(self, index: int, owner: str, mtu: int, addresses: Iterable[str]) -> None:
         self._ipr.link("set", index=index, mtu=mtu, address=derived_mac(owner))

@@ -292,8 +292,9 @@ class Lab:
         return compile_policy_map(options, ids)
 
     def apply(self, rules: str, members: dict, intra: str = "allow", extra_ports=(), mode=None,
-              published=None, **options):
-        """Compile ``rules`` over ``members`` (container -> segment) and apply the whole network."""
+              published=None, bridge_made: bool = False, **options):
+        """Compile ``rules`` over ``members`` (container -> segment) and apply the whole network
+        (``bridge_made``: as CreateNetwork tells the backend, ``Backend.apply_network``)."""
         self.options = _options(rules, intra, options)
         self.policy = self.compile(self.options, members)
         published = published or {}
@@ -305,7 +306,7 @@ class Lab:
             self.net = NetworkSpec(NET_ID, BRIDGE, SUBNETS, (GATEWAY4, GATEWAY6),
                                    internal=self.options.internal)
         self.extra = list(extra_ports)
-        self.backend.apply_network(self.net, self.policy, self.ports())
+        self.backend.apply_network(self.net, self.policy, self.ports(), bridge_made=bridge_made)
         return self.policy
 
     def ports(self) -> list:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import pytest
 
-from nsfixtures import BRIDGE, lab  # noqa: F401 (fixture)
+import json
+
+from nsfixtures import BRIDGE, BRIDGE_MAC, GATEWAY4, GATEWAY6, NET_ID, InNamespace, lab  # noqa: F401 (fixture)
 from packets import probe_tcp, probe_udp
+from plugin.kernel.links import Netlink
 
 pytestmark = pytest.mark.kernel
 SWITCHES = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
@@ -48,5 +51,40 @@ def test_a_bridge_whose_switches_are_turned_off_is_drift_and_repaired(lab):
         for fam in (4, 6):
             assert probe_tcp(db, api.ip(fam), 8080) == "timeout", f"{lab.backend_name}: db->api passed, IPv{fam}"
             assert probe_tcp(web, api.ip(fam), 8080) == "ok", f"{lab.backend_name}: allowed flow, IPv{fam}"
+    finally:
+        lab.exec("sysctl", "-qw", *(f"{s}=1" for s in SWITCHES))
+
+
+def _switches(lab) -> tuple:
+    link = json.loads(lab.exec("ip", "-j", "-d", "link", "show", BRIDGE).stdout)[0]
+    data = link["linkinfo"]["info_data"]
+    return data["nf_call_iptables"], data["nf_call_ip6tables"]
+
+
+def test_a_bridge_made_with_its_backends_options_needs_no_second_look(lab):
+    """CreateNetwork's path: the link writer makes the bridge with the backend's
+    ``bridge_options`` in its ``link add``, and the backend, told ``bridge_made``, does not
+    read it back (nftables: no rtnetlink socket of its hooks opened at all). With the host's
+    switches off the policy holds from the first packet. eBPF asks for no switch (its tc
+    programs judge; the switches would only send its traffic through iptables as well)."""
+    lab.exec("ip", "link", "del", BRIDGE)   # the lab's own bridge goes; the link writer makes it
+    links = InNamespace(lab.host, Netlink)
+    try:
+        assert links.ensure_bridge(BRIDGE, NET_ID, 1500, [f"{GATEWAY4}/24", f"{GATEWAY6}/64"],
+                                   options=lab.backend.bridge_options) is True
+    finally:
+        links.shutdown()
+    lab.exec("ip", "link", "set", BRIDGE, "address", BRIDGE_MAC)
+    web, api, db = lab.add(3)
+    lab.exec("sysctl", "-qw", *(f"{s}=0" for s in SWITCHES))
+    try:
+        lab.apply("web->api:tcp/8080", {web: "web", api: "api", db: "db"}, intra="deny", bridge_made=True)
+        assert _switches(lab) == ((1, 1) if lab.backend_name == "nftables" else (0, 0))
+        if lab.backend_name == "nftables":
+            assert lab.backend.obj.hooks._ipr is None, "the hooks read the bridge all the same"
+        for fam in (4, 6):
+            assert probe_tcp(db, api.ip(fam), 8080) == "timeout", f"{lab.backend_name}: db->api passed, IPv{fam}"
+            assert probe_tcp(web, api.ip(fam), 8080) == "ok", f"{lab.backend_name}: allowed flow, IPv{fam}"
+        assert lab.drift() == []
     finally:
         lab.exec("sysctl", "-qw", *(f"{s}=1" for s in SWITCHES))

@@ -51,6 +51,16 @@ def test_ensure_bridge_creates_it_up_with_mtu_mac_alias_and_addresses(nl, netns,
     assert nl.link_exists("br-t") and not nl.link_exists("br-none")
 
 
+def test_ensure_bridge_makes_a_new_bridge_with_the_backends_options_and_says_so(nl, netns, owner):
+    options = (("br_nf_call_iptables", 1), ("br_nf_call_ip6tables", 1))   # the nftables backend's
+    assert nl.ensure_bridge("br-t", owner, 1500, [GW4], options=options) is True
+    data = netns.link("br-t")["linkinfo"]["info_data"]
+    assert (data["nf_call_iptables"], data["nf_call_ip6tables"], data["nf_call_arptables"]) == (1, 1, 0)
+    assert nl.ensure_bridge("br-t", owner, 1500, [GW4], options=options) is False   # there: not made
+    assert nl.ensure_bridge("br-u", owner, 1500, [GW4]) is True
+    assert netns.link("br-u")["linkinfo"]["info_data"]["nf_call_iptables"] == 0      # none asked
+
+
 def test_ensure_bridge_is_idempotent(nl, netns, owner):
     for _ in range(3):
         nl.ensure_bridge("br-t", owner, 1500, [GW4, GW6])
@@ -103,10 +113,11 @@ def test_ensure_bridge_adds_a_new_gateway(nl, netns, owner):
 def test_ensure_bridge_refuses_a_foreign_link(nl, netns, owner, make):
     netns.ip("link", "add", "br-t", *make)
     netns.ip("link", "set", "br-t", "mtu", "1450")
-    with pytest.raises(LinkConflict, match="br-t"):
-        nl.ensure_bridge("br-t", owner, 1400, [GW4])
+    with pytest.raises(LinkConflict, match="br-t"):   # its add is exclusive: nothing of it changes
+        nl.ensure_bridge("br-t", owner, 1400, [GW4], options=(("br_nf_call_iptables", 1),))
     link = netns.link("br-t")
     assert link["mtu"] == 1450 and not link.get("ifalias") and netns.addrs("br-t") == {}
+    assert link["linkinfo"].get("info_data", {}).get("nf_call_iptables", 0) == 0
 
 
 def test_ensure_bridge_refuses_another_owners_bridge_and_a_non_bridge_with_our_alias(nl, netns, owner):

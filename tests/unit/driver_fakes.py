@@ -39,14 +39,16 @@ class FakeLinks:
         self.links[name] = {"kind": kind, "owner": owner, "mtu": 1500, "master": None,
                             "mac": None, "addrs": set(), "peer": None}
 
-    def ensure_bridge(self, name, owner, mtu, addresses) -> None:
+    def ensure_bridge(self, name, owner, mtu, addresses, options=()) -> bool:
         self._maybe_fail("ensure_bridge")
         link = self._claim(name, owner, "bridge")
-        if link is None:
-            link = self.links[name] = {"kind": "bridge", "owner": owner, "master": None,
+        made = link is None
+        if made:
+            link = self.links[name] = {"kind": "bridge", "owner": owner, "master": None, "options": dict(options),
                                        "mac": "02:00:00:00:00:01", "addrs": set(), "peer": None}
         link["mtu"] = mtu
         link["addrs"] |= set(addresses)
+        return made
 
     def ensure_ipv6_forwarding(self) -> bool:
         changed, self.ipv6_forwarding = not getattr(self, "ipv6_forwarding", False), True

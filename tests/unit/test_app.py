@@ -252,7 +252,7 @@ def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp
         def __init__(self):
             self.nets, self.threads = set(), set()
 
-        def network_added(self, net, endpoints=()):
+        def network_added(self, net, endpoints=(), bridge_made=False):
             self.threads.add(threading.current_thread().name)
             if failing == "tables":
                 raise OSError("nft: refused")

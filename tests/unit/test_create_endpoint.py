@@ -115,7 +115,7 @@ class Tables(NullReconciler):
     def __init__(self, state_of, fail):
         self.state_of, self.fail, self.saw_row = state_of, fail, None
 
-    def network_added(self, net, endpoints=()):
+    def network_added(self, net, endpoints=(), bridge_made=False):
         deadline = time.monotonic() + 2
         while self.state_of().get_network(net.id) is None and time.monotonic() < deadline:
             time.sleep(0.005)

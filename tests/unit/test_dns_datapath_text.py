@@ -154,3 +154,31 @@ def test_nft_an_upgrade_reads_the_old_sets_and_rewrites_their_elements_with_a_ta
                                                     'timeout 50s comment "" : 0 }\n')
     sets.allow("n", [dataclasses.replace(grant, tag=2)])
     assert [line.split(" : ")[-1] for line in runner.scripts[0].splitlines()[::2]] == ["0 }", "2 }"]
+
+
+class CountingRunner(ListingRunner):
+    def __init__(self):
+        super().__init__()
+        self.listings = 0
+
+    def list_json(self, *args):
+        self.listings += 1
+        return super().list_json(*args)
+
+
+def test_nft_maps_written_empty_are_not_read_until_something_is_allowed():
+    """CreateNetwork writes a network's tables with empty maps: the DNS service's first
+    sight of it (``learned``) reads nothing; an allow, a forget or tables written with
+    learned grants kept send it back to the kernel."""
+    runner = CountingRunner()
+    sets = nft.NftFqdnSets(runner, lambda net: "t", clock=lambda: 1000.0, updates_timeout=True)
+    sets.written("n", learned=False)
+    assert sets.learned("n") == [] and runner.listings == 0
+    (grant,) = sets.learned("m")                      # another network: read (kernel's element)
+    sets.allow("n", [dataclasses.replace(grant, tag=2)])
+    assert sets.learned("n") != [] and runner.listings > 0
+    for step in (lambda: sets.written("n", learned=True), lambda: sets.forget("n")):
+        sets.written("n", learned=False)
+        step()
+        before = runner.listings
+        assert sets.learned("n") != [] and runner.listings > before

@@ -25,8 +25,9 @@ class RecordingBackend:
     def __init__(self):
         self.calls, self.policy, self.ports, self.broken = [], None, {}, []
 
-    def apply_network(self, net, policy, ports):
+    def apply_network(self, net, policy, ports, bridge_made=False):
         self.calls.append(("network", net.id))
+        self.bridge_made = bridge_made
         self.policy, self.ports, self.broken = policy, {p.endpoint_id: p for p in ports}, []
 
     def apply_ports(self, net, changes, grouped=False):

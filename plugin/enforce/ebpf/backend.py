@@ -69,6 +69,7 @@ class EbpfBackend(fqdn.FqdnMethods):
 
     name = "ebpf"
     attaches_to_links = True    # a port's veth must exist before apply_ports (see Reconciler.link_first)
+    bridge_options = ()   # no br_netfilter switches: they would only send its traffic through iptables
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
                  sizes: Optional[dict] = None, nat=None, mount_bpffs: bool = True):
@@ -297,9 +298,9 @@ class EbpfBackend(fqdn.FqdnMethods):
             self._attach(st, ifx)
 
     # --- the Backend protocol -----------------------------------------------------
-    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port]) -> None:
-        """Load (or reload) the datapath of ``net``, reusing its pinned maps, and
-        make every map exactly what ``policy`` and ``ports`` say. Raises BackendError."""
+    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable[Port], bridge_made: bool = False) -> None:
+        """Load (or reload) the datapath of ``net``, reusing its pinned maps, and make every map
+        exactly what ``policy`` and ``ports`` say (``bridge_made``: no matter). Raises BackendError."""
         ports = list(ports)
         with self._lock:
             for port in ports:          # every link exists, or nothing is touched
@@ -420,8 +421,7 @@ class EbpfBackend(fqdn.FqdnMethods):
 
     def _as_judged(self, event: DropEvent) -> DropEvent:
         """A hairpin flow's drop names the member behind the published port (events.hairpin_target)."""
-        st = self._nets.get(event.network)
-        if st is None:
+        if (st := self._nets.get(event.network)) is None:
             return event
         return hairpin_target(event, st.spec.gateways, [port for port, _ifx in list(st.ports.values())])
 

@@ -27,7 +27,7 @@ from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_eleme
 from .netlink import ElementWriter, identifier
 from .nftdump import decode_pair, decode_port_address
 from .nflog import NflogReader
-from .brhooks import BridgeHooks, available as brnf_available
+from .brhooks import MADE_ON, BridgeHooks, available as brnf_available
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 
@@ -56,6 +56,7 @@ class NftBackend(fqdn.FqdnMethods):
     """
 
     name = "nftables"
+    bridge_options = MADE_ON   # a bridge made by the link writer has its switches on
 
     def __init__(self, runner: Optional[NftRunner] = None, nflog_group: int = NFLOG_GROUP,
                  netlink: bool = True):
@@ -88,17 +89,18 @@ class NftBackend(fqdn.FqdnMethods):
             raise BackendError(f"nftables unavailable: {exc}") from None
         self._host_ok = True
 
-    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable) -> None:
-        """Replace both tables of ``net`` (rules and elements) in one transaction.
-
-        Raises BackendError when nft refuses the script (the old tables stay).
-        The addresses learned from DNS answers stay, each with the time it has left.
-        The first call for a network in this process (a restart) adopts intact tables
-        instead (``_adopt``): their counters go on, as the eBPF backend's maps do.
+    def apply_network(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable, bridge_made: bool = False) -> None:
+        """Replace both tables of ``net`` (rules and elements) in one transaction, after the
+        bridge's br_netfilter switches (``brhooks``; not read when ``bridge_made`` with them).
+        Raises BackendError when nft refuses the script (the old tables stay). The addresses
+        learned from DNS answers stay, each with the time it has left. The first call for a
+        network in this process (a restart) adopts intact tables instead (``_adopt``): their
+        counters go on, as the eBPF backend's maps do.
         """
         with self._lock:
             ports = {p.endpoint_id: p for p in ports}
-            self.hooks.ensure(net.bridge)
+            if not bridge_made:
+                self.hooks.ensure(net.bridge)
             self.groups.ensure(net.bridge, ((p.name,) for p in ports.values()))   # adopted too
             if net.id not in self._nets and self._adopt(net, policy, ports):
                 return
@@ -106,6 +108,7 @@ class NftBackend(fqdn.FqdnMethods):
             real = _realize(net, policy, ports)
             every = {**real.policy_elements.flat(), **real.settings, **real.port_sets}
             self._apply(ruleset.network_script(net.id, net, every, keep))
+            self.fqdn.written(net.id, learned=bool(keep))   # none kept: its maps are empty
             self._nets[net.id] = real
 
     def _adopt(self, net: NetworkSpec, policy: PolicyMap, ports: dict) -> bool:
@@ -201,8 +204,7 @@ class NftBackend(fqdn.FqdnMethods):
                 for _family, name in self.runner.tables()}
 
     def own_ports(self) -> tuple:
-        """Netlink port ids whose nftables changes are this backend's own deltas (its
-        element writer's socket, opened here in the calling thread's namespace)."""
+        """Netlink port ids of this backend's own deltas (its element writer's socket, opened here)."""
         return (self.writer.open(),) if self.writer is not None else ()
 
     def owns(self, event) -> Optional[str]:
@@ -323,10 +325,9 @@ class NftBackend(fqdn.FqdnMethods):
             reader, self._reader = self._reader, None
         if reader is not None:
             reader.stop()
-        if self.writer is not None:
-            self.writer.close()
-        self.groups.close()
-        self.hooks.close()
+        for part in (self.writer, self.groups, self.hooks, self.runner):   # runner: its kept context
+            if part is not None:
+                part.close()
 
     # --- internals --------------------------------------------------------------------------
     def _realized(self, net: NetworkSpec) -> _Realized:

@@ -8,7 +8,9 @@ the bridge's own option is (``IFLA_BR_NF_CALL_IPTABLES``/``IFLA_BR_NF_CALL_IP6TA
 since Linux 4.4; ``ip link set BR type bridge nf_call_iptables 1``). The sysctl is the
 host's to set, and hosts that turn it off exist: a network relying on it would then
 let every east-west flow through unjudged. So each bridge of an nftables network gets
-its own switches on, and the drift check reports a bridge whose switches are off.
+its own switches on -- in the ``link add`` that makes it (``MADE_ON``), else (a bridge
+adopted or repaired) by :meth:`BridgeHooks.ensure` -- and the drift check reports a
+bridge whose switches are off.
 Without br_netfilter at all (a module not loaded: no ``/proc/sys/net/bridge``) the
 backend refuses to run (:func:`available`).
 """
@@ -23,6 +25,9 @@ from plugin.enforce.backend import BackendError
 from plugin.kernel.links import IPRoute
 
 SWITCHES = ("IFLA_BR_NF_CALL_IPTABLES", "IFLA_BR_NF_CALL_IP6TABLES")
+#: both switches on, as pyroute2 names them: in a new bridge's own ``link add``
+#: (``Backend.bridge_options``; br_dev_newlink hands them to br_changelink, net/bridge/br_netlink.c)
+MADE_ON = (("br_nf_call_iptables", 1), ("br_nf_call_ip6tables", 1))
 PROC = "/proc/sys/net/bridge"
 
 
@@ -62,8 +67,7 @@ class BridgeHooks:
         if not now or all(v == 1 for v in now.values()):
             return False
         try:
-            self._open().link("set", ifname=bridge, kind="bridge", br_nf_call_iptables=1,
-                              br_nf_call_ip6tables=1)
+            self._open().link("set", ifname=bridge, kind="bridge", **dict(MADE_ON))
         except NetlinkError as exc:
             raise BackendError(f"bridge {bridge}: cannot turn bridge netfilter on: {exc}") from None
         return True

@@ -165,11 +165,19 @@ class NftFqdnSets:
         self.updates_timeout = updates_timeout   # None: ask the kernel at the first write
         self._tags: dict = {}   # (network id, Grant.key) -> the tag written (its map value)
         self._counted: dict = {}   # network id -> tags in its counter set (learned() starts it anew)
+        self._empty: set = set()   # network ids whose maps were written empty, nothing allowed since
+
+    def written(self, network_id: str, learned: bool) -> None:
+        """The network's tables were just written whole, with the ``learned`` grants kept
+        or, without, with empty maps: until :meth:`allow`, :meth:`learned` need not read them
+        (a new network's first DNS sight asks: ~9 listings, ~2.5 ms of CreateNetwork)."""
+        (self._empty.discard if learned else self._empty.add)(network_id)
 
     def allow(self, network_id: str, grants: Sequence[Grant]) -> None:
         if self.updates_timeout is None:
             self.updates_timeout = timeout_update_works()
         now, table, lines = self.clock(), self.table_of(network_id), []
+        self._empty.discard(network_id)
         for g in grants:
             target, text = _target(table, g), element(g, now)
             old = self._tags.get((network_id, g.key), g.tag)
@@ -198,12 +206,16 @@ class NftFqdnSets:
         for key in [k for k in self._tags if k[0] == network_id]:
             del self._tags[key]
         self._counted.pop(network_id, None)
+        self._empty.discard(network_id)
 
     def learned(self, network_id: str) -> list:
         """The grants the maps hold (before a rebuild: ``keep_script`` puts them and their
-        tags back; the counter set's other tags are gone then, so they count as unwritten)."""
+        tags back; the counter set's other tags are gone then, so they count as unwritten).
+        None, unread, for maps written empty with nothing allowed since (:meth:`written`)."""
         now, table, out = self.clock(), self.table_of(network_id), []
         counted = self._counted[network_id] = set()
+        if network_id in self._empty:
+            return out
         for family in (4, 6):
             for kind in KINDS:
                 data = _list_either(self.runner, table, set_name(family, kind))
@@ -248,10 +260,13 @@ def timeout_update_works() -> bool:
     (Checked in a namespace of its own; False when it cannot be checked.)"""
     def probe() -> bool:
         runner = NftRunner()
-        runner.apply("table inet probe { set s { type ipv4_addr; flags timeout; }; }\n"
-                     "add element inet probe s { 10.0.0.1 timeout 100s }\n"
-                     "add element inet probe s { 10.0.0.1 timeout 300s }\n")
-        data = runner.list_json("set", "inet", "probe", "s")
+        try:
+            runner.apply("table inet probe { set s { type ipv4_addr; flags timeout; }; }\n"
+                         "add element inet probe s { 10.0.0.1 timeout 100s }\n"
+                         "add element inet probe s { 10.0.0.1 timeout 300s }\n")
+            data = runner.list_json("set", "inet", "probe", "s")
+        finally:
+            runner.close()   # its socket would keep the scratch namespace
         (elem,) = [e for o in data["nftables"] if "set" in o for e in o["set"]["elem"]]
         return float(elem["elem"]["expires"]) > 200
     try:
