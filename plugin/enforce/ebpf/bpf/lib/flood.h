@@ -14,8 +14,8 @@
  * every port): it passes when the sender's segment (its port's identity) is this
  * container's and that segment's members may send each other anything (an (s, s, any)
  * entry of the policy map: intra=allow), else it is dropped as no-rule -- never into
- * another segment (nftables: the bridge table's group_copy). ARP, ND, MLD and IGMP
- * passed before (passes_unjudged). */
+ * another segment (nftables: the bridge table's group_copy). A member's IGMP to a
+ * group too (U17-F1); ARP, and ND and MLD on the link, passed before (passes_unjudged). */
 static __always_inline int group_copy(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				      __u16 src, __u16 dst)
 {
