@@ -396,7 +396,7 @@ int to_container(struct __sk_buff *skb)
 	if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
 		return TC_ACT_SHOT;
 	sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
-	/* a member's IGMP (to a group) is a group copy like any other: below (U17-F1) */
+	/* a member's IGMP (to a group) is for the host: group_copy drops it (U17-F1) */
 	if (!p->family || (passes_unjudged(p) && !(sender && p->proto == IPPROTO_IGMP_)))
 		return TC_ACT_OK;
 	if (sender && !active_identity(sender->identity))   /* judged, reported at its source */

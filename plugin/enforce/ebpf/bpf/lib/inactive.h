@@ -21,8 +21,8 @@ static __always_inline int on_link6(struct pkt *p)
 }
 
 /* What both backends pass before judging, on the link only (U17-F1, U17-F4):
- * IGMP to an IPv4 multicast group (224.0.0.0/4; a member's group copy is then
- * judged by group_copy like any other multicast); ND, MLD, router solicitations
+ * IGMP to an IPv4 multicast group (224.0.0.0/4: to the host; group_copy drops a
+ * member's copies to other members); ND, MLD, router solicitations
  * and adverts to an on_link6() destination. Unicast IGMP, and these ICMPv6 types
  * routed elsewhere (the outside, another host address), are judged like any
  * other packet: egress, --internal, segments. */
