@@ -21,7 +21,7 @@ import time
 import pytest
 
 import frames as F
-from nsfixtures import BRIDGE_MAC, GATEWAY4, HOST4, HOST6, OUTSIDE4, OUTSIDE6
+from nsfixtures import BRIDGE_MAC, GATEWAY4, HOST4, HOST6, OUTSIDE4, OUTSIDE6, UPLINK
 from nsfixtures import lab  # noqa: F401 (fixture)
 from packets import ns_socket, send_frame
 
@@ -112,6 +112,16 @@ def test_routed_nd_mld_types_are_judged(lab, setting):
         raw.close()
     assert not any(out.values()), {k: v for k, v in out.items() if v}
     assert not any(host.values()), {k: v for k, v in host.items() if v}
+
+
+def test_nd_mld_types_routed_in_are_judged(lab):
+    """ND/MLD types from the outside host, routed to a member's address: no rule lets the
+    outside in, so nothing arrives (F4, the inbound direction)."""
+    web, web2, db = _network(lab)
+    out, up = lab.outside, lab.link_mac(UPLINK)
+    got = F.arrived(web, [(out, _nd(out, t, web.ip6, up, b"U17F4-in-%d" % t)) for t in ND_MLD],
+                    [b"U17F4-in-%d" % t for t in ND_MLD])
+    assert not any(got.values()), {k: v for k, v in got.items() if v}
 
 
 def test_nd_on_the_link_passes(lab):

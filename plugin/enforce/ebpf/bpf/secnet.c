@@ -396,8 +396,10 @@ int to_container(struct __sk_buff *skb)
 	if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
 		return TC_ACT_SHOT;
 	sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
-	/* a member's IGMP (to a group) is for the host: group_copy drops it (U17-F1) */
-	if (!p->family || (passes_unjudged(p) && !(sender && p->proto == IPPROTO_IGMP_)))
+	/* on the link only (U17-F1, U17-F4): the host's own or a member's through the
+	 * bridge, not routed in (those are judged, as nftables' forward chain does);
+	 * a member's IGMP to a group is for the host: group_copy drops it */
+	if (!p->family || (passes_unjudged(p) && (!from || sender) && !(sender && p->family == 4)))
 		return TC_ACT_OK;
 	if (sender && !active_identity(sender->identity))   /* judged, reported at its source */
 		return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
