@@ -287,7 +287,9 @@ int from_container(struct __sk_buff *skb)
 		}
 		return inactive(skb, &c, p, &vd, member_identity(vd.dst) ? KIND_EW : KIND_EGRESS, SEEN_BRIDGED);
 	}
-	if (r == SRC_PASS || passes_unjudged(p))
+	/* (check_source's SRC_PASS of ND/MLD from a link-local or unspecified source
+	 * holds on the link only: passes_unjudged; routed, it is judged) */
+	if ((r == SRC_PASS && !p->family) || passes_unjudged(p))
 		return TC_ACT_OK;
 	if (loopback(p)) {
 		/* the bridge has route_localnet (published loopback ports): the host's
@@ -393,9 +395,12 @@ int to_container(struct __sk_buff *skb)
 	 * by the network) would then let it into its real destination. */
 	if (!(p->dmac[0] & 1) && !eq_mac(p->dmac, ep->mac))
 		return TC_ACT_SHOT;
-	if (!p->family || passes_unjudged(p))
-		return TC_ACT_OK;
 	sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
+	/* on the link only (U17-F1, U17-F4): the host's own or a member's through the
+	 * bridge, not routed in (those are judged, as nftables' forward chain does);
+	 * a member's IGMP to a group is for the host: group_copy drops it */
+	if (!p->family || (passes_unjudged(p) && (!from || sender) && !(sender && p->family == 4)))
+		return TC_ACT_OK;
 	if (sender && !active_identity(sender->identity))   /* judged, reported at its source */
 		return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
 	if (sender && (p->dmac[0] & 1))

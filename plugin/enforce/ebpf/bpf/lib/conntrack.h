@@ -107,8 +107,14 @@ static __always_inline struct ct_val *ct_entry(struct pkt *p)
 	return bpf_map_lookup_elem(&conntrack, &k);
 }
 
-/* An ICMP error passes when the flow it quotes is tracked (either direction):
- * part of that flow, as nftables' "ct state related" sees it. A flow audit mode
+/* An ICMP error passes when the flow it quotes is tracked (either direction)
+ * and it goes to the end that sent the quoted packet (its outer destination is
+ * the quoted source): part of that flow, as nftables' "ct state related" sees it.
+ * Linux drops an error to anyone else (nf_conntrack_inet_error(), "outer daddr
+ * mismatch": no state, secnet's "ct state invalid" drops it); here it is judged
+ * as a packet of its own, which opens no flow (ct_opens: invalid) (U17-F2). The
+ * addresses are the container's side of any NAT (the kernel undid it, outer and
+ * inner, before to_container; from_container sees them before it). A flow audit mode
  * let pass (CT_DENIED) was reported once as a would-drop; in audit mode its
  * errors pass with it, unreported (U12-F7); in enforce mode (an entry left from
  * audit mode) they are judged as packets of their own. ``mode``: the network's. */
@@ -116,7 +122,7 @@ static __always_inline int ct_related(struct pkt *p, __u8 mode)
 {
 	struct ct_val *v;
 
-	if (!p->icmp_error)
+	if (!p->icmp_error || !eq16(p->daddr, p->inner.saddr))
 		return 0;
 	v = bpf_map_lookup_elem(&conntrack, &p->inner);
 	return v && (!(v->flags & CT_DENIED) || mode == MODE_AUDIT);

@@ -14,13 +14,20 @@
  * every port): it passes when the sender's segment (its port's identity) is this
  * container's and that segment's members may send each other anything (an (s, s, any)
  * entry of the policy map: intra=allow), else it is dropped as no-rule -- never into
- * another segment (nftables: the bridge table's group_copy). ARP, ND, MLD and IGMP
- * passed before (passes_unjudged). */
+ * another segment (nftables: the bridge table's group_copy). ARP, and ND and MLD on
+ * the link, passed before (passes_unjudged): address resolution crosses segments.
+ * IGMP is for the host (the bridge's multicast snooping, a querier): a copy of a
+ * member's IGMP to another member is dropped without a reason, in both modes, not a
+ * policy verdict (U17-F1: it carried any payload across segments; nftables drops it
+ * so in its group_copy chain, "igmp copy"). */
 static __always_inline int group_copy(struct __sk_buff *skb, struct ctx *c, struct pkt *p,
 				      __u16 src, __u16 dst)
 {
 	struct verdict vd = { .src = src, .dst = dst, .reason = R_NO_RULE };
 	struct policy_key k = { .prefixlen = 40 };   /* the (version, src, dst) prefix: "any" */
+
+	if (p->proto == IPPROTO_IGMP_ && p->family == 4)
+		return TC_ACT_SHOT;
 
 	k.data[0] = c->ver;
 	k.data[1] = src >> 8;

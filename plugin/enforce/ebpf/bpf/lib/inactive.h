@@ -12,12 +12,26 @@
 #include "policy.h"
 #include "lookup.h"
 
-/* What nftables passes before judging (ND, MLD, router solicitations, IGMP). */
+/* An IPv6 destination on the link: multicast (ff00::/8), link-local (fe80::/10)
+ * or an address of the network's subnets (a member, the gateway). */
+static __always_inline int on_link6(struct pkt *p)
+{
+	return p->daddr[0] == 0xff || (p->daddr[0] == 0xfe && (p->daddr[1] & 0xc0) == 0x80)
+		|| in_subnets(p, p->daddr);
+}
+
+/* What both backends pass before judging, on the link only (U17-F1, U17-F4):
+ * IGMP to an IPv4 multicast group (224.0.0.0/4: to the host; group_copy drops a
+ * member's copies to other members); ND, MLD, router solicitations
+ * and adverts to an on_link6() destination. Unicast IGMP, and these ICMPv6 types
+ * routed elsewhere (the outside, another host address), are judged like any
+ * other packet: egress, --internal, segments. */
 static __always_inline int passes_unjudged(struct pkt *p)
 {
 	if (p->proto == IPPROTO_IGMP_ && p->family == 4)
-		return 1;
-	return p->proto == IPPROTO_ICMPV6_ && (nd_or_mld(p->icmp_type) || p->icmp_type == 134);
+		return (p->daddr[0] & 0xf0) == 0xe0;
+	return p->proto == IPPROTO_ICMPV6_ && p->family == 6
+		&& (nd_or_mld(p->icmp_type) || p->icmp_type == 134) && on_link6(p);
 }
 
 /* 1 when audit mode must drop an inactive container's packet as ``internal``

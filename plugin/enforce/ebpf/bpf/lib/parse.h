@@ -1,8 +1,7 @@
 /* Parse a frame into what the policy needs: addresses, L4 protocol, ports,
  * and for an ICMP error the flow it is about (so that errors of allowed
- * flows pass like nftables' "related"). Up to four IPv6 extension headers
- * are walked; a packet with more is judged by the fifth next-header value,
- * which only an "any" entry allows. */
+ * flows pass like nftables' "related"). Up to EXT_HEADERS_MAX IPv6 extension
+ * headers are walked; a packet with more is unparsable (dropped as invalid). */
 #ifndef SECNET_PARSE_H
 #define SECNET_PARSE_H
 #include <linux/if_ether.h>
@@ -158,20 +157,38 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 	}
 }
 
+/* How many IPv6 extension headers the walk reads; a packet with more is dropped
+ * (invalid). RFC 8200 section 4.1 orders at most 8 kinds, each once but
+ * destination options twice: 16 is more than any legitimate chain needs. */
+#define EXT_HEADERS_MAX 16
+#define IPPROTO_AH_ 51
+
+static __always_inline int ext_header(__u8 proto)
+{
+	return proto == 0 || proto == 43 || proto == 60 || proto == IPPROTO_FRAGMENT_
+		|| proto == IPPROTO_AH_;
+}
+
 /* Walk IPv6 extension headers (hop-by-hop, routing, destination options,
- * fragment: MLD reports carry a hop-by-hop header) to the L4 header. A
- * fragment header (RFC 8200 section 4.5: next header, reserved, offset << 3 |
+ * fragment, authentication: the ones Linux's ipv6_find_hdr walks, as nftables'
+ * "meta l4proto" does; MLD reports carry a hop-by-hop header) to the L4 header.
+ * A fragment header (RFC 8200 section 4.5: next header, reserved, offset << 3 |
  * M, identification) marks the packet a fragment; after a later fragment's
- * header comes payload, not headers: the walk stops there. */
-static __always_inline void skip_ext_headers(struct __sk_buff *skb, struct pkt *p)
+ * header comes payload, not headers: the walk stops there. An AH header's length
+ * is in 4-byte units minus 2 (RFC 4302 section 2.2), the others' in 8-byte units
+ * minus 1 (RFC 8200 section 4.3). Returns 0, or -1 (fail closed: invalid) when
+ * a header is cut short or the chain is longer than EXT_HEADERS_MAX headers:
+ * judged by the next-header value after them, it would be judged as another
+ * protocol than its receiver sees (U17-F5, U17-F7: an RA behind 5 headers). */
+static __always_inline int skip_ext_headers(struct __sk_buff *skb, struct pkt *p)
 {
 	__u8 hdr[8];
 
-	for (int i = 0; i < 4; i++) {
-		if (p->proto != 0 && p->proto != 43 && p->proto != 60 && p->proto != IPPROTO_FRAGMENT_)
-			return;
+	for (int i = 0; i < EXT_HEADERS_MAX; i++) {
+		if (!ext_header(p->proto))
+			return 0;
 		if (bpf_skb_load_bytes(skb, p->l4off, hdr, 8))
-			return;
+			return -1;
 		if (p->proto == IPPROTO_FRAGMENT_) {
 			__u16 off = (hdr[2] << 8) | hdr[3];
 
@@ -183,12 +200,13 @@ static __always_inline void skip_ext_headers(struct __sk_buff *skb, struct pkt *
 			p->frag_proto = hdr[0];
 			p->frag_id = ((__u32)hdr[4] << 24) | (hdr[5] << 16) | (hdr[6] << 8) | hdr[7];
 			if (p->frag == FRAG_LATER)
-				return;
+				return 0;
 			continue;
 		}
-		p->l4off += (hdr[1] + 1) * 8;
+		p->l4off += p->proto == IPPROTO_AH_ ? (hdr[1] + 2) * 4 : (hdr[1] + 1) * 8;
 		p->proto = hdr[0];
 	}
+	return ext_header(p->proto) ? -1 : 0;
 }
 
 /* ARP: the sender and target IPv4 addresses (what a report shows; family stays 0) */
@@ -203,7 +221,8 @@ static __always_inline void parse_arp(struct __sk_buff *skb, struct pkt *p)
 	__builtin_memcpy(p->osrc, p->saddr, 16);
 }
 
-/* 0 on success; -1 when the frame is too short for its own headers. */
+/* 0 on success; -1 when the frame is too short for its own headers, or its
+ * IPv6 extension headers are more than the walk reads (skip_ext_headers). */
 static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 {
 	void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
@@ -239,7 +258,8 @@ static __always_inline int parse(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
 		__builtin_memcpy(p->osrc, p->saddr, 16);
 		p->l4off = sizeof(*eth) + sizeof(*ip6);
-		skip_ext_headers(skb, p);
+		if (skip_ext_headers(skb, p) < 0)
+			return -1;
 	} else {
 		if (p->ethertype == ETH_P_ARP_)
 			parse_arp(skb, p);
