@@ -218,8 +218,10 @@ def _cidr_lookups(ident: str, sel4: str, sel6: str, prefix: str, first: bool) ->
     return out
 
 
-def _base_chains(bridge: str) -> list:
+def _base_chains(bridge: str, subnets: Iterable[str] = ()) -> list:
     br = _q(bridge)
+    # the link's IPv6 destinations: group, link-local, the network's own (the gateway)
+    link6 = ", ".join(["ff00::/8", "fe80::/10"] + [n for n in subnets if ":" in n])
     forward = _rules(
         "forward",
         f"iifname != {br} oifname != {br} accept",
@@ -253,8 +255,9 @@ def _base_chains(bridge: str) -> list:
         "host_in",
         f"iifname != {br} accept",
         # before the conntrack checks: a frame the bridge passes up because it is in
-        # promiscuous mode (a capture on it) has no conntrack state (br_nf_local_in)
-        f"{ND} accept",
+        # promiscuous mode (a capture on it) has no conntrack state (br_nf_local_in); to
+        # another host address (routed) it is judged as any packet (U17-F4)
+        f"ip6 daddr {{ {link6} }} {ND} accept",
         # a broadcast or multicast: each packet, as egress (its flooded copies, let through
         # before the bridge passes it up, confirmed the shared conntrack entry)
         "meta pkttype { broadcast, multicast } goto host_judge",
@@ -296,7 +299,7 @@ def render_inet(network_id: str, net) -> list:
     lines += ns.pub_maps()
     lines += fqdn.render_sets(FQDN_SET_SIZE).rstrip("\n").splitlines()
     lines += drop_chains("inet", network_id, "audit", "goto pass")
-    lines += _identity_chains() + _policy_chains() + _base_chains(net.bridge)
+    lines += _identity_chains() + _policy_chains() + _base_chains(net.bridge, net.subnets)
     lines += ns.nat_chains(net.bridge, net.subnets, net.internal)
     lines.append("}")
     return lines
