@@ -30,6 +30,7 @@ import os
 import pytest
 
 from diffcases import CLOSED, Case, Edit, Place, Policy, cells, make_case, outcome, show
+from diffsniff import Catch, leaks
 from nsfixtures import GATEWAY4, GATEWAY6, HOST4, HOST6, NET_ID, OUTSIDE4, OUTSIDE6, lab  # noqa: F401
 from packets import echoes, open_stream, parallel, probe_addr
 from plugin.driver.state import EndpointRecord
@@ -77,6 +78,8 @@ class Run:
         self.lab, self.case = lab, case
         self.boxes = lab.add(len(case.places))
         self.places, self.policy = case.places, case.policy
+        #: where packets are sniffed: every container, the outside host
+        self.ends = {**{f"c{i}": c for i, c in enumerate(self.boxes)}, "outside": lab.outside}
 
     def apply(self) -> None:
         lab, p = self.lab, self.policy
@@ -145,13 +148,18 @@ class Run:
         drawn = cells(self.case, phase, BUDGET) + list(extra)
         answers = self.model(drawn)
         want = [outcome(a["allowed"] or a["would_drop"], c[2], c[3]) for c, a in zip(drawn, answers)]
-        got = self.probe(drawn)
-        lost = [i for i, (w, g) in enumerate(zip(want, got)) if w != "timeout" and _seen(g) == "timeout"]
-        for i, again in zip(lost, self.probe([drawn[i] for i in lost])):
-            got[i] = again
+        catch = Catch(self.ends)
+        try:
+            got = self.probe(drawn)
+            lost = [i for i, (w, g) in enumerate(zip(want, got)) if w != "timeout" and _seen(g) == "timeout"]
+            for i, again in zip(lost, self.probe([drawn[i] for i in lost])):
+                got[i] = again
+        finally:
+            seen = catch.collect()
         bad = [f"phase {phase} ({'before' if phase == 0 else 'after'} the edit) {show(c)}: model {w}"
                f" ({a['reason']}), {self.lab.backend_name} {g}"
                for c, a, w, g in zip(drawn, answers, want, got) if w != _seen(g)]
+        bad += leaks(self, phase, drawn, [w != "timeout" for w in want], seen)
         return bad, drawn, want
 
     def open_streams(self, drawn: list, want: list) -> list:
@@ -229,4 +237,6 @@ def test_a_planted_hole_is_caught(lab):
     bad = run.check(0, (hole,))[0]
     assert any(line.endswith(f"c0->c1 tcp/{HOLE_PORT} v4: model timeout (no rule allows it), "
                              f"{lab.backend_name} ok") for line in bad), bad
-    assert all(": model timeout (" in line for line in bad), bad
+    assert any(line.endswith(f"c0->c1 tcp/{HOLE_PORT} v4: model dropped, but its first packet reached c1")
+               for line in bad), bad
+    assert all(": model timeout (" in line or ": model dropped, but" in line for line in bad), bad
