@@ -94,21 +94,30 @@ def leaks(run, phase: int, drawn: list, passes: list, seen: dict) -> list:
     """Lines naming every dropped cell whose first packet reached its destination, and
     every frame for another MAC that reached a container."""
     got = {end: {p for f in frames if (p := first_packet(f))} for end, frames in seen.items()}
-    out_seen = {p[1:] for p in got.get("outside", ())}
-    open_out = {(c[2], c[3], c[4]) for c, ok in zip(drawn, passes) if ok and c[1] == "outside"}
-    bad = []
+    bad, outside = [], {}
     for cell, ok in zip(drawn, passes):
         src, dst, proto, port, fam = cell
         if ok or dst not in got:
             continue
-        addr = run.address(dst, fam)
         if dst == "outside":
-            hit = (proto, port, fam) not in open_out and (addr, proto, port) in out_seen
-        else:
-            hit = (run.address(src, fam), addr, proto, port) in got[dst]
-        if hit:
+            outside.setdefault((proto, port, fam), []).append(cell)
+        elif (run.address(src, fam), run.address(dst, fam), proto, port) in got[dst]:
             bad.append(f"phase {phase} {_show(cell)}: model dropped, but its first packet reached {dst}")
-    return bad + flooded(run, phase, seen)
+    return bad + _outside(run, phase, drawn, passes, got.get("outside", set()), outside) + flooded(run, phase, seen)
+
+
+def _outside(run, phase: int, drawn: list, passes: list, got: set, dropped: dict) -> list:
+    """The outside host sees masqueraded sources: one line per service that a dropped
+    cell's packet reached it on, when no passing cell of the phase used that service."""
+    open_out = {c[2:] for c, ok in zip(drawn, passes) if ok and c[1] == "outside"}
+    bad = []
+    for (proto, port, fam), cells_ in sorted(dropped.items(), key=str):
+        if (proto, port, fam) not in open_out and (run.address("outside", fam), proto, port) in \
+                {p[1:] for p in got}:
+            who = ", ".join(_show(c) for c in cells_)
+            bad.append(f"phase {phase} {who}: model dropped, but a first packet reached outside"
+                       " (masqueraded: one of these)")
+    return bad
 
 
 def flooded(run, phase: int, seen: dict) -> list:

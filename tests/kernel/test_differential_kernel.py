@@ -31,7 +31,7 @@ import pytest
 
 from diffcases import CLOSED, Case, Edit, Place, Policy, cells, make_case, outcome, show
 from diffsniff import Catch, leaks
-from nsfixtures import GATEWAY4, GATEWAY6, HOST4, HOST6, NET_ID, OUTSIDE4, OUTSIDE6, lab  # noqa: F401
+from nsfixtures import GATEWAY4, GATEWAY6, HOST4, HOST6, NET_ID, OUTSIDE4, OUTSIDE6, lab, only  # noqa: F401
 from packets import echoes, open_stream, parallel, probe_addr
 from plugin.driver.state import EndpointRecord
 from plugin.observe.explain import explain
@@ -240,3 +240,20 @@ def test_a_planted_hole_is_caught(lab):
     assert any(line.endswith(f"c0->c1 tcp/{HOLE_PORT} v4: model dropped, but its first packet reached c1")
                for line in bad), bad
     assert all(": model timeout (" in line or ": model dropped, but" in line for line in bad), bad
+
+
+@only("ebpf")
+def test_a_planted_one_way_leak_is_caught(lab):
+    """With its sender's program gone, c0's egress (denied) reaches the outside host
+    unjudged while the reply is dropped at c0's veth as a new flow: every probe times
+    out, as the model says, and only the sniffer at the outside host names the leak."""
+    case = Case(0, (Place("web"), Place("api")), Policy("", "deny", "deny"), False, Edit("mode"))
+    run = Run(lab, case)
+    run.apply()
+    planted = (("c0", "outside", "tcp", 8080, 4), ("c0", "outside", "udp", 53, 6))
+    assert run.check(0, planted)[0] == []
+    lab.exec("tc", "filter", "del", "dev", run.boxes[0].veth, "ingress")
+    lines = run.check(0, planted)[0]
+    for cell in ("c0->outside tcp/8080 v4", "c0->outside udp/53 v6"):
+        assert not any(f"{cell}: model timeout" in line for line in lines), lines   # probes see nothing
+        assert any(cell in line and "a first packet reached outside" in line for line in lines), lines
