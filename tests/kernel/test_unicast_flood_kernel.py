@@ -36,3 +36,26 @@ def test_a_flooded_unicast_frame_reaches_only_its_destination(lab):
         at_evil.close()
     assert got_web, f"{lab.backend_name}: the allowed frame did not reach its destination"
     assert got_evil == [], f"{lab.backend_name}: {len(got_evil)} flooded copies reached a third container"
+
+
+@pytest.mark.parametrize("state", ["quarantined", "pending"])
+def test_in_audit_mode_a_flooded_unicast_frame_skips_an_inactive_port(lab, state):
+    """Audit mode lets a pending or quarantined container's would-drops pass, and the group
+    copies it would get; a unicast copy for another container's MAC is no would-drop of its
+    own and is never delivered (docs/deviations.md: in both modes)."""
+    client, web, evil = lab.add(3)
+    lab.apply("client->web:udp/5353", {client: "client", web: "web", evil: "evil"}, mode="audit")
+    lab.move(evil, None, quarantine="invalid label" if state == "quarantined" else None)
+    lab.exec("bridge", "fdb", "del", web.mac, "dev", web.veth, "master", check=False)
+    at_web, at_evil = Sniffer(web), Sniffer(evil)
+    try:
+        frame = udp4_frame(client, web.mac, client.ip4, web.ip4, 5353, b"FLOODED-IN-AUDIT")
+        for _ in range(3):
+            send_frame(client, frame)
+        got_web = [f for f in at_web.frames(0.5) if b"FLOODED-IN-AUDIT" in f]
+        got_evil = [f for f in at_evil.frames(0.2) if b"FLOODED-IN-AUDIT" in f]
+    finally:
+        at_web.close()
+        at_evil.close()
+    assert got_web, f"{lab.backend_name}: the allowed frame did not reach its destination"
+    assert got_evil == [], f"{lab.backend_name}: {len(got_evil)} flooded copies reached the {state} container"

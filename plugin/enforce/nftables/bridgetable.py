@@ -150,11 +150,14 @@ def _inactive_port_chains() -> list:
     """A frame leaving through a quarantined or pending port: judged (dropped, logged)
     when it is meant for that container -- to its MAC, or an ARP request or neighbour
     solicitation for one of its addresses; a flooded copy meant for others is dropped
-    without a log line (audit mode: passed without one)."""
+    without a log line (audit mode: a broadcast or multicast passes without one, a
+    unicast copy for another MAC never)."""
     return (_rules("inactive_port",
                    "oifname . ether daddr @macs goto inactive_judged",
                    "ether type arp oifname . arp daddr ip @arp4 goto inactive_judged",
                    "icmpv6 type nd-neighbor-solicit oifname . @th,64,128 @na6 goto inactive_judged",
+                   # a unicast copy for another MAC: dropped in audit mode too (deviations.md)
+                   '@ll,7,1 0 counter drop comment "flooded copy"',
                    f"{SETTING_KEY} @baudit accept",
                    'counter drop comment "flooded copy"')   # no reason: not in show, log, metrics
             # the sender is named OUTSIDE (as eBPF names it): its pair in audit mode (gaudits)

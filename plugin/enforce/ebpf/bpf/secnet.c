@@ -377,8 +377,9 @@ int to_container(struct __sk_buff *skb)
 	frag_remember(p);
 	vd.dst = ep->identity;
 	if (!active_identity(ep->identity)) {
-		if (!meant_for(skb, p, ep))   /* a flooded copy for others: no report */
-			return c.s->mode == MODE_AUDIT ? TC_ACT_OK : TC_ACT_SHOT;
+		if (!meant_for(skb, p, ep))   /* a flooded copy for others: no report; */
+			/* audit mode passes a group copy, never a unicast one for another MAC */
+			return c.s->mode == MODE_AUDIT && (p->dmac[0] & 1) ? TC_ACT_OK : TC_ACT_SHOT;
 		vd.reason = inactive_reason(ep->identity);
 		sender = from ? bpf_map_lookup_elem(&endpoints, &from) : NULL;
 		if (!sender && audit_leaves_internal(&c, p, from ? ID_OUTSIDE : ID_HOST)) {
