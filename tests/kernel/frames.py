@@ -1,8 +1,8 @@
 """Hand-made IPv4/IPv6 frames for the evasion tests (no scapy): extension-header
 chains, ICMP errors quoting any flow, IGMP, ND/MLD types to any destination.
 
-From the tester user17's lab helpers (/work/wt/user17/.u17/craft.py), trimmed to
-what tests/kernel/test_{icmp_error_forgery,ext_headers,link_scope}_kernel.py use.
+After the tester user17's lab helpers (FINDINGS-17), trimmed to what the kernel tests of
+crafted frames use (test_{icmp_error_forgery,ext_headers,link_scope,crafted_frames}_kernel.py).
 Every checksum is right (conntrack and the receivers check them).
 """
 from __future__ import annotations
@@ -12,12 +12,8 @@ import socket
 import struct
 import time
 
-from packets import Sniffer, send_frame
+from packets import Sniffer, mac_bytes as mac, send_frame
 from plugin.kernel.icmp import checksum
-
-
-def mac(m: str) -> bytes:
-    return bytes.fromhex(m.replace(":", ""))
 
 
 def addr(x: str) -> bytes:
@@ -98,12 +94,18 @@ def arrived(victim, sends, tokens, wait: float = 0.8) -> dict:
     return {t: any(t in f for f in got) for t in tokens}
 
 
-def received(sock, tokens, wait: float = 0.8) -> dict:
-    """token -> did ``sock`` (a socket with a short timeout) receive data carrying it?"""
+def payloads(sock, wait: float = 0.8) -> list:
+    """What ``sock`` (a socket with a short timeout) receives within ``wait`` seconds."""
     got, end = [], time.monotonic() + wait
     while time.monotonic() < end:
         try:
             got.append(sock.recv(65535))
         except (socket.timeout, BlockingIOError):
             pass
+    return got
+
+
+def received(sock, tokens, wait: float = 0.8) -> dict:
+    """token -> did ``sock`` (a socket with a short timeout) receive data carrying it?"""
+    got = payloads(sock, wait)
     return {t: any(t in g for g in got) for t in tokens}

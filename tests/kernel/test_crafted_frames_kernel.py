@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-import struct
 import time
 
 import pytest
 
+import frames as F
 from nsfixtures import BRIDGE_MAC, GATEWAY4, GATEWAY6, OUTSIDE4, OUTSIDE6, lab  # noqa: F401
-from packets import Sniffer, mac_bytes, ns_socket, send_frame
-from plugin.kernel.icmp import checksum
+from packets import Sniffer, ns_socket, send_frame
 
 pytestmark = pytest.mark.kernel
 
@@ -35,19 +34,11 @@ SETTLE = 0.2   # s: the primer's conntrack entry confirmed before the unicast fo
 
 def udp_frame(src, dst_mac: str, src_ip: str, dst_ip: str, port: int, payload: bytes,
               sport: int = 4710) -> bytes:
-    """Ethernet/IPv4 or IPv6/UDP from container ``src``'s MAC, checksums filled in
-    (IPv6 requires the UDP one)."""
-    v6 = ":" in dst_ip
-    s, d = ipaddress.ip_address(src_ip).packed, ipaddress.ip_address(dst_ip).packed
-    udp = struct.pack("!HHHH", sport, port, 8 + len(payload), 0) + payload
-    pseudo = s + d + (struct.pack("!I3xB", len(udp), 17) if v6 else struct.pack("!BBH", 0, 17, len(udp)))
-    udp = udp[:6] + struct.pack("!H", checksum(pseudo + udp) or 0xffff) + udp[8:]
-    if v6:
-        ip = struct.pack("!IHBB", 6 << 28, len(udp), 17, 64) + s + d
-        return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x86\xdd" + ip + udp
-    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 1, 0x4000, 64, 17, 0, s, d)
-    ip = ip[:10] + struct.pack("!H", checksum(ip)) + ip[12:]
-    return mac_bytes(dst_mac) + mac_bytes(src.mac) + b"\x08\x00" + ip + udp
+    """Ethernet/IPv4 or IPv6/UDP from container ``src``'s MAC, checksums filled in."""
+    udp = F.udp(src_ip, dst_ip, sport, port, payload)
+    if ":" in dst_ip:
+        return F.eth(dst_mac, src.mac, 0x86DD, F.ip6(src_ip, dst_ip, 17, udp))
+    return F.eth(dst_mac, src.mac, 0x0800, F.ip4(src_ip, dst_ip, 17, udp))
 
 
 def receiver(ns: str, addr: str, port: int) -> socket.socket:
@@ -57,16 +48,6 @@ def receiver(ns: str, addr: str, port: int) -> socket.socket:
     return s
 
 
-def received(s: socket.socket, seconds: float = 0.6) -> list:
-    out, deadline = [], time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            out.append(s.recv(2048))
-        except socket.timeout:
-            continue
-    return out
-
-
 def primed(web, dst_ip: str, unicast_mac: str, fam: int) -> None:
     """The primer (one datagram to the group MAC), then the same flow to ``unicast_mac``."""
     send_frame(web, udp_frame(web, GROUP_MAC[fam], web.ip(fam), dst_ip, PORT, b"primer"))
@@ -74,11 +55,11 @@ def primed(web, dst_ip: str, unicast_mac: str, fam: int) -> None:
     send_frame(web, udp_frame(web, unicast_mac, web.ip(fam), dst_ip, PORT, b"after the primer"))
 
 
-def control(lab, web, api, fam: int) -> None:
+def control(web, api, fam: int) -> None:
     """The same crafted unicast frame on the allowed flow web -> api:udp/7000 arrives."""
     with receiver(api.ns, api.ip(fam), ALLOWED) as rx:
         send_frame(web, udp_frame(web, api.mac, web.ip(fam), api.ip(fam), ALLOWED, b"control"))
-        assert received(rx) == [b"control"], "the crafted frame of an allowed flow did not arrive"
+        assert F.payloads(rx, 0.6) == [b"control"], "the crafted frame of an allowed flow did not arrive"
 
 
 @pytest.mark.parametrize("fam", [4, 6])
@@ -87,8 +68,8 @@ def test_a_group_frame_opens_no_flow_to_another_segment(lab, fam):
     lab.apply("web->api:udp/7000", {web: "web", api: "api", db: "db"}, egress="deny")
     with receiver(db.ns, db.ip(fam), PORT) as rx:
         primed(web, db.ip(fam), db.mac, fam)
-        assert received(rx) == [], "a broadcast primer opened web -> db (no rule)"
-    control(lab, web, api, fam)
+        assert F.payloads(rx, 0.6) == [], "a broadcast primer opened web -> db (no rule)"
+    control(web, api, fam)
 
 
 @pytest.mark.parametrize("fam", [4, 6])
@@ -98,7 +79,7 @@ def test_a_group_frame_opens_no_flow_to_the_host_or_out(lab, fam):
     gateway, outside = (GATEWAY4, OUTSIDE4) if fam == 4 else (GATEWAY6, OUTSIDE6)
     with receiver(lab.host, gateway, PORT) as rx:
         primed(web, gateway, BRIDGE_MAC, fam)
-        assert received(rx) == [], "a broadcast primer opened web -> the host (egress=deny)"
+        assert F.payloads(rx, 0.6) == [], "a broadcast primer opened web -> the host (egress=deny)"
     sniffer = Sniffer(lab.outside)
     try:
         primed(web, outside, BRIDGE_MAC, fam)
@@ -106,7 +87,7 @@ def test_a_group_frame_opens_no_flow_to_the_host_or_out(lab, fam):
     finally:
         sniffer.close()
     assert leaked == [], "a broadcast primer opened web -> the outside (egress=deny)"
-    control(lab, web, api, fam)
+    control(web, api, fam)
 
 
 @pytest.mark.parametrize("fam", [4, 6])
@@ -121,7 +102,7 @@ def test_a_frame_reaches_only_the_container_of_its_ip_address(lab, fam):
         sniffer.close()
     assert seen == [], "db received a frame of the flow web -> api (its MAC, api's address)"
     assert lab.dropped("not-member") > 0
-    control(lab, web, api, fam)
+    control(web, api, fam)
 
 
 def test_a_group_flow_the_host_refused_stays_refused(lab):
@@ -138,7 +119,7 @@ def test_a_group_flow_the_host_refused_stays_refused(lab):
         rx.bind(("0.0.0.0", PORT))
         rx.settimeout(0.05)
         primed(web, bcast, BRIDGE_MAC, 4)
-        assert received(rx) == [], "the host received web's datagrams to the subnet broadcast"
+        assert F.payloads(rx, 0.6) == [], "the host received web's datagrams to the subnet broadcast"
     finally:
         rx.close()
-    control(lab, web, api, 4)
+    control(web, api, 4)

@@ -19,21 +19,27 @@ from packets import Sniffer, send_frame, udp4_frame
 pytestmark = pytest.mark.kernel
 
 
-def test_a_flooded_unicast_frame_reaches_only_its_destination(lab):
-    client, web, evil = lab.add(3)
-    lab.apply("client->web:udp/5353", {client: "client", web: "web", evil: "evil"}, intra="deny")
-    # web's MAC unlearned (it has not sent anything since, or it aged out)
+def _flooded(lab, client, web, evil, tag: bytes) -> tuple:
+    """(frames at web, frames at evil) carrying ``tag``, after ``client`` sent web a UDP
+    datagram three times with web's MAC unlearned (it has not sent anything since, or it
+    aged out): the bridge floods each to every port."""
     lab.exec("bridge", "fdb", "del", web.mac, "dev", web.veth, "master", check=False)
     at_web, at_evil = Sniffer(web), Sniffer(evil)
     try:
-        frame = udp4_frame(client, web.mac, client.ip4, web.ip4, 5353, b"FLOODED-TO-ALL")
+        frame = udp4_frame(client, web.mac, client.ip4, web.ip4, 5353, tag)
         for _ in range(3):
             send_frame(client, frame)
-        got_web = [f for f in at_web.frames(0.5) if b"FLOODED-TO-ALL" in f]
-        got_evil = [f for f in at_evil.frames(0.2) if b"FLOODED-TO-ALL" in f]
+        return ([f for f in at_web.frames(0.5) if tag in f],
+                [f for f in at_evil.frames(0.2) if tag in f])
     finally:
         at_web.close()
         at_evil.close()
+
+
+def test_a_flooded_unicast_frame_reaches_only_its_destination(lab):
+    client, web, evil = lab.add(3)
+    lab.apply("client->web:udp/5353", {client: "client", web: "web", evil: "evil"}, intra="deny")
+    got_web, got_evil = _flooded(lab, client, web, evil, b"FLOODED-TO-ALL")
     assert got_web, f"{lab.backend_name}: the allowed frame did not reach its destination"
     assert got_evil == [], f"{lab.backend_name}: {len(got_evil)} flooded copies reached a third container"
 
@@ -46,16 +52,6 @@ def test_in_audit_mode_a_flooded_unicast_frame_skips_an_inactive_port(lab, state
     client, web, evil = lab.add(3)
     lab.apply("client->web:udp/5353", {client: "client", web: "web", evil: "evil"}, mode="audit")
     lab.move(evil, None, quarantine="invalid label" if state == "quarantined" else None)
-    lab.exec("bridge", "fdb", "del", web.mac, "dev", web.veth, "master", check=False)
-    at_web, at_evil = Sniffer(web), Sniffer(evil)
-    try:
-        frame = udp4_frame(client, web.mac, client.ip4, web.ip4, 5353, b"FLOODED-IN-AUDIT")
-        for _ in range(3):
-            send_frame(client, frame)
-        got_web = [f for f in at_web.frames(0.5) if b"FLOODED-IN-AUDIT" in f]
-        got_evil = [f for f in at_evil.frames(0.2) if b"FLOODED-IN-AUDIT" in f]
-    finally:
-        at_web.close()
-        at_evil.close()
+    got_web, got_evil = _flooded(lab, client, web, evil, b"FLOODED-IN-AUDIT")
     assert got_web, f"{lab.backend_name}: the allowed frame did not reach its destination"
     assert got_evil == [], f"{lab.backend_name}: {len(got_evil)} flooded copies reached the {state} container"
