@@ -1,8 +1,8 @@
 """The daemon's own time per remote-driver verb of `docker network create` and `docker run`,
 two trees side by side, interleaved (issue 12's "the verbs themselves").
 
-Run as root: ``python -m bench.verbs [--base DIR] [--rounds N] [--runs M] [--gap MS]``. It starts
-two private daemons (``secnet-plugin``'s ``main``, gunicorn master + worker, each in a
+Run as root: ``python -m bench.verbs [--base DIR] [--rounds N] [--runs M] [--pairs P] [--gap MS]``.
+It starts two private daemons (``secnet-plugin``'s ``main``, gunicorn master + worker, each in a
 throwaway network namespace with its own socket and state directory: nothing on the host,
 in Docker or in the shared daemon is touched, so it needs no e2e lock): one of this tree,
 one of ``--base`` (a ``git archive`` export of another commit; without it both are this
@@ -22,6 +22,14 @@ that end inside the request -- CreateNetwork's forward-rules thread -- and child
 are not in it; ``cpu_all`` adds ``/proc/PID/stat``'s utime+stime+cutime+cstime over the
 whole run, in clock ticks, as a check). Prints per tree and verb the median wall and CPU
 ms, and the median over rounds of the per-round ratio this/base of each verb's median.
+
+The rounds are split over P pairs of daemons started one pair after the other (``--pairs``,
+default 4; base's daemon starts first in every other pair). Each process has a speed of its
+own (its memory layout, its hash seed): with one pair, six A/A runs (one tree against a copy
+of itself, 10 rounds x 10) gave Join 0.87-1.13x wall and 0.89-1.10x CPU, EndpointOperInfo
+0.89-1.18x CPU, all verbs of a run leaning the same way (bench/results/2026-12-01-joinfix.md):
+one pair's ratio is that pair's, not the trees'. Several pairs average it out (pyperf runs
+many processes for the same reason).
 """
 from __future__ import annotations
 
@@ -224,30 +232,50 @@ def ratios(rounds: list, a: str, b: str) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--base", default=ROOT, help="tree to compare against (a git archive export)")
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--runs", type=int, default=10, help="docker run sequences per round")
-    parser.add_argument("--gap", type=float, default=0.0,
-                        help="ms between CreateEndpoint's answer and Join (dockerd's sandbox)")
-    args = parser.parse_args()
-    daemons = {"this": Daemon(ROOT, "this"), "base": Daemon(os.path.abspath(args.base), "base")}
-    rounds = []
+def pair_rounds(base: str, pair: int, first: int, count: int, runs: int, gap: float) -> tuple:
+    """Rounds ``first``..``first + count - 1`` on a new pair of daemons, this tree's and
+    ``base``'s (base's starts first in odd ``pair``s): (rounds, {label: the worker's CPU ms
+    over them}). Both daemons are stopped on return, also on failure."""
+    labels = ("this", "base") if pair % 2 == 0 else ("base", "this")
+    daemons: dict = {}
     try:
+        for label in labels:
+            daemons[label] = Daemon(ROOT if label == "this" else base, label)
         for d in daemons.values():   # warm-up: first imports, first clients
             one_round(d, -1, 2)
         ticks0 = {k: d.ticks() for k, d in daemons.items()}
-        for r in range(args.rounds):
+        rounds = []
+        for r in range(first, first + count):
             order = ("this", "base") if r % 2 == 0 else ("base", "this")
-            rounds.append({k: one_round(daemons[k], r, args.runs, args.gap / 1000) for k in order})
-        cpu_all = {k: (d.ticks() - ticks0[k]) * 1000 / CLK_TCK for k, d in daemons.items()}
+            rounds.append({k: one_round(daemons[k], r, runs, gap) for k in order})
+        return rounds, {k: (d.ticks() - ticks0[k]) * 1000 / CLK_TCK for k, d in daemons.items()}
     finally:
         for d in daemons.values():
             d.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", default=ROOT, help="tree to compare against (a git archive export)")
+    parser.add_argument("--rounds", type=int, default=12, help="rounds in all (split over the pairs)")
+    parser.add_argument("--runs", type=int, default=10, help="docker run sequences per round")
+    parser.add_argument("--pairs", type=int, default=4,
+                        help="daemon pairs, one after the other (each process has a speed of its own)")
+    parser.add_argument("--gap", type=float, default=0.0,
+                        help="ms between CreateEndpoint's answer and Join (dockerd's sandbox)")
+    args = parser.parse_args()
+    if args.pairs < 1 or args.rounds < args.pairs:
+        raise SystemExit("verbs: --pairs must be >= 1 and <= --rounds")
+    rounds, cpu_all, per_pair = [], {"this": 0.0, "base": 0.0}, args.rounds // args.pairs
+    for p in range(args.pairs):
+        count = per_pair + (1 if p < args.rounds % args.pairs else 0)
+        got, cpu = pair_rounds(os.path.abspath(args.base), p, len(rounds), count, args.runs, args.gap / 1000)
+        rounds += got
+        for k, ms in cpu.items():
+            cpu_all[k] += ms
     print(json.dumps({"this": summary(rounds, "this"), "base": summary(rounds, "base"),
-                      "ratio_this_over_base": ratios(rounds, "this", "base"),
-                      "cpu_all_ms": cpu_all, "rounds": args.rounds, "runs": args.runs, "gap_ms": args.gap}, indent=1))
+                      "ratio_this_over_base": ratios(rounds, "this", "base"), "cpu_all_ms": cpu_all,
+                      "rounds": args.rounds, "runs": args.runs, "pairs": args.pairs, "gap_ms": args.gap}, indent=1))
 
 
 if __name__ == "__main__":
