@@ -12,7 +12,11 @@ what policy forbids; what they let through they mark, and DOCKER-USER
 accepts only marked packets of the bridge and drops the rest. So if
 secnet's tables were ever missing, the bridge's forwarded traffic is
 dropped, not let through (fail closed).
-Docker's rules for its own networks are untouched.
+Docker's rules for its own networks are untouched, and so are the admin's
+own rules in DOCKER-USER (Docker's documented place for them, e.g. who may
+reach published ports): secnet's rules go below them, just above Docker's
+closing ``-j RETURN``, so that they still apply to every secnet network
+(U18-F7: inserted at the top, a network made after the admin's rule escaped it).
 """
 from __future__ import annotations
 
@@ -98,8 +102,9 @@ class DockerFirewall:
         changed, writes = False, {}
         with self._lock:
             for binary in self.binaries:
-                if iptpeek.insert_only(binary, CHAIN, COMMENT_PREFIX + network_id):
-                    writes[binary] = self._insert_lines(bridge, network_id)
+                at = iptpeek.chain_tail(binary, CHAIN, COMMENT_PREFIX + network_id)
+                if at is not None:
+                    writes[binary] = _place(self._specs(bridge, network_id), at)
                     changed = True
                     continue
                 table = self._filter_table(binary)
@@ -128,11 +133,11 @@ class DockerFirewall:
                 if table is None:
                     log.warning("%s: cannot read the filter table", binary)
                     continue
-                lines = self._base_lines(table)
+                lines, rules = self._base_lines(table), _chain_rules(table)
                 if any(line.startswith("-I FORWARD") for line in lines):
                     changed.update(bridges)
                 for nid, bridge in bridges.items():
-                    more = self._network_lines(table, bridge, nid)
+                    more = self._network_lines(rules, bridge, nid)
                     if more[1]:
                         changed.add(nid)
                     lines += more[0]
@@ -144,7 +149,7 @@ class DockerFirewall:
         """(restore lines, whether that is a rewrite) that put the bridge's rules in place:
         :meth:`_base_lines`, then :meth:`_network_lines`."""
         base = self._base_lines(table)
-        lines, rewrite = self._network_lines(table, bridge, network_id)
+        lines, rewrite = self._network_lines(_chain_rules(table), bridge, network_id)
         return base + lines, rewrite or any(line.startswith("-I FORWARD") for line in base)
 
     @staticmethod
@@ -158,21 +163,26 @@ class DockerFirewall:
             lines.append(f"-I FORWARD 1 -j {CHAIN}")
         return lines
 
-    def _network_lines(self, table: list, bridge: str, network_id: str) -> tuple:
-        """(restore lines, whether that is a rewrite) for one network: rules an older secnet
-        wrote differently removed, and the four rules, in order, at the top."""
-        specs, ours = self._specs(bridge, network_id), self._ours(table, network_id)
+    def _network_lines(self, rules: list, bridge: str, network_id: str) -> tuple:
+        """(restore lines, whether that is a rewrite) for one network, given ``rules`` (the
+        chain's rules' arguments, in order, as the lines before these leave them; updated to
+        what these leave): rules an older secnet wrote differently removed; when one is
+        missing, or an admin's rule sits below ours (older secnet code inserted at the top),
+        all of them again, in order, above the chain's first plain RETURN."""
+        specs, tag = self._specs(bridge, network_id), COMMENT_PREFIX + network_id
+        ours = [args for args in rules if tag in args]
         wanted = {tuple(_generic(spec)) for spec in specs}
         stale = [args for args in ours if tuple(_generic(args)) not in wanted]
-        if all(spec in ours for spec in specs):
+        if all(spec in ours for spec in specs) and not _below_others(rules, tag):
+            for args in stale:
+                rules.remove(args)
             return [f"-D {CHAIN} {shlex.join(args)}" for args in stale], False
-        # then all again, in order, at the top
-        doomed = [f"-D {CHAIN} {shlex.join(args)}" for args in ours]
-        return doomed + self._insert_lines(bridge, network_id), True
-
-    def _insert_lines(self, bridge: str, network_id: str) -> list:
-        """The four rules of the bridge, inserted in order at the top of the chain."""
-        return [f"-I {CHAIN} 1 {shlex.join(spec)}" for spec in reversed(self._specs(bridge, network_id))]
+        for args in ours:
+            rules.remove(args)
+        at = next((i for i, args in enumerate(rules, 1) if args == ["-j", "RETURN"]), 0)
+        lines = _place(specs, at)
+        rules[at - 1 if at else len(rules):at - 1 if at else len(rules)] = specs
+        return [f"-D {CHAIN} {shlex.join(args)}" for args in ours] + lines, True
 
     def remove(self, bridge: str, network_id: str) -> None:
         with self._lock:
@@ -208,6 +218,33 @@ class DockerFirewall:
             if res.returncode == 0 and "-P FORWARD DROP" in res.stdout:
                 return True
         return False
+
+
+def _chain_rules(table: list) -> list:
+    """The arguments (after ``-A DOCKER-USER``) of every rule of the chain, in order."""
+    return [words[2:] for words in table if words[:2] == ["-A", CHAIN]]
+
+
+def _below_others(rules: list, tag: str) -> bool:
+    """Whether a rule that is not secnet's sits between the first rule tagged ``tag`` and the
+    chain's first plain RETURN (an admin's rule that ours would jump ahead of)."""
+    first = next((i for i, args in enumerate(rules) if tag in args), None)
+    if first is None:
+        return False
+    for args in rules[first:]:
+        if args == ["-j", "RETURN"]:
+            return False
+        if not any(word.startswith(COMMENT_PREFIX) for word in args):
+            return True
+    return False
+
+
+def _place(specs: list, at: int) -> list:
+    """Restore lines that put ``specs`` in order at 1-based position ``at`` of the chain
+    (above what is there), or at its end when ``at`` is 0."""
+    if not at:
+        return [f"-A {CHAIN} {shlex.join(spec)}" for spec in specs]
+    return [f"-I {CHAIN} {at} {shlex.join(spec)}" for spec in reversed(specs)]
 
 
 def _generic(args: list) -> list:

@@ -66,6 +66,14 @@ def _plain_jump(expressions: bytes, target: bytes) -> bool:
 
 
 NF_DROP, NF_ACCEPT = 0, 1
+NFT_RETURN = -5        # include/uapi/linux/netfilter/nf_tables.h, enum nft_verdicts
+
+
+def _plain_verdict(expressions: bytes, code: int) -> bool:
+    """True for a rule that is exactly ``-j VERDICT`` (a counter, then verdict ``code``)."""
+    exprs = [_attrs(e) for e in _all(expressions, NFTA_LIST_ELEM)]
+    rest = [e for e in exprs if _name(e.get(NFTA_EXPR_NAME, b"")) != b"counter"]
+    return len(rest) == 1 and _verdict(expressions) == code
 
 
 def _verdict(expressions: bytes):
@@ -132,7 +140,17 @@ def insert_only(binary: str, chain: str, tag: str) -> bool:
     carries the text ``tag`` (a network's comment): then that network's rules can
     be inserted without reading the table. False when any of it is not so, or not
     known (legacy iptables, no table yet, a netlink error)."""
+    return chain_tail(binary, chain, tag) is not None
+
+
+def chain_tail(binary: str, chain: str, tag: str):
+    """When :func:`insert_only` holds for ``tag``: the 1-based position in chain ``chain``
+    of its first plain ``-j RETURN`` (Docker ends DOCKER-USER with one), 0 when it has
+    none; else None. Rules inserted there come after every rule above it (the admin's
+    own among them) and still run."""
     found = _filter_rules(binary, chain.encode())
-    if found is None:
-        return False
-    return _jumps(found[1], chain.encode()) and not _tagged(found[1], chain.encode(), tag.encode())
+    if found is None or not _jumps(found[1], chain.encode()) or _tagged(found[1], chain.encode(), tag.encode()):
+        return None
+    rules = [a for a in found[1] if _name(a.get(NFTA_RULE_CHAIN, b"")) == chain.encode()]
+    return next((i for i, a in enumerate(rules, 1)
+                 if _plain_verdict(a.get(NFTA_RULE_EXPRESSIONS, b""), NFT_RETURN)), 0)

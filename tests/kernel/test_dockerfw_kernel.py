@@ -4,6 +4,7 @@ network's DOCKER-USER rules can be inserted without ``iptables -S``, and the
 rules it writes are the ones the read path writes."""
 from __future__ import annotations
 
+import shlex
 import uuid
 
 import pytest
@@ -75,11 +76,60 @@ def test_a_new_network_is_written_without_reading_the_table_and_like_the_read_pa
     with netns(ns):
         fw.remove("sn-a", NET_A)
         assert run(ns, "iptables", "-S", CHAIN).count("secnet:") == 0
-        monkeypatch.setattr(iptpeek, "insert_only", lambda *args: False)
+        monkeypatch.setattr(iptpeek, "chain_tail", lambda *args: None)
         assert fw.ensure("sn-a", NET_A)
         assert fw.reads == 2 + 2                     # remove's reads, then the read path's
         assert not fw.ensure("sn-a", NET_A)          # complete: nothing rewritten
     assert {b: run(ns, b, "-S", CHAIN) for b in ("iptables", "ip6tables")} == quick
+
+
+def _chain(ns: str) -> list:
+    """DOCKER-USER's rules, each as its network's tag or the rule's text."""
+    rules = [line for line in run(ns, "iptables", "-S", CHAIN).splitlines() if line.startswith("-A")]
+    return [("ours:" + line.split("secnet:")[1].split('"')[0][:1]) if "secnet:" in line else line[len("-A " + CHAIN) + 1:]
+            for line in rules]
+
+
+@pytest.mark.parametrize("path", ["netlink", "read"])
+def test_rules_go_below_the_admins_and_above_dockers_return(ns, monkeypatch, path):
+    # Docker's documented place for the admin's own rules is DOCKER-USER, above its closing
+    # RETURN: a network made after such a rule must not jump ahead of it (U18-F7)
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+        run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+    run(ns, "iptables", "-I", CHAIN, "-s", "10.231.0.9/32", "-j", "DROP")
+    fw = Counting()
+    if path == "read":
+        monkeypatch.setattr(iptpeek, "chain_tail", lambda *args: None)
+    with netns(ns):
+        assert fw.ensure("sn-a", NET_A)
+        run(ns, "iptables", "-I", CHAIN, "-s", "10.231.0.10/32", "-j", "DROP")
+        assert fw.ensure("sn-b", NET_B)
+    assert fw.reads == (0 if path == "netlink" else 2 * 2)
+    admin = ["-s 10.231.0.10/32 -j DROP", "-s 10.231.0.9/32 -j DROP"]
+    assert _chain(ns) == admin + ["ours:a"] * 4 + ["ours:b"] * 4 + ["-j RETURN"]
+    assert run(ns, "ip6tables", "-S", CHAIN).splitlines()[-1] == f"-A {CHAIN} -j RETURN"
+
+
+def test_rules_an_older_secnet_put_above_the_admins_are_moved_below(ns):
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+        run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+    fw = Counting()
+    with netns(ns):
+        assert fw.ensure("sn-a", NET_A)
+        ours = run(ns, "iptables", "-S", CHAIN).splitlines()[1:5]
+        run(ns, "iptables", "-F", CHAIN)
+        for line in ["-A DOCKER-USER -s 10.231.0.9/32 -j DROP", "-A DOCKER-USER -j RETURN"]:
+            run(ns, "iptables", *line.split())
+        for line in reversed(ours):                  # the old layout: ours at the top
+            run(ns, "iptables", "-I", CHAIN, "1", *shlex.split(line)[2:])
+        assert _chain(ns)[0] == "ours:a"
+        assert fw.ensure("sn-a", NET_A)              # rewritten below the admin's rule
+        assert not fw.ensure("sn-a", NET_A)
+    assert _chain(ns) == ["-s 10.231.0.9/32 -j DROP"] + ["ours:a"] * 4 + ["-j RETURN"]
 
 
 def test_ensure_all_repairs_every_network_with_one_read_per_binary(ns):

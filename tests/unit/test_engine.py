@@ -368,7 +368,11 @@ def test_docker_firewall_writes_only_what_is_missing_in_one_restore():
     assert fw._ensure_lines(complete, "sn-x", nid) == ([], False)
     lines, rewrite = fw._ensure_lines(base + [["-A", CHAIN, *specs[0]]], "sn-x", nid)
     assert rewrite and lines[0] == f"-D {CHAIN} {shlex.join(specs[0])}"
-    assert lines[1:] == [f"-I {CHAIN} 1 {shlex.join(spec)}" for spec in reversed(specs)]
+    assert lines[1:] == [f"-A {CHAIN} {shlex.join(spec)}" for spec in specs]   # no RETURN: at the end
+    # above Docker's closing RETURN, below the admin's own rule (U18-F7)
+    admin, docker = ["-A", CHAIN, "-s", "10.231.0.9/32", "-j", "DROP"], ["-A", CHAIN, "-j", "RETURN"]
+    lines, rewrite = fw._ensure_lines(base + [admin, docker], "sn-x", nid)
+    assert rewrite and lines == [f"-I {CHAIN} 2 {shlex.join(spec)}" for spec in reversed(specs)]
     stale = ["-i", "sn-x", "-m", "comment", "--comment", "secnet:" + nid, "-j", "ACCEPT"]
     lines, rewrite = fw._ensure_lines(complete + [["-A", CHAIN, *stale]], "sn-x", nid)
     assert (lines, rewrite) == ([f"-D {CHAIN} {shlex.join(stale)}"], False)
