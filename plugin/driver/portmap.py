@@ -4,6 +4,15 @@ Docker hands a remote driver the bindings of ``-p`` in the endpoint option
 ``com.docker.network.portmap`` (``[{Proto: 6|17, IP, Port, HostIP, HostPort,
 HostPortEnd}]``); :func:`parse_portmap` validates them into :class:`Binding`
 values (BadRequest for anything malformed) before anything is reserved.
+
+HostIP keeps Docker's meaning (U18-F5): no HostIP (``""``) publishes on every
+address of both families; ``0.0.0.0`` on every IPv4 address only and ``::``
+on every IPv6 address only, as Docker's bridge driver binds them (moby
+libnetwork#2607; measured here on dockerd 20.10: ``-p 0.0.0.0:P:C`` is refused
+on the host's IPv6 addresses, ``-p [::]:P:C`` on its IPv4 ones). Rows that an
+older secnet saved folded both into ``""`` and keep that meaning ("every
+address") when restored: they are what was in force, and Docker does not
+send the port map again until the container starts again.
 """
 from __future__ import annotations
 
@@ -19,7 +28,7 @@ PROTOS = {6: "tcp", 17: "udp", "tcp": "tcp", "udp": "udp"}
 @dataclass(frozen=True)
 class Binding:
     proto: str
-    host_ip: str        # "" = every address
+    host_ip: str        # "" = every address, 0.0.0.0 / :: = every address of that family
     host_port: int      # 0 = any free port
     host_port_end: int
     container_port: int
@@ -49,9 +58,7 @@ def parse_portmap(options: dict) -> list:
                 host_ip = str(ipaddress.ip_address(host_ip))
             except ValueError:
                 raise BadRequest(f"invalid HostIP {host_ip!r} in {PORTMAP}") from None
-            if host_ip in ("0.0.0.0", "::"):
-                host_ip = ""
-            elif host_ip == "::1":
+            if host_ip == "::1":
                 # IPv6 has no route_localnet: a flow from [::1] cannot be DNAT'd to a
                 # container (the kernel drops it), so say so instead of publishing a black hole.
                 raise BadRequest(f"cannot publish on [::1]:{item.get('HostPort') or ''}: secnet cannot "
@@ -63,3 +70,4 @@ def parse_portmap(options: dict) -> list:
             raise BadRequest(f"invalid port binding {item!r} in {PORTMAP}")
         out.append(Binding(proto, host_ip, start, end, cport))
     return out
+
