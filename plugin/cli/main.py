@@ -50,7 +50,8 @@ def _print_show(data: dict) -> None:
         print(f"  {seg['name']}: {len(seg['members'])} member(s)")
         for m in seg["members"]:
             addrs = " ".join(a for a in (m["ipv4"], m["ipv6"]) if a)
-            print(f"    {m['container'] or '(unknown)':<24} {addrs}")
+            ports = fmt.ports_text(m.get("ports") or [])
+            print(f"    {m['container'] or '(unknown)':<24} {addrs}" + (f"  ports {ports}" if ports else ""))
     print("rules:")
     for r in data["rules"]:
         print(f"  {r['rule']:<48} packets {r['packets']:>10}  bytes {r['bytes']:>12}")

@@ -49,3 +49,25 @@ def test_a_wildcard_host_ip_publishes_on_its_own_family_only(make_network, run_c
              for fam, addr in ((4, "0.0.0.0"), (6, "::"))}
     assert taken == {(only4, 4): True, (only4, 6): False, (only6, 4): False, (only6, 6): True,
                      (both, 4): True, (both, 6): True}, taken
+
+
+def test_show_names_the_host_port_secnet_chose(make_network, run_container, servers):
+    """`-p C` (no host port): secnet picks the host port, Docker shows nothing for a remote
+    driver (docs/deviations.md), so `secnet show` names it (U18-F1) -- and it is the port
+    that answers, in both families; text and JSON alike on both backends."""
+    net = n.ns_network(make_network, "sn-ns-show", ipv6=True)
+    web = start(run_container, servers, net, "web", "web", [f"{CPORT}"])
+    s.wait_segments(net, {web.name: "web"})
+    data = s.show_json(net)
+    (member,) = [m for seg in data["segments"] for m in seg["members"] if m["container"] == web.name]
+    rows = member["ports"]
+    assert [(r["proto"], r["host_ip"], r["container_port"]) for r in rows] == \
+        [("tcp", "0.0.0.0", CPORT), ("tcp", "::", CPORT)], rows
+    hp = rows[0]["host_port"]
+    assert hp and rows[1]["host_port"] == hp, rows
+    for dst in ("127.0.0.1", n.gateway(net, 4), n.gateway(net, 6)):
+        r = n.reaches(n.HOST, dst, hp, server=web.name)
+        assert r.port == CPORT, r
+    text = s.secnet("show", net.name, check=True).stdout
+    (line,) = [x for x in text.splitlines() if x.strip().startswith(web.name)]
+    assert line.endswith(f"ports 0.0.0.0:{hp}->{CPORT}/tcp, [::]:{hp}->{CPORT}/tcp"), text
