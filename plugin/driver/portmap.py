@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from plugin.enforce.backend import host_families
 from plugin.errors import BadRequest
 
 PORTMAP = "com.docker.network.portmap"
@@ -71,3 +72,17 @@ def parse_portmap(options: dict) -> list:
         out.append(Binding(proto, host_ip, start, end, cport))
     return out
 
+
+def check_families(bindings: list, families: set) -> None:
+    """BadRequest naming the first binding that would publish on no family of the
+    container (``families``: the IP versions it has an address in, e.g. ``{4}``):
+    ``-p [::]:P:C`` or ``-p <IPv6 address>:P:C`` on an IPv4-only network, and the
+    converse. Docker's bridge proxies such a port to the other family (docker-proxy);
+    secnet does not, and would otherwise hold the port and publish nothing."""
+    for b in bindings:
+        missing = [f for f in host_families(b.host_ip) if f not in families]
+        if len(missing) == len(host_families(b.host_ip)):
+            host = f"[{b.host_ip}]" if ":" in b.host_ip else b.host_ip
+            raise BadRequest(f"cannot publish {host}:{b.host_port or ''}/{b.proto}: the container has no "
+                             f"IPv{missing[0]} address on this network, and secnet does not forward "
+                             f"one IP version to the other")

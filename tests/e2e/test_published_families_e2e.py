@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 
+import helpers as h
 import ns_helpers as n
 import seg_helpers as s
 from ns_servers import CPORT, servers, start  # noqa: F401  (servers: a fixture)
@@ -71,3 +72,20 @@ def test_show_names_the_host_port_secnet_chose(make_network, run_container, serv
     text = s.secnet("show", net.name, check=True).stdout
     (line,) = [x for x in text.splitlines() if x.strip().startswith(web.name)]
     assert line.endswith(f"ports 0.0.0.0:{hp}->{CPORT}/tcp, [::]:{hp}->{CPORT}/tcp"), text
+
+
+def test_a_family_the_container_lacks_is_refused_at_docker_run(make_network):
+    """`-p [::]:P:C` on an IPv4-only network would publish nothing (Docker's bridge proxies
+    IPv6 to IPv4; secnet does not): docker run fails naming it, and nothing is held."""
+    net = n.ns_network(make_network, "sn-ns-fam4", ipv6=False)
+    port = n.free_port()
+    name = h.unique("fam4")
+    try:
+        res = n.docker_run_fails("--name", name, "--network", net.name, "-p", f"[::]:{port}:{CPORT}",
+                                 h.IMAGE, *n.SLEEP)
+        assert res.returncode != 0, f"-p [::]:{port} was accepted on an IPv4-only network"
+        assert f"[::]:{port}/tcp" in res.stderr and "no IPv6 address" in res.stderr, res.stderr.strip()
+        assert n.pub_map(net, 4) == set() and n.pub_map(net, 6) == set()
+        assert n.port_free(port, "tcp", "::"), f"port {port} is held after the refusal"
+    finally:
+        h.docker("rm", "-f", name, check=False)

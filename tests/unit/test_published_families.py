@@ -125,3 +125,28 @@ def test_covers_a_specific_address_only_itself():
     assert not backend.covers("192.0.2.1", "192.0.2.2", lambda a: True)
     assert not backend.covers("0.0.0.0", "2001:db8::1", lambda a: True)
     assert not backend.covers("0.0.0.0", "192.0.2.9", lambda a: False)   # wildcard: the host's addresses only
+
+
+def test_a_binding_on_a_family_the_container_lacks_is_refused_not_held(tmp_path):
+    """`-p [::]:P:C` on an IPv4-only network would hold the port and publish nothing
+    (Docker's bridge proxies it to IPv4; secnet does not): a clear error instead."""
+    from driver_fakes import (FakeFirewall, FakeLinks, create_endpoint_body,  # noqa: PLC0415
+                              create_network_body, endpoint_body, new_id)
+    from plugin.driver.driver import Driver   # noqa: PLC0415
+    from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest  # noqa: PLC0415
+    from plugin.driver.state import State     # noqa: PLC0415
+    from plugin.errors import BadRequest      # noqa: PLC0415
+    driver = Driver(State(str(tmp_path / "state")), FakeLinks(), FakeFirewall())
+    nid, eid = new_id(), new_id()
+    driver.create_network(CreateNetworkRequest.from_wire(create_network_body(nid)))
+    driver.create_endpoint(CreateEndpointRequest.from_wire(create_endpoint_body(nid, eid)))
+    p = _free_port()
+    for host_ip in ("::", "fd00:239:7::1"):
+        body = dict(endpoint_body(nid, eid), Options={PORTMAP: [
+            {"Proto": 6, "Port": 8080, "HostIP": host_ip, "HostPort": p, "HostPortEnd": p}]})
+        with pytest.raises(BadRequest) as err:
+            driver.program_external_connectivity(EndpointRequest.from_wire(body))
+        assert f"[{host_ip}]:{p}/tcp" in str(err.value) and "no IPv6 address" in str(err.value), err.value
+        assert driver.state.get_endpoint(eid).ports == ()
+        assert _can_bind(socket.AF_INET6, "::", p), "the refused port is held"
+    driver.state.close()
