@@ -74,9 +74,10 @@ def test_show_names_the_host_port_secnet_chose(make_network, run_container, serv
     assert line.endswith(f"ports 0.0.0.0:{hp}->{CPORT}/tcp, [::]:{hp}->{CPORT}/tcp"), text
 
 
-def test_a_family_the_container_lacks_is_refused_at_docker_run(make_network):
+def test_a_family_the_container_lacks_is_refused_at_docker_run(make_network, run_container, servers):
     """`-p [::]:P:C` on an IPv4-only network would publish nothing (Docker's bridge proxies
-    IPv6 to IPv4; secnet does not): docker run fails naming it, and nothing is held."""
+    IPv6 to IPv4; secnet does not): docker run fails naming it, and nothing is held.
+    `-p P:C` there still publishes (on IPv4)."""
     net = n.ns_network(make_network, "sn-ns-fam4", ipv6=False)
     port = n.free_port()
     name = h.unique("fam4")
@@ -89,3 +90,7 @@ def test_a_family_the_container_lacks_is_refused_at_docker_run(make_network):
         assert n.port_free(port, "tcp", "::"), f"port {port} is held after the refusal"
     finally:
         h.docker("rm", "-f", name, check=False)
+    web = start(run_container, servers, net, "web", "web", [f"{port}:{CPORT}"])
+    s.wait_segments(net, {web.name: "web"})
+    n.reaches(n.HOST, "127.0.0.1", port, server=web.name)
+    n.reaches(n.HOST, n.gateway(net, 4), port, server=web.name)
