@@ -83,6 +83,7 @@ def check_families(bindings: list, families: set) -> None:
         missing = [f for f in host_families(b.host_ip) if f not in families]
         if len(missing) == len(host_families(b.host_ip)):
             host = f"[{b.host_ip}]" if ":" in b.host_ip else b.host_ip
-            raise BadRequest(f"cannot publish {host}:{b.host_port or ''}/{b.proto}: the container has no "
+            where = f"{host}:{b.host_port}" if b.host_port else host
+            raise BadRequest(f"cannot publish {where}/{b.proto}: the container has no "
                              f"IPv{missing[0]} address on this network, and secnet does not forward "
                              f"one IP version to the other")
