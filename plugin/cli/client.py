@@ -141,12 +141,20 @@ def quote(text: str) -> str:
     return "".join(chr(b) if b in _UNRESERVED else f"%{b:02X}" for b in text.encode())
 
 
+#: the refs :func:`resolve_network` could not map because the engine did not answer
+UNMAPPED: set = set()
+
+
 def resolve_network(ref: str) -> str:
     """Network name or id → id, through the engine when it answers (else ``ref`` as given:
-    the daemon takes ids and id prefixes)."""
+    the daemon takes ids and id prefixes). A ref the engine was not reached for is put in
+    :data:`UNMAPPED` (an answer such as 404 is no miss: the engine knows no such network)."""
     try:
         return _engine("/networks/" + quote(ref), lambda api: api.inspect_network(ref))["Id"]
-    except Exception:
+    except Exception as exc:
+        # answered: our LookupError for a non-200 status, the SDK's APIError (a response)
+        if not isinstance(exc, LookupError) and getattr(exc, "response", None) is None:
+            UNMAPPED.add(ref)
         return ref
 
 

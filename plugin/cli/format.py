@@ -72,6 +72,13 @@ def print_explain(data: dict) -> None:
             print("  audit mode: it passes; enforce mode would drop it")
 
 
+def ports_text(ports: list) -> str:
+    """A member's published ports in Docker's notation (``docker ps``):
+    ``0.0.0.0:45733->8080/tcp, [::]:45733->8080/tcp``; empty when none."""
+    return ", ".join(f"{'[' + p['host_ip'] + ']' if ':' in p['host_ip'] else p['host_ip']}:{p['host_port']}"
+                     f"->{p['container_port']}/{p['proto']}" for p in ports)
+
+
 def _when(t: float, now: float) -> str:
     left = int(round(t - now))
     ago = f"in {left}s" if left >= 0 else f"{-left}s ago"

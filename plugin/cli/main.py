@@ -15,6 +15,7 @@ import time
 from types import SimpleNamespace
 
 from plugin.cli import format as fmt
+from plugin.cli import client
 from plugin.cli.client import CliError, DaemonUnreachable, call, network_names, resolve_network
 
 
@@ -50,7 +51,8 @@ def _print_show(data: dict) -> None:
         print(f"  {seg['name']}: {len(seg['members'])} member(s)")
         for m in seg["members"]:
             addrs = " ".join(a for a in (m["ipv4"], m["ipv6"]) if a)
-            print(f"    {m['container'] or '(unknown)':<24} {addrs}")
+            ports = fmt.ports_text(m.get("ports") or [])
+            print(f"    {m['container'] or '(unknown)':<24} {addrs}" + (f"  ports {ports}" if ports else ""))
     print("rules:")
     for r in data["rules"]:
         print(f"  {r['rule']:<48} packets {r['packets']:>10}  bytes {r['bytes']:>12}")
@@ -270,7 +272,12 @@ def _parsed(argv: list, rules):
 
 def _as_typed(exc: CliError, ref) -> CliError:
     """The daemon names a network by the id the engine resolved; the user's
-    error names NETWORK as typed (e.g. a network of another driver)."""
+    error names NETWORK as typed (e.g. a network of another driver). When the engine
+    could not be reached to map NETWORK to an id, the error says so (U18-F3): the
+    daemon knows networks by id only, and an id works without the engine."""
+    if ref and str(exc).startswith("no secnet network ") and ref in client.UNMAPPED:
+        return CliError(f"no secnet network with the id {ref!r}, and the Docker engine cannot be reached "
+                        f"to map a network name to its id: give the network's id (`secnet status` lists them)")
     if ref and str(exc).startswith("no secnet network ") and repr(ref.lower()) not in str(exc):
         return CliError(f"no secnet network {ref!r} (Docker has a network of that name or id, "
                         f"but not on this secnet daemon: another driver)")

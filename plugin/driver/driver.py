@@ -21,7 +21,7 @@ from segmentation.resolve import SEGMENT_OPT
 from plugin.kernel import links as nl
 from plugin.enforce.backend import BackendUnavailable
 from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound, Unsupported
-from plugin.driver.portmap import parse_portmap
+from plugin.driver.portmap import check_families, parse_portmap
 from plugin.kernel.hostports import Reservations
 from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
 from plugin.driver.nulls import NullReconciler, NullResolver
@@ -357,6 +357,7 @@ class Driver:
             raise BadRequest("network is internal: ports cannot be published")
         with self.lock:
             ep = self._endpoint(req.network_id, req.endpoint_id)
+            check_families(bindings, {6 if ":" in a else 4 for a in (ep.ipv4, ep.ipv6) if a})
             published = self.ports.reserve(ep.id, bindings)
             try:
                 before, ep = ep, ep.evolve(ports=published)

@@ -82,7 +82,9 @@ class Port:
     ``name``: the host side of its veth (the bridge port); ``ipv4``/``ipv6``:
     plain addresses (no prefix) or None; ``identity``: its segment's
     identity, or ``PENDING``/``QUARANTINED``; ``published``: tuples
-    ``(proto, host_ip or "", host_port, container_port)``.
+    ``(proto, host_ip, host_port, container_port)``, host_ip as Docker sent it
+    (:func:`host_families`: ``""`` every address, ``0.0.0.0``/``::`` every
+    address of one family).
     """
 
     endpoint_id: str
@@ -211,3 +213,25 @@ class Backend(Protocol):
 
     def close(self) -> None:
         """Stop background readers; kernel state stays (it keeps enforcing)."""
+
+
+def host_families(host_ip: str) -> tuple:
+    """The IP versions a binding on ``host_ip`` publishes on: ``""`` both (4, 6),
+    otherwise the address's own (``0.0.0.0`` 4, ``::`` 6)."""
+    return (4, 6) if not host_ip else (ipaddress.ip_address(host_ip).version,)
+
+
+def is_wildcard(host_ip: str) -> bool:
+    """True when a binding on ``host_ip`` covers every address (of its families):
+    ``""``, ``0.0.0.0`` or ``::``."""
+    return not host_ip or ipaddress.ip_address(host_ip).is_unspecified
+
+
+def covers(host_ip: str, address: str, is_local) -> bool:
+    """Does a binding on ``host_ip`` publish on host address ``address``? A wildcard
+    binding covers every address of its families for which ``is_local(address)``
+    (address -> bool, asked only then) holds; any other only ``address`` itself."""
+    addr = ipaddress.ip_address(address)
+    if addr.version not in host_families(host_ip):
+        return False
+    return bool(is_local(address)) if is_wildcard(host_ip) else ipaddress.ip_address(host_ip) == addr

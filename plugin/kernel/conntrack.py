@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping, Optional
 
 from plugin.dns.datapath import LEARNED_FLOW_MARK
-from plugin.enforce.backend import link_local
+from plugin.enforce.backend import covers, link_local
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
 from segmentation.rulevalues import Service
@@ -249,8 +249,9 @@ def stale(entries: Iterable[Entry], held: Mapping[str, Holder], allowed: Allowed
 
 def claimed(entries: Iterable[Entry], proto: str, host_ip: str, host_port: int, target: str,
             is_host: Callable[[str], bool] = is_host_address) -> list:
-    """Entries of flows to host port ``host_port``/``proto`` (on ``host_ip``,
-    or any host address when empty) that do not go to ``target``: opened
+    """Entries of flows to host port ``host_port``/``proto`` (on ``host_ip``; any
+    host address of both families when empty, of one for 0.0.0.0 or ::) that do
+    not go to ``target``: opened
     before the port was published to it (they went to the host itself, or to
     the container that published it before), they would keep it from ever
     reaching ``target``."""
@@ -258,7 +259,7 @@ def claimed(entries: Iterable[Entry], proto: str, host_ip: str, host_port: int, 
     for e in entries:
         if e.orig.proto != proto or e.orig.dport != host_port or e.target == target:
             continue
-        if (e.orig.dst == host_ip) if host_ip else is_host(e.orig.dst):
+        if covers(host_ip, e.orig.dst, is_host):
             out.append(e)
     return out
 

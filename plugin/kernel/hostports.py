@@ -49,7 +49,8 @@ class Reservations:
                 return _bind_all(b.proto, b.host_ip, port)
             except OSError as exc:
                 last_error = exc
-        where = f"{b.host_ip or '0.0.0.0'}:{b.host_port}"
+        host = b.host_ip or "0.0.0.0"
+        where = f"[{host}]:{b.host_port}" if ":" in host else f"{host}:{b.host_port}"
         if b.host_port_end != b.host_port:
             where += f"-{b.host_port_end}"
         reason = "already in use" if last_error and last_error.errno == errno.EADDRINUSE else str(last_error)
@@ -65,7 +66,8 @@ class Reservations:
 
 
 def _bind_all(proto: str, host_ip: str, port: int):
-    """Bind ``port`` on ``host_ip`` (both families when empty); (port, sockets)."""
+    """Bind ``port`` on ``host_ip`` (both families when empty; ``::`` IPv6 only,
+    IPV6_V6ONLY, as ``0.0.0.0`` is IPv4 only); (port, sockets)."""
     kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
     targets = [(socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")] if not host_ip else \
         [(socket.AF_INET6 if ":" in host_ip else socket.AF_INET, host_ip)]

@@ -14,7 +14,7 @@ from typing import Optional
 from segmentation.compiler import FLOW_PROTOCOLS, INTERNAL, Verdict, verdict
 from segmentation.errors import PolicyError, shown
 
-from plugin.enforce.backend import link_local
+from plugin.enforce.backend import covers, link_local
 from plugin.kernel.conntrack import is_host_address
 from plugin.dns.views import answer_view
 
@@ -136,7 +136,7 @@ def _hairpin(endpoints, dst_end: tuple, proto: str, port: Optional[int]):
     east-west to that endpoint on its container port (U12-F3): nftables after the
     DNAT, eBPF at the sender from its published map. Loopback is never DNAT'd for
     a container (dropped as ``invalid``). ``ep.ports``: (proto, host_ip, host port,
-    container port), host_ip empty (or 0.0.0.0/::) for every address."""
+    container port), host_ip empty for every address, 0.0.0.0/:: for every one of its family."""
     if dst_end[0] != "host" or proto not in ("tcp", "udp") or port is None:
         return None
     address = ipaddress.ip_address(dst_end[1])
@@ -146,8 +146,7 @@ def _hairpin(endpoints, dst_end: tuple, proto: str, port: Optional[int]):
         for kind, host_ip, host_port, cport in getattr(ep, "ports", ()) or ():
             if str(kind).lower() != proto or int(host_port) != port:
                 continue
-            if not host_ip or ipaddress.ip_address(host_ip).is_unspecified or \
-                    ipaddress.ip_address(host_ip) == address:
+            if covers(host_ip, str(address), lambda _a: True):
                 return ep, int(cport)
     return None
 

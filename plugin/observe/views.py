@@ -6,7 +6,7 @@ import logging
 
 from segmentation.policymap import INTRA
 
-from plugin.enforce.backend import REASONS
+from plugin.enforce.backend import REASONS, host_families
 from plugin.observe import counting
 from plugin.dns.views import dns_rows
 
@@ -67,7 +67,7 @@ def network_view(state, reconciler, net) -> dict:
         elif ep.segment is None:
             pending.append(member)
         else:
-            segments[ep.segment].append(member)
+            segments[ep.segment].append(dict(member, ports=published_rows(ep)))
     counters = _counters(reconciler, net)
     drops, would = _by_reason(counters.reasons), _by_reason(counters.would_drop_reasons)
     names = sorted(set(segments) | set(policy.segments))
@@ -80,6 +80,25 @@ def network_view(state, reconciler, net) -> dict:
         "quarantined": quarantined, "pending": pending, "dropped": drops, "would_drop": would,
         "dns": _dns(reconciler, net),
     }
+
+
+def published_rows(ep) -> list:
+    """A member's published ports where they are in force (U18-F1: Docker shows
+    nothing for a remote driver, and ``-p 8080`` gets a host port secnet chose):
+    ``[{"proto", "host_ip", "host_port", "container_port"}]``, one row per host
+    address family, as ``docker port`` lists them. A binding without HostIP is
+    listed as ``0.0.0.0`` and ``::``, each only when the member has an address of
+    that family (a family it has none in is not published: docs/deviations.md);
+    sorted by container port, protocol, family."""
+    have = {6 if ":" in a else 4 for a in (ep.ipv4, ep.ipv6) if a}
+    rows = []
+    for proto, host_ip, host_port, cport in ep.ports or ():
+        for fam in host_families(host_ip):
+            if fam in have:
+                shown = host_ip or ("0.0.0.0" if fam == 4 else "::")
+                rows.append((int(cport), str(proto), fam, shown, int(host_port)))
+    return [{"proto": proto, "host_ip": ip, "host_port": hp, "container_port": cport}
+            for cport, proto, _fam, ip, hp in sorted(rows)]
 
 
 def _by_reason(counts: dict) -> dict:

@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from plugin.enforce.backend import REASONS, DropEvent
+from plugin.enforce.backend import REASONS, DropEvent, covers
 from plugin.kernel.conntrack import is_host_address
 
 from . import libbpf
@@ -84,7 +84,7 @@ def hairpin_target(event: DropEvent, gateways: Iterable[str], ports: Iterable,
         for kind, host_ip, host_port, cport in port.published:
             if str(kind).lower() != proto or int(host_port) != event.port:
                 continue
-            if (ipaddress.ip_address(host_ip) == dst) if host_ip else (gateway or is_local(event.dst)):
+            if covers(host_ip, event.dst, lambda a: gateway or is_local(a)):
                 for addr in port.addresses:
                     if ipaddress.ip_address(addr).version == event.family:
                         return dataclasses.replace(event, dst=addr, port=int(cport))

@@ -121,9 +121,10 @@ def published_entries(port) -> dict:
         number = {"tcp": 6, "udp": 17}.get(str(proto).lower(), proto)
         for addr in port.addresses:
             family = ipaddress.ip_address(addr).version
-            if host_ip and ipaddress.ip_address(host_ip).version != family:
+            if family not in backend.host_families(host_ip):   # 0.0.0.0: IPv4 only (U18-F5)
                 continue
-            key = PUB_KEY.pack(family, int(number), int(host_port), addr16(host_ip) if host_ip else bytes(16))
+            key = PUB_KEY.pack(family, int(number), int(host_port),
+                               bytes(16) if backend.is_wildcard(host_ip) else addr16(host_ip))
             out[key] = PUB_VAL.pack(port.identity, int(cport), 0)
     return out
 

@@ -31,7 +31,7 @@ from segmentation.identities import QUARANTINED
 from segmentation.policymap import EGRESS, PolicyEntry
 from segmentation.protocols import ANY, FLOW, ICMP
 
-from plugin.enforce.backend import link_local
+from plugin.enforce.backend import host_families, is_wildcard, link_local
 
 from . import portgroups
 
@@ -407,9 +407,10 @@ def _published(port, out: dict) -> None:
     for proto, host_ip, host_port, cport in port.published:
         number = FLOW[proto].number4
         for fam, addr, anyaddr in ((4, port.ipv4, "0.0.0.0/0"), (6, port.ipv6, "::/0")):
-            if not addr or (host_ip and (":" in host_ip) != (fam == 6)):
+            if not addr or fam not in host_families(host_ip):   # 0.0.0.0: IPv4 only (U18-F5)
                 continue
-            key = (_cidr_range(host_ip or anyaddr), (number, number), (host_port, host_port))
+            key = (_cidr_range(anyaddr if is_wildcard(host_ip) else host_ip), (number, number),
+                   (host_port, host_port))
             out[f"pub{fam}"][key] = (addr, cport)
 
 
