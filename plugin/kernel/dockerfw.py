@@ -17,6 +17,9 @@ own rules in DOCKER-USER (Docker's documented place for them, e.g. who may
 reach published ports): secnet's rules go below them, just above Docker's
 closing ``-j RETURN``, so that they still apply to every secnet network
 (U18-F7: inserted at the top, a network made after the admin's rule escaped it).
+Before they accept, the bridge's traffic walks Docker's DOCKER-ISOLATION-STAGE-1
+when it exists, so that Docker's ``--internal`` networks keep their traffic in
+(U18-F6); Docker's other bridge networks are "outside", judged by secnet's rules.
 """
 from __future__ import annotations
 
@@ -32,6 +35,11 @@ from . import iptpeek
 log = logging.getLogger(__name__)
 CHAIN = "DOCKER-USER"
 COMMENT_PREFIX = "secnet:"
+#: Docker's first isolation chain: among its rules, those that keep an ``--internal``
+#: bridge network's traffic in (``! -s SUBNET -o BRIDGE -j DROP``, ``! -d SUBNET -i
+#: BRIDGE -j DROP``; moby libnetwork drivers/bridge setup_ip_tables.go). FORWARD jumps to
+#: it after DOCKER-USER, so a flow secnet accepts there never met it.
+ISOLATION = "DOCKER-ISOLATION-STAGE-1"
 
 
 class DockerFirewall:
@@ -40,12 +48,16 @@ class DockerFirewall:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _specs(bridge: str, network_id: str) -> list:
-        """Our rules for one bridge, in chain order: accept what secnet's nft
-        chains passed (and marked), drop the rest of the bridge's traffic."""
+    def _specs(bridge: str, network_id: str, isolation: bool = False) -> list:
+        """Our rules for one bridge, in chain order: when Docker's isolation chain exists
+        (``isolation``), the bridge's traffic walks it first (Docker's ``--internal``
+        networks keep their traffic in, U18-F6; its other rules match Docker's own bridges
+        only, and it returns); then accept what secnet's nft chains passed (and marked),
+        drop the rest of the bridge's traffic."""
         tag = ["-m", "comment", "--comment", COMMENT_PREFIX + network_id]
         mark = ["-m", "mark", "--mark", f"{PASSED_MARK:#x}/{PASSED_MARK:#x}"]
-        return [["-i", bridge, *mark, *tag, "-j", "ACCEPT"], ["-o", bridge, *mark, *tag, "-j", "ACCEPT"],
+        walk = [["-i", bridge, *tag, "-j", ISOLATION], ["-o", bridge, *tag, "-j", ISOLATION]] if isolation else []
+        return [*walk, ["-i", bridge, *mark, *tag, "-j", "ACCEPT"], ["-o", bridge, *mark, *tag, "-j", "ACCEPT"],
                 ["-i", bridge, *tag, "-j", "DROP"], ["-o", bridge, *tag, "-j", "DROP"]]
 
     def _run(self, binary: str, *args) -> subprocess.CompletedProcess:
@@ -102,9 +114,10 @@ class DockerFirewall:
         changed, writes = False, {}
         with self._lock:
             for binary in self.binaries:
-                at = iptpeek.chain_tail(binary, CHAIN, COMMENT_PREFIX + network_id)
-                if at is not None:
-                    writes[binary] = _place(self._specs(bridge, network_id), at)
+                tail = iptpeek.chain_tail(binary, CHAIN, COMMENT_PREFIX + network_id)
+                if tail is not None:
+                    at, chains = tail
+                    writes[binary] = _place(self._specs(bridge, network_id, ISOLATION in chains), at)
                     changed = True
                     continue
                 table = self._filter_table(binary)
@@ -127,7 +140,7 @@ class DockerFirewall:
         tags = [COMMENT_PREFIX + nid for nid in bridges]
         with self._lock:
             for binary in self.binaries:
-                if iptpeek.intact(binary, CHAIN, tags):
+                if iptpeek.intact(binary, CHAIN, tags, _verdicts):
                     continue
                 table = self._filter_table(binary)
                 if table is None:
@@ -137,7 +150,7 @@ class DockerFirewall:
                 if any(line.startswith("-I FORWARD") for line in lines):
                     changed.update(bridges)
                 for nid, bridge in bridges.items():
-                    more = self._network_lines(rules, bridge, nid)
+                    more = self._network_lines(table, rules, bridge, nid)
                     if more[1]:
                         changed.add(nid)
                     lines += more[0]
@@ -149,7 +162,7 @@ class DockerFirewall:
         """(restore lines, whether that is a rewrite) that put the bridge's rules in place:
         :meth:`_base_lines`, then :meth:`_network_lines`."""
         base = self._base_lines(table)
-        lines, rewrite = self._network_lines(_chain_rules(table), bridge, network_id)
+        lines, rewrite = self._network_lines(table, _chain_rules(table), bridge, network_id)
         return base + lines, rewrite or any(line.startswith("-I FORWARD") for line in base)
 
     @staticmethod
@@ -163,13 +176,14 @@ class DockerFirewall:
             lines.append(f"-I FORWARD 1 -j {CHAIN}")
         return lines
 
-    def _network_lines(self, rules: list, bridge: str, network_id: str) -> tuple:
+    def _network_lines(self, table: list, rules: list, bridge: str, network_id: str) -> tuple:
         """(restore lines, whether that is a rewrite) for one network, given ``rules`` (the
         chain's rules' arguments, in order, as the lines before these leave them; updated to
         what these leave): rules an older secnet wrote differently removed; when one is
         missing, or an admin's rule sits below ours (older secnet code inserted at the top),
         all of them again, in order, above the chain's first plain RETURN."""
-        specs, tag = self._specs(bridge, network_id), COMMENT_PREFIX + network_id
+        specs = self._specs(bridge, network_id, ["-N", ISOLATION] in table)
+        tag = COMMENT_PREFIX + network_id
         ours = [args for args in rules if tag in args]
         wanted = {tuple(_generic(spec)) for spec in specs}
         stale = [args for args in ours if tuple(_generic(args)) not in wanted]
@@ -218,6 +232,11 @@ class DockerFirewall:
             if res.returncode == 0 and "-P FORWARD DROP" in res.stdout:
                 return True
         return False
+
+
+def _verdicts(chains) -> dict:
+    """Each network's rules by the verdict they end in, given the filter table's chain names."""
+    return {"JUMP": 2 if ISOLATION in chains else 0, "ACCEPT": 2, "DROP": 2}
 
 
 def _chain_rules(table: list) -> list:

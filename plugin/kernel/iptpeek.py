@@ -67,6 +67,7 @@ def _plain_jump(expressions: bytes, target: bytes) -> bool:
 
 NF_DROP, NF_ACCEPT = 0, 1
 NFT_RETURN = -5        # include/uapi/linux/netfilter/nf_tables.h, enum nft_verdicts
+_CODES = {"DROP": NF_DROP, "ACCEPT": NF_ACCEPT, "JUMP": NFT_JUMP}
 
 
 def _plain_verdict(expressions: bytes, code: int) -> bool:
@@ -116,20 +117,23 @@ def _tagged(rules: list, chain: bytes, needle: bytes) -> list:
             and needle in a.get(NFTA_RULE_EXPRESSIONS, b"") + a.get(NFTA_RULE_USERDATA, b"")]
 
 
-def intact(binary: str, chain: str, tags, accepts: int = 2, drops: int = 2) -> bool:
+def intact(binary: str, chain: str, tags, verdicts) -> bool:
     """True when ``binary``'s rules are iptables-nft's and, in its filter table, chain
     ``chain`` exists, FORWARD has the rule ``-j chain``, and for each text of ``tags``
-    (networks' comments) ``chain`` holds exactly ``accepts`` rules carrying it that end
-    in ACCEPT and ``drops`` that end in DROP, and no other. Then a repair that re-ensures
+    (networks' comments) ``chain`` holds exactly the rules carrying it that
+    ``verdicts(chain names)`` counts (``{"ACCEPT"|"DROP"|"JUMP": n}``, by the verdict
+    they end in), and no other. Then a repair that re-ensures
     those networks' rules has nothing to write: it need not read the table with
     ``iptables -S`` (two processes). False when any of it is not so, or not known."""
     found = _filter_rules(binary, chain.encode())
     if found is None or not _jumps(found[1], chain.encode()):
         return False
+    counts = verdicts({_name(c).decode() for c in found[0]})
+    wanted = sorted(_CODES[name] for name, count in counts.items() for _ in range(count))
     for tag in tags:
-        verdicts = sorted(_verdict(a.get(NFTA_RULE_EXPRESSIONS, b"")) for a in
-                          _tagged(found[1], chain.encode(), tag.encode()))
-        if verdicts != [NF_DROP] * drops + [NF_ACCEPT] * accepts:
+        have = sorted(_verdict(a.get(NFTA_RULE_EXPRESSIONS, b"")) for a in
+                      _tagged(found[1], chain.encode(), tag.encode()))
+        if have != wanted:
             return False
     return True
 
@@ -144,13 +148,14 @@ def insert_only(binary: str, chain: str, tag: str) -> bool:
 
 
 def chain_tail(binary: str, chain: str, tag: str):
-    """When :func:`insert_only` holds for ``tag``: the 1-based position in chain ``chain``
-    of its first plain ``-j RETURN`` (Docker ends DOCKER-USER with one), 0 when it has
-    none; else None. Rules inserted there come after every rule above it (the admin's
-    own among them) and still run."""
+    """When :func:`insert_only` holds for ``tag``: ``(at, chains)``, the 1-based position in
+    chain ``chain`` of its first plain ``-j RETURN`` (Docker ends DOCKER-USER with one), 0
+    when it has none, and the names of the filter table's chains; else None. Rules
+    inserted at ``at`` come after every rule above it (the admin's own among them) and
+    still run."""
     found = _filter_rules(binary, chain.encode())
     if found is None or not _jumps(found[1], chain.encode()) or _tagged(found[1], chain.encode(), tag.encode()):
         return None
     rules = [a for a in found[1] if _name(a.get(NFTA_RULE_CHAIN, b"")) == chain.encode()]
-    return next((i for i, a in enumerate(rules, 1)
-                 if _plain_verdict(a.get(NFTA_RULE_EXPRESSIONS, b""), NFT_RETURN)), 0)
+    at = next((i for i, a in enumerate(rules, 1) if _plain_verdict(a.get(NFTA_RULE_EXPRESSIONS, b""), NFT_RETURN)), 0)
+    return at, {_name(c).decode() for c in found[0]}

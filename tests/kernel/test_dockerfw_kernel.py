@@ -11,7 +11,8 @@ import pytest
 
 from packets import netns, sh
 from plugin.kernel import iptpeek
-from plugin.kernel.dockerfw import CHAIN, DockerFirewall
+from plugin.kernel import dockerfw
+from plugin.kernel.dockerfw import CHAIN, ISOLATION, DockerFirewall
 
 NET_A, NET_B = "a1" * 32, "b2" * 32
 
@@ -132,6 +133,34 @@ def test_rules_an_older_secnet_put_above_the_admins_are_moved_below(ns):
     assert _chain(ns) == ["-s 10.231.0.9/32 -j DROP"] + ["ours:a"] * 4 + ["-j RETURN"]
 
 
+@pytest.mark.parametrize("path", ["netlink", "read"])
+def test_the_bridges_traffic_walks_dockers_isolation_chain_when_it_exists(ns, monkeypatch, path):
+    # Docker's --internal networks keep their traffic in with rules of this chain; FORWARD
+    # jumps to it after DOCKER-USER, where secnet accepts (U18-F6)
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+    run(ns, "iptables", "-N", ISOLATION)
+    run(ns, "iptables", "-A", ISOLATION, "!", "-s", "10.231.9.0/24", "-o", "br-int", "-j", "DROP")
+    run(ns, "iptables", "-A", ISOLATION, "-j", "RETURN")
+    fw = Counting()
+    if path == "read":
+        monkeypatch.setattr(iptpeek, "chain_tail", lambda *args: None)
+    with netns(ns):
+        assert fw.ensure("sn-a", NET_A)
+    rules = [line for line in run(ns, "iptables", "-S", CHAIN).splitlines() if "secnet:" in line]
+    assert [line.split()[-1] for line in rules] == [ISOLATION, ISOLATION, "ACCEPT", "ACCEPT", "DROP", "DROP"]
+    assert [line.split()[2] for line in rules[:2]] == ["-i", "-o"]
+    assert "-j " + ISOLATION not in run(ns, "ip6tables", "-S", CHAIN)      # no such chain there
+    assert _intact(ns, NET_A) and _intact(ns, NET_A, binary="ip6tables")
+    with netns(ns):
+        assert not fw.ensure_all({NET_A: "sn-a"})
+        run(ns, "ip6tables", "-N", ISOLATION)         # Docker's ip6tables support came on later
+        assert not _intact(ns, NET_A, binary="ip6tables")
+        assert fw.ensure_all({NET_A: "sn-a"}) == {NET_A}
+    assert run(ns, "ip6tables", "-S", CHAIN).count("-j " + ISOLATION) == 2
+
+
 def test_ensure_all_repairs_every_network_with_one_read_per_binary(ns):
     fw = Counting()
     with netns(ns):
@@ -149,7 +178,7 @@ def test_ensure_all_repairs_every_network_with_one_read_per_binary(ns):
 
 def _intact(ns: str, *nets: str, binary: str = "iptables") -> bool:
     with netns(ns):
-        return iptpeek.intact(binary, CHAIN, ["secnet:" + n for n in nets])
+        return iptpeek.intact(binary, CHAIN, ["secnet:" + n for n in nets], dockerfw._verdicts)
 
 
 def test_the_repair_reads_no_table_while_every_rule_is_intact_and_repairs_what_is_not(ns):
