@@ -103,6 +103,22 @@ def test_drift_names_a_detached_program_and_the_map_of_a_missing_entry(lab):
 
 
 @ebpf
+def test_drift_names_a_flushed_nat_table_and_the_repair_writes_it_again(lab):
+    # an eBPF network's published ports and masquerade live in its NAT-only nft table;
+    # `nft flush ruleset` (a firewall reload) takes it, and drift must say so (U20-F3)
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"})
+    table = "secnet_" + NET_ID[:12]
+    assert "map pub4" in lab.nft("list", "table", "inet", table).stdout
+    lab.nft("flush", "ruleset")
+    lines = lab.drift()
+    assert len(lines) == 1 and lines[0].startswith(f"nat table {table} missing"), lines
+    lab.repair()
+    assert lab.drift() == []
+    assert "map pub4" in lab.nft("list", "table", "inet", table).stdout
+
+
+@ebpf
 def test_remove_network_leaves_nothing(lab):
     web, api = lab.add(2)
     lab.apply("web->api:tcp/8080", {web: "web", api: "api"})

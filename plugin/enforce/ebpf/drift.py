@@ -1,8 +1,8 @@
 """What differs between an eBPF network's kernel state and the desired state.
 
 Read-only: compares the version in force of the versioned maps, the
-settings, the endpoints and members, and whether our programs sit on every
-port's veth. One short line per difference (the reconciler logs them and
+settings, the endpoints and members, whether our programs sit on every
+port's veth, and whether the network's NAT-only nft table is there. One short line per difference (the reconciler logs them and
 calls apply_network to repair).
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ def drift(backend, st, policy, ports: list) -> list:
     if have != set(want):
         out.append("subnets: differ from the network's")
     out += _port_drift(h, st, ports)
+    if backend.nat is not None:                  # published ports and masquerade (nftables)
+        out += backend.nat.drift(st.spec.id)
     return out
 
 

@@ -22,7 +22,7 @@ from plugin.dns.datapath import LEARNED_FLOW_MARK
 from . import northsouth as ns
 from .elements import ports_elements
 from .ruleset import element_text
-from .runner import PASSED_MARK, TABLE_PREFIX, NftRunner
+from .runner import PASSED_MARK, TABLE_PREFIX, NftError, NftRunner
 
 #: bpf HOST_DENIED_MARK (plugin/enforce/ebpf/bpf/lib/common.h): a member's broadcast or
 #: multicast whose copy to the host egress denies
@@ -93,3 +93,17 @@ class NatTable:
 
     def remove(self, network_id: str) -> None:
         self.runner.apply(render_delete(network_id))
+
+    def drift(self, network_id: str) -> list:
+        """One short line when the network's NAT table is not in the kernel, or lacks one of
+        the published-port maps; [] when it is there. A ruleset flush (``nft flush ruleset``,
+        as ``systemctl restart nftables`` does) takes it, and the eBPF programs cannot
+        publish a port without it (U20-F3). Elements are not compared: :meth:`apply`
+        writes the table whole, and a repair rewrites it."""
+        table = table_name(network_id)
+        try:
+            data = self.runner.list_json("table", "inet", table, terse=True)
+        except NftError as exc:
+            return [f"nat table {table} missing ({str(exc).splitlines()[0][:100]})"]
+        maps = {o["map"]["name"] for o in data.get("nftables", []) if "map" in o}
+        return [f"nat table {table}: no map {name}" for name in ("pub4", "pub6") if name not in maps]
