@@ -99,15 +99,14 @@ class DockerFirewall:
     @staticmethod
     def _ours(table: list, network_id: str) -> list:
         """The arguments (after ``-A DOCKER-USER``) of this network's rules, in chain order."""
-        return [words[2:] for words in table
-                if words[:2] == ["-A", CHAIN] and COMMENT_PREFIX + network_id in words]
+        return [args for args in _chain_rules(table) if COMMENT_PREFIX + network_id in args]
 
     def ensure(self, bridge: str, network_id: str) -> bool:
         """Put the bridge's rules in place; True when some had to be (re)written.
 
         Per binary: when netlink shows a new network's case (iptables-nft, the
         chain and FORWARD's jump in place, no rule of this network:
-        :func:`iptpeek.insert_only`), the four inserts without reading the table;
+        :func:`iptpeek.chain_tail`), the inserts without reading the table;
         else one ``-S`` read of the filter table. Then one ``iptables-restore`` per
         binary that misses something, IPv4 and IPv6 side by side.
         """
@@ -194,9 +193,9 @@ class DockerFirewall:
         for args in ours:
             rules.remove(args)
         at = next((i for i, args in enumerate(rules, 1) if args == ["-j", "RETURN"]), 0)
-        lines = _place(specs, at)
-        rules[at - 1 if at else len(rules):at - 1 if at else len(rules)] = specs
-        return [f"-D {CHAIN} {shlex.join(args)}" for args in ours] + lines, True
+        index = at - 1 if at else len(rules)
+        rules[index:index] = specs
+        return [f"-D {CHAIN} {shlex.join(args)}" for args in ours] + _place(specs, at), True
 
     def remove(self, bridge: str, network_id: str) -> None:
         with self._lock:

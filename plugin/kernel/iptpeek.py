@@ -52,29 +52,29 @@ def _name(value: bytes) -> bytes:
     return value.rstrip(b"\0")
 
 
-def _plain_jump(expressions: bytes, target: bytes) -> bool:
-    """True for a rule that is exactly ``-j TARGET`` (a counter, then a jump verdict)."""
+def _plain(expressions: bytes):
+    """``(code, chain)`` of a rule that is exactly ``-j VERDICT`` (a counter, then an
+    immediate verdict; ``chain``: a jump's target, else b""), else None."""
     exprs = [_attrs(e) for e in _all(expressions, NFTA_LIST_ELEM)]
     rest = [e for e in exprs if _name(e.get(NFTA_EXPR_NAME, b"")) != b"counter"]
     if len(rest) != 1 or _name(rest[0].get(NFTA_EXPR_NAME, b"")) != b"immediate":
-        return False
+        return None
     data = _attrs(rest[0].get(NFTA_EXPR_DATA, b""))
     verdict = _attrs(_attrs(data.get(NFTA_IMMEDIATE_DATA, b"")).get(NFTA_DATA_VERDICT, b""))
     code = verdict.get(NFTA_VERDICT_CODE, b"")
-    return (len(code) == 4 and struct.unpack("!i", code)[0] == NFT_JUMP
-            and _name(verdict.get(NFTA_VERDICT_CHAIN, b"")) == target)
+    if len(code) != 4:
+        return None
+    return struct.unpack("!i", code)[0], _name(verdict.get(NFTA_VERDICT_CHAIN, b""))
+
+
+def _plain_jump(expressions: bytes, target: bytes) -> bool:
+    """True for a rule that is exactly ``-j TARGET`` (a counter, then a jump verdict)."""
+    return _plain(expressions) == (NFT_JUMP, target)
 
 
 NF_DROP, NF_ACCEPT = 0, 1
 NFT_RETURN = -5        # include/uapi/linux/netfilter/nf_tables.h, enum nft_verdicts
 _CODES = {"DROP": NF_DROP, "ACCEPT": NF_ACCEPT, "JUMP": NFT_JUMP}
-
-
-def _plain_verdict(expressions: bytes, code: int) -> bool:
-    """True for a rule that is exactly ``-j VERDICT`` (a counter, then verdict ``code``)."""
-    exprs = [_attrs(e) for e in _all(expressions, NFTA_LIST_ELEM)]
-    rest = [e for e in exprs if _name(e.get(NFTA_EXPR_NAME, b"")) != b"counter"]
-    return len(rest) == 1 and _verdict(expressions) == code
 
 
 def _verdict(expressions: bytes):
@@ -88,16 +88,16 @@ def _verdict(expressions: bytes):
 
 
 def _filter_rules(binary: str, chain: bytes):
-    """(chain names, rules) of ``binary``'s filter table over netlink; None when not known
-    (not iptables-nft, no such table, a netlink error)."""
+    """(chain names as str, rules) of ``binary``'s filter table over netlink; None when not
+    known (not iptables-nft, no such table, a netlink error)."""
     family = FAMILIES.get(binary)
     if family is None or not nft_based(binary):
         return None
     reader = ElementWriter()   # a socket of its own, in the calling thread's namespace
     try:
-        chains = {_name(a.get(NFTA_CHAIN_NAME, b"")) for a in reader._dump_messages(NFT_MSG_GETCHAIN, family, b"")
-                  if a.get(NFTA_CHAIN_TABLE) == TABLE}
-        if chain not in chains or b"FORWARD" not in chains:
+        chains = {_name(a.get(NFTA_CHAIN_NAME, b"")).decode() for a in
+                  reader._dump_messages(NFT_MSG_GETCHAIN, family, b"") if a.get(NFTA_CHAIN_TABLE) == TABLE}
+        if chain.decode() not in chains or "FORWARD" not in chains:
             return None
         return chains, [a for a in reader._dump_messages(NFT_MSG_GETRULE, family, _attr(NFTA_RULE_TABLE, TABLE))
                         if a.get(NFTA_RULE_TABLE) == TABLE]
@@ -128,7 +128,7 @@ def intact(binary: str, chain: str, tags, verdicts) -> bool:
     found = _filter_rules(binary, chain.encode())
     if found is None or not _jumps(found[1], chain.encode()):
         return False
-    counts = verdicts({_name(c).decode() for c in found[0]})
+    counts = verdicts(found[0])
     wanted = sorted(_CODES[name] for name, count in counts.items() for _ in range(count))
     for tag in tags:
         have = sorted(_verdict(a.get(NFTA_RULE_EXPRESSIONS, b"")) for a in
@@ -138,24 +138,18 @@ def intact(binary: str, chain: str, tags, verdicts) -> bool:
     return True
 
 
-def insert_only(binary: str, chain: str, tag: str) -> bool:
-    """True when ``binary``'s rules are iptables-nft's and, in its filter table, chain
-    ``chain`` exists, FORWARD has the rule ``-j chain``, and no rule of ``chain``
-    carries the text ``tag`` (a network's comment): then that network's rules can
-    be inserted without reading the table. False when any of it is not so, or not
-    known (legacy iptables, no table yet, a netlink error)."""
-    return chain_tail(binary, chain, tag) is not None
-
-
 def chain_tail(binary: str, chain: str, tag: str):
-    """When :func:`insert_only` holds for ``tag``: ``(at, chains)``, the 1-based position in
-    chain ``chain`` of its first plain ``-j RETURN`` (Docker ends DOCKER-USER with one), 0
-    when it has none, and the names of the filter table's chains; else None. Rules
-    inserted at ``at`` come after every rule above it (the admin's own among them) and
-    still run."""
+    """When ``binary``'s rules are iptables-nft's and, in its filter table, chain ``chain``
+    exists, FORWARD has the rule ``-j chain``, and no rule of ``chain`` carries the text
+    ``tag`` (a network's comment) -- so that network's rules can be inserted without
+    reading the table: ``(at, chains)``, the 1-based position in ``chain`` of its first
+    plain ``-j RETURN`` (Docker ends DOCKER-USER with one), 0 when it has none, and the
+    names of the filter table's chains. Rules inserted at ``at`` come after every rule
+    above it (the admin's own among them) and still run. None when any of it is not so,
+    or not known (legacy iptables, no table yet, a netlink error)."""
     found = _filter_rules(binary, chain.encode())
     if found is None or not _jumps(found[1], chain.encode()) or _tagged(found[1], chain.encode(), tag.encode()):
         return None
     rules = [a for a in found[1] if _name(a.get(NFTA_RULE_CHAIN, b"")) == chain.encode()]
-    at = next((i for i, a in enumerate(rules, 1) if _plain_verdict(a.get(NFTA_RULE_EXPRESSIONS, b""), NFT_RETURN)), 0)
-    return at, {_name(c).decode() for c in found[0]}
+    at = next((i for i, a in enumerate(rules, 1) if _plain(a.get(NFTA_RULE_EXPRESSIONS, b"")) == (NFT_RETURN, b"")), 0)
+    return at, found[0]

@@ -348,5 +348,16 @@ def docker_run_fails(*args) -> subprocess.CompletedProcess:
     return h.docker("run", "-d", *args, check=False)
 
 
+@contextlib.contextmanager
+def refused_publish(net, publish: str, what: str):
+    """``docker run -d -p PUBLISH`` of a sleeping container on ``net``, expected to fail:
+    yields the result, then removes what Docker left of the container (created)."""
+    name = h.unique(what)
+    try:
+        yield docker_run_fails("--name", name, "--network", net.name, "-p", publish, h.IMAGE, *SLEEP)
+    finally:
+        h.docker("rm", "-f", name, check=False)
+
+
 def addr(a: str) -> str:
     return str(ipaddress.ip_address(a))

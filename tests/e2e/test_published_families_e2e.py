@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import pytest
 
-import helpers as h
 import ns_helpers as n
 import seg_helpers as s
 from ns_servers import CPORT, servers, start  # noqa: F401  (servers: a fixture)
@@ -80,16 +79,11 @@ def test_a_family_the_container_lacks_is_refused_at_docker_run(make_network, run
     `-p P:C` there still publishes (on IPv4)."""
     net = n.ns_network(make_network, "sn-ns-fam4", ipv6=False)
     port = n.free_port()
-    name = h.unique("fam4")
-    try:
-        res = n.docker_run_fails("--name", name, "--network", net.name, "-p", f"[::]:{port}:{CPORT}",
-                                 h.IMAGE, *n.SLEEP)
+    with n.refused_publish(net, f"[::]:{port}:{CPORT}", "fam4") as res:
         assert res.returncode != 0, f"-p [::]:{port} was accepted on an IPv4-only network"
         assert f"[::]:{port}/tcp" in res.stderr and "no IPv6 address" in res.stderr, res.stderr.strip()
         assert n.pub_map(net, 4) == set() and n.pub_map(net, 6) == set()
         assert n.port_free(port, "tcp", "::"), f"port {port} is held after the refusal"
-    finally:
-        h.docker("rm", "-f", name, check=False)
     web = start(run_container, servers, net, "web", "web", [f"{port}:{CPORT}"])
     s.wait_segments(net, {web.name: "web"})
     n.reaches(n.HOST, "127.0.0.1", port, server=web.name)

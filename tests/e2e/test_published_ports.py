@@ -219,16 +219,11 @@ def test_ipv6_loopback_publish_is_refused(make_network):
     fail clearly rather than publish a black hole."""
     net = n.ns_network(make_network, "sn-ns-lo6", ipv6=True)
     port = n.free_port()
-    name = h.unique("lo6")
-    try:
-        res = n.docker_run_fails("--name", name, "--network", net.name, "-p", f"[::1]:{port}:{CPORT}",
-                                 h.IMAGE, *n.SLEEP)
+    with n.refused_publish(net, f"[::1]:{port}:{CPORT}", "lo6") as res:
         assert res.returncode != 0, f"-p [::1]:{port} was accepted (pub6: {n.pub_map(net, 6)})"
         assert "::1" in res.stderr, f"the error does not name [::1]: {res.stderr.strip()}"
         print(f"\n-p [::1]:...: {res.stderr.strip()}")
         assert n.pub_map(net, 6) == set() and n.port_free(port, "tcp", "::1")
-    finally:
-        h.docker("rm", "-f", name, check=False)
 
 
 def test_stop_removes_every_trace(make_network, run_container, servers, outside):
