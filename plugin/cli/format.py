@@ -58,8 +58,7 @@ def print_explain(data: dict) -> None:
     print(f"{'allowed' if data['allowed'] else 'denied'}  {_side(data['src'])} -> {_side(data['dst'])}  {what}")
     if data["dst"].get("hairpin"):
         via = data["dst"]["hairpin"]
-        host = f"[{via['address']}]" if ":" in via["address"] else via["address"]
-        print(f"  through the published port {host}:{via['port']} (a hairpin: judged as east-west)")
+        print(f"  through the published port {_host(via['address'])}:{via['port']} (a hairpin: judged as east-west)")
     if data["allowed"] and data.get("rule") and data["rule"] != "intra":
         print(f"  rule: {data['rule']}")
         if data.get("also"):
@@ -75,8 +74,13 @@ def print_explain(data: dict) -> None:
 def ports_text(ports: list) -> str:
     """A member's published ports in Docker's notation (``docker ps``):
     ``0.0.0.0:45733->8080/tcp, [::]:45733->8080/tcp``; empty when none."""
-    return ", ".join(f"{'[' + p['host_ip'] + ']' if ':' in p['host_ip'] else p['host_ip']}:{p['host_port']}"
-                     f"->{p['container_port']}/{p['proto']}" for p in ports)
+    return ", ".join(f"{_host(p['host_ip'])}:{p['host_port']}->{p['container_port']}/{p['proto']}" for p in ports)
+
+
+def _host(address: str) -> str:
+    """An address as written before a port: IPv6 in brackets (the CLI's own copy of
+    plugin.driver.portmap.host_text: the CLI imports no daemon code)."""
+    return f"[{address}]" if ":" in address else address
 
 
 def _when(t: float, now: float) -> str:

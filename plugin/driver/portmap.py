@@ -73,6 +73,11 @@ def parse_portmap(options: dict) -> list:
     return out
 
 
+def host_text(host_ip: str) -> str:
+    """``host_ip`` as Docker prints it before a port: an IPv6 address in brackets."""
+    return f"[{host_ip}]" if ":" in host_ip else host_ip
+
+
 def check_families(bindings: list, families: set) -> None:
     """BadRequest naming the first binding that would publish on no family of the
     container (``families``: the IP versions it has an address in, e.g. ``{4}``):
@@ -82,8 +87,7 @@ def check_families(bindings: list, families: set) -> None:
     for b in bindings:
         missing = [f for f in host_families(b.host_ip) if f not in families]
         if len(missing) == len(host_families(b.host_ip)):
-            host = f"[{b.host_ip}]" if ":" in b.host_ip else b.host_ip
-            where = f"{host}:{b.host_port}" if b.host_port else host
+            where = f"{host_text(b.host_ip)}:{b.host_port}" if b.host_port else host_text(b.host_ip)
             raise BadRequest(f"cannot publish {where}/{b.proto}: the container has no "
                              f"IPv{missing[0]} address on this network, and secnet does not forward "
                              f"one IP version to the other")

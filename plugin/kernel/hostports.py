@@ -13,7 +13,7 @@ import socket
 import threading
 from typing import Optional
 
-from plugin.driver.portmap import Binding
+from plugin.driver.portmap import Binding, host_text
 from plugin.errors import Conflict
 
 
@@ -49,8 +49,7 @@ class Reservations:
                 return _bind_all(b.proto, b.host_ip, port)
             except OSError as exc:
                 last_error = exc
-        host = b.host_ip or "0.0.0.0"
-        where = f"[{host}]:{b.host_port}" if ":" in host else f"{host}:{b.host_port}"
+        where = f"{host_text(b.host_ip or '0.0.0.0')}:{b.host_port}"
         if b.host_port_end != b.host_port:
             where += f"-{b.host_port_end}"
         reason = "already in use" if last_error and last_error.errno == errno.EADDRINUSE else str(last_error)
