@@ -132,14 +132,14 @@ class DockerFirewall:
         """:meth:`ensure` for every ``{network_id: bridge}`` at once: one read of the filter
         table and at most one restore per binary, whatever the number of networks; none
         for a binary whose rules netlink shows intact (:func:`iptpeek.intact`: the chain,
-        FORWARD's jump, each network's two ACCEPT and two DROP rules and no other -- the
-        common case of the forward repair, woken by every change of FORWARD, Docker's own
-        included). Returns the ids of the networks whose rules had to be (re)written."""
+        FORWARD's jump, each network's two ACCEPT and two DROP rules and no other, and no
+        admin's rule below them -- the common case of the forward repair, woken by every
+        change of FORWARD, Docker's own included). Returns the ids of the networks whose rules had to be (re)written."""
         changed, writes = set(), {}
         tags = [COMMENT_PREFIX + nid for nid in bridges]
         with self._lock:
             for binary in self.binaries:
-                if iptpeek.intact(binary, CHAIN, tags, _verdicts):
+                if iptpeek.intact(binary, CHAIN, tags, _verdicts, COMMENT_PREFIX):
                     continue
                 table = self._filter_table(binary)
                 if table is None:

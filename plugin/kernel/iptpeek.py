@@ -117,16 +117,21 @@ def _tagged(rules: list, chain: bytes, needle: bytes) -> list:
             and needle in a.get(NFTA_RULE_EXPRESSIONS, b"") + a.get(NFTA_RULE_USERDATA, b"")]
 
 
-def intact(binary: str, chain: str, tags, verdicts) -> bool:
+def intact(binary: str, chain: str, tags, verdicts, prefix: str = "") -> bool:
     """True when ``binary``'s rules are iptables-nft's and, in its filter table, chain
-    ``chain`` exists, FORWARD has the rule ``-j chain``, and for each text of ``tags``
+    ``chain`` exists, FORWARD has the rule ``-j chain``, for each text of ``tags``
     (networks' comments) ``chain`` holds exactly the rules carrying it that
     ``verdicts(chain names)`` counts (``{"ACCEPT"|"DROP"|"JUMP": n}``, by the verdict
-    they end in), and no other. Then a repair that re-ensures
-    those networks' rules has nothing to write: it need not read the table with
-    ``iptables -S`` (two processes). False when any of it is not so, or not known."""
+    they end in), and no other, and (with ``prefix``, the text every tag starts with) no
+    rule without ``prefix`` sits between the first tagged rule and the chain's first
+    plain ``-j RETURN`` (an admin's rule that ours would run ahead of). Then a repair
+    that re-ensures those networks' rules has nothing to write: it need not read the
+    table with ``iptables -S`` (two processes). False when any of it is not so, or not
+    known."""
     found = _filter_rules(binary, chain.encode())
     if found is None or not _jumps(found[1], chain.encode()):
+        return False
+    if prefix and _foreign_below(found[1], chain.encode(), [t.encode() for t in tags], prefix.encode()):
         return False
     counts = verdicts(found[0])
     wanted = sorted(_CODES[name] for name, count in counts.items() for _ in range(count))
@@ -136,6 +141,23 @@ def intact(binary: str, chain: str, tags, verdicts) -> bool:
         if have != wanted:
             return False
     return True
+
+
+def _foreign_below(rules: list, chain: bytes, tags: list, prefix: bytes) -> bool:
+    """Whether a rule of ``chain`` without ``prefix`` comes after its first rule carrying one
+    of ``tags`` and before its first plain RETURN."""
+    seen = False
+    for a in rules:
+        if _name(a.get(NFTA_RULE_CHAIN, b"")) != chain:
+            continue
+        text = a.get(NFTA_RULE_EXPRESSIONS, b"") + a.get(NFTA_RULE_USERDATA, b"")
+        if not seen:
+            seen = any(tag in text for tag in tags)
+        elif _plain(a.get(NFTA_RULE_EXPRESSIONS, b"")) == (NFT_RETURN, b""):
+            return False
+        elif prefix not in text:
+            return True
+    return False
 
 
 def chain_tail(binary: str, chain: str, tag: str):

@@ -218,3 +218,34 @@ def test_the_repair_reads_no_table_while_every_rule_is_intact_and_repairs_what_i
         if broken[1] == "FORWARD":
             run(ns, "iptables", "-I", "FORWARD", "1", "-j", CHAIN)
         assert _intact(ns, NET_A, NET_B), broken
+
+
+def test_an_admins_rule_inserted_below_ours_later_is_moved_above_by_the_repair(ns):
+    # ``iptables -I DOCKER-USER N`` with N past the top puts the admin's rule below a
+    # network's: the repair (woken by that change) must not call the rules intact
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+        run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+    fw = Counting()
+    nets = {NET_A: "sn-a", NET_B: "sn-b"}
+    with netns(ns):
+        for nid, bridge in nets.items():
+            fw.ensure(bridge, nid)
+    assert _chain(ns) == ["ours:a"] * 4 + ["ours:b"] * 4 + ["-j RETURN"]
+    assert iptpeek_intact(ns, NET_A, NET_B)
+    run(ns, "iptables", "-I", CHAIN, "3", "-s", "10.231.0.9/32", "-j", "DROP")   # inside a's rules
+    assert not iptpeek_intact(ns, NET_A, NET_B)
+    assert _intact(ns, NET_A, NET_B)                 # counts alone do not see the order
+    with netns(ns):
+        assert fw.ensure_all(nets) == {NET_A}
+    assert _chain(ns) == ["-s 10.231.0.9/32 -j DROP"] + ["ours:b"] * 4 + ["ours:a"] * 4 + ["-j RETURN"]
+    assert iptpeek_intact(ns, NET_A, NET_B)
+    run(ns, "iptables", "-A", CHAIN, "-s", "10.231.0.8/32", "-j", "DROP")    # after RETURN: never runs
+    assert iptpeek_intact(ns, NET_A, NET_B)
+
+
+def iptpeek_intact(ns: str, *nets: str) -> bool:
+    with netns(ns):
+        return iptpeek.intact("iptables", CHAIN, ["secnet:" + n for n in nets], dockerfw._verdicts,
+                              dockerfw.COMMENT_PREFIX)
