@@ -33,7 +33,8 @@ def _print_status(data: dict) -> None:
     if data.get("dns"):
         d = data["dns"]
         print(f"dns: {d['learned']} address(es) learned from {d['answers']} answer(s); "
-              f"{d['refused']} refused at the bound ({d['bound_per_network']} per network, "
+              f"{d['refused']} refused at the bound ({d.get('bound_per_segment', '-')} per segment, "
+              f"{d['bound_per_network']} per network, "
               f"{d['bound_total']} in all)")
 
 

@@ -240,6 +240,7 @@ class DnsService:
         learner = self.learner
         return {"queue": self.queue_num, "answers": learner.answers, "learned": len(self.store),
                 "refused": self.store.refused_total, "failures": learner.failures,
+                "bound_per_segment": self.store.max_per_segment,
                 "bound_per_network": self.store.max_per_network, "bound_total": self.store.max_total}
 
     def tags(self, network_id: str) -> dict:

@@ -5,10 +5,13 @@ An entry is ``(network, identity, rule, address)`` -> :class:`Learned`
 element (:class:`~plugin.dns.datapath.Grant`): the element lives as long as
 the longest of them.
 
-Bounds: at most ``max_per_network`` entries in one network and
-``max_total`` in all. At the bound a new entry is refused (fail closed: the
-address stays denied) and the caller logs it; entries already there are
-still refreshed by new answers. Expired entries are dropped lazily (a heap
+Bounds: at most ``max_per_segment`` entries of one segment (identity) of a
+network, ``max_per_network`` in one network and ``max_total`` in all. At a
+bound a new entry is refused (fail closed: the address stays denied) and the
+caller logs it; entries already there are still refreshed by new answers.
+The segment's share keeps one segment whose server answers with many
+addresses from using up the network's bound, which would refuse the other
+segments' answers (U21-F5): it fails closed for its own segment first. Expired entries are dropped lazily (a heap
 ordered by expiry), so a learn costs O(log n).
 
 The TTL floor (``min_ttl``, 60 s by the contract) keeps an address long
@@ -51,15 +54,18 @@ from .datapath import Grant
 MIN_TTL = 60
 MAX_TTL = 7 * 24 * 3600
 MAX_PER_NETWORK = 16384
+MAX_PER_SEGMENT = 4096     # a quarter of the network's: one segment cannot take all of it
 MAX_TOTAL = 65536
 MAX_TAG = 0xFFFF   # tags per network (eBPF keeps 16 bits); past it: 0, every rule of the service
 
 
 def settings_from_env(env=os.environ) -> dict:
     """Store settings from ``SECNET_DNS_MIN_TTL`` (seconds, 1..MAX_TTL: lowered for
-    tests only), ``SECNET_DNS_MAX_PER_NETWORK`` and ``SECNET_DNS_MAX_TOTAL`` (1..2^24
-    entries). Raises ValueError naming the variable when one is bad."""
+    tests only), ``SECNET_DNS_MAX_PER_SEGMENT``, ``SECNET_DNS_MAX_PER_NETWORK`` and
+    ``SECNET_DNS_MAX_TOTAL`` (1..2^24 entries). Raises ValueError naming the variable
+    when one is bad."""
     return {"min_ttl": env_int(env, "SECNET_DNS_MIN_TTL", MIN_TTL, 1, MAX_TTL),
+            "max_per_segment": env_int(env, "SECNET_DNS_MAX_PER_SEGMENT", MAX_PER_SEGMENT, 1, 1 << 24),
             "max_per_network": env_int(env, "SECNET_DNS_MAX_PER_NETWORK", MAX_PER_NETWORK, 1, 1 << 24),
             "max_total": env_int(env, "SECNET_DNS_MAX_TOTAL", MAX_TOTAL, 1, 1 << 24)}
 
@@ -88,10 +94,13 @@ class LearnedStore:
     """The learned entries of every network; every public method is atomic."""
 
     def __init__(self, min_ttl: int = MIN_TTL, max_per_network: int = MAX_PER_NETWORK,
-                 max_total: int = MAX_TOTAL, clock: Callable[[], float] = time.time):
+                 max_total: int = MAX_TOTAL, clock: Callable[[], float] = time.time,
+                 max_per_segment: int = MAX_PER_SEGMENT):
         self.min_ttl, self.max_per_network, self.max_total = min_ttl, max_per_network, max_total
+        self.max_per_segment = min(max_per_segment, max_per_network)
         self.clock = clock
         self._nets: dict = {}     # network -> {(identity, rule, address): (Learned, Grant)}
+        self._per_id: dict = {}   # network -> {identity: entries of it}
         self._elements: dict = {}  # network -> {Grant.key: {entry keys}}
         self._heap: list = []     # (expires, network, key)
         self._past: dict = {}     # network -> OrderedDict {(identity, rule, address): Grant}: dropped
@@ -114,6 +123,8 @@ class LearnedStore:
         old = entries.get(key)
         if old is None:
             self._count += 1
+            counts = self._per_id.setdefault(network, {})
+            counts[key[0]] = counts.get(key[0], 0) + 1
         elif old[1].key != value[1].key:
             self._elements[network][old[1].key].discard(key)
         entries[key] = value
@@ -124,6 +135,10 @@ class LearnedStore:
         entries, elements = self._nets[network], self._elements[network]
         _learned, grant = entries.pop(key)
         self._count -= 1
+        counts = self._per_id[network]
+        counts[key[0]] -= 1
+        if not counts[key[0]]:
+            del counts[key[0]]
         self._remember(network, key, grant)
         holders = elements[grant.key]
         holders.discard(key)
@@ -131,7 +146,7 @@ class LearnedStore:
             del elements[grant.key]
             self._written.get(network, {}).pop(grant.key, None)
         if not entries:
-            del self._nets[network], self._elements[network]
+            del self._nets[network], self._elements[network], self._per_id[network]
 
     def _remember(self, network: str, key: tuple, grant: Grant) -> None:
         """Keep that entry ``key`` admitted ``grant`` (bounded: the oldest go first)."""
@@ -169,6 +184,7 @@ class LearnedStore:
         plan, entries = Plan(network), self._nets.get(network, {})
         room_net = self.max_per_network - len(entries)
         room_all = self.max_total - len(self)
+        room_id = dict(self._per_id.get(network, {}))   # identity -> entries, planned included
         for entry, found in matched:
             key = (entry.identity, entry.rule, found.address)
             if key in plan.entries:
@@ -176,11 +192,12 @@ class LearnedStore:
             expires = now + min(max(found.ttl, self.min_ttl), MAX_TTL)
             if key in entries:   # an earlier answer may still be valid for longer: never shorten
                 expires = max(expires, entries[key][0].expires)
-            elif room_net <= 0 or room_all <= 0:
+            elif room_net <= 0 or room_all <= 0 or room_id.get(entry.identity, 0) >= self.max_per_segment:
                 plan.refused.append((entry.rule, found.address))
                 continue
             else:
                 room_net, room_all = room_net - 1, room_all - 1
+                room_id[entry.identity] = room_id.get(entry.identity, 0) + 1
             plan.entries[key] = (Learned(found.address, found.name, now, expires), _grant(entry, found, expires))
         self._plan_grants(plan)
         self.refused_total += len(plan.refused)

@@ -156,6 +156,31 @@ def test_bounds_per_network_and_in_total_refuse_new_but_refresh_old():
     assert store.refused_total == 2 and len(store) == 3
 
 
+def test_one_segment_uses_only_its_share_of_the_networks_bound():
+    """U21-F5: a segment whose server answers with many addresses is refused at its own
+    share; another segment of the network still learns, and the share comes back as the
+    first segment's entries expire."""
+    api = FqdnEntry(WEB + 1, "*.cdn.test", "any", 0, 0, "api->dns(*.cdn.test)")
+    clock = Clock()
+    store = LearnedStore(min_ttl=1, max_per_segment=2, max_per_network=10, clock=clock)
+    assert store.max_per_segment == 2
+    plan = learn(store, (WILD, found("10.229.0.1", ttl=10)), (WILD, found("10.229.0.2", ttl=100)),
+                 (WILD, found("10.229.0.3")))
+    assert plan.refused == [(WILD.rule, "10.229.0.3")]
+    assert learn(store, (WILD, found("10.229.0.4"))).refused == [(WILD.rule, "10.229.0.4")]
+    assert learn(store, (WILD, found("10.229.0.1", ttl=50))).refused == []    # refreshed
+    assert learn(store, (api, found("10.229.0.4")), (api, found("10.229.0.5"))).refused == []
+    assert store.count("n1") == 4
+    clock.now += 60                                    # 10.229.0.1 (50 s) expired
+    assert learn(store, (WILD, found("10.229.0.6"))).refused == []
+    store.forget("n1")
+    assert learn(store, (WILD, found("10.229.0.7")), (WILD, found("10.229.0.8"))).refused == []
+    assert LearnedStore(max_per_network=3).max_per_segment == 3      # never above the network's
+    assert settings_from_env({"SECNET_DNS_MAX_PER_SEGMENT": "7"})["max_per_segment"] == 7
+    with pytest.raises(ValueError, match="SECNET_DNS_MAX_PER_SEGMENT"):
+        settings_from_env({"SECNET_DNS_MAX_PER_SEGMENT": "0"})
+
+
 def test_one_element_for_two_rules_lives_as_long_as_the_longest():
     other = FqdnEntry(WEB, "*.example.test", "tcp", 443, 443, "web->dns(*.example.test):tcp/443")
     clock = Clock()
