@@ -196,7 +196,10 @@ class Api:
                 return policy.options, edit   # validated: NetworkOptions checks itself
             except PolicyError as exc:
                 raise BadRequest(str(exc)) from None
-        new_net = self.driver.edit_options(net.id, change)
+        try:   # e.g. identities run out for the new segments, before any kernel change
+            new_net = self.driver.edit_options(net.id, change)
+        except PolicyError as exc:
+            raise BadRequest(str(exc)) from None
         log.info("policy of network %s: %d rules", net.id[:12], len(new_net.options.rules))
         return new_net
 

@@ -183,3 +183,16 @@ def test_a_bad_body_to_a_cli_route_is_a_one_line_bad_request(tmp_path, raw, said
         assert reconciler.calls == []
     finally:
         state.close()
+
+
+def test_a_policy_error_of_the_reconciler_is_the_answer_and_changes_nothing(env):
+    # U21-F7: identities running out for the new segments (segmentation.identities.allocate,
+    # under reconciler.policy_changed) came back as "internal error: PolicyError"
+    from segmentation.errors import PolicyError
+
+    def refuse(net, edit=None):
+        raise PolicyError("too many segments: at most 65280 per network")
+    env.reconciler.policy_changed = refuse
+    code, body = env.post({"action": "add", "rules": ["s0->t0:tcp/80", "s1->t1:tcp/80"]})
+    assert (code, body) == (400, {"Err": "too many segments: at most 65280 per network"})
+    assert env.post({})[1]["rules"] == ["web->api:tcp/80"]
