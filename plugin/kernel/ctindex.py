@@ -47,7 +47,7 @@ import socket
 import struct
 import threading
 import time
-from typing import Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from plugin.kernel.conntrack import PROTO_NAMES, Entry, Tuple
 from plugin.kernel.nfgroups import NETLINK_NETFILTER, group_socket
@@ -170,8 +170,9 @@ def open_event_socket() -> socket.socket:
     return group_socket((NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY), RCVBUF, blocking=False)
 
 
-def dump(sock: socket.socket) -> list:
-    """Every entry of the table (both families) over ``sock``, a plain netfilter socket."""
+def dump(sock: socket.socket, keep: Optional[Callable[[Entry], bool]] = None) -> list:
+    """Every entry of the table (both families) over ``sock``, a plain netfilter socket;
+    with ``keep``, only those it keeps (the others are decoded and let go at once)."""
     request = NLMSG_HDR.pack(NLMSG_HDR.size + NFGEN_HDR.size, CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
     sock.send(request + NFGEN_HDR.pack(socket.AF_UNSPEC, 0, 0))
     out = []
@@ -184,7 +185,8 @@ def dump(sock: socket.socket) -> list:
         for kind, entry in parse(data):
             if kind == "done":
                 return out
-            out.append(entry)
+            if keep is None or keep(entry):
+                out.append(entry)
 
 
 class FlowIndex:

@@ -92,9 +92,9 @@ class NsKernel(Kernel):
     def __init__(self, ns: str):
         self.ns = ns
 
-    def entries(self):
+    def entries(self, addresses=None):
         with netns(self.ns):
-            return super().entries()
+            return super().entries(addresses)
 
     def delete(self, entries):
         with netns(self.ns):

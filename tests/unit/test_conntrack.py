@@ -142,7 +142,7 @@ class FakeKernel:
     def __init__(self, entries):
         self.have, self.deleted = list(entries), []
 
-    def entries(self):
+    def entries(self, addresses=None):
         return list(self.have)
 
     def delete(self, entries):

@@ -174,7 +174,7 @@ class CountingKernel:
     def __init__(self, table):
         self.table, self.deleted, self.dumps = table, [], 0
 
-    def entries(self):
+    def entries(self, addresses=None):
         self.dumps += 1
         return list(self.table)
 

@@ -21,7 +21,7 @@ class Kernel:
     def __init__(self, entries):
         self.have, self.deleted = list(entries), []
 
-    def entries(self):
+    def entries(self, addresses=None):
         return [e for e in self.have if e not in self.deleted]
 
     def delete(self, entries):
