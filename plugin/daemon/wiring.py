@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from plugin.config import Settings
 from plugin.daemon.api import Api
@@ -28,6 +28,7 @@ from plugin.kernel.forward import ForwardFilter
 from plugin.kernel.links import Netlink
 from plugin.kernel.nftguard import NftGuard
 from plugin.kernel.nftwatch import Debouncer, NftWatcher
+from plugin.kernel.tcwatch import Links, TcWatcher, hook_change
 from plugin.observe.droplog import Directory, DropLog
 from plugin.observe.metrics import Metrics
 
@@ -73,6 +74,7 @@ class Daemon:
     firewall: object = None
     nftwatch: object = None
     dns: object = None
+    tcwatch: object = None
 
 
 def build(settings: Settings, backends=None, links=None, firewall=None, dns=None) -> Daemon:
@@ -109,6 +111,7 @@ def start(daemon: Daemon) -> None:
         except Exception:
             log.exception("cannot read drop events of the %s backend", backend.name)
     start_watches(daemon)
+    start_tc_watch(daemon)
     daemon.resolver.start(daemon.driver)
     if daemon.settings.metrics_addr:
         try:
@@ -173,3 +176,39 @@ def repair_wanted(owners: list) -> Callable:
     table of ``owners`` (backends with ``owns``), and every ``resync`` (notifications
     were lost: what changed meanwhile is unknown)."""
     return lambda event: event.kind == "resync" or any(b.owns(event) is not None for b in owners)
+
+
+def start_tc_watch(daemon: Daemon) -> None:
+    """Follow tc notifications for the eBPF networks (:func:`watch_tc_hooks`); without
+    them only the periodic pass repairs a detached program (logged)."""
+    try:
+        daemon.tcwatch = watch_tc_hooks(daemon.reconciler, daemon.backends.values())
+    except OSError as exc:
+        log.error("cannot follow tc changes (the periodic pass still repairs eBPF networks): %s", exc)
+
+
+def watch_tc_hooks(reconciler, backends) -> Optional[tuple]:
+    """A veth of an eBPF network whose clsact hooks lost our program, or got a foreign filter
+    before it (a ``tc filter del``, ``tc qdisc del ... clsact``: a fail-open window), is
+    checked and repaired within ~0.1 s of the notification: the devices named since the
+    last check are checked cheaply (``hooks.drifted``: the daemon's own attaches pass
+    it), and only a network that fails it gets the reconciler's drift check and rewrite.
+    Returns ``(watcher, debouncer)`` (None: no backend attaches to links); raises
+    OSError when the socket cannot be opened. Call it in the backends' namespace."""
+    owners = [b for b in backends if getattr(b, "attaches_to_links", False)]
+    if not owners:
+        return None
+    from plugin.enforce.ebpf.hooks import drifted   # noqa: PLC0415 (only with an eBPF backend)
+    links = Links()
+
+    def check() -> None:
+        changed = links.take()
+        for backend in owners:
+            for network_id, problems in drifted(backend, changed).items():
+                log.warning("network %s: tc hooks changed (%s); checking it", network_id[:12],
+                            "; ".join(problems[:3]))
+                reconciler.repair_network(network_id)
+    watcher = TcWatcher().start()
+    repair = Debouncer(check, name="secnet-tcrepair").start()
+    watcher.subscribe(lambda event: (links.add(event), repair.trigger()), hook_change)
+    return watcher, repair

@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Optional
 from plugin.enforce.backend import BackendError, BackendUnavailable, Counters, DropEvent, NetworkSpec, Port
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import build, counters, fqdn, host, libbpf, maps, pins
+from . import build, counters, fqdn, hooks, host, libbpf, maps, pins
 from .groups import delta_changes as _delta_changes, group_index, regroup as _regroup
 from .groups import touched_groups as _touched
 from .events import DropReader, hairpin_target
@@ -73,12 +73,11 @@ class EbpfBackend(fqdn.FqdnMethods):
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
                  sizes: Optional[dict] = None, nat=None, mount_bpffs: bool = True):
-        self.root = pin_root
-        self.mount_bpffs = mount_bpffs   # False: bpffs must be mounted already (the managed plugin)
+        self.root, self.mount_bpffs = pin_root, mount_bpffs   # False: bpffs must be mounted (managed plugin)
         self.nat = nat   # the network's NAT (published ports, masquerade): apply(spec, ports), remove(id)
-        self.obj_path = obj_path
-        self.sizes = dict(SIZES, **(sizes or {}))
+        self.obj_path, self.sizes = obj_path, dict(SIZES, **(sizes or {}))
         self._nets, self._lock = {}, threading.RLock()
+        self.foreign_seen: set = set()   # ifindexes where drift saw foreign tc filters (hooks.py)
         self._reader: Optional[DropReader] = None
         self._host_ok = False
         self.later: Callable = lambda fn: threading.Thread(target=fn, name="secnet-ebpf-level", daemon=True).start()
@@ -276,9 +275,9 @@ class EbpfBackend(fqdn.FqdnMethods):
     def _sync_ports(self, st: _Net, ports: Iterable[Port]) -> None:
         """Make endpoints, members, subnets, published exactly ``ports`` (and the gateways),
         *then* attach our programs: with maps made anew (pins._drop_other_shapes) a program
-        attached earlier would take a member not written yet for the outside (fail open)."""
-        h = st.handle
-        st.ports = {}
+        attached earlier would take a member not written yet for the outside (fail open).
+        Foreign filters that drift saw before ours go first (hooks.clear)."""
+        h, st.ports = st.handle, {}
         for port in ports:
             self._put_port(st, None, port, attach=False)
         _make_exactly(h.maps["endpoints"], 4,
@@ -294,6 +293,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         _make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
         _make_exactly(h.maps["published"], maps.PUB_KEY.size,
                       {k: v for port, _ifx in st.ports.values() for k, v in maps.published_entries(port).items()})
+        hooks.clear(self.foreign_seen, [ifx for _port, ifx in st.ports.values()])
         for _port, ifx in st.ports.values():
             self._attach(st, ifx)
 
