@@ -28,7 +28,6 @@ from plugin.kernel.forward import ForwardFilter
 from plugin.kernel.links import Netlink
 from plugin.kernel.nftguard import NftGuard
 from plugin.kernel.nftwatch import Debouncer, NftWatcher
-from plugin.kernel.tcwatch import Links, TcWatcher, hook_change
 from plugin.observe.droplog import Directory, DropLog
 from plugin.observe.metrics import Metrics
 
@@ -162,13 +161,22 @@ def start_watches(daemon: Daemon) -> None:
         return
     if isinstance(forward, ForwardFilter):
         daemon.nftwatch.subscribe(forward.trigger, forward.interested)
-    owners = [b for b in daemon.backends.values() if hasattr(b, "owns")]
+    watch_nft_tables(daemon.nftwatch, daemon.reconciler, daemon.backends.values())
+
+
+def watch_nft_tables(watcher: NftWatcher, reconciler, backends) -> Optional[Debouncer]:
+    """A network whose nft tables someone else changed is checked (the reconciler's
+    drift) and repaired ~0.1 s after the notification; returns the Debouncer that
+    runs the checks (None: no backend owns tables)."""
+    owners = [b for b in backends if hasattr(b, "owns")]
     for backend in owners:   # a backend's own element deltas need no repair check
         for portid in getattr(backend, "own_ports", lambda: ())():
-            daemon.nftwatch.ignore_port(portid)
-    if owners:
-        repair = Debouncer(lambda: daemon.reconciler.reconcile(full=False), name="secnet-repair").start()
-        daemon.nftwatch.subscribe(repair.trigger, repair_wanted(owners))
+            watcher.ignore_port(portid)
+    if not owners:
+        return None
+    repair = Debouncer(lambda: reconciler.reconcile(full=False), name="secnet-repair").start()
+    watcher.subscribe(repair.trigger, repair_wanted(owners))
+    return repair
 
 
 def repair_wanted(owners: list) -> Callable:
@@ -179,36 +187,13 @@ def repair_wanted(owners: list) -> Callable:
 
 
 def start_tc_watch(daemon: Daemon) -> None:
-    """Follow tc notifications for the eBPF networks (:func:`watch_tc_hooks`); without
-    them only the periodic pass repairs a detached program (logged)."""
+    """Follow tc notifications for the eBPF networks (plugin.enforce.ebpf.hookwatch): a veth
+    whose program someone detached is repaired within ~0.1 s; without them only the
+    periodic pass repairs it (logged)."""
+    if not any(getattr(b, "attaches_to_links", False) for b in daemon.backends.values()):
+        return
+    from plugin.enforce.ebpf.hookwatch import HookWatch   # noqa: PLC0415 (only with an eBPF backend)
     try:
-        daemon.tcwatch = watch_tc_hooks(daemon.reconciler, daemon.backends.values())
+        daemon.tcwatch = HookWatch(daemon.reconciler, daemon.backends.values()).start()
     except OSError as exc:
         log.error("cannot follow tc changes (the periodic pass still repairs eBPF networks): %s", exc)
-
-
-def watch_tc_hooks(reconciler, backends) -> Optional[tuple]:
-    """A veth of an eBPF network whose clsact hooks lost our program, or got a foreign filter
-    before it (a ``tc filter del``, ``tc qdisc del ... clsact``: a fail-open window), is
-    checked and repaired within ~0.1 s of the notification: the devices named since the
-    last check are checked cheaply (``hooks.drifted``: the daemon's own attaches pass
-    it), and only a network that fails it gets the reconciler's drift check and rewrite.
-    Returns ``(watcher, debouncer)`` (None: no backend attaches to links); raises
-    OSError when the socket cannot be opened. Call it in the backends' namespace."""
-    owners = [b for b in backends if getattr(b, "attaches_to_links", False)]
-    if not owners:
-        return None
-    from plugin.enforce.ebpf.hooks import drifted   # noqa: PLC0415 (only with an eBPF backend)
-    links = Links()
-
-    def check() -> None:
-        changed = links.take()
-        for backend in owners:
-            for network_id, problems in drifted(backend, changed).items():
-                log.warning("network %s: tc hooks changed (%s); checking it", network_id[:12],
-                            "; ".join(problems[:3]))
-                reconciler.repair_network(network_id)
-    watcher = TcWatcher().start()
-    repair = Debouncer(check, name="secnet-tcrepair").start()
-    watcher.subscribe(lambda event: (links.add(event), repair.trigger()), hook_change)
-    return watcher, repair

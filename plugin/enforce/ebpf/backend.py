@@ -280,7 +280,7 @@ class EbpfBackend(fqdn.FqdnMethods):
         h, st.ports = st.handle, {}
         for port in ports:
             self._put_port(st, None, port, attach=False)
-        _make_exactly(h.maps["endpoints"], 4,
+        libbpf.make_exactly(h.maps["endpoints"], 4,
                       {maps.U32.pack(ifx): maps.endpoint_value(p) for p, ifx in st.ports.values()})
         members = maps.gateway_entries(st.spec.gateways)
         for key, value in members.items():
@@ -290,8 +290,8 @@ class EbpfBackend(fqdn.FqdnMethods):
         for key in list(libbpf.keys(h.maps["members"], maps.ADDR_KEY.size)):
             if key not in members:
                 libbpf.delete(h.maps["members"], key)
-        _make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
-        _make_exactly(h.maps["published"], maps.PUB_KEY.size,
+        libbpf.make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
+        libbpf.make_exactly(h.maps["published"], maps.PUB_KEY.size,
                       {k: v for port, _ifx in st.ports.values() for k, v in maps.published_entries(port).items()})
         hooks.clear(self.foreign_seen, [ifx for _port, ifx in st.ports.values()])
         for _port, ifx in st.ports.values():
@@ -367,7 +367,7 @@ class EbpfBackend(fqdn.FqdnMethods):
                 except libbpf.LibbpfError:
                     st = None
             if st is not None:
-                self._detach_all(st)
+                hooks.detach_all(st.handle)
                 st.handle.close()
             pins.remove_pins(self.root, network_id)
             self.fqdn.forget(network_id)
@@ -377,14 +377,16 @@ class EbpfBackend(fqdn.FqdnMethods):
                 if self._reader is not None:
                     self._reader.reopen()    # the next network makes a new buffer
 
-    def _detach_all(self, st: _Net) -> None:
-        """Take our filters off every veth of the network (only where they are ours)."""
-        ours = {libbpf.prog_id(fd) for fd in st.handle.progs.values()}
-        for key in list(libbpf.keys(st.handle.maps["endpoints"], 4)) if "endpoints" in st.handle.maps else ():
-            ifindex = maps.U32.unpack(key)[0]
-            for point in (libbpf.BPF_TC_INGRESS, libbpf.BPF_TC_EGRESS):
-                if libbpf.tc_query(ifindex, point) in ours:
-                    libbpf.tc_detach(ifindex, point)
+    def reattach(self, network_id: str, links: Iterable[int]) -> list:
+        """Our programs back on those of ``links`` (ifindexes) that are the network's ports, after
+        the foreign filters at our priority (hooks.py; returned): no reload, no map write."""
+        with self._lock:
+            st = self._nets.get(network_id[:12])
+            mine = sorted({ifx for _port, ifx in st.ports.values()} & set(links)) if st else []
+            gone = hooks.remove_all_foreign(mine)
+            for ifindex in mine:
+                self._attach(st, ifindex)
+            return gone
 
     def networks(self) -> set:
         return pins.pinned_networks(self.root)
@@ -434,15 +436,6 @@ class EbpfBackend(fqdn.FqdnMethods):
             for st in self._nets.values():
                 st.handle.close()
             self._nets.clear()
-
-
-def _make_exactly(fd: int, key_size: int, content: dict) -> None:
-    """Write ``content`` ({key: value}) to the map and delete every other key."""
-    for key, value in content.items():
-        libbpf.update(fd, key, value)
-    for key in list(libbpf.keys(fd, key_size)):
-        if key not in content:
-            libbpf.delete(fd, key)
 
 
 def _published(port: Optional[Port]) -> tuple:

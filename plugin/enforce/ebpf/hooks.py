@@ -31,7 +31,7 @@ from typing import Iterable, Optional
 
 from plugin.kernel.links import IPRoute
 
-from . import libbpf
+from . import libbpf, maps
 
 log = logging.getLogger(__name__)
 PARENTS = {libbpf.BPF_TC_INGRESS: 0xFFFFFFF2, libbpf.BPF_TC_EGRESS: 0xFFFFFFF3}   # clsact ffff:fff2/3
@@ -96,11 +96,11 @@ def remove_foreign(ipr, ifindex: int) -> list:
 
 
 def drifted(backend, links: Optional[set]) -> dict:
-    """Network id -> drift lines, for the eBPF networks of ``backend`` that have a port on
-    one of ``links`` (ifindexes; None: every port) whose hooks lack our program or hold
-    a foreign filter at our priority. Cheap: two ``tc_query`` and two filter dumps per
-    port; the backend's lock is held only to list the ports (a port being re-attached
-    meanwhile may be named: the reconciler's full drift check decides)."""
+    """Network id -> (drift lines, ifindexes), for the eBPF networks of ``backend`` with a
+    port on one of ``links`` (ifindexes; None: every port) whose hooks lack our program
+    or hold a foreign filter at our priority. Cheap: two ``tc_query`` and two filter
+    dumps per port; the backend's lock is held only to list the ports (a port being
+    re-attached meanwhile may be named: repairing it again does no harm)."""
     with backend._lock:   # noqa: SLF001 (a read of the backend's own bookkeeping, as drift.py)
         ports = []
         for st in backend._nets.values():   # noqa: SLF001
@@ -117,25 +117,47 @@ def drifted(backend, links: Optional[set]) -> dict:
                      if libbpf.tc_query(ifindex, point) not in ours]
             lines += foreign_lines(ipr, ifindex, name)
             if lines:
-                out.setdefault(network_id, []).extend(lines)
+                found = out.setdefault(network_id, ([], set()))
+                found[0].extend(lines)
+                found[1].add(ifindex)
     return out
 
 
 def clear(seen: set, ifindexes: Iterable[int]) -> None:
     """Before a whole write attaches our programs: delete the foreign filters on those of
     ``ifindexes`` where drift saw some (``seen``, the backend's ``foreign_seen``; they
-    leave it). A refusal is logged: the attach, or the next drift check, says what is left."""
+    leave it)."""
     todo = [ifx for ifx in ifindexes if ifx in seen]
-    if not todo:
-        return
+    seen.difference_update(todo)
+    remove_all_foreign(todo)
+
+
+def remove_all_foreign(ifindexes: list) -> list:
+    """:func:`remove_foreign` on each of ``ifindexes``, logged; returns what went. A refusal
+    is logged: the attach after it, or the next drift check, says what is left."""
+    if not ifindexes:
+        return []
+    gone = []
     with IPRoute() as ipr:
-        for ifindex in todo:
-            seen.discard(ifindex)
+        for ifindex in ifindexes:
             try:
-                gone = remove_foreign(ipr, ifindex)
+                these = remove_foreign(ipr, ifindex)
             except Exception as exc:   # noqa: BLE001 (pyroute2's NetlinkError and its socket errors)
                 log.error("ifindex %d: cannot delete the foreign filters before our programs: %s", ifindex, exc)
                 continue
-            if gone:
+            if these:
                 log.warning("ifindex %d: deleted foreign tc filters at secnet's priority: %s",
-                            ifindex, ", ".join(f.text() for f in gone))
+                            ifindex, ", ".join(f.text() for f in these))
+            gone += these
+    return gone
+
+
+def detach_all(handle) -> None:
+    """Take our filters off every veth of a network (``handle``: pins.Handle; only
+    where they are ours: a veth's hook may hold another network's by now)."""
+    ours = {libbpf.prog_id(fd) for fd in handle.progs.values()}
+    for key in list(libbpf.keys(handle.maps["endpoints"], 4)) if "endpoints" in handle.maps else ():
+        ifindex = maps.U32.unpack(key)[0]
+        for point in PARENTS:
+            if libbpf.tc_query(ifindex, point) in ours:
+                libbpf.tc_detach(ifindex, point)

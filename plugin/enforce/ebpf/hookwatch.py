@@ -1,0 +1,81 @@
+"""An eBPF network whose veth hooks someone changed is repaired within ~0.1 s.
+
+The gap it closes: ``tc filter del dev V ingress`` or ``tc qdisc del dev V clsact``
+(another tool, an admin debugging) takes our program off a member's veth, and
+what it sends then passes unjudged (with no br_netfilter on an eBPF bridge,
+nothing else looks) -- until the periodic pass, 300 s later. A foreign filter
+put before ours at our priority does the same (hooks.py).
+
+How: :class:`plugin.kernel.tcwatch.TcWatcher` hears every tc change of the
+namespace; the devices named are collected (:class:`~plugin.kernel.tcwatch.Links`)
+and checked ``delay`` after a burst (:class:`~plugin.kernel.nftwatch.Debouncer`):
+cheaply, per device (:func:`hooks.drifted`: is our program there, is anything
+foreign before it). The daemon's own attaches (every join makes a clsact qdisc
+and two filters, announced like anyone's; libbpf opens a new netlink socket per
+call, so its port id cannot be ignored as nftwatch ignores the nft writer's)
+pass the check and cost nothing more. A device that fails it gets our programs
+back (``EbpfBackend.reattach``: foreign filters at our priority deleted, the
+network's loaded programs attached again -- no reload, milliseconds), then the
+reconciler checks the whole network (``repair_network``: its full drift, and a
+rewrite if anything else differs). Idle, the watcher thread sleeps in select().
+"""
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from plugin.enforce.backend import BackendError
+from plugin.kernel.nftwatch import Debouncer
+from plugin.kernel.tcwatch import Links, TcWatcher, hook_change
+
+from .hooks import drifted
+
+log = logging.getLogger(__name__)
+
+
+class HookWatch:
+    """Repairs the tc hooks of the networks of ``backends`` (those that attach to links)
+    through ``reconciler``. ``start()`` opens the socket in the caller's thread and
+    namespace (OSError, e.g. EPERM, is raised there); ``stop()`` ends both threads.
+    ``reattached``: networks whose hooks it put back; ``checks``: checks run."""
+
+    def __init__(self, reconciler, backends, delay: float = 0.1):
+        self.reconciler = reconciler
+        self.backends = [b for b in backends if getattr(b, "attaches_to_links", False)]
+        self.delay = delay
+        self.links = Links()
+        self.watcher: Optional[TcWatcher] = None
+        self.debouncer: Optional[Debouncer] = None
+        self.reattached = self.checks = 0
+
+    def start(self) -> "HookWatch":
+        if self.backends and self.watcher is None:
+            self.watcher = TcWatcher().start()
+            self.debouncer = Debouncer(self.check, self.delay, name="secnet-tcrepair").start()
+            self.watcher.subscribe(self._heard, hook_change)
+        return self
+
+    def stop(self) -> None:
+        for part in (self.watcher, self.debouncer):
+            if part is not None:
+                part.stop()
+        self.watcher = self.debouncer = None
+
+    def _heard(self, event) -> None:
+        self.links.add(event)
+        self.debouncer.trigger()
+
+    def check(self) -> None:
+        """Check the devices heard of since the last check (all after a resync)."""
+        changed = self.links.take()
+        self.checks += 1
+        for backend in self.backends:
+            for network_id, (problems, ifindexes) in drifted(backend, changed).items():
+                log.warning("network %s: tc hooks changed behind secnet's back (%s); repairing",
+                            network_id[:12], "; ".join(problems[:3]))
+                try:
+                    backend.reattach(network_id, ifindexes)
+                    self.reattached += 1
+                except BackendError as exc:   # the reconciler's rewrite is the next try
+                    log.error("network %s: cannot put our programs back: %s", network_id[:12], exc)
+                self.reconciler.repair_network(network_id)
