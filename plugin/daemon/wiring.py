@@ -161,22 +161,23 @@ def start_watches(daemon: Daemon) -> None:
         return
     if isinstance(forward, ForwardFilter):
         daemon.nftwatch.subscribe(forward.trigger, forward.interested)
-    watch_nft_tables(daemon.nftwatch, daemon.reconciler, daemon.backends.values())
+    watch_nft_tables(daemon.nftwatch, lambda: daemon.reconciler.reconcile(full=False),
+                     daemon.backends.values())
 
 
-def watch_nft_tables(watcher: NftWatcher, reconciler, backends) -> Optional[Debouncer]:
-    """A network whose nft tables someone else changed is checked (the reconciler's
-    drift) and repaired ~0.1 s after the notification; returns the Debouncer that
-    runs the checks (None: no backend owns tables)."""
+def watch_nft_tables(watcher: NftWatcher, repair: Callable[[], object], backends) -> Optional[Debouncer]:
+    """A network whose nft tables someone else changed is checked and repaired ~0.1 s
+    after the notification (``repair``: the reconciler's pass, drift then rewrite);
+    returns the Debouncer that runs it (None: no backend owns tables)."""
     owners = [b for b in backends if hasattr(b, "owns")]
     for backend in owners:   # a backend's own element deltas need no repair check
         for portid in getattr(backend, "own_ports", lambda: ())():
             watcher.ignore_port(portid)
     if not owners:
         return None
-    repair = Debouncer(lambda: reconciler.reconcile(full=False), name="secnet-repair").start()
-    watcher.subscribe(repair.trigger, repair_wanted(owners))
-    return repair
+    debouncer = Debouncer(repair, name="secnet-repair").start()
+    watcher.subscribe(debouncer.trigger, repair_wanted(owners))
+    return debouncer
 
 
 def repair_wanted(owners: list) -> Callable:

@@ -52,8 +52,10 @@ class Watch:
                 self.hooks = HookWatch(rec, [lab.backend]).start()
                 self.stops = [self.hooks.stop]
             else:
-                self.hooks, watcher = None, NftWatcher().start()
-                self.stops = [watcher.stop, watch_nft_tables(watcher, rec, [lab.backend]).stop]
+                watcher = NftWatcher().start()
+                self.hooks, self.stops = None, [watcher.stop]
+                repair = watch_nft_tables(watcher, lambda: rec.reconcile(full=False), [lab.backend])
+                self.stops.append(repair.stop)
 
     @property
     def repairs(self) -> int:
