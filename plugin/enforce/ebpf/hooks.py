@@ -24,6 +24,7 @@ tcx programs (Linux 6.6+, run before every tc filter of the device) and XDP.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass
@@ -95,12 +96,13 @@ def remove_foreign(ipr, ifindex: int) -> list:
     return gone
 
 
-def drifted(backend, links: Optional[set]) -> dict:
+def drifted(backend, links: Optional[set], ipr=None) -> dict:
     """Network id -> (drift lines, ifindexes), for the eBPF networks of ``backend`` with a
     port on one of ``links`` (ifindexes; None: every port) whose hooks lack our program
     or hold a foreign filter at our priority. Cheap: two ``tc_query`` and two filter
     dumps per port; the backend's lock is held only to list the ports (a port being
-    re-attached meanwhile may be named: repairing it again does no harm)."""
+    re-attached meanwhile may be named: repairing it again does no harm). ``ipr``: an
+    IPRoute of the caller's thread to use (else one is opened for the call)."""
     with backend._lock:   # noqa: SLF001 (a read of the backend's own bookkeeping, as drift.py)
         ports = []
         for st in backend._nets.values():   # noqa: SLF001
@@ -111,8 +113,10 @@ def drifted(backend, links: Optional[set]) -> dict:
     out: dict = {}
     if not ports:
         return out
-    with IPRoute() as ipr:
+    with contextlib.nullcontext(ipr) if ipr is not None else IPRoute() as ipr:
         for network_id, name, ifindex, ours in ports:
+            if not _exists(ifindex):
+                continue   # a veth going with its endpoint: the driver's removal, not drift
             lines = [f"port {name}: our {text} program is not attached" for point, text in POINTS.items()
                      if libbpf.tc_query(ifindex, point) not in ours]
             lines += foreign_lines(ipr, ifindex, name)
@@ -121,6 +125,14 @@ def drifted(backend, links: Optional[set]) -> dict:
                 found[0].extend(lines)
                 found[1].add(ifindex)
     return out
+
+
+def _exists(ifindex: int) -> bool:
+    try:
+        socket.if_indextoname(ifindex)
+    except OSError:
+        return False
+    return True
 
 
 def clear(seen: set, ifindexes: Iterable[int]) -> None:

@@ -47,6 +47,7 @@ class HookWatch:
         self.watcher: Optional[TcWatcher] = None
         self.debouncer: Optional[Debouncer] = None
         self.reattached = self.checks = 0
+        self._ipr = None   # the checking thread's rtnetlink socket (pyroute2), opened at its first check
 
     def start(self) -> "HookWatch":
         if self.backends and self.watcher is None:
@@ -60,6 +61,9 @@ class HookWatch:
             if part is not None:
                 part.stop()
         self.watcher = self.debouncer = None
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
 
     def _heard(self, event) -> None:
         self.links.add(event)
@@ -69,8 +73,11 @@ class HookWatch:
         """Check the devices heard of since the last check (all after a resync)."""
         changed = self.links.take()
         self.checks += 1
+        if self._ipr is None:
+            from plugin.kernel.links import IPRoute   # noqa: PLC0415
+            self._ipr = IPRoute()
         for backend in self.backends:
-            for network_id, (problems, ifindexes) in drifted(backend, changed).items():
+            for network_id, (problems, ifindexes) in drifted(backend, changed, self._ipr).items():
                 log.warning("network %s: tc hooks changed behind secnet's back (%s); repairing",
                             network_id[:12], "; ".join(problems[:3]))
                 try:
