@@ -3,6 +3,8 @@ backend, our programs put back where it failed, then the reconciler's look at th
 whole network (also when putting them back failed)."""
 from __future__ import annotations
 
+import pytest
+
 from plugin.enforce.backend import BackendError
 from plugin.enforce.ebpf import hookwatch
 from plugin.kernel.tcwatch import RESYNC, TcEvent
@@ -76,3 +78,22 @@ def test_after_a_resync_every_port_is_checked(monkeypatch):
 def test_only_backends_that_attach_to_links_are_watched():
     assert [type(b) for b in hookwatch.HookWatch(Reconciler(), [NftOnly(), Backend()]).backends] == [Backend]
     assert hookwatch.HookWatch(Reconciler(), [NftOnly()]).start().watcher is None
+
+
+def test_a_failed_check_makes_the_next_one_look_at_every_device(monkeypatch):
+    class Socket:
+        closed = False
+
+        def close(self):
+            Socket.closed = True
+
+    def broken(backend, links, ipr):
+        raise OSError("netlink went away")
+    monkeypatch.setattr(hookwatch, "drifted", broken)
+    w = hookwatch.HookWatch(Reconciler(), [Backend()])
+    w._ipr = Socket()   # noqa: SLF001
+    w.links.add(TcEvent("delete", "filter", 7))
+    with pytest.raises(OSError):   # the Debouncer logs it
+        w.check()
+    assert Socket.closed and w._ipr is None   # noqa: SLF001
+    assert w.links.take() is None

@@ -26,7 +26,7 @@ from typing import Optional
 
 from plugin.enforce.backend import BackendError
 from plugin.kernel.nftwatch import Debouncer
-from plugin.kernel.tcwatch import Links, TcWatcher, hook_change
+from plugin.kernel.tcwatch import RESYNC, Links, TcWatcher, hook_change
 
 from .hooks import drifted
 
@@ -73,11 +73,8 @@ class HookWatch:
         """Check the devices heard of since the last check (all after a resync)."""
         changed = self.links.take()
         self.checks += 1
-        if self._ipr is None:
-            from plugin.kernel.links import IPRoute   # noqa: PLC0415
-            self._ipr = IPRoute()
         for backend in self.backends:
-            for network_id, (problems, ifindexes) in drifted(backend, changed, self._ipr).items():
+            for network_id, (problems, ifindexes) in self._drifted(backend, changed).items():
                 log.warning("network %s: tc hooks changed behind secnet's back (%s); repairing",
                             network_id[:12], "; ".join(problems[:3]))
                 try:
@@ -86,3 +83,17 @@ class HookWatch:
                 except BackendError as exc:   # the reconciler's rewrite is the next try
                     log.error("network %s: cannot put our programs back: %s", network_id[:12], exc)
                 self.reconciler.repair_network(network_id)
+
+    def _drifted(self, backend, links) -> dict:
+        """hooks.drifted through this thread's socket (made anew after a failure, and the
+        next check then looks at every device: those taken now went unchecked)."""
+        if self._ipr is None:
+            from plugin.kernel.links import IPRoute   # noqa: PLC0415
+            self._ipr = IPRoute()
+        try:
+            return drifted(backend, links, self._ipr)
+        except Exception:
+            ipr, self._ipr = self._ipr, None
+            ipr.close()
+            self.links.add(RESYNC)
+            raise
