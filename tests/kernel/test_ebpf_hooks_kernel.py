@@ -18,8 +18,11 @@ own attaches (a join) cause no repair.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import os
 import socket
+import struct
 import time
 
 import pytest
@@ -29,6 +32,7 @@ from nsfixtures import endpoint_record as endpoint
 from packets import netns, ns_socket, parallel, probe_tcp
 from plugin.daemon.wiring import watch_nft_tables
 from plugin.enforce.ebpf.hookwatch import HookWatch
+from plugin.enforce.ebpf import libbpf
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel.conntrack import Flows
 from plugin.kernel.nftwatch import NftWatcher
@@ -230,3 +234,47 @@ def test_the_daemons_own_attaches_cause_no_repair(watched):
     assert rec.drift(net) == []
     assert probe_tcp(late, api.ip4, 8080) == "ok"
     assert probe_tcp(api, late.ip4, 8080) == "timeout"
+
+
+def attach_tcx_pass(lab, veth: str, by_link: bool) -> int:
+    """A foreign tcx program on ``veth``'s ingress that passes everything (``r0 = 0;
+    exit``: TCX_PASS), attached as bpftool would (a bpf_link) or with BPF_PROG_ATTACH;
+    returns the fd to close after the test (the link's, or the program's)."""
+    lib = libbpf.lib()
+    insns = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
+    opts = struct.pack("=QII", 16, 0, 46)   # bpf_prog_load_opts: sz, attempts, BPF_TCX_INGRESS
+    load, attach, link = lib.bpf_prog_load, lib.bpf_prog_attach, lib.bpf_link_create
+    load.restype, load.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                                 ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
+    attach.restype, attach.argtypes = ctypes.c_int, [ctypes.c_int] * 3 + [ctypes.c_uint]
+    link.restype, link.argtypes = ctypes.c_int, [ctypes.c_int] * 3 + [ctypes.c_void_p]
+    prog = load(3, b"foreign_pass", b"GPL", insns, 2, opts)   # BPF_PROG_TYPE_SCHED_CLS
+    assert prog >= 0, f"bpf_prog_load: {ctypes.get_errno()}"
+    with netns(lab.host):
+        ifindex = socket.if_nametoindex(veth)
+        if not by_link:
+            assert attach(prog, ifindex, 46, 0) == 0
+            return prog
+        fd = link(prog, ifindex, 46, None)
+    os.close(prog)
+    assert fd >= 0, f"bpf_link_create: {ctypes.get_errno()}"
+    return fd
+
+
+@ebpf
+@pytest.mark.parametrize("by_link", [False, True], ids=["attached", "link"])
+def test_a_foreign_tcx_program_before_ours_is_drift_and_detached(watched, by_link):
+    """A tcx program runs before every tc filter: its pass lets web's traffic out
+    unjudged. No notification announces it: drift (the periodic pass) sees it."""
+    lab, _state, rec, net, web, _api, _watch = watched
+    fd = attach_tcx_pass(lab, web.veth, by_link)
+    try:
+        seen = arrivals_after(web, lab.outside, time.monotonic(), until=0.4)
+        assert {outcome for _t, outcome in seen} == {"ok"}, seen   # the hole is real
+        assert any("foreign tcx program" in line for line in rec.drift(net)), rec.drift(net)
+        assert rec.reconcile(full=False) == 1
+        assert rec.drift(net) == []
+        seen = arrivals_after(web, lab.outside, time.monotonic(), until=0.4)
+        assert {outcome for _t, outcome in seen} == {"timeout"}, seen
+    finally:
+        os.close(fd)

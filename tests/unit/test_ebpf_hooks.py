@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import socket
 
-from plugin.enforce.ebpf import hooks, libbpf
+import pytest
+
+from plugin.enforce.ebpf import hooks, libbpf, tcx
 
 INGRESS, EGRESS = hooks.PARENTS[libbpf.BPF_TC_INGRESS], hooks.PARENTS[libbpf.BPF_TC_EGRESS]
 ALL, IP = 0x0003, 0x0800
@@ -33,6 +35,15 @@ class FakeIPRoute:
 
     def tc(self, command, kind=None, index=None, handle=0, **kw):
         self.deleted.append((command, kind, index, handle, kw["parent"], kw["prio"], kw["protocol"]))
+
+
+@pytest.fixture(autouse=True)
+def no_tcx(monkeypatch):
+    """No tcx program on any hook (the kernel is not asked)."""
+    tcx_progs = {}
+    monkeypatch.setattr(tcx, "programs", lambda ifindex, point: list(tcx_progs.get((ifindex, point), ())))
+    monkeypatch.setattr(tcx, "detach", lambda ifindex, point: list(tcx_progs.pop((ifindex, point), ())))
+    return tcx_progs
 
 
 def ours_header_and_filter(prio=1):
@@ -81,3 +92,13 @@ def test_clear_acts_only_where_drift_saw_foreign_filters(monkeypatch):
     seen = {3, 9}
     hooks.clear(seen, [1, 3, 4])
     assert done == [[3]] and seen == {9}
+
+
+def test_a_tcx_program_is_foreign_and_detached(no_tcx):
+    no_tcx[(7, libbpf.BPF_TC_INGRESS)] = [42]
+    ipr = FakeIPRoute({INGRESS: ours_header_and_filter(), EGRESS: ours_header_and_filter()})
+    assert hooks.foreign_lines(ipr, 7, "veth0") == [
+        "port veth0: a foreign tcx program (id 42) runs before our ingress program"]
+    gone = hooks.remove_foreign(ipr, 7)
+    assert [f.text() for f in gone] == ["tcx program 42"] and ipr.deleted == []
+    assert hooks.foreign_lines(ipr, 7, "veth0") == []

@@ -19,8 +19,9 @@ every filter there but our handle 1 is *foreign*; drift names it and the
 repair deletes it before attaching (fail closed: secnet's promise is that no
 packet of a member passes unjudged; the admin's filter belongs at another
 priority, where it runs after ours and sees nothing, or on another device).
-Filters at other priorities and in other chains are left alone. Not inspected:
-tcx programs (Linux 6.6+, run before every tc filter of the device) and XDP.
+Filters at other priorities and in other chains are left alone. tcx programs
+(Linux 6.6+) run before every tc filter of the device: foreign too (tcx.py).
+Not inspected: XDP.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import Iterable, Optional
 
 from plugin.kernel.links import IPRoute
 
-from . import libbpf, maps
+from . import libbpf, maps, tcx
 
 log = logging.getLogger(__name__)
 PARENTS = {libbpf.BPF_TC_INGRESS: 0xFFFFFFF2, libbpf.BPF_TC_EGRESS: 0xFFFFFFF3}   # clsact ffff:fff2/3
@@ -42,13 +43,16 @@ OUR_PRIO, OUR_HANDLE, ETH_P_ALL = 1, 1, 3
 
 @dataclass(frozen=True)
 class Filter:
-    """A filter at our priority: ``protocol`` an ETH_P_* number (host order)."""
+    """A filter at our priority: ``protocol`` an ETH_P_* number (host order); or a tcx
+    program detached (``kind`` "tcx", ``handle`` its id)."""
 
     handle: int
     kind: str
     protocol: int
 
     def text(self) -> str:
+        if self.kind == "tcx":
+            return f"tcx program {self.handle}"
         return f"pref {OUR_PRIO} handle {self.handle:#x} {self.kind}"
 
 
@@ -71,18 +75,23 @@ def foreign(filters: Iterable[Filter]) -> list:
 
 
 def foreign_lines(ipr, ifindex: int, name: str) -> list:
-    """One drift line per foreign filter on either hook of ``ifindex`` (veth ``name``)."""
-    return [f"port {name}: a foreign filter ({f.text()}) runs before our {POINTS[point]} program"
-            for point in PARENTS for f in foreign(at_our_priority(ipr, ifindex, point))]
+    """One drift line per foreign filter, and per tcx program (tcx.py), on either hook
+    of ``ifindex`` (veth ``name``)."""
+    return [f"port {name}: a foreign {what} runs before our {POINTS[point]} program"
+            for point in PARENTS
+            for what in [f"filter ({f.text()})" for f in foreign(at_our_priority(ipr, ifindex, point))]
+            + [f"tcx program (id {prog})" for prog in tcx.programs(ifindex, point)]]
 
 
 def remove_foreign(ipr, ifindex: int) -> list:
     """Delete the foreign filters at our priority on both hooks of ``ifindex``; returns
     them. When the priority is a bpf/all one, each foreign handle goes alone (ours, if
     there, stays in force throughout); else the whole priority goes (ours cannot be in
-    it). Raises pyroute2's NetlinkError when the kernel refuses."""
+    it). The tcx programs go too (as ``Filter(id, "tcx", 0)``). Raises pyroute2's
+    NetlinkError or OSError when the kernel refuses."""
     gone = []
     for point, parent in PARENTS.items():
+        gone += [Filter(prog, "tcx", 0) for prog in tcx.detach(ifindex, point)]
         filters = at_our_priority(ipr, ifindex, point)
         strange = foreign(filters)
         if not strange:
