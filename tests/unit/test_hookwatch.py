@@ -1,6 +1,6 @@
 """HookWatch.check: what it does with the devices heard of -- the cheap check per
-backend, our programs put back where it failed, then the reconciler's look at the
-whole network (also when putting them back failed)."""
+backend, our programs put back where it failed, and the reconciler's look at the
+whole network only when putting them back failed or did not hold."""
 from __future__ import annotations
 
 import pytest
@@ -44,19 +44,36 @@ def watch(monkeypatch, backend, found):
     return w, rec, heard
 
 
-def test_a_device_whose_hooks_drifted_gets_our_programs_back_then_a_network_check(monkeypatch):
+DETACHED = (["port v: our ingress program is not attached"], {7})
+
+
+def test_a_device_whose_hooks_drifted_gets_our_programs_back(monkeypatch):
     backend = Backend()
-    w, rec, heard = watch(monkeypatch, backend, {"net1": (["port v: our ingress program is not attached"], {7})})
+    w, rec, heard = watch(monkeypatch, backend, {"net1": DETACHED})
     w.links.add(TcEvent("delete", "filter", 7))
     w.check()
     assert heard == [{7}]
-    assert backend.reattached == [("net1", [7])] and rec.checked == ["net1"]
+    assert backend.reattached == [("net1", [7])] and rec.checked == []
     assert (w.reattached, w.checks) == (1, 1)
+
+
+def test_the_same_drift_right_after_a_reattach_goes_to_the_reconciler(monkeypatch):
+    backend = Backend()
+    found = {"net1": DETACHED}
+    w, rec, _heard = watch(monkeypatch, backend, found)
+    w.check()
+    w.check()                        # our attach was announced: the check finds the same drift
+    assert len(backend.reattached) == 1 and rec.checked == ["net1"]
+    found["net1"] = ([], set())      # in order again: the next detach is put back at once
+    w.check()
+    found["net1"] = DETACHED
+    w.check()
+    assert len(backend.reattached) == 2 and rec.checked == ["net1"]
 
 
 def test_nothing_drifted_nothing_written(monkeypatch):
     backend = Backend()
-    w, rec, heard = watch(monkeypatch, backend, {})
+    w, rec, heard = watch(monkeypatch, backend, {"net1": ([], set())})
     w.links.add(TcEvent("add", "filter", 7))   # the daemon's own attach, say
     w.check()
     assert backend.reattached == [] and rec.checked == [] and w.reattached == 0

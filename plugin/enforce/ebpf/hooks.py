@@ -106,9 +106,10 @@ def remove_foreign(ipr, ifindex: int) -> list:
 
 
 def drifted(backend, links: Optional[set], ipr=None) -> dict:
-    """Network id -> (drift lines, ifindexes), for the eBPF networks of ``backend`` with a
-    port on one of ``links`` (ifindexes; None: every port) whose hooks lack our program
-    or hold a foreign filter at our priority. Cheap: two ``tc_query`` and two filter
+    """Network id -> (drift lines, ifindexes of the ports they name), for each eBPF
+    network of ``backend`` with a port on one of ``links`` (ifindexes; None: every
+    port); lines name hooks that lack our program or hold something foreign before it
+    (``([], set())``: those ports are in order). Cheap: two ``tc_query`` and two filter
     dumps per port; the backend's lock is held only to list the ports (a port being
     re-attached meanwhile may be named: repairing it again does no harm). ``ipr``: an
     IPRoute of the caller's thread to use (else one is opened for the call)."""
@@ -129,8 +130,8 @@ def drifted(backend, links: Optional[set], ipr=None) -> dict:
             lines = [f"port {name}: our {text} program is not attached" for point, text in POINTS.items()
                      if libbpf.tc_query(ifindex, point) not in ours]
             lines += foreign_lines(ipr, ifindex, name)
+            found = out.setdefault(network_id, ([], set()))
             if lines:
-                found = out.setdefault(network_id, ([], set()))
                 found[0].extend(lines)
                 found[1].add(ifindex)
     return out

@@ -15,9 +15,13 @@ and two filters, announced like anyone's; libbpf opens a new netlink socket per
 call, so its port id cannot be ignored as nftwatch ignores the nft writer's)
 pass the check and cost nothing more. A device that fails it gets our programs
 back (``EbpfBackend.reattach``: foreign filters at our priority deleted, the
-network's loaded programs attached again -- no reload, milliseconds), then the
-reconciler checks the whole network (``repair_network``: its full drift, and a
-rewrite if anything else differs). Idle, the watcher thread sleeps in select().
+network's loaded programs attached again -- no reload, milliseconds); that
+attach is announced too, and the next check proves it. Only when putting them
+back fails, or the same drift is found again right after, is the network left
+to the reconciler (``repair_network``: its full drift, a rewrite -- a reload
+through the verifier, ~1 s here -- and no loop on drift a rewrite cannot
+remove). A tc change touches only hooks: the maps are the periodic pass's.
+Idle, the watcher thread sleeps in select().
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class HookWatch:
         self.debouncer: Optional[Debouncer] = None
         self.reattached = self.checks = 0
         self._ipr = None   # the checking thread's rtnetlink socket (pyroute2), opened at its first check
+        self._put_back: dict = {}   # network id -> the drift its last reattach answered
 
     def start(self) -> "HookWatch":
         if self.backends and self.watcher is None:
@@ -75,14 +80,24 @@ class HookWatch:
         self.checks += 1
         for backend in self.backends:
             for network_id, (problems, ifindexes) in self._drifted(backend, changed).items():
+                if not problems:
+                    self._put_back.pop(network_id, None)
+                    continue
                 log.warning("network %s: tc hooks changed behind secnet's back (%s); repairing",
                             network_id[:12], "; ".join(problems[:3]))
-                try:
-                    backend.reattach(network_id, ifindexes)
-                    self.reattached += 1
-                except BackendError as exc:   # the reconciler's rewrite is the next try
-                    log.error("network %s: cannot put our programs back: %s", network_id[:12], exc)
-                self.reconciler.repair_network(network_id)
+                again = self._put_back.get(network_id) == problems   # the last reattach did not hold
+                if again or not self._reattach(backend, network_id, problems, ifindexes):
+                    self.reconciler.repair_network(network_id)
+
+    def _reattach(self, backend, network_id: str, problems: list, ifindexes: set) -> bool:
+        try:
+            backend.reattach(network_id, ifindexes)
+        except BackendError as exc:   # the reconciler's rewrite is the next try
+            log.error("network %s: cannot put our programs back: %s", network_id[:12], exc)
+            return False
+        self._put_back[network_id] = problems
+        self.reattached += 1
+        return True
 
     def _drifted(self, backend, links) -> dict:
         """hooks.drifted through this thread's socket (made anew after a failure, and the
