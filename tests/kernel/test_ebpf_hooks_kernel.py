@@ -141,12 +141,12 @@ def assert_policy(web, api) -> None:
     assert parallel(lambda a, b, p: probe_tcp(a, b, p), cells) == ["ok", "timeout", "timeout"]
 
 
-def settled(rec, net, watch, repairs: int = 1) -> None:
-    """Drift is gone and ``repairs`` repair(s) were made: the repair's own attaches,
-    announced too, caused no further one."""
+def settled(rec, net, watch, repairs=(1,)) -> None:
+    """Drift is gone and as many repairs were made as ``repairs`` allows: the repair's
+    own attaches, announced too, caused no further one."""
     time.sleep(0.5)
     assert rec.drift(net) == []
-    assert watch.repairs == repairs
+    assert watch.repairs in repairs
 
 
 def test_a_hole_in_the_datapath_is_closed_within_a_second(watched):
@@ -206,17 +206,18 @@ def test_a_foreign_filter_put_before_ours_is_deleted_within_a_second(watched):
 
 
 @ebpf
-def test_a_foreign_filter_of_another_protocol_in_our_place_is_replaced_by_ours(watched):
+def test_a_foreign_filter_of_another_protocol_in_our_place_is_replaced_by_ours(watched, tmp_path):
     """Ours deleted and a pass-all filter for IPv4 at our priority: ours cannot be
     attached next to it (protocol mismatch), so the priority is cleared first."""
     lab, _state, rec, net, web, api, watch = watched
     started = time.monotonic()
-    lab.exec("tc", "filter", "del", "dev", web.veth, "ingress")
-    lab.exec("tc", "filter", "add", "dev", web.veth, "ingress", "protocol", "ip", "pref", "1",
-             "bpf", "da", "bytecode", PASS_ALL)
+    batch = tmp_path / "tc.batch"   # one tc process: no repair can come in between
+    batch.write_text(f"filter del dev {web.veth} ingress\n"
+                     f'filter add dev {web.veth} ingress protocol ip pref 1 bpf da bytecode "{PASS_ALL}"\n')
+    lab.exec("tc", "-batch", str(batch))
     seen = arrivals_after(web, lab.outside, started)
     assert_closed_within(seen)
-    settled(rec, net, watch, repairs=watch.repairs)   # one or two: the deletion may be seen alone first
+    settled(rec, net, watch, repairs=(1, 2))   # two if the deletion was seen alone first
     assert "protocol ip" not in filters(lab, web.veth, "ingress")
     assert_policy(web, api)
 
