@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 from plugin.config import Settings
 from plugin.daemon.api import Api
@@ -73,6 +73,7 @@ class Daemon:
     firewall: object = None
     nftwatch: object = None
     dns: object = None
+    tcwatch: object = None
 
 
 def build(settings: Settings, backends=None, links=None, firewall=None, dns=None) -> Daemon:
@@ -109,6 +110,7 @@ def start(daemon: Daemon) -> None:
         except Exception:
             log.exception("cannot read drop events of the %s backend", backend.name)
     start_watches(daemon)
+    start_tc_watch(daemon)
     daemon.resolver.start(daemon.driver)
     if daemon.settings.metrics_addr:
         try:
@@ -159,13 +161,23 @@ def start_watches(daemon: Daemon) -> None:
         return
     if isinstance(forward, ForwardFilter):
         daemon.nftwatch.subscribe(forward.trigger, forward.interested)
-    owners = [b for b in daemon.backends.values() if hasattr(b, "owns")]
+    watch_nft_tables(daemon.nftwatch, lambda: daemon.reconciler.reconcile(full=False),
+                     daemon.backends.values())
+
+
+def watch_nft_tables(watcher: NftWatcher, repair: Callable[[], object], backends) -> Optional[Debouncer]:
+    """A network whose nft tables someone else changed is checked and repaired ~0.1 s
+    after the notification (``repair``: the reconciler's pass, drift then rewrite);
+    returns the Debouncer that runs it (None: no backend owns tables)."""
+    owners = [b for b in backends if hasattr(b, "owns")]
     for backend in owners:   # a backend's own element deltas need no repair check
         for portid in getattr(backend, "own_ports", lambda: ())():
-            daemon.nftwatch.ignore_port(portid)
-    if owners:
-        repair = Debouncer(lambda: daemon.reconciler.reconcile(full=False), name="secnet-repair").start()
-        daemon.nftwatch.subscribe(repair.trigger, repair_wanted(owners))
+            watcher.ignore_port(portid)
+    if not owners:
+        return None
+    debouncer = Debouncer(repair, name="secnet-repair").start()
+    watcher.subscribe(debouncer.trigger, repair_wanted(owners))
+    return debouncer
 
 
 def repair_wanted(owners: list) -> Callable:
@@ -173,3 +185,16 @@ def repair_wanted(owners: list) -> Callable:
     table of ``owners`` (backends with ``owns``), and every ``resync`` (notifications
     were lost: what changed meanwhile is unknown)."""
     return lambda event: event.kind == "resync" or any(b.owns(event) is not None for b in owners)
+
+
+def start_tc_watch(daemon: Daemon) -> None:
+    """Follow tc notifications for the eBPF networks (plugin.enforce.ebpf.hookwatch): a veth
+    whose program someone detached is repaired within ~0.1 s; without them only the
+    periodic pass repairs it (logged)."""
+    if not any(getattr(b, "attaches_to_links", False) for b in daemon.backends.values()):
+        return
+    from plugin.enforce.ebpf.hookwatch import HookWatch   # noqa: PLC0415 (only with an eBPF backend)
+    try:
+        daemon.tcwatch = HookWatch(daemon.reconciler, daemon.backends.values()).start()
+    except OSError as exc:
+        log.error("cannot follow tc changes (the periodic pass still repairs eBPF networks): %s", exc)

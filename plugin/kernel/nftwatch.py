@@ -181,8 +181,14 @@ class NftWatcher:
     ``subscribe(callback, match=None)``: ``callback(event)`` for events for
     which ``match(event)`` is true (all when None); returns the callback.
     ``start()`` opens the socket in the caller's thread (so an error such as
-    EPERM is raised there) and starts the thread; ``stop()`` ends it.
+    EPERM is raised there) and starts the thread; ``stop()`` ends it. A subclass
+    listening to another group sets ``name``, ``parse`` (datagram -> events) and
+    ``resync`` (plugin.kernel.tcwatch.TcWatcher).
     """
+
+    name = "secnet-nftwatch"
+    parse = staticmethod(parse)
+    resync = RESYNC
 
     def __init__(self, opener: Callable[[], socket.socket] = open_socket, sleep=None):
         self._opener = opener
@@ -230,7 +236,7 @@ class NftWatcher:
         if self._thread is None:
             self._sock = self._opener()
             self._filter(self._sock)
-            self._thread = threading.Thread(target=self._run, name="secnet-nftwatch", daemon=True)
+            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
         return self
 
@@ -255,7 +261,7 @@ class NftWatcher:
                 if match is None or match(event):
                     callback(event)
             except Exception:
-                log.exception("nft event subscriber %r failed on %s", callback, event)
+                log.exception("%s: subscriber %r failed on %s", self.name, callback, event)
 
     def _run(self) -> None:
         delay = BACKOFF_MIN
@@ -265,15 +271,15 @@ class NftWatcher:
                     self._sock = self._opener()
                     self._filter(self._sock)
                     self.restarts += 1
-                    self.deliver(RESYNC)  # what changed while nobody listened is unknown
+                    self.deliver(self.resync)  # what changed while nobody listened is unknown
                 self._pump()
                 delay = BACKOFF_MIN
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the kernel dropped notifications
-                    log.warning("nft events overran the socket buffer: resync")
-                    self.deliver(RESYNC)
+                    log.warning("%s: events overran the socket buffer: resync", self.name)
+                    self.deliver(self.resync)
                     continue
-                log.warning("nft event socket failed (%s); reopening in %.1f s", exc, delay)
+                log.warning("%s: event socket failed (%s); reopening in %.1f s", self.name, exc, delay)
                 self._close()
                 self._sleep(delay)
                 delay = min(delay * 2, BACKOFF_MAX)
@@ -287,7 +293,7 @@ class NftWatcher:
                 data = self._sock.recv(1 << 20)
                 if self._ignored and first_portid(data) in self._ignored:
                     continue
-                for event in parse(data):
+                for event in self.parse(data):
                     self.deliver(event)
 
     def _close(self) -> None:

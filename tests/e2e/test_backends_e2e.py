@@ -1,10 +1,12 @@
 """Both datapaths on one daemon, end to end: an nftables network and an eBPF
 network (`secnet.backend`) side by side, across a kill -9 and a restart of the
-daemon, and what an eBPF network leaves behind when it is removed."""
+daemon, what an eBPF network leaves behind when it is removed, and an eBPF
+member's tc hooks changed behind the daemon's back (back within a second)."""
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 import pytest
 
@@ -77,10 +79,45 @@ def test_a_restart_with_networks_of_both_backends_restores_both(make_network, ru
     assert_cells(late)
 
 
-def tc_filters(ifname: str) -> str:
-    res = subprocess.run(["tc", "filter", "show", "dev", ifname, "ingress"], capture_output=True,
+def tc_filters(ifname: str, point: str = "ingress") -> str:
+    res = subprocess.run(["tc", "filter", "show", "dev", ifname, point], capture_output=True,
                          text=True, check=False)
     return res.stdout
+
+
+def ours_only(veth: str) -> bool:
+    """Our two programs on ``veth`` (handle 1 at pref 1) and nothing else at pref 1."""
+    got = {point: tc_filters(veth, point) for point in ("ingress", "egress")}
+    return (all(line.count("handle 0x1") == 1 for line in got.values())
+            and "from_container" in got["ingress"] and "to_container" in got["egress"]
+            and not any("handle 0x2" in text for text in got.values()))
+
+
+def back_after(veth: str, *tamper: list) -> float:
+    """Run the ``tamper`` commands, then seconds until :func:`ours_only` holds again
+    (polled every 10 ms; fails after 1 s)."""
+    for cmd in tamper:
+        h.run(cmd)
+    started = time.monotonic()
+    while not ours_only(veth):
+        assert time.monotonic() - started < 1.0, f"{veth}: not repaired within 1 s: {tc_filters(veth)}"
+        time.sleep(0.01)
+    return time.monotonic() - started
+
+
+def test_an_ebpf_members_hooks_changed_behind_the_daemons_back_are_repaired_within_a_second(
+        make_network, run_container):
+    """The daemon follows tc notifications (plugin.enforce.ebpf.hookwatch): our program
+    deleted, the clsact qdisc deleted, a foreign filter put before ours at our priority."""
+    net = s.seg_network(make_network, "sn-ebpf-tc", opts={"secnet.allow": POLICY, "secnet.backend": "ebpf"})
+    c = run_container(net, "c", labels={"secnet.segment": "web"})
+    veth = c.veth()["ifname"]
+    assert ours_only(veth), tc_filters(veth)
+    took = [back_after(veth, ["tc", "filter", "del", "dev", veth, "ingress"]),
+            back_after(veth, ["tc", "qdisc", "del", "dev", veth, "clsact"]),
+            back_after(veth, ["tc", "filter", "add", "dev", veth, "egress", "pref", "1", "handle", "2",
+                              "bpf", "da", "bytecode", "1,6 0 0 0,"])]
+    print("repaired after (s):", [round(t, 3) for t in took])
 
 
 def test_an_ebpf_network_rm_leaves_no_pins_programs_or_nat_table(make_network, run_container):

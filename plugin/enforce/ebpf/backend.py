@@ -35,7 +35,7 @@ from typing import Callable, Iterable, Optional
 from plugin.enforce.backend import BackendError, BackendUnavailable, Counters, DropEvent, NetworkSpec, Port
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import build, counters, fqdn, host, libbpf, maps, pins
+from . import build, counters, fqdn, hooks, host, libbpf, maps, pins
 from .groups import delta_changes as _delta_changes, group_index, regroup as _regroup
 from .groups import touched_groups as _touched
 from .events import DropReader, hairpin_target
@@ -73,12 +73,11 @@ class EbpfBackend(fqdn.FqdnMethods):
 
     def __init__(self, pin_root: str = pins.DEFAULT_ROOT, obj_path: Optional[str] = None,
                  sizes: Optional[dict] = None, nat=None, mount_bpffs: bool = True):
-        self.root = pin_root
-        self.mount_bpffs = mount_bpffs   # False: bpffs must be mounted already (the managed plugin)
+        self.root, self.mount_bpffs = pin_root, mount_bpffs   # False: bpffs must be mounted (managed plugin)
         self.nat = nat   # the network's NAT (published ports, masquerade): apply(spec, ports), remove(id)
-        self.obj_path = obj_path
-        self.sizes = dict(SIZES, **(sizes or {}))
+        self.obj_path, self.sizes = obj_path, dict(SIZES, **(sizes or {}))
         self._nets, self._lock = {}, threading.RLock()
+        self.foreign_seen: set = set()   # ifindexes where drift saw foreign tc filters (hooks.py)
         self._reader: Optional[DropReader] = None
         self._host_ok = False
         self.later: Callable = lambda fn: threading.Thread(target=fn, name="secnet-ebpf-level", daemon=True).start()
@@ -276,12 +275,12 @@ class EbpfBackend(fqdn.FqdnMethods):
     def _sync_ports(self, st: _Net, ports: Iterable[Port]) -> None:
         """Make endpoints, members, subnets, published exactly ``ports`` (and the gateways),
         *then* attach our programs: with maps made anew (pins._drop_other_shapes) a program
-        attached earlier would take a member not written yet for the outside (fail open)."""
-        h = st.handle
-        st.ports = {}
+        attached earlier would take a member not written yet for the outside (fail open).
+        Foreign filters that drift saw before ours go first (hooks.clear)."""
+        h, st.ports = st.handle, {}
         for port in ports:
             self._put_port(st, None, port, attach=False)
-        _make_exactly(h.maps["endpoints"], 4,
+        libbpf.make_exactly(h.maps["endpoints"], 4,
                       {maps.U32.pack(ifx): maps.endpoint_value(p) for p, ifx in st.ports.values()})
         members = maps.gateway_entries(st.spec.gateways)
         for key, value in members.items():
@@ -291,9 +290,10 @@ class EbpfBackend(fqdn.FqdnMethods):
         for key in list(libbpf.keys(h.maps["members"], maps.ADDR_KEY.size)):
             if key not in members:
                 libbpf.delete(h.maps["members"], key)
-        _make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
-        _make_exactly(h.maps["published"], maps.PUB_KEY.size,
+        libbpf.make_exactly(h.maps["subnets"], maps.SUBNET_KEY.size, maps.subnet_entries(st.spec.subnets))
+        libbpf.make_exactly(h.maps["published"], maps.PUB_KEY.size,
                       {k: v for port, _ifx in st.ports.values() for k, v in maps.published_entries(port).items()})
+        hooks.clear(self.foreign_seen, [ifx for _port, ifx in st.ports.values()])
         for _port, ifx in st.ports.values():
             self._attach(st, ifx)
 
@@ -367,7 +367,7 @@ class EbpfBackend(fqdn.FqdnMethods):
                 except libbpf.LibbpfError:
                     st = None
             if st is not None:
-                self._detach_all(st)
+                hooks.detach_all(st.handle)
                 st.handle.close()
             pins.remove_pins(self.root, network_id)
             self.fqdn.forget(network_id)
@@ -377,14 +377,16 @@ class EbpfBackend(fqdn.FqdnMethods):
                 if self._reader is not None:
                     self._reader.reopen()    # the next network makes a new buffer
 
-    def _detach_all(self, st: _Net) -> None:
-        """Take our filters off every veth of the network (only where they are ours)."""
-        ours = {libbpf.prog_id(fd) for fd in st.handle.progs.values()}
-        for key in list(libbpf.keys(st.handle.maps["endpoints"], 4)) if "endpoints" in st.handle.maps else ():
-            ifindex = maps.U32.unpack(key)[0]
-            for point in (libbpf.BPF_TC_INGRESS, libbpf.BPF_TC_EGRESS):
-                if libbpf.tc_query(ifindex, point) in ours:
-                    libbpf.tc_detach(ifindex, point)
+    def reattach(self, network_id: str, links: Iterable[int]) -> list:
+        """Our programs back on those of ``links`` (ifindexes) that are the network's ports, after
+        the foreign filters at our priority (hooks.py; returned): no reload, no map write."""
+        with self._lock:
+            st = self._nets.get(network_id[:12])
+            mine = sorted({ifx for _port, ifx in st.ports.values()} & set(links)) if st else []
+            gone = hooks.remove_all_foreign(mine)
+            for ifindex in mine:
+                self._attach(st, ifindex)
+            return gone
 
     def networks(self) -> set:
         return pins.pinned_networks(self.root)
@@ -434,15 +436,6 @@ class EbpfBackend(fqdn.FqdnMethods):
             for st in self._nets.values():
                 st.handle.close()
             self._nets.clear()
-
-
-def _make_exactly(fd: int, key_size: int, content: dict) -> None:
-    """Write ``content`` ({key: value}) to the map and delete every other key."""
-    for key, value in content.items():
-        libbpf.update(fd, key, value)
-    for key in list(libbpf.keys(fd, key_size)):
-        if key not in content:
-            libbpf.delete(fd, key)
 
 
 def _published(port: Optional[Port]) -> tuple:

@@ -328,6 +328,15 @@ def keys(fd: int, key_size: int) -> Iterator[bytes]:
         prev = ctypes.create_string_buffer(nxt.raw, key_size)
 
 
+def make_exactly(fd: int, key_size: int, content: dict) -> None:
+    """Write ``content`` ({key: value}) to the map and delete every other key."""
+    for key, value in content.items():
+        update(fd, key, value)
+    for key in list(keys(fd, key_size)):
+        if key not in content:
+            delete(fd, key)
+
+
 # --- tc ---------------------------------------------------------------------------
 
 class _TcHook(ctypes.Structure):
