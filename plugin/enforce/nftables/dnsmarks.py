@@ -38,7 +38,7 @@ expression per element, as the drop log's per-flow limits in ``drops``);
 the rule counts what it drops (comment ``secnet-dns-budget``). Only the
 flooded member loses answers (fail closed: nothing is learned from them).
 500/s is far above what a stub resolver asks for (it caches) and well below
-what the reader takes (several thousand answers a second); a burst of 1,000
+what the daemon takes (3,200-4,100 answers per CPU-second, docs/dns.md); a burst of 1,000
 lets a container resolve many names at once yet keeps one member to a
 quarter of the queue. An address forgets its budget ``BUDGET_TIMEOUT`` after
 its last answer; the sets are bounded (``BUDGET_SIZE``: beyond, an address
