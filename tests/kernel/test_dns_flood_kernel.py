@@ -189,3 +189,22 @@ def test_a_flood_past_one_members_budget_does_not_stop_other_members_answers(flo
         assert _drained(rig, 5) == 0
     finally:
         flood.close()
+
+
+def test_a_repair_puts_the_table_back_and_keeps_the_budgets(flood_rig):
+    """The reconciler's repair (every pass) rewrites the marking table: a flushed chain
+    or a deleted table comes back, and a rewrite does not hand out new bursts."""
+    rig, web, _evs = flood_rig
+    budget = lambda: rig.lab.nft("list", "set", "inet", "secnet-dns", "budget4").stdout
+    for i in range(3):
+        rig.server.add(f"r{i}.big.test", "A", 300, f"10.238.9.{i + 1}")
+    assert resolve(web, "r0.big.test") == ["10.238.9.1"]
+    assert web.ip4 in budget()                               # web's answers have a budget
+    rig.lab.nft("flush", "chain", "inet", "secnet-dns", "forward")
+    rig.service.repair()
+    assert web.ip4 in budget()                               # kept over the rewrite
+    assert resolve(web, "r1.big.test") == ["10.238.9.2"] and connect(web, "10.238.9.2") == "ok"
+    rig.lab.nft("delete", "table", "inet", "secnet-dns")
+    rig.service.repair()
+    assert resolve(web, "r2.big.test") == ["10.238.9.3"] and connect(web, "10.238.9.3") == "ok"
+    assert rig.service.call(lambda: rig.service.obj.marks.budget_drops()) == 0
