@@ -205,7 +205,8 @@ class DnsQueue:
             while True:
                 if any(key.data == "stop" for key, _ in sel.select()):
                     return
-                if not self._drain():
+                if not self._drain():   # unbound: the kernel drops what waits and what comes
+                    self._close()
                     return
         finally:
             sel.close()
@@ -281,6 +282,13 @@ class DnsQueue:
             os.write(self._wake_w, b"x")
             self._thread.join(5)
             self._thread = None
+        self._close()
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+
+    def _close(self) -> None:
         if self._sock is not None:
             try:
                 self._sock.send(unbind_message(self.num))
@@ -288,7 +296,3 @@ class DnsQueue:
                 pass   # closing the socket unbinds too
             self._sock.close()
             self._sock = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1

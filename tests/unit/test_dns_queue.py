@@ -115,3 +115,43 @@ def test_other_messages_get_no_verdict():
     error = nlmsg(2, struct.pack("=i", -2) + b"\0" * 16)        # NLMSG_ERROR ENOENT (a late verdict)
     r._dispatch(memoryview(error + nlmsg(PACKET + 1, b"\0" * 4)), cut=False)
     assert r._sock.sent == []
+
+
+class Feeding(Sock):
+    """recv_into from a list of datagrams or OSErrors, then EAGAIN."""
+
+    def __init__(self, items):
+        super().__init__()
+        self.items = list(items)
+
+    def recv_into(self, buf, _n, _flags):
+        if not self.items:
+            raise BlockingIOError
+        item = self.items.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        buf[:len(item)] = item
+        return len(item)
+
+
+def test_drain_counts_lost_answers_and_goes_on_then_stops_on_a_failed_socket():
+    import errno
+    r = reader(lambda *_: None)
+    r._sock = Feeding([OSError(errno.ENOBUFS, "lost"), packet_msg(9, b"a"), OSError(errno.ENOBUFS, "lost")])
+    assert r._drain() is True
+    assert (r.lost, r.handled, verdicts(r._sock)) == (2, 1, [(q.NF_ACCEPT, 9)])
+    r._sock = Feeding([OSError(errno.EIO, "gone")])
+    assert r._drain() is False
+
+
+def test_a_message_longer_than_the_buffer_is_dropped_by_its_id():
+    r = reader(lambda *_: pytest.fail("the handler must not see a cut answer"))
+
+    class Long(Feeding):
+        def recv_into(self, buf, _n, _flags):
+            item = super().recv_into(buf, _n, _flags)
+            return q.RECV_SIZE + 10 if item else item
+
+    r._sock = Long([packet_msg(31, b"c" * 100)])
+    assert r._drain() is True
+    assert verdicts(r._sock) == [(q.NF_DROP, 31)]
