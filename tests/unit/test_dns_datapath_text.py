@@ -43,10 +43,11 @@ def test_answer_marks_budget_drops_a_flood_per_address_before_the_mark_and_survi
     table = marks.table_script()
     budget = ("add rule inet secnet-dns forward meta l4proto { tcp, udp } th sport 53 ct direction reply "
               "ip6 daddr @dst6 update @budget6 { ip6 daddr limit rate over 500/second burst 1000 packets } "
-              'counter drop comment "secnet-dns-budget"')
+              'counter name budget drop comment "secnet-dns-budget"')
     assert budget in table and table.index(budget) < table.index("ip6 daddr @dst6 meta mark set")
     assert table.count('comment "secnet-dns-budget"') == 4        # v4, v6 in forward and output
     assert "set budget4 { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 1m; }" in table
+    assert "  counter budget { }" in table                  # named: a rewrite keeps its count
     assert not any(line.startswith("flush set inet secnet-dns budget") for line in table.splitlines())
 
 

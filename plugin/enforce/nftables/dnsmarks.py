@@ -35,7 +35,8 @@ the mark, a rule drops the answers to one container address beyond
 :data:`BUDGET` (500 a second, bursts of 1,000): each address is a key of the
 dynamic set ``budget4``/``budget6`` with its own ``limit`` (a stateful
 expression per element, as the drop log's per-flow limits in ``drops``);
-the rule counts what it drops (comment ``secnet-dns-budget``). Only the
+the rule counts what it drops in the named counter ``budget`` (a rewrite of
+the chains keeps its count; rules commented ``secnet-dns-budget``). Only the
 flooded member loses answers (fail closed: nothing is learned from them).
 500/s is far above what a stub resolver asks for (it caches) and well below
 what the daemon takes (3,200-4,100 answers per CPU-second, docs/dns.md); a burst of 1,000
@@ -70,6 +71,7 @@ BUDGET = "rate over 500/second burst 1000 packets"
 BUDGET_SIZE = 65536
 BUDGET_TIMEOUT = "1m"
 BUDGET_COMMENT = "secnet-dns-budget"
+BUDGET_COUNTER = "budget"
 
 
 def _answers(chain: str, expr: str, fam: int) -> str:
@@ -85,7 +87,8 @@ def table_script(keep: bool = False, replace: bool = False) -> str:
     deleted first (its budgets with it); else they carry on (see the module doc)."""
     head = [f"table inet {TABLE} {{ }}", f"delete table inet {TABLE}"] if replace else []
     budget = f"size {BUDGET_SIZE}; flags dynamic,timeout; timeout {BUDGET_TIMEOUT};"
-    lines = head + [f"table inet {TABLE} {{", "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }",
+    lines = head + [f"table inet {TABLE} {{", f"  counter {BUDGET_COUNTER} {{ }}",
+                    "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }",
                     f"  set budget4 {{ type ipv4_addr; {budget} }}", f"  set budget6 {{ type ipv6_addr; {budget} }}"]
     rules = [] if keep or replace else [f"flush set inet {TABLE} dst4", f"flush set inet {TABLE} dst6"]
     for chain in ("forward", "output"):
@@ -93,7 +96,7 @@ def table_script(keep: bool = False, replace: bool = False) -> str:
         rules.append(f"flush chain inet {TABLE} {chain}")
         for fam, expr in ((4, "ip"), (6, "ip6")):
             rules.append(f"{_answers(chain, expr, fam)} update @budget{fam} {{ {expr} daddr limit {BUDGET} }} "
-                         f"counter drop comment \"{BUDGET_COMMENT}\"")
+                         f"counter name {BUDGET_COUNTER} drop comment \"{BUDGET_COMMENT}\"")
             rules.append(f"{_answers(chain, expr, fam)} meta mark set meta mark | {MARK:#x}")
     lines.append("}")
     return "\n".join(lines + rules) + "\n"
@@ -145,11 +148,10 @@ class AnswerMarks:
             self._ensure_rules()
 
     def budget_drops(self) -> int:
-        """Answers the budget dropped (both families, both chains) since the table was made."""
-        data = self.runner.list_json("table", "inet", TABLE)
-        return sum(e["counter"]["packets"] for o in data.get("nftables", []) if "rule" in o
-                   and o["rule"].get("comment") == BUDGET_COMMENT
-                   for e in o["rule"]["expr"] if "counter" in e)
+        """Answers the budget dropped (both families, both chains) since the table was made
+        (the named counter ``budget``). Raises NftError."""
+        data = self.runner.list_json("counter", "inet", TABLE, BUDGET_COUNTER)
+        return sum(o["counter"]["packets"] for o in data.get("nftables", []) if "counter" in o)
 
     def _ensure_rules(self) -> None:
         for binary in self.binaries:
