@@ -32,13 +32,12 @@ ENV DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8
 
 # The tools secnet runs: nft, iptables/ip6tables (the nft backend, like
 # Debian's dockerd), conntrack, ip, nsenter; libbpf1 (the eBPF backend loads
-# its object with it); libnetfilter-queue1 for the NetfilterQueue wheel (DNS
-# answers, plugin/dns). No compiler, no docs.
+# its object with it). No compiler, no docs.
 RUN set -eux; \
     printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-exclude /usr/share/man/*' \
         'path-exclude /usr/share/info/*' 'path-exclude /usr/share/locale/*' \
         'path-include /usr/share/locale/locale.alias' >/etc/dpkg/dpkg.cfg.d/01-secnet-slim; \
-    pkgs="nftables iptables iproute2 conntrack util-linux libbpf1 libnetfilter-queue1"; \
+    pkgs="nftables iptables iproute2 conntrack util-linux libbpf1"; \
     if ! command -v python3 >/dev/null; then pkgs="$pkgs python3 python3-venv"; fi; \
     apt-get update -q --error-on=any; \
     apt-get install -y -q --no-install-recommends $pkgs; \

@@ -4,11 +4,9 @@ set -euo pipefail
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
 # clang, llvm, libbpf-dev, bpftool: the eBPF backend's datapath (plugin/enforce/ebpf) is compiled here
-# libnetfilter-queue (with gcc and python3-dev) builds and runs NetfilterQueue, the
-# binding that reads the DNS answers secnet holds in an NFQUEUE (plugin/dns/queue.py)
+# (the DNS answer queue is read on a plain netlink socket: plugin/dns/queue.py, no library)
 for pkg in docker.io nftables iproute2 busybox-static iptables conntrack iperf3 sockperf python3-venv curl \
-           clang llvm libbpf-dev libbpf1 bpftool iputils-ping gcc python3-dev libnetfilter-queue-dev \
-           libnetfilter-queue1; do
+           clang llvm libbpf-dev libbpf1 bpftool iputils-ping; do
   have_pkg "$pkg" || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then

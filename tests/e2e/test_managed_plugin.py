@@ -224,7 +224,7 @@ def test_ebpf_network_through_the_managed_plugin(managed):
 
 
 def test_dns_rule_through_the_managed_plugin(managed):
-    """A dns(NAME) rule works in the plugin's rootfs (NetfilterQueue, dnspython, the
+    """A dns(NAME) rule works in the plugin's rootfs (the NFQUEUE reader, dnspython, the
     host's iptables from inside it): an answer through Docker's embedded resolver
     teaches web its address at once, another name and another segment learn nothing,
     and `secnet show` lists the address under the rule."""

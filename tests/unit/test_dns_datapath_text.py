@@ -30,12 +30,25 @@ def test_answer_marks_hold_only_replies_to_marked_addresses_and_never_bypass():
     assert "--queue-bypass" not in rule and "table inet secnet-dns {" in table
     assert ("add rule inet secnet-dns forward meta l4proto { tcp, udp } th sport 53 ct direction reply "
             "ip daddr @dst4 meta mark set meta mark | 0x400000") in table
-    assert "delete table" in table and "delete table" not in marks.table_script(keep=True)
+    assert "delete table" not in table and "delete table" in marks.table_script(replace=True)
+    assert "flush set inet secnet-dns dst4" in table and "flush set" not in marks.table_script(keep=True)
     assert "ip6 daddr @dst6" in table and "hook output priority -160" in table
     assert marks.element_script("add", ["10.224.0.3", "fd00:224::0:2", "10.224.0.2"]) == (
         "add element inet secnet-dns dst4 { 10.224.0.2, 10.224.0.3 }\n"
         "add element inet secnet-dns dst6 { fd00:224::2 }\n")
     assert marks.element_script("delete", []) == ""
+
+
+def test_answer_marks_budget_drops_a_flood_per_address_before_the_mark_and_survives_rewrites():
+    table = marks.table_script()
+    budget = ("add rule inet secnet-dns forward meta l4proto { tcp, udp } th sport 53 ct direction reply "
+              "ip6 daddr @dst6 update @budget6 { ip6 daddr limit rate over 500/second burst 1000 packets } "
+              'counter name budget drop comment "secnet-dns-budget"')
+    assert budget in table and table.index(budget) < table.index("ip6 daddr @dst6 meta mark set")
+    assert table.count('comment "secnet-dns-budget"') == 4        # v4, v6 in forward and output
+    assert "set budget4 { type ipv4_addr; size 65536; flags dynamic,timeout; timeout 1m; }" in table
+    assert "  counter budget { }" in table                  # named: a rewrite keeps its count
+    assert not any(line.startswith("flush set inet secnet-dns budget") for line in table.splitlines())
 
 
 class Runner:
@@ -182,3 +195,17 @@ def test_nft_maps_written_empty_are_not_read_until_something_is_allowed():
         step()
         before = runner.listings
         assert sets.learned("n") != [] and runner.listings > before
+
+
+def test_answer_marks_make_the_table_anew_when_a_rewrite_cannot_keep_it():
+    class Refusing(Runner):
+        def apply(self, script):
+            if "delete table" not in script:
+                raise RuntimeError("nft failed: Operation not supported")
+            super().apply(script)
+
+    runner = Refusing()
+    marks.AnswerMarks(runner, 1, binaries=()).install(["10.224.0.2"])
+    (script,) = runner.scripts
+    assert script.startswith("table inet secnet-dns { }\ndelete table inet secnet-dns\n")
+    assert script.endswith("add element inet secnet-dns dst4 { 10.224.0.2 }\n")

@@ -26,6 +26,30 @@ xtables ``NFQUEUE`` target is built in and reachable through iptables
 
 There is no ``--queue-bypass``: while no daemon reads the queue, those
 answers are dropped (fail closed); answers to other segments pass as before.
+
+A budget per destination (U21-F4). The queue is one FIFO for every network
+(``MAX_LEN`` answers, ``plugin.dns.queue``); a member that floods answers to
+itself (replies of a flow it opened to a port-53 server it controls) would
+fill it and make every other member's answers wait or be dropped. So before
+the mark, a rule drops the answers to one container address beyond
+:data:`BUDGET` (500 a second, bursts of 1,000): each address is a key of the
+dynamic set ``budget4``/``budget6`` with its own ``limit`` (a stateful
+expression per element, as the drop log's per-flow limits in ``drops``);
+the rule counts what it drops in the named counter ``budget`` (a rewrite of
+the chains keeps its count; rules commented ``secnet-dns-budget``). Only the
+flooded member loses answers (fail closed: nothing is learned from them).
+500/s is far above what a stub resolver asks for (it caches) and well below
+what the daemon takes (3,200-4,100 answers per CPU-second, docs/dns.md); a burst of 1,000
+lets a container resolve many names at once yet keeps one member to a
+quarter of the queue. An address forgets its budget ``BUDGET_TIMEOUT`` after
+its last answer; the sets are bounded (``BUDGET_SIZE``: beyond, an address
+has no budget, as before).
+
+Rewrites keep the budgets: the table is declared (a no-op when it is there),
+its chains are flushed and their rules added again, and the ``dst`` sets
+emptied and filled in the same transaction; only when that fails (someone
+made a chain or set of the same name with another shape) is the table
+deleted and made anew.
 """
 from __future__ import annotations
 
@@ -43,19 +67,37 @@ COMMENT = "secnet-dns"
 CHAINS = ("FORWARD", "OUTPUT")
 
 
-def table_script(keep: bool = False) -> str:
+BUDGET = "rate over 500/second burst 1000 packets"
+BUDGET_SIZE = 65536
+BUDGET_TIMEOUT = "1m"
+BUDGET_COMMENT = "secnet-dns-budget"
+BUDGET_COUNTER = "budget"
+
+
+def _answers(chain: str, expr: str, fam: int) -> str:
+    return (f"add rule inet {TABLE} {chain} meta l4proto {{ tcp, udp }} th sport 53 "
+            f"ct direction reply {expr} daddr @dst{fam}")
+
+
+def table_script(keep: bool = False, replace: bool = False) -> str:
     """The marking table. ``keep``: the address sets keep their elements (a daemon
     start: answers to the containers a previous daemon marked stay held until the
-    first reconcile has told the service every network); else replaced whole."""
-    head = [] if keep else [f"table inet {TABLE} {{ }}", f"delete table inet {TABLE}"]
-    lines = head + [f"table inet {TABLE} {{", "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }"]
-    rules = []
+    first reconcile has told the service every network); else they are emptied (the
+    caller adds the wanted ones in the same transaction). ``replace``: the table is
+    deleted first (its budgets with it); else they carry on (see the module doc)."""
+    head = [f"table inet {TABLE} {{ }}", f"delete table inet {TABLE}"] if replace else []
+    budget = f"size {BUDGET_SIZE}; flags dynamic,timeout; timeout {BUDGET_TIMEOUT};"
+    lines = head + [f"table inet {TABLE} {{", f"  counter {BUDGET_COUNTER} {{ }}",
+                    "  set dst4 { type ipv4_addr; }", "  set dst6 { type ipv6_addr; }",
+                    f"  set budget4 {{ type ipv4_addr; {budget} }}", f"  set budget6 {{ type ipv6_addr; {budget} }}"]
+    rules = [] if keep or replace else [f"flush set inet {TABLE} dst4", f"flush set inet {TABLE} dst6"]
     for chain in ("forward", "output"):
         lines += [f"  chain {chain} {{ type filter hook {chain} priority {PRIORITY}; policy accept; }}"]
         rules.append(f"flush chain inet {TABLE} {chain}")
         for fam, expr in ((4, "ip"), (6, "ip6")):
-            rules.append(f"add rule inet {TABLE} {chain} meta l4proto {{ tcp, udp }} th sport 53 "
-                         f"ct direction reply {expr} daddr @dst{fam} meta mark set meta mark | {MARK:#x}")
+            rules.append(f"{_answers(chain, expr, fam)} update @budget{fam} {{ {expr} daddr limit {BUDGET} }} "
+                         f"counter name {BUDGET_COUNTER} drop comment \"{BUDGET_COMMENT}\"")
+            rules.append(f"{_answers(chain, expr, fam)} meta mark set meta mark | {MARK:#x}")
     lines.append("}")
     return "\n".join(lines + rules) + "\n"
 
@@ -96,9 +138,20 @@ class AnswerMarks:
         (nft errors propagate)."""
         with self._lock:
             addresses = set(addresses)
-            self.runner.apply(table_script(keep) + element_script("add", addresses))
+            elements = element_script("add", addresses)
+            try:
+                self.runner.apply(table_script(keep) + elements)
+            except Exception as exc:   # a chain or set of another shape: made anew
+                log.warning("DNS answer table %s rewritten whole: %s", TABLE, exc)
+                self.runner.apply(table_script(keep, replace=True) + elements)
             self._marked = addresses
             self._ensure_rules()
+
+    def budget_drops(self) -> int:
+        """Answers the budget dropped (both families, both chains) since the table was made
+        (the named counter ``budget``). Raises NftError."""
+        data = self.runner.list_json("counter", "inet", TABLE, BUDGET_COUNTER)
+        return sum(o["counter"]["packets"] for o in data.get("nftables", []) if "counter" in o)
 
     def _ensure_rules(self) -> None:
         for binary in self.binaries:
