@@ -15,15 +15,21 @@ their size takes well under a second; on nftables the host's conntrack holds it.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import socket
+import subprocess
 import time
 
 import pytest
 
-from nsfixtures import NET_ID, InNamespace, lab, only  # noqa: F401 (lab is a fixture)
+import nsfixtures
+from nsfixtures import BACKENDS, NET_ID, InNamespace, lab, only  # noqa: F401 (lab is a fixture)
 from packets import ns_socket, probe_tcp
-from plugin.enforce.ebpf import libbpf, maps
+from plugin.enforce.ebpf import libbpf, maps, pins
+from plugin.enforce.reconciler import Reconciler
+from upgrade_lab import older_ebpf, older_object, restart
 
 pytestmark = pytest.mark.kernel
 
@@ -34,6 +40,9 @@ PUSH, LATE = 8181, 7200
 RULES = f"vc->vs:tcp/8080, vc->vs:tcp/{PUSH}, vc->vs:udp/{LATE}, fl->fs:udp"
 WAIT = 3.0                              # s: a push that has not arrived by then was dropped
 CT_REPLY = 1                            # bpf/lib/common.h
+#: the last commit before ``ct_new``: its build keeps every flow in ``conntrack``
+PRE_CT_NEW = "7843e61a784e77acb809850ccf0b73c1a7b5a7cd"
+PRE_CT_NEW_MAPS = tuple(m for m in pins.MAPS if m != "ct_new")
 
 
 def _small_tables(lab) -> None:
@@ -203,3 +212,42 @@ def test_a_flow_moves_to_the_established_table_with_its_first_reply(lab):
         assert {orig, reply} <= set(est) and not {orig, reply} & set(_table(lab, "ct_new"))
         for key in (orig, reply):   # seen, generation, flags, kind: as in ct_new (seen: refreshed)
             assert est[key][1:4] == new[key][1:4], (key, est[key], new[key])
+
+
+def _map_id(lab, name: str) -> int:
+    pin = os.path.join(lab.pin_root, NET_ID[:12], name)
+    shown = subprocess.run(["bpftool", "-j", "map", "show", "pinned", pin], check=True,
+                           capture_output=True, text=True).stdout
+    return json.loads(shown)["id"]
+
+
+@only("ebpf")
+def test_a_network_pinned_before_ct_new_is_upgraded_with_its_established_flows(
+        lab, tmp_path, monkeypatch, caplog):
+    """A network the build before ``ct_new`` made (one table): the new daemon's first
+    pass makes ct_new and keeps the pinned conntrack, entries and all, as the table of
+    answered flows: vs speaking first on sessions opened under the older build arrives."""
+    vc, vs = lab.add(2)
+    state, _net = nsfixtures.saved_network(lab, str(tmp_path / "state"),
+                                           f"web->api:tcp/{PUSH}, web->api:udp/{LATE}", vc, vs)
+    sessions = None
+    try:
+        obj = older_object(PRE_CT_NEW, tmp_path)
+        with monkeypatch.context() as patch:
+            patch.setattr(pins, "MAPS", PRE_CT_NEW_MAPS)
+            lab.backend.shutdown()
+            lab.backend = InNamespace(lab.host, lambda: older_ebpf(lab.pin_root, obj))
+            Reconciler(state, {"ebpf": lab.backend}).reconcile()
+        assert "ct_new" not in os.listdir(os.path.join(lab.pin_root, NET_ID[:12]))
+        sessions = Sessions(vc, vs)
+        kept = _map_id(lab, "conntrack")
+        with caplog.at_level(logging.INFO):
+            restart(lab, state, BACKENDS["ebpf"])
+        assert "of another shape" not in caplog.text
+        assert _map_id(lab, "conntrack") == kept and "ct_new" in os.listdir(os.path.join(lab.pin_root, NET_ID[:12]))
+        assert sessions.server_speaks() == [b"push", b"push", b"later"]
+        assert probe_tcp(vs, vc.ip4, 8080) == "timeout"   # the policy holds
+    finally:
+        if sessions is not None:
+            sessions.close()
+        state.close()
