@@ -26,7 +26,7 @@ import pytest
 
 import nsfixtures
 from nsfixtures import BACKENDS, NET_ID, InNamespace, lab, only  # noqa: F401 (lab is a fixture)
-from packets import ns_socket, probe_tcp
+from packets import ns_socket, probe_tcp, tcp_syn_frame
 from plugin.enforce.ebpf import libbpf, maps, pins
 from plugin.enforce.reconciler import Reconciler
 from upgrade_lab import older_ebpf, older_object, restart
@@ -36,8 +36,9 @@ pytestmark = pytest.mark.kernel
 TABLE = 1024                            # entries of each eBPF flow table in this lab
 SIZES = {"conntrack": TABLE, "ct_new": TABLE}
 FLOOD_PORTS = range(20000, 20000 + 8 * TABLE)   # 8x the table in flows, 16x in entries
+SYN_PORTS = range(30000, 30000 + 4 * TABLE)     # source ports of SYNs to a listener, ports of SYNs to none
 PUSH, LATE = 8181, 7200
-RULES = f"vc->vs:tcp/8080, vc->vs:tcp/{PUSH}, vc->vs:udp/{LATE}, fl->fs:udp"
+RULES = f"vc->vs:tcp/8080, vc->vs:tcp/{PUSH}, vc->vs:udp/{LATE}, fl->fs:udp, fl->fs:tcp"
 WAIT = 3.0                              # s: a push that has not arrived by then was dropped
 CT_REPLY = 1                            # bpf/lib/common.h
 #: the last commit before ``ct_new``: its build keeps every flow in ``conntrack``
@@ -130,20 +131,33 @@ class Sessions:
 
 
 def flood(fl, fs) -> None:
-    """One allowed UDP datagram from fl to each of :data:`FLOOD_PORTS` of fs (nothing
-    listens there: fs answers, rate-limited, with port unreachable errors)."""
+    """Allowed flows from fl to fs that are never answered as a connection is: one UDP
+    datagram to each of :data:`FLOOD_PORTS` (nothing listens there: fs answers, rate-
+    limited, with port unreachable errors), and raw SYNs from each of :data:`SYN_PORTS`
+    to fs:8080 (a listener: fs answers SYN|ACK, fl's kernel resets) and to each of them
+    on fs (nobody listens: fs answers RST|ACK)."""
     with ns_socket(fl.ns, socket.AF_INET, socket.SOCK_DGRAM) as s:
         for i, port in enumerate(FLOOD_PORTS):
-            while True:
-                try:
-                    s.sendto(b"x", (fs.ip4, port))
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED):
-                        raise
-                    time.sleep(0.001)
-            if i % 256 == 255:
-                time.sleep(0.002)   # the veth's backlog: each datagram reaches the program
+            _send(lambda: s.sendto(b"x", (fs.ip4, port)), i)   # noqa: B023 (called at once)
+    with ns_socket(fl.ns, socket.AF_PACKET, socket.SOCK_RAW) as raw:
+        raw.bind(("eth0", 0))
+        for i, port in enumerate(SYN_PORTS):
+            for frame in (tcp_syn_frame(fl, fs.mac, fs.ip4, 8080, sport=port),
+                          tcp_syn_frame(fl, fs.mac, fs.ip4, port, sport=40000)):
+                _send(lambda: raw.send(frame), i)   # noqa: B023 (called at once)
+
+
+def _send(send, i: int) -> None:
+    while True:
+        try:
+            send()
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOBUFS, errno.EAGAIN, errno.ECONNREFUSED):
+                raise
+            time.sleep(0.001)
+    if i % 256 == 255:
+        time.sleep(0.002)   # the veth's backlog: each packet reaches the program
 
 
 def test_a_flood_of_unanswered_flows_ends_no_established_flow(lab):
@@ -156,7 +170,7 @@ def test_a_flood_of_unanswered_flows_ends_no_established_flow(lab):
     try:
         start = time.monotonic()
         flood(fl, fs)
-        print(f"flood of {len(FLOOD_PORTS)} flows: {time.monotonic() - start:.2f} s")
+        print(f"flood of {len(FLOOD_PORTS) + 2 * len(SYN_PORTS)} flows: {time.monotonic() - start:.2f} s")
         assert sessions.server_speaks() == [b"push", b"push", b"later"]
         assert probe_tcp(vc, vs.ip4, 8080) == "ok"                   # a new flow opens
         assert probe_tcp(vs, vc.ip4, 8080) == "timeout"              # and the policy holds
@@ -169,9 +183,10 @@ def test_a_flood_of_unanswered_flows_ends_no_established_flow(lab):
 def _the_flood_stayed_in_ct_new(lab, fl, fs) -> None:
     """The flood filled ct_new (so it overflowed the table a flow is made in) and
     left conntrack alone: no entry of fl's flows to fs there."""
+    ends = {maps.addr16(fl.ip4), maps.addr16(fs.ip4)}
+
     def flooded(table):
-        return [k for k in table if {k[0][:4], k[1][:4]} == {maps.addr16(fl.ip4)[:4], maps.addr16(fs.ip4)[:4]}
-                and k[4] == socket.IPPROTO_UDP]
+        return [k for k in table if {k[0], k[1]} == ends]
     new, est = _table(lab, "ct_new"), _table(lab, "conntrack")
     assert len(flooded(new)) > TABLE * 3 // 4, len(flooded(new))
     assert flooded(est) == []
@@ -251,3 +266,30 @@ def test_a_network_pinned_before_ct_new_is_upgraded_with_its_established_flows(
         if sessions is not None:
             sessions.close()
         state.close()
+
+
+@only("ebpf")
+def test_a_tcp_flow_moves_with_its_first_answer_after_the_handshake(lab):
+    """A SYN|ACK does not move a TCP flow (a SYN flood's half-open connections stay in
+    ct_new); the server's first packet after it (its ACK of the client's data) does."""
+    vc, vs = lab.add(2)
+    lab.apply(f"vc->vs:tcp/{PUSH}", {vc: "vc", vs: "vs"}, intra="deny")
+    with ns_socket(vs.ns, socket.AF_INET, socket.SOCK_STREAM) as server, \
+            ns_socket(vc.ns, socket.AF_INET, socket.SOCK_STREAM) as client:
+        server.settimeout(WAIT)
+        client.settimeout(WAIT)
+        server.bind((vs.ip4, PUSH))
+        server.listen(1)
+        client.connect((vs.ip4, PUSH))
+        conn, _ = server.accept()
+        with conn:
+            flow = set(_flow(client.getsockname(), (vs.ip4, PUSH), socket.IPPROTO_TCP))
+            assert flow <= set(_table(lab, "ct_new"))             # handshake done, nothing said
+            assert not flow & set(_table(lab, "conntrack"))
+            client.send(b"hello")
+            assert conn.recv(64) == b"hello"
+            deadline = time.monotonic() + WAIT                     # the server's (delayed) ACK
+            while not flow <= set(_table(lab, "conntrack")) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert flow <= set(_table(lab, "conntrack"))
+            assert not flow & set(_table(lab, "ct_new"))

@@ -5,9 +5,10 @@
  * direction, and the flow is cut when the new state denies it.
  *
  * Two tables (lib/maps.h): a flow's first packet puts its entries in ct_new;
- * the first packet of its reply direction moves them to conntrack
- * (ct_answered), as the kernel's conntrack marks an entry SEEN_REPLY
- * (nf_conntrack_core.c; an ICMP error is related, not a reply). Both are LRU:
+ * the first packet of its reply direction that answers it (ct_answers: for TCP
+ * not a SYN|ACK or RST) moves them to conntrack (ct_answered), as the kernel's
+ * conntrack marks an entry SEEN_REPLY, then ASSURED (an ICMP error is related,
+ * not a reply). Both are LRU:
  * a flood of unanswered flows evicts only unanswered flows, as the kernel's
  * early_drop takes only entries not ASSURED (U21-F1). A key is in one table
  * at a time: ct_create takes it out of conntrack, ct_answered out of ct_new;
@@ -134,8 +135,20 @@ static __always_inline struct ct_val *ct_answered(struct ct_key *k, struct ct_va
 	return got;
 }
 
-/* The live entry of this packet's flow, or NULL; the flow's first reply
- * moves it to conntrack (ct_answered). */
+/* Does reply-direction packet ``p`` answer its flow (move it to conntrack)? Not a TCP
+ * SYN|ACK or RST: a SYN flood's half-open connections and a scan's resets stay in
+ * ct_new (the kernel's conntrack marks a TCP entry ASSURED, which early_drop spares,
+ * when the handshake completes, nf_conntrack_proto_tcp.c; a RST ends it in CLOSE). So
+ * a TCP flow moves with the first packet of its answering end after the handshake:
+ * its ACK of the client's data or FIN, or its own data. Any other protocol: any reply
+ * (an ICMP error is no reply: ct_related). */
+static __always_inline int ct_answers(struct pkt *p)
+{
+	return p->proto != IPPROTO_TCP || !(p->tcp_flags & 0x06);   /* SYN 0x02, RST 0x04 */
+}
+
+/* The live entry of this packet's flow, or NULL; the flow's first answer
+ * moves it to conntrack (ct_answers, ct_answered). */
 static __always_inline struct ct_val *ct_lookup(struct pkt *p)
 {
 	struct ct_key k = {};
@@ -150,7 +163,7 @@ static __always_inline struct ct_val *ct_lookup(struct pkt *p)
 	v = bpf_map_lookup_elem(&ct_new, &k);
 	if (!v || !ct_live(p, v))
 		return NULL;
-	return (v->flags & CT_REPLY) ? ct_answered(&k, v) : v;
+	return ((v->flags & CT_REPLY) && ct_answers(p)) ? ct_answered(&k, v) : v;
 }
 
 /* This packet's entry as it is (no liveness checks), or NULL. */
