@@ -8,9 +8,9 @@
  * the first packet of its reply direction that answers it (ct_answers: for TCP
  * not a SYN|ACK or RST) moves them to conntrack (ct_answered), as the kernel's
  * conntrack marks an entry SEEN_REPLY, then ASSURED (an ICMP error is related,
- * not a reply). Both are LRU:
- * a flood of unanswered flows evicts only unanswered flows, as the kernel's
- * early_drop takes only entries not ASSURED (U21-F1). A key is in one table
+ * not a reply). Both are LRU: a flood of unanswered flows evicts only
+ * unanswered flows, as the kernel's early_drop takes only entries not
+ * ASSURED (U21-F1; docs/ebpf.md "The flow tables"). A key is in one table
  * at a time: ct_create takes it out of conntrack, ct_answered out of ct_new;
  * so a lookup reads conntrack first (an established flow: one lookup, as the
  * fast path's) and ct_new only when conntrack has no entry. */
@@ -101,7 +101,7 @@ static __always_inline struct ct_val *ct_live(struct pkt *p, struct ct_val *v)
 	return v;
 }
 
-/* The first reply of a flow (``k``: its key, ``v``: its entry in ct_new, CT_REPLY):
+/* The first answer of a flow (ct_answers; ``k``: its key, ``v``: its entry in ct_new, CT_REPLY):
  * both its entries move to conntrack, each as it was (the original direction's
  * made from ``v`` when LRU took it from ct_new). Returns the entry in conntrack;
  * ``v`` (left in ct_new) when conntrack would not take it. */

@@ -93,9 +93,9 @@ struct {
 } dropped SEC(".maps");
 
 /* The flow table, in two LRU hashes of the same entries (lib/conntrack.h):
- * ct_new holds the flows no reply has been seen of (what a first packet
- * made), conntrack the answered ones. A flood of flows nobody answers (a
- * port scan, a SYN flood) evicts only its own kind, never an established
+ * ct_new holds the flows not answered yet (what a first packet made),
+ * conntrack the answered ones (ct_answers). A flood of flows nobody answers
+ * (a port scan, a SYN flood) evicts only its own kind, never an established
  * flow (U21-F1). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
