@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import socket
 import subprocess
 import time
 
@@ -15,7 +16,7 @@ import pytest
 
 from nsfixtures import BRIDGE, NET_ID, lab, make_ebpf, only  # noqa: F401  (lab is a fixture)
 from nsfixtures import InNamespace
-from packets import FEW, assert_all, echoes, open_stream, outcomes, parallel, probe
+from packets import FEW, assert_all, echoes, ns_socket, open_stream, outcomes, parallel, probe
 from plugin.enforce.backend import BackendUnavailable, NetworkSpec
 from segmentation.identities import MemoryAllocator
 from segmentation.options import NetworkOptions
@@ -227,16 +228,18 @@ def test_allowed_east_west_bypasses_the_bridge(lab):
 
 
 def _stamp_replies_ahead(backend, ahead_ns: int) -> int:
-    """Stamp every reply-direction conntrack entry ``ahead_ns`` past CLOCK_MONOTONIC; how many."""
-    from plugin.enforce.ebpf import libbpf, maps   # noqa: PLC0415 (writing the kernel's map on purpose)
-    fd = backend._nets[NET_ID[:12]].handle.maps["conntrack"]   # noqa: SLF001
+    """Stamp every reply-direction entry of both flow tables (a TCP flow whose client has
+    not spoken is in ct_new) ``ahead_ns`` past CLOCK_MONOTONIC; how many."""
+    from plugin.enforce.ebpf import libbpf, maps, pins   # noqa: PLC0415 (writing the kernel's map on purpose)
     now, n = time.clock_gettime_ns(time.CLOCK_MONOTONIC), 0
-    for key in list(libbpf.keys(fd, maps.CT_KEY.size)):
-        raw = libbpf.lookup(fd, key, maps.CT_VAL.size)
-        fields = maps.CT_VAL.unpack(raw) if raw else None
-        if fields and fields[2] & 1:                   # CT_REPLY
-            libbpf.update(fd, key, maps.CT_VAL.pack(now + ahead_ns, *fields[1:]))
-            n += 1
+    for table in pins.CT_MAPS:
+        fd = backend._nets[NET_ID[:12]].handle.maps[table]   # noqa: SLF001
+        for key in list(libbpf.keys(fd, maps.CT_KEY.size)):
+            raw = libbpf.lookup(fd, key, maps.CT_VAL.size)
+            fields = maps.CT_VAL.unpack(raw) if raw else None
+            if fields and fields[2] & 1:                   # CT_REPLY
+                libbpf.update(fd, key, maps.CT_VAL.pack(now + ahead_ns, *fields[1:]))
+                n += 1
     return n
 
 
@@ -244,15 +247,26 @@ def _stamp_replies_ahead(backend, ahead_ns: int) -> int:
 def test_a_reply_entry_stamped_ahead_of_the_clock_is_young(lab):
     """The fast path ages entries by the coarse clock, which trails ct_create's fine stamp by up
     to a tick: an entry "from the future" must count as young, not as expired -- else the reply
-    of a one-way flow would be judged anew as the other way round, and denied."""
+    of a one-way flow would be judged anew as the other way round, and denied. Both tables: a
+    connection before its client spoke (in ct_new, the full path), and after (conntrack, the
+    fast path)."""
     web, api = lab.add(2)
-    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, "deny")
-    stream = open_stream(web, api.ip4, 8080)
-    try:
-        assert lab.backend.call(_stamp_replies_ahead, lab.backend.obj, 2_000_000_000) >= 1
-        assert echoes(stream)
-    finally:
-        stream.close()
+    lab.apply("web->api:tcp/8181", {web: "web", api: "api"}, "deny")
+    with ns_socket(api.ns, socket.AF_INET, socket.SOCK_STREAM) as server, \
+            ns_socket(web.ns, socket.AF_INET, socket.SOCK_STREAM) as client:
+        for s in (server, client):
+            s.settimeout(3)
+        server.bind((api.ip4, 8181))
+        server.listen(1)
+        client.connect((api.ip4, 8181))
+        conn, _ = server.accept()
+        with conn:
+            for said in (b"first", b"again"):
+                assert lab.backend.call(_stamp_replies_ahead, lab.backend.obj, 2_000_000_000) >= 1
+                client.send(said)
+                assert conn.recv(64) == said
+                conn.send(said)
+                assert client.recv(64) == said
 
 
 @ebpf

@@ -253,8 +253,8 @@ class FqdnMethods:
             raise BackendError(f"eBPF network {network_id[:12]}: {exc}") from None
 
     def end_learned_flows(self, net, policy, learned=None, admitted=None) -> int:
-        """After a policy change: delete the program's conntrack entries (both
-        directions) of the flows learned addresses admitted (``CT_FQDN``) that the new
+        """After a policy change: delete the program's flow entries (both
+        directions, in either table: ``pins.CT_MAPS``) of the flows learned addresses admitted (``CT_FQDN``) that the new
         state neither allows (``policy`` with the answers in force, ``learned``) nor
         keeps (``admitted``: the rule that taught the address went; see
         ``plugin.kernel.conntrack.dns_rule_by``); the program's own judging keeps
@@ -274,15 +274,18 @@ class FqdnMethods:
             members = {a: names[p.identity] for p, _ifx in st.ports.values()
                        if p.identity in names for a in p.addresses}
             suspects = {(names[i], a) for i, a in suspects if i in names}
-            fd = st.handle.maps["conntrack"]
+            doomed = 0
             try:
-                doomed = learned_flows_to_end(_entries(fd), members, allowed_by(policy, learned),
-                                              dns_rule_by(policy, admitted), suspects)
-                for key in (k for pair in doomed for k in pair):
-                    libbpf.delete(fd, key)
+                for table in pins.CT_MAPS:   # answered flows, and flows not answered yet
+                    fd = st.handle.maps[table]
+                    pairs = learned_flows_to_end(_entries(fd), members, allowed_by(policy, learned),
+                                                 dns_rule_by(policy, admitted), suspects)
+                    for key in (k for pair in pairs for k in pair):
+                        libbpf.delete(fd, key)
+                    doomed += len(pairs)
             except libbpf.LibbpfError as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
-        return len(doomed)
+        return doomed
 
 
 def _entries(fd: int):

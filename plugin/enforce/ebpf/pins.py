@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 DEFAULT_ROOT = "/sys/fs/bpf/secnet"
 BPFFS = "/sys/fs/bpf"
 MAPS = ("state", "settings", "endpoints", "members", "policy", "restricted", "cidrs", "allowed",
-        "dropped", "conntrack", "reported", "scratch", "published", "logcap", "subnets", "fqdn",
-        "frags")
+        "dropped", "conntrack", "ct_new", "reported", "scratch", "published", "logcap", "subnets",
+        "fqdn", "frags")
+#: the flow tables (lib/conntrack.h): answered flows, flows no reply has been seen of
+CT_MAPS = ("conntrack", "ct_new")
 #: made anew together when one of them has another shape: the old programs go on reading a
 #: consistent policy (the flip of a shared ``state`` would put an old map's other version in
 #: force), and flows tracked under the old generations are judged anew (generations restart)
-TOGETHER = ("state", "settings", "policy", "restricted", "cidrs", "conntrack")
+TOGETHER = ("state", "settings", "policy", "restricted", "cidrs", *CT_MAPS)
 PROGS = ("from_container", "to_container")
 EVENTS = "events"
 
@@ -148,10 +150,13 @@ def _drop_other_shapes(obj, pinned: dict) -> list:
     them. Returns the names unpinned.
 
     What such a map held is gone: the daemon writes its own state again (policy,
-    settings, endpoints, members, subnets, published ports); ``conntrack`` starts
-    empty, so every flow is judged anew on its next packet (a reply that comes
-    first is judged as a flow of its own); counters, learned DNS addresses and
-    the drop log's memory start empty. Programs attached now keep the old map."""
+    settings, endpoints, members, subnets, published ports); the flow tables
+    (:data:`CT_MAPS`) start empty, so every flow is judged anew on its next packet
+    (a reply that comes first is judged as a flow of its own); counters, learned DNS
+    addresses and the drop log's memory start empty. A map not pinned (``ct_new``
+    under a build before it) is made by the load, the others kept: an older
+    build's ``conntrack`` (answered and unanswered flows in one table) is kept as
+    the answered table, so its flows go on. Programs attached now keep the old map."""
     made = [name for name, pin in pinned.items() if _other_shape(obj, name, pin)]
     if set(made) & set(TOGETHER):
         made = sorted(set(made) | {name for name in TOGETHER if name in pinned})

@@ -2,7 +2,18 @@
  * entries of one LRU hash, so a reply is one lookup. An entry remembers the
  * generation of the policy that judged it: after any change (policy, mode,
  * membership) the next packet of the flow is judged again from its original
- * direction, and the flow is cut when the new state denies it. */
+ * direction, and the flow is cut when the new state denies it.
+ *
+ * Two tables (lib/maps.h): a flow's first packet puts its entries in ct_new;
+ * the first packet of its reply direction that answers it (ct_answers: for TCP
+ * not a SYN|ACK or RST) moves them to conntrack (ct_answered), as the kernel's
+ * conntrack marks an entry SEEN_REPLY, then ASSURED (an ICMP error is related,
+ * not a reply). Both are LRU: a flood of unanswered flows evicts only
+ * unanswered flows, as the kernel's early_drop takes only entries not
+ * ASSURED (U21-F1; docs/ebpf.md "The flow tables"). A key is in one table
+ * at a time: ct_create takes it out of conntrack, ct_answered out of ct_new;
+ * so a lookup reads conntrack first (an established flow: one lookup, as the
+ * fast path's) and ct_new only when conntrack has no entry. */
 #ifndef SECNET_CONNTRACK_H
 #define SECNET_CONNTRACK_H
 #include "common.h"
@@ -72,20 +83,12 @@ static __always_inline int ct_opens(struct pkt *p, __u8 strict_tcp)
 	return 1;
 }
 
-/* The live entry of this packet's flow, or NULL. */
-static __always_inline struct ct_val *ct_lookup(struct pkt *p)
+/* ``v`` if it is live for packet ``p`` (refreshed), else NULL. */
+static __always_inline struct ct_val *ct_live(struct pkt *p, struct ct_val *v)
 {
-	struct ct_key k = {};
-	struct ct_val *v;
 	__u64 now, life;
 	__s64 age;
 
-	if (!ct_tracked(p))
-		return NULL;
-	ct_key_of(p, &k, 0);
-	v = bpf_map_lookup_elem(&conntrack, &k);
-	if (!v)
-		return NULL;
 	if ((v->flags & CT_REPLY) && echo_request(p))
 		return NULL;           /* a new echo in the other direction */
 	now = bpf_ktime_get_ns();
@@ -98,13 +101,80 @@ static __always_inline struct ct_val *ct_lookup(struct pkt *p)
 	return v;
 }
 
+/* The first answer of a flow (ct_answers; ``k``: its key, ``v``: its entry in ct_new, CT_REPLY):
+ * both its entries move to conntrack, each as it was (the original direction's
+ * made from ``v`` when LRU took it from ct_new). Returns the entry in conntrack;
+ * ``v`` (left in ct_new) when conntrack would not take it. */
+static __always_inline struct ct_val *ct_answered(struct ct_key *k, struct ct_val *v)
+{
+	struct ct_key r = {};
+	struct ct_val o, *got, *orig;
+
+	__builtin_memcpy(r.saddr, k->daddr, 16);
+	__builtin_memcpy(r.daddr, k->saddr, 16);
+	r.sport = k->dport;
+	r.dport = k->sport;
+	r.proto = k->proto;
+	r.family = k->family;
+	r.pad = k->pad;
+	orig = bpf_map_lookup_elem(&ct_new, &r);
+	if (orig) {
+		__builtin_memcpy(&o, orig, sizeof(o));
+	} else {
+		__builtin_memcpy(&o, v, sizeof(o));
+		o.flags &= ~CT_REPLY;
+		o.fast_generation = 0;   /* deliver() finds its ends again */
+	}
+	if (bpf_map_update_elem(&conntrack, &r, &o, BPF_ANY) || bpf_map_update_elem(&conntrack, k, v, BPF_ANY))
+		return v;
+	got = bpf_map_lookup_elem(&conntrack, k);
+	if (!got)
+		return v;
+	bpf_map_delete_elem(&ct_new, k);
+	bpf_map_delete_elem(&ct_new, &r);
+	return got;
+}
+
+/* Does reply-direction packet ``p`` answer its flow (move it to conntrack)? Not a TCP
+ * SYN|ACK or RST: a SYN flood's half-open connections and a scan's resets stay in
+ * ct_new (the kernel's conntrack marks a TCP entry ASSURED, which early_drop spares,
+ * when the handshake completes, nf_conntrack_proto_tcp.c; a RST ends it in CLOSE). So
+ * a TCP flow moves with the first packet of its answering end after the handshake:
+ * its ACK of the client's data or FIN, or its own data. Any other protocol: any reply
+ * (an ICMP error is no reply: ct_related). */
+static __always_inline int ct_answers(struct pkt *p)
+{
+	return p->proto != IPPROTO_TCP || !(p->tcp_flags & 0x06);   /* SYN 0x02, RST 0x04 */
+}
+
+/* The live entry of this packet's flow, or NULL; the flow's first answer
+ * moves it to conntrack (ct_answers, ct_answered). */
+static __always_inline struct ct_val *ct_lookup(struct pkt *p)
+{
+	struct ct_key k = {};
+	struct ct_val *v;
+
+	if (!ct_tracked(p))
+		return NULL;
+	ct_key_of(p, &k, 0);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	if (v)
+		return ct_live(p, v);
+	v = bpf_map_lookup_elem(&ct_new, &k);
+	if (!v || !ct_live(p, v))
+		return NULL;
+	return ((v->flags & CT_REPLY) && ct_answers(p)) ? ct_answered(&k, v) : v;
+}
+
 /* This packet's entry as it is (no liveness checks), or NULL. */
 static __always_inline struct ct_val *ct_entry(struct pkt *p)
 {
 	struct ct_key k = {};
+	struct ct_val *v;
 
 	ct_key_of(p, &k, 0);
-	return bpf_map_lookup_elem(&conntrack, &k);
+	v = bpf_map_lookup_elem(&conntrack, &k);
+	return v ? v : bpf_map_lookup_elem(&ct_new, &k);
 }
 
 /* An ICMP error passes when the flow it quotes is tracked (either direction)
@@ -125,9 +195,13 @@ static __always_inline int ct_related(struct pkt *p, __u8 mode)
 	if (!p->icmp_error || !eq16(p->daddr, p->inner.saddr))
 		return 0;
 	v = bpf_map_lookup_elem(&conntrack, &p->inner);
+	if (!v)
+		v = bpf_map_lookup_elem(&ct_new, &p->inner);   /* (not a reply: it stays there) */
 	return v && (!(v->flags & CT_DENIED) || mode == MODE_AUDIT);
 }
 
+/* A flow's first packet: its entries (both directions) in ct_new, each key out of
+ * conntrack (what ct_lookup did not take: a dead entry, an echo's other direction). */
 static __always_inline void ct_create(struct pkt *p, __u8 kind, __u8 flags, __u32 gen)
 {
 	struct ct_key k = {};
@@ -137,20 +211,27 @@ static __always_inline void ct_create(struct pkt *p, __u8 kind, __u8 flags, __u3
 	if (!ct_tracked(p))
 		return;
 	ct_key_of(p, &k, 0);
-	bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY);
+	if (bpf_map_lookup_elem(&conntrack, &k))
+		bpf_map_delete_elem(&conntrack, &k);
+	bpf_map_update_elem(&ct_new, &k, &v, BPF_ANY);
 	ct_key_of(p, &k, 1);
+	if (bpf_map_lookup_elem(&conntrack, &k))
+		bpf_map_delete_elem(&conntrack, &k);
 	v.flags |= CT_REPLY;
-	bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY);
+	bpf_map_update_elem(&ct_new, &k, &v, BPF_ANY);
 }
 
+/* The flow of ``p`` is cut: its entries go, from whichever table holds them. */
 static __always_inline void ct_forget(struct pkt *p)
 {
 	struct ct_key k = {};
 
 	ct_key_of(p, &k, 0);
 	bpf_map_delete_elem(&conntrack, &k);
+	bpf_map_delete_elem(&ct_new, &k);
 	ct_key_of(p, &k, 1);
 	bpf_map_delete_elem(&conntrack, &k);
+	bpf_map_delete_elem(&ct_new, &k);
 }
 
 /* This packet as its flow's original direction (addresses and ports swapped for a reply). */

@@ -92,12 +92,24 @@ struct {
 	__type(value, struct count);
 } dropped SEC(".maps");
 
+/* The flow table, in two LRU hashes of the same entries (lib/conntrack.h):
+ * ct_new holds the flows not answered yet (what a first packet made),
+ * conntrack the answered ones (ct_answers). A flood of flows nobody answers
+ * (a port scan, a SYN flood) evicts only its own kind, never an established
+ * flow (U21-F1). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);
 	__type(key, struct ct_key);
 	__type(value, struct ct_val);
 } conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct ct_val);
+} ct_new SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
