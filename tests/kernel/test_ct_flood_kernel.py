@@ -28,8 +28,7 @@ import nsfixtures
 from nsfixtures import BACKENDS, NET_ID, InNamespace, lab, only  # noqa: F401 (lab is a fixture)
 from packets import ns_socket, probe_tcp, tcp_syn_frame
 from plugin.enforce.ebpf import libbpf, maps, pins
-from plugin.enforce.reconciler import Reconciler
-from upgrade_lab import older_ebpf, older_object, restart
+from upgrade_lab import restart, write_with_older_build
 
 pytestmark = pytest.mark.kernel
 
@@ -247,13 +246,7 @@ def test_a_network_pinned_before_ct_new_is_upgraded_with_its_established_flows(
                                            f"web->api:tcp/{PUSH}, web->api:udp/{LATE}", vc, vs)
     sessions = None
     try:
-        obj = older_object(PRE_CT_NEW, tmp_path)
-        with monkeypatch.context() as patch:
-            patch.setattr(pins, "MAPS", PRE_CT_NEW_MAPS)
-            lab.backend.shutdown()
-            lab.backend = InNamespace(lab.host, lambda: older_ebpf(lab.pin_root, obj))
-            Reconciler(state, {"ebpf": lab.backend}).reconcile()
-        assert "ct_new" not in os.listdir(os.path.join(lab.pin_root, NET_ID[:12]))
+        write_with_older_build(lab, state, tmp_path, monkeypatch, PRE_CT_NEW, PRE_CT_NEW_MAPS, "ct_new")
         sessions = Sessions(vc, vs)
         kept = _map_id(lab, "conntrack")
         with caplog.at_level(logging.INFO):

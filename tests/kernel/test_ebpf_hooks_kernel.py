@@ -162,21 +162,13 @@ def test_a_hole_in_the_datapath_is_closed_within_a_second(watched):
 
 
 @ebpf
-def test_a_program_detached_from_a_members_veth_is_back_within_a_second(watched):
+@pytest.mark.parametrize("removal", [("filter", "ingress"), ("qdisc", "clsact")], ids=["filter", "clsact"])
+def test_a_program_detached_from_a_members_veth_is_back_within_a_second(watched, removal):
+    """``tc filter del dev V ingress`` (our program on that hook), ``tc qdisc del dev V
+    clsact`` (both hooks with it)."""
     lab, _state, rec, net, web, api, watch = watched
     started = time.monotonic()
-    lab.exec("tc", "filter", "del", "dev", web.veth, "ingress")
-    seen = arrivals_after(web, lab.outside, started)
-    assert_closed_within(seen)
-    settled(rec, net, watch)
-    assert_policy(web, api)
-
-
-@ebpf
-def test_a_deleted_clsact_qdisc_is_back_within_a_second(watched):
-    lab, _state, rec, net, web, api, watch = watched
-    started = time.monotonic()
-    lab.exec("tc", "qdisc", "del", "dev", web.veth, "clsact")
+    lab.exec("tc", removal[0], "del", "dev", web.veth, removal[1])
     seen = arrivals_after(web, lab.outside, started)
     assert_closed_within(seen)
     settled(rec, net, watch)

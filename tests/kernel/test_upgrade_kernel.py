@@ -25,14 +25,14 @@ import time
 
 import pytest
 
-from nsfixtures import BACKENDS, NET_ID, InNamespace, lab, only  # noqa: F401 (lab is a fixture)
+from nsfixtures import BACKENDS, NET_ID, lab, only  # noqa: F401 (lab is a fixture)
 from packets import echoes, open_stream, parallel, probe_tcp
-from plugin.enforce.ebpf import maps, pins
+from plugin.enforce.ebpf import maps
 from plugin.enforce.nftables import backend as nft_backend
 from plugin.enforce.reconciler import Reconciler
 from test_fragments_kernel import BIG, received
 from upgrade_lab import (ALLOWED, DENIED, PRE_FRAGS, PRE_FRAGS_MAPS, Trickle, attached, map_shape,
-                         older_ebpf, older_object, pinned_programs, restart, saved_network, sent_within)
+                         pinned_programs, restart, saved_network, sent_within, write_with_older_build)
 
 pytestmark = pytest.mark.kernel
 
@@ -40,13 +40,7 @@ pytestmark = pytest.mark.kernel
 # --- older builds ------------------------------------------------------------------------
 def _older_ebpf(lab, state, tmp_path, monkeypatch, web, api) -> set:
     """The network as the build before ``frags`` made it; returns its program ids."""
-    obj = older_object(PRE_FRAGS, tmp_path)
-    with monkeypatch.context() as patch:
-        patch.setattr(pins, "MAPS", PRE_FRAGS_MAPS)
-        lab.backend.shutdown()
-        lab.backend = InNamespace(lab.host, lambda: older_ebpf(lab.pin_root, obj))
-        Reconciler(state, {"ebpf": lab.backend}).reconcile()
-    assert "frags" not in os.listdir(os.path.join(lab.pin_root, NET_ID[:12]))
+    write_with_older_build(lab, state, tmp_path, monkeypatch, PRE_FRAGS, PRE_FRAGS_MAPS, "frags")
     old = attached(lab, [web.veth, api.veth])
     assert old == pinned_programs(lab) and None not in old
     assert received(web, api, 4, ALLOWED, BIG) is None    # control: the older build drops them

@@ -58,6 +58,18 @@ def older_ebpf(pin_root: str, obj: str):
     return EbpfBackend(pin_root=pin_root, obj_path=obj, nat=NatTable())
 
 
+def write_with_older_build(lab, state, tmp_path, monkeypatch, rev: str, maps: tuple, missing: str) -> None:
+    """Make ``lab``'s backend the build ``rev`` (its object, its ``maps``) and let its first
+    pass write ``state``'s network: pinned without the map ``missing``, as that build did."""
+    obj = older_object(rev, tmp_path)
+    with monkeypatch.context() as patch:
+        patch.setattr(pins, "MAPS", maps)
+        lab.backend.shutdown()
+        lab.backend = InNamespace(lab.host, lambda: older_ebpf(lab.pin_root, obj))
+        Reconciler(state, {"ebpf": lab.backend}).reconcile()
+    assert missing not in os.listdir(os.path.join(lab.pin_root, NET_ID[:12]))
+
+
 # --- saved state and the daemon's start path ---------------------------------------------
 def saved_network(lab, path: str, web, api) -> tuple:
     """(State, NetworkRecord): the network (RULES, intra deny) and its two members, saved."""
