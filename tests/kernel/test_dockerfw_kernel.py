@@ -33,6 +33,16 @@ def run(ns: str, *argv: str) -> str:
     return sh("ip", "netns", "exec", ns, *argv).stdout
 
 
+def docker_user(ns: str, closing_return: bool = False) -> None:
+    """DOCKER-USER as Docker makes it, for both families: the chain, FORWARD's jump to it
+    and (Docker 17.06+) its closing ``-j RETURN``."""
+    for binary in ("iptables", "ip6tables"):
+        run(ns, binary, "-N", CHAIN)
+        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+        if closing_return:
+            run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+
+
 class Counting(DockerFirewall):
     """A DockerFirewall that counts its ``-S`` reads of the filter table."""
 
@@ -65,9 +75,7 @@ def test_the_quick_path_needs_the_chain_the_jump_and_no_rule_of_the_network(ns):
 
 
 def test_a_new_network_is_written_without_reading_the_table_and_like_the_read_path(ns, monkeypatch):
-    for binary in ("iptables", "ip6tables"):
-        run(ns, binary, "-N", CHAIN)
-        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+    docker_user(ns)
     fw = Counting()
     with netns(ns):
         assert fw.ensure("sn-a", NET_A)
@@ -95,10 +103,7 @@ def _chain(ns: str) -> list:
 def test_rules_go_below_the_admins_and_above_dockers_return(ns, monkeypatch, path):
     # Docker's documented place for the admin's own rules is DOCKER-USER, above its closing
     # RETURN: a network made after such a rule must not jump ahead of it (U18-F7)
-    for binary in ("iptables", "ip6tables"):
-        run(ns, binary, "-N", CHAIN)
-        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
-        run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+    docker_user(ns, closing_return=True)
     run(ns, "iptables", "-I", CHAIN, "-s", "10.231.0.9/32", "-j", "DROP")
     fw = Counting()
     if path == "read":
@@ -114,10 +119,7 @@ def test_rules_go_below_the_admins_and_above_dockers_return(ns, monkeypatch, pat
 
 
 def test_rules_an_older_secnet_put_above_the_admins_are_moved_below(ns):
-    for binary in ("iptables", "ip6tables"):
-        run(ns, binary, "-N", CHAIN)
-        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
-        run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+    docker_user(ns, closing_return=True)
     fw = Counting()
     with netns(ns):
         assert fw.ensure("sn-a", NET_A)
@@ -137,9 +139,7 @@ def test_rules_an_older_secnet_put_above_the_admins_are_moved_below(ns):
 def test_the_bridges_traffic_walks_dockers_isolation_chain_when_it_exists(ns, monkeypatch, path):
     # Docker's --internal networks keep their traffic in with rules of this chain; FORWARD
     # jumps to it after DOCKER-USER, where secnet accepts (U18-F6)
-    for binary in ("iptables", "ip6tables"):
-        run(ns, binary, "-N", CHAIN)
-        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+    docker_user(ns)
     run(ns, "iptables", "-N", ISOLATION)
     run(ns, "iptables", "-A", ISOLATION, "!", "-s", "10.231.9.0/24", "-o", "br-int", "-j", "DROP")
     run(ns, "iptables", "-A", ISOLATION, "-j", "RETURN")
@@ -176,18 +176,18 @@ def test_ensure_all_repairs_every_network_with_one_read_per_binary(ns):
     assert {b: run(ns, b, "-S") for b in ("iptables", "ip6tables")} == whole
 
 
-def _intact(ns: str, *nets: str, binary: str = "iptables") -> bool:
+def _intact(ns: str, *nets: str, binary: str = "iptables", ordered: bool = False) -> bool:
+    """iptpeek.intact for ``nets``; ``ordered``: also that no foreign rule sits below theirs."""
     with netns(ns):
-        return iptpeek.intact(binary, CHAIN, ["secnet:" + n for n in nets], dockerfw._verdicts)
+        return iptpeek.intact(binary, CHAIN, ["secnet:" + n for n in nets], dockerfw._verdicts,
+                              dockerfw.COMMENT_PREFIX if ordered else "")
 
 
 def test_the_repair_reads_no_table_while_every_rule_is_intact_and_repairs_what_is_not(ns):
     """ensure_all (the forward repair, woken by every FORWARD change) skips ``iptables -S``
     for a binary whose rules netlink shows intact; a rule deleted, a DROP turned into an
     ACCEPT under our comment, an extra rule or FORWARD's jump gone: read and repaired."""
-    for binary in ("iptables", "ip6tables"):
-        run(ns, binary, "-N", CHAIN)
-        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
+    docker_user(ns)
     fw = Counting()
     nets = {NET_A: "sn-a", NET_B: "sn-b"}
     with netns(ns):
@@ -223,29 +223,21 @@ def test_the_repair_reads_no_table_while_every_rule_is_intact_and_repairs_what_i
 def test_an_admins_rule_inserted_below_ours_later_is_moved_above_by_the_repair(ns):
     # ``iptables -I DOCKER-USER N`` with N past the top puts the admin's rule below a
     # network's: the repair (woken by that change) must not call the rules intact
-    for binary in ("iptables", "ip6tables"):
-        run(ns, binary, "-N", CHAIN)
-        run(ns, binary, "-A", "FORWARD", "-j", CHAIN)
-        run(ns, binary, "-A", CHAIN, "-j", "RETURN")
+    docker_user(ns, closing_return=True)
     fw = Counting()
     nets = {NET_A: "sn-a", NET_B: "sn-b"}
     with netns(ns):
         for nid, bridge in nets.items():
             fw.ensure(bridge, nid)
     assert _chain(ns) == ["ours:a"] * 4 + ["ours:b"] * 4 + ["-j RETURN"]
-    assert iptpeek_intact(ns, NET_A, NET_B)
+    assert _intact(ns, NET_A, NET_B, ordered=True)
     run(ns, "iptables", "-I", CHAIN, "3", "-s", "10.231.0.9/32", "-j", "DROP")   # inside a's rules
-    assert not iptpeek_intact(ns, NET_A, NET_B)
+    assert not _intact(ns, NET_A, NET_B, ordered=True)
     assert _intact(ns, NET_A, NET_B)                 # counts alone do not see the order
     with netns(ns):
         assert fw.ensure_all(nets) == {NET_A}
     assert _chain(ns) == ["-s 10.231.0.9/32 -j DROP"] + ["ours:b"] * 4 + ["ours:a"] * 4 + ["-j RETURN"]
-    assert iptpeek_intact(ns, NET_A, NET_B)
+    assert _intact(ns, NET_A, NET_B, ordered=True)
     run(ns, "iptables", "-A", CHAIN, "-s", "10.231.0.8/32", "-j", "DROP")    # after RETURN: never runs
-    assert iptpeek_intact(ns, NET_A, NET_B)
+    assert _intact(ns, NET_A, NET_B, ordered=True)
 
-
-def iptpeek_intact(ns: str, *nets: str) -> bool:
-    with netns(ns):
-        return iptpeek.intact("iptables", CHAIN, ["secnet:" + n for n in nets], dockerfw._verdicts,
-                              dockerfw.COMMENT_PREFIX)
