@@ -3,7 +3,9 @@
 # (iperf3, ping, sockperf, matplotlib in the venv), makes sure the plugin answers
 # (starting it only when it does not: a running daemon is shared with others'
 # tests and is not restarted), then runs bench/run.py with the given flags
-# (e.g. --quick). Needs root, the engine and the test image (make engine image).
+# (e.g. --quick). A daemon it started, it stops again at the end, so that no
+# benchmark daemon is left holding the plugin socket. Needs root, the engine and
+# the test image (make engine image).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -23,5 +25,6 @@ sock=${SECNET_SOCKET:-/run/docker/plugins/secnet.sock}
 if ! { [ -S "$sock" ] && curl -s --max-time 5 --unix-socket "$sock" -X POST http://x/Plugin.Activate \
         | grep -q NetworkDriver; }; then
   bash scripts/plugin.sh start
+  trap 'bash scripts/plugin.sh stop >/dev/null 2>&1 || true' EXIT
 fi
-exec .venv/bin/python -m bench.run "$@"
+.venv/bin/python -m bench.run "$@"
