@@ -44,6 +44,7 @@ PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPR
 JUDGED = ("tcp", "udp", "icmp")     # what policy names; other protocols only by who holds the ends
 IPS_DST_NAT = 1 << 5
 NEVER = ("gone", "quarantined", "pending")  # holder states through which nothing passes
+SOCKET_TIMEOUT = 10.0   # s without an answer from ctnetlink before a delete gives up (OSError)
 
 Allowed = Callable[[tuple, tuple, str, Optional[int]], bool]
 Kept = Callable[[tuple, str, str, Optional[int]], bool]
@@ -271,18 +272,6 @@ def _tuple(t) -> Tuple:
     return Tuple(name, str(t.saddr), str(t.daddr), t.sport, t.dport)
 
 
-def _pyroute2_tuple(key):
-    """The original tuple to delete an entry by: pyroute2's (from a dump) as it is,
-    a raw one (from :mod:`plugin.kernel.ctindex`: ``(af, proto, src, dst, sport,
-    dport, icmp id, icmp type, icmp code)``) made into pyroute2's."""
-    if not isinstance(key, tuple):
-        return key
-    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
-    af, proto, src, dst, sport, dport, icmp_id, icmp_type, icmp_code = key
-    return NFCTAttrTuple(family=af, saddr=src, daddr=dst, proto=proto, sport=sport, dport=dport,
-                         icmp_id=icmp_id, icmp_type=icmp_type, icmp_code=icmp_code)
-
-
 class Kernel:
     """ctnetlink: every entry of both families; deletion by original tuple."""
 
@@ -303,24 +292,20 @@ class Kernel:
             sock.close()
 
     def delete(self, entries: Iterable[Entry]) -> int:
-        from pyroute2.conntrack import Conntrack
-        from pyroute2.netlink.exceptions import NetlinkError
-        deleted = 0
-        for family in (4, 6):
-            batch = [e for e in entries if e.family == family and e.key is not None]
-            if not batch:
-                continue
-            ct = Conntrack(nfgen_family=socket.AF_INET6 if family == 6 else socket.AF_INET)
-            try:
-                for e in batch:
-                    try:
-                        ct.entry("del", tuple_orig=_pyroute2_tuple(e.key))
-                        deleted += 1
-                    except NetlinkError as exc:  # ENOENT: it ended meanwhile
-                        log.debug("conntrack entry %s not deleted: %s", e.orig, exc)
-            finally:
-                ct.close()
-        return deleted
+        """Delete ``entries`` by their original tuples; how many the kernel deleted (one
+        that ended meanwhile is not counted). Raises OSError when ctnetlink refuses the
+        socket or ``SOCKET_TIMEOUT`` s pass without an answer."""
+        from plugin.kernel.ctindex import delete, raw_key
+        keys = [e.key if isinstance(e.key, tuple) else raw_key(e.key) for e in entries if e.key is not None]
+        if not keys:
+            return 0
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        try:
+            sock.settimeout(SOCKET_TIMEOUT)
+            sock.bind((0, 0))
+            return delete(sock, keys)
+        finally:
+            sock.close()
 
 
 class Flows:

@@ -160,3 +160,28 @@ def test_with_conntrack_events_off_the_index_answers_nothing_and_reads_dump(lab)
     finally:
         index.stop()
         lab.exec("sysctl", "-qw", "net.netfilter.nf_conntrack_events=2")
+
+
+@only("nftables")   # the conntrack writer itself: the backend plays no part
+def test_delete_removes_entries_of_every_family_and_protocol_and_counts_only_its_own(lab):
+    """Kernel.delete encodes each entry's original tuple itself (ports, ICMP id/type/code,
+    both families) and sends the requests in batches of 256: every entry it was given is
+    gone, the one it was not given stays, and one that ended before the call is not counted."""
+    insert(lab, "tcp", "10.236.0.2", "10.236.0.3", 41000, 80)
+    insert(lab, "udp", "fd00:236::2", "fd00:236::3", 41001, 53)
+    lab.exec("conntrack", "-I", "-p", "icmp", "-s", "10.236.0.2", "-d", "10.236.0.3", "--icmp-type", "8",
+             "--icmp-code", "0", "--icmp-id", "4242", "-t", "120")
+    lab.exec("conntrack", "-I", "-p", "icmpv6", "-s", "fd00:236::2", "-d", "fd00:236::3",
+             "--icmpv6-type", "128", "--icmpv6-code", "0", "--icmpv6-id", "4343", "-t", "120")
+    for port in range(42000, 42300):                       # more than one batch
+        insert(lab, "udp", "10.236.0.4", "10.236.0.5", port, 5000)
+    insert(lab, "udp", "10.236.0.9", "10.236.0.8", 41999, 53)   # not given: stays
+    kernel = NsKernel(lab.host)
+    doomed = kernel.entries(["10.236.0.2", "fd00:236::2", "10.236.0.4"])
+    assert len(doomed) == 304
+    ended = next(e for e in doomed if e.orig.sport == 42299)
+    conntrack(lab, "-D", "-p", "udp", "-s", "10.236.0.4", "--sport", "42299")
+    assert kernel.delete(doomed) == 303
+    assert kernel.entries(["10.236.0.2", "fd00:236::2", "10.236.0.4"]) == []
+    assert [e.orig.sport for e in kernel.entries(["10.236.0.9"])] == [41999]
+    assert kernel.delete([ended]) == 0

@@ -228,13 +228,15 @@ def test_a_watched_index_keeps_and_answers_only_its_subnets(rig):
 
 def test_entries_a_dump_found_are_discarded_by_their_pyroute2_tuple(rig):
     """claim() reads every entry: a dump, whose keys are pyroute2's tuples, not the index's."""
-    from plugin.kernel.conntrack import Entry, Tuple, _pyroute2_tuple
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+    from plugin.kernel.conntrack import Entry, Tuple
     rig.events.queue.append(message("new", "10.236.0.2", "10.236.0.3", sport=1))
     kept = rig.index.entries({"10.236.0.2"})
     assert len(kept) == 1
     raw = kept[0].key
     dumped = Entry(4, Tuple("tcp", "10.236.0.2", "10.236.0.3", 1, 80), Tuple("tcp", "10.236.0.3", "10.236.0.2", 80, 1),
-                   key=_pyroute2_tuple(raw))
+                   key=NFCTAttrTuple(**dict(zip(("family", "proto", "saddr", "daddr", "sport", "dport",
+                                                 "icmp_id", "icmp_type", "icmp_code"), raw))))
     Flows(CountingKernel([dumped]), index=rig.index)._delete([dumped])
     assert rig.index.entries({"10.236.0.2"}) == []
 
