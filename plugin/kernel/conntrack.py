@@ -20,7 +20,9 @@ original tuple (who opened the flow) and the source of the reply tuple (who
 answers it), with the reply's source port as the real destination port:
 what the filter hooks saw after DNAT. Both families, any protocol.
 
-Reads and deletions go over ctnetlink (pyroute2): no process per address.
+Reads and deletions go over ctnetlink, encoded and decoded by :mod:`plugin.kernel.ctindex`
+(pyroute2 waits for each request's answer in turn: far too slow for tens of thousands of
+entries): no process per address.
 """
 from __future__ import annotations
 

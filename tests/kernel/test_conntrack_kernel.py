@@ -1,4 +1,4 @@
-"""The conntrack writer against a real kernel (ctnetlink through pyroute2),
+"""The conntrack writer against a real kernel (ctnetlink),
 in the lab's own namespace: entries it deletes are gone, others stay, and a
 flow that a policy edit no longer allows stops with its next packet. Each
 test runs twice: reading the table by dumping it, and from the flow index
