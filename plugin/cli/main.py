@@ -36,6 +36,10 @@ def _print_status(data: dict) -> None:
               f"{d['refused']} refused at the bound ({d.get('bound_per_segment', '-')} per segment, "
               f"{d['bound_per_network']} per network, "
               f"{d['bound_total']} in all)")
+        budget = d.get("budget_drops")
+        print(f"dns: answers dropped before learning: "
+              f"{'unknown' if budget is None else budget} over a destination's budget, "
+              f"{d.get('queue_lost', 0)} queue overflow(s), {d.get('queue_dropped', 0)} cut")
 
 
 def _name_and_id(net: dict) -> str:

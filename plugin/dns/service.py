@@ -236,10 +236,20 @@ class DnsService:
 
     # --- the read side ----------------------------------------------------------------
     def status(self) -> dict:
-        """Counters for ``secnet status``: answers seen, addresses in force, refused at the bound."""
+        """Counters for ``secnet status``: answers seen, addresses in force, refused at the
+        bound; answers dropped before the learner (``budget_drops``: over one destination
+        address's budget, the named counter of ``dnsmarks``, None when it cannot be read;
+        ``queue_lost``: times the kernel reported answers it could not hand over, ENOBUFS;
+        ``queue_dropped``: answers that arrived cut and were dropped unread)."""
         learner = self.learner
+        try:
+            budget = self.marks.budget_drops()
+        except Exception as exc:  # NftError, OSError: the table is being repaired; say unknown
+            log.debug("DNS budget counter not read: %s", exc)
+            budget = None
         return {"queue": self.queue_num, "answers": learner.answers, "learned": len(self.store),
                 "refused": self.store.refused_total, "failures": learner.failures,
+                "budget_drops": budget, "queue_lost": self.queue.lost, "queue_dropped": self.queue.dropped,
                 "bound_per_segment": self.store.max_per_segment,
                 "bound_per_network": self.store.max_per_network, "bound_total": self.store.max_total}
 

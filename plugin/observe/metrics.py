@@ -112,6 +112,12 @@ class SecnetCollector:
                                     "force (per segment and rule).", value=d["learned"])
             yield CounterMetricFamily("secnet_dns_refused", "Addresses not allowed because the bound on "
                                       "learned addresses was reached (fail closed).", value=d["refused"])
+            if d.get("budget_drops") is not None:
+                yield CounterMetricFamily("secnet_dns_budget_drops", "DNS answers dropped before learning: "
+                                          "over one destination address's budget.", value=d["budget_drops"])
+            yield CounterMetricFamily("secnet_dns_queue_lost", "Times the kernel could not hand DNS answers "
+                                      "over to the daemon (queue overflow; they were dropped).",
+                                      value=d.get("queue_lost", 0))
 
 
 class Metrics:

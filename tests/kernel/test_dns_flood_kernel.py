@@ -185,6 +185,7 @@ def test_a_flood_past_one_members_budget_does_not_stop_other_members_answers(flo
         got = _received(flood)
         drops = rig.service.call(lambda: rig.service.obj.marks.budget_drops())
         assert drops > 0
+        assert rig.service.call(lambda: rig.service.obj.status())["budget_drops"] == drops   # secnet status
         rig.service.repair()                                  # a reconcile pass rewrites the table
         assert rig.service.call(lambda: rig.service.obj.marks.budget_drops()) == drops
         assert sent[0] > 2 * (1000 + 500 * elapsed), (sent[0], elapsed)   # the flood was past it

@@ -120,6 +120,7 @@ def test_service_targets_marks_and_learned_by_segment():
 class FakeDns:
     def status(self):
         return {"queue": 7, "answers": 12, "learned": 3, "refused": 1, "failures": 0,
+                "budget_drops": 40, "queue_lost": 2, "queue_dropped": 0,
                 "bound_per_segment": 4096, "bound_per_network": 16384, "bound_total": 65536}
 
     def learned(self, network_id):
@@ -134,10 +135,14 @@ def test_status_and_metrics_report_dns_learning(env, capsys):
     status, data = env.post("status", {})
     assert status == 200 and data["dns"]["learned"] == 3
     _print_status(data)
+    out = capsys.readouterr().out
     assert ("dns: 3 address(es) learned from 12 answer(s); 1 refused at the bound (4096 per segment, "
-            "16384 per network, 65536 in all)") in capsys.readouterr().out
+            "16384 per network, 65536 in all)") in out
+    assert ("dns: answers dropped before learning: 40 over a destination's budget, 2 queue overflow(s), "
+            "0 cut") in out
     samples = {s["name"]: s["value"] for s in env.post("metrics", {})[1]["samples"]}
     assert samples["secnet_dns_learned"] == 3 and samples["secnet_dns_refused_total"] == 1
+    assert samples["secnet_dns_budget_drops_total"] == 40 and samples["secnet_dns_queue_lost_total"] == 2
     assert samples["secnet_dns_answers_total"] == 12
     assert env.post("show", {"network": NID})[1]["dns"] == []
 
