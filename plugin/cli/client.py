@@ -29,6 +29,10 @@ class CliError(Exception):
     pass
 
 
+class UsageError(CliError):
+    """The command line itself is wrong (exit status 2, as argparse's own usage errors)."""
+
+
 class DaemonUnreachable(CliError):
     """The daemon's socket does not answer (it is down or restarting)."""
 

@@ -98,7 +98,7 @@ def test_an_edit_without_rules_is_refused_and_clear_removes_them(env, action, ru
 def test_the_cli_refuses_an_edit_without_rules(monkeypatch, capsys, argv, problem):
     monkeypatch.setattr(cli, "call", lambda *a, **k: pytest.fail("sent to the daemon"))
     monkeypatch.setattr(cli, "resolve_network", lambda ref: NID)
-    assert cli.main(argv) != 0
+    assert cli.main(argv) == 2   # a usage error, as argparse's own (U25-F3: was 1)
     err = capsys.readouterr().err
     assert problem in err and len(err.strip().splitlines()) == 1
 
