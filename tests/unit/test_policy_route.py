@@ -230,3 +230,15 @@ def test_a_refused_change_is_taken_back_from_the_state_and_the_datapath(env):
     assert code == 500
     assert applied == [["web->api:tcp/80", "db->web:tcp/5432"], ["web->api:tcp/80"]]
     assert saved_rules(env) == ["web->api:tcp/80"]
+
+
+def test_a_full_state_disk_is_a_one_line_answer_that_names_it(env):
+    """U24-F2: every CLI change said "internal error: OperationalError" on a full disk."""
+    import sqlite3
+
+    def full(rec, edit=None):
+        raise sqlite3.OperationalError("database or disk is full")
+    env.state.put_network = full
+    code, body = env.post({"action": "add", "rules": ["db->web:tcp/5432"]})
+    assert (code, body) == (503, {"Err": "cannot save or read the daemon's state: database or disk is full"})
+    assert env.reconciler.calls == []      # saved first: nothing reached the datapath
