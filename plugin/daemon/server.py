@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -50,6 +51,7 @@ def build(settings: Settings):
     return create_app(daemon.driver, daemon.api), daemon
 
 
+WORKER_BOOT_ERROR = 3   # gunicorn.arbiter.Arbiter.WORKER_BOOT_ERROR: the master halts instead of forking again
 NAMESPACE_LOCK = "secnet-plugin.daemon"   # an abstract unix socket name: one per network namespace
 
 
@@ -171,8 +173,17 @@ class _Gunicorn(BaseApplication):
             self.cfg.set(key, value)
 
     def load(self):
+        """The worker's app. A state database that cannot be read stops the daemon with
+        one line (gunicorn's WORKER_BOOT_ERROR, 3: the master does not retry), not a
+        traceback (U24-F3); the kernel is left as it is."""
         leanmaster.restore_in_worker()
-        app, self.daemon = build(self.settings)
+        try:
+            app, self.daemon = build(self.settings)
+        except sqlite3.DatabaseError as exc:
+            log.error("cannot read the state database in %s: %s; the daemon stops and the kernel is left "
+                      "as it is (moved aside, the next start begins empty and removes every secnet "
+                      "network's kernel objects)", self.settings.state_dir, exc)
+            sys.exit(WORKER_BOOT_ERROR)
         return Trimmer().start().wrap(app)
 
 

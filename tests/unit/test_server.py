@@ -90,3 +90,17 @@ def test_a_state_dir_that_cannot_be_made_is_one_line(tmp_path):
     with pytest.raises(SystemExit) as err:
         server.hold_instance_lock(str(tmp_path / "file" / "state"), wait=0.1, name="secnet-test-unused")
     assert str(err.value).startswith("secnet-plugin: cannot use the state directory ") and "\n" not in str(err.value)
+
+
+def test_a_state_database_that_cannot_be_read_stops_the_worker_with_one_line(tmp_path, caplog):
+    """U24-F3: garbage in state.db stopped the daemon with a traceback."""
+    import logging
+    from plugin.config import Settings
+    from plugin.daemon import server
+    (tmp_path / "state.db").write_bytes(b"this is not an SQLite database" * 100)
+    app = server._Gunicorn(Settings.from_env({"SECNET_STATE_DIR": str(tmp_path), "SECNET_DNS": "0"}))
+    with caplog.at_level(logging.ERROR, logger="secnet"), pytest.raises(SystemExit) as stop:
+        app.load()
+    assert stop.value.code == server.WORKER_BOOT_ERROR
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "secnet"]
+    assert line.startswith(f"cannot read the state database in {tmp_path}: file is not a database")
