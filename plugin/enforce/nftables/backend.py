@@ -148,10 +148,13 @@ class NftBackend(fqdn.FqdnMethods):
             self._write(net, real, delta, lambda: self._set_ports(real, ports, delta), grouped)
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
-                     policy: Optional[PolicyMap] = None) -> None:
+                     policy: Optional[PolicyMap] = None, grouped: bool = False) -> None:
         """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
         element delta: e.g. a join that brings a new segment is one transaction.
-        ``policy``: the map after ``delta`` if the caller has it (saves a copy)."""
+        ``policy``: the map after ``delta`` if the caller has it (saves a copy);
+        ``grouped``: as :meth:`apply_ports`' (a new segment's CreateEndpoint makes the
+        veth in the group right after this: no group request of ours, which would only
+        find no device and cost a netlink lookup)."""
         with self._lock:
             real = self._realized(net)
             policy = real.policy.apply(delta) if policy is None else policy
@@ -172,7 +175,7 @@ class NftBackend(fqdn.FqdnMethods):
             def done():
                 self._set_ports(real, ports, changed)
                 real.policy, real.settings, real.spec = policy, settings, net
-            self._write(net, real, changed, done)
+            self._write(net, real, changed, done, grouped)
 
     @staticmethod
     def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
