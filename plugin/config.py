@@ -49,7 +49,7 @@ def metrics_address(addr: str) -> tuple:
     """``(host, port)`` of SECNET_METRICS_ADDR ``host:port`` (IPv6 as ``[::1]:9100``; an
     empty host: every IPv4 address). Raises ValueError, one line, for anything else."""
     host, sep, port = addr.strip().rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"invalid SECNET_METRICS_ADDR {addr!r}: allowed host:port, port 1..65535 "
                          "(e.g. 127.0.0.1:9100, [::1]:9100)")
     return host.strip("[]") or "0.0.0.0", int(port)

@@ -22,17 +22,37 @@ PENDING = "pending: the container's segment is not known yet, all its traffic is
 
 
 def parse_service(text: str) -> tuple:
-    """``tcp/8080`` -> ("tcp", 8080); ``icmp`` -> ("icmp", None); ``tcp`` -> every port."""
+    """``tcp/8080`` -> ("tcp", 8080); ``icmp`` -> ("icmp", None); ``tcp`` -> every port;
+    ``any`` (as in a rule) -> ("any", None): every protocol and port at once. Raises
+    PolicyError (one line) for anything else; a port is ASCII digits 1-65535, as in
+    the rule grammar."""
     proto, slash, port = (text or "").strip().lower().partition("/")
-    if proto not in FLOW_PROTOCOLS:
-        raise PolicyError(f"unknown protocol in '{shown(text)}' (use tcp[/PORT], udp[/PORT] or icmp)")
+    if proto not in FLOW_PROTOCOLS + ("any",):
+        raise PolicyError(f"unknown protocol in '{shown(text)}' (use tcp[/PORT], udp[/PORT], icmp or any)")
     if not slash:
         return proto, None
-    if proto == "icmp":
-        raise PolicyError(f"icmp takes no port: '{shown(text)}'")
-    if not port.isdigit() or not 1 <= int(port) <= 65535:
+    if proto in ("icmp", "any"):
+        raise PolicyError(f"{proto} takes no port: '{shown(text)}'")
+    if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:
         raise PolicyError(f"invalid port in '{shown(text)}' (1-65535)")
     return proto, int(port)
+
+
+def _every_protocol(compiled, src_end: tuple, dst_end: tuple, learned) -> Verdict:
+    """``any``: allowed only when tcp and udp (every port) and icmp all are; the rule is
+    the first protocol's, the others' rules follow in ``also``; denied: the first
+    protocol that is, named in the reason."""
+    found = [(proto, verdict(compiled, src_end, dst_end, proto, None, learned)) for proto in FLOW_PROTOCOLS]
+    for proto, result in found:
+        if not result.allowed:
+            return Verdict(False, None, f"not every protocol: {proto}: {result.reason}")
+    rules = []
+    for _proto, result in found:
+        for rule in (result.origin, *result.also):
+            if rule is not None and rule not in rules:
+                rules.append(rule)
+    first = found[0][1]
+    return Verdict(True, rules[0] if rules else None, first.reason, first.answer, tuple(rules[1:]))
 
 
 def _address(text: str) -> Optional[str]:
@@ -178,7 +198,9 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
     if "pending" in (src_end[0], dst_end[0]):
         result = Verdict(False, None, PENDING)
         ends = [e if e[0] != "pending" else ("segment", compiled.segments[0]) for e in (src_end, dst_end)]
-        verdict(compiled, ends[0], ends[1], proto, port)  # still refuses a question that names no flow
+        verdict(compiled, ends[0], ends[1], "tcp" if proto == "any" else proto, port)  # still refuses a question that names no flow
+    elif proto == "any":
+        result = _every_protocol(compiled, src_end, dst_end, learned)
     else:
         result = verdict(compiled, src_end, dst_end, proto, port, learned)
     # --internal is Docker's setting, not policy: audit mode drops what leaves or enters

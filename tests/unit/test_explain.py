@@ -36,18 +36,32 @@ def compiled(rules="web->api:tcp/8080 api->db:tcp/5432 *->db:icmp web->[2001:db8
 
 @pytest.mark.parametrize("text, want", [
     ("tcp/8080", ("tcp", 8080)), ("UDP/53", ("udp", 53)), ("icmp", ("icmp", None)),
-    ("tcp", ("tcp", None)), (" udp/1 ", ("udp", 1)), ("tcp/65535", ("tcp", 65535)),
+    ("tcp", ("tcp", None)), (" udp/1 ", ("udp", 1)), ("tcp/65535", ("tcp", 65535)), ("ANY", ("any", None)),
 ])
 def test_parse_service(text, want):
     assert parse_service(text) == want
 
 
 @pytest.mark.parametrize("text", ["", "sctp/1", "tcp/0", "tcp/65536", "tcp/80-90", "icmp/8",
-                                  "tcp/http", "any", "tcp/-1", "tcp/", "icmp/"])
+                                  "tcp/http", "any/80", "tcp/-1", "tcp/", "icmp/", "tcp/\u00b2", "tcp/\u0661\u0662"])
 def test_bad_services_are_one_line_errors(text):
     with pytest.raises(PolicyError) as err:
         parse_service(text)
     assert "\n" not in str(err.value)
+
+
+def test_any_asks_about_every_protocol_at_once():
+    """U25-F2: ``any`` as in a rule: allowed only when tcp and udp (every port) and icmp
+    are; the rules that allow them are named."""
+    c = compiled(rules="monitor->*  web->api:tcp/8080 web->api:udp web->api:icmp web->api:tcp")
+    assert explain(c, ENDPOINTS, "monitor", "db1", "any")["allowed"]
+    assert explain(c, ENDPOINTS, "monitor", "db1", "any")["rule"] == "monitor->*"
+    both = explain(c, ENDPOINTS, "web1", "api1", "any")
+    assert both["allowed"] and {both["rule"], *both["also"]} == {"web->api:tcp", "web->api:udp", "web->api:icmp"}
+    denied = explain(c, ENDPOINTS, "api1", "db1", "any")
+    assert not denied["allowed"] and denied["reason"].startswith("not every protocol: tcp: ")
+    partly = explain(compiled(), ENDPOINTS, "web1", "db1", "any")   # *->db:icmp only
+    assert not partly["allowed"] and partly["reason"].startswith("not every protocol: tcp")
 
 
 def test_resolve_by_container_name_id_address_and_segment():
