@@ -48,6 +48,10 @@ def _schema(family: str, name: str, key: tuple, value: Optional[tuple] = None,
 _schema("inet", "id4", ("ip4",), ("mark",))
 _schema("inet", "id6", ("ip6",), ("mark",))
 _schema("inet", "pol_port", ("mark", "mark", "proto", "port"))
+#: the counters of ``pol_port``'s elements: a dynamic set of the same key that the datapath
+#: fills with a flow's first packet (``ruleset._policy_chains``), not a counter per element
+#: of ``pol_port`` (see :data:`COUNTED_IN`)
+_schema("inet", "hit_port", ("mark", "mark", "proto", "port"))
 _schema("inet", "pol_range", ("mark", "mark", "proto", "port"), interval=True)
 _schema("inet", "pol_proto", ("mark", "mark", "proto"))
 _schema("inet", "pol_icmp", ("mark", "mark"))
@@ -86,6 +90,14 @@ _schema("bridge", "iaudits6", ("ifname", "ip6"))
 _INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
     f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any"))
+#: policy sets whose elements carry no counter: their elements are counted in the named
+#: dynamic set, which holds an element (with its counter) only once a packet matched one. A
+#: per-element counter is a per-CPU allocation in the kernel for every element added: a
+#: ``policy set`` of 10,000 rules spent ~35 % of its transaction on them (bench/results/
+#: 2026-12-01-pset.md); a hit set pays it per rule that sees traffic, in the datapath.
+COUNTED_IN = {"pol_port": "hit_port"}
+HIT_SETS = tuple(COUNTED_IN.values())
+HIT_SET_SIZE = 262144   # elements of a hit set: beyond it a rule's first hit passes uncounted
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit", "intra")
 PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
              "na6", "ll6", "arp4", "pid", "pidk")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import struct
 
 from .elements import SCHEMAS
@@ -138,6 +139,16 @@ def decode_mark_port(key: bytes) -> tuple:
 def decode_port_address(key: bytes) -> tuple:
     """(port name, address text) of an ``ifname . ipv4_addr`` or ``ifname . ipv6_addr`` key."""
     return key[:16].split(b"\0", 1)[0].decode(), str(ipaddress.ip_address(key[16:]))
+
+
+_PORT_KEY = struct.Struct("=IIB3xH2x")
+
+
+def decode_port_key(key: bytes) -> tuple:
+    """A ``mark . mark . inet_proto . inet_service`` key (16 bytes: ``pol_port``'s,
+    ``hit_port``'s) as its element ``(src, dst, protocol number, port)``."""
+    src, dst, proto, port = _PORT_KEY.unpack(key)
+    return src, dst, proto, socket.ntohs(port)
 
 
 def decode_pair(key: bytes) -> tuple:
