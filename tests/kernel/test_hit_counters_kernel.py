@@ -135,3 +135,26 @@ def test_a_full_hit_set_passes_what_the_rules_allow_uncounted(lab, monkeypatch):
     assert "size 1" in _set(lab, "hit_port")
     assert [probe_tcp(web, api.ip4, p) for p in (8080, 5432, 9000)] == ["ok", "ok", "timeout"]
     assert _allowed(lab, 8080) >= 1 and _allowed(lab, 5432) == 0
+
+
+def test_a_set_that_keeps_a_few_rules_flushes_and_their_counts_go_on(lab):
+    """Most of pol_port replaced, one rule kept: the set is flushed and the kept element
+    added back in the same transaction (``ElementDelta.kept``); the kept rule keeps its
+    count (its hit is not touched), the replaced ones are out of force."""
+    web, api = lab.add(2)
+    old = [f"web->api:tcp/{p}" for p in range(9000, 9008)]
+    lab.apply(" ".join([RULE] + old), {web: "web", api: "api"}, intra="deny")
+    assert probe_tcp(web, api.ip4, 8080) == "ok"
+    counted = _allowed(lab, 8080)
+    assert counted >= 1
+    calls = []
+    real = lab.backend.obj.writer.apply
+    lab.backend.obj.writer.apply = lambda table, delta: (calls.append(delta), real(table, delta))[1]
+    lab.update(" ".join([RULE, "web->api:tcp/5432"]))
+    assert len(calls) == 1 and calls[0].flush == {"pol_port"}, calls
+    held = _set(lab, "pol_port")
+    assert "8080" in held and "5432" in held and "9000" not in held, held
+    assert lab.drift() == []
+    assert _allowed(lab, 8080) == counted
+    assert [probe_tcp(web, api.ip4, p) for p in (8080, 5432, 9001)] == ["ok", "ok", "timeout"]
+    assert _allowed(lab, 8080) > counted

@@ -168,6 +168,7 @@ class NftBackend(fqdn.FqdnMethods):
             changed.delete.update(elements.delete)
             changed.add.update(elements.add)
             changed.flush.update(elements.flush)
+            changed.kept.update(elements.kept)
             self._forget_hits(net, real, changed)
 
             def done():

@@ -97,6 +97,9 @@ POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tu
 #: 2026-12-01-pset.md); a hit set pays it per rule that sees traffic, in the datapath.
 COUNTED_IN = {"pol_port": "hit_port"}
 HIT_SETS = tuple(COUNTED_IN.values())
+#: a set of :data:`COUNTED_IN` is flushed (and what stays added back) when it keeps at most
+#: one element per this many deleted: an add costs the kernel more than a deletion
+KEPT_PER_DELETED = 4
 HIT_SET_SIZE = 262144   # elements of a hit set: beyond it a rule's first hit passes uncounted
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit", "intra")
 PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
@@ -207,11 +210,19 @@ class ElementDelta:
     """Elements to delete and add, per set: ``{set: {element: value or None}}``; deletions
     come first in the transaction (a piece cut anew is deleted before its successors are added).
     ``flush``: sets of ``delete`` that lose every element (a ``policy set`` replacing every rule),
-    emptied by the netlink writer with one flush (kernel ~0.91x at 10,000: ``bench.nft_swap``)."""
+    emptied by the netlink writer with one flush (kernel ~0.91x at 10,000: ``bench.nft_swap``).
+    ``kept``: ``{set: {element: None}}`` of a flushed set's elements that stay (neither in
+    ``delete`` nor in ``add``): the writer adds them back after the flush, in the same
+    transaction. Only a set whose elements carry no counter (:data:`COUNTED_IN`) is flushed
+    with elements kept (their counts are in its hit set), and only when few stay
+    (:data:`KEPT_PER_DELETED`): a ``policy set`` that keeps a few rules of 10,000 is one
+    flush and the adds (kernel 0.90x of the deletions and adds: figures in
+    bench/results/2026-12-01-pset.md)."""
 
     delete: dict = field(default_factory=lambda: defaultdict(dict))
     add: dict = field(default_factory=lambda: defaultdict(dict))
     flush: set = field(default_factory=set)
+    kept: dict = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -265,8 +276,22 @@ class PolicyElements:
             self.groups, self._peak = {n: dict(groups) for n, groups in self.groups.items() if groups}, count
         for name, group in cut:
             self._cut(name, group, delta)
-        delta.flush.update(name for name, gone in delta.delete.items() if gone and len(gone) == held.get(name))
+        self._flushes(held, delta)
         return delta
+
+    def _flushes(self, held: dict, delta: ElementDelta) -> None:
+        """Name in ``delta.flush`` the sets without intervals that lose every element (``held``:
+        their element counts before), and those of :data:`COUNTED_IN` that keep at most one
+        element per :data:`KEPT_PER_DELETED` deleted (those in ``delta.kept``)."""
+        for name, gone in delta.delete.items():
+            before = held.get(name)
+            if not gone or before is None:
+                continue
+            if len(gone) == before:
+                delta.flush.add(name)
+            elif name in COUNTED_IN and (before - len(gone)) * KEPT_PER_DELETED <= len(gone):
+                delta.flush.add(name)
+                delta.kept[name] = dict.fromkeys(self.groups.get(name, {}).keys() - delta.add.get(name, {}).keys())
 
     def _remove(self, removed: Iterable, cut: dict, gone: dict) -> None:
         """``gone``: ``{set: {element: None}}`` of the elements whose groups emptied."""
