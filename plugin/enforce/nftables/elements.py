@@ -291,7 +291,9 @@ class PolicyElements:
                 delta.flush.add(name)
             elif name in COUNTED_IN and (before - len(gone)) * KEPT_PER_DELETED <= len(gone):
                 delta.flush.add(name)
-                delta.kept[name] = dict.fromkeys(self.groups.get(name, {}).keys() - delta.add.get(name, {}).keys())
+                kept = set(self.groups.get(name, ()))   # (set and dict ops on their stored hashes)
+                kept.difference_update(delta.add.get(name, {}))
+                delta.kept[name] = dict.fromkeys(kept)
 
     def _remove(self, removed: Iterable, cut: dict, gone: dict) -> None:
         """``gone``: ``{set: {element: None}}`` of the elements whose groups emptied."""

@@ -59,10 +59,10 @@ def add(sets: dict, ports: list, groups: list, gone: dict, born: dict) -> bool:
     if not ports:
         return True
     table = sets.setdefault(NAME, {})
-    if any(map(table.__contains__, groups)) or len(set(groups)) != len(groups):
+    fresh = dict.fromkeys(groups)   # (one hashing pass: the test for twins and the delta's dict)
+    if len(fresh) != len(groups) or any(map(table.__contains__, groups)):
         return False
     table.update(zip(groups, ports))
-    fresh = dict.fromkeys(groups)
     emptied = gone.get(NAME)
     if emptied:
         again = emptied.keys() & fresh.keys()
