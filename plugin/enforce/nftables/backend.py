@@ -24,7 +24,7 @@ from . import counting, fqdn, kernel, ruleset
 from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver
 from .elements import (COUNTED_IN, PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
-from .netlink import ElementWriter, identifier
+from .netlink import ElementWriter, encoder, identifier
 from .nftdump import decode_pair, decode_port_address, decode_port_key
 from .nflog import NflogReader
 from .brhooks import MADE_ON, BridgeHooks, available as brnf_available
@@ -32,6 +32,7 @@ from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 
 log = logging.getLogger(__name__)
+FEW_HITS = 8   # a delta of up to this many elements of a counted set looks their hits up one by one
 
 
 @dataclass
@@ -183,18 +184,24 @@ class NftBackend(fqdn.FqdnMethods):
         counts do not hold a hit set's room. Only when ``delta`` changes such a set; its hits
         are read first (one dump: the rules that saw traffic). A hit made between that read and
         the commit by a rule this delta removes is deleted by the next such delta (it is never
-        reported: counters read only the elements in force)."""
+        reported: counters read only the elements in force). A delta of up to :data:`FEW_HITS`
+        elements of the set asks for their hits alone (one lookup each, not a dump of every
+        rule that saw traffic: a one-rule edit's cost stays that of one rule)."""
         table = ruleset.table_name(net.id)
         for name, hits_name in COUNTED_IN.items():
-            born = delta.add.get(name)
-            if not delta.delete.get(name) and not born:
+            gone, born = delta.delete.get(name), delta.add.get(name)
+            if not gone and not born:
                 continue
             try:
-                hits = self._hits(table, hits_name)
+                if self.writer is not None and len(gone or ()) + len(born or ()) <= FEW_HITS:
+                    # a few rules (an add, a remove): their hits alone, whatever the set holds
+                    stale = self.writer.held(table, hits_name, [*(gone or ()), *(born or ())],
+                                             encoder(hits_name, key_only=True))
+                else:
+                    held = real.policy_elements.groups.get(name, {})
+                    stale = [h for h in self._hits(table, hits_name) if h not in held or (born and h in born)]
             except (NftError, OSError):   # a table of an older FORMAT: its elements count
                 continue
-            held = real.policy_elements.groups.get(name, {})
-            stale = [h for h in hits if h not in held or (born and h in born)]
             if stale:
                 delta.delete[hits_name].update(dict.fromkeys(stale))
 

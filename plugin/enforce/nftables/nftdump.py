@@ -11,6 +11,7 @@ type-length-value records padded to 4 bytes; nested ones set
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -20,6 +21,8 @@ from .elements import SCHEMAS
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETSETELEM = 13
+NFT_MSG_GETSET = 10
+_NESTED = 0x8000
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 11
@@ -220,6 +223,44 @@ class TableReader:
             while not self._read_dump(sock.recv(1 << 20), out):
                 pass
             return out
+
+    def held(self, table: str, name: str, elements: list, encode) -> list:
+        """The elements of ``elements`` that set ``name`` holds: one ``NFT_MSG_GETSETELEM``
+        (not a dump) per element, answered with the element or ENOENT. ``encode``: element ->
+        its ``NFTA_LIST_ELEM`` attribute (key only). For a few elements of a set that may
+        hold many. Raises OSError (ENOENT of a missing table or set too)."""
+        with self._lock:
+            family = FAMILIES[SCHEMAS[name][0]]
+            head = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                    + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+            sock, found = self._socket(), []
+            for element in elements:
+                sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, family,
+                                        head + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | _NESTED, encode(element)),
+                                        NLM_F_REQUEST))
+                got: list = []
+                try:
+                    _messages_of(sock.recv(1 << 16), got)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT or not self._set_exists(sock, family, head):
+                        raise
+                    continue
+                if got:
+                    found.append(element)
+            return found
+
+    def _set_exists(self, sock, family: int, head: bytes) -> bool:
+        """Whether the set of ``head`` (its table and name attributes) exists: an ENOENT of
+        ``held`` is then the element's (asked with ``NFT_MSG_GETSET``, ``NFTA_SET_TABLE`` and
+        ``NFTA_SET_NAME`` being attributes 1 and 2 as in the element list)."""
+        sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, family, head, NLM_F_REQUEST))
+        try:
+            _messages_of(sock.recv(1 << 16), [])
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return False
+            raise
+        return True
 
     @staticmethod
     def _read_dump(buf: bytes, out: dict) -> bool:
