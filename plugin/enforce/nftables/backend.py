@@ -200,7 +200,7 @@ class NftBackend(fqdn.FqdnMethods):
                 else:
                     held = real.policy_elements.groups.get(name, {})
                     stale = [h for h in self._hits(table, hits_name) if h not in held or (born and h in born)]
-            except (NftError, OSError):   # a table of an older FORMAT: its elements count
+            except (NftError, OSError):   # a table of an older FORMAT (no hit set): its elements count
                 continue
             if stale:
                 delta.delete[hits_name].update(dict.fromkeys(stale))

@@ -21,7 +21,6 @@ from .elements import SCHEMAS
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETSETELEM = 13
-NFT_MSG_GETSET = 10
 _NESTED = 0x8000
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
@@ -226,9 +225,10 @@ class TableReader:
 
     def held(self, table: str, name: str, elements: list, encode) -> list:
         """The elements of ``elements`` that set ``name`` holds: one ``NFT_MSG_GETSETELEM``
-        (not a dump) per element, answered with the element or ENOENT. ``encode``: element ->
-        its ``NFTA_LIST_ELEM`` attribute (key only). For a few elements of a set that may
-        hold many. Raises OSError (ENOENT of a missing table or set too)."""
+        (not a dump) per element, answered with the element or ENOENT (also when the set or
+        the table is missing: then it holds none). ``encode``: element -> its
+        ``NFTA_LIST_ELEM`` attribute (key only). For a few elements of a set that may hold
+        many. Raises OSError for other refusals."""
         with self._lock:
             family = FAMILIES[SCHEMAS[name][0]]
             head = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
@@ -242,25 +242,12 @@ class TableReader:
                 try:
                     _messages_of(sock.recv(1 << 16), got)
                 except OSError as exc:
-                    if exc.errno != errno.ENOENT or not self._set_exists(sock, family, head):
+                    if exc.errno != errno.ENOENT:
                         raise
                     continue
                 if got:
                     found.append(element)
             return found
-
-    def _set_exists(self, sock, family: int, head: bytes) -> bool:
-        """Whether the set of ``head`` (its table and name attributes) exists: an ENOENT of
-        ``held`` is then the element's (asked with ``NFT_MSG_GETSET``, ``NFTA_SET_TABLE`` and
-        ``NFTA_SET_NAME`` being attributes 1 and 2 as in the element list)."""
-        sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSET, family, head, NLM_F_REQUEST))
-        try:
-            _messages_of(sock.recv(1 << 16), [])
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return False
-            raise
-        return True
 
     @staticmethod
     def _read_dump(buf: bytes, out: dict) -> bool:
