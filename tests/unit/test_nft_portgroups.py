@@ -110,3 +110,18 @@ def test_a_set_of_uncounted_elements_that_keeps_a_few_is_flushed_and_they_are_ad
         assert delta.flush == {"pol_port"} and delta.kept == {"pol_port": {group: None}}
         assert len(delta.delete["pol_port"]) == 200 and group not in delta.add["pol_port"]
         assert set(state.flat()["pol_port"]) == {(e.src, e.dst, 6, e.lo) for e in b}
+
+
+def test_a_removal_that_is_not_the_plain_case_leaves_the_groups_as_they_were():
+    """remove() takes the groups out before it compares them: a batch with an entry absent,
+    or one whose group holds another entry, puts back what it took and says so."""
+    a = _ports("r", 50)
+    state = PolicyElements.of(a)
+    table = dict(state.groups["pol_port"])
+    absent = PolicyEntry(256, 300, "tcp", 9, 9, "absent")
+    other = next(iter(a))._replace(rule="another rule")
+    for batch in (list(a) + [absent], [other] + list(a)[1:]):
+        (ports, groups), _rest = portgroups.split(batch)
+        gone = {"pol_port": {}}
+        assert portgroups.remove(state.groups, ports, groups, gone) is False
+        assert state.groups["pol_port"] == table and not gone["pol_port"]
