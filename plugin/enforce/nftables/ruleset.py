@@ -27,7 +27,11 @@ Kernel background. Each secnet network gets two tables named
   (``pol_*``), of ``identity . address [...]`` in the CIDR sets
   (``eg*``/``in*``), and of the setting sets (``egress_allow``,
   ``internal``, ``audit``, ``restricted``). Their elements come from
-  ``elements``; every set of the policy has per-element counters.
+  ``elements``; every set of the policy has per-element counters, but for
+  ``pol_port`` (one-port rules, most of a large policy), whose matches are
+  counted in the dynamic set ``hit_port`` of the same key: an element (with its
+  counter) is made there by the first packet that matches it, so a policy edit
+  adds and deletes plain elements (``elements.COUNTED_IN``).
 
 So the rules never change while the network lives: a join, a leave, a
 policy edit, a new segment, a quarantine or a mode switch is a set-element
@@ -54,7 +58,7 @@ from .bridgetable import render_bridge
 from .nfttext import rules as _rules, set_declaration, table_name
 from .runner import PASSED_MARK
 
-FORMAT = 15   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 16   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 #: the ``ct mark`` bit of a flow that this table judged and let through (chain ``pass``).
 #: A flow's later packets pass on its conntrack state alone only with it (or once answered,
@@ -152,6 +156,11 @@ def _policy_chains() -> list:
     ported = "meta l4proto . th dport"
     east_west = _rules(
         "east_west",
+        # a one-port rule's element is counted in the hit set (its first match makes its
+        # element there, with the counter): pol_port's elements carry none (COUNTED_IN)
+        f"{pair} . {ported} @pol_port update @hit_port {{ {pair} . {ported} }} goto pass",
+        # (the hit set full, or no memory for its element: the update fails, the rule
+        # above does not match; the flow is allowed all the same, uncounted)
         f"{pair} . {ported} @pol_port goto pass",
         f"{pair} . {ported} @pol_range goto pass",
         f"{pair} . meta l4proto @pol_proto goto pass",
