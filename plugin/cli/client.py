@@ -29,6 +29,10 @@ class CliError(Exception):
     pass
 
 
+class UsageError(CliError):
+    """The command line itself is wrong (exit status 2, as argparse's own usage errors)."""
+
+
 class DaemonUnreachable(CliError):
     """The daemon's socket does not answer (it is down or restarting)."""
 
@@ -66,6 +70,11 @@ class BadAnswer(Exception):
     """The peer's answer is not HTTP."""
 
 
+class AnswerLost(OSError):
+    """The request was sent whole, then no answer came (timeout, closed): what it asked
+    may have been done."""
+
+
 def exchange(path: str, method: str, target: str, body: bytes | None = None,
              timeout: float = 30.0) -> tuple:
     """One HTTP/1.0 request on the unix socket at ``path``; ``(status, body bytes)``.
@@ -73,7 +82,7 @@ def exchange(path: str, method: str, target: str, body: bytes | None = None,
     HTTP/1.0: the server closes the connection after its answer and never chunks it
     (gunicorn and the engine both). The body ends at its ``Content-Length`` or at the
     close. Raises OSError (no socket, refused, timeout) and BadAnswer (an answer that
-    is not HTTP)."""
+    is not HTTP); AnswerLost, an OSError, when the request was sent and no whole answer came."""
     head = f"{method} {target} HTTP/1.0\r\nHost: localhost\r\n"
     if body is not None:
         head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
@@ -82,7 +91,12 @@ def exchange(path: str, method: str, target: str, body: bytes | None = None,
         sock.settimeout(timeout)
         sock.connect(path)
         sock.sendall(head.encode() + b"\r\n" + (body or b""))
-        return _answer(sock)
+        try:
+            return _answer(sock)
+        except AnswerLost:
+            raise
+        except OSError as exc:   # a timeout, a reset
+            raise AnswerLost(str(exc) or type(exc).__name__) from None
     finally:
         sock.close()
 
@@ -97,6 +111,8 @@ def _answer(sock) -> tuple:
         data += chunk
         if end < 0 and (end := data.find(b"\r\n\r\n")) >= 0:
             length = _content_length(data[:end])
+    if not data:
+        raise AnswerLost("the connection was closed without an answer")
     if end < 0:
         raise BadAnswer("no HTTP header in the answer")
     status = bytes(data[:end]).split(b" ", 2)
@@ -119,6 +135,10 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
     sock = socket_path()
     try:
         _status, raw = exchange(sock, "POST", path, json.dumps(body).encode(), timeout)
+    except AnswerLost as exc:
+        raise DaemonUnreachable(f"the secnet daemon at {sock} took the request but did not answer ({exc}):"
+                                " a change it asked for may be in force or not; look before trying again"
+                                " (secnet policy NETWORK, secnet mode NETWORK)") from None
     except (OSError, BadAnswer) as exc:
         hint = "" if os.path.exists(sock) else \
             " (is the daemon running? for a managed plugin set SECNET_SOCKET to its socket)"

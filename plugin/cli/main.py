@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 from plugin.cli import format as fmt
 from plugin.cli import client
-from plugin.cli.client import CliError, DaemonUnreachable, call, network_names, resolve_network
+from plugin.cli.client import CliError, DaemonUnreachable, UsageError, call, network_names, resolve_network
 
 
 # --- output -----------------------------------------------------------------
@@ -104,12 +104,12 @@ def cmd_show(args) -> dict:
 
 def cmd_policy(args) -> dict:
     if args.action == "clear" and args.rules:
-        raise CliError("policy clear takes no RULE (it removes every rule); to replace them: set RULE...")
+        raise UsageError("policy clear takes no RULE (it removes every rule); to replace them: set RULE...")
     if args.action in EDITS and not any(map(str.strip, args.rules)):
-        raise CliError(f"policy {args.action} needs at least one RULE (none given: an empty variable?)"
+        raise UsageError(f"policy {args.action} needs at least one RULE (none given: an empty variable?)"
                        + ("; to remove every rule: secnet policy NETWORK clear" if args.action == "set" else ""))
     if args.action is None and args.rules:
-        raise CliError("use: secnet policy NETWORK [set|add|remove RULE... | clear]")
+        raise UsageError("use: secnet policy NETWORK [set|add|remove RULE... | clear]")
     # an edit prints one line; only --json (and printing the rules) needs them all back
     body = {"network": resolve_network(args.network), "action": args.action or "get",
             "rules": args.rules, "list": args.json or args.action is None}
@@ -218,7 +218,7 @@ def parser():
 
         def error(self, message):
             command = self.prog.partition(" ")[2]
-            raise CliError(f"{command}: {message}" if command else message)
+            raise UsageError(f"{command}: {message}" if command else message)
     p = _Parser(prog="secnet", description="Inspect and steer the secnet network driver.")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     # --json is taken out of argv before parsing (main); listed in each verb's --help too
@@ -301,7 +301,7 @@ def main(argv=None) -> int:
     except CliError as exc:
         exc = _as_typed(exc, getattr(args, "network", None))
         print(f"secnet: {exc}", file=sys.stderr)
-        return 2 if "argument" in str(exc) or "usage" in str(exc) or "invalid choice" in str(exc) else 1
+        return 2 if isinstance(exc, UsageError) else 1
     try:
         if data is None:  # printed as it came (log --follow)
             pass

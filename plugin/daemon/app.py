@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 
 from flask import Flask, Response, request
@@ -44,10 +45,14 @@ def _reply(body: dict, status: int = 200) -> Response:
 
 def error_reply(path: str, exc: Exception, content_type: str = CONTENT_TYPE) -> Response:
     """The one mapping of a failure to ``{"Err": ...}``: a DriverError's tagged
-    status and message, anything else a 500 naming only the error's type."""
+    status and message; the state store's errors (sqlite3: a full disk, U24-F2) a 503
+    with SQLite's message; anything else a 500 naming only the error's type."""
     if isinstance(exc, DriverError):
         log.warning("%s: %s: %s", path, exc.kind, exc.message)
         body, status = {"Err": exc.message}, exc.status
+    elif isinstance(exc, sqlite3.Error):   # the state store (full disk, read-only, locked): say so
+        log.error("%s failed: the state store: %s", path, exc)
+        body, status = {"Err": f"cannot save or read the daemon's state: {exc}"}, 503
     else:
         log.error("%s failed", path, exc_info=exc)
         body, status = {"Err": f"internal error: {type(exc).__name__}"}, 500

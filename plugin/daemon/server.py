@@ -7,10 +7,12 @@ after the fork, never at import time.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import gc
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -25,7 +27,7 @@ BaseApplication = leanmaster.import_lean("gunicorn.app.base", "gunicorn.workers.
                                          "gunicorn.glogging")[0].BaseApplication
 
 log = logging.getLogger("secnet")
-_HELD: list = []  # the instance lock's file descriptor, kept open
+_HELD: list = []  # the instance locks (the state directory's descriptor, the namespace's socket), kept open
 
 
 def build(settings: Settings):
@@ -48,24 +50,52 @@ def build(settings: Settings):
     return create_app(daemon.driver, daemon.api), daemon
 
 
-def hold_instance_lock(state_dir: str, wait: float = 15.0) -> None:
-    """One daemon per state directory: two would each remove the other's objects.
+NAMESPACE_LOCK = "secnet-plugin.daemon"   # an abstract unix socket name: one per network namespace
 
-    The lock is held by the worker for its whole life (the file stays open);
-    a daemon that is shutting down gets ``wait`` seconds to let go.
+
+def hold_instance_lock(state_dir: str, wait: float = 15.0, name: str = NAMESPACE_LOCK) -> None:
+    """One daemon per state directory and per network namespace: two would each remove
+    the other's objects (a second daemon with another ``SECNET_STATE_DIR`` took the
+    socket and deleted the first one's bridges as orphans, U24-F5).
+
+    The namespace's lock is the abstract unix socket ``name`` (its names are per network
+    namespace and go with the process that bound it: unix(7)); the state directory's,
+    ``daemon.lock`` in it. Both are inherited by the worker and held for the daemon's
+    whole life; a daemon that is shutting down gets ``wait`` seconds to let go. Raises
+    SystemExit with one line when another daemon holds either, or the directory cannot
+    be used.
     """
-    os.makedirs(state_dir, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(state_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        fd = os.open(os.path.join(state_dir, "daemon.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise SystemExit(f"secnet-plugin: cannot use the state directory {state_dir}: "
+                         f"{exc.strerror or exc}") from None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     deadline = time.monotonic() + wait
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            _HELD.append(fd)
-            return
+            break
         except BlockingIOError:
             if time.monotonic() > deadline:
-                raise SystemExit(f"secnet-plugin: another daemon uses {state_dir}; stop it first")
+                raise SystemExit(f"secnet-plugin: another daemon uses {state_dir}; stop it first") from None
             time.sleep(0.2)
+    while True:
+        try:
+            sock.bind("\0" + name)
+            break
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            if time.monotonic() > deadline:
+                os.close(fd)
+                sock.close()
+                raise SystemExit("secnet-plugin: another secnet daemon runs in this network namespace "
+                                 "(with another state directory); two would remove each other's "
+                                 "networks: stop it first") from None
+            time.sleep(0.2)
+    _HELD.extend((fd, sock))
 
 
 class Trimmer:

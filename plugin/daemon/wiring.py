@@ -5,8 +5,9 @@ Data flow of a join: HTTP body -> ``driver.protocol`` -> ``Driver.join`` ->
 ``labels`` resolves the segment -> ``state`` (saved) -> ``Reconciler``
 computes the delta -> the network's backend applies it in one transaction.
 Data flow of a policy edit: CLI -> ``daemon.api`` -> ``Driver.edit_options``
--> ``Reconciler.policy_changed`` (compile, policy-map delta, backend) ->
-``state`` -> ``kernel.conntrack`` ends the flows the new policy denies.
+-> ``state`` (saved first) -> ``Reconciler.policy_changed`` (compile,
+policy-map delta, backend) -> ``kernel.conntrack`` ends the flows the new
+policy denies.
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ Order inside every mutating verb: validate completely, then change the
 kernel, then persist, and roll the kernel back if anything fails before the
 state row is written (CreateNetwork writes its row while nft writes the
 tables, and removes it again if they fail). Every verb is idempotent,
-because Docker retries after a crash of either side.
+because Docker retries after a crash of either side. A live change from the
+CLI (policy, mode) is the other way round: nobody retries it, so it is saved
+first and then put in force (:meth:`Driver.change_options`).
 """
 from __future__ import annotations
 
@@ -387,23 +389,33 @@ class Driver:
 
     # --- live changes (the CLI) -------------------------------------------
     def change_options(self, network_id: str, options, edit=None) -> NetworkRecord:
-        """Put ``options`` (validated NetworkOptions: new rules, a new mode) in force, then save.
-        ``edit``: the :class:`~segmentation.model.RuleEdit` that made the new rules, if one
-        did (the compiler then works on the rules it touched).
+        """Save ``options`` (validated NetworkOptions: new rules, a new mode), then put them
+        in force. ``edit``: the :class:`~segmentation.model.RuleEdit` that made the new
+        rules, if one did (the compiler then works on the rules it touched).
 
         Returns the new record. When this returns, the kernel enforces the
-        new options and the flows they deny are ended.
+        new options and the flows they deny are ended. Saved first, so that the kernel
+        is never ahead of the saved state: a daemon killed in between comes back with
+        the new options and puts them in force (U24-F7: applied first, a kill left the
+        kernel on options the restarted daemon did not know, and took back). When the
+        datapath refuses them, the old record is saved and put in force again, and the error
+        raised.
         """
         with self.lock:
             net = self._network(network_id)
             new = net.evolve(options=options)
             if new == net:
                 return net
-            self.reconciler.policy_changed(new, edit)
+            self.state.put_network(new, edit)
             try:
-                self.state.put_network(new, edit)
-            except Exception:
-                self.reconciler.policy_changed(net)
+                self.reconciler.policy_changed(new, edit)
+            except BaseException:
+                try:
+                    self.state.put_network(net)
+                    self.reconciler.policy_changed(net)   # whatever part of the new got in, out again
+                except Exception as exc:   # the state's options are the next pass's to apply
+                    log.error("network %s: cannot go back to the options before a refused change: %s",
+                              network_id[:12], exc)
                 raise
         return new
 

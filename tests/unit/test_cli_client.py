@@ -145,3 +145,22 @@ def test_the_cli_starts_without_the_modules_it_does_without():
             "'selectors', 'argparse', 'gettext'} & set(sys.modules))))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("answer", [b"", None])
+def test_a_request_taken_and_not_answered_says_the_change_may_be_in_force(tmp_path, monkeypatch, answer):
+    """U24-F6: a worker stopped or killed after it read `policy add` answered nothing, the
+    rule came into force, and the CLI said only "cannot reach the daemon"."""
+    path = str(tmp_path / "d.sock")
+    if answer is None:   # reads the request, then never answers: the CLI's timeout
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(path)
+        srv.listen(1)
+        held = []
+        threading.Thread(target=lambda: held.append(srv.accept()), daemon=True).start()
+    else:                # closes the connection without a byte
+        serve_once(path, answer, [])
+    monkeypatch.setenv("SECNET_SOCKET", path)
+    with pytest.raises(client.CliError, match="took the request but did not answer.*may be in force or not"):
+        client.call("/secnet/policy", {"network": "n", "action": "add", "rules": ["a->b"]},
+                    **({"timeout": 0.5} if answer is None else {}))

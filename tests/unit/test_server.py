@@ -1,7 +1,10 @@
 """plugin.daemon.server: the worker gives freed heap pages back once requests stop."""
 from __future__ import annotations
 
+import os
 import threading
+
+import pytest
 
 from plugin.daemon.server import Trimmer
 
@@ -56,3 +59,34 @@ def test_the_daemon_closes_every_connection_after_its_response():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["0"]
+
+
+def _release(held_before: int) -> None:
+    from plugin.daemon import server
+    while len(server._HELD) > held_before:
+        thing = server._HELD.pop()
+        thing.close() if hasattr(thing, "close") else os.close(thing)
+
+
+def test_a_second_daemon_in_the_namespace_is_refused_even_with_another_state_dir(tmp_path):
+    """U24-F5: the lock was per state directory only; a second daemon with another one took
+    the socket and removed the first one's networks as orphans."""
+    import uuid
+    from plugin.daemon import server
+    name, before = f"secnet-test-{uuid.uuid4().hex}", len(server._HELD)
+    try:
+        server.hold_instance_lock(str(tmp_path / "a"), name=name)
+        with pytest.raises(SystemExit, match="another secnet daemon runs in this network namespace"):
+            server.hold_instance_lock(str(tmp_path / "b"), wait=0.3, name=name)
+    finally:
+        _release(before)
+    server.hold_instance_lock(str(tmp_path / "b"), wait=0.3, name=name)   # free again once the first let go
+    _release(before)
+
+
+def test_a_state_dir_that_cannot_be_made_is_one_line(tmp_path):
+    from plugin.daemon import server
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as err:
+        server.hold_instance_lock(str(tmp_path / "file" / "state"), wait=0.1, name="secnet-test-unused")
+    assert str(err.value).startswith("secnet-plugin: cannot use the state directory ") and "\n" not in str(err.value)
