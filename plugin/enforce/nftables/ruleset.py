@@ -18,7 +18,9 @@ Kernel background. Each secnet network gets two tables named
   conntrack works there: replies to allowed flows pass (``ct state
   established,related``), and so do further packets of a flow judged
   before that no reply has answered yet (``ct status confirmed``: its
-  first packet was let through). A new flow's two ends are turned into
+  first packet was let through). An ICMP error of a flow (``related``)
+  from a member that is no end of that flow is dropped as ``invalid``
+  (``@self4``/``@self6``: :func:`_forged_errors`, U23-F3). A new flow's two ends are turned into
   *identities* (``segmentation.identities``): the source's into the packet
   mark (``meta mark set ip saddr map @id4``), the destination's into the
   connection mark (``ct mark set ip daddr map @id4``); an address that is
