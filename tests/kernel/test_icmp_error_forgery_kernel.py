@@ -30,7 +30,7 @@ import pytest
 
 import frames as F
 from nsfixtures import BRIDGE_MAC, GATEWAY4, GATEWAY6, HOST4, HOST6, OUTSIDE4, OUTSIDE6
-from nsfixtures import lab  # noqa: F401 (fixture)
+from nsfixtures import drain, lab  # noqa: F401 (fixture)
 from packets import Sniffer, ns_socket, open_stream, send_frame
 
 pytestmark = pytest.mark.kernel
@@ -119,7 +119,7 @@ def test_third_member_errors_reach_no_one(lab, fam):
     """U23-F3: db (no rule with web) sends web errors quoting web's TCP and UDP flows with
     api, from db's own address and MAC: none reaches web, web's connected UDP socket gets
     no error; db's error to the host quoting the host's flow to api does not reach the
-    host. The controls: the gateway's (the host's) error and api's real port unreachable
+    host; each is dropped and reported as ``invalid``. The controls: the gateway's (the host's) error and api's real port unreachable
     of the same UDP flow do reach web (ECONNREFUSED)."""
     uport = 7000
     web, api, db = lab.add(3)
@@ -144,6 +144,7 @@ def test_third_member_errors_reach_no_one(lab, fam):
         usport, sport = u.getsockname()[1], stream.getsockname()[1]
         udp_flow = (web.ip(fam), api.ip(fam), usport, uport)
         tcp_quotes = _quotes(fam, web, api, sport)
+        events, before = lab.drop_events(), lab.dropped("invalid")
         forged = [(db, _error(fam, db, web.ip(fam), q, b"U23F3-db-tcp-" + k.encode(), web.mac))
                   for k, q in tcp_quotes.items()]
         forged.append((db, _error(fam, db, web.ip(fam), udp_flow, b"U23F3-db-udp", web.mac, proto=17)))
@@ -153,6 +154,9 @@ def test_third_member_errors_reach_no_one(lab, fam):
         send_frame(db, _error(fam, db, gateway, (gateway, api.ip(fam), hsport, PORT), b"U23F3-db-host",
                               BRIDGE_MAC))
         to_host = F.received(host_raw, [b"U23F3-db-host"])
+        # reported as the drops of forged packets are: "invalid", from db
+        dropped = lab.dropped("invalid") - before
+        reported = {(e.src, e.dst) for e in drain(events, 1.0) if e.reason == "invalid"}
         alive = stream.send(b"x") == 1 and host_stream.send(b"x") == 1
         # the controls: the gateway's error, then api's own (nothing listens any more)
         sn = Sniffer(web)
@@ -173,4 +177,5 @@ def test_third_member_errors_reach_no_one(lab, fam):
             s.close()
     assert alive
     assert not any(to_web.values()) and not any(to_host.values()) and injected == 0, (to_web, to_host, injected)
+    assert dropped >= 4 and {(db.ip(fam), web.ip(fam)), (db.ip(fam), gateway)} <= reported, (dropped, reported)
     assert gw_seen and gw_error == errno.ECONNREFUSED and real_error == errno.ECONNREFUSED, (gw_seen, gw_error, real_error)
