@@ -56,7 +56,7 @@ from .bridgetable import render_bridge
 from .nfttext import rules as _rules, set_declaration, table_name
 from .runner import PASSED_MARK
 
-FORMAT = 16   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 17   # bump when the ruleset changes shape: drift() then reports it
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 #: the ``ct mark`` bit of a flow that this table judged and let through (chain ``pass``).
 #: A flow's later packets pass on its conntrack state alone only with it (or once answered,
