@@ -65,6 +65,11 @@ for _fam in (4, 6):
     _schema("inet", f"in{_fam}_icmp", (_ip, "mark"), interval=True)
     _schema("inet", f"in{_fam}_any", (_ip, "mark"), interval=True)
     _schema("inet", f"pub{_fam}", (_ip, "proto", "port"), (_ip, "port"), interval=True)
+#: each member address ``a`` as ``a . a`` (a container's, its link-local one too; not the
+#: gateway's): the forward chain's test that an ICMP error's outer source, a member, is an
+#: end of the flow it quotes (nft compares two packet fields only through a set, U23-F3)
+_schema("inet", "self4", ("ip4", "ip4"))
+_schema("inet", "self6", ("ip6", "ip6"))
 _schema("inet", "restricted", ("mark",))
 for _name in ("egress_allow", "internal", "audit"):
     _schema("inet", _name, ("zero",))
@@ -105,7 +110,7 @@ KEPT_PER_DELETED = 4
 #: ~0.5 MiB a network at 65,536, ~1.1 MiB at 262,144)
 HIT_SET_SIZE = 65536
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit", "intra")
-PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
+PORT_SETS = ("id4", "id6", "self4", "self6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
              "na6", "ll6", "arp4", "pid", "pidk")
 ON = (0,)          # the one element of a setting set that is "on"
 FULL = (0, 65535)
@@ -426,8 +431,9 @@ def port_elements(port) -> dict:
     ll = link_local(mac)   # its own link-local address is one of its addresses (U10-F4)
     for fam, addr in ((4, port.ipv4), (6, port.ipv6), (6, ll)):
         if addr:
-            out[f"id{fam}"][(str(ipaddress.ip_address(addr)),)] = (
-                QUARANTINED if quarantined else port.identity,)
+            text = str(ipaddress.ip_address(addr))
+            out[f"id{fam}"][(text,)] = (QUARANTINED if quarantined else port.identity,)
+            out[f"self{fam}"][(text, text)] = None
     out["macs"][(name, mac)] = None
     out["ll6"][(name, ll)] = None
     out["na6"][(name, int(ipaddress.IPv6Address(ll)))] = None
