@@ -189,11 +189,12 @@ class Backend(Protocol):
         interface group itself, before the caller answers (CreateEndpoint)."""
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
-                     policy: Optional[PolicyMap] = None) -> None:
+                     policy: Optional[PolicyMap] = None, grouped: bool = False) -> None:
         """Apply a policy-map delta (an edit, a new segment, a mode switch) in one step,
         with endpoint ``changes`` as in :meth:`apply_ports` (a join that brings a new
-        segment: one step). ``policy``: the map after ``delta``, when the caller has it
-        (else the backend applies ``delta`` to the map it holds: a copy of every entry)."""
+        segment: one step; ``grouped`` as there). ``policy``: the map after ``delta``, when
+        the caller has it (else the backend applies ``delta`` to the map it holds: a copy
+        of every entry)."""
 
     def remove_network(self, network_id: str) -> None:
         """Remove all kernel state of a network; nothing there is fine."""

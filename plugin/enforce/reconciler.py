@@ -194,7 +194,7 @@ class Reconciler:
             if ep.segment is not None and ep.quarantine is None and ep.segment not in real.policy.identities:
                 live = real.live_segments(but=ep.id)
                 live |= {ep.segment} | (idle_kept(real, live, net.options.default_segment) or set())
-                self._policy_delta(net, real, live, joining=ep)  # its entries and its port: one step
+                self._policy_delta(net, real, live, joining=ep, grouped=grouped)  # entries and port: one step
             new = port_of(ep, real.policy.identities)
             now = real.ports.get(ep.id)
             if new != now:
@@ -324,11 +324,14 @@ class Reconciler:
             subnets = {s for real in self._realized.values() for s in real.spec.subnets}
             watch(subnets | ({LINK_LOCAL} if subnets else set()))   # members' own link-local flows
 
-    def _policy_delta(self, net, real: Realized, live: set, edit=None, joining=None) -> bool:
+    def _policy_delta(self, net, real: Realized, live: set, edit=None, joining=None,
+                      grouped: bool = False) -> bool:
         """Recompile ``net``'s policy over the segments ``live`` (those members are
         enforced in) and apply only the difference; ``edit``: the RuleEdit that made
         its rules from the realized ones, if one did; ``joining``: the EndpointRecord
-        whose join brings a segment (its port goes in the same step). Returns whether
+        whose join brings a segment (its port goes in the same step; ``grouped``: as
+        :meth:`endpoint_changed`'s, its link is put in the interface group by the caller's
+        link writer). Returns whether
         the change may deny a flow that was allowed (anything but east-west entries added).
 
         Identities of live segments are kept, so no other port changes identity here.
@@ -342,7 +345,7 @@ class Reconciler:
             if port != real.ports.get(joining.id):
                 changes.append((real.ports.get(joining.id), port))
         if not delta.empty:
-            self.backend(net).apply_policy(real.spec, delta, changes, policy=new)
+            self.backend(net).apply_policy(real.spec, delta, changes, policy=new, grouped=grouped)
         old_ids, real.policy, real.options, real.named = real.policy.identities, new, net.options, named
         for _old, port in changes:
             real.put_port(port)

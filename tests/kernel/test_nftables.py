@@ -12,13 +12,14 @@ import time
 
 import pytest
 
-from nsfixtures import NET_ID, InNamespace, lab, only  # noqa: F401  (lab is a fixture)
+from nsfixtures import NET_ID, InNamespace, lab, only, sh  # noqa: F401  (lab is a fixture)
 import packets
 from packets import echoes, open_stream, probe_tcp
 from plugin.enforce.nftables import NftBackend, nflog, ruleset
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 from plugin.kernel import netns
 from plugin.kernel.dockerfw import DockerFirewall
+from plugin.kernel.links import port_group
 from plugin.kernel.nftwatch import NftWatcher
 from segmentation.options import parse_network_options
 
@@ -86,6 +87,34 @@ def test_a_join_that_brings_a_new_segment_is_one_transaction(lab):
     lines = watch.stop()
     assert sum("new generation" in line for line in lines) == 1, lines
     assert [probe_tcp(web, db.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+    assert lab.drift() == []
+
+
+def test_a_new_segments_join_from_create_endpoint_asks_for_no_interface_group(lab):
+    """CreateEndpoint of a join that brings a segment: its entries and its port in one
+    transaction with ``grouped=True`` (the link writer, plugin.kernel.links, makes the veth
+    in the network's interface group right after it): no group request of the backend's
+    (the device is not there yet: it found nothing and cost a netlink lookup per join).
+    Once the link is in the group, as the link writer leaves it, the port is judged as
+    a member's and nothing drifts. Without ``grouped`` the backend still sets the group."""
+    web, api, db, extra = lab.add(4)
+    lab.apply("web->*:tcp/5432", {web: "web", api: "api"}, intra="deny")
+    groups, asked = lab.backend.obj.groups, []
+    real_ensure = groups.ensure
+    groups.ensure = lambda bridge, veths: asked.append([n for (n,) in veths]) or real_ensure(bridge, veths)
+    try:
+        for box, segment, grouped in ((db, "db", True), (extra, "extra", False)):
+            new = lab.compile(lab.options, {web: "web", api: "api", db: "db", extra: segment})
+            lab.policy, delta = new, lab.policy.delta(new)
+            lab.members[box] = lab.port(box, segment)
+            lab.backend.apply_policy(lab.net, delta, [(None, lab.members[box])], policy=new, grouped=grouped)
+            if grouped:   # what the link writer does in the same request that makes the pair
+                sh("ip", "-n", lab.host, "link", "set", box.veth, "group", str(port_group(lab.net.bridge)))
+    finally:
+        groups.ensure = real_ensure
+    assert asked == [[extra.veth]]
+    assert [probe_tcp(web, db.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
+    assert [probe_tcp(web, extra.ip4, p) for p in (5432, 8080)] == ["ok", "timeout"]
     assert lab.drift() == []
 
 

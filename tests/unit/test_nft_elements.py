@@ -120,6 +120,10 @@ def test_port_elements_of_members_pending_and_quarantined():
     assert member["id6"] == {("fd00:224::5",): (256,), ("fe80::42:aff:fee0:5",): (256,)}
     assert member["ll6"] == {("snv1", "fe80::42:aff:fee0:5"): None}
     assert member["ids6"] == {("snv1", "02:42:0a:e0:00:05", "fd00:224::5"): None}
+    # each of its addresses as ``a . a``: an ICMP error's source is an end of its flow (U23-F3)
+    assert member["self4"] == {("10.224.0.5", "10.224.0.5"): None}
+    assert member["self6"] == {("fd00:224::5", "fd00:224::5"): None,
+                               ("fe80::42:aff:fee0:5", "fe80::42:aff:fee0:5"): None}
     pending = port_elements(_port(PENDING))
     assert pending["id4"] == {("10.224.0.5",): (PENDING,)} and "ports" not in pending
     bad = port_elements(_port(QUARANTINED, quarantine="empty label"))
@@ -132,8 +136,12 @@ def test_a_join_is_a_delta_of_its_own_elements():
     other = Port("e2", "snv2", "02:42:0a:e0:00:06", "10.224.0.6", None, 257, "api")
     delta = diff(ports_elements([other]), ports_elements([other, _port()]))
     assert not delta.delete and delta.add["id4"] == {("10.224.0.5",): (256,)}
+    assert delta.add["self4"] == {("10.224.0.5", "10.224.0.5"): None}   # in the same delta
     moved = diff(ports_elements([_port()]), ports_elements([_port(257)]))
     assert moved.delete["id4"] == {("10.224.0.5",): (256,)} and moved.add["id4"] == {("10.224.0.5",): (257,)}
+    assert "self4" not in moved.delete and "self4" not in moved.add   # its address stays
+    left = diff(ports_elements([other, _port()]), ports_elements([other]))
+    assert left.delete["self4"] == {("10.224.0.5", "10.224.0.5"): None}
 
 
 class _Event:

@@ -86,6 +86,42 @@ def test_a_set_that_loses_every_element_is_flushed_and_one_that_keeps_one_is_not
         delta = state.change(b | {ranged._replace(lo=81)}, a | {ranged})
         assert delta.flush == {"pol_port"} and len(delta.delete["pol_port"]) == 200   # pol_range: cut, no flush
         kept = next(iter(b))
-        delta = PolicyElements.of(a | {kept}).change(b - {kept}, a)   # `kept` stays: its element too
-        assert delta.flush == set() and len(delta.delete["pol_port"]) == 200
+        delta = PolicyElements.of(a | set(list(b)[:60])).change(set(list(b)[60:]), a)   # 60 stay
+        assert delta.flush == set() and not delta.kept and len(delta.delete["pol_port"]) == 200
         assert PolicyElements.of(a).change(b, ()).flush == set()   # nothing deleted
+        anything = PolicyEntry(256, 300, "any", 0, 0, "anything")
+        more = {PolicyEntry(256, 300 + i, "any", 0, 0, f"a{i}") for i in range(1, 9)}
+        delta = PolicyElements.of(more | {anything}).change((), more)   # pol_any: counted per element
+        assert delta.flush == set() and not delta.kept
+
+
+def test_a_set_of_uncounted_elements_that_keeps_a_few_is_flushed_and_they_are_added_back(monkeypatch):
+    """pol_port (counted in hit_port, ``elements.COUNTED_IN``): a delta that keeps at most
+    one element per four deleted flushes it and adds the kept ones back (``kept``); the
+    element state is the same either way."""
+    a, b = _ports("r", 200), _ports("r", 200, port0=5000)
+    for bulk_path in (True, False):
+        if not bulk_path:
+            _one_by_one(monkeypatch)
+        kept = next(iter(b))
+        state = PolicyElements.of(a | {kept})
+        delta = state.change(b - {kept}, a)   # `kept` stays: its element too
+        group = (kept.src, kept.dst, 6, kept.lo)
+        assert delta.flush == {"pol_port"} and delta.kept == {"pol_port": {group: None}}
+        assert len(delta.delete["pol_port"]) == 200 and group not in delta.add["pol_port"]
+        assert set(state.flat()["pol_port"]) == {(e.src, e.dst, 6, e.lo) for e in b}
+
+
+def test_a_removal_that_is_not_the_plain_case_leaves_the_groups_as_they_were():
+    """remove() takes the groups out before it compares them: a batch with an entry absent,
+    or one whose group holds another entry, puts back what it took and says so."""
+    a = _ports("r", 50)
+    state = PolicyElements.of(a)
+    table = dict(state.groups["pol_port"])
+    absent = PolicyEntry(256, 300, "tcp", 9, 9, "absent")
+    other = next(iter(a))._replace(rule="another rule")
+    for batch in (list(a) + [absent], [other] + list(a)[1:]):
+        (ports, groups), _rest = portgroups.split(batch)
+        gone = {"pol_port": {}}
+        assert portgroups.remove(state.groups, ports, groups, gone) is False
+        assert state.groups["pol_port"] == table and not gone["pol_port"]

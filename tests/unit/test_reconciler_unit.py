@@ -24,6 +24,7 @@ class RecordingBackend:
 
     def __init__(self):
         self.calls, self.policy, self.ports, self.broken = [], None, {}, []
+        self.grouped = []   # the grouped= of each apply_ports / apply_policy
 
     def apply_network(self, net, policy, ports, bridge_made=False):
         self.calls.append(("network", net.id))
@@ -31,6 +32,7 @@ class RecordingBackend:
         self.policy, self.ports, self.broken = policy, {p.endpoint_id: p for p in ports}, []
 
     def apply_ports(self, net, changes, grouped=False):
+        self.grouped.append(grouped)
         for old, new in changes:
             self.calls.append(("ports", (old.identity if old else None, new.identity if new else None)))
             if new is None:
@@ -38,7 +40,8 @@ class RecordingBackend:
             else:
                 self.ports[new.endpoint_id] = new
 
-    def apply_policy(self, net, delta, changes=(), policy=None):
+    def apply_policy(self, net, delta, changes=(), policy=None, grouped=False):
+        self.grouped.append(grouped)
         ports = tuple((old.identity if old else None, new.identity if new else None) for old, new in changes)
         self.calls.append(("policy", len(delta.entries_added), len(delta.entries_removed)) + ports)
         self.policy = self.policy.apply(delta)
@@ -122,6 +125,16 @@ def test_join_that_brings_a_new_segment_is_its_entries_and_its_port_in_one_step(
     backend.calls.clear()
     rec.endpoint_changed(net, ep)                              # a retried join changes nothing
     assert backend.calls == []
+
+
+@pytest.mark.parametrize("grouped", [True, False])
+def test_a_new_segments_join_passes_grouped_to_its_one_step(env, grouped):
+    """CreateEndpoint's link writer makes the veth in the interface group: the backend's
+    step for a new segment (apply_policy) is told so, as a known segment's apply_ports is."""
+    state, backend, rec, net, _ = env
+    rec.endpoint_changed(net, endpoint(2, "brandnew"), grouped=grouped)
+    rec.endpoint_changed(net, endpoint(3, "brandnew"), grouped=grouped)
+    assert [c[0] for c in backend.calls] == ["policy", "ports"] and backend.grouped == [grouped, grouped]
 
 
 def test_brings_segment_tells_a_join_that_needs_a_policy_delta(env):

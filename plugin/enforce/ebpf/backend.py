@@ -340,7 +340,7 @@ class EbpfBackend(fqdn.FqdnMethods):
                 self._apply_nat(st)
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
-                     policy: Optional[PolicyMap] = None) -> None:
+                     policy: Optional[PolicyMap] = None, grouped: bool = False) -> None:
         """Apply ``delta`` in one flip (a mode switch: ``net.mode`` changed), then endpoint ``changes``
         as :meth:`apply_ports`; ``policy``: the map after ``delta`` if known. Raises BackendError."""
         with self._lock:
@@ -355,7 +355,7 @@ class EbpfBackend(fqdn.FqdnMethods):
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
             if changes:
-                self.apply_ports(net, changes)
+                self.apply_ports(net, changes, grouped)
 
     def remove_network(self, network_id: str) -> None:
         with self._lock:

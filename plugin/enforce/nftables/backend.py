@@ -22,16 +22,17 @@ from segmentation.policymap import PolicyDelta, PolicyMap
 
 from . import counting, fqdn, kernel, ruleset
 from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver
-from .elements import (PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
+from .elements import (COUNTED_IN, PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
-from .netlink import ElementWriter, identifier
-from .nftdump import decode_pair, decode_port_address
+from .netlink import ElementWriter, encoder, identifier
+from .nftdump import decode_pair, decode_port_address, decode_port_key
 from .nflog import NflogReader
 from .brhooks import MADE_ON, BridgeHooks, available as brnf_available
 from .portlinks import PortGroups
 from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
 
 log = logging.getLogger(__name__)
+FEW_HITS = 8   # a delta of up to this many elements of a counted set looks their hits up one by one
 
 
 @dataclass
@@ -148,10 +149,13 @@ class NftBackend(fqdn.FqdnMethods):
             self._write(net, real, delta, lambda: self._set_ports(real, ports, delta), grouped)
 
     def apply_policy(self, net: NetworkSpec, delta: PolicyDelta, changes: Iterable[tuple] = (),
-                     policy: Optional[PolicyMap] = None) -> None:
+                     policy: Optional[PolicyMap] = None, grouped: bool = False) -> None:
         """A policy-map delta, ``net.mode`` and (optionally) endpoint ``changes`` as one
         element delta: e.g. a join that brings a new segment is one transaction.
-        ``policy``: the map after ``delta`` if the caller has it (saves a copy)."""
+        ``policy``: the map after ``delta`` if the caller has it (saves a copy);
+        ``grouped``: as :meth:`apply_ports`' (a new segment's CreateEndpoint makes the
+        veth in the group right after this: no group request of ours, which would only
+        find no device and cost a netlink lookup)."""
         with self._lock:
             real = self._realized(net)
             policy = real.policy.apply(delta) if policy is None else policy
@@ -168,11 +172,47 @@ class NftBackend(fqdn.FqdnMethods):
             changed.delete.update(elements.delete)
             changed.add.update(elements.add)
             changed.flush.update(elements.flush)
+            changed.kept.update(elements.kept)
+            self._forget_hits(net, real, changed)
 
             def done():
                 self._set_ports(real, ports, changed)
                 real.policy, real.settings, real.spec = policy, settings, net
-            self._write(net, real, changed, done)
+            self._write(net, real, changed, done, grouped)
+
+    def _forget_hits(self, net: NetworkSpec, real: _Realized, delta: ElementDelta) -> None:
+        """Add to ``delta`` the deletion of every hit (``elements.COUNTED_IN``) whose element is
+        not in its policy set after ``delta``, or is added by it: a rule removed and later added
+        again counts from zero, as an element of its own counter would, and a removed rule's
+        counts do not hold a hit set's room. Only when ``delta`` changes such a set; its hits
+        are read first (one dump: the rules that saw traffic). A hit made between that read and
+        the commit by a rule this delta removes is deleted by the next such delta (it is never
+        reported: counters read only the elements in force). A delta of up to :data:`FEW_HITS`
+        elements of the set asks for their hits alone (one lookup each, not a dump of every
+        rule that saw traffic: a one-rule edit's cost stays that of one rule)."""
+        table = ruleset.table_name(net.id)
+        for name, hits_name in COUNTED_IN.items():
+            gone, born = delta.delete.get(name), delta.add.get(name)
+            if not gone and not born:
+                continue
+            try:
+                if self.writer is not None and len(gone or ()) + len(born or ()) <= FEW_HITS:
+                    # a few rules (an add, a remove): their hits alone, whatever the set holds
+                    stale = self.writer.held(table, hits_name, [*(gone or ()), *(born or ())],
+                                             encoder(hits_name, key_only=True))
+                else:
+                    held = real.policy_elements.groups.get(name, {})
+                    stale = [h for h in self._hits(table, hits_name) if h not in held or (born and h in born)]
+            except (NftError, OSError):   # a table of an older FORMAT (no hit set): its elements count
+                continue
+            if stale:
+                delta.delete[hits_name].update(dict.fromkeys(stale))
+
+    def _hits(self, table: str, name: str) -> list:
+        """The elements of hit set ``name`` as the kernel holds them."""
+        if self.writer is None:
+            return list(kernel.read_elements(self.runner, table, (name,)).get(name, {}))
+        return [decode_port_key(key) for key, _end, _data in self.writer.dump(table, name)]
 
     @staticmethod
     def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
@@ -294,16 +334,22 @@ class NftBackend(fqdn.FqdnMethods):
         ``(src, port name)``; missing in a table of an older FORMAT: empty)."""
         names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS
         if self.writer is None:
-            have = kernel.read_elements(self.runner, table, names)
+            have = kernel.read_elements(self.runner, table, names + tuple(COUNTED_IN.values()))
+            for name, hits in COUNTED_IN.items():   # (a table of an older FORMAT: the set's own)
+                if hits in have:
+                    have[name] = have.pop(hits)
             return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
         out = {}
         for name in names:
             try:
-                dumped = self.writer.dump(table, name)
+                dumped = self.writer.dump(table, COUNTED_IN.get(name, name))
             except OSError:
-                if name not in PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
+                if name in COUNTED_IN:   # no hit set: a table of an older FORMAT, elements count
+                    dumped = self.writer.dump(table, name)
+                elif name not in PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
                     raise
-                dumped = {}
+                else:
+                    dumped = {}
             if name in PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
                 decode = decode_port_address if name in INACTIVE_PAIR_SETS else decode_pair
                 out[name] = {decode(k[0]): c for k, c in dumped.items() if c}

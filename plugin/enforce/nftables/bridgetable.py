@@ -64,6 +64,9 @@ def render_bridge(network_id: str, bridge: str, subnets: Iterable[str] = ()) -> 
         f"ether type ip iifname . ether saddr . ip saddr != @ids4 {deny('spoofed')}",
         "ether type ip return",
         f"icmpv6 type nd-neighbor-advert iifname . @th,64,128 != @na6 {deny('spoofed')}",
+        # a DAD solicitation (from ::) claims its target, as an advert does: for one of the
+        # port's own addresses only, else it fails another's DAD (RFC 4862 5.4.3, U23-F2)
+        f"ip6 saddr :: icmpv6 type nd-neighbor-solicit iifname . @th,64,128 != @na6 {deny('spoofed')}",
         f"ip6 saddr fe80::/10 iifname . ip6 saddr != @ll6 {deny('spoofed')}",
         f"{from_link_local} return",
         # past here a link-local source is the port's own (``ll6``, with its MAC: ``macs``),

@@ -48,6 +48,10 @@ def _schema(family: str, name: str, key: tuple, value: Optional[tuple] = None,
 _schema("inet", "id4", ("ip4",), ("mark",))
 _schema("inet", "id6", ("ip6",), ("mark",))
 _schema("inet", "pol_port", ("mark", "mark", "proto", "port"))
+#: the counters of ``pol_port``'s elements: a dynamic set of the same key that the datapath
+#: fills with a flow's first packet (``ruleset._policy_chains``), not a counter per element
+#: of ``pol_port`` (see :data:`COUNTED_IN`)
+_schema("inet", "hit_port", ("mark", "mark", "proto", "port"))
 _schema("inet", "pol_range", ("mark", "mark", "proto", "port"), interval=True)
 _schema("inet", "pol_proto", ("mark", "mark", "proto"))
 _schema("inet", "pol_icmp", ("mark", "mark"))
@@ -61,6 +65,11 @@ for _fam in (4, 6):
     _schema("inet", f"in{_fam}_icmp", (_ip, "mark"), interval=True)
     _schema("inet", f"in{_fam}_any", (_ip, "mark"), interval=True)
     _schema("inet", f"pub{_fam}", (_ip, "proto", "port"), (_ip, "port"), interval=True)
+#: each member address ``a`` as ``a . a`` (a container's, its link-local one too; not the
+#: gateway's): the forward chain's test that an ICMP error's outer source, a member, is an
+#: end of the flow it quotes (nft compares two packet fields only through a set, U23-F3)
+_schema("inet", "self4", ("ip4", "ip4"))
+_schema("inet", "self6", ("ip6", "ip6"))
 _schema("inet", "restricted", ("mark",))
 for _name in ("egress_allow", "internal", "audit"):
     _schema("inet", _name, ("zero",))
@@ -86,8 +95,22 @@ _schema("bridge", "iaudits6", ("ifname", "ip6"))
 _INTERVAL = {name: schema[3] for name, schema in SCHEMAS.items()}
 POLICY_SETS = ("pol_port", "pol_range", "pol_proto", "pol_icmp", "pol_any") + tuple(
     f"{d}{f}{k}" for d in ("eg", "in") for f in (4, 6) for k in ("", "_icmp", "_any"))
+#: policy sets whose elements carry no counter: their elements are counted in the named
+#: dynamic set, which holds an element (with its counter) only once a packet matched one. A
+#: per-element counter is a per-CPU allocation in the kernel for every element added: a
+#: ``policy set`` of 10,000 rules spent ~35 % of its transaction on them (bench/results/
+#: 2026-12-01-pset.md); a hit set pays it per rule that sees traffic, in the datapath.
+COUNTED_IN = {"pol_port": "hit_port"}
+HIT_SETS = tuple(COUNTED_IN.values())
+#: a set of :data:`COUNTED_IN` is flushed (and what stays added back) when it keeps at most
+#: one element per this many deleted: an add costs the kernel more than a deletion
+KEPT_PER_DELETED = 4
+#: elements of a hit set (as the drop pair sets): beyond it a rule's first hit passes
+#: uncounted. The size is the kernel's hint for its initial table (MemFree over 20 tables:
+#: ~0.5 MiB a network at 65,536, ~1.1 MiB at 262,144)
+HIT_SET_SIZE = 65536
 SETTING_SETS = ("restricted", "egress_allow", "internal", "audit", "baudit", "intra")
-PORT_SETS = ("id4", "id6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
+PORT_SETS = ("id4", "id6", "self4", "self6", "pub4", "pub6", "veths", "ports", "quarantined", "macs", "ids4", "ids6",
              "na6", "ll6", "arp4", "pid", "pidk")
 ON = (0,)          # the one element of a setting set that is "on"
 FULL = (0, 65535)
@@ -195,11 +218,19 @@ class ElementDelta:
     """Elements to delete and add, per set: ``{set: {element: value or None}}``; deletions
     come first in the transaction (a piece cut anew is deleted before its successors are added).
     ``flush``: sets of ``delete`` that lose every element (a ``policy set`` replacing every rule),
-    emptied by the netlink writer with one flush (kernel ~0.91x at 10,000: ``bench.nft_swap``)."""
+    emptied by the netlink writer with one flush (kernel ~0.91x at 10,000: ``bench.nft_swap``).
+    ``kept``: ``{set: {element: None}}`` of a flushed set's elements that stay (neither in
+    ``delete`` nor in ``add``): the writer adds them back after the flush, in the same
+    transaction. Only a set whose elements carry no counter (:data:`COUNTED_IN`) is flushed
+    with elements kept (their counts are in its hit set), and only when few stay
+    (:data:`KEPT_PER_DELETED`): a ``policy set`` that keeps a few rules of 10,000 is one
+    flush and the adds (kernel 0.90x of the deletions and adds: figures in
+    bench/results/2026-12-01-pset.md)."""
 
     delete: dict = field(default_factory=lambda: defaultdict(dict))
     add: dict = field(default_factory=lambda: defaultdict(dict))
     flush: set = field(default_factory=set)
+    kept: dict = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
@@ -253,8 +284,24 @@ class PolicyElements:
             self.groups, self._peak = {n: dict(groups) for n, groups in self.groups.items() if groups}, count
         for name, group in cut:
             self._cut(name, group, delta)
-        delta.flush.update(name for name, gone in delta.delete.items() if gone and len(gone) == held.get(name))
+        self._flushes(held, delta)
         return delta
+
+    def _flushes(self, held: dict, delta: ElementDelta) -> None:
+        """Name in ``delta.flush`` the sets without intervals that lose every element (``held``:
+        their element counts before), and those of :data:`COUNTED_IN` that keep at most one
+        element per :data:`KEPT_PER_DELETED` deleted (those in ``delta.kept``)."""
+        for name, gone in delta.delete.items():
+            before = held.get(name)
+            if not gone or before is None:
+                continue
+            if len(gone) == before:
+                delta.flush.add(name)
+            elif name in COUNTED_IN and (before - len(gone)) * KEPT_PER_DELETED <= len(gone):
+                delta.flush.add(name)
+                kept = set(self.groups.get(name, ()))   # (set and dict ops on their stored hashes)
+                kept.difference_update(delta.add.get(name, {}))
+                delta.kept[name] = dict.fromkeys(kept)
 
     def _remove(self, removed: Iterable, cut: dict, gone: dict) -> None:
         """``gone``: ``{set: {element: None}}`` of the elements whose groups emptied."""
@@ -384,8 +431,9 @@ def port_elements(port) -> dict:
     ll = link_local(mac)   # its own link-local address is one of its addresses (U10-F4)
     for fam, addr in ((4, port.ipv4), (6, port.ipv6), (6, ll)):
         if addr:
-            out[f"id{fam}"][(str(ipaddress.ip_address(addr)),)] = (
-                QUARANTINED if quarantined else port.identity,)
+            text = str(ipaddress.ip_address(addr))
+            out[f"id{fam}"][(text,)] = (QUARANTINED if quarantined else port.identity,)
+            out[f"self{fam}"][(text, text)] = None
     out["macs"][(name, mac)] = None
     out["ll6"][(name, ll)] = None
     out["na6"][(name, int(ipaddress.IPv6Address(ll)))] = None

@@ -316,6 +316,8 @@ class ElementWriter(TableReader):
             parts = [self._batch_marker(NFNL_MSG_BATCH_BEGIN)]
             parts += self._messages(table, NFT_MSG_DELSETELEM, delta.delete, names, delta.flush)
             parts += self._messages(table, NFT_MSG_NEWSETELEM, delta.add, names)
+            if delta.kept:   # a flushed set's elements that stay
+                parts += self._messages(table, NFT_MSG_NEWSETELEM, delta.kept, names)
             parts.append(self._batch_marker(NFNL_MSG_BATCH_END))
             self._send(b"".join(parts), names)
 

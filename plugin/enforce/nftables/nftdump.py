@@ -11,14 +11,17 @@ type-length-value records padded to 4 bytes; nested ones set
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
+import socket
 import struct
 
 from .elements import SCHEMAS
 
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_GETSETELEM = 13
+_NESTED = 0x8000
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NFTA_SET_ELEM_EXPR, NFTA_SET_ELEM_EXPRESSIONS = 7, 11
@@ -140,6 +143,16 @@ def decode_port_address(key: bytes) -> tuple:
     return key[:16].split(b"\0", 1)[0].decode(), str(ipaddress.ip_address(key[16:]))
 
 
+_PORT_KEY = struct.Struct("=IIB3xH2x")
+
+
+def decode_port_key(key: bytes) -> tuple:
+    """A ``mark . mark . inet_proto . inet_service`` key (16 bytes: ``pol_port``'s,
+    ``hit_port``'s) as its element ``(src, dst, protocol number, port)``."""
+    src, dst, proto, port = _PORT_KEY.unpack(key)
+    return src, dst, proto, socket.ntohs(port)
+
+
 def decode_pair(key: bytes) -> tuple:
     """A pair set's key: ``mark . mark`` (8 bytes) or ``mark . ifname`` (20)."""
     return decode_marks(key) if len(key) == 8 else decode_mark_port(key)
@@ -209,6 +222,32 @@ class TableReader:
             while not self._read_dump(sock.recv(1 << 20), out):
                 pass
             return out
+
+    def held(self, table: str, name: str, elements: list, encode) -> list:
+        """The elements of ``elements`` that set ``name`` holds: one ``NFT_MSG_GETSETELEM``
+        (not a dump) per element, answered with the element or ENOENT (also when the set or
+        the table is missing: then it holds none). ``encode``: element -> its
+        ``NFTA_LIST_ELEM`` attribute (key only). For a few elements of a set that may hold
+        many. Raises OSError for other refusals."""
+        with self._lock:
+            family = FAMILIES[SCHEMAS[name][0]]
+            head = (_attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+                    + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0"))
+            sock, found = self._socket(), []
+            for element in elements:
+                sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, family,
+                                        head + _attr(NFTA_SET_ELEM_LIST_ELEMENTS | _NESTED, encode(element)),
+                                        NLM_F_REQUEST))
+                got: list = []
+                try:
+                    _messages_of(sock.recv(1 << 16), got)
+                except OSError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+                    continue
+                if got:
+                    found.append(element)
+            return found
 
     @staticmethod
     def _read_dump(buf: bytes, out: dict) -> bool:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .drops import SETTING_KEY
-from .elements import POLICY_SETS, SCHEMAS
+from .elements import COUNTED_IN, HIT_SET_SIZE, HIT_SETS, POLICY_SETS, SCHEMAS
 from .runner import TABLE_PREFIX
 
 _TYPES = {"mark": "mark", "ip4": "ipv4_addr", "ip6": "ipv6_addr", "proto": "inet_proto",
@@ -25,7 +25,9 @@ def set_declaration(name: str) -> str:
         if value:
             typ += " : " + " . ".join(_TYPES[k] for k in value)
     flags = " flags interval;" if interval else ""
-    counter = " counter;" if name in POLICY_SETS else ""
+    if name in HIT_SETS:   # filled by the datapath (``update``), each element with its counter
+        flags = f" size {HIT_SET_SIZE}; flags dynamic;"
+    counter = " counter;" if (name in POLICY_SETS and name not in COUNTED_IN) or name in HIT_SETS else ""
     kind = "map" if value else "set"
     return f"  {kind} {name} {{ {typ};{flags}{counter} }}"
 

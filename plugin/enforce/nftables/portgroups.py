@@ -12,6 +12,7 @@ functions change nothing then and say so.
 from __future__ import annotations
 
 import collections
+import itertools
 import operator
 
 from segmentation.policymap import PolicyEntry
@@ -41,13 +42,17 @@ def split(entries) -> tuple:
 
 def remove(sets: dict, ports: list, groups: list, gone: dict) -> bool:
     """Take ``ports`` (their ``groups``) out of ``sets[NAME]`` when each is the one entry
-    of its group; the emptied groups into ``gone[NAME]``. False (nothing changed) otherwise."""
+    of its group; the emptied groups into ``gone[NAME]``. False (nothing changed) otherwise.
+    The groups are hashed twice (taken out, and into a dict whose hashes the rest reuses)."""
     if not ports:
         return True
     table = sets.get(NAME)
-    if table is None or not all(map(operator.eq, map(table.get, groups), ports)):
+    if table is None:
         return False
-    collections.deque(map(table.__delitem__, groups), 0)
+    taken = list(map(table.pop, groups, itertools.repeat(None)))
+    if not all(map(operator.eq, taken, ports)):   # put back what was taken: nothing changed
+        table.update((g, e) for g, e in zip(groups, taken) if e is not None)
+        return False
     gone[NAME].update(dict.fromkeys(groups))
     return True
 
@@ -59,10 +64,10 @@ def add(sets: dict, ports: list, groups: list, gone: dict, born: dict) -> bool:
     if not ports:
         return True
     table = sets.setdefault(NAME, {})
-    if any(map(table.__contains__, groups)) or len(set(groups)) != len(groups):
+    fresh = dict.fromkeys(groups)   # (one hashing pass: the test for twins and the delta's dict)
+    if len(fresh) != len(groups) or any(map(table.__contains__, groups)):
         return False
     table.update(zip(groups, ports))
-    fresh = dict.fromkeys(groups)
     emptied = gone.get(NAME)
     if emptied:
         again = emptied.keys() & fresh.keys()

@@ -18,7 +18,9 @@ Kernel background. Each secnet network gets two tables named
   conntrack works there: replies to allowed flows pass (``ct state
   established,related``), and so do further packets of a flow judged
   before that no reply has answered yet (``ct status confirmed``: its
-  first packet was let through). A new flow's two ends are turned into
+  first packet was let through). An ICMP error of a flow (``related``)
+  from a member that is no end of that flow is dropped as ``invalid``
+  (``@self4``/``@self6``: :func:`_forged_errors`, U23-F3). A new flow's two ends are turned into
   *identities* (``segmentation.identities``): the source's into the packet
   mark (``meta mark set ip saddr map @id4``), the destination's into the
   connection mark (``ct mark set ip daddr map @id4``); an address that is
@@ -27,7 +29,11 @@ Kernel background. Each secnet network gets two tables named
   (``pol_*``), of ``identity . address [...]`` in the CIDR sets
   (``eg*``/``in*``), and of the setting sets (``egress_allow``,
   ``internal``, ``audit``, ``restricted``). Their elements come from
-  ``elements``; every set of the policy has per-element counters.
+  ``elements``; every set of the policy has per-element counters, but for
+  ``pol_port`` (one-port rules, most of a large policy), whose matches are
+  counted in the dynamic set ``hit_port`` of the same key: an element (with its
+  counter) is made there by the first packet that matches it, so a policy edit
+  adds and deletes plain elements (``elements.COUNTED_IN``).
 
 So the rules never change while the network lives: a join, a leave, a
 policy edit, a new segment, a quarantine or a mode switch is a set-element
@@ -54,7 +60,7 @@ from .bridgetable import render_bridge
 from .nfttext import rules as _rules, set_declaration, table_name
 from .runner import PASSED_MARK
 
-FORMAT = 15   # bump when the ruleset changes shape: drift() then reports it
+FORMAT = 18   # bump when the ruleset changes shape: drift() then reports it (18: hit_port + self4/6 + DAD)
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
 #: the ``ct mark`` bit of a flow that this table judged and let through (chain ``pass``).
 #: A flow's later packets pass on its conntrack state alone only with it (or once answered,
@@ -152,6 +158,11 @@ def _policy_chains() -> list:
     ported = "meta l4proto . th dport"
     east_west = _rules(
         "east_west",
+        # a one-port rule's element is counted in the hit set (its first match makes its
+        # element there, with the counter): pol_port's elements carry none (COUNTED_IN)
+        f"{pair} . {ported} @pol_port update @hit_port {{ {pair} . {ported} }} goto pass",
+        # (the hit set full, or no memory for its element: the update fails, the rule
+        # above does not match; the flow is allowed all the same, uncounted)
         f"{pair} . {ported} @pol_port goto pass",
         f"{pair} . {ported} @pol_range goto pass",
         f"{pair} . meta l4proto @pol_proto goto pass",
@@ -193,6 +204,26 @@ def _cidr_lookups(ident: str, sel4: str, sel6: str, prefix: str, first: bool) ->
     return out
 
 
+def _forged_errors(verdict: str) -> list:
+    """Rules ending in ``verdict`` for an ICMP/ICMPv6 error related to a tracked flow
+    whose outer source is a member (an address the network gave a container: ``@self4``
+    holds ``a . a`` for each) that is no end of the flow it quotes (U23-F3).
+
+    For a related packet nft's ``ct`` expressions read the quoted flow's entry (the
+    master); the four lookups ``saddr . <end>`` in ``@self4``/``@self6`` miss unless the
+    source is one of the flow's original or reply addresses (a published port's error
+    from its container: its reply source, the DNAT'd address). Linux checks only the
+    error's outer destination (nf_conntrack_inet_error); the gateway's and routers'
+    errors (no members) pass as before."""
+    out = []
+    for fam, ip, icmp in ((4, "ip", "icmp"), (6, "ip6", "ipv6-icmp")):
+        src = f"{ip} saddr"
+        ends = " ".join(f"{src} . ct {d} {ip} {a} != @self{fam}"
+                        for d in ("original", "reply") for a in ("saddr", "daddr"))
+        out.append(f"ct state related meta l4proto {icmp} {src} . {src} @self{fam} {ends} {verdict}")
+    return out
+
+
 def _base_chains(bridge: str, subnets: Iterable[str] = ()) -> list:
     br = _q(bridge)
     # the link's IPv6 destinations: group, link-local, the network's own (the gateway)
@@ -200,7 +231,11 @@ def _base_chains(bridge: str, subnets: Iterable[str] = ()) -> list:
     forward = _rules(
         "forward",
         f"iifname != {br} oifname != {br} accept",
-        "ct state established,related goto pass",
+        "ct state established goto pass",
+        # an error of a flow from a third member, not one of its ends (before the
+        # "confirmed" rule, which reads the quoted flow's entry as well)
+        *_forged_errors(deny("invalid")),
+        "ct state related goto pass",
         # a flow judged and let through, not answered yet (a retransmitted SYN, one-way
         # UDP): judged once, counted once, as on eBPF (its conntrack map)
         f"ct status confirmed {_JUDGED} goto pass",
@@ -236,7 +271,9 @@ def _base_chains(bridge: str, subnets: Iterable[str] = ()) -> list:
         # a broadcast or multicast: each packet, as egress (its flooded copies, let through
         # before the bridge passes it up, confirmed the shared conntrack entry)
         "meta pkttype { broadcast, multicast } goto host_judge",
-        "ct state established,related accept",
+        "ct state established accept",
+        *_forged_errors(deny("invalid")),
+        "ct state related accept",
         f"ct status confirmed {_JUDGED} accept",
         # martian but for route_localnet: the host's loopback stays the host's (before the
         # state check: whatever its conntrack state, it is reported as eBPF reports it)

@@ -20,6 +20,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "spoof.h"
+#include "lookup.h"
 
 #define CT_TCP_LIFETIME_NS   (6ULL * 3600 * 1000000000ULL)
 #define CT_OTHER_LIFETIME_NS (180ULL * 1000000000ULL)
@@ -187,12 +188,24 @@ static __always_inline struct ct_val *ct_entry(struct pkt *p)
  * inner, before to_container; from_container sees them before it). A flow audit mode
  * let pass (CT_DENIED) was reported once as a would-drop; in audit mode its
  * errors pass with it, unreported (U12-F7); in enforce mode (an entry left from
- * audit mode) they are judged as packets of their own. ``mode``: the network's. */
+ * audit mode) they are judged as packets of their own. ``mode``: the network's.
+ * An error sent by a member (an address the network gave a container; not the
+ * gateway, whose identity is the host's) is related only when that member is an
+ * end of the quoted flow (the quoted destination, as the kernel of the end that
+ * got the quoted packet sends it): a third member's error, from its own address,
+ * quoting someone else's flow is no part of it (U23-F3); it opens no flow, so the
+ * callers drop it as ``invalid``, as nftables' forward chain does. The gateway's
+ * and routers' errors (not members) pass as before. */
 static __always_inline int ct_related(struct pkt *p, __u8 mode)
 {
+	struct member *m;
 	struct ct_val *v;
 
 	if (!p->icmp_error || !eq16(p->daddr, p->inner.saddr))
+		return 0;
+	m = member_of(p, p->saddr);
+	if (m && member_identity(m->identity) && !eq16(p->saddr, p->inner.daddr)
+	    && !eq16(p->saddr, p->inner.saddr))
 		return 0;
 	v = bpf_map_lookup_elem(&conntrack, &p->inner);
 	if (!v)

@@ -3,7 +3,7 @@
  * from its own addresses, its link-local one being the EUI-64 address of its
  * MAC (address resolution, DAD and multicast listener reports pass unjudged,
  * the rest is judged by policy as from its global address); neighbour
- * adverts only for its own addresses; never router adverts or redirects (a
+ * adverts and DAD solicitations only for its own addresses; never router adverts or redirects (a
  * container must not become its neighbours' router); nothing but ARP, IPv4
  * and IPv6, untagged. */
 #ifndef SECNET_SPOOF_H
@@ -65,7 +65,9 @@ static __always_inline int check_ipv6(struct __sk_buff *skb, struct pkt *p, stru
 	int link_local = p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80;
 	__u8 target[16] __attribute__((aligned(8)));
 
-	if (icmp && p->icmp_type == 136) {
+	/* a neighbour advert, and a DAD solicitation (from ::, RFC 4862 5.4.3: one for a
+	 * tentative address makes it a duplicate), only for its own addresses (U23-F2) */
+	if (icmp && (p->icmp_type == 136 || (p->icmp_type == 135 && zero16(p->saddr)))) {
 		if (bpf_skb_load_bytes(skb, p->l4off + 8, target, 16))
 			return -R_SPOOFED;
 		if (!eq16(target, ep->ll6) && (zero16(ep->ipv6) || !eq16(target, ep->ipv6)))
