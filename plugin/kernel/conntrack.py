@@ -20,9 +20,9 @@ original tuple (who opened the flow) and the source of the reply tuple (who
 answers it), with the reply's source port as the real destination port:
 what the filter hooks saw after DNAT. Both families, any protocol.
 
-Reads and deletions go over ctnetlink, encoded and decoded by :mod:`plugin.kernel.ctindex`
-(pyroute2 waits for each request's answer in turn: far too slow for tens of thousands of
-entries): no process per address.
+Reads and deletions go over ctnetlink, decoded by :mod:`plugin.kernel.ctindex` and
+encoded by :mod:`plugin.kernel.ctdelete` (pyroute2 waits for each request's answer in
+turn: far too slow for tens of thousands of entries): no process per address.
 """
 from __future__ import annotations
 
@@ -297,7 +297,8 @@ class Kernel:
         """Delete ``entries`` by their original tuples; how many the kernel deleted (one
         that ended meanwhile is not counted). Raises OSError when ctnetlink refuses the
         socket or ``SOCKET_TIMEOUT`` s pass without an answer."""
-        from plugin.kernel.ctindex import delete, raw_key
+        from plugin.kernel.ctdelete import delete
+        from plugin.kernel.ctindex import raw_key
         keys = [e.key if isinstance(e.key, tuple) else raw_key(e.key) for e in entries if e.key is not None]
         if not keys:
             return 0
