@@ -75,6 +75,7 @@ class Daemon:
     nftwatch: object = None
     dns: object = None
     tcwatch: object = None
+    portwatch: object = None
 
 
 def build(settings: Settings, backends=None, links=None, firewall=None, dns=None) -> Daemon:
@@ -112,6 +113,7 @@ def start(daemon: Daemon) -> None:
             log.exception("cannot read drop events of the %s backend", backend.name)
     start_watches(daemon)
     start_tc_watch(daemon)
+    start_port_watch(daemon)
     daemon.resolver.start(daemon.driver)
     if daemon.settings.metrics_addr:
         try:
@@ -186,6 +188,18 @@ def repair_wanted(owners: list) -> Callable:
     table of ``owners`` (backends with ``owns``), and every ``resync`` (notifications
     were lost: what changed meanwhile is unknown)."""
     return lambda event: event.kind == "resync" or any(b.owns(event) is not None for b in owners)
+
+
+def start_port_watch(daemon: Daemon) -> None:
+    """Follow link notifications (plugin.driver.portwatch): a member's veth someone took off
+    its network's bridge is put back within ~0.1 s; without them nothing notices it."""
+    if not hasattr(daemon.driver.links, "port_of"):
+        return
+    from plugin.driver.portwatch import PortWatch   # noqa: PLC0415
+    try:
+        daemon.portwatch = PortWatch(daemon.driver).start()
+    except OSError as exc:
+        log.error("cannot follow link changes (a veth taken off its bridge is not put back): %s", exc)
 
 
 def start_tc_watch(daemon: Daemon) -> None:

@@ -372,6 +372,41 @@ class Netlink:
         return self._index(name) is not None
 
     @_on_netlink_thread
+    def link_name(self, index: int) -> Optional[str]:
+        """The name of the link with ifindex ``index``; None when there is none."""
+        try:
+            found = self._ipr.get_links(index)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        return (found[0].get_attr("IFLA_IFNAME") or None) if found else None
+
+    @_on_netlink_thread
+    def port_of(self, name: str) -> Optional[tuple]:
+        """``(bridge, group)`` of link ``name``: the name of the device it is a port of
+        (``IFLA_MASTER``; "" when none) and its interface group (``IFLA_GROUP``); None
+        when no link is called ``name``."""
+        try:
+            found = self._ipr.get_links(ifname=name)
+        except NetlinkError as exc:
+            if exc.code == errno.ENODEV:
+                return None
+            raise
+        if not found:
+            return None
+        master, group = found[0].get_attr("IFLA_MASTER") or 0, found[0].get_attr("IFLA_GROUP") or 0
+        if not master:
+            return "", group
+        try:
+            bridge = self._ipr.get_links(master)
+        except NetlinkError as exc:
+            if exc.code != errno.ENODEV:
+                raise
+            bridge = None   # the master went between the two requests
+        return (bridge[0].get_attr("IFLA_IFNAME") or "" if bridge else ""), group
+
+    @_on_netlink_thread
     def owned_links(self) -> list:
         """(name, kind, owner-id) of every link carrying a secnet alias, and of
         alias-less veths named like secnet's (a crash between creating a link

@@ -1,9 +1,11 @@
 """Both datapaths on one daemon, end to end: an nftables network and an eBPF
 network (`secnet.backend`) side by side, across a kill -9 and a restart of the
 daemon, what an eBPF network leaves behind when it is removed, and an eBPF
-member's tc hooks changed behind the daemon's back (back within a second)."""
+member's tc hooks changed behind the daemon's back (back within a second), and a
+member's veth taken off its bridge (back within a second, both backends)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -118,6 +120,30 @@ def test_an_ebpf_members_hooks_changed_behind_the_daemons_back_are_repaired_with
             back_after(veth, ["tc", "filter", "add", "dev", veth, "egress", "pref", "1", "handle", "2",
                               "bpf", "da", "bytecode", "1,6 0 0 0,"])]
     print("repaired after (s):", [round(t, 3) for t in took])
+
+
+def master_of(ifname: str) -> str:
+    out = h.run(["ip", "-j", "link", "show", "dev", ifname]).stdout
+    return json.loads(out)[0].get("master", "")
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_a_members_veth_taken_off_its_bridge_is_put_back_within_a_second(make_network, run_container,
+                                                                         backend_name):
+    """The daemon follows link notifications (plugin.driver.portwatch): `ip link set V
+    nomaster` on a member's veth; it is back on the network's bridge within a second,
+    and the policy holds as before (allowed answers, denied does not)."""
+    net, cs = segmented(make_network, run_container, backend_name)
+    veth = cs["a"].veth()["ifname"]
+    bridge = master_of(veth)
+    assert bridge
+    h.run(["ip", "link", "set", veth, "nomaster"])
+    started = time.monotonic()
+    while master_of(veth) != bridge:
+        assert time.monotonic() - started < 1.0, f"{veth}: not back on {bridge} within 1 s"
+        time.sleep(0.01)
+    print("back on the bridge after (s):", round(time.monotonic() - started, 3))
+    assert_cells(isolation_cells({backend_name: (net, cs)}, "veth put back"))
 
 
 def test_an_ebpf_network_rm_leaves_no_pins_programs_or_nat_table(make_network, run_container):

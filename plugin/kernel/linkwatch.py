@@ -1,0 +1,99 @@
+"""Watch link notifications: a device added, changed (e.g. its bridge) or deleted.
+
+Every change of a network device -- made, deleted, up or down, enslaved to a
+bridge or released from it -- is announced by the kernel on the rtnetlink
+multicast group ``RTNLGRP_LINK`` (1; legacy bind mask ``RTMGRP_LINK`` 0x1) of
+the network namespace, the stream ``ip monitor link`` prints: RTM_NEWLINK
+for a new or changed device, RTM_DELLINK for a deleted one
+(net/core/rtnetlink.c ``rtmsg_ifinfo``). ``ip link set V nomaster`` is one
+RTM_NEWLINK of V without ``IFLA_MASTER`` (net/bridge/br_if.c ``br_del_if``
+announces it). A device made with a master in the same request is first
+announced without one (``rtnl_configure_link`` runs before ``do_set_master``),
+so a subscriber must read the device's present state, never trust one
+message's ``master``.
+
+The thread, the reopen with backoff and the ``resync`` after a gap (ENOBUFS,
+reopen) are :class:`plugin.kernel.nftwatch.NftWatcher`'s; this module gives
+it the link socket and messages. The messages are decoded by pyroute2's
+``ifinfmsg``.
+"""
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from plugin.kernel.links import IPRoute  # noqa: F401 (first: pyroute2 without its eager __init__)
+from plugin.kernel.nftwatch import NftWatcher
+from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg  # noqa: E402,I001
+
+RTMGRP_LINK = 0x1
+RCVBUF = 1 << 20
+SO_RCVBUFFORCE = 33
+NLMSG_HDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port id
+MESSAGES = {16: "add", 17: "delete"}   # RTM_NEWLINK, RTM_DELLINK (include/uapi/linux/rtnetlink.h)
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """One announcement. ``kind``: ``add`` (new or changed), ``delete``, or ``resync``
+    (notifications were lost or the watcher reconnected: look at every device).
+    ``ifindex``, ``ifname``; ``master``: the ifindex of its bridge (0: none) and
+    ``group``: its interface group (``IFLA_GROUP``), as the message says -- the
+    device's state when it was sent, which a later message may have changed."""
+
+    kind: str
+    ifindex: int = 0
+    ifname: str = ""
+    master: int = 0
+    group: int = 0
+    portid: int = field(default=0, compare=False)
+
+
+RESYNC = LinkEvent("resync")
+
+
+def parse(data: bytes) -> Iterator[LinkEvent]:
+    """The link events in one datagram from the group; other message types are
+    skipped, a truncated message ends the datagram."""
+    offset = 0
+    while offset + NLMSG_HDR.size <= len(data):
+        length, mtype, _flags, _seq, portid = NLMSG_HDR.unpack_from(data, offset)
+        if length < NLMSG_HDR.size or offset + length > len(data):
+            return
+        kind = MESSAGES.get(mtype)
+        if kind is not None:
+            msg = ifinfmsg(data[offset:offset + length])
+            msg.decode()
+            yield LinkEvent(kind, msg["index"], msg.get_attr("IFLA_IFNAME") or "",
+                            msg.get_attr("IFLA_MASTER") or 0, msg.get_attr("IFLA_GROUP") or 0, portid)
+        offset += (length + 3) & ~3
+
+
+def open_socket() -> socket.socket:
+    """A NETLINK_ROUTE socket joined to RTNLGRP_LINK (listening needs no privilege; the
+    receive buffer is forced past rmem_max where the process may: CAP_NET_ADMIN)."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    try:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        sock.bind((0, RTMGRP_LINK))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class LinkWatcher(NftWatcher):
+    """Calls subscribers with every :class:`LinkEvent` of this network namespace
+    (``subscribe``, ``start``, ``stop`` as :class:`~plugin.kernel.nftwatch.NftWatcher`)."""
+
+    name = "secnet-linkwatch"
+    parse = staticmethod(parse)
+    resync = RESYNC
+
+    def __init__(self, opener=open_socket, sleep=None):
+        super().__init__(opener, sleep)
