@@ -116,19 +116,19 @@ def _attrs(data: memoryview, at: int, end: int) -> tuple:
     without ``IFLA_IFNAME``; group 0 when absent (the kernel's default group)."""
     name = alias = kind = None
     group = 0
-    for atype, start, stop in _walk(data, at, end):
+    for atype, start, stop in walk_attrs(data, at, end):
         if atype == IFLA_IFNAME:
-            name = _text(data, start, stop)
+            name = attr_text(data, start, stop)
         elif atype == IFLA_GROUP and stop - start >= 4:
             group = struct.unpack_from("=I", data, start)[0]
         elif atype == IFLA_IFALIAS:
-            alias = _text(data, start, stop)
+            alias = attr_text(data, start, stop)
         elif atype == IFLA_LINKINFO:
-            kind = next((_text(data, s, e) for t, s, e in _walk(data, start, stop) if t == IFLA_INFO_KIND), None)
+            kind = next((attr_text(data, s, e) for t, s, e in walk_attrs(data, start, stop) if t == IFLA_INFO_KIND), None)
     return name, group, alias, kind
 
 
-def _walk(data: memoryview, at: int, end: int):
+def walk_attrs(data: memoryview, at: int, end: int):
     """(type, value start, value end) of each attribute in ``data[at:end]``."""
     while at + _ATTR.size <= end:
         alen, atype = _ATTR.unpack_from(data, at)
@@ -138,5 +138,5 @@ def _walk(data: memoryview, at: int, end: int):
         at += (alen + 3) & ~3
 
 
-def _text(data: memoryview, start: int, stop: int) -> str:
+def attr_text(data: memoryview, start: int, stop: int) -> str:
     return bytes(data[start:stop]).split(b"\0", 1)[0].decode(errors="replace")
