@@ -53,6 +53,12 @@ class OptionError(PolicyError):
         """The error for a ``secnet.*`` key that secnet does not know."""
         return cls(key, None, "allowed options are " + ", ".join(known), unknown=True)
 
+    @classmethod
+    def misspelt_key(cls, key: str, meant: str, known: tuple[str, ...]) -> "OptionError":
+        """The error for a key that is not ``secnet.*`` but was meant as ``meant``."""
+        hint = f"did you mean {meant}? " if meant in known else "options of secnet start with 'secnet.': "
+        return cls(key, None, hint + "allowed options are " + ", ".join(known), unknown=True)
+
 
 class RuleError(PolicyError):
     """An allow rule does not follow the grammar or makes no sense.

@@ -5,6 +5,9 @@ Docker hands a remote driver every ``-o`` in
 ``secnet.*`` keys, ignores everybody else's, and refuses an unknown
 ``secnet.*`` key or a bad value with an :class:`OptionError` that names the
 key, the value and what is allowed -- before anything touches the kernel.
+A key that is not ``secnet.*`` but was plainly meant as one is refused too,
+naming the option it looks like (:func:`meant_as`): ``secent.egress=deny``
+ignored would leave open what the user asked to close (U26-F1).
 
 :class:`NetworkOptions` validates itself on construction, so options read
 back from the state store (``from_dict``) are checked the same way.
@@ -12,6 +15,7 @@ back from the state store (``from_dict``) are checked the same way.
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping
@@ -134,6 +138,32 @@ class NetworkOptions:
         return cls(**kwargs)
 
 
+_NAMES = {key[len(PREFIX):] for key in OPTION_FIELDS}
+_HEAD = re.compile(r"([a-z]+)[._:/ -](.+)$")
+
+
+def meant_as(key: str) -> str | None:
+    """The ``secnet.*`` key that ``key`` (not one) was most likely meant as, or None
+    when it looks like somebody else's. Meant as ours: a bare option name
+    (``egress``); ``secnet`` with another separator (``secnet_egress``); any head
+    followed by an option name (``secent.egress``, ``sn.allow``); a head close to
+    ``secnet`` followed by something close to an option name (``secnett.egres``;
+    difflib's ratios >= 0.7 and 0.6). Docker's own keys (``com.docker.*``) never are."""
+    low = str(key).strip().lower()
+    if low in _NAMES:
+        return PREFIX + low
+    head = _HEAD.match(low)
+    if head is None or low.startswith("com.docker."):
+        return None
+    first, rest = head.groups()
+    if first == "secnet" or rest in _NAMES:
+        return PREFIX + rest
+    near = difflib.get_close_matches(rest, sorted(_NAMES), 1, 0.6)
+    if near and difflib.get_close_matches(first, ["secnet"], 1, 0.7):
+        return PREFIX + near[0]
+    return None
+
+
 def parse_network_options(
     generic: Mapping[str, Any] | None,
     *,
@@ -153,6 +183,9 @@ def parse_network_options(
     kwargs: dict[str, Any] = {}
     for key, value in generic.items():
         if not str(key).lower().startswith(PREFIX):
+            meant = meant_as(str(key))
+            if meant is not None:
+                raise OptionError.misspelt_key(str(key), meant, OPTION_KEYS)
             continue
         if key not in OPTION_FIELDS:
             raise OptionError.unknown_key(str(key), OPTION_KEYS)

@@ -47,8 +47,10 @@ def _name_and_id(net: dict) -> str:
 
 
 def _print_show(data: dict) -> None:
+    opts = data.get("options") or {}
+    defaults = "".join(f", {key} {opts[key]}" for key in ("intra", "egress") if key in opts)
     print(f"network {data.get('name') or data['id'][:12]} (bridge {data['bridge']}, backend {data.get('backend', 'nftables')},"
-          f" mode {data.get('mode', 'enforce')})")
+          f" mode {data.get('mode', 'enforce')}{defaults}{', internal' if opts.get('internal') else ''})")
     if data.get("mode") == "audit":
         print("  audit mode: policy drops nothing; `secnet log` shows what enforce mode would drop")
     print("segments:")

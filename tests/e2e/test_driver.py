@@ -75,6 +75,7 @@ BAD_OPTIONS = [
     ("secnet.mtu", "99"),
     ("secnet.allow", "web->"),
     ("secnet.bridge", "waytoolongbridgename"),
+    ("secent.egress", "deny"),   # U26-F1: a typo of secnet.egress, once ignored (egress stayed open)
 ]
 
 

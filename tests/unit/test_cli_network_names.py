@@ -65,3 +65,13 @@ def test_without_the_engine_the_ids_are_shown(daemon, monkeypatch, capsys):
     assert run(capsys, "show", NID).startswith(f"network {NID[:12]} (bridge")
     assert "name" not in json.loads(run(capsys, "show", NID, "--json"))
     assert f"  {OTHER[:12]}  a (x, 10.236.0.2) -> b" in run(capsys, "log")
+
+
+def test_show_names_the_networks_defaults_for_intra_and_egress(daemon, monkeypatch, capsys):
+    """U26-F1: nothing `show` printed said whether `secnet.egress=deny` was in force."""
+    monkeypatch.setattr(cli, "network_names", lambda: NAMES)
+    answer = dict(SHOW, options={"intra": "allow", "egress": "deny", "internal": True})
+    monkeypatch.setattr(cli, "call", lambda path, body, timeout=30.0: json.loads(json.dumps(
+        answer if path == "/secnet/show" else ANSWERS[path])))
+    head = run(capsys, "show", "shop-net").splitlines()[0]
+    assert head == "network shop-net (bridge sn-abab, backend nftables, mode enforce, intra allow, egress deny, internal)"

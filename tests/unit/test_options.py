@@ -237,3 +237,26 @@ def test_an_arrow_spaced_on_one_side_is_refused_at_create():
         parse_network_options({"secnet.allow": "web-> api"})
     assert str(info.value).startswith("invalid value 'web-> api' for option secnet.allow: "
                                       "invalid rule 'web-> api': whitespace on one side of '->'")
+
+
+@pytest.mark.parametrize("key, meant", [
+    ("secent.egress", "secnet.egress"), ("secnet_egress", "secnet.egress"), ("egress", "secnet.egress"),
+    ("Intra", "secnet.intra"), ("sn.allow", "secnet.allow"), ("secnett.egres", "secnet.egress"),
+    ("secnet-mode", "secnet.mode"), ("secnt.alow", "secnet.allow")])
+def test_a_key_plainly_meant_as_a_secnet_option_is_refused_naming_it(key, meant):
+    """U26-F1: `-o secent.egress=deny` ignored left egress open."""
+    with pytest.raises(OptionError) as err:
+        parse_network_options({key: "deny"})
+    assert str(err.value).startswith(f"unknown option {key}: did you mean {meant}? allowed options are ")
+
+
+@pytest.mark.parametrize("key", ["com.docker.network.bridge.name", "foo.bar", "secret.key", "my.label",
+                                 "com.docker.network.egress"])
+def test_somebody_elses_keys_are_still_ignored(key):
+    assert parse_network_options({key: "x"}) == parse_network_options({})
+
+
+def test_secnet_with_another_separator_and_an_unknown_name_is_refused():
+    with pytest.raises(OptionError) as err:
+        parse_network_options({"secnet_foo": "1"})
+    assert "options of secnet start with 'secnet.'" in str(err.value)
