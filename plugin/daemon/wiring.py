@@ -105,6 +105,8 @@ def start(daemon: Daemon) -> None:
         daemon.reconciler.reconcile()
     except Exception:  # the periodic pass will try again; never refuse to serve
         log.exception("first reconcile pass failed")
+    else:
+        settle_dns(daemon)
     daemon.reconciler.start()
     for backend in daemon.backends.values():
         try:
@@ -120,6 +122,17 @@ def start(daemon: Daemon) -> None:
             daemon.metrics.serve(daemon.settings.metrics_addr)
         except (OSError, ValueError) as exc:
             log.error("cannot serve metrics on %s: %s", daemon.settings.metrics_addr, exc)
+
+
+def settle_dns(daemon: Daemon) -> None:
+    """After the first pass: the DNS hold's table and queue rules go if no answer is to
+    be held (plugin.enforce.nftables.dnsmarks)."""
+    if daemon.dns is None:
+        return
+    try:
+        daemon.dns.settle()
+    except Exception as exc:   # they stay: answers to nobody are not held anyway
+        log.warning("cannot remove the unused DNS answer hold: %s", exc)
 
 
 def start_flow_index(daemon: Daemon) -> None:

@@ -73,9 +73,18 @@ class DnsService:
         self._marked: dict = {}     # network id -> addresses whose answers are held
 
     def start(self) -> None:
-        """Install the marks and queue rules (nothing marked yet) and read the queue."""
-        self.marks.install((a for addrs in self._marked.values() for a in addrs), keep=True)
+        """Read the queue; keep the marks and queue rules an earlier daemon left (the
+        answers it held go on being held), or make them for what is marked already."""
+        held = {a for addrs in self._marked.values() for a in addrs}
+        if held or self.marks.present():
+            self.marks.install(held, keep=True)
         self.queue.start()
+
+    def settle(self) -> None:
+        """After the daemon's first pass: no answer to hold, nothing of ours stays in
+        the host's path (dnsmarks' table and queue rules go)."""
+        with self._lock:
+            self.marks.settle()
 
     def close(self) -> None:
         self.queue.stop()

@@ -15,6 +15,7 @@ table, the iptables rules and the queue).
 from __future__ import annotations
 
 import socket
+import subprocess
 import struct
 import threading
 
@@ -211,6 +212,12 @@ class DnsRig:
     def queue_rules(self) -> int:
         out = sh("ip", "netns", "exec", self.lab.host, "iptables", "-t", "mangle", "-S").stdout
         return out.count("NFQUEUE")
+
+    def dns_table(self) -> bool:
+        """Whether the host namespace has the hold's table (``inet secnet-dns``)."""
+        res = subprocess.run(["ip", "netns", "exec", self.lab.host, "nft", "list", "table", "inet", "secnet-dns"],
+                             capture_output=True, text=True, check=False)
+        return res.returncode == 0
 
 
 def resolve(c, name: str, qtype: str = "A", tcp: bool = False, server: str = DNS4,

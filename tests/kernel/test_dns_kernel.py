@@ -301,6 +301,28 @@ def test_a_join_marks_and_a_leave_unmarks_by_delta(learning):
     assert rig.service.obj.marks.marked() == {web.ip4, web.ip6}
 
 
+def test_the_hold_leaves_the_hosts_path_with_the_last_held_address(learning):
+    """U26-F2: the queue rules (any packet with the mark bit, no bypass) and the table
+    stayed after the last network went, dropping other tools' marked packets for good."""
+    rig, web, _api = learning
+    assert rig.queue_rules() == 2 and rig.dns_table()
+    rig.service.removed(NET_ID)                        # the last network with DNS members
+    assert rig.queue_rules() == 0 and not rig.dns_table()
+    rig.tell()                                         # back: made again with the first held address
+    assert rig.queue_rules() == 2 and rig.dns_table()
+    assert resolve(web, "api.example.test") == ["10.238.0.5"]
+    assert connect(web, "10.238.0.5") == "ok"
+
+
+def test_a_daemon_that_holds_nothing_after_its_first_pass_removes_an_earlier_hold(learning):
+    rig, _web, _api = learning
+    rig.stop()                                          # an earlier daemon's hold stays
+    rig.serve()                                         # a new one, whose first pass holds nothing
+    assert rig.queue_rules() == 2 and rig.dns_table()   # kept until then (answers held meanwhile)
+    rig.service.settle()
+    assert rig.queue_rules() == 0 and not rig.dns_table()
+
+
 def test_audit_mode_passes_learned_or_not_and_reports_as_usual(lab):
     rig, web, _api = _rig(lab, RULES, mode="audit")
     try:

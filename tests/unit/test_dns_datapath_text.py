@@ -209,3 +209,30 @@ def test_answer_marks_make_the_table_anew_when_a_rewrite_cannot_keep_it():
     (script,) = runner.scripts
     assert script.startswith("table inet secnet-dns { }\ndelete table inet secnet-dns\n")
     assert script.endswith("add element inet secnet-dns dst4 { 10.224.0.2 }\n")
+
+
+def test_answer_marks_go_with_the_last_held_address_and_come_back_with_the_next():
+    """U26-F2: no table and no queue rules while nothing is held."""
+    runner = Runner()
+    m = marks.AnswerMarks(runner, 1, binaries=())
+    m.change(["10.224.0.2"], [])                      # the first: the table with it
+    assert runner.scripts[0].startswith("table inet secnet-dns {")
+    assert runner.scripts[0].endswith("add element inet secnet-dns dst4 { 10.224.0.2 }\n")
+    m.change([], ["10.224.0.2"])                      # the last: the table goes
+    assert runner.scripts[1] == "table inet secnet-dns { }\ndelete table inet secnet-dns\n"
+    m.repair()                                        # nothing held: nothing put back
+    m.change([], [])
+    assert len(runner.scripts) == 2 and m.marked() == set()
+    m.change(["10.224.0.3"], [])
+    assert runner.scripts[2].startswith("table inet secnet-dns {") and m.marked() == {"10.224.0.3"}
+
+
+def test_answer_marks_settle_removes_only_an_unused_hold():
+    runner = Runner()
+    m = marks.AnswerMarks(runner, 1, binaries=())
+    m.install(["10.224.0.2"])
+    m.settle()
+    assert len(runner.scripts) == 1                   # held: kept
+    m.install([], keep=True)                          # a daemon's start that adopts an earlier hold
+    m.settle()
+    assert runner.scripts[-1] == "table inet secnet-dns { }\ndelete table inet secnet-dns\n"

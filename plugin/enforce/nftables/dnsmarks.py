@@ -26,6 +26,11 @@ xtables ``NFQUEUE`` target is built in and reachable through iptables
 
 There is no ``--queue-bypass``: while no daemon reads the queue, those
 answers are dropped (fail closed); answers to other segments pass as before.
+The queue rules match the mark bit on any packet of the host, so the table and
+the rules exist only while some address is held: made with the first, removed
+with the last (the last DNS member gone, the last such network removed), and
+removed at start when the daemon's first pass holds none -- nothing of secnet's
+stays in the host's path once no DNS rule is in use (U26-F2).
 
 A budget per destination (U21-F4). The queue is one FIFO for every network
 (``MAX_LEN`` answers, ``plugin.dns.queue``); a member that floods answers to
@@ -123,6 +128,7 @@ class AnswerMarks:
         self.binaries, self.prefix = binaries, list(prefix)
         self._lock = threading.Lock()
         self._marked: set = set()
+        self._installed = False
 
     def rule(self) -> list:
         return ["-m", "mark", "--mark", f"{MARK:#x}/{MARK:#x}", "-m", "comment", "--comment", COMMENT,
@@ -137,15 +143,26 @@ class AnswerMarks:
         before), and ensure the queue rules; raises OSError when iptables refuses
         (nft errors propagate)."""
         with self._lock:
-            addresses = set(addresses)
-            elements = element_script("add", addresses)
-            try:
-                self.runner.apply(table_script(keep) + elements)
-            except Exception as exc:   # a chain or set of another shape: made anew
-                log.warning("DNS answer table %s rewritten whole: %s", TABLE, exc)
-                self.runner.apply(table_script(keep, replace=True) + elements)
-            self._marked = addresses
-            self._ensure_rules()
+            self._install(set(addresses), keep)
+
+    def _install(self, addresses: set, keep: bool) -> None:
+        elements = element_script("add", addresses)
+        try:
+            self.runner.apply(table_script(keep) + elements)
+        except Exception as exc:   # a chain or set of another shape: made anew
+            log.warning("DNS answer table %s rewritten whole: %s", TABLE, exc)
+            self.runner.apply(table_script(keep, replace=True) + elements)
+        self._marked = addresses
+        self._installed = True
+        self._ensure_rules()
+
+    def present(self) -> bool:
+        """Whether the kernel has the table (held answers of a daemon before this one)."""
+        try:
+            self.runner.list_json("table", "inet", TABLE, terse=True)
+        except Exception:
+            return False
+        return True
 
     def budget_drops(self) -> int:
         """Answers the budget dropped (both families, both chains) since the table was made
@@ -163,30 +180,54 @@ class AnswerMarks:
                     raise OSError(f"{binary} -t mangle -I {chain}: {res.stderr.strip()}")
 
     def repair(self) -> None:
-        """Put back the queue rules and the table if someone removed them."""
-        self.install(set(self._marked))
+        """Put back the queue rules and the table if someone removed them (while any
+        address is held: else there is nothing to put back)."""
+        with self._lock:
+            if self._installed:
+                self._install(set(self._marked), keep=False)
 
     def change(self, added: Iterable[str], removed: Iterable[str]) -> None:
-        """Mark answers to ``added`` addresses, no longer to ``removed`` ones (one transaction)."""
+        """Mark answers to ``added`` addresses, no longer to ``removed`` ones (one transaction).
+        The first address held makes the table and the queue rules; the last one gone
+        removes them."""
         with self._lock:
             added, removed = set(added) - self._marked, set(removed) & self._marked
             removed -= added
+            marked = (self._marked - removed) | added
+            if not marked:
+                if self._installed:
+                    self._uninstall()
+                return
+            if not self._installed:
+                self._install(marked, keep=False)
+                return
             script = element_script("delete", removed) + element_script("add", added)
             if script:
                 self.runner.apply(script)
-            self._marked = (self._marked - removed) | added
+            self._marked = marked
+
+    def settle(self) -> None:
+        """Remove the table and the queue rules if no address is held (the daemon's first
+        pass is over: what an earlier daemon held and nobody holds now goes)."""
+        with self._lock:
+            if not self._marked:
+                self._uninstall()
 
     def marked(self) -> set:
         with self._lock:
             return set(self._marked)
 
     def uninstall(self) -> None:
-        """Remove the queue rules and the table (tests; the daemon keeps them: fail closed)."""
+        """Remove the queue rules and the table."""
         with self._lock:
-            for binary in self.binaries:
-                for chain in CHAINS:
-                    for _ in range(16):
-                        if self._iptables(binary, "-D", chain, *self.rule()).returncode != 0:
-                            break
-            self.runner.apply(f"table inet {TABLE} {{ }}\ndelete table inet {TABLE}\n")
-            self._marked = set()
+            self._uninstall()
+
+    def _uninstall(self) -> None:
+        for binary in self.binaries:
+            for chain in CHAINS:
+                for _ in range(16):
+                    if self._iptables(binary, "-D", chain, *self.rule()).returncode != 0:
+                        break
+        self.runner.apply(f"table inet {TABLE} {{ }}\ndelete table inet {TABLE}\n")
+        self._marked = set()
+        self._installed = False
