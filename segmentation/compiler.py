@@ -44,6 +44,9 @@ from .protocols import FLOW_PROTOCOLS
 
 #: the reason of a flow into or out of an --internal network (dropped in both modes)
 INTERNAL = "internal network"
+#: the reason of a flow to or from an address of the network's subnets that no member holds
+#: (the drop log's ``not-member``): no rule names it, whatever a CIDR covers
+NOT_MEMBER = "not a member of the network"
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ class Api:
             dns = getattr(self.reconciler, "dns", None)
             result = explain(self.reconciler.compiled(net), self.state.endpoints(net.id), *args,
                              learned=dns.learned(net.id) if dns is not None else None,
-                             mode=net.options.mode)
+                             mode=net.options.mode, subnets=[pool for pool, _gw in net.ipv4 + net.ipv6],
+                             gateways=net.gateways())
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         return dict(result, network=net.id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Optional
 
-from segmentation.compiler import FLOW_PROTOCOLS, INTERNAL, Verdict, verdict
+from segmentation.compiler import FLOW_PROTOCOLS, INTERNAL, NOT_MEMBER, Verdict, verdict
 from segmentation.errors import PolicyError, shown
 
 from plugin.enforce.backend import covers, link_local
@@ -171,8 +171,19 @@ def _hairpin(endpoints, dst_end: tuple, proto: str, port: Optional[int]):
     return None
 
 
+def _free(end: tuple, subnets, gateways) -> bool:
+    """``end`` is an address of the network's ``subnets`` that no member holds and that is
+    not the host's (one of ``gateways``, or any other): the datapath drops it as ``not-member``."""
+    if end[0] != "addr":
+        return False
+    address = ipaddress.ip_address(end[1])
+    if any(address == ipaddress.ip_interface(gw).ip for gw in gateways):
+        return False
+    return any(address in ipaddress.ip_network(net, strict=False) for net in subnets)
+
+
 def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
-            mode: str = "enforce") -> dict:
+            mode: str = "enforce", subnets=(), gateways=()) -> dict:
     """The verdict on a new flow from ``src`` to ``dst``, with what they resolved to.
 
     ``learned``: the DNS answers in force, ``(segment, rule) -> {address:
@@ -184,6 +195,9 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
     flow to a host address and port published for a member is judged as the
     datapath judges it: east-west to that member on its container port (the
     result's ``port``; ``dst["hairpin"]``: the host address and port).
+    ``subnets``: the network's, ``gateways`` its gateways (CIDR strings); an address
+    of the subnets that no member holds, nor the host, is denied as "not a member of the network" whatever a
+    CIDR rule covers, as the datapath drops it (U26-F4).
     """
     proto, port = parse_service(service)
     src_end, src_desc = resolve_end(src, endpoints, compiled)
@@ -199,6 +213,9 @@ def explain(compiled, endpoints, src: str, dst: str, service: str, learned=None,
         result = Verdict(False, None, PENDING)
         ends = [e if e[0] != "pending" else ("segment", compiled.segments[0]) for e in (src_end, dst_end)]
         verdict(compiled, ends[0], ends[1], "tcp" if proto == "any" else proto, port)  # still refuses a question that names no flow
+    elif _free(src_end, subnets, gateways) or _free(dst_end, subnets, gateways):
+        result = Verdict(False, None, NOT_MEMBER)
+        verdict(compiled, src_end, dst_end, "tcp" if proto == "any" else proto, port)  # still refuses a question that names no flow
     elif proto == "any":
         result = _every_protocol(compiled, src_end, dst_end, learned)
     else:

@@ -223,3 +223,18 @@ def test_a_prefix_that_names_nothing_is_an_error():
 
 def test_an_ipv6_address_is_no_prefix():
     assert resolve_end("fd00:224::2", ENDPOINTS, compiled())[0] == ("segment", "web")
+
+
+def test_a_free_address_of_the_networks_subnet_is_not_a_member_whatever_a_cidr_covers():
+    """U26-F4: `web->10.224.0.0/24` names the host's addresses there, not free ones: the
+    datapath drops those as not-member, and explain said allowed."""
+    c = compiled(rules="web->10.224.0.0/24:tcp 10.224.0.0/24->db:tcp")
+    subnets = {"subnets": ["10.224.0.0/24", "fd00:224::/64"], "gateways": ["10.224.0.1/24", "fd00:224::1/64"]}
+    free = explain(c, ENDPOINTS, "web1", "10.224.0.200", "tcp/5432", **subnets)
+    assert not free["allowed"] and free["reason"] == "not a member of the network" and free["rule"] is None
+    assert explain(c, ENDPOINTS, "10.224.0.200", "db1", "tcp/5432", **subnets)["reason"] == \
+        "not a member of the network"
+    assert not explain(c, ENDPOINTS, "web1", "fd00:224::99", "any", **subnets)["allowed"]
+    # the gateway is the host's: the rule names it; outside the subnets nothing changes
+    assert explain(c, ENDPOINTS, "web1", "10.224.0.1", "tcp/5432", **subnets)["allowed"]
+    assert explain(c, ENDPOINTS, "web1", "10.224.0.200", "tcp/5432")["allowed"]   # (no subnets given)
