@@ -31,6 +31,9 @@ from plugin.driver import restore as restart
 from plugin.driver.state import EndpointRecord, NetworkRecord, State
 
 log = logging.getLogger(__name__)
+# a Join response's StaticRoutes RouteType: a route on the container's interface, no next hop
+# (libnetwork types.CONNECTED; the engine adds it as a link-scope route of that interface)
+CONNECTED = 1
 
 
 class Driver:
@@ -316,6 +319,10 @@ class Driver:
                 gw = net.gateway_for(addr)
                 if gw:
                     resp[key] = gw
+        else:
+            routes = net.other_subnets(ep.ipv4) + net.other_subnets(ep.ipv6)
+            if routes:   # no gateway: the network's other subnets are on the link (U26-F3)
+                resp["StaticRoutes"] = [{"Destination": pool, "RouteType": CONNECTED} for pool in routes]
         return resp
 
     def apply_resolution(self, endpoint_id, container, container_id, segment, quarantine):

@@ -82,6 +82,15 @@ class NetworkRecord:
         """Gateway addresses in CIDR form, both families, every subnet."""
         return [gw for _, gw in self.ipv4 + self.ipv6 if gw]
 
+    def other_subnets(self, address: Optional[str]) -> list:
+        """The network's subnets of ``address``'s family (CIDR form) that do not hold it;
+        [] without an address."""
+        if not address:
+            return []
+        ip = ipaddress.ip_interface(address).ip
+        pools = self.ipv4 if ip.version == 4 else self.ipv6
+        return [pool for pool, _gw in pools if ip not in ipaddress.ip_network(pool)]
+
     def gateway_for(self, address: Optional[str]) -> Optional[str]:
         """The gateway (plain address) of the subnet ``address`` (CIDR form) is
         in: a network may have several subnets per family. None when none."""

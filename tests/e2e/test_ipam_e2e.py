@@ -112,3 +112,24 @@ def test_ipv6_with_only_an_ipv6_subnet(network_with, run_container, servers):  #
     assert default_via(api, 6) == at(s6a, 1)
     n.reaches(web, api.ip6, 8080, server=api.name)
     n.blocked(api, web.ip6, 8080)
+
+
+@pytest.mark.parametrize("backend", ["nftables", "ebpf"])
+def test_an_internal_network_of_several_subnets_is_one_network_under_the_rules(
+        network_with, run_container, servers, backend):  # noqa: F811
+    """U26-F3: an --internal network has no gateway, so members of its other subnets
+    were unreachable (ENETUNREACH) whatever the rules said. They are on the bridge: the
+    join gives each container link routes to the network's other subnets, and the rules
+    decide, in both families; a denied probe times out (policy), it is not unreachable."""
+    net = network_with("--internal", "--subnet", "{s4a}", "--subnet", "{s4b}", "--ipv6", "--subnet", "{s6a}",
+                       "--subnet", "{s6b}", "-o", "secnet.allow=web->api:tcp/8080", "-o", f"secnet.backend={backend}")
+    s4a, s4b, s6a, s6b = net.subnets
+    web = start(run_container, servers, net, "web", "web", "--ip", at(s4a, 10), "--ip6", at(s6a, 0x10))
+    api = start(run_container, servers, net, "api", "api", "--ip", at(s4b, 10), "--ip6", at(s6b, 0x10))
+    db = start(run_container, servers, net, "db", "db", "--ip", at(s4b, 11), "--ip6", at(s6b, 0x11))
+    assert default_via(web, 4) == "" and default_via(api, 6) == ""    # internal: still no gateway
+    for dst in (api.ip, api.ip6):
+        n.reaches(web, dst, 8080, server=api.name)                      # across the subnets, allowed
+    results = n.blocked_each([(db, web.ip, 8080, "tcp"), (db, web.ip6, 8080, "tcp"),    # no rule
+                              (api, web.ip, 8080, "tcp"), (web, api.ip, 5353, "udp")])
+    assert not any("unreachable" in r.err.lower() for r in results), [r.err for r in results]

@@ -353,6 +353,24 @@ def test_join_on_an_internal_network_has_no_gateway(env):
     env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid))
     status, body = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
     assert status == 200 and "Gateway" not in body and body["InterfaceName"]["DstPrefix"] == "eth"
+    assert "StaticRoutes" not in body   # one subnet: nothing else on the link
+
+
+def test_join_on_an_internal_network_of_several_subnets_routes_the_others_on_the_link(env):
+    """U26-F3: with no gateway, members of an --internal network's other subnets were
+    unreachable whatever the rules; they are on the bridge, so on the link."""
+    nid, eid = new_id(), new_id()
+    body = create_network_body(nid, internal=True)
+    body["IPv4Data"] = _pools(("10.220.1.0/24", "10.220.1.1/24", None), ("10.220.2.0/24", "10.220.2.1/24", None),
+                              ("10.220.3.0/24", "10.220.3.1/24", None))
+    body["IPv6Data"] = _pools(("fd00:220::/64", "fd00:220::1/64", None), ("fd00:221::/64", "fd00:221::1/64", None))
+    body["Options"]["com.docker.network.enable_ipv6"] = True
+    assert env.post("/NetworkDriver.CreateNetwork", body) == (200, {})
+    env.post("/NetworkDriver.CreateEndpoint", create_endpoint_body(nid, eid, "10.220.2.7/24", "fd00:221::7/64"))
+    status, resp = env.post("/NetworkDriver.Join", endpoint_body(nid, eid))
+    assert status == 200 and "Gateway" not in resp and "GatewayIPv6" not in resp
+    assert resp["StaticRoutes"] == [{"Destination": d, "RouteType": 1}
+                                    for d in ("10.220.1.0/24", "10.220.3.0/24", "fd00:220::/64")]
 
 
 def test_leave_and_delete_endpoint_remove_the_veth_and_row(env, joined):
