@@ -140,8 +140,12 @@ def call(path: str, body: dict, timeout: float = 30.0) -> dict:
                                 " a change it asked for may be in force or not; look before trying again"
                                 " (secnet policy NETWORK, secnet mode NETWORK)") from None
     except (OSError, BadAnswer) as exc:
-        hint = "" if os.path.exists(sock) else \
-            " (is the daemon running? for a managed plugin set SECNET_SOCKET to its socket)"
+        if not os.path.exists(sock):
+            hint = " (is the daemon running? for a managed plugin set SECNET_SOCKET to its socket)"
+        elif isinstance(exc, ConnectionRefusedError):   # a socket file an ended daemon left
+            hint = " (the socket is there but no daemon listens on it: is the daemon running?)"
+        else:
+            hint = ""
         raise DaemonUnreachable(f"cannot reach the secnet daemon at {sock}: {exc}{hint}") from None
     try:
         data = json.loads(raw or b"{}")
@@ -165,12 +169,18 @@ def quote(text: str) -> str:
 UNMAPPED: set = set()
 
 
+#: network id -> name, of the networks :func:`resolve_network` looked up (same answer: no request more)
+NAMES: dict = {}
+
+
 def resolve_network(ref: str) -> str:
     """Network name or id → id, through the engine when it answers (else ``ref`` as given:
     the daemon takes ids and id prefixes). A ref the engine was not reached for is put in
     :data:`UNMAPPED` (an answer such as 404 is no miss: the engine knows no such network)."""
     try:
-        return _engine("/networks/" + quote(ref), lambda api: api.inspect_network(ref))["Id"]
+        info = _engine("/networks/" + quote(ref), lambda api: api.inspect_network(ref))
+        NAMES[info["Id"]] = info.get("Name") or ""
+        return info["Id"]
     except Exception as exc:
         # answered: our LookupError for a non-200 status, the SDK's APIError (a response)
         if not isinstance(exc, LookupError) and getattr(exc, "response", None) is None:

@@ -7,7 +7,6 @@ Exit status 0 on success, non-zero with a one-line reason on stderr.
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -113,9 +112,13 @@ def cmd_policy(args) -> dict:
     if args.action is None and args.rules:
         raise UsageError("use: secnet policy NETWORK [set|add|remove RULE... | clear]")
     # an edit prints one line; only --json (and printing the rules) needs them all back
-    body = {"network": resolve_network(args.network), "action": args.action or "get",
+    network = resolve_network(args.network)
+    body = {"network": network, "action": args.action or "get",
             "rules": args.rules, "list": args.json or args.action is None}
-    return call("/secnet/policy", body)
+    data = call("/secnet/policy", body)
+    if client.NAMES.get(network):
+        data["name"] = client.NAMES[network]
+    return data
 
 
 def _print_policy(data: dict) -> None:
@@ -125,7 +128,7 @@ def _print_policy(data: dict) -> None:
             print("\n".join(data["rules"]))
         return
     count = data["count"]
-    print(f"network {data['network'][:12]}: {count} rule{'' if count == 1 else 's'} in force")
+    print(f"network {data.get('name') or data['network'][:12]}: {count} rule{'' if count == 1 else 's'} in force")
 
 
 def cmd_mode(args) -> dict:
@@ -264,9 +267,14 @@ def _rule_arguments(argv: list) -> tuple:
     cost it 30 ms; the daemon checks rules anyway), else ``(argv, None)``. Arguments
     that look like options stay with argparse."""
     if len(argv) > 3 and argv[0] == "policy" and argv[2] in EDITS and \
-            not any(map(str.startswith, argv, itertools.repeat("-"))):
-        return argv[:3], argv[3:]
+            not any(a.startswith("-") and "->" not in a for a in argv):
+        return argv[:3], argv[3:]   # ('->api' is a rule with no source, not an option: U26-F6)
     return argv, None
+
+
+#: the commands whose NETWORK is required (argparse's own message for ``secnet policy`` named
+#: RULE as required too, which it is not: U26-F6)
+NEEDS_NETWORK = ("show", "policy", "mode", "explain", "verify")
 
 
 def _parsed(argv: list, rules):
@@ -274,6 +282,9 @@ def _parsed(argv: list, rules):
     ``policy NETWORK set|add|remove``) as argparse would give it, without argparse."""
     if rules is not None:
         return SimpleNamespace(command=argv[0], network=argv[1], action=argv[2], rules=rules)
+    if len(argv) == 1 and argv[0] in NEEDS_NETWORK:
+        raise UsageError(f"{argv[0]}: NETWORK is missing (a name or id: secnet status lists them);"
+                         f" see secnet {argv[0]} --help")
     return parser().parse_args(argv)
 
 

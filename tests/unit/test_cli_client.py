@@ -164,3 +164,39 @@ def test_a_request_taken_and_not_answered_says_the_change_may_be_in_force(tmp_pa
     with pytest.raises(client.CliError, match="took the request but did not answer.*may be in force or not"):
         client.call("/secnet/policy", {"network": "n", "action": "add", "rules": ["a->b"]},
                     **({"timeout": 0.5} if answer is None else {}))
+
+
+def test_a_rule_that_starts_with_the_arrow_goes_to_the_daemon_not_to_argparse():
+    """U26-F6: `secnet policy n set '->api'` said "unrecognized arguments: ->api"."""
+    assert _rule_arguments(["policy", "n", "set", "->api"]) == (["policy", "n", "set"], ["->api"])
+    assert _rule_arguments(["policy", "n", "set", "->api", "-h"]) == (["policy", "n", "set", "->api", "-h"], None)
+
+
+@pytest.mark.parametrize("verb", ["policy", "show", "mode", "explain", "verify"])
+def test_a_command_without_its_network_names_what_is_missing(verb, capsys):
+    """U26-F6: `secnet policy` said NETWORK and RULE were required; RULE is not."""
+    assert main([verb]) == 2
+    err = capsys.readouterr().err
+    assert err == f"secnet: {verb}: NETWORK is missing (a name or id: secnet status lists them); see secnet {verb} --help\n"
+
+
+def test_a_socket_nobody_listens_on_says_so(tmp_path, monkeypatch, capsys):
+    """U26-F6: a socket file an ended daemon left gave "Connection refused" and no hint."""
+    import socket as so
+    path = str(tmp_path / "stale.sock")
+    s = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    s.bind(path)
+    s.close()   # the file stays, nobody listens
+    monkeypatch.setenv("SECNET_SOCKET", path)
+    assert main(["status"]) == 1
+    err = capsys.readouterr().err
+    assert "the socket is there but no daemon listens on it" in err and err.count("\n") == 1
+
+
+def test_a_policy_edit_names_the_network_as_the_engine_does(monkeypatch, capsys):
+    """U26-F6: `secnet policy shop add ...` answered with the id alone."""
+    from plugin.cli import main as cli
+    monkeypatch.setattr(cli, "resolve_network", lambda ref: client.NAMES.setdefault("ab" * 32, "shop") and "ab" * 32)
+    monkeypatch.setattr(cli, "call", lambda path, body, timeout=30.0: {"network": body["network"], "count": 3})
+    assert main(["policy", "shop", "add", "web->db:tcp/5432"]) == 0
+    assert capsys.readouterr().out == "network shop: 3 rules in force\n"
