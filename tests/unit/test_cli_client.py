@@ -79,7 +79,8 @@ def test_the_engine_lookup_reads_an_unchunked_answer(tmp_path):
     assert client._engine_get(path, "/networks/shop") == {"Id": "f" * 64, "Name": "shop"}
 
 
-def test_defaults_are_the_daemons():
+def test_defaults_are_the_daemons(monkeypatch):
+    monkeypatch.setattr(client, "managed_socket", lambda default="": "")   # (a managed plugin on this host)
     assert client.DEFAULT_SOCKET == config.Settings.socket
     assert client.DEFAULT_DOCKER_HOST == config.DEFAULT_DOCKER_HOST
     assert client.socket_path({}) == config.Settings.socket
