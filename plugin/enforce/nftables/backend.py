@@ -165,7 +165,8 @@ class NftBackend(fqdn.FqdnMethods):
                 return
             # in place: if the kernel refuses the delta, the network is rebuilt from it anyway
             elements = real.policy_elements.change(   # DNS rules: counted by tag (fqdn)
-                _union(delta.entries_added, delta.cidrs_added), _union(delta.entries_removed, delta.cidrs_removed))
+                _union(delta.entries_added, delta.cidrs_added),
+                _union(delta.entries_removed, delta.cidrs_removed))
             settings = setting_elements(policy, net.mode, real.policy_elements)
             diff(real.settings, settings, changed)
             changed.delete.update(elements.delete)
@@ -492,7 +493,6 @@ def _rules_of(net: NetworkSpec) -> tuple:
 def _merge(into: dict, elements: dict) -> None:
     for name, els in elements.items():
         into.setdefault(name, {}).update(els)
-
 
 
 def _union(entries: frozenset, cidrs: frozenset) -> frozenset:
