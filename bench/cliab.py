@@ -9,7 +9,10 @@ and N rules, a throwaway namespace, its own socket) and its CLI is run from its 
 by this venv's Python. Each round runs, for both trees in turn (which goes first
 alternates), ``secnet status``, ``policy NET add RULE``, ``policy NET remove RULE`` and
 the two with ``--json``, each a new process: wall time, and the CPU time of the process
-(user + system, ``os.wait4``). ``--block B``: then, per round and tree, B status
+(user + system, ``os.wait4``). ``--sets``: each round also ``policy NET set`` of N rules
+(``bench.scale.sweep_rules`` and the flow's two, as ``make bench``'s sweep sends them: one
+argument a rule; the variant changes every round, so that each set replaces every rule but the
+flow's two). ``--block B``: then, per round and tree, B status
 requests, B one-rule adds and their B removes sent from this process (the daemons'
 answers: wall per request, and the daemon's CPU over each block from /proc, per request).
 Prints JSON: per tree and command the medians, per command the median of the rounds'
@@ -31,7 +34,7 @@ from plugin.cli.client import exchange
 
 from . import cliedit
 from .common import CLK_TCK, REPO
-from .scale import ONE_RULE
+from .scale import FLOW_RULES, ONE_RULE, sweep_rules
 
 PYTHON = os.path.join(REPO, ".venv", "bin", "python")
 COMMANDS = {"status": ["status"], "add": ["policy", "{net}", "add", ONE_RULE],
@@ -65,16 +68,18 @@ def _run(script: str, args: list, sock: str) -> tuple:
     return (time.perf_counter() - t0) * 1000, (usage.ru_utime + usage.ru_stime) * 1000, os.waitstatus_to_exitcode(status)
 
 
-def _round(trees: list, order: list) -> dict:
-    """{tree index: {command: (wall, cpu)}} of one round, trees in ``order``."""
+def _round(trees: list, order: list, sets: list = None) -> dict:
+    """{tree index: {command: (wall, cpu)}} of one round, trees in ``order``; ``sets``: the
+    rules of a ``set`` command too."""
     out = {}
+    commands = dict(COMMANDS, set=["policy", "{net}", "set", *sets]) if sets else COMMANDS
     for i in order:
         script, sock, net, _pids = trees[i]
         times = {}
-        for name, args in COMMANDS.items():
+        for name, args in commands.items():
             wall, cpu, code = _run(script, [a.format(net=net) for a in args], sock)
             if code != 0:
-                raise RuntimeError(f"tree {i}: secnet {' '.join(args)} exited {code}")
+                raise RuntimeError(f"tree {i}: secnet {' '.join(args[:4])} exited {code}")
             times[name] = (wall, cpu)
         out[i] = times
     return out
@@ -147,7 +152,7 @@ def _ok(answer: tuple) -> None:
         raise RuntimeError(f"the stand-in daemon answered {status}: {body[:200]!r}")
 
 
-def run(old: str, rounds: int, rules: int, endpoints: int, flow: bool, block: int = 0) -> dict:
+def run(old: str, rounds: int, rules: int, endpoints: int, flow: bool, block: int = 0, sets: bool = False) -> dict:
     """The CLI's A/B (``rounds`` rounds); with ``block``, the daemons' answers too
     (``rounds`` rounds of ``block`` requests of each kind per tree)."""
     with ExitStack() as stack, tempfile.TemporaryDirectory(prefix="snbench-ab-") as tmp:
@@ -155,10 +160,11 @@ def run(old: str, rounds: int, rules: int, endpoints: int, flow: bool, block: in
         for tree in (os.path.abspath(old), REPO):
             sock, net = stack.enter_context(_daemon(tree, rules, endpoints, flow))
             trees.append((_launcher(tmp, tree), sock, net, _daemon_pids(sock)))
-        _round(trees, [0, 1])   # warm: page cache, the daemons' first requests
-        found = [_round(trees, [0, 1] if n % 2 == 0 else [1, 0]) for n in range(rounds)]
+        variant = (lambda n: sweep_rules(rules, 1 + n % 2) + FLOW_RULES) if sets else (lambda n: None)
+        _round(trees, [0, 1], variant(1))   # warm: page cache, the daemons' first requests
+        found = [_round(trees, [0, 1] if n % 2 == 0 else [1, 0], variant(n)) for n in range(rounds)]
         answers = [_answers(trees, [0, 1] if n % 2 == 0 else [1, 0], block) for n in range(rounds)] if block else []
-    out = {"rules": rules, "endpoints": endpoints, "flow": flow, **_summary(found, COMMANDS)}
+    out = {"rules": rules, "endpoints": endpoints, "flow": flow, **_summary(found, list(found[0][0]))}
     if answers:
         out["daemon"] = dict(_summary(answers, ("status", "add", "remove")), block=block)
     return out
@@ -171,10 +177,11 @@ def main() -> None:
     parser.add_argument("--rules", type=int, default=10000)
     parser.add_argument("--endpoints", type=int, default=1000)
     parser.add_argument("--flow", action="store_true", help="one established flow between two members")
+    parser.add_argument("--sets", action="store_true", help="also policy NET set of N rules, each round")
     parser.add_argument("--block", type=int, default=0,
                         help="also the daemons' answers: this many requests of each kind per tree and round")
     args = parser.parse_args()
-    json.dump(run(args.old, args.rounds, args.rules, args.endpoints, args.flow, args.block), sys.stdout, indent=1)
+    json.dump(run(args.old, args.rounds, args.rules, args.endpoints, args.flow, args.block, args.sets), sys.stdout, indent=1)
     print()
 
 

@@ -305,7 +305,7 @@ def _as_typed(exc: CliError, ref) -> CliError:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
-    argv, rules = _rule_arguments([a for a in argv if a != "--json"])
+    argv, rules = _rule_arguments([a for a in argv if a != "--json"] if as_json else argv)
     args = None
     try:
         args = _parsed(argv, rules)

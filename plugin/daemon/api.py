@@ -176,10 +176,11 @@ class Api:
         under the driver's lock, so that two edits at once both take effect."""
         if action not in ("set", "add", "remove", "clear"):
             raise BadRequest(f"unknown policy action {action!r}: use set, add, remove or clear")
-        # a set: the rules in force by text, so that those it keeps are not parsed again
-        known = dict(zip(rule_texts(net.options.rules), net.options.rules)) if action == "set" else None
+        # a set: the rules in force (and their texts, kept by the options), so that those
+        # it keeps are not parsed again; looked up by text only when it keeps most of them
+        in_force = (net.options.rules, net.options.rule_text_set()) if action == "set" else None
         try:
-            rules = parse_rules(" ".join(texts), known)
+            rules = parse_rules(" ".join(texts), in_force=in_force)
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         if action == "clear" and texts:

@@ -324,6 +324,31 @@ def test_a_set_that_keeps_most_rules_reuses_them_and_parses_the_rest():
     assert [r.text() for r in rules[:3]] == texts[:3]
 
 
+def _in_force():
+    return IN_FORCE, frozenset(r.text() for r in IN_FORCE)
+
+
+@given(st.lists(st.sampled_from([r.text() for r in IN_FORCE] + [
+    "s1 -> s2:tcp/1001", "s1->s2:TCP/1001", "new->s2:udp/53", "x->y:tcp/1-2", "web->10.1.0.0/16",
+    "s1->s2:tcp/01001", "s3->s4:tcp/1003"]), max_size=60))
+def test_a_set_against_the_rules_in_force_given_with_their_texts_parses_as_without_them(texts):
+    text = " ".join(texts)
+    assert parse_rules(text, in_force=_in_force()) == parse_rules(text)
+    assert format_rules(parse_rules(text, in_force=_in_force())) == format_rules(parse_rules(text))
+
+
+def test_the_rules_in_force_given_with_their_texts_are_reused_when_most_are_kept():
+    texts = [r.text() for r in IN_FORCE]
+    texts[3] = "s3 -> s9:tcp/7"
+    rules = parse_rules(" ".join(texts), in_force=_in_force())
+    assert rules[3].text() == "s3->s9:tcp/7" and rules[3] not in IN_FORCE
+    assert all(new is old for new, old in zip(rules[4:], IN_FORCE[4:]))   # the same objects: not parsed
+    fresh = [f"n{i}->s{i}:tcp/{2000 + i}" for i in range(40)] + [texts[5]]   # mostly new: all parsed
+    rules = parse_rules(" ".join(fresh), in_force=_in_force())
+    assert [r.text() for r in rules] == fresh and rules[-1] is not IN_FORCE[5] and rules[-1] == IN_FORCE[5]
+    assert parse_rules("a->b", in_force=((), frozenset()))[0].text() == "a->b"
+
+
 def test_a_set_against_the_rules_in_force_still_names_the_bad_rule():
     texts = [r.text() for r in IN_FORCE] + ["web->api:tcp/99999"]
     with pytest.raises(RuleError) as info:
