@@ -197,7 +197,8 @@ def test_a_socket_nobody_listens_on_says_so(tmp_path, monkeypatch, capsys):
 def test_a_policy_edit_names_the_network_as_the_engine_does(monkeypatch, capsys):
     """U26-F6: `secnet policy shop add ...` answered with the id alone."""
     from plugin.cli import main as cli
-    monkeypatch.setattr(cli, "resolve_network", lambda ref: client.NAMES.setdefault("ab" * 32, "shop") and "ab" * 32)
+    monkeypatch.setattr(client, "NAMES", {"ab" * 32: "shop"})   # as resolve_network leaves it
+    monkeypatch.setattr(cli, "resolve_network", lambda ref: "ab" * 32)
     monkeypatch.setattr(cli, "call", lambda path, body, timeout=30.0: {"network": body["network"], "count": 3})
     assert main(["policy", "shop", "add", "web->db:tcp/5432"]) == 0
     assert capsys.readouterr().out == "network shop: 3 rules in force\n"
