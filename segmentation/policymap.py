@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional
 
-from . import pairindex
+from . import pairindex, sharedset
 from .identities import OUTSIDE
 from .options import NetworkOptions
 from .protocols import ANY
 from .rules import Endpoint, Service, rule_texts, rules_not_in
+from .sharedset import AnySet
 
 if TYPE_CHECKING:
     from .model import RuleEdit
@@ -150,13 +151,18 @@ class Settings:
 
 @dataclass(frozen=True)
 class PolicyMap:
-    """The compiled policy of one network (see the module docstring)."""
+    """The compiled policy of one network (see the module docstring).
+
+    ``entries``, ``cidrs``, ``fqdns``: a ``frozenset``, or in a map recompiled from
+    another (:func:`recompile_policy_map`, :meth:`apply`) a
+    :class:`~segmentation.sharedset.SharedSet` that shares the other map's elements
+    (read like a ``frozenset``; its operators give one)."""
 
     identities: Mapping[str, int]
-    entries: frozenset = frozenset()
-    cidrs: frozenset = frozenset()
+    entries: AnySet = frozenset()
+    cidrs: AnySet = frozenset()
     settings: Settings = field(default_factory=Settings)
-    fqdns: frozenset = frozenset()
+    fqdns: AnySet = frozenset()
 
     @property
     def segments(self) -> tuple:
@@ -351,11 +357,11 @@ def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
 def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fqdns: tuple) -> PolicyDelta:
     """``old.delta(new)`` for ``new``'s sets made as ``(old - gone) | added``, from the
     ``(gone, added)`` pairs: costs what the edit touches, not what the map holds."""
-    def added(pair, before):
-        return frozenset(pair[1]) - before
+    def added(pair, before):   # passes over the pairs' sets alone (``before`` may be a SharedSet)
+        return frozenset(itertools.filterfalse(before.__contains__, pair[1]))
 
     def removed(pair, before):
-        return frozenset(pair[0] & before) - pair[1]
+        return frozenset(filter(before.__contains__, pair[0])).difference(pair[1])
     return PolicyDelta(
         entries_added=added(entries, old.entries), entries_removed=removed(entries, old.entries),
         cidrs_added=added(cidrs, old.cidrs), cidrs_removed=removed(cidrs, old.cidrs),
@@ -375,11 +381,10 @@ def _of_rules(entries: frozenset, texts: set) -> set:
     return set(itertools.compress(entries, map(texts.__contains__, map(_RULE, entries))))
 
 
-def _changed(entries: frozenset, removed, added) -> frozenset:
-    """``(entries - removed) | added``, copying ``entries`` at most once."""
-    if removed:
-        entries = entries - removed
-    return entries | added if added else entries
+def _changed(entries: AnySet, removed, added) -> AnySet:
+    """``(entries - removed) | added``: a large set's elements shared, not copied
+    (:func:`segmentation.sharedset.changed`)."""
+    return sharedset.changed(entries, removed, added)
 
 
 def _settings(options: NetworkOptions) -> Settings:
