@@ -265,28 +265,33 @@ def _sharing_small_sets():
         sharedset.SHARE_MIN, sharedset.FLAT_MIN = saved
 
 
+STARS = ["*->10.3.0.0/16:tcp/1", "10.4.0.0/16->*:udp/2", "*->dns(*.example.org)", "*->*:tcp/9"]
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.lists(st.sampled_from(RULES + NAMING)), min_size=2, max_size=5),
-       st.lists(st.lists(st.sampled_from(SEGS + ["x", "y", "z"])), min_size=5, max_size=5),
+@given(st.lists(st.lists(st.sampled_from(RULES + NAMING + STARS)), min_size=2, max_size=5),
+       st.lists(st.lists(st.sampled_from(SEGS + ["x", "y", "z"])), min_size=10, max_size=10),
        st.sampled_from(["allow", "deny"]))
 def test_maps_that_share_their_entries_compile_delta_and_apply_as_afresh(steps, members, intra):
-    """A chain of recompiles (rules and members change) whose maps share the entries of the
-    map before (SharedSet): each equals the map compiled afresh, its delta is the full
-    computation's, and a delta between two of them, applied to the first, gives the second."""
+    """A chain of recompiles, members alone then rules and members changing, whose maps
+    share the entries of the map before (SharedSet): each equals the map compiled afresh,
+    its delta is the full computation's, and a delta between two of them, applied to the
+    first, gives the second."""
     with _sharing_small_sets():
         options = NetworkOptions(rules=parse_rules(" ".join(steps[0])), intra=intra)
         ids = assign({}, segments_of(options, members[0]))
         old = compile_policy_map(options, ids)
         made = [old]
         for k, rules in enumerate(steps[1:], 1):
-            new_options = NetworkOptions(rules=parse_rules(" ".join(rules)), intra=intra)
-            ids = assign(ids, segments_of(new_options, members[k]))
-            new, delta = recompile_policy_map(old, options, new_options, ids)
-            afresh = compile_policy_map(new_options, ids)
-            assert new == afresh and afresh == new and delta == old.delta(afresh) == old.delta(new)
-            assert same_pairs(new, afresh) and old.apply(delta) == afresh
-            old, options = new, new_options
-            made.append(new)
+            for new_options, live in ((options, members[2 * k - 1]),   # a join or a leave: members alone
+                                      (NetworkOptions(rules=parse_rules(" ".join(rules)), intra=intra), members[2 * k])):
+                ids = assign(ids, segments_of(new_options, live))
+                new, delta = recompile_policy_map(old, options, new_options, ids)
+                afresh = compile_policy_map(new_options, ids)
+                assert new == afresh and afresh == new and delta == old.delta(afresh) == old.delta(new)
+                assert same_pairs(new, afresh) and old.apply(delta) == afresh
+                old, options = new, new_options
+                made.append(new)
         first, last = made[0], made[-1]
         assert first.apply(first.delta(last)) == last and last.apply(last.delta(first)) == first
         assert made[-2].apply(made[-2].delta(last)) == last and last.delta(last).empty
