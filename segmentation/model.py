@@ -73,7 +73,7 @@ class Policy:
             return self.with_rules(old + tuple(rules)), None
         added = tuple(rules_not_in(unique_rules(rules), present))
         options = replace(self.options, rules=old + added).with_rule_text_set(
-            present.union(rule_texts(added)) if added else present)
+            present.union(rule_texts(added)) if added else present).with_derived_of(self.options, added=added)
         return Policy(options), RuleEdit(old, added=added)
 
     def remove_rules(self, rules: Iterable[Rule]) -> tuple["Policy", Optional["RuleEdit"]]:
@@ -86,7 +86,8 @@ class Policy:
         texts = frozenset(rule_texts(doomed))
         if len(present) != len(self.rules):   # a rule there twice: no plain edit
             return self.with_rules(rules_not_in(self.rules, texts)), None
-        options = replace(self.options, rules=rules_without(self.rules, texts)).with_rule_text_set(present - texts)
+        options = replace(self.options, rules=rules_without(self.rules, texts)).with_rule_text_set(
+            present - texts).with_derived_of(self.options, removed=texts)
         return Policy(options), RuleEdit(self.rules, removed=doomed)
 
 

@@ -22,7 +22,8 @@ from typing import Any, Mapping
 
 from .errors import OptionError, RuleError
 from .names import segment_name_problem
-from .rules import Rule, format_rules, parse_rule, parse_rules, rule_texts, segment_mentions, star_rules
+from .rules import (Rule, format_rules, parse_rule, parse_rules, rule_texts, rules_not_in, segment_mentions,
+                    star_rules)
 
 DOCKER_MTU_KEY = "com.docker.network.driver.mtu"
 PREFIX = "secnet."
@@ -107,6 +108,19 @@ class NetworkOptions:
         """These options, knowing :meth:`rule_text_set` already: ``texts`` (an edit that
         made them from another value's set, without a pass over every rule)."""
         object.__setattr__(self, "_texts", texts)
+        return self
+
+    def with_derived_of(self, old: "NetworkOptions", added: tuple = (), removed: frozenset = frozenset()) \
+            -> "NetworkOptions":
+        """These options, made from ``old`` by appending the rules ``added`` or leaving
+        out those of canonical texts ``removed``: :meth:`star_rules` carried from ``old``'s
+        when it knew them (a pass over the edit's rules, not over every rule: 10,000
+        rules, ~0.3 ms of the next join that brings a segment)."""
+        star = old.__dict__.get("_star")
+        if star is not None:
+            if removed:
+                star = tuple(rules_not_in(star, removed))
+            object.__setattr__(self, "_star", star + tuple(star_rules(added)) if added else star)
         return self
 
     def _derived(self, name: str, make):

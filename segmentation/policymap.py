@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Iterable, Mapping, NamedTuple, Optional
 
-from . import pairindex
+from . import pairindex, sharedset
 from .identities import OUTSIDE
 from .options import NetworkOptions
 from .protocols import ANY
 from .rules import Endpoint, Service, rule_texts, rules_not_in
+from .sharedset import AnySet
 
 if TYPE_CHECKING:
     from .model import RuleEdit
@@ -150,13 +151,18 @@ class Settings:
 
 @dataclass(frozen=True)
 class PolicyMap:
-    """The compiled policy of one network (see the module docstring)."""
+    """The compiled policy of one network (see the module docstring).
+
+    ``entries``, ``cidrs``, ``fqdns``: a ``frozenset``, or in a map recompiled from
+    another (:func:`recompile_policy_map`, :meth:`apply`) a
+    :class:`~segmentation.sharedset.SharedSet` that shares the other map's elements
+    (read like a ``frozenset``; its operators give one)."""
 
     identities: Mapping[str, int]
-    entries: frozenset = frozenset()
-    cidrs: frozenset = frozenset()
+    entries: AnySet = frozenset()
+    cidrs: AnySet = frozenset()
     settings: Settings = field(default_factory=Settings)
-    fqdns: frozenset = frozenset()
+    fqdns: AnySet = frozenset()
 
     @property
     def segments(self) -> tuple:
@@ -264,7 +270,8 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
     removed are computed (every entry carries its rule, so the entries of two rules
     never coincide), and when segments come or go, those of the rules with a ``*``
     and the segments' ``intra`` entries. Costs what the change touches, not what the
-    policy holds. ``edit`` (:class:`~segmentation.model.RuleEdit`): the rules added
+    policy holds (members alone: the ``*`` rules' entries of the segments that came or
+    went, not of every segment). ``edit`` (:class:`~segmentation.model.RuleEdit`): the rules added
     and removed, when ``options`` came from ``old_options`` by that edit (else the
     rules are compared). A changed ``intra`` or a segment whose identity changed
     compiles afresh. Returns ``(new map, delta from old)``.
@@ -279,10 +286,15 @@ def recompile_policy_map(old: PolicyMap, old_options: NetworkOptions, options: N
         new_map = compile_policy_map(options, identities)
         return new_map, old.delta(new_map)
     gone_rules, new_rules = changed
-    if not same_ids:   # '*' stands for other segments now
+    gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
+    if not same_ids and (gone_rules or new_rules):   # '*' stands for other segments now
         gone_rules += old_options.star_rules()
         new_rules += options.star_rules()
-    gone, gone_cidrs, gone_fqdns, new, new_cidrs, new_fqdns = set(), set(), set(), set(), set(), set()
+    elif not same_ids:   # members alone: the '*' entries of the segments that came or went
+        _star_entries(old_options.star_rules(), old_ids, [s for s in old_ids if s not in identities],
+                      gone, gone_cidrs, gone_fqdns)
+        _star_entries(options.star_rules(), identities, [s for s in identities if s not in old_ids],
+                      new, new_cidrs, new_fqdns)
     if len(gone_rules) > _PICK_GONE:   # many: pick them out of the old map by their rule's text
         texts = set(rule_texts(gone_rules))
         gone, gone_cidrs, gone_fqdns = (_of_rules(old_set, texts) for old_set in (old.entries, old.cidrs, old.fqdns))
@@ -351,11 +363,11 @@ def _carry_pairs(old: PolicyMap, new: PolicyMap, gone: set, added: set) -> None:
 def _edit_delta(old: PolicyMap, new: PolicyMap, entries: tuple, cidrs: tuple, fqdns: tuple) -> PolicyDelta:
     """``old.delta(new)`` for ``new``'s sets made as ``(old - gone) | added``, from the
     ``(gone, added)`` pairs: costs what the edit touches, not what the map holds."""
-    def added(pair, before):
-        return frozenset(pair[1]) - before
+    def added(pair, before):   # passes over the pairs' sets alone (``before`` may be a SharedSet)
+        return frozenset(itertools.filterfalse(before.__contains__, pair[1]))
 
     def removed(pair, before):
-        return frozenset(pair[0] & before) - pair[1]
+        return frozenset(filter(before.__contains__, pair[0])).difference(pair[1])
     return PolicyDelta(
         entries_added=added(entries, old.entries), entries_removed=removed(entries, old.entries),
         cidrs_added=added(cidrs, old.cidrs), cidrs_removed=removed(cidrs, old.cidrs),
@@ -375,11 +387,10 @@ def _of_rules(entries: frozenset, texts: set) -> set:
     return set(itertools.compress(entries, map(texts.__contains__, map(_RULE, entries))))
 
 
-def _changed(entries: frozenset, removed, added) -> frozenset:
-    """``(entries - removed) | added``, copying ``entries`` at most once."""
-    if removed:
-        entries = entries - removed
-    return entries | added if added else entries
+def _changed(entries: AnySet, removed, added) -> AnySet:
+    """``(entries - removed) | added``: a large set's elements shared, not copied
+    (:func:`segmentation.sharedset.changed`)."""
+    return sharedset.changed(entries, removed, added)
 
 
 def _settings(options: NetworkOptions) -> Settings:
@@ -426,6 +437,25 @@ def _rule_entries(rule, identities: Mapping[str, int], segments: list, entries: 
         for src in _expand(rule.src, segments):
             for dst in _expand(rule.dst, segments):
                 entries.add(PolicyEntry(identities[src], identities[dst], svc.proto, svc.lo, svc.hi, origin))
+
+
+def _star_entries(rules: Iterable, identities: Mapping[str, int], some: list, entries: set, cidrs: set,
+                  fqdns: set) -> None:
+    """Add the entries of the ``*`` rules ``rules`` in which a ``*`` stands for one of the
+    segments ``some`` (of ``identities``): when only members changed, what the ``*``
+    rules give the segments that came or went; the rest is the same before and after."""
+    if not some:
+        return
+    every = sorted(identities)
+    for rule in rules:
+        if rule.src.kind == "all" == rule.dst.kind:   # some x every, every x some
+            svc, origin = rule.service, rule.text()
+            for seg in some:
+                for other in every:
+                    entries.add(PolicyEntry(identities[seg], identities[other], svc.proto, svc.lo, svc.hi, origin))
+                    entries.add(PolicyEntry(identities[other], identities[seg], svc.proto, svc.lo, svc.hi, origin))
+        else:   # one '*': it stands for ``some``
+            _rule_entries(rule, identities, some, entries, cidrs, fqdns)
 
 
 def _expand(endpoint: Endpoint, segments: Iterable[str]) -> tuple:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 
 from hypothesis import given, settings, strategies as st
 
@@ -9,7 +10,7 @@ from segmentation.compiler import segments_of
 from segmentation.identities import FIRST_SEGMENT, MemoryAllocator, assign, takeover
 from segmentation.model import Policy
 from segmentation.options import NetworkOptions
-from segmentation import policymap
+from segmentation import policymap, sharedset
 from segmentation.policymap import PolicyEntry, compile_policy_map, recompile_policy_map
 from segmentation.rules import parse_rules, segment_mentions
 
@@ -250,3 +251,79 @@ def test_the_rules_entries_in_one_pass_are_each_rules_own(parts):
     bulk = set(), set(), set()
     policymap._rules_entries(rules, ids, sorted(ids), *bulk)
     assert bulk == one and all(type(e) is PolicyEntry for e in bulk[0])
+
+
+@contextlib.contextmanager
+def _sharing_small_sets():
+    """SharedSet from a base of one element, flattened past two changed ones (or an eighth):
+    what maps of 10,000 entries do, on the few of these tests."""
+    saved = sharedset.SHARE_MIN, sharedset.FLAT_MIN
+    sharedset.SHARE_MIN, sharedset.FLAT_MIN = 1, 2
+    try:
+        yield
+    finally:
+        sharedset.SHARE_MIN, sharedset.FLAT_MIN = saved
+
+
+STARS = ["*->10.3.0.0/16:tcp/1", "10.4.0.0/16->*:udp/2", "*->dns(*.example.org)", "*->*:tcp/9"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(RULES + NAMING + STARS)), min_size=2, max_size=5),
+       st.lists(st.lists(st.sampled_from(SEGS + ["x", "y", "z"])), min_size=10, max_size=10),
+       st.sampled_from(["allow", "deny"]))
+def test_maps_that_share_their_entries_compile_delta_and_apply_as_afresh(steps, members, intra):
+    """A chain of recompiles, members alone then rules and members changing, whose maps
+    share the entries of the map before (SharedSet): each equals the map compiled afresh,
+    its delta is the full computation's, and a delta between two of them, applied to the
+    first, gives the second."""
+    with _sharing_small_sets():
+        options = NetworkOptions(rules=parse_rules(" ".join(steps[0])), intra=intra)
+        ids = assign({}, segments_of(options, members[0]))
+        old = compile_policy_map(options, ids)
+        made = [old]
+        for k, rules in enumerate(steps[1:], 1):
+            for new_options, live in ((options, members[2 * k - 1]),   # a join or a leave: members alone
+                                      (NetworkOptions(rules=parse_rules(" ".join(rules)), intra=intra), members[2 * k])):
+                ids = assign(ids, segments_of(new_options, live))
+                new, delta = recompile_policy_map(old, options, new_options, ids)
+                afresh = compile_policy_map(new_options, ids)
+                assert new == afresh and afresh == new and delta == old.delta(afresh) == old.delta(new)
+                assert same_pairs(new, afresh) and old.apply(delta) == afresh
+                old, options = new, new_options
+                made.append(new)
+        first, last = made[0], made[-1]
+        assert first.apply(first.delta(last)) == last and last.apply(last.delta(first)) == first
+        assert made[-2].apply(made[-2].delta(last)) == last and last.delta(last).empty
+
+
+def test_a_new_segment_shares_the_entries_of_the_map_before():
+    """10,000 rules: the join of a segment no rule names adds its ``intra`` entry to a map
+    that shares the old map's entries (no copy of them; the old map's release frees none)."""
+    rules = [f"s{k % 100}->s{k // 100 % 100}:tcp/{1000 + k // 10000}" for k in range(10000)]
+    options = NetworkOptions(rules=parse_rules(" ".join(rules)))
+    old_ids = assign({}, segments_of(options, []))
+    old = compile_policy_map(options, old_ids)
+    ids = assign(old_ids, list(old_ids) + ["fresh"])
+    new, delta = recompile_policy_map(old, options, options, ids)
+    fresh = ids["fresh"]
+    assert delta.entries_added == {PolicyEntry(fresh, fresh, "any", 0, 0, "intra")} and not delta.entries_removed
+    assert isinstance(new.entries, sharedset.SharedSet) and new.entries.base is old.entries
+    assert new == compile_policy_map(options, ids) and len(new.entries) == len(old.entries) + 1
+    gone, delta = recompile_policy_map(new, options, options, old_ids)   # it leaves: the old entries again
+    assert gone.entries is old.entries and delta.entries_removed == {PolicyEntry(fresh, fresh, "any", 0, 0, "intra")}
+
+
+def test_an_edit_carries_the_star_rules_it_knew():
+    """Options made by an edit know their ``*`` rules from the options before (no pass over
+    every rule at the next join that brings a segment), the same as found afresh."""
+    before = NetworkOptions(rules=parse_rules("*->db:udp/53 web->api:tcp/8080 cache->*"))
+    assert [r.text() for r in before.star_rules()] == ["*->db:udp/53", "cache->*"]
+    added, _ = Policy(before).add_rules(parse_rules("x->*:tcp/1 a->b"))
+    removed, _ = Policy(added.options).remove_rules(parse_rules("*->db:udp/53 a->b"))
+    for made in (added.options, removed.options):
+        assert "_star" in made.__dict__   # carried
+        assert made.star_rules() == NetworkOptions(rules=made.rules).star_rules()
+    unknown = NetworkOptions(rules=parse_rules("*->db"))   # not known before: found when asked
+    made, _ = Policy(unknown).add_rules(parse_rules("a->*"))
+    assert "_star" not in made.options.__dict__ and [r.text() for r in made.options.star_rules()] == ["*->db", "a->*"]
