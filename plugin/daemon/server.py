@@ -250,10 +250,14 @@ def with_system_malloc(environ=os.environ, execve=os.execve) -> None:
     blocks (no one cache: dicts, lists, ints, small strings of every part) pin them,
     and their free 16 KiB pools stay resident for good. glibc's ``malloc_trim``, which
     the :class:`Trimmer` calls once requests stop, gives free pages back wherever they
-    lie. Raises OSError when the exec fails."""
-    if "PYTHONMALLOC" in environ:
+    lie. When the exec fails the daemon goes on, on pymalloc, after one line on stderr."""
+    if "PYTHONMALLOC" in environ or not sys.executable:
         return
-    execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], dict(environ, PYTHONMALLOC="malloc"))
+    try:
+        execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], dict(environ, PYTHONMALLOC="malloc"))
+    except OSError as exc:
+        print(f"secnet-plugin: cannot start again on glibc's malloc ({exc.strerror or exc}); "
+              "going on with pymalloc", file=sys.stderr)
 
 
 def main(argv=None) -> int:

@@ -135,3 +135,14 @@ def test_the_daemon_runs_on_glibc_malloc_unless_told_otherwise():
     env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
     assert _allocator_of(env) == ("malloc", False)
     assert _allocator_of(dict(env, PYTHONMALLOC="pymalloc")) == ("pymalloc", True)
+
+
+def test_a_daemon_that_cannot_execute_itself_again_goes_on(capsys):
+    """The exec failing (a vanished interpreter) costs the allocator, not the daemon: one line."""
+    from plugin.daemon import server
+
+    def fail(*_args):
+        raise FileNotFoundError(2, "No such file or directory")
+    server.with_system_malloc(environ={}, execve=fail)
+    assert capsys.readouterr().err == ("secnet-plugin: cannot start again on glibc's malloc (No such file or "
+                                       "directory); going on with pymalloc\n")
