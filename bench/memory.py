@@ -29,7 +29,9 @@ worker share counts twice); ``pss_mib`` the Pss sum (a shared page split among
 all processes on the host that map it, other helpers' Pythons included);
 ``union_rss_mib`` the resident pages of master and worker with each physical page
 counted once (bench.daemon.union_rss_kib, /proc/PID/pagemap): the daemon's RSS
-taken as one thing, what neither of the others measures. Prints JSON.
+taken as one thing, what neither of the others measures. ``allocator``: the worker's
+``PYTHONMALLOC`` (this tree's daemon runs on ``malloc``; an older tree's on pymalloc).
+Prints JSON.
 """
 from __future__ import annotations
 
@@ -103,6 +105,17 @@ class Private:
             time.sleep(0.2)
         return {k: round(stats(v)["median"], 1) if None not in v else None for k, v in rows.items()}
 
+    def allocator(self) -> str:
+        """The worker's ``PYTHONMALLOC`` ("pymalloc" when unset): this tree's daemon sets
+        ``malloc`` itself at start (plugin.daemon.server.with_system_malloc), an older tree's
+        does not."""
+        try:
+            with open(f"/proc/{self.pids()['worker']}/environ", "rb") as f:
+                env = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+        except (OSError, TypeError):
+            return "unknown"
+        return env.get(b"PYTHONMALLOC", b"pymalloc").decode()
+
     def stop(self) -> None:
         self.plugin.close()
         self.proc.terminate()
@@ -153,6 +166,7 @@ def run(endpoints: int, rules: int, sets: int, sweep: tuple = (), idle: float = 
     eids = [endpoint_id(i) for i in range(1, endpoints + 1)]
     try:
         out["start"] = d.sample()
+        out["allocator"] = d.allocator()
         d.plugin.post("/NetworkDriver.CreateNetwork", {
             "NetworkID": NET_ID, "IPv4Data": [{"AddressSpace": "", "Pool": SUBNET, "Gateway": GATEWAY}],
             "IPv6Data": [], "Options": {"com.docker.network.generic": {
@@ -212,7 +226,7 @@ def section(sizes) -> dict:
 
 def table(r: dict) -> list:
     """Markdown rows of one :func:`run`'s steps (RSS sum, Pss sum, master and worker RSS)."""
-    rows = ["| step | RSS sum, MiB | Pss sum, MiB | RSS, shared pages once, MiB | master / worker RSS, MiB |",
+    rows = [f"Allocator of the daemon's Python objects: {r.get('allocator', 'unknown')}.", "","| step | RSS sum, MiB | Pss sum, MiB | RSS, shared pages once, MiB | master / worker RSS, MiB |",
             "|---|---|---|---|---|"]
     for key, label in STEPS:
         s = r.get(key)

@@ -237,7 +237,31 @@ def limit_malloc_arenas(arenas: int = 2, mmap_threshold: int = 128 << 10) -> Non
         pass
 
 
+def with_system_malloc(environ=os.environ, execve=os.execve) -> None:
+    """Runs the rest of this process on glibc's malloc instead of pymalloc: unless
+    ``PYTHONMALLOC`` is set already (any value: the operator's choice stands), the
+    interpreter is executed again, same process and arguments (``sys.orig_argv``),
+    with ``PYTHONMALLOC=malloc``. The allocator is chosen when the interpreter starts
+    and cannot change afterwards, hence the exec; it is the first thing ``main`` does.
+
+    Why (issue 12, bench/results/2026-12-01-rss4.md): pymalloc gives a 1 MiB arena back
+    only when every block in it is free. A 50,000-rule ``policy set`` spreads its
+    short-lived objects over tens of new arenas; afterwards a few scattered surviving
+    blocks (no one cache: dicts, lists, ints, small strings of every part) pin them,
+    and their free 16 KiB pools stay resident for good. glibc's ``malloc_trim``, which
+    the :class:`Trimmer` calls once requests stop, gives free pages back wherever they
+    lie. When the exec fails the daemon goes on, on pymalloc, after one line on stderr."""
+    if "PYTHONMALLOC" in environ or not sys.executable:
+        return
+    try:
+        execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], dict(environ, PYTHONMALLOC="malloc"))
+    except OSError as exc:
+        print(f"secnet-plugin: cannot start again on glibc's malloc ({exc.strerror or exc}); "
+              "going on with pymalloc", file=sys.stderr)
+
+
 def main(argv=None) -> int:
+    with_system_malloc()
     try:
         settings = Settings.from_env()
     except ValueError as exc:

@@ -104,3 +104,45 @@ def test_a_state_database_that_cannot_be_read_stops_the_worker_with_one_line(tmp
     assert stop.value.code == server.WORKER_BOOT_ERROR
     (line,) = [r.getMessage() for r in caplog.records if r.name == "secnet"]
     assert line.startswith(f"cannot read the state database in {tmp_path}: file is not a database")
+
+
+def _allocator_of(env: dict) -> tuple:
+    """(PYTHONMALLOC, pymalloc in use) of a child process that calls with_system_malloc()."""
+    import subprocess
+    import sys
+    import textwrap
+    code = textwrap.dedent("""
+        import os, sys
+        from plugin.daemon.server import with_system_malloc
+        with_system_malloc()
+        sys._debugmallocstats()   # pymalloc's arena lines only when pymalloc serves objects
+        print(os.environ.get("PYTHONMALLOC"), os.getpid())
+    """)
+    res = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True)
+    out, err = res.communicate(timeout=60)
+    assert res.returncode == 0, err
+    name, pid = out.split()
+    assert int(pid) == res.pid   # executed again in place: the same process
+    return name, "# arenas allocated current" in err
+
+
+def test_the_daemon_runs_on_glibc_malloc_unless_told_otherwise():
+    """Issue 12: pymalloc keeps the free pools of arenas a few survivors pin, so after a big
+    policy edit the daemon never came back near its start; on glibc's malloc the Trimmer's
+    malloc_trim gives them back. The daemon executes itself again with PYTHONMALLOC=malloc;
+    an operator's PYTHONMALLOC stands."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+    assert _allocator_of(env) == ("malloc", False)
+    assert _allocator_of(dict(env, PYTHONMALLOC="pymalloc")) == ("pymalloc", True)
+
+
+def test_a_daemon_that_cannot_execute_itself_again_goes_on(capsys):
+    """The exec failing (a vanished interpreter) costs the allocator, not the daemon: one line."""
+    from plugin.daemon import server
+
+    def fail(*_args):
+        raise FileNotFoundError(2, "No such file or directory")
+    server.with_system_malloc(environ={}, execve=fail)
+    assert capsys.readouterr().err == ("secnet-plugin: cannot start again on glibc's malloc (No such file or "
+                                       "directory); going on with pymalloc\n")
