@@ -30,10 +30,9 @@ from typing import Iterator
 
 from plugin.kernel.linkgroups import attr_text, walk_attrs
 from plugin.kernel.nftwatch import NftWatcher
+from plugin.kernel.tcwatch import rtnl_socket
 
 RTMGRP_LINK = 0x1
-RCVBUF = 1 << 20
-SO_RCVBUFFORCE = 33
 NLMSG_HDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port id
 MESSAGES = {16: "add", 17: "delete"}   # RTM_NEWLINK, RTM_DELLINK (include/uapi/linux/rtnetlink.h)
 IFINFO = struct.Struct("=BxHiII")   # struct ifinfomsg: family, type, index, flags, change
@@ -84,19 +83,8 @@ def parse(data: bytes) -> Iterator[LinkEvent]:
 
 
 def open_socket() -> socket.socket:
-    """A NETLINK_ROUTE socket joined to RTNLGRP_LINK (listening needs no privilege; the
-    receive buffer is forced past rmem_max where the process may: CAP_NET_ADMIN)."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
-    try:
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
-        except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((0, RTMGRP_LINK))
-    except OSError:
-        sock.close()
-        raise
-    return sock
+    """A NETLINK_ROUTE socket joined to RTNLGRP_LINK (:func:`plugin.kernel.tcwatch.rtnl_socket`)."""
+    return rtnl_socket(RTMGRP_LINK)
 
 
 class LinkWatcher(NftWatcher):

@@ -88,20 +88,26 @@ def parse(data: bytes) -> Iterator[TcEvent]:
         offset += (length + 3) & ~3
 
 
-def open_socket() -> socket.socket:
-    """A NETLINK_ROUTE socket joined to RTNLGRP_TC (needs no privilege to listen; the
-    receive buffer is forced past rmem_max where the process may: CAP_NET_ADMIN)."""
+def rtnl_socket(groups: int) -> socket.socket:
+    """A NETLINK_ROUTE socket joined to the legacy group mask ``groups`` (``RTMGRP_*``;
+    listening needs no privilege; the receive buffer is forced past rmem_max where the
+    process may: CAP_NET_ADMIN)."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
     try:
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        sock.bind((0, RTMGRP_TC))
+        sock.bind((0, groups))
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def open_socket() -> socket.socket:
+    """:func:`rtnl_socket` joined to RTNLGRP_TC."""
+    return rtnl_socket(RTMGRP_TC)
 
 
 class TcWatcher(NftWatcher):
