@@ -223,6 +223,7 @@ def test_answer_marks_go_with_the_last_held_address_and_come_back_with_the_next(
     m.repair()                                        # nothing held: nothing put back
     m.change([], [])
     assert len(runner.scripts) == 2 and m.marked() == set()
+    assert m.budget_drops() == 0                      # no table, nothing dropped (not "unknown")
     m.change(["10.224.0.3"], [])
     assert runner.scripts[2].startswith("table inet secnet-dns {") and m.marked() == {"10.224.0.3"}
 

@@ -166,7 +166,9 @@ class AnswerMarks:
 
     def budget_drops(self) -> int:
         """Answers the budget dropped (both families, both chains) since the table was made
-        (the named counter ``budget``). Raises NftError."""
+        (the named counter ``budget``); 0 while no answer is held (no table). Raises NftError."""
+        if not self._installed:
+            return 0
         data = self.runner.list_json("counter", "inet", TABLE, BUDGET_COUNTER)
         return sum(o["counter"]["packets"] for o in data.get("nftables", []) if "counter" in o)
 
