@@ -37,6 +37,9 @@ NLMSG_HDR = struct.Struct("=IHHII")   # length, type, flags, sequence, port id
 MESSAGES = {16: "add", 17: "delete"}   # RTM_NEWLINK, RTM_DELLINK (include/uapi/linux/rtnetlink.h)
 IFINFO = struct.Struct("=BxHiII")   # struct ifinfomsg: family, type, index, flags, change
 IFLA_IFNAME, IFLA_MASTER, IFLA_GROUP = 3, 10, 27
+# a bridge port's own announcements (net/bridge/br_netlink.c br_ifinfo_notify) are
+# ifi_family AF_BRIDGE and carry no IFLA_GROUP: the device's own (AF_UNSPEC) say it all
+AF_BRIDGE = 7
 
 
 @dataclass(frozen=True)
@@ -59,15 +62,17 @@ RESYNC = LinkEvent("resync")
 
 
 def parse(data: bytes) -> Iterator[LinkEvent]:
-    """The link events in one datagram from the group; other message types are
-    skipped, a truncated message ends the datagram."""
+    """The link events in one datagram from the group; other message types and a bridge
+    port's own announcements (family AF_BRIDGE) are skipped, a truncated message ends
+    the datagram."""
     offset = 0
     while offset + NLMSG_HDR.size <= len(data):
         length, mtype, _flags, _seq, portid = NLMSG_HDR.unpack_from(data, offset)
         if length < NLMSG_HDR.size or offset + length > len(data):
             return
         kind = MESSAGES.get(mtype)
-        if kind is not None and length >= NLMSG_HDR.size + IFINFO.size:
+        family = data[offset + NLMSG_HDR.size] if length > NLMSG_HDR.size else 0
+        if kind is not None and family != AF_BRIDGE and length >= NLMSG_HDR.size + IFINFO.size:
             index = IFINFO.unpack_from(data, offset + NLMSG_HDR.size)[2]
             name, master, group = "", 0, 0
             view = memoryview(data)

@@ -33,6 +33,9 @@ def test_a_veth_made_then_enslaved_is_first_announced_without_its_master():
 
 
 def test_nomaster_ends_with_the_veth_announced_without_a_master():
+    # the bridge's own port announcements (AF_BRIDGE: a DELLINK here, and NEWLINKs with the
+    # master but no group) are skipped: a port's group would read 0 in them
+    assert all(e.kind == "add" for e in events_of(2))
     adds = [e for e in events_of(2) if e.ifname == "snvabc" and e.kind == "add"]
     assert adds[-1].master == 0
     assert port_event(adds[-1])
