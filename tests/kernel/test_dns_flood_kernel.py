@@ -20,6 +20,7 @@ as a member's own server would. Cleanup: the rig stops, the lab goes.
 """
 from __future__ import annotations
 
+import json
 import socket
 import struct
 import threading
@@ -185,6 +186,8 @@ def test_a_flood_past_one_members_budget_does_not_stop_other_members_answers(flo
         got = _received(flood)
         drops = rig.service.call(lambda: rig.service.obj.marks.budget_drops())
         assert drops > 0
+        listed = json.loads(rig.lab.nft("-j", "list", "counter", "inet", "secnet-dns", "budget").stdout)
+        assert [o["counter"]["packets"] for o in listed["nftables"] if "counter" in o] == [drops]   # as nft reads it
         assert rig.service.call(lambda: rig.service.obj.status())["budget_drops"] == drops   # secnet status
         rig.service.repair()                                  # a reconcile pass rewrites the table
         assert rig.service.call(lambda: rig.service.obj.marks.budget_drops()) == drops

@@ -64,6 +64,8 @@ import subprocess
 import threading
 from typing import Iterable
 
+from .nftdump import object_counter
+
 log = logging.getLogger(__name__)
 TABLE = "secnet-dns"
 MARK = 0x00400000          # packet mark bit: "a DNS answer to hold"
@@ -166,11 +168,13 @@ class AnswerMarks:
 
     def budget_drops(self) -> int:
         """Answers the budget dropped (both families, both chains) since the table was made
-        (the named counter ``budget``); 0 while no answer is held (no table). Raises NftError."""
+        (the named counter ``budget``, read with one netlink request: ``nft list counter``
+        fetches the whole ruleset first, ~0.4 s beside a 50,000-element policy, on every
+        ``secnet status`` and metrics scrape); 0 while no answer is held (no table).
+        Raises OSError."""
         if not self._installed:
             return 0
-        data = self.runner.list_json("counter", "inet", TABLE, BUDGET_COUNTER)
-        return sum(o["counter"]["packets"] for o in data.get("nftables", []) if "counter" in o)
+        return object_counter("inet", TABLE, BUDGET_COUNTER)[0]
 
     def _ensure_rules(self) -> None:
         for binary in self.binaries:

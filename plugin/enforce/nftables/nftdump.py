@@ -34,6 +34,36 @@ NFTA_LIST_ELEM = 1
 NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY_END = 1, 2, 10
 NFTA_DATA_VALUE = 1
 FAMILIES = {"inet": 1, "bridge": 7}
+FAMILIES_ALL = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
+
+
+NFT_MSG_GETOBJ, NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 19, 1, 2, 3, 4
+NFT_OBJECT_COUNTER = 1
+
+
+def object_counter(family: str, table: str, name: str) -> tuple:
+    """``(packets, bytes)`` of the named counter ``name`` of ``table``: one
+    ``NFT_MSG_GETOBJ`` (not a dump; table, name and ``NFT_OBJECT_COUNTER``), answered
+    with that object alone. ``nft list counter`` fetches the whole ruleset first, set
+    elements included (nft 1.0.6: ~385 ms beside a 50,000-element set). Raises OSError
+    (ENOENT: no such table or counter)."""
+    body = (_attr(NFTA_OBJ_TABLE, table.encode() + b"\0") + _attr(NFTA_OBJ_NAME, name.encode() + b"\0")
+            + _attr(NFTA_OBJ_TYPE, struct.pack("!I", NFT_OBJECT_COUNTER)))
+    head = struct.pack("=BBH", FAMILIES_ALL[family], 0, 0)
+    msg = struct.pack("=IHHII", 16 + len(head) + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ,
+                      NLM_F_REQUEST, 1, 0) + head + body
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)   # NETLINK_NETFILTER
+    try:
+        sock.send(msg)
+        buf = sock.recv(1 << 16)
+    finally:
+        sock.close()
+    length, kind = struct.unpack_from("=IH", buf, 0)
+    if kind == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", buf, 16)[0]
+        raise OSError(code, os.strerror(code))
+    data = _attrs(_attrs(buf[20:length]).get(NFTA_OBJ_DATA, b""))
+    return (struct.unpack("!Q", data[NFTA_COUNTER_PACKETS])[0], struct.unpack("!Q", data[NFTA_COUNTER_BYTES])[0])
 
 
 def _attr(kind: int, data: bytes) -> bytes:
