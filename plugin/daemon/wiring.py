@@ -189,6 +189,8 @@ def watch_nft_tables(watcher: NftWatcher, repair: Callable[[], object], backends
     for backend in owners:   # a backend's own element deltas need no repair check
         for portid in getattr(backend, "own_ports", lambda: ())():
             watcher.ignore_port(portid)
+        if hasattr(backend, "quiet_batches"):   # nor per-element notifications built
+            backend.quiet_batches(watcher)
     if not owners:
         return None
     debouncer = Debouncer(repair, name="secnet-repair").start()

@@ -242,6 +242,52 @@ def test_the_watcher_hears_others_changes_but_not_the_backends_own_deltas(lab):
         watcher.stop()
 
 
+def test_a_large_edit_is_sent_outside_the_group_and_a_foreign_commit_then_is_a_resync(lab):
+    """An edit of QUIET_MIN elements or more leaves NFNLGRP_NFTABLES for its batch (the
+    kernel then builds no notification per element); a foreign commit inside that window
+    is not announced, so the watcher gets one ``resync`` instead; afterwards foreign
+    changes are heard again."""
+    web, api = lab.add(2)
+    lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    with packets.netns(lab.host):
+        watcher = NftWatcher().start()
+    got = []
+    watcher.subscribe(got.append, lambda e: e.kind == "resync" or e.table in (lab.table, "snforeign"))
+    try:
+        for portid in lab.backend.own_ports():
+            watcher.ignore_port(portid)
+        lab.backend.quiet_batches(watcher)
+        lab.update(" ".join(f"web->api:tcp/{p}" for p in range(9000, 9600)))   # 600 elements
+        time.sleep(0.5)
+        assert (watcher.pauses, got) == (1, [])
+        assert [probe_tcp(web, api.ip4, p) != "timeout" for p in (9599, 8080)] == [True, False]
+
+        paused = watcher.pause
+
+        def pause_then_foreign_commit():
+            paused()
+            lab.nft("add", "table", "inet", "snforeign")
+        watcher.pause = pause_then_foreign_commit
+        lab.update(" ".join(f"web->api:tcp/{p}" for p in range(10000, 10600)))
+        deadline = time.monotonic() + 3
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.3)
+        assert [(e.kind, e.table) for e in got] == [("resync", "")]
+        assert probe_tcp(web, api.ip4, 10599) != "timeout"
+
+        del got[:]
+        w, a = ids(lab)["web"], ids(lab)["api"]
+        lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 10000 }}")
+        deadline = time.monotonic() + 3
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [(e.kind, e.object, e.name) for e in got] == [("delete", "element", "pol_port")]
+    finally:
+        watcher.stop()
+        lab.nft("delete", "table", "inet", "snforeign", check=False)
+
+
 def test_drift_reports_missing_tables(lab):
     web, = lab.add(1)
     lab.apply("", {web: "web"})

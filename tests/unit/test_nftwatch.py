@@ -184,6 +184,74 @@ def test_enobufs_means_resync(monkeypatch):
         watcher.stop()
 
 
+class MemberSocket:
+    """A watcher socket that records group membership changes (setsockopt) and can
+    refuse to join again."""
+
+    def __init__(self, sock, refuse_join=False):
+        self.sock, self.refuse_join, self.calls = sock, refuse_join, []
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def recv(self, n):
+        return self.sock.recv(n)
+
+    def setsockopt(self, level, option, value):
+        self.calls.append((level, option, value))
+        if option == 1 and self.refuse_join:
+            raise OSError(errno.ENOMEM, "no memory")
+
+    def close(self):
+        self.sock.close()
+
+
+def test_pause_leaves_the_group_once_and_the_last_resume_joins_it():
+    opener = PairOpener()
+    wrapped = []
+    watcher = NftWatcher(opener=lambda: wrapped.append(MemberSocket(opener())) or wrapped[-1])
+    watcher.start()
+    try:
+        sock = wrapped[0]
+        watcher.pause()
+        watcher.pause()          # a second writer inside the window
+        assert sock.calls == [(270, 2, 7)]     # SOL_NETLINK, NETLINK_DROP_MEMBERSHIP, NFNLGRP_NFTABLES
+        watcher.resume()
+        assert sock.calls == [(270, 2, 7)]
+        watcher.resume()
+        assert sock.calls == [(270, 2, 7), (270, 1, 7)]
+        assert watcher.pauses == 2
+    finally:
+        watcher.stop()
+
+
+def test_a_watcher_that_cannot_rejoin_reopens_and_resyncs():
+    opener = PairOpener()
+    wrapped = []
+
+    def open_refusing_first():
+        wrapped.append(MemberSocket(opener(), refuse_join=not wrapped))
+        return wrapped[-1]
+
+    watcher, got = NftWatcher(opener=open_refusing_first, sleep=lambda s: None), []
+    watcher.subscribe(got.append)
+    watcher.start()
+    try:
+        watcher.pause()
+        watcher.resume()
+        assert wait_for(lambda: RESYNC in got and len(wrapped) == 2)
+        assert watcher.restarts == 1
+    finally:
+        watcher.stop()
+
+
+def test_lost_is_one_resync():
+    watcher, got = NftWatcher(opener=PairOpener()), []
+    watcher.subscribe(got.append)
+    watcher.lost()
+    assert got == [RESYNC]
+
+
 def test_start_raises_when_the_socket_cannot_open():
     with pytest.raises(OSError):
         NftWatcher(opener=PairOpener(fail_first=1)).start()

@@ -243,6 +243,12 @@ class NftBackend(fqdn.FqdnMethods):
         return {known.get(name[len(TABLE_PREFIX):], name[len(TABLE_PREFIX):])
                 for _family, name in self.runner.tables()}
 
+    def quiet_batches(self, watcher) -> None:
+        """Pause ``watcher`` (:class:`~plugin.kernel.nftwatch.NftWatcher`) around this
+        backend's large element deltas (:meth:`netlink.ElementWriter.apply`)."""
+        if self.writer is not None:
+            self.writer.quiet = watcher
+
     def own_ports(self) -> tuple:
         """Netlink port ids of this backend's own deltas (its element writer's socket, opened here)."""
         return (self.writer.open(),) if self.writer is not None else ()

@@ -35,11 +35,13 @@ from .elements import SCHEMAS, ElementDelta
 from .nftdump import (FAMILIES, NFNL_SUBSYS_NFTABLES, NFTA_DATA_VALUE, NFTA_LIST_ELEM,
                       NFTA_SET_ELEM_DATA, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_KEY_END,
                       NFTA_SET_ELEM_LIST_ELEMENTS, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE,
-                      NLM_F_REQUEST, NLMSG_ERROR, TableReader, _attr)
+                      NLM_F_REQUEST, NLMSG_ERROR, TableReader, _attr, _attrs)
 
 NETLINK_NETFILTER = 12
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 0x10, 0x11
 NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 12, 14
+NFT_MSG_NEWGEN, NFT_MSG_GETGEN, NFTA_GEN_ID = 15, 16, 1
+QUIET_MIN = 512        # elements from which a batch is sent with the change watcher paused
 NLM_F_ACK, NLM_F_CREATE = 0x4, 0x400
 NLA_F_NESTED = 0x8000
 SOL_NETLINK, NETLINK_CAP_ACK = 270, 10
@@ -246,6 +248,7 @@ class ElementWriter(TableReader):
         self._portid = 0
         self._seq = 0
         self._lock = threading.Lock()
+        self.quiet = None   # the change watcher to pause around large batches (NftWatcher)
 
     def _socket(self) -> socket.socket:
         if self._sock is None:
@@ -310,7 +313,12 @@ class ElementWriter(TableReader):
         return msg
 
     def apply(self, table: str, delta: ElementDelta) -> None:
-        """Deletions, then additions, of ``delta`` in table ``table`` (both families)."""
+        """Deletions, then additions, of ``delta`` in table ``table`` (both families).
+
+        A delta of :data:`QUIET_MIN` elements or more is sent with :attr:`quiet` (the
+        daemon's :class:`~plugin.kernel.nftwatch.NftWatcher`) paused, so that the kernel
+        builds no notification per element; when the ruleset's generation moved by more
+        than this batch's own commit meanwhile, the watcher is told (:meth:`lost`)."""
         with self._lock:
             names: dict = {}
             parts = [self._batch_marker(NFNL_MSG_BATCH_BEGIN)]
@@ -319,7 +327,57 @@ class ElementWriter(TableReader):
             if delta.kept:   # a flushed set's elements that stay
                 parts += self._messages(table, NFT_MSG_NEWSETELEM, delta.kept, names)
             parts.append(self._batch_marker(NFNL_MSG_BATCH_END))
-            self._send(b"".join(parts), names)
+            watcher = self.quiet if delta.size() >= QUIET_MIN else None
+            if watcher is None:
+                self._send(b"".join(parts), names)
+            else:
+                self._send_quietly(watcher, b"".join(parts), names)
+
+    def _send_quietly(self, watcher, batch: bytes, names: dict) -> None:
+        try:
+            before = self._generation()
+        except OSError:
+            self._send(batch, names)
+            return
+        committed = 0
+        watcher.pause()
+        try:
+            self._send(batch, names)
+            committed = 1
+        finally:
+            watcher.resume()
+            try:
+                moved = (self._generation() - before) & 0xFFFFFFFF
+            except OSError:
+                moved = None
+            if moved != committed:
+                watcher.lost()
+
+    def generation(self) -> int:
+        """The nf_tables ruleset generation of this namespace (``NFT_MSG_GETGEN``: one
+        request; every committed transaction adds one, an aborted one nothing).
+        Raises OSError."""
+        with self._lock:
+            return self._generation()
+
+    def _generation(self) -> int:
+        sock = self._socket()
+        sock.send(self._message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0, b"", NLM_F_REQUEST))
+        seq = self._seq
+        while True:
+            buf = sock.recv(1 << 16)
+            pos = 0
+            while pos + 16 <= len(buf):
+                length, kind, _flags, got, _pid = struct.unpack_from("=IHHII", buf, pos)
+                if length < 16:
+                    break
+                if got == seq and kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", buf, pos + 16)[0]
+                    raise OSError(code or 71, "NFT_MSG_GETGEN: " + os.strerror(code or 71))
+                if got == seq and kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWGEN:
+                    attrs = _attrs(buf[pos + 20:pos + length])
+                    return _BE32.unpack(attrs[NFTA_GEN_ID][:4])[0]
+                pos += (length + 3) & ~3
 
     def _send(self, batch: bytes, names: dict) -> None:
         sock = self._socket()
