@@ -28,7 +28,7 @@ import pytest
 from nsfixtures import BACKENDS, NET_ID, lab, only  # noqa: F401 (lab is a fixture)
 from packets import echoes, open_stream, parallel, probe_tcp
 from plugin.enforce.ebpf import maps
-from plugin.enforce.nftables import backend as nft_backend
+from plugin.enforce.nftables import readback as nft_readback
 from plugin.enforce.reconciler import Reconciler
 from test_fragments_kernel import BIG, received
 from upgrade_lab import (ALLOWED, DENIED, PRE_FRAGS, PRE_FRAGS_MAPS, Trickle, attached, map_shape,
@@ -201,7 +201,7 @@ def test_an_older_table_is_rewritten_when_no_fresh_reference_can_be_made(lab, tm
     state, net = saved_network(lab, str(tmp_path / "state"), web, api)
     try:
         _older_nftables(lab, state, tmp_path, monkeypatch, web, api)
-        monkeypatch.setattr(nft_backend, "in_scratch_namespace", _no_scratch_namespace)
+        monkeypatch.setattr(nft_readback, "in_scratch_namespace", _no_scratch_namespace)
         _rec, _sent, got = _upgrade_under_probes(lab, state, web, api, BACKENDS["nftables"])
         assert got > 0
         _this_build_nftables(lab, None, web, api)

@@ -1,5 +1,7 @@
 """NftBackend: the nftables datapath behind the enforcement seam (``plugin.enforce.backend``).
 
+Reads of the kernel (drift, counters, reference shapes) are in ``readback``.
+
 It keeps, per network, what it last wrote (the realized state: the policy
 map, the ports, and every set's elements with the rules behind them), so
 that each later change is computed as an element delta against it and
@@ -17,19 +19,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
-from plugin.enforce.backend import BackendError, Counters, DropEvent, NetworkSpec
+from plugin.enforce.backend import BackendError, DropEvent, NetworkSpec
 from segmentation.policymap import PolicyDelta, PolicyMap
 
-from . import counting, fqdn, kernel, ruleset
-from .drops import INACTIVE_PAIR_SETS, NFLOG_GROUP, PAIR_SETS, PORT_PAIR_SETS, deliver
+from . import fqdn, ruleset
+from .drops import NFLOG_GROUP, deliver
 from .elements import (COUNTED_IN, PORT_SETS, ElementDelta, PolicyElements, diff, port_elements,
                        ports_elements, setting_elements)
-from .netlink import ElementWriter, encoder, identifier
-from .nftdump import decode_pair, decode_port_address, decode_port_key
+from .netlink import ElementWriter, encoder
 from .nflog import NflogReader
 from .brhooks import MADE_ON, BridgeHooks, available as brnf_available
 from .portlinks import PortGroups
-from .runner import TABLE_PREFIX, NftError, NftRunner, in_scratch_namespace
+from .readback import ReadbackMethods
+from .runner import TABLE_PREFIX, NftError, NftRunner
 
 log = logging.getLogger(__name__)
 FEW_HITS = 8   # a delta of up to this many elements of a counted set looks their hits up one by one
@@ -47,7 +49,7 @@ class _Realized:
     port_sets: dict = field(default_factory=dict)  # set -> {element: value}, all ports
 
 
-class NftBackend(fqdn.FqdnMethods):
+class NftBackend(fqdn.FqdnMethods, ReadbackMethods):
     """The nftables datapath (see ``ruleset`` for the tables it writes).
 
     ``runner``: an :class:`NftRunner` (default: libnftables in-process in
@@ -208,12 +210,6 @@ class NftBackend(fqdn.FqdnMethods):
             if stale:
                 delta.delete[hits_name].update(dict.fromkeys(stale))
 
-    def _hits(self, table: str, name: str) -> list:
-        """The elements of hit set ``name`` as the kernel holds them."""
-        if self.writer is None:
-            return list(kernel.read_elements(self.runner, table, (name,)).get(name, {}))
-        return [decode_port_key(key) for key, _end, _data in self.writer.dump(table, name)]
-
     @staticmethod
     def _port_delta(real: _Realized, changes: Iterable[tuple]) -> tuple:
         """(ports after ``changes``, ElementDelta of the ports' sets)."""
@@ -269,100 +265,6 @@ class NftBackend(fqdn.FqdnMethods):
         prefix = table[len(TABLE_PREFIX):]
         with self._lock:
             return next((nid for nid in self._nets if nid.startswith(prefix)), prefix)
-
-    def drift(self, net: NetworkSpec, policy: PolicyMap, ports: Iterable) -> list:
-        """Elements and rules that differ from the desired state; one line each (at most 10)."""
-        with self._lock:
-            ports = list(ports)
-            want = self._desired(net, policy, ports)
-            real = self._nets.get(net.id)
-            table = ruleset.table_name(net.id)
-            try:
-                rules = self._shapes(table)
-                problems = self._element_problems(table, want)
-            except (NftError, OSError) as exc:
-                return [f"tables missing ({str(exc).splitlines()[0][:120]})"]
-            reference = self._reference(net)
-            if reference is None:
-                problems.append("rules cannot be checked (no reference)")
-            else:
-                problems += kernel.compare_rules(reference, rules)
-            problems += self.groups.strays(net.bridge, [p.name for p in ports])   # (a repair sets them)
-            problems += self.hooks.problems(net.bridge)
-            return problems[:10]
-
-    def _element_problems(self, table: str, want: dict) -> list:
-        if self.writer is None:
-            return kernel.element_problems(want, kernel.read_elements(self.runner, table, want))
-        problems = []
-        for name in sorted(want):
-            have = self.writer.dump(table, name)
-            parts = identifier(name)
-            wanted = {parts(e, v): (e, v) for e, v in want[name].items()}
-            problems += [f"set {name}: missing element {ruleset.element_text(name, e, v)}"
-                         for key, (e, v) in list(wanted.items()) if key not in have][:3]
-            problems += [f"set {name}: unexpected element {key[0].hex()}"
-                         for key in have if key not in wanted][:3]
-        return problems
-
-    def counters(self, net: NetworkSpec) -> Counters:
-        """Per-entry allowed counters, per-pair drop counters, per-reason drop counters."""
-        with self._lock:
-            real = self._nets.get(net.id)
-            attribution = real.policy_elements.attribution() if real else {}
-            table = ruleset.table_name(net.id)
-            try:
-                counts = self._set_counters(table, attribution)
-            except (NftError, OSError):
-                return Counters()
-            by_rule = self._rule_counters(table)
-            learned = fqdn.tag_counters(self.runner, table)
-        return counting.assemble(counts, by_rule, learned, attribution,
-                                 real.ports if real else {}, real.port_sets if real else {})
-
-    def _rule_counters(self, table: str) -> dict:
-        if self.writer is None:
-            return kernel.rule_counters(self.runner, table)
-        out: dict = {}
-        for family in ("inet", "bridge"):
-            try:
-                for comment, (packets, size) in self.writer.rule_counters(family, table).items():
-                    total = out.setdefault(comment, [0, 0])
-                    total[0] += packets
-                    total[1] += size
-            except OSError:   # a missing table counts nothing; drift() reports it
-                continue
-        return out
-
-    def _set_counters(self, table: str, attribution: dict) -> dict:
-        """``{set: {element: (packets, bytes)}}`` of the policy sets in ``attribution``,
-        and of the pair sets keyed by ``(src, dst)`` identities (the bridge table's by
-        ``(src, port name)``; missing in a table of an older FORMAT: empty)."""
-        names = tuple(attribution) + PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS
-        if self.writer is None:
-            have = kernel.read_elements(self.runner, table, names + tuple(COUNTED_IN.values()))
-            for name, hits in COUNTED_IN.items():   # (a table of an older FORMAT: the set's own)
-                if hits in have:
-                    have[name] = have.pop(hits)
-            return {n: {e: c for e, (_v, c) in els.items() if c} for n, els in have.items()}
-        out = {}
-        for name in names:
-            try:
-                dumped = self.writer.dump(table, COUNTED_IN.get(name, name))
-            except OSError:
-                if name in COUNTED_IN:   # no hit set: a table of an older FORMAT, elements count
-                    dumped = self.writer.dump(table, name)
-                elif name not in PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
-                    raise
-                else:
-                    dumped = {}
-            if name in PAIR_SETS + PORT_PAIR_SETS + INACTIVE_PAIR_SETS:
-                decode = decode_port_address if name in INACTIVE_PAIR_SETS else decode_pair
-                out[name] = {decode(k[0]): c for k, c in dumped.items() if c}
-            else:
-                parts = identifier(name)
-                out[name] = {e: dumped.get(parts(e)) for e in attribution[name]}
-        return out
 
     def watch_drops(self, callback: Callable[[DropEvent], None]) -> None:
         """Deliver every logged drop as a DropEvent, from a reader thread (NFLOG)."""
@@ -429,58 +331,6 @@ class NftBackend(fqdn.FqdnMethods):
             if name in PORT_SETS:
                 real.port_sets.setdefault(name, {}).update(els)
 
-    def _reference(self, net: NetworkSpec) -> Optional[dict]:
-        """The shape of freshly written tables of ``net``: written (without elements)
-        in a scratch namespace, read back there; else read from the kernel now (not kept:
-        ``_adopt`` then writes the tables, which may be an older build's)."""
-        cached = self._references.get(net.id)
-        if cached is not None and cached[0] == net:
-            return cached[1]
-        table = ruleset.table_name(net.id)
-
-        def fresh():
-            scratch = NftBackend(netlink=self.writer is not None)
-            scratch.runner.apply(ruleset.skeleton_script(net.id, net))
-            try:
-                return scratch._shapes(table)
-            finally:
-                scratch.close()
-        try:
-            shapes = in_scratch_namespace(fresh)
-        except (NftError, OSError, TimeoutError) as exc:
-            log.debug("no scratch namespace (%s): reference read from the kernel (not kept)", exc)
-            try:
-                return self._shapes(table)
-            except (NftError, OSError):
-                return None
-        self._references[net.id] = (net, shapes)
-        return shapes
-
-    def _shapes(self, table: str) -> dict:
-        """Rules (per chain), chains and set declarations of both tables, comparable
-        (as digests: ``kernel.digested``)."""
-        if self.writer is None:
-            return kernel.digested(kernel.read_rules(self.runner, table))
-        out = {}
-        for family in ("inet", "bridge"):
-            for (kind, name), shapes in self.writer.shapes(family, table).items():
-                out[(family, f"{kind} {name}")] = shapes
-        return kernel.digested(out)
-
-    def _desired(self, net: NetworkSpec, policy: PolicyMap, ports: list) -> dict:
-        real = self._nets.get(net.id)
-        if real is not None and real.policy == policy and real.spec.mode == net.mode and \
-                real.ports == {p.endpoint_id: p for p in ports}:
-            elements, port_sets, settings = real.policy_elements, real.port_sets, real.settings
-        else:
-            elements = PolicyElements.of(policy.entries | policy.cidrs)
-            port_sets, settings = ports_elements(ports), setting_elements(policy, net.mode, elements)
-        want = {**elements.flat(), **settings}
-        for name in kernel.desired_sets():
-            want.setdefault(name, {})
-        for name, els in port_sets.items():
-            want[name] = els
-        return want
 
 
 def _realize(net: NetworkSpec, policy: PolicyMap, ports: dict) -> _Realized:
