@@ -319,8 +319,10 @@ def test_a_daemon_that_holds_nothing_after_its_first_pass_removes_an_earlier_hol
     rig.stop()                                          # an earlier daemon's hold stays
     rig.serve()                                         # a new one, whose first pass holds nothing
     assert rig.queue_rules() == 2 and rig.dns_table()   # kept until then (answers held meanwhile)
+    assert rig.service.call(lambda: rig.service.obj.marks.present())   # one netlink request
     rig.service.settle()
     assert rig.queue_rules() == 0 and not rig.dns_table()
+    assert not rig.service.call(lambda: rig.service.obj.marks.present())
 
 
 def test_audit_mode_passes_learned_or_not_and_reports_as_usual(lab):

@@ -41,6 +41,41 @@ NFT_MSG_GETOBJ, NFTA_OBJ_TABLE, NFTA_OBJ_NAME, NFTA_OBJ_TYPE, NFTA_OBJ_DATA = 19
 NFT_OBJECT_COUNTER = 1
 
 
+NFT_MSG_GETTABLE, NFTA_TABLE_NAME = 1, 1
+
+
+def _request(msg: bytes) -> bytes:
+    """Send one request on a new NETLINK_NETFILTER socket (the caller's namespace); the
+    answer's first message, or OSError with the kernel's errno."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)   # NETLINK_NETFILTER
+    try:
+        sock.send(msg)
+        buf = sock.recv(1 << 16)
+    finally:
+        sock.close()
+    length, kind = struct.unpack_from("=IH", buf, 0)
+    if kind == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", buf, 16)[0]
+        raise OSError(code, os.strerror(code))
+    return buf[:length]
+
+
+def table_exists(family: str, table: str) -> bool:
+    """Whether ``table`` of ``family`` exists: one ``NFT_MSG_GETTABLE`` (not a dump),
+    answered with the table or ENOENT (``nft list table`` fetches the whole ruleset
+    first). Raises OSError for other errors (EPERM)."""
+    body = _attr(NFTA_TABLE_NAME, table.encode() + b"\0")
+    head = struct.pack("=BBH", FAMILIES_ALL[family], 0, 0)
+    try:
+        _request(struct.pack("=IHHII", 16 + len(head) + len(body),
+                             (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST, 1, 0) + head + body)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
 def object_counter(family: str, table: str, name: str) -> tuple:
     """``(packets, bytes)`` of the named counter ``name`` of ``table``: one
     ``NFT_MSG_GETOBJ`` (not a dump; table, name and ``NFT_OBJECT_COUNTER``), answered
@@ -52,17 +87,8 @@ def object_counter(family: str, table: str, name: str) -> tuple:
     head = struct.pack("=BBH", FAMILIES_ALL[family], 0, 0)
     msg = struct.pack("=IHHII", 16 + len(head) + len(body), (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETOBJ,
                       NLM_F_REQUEST, 1, 0) + head + body
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)   # NETLINK_NETFILTER
-    try:
-        sock.send(msg)
-        buf = sock.recv(1 << 16)
-    finally:
-        sock.close()
-    length, kind = struct.unpack_from("=IH", buf, 0)
-    if kind == NLMSG_ERROR:
-        code = -struct.unpack_from("=i", buf, 16)[0]
-        raise OSError(code, os.strerror(code))
-    data = _attrs(_attrs(buf[20:length]).get(NFTA_OBJ_DATA, b""))
+    buf = _request(msg)
+    data = _attrs(_attrs(buf[20:]).get(NFTA_OBJ_DATA, b""))
     return (struct.unpack("!Q", data[NFTA_COUNTER_PACKETS])[0], struct.unpack("!Q", data[NFTA_COUNTER_BYTES])[0])
 
 
