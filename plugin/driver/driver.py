@@ -123,6 +123,13 @@ class Driver:
         if old is None:
             self.state.delete_network(rec.id)
 
+    def restore_network(self, rec: NetworkRecord, endpoints=()) -> None:
+        """The bridge and the forward rules of ``rec`` as a create makes them, without its
+        tables (the reconciler's): at start (plugin.driver.restore), and for a bridge
+        deleted behind secnet's back (plugin.driver.portwatch). The caller holds
+        :attr:`lock`. Raises what the link and firewall writers raise."""
+        self._realize_network(rec, endpoints, policy=False)
+
     def _realize_network(self, rec: NetworkRecord, endpoints=(), policy: bool = True, save=None) -> None:
         """Bridge, then the forward rules outside secnet's tables and (``policy``) the
         network's tables side by side: neither lets anything through without the other

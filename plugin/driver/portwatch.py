@@ -151,7 +151,7 @@ class PortWatch:
         driver = self.driver
         if not driver.links.link_exists(net.bridge):
             log.warning("network %s: its bridge %s is gone; making it again", net.id[:12], net.bridge)
-            driver._realize_network(net, driver.state.endpoints(net.id), policy=False)
+            driver.restore_network(net, driver.state.endpoints(net.id))
         for ep in off:
             log.warning("endpoint %s: its veth %s was taken off bridge %s behind secnet's back; putting "
                         "it back", ep.id[:12], ep.veth_host, net.bridge)

@@ -25,7 +25,7 @@ def restore(driver) -> dict:
             eps = driver.state.endpoints(net.id)
             owners.add(net.id)
             try:
-                driver._realize_network(net, eps, policy=False)
+                driver.restore_network(net, eps)
                 driver.links.prune_neighbours(net.bridge, [(ep.mac, ep.addresses) for ep in eps])
                 counts["networks"] += 1
             except Exception:
