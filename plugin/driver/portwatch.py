@@ -32,7 +32,7 @@ from typing import Optional
 
 from plugin.kernel import links as nl
 from plugin.kernel.linkwatch import RESYNC, LinkWatcher
-from plugin.kernel.nftwatch import Debouncer
+from plugin.kernel.debounced import DebouncedWatch
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class Names:
             return last
 
 
-class PortWatch:
+class PortWatch(DebouncedWatch):
     """Puts the veths of ``driver``'s endpoints back on their bridges (a
     :class:`plugin.driver.driver.Driver` whose ``links`` is a
     :class:`plugin.kernel.links.Netlink`; its reconciler then checks the rules).
@@ -74,31 +74,23 @@ class PortWatch:
     raised there); ``stop()`` ends both threads. ``put_back``: veths put back;
     ``checks``: debounced checks run."""
 
+    thread_name = "secnet-portrepair"
+
     def __init__(self, driver, delay: float = 0.1):
+        super().__init__(delay)
         self.driver = driver
-        self.delay = delay
         self.names = Names()
-        self.watcher: Optional[LinkWatcher] = None
-        self.debouncer: Optional[Debouncer] = None
         self.put_back = self.checks = 0
         self._bridges: dict = {}   # ifindex -> name of the masters seen (never reused before 2**31)
 
-    def start(self) -> "PortWatch":
-        if self.watcher is None:
-            self.watcher = LinkWatcher().start()
-            self.debouncer = Debouncer(self.check, self.delay, name="secnet-portrepair").start()
-            self.watcher.subscribe(self._heard, port_event)
-        return self
+    def opener(self) -> LinkWatcher:
+        return LinkWatcher()
 
-    def stop(self) -> None:
-        for part in (self.watcher, self.debouncer):
-            if part is not None:
-                part.stop()
-        self.watcher = self.debouncer = None
+    def match(self, event) -> bool:
+        return port_event(event)
 
-    def _heard(self, event) -> None:
+    def heard(self, event) -> None:
         self.names.add(event)
-        self.debouncer.trigger()
 
     def check(self) -> None:
         """Check the veths heard of since the last check (every recorded one after a resync)."""

@@ -26,10 +26,9 @@ Idle, the watcher thread sleeps in select().
 from __future__ import annotations
 
 import logging
-from typing import Optional
 
 from plugin.enforce.backend import BackendError
-from plugin.kernel.nftwatch import Debouncer
+from plugin.kernel.debounced import DebouncedWatch
 from plugin.kernel.tcwatch import RESYNC, Links, TcWatcher, hook_change
 
 from .hooks import drifted
@@ -37,42 +36,40 @@ from .hooks import drifted
 log = logging.getLogger(__name__)
 
 
-class HookWatch:
+class HookWatch(DebouncedWatch):
     """Repairs the tc hooks of the networks of ``backends`` (those that attach to links)
     through ``reconciler``. ``start()`` opens the socket in the caller's thread and
     namespace (OSError, e.g. EPERM, is raised there); ``stop()`` ends both threads.
     ``reattached``: networks whose hooks it put back; ``checks``: checks run."""
 
+    thread_name = "secnet-tcrepair"
+
     def __init__(self, reconciler, backends, delay: float = 0.1):
+        super().__init__(delay)
         self.reconciler = reconciler
         self.backends = [b for b in backends if getattr(b, "attaches_to_links", False)]
-        self.delay = delay
         self.links = Links()
-        self.watcher: Optional[TcWatcher] = None
-        self.debouncer: Optional[Debouncer] = None
         self.reattached = self.checks = 0
         self._ipr = None   # the checking thread's rtnetlink socket (pyroute2), opened at its first check
         self._put_back: dict = {}   # network id -> the drift its last reattach answered
 
-    def start(self) -> "HookWatch":
-        if self.backends and self.watcher is None:
-            self.watcher = TcWatcher().start()
-            self.debouncer = Debouncer(self.check, self.delay, name="secnet-tcrepair").start()
-            self.watcher.subscribe(self._heard, hook_change)
-        return self
+    def wanted(self) -> bool:
+        return bool(self.backends)
+
+    def opener(self) -> TcWatcher:
+        return TcWatcher()
+
+    def match(self, event) -> bool:
+        return hook_change(event)
+
+    def heard(self, event) -> None:
+        self.links.add(event)
 
     def stop(self) -> None:
-        for part in (self.watcher, self.debouncer):
-            if part is not None:
-                part.stop()
-        self.watcher = self.debouncer = None
+        super().stop()
         if self._ipr is not None:
             self._ipr.close()
             self._ipr = None
-
-    def _heard(self, event) -> None:
-        self.links.add(event)
-        self.debouncer.trigger()
 
     def check(self) -> None:
         """Check the devices heard of since the last check (all after a resync)."""
