@@ -36,6 +36,7 @@ from plugin.enforce.ebpf import libbpf
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel.conntrack import Flows
 from plugin.kernel.nftwatch import NftWatcher
+from segmentation.rules import parse_rules
 from tamper import HOLE_PORT, open_hole
 
 pytestmark = pytest.mark.kernel
@@ -57,7 +58,7 @@ class Watch:
                 self.stops = [self.hooks.stop]
             else:
                 watcher = NftWatcher().start()
-                self.hooks, self.stops = None, [watcher.stop]
+                self.hooks, self.stops, self.watcher = None, [watcher.stop], watcher
                 repair = watch_nft_tables(watcher, lambda: rec.reconcile(full=False), [lab.backend])
                 self.stops.append(repair.stop)
 
@@ -159,6 +160,25 @@ def test_a_hole_in_the_datapath_is_closed_within_a_second(watched):
     assert_closed_within(seen)
     settled(rec, net, watch)
     assert_policy(web, api)
+
+
+@only("nftables")
+def test_a_large_edit_causes_no_repair_and_a_hole_opened_after_it_is_closed(watched):
+    """The reconciler's 700-element edit goes out with the watch out of the nftables group
+    (no notification built per element: they are its own): no repair; the watch is back
+    in the group, so a hole opened right after is heard and closed within a second."""
+    lab, state, rec, net, web, api, watch = watched
+    big = dataclasses.replace(net, options=dataclasses.replace(net.options, rules=parse_rules(
+        RULES + " " + " ".join(f"web->api:tcp/{p}" for p in range(9000, 9700)))))
+    state.put_network(big)
+    rec.policy_changed(big)
+    time.sleep(0.5)
+    assert watch.watcher.pauses >= 1 and watch.repairs == 0
+    assert probe_tcp(web, api.ip4, 9699) != "timeout"   # in force (no listener: refused)
+    started = time.monotonic()
+    open_hole(lab, web, api)
+    assert_closed_within(dropped_again_after(web, api.ip4, HOLE_PORT, started))
+    settled(rec, big, watch)
 
 
 @ebpf
