@@ -19,8 +19,9 @@ median sum; ``ratio_wall_range``, ``ratio_cpu_range``: the lowest and highest ro
 noisy the rounds were).
 
 The rounds are split over P pairs of daemons started one pair after the other (``--pairs``,
-default 1; the big one starts first in every other pair): a daemon process has a speed of its
-own (bench.verbs' docstring), and one pair's ratio is partly that pair's. An A/A of this module
+default 1; the big one starts first in every other pair: give an even number): a daemon process has a speed of its
+own (bench.verbs' docstring), and one pair's ratio is partly that pair's (``join_by_pair``: the
+join ratios of each pair, and which daemon started first). An A/A of this module
 (``--endpoints 1``, one pair, 16 rounds x 6) gave CreateEndpoint + Join 0.89x wall, 0.95x CPU
 (rounds 0.71-1.15x, 0.77-1.20x); bench/results/2026-12-02-join4.md.
 
@@ -184,18 +185,22 @@ def main() -> None:
         raise SystemExit("joinscale: --pairs must be >= 1 and <= --rounds")
     rounds: list = []
     ticks: dict = {"small": {}, "big": {}}
+    by_pair: list = []
     per_pair = args.rounds // args.pairs
     for p in range(args.pairs):
         count = per_pair + (1 if p < args.rounds % args.pairs else 0)
         got, pair_ticks = pair_rounds(p, len(rounds), count, args.endpoints, args.joins)
         rounds += got
+        joins = summary(got, pair_ticks)["join"]
+        by_pair.append({"first": "small" if p % 2 == 0 else "big",
+                        **{k: joins[k] for k in ("ratio_wall", "ratio_cpu")}})
         for label, by_verb in pair_ticks.items():
             for verb, row in by_verb.items():
                 total = ticks[label].setdefault(verb, [0, 0, 0])
                 for k in range(3):
                     total[k] += row[k]
     print(json.dumps({"endpoints": args.endpoints, "rounds": args.rounds, "joins": args.joins,
-                      "pairs": args.pairs, "verbs": summary(rounds, ticks)}, indent=1))
+                      "pairs": args.pairs, "verbs": summary(rounds, ticks), "join_by_pair": by_pair}, indent=1))
 
 
 if __name__ == "__main__":
