@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import socket
-import sqlite3
 import sys
 import threading
 import time
@@ -176,6 +175,8 @@ class _Gunicorn(BaseApplication):
         """The worker's app. A state database that cannot be read stops the daemon with
         one line (gunicorn's WORKER_BOOT_ERROR, 3: the master does not retry), not a
         traceback (U24-F3); the kernel is left as it is."""
+        import sqlite3   # here, not at the top: the master never opens the state (libsqlite3: 1.1 MiB of its RSS)
+
         leanmaster.restore_in_worker()
         try:
             app, self.daemon = build(self.settings)

@@ -104,3 +104,15 @@ def test_gunicorns_log_configuration_reaches_the_real_logging_config():
         print(logging.getLogger("leanmaster.test").level, type(sys.modules["logging.config"]).__name__)
     """)
     assert out == "40 module"
+
+
+def test_the_master_does_not_load_sqlite_and_the_worker_does():
+    """The master never opens the state: libsqlite3 (1.1 MiB of its RSS) loads in the worker."""
+    out = _run("""
+        import sys
+        import plugin.daemon.server
+        print("sqlite3" in sys.modules, "_sqlite3" in sys.modules)
+        from plugin.daemon import app
+        print("sqlite3" in sys.modules)
+    """)
+    assert out.splitlines() == ["False False", "True"]
