@@ -107,10 +107,22 @@ class Trimmer:
     spread over the heap; glibc keeps those pages (only a free top of the heap is
     returned by itself), so without this RSS stays at its high-water mark. A trim
     takes a few ms, on this thread, never on a request's.
+
+    While requests keep coming, it also runs a full collection of the cyclic garbage
+    every ``collect_every`` requests, on this thread. Each pyroute2 0.9 request leaves
+    ~240 objects in reference cycles (its parsed reply, its request processor); those of
+    a burst of joins outlive the young collections and wait for a full one, which
+    CPython starts only once they pass 25 % of the old generation: 1,000 joins grew the
+    heap by up to ~5 MiB of such garbage, spread among live blocks afterwards and never
+    returned (bench/results/2026-12-02-rss5.md). ``collect_every=0``: none.
     """
 
-    def __init__(self, quiet: float = 1.0):
+    def __init__(self, quiet: float = 1.0, collect_every: int = 200):
         self.quiet = quiet
+        self.collect_every = collect_every
+        self.served = 0          # requests ended so far
+        self.collections = 0
+        self._collected_at = 0
         self._wake = threading.Event()
         try:
             self._trim = ctypes.CDLL("libc.so.6").malloc_trim
@@ -125,14 +137,23 @@ class Trimmer:
 
     def soon(self) -> None:
         """A request ended: trim after the next ``quiet`` seconds without one."""
+        self.served += 1
         self._wake.set()
+
+    def _collect_if_due(self) -> None:
+        if self.collect_every and self.served - self._collected_at >= self.collect_every:
+            self._collected_at = self.served
+            gc.collect()
+            self.collections += 1
 
     def _run(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
+            self._collect_if_due()
             while self._wake.wait(self.quiet):   # more requests came: wait for quiet
                 self._wake.clear()
+                self._collect_if_due()
             self._trim(0)
             self.trims += 1
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
@@ -21,6 +22,49 @@ def test_the_heap_is_trimmed_once_requests_stop():
         assert app({}, None) == [b"ok"]
     assert trimmed.wait(10.0), "no trim after requests stopped"
     assert calls == [0]
+
+
+def test_a_burst_of_requests_gets_a_full_collection_every_collect_every_requests():
+    """While requests keep coming (no quiet, so no trim), the cyclic garbage they leave
+    is collected every ``collect_every`` requests, on the trimmer's thread."""
+    import gc
+
+    class Cycle:
+        def __init__(self):
+            self.me = self
+
+    gc.collect()
+    trimmer = Trimmer(quiet=5.0, collect_every=50)
+    trimmer._trim = lambda pad: None
+    trimmer.start()
+    gc.disable()   # only the trimmer collects here
+    try:
+        def app(environ, start_response):
+            Cycle()   # garbage only a collection frees
+            return [b"ok"]
+        wrapped = trimmer.wrap(app)
+        for _ in range(200):
+            wrapped({}, None)
+            time.sleep(0.002)
+        deadline = time.monotonic() + 10
+        while trimmer.collections < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        alive = sum(type(o) is Cycle for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert trimmer.collections >= 2 and trimmer.trims == 0
+    assert alive < 100, alive   # at most the requests since the last collection (200 without)
+
+
+def test_collect_every_zero_collects_nothing():
+    trimmer = Trimmer(quiet=5.0, collect_every=0)
+    trimmer._trim = lambda pad: None
+    trimmer.start()
+    app = trimmer.wrap(lambda environ, start_response: [b"ok"])
+    for _ in range(300):
+        app({}, None)
+    time.sleep(0.2)
+    assert trimmer.collections == 0
 
 
 def test_the_master_freezes_its_heap_before_it_forks_the_worker():
