@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from concurrent import futures
 from typing import Optional
 
 from segmentation.errors import PolicyError
@@ -105,8 +106,10 @@ class Driver:
                 raise Conflict(f"network {rec.id[:12]} already exists with other settings")
             try:
                 self._realize_network(rec, save=lambda: self.state.put_network(rec))
-            except nl.LinkConflict as exc:
+            except nl.LinkConflict as exc:   # the name is another's link: leave it, drop the rest
                 self._unsave_network(old, rec)
+                if old is None:
+                    self._unrealize_network(rec, link=False)
                 raise Conflict(str(exc)) from None
             except Exception as exc:
                 log.exception("create network %s failed", rec.id[:12])
@@ -139,27 +142,22 @@ class Driver:
         (the state row, its fsync) follows the forward rules on their thread, also while
         nft runs; the caller removes the row if anything here fails (a crash before
         that: the row is realized again at start, and dropped once the engine is
-        found not to have the network)."""
-        made = self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways(),
-                                        options=self.reconciler.bridge_options(rec))
+        found not to have the network). A new network's bridge (none of its name yet)
+        is made while the tables are written: :meth:`_realize_new_network`."""
         if rec.ipv6 and self.links.ensure_ipv6_forwarding():
             log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
+        start_bridge = getattr(self.links, "start_bridge", None)
+        if policy and start_bridge is not None and not self.links.link_exists(rec.bridge):
+            self._realize_new_network(rec, endpoints, save, start_bridge)
+            return
+        made = self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways(),
+                                        options=self.reconciler.bridge_options(rec))
         if not policy:
             self.firewall.ensure(rec.bridge, rec.id)
             if save is not None:
                 save()
             return
-        failed: list = []
-
-        def forward_rules():
-            try:
-                self.firewall.ensure(rec.bridge, rec.id)
-                if save is not None:
-                    save()
-            except Exception as exc:   # raised below, on the verb's thread
-                failed.append(exc)
-        worker = threading.Thread(target=forward_rules, name="secnet-forward-ensure")
-        worker.start()   # in this thread's network namespace, like a child process
+        worker, failed = self._start_forward_rules(rec, save)
         try:
             self.reconciler.network_added(rec, endpoints, bridge_made=bool(made))
         finally:
@@ -167,14 +165,62 @@ class Driver:
         if failed:
             raise failed[0]
 
-    def _unrealize_network(self, rec: NetworkRecord) -> None:
-        for step in (lambda: self.reconciler.network_removed(rec),
-                     lambda: self.firewall.remove(rec.bridge, rec.id),
-                     lambda: self.links.remove_link(rec.bridge, owner=rec.id)):
+    def _start_forward_rules(self, rec: NetworkRecord, save) -> tuple:
+        """``(thread, failed)``: the forward rules of ``rec``, then ``save()``, begun on a
+        thread; ``failed`` holds what it raised once the thread is joined."""
+        failed: list = []
+
+        def forward_rules():
             try:
-                step()
+                self.firewall.ensure(rec.bridge, rec.id)
+                if save is not None:
+                    save()
+            except Exception as exc:   # raised by the caller, on the verb's thread
+                failed.append(exc)
+        worker = threading.Thread(target=forward_rules, name="secnet-forward-ensure")
+        worker.start()   # in this thread's network namespace, like a child process
+        return worker, failed
+
+    def _realize_new_network(self, rec: NetworkRecord, endpoints, save, start_bridge) -> None:
+        """:meth:`_realize_network` of a network whose bridge is not there yet: the kernel
+        makes the bridge (on the netlink thread) while the forward rules and the state row
+        are written on a thread and the tables here (``Reconciler.network_added``'s
+        ``bridge``). Nothing can pass meanwhile: a new bridge has no port until a
+        CreateEndpoint, which waits for this verb (the driver's lock); once the verb
+        returns, all three are in place, or it raised (the bridge, once made, and the rest
+        are then the caller's to remove: the netlink thread runs the removal after it)."""
+        bridge = start_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways(),
+                              options=self.reconciler.bridge_options(rec))
+        worker, failed = self._start_forward_rules(rec, save)
+        try:
+            self.reconciler.network_added(rec, endpoints, bridge_made=True, bridge=bridge)
+        finally:
+            worker.join()
+            futures.wait([bridge])
+        if failed:
+            raise failed[0]
+
+    def _unrealize_network(self, rec: NetworkRecord, link: bool = True) -> None:
+        """Tables, forward rules and (``link``) bridge of ``rec`` gone, as much of them as can be (each
+        failure logged, the rest removed anyway). The forward rules go on a thread of their
+        own (iptables processes) while the tables and then the bridge go here (the kernel's
+        bridge removal waits for RCU grace periods): in neither order does anything pass
+        meanwhile -- the forward rules accept only what secnet's tables marked, and Docker's
+        FORWARD drops the bridge's traffic without them."""
+        def step(fn) -> None:
+            try:
+                fn()
             except Exception:  # keep going: remove as much as possible
                 log.exception("cleanup of network %s", rec.id[:12])
+        worker = threading.Thread(target=step, args=(lambda: self.firewall.remove(rec.bridge, rec.id),),
+                                  name="secnet-forward-remove")
+        worker.start()   # in this thread's network namespace, like a child process
+        try:
+            step(lambda: self.reconciler.network_removed(rec))
+            if link:
+                step(lambda: self.links.remove_link(rec.bridge, owner=rec.id))
+        finally:
+            worker.join()
 
     def delete_network(self, req: NetworkRequest) -> dict:
         with self.lock:
