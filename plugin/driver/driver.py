@@ -13,7 +13,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
-from concurrent import futures
 from typing import Optional
 
 from segmentation.errors import PolicyError
@@ -106,10 +105,8 @@ class Driver:
                 raise Conflict(f"network {rec.id[:12]} already exists with other settings")
             try:
                 self._realize_network(rec, save=lambda: self.state.put_network(rec))
-            except nl.LinkConflict as exc:   # the name is another's link: leave it, drop the rest
+            except nl.LinkConflict as exc:
                 self._unsave_network(old, rec)
-                if old is None:
-                    self._unrealize_network(rec, link=False)
                 raise Conflict(str(exc)) from None
             except Exception as exc:
                 log.exception("create network %s failed", rec.id[:12])
@@ -142,32 +139,16 @@ class Driver:
         (the state row, its fsync) follows the forward rules on their thread, also while
         nft runs; the caller removes the row if anything here fails (a crash before
         that: the row is realized again at start, and dropped once the engine is
-        found not to have the network). A new network's bridge (none of its name yet)
-        is made while the tables are written: :meth:`_realize_new_network`."""
-        if rec.ipv6 and self.links.ensure_ipv6_forwarding():
-            log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
-        start_bridge = getattr(self.links, "start_bridge", None)
-        if policy and start_bridge is not None and not self.links.link_exists(rec.bridge):
-            self._realize_new_network(rec, endpoints, save, start_bridge)
-            return
+        found not to have the network)."""
         made = self.links.ensure_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways(),
                                         options=self.reconciler.bridge_options(rec))
+        if rec.ipv6 and self.links.ensure_ipv6_forwarding():
+            log.info("IPv6 forwarding switched on (network %s has IPv6 subnets)", rec.id[:12])
         if not policy:
             self.firewall.ensure(rec.bridge, rec.id)
             if save is not None:
                 save()
             return
-        worker, failed = self._start_forward_rules(rec, save)
-        try:
-            self.reconciler.network_added(rec, endpoints, bridge_made=bool(made))
-        finally:
-            worker.join()
-        if failed:
-            raise failed[0]
-
-    def _start_forward_rules(self, rec: NetworkRecord, save) -> tuple:
-        """``(thread, failed)``: the forward rules of ``rec``, then ``save()``, begun on a
-        thread; ``failed`` holds what it raised once the thread is joined."""
         failed: list = []
 
         def forward_rules():
@@ -175,38 +156,25 @@ class Driver:
                 self.firewall.ensure(rec.bridge, rec.id)
                 if save is not None:
                     save()
-            except Exception as exc:   # raised by the caller, on the verb's thread
+            except Exception as exc:   # raised below, on the verb's thread
                 failed.append(exc)
         worker = threading.Thread(target=forward_rules, name="secnet-forward-ensure")
         worker.start()   # in this thread's network namespace, like a child process
-        return worker, failed
-
-    def _realize_new_network(self, rec: NetworkRecord, endpoints, save, start_bridge) -> None:
-        """:meth:`_realize_network` of a network whose bridge is not there yet: the kernel
-        makes the bridge (on the netlink thread) while the forward rules and the state row
-        are written on a thread and the tables here (``Reconciler.network_added``'s
-        ``bridge``). Nothing can pass meanwhile: a new bridge has no port until a
-        CreateEndpoint, which waits for this verb (the driver's lock); once the verb
-        returns, all three are in place, or it raised (the bridge, once made, and the rest
-        are then the caller's to remove: the netlink thread runs the removal after it)."""
-        bridge = start_bridge(rec.bridge, rec.id, rec.mtu, rec.gateways(),
-                              options=self.reconciler.bridge_options(rec))
-        worker, failed = self._start_forward_rules(rec, save)
         try:
-            self.reconciler.network_added(rec, endpoints, bridge_made=True, bridge=bridge)
+            self.reconciler.network_added(rec, endpoints, bridge_made=bool(made))
         finally:
             worker.join()
-            futures.wait([bridge])
         if failed:
             raise failed[0]
 
-    def _unrealize_network(self, rec: NetworkRecord, link: bool = True) -> None:
-        """Tables, forward rules and (``link``) bridge of ``rec`` gone, as much of them as can be (each
+    def _unrealize_network(self, rec: NetworkRecord) -> None:
+        """Tables, forward rules and bridge of ``rec`` gone, as much of them as can be (each
         failure logged, the rest removed anyway). The forward rules go on a thread of their
         own (iptables processes) while the tables and then the bridge go here (the kernel's
         bridge removal waits for RCU grace periods): in neither order does anything pass
         meanwhile -- the forward rules accept only what secnet's tables marked, and Docker's
-        FORWARD drops the bridge's traffic without them."""
+        FORWARD drops the bridge's traffic without them; a deleted network's bridge has no
+        port left anyway."""
         def step(fn) -> None:
             try:
                 fn()
@@ -217,8 +185,7 @@ class Driver:
         worker.start()   # in this thread's network namespace, like a child process
         try:
             step(lambda: self.reconciler.network_removed(rec))
-            if link:
-                step(lambda: self.links.remove_link(rec.bridge, owner=rec.id))
+            step(lambda: self.links.remove_link(rec.bridge, owner=rec.id))
         finally:
             worker.join()
 

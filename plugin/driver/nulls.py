@@ -16,9 +16,8 @@ class NullReconciler:
     def bridge_options(self, net):
         return ()
 
-    def network_added(self, net, endpoints=(), bridge_made=False, bridge=None):
-        if bridge is not None:   # a Future of the bridge being made: its end, as the Reconciler's
-            bridge.result()
+    def network_added(self, net, endpoints=(), bridge_made=False):
+        pass
 
     def network_removed(self, net):
         pass

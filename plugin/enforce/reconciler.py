@@ -170,35 +170,11 @@ class Reconciler:
         backend.check_host()
 
     # --- what the driver calls -------------------------------------------
-    def network_added(self, net, endpoints=None, bridge_made: bool = False, bridge=None) -> None:
-        """``bridge_made``: its bridge was made just now with :meth:`bridge_options`.
-
-        ``bridge``: a Future of the bridge being made meanwhile with :meth:`bridge_options`
-        (``Netlink.start_bridge``; its result: whether it was made now). The nftables
-        backend's tables name the bridge and need nothing of it: they are written as for a
-        bridge made now while the kernel makes it, then the future is waited for before
-        the DNS service is told (it reads the bridge's index). A bridge that was there
-        already (another made it meanwhile) gets its tables written again with its
-        br_netfilter switches checked; a backend that attaches to links (eBPF,
-        :meth:`link_first`) waits for it first. Raises what the future raised (the tables stay: the caller removes
-        them), or what the backend raised."""
+    def network_added(self, net, endpoints=None, bridge_made: bool = False) -> None:
+        """``bridge_made``: its bridge was made just now with :meth:`bridge_options`."""
         with self._lock:
             eps = self.state.endpoints(net.id) if endpoints is None else list(endpoints)
-            if bridge is None:
-                self._write_whole(net, eps, bridge_made)
-                return
-            if self.link_first(net):
-                self._write_whole(net, eps, bridge.result())
-                return
-            backend = self.backend(net)
-            real = self._desired(net, eps)
-            backend.apply_network(real.spec, real.policy, real.ports.values(), bridge_made=True)
-            if not bridge.result():
-                self._write_whole(net, eps, False)
-                return
-            self._realized[net.id] = real
-            self._watch_flows()
-            self._tell_dns("network", net.id, real.spec.bridge, real.policy, list(real.ports.values()), backend)
+            self._write_whole(net, eps, bridge_made)
 
     def network_removed(self, net) -> None:
         with self._lock:

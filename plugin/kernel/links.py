@@ -213,16 +213,6 @@ class Netlink:
         _write_sysctl(f"/proc/sys/net/ipv4/conf/{name}/route_localnet", "1")
         return made
 
-    def start_bridge(self, name: str, owner: str, mtu: int, addresses: Iterable[str],
-                     options: Iterable[tuple] = ()) -> Future:
-        """:meth:`ensure_bridge` begun on the netlink thread; the caller goes on meanwhile
-        and takes its end (whether the bridge was made now, or its exception) from the
-        returned future."""
-        pool = self._pool
-        if pool is None:
-            raise OSError(errno.EBADF, "the netlink socket is closed")
-        return pool.submit(self.ensure_bridge, name, owner, mtu, tuple(addresses), tuple(options))
-
     def _repair_bridge(self, index: int, owner: str, mtu: int, addresses: Iterable[str]) -> None:
         self._ipr.link("set", index=index, mtu=mtu, address=derived_mac(owner))
         have = {(a.get("IFA_ADDRESS"), a["prefixlen"]) for a in self._ipr.get_addr(index=index)}

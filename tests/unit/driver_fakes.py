@@ -82,18 +82,6 @@ class FakeLinks:
         threading.Thread(target=run, name="fake-netlink").start()
         return future
 
-    def start_bridge(self, *args, **kwargs) -> Future:
-        """:meth:`ensure_bridge` on a thread of its own, as Netlink runs it on its netlink thread."""
-        future: Future = Future()
-
-        def run():
-            try:
-                future.set_result(self.ensure_bridge(*args, **kwargs))
-            except Exception as exc:
-                future.set_exception(exc)
-        threading.Thread(target=run, name="fake-netlink").start()
-        return future
-
     def remove_link(self, name, owner=None) -> bool:
         self._maybe_fail("remove_link")
         link = self.links.get(name)

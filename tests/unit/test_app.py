@@ -240,10 +240,10 @@ def test_a_failed_retry_of_create_network_keeps_the_network(env):
     assert env.state.get_network(nid) is not None and list(env.links.of_kind("bridge")) == ["sn-" + nid[:12]]
 
 
-@pytest.mark.parametrize("failing", ["firewall", "tables", "bridge"])
+@pytest.mark.parametrize("failing", ["firewall", "tables"])
 def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp_path, failing):
-    # The forward rules, the network's tables and (a new network's) bridge are written
-    # at the same time; a failure of any one leaves none of them behind.
+    # The forward rules and the network's tables are written at the same time;
+    # a failure of either one leaves neither behind.
     import threading
 
     from plugin.driver.driver import NullReconciler
@@ -252,12 +252,11 @@ def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp
         def __init__(self):
             self.nets, self.threads = set(), set()
 
-        def network_added(self, net, endpoints=(), bridge_made=False, bridge=None):
+        def network_added(self, net, endpoints=(), bridge_made=False):
             self.threads.add(threading.current_thread().name)
             if failing == "tables":
                 raise OSError("nft: refused")
             self.nets.add(net.id)
-            super().network_added(net, endpoints, bridge_made, bridge)   # the bridge's end
 
         def network_removed(self, net):
             self.nets.discard(net.id)
@@ -265,8 +264,6 @@ def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp
     links, fw, tables = FakeLinks(), FakeFirewall(), Tables()
     if failing == "firewall":
         fw.fail["ensure"] = OSError("iptables: resource busy")
-    if failing == "bridge":   # made while the tables are written (a new network's)
-        links.fail["ensure_bridge"] = OSError("bridge: no buffer space")
     driver = Driver(State(str(tmp_path / "state")), links, fw, tables)
     nid = new_id()
     resp = create_app(driver).test_client().post("/NetworkDriver.CreateNetwork",
@@ -276,40 +273,6 @@ def test_create_network_rolls_back_whichever_of_its_side_by_side_steps_fails(tmp
     assert links.links == {} and fw.rules == set() and tables.nets == set()
     assert driver.state.get_network(nid) is None
     assert tables.threads == {threading.current_thread().name}   # the tables on the verb's thread
-    driver.state.close()
-
-
-def test_a_bridge_name_taken_while_the_tables_are_written_conflicts_and_leaves_nothing(tmp_path):
-    # A new network's bridge is made while its tables and forward rules are written; when
-    # another's link takes the name meanwhile, the create answers 409 and removes the
-    # tables, the forward rules and the row, and leaves the other's link alone.
-    from plugin.driver.driver import NullReconciler
-
-    class Tables(NullReconciler):
-        def __init__(self):
-            self.nets = set()
-
-        def network_added(self, net, endpoints=(), bridge_made=False, bridge=None):
-            self.nets.add(net.id)
-            super().network_added(net, endpoints, bridge_made, bridge)
-
-        def network_removed(self, net):
-            self.nets.discard(net.id)
-
-    class Racing(FakeLinks):
-        def link_exists(self, name):   # free when looked at, another's when made
-            free = super().link_exists(name)
-            self.add_foreign(name, owner=None)
-            return free
-
-    links, fw, tables = Racing(), FakeFirewall(), Tables()
-    driver = Driver(State(str(tmp_path / "state")), links, fw, tables)
-    nid = new_id()
-    resp = create_app(driver).test_client().post("/NetworkDriver.CreateNetwork",
-                                                 data=json.dumps(create_network_body(nid)))
-    assert resp.status_code == 409 and "sn-" + nid[:12] in json.loads(resp.get_data(as_text=True))["Err"]
-    assert fw.rules == set() and tables.nets == set() and driver.state.get_network(nid) is None
-    assert links.links["sn-" + nid[:12]]["owner"] is None   # the other's link stays
     driver.state.close()
 
 
@@ -425,6 +388,57 @@ def test_delete_of_unknown_objects_is_idempotent(env, joined):
     assert env.post("/NetworkDriver.DeleteNetwork", {"NetworkID": new_id()}) == (200, {})
     for _ in range(2):
         assert env.post("/NetworkDriver.DeleteEndpoint", endpoint_body(joined.nid, joined.eid)) == (200, {})
+
+
+@pytest.mark.parametrize("failing", [None, "firewall", "tables", "bridge"])
+def test_delete_network_removes_the_forward_rules_beside_the_tables_and_the_bridge(tmp_path, failing):
+    # The forward rules' removal (iptables processes) runs while the tables and then the
+    # bridge go: here it waits to see the bridge gone, which a removal after it never
+    # would. A failure of one step leaves the others done.
+    import threading
+
+    from plugin.driver.driver import NullReconciler
+
+    class Tables(NullReconciler):
+        def __init__(self):
+            self.nets = set()
+
+        def network_added(self, net, endpoints=(), bridge_made=False):
+            self.nets.add(net.id)
+
+        def network_removed(self, net):
+            if failing == "tables":
+                raise OSError("nft: refused")
+            self.nets.discard(net.id)
+
+    class Firewall(FakeFirewall):
+        def remove(self, bridge, network_id):
+            self.saw_bridge_gone = bridge_gone.wait(2)
+            if failing == "firewall":
+                raise RuntimeError("iptables-restore failed")
+            super().remove(bridge, network_id)
+
+    class Links(FakeLinks):
+        def remove_link(self, name, owner=None):
+            if failing == "bridge":
+                bridge_gone.set()
+                raise OSError("link del: device busy")
+            removed = super().remove_link(name, owner)
+            bridge_gone.set()
+            return removed
+
+    bridge_gone = threading.Event()
+    links, fw, tables = Links(), Firewall(), Tables()
+    driver = Driver(State(str(tmp_path / "state")), links, fw, tables)
+    app, nid = create_app(driver).test_client(), new_id()
+    assert app.post("/NetworkDriver.CreateNetwork", data=json.dumps(create_network_body(nid))).status_code == 200
+    assert app.post("/NetworkDriver.DeleteNetwork", data=json.dumps({"NetworkID": nid})).status_code == 200
+    assert fw.saw_bridge_gone   # side by side, not after it
+    assert driver.state.get_network(nid) is None
+    assert (fw.rules == set()) == (failing != "firewall")
+    assert (tables.nets == set()) == (failing != "tables")
+    assert (links.links == {}) == (failing != "bridge")
+    driver.state.close()
 
 
 def test_delete_network_removes_bridge_veths_rule_and_rows(env, joined):
