@@ -168,13 +168,26 @@ class Driver:
             raise failed[0]
 
     def _unrealize_network(self, rec: NetworkRecord) -> None:
-        for step in (lambda: self.reconciler.network_removed(rec),
-                     lambda: self.firewall.remove(rec.bridge, rec.id),
-                     lambda: self.links.remove_link(rec.bridge, owner=rec.id)):
+        """Tables, forward rules and bridge of ``rec`` gone, as much of them as can be (each
+        failure logged, the rest removed anyway). The forward rules go on a thread of their
+        own (iptables processes) while the tables and then the bridge go here (the kernel's
+        bridge removal waits for RCU grace periods): in neither order does anything pass
+        meanwhile -- the forward rules accept only what secnet's tables marked, and Docker's
+        FORWARD drops the bridge's traffic without them; a deleted network's bridge has no
+        port left anyway."""
+        def step(fn) -> None:
             try:
-                step()
+                fn()
             except Exception:  # keep going: remove as much as possible
                 log.exception("cleanup of network %s", rec.id[:12])
+        worker = threading.Thread(target=step, args=(lambda: self.firewall.remove(rec.bridge, rec.id),),
+                                  name="secnet-forward-remove")
+        worker.start()   # in this thread's network namespace, like a child process
+        try:
+            step(lambda: self.reconciler.network_removed(rec))
+            step(lambda: self.links.remove_link(rec.bridge, owner=rec.id))
+        finally:
+            worker.join()
 
     def delete_network(self, req: NetworkRequest) -> dict:
         with self.lock:

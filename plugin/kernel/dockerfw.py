@@ -197,13 +197,30 @@ class DockerFirewall:
         rules[index:index] = specs
         return [f"-D {CHAIN} {shlex.join(args)}" for args in ours] + _place(specs, at), True
 
-    def remove(self, bridge: str, network_id: str) -> None:
-        with self._lock:
+    def _filter_tables(self) -> dict:
+        """``{binary: its filter table as -S prints it, each line split into words}`` (None
+        for one that cannot be read or run), every binary's ``-S`` process side by side."""
+        procs, tables = {}, {}
+        try:
             for binary in self.binaries:
-                table = self._filter_table(binary)
-                ours = self._ours(table, network_id) if table else []
-                if ours:
-                    self._restore(binary, [f"-D {CHAIN} {shlex.join(args)}" for args in ours])
+                try:
+                    procs[binary] = subprocess.Popen([binary, "-w", "5", "-t", "filter", "-S"],
+                                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                except OSError:   # that binary is not installed
+                    tables[binary] = None
+        finally:
+            for binary, proc in procs.items():
+                out, _err = proc.communicate()
+                tables[binary] = [shlex.split(line) for line in out.splitlines()] if proc.returncode == 0 else None
+        return tables
+
+    def remove(self, bridge: str, network_id: str) -> None:
+        """Delete this network's rules of every binary: the reads of the filter tables, then
+        the restores, each binary's process side by side (DeleteNetwork waits for them)."""
+        with self._lock:
+            writes = {binary: [f"-D {CHAIN} {shlex.join(args)}" for args in self._ours(table, network_id)]
+                      for binary, table in self._filter_tables().items() if table}
+            self._restore_all(writes)
 
     def owned(self) -> list:
         """(binary, bridge, network_id) of every secnet rule in DOCKER-USER."""

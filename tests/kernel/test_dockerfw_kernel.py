@@ -54,6 +54,10 @@ class Counting(DockerFirewall):
         self.reads += 1
         return super()._filter_table(binary)
 
+    def _filter_tables(self):
+        self.reads += len(self.binaries)
+        return super()._filter_tables()
+
 
 def peek(ns: str, tag: str, binary: str = "iptables") -> bool:
     with netns(ns):

@@ -390,6 +390,57 @@ def test_delete_of_unknown_objects_is_idempotent(env, joined):
         assert env.post("/NetworkDriver.DeleteEndpoint", endpoint_body(joined.nid, joined.eid)) == (200, {})
 
 
+@pytest.mark.parametrize("failing", [None, "firewall", "tables", "bridge"])
+def test_delete_network_removes_the_forward_rules_beside_the_tables_and_the_bridge(tmp_path, failing):
+    # The forward rules' removal (iptables processes) runs while the tables and then the
+    # bridge go: here it waits to see the bridge gone, which a removal after it never
+    # would. A failure of one step leaves the others done.
+    import threading
+
+    from plugin.driver.driver import NullReconciler
+
+    class Tables(NullReconciler):
+        def __init__(self):
+            self.nets = set()
+
+        def network_added(self, net, endpoints=(), bridge_made=False):
+            self.nets.add(net.id)
+
+        def network_removed(self, net):
+            if failing == "tables":
+                raise OSError("nft: refused")
+            self.nets.discard(net.id)
+
+    class Firewall(FakeFirewall):
+        def remove(self, bridge, network_id):
+            self.saw_bridge_gone = bridge_gone.wait(2)
+            if failing == "firewall":
+                raise RuntimeError("iptables-restore failed")
+            super().remove(bridge, network_id)
+
+    class Links(FakeLinks):
+        def remove_link(self, name, owner=None):
+            if failing == "bridge":
+                bridge_gone.set()
+                raise OSError("link del: device busy")
+            removed = super().remove_link(name, owner)
+            bridge_gone.set()
+            return removed
+
+    bridge_gone = threading.Event()
+    links, fw, tables = Links(), Firewall(), Tables()
+    driver = Driver(State(str(tmp_path / "state")), links, fw, tables)
+    app, nid = create_app(driver).test_client(), new_id()
+    assert app.post("/NetworkDriver.CreateNetwork", data=json.dumps(create_network_body(nid))).status_code == 200
+    assert app.post("/NetworkDriver.DeleteNetwork", data=json.dumps({"NetworkID": nid})).status_code == 200
+    assert fw.saw_bridge_gone   # side by side, not after it
+    assert driver.state.get_network(nid) is None
+    assert (fw.rules == set()) == (failing != "firewall")
+    assert (tables.nets == set()) == (failing != "tables")
+    assert (links.links == {}) == (failing != "bridge")
+    driver.state.close()
+
+
 def test_delete_network_removes_bridge_veths_rule_and_rows(env, joined):
     assert env.post("/NetworkDriver.DeleteNetwork", {"NetworkID": joined.nid}) == (200, {})
     assert env.links.links == {} and env.fw.rules == set()
