@@ -186,6 +186,7 @@ def watch_nft_tables(watcher: NftWatcher, repair: Callable[[], object], backends
     after the notification (``repair``: the reconciler's pass, drift then rewrite);
     returns the Debouncer that runs it (None: no backend owns tables)."""
     owners = [b for b in backends if hasattr(b, "owns")]
+    watcher.ignore_own_threads()   # the daemon's own libnftables writes (whole tables) need none either
     for backend in owners:   # a backend's own element deltas need no repair check
         for portid in getattr(backend, "own_ports", lambda: ())():
             watcher.ignore_port(portid)

@@ -41,6 +41,8 @@ log = logging.getLogger(__name__)
 
 NFNLGRP_NFTABLES = 7
 NETLINK_DROP_MEMBERSHIP = 2
+NFTA_GEN_PROC_PID = 2
+PENDING_MAX = 1000     # events of one transaction held until its generation; beyond: a resync
 NFNL_SUBSYS_NFTABLES = 10
 RCVBUF = 4 << 20
 BACKOFF_MIN, BACKOFF_MAX = 0.2, 10.0
@@ -75,6 +77,8 @@ class NftEvent:
     (the set's name), objects and flowtables. ``portid``: the netlink port id
     of the socket whose request caused the change (nf_tables notifies with
     the requester's port id; 0 when unknown): a writer can skip its own changes.
+    ``pid``: of a ``generation`` event, the task (thread) id that committed the
+    transaction (``NFTA_GEN_PROC_PID``, the kernel's ``task_pid_nr(current)``; 0 if absent).
     """
 
     kind: str
@@ -84,6 +88,7 @@ class NftEvent:
     chain: str = ""
     name: str = ""
     portid: int = field(default=0, compare=False)
+    pid: int = field(default=0, compare=False)
 
 
 RESYNC = NftEvent("resync", "all")
@@ -127,7 +132,9 @@ def parse(data: bytes) -> Iterator[NftEvent]:
 def _event(known: tuple, family: int, attrs: dict, portid: int = 0) -> NftEvent:
     kind, obj, second = known
     if obj == "generation":
-        return NftEvent(kind, obj, portid=portid)
+        raw = attrs.get(NFTA_GEN_PROC_PID)
+        pid = struct.unpack("!I", raw[:4])[0] if raw and len(raw) >= 4 else 0
+        return NftEvent(kind, obj, portid=portid, pid=pid)
     name = _text(attrs.get(second)) if second else ""
     chain = name if obj in ("chain", "rule") else ""
     return NftEvent(kind, obj, FAMILIES.get(family, ""), _text(attrs.get(1)), chain,
@@ -203,6 +210,9 @@ class NftWatcher:
         self.events = 0      # delivered, for status and tests
         self.restarts = 0
         self._ignored: set = set()
+        self._own_threads = False   # drop transactions committed by this process's threads
+        self._pending: list = []    # events of the transaction in progress (with _own_threads)
+        self._overflow = False
         self._paused = 0     # writers inside pause() .. resume()
         self._broken = False
         self.pauses = 0      # windows opened, for status and tests
@@ -235,6 +245,35 @@ class NftWatcher:
                 attach_port_filter(sock, ports)
             except OSError as exc:
                 log.debug("no socket filter (%s): own events are skipped in user space", exc)
+
+    def ignore_own_threads(self) -> None:
+        """Deliver nothing of a transaction that a thread of this process committed (the
+        daemon's own libnftables writes, whose socket's port id is libnftables' own):
+        events are held until the transaction's ``generation`` event, whose ``pid``
+        (the committing thread, in the initial pid namespace) tells; a thread of ours
+        is one in ``/proc/self/task``. In another pid namespace (a managed plugin)
+        nothing matches and every transaction is delivered, as without this. More than
+        :data:`PENDING_MAX` events of one transaction are held as one ``resync``."""
+        self._own_threads = True
+
+    def _take(self, event: NftEvent) -> None:
+        if not self._own_threads or event.kind == "resync":
+            self._pending, self._overflow = [], False
+            self.deliver(event)
+            return
+        if event.object != "generation":
+            if len(self._pending) < PENDING_MAX:
+                self._pending.append(event)
+            else:
+                self._overflow = True
+            return
+        pending, overflow = self._pending, self._overflow
+        self._pending, self._overflow = [], False
+        if event.pid and os.path.exists(f"/proc/self/task/{event.pid}"):
+            return   # our own transaction
+        for held in ([self.resync] if overflow else pending):
+            self.deliver(held)
+        self.deliver(event)
 
     def pause(self) -> None:
         """Leave ``NFNLGRP_NFTABLES`` until the matching :meth:`resume` (calls nest).
@@ -318,13 +357,13 @@ class NftWatcher:
                     self._sock = self._opener()
                     self._filter(self._sock)
                     self.restarts += 1
-                    self.deliver(self.resync)  # what changed while nobody listened is unknown
+                    self._take(self.resync)  # what changed while nobody listened is unknown
                 self._pump()
                 delay = BACKOFF_MIN
             except OSError as exc:
                 if exc.errno == errno.ENOBUFS:  # the kernel dropped notifications
                     log.warning("%s: events overran the socket buffer: resync", self.name)
-                    self.deliver(self.resync)
+                    self._take(self.resync)
                     continue
                 log.warning("%s: event socket failed (%s); reopening in %.1f s", self.name, exc, delay)
                 self._close()
@@ -346,7 +385,7 @@ class NftWatcher:
                 if self._ignored and first_portid(data) in self._ignored:
                     continue
                 for event in self.parse(data):
-                    self.deliver(event)
+                    self._take(event)
 
     def _close(self) -> None:
         sock, self._sock = self._sock, None

@@ -59,8 +59,8 @@ class Watch:
             else:
                 watcher = NftWatcher().start()
                 self.hooks, self.stops, self.watcher = None, [watcher.stop], watcher
-                repair = watch_nft_tables(watcher, lambda: rec.reconcile(full=False), [lab.backend])
-                self.stops.append(repair.stop)
+                self.repair = watch_nft_tables(watcher, lambda: rec.reconcile(full=False), [lab.backend])
+                self.stops.append(self.repair.stop)
 
     @property
     def repairs(self) -> int:
@@ -179,6 +179,25 @@ def test_a_large_edit_causes_no_repair_and_a_hole_opened_after_it_is_closed(watc
     open_hole(lab, web, api)
     assert_closed_within(dropped_again_after(web, api.ip4, HOLE_PORT, started))
     settled(rec, big, watch)
+
+
+@only("nftables")
+def test_the_daemons_own_whole_table_writes_cause_no_repair_check(watched):
+    """A rewrite of the network's tables through libnftables in this process (as a create,
+    a repair or an upgrade writes them) is the daemon's own: no repair pass runs; a
+    foreign ``nft`` command's change still gets one."""
+    lab, state, rec, net, web, api, watch = watched
+    time.sleep(0.5)
+    before = watch.repair.runs
+    rec.reconcile(full=True)                 # writes every network's tables whole, as at start
+    time.sleep(0.6)
+    assert watch.repair.runs == before and watch.repairs == 0
+    lab.nft("add", "chain", "inet", lab.table, "snforeign")   # a foreign command's change to our table
+    deadline = time.monotonic() + 2
+    while watch.repair.runs == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert watch.repair.runs > before
+    assert_policy(web, api)
 
 
 @ebpf

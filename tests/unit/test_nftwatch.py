@@ -45,6 +45,61 @@ def test_every_transaction_ends_with_a_generation():
         assert events_of(step)[-1] == NftEvent("add", "generation")
 
 
+def test_a_generation_names_the_thread_that_committed_it():
+    assert [e.pid for e in events_of(0) if e.object == "generation"] == [1417]   # iptables -N, recorded
+    assert [e.pid for e in events_of(3) if e.object == "generation"] == [1434, 1435, 1436]
+
+
+def _own_threads_watcher():
+    watcher, got = NftWatcher(opener=PairOpener()), []
+    watcher.subscribe(got.append)
+    watcher.ignore_own_threads()
+    return watcher, got
+
+
+def test_a_transaction_committed_by_a_thread_of_this_process_is_not_delivered():
+    watcher, got = _own_threads_watcher()
+    rule = NftEvent("add", "rule", "inet", "secnet_x", "forward")
+    for event in (rule, NftEvent("add", "generation", pid=threading.get_native_id())):
+        watcher._take(event)   # noqa: SLF001
+    assert got == []
+
+
+def test_anothers_transaction_is_delivered_whole_at_its_generation():
+    watcher, got = _own_threads_watcher()
+    rule = NftEvent("delete", "rule", "ip", "filter", "DOCKER-USER")
+    watcher._take(rule)   # noqa: SLF001
+    assert got == []                                   # held until the transaction ends
+    end = NftEvent("add", "generation", pid=2 ** 22 + 7)   # above pid_max's default: not ours
+    watcher._take(end)   # noqa: SLF001
+    assert got == [rule, end]
+
+
+def test_an_unnamed_committer_is_anothers_and_a_huge_transaction_is_one_resync(monkeypatch):
+    monkeypatch.setattr(nftwatch, "PENDING_MAX", 3)
+    watcher, got = _own_threads_watcher()
+    for i in range(5):
+        watcher._take(NftEvent("add", "element", "inet", "t", name=f"s{i}"))   # noqa: SLF001
+    watcher._take(NftEvent("add", "generation"))   # noqa: SLF001  (no pid attribute)
+    assert got == [RESYNC, NftEvent("add", "generation")]
+
+
+def test_a_resync_drops_what_was_held():
+    watcher, got = _own_threads_watcher()
+    watcher._take(NftEvent("add", "rule", "inet", "t", "c"))   # noqa: SLF001
+    watcher._take(RESYNC)   # noqa: SLF001
+    watcher._take(NftEvent("add", "generation", pid=threading.get_native_id()))   # noqa: SLF001
+    assert got == [RESYNC]
+
+
+def test_without_ignore_own_threads_every_event_goes_at_once():
+    watcher, got = NftWatcher(opener=PairOpener()), []
+    watcher.subscribe(got.append)
+    rule = NftEvent("add", "rule", "inet", "t", "c")
+    watcher._take(rule)   # noqa: SLF001
+    assert got == [rule]
+
+
 def test_nft_table_set_element():
     assert changes(events_of(3)) == [
         NftEvent("add", "table", "inet", "t"),
