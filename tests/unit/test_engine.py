@@ -341,6 +341,9 @@ def test_wiring_subscribes_the_filter_and_hooks_engine_detection(monkeypatch, wa
         def subscribe(self, callback, match=None):
             self.subs.append((callback, match))
 
+        def ignore_own_threads(self):
+            self.own_ignored = True
+
     monkeypatch.setattr(wiring, "NftWatcher", FakeWatcher)
     fw, _ipt, _guard = make_filter()
     daemon = SimpleNamespace(firewall=fw, resolver=SimpleNamespace(connect_hooks=[]), backends={},
@@ -352,6 +355,7 @@ def test_wiring_subscribes_the_filter_and_hooks_engine_detection(monkeypatch, wa
             assert daemon.nftwatch is None  # the periodic pass still repairs
         else:
             assert daemon.nftwatch.subs == [(fw.trigger, fw.interested)]
+            assert daemon.nftwatch.own_ignored   # the daemon's own libnftables writes
     finally:
         fw.stop()
 
