@@ -141,6 +141,18 @@ def _event(known: tuple, family: int, attrs: dict, portid: int = 0) -> NftEvent:
                     "" if chain else name, portid)
 
 
+PROC_PID_INIT_INO = 0xEFFFFFFC   # the initial pid namespace's inode (include/linux/proc_ns.h)
+
+
+def in_initial_pid_namespace() -> bool:
+    """Whether this process's pid namespace is the initial one (task ids are the global
+    ones that nf_tables reports)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino == PROC_PID_INIT_INO
+    except OSError:
+        return False
+
+
 SO_ATTACH_FILTER = 26
 _BPF_INSN = struct.Struct("=HBBI")   # classic BPF: code, jump if true, jump if false, k
 
@@ -246,15 +258,17 @@ class NftWatcher:
             except OSError as exc:
                 log.debug("no socket filter (%s): own events are skipped in user space", exc)
 
-    def ignore_own_threads(self) -> None:
+    def ignore_own_threads(self) -> bool:
         """Deliver nothing of a transaction that a thread of this process committed (the
         daemon's own libnftables writes, whose socket's port id is libnftables' own):
         events are held until the transaction's ``generation`` event, whose ``pid``
-        (the committing thread, in the initial pid namespace) tells; a thread of ours
-        is one in ``/proc/self/task``. In another pid namespace (a managed plugin)
-        nothing matches and every transaction is delivered, as without this. More than
+        (the committing thread, as the initial pid namespace numbers it) tells; a thread
+        of ours is one in ``/proc/self/task``. Only in the initial pid namespace, where
+        those numbers are ours too; in another one (a managed plugin) every transaction
+        is delivered, as without this. Returns whether it is on. More than
         :data:`PENDING_MAX` events of one transaction are held as one ``resync``."""
-        self._own_threads = True
+        self._own_threads = in_initial_pid_namespace()
+        return self._own_threads
 
     def _take(self, event: NftEvent) -> None:
         if not self._own_threads or event.kind == "resync":

@@ -53,8 +53,16 @@ def test_a_generation_names_the_thread_that_committed_it():
 def _own_threads_watcher():
     watcher, got = NftWatcher(opener=PairOpener()), []
     watcher.subscribe(got.append)
-    watcher.ignore_own_threads()
+    watcher._own_threads = True   # noqa: SLF001 (as ignore_own_threads in the initial pid namespace)
     return watcher, got
+
+
+def test_own_threads_are_told_apart_only_in_the_initial_pid_namespace(monkeypatch):
+    monkeypatch.setattr(nftwatch, "in_initial_pid_namespace", lambda: False)
+    assert NftWatcher(opener=PairOpener()).ignore_own_threads() is False
+    monkeypatch.setattr(nftwatch, "in_initial_pid_namespace", lambda: True)
+    assert NftWatcher(opener=PairOpener()).ignore_own_threads() is True
+
 
 
 def test_a_transaction_committed_by_a_thread_of_this_process_is_not_delivered():
