@@ -216,6 +216,13 @@ def test_another_networks_tables_are_no_drift(lab, tmp_path):
         lab.nft("-f", str(script), check=False)
 
 
+def heard_within(got: list, seconds: float) -> None:
+    """Wait until the watcher's subscriber has collected something in ``got``, at most ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_the_watcher_hears_others_changes_but_not_the_backends_own_deltas(lab):
     """The element writer's notifications (one per element of an edit) are dropped by a
     socket filter on the watcher's socket; a foreign ``nft`` change still arrives."""
@@ -234,9 +241,7 @@ def test_the_watcher_hears_others_changes_but_not_the_backends_own_deltas(lab):
         assert [probe_tcp(web, api.ip4, p) != "timeout" for p in (9000, 8080)] == [True, False]
         w, a = ids(lab)["web"], ids(lab)["api"]
         lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 9000 }}")
-        deadline = time.monotonic() + 3
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.02)
+        heard_within(got, 3)
         assert [(e.kind, e.object, e.name) for e in got] == [("delete", "element", "pol_port")]
     finally:
         watcher.stop()
@@ -269,9 +274,7 @@ def test_a_large_edit_is_sent_outside_the_group_and_a_foreign_commit_then_is_a_r
             lab.nft("add", "table", "inet", "snforeign")
         watcher.pause = pause_then_foreign_commit
         lab.update(" ".join(f"web->api:tcp/{p}" for p in range(10000, 10600)))
-        deadline = time.monotonic() + 3
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.02)
+        heard_within(got, 3)
         time.sleep(0.3)
         assert [(e.kind, e.table) for e in got] == [("resync", "")]
         assert probe_tcp(web, api.ip4, 10599) != "timeout"
@@ -279,9 +282,7 @@ def test_a_large_edit_is_sent_outside_the_group_and_a_foreign_commit_then_is_a_r
         del got[:]
         w, a = ids(lab)["web"], ids(lab)["api"]
         lab.nft("delete", "element", "inet", lab.table, "pol_port", f"{{ {w:#x} . {a:#x} . tcp . 10000 }}")
-        deadline = time.monotonic() + 3
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.02)
+        heard_within(got, 3)
         assert [(e.kind, e.object, e.name) for e in got] == [("delete", "element", "pol_port")]
     finally:
         watcher.stop()
