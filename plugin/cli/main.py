@@ -122,13 +122,21 @@ def cmd_policy(args) -> dict:
 
 
 def _print_policy(data: dict) -> None:
-    """The rules, one per line; after an edit (no rules sent back) how many are in force."""
+    """The rules, one per line; after an edit (no rules sent back) how many are in force.
+    After a set or an add, a note on stderr names the segments the rules given name and
+    that no container of the network is in (a misspelt one fails closed: U26-F7)."""
+    name = data.get("name") or data["network"][:12]
+    memberless = data.get("memberless")
+    if memberless:
+        print(f"secnet: note: no container of network {name} is in segment{'' if len(memberless) == 1 else 's'} "
+              f"{', '.join(memberless)} (names are case-sensitive): rules naming "
+              f"{'it' if len(memberless) == 1 else 'them'} match nothing until one joins", file=sys.stderr)
     if "rules" in data:
         if data["rules"]:
             print("\n".join(data["rules"]))
         return
     count = data["count"]
-    print(f"network {data.get('name') or data['network'][:12]}: {count} rule{'' if count == 1 else 's'} in force")
+    print(f"network {name}: {count} rule{'' if count == 1 else 's'} in force")
 
 
 def cmd_mode(args) -> dict:

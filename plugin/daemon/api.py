@@ -20,7 +20,7 @@ from flask import Response, request
 from segmentation.errors import PolicyError
 from segmentation.model import Policy
 from segmentation.options import MODES
-from segmentation.rules import parse_rules, rule_texts
+from segmentation.rules import parse_rules, rule_texts, segment_mentions
 
 from plugin.daemon.app import error_reply
 from plugin.errors import BadRequest, Internal, NotFound
@@ -105,7 +105,9 @@ class Api:
     def policy(self, body):
         """Print or edit the rules. Answers ``{"network", "count", "rules"}``; after an
         edit with ``"list": false`` in the body, without ``rules`` (10,000 rule texts
-        are most of an edit's answer)."""
+        are most of an edit's answer). After a ``set`` or an ``add``, ``"memberless"``
+        lists (sorted) the segments that the rules given name and that no endpoint of
+        the network is in: a misspelt segment fails closed, and the CLI says so (U26-F7)."""
         net = self.find_network(body.get("network"))
         action = body.get("action") or "get"
         texts = body.get("rules") or []
@@ -114,10 +116,13 @@ class Api:
         listed = body.get("list", True)
         if not isinstance(listed, bool):
             raise BadRequest("list must be true or false")
+        given = ()
         if action != "get":
             with collection_deferred():
-                net = self._change_policy(net, action, texts)
+                net, given = self._change_policy(net, action, texts)
         out = {"network": net.id, "count": len(net.options.rules)}
+        if action in ("set", "add"):
+            out["memberless"] = self._memberless(net.id, given)
         if listed or action == "get":
             out["rules"] = rule_texts(net.options.rules)
         return out
@@ -173,7 +178,8 @@ class Api:
 
     def _change_policy(self, net, action: str, texts: list):
         """Apply ``action`` with the parsed ``texts`` to the network's rules as they are
-        under the driver's lock, so that two edits at once both take effect."""
+        under the driver's lock, so that two edits at once both take effect. Returns
+        ``(network, rules)``: the network as saved and the rules ``texts`` parsed to."""
         if action not in ("set", "add", "remove", "clear"):
             raise BadRequest(f"unknown policy action {action!r}: use set, add, remove or clear")
         # a set: the rules in force (and their texts, kept by the options), so that those
@@ -203,7 +209,14 @@ class Api:
         except PolicyError as exc:
             raise BadRequest(str(exc)) from None
         log.info("policy of network %s: %d rules", net.id[:12], len(new_net.options.rules))
-        return new_net
+        return new_net, rules
+
+    def _memberless(self, network_id: str, rules) -> list:
+        """The segments ``rules`` name that no endpoint of the network is in (sorted)."""
+        named = set(segment_mentions(rules))
+        if named:
+            named.difference_update(e.segment for e in self.state.endpoints(network_id))
+        return sorted(named)
 
     def register(self, app) -> None:
         for name in ("status", "show", "policy", "mode", "log", "explain", "verify", "metrics"):

@@ -120,6 +120,12 @@ def test_policy_print_add_remove_set(make_network, run_container, nsprocs):
     assert policy_lines(net) == []
     assert_flows([(w, a, 8080, False), (d, w, 80, False)], "right after `policy clear` returned")
 
+    # a misspelt segment is taken (it fails closed) and named on stderr (U26-F7)
+    res = s.secnet("policy", net.name, "add", "db->Web:tcp/80", "db->webb:tcp/80")
+    assert res.returncode == 0 and res.stdout.strip().endswith("2 rules in force"), (res.stdout, res.stderr)
+    assert len(res.stderr.strip().splitlines()) == 1 and "segments Web, webb" in res.stderr, res.stderr
+    assert_flow(d, w, 80, False, "after rules naming segments no container is in")
+
 
 def test_a_large_set_is_in_force_and_the_tables_are_watched_again(make_network, run_container, nsprocs,
                                                                   backend):

@@ -13,7 +13,7 @@ from plugin.cli import main as cli
 from plugin.daemon.api import Api
 from plugin.daemon.app import create_app
 from plugin.driver.driver import Driver
-from plugin.driver.state import NetworkRecord, State
+from plugin.driver.state import EndpointRecord, NetworkRecord, State
 from segmentation.options import parse_network_options
 from segmentation.rules import rule_texts
 
@@ -48,17 +48,51 @@ def env(tmp_path):
 
 def test_an_edit_passes_its_rule_edit_and_answers_the_count(env):
     code, body = env.post({"action": "add", "rules": ["db->web:tcp/5432"], "list": False})
-    assert code == 200 and body == {"network": NID, "count": 2}
+    assert code == 200 and body == {"network": NID, "count": 2, "memberless": ["db", "web"]}
     options, edit = env.reconciler.calls[-1]
     assert rule_texts(edit.before) == ["web->api:tcp/80"] and rule_texts(edit.added) == ["db->web:tcp/5432"]
     assert rule_texts(options.rules) == ["web->api:tcp/80", "db->web:tcp/5432"]
     code, body = env.post({"action": "remove", "rules": ["web->api:tcp/80"]})   # list: the default
-    assert body == {"network": NID, "count": 1, "rules": ["db->web:tcp/5432"]}
+    assert body == {"network": NID, "count": 1, "rules": ["db->web:tcp/5432"]}   # no note on a remove
     assert rule_texts(env.reconciler.calls[-1][1].removed) == ["web->api:tcp/80"]
     env.post({"action": "set", "rules": ["a->b"]})
     assert env.reconciler.calls[-1][1] is None                                 # a set is no RuleEdit
     code, body = env.post({"list": False})                                     # printing lists anyway
     assert body["rules"] == ["a->b"]
+
+
+def _member(eid: str, segment):
+    return EndpointRecord(id=eid * 64, network_id=NID, veth_host="snv" + eid, veth_peer="snp" + eid,
+                          mac="02:00:00:00:00:01", ipv4="10.230.0.2/24", segment=segment)
+
+
+def test_an_edit_names_the_segments_of_its_rules_that_no_member_is_in(env):
+    # U26-F7: a misspelt segment (``dbb``, ``Web``) was taken silently (it fails closed)
+    env.state.put_endpoints((_member("a", "web"), _member("b", "db"), _member("c", None)))
+    code, body = env.post({"action": "add", "rules": ["web->dbb:tcp/5432", "Web->db:icmp", "10.230.9.0/24->db"],
+                           "list": False})
+    assert code == 200 and body["memberless"] == ["Web", "dbb"]
+    code, body = env.post({"action": "set", "rules": ["web->db:tcp/5432", "db->web:udp/53"], "list": False})
+    assert code == 200 and body["memberless"] == []
+    code, body = env.post({"action": "set", "rules": ["web->db:tcp/5432", "web->cache:tcp/6379"]})
+    assert body["memberless"] == ["cache"] and body["rules"] == ["web->db:tcp/5432", "web->cache:tcp/6379"]
+
+
+@pytest.mark.parametrize("memberless, note", [
+    ([], None),
+    (["dbb"], "secnet: note: no container of network {} is in segment dbb (names are case-sensitive): "
+              "rules naming it match nothing until one joins"),
+    (["Web", "dbb"], "secnet: note: no container of network {} is in segments Web, dbb (names are "
+                     "case-sensitive): rules naming them match nothing until one joins"),
+])
+def test_the_cli_notes_memberless_segments_on_stderr_and_succeeds(monkeypatch, capsys, memberless, note):
+    monkeypatch.setattr(cli, "call", lambda path, body, timeout=30.0: {"network": NID, "count": 3,
+                                                                        "memberless": memberless})
+    monkeypatch.setattr(cli, "resolve_network", lambda ref: NID)
+    assert cli.main(["policy", "net1", "add", "web->dbb:tcp/5432"]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"network {NID[:12]}: 3 rules in force\n"
+    assert err == (note.format(NID[:12]) + "\n" if note else "")
 
 
 def test_a_bad_list_flag_is_refused(env):
