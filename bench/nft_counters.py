@@ -32,7 +32,7 @@ import uuid
 from plugin.enforce.nftables.elements import ElementDelta
 from plugin.enforce.nftables.runner import NftRunner
 from plugin.kernel import netns
-from plugin.kernel.nftwatch import open_socket
+from plugin.kernel.nftsocket import open_socket
 
 from .nft_swap import TimedWriter, elements, root_listener
 

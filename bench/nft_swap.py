@@ -45,7 +45,7 @@ from plugin.enforce.nftables.nftdump import (NFNL_SUBSYS_NFTABLES, NFTA_SET_ELEM
                                              NFTA_SET_ELEM_LIST_TABLE, NLM_F_REQUEST, NLMSG_ERROR, _attr)
 from plugin.enforce.nftables.runner import NftRunner
 from plugin.kernel import netns
-from plugin.kernel.nftwatch import open_socket
+from plugin.kernel.nftsocket import open_socket
 
 from .common import stats
 

@@ -28,7 +28,8 @@ from plugin.kernel.dockerfw import DockerFirewall
 from plugin.kernel.forward import ForwardFilter
 from plugin.kernel.links import Netlink
 from plugin.kernel.nftguard import NftGuard
-from plugin.kernel.nftwatch import Debouncer, NftWatcher
+from plugin.kernel.debounced import Debouncer
+from plugin.kernel.nftwatch import NftWatcher
 from plugin.observe.droplog import Directory, DropLog
 from plugin.observe.metrics import Metrics
 

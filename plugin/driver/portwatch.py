@@ -10,7 +10,7 @@ cut off meanwhile, or, on another bridge, outside secnet's rules.
 How: :class:`plugin.kernel.linkwatch.LinkWatcher` hears every link change of
 the namespace; the names of secnet's host-side veths (``snv...``) are
 collected and checked ``delay`` after a burst
-(:class:`~plugin.kernel.nftwatch.Debouncer`), first without the driver's lock
+(:class:`~plugin.kernel.debounced.Debouncer`), first without the driver's lock
 and cheaply: is the veth on a bridge whose port group
 (:func:`plugin.kernel.links.port_group`, which secnet gave it) is the veth's
 own? The daemon's own joins announce their veths too, and pass that check

@@ -11,7 +11,7 @@ tell users to accept their traffic in iptables then).
 Those rules live in chains others own, so others remove them: ``iptables -F
 DOCKER-USER``, a ``firewall-cmd --reload``, Docker rebuilding FORWARD when it
 restarts. :meth:`ForwardFilter.interested` picks the nftables notifications
-that may mean that (``nftwatch``); a :class:`~plugin.nftwatch.Debouncer`
+that may mean that (``nftwatch``); a :class:`~plugin.kernel.debounced.Debouncer`
 then re-ensures every network's rules ~0.1 s after the burst, and once a
 minute anyway (iptables-legacy announces nothing). The driver's verbs call
 ``ensure``/``remove`` as before; they never wait on the engine.
@@ -24,7 +24,8 @@ import threading
 from typing import Optional
 
 from . import engine
-from .nftwatch import Debouncer, NftEvent
+from .debounced import Debouncer
+from .nftevents import NftEvent
 
 log = logging.getLogger(__name__)
 WATCHED_CHAINS = ("", "DOCKER-USER", "FORWARD")

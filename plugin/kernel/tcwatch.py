@@ -18,7 +18,7 @@ The thread, the reopen with backoff and the ``resync`` after a gap (ENOBUFS,
 reopen) are :class:`plugin.kernel.nftwatch.NftWatcher`'s; this module gives
 it tc's socket and messages. The messages are decoded by pyroute2's ``tcmsg``.
 Subscribers run in the watcher thread: they must be quick, and use
-:class:`plugin.kernel.nftwatch.Debouncer` to do real work elsewhere.
+:class:`plugin.kernel.debounced.Debouncer` to do real work elsewhere.
 """
 from __future__ import annotations
 

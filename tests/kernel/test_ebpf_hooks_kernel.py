@@ -35,7 +35,8 @@ from plugin.enforce.ebpf.hookwatch import HookWatch
 from plugin.enforce.ebpf import libbpf
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel.conntrack import Flows
-from plugin.kernel.nftwatch import NftWatcher, in_initial_pid_namespace
+from plugin.kernel.nftsocket import in_initial_pid_namespace
+from plugin.kernel.nftwatch import NftWatcher
 from segmentation.rules import parse_rules
 from tamper import HOLE_PORT, open_hole
 

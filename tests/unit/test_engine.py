@@ -13,7 +13,7 @@ from plugin.cli.format import engine_line
 from plugin.driver.driver import Driver
 from plugin.errors import Unsupported
 from plugin.kernel.forward import ForwardFilter
-from plugin.kernel.nftwatch import RESYNC, NftEvent
+from plugin.kernel.nftevents import RESYNC, NftEvent
 from plugin.driver.protocol import CreateNetworkRequest
 from plugin.driver.state import State
 from tests.unit.driver_fakes import FakeLinks, new_id

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from plugin.kernel import nftwatch
-from plugin.kernel.nftwatch import RESYNC, Debouncer, NftEvent, NftWatcher, parse
+from plugin.kernel import nftevents, nftsocket, nftwatch
+from plugin.kernel.debounced import Debouncer
+from plugin.kernel.nftevents import RESYNC, NftEvent, parse
+from plugin.kernel.nftwatch import NftWatcher
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "nft_events.json").read_text())["steps"]
 
@@ -382,16 +384,8 @@ def test_debouncer_runs_periodically_without_triggers_and_survives_errors():
 def test_real_socket_needs_the_kernel():
     if os.geteuid() != 0:
         pytest.skip("joining NFNLGRP_NFTABLES needs CAP_NET_ADMIN")
-    sock = nftwatch.open_socket()
+    sock = nftsocket.open_socket()
     sock.close()
-
-
-def test_table_match_for_own_tables():
-    match = nftwatch.table_match("secnet_", kinds=("delete",))
-    assert match(NftEvent("delete", "table", "inet", "secnet_abc"))
-    assert match(RESYNC)
-    assert not match(NftEvent("add", "rule", "inet", "secnet_abc", "forward"))
-    assert not match(NftEvent("delete", "table", "ip", "filter"))
 
 
 def _from_port(portid: int) -> bytes:
@@ -403,14 +397,14 @@ def _from_port(portid: int) -> bytes:
 def test_the_port_filter_drops_datagrams_of_ignored_ports_in_the_kernel():
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        nftwatch.attach_port_filter(ours, [0x01020304, 77])
+        nftsocket.attach_port_filter(ours, [0x01020304, 77])
         ours.setblocking(False)
         for portid in (0x01020304, 77, 0x04030201, 5):
             theirs.send(_from_port(portid))
         got = []
         while True:
             try:
-                got.append(nftwatch.first_portid(ours.recv(4096)))
+                got.append(nftevents.first_portid(ours.recv(4096)))
             except BlockingIOError:
                 break
         assert got == [0x04030201, 5]

@@ -1,6 +1,6 @@
 """plugin.daemon.wiring.repair_wanted: which nft notifications start a repair check."""
 from plugin.daemon.wiring import repair_wanted
-from plugin.kernel.nftwatch import RESYNC, NftEvent
+from plugin.kernel.nftevents import RESYNC, NftEvent
 
 
 class Owner:

@@ -8,7 +8,7 @@ put before ours at our priority does the same (hooks.py).
 
 How: :class:`plugin.kernel.tcwatch.TcWatcher` hears every tc change of the
 namespace; the devices named are collected (:class:`~plugin.kernel.tcwatch.Links`)
-and checked ``delay`` after a burst (:class:`~plugin.kernel.nftwatch.Debouncer`):
+and checked ``delay`` after a burst (:class:`~plugin.kernel.debounced.Debouncer`):
 cheaply, per device (:func:`hooks.drifted`: is our program there, is anything
 foreign before it). The daemon's own attaches (every join makes a clsact qdisc
 and two filters, announced like anyone's; libbpf opens a new netlink socket per

@@ -250,7 +250,7 @@ class NftBackend(fqdn.FqdnMethods, ReadbackMethods):
         return (self.writer.open(),) if self.writer is not None else ()
 
     def owns(self, event) -> Optional[str]:
-        """The network an nft change notification (``plugin.nftwatch.NftEvent``) touched, or None.
+        """The network an nft change notification (``plugin.kernel.nftevents.NftEvent``) touched, or None.
 
         Returns the network id when it is realized here, else the table's
         12-character prefix; None for other tables and for resync events.
