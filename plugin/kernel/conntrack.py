@@ -20,20 +20,21 @@ original tuple (who opened the flow) and the source of the reply tuple (who
 answers it), with the reply's source port as the real destination port:
 what the filter hooks saw after DNAT. Both families, any protocol.
 
-Reads and deletions go over ctnetlink, decoded by :mod:`plugin.kernel.ctindex` and
-encoded by :mod:`plugin.kernel.ctdelete` (pyroute2 waits for each request's answer in
-turn: far too slow for tens of thousands of entries): no process per address.
+Entries are :class:`plugin.kernel.ctentry.Entry`. Reads and deletions go over
+ctnetlink, decoded by :mod:`plugin.kernel.ctindex` and encoded by
+:mod:`plugin.kernel.ctdelete` (pyroute2 waits for each request's answer in turn: far
+too slow for tens of thousands of entries): no process per address.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
-from plugin.dns.datapath import LEARNED_FLOW_MARK
 from plugin.enforce.backend import covers, link_local
+from plugin.kernel.ctentry import PROTO_NAMES, Entry, Tuple
 from plugin.kernel.nfgroups import NETLINK_NETFILTER
 from segmentation.compiler import verdict
 from segmentation.errors import PolicyError
@@ -41,66 +42,12 @@ from segmentation.rulevalues import Service
 
 log = logging.getLogger(__name__)
 
-PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
-               socket.IPPROTO_ICMPV6: "icmp"}
 JUDGED = ("tcp", "udp", "icmp")     # what policy names; other protocols only by who holds the ends
-IPS_DST_NAT = 1 << 5
 NEVER = ("gone", "quarantined", "pending")  # holder states through which nothing passes
 SOCKET_TIMEOUT = 10.0   # s without an answer from ctnetlink before a delete gives up (OSError)
 
 Allowed = Callable[[tuple, tuple, str, Optional[int]], bool]
 Kept = Callable[[tuple, str, str, Optional[int]], bool]
-
-
-@dataclass(frozen=True)
-class Tuple:
-    """One direction of a flow: ``proto`` is tcp, udp, icmp or ``proto-N``."""
-
-    proto: str
-    src: str
-    dst: str
-    sport: Optional[int] = None
-    dport: Optional[int] = None
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A conntrack entry: ``family`` 4 or 6, both tuples, the status bits."""
-
-    family: int
-    orig: Tuple
-    reply: Tuple
-    status: int = 0
-    mark: int = 0                                              # the connection's ct mark
-    key: object = field(default=None, compare=False, repr=False)  # the kernel's tuple, to delete by
-
-    @property
-    def learned(self) -> bool:
-        """Did a learned DNS address admit this flow? (``LEARNED_FLOW_MARK``)"""
-        return bool(self.mark & LEARNED_FLOW_MARK)
-
-    @property
-    def dnat(self) -> bool:
-        return bool(self.status & IPS_DST_NAT) or self.reply.src != self.orig.dst
-
-    @property
-    def source(self) -> str:
-        """Who opened the flow."""
-        return self.orig.src
-
-    @property
-    def target(self) -> str:
-        """Who answers it (after DNAT: the container behind a published port)."""
-        return self.reply.src
-
-    @property
-    def port(self) -> Optional[int]:
-        """The destination port the filter hooks saw (after DNAT); None but for tcp/udp."""
-        return self.reply.sport if self.orig.proto in ("tcp", "udp") else None
-
-    @property
-    def addresses(self) -> set:
-        return {self.orig.src, self.orig.dst, self.reply.src, self.reply.dst}
 
 
 @dataclass(frozen=True)

@@ -50,7 +50,7 @@ import threading
 import time
 from typing import Callable, Iterable, Iterator, Optional
 
-from plugin.kernel.conntrack import PROTO_NAMES, Entry, Tuple
+from plugin.kernel.ctentry import PROTO_NAMES, Entry, Tuple
 from plugin.kernel.nfgroups import NETLINK_NETFILTER, group_socket
 
 log = logging.getLogger(__name__)
