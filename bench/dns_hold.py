@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests" / "kernel"))
 from dns_lab import DNS_RULES, DnsRig, resolve  # noqa: E402
 from nsfixtures import NET_ID, OUTSIDE4, Lab  # noqa: E402
 
-from plugin.dns.datapath import Grant  # noqa: E402
+from plugin.enforce.fqdn import Grant  # noqa: E402
 
 
 def pct(values, q) -> float:

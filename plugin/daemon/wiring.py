@@ -24,10 +24,10 @@ from plugin.driver.state import State
 from plugin.enforce.reconciler import Reconciler
 from plugin.kernel import conntrack
 from plugin.kernel.ctindex import FlowIndex
-from plugin.kernel.dockerfw import DockerFirewall
-from plugin.kernel.forward import ForwardFilter
+from plugin.enforce.hostfw.dockerfw import DockerFirewall
+from plugin.enforce.hostfw.forward import ForwardFilter
 from plugin.kernel.links import Netlink
-from plugin.kernel.nftguard import NftGuard
+from plugin.enforce.hostfw.nftguard import NftGuard
 from plugin.kernel.debounced import Debouncer
 from plugin.kernel.nftwatch import NftWatcher
 from plugin.observe.droplog import Directory, DropLog

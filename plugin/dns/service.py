@@ -2,7 +2,7 @@
 
 It owns the queue reader, the learner, the store and the answer marks
 (``plugin.enforce.nftables.dnsmarks``: which answers are held), knows for each network its bridge,
-its policy map, its backend's :class:`~plugin.dns.datapath.FqdnDatapath` and
+its policy map, its backend's :class:`~plugin.enforce.fqdn.FqdnDatapath` and
 which container address has which identity (it is the learner's
 :class:`~plugin.dns.learner.Targets`), and answers the read side (``show``,
 ``explain``). The reconciler tells it what it put in force:

@@ -2,7 +2,7 @@
 
 An entry is ``(network, identity, rule, address)`` -> :class:`Learned`
 (the name, when, until when). Several entries may map to one datapath
-element (:class:`~plugin.dns.datapath.Grant`): the element lives as long as
+element (:class:`~plugin.enforce.fqdn.Grant`): the element lives as long as
 the longest of them.
 
 Bounds: at most ``max_per_segment`` entries of one segment (identity) of a
@@ -49,7 +49,7 @@ from typing import Callable, Iterable
 from plugin.envvars import env_int
 from segmentation.fqdn import Address, Learned
 
-from .datapath import Grant
+from plugin.enforce.fqdn import Grant
 
 MIN_TTL = 60
 MAX_TTL = 7 * 24 * 3600

@@ -24,7 +24,7 @@ from plugin.kernel import links as nl
 from plugin.enforce.backend import BackendUnavailable
 from plugin.errors import BadRequest, Conflict, DriverError, Internal, NotFound, Unsupported
 from plugin.driver.portmap import check_families, parse_portmap
-from plugin.kernel.hostports import Reservations
+from plugin.driver.hostports import Reservations
 from plugin.driver.protocol import CreateEndpointRequest, CreateNetworkRequest, EndpointRequest, NetworkRequest
 from plugin.driver.nulls import NullReconciler, NullResolver
 from plugin.driver import restore as restart

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from plugin.enforce.backend import host_families
+from plugin.kernel.addresses import host_families
 from plugin.errors import BadRequest
 
 PORTMAP = "com.docker.network.portmap"

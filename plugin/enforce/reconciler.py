@@ -37,7 +37,7 @@ from segmentation.rules import segment_mentions
 from plugin.enforce.backend import Backend, BackendUnavailable, Counters, NetworkSpec, Port
 from plugin.enforce.identities import allocate, idle_kept, named_after
 from plugin.kernel.conntrack import own_addresses
-from plugin.dns.views import learned_counters
+from plugin.enforce.fqdn import learned_counters
 
 log = logging.getLogger(__name__)
 LINK_LOCAL = "fe80::/10"   # members' own link-local addresses (conntrack.own_addresses)

@@ -1,6 +1,9 @@
-"""Kernel I/O that is not policy: bridges and veths (``links``), Docker's
-firewall chain (``dockerfw``), entering network namespaces (``netns``), held
-host ports (``hostports``) and connection tracking (``conntrack``, one writer).
+"""Kernel I/O that is not policy: bridges and veths (``links``), entering network
+namespaces (``netns``), connection tracking (``conntrack``, one writer), the
+change notifications of nftables, tc and links (``nftwatch``, ``tcwatch``,
+``linkwatch``), the mark bits secnet sets (``marks``) and address facts
+(``addresses``). Nothing here imports the packages above it (enforce, dns,
+driver, observe, daemon).
 """
 from plugin.kernel.lightimport import defer_package_init
 

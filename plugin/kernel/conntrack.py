@@ -33,7 +33,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Optional
 
-from plugin.enforce.backend import covers, link_local
+from plugin.kernel.addresses import covers, link_local
 from plugin.kernel.ctentry import PROTO_NAMES, Entry, Tuple
 from plugin.kernel.nfgroups import NETLINK_NETFILTER
 from segmentation.compiler import verdict

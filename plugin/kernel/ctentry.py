@@ -10,7 +10,7 @@ import socket
 from dataclasses import dataclass, field
 from typing import Optional
 
-from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.kernel.marks import LEARNED_FLOW_MARK
 
 PROTO_NAMES = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp", socket.IPPROTO_ICMP: "icmp",
                socket.IPPROTO_ICMPV6: "icmp"}

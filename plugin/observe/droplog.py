@@ -25,7 +25,7 @@ import threading
 import time
 from typing import Optional
 
-from plugin.enforce.backend import link_local
+from plugin.kernel.addresses import link_local
 from plugin.observe.linering import LineRing
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from typing import Optional
 from segmentation.compiler import FLOW_PROTOCOLS, INTERNAL, NOT_MEMBER, Verdict, verdict
 from segmentation.errors import PolicyError, shown
 
-from plugin.enforce.backend import covers, link_local
+from plugin.kernel.addresses import covers, link_local
 from plugin.kernel.conntrack import is_host_address
 from plugin.dns.views import answer_view
 

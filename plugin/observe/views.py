@@ -6,7 +6,8 @@ import logging
 
 from segmentation.policymap import INTRA
 
-from plugin.enforce.backend import REASONS, host_families
+from plugin.enforce.backend import REASONS
+from plugin.kernel.addresses import host_families
 from plugin.observe import counting
 from plugin.dns.views import dns_rows
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import helpers as h
-from plugin.kernel.hostports import _bind_all
+from plugin.driver.hostports import _bind_all
 
 PY = sys.executable
 REPLY = "secnet-ok"
@@ -271,7 +271,7 @@ def free_port(lo: int = 18200, hi: int = 18999, count: int = 1, proto=("tcp", "u
 
 def port_free(port: int, proto: str = "tcp", addr: str = "") -> bool:
     """True when a socket can bind ``port`` (on every address of both families unless ``addr``):
-    the same binding secnet holds for a published port (plugin.kernel.hostports)."""
+    the same binding secnet holds for a published port (plugin.driver.hostports)."""
     try:
         _port, socks = _bind_all(proto, addr, port)
     except OSError as exc:

@@ -42,7 +42,7 @@ def docker_user():
 
 def expected_rules() -> int:
     """secnet's DOCKER-USER rules of one network: 4 per binary, 2 more in each whose filter
-    table has Docker's isolation chain (walked first: plugin/kernel/dockerfw.py)."""
+    table has Docker's isolation chain (walked first: plugin/enforce/hostfw/dockerfw.py)."""
     return sum(4 + 2 * ("-N DOCKER-ISOLATION-STAGE-1" in h.run([b, "-w", "5", "-S"]).stdout.splitlines())
                for b in ("iptables", "ip6tables"))
 

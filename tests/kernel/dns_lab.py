@@ -29,7 +29,7 @@ from nsfixtures import BRIDGE, NET_ID, InNamespace
 from packets import ns_socket, sh
 from plugin.enforce.nftables.dnsmarks import AnswerMarks
 from plugin.dns.service import DnsService
-from plugin.dns.views import learned_counters
+from plugin.enforce.fqdn import learned_counters
 from plugin.dns.store import LearnedStore
 from plugin.enforce.nftables.runner import NftRunner
 

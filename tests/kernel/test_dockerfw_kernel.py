@@ -10,9 +10,8 @@ import uuid
 import pytest
 
 from packets import netns, sh
-from plugin.kernel import iptpeek
-from plugin.kernel import dockerfw
-from plugin.kernel.dockerfw import CHAIN, ISOLATION, DockerFirewall
+from plugin.enforce.hostfw import dockerfw, iptpeek
+from plugin.enforce.hostfw.dockerfw import CHAIN, ISOLATION, DockerFirewall
 
 NET_A, NET_B = "a1" * 32, "b2" * 32
 

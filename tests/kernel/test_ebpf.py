@@ -308,7 +308,7 @@ def test_two_networks_share_the_report_buffer_and_not_their_maps(lab):
 def test_docker_forward_drop_lets_through_what_the_programs_passed(lab):
     """With Docker's FORWARD policy DROP and secnet's DOCKER-USER rules, bridged
     traffic passes only with the mark the programs set (fail closed without them)."""
-    from plugin.kernel.dockerfw import DockerFirewall   # noqa: PLC0415 (kernel-tier only)
+    from plugin.enforce.hostfw.dockerfw import DockerFirewall   # noqa: PLC0415 (kernel-tier only)
     for binary in ("iptables", "ip6tables"):
         lab.exec(binary, "-P", "FORWARD", "DROP")
     fw = InNamespace(lab.host, DockerFirewall)

@@ -12,12 +12,12 @@ import pytest
 
 from nsfixtures import BRIDGE, NET_ID, lab, only  # noqa: F401  (fixture)
 from packets import netns, probe_tcp, sh
-from plugin.kernel import engine
-from plugin.kernel.dockerfw import DockerFirewall
-from plugin.kernel.forward import ForwardFilter
-from plugin.kernel.nftguard import FAMILY, TABLE, NftGuard
-from plugin.kernel.nftwatch import NftWatcher
+from plugin.enforce.hostfw.dockerfw import DockerFirewall
+from plugin.enforce.hostfw.forward import ForwardFilter
+from plugin.enforce.hostfw.nftguard import FAMILY, TABLE, NftGuard
 from plugin.enforce.nftables.runner import NftRunner
+from plugin.kernel import engine
+from plugin.kernel.nftwatch import NftWatcher
 
 WITHIN = 1.0
 

@@ -18,7 +18,7 @@ from packets import echoes, open_stream, probe_tcp
 from plugin.enforce.nftables import NftBackend, nflog, ruleset
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 from plugin.kernel import netns
-from plugin.kernel.dockerfw import DockerFirewall
+from plugin.enforce.hostfw.dockerfw import DockerFirewall
 from plugin.kernel.links import port_group
 from plugin.kernel.nftwatch import NftWatcher
 from segmentation.options import parse_network_options

@@ -1,4 +1,4 @@
-"""In-memory stand-ins for plugin.kernel.links.Netlink and plugin.kernel.dockerfw.DockerFirewall,
+"""In-memory stand-ins for plugin.kernel.links.Netlink and plugin.enforce.hostfw.dockerfw.DockerFirewall,
 with the same semantics (ownership by alias, idempotence, LinkConflict), and
 Docker-shaped request bodies for the remote-driver protocol."""
 from __future__ import annotations

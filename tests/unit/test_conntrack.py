@@ -189,7 +189,7 @@ OUT4 = "198.51.100.7"
 
 
 def test_a_learned_flow_goes_on_after_expiry_while_its_dns_rule_names_its_service():
-    from plugin.dns.datapath import LEARNED_FLOW_MARK
+    from plugin.kernel.marks import LEARNED_FLOW_MARK
     from plugin.kernel.conntrack import dns_rule_by
     members = [Member("a", "web", WEB4, WEB6), Member("b", "api", API4, API6)]
 

@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from plugin.dns.datapath import Grant
+from plugin.enforce.fqdn import Grant
 from plugin.enforce.nftables import dnsmarks as marks
 from plugin.enforce.nftables import fqdn as nft
 from segmentation.policymap import FqdnEntry

@@ -8,7 +8,7 @@ on the same service. Pure: the store, the conntrack judge, the eBPF conntrack sc
 """
 import pytest
 
-from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.kernel.marks import LEARNED_FLOW_MARK
 from plugin.dns.store import LearnedStore
 from plugin.enforce.ebpf import fqdn as ebpf_fqdn
 from plugin.enforce.ebpf.maps import CT_KEY, CT_VAL, addr16

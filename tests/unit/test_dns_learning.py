@@ -8,7 +8,7 @@ import pytest
 
 from plugin.config import Settings
 from plugin.dns import answers
-from plugin.dns.datapath import Grant
+from plugin.enforce.fqdn import Grant
 from plugin.dns.learner import DnsLearner, Target
 from plugin.dns.store import MAX_TTL, LearnedStore, settings_from_env
 from plugin.dns.tcpstream import TcpStreams

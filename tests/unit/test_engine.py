@@ -12,7 +12,7 @@ from plugin.kernel import engine
 from plugin.cli.format import engine_line
 from plugin.driver.driver import Driver
 from plugin.errors import Unsupported
-from plugin.kernel.forward import ForwardFilter
+from plugin.enforce.hostfw.forward import ForwardFilter
 from plugin.kernel.nftevents import RESYNC, NftEvent
 from plugin.driver.protocol import CreateNetworkRequest
 from plugin.driver.state import State
@@ -287,7 +287,7 @@ def test_status_line_names_version_backend_and_mode():
 def test_docker_firewall_reads_the_forward_policy(outputs, expected):
     import subprocess
 
-    from plugin.kernel.dockerfw import DockerFirewall
+    from plugin.enforce.hostfw.dockerfw import DockerFirewall
 
     class Probe(DockerFirewall):
         def _run(self, binary, *args):
@@ -363,7 +363,7 @@ def test_wiring_subscribes_the_filter_and_hooks_engine_detection(monkeypatch, wa
 def test_docker_firewall_writes_only_what_is_missing_in_one_restore():
     import shlex
 
-    from plugin.kernel.dockerfw import CHAIN, DockerFirewall
+    from plugin.enforce.hostfw.dockerfw import CHAIN, DockerFirewall
 
     fw, nid = DockerFirewall(), "ab" * 32
     specs = fw._specs("sn-x", nid)
@@ -392,7 +392,7 @@ def test_docker_firewall_restores_side_by_side_and_names_the_refusal(tmp_path, m
 
     import pytest as _pytest
 
-    from plugin.kernel.dockerfw import DockerFirewall
+    from plugin.enforce.hostfw.dockerfw import DockerFirewall
 
     for name, code in (("good-restore", 0), ("bad-restore", 1)):
         path = tmp_path / name

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from plugin.kernel.nftguard import NftGuard, render
-from plugin.enforce.nftables.runner import PASSED_MARK, NftError
+from plugin.enforce.hostfw.nftguard import NftGuard, render
+from plugin.enforce.nftables.runner import NftError
+from plugin.kernel.marks import PASSED_MARK
 
 LISTED = json.loads((Path(__file__).parent / "data" / "nft_guard_list.json").read_text())
 A, B = "a" * 64, "b" * 64

@@ -12,13 +12,13 @@ import socket
 import pytest
 
 from plugin.driver.portmap import PORTMAP, parse_portmap
-from plugin.enforce import backend
+from plugin.kernel import addresses
 from plugin.enforce.backend import DropEvent, Port
 from plugin.enforce.ebpf.events import hairpin_target
 from plugin.enforce.ebpf.maps import PUB_KEY, published_entries
 from plugin.enforce.nftables.elements import port_elements
 from plugin.kernel.conntrack import Entry, Tuple, claimed
-from plugin.kernel.hostports import _bind_all
+from plugin.driver.hostports import _bind_all
 
 V4, V6 = "10.239.7.2", "fd00:239:7::2"
 GATEWAYS = ("10.239.7.1", "fd00:239:7::1")
@@ -32,7 +32,7 @@ def port(host_ip: str) -> Port:
 def test_parse_keeps_the_family_of_a_wildcard_host_ip():
     raw = [{"Proto": 6, "Port": 80, "HostIP": ip, "HostPort": 18400} for ip in ("0.0.0.0", "::", "", "0:0::0")]
     assert [b.host_ip for b in parse_portmap({PORTMAP: raw})] == ["0.0.0.0", "::", "", "::"]
-    assert [backend.host_families(ip) for ip in ("0.0.0.0", "::", "")] == [(4,), (6,), (4, 6)]
+    assert [addresses.host_families(ip) for ip in ("0.0.0.0", "::", "")] == [(4,), (6,), (4, 6)]
 
 
 @pytest.mark.parametrize("host_ip, want4, want6", [
@@ -121,10 +121,10 @@ def test_conntrack_claims_only_flows_of_the_published_family():
 
 
 def test_covers_a_specific_address_only_itself():
-    assert backend.covers("192.0.2.1", "192.0.2.1", lambda a: False)
-    assert not backend.covers("192.0.2.1", "192.0.2.2", lambda a: True)
-    assert not backend.covers("0.0.0.0", "2001:db8::1", lambda a: True)
-    assert not backend.covers("0.0.0.0", "192.0.2.9", lambda a: False)   # wildcard: the host's addresses only
+    assert addresses.covers("192.0.2.1", "192.0.2.1", lambda a: False)
+    assert not addresses.covers("192.0.2.1", "192.0.2.2", lambda a: True)
+    assert not addresses.covers("0.0.0.0", "2001:db8::1", lambda a: True)
+    assert not addresses.covers("0.0.0.0", "192.0.2.9", lambda a: False)   # wildcard: the host's addresses only
 
 
 def test_a_binding_on_a_family_the_container_lacks_is_refused_not_held(tmp_path):

@@ -1,7 +1,7 @@
 """observe.counting: backend counters (by policy-map key) named as rules and segment pairs."""
 from __future__ import annotations
 
-from plugin.dns.views import learned_counters
+from plugin.enforce.fqdn import learned_counters
 from plugin.enforce.backend import Counters
 from plugin.observe.counting import OUTSIDE, per_pair, per_rule
 from segmentation.options import parse_network_options

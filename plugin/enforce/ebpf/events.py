@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from plugin.enforce.backend import REASONS, DropEvent, covers
+from plugin.enforce.backend import REASONS, DropEvent
+from plugin.kernel.addresses import covers
 from plugin.kernel.conntrack import is_host_address
 
 from . import libbpf

@@ -1,6 +1,6 @@
 """The eBPF side of DNS-name rules: the ``fqdn`` LPM trie of each network.
 
-Kernel background. A learned address (``plugin.dns.datapath.Grant``) is
+Kernel background. A learned address (``plugin.enforce.fqdn.Grant``) is
 one or more prefixes of the network's ``fqdn`` map (bpf/lib/common.h)::
 
     key   (prefixlen, identity:2, family:1, address:16, L4 code:1, port:2, 0:2)
@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Callable, Optional, Sequence
 
-from plugin.dns.datapath import Grant
+from plugin.enforce.fqdn import Grant
 from plugin.enforce.backend import BackendError
 
 from . import libbpf, pins
@@ -79,7 +79,7 @@ def _identity(key: bytes) -> int:
 
 
 class FqdnMaps:
-    """:class:`~plugin.dns.datapath.FqdnDatapath` on the ``fqdn`` maps.
+    """:class:`~plugin.enforce.fqdn.FqdnDatapath` on the ``fqdn`` maps.
 
     ``map_fd``: network id -> the fd of its pinned ``fqdn`` map (raises
     KeyError/BackendError when the network has none); ``lock``: the backend's.
@@ -203,7 +203,7 @@ class FqdnMaps:
 
 
 class FqdnMethods:
-    """``EbpfBackend``'s :class:`~plugin.dns.datapath.FqdnDatapath` (its ``fqdn`` maps,
+    """``EbpfBackend``'s :class:`~plugin.enforce.fqdn.FqdnDatapath` (its ``fqdn`` maps,
     under its lock; kernel errors as BackendError)."""
 
     def _fqdn_fd(self, network_id: str) -> int:

@@ -36,7 +36,7 @@ from typing import Iterable, Mapping
 from segmentation.identities import HOST
 from segmentation.policymap import EGRESS, FQDN_KEY, FQDN_TAG_KEY, INGRESS, CidrEntry, PolicyMap
 
-from plugin.enforce import backend
+from plugin.kernel import addresses
 
 from . import cidrslots
 
@@ -88,7 +88,7 @@ def addr16(addr: str) -> bytes:
 
 def link_local(mac: str) -> bytes:
     """The EUI-64 link-local address a container derives from ``mac`` (packed)."""
-    return ipaddress.IPv6Address(backend.link_local(mac)).packed
+    return ipaddress.IPv6Address(addresses.link_local(mac)).packed
 
 
 def mac_bytes(mac: str) -> bytes:
@@ -121,10 +121,10 @@ def published_entries(port) -> dict:
         number = {"tcp": 6, "udp": 17}.get(str(proto).lower(), proto)
         for addr in port.addresses:
             family = ipaddress.ip_address(addr).version
-            if family not in backend.host_families(host_ip):   # 0.0.0.0: IPv4 only (U18-F5)
+            if family not in addresses.host_families(host_ip):   # 0.0.0.0: IPv4 only (U18-F5)
                 continue
             key = PUB_KEY.pack(family, int(number), int(host_port),
-                               bytes(16) if backend.is_wildcard(host_ip) else addr16(host_ip))
+                               bytes(16) if addresses.is_wildcard(host_ip) else addr16(host_ip))
             out[key] = PUB_VAL.pack(port.identity, int(cport), 0)
     return out
 

@@ -64,11 +64,12 @@ import subprocess
 import threading
 from typing import Iterable
 
+from plugin.kernel.marks import DNS_HOLD_MARK
 from .nftdump import object_counter, table_exists
 
 log = logging.getLogger(__name__)
 TABLE = "secnet-dns"
-MARK = 0x00400000          # packet mark bit: "a DNS answer to hold"
+MARK = DNS_HOLD_MARK       # packet mark bit: "a DNS answer to hold"
 PRIORITY = -160            # before iptables' mangle (-150) and every filter chain
 COMMENT = "secnet-dns"
 CHAINS = ("FORWARD", "OUTPUT")

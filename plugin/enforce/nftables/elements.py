@@ -31,7 +31,7 @@ from segmentation.identities import QUARANTINED
 from segmentation.policymap import EGRESS, PolicyEntry
 from segmentation.protocols import ANY, FLOW, ICMP
 
-from plugin.enforce.backend import host_families, is_wildcard, link_local
+from plugin.kernel.addresses import host_families, is_wildcard, link_local
 
 from . import portgroups
 

@@ -16,7 +16,7 @@ DNS rules that taught it (``plugin.dns.store``). The lookup sets the packet mark
 to the tag (``meta mark set KEY map @fqdn4_port``: no element, no match), and chain
 ``fqdn_count`` counts the flow in the counter set ``fqdn_tags`` (one element per
 tag, no timeout: counts outlive the addresses), which ``secnet show`` spreads to
-the rules (``plugin.dns.views.learned_counters``). An ``add`` cannot change a map
+the rules (``plugin.enforce.fqdn.learned_counters``). An ``add`` cannot change a map
 element's value (EEXIST, nft 1.0.6 / this kernel: checked), so a new tag is
 ``add`` (the old value); ``delete``; ``add`` (the new one): ``NftFqdnSets``
 remembers what it wrote (and what a read-back found). ``icmp`` is
@@ -45,7 +45,7 @@ import re
 import time
 from typing import Sequence
 
-from plugin.dns.datapath import Grant
+from plugin.enforce.fqdn import Grant
 from segmentation.policymap import FQDN_TAG_KEY
 from plugin.enforce.backend import BackendError
 
@@ -153,7 +153,7 @@ def _comment(name: str) -> str:
 
 
 class NftFqdnSets:
-    """:class:`~plugin.dns.datapath.FqdnDatapath` on the sets of one table per network
+    """:class:`~plugin.enforce.fqdn.FqdnDatapath` on the sets of one table per network
     (``NftBackend`` delegates to it).
 
     ``runner``: has ``apply(script)`` (one transaction) and ``list_json(*what)``;
@@ -313,7 +313,7 @@ def _number(value) -> int:
 
 
 class FqdnMethods:
-    """``NftBackend``'s :class:`~plugin.dns.datapath.FqdnDatapath` (its ``fqdn`` sets,
+    """``NftBackend``'s :class:`~plugin.enforce.fqdn.FqdnDatapath` (its ``fqdn`` sets,
     under its lock; nft errors as BackendError)."""
 
     def allow(self, network_id: str, grants) -> None:

@@ -6,7 +6,7 @@ nftables, in the network's inet table ``secnet_<network-id[:12]>``:
 * published ports (DNAT in prerouting and output, from the maps ``pub4``/
   ``pub6``), hairpin and egress masquerade -- the very chains of the
   nftables backend (``nft_northsouth.nat_chains``), so both backends NAT alike;
-* the mark that Docker's DOCKER-USER chain accepts (plugin/kernel/dockerfw.py) on
+* the mark that Docker's DOCKER-USER chain accepts (plugin/enforce/hostfw/dockerfw.py) on
   what the stack forwards *into* the bridge: the programs judge it after
   FORWARD, on the container's veth, so FORWARD must let it reach them.
   (What leaves the bridge is marked by ``from_container`` itself.)
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 from typing import Iterable
 
-from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.kernel.marks import HOST_DENIED_MARK, LEARNED_FLOW_MARK, PASSED_MARK
 
 from . import northsouth as ns
 from .elements import ports_elements
 from .ruleset import element_text
-from .runner import PASSED_MARK, TABLE_PREFIX, NftError, NftRunner
+from .runner import TABLE_PREFIX, NftError, NftRunner
 
-#: bpf HOST_DENIED_MARK (plugin/enforce/ebpf/bpf/lib/common.h): a member's broadcast or
-#: multicast whose copy to the host egress denies
-HOST_DENIED_MARK = 0x01000000
 
 
 def table_name(network_id: str) -> str:

@@ -40,7 +40,7 @@ policy edit, a new segment, a quarantine or a mode switch is a set-element
 delta (:func:`delta_script`), one transaction. Only :func:`network_script`
 writes rules (create, restore, drift repair), replacing both tables in one
 transaction. What policy lets through is marked :data:`PASSED_MARK` (chain
-``pass``), which Docker's ``DOCKER-USER`` chain requires (``plugin.dockerfw``).
+``pass``), which Docker's ``DOCKER-USER`` chain requires (``plugin.enforce.hostfw.dockerfw``).
 The marks hold identities only from the moment a flow's first packet is
 judged until it leaves the chain: nothing else reads them.
 """
@@ -49,7 +49,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Iterable, Mapping
 
-from plugin.dns.datapath import LEARNED_FLOW_MARK
+from plugin.kernel.marks import JUDGED_FLOW_MARK, LEARNED_FLOW_MARK, PASSED_MARK
 from segmentation.identities import HOST, OUTSIDE, PENDING, QUARANTINED
 
 from . import fqdn
@@ -58,18 +58,16 @@ from .drops import DYNAMIC_SETS, SETTING_KEY, deny, drop_chains, quote as _q
 from .elements import SCHEMAS, ElementDelta
 from .bridgetable import render_bridge
 from .nfttext import rules as _rules, set_declaration, table_name
-from .runner import PASSED_MARK
 
 FORMAT = 18   # bump when the ruleset changes shape: drift() then reports it (18: hit_port + self4/6 + DAD)
 ND = "icmpv6 type { " + ", ".join(ns.ND_TYPES + ns.MLD_TYPES) + " }"
-#: the ``ct mark`` bit of a flow that this table judged and let through (chain ``pass``).
+#: ``JUDGED_FLOW_MARK``: the ``ct mark`` bit of a flow that this table judged and let through (chain ``pass``).
 #: A flow's later packets pass on its conntrack state alone only with it (or once answered,
 #: ``established``): a conntrack entry can be confirmed without secnet's verdict -- the
 #: bridge confirms a broadcast or multicast frame's entry as it passes a copy up to the host
 #: (br_netfilter_hooks.c ``br_nf_local_in``), whatever the host's chains then do with it --
 #: and such an entry must not open its flow (U17-F6). Free of ``LEARNED_FLOW_MARK`` and of
 #: the 16-bit identities the judgement writes there.
-JUDGED_FLOW_MARK = 0x01000000
 _JUDGED = f"ct mark & {JUDGED_FLOW_MARK:#010x} == {JUDGED_FLOW_MARK:#010x}"
 _PROTO_NAMES = {6: "tcp", 17: "udp"}
 #: an --internal network in audit mode (both setting sets hold their element)

@@ -37,7 +37,6 @@ import weakref
 from plugin.kernel import netns
 
 TABLE_PREFIX = "secnet_"
-PASSED_MARK = 0x00200000  # packet mark: "secnet's forward chain let this through"
 _JSON_OUTPUT = 1 << 4  # NFT_CTX_OUTPUT_JSON
 _STATELESS = 1 << 2    # NFT_CTX_OUTPUT_STATELESS: no counter values
 _TERSE = 1 << 11       # NFT_CTX_OUTPUT_TERSE: no set elements

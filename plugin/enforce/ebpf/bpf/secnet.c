@@ -276,7 +276,7 @@ int from_container(struct __sk_buff *skb)
 		return deny(skb, p, &vd, MODE_ENFORCE);
 	}
 	frag_remember(p);
-	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/kernel/dockerfw.py) */
+	/* what passes from here on, Docker's DOCKER-USER lets through (plugin/enforce/hostfw/dockerfw.py) */
 	skb->mark |= PASSED_MARK;
 	if (!active_identity(ep->identity)) {
 		vd.dst = target_identity(p);

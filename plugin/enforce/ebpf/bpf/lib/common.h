@@ -38,10 +38,10 @@ enum reason {
 #define MODE_ENFORCE 0
 #define MODE_AUDIT   1
 
-#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/kernel/dockerfw.py) */
+#define PASSED_MARK 0x00200000   /* DOCKER-USER accepts what secnet passed (plugin/enforce/hostfw/dockerfw.py) */
 /* a new flow admitted by a learned DNS address: the NAT-only nft table copies it
  * into the connection's ct mark, so that conntrack pruning keeps the flow
- * (plugin/dns/datapath.py LEARNED_FLOW_MARK) */
+ * (plugin/kernel/marks.py LEARNED_FLOW_MARK) */
 #define LEARNED_MARK 0x00800000
 /* a member's broadcast or multicast whose copy to the host egress denies (counted and
  * reported at the sender): the NAT-only nft table's input chain drops that copy

@@ -23,9 +23,9 @@ import shutil
 import threading
 from typing import Optional
 
-from . import engine
-from .debounced import Debouncer
-from .nftevents import NftEvent
+from plugin.kernel import engine
+from plugin.kernel.debounced import Debouncer
+from plugin.kernel.nftevents import NftEvent
 
 log = logging.getLogger(__name__)
 WATCHED_CHAINS = ("", "DOCKER-USER", "FORWARD")

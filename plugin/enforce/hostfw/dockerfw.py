@@ -28,7 +28,7 @@ import shlex
 import subprocess
 import threading
 
-from plugin.enforce.nftables.runner import PASSED_MARK  # set by secnet's nft chain "pass"
+from plugin.kernel.marks import PASSED_MARK  # set by secnet's nft chain "pass"
 
 from . import iptpeek
 

@@ -20,7 +20,8 @@ import json
 import logging
 import threading
 
-from plugin.enforce.nftables.runner import PASSED_MARK, NftError, NftRunner
+from plugin.enforce.nftables.runner import NftError, NftRunner
+from plugin.kernel.marks import PASSED_MARK
 
 log = logging.getLogger(__name__)
 FAMILY, TABLE = "inet", "secnet-guard"   # not "secnet_...": the reconciler owns that prefix

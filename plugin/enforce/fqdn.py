@@ -8,21 +8,17 @@ kernel drops it by itself when it expires (nft element timeouts; BPF: the
 expiry stored in the value and compared by the program); flows opened while
 it was allowed go on (conntrack). Several rules of one segment may give the
 same element; the daemon's :class:`~plugin.dns.store.LearnedStore` keeps
-which rule learned what.
+which rule learned what. The datapath counts the flows it admits under a
+tag of the rules that taught the address; :func:`learned_counters` gives those
+counts back to the rules.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, Sequence
 
-#: The bit of a connection's ``ct mark`` that says "a learned address admitted
-#: this flow" (both backends set it on the flow's first packet; the identities
-#: in the ct mark are 16-bit). Conntrack pruning keeps such a flow after its
-#: address expired, while a dns(...) rule of its segment that learned the
-#: address is still there (``plugin.kernel.conntrack.dns_rule_by``). Free of
-#: the packet-mark bits 0x200000 (passed) and 0x400000 (a DNS answer to hold).
-LEARNED_FLOW_MARK = 0x00800000
-
+from plugin.enforce.backend import Counters
+from segmentation.policymap import FQDN_KEY, FQDN_TAG_KEY as TAG_KEY
 
 @dataclass(frozen=True, order=True)
 class Grant:
@@ -65,3 +61,30 @@ class FqdnDatapath(Protocol):
     def learned(self, network_id: str) -> list:
         """The :class:`Grant` values the kernel holds now (expired ones not
         included), ``expires`` as read back (whole seconds)."""
+
+
+def learned_counters(counters: Counters, policy, tags: dict) -> Counters:
+    """``counters`` with the datapath's DNS keys spread to the DNS rules' own keys
+    (``FqdnEntry.key``): a tag's ``(TAG_KEY, tag)`` to each rule of ``tags[tag]``
+    (``LearnedStore.tags``: ``(identity, proto, lo, hi, rule)`` sets), a service key
+    (``FqdnEntry.service_key``: tag 0, not known) to every DNS rule of ``policy`` with
+    that segment and service. ``allowed_once`` gives each to the first of them (pair
+    totals count a flow once). A tag no longer known (a restarted daemon whose
+    elements of it expired) counts for no rule."""
+    by_service: dict = {}
+    for f in policy.fqdns:
+        by_service.setdefault(f.service_key, []).append(f.key)
+    allowed, once = dict(counters.allowed), dict(counters.allowed_once or counters.allowed)
+    for key in [k for k in allowed if k and k[0] in (TAG_KEY, FQDN_KEY) and len(k) <= 5]:
+        value, first = allowed.pop(key), once.pop(key, None)
+        owners = sorted((FQDN_KEY,) + t for t in tags.get(key[1], ())) if key[0] == TAG_KEY \
+            else sorted(by_service.get(key, ()))
+        for owner in owners:
+            allowed[owner] = _add(allowed.get(owner), value)
+        if owners and first:
+            once[owners[0]] = _add(once.get(owners[0]), first)
+    return replace(counters, allowed=allowed, allowed_once=once)
+
+
+def _add(total, value) -> tuple:
+    return tuple(a + b for a, b in zip(total or (0, 0), value))
