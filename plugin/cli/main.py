@@ -96,6 +96,8 @@ def cmd_status(args) -> dict:
     for net in data.get("networks", []):
         if names.get(net["id"]):
             net["name"] = names[net["id"]]
+    # by name (then id): two hosts with the same networks print them alike (U28-F5)
+    data.get("networks", []).sort(key=lambda n: (n.get("name") is None, n.get("name") or "", n["id"]))
     return data
 
 

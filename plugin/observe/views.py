@@ -56,7 +56,9 @@ def _rule_rows(net, policy, counters) -> list:
 
 def network_view(state, reconciler, net) -> dict:
     """One network: segments with members, rules with counters, quarantined, pending, drops."""
-    eps = state.endpoints(net.id)
+    # members by container name (then endpoint id): alike on two hosts with the same
+    # containers, whatever their random ids (U28-F5)
+    eps = sorted(state.endpoints(net.id), key=lambda e: (e.container or "", e.id))
     policy = reconciler.compiled(net)
     segments = collections.defaultdict(list)
     quarantined, pending = [], []

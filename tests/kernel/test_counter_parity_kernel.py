@@ -138,3 +138,28 @@ def test_a_retransmitted_syn_counts_once(lab, fam):
         timer.join()
     packets, octets = lab.counters().allowed[PolicyEntry(ident["web"], ident["api"], "tcp", 8080, 8080, "").key]
     assert packets == 1, f"{packets} packets counted for one flow (its SYN was sent more than once)"
+
+
+def test_a_rule_removed_and_added_again_counts_from_zero_and_the_others_keep_theirs(lab):
+    # U28-F1: eBPF kept a removed rule's counter and gave it back when the rule returned
+    web, api = lab.add(2)
+    rules = "web->api:tcp/8080 web->api:tcp/9990-9999 web->api:tcp/5432"
+    lab.apply(rules, {web: "web", api: "api"}, intra="deny")
+    ident = lab.allocator.identities(NET_ID)
+    w, a = ident["web"], ident["api"]
+    keys = {port: PolicyEntry(w, a, "tcp", lo, hi, "").key
+            for port, (lo, hi) in {8080: (8080, 8080), 9999: (9990, 9999), 5432: (5432, 5432)}.items()}
+
+    def allowed() -> dict:
+        counted = lab.counters().allowed
+        return {port: counted.get(key, (0, 0))[0] for port, key in keys.items()}
+    assert [probe_tcp(web, api.ip4, p) for p in (8080, 8080, 9999, 5432)] == ["ok"] * 4
+    before = allowed()
+    assert before[8080] >= 2 and before[9999] >= 1 and before[5432] >= 1, before
+    lab.update("web->api:tcp/5432")                                  # two removed
+    assert probe_tcp(web, api.ip4, 8080) == "timeout"
+    lab.update(rules)                                                # and back
+    again = allowed()
+    assert again == {8080: 0, 9999: 0, 5432: before[5432]}, (before, again)
+    assert probe_tcp(web, api.ip4, 8080) == "ok"
+    assert allowed()[8080] >= 1

@@ -69,3 +69,20 @@ def test_both_backends_give_one_text_per_protocol(family, proto, l4, want):
 def test_names_of_frames_that_are_not_ip_stay_as_they_are():
     assert proto_name(0, "ethertype-0x88b5") == "ethertype-0x88b5"
     assert proto_name(4, "arp") == "arp"
+
+
+@pytest.mark.parametrize("devices, named", [
+    ({"indev": 1, "physindev": 1}, True),    # bridged: the bridge port (here: lo, index 1)
+    ({"indev": 1}, True),                     # routed in from an uplink: that device
+    ({"outdev": 1}, False),                   # the host's own packet: none
+])
+def test_nftables_names_the_device_a_drop_came_in_on_as_ebpf_does(devices, named):
+    # U28-F4: a drop from the outside named its uplink on eBPF (ingress ifindex), none on nftables
+    packet = nflog.Packet(family=socket.AF_INET, prefix=drops.log_prefix(NID, "no-rule"),
+                          hw_protocol=0x0800, devices=devices,
+                          payload=struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, 1, 0, 64, 6, 0,
+                                              ipaddress.ip_address(SRC[4]).packed,
+                                              ipaddress.ip_address(DST[4]).packed))
+    got = []
+    drops.deliver(packet, 1.0, got.append)
+    assert got[0].ifname == (socket.if_indextoname(1) if named else None)

@@ -190,3 +190,13 @@ def test_policy_edits_take_a_list_of_rule_strings_only(env):
         assert status == 400 and data["Err"] == "rules must be a list of strings", rules
     status, data = env.post("policy", {"network": NID})
     assert status == 200 and data["rules"] == ["web->api:tcp/8080", "api->db:tcp/5432"]
+
+
+def test_show_lists_members_by_container_name_not_by_endpoint_id(env):
+    # U28-F5: members came in the order of their random endpoint ids
+    env.state.put_endpoints([ep(9, "web0", "web"), ep(5, "web2", "web"), ep(7, "bad0", None, quarantine="x")])
+    code, body = env.post("show", {"network": NID})
+    assert code == 200
+    web = next(s for s in body["segments"] if s["name"] == "web")
+    assert [m["container"] for m in web["members"]] == ["web0", "web1", "web2"]
+    assert [m["container"] for m in body["quarantined"]] == ["bad0", "bad1"]

@@ -352,6 +352,8 @@ class EbpfBackend(fqdn.FqdnMethods):
                 touched = _touched(st.policy, delta, st.index)
                 self._swap(st, new, _delta_changes(st.policy, new, delta, touched=touched))
                 _regroup(st.index, touched[0], touched[2])
+                if delta.entries_removed:
+                    counters.forget_removed(st.handle, touched[1], touched[2])
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
             if changes:

@@ -13,6 +13,7 @@ from typing import Iterable, Optional
 from plugin.enforce.backend import PAIRED, REASONS, Counters
 
 from . import cidrslots, libbpf, maps, pins
+from .groups import group_index
 
 
 def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Counters:
@@ -38,6 +39,31 @@ def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Cou
     would, would_reasons = drops(handle, cpus, audit=True)
     return Counters(allowed=allowed, allowed_once=once, dropped=dropped, reasons=reasons, would_drop=would,
                     would_drop_reasons=would_reasons)
+
+
+def policy_count_keys(entries: Iterable) -> set:
+    """The ``allowed`` keys (``maps.COUNT_KEY``) under which the programs count the flows
+    that ``entries`` (PolicyEntry) open: one per policy-map value of their groups (its
+    port block; a piece that overlapping ranges share counts under the piece:
+    bpf/lib/policy.h ``judge_policy``)."""
+    keys = set()
+    for (src, dst, _proto), group in group_index(entries).items():
+        for value in maps.policy_content(group).values():
+            lo, hi, code = maps.POLICY_VAL.unpack(value)
+            keys.add(maps.COUNT_KEY.pack(maps.CK_POLICY, 0, code, 0, src, dst, lo, hi, 0, bytes(16)))
+    return keys
+
+
+def forget_removed(handle: pins.Handle, before: Iterable, after: Iterable) -> int:
+    """Delete the ``allowed`` counters of the port blocks an edit took away (``before``,
+    ``after``: the PolicyEntry sets of the groups it touched), so that a rule removed and
+    added again counts from zero, as the nftables backend's per-element counters do
+    (docs/visibility.md; U28-F1). Returns how many keys it asked to delete (absent ones
+    are skipped). Raises LibbpfError."""
+    stale = policy_count_keys(before) - policy_count_keys(after)
+    if stale:
+        libbpf.delete_batch(handle.maps["allowed"], len(stale), b"".join(sorted(stale)))
+    return len(stale)
 
 
 def spread(allowed: dict, index: dict, first: bool = False) -> dict:

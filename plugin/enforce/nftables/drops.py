@@ -278,9 +278,13 @@ def deliver(packet, received: float, callback) -> None:
     network, reason, audit = parsed
     flow = packet.flow()
     ifname = None
-    if "physindev" in packet.devices:
+    # the port it came in on: a bridged packet's bridge port, else the device a routed one
+    # came in on (an uplink); none for the host's own. As the eBPF datapath's ingress
+    # ifindex reports it (U28-F4: a drop from the outside named no device here)
+    ifindex = packet.devices.get("physindev") or packet.devices.get("indev")
+    if ifindex:
         try:
-            ifname = socket.if_indextoname(packet.devices["physindev"])
+            ifname = socket.if_indextoname(ifindex)
         except OSError:
             ifname = None
     # a port for TCP and UDP only, as the eBPF backend reports it (U14-F4: SCTP's was shown)
