@@ -1,7 +1,8 @@
 """The daemon's own time per remote-driver verb of `docker network create` and `docker run`,
 two trees side by side, interleaved (issue 12's "the verbs themselves").
 
-Run as root: ``python -m bench.verbs [--base DIR] [--rounds N] [--runs M] [--pairs P] [--gap MS]``.
+Run as root: ``python -m bench.verbs [--base DIR] [--rounds N] [--runs M] [--pairs P] [--gap MS]
+[--others K]``.
 It starts two private daemons (``secnet-plugin``'s ``main``, gunicorn master + worker, each in a
 throwaway network namespace with its own socket and state directory: nothing on the host,
 in Docker or in the shared daemon is touched, so it needs no e2e lock): one of this tree,
@@ -13,7 +14,8 @@ answers during a Join; an event stream that stays open and says nothing), so Joi
 reads it makes under Docker. Each round, for each daemon (the order alternates by
 round): CreateNetwork, then M times what ``docker run`` sends (CreateEndpoint, Join,
 ProgramExternalConnectivity, EndpointOperInfo) and what ``docker rm -f`` sends
-(RevokeExternalConnectivity, Leave, DeleteEndpoint), then DeleteNetwork.
+(RevokeExternalConnectivity, Leave, DeleteEndpoint), then DeleteNetwork. ``--others K``: each
+daemon first makes K networks of its own and keeps them (the host's other networks).
 
 Per request: wall time at the client (the unix-socket round trip included, as dockerd
 sees it) and the worker's CPU time: the sum over its threads of
@@ -232,10 +234,20 @@ def ratios(rounds: list, a: str, b: str) -> dict:
     return out
 
 
-def pair_rounds(base: str, pair: int, first: int, count: int, runs: int, gap: float) -> tuple:
+def add_others(d: Daemon, count: int) -> None:
+    """``count`` more networks of ``d`` (CreateNetwork, 10.218.<i>.0/24), kept through the
+    rounds: the host's other networks, whose tables libnftables may read on every write."""
+    for i in range(count):
+        d.post("CreateNetwork", {"NetworkID": uuid.uuid4().hex + uuid.uuid4().hex, "IPv4Data": [
+            {"AddressSpace": "", "Pool": f"10.218.{i}.0/24", "Gateway": f"10.218.{i}.1/24"}], "IPv6Data": [],
+            "Options": {"com.docker.network.generic": {}}}, {})
+
+
+def pair_rounds(base: str, pair: int, first: int, count: int, runs: int, gap: float, others: int = 0) -> tuple:
     """Rounds ``first``..``first + count - 1`` on a new pair of daemons, this tree's and
-    ``base``'s (base's starts first in odd ``pair``s): (rounds, {label: the worker's CPU ms
-    over them}). Both daemons are stopped on return, also on failure."""
+    ``base``'s (base's starts first in odd ``pair``s), each with ``others`` networks of its
+    own made first (:func:`add_others`): (rounds, {label: the worker's CPU ms over them}).
+    Both daemons are stopped on return, also on failure."""
     labels = ("this", "base") if pair % 2 == 0 else ("base", "this")
     daemons: dict = {}
     try:
@@ -243,6 +255,8 @@ def pair_rounds(base: str, pair: int, first: int, count: int, runs: int, gap: fl
             daemons[label] = Daemon(ROOT if label == "this" else base, label)
         for d in daemons.values():   # warm-up: first imports, first clients
             one_round(d, -1, 2)
+        for d in daemons.values():
+            add_others(d, others)
         ticks0 = {k: d.ticks() for k, d in daemons.items()}
         rounds = []
         for r in range(first, first + count):
@@ -263,19 +277,23 @@ def main() -> None:
                         help="daemon pairs, one after the other (each process has a speed of its own)")
     parser.add_argument("--gap", type=float, default=0.0,
                         help="ms between CreateEndpoint's answer and Join (dockerd's sandbox)")
+    parser.add_argument("--others", type=int, default=0, choices=range(0, 256), metavar="N",
+                        help="networks each daemon holds through the rounds (0-255)")
     args = parser.parse_args()
     if args.pairs < 1 or args.rounds < args.pairs:
         raise SystemExit("verbs: --pairs must be >= 1 and <= --rounds")
     rounds, cpu_all, per_pair = [], {"this": 0.0, "base": 0.0}, args.rounds // args.pairs
     for p in range(args.pairs):
         count = per_pair + (1 if p < args.rounds % args.pairs else 0)
-        got, cpu = pair_rounds(os.path.abspath(args.base), p, len(rounds), count, args.runs, args.gap / 1000)
+        got, cpu = pair_rounds(os.path.abspath(args.base), p, len(rounds), count, args.runs, args.gap / 1000,
+                               args.others)
         rounds += got
         for k, ms in cpu.items():
             cpu_all[k] += ms
     print(json.dumps({"this": summary(rounds, "this"), "base": summary(rounds, "base"),
                       "ratio_this_over_base": ratios(rounds, "this", "base"), "cpu_all_ms": cpu_all,
-                      "rounds": args.rounds, "runs": args.runs, "pairs": args.pairs, "gap_ms": args.gap}, indent=1))
+                      "rounds": args.rounds, "runs": args.runs, "pairs": args.pairs, "gap_ms": args.gap,
+                      "others": args.others}, indent=1))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ tables. Every test here is ``[nftables]`` only."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import time
 
@@ -15,6 +16,7 @@ import pytest
 from nsfixtures import NET_ID, InNamespace, lab, only, sh  # noqa: F401  (lab is a fixture)
 import packets
 from packets import echoes, open_stream, probe_tcp
+from plugin.enforce.backend import BackendError
 from plugin.enforce.nftables import NftBackend, nflog, ruleset
 from plugin.enforce.nftables.drops import NFLOG_GROUP
 from plugin.kernel import netns
@@ -312,6 +314,98 @@ def test_tables_missing_fail_closed_behind_docker_user(lab):
         assert [probe_tcp(web, api.ip(f), 8080) for f in (4, 6)] == ["timeout", "timeout"]
     finally:
         fw.shutdown_plain()
+
+
+# --- a network's first write: create-only, one transaction -----------------------------------
+RICH = ("web->api:tcp/5000-8080 web->api:tcp/8080-9999 web->api:udp/53 "
+        "10.237.0.0/24->api:tcp/8080 [fd00:237::/64]->api:tcp/8080")
+
+
+def listing(lab) -> list:
+    """``nft -j list table`` of both tables, elements and counters included, but for each
+    table's own handle (the namespace's count of tables ever made, not the table's content)."""
+    out = []
+    for family in ("inet", "bridge"):
+        objects = json.loads(lab.nft("-j", "list", "table", family, lab.table).stdout)["nftables"]
+        for o in objects:
+            o.get("table", {}).pop("handle", None)
+        out.append(objects)
+    return out
+
+
+class Scripts:
+    """The scripts the lab's backend hands its runner, recorded (they still run)."""
+
+    def __init__(self, lab):
+        self.runner, self.scripts = lab.backend.obj.runner, []
+        apply = self.runner.apply
+
+        def recorded(script: str) -> None:
+            self.scripts.append(script)
+            apply(script)
+        self.runner.apply = recorded
+
+    def stop(self) -> list:
+        del self.runner.apply
+        return self.scripts
+
+
+def test_a_new_networks_tables_are_created_as_a_replace_would_leave_them(lab):
+    """No table there: one create-only transaction (no block, no delete: libnftables then
+    reads no other network's tables); the kernel holds, object for object and handle for
+    handle, what the replacing script leaves."""
+    web, api = lab.add(2)
+    scripts = Scripts(lab)
+    try:
+        lab.apply(RICH, {web: "web", api: "api"}, intra="deny",
+                  published={api: (("tcp", "", 18080, 8080),)})
+        created = listing(lab)   # (before any packet: counters and dynamic sets would differ)
+        lab.backend.apply_network(lab.net, lab.policy, lab.ports())   # the tables are there: replaced
+        replaced = listing(lab)
+        assert [probe_tcp(web, api.ip(f), p) for f in (4, 6) for p in (8080, 22)] == ["ok", "timeout"] * 2
+    finally:
+        first, *_, last = scripts.stop()
+    assert first.startswith(f"create table inet {lab.table}\n")
+    assert "delete" not in first and f"table inet {lab.table} {{" not in first
+    assert last.startswith(f"table inet {lab.table} {{ }}\ndelete table inet {lab.table}\n")
+    assert any(o.get("element") or o.get("set", {}).get("elem") for o in created[0])   # elements compared too
+    assert created == replaced
+
+
+def test_a_table_made_between_the_check_and_the_create_makes_it_a_replace(lab):
+    """The create is refused whole (EEXIST on ``create table``): then both tables are
+    replaced, the stray one's content gone."""
+    web, api = lab.add(2)
+    backend, checks = lab.backend.obj, []
+    exists = backend._tables_exist
+
+    def late(network_id: str) -> bool:   # the first check finds none; one is made right after it
+        checks.append(network_id)
+        if len(checks) == 1:
+            lab.nft("add", "table", "bridge", lab.table)
+            lab.nft("add", "chain", "bridge", lab.table, "stray")
+            return False
+        return exists(network_id)
+    backend._tables_exist = late
+    try:
+        lab.apply("web->api:tcp/8080", {web: "web", api: "api"}, intra="deny")
+    finally:
+        del backend._tables_exist
+    assert len(checks) == 2
+    assert "stray" not in lab.nft("list", "table", "bridge", lab.table).stdout
+    assert lab.drift() == []
+    assert [probe_tcp(web, api.ip4, p) for p in (8080, 22)] == ["ok", "timeout"]
+
+
+def test_a_create_the_kernel_refuses_leaves_no_table(lab, monkeypatch):
+    """Refused by the kernel at its last command: BackendError, and neither table is there."""
+    web, = lab.add(1)
+    whole = ruleset.create_script
+    monkeypatch.setattr(ruleset, "create_script",
+                        lambda *args: whole(*args) + f"create chain inet {lab.table} pass\n")
+    with pytest.raises(BackendError, match="File exists"):
+        lab.apply("", {web: "web"})
+    assert lab.table not in lab.nft("list", "tables").stdout
 
 
 def test_a_new_backend_checks_tables_an_earlier_one_wrote(lab):

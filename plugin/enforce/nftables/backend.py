@@ -28,6 +28,7 @@ from .elements import (COUNTED_IN, PORT_SETS, ElementDelta, PolicyElements, diff
                        ports_elements, setting_elements)
 from .netlink import ElementWriter, encoder
 from .nflog import NflogReader
+from .nftdump import table_exists
 from .brhooks import MADE_ON, BridgeHooks, available as brnf_available
 from .portlinks import PortGroups
 from .readback import ReadbackMethods
@@ -107,12 +108,45 @@ class NftBackend(fqdn.FqdnMethods, ReadbackMethods):
             self.groups.ensure(net.bridge, ((p.name,) for p in ports.values()))   # adopted too
             if net.id not in self._nets and self._adopt(net, policy, ports):
                 return
-            keep = self._kept_learned(net.id)
             real = _realize(net, policy, ports)
             every = {**real.policy_elements.flat(), **real.settings, **real.port_sets}
-            self._apply(ruleset.network_script(net.id, net, every, keep))
+            if self._create(net, every):
+                keep = ""
+            else:
+                keep = self._kept_learned(net.id)
+                self._apply(ruleset.network_script(net.id, net, every, keep))
             self.fqdn.written(net.id, learned=bool(keep))   # none kept: its maps are empty
             self._nets[net.id] = real
+
+    def _create(self, net: NetworkSpec, elements: dict) -> bool:
+        """Write ``net``'s tables with ``ruleset.create_script`` when neither exists (a create,
+        or a restore after a reboot): one transaction that libnftables evaluates without
+        reading the host's other tables. True if written; False when either table exists
+        (one ``NFT_MSG_GETTABLE`` each: ``nftdump.table_exists``), also when one appeared
+        between that check and the write (the kernel refused the whole transaction,
+        ``EEXIST``, and wrote nothing): the caller then replaces the tables. Raises
+        BackendError when nft refuses the script and neither table is there."""
+        if self._tables_exist(net.id):
+            return False
+        try:
+            self.runner.apply(ruleset.create_script(net.id, net, elements))
+        except NftError as exc:
+            if self._tables_exist(net.id):
+                log.info("network %s: its tables appeared as they were written (%s); replacing them",
+                         net.id[:12], str(exc).splitlines()[0][:200])
+                return False
+            raise BackendError(str(exc)) from None
+        return True
+
+    @staticmethod
+    def _tables_exist(network_id: str) -> bool:
+        """Whether either table of the network is in the kernel (the calling thread's
+        namespace). True when that cannot be read (EPERM): the replace path asks nft."""
+        table = ruleset.table_name(network_id)
+        try:
+            return any(table_exists(family, table) for family in ("inet", "bridge"))
+        except OSError:
+            return True
 
     def _adopt(self, net: NetworkSpec, policy: PolicyMap, ports: dict) -> bool:
         """Take over ``net``'s tables as they are if no rule or element drifted; True if so."""

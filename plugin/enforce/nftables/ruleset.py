@@ -332,6 +332,70 @@ def network_script(network_id: str, net, elements: Mapping, keep: str = "") -> s
     return "\n".join(lines) + "\n" + keep
 
 
+def create_script(network_id: str, net, elements: Mapping) -> str:
+    """Script that makes both tables of a network that has neither, elements included: one
+    transaction, refused whole by the kernel (``EEXIST``, nothing written) when either table
+    exists (``create table``). The kernel then holds what :func:`network_script` leaves,
+    object for object and handle for handle (``nft -j list table`` differs only in the
+    table's own handle, a count of the namespace's tables ever made).
+
+    Why a second form. libnftables 1.0.6 evaluates a ``table … { }`` block, a ``delete
+    table``, an ``add rule`` or an ``add element`` on a cache of the whole ruleset: every
+    table's chains, sets and objects are dumped first, ~1 ms of CPU per other network on the
+    host (``bench/results/2026-12-02-netcreate2.md``). ``create table``, ``add chain``,
+    ``add set``/``add map`` (elements inline), ``add limit`` need only the list of tables.
+    So each table's block is written as commands in the order the library expands a block
+    into (``nft_cmd_expand``), which is the order the kernel numbers the objects in: every
+    chain (a base chain with its hook), the limits, the sets with their elements, then each
+    chain's rules as an ``add chain NAME { rules }`` block (the chain's second add is a
+    no-op update). ``elements``: ``{set: {element: value}}`` as :func:`network_script`'s.
+    Raises ValueError for a line of the rendered tables it has no command for.
+    """
+    left = {name: els for name, els in elements.items() if els}
+    lines = []
+    for block in (render_inet(network_id, net), render_bridge(network_id, net.bridge, net.subnets)):
+        lines += _commands(block, left)
+    if left:
+        raise ValueError(f"elements of sets the tables do not declare: {sorted(left)}")
+    return "\n".join(lines) + "\n"
+
+
+def _commands(block: list, elements: dict) -> list:
+    """One table's block (``render_inet``'s lines) as commands; the elements of its sets are
+    taken out of ``elements``."""
+    head = block[0].split()
+    if len(head) != 4 or head[0] != "table" or head[3] != "{" or block[-1] != "}":
+        raise ValueError(f"not a table block: {block[0]!r}")
+    family, table = head[1], head[2]
+    where = f"{family} {table}"
+    chains, objects, sets, rules = [], [], [], []
+    body, i = block[1:-1], 0
+    while i < len(body):
+        line = body[i]
+        words = line.split(None, 2)
+        if line.startswith("  chain ") and line.endswith(" {") and len(words) == 3:
+            name, end = words[1], body.index("  }", i)
+            inner = [r.strip() for r in body[i + 1:end]]
+            hook = inner.pop(0) if inner and inner[0].startswith("type ") else ""
+            chains.append(f"add chain {where} {name}" + (f" {{ {hook} }}" if hook else ""))
+            if inner:
+                rules += [f"add chain {where} {name} {{", *(f"  {r}" for r in inner), "}"]
+            i = end + 1
+            continue
+        if line.startswith(("  set ", "  map ")) and line.endswith(" }") and len(words) == 3:
+            kind, name, decl = words[0], words[1], words[2][:-2].rstrip()
+            els = elements.pop(name, None) if SCHEMAS.get(name, ("",))[0] == family else None
+            if els:
+                decl += " elements = { " + ", ".join(element_text(name, e, v) for e, v in els.items()) + " };"
+            sets.append(f"add {kind} {where} {name} {decl} }}")
+        elif line.startswith("  limit ") and line.endswith(" }") and len(words) == 3:
+            objects.append(f"add limit {where} {words[1]} {words[2]}")
+        else:
+            raise ValueError(f"no command for this line of table {where}: {line.strip()!r}")
+        i += 1
+    return [f"create table {where}"] + chains + objects + sets + rules
+
+
 def skeleton_script(network_id: str, net) -> str:
     """Both tables without elements (the reference for rule-by-rule drift)."""
     return "\n".join(render_inet(network_id, net) + render_bridge(network_id, net.bridge, net.subnets)) + "\n"
