@@ -83,7 +83,7 @@ def rig(monkeypatch):
     seen = []
     kernel = FakeKernel(lambda: seen.append(in_force(kernel, handle)))
     handle = Handle(NET.id, "/nowhere", maps={n: kernel.fd(n) for n in
-                                              ("state", "settings", "policy", "cidrs", "restricted")})
+                                              ("state", "settings", "policy", "cidrs", "restricted", "allowed")})
     for fn in ("lookup", "update", "delete", "keys", "update_batch", "delete_batch"):
         monkeypatch.setattr(eb.libbpf, fn, getattr(kernel, fn))
     kernel.maps[handle.maps["state"]][maps.U32.pack(0)] = maps.STATE.pack(0, 0, 0)

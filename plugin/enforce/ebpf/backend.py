@@ -352,10 +352,13 @@ class EbpfBackend(fqdn.FqdnMethods):
                 touched = _touched(st.policy, delta, st.index)
                 self._swap(st, new, _delta_changes(st.policy, new, delta, touched=touched))
                 _regroup(st.index, touched[0], touched[2])
-                if delta.entries_removed:
-                    counters.forget_removed(st.handle, touched[1], touched[2])
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
+            if delta.entries_removed:   # in force already: a counter left behind fails nothing
+                try:
+                    counters.forget_removed(st.handle, touched[1], touched[2])
+                except libbpf.LibbpfError as exc:
+                    log.warning("eBPF network %s: removed rules' counters kept: %s", net.id[:12], exc)
             if changes:
                 self.apply_ports(net, changes, grouped)
 
