@@ -163,3 +163,26 @@ def test_a_rule_removed_and_added_again_counts_from_zero_and_the_others_keep_the
     assert again == {8080: 0, 9999: 0, 5432: before[5432]}, (before, again)
     assert probe_tcp(web, api.ip4, 8080) == "ok"
     assert allowed()[8080] >= 1
+
+
+def test_a_cidr_rule_removed_and_added_again_counts_from_zero(lab):
+    # U28-F1, for CIDR rules: an egress rule's counter, and an ingress one's that stays
+    web, api = lab.add(2)
+    out, keep = f"web->{WIDE[4]}:tcp/8080", f"{WIDE[4]}->api:tcp/8080"
+    lab.apply(f"{out} {keep}", {web: "web", api: "api"}, intra="deny", egress="deny")
+    ident = lab.allocator.identities(NET_ID)
+    egress = _cidr("egress", ident["web"], 4, WIDE[4], 8080, 8080)
+    ingress = _cidr("ingress", ident["api"], 4, WIDE[4], 8080, 8080)
+
+    def allowed(key) -> int:
+        return lab.counters().allowed.get(key, (0, 0))[0]
+    assert parallel(probe_addr, [(web, lab.outside.ip4, "tcp", 8080), (lab.outside, api.ip4, "tcp", 8080)]) \
+        == ["ok", "ok"]
+    kept = allowed(ingress)
+    assert allowed(egress) >= 1 and kept >= 1
+    lab.update(keep)
+    assert probe_addr(web, lab.outside.ip4, "tcp", 8080) == "timeout"
+    lab.update(f"{out} {keep}")
+    assert (allowed(egress), allowed(ingress)) == (0, kept)
+    assert probe_addr(web, lab.outside.ip4, "tcp", 8080) == "ok"
+    assert allowed(egress) >= 1

@@ -350,13 +350,14 @@ class EbpfBackend(fqdn.FqdnMethods):
             try:
                 new = st.policy.apply(delta) if policy is None else policy
                 touched = _touched(st.policy, delta, st.index)
-                self._swap(st, new, _delta_changes(st.policy, new, delta, touched=touched))
+                wanted = _delta_changes(st.policy, new, delta, touched=touched)
+                self._swap(st, new, wanted)
                 _regroup(st.index, touched[0], touched[2])
             except (maps.EncodeError, libbpf.LibbpfError) as exc:
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
-            if delta.entries_removed:   # in force already: a counter left behind fails nothing
-                try:
-                    counters.forget_removed(st.handle, touched[1], touched[2])
+            if delta.entries_removed or delta.cidrs_removed:   # in force already: a counter
+                try:                                            # left behind fails nothing
+                    counters.forget_removed(st.handle, touched[1], touched[2], wanted.get("cidrs"))
                 except libbpf.LibbpfError as exc:
                     log.warning("eBPF network %s: removed rules' counters kept: %s", net.id[:12], exc)
             if changes:

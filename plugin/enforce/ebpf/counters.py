@@ -54,13 +54,32 @@ def policy_count_keys(entries: Iterable) -> set:
     return keys
 
 
-def forget_removed(handle: pins.Handle, before: Iterable, after: Iterable) -> int:
-    """Delete the ``allowed`` counters of the port blocks an edit took away (``before``,
-    ``after``: the PolicyEntry sets of the groups it touched), so that a rule removed and
-    added again counts from zero, as the nftables backend's per-element counters do
-    (docs/visibility.md; U28-F1). Returns how many keys it asked to delete (absent ones
-    are skipped). Raises LibbpfError."""
+def cidr_count_keys(content: dict) -> set:
+    """The ``allowed`` keys under which the programs count the flows that the CIDR map's
+    ``content`` (``maps.cidr_content``) allows: one per service slot of each prefix
+    (bpf/lib/policy.h ``cidr_lookup``); dns(...) services are named there, never counted."""
+    keys = set()
+    for (_plen, data), value in content.items():
+        direction, identity, family = data[0], int.from_bytes(data[1:3], "big"), data[3]
+        if direction == maps.DIRECTIONS[maps.FQDN]:
+            continue
+        for i in range(maps.U32.unpack_from(value)[0]):
+            proto, plen, lo, hi, addr = maps.CIDR_SVC.unpack_from(value, 4 + i * maps.CIDR_SVC.size)
+            keys.add(maps.COUNT_KEY.pack(maps.CK_CIDR, direction, proto, family, identity, 0, lo, hi,
+                                         plen, addr))
+    return keys
+
+
+def forget_removed(handle: pins.Handle, before: Iterable, after: Iterable, cidrs=None) -> int:
+    """Delete the ``allowed`` counters of what an edit took away, so that a rule removed
+    and added again counts from zero, as the nftables backend's per-element counters do
+    (docs/visibility.md; U28-F1): the port blocks of the policy entries (``before``,
+    ``after``: the PolicyEntry sets of the groups it touched) and, when the CIDR map
+    changed, its service slots (``cidrs``: its content before and after, or None).
+    Returns how many keys it asked to delete (absent ones are skipped). Raises LibbpfError."""
     stale = policy_count_keys(before) - policy_count_keys(after)
+    if cidrs is not None:
+        stale |= cidr_count_keys(cidrs[0]) - cidr_count_keys(cidrs[1])
     if stale:
         libbpf.delete_batch(handle.maps["allowed"], len(stale), b"".join(sorted(stale)))
     return len(stale)
