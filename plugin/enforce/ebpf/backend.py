@@ -357,7 +357,7 @@ class EbpfBackend(fqdn.FqdnMethods):
                 raise BackendError(f"eBPF network {net.id[:12]}: {exc}") from None
             if delta.entries_removed or delta.cidrs_removed:   # in force already: a counter
                 try:                                            # left behind fails nothing
-                    counters.forget_removed(st.handle, touched[1], touched[2], wanted.get("cidrs"))
+                    counters.forget_removed(st.handle, wanted)
                 except libbpf.LibbpfError as exc:
                     log.warning("eBPF network %s: removed rules' counters kept: %s", net.id[:12], exc)
             if changes:

@@ -8,12 +8,12 @@ key of the entry that opened a flow (``maps.COUNT_KEY``), ``dropped`` by
 """
 from __future__ import annotations
 
+import struct
 from typing import Iterable, Optional
 
 from plugin.enforce.backend import PAIRED, REASONS, Counters
 
 from . import cidrslots, libbpf, maps, pins
-from .groups import group_index
 
 
 def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Counters:
@@ -41,16 +41,16 @@ def read(handle: pins.Handle, cidrs: tuple, index: Optional[dict] = None) -> Cou
                     would_drop_reasons=would_reasons)
 
 
-def policy_count_keys(entries: Iterable) -> set:
+def policy_count_keys(content: dict) -> set:
     """The ``allowed`` keys (``maps.COUNT_KEY``) under which the programs count the flows
-    that ``entries`` (PolicyEntry) open: one per policy-map value of their groups (its
+    that the policy map's ``content`` (``maps.policy_content``) allows: one per value (its
     port block; a piece that overlapping ranges share counts under the piece:
-    bpf/lib/policy.h ``judge_policy``)."""
+    bpf/lib/policy.h ``judge_policy``). Every key's data starts with (src, dst)."""
     keys = set()
-    for (src, dst, _proto), group in group_index(entries).items():
-        for value in maps.policy_content(group).values():
-            lo, hi, code = maps.POLICY_VAL.unpack(value)
-            keys.add(maps.COUNT_KEY.pack(maps.CK_POLICY, 0, code, 0, src, dst, lo, hi, 0, bytes(16)))
+    for (_plen, data), value in content.items():
+        src, dst = struct.unpack_from(">HH", data)
+        lo, hi, code = maps.POLICY_VAL.unpack(value)
+        keys.add(maps.COUNT_KEY.pack(maps.CK_POLICY, 0, code, 0, src, dst, lo, hi, 0, bytes(16)))
     return keys
 
 
@@ -70,16 +70,18 @@ def cidr_count_keys(content: dict) -> set:
     return keys
 
 
-def forget_removed(handle: pins.Handle, before: Iterable, after: Iterable, cidrs=None) -> int:
+def forget_removed(handle: pins.Handle, changes: dict) -> int:
     """Delete the ``allowed`` counters of what an edit took away, so that a rule removed
     and added again counts from zero, as the nftables backend's per-element counters do
-    (docs/visibility.md; U28-F1): the port blocks of the policy entries (``before``,
-    ``after``: the PolicyEntry sets of the groups it touched) and, when the CIDR map
-    changed, its service slots (``cidrs``: its content before and after, or None).
-    Returns how many keys it asked to delete (absent ones are skipped). Raises LibbpfError."""
+    (docs/visibility.md; U28-F1). ``changes``: the edit's map contents before and after
+    (``groups.delta_changes``): the policy map's port blocks of the groups it touched
+    and, when the CIDR map changed, its service slots. Returns how many keys it asked to
+    delete (absent ones are skipped). Raises LibbpfError."""
+    before, after = changes["policy"]
     stale = policy_count_keys(before) - policy_count_keys(after)
-    if cidrs is not None:
-        stale |= cidr_count_keys(cidrs[0]) - cidr_count_keys(cidrs[1])
+    if "cidrs" in changes:
+        before, after = changes["cidrs"]
+        stale |= cidr_count_keys(before) - cidr_count_keys(after)
     if stale:
         libbpf.delete_batch(handle.maps["allowed"], len(stale), b"".join(sorted(stale)))
     return len(stale)
